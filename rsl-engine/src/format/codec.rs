@@ -1,0 +1,175 @@
+//! Little-endian primitive encoding and the bounds-checked cursor every decoder reads through,
+//! with the typed errors that name what was wrong and where (formats.md §1).
+
+use bytes::{BufMut, Bytes, BytesMut};
+use thiserror::Error;
+
+/// Why a byte string could not be decoded. Every variant says where, as a byte offset from the
+/// start of the buffer the decoder was handed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DecodeError {
+    #[error("{what} at offset {offset}: needs {need} bytes, {have} left")]
+    Truncated { what: &'static str, offset: usize, need: usize, have: usize },
+    #[error("{what} at offset {offset}: invalid value {value:#x}")]
+    Invalid { what: &'static str, offset: usize, value: u64 },
+    #[error("message checksum at offset {offset}: stored {stored:#018x}, computed {computed:#018x}")]
+    Checksum { offset: usize, stored: u64, computed: u64 },
+    #[error("{what} at offset {offset}: {detail}")]
+    Malformed { what: &'static str, offset: usize, detail: &'static str },
+}
+
+impl DecodeError {
+    /// The byte offset the error names.
+    pub fn offset(&self) -> usize {
+        match *self {
+            DecodeError::Truncated { offset, .. }
+            | DecodeError::Invalid { offset, .. }
+            | DecodeError::Checksum { offset, .. }
+            | DecodeError::Malformed { offset, .. } => offset,
+        }
+    }
+
+    /// The same error with its offset moved by `base`, for a buffer embedded in a larger one.
+    pub fn shifted(mut self, base: usize) -> Self {
+        match &mut self {
+            DecodeError::Truncated { offset, .. }
+            | DecodeError::Invalid { offset, .. }
+            | DecodeError::Checksum { offset, .. }
+            | DecodeError::Malformed { offset, .. } => *offset += base,
+        }
+        self
+    }
+}
+
+/// Why a value could not be encoded in the requested protocol version.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum EncodeError {
+    #[error("member id {0:?} is not numeric and protocol versions 1 to 3 carry numeric ids")]
+    NonNumericMemberId(String),
+    #[error("{what} is {len} bytes, more than the format allows ({max})")]
+    TooLong { what: &'static str, len: usize, max: usize },
+    #[error("{0} cannot be expressed in protocol version {1}")]
+    Unsupported(&'static str, u16),
+    #[error("a request must not be empty")]
+    EmptyRequest,
+}
+
+/// A cursor over a shared buffer. Slices it hands out share the buffer (no copy), and every
+/// read checks the remaining length first, so no length field can drive an allocation or a
+/// read past the end.
+pub struct Reader<'a> {
+    buf: &'a Bytes,
+    pos: usize,
+    end: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(buf: &'a Bytes) -> Self {
+        Reader { buf, pos: 0, end: buf.len() }
+    }
+
+    /// A reader over `buf[start..end]` whose offsets stay relative to the whole buffer.
+    pub fn window(buf: &'a Bytes, start: usize, end: usize) -> Self {
+        debug_assert!(start <= end && end <= buf.len());
+        Reader { buf, pos: start, end }
+    }
+
+    /// A reader over the bytes from here to `end`, which must not lie beyond this one's end.
+    pub fn sub(&self, end: usize) -> Reader<'a> {
+        assert!(self.pos <= end && end <= self.end, "sub-reader outside its parent");
+        Reader { buf: self.buf, pos: self.pos, end }
+    }
+
+    /// Moves to `pos`, which must lie between here and the end.
+    pub fn skip_to(&mut self, pos: usize) {
+        assert!(self.pos <= pos && pos <= self.end, "skip outside the reader");
+        self.pos = pos;
+    }
+
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+
+    pub fn remaining(&self) -> usize {
+        self.end - self.pos
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pos == self.end
+    }
+
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
+        if n > self.remaining() {
+            return Err(DecodeError::Truncated { what, offset: self.pos, need: n, have: self.remaining() });
+        }
+        let start = self.pos;
+        self.pos += n;
+        Ok(&self.buf[start..self.pos])
+    }
+
+    pub fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], DecodeError> {
+        Ok(self.take(N, what)?.try_into().expect("take returned N bytes"))
+    }
+
+    pub fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
+        Ok(self.array::<1>(what)?[0])
+    }
+    pub fn bool(&mut self, what: &'static str) -> Result<bool, DecodeError> {
+        Ok(self.u8(what)? != 0)
+    }
+    pub fn u16(&mut self, what: &'static str) -> Result<u16, DecodeError> {
+        Ok(u16::from_le_bytes(self.array(what)?))
+    }
+    pub fn u32(&mut self, what: &'static str) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(self.array(what)?))
+    }
+    pub fn u64(&mut self, what: &'static str) -> Result<u64, DecodeError> {
+        Ok(u64::from_le_bytes(self.array(what)?))
+    }
+    pub fn i64(&mut self, what: &'static str) -> Result<i64, DecodeError> {
+        Ok(i64::from_le_bytes(self.array(what)?))
+    }
+
+    /// `n` bytes as a zero-copy slice of the underlying buffer.
+    pub fn bytes(&mut self, n: usize, what: &'static str) -> Result<Bytes, DecodeError> {
+        let start = self.pos;
+        self.take(n, what)?;
+        Ok(self.buf.slice(start..self.pos))
+    }
+
+    /// A u32 length followed by that many bytes.
+    pub fn blob32(&mut self, what: &'static str) -> Result<Bytes, DecodeError> {
+        let len = self.u32(what)? as usize;
+        self.bytes(len, what)
+    }
+
+    pub fn invalid(&self, what: &'static str, at: usize, value: u64) -> DecodeError {
+        DecodeError::Invalid { what, offset: at, value }
+    }
+}
+
+/// Little-endian writers for the primitives, on any `BufMut`.
+pub trait PutLe: BufMut {
+    fn put_bool(&mut self, v: bool) {
+        self.put_u8(v as u8);
+    }
+    fn put_blob32(&mut self, v: &[u8]) {
+        self.put_u32_le(v.len() as u32);
+        self.put_slice(v);
+    }
+}
+
+impl<B: BufMut + ?Sized> PutLe for B {}
+
+/// `x` rounded up to the 512-byte sector RSL calls a page.
+pub const fn round_up_512(x: usize) -> usize {
+    (x + 511) & !511
+}
+
+/// The size of a page (disk sector) in RSL's formats.
+pub const PAGE: usize = 512;
+
+/// Appends `n` zero bytes.
+pub fn put_zeros(out: &mut BytesMut, n: usize) {
+    out.put_bytes(0, n);
+}
