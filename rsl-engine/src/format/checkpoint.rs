@@ -50,6 +50,15 @@ impl CheckpointHeader {
         fixed + self.config.encoded_len(v) + if v.has_string_ids() { 13 } else { 0 }
     }
 
+    /// Where the next vote starts in the header region ("H"; 0 for v1 and v2).
+    pub fn vote_offset(&self) -> usize {
+        if self.version.has_config() {
+            self.fields_len()
+        } else {
+            0
+        }
+    }
+
     /// The header region's length ("L"): where application data starts.
     pub fn data_offset(&self, vote_len: usize) -> usize {
         if self.version.has_config() {

@@ -113,8 +113,9 @@ fn short_page(offset: usize, rest: usize) -> DecodeError {
     DecodeError::Truncated { what: "log page", offset, need: PAGE, have: rest }
 }
 
-/// Validates what `Message::UnMarshal` checks, plus that the type is one a log holds.
-fn parse_record_header(page: &[u8]) -> Result<Prefix, DecodeError> {
+/// Validates what `Message::UnMarshal` checks, plus that the type is one a log holds, on the
+/// first page of a record (at least the first 20 bytes; offsets are relative to it).
+pub fn parse_record_header(page: &[u8]) -> Result<Prefix, DecodeError> {
     let page = Bytes::copy_from_slice(&page[..MSG_ID_OFFSET + 2]);
     let mut r = Reader::new(&page);
     let prefix = Prefix::decode(&mut r)?;

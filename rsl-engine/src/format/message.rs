@@ -335,6 +335,25 @@ impl Message {
 
     /// Decodes one message at the reader's position; it ends where its length field says.
     pub fn decode_from(r: &mut Reader<'_>) -> Result<Message, DecodeError> {
+        let (kind, header, end) = Header::decode(r)?;
+        // The body may not read past the declared length.
+        let mut body = r.sub(end);
+        let b = decode_body(kind, &mut body, header.version)?;
+        if !body.is_empty() && kind != MsgKind::Vote {
+            return Err(DecodeError::Malformed { what: "message body", offset: body.pos(), detail: "bytes after the body" });
+        }
+        r.skip_to(end);
+        Ok(Message { header, body: b })
+    }
+}
+
+impl Header {
+    /// Decodes the header of the message at the reader's position (everything
+    /// [`Message::decode_from`] checks before the body) and leaves the reader at the body.
+    /// Returns the message type, the header, and where the message ends by its length field,
+    /// which is checked to lie within the reader. For tools that show what they can of a
+    /// message whose body is damaged.
+    pub fn decode(r: &mut Reader<'_>) -> Result<(MsgKind, Header, usize), DecodeError> {
         let start = r.pos();
         let prefix = Prefix::decode(r)?;
         let v = prefix.version;
@@ -363,14 +382,7 @@ impl Message {
             ballot: Ballot::decode(r, v)?,
             payload: if v.has_payload() { r.u64("payload")? } else { 0 },
         };
-        // The body may not read past the declared length.
-        let mut body = r.sub(end);
-        let b = decode_body(kind, &mut body, v)?;
-        if !body.is_empty() && kind != MsgKind::Vote {
-            return Err(DecodeError::Malformed { what: "message body", offset: body.pos(), detail: "bytes after the body" });
-        }
-        r.skip_to(end);
-        Ok(Message { header, body: b })
+        Ok((kind, header, end))
     }
 }
 
