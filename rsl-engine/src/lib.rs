@@ -1,5 +1,7 @@
 //! The RSL engine: Azure RSL's multi-Paxos replicated state machine, rebuilt in Rust.
 //!
-//! Today it holds [`format`], every byte format RSL reads and writes.
+//! [`format`] owns every byte format RSL reads and writes; [`paxos`] is the sans-IO protocol core.
 
 pub mod format;
+pub mod paxos;
+pub mod sim;

@@ -416,12 +416,16 @@ fn decode_body(kind: MsgKind, r: &mut Reader<'_>, v: Version) -> Result<Body, De
         MsgKind::VoteAccepted => Body::VoteAccepted,
         MsgKind::Prepare => Body::Prepare(if v.has_cookie() { r.blob32("primary cookie")? } else { Bytes::new() }),
         MsgKind::PrepareAccepted => {
+            // Check the embedded type before decoding its body: a PrepareAccepted embedding
+            // another would otherwise recurse once per 48 bytes and overflow the stack.
             let at = r.pos();
-            let vote = Message::decode_from(r)?;
-            if vote.kind() != MsgKind::Vote {
-                return Err(r.invalid("embedded vote type", at + MSG_ID_OFFSET, vote.kind().code() as u64));
+            let (kind, header, end) = Header::decode(r)?;
+            if kind != MsgKind::Vote {
+                return Err(r.invalid("embedded vote type", at + MSG_ID_OFFSET, kind.code() as u64));
             }
-            Body::PrepareAccepted(Box::new(vote))
+            let vote = decode_vote_body(&mut r.sub(end), header.version)?;
+            r.skip_to(end);
+            Body::PrepareAccepted(Box::new(Message { header, body: Body::Vote(vote) }))
         }
         MsgKind::NotAccepted => Body::NotAccepted,
         MsgKind::StatusQuery => Body::StatusQuery,
@@ -541,6 +545,33 @@ mod tests {
         let mut bytes = BytesMut::from(&vote_a(Version::V4).encode(Checksum::Default).unwrap()[..]);
         bytes[100] ^= 1;
         assert!(matches!(verify_checksum(&bytes), Err(DecodeError::Checksum { offset: 6, .. })));
+    }
+
+    /// `levels` v1 PrepareAccepted headers, each embedding the next, around an empty v1 vote.
+    fn nested_prepare_accepted(levels: usize) -> Bytes {
+        let mut buf = BytesMut::with_capacity(48 * (levels + 1));
+        for i in 0..=levels {
+            let len = (48 * (levels + 1 - i)) as u32;
+            // version 1, length, checksum 0, magic, type (4 PrepareAccepted, 1 Vote at the
+            // bottom), then member id, decree, ballot id and ballot member, all 0.
+            buf.put_slice(&[1, 0]);
+            buf.put_slice(&len.to_le_bytes());
+            buf.put_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0xCE, 0xFA, 0x0D, 0xF0, if i == levels { 1 } else { 4 }, 0]);
+            buf.put_bytes(0, 28);
+        }
+        buf.freeze()
+    }
+
+    #[test]
+    fn nested_prepare_accepted_is_rejected_without_recursing() {
+        // Found while writing the `message` fuzz target: a PrepareAccepted's embedded message
+        // was decoded in full (recursing into its own PrepareAccepted body) before its type was
+        // checked, so 100,000 nested levels (4.8 MB, within the 100 MiB packet limit) overflowed
+        // the stack. The type is now checked before the embedded body is decoded.
+        let err = Message::decode(&nested_prepare_accepted(100_000)).unwrap_err();
+        assert_eq!(err, DecodeError::Invalid { what: "embedded vote type", offset: 48 + MSG_ID_OFFSET, value: 4 });
+        let one = Message::decode(&nested_prepare_accepted(1)).unwrap();
+        assert!(matches!(&one.body, Body::PrepareAccepted(vote) if vote.kind() == MsgKind::Vote && vote.header.decree == 0));
     }
 
     #[test]

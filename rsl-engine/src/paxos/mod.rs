@@ -1,0 +1,148 @@
+//! The sans-IO Paxos core: one replica of one ring as a deterministic state machine.
+//!
+//! It reads no clock, socket, file or ambient randomness. Time arrives with every call, the
+//! random source is seeded by the caller, and everything the replica wants done comes back as
+//! [`Action`]s: messages to send, records to persist, decrees to execute, callbacks to raise.
+//! The runtime, the simulator and the FFI all drive this same code. A test
+//! (`paxos_core_is_sans_io` in `tests/core_purity.rs`) fails if any file of this module names a clock,
+//! socket, file, thread or async runtime.
+
+mod replica;
+mod rng;
+
+pub use replica::{ReplayError, Replica, Role};
+pub use rng::SplitMix64;
+
+use crate::format::{MemberId, Message, Version};
+use bytes::Bytes;
+use std::sync::Arc;
+
+/// Virtual or real time in microseconds, supplied by the caller.
+pub type Micros = u64;
+
+pub const MS: Micros = 1_000;
+pub const SEC: Micros = 1_000_000;
+
+/// The application's handle for one submitted request; returned exactly once, through an
+/// execution on this replica or an abort.
+pub type Cookie = u64;
+
+/// Where a message goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Dest {
+    /// Every other member of the configuration.
+    All,
+    One(MemberId),
+}
+
+/// Why a request's cookie comes back without the request executing here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AbortReason {
+    /// This replica stopped being primary. The request may still be chosen by a later
+    /// primary and execute (without its cookie): the outcome is unknown, not failed.
+    NotPrimary,
+    ShuttingDown,
+}
+
+/// What the replica asks of its driver. Actions are ordered: a `Send` whose `after` is non-zero
+/// must not leave before every `Persist` up to that sequence number is durable, and persists
+/// complete in order.
+#[derive(Clone, Debug)]
+pub enum Action {
+    Send { to: Dest, msg: Arc<Message>, after: u64 },
+    /// Append a log record (a Vote, Prepare or ReconfigurationDecision); `seq` counts persists
+    /// from 1 and is what `Input::Durable` acknowledges.
+    Persist { seq: u64, record: Arc<Message> },
+    /// Run a chosen decree. `cookies` holds, in request order, this replica's cookies for the
+    /// vote's requests when it proposed them (empty elsewhere).
+    Execute { vote: Arc<Message>, cookies: Vec<Cookie> },
+    Abort { cookie: Cookie, reason: AbortReason },
+    NotifyStatus { primary: bool },
+    /// The decree the new primary re-proposed has executed: state now reflects everything
+    /// earlier primaries passed.
+    NotifyPrimaryRecovered,
+    /// Fetch the votes from `decree` on from `from`'s log (the learn port's FetchVotes); answer
+    /// with `Input::Learned`.
+    FetchVotes { from: MemberId, decree: u64 },
+}
+
+/// The application's synchronous answers, asked on the protocol path as in the original.
+pub trait Application {
+    /// `CanBecomePrimary`: `Some(primary cookie)` to allow the election, `None` to veto it.
+    fn can_become_primary(&mut self) -> Option<Bytes> {
+        Some(Bytes::new())
+    }
+    /// `AcceptMessageFromReplica`: whether to answer a vote or prepare from `from`.
+    fn accept_message(&mut self, _from: &MemberId, _primary_cookie: &[u8]) -> bool {
+        true
+    }
+}
+
+/// An application that never vetoes anything.
+pub struct AcceptAll;
+impl Application for AcceptAll {}
+
+/// What can happen to a replica.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// Time passed; timers are checked against `now`.
+    Tick,
+    Message { from: MemberId, msg: Arc<Message> },
+    /// Every persist up to this sequence number is durable.
+    Durable(u64),
+    /// The records a `FetchVotes` returned, in log order (empty: nothing could be fetched).
+    Learned { from: MemberId, records: Vec<Arc<Message>> },
+    /// `AttemptPromotion`: stand for election at the next opportunity.
+    AttemptPromotion,
+    /// The global accept flag (`SetAcceptMessages`), used when configured instead of asking
+    /// the application.
+    SetAcceptMessages(bool),
+}
+
+/// The protocol's parameters, with RSL's defaults (api-behavior §4), in microseconds.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    pub version: Version,
+    pub heartbeat_interval: Micros,
+    pub election_delay: Micros,
+    /// Randomisation of the election delay, in percent, capped by `max_election_randomize`.
+    pub election_randomize_pct: u64,
+    pub max_election_randomize: Micros,
+    pub new_leader_grace_period: Micros,
+    pub initialize_retry_interval: Micros,
+    /// How long the primary waits before resending its outstanding vote, and a candidate its
+    /// Prepare, to members that have not answered.
+    pub resend_interval: Micros,
+    /// Requests are batched into one vote up to this many bytes.
+    pub max_vote_bytes: usize,
+    /// Votes cached while initializing, in bytes; past it the cache is dropped.
+    pub max_cache_bytes: usize,
+    pub use_global_accept_flag: bool,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            version: Version::V6,
+            heartbeat_interval: 2 * SEC,
+            election_delay: 10 * SEC,
+            election_randomize_pct: 10,
+            max_election_randomize: SEC,
+            new_leader_grace_period: 15 * SEC,
+            initialize_retry_interval: SEC,
+            resend_interval: SEC,
+            max_vote_bytes: crate::format::message::MAX_BATCH_BYTES,
+            max_cache_bytes: 50 << 20,
+            use_global_accept_flag: false,
+        }
+    }
+}
+
+/// Why a request was refused at submission; the caller keeps its cookie.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubmitError {
+    NotPrimary,
+    ShuttingDown,
+    /// The request is empty.
+    InvalidRequest,
+}

@@ -1,0 +1,918 @@
+//! One replica's protocol state and its transitions, following RSL (api-behavior §2): the
+//! acceptor rules, elections through a status quorum and a Prepare, one outstanding vote with
+//! requests batched behind it, heartbeats, and catch-up by fetching votes.
+//!
+//! Durability is explicit: every record to keep is a `Persist` action with a sequence number,
+//! and anything that promises what a record holds (VoteAccepted, PrepareAccepted) is a `Send`
+//! gated on that number. The primary sends its vote while its own write is in flight and
+//! counts itself only once `Durable` says the write is done.
+
+use super::{AbortReason, Action, Application, Cookie, CoreConfig, Dest, Input, Micros, SplitMix64, SubmitError};
+use crate::format::message::StatusBody;
+use crate::format::{Ballot, Body, Header, MemberId, Message, MsgKind, Version, VoteBody};
+use bytes::Bytes;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+/// RSL's replica states (`PaxosInactive` arrives with reconfiguration).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Learning where the ring is: a status quorum, then learn, elect, or follow.
+    Initializing,
+    /// Standing for election with a Prepare.
+    Preparing,
+    Primary,
+    Secondary,
+}
+
+impl Role {
+    /// The `state` field of a StatusResponse.
+    fn status_code(self) -> u32 {
+        match self {
+            Role::Primary => 1,
+            Role::Secondary => 2,
+            Role::Preparing => 3,
+            Role::Initializing => 4,
+        }
+    }
+}
+
+/// Requests waiting for the outstanding vote to be chosen; they become the next vote.
+struct Pending {
+    body: VoteBody,
+    cookies: Vec<Cookie>,
+    bytes: usize,
+    /// An exclusive vote takes nothing more.
+    closed: bool,
+}
+
+/// The primary's vote in flight.
+struct Outstanding {
+    vote: Arc<Message>,
+    /// Its persist: the primary counts itself once this is durable.
+    seq: u64,
+    acks: BTreeSet<MemberId>,
+    cookies: Vec<Cookie>,
+}
+
+/// A candidate's Prepare in flight.
+struct Candidacy {
+    prepare: Arc<Message>,
+    seq: u64,
+    promises: BTreeSet<MemberId>,
+    /// The vote at our decree with the highest ballot among the answers (ours to start).
+    freshest: Arc<Message>,
+    deadline: Micros,
+}
+
+/// Why a log could not be replayed: a record that does not follow the one before it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("log record out of sequence: {kind:?} at decree {decree} after decree {after_decree}")]
+pub struct ReplayError {
+    pub kind: MsgKind,
+    pub decree: u64,
+    pub after_decree: u64,
+}
+
+/// One replica of one ring.
+pub struct Replica {
+    cfg: CoreConfig,
+    me: MemberId,
+    /// Every member of the configuration, this one included.
+    members: Vec<MemberId>,
+    config_number: u32,
+    version: Version,
+    rng: SplitMix64,
+    role: Role,
+    /// The highest ballot promised, and the persist that recorded it.
+    max_ballot: Ballot,
+    max_ballot_seq: u64,
+    /// The highest ballot seen in any admitted message.
+    max_seen_ballot: Ballot,
+    /// The highest accepted vote (a placeholder with an empty ballot before any), its persist
+    /// and when it arrived.
+    accepted: Arc<Message>,
+    accepted_seq: u64,
+    accepted_at: Micros,
+    /// The next decree to execute; every decree below it has been handed out to execute.
+    next_execute: u64,
+    next_election: Micros,
+    election_delay: Micros,
+    action_deadline: Micros,
+    force_reelection: bool,
+    accept_flag: bool,
+    statuses: BTreeMap<MemberId, Arc<Message>>,
+    candidacy: Option<Candidacy>,
+    outstanding: Option<Outstanding>,
+    to_send: VecDeque<Pending>,
+    /// `NotifyStatus(true)` has been raised (and not yet taken back).
+    is_primary: bool,
+    /// The decree a new primary re-proposed, until it executes.
+    recovering: Option<u64>,
+    primary_cookie: Bytes,
+    last_proposed: Micros,
+    persist_seq: u64,
+    durable_seq: u64,
+    /// Votes that arrived while initializing, newest last.
+    cache: VecDeque<(MemberId, Arc<Message>)>,
+    cache_bytes: usize,
+    learning: Option<MemberId>,
+    log_min_decree: u64,
+}
+
+fn decree_ballot(m: &Message) -> (u64, Ballot) {
+    (m.header.decree, m.header.ballot)
+}
+
+/// RSL's `IsNextDecree`: the same decree at a ballot at least as high, or the next decree at
+/// the same ballot (which makes the current one chosen).
+fn is_next((d, b): (u64, Ballot), (cd, cb): (u64, Ballot)) -> bool {
+    (d == cd && b >= cb) || (d == cd.wrapping_add(1) && b == cb)
+}
+
+/// RSL's `IsLowerDecree`.
+fn is_lower((d, b): (u64, Ballot), (cd, cb): (u64, Ballot)) -> bool {
+    d < cd || b < cb
+}
+
+/// RSL's `IsHigherDecree`.
+fn is_higher((d, b): (u64, Ballot), (cd, cb): (u64, Ballot)) -> bool {
+    (d > cd && b >= cb) || (d == cd && b > cb)
+}
+
+fn vote_size(body: &VoteBody) -> usize {
+    body.requests.iter().map(|r| r.len() + 4).sum::<usize>() + body.cookie.len()
+}
+
+impl Replica {
+    /// A replica of configuration 1 with the given members and nothing accepted (the legacy
+    /// `Initialize` with a member list). Call [`replay`](Self::replay) for each durable log
+    /// record, then [`start`](Self::start).
+    pub fn new(cfg: CoreConfig, me: MemberId, members: Vec<MemberId>, seed: u64) -> Replica {
+        assert!(members.contains(&me), "a replica is a member of its configuration");
+        assert!(!members.is_empty() && members.iter().collect::<BTreeSet<_>>().len() == members.len(), "members are distinct");
+        let mut rng = SplitMix64::new(seed);
+        let spread = (cfg.election_delay * cfg.election_randomize_pct / 100).min(cfg.max_election_randomize);
+        let election_delay = cfg.election_delay - spread + rng.below(2 * spread + 1);
+        let placeholder = Arc::new(Message::new(Header::new(cfg.version, MemberId::EMPTY, 0, 1, Ballot::EMPTY), Body::Vote(VoteBody::default())));
+        Replica {
+            version: cfg.version,
+            cfg,
+            me,
+            members,
+            config_number: 1,
+            rng,
+            role: Role::Initializing,
+            max_ballot: Ballot::EMPTY,
+            max_ballot_seq: 0,
+            max_seen_ballot: Ballot::EMPTY,
+            accepted: placeholder,
+            accepted_seq: 0,
+            accepted_at: 0,
+            next_execute: 0,
+            next_election: Micros::MAX,
+            election_delay,
+            action_deadline: Micros::MAX,
+            force_reelection: false,
+            accept_flag: true,
+            statuses: BTreeMap::new(),
+            candidacy: None,
+            outstanding: None,
+            to_send: VecDeque::new(),
+            is_primary: false,
+            recovering: None,
+            primary_cookie: Bytes::new(),
+            last_proposed: 0,
+            persist_seq: 0,
+            durable_seq: 0,
+            cache: VecDeque::new(),
+            cache_bytes: 0,
+            learning: None,
+            log_min_decree: 0,
+        }
+    }
+
+    pub fn me(&self) -> MemberId {
+        self.me
+    }
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    /// `NotifyStatus(true)` has been raised: requests are taken.
+    pub fn is_primary(&self) -> bool {
+        self.is_primary
+    }
+    pub fn max_ballot(&self) -> Ballot {
+        self.max_ballot
+    }
+    /// The decree and ballot of the highest accepted vote.
+    pub fn accepted(&self) -> (u64, Ballot) {
+        decree_ballot(&self.accepted)
+    }
+    /// The next decree to execute (the application's sequence number is one less).
+    pub fn next_execute(&self) -> u64 {
+        self.next_execute
+    }
+
+    fn quorum(&self) -> usize {
+        self.members.len() / 2 + 1
+    }
+
+    /// Applies one durable log record at start-up: Prepares raise the promise, each vote that
+    /// follows its predecessor at the same ballot executes that predecessor. The last vote is
+    /// never executed: it is not known to be chosen.
+    pub fn replay(&mut self, record: &Arc<Message>, out: &mut Vec<Action>) -> Result<(), ReplayError> {
+        assert_eq!(self.persist_seq, 0, "replay comes before start");
+        let (d, b) = decree_ballot(record);
+        let err = || ReplayError { kind: record.kind(), decree: d, after_decree: self.accepted.header.decree };
+        match record.kind() {
+            MsgKind::Prepare => self.max_ballot = self.max_ballot.max(b),
+            // A vote for the next decree follows at the same ballot, or at another one where
+            // learning proved our decree chosen (see `apply_learned`).
+            MsgKind::Vote if (is_next((d, b), self.accepted()) || d == self.accepted.header.decree + 1) && !b.is_empty() => {
+                if d == self.accepted.header.decree + 1 && self.next_execute == d - 1 {
+                    self.execute(self.accepted.clone(), Vec::new(), out);
+                }
+                self.accepted = record.clone();
+                self.max_ballot = self.max_ballot.max(b);
+            }
+            _ => return Err(err()),
+        }
+        debug_assert!(self.max_ballot >= self.accepted.header.ballot);
+        Ok(())
+    }
+
+    /// Starts the protocol: a status round to find the ring.
+    pub fn start(&mut self, now: Micros, app: &mut dyn Application, out: &mut Vec<Action>) {
+        assert_eq!(self.role, Role::Initializing, "start once");
+        self.accepted_at = now;
+        self.start_initializing(now, app, out);
+    }
+
+    /// When the replica next needs a `Tick`, if nothing else arrives first.
+    pub fn next_wakeup(&self) -> Micros {
+        match self.role {
+            Role::Secondary if self.force_reelection => 0,
+            Role::Secondary => self.next_election,
+            Role::Initializing if self.learning.is_some() => Micros::MAX,
+            Role::Initializing => self.action_deadline,
+            Role::Preparing => self.action_deadline.min(self.candidacy.as_ref().map_or(Micros::MAX, |c| c.deadline)),
+            Role::Primary if self.outstanding.is_some() => self.action_deadline,
+            Role::Primary if self.is_primary => self.last_proposed.saturating_add(self.cfg.heartbeat_interval),
+            Role::Primary => Micros::MAX,
+        }
+    }
+
+    /// `ReplicateRequest` (or, with `exclusive`, `ReplicateRequestExclusiveVote`).
+    pub fn submit(&mut self, now: Micros, request: Bytes, cookie: Cookie, exclusive: bool, out: &mut Vec<Action>) -> Result<(), SubmitError> {
+        if request.is_empty() {
+            return Err(SubmitError::InvalidRequest);
+        }
+        if !self.is_primary {
+            return Err(SubmitError::NotPrimary);
+        }
+        debug_assert_eq!(self.role, Role::Primary);
+        let size = request.len() + 4;
+        match self.to_send.back_mut() {
+            Some(tail) if !tail.closed && !exclusive && tail.bytes + size <= self.cfg.max_vote_bytes => {
+                tail.body.requests.push(request);
+                tail.cookies.push(cookie);
+                tail.bytes += size;
+            }
+            _ => self.to_send.push_back(Pending {
+                body: VoteBody { requests: vec![request], ..Default::default() },
+                cookies: vec![cookie],
+                bytes: size,
+                closed: exclusive,
+            }),
+        }
+        self.send_next(now, out);
+        Ok(())
+    }
+
+    /// Feeds one input.
+    pub fn step(&mut self, now: Micros, input: Input, app: &mut dyn Application, out: &mut Vec<Action>) {
+        match input {
+            Input::Tick => self.tick(now, app, out),
+            Input::Message { from, msg } => self.on_message(now, from, msg, app, out),
+            Input::Durable(seq) => {
+                assert!(seq <= self.persist_seq, "durable {seq} beyond the {} persists asked for", self.persist_seq);
+                self.durable_seq = self.durable_seq.max(seq);
+                self.check_chosen(now, out);
+                self.check_prepared(now, out);
+            }
+            Input::Learned { from, records } => self.on_learned(now, from, records, app, out),
+            Input::AttemptPromotion => self.force_reelection = true,
+            Input::SetAcceptMessages(accept) => self.accept_flag = accept,
+        }
+        self.drain_cache(now, app, out);
+        self.check_invariants();
+    }
+
+    /// Votes cached while initializing are handled as soon as the replica is out of it.
+    fn drain_cache(&mut self, now: Micros, app: &mut dyn Application, out: &mut Vec<Action>) {
+        while self.role != Role::Initializing {
+            let Some((from, vote)) = self.cache.pop_front() else { break };
+            self.on_vote(now, from, vote, app, out);
+        }
+        if self.cache.is_empty() {
+            self.cache_bytes = 0;
+        }
+    }
+
+    fn check_invariants(&self) {
+        debug_assert!(self.max_ballot >= self.accepted.header.ballot, "promise below the accepted ballot");
+        debug_assert!(self.durable_seq <= self.persist_seq);
+        debug_assert!(
+            self.next_execute == self.accepted.header.decree || self.next_execute == self.accepted.header.decree + 1,
+            "execution {} is not at the accepted decree {}",
+            self.next_execute,
+            self.accepted.header.decree
+        );
+        debug_assert!(self.role == Role::Primary || (self.outstanding.is_none() && self.to_send.is_empty() && !self.is_primary));
+        debug_assert!((self.role == Role::Preparing) == self.candidacy.is_some());
+    }
+
+    // ---- outputs ------------------------------------------------------------------------
+
+    fn persist(&mut self, record: Arc<Message>, out: &mut Vec<Action>) -> u64 {
+        debug_assert!(record.kind().is_log_record());
+        self.persist_seq += 1;
+        out.push(Action::Persist { seq: self.persist_seq, record });
+        self.persist_seq
+    }
+
+    fn send(&self, to: Dest, msg: Message, after: u64, out: &mut Vec<Action>) {
+        debug_assert!(after <= self.persist_seq);
+        out.push(Action::Send { to, msg: Arc::new(msg), after });
+    }
+
+    fn header(&self, decree: u64, ballot: Ballot) -> Header {
+        Header::new(self.version, self.me, decree, self.config_number, ballot)
+    }
+
+    fn not_accepted(&self, to: MemberId, out: &mut Vec<Action>) {
+        let msg = Message::new(self.header(self.accepted.header.decree, self.max_ballot), Body::NotAccepted);
+        self.send(Dest::One(to), msg, 0, out);
+    }
+
+    fn execute(&mut self, vote: Arc<Message>, cookies: Vec<Cookie>, out: &mut Vec<Action>) {
+        let decree = vote.header.decree;
+        assert_eq!(decree, self.next_execute, "decrees execute in order, each once");
+        assert!(!vote.header.ballot.is_empty(), "only a proposed vote can be chosen");
+        debug_assert!(cookies.is_empty() || cookies.len() == vote.as_vote().map_or(0, |v| v.requests.len()));
+        self.next_execute = decree + 1;
+        out.push(Action::Execute { vote, cookies });
+    }
+
+    // ---- promises and acceptance --------------------------------------------------------
+
+    fn set_max_ballot(&mut self, now: Micros, ballot: Ballot, seq: u64) {
+        if ballot <= self.max_ballot {
+            return;
+        }
+        self.max_ballot = ballot;
+        self.max_ballot_seq = seq;
+        let wait = if ballot.member == self.me { self.cfg.heartbeat_interval } else { self.cfg.new_leader_grace_period };
+        self.next_election = self.next_election.max(now.saturating_add(wait));
+    }
+
+    /// `LogAndAcceptVote`: the vote becomes the highest accepted one; if it is the next decree
+    /// at the same ballot (or `proven`: learning showed our decree chosen), the one it follows
+    /// is chosen and executes.
+    fn log_and_accept(&mut self, now: Micros, vote: Arc<Message>, proven: bool, out: &mut Vec<Action>) {
+        let (d, b) = decree_ballot(&vote);
+        let (ad, ab) = self.accepted();
+        assert!(is_next((d, b), (ad, ab)) || (proven && d == ad + 1), "accepting ({d},{b}) after ({ad},{ab})");
+        assert!(!b.is_empty(), "votes carry a ballot");
+        if d == ad + 1 {
+            if self.next_execute == ad {
+                self.execute(self.accepted.clone(), Vec::new(), out);
+            }
+            let wait = if self.max_ballot.member == self.me { self.cfg.heartbeat_interval } else { self.election_delay };
+            self.next_election = now.saturating_add(wait);
+        }
+        if (d, b) != (ad, ab) {
+            self.accepted_seq = self.persist(vote.clone(), out);
+        }
+        self.accepted = vote;
+        self.accepted_at = now;
+        self.set_max_ballot(now, b, self.accepted_seq);
+    }
+
+    fn accept_check(&mut self, app: &mut dyn Application, from: &MemberId, cookie: &[u8]) -> bool {
+        if self.cfg.use_global_accept_flag {
+            self.accept_flag
+        } else {
+            app.accept_message(from, cookie)
+        }
+    }
+
+    // ---- messages -----------------------------------------------------------------------
+
+    /// The configuration checks every message passes (api-behavior §2.17.5), reduced to one
+    /// static configuration: it must come from another member of our configuration.
+    fn admit(&mut self, from: &MemberId, msg: &Message) -> bool {
+        if *from == self.me || msg.header.sender != *from || !self.members.contains(from) {
+            return false;
+        }
+        if msg.header.config != self.config_number {
+            return false;
+        }
+        self.max_seen_ballot = self.max_seen_ballot.max(msg.header.ballot);
+        true
+    }
+
+    fn on_message(&mut self, now: Micros, from: MemberId, msg: Arc<Message>, app: &mut dyn Application, out: &mut Vec<Action>) {
+        if !self.admit(&from, &msg) {
+            return;
+        }
+        match msg.kind() {
+            MsgKind::Vote if self.role == Role::Initializing => self.cache_vote(from, msg),
+            MsgKind::Vote => self.on_vote(now, from, msg, app, out),
+            MsgKind::VoteAccepted => self.on_vote_accepted(now, from, &msg, out),
+            MsgKind::Prepare => self.on_prepare(now, from, msg, app, out),
+            MsgKind::PrepareAccepted => self.on_prepare_accepted(now, from, &msg, out),
+            MsgKind::NotAccepted => self.on_not_accepted(now, &msg, app, out),
+            MsgKind::StatusQuery => self.on_status_query(now, from, &msg, out),
+            MsgKind::StatusResponse => self.on_status_response(now, from, msg, app, out),
+            // Reconfiguration, join and bootstrap arrive with dynamic membership.
+            _ => {}
+        }
+    }
+
+    fn cache_vote(&mut self, from: MemberId, vote: Arc<Message>) {
+        if let Some((_, tail)) = self.cache.back() {
+            let t = decree_ballot(tail);
+            if is_lower(decree_ballot(&vote), t) || decree_ballot(&vote) == t {
+                return;
+            }
+        }
+        self.cache_bytes += vote.as_vote().map_or(0, vote_size) + 200;
+        self.cache.push_back((from, vote));
+        if self.cache_bytes > self.cfg.max_cache_bytes {
+            self.cache.clear();
+            self.cache_bytes = 0;
+        }
+    }
+
+    /// `HandleNewVotes` for one vote (api-behavior §2.8).
+    fn on_vote(&mut self, now: Micros, from: MemberId, vote: Arc<Message>, app: &mut dyn Application, out: &mut Vec<Action>) {
+        debug_assert_ne!(self.role, Role::Initializing);
+        let db = decree_ballot(&vote);
+        let (ad, _) = self.accepted();
+        if is_lower(db, self.accepted()) {
+            if db.1 < self.max_ballot || db.0 + 1 < ad {
+                self.not_accepted(from, out);
+            }
+            return;
+        }
+        if !is_next(db, self.accepted()) {
+            // A gap: we missed decrees. Learn them.
+            self.cache.clear();
+            self.cache_bytes = 0;
+            return self.start_initializing(now, app, out);
+        }
+        if self.role == Role::Primary {
+            self.step_down(out);
+        }
+        self.log_and_accept(now, vote.clone(), false, out);
+        let reply = if db.1 < self.max_ballot {
+            // Logged, yet refused: it is below our promise.
+            Some(Body::NotAccepted)
+        } else {
+            let body = vote.as_vote().expect("a vote");
+            let cookie = body.cookie.clone();
+            self.accept_check(app, &vote.header.sender, &cookie).then_some(Body::VoteAccepted)
+        };
+        if let Some(body) = reply {
+            let accepted_body = body == Body::VoteAccepted;
+            let msg = Message::new(self.header(self.accepted.header.decree, self.max_ballot), body);
+            let after = self.accepted_seq.max(self.max_ballot_seq);
+            self.send(Dest::One(from), msg, after, out);
+            if accepted_body && vote.as_vote().is_some_and(|v| v.relinquish) {
+                self.force_reelection = true;
+            }
+        }
+        self.become_secondary();
+    }
+
+    fn on_vote_accepted(&mut self, now: Micros, from: MemberId, msg: &Message, out: &mut Vec<Action>) {
+        if self.role != Role::Primary {
+            return;
+        }
+        let current = (self.accepted.header.decree, self.max_ballot);
+        match &mut self.outstanding {
+            Some(o) if decree_ballot(msg) == current && decree_ballot(&o.vote) == current => {
+                o.acks.insert(from);
+            }
+            _ => return,
+        }
+        self.check_chosen(now, out);
+    }
+
+    /// The outstanding vote is chosen once this replica's own write is durable and a quorum
+    /// counting it has accepted.
+    fn check_chosen(&mut self, now: Micros, out: &mut Vec<Action>) {
+        let needed = self.quorum() - 1;
+        match &self.outstanding {
+            Some(o) if self.durable_seq >= o.seq && o.acks.len() >= needed => {}
+            _ => return,
+        }
+        let o = self.outstanding.take().expect("checked above");
+        debug_assert_eq!(self.role, Role::Primary);
+        debug_assert_eq!(decree_ballot(&o.vote), self.accepted());
+        self.action_deadline = Micros::MAX;
+        let decree = o.vote.header.decree;
+        if self.recovering == Some(decree) {
+            self.is_primary = true;
+            out.push(Action::NotifyStatus { primary: true });
+        }
+        if self.next_execute == decree {
+            self.execute(o.vote, o.cookies, out);
+        }
+        if self.recovering.take_if(|d| *d == decree).is_some() {
+            out.push(Action::NotifyPrimaryRecovered);
+        }
+        self.send_next(now, out);
+    }
+
+    /// Proposes the next queued vote if none is outstanding.
+    fn send_next(&mut self, now: Micros, out: &mut Vec<Action>) {
+        if self.role != Role::Primary || self.outstanding.is_some() || !self.is_primary {
+            return;
+        }
+        if let Some(p) = self.to_send.pop_front() {
+            self.propose(now, p.body, p.cookies, out);
+        }
+    }
+
+    /// `SendNextVote`: stamps the vote, persists it, and sends it in parallel.
+    fn propose(&mut self, now: Micros, body: VoteBody, cookies: Vec<Cookie>, out: &mut Vec<Action>) {
+        assert!(self.role == Role::Primary && self.outstanding.is_none(), "one outstanding vote");
+        assert_eq!(self.max_ballot.member, self.me, "only the ballot's owner proposes");
+        let (ad, ab) = self.accepted();
+        let decree = if self.max_ballot == ab { ad + 1 } else { ad };
+        let vote = Arc::new(Message::new(self.header(decree, self.max_ballot), Body::Vote(body)));
+        self.log_and_accept(now, vote.clone(), false, out);
+        let seq = self.accepted_seq;
+        self.send(Dest::All, (*vote).clone(), 0, out);
+        self.outstanding = Some(Outstanding { vote, seq, acks: BTreeSet::new(), cookies });
+        self.action_deadline = now.saturating_add(self.cfg.resend_interval);
+        self.last_proposed = now;
+        self.check_chosen(now, out);
+    }
+
+    /// Leaving the primary role: everything not yet chosen goes back to the application.
+    fn step_down(&mut self, out: &mut Vec<Action>) {
+        debug_assert_eq!(self.role, Role::Primary);
+        let outstanding = self.outstanding.take();
+        let queued = std::mem::take(&mut self.to_send);
+        if self.is_primary {
+            self.is_primary = false;
+            let cookies = outstanding.into_iter().flat_map(|o| o.cookies).chain(queued.into_iter().flat_map(|p| p.cookies));
+            out.extend(cookies.map(|cookie| Action::Abort { cookie, reason: AbortReason::NotPrimary }));
+            out.push(Action::NotifyStatus { primary: false });
+        }
+        self.recovering = None;
+        self.role = Role::Secondary;
+        self.action_deadline = Micros::MAX;
+    }
+
+    fn become_secondary(&mut self) {
+        debug_assert_ne!(self.role, Role::Primary, "step down first");
+        self.role = Role::Secondary;
+        self.candidacy = None;
+        self.force_reelection = false;
+        self.action_deadline = Micros::MAX;
+    }
+
+    /// `HandlePrepareMsg` (api-behavior §2.8).
+    fn on_prepare(&mut self, now: Micros, from: MemberId, prep: Arc<Message>, app: &mut dyn Application, out: &mut Vec<Action>) {
+        let (d, b) = decree_ballot(&prep);
+        let ad = self.accepted.header.decree;
+        if is_lower((d, b), (ad, self.max_ballot)) {
+            if d + 1 < ad || b < self.max_ballot {
+                self.not_accepted(from, out);
+            }
+            return;
+        }
+        if self.role == Role::Initializing {
+            return;
+        }
+        if self.role == Role::Primary && b > self.max_ballot {
+            self.step_down(out);
+        }
+        if b > self.max_ballot {
+            let seq = self.persist(prep.clone(), out);
+            self.set_max_ballot(now, b, seq);
+        }
+        let cookie = match &prep.body {
+            Body::Prepare(c) => c.clone(),
+            _ => Bytes::new(),
+        };
+        if self.accept_check(app, &from, &cookie) {
+            let body = Body::PrepareAccepted(Box::new((*self.accepted).clone()));
+            let after = self.accepted_seq.max(self.max_ballot_seq);
+            self.send(Dest::One(from), Message::new(self.header(d, b), body), after, out);
+        }
+        if self.role == Role::Primary {
+            // Our own ballot again (a resent Prepare of ours cannot reach us): nothing to do.
+            return;
+        }
+        if d > ad {
+            self.start_initializing(now, app, out);
+        } else {
+            self.become_secondary();
+        }
+    }
+
+    fn on_prepare_accepted(&mut self, now: Micros, from: MemberId, msg: &Message, out: &mut Vec<Action>) {
+        let current = (self.accepted.header.decree, self.max_ballot);
+        let (Some(c), Body::PrepareAccepted(vote)) = (&mut self.candidacy, &msg.body) else { return };
+        if decree_ballot(msg) != current || decree_ballot(&c.prepare) != current {
+            return;
+        }
+        let (vd, vb) = decree_ballot(vote);
+        if vd > current.0 || vb > current.1 {
+            return; // an invalid answer: ahead of the prepare it answers
+        }
+        if vd == c.freshest.header.decree && vb > c.freshest.header.ballot {
+            c.freshest = Arc::new((**vote).clone());
+        }
+        c.promises.insert(from);
+        self.check_prepared(now, out);
+    }
+
+    fn check_prepared(&mut self, now: Micros, out: &mut Vec<Action>) {
+        let needed = self.quorum() - 1;
+        match &self.candidacy {
+            Some(c) if self.durable_seq >= c.seq && c.promises.len() >= needed => {}
+            _ => return,
+        }
+        let c = self.candidacy.take().expect("checked above");
+        assert_eq!(c.freshest.header.decree, self.accepted.header.decree, "re-proposing at our decree");
+        assert_eq!(self.max_ballot.member, self.me);
+        // Re-propose the freshest value at the same decree under our ballot.
+        let mut body = c.freshest.as_vote().cloned().unwrap_or_default();
+        body.cookie = self.primary_cookie.clone();
+        body.relinquish = false;
+        self.role = Role::Primary;
+        self.force_reelection = false;
+        self.recovering = Some(self.accepted.header.decree);
+        self.propose(now, body, Vec::new(), out);
+    }
+
+    /// `HandleNotAcceptedMsg`.
+    fn on_not_accepted(&mut self, now: Micros, msg: &Message, app: &mut dyn Application, out: &mut Vec<Action>) {
+        let (d, b) = decree_ballot(msg);
+        if is_lower((d, b), self.accepted()) || self.role == Role::Initializing {
+            return;
+        }
+        if d > self.accepted.header.decree {
+            self.start_initializing(now, app, out);
+        } else if b > self.max_ballot {
+            if self.role == Role::Primary {
+                self.step_down(out);
+            }
+            // Adopt the promise, as a Prepare record.
+            let prep = Message::new(Header::new(msg.header.version, msg.header.sender, d, self.config_number, b), Body::Prepare(Bytes::new()));
+            let seq = self.persist(Arc::new(prep), out);
+            self.set_max_ballot(now, b, seq);
+            self.become_secondary();
+        }
+    }
+
+    fn on_status_query(&mut self, now: Micros, from: MemberId, query: &Message, out: &mut Vec<Action>) {
+        let status = StatusBody {
+            query_decree: query.header.decree,
+            query_ballot: query.header.ballot,
+            last_received_ago_ms: (now.saturating_sub(self.accepted_at) / 1000) as i64,
+            min_decree_in_log: self.log_min_decree,
+            checkpointed_decree: 0,
+            checkpoint_size: 0,
+            max_ballot: self.max_ballot,
+            state: self.role.status_code(),
+        };
+        let (ad, ab) = self.accepted();
+        self.send(Dest::One(from), Message::new(self.header(ad, ab), Body::StatusResponse(status)), 0, out);
+    }
+
+    /// `HandleStatusResponseMsg` (api-behavior §2.11).
+    fn on_status_response(&mut self, now: Micros, from: MemberId, msg: Arc<Message>, app: &mut dyn Application, out: &mut Vec<Action>) {
+        let Body::StatusResponse(s) = &msg.body else { return };
+        if self.role == Role::Primary || self.learning.is_some() || (s.query_decree, s.query_ballot) != self.accepted() {
+            return;
+        }
+        let (ad, ab) = self.accepted();
+        if self.role != Role::Initializing {
+            // A minority ahead of a majority would otherwise livelock elections.
+            let (d, b) = decree_ballot(&msg);
+            if d == ad + 1 && b >= ab && self.cache.is_empty() {
+                self.learn(from, out);
+            }
+            return;
+        }
+        self.statuses.insert(from, msg);
+        if self.statuses.len() + 1 < self.quorum() {
+            return;
+        }
+        let min_needed = self.cache.front().map(|(_, v)| v.header.decree).filter(|&d| d > ad).unwrap_or(u64::MAX);
+        let logged_higher = |than: (u64, Ballot)| -> Vec<MemberId> {
+            self.statuses
+                .iter()
+                .filter(|(_, m)| matches!(&m.body, Body::StatusResponse(s) if s.min_decree_in_log <= ad) && is_higher(decree_ballot(m), than))
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        let mut candidates = logged_higher((min_needed - 1, ab));
+        if candidates.is_empty() {
+            candidates = logged_higher((ad, ab));
+        }
+        if !candidates.is_empty() {
+            let pick = candidates[self.rng.below(candidates.len() as u64) as usize];
+            return self.learn(pick, out);
+        }
+        if self.statuses.values().any(|m| is_higher(decree_ballot(m), (ad, ab))) {
+            // Someone is ahead but nobody still logs our decree: that needs a checkpoint,
+            // which arrives with checkpoint transfer. Keep waiting for more answers.
+            return;
+        }
+        if self.next_election == Micros::MAX {
+            let min_ago = self
+                .statuses
+                .values()
+                .filter_map(|m| match &m.body {
+                    Body::StatusResponse(s) => Some(s.last_received_ago_ms.max(0) as u64),
+                    _ => None,
+                })
+                .min()
+                .unwrap_or(0)
+                .min(now / 1000);
+            self.next_election = now - min_ago * 1000 + self.election_delay;
+        }
+        self.move_to_secondary_or_prepare(now, app, out);
+    }
+
+    fn learn(&mut self, from: MemberId, out: &mut Vec<Action>) {
+        debug_assert!(self.learning.is_none() && self.role != Role::Primary);
+        self.learning = Some(from);
+        self.candidacy = None;
+        self.role = Role::Initializing;
+        out.push(Action::FetchVotes { from, decree: self.accepted.header.decree });
+    }
+
+    fn on_learned(&mut self, now: Micros, from: MemberId, records: Vec<Arc<Message>>, app: &mut dyn Application, out: &mut Vec<Action>) {
+        if self.learning != Some(from) {
+            return;
+        }
+        self.learning = None;
+        if !self.apply_learned(now, records, out) {
+            return self.start_initializing(now, app, out);
+        }
+        // The votes cached meanwhile continue from where learning stopped (`drain_cache`).
+        self.become_secondary();
+    }
+
+    /// `LearnVotes`: applies a peer's log from our decree on. Succeeds once it has reached the
+    /// first cached vote.
+    fn apply_learned(&mut self, now: Micros, records: Vec<Arc<Message>>, out: &mut Vec<Action>) -> bool {
+        let min_needed = self.cache.front().map(|(_, v)| v.header.decree);
+        let mut last: Option<(u64, Ballot)> = None;
+        for rec in records {
+            if rec.header.config != self.config_number {
+                return false;
+            }
+            let (d, b) = decree_ballot(&rec);
+            match rec.kind() {
+                MsgKind::Prepare => {
+                    if b > self.max_ballot {
+                        let seq = self.persist(rec, out);
+                        self.set_max_ballot(now, b, seq);
+                    }
+                }
+                MsgKind::Vote => {
+                    let (ad, ab) = self.accepted();
+                    let in_sequence = match last {
+                        Some(l) => is_next((d, b), l) && (d == ad || d == ad + 1),
+                        None => d == ad,
+                    };
+                    if !in_sequence {
+                        return false;
+                    }
+                    let prev = last.replace((d, b));
+                    // The peer's (ad, b) followed by (ad + 1, b) proves (ad, b) chosen. Our vote
+                    // at ad has a ballot at least b, so by Paxos it carries the same value: ours
+                    // is chosen too, and we move on to ad + 1 though its ballot is lower. (The
+                    // original skips it, and such a replica never catches up.)
+                    let proven = b < ab && d == ad + 1 && prev == Some((ad, b));
+                    if b < ab && !proven {
+                        continue;
+                    }
+                    if !is_next((d, b), (ad, ab)) && !proven {
+                        // The original logs a copy under our ballot here, which would mark our
+                        // vote chosen without proof; refusing (and learning again) is safe.
+                        return false;
+                    }
+                    self.log_and_accept(now, rec, proven, out);
+                    if min_needed.is_some_and(|m| m <= d) {
+                        return true;
+                    }
+                }
+                _ => return false,
+            }
+        }
+        false
+    }
+
+    // ---- timers and transitions -----------------------------------------------------------
+
+    fn tick(&mut self, now: Micros, app: &mut dyn Application, out: &mut Vec<Action>) {
+        match self.role {
+            Role::Secondary => {
+                if self.force_reelection || now >= self.next_election {
+                    self.start_initializing(now, app, out);
+                }
+            }
+            Role::Initializing => {
+                if self.learning.is_none() && now >= self.action_deadline {
+                    self.start_initializing(now, app, out);
+                }
+            }
+            Role::Preparing => {
+                let c = self.candidacy.as_ref().expect("preparing has a candidacy");
+                if now >= c.deadline {
+                    self.start_initializing(now, app, out);
+                } else if now >= self.action_deadline {
+                    for m in self.members.iter().filter(|m| **m != self.me && !c.promises.contains(m)) {
+                        out.push(Action::Send { to: Dest::One(*m), msg: c.prepare.clone(), after: 0 });
+                    }
+                    self.action_deadline = now.saturating_add(self.cfg.resend_interval);
+                }
+            }
+            Role::Primary => {
+                if let Some(o) = &self.outstanding {
+                    if now >= self.action_deadline {
+                        for m in self.members.iter().filter(|m| **m != self.me && !o.acks.contains(m)) {
+                            out.push(Action::Send { to: Dest::One(*m), msg: o.vote.clone(), after: 0 });
+                        }
+                        self.action_deadline = now.saturating_add(self.cfg.resend_interval);
+                    }
+                } else if self.is_primary && now >= self.last_proposed.saturating_add(self.cfg.heartbeat_interval) {
+                    debug_assert!(self.to_send.is_empty());
+                    self.propose(now, VoteBody::default(), Vec::new(), out);
+                }
+            }
+        }
+    }
+
+    fn start_initializing(&mut self, now: Micros, app: &mut dyn Application, out: &mut Vec<Action>) {
+        if self.role == Role::Primary {
+            self.step_down(out);
+        }
+        self.role = Role::Initializing;
+        self.candidacy = None;
+        self.learning = None;
+        self.statuses.clear();
+        self.action_deadline = now.saturating_add(self.cfg.initialize_retry_interval);
+        if self.quorum() == 1 {
+            self.next_election = 0;
+            return self.move_to_secondary_or_prepare(now, app, out);
+        }
+        let (ad, ab) = self.accepted();
+        self.send(Dest::All, Message::new(self.header(ad, ab), Body::StatusQuery), 0, out);
+    }
+
+    /// `MoveToSecondaryOrPrepare` (api-behavior §2.9).
+    fn move_to_secondary_or_prepare(&mut self, now: Micros, app: &mut dyn Application, out: &mut Vec<Action>) {
+        debug_assert_eq!(self.role, Role::Initializing);
+        if now >= self.next_election || self.max_ballot.member == self.me || self.force_reelection {
+            if let Some(cookie) = app.can_become_primary() {
+                self.primary_cookie = cookie;
+                return self.start_preparing(now, out);
+            }
+            self.next_election = now.saturating_add(self.cfg.heartbeat_interval);
+        }
+        self.become_secondary();
+    }
+
+    fn start_preparing(&mut self, now: Micros, out: &mut Vec<Action>) {
+        let mut ballot = Ballot::new(self.max_ballot.id.saturating_add(1), self.me);
+        if ballot < self.max_seen_ballot {
+            ballot.id = self.max_seen_ballot.id.saturating_add(1);
+        }
+        assert!(ballot > self.max_ballot, "a new ballot exceeds every promise");
+        let (ad, _) = self.accepted();
+        let prepare = Arc::new(Message::new(self.header(ad, ballot), Body::Prepare(self.primary_cookie.clone())));
+        // As in the original, the Prepare goes out before it is logged; we count ourselves
+        // only once it is durable.
+        out.push(Action::Send { to: Dest::All, msg: prepare.clone(), after: 0 });
+        let seq = self.persist(prepare.clone(), out);
+        self.set_max_ballot(now, ballot, seq);
+        self.role = Role::Preparing;
+        let deadline = now.saturating_add(self.election_delay.saturating_mul(30));
+        self.candidacy = Some(Candidacy { prepare, seq, promises: BTreeSet::new(), freshest: self.accepted.clone(), deadline });
+        self.action_deadline = now.saturating_add(self.cfg.resend_interval);
+        self.check_prepared(now, out);
+    }
+}

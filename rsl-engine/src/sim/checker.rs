@@ -1,0 +1,172 @@
+//! The simulator's judge: the safety properties checked after every step, and progress once
+//! faults heal.
+
+use crate::format::{Ballot, Message};
+use crate::paxos::{Cookie, Micros};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
+
+/// A replica process: its index and incarnation (restart count).
+pub type Proc = (usize, u32);
+
+#[derive(Debug)]
+enum CookieState {
+    Held { proc: Proc, request: u64 },
+    Returned,
+}
+
+/// What the simulated services did, and what it must satisfy.
+#[derive(Default)]
+pub struct Checker {
+    /// Each executed decree's request ids, as first executed anywhere.
+    chosen: BTreeMap<u64, Vec<u64>>,
+    /// The decree each request id executed at.
+    request_decree: HashMap<u64, u64>,
+    submitted: HashMap<u64, Micros>,
+    cookies: HashMap<Cookie, CookieState>,
+    /// Each process's last executed decree.
+    executed: HashMap<Proc, u64>,
+    /// The process that became primary in each ballot.
+    primaries: BTreeMap<Ballot, Proc>,
+    max_ballots: HashMap<Proc, Ballot>,
+    /// Requests whose submitter saw them executed (with their cookie), and when.
+    acknowledged: Vec<(u64, Micros)>,
+    violations: Vec<String>,
+}
+
+/// The request id a simulated request carries in its first 8 bytes.
+pub fn request_id(request: &[u8]) -> u64 {
+    u64::from_le_bytes(request[..8].try_into().expect("simulated requests carry an id"))
+}
+
+impl Checker {
+    /// Records a violation found outside the checker's own bookkeeping.
+    pub fn violation(&mut self, what: String) {
+        self.violations.push(what);
+    }
+
+    fn violate(&mut self, what: String) {
+        self.violation(what);
+    }
+
+    pub fn violations(&self) -> &[String] {
+        &self.violations
+    }
+
+    pub fn submitted(&mut self, proc: Proc, request: u64, cookie: Cookie, now: Micros) {
+        assert!(self.submitted.insert(request, now).is_none(), "request ids are unique");
+        self.cookies.insert(cookie, CookieState::Held { proc, request });
+    }
+
+    /// A process ran a chosen decree.
+    pub fn executed(&mut self, proc: Proc, vote: &Message, cookies: &[Cookie], now: Micros) {
+        let decree = vote.header.decree;
+        let ids: Vec<u64> = vote.as_vote().map(|v| v.requests.iter().map(|r| request_id(r)).collect()).unwrap_or_default();
+        // Executed decrees are contiguous within a process's life.
+        let expected = self.executed.get(&proc).map_or(decree, |d| d + 1);
+        if decree != expected {
+            self.violate(format!("{proc:?} executed decree {decree}, expected {expected}"));
+        }
+        self.executed.insert(proc, decree);
+        // Agreement: one value per decree.
+        match self.chosen.get(&decree) {
+            Some(first) if *first != ids => {
+                let msg = format!("agreement: {proc:?} executed {ids:?} at decree {decree}, others {first:?}");
+                self.violate(msg);
+            }
+            Some(_) => {}
+            None => {
+                // Validity: only submitted requests, each at one decree.
+                for id in &ids {
+                    if !self.submitted.contains_key(id) {
+                        self.violate(format!("validity: decree {decree} executes request {id} that nobody submitted"));
+                    }
+                    if let Some(other) = self.request_decree.insert(*id, decree) {
+                        self.violate(format!("validity: request {id} executed at decrees {other} and {decree}"));
+                    }
+                }
+                self.chosen.insert(decree, ids.clone());
+            }
+        }
+        if !cookies.is_empty() && cookies.len() != ids.len() {
+            self.violate(format!("{proc:?} executed decree {decree} with {} cookies for {} requests", cookies.len(), ids.len()));
+        }
+        for (cookie, id) in cookies.iter().zip(&ids) {
+            if self.return_cookie(proc, *cookie, Some(*id)) {
+                self.acknowledged.push((*id, now));
+            }
+        }
+    }
+
+    /// A cookie came back; `executed` names the request it came back with. Returns whether it
+    /// was a valid first return.
+    pub fn return_cookie(&mut self, proc: Proc, cookie: Cookie, executed: Option<u64>) -> bool {
+        match self.cookies.insert(cookie, CookieState::Returned) {
+            Some(CookieState::Held { proc: holder, request }) if holder == proc && executed.is_none_or(|id| id == request) => true,
+            other => {
+                self.violate(format!("cookie {cookie} returned by {proc:?} with {executed:?}, was {other:?}"));
+                false
+            }
+        }
+    }
+
+    pub fn became_primary(&mut self, proc: Proc, ballot: Ballot) {
+        if let Some(other) = self.primaries.insert(ballot, proc) {
+            if other != proc {
+                self.violate(format!("two primaries in ballot {ballot}: {other:?} and {proc:?}"));
+            }
+        }
+    }
+
+    /// Ballots only grow within a process's life.
+    pub fn observe_ballot(&mut self, proc: Proc, ballot: Ballot) {
+        let prev = self.max_ballots.insert(proc, ballot);
+        if prev.is_some_and(|p| p > ballot) {
+            self.violate(format!("{proc:?} max ballot went down from {} to {ballot}", prev.expect("checked")));
+        }
+    }
+
+    /// A process died: the cookies it held die with it.
+    pub fn crashed(&mut self, proc: Proc) {
+        for state in self.cookies.values_mut() {
+            if matches!(state, CookieState::Held { proc: p, .. } if *p == proc) {
+                *state = CookieState::Returned;
+            }
+        }
+    }
+
+    /// After the faults healed at `healed`: a request acknowledged since then must exist, every
+    /// acknowledged request must have executed on every live process, and every live process's
+    /// cookies must have come back.
+    pub fn check_progress(&mut self, healed: Micros, live: &[Proc]) {
+        let Some(&(last, _)) = self.acknowledged.iter().rev().find(|(_, at)| *at >= healed) else {
+            return self.violate(format!("no progress: no request acknowledged after the faults healed at {healed}us"));
+        };
+        let decree = self.request_decree[&last];
+        for proc in live {
+            if self.executed.get(proc).is_none_or(|d| *d < decree) {
+                let msg = format!("durability: {proc:?} has not executed decree {decree} (request {last}), reached {:?}", self.executed.get(proc));
+                self.violate(msg);
+            }
+        }
+        let mut held = String::new();
+        for (cookie, state) in &self.cookies {
+            if let CookieState::Held { proc, request } = state {
+                if live.contains(proc) {
+                    let _ = write!(held, " {cookie}(req {request} on {proc:?})");
+                }
+            }
+        }
+        if !held.is_empty() {
+            self.violate(format!("cookies never returned:{held}"));
+        }
+    }
+
+    pub fn acknowledged(&self) -> usize {
+        self.acknowledged.len()
+    }
+
+    pub fn decrees(&self) -> usize {
+        self.chosen.len()
+    }
+}

@@ -1,0 +1,473 @@
+//! The deterministic simulator: replicas of one ring on a virtual clock, with a seeded network
+//! (delay, reordering, duplication, loss, symmetric and one-way partitions), disks that lose
+//! or keep unsynced records when a process crashes, restarts, and slow disks. The [`checker`]
+//! judges every step. A seed fully determines a run.
+
+pub mod checker;
+
+use crate::format::{Message, MemberId, MsgKind};
+use crate::paxos::{Action, Application, CoreConfig, Dest, Input, Micros, Replica, SplitMix64, MS, SEC};
+use bytes::{BufMut, Bytes, BytesMut};
+use checker::{Checker, Proc};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, VecDeque};
+use std::sync::Arc;
+
+/// The shape of one simulated run.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub seed: u64,
+    pub replicas: usize,
+    /// Faults are injected until this time; then everything heals.
+    pub faults_until: Micros,
+    /// After healing, progress must be made within this long.
+    pub progress_within: Micros,
+    pub loss: f64,
+    pub duplication: f64,
+    pub max_delay: Micros,
+    pub request_interval: Micros,
+}
+
+impl SimConfig {
+    pub fn new(seed: u64, replicas: usize) -> SimConfig {
+        SimConfig {
+            seed,
+            replicas,
+            faults_until: 20 * SEC,
+            progress_within: 25 * SEC,
+            loss: 0.05,
+            duplication: 0.02,
+            max_delay: 20 * MS,
+            request_interval: 10 * MS,
+        }
+    }
+
+    /// The command that replays this run.
+    pub fn replay_command(&self) -> String {
+        format!("cargo run --release -p rsl-engine --bin rsl-sim -- --seed {} --replicas {}", self.seed, self.replicas)
+    }
+}
+
+/// The protocol timings of simulated replicas: RSL's, scaled down twentyfold so that a run
+/// covers many elections.
+pub fn sim_core_config() -> CoreConfig {
+    CoreConfig {
+        heartbeat_interval: 100 * MS,
+        election_delay: 500 * MS,
+        election_randomize_pct: 10,
+        max_election_randomize: 50 * MS,
+        new_leader_grace_period: 750 * MS,
+        initialize_retry_interval: 50 * MS,
+        resend_interval: 50 * MS,
+        ..CoreConfig::default()
+    }
+}
+
+#[derive(Debug)]
+enum Event {
+    Deliver { to: usize, from: usize, msg: Arc<Message> },
+    DiskDone { node: usize, incarnation: u32, seq: u64 },
+    Learned { node: usize, incarnation: u32, from: usize, records: Vec<Arc<Message>> },
+    Crash(usize),
+    Restart(usize),
+    Partition { blocked: Vec<(usize, usize)>, until: Micros },
+    Heal,
+}
+
+struct Node {
+    id: MemberId,
+    replica: Option<Replica>,
+    incarnation: u32,
+    durable: Vec<Arc<Message>>,
+    /// Persists not yet durable, in order, with their sequence numbers.
+    pending: VecDeque<(u64, Arc<Message>)>,
+    durable_seq: u64,
+    disk_free_at: Micros,
+    /// Sends waiting for a persist to become durable.
+    held: Vec<(u64, Dest, Arc<Message>)>,
+    slow_disk: bool,
+}
+
+/// Answers the application's questions: always yes.
+struct SimApp;
+impl Application for SimApp {}
+
+/// The outcome of a run.
+#[derive(Debug)]
+pub struct Report {
+    pub decrees: usize,
+    pub acknowledged: usize,
+    pub violations: Vec<String>,
+}
+
+pub struct Sim {
+    cfg: SimConfig,
+    core: CoreConfig,
+    rng: SplitMix64,
+    now: Micros,
+    nodes: Vec<Node>,
+    events: BinaryHeap<Reverse<(Micros, u64, usize)>>,
+    payloads: Vec<Option<Event>>,
+    event_seq: u64,
+    blocked: BTreeSet<(usize, usize)>,
+    loss: f64,
+    duplication: f64,
+    checker: Checker,
+    next_request: u64,
+    next_submit: Micros,
+    healed_at: Option<Micros>,
+    actions: Vec<Action>,
+}
+
+impl Sim {
+    pub fn new(cfg: SimConfig) -> Sim {
+        let ids: Vec<MemberId> = (1..=cfg.replicas).map(|i| MemberId::new(&i.to_string()).expect("numeric id")).collect();
+        let nodes = ids
+            .iter()
+            .map(|&id| Node {
+                id,
+                replica: None,
+                incarnation: 0,
+                durable: Vec::new(),
+                pending: VecDeque::new(),
+                durable_seq: 0,
+                disk_free_at: 0,
+                held: Vec::new(),
+                slow_disk: false,
+            })
+            .collect();
+        let mut sim = Sim {
+            rng: SplitMix64::new(cfg.seed),
+            loss: cfg.loss,
+            duplication: cfg.duplication,
+            cfg,
+            core: sim_core_config(),
+            now: 0,
+            nodes,
+            events: BinaryHeap::new(),
+            payloads: Vec::new(),
+            event_seq: 0,
+            blocked: BTreeSet::new(),
+            checker: Checker::default(),
+            next_request: 1,
+            next_submit: SEC,
+            healed_at: None,
+            actions: Vec::new(),
+        };
+        for i in 0..sim.nodes.len() {
+            sim.nodes[i].slow_disk = sim.rng.chance(0.3);
+            sim.boot(i);
+        }
+        sim.schedule_faults();
+        sim
+    }
+
+    fn schedule(&mut self, at: Micros, event: Event) {
+        self.event_seq += 1;
+        self.payloads.push(Some(event));
+        self.events.push(Reverse((at, self.event_seq, self.payloads.len() - 1)));
+    }
+
+    /// A fault schedule drawn from the seed: crashes with restarts, partitions, and then heal.
+    fn schedule_faults(&mut self) {
+        let n = self.nodes.len();
+        let until = self.cfg.faults_until;
+        let faults = 3 + self.rng.below(8);
+        for _ in 0..faults {
+            let at = SEC + self.rng.below(until - SEC);
+            match self.rng.below(3) {
+                0 => {
+                    let node = self.rng.below(n as u64) as usize;
+                    self.schedule(at, Event::Crash(node));
+                    let down = 50 * MS + self.rng.below(3 * SEC);
+                    self.schedule(at + down, Event::Restart(node));
+                }
+                1 => {
+                    // Symmetric: a random minority or majority cut off from the rest.
+                    let side: Vec<bool> = (0..n).map(|_| self.rng.chance(0.5)).collect();
+                    let blocked = (0..n).flat_map(|a| (0..n).map(move |b| (a, b))).filter(|&(a, b)| side[a] != side[b]).collect();
+                    let until = at + 100 * MS + self.rng.below(4 * SEC);
+                    self.schedule(at, Event::Partition { blocked, until });
+                }
+                _ => {
+                    // One-way: a cannot reach b.
+                    let a = self.rng.below(n as u64) as usize;
+                    let b = (a + 1 + self.rng.below(n as u64 - 1) as usize) % n;
+                    let until = at + 100 * MS + self.rng.below(4 * SEC);
+                    self.schedule(at, Event::Partition { blocked: vec![(a, b)], until });
+                }
+            }
+        }
+        self.schedule(until, Event::Heal);
+    }
+
+    fn members(&self) -> Vec<MemberId> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    fn proc(&self, node: usize) -> Proc {
+        (node, self.nodes[node].incarnation)
+    }
+
+    /// Starts a process on a node from its durable log.
+    fn boot(&mut self, i: usize) {
+        let seed = self.cfg.seed ^ ((i as u64) << 32) ^ self.nodes[i].incarnation as u64;
+        let mut replica = Replica::new(self.core.clone(), self.nodes[i].id, self.members(), seed);
+        let mut out = std::mem::take(&mut self.actions);
+        for record in self.nodes[i].durable.clone() {
+            if let Err(e) = replica.replay(&record, &mut out) {
+                self.checker.violation(format!("node {i} cannot replay its log: {e}"));
+            }
+        }
+        replica.start(self.now, &mut SimApp, &mut out);
+        self.nodes[i].replica = Some(replica);
+        self.apply(i, out);
+    }
+
+    /// Runs the seed to the end and judges it.
+    pub fn run(mut self) -> Report {
+        let end = self.cfg.faults_until + self.cfg.progress_within;
+        let stop_submitting = end - 5 * SEC;
+        let (mut same_instant, mut last_now) = (0u32, 0);
+        while self.now < end && self.checker.violations().is_empty() {
+            // A replica that keeps asking to be woken without time passing is spinning.
+            same_instant = if self.now == last_now { same_instant + 1 } else { 0 };
+            last_now = self.now;
+            if same_instant > 100_000 {
+                let roles: Vec<_> = self.nodes.iter().map(|n| n.replica.as_ref().map(|r| (r.role(), r.next_wakeup()))).collect();
+                self.checker.violation(format!("livelock at {}us: {roles:?}", self.now));
+                break;
+            }
+            let wake = (0..self.nodes.len())
+                .filter_map(|i| self.nodes[i].replica.as_ref().map(|r| (r.next_wakeup(), i)))
+                .min()
+                .unwrap_or((Micros::MAX, 0));
+            let event_at = self.events.peek().map_or(Micros::MAX, |Reverse((at, _, _))| *at);
+            let submit_at = if self.next_submit < stop_submitting { self.next_submit } else { Micros::MAX };
+            let at = wake.0.min(event_at).min(submit_at).min(end);
+            self.now = self.now.max(at);
+            if at == end {
+                break;
+            }
+            if at == event_at {
+                let Reverse((_, _, slot)) = self.events.pop().expect("peeked");
+                let event = self.payloads[slot].take().expect("each event runs once");
+                self.handle(event);
+            } else if at == submit_at {
+                self.submit();
+            } else {
+                self.step(wake.1, Input::Tick);
+            }
+        }
+        if self.checker.violations().is_empty() {
+            let live: Vec<Proc> = (0..self.nodes.len()).filter(|&i| self.nodes[i].replica.is_some()).map(|i| self.proc(i)).collect();
+            self.checker.check_progress(self.healed_at.unwrap_or(end), &live);
+        }
+        let mut violations = self.checker.violations().to_vec();
+        if !violations.is_empty() {
+            violations.push(format!("state at {}us: {}", self.now, self.describe()));
+        }
+        Report { decrees: self.checker.decrees(), acknowledged: self.checker.acknowledged(), violations }
+    }
+
+    /// Each replica's role, accepted vote, promise and execution point, for failure reports.
+    fn describe(&self) -> String {
+        let mut out = String::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            match &n.replica {
+                Some(r) => {
+                    let (d, b) = r.accepted();
+                    out += &format!("\n    node {i}: {:?} accepted ({d},{b}) promised {} next_execute {}", r.role(), r.max_ballot(), r.next_execute());
+                }
+                None => out += &format!("\n    node {i}: down"),
+            }
+        }
+        out
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Deliver { to, from, msg } => {
+                let from = self.nodes[from].id;
+                self.step(to, Input::Message { from, msg });
+            }
+            Event::DiskDone { node, incarnation, seq } => {
+                if self.nodes[node].incarnation != incarnation || self.nodes[node].replica.is_none() {
+                    return;
+                }
+                let n = &mut self.nodes[node];
+                while n.pending.front().is_some_and(|(s, _)| *s <= seq) {
+                    let (_, record) = n.pending.pop_front().expect("checked");
+                    n.durable.push(record);
+                }
+                n.durable_seq = seq;
+                let ready: Vec<_> = n.held.iter().filter(|(after, _, _)| *after <= seq).cloned().collect();
+                n.held.retain(|(after, _, _)| *after > seq);
+                for (_, to, msg) in ready {
+                    self.transmit(node, to, msg);
+                }
+                self.step(node, Input::Durable(seq));
+            }
+            Event::Learned { node, incarnation, from, records } => {
+                if self.nodes[node].incarnation == incarnation {
+                    let from = self.nodes[from].id;
+                    self.step(node, Input::Learned { from, records });
+                }
+            }
+            Event::Crash(node) => self.crash(node),
+            Event::Restart(node) => {
+                if self.nodes[node].replica.is_none() {
+                    self.boot(node);
+                }
+            }
+            Event::Partition { blocked, until } if blocked.is_empty() => {
+                let _ = until;
+                self.blocked.clear();
+            }
+            Event::Partition { blocked, until } => {
+                self.blocked.extend(blocked);
+                // Lift it later, unless the heal comes first.
+                if until < self.cfg.faults_until {
+                    self.schedule(until, Event::Partition { blocked: Vec::new(), until });
+                }
+            }
+            Event::Heal => {
+                self.blocked.clear();
+                self.loss = 0.0;
+                self.duplication = 0.0;
+                self.healed_at = Some(self.now);
+                for node in 0..self.nodes.len() {
+                    self.nodes[node].slow_disk = false;
+                    if self.nodes[node].replica.is_none() {
+                        self.boot(node);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A process dies: unsynced records survive only as a prefix (a torn append loses the
+    /// rest), held sends are gone, and so are its cookies.
+    fn crash(&mut self, node: usize) {
+        if self.nodes[node].replica.is_none() {
+            return;
+        }
+        let proc = self.proc(node);
+        let keep = self.rng.below(self.nodes[node].pending.len() as u64 + 1) as usize;
+        let n = &mut self.nodes[node];
+        n.replica = None;
+        let kept: Vec<_> = n.pending.drain(..).take(keep).map(|(_, r)| r).collect();
+        n.durable.extend(kept);
+        n.held.clear();
+        n.durable_seq = 0;
+        n.disk_free_at = 0;
+        n.incarnation += 1;
+        self.checker.crashed(proc);
+    }
+
+    fn submit(&mut self) {
+        self.next_submit = self.now + self.cfg.request_interval;
+        let Some(node) = (0..self.nodes.len()).find(|&i| self.nodes[i].replica.as_ref().is_some_and(|r| r.is_primary())) else { return };
+        let id = self.next_request;
+        self.next_request += 1;
+        let mut request = BytesMut::with_capacity(16);
+        request.put_u64_le(id);
+        request.put_u64_le(self.cfg.seed);
+        let cookie = id;
+        let mut out = std::mem::take(&mut self.actions);
+        let now = self.now;
+        let replica = self.nodes[node].replica.as_mut().expect("found above");
+        let exclusive = self.rng.chance(0.05);
+        if replica.submit(now, Bytes::from(request), cookie, exclusive, &mut out).is_ok() {
+            self.checker.submitted(self.proc(node), id, cookie, now);
+        }
+        self.apply(node, out);
+    }
+
+    fn step(&mut self, node: usize, input: Input) {
+        let Some(replica) = self.nodes[node].replica.as_mut() else { return };
+        let mut out = std::mem::take(&mut self.actions);
+        replica.step(self.now, input, &mut SimApp, &mut out);
+        let ballot = replica.max_ballot();
+        self.checker.observe_ballot(self.proc(node), ballot);
+        self.apply(node, out);
+    }
+
+    /// Carries out a replica's actions.
+    fn apply(&mut self, node: usize, mut out: Vec<Action>) {
+        let proc = self.proc(node);
+        for action in out.drain(..) {
+            match action {
+                Action::Send { to, msg, after } => {
+                    if after > self.nodes[node].durable_seq {
+                        self.nodes[node].held.push((after, to, msg));
+                    } else {
+                        self.transmit(node, to, msg);
+                    }
+                }
+                Action::Persist { seq, record } => {
+                    let latency = if self.nodes[node].slow_disk { 5 * MS + self.rng.below(50 * MS) } else { 100 + self.rng.below(2 * MS) };
+                    let n = &mut self.nodes[node];
+                    n.pending.push_back((seq, record));
+                    n.disk_free_at = n.disk_free_at.max(self.now) + latency;
+                    let (at, incarnation) = (n.disk_free_at, n.incarnation);
+                    self.schedule(at, Event::DiskDone { node, incarnation, seq });
+                }
+                Action::Execute { vote, cookies } => self.checker.executed(proc, &vote, &cookies, self.now),
+                Action::Abort { cookie, .. } => {
+                    self.checker.return_cookie(proc, cookie, None);
+                }
+                Action::NotifyStatus { primary: true } => {
+                    let ballot = self.nodes[node].replica.as_ref().expect("acting").max_ballot();
+                    self.checker.became_primary(proc, ballot);
+                }
+                Action::NotifyStatus { primary: false } | Action::NotifyPrimaryRecovered => {}
+                Action::FetchVotes { from, decree } => self.fetch_votes(node, from, decree),
+            }
+        }
+        self.actions = out;
+    }
+
+    /// Serves a FetchVotes from `from`'s durable log: from its newest vote for `decree` on.
+    fn fetch_votes(&mut self, node: usize, from: MemberId, decree: u64) {
+        let src = self.nodes.iter().position(|n| n.id == from).expect("a member");
+        let reachable = self.nodes[src].replica.is_some() && !self.blocked.contains(&(node, src)) && !self.blocked.contains(&(src, node));
+        let log = &self.nodes[src].durable;
+        let start = log.iter().rposition(|r| r.kind() == MsgKind::Vote && r.header.decree == decree);
+        let records = match (reachable, start) {
+            (true, Some(start)) => log[start..].to_vec(),
+            _ => Vec::new(),
+        };
+        let at = self.now + self.rng.below(self.cfg.max_delay) + MS;
+        let incarnation = self.nodes[node].incarnation;
+        self.schedule(at, Event::Learned { node, incarnation, from: src, records });
+    }
+
+    fn transmit(&mut self, from: usize, to: Dest, msg: Arc<Message>) {
+        let targets: Vec<usize> = match to {
+            Dest::All => (0..self.nodes.len()).filter(|&i| i != from).collect(),
+            Dest::One(id) => self.nodes.iter().position(|n| n.id == id).into_iter().collect(),
+        };
+        for to in targets {
+            if self.blocked.contains(&(from, to)) || self.rng.chance(self.loss) {
+                continue;
+            }
+            let copies = if self.rng.chance(self.duplication) { 2 } else { 1 };
+            for _ in 0..copies {
+                let at = self.now + 100 + self.rng.below(self.cfg.max_delay);
+                self.schedule(at, Event::Deliver { to, from, msg: msg.clone() });
+            }
+        }
+    }
+}
+
+/// Runs one seed; `Err` carries the violations and the command that replays the run.
+pub fn run_seed(cfg: SimConfig) -> Result<Report, String> {
+    let command = cfg.replay_command();
+    let report = Sim::new(cfg).run();
+    if report.violations.is_empty() {
+        Ok(report)
+    } else {
+        Err(format!("{}\n  replay: {command}", report.violations.join("\n  ")))
+    }
+}

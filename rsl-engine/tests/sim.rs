@@ -1,0 +1,43 @@
+//! The deterministic simulator over a fixed budget of seeds, and every seed that ever failed.
+//! A soak runs any number of seeds: `cargo run --release -p rsl-engine --bin rsl-sim -- --seeds 10000 --replicas 0`.
+
+use rsl_engine::sim::{run_seed, SimConfig};
+
+fn run_all(seeds: impl Iterator<Item = (u64, usize)>) {
+    let failures: Vec<String> = seeds.filter_map(|(seed, replicas)| run_seed(SimConfig::new(seed, replicas)).err().map(|e| format!("seed {seed}: {e}"))).collect();
+    assert!(failures.is_empty(), "{} seeds failed:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// The CI budget: seeds over 3 and 5 replicas (the soak command above runs more).
+#[test]
+fn seed_budget_three_replicas() {
+    run_all((0..300).map(|s| (s, 3)));
+}
+
+#[test]
+fn seed_budget_five_replicas() {
+    run_all((1000..1200).map(|s| (s, 5)));
+}
+
+/// Seeds that once failed, with what they caught.
+#[test]
+fn regressions() {
+    run_all(
+        [
+            // A replica whose unchosen vote had a higher ballot than the chosen one could never
+            // learn past it.
+            (1330, 3),
+            (1243, 5),
+            (1477, 5),
+            (1900, 3),
+            (1233, 5),
+            // Votes cached while initializing were never handled once the replica became a
+            // secondary, so its election timer never fired.
+            (3346, 3),
+            (10161, 5),
+            // A partition-lifting event rescheduled itself at time 0 forever.
+            (0, 3),
+        ]
+        .into_iter(),
+    );
+}
