@@ -64,6 +64,9 @@ pub enum Action {
     /// Fetch the votes from `decree` on from `from`'s log (the learn port's FetchVotes); answer
     /// with `Input::Learned`.
     FetchVotes { from: MemberId, decree: u64 },
+    /// The primary's relinquish vote was chosen: raise `ShutDown` and stop this replica (the
+    /// original exits the process).
+    ShutDown,
 }
 
 /// The application's synchronous answers, asked on the protocol path as in the original.
@@ -94,6 +97,11 @@ pub enum Input {
     Learned { from: MemberId, records: Vec<Arc<Message>> },
     /// `AttemptPromotion`: stand for election at the next opportunity.
     AttemptPromotion,
+    /// `RelinquishPrimary` (v5+, primary only): a last, empty vote; once it is chosen the
+    /// replica shuts down and the others elect a new primary at once.
+    RelinquishPrimary,
+    /// `SetVotePayload`: carried by every later VoteAccepted (v6+).
+    SetVotePayload(u64),
     /// The global accept flag (`SetAcceptMessages`), used when configured instead of asking
     /// the application.
     SetAcceptMessages(bool),

@@ -118,6 +118,9 @@ pub struct Replica {
     cache_bytes: usize,
     learning: Option<MemberId>,
     log_min_decree: u64,
+    /// The relinquish vote has been proposed: nothing more is, and peers are ignored.
+    relinquishing: bool,
+    vote_payload: u64,
 }
 
 fn decree_ballot(m: &Message) -> (u64, Ballot) {
@@ -189,6 +192,8 @@ impl Replica {
             cache_bytes: 0,
             learning: None,
             log_min_decree: 0,
+            relinquishing: false,
+            vote_payload: 0,
         }
     }
 
@@ -258,7 +263,7 @@ impl Replica {
             Role::Initializing => self.action_deadline,
             Role::Preparing => self.action_deadline.min(self.candidacy.as_ref().map_or(Micros::MAX, |c| c.deadline)),
             Role::Primary if self.outstanding.is_some() => self.action_deadline,
-            Role::Primary if self.is_primary => self.last_proposed.saturating_add(self.cfg.heartbeat_interval),
+            Role::Primary if self.is_primary && !self.relinquishing => self.last_proposed.saturating_add(self.cfg.heartbeat_interval),
             Role::Primary => Micros::MAX,
         }
     }
@@ -303,6 +308,8 @@ impl Replica {
             }
             Input::Learned { from, records } => self.on_learned(now, from, records, app, out),
             Input::AttemptPromotion => self.force_reelection = true,
+            Input::RelinquishPrimary => self.relinquish(now, out),
+            Input::SetVotePayload(payload) => self.vote_payload = payload,
             Input::SetAcceptMessages(accept) => self.accept_flag = accept,
         }
         self.drain_cache(now, app, out);
@@ -424,7 +431,8 @@ impl Replica {
     }
 
     fn on_message(&mut self, now: Micros, from: MemberId, msg: Arc<Message>, app: &mut dyn Application, out: &mut Vec<Action>) {
-        if !self.admit(&from, &msg) {
+        let ignored_while_relinquishing = matches!(msg.kind(), MsgKind::Vote | MsgKind::Prepare | MsgKind::StatusQuery);
+        if !self.admit(&from, &msg) || (self.relinquishing && ignored_while_relinquishing) {
             return;
         }
         match msg.kind() {
@@ -487,7 +495,8 @@ impl Replica {
         };
         if let Some(body) = reply {
             let accepted_body = body == Body::VoteAccepted;
-            let msg = Message::new(self.header(self.accepted.header.decree, self.max_ballot), body);
+            let mut msg = Message::new(self.header(self.accepted.header.decree, self.max_ballot), body);
+            msg.header.payload = if accepted_body { self.vote_payload } else { 0 };
             let after = self.accepted_seq.max(self.max_ballot_seq);
             self.send(Dest::One(from), msg, after, out);
             if accepted_body && vote.as_vote().is_some_and(|v| v.relinquish) {
@@ -528,6 +537,13 @@ impl Replica {
             self.is_primary = true;
             out.push(Action::NotifyStatus { primary: true });
         }
+        if o.vote.as_vote().is_some_and(|v| v.relinquish) {
+            // The original exits here without executing it; what was queued behind it goes back.
+            let queued = std::mem::take(&mut self.to_send);
+            out.extend(queued.into_iter().flat_map(|p| p.cookies).map(|cookie| Action::Abort { cookie, reason: AbortReason::ShuttingDown }));
+            out.push(Action::ShutDown);
+            return;
+        }
         if self.next_execute == decree {
             self.execute(o.vote, o.cookies, out);
         }
@@ -537,9 +553,20 @@ impl Replica {
         self.send_next(now, out);
     }
 
+    /// `RelinquishPrimary`: queues the last vote, closed to appending (unlike the original,
+    /// whose later requests could join it and never return their cookies).
+    fn relinquish(&mut self, now: Micros, out: &mut Vec<Action>) {
+        if !self.version.has_relinquish() || !self.is_primary || self.to_send.iter().any(|p| p.body.relinquish) {
+            return;
+        }
+        let body = VoteBody { relinquish: true, cookie: self.primary_cookie.clone(), ..Default::default() };
+        self.to_send.push_back(Pending { body, cookies: Vec::new(), bytes: 0, closed: true });
+        self.send_next(now, out);
+    }
+
     /// Proposes the next queued vote if none is outstanding.
     fn send_next(&mut self, now: Micros, out: &mut Vec<Action>) {
-        if self.role != Role::Primary || self.outstanding.is_some() || !self.is_primary {
+        if self.role != Role::Primary || self.outstanding.is_some() || !self.is_primary || self.relinquishing {
             return;
         }
         if let Some(p) = self.to_send.pop_front() {
@@ -553,10 +580,11 @@ impl Replica {
         assert_eq!(self.max_ballot.member, self.me, "only the ballot's owner proposes");
         let (ad, ab) = self.accepted();
         let decree = if self.max_ballot == ab { ad + 1 } else { ad };
+        self.relinquishing |= body.relinquish;
         let vote = Arc::new(Message::new(self.header(decree, self.max_ballot), Body::Vote(body)));
         self.log_and_accept(now, vote.clone(), false, out);
         let seq = self.accepted_seq;
-        self.send(Dest::All, (*vote).clone(), 0, out);
+        out.push(Action::Send { to: Dest::All, msg: vote.clone(), after: 0 });
         self.outstanding = Some(Outstanding { vote, seq, acks: BTreeSet::new(), cookies });
         self.action_deadline = now.saturating_add(self.cfg.resend_interval);
         self.last_proposed = now;
@@ -575,6 +603,8 @@ impl Replica {
             out.push(Action::NotifyStatus { primary: false });
         }
         self.recovering = None;
+        // A relinquish vote that was not chosen before we lost the ballot is moot.
+        self.relinquishing = false;
         self.role = Role::Secondary;
         self.action_deadline = Micros::MAX;
     }
@@ -858,7 +888,7 @@ impl Replica {
                         }
                         self.action_deadline = now.saturating_add(self.cfg.resend_interval);
                     }
-                } else if self.is_primary && now >= self.last_proposed.saturating_add(self.cfg.heartbeat_interval) {
+                } else if self.is_primary && !self.relinquishing && now >= self.last_proposed.saturating_add(self.cfg.heartbeat_interval) {
                     debug_assert!(self.to_send.is_empty());
                     self.propose(now, VoteBody::default(), Vec::new(), out);
                 }

@@ -71,6 +71,8 @@ enum Event {
     Crash(usize),
     Restart(usize),
     Partition { blocked: Vec<(usize, usize)>, until: Micros },
+    /// The primary, if any, is asked to relinquish.
+    Relinquish,
     Heal,
 }
 
@@ -97,6 +99,11 @@ impl Application for SimApp {}
 pub struct Report {
     pub decrees: usize,
     pub acknowledged: usize,
+    /// How often a replica became primary, relinquished, crashed, and learned from a peer.
+    pub elections: usize,
+    pub relinquished: usize,
+    pub crashes: usize,
+    pub learned: usize,
     pub violations: Vec<String>,
 }
 
@@ -117,6 +124,7 @@ pub struct Sim {
     next_submit: Micros,
     healed_at: Option<Micros>,
     actions: Vec<Action>,
+    counts: [usize; 4],
 }
 
 impl Sim {
@@ -153,6 +161,7 @@ impl Sim {
             next_submit: SEC,
             healed_at: None,
             actions: Vec::new(),
+            counts: [0; 4],
         };
         for i in 0..sim.nodes.len() {
             sim.nodes[i].slow_disk = sim.rng.chance(0.3);
@@ -175,7 +184,8 @@ impl Sim {
         let faults = 3 + self.rng.below(8);
         for _ in 0..faults {
             let at = SEC + self.rng.below(until - SEC);
-            match self.rng.below(3) {
+            match self.rng.below(4) {
+                3 => self.schedule(at, Event::Relinquish),
                 0 => {
                     let node = self.rng.below(n as u64) as usize;
                     self.schedule(at, Event::Crash(node));
@@ -267,7 +277,8 @@ impl Sim {
         if !violations.is_empty() {
             violations.push(format!("state at {}us: {}", self.now, self.describe()));
         }
-        Report { decrees: self.checker.decrees(), acknowledged: self.checker.acknowledged(), violations }
+        let [elections, relinquished, crashes, learned] = self.counts;
+        Report { decrees: self.checker.decrees(), acknowledged: self.checker.acknowledged(), elections, relinquished, crashes, learned, violations }
     }
 
     /// Each replica's role, accepted vote, promise and execution point, for failure reports.
@@ -315,6 +326,11 @@ impl Sim {
                 }
             }
             Event::Crash(node) => self.crash(node),
+            Event::Relinquish => {
+                if let Some(node) = self.primary() {
+                    self.step(node, Input::RelinquishPrimary);
+                }
+            }
             Event::Restart(node) => {
                 if self.nodes[node].replica.is_none() {
                     self.boot(node);
@@ -352,6 +368,7 @@ impl Sim {
         if self.nodes[node].replica.is_none() {
             return;
         }
+        self.counts[2] += 1;
         let proc = self.proc(node);
         let keep = self.rng.below(self.nodes[node].pending.len() as u64 + 1) as usize;
         let n = &mut self.nodes[node];
@@ -365,9 +382,13 @@ impl Sim {
         self.checker.crashed(proc);
     }
 
+    fn primary(&self) -> Option<usize> {
+        (0..self.nodes.len()).find(|&i| self.nodes[i].replica.as_ref().is_some_and(|r| r.is_primary()))
+    }
+
     fn submit(&mut self) {
         self.next_submit = self.now + self.cfg.request_interval;
-        let Some(node) = (0..self.nodes.len()).find(|&i| self.nodes[i].replica.as_ref().is_some_and(|r| r.is_primary())) else { return };
+        let Some(node) = self.primary() else { return };
         let id = self.next_request;
         self.next_request += 1;
         let mut request = BytesMut::with_capacity(16);
@@ -420,9 +441,23 @@ impl Sim {
                 Action::NotifyStatus { primary: true } => {
                     let ballot = self.nodes[node].replica.as_ref().expect("acting").max_ballot();
                     self.checker.became_primary(proc, ballot);
+                    self.counts[0] += 1;
                 }
                 Action::NotifyStatus { primary: false } | Action::NotifyPrimaryRecovered => {}
-                Action::FetchVotes { from, decree } => self.fetch_votes(node, from, decree),
+                Action::FetchVotes { from, decree } => {
+                    self.counts[3] += 1;
+                    self.fetch_votes(node, from, decree)
+                }
+                Action::ShutDown => {
+                    self.counts[1] += 1;
+                    // A clean exit: everything written is kept. A supervisor restarts it.
+                    let n = &mut self.nodes[node];
+                    n.durable.extend(n.pending.drain(..).map(|(_, r)| r));
+                    self.crash(node);
+                    let at = self.now + 100 * MS + self.rng.below(SEC);
+                    self.schedule(at, Event::Restart(node));
+                    break;
+                }
             }
         }
         self.actions = out;
