@@ -1,5 +1,5 @@
 //! The deterministic simulator over a fixed budget of seeds, and every seed that ever failed.
-//! A soak runs any number of seeds: `cargo run --release -p rsl-engine --bin rsl-sim -- --seeds 10000 --replicas 0`.
+//! A soak runs any number of seeds: `cargo run --profile soak -p rsl-engine --bin rsl-sim -- --seeds 10000 --replicas 0`.
 
 use rsl_engine::sim::{run_seed, SimConfig};
 

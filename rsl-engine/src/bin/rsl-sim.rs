@@ -23,14 +23,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let started = Instant::now();
     let (mut failed, mut decrees, mut acked) = (0u64, 0usize, 0usize);
-    let mut events = [0usize; 4];
+    let mut events = [0usize; 7];
     for seed in cli.seed..cli.seed + cli.seeds {
         let replicas = if cli.replicas == 0 { 3 + 2 * (seed % 2) as usize } else { cli.replicas };
         match run_seed(SimConfig::new(seed, replicas)) {
             Ok(report) => {
                 decrees += report.decrees;
                 acked += report.acknowledged;
-                for (total, n) in events.iter_mut().zip([report.elections, report.relinquished, report.crashes, report.learned]) {
+                for (total, n) in events.iter_mut().zip([report.elections, report.relinquished, report.crashes, report.learned, report.checkpoints_saved, report.checkpoints_loaded, report.checkpoints_copied]) {
                     *total += n;
                 }
             }
@@ -40,10 +40,11 @@ fn main() -> ExitCode {
             }
         }
     }
-    let [elections, relinquished, crashes, learned] = events;
+    let [elections, relinquished, crashes, learned, saved, loaded, copied] = events;
     println!(
         "{} seeds, {failed} failed, {decrees} decrees, {acked} acknowledged requests, {elections} elections, \
-         {relinquished} relinquishes, {crashes} crashes, {learned} catch-ups, {:.1}s",
+         {relinquished} relinquishes, {crashes} crashes, {learned} vote fetches, {saved} checkpoints saved, \
+         {loaded} loaded to catch up, {copied} copied by primaries, {:.1}s",
         cli.seeds,
         started.elapsed().as_secs_f64()
     );

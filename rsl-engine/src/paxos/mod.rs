@@ -11,6 +11,7 @@ mod replica;
 mod rng;
 
 pub use replica::{ReplayError, Replica, Role};
+
 pub use rng::SplitMix64;
 
 use crate::format::{MemberId, Message, Version};
@@ -67,6 +68,24 @@ pub enum Action {
     /// The primary's relinquish vote was chosen: raise `ShutDown` and stop this replica (the
     /// original exits the process).
     ShutDown,
+    /// Save the application's state as of `checkpoint.decree` (every `Execute` before this
+    /// action applied, none after), then answer `Input::CheckpointSaved`.
+    SaveCheckpoint(Checkpoint),
+    /// Fetch `from`'s checkpoint of `decree` (`size` bytes) over the learn port. With `load`,
+    /// load it into the application in place and answer `Input::CheckpointLoaded`; without, keep
+    /// it as this replica's own checkpoint (the primary copies instead of saving) and answer
+    /// `Input::CheckpointSaved`. A failure answers `Input::CheckpointLoaded(None)`.
+    FetchCheckpoint { from: MemberId, decree: u64, size: u64, load: bool },
+}
+
+/// What the core needs of a checkpoint besides the application's state: the header fields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The last decree whose effects the state includes.
+    pub decree: u64,
+    /// The vote for `decree + 1` (its ballot may be empty for a bootstrap checkpoint).
+    pub next_vote: Arc<Message>,
+    pub max_ballot: crate::format::Ballot,
 }
 
 /// The application's synchronous answers, asked on the protocol path as in the original.
@@ -102,6 +121,15 @@ pub enum Input {
     RelinquishPrimary,
     /// `SetVotePayload`: carried by every later VoteAccepted (v6+).
     SetVotePayload(u64),
+    /// The driver started a new log file whose first vote is for `first_decree` (the log grew
+    /// past its size limit, or a time-based checkpoint is due); the checkpoint policy of
+    /// api-behavior §2.14 decides what follows.
+    LogRolled { first_decree: u64 },
+    /// A checkpoint of `decree` is on disk (saved, or copied from a peer), and the logs now
+    /// start at `min_decree_in_log`.
+    CheckpointSaved { decree: u64, size: u64, min_decree_in_log: u64 },
+    /// A fetched checkpoint was loaded into the application, or the fetch failed (`None`).
+    CheckpointLoaded(Option<(Checkpoint, u64)>),
     /// The global accept flag (`SetAcceptMessages`), used when configured instead of asking
     /// the application.
     SetAcceptMessages(bool),
@@ -126,6 +154,8 @@ pub struct CoreConfig {
     /// Votes cached while initializing, in bytes; past it the cache is dropped.
     pub max_cache_bytes: usize,
     pub use_global_accept_flag: bool,
+    /// How often a primary that wants to copy a checkpoint asks who has one.
+    pub checkpoint_query_interval: Micros,
 }
 
 impl Default for CoreConfig {
@@ -142,6 +172,7 @@ impl Default for CoreConfig {
             max_vote_bytes: crate::format::message::MAX_BATCH_BYTES,
             max_cache_bytes: 50 << 20,
             use_global_accept_flag: false,
+            checkpoint_query_interval: 5 * SEC,
         }
     }
 }

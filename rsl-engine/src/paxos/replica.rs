@@ -7,7 +7,7 @@
 //! gated on that number. The primary sends its vote while its own write is in flight and
 //! counts itself only once `Durable` says the write is done.
 
-use super::{AbortReason, Action, Application, Cookie, CoreConfig, Dest, Input, Micros, SplitMix64, SubmitError};
+use super::{AbortReason, Action, Application, Checkpoint, Cookie, CoreConfig, Dest, Input, Micros, SplitMix64, SubmitError};
 use crate::format::message::StatusBody;
 use crate::format::{Ballot, Body, Header, MemberId, Message, MsgKind, Version, VoteBody};
 use bytes::Bytes;
@@ -121,6 +121,17 @@ pub struct Replica {
     /// The relinquish vote has been proposed: nothing more is, and peers are ignored.
     relinquishing: bool,
     vote_payload: u64,
+    checkpointed: u64,
+    checkpoint_size: u64,
+    /// A checkpoint to save once this decree has executed and the next vote is accepted.
+    save_at: Option<u64>,
+    saving: bool,
+    /// The primary copies a peer's checkpoint of at least this decree instead of saving.
+    copy_at: Option<u64>,
+    copying: bool,
+    copy_query_at: Micros,
+    /// Fetching a peer's checkpoint to catch up.
+    loading: Option<MemberId>,
 }
 
 fn decree_ballot(m: &Message) -> (u64, Ballot) {
@@ -194,6 +205,14 @@ impl Replica {
             log_min_decree: 0,
             relinquishing: false,
             vote_payload: 0,
+            checkpointed: 0,
+            checkpoint_size: 0,
+            save_at: None,
+            saving: false,
+            copy_at: None,
+            copying: false,
+            copy_query_at: Micros::MAX,
+            loading: None,
         }
     }
 
@@ -223,25 +242,46 @@ impl Replica {
         self.members.len() / 2 + 1
     }
 
+    /// Starts from a checkpoint (before replaying the logs after it): the application's state
+    /// is that of `cp.decree`, and `cp.next_vote` is the highest accepted vote.
+    pub fn restore_checkpoint(&mut self, cp: &Checkpoint, size: u64) {
+        assert_eq!(self.persist_seq, 0, "restore comes before start");
+        assert_eq!(cp.next_vote.kind(), MsgKind::Vote, "a checkpoint's next vote is a vote");
+        self.next_execute = cp.decree + 1;
+        self.accepted = self.next_vote_or_placeholder(cp);
+        self.max_ballot = cp.max_ballot.max(self.accepted.header.ballot);
+        (self.checkpointed, self.checkpoint_size, self.log_min_decree) = (cp.decree, size, cp.decree + 1);
+    }
+
+    fn next_vote_or_placeholder(&self, cp: &Checkpoint) -> Arc<Message> {
+        if cp.next_vote.header.decree == cp.decree + 1 {
+            return cp.next_vote.clone();
+        }
+        let header = Header::new(self.version, MemberId::EMPTY, cp.decree + 1, self.config_number, Ballot::EMPTY);
+        Arc::new(Message::new(header, Body::Vote(VoteBody::default())))
+    }
+
     /// Applies one durable log record at start-up: Prepares raise the promise, each vote that
     /// follows its predecessor at the same ballot executes that predecessor. The last vote is
-    /// never executed: it is not known to be chosen.
+    /// never executed: it is not known to be chosen. Records older than the accepted vote (a
+    /// checkpoint's) are skipped.
     pub fn replay(&mut self, record: &Arc<Message>, out: &mut Vec<Action>) -> Result<(), ReplayError> {
         assert_eq!(self.persist_seq, 0, "replay comes before start");
         let (d, b) = decree_ballot(record);
-        let err = || ReplayError { kind: record.kind(), decree: d, after_decree: self.accepted.header.decree };
+        let (ad, ab) = self.accepted();
         match record.kind() {
             MsgKind::Prepare => self.max_ballot = self.max_ballot.max(b),
             // A vote for the next decree follows at the same ballot, or at another one where
             // learning proved our decree chosen (see `apply_learned`).
-            MsgKind::Vote if (is_next((d, b), self.accepted()) || d == self.accepted.header.decree + 1) && !b.is_empty() => {
-                if d == self.accepted.header.decree + 1 && self.next_execute == d - 1 {
+            MsgKind::Vote if !b.is_empty() && (d == ad + 1 || is_next((d, b), (ad, ab))) => {
+                if d == ad + 1 && self.next_execute == ad {
                     self.execute(self.accepted.clone(), Vec::new(), out);
                 }
                 self.accepted = record.clone();
                 self.max_ballot = self.max_ballot.max(b);
             }
-            _ => return Err(err()),
+            MsgKind::Vote if !b.is_empty() && is_lower((d, b), (ad, ab)) => {}
+            kind => return Err(ReplayError { kind, decree: d, after_decree: ad }),
         }
         debug_assert!(self.max_ballot >= self.accepted.header.ballot);
         Ok(())
@@ -259,12 +299,20 @@ impl Replica {
         match self.role {
             Role::Secondary if self.force_reelection => 0,
             Role::Secondary => self.next_election,
-            Role::Initializing if self.learning.is_some() => Micros::MAX,
+            Role::Initializing if self.learning.is_some() || self.loading.is_some() => Micros::MAX,
             Role::Initializing => self.action_deadline,
             Role::Preparing => self.action_deadline.min(self.candidacy.as_ref().map_or(Micros::MAX, |c| c.deadline)),
-            Role::Primary if self.outstanding.is_some() => self.action_deadline,
-            Role::Primary if self.is_primary && !self.relinquishing => self.last_proposed.saturating_add(self.cfg.heartbeat_interval),
-            Role::Primary => Micros::MAX,
+            Role::Primary => {
+                let copy = if self.copy_at.is_some() && !self.copying { self.copy_query_at } else { Micros::MAX };
+                let next = if self.outstanding.is_some() {
+                    self.action_deadline
+                } else if self.is_primary && !self.relinquishing {
+                    self.last_proposed.saturating_add(self.cfg.heartbeat_interval)
+                } else {
+                    Micros::MAX
+                };
+                next.min(copy)
+            }
         }
     }
 
@@ -310,6 +358,18 @@ impl Replica {
             Input::AttemptPromotion => self.force_reelection = true,
             Input::RelinquishPrimary => self.relinquish(now, out),
             Input::SetVotePayload(payload) => self.vote_payload = payload,
+            Input::LogRolled { first_decree } => self.on_log_rolled(now, first_decree, out),
+            Input::CheckpointSaved { decree, size, min_decree_in_log } => {
+                // A saved checkpoint is of an executed decree; a copied one may be ahead of us.
+                debug_assert!(decree < self.next_execute || self.copying, "a checkpoint of an executed decree");
+                if decree >= self.checkpointed {
+                    (self.checkpointed, self.checkpoint_size) = (decree, size);
+                }
+                self.log_min_decree = self.log_min_decree.max(min_decree_in_log);
+                (self.saving, self.copying) = (false, false);
+                self.copy_at = self.copy_at.filter(|&at| at > decree);
+            }
+            Input::CheckpointLoaded(loaded) => self.on_checkpoint_loaded(now, loaded, app, out),
             Input::SetAcceptMessages(accept) => self.accept_flag = accept,
         }
         self.drain_cache(now, app, out);
@@ -405,6 +465,62 @@ impl Replica {
         self.accepted = vote;
         self.accepted_at = now;
         self.set_max_ballot(now, b, self.accepted_seq);
+        self.maybe_save(out);
+    }
+
+    // ---- checkpoints ----------------------------------------------------------------------
+
+    /// The policy of api-behavior §2.14 on a log roll: a secondary (or a lone replica) saves
+    /// at the decree before the new log; a primary copies a secondary's checkpoint instead.
+    fn on_log_rolled(&mut self, now: Micros, first_decree: u64, out: &mut Vec<Action>) {
+        let busy = self.saving || self.save_at.is_some() || self.copy_at.is_some() || self.role == Role::Preparing;
+        if first_decree <= self.checkpointed + 1 || busy {
+            return;
+        }
+        let target = first_decree - 1;
+        if self.role == Role::Primary && self.quorum() > 1 {
+            self.copy_at = Some(target);
+            self.copy_query_at = now;
+        } else {
+            self.save_at = Some(target);
+            self.maybe_save(out);
+        }
+    }
+
+    /// Saves the pending checkpoint once its decree has executed and the vote after it (the
+    /// checkpoint's "next vote") is the accepted one; if execution went further, at the
+    /// current decree.
+    fn maybe_save(&mut self, out: &mut Vec<Action>) {
+        let Some(at) = self.save_at else { return };
+        if self.saving || self.next_execute <= at || self.accepted.header.decree != self.next_execute {
+            return;
+        }
+        debug_assert!(self.next_execute > 0);
+        self.save_at = None;
+        self.saving = true;
+        let cp = Checkpoint { decree: self.next_execute - 1, next_vote: self.accepted.clone(), max_ballot: self.max_ballot };
+        out.push(Action::SaveCheckpoint(cp));
+    }
+
+    /// A peer's checkpoint was loaded in place (the original exits the process instead), or the
+    /// fetch failed. Either way, find the ring again.
+    fn on_checkpoint_loaded(&mut self, now: Micros, loaded: Option<(Checkpoint, u64)>, app: &mut dyn Application, out: &mut Vec<Action>) {
+        if self.loading.take().is_none() {
+            self.copying = false; // a primary's copy failed; the next status round retries
+            return;
+        }
+        if let Some((cp, size)) = loaded.filter(|(cp, _)| cp.decree + 1 >= self.next_execute) {
+            self.next_execute = cp.decree + 1;
+            self.accepted = self.next_vote_or_placeholder(&cp);
+            self.accepted_at = now;
+            // The runtime starts a new log with the next vote (formats.md §8.1).
+            self.accepted_seq = if self.accepted.header.ballot.is_empty() { self.persist_seq } else { self.persist(self.accepted.clone(), out) };
+            let ballot = cp.max_ballot.max(self.accepted.header.ballot);
+            self.set_max_ballot(now, ballot, self.accepted_seq);
+            (self.checkpointed, self.checkpoint_size, self.log_min_decree) = (cp.decree, size, cp.decree + 1);
+            self.cache.retain(|(_, v)| v.header.decree > cp.decree);
+        }
+        self.start_initializing(now, app, out);
     }
 
     fn accept_check(&mut self, app: &mut dyn Application, from: &MemberId, cookie: &[u8]) -> bool {
@@ -719,8 +835,8 @@ impl Replica {
             query_ballot: query.header.ballot,
             last_received_ago_ms: (now.saturating_sub(self.accepted_at) / 1000) as i64,
             min_decree_in_log: self.log_min_decree,
-            checkpointed_decree: 0,
-            checkpoint_size: 0,
+            checkpointed_decree: self.checkpointed,
+            checkpoint_size: self.checkpoint_size,
             max_ballot: self.max_ballot,
             state: self.role.status_code(),
         };
@@ -731,7 +847,14 @@ impl Replica {
     /// `HandleStatusResponseMsg` (api-behavior §2.11).
     fn on_status_response(&mut self, now: Micros, from: MemberId, msg: Arc<Message>, app: &mut dyn Application, out: &mut Vec<Action>) {
         let Body::StatusResponse(s) = &msg.body else { return };
-        if self.role == Role::Primary || self.learning.is_some() || (s.query_decree, s.query_ballot) != self.accepted() {
+        // A primary that wants a checkpoint copies the first one that is recent enough (even if
+        // it has just lost the primary role, as in the original).
+        if self.copy_at.is_some_and(|at| s.checkpointed_decree >= at) && !self.copying {
+            self.copying = true;
+            out.push(Action::FetchCheckpoint { from, decree: s.checkpointed_decree, size: s.checkpoint_size, load: false });
+        }
+        let busy = self.learning.is_some() || self.loading.is_some();
+        if self.role == Role::Primary || busy || (s.query_decree, s.query_ballot) != self.accepted() {
             return;
         }
         let (ad, ab) = self.accepted();
@@ -764,8 +887,21 @@ impl Replica {
             return self.learn(pick, out);
         }
         if self.statuses.values().any(|m| is_higher(decree_ballot(m), (ad, ab))) {
-            // Someone is ahead but nobody still logs our decree: that needs a checkpoint,
-            // which arrives with checkpoint transfer. Keep waiting for more answers.
+            // Someone is ahead but nobody still logs our decree: load a checkpoint that covers
+            // it, or wait for more answers.
+            let with_checkpoint: Vec<(MemberId, u64, u64)> = self
+                .statuses
+                .iter()
+                .filter_map(|(id, m)| match &m.body {
+                    Body::StatusResponse(s) if s.checkpointed_decree >= ad => Some((*id, s.checkpointed_decree, s.checkpoint_size)),
+                    _ => None,
+                })
+                .collect();
+            if !with_checkpoint.is_empty() {
+                let (from, decree, size) = with_checkpoint[self.rng.below(with_checkpoint.len() as u64) as usize];
+                self.loading = Some(from);
+                out.push(Action::FetchCheckpoint { from, decree, size, load: true });
+            }
             return;
         }
         if self.next_election == Micros::MAX {
@@ -865,7 +1001,7 @@ impl Replica {
                 }
             }
             Role::Initializing => {
-                if self.learning.is_none() && now >= self.action_deadline {
+                if self.learning.is_none() && self.loading.is_none() && now >= self.action_deadline {
                     self.start_initializing(now, app, out);
                 }
             }
@@ -881,6 +1017,11 @@ impl Replica {
                 }
             }
             Role::Primary => {
+                if self.copy_at.is_some() && !self.copying && now >= self.copy_query_at {
+                    self.copy_query_at = now.saturating_add(self.cfg.checkpoint_query_interval);
+                    let (ad, ab) = self.accepted();
+                    self.send(Dest::All, Message::new(self.header(ad, ab), Body::StatusQuery), 0, out);
+                }
                 if let Some(o) = &self.outstanding {
                     if now >= self.action_deadline {
                         for m in self.members.iter().filter(|m| **m != self.me && !o.acks.contains(m)) {
@@ -903,6 +1044,7 @@ impl Replica {
         self.role = Role::Initializing;
         self.candidacy = None;
         self.learning = None;
+        self.loading = None;
         self.statuses.clear();
         self.action_deadline = now.saturating_add(self.cfg.initialize_retry_interval);
         if self.quorum() == 1 {
@@ -917,7 +1059,10 @@ impl Replica {
     fn move_to_secondary_or_prepare(&mut self, now: Micros, app: &mut dyn Application, out: &mut Vec<Action>) {
         debug_assert_eq!(self.role, Role::Initializing);
         if now >= self.next_election || self.max_ballot.member == self.me || self.force_reelection {
-            if let Some(cookie) = app.can_become_primary() {
+            // A log-roll checkpoint not yet started gives way to the election; one being
+            // written blocks it.
+            self.save_at = None;
+            if let Some(cookie) = if self.saving { None } else { app.can_become_primary() } {
                 self.primary_cookie = cookie;
                 return self.start_preparing(now, out);
             }

@@ -110,6 +110,17 @@ impl Checker {
         }
     }
 
+    /// A process's state became a checkpoint of `decree`: its execution continues after it.
+    pub fn loaded_checkpoint(&mut self, proc: Proc, decree: u64) {
+        if !self.chosen.contains_key(&decree) {
+            self.violate(format!("{proc:?} loaded a checkpoint of decree {decree}, which never executed"));
+        }
+        if self.executed.get(&proc).is_some_and(|d| *d > decree) {
+            self.violate(format!("{proc:?} loaded a checkpoint of decree {decree}, behind its state"));
+        }
+        self.executed.insert(proc, decree);
+    }
+
     pub fn became_primary(&mut self, proc: Proc, ballot: Ballot) {
         if let Some(other) = self.primaries.insert(ballot, proc) {
             if other != proc {

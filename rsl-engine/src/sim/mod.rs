@@ -6,7 +6,7 @@
 pub mod checker;
 
 use crate::format::{Message, MemberId, MsgKind};
-use crate::paxos::{Action, Application, CoreConfig, Dest, Input, Micros, Replica, SplitMix64, MS, SEC};
+use crate::paxos::{Action, Application, Checkpoint, CoreConfig, Dest, Input, Micros, Replica, SplitMix64, MS, SEC};
 use bytes::{BufMut, Bytes, BytesMut};
 use checker::{Checker, Proc};
 use std::cmp::Reverse;
@@ -44,7 +44,7 @@ impl SimConfig {
 
     /// The command that replays this run.
     pub fn replay_command(&self) -> String {
-        format!("cargo run --release -p rsl-engine --bin rsl-sim -- --seed {} --replicas {}", self.seed, self.replicas)
+        format!("cargo run --profile soak -p rsl-engine --bin rsl-sim -- --seed {} --replicas {}", self.seed, self.replicas)
     }
 }
 
@@ -73,6 +73,9 @@ enum Event {
     Partition { blocked: Vec<(usize, usize)>, until: Micros },
     /// The primary, if any, is asked to relinquish.
     Relinquish,
+    LogRolled { node: usize, incarnation: u32, first_decree: u64 },
+    CheckpointWritten { node: usize, incarnation: u32, cp: Checkpoint },
+    CheckpointFetched { node: usize, incarnation: u32, fetched: Option<(Checkpoint, u64)>, load: bool },
     Heal,
 }
 
@@ -88,6 +91,12 @@ struct Node {
     /// Sends waiting for a persist to become durable.
     held: Vec<(u64, Dest, Arc<Message>)>,
     slow_disk: bool,
+    /// The newest checkpoint and its size; the log before its next vote is gone.
+    checkpoint: Option<(Checkpoint, u64)>,
+    /// Votes for new decrees logged since the last log roll, and how many make a roll.
+    since_roll: usize,
+    roll_every: usize,
+    last_logged: u64,
 }
 
 /// Answers the application's questions: always yes.
@@ -99,11 +108,15 @@ impl Application for SimApp {}
 pub struct Report {
     pub decrees: usize,
     pub acknowledged: usize,
-    /// How often a replica became primary, relinquished, crashed, and learned from a peer.
+    /// How often a replica became primary, relinquished, crashed, learned votes from a peer,
+    /// saved a checkpoint, caught up by loading a peer's, and (as primary) copied one.
     pub elections: usize,
     pub relinquished: usize,
     pub crashes: usize,
     pub learned: usize,
+    pub checkpoints_saved: usize,
+    pub checkpoints_loaded: usize,
+    pub checkpoints_copied: usize,
     pub violations: Vec<String>,
 }
 
@@ -124,7 +137,7 @@ pub struct Sim {
     next_submit: Micros,
     healed_at: Option<Micros>,
     actions: Vec<Action>,
-    counts: [usize; 4],
+    counts: [usize; 7],
 }
 
 impl Sim {
@@ -142,6 +155,10 @@ impl Sim {
                 disk_free_at: 0,
                 held: Vec::new(),
                 slow_disk: false,
+                checkpoint: None,
+                since_roll: 0,
+                roll_every: usize::MAX,
+                last_logged: 0,
             })
             .collect();
         let mut sim = Sim {
@@ -161,10 +178,11 @@ impl Sim {
             next_submit: SEC,
             healed_at: None,
             actions: Vec::new(),
-            counts: [0; 4],
+            counts: [0; 7],
         };
         for i in 0..sim.nodes.len() {
             sim.nodes[i].slow_disk = sim.rng.chance(0.3);
+            sim.nodes[i].roll_every = 20 + sim.rng.below(300) as usize;
             sim.boot(i);
         }
         sim.schedule_faults();
@@ -223,6 +241,10 @@ impl Sim {
     fn boot(&mut self, i: usize) {
         let seed = self.cfg.seed ^ ((i as u64) << 32) ^ self.nodes[i].incarnation as u64;
         let mut replica = Replica::new(self.core.clone(), self.nodes[i].id, self.members(), seed);
+        if let Some((cp, size)) = &self.nodes[i].checkpoint {
+            replica.restore_checkpoint(cp, *size);
+            self.checker.loaded_checkpoint(self.proc(i), cp.decree);
+        }
         let mut out = std::mem::take(&mut self.actions);
         for record in self.nodes[i].durable.clone() {
             if let Err(e) = replica.replay(&record, &mut out) {
@@ -277,8 +299,19 @@ impl Sim {
         if !violations.is_empty() {
             violations.push(format!("state at {}us: {}", self.now, self.describe()));
         }
-        let [elections, relinquished, crashes, learned] = self.counts;
-        Report { decrees: self.checker.decrees(), acknowledged: self.checker.acknowledged(), elections, relinquished, crashes, learned, violations }
+        let [elections, relinquished, crashes, learned, checkpoints_saved, checkpoints_loaded, checkpoints_copied] = self.counts;
+        Report {
+            decrees: self.checker.decrees(),
+            acknowledged: self.checker.acknowledged(),
+            elections,
+            relinquished,
+            crashes,
+            learned,
+            checkpoints_saved,
+            checkpoints_loaded,
+            checkpoints_copied,
+            violations,
+        }
     }
 
     /// Each replica's role, accepted vote, promise and execution point, for failure reports.
@@ -326,6 +359,39 @@ impl Sim {
                 }
             }
             Event::Crash(node) => self.crash(node),
+            Event::LogRolled { node, incarnation, first_decree } => {
+                if self.nodes[node].incarnation == incarnation {
+                    self.step(node, Input::LogRolled { first_decree });
+                }
+            }
+            Event::CheckpointWritten { node, incarnation, cp } => {
+                if self.nodes[node].incarnation == incarnation && self.nodes[node].replica.is_some() {
+                    self.install_checkpoint(node, cp, false);
+                }
+            }
+            Event::CheckpointFetched { node, incarnation, fetched, load } => {
+                if self.nodes[node].incarnation != incarnation || self.nodes[node].replica.is_none() {
+                    return;
+                }
+                match fetched {
+                    Some((mut cp, _)) if load => {
+                        self.counts[5] += 1;
+                        cp.max_ballot = cp.max_ballot.max(self.nodes[node].replica.as_ref().expect("live").max_ballot());
+                        self.checker.loaded_checkpoint(self.proc(node), cp.decree);
+                        let size = self.checkpoint_size(&cp);
+                        self.nodes[node].checkpoint = Some((cp.clone(), size));
+                        // The old logs are dropped; a new one starts with the next vote.
+                        self.nodes[node].durable.clear();
+                        self.step(node, Input::CheckpointLoaded(Some((cp, size))));
+                    }
+                    Some((mut cp, _)) => {
+                        self.counts[6] += 1;
+                        cp.max_ballot = cp.max_ballot.max(self.nodes[node].replica.as_ref().expect("live").max_ballot());
+                        self.install_checkpoint(node, cp, true);
+                    }
+                    None => self.step(node, Input::CheckpointLoaded(None)),
+                }
+            }
             Event::Relinquish => {
                 if let Some(node) = self.primary() {
                     self.step(node, Input::RelinquishPrimary);
@@ -360,6 +426,28 @@ impl Sim {
                 }
             }
         }
+    }
+
+    fn checkpoint_size(&self, cp: &Checkpoint) -> u64 {
+        1024 + cp.decree * 16
+    }
+
+    /// Keeps `cp` as the node's checkpoint and drops the log before its next vote (what log
+    /// truncation after a checkpoint does, at its most aggressive).
+    fn install_checkpoint(&mut self, node: usize, cp: Checkpoint, copied: bool) {
+        let size = self.checkpoint_size(&cp);
+        let n = &mut self.nodes[node];
+        if n.checkpoint.as_ref().is_some_and(|(c, _)| c.decree >= cp.decree) {
+            return self.step(node, Input::CheckpointSaved { decree: cp.decree, size, min_decree_in_log: 0 });
+        }
+        let keep_from = n.durable.iter().position(|r| r.kind() == MsgKind::Vote && r.header.decree > cp.decree).unwrap_or(n.durable.len());
+        if !copied || keep_from > 0 {
+            n.durable.drain(..keep_from);
+        }
+        let min_decree_in_log = n.durable.iter().find(|r| r.kind() == MsgKind::Vote).map_or(cp.decree + 1, |r| r.header.decree);
+        let decree = cp.decree;
+        n.checkpoint = Some((cp, size));
+        self.step(node, Input::CheckpointSaved { decree, size, min_decree_in_log });
     }
 
     /// A process dies: unsynced records survive only as a prefix (a torn append loses the
@@ -427,6 +515,16 @@ impl Sim {
                     }
                 }
                 Action::Persist { seq, record } => {
+                    let n = &mut self.nodes[node];
+                    if record.kind() == MsgKind::Vote && record.header.decree > n.last_logged {
+                        n.last_logged = record.header.decree;
+                        n.since_roll += 1;
+                        if n.since_roll >= n.roll_every {
+                            n.since_roll = 0;
+                            let (incarnation, first_decree) = (n.incarnation, record.header.decree);
+                            self.schedule(self.now, Event::LogRolled { node, incarnation, first_decree });
+                        }
+                    }
                     let latency = if self.nodes[node].slow_disk { 5 * MS + self.rng.below(50 * MS) } else { 100 + self.rng.below(2 * MS) };
                     let n = &mut self.nodes[node];
                     n.pending.push_back((seq, record));
@@ -447,6 +545,20 @@ impl Sim {
                 Action::FetchVotes { from, decree } => {
                     self.counts[3] += 1;
                     self.fetch_votes(node, from, decree)
+                }
+                Action::SaveCheckpoint(cp) => {
+                    self.counts[4] += 1;
+                    let at = self.now + MS + self.rng.below(20 * MS);
+                    let incarnation = self.nodes[node].incarnation;
+                    self.schedule(at, Event::CheckpointWritten { node, incarnation, cp });
+                }
+                Action::FetchCheckpoint { from, decree, load, .. } => {
+                    let src = self.nodes.iter().position(|n| n.id == from).expect("a member");
+                    let reachable = self.nodes[src].replica.is_some() && !self.blocked.contains(&(node, src)) && !self.blocked.contains(&(src, node));
+                    let fetched = self.nodes[src].checkpoint.clone().filter(|(cp, _)| reachable && cp.decree == decree);
+                    let at = self.now + MS + self.rng.below(self.cfg.max_delay);
+                    let incarnation = self.nodes[node].incarnation;
+                    self.schedule(at, Event::CheckpointFetched { node, incarnation, fetched, load });
                 }
                 Action::ShutDown => {
                     self.counts[1] += 1;
@@ -496,13 +608,18 @@ impl Sim {
     }
 }
 
-/// Runs one seed; `Err` carries the violations and the command that replays the run.
+/// Runs one seed; `Err` carries the violations (or the assertion that failed) and the
+/// command that replays the run.
 pub fn run_seed(cfg: SimConfig) -> Result<Report, String> {
     let command = cfg.replay_command();
-    let report = Sim::new(cfg).run();
-    if report.violations.is_empty() {
-        Ok(report)
-    } else {
-        Err(format!("{}\n  replay: {command}", report.violations.join("\n  ")))
-    }
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Sim::new(cfg).run()));
+    let violations = match outcome {
+        Ok(report) if report.violations.is_empty() => return Ok(report),
+        Ok(report) => report.violations,
+        Err(panic) => {
+            let what = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
+            vec![format!("assertion failed: {}", what.unwrap_or_default())]
+        }
+    };
+    Err(format!("{}\n  replay: {command}", violations.join("\n  ")))
 }
