@@ -24,11 +24,13 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let (mut failed, mut decrees, mut acked) = (0u64, 0usize, 0usize);
     let mut events = [0usize; 7];
+    let mut reconfigurations = 0u64;
     for seed in cli.seed..cli.seed + cli.seeds {
         let replicas = if cli.replicas == 0 { 3 + 2 * (seed % 2) as usize } else { cli.replicas };
         match run_seed(SimConfig::new(seed, replicas)) {
             Ok(report) => {
                 decrees += report.decrees;
+                reconfigurations += report.configurations.saturating_sub(1) as u64;
                 acked += report.acknowledged;
                 for (total, n) in events.iter_mut().zip([report.elections, report.relinquished, report.crashes, report.learned, report.checkpoints_saved, report.checkpoints_loaded, report.checkpoints_copied]) {
                     *total += n;
@@ -44,7 +46,7 @@ fn main() -> ExitCode {
     println!(
         "{} seeds, {failed} failed, {decrees} decrees, {acked} acknowledged requests, {elections} elections, \
          {relinquished} relinquishes, {crashes} crashes, {learned} vote fetches, {saved} checkpoints saved, \
-         {loaded} loaded to catch up, {copied} copied by primaries, {:.1}s",
+         {loaded} loaded to catch up, {copied} copied by primaries, {reconfigurations} reconfigurations, {:.1}s",
         cli.seeds,
         started.elapsed().as_secs_f64()
     );

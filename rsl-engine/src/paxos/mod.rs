@@ -14,7 +14,7 @@ pub use replica::{ReplayError, Replica, Role};
 
 pub use rng::SplitMix64;
 
-use crate::format::{MemberId, Message, Version};
+use crate::format::{ConfigInfo, MemberId, Message, Version};
 use bytes::Bytes;
 use std::sync::Arc;
 
@@ -57,6 +57,8 @@ pub enum Action {
     /// Run a chosen decree. `cookies` holds, in request order, this replica's cookies for the
     /// vote's requests when it proposed them (empty elsewhere).
     Execute { vote: Arc<Message>, cookies: Vec<Cookie> },
+    /// A request's cookie, or a `ChangeConfiguration` cookie (`AbortChangeConfiguration`),
+    /// comes back unexecuted.
     Abort { cookie: Cookie, reason: AbortReason },
     NotifyStatus { primary: bool },
     /// The decree the new primary re-proposed has executed: state now reflects everything
@@ -68,14 +70,23 @@ pub enum Action {
     /// The primary's relinquish vote was chosen: raise `ShutDown` and stop this replica (the
     /// original exits the process).
     ShutDown,
+    /// The state's configuration changed: a reconfiguration decree executed (`cookie` is the
+    /// `ChangeConfiguration` cookie on the replica that asked), or the replica was bootstrapped.
+    ConfigurationChanged { config: ConfigInfo, cookie: Option<Cookie> },
+    /// Persist the highest defunct configuration number (`defunct.txt`).
+    Defunct(u32),
     /// Save the application's state as of `checkpoint.decree` (every `Execute` before this
     /// action applied, none after), then answer `Input::CheckpointSaved`.
     SaveCheckpoint(Checkpoint),
-    /// Fetch `from`'s checkpoint of `decree` (`size` bytes) over the learn port. With `load`,
-    /// load it into the application in place and answer `Input::CheckpointLoaded`; without, keep
-    /// it as this replica's own checkpoint (the primary copies instead of saving) and answer
-    /// `Input::CheckpointSaved`. A failure answers `Input::CheckpointLoaded(None)`.
+    /// Fetch `from`'s checkpoint of `decree` (`size` bytes) over the learn port and verify it.
+    /// With `load`, answer `Input::CheckpointFetched` (the core then decides whether to load
+    /// it); without, keep it as this replica's own checkpoint (the primary copies instead of
+    /// saving) and answer `Input::CheckpointSaved`, or `CheckpointFetched(None)` on failure.
     FetchCheckpoint { from: MemberId, decree: u64, size: u64, load: bool },
+    /// Replace the application's state with this fetched checkpoint's (the original exits the
+    /// process and loads it at restart instead), keep the file as this replica's checkpoint,
+    /// and start a new log: its first record is the `Persist` that follows.
+    LoadCheckpoint(Checkpoint),
 }
 
 /// What the core needs of a checkpoint besides the application's state: the header fields.
@@ -86,6 +97,10 @@ pub struct Checkpoint {
     /// The vote for `decree + 1` (its ballot may be empty for a bootstrap checkpoint).
     pub next_vote: Arc<Message>,
     pub max_ballot: crate::format::Ballot,
+    /// The state's configuration.
+    pub config: ConfigInfo,
+    /// False for the bootstrap checkpoint, which holds no application state.
+    pub state_saved: bool,
 }
 
 /// The application's synchronous answers, asked on the protocol path as in the original.
@@ -128,8 +143,9 @@ pub enum Input {
     /// A checkpoint of `decree` is on disk (saved, or copied from a peer), and the logs now
     /// start at `min_decree_in_log`.
     CheckpointSaved { decree: u64, size: u64, min_decree_in_log: u64 },
-    /// A fetched checkpoint was loaded into the application, or the fetch failed (`None`).
-    CheckpointLoaded(Option<(Checkpoint, u64)>),
+    /// A checkpoint asked for with `FetchCheckpoint` arrived intact, with its size; `None`:
+    /// the fetch failed.
+    CheckpointFetched(Option<(Checkpoint, u64)>),
     /// The global accept flag (`SetAcceptMessages`), used when configured instead of asking
     /// the application.
     SetAcceptMessages(bool),
@@ -156,6 +172,8 @@ pub struct CoreConfig {
     pub use_global_accept_flag: bool,
     /// How often a primary that wants to copy a checkpoint asks who has one.
     pub checkpoint_query_interval: Micros,
+    /// How often a replica of a configuration not yet known to be established announces it.
+    pub join_interval: Micros,
 }
 
 impl Default for CoreConfig {
@@ -173,6 +191,7 @@ impl Default for CoreConfig {
             max_cache_bytes: 50 << 20,
             use_global_accept_flag: false,
             checkpoint_query_interval: 5 * SEC,
+            join_interval: SEC,
         }
     }
 }
@@ -182,6 +201,17 @@ impl Default for CoreConfig {
 pub enum SubmitError {
     NotPrimary,
     ShuttingDown,
-    /// The request is empty.
+    /// The request (or member set) is empty or invalid.
     InvalidRequest,
+    /// This protocol version cannot express it (reconfiguration needs v3, bootstrap v4).
+    Unsupported,
+}
+
+/// Why `Bootstrap` failed (RSL's `RSLResponseCode` values for it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BootstrapError {
+    AlreadyBootstrapped,
+    /// This replica is not in the set, or another set is already known.
+    Failed,
+    InvalidParameter,
 }

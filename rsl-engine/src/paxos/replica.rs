@@ -7,16 +7,18 @@
 //! gated on that number. The primary sends its vote while its own write is in flight and
 //! counts itself only once `Durable` says the write is done.
 
-use super::{AbortReason, Action, Application, Checkpoint, Cookie, CoreConfig, Dest, Input, Micros, SplitMix64, SubmitError};
-use crate::format::message::StatusBody;
-use crate::format::{Ballot, Body, Header, MemberId, Message, MsgKind, Version, VoteBody};
+use super::{AbortReason, Action, Application, BootstrapError, Checkpoint, Cookie, CoreConfig, Dest, Input, Micros, SplitMix64, SubmitError};
+use crate::format::message::{JoinBody, StatusBody};
+use crate::format::{Ballot, Body, ConfigInfo, Header, MemberId, MemberSet, Message, MsgKind, Version, VoteBody};
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
-/// RSL's replica states (`PaxosInactive` arrives with reconfiguration).
+/// RSL's replica states.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
+    /// Not a member of its configuration, or not bootstrapped yet (`PaxosInactive`).
+    Inactive,
     /// Learning where the ring is: a status quorum, then learn, elect, or follow.
     Initializing,
     /// Standing for election with a Prepare.
@@ -26,6 +28,15 @@ pub enum Role {
 }
 
 impl Role {
+    /// Initializing, unless inactive: learning or loading does not make a replica a member.
+    fn min_active(self) -> Role {
+        if self == Role::Inactive {
+            Role::Inactive
+        } else {
+            Role::Initializing
+        }
+    }
+
     /// The `state` field of a StatusResponse.
     fn status_code(self) -> u32 {
         match self {
@@ -33,6 +44,7 @@ impl Role {
             Role::Secondary => 2,
             Role::Preparing => 3,
             Role::Initializing => 4,
+            Role::Inactive => 0,
         }
     }
 }
@@ -44,6 +56,8 @@ struct Pending {
     bytes: usize,
     /// An exclusive vote takes nothing more.
     closed: bool,
+    /// A reconfiguration vote's `ChangeConfiguration` cookie.
+    config_cookie: Option<Cookie>,
 }
 
 /// The primary's vote in flight.
@@ -53,6 +67,7 @@ struct Outstanding {
     seq: u64,
     acks: BTreeSet<MemberId>,
     cookies: Vec<Cookie>,
+    config_cookie: Option<Cookie>,
 }
 
 /// A candidate's Prepare in flight.
@@ -78,9 +93,18 @@ pub struct ReplayError {
 pub struct Replica {
     cfg: CoreConfig,
     me: MemberId,
-    /// Every member of the configuration, this one included.
+    /// The Paxos configuration: it changes when a reconfiguration decision is logged.
+    paxos_config: ConfigInfo,
+    /// Its members' ids (this one included, if a member).
     members: Vec<MemberId>,
-    config_number: u32,
+    /// The state's configuration: it changes when the reconfiguration decree executes.
+    state_config: ConfigInfo,
+    highest_defunct: u32,
+    next_join: Micros,
+    /// A member set given by `Bootstrap` and not yet persisted, and until when to keep
+    /// sending it to the other members.
+    bootstrap: Option<MemberSet>,
+    bootstrap_resend: Micros,
     version: Version,
     rng: SplitMix64,
     role: Role,
@@ -134,6 +158,11 @@ pub struct Replica {
     loading: Option<MemberId>,
 }
 
+/// The empty accepted vote a configuration starts with.
+fn placeholder(version: Version, decree: u64, config: u32) -> Arc<Message> {
+    Arc::new(Message::new(Header::new(version, MemberId::EMPTY, decree, config, Ballot::EMPTY), Body::Vote(VoteBody::default())))
+}
+
 fn decree_ballot(m: &Message) -> (u64, Ballot) {
     (m.header.decree, m.header.ballot)
 }
@@ -159,22 +188,27 @@ fn vote_size(body: &VoteBody) -> usize {
 }
 
 impl Replica {
-    /// A replica of configuration 1 with the given members and nothing accepted (the legacy
-    /// `Initialize` with a member list). Call [`replay`](Self::replay) for each durable log
-    /// record, then [`start`](Self::start).
-    pub fn new(cfg: CoreConfig, me: MemberId, members: Vec<MemberId>, seed: u64) -> Replica {
-        assert!(members.contains(&me), "a replica is a member of its configuration");
-        assert!(!members.is_empty() && members.iter().collect::<BTreeSet<_>>().len() == members.len(), "members are distinct");
+    /// A replica in `config` with nothing accepted: configuration 1 with initial decree 0 is the
+    /// legacy `Initialize` with a member list; configuration 0 (no members) is a replica that
+    /// waits to be bootstrapped. Call [`restore_checkpoint`](Self::restore_checkpoint) and
+    /// [`replay`](Self::replay) for what is durable, then [`start`](Self::start).
+    pub fn new(cfg: CoreConfig, me: MemberId, config: ConfigInfo, seed: u64) -> Replica {
         let mut rng = SplitMix64::new(seed);
         let spread = (cfg.election_delay * cfg.election_randomize_pct / 100).min(cfg.max_election_randomize);
         let election_delay = cfg.election_delay - spread + rng.below(2 * spread + 1);
-        let placeholder = Arc::new(Message::new(Header::new(cfg.version, MemberId::EMPTY, 0, 1, Ballot::EMPTY), Body::Vote(VoteBody::default())));
-        Replica {
+        let placeholder = placeholder(cfg.version, config.initial_decree, config.number);
+        let next_execute = config.initial_decree;
+        let mut replica = Replica {
             version: cfg.version,
             cfg,
             me,
-            members,
-            config_number: 1,
+            members: Vec::new(),
+            paxos_config: ConfigInfo::default(),
+            state_config: config.clone(),
+            highest_defunct: 0,
+            next_join: 0,
+            bootstrap: None,
+            bootstrap_resend: Micros::MAX,
             rng,
             role: Role::Initializing,
             max_ballot: Ballot::EMPTY,
@@ -183,7 +217,7 @@ impl Replica {
             accepted: placeholder,
             accepted_seq: 0,
             accepted_at: 0,
-            next_execute: 0,
+            next_execute,
             next_election: Micros::MAX,
             election_delay,
             action_deadline: Micros::MAX,
@@ -213,7 +247,32 @@ impl Replica {
             copying: false,
             copy_query_at: Micros::MAX,
             loading: None,
-        }
+        };
+        replica.set_paxos_config(config);
+        replica
+    }
+
+    fn set_paxos_config(&mut self, config: ConfigInfo) {
+        self.members = config.members.nodes.iter().map(|n| n.id).collect();
+        debug_assert_eq!(self.members.iter().collect::<BTreeSet<_>>().len(), self.members.len(), "members are distinct");
+        self.paxos_config = config;
+    }
+
+    /// Sets the highest defunct configuration number read from `defunct.txt` at start-up.
+    pub fn restore_defunct(&mut self, highest: u32) {
+        assert_eq!(self.persist_seq, 0, "restore comes before start");
+        self.highest_defunct = highest;
+    }
+
+    /// The configuration the state is in (`GetConfiguration`).
+    pub fn configuration(&self) -> &ConfigInfo {
+        &self.state_config
+    }
+
+    /// A vote with a real ballot has been accepted, or the decree is past the first: what
+    /// `Bootstrap` waits for.
+    pub fn is_bootstrapped(&self) -> bool {
+        self.paxos_config.number > 0 && (self.accepted.header.ballot.id > 0 || self.accepted.header.decree > 1)
     }
 
     pub fn me(&self) -> MemberId {
@@ -248,6 +307,8 @@ impl Replica {
         assert_eq!(self.persist_seq, 0, "restore comes before start");
         assert_eq!(cp.next_vote.kind(), MsgKind::Vote, "a checkpoint's next vote is a vote");
         self.next_execute = cp.decree + 1;
+        self.set_paxos_config(cp.config.clone());
+        self.state_config = cp.config.clone();
         self.accepted = self.next_vote_or_placeholder(cp);
         self.max_ballot = cp.max_ballot.max(self.accepted.header.ballot);
         (self.checkpointed, self.checkpoint_size, self.log_min_decree) = (cp.decree, size, cp.decree + 1);
@@ -257,8 +318,7 @@ impl Replica {
         if cp.next_vote.header.decree == cp.decree + 1 {
             return cp.next_vote.clone();
         }
-        let header = Header::new(self.version, MemberId::EMPTY, cp.decree + 1, self.config_number, Ballot::EMPTY);
-        Arc::new(Message::new(header, Body::Vote(VoteBody::default())))
+        placeholder(self.version, cp.decree + 1, self.paxos_config.number)
     }
 
     /// Applies one durable log record at start-up: Prepares raise the promise, each vote that
@@ -275,12 +335,16 @@ impl Replica {
             // learning proved our decree chosen (see `apply_learned`).
             MsgKind::Vote if !b.is_empty() && (d == ad + 1 || is_next((d, b), (ad, ab))) => {
                 if d == ad + 1 && self.next_execute == ad {
-                    self.execute(self.accepted.clone(), Vec::new(), out);
+                    self.execute(self.accepted.clone(), Vec::new(), None, out);
                 }
                 self.accepted = record.clone();
                 self.max_ballot = self.max_ballot.max(b);
             }
             MsgKind::Vote if !b.is_empty() && is_lower((d, b), (ad, ab)) => {}
+            MsgKind::ReconfigurationDecision => {
+                // One that does not match our vote was logged by nobody: skip it.
+                self.log_decision(0, record.clone(), false, None, out);
+            }
             kind => return Err(ReplayError { kind, decree: d, after_decree: ad }),
         }
         debug_assert!(self.max_ballot >= self.accepted.header.ballot);
@@ -289,14 +353,137 @@ impl Replica {
 
     /// Starts the protocol: a status round to find the ring.
     pub fn start(&mut self, now: Micros, app: &mut dyn Application, out: &mut Vec<Action>) {
-        assert_eq!(self.role, Role::Initializing, "start once");
+        assert_eq!(self.persist_seq, 0, "start once");
         self.accepted_at = now;
         self.start_initializing(now, app, out);
     }
 
+    /// `ChangeConfiguration` (v3+, primary only): a reconfiguration vote, never batched with
+    /// anything. `cookie` comes back through `ConfigurationChanged` or an abort.
+    pub fn change_configuration(&mut self, now: Micros, members: MemberSet, cookie: Cookie, out: &mut Vec<Action>) -> Result<(), SubmitError> {
+        if !self.version.has_config() {
+            return Err(SubmitError::Unsupported);
+        }
+        let ids: BTreeSet<MemberId> = members.nodes.iter().map(|n| n.id).collect();
+        if ids.is_empty() || ids.len() != members.nodes.len() || ids.contains(&MemberId::EMPTY) {
+            return Err(SubmitError::InvalidRequest);
+        }
+        if !self.is_primary || self.relinquishing {
+            return Err(SubmitError::NotPrimary);
+        }
+        let body = VoteBody { reconfig: Some(members), cookie: self.primary_cookie.clone(), ..Default::default() };
+        self.to_send.push_back(Pending { body, cookies: Vec::new(), bytes: 0, closed: true, config_cookie: Some(cookie) });
+        self.send_next(now, out);
+        Ok(())
+    }
+
+    /// `Bootstrap` (v4+): gives a replica that has no configuration its first one. Validated
+    /// as the original does; the set is then persisted as configuration 1 and sent to the
+    /// other members until this replica has taken part in a vote.
+    pub fn bootstrap(&mut self, now: Micros, members: MemberSet, app: &mut dyn Application, out: &mut Vec<Action>) -> Result<(), BootstrapError> {
+        self.accept_bootstrap(members)?;
+        self.bootstrap_resend = now;
+        self.check_bootstrap(now, app, out);
+        Ok(())
+    }
+
+    fn accept_bootstrap(&mut self, members: MemberSet) -> Result<(), BootstrapError> {
+        let ids: BTreeSet<MemberId> = members.nodes.iter().map(|n| n.id).collect();
+        if !self.version.has_string_ids() || ids.is_empty() || ids.len() != members.nodes.len() {
+            return Err(BootstrapError::InvalidParameter);
+        }
+        if self.is_bootstrapped() {
+            return Err(BootstrapError::AlreadyBootstrapped);
+        }
+        let same = |known: &MemberSet| {
+            known.nodes.len() == members.nodes.len()
+                && known.nodes.iter().all(|k| {
+                    members.nodes.iter().any(|n| n.id == k.id && n.ip == k.ip && n.rsl_port == k.rsl_port && n.host_name.eq_ignore_ascii_case(&k.host_name))
+                })
+        };
+        let known = if self.paxos_config.number > 0 { Some(&self.paxos_config.members) } else { self.bootstrap.as_ref() };
+        if !ids.contains(&self.me) || known.is_some_and(|k| !same(k)) {
+            return Err(BootstrapError::Failed);
+        }
+        self.bootstrap = Some(members);
+        Ok(())
+    }
+
+    /// `CheckBootstrap` + `PersistMemberSet`: configuration 1 from decree 1, recorded by a
+    /// checkpoint of decree 0 that holds no state.
+    fn check_bootstrap(&mut self, now: Micros, app: &mut dyn Application, out: &mut Vec<Action>) {
+        if self.role != Role::Inactive || self.paxos_config.number != 0 {
+            return;
+        }
+        let Some(members) = self.bootstrap.clone() else { return };
+        let config = ConfigInfo { number: 1, initial_decree: 1, members };
+        self.accepted = placeholder(self.version, 1, 1);
+        self.next_execute = 1;
+        self.saving = true;
+        let cp = Checkpoint { decree: 0, next_vote: self.accepted.clone(), max_ballot: Ballot::EMPTY, config: config.clone(), state_saved: false };
+        out.push(Action::SaveCheckpoint(cp));
+        self.state_config = config.clone();
+        self.set_paxos_config(config.clone());
+        out.push(Action::ConfigurationChanged { config, cookie: None });
+        self.role = Role::Initializing;
+        self.start_initializing(now, app, out);
+    }
+
+    /// `LogReconfigurationDecision`: when it decides our accepted vote, log it (unless
+    /// replaying), execute the vote and switch to the new configuration.
+    fn log_decision(&mut self, now: Micros, decision: Arc<Message>, persist: bool, cookie: Option<Cookie>, out: &mut Vec<Action>) -> bool {
+        let (d, b) = decree_ballot(&decision);
+        let members = self.accepted.as_vote().and_then(|v| v.reconfig.clone());
+        let Some(members) = members.filter(|_| (d, b) == self.accepted() && decision.header.config == self.paxos_config.number) else {
+            return false;
+        };
+        if self.role == Role::Primary {
+            self.step_down(out);
+        }
+        if persist {
+            self.accepted_seq = self.persist(decision, out);
+        }
+        if self.next_execute == d {
+            self.execute(self.accepted.clone(), Vec::new(), cookie, out);
+        }
+        self.switch_config(now, ConfigInfo { number: self.paxos_config.number + 1, initial_decree: d + 1, members });
+        true
+    }
+
+    /// `ChangePaxosConfiguration`: ballots restart above the old ones with an empty accepted
+    /// vote at the new configuration's first decree; members find the ring at the next tick.
+    fn switch_config(&mut self, now: Micros, config: ConfigInfo) {
+        debug_assert_ne!(self.role, Role::Primary, "stepped down first");
+        debug_assert_eq!(self.next_execute, config.initial_decree);
+        self.accepted = placeholder(self.version, config.initial_decree, config.number);
+        self.max_ballot = Ballot::new(self.max_ballot.id.saturating_add(1), MemberId::EMPTY);
+        self.max_seen_ballot = Ballot::EMPTY;
+        self.set_paxos_config(config);
+        self.cache.clear();
+        self.cache_bytes = 0;
+        self.statuses.clear();
+        (self.candidacy, self.learning, self.next_join) = (None, None, 0);
+        self.role = if self.members.contains(&self.me) { Role::Initializing } else { Role::Inactive };
+        self.action_deadline = now;
+    }
+
     /// When the replica next needs a `Tick`, if nothing else arrives first.
     pub fn next_wakeup(&self) -> Micros {
+        let join = if self.join_due() { self.next_join } else { Micros::MAX };
+        let bootstrap = if self.bootstrap.is_some() { self.bootstrap_resend } else { Micros::MAX };
+        self.role_wakeup().min(join).min(bootstrap)
+    }
+
+    /// A configuration not yet known to be established is announced with Join messages to its
+    /// members, also by replicas it left out: that is how members that missed the decision
+    /// (or never had a log) learn about it.
+    fn join_due(&self) -> bool {
+        self.paxos_config.number > self.highest_defunct + 1
+    }
+
+    fn role_wakeup(&self) -> Micros {
         match self.role {
+            Role::Inactive => Micros::MAX,
             Role::Secondary if self.force_reelection => 0,
             Role::Secondary => self.next_election,
             Role::Initializing if self.learning.is_some() || self.loading.is_some() => Micros::MAX,
@@ -337,6 +524,7 @@ impl Replica {
                 cookies: vec![cookie],
                 bytes: size,
                 closed: exclusive,
+                config_cookie: None,
             }),
         }
         self.send_next(now, out);
@@ -369,7 +557,7 @@ impl Replica {
                 (self.saving, self.copying) = (false, false);
                 self.copy_at = self.copy_at.filter(|&at| at > decree);
             }
-            Input::CheckpointLoaded(loaded) => self.on_checkpoint_loaded(now, loaded, app, out),
+            Input::CheckpointFetched(fetched) => self.on_checkpoint_fetched(now, fetched, app, out),
             Input::SetAcceptMessages(accept) => self.accept_flag = accept,
         }
         self.drain_cache(now, app, out);
@@ -415,7 +603,7 @@ impl Replica {
     }
 
     fn header(&self, decree: u64, ballot: Ballot) -> Header {
-        Header::new(self.version, self.me, decree, self.config_number, ballot)
+        Header::new(self.version, self.me, decree, self.paxos_config.number, ballot)
     }
 
     fn not_accepted(&self, to: MemberId, out: &mut Vec<Action>) {
@@ -423,13 +611,19 @@ impl Replica {
         self.send(Dest::One(to), msg, 0, out);
     }
 
-    fn execute(&mut self, vote: Arc<Message>, cookies: Vec<Cookie>, out: &mut Vec<Action>) {
+    fn execute(&mut self, vote: Arc<Message>, cookies: Vec<Cookie>, config_cookie: Option<Cookie>, out: &mut Vec<Action>) {
         let decree = vote.header.decree;
         assert_eq!(decree, self.next_execute, "decrees execute in order, each once");
         assert!(!vote.header.ballot.is_empty(), "only a proposed vote can be chosen");
         debug_assert!(cookies.is_empty() || cookies.len() == vote.as_vote().map_or(0, |v| v.requests.len()));
         self.next_execute = decree + 1;
+        let new_members = vote.as_vote().and_then(|v| v.reconfig.clone());
+        let number = vote.header.config + 1;
         out.push(Action::Execute { vote, cookies });
+        if let Some(members) = new_members {
+            self.state_config = ConfigInfo { number, initial_decree: decree + 1, members };
+            out.push(Action::ConfigurationChanged { config: self.state_config.clone(), cookie: config_cookie });
+        }
     }
 
     // ---- promises and acceptance --------------------------------------------------------
@@ -454,13 +648,19 @@ impl Replica {
         assert!(!b.is_empty(), "votes carry a ballot");
         if d == ad + 1 {
             if self.next_execute == ad {
-                self.execute(self.accepted.clone(), Vec::new(), out);
+                self.execute(self.accepted.clone(), Vec::new(), None, out);
             }
             let wait = if self.max_ballot.member == self.me { self.cfg.heartbeat_interval } else { self.election_delay };
             self.next_election = now.saturating_add(wait);
         }
         if (d, b) != (ad, ab) {
             self.accepted_seq = self.persist(vote.clone(), out);
+        }
+        // Logging a vote of configuration c proves c - 1 defunct.
+        let config = vote.header.config;
+        if config > 1 && config - 1 > self.highest_defunct {
+            self.highest_defunct = config - 1;
+            out.push(Action::Defunct(self.highest_defunct));
         }
         self.accepted = vote;
         self.accepted_at = now;
@@ -498,19 +698,35 @@ impl Replica {
         debug_assert!(self.next_execute > 0);
         self.save_at = None;
         self.saving = true;
-        let cp = Checkpoint { decree: self.next_execute - 1, next_vote: self.accepted.clone(), max_ballot: self.max_ballot };
+        let cp = Checkpoint {
+            decree: self.next_execute - 1,
+            next_vote: self.accepted.clone(),
+            max_ballot: self.max_ballot,
+            config: self.state_config.clone(),
+            state_saved: true,
+        };
         out.push(Action::SaveCheckpoint(cp));
     }
 
-    /// A peer's checkpoint was loaded in place (the original exits the process instead), or the
-    /// fetch failed. Either way, find the ring again.
-    fn on_checkpoint_loaded(&mut self, now: Micros, loaded: Option<(Checkpoint, u64)>, app: &mut dyn Application, out: &mut Vec<Action>) {
-        if self.loading.take().is_none() {
+    /// A peer's checkpoint arrived: load it in place if it is still ahead of us (the original
+    /// exits the process instead). Either way, find the ring again.
+    fn on_checkpoint_fetched(&mut self, now: Micros, fetched: Option<(Checkpoint, u64)>, app: &mut dyn Application, out: &mut Vec<Action>) {
+        let was_loading = self.loading.take().is_some();
+        if fetched.is_none() && !was_loading {
             self.copying = false; // a primary's copy failed; the next status round retries
             return;
         }
-        if let Some((cp, size)) = loaded.filter(|(cp, _)| cp.decree + 1 >= self.next_execute) {
+        if let Some((cp, size)) = fetched.filter(|(cp, _)| cp.decree >= self.next_execute) {
+            if self.role == Role::Primary {
+                self.step_down(out);
+            }
+            out.push(Action::LoadCheckpoint(cp.clone()));
             self.next_execute = cp.decree + 1;
+            if cp.config.number != self.paxos_config.number {
+                self.set_paxos_config(cp.config.clone());
+                self.max_seen_ballot = Ballot::EMPTY;
+            }
+            self.state_config = cp.config.clone();
             self.accepted = self.next_vote_or_placeholder(&cp);
             self.accepted_at = now;
             // The runtime starts a new log with the next vote (formats.md §8.1).
@@ -533,13 +749,28 @@ impl Replica {
 
     // ---- messages -----------------------------------------------------------------------
 
-    /// The configuration checks every message passes (api-behavior §2.17.5), reduced to one
-    /// static configuration: it must come from another member of our configuration.
-    fn admit(&mut self, from: &MemberId, msg: &Message) -> bool {
-        if *from == self.me || msg.header.sender != *from || !self.members.contains(from) {
+    /// `VerifyMessage` (api-behavior §2.17.5 with erratum D7): a message of a defunct
+    /// configuration is answered with DefunctConfiguration, one of a newer configuration with
+    /// a JoinRequest, and anything else must come from another member of ours.
+    fn admit(&mut self, from: &MemberId, msg: &Message, out: &mut Vec<Action>) -> bool {
+        let config = msg.header.config;
+        if config <= self.highest_defunct {
+            let defunct = Message::new(Header::new(self.version, self.me, 0, self.highest_defunct, Ballot::EMPTY), Body::DefunctConfiguration);
+            self.send(Dest::One(*from), defunct, 0, out);
             return false;
         }
-        if msg.header.config != self.config_number {
+        if matches!(msg.kind(), MsgKind::Join | MsgKind::JoinRequest) {
+            return true;
+        }
+        if config > self.paxos_config.number {
+            let request = Message::new(Header::new(self.version, self.me, 0, config, Ballot::EMPTY), Body::JoinRequest);
+            self.send(Dest::One(*from), request, 0, out);
+            return false;
+        }
+        if config < self.paxos_config.number || self.role == Role::Inactive {
+            return false;
+        }
+        if *from == self.me || msg.header.sender != *from || !self.members.contains(from) {
             return false;
         }
         self.max_seen_ballot = self.max_seen_ballot.max(msg.header.ballot);
@@ -547,8 +778,25 @@ impl Replica {
     }
 
     fn on_message(&mut self, now: Micros, from: MemberId, msg: Arc<Message>, app: &mut dyn Application, out: &mut Vec<Action>) {
-        let ignored_while_relinquishing = matches!(msg.kind(), MsgKind::Vote | MsgKind::Prepare | MsgKind::StatusQuery);
-        if !self.admit(&from, &msg) || (self.relinquishing && ignored_while_relinquishing) {
+        // Unlike the original, a relinquishing primary still answers status queries: a member
+        // that is initializing needs them to follow, and so to accept the relinquish vote.
+        let ignored_while_relinquishing = matches!(msg.kind(), MsgKind::Vote | MsgKind::Prepare);
+        if from == self.me || (self.relinquishing && ignored_while_relinquishing) {
+            return;
+        }
+        // These bypass the configuration checks.
+        match &msg.body {
+            Body::Bootstrap(members) => {
+                if self.accept_bootstrap(members.clone()).is_ok() {
+                    self.check_bootstrap(now, app, out);
+                }
+                return;
+            }
+            Body::DefunctConfiguration => return self.on_defunct(now, msg.header.config, app, out),
+            Body::StatusQuery => return self.on_status_query(now, from, &msg, out),
+            _ => {}
+        }
+        if !self.admit(&from, &msg, out) {
             return;
         }
         match msg.kind() {
@@ -558,11 +806,66 @@ impl Replica {
             MsgKind::Prepare => self.on_prepare(now, from, msg, app, out),
             MsgKind::PrepareAccepted => self.on_prepare_accepted(now, from, &msg, out),
             MsgKind::NotAccepted => self.on_not_accepted(now, &msg, app, out),
-            MsgKind::StatusQuery => self.on_status_query(now, from, &msg, out),
             MsgKind::StatusResponse => self.on_status_response(now, from, msg, app, out),
-            // Reconfiguration, join and bootstrap arrive with dynamic membership.
+            MsgKind::ReconfigurationDecision => {
+                self.log_decision(now, msg, true, None, out);
+            }
+            MsgKind::Join => self.on_join(now, from, &msg, out),
+            MsgKind::JoinRequest if msg.header.config == self.paxos_config.number => self.send_join(Dest::One(from), out),
             _ => {}
         }
+    }
+
+    /// `UpdateDefunctInfo`: a replica still active in a configuration now defunct looks for
+    /// the newer one instead.
+    fn on_defunct(&mut self, now: Micros, defunct: u32, app: &mut dyn Application, out: &mut Vec<Action>) {
+        if defunct <= self.highest_defunct {
+            return;
+        }
+        if self.paxos_config.number <= defunct && self.role != Role::Inactive {
+            return self.start_initializing(now, app, out);
+        }
+        self.highest_defunct = defunct;
+        out.push(Action::Defunct(defunct));
+    }
+
+    fn send_join(&self, to: Dest, out: &mut Vec<Action>) {
+        let learn_port = self.paxos_config.members.nodes.iter().find(|n| n.id == self.me).map_or(0, |n| n.learn_port);
+        let body = Body::Join(JoinBody {
+            learn_port,
+            min_decree_in_log: self.log_min_decree,
+            checkpointed_decree: self.checkpointed,
+            checkpoint_size: self.checkpoint_size,
+        });
+        let header = Header::new(self.version, self.me, self.paxos_config.initial_decree.wrapping_sub(1), self.paxos_config.number, Ballot::EMPTY);
+        self.send(to, Message::new(header, body), 0, out);
+    }
+
+    /// `HandleJoinMsg`: a member of a newer configuration announces it; catch up from it.
+    fn on_join(&mut self, now: Micros, from: MemberId, msg: &Message, out: &mut Vec<Action>) {
+        let Body::Join(join) = &msg.body else { return };
+        if msg.header.config <= self.paxos_config.number {
+            if msg.header.config <= self.highest_defunct + 1 {
+                let defunct = Message::new(Header::new(self.version, self.me, 0, self.highest_defunct, Ballot::EMPTY), Body::DefunctConfiguration);
+                self.send(Dest::One(from), defunct, 0, out);
+            }
+            return;
+        }
+        if self.learning.is_some() || self.loading.is_some() {
+            return;
+        }
+        if self.role == Role::Primary {
+            self.step_down(out);
+        }
+        let ad = self.accepted.header.decree;
+        if ad >= join.min_decree_in_log && self.paxos_config.number > 0 {
+            self.learn(from, out);
+        } else if join.checkpointed_decree >= ad {
+            self.role = self.role.min_active();
+            self.loading = Some(from);
+            out.push(Action::FetchCheckpoint { from, decree: join.checkpointed_decree, size: join.checkpoint_size, load: true });
+        }
+        let _ = now;
     }
 
     fn cache_vote(&mut self, from: MemberId, vote: Arc<Message>) {
@@ -656,12 +959,20 @@ impl Replica {
         if o.vote.as_vote().is_some_and(|v| v.relinquish) {
             // The original exits here without executing it; what was queued behind it goes back.
             let queued = std::mem::take(&mut self.to_send);
-            out.extend(queued.into_iter().flat_map(|p| p.cookies).map(|cookie| Action::Abort { cookie, reason: AbortReason::ShuttingDown }));
+            let cookies = queued.into_iter().flat_map(|p| p.cookies.into_iter().chain(p.config_cookie));
+            out.extend(cookies.map(|cookie| Action::Abort { cookie, reason: AbortReason::ShuttingDown }));
             out.push(Action::ShutDown);
             return;
         }
+        if o.vote.as_vote().is_some_and(|v| v.reconfig.is_some()) {
+            // Chosen: announce and log the decision, which executes it and switches over.
+            let decision = Arc::new(Message::new(self.header(decree, self.max_ballot), Body::ReconfigurationDecision));
+            out.push(Action::Send { to: Dest::All, msg: decision.clone(), after: 0 });
+            self.log_decision(now, decision, true, o.config_cookie, out);
+            return;
+        }
         if self.next_execute == decree {
-            self.execute(o.vote, o.cookies, out);
+            self.execute(o.vote, o.cookies, None, out);
         }
         if self.recovering.take_if(|d| *d == decree).is_some() {
             out.push(Action::NotifyPrimaryRecovered);
@@ -676,7 +987,7 @@ impl Replica {
             return;
         }
         let body = VoteBody { relinquish: true, cookie: self.primary_cookie.clone(), ..Default::default() };
-        self.to_send.push_back(Pending { body, cookies: Vec::new(), bytes: 0, closed: true });
+        self.to_send.push_back(Pending { body, cookies: Vec::new(), bytes: 0, closed: true, config_cookie: None });
         self.send_next(now, out);
     }
 
@@ -686,12 +997,12 @@ impl Replica {
             return;
         }
         if let Some(p) = self.to_send.pop_front() {
-            self.propose(now, p.body, p.cookies, out);
+            self.propose(now, p.body, p.cookies, p.config_cookie, out);
         }
     }
 
     /// `SendNextVote`: stamps the vote, persists it, and sends it in parallel.
-    fn propose(&mut self, now: Micros, body: VoteBody, cookies: Vec<Cookie>, out: &mut Vec<Action>) {
+    fn propose(&mut self, now: Micros, body: VoteBody, cookies: Vec<Cookie>, config_cookie: Option<Cookie>, out: &mut Vec<Action>) {
         assert!(self.role == Role::Primary && self.outstanding.is_none(), "one outstanding vote");
         assert_eq!(self.max_ballot.member, self.me, "only the ballot's owner proposes");
         let (ad, ab) = self.accepted();
@@ -701,7 +1012,7 @@ impl Replica {
         self.log_and_accept(now, vote.clone(), false, out);
         let seq = self.accepted_seq;
         out.push(Action::Send { to: Dest::All, msg: vote.clone(), after: 0 });
-        self.outstanding = Some(Outstanding { vote, seq, acks: BTreeSet::new(), cookies });
+        self.outstanding = Some(Outstanding { vote, seq, acks: BTreeSet::new(), cookies, config_cookie });
         self.action_deadline = now.saturating_add(self.cfg.resend_interval);
         self.last_proposed = now;
         self.check_chosen(now, out);
@@ -714,7 +1025,10 @@ impl Replica {
         let queued = std::mem::take(&mut self.to_send);
         if self.is_primary {
             self.is_primary = false;
-            let cookies = outstanding.into_iter().flat_map(|o| o.cookies).chain(queued.into_iter().flat_map(|p| p.cookies));
+            let cookies = outstanding
+                .into_iter()
+                .flat_map(|o| o.cookies.into_iter().chain(o.config_cookie))
+                .chain(queued.into_iter().flat_map(|p| p.cookies.into_iter().chain(p.config_cookie)));
             out.extend(cookies.map(|cookie| Action::Abort { cookie, reason: AbortReason::NotPrimary }));
             out.push(Action::NotifyStatus { primary: false });
         }
@@ -727,6 +1041,7 @@ impl Replica {
 
     fn become_secondary(&mut self) {
         debug_assert_ne!(self.role, Role::Primary, "step down first");
+        debug_assert!(self.members.contains(&self.me), "only a member follows");
         self.role = Role::Secondary;
         self.candidacy = None;
         self.force_reelection = false;
@@ -806,7 +1121,7 @@ impl Replica {
         self.role = Role::Primary;
         self.force_reelection = false;
         self.recovering = Some(self.accepted.header.decree);
-        self.propose(now, body, Vec::new(), out);
+        self.propose(now, body, Vec::new(), None, out);
     }
 
     /// `HandleNotAcceptedMsg`.
@@ -822,7 +1137,7 @@ impl Replica {
                 self.step_down(out);
             }
             // Adopt the promise, as a Prepare record.
-            let prep = Message::new(Header::new(msg.header.version, msg.header.sender, d, self.config_number, b), Body::Prepare(Bytes::new()));
+            let prep = Message::new(Header::new(msg.header.version, msg.header.sender, d, self.paxos_config.number, b), Body::Prepare(Bytes::new()));
             let seq = self.persist(Arc::new(prep), out);
             self.set_max_ballot(now, b, seq);
             self.become_secondary();
@@ -924,7 +1239,7 @@ impl Replica {
         debug_assert!(self.learning.is_none() && self.role != Role::Primary);
         self.learning = Some(from);
         self.candidacy = None;
-        self.role = Role::Initializing;
+        self.role = self.role.min_active();
         out.push(Action::FetchVotes { from, decree: self.accepted.header.decree });
     }
 
@@ -933,11 +1248,15 @@ impl Replica {
             return;
         }
         self.learning = None;
-        if !self.apply_learned(now, records, out) {
-            return self.start_initializing(now, app, out);
+        let learned = self.apply_learned(now, records, out);
+        if !self.members.contains(&self.me) {
+            self.role = Role::Inactive;
+        } else if !learned || self.role == Role::Inactive {
+            self.start_initializing(now, app, out);
+        } else {
+            // The votes cached meanwhile continue from where learning stopped (`drain_cache`).
+            self.become_secondary();
         }
-        // The votes cached meanwhile continue from where learning stopped (`drain_cache`).
-        self.become_secondary();
     }
 
     /// `LearnVotes`: applies a peer's log from our decree on. Succeeds once it has reached the
@@ -946,7 +1265,7 @@ impl Replica {
         let min_needed = self.cache.front().map(|(_, v)| v.header.decree);
         let mut last: Option<(u64, Ballot)> = None;
         for rec in records {
-            if rec.header.config != self.config_number {
+            if rec.header.config != self.paxos_config.number {
                 return false;
             }
             let (d, b) = decree_ballot(&rec);
@@ -985,6 +1304,12 @@ impl Replica {
                         return true;
                     }
                 }
+                MsgKind::ReconfigurationDecision => {
+                    // The next vote starts the new configuration at its first decree.
+                    if self.log_decision(now, rec, true, None, out) {
+                        last = None;
+                    }
+                }
                 _ => return false,
             }
         }
@@ -994,7 +1319,15 @@ impl Replica {
     // ---- timers and transitions -----------------------------------------------------------
 
     fn tick(&mut self, now: Micros, app: &mut dyn Application, out: &mut Vec<Action>) {
+        if self.bootstrap.is_some() && now >= self.bootstrap_resend {
+            self.resend_bootstrap(now, out);
+        }
+        if self.join_due() && now >= self.next_join {
+            self.next_join = now.saturating_add(self.cfg.join_interval);
+            self.send_join(Dest::All, out);
+        }
         match self.role {
+            Role::Inactive => {}
             Role::Secondary => {
                 if self.force_reelection || now >= self.next_election {
                     self.start_initializing(now, app, out);
@@ -1031,15 +1364,39 @@ impl Replica {
                     }
                 } else if self.is_primary && !self.relinquishing && now >= self.last_proposed.saturating_add(self.cfg.heartbeat_interval) {
                     debug_assert!(self.to_send.is_empty());
-                    self.propose(now, VoteBody::default(), Vec::new(), out);
+                    self.propose(now, VoteBody::default(), Vec::new(), None, out);
                 }
             }
         }
     }
 
+    /// `Bootstrap` keeps sending the set to the other members until this replica takes part.
+    fn resend_bootstrap(&mut self, now: Micros, out: &mut Vec<Action>) {
+        if self.is_bootstrapped() {
+            self.bootstrap = None;
+            return;
+        }
+        let members = self.bootstrap.clone().expect("bootstrapping");
+        for node in members.nodes.iter().filter(|n| n.id != self.me) {
+            let header = Header::new(self.version, self.me, 0, 0, Ballot::EMPTY);
+            self.send(Dest::One(node.id), Message::new(header, Body::Bootstrap(members.clone())), 0, out);
+        }
+        self.bootstrap_resend = now.saturating_add(self.cfg.initialize_retry_interval);
+    }
+
+    /// The Paxos configuration (the one being voted in).
+    pub fn paxos_configuration(&self) -> &ConfigInfo {
+        &self.paxos_config
+    }
+
     fn start_initializing(&mut self, now: Micros, app: &mut dyn Application, out: &mut Vec<Action>) {
         if self.role == Role::Primary {
             self.step_down(out);
+        }
+        if !self.members.contains(&self.me) {
+            (self.role, self.candidacy, self.learning, self.loading) = (Role::Inactive, None, None, None);
+            self.action_deadline = Micros::MAX;
+            return;
         }
         self.role = Role::Initializing;
         self.candidacy = None;

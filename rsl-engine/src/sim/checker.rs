@@ -58,6 +58,11 @@ impl Checker {
         self.cookies.insert(cookie, CookieState::Held { proc, request });
     }
 
+    /// A `ChangeConfiguration` cookie is held by `proc`.
+    pub fn submitted_config_change(&mut self, proc: Proc, cookie: Cookie) {
+        self.cookies.insert(cookie, CookieState::Held { proc, request: 0 });
+    }
+
     /// A process ran a chosen decree.
     pub fn executed(&mut self, proc: Proc, vote: &Message, cookies: &[Cookie], now: Micros) {
         let decree = vote.header.decree;
@@ -112,7 +117,8 @@ impl Checker {
 
     /// A process's state became a checkpoint of `decree`: its execution continues after it.
     pub fn loaded_checkpoint(&mut self, proc: Proc, decree: u64) {
-        if !self.chosen.contains_key(&decree) {
+        // Decree 0 also names the empty state of a bootstrap checkpoint.
+        if decree > 0 && !self.chosen.contains_key(&decree) {
             self.violate(format!("{proc:?} loaded a checkpoint of decree {decree}, which never executed"));
         }
         if self.executed.get(&proc).is_some_and(|d| *d > decree) {

@@ -5,9 +5,10 @@
 
 pub mod checker;
 
-use crate::format::{Message, MemberId, MsgKind};
+use crate::format::{ConfigInfo, MemberId, MemberSet, Message, MsgKind, Node as MemberNode};
 use crate::paxos::{Action, Application, Checkpoint, CoreConfig, Dest, Input, Micros, Replica, SplitMix64, MS, SEC};
 use bytes::{BufMut, Bytes, BytesMut};
+use std::net::Ipv4Addr;
 use checker::{Checker, Proc};
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, VecDeque};
@@ -17,7 +18,14 @@ use std::sync::Arc;
 #[derive(Clone, Debug)]
 pub struct SimConfig {
     pub seed: u64,
+    /// Members of the first configuration.
     pub replicas: usize,
+    /// Nodes outside it that reconfigurations may add.
+    pub spares: usize,
+    /// Start unbootstrapped and `Bootstrap` the ring (v4) instead of the legacy member list.
+    pub bootstrap: bool,
+    /// Reconfigurations happen during the faults.
+    pub churn: bool,
     /// Faults are injected until this time; then everything heals.
     pub faults_until: Micros,
     /// After healing, progress must be made within this long.
@@ -33,6 +41,9 @@ impl SimConfig {
         SimConfig {
             seed,
             replicas,
+            spares: 2,
+            bootstrap: seed % 4 == 1,
+            churn: seed.is_multiple_of(2),
             faults_until: 20 * SEC,
             progress_within: 25 * SEC,
             loss: 0.05,
@@ -73,6 +84,10 @@ enum Event {
     Partition { blocked: Vec<(usize, usize)>, until: Micros },
     /// The primary, if any, is asked to relinquish.
     Relinquish,
+    /// The primary, if any, is asked to change the configuration to these nodes.
+    Reconfigure(Vec<usize>),
+    /// Node 0 is asked to bootstrap the first configuration.
+    Bootstrap,
     LogRolled { node: usize, incarnation: u32, first_decree: u64 },
     CheckpointWritten { node: usize, incarnation: u32, cp: Checkpoint },
     CheckpointFetched { node: usize, incarnation: u32, fetched: Option<(Checkpoint, u64)>, load: bool },
@@ -97,6 +112,8 @@ struct Node {
     since_roll: usize,
     roll_every: usize,
     last_logged: u64,
+    /// `defunct.txt`.
+    defunct: u32,
 }
 
 /// Answers the application's questions: always yes.
@@ -117,6 +134,8 @@ pub struct Report {
     pub checkpoints_saved: usize,
     pub checkpoints_loaded: usize,
     pub checkpoints_copied: usize,
+    /// The highest configuration number any replica reached.
+    pub configurations: u32,
     pub violations: Vec<String>,
 }
 
@@ -142,7 +161,7 @@ pub struct Sim {
 
 impl Sim {
     pub fn new(cfg: SimConfig) -> Sim {
-        let ids: Vec<MemberId> = (1..=cfg.replicas).map(|i| MemberId::new(&i.to_string()).expect("numeric id")).collect();
+        let ids: Vec<MemberId> = (1..=cfg.replicas + cfg.spares).map(|i| MemberId::new(&i.to_string()).expect("numeric id")).collect();
         let nodes = ids
             .iter()
             .map(|&id| Node {
@@ -159,6 +178,7 @@ impl Sim {
                 since_roll: 0,
                 roll_every: usize::MAX,
                 last_logged: 0,
+                defunct: 0,
             })
             .collect();
         let mut sim = Sim {
@@ -180,6 +200,9 @@ impl Sim {
             actions: Vec::new(),
             counts: [0; 7],
         };
+        if sim.cfg.bootstrap {
+            sim.schedule(300 * MS, Event::Bootstrap);
+        }
         for i in 0..sim.nodes.len() {
             sim.nodes[i].slow_disk = sim.rng.chance(0.3);
             sim.nodes[i].roll_every = 20 + sim.rng.below(300) as usize;
@@ -202,8 +225,17 @@ impl Sim {
         let faults = 3 + self.rng.below(8);
         for _ in 0..faults {
             let at = SEC + self.rng.below(until - SEC);
-            match self.rng.below(4) {
+            match self.rng.below(if self.cfg.churn { 5 } else { 4 }) {
                 3 => self.schedule(at, Event::Relinquish),
+                4 => {
+                    let size = 1 + self.rng.below(n as u64) as usize;
+                    let mut nodes: Vec<usize> = (0..n).collect();
+                    for i in 0..n {
+                        nodes.swap(i, i + self.rng.below((n - i) as u64) as usize);
+                    }
+                    nodes.truncate(size);
+                    self.schedule(at, Event::Reconfigure(nodes));
+                }
                 0 => {
                     let node = self.rng.below(n as u64) as usize;
                     self.schedule(at, Event::Crash(node));
@@ -229,8 +261,27 @@ impl Sim {
         self.schedule(until, Event::Heal);
     }
 
-    fn members(&self) -> Vec<MemberId> {
-        self.nodes.iter().map(|n| n.id).collect()
+    /// The member set of these nodes (addresses are nominal: the simulator routes by id).
+    fn member_set(&self, nodes: &[usize]) -> MemberSet {
+        let node = |i: usize| MemberNode {
+            id: self.nodes[i].id,
+            ip: Ipv4Addr::new(127, 0, 0, i as u8 + 1),
+            rsl_port: 20000 + 10 * i as u16,
+            learn_port: 20001 + 10 * i as u16,
+            app_port: 0,
+            host_name: Bytes::from(format!("node{i}")),
+        };
+        MemberSet { nodes: nodes.iter().map(|&i| node(i)).collect(), cookie: Bytes::new() }
+    }
+
+    /// What a process starts from before its checkpoint and log: the legacy member list of
+    /// the first configuration, or nothing when the ring is bootstrapped.
+    fn initial_config(&self) -> ConfigInfo {
+        if self.cfg.bootstrap {
+            return ConfigInfo::default();
+        }
+        let first: Vec<usize> = (0..self.cfg.replicas).collect();
+        ConfigInfo { number: 1, initial_decree: 0, members: self.member_set(&first) }
     }
 
     fn proc(&self, node: usize) -> Proc {
@@ -240,7 +291,8 @@ impl Sim {
     /// Starts a process on a node from its durable log.
     fn boot(&mut self, i: usize) {
         let seed = self.cfg.seed ^ ((i as u64) << 32) ^ self.nodes[i].incarnation as u64;
-        let mut replica = Replica::new(self.core.clone(), self.nodes[i].id, self.members(), seed);
+        let mut replica = Replica::new(self.core.clone(), self.nodes[i].id, self.initial_config(), seed);
+        replica.restore_defunct(self.nodes[i].defunct);
         if let Some((cp, size)) = &self.nodes[i].checkpoint {
             replica.restore_checkpoint(cp, *size);
             self.checker.loaded_checkpoint(self.proc(i), cp.decree);
@@ -292,7 +344,10 @@ impl Sim {
             }
         }
         if self.checker.violations().is_empty() {
-            let live: Vec<Proc> = (0..self.nodes.len()).filter(|&i| self.nodes[i].replica.is_some()).map(|i| self.proc(i)).collect();
+            let newest = self.nodes.iter().filter_map(|n| n.replica.as_ref()).map(|r| r.paxos_configuration()).max_by_key(|c| c.number);
+            let members: Vec<MemberId> = newest.map(|c| c.members.nodes.iter().map(|n| n.id).collect()).unwrap_or_default();
+            let live: Vec<Proc> =
+                (0..self.nodes.len()).filter(|&i| self.nodes[i].replica.is_some() && members.contains(&self.nodes[i].id)).map(|i| self.proc(i)).collect();
             self.checker.check_progress(self.healed_at.unwrap_or(end), &live);
         }
         let mut violations = self.checker.violations().to_vec();
@@ -300,6 +355,7 @@ impl Sim {
             violations.push(format!("state at {}us: {}", self.now, self.describe()));
         }
         let [elections, relinquished, crashes, learned, checkpoints_saved, checkpoints_loaded, checkpoints_copied] = self.counts;
+        let configurations = self.nodes.iter().filter_map(|n| n.replica.as_ref()).map(|r| r.paxos_configuration().number).max().unwrap_or(0);
         Report {
             decrees: self.checker.decrees(),
             acknowledged: self.checker.acknowledged(),
@@ -310,6 +366,7 @@ impl Sim {
             checkpoints_saved,
             checkpoints_loaded,
             checkpoints_copied,
+            configurations,
             violations,
         }
     }
@@ -374,23 +431,36 @@ impl Sim {
                     return;
                 }
                 match fetched {
-                    Some((mut cp, _)) if load => {
-                        self.counts[5] += 1;
-                        cp.max_ballot = cp.max_ballot.max(self.nodes[node].replica.as_ref().expect("live").max_ballot());
-                        self.checker.loaded_checkpoint(self.proc(node), cp.decree);
-                        let size = self.checkpoint_size(&cp);
-                        self.nodes[node].checkpoint = Some((cp.clone(), size));
-                        // The old logs are dropped; a new one starts with the next vote.
-                        self.nodes[node].durable.clear();
-                        self.step(node, Input::CheckpointLoaded(Some((cp, size))));
-                    }
+                    Some((cp, size)) if load => self.step(node, Input::CheckpointFetched(Some((cp, size)))),
                     Some((mut cp, _)) => {
                         self.counts[6] += 1;
                         cp.max_ballot = cp.max_ballot.max(self.nodes[node].replica.as_ref().expect("live").max_ballot());
                         self.install_checkpoint(node, cp, true);
                     }
-                    None => self.step(node, Input::CheckpointLoaded(None)),
+                    None => self.step(node, Input::CheckpointFetched(None)),
                 }
+            }
+            Event::Reconfigure(nodes) => {
+                if let Some(node) = self.primary() {
+                    let members = self.member_set(&nodes);
+                    let cookie = self.next_request;
+                    self.next_request += 1;
+                    let mut out = std::mem::take(&mut self.actions);
+                    let replica = self.nodes[node].replica.as_mut().expect("primary");
+                    if replica.change_configuration(self.now, members, cookie, &mut out).is_ok() {
+                        self.checker.submitted_config_change(self.proc(node), cookie);
+                    }
+                    self.apply(node, out);
+                }
+            }
+            Event::Bootstrap => {
+                let members = self.member_set(&(0..self.cfg.replicas).collect::<Vec<_>>());
+                let mut out = std::mem::take(&mut self.actions);
+                let replica = self.nodes[0].replica.as_mut().expect("faults start later");
+                if let Err(e) = replica.bootstrap(self.now, members, &mut SimApp, &mut out) {
+                    self.checker.violation(format!("bootstrap failed: {e:?}"));
+                }
+                self.apply(0, out);
             }
             Event::Relinquish => {
                 if let Some(node) = self.primary() {
@@ -542,9 +612,24 @@ impl Sim {
                     self.counts[0] += 1;
                 }
                 Action::NotifyStatus { primary: false } | Action::NotifyPrimaryRecovered => {}
+                Action::ConfigurationChanged { cookie, .. } => {
+                    if let Some(cookie) = cookie {
+                        self.checker.return_cookie(proc, cookie, None);
+                    }
+                }
+                Action::Defunct(n) => self.nodes[node].defunct = n,
                 Action::FetchVotes { from, decree } => {
                     self.counts[3] += 1;
                     self.fetch_votes(node, from, decree)
+                }
+                Action::LoadCheckpoint(mut cp) => {
+                    self.counts[5] += 1;
+                    self.checker.loaded_checkpoint(proc, cp.decree);
+                    cp.max_ballot = cp.max_ballot.max(self.nodes[node].replica.as_ref().expect("acting").max_ballot());
+                    let size = self.checkpoint_size(&cp);
+                    self.nodes[node].checkpoint = Some((cp, size));
+                    // The old logs are dropped; the new one starts with the Persist that follows.
+                    self.nodes[node].durable.clear();
                 }
                 Action::SaveCheckpoint(cp) => {
                     self.counts[4] += 1;
