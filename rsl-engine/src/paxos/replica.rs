@@ -1448,3 +1448,124 @@ impl Replica {
         self.check_prepared(now, out);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::Node;
+    use crate::paxos::{AcceptAll, SEC};
+    use std::net::Ipv4Addr;
+
+    fn id(s: &str) -> MemberId {
+        MemberId::new(s).unwrap()
+    }
+
+    fn config(ids: &[&str]) -> ConfigInfo {
+        let node = |s: &str| Node { id: id(s), ip: Ipv4Addr::LOCALHOST, rsl_port: 1, learn_port: 2, app_port: 0, host_name: Bytes::new() };
+        ConfigInfo { number: 1, initial_decree: 0, members: MemberSet { nodes: ids.iter().map(|s| node(s)).collect(), cookie: Bytes::new() } }
+    }
+
+    fn vote(sender: &str, decree: u64, ballot: Ballot, request: &'static [u8]) -> Arc<Message> {
+        let body = VoteBody { requests: vec![Bytes::from_static(request)], ..Default::default() };
+        Arc::new(Message::new(Header::new(Version::V6, id(sender), decree, 1, ballot), Body::Vote(body)))
+    }
+
+    /// Replica "1" of {1, 2, 3}, restored from a checkpoint whose next vote is `accepted`.
+    fn replica_at(accepted: Arc<Message>) -> Replica {
+        let mut r = Replica::new(CoreConfig::default(), id("1"), config(&["1", "2", "3"]), 7);
+        let decree = accepted.header.decree - 1;
+        let max_ballot = accepted.header.ballot;
+        r.restore_checkpoint(&Checkpoint { decree, next_vote: accepted, max_ballot, config: config(&["1", "2", "3"]), state_saved: true }, 0);
+        r
+    }
+
+    /// That replica, asked to stand for election.
+    fn candidate(accepted: Arc<Message>) -> (Replica, Vec<Action>) {
+        let mut r = replica_at(accepted);
+        let mut out = Vec::new();
+        r.start(0, &mut AcceptAll, &mut out);
+        r.step(0, Input::AttemptPromotion, &mut AcceptAll, &mut out);
+        let (d, b) = r.accepted();
+        let status = StatusBody {
+            query_decree: d,
+            query_ballot: b,
+            last_received_ago_ms: 0,
+            min_decree_in_log: 0,
+            checkpointed_decree: 0,
+            checkpoint_size: 0,
+            max_ballot: b,
+            state: 2,
+        };
+        let reply = Message::new(Header::new(Version::V6, id("2"), d, 1, b), Body::StatusResponse(status));
+        out.clear();
+        r.step(SEC, Input::Message { from: id("2"), msg: Arc::new(reply) }, &mut AcceptAll, &mut out);
+        assert_eq!(r.role(), Role::Preparing);
+        (r, out)
+    }
+
+    fn proposed(out: &[Action]) -> Vec<Arc<Message>> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::Send { to: Dest::All, msg, .. } if msg.kind() == MsgKind::Vote => Some(msg.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_new_primary_reproposes_the_freshest_value_it_hears_of() {
+        let (mut r, out) = candidate(vote("2", 5, Ballot::new(1, id("2")), b"mine"));
+        let seq = out.iter().find_map(|a| matches!(a, Action::Persist { record, .. } if record.kind() == MsgKind::Prepare).then_some(()));
+        assert!(seq.is_some(), "the Prepare is logged");
+        let ballot = r.max_ballot();
+        assert_eq!(ballot.member, id("1"));
+        // Member 2 accepted another value at the same decree under a higher ballot than ours.
+        let fresher = vote("3", 5, Ballot::new(1, id("3")), b"theirs");
+        let promise = Message::new(Header::new(Version::V6, id("2"), 5, 1, ballot), Body::PrepareAccepted(Box::new((*fresher).clone())));
+        let mut out = Vec::new();
+        r.step(SEC, Input::Message { from: id("2"), msg: Arc::new(promise) }, &mut AcceptAll, &mut out);
+        assert!(proposed(&out).is_empty(), "not primary before its own Prepare is durable");
+        r.step(SEC, Input::Durable(1), &mut AcceptAll, &mut out);
+        assert_eq!(r.role(), Role::Primary);
+        let votes = proposed(&out);
+        assert_eq!(votes.len(), 1);
+        assert_eq!((votes[0].header.decree, votes[0].header.ballot), (5, ballot));
+        assert_eq!(votes[0].as_vote().unwrap().requests, [Bytes::from_static(b"theirs")]);
+        // Not primary to the application until the re-proposal is chosen.
+        assert!(!r.is_primary());
+        assert_eq!(r.submit(SEC, Bytes::from_static(b"x"), 1, false, &mut out), Err(SubmitError::NotPrimary));
+    }
+
+    #[test]
+    fn an_answer_ahead_of_the_prepare_is_ignored() {
+        let (mut r, _) = candidate(vote("3", 5, Ballot::new(1, id("3")), b"mine"));
+        let ballot = r.max_ballot();
+        let ahead = vote("2", 6, Ballot::new(1, id("3")), b"later");
+        let promise = Message::new(Header::new(Version::V6, id("2"), 5, 1, ballot), Body::PrepareAccepted(Box::new((*ahead).clone())));
+        let mut out = Vec::new();
+        r.step(SEC, Input::Message { from: id("2"), msg: Arc::new(promise) }, &mut AcceptAll, &mut out);
+        r.step(SEC, Input::Durable(1), &mut AcceptAll, &mut out);
+        assert_eq!(r.role(), Role::Preparing, "an invalid promise does not count");
+    }
+
+    #[test]
+    fn votes_below_the_promise_are_logged_but_refused() {
+        let mut r = replica_at(vote("3", 5, Ballot::new(1, id("3")), b"a"));
+        let mut out = Vec::new();
+        let prepare = Message::new(Header::new(Version::V6, id("2"), 5, 1, Ballot::new(3, id("2"))), Body::Prepare(Bytes::new()));
+        r.replay(&Arc::new(prepare), &mut out).unwrap();
+        r.start(0, &mut AcceptAll, &mut out);
+        r.become_secondary();
+        out.clear();
+        // The next decree under the old ballot: logged (it follows ours) but answered NotAccepted.
+        r.step(SEC, Input::Message { from: id("3"), msg: vote("3", 6, Ballot::new(1, id("3")), b"b") }, &mut AcceptAll, &mut out);
+        assert!(out.iter().any(|a| matches!(a, Action::Persist { record, .. } if record.header.decree == 6)));
+        let reply = out.iter().find_map(|a| match a {
+            Action::Send { msg, after, .. } => Some((msg.kind(), *after)),
+            _ => None,
+        });
+        assert_eq!(reply, Some((MsgKind::NotAccepted, 1)), "refused, once the record is durable");
+        // And decree 5 executed: 6 followed it at the same ballot.
+        assert!(out.iter().any(|a| matches!(a, Action::Execute { vote, .. } if vote.header.decree == 5)));
+    }
+}

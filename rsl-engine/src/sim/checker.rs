@@ -1,7 +1,7 @@
 //! The simulator's judge: the safety properties checked after every step, and progress once
 //! faults heal.
 
-use crate::format::{Ballot, Message};
+use crate::format::{Ballot, MemberId, Message, VoteBody};
 use crate::paxos::{Cookie, Micros};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
@@ -31,7 +31,22 @@ pub struct Checker {
     max_ballots: HashMap<Proc, Ballot>,
     /// Requests whose submitter saw them executed (with their cookie), and when.
     acknowledged: Vec<(u64, Micros)>,
+    /// Each proposal's value and the members that acknowledged it, until it is chosen.
+    proposals: HashMap<(u64, Ballot), (Value, Vec<MemberId>)>,
+    /// Values chosen in the Paxos sense (a quorum acknowledged them), by decree, with the
+    /// ballot that chose them.
+    paxos_chosen: BTreeMap<u64, (Ballot, Value)>,
+    /// Each configuration's size.
+    config_sizes: HashMap<u32, usize>,
     violations: Vec<String>,
+}
+
+/// What identifies a vote's value: its requests, or the members of a reconfiguration.
+pub type Value = (Vec<u64>, Option<Vec<MemberId>>);
+
+fn value_of(body: &VoteBody) -> Value {
+    let requests = body.requests.iter().map(|r| request_id(r)).collect();
+    (requests, body.reconfig.as_ref().map(|set| set.nodes.iter().map(|n| n.id).collect()))
 }
 
 /// The request id a simulated request carries in its first 8 bytes.
@@ -125,6 +140,50 @@ impl Checker {
             self.violate(format!("{proc:?} loaded a checkpoint of decree {decree}, behind its state"));
         }
         self.executed.insert(proc, decree);
+    }
+
+    pub fn configuration(&mut self, number: u32, size: usize) {
+        self.config_sizes.insert(number, size);
+    }
+
+    /// A vote was proposed or logged. Once a value is chosen at a decree, every proposal
+    /// there at a higher ballot must carry it (the Paxos invariant), whether or not it is ever
+    /// executed.
+    pub fn vote_logged(&mut self, vote: &Message) {
+        let Some(body) = vote.as_vote() else { return };
+        let (decree, ballot) = (vote.header.decree, vote.header.ballot);
+        let value = value_of(body);
+        if let Some((chosen_ballot, chosen)) = self.paxos_chosen.get(&decree) {
+            if ballot > *chosen_ballot && value != *chosen {
+                let msg = format!("paxos: decree {decree} chose {chosen:?} at {chosen_ballot}, yet ballot {ballot} proposes {value:?}");
+                self.violate(msg);
+            }
+        }
+        if vote.header.sender == ballot.member {
+            self.proposals.entry((decree, ballot)).or_insert_with(|| (value, vec![ballot.member]));
+        }
+    }
+
+    /// `from` acknowledged the vote at (decree, ballot).
+    pub fn vote_acknowledged(&mut self, from: MemberId, decree: u64, ballot: Ballot, config: u32) {
+        let Some((value, acks)) = self.proposals.get_mut(&(decree, ballot)) else { return };
+        if !acks.contains(&from) {
+            acks.push(from);
+        }
+        let quorum = self.config_sizes.get(&config).map(|n| n / 2 + 1);
+        if quorum.is_some_and(|q| acks.len() >= q) {
+            let value = value.clone();
+            match self.paxos_chosen.get(&decree) {
+                Some((_, chosen)) if *chosen != value => {
+                    let msg = format!("paxos: decree {decree} chosen twice: {chosen:?} and {value:?} at {ballot}");
+                    self.violate(msg);
+                }
+                Some(_) => {}
+                None => {
+                    self.paxos_chosen.insert(decree, (ballot, value));
+                }
+            }
+        }
     }
 
     pub fn became_primary(&mut self, proc: Proc, ballot: Ballot) {

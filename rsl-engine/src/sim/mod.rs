@@ -5,7 +5,7 @@
 
 pub mod checker;
 
-use crate::format::{ConfigInfo, MemberId, MemberSet, Message, MsgKind, Node as MemberNode};
+use crate::format::{Ballot, Body, ConfigInfo, MemberId, MemberSet, Message, MsgKind, Node as MemberNode};
 use crate::paxos::{Action, Application, Checkpoint, CoreConfig, Dest, Input, Micros, Replica, SplitMix64, MS, SEC};
 use bytes::{BufMut, Bytes, BytesMut};
 use std::net::Ipv4Addr;
@@ -203,6 +203,8 @@ impl Sim {
         if sim.cfg.bootstrap {
             sim.schedule(300 * MS, Event::Bootstrap);
         }
+        // The first configuration is number 1 either way.
+        sim.checker.configuration(1, sim.cfg.replicas);
         for i in 0..sim.nodes.len() {
             sim.nodes[i].slow_disk = sim.rng.chance(0.3);
             sim.nodes[i].roll_every = 20 + sim.rng.below(300) as usize;
@@ -312,8 +314,13 @@ impl Sim {
     pub fn run(mut self) -> Report {
         let end = self.cfg.faults_until + self.cfg.progress_within;
         let stop_submitting = end - 5 * SEC;
-        let (mut same_instant, mut last_now) = (0u32, 0);
+        let (mut same_instant, mut last_now, mut steps) = (0u32, 0, 0u64);
         while self.now < end && self.checker.violations().is_empty() {
+            steps += 1;
+            if steps > 20_000_000 {
+                self.checker.violation(format!("runaway: 20 million steps by {}us", self.now));
+                break;
+            }
             // A replica that keeps asking to be woken without time passing is spinning.
             same_instant = if self.now == last_now { same_instant + 1 } else { 0 };
             last_now = self.now;
@@ -397,8 +404,12 @@ impl Sim {
                     return;
                 }
                 let n = &mut self.nodes[node];
+                let id = n.id;
                 while n.pending.front().is_some_and(|(s, _)| *s <= seq) {
                     let (_, record) = n.pending.pop_front().expect("checked");
+                    if record.kind() == MsgKind::Vote && record.header.sender == id && record.header.ballot.member == id {
+                        self.checker.vote_acknowledged(id, record.header.decree, record.header.ballot, record.header.config);
+                    }
                     n.durable.push(record);
                 }
                 n.durable_seq = seq;
@@ -585,6 +596,9 @@ impl Sim {
                     }
                 }
                 Action::Persist { seq, record } => {
+                    if record.kind() == MsgKind::Vote {
+                        self.checker.vote_logged(&record);
+                    }
                     let n = &mut self.nodes[node];
                     if record.kind() == MsgKind::Vote && record.header.decree > n.last_logged {
                         n.last_logged = record.header.decree;
@@ -612,7 +626,8 @@ impl Sim {
                     self.counts[0] += 1;
                 }
                 Action::NotifyStatus { primary: false } | Action::NotifyPrimaryRecovered => {}
-                Action::ConfigurationChanged { cookie, .. } => {
+                Action::ConfigurationChanged { cookie, config } => {
+                    self.checker.configuration(config.number, config.members.nodes.len());
                     if let Some(cookie) = cookie {
                         self.checker.return_cookie(proc, cookie, None);
                     }
@@ -675,7 +690,35 @@ impl Sim {
         self.schedule(at, Event::Learned { node, incarnation, from: src, records });
     }
 
+    /// What an acknowledgement promises must already be on the sender's disk: the vote a
+    /// VoteAccepted answers; the promise and the reported vote of a PrepareAccepted.
+    fn check_durable(&mut self, from: usize, msg: &Message) {
+        let n = &self.nodes[from];
+        let logged = |d: u64, b: Ballot| {
+            b.is_empty()
+                || n.durable.iter().any(|r| r.kind() == MsgKind::Vote && (r.header.decree, r.header.ballot) == (d, b))
+                || n.checkpoint.as_ref().is_some_and(|(cp, _)| (cp.next_vote.header.decree, cp.next_vote.header.ballot) == (d, b) || cp.decree >= d)
+        };
+        let promised = |b: Ballot| {
+            n.durable.iter().any(|r| r.header.ballot >= b) || n.checkpoint.as_ref().is_some_and(|(cp, _)| cp.max_ballot >= b)
+        };
+        let (d, b) = (msg.header.decree, msg.header.ballot);
+        let missing = match &msg.body {
+            Body::VoteAccepted => !logged(d, b),
+            Body::PrepareAccepted(vote) => !promised(b) || !logged(vote.header.decree, vote.header.ballot),
+            _ => false,
+        };
+        if missing {
+            let what = format!("durability: node {from} sent {:?} ({d},{b}) before logging what it promises", msg.kind());
+            self.checker.violation(what);
+        }
+        if let Body::VoteAccepted = msg.body {
+            self.checker.vote_acknowledged(n.id, d, b, msg.header.config);
+        }
+    }
+
     fn transmit(&mut self, from: usize, to: Dest, msg: Arc<Message>) {
+        self.check_durable(from, &msg);
         let targets: Vec<usize> = match to {
             Dest::All => (0..self.nodes.len()).filter(|&i| i != from).collect(),
             Dest::One(id) => self.nodes.iter().position(|n| n.id == id).into_iter().collect(),
