@@ -1,0 +1,234 @@
+//! The leader side: submitting requests, batching them into votes, one outstanding vote and
+//! its quorum, elections through a Prepare, re-proposing the freshest value, stepping down.
+
+use super::*;
+
+impl Replica {
+
+    /// `ChangeConfiguration` (v3+, primary only): a reconfiguration vote, never batched with
+    /// anything. `cookie` comes back through `ConfigurationChanged` or an abort.
+    pub fn change_configuration(&mut self, now: Micros, members: MemberSet, cookie: Cookie, out: &mut Vec<Action>) -> Result<(), SubmitError> {
+        if !self.version.has_config() {
+            return Err(SubmitError::Unsupported);
+        }
+        let ids: BTreeSet<MemberId> = members.nodes.iter().map(|n| n.id).collect();
+        if ids.is_empty() || ids.len() != members.nodes.len() || ids.contains(&MemberId::EMPTY) {
+            return Err(SubmitError::InvalidRequest);
+        }
+        if !self.is_primary || self.relinquishing {
+            return Err(SubmitError::NotPrimary);
+        }
+        let body = VoteBody { reconfig: Some(members), cookie: self.primary_cookie.clone(), ..Default::default() };
+        self.to_send.push_back(Pending { body, cookies: Vec::new(), bytes: 0, closed: true, config_cookie: Some(cookie) });
+        self.send_next(now, out);
+        Ok(())
+    }
+
+
+    /// `ReplicateRequest` (or, with `exclusive`, `ReplicateRequestExclusiveVote`).
+    pub fn submit(&mut self, now: Micros, request: Bytes, cookie: Cookie, exclusive: bool, out: &mut Vec<Action>) -> Result<(), SubmitError> {
+        if request.is_empty() {
+            return Err(SubmitError::InvalidRequest);
+        }
+        if !self.is_primary {
+            return Err(SubmitError::NotPrimary);
+        }
+        debug_assert_eq!(self.role, Role::Primary);
+        let size = request.len() + 4;
+        match self.to_send.back_mut() {
+            Some(tail) if !tail.closed && !exclusive && tail.bytes + size <= self.cfg.max_vote_bytes => {
+                tail.body.requests.push(request);
+                tail.cookies.push(cookie);
+                tail.bytes += size;
+            }
+            _ => self.to_send.push_back(Pending {
+                body: VoteBody { requests: vec![request], ..Default::default() },
+                cookies: vec![cookie],
+                bytes: size,
+                closed: exclusive,
+                config_cookie: None,
+            }),
+        }
+        self.send_next(now, out);
+        Ok(())
+    }
+
+
+    pub(super) fn on_vote_accepted(&mut self, now: Micros, from: MemberId, msg: &Message, out: &mut Vec<Action>) {
+        if self.role != Role::Primary {
+            return;
+        }
+        let current = (self.accepted.header.decree, self.max_ballot);
+        match &mut self.outstanding {
+            Some(o) if decree_ballot(msg) == current && decree_ballot(&o.vote) == current => {
+                o.acks.insert(from);
+            }
+            _ => return,
+        }
+        self.check_chosen(now, out);
+    }
+
+
+    /// The outstanding vote is chosen once this replica's own write is durable and a quorum
+    /// counting it has accepted.
+    pub(super) fn check_chosen(&mut self, now: Micros, out: &mut Vec<Action>) {
+        let needed = self.quorum() - 1;
+        match &self.outstanding {
+            Some(o) if self.durable_seq >= o.seq && o.acks.len() >= needed => {}
+            _ => return,
+        }
+        let o = self.outstanding.take().expect("checked above");
+        debug_assert_eq!(self.role, Role::Primary);
+        debug_assert_eq!(decree_ballot(&o.vote), self.accepted());
+        self.action_deadline = Micros::MAX;
+        let decree = o.vote.header.decree;
+        if self.recovering == Some(decree) {
+            self.is_primary = true;
+            out.push(Action::NotifyStatus { primary: true });
+        }
+        if o.vote.as_vote().is_some_and(|v| v.relinquish) {
+            // The original exits here without executing it; what was queued behind it goes back.
+            let queued = std::mem::take(&mut self.to_send);
+            let cookies = queued.into_iter().flat_map(|p| p.cookies.into_iter().chain(p.config_cookie));
+            out.extend(cookies.map(|cookie| Action::Abort { cookie, reason: AbortReason::ShuttingDown }));
+            out.push(Action::ShutDown);
+            return;
+        }
+        if o.vote.as_vote().is_some_and(|v| v.reconfig.is_some()) {
+            // Chosen: announce and log the decision, which executes it and switches over.
+            let decision = Arc::new(Message::new(self.header(decree, self.max_ballot), Body::ReconfigurationDecision));
+            out.push(Action::Send { to: Dest::All, msg: decision.clone(), after: 0 });
+            self.log_decision(now, decision, true, o.config_cookie, out);
+            return;
+        }
+        if self.next_execute == decree {
+            self.execute(o.vote, o.cookies, None, out);
+        }
+        if self.recovering.take_if(|d| *d == decree).is_some() {
+            out.push(Action::NotifyPrimaryRecovered);
+        }
+        self.send_next(now, out);
+    }
+
+
+    /// `RelinquishPrimary`: queues the last vote, closed to appending (unlike the original,
+    /// whose later requests could join it and never return their cookies).
+    pub(super) fn relinquish(&mut self, now: Micros, out: &mut Vec<Action>) {
+        if !self.version.has_relinquish() || !self.is_primary || self.to_send.iter().any(|p| p.body.relinquish) {
+            return;
+        }
+        let body = VoteBody { relinquish: true, cookie: self.primary_cookie.clone(), ..Default::default() };
+        self.to_send.push_back(Pending { body, cookies: Vec::new(), bytes: 0, closed: true, config_cookie: None });
+        self.send_next(now, out);
+    }
+
+
+    /// Proposes the next queued vote if none is outstanding.
+    pub(super) fn send_next(&mut self, now: Micros, out: &mut Vec<Action>) {
+        if self.role != Role::Primary || self.outstanding.is_some() || !self.is_primary || self.relinquishing {
+            return;
+        }
+        if let Some(p) = self.to_send.pop_front() {
+            self.propose(now, p.body, p.cookies, p.config_cookie, out);
+        }
+    }
+
+
+    /// `SendNextVote`: stamps the vote, persists it, and sends it in parallel.
+    pub(super) fn propose(&mut self, now: Micros, body: VoteBody, cookies: Vec<Cookie>, config_cookie: Option<Cookie>, out: &mut Vec<Action>) {
+        assert!(self.role == Role::Primary && self.outstanding.is_none(), "one outstanding vote");
+        assert_eq!(self.max_ballot.member, self.me, "only the ballot's owner proposes");
+        let (ad, ab) = self.accepted();
+        let decree = if self.max_ballot == ab { ad + 1 } else { ad };
+        self.relinquishing |= body.relinquish;
+        let vote = Arc::new(Message::new(self.header(decree, self.max_ballot), Body::Vote(body)));
+        self.log_and_accept(now, vote.clone(), false, out);
+        let seq = self.accepted_seq;
+        out.push(Action::Send { to: Dest::All, msg: vote.clone(), after: 0 });
+        self.outstanding = Some(Outstanding { vote, seq, acks: BTreeSet::new(), cookies, config_cookie });
+        self.action_deadline = now.saturating_add(self.cfg.resend_interval);
+        self.last_proposed = now;
+        self.check_chosen(now, out);
+    }
+
+
+    /// Leaving the primary role: everything not yet chosen goes back to the application.
+    pub(super) fn step_down(&mut self, out: &mut Vec<Action>) {
+        debug_assert_eq!(self.role, Role::Primary);
+        let outstanding = self.outstanding.take();
+        let queued = std::mem::take(&mut self.to_send);
+        if self.is_primary {
+            self.is_primary = false;
+            let cookies = outstanding
+                .into_iter()
+                .flat_map(|o| o.cookies.into_iter().chain(o.config_cookie))
+                .chain(queued.into_iter().flat_map(|p| p.cookies.into_iter().chain(p.config_cookie)));
+            out.extend(cookies.map(|cookie| Action::Abort { cookie, reason: AbortReason::NotPrimary }));
+            out.push(Action::NotifyStatus { primary: false });
+        }
+        self.recovering = None;
+        // A relinquish vote that was not chosen before we lost the ballot is moot.
+        self.relinquishing = false;
+        self.role = Role::Secondary;
+        self.action_deadline = Micros::MAX;
+    }
+
+
+    pub(super) fn on_prepare_accepted(&mut self, now: Micros, from: MemberId, msg: &Message, out: &mut Vec<Action>) {
+        let current = (self.accepted.header.decree, self.max_ballot);
+        let (Some(c), Body::PrepareAccepted(vote)) = (&mut self.candidacy, &msg.body) else { return };
+        if decree_ballot(msg) != current || decree_ballot(&c.prepare) != current {
+            return;
+        }
+        let (vd, vb) = decree_ballot(vote);
+        if vd > current.0 || vb > current.1 {
+            return; // an invalid answer: ahead of the prepare it answers
+        }
+        if vd == c.freshest.header.decree && vb > c.freshest.header.ballot {
+            c.freshest = Arc::new((**vote).clone());
+        }
+        c.promises.insert(from);
+        self.check_prepared(now, out);
+    }
+
+
+    pub(super) fn check_prepared(&mut self, now: Micros, out: &mut Vec<Action>) {
+        let needed = self.quorum() - 1;
+        match &self.candidacy {
+            Some(c) if self.durable_seq >= c.seq && c.promises.len() >= needed => {}
+            _ => return,
+        }
+        let c = self.candidacy.take().expect("checked above");
+        assert_eq!(c.freshest.header.decree, self.accepted.header.decree, "re-proposing at our decree");
+        assert_eq!(self.max_ballot.member, self.me);
+        // Re-propose the freshest value at the same decree under our ballot.
+        let mut body = c.freshest.as_vote().cloned().unwrap_or_default();
+        body.cookie = self.primary_cookie.clone();
+        body.relinquish = false;
+        self.role = Role::Primary;
+        self.force_reelection = false;
+        self.recovering = Some(self.accepted.header.decree);
+        self.propose(now, body, Vec::new(), None, out);
+    }
+
+
+    pub(super) fn start_preparing(&mut self, now: Micros, out: &mut Vec<Action>) {
+        let mut ballot = Ballot::new(self.max_ballot.id.saturating_add(1), self.me);
+        if ballot < self.max_seen_ballot {
+            ballot.id = self.max_seen_ballot.id.saturating_add(1);
+        }
+        assert!(ballot > self.max_ballot, "a new ballot exceeds every promise");
+        let (ad, _) = self.accepted();
+        let prepare = Arc::new(Message::new(self.header(ad, ballot), Body::Prepare(self.primary_cookie.clone())));
+        // As in the original, the Prepare goes out before it is logged; we count ourselves
+        // only once it is durable.
+        out.push(Action::Send { to: Dest::All, msg: prepare.clone(), after: 0 });
+        let seq = self.persist(prepare.clone(), out);
+        self.set_max_ballot(now, ballot, seq);
+        self.role = Role::Preparing;
+        let deadline = now.saturating_add(self.election_delay.saturating_mul(30));
+        self.candidacy = Some(Candidacy { prepare, seq, promises: BTreeSet::new(), freshest: self.accepted.clone(), deadline });
+        self.action_deadline = now.saturating_add(self.cfg.resend_interval);
+        self.check_prepared(now, out);
+    }
+}

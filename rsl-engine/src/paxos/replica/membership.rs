@@ -1,0 +1,275 @@
+//! Configurations: the checks every message passes, reconfiguration decisions, defunct
+//! configurations, Join and JoinRequest, and Bootstrap.
+
+use super::*;
+
+impl Replica {
+
+    /// Sets the highest defunct configuration number read from `defunct.txt` at start-up.
+    pub fn restore_defunct(&mut self, highest: u32) {
+        assert_eq!(self.persist_seq, 0, "restore comes before start");
+        self.highest_defunct = highest;
+    }
+
+
+    /// The configuration the state is in (`GetConfiguration`).
+    pub fn configuration(&self) -> &ConfigInfo {
+        &self.state_config
+    }
+
+
+    /// A vote with a real ballot has been accepted, or the decree is past the first: what
+    /// `Bootstrap` waits for.
+    pub fn is_bootstrapped(&self) -> bool {
+        self.paxos_config.number > 0 && (self.accepted.header.ballot.id > 0 || self.accepted.header.decree > 1)
+    }
+
+
+    /// `Bootstrap` (v4+): gives a replica that has no configuration its first one. Validated
+    /// as the original does; the set is then persisted as configuration 1 and sent to the
+    /// other members until this replica has taken part in a vote.
+    pub fn bootstrap(&mut self, now: Micros, members: MemberSet, app: &mut dyn Application, out: &mut Vec<Action>) -> Result<(), BootstrapError> {
+        self.accept_bootstrap(members)?;
+        self.bootstrap_resend = now;
+        self.check_bootstrap(now, app, out);
+        Ok(())
+    }
+
+
+    pub(super) fn accept_bootstrap(&mut self, members: MemberSet) -> Result<(), BootstrapError> {
+        let ids: BTreeSet<MemberId> = members.nodes.iter().map(|n| n.id).collect();
+        if !self.version.has_string_ids() || ids.is_empty() || ids.len() != members.nodes.len() {
+            return Err(BootstrapError::InvalidParameter);
+        }
+        if self.is_bootstrapped() {
+            return Err(BootstrapError::AlreadyBootstrapped);
+        }
+        let same = |known: &MemberSet| {
+            known.nodes.len() == members.nodes.len()
+                && known.nodes.iter().all(|k| {
+                    members.nodes.iter().any(|n| n.id == k.id && n.ip == k.ip && n.rsl_port == k.rsl_port && n.host_name.eq_ignore_ascii_case(&k.host_name))
+                })
+        };
+        let known = if self.paxos_config.number > 0 { Some(&self.paxos_config.members) } else { self.bootstrap.as_ref() };
+        if !ids.contains(&self.me) || known.is_some_and(|k| !same(k)) {
+            return Err(BootstrapError::Failed);
+        }
+        self.bootstrap = Some(members);
+        Ok(())
+    }
+
+
+    /// `CheckBootstrap` + `PersistMemberSet`: configuration 1 from decree 1, recorded by a
+    /// checkpoint of decree 0 that holds no state.
+    pub(super) fn check_bootstrap(&mut self, now: Micros, app: &mut dyn Application, out: &mut Vec<Action>) {
+        if self.role != Role::Inactive || self.paxos_config.number != 0 {
+            return;
+        }
+        let Some(members) = self.bootstrap.clone() else { return };
+        let config = ConfigInfo { number: 1, initial_decree: 1, members };
+        self.accepted = placeholder(self.version, 1, 1);
+        self.next_execute = 1;
+        self.saving = true;
+        let cp = Checkpoint { decree: 0, next_vote: self.accepted.clone(), max_ballot: Ballot::EMPTY, config: config.clone(), state_saved: false };
+        out.push(Action::SaveCheckpoint(cp));
+        self.state_config = config.clone();
+        self.set_paxos_config(config.clone());
+        out.push(Action::ConfigurationChanged { config, cookie: None });
+        self.role = Role::Initializing;
+        self.start_initializing(now, app, out);
+    }
+
+
+    /// `LogReconfigurationDecision`: when it decides our accepted vote, log it (unless
+    /// replaying), execute the vote and switch to the new configuration.
+    pub(super) fn log_decision(&mut self, now: Micros, decision: Arc<Message>, persist: bool, cookie: Option<Cookie>, out: &mut Vec<Action>) -> bool {
+        let (d, b) = decree_ballot(&decision);
+        let members = self.accepted.as_vote().and_then(|v| v.reconfig.clone());
+        let Some(members) = members.filter(|_| (d, b) == self.accepted() && decision.header.config == self.paxos_config.number) else {
+            return false;
+        };
+        if self.role == Role::Primary {
+            self.step_down(out);
+        }
+        if persist {
+            self.accepted_seq = self.persist(decision, out);
+        }
+        if self.next_execute == d {
+            self.execute(self.accepted.clone(), Vec::new(), cookie, out);
+        }
+        self.switch_config(now, ConfigInfo { number: self.paxos_config.number + 1, initial_decree: d + 1, members });
+        true
+    }
+
+
+    /// `ChangePaxosConfiguration`: ballots restart above the old ones with an empty accepted
+    /// vote at the new configuration's first decree; members find the ring at the next tick.
+    pub(super) fn switch_config(&mut self, now: Micros, config: ConfigInfo) {
+        debug_assert_ne!(self.role, Role::Primary, "stepped down first");
+        debug_assert_eq!(self.next_execute, config.initial_decree);
+        self.accepted = placeholder(self.version, config.initial_decree, config.number);
+        self.max_ballot = Ballot::new(self.max_ballot.id.saturating_add(1), MemberId::EMPTY);
+        self.max_seen_ballot = Ballot::EMPTY;
+        self.set_paxos_config(config);
+        self.cache.clear();
+        self.cache_bytes = 0;
+        self.statuses.clear();
+        (self.candidacy, self.learning, self.next_join) = (None, None, 0);
+        self.role = if self.members.contains(&self.me) { Role::Initializing } else { Role::Inactive };
+        self.action_deadline = now;
+    }
+
+
+    /// A configuration not yet known to be established is announced with Join messages to its
+    /// members, also by replicas it left out: that is how members that missed the decision
+    /// (or never had a log) learn about it.
+    pub(super) fn join_due(&self) -> bool {
+        self.paxos_config.number > self.highest_defunct + 1
+    }
+
+
+
+    /// `VerifyMessage` (api-behavior §2.17.5 with erratum D7): a message of a defunct
+    /// configuration is answered with DefunctConfiguration, one of a newer configuration with
+    /// a JoinRequest, and anything else must come from another member of ours.
+    pub(super) fn admit(&mut self, from: &MemberId, msg: &Message, out: &mut Vec<Action>) -> bool {
+        let config = msg.header.config;
+        if config <= self.highest_defunct {
+            let defunct = Message::new(Header::new(self.version, self.me, 0, self.highest_defunct, Ballot::EMPTY), Body::DefunctConfiguration);
+            self.send(Dest::One(*from), defunct, 0, out);
+            return false;
+        }
+        if matches!(msg.kind(), MsgKind::Join | MsgKind::JoinRequest) {
+            return true;
+        }
+        if config > self.paxos_config.number {
+            let request = Message::new(Header::new(self.version, self.me, 0, config, Ballot::EMPTY), Body::JoinRequest);
+            self.send(Dest::One(*from), request, 0, out);
+            return false;
+        }
+        if config < self.paxos_config.number || self.role == Role::Inactive {
+            return false;
+        }
+        if *from == self.me || msg.header.sender != *from || !self.members.contains(from) {
+            return false;
+        }
+        self.max_seen_ballot = self.max_seen_ballot.max(msg.header.ballot);
+        true
+    }
+
+
+    pub(super) fn on_message(&mut self, now: Micros, from: MemberId, msg: Arc<Message>, app: &mut dyn Application, out: &mut Vec<Action>) {
+        // Unlike the original, a relinquishing primary still answers status queries: a member
+        // that is initializing needs them to follow, and so to accept the relinquish vote.
+        let ignored_while_relinquishing = matches!(msg.kind(), MsgKind::Vote | MsgKind::Prepare);
+        if from == self.me || (self.relinquishing && ignored_while_relinquishing) {
+            return;
+        }
+        // These bypass the configuration checks.
+        match &msg.body {
+            Body::Bootstrap(members) => {
+                if self.accept_bootstrap(members.clone()).is_ok() {
+                    self.check_bootstrap(now, app, out);
+                }
+                return;
+            }
+            Body::DefunctConfiguration => return self.on_defunct(now, msg.header.config, app, out),
+            Body::StatusQuery => return self.on_status_query(now, from, &msg, out),
+            _ => {}
+        }
+        if !self.admit(&from, &msg, out) {
+            return;
+        }
+        match msg.kind() {
+            MsgKind::Vote if self.role == Role::Initializing => self.cache_vote(from, msg),
+            MsgKind::Vote => self.on_vote(now, from, msg, app, out),
+            MsgKind::VoteAccepted => self.on_vote_accepted(now, from, &msg, out),
+            MsgKind::Prepare => self.on_prepare(now, from, msg, app, out),
+            MsgKind::PrepareAccepted => self.on_prepare_accepted(now, from, &msg, out),
+            MsgKind::NotAccepted => self.on_not_accepted(now, &msg, app, out),
+            MsgKind::StatusResponse => self.on_status_response(now, from, msg, app, out),
+            MsgKind::ReconfigurationDecision => {
+                self.log_decision(now, msg, true, None, out);
+            }
+            MsgKind::Join => self.on_join(now, from, &msg, out),
+            MsgKind::JoinRequest if msg.header.config == self.paxos_config.number => self.send_join(Dest::One(from), out),
+            _ => {}
+        }
+    }
+
+
+    /// `UpdateDefunctInfo`: a replica still active in a configuration now defunct looks for
+    /// the newer one instead.
+    pub(super) fn on_defunct(&mut self, now: Micros, defunct: u32, app: &mut dyn Application, out: &mut Vec<Action>) {
+        if defunct <= self.highest_defunct {
+            return;
+        }
+        if self.paxos_config.number <= defunct && self.role != Role::Inactive {
+            return self.start_initializing(now, app, out);
+        }
+        self.highest_defunct = defunct;
+        out.push(Action::Defunct(defunct));
+    }
+
+
+    pub(super) fn send_join(&self, to: Dest, out: &mut Vec<Action>) {
+        let learn_port = self.paxos_config.members.nodes.iter().find(|n| n.id == self.me).map_or(0, |n| n.learn_port);
+        let body = Body::Join(JoinBody {
+            learn_port,
+            min_decree_in_log: self.log_min_decree,
+            checkpointed_decree: self.checkpointed,
+            checkpoint_size: self.checkpoint_size,
+        });
+        let header = Header::new(self.version, self.me, self.paxos_config.initial_decree.wrapping_sub(1), self.paxos_config.number, Ballot::EMPTY);
+        self.send(to, Message::new(header, body), 0, out);
+    }
+
+
+    /// `HandleJoinMsg`: a member of a newer configuration announces it; catch up from it.
+    pub(super) fn on_join(&mut self, now: Micros, from: MemberId, msg: &Message, out: &mut Vec<Action>) {
+        let Body::Join(join) = &msg.body else { return };
+        if msg.header.config <= self.paxos_config.number {
+            if msg.header.config <= self.highest_defunct + 1 {
+                let defunct = Message::new(Header::new(self.version, self.me, 0, self.highest_defunct, Ballot::EMPTY), Body::DefunctConfiguration);
+                self.send(Dest::One(from), defunct, 0, out);
+            }
+            return;
+        }
+        if self.learning.is_some() || self.loading.is_some() {
+            return;
+        }
+        if self.role == Role::Primary {
+            self.step_down(out);
+        }
+        let ad = self.accepted.header.decree;
+        if ad >= join.min_decree_in_log && self.paxos_config.number > 0 {
+            self.learn(from, out);
+        } else if join.checkpointed_decree >= ad {
+            self.role = self.role.min_active();
+            self.loading = Some(from);
+            out.push(Action::FetchCheckpoint { from, decree: join.checkpointed_decree, size: join.checkpoint_size, load: true });
+        }
+        let _ = now;
+    }
+
+
+    /// `Bootstrap` keeps sending the set to the other members until this replica takes part.
+    pub(super) fn resend_bootstrap(&mut self, now: Micros, out: &mut Vec<Action>) {
+        if self.is_bootstrapped() {
+            self.bootstrap = None;
+            return;
+        }
+        let members = self.bootstrap.clone().expect("bootstrapping");
+        for node in members.nodes.iter().filter(|n| n.id != self.me) {
+            let header = Header::new(self.version, self.me, 0, 0, Ballot::EMPTY);
+            self.send(Dest::One(node.id), Message::new(header, Body::Bootstrap(members.clone())), 0, out);
+        }
+        self.bootstrap_resend = now.saturating_add(self.cfg.initialize_retry_interval);
+    }
+
+
+    /// The Paxos configuration (the one being voted in).
+    pub fn paxos_configuration(&self) -> &ConfigInfo {
+        &self.paxos_config
+    }
+}

@@ -1,0 +1,656 @@
+//! One replica's protocol state and its transitions, following RSL (api-behavior §2): the
+//! acceptor rules, elections through a status quorum and a Prepare, one outstanding vote with
+//! requests batched behind it, heartbeats, and catch-up by fetching votes.
+//!
+//! Durability is explicit: every record to keep is a `Persist` action with a sequence number,
+//! and anything that promises what a record holds (VoteAccepted, PrepareAccepted) is a `Send`
+//! gated on that number. The primary sends its vote while its own write is in flight and
+//! counts itself only once `Durable` says the write is done.
+
+use super::{AbortReason, Action, Application, BootstrapError, Checkpoint, Cookie, CoreConfig, Dest, Input, Micros, SplitMix64, SubmitError};
+use crate::format::message::{JoinBody, StatusBody};
+use crate::format::{Ballot, Body, ConfigInfo, Header, MemberId, MemberSet, Message, MsgKind, Version, VoteBody};
+use bytes::Bytes;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+mod acceptor;
+mod leader;
+mod membership;
+mod recovery;
+
+/// RSL's replica states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Not a member of its configuration, or not bootstrapped yet (`PaxosInactive`).
+    Inactive,
+    /// Learning where the ring is: a status quorum, then learn, elect, or follow.
+    Initializing,
+    /// Standing for election with a Prepare.
+    Preparing,
+    Primary,
+    Secondary,
+}
+
+impl Role {
+    /// Initializing, unless inactive: learning or loading does not make a replica a member.
+    fn min_active(self) -> Role {
+        if self == Role::Inactive {
+            Role::Inactive
+        } else {
+            Role::Initializing
+        }
+    }
+
+    /// The `state` field of a StatusResponse.
+    fn status_code(self) -> u32 {
+        match self {
+            Role::Primary => 1,
+            Role::Secondary => 2,
+            Role::Preparing => 3,
+            Role::Initializing => 4,
+            Role::Inactive => 0,
+        }
+    }
+}
+
+/// Requests waiting for the outstanding vote to be chosen; they become the next vote.
+struct Pending {
+    body: VoteBody,
+    cookies: Vec<Cookie>,
+    bytes: usize,
+    /// An exclusive vote takes nothing more.
+    closed: bool,
+    /// A reconfiguration vote's `ChangeConfiguration` cookie.
+    config_cookie: Option<Cookie>,
+}
+
+/// The primary's vote in flight.
+struct Outstanding {
+    vote: Arc<Message>,
+    /// Its persist: the primary counts itself once this is durable.
+    seq: u64,
+    acks: BTreeSet<MemberId>,
+    cookies: Vec<Cookie>,
+    config_cookie: Option<Cookie>,
+}
+
+/// A candidate's Prepare in flight.
+struct Candidacy {
+    prepare: Arc<Message>,
+    seq: u64,
+    promises: BTreeSet<MemberId>,
+    /// The vote at our decree with the highest ballot among the answers (ours to start).
+    freshest: Arc<Message>,
+    deadline: Micros,
+}
+
+/// Why a log could not be replayed: a record that does not follow the one before it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("log record out of sequence: {kind:?} at decree {decree} after decree {after_decree}")]
+pub struct ReplayError {
+    pub kind: MsgKind,
+    pub decree: u64,
+    pub after_decree: u64,
+}
+
+/// One replica of one ring.
+pub struct Replica {
+    cfg: CoreConfig,
+    me: MemberId,
+    /// The Paxos configuration: it changes when a reconfiguration decision is logged.
+    paxos_config: ConfigInfo,
+    /// Its members' ids (this one included, if a member).
+    members: Vec<MemberId>,
+    /// The state's configuration: it changes when the reconfiguration decree executes.
+    state_config: ConfigInfo,
+    highest_defunct: u32,
+    next_join: Micros,
+    /// A member set given by `Bootstrap` and not yet persisted, and until when to keep
+    /// sending it to the other members.
+    bootstrap: Option<MemberSet>,
+    bootstrap_resend: Micros,
+    version: Version,
+    rng: SplitMix64,
+    role: Role,
+    /// The highest ballot promised, and the persist that recorded it.
+    max_ballot: Ballot,
+    max_ballot_seq: u64,
+    /// The highest ballot seen in any admitted message.
+    max_seen_ballot: Ballot,
+    /// The highest accepted vote (a placeholder with an empty ballot before any), its persist
+    /// and when it arrived.
+    accepted: Arc<Message>,
+    accepted_seq: u64,
+    accepted_at: Micros,
+    /// The next decree to execute; every decree below it has been handed out to execute.
+    next_execute: u64,
+    next_election: Micros,
+    election_delay: Micros,
+    action_deadline: Micros,
+    force_reelection: bool,
+    accept_flag: bool,
+    statuses: BTreeMap<MemberId, Arc<Message>>,
+    candidacy: Option<Candidacy>,
+    outstanding: Option<Outstanding>,
+    to_send: VecDeque<Pending>,
+    /// `NotifyStatus(true)` has been raised (and not yet taken back).
+    is_primary: bool,
+    /// The decree a new primary re-proposed, until it executes.
+    recovering: Option<u64>,
+    primary_cookie: Bytes,
+    last_proposed: Micros,
+    persist_seq: u64,
+    durable_seq: u64,
+    /// Votes that arrived while initializing, newest last.
+    cache: VecDeque<(MemberId, Arc<Message>)>,
+    cache_bytes: usize,
+    learning: Option<MemberId>,
+    log_min_decree: u64,
+    /// The relinquish vote has been proposed: nothing more is, and peers are ignored.
+    relinquishing: bool,
+    vote_payload: u64,
+    checkpointed: u64,
+    checkpoint_size: u64,
+    /// A checkpoint to save once this decree has executed and the next vote is accepted.
+    save_at: Option<u64>,
+    saving: bool,
+    /// The primary copies a peer's checkpoint of at least this decree instead of saving.
+    copy_at: Option<u64>,
+    copying: bool,
+    copy_query_at: Micros,
+    /// Fetching a peer's checkpoint to catch up.
+    loading: Option<MemberId>,
+}
+
+/// The empty accepted vote a configuration starts with.
+fn placeholder(version: Version, decree: u64, config: u32) -> Arc<Message> {
+    Arc::new(Message::new(Header::new(version, MemberId::EMPTY, decree, config, Ballot::EMPTY), Body::Vote(VoteBody::default())))
+}
+
+fn decree_ballot(m: &Message) -> (u64, Ballot) {
+    (m.header.decree, m.header.ballot)
+}
+
+/// RSL's `IsNextDecree`: the same decree at a ballot at least as high, or the next decree at
+/// the same ballot (which makes the current one chosen).
+fn is_next((d, b): (u64, Ballot), (cd, cb): (u64, Ballot)) -> bool {
+    (d == cd && b >= cb) || (d == cd.wrapping_add(1) && b == cb)
+}
+
+/// RSL's `IsLowerDecree`.
+fn is_lower((d, b): (u64, Ballot), (cd, cb): (u64, Ballot)) -> bool {
+    d < cd || b < cb
+}
+
+/// RSL's `IsHigherDecree`.
+fn is_higher((d, b): (u64, Ballot), (cd, cb): (u64, Ballot)) -> bool {
+    (d > cd && b >= cb) || (d == cd && b > cb)
+}
+
+fn vote_size(body: &VoteBody) -> usize {
+    body.requests.iter().map(|r| r.len() + 4).sum::<usize>() + body.cookie.len()
+}
+
+impl Replica {
+    /// A replica in `config` with nothing accepted: configuration 1 with initial decree 0 is the
+    /// legacy `Initialize` with a member list; configuration 0 (no members) is a replica that
+    /// waits to be bootstrapped. Call [`restore_checkpoint`](Self::restore_checkpoint) and
+    /// [`replay`](Self::replay) for what is durable, then [`start`](Self::start).
+    pub fn new(cfg: CoreConfig, me: MemberId, config: ConfigInfo, seed: u64) -> Replica {
+        let mut rng = SplitMix64::new(seed);
+        let spread = (cfg.election_delay * cfg.election_randomize_pct / 100).min(cfg.max_election_randomize);
+        let election_delay = cfg.election_delay - spread + rng.below(2 * spread + 1);
+        let placeholder = placeholder(cfg.version, config.initial_decree, config.number);
+        let next_execute = config.initial_decree;
+        let mut replica = Replica {
+            version: cfg.version,
+            cfg,
+            me,
+            members: Vec::new(),
+            paxos_config: ConfigInfo::default(),
+            state_config: config.clone(),
+            highest_defunct: 0,
+            next_join: 0,
+            bootstrap: None,
+            bootstrap_resend: Micros::MAX,
+            rng,
+            role: Role::Initializing,
+            max_ballot: Ballot::EMPTY,
+            max_ballot_seq: 0,
+            max_seen_ballot: Ballot::EMPTY,
+            accepted: placeholder,
+            accepted_seq: 0,
+            accepted_at: 0,
+            next_execute,
+            next_election: Micros::MAX,
+            election_delay,
+            action_deadline: Micros::MAX,
+            force_reelection: false,
+            accept_flag: true,
+            statuses: BTreeMap::new(),
+            candidacy: None,
+            outstanding: None,
+            to_send: VecDeque::new(),
+            is_primary: false,
+            recovering: None,
+            primary_cookie: Bytes::new(),
+            last_proposed: 0,
+            persist_seq: 0,
+            durable_seq: 0,
+            cache: VecDeque::new(),
+            cache_bytes: 0,
+            learning: None,
+            log_min_decree: 0,
+            relinquishing: false,
+            vote_payload: 0,
+            checkpointed: 0,
+            checkpoint_size: 0,
+            save_at: None,
+            saving: false,
+            copy_at: None,
+            copying: false,
+            copy_query_at: Micros::MAX,
+            loading: None,
+        };
+        replica.set_paxos_config(config);
+        replica
+    }
+
+
+    fn set_paxos_config(&mut self, config: ConfigInfo) {
+        self.members = config.members.nodes.iter().map(|n| n.id).collect();
+        debug_assert_eq!(self.members.iter().collect::<BTreeSet<_>>().len(), self.members.len(), "members are distinct");
+        self.paxos_config = config;
+    }
+
+
+    pub fn me(&self) -> MemberId {
+        self.me
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// `NotifyStatus(true)` has been raised: requests are taken.
+    pub fn is_primary(&self) -> bool {
+        self.is_primary
+    }
+
+    pub fn max_ballot(&self) -> Ballot {
+        self.max_ballot
+    }
+
+    /// The decree and ballot of the highest accepted vote.
+    pub fn accepted(&self) -> (u64, Ballot) {
+        decree_ballot(&self.accepted)
+    }
+
+    /// The next decree to execute (the application's sequence number is one less).
+    pub fn next_execute(&self) -> u64 {
+        self.next_execute
+    }
+
+
+    fn quorum(&self) -> usize {
+        self.members.len() / 2 + 1
+    }
+
+
+    /// Starts the protocol: a status round to find the ring.
+    pub fn start(&mut self, now: Micros, app: &mut dyn Application, out: &mut Vec<Action>) {
+        assert_eq!(self.persist_seq, 0, "start once");
+        self.accepted_at = now;
+        self.start_initializing(now, app, out);
+    }
+
+
+    /// When the replica next needs a `Tick`, if nothing else arrives first.
+    pub fn next_wakeup(&self) -> Micros {
+        let join = if self.join_due() { self.next_join } else { Micros::MAX };
+        let bootstrap = if self.bootstrap.is_some() { self.bootstrap_resend } else { Micros::MAX };
+        self.role_wakeup().min(join).min(bootstrap)
+    }
+
+
+    fn role_wakeup(&self) -> Micros {
+        match self.role {
+            Role::Inactive => Micros::MAX,
+            Role::Secondary if self.force_reelection => 0,
+            Role::Secondary => self.next_election,
+            Role::Initializing if self.learning.is_some() || self.loading.is_some() => Micros::MAX,
+            Role::Initializing => self.action_deadline,
+            Role::Preparing => self.action_deadline.min(self.candidacy.as_ref().map_or(Micros::MAX, |c| c.deadline)),
+            Role::Primary => {
+                let copy = if self.copy_at.is_some() && !self.copying { self.copy_query_at } else { Micros::MAX };
+                let next = if self.outstanding.is_some() {
+                    self.action_deadline
+                } else if self.is_primary && !self.relinquishing {
+                    self.last_proposed.saturating_add(self.cfg.heartbeat_interval)
+                } else {
+                    Micros::MAX
+                };
+                next.min(copy)
+            }
+        }
+    }
+
+
+    /// Feeds one input.
+    pub fn step(&mut self, now: Micros, input: Input, app: &mut dyn Application, out: &mut Vec<Action>) {
+        match input {
+            Input::Tick => self.tick(now, app, out),
+            Input::Message { from, msg } => self.on_message(now, from, msg, app, out),
+            Input::Durable(seq) => {
+                assert!(seq <= self.persist_seq, "durable {seq} beyond the {} persists asked for", self.persist_seq);
+                self.durable_seq = self.durable_seq.max(seq);
+                self.check_chosen(now, out);
+                self.check_prepared(now, out);
+            }
+            Input::Learned { from, records } => self.on_learned(now, from, records, app, out),
+            Input::AttemptPromotion => self.force_reelection = true,
+            Input::RelinquishPrimary => self.relinquish(now, out),
+            Input::SetVotePayload(payload) => self.vote_payload = payload,
+            Input::LogRolled { first_decree } => self.on_log_rolled(now, first_decree, out),
+            Input::CheckpointSaved { decree, size, min_decree_in_log } => {
+                // A saved checkpoint is of an executed decree; a copied one may be ahead of us.
+                debug_assert!(decree < self.next_execute || self.copying, "a checkpoint of an executed decree");
+                if decree >= self.checkpointed {
+                    (self.checkpointed, self.checkpoint_size) = (decree, size);
+                }
+                self.log_min_decree = self.log_min_decree.max(min_decree_in_log);
+                (self.saving, self.copying) = (false, false);
+                self.copy_at = self.copy_at.filter(|&at| at > decree);
+            }
+            Input::CheckpointFetched(fetched) => self.on_checkpoint_fetched(now, fetched, app, out),
+            Input::SetAcceptMessages(accept) => self.accept_flag = accept,
+        }
+        self.drain_cache(now, app, out);
+        self.check_invariants();
+    }
+
+
+    fn check_invariants(&self) {
+        debug_assert!(self.max_ballot >= self.accepted.header.ballot, "promise below the accepted ballot");
+        debug_assert!(self.durable_seq <= self.persist_seq);
+        debug_assert!(
+            self.next_execute == self.accepted.header.decree || self.next_execute == self.accepted.header.decree + 1,
+            "execution {} is not at the accepted decree {}",
+            self.next_execute,
+            self.accepted.header.decree
+        );
+        debug_assert!(self.role == Role::Primary || (self.outstanding.is_none() && self.to_send.is_empty() && !self.is_primary));
+        debug_assert!((self.role == Role::Preparing) == self.candidacy.is_some());
+    }
+
+
+
+    fn persist(&mut self, record: Arc<Message>, out: &mut Vec<Action>) -> u64 {
+        debug_assert!(record.kind().is_log_record());
+        self.persist_seq += 1;
+        out.push(Action::Persist { seq: self.persist_seq, record });
+        self.persist_seq
+    }
+
+
+    fn send(&self, to: Dest, msg: Message, after: u64, out: &mut Vec<Action>) {
+        debug_assert!(after <= self.persist_seq);
+        out.push(Action::Send { to, msg: Arc::new(msg), after });
+    }
+
+
+    fn header(&self, decree: u64, ballot: Ballot) -> Header {
+        Header::new(self.version, self.me, decree, self.paxos_config.number, ballot)
+    }
+
+
+    fn not_accepted(&self, to: MemberId, out: &mut Vec<Action>) {
+        let msg = Message::new(self.header(self.accepted.header.decree, self.max_ballot), Body::NotAccepted);
+        self.send(Dest::One(to), msg, 0, out);
+    }
+
+
+    fn execute(&mut self, vote: Arc<Message>, cookies: Vec<Cookie>, config_cookie: Option<Cookie>, out: &mut Vec<Action>) {
+        let decree = vote.header.decree;
+        assert_eq!(decree, self.next_execute, "decrees execute in order, each once");
+        assert!(!vote.header.ballot.is_empty(), "only a proposed vote can be chosen");
+        debug_assert!(cookies.is_empty() || cookies.len() == vote.as_vote().map_or(0, |v| v.requests.len()));
+        self.next_execute = decree + 1;
+        let new_members = vote.as_vote().and_then(|v| v.reconfig.clone());
+        let number = vote.header.config + 1;
+        out.push(Action::Execute { vote, cookies });
+        if let Some(members) = new_members {
+            self.state_config = ConfigInfo { number, initial_decree: decree + 1, members };
+            out.push(Action::ConfigurationChanged { config: self.state_config.clone(), cookie: config_cookie });
+        }
+    }
+
+
+
+    fn set_max_ballot(&mut self, now: Micros, ballot: Ballot, seq: u64) {
+        if ballot <= self.max_ballot {
+            return;
+        }
+        self.max_ballot = ballot;
+        self.max_ballot_seq = seq;
+        let wait = if ballot.member == self.me { self.cfg.heartbeat_interval } else { self.cfg.new_leader_grace_period };
+        self.next_election = self.next_election.max(now.saturating_add(wait));
+    }
+
+
+
+    fn tick(&mut self, now: Micros, app: &mut dyn Application, out: &mut Vec<Action>) {
+        if self.bootstrap.is_some() && now >= self.bootstrap_resend {
+            self.resend_bootstrap(now, out);
+        }
+        if self.join_due() && now >= self.next_join {
+            self.next_join = now.saturating_add(self.cfg.join_interval);
+            self.send_join(Dest::All, out);
+        }
+        match self.role {
+            Role::Inactive => {}
+            Role::Secondary => {
+                if self.force_reelection || now >= self.next_election {
+                    self.start_initializing(now, app, out);
+                }
+            }
+            Role::Initializing => {
+                if self.learning.is_none() && self.loading.is_none() && now >= self.action_deadline {
+                    self.start_initializing(now, app, out);
+                }
+            }
+            Role::Preparing => {
+                let c = self.candidacy.as_ref().expect("preparing has a candidacy");
+                if now >= c.deadline {
+                    self.start_initializing(now, app, out);
+                } else if now >= self.action_deadline {
+                    for m in self.members.iter().filter(|m| **m != self.me && !c.promises.contains(m)) {
+                        out.push(Action::Send { to: Dest::One(*m), msg: c.prepare.clone(), after: 0 });
+                    }
+                    self.action_deadline = now.saturating_add(self.cfg.resend_interval);
+                }
+            }
+            Role::Primary => {
+                if self.copy_at.is_some() && !self.copying && now >= self.copy_query_at {
+                    self.copy_query_at = now.saturating_add(self.cfg.checkpoint_query_interval);
+                    let (ad, ab) = self.accepted();
+                    self.send(Dest::All, Message::new(self.header(ad, ab), Body::StatusQuery), 0, out);
+                }
+                if let Some(o) = &self.outstanding {
+                    if now >= self.action_deadline {
+                        for m in self.members.iter().filter(|m| **m != self.me && !o.acks.contains(m)) {
+                            out.push(Action::Send { to: Dest::One(*m), msg: o.vote.clone(), after: 0 });
+                        }
+                        self.action_deadline = now.saturating_add(self.cfg.resend_interval);
+                    }
+                } else if self.is_primary && !self.relinquishing && now >= self.last_proposed.saturating_add(self.cfg.heartbeat_interval) {
+                    debug_assert!(self.to_send.is_empty());
+                    self.propose(now, VoteBody::default(), Vec::new(), None, out);
+                }
+            }
+        }
+    }
+
+
+    fn start_initializing(&mut self, now: Micros, app: &mut dyn Application, out: &mut Vec<Action>) {
+        if self.role == Role::Primary {
+            self.step_down(out);
+        }
+        if !self.members.contains(&self.me) {
+            (self.role, self.candidacy, self.learning, self.loading) = (Role::Inactive, None, None, None);
+            self.action_deadline = Micros::MAX;
+            return;
+        }
+        self.role = Role::Initializing;
+        self.candidacy = None;
+        self.learning = None;
+        self.loading = None;
+        self.statuses.clear();
+        self.action_deadline = now.saturating_add(self.cfg.initialize_retry_interval);
+        if self.quorum() == 1 {
+            self.next_election = 0;
+            return self.move_to_secondary_or_prepare(now, app, out);
+        }
+        let (ad, ab) = self.accepted();
+        self.send(Dest::All, Message::new(self.header(ad, ab), Body::StatusQuery), 0, out);
+    }
+
+
+    /// `MoveToSecondaryOrPrepare` (api-behavior §2.9).
+    fn move_to_secondary_or_prepare(&mut self, now: Micros, app: &mut dyn Application, out: &mut Vec<Action>) {
+        debug_assert_eq!(self.role, Role::Initializing);
+        if now >= self.next_election || self.max_ballot.member == self.me || self.force_reelection {
+            // A log-roll checkpoint not yet started gives way to the election; one being
+            // written blocks it.
+            self.save_at = None;
+            if let Some(cookie) = if self.saving { None } else { app.can_become_primary() } {
+                self.primary_cookie = cookie;
+                return self.start_preparing(now, out);
+            }
+            self.next_election = now.saturating_add(self.cfg.heartbeat_interval);
+        }
+        self.become_secondary();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::Node;
+    use crate::paxos::{AcceptAll, SEC};
+    use std::net::Ipv4Addr;
+
+    fn id(s: &str) -> MemberId {
+        MemberId::new(s).unwrap()
+    }
+
+    fn config(ids: &[&str]) -> ConfigInfo {
+        let node = |s: &str| Node { id: id(s), ip: Ipv4Addr::LOCALHOST, rsl_port: 1, learn_port: 2, app_port: 0, host_name: Bytes::new() };
+        ConfigInfo { number: 1, initial_decree: 0, members: MemberSet { nodes: ids.iter().map(|s| node(s)).collect(), cookie: Bytes::new() } }
+    }
+
+    fn vote(sender: &str, decree: u64, ballot: Ballot, request: &'static [u8]) -> Arc<Message> {
+        let body = VoteBody { requests: vec![Bytes::from_static(request)], ..Default::default() };
+        Arc::new(Message::new(Header::new(Version::V6, id(sender), decree, 1, ballot), Body::Vote(body)))
+    }
+
+    /// Replica "1" of {1, 2, 3}, restored from a checkpoint whose next vote is `accepted`.
+    fn replica_at(accepted: Arc<Message>) -> Replica {
+        let mut r = Replica::new(CoreConfig::default(), id("1"), config(&["1", "2", "3"]), 7);
+        let decree = accepted.header.decree - 1;
+        let max_ballot = accepted.header.ballot;
+        r.restore_checkpoint(&Checkpoint { decree, next_vote: accepted, max_ballot, config: config(&["1", "2", "3"]), state_saved: true }, 0);
+        r
+    }
+
+    /// That replica, asked to stand for election.
+    fn candidate(accepted: Arc<Message>) -> (Replica, Vec<Action>) {
+        let mut r = replica_at(accepted);
+        let mut out = Vec::new();
+        r.start(0, &mut AcceptAll, &mut out);
+        r.step(0, Input::AttemptPromotion, &mut AcceptAll, &mut out);
+        let (d, b) = r.accepted();
+        let status = StatusBody {
+            query_decree: d,
+            query_ballot: b,
+            last_received_ago_ms: 0,
+            min_decree_in_log: 0,
+            checkpointed_decree: 0,
+            checkpoint_size: 0,
+            max_ballot: b,
+            state: 2,
+        };
+        let reply = Message::new(Header::new(Version::V6, id("2"), d, 1, b), Body::StatusResponse(status));
+        out.clear();
+        r.step(SEC, Input::Message { from: id("2"), msg: Arc::new(reply) }, &mut AcceptAll, &mut out);
+        assert_eq!(r.role(), Role::Preparing);
+        (r, out)
+    }
+
+    fn proposed(out: &[Action]) -> Vec<Arc<Message>> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::Send { to: Dest::All, msg, .. } if msg.kind() == MsgKind::Vote => Some(msg.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_new_primary_reproposes_the_freshest_value_it_hears_of() {
+        let (mut r, out) = candidate(vote("2", 5, Ballot::new(1, id("2")), b"mine"));
+        let seq = out.iter().find_map(|a| matches!(a, Action::Persist { record, .. } if record.kind() == MsgKind::Prepare).then_some(()));
+        assert!(seq.is_some(), "the Prepare is logged");
+        let ballot = r.max_ballot();
+        assert_eq!(ballot.member, id("1"));
+        // Member 2 accepted another value at the same decree under a higher ballot than ours.
+        let fresher = vote("3", 5, Ballot::new(1, id("3")), b"theirs");
+        let promise = Message::new(Header::new(Version::V6, id("2"), 5, 1, ballot), Body::PrepareAccepted(Box::new((*fresher).clone())));
+        let mut out = Vec::new();
+        r.step(SEC, Input::Message { from: id("2"), msg: Arc::new(promise) }, &mut AcceptAll, &mut out);
+        assert!(proposed(&out).is_empty(), "not primary before its own Prepare is durable");
+        r.step(SEC, Input::Durable(1), &mut AcceptAll, &mut out);
+        assert_eq!(r.role(), Role::Primary);
+        let votes = proposed(&out);
+        assert_eq!(votes.len(), 1);
+        assert_eq!((votes[0].header.decree, votes[0].header.ballot), (5, ballot));
+        assert_eq!(votes[0].as_vote().unwrap().requests, [Bytes::from_static(b"theirs")]);
+        // Not primary to the application until the re-proposal is chosen.
+        assert!(!r.is_primary());
+        assert_eq!(r.submit(SEC, Bytes::from_static(b"x"), 1, false, &mut out), Err(SubmitError::NotPrimary));
+    }
+
+    #[test]
+    fn an_answer_ahead_of_the_prepare_is_ignored() {
+        let (mut r, _) = candidate(vote("3", 5, Ballot::new(1, id("3")), b"mine"));
+        let ballot = r.max_ballot();
+        let ahead = vote("2", 6, Ballot::new(1, id("3")), b"later");
+        let promise = Message::new(Header::new(Version::V6, id("2"), 5, 1, ballot), Body::PrepareAccepted(Box::new((*ahead).clone())));
+        let mut out = Vec::new();
+        r.step(SEC, Input::Message { from: id("2"), msg: Arc::new(promise) }, &mut AcceptAll, &mut out);
+        r.step(SEC, Input::Durable(1), &mut AcceptAll, &mut out);
+        assert_eq!(r.role(), Role::Preparing, "an invalid promise does not count");
+    }
+
+    #[test]
+    fn votes_below_the_promise_are_logged_but_refused() {
+        let mut r = replica_at(vote("3", 5, Ballot::new(1, id("3")), b"a"));
+        let mut out = Vec::new();
+        let prepare = Message::new(Header::new(Version::V6, id("2"), 5, 1, Ballot::new(3, id("2"))), Body::Prepare(Bytes::new()));
+        r.replay(&Arc::new(prepare), &mut out).unwrap();
+        r.start(0, &mut AcceptAll, &mut out);
+        r.become_secondary();
+        out.clear();
+        // The next decree under the old ballot: logged (it follows ours) but answered NotAccepted.
+        r.step(SEC, Input::Message { from: id("3"), msg: vote("3", 6, Ballot::new(1, id("3")), b"b") }, &mut AcceptAll, &mut out);
+        assert!(out.iter().any(|a| matches!(a, Action::Persist { record, .. } if record.header.decree == 6)));
+        let reply = out.iter().find_map(|a| match a {
+            Action::Send { msg, after, .. } => Some((msg.kind(), *after)),
+            _ => None,
+        });
+        assert_eq!(reply, Some((MsgKind::NotAccepted, 1)), "refused, once the record is durable");
+        // And decree 5 executed: 6 followed it at the same ballot.
+        assert!(out.iter().any(|a| matches!(a, Action::Execute { vote, .. } if vote.header.decree == 5)));
+    }
+}

@@ -1,0 +1,309 @@
+//! Finding the ring and catching up: start-up from a checkpoint and the log, status quorums,
+//! learning votes from a peer, and the checkpoint policy (save, copy, load in place).
+
+use super::*;
+
+impl Replica {
+
+    /// Starts from a checkpoint (before replaying the logs after it): the application's state
+    /// is that of `cp.decree`, and `cp.next_vote` is the highest accepted vote.
+    pub fn restore_checkpoint(&mut self, cp: &Checkpoint, size: u64) {
+        assert_eq!(self.persist_seq, 0, "restore comes before start");
+        assert_eq!(cp.next_vote.kind(), MsgKind::Vote, "a checkpoint's next vote is a vote");
+        self.next_execute = cp.decree + 1;
+        self.set_paxos_config(cp.config.clone());
+        self.state_config = cp.config.clone();
+        self.accepted = self.next_vote_or_placeholder(cp);
+        self.max_ballot = cp.max_ballot.max(self.accepted.header.ballot);
+        (self.checkpointed, self.checkpoint_size, self.log_min_decree) = (cp.decree, size, cp.decree + 1);
+    }
+
+
+    pub(super) fn next_vote_or_placeholder(&self, cp: &Checkpoint) -> Arc<Message> {
+        if cp.next_vote.header.decree == cp.decree + 1 {
+            return cp.next_vote.clone();
+        }
+        placeholder(self.version, cp.decree + 1, self.paxos_config.number)
+    }
+
+
+    /// Applies one durable log record at start-up: Prepares raise the promise, each vote that
+    /// follows its predecessor at the same ballot executes that predecessor. The last vote is
+    /// never executed: it is not known to be chosen. Records older than the accepted vote (a
+    /// checkpoint's) are skipped.
+    pub fn replay(&mut self, record: &Arc<Message>, out: &mut Vec<Action>) -> Result<(), ReplayError> {
+        assert_eq!(self.persist_seq, 0, "replay comes before start");
+        let (d, b) = decree_ballot(record);
+        let (ad, ab) = self.accepted();
+        match record.kind() {
+            MsgKind::Prepare => self.max_ballot = self.max_ballot.max(b),
+            // A vote for the next decree follows at the same ballot, or at another one where
+            // learning proved our decree chosen (see `apply_learned`).
+            MsgKind::Vote if !b.is_empty() && (d == ad + 1 || is_next((d, b), (ad, ab))) => {
+                if d == ad + 1 && self.next_execute == ad {
+                    self.execute(self.accepted.clone(), Vec::new(), None, out);
+                }
+                self.accepted = record.clone();
+                self.max_ballot = self.max_ballot.max(b);
+            }
+            MsgKind::Vote if !b.is_empty() && is_lower((d, b), (ad, ab)) => {}
+            MsgKind::ReconfigurationDecision => {
+                // One that does not match our vote was logged by nobody: skip it.
+                self.log_decision(0, record.clone(), false, None, out);
+            }
+            kind => return Err(ReplayError { kind, decree: d, after_decree: ad }),
+        }
+        debug_assert!(self.max_ballot >= self.accepted.header.ballot);
+        Ok(())
+    }
+
+
+
+    /// The policy of api-behavior §2.14 on a log roll: a secondary (or a lone replica) saves
+    /// at the decree before the new log; a primary copies a secondary's checkpoint instead.
+    pub(super) fn on_log_rolled(&mut self, now: Micros, first_decree: u64, out: &mut Vec<Action>) {
+        let busy = self.saving || self.save_at.is_some() || self.copy_at.is_some() || self.role == Role::Preparing;
+        if first_decree <= self.checkpointed + 1 || busy {
+            return;
+        }
+        let target = first_decree - 1;
+        if self.role == Role::Primary && self.quorum() > 1 {
+            self.copy_at = Some(target);
+            self.copy_query_at = now;
+        } else {
+            self.save_at = Some(target);
+            self.maybe_save(out);
+        }
+    }
+
+
+    /// Saves the pending checkpoint once its decree has executed and the vote after it (the
+    /// checkpoint's "next vote") is the accepted one; if execution went further, at the
+    /// current decree.
+    pub(super) fn maybe_save(&mut self, out: &mut Vec<Action>) {
+        let Some(at) = self.save_at else { return };
+        if self.saving || self.next_execute <= at || self.accepted.header.decree != self.next_execute {
+            return;
+        }
+        debug_assert!(self.next_execute > 0);
+        self.save_at = None;
+        self.saving = true;
+        let cp = Checkpoint {
+            decree: self.next_execute - 1,
+            next_vote: self.accepted.clone(),
+            max_ballot: self.max_ballot,
+            config: self.state_config.clone(),
+            state_saved: true,
+        };
+        out.push(Action::SaveCheckpoint(cp));
+    }
+
+
+    /// A peer's checkpoint arrived: load it in place if it is still ahead of us (the original
+    /// exits the process instead). Either way, find the ring again.
+    pub(super) fn on_checkpoint_fetched(&mut self, now: Micros, fetched: Option<(Checkpoint, u64)>, app: &mut dyn Application, out: &mut Vec<Action>) {
+        let was_loading = self.loading.take().is_some();
+        if fetched.is_none() && !was_loading {
+            self.copying = false; // a primary's copy failed; the next status round retries
+            return;
+        }
+        if let Some((cp, size)) = fetched.filter(|(cp, _)| cp.decree >= self.next_execute) {
+            if self.role == Role::Primary {
+                self.step_down(out);
+            }
+            out.push(Action::LoadCheckpoint(cp.clone()));
+            self.next_execute = cp.decree + 1;
+            if cp.config.number != self.paxos_config.number {
+                self.set_paxos_config(cp.config.clone());
+                self.max_seen_ballot = Ballot::EMPTY;
+            }
+            self.state_config = cp.config.clone();
+            self.accepted = self.next_vote_or_placeholder(&cp);
+            self.accepted_at = now;
+            // The runtime starts a new log with the next vote (formats.md §8.1).
+            self.accepted_seq = if self.accepted.header.ballot.is_empty() { self.persist_seq } else { self.persist(self.accepted.clone(), out) };
+            let ballot = cp.max_ballot.max(self.accepted.header.ballot);
+            self.set_max_ballot(now, ballot, self.accepted_seq);
+            (self.checkpointed, self.checkpoint_size, self.log_min_decree) = (cp.decree, size, cp.decree + 1);
+            self.cache.retain(|(_, v)| v.header.decree > cp.decree);
+        }
+        self.start_initializing(now, app, out);
+    }
+
+
+    pub(super) fn on_status_query(&mut self, now: Micros, from: MemberId, query: &Message, out: &mut Vec<Action>) {
+        let status = StatusBody {
+            query_decree: query.header.decree,
+            query_ballot: query.header.ballot,
+            last_received_ago_ms: (now.saturating_sub(self.accepted_at) / 1000) as i64,
+            min_decree_in_log: self.log_min_decree,
+            checkpointed_decree: self.checkpointed,
+            checkpoint_size: self.checkpoint_size,
+            max_ballot: self.max_ballot,
+            state: self.role.status_code(),
+        };
+        let (ad, ab) = self.accepted();
+        self.send(Dest::One(from), Message::new(self.header(ad, ab), Body::StatusResponse(status)), 0, out);
+    }
+
+
+    /// `HandleStatusResponseMsg` (api-behavior §2.11).
+    pub(super) fn on_status_response(&mut self, now: Micros, from: MemberId, msg: Arc<Message>, app: &mut dyn Application, out: &mut Vec<Action>) {
+        let Body::StatusResponse(s) = &msg.body else { return };
+        // A primary that wants a checkpoint copies the first one that is recent enough (even if
+        // it has just lost the primary role, as in the original).
+        if self.copy_at.is_some_and(|at| s.checkpointed_decree >= at) && !self.copying {
+            self.copying = true;
+            out.push(Action::FetchCheckpoint { from, decree: s.checkpointed_decree, size: s.checkpoint_size, load: false });
+        }
+        let busy = self.learning.is_some() || self.loading.is_some();
+        if self.role == Role::Primary || busy || (s.query_decree, s.query_ballot) != self.accepted() {
+            return;
+        }
+        let (ad, ab) = self.accepted();
+        if self.role != Role::Initializing {
+            // A minority ahead of a majority would otherwise livelock elections.
+            let (d, b) = decree_ballot(&msg);
+            if d == ad + 1 && b >= ab && self.cache.is_empty() {
+                self.learn(from, out);
+            }
+            return;
+        }
+        self.statuses.insert(from, msg);
+        if self.statuses.len() + 1 < self.quorum() {
+            return;
+        }
+        let min_needed = self.cache.front().map(|(_, v)| v.header.decree).filter(|&d| d > ad).unwrap_or(u64::MAX);
+        let logged_higher = |than: (u64, Ballot)| -> Vec<MemberId> {
+            self.statuses
+                .iter()
+                .filter(|(_, m)| matches!(&m.body, Body::StatusResponse(s) if s.min_decree_in_log <= ad) && is_higher(decree_ballot(m), than))
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        let mut candidates = logged_higher((min_needed - 1, ab));
+        if candidates.is_empty() {
+            candidates = logged_higher((ad, ab));
+        }
+        if !candidates.is_empty() {
+            let pick = candidates[self.rng.below(candidates.len() as u64) as usize];
+            return self.learn(pick, out);
+        }
+        if self.statuses.values().any(|m| is_higher(decree_ballot(m), (ad, ab))) {
+            // Someone is ahead but nobody still logs our decree: load a checkpoint that covers
+            // it, or wait for more answers.
+            let with_checkpoint: Vec<(MemberId, u64, u64)> = self
+                .statuses
+                .iter()
+                .filter_map(|(id, m)| match &m.body {
+                    Body::StatusResponse(s) if s.checkpointed_decree >= ad => Some((*id, s.checkpointed_decree, s.checkpoint_size)),
+                    _ => None,
+                })
+                .collect();
+            if !with_checkpoint.is_empty() {
+                let (from, decree, size) = with_checkpoint[self.rng.below(with_checkpoint.len() as u64) as usize];
+                self.loading = Some(from);
+                out.push(Action::FetchCheckpoint { from, decree, size, load: true });
+            }
+            return;
+        }
+        if self.next_election == Micros::MAX {
+            let min_ago = self
+                .statuses
+                .values()
+                .filter_map(|m| match &m.body {
+                    Body::StatusResponse(s) => Some(s.last_received_ago_ms.max(0) as u64),
+                    _ => None,
+                })
+                .min()
+                .unwrap_or(0)
+                .min(now / 1000);
+            self.next_election = now - min_ago * 1000 + self.election_delay;
+        }
+        self.move_to_secondary_or_prepare(now, app, out);
+    }
+
+
+    pub(super) fn learn(&mut self, from: MemberId, out: &mut Vec<Action>) {
+        debug_assert!(self.learning.is_none() && self.role != Role::Primary);
+        self.learning = Some(from);
+        self.candidacy = None;
+        self.role = self.role.min_active();
+        out.push(Action::FetchVotes { from, decree: self.accepted.header.decree });
+    }
+
+
+    pub(super) fn on_learned(&mut self, now: Micros, from: MemberId, records: Vec<Arc<Message>>, app: &mut dyn Application, out: &mut Vec<Action>) {
+        if self.learning != Some(from) {
+            return;
+        }
+        self.learning = None;
+        let learned = self.apply_learned(now, records, out);
+        if !self.members.contains(&self.me) {
+            self.role = Role::Inactive;
+        } else if !learned || self.role == Role::Inactive {
+            self.start_initializing(now, app, out);
+        } else {
+            // The votes cached meanwhile continue from where learning stopped (`drain_cache`).
+            self.become_secondary();
+        }
+    }
+
+
+    /// `LearnVotes`: applies a peer's log from our decree on. Succeeds once it has reached the
+    /// first cached vote.
+    pub(super) fn apply_learned(&mut self, now: Micros, records: Vec<Arc<Message>>, out: &mut Vec<Action>) -> bool {
+        let min_needed = self.cache.front().map(|(_, v)| v.header.decree);
+        let mut last: Option<(u64, Ballot)> = None;
+        for rec in records {
+            if rec.header.config != self.paxos_config.number {
+                return false;
+            }
+            let (d, b) = decree_ballot(&rec);
+            match rec.kind() {
+                MsgKind::Prepare => {
+                    if b > self.max_ballot {
+                        let seq = self.persist(rec, out);
+                        self.set_max_ballot(now, b, seq);
+                    }
+                }
+                MsgKind::Vote => {
+                    let (ad, ab) = self.accepted();
+                    let in_sequence = match last {
+                        Some(l) => is_next((d, b), l) && (d == ad || d == ad + 1),
+                        None => d == ad,
+                    };
+                    if !in_sequence {
+                        return false;
+                    }
+                    let prev = last.replace((d, b));
+                    // The peer's (ad, b) followed by (ad + 1, b) proves (ad, b) chosen. Our vote
+                    // at ad has a ballot at least b, so by Paxos it carries the same value: ours
+                    // is chosen too, and we move on to ad + 1 though its ballot is lower. (The
+                    // original skips it, and such a replica never catches up.)
+                    let proven = b < ab && d == ad + 1 && prev == Some((ad, b));
+                    if b < ab && !proven {
+                        continue;
+                    }
+                    if !is_next((d, b), (ad, ab)) && !proven {
+                        // The original logs a copy under our ballot here, which would mark our
+                        // vote chosen without proof; refusing (and learning again) is safe.
+                        return false;
+                    }
+                    self.log_and_accept(now, rec, proven, out);
+                    if min_needed.is_some_and(|m| m <= d) {
+                        return true;
+                    }
+                }
+                MsgKind::ReconfigurationDecision => {
+                    // The next vote starts the new configuration at its first decree.
+                    if self.log_decision(now, rec, true, None, out) {
+                        last = None;
+                    }
+                }
+                _ => return false,
+            }
+        }
+        false
+    }
+}
