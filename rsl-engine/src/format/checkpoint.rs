@@ -628,13 +628,13 @@ mod tests {
         // that it claimed 128 MiB blocks (00 00 00 08) and this claims 4 GiB - 512.
         let mut file = vec![0u8; 1048];
         let runs: [(usize, &[u8]); 11] = [
-            (0, &[6, 0, 0, 4]),           // v6, header region 1024
-            (86, &[1, 0, 0, 0, b'1']),    // max ballot (1, "1")
-            (166, &[3]),                  // three members with 5-byte host names
+            (0, &[6, 0, 0, 4]),        // v6, header region 1024
+            (86, &[1, 0, 0, 0, b'1']), // max ballot (1, "1")
+            (166, &[3]),               // three members with 5-byte host names
             (240, &[5]),
             (319, &[5]),
             (398, &[5]),
-            (410, &[0x18, 0x04]),         // size 1048
+            (410, &[0x18, 0x04]),             // size 1048
             (418, &[0x00, 0xFE, 0xFF, 0xFF]), // block size 0xFFFFFE00
             // The next vote: v6, 178 bytes, its checksum, magic, type 1, member "1", decree 5,
             // configuration 1, ballot (1, "1").

@@ -159,8 +159,9 @@ impl Checker {
                 self.violate(msg);
             }
         }
+        // The proposer counts once its own write is durable (`vote_acknowledged` then).
         if vote.header.sender == ballot.member {
-            self.proposals.entry((decree, ballot)).or_insert_with(|| (value, vec![ballot.member]));
+            self.proposals.entry((decree, ballot)).or_insert_with(|| (value, Vec::new()));
         }
     }
 

@@ -84,6 +84,8 @@ enum Event {
     Partition { blocked: Vec<(usize, usize)>, until: Micros },
     /// The primary, if any, is asked to relinquish.
     Relinquish,
+    /// The primary, if any, crashes (restarting after `down`), or is cut off with one follower.
+    StrikePrimary { crash: bool, down: Micros, until: Micros },
     /// The primary, if any, is asked to change the configuration to these nodes.
     Reconfigure(Vec<usize>),
     /// Node 0 is asked to bootstrap the first configuration.
@@ -102,7 +104,8 @@ struct Node {
     /// Persists not yet durable, in order, with their sequence numbers.
     pending: VecDeque<(u64, Arc<Message>)>,
     durable_seq: u64,
-    disk_free_at: Micros,
+    /// A flush is in flight (group commit: it covers every record queued before it started).
+    flushing: bool,
     /// Sends waiting for a persist to become durable.
     held: Vec<(u64, Dest, Arc<Message>)>,
     slow_disk: bool,
@@ -171,7 +174,7 @@ impl Sim {
                 durable: Vec::new(),
                 pending: VecDeque::new(),
                 durable_seq: 0,
-                disk_free_at: 0,
+                flushing: false,
                 held: Vec::new(),
                 slow_disk: false,
                 checkpoint: None,
@@ -227,8 +230,15 @@ impl Sim {
         let faults = 3 + self.rng.below(8);
         for _ in 0..faults {
             let at = SEC + self.rng.below(until - SEC);
-            match self.rng.below(if self.cfg.churn { 5 } else { 4 }) {
+            match self.rng.below(if self.cfg.churn { 6 } else { 5 }) {
                 3 => self.schedule(at, Event::Relinquish),
+                5 => {
+                    // Aimed at the leader: values in flight at a change of leader are where
+                    // Paxos earns its keep.
+                    let (down, until) = (50 * MS + self.rng.below(2 * SEC), at + 100 * MS + self.rng.below(3 * SEC));
+                    let crash = self.rng.chance(0.5);
+                    self.schedule(at, Event::StrikePrimary { crash, down, until });
+                }
                 4 => {
                     let size = 1 + self.rng.below(n as u64) as usize;
                     let mut nodes: Vec<usize> = (0..n).collect();
@@ -413,6 +423,11 @@ impl Sim {
                     n.durable.push(record);
                 }
                 n.durable_seq = seq;
+                n.flushing = false;
+                if !n.pending.is_empty() {
+                    self.start_flush(node);
+                }
+                let n = &mut self.nodes[node];
                 let ready: Vec<_> = n.held.iter().filter(|(after, _, _)| *after <= seq).cloned().collect();
                 n.held.retain(|(after, _, _)| *after > seq);
                 for (_, to, msg) in ready {
@@ -473,6 +488,19 @@ impl Sim {
                 }
                 self.apply(0, out);
             }
+            Event::StrikePrimary { crash, down, until } => {
+                let Some(primary) = self.primary() else { return };
+                if crash {
+                    self.crash(primary);
+                    self.schedule(self.now + down, Event::Restart(primary));
+                } else {
+                    let n = self.nodes.len();
+                    let friend = (primary + 1 + self.rng.below(n as u64 - 1) as usize) % n;
+                    let side = |i: usize| i == primary || i == friend;
+                    let blocked = (0..n).flat_map(|a| (0..n).map(move |b| (a, b))).filter(|&(a, b)| side(a) != side(b)).collect();
+                    self.handle(Event::Partition { blocked, until });
+                }
+            }
             Event::Relinquish => {
                 if let Some(node) = self.primary() {
                     self.step(node, Input::RelinquishPrimary);
@@ -507,6 +535,16 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// Writes and syncs everything queued, as one flush.
+    fn start_flush(&mut self, node: usize) {
+        let latency = if self.nodes[node].slow_disk { 5 * MS + self.rng.below(50 * MS) } else { 100 + self.rng.below(2 * MS) };
+        let n = &mut self.nodes[node];
+        let (seq, _) = n.pending.back().expect("something to flush");
+        let (seq, incarnation) = (*seq, n.incarnation);
+        n.flushing = true;
+        self.schedule(self.now + latency, Event::DiskDone { node, incarnation, seq });
     }
 
     fn checkpoint_size(&self, cp: &Checkpoint) -> u64 {
@@ -546,7 +584,7 @@ impl Sim {
         n.durable.extend(kept);
         n.held.clear();
         n.durable_seq = 0;
-        n.disk_free_at = 0;
+        n.flushing = false;
         n.incarnation += 1;
         self.checker.crashed(proc);
     }
@@ -609,12 +647,10 @@ impl Sim {
                             self.schedule(self.now, Event::LogRolled { node, incarnation, first_decree });
                         }
                     }
-                    let latency = if self.nodes[node].slow_disk { 5 * MS + self.rng.below(50 * MS) } else { 100 + self.rng.below(2 * MS) };
-                    let n = &mut self.nodes[node];
-                    n.pending.push_back((seq, record));
-                    n.disk_free_at = n.disk_free_at.max(self.now) + latency;
-                    let (at, incarnation) = (n.disk_free_at, n.incarnation);
-                    self.schedule(at, Event::DiskDone { node, incarnation, seq });
+                    self.nodes[node].pending.push_back((seq, record));
+                    if !self.nodes[node].flushing {
+                        self.start_flush(node);
+                    }
                 }
                 Action::Execute { vote, cookies } => self.checker.executed(proc, &vote, &cookies, self.now),
                 Action::Abort { cookie, .. } => {
