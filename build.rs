@@ -8,10 +8,6 @@ fn main() {
     println!("cargo:rerun-if-changed=rsl-ffi/src");
     println!("cargo:rerun-if-changed=rsl-ffi/cbindgen.toml");
     let config = cbindgen::Config::from_file(ffi.join("cbindgen.toml")).expect("rsl-ffi/cbindgen.toml is valid");
-    let header = cbindgen::Builder::new()
-        .with_crate(&ffi)
-        .with_config(config)
-        .generate()
-        .expect("cbindgen can read rsl-ffi");
+    let header = cbindgen::Builder::new().with_crate(&ffi).with_config(config).generate().expect("cbindgen can read rsl-ffi");
     header.write_to_file(root.join("include/rsl_ffi.h"));
 }

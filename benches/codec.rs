@@ -8,10 +8,8 @@ use std::hint::black_box;
 fn bench(c: &mut Criterion) {
     let id = MemberId::new("replica-1").unwrap();
     let requests: Vec<Bytes> = (0..1000u32).map(|i| Bytes::from(vec![i as u8; 64])).collect();
-    let vote = Message::new(
-        Header::new(Version::V6, id, 42, 1, Ballot::new(7, id)),
-        Body::Vote(VoteBody { requests, ..Default::default() }),
-    );
+    let vote =
+        Message::new(Header::new(Version::V6, id, 42, 1, Ballot::new(7, id)), Body::Vote(VoteBody { requests, ..Default::default() }));
     let encoded = vote.encode(Checksum::Default).unwrap();
     let mut group = c.benchmark_group("vote_1000x64B");
     group.throughput(Throughput::Elements(1000));

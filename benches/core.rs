@@ -318,9 +318,5 @@ fn main() {
         rates.push(rate);
     }
     rates.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    println!(
-        "core: throughput {:.0} requests/s (median of {runs}), best {:.0} requests/s",
-        rates[rates.len() / 2],
-        rates[rates.len() - 1]
-    );
+    println!("core: throughput {:.0} requests/s (median of {runs}), best {:.0} requests/s", rates[rates.len() / 2], rates[rates.len() - 1]);
 }

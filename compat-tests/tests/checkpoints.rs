@@ -3,7 +3,9 @@
 
 use bytes::Bytes;
 use compat_tests::{ballot, golden_or_skip, id, read, u64_at};
-use rsl_engine::format::checkpoint::{header_region_len, CheckpointError, CheckpointHeader, CheckpointReader, CheckpointWriter, DEFAULT_BLOCK_SIZE};
+use rsl_engine::format::checkpoint::{
+    header_region_len, CheckpointError, CheckpointHeader, CheckpointReader, CheckpointWriter, DEFAULT_BLOCK_SIZE,
+};
 use rsl_engine::format::{Body, Header, Message, Version, VoteBody};
 use std::path::Path;
 

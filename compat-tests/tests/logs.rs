@@ -18,8 +18,11 @@ fn check_log(bytes: &Bytes, v: Version) -> LogContents {
     let kinds: Vec<MsgKind> = log.records.iter().map(|r| r.message.kind()).collect();
     use MsgKind::*;
     assert_eq!(kinds, [Vote, Prepare, Vote, Vote, Vote, ReconfigurationDecision]);
-    let summary: Vec<(u64, u32, String)> =
-        log.records.iter().map(|r| (r.message.header.decree, r.message.header.ballot.id, r.message.header.ballot.member.to_string())).collect();
+    let summary: Vec<(u64, u32, String)> = log
+        .records
+        .iter()
+        .map(|r| (r.message.header.decree, r.message.header.ballot.id, r.message.header.ballot.member.to_string()))
+        .collect();
     let expected = [(5, 2, "1"), (5, 3, "2"), (5, 3, "2"), (6, 3, "2"), (7, 3, "2"), (7, 3, "2")];
     assert_eq!(summary, expected.map(|(d, b, m)| (d, b, m.to_string())));
     for r in &log.records {
@@ -58,7 +61,10 @@ fn log_v6() {
     let lens: Vec<usize> = log.records.iter().map(|r| r.raw.len()).collect();
     assert_eq!(lens, [187, 176, 187, 194, 345, 172]);
     let sums: Vec<u64> = log.records.iter().map(|r| u64_at(&r.raw, 6)).collect();
-    assert_eq!(sums, [0x51adc2c3a4ec8675, 0xe6fadb3b9da2397f, 0x4af8d6ff49294171, 0x49eea3e8dd33979f, 0x727a02d71ed8ac5c, 0xd9f2e87793f480e5]);
+    assert_eq!(
+        sums,
+        [0x51adc2c3a4ec8675, 0xe6fadb3b9da2397f, 0x4af8d6ff49294171, 0x49eea3e8dd33979f, 0x727a02d71ed8ac5c, 0xd9f2e87793f480e5]
+    );
     check_rewrite(&bytes, &log);
 }
 

@@ -26,7 +26,14 @@ fn vote_a(v: Version) -> Message {
 #[test]
 fn vote_a_in_every_version() {
     let dir = golden_or_skip!();
-    let expected = [(57, 0x98A52EFBADC620F7u64), (61, 0x24DB5442254C77E5), (66, 0xA141D46D2FFF8B6F), (178, 0x634e99f0c4f0c94f), (179, 0xfc13f2ff937d2574), (187, 0x51ADC2C3A4EC8675)];
+    let expected = [
+        (57, 0x98A52EFBADC620F7u64),
+        (61, 0x24DB5442254C77E5),
+        (66, 0xA141D46D2FFF8B6F),
+        (178, 0x634e99f0c4f0c94f),
+        (179, 0xfc13f2ff937d2574),
+        (187, 0x51ADC2C3A4EC8675),
+    ];
     for (v, (len, sum)) in Version::ALL.into_iter().zip(expected) {
         let bytes = read(&dir, &format!("vote_v{}.bin", v.get()));
         assert_eq!(bytes.len(), len, "{v}");

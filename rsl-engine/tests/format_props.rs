@@ -80,16 +80,18 @@ fn any_vote() -> impl Strategy<Value = Message> {
 }
 
 fn status(v: Version) -> impl Strategy<Value = StatusBody> {
-    (any::<u64>(), ballot(v), any::<i64>(), any::<[u64; 3]>(), ballot(v), any::<u32>()).prop_map(|(qd, qb, ago, [min, cpd, cps], mb, state)| StatusBody {
-        query_decree: qd,
-        query_ballot: qb,
-        last_received_ago_ms: ago,
-        min_decree_in_log: min,
-        checkpointed_decree: cpd,
-        checkpoint_size: cps,
-        max_ballot: mb,
-        state,
-    })
+    (any::<u64>(), ballot(v), any::<i64>(), any::<[u64; 3]>(), ballot(v), any::<u32>()).prop_map(
+        |(qd, qb, ago, [min, cpd, cps], mb, state)| StatusBody {
+            query_decree: qd,
+            query_ballot: qb,
+            last_received_ago_ms: ago,
+            min_decree_in_log: min,
+            checkpointed_decree: cpd,
+            checkpoint_size: cps,
+            max_ballot: mb,
+            state,
+        },
+    )
 }
 
 fn body(v: Version) -> impl Strategy<Value = Body> {

@@ -54,14 +54,8 @@ fn record_line(stdout: &str, offset: usize) -> Vec<String> {
 }
 
 /// formats.md §13.4.
-const LOG_V6: [(usize, &str, u64); 6] = [
-    (0, "Vote", 5),
-    (512, "Prepare", 5),
-    (1024, "Vote", 5),
-    (1536, "Vote", 6),
-    (2048, "Vote", 7),
-    (2560, "ReconfigurationDecision", 7),
-];
+const LOG_V6: [(usize, &str, u64); 6] =
+    [(0, "Vote", 5), (512, "Prepare", 5), (1024, "Vote", 5), (1536, "Vote", 6), (2048, "Vote", 7), (2560, "ReconfigurationDecision", 7)];
 
 #[test]
 fn log_lists_every_record_and_flags_a_flipped_byte() {
@@ -134,7 +128,8 @@ fn log_torn_tail_and_directory_order() {
     std::fs::write(dir.path().join("notes.txt"), b"not a log").unwrap();
     let (ok, doc) = json(&["log", s(dir.path())]);
     assert!(ok);
-    let names: Vec<String> = doc["files"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap().rsplit('/').next().unwrap().into()).collect();
+    let names: Vec<String> =
+        doc["files"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap().rsplit('/').next().unwrap().into()).collect();
     assert_eq!(names, ["9.log", "10.log", "100.log"]);
 }
 
@@ -152,7 +147,10 @@ fn checkpoints_show_their_header_and_blocks() {
     assert_eq!(h["max_ballot"], "(2,1)");
     assert_eq!((h["config"]["number"].as_u64(), h["config"]["initial_decree"].as_u64()), (Some(1), Some(1)));
     assert_eq!(h["config"]["members"].as_array().unwrap().len(), 3);
-    assert_eq!(h["config"]["members"][2], serde_json::json!({"id": "3", "ip": "127.0.0.3", "rsl_port": 20020, "learn_port": 20021, "app_port": null, "host": "host3"}));
+    assert_eq!(
+        h["config"]["members"][2],
+        serde_json::json!({"id": "3", "ip": "127.0.0.3", "rsl_port": 20020, "learn_port": 20021, "app_port": null, "host": "host3"})
+    );
     assert_eq!(h["config"]["cookie_len"], 0);
     assert_eq!((h["state_saved"].as_bool(), h["size"].as_u64(), h["block_size"].as_u64()), (Some(true), Some(1037), Some(4194304)));
     let vote = &h["next_vote"];
@@ -161,8 +159,11 @@ fn checkpoints_show_their_header_and_blocks() {
     assert_eq!(vote["checksum"]["stored"], "0x51adc2c3a4ec8675");
     assert_eq!(vote["checksum"]["verdict"], "OK");
     assert_eq!(doc["data_size"], 5);
-    assert_eq!(doc["blocks"], serde_json::json!([{"offset": 1024, "data_len": 5, "checksum_offset": 1029,
-        "stored": "0x2e68eb152273854b", "computed": "0x2e68eb152273854b", "ok": true}]));
+    assert_eq!(
+        doc["blocks"],
+        serde_json::json!([{"offset": 1024, "data_len": 5, "checksum_offset": 1029,
+        "stored": "0x2e68eb152273854b", "computed": "0x2e68eb152273854b", "ok": true}])
+    );
     let (ok, stdout, _) = text(&["checkpoint", s(&cp)]);
     assert!(ok && stdout.contains("stored=0x2e68eb152273854b") && stdout.contains("data_size: 5"), "{stdout}");
 
@@ -179,7 +180,17 @@ fn checkpoints_show_their_header_and_blocks() {
     assert_eq!((doc["header"]["version"].as_u64(), doc["header"]["size"].as_u64()), (Some(4), Some(4195346)));
     assert_eq!(doc["data_size"], 4194306);
     let blocks = doc["blocks"].as_array().unwrap();
-    let summary: Vec<_> = blocks.iter().map(|b| (b["data_len"].as_u64().unwrap(), b["checksum_offset"].as_u64().unwrap(), b["stored"].as_str().unwrap(), b["ok"].as_bool().unwrap())).collect();
+    let summary: Vec<_> = blocks
+        .iter()
+        .map(|b| {
+            (
+                b["data_len"].as_u64().unwrap(),
+                b["checksum_offset"].as_u64().unwrap(),
+                b["stored"].as_str().unwrap(),
+                b["ok"].as_bool().unwrap(),
+            )
+        })
+        .collect();
     assert_eq!(summary, [(4194296, 4195320, "0x701389df80497f16", true), (10, 4195338, "0x38ab5d06357bea40", true)]);
 
     let (_dir, bad) = corrupt_copy(&cp, 4195346 - 12);
@@ -211,7 +222,10 @@ fn messages_and_packets_decode() {
     assert!(ok, "{doc}");
     assert_eq!((doc["packet"]["size"].as_u64(), doc["packet"]["checksum"].as_str()), (Some(192), Some("OK")));
     let h = &doc["message"];
-    assert_eq!((h["kind"].as_str(), h["sender"].as_str(), h["payload"].as_str()), (Some("VoteAccepted"), Some("2"), Some("0x1122334455667788")));
+    assert_eq!(
+        (h["kind"].as_str(), h["sender"].as_str(), h["payload"].as_str()),
+        (Some("VoteAccepted"), Some("2"), Some("0x1122334455667788"))
+    );
     let (ok, stdout, _) = text(&["message", s(&packet)]);
     assert!(ok && stdout.contains("packet: size=192  checksum=OK") && stdout.contains("kind: VoteAccepted"), "{stdout}");
 

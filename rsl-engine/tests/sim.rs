@@ -4,7 +4,8 @@
 use rsl_engine::sim::{run_seed, SimConfig};
 
 fn run_all(seeds: impl Iterator<Item = (u64, usize)>) {
-    let failures: Vec<String> = seeds.filter_map(|(seed, replicas)| run_seed(SimConfig::new(seed, replicas)).err().map(|e| format!("seed {seed}: {e}"))).collect();
+    let failures: Vec<String> =
+        seeds.filter_map(|(seed, replicas)| run_seed(SimConfig::new(seed, replicas)).err().map(|e| format!("seed {seed}: {e}"))).collect();
     assert!(failures.is_empty(), "{} seeds failed:\n{}", failures.len(), failures.join("\n"));
 }
 

@@ -46,7 +46,11 @@ fn main() -> ExitCode {
     };
     let problems = result.unwrap_or_else(|e| vec![e]);
     problems.iter().for_each(|p| eprintln!("rsl-inspect: {p}"));
-    if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 /// What a command found wrong, one line each, naming the file and the offset.
@@ -87,10 +91,14 @@ impl Tree {
             Tree::Null => return,
             Tree::Node(kids) => kids,
         };
-        let scalars: Option<Vec<String>> = kids.iter().filter(|(_, t)| !matches!(t, Tree::Null)).map(|(k, t)| match t {
-            Tree::Leaf(v) => Some(format!("{k}={v}")),
-            _ => None,
-        }).collect();
+        let scalars: Option<Vec<String>> = kids
+            .iter()
+            .filter(|(_, t)| !matches!(t, Tree::Null))
+            .map(|(k, t)| match t {
+                Tree::Leaf(v) => Some(format!("{k}={v}")),
+                _ => None,
+            })
+            .collect();
         match scalars.map(|s| s.join("  ")) {
             Some(line) if depth > 0 && line.len() <= 120 => println!("{pad}{key}: {}", if line.is_empty() { "none" } else { &line }),
             _ => {
@@ -108,20 +116,36 @@ impl<'de> Deserialize<'de> for Tree {
         struct V;
         impl<'de> de::Visitor<'de> for V {
             type Value = Tree;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result { f.write_str("JSON") }
-            fn visit_bool<E>(self, v: bool) -> Result<Tree, E> { Ok(Tree::Leaf(v.to_string())) }
-            fn visit_u64<E>(self, v: u64) -> Result<Tree, E> { Ok(Tree::Leaf(v.to_string())) }
-            fn visit_i64<E>(self, v: i64) -> Result<Tree, E> { Ok(Tree::Leaf(v.to_string())) }
-            fn visit_str<E>(self, v: &str) -> Result<Tree, E> { Ok(Tree::Leaf(v.into())) }
-            fn visit_unit<E>(self) -> Result<Tree, E> { Ok(Tree::Null) }
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("JSON")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Tree, E> {
+                Ok(Tree::Leaf(v.to_string()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Tree, E> {
+                Ok(Tree::Leaf(v.to_string()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Tree, E> {
+                Ok(Tree::Leaf(v.to_string()))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Tree, E> {
+                Ok(Tree::Leaf(v.into()))
+            }
+            fn visit_unit<E>(self) -> Result<Tree, E> {
+                Ok(Tree::Null)
+            }
             fn visit_seq<A: de::SeqAccess<'de>>(self, mut a: A) -> Result<Tree, A::Error> {
                 let mut kids = Vec::new();
-                while let Some(t) = a.next_element()? { kids.push((format!("[{}]", kids.len()), t)) }
+                while let Some(t) = a.next_element()? {
+                    kids.push((format!("[{}]", kids.len()), t))
+                }
                 Ok(Tree::Node(kids))
             }
             fn visit_map<A: de::MapAccess<'de>>(self, mut a: A) -> Result<Tree, A::Error> {
                 let mut kids = Vec::new();
-                while let Some(kid) = a.next_entry()? { kids.push(kid) }
+                while let Some(kid) = a.next_entry()? {
+                    kids.push(kid)
+                }
                 Ok(Tree::Node(kids))
             }
         }
@@ -135,7 +159,11 @@ fn hex(v: u64) -> String {
 
 fn escape(b: &[u8], max: usize) -> String {
     let s = b[..b.len().min(max)].escape_ascii().to_string();
-    if b.len() > max { s + "..." } else { s }
+    if b.len() > max {
+        s + "..."
+    } else {
+        s
+    }
 }
 
 /// Member ids and ballots with any non-printable bytes escaped.
@@ -155,18 +183,42 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> String + '_ {
 // Pieces shared by the commands. Ballots are shown as "(id,member)".
 
 #[derive(Serialize)]
-struct HeaderOut { kind: String, code: u16, version: u16, length: usize, sender: String, decree: u64, config: u32, ballot: String, payload: String }
+struct HeaderOut {
+    kind: String,
+    code: u16,
+    version: u16,
+    length: usize,
+    sender: String,
+    decree: u64,
+    config: u32,
+    ballot: String,
+    payload: String,
+}
 
 impl HeaderOut {
     fn new(kind: MsgKind, h: &Header, length: usize) -> Self {
         let (kind, code, version, sender) = (format!("{kind:?}"), kind.code(), h.version.get(), id(&h.sender));
-        HeaderOut { kind, code, version, length, sender, decree: h.decree, config: h.config, ballot: ballot(&h.ballot), payload: hex(h.payload) }
+        HeaderOut {
+            kind,
+            code,
+            version,
+            length,
+            sender,
+            decree: h.decree,
+            config: h.config,
+            ballot: ballot(&h.ballot),
+            payload: hex(h.payload),
+        }
     }
 }
 
 /// `verdict` is "OK", "BAD", or "not set" (a stored 0 where a checksum is optional).
 #[derive(Serialize)]
-struct ChecksumOut { stored: String, computed: Option<String>, verdict: &'static str }
+struct ChecksumOut {
+    stored: String,
+    computed: Option<String>,
+    verdict: &'static str,
+}
 
 /// The checksum verdict of the message at the start of `raw`, whose prefix is valid.
 fn checksum_out(raw: &Bytes, optional: bool) -> (ChecksumOut, Option<DecodeError>) {
@@ -182,10 +234,21 @@ fn checksum_out(raw: &Bytes, optional: bool) -> (ChecksumOut, Option<DecodeError
 
 /// A replica; the second port is the learn port from v4 on, the app port before.
 #[derive(Serialize)]
-struct NodeOut { id: String, ip: String, rsl_port: u16, learn_port: Option<u16>, app_port: Option<u16>, host: String }
+struct NodeOut {
+    id: String,
+    ip: String,
+    rsl_port: u16,
+    learn_port: Option<u16>,
+    app_port: Option<u16>,
+    host: String,
+}
 
 #[derive(Serialize)]
-struct MemberSetOut { members: Vec<NodeOut>, cookie_len: usize, cookie: String }
+struct MemberSetOut {
+    members: Vec<NodeOut>,
+    cookie_len: usize,
+    cookie: String,
+}
 
 impl MemberSetOut {
     fn new(set: &MemberSet, v: Version) -> Self {
@@ -205,7 +268,9 @@ impl MemberSetOut {
 // `log`
 
 #[derive(Serialize)]
-struct LogOut { files: Vec<LogFileOut> }
+struct LogOut {
+    files: Vec<LogFileOut>,
+}
 
 #[derive(Serialize)]
 struct LogFileOut {
@@ -425,15 +490,30 @@ struct CheckpointHeaderOut {
 }
 
 #[derive(Serialize)]
-struct ConfigOut { number: u32, initial_decree: u64, #[serde(flatten)] members: MemberSetOut }
+struct ConfigOut {
+    number: u32,
+    initial_decree: u64,
+    #[serde(flatten)]
+    members: MemberSetOut,
+}
 
 #[derive(Serialize)]
-struct BlockOut { offset: u64, data_len: u64, checksum_offset: u64, stored: String, computed: String, ok: bool }
+struct BlockOut {
+    offset: u64,
+    data_len: u64,
+    checksum_offset: u64,
+    stored: String,
+    computed: String,
+    ok: bool,
+}
 
 impl Report for CheckpointOut {
     fn problems(&self) -> Problems {
         let blocks = self.blocks.iter().flatten().enumerate().filter(|(_, b)| !b.ok).map(|(i, b)| {
-            format!("{}: block {i} at offset {}: stored checksum {} (at offset {}), computed {}", self.path, b.offset, b.stored, b.checksum_offset, b.computed)
+            format!(
+                "{}: block {i} at offset {}: stored checksum {} (at offset {}), computed {}",
+                self.path, b.offset, b.stored, b.checksum_offset, b.computed
+            )
         });
         self.error.iter().cloned().chain(blocks).collect()
     }
@@ -464,10 +544,15 @@ fn checkpoint_cmd(path: &Path) -> Result<CheckpointOut, String> {
     match CheckpointReader::open(path).and_then(|r| Ok((r.size(), r.blocks()?))) {
         Ok((size, blocks)) => {
             out.data_size = Some(size);
-            out.blocks = Some(blocks.iter().map(|b| {
-                let (stored, computed, checksum_offset) = (hex(b.stored), hex(b.computed), b.offset + b.data_len);
-                BlockOut { offset: b.offset, data_len: b.data_len, checksum_offset, stored, computed, ok: b.ok() }
-            }).collect());
+            out.blocks = Some(
+                blocks
+                    .iter()
+                    .map(|b| {
+                        let (stored, computed, checksum_offset) = (hex(b.stored), hex(b.computed), b.offset + b.data_len);
+                        BlockOut { offset: b.offset, data_len: b.data_len, checksum_offset, stored, computed, ok: b.ok() }
+                    })
+                    .collect(),
+            );
         }
         // The size field is the 12 bytes before the vote: u64 size, u32 block size.
         Err(e @ CheckpointError::Size { .. }) => out.error = Some(format!("{e} (size field at offset {})", vote_at - 12)),
@@ -486,7 +571,11 @@ fn checkpoint_header_out(h: &CheckpointHeader, l: usize, region: &Bytes) -> Chec
         member: id(&h.member),
         last_executed: h.last_executed,
         max_ballot: ballot(&h.max_ballot),
-        config: v.has_config().then(|| ConfigOut { number: c.number, initial_decree: c.initial_decree, members: MemberSetOut::new(&c.members, v) }),
+        config: v.has_config().then(|| ConfigOut {
+            number: c.number,
+            initial_decree: c.initial_decree,
+            members: MemberSetOut::new(&c.members, v),
+        }),
         state_saved: blocked.then_some(h.state_saved),
         size: blocked.then_some(h.size),
         block_size: blocked.then_some(h.block_size),
@@ -499,22 +588,48 @@ fn checkpoint_header_out(h: &CheckpointHeader, l: usize, region: &Bytes) -> Chec
 
 /// `packet` is set when the file holds a Paxos-port packet rather than a bare message.
 #[derive(Serialize)]
-struct MessageFileOut { path: String, size: usize, packet: Option<PacketOut>, message: Option<MessageOut>, error: Option<String> }
+struct MessageFileOut {
+    path: String,
+    size: usize,
+    packet: Option<PacketOut>,
+    message: Option<MessageOut>,
+    error: Option<String>,
+}
 
 /// `checksum` is "OK" or "BAD".
 #[derive(Serialize)]
-struct PacketOut { size: Option<usize>, checksum: &'static str, error: Option<String> }
+struct PacketOut {
+    size: Option<usize>,
+    checksum: &'static str,
+    error: Option<String>,
+}
 
 #[derive(Serialize)]
-struct MessageOut { offset: usize, #[serde(flatten)] header: HeaderOut, checksum: ChecksumOut, body: BodyOut }
+struct MessageOut {
+    offset: usize,
+    #[serde(flatten)]
+    header: HeaderOut,
+    checksum: ChecksumOut,
+    body: BodyOut,
+}
 
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum BodyOut {
     None,
-    Vote { cookie: String, relinquish: bool, reconfiguration: Option<MemberSetOut>, request_bytes: usize, requests: Vec<String> },
-    Prepare { cookie: String },
-    PrepareAccepted { vote: Box<MessageOut> },
+    Vote {
+        cookie: String,
+        relinquish: bool,
+        reconfiguration: Option<MemberSetOut>,
+        request_bytes: usize,
+        requests: Vec<String>,
+    },
+    Prepare {
+        cookie: String,
+    },
+    PrepareAccepted {
+        vote: Box<MessageOut>,
+    },
     /// `state`: 0 inactive, 1 stable primary, 2 stable secondary, 3 preparing, 4 initializing.
     StatusResponse {
         query_decree: u64,
@@ -526,8 +641,16 @@ enum BodyOut {
         max_ballot: String,
         state: u32,
     },
-    Join { learn_port: u16, min_decree_in_log: u64, checkpointed_decree: u64, checkpoint_size: u64 },
-    Bootstrap { #[serde(flatten)] members: MemberSetOut },
+    Join {
+        learn_port: u16,
+        min_decree_in_log: u64,
+        checkpointed_decree: u64,
+        checkpoint_size: u64,
+    },
+    Bootstrap {
+        #[serde(flatten)]
+        members: MemberSetOut,
+    },
 }
 
 impl MessageOut {
@@ -554,7 +677,8 @@ impl Report for MessageFileOut {
 fn message_cmd(path: &Path) -> Result<MessageFileOut, String> {
     let data = Bytes::from(std::fs::read(path).map_err(io_err(path))?);
     // A message starts with its version and has the magic at 14; a packet starts with its size.
-    let is_message = data.len() >= 18 && Version::new(u16::from_le_bytes([data[0], data[1]])).is_some() && data[14..18] == MAGIC.to_le_bytes();
+    let is_message =
+        data.len() >= 18 && Version::new(u16::from_le_bytes([data[0], data[1]])).is_some() && data[14..18] == MAGIC.to_le_bytes();
     let packet = (!is_message).then(|| {
         let (size, error) = match packet::decode(&data, packet::DEFAULT_MAX_PACKET) {
             Ok(Frame::Packet { consumed, .. }) => (Some(consumed), None),
@@ -592,9 +716,27 @@ fn message_out(m: &Message, raw: &Bytes, at: usize) -> MessageOut {
             let inner = Header::size(v); // the embedded vote follows the outer header
             BodyOut::PrepareAccepted { vote: Box::new(message_out(vote, &raw.slice(inner..), at + inner)) }
         }
-        &Body::StatusResponse(StatusBody { query_decree, query_ballot, last_received_ago_ms, min_decree_in_log, checkpointed_decree, checkpoint_size, max_ballot, state }) => {
+        &Body::StatusResponse(StatusBody {
+            query_decree,
+            query_ballot,
+            last_received_ago_ms,
+            min_decree_in_log,
+            checkpointed_decree,
+            checkpoint_size,
+            max_ballot,
+            state,
+        }) => {
             let (query_ballot, max_ballot) = (ballot(&query_ballot), ballot(&max_ballot));
-            BodyOut::StatusResponse { query_decree, query_ballot, last_received_ago_ms, min_decree_in_log, checkpointed_decree, checkpoint_size, max_ballot, state }
+            BodyOut::StatusResponse {
+                query_decree,
+                query_ballot,
+                last_received_ago_ms,
+                min_decree_in_log,
+                checkpointed_decree,
+                checkpoint_size,
+                max_ballot,
+                state,
+            }
         }
         &Body::Join(JoinBody { learn_port, min_decree_in_log, checkpointed_decree, checkpoint_size }) => {
             BodyOut::Join { learn_port, min_decree_in_log, checkpointed_decree, checkpoint_size }

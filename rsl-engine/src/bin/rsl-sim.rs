@@ -32,7 +32,15 @@ fn main() -> ExitCode {
                 decrees += report.decrees;
                 reconfigurations += report.configurations.saturating_sub(1) as u64;
                 acked += report.acknowledged;
-                for (total, n) in events.iter_mut().zip([report.elections, report.relinquished, report.crashes, report.learned, report.checkpoints_saved, report.checkpoints_loaded, report.checkpoints_copied]) {
+                for (total, n) in events.iter_mut().zip([
+                    report.elections,
+                    report.relinquished,
+                    report.crashes,
+                    report.learned,
+                    report.checkpoints_saved,
+                    report.checkpoints_loaded,
+                    report.checkpoints_copied,
+                ]) {
                     *total += n;
                 }
             }
@@ -50,5 +58,9 @@ fn main() -> ExitCode {
         cli.seeds,
         started.elapsed().as_secs_f64()
     );
-    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

@@ -133,18 +133,18 @@ impl CheckpointHeader {
         let last_executed = r.u64("last executed decree")?;
         let max_ballot = Ballot::decode(&mut r, version)?;
         let config = ConfigInfo::decode(&mut r, version)?;
-        let (state_saved, size, block_size) = if version.has_string_ids() {
-            (r.bool("state saved")?, r.u64("checkpoint size")?, r.u32("block size")?)
-        } else {
-            (true, 0, 0)
-        };
+        let (state_saved, size, block_size) =
+            if version.has_string_ids() { (r.bool("state saved")?, r.u64("checkpoint size")?, r.u32("block size")?) } else { (true, 0, 0) };
         let vote_at = r.pos();
         let next_vote = decode_vote(buf, vote_at, region)?;
-        let header =
-            CheckpointHeader { version, member, last_executed, max_ballot, config, state_saved, size, block_size, next_vote };
+        let header = CheckpointHeader { version, member, last_executed, max_ballot, config, state_saved, size, block_size, next_vote };
         if header.max_ballot < header.next_vote.header.ballot {
             // The original asserts during replay; we reject the header.
-            return Err(DecodeError::Malformed { what: "max ballot", offset: 14 + version.member_id_size() + 8, detail: "below the next vote's ballot" });
+            return Err(DecodeError::Malformed {
+                what: "max ballot",
+                offset: 14 + version.member_id_size() + 8,
+                detail: "below the next vote's ballot",
+            });
         }
         let vote_len = u32::from_le_bytes(buf[vote_at + 2..vote_at + 6].try_into().expect("vote prefix parsed")) as usize;
         let l = header.data_offset(vote_len);
@@ -207,10 +207,10 @@ impl CheckpointError {
     /// The Win32 error code RSL's checkpoint stream methods return for this error.
     pub fn win32_code(&self) -> u32 {
         match self {
-            CheckpointError::Eof => 38,                                        // ERROR_HANDLE_EOF
+            CheckpointError::Eof => 38,                                             // ERROR_HANDLE_EOF
             CheckpointError::InvalidPosition(_) | CheckpointError::Encode(_) => 87, // ERROR_INVALID_PARAMETER
-            CheckpointError::Io { .. } => 31,                                  // ERROR_GEN_FAILURE
-            _ => 23,                                                          // ERROR_CRC
+            CheckpointError::Io { .. } => 31,                                       // ERROR_GEN_FAILURE
+            _ => 23,                                                                // ERROR_CRC
         }
     }
 }
@@ -288,9 +288,8 @@ impl CheckpointReader {
         } else {
             header.size = file_size;
         }
-        let layout = Layout::new(&header, data_offset as u64, file_size).map_err(|detail| {
-            header_err(DecodeError::Malformed { what: "checkpoint size", offset: 0, detail })
-        })?;
+        let layout = Layout::new(&header, data_offset as u64, file_size)
+            .map_err(|detail| header_err(DecodeError::Malformed { what: "checkpoint size", offset: 0, detail }))?;
         Ok(CheckpointReader { file, path: path.into(), header, layout, pos: 0, window_start: 0, window: Vec::new() })
     }
 

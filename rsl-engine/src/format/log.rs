@@ -152,9 +152,7 @@ fn tail_or_error(data: &Bytes, offset: usize, extent: usize, error: DecodeError)
 /// checksum, if any.
 fn later_valid_record(data: &Bytes, offset: usize) -> Option<usize> {
     (offset + PAGE..data.len()).step_by(PAGE).find(|&at| {
-        data.len() - at >= PAGE
-            && parse_record_header(&data[at..at + PAGE]).is_ok()
-            && message::verify_checksum(&data[at..]).is_ok()
+        data.len() - at >= PAGE && parse_record_header(&data[at..at + PAGE]).is_ok() && message::verify_checksum(&data[at..]).is_ok()
     })
 }
 

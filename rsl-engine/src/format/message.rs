@@ -510,7 +510,8 @@ mod tests {
 
     #[test]
     fn vote_a_checksums_match_the_spec() {
-        let expect = [(Version::V1, 57, 0x98A52EFBADC620F7u64), (Version::V3, 66, 0xA141D46D2FFF8B6F), (Version::V6, 187, 0x51ADC2C3A4EC8675)];
+        let expect =
+            [(Version::V1, 57, 0x98A52EFBADC620F7u64), (Version::V3, 66, 0xA141D46D2FFF8B6F), (Version::V6, 187, 0x51ADC2C3A4EC8675)];
         for (v, len, sum) in expect {
             let bytes = vote_a(v).encode(Checksum::Default).unwrap();
             assert_eq!(bytes.len(), len);

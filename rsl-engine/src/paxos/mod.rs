@@ -50,29 +50,50 @@ pub enum AbortReason {
 /// complete in order.
 #[derive(Clone, Debug)]
 pub enum Action {
-    Send { to: Dest, msg: Arc<Message>, after: u64 },
+    Send {
+        to: Dest,
+        msg: Arc<Message>,
+        after: u64,
+    },
     /// Append a log record (a Vote, Prepare or ReconfigurationDecision); `seq` counts persists
     /// from 1 and is what `Input::Durable` acknowledges.
-    Persist { seq: u64, record: Arc<Message> },
+    Persist {
+        seq: u64,
+        record: Arc<Message>,
+    },
     /// Run a chosen decree. `cookies` holds, in request order, this replica's cookies for the
     /// vote's requests when it proposed them (empty elsewhere).
-    Execute { vote: Arc<Message>, cookies: Vec<Cookie> },
+    Execute {
+        vote: Arc<Message>,
+        cookies: Vec<Cookie>,
+    },
     /// A request's cookie, or a `ChangeConfiguration` cookie (`AbortChangeConfiguration`),
     /// comes back unexecuted.
-    Abort { cookie: Cookie, reason: AbortReason },
-    NotifyStatus { primary: bool },
+    Abort {
+        cookie: Cookie,
+        reason: AbortReason,
+    },
+    NotifyStatus {
+        primary: bool,
+    },
     /// The decree the new primary re-proposed has executed: state now reflects everything
     /// earlier primaries passed.
     NotifyPrimaryRecovered,
     /// Fetch the votes from `decree` on from `from`'s log (the learn port's FetchVotes); answer
     /// with `Input::Learned`.
-    FetchVotes { from: MemberId, decree: u64 },
+    FetchVotes {
+        from: MemberId,
+        decree: u64,
+    },
     /// The primary's relinquish vote was chosen: raise `ShutDown` and stop this replica (the
     /// original exits the process).
     ShutDown,
     /// The state's configuration changed: a reconfiguration decree executed (`cookie` is the
     /// `ChangeConfiguration` cookie on the replica that asked), or the replica was bootstrapped.
-    ConfigurationChanged { config: ConfigInfo, cookie: Option<Cookie> },
+    ConfigurationChanged {
+        config: ConfigInfo,
+        cookie: Option<Cookie>,
+    },
     /// Persist the highest defunct configuration number (`defunct.txt`).
     Defunct(u32),
     /// Save the application's state as of `checkpoint.decree` (every `Execute` before this
@@ -82,7 +103,12 @@ pub enum Action {
     /// With `load`, answer `Input::CheckpointFetched` (the core then decides whether to load
     /// it); without, keep it as this replica's own checkpoint (the primary copies instead of
     /// saving) and answer `Input::CheckpointSaved`, or `CheckpointFetched(None)` on failure.
-    FetchCheckpoint { from: MemberId, decree: u64, size: u64, load: bool },
+    FetchCheckpoint {
+        from: MemberId,
+        decree: u64,
+        size: u64,
+        load: bool,
+    },
     /// Replace the application's state with this fetched checkpoint's (the original exits the
     /// process and loads it at restart instead), keep the file as this replica's checkpoint,
     /// and start a new log: its first record is the `Persist` that follows.
@@ -124,11 +150,17 @@ impl Application for AcceptAll {}
 pub enum Input {
     /// Time passed; timers are checked against `now`.
     Tick,
-    Message { from: MemberId, msg: Arc<Message> },
+    Message {
+        from: MemberId,
+        msg: Arc<Message>,
+    },
     /// Every persist up to this sequence number is durable.
     Durable(u64),
     /// The records a `FetchVotes` returned, in log order (empty: nothing could be fetched).
-    Learned { from: MemberId, records: Vec<Arc<Message>> },
+    Learned {
+        from: MemberId,
+        records: Vec<Arc<Message>>,
+    },
     /// `AttemptPromotion`: stand for election at the next opportunity.
     AttemptPromotion,
     /// `RelinquishPrimary` (v5+, primary only): a last, empty vote; once it is chosen the
@@ -139,10 +171,16 @@ pub enum Input {
     /// The driver started a new log file whose first vote is for `first_decree` (the log grew
     /// past its size limit, or a time-based checkpoint is due); the checkpoint policy of
     /// api-behavior §2.14 decides what follows.
-    LogRolled { first_decree: u64 },
+    LogRolled {
+        first_decree: u64,
+    },
     /// A checkpoint of `decree` is on disk (saved, or copied from a peer), and the logs now
     /// start at `min_decree_in_log`.
-    CheckpointSaved { decree: u64, size: u64, min_decree_in_log: u64 },
+    CheckpointSaved {
+        decree: u64,
+        size: u64,
+        min_decree_in_log: u64,
+    },
     /// A checkpoint asked for with `FetchCheckpoint` arrived intact, with its size; `None`:
     /// the fetch failed.
     CheckpointFetched(Option<(Checkpoint, u64)>),

@@ -222,7 +222,10 @@ impl Checker {
         let decree = self.request_decree[&last];
         for proc in live {
             if self.executed.get(proc).is_none_or(|d| *d < decree) {
-                let msg = format!("durability: {proc:?} has not executed decree {decree} (request {last}), reached {:?}", self.executed.get(proc));
+                let msg = format!(
+                    "durability: {proc:?} has not executed decree {decree} (request {last}), reached {:?}",
+                    self.executed.get(proc)
+                );
                 self.violate(msg);
             }
         }

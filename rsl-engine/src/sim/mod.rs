@@ -8,10 +8,10 @@ pub mod checker;
 use crate::format::{Ballot, Body, ConfigInfo, MemberId, MemberSet, Message, MsgKind, Node as MemberNode};
 use crate::paxos::{Action, Application, Checkpoint, CoreConfig, Dest, Input, Micros, Replica, SplitMix64, MS, SEC};
 use bytes::{BufMut, Bytes, BytesMut};
-use std::net::Ipv4Addr;
 use checker::{Checker, Proc};
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, VecDeque};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 /// The shape of one simulated run.
@@ -76,23 +76,56 @@ pub fn sim_core_config() -> CoreConfig {
 
 #[derive(Debug)]
 enum Event {
-    Deliver { to: usize, from: usize, msg: Arc<Message> },
-    DiskDone { node: usize, incarnation: u32, seq: u64 },
-    Learned { node: usize, incarnation: u32, from: usize, records: Vec<Arc<Message>> },
+    Deliver {
+        to: usize,
+        from: usize,
+        msg: Arc<Message>,
+    },
+    DiskDone {
+        node: usize,
+        incarnation: u32,
+        seq: u64,
+    },
+    Learned {
+        node: usize,
+        incarnation: u32,
+        from: usize,
+        records: Vec<Arc<Message>>,
+    },
     Crash(usize),
     Restart(usize),
-    Partition { blocked: Vec<(usize, usize)>, until: Micros },
+    Partition {
+        blocked: Vec<(usize, usize)>,
+        until: Micros,
+    },
     /// The primary, if any, is asked to relinquish.
     Relinquish,
     /// The primary, if any, crashes (restarting after `down`), or is cut off with one follower.
-    StrikePrimary { crash: bool, down: Micros, until: Micros },
+    StrikePrimary {
+        crash: bool,
+        down: Micros,
+        until: Micros,
+    },
     /// The primary, if any, is asked to change the configuration to these nodes.
     Reconfigure(Vec<usize>),
     /// Node 0 is asked to bootstrap the first configuration.
     Bootstrap,
-    LogRolled { node: usize, incarnation: u32, first_decree: u64 },
-    CheckpointWritten { node: usize, incarnation: u32, cp: Checkpoint },
-    CheckpointFetched { node: usize, incarnation: u32, fetched: Option<(Checkpoint, u64)>, load: bool },
+    LogRolled {
+        node: usize,
+        incarnation: u32,
+        first_decree: u64,
+    },
+    CheckpointWritten {
+        node: usize,
+        incarnation: u32,
+        cp: Checkpoint,
+    },
+    CheckpointFetched {
+        node: usize,
+        incarnation: u32,
+        fetched: Option<(Checkpoint, u64)>,
+        load: bool,
+    },
     Heal,
 }
 
@@ -363,8 +396,10 @@ impl Sim {
         if self.checker.violations().is_empty() {
             let newest = self.nodes.iter().filter_map(|n| n.replica.as_ref()).map(|r| r.paxos_configuration()).max_by_key(|c| c.number);
             let members: Vec<MemberId> = newest.map(|c| c.members.nodes.iter().map(|n| n.id).collect()).unwrap_or_default();
-            let live: Vec<Proc> =
-                (0..self.nodes.len()).filter(|&i| self.nodes[i].replica.is_some() && members.contains(&self.nodes[i].id)).map(|i| self.proc(i)).collect();
+            let live: Vec<Proc> = (0..self.nodes.len())
+                .filter(|&i| self.nodes[i].replica.is_some() && members.contains(&self.nodes[i].id))
+                .map(|i| self.proc(i))
+                .collect();
             self.checker.check_progress(self.healed_at.unwrap_or(end), &live);
         }
         let mut violations = self.checker.violations().to_vec();
@@ -372,7 +407,8 @@ impl Sim {
             violations.push(format!("state at {}us: {}", self.now, self.describe()));
         }
         let [elections, relinquished, crashes, learned, checkpoints_saved, checkpoints_loaded, checkpoints_copied] = self.counts;
-        let configurations = self.nodes.iter().filter_map(|n| n.replica.as_ref()).map(|r| r.paxos_configuration().number).max().unwrap_or(0);
+        let configurations =
+            self.nodes.iter().filter_map(|n| n.replica.as_ref()).map(|r| r.paxos_configuration().number).max().unwrap_or(0);
         Report {
             decrees: self.checker.decrees(),
             acknowledged: self.checker.acknowledged(),
@@ -395,7 +431,12 @@ impl Sim {
             match &n.replica {
                 Some(r) => {
                     let (d, b) = r.accepted();
-                    out += &format!("\n    node {i}: {:?} accepted ({d},{b}) promised {} next_execute {}", r.role(), r.max_ballot(), r.next_execute());
+                    out += &format!(
+                        "\n    node {i}: {:?} accepted ({d},{b}) promised {} next_execute {}",
+                        r.role(),
+                        r.max_ballot(),
+                        r.next_execute()
+                    );
                 }
                 None => out += &format!("\n    node {i}: down"),
             }
@@ -690,7 +731,8 @@ impl Sim {
                 }
                 Action::FetchCheckpoint { from, decree, load, .. } => {
                     let src = self.nodes.iter().position(|n| n.id == from).expect("a member");
-                    let reachable = self.nodes[src].replica.is_some() && !self.blocked.contains(&(node, src)) && !self.blocked.contains(&(src, node));
+                    let reachable =
+                        self.nodes[src].replica.is_some() && !self.blocked.contains(&(node, src)) && !self.blocked.contains(&(src, node));
                     let fetched = self.nodes[src].checkpoint.clone().filter(|(cp, _)| reachable && cp.decree == decree);
                     let at = self.now + MS + self.rng.below(self.cfg.max_delay);
                     let incarnation = self.nodes[node].incarnation;
@@ -733,11 +775,12 @@ impl Sim {
         let logged = |d: u64, b: Ballot| {
             b.is_empty()
                 || n.durable.iter().any(|r| r.kind() == MsgKind::Vote && (r.header.decree, r.header.ballot) == (d, b))
-                || n.checkpoint.as_ref().is_some_and(|(cp, _)| (cp.next_vote.header.decree, cp.next_vote.header.ballot) == (d, b) || cp.decree >= d)
+                || n.checkpoint
+                    .as_ref()
+                    .is_some_and(|(cp, _)| (cp.next_vote.header.decree, cp.next_vote.header.ballot) == (d, b) || cp.decree >= d)
         };
-        let promised = |b: Ballot| {
-            n.durable.iter().any(|r| r.header.ballot >= b) || n.checkpoint.as_ref().is_some_and(|(cp, _)| cp.max_ballot >= b)
-        };
+        let promised =
+            |b: Ballot| n.durable.iter().any(|r| r.header.ballot >= b) || n.checkpoint.as_ref().is_some_and(|(cp, _)| cp.max_ballot >= b);
         let (d, b) = (msg.header.decree, msg.header.ballot);
         let missing = match &msg.body {
             Body::VoteAccepted => !logged(d, b),

@@ -4,7 +4,6 @@
 use super::*;
 
 impl Replica {
-
     /// Votes cached while initializing are handled as soon as the replica is out of it.
     pub(super) fn drain_cache(&mut self, now: Micros, app: &mut dyn Application, out: &mut Vec<Action>) {
         while self.role != Role::Initializing {
@@ -15,7 +14,6 @@ impl Replica {
             self.cache_bytes = 0;
         }
     }
-
 
     /// `LogAndAcceptVote`: the vote becomes the highest accepted one; if it is the next decree
     /// at the same ballot (or `proven`: learning showed our decree chosen), the one it follows
@@ -47,7 +45,6 @@ impl Replica {
         self.maybe_save(out);
     }
 
-
     pub(super) fn accept_check(&mut self, app: &mut dyn Application, from: &MemberId, cookie: &[u8]) -> bool {
         if self.cfg.use_global_accept_flag {
             self.accept_flag
@@ -55,7 +52,6 @@ impl Replica {
             app.accept_message(from, cookie)
         }
     }
-
 
     pub(super) fn cache_vote(&mut self, from: MemberId, vote: Arc<Message>) {
         if let Some((_, tail)) = self.cache.back() {
@@ -71,7 +67,6 @@ impl Replica {
             self.cache_bytes = 0;
         }
     }
-
 
     /// `HandleNewVotes` for one vote (api-behavior §2.8).
     pub(super) fn on_vote(&mut self, now: Micros, from: MemberId, vote: Arc<Message>, app: &mut dyn Application, out: &mut Vec<Action>) {
@@ -115,7 +110,6 @@ impl Replica {
         self.become_secondary();
     }
 
-
     pub(super) fn become_secondary(&mut self) {
         debug_assert_ne!(self.role, Role::Primary, "step down first");
         debug_assert!(self.members.contains(&self.me), "only a member follows");
@@ -124,7 +118,6 @@ impl Replica {
         self.force_reelection = false;
         self.action_deadline = Micros::MAX;
     }
-
 
     /// `HandlePrepareMsg` (api-behavior §2.8).
     pub(super) fn on_prepare(&mut self, now: Micros, from: MemberId, prep: Arc<Message>, app: &mut dyn Application, out: &mut Vec<Action>) {
@@ -166,7 +159,6 @@ impl Replica {
         }
     }
 
-
     /// `HandleNotAcceptedMsg`.
     pub(super) fn on_not_accepted(&mut self, now: Micros, msg: &Message, app: &mut dyn Application, out: &mut Vec<Action>) {
         let (d, b) = decree_ballot(msg);
@@ -180,7 +172,10 @@ impl Replica {
                 self.step_down(out);
             }
             // Adopt the promise, as a Prepare record.
-            let prep = Message::new(Header::new(msg.header.version, msg.header.sender, d, self.paxos_config.number, b), Body::Prepare(Bytes::new()));
+            let prep = Message::new(
+                Header::new(msg.header.version, msg.header.sender, d, self.paxos_config.number, b),
+                Body::Prepare(Bytes::new()),
+            );
             let seq = self.persist(Arc::new(prep), out);
             self.set_max_ballot(now, b, seq);
             self.become_secondary();

@@ -4,10 +4,15 @@
 use super::*;
 
 impl Replica {
-
     /// `ChangeConfiguration` (v3+, primary only): a reconfiguration vote, never batched with
     /// anything. `cookie` comes back through `ConfigurationChanged` or an abort.
-    pub fn change_configuration(&mut self, now: Micros, members: MemberSet, cookie: Cookie, out: &mut Vec<Action>) -> Result<(), SubmitError> {
+    pub fn change_configuration(
+        &mut self,
+        now: Micros,
+        members: MemberSet,
+        cookie: Cookie,
+        out: &mut Vec<Action>,
+    ) -> Result<(), SubmitError> {
         if !self.version.has_config() {
             return Err(SubmitError::Unsupported);
         }
@@ -24,9 +29,15 @@ impl Replica {
         Ok(())
     }
 
-
     /// `ReplicateRequest` (or, with `exclusive`, `ReplicateRequestExclusiveVote`).
-    pub fn submit(&mut self, now: Micros, request: Bytes, cookie: Cookie, exclusive: bool, out: &mut Vec<Action>) -> Result<(), SubmitError> {
+    pub fn submit(
+        &mut self,
+        now: Micros,
+        request: Bytes,
+        cookie: Cookie,
+        exclusive: bool,
+        out: &mut Vec<Action>,
+    ) -> Result<(), SubmitError> {
         if request.is_empty() {
             return Err(SubmitError::InvalidRequest);
         }
@@ -53,7 +64,6 @@ impl Replica {
         Ok(())
     }
 
-
     pub(super) fn on_vote_accepted(&mut self, now: Micros, from: MemberId, msg: &Message, out: &mut Vec<Action>) {
         if self.role != Role::Primary {
             return;
@@ -67,7 +77,6 @@ impl Replica {
         }
         self.check_chosen(now, out);
     }
-
 
     /// The outstanding vote is chosen once this replica's own write is durable and a quorum
     /// counting it has accepted.
@@ -110,7 +119,6 @@ impl Replica {
         self.send_next(now, out);
     }
 
-
     /// `RelinquishPrimary`: queues the last vote, closed to appending (unlike the original,
     /// whose later requests could join it and never return their cookies).
     pub(super) fn relinquish(&mut self, now: Micros, out: &mut Vec<Action>) {
@@ -122,7 +130,6 @@ impl Replica {
         self.send_next(now, out);
     }
 
-
     /// Proposes the next queued vote if none is outstanding.
     pub(super) fn send_next(&mut self, now: Micros, out: &mut Vec<Action>) {
         if self.role != Role::Primary || self.outstanding.is_some() || !self.is_primary || self.relinquishing {
@@ -133,9 +140,15 @@ impl Replica {
         }
     }
 
-
     /// `SendNextVote`: stamps the vote, persists it, and sends it in parallel.
-    pub(super) fn propose(&mut self, now: Micros, body: VoteBody, cookies: Vec<Cookie>, config_cookie: Option<Cookie>, out: &mut Vec<Action>) {
+    pub(super) fn propose(
+        &mut self,
+        now: Micros,
+        body: VoteBody,
+        cookies: Vec<Cookie>,
+        config_cookie: Option<Cookie>,
+        out: &mut Vec<Action>,
+    ) {
         assert!(self.role == Role::Primary && self.outstanding.is_none(), "one outstanding vote");
         assert_eq!(self.max_ballot.member, self.me, "only the ballot's owner proposes");
         let (ad, ab) = self.accepted();
@@ -150,7 +163,6 @@ impl Replica {
         self.last_proposed = now;
         self.check_chosen(now, out);
     }
-
 
     /// Leaving the primary role: everything not yet chosen goes back to the application.
     pub(super) fn step_down(&mut self, out: &mut Vec<Action>) {
@@ -173,7 +185,6 @@ impl Replica {
         self.action_deadline = Micros::MAX;
     }
 
-
     pub(super) fn on_prepare_accepted(&mut self, now: Micros, from: MemberId, msg: &Message, out: &mut Vec<Action>) {
         let current = (self.accepted.header.decree, self.max_ballot);
         let (Some(c), Body::PrepareAccepted(vote)) = (&mut self.candidacy, &msg.body) else { return };
@@ -190,7 +201,6 @@ impl Replica {
         c.promises.insert(from);
         self.check_prepared(now, out);
     }
-
 
     pub(super) fn check_prepared(&mut self, now: Micros, out: &mut Vec<Action>) {
         let needed = self.quorum() - 1;
@@ -210,7 +220,6 @@ impl Replica {
         self.recovering = Some(self.accepted.header.decree);
         self.propose(now, body, Vec::new(), None, out);
     }
-
 
     pub(super) fn start_preparing(&mut self, now: Micros, out: &mut Vec<Action>) {
         let mut ballot = Ballot::new(self.max_ballot.id.saturating_add(1), self.me);

@@ -4,19 +4,16 @@
 use super::*;
 
 impl Replica {
-
     /// Sets the highest defunct configuration number read from `defunct.txt` at start-up.
     pub fn restore_defunct(&mut self, highest: u32) {
         assert_eq!(self.persist_seq, 0, "restore comes before start");
         self.highest_defunct = highest;
     }
 
-
     /// The configuration the state is in (`GetConfiguration`).
     pub fn configuration(&self) -> &ConfigInfo {
         &self.state_config
     }
-
 
     /// A vote with a real ballot has been accepted, or the decree is past the first: what
     /// `Bootstrap` waits for.
@@ -24,17 +21,21 @@ impl Replica {
         self.paxos_config.number > 0 && (self.accepted.header.ballot.id > 0 || self.accepted.header.decree > 1)
     }
 
-
     /// `Bootstrap` (v4+): gives a replica that has no configuration its first one. Validated
     /// as the original does; the set is then persisted as configuration 1 and sent to the
     /// other members until this replica has taken part in a vote.
-    pub fn bootstrap(&mut self, now: Micros, members: MemberSet, app: &mut dyn Application, out: &mut Vec<Action>) -> Result<(), BootstrapError> {
+    pub fn bootstrap(
+        &mut self,
+        now: Micros,
+        members: MemberSet,
+        app: &mut dyn Application,
+        out: &mut Vec<Action>,
+    ) -> Result<(), BootstrapError> {
         self.accept_bootstrap(members)?;
         self.bootstrap_resend = now;
         self.check_bootstrap(now, app, out);
         Ok(())
     }
-
 
     pub(super) fn accept_bootstrap(&mut self, members: MemberSet) -> Result<(), BootstrapError> {
         let ids: BTreeSet<MemberId> = members.nodes.iter().map(|n| n.id).collect();
@@ -47,7 +48,10 @@ impl Replica {
         let same = |known: &MemberSet| {
             known.nodes.len() == members.nodes.len()
                 && known.nodes.iter().all(|k| {
-                    members.nodes.iter().any(|n| n.id == k.id && n.ip == k.ip && n.rsl_port == k.rsl_port && n.host_name.eq_ignore_ascii_case(&k.host_name))
+                    members
+                        .nodes
+                        .iter()
+                        .any(|n| n.id == k.id && n.ip == k.ip && n.rsl_port == k.rsl_port && n.host_name.eq_ignore_ascii_case(&k.host_name))
                 })
         };
         let known = if self.paxos_config.number > 0 { Some(&self.paxos_config.members) } else { self.bootstrap.as_ref() };
@@ -57,7 +61,6 @@ impl Replica {
         self.bootstrap = Some(members);
         Ok(())
     }
-
 
     /// `CheckBootstrap` + `PersistMemberSet`: configuration 1 from decree 1, recorded by a
     /// checkpoint of decree 0 that holds no state.
@@ -70,7 +73,13 @@ impl Replica {
         self.accepted = placeholder(self.version, 1, 1);
         self.next_execute = 1;
         self.saving = true;
-        let cp = Checkpoint { decree: 0, next_vote: self.accepted.clone(), max_ballot: Ballot::EMPTY, config: config.clone(), state_saved: false };
+        let cp = Checkpoint {
+            decree: 0,
+            next_vote: self.accepted.clone(),
+            max_ballot: Ballot::EMPTY,
+            config: config.clone(),
+            state_saved: false,
+        };
         out.push(Action::SaveCheckpoint(cp));
         self.state_config = config.clone();
         self.set_paxos_config(config.clone());
@@ -79,10 +88,16 @@ impl Replica {
         self.start_initializing(now, app, out);
     }
 
-
     /// `LogReconfigurationDecision`: when it decides our accepted vote, log it (unless
     /// replaying), execute the vote and switch to the new configuration.
-    pub(super) fn log_decision(&mut self, now: Micros, decision: Arc<Message>, persist: bool, cookie: Option<Cookie>, out: &mut Vec<Action>) -> bool {
+    pub(super) fn log_decision(
+        &mut self,
+        now: Micros,
+        decision: Arc<Message>,
+        persist: bool,
+        cookie: Option<Cookie>,
+        out: &mut Vec<Action>,
+    ) -> bool {
         let (d, b) = decree_ballot(&decision);
         let members = self.accepted.as_vote().and_then(|v| v.reconfig.clone());
         let Some(members) = members.filter(|_| (d, b) == self.accepted() && decision.header.config == self.paxos_config.number) else {
@@ -101,7 +116,6 @@ impl Replica {
         true
     }
 
-
     /// `ChangePaxosConfiguration`: ballots restart above the old ones with an empty accepted
     /// vote at the new configuration's first decree; members find the ring at the next tick.
     pub(super) fn switch_config(&mut self, now: Micros, config: ConfigInfo) {
@@ -119,7 +133,6 @@ impl Replica {
         self.action_deadline = now;
     }
 
-
     /// A configuration not yet known to be established is announced with Join messages to its
     /// members, also by replicas it left out: that is how members that missed the decision
     /// (or never had a log) learn about it.
@@ -127,15 +140,14 @@ impl Replica {
         self.paxos_config.number > self.highest_defunct + 1
     }
 
-
-
     /// `VerifyMessage` (api-behavior §2.17.5 with erratum D7): a message of a defunct
     /// configuration is answered with DefunctConfiguration, one of a newer configuration with
     /// a JoinRequest, and anything else must come from another member of ours.
     pub(super) fn admit(&mut self, from: &MemberId, msg: &Message, out: &mut Vec<Action>) -> bool {
         let config = msg.header.config;
         if config <= self.highest_defunct {
-            let defunct = Message::new(Header::new(self.version, self.me, 0, self.highest_defunct, Ballot::EMPTY), Body::DefunctConfiguration);
+            let defunct =
+                Message::new(Header::new(self.version, self.me, 0, self.highest_defunct, Ballot::EMPTY), Body::DefunctConfiguration);
             self.send(Dest::One(*from), defunct, 0, out);
             return false;
         }
@@ -156,7 +168,6 @@ impl Replica {
         self.max_seen_ballot = self.max_seen_ballot.max(msg.header.ballot);
         true
     }
-
 
     pub(super) fn on_message(&mut self, now: Micros, from: MemberId, msg: Arc<Message>, app: &mut dyn Application, out: &mut Vec<Action>) {
         // Unlike the original, a relinquishing primary still answers status queries: a member
@@ -197,7 +208,6 @@ impl Replica {
         }
     }
 
-
     /// `UpdateDefunctInfo`: a replica still active in a configuration now defunct looks for
     /// the newer one instead.
     pub(super) fn on_defunct(&mut self, now: Micros, defunct: u32, app: &mut dyn Application, out: &mut Vec<Action>) {
@@ -211,7 +221,6 @@ impl Replica {
         out.push(Action::Defunct(defunct));
     }
 
-
     pub(super) fn send_join(&self, to: Dest, out: &mut Vec<Action>) {
         let learn_port = self.paxos_config.members.nodes.iter().find(|n| n.id == self.me).map_or(0, |n| n.learn_port);
         let body = Body::Join(JoinBody {
@@ -220,17 +229,18 @@ impl Replica {
             checkpointed_decree: self.checkpointed,
             checkpoint_size: self.checkpoint_size,
         });
-        let header = Header::new(self.version, self.me, self.paxos_config.initial_decree.wrapping_sub(1), self.paxos_config.number, Ballot::EMPTY);
+        let header =
+            Header::new(self.version, self.me, self.paxos_config.initial_decree.wrapping_sub(1), self.paxos_config.number, Ballot::EMPTY);
         self.send(to, Message::new(header, body), 0, out);
     }
-
 
     /// `HandleJoinMsg`: a member of a newer configuration announces it; catch up from it.
     pub(super) fn on_join(&mut self, now: Micros, from: MemberId, msg: &Message, out: &mut Vec<Action>) {
         let Body::Join(join) = &msg.body else { return };
         if msg.header.config <= self.paxos_config.number {
             if msg.header.config <= self.highest_defunct + 1 {
-                let defunct = Message::new(Header::new(self.version, self.me, 0, self.highest_defunct, Ballot::EMPTY), Body::DefunctConfiguration);
+                let defunct =
+                    Message::new(Header::new(self.version, self.me, 0, self.highest_defunct, Ballot::EMPTY), Body::DefunctConfiguration);
                 self.send(Dest::One(from), defunct, 0, out);
             }
             return;
@@ -252,7 +262,6 @@ impl Replica {
         let _ = now;
     }
 
-
     /// `Bootstrap` keeps sending the set to the other members until this replica takes part.
     pub(super) fn resend_bootstrap(&mut self, now: Micros, out: &mut Vec<Action>) {
         if self.is_bootstrapped() {
@@ -266,7 +275,6 @@ impl Replica {
         }
         self.bootstrap_resend = now.saturating_add(self.cfg.initialize_retry_interval);
     }
-
 
     /// The Paxos configuration (the one being voted in).
     pub fn paxos_configuration(&self) -> &ConfigInfo {

@@ -7,7 +7,9 @@
 //! gated on that number. The primary sends its vote while its own write is in flight and
 //! counts itself only once `Durable` says the write is done.
 
-use super::{AbortReason, Action, Application, BootstrapError, Checkpoint, Cookie, CoreConfig, Dest, Input, Micros, SplitMix64, SubmitError};
+use super::{
+    AbortReason, Action, Application, BootstrapError, Checkpoint, Cookie, CoreConfig, Dest, Input, Micros, SplitMix64, SubmitError,
+};
 use crate::format::message::{JoinBody, StatusBody};
 use crate::format::{Ballot, Body, ConfigInfo, Header, MemberId, MemberSet, Message, MsgKind, Version, VoteBody};
 use bytes::Bytes;
@@ -257,13 +259,11 @@ impl Replica {
         replica
     }
 
-
     fn set_paxos_config(&mut self, config: ConfigInfo) {
         self.members = config.members.nodes.iter().map(|n| n.id).collect();
         debug_assert_eq!(self.members.iter().collect::<BTreeSet<_>>().len(), self.members.len(), "members are distinct");
         self.paxos_config = config;
     }
-
 
     pub fn me(&self) -> MemberId {
         self.me
@@ -292,11 +292,9 @@ impl Replica {
         self.next_execute
     }
 
-
     fn quorum(&self) -> usize {
         self.members.len() / 2 + 1
     }
-
 
     /// Starts the protocol: a status round to find the ring.
     pub fn start(&mut self, now: Micros, app: &mut dyn Application, out: &mut Vec<Action>) {
@@ -305,14 +303,12 @@ impl Replica {
         self.start_initializing(now, app, out);
     }
 
-
     /// When the replica next needs a `Tick`, if nothing else arrives first.
     pub fn next_wakeup(&self) -> Micros {
         let join = if self.join_due() { self.next_join } else { Micros::MAX };
         let bootstrap = if self.bootstrap.is_some() { self.bootstrap_resend } else { Micros::MAX };
         self.role_wakeup().min(join).min(bootstrap)
     }
-
 
     fn role_wakeup(&self) -> Micros {
         match self.role {
@@ -335,7 +331,6 @@ impl Replica {
             }
         }
     }
-
 
     /// Feeds one input.
     pub fn step(&mut self, now: Micros, input: Input, app: &mut dyn Application, out: &mut Vec<Action>) {
@@ -370,7 +365,6 @@ impl Replica {
         self.check_invariants();
     }
 
-
     fn check_invariants(&self) {
         debug_assert!(self.max_ballot >= self.accepted.header.ballot, "promise below the accepted ballot");
         debug_assert!(self.durable_seq <= self.persist_seq);
@@ -384,8 +378,6 @@ impl Replica {
         debug_assert!((self.role == Role::Preparing) == self.candidacy.is_some());
     }
 
-
-
     fn persist(&mut self, record: Arc<Message>, out: &mut Vec<Action>) -> u64 {
         debug_assert!(record.kind().is_log_record());
         self.persist_seq += 1;
@@ -393,23 +385,19 @@ impl Replica {
         self.persist_seq
     }
 
-
     fn send(&self, to: Dest, msg: Message, after: u64, out: &mut Vec<Action>) {
         debug_assert!(after <= self.persist_seq);
         out.push(Action::Send { to, msg: Arc::new(msg), after });
     }
 
-
     fn header(&self, decree: u64, ballot: Ballot) -> Header {
         Header::new(self.version, self.me, decree, self.paxos_config.number, ballot)
     }
-
 
     fn not_accepted(&self, to: MemberId, out: &mut Vec<Action>) {
         let msg = Message::new(self.header(self.accepted.header.decree, self.max_ballot), Body::NotAccepted);
         self.send(Dest::One(to), msg, 0, out);
     }
-
 
     fn execute(&mut self, vote: Arc<Message>, cookies: Vec<Cookie>, config_cookie: Option<Cookie>, out: &mut Vec<Action>) {
         let decree = vote.header.decree;
@@ -426,8 +414,6 @@ impl Replica {
         }
     }
 
-
-
     fn set_max_ballot(&mut self, now: Micros, ballot: Ballot, seq: u64) {
         if ballot <= self.max_ballot {
             return;
@@ -437,8 +423,6 @@ impl Replica {
         let wait = if ballot.member == self.me { self.cfg.heartbeat_interval } else { self.cfg.new_leader_grace_period };
         self.next_election = self.next_election.max(now.saturating_add(wait));
     }
-
-
 
     fn tick(&mut self, now: Micros, app: &mut dyn Application, out: &mut Vec<Action>) {
         if self.bootstrap.is_some() && now >= self.bootstrap_resend {
@@ -492,7 +476,6 @@ impl Replica {
         }
     }
 
-
     fn start_initializing(&mut self, now: Micros, app: &mut dyn Application, out: &mut Vec<Action>) {
         if self.role == Role::Primary {
             self.step_down(out);
@@ -515,7 +498,6 @@ impl Replica {
         let (ad, ab) = self.accepted();
         self.send(Dest::All, Message::new(self.header(ad, ab), Body::StatusQuery), 0, out);
     }
-
 
     /// `MoveToSecondaryOrPrepare` (api-behavior §2.9).
     fn move_to_secondary_or_prepare(&mut self, now: Micros, app: &mut dyn Application, out: &mut Vec<Action>) {
@@ -547,7 +529,11 @@ mod tests {
 
     fn config(ids: &[&str]) -> ConfigInfo {
         let node = |s: &str| Node { id: id(s), ip: Ipv4Addr::LOCALHOST, rsl_port: 1, learn_port: 2, app_port: 0, host_name: Bytes::new() };
-        ConfigInfo { number: 1, initial_decree: 0, members: MemberSet { nodes: ids.iter().map(|s| node(s)).collect(), cookie: Bytes::new() } }
+        ConfigInfo {
+            number: 1,
+            initial_decree: 0,
+            members: MemberSet { nodes: ids.iter().map(|s| node(s)).collect(), cookie: Bytes::new() },
+        }
     }
 
     fn vote(sender: &str, decree: u64, ballot: Ballot, request: &'static [u8]) -> Arc<Message> {
@@ -560,7 +546,10 @@ mod tests {
         let mut r = Replica::new(CoreConfig::default(), id("1"), config(&["1", "2", "3"]), 7);
         let decree = accepted.header.decree - 1;
         let max_ballot = accepted.header.ballot;
-        r.restore_checkpoint(&Checkpoint { decree, next_vote: accepted, max_ballot, config: config(&["1", "2", "3"]), state_saved: true }, 0);
+        r.restore_checkpoint(
+            &Checkpoint { decree, next_vote: accepted, max_ballot, config: config(&["1", "2", "3"]), state_saved: true },
+            0,
+        );
         r
     }
 

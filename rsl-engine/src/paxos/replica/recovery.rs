@@ -4,7 +4,6 @@
 use super::*;
 
 impl Replica {
-
     /// Starts from a checkpoint (before replaying the logs after it): the application's state
     /// is that of `cp.decree`, and `cp.next_vote` is the highest accepted vote.
     pub fn restore_checkpoint(&mut self, cp: &Checkpoint, size: u64) {
@@ -18,14 +17,12 @@ impl Replica {
         (self.checkpointed, self.checkpoint_size, self.log_min_decree) = (cp.decree, size, cp.decree + 1);
     }
 
-
     pub(super) fn next_vote_or_placeholder(&self, cp: &Checkpoint) -> Arc<Message> {
         if cp.next_vote.header.decree == cp.decree + 1 {
             return cp.next_vote.clone();
         }
         placeholder(self.version, cp.decree + 1, self.paxos_config.number)
     }
-
 
     /// Applies one durable log record at start-up: Prepares raise the promise, each vote that
     /// follows its predecessor at the same ballot executes that predecessor. The last vote is
@@ -57,8 +54,6 @@ impl Replica {
         Ok(())
     }
 
-
-
     /// The policy of api-behavior §2.14 on a log roll: a secondary (or a lone replica) saves
     /// at the decree before the new log; a primary copies a secondary's checkpoint instead.
     pub(super) fn on_log_rolled(&mut self, now: Micros, first_decree: u64, out: &mut Vec<Action>) {
@@ -75,7 +70,6 @@ impl Replica {
             self.maybe_save(out);
         }
     }
-
 
     /// Saves the pending checkpoint once its decree has executed and the vote after it (the
     /// checkpoint's "next vote") is the accepted one; if execution went further, at the
@@ -98,10 +92,15 @@ impl Replica {
         out.push(Action::SaveCheckpoint(cp));
     }
 
-
     /// A peer's checkpoint arrived: load it in place if it is still ahead of us (the original
     /// exits the process instead). Either way, find the ring again.
-    pub(super) fn on_checkpoint_fetched(&mut self, now: Micros, fetched: Option<(Checkpoint, u64)>, app: &mut dyn Application, out: &mut Vec<Action>) {
+    pub(super) fn on_checkpoint_fetched(
+        &mut self,
+        now: Micros,
+        fetched: Option<(Checkpoint, u64)>,
+        app: &mut dyn Application,
+        out: &mut Vec<Action>,
+    ) {
         let was_loading = self.loading.take().is_some();
         if fetched.is_none() && !was_loading {
             self.copying = false; // a primary's copy failed; the next status round retries
@@ -121,7 +120,8 @@ impl Replica {
             self.accepted = self.next_vote_or_placeholder(&cp);
             self.accepted_at = now;
             // The runtime starts a new log with the next vote (formats.md §8.1).
-            self.accepted_seq = if self.accepted.header.ballot.is_empty() { self.persist_seq } else { self.persist(self.accepted.clone(), out) };
+            self.accepted_seq =
+                if self.accepted.header.ballot.is_empty() { self.persist_seq } else { self.persist(self.accepted.clone(), out) };
             let ballot = cp.max_ballot.max(self.accepted.header.ballot);
             self.set_max_ballot(now, ballot, self.accepted_seq);
             (self.checkpointed, self.checkpoint_size, self.log_min_decree) = (cp.decree, size, cp.decree + 1);
@@ -129,7 +129,6 @@ impl Replica {
         }
         self.start_initializing(now, app, out);
     }
-
 
     pub(super) fn on_status_query(&mut self, now: Micros, from: MemberId, query: &Message, out: &mut Vec<Action>) {
         let status = StatusBody {
@@ -146,9 +145,15 @@ impl Replica {
         self.send(Dest::One(from), Message::new(self.header(ad, ab), Body::StatusResponse(status)), 0, out);
     }
 
-
     /// `HandleStatusResponseMsg` (api-behavior §2.11).
-    pub(super) fn on_status_response(&mut self, now: Micros, from: MemberId, msg: Arc<Message>, app: &mut dyn Application, out: &mut Vec<Action>) {
+    pub(super) fn on_status_response(
+        &mut self,
+        now: Micros,
+        from: MemberId,
+        msg: Arc<Message>,
+        app: &mut dyn Application,
+        out: &mut Vec<Action>,
+    ) {
         let Body::StatusResponse(s) = &msg.body else { return };
         // A primary that wants a checkpoint copies the first one that is recent enough (even if
         // it has just lost the primary role, as in the original).
@@ -177,7 +182,9 @@ impl Replica {
         let logged_higher = |than: (u64, Ballot)| -> Vec<MemberId> {
             self.statuses
                 .iter()
-                .filter(|(_, m)| matches!(&m.body, Body::StatusResponse(s) if s.min_decree_in_log <= ad) && is_higher(decree_ballot(m), than))
+                .filter(|(_, m)| {
+                    matches!(&m.body, Body::StatusResponse(s) if s.min_decree_in_log <= ad) && is_higher(decree_ballot(m), than)
+                })
                 .map(|(id, _)| *id)
                 .collect()
         };
@@ -223,7 +230,6 @@ impl Replica {
         self.move_to_secondary_or_prepare(now, app, out);
     }
 
-
     pub(super) fn learn(&mut self, from: MemberId, out: &mut Vec<Action>) {
         debug_assert!(self.learning.is_none() && self.role != Role::Primary);
         self.learning = Some(from);
@@ -232,8 +238,14 @@ impl Replica {
         out.push(Action::FetchVotes { from, decree: self.accepted.header.decree });
     }
 
-
-    pub(super) fn on_learned(&mut self, now: Micros, from: MemberId, records: Vec<Arc<Message>>, app: &mut dyn Application, out: &mut Vec<Action>) {
+    pub(super) fn on_learned(
+        &mut self,
+        now: Micros,
+        from: MemberId,
+        records: Vec<Arc<Message>>,
+        app: &mut dyn Application,
+        out: &mut Vec<Action>,
+    ) {
         if self.learning != Some(from) {
             return;
         }
@@ -248,7 +260,6 @@ impl Replica {
             self.become_secondary();
         }
     }
-
 
     /// `LearnVotes`: applies a peer's log from our decree on. Succeeds once it has reached the
     /// first cached vote.
