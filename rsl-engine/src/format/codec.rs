@@ -12,8 +12,8 @@ pub enum DecodeError {
     Truncated { what: &'static str, offset: usize, need: usize, have: usize },
     #[error("{what} at offset {offset}: invalid value {value:#x}")]
     Invalid { what: &'static str, offset: usize, value: u64 },
-    #[error("message checksum at offset {offset}: stored {stored:#018x}, computed {computed:#018x}")]
-    Checksum { offset: usize, stored: u64, computed: u64 },
+    #[error("{what} at offset {offset}: stored {stored:#018x}, computed {computed:#018x}")]
+    Checksum { what: &'static str, offset: usize, stored: u64, computed: u64 },
     #[error("{what} at offset {offset}: {detail}")]
     Malformed { what: &'static str, offset: usize, detail: &'static str },
 }

@@ -482,7 +482,7 @@ pub fn verify_checksum(buf: &[u8]) -> Result<(), DecodeError> {
     }
     let computed = checksum::checksum(&buf[CHECKSUM_END..len]);
     if computed != prefix.checksum {
-        return Err(DecodeError::Checksum { offset: CHECKSUM_OFFSET, stored: prefix.checksum, computed });
+        return Err(DecodeError::Checksum { what: "message checksum", offset: CHECKSUM_OFFSET, stored: prefix.checksum, computed });
     }
     Ok(())
 }

@@ -53,7 +53,7 @@ pub fn decode(buf: &Bytes, max_size: usize) -> Result<Frame, DecodeError> {
     crc = checksum::update(crc, &[0; 8]);
     crc = checksum::update(crc, &buf[HEADER_SIZE..size]);
     if crc != stored {
-        return Err(DecodeError::Checksum { offset: CHECKSUM_AT, stored, computed: crc });
+        return Err(DecodeError::Checksum { what: "packet checksum", offset: CHECKSUM_AT, stored, computed: crc });
     }
     Ok(Frame::Packet { message: buf.slice(HEADER_SIZE..size), consumed: size })
 }
