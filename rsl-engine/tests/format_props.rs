@@ -13,7 +13,7 @@ use rsl_engine::format::{Ballot, Body, Checksum, ConfigInfo, Header, MemberId, M
 use std::net::Ipv4Addr;
 
 fn version() -> impl Strategy<Value = Version> {
-    (1u16..=6).prop_map(|v| Version::new(v).unwrap())
+    (1u16..=7).prop_map(|v| Version::new(v).unwrap())
 }
 
 fn blob(max: usize) -> impl Strategy<Value = Bytes> {
@@ -222,7 +222,7 @@ proptest! {
 
     /// Bytes that look like a message (a valid prefix and magic) reach deeper decoder paths.
     #[test]
-    fn message_like_bytes_never_panic(v in 1u16..=6, code in 0u16..=15, len in any::<u16>(), rest in vec(any::<u8>(), 0..600)) {
+    fn message_like_bytes_never_panic(v in 1u16..=7, code in 0u16..=15, len in any::<u16>(), rest in vec(any::<u8>(), 0..600)) {
         let mut b = BytesMut::new();
         b.extend_from_slice(&v.to_le_bytes());
         b.extend_from_slice(&(len as u32).to_le_bytes());

@@ -1,5 +1,6 @@
 //! The deterministic simulator over a fixed budget of seeds, and every seed that ever failed.
-//! A soak runs any number of seeds: `cargo run --profile soak -p rsl-engine --bin rsl-sim -- --seeds 10000 --replicas 0`.
+//! A soak runs any number of seeds: `cargo run --profile soak -p rsl-engine --bin rsl-sim -- --seeds 10000 --replicas 0`
+//! (add `--window 16` for protocol version 7).
 
 use rsl_engine::sim::{run_seed, SimConfig};
 
@@ -20,6 +21,33 @@ fn seed_budget_three_replicas() {
 #[test]
 fn seed_budget_five_replicas() {
     run_all((1000..1200).map(|s| (s, 5)));
+}
+
+/// Protocol version 7 with 16 decrees in flight, over 3 and 5 replicas.
+#[test]
+fn seed_budget_window_16() {
+    run_all_windowed((2000..2100).map(|s| (s, 3 + 2 * (s % 2) as usize)), 16);
+}
+
+/// Pipelined seeds that once failed (then with reconfiguration, which a pipelined ring now
+/// refuses, so they replay without it).
+#[test]
+fn regressions_window_16() {
+    // Learners could not prove decrees chosen from a peer whose log lacked re-proposals of
+    // decrees it had executed (59, 238); a checkpoint load dropped accepted votes beyond it
+    // (25, 81); bootstrap left the vouched point behind (21, 41, 45); a Join while preparing
+    // kept the candidacy (781); a Join chose learning over a checkpoint by the accepted decree
+    // (2226).
+    run_all_windowed([(59, 5), (238, 3), (25, 5), (81, 5), (21, 5), (41, 5), (45, 5), (781, 5), (2226, 3), (137, 5)].into_iter(), 16);
+}
+
+fn run_all_windowed(seeds: impl Iterator<Item = (u64, usize)>, window: usize) {
+    let failures: Vec<String> = seeds
+        .filter_map(|(seed, replicas)| {
+            run_seed(SimConfig::new(seed, replicas).with_window(window)).err().map(|e| format!("seed {seed}: {e}"))
+        })
+        .collect();
+    assert!(failures.is_empty(), "{} seeds failed:\n{}", failures.len(), failures.join("\n"));
 }
 
 /// Seeds that once failed, with what they caught.

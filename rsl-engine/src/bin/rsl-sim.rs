@@ -17,6 +17,9 @@ struct Cli {
     /// Replicas per ring; 0 alternates 3 and 5.
     #[arg(long, default_value_t = 3)]
     replicas: usize,
+    /// Decrees in flight (protocol version 7 above 1); 0 alternates 1 and 16.
+    #[arg(long, default_value_t = 1)]
+    window: usize,
 }
 
 fn main() -> ExitCode {
@@ -27,7 +30,8 @@ fn main() -> ExitCode {
     let mut reconfigurations = 0u64;
     for seed in cli.seed..cli.seed + cli.seeds {
         let replicas = if cli.replicas == 0 { 3 + 2 * (seed % 2) as usize } else { cli.replicas };
-        match run_seed(SimConfig::new(seed, replicas)) {
+        let window = if cli.window == 0 { [1, 16][(seed / 2 % 2) as usize] } else { cli.window };
+        match run_seed(SimConfig::new(seed, replicas).with_window(window)) {
             Ok(report) => {
                 decrees += report.decrees;
                 reconfigurations += report.configurations.saturating_sub(1) as u64;
@@ -46,7 +50,7 @@ fn main() -> ExitCode {
             }
             Err(why) => {
                 failed += 1;
-                eprintln!("seed {seed} ({replicas} replicas) FAILED:\n  {why}");
+                eprintln!("seed {seed} ({replicas} replicas, window {window}) FAILED:\n  {why}");
             }
         }
     }

@@ -18,10 +18,18 @@ impl Version {
     pub const V4: Version = Version(4);
     pub const V5: Version = Version(5);
     pub const V6: Version = Version(6);
+    /// Ours, not the original's: the v6 layout, with the header's `payload` carrying what
+    /// pipelining needs (docs/core.md). The original rejects it.
+    pub const V7: Version = Version(7);
+    /// The original's versions.
     pub const ALL: [Version; 6] = [Self::V1, Self::V2, Self::V3, Self::V4, Self::V5, Self::V6];
 
     pub fn new(v: u16) -> Option<Version> {
-        (1..=6).contains(&v).then_some(Version(v))
+        (1..=7).contains(&v).then_some(Version(v))
+    }
+    /// Several decrees in flight, with an explicit chosen watermark (v7).
+    pub fn is_pipelined(self) -> bool {
+        self.0 >= 7
     }
     pub fn get(self) -> u16 {
         self.0

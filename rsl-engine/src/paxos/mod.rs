@@ -212,6 +212,9 @@ pub struct CoreConfig {
     pub checkpoint_query_interval: Micros,
     /// How often a replica of a configuration not yet known to be established announces it.
     pub join_interval: Micros,
+    /// Decrees in flight at once. Protocol versions 1 to 6 always have 1 (the original's
+    /// messages and rules); more needs version 7 (docs/core.md).
+    pub window: usize,
 }
 
 impl Default for CoreConfig {
@@ -230,6 +233,7 @@ impl Default for CoreConfig {
             use_global_accept_flag: false,
             checkpoint_query_interval: 5 * SEC,
             join_interval: SEC,
+            window: 1,
         }
     }
 }

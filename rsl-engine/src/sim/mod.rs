@@ -5,7 +5,7 @@
 
 pub mod checker;
 
-use crate::format::{Ballot, Body, ConfigInfo, MemberId, MemberSet, Message, MsgKind, Node as MemberNode};
+use crate::format::{Ballot, Body, ConfigInfo, MemberId, MemberSet, Message, MsgKind, Node as MemberNode, Version};
 use crate::paxos::{Action, Application, Checkpoint, CoreConfig, Dest, Input, Micros, Replica, SplitMix64, MS, SEC};
 use bytes::{BufMut, Bytes, BytesMut};
 use checker::{Checker, Proc};
@@ -26,6 +26,8 @@ pub struct SimConfig {
     pub bootstrap: bool,
     /// Reconfigurations happen during the faults.
     pub churn: bool,
+    /// Decrees in flight; more than 1 runs protocol version 7.
+    pub window: usize,
     /// Faults are injected until this time; then everything heals.
     pub faults_until: Micros,
     /// After healing, progress must be made within this long.
@@ -44,6 +46,7 @@ impl SimConfig {
             spares: 2,
             bootstrap: seed % 4 == 1,
             churn: seed.is_multiple_of(2),
+            window: 1,
             faults_until: 20 * SEC,
             progress_within: 25 * SEC,
             loss: 0.05,
@@ -53,9 +56,20 @@ impl SimConfig {
         }
     }
 
+    /// The same run with `window` decrees in flight (no reconfiguration: a pipelined ring
+    /// refuses it for now).
+    pub fn with_window(mut self, window: usize) -> SimConfig {
+        self.window = window;
+        self.churn &= window == 1;
+        self
+    }
+
     /// The command that replays this run.
     pub fn replay_command(&self) -> String {
-        format!("cargo run --profile soak -p rsl-engine --bin rsl-sim -- --seed {} --replicas {}", self.seed, self.replicas)
+        format!(
+            "cargo run --profile soak -p rsl-engine --bin rsl-sim -- --seed {} --replicas {} --window {}",
+            self.seed, self.replicas, self.window
+        )
     }
 }
 
@@ -197,6 +211,7 @@ pub struct Sim {
 
 impl Sim {
     pub fn new(cfg: SimConfig) -> Sim {
+        let window = cfg.window;
         let ids: Vec<MemberId> = (1..=cfg.replicas + cfg.spares).map(|i| MemberId::new(&i.to_string()).expect("numeric id")).collect();
         let nodes = ids
             .iter()
@@ -222,7 +237,7 @@ impl Sim {
             loss: cfg.loss,
             duplication: cfg.duplication,
             cfg,
-            core: sim_core_config(),
+            core: CoreConfig { window, version: if window > 1 { Version::V7 } else { Version::V6 }, ..sim_core_config() },
             now: 0,
             nodes,
             events: BinaryHeap::new(),
@@ -715,13 +730,16 @@ impl Sim {
                     self.fetch_votes(node, from, decree)
                 }
                 Action::LoadCheckpoint(mut cp) => {
+                    let decree = cp.decree;
                     self.counts[5] += 1;
                     self.checker.loaded_checkpoint(proc, cp.decree);
                     cp.max_ballot = cp.max_ballot.max(self.nodes[node].replica.as_ref().expect("acting").max_ballot());
                     let size = self.checkpoint_size(&cp);
                     self.nodes[node].checkpoint = Some((cp, size));
-                    // The old logs are dropped; the new one starts with the Persist that follows.
-                    self.nodes[node].durable.clear();
+                    // The logs before the checkpoint are dropped; the new one starts with the
+                    // Persist that follows. What lies beyond it (accepted votes a pipelined
+                    // replica holds there, a decision) is carried over.
+                    self.nodes[node].durable.retain(|r| r.header.decree > decree);
                 }
                 Action::SaveCheckpoint(cp) => {
                     self.counts[4] += 1;
@@ -758,7 +776,13 @@ impl Sim {
         let src = self.nodes.iter().position(|n| n.id == from).expect("a member");
         let reachable = self.nodes[src].replica.is_some() && !self.blocked.contains(&(node, src)) && !self.blocked.contains(&(src, node));
         let log = &self.nodes[src].durable;
-        let start = log.iter().rposition(|r| r.kind() == MsgKind::Vote && r.header.decree == decree);
+        // A pipelined log is not in decree order: serve from the first vote at or after the
+        // decree. Before version 7, from the newest vote for it.
+        let start = if self.core.version.is_pipelined() {
+            log.iter().position(|r| r.kind() == MsgKind::Vote && r.header.decree >= decree)
+        } else {
+            log.iter().rposition(|r| r.kind() == MsgKind::Vote && r.header.decree == decree)
+        };
         let records = match (reachable, start) {
             (true, Some(start)) => log[start..].to_vec(),
             _ => Vec::new(),

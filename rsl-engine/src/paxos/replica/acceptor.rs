@@ -71,6 +71,9 @@ impl Replica {
     /// `HandleNewVotes` for one vote (api-behavior §2.8).
     pub(super) fn on_vote(&mut self, now: Micros, from: MemberId, vote: Arc<Message>, app: &mut dyn Application, out: &mut Vec<Action>) {
         debug_assert_ne!(self.role, Role::Initializing);
+        if self.pipelined() {
+            return self.on_vote_pipelined(now, from, vote, app, out);
+        }
         let db = decree_ballot(&vote);
         let (ad, _) = self.accepted();
         if is_lower(db, self.accepted()) {
@@ -121,6 +124,9 @@ impl Replica {
 
     /// `HandlePrepareMsg` (api-behavior §2.8).
     pub(super) fn on_prepare(&mut self, now: Micros, from: MemberId, prep: Arc<Message>, app: &mut dyn Application, out: &mut Vec<Action>) {
+        if self.pipelined() {
+            return self.on_prepare_pipelined(now, from, prep, app, out);
+        }
         let (d, b) = decree_ballot(&prep);
         let ad = self.accepted.header.decree;
         if is_lower((d, b), (ad, self.max_ballot)) {
@@ -162,10 +168,14 @@ impl Replica {
     /// `HandleNotAcceptedMsg`.
     pub(super) fn on_not_accepted(&mut self, now: Micros, msg: &Message, app: &mut dyn Application, out: &mut Vec<Action>) {
         let (d, b) = decree_ballot(msg);
-        if is_lower((d, b), self.accepted()) || self.role == Role::Initializing {
+        // Before version 7 the decree is the responder's highest accepted one; from 7 on, the
+        // first it has not executed.
+        let stale = !self.pipelined() && is_lower((d, b), self.accepted());
+        if stale || self.role == Role::Initializing {
             return;
         }
-        if d > self.accepted.header.decree {
+        let behind = if self.pipelined() { d > self.vouched } else { d > self.accepted.header.decree };
+        if behind {
             self.start_initializing(now, app, out);
         } else if b > self.max_ballot {
             if self.role == Role::Primary {

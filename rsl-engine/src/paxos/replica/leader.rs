@@ -1,5 +1,5 @@
-//! The leader side: submitting requests, batching them into votes, one outstanding vote and
-//! its quorum, elections through a Prepare, re-proposing the freshest value, stepping down.
+//! The leader side: submitting requests, batching them into votes, the votes in flight and
+//! their quorums, elections through a Prepare, re-proposing the freshest value, stepping down.
 
 use super::*;
 
@@ -13,7 +13,9 @@ impl Replica {
         cookie: Cookie,
         out: &mut Vec<Action>,
     ) -> Result<(), SubmitError> {
-        if !self.version.has_config() {
+        // Reconfiguring a pipelined ring is not designed yet: the decision must not meet votes
+        // in flight beyond it (docs/core.md).
+        if !self.version.has_config() || self.pipelined() {
             return Err(SubmitError::Unsupported);
         }
         let ids: BTreeSet<MemberId> = members.nodes.iter().map(|n| n.id).collect();
@@ -68,28 +70,39 @@ impl Replica {
         if self.role != Role::Primary {
             return;
         }
-        let current = (self.accepted.header.decree, self.max_ballot);
-        match &mut self.outstanding {
-            Some(o) if decree_ballot(msg) == current && decree_ballot(&o.vote) == current => {
-                o.acks.insert(from);
-            }
-            _ => return,
+        // Before version 7 a VoteAccepted names the acceptor's highest vote, which must be ours
+        // and current; from 7 on it names the decree it acknowledges.
+        let current = if self.pipelined() { (msg.header.decree, self.max_ballot) } else { (self.accepted.header.decree, self.max_ballot) };
+        if decree_ballot(msg) != current {
+            return;
         }
+        match self.outstanding.iter_mut().find(|o| decree_ballot(&o.vote) == current) {
+            Some(o) => o.acks.insert(from),
+            None => return,
+        };
         self.check_chosen(now, out);
     }
 
-    /// The outstanding vote is chosen once this replica's own write is durable and a quorum
-    /// counting it has accepted.
+    /// A vote in flight is chosen once this replica's own write is durable and a quorum
+    /// counting it has accepted; they take effect in decree order.
     pub(super) fn check_chosen(&mut self, now: Micros, out: &mut Vec<Action>) {
-        let needed = self.quorum() - 1;
-        match &self.outstanding {
-            Some(o) if self.durable_seq >= o.seq && o.acks.len() >= needed => {}
-            _ => return,
+        while self.role == Role::Primary && self.outstanding.front().is_some_and(|o| self.quorum_reached(o.seq, &o.acks)) {
+            self.vote_chosen(now, out);
         }
-        let o = self.outstanding.take().expect("checked above");
+        self.send_next(now, out);
+    }
+
+    fn quorum_reached(&self, seq: u64, acks: &BTreeSet<MemberId>) -> bool {
+        self.durable_seq >= seq && acks.len() + 1 >= self.quorum()
+    }
+
+    fn vote_chosen(&mut self, now: Micros, out: &mut Vec<Action>) {
+        let o = self.outstanding.pop_front().expect("checked by the caller");
         debug_assert_eq!(self.role, Role::Primary);
-        debug_assert_eq!(decree_ballot(&o.vote), self.accepted());
-        self.action_deadline = Micros::MAX;
+        debug_assert!(self.pipelined() || decree_ballot(&o.vote) == self.accepted());
+        if self.outstanding.is_empty() {
+            self.action_deadline = Micros::MAX;
+        }
         let decree = o.vote.header.decree;
         if self.recovering == Some(decree) {
             self.is_primary = true;
@@ -101,6 +114,7 @@ impl Replica {
             let cookies = queued.into_iter().flat_map(|p| p.cookies.into_iter().chain(p.config_cookie));
             out.extend(cookies.map(|cookie| Action::Abort { cookie, reason: AbortReason::ShuttingDown }));
             out.push(Action::ShutDown);
+            self.outstanding.clear();
             return;
         }
         if o.vote.as_vote().is_some_and(|v| v.reconfig.is_some()) {
@@ -111,12 +125,12 @@ impl Replica {
             return;
         }
         if self.next_execute == decree {
+            self.pending.remove(&decree);
             self.execute(o.vote, o.cookies, None, out);
         }
         if self.recovering.take_if(|d| *d == decree).is_some() {
             out.push(Action::NotifyPrimaryRecovered);
         }
-        self.send_next(now, out);
     }
 
     /// `RelinquishPrimary`: queues the last vote, closed to appending (unlike the original,
@@ -130,12 +144,17 @@ impl Replica {
         self.send_next(now, out);
     }
 
-    /// Proposes the next queued vote if none is outstanding.
+    /// Proposes queued votes while the window has room. A reconfiguration or relinquish vote
+    /// goes alone: nothing else is in flight with it.
     pub(super) fn send_next(&mut self, now: Micros, out: &mut Vec<Action>) {
-        if self.role != Role::Primary || self.outstanding.is_some() || !self.is_primary || self.relinquishing {
-            return;
-        }
-        if let Some(p) = self.to_send.pop_front() {
+        while self.role == Role::Primary && self.is_primary && !self.relinquishing && self.outstanding.len() < self.window() {
+            let Some(next) = self.to_send.front() else { return };
+            let alone = |b: &VoteBody| b.reconfig.is_some() || b.relinquish;
+            let last_alone = self.outstanding.back().and_then(|o| o.vote.as_vote()).is_some_and(alone);
+            if last_alone || (alone(&next.body) && !self.outstanding.is_empty()) {
+                return;
+            }
+            let p = self.to_send.pop_front().expect("peeked");
             self.propose(now, p.body, p.cookies, p.config_cookie, out);
         }
     }
@@ -149,25 +168,34 @@ impl Replica {
         config_cookie: Option<Cookie>,
         out: &mut Vec<Action>,
     ) {
-        assert!(self.role == Role::Primary && self.outstanding.is_none(), "one outstanding vote");
+        assert!(self.role == Role::Primary, "only a primary proposes");
         assert_eq!(self.max_ballot.member, self.me, "only the ballot's owner proposes");
-        let (ad, ab) = self.accepted();
-        let decree = if self.max_ballot == ab { ad + 1 } else { ad };
         self.relinquishing |= body.relinquish;
-        let vote = Arc::new(Message::new(self.header(decree, self.max_ballot), Body::Vote(body)));
-        self.log_and_accept(now, vote.clone(), false, out);
-        let seq = self.accepted_seq;
+        let (vote, seq) = if self.pipelined() {
+            self.propose_pipelined(now, body, out)
+        } else {
+            assert!(self.outstanding.is_empty(), "one outstanding vote before version 7");
+            let (ad, ab) = self.accepted();
+            let decree = if self.max_ballot == ab { ad + 1 } else { ad };
+            let vote = Arc::new(Message::new(self.header(decree, self.max_ballot), Body::Vote(body)));
+            self.log_and_accept(now, vote, false, out);
+            (self.accepted.clone(), self.accepted_seq)
+        };
         out.push(Action::Send { to: Dest::All, msg: vote.clone(), after: 0 });
-        self.outstanding = Some(Outstanding { vote, seq, acks: BTreeSet::new(), cookies, config_cookie });
-        self.action_deadline = now.saturating_add(self.cfg.resend_interval);
+        self.outstanding.push_back(Outstanding { vote, seq, acks: BTreeSet::new(), cookies, config_cookie });
+        if self.outstanding.len() == 1 {
+            self.action_deadline = now.saturating_add(self.cfg.resend_interval);
+        }
         self.last_proposed = now;
-        self.check_chosen(now, out);
+        while self.outstanding.front().is_some_and(|o| self.quorum_reached(o.seq, &o.acks)) {
+            self.vote_chosen(now, out);
+        }
     }
 
     /// Leaving the primary role: everything not yet chosen goes back to the application.
     pub(super) fn step_down(&mut self, out: &mut Vec<Action>) {
         debug_assert_eq!(self.role, Role::Primary);
-        let outstanding = self.outstanding.take();
+        let outstanding = std::mem::take(&mut self.outstanding);
         let queued = std::mem::take(&mut self.to_send);
         if self.is_primary {
             self.is_primary = false;
@@ -186,6 +214,9 @@ impl Replica {
     }
 
     pub(super) fn on_prepare_accepted(&mut self, now: Micros, from: MemberId, msg: &Message, out: &mut Vec<Action>) {
+        if self.pipelined() {
+            return self.on_prepare_accepted_pipelined(now, from, msg, out);
+        }
         let current = (self.accepted.header.decree, self.max_ballot);
         let (Some(c), Body::PrepareAccepted(vote)) = (&mut self.candidacy, &msg.body) else { return };
         if decree_ballot(msg) != current || decree_ballot(&c.prepare) != current {
@@ -203,12 +234,14 @@ impl Replica {
     }
 
     pub(super) fn check_prepared(&mut self, now: Micros, out: &mut Vec<Action>) {
-        let needed = self.quorum() - 1;
         match &self.candidacy {
-            Some(c) if self.durable_seq >= c.seq && c.promises.len() >= needed => {}
+            Some(c) if self.quorum_reached(c.seq, &c.promises) => {}
             _ => return,
         }
         let c = self.candidacy.take().expect("checked above");
+        if self.pipelined() {
+            return self.become_primary_pipelined(now, c, out);
+        }
         assert_eq!(c.freshest.header.decree, self.accepted.header.decree, "re-proposing at our decree");
         assert_eq!(self.max_ballot.member, self.me);
         // Re-propose the freshest value at the same decree under our ballot.
@@ -227,8 +260,10 @@ impl Replica {
             ballot.id = self.max_seen_ballot.id.saturating_add(1);
         }
         assert!(ballot > self.max_ballot, "a new ballot exceeds every promise");
-        let (ad, _) = self.accepted();
-        let prepare = Arc::new(Message::new(self.header(ad, ballot), Body::Prepare(self.primary_cookie.clone())));
+        // Before version 7 a Prepare names our highest accepted decree; from 7 on, the first
+        // decree we have not executed: everything from there is re-decided.
+        let decree = if self.pipelined() { self.vouched } else { self.accepted.header.decree };
+        let prepare = Arc::new(Message::new(self.header(decree, ballot), Body::Prepare(self.primary_cookie.clone())));
         // As in the original, the Prepare goes out before it is logged; we count ourselves
         // only once it is durable.
         out.push(Action::Send { to: Dest::All, msg: prepare.clone(), after: 0 });
@@ -236,7 +271,9 @@ impl Replica {
         self.set_max_ballot(now, ballot, seq);
         self.role = Role::Preparing;
         let deadline = now.saturating_add(self.election_delay.saturating_mul(30));
-        self.candidacy = Some(Candidacy { prepare, seq, promises: BTreeSet::new(), freshest: self.accepted.clone(), deadline });
+        let best = self.pending.iter().map(|(d, (v, _))| (*d, v.clone())).collect();
+        let freshest = self.accepted.clone();
+        self.candidacy = Some(Candidacy { prepare, seq, promises: BTreeSet::new(), freshest, deadline, best, answers: BTreeMap::new() });
         self.action_deadline = now.saturating_add(self.cfg.resend_interval);
         self.check_prepared(now, out);
     }

@@ -71,7 +71,7 @@ impl Replica {
         let Some(members) = self.bootstrap.clone() else { return };
         let config = ConfigInfo { number: 1, initial_decree: 1, members };
         self.accepted = placeholder(self.version, 1, 1);
-        self.next_execute = 1;
+        (self.next_execute, self.vouched) = (1, 1);
         self.saving = true;
         let cp = Checkpoint {
             decree: 0,
@@ -100,7 +100,10 @@ impl Replica {
     ) -> bool {
         let (d, b) = decree_ballot(&decision);
         let members = self.accepted.as_vote().and_then(|v| v.reconfig.clone());
-        let Some(members) = members.filter(|_| (d, b) == self.accepted() && decision.header.config == self.paxos_config.number) else {
+        // Everything before the reconfiguration executes first (pipelined replicas may still
+        // miss some: they learn, and meet the decision again in a peer's log).
+        let ready = (d, b) == self.accepted() && decision.header.config == self.paxos_config.number && self.next_execute >= d;
+        let Some(members) = members.filter(|_| ready) else {
             return false;
         };
         if self.role == Role::Primary {
@@ -110,6 +113,7 @@ impl Replica {
             self.accepted_seq = self.persist(decision, out);
         }
         if self.next_execute == d {
+            self.pending.remove(&d);
             self.execute(self.accepted.clone(), Vec::new(), cookie, out);
         }
         self.switch_config(now, ConfigInfo { number: self.paxos_config.number + 1, initial_decree: d + 1, members });
@@ -124,7 +128,12 @@ impl Replica {
         self.accepted = placeholder(self.version, config.initial_decree, config.number);
         self.max_ballot = Ballot::new(self.max_ballot.id.saturating_add(1), MemberId::EMPTY);
         self.max_seen_ballot = Ballot::EMPTY;
+        self.next_propose = config.initial_decree;
+        let config_first = config.initial_decree;
         self.set_paxos_config(config);
+        self.pending.clear();
+        self.recent.clear();
+        self.vouched = config_first;
         self.cache.clear();
         self.cache_bytes = 0;
         self.statuses.clear();
@@ -200,6 +209,10 @@ impl Replica {
             MsgKind::NotAccepted => self.on_not_accepted(now, &msg, app, out),
             MsgKind::StatusResponse => self.on_status_response(now, from, msg, app, out),
             MsgKind::ReconfigurationDecision => {
+                if self.pipelined() {
+                    // Everything before the reconfiguration was chosen before it was proposed.
+                    self.apply_watermark(msg.header.ballot, msg.header.decree, out);
+                }
                 self.log_decision(now, msg, true, None, out);
             }
             MsgKind::Join => self.on_join(now, from, &msg, out),
@@ -251,11 +264,11 @@ impl Replica {
         if self.role == Role::Primary {
             self.step_down(out);
         }
-        let ad = self.accepted.header.decree;
+        let ad = self.position().0;
         if ad >= join.min_decree_in_log && self.paxos_config.number > 0 {
             self.learn(from, out);
         } else if join.checkpointed_decree >= ad {
-            self.role = self.role.min_active();
+            (self.role, self.candidacy) = (self.role.min_active(), None);
             self.loading = Some(from);
             out.push(Action::FetchCheckpoint { from, decree: join.checkpointed_decree, size: join.checkpoint_size, load: true });
         }

@@ -19,6 +19,7 @@ use std::sync::Arc;
 mod acceptor;
 mod leader;
 mod membership;
+mod pipeline;
 mod recovery;
 
 /// RSL's replica states.
@@ -85,6 +86,10 @@ struct Candidacy {
     /// The vote at our decree with the highest ballot among the answers (ours to start).
     freshest: Arc<Message>,
     deadline: Micros,
+    /// Pipelined: the highest-ballot vote reported for each decree, and each member's answers
+    /// so far against how many it announced.
+    best: BTreeMap<u64, Arc<Message>>,
+    answers: BTreeMap<MemberId, (u64, BTreeSet<u64>)>,
 }
 
 /// Why a log could not be replayed: a record that does not follow the one before it.
@@ -134,7 +139,19 @@ pub struct Replica {
     accept_flag: bool,
     statuses: BTreeMap<MemberId, Arc<Message>>,
     candidacy: Option<Candidacy>,
-    outstanding: Option<Outstanding>,
+    /// The primary's votes in flight, in decree order (at most one before version 7).
+    outstanding: VecDeque<Outstanding>,
+    /// Pipelined: accepted votes not yet executed, by decree, with their persists.
+    pending: BTreeMap<u64, (Arc<Message>, u64)>,
+    /// Pipelined: the decree the primary proposes next.
+    next_propose: u64,
+    /// Pipelined: every decree below it is executed and our log proves it (a vote for it is
+    /// followed by a vote whose watermark passes it at a ballot no higher). It can lag
+    /// `next_execute` (a primary executes on its quorum); Prepares start from here.
+    vouched: u64,
+    /// Pipelined: the executed votes from `vouched` on, with the highest ballot logged for
+    /// each decree since.
+    recent: BTreeMap<u64, (Arc<Message>, Ballot)>,
     to_send: VecDeque<Pending>,
     /// `NotifyStatus(true)` has been raised (and not yet taken back).
     is_primary: bool,
@@ -232,7 +249,11 @@ impl Replica {
             accept_flag: true,
             statuses: BTreeMap::new(),
             candidacy: None,
-            outstanding: None,
+            outstanding: VecDeque::new(),
+            pending: BTreeMap::new(),
+            next_propose: 0,
+            vouched: next_execute,
+            recent: BTreeMap::new(),
             to_send: VecDeque::new(),
             is_primary: false,
             recovering: None,
@@ -296,6 +317,30 @@ impl Replica {
         self.members.len() / 2 + 1
     }
 
+    /// Where this replica is, as status rounds compare it: its highest accepted vote before
+    /// version 7; from 7 on, where its execution is (it may hold votes it cannot execute yet).
+    fn position(&self) -> (u64, Ballot) {
+        if self.pipelined() {
+            (self.vouched, Ballot::EMPTY)
+        } else {
+            self.accepted()
+        }
+    }
+
+    /// Several decrees in flight with an explicit watermark (protocol version 7).
+    fn pipelined(&self) -> bool {
+        self.version.is_pipelined()
+    }
+
+    /// How many votes the primary keeps in flight.
+    fn window(&self) -> usize {
+        if self.pipelined() {
+            self.cfg.window.max(1)
+        } else {
+            1
+        }
+    }
+
     /// Starts the protocol: a status round to find the ring.
     pub fn start(&mut self, now: Micros, app: &mut dyn Application, out: &mut Vec<Action>) {
         assert_eq!(self.persist_seq, 0, "start once");
@@ -320,7 +365,7 @@ impl Replica {
             Role::Preparing => self.action_deadline.min(self.candidacy.as_ref().map_or(Micros::MAX, |c| c.deadline)),
             Role::Primary => {
                 let copy = if self.copy_at.is_some() && !self.copying { self.copy_query_at } else { Micros::MAX };
-                let next = if self.outstanding.is_some() {
+                let next = if !self.outstanding.is_empty() {
                     self.action_deadline
                 } else if self.is_primary && !self.relinquishing {
                     self.last_proposed.saturating_add(self.cfg.heartbeat_interval)
@@ -369,12 +414,17 @@ impl Replica {
         debug_assert!(self.max_ballot >= self.accepted.header.ballot, "promise below the accepted ballot");
         debug_assert!(self.durable_seq <= self.persist_seq);
         debug_assert!(
-            self.next_execute == self.accepted.header.decree || self.next_execute == self.accepted.header.decree + 1,
+            self.next_execute == self.accepted.header.decree
+                || self.next_execute == self.accepted.header.decree + 1
+                || (self.pipelined() && self.next_execute <= self.accepted.header.decree),
             "execution {} is not at the accepted decree {}",
             self.next_execute,
             self.accepted.header.decree
         );
-        debug_assert!(self.role == Role::Primary || (self.outstanding.is_none() && self.to_send.is_empty() && !self.is_primary));
+        debug_assert!(self.role == Role::Primary || (self.outstanding.is_empty() && self.to_send.is_empty() && !self.is_primary));
+        debug_assert!(self.pending.keys().next().is_none_or(|&d| d >= self.next_execute), "pending votes were executed");
+        debug_assert!(self.vouched <= self.next_execute, "vouched for a decree not executed");
+        debug_assert!(self.recent.keys().all(|&d| d >= self.vouched && d < self.next_execute));
         debug_assert!((self.role == Role::Preparing) == self.candidacy.is_some());
     }
 
@@ -405,6 +455,9 @@ impl Replica {
         assert!(!vote.header.ballot.is_empty(), "only a proposed vote can be chosen");
         debug_assert!(cookies.is_empty() || cookies.len() == vote.as_vote().map_or(0, |v| v.requests.len()));
         self.next_execute = decree + 1;
+        if self.pipelined() {
+            self.recent.insert(decree, (vote.clone(), vote.header.ballot));
+        }
         let new_members = vote.as_vote().and_then(|v| v.reconfig.clone());
         let number = vote.header.config + 1;
         out.push(Action::Execute { vote, cookies });
@@ -458,13 +511,15 @@ impl Replica {
             Role::Primary => {
                 if self.copy_at.is_some() && !self.copying && now >= self.copy_query_at {
                     self.copy_query_at = now.saturating_add(self.cfg.checkpoint_query_interval);
-                    let (ad, ab) = self.accepted();
+                    let (ad, ab) = self.position();
                     self.send(Dest::All, Message::new(self.header(ad, ab), Body::StatusQuery), 0, out);
                 }
-                if let Some(o) = &self.outstanding {
+                if !self.outstanding.is_empty() {
                     if now >= self.action_deadline {
-                        for m in self.members.iter().filter(|m| **m != self.me && !o.acks.contains(m)) {
-                            out.push(Action::Send { to: Dest::One(*m), msg: o.vote.clone(), after: 0 });
+                        for o in &self.outstanding {
+                            for m in self.members.iter().filter(|m| **m != self.me && !o.acks.contains(m)) {
+                                out.push(Action::Send { to: Dest::One(*m), msg: o.vote.clone(), after: 0 });
+                            }
                         }
                         self.action_deadline = now.saturating_add(self.cfg.resend_interval);
                     }
@@ -495,7 +550,7 @@ impl Replica {
             self.next_election = 0;
             return self.move_to_secondary_or_prepare(now, app, out);
         }
-        let (ad, ab) = self.accepted();
+        let (ad, ab) = self.position();
         self.send(Dest::All, Message::new(self.header(ad, ab), Body::StatusQuery), 0, out);
     }
 

@@ -15,6 +15,26 @@ impl Replica {
         self.accepted = self.next_vote_or_placeholder(cp);
         self.max_ballot = cp.max_ballot.max(self.accepted.header.ballot);
         (self.checkpointed, self.checkpoint_size, self.log_min_decree) = (cp.decree, size, cp.decree + 1);
+        self.keep_next_vote(0);
+    }
+
+    /// Pipelined: after a checkpoint, its next vote is the first pending one, and the votes we
+    /// accepted beyond it stay (an acceptor never forgets what it acknowledged).
+    fn keep_next_vote(&mut self, seq: u64) {
+        let next = self.next_execute;
+        self.pending.retain(|d, _| *d >= next);
+        self.recent.clear();
+        self.vouched = next;
+        if !self.pipelined() || self.accepted.header.ballot.is_empty() {
+            return;
+        }
+        let vote = self.accepted.clone();
+        if self.pending.get(&next).is_none_or(|(v, _)| v.header.ballot <= vote.header.ballot) {
+            self.pending.insert(next, (vote, seq));
+        }
+        if let Some((_, (v, s))) = self.pending.iter().next_back() {
+            (self.accepted, self.accepted_seq) = (v.clone(), *s);
+        }
     }
 
     pub(super) fn next_vote_or_placeholder(&self, cp: &Checkpoint) -> Arc<Message> {
@@ -30,6 +50,10 @@ impl Replica {
     /// checkpoint's) are skipped.
     pub fn replay(&mut self, record: &Arc<Message>, out: &mut Vec<Action>) -> Result<(), ReplayError> {
         assert_eq!(self.persist_seq, 0, "replay comes before start");
+        if self.pipelined() {
+            self.replay_pipelined(record, out);
+            return Ok(());
+        }
         let (d, b) = decree_ballot(record);
         let (ad, ab) = self.accepted();
         match record.kind() {
@@ -76,15 +100,18 @@ impl Replica {
     /// current decree.
     pub(super) fn maybe_save(&mut self, out: &mut Vec<Action>) {
         let Some(at) = self.save_at else { return };
-        if self.saving || self.next_execute <= at || self.accepted.header.decree != self.next_execute {
-            return;
-        }
+        let next_vote = if self.pipelined() {
+            self.pending.get(&self.next_execute).map(|(v, _)| v.clone())
+        } else {
+            (self.accepted.header.decree == self.next_execute).then(|| self.accepted.clone())
+        };
+        let Some(next_vote) = next_vote.filter(|_| !self.saving && self.next_execute > at) else { return };
         debug_assert!(self.next_execute > 0);
         self.save_at = None;
         self.saving = true;
         let cp = Checkpoint {
             decree: self.next_execute - 1,
-            next_vote: self.accepted.clone(),
+            next_vote,
             max_ballot: self.max_ballot,
             config: self.state_config.clone(),
             state_saved: true,
@@ -122,6 +149,7 @@ impl Replica {
             // The runtime starts a new log with the next vote (formats.md §8.1).
             self.accepted_seq =
                 if self.accepted.header.ballot.is_empty() { self.persist_seq } else { self.persist(self.accepted.clone(), out) };
+            self.keep_next_vote(self.accepted_seq);
             let ballot = cp.max_ballot.max(self.accepted.header.ballot);
             self.set_max_ballot(now, ballot, self.accepted_seq);
             (self.checkpointed, self.checkpoint_size, self.log_min_decree) = (cp.decree, size, cp.decree + 1);
@@ -141,7 +169,7 @@ impl Replica {
             max_ballot: self.max_ballot,
             state: self.role.status_code(),
         };
-        let (ad, ab) = self.accepted();
+        let (ad, ab) = self.position();
         self.send(Dest::One(from), Message::new(self.header(ad, ab), Body::StatusResponse(status)), 0, out);
     }
 
@@ -162,14 +190,15 @@ impl Replica {
             out.push(Action::FetchCheckpoint { from, decree: s.checkpointed_decree, size: s.checkpoint_size, load: false });
         }
         let busy = self.learning.is_some() || self.loading.is_some();
-        if self.role == Role::Primary || busy || (s.query_decree, s.query_ballot) != self.accepted() {
+        if self.role == Role::Primary || busy || (s.query_decree, s.query_ballot) != self.position() {
             return;
         }
-        let (ad, ab) = self.accepted();
+        let (ad, ab) = self.position();
         if self.role != Role::Initializing {
             // A minority ahead of a majority would otherwise livelock elections.
             let (d, b) = decree_ballot(&msg);
-            if d == ad + 1 && b >= ab && self.cache.is_empty() {
+            let ahead = if self.pipelined() { d > ad } else { d == ad + 1 && b >= ab };
+            if ahead && self.cache.is_empty() {
                 self.learn(from, out);
             }
             return;
@@ -235,7 +264,8 @@ impl Replica {
         self.learning = Some(from);
         self.candidacy = None;
         self.role = self.role.min_active();
-        out.push(Action::FetchVotes { from, decree: self.accepted.header.decree });
+        let decree = self.position().0;
+        out.push(Action::FetchVotes { from, decree });
     }
 
     pub(super) fn on_learned(
@@ -258,12 +288,19 @@ impl Replica {
         } else {
             // The votes cached meanwhile continue from where learning stopped (`drain_cache`).
             self.become_secondary();
+            if self.next_election == Micros::MAX {
+                // Learned before any status round armed it: a follower must still time out.
+                self.next_election = now.saturating_add(self.election_delay);
+            }
         }
     }
 
     /// `LearnVotes`: applies a peer's log from our decree on. Succeeds once it has reached the
     /// first cached vote.
     pub(super) fn apply_learned(&mut self, now: Micros, records: Vec<Arc<Message>>, out: &mut Vec<Action>) -> bool {
+        if self.pipelined() {
+            return self.apply_learned_pipelined(now, records, out);
+        }
         let min_needed = self.cache.front().map(|(_, v)| v.header.decree);
         let mut last: Option<(u64, Ballot)> = None;
         for rec in records {

@@ -1,0 +1,291 @@
+//! Protocol version 7: several decrees in flight. Votes carry the primary's chosen watermark
+//! (every decree below it is chosen), acceptors keep every accepted vote not yet executed, and
+//! a Prepare re-decides every decree from the candidate's first unexecuted one
+//! (docs/core.md has the safety argument).
+
+use super::*;
+
+/// How far ahead of its execution an acceptor takes votes; beyond, it learns instead.
+const MAX_AHEAD: u64 = 4096;
+
+impl Replica {
+    /// Logs `vote` (unless it is already the one pending at its decree) and keeps it until it
+    /// executes. Returns the persist that holds it.
+    pub(super) fn accept_pending(&mut self, now: Micros, vote: Arc<Message>, out: &mut Vec<Action>) -> u64 {
+        let (d, b) = decree_ballot(&vote);
+        assert!(d >= self.next_execute, "decree {d} already executed");
+        assert!(!b.is_empty(), "votes carry a ballot");
+        let seq = match self.pending.get(&d) {
+            Some((v, seq)) if v.header.ballot == b => *seq,
+            _ => self.persist(vote.clone(), out),
+        };
+        self.pending.insert(d, (vote.clone(), seq));
+        if (d, b) >= self.accepted() {
+            (self.accepted, self.accepted_seq, self.accepted_at) = (vote.clone(), seq, now);
+        }
+        let config = vote.header.config;
+        if config > 1 && config - 1 > self.highest_defunct {
+            self.highest_defunct = config - 1;
+            out.push(Action::Defunct(self.highest_defunct));
+        }
+        self.set_max_ballot(now, b, seq);
+        self.maybe_save(out);
+        seq
+    }
+
+    /// The primary's next vote, logged (a re-proposal of a decree we executed is logged but
+    /// not kept: it only makes our log vouch for it).
+    pub(super) fn propose_pipelined(&mut self, now: Micros, body: VoteBody, out: &mut Vec<Action>) -> (Arc<Message>, u64) {
+        let decree = self.next_propose;
+        self.next_propose += 1;
+        let mut header = self.header(decree, self.max_ballot);
+        header.payload = self.next_execute;
+        let vote = Arc::new(Message::new(header, Body::Vote(body)));
+        let seq =
+            if decree >= self.next_execute { self.accept_pending(now, vote.clone(), out) } else { self.log_executed(now, &vote, out) };
+        self.advance_vouched(self.max_ballot, self.next_execute);
+        (vote, seq)
+    }
+
+    /// Logs a vote for a decree we executed (its value is the chosen one) so that our log
+    /// vouches for it.
+    fn log_executed(&mut self, now: Micros, vote: &Arc<Message>, out: &mut Vec<Action>) -> u64 {
+        let (d, b) = decree_ballot(vote);
+        debug_assert!(d < self.next_execute);
+        let seq = self.persist(vote.clone(), out);
+        if let Some((_, logged)) = self.recent.get_mut(&d) {
+            *logged = (*logged).max(b);
+        }
+        self.set_max_ballot(now, b, seq);
+        seq
+    }
+
+    /// Moves `vouched` over executed decrees whose logged ballot is at least `ballot`: a vote
+    /// of `ballot`'s primary with a watermark past them, now in our log, proves them chosen.
+    fn advance_vouched(&mut self, ballot: Ballot, watermark: u64) {
+        while self.vouched < watermark.min(self.next_execute) && self.recent.get(&self.vouched).is_some_and(|(_, b)| *b >= ballot) {
+            self.vouched += 1;
+        }
+        self.recent = self.recent.split_off(&self.vouched);
+    }
+
+    /// Executes every decree below `watermark` that a vote of `ballot`'s primary vouches for:
+    /// one we hold at that ballot or a higher one (a proposal above the ballot that chose a
+    /// value carries that value). Returns whether execution got all the way.
+    pub(super) fn apply_watermark(&mut self, ballot: Ballot, watermark: u64, out: &mut Vec<Action>) -> bool {
+        while self.next_execute < watermark {
+            let decree = self.next_execute;
+            match self.pending.get(&decree) {
+                Some((v, _)) if v.header.ballot >= ballot => {
+                    let (vote, _) = self.pending.remove(&decree).expect("just seen");
+                    self.execute(vote, Vec::new(), None, out);
+                }
+                _ => break,
+            }
+        }
+        self.advance_vouched(ballot, watermark);
+        self.maybe_save(out);
+        self.next_execute >= watermark
+    }
+
+    pub(super) fn on_vote_pipelined(
+        &mut self,
+        now: Micros,
+        from: MemberId,
+        vote: Arc<Message>,
+        app: &mut dyn Application,
+        out: &mut Vec<Action>,
+    ) {
+        let (d, b) = decree_ballot(&vote);
+        if b < self.max_ballot {
+            let msg = Message::new(self.header(self.vouched, self.max_ballot), Body::NotAccepted);
+            return self.send(Dest::One(from), msg, 0, out);
+        }
+        if self.role == Role::Primary {
+            self.step_down(out);
+        }
+        if d >= self.next_execute + MAX_AHEAD {
+            self.cache.clear();
+            return self.start_initializing(now, app, out);
+        }
+        // A decree we executed is chosen: its re-proposal carries the same value. It is still
+        // logged, so that our log vouches for that decree to a replica learning from it.
+        let seq = if d >= self.next_execute { self.accept_pending(now, vote.clone(), out) } else { self.log_executed(now, &vote, out) };
+        self.next_election = now.saturating_add(self.election_delay);
+        let cookie = vote.as_vote().map(|v| v.cookie.clone()).unwrap_or_default();
+        if self.accept_check(app, &vote.header.sender, &cookie) {
+            let mut msg = Message::new(self.header(d, b), Body::VoteAccepted);
+            msg.header.payload = self.vote_payload;
+            let after = seq.max(self.max_ballot_seq);
+            self.send(Dest::One(from), msg, after, out);
+            if vote.as_vote().is_some_and(|v| v.relinquish) {
+                self.force_reelection = true;
+            }
+        }
+        self.become_secondary();
+        if !self.apply_watermark(b, vote.header.payload, out) {
+            // We miss a decree the primary says is chosen: fetch it.
+            self.start_initializing(now, app, out);
+        }
+    }
+
+    /// A Prepare re-decides everything from its decree on: answer with every vote we hold
+    /// there, one PrepareAccepted each, each saying how many to expect.
+    pub(super) fn on_prepare_pipelined(
+        &mut self,
+        now: Micros,
+        from: MemberId,
+        prep: Arc<Message>,
+        app: &mut dyn Application,
+        out: &mut Vec<Action>,
+    ) {
+        let (p, b) = decree_ballot(&prep);
+        if b < self.max_ballot || p < self.vouched {
+            // Below our promise, or behind what our log proves: the candidate learns first.
+            let msg = Message::new(self.header(self.vouched, self.max_ballot), Body::NotAccepted);
+            return self.send(Dest::One(from), msg, 0, out);
+        }
+        if self.role == Role::Initializing {
+            return;
+        }
+        if self.role == Role::Primary && b > self.max_ballot {
+            self.step_down(out);
+        }
+        if b > self.max_ballot {
+            let seq = self.persist(prep.clone(), out);
+            self.set_max_ballot(now, b, seq);
+        }
+        let cookie = match &prep.body {
+            Body::Prepare(c) => c.clone(),
+            _ => Bytes::new(),
+        };
+        if self.accept_check(app, &from, &cookie) {
+            // What we executed from there (the chosen values) and what we hold beyond.
+            let executed = self.recent.range(p..).map(|(_, (v, _))| v.clone());
+            let votes: Vec<Arc<Message>> = executed.chain(self.pending.range(p..).map(|(_, (v, _))| v.clone())).collect();
+            let after = self.persist_seq;
+            let count = votes.len() as u64;
+            let votes = if votes.is_empty() { vec![placeholder(self.version, p, self.paxos_config.number)] } else { votes };
+            for vote in votes {
+                let mut msg = Message::new(self.header(p, b), Body::PrepareAccepted(Box::new((*vote).clone())));
+                msg.header.payload = count;
+                self.send(Dest::One(from), msg, after, out);
+            }
+        }
+        if self.role == Role::Primary {
+            return;
+        }
+        if p > self.next_execute {
+            self.start_initializing(now, app, out);
+        } else {
+            self.become_secondary();
+        }
+    }
+
+    pub(super) fn on_prepare_accepted_pipelined(&mut self, now: Micros, from: MemberId, msg: &Message, out: &mut Vec<Action>) {
+        let (Some(c), Body::PrepareAccepted(vote)) = (&mut self.candidacy, &msg.body) else { return };
+        let (p, b) = decree_ballot(&c.prepare);
+        let (vd, vb) = decree_ballot(vote);
+        if decree_ballot(msg) != (p, b) || b != self.max_ballot || vd < p || vb > b {
+            return; // not an answer to our Prepare, or an invalid one
+        }
+        let (expected, got) = c.answers.entry(from).or_insert_with(|| (msg.header.payload, BTreeSet::new()));
+        if !vb.is_empty() {
+            got.insert(vd);
+            if c.best.get(&vd).is_none_or(|v| v.header.ballot < vb) {
+                c.best.insert(vd, Arc::new((**vote).clone()));
+            }
+        }
+        if got.len() as u64 >= *expected {
+            c.promises.insert(from);
+        }
+        self.check_prepared(now, out);
+    }
+
+    /// Re-proposes, under our ballot, every decree from the Prepare's on up to the highest any
+    /// answer held: the highest-ballot vote reported for each, or an empty vote for a gap.
+    pub(super) fn become_primary_pipelined(&mut self, now: Micros, c: Candidacy, out: &mut Vec<Action>) {
+        // From what our log proves on: decrees we executed keep the value we executed.
+        let first = c.prepare.header.decree.max(self.vouched);
+        assert!(first <= self.next_execute, "the Prepare named a decree we had executed or the next");
+        let last = c.best.keys().next_back().copied().unwrap_or(first).max(first).max(self.next_execute.saturating_sub(1));
+        self.role = Role::Primary;
+        self.force_reelection = false;
+        self.recovering = Some(last);
+        self.next_propose = first;
+        for decree in first..=last {
+            let chosen = self.recent.get(&decree).map(|(v, _)| v.clone());
+            let reported = chosen.or_else(|| c.best.get(&decree).cloned());
+            let mut body = reported.and_then(|v| v.as_vote().cloned()).unwrap_or_default();
+            body.cookie = self.primary_cookie.clone();
+            body.relinquish = false;
+            self.propose(now, body, Vec::new(), None, out);
+            if self.role != Role::Primary {
+                return;
+            }
+        }
+        debug_assert_eq!(self.next_propose, last + 1);
+    }
+
+    /// Learning from a peer's log: every vote is kept, and each watermark executes what it
+    /// vouches for. Succeeds if execution reached the first vote waiting in the cache, or
+    /// moved at all when none waits.
+    pub(super) fn apply_learned_pipelined(&mut self, now: Micros, records: Vec<Arc<Message>>, out: &mut Vec<Action>) -> bool {
+        let start = (self.next_execute, self.vouched);
+        for rec in records {
+            if rec.header.config != self.paxos_config.number {
+                break;
+            }
+            let (d, b) = decree_ballot(&rec);
+            match rec.kind() {
+                MsgKind::Prepare if b > self.max_ballot => {
+                    let seq = self.persist(rec, out);
+                    self.set_max_ballot(now, b, seq);
+                }
+                MsgKind::Vote if !b.is_empty() => {
+                    if d < self.next_execute {
+                        self.log_executed(now, &rec, out);
+                    } else if self.pending.get(&d).is_none_or(|(v, _)| v.header.ballot <= b) {
+                        self.accept_pending(now, rec.clone(), out);
+                    }
+                    self.apply_watermark(b, rec.header.payload, out);
+                }
+                MsgKind::ReconfigurationDecision => {
+                    self.apply_watermark(b, d, out);
+                    self.log_decision(now, rec, true, None, out);
+                }
+                _ => {}
+            }
+        }
+        match self.cache.front() {
+            Some((_, v)) => self.next_execute >= v.header.decree,
+            None => (self.next_execute, self.vouched) > start,
+        }
+    }
+
+    /// Replays one durable record of a pipelined log.
+    pub(super) fn replay_pipelined(&mut self, record: &Arc<Message>, out: &mut Vec<Action>) {
+        let (d, b) = decree_ballot(record);
+        self.max_ballot = self.max_ballot.max(b);
+        match record.kind() {
+            MsgKind::Vote if !b.is_empty() => {
+                if d < self.next_execute {
+                    if let Some((_, logged)) = self.recent.get_mut(&d) {
+                        *logged = (*logged).max(b);
+                    }
+                } else if self.pending.get(&d).is_none_or(|(v, _)| v.header.ballot <= b) {
+                    self.pending.insert(d, (record.clone(), 0));
+                    if (d, b) >= self.accepted() {
+                        self.accepted = record.clone();
+                    }
+                }
+                self.apply_watermark(b, record.header.payload, out);
+            }
+            MsgKind::ReconfigurationDecision => {
+                self.apply_watermark(b, d, out);
+                self.log_decision(0, record.clone(), false, None, out);
+            }
+            _ => {}
+        }
+    }
+}
