@@ -45,6 +45,34 @@ impl Replica {
         self.maybe_save(out);
     }
 
+    /// What handling a Prepare shares across protocol versions: nothing while initializing;
+    /// otherwise step down and log the promise if it is higher, and ask whether to answer.
+    pub(super) fn take_promise(
+        &mut self,
+        now: Micros,
+        from: MemberId,
+        prep: &Arc<Message>,
+        app: &mut dyn Application,
+        out: &mut Vec<Action>,
+    ) -> Option<bool> {
+        if self.role == Role::Initializing {
+            return None;
+        }
+        let b = prep.header.ballot;
+        if self.role == Role::Primary && b > self.max_ballot {
+            self.step_down(out);
+        }
+        if b > self.max_ballot {
+            let seq = self.persist(prep.clone(), out);
+            self.set_max_ballot(now, b, seq);
+        }
+        let cookie = match &prep.body {
+            Body::Prepare(c) => c.clone(),
+            _ => Bytes::new(),
+        };
+        Some(self.accept_check(app, &from, &cookie))
+    }
+
     pub(super) fn accept_check(&mut self, app: &mut dyn Application, from: &MemberId, cookie: &[u8]) -> bool {
         if self.cfg.use_global_accept_flag {
             self.accept_flag
@@ -135,21 +163,8 @@ impl Replica {
             }
             return;
         }
-        if self.role == Role::Initializing {
-            return;
-        }
-        if self.role == Role::Primary && b > self.max_ballot {
-            self.step_down(out);
-        }
-        if b > self.max_ballot {
-            let seq = self.persist(prep.clone(), out);
-            self.set_max_ballot(now, b, seq);
-        }
-        let cookie = match &prep.body {
-            Body::Prepare(c) => c.clone(),
-            _ => Bytes::new(),
-        };
-        if self.accept_check(app, &from, &cookie) {
+        let Some(answer) = self.take_promise(now, from, &prep, app, out) else { return };
+        if answer {
             let body = Body::PrepareAccepted(Box::new((*self.accepted).clone()));
             let after = self.accepted_seq.max(self.max_ballot_seq);
             self.send(Dest::One(from), Message::new(self.header(d, b), body), after, out);

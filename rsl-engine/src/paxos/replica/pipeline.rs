@@ -145,21 +145,8 @@ impl Replica {
             let msg = Message::new(self.header(self.vouched, self.max_ballot), Body::NotAccepted);
             return self.send(Dest::One(from), msg, 0, out);
         }
-        if self.role == Role::Initializing {
-            return;
-        }
-        if self.role == Role::Primary && b > self.max_ballot {
-            self.step_down(out);
-        }
-        if b > self.max_ballot {
-            let seq = self.persist(prep.clone(), out);
-            self.set_max_ballot(now, b, seq);
-        }
-        let cookie = match &prep.body {
-            Body::Prepare(c) => c.clone(),
-            _ => Bytes::new(),
-        };
-        if self.accept_check(app, &from, &cookie) {
+        let Some(answer) = self.take_promise(now, from, &prep, app, out) else { return };
+        if answer {
             // What we executed from there (the chosen values) and what we hold beyond.
             let executed = self.recent.range(p..).map(|(_, (v, _))| v.clone());
             let votes: Vec<Arc<Message>> = executed.chain(self.pending.range(p..).map(|(_, (v, _))| v.clone())).collect();
