@@ -86,6 +86,12 @@ impl<'a> Reader<'a> {
         self.pos = pos;
     }
 
+    /// The bytes from here to the end, without consuming them.
+    pub fn rest(&self) -> &'a [u8] {
+        let buf: &'a Bytes = self.buf;
+        &buf[self.pos..self.end]
+    }
+
     pub fn pos(&self) -> usize {
         self.pos
     }

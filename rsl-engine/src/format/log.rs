@@ -2,8 +2,8 @@
 //! rules, a whole-file reader that builds the decree index, and a plain appending writer
 //! (formats.md §8).
 
-use super::codec::{round_up_512, DecodeError, EncodeError, Reader, PAGE};
-use super::message::{self, Checksum, Message, MsgKind, Prefix, MAGIC, MSG_ID_OFFSET};
+use super::codec::{round_up_512, DecodeError, EncodeError, PAGE};
+use super::message::{self, Checksum, Message, MsgKind, Prefix, CHECKSUM_END, MAGIC, MSG_ID_OFFSET};
 use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -116,17 +116,18 @@ fn short_page(offset: usize, rest: usize) -> DecodeError {
 /// Validates what `Message::UnMarshal` checks, plus that the type is one a log holds, on the
 /// first page of a record (at least the first 20 bytes; offsets are relative to it).
 pub fn parse_record_header(page: &[u8]) -> Result<Prefix, DecodeError> {
-    let page = Bytes::copy_from_slice(&page[..MSG_ID_OFFSET + 2]);
-    let mut r = Reader::new(&page);
-    let prefix = Prefix::decode(&mut r)?;
-    let magic = r.u32("magic")?;
+    let prefix = Prefix::parse(page)?;
+    let truncated = |what, offset, need| DecodeError::Truncated { what, offset, need, have: page.len().saturating_sub(offset) };
+    let magic = page.get(CHECKSUM_END..MSG_ID_OFFSET).ok_or(truncated("magic", CHECKSUM_END, 4))?;
+    let magic = u32::from_le_bytes(magic.try_into().expect("4 bytes"));
     if magic != MAGIC {
-        return Err(r.invalid("magic", 14, magic as u64));
+        return Err(DecodeError::Invalid { what: "magic", offset: CHECKSUM_END, value: magic as u64 });
     }
-    let code = r.u16("message type")?;
+    let code = page.get(MSG_ID_OFFSET..MSG_ID_OFFSET + 2).ok_or(truncated("message type", MSG_ID_OFFSET, 2))?;
+    let code = u16::from_le_bytes(code.try_into().expect("2 bytes"));
     match MsgKind::from_code(code) {
         Some(k) if k.is_log_record() => Ok(prefix),
-        _ => Err(r.invalid("log record type", MSG_ID_OFFSET, code as u64)),
+        _ => Err(DecodeError::Invalid { what: "log record type", offset: MSG_ID_OFFSET, value: code as u64 }),
     }
 }
 

@@ -109,13 +109,25 @@ pub struct Prefix {
 impl Prefix {
     pub fn decode(r: &mut Reader<'_>) -> Result<Prefix, DecodeError> {
         let at = r.pos();
-        let raw_version = r.u16("version")?;
-        let version = Version::new(raw_version).ok_or(r.invalid("version", at, raw_version as u64))?;
-        let length = r.u32("length")?;
+        let prefix = Prefix::parse(r.rest()).map_err(|e| e.shifted(at))?;
+        r.skip_to(at + CHECKSUM_END);
+        Ok(prefix)
+    }
+
+    /// The same checks on the first bytes of a slice (offsets relative to it), so that
+    /// checksum verification and log scanning need no copy.
+    pub fn parse(b: &[u8]) -> Result<Prefix, DecodeError> {
+        let field = |what, at: usize, n: usize| {
+            b.get(at..at + n).ok_or(DecodeError::Truncated { what, offset: at, need: n, have: b.len().saturating_sub(at) })
+        };
+        let raw_version = u16::from_le_bytes(field("version", 0, 2)?.try_into().expect("2 bytes"));
+        let version = Version::new(raw_version).ok_or(DecodeError::Invalid { what: "version", offset: 0, value: raw_version as u64 })?;
+        let length = u32::from_le_bytes(field("length", 2, 4)?.try_into().expect("4 bytes"));
         if (length as usize) < Header::size(version) {
-            return Err(r.invalid("length", at + 2, length as u64));
+            return Err(DecodeError::Invalid { what: "length", offset: 2, value: length as u64 });
         }
-        Ok(Prefix { version, length, checksum: r.u64("checksum")? })
+        let checksum = u64::from_le_bytes(field("checksum", 6, 8)?.try_into().expect("8 bytes"));
+        Ok(Prefix { version, length, checksum })
     }
 }
 
@@ -474,8 +486,7 @@ fn decode_vote_body(r: &mut Reader<'_>, v: Version) -> Result<VoteBody, DecodeEr
 /// bytes `[14, length)` as they are, never re-encoded (the original leaves indeterminate bytes
 /// inside that range).
 pub fn verify_checksum(buf: &[u8]) -> Result<(), DecodeError> {
-    let b = Bytes::copy_from_slice(&buf[..buf.len().min(CHECKSUM_END)]);
-    let prefix = Prefix::decode(&mut Reader::new(&b))?;
+    let prefix = Prefix::parse(buf)?;
     let len = prefix.length as usize;
     if len > buf.len() {
         return Err(DecodeError::Truncated { what: "message", offset: 0, need: len, have: buf.len() });

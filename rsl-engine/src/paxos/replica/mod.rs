@@ -444,8 +444,10 @@ impl Replica {
         Header::new(self.version, self.me, decree, self.paxos_config.number, ballot)
     }
 
+    /// NotAccepted names where we are (our highest accepted decree, or from version 7 our
+    /// vouched point) and our promise.
     fn not_accepted(&self, to: MemberId, out: &mut Vec<Action>) {
-        let msg = Message::new(self.header(self.accepted.header.decree, self.max_ballot), Body::NotAccepted);
+        let msg = Message::new(self.header(self.position().0, self.max_ballot), Body::NotAccepted);
         self.send(Dest::One(to), msg, 0, out);
     }
 

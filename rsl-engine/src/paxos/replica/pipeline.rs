@@ -98,8 +98,7 @@ impl Replica {
     ) {
         let (d, b) = decree_ballot(&vote);
         if b < self.max_ballot {
-            let msg = Message::new(self.header(self.vouched, self.max_ballot), Body::NotAccepted);
-            return self.send(Dest::One(from), msg, 0, out);
+            return self.not_accepted(from, out);
         }
         if self.role == Role::Primary {
             self.step_down(out);
@@ -142,8 +141,7 @@ impl Replica {
         let (p, b) = decree_ballot(&prep);
         if b < self.max_ballot || p < self.vouched {
             // Below our promise, or behind what our log proves: the candidate learns first.
-            let msg = Message::new(self.header(self.vouched, self.max_ballot), Body::NotAccepted);
-            return self.send(Dest::One(from), msg, 0, out);
+            return self.not_accepted(from, out);
         }
         let Some(answer) = self.take_promise(now, from, &prep, app, out) else { return };
         if answer {
