@@ -4,4 +4,5 @@
 
 pub mod format;
 pub mod paxos;
+pub mod runtime;
 pub mod sim;
