@@ -34,17 +34,27 @@ pub enum Frame {
     NeedMore(usize),
 }
 
-/// Finds the packet at the start of `buf`. An error means the connection must be closed:
-/// a size below the header, above `max_size`, or a checksum that does not match. The size
-/// is checked before anything is buffered, so a hostile size cannot make a caller allocate.
-pub fn decode(buf: &Bytes, max_size: usize) -> Result<Frame, DecodeError> {
+/// The validated size of the packet starting at `buf[0]`, once its header has arrived (`None`
+/// before). Lets a reader size its buffer for a packet, and split the packet off, before
+/// decoding it.
+pub fn peek_size(buf: &[u8], max_size: usize) -> Result<Option<usize>, DecodeError> {
     if buf.len() < HEADER_SIZE {
-        return Ok(Frame::NeedMore(HEADER_SIZE));
+        return Ok(None);
     }
     let size = u32::from_le_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
     if size < HEADER_SIZE || size > max_size {
         return Err(DecodeError::Invalid { what: "packet size", offset: 0, value: size as u64 });
     }
+    Ok(Some(size))
+}
+
+/// Finds the packet at the start of `buf`. An error means the connection must be closed:
+/// a size below the header, above `max_size`, or a checksum that does not match. The size
+/// is checked before anything is buffered, so a hostile size cannot make a caller allocate.
+pub fn decode(buf: &Bytes, max_size: usize) -> Result<Frame, DecodeError> {
+    let Some(size) = peek_size(buf, max_size)? else {
+        return Ok(Frame::NeedMore(HEADER_SIZE));
+    };
     if buf.len() < size {
         return Ok(Frame::NeedMore(size));
     }
