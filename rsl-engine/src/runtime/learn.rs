@@ -465,3 +465,257 @@ fn verify_checkpoint(peer: SocketAddr, path: &Path, expected_size: u64, decree: 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::log::encode_record;
+    use crate::format::message::{Body, StatusBody, VoteBody};
+    use crate::format::{Ballot, CheckpointHeader, CheckpointWriter, ConfigInfo, MemberId};
+    use bytes::Bytes;
+    use std::sync::Mutex;
+    use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+    const WAIT: Duration = Duration::from_secs(10);
+    const CP_DECREE: u64 = 40;
+
+    fn me() -> MemberId {
+        MemberId::from_numeric(1)
+    }
+
+    fn message(version: Version, decree: u64, body: Body) -> Message {
+        Message::new(Header::new(version, me(), decree, 1, Ballot::new(2, me())), body)
+    }
+
+    fn vote(decree: u64, request_len: usize) -> Message {
+        let request = Bytes::from(vec![decree as u8; request_len]);
+        message(Version::V6, decree, Body::Vote(VoteBody { requests: vec![request], ..Default::default() }))
+    }
+
+    /// A log file holding votes for `decrees`, each with a request of `request_len` bytes.
+    fn write_log(path: &Path, decrees: std::ops::RangeInclusive<u64>, request_len: usize) -> u64 {
+        let mut out = BytesMut::new();
+        for d in decrees {
+            encode_record(&vote(d, request_len), &mut out).unwrap();
+        }
+        std::fs::write(path, &out).unwrap();
+        out.len() as u64
+    }
+
+    #[derive(Default)]
+    struct Source {
+        votes: Vec<FileRange>,
+        checkpoint: Option<PathBuf>,
+    }
+
+    impl LearnSource for Source {
+        fn votes_from(&self, _decree: u64) -> Option<Vec<FileRange>> {
+            Some(self.votes.clone()).filter(|v| !v.is_empty())
+        }
+        fn checkpoint(&self, decree: u64) -> Option<PathBuf> {
+            self.checkpoint.clone().filter(|_| decree == CP_DECREE)
+        }
+        fn status(&self, query: &Message) -> Option<Message> {
+            let body = StatusBody {
+                query_decree: query.header.decree,
+                query_ballot: query.header.ballot,
+                last_received_ago_ms: 5,
+                min_decree_in_log: 1,
+                checkpointed_decree: CP_DECREE,
+                checkpoint_size: 0,
+                max_ballot: Ballot::new(3, me()),
+                state: 2,
+            };
+            Some(message(Version::V6, 7, Body::StatusResponse(body)))
+        }
+    }
+
+    fn serve(source: Source) -> LearnServer {
+        LearnServer::start(&Handle::current(), "127.0.0.1:0".parse().unwrap(), Arc::new(source), 1 << 20).unwrap()
+    }
+
+    fn range(path: &Path, start: u64, end: u64) -> FileRange {
+        FileRange { path: path.into(), start, end }
+    }
+
+    fn fetch_votes_request(decree: u64) -> Message {
+        message(Version::V6, decree, Body::FetchVotes)
+    }
+
+    fn decrees(records: &[Arc<Message>]) -> Vec<u64> {
+        records.iter().map(|m| m.header.decree).collect()
+    }
+
+    #[tokio::test]
+    async fn fetch_votes_streams_ranges_across_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, second) = (dir.path().join("1.log"), dir.path().join("6.log"));
+        let len1 = write_log(&first, 1..=5, 100);
+        let len2 = write_log(&second, 6..=10, 100);
+        // Decree 3 starts at the third record; the stream goes on into the next file.
+        let server = serve(Source { votes: vec![range(&first, 2 * 512, len1), range(&second, 0, len2)], ..Default::default() });
+        let records = fetch_votes(server.local_addr(), &fetch_votes_request(3), 1 << 20, WAIT).await.unwrap();
+        assert_eq!(decrees(&records), (3..=10).collect::<Vec<_>>());
+        assert_eq!(*records[4], vote(7, 100));
+        // A file that vanished ends the stream there.
+        let server = serve(Source { votes: vec![range(&first, 0, len1), range(&dir.path().join("gone.log"), 0, 512), range(&second, 0, len2)], ..Default::default() });
+        let records = fetch_votes(server.local_addr(), &fetch_votes_request(1), 1 << 20, WAIT).await.unwrap();
+        assert_eq!(decrees(&records), (1..=5).collect::<Vec<_>>());
+        // No log holds the decree: nothing is sent.
+        let server = serve(Source::default());
+        assert!(fetch_votes(server.local_addr(), &fetch_votes_request(99), 1 << 20, WAIT).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn fetch_votes_stops_at_the_first_bad_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("1.log");
+        let len = write_log(&path, 1..=6, 3000);
+        let record = len as usize / 6;
+        assert_eq!(record, 7 * PAGE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[4 * record + 700] ^= 1; // inside decree 5's request
+        bytes.extend_from_slice(&[0; 1024]); // and a zero tail, as log files have
+        std::fs::write(&path, &bytes).unwrap();
+        let server = serve(Source { votes: vec![range(&path, 0, len + 1024)], ..Default::default() });
+        let records = fetch_votes(server.local_addr(), &fetch_votes_request(1), 1 << 20, WAIT).await.unwrap();
+        assert_eq!(decrees(&records), [1, 2, 3, 4]);
+        // A stream that is bad from its first record is an error naming the offset.
+        let server = serve(Source { votes: vec![range(&path, 4 * record as u64, len)], ..Default::default() });
+        let err = fetch_votes(server.local_addr(), &fetch_votes_request(5), 1 << 20, WAIT).await.unwrap_err();
+        assert!(matches!(err, LearnError::BadRecord { offset: 0, .. }), "{err}");
+        // So is one cut short.
+        let server = serve(Source { votes: vec![range(&path, 0, 1000)], ..Default::default() });
+        let err = fetch_votes(server.local_addr(), &fetch_votes_request(1), 1 << 20, WAIT).await.unwrap_err();
+        assert!(matches!(err, LearnError::BadRecord { offset: 0, .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn fetch_votes_stops_after_max_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("1.log");
+        let len = write_log(&path, 1..=200, 10_000); // 20 pages a record, 2 MB in all
+        assert_eq!(len, 200 * 20 * 512);
+        let server = serve(Source { votes: vec![range(&path, 0, len)], ..Default::default() });
+        let max = 300_000;
+        let records = fetch_votes(server.local_addr(), &fetch_votes_request(1), max, WAIT).await.unwrap();
+        assert!(!records.is_empty() && records.len() * 10_240 <= max + CHUNK, "{} records", records.len());
+        assert_eq!(decrees(&records), (1..=records.len() as u64).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn status_query_and_bad_requests() {
+        let server = serve(Source::default());
+        let query = message(Version::V6, 12, Body::StatusQuery);
+        let mut conn = send_request(server.local_addr(), &query, WAIT).await.unwrap();
+        let mut reply = Vec::new();
+        timeout(WAIT, conn.read_to_end(&mut reply)).await.unwrap().unwrap();
+        let reply = Message::decode(&Bytes::from(reply)).unwrap();
+        assert!(matches!(&reply.body, Body::StatusResponse(s) if s.query_decree == 12 && s.checkpointed_decree == CP_DECREE));
+        // A request of another type, and a length no request has: closed without a byte.
+        let hostile = [6, 0, 0xFF, 0xFF, 0xFF, 0xFF];
+        let vote = vote(1, 10).encode(Checksum::Default).unwrap();
+        for request in [&vote[..], &hostile] {
+            let mut conn = TcpStream::connect(server.local_addr()).await.unwrap();
+            conn.write_all(request).await.unwrap();
+            let mut reply = Vec::new();
+            let _ = timeout(WAIT, conn.read_to_end(&mut reply)).await.unwrap();
+            assert!(reply.is_empty());
+        }
+    }
+
+    /// A v6 checkpoint for CP_DECREE with 64 KiB blocks and about 3 MiB of data; its size.
+    fn write_checkpoint(path: &Path) -> u64 {
+        let vote = message(Version::V6, CP_DECREE + 1, Body::Vote(VoteBody::default()));
+        let header = CheckpointHeader {
+            version: Version::V6,
+            member: me(),
+            last_executed: CP_DECREE,
+            max_ballot: Ballot::new(2, me()),
+            config: ConfigInfo { number: 1, initial_decree: 1, ..Default::default() },
+            state_saved: true,
+            size: 0,
+            block_size: 64 * 1024,
+            next_vote: vote,
+        };
+        let mut w = CheckpointWriter::create(path, header).unwrap();
+        for i in 0..3000u32 {
+            w.write(&[(i % 251) as u8; 1000]).unwrap();
+        }
+        w.close().unwrap().size
+    }
+
+    fn fetch_checkpoint_request(version: Version, decree: u64) -> Message {
+        message(version, decree, Body::FetchCheckpoint)
+    }
+
+    #[tokio::test]
+    async fn fetch_checkpoint_copies_and_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("40.codex");
+        let size = write_checkpoint(&path);
+        let server = serve(Source { checkpoint: Some(path.clone()), ..Default::default() });
+        let dest = dir.path().join("copy.codex");
+        let request = fetch_checkpoint_request(Version::V6, CP_DECREE);
+        fetch_checkpoint(server.local_addr(), &request, size, &dest, WAIT, 1).await.unwrap();
+        assert!(std::fs::read(&dest).unwrap() == std::fs::read(&path).unwrap());
+        // Another decree gets nothing.
+        let err = fetch_checkpoint(server.local_addr(), &fetch_checkpoint_request(Version::V6, 39), size, &dest, WAIT, 2).await.unwrap_err();
+        assert!(matches!(err, LearnError::Short { received: 0, .. }), "{err}");
+        // Expecting less than the peer sends is an error.
+        let err = fetch_checkpoint(server.local_addr(), &request, size - 1, &dest, WAIT, 1).await.unwrap_err();
+        assert!(matches!(err, LearnError::TooLong { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn fetch_checkpoint_rejects_a_bad_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("40.codex");
+        let size = write_checkpoint(&path);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[size as usize - 100_000] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let server = serve(Source { checkpoint: Some(path), ..Default::default() });
+        let request = fetch_checkpoint_request(Version::V6, CP_DECREE);
+        let err = fetch_checkpoint(server.local_addr(), &request, size, &dir.path().join("copy.codex"), WAIT, 1).await.unwrap_err();
+        assert!(matches!(err, LearnError::Checkpoint { source: CheckpointError::BlockChecksum { .. }, .. }), "{err}");
+    }
+
+    /// A proxy in front of `upstream` that cuts its first connection after `cut` reply bytes and
+    /// reports the resume offset (header payload) of every request it forwards.
+    async fn cutting_proxy(upstream: SocketAddr, cut: usize) -> (SocketAddr, UnboundedReceiver<u64>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = unbounded_channel();
+        let first = Arc::new(Mutex::new(true));
+        tokio::spawn(async move {
+            loop {
+                let (mut client, _) = listener.accept().await.unwrap();
+                let request = read_request(&mut client, 1 << 20).await.unwrap();
+                tx.send(request.header.payload).unwrap();
+                let mut server = send_request(upstream, &request, WAIT).await.unwrap();
+                let limit = if std::mem::replace(&mut *first.lock().unwrap(), false) { cut as u64 } else { u64::MAX };
+                tokio::io::copy(&mut (&mut server).take(limit), &mut client).await.unwrap();
+            }
+        });
+        (addr, rx)
+    }
+
+    #[tokio::test]
+    async fn fetch_checkpoint_resumes_after_a_broken_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("40.codex");
+        let size = write_checkpoint(&path);
+        let server = serve(Source { checkpoint: Some(path.clone()), ..Default::default() });
+        let cut = 1_000_000;
+        // v6 resumes where the stream broke; v5 has no payload field and starts over.
+        for (version, second_from) in [(Version::V6, cut as u64), (Version::V5, 0)] {
+            let (proxy, mut offsets) = cutting_proxy(server.local_addr(), cut).await;
+            let dest = dir.path().join(format!("copy{version}.codex"));
+            fetch_checkpoint(proxy, &fetch_checkpoint_request(version, CP_DECREE), size, &dest, WAIT, 3).await.unwrap();
+            assert!(std::fs::read(&dest).unwrap() == std::fs::read(&path).unwrap());
+            assert_eq!((offsets.recv().await, offsets.recv().await), (Some(0), Some(second_from)));
+            assert!(offsets.try_recv().is_err(), "two connections");
+        }
+    }
+}

@@ -10,4 +10,5 @@ pub struct FileRange {
     pub end: u64,
 }
 
+pub mod learn;
 pub mod transport;
