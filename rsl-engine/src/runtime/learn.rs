@@ -2,7 +2,7 @@
 //! (formats.md §7.2, api-behavior.md §2.12). The server streams log ranges, checkpoint files and
 //! status replies; the client fetches votes and (resumably) checkpoints.
 
-use super::transport::grow_for;
+use super::transport::{accept_each, bind, grow_for};
 use super::FileRange;
 use crate::format::checkpoint::{CheckpointError, CheckpointReader};
 use crate::format::codec::PAGE;
@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
@@ -65,10 +65,8 @@ pub enum LearnError {
     File { peer: SocketAddr, path: PathBuf, source: io::Error },
     #[error("learn from {peer}: checkpoint rejected: {source}")]
     Checkpoint { peer: SocketAddr, source: CheckpointError },
-    #[error("learn from {peer}: the checkpoint says it is {actual} bytes, expected {expected}")]
-    SizeMismatch { peer: SocketAddr, expected: u64, actual: u64 },
-    #[error("learn from {peer}: checkpoint is for decree {actual}, asked for {expected}")]
-    WrongDecree { peer: SocketAddr, expected: u64, actual: u64 },
+    #[error("learn from {peer}: the checkpoint's {what} is {actual}, expected {expected}")]
+    Mismatch { peer: SocketAddr, what: &'static str, expected: u64, actual: u64 },
 }
 
 impl LearnError {
@@ -77,9 +75,6 @@ impl LearnError {
         matches!(self, LearnError::Connect { .. } | LearnError::Timeout { .. } | LearnError::Io { .. } | LearnError::Short { .. })
     }
 }
-
-// ---------------------------------------------------------------------------------------------
-// Server
 
 /// A running learn-port listener; each connection is served on its own task.
 pub struct LearnServer {
@@ -91,14 +86,9 @@ impl LearnServer {
     /// Binds `listen` (an error here is the caller's to report) and starts serving.
     pub fn start(rt: &Handle, listen: SocketAddr, source: Arc<dyn LearnSource>, max_message: usize) -> io::Result<LearnServer> {
         assert!(max_message >= Header::size(Version::V6), "a request must fit");
-        let std_listener = std::net::TcpListener::bind(listen)?;
-        std_listener.set_nonblocking(true)?;
-        let local_addr = std_listener.local_addr()?;
-        let listener = {
-            let _guard = rt.enter();
-            TcpListener::from_std(std_listener)?
-        };
-        let task = rt.spawn(accept_loop(listener, source, max_message));
+        let listener = bind(rt, listen)?;
+        let local_addr = listener.local_addr()?;
+        let task = rt.spawn(accept_each(listener, move |conn, from| serve_logged(conn, from, source.clone(), max_message)));
         Ok(LearnServer { local_addr, task })
     }
 
@@ -106,7 +96,7 @@ impl LearnServer {
         self.local_addr
     }
 
-    /// Stops accepting. Transfers under way run to their end (or their timeout).
+    /// Closes the listener and every connection.
     pub fn shutdown(&self) {
         self.task.abort();
     }
@@ -118,28 +108,15 @@ impl Drop for LearnServer {
     }
 }
 
-async fn accept_loop(listener: TcpListener, source: Arc<dyn LearnSource>, max_message: usize) {
-    loop {
-        match listener.accept().await {
-            Ok((conn, from)) => {
-                let source = source.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = serve(conn, &*source, max_message).await {
-                        debug!(%from, error = %e, "learn connection ended");
-                    }
-                });
-            }
-            Err(e) => {
-                warn!(error = %e, "learn port accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
+async fn serve_logged(conn: TcpStream, from: SocketAddr, source: Arc<dyn LearnSource>, max_message: usize) {
+    if let Err(e) = serve(conn, &*source, max_message).await {
+        debug!(%from, error = %e, "learn connection ended");
     }
 }
 
 /// Serves one request, then closes the connection.
 async fn serve(mut conn: TcpStream, source: &dyn LearnSource, max_message: usize) -> io::Result<()> {
-    let request = timeout(SERVER_TIMEOUT, read_request(&mut conn, max_message)).await.map_err(|_| io::ErrorKind::TimedOut)??;
+    let request = in_time(read_request(&mut conn, max_message)).await?;
     let decree = request.header.decree;
     match request.kind() {
         MsgKind::FetchVotes => {
@@ -160,7 +137,7 @@ async fn serve(mut conn: TcpStream, source: &dyn LearnSource, max_message: usize
         MsgKind::StatusQuery => {
             if let Some(reply) = source.status(&request) {
                 let bytes = reply.encode(Checksum::Default).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-                timeout(SERVER_TIMEOUT, conn.write_all(&bytes)).await.map_err(|_| io::ErrorKind::TimedOut)??;
+                in_time(conn.write_all(&bytes)).await?;
             }
         }
         other => debug!(kind = ?other, "not a learn-port request"),
@@ -208,20 +185,22 @@ async fn send_ranges(conn: &mut TcpStream, ranges: &[FileRange]) -> io::Result<(
                 info!(path = %range.path.display(), "learn stream ends: file shorter than its range");
                 return Ok(());
             }
-            timeout(SERVER_TIMEOUT, conn.write_all(&buf[..n])).await.map_err(|_| io::ErrorKind::TimedOut)??;
+            in_time(conn.write_all(&buf[..n])).await?;
             at += n as u64;
         }
     }
     Ok(())
 }
 
+/// A server step, given up (and the connection with it) if the client stalls it.
+async fn in_time<T>(step: impl std::future::Future<Output = io::Result<T>>) -> io::Result<T> {
+    timeout(SERVER_TIMEOUT, step).await.map_err(|_| io::ErrorKind::TimedOut)?
+}
+
 /// Runs blocking file work off the tokio threads (tokio's `fs` feature is not enabled).
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
     tokio::task::spawn_blocking(work).await.map_err(io::Error::other)?
 }
-
-// ---------------------------------------------------------------------------------------------
-// Client
 
 async fn send_request(peer: SocketAddr, request: &Message, limit: Duration) -> Result<TcpStream, LearnError> {
     let bytes = request.encode(Checksum::Default).map_err(|source| LearnError::Request { peer, source })?;
@@ -241,12 +220,7 @@ async fn send_request(peer: SocketAddr, request: &Message, limit: Duration) -> R
 /// are returned and the rest of the stream ignored: learning ends there), or once `max_bytes`
 /// have arrived (the caller asks again from where it got to). A failure before any record is an
 /// error; after, it ends the stream and what arrived is returned.
-pub async fn fetch_votes(
-    peer: SocketAddr,
-    request: &Message,
-    max_bytes: usize,
-    limit: Duration,
-) -> Result<Vec<Arc<Message>>, LearnError> {
+pub async fn fetch_votes(peer: SocketAddr, request: &Message, max_bytes: usize, limit: Duration) -> Result<Vec<Arc<Message>>, LearnError> {
     assert_eq!(request.kind(), MsgKind::FetchVotes, "fetch_votes sends a FetchVotes");
     assert!(max_bytes >= PAGE, "max_bytes must hold a record");
     let mut conn = send_request(peer, request, limit).await?;
@@ -424,7 +398,13 @@ impl Download {
 }
 
 /// One connection's worth of a checkpoint transfer, from `download.written` on.
-async fn receive_checkpoint(peer: SocketAddr, request: &Message, download: &mut Download, expected: u64, limit: Duration) -> Result<(), LearnError> {
+async fn receive_checkpoint(
+    peer: SocketAddr,
+    request: &Message,
+    download: &mut Download,
+    expected: u64,
+    limit: Duration,
+) -> Result<(), LearnError> {
     let mut conn = send_request(peer, request, limit).await?;
     loop {
         if download.pending.len() == download.pending.capacity() {
@@ -451,11 +431,10 @@ fn verify_checkpoint(peer: SocketAddr, path: &Path, expected_size: u64, decree: 
     let rejected = |source| LearnError::Checkpoint { peer, source };
     let mut reader = CheckpointReader::open(path).map_err(rejected)?;
     let header = reader.header();
-    if header.size != expected_size {
-        return Err(LearnError::SizeMismatch { peer, expected: expected_size, actual: header.size });
-    }
-    if header.last_executed != decree {
-        return Err(LearnError::WrongDecree { peer, expected: decree, actual: header.last_executed });
+    for (what, expected, actual) in [("size", expected_size, header.size), ("decree", decree, header.last_executed)] {
+        if expected != actual {
+            return Err(LearnError::Mismatch { peer, what, expected, actual });
+        }
     }
     loop {
         match reader.get_data_pointer(CHUNK) {
@@ -474,6 +453,7 @@ mod tests {
     use crate::format::{Ballot, CheckpointHeader, CheckpointWriter, ConfigInfo, MemberId};
     use bytes::Bytes;
     use std::sync::Mutex;
+    use tokio::net::TcpListener;
     use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
     const WAIT: Duration = Duration::from_secs(10);
@@ -558,7 +538,10 @@ mod tests {
         assert_eq!(decrees(&records), (3..=10).collect::<Vec<_>>());
         assert_eq!(*records[4], vote(7, 100));
         // A file that vanished ends the stream there.
-        let server = serve(Source { votes: vec![range(&first, 0, len1), range(&dir.path().join("gone.log"), 0, 512), range(&second, 0, len2)], ..Default::default() });
+        let server = serve(Source {
+            votes: vec![range(&first, 0, len1), range(&dir.path().join("gone.log"), 0, 512), range(&second, 0, len2)],
+            ..Default::default()
+        });
         let records = fetch_votes(server.local_addr(), &fetch_votes_request(1), 1 << 20, WAIT).await.unwrap();
         assert_eq!(decrees(&records), (1..=5).collect::<Vec<_>>());
         // No log holds the decree: nothing is sent.
@@ -660,7 +643,8 @@ mod tests {
         fetch_checkpoint(server.local_addr(), &request, size, &dest, WAIT, 1).await.unwrap();
         assert!(std::fs::read(&dest).unwrap() == std::fs::read(&path).unwrap());
         // Another decree gets nothing.
-        let err = fetch_checkpoint(server.local_addr(), &fetch_checkpoint_request(Version::V6, 39), size, &dest, WAIT, 2).await.unwrap_err();
+        let err =
+            fetch_checkpoint(server.local_addr(), &fetch_checkpoint_request(Version::V6, 39), size, &dest, WAIT, 2).await.unwrap_err();
         assert!(matches!(err, LearnError::Short { received: 0, .. }), "{err}");
         // Expecting less than the peer sends is an error.
         let err = fetch_checkpoint(server.local_addr(), &request, size - 1, &dest, WAIT, 1).await.unwrap_err();

@@ -10,6 +10,7 @@ use crate::format::packet::{self, Frame, DEFAULT_MAX_PACKET, HEADER_SIZE};
 use crate::format::types::MemberId;
 use bytes::{Buf, Bytes, BytesMut};
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -95,14 +96,10 @@ impl Transport {
     pub fn start(rt: &Handle, listen: SocketAddr, opts: TransportOptions, on_message: OnMessage) -> io::Result<Transport> {
         assert!(opts.max_packet > HEADER_SIZE, "a packet must be able to carry a message");
         assert!(opts.backoff_min > Duration::ZERO && opts.backoff_min <= opts.backoff_max, "backoff bounds out of order");
-        let std_listener = std::net::TcpListener::bind(listen)?;
-        std_listener.set_nonblocking(true)?;
-        let local_addr = std_listener.local_addr()?;
-        let listener = {
-            let _guard = rt.enter();
-            TcpListener::from_std(std_listener)?
-        };
-        let acceptor = rt.spawn(accept_loop(listener, opts.max_packet, on_message.clone()));
+        let listener = bind(rt, listen)?;
+        let local_addr = listener.local_addr()?;
+        let (max_packet, deliver) = (opts.max_packet, on_message.clone());
+        let acceptor = rt.spawn(accept_each(listener, move |stream, from| read_inbound(stream, from, max_packet, deliver.clone())));
         Ok(Transport {
             rt: rt.clone(),
             opts,
@@ -152,7 +149,7 @@ impl Transport {
     /// Closes the listener and every connection; their tasks end. Sends fail from here on.
     pub fn shutdown(&self) {
         if let Some(acceptor) = self.acceptor.lock().expect("acceptor poisoned").take() {
-            acceptor.abort(); // drops the listener and, with its JoinSet, every inbound reader
+            acceptor.abort();
         }
         self.peers.lock().expect("peer map poisoned").clear();
     }
@@ -162,6 +159,14 @@ impl Drop for Transport {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Binds synchronously, so that the caller sees the error, and registers with `rt`.
+pub(super) fn bind(rt: &Handle, addr: SocketAddr) -> io::Result<TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    let _guard = rt.enter();
+    TcpListener::from_std(listener)
 }
 
 /// A peer in the map; removing it ends its connection task.
@@ -189,6 +194,11 @@ struct Peer {
     /// Signalled when the queue goes from empty to non-empty.
     wake: Notify,
     connected: AtomicBool,
+    counters: Counters,
+}
+
+#[derive(Default)]
+struct Counters {
     sent_packets: AtomicU64,
     sent_bytes: AtomicU64,
     dropped_packets: AtomicU64,
@@ -197,16 +207,7 @@ struct Peer {
 
 impl Peer {
     fn new(addr: SocketAddr) -> Peer {
-        Peer {
-            addr,
-            queue: Mutex::default(),
-            wake: Notify::new(),
-            connected: AtomicBool::new(false),
-            sent_packets: AtomicU64::new(0),
-            sent_bytes: AtomicU64::new(0),
-            dropped_packets: AtomicU64::new(0),
-            dropped_bytes: AtomicU64::new(0),
-        }
+        Peer { addr, queue: Mutex::default(), wake: Notify::new(), connected: AtomicBool::new(false), counters: Counters::default() }
     }
 
     fn enqueue(&self, packet: Bytes, max_queue_bytes: usize) -> bool {
@@ -236,8 +237,8 @@ impl Peer {
     }
 
     fn count_dropped(&self, packets: usize, bytes: usize) {
-        self.dropped_packets.fetch_add(packets as u64, Relaxed);
-        self.dropped_bytes.fetch_add(bytes as u64, Relaxed);
+        self.counters.dropped_packets.fetch_add(packets as u64, Relaxed);
+        self.counters.dropped_bytes.fetch_add(bytes as u64, Relaxed);
     }
 
     fn stats(&self, member: MemberId) -> PeerStats {
@@ -245,10 +246,10 @@ impl Peer {
             member,
             addr: self.addr,
             connected: self.connected.load(Relaxed),
-            sent_packets: self.sent_packets.load(Relaxed),
-            sent_bytes: self.sent_bytes.load(Relaxed),
-            dropped_packets: self.dropped_packets.load(Relaxed),
-            dropped_bytes: self.dropped_bytes.load(Relaxed),
+            sent_packets: self.counters.sent_packets.load(Relaxed),
+            sent_bytes: self.counters.sent_bytes.load(Relaxed),
+            dropped_packets: self.counters.dropped_packets.load(Relaxed),
+            dropped_bytes: self.counters.dropped_bytes.load(Relaxed),
             queued_bytes: self.queue.lock().expect("send queue poisoned").bytes,
         }
     }
@@ -315,8 +316,8 @@ async fn write_batch(peer: &Peer, wr: &mut OwnedWriteHalf, batch: &mut VecDeque<
             return Err(io::ErrorKind::WriteZero.into());
         }
         let done = consume(batch, written);
-        peer.sent_packets.fetch_add(done as u64, Relaxed);
-        peer.sent_bytes.fetch_add(written as u64, Relaxed);
+        peer.counters.sent_packets.fetch_add(done as u64, Relaxed);
+        peer.counters.sent_bytes.fetch_add(written as u64, Relaxed);
     }
     Ok(())
 }
@@ -337,20 +338,17 @@ fn consume(batch: &mut VecDeque<Bytes>, mut written: usize) -> usize {
     done
 }
 
-async fn accept_loop(listener: TcpListener, max_packet: usize, on_message: OnMessage) {
-    // Owned here, so aborting this task ends every inbound reader too.
-    let mut readers = JoinSet::new();
+/// Accepts connections until aborted, serving each on a task of its own. The tasks belong to
+/// this one, so aborting it closes the listener and every connection.
+pub(super) async fn accept_each<F: Future<Output = ()> + Send + 'static>(
+    listener: TcpListener,
+    serve: impl Fn(TcpStream, SocketAddr) -> F,
+) {
+    let mut tasks = JoinSet::new();
     loop {
-        while readers.try_join_next().is_some() {}
+        while tasks.try_join_next().is_some() {}
         match listener.accept().await {
-            Ok((mut stream, from)) => {
-                let _ = stream.set_nodelay(true);
-                let on_message = on_message.clone();
-                readers.spawn(async move {
-                    let result = read_packets(&mut stream, max_packet, &on_message, Side::Inbound).await;
-                    debug!(%from, ?result, "inbound connection closed");
-                });
-            }
+            Ok((stream, from)) => drop(tasks.spawn(serve(stream, from))),
             Err(e) => {
                 // Out of descriptors, say: pause rather than spin.
                 warn!(error = %e, "accept failed");
@@ -358,6 +356,12 @@ async fn accept_loop(listener: TcpListener, max_packet: usize, on_message: OnMes
             }
         }
     }
+}
+
+async fn read_inbound(mut stream: TcpStream, from: SocketAddr, max_packet: usize, on_message: OnMessage) {
+    let _ = stream.set_nodelay(true);
+    let result = read_packets(&mut stream, max_packet, &on_message, Side::Inbound).await;
+    debug!(%from, ?result, "inbound connection closed");
 }
 
 /// Which end of a connection we are: the original's client side (our outbound connection)
