@@ -156,6 +156,7 @@ async fn read_request(conn: &mut TcpStream, max_message: usize) -> io::Result<Me
     if length < Header::size(version) || length > max_message {
         return Err(bad("bad request length"));
     }
+    debug_assert!(length <= max_message, "the length was checked before sizing the buffer");
     let mut buf = BytesMut::zeroed(length);
     buf[..REQUEST_PREFIX].copy_from_slice(&prefix);
     conn.read_exact(&mut buf[REQUEST_PREFIX..]).await?;
@@ -407,6 +408,7 @@ async fn receive_checkpoint(
 ) -> Result<(), LearnError> {
     let mut conn = send_request(peer, request, limit).await?;
     loop {
+        debug_assert!(download.received() <= expected, "checked after every read");
         if download.pending.len() == download.pending.capacity() {
             download.flush().await.map_err(|source| LearnError::File { peer, path: download.path.clone(), source })?;
         }
@@ -429,6 +431,7 @@ async fn receive_checkpoint(
 /// Opens the checkpoint (header and size checks) and reads all its data (block checksums).
 fn verify_checkpoint(peer: SocketAddr, path: &Path, expected_size: u64, decree: u64) -> Result<(), LearnError> {
     let rejected = |source| LearnError::Checkpoint { peer, source };
+    assert!(expected_size > 0, "a checkpoint has a header");
     let mut reader = CheckpointReader::open(path).map_err(rejected)?;
     let header = reader.header();
     for (what, expected, actual) in [("size", expected_size, header.size), ("decree", decree, header.last_executed)] {
@@ -485,7 +488,7 @@ mod tests {
     #[derive(Default)]
     struct Source {
         votes: Vec<FileRange>,
-        checkpoint: Option<PathBuf>,
+        checkpoint: Option<(u64, PathBuf)>,
     }
 
     impl LearnSource for Source {
@@ -493,7 +496,7 @@ mod tests {
             Some(self.votes.clone()).filter(|v| !v.is_empty())
         }
         fn checkpoint(&self, decree: u64) -> Option<PathBuf> {
-            self.checkpoint.clone().filter(|_| decree == CP_DECREE)
+            self.checkpoint.clone().filter(|(d, _)| *d == decree).map(|(_, path)| path)
         }
         fn status(&self, query: &Message) -> Option<Message> {
             let body = StatusBody {
@@ -589,6 +592,8 @@ mod tests {
     #[tokio::test]
     async fn status_query_and_bad_requests() {
         let server = serve(Source::default());
+        // A client that never sends its request does not hold up the others.
+        let _stalled = TcpStream::connect(server.local_addr()).await.unwrap();
         let query = message(Version::V6, 12, Body::StatusQuery);
         let mut conn = send_request(server.local_addr(), &query, WAIT).await.unwrap();
         let mut reply = Vec::new();
@@ -637,7 +642,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("40.codex");
         let size = write_checkpoint(&path);
-        let server = serve(Source { checkpoint: Some(path.clone()), ..Default::default() });
+        let server = serve(Source { checkpoint: Some((CP_DECREE, path.clone())), ..Default::default() });
         let dest = dir.path().join("copy.codex");
         let request = fetch_checkpoint_request(Version::V6, CP_DECREE);
         fetch_checkpoint(server.local_addr(), &request, size, &dest, WAIT, 1).await.unwrap();
@@ -659,7 +664,7 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[size as usize - 100_000] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
-        let server = serve(Source { checkpoint: Some(path), ..Default::default() });
+        let server = serve(Source { checkpoint: Some((CP_DECREE, path)), ..Default::default() });
         let request = fetch_checkpoint_request(Version::V6, CP_DECREE);
         let err = fetch_checkpoint(server.local_addr(), &request, size, &dir.path().join("copy.codex"), WAIT, 1).await.unwrap_err();
         assert!(matches!(err, LearnError::Checkpoint { source: CheckpointError::BlockChecksum { .. }, .. }), "{err}");
@@ -690,7 +695,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("40.codex");
         let size = write_checkpoint(&path);
-        let server = serve(Source { checkpoint: Some(path.clone()), ..Default::default() });
+        let server = serve(Source { checkpoint: Some((CP_DECREE, path.clone())), ..Default::default() });
         let cut = 1_000_000;
         // v6 resumes where the stream broke; v5 has no payload field and starts over.
         for (version, second_from) in [(Version::V6, cut as u64), (Version::V5, 0)] {
@@ -701,5 +706,35 @@ mod tests {
             assert_eq!((offsets.recv().await, offsets.recv().await), (Some(0), Some(second_from)));
             assert!(offsets.try_recv().is_err(), "two connections");
         }
+    }
+
+    /// The original's files, read in place: `$RSL_GOLDEN_DIR` or `shared/rsl-golden` beside
+    /// the workspace; skipped when absent.
+    fn golden() -> Option<PathBuf> {
+        let dir = std::env::var_os("RSL_GOLDEN_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/rsl-golden"));
+        if !dir.is_dir() {
+            eprintln!("skipping: no golden files at {}", dir.display());
+            return None;
+        }
+        Some(dir)
+    }
+
+    #[tokio::test]
+    async fn golden_log_and_multiblock_checkpoint() {
+        let Some(golden) = golden() else { return };
+        let log = golden.join("log_v6/5.log");
+        let expected = crate::format::log::read_log_file(&log).unwrap().records;
+        let len = std::fs::metadata(&log).unwrap().len();
+        let cp = golden.join("cp_multiblock_v4/100.codex");
+        let size = std::fs::metadata(&cp).unwrap().len();
+        let server = serve(Source { votes: vec![range(&log, 0, len)], checkpoint: Some((100, cp.clone())) });
+        let records = fetch_votes(server.local_addr(), &fetch_votes_request(5), 1 << 20, WAIT).await.unwrap();
+        assert_eq!(records.iter().map(|m| (**m).clone()).collect::<Vec<_>>(), expected.into_iter().map(|r| r.message).collect::<Vec<_>>());
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("100.codex");
+        fetch_checkpoint(server.local_addr(), &fetch_checkpoint_request(Version::V4, 100), size, &dest, WAIT, 1).await.unwrap();
+        assert!(std::fs::read(&dest).unwrap() == std::fs::read(&cp).unwrap());
     }
 }

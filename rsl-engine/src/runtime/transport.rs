@@ -117,6 +117,7 @@ impl Transport {
     /// Makes `peers` the peer set: new peers get a connection task, peers no longer listed
     /// (or at a new address) lose their connection and queue.
     pub fn set_peers(&self, peers: &[(MemberId, SocketAddr)]) {
+        debug_assert!(peers.iter().enumerate().all(|(i, (id, _))| peers[..i].iter().all(|(p, _)| p != id)), "one address per peer");
         let mut map = self.peers.lock().expect("peer map poisoned");
         if self.acceptor.lock().expect("acceptor poisoned").is_none() {
             return; // shut down
@@ -220,6 +221,7 @@ impl Peer {
         }
         q.bytes += len;
         q.packets.push_back(packet);
+        debug_assert!(q.bytes <= max_queue_bytes);
         let first = q.packets.len() == 1;
         drop(q);
         if first {
@@ -311,6 +313,7 @@ async fn write_batch(peer: &Peer, wr: &mut OwnedWriteHalf, batch: &mut VecDeque<
         for (slot, packet) in iov.iter_mut().zip(batch.iter()) {
             *slot = IoSlice::new(packet);
         }
+        debug_assert!(n > 0 && batch.iter().all(|p| !p.is_empty()), "every slice carries bytes");
         let written = wr.write_vectored(&iov[..n]).await?;
         if written == 0 {
             return Err(io::ErrorKind::WriteZero.into());
@@ -395,7 +398,7 @@ async fn read_packets<R: AsyncRead + Unpin>(rd: &mut R, max_packet: usize, on_me
             None => HEADER_SIZE,
         };
         grow_for(&mut buf, need, chunk);
-        debug_assert!(buf.capacity() <= max_packet.max(chunk));
+        debug_assert!(buf.len() < need && buf.capacity() <= max_packet.max(chunk), "one packet at a time");
         if rd.read_buf(&mut buf).await? == 0 {
             return if buf.is_empty() { Ok(()) } else { Err(io::ErrorKind::UnexpectedEof.into()) };
         }
@@ -432,6 +435,7 @@ pub(super) fn grow_for(buf: &mut BytesMut, need: usize, chunk: usize) {
     let mut fresh = BytesMut::with_capacity(cap);
     fresh.extend_from_slice(buf);
     *buf = fresh;
+    debug_assert!(buf.capacity() - buf.len() >= room);
 }
 
 #[cfg(test)]
