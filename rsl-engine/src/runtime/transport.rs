@@ -284,24 +284,24 @@ async fn serve_outbound(peer: &Peer, stream: TcpStream, max_packet: usize, on_me
     stream.set_nodelay(true)?;
     let (mut rd, wr) = stream.into_split();
     peer.connected.store(true, Relaxed);
-    tokio::select! {
+    let mut batch = VecDeque::new();
+    let result = tokio::select! {
         r = read_packets(&mut rd, max_packet, on_message, Side::Outbound) => r,
-        r = write_queued(peer, wr) => r,
-    }
+        r = write_queued(peer, wr, &mut batch) => r,
+    };
+    // Whichever side failed, what was being written is lost.
+    peer.count_dropped(batch.len(), batch.iter().map(Bytes::len).sum());
+    result
 }
 
-async fn write_queued(peer: &Peer, mut wr: OwnedWriteHalf) -> io::Result<()> {
-    let mut batch = VecDeque::new();
+async fn write_queued(peer: &Peer, mut wr: OwnedWriteHalf, batch: &mut VecDeque<Bytes>) -> io::Result<()> {
     loop {
-        peer.take_all(&mut batch);
+        peer.take_all(batch);
         if batch.is_empty() {
             peer.wake.notified().await;
             continue;
         }
-        if let Err(e) = write_batch(peer, &mut wr, &mut batch).await {
-            peer.count_dropped(batch.len(), batch.iter().map(Bytes::len).sum());
-            return Err(e);
-        }
+        write_batch(peer, &mut wr, batch).await?;
     }
 }
 
@@ -313,7 +313,7 @@ async fn write_batch(peer: &Peer, wr: &mut OwnedWriteHalf, batch: &mut VecDeque<
         for (slot, packet) in iov.iter_mut().zip(batch.iter()) {
             *slot = IoSlice::new(packet);
         }
-        debug_assert!(n > 0 && batch.iter().all(|p| !p.is_empty()), "every slice carries bytes");
+        debug_assert!(n > 0 && batch.iter().take(n).all(|p| !p.is_empty()), "every slice carries bytes");
         let written = wr.write_vectored(&iov[..n]).await?;
         if written == 0 {
             return Err(io::ErrorKind::WriteZero.into());
@@ -554,7 +554,9 @@ mod tests {
         for d in 1..=100 {
             assert!(a.send(&id(2), framed(&vote(1, d))));
         }
-        assert_eq!(recv(&mut rx_b).await.header.decree, 1);
+        for d in 1..=100 {
+            assert_eq!(recv(&mut rx_b).await.header.decree, d);
+        }
         b.shutdown();
         drop(b);
         let (_b2, mut rx_b2) = restart_on(addr).await;
