@@ -124,15 +124,11 @@ async fn serve(mut conn: TcpStream, source: &dyn LearnSource, max_message: usize
             send_ranges(&mut conn, &ranges).await?;
         }
         MsgKind::FetchCheckpoint => {
-            if let Some(path) = source.checkpoint(decree) {
-                // Our resume extension: the offset to start from, in the header's payload (v6+).
-                let meta_path = path.clone();
-                let len = blocking(move || std::fs::metadata(meta_path)).await?.len();
-                let start = request.header.payload;
-                if start <= len {
-                    send_ranges(&mut conn, &[FileRange { path, start, end: len }]).await?;
-                }
-            }
+            // To the end of the file, from the offset in the header's payload: our resume
+            // extension (v6+; the original always sends 0 there).
+            let start = request.header.payload;
+            let ranges: Vec<_> = source.checkpoint(decree).map(|path| FileRange { path, start, end: u64::MAX }).into_iter().collect();
+            send_ranges(&mut conn, &ranges).await?;
         }
         MsgKind::StatusQuery => {
             if let Some(reply) = source.status(&request) {
@@ -163,7 +159,8 @@ async fn read_request(conn: &mut TcpStream, max_message: usize) -> io::Result<Me
     Message::decode(&buf.freeze()).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
-/// Streams each range in turn; a file that is gone or shorter than its range ends the stream.
+/// Streams each range in turn; a file that is gone or shorter than its range ends the stream
+/// (a range ending at `u64::MAX` runs to the end of its file).
 async fn send_ranges(conn: &mut TcpStream, ranges: &[FileRange]) -> io::Result<()> {
     let mut buf = vec![0u8; CHUNK];
     for range in ranges {
@@ -183,7 +180,7 @@ async fn send_ranges(conn: &mut TcpStream, ranges: &[FileRange]) -> io::Result<(
             let n;
             (buf, n) = blocking(move || file.read_at(&mut chunk[..len], at).map(|n| (chunk, n))).await?;
             if n == 0 {
-                info!(path = %range.path.display(), "learn stream ends: file shorter than its range");
+                debug!(path = %range.path.display(), at, "learn stream ends: end of file");
                 return Ok(());
             }
             in_time(conn.write_all(&buf[..n])).await?;
@@ -220,7 +217,8 @@ async fn send_request(peer: SocketAddr, request: &Message, limit: Duration) -> R
 /// log scanner does in strict mode. Stops at EOF, at the first bad record (the records before it
 /// are returned and the rest of the stream ignored: learning ends there), or once `max_bytes`
 /// have arrived (the caller asks again from where it got to). A failure before any record is an
-/// error; after, it ends the stream and what arrived is returned.
+/// error; after, it ends the stream and what arrived is returned. `limit` bounds each wait:
+/// connecting, sending the request, and every read.
 pub async fn fetch_votes(peer: SocketAddr, request: &Message, max_bytes: usize, limit: Duration) -> Result<Vec<Arc<Message>>, LearnError> {
     assert_eq!(request.kind(), MsgKind::FetchVotes, "fetch_votes sends a FetchVotes");
     assert!(max_bytes >= PAGE, "max_bytes must hold a record");
@@ -321,7 +319,7 @@ impl RecordStream {
 /// retried, up to `attempts` connections in all, asking (v6+) for the rest from where it broke;
 /// before v6 the header has no room for an offset and the file is fetched again from the start.
 /// The result must be `expected_size` bytes and a checkpoint for the request's decree whose
-/// every block checksum passes.
+/// every block checksum passes. `limit` bounds each wait, as for [`fetch_votes`].
 pub async fn fetch_checkpoint(
     peer: SocketAddr,
     request: &Message,
