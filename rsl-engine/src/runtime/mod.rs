@@ -9,3 +9,5 @@ pub struct FileRange {
     pub start: u64,
     pub end: u64,
 }
+
+pub mod journal;
