@@ -10,4 +10,5 @@ pub struct FileRange {
     pub end: u64,
 }
 
+pub mod checkpoints;
 pub mod journal;
