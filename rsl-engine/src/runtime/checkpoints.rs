@@ -96,6 +96,7 @@ impl CheckpointStore {
         write: impl FnOnce(&mut CheckpointWriter) -> io::Result<bool>,
     ) -> Result<Option<Saved>, StoreError> {
         let decree = header.last_executed;
+        assert_eq!(header.next_vote.header.decree, decree.wrapping_add(1), "a checkpoint of D holds the vote for D + 1");
         let temp = self.temp_path();
         let written = self.write_temp(&temp, header, write);
         if !matches!(written, Ok(true)) {
@@ -106,6 +107,7 @@ impl CheckpointStore {
         if saved.is_err() {
             let _ = fs::remove_file(&temp);
         }
+        debug_assert!(!temp.exists(), "the temp file is placed or removed");
         saved.map(Some)
     }
 
@@ -184,7 +186,10 @@ impl CheckpointStore {
     /// The restore rule (§8.5 step 1, §1.6 LoadState): newest to oldest, skip checkpoints whose
     /// header or size checks fail or that `load` refuses; a bootstrap checkpoint (no state
     /// saved) is offered as `None`. Returns the loaded checkpoint and its file size.
-    pub fn load_newest(&self, mut load: impl FnMut(Option<&mut CheckpointReader>) -> bool) -> Result<Option<(Checkpoint, u64)>, StoreError> {
+    pub fn load_newest(
+        &self,
+        mut load: impl FnMut(Option<&mut CheckpointReader>) -> bool,
+    ) -> Result<Option<(Checkpoint, u64)>, StoreError> {
         for &decree in self.decrees.iter().rev() {
             let path = self.path_of(decree);
             let mut reader = match CheckpointReader::open(&path) {

@@ -251,6 +251,11 @@ impl Journal {
         }
         let len = (seg.data.len() - start) as u64;
         if let Some(first) = new_file {
+            if self.restart.is_some() {
+                // A loaded checkpoint replaced the state: learners are served from the new log
+                // only (§8.1); the old files stay on disk until truncation.
+                st.index.clear();
+            }
             let path = self.dir.join(log::file_name(first));
             st.index.push(IndexedLog { first_decree: first, path, votes: Vec::new(), synced: 0 });
             self.start_file(first);
@@ -371,9 +376,12 @@ impl LogReader {
     /// synced end, then every later file up to its synced end; `None` if no log holds it.
     pub fn votes_from(&self, decree: u64) -> Option<Vec<FileRange>> {
         let st = self.shared.lock();
-        let (i, start) = st.index.iter().enumerate().rev().find_map(|(i, f)| {
-            f.votes.iter().rev().find(|&&(d, at)| d == decree && at < f.synced).map(|&(_, at)| (i, at))
-        })?;
+        let (i, start) = st
+            .index
+            .iter()
+            .enumerate()
+            .rev()
+            .find_map(|(i, f)| f.votes.iter().rev().find(|&&(d, at)| d == decree && at < f.synced).map(|&(_, at)| (i, at)))?;
         let first = FileRange { path: st.index[i].path.clone(), start, end: st.index[i].synced };
         let later = st.index[i + 1..].iter().filter(|f| f.synced > 0).map(|f| FileRange { path: f.path.clone(), start: 0, end: f.synced });
         let ranges: Vec<FileRange> = std::iter::once(first).chain(later).collect();
@@ -427,8 +435,11 @@ fn replay_start(dir: &Path, logs: &[(u64, PathBuf)], checkpoint: Option<u64>) ->
 /// but zeros after an older log's last good record is an error.
 fn scan_log(path: &Path, newest: bool) -> Result<LogContents, JournalError> {
     let data = Bytes::from(fs::read(path).map_err(io_err(path))?);
-    let contents = LogContents::scan(&data, Mode::Restore)
-        .map_err(|e| JournalError::Corrupt { path: path.into(), offset: e.offset as u64, error: e.error })?;
+    let contents = LogContents::scan(&data, Mode::Restore).map_err(|e| JournalError::Corrupt {
+        path: path.into(),
+        offset: e.offset as u64,
+        error: e.error,
+    })?;
     assert!(contents.data_len <= data.len(), "the scan stays inside the file");
     if !newest && data[contents.data_len..].iter().any(|&b| b != 0) {
         return Err(JournalError::TornOlder { path: path.into(), offset: contents.data_len as u64 });
@@ -466,9 +477,9 @@ const DEFUNCT: &str = "defunct.txt";
 pub fn read_defunct(dir: &Path) -> io::Result<u32> {
     let path = dir.join(DEFUNCT);
     match fs::read(&path) {
-        Ok(bytes) => <[u8; 4]>::try_from(bytes.as_slice()).map(u32::from_le_bytes).map_err(|_| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("{}: {} bytes, expected 4", path.display(), bytes.len()))
-        }),
+        Ok(bytes) => <[u8; 4]>::try_from(bytes.as_slice())
+            .map(u32::from_le_bytes)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {} bytes, expected 4", path.display(), bytes.len()))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
         Err(e) => Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
     }
@@ -487,6 +498,19 @@ pub fn write_defunct(dir: &Path, n: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Should the writer thread die (a panicking `on_durable`), appenders get `Stopped` rather
+/// than wait forever for room.
+struct StopOnPanic(Arc<Shared>);
+
+impl Drop for StopOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.lock().stopped = true;
+            self.0.room.notify_all();
+        }
+    }
+}
+
 /// The writer thread: owns the open log and all of the journal's file I/O.
 struct Writer {
     shared: Arc<Shared>,
@@ -500,6 +524,7 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, on_durable: impl Fn(u64), on_error: impl FnOnce(io::Error)) {
+        let _stop_if_panicking = StopOnPanic(self.shared.clone());
         let mut batch = Vec::new();
         let mut synced = Vec::new();
         while let Some(seq) = self.take(&mut batch) {
@@ -723,9 +748,10 @@ mod tests {
     fn append_waits_when_too_much_is_pending() {
         let dir = tempfile::tempdir().unwrap();
         let (gate_tx, gate) = channel::<()>();
-        let on_durable = move |seq| {
-            if seq == 1 {
-                gate.recv().unwrap();
+        let first = std::sync::atomic::AtomicBool::new(true);
+        let on_durable = move |_| {
+            if first.swap(false, Ordering::SeqCst) {
+                gate.recv().unwrap(); // hold the writer after its first batch
             }
         };
         let opts = JournalOptions { max_pending_bytes: 2048, ..options(dir.path()) };
@@ -738,13 +764,13 @@ mod tests {
             }
             journal
         });
-        // The writer is held after the first batch; at most 2048 bytes (plus one record) more
-        // can be queued, so the appender stops well short of 20.
+        // The writer is held after its first batch. Each batch holds at most 2048 bytes plus
+        // one record (5 records), so the appender stops at 10 at the most.
         let mut done = 0;
         while let Ok(seq) = progress.recv_timeout(Duration::from_millis(300)) {
             done = seq;
         }
-        assert!(done < 10, "append did not wait: {done} appended");
+        assert!(done <= 10, "append did not wait: {done} appended");
         gate_tx.send(()).unwrap();
         let journal = appender.join().unwrap();
         journal.close().unwrap();
@@ -887,6 +913,8 @@ mod tests {
         assert_eq!(j.durable.recv().unwrap(), 3);
         let ranges = j.journal.reader().votes_from(10).unwrap();
         assert_eq!(ranges, [FileRange { path: dir.path().join("10.log"), start: 0, end: 512 }]);
+        assert_eq!(j.journal.reader().votes_from(2), None, "the old logs are no longer served");
+        assert_eq!(j.journal.reader().min_decree(), 10);
         j.journal.close().unwrap();
         assert_eq!(logs_in(dir.path()), [0, 10]);
         let j = open(options(dir.path()), Some(9)).unwrap();
