@@ -140,13 +140,47 @@ pub struct Journal {
     file_len: u64,
     /// Set by `restart_at`: the next append starts this file.
     restart: Option<u64>,
+    /// The highest decree voted for in the logs.
     max_decree: Option<u64>,
+    roll: Roll,
+    last_seq: u64,
+}
+
+/// When the current log rolls over (§8.6).
+struct Roll {
     max_log_len: u64,
     randomize_pct: u32,
-    limit: u64,
     rng: SplitMix64,
-    roll_next: bool,
-    last_seq: u64,
+    /// This file's randomized limit.
+    limit: u64,
+    /// Roll at the next new decree whatever the length (`roll_at_next_vote`).
+    forced: bool,
+}
+
+impl Roll {
+    fn new(opts: &JournalOptions) -> Roll {
+        let mut roll = Roll {
+            max_log_len: opts.max_log_len,
+            randomize_pct: opts.log_len_randomize_pct,
+            rng: SplitMix64::new(opts.seed),
+            limit: 0,
+            forced: false,
+        };
+        roll.next_file();
+        roll
+    }
+
+    /// Draws the limit of a new file: `max_log_len` ± `randomize_pct` %.
+    fn next_file(&mut self) {
+        let spread = (self.max_log_len as u128 * self.randomize_pct.min(100) as u128 / 100) as u64;
+        self.limit = self.max_log_len - spread + self.rng.below(2 * spread + 1);
+        self.forced = false;
+        debug_assert!(self.limit <= self.max_log_len.saturating_mul(2));
+    }
+
+    fn due(&self, file_len: u64) -> bool {
+        file_len > 0 && (file_len > self.limit || self.forced)
+    }
 }
 
 /// A log file found at startup, scanned.
@@ -167,54 +201,32 @@ impl Journal {
     ) -> Result<(Journal, Vec<Arc<Message>>), JournalError> {
         assert!(opts.max_logs >= 1 && opts.max_pending_bytes > 0, "the journal keeps a log and a batch");
         fs::create_dir_all(&opts.dir).map_err(io_err(&opts.dir))?;
-        let logs = list_logs(&opts.dir)?;
-        let start = replay_start(&opts.dir, &logs, checkpoint_decree)?;
-        let mut kept = Vec::new();
-        for (i, (decree, path)) in logs.into_iter().enumerate() {
-            let contents = scan_log(&path, i + 1 == start.1)?;
-            if i >= start.0 {
-                kept.push(Found { decree, path, contents });
-            }
-        }
-        let replay: Vec<Arc<Message>> = kept.iter().flat_map(|f| &f.contents.records).map(|r| Arc::new(r.message.clone())).collect();
-        let (log, first) = match kept.last() {
-            Some(f) => (LogWriter::open_at(&f.path, f.contents.data_len as u64).map_err(io_err(&f.path))?, f.decree),
-            None => {
-                let first = checkpoint_decree.map_or(0, |d| d + 1);
-                let path = opts.dir.join(log::file_name(first));
-                let log = LogWriter::create(&path).map_err(io_err(&path))?;
-                sync_dir(&opts.dir).map_err(io_err(&opts.dir))?;
-                kept.push(Found { decree: first, path, contents: LogContents::default() });
-                (log, first)
-            }
-        };
-        let max_decree = replay.iter().filter(|m| m.kind() == MsgKind::Vote).map(|m| m.header.decree).max();
+        let mut kept = scan_dir(&opts.dir, checkpoint_decree)?;
+        let replay: Vec<Arc<Message>> =
+            kept.iter_mut().flat_map(|f| std::mem::take(&mut f.contents.records)).map(|r| Arc::new(r.message)).collect();
+        let log = open_tail(&opts.dir, &mut kept, checkpoint_decree)?;
+        let tail = kept.last().expect("a log to append to");
+        let (file, file_len) = (tail.decree, tail.contents.data_len as u64);
+        assert_eq!(log.len(), file_len, "appends resume after the last good record");
         let shared = Arc::new(Shared::default());
         shared.lock().index = kept.into_iter().map(indexed).collect();
-        let writer = Writer { shared: shared.clone(), dir: opts.dir.clone(), sync: opts.sync, file: first, log, dirty: false };
+        let writer = Writer { shared: shared.clone(), dir: opts.dir.clone(), sync: opts.sync, file, log, dirty: false };
         let writer = std::thread::Builder::new()
             .name("rsl-journal".into())
             .spawn(move || writer.run(on_durable, on_error))
             .map_err(io_err(&opts.dir))?;
-        let mut rng = SplitMix64::new(opts.seed);
-        let limit = roll_limit(&mut rng, opts.max_log_len, opts.log_len_randomize_pct);
-        let file_len = shared.lock().index.last().map_or(0, |f| f.synced);
         let journal = Journal {
             shared,
-            dir: opts.dir,
             max_logs: opts.max_logs,
             max_pending_bytes: opts.max_pending_bytes,
             writer: Some(writer),
-            file: first,
+            file,
             file_len,
             restart: None,
-            max_decree,
-            max_log_len: opts.max_log_len,
-            randomize_pct: opts.log_len_randomize_pct,
-            limit,
-            rng,
-            roll_next: false,
+            max_decree: replay.iter().filter(|m| m.kind() == MsgKind::Vote).map(|m| m.header.decree).max(),
+            roll: Roll::new(&opts),
             last_seq: 0,
+            dir: opts.dir,
         };
         Ok((journal, replay))
     }
@@ -280,8 +292,7 @@ impl Journal {
         self.file = first;
         self.file_len = 0;
         self.restart = None;
-        self.roll_next = false;
-        self.limit = roll_limit(&mut self.rng, self.max_log_len, self.randomize_pct);
+        self.roll.next_file();
     }
 
     /// Whether `record` starts a new log (§8.6): a vote for a new highest decree while the
@@ -289,12 +300,12 @@ impl Journal {
     fn roll_due(&self, record: &Message) -> Option<u64> {
         let decree = record.header.decree;
         let new_high = record.kind() == MsgKind::Vote && self.max_decree.is_none_or(|m| decree > m) && decree > self.file;
-        (self.restart.is_none() && new_high && self.file_len > 0 && (self.file_len > self.limit || self.roll_next)).then_some(decree)
+        (self.restart.is_none() && new_high && self.roll.due(self.file_len)).then_some(decree)
     }
 
     /// Rolls the log at the next vote for a new decree (a time-based checkpoint is due).
     pub fn roll_at_next_vote(&mut self) {
-        self.roll_next = true;
+        self.roll.forced = true;
     }
 
     /// After a fetched checkpoint was loaded: later appends go to `<first_decree>.log`.
@@ -404,6 +415,35 @@ fn indexed(f: Found) -> IndexedLog {
     IndexedLog { first_decree: f.decree, path: f.path, votes, synced: f.contents.data_len as u64 }
 }
 
+/// Lists and scans every log (any corruption fails startup); keeps those replay starts from.
+fn scan_dir(dir: &Path, checkpoint: Option<u64>) -> Result<Vec<Found>, JournalError> {
+    let logs = list_logs(dir)?;
+    let start = replay_start(dir, &logs, checkpoint)?;
+    let count = logs.len();
+    let mut kept = Vec::with_capacity(count - start);
+    for (i, (decree, path)) in logs.into_iter().enumerate() {
+        let contents = scan_log(&path, i + 1 == count)?;
+        if i >= start {
+            kept.push(Found { decree, path, contents });
+        }
+    }
+    Ok(kept)
+}
+
+/// Opens the newest log after its last good record (cutting a torn tail), or starts the
+/// first log of a new directory: `0.log`, or `<checkpoint + 1>.log` after a checkpoint.
+fn open_tail(dir: &Path, kept: &mut Vec<Found>, checkpoint: Option<u64>) -> Result<LogWriter, JournalError> {
+    if let Some(f) = kept.last() {
+        return LogWriter::open_at(&f.path, f.contents.data_len as u64).map_err(io_err(&f.path));
+    }
+    let decree = checkpoint.map_or(0, |d| d.saturating_add(1));
+    let path = dir.join(log::file_name(decree));
+    let log = LogWriter::create(&path).map_err(io_err(&path))?;
+    sync_dir(dir).map_err(io_err(dir))?;
+    kept.push(Found { decree, path, contents: LogContents::default() });
+    Ok(log)
+}
+
 /// The `*.log` files of `dir`, by number.
 fn list_logs(dir: &Path) -> Result<Vec<(u64, PathBuf)>, JournalError> {
     let mut logs = Vec::new();
@@ -420,15 +460,13 @@ fn list_logs(dir: &Path) -> Result<Vec<(u64, PathBuf)>, JournalError> {
     Ok(logs)
 }
 
-/// Which log replay starts from, and how many logs there are. The "Missing logs" rules:
-/// without a checkpoint the logs must start at 0 (§8.1); with one, some log must start at or
-/// before its decree + 1 (§8.5 step 4).
-fn replay_start(dir: &Path, logs: &[(u64, PathBuf)], checkpoint: Option<u64>) -> Result<(usize, usize), JournalError> {
-    let Some(&(oldest, _)) = logs.first() else { return Ok((0, 0)) };
+/// Which log replay starts from: the newest numbered ≤ checkpoint + 1, or `0.log` without a
+/// checkpoint. None is "Missing logs" (§8.1, §8.5 step 4).
+fn replay_start(dir: &Path, logs: &[(u64, PathBuf)], checkpoint: Option<u64>) -> Result<usize, JournalError> {
+    let Some(&(oldest, _)) = logs.first() else { return Ok(0) };
     let need = checkpoint.map_or(0, |d| d.saturating_add(1));
-    let start = logs.iter().rposition(|&(d, _)| d <= need).filter(|_| checkpoint.is_some() || oldest == 0);
-    let start = start.ok_or(JournalError::MissingLogs { dir: dir.into(), need, oldest })?;
-    Ok((start, logs.len()))
+    let start = logs.iter().rposition(|&(d, _)| d <= need);
+    start.ok_or(JournalError::MissingLogs { dir: dir.into(), need, oldest })
 }
 
 /// Reads a whole log in restore mode. Only the newest may end in a torn record; anything
@@ -450,11 +488,6 @@ fn scan_log(path: &Path, newest: bool) -> Result<LogContents, JournalError> {
     Ok(contents)
 }
 
-fn roll_limit(rng: &mut SplitMix64, max_len: u64, pct: u32) -> u64 {
-    let spread = (max_len as u128 * pct.min(100) as u128 / 100) as u64;
-    max_len - spread + rng.below(2 * spread + 1)
-}
-
 /// Deletes logs oldest first while more than `max_logs` remain and the next one starts at or
 /// before `oldest_checkpoint + 1` (§8.7 step 3); never one still indexed for learners.
 fn delete_old_logs(dir: &Path, max_logs: usize, oldest_checkpoint: u64, first_indexed: u64) -> Result<(), JournalError> {
@@ -471,6 +504,11 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// `e`, naming `path` (the writer's errors reach `on_error` as plain `io::Error`s).
+fn annotate(e: io::Error, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
 const DEFUNCT: &str = "defunct.txt";
 
 /// The highest defunct configuration number in `dir/defunct.txt` (§10); 0 if it is missing.
@@ -481,7 +519,7 @@ pub fn read_defunct(dir: &Path) -> io::Result<u32> {
             .map(u32::from_le_bytes)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {} bytes, expected 4", path.display(), bytes.len()))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
-        Err(e) => Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+        Err(e) => Err(annotate(e, &path)),
     }
 }
 
@@ -489,11 +527,10 @@ pub fn read_defunct(dir: &Path) -> io::Result<u32> {
 pub fn write_defunct(dir: &Path, n: u32) -> io::Result<()> {
     let path = dir.join(DEFUNCT);
     let existed = path.exists();
-    let file = File::options().write(true).create(true).truncate(false).open(&path)?;
-    file.write_all_at(&n.to_le_bytes(), 0)?;
-    file.sync_data()?;
+    let file = File::options().write(true).create(true).truncate(false).open(&path).map_err(|e| annotate(e, &path))?;
+    file.write_all_at(&n.to_le_bytes(), 0).and_then(|()| file.sync_data()).map_err(|e| annotate(e, &path))?;
     if !existed {
-        sync_dir(dir)?;
+        sync_dir(dir).map_err(|e| annotate(e, dir))?;
     }
     Ok(())
 }
@@ -573,7 +610,7 @@ impl Writer {
             if self.shared.fail_writes.load(Ordering::SeqCst) {
                 return Err(io::Error::other("injected write failure"));
             }
-            self.log.append(&seg.data).map_err(|e| self.context(e))?;
+            self.log.append(&seg.data).map_err(|e| annotate(e, &self.path()))?;
             self.dirty = true;
         }
         self.sync_current(synced)
@@ -582,10 +619,10 @@ impl Writer {
     fn switch_to(&mut self, first: u64, synced: &mut Vec<(u64, u64)>) -> io::Result<()> {
         self.sync_current(synced)?;
         let path = self.dir.join(log::file_name(first));
-        self.log = LogWriter::create(&path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        self.log = LogWriter::create(&path).map_err(|e| annotate(e, &path))?;
         self.file = first;
         if self.sync {
-            sync_dir(&self.dir).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.dir.display())))?;
+            sync_dir(&self.dir).map_err(|e| annotate(e, &self.dir))?;
         }
         Ok(())
     }
@@ -595,7 +632,7 @@ impl Writer {
             return Ok(());
         }
         if self.sync {
-            self.log.sync().map_err(|e| self.context(e))?;
+            self.log.sync().map_err(|e| annotate(e, &self.path()))?;
             self.shared.syncs.fetch_add(1, Ordering::Relaxed);
         }
         self.dirty = false;
@@ -603,8 +640,8 @@ impl Writer {
         Ok(())
     }
 
-    fn context(&self, e: io::Error) -> io::Error {
-        io::Error::new(e.kind(), format!("{}: {e}", self.dir.join(log::file_name(self.file)).display()))
+    fn path(&self) -> PathBuf {
+        self.dir.join(log::file_name(self.file))
     }
 
     /// Makes the synced lengths visible to learners and recycles the batch's buffers.
@@ -617,7 +654,8 @@ impl Writer {
             }
         }
         for mut seg in batch.drain(..) {
-            if st.spare.len() < 4 {
+            // Two buffers alternate; more would only hold memory.
+            if st.spare.len() < 2 {
                 seg.data.clear();
                 st.spare.push(seg.data);
             }
@@ -875,11 +913,18 @@ mod tests {
 
     #[test]
     fn roll_sizes_are_jittered_within_the_bounds() {
-        let mut rng = SplitMix64::new(7);
-        let limits: Vec<u64> = (0..100).map(|_| roll_limit(&mut rng, 1000, 20)).collect();
+        let opts = JournalOptions { max_log_len: 1000, log_len_randomize_pct: 20, seed: 7, ..JournalOptions::new("") };
+        let mut roll = Roll::new(&opts);
+        let limits: Vec<u64> = (0..100)
+            .map(|_| {
+                roll.next_file();
+                roll.limit
+            })
+            .collect();
         assert!(limits.iter().all(|&l| (800..=1200).contains(&l)));
         assert!(limits.iter().any(|&l| l != limits[0]));
-        assert_eq!(roll_limit(&mut rng, 1000, 0), 1000);
+        let fixed = Roll::new(&JournalOptions { log_len_randomize_pct: 0, ..opts });
+        assert_eq!(fixed.limit, 1000);
     }
 
     #[test]
@@ -958,6 +1003,16 @@ mod tests {
         assert!(j.errors.try_recv().is_err(), "on_error is called once");
         let j = open(options(dir.path()), None).unwrap();
         assert_eq!(j.replay.len(), 1);
+    }
+
+    #[test]
+    fn a_panicking_durable_callback_stops_appends_instead_of_hanging() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = JournalOptions { max_pending_bytes: 512, ..options(dir.path()) };
+        let (mut journal, _) = Journal::open(opts, None, |_| panic!("callback failed"), |e| panic!("{e}")).unwrap();
+        let outcome = (1..=10).map(|seq| journal.append(seq, &vote(seq, 2))).find(|r| r.is_err());
+        assert!(matches!(outcome, Some(Err(JournalError::Stopped))));
+        assert!(matches!(journal.close(), Err(JournalError::Stopped)));
     }
 
     #[test]
