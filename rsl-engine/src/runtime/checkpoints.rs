@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use thiserror::Error;
 
@@ -43,7 +44,8 @@ pub struct CheckpointStore {
     temp: PathBuf,
     max_checkpoints: usize,
     decrees: BTreeSet<u64>,
-    next_temp: u64,
+    /// Numbers the temp files of this process.
+    next_temp: AtomicU64,
 }
 
 impl CheckpointStore {
@@ -59,7 +61,7 @@ impl CheckpointStore {
             removed.map_err(io_err(&path))?;
         }
         let decrees = list_checkpoints(&dir)?;
-        Ok(CheckpointStore { dir, temp, max_checkpoints, decrees, next_temp: 0 })
+        Ok(CheckpointStore { dir, temp, max_checkpoints, decrees, next_temp: AtomicU64::new(0) })
     }
 
     pub fn path_of(&self, decree: u64) -> PathBuf {
@@ -82,9 +84,9 @@ impl CheckpointStore {
     }
 
     /// A fresh file name in `Temp/` (for a checkpoint being written or downloaded).
-    pub fn temp_path(&mut self) -> PathBuf {
-        self.next_temp += 1;
-        self.temp.join(format!("Cod{}-{}.tmp", std::process::id(), self.next_temp))
+    pub fn temp_path(&self) -> PathBuf {
+        let n = self.next_temp.fetch_add(1, Ordering::Relaxed);
+        self.temp.join(format!("Cod{}-{n}.tmp", std::process::id()))
     }
 
     /// Writes a checkpoint: `write` streams the application's state into it and returns false

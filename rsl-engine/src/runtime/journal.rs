@@ -772,6 +772,7 @@ mod tests {
         let (mut journal, _) = Journal::open(options(dir.path()), None, on_durable, |e| panic!("{e}")).unwrap();
         journal.append(1, &vote(1, 2)).unwrap();
         assert_eq!(durable.recv().unwrap(), 1);
+        assert_eq!(journal.syncs(), 1, "durable is reported after the sync");
         for seq in 2..=200 {
             journal.append(seq, &vote(seq, 2)).unwrap();
         }
@@ -1013,6 +1014,32 @@ mod tests {
         let outcome = (1..=10).map(|seq| journal.append(seq, &vote(seq, 2))).find(|r| r.is_err());
         assert!(matches!(outcome, Some(Err(JournalError::Stopped))));
         assert!(matches!(journal.close(), Err(JournalError::Stopped)));
+    }
+
+    #[test]
+    fn the_originals_logs_replay_and_take_appends() {
+        let golden = std::env::var_os("RSL_GOLDEN_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/rsl-golden"));
+        if !golden.is_dir() {
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "golden files not found at {}", golden.display());
+            return;
+        }
+        for name in ["log_v3", "log_v6"] {
+            let dir = tempfile::tempdir().unwrap();
+            let original = golden.join(name).join("5.log");
+            fs::copy(&original, dir.path().join("5.log")).unwrap();
+            let expected = log::read_log_file(&original).unwrap();
+            let mut j = open(options(dir.path()), Some(4)).unwrap();
+            assert!(!j.replay.is_empty(), "{name}");
+            assert_eq!(j.replay.len(), expected.records.len(), "{name}");
+            assert!(j.replay.iter().zip(&expected.records).all(|(m, r)| **m == r.message), "{name}");
+            let last = j.replay.iter().rfind(|m| m.kind() == MsgKind::Vote).unwrap().clone();
+            assert!(j.journal.reader().votes_from(last.header.decree).is_some(), "{name}");
+            write_all(&mut j, &[(*last).clone()]);
+            j.journal.close().unwrap();
+            assert_eq!(log::read_log_file(&dir.path().join("5.log")).unwrap().records.len(), expected.records.len() + 1, "{name}");
+        }
     }
 
     #[test]
