@@ -221,13 +221,19 @@ fn list_checkpoints(dir: &Path) -> Result<BTreeSet<u64>, StoreError> {
     let mut out = BTreeSet::new();
     for entry in fs::read_dir(dir).map_err(io_err(dir))? {
         let path = entry.map_err(io_err(dir))?.path();
-        let Some(stem) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".codex")) else { continue };
+        // Lossy, so that a name that is not UTF-8 is reported rather than skipped.
+        let name = entry_name(&path);
+        let Some(stem) = name.strip_suffix(".codex") else { continue };
         match stem.parse::<u64>() {
             Ok(d) if stem.bytes().all(|b| b.is_ascii_digit()) => out.insert(d),
             _ => return Err(StoreError::BadName { path }),
         };
     }
     Ok(out)
+}
+
+fn entry_name(path: &Path) -> String {
+    path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned())
 }
 
 /// The header this replica writes for the core's checkpoint `cp`.

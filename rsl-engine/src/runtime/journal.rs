@@ -327,6 +327,8 @@ impl Journal {
     /// Drops logs a checkpoint made unnecessary (§8.7, D9): from the index every file whose
     /// successor starts at or before min(checkpoint, executed) + 1; from disk the oldest logs
     /// beyond `max_logs` that `oldest_checkpoint_kept` does not need. Returns minDecreeInLog.
+    /// Only files already out of the index are deleted, so never the writer's; a learner that
+    /// opened one before keeps reading it (an unlinked file stays readable on Unix).
     pub fn truncate(&mut self, checkpoint_decree: u64, oldest_checkpoint_kept: u64, executed: u64) -> u64 {
         assert!(oldest_checkpoint_kept <= checkpoint_decree, "the oldest checkpoint kept is not newer than the newest");
         let keep_from = checkpoint_decree.min(executed).saturating_add(1);
@@ -449,7 +451,8 @@ fn list_logs(dir: &Path) -> Result<Vec<(u64, PathBuf)>, JournalError> {
     let mut logs = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err(dir))? {
         let path = entry.map_err(io_err(dir))?.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+        // Lossy, so that a name that is not UTF-8 is reported rather than skipped.
+        let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
         let Some(stem) = name.strip_suffix(".log") else { continue };
         match stem.parse::<u64>() {
             Ok(decree) if stem.bytes().all(|b| b.is_ascii_digit()) => logs.push((decree, path)),
