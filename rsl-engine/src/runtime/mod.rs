@@ -10,5 +10,7 @@ pub struct FileRange {
     pub end: u64,
 }
 
+pub mod checkpoints;
+pub mod journal;
 pub mod learn;
 pub mod transport;

@@ -1,0 +1,475 @@
+//! The checkpoint directory: `<D>.codex` files and `Temp/`; saving, installing a fetched
+//! checkpoint, pruning, and the restore rule that picks the newest loadable one (formats.md
+//! §8.1, §8.5, §8.7, §9; api-behavior.md §1.6, §2.13–2.14).
+
+use crate::format::checkpoint::DEFAULT_BLOCK_SIZE;
+use crate::format::{CheckpointError, CheckpointHeader, CheckpointReader, CheckpointWriter, MemberId, Version};
+use crate::paxos::Checkpoint;
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use thiserror::Error;
+
+/// Why a checkpoint could not be listed, saved or installed.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{}: not a checkpoint file name (expected <decree>.codex)", path.display())]
+    BadName { path: PathBuf },
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("{}: holds decree {found}, expected {expected}", path.display())]
+    WrongDecree { path: PathBuf, expected: u64, found: u64 },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io { path: path.into(), source }
+}
+
+/// A checkpoint now in place as `<decree>.codex`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Saved {
+    pub decree: u64,
+    pub path: PathBuf,
+    pub size: u64,
+}
+
+/// The `*.codex` files of a data directory.
+pub struct CheckpointStore {
+    dir: PathBuf,
+    temp: PathBuf,
+    max_checkpoints: usize,
+    decrees: BTreeSet<u64>,
+    /// Numbers the temp files of this process.
+    next_temp: AtomicU64,
+}
+
+impl CheckpointStore {
+    /// Lists the checkpoints of `dir` and empties `dir/Temp/` (creating it if needed).
+    pub fn open(dir: impl Into<PathBuf>, max_checkpoints: usize) -> Result<CheckpointStore, StoreError> {
+        assert!(max_checkpoints >= 1, "at least one checkpoint is kept");
+        let dir = dir.into();
+        let temp = dir.join("Temp");
+        fs::create_dir_all(&temp).map_err(io_err(&temp))?;
+        for entry in fs::read_dir(&temp).map_err(io_err(&temp))? {
+            let path = entry.map_err(io_err(&temp))?.path();
+            let removed = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+            removed.map_err(io_err(&path))?;
+        }
+        let decrees = list_checkpoints(&dir)?;
+        Ok(CheckpointStore { dir, temp, max_checkpoints, decrees, next_temp: AtomicU64::new(0) })
+    }
+
+    pub fn path_of(&self, decree: u64) -> PathBuf {
+        self.dir.join(CheckpointHeader::file_name(decree))
+    }
+
+    /// The checkpoint with the highest decree.
+    pub fn newest(&self) -> Option<(u64, PathBuf)> {
+        self.decrees.last().map(|&d| (d, self.path_of(d)))
+    }
+
+    /// The checkpoint with the lowest decree (what log truncation must keep logs for).
+    pub fn oldest(&self) -> Option<u64> {
+        self.decrees.first().copied()
+    }
+
+    /// Every checkpoint, oldest first.
+    pub fn list(&self) -> Vec<(u64, PathBuf)> {
+        self.decrees.iter().map(|&d| (d, self.path_of(d))).collect()
+    }
+
+    /// A fresh file name in `Temp/` (for a checkpoint being written or downloaded).
+    pub fn temp_path(&self) -> PathBuf {
+        let n = self.next_temp.fetch_add(1, Ordering::Relaxed);
+        self.temp.join(format!("Cod{}-{n}.tmp", std::process::id()))
+    }
+
+    /// Writes a checkpoint: `write` streams the application's state into it and returns false
+    /// to refuse (TrySaveState), which leaves nothing behind. The file is verified, synced and
+    /// renamed into place, and old checkpoints are pruned.
+    pub fn save(
+        &mut self,
+        header: CheckpointHeader,
+        write: impl FnOnce(&mut CheckpointWriter) -> io::Result<bool>,
+    ) -> Result<Option<Saved>, StoreError> {
+        let decree = header.last_executed;
+        assert_eq!(header.next_vote.header.decree, decree.wrapping_add(1), "a checkpoint of D holds the vote for D + 1");
+        let temp = self.temp_path();
+        let written = self.write_temp(&temp, header, write);
+        if !matches!(written, Ok(true)) {
+            let _ = fs::remove_file(&temp);
+            return written.map(|_| None);
+        }
+        let saved = self.verify(&temp, decree, false).and_then(|size| self.place(&temp, decree, size));
+        if saved.is_err() {
+            let _ = fs::remove_file(&temp);
+        }
+        debug_assert!(!temp.exists(), "the temp file is placed or removed");
+        saved.map(Some)
+    }
+
+    fn write_temp(
+        &self,
+        temp: &Path,
+        header: CheckpointHeader,
+        write: impl FnOnce(&mut CheckpointWriter) -> io::Result<bool>,
+    ) -> Result<bool, StoreError> {
+        let mut writer = CheckpointWriter::create(temp, header)?;
+        if !write(&mut writer).map_err(io_err(temp))? {
+            return Ok(false);
+        }
+        writer.close()?; // writes the header and syncs the file
+        Ok(true)
+    }
+
+    /// Keeps a checkpoint downloaded from a peer into `temp` (see `temp_path`) as this
+    /// replica's `<decree>.codex`, after checking its header, size and every block checksum.
+    /// A file that fails a check is deleted.
+    pub fn install(&mut self, temp: &Path, decree: u64) -> Result<Saved, StoreError> {
+        let saved = self.verify(temp, decree, true).and_then(|size| {
+            File::open(temp).and_then(|f| f.sync_all()).map_err(io_err(temp))?;
+            self.place(temp, decree, size)
+        });
+        if saved.is_err() {
+            let _ = fs::remove_file(temp);
+        }
+        saved
+    }
+
+    /// Reopens a checkpoint with the reader's open-time checks (and, with `blocks`, reads all
+    /// of its data to check every block); returns its size.
+    fn verify(&self, path: &Path, decree: u64, blocks: bool) -> Result<u64, StoreError> {
+        let mut reader = CheckpointReader::open(path)?;
+        let found = reader.header().last_executed;
+        if found != decree {
+            return Err(StoreError::WrongDecree { path: path.into(), expected: decree, found });
+        }
+        if blocks {
+            reader.skip(reader.size())?;
+            assert_eq!(reader.position(), reader.size(), "every block was read");
+        }
+        Ok(reader.header().size)
+    }
+
+    /// Moves a verified file to `<decree>.codex` (an existing one is kept, never replaced),
+    /// syncs the directory and prunes (§8.7 step 2).
+    fn place(&mut self, temp: &Path, decree: u64, size: u64) -> Result<Saved, StoreError> {
+        let path = self.path_of(decree);
+        let existed = match fs::hard_link(temp, &path) {
+            Ok(()) => false,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => true,
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        fs::remove_file(temp).map_err(io_err(temp))?;
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_err(&self.dir))?;
+        let size = if existed { fs::metadata(&path).map_err(io_err(&path))?.len() } else { size };
+        self.decrees.insert(decree);
+        self.prune();
+        debug_assert!(self.decrees.len() <= self.max_checkpoints);
+        Ok(Saved { decree, path, size })
+    }
+
+    /// Deletes all but the newest `max_checkpoints` checkpoints.
+    fn prune(&mut self) {
+        while self.decrees.len() > self.max_checkpoints {
+            let oldest = self.decrees.pop_first().expect("more than one");
+            let path = self.path_of(oldest);
+            if let Err(e) = fs::remove_file(&path) {
+                tracing::warn!("{}: cannot delete old checkpoint: {e}", path.display());
+            }
+        }
+    }
+
+    /// The restore rule (§8.5 step 1, §1.6 LoadState): newest to oldest, skip checkpoints whose
+    /// header or size checks fail or that `load` refuses; a bootstrap checkpoint (no state
+    /// saved) is offered as `None`. Returns the loaded checkpoint and its file size.
+    pub fn load_newest(
+        &self,
+        mut load: impl FnMut(Option<&mut CheckpointReader>) -> bool,
+    ) -> Result<Option<(Checkpoint, u64)>, StoreError> {
+        for &decree in self.decrees.iter().rev() {
+            let path = self.path_of(decree);
+            let mut reader = match CheckpointReader::open(&path) {
+                Ok(r) if r.header().last_executed == decree => r,
+                Ok(r) => {
+                    tracing::warn!("{}: skipped: holds decree {}", path.display(), r.header().last_executed);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!("skipped checkpoint: {e}");
+                    continue;
+                }
+            };
+            let header = reader.header().clone();
+            if load(header.state_saved.then_some(&mut reader)) {
+                let size = header.size;
+                return Ok(Some((core_checkpoint(header), size)));
+            }
+            tracing::warn!("{}: skipped: the application did not load it", path.display());
+        }
+        Ok(None)
+    }
+}
+
+/// The `*.codex` files of `dir`, by decree.
+fn list_checkpoints(dir: &Path) -> Result<BTreeSet<u64>, StoreError> {
+    let mut out = BTreeSet::new();
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let path = entry.map_err(io_err(dir))?.path();
+        // Lossy, so that a name that is not UTF-8 is reported rather than skipped.
+        let name = entry_name(&path);
+        let Some(stem) = name.strip_suffix(".codex") else { continue };
+        match stem.parse::<u64>() {
+            Ok(d) if stem.bytes().all(|b| b.is_ascii_digit()) => out.insert(d),
+            _ => return Err(StoreError::BadName { path }),
+        };
+    }
+    Ok(out)
+}
+
+fn entry_name(path: &Path) -> String {
+    path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+}
+
+/// The header this replica writes for the core's checkpoint `cp`.
+pub fn header_for(cp: &Checkpoint, me: MemberId, version: Version) -> CheckpointHeader {
+    assert!(cp.max_ballot >= cp.next_vote.header.ballot, "the max ballot covers the next vote");
+    CheckpointHeader {
+        version,
+        member: me,
+        last_executed: cp.decree,
+        max_ballot: cp.max_ballot,
+        config: cp.config.clone(),
+        state_saved: cp.state_saved,
+        size: 0,
+        block_size: if version.has_string_ids() { DEFAULT_BLOCK_SIZE } else { 0 },
+        next_vote: (*cp.next_vote).clone(),
+    }
+}
+
+/// What the core needs of a checkpoint header.
+pub fn core_checkpoint(header: CheckpointHeader) -> Checkpoint {
+    Checkpoint {
+        decree: header.last_executed,
+        next_vote: Arc::new(header.next_vote),
+        max_ballot: header.max_ballot,
+        config: header.config,
+        state_saved: header.state_saved,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::message::{Body, Header, VoteBody};
+    use crate::format::{Ballot, ConfigInfo, Message};
+
+    fn me() -> MemberId {
+        MemberId::new("1").unwrap()
+    }
+
+    fn checkpoint(decree: u64, state_saved: bool) -> Checkpoint {
+        let ballot = Ballot::new(2, me());
+        let vote = Message::new(Header::new(Version::V6, me(), decree + 1, 1, ballot), Body::Vote(VoteBody::default()));
+        let config = ConfigInfo { number: 1, initial_decree: 1, ..Default::default() };
+        Checkpoint { decree, next_vote: Arc::new(vote), max_ballot: ballot, config, state_saved }
+    }
+
+    fn data(decree: u64) -> Vec<u8> {
+        (0..5000u64).map(|i| (i * 7 + decree) as u8).collect()
+    }
+
+    fn save(store: &mut CheckpointStore, decree: u64) -> Saved {
+        let header = header_for(&checkpoint(decree, true), me(), Version::V6);
+        store.save(header, |w| w.write(&data(decree)).map(|_| true).map_err(io::Error::other)).unwrap().unwrap()
+    }
+
+    fn read_all(r: &mut CheckpointReader) -> Vec<u8> {
+        let mut out = vec![0; r.size() as usize];
+        let mut at = 0;
+        while at < out.len() {
+            at += r.get_data(&mut out[at..]).unwrap();
+        }
+        out
+    }
+
+    fn temp_files(dir: &Path) -> usize {
+        fs::read_dir(dir.join("Temp")).unwrap().count()
+    }
+
+    #[test]
+    fn save_prunes_to_max_and_lists_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = CheckpointStore::open(dir.path(), 2).unwrap();
+        assert_eq!(store.newest(), None);
+        for decree in [4, 8, 12] {
+            let saved = save(&mut store, decree);
+            assert_eq!(saved.path, dir.path().join(format!("{decree}.codex")));
+            assert_eq!(saved.size, fs::metadata(&saved.path).unwrap().len());
+        }
+        assert_eq!(store.newest(), Some((12, dir.path().join("12.codex"))));
+        assert_eq!(store.list().iter().map(|c| c.0).collect::<Vec<_>>(), [8, 12]);
+        assert_eq!(store.oldest(), Some(8));
+        assert!(!dir.path().join("4.codex").exists());
+        assert_eq!(temp_files(dir.path()), 0);
+        // A restart empties Temp/ and finds the same checkpoints.
+        fs::write(dir.path().join("Temp/Cod1.tmp"), b"left over").unwrap();
+        let store = CheckpointStore::open(dir.path(), 2).unwrap();
+        assert_eq!(store.list().iter().map(|c| c.0).collect::<Vec<_>>(), [8, 12]);
+        assert_eq!(temp_files(dir.path()), 0);
+    }
+
+    #[test]
+    fn a_refused_save_leaves_nothing_and_an_existing_checkpoint_is_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = CheckpointStore::open(dir.path(), 4).unwrap();
+        let header = header_for(&checkpoint(4, true), me(), Version::V6);
+        assert_eq!(store.save(header.clone(), |w| w.write(b"partial").map(|_| false).map_err(io::Error::other)).unwrap(), None);
+        assert_eq!((store.newest(), temp_files(dir.path())), (None, 0));
+        let first = save(&mut store, 4);
+        let before = fs::read(&first.path).unwrap();
+        let again = store.save(header, |w| w.write(b"other state").map(|_| true).map_err(io::Error::other)).unwrap().unwrap();
+        assert_eq!(again, first);
+        assert_eq!(fs::read(&first.path).unwrap(), before, "never replaced");
+        assert_eq!(temp_files(dir.path()), 0);
+    }
+
+    #[test]
+    fn restore_falls_back_past_a_corrupt_or_refused_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = CheckpointStore::open(dir.path(), 4).unwrap();
+        for decree in [4, 8, 12] {
+            save(&mut store, decree);
+        }
+        // 12 is cut short (fails the size check); 8 is refused by the application.
+        let newest = dir.path().join("12.codex");
+        let f = File::options().write(true).open(&newest).unwrap();
+        f.set_len(f.metadata().unwrap().len() - 1).unwrap();
+        let mut offered = Vec::new();
+        let loaded = store
+            .load_newest(|r| {
+                let r = r.expect("state saved");
+                offered.push(r.header().last_executed);
+                r.header().last_executed == 4 && read_all(r) == data(4)
+            })
+            .unwrap();
+        assert_eq!(offered, [8, 4]);
+        let (cp, size) = loaded.unwrap();
+        assert_eq!((cp, size), (checkpoint(4, true), fs::metadata(dir.path().join("4.codex")).unwrap().len()));
+        assert_eq!(store.load_newest(|_| false).unwrap(), None);
+        assert!(newest.exists(), "a corrupt checkpoint is reported, not deleted");
+    }
+
+    #[test]
+    fn a_bootstrap_checkpoint_is_offered_as_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = CheckpointStore::open(dir.path(), 4).unwrap();
+        let header = header_for(&checkpoint(0, false), me(), Version::V6);
+        store.save(header, |_| Ok(true)).unwrap().unwrap();
+        let mut got_none = false;
+        let (cp, _) = store
+            .load_newest(|r| {
+                got_none = r.is_none();
+                true
+            })
+            .unwrap()
+            .unwrap();
+        assert!(got_none && !cp.state_saved);
+    }
+
+    #[test]
+    fn install_checks_every_block_and_rejects_a_bad_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = CheckpointStore::open(dir.path(), 4).unwrap();
+        let download = |store: &mut CheckpointStore, corrupt: bool| {
+            let temp = store.temp_path();
+            let mut header = header_for(&checkpoint(20, true), me(), Version::V6);
+            header.block_size = 1024; // several blocks
+            let mut w = CheckpointWriter::create(&temp, header).unwrap();
+            w.write(&data(20)).unwrap();
+            w.close().unwrap();
+            if corrupt {
+                let mut bytes = fs::read(&temp).unwrap();
+                let at = bytes.len() - 100; // inside the last block
+                bytes[at] ^= 1;
+                fs::write(&temp, &bytes).unwrap();
+            }
+            temp
+        };
+        let bad = download(&mut store, true);
+        let err = store.install(&bad, 20).unwrap_err();
+        assert!(matches!(err, StoreError::Checkpoint(CheckpointError::BlockChecksum { block: 4, .. })), "{err}");
+        assert!(!bad.exists() && store.newest().is_none());
+        let good = download(&mut store, false);
+        let err = store.install(&good, 21).unwrap_err();
+        assert!(matches!(err, StoreError::WrongDecree { expected: 21, found: 20, .. }), "{err}");
+        let good = download(&mut store, false);
+        let saved = store.install(&good, 20).unwrap();
+        assert_eq!(saved.path, dir.path().join("20.codex"));
+        let mut r = CheckpointReader::open(&saved.path).unwrap();
+        assert_eq!(read_all(&mut r), data(20));
+        assert_eq!(temp_files(dir.path()), 0);
+    }
+
+    #[test]
+    fn bad_names_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("x4.codex"), b"").unwrap();
+        let err = CheckpointStore::open(dir.path(), 4).err().unwrap();
+        assert!(matches!(&err, StoreError::BadName { path } if path.ends_with("x4.codex")), "{err}");
+    }
+
+    #[test]
+    fn header_conversions_round_trip() {
+        for version in [Version::V3, Version::V4, Version::V6] {
+            let mut cp = checkpoint(9, true);
+            let mut vote = (*cp.next_vote).clone();
+            vote.header.version = version;
+            cp.next_vote = Arc::new(vote);
+            let header = header_for(&cp, me(), version);
+            assert_eq!(header.block_size, if version >= Version::V4 { DEFAULT_BLOCK_SIZE } else { 0 });
+            assert_eq!(core_checkpoint(header), cp);
+        }
+    }
+
+    fn golden() -> Option<PathBuf> {
+        let dir = std::env::var_os("RSL_GOLDEN_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/rsl-golden"));
+        if dir.is_dir() {
+            return Some(dir);
+        }
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "golden files not found at {} and CI=true", dir.display());
+        None
+    }
+
+    #[test]
+    fn the_originals_checkpoints_load() {
+        let Some(golden) = golden() else { return };
+        for (name, decree) in
+            [("cp_util_v2", 4), ("cp_util_v3", 4), ("cp_util_v4", 4), ("cp_util_v6", 4), ("cp_legislator_v6", 4), ("cp_multiblock_v4", 100)]
+        {
+            let dir = tempfile::tempdir().unwrap();
+            let file = CheckpointHeader::file_name(decree);
+            fs::copy(golden.join(name).join(&file), dir.path().join(&file)).unwrap();
+            let store = CheckpointStore::open(dir.path(), 4).unwrap();
+            let mut data_len = None;
+            let (cp, size) = store
+                .load_newest(|r| {
+                    data_len = r.map(|r| read_all(r).len() as u64);
+                    true
+                })
+                .unwrap()
+                .unwrap_or_else(|| panic!("{name} does not load"));
+            assert_eq!(cp.decree, decree, "{name}");
+            assert_eq!(cp.next_vote.header.decree, decree + 1, "{name}");
+            assert_eq!(size, fs::metadata(dir.path().join(&file)).unwrap().len(), "{name}");
+            assert!(data_len.is_some() == cp.state_saved, "{name}");
+        }
+    }
+}
