@@ -1,6 +1,31 @@
-//! The runtime: drives the sans-IO core against real disks, sockets and threads.
+//! The runtime: drives the sans-IO core against real disks, sockets and threads, and the Rust
+//! API a service is written against ([`RslReplica`], [`StateMachine`]).
+//!
+//! Per replica: a protocol thread ([`ring`]) owns the core and the journal; an execute thread
+//! ([`exec`]) owns the state machine; the journal's writer thread does group commit; a small
+//! tokio runtime runs the Paxos-port transport and the learn port. Nothing is global, so a
+//! process can run many rings.
 
+pub mod api;
+pub mod checkpoints;
+pub mod config;
+mod exec;
+pub mod journal;
+pub mod learn;
+mod replica;
+mod ring;
+pub mod transport;
+
+pub use api::{AdmitAll, Admission, ReplicaHealth, ResponseCode, StateMachine, Stats};
+pub use config::{ConfigError, RslConfig};
+pub use replica::{InitError, RslReplica};
+
+use crate::format::ConfigInfo;
+use crate::format::MemberId;
+use crate::paxos::Role;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Mutex;
 
 /// A byte range of a file, `[start, end)`: what the learn port streams for a FetchVotes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -10,7 +35,48 @@ pub struct FileRange {
     pub end: u64,
 }
 
-pub mod checkpoints;
-pub mod journal;
-pub mod learn;
-pub mod transport;
+/// What the API reads without a round trip to the protocol thread.
+pub(crate) struct Shared {
+    pub is_primary: AtomicBool,
+    pub shutting_down: AtomicBool,
+    /// The last executed decree (set before its requests run).
+    pub current_seq: AtomicU64,
+    /// The highest decree handed out to execute.
+    pub passed_seq: AtomicU64,
+    pub saving: AtomicBool,
+    pub allow_save: AtomicBool,
+    pub stats: Counters,
+    pub view: Mutex<View>,
+}
+
+/// The protocol thread's latest published state.
+#[derive(Default)]
+pub(crate) struct View {
+    pub primary: Option<MemberId>,
+    pub role: Option<Role>,
+    pub config: ConfigInfo,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub decrees_executed: AtomicU64,
+    pub requests_executed: AtomicU64,
+    pub votes_logged: AtomicU64,
+    pub fast_reads: AtomicU64,
+    pub checkpoints_saved: AtomicU64,
+}
+
+impl Shared {
+    fn new(current_seq: u64) -> Shared {
+        Shared {
+            is_primary: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
+            current_seq: AtomicU64::new(current_seq),
+            passed_seq: AtomicU64::new(current_seq),
+            saving: AtomicBool::new(false),
+            allow_save: AtomicBool::new(true),
+            stats: Counters::default(),
+            view: Mutex::new(View::default()),
+        }
+    }
+}

@@ -21,6 +21,7 @@ mod leader;
 mod membership;
 mod pipeline;
 mod recovery;
+mod stop;
 
 /// RSL's replica states.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,0 +1,190 @@
+//! The replicated key-value state machine and the way its answers reach clients.
+
+use crate::proto::{self, Status};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use rsl_engine::format::checkpoint::{CheckpointReader, CheckpointWriter};
+use rsl_engine::format::checksum;
+use rsl_engine::paxos::Cookie;
+use rsl_engine::runtime::{ResponseCode, StateMachine};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc::UnboundedSender;
+
+/// Where the answer to a cookie goes: a client connection and its request id.
+#[derive(Default)]
+pub struct Clients {
+    next_cookie: AtomicU64,
+    waiting: Mutex<HashMap<Cookie, (UnboundedSender<Bytes>, u64)>>,
+}
+
+impl Clients {
+    pub fn register(&self, conn: &UnboundedSender<Bytes>, id: u64) -> Cookie {
+        let cookie = self.next_cookie.fetch_add(1, Relaxed);
+        self.waiting.lock().expect("clients").insert(cookie, (conn.clone(), id));
+        cookie
+    }
+
+    pub fn forget(&self, cookie: Cookie) {
+        self.waiting.lock().expect("clients").remove(&cookie);
+    }
+
+    fn answer(&self, cookie: Cookie, status: Status, body: &[u8]) {
+        if let Some((conn, id)) = self.waiting.lock().expect("clients").remove(&cookie) {
+            let _ = conn.send(proto::response(id, status, body));
+        }
+    }
+}
+
+/// The observable summary of a replica's state, identical on replicas that applied the same
+/// requests.
+#[derive(Default)]
+pub struct Summary {
+    pub keys: AtomicU64,
+    pub digest: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub primary: AtomicBool,
+}
+
+/// The key-value store: `put` requests replicate; `get` is a fast read.
+pub struct Kv {
+    map: HashMap<Bytes, Bytes>,
+    /// XOR of every entry's hash: the same for the same contents, whatever the order.
+    digest: u64,
+    duplicates: u64,
+    clients: Arc<Clients>,
+    summary: Arc<Summary>,
+    seq: Arc<dyn Fn() -> u64 + Send + Sync>,
+}
+
+/// A CRC is linear, so XORing CRCs of structured entries can cancel out; the SplitMix64
+/// finalizer breaks the linearity.
+fn entry_hash(key: &[u8], value: &[u8]) -> u64 {
+    let mut z = checksum::update(checksum::checksum(key), value).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl Kv {
+    pub fn new(clients: Arc<Clients>, summary: Arc<Summary>, seq: Arc<dyn Fn() -> u64 + Send + Sync>) -> Kv {
+        Kv { map: HashMap::new(), digest: 0, duplicates: 0, clients, summary, seq }
+    }
+
+    fn put(&mut self, key: Bytes, value: Bytes) {
+        let new = entry_hash(&key, &value);
+        match self.map.insert(key.clone(), value) {
+            Some(old) => {
+                let old_hash = entry_hash(&key, &old);
+                if old_hash == new {
+                    self.duplicates += 1;
+                }
+                self.digest ^= old_hash ^ new;
+            }
+            None => self.digest ^= new,
+        }
+    }
+
+    fn publish(&self) {
+        let s = &self.summary;
+        s.keys.store(self.map.len() as u64, Relaxed);
+        s.digest.store(self.digest, Relaxed);
+        s.duplicates.store(self.duplicates, Relaxed);
+    }
+}
+
+impl StateMachine for Kv {
+    fn load_state(&mut self, reader: Option<&mut CheckpointReader>) -> bool {
+        self.map.clear();
+        (self.digest, self.duplicates) = (0, 0);
+        let Some(reader) = reader else { return true };
+        let mut data = vec![0u8; reader.size() as usize];
+        let mut at = 0;
+        while at < data.len() {
+            match reader.get_data(&mut data[at..]) {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => at += n,
+            }
+        }
+        let mut buf = Bytes::from(data);
+        while buf.remaining() >= 8 {
+            let (klen, vlen) = (buf.get_u32_le() as usize, buf.get_u32_le() as usize);
+            if buf.remaining() < klen + vlen {
+                return false;
+            }
+            let key = buf.split_to(klen);
+            let value = buf.split_to(vlen);
+            self.put(key, value);
+        }
+        self.duplicates = 0;
+        self.publish();
+        buf.is_empty()
+    }
+
+    fn execute_replicated_request(&mut self, request: &[u8], cookie: Option<Cookie>, _save_state: &mut bool) {
+        let Some((key, value)) = proto::parse_put(request) else { return };
+        let (key, value) = (Bytes::copy_from_slice(key), Bytes::copy_from_slice(value));
+        self.put(key, value);
+        if let Some(cookie) = cookie {
+            self.clients.answer(cookie, Status::Ok, &(self.seq)().to_le_bytes());
+        }
+    }
+
+    fn after_execute_replicated_requests(&mut self) {
+        self.publish();
+    }
+
+    fn execute_fast_read_request(&mut self, request: &[u8], cookie: Cookie) {
+        let value = self.map.get(request).cloned().unwrap_or_default();
+        self.clients.answer(cookie, Status::Ok, &value);
+    }
+
+    fn abort_request(&mut self, status: ResponseCode, cookie: Cookie) {
+        let status = match status {
+            ResponseCode::NotPrimary => Status::NotPrimary,
+            ResponseCode::FastReadStale => Status::Stale,
+            _ => Status::ShuttingDown,
+        };
+        self.clients.answer(cookie, status, &[]);
+    }
+
+    fn save_state(&mut self, writer: &mut CheckpointWriter) {
+        let mut buf = BytesMut::with_capacity(1 << 20);
+        for (k, v) in &self.map {
+            buf.put_u32_le(k.len() as u32);
+            buf.put_u32_le(v.len() as u32);
+            buf.put_slice(k);
+            buf.put_slice(v);
+            if buf.len() >= 1 << 20 {
+                let _ = writer.write(&buf);
+                buf.clear();
+            }
+        }
+        let _ = writer.write(&buf);
+    }
+
+    fn notify_status(&mut self, is_primary: bool) {
+        self.summary.primary.store(is_primary, Relaxed);
+        tracing::info!(is_primary, "status");
+    }
+
+    fn notify_configuration_changed(&mut self, cookie: Option<Cookie>) {
+        tracing::info!(?cookie, "configuration changed");
+        if let Some(cookie) = cookie {
+            self.clients.answer(cookie, Status::Ok, &[]);
+        }
+    }
+
+    fn abort_change_configuration(&mut self, _status: ResponseCode, cookie: Cookie) {
+        self.clients.answer(cookie, Status::NotPrimary, &[]);
+    }
+
+    fn shut_down(&mut self, _status: ResponseCode) {
+        tracing::info!("shut down");
+    }
+
+    fn state_saved(&mut self, seq: u64, file: &Path) {
+        tracing::info!(seq, file = %file.display(), "checkpoint saved");
+    }
+}

@@ -1,0 +1,20 @@
+//! Stopping a replica (`Unload`): every cookie it still holds comes back as ShuttingDown.
+
+use super::*;
+
+impl Replica {
+    /// Stops the replica: the cookies of votes queued or in flight are returned with
+    /// `ShuttingDown` (what was chosen has already been handed out to execute), and nothing
+    /// more is proposed or answered. Feed it nothing afterwards.
+    pub fn stop(&mut self, out: &mut Vec<Action>) {
+        let before = out.len();
+        let in_flight = self.outstanding.drain(..).flat_map(|o| o.cookies.into_iter().chain(o.config_cookie));
+        let queued = self.to_send.drain(..).flat_map(|p| p.cookies.into_iter().chain(p.config_cookie));
+        let cookies: Vec<_> = in_flight.chain(queued).collect();
+        out.extend(cookies.into_iter().map(|cookie| Action::Abort { cookie, reason: AbortReason::ShuttingDown }));
+        self.relinquishing = true;
+        self.is_primary = false;
+        debug_assert!(self.outstanding.is_empty() && self.to_send.is_empty(), "every cookie returned");
+        debug_assert!(out[before..].iter().all(|a| matches!(a, Action::Abort { .. })));
+    }
+}

@@ -1,0 +1,124 @@
+//! What a service implements and gets back: the state-machine callbacks with RSL's
+//! synchronization classes, response codes, and the health and statistics records.
+
+use crate::format::checkpoint::{CheckpointReader, CheckpointWriter};
+use crate::format::{MemberId, Node};
+use crate::paxos::Cookie;
+use std::path::Path;
+
+/// `RSLResponseCode`, with the original's numeric values.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ResponseCode {
+    Success = 0,
+    FastReadStale = 1,
+    NotPrimary = 2,
+    ShuttingDown = 3,
+    AlreadyBootstrapped = 4,
+    BootstrapFailed = 5,
+    InvalidParameter = 6,
+}
+
+/// The service's replicated state: RSL's `RSLStateMachine` callbacks.
+///
+/// Every method runs on the replica's execute thread, one at a time and in order, so the
+/// state needs no lock of its own. That is at least as strong as each callback's class in
+/// RSL (api-behavior §1.6, §2.2): Exclusive callbacks (execution, status, configuration,
+/// aborts) never overlap anything, and the Shared ones (saving, fast reads) never overlap
+/// execution. The callbacks RSL runs with no lock on its protocol thread are on [`Admission`].
+pub trait StateMachine: Send + 'static {
+    /// `LoadState`: the newest usable checkpoint, or `None` for an empty state (no checkpoint,
+    /// or the bootstrap checkpoint). Returning false makes the replica try an older one.
+    fn load_state(&mut self, reader: Option<&mut CheckpointReader>) -> bool;
+
+    /// `ExecuteReplicatedRequest`: apply one request, deterministically. `cookie` is the one
+    /// given to `replicate_request` on the replica that submitted it, once. Set `save_state` to
+    /// take a checkpoint before the next decree executes.
+    fn execute_replicated_request(&mut self, request: &[u8], cookie: Option<Cookie>, save_state: &mut bool);
+
+    /// Bracket the requests of one decree (not called for heartbeats or reconfigurations).
+    fn before_execute_replicated_requests(&mut self) {}
+    fn after_execute_replicated_requests(&mut self) {}
+
+    /// `ExecuteFastReadRequest`: a read-only request, run once the state has reached the
+    /// sequence number it asked for.
+    fn execute_fast_read_request(&mut self, request: &[u8], cookie: Cookie);
+
+    /// `AbortRequest`: the cookie of a replicated request (`NotPrimary`, `ShuttingDown`) or a
+    /// fast read (`FastReadStale`, `ShuttingDown`) comes back unexecuted. A `NotPrimary` abort
+    /// of a request already proposed does not mean it will not execute (api-behavior §2.10).
+    fn abort_request(&mut self, status: ResponseCode, cookie: Cookie);
+
+    /// `SaveState`: write the whole state.
+    fn save_state(&mut self, writer: &mut CheckpointWriter);
+
+    /// `TrySaveState`: false abandons this checkpoint and turns automatic checkpoints off until
+    /// `allow_save_state(true)`.
+    fn try_save_state(&mut self, writer: &mut CheckpointWriter) -> bool {
+        self.save_state(writer);
+        true
+    }
+
+    fn notify_status(&mut self, is_primary: bool);
+
+    /// A reconfiguration decree executed (with its cookie on the replica that asked), or the
+    /// replica persisted its bootstrap member set.
+    fn notify_configuration_changed(&mut self, cookie: Option<Cookie>);
+
+    fn abort_change_configuration(&mut self, status: ResponseCode, cookie: Cookie);
+
+    fn notify_primary_recovered(&mut self) {}
+
+    /// The replica is stopping (`Unload`, relinquish, or a fatal journal error).
+    fn shut_down(&mut self, status: ResponseCode);
+
+    /// A checkpoint of `seq` was saved to `file`.
+    fn state_saved(&mut self, _seq: u64, _file: &Path) {}
+
+    /// A checkpoint was copied from a peer (`None`: a `copy_state_from_replica` failed).
+    fn state_copied(&mut self, _seq: u64, _file: Option<&Path>, _cookie: Option<Cookie>) {}
+}
+
+/// The callbacks RSL asks on its protocol thread without any lock: they must answer quickly
+/// and may run concurrently with the state machine's.
+pub trait Admission: Send + Sync + 'static {
+    /// `CanBecomePrimary`: `Some(primary cookie)` allows an election, `None` vetoes it.
+    fn can_become_primary(&self) -> Option<Vec<u8>> {
+        Some(Vec::new())
+    }
+    /// `AcceptMessageFromReplica`: whether to answer a vote or prepare from `node`.
+    fn accept_message_from_replica(&self, _node: &MemberId, _primary_cookie: &[u8]) -> bool {
+        true
+    }
+}
+
+/// The default: never vetoes.
+pub struct AdmitAll;
+impl Admission for AdmitAll {}
+
+/// `ReplicaHealth`: what the primary knows of one member.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplicaHealth {
+    pub member_id: MemberId,
+    pub connected: bool,
+    pub packets_sent: u64,
+    pub packets_dropped: u64,
+    pub last_vote_payload: u64,
+    pub is_primary: bool,
+}
+
+/// `RSLStats`: counters since the last snapshot (a snapshot resets them).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub decrees_executed: u64,
+    pub requests_executed: u64,
+    pub votes_logged: u64,
+    pub log_syncs: u64,
+    pub fast_reads: u64,
+    pub checkpoints_saved: u64,
+}
+
+/// A node that the application names: its id and where it listens.
+pub fn node(id: &str, ip: std::net::Ipv4Addr, rsl_port: u16) -> Option<Node> {
+    Some(Node { id: MemberId::new(id)?, ip, rsl_port, learn_port: rsl_port.checked_add(1)?, app_port: 0, host_name: Default::default() })
+}

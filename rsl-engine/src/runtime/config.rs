@@ -1,0 +1,204 @@
+//! The replica's configuration: RSL's `RSLConfigParam`, with its field names, defaults and
+//! validation ranges (api-behavior §4, formats.md §11.2), and what it becomes for the core.
+
+use crate::format::{message::MAX_BATCH_BYTES, Version};
+use crate::paxos::{CoreConfig, SEC};
+use std::path::PathBuf;
+use thiserror::Error;
+
+/// `RSLConfigParam`, field for field (snake case), with the original's defaults. The last
+/// fields are this implementation's own and default to the original's behaviour.
+#[derive(Clone, Debug)]
+pub struct RslConfig {
+    pub new_leader_grace_period_sec: u32,
+    pub heart_beat_interval_sec: u32,
+    pub election_delay_sec: u32,
+    pub max_election_randomize_sec: u32,
+    pub initialize_retry_interval_sec: u32,
+    pub prepare_retry_interval_sec: u32,
+    pub vote_retry_interval_sec: u32,
+    pub vote_max_outstanding_interval_sec: u32,
+    pub c_p_query_retry_interval_sec: u32,
+    pub max_checkpoint_interval_sec: u64,
+    pub join_messages_interval_sec: u32,
+    pub max_log_len_mb: u32,
+    pub send_timeout_sec: u32,
+    pub receive_timeout_sec: u32,
+    pub max_cache_length_mb: u32,
+    pub max_votes_in_log: u32,
+    pub max_outstanding_per_replica: u32,
+    pub max_checkpoints: u32,
+    pub max_checkpoint_size_gb: u32,
+    pub min_checkpoint_space_file_count: u32,
+    pub max_logs: u32,
+    pub log_len_randomize: u32,
+    pub election_randomize: u32,
+    pub fast_read_seq_threshold: u32,
+    pub in_memory_execution_queue_size_mb: u32,
+    pub num_reader_threads: u32,
+    pub max_message_size_mb: u32,
+    pub max_message_alert_size_mb: u32,
+    pub allow_primary_promotion_while_catching_up: bool,
+    pub working_dir: PathBuf,
+    pub add_member_id_to_working_dir: bool,
+    pub cancel_disk_io: bool,
+    pub use_global_accept_messages_flag: bool,
+    /// Decrees in flight (protocol version 7 only; 1 is the original's protocol).
+    pub pipeline_window: u32,
+    /// fdatasync the journal. Off only for benchmarks: acknowledged requests can then be lost.
+    pub sync_writes: bool,
+}
+
+impl Default for RslConfig {
+    fn default() -> Self {
+        RslConfig {
+            new_leader_grace_period_sec: 15,
+            heart_beat_interval_sec: 2,
+            election_delay_sec: 10,
+            max_election_randomize_sec: 1,
+            initialize_retry_interval_sec: 1,
+            prepare_retry_interval_sec: 1,
+            vote_retry_interval_sec: 3,
+            vote_max_outstanding_interval_sec: 480,
+            c_p_query_retry_interval_sec: 5,
+            max_checkpoint_interval_sec: 0,
+            join_messages_interval_sec: 1,
+            max_log_len_mb: 100,
+            send_timeout_sec: 5,
+            receive_timeout_sec: 5,
+            max_cache_length_mb: 50,
+            max_votes_in_log: 10000,
+            max_outstanding_per_replica: 10,
+            max_checkpoints: 4,
+            max_checkpoint_size_gb: 0,
+            min_checkpoint_space_file_count: 0,
+            max_logs: 10,
+            log_len_randomize: 20,
+            election_randomize: 10,
+            fast_read_seq_threshold: 0,
+            in_memory_execution_queue_size_mb: 0,
+            num_reader_threads: 1,
+            max_message_size_mb: 100,
+            max_message_alert_size_mb: 0,
+            allow_primary_promotion_while_catching_up: false,
+            working_dir: PathBuf::new(),
+            add_member_id_to_working_dir: true,
+            cancel_disk_io: true,
+            use_global_accept_messages_flag: false,
+            pipeline_window: 1,
+            sync_writes: true,
+        }
+    }
+}
+
+/// A parameter outside its range: `Initialize` fails with RSL's "Configuration Error".
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("configuration error: {field} = {value} is outside {min}..={max}")]
+pub struct ConfigError {
+    pub field: &'static str,
+    pub value: u64,
+    pub min: u64,
+    pub max: u64,
+}
+
+const INT_MAX: u64 = i32::MAX as u64;
+
+impl RslConfig {
+    /// The original's checks (rslconfig.cpp ranges), plus ours.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let check = |field, value: u64, min, max| if (min..=max).contains(&value) { Ok(()) } else { Err(ConfigError { field, value, min, max }) };
+        let secs = [
+            ("m_newLeaderGracePeriodSec", self.new_leader_grace_period_sec),
+            ("m_heartBeatIntervalSec", self.heart_beat_interval_sec),
+            ("m_electionDelaySec", self.election_delay_sec),
+            ("m_initializeRetryIntervalSec", self.initialize_retry_interval_sec),
+            ("m_prepareRetryIntervalSec", self.prepare_retry_interval_sec),
+            ("m_voteRetryIntervalSec", self.vote_retry_interval_sec),
+            ("m_voteMaxOutstandingIntervalSec", self.vote_max_outstanding_interval_sec),
+            ("m_cPQueryRetryIntervalSec", self.c_p_query_retry_interval_sec),
+            ("m_joinMessagesIntervalSec", self.join_messages_interval_sec),
+            ("m_sendTimeoutSec", self.send_timeout_sec),
+            ("m_receiveTimeoutSec", self.receive_timeout_sec),
+        ];
+        for (field, v) in secs {
+            check(field, v.into(), 1, 3600)?;
+        }
+        check("m_maxElectionRandomizeSec", self.max_election_randomize_sec.into(), 0, INT_MAX)?;
+        check("m_maxLogLenMB", self.max_log_len_mb.into(), 1, 102_400)?;
+        check("m_maxCacheLengthMB", self.max_cache_length_mb.into(), 1, 1024)?;
+        for (field, v) in [
+            ("m_maxVotesInLog", self.max_votes_in_log),
+            ("m_maxOutstandingPerReplica", self.max_outstanding_per_replica),
+            ("m_maxCheckpoints", self.max_checkpoints),
+            ("m_maxLogs", self.max_logs),
+            ("m_maxMessageSizeMB", self.max_message_size_mb),
+        ] {
+            check(field, v.into(), 1, INT_MAX)?;
+        }
+        check("m_logLenRandomize", self.log_len_randomize.into(), 0, 100)?;
+        check("m_electionRandomize", self.election_randomize.into(), 0, 100)?;
+        check("m_numReaderThreads", self.num_reader_threads.into(), 0, 100)?;
+        check("m_maxMessageSizeMB", self.max_message_size_mb.into(), 1, 4095)?;
+        check("pipeline_window", self.pipeline_window.into(), 1, 1024)?;
+        if self.working_dir.as_os_str().is_empty() {
+            return Err(ConfigError { field: "m_workingDir", value: 0, min: 1, max: 1 });
+        }
+        Ok(())
+    }
+
+    /// The largest packet or learn-port message accepted.
+    pub fn max_message_bytes(&self) -> usize {
+        (self.max_message_size_mb as usize) * (1 << 20) + 1024
+    }
+
+    pub fn max_log_len_bytes(&self) -> u64 {
+        u64::from(self.max_log_len_mb) << 20
+    }
+
+    /// What the protocol core needs of it, for `version`.
+    pub fn core_config(&self, version: Version) -> CoreConfig {
+        let us = |s: u32| u64::from(s) * SEC;
+        CoreConfig {
+            version,
+            heartbeat_interval: us(self.heart_beat_interval_sec),
+            election_delay: us(self.election_delay_sec),
+            election_randomize_pct: self.election_randomize.into(),
+            max_election_randomize: us(self.max_election_randomize_sec),
+            new_leader_grace_period: us(self.new_leader_grace_period_sec),
+            initialize_retry_interval: us(self.initialize_retry_interval_sec),
+            resend_interval: us(self.prepare_retry_interval_sec.min(self.vote_retry_interval_sec)),
+            max_vote_bytes: MAX_BATCH_BYTES,
+            max_cache_bytes: (self.max_cache_length_mb as usize) << 20,
+            use_global_accept_flag: self.use_global_accept_messages_flag,
+            checkpoint_query_interval: us(self.c_p_query_retry_interval_sec),
+            join_interval: us(self.join_messages_interval_sec),
+            window: if version.is_pipelined() { self.pipeline_window as usize } else { 1 },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_originals_and_need_a_working_dir() {
+        let cfg = RslConfig::default();
+        assert_eq!((cfg.election_delay_sec, cfg.heart_beat_interval_sec, cfg.max_log_len_mb, cfg.max_checkpoints), (10, 2, 100, 4));
+        assert_eq!(cfg.max_message_bytes(), 104_858_624);
+        assert_eq!(cfg.validate().unwrap_err().field, "m_workingDir");
+        let cfg = RslConfig { working_dir: "/tmp/x".into(), ..RslConfig::default() };
+        assert_eq!(cfg.validate(), Ok(()));
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_by_name() {
+        let base = RslConfig { working_dir: "/tmp/x".into(), ..RslConfig::default() };
+        let bad = RslConfig { election_delay_sec: 0, ..base.clone() };
+        assert_eq!(bad.validate().unwrap_err().field, "m_electionDelaySec");
+        let bad = RslConfig { max_cache_length_mb: 2000, ..base.clone() };
+        assert_eq!(bad.validate().unwrap_err(), ConfigError { field: "m_maxCacheLengthMB", value: 2000, min: 1, max: 1024 });
+        let core = base.core_config(Version::V6);
+        assert_eq!((core.election_delay, core.window), (10 * SEC, 1));
+    }
+}

@@ -1,0 +1,218 @@
+//! The execute thread: owns the service's state machine and delivers every callback to it in
+//! protocol order (executions, aborts, status, configuration changes, checkpoints), plus the
+//! fast reads that wait for the state to catch up.
+
+use super::api::{ResponseCode, StateMachine};
+use super::checkpoints::CheckpointStore;
+use super::ring::Event;
+use super::Shared;
+use crate::format::checkpoint::CheckpointReader;
+use crate::format::{MemberId, Message, Version};
+use crate::paxos::{AbortReason, Checkpoint, Cookie};
+use bytes::Bytes;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::{Relaxed, Release};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What the protocol thread (or an API call) hands the execute thread, in order.
+pub(crate) enum Work {
+    Execute { vote: Arc<Message>, cookies: Vec<Cookie> },
+    Abort { cookie: Cookie, code: ResponseCode },
+    AbortConfig { cookie: Cookie, code: ResponseCode },
+    Status(bool),
+    PrimaryRecovered,
+    ConfigChanged(Option<Cookie>),
+    Save(Checkpoint),
+    /// Replace the state with this installed checkpoint file.
+    Load { checkpoint: Checkpoint, path: PathBuf },
+    /// The primary copied a checkpoint instead of saving one.
+    Copied { seq: u64, path: PathBuf },
+    FastRead { max_seen: u64, request: Bytes, cookie: Cookie, deadline: Instant },
+    /// Deliver `ShutDown` and stop.
+    Stop,
+}
+
+pub(crate) fn abort_code(reason: AbortReason) -> ResponseCode {
+    match reason {
+        AbortReason::NotPrimary => ResponseCode::NotPrimary,
+        AbortReason::ShuttingDown => ResponseCode::ShuttingDown,
+    }
+}
+
+/// The execute thread's state.
+pub(crate) struct Executor {
+    pub sm: Box<dyn StateMachine>,
+    pub shared: Arc<Shared>,
+    pub store: Arc<Mutex<CheckpointStore>>,
+    pub me: MemberId,
+    pub version: Version,
+    /// Where checkpoint completions go (the protocol thread).
+    pub events: Sender<Event>,
+    /// Fast reads waiting for the state to reach their sequence number, oldest deadline first.
+    waiting: Vec<(u64, Bytes, Cookie, Instant)>,
+    /// A save refused by `try_save_state`, retried once saving is allowed again.
+    deferred_save: Option<Checkpoint>,
+}
+
+impl Executor {
+    pub fn new(
+        sm: Box<dyn StateMachine>,
+        shared: Arc<Shared>,
+        store: Arc<Mutex<CheckpointStore>>,
+        me: MemberId,
+        version: Version,
+        events: Sender<Event>,
+    ) -> Executor {
+        Executor { sm, shared, store, me, version, events, waiting: Vec::new(), deferred_save: None }
+    }
+
+    /// Runs until `Stop` or until the protocol thread goes away.
+    pub fn run(mut self, work: Receiver<Work>) {
+        loop {
+            let timeout = self.waiting.iter().map(|w| w.3).min().map(|d| d.saturating_duration_since(Instant::now()));
+            let item = match timeout {
+                Some(t) => work.recv_timeout(t.max(Duration::from_micros(100))),
+                None => work.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match item {
+                Ok(Work::Stop) | Err(RecvTimeoutError::Disconnected) => return self.stop(),
+                Ok(w) => self.handle(w),
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            self.run_fast_reads();
+            if self.deferred_save.is_some() && self.shared.allow_save.load(Relaxed) {
+                let cp = self.deferred_save.take().expect("checked");
+                self.save(cp);
+            }
+        }
+    }
+
+    /// Delivers one piece of work. Also used synchronously while a replica restores its log.
+    pub fn handle(&mut self, work: Work) {
+        match work {
+            Work::Execute { vote, cookies } => self.execute(&vote, &cookies),
+            Work::Abort { cookie, code } => self.sm.abort_request(code, cookie),
+            Work::AbortConfig { cookie, code } => self.sm.abort_change_configuration(code, cookie),
+            Work::Status(primary) => self.sm.notify_status(primary),
+            Work::PrimaryRecovered => self.sm.notify_primary_recovered(),
+            Work::ConfigChanged(cookie) => self.sm.notify_configuration_changed(cookie),
+            Work::Save(cp) => self.save(cp),
+            Work::Load { checkpoint, path } => self.load(checkpoint, path),
+            Work::Copied { seq, path } => self.sm.state_copied(seq, Some(&path), None),
+            Work::FastRead { max_seen, request, cookie, deadline } => self.waiting.push((max_seen, request, cookie, deadline)),
+            Work::Stop => {}
+        }
+    }
+
+    /// Runs one chosen decree: the sequence number moves first, then the requests run in a
+    /// Before/After bracket (api-behavior §2.6).
+    fn execute(&mut self, vote: &Message, cookies: &[Cookie]) {
+        let decree = vote.header.decree;
+        let previous = self.shared.current_seq.load(Relaxed);
+        assert!(decree > previous || (decree == 0 && previous == 0), "decree {decree} executes after {previous}");
+        self.shared.current_seq.store(decree, Release);
+        let body = vote.as_vote().expect("only votes execute");
+        debug_assert!(cookies.is_empty() || cookies.len() == body.requests.len(), "one cookie per request");
+        if body.requests.is_empty() || body.reconfig.is_some() {
+            return;
+        }
+        let mut save = false;
+        self.sm.before_execute_replicated_requests();
+        for (i, request) in body.requests.iter().enumerate() {
+            self.sm.execute_replicated_request(request, cookies.get(i).copied(), &mut save);
+        }
+        self.sm.after_execute_replicated_requests();
+        self.shared.stats.requests_executed.fetch_add(body.requests.len() as u64, Relaxed);
+        if save {
+            // The application asked: tell the protocol thread, which saves before the next decree.
+            let _ = self.events.send(Event::SaveRequested(decree));
+        }
+    }
+
+    fn save(&mut self, cp: Checkpoint) {
+        if !self.shared.allow_save.load(Relaxed) {
+            self.deferred_save = Some(cp);
+            return;
+        }
+        self.shared.saving.store(true, Relaxed);
+        self.abort_unsatisfiable_reads();
+        let header = super::checkpoints::header_for(&cp, self.me, self.version);
+        let decree = cp.decree;
+        let sm = &mut self.sm;
+        let result = self.store.lock().expect("checkpoint store").save(header, |w| Ok(!cp.state_saved || sm.try_save_state(w)));
+        self.shared.saving.store(false, Relaxed);
+        match result {
+            Ok(Some(saved)) => {
+                self.sm.state_saved(decree, &saved.path);
+                self.shared.stats.checkpoints_saved.fetch_add(1, Relaxed);
+                let _ = self.events.send(Event::CheckpointDone { decree, size: saved.size, path: saved.path, copied: false });
+            }
+            Ok(None) => {
+                tracing::warn!(decree, "the state machine refused to save: automatic checkpoints are off until allow_save_state(true)");
+                self.shared.allow_save.store(false, Relaxed);
+                self.deferred_save = Some(cp);
+            }
+            Err(e) => {
+                tracing::error!(decree, error = %e, "checkpoint save failed");
+                let _ = self.events.send(Event::Fatal(format!("checkpoint {decree} could not be saved: {e}")));
+            }
+        }
+    }
+
+    fn load(&mut self, cp: Checkpoint, path: PathBuf) {
+        let loaded = match CheckpointReader::open(&path) {
+            Ok(mut reader) if cp.state_saved => self.sm.load_state(Some(&mut reader)),
+            Ok(_) => self.sm.load_state(None),
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "fetched checkpoint unreadable");
+                false
+            }
+        };
+        if !loaded {
+            let _ = self.events.send(Event::Fatal(format!("the state machine could not load checkpoint {}", path.display())));
+            return;
+        }
+        self.shared.current_seq.store(cp.decree, Release);
+        self.sm.state_copied(cp.decree, Some(&path), None);
+    }
+
+    /// Runs every waiting fast read the state now satisfies, and aborts the expired ones.
+    fn run_fast_reads(&mut self) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        let (seq, now) = (self.shared.current_seq.load(Relaxed), Instant::now());
+        let mut i = 0;
+        while i < self.waiting.len() {
+            let (max_seen, _, _, deadline) = &self.waiting[i];
+            if *max_seen <= seq {
+                let (_, request, cookie, _) = self.waiting.swap_remove(i);
+                self.sm.execute_fast_read_request(&request, cookie);
+                self.shared.stats.fast_reads.fetch_add(1, Relaxed);
+            } else if *deadline <= now {
+                let (_, _, cookie, _) = self.waiting.swap_remove(i);
+                self.sm.abort_request(ResponseCode::FastReadStale, cookie);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// A replica that saves a checkpoint aborts the reads it cannot serve yet (api-behavior §2.14).
+    fn abort_unsatisfiable_reads(&mut self) {
+        let seq = self.shared.current_seq.load(Relaxed);
+        for (_, _, cookie, _) in self.waiting.extract_if(.., |w| w.0 > seq) {
+            self.sm.abort_request(ResponseCode::FastReadStale, cookie);
+        }
+    }
+
+    fn stop(mut self) {
+        self.run_fast_reads();
+        for (_, _, cookie, _) in std::mem::take(&mut self.waiting) {
+            self.sm.abort_request(ResponseCode::ShuttingDown, cookie);
+        }
+        self.sm.shut_down(ResponseCode::ShuttingDown);
+    }
+}

@@ -1,0 +1,477 @@
+//! The protocol thread of one replica: owns the sans-IO core and the journal, feeds the core
+//! every event (messages, durability, requests, timers, catch-up results) and carries out
+//! its actions against the journal, the transport, the learn port and the execute thread.
+
+use super::api::{Admission, ResponseCode};
+use super::checkpoints::CheckpointStore;
+use super::exec::{abort_code, Work};
+use super::journal::{write_defunct, Journal};
+use super::learn;
+use super::transport::{frame, Transport};
+use super::Shared;
+use crate::format::{Body, Header, MemberId, MemberSet, Message, Node, Version};
+use crate::paxos::{Action, Application, Cookie, Dest, Input, Micros, Replica, SubmitError};
+use bytes::{Bytes, BytesMut};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Cookies from this bit up belong to `ChangeConfiguration`; requests use the values below.
+pub(crate) const CONFIG_COOKIE_BIT: u64 = 1 << 63;
+
+/// Everything the protocol thread reacts to.
+pub(crate) enum Event {
+    Message(Arc<Message>),
+    Durable(u64),
+    Submit { request: Bytes, cookie: Cookie, exclusive: bool },
+    ChangeConfiguration { members: MemberSet, cookie: Cookie, reply: SyncSender<ResponseCode> },
+    Bootstrap { members: MemberSet, reply: SyncSender<ResponseCode> },
+    Input(Input),
+    /// A checkpoint file is in place: saved here, or copied from a peer by the primary.
+    CheckpointDone { decree: u64, size: u64, path: PathBuf, copied: bool },
+    /// The application asked for a checkpoint from `ExecuteReplicatedRequest`.
+    SaveRequested(u64),
+    /// Something the replica cannot go on after (a journal write failed): stop cleanly.
+    Fatal(String),
+    Stop,
+}
+
+/// The core's synchronous questions, answered by the service's [`Admission`].
+struct Admit(Arc<dyn Admission>);
+
+impl Application for Admit {
+    fn can_become_primary(&mut self) -> Option<Bytes> {
+        self.0.can_become_primary().map(Bytes::from)
+    }
+    fn accept_message(&mut self, from: &MemberId, primary_cookie: &[u8]) -> bool {
+        self.0.accept_message_from_replica(from, primary_cookie)
+    }
+}
+
+/// The learn port's and the transport's timeouts and limits.
+pub(crate) struct Limits {
+    pub receive_timeout: Duration,
+    pub max_learn_bytes: usize,
+}
+
+/// The protocol thread's state.
+pub(crate) struct Ring {
+    pub core: Replica,
+    pub journal: Journal,
+    pub transport: Arc<Transport>,
+    pub rt: tokio::runtime::Handle,
+    pub work: Sender<Work>,
+    pub events: Sender<Event>,
+    pub shared: Arc<Shared>,
+    pub store: Arc<Mutex<CheckpointStore>>,
+    pub dir: PathBuf,
+    pub version: Version,
+    pub limits: Limits,
+    pub start: Instant,
+    admit: Admit,
+    /// Every node ever named by a configuration: where to reach a member by id.
+    nodes: BTreeMap<MemberId, Node>,
+    peers_for: (u32, u32),
+    /// Sends waiting for a persist to be durable, in the order they were asked for.
+    held: VecDeque<(u64, Dest, Bytes)>,
+    durable: u64,
+    /// `ChangeConfiguration` cookies by the internal cookie the core carries.
+    config_cookies: HashMap<Cookie, Cookie>,
+    next_config_cookie: Cookie,
+    frame_buf: BytesMut,
+    actions: Vec<Action>,
+    /// Inputs that actions produced (a log roll), stepped after the actions.
+    followups: Vec<Input>,
+    stopped: bool,
+}
+
+impl Ring {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        core: Replica,
+        journal: Journal,
+        transport: Arc<Transport>,
+        rt: tokio::runtime::Handle,
+        work: Sender<Work>,
+        events: Sender<Event>,
+        shared: Arc<Shared>,
+        store: Arc<Mutex<CheckpointStore>>,
+        dir: PathBuf,
+        admission: Arc<dyn Admission>,
+        version: Version,
+        limits: Limits,
+        start: Instant,
+    ) -> Ring {
+        Ring {
+            version,
+            core,
+            journal,
+            transport,
+            rt,
+            work,
+            events,
+            shared,
+            store,
+            dir,
+            limits,
+            start,
+            admit: Admit(admission),
+            nodes: BTreeMap::new(),
+            peers_for: (u32::MAX, u32::MAX),
+            held: VecDeque::new(),
+            durable: 0,
+            config_cookies: HashMap::new(),
+            next_config_cookie: CONFIG_COOKIE_BIT,
+            frame_buf: BytesMut::with_capacity(64 << 10),
+            actions: Vec::new(),
+            followups: Vec::new(),
+            stopped: false,
+        }
+    }
+
+    fn now(&self) -> Micros {
+        self.start.elapsed().as_micros() as Micros
+    }
+
+    /// Runs the replica until it stops; then the execute thread delivers `ShutDown`.
+    pub fn run(mut self, events: Receiver<Event>) {
+        let now = self.now();
+        let mut out = std::mem::take(&mut self.actions);
+        self.core.start(now, &mut self.admit, &mut out);
+        self.apply(out);
+        self.refresh_peers();
+        while !self.stopped {
+            let wake = self.core.next_wakeup();
+            let now = self.now();
+            let wait = Duration::from_micros(wake.saturating_sub(now).min(100_000));
+            match events.recv_timeout(wait) {
+                Ok(event) => self.handle(event),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            // Take everything already queued before acting: requests batch into one vote, and
+            // one journal sync covers every record they produce.
+            for event in events.try_iter().take(4096) {
+                if self.stopped {
+                    break;
+                }
+                self.handle(event);
+            }
+            if !self.stopped && self.now() >= self.core.next_wakeup() {
+                self.step(Input::Tick);
+            }
+            self.publish();
+        }
+        self.shutdown();
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Message(msg) => {
+                let from = msg.header.sender;
+                self.step(Input::Message { from, msg })
+            }
+            Event::Durable(seq) => {
+                self.durable = self.durable.max(seq);
+                self.release_held();
+                self.step(Input::Durable(seq));
+            }
+            Event::Submit { request, cookie, exclusive } => self.submit(request, cookie, exclusive),
+            Event::ChangeConfiguration { members, cookie, reply } => {
+                let code = self.change_configuration(members, cookie);
+                let _ = reply.send(code);
+            }
+            Event::Bootstrap { members, reply } => {
+                let code = self.bootstrap(members);
+                let _ = reply.send(code);
+            }
+            Event::Input(input) => self.step(input),
+            Event::CheckpointDone { decree, size, path, copied } => self.checkpoint_done(decree, size, path, copied),
+            Event::SaveRequested(decree) => tracing::debug!(decree, "application-requested checkpoints are taken at the next log roll"),
+            Event::Fatal(reason) => {
+                tracing::error!(%reason, "replica stopping");
+                self.stopped = true;
+            }
+            Event::Stop => self.stopped = true,
+        }
+    }
+
+    fn step(&mut self, input: Input) {
+        let now = self.now();
+        let mut out = std::mem::take(&mut self.actions);
+        self.core.step(now, input, &mut self.admit, &mut out);
+        self.apply(out);
+    }
+
+    fn submit(&mut self, request: Bytes, cookie: Cookie, exclusive: bool) {
+        let now = self.now();
+        let mut out = std::mem::take(&mut self.actions);
+        let result = self.core.submit(now, request, cookie, exclusive, &mut out);
+        self.apply(out);
+        if let Err(e) = result {
+            let code = if e == SubmitError::ShuttingDown { ResponseCode::ShuttingDown } else { ResponseCode::NotPrimary };
+            let _ = self.work.send(Work::Abort { cookie, code });
+        }
+    }
+
+    fn change_configuration(&mut self, members: MemberSet, cookie: Cookie) -> ResponseCode {
+        let internal = self.next_config_cookie;
+        let now = self.now();
+        let mut out = std::mem::take(&mut self.actions);
+        let result = self.core.change_configuration(now, members, internal, &mut out);
+        self.apply(out);
+        match result {
+            Ok(()) => {
+                self.next_config_cookie += 1;
+                self.config_cookies.insert(internal, cookie);
+                ResponseCode::Success
+            }
+            Err(SubmitError::NotPrimary) => ResponseCode::NotPrimary,
+            Err(SubmitError::ShuttingDown) => ResponseCode::ShuttingDown,
+            Err(_) => ResponseCode::InvalidParameter,
+        }
+    }
+
+    fn bootstrap(&mut self, members: MemberSet) -> ResponseCode {
+        use crate::paxos::BootstrapError;
+        for node in &members.nodes {
+            self.nodes.insert(node.id, node.clone());
+        }
+        let now = self.now();
+        let mut out = std::mem::take(&mut self.actions);
+        let result = self.core.bootstrap(now, members, &mut self.admit, &mut out);
+        self.apply(out);
+        self.refresh_peers();
+        match result {
+            Ok(()) => ResponseCode::Success,
+            Err(BootstrapError::AlreadyBootstrapped) => ResponseCode::AlreadyBootstrapped,
+            Err(BootstrapError::Failed) => ResponseCode::BootstrapFailed,
+            Err(BootstrapError::InvalidParameter) => ResponseCode::InvalidParameter,
+        }
+    }
+
+    /// Carries out the core's actions, in order; then the inputs they produced.
+    fn apply(&mut self, mut out: Vec<Action>) {
+        for action in out.drain(..) {
+            self.act(action);
+        }
+        self.actions = out;
+        while let Some(input) = self.followups.pop() {
+            self.step(input);
+        }
+    }
+
+    fn act(&mut self, action: Action) {
+        match action {
+            Action::Send { to, msg, after } => {
+                let packet = frame(&msg, &mut self.frame_buf);
+                if after <= self.durable {
+                    self.deliver(&to, packet);
+                } else {
+                    self.held.push_back((after, to, packet));
+                }
+            }
+            Action::Persist { seq, record } => match self.journal.append(seq, &record) {
+                Ok(Some(first_decree)) => self.followups.push(Input::LogRolled { first_decree }),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "journal append failed: stopping");
+                    self.stopped = true;
+                }
+            },
+            Action::Execute { vote, cookies } => {
+                self.shared.passed_seq.fetch_max(vote.header.decree, Relaxed);
+                self.shared.stats.decrees_executed.fetch_add(1, Relaxed);
+                self.to_exec(Work::Execute { vote, cookies });
+            }
+            Action::Abort { cookie, reason } => match self.config_cookies.remove(&cookie) {
+                Some(user) => self.to_exec(Work::AbortConfig { cookie: user, code: abort_code(reason) }),
+                None => self.to_exec(Work::Abort { cookie, code: abort_code(reason) }),
+            },
+            Action::NotifyStatus { primary } => {
+                self.shared.is_primary.store(primary, Relaxed);
+                self.to_exec(Work::Status(primary));
+            }
+            Action::NotifyPrimaryRecovered => self.to_exec(Work::PrimaryRecovered),
+            Action::FetchVotes { from, decree } => self.fetch_votes(from, decree),
+            Action::ShutDown => self.stopped = true,
+            Action::ConfigurationChanged { config, cookie } => {
+                for node in &config.members.nodes {
+                    self.nodes.insert(node.id, node.clone());
+                }
+                let user = cookie.and_then(|c| self.config_cookies.remove(&c));
+                self.to_exec(Work::ConfigChanged(user));
+            }
+            Action::Defunct(n) => {
+                if let Err(e) = write_defunct(&self.dir, n) {
+                    tracing::error!(error = %e, "defunct.txt could not be written: stopping");
+                    self.stopped = true;
+                }
+            }
+            Action::SaveCheckpoint(cp) => self.to_exec(Work::Save(cp)),
+            Action::FetchCheckpoint { from, decree, size, load } => self.fetch_checkpoint(from, decree, size, load),
+            Action::LoadCheckpoint(cp) => {
+                let path = self.store.lock().expect("checkpoint store").path_of(cp.decree);
+                if !path.exists() {
+                    tracing::error!(decree = cp.decree, "the checkpoint to load is gone: stopping");
+                    self.stopped = true;
+                    return;
+                }
+                self.journal.restart_at(cp.decree + 1);
+                self.to_exec(Work::Load { checkpoint: cp, path });
+            }
+        }
+        self.refresh_peers();
+    }
+
+    fn to_exec(&mut self, work: Work) {
+        if self.work.send(work).is_err() {
+            self.stopped = true;
+        }
+    }
+
+    fn deliver(&mut self, to: &Dest, packet: Bytes) {
+        match to {
+            Dest::One(id) => {
+                self.transport.send(id, packet);
+            }
+            Dest::All => {
+                let me = self.core.me();
+                for node in self.core.paxos_configuration().members.nodes.iter().filter(|n| n.id != me) {
+                    self.transport.send(&node.id, packet.clone());
+                }
+            }
+        }
+    }
+
+    fn release_held(&mut self) {
+        while self.held.front().is_some_and(|(after, _, _)| *after <= self.durable) {
+            let (_, to, packet) = self.held.pop_front().expect("checked");
+            self.deliver(&to, packet);
+        }
+    }
+
+    /// Keeps the transport's peers to every node of the Paxos and state configurations.
+    fn refresh_peers(&mut self) {
+        let key = (self.core.paxos_configuration().number, self.core.configuration().number);
+        if key == self.peers_for {
+            return;
+        }
+        self.peers_for = key;
+        for node in self.core.paxos_configuration().members.nodes.iter().chain(&self.core.configuration().members.nodes) {
+            self.nodes.insert(node.id, node.clone());
+        }
+        let me = self.core.me();
+        let peers: Vec<_> = self.nodes.values().filter(|n| n.id != me).map(|n| (n.id, paxos_addr(n))).collect();
+        self.transport.set_peers(&peers);
+    }
+
+    fn request(&self, decree: u64, body: Body) -> Message {
+        let (_, ballot) = self.core.accepted();
+        Message::new(Header::new(self.version, self.core.me(), decree, self.core.paxos_configuration().number, ballot), body)
+    }
+
+    fn fetch_votes(&mut self, from: MemberId, decree: u64) {
+        let Some(addr) = self.nodes.get(&from).map(learn_addr) else {
+            return self.followups.push(Input::Learned { from, records: Vec::new() });
+        };
+        let request = self.request(decree, Body::FetchVotes);
+        let (events, limit, timeout) = (self.events.clone(), self.limits.max_learn_bytes, self.limits.receive_timeout);
+        self.rt.spawn(async move {
+            let records = learn::fetch_votes(addr, &request, limit, timeout).await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "learning votes failed");
+                Vec::new()
+            });
+            let _ = events.send(Event::Input(Input::Learned { from, records }));
+        });
+    }
+
+    fn fetch_checkpoint(&mut self, from: MemberId, decree: u64, size: u64, load: bool) {
+        let Some(addr) = self.nodes.get(&from).map(learn_addr) else {
+            return self.followups.push(Input::CheckpointFetched(None));
+        };
+        let request = self.request(decree, Body::FetchCheckpoint);
+        let (events, store, timeout) = (self.events.clone(), self.store.clone(), self.limits.receive_timeout);
+        let temp = store.lock().expect("checkpoint store").temp_path();
+        self.rt.spawn(async move {
+            let fetched = learn::fetch_checkpoint(addr, &request, size, &temp, timeout, 5).await;
+            let installed = match fetched {
+                Ok(()) => {
+                    let store = store.clone();
+                    tokio::task::spawn_blocking(move || store.lock().expect("checkpoint store").install(&temp, decree).map_err(|e| e.to_string()))
+                        .await
+                        .unwrap_or_else(|e| Err(e.to_string()))
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            let event = match installed {
+                Ok(saved) if load => {
+                    let header = crate::format::checkpoint::CheckpointReader::open(&saved.path).map(|r| r.header().clone());
+                    match header {
+                        Ok(h) => Event::Input(Input::CheckpointFetched(Some((super::checkpoints::core_checkpoint(h), saved.size)))),
+                        Err(_) => Event::Input(Input::CheckpointFetched(None)),
+                    }
+                }
+                Ok(saved) => Event::CheckpointDone { decree, size: saved.size, path: saved.path, copied: true },
+                Err(e) => {
+                    tracing::warn!(error = %e, decree, "fetching a checkpoint failed");
+                    Event::Input(Input::CheckpointFetched(None))
+                }
+            };
+            let _ = events.send(event);
+        });
+    }
+
+    /// A checkpoint is in place: truncate the logs it covers and tell the core.
+    fn checkpoint_done(&mut self, decree: u64, size: u64, path: PathBuf, copied: bool) {
+        let oldest = self.store.lock().expect("checkpoint store").oldest().unwrap_or(decree);
+        let executed = self.shared.current_seq.load(Relaxed);
+        let min_decree_in_log = self.journal.truncate(decree, oldest, executed);
+        if copied {
+            self.to_exec(Work::Copied { seq: decree, path });
+        }
+        self.step(Input::CheckpointSaved { decree, size, min_decree_in_log });
+    }
+
+    /// What API calls read without asking this thread.
+    fn publish(&self) {
+        let (_, ballot) = self.core.accepted();
+        let mut view = self.shared.view.lock().expect("view");
+        view.primary = (!ballot.is_empty()).then_some(ballot.member);
+        view.role = Some(self.core.role());
+        if view.config.number != self.core.configuration().number || view.config.members.nodes.len() != self.core.configuration().members.nodes.len() {
+            view.config = self.core.configuration().clone();
+        }
+    }
+
+    fn shutdown(mut self) {
+        let mut out = std::mem::take(&mut self.actions);
+        self.core.stop(&mut out);
+        for action in out {
+            if let Action::Abort { cookie, reason } = action {
+                self.act(Action::Abort { cookie, reason });
+            }
+        }
+        self.shared.is_primary.store(false, Relaxed);
+        self.shared.shutting_down.store(true, Relaxed);
+        let _ = self.work.send(Work::Stop);
+        self.transport.shutdown();
+        if let Err(e) = self.journal.close() {
+            tracing::error!(error = %e, "journal close");
+        }
+    }
+}
+
+fn paxos_addr(node: &Node) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(node.ip, node.rsl_port))
+}
+
+/// A learn port of 0 means the Paxos port plus one.
+pub(crate) fn learn_addr(node: &Node) -> SocketAddr {
+    let port = if node.learn_port == 0 { node.rsl_port.wrapping_add(1) } else { node.learn_port };
+    SocketAddr::V4(SocketAddrV4::new(node.ip, port))
+}

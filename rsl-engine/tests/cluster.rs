@@ -1,0 +1,320 @@
+//! Real replica processes of the example key-value service on 127.0.0.1: kill -9 the primary
+//! under load, kill a secondary, restart everything, tear the log, catch up from a
+//! checkpoint, replace a member. After each, every acknowledged write is on every replica
+//! and all replicas hold the same state.
+
+#[path = "../src/bin/rsl-kv/client.rs"]
+mod client;
+#[path = "../src/bin/rsl-kv/proto.rs"]
+mod proto;
+
+use client::{Conn, LoadSpec, Progress, ReplicaStatus};
+use proto::Status;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Ports for one cluster: replica i uses base+3i (Paxos), +1 (learn), +2 (clients).
+fn free_base(span: u16) -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    loop {
+        let base = 21_000 + (std::process::id() % 200) as u16 * 100 + NEXT.fetch_add(span, Relaxed) % 3000;
+        let free = (0..span).all(|k| TcpListener::bind((Ipv4Addr::LOCALHOST, base + k)).is_ok());
+        if free {
+            return base;
+        }
+    }
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    base: u16,
+    members: String,
+    procs: Vec<Option<Child>>,
+    extra: Vec<String>,
+}
+
+impl Cluster {
+    /// `n` replicas in the first configuration, `spares` more that start outside it.
+    fn start(n: usize, spares: usize, extra: &[&str]) -> Cluster {
+        let rings = extra.iter().position(|a| *a == "--rings").map_or(1, |i| extra[i + 1].parse::<u16>().expect("rings"));
+        let base = free_base(10 * (rings - 1) + 3 * (n + spares) as u16);
+        let members = (0..n).map(|i| format!("{}={}", i + 1, base + 3 * i as u16)).collect::<Vec<_>>().join(",");
+        let mut c = Cluster {
+            dir: tempfile::tempdir().expect("tempdir"),
+            base,
+            members,
+            procs: (0..n + spares).map(|_| None).collect(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        for i in 0..n {
+            c.spawn(i, true);
+        }
+        c
+    }
+
+    fn spawn(&mut self, i: usize, member: bool) {
+        assert!(self.procs[i].is_none(), "replica {} already runs", i + 1);
+        let port = self.base + 3 * i as u16;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rsl-kv"));
+        cmd.args(["replica", "--id", &(i + 1).to_string(), "--port", &port.to_string(), "--client-port", &(port + 2).to_string()])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(&self.extra)
+            .stdin(Stdio::null());
+        if member {
+            cmd.args(["--members", &self.members]);
+        }
+        self.procs[i] = Some(cmd.spawn().expect("spawn rsl-kv replica"));
+    }
+
+    fn kill9(&mut self, i: usize) {
+        let mut child = self.procs[i].take().expect("running");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reaped");
+    }
+
+    fn client(&self, i: usize) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.base + 3 * i as u16 + 2))
+    }
+
+    fn running(&self) -> Vec<SocketAddr> {
+        (0..self.procs.len()).filter(|&i| self.procs[i].is_some()).map(|i| self.client(i)).collect()
+    }
+
+    fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join((i + 1).to_string())
+    }
+
+    fn index_of(&self, addr: SocketAddr) -> usize {
+        (0..self.procs.len()).find(|&i| self.client(i) == addr).expect("one of ours")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.procs.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+}
+
+fn spec(requests: u64) -> LoadSpec {
+    LoadSpec { outstanding: 32, connections: 2, size: 64, keys: u64::MAX, start: 0, requests: Some(requests), record_acked: true }
+}
+
+async fn primary(c: &Cluster) -> usize {
+    let p = client::wait_for_primary(&c.running(), Duration::from_secs(60)).await.expect("a primary within 60 s");
+    c.index_of(p)
+}
+
+async fn wait_done(progress: &Progress, n: u64) {
+    let until = Instant::now() + Duration::from_secs(120);
+    while progress.done.load(Relaxed) < n {
+        assert!(Instant::now() < until, "load stalled at {}", progress.done.load(Relaxed));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn status(addr: SocketAddr) -> Option<ReplicaStatus> {
+    Conn::connect(addr).await.ok()?.status().await.ok()
+}
+
+/// Every replica in `replicas` converges on one state holding every acknowledged write.
+async fn verify(c: &Cluster, replicas: &[usize], acked: &[u64], spec: &LoadSpec) -> u64 {
+    let addrs: Vec<_> = replicas.iter().map(|&i| c.client(i)).collect();
+    verify_at(&addrs, acked, spec).await
+}
+
+/// `verify` for replicas given by client address; returns the state digest they agree on.
+async fn verify_at(replicas: &[SocketAddr], acked: &[u64], spec: &LoadSpec) -> u64 {
+    let until = Instant::now() + Duration::from_secs(60);
+    let states = loop {
+        let mut states = Vec::new();
+        for &addr in replicas {
+            states.push(status(addr).await);
+        }
+        let same = states.iter().all(|s| s.as_ref().is_some_and(|s| (s.digest, s.keys) == states[0].as_ref().map_or((0, 0), |f| (f.digest, f.keys))));
+        if same {
+            break states;
+        }
+        assert!(Instant::now() < until, "replicas {replicas:?} never converged: {states:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let state = states[0].as_ref().expect("converged");
+    assert!(state.keys >= acked.len() as u64, "{} keys for {} acknowledged writes", state.keys, acked.len());
+    for &addr in replicas {
+        let mut conn = Conn::connect(addr).await.expect("connect");
+        for &n in acked {
+            let (key, value) = client::request_kv(n, spec);
+            let (st, got) = conn.get(0, &key).await.expect("get");
+            assert_eq!(st, Status::Ok, "replica at {addr}: read of write {n}");
+            assert_eq!(&got[..], &value[..], "replica at {addr} lost or changed acknowledged write {n}");
+        }
+    }
+    state.digest
+}
+
+/// Runs `spec` against the cluster while `during` acts on it once a third is acknowledged.
+async fn load_while(c: &mut Cluster, spec: &LoadSpec, during: impl AsyncFnOnce(&mut Cluster, &Progress)) -> Vec<u64> {
+    let progress = Arc::new(Progress::default());
+    let addrs: Vec<_> = (0..c.procs.len()).map(|i| c.client(i)).collect();
+    let load = tokio::spawn(client::load(addrs, spec.clone(), progress.clone()));
+    wait_done(&progress, spec.requests.unwrap_or(0) / 3).await;
+    during(c, &progress).await;
+    let result = tokio::time::timeout(Duration::from_secs(120), load).await.expect("load finishes").expect("load task");
+    assert_eq!(result.acked.len() as u64, spec.requests.unwrap_or(0), "every request acknowledged eventually");
+    result.acked
+}
+
+#[test]
+fn kill_9_the_primary_under_load_and_restart_it() {
+    rt().block_on(async {
+        let mut c = Cluster::start(3, 0, &[]);
+        primary(&c).await;
+        let spec = spec(3000);
+        let acked = load_while(&mut c, &spec, async |c, progress| {
+            let p = primary(c).await;
+            c.kill9(p);
+            wait_done(progress, 2000).await;
+            c.spawn(p, true);
+        })
+        .await;
+        verify(&c, &[0, 1, 2], &acked, &spec).await;
+    });
+}
+
+#[test]
+fn kill_a_secondary_then_the_whole_cluster_restarts() {
+    rt().block_on(async {
+        let mut c = Cluster::start(3, 0, &[]);
+        let p = primary(&c).await;
+        let secondary = (p + 1) % 3;
+        let spec = spec(2000);
+        let acked = load_while(&mut c, &spec, async |c, _| c.kill9(secondary)).await;
+        c.spawn(secondary, true);
+        verify(&c, &[0, 1, 2], &acked, &spec).await;
+        for i in 0..3 {
+            c.kill9(i);
+        }
+        for i in 0..3 {
+            c.spawn(i, true);
+        }
+        primary(&c).await;
+        verify(&c, &[0, 1, 2], &acked, &spec).await;
+    });
+}
+
+/// The newest log file of a data directory.
+fn newest_log(dir: &Path) -> PathBuf {
+    let mut logs: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .expect("data dir")
+        .filter_map(|e| {
+            let p = e.ok()?.path();
+            let n = p.file_name()?.to_str()?.strip_suffix(".log")?.parse().ok()?;
+            Some((n, p))
+        })
+        .collect();
+    logs.sort();
+    logs.pop().expect("a log file").1
+}
+
+#[test]
+fn a_log_torn_in_the_middle_of_a_record_restarts() {
+    rt().block_on(async {
+        let mut c = Cluster::start(3, 0, &[]);
+        let p = primary(&c).await;
+        let spec = spec(1000);
+        let acked = load_while(&mut c, &spec, async |_, _| {}).await;
+        let victim = (p + 1) % 3;
+        c.kill9(victim);
+        let log = newest_log(&c.data_dir(victim));
+        let len = std::fs::metadata(&log).expect("log").len();
+        assert!(len > 1024, "the log holds records");
+        // Cut inside the last record: past its first sector, short of its end.
+        std::fs::OpenOptions::new().write(true).open(&log).expect("open").set_len(len - 300).expect("truncate");
+        c.spawn(victim, true);
+        verify(&c, &[0, 1, 2], &acked, &spec).await;
+    });
+}
+
+#[test]
+fn a_replica_far_behind_catches_up_from_a_checkpoint() {
+    rt().block_on(async {
+        let mut c = Cluster::start(3, 0, &["--max-log-mb", "1"]);
+        let p = primary(&c).await;
+        let behind = (p + 1) % 3;
+        c.kill9(behind);
+        // Several megabytes of log: it rolls, checkpoints are taken, the learn index moves past
+        // everything the stopped replica has.
+        let spec = LoadSpec { size: 4096, ..spec(2500) };
+        let acked = load_while(&mut c, &spec, async |_, _| {}).await;
+        c.spawn(behind, true);
+        verify(&c, &[0, 1, 2], &acked, &spec).await;
+        let codex = std::fs::read_dir(c.data_dir(behind)).expect("dir").flatten().any(|e| e.path().extension().is_some_and(|x| x == "codex"));
+        assert!(codex, "the lagging replica holds a checkpoint it fetched");
+        for i in 0..3 {
+            inspect_clean(&c.data_dir(i));
+        }
+    });
+}
+
+/// `rsl-inspect` (the original's formats, formats.md) reads every log and checkpoint of a
+/// data directory without a complaint.
+fn inspect_clean(dir: &Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_rsl-inspect")).arg("log").arg(dir).output().expect("rsl-inspect");
+    assert!(out.status.success(), "rsl-inspect log {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+    for entry in std::fs::read_dir(dir).expect("dir").flatten().filter(|e| e.path().extension().is_some_and(|x| x == "codex")) {
+        let out = Command::new(env!("CARGO_BIN_EXE_rsl-inspect")).arg("checkpoint").arg(entry.path()).output().expect("rsl-inspect");
+        assert!(out.status.success(), "rsl-inspect checkpoint {}: {}", entry.path().display(), String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+#[test]
+fn a_member_is_replaced_by_a_configuration_change() {
+    rt().block_on(async {
+        let mut c = Cluster::start(3, 1, &[]);
+        let p = primary(&c).await;
+        let spec = spec(1000);
+        let acked = load_while(&mut c, &spec, async |_, _| {}).await;
+        let removed = (p + 1) % 3;
+        c.spawn(3, false);
+        let keep: Vec<usize> = (0..3).filter(|&i| i != removed).chain([3]).collect();
+        let members = keep.iter().map(|&i| format!("{}={}", i + 1, c.base + 3 * i as u16)).collect::<Vec<_>>().join(",");
+        let mut conn = Conn::connect(c.client(p)).await.expect("connect");
+        assert_eq!(conn.change_configuration(&members).await.expect("change"), Status::Ok);
+        c.kill9(removed);
+        let more = LoadSpec { start: 1000, requests: Some(500), ..spec.clone() };
+        let addrs: Vec<_> = keep.iter().map(|&i| c.client(i)).collect();
+        let extra = client::load(addrs, more.clone(), Arc::new(Progress::default())).await;
+        assert_eq!(extra.acked.len(), 500, "the new configuration takes writes");
+        let all: Vec<u64> = acked.into_iter().chain(extra.acked).collect();
+        verify(&c, &keep, &all, &spec).await;
+    });
+}
+
+#[test]
+fn three_rings_across_three_processes() {
+    rt().block_on(async {
+        let c = Cluster::start(3, 0, &["--rings", "3"]);
+        let mut digests = Vec::new();
+        for k in 0..3u16 {
+            let addrs: Vec<SocketAddr> = (0..3).map(|i| SocketAddr::from((Ipv4Addr::LOCALHOST, c.client(i).port() + 10 * k))).collect();
+            client::wait_for_primary(&addrs, Duration::from_secs(60)).await.expect("each ring elects a primary");
+            let spec = LoadSpec { start: 10_000 * u64::from(k), ..spec(300) };
+            let result = client::load(addrs.clone(), spec.clone(), Arc::new(Progress::default())).await;
+            assert_eq!(result.acked.len(), 300);
+            digests.push(verify_at(&addrs, &result.acked, &spec).await);
+        }
+        digests.dedup();
+        assert_eq!(digests.len(), 3, "each ring holds its own state");
+    });
+}
