@@ -19,7 +19,8 @@ fn main() {
     let built = Command::new(env!("CARGO")).args(["build", "--release", "-p", "rsl-engine", "--bin", "rsl-kv"]).current_dir(root).status();
     assert!(built.is_ok_and(|s| s.success()), "building rsl-kv failed");
     let exe = format!("{root}/target/release/rsl-kv");
-    let (secs, version, window) = (env_or("CLUSTER_BENCH_SECS", "10"), env_or("CLUSTER_BENCH_VERSION", "6"), env_or("CLUSTER_BENCH_WINDOW", "1"));
+    let (secs, version, window) =
+        (env_or("CLUSTER_BENCH_SECS", "10"), env_or("CLUSTER_BENCH_VERSION", "6"), env_or("CLUSTER_BENCH_WINDOW", "1"));
     let only = std::env::var("CLUSTER_BENCH_ONLY").ok();
     let mut port = 23_000u16;
     for sync in [true, false] {
@@ -29,8 +30,14 @@ fn main() {
                     continue;
                 }
                 let mut cmd = Command::new(&exe);
-                cmd.args(["cluster", "--json", "--duration", &secs, "--version", &version, "--window", &window])
-                    .args(["--size", &size.to_string(), "--outstanding", &outstanding.to_string(), "--base-port", &port.to_string()]);
+                cmd.args(["cluster", "--json", "--duration", &secs, "--version", &version, "--window", &window]).args([
+                    "--size",
+                    &size.to_string(),
+                    "--outstanding",
+                    &outstanding.to_string(),
+                    "--base-port",
+                    &port.to_string(),
+                ]);
                 if !sync {
                     cmd.arg("--no-sync");
                 }

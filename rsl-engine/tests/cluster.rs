@@ -142,7 +142,9 @@ async fn verify_at(replicas: &[SocketAddr], acked: &[u64], spec: &LoadSpec) -> u
         for &addr in replicas {
             states.push(status(addr).await);
         }
-        let same = states.iter().all(|s| s.as_ref().is_some_and(|s| (s.digest, s.keys) == states[0].as_ref().map_or((0, 0), |f| (f.digest, f.keys))));
+        let same = states
+            .iter()
+            .all(|s| s.as_ref().is_some_and(|s| (s.digest, s.keys) == states[0].as_ref().map_or((0, 0), |f| (f.digest, f.keys))));
         if same {
             break states;
         }
@@ -259,7 +261,8 @@ fn a_replica_far_behind_catches_up_from_a_checkpoint() {
         let acked = load_while(&mut c, &spec, async |_, _| {}).await;
         c.spawn(behind, true);
         verify(&c, &[0, 1, 2], &acked, &spec).await;
-        let codex = std::fs::read_dir(c.data_dir(behind)).expect("dir").flatten().any(|e| e.path().extension().is_some_and(|x| x == "codex"));
+        let codex =
+            std::fs::read_dir(c.data_dir(behind)).expect("dir").flatten().any(|e| e.path().extension().is_some_and(|x| x == "codex"));
         assert!(codex, "the lagging replica holds a checkpoint it fetched");
         for i in 0..3 {
             inspect_clean(&c.data_dir(i));
@@ -286,7 +289,9 @@ fn a_member_is_replaced_by_a_configuration_change() {
         let spec = spec(1000);
         let acked = load_while(&mut c, &spec, async |_, _| {}).await;
         let removed = (p + 1) % 3;
-        c.spawn(3, false);
+        // The new member starts from the first configuration, which it is not in: inactive
+        // until a Join of the new configuration brings it in.
+        c.spawn(3, true);
         let keep: Vec<usize> = (0..3).filter(|&i| i != removed).chain([3]).collect();
         let members = keep.iter().map(|&i| format!("{}={}", i + 1, c.base + 3 * i as u16)).collect::<Vec<_>>().join(",");
         let mut conn = Conn::connect(c.client(p)).await.expect("connect");

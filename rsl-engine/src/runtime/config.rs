@@ -106,7 +106,8 @@ const INT_MAX: u64 = i32::MAX as u64;
 impl RslConfig {
     /// The original's checks (rslconfig.cpp ranges), plus ours.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let check = |field, value: u64, min, max| if (min..=max).contains(&value) { Ok(()) } else { Err(ConfigError { field, value, min, max }) };
+        let check =
+            |field, value: u64, min, max| if (min..=max).contains(&value) { Ok(()) } else { Err(ConfigError { field, value, min, max }) };
         let secs = [
             ("m_newLeaderGracePeriodSec", self.new_leader_grace_period_sec),
             ("m_heartBeatIntervalSec", self.heart_beat_interval_sec),

@@ -18,18 +18,38 @@ use std::time::{Duration, Instant};
 
 /// What the protocol thread (or an API call) hands the execute thread, in order.
 pub(crate) enum Work {
-    Execute { vote: Arc<Message>, cookies: Vec<Cookie> },
-    Abort { cookie: Cookie, code: ResponseCode },
-    AbortConfig { cookie: Cookie, code: ResponseCode },
+    Execute {
+        vote: Arc<Message>,
+        cookies: Vec<Cookie>,
+    },
+    Abort {
+        cookie: Cookie,
+        code: ResponseCode,
+    },
+    AbortConfig {
+        cookie: Cookie,
+        code: ResponseCode,
+    },
     Status(bool),
     PrimaryRecovered,
     ConfigChanged(Option<Cookie>),
     Save(Checkpoint),
     /// Replace the state with this installed checkpoint file.
-    Load { checkpoint: Checkpoint, path: PathBuf },
+    Load {
+        checkpoint: Checkpoint,
+        path: PathBuf,
+    },
     /// The primary copied a checkpoint instead of saving one.
-    Copied { seq: u64, path: PathBuf },
-    FastRead { max_seen: u64, request: Bytes, cookie: Cookie, deadline: Instant },
+    Copied {
+        seq: u64,
+        path: PathBuf,
+    },
+    FastRead {
+        max_seen: u64,
+        request: Bytes,
+        cookie: Cookie,
+        deadline: Instant,
+    },
     /// Deliver `ShutDown` and stop.
     Stop,
 }

@@ -16,7 +16,7 @@ mod replica;
 mod ring;
 pub mod transport;
 
-pub use api::{AdmitAll, Admission, ReplicaHealth, ResponseCode, StateMachine, Stats};
+pub use api::{Admission, AdmitAll, ReplicaHealth, ResponseCode, StateMachine, Stats};
 pub use config::{ConfigError, RslConfig};
 pub use replica::{InitError, RslReplica};
 

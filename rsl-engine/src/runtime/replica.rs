@@ -143,7 +143,7 @@ impl RslReplica {
         let paxos = SocketAddr::V4(SocketAddrV4::new(me.ip, me.rsl_port));
         let deliver = {
             let events = events_tx.clone();
-            Arc::new(move |msg: Arc<Message>| drop(events.send(Event::Message(msg))))
+            Arc::new(move |msg: Arc<Message>, ip| drop(events.send(Event::Message(msg, ip))))
         };
         let topts = TransportOptions { max_packet: cfg.max_message_bytes(), ..TransportOptions::default() };
         let transport = Arc::new(
@@ -170,10 +170,7 @@ impl RslReplica {
             limits,
             start,
         );
-        let threads = vec![
-            spawn("rsl-exec", move || exec.run(work_rx)),
-            spawn("rsl-paxos", move || ring.run(events_rx)),
-        ];
+        let threads = vec![spawn("rsl-exec", move || exec.run(work_rx)), spawn("rsl-paxos", move || ring.run(events_rx))];
         Ok(RslReplica {
             shared,
             events: events_tx,

@@ -13,7 +13,7 @@ use crate::format::{Body, Header, MemberId, MemberSet, Message, Node, Version};
 use crate::paxos::{Action, Application, Cookie, Dest, Input, Micros, Replica, SubmitError};
 use bytes::{Bytes, BytesMut};
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
@@ -25,14 +25,31 @@ pub(crate) const CONFIG_COOKIE_BIT: u64 = 1 << 63;
 
 /// Everything the protocol thread reacts to.
 pub(crate) enum Event {
-    Message(Arc<Message>),
+    /// A peer's message and the IP it came from.
+    Message(Arc<Message>, IpAddr),
     Durable(u64),
-    Submit { request: Bytes, cookie: Cookie, exclusive: bool },
-    ChangeConfiguration { members: MemberSet, cookie: Cookie, reply: SyncSender<ResponseCode> },
-    Bootstrap { members: MemberSet, reply: SyncSender<ResponseCode> },
+    Submit {
+        request: Bytes,
+        cookie: Cookie,
+        exclusive: bool,
+    },
+    ChangeConfiguration {
+        members: MemberSet,
+        cookie: Cookie,
+        reply: SyncSender<ResponseCode>,
+    },
+    Bootstrap {
+        members: MemberSet,
+        reply: SyncSender<ResponseCode>,
+    },
     Input(Input),
     /// A checkpoint file is in place: saved here, or copied from a peer by the primary.
-    CheckpointDone { decree: u64, size: u64, path: PathBuf, copied: bool },
+    CheckpointDone {
+        decree: u64,
+        size: u64,
+        path: PathBuf,
+        copied: bool,
+    },
     /// The application asked for a checkpoint from `ExecuteReplicatedRequest`.
     SaveRequested(u64),
     /// Something the replica cannot go on after (a journal write failed): stop cleanly.
@@ -171,8 +188,11 @@ impl Ring {
 
     fn handle(&mut self, event: Event) {
         match event {
-            Event::Message(msg) => {
+            Event::Message(msg, ip) => {
                 let from = msg.header.sender;
+                if let (Body::Join(join), false) = (&msg.body, self.nodes.contains_key(&from)) {
+                    self.remember_joiner(from, ip, join.learn_port);
+                }
                 self.step(Input::Message { from, msg })
             }
             Event::Durable(seq) => {
@@ -286,17 +306,17 @@ impl Ring {
             Action::Execute { vote, cookies } => {
                 self.shared.passed_seq.fetch_max(vote.header.decree, Relaxed);
                 self.shared.stats.decrees_executed.fetch_add(1, Relaxed);
-                self.to_exec(Work::Execute { vote, cookies });
+                self.hand_to_exec(Work::Execute { vote, cookies });
             }
             Action::Abort { cookie, reason } => match self.config_cookies.remove(&cookie) {
-                Some(user) => self.to_exec(Work::AbortConfig { cookie: user, code: abort_code(reason) }),
-                None => self.to_exec(Work::Abort { cookie, code: abort_code(reason) }),
+                Some(user) => self.hand_to_exec(Work::AbortConfig { cookie: user, code: abort_code(reason) }),
+                None => self.hand_to_exec(Work::Abort { cookie, code: abort_code(reason) }),
             },
             Action::NotifyStatus { primary } => {
                 self.shared.is_primary.store(primary, Relaxed);
-                self.to_exec(Work::Status(primary));
+                self.hand_to_exec(Work::Status(primary));
             }
-            Action::NotifyPrimaryRecovered => self.to_exec(Work::PrimaryRecovered),
+            Action::NotifyPrimaryRecovered => self.hand_to_exec(Work::PrimaryRecovered),
             Action::FetchVotes { from, decree } => self.fetch_votes(from, decree),
             Action::ShutDown => self.stopped = true,
             Action::ConfigurationChanged { config, cookie } => {
@@ -304,7 +324,7 @@ impl Ring {
                     self.nodes.insert(node.id, node.clone());
                 }
                 let user = cookie.and_then(|c| self.config_cookies.remove(&c));
-                self.to_exec(Work::ConfigChanged(user));
+                self.hand_to_exec(Work::ConfigChanged(user));
             }
             Action::Defunct(n) => {
                 if let Err(e) = write_defunct(&self.dir, n) {
@@ -312,7 +332,7 @@ impl Ring {
                     self.stopped = true;
                 }
             }
-            Action::SaveCheckpoint(cp) => self.to_exec(Work::Save(cp)),
+            Action::SaveCheckpoint(cp) => self.hand_to_exec(Work::Save(cp)),
             Action::FetchCheckpoint { from, decree, size, load } => self.fetch_checkpoint(from, decree, size, load),
             Action::LoadCheckpoint(cp) => {
                 let path = self.store.lock().expect("checkpoint store").path_of(cp.decree);
@@ -322,13 +342,13 @@ impl Ring {
                     return;
                 }
                 self.journal.restart_at(cp.decree + 1);
-                self.to_exec(Work::Load { checkpoint: cp, path });
+                self.hand_to_exec(Work::Load { checkpoint: cp, path });
             }
         }
         self.refresh_peers();
     }
 
-    fn to_exec(&mut self, work: Work) {
+    fn hand_to_exec(&mut self, work: Work) {
         if self.work.send(work).is_err() {
             self.stopped = true;
         }
@@ -353,6 +373,14 @@ impl Ring {
             let (_, to, packet) = self.held.pop_front().expect("checked");
             self.deliver(&to, packet);
         }
+    }
+
+    /// A Join from a member of a configuration we have not seen yet: its learn port is in the
+    /// message and its address is where it came from (as the original does).
+    fn remember_joiner(&mut self, id: MemberId, ip: IpAddr, learn_port: u16) {
+        let IpAddr::V4(ip) = ip else { return };
+        let node = Node { id, ip, rsl_port: learn_port.saturating_sub(1), learn_port, app_port: 0, host_name: Bytes::new() };
+        self.nodes.insert(id, node);
     }
 
     /// Keeps the transport's peers to every node of the Paxos and state configurations.
@@ -402,9 +430,11 @@ impl Ring {
             let installed = match fetched {
                 Ok(()) => {
                     let store = store.clone();
-                    tokio::task::spawn_blocking(move || store.lock().expect("checkpoint store").install(&temp, decree).map_err(|e| e.to_string()))
-                        .await
-                        .unwrap_or_else(|e| Err(e.to_string()))
+                    tokio::task::spawn_blocking(move || {
+                        store.lock().expect("checkpoint store").install(&temp, decree).map_err(|e| e.to_string())
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()))
                 }
                 Err(e) => Err(e.to_string()),
             };
@@ -432,7 +462,7 @@ impl Ring {
         let executed = self.shared.current_seq.load(Relaxed);
         let min_decree_in_log = self.journal.truncate(decree, oldest, executed);
         if copied {
-            self.to_exec(Work::Copied { seq: decree, path });
+            self.hand_to_exec(Work::Copied { seq: decree, path });
         }
         self.step(Input::CheckpointSaved { decree, size, min_decree_in_log });
     }
@@ -443,7 +473,9 @@ impl Ring {
         let mut view = self.shared.view.lock().expect("view");
         view.primary = (!ballot.is_empty()).then_some(ballot.member);
         view.role = Some(self.core.role());
-        if view.config.number != self.core.configuration().number || view.config.members.nodes.len() != self.core.configuration().members.nodes.len() {
+        if view.config.number != self.core.configuration().number
+            || view.config.members.nodes.len() != self.core.configuration().members.nodes.len()
+        {
             view.config = self.core.configuration().clone();
         }
     }

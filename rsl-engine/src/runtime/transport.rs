@@ -12,7 +12,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io::{self, IoSlice};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,7 +26,9 @@ use tracing::{debug, info, warn};
 
 /// What every connection's reader calls with each message it decodes. It runs on a tokio
 /// thread, so it must hand the message off rather than work on it.
-pub type OnMessage = Arc<dyn Fn(Arc<Message>) + Send + Sync>;
+/// Takes each message with the IP it came from (a Join from a member we do not know yet is
+/// answered by learning from that address).
+pub type OnMessage = Arc<dyn Fn(Arc<Message>, IpAddr) + Send + Sync>;
 
 /// How much a reader asks of the socket at a time while packets are small.
 const READ_CHUNK: usize = 64 * 1024;
@@ -286,7 +288,7 @@ async fn serve_outbound(peer: &Peer, stream: TcpStream, max_packet: usize, on_me
     peer.connected.store(true, Relaxed);
     let mut batch = VecDeque::new();
     let result = tokio::select! {
-        r = read_packets(&mut rd, max_packet, on_message, Side::Outbound) => r,
+        r = read_packets(&mut rd, max_packet, on_message, Side::Outbound, peer.addr.ip()) => r,
         r = write_queued(peer, wr, &mut batch) => r,
     };
     // Whichever side failed, what was being written is lost.
@@ -363,7 +365,7 @@ pub(super) async fn accept_each<F: Future<Output = ()> + Send + 'static>(
 
 async fn read_inbound(mut stream: TcpStream, from: SocketAddr, max_packet: usize, on_message: OnMessage) {
     let _ = stream.set_nodelay(true);
-    let result = read_packets(&mut stream, max_packet, &on_message, Side::Inbound).await;
+    let result = read_packets(&mut stream, max_packet, &on_message, Side::Inbound, from.ip()).await;
     debug!(%from, ?result, "inbound connection closed");
 }
 
@@ -385,13 +387,19 @@ impl Side {
 
 /// Reads packets until EOF, delivering each message. A bad packet is an error, which closes the
 /// connection (§7.1); a packet whose message does not decode is dropped.
-async fn read_packets<R: AsyncRead + Unpin>(rd: &mut R, max_packet: usize, on_message: &OnMessage, side: Side) -> io::Result<()> {
+async fn read_packets<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    max_packet: usize,
+    on_message: &OnMessage,
+    side: Side,
+    from: IpAddr,
+) -> io::Result<()> {
     let chunk = READ_CHUNK.min(max_packet);
     let mut buf = BytesMut::with_capacity(chunk);
     loop {
         let need = match packet::peek_size(&buf, max_packet).map_err(invalid_data)? {
             Some(size) if buf.len() >= size => {
-                deliver(buf.split_to(size).freeze(), max_packet, on_message, side)?;
+                deliver(buf.split_to(size).freeze(), max_packet, on_message, side, from)?;
                 continue;
             }
             Some(size) => size,
@@ -405,13 +413,13 @@ async fn read_packets<R: AsyncRead + Unpin>(rd: &mut R, max_packet: usize, on_me
     }
 }
 
-fn deliver(packet: Bytes, max_packet: usize, on_message: &OnMessage, side: Side) -> io::Result<()> {
+fn deliver(packet: Bytes, max_packet: usize, on_message: &OnMessage, side: Side, from: IpAddr) -> io::Result<()> {
     let Frame::Packet { message, consumed } = packet::decode(&packet, max_packet).map_err(invalid_data)? else {
         unreachable!("the packet is complete");
     };
     debug_assert_eq!(consumed, packet.len());
     match Message::decode(&message) {
-        Ok(msg) if side.accepts(msg.kind()) => on_message(Arc::new(msg)),
+        Ok(msg) if side.accepts(msg.kind()) => on_message(Arc::new(msg), from),
         Ok(msg) => debug!(kind = ?msg.kind(), "a request on an outbound connection: dropped"),
         Err(e) => warn!(error = %e, "undecodable message dropped"),
     }
@@ -468,7 +476,7 @@ mod tests {
     /// A transport whose messages arrive on the returned channel.
     fn start(addr: SocketAddr, opts: TransportOptions) -> (Transport, UnboundedReceiver<Arc<Message>>) {
         let (tx, rx) = unbounded_channel();
-        let t = Transport::start(&Handle::current(), addr, opts, Arc::new(move |m| drop(tx.send(m)))).unwrap();
+        let t = Transport::start(&Handle::current(), addr, opts, Arc::new(move |m, _| drop(tx.send(m)))).unwrap();
         (t, rx)
     }
 
@@ -537,7 +545,7 @@ mod tests {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let (tx, rx) = unbounded_channel();
-            match Transport::start(&Handle::current(), addr, TransportOptions::default(), Arc::new(move |m| drop(tx.send(m)))) {
+            match Transport::start(&Handle::current(), addr, TransportOptions::default(), Arc::new(move |m, _| drop(tx.send(m)))) {
                 Ok(t) => return (t, rx),
                 Err(e) if e.kind() == io::ErrorKind::AddrInUse && tokio::time::Instant::now() < deadline => tokio::task::yield_now().await,
                 Err(e) => panic!("rebinding {addr}: {e}"),
