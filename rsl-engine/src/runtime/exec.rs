@@ -39,10 +39,12 @@ pub(crate) enum Work {
         checkpoint: Checkpoint,
         path: PathBuf,
     },
-    /// The primary copied a checkpoint instead of saving one.
+    /// A checkpoint was copied from a peer: by the primary instead of saving one (no cookie),
+    /// or for `copy_state_from_replica` (`path` None: it failed).
     Copied {
         seq: u64,
-        path: PathBuf,
+        path: Option<PathBuf>,
+        cookie: Option<Cookie>,
     },
     FastRead {
         max_seen: u64,
@@ -120,7 +122,7 @@ impl Executor {
             Work::ConfigChanged(cookie) => self.sm.notify_configuration_changed(cookie),
             Work::Save(cp) => self.save(cp),
             Work::Load { checkpoint, path } => self.load(checkpoint, path),
-            Work::Copied { seq, path } => self.sm.state_copied(seq, Some(&path), None),
+            Work::Copied { seq, path, cookie } => self.sm.state_copied(seq, path.as_deref(), cookie),
             Work::FastRead { max_seen, request, cookie, deadline } => self.waiting.push((max_seen, request, cookie, deadline)),
             Work::Stop => {}
         }

@@ -10,7 +10,7 @@ use crate::format::log::{read_record, Mode, RecordError, Step};
 use crate::format::message::{Checksum, Header, Message, MsgKind};
 use crate::format::types::Version;
 use crate::format::EncodeError;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
@@ -212,6 +212,31 @@ async fn send_request(peer: SocketAddr, request: &Message, limit: Duration) -> R
         .map_err(|source| LearnError::Io { peer, source })?;
     Ok(conn)
 }
+
+/// Asks `peer`'s learn port for its status (a StatusQuery `request`): how far its log and
+/// checkpoint go. A reply is a few hundred bytes; a longer one is refused.
+pub async fn fetch_status(peer: SocketAddr, request: &Message, limit: Duration) -> Result<Message, LearnError> {
+    debug_assert_eq!(request.kind(), MsgKind::StatusQuery);
+    let conn = send_request(peer, request, limit).await?;
+    let mut reply = Vec::with_capacity(512);
+    let mut limited = conn.take(STATUS_REPLY_MAX as u64 + 1);
+    timeout(limit, limited.read_to_end(&mut reply))
+        .await
+        .map_err(|_| LearnError::Timeout { peer, what: "status" })?
+        .map_err(|source| LearnError::Io { peer, source })?;
+    if reply.len() > STATUS_REPLY_MAX {
+        return Err(LearnError::TooLong { peer, expected: STATUS_REPLY_MAX as u64 });
+    }
+    let reply =
+        Message::decode(&Bytes::from(reply)).map_err(|e| LearnError::Io { peer, source: io::Error::new(io::ErrorKind::InvalidData, e) })?;
+    match reply.kind() {
+        MsgKind::StatusResponse => Ok(reply),
+        _ => Err(LearnError::Io { peer, source: io::Error::new(io::ErrorKind::InvalidData, "not a StatusResponse") }),
+    }
+}
+
+/// The largest StatusResponse a client reads.
+const STATUS_REPLY_MAX: usize = 4096;
 
 /// Fetches the votes a FetchVotes `request` asks for from `peer`, checking every record as the
 /// log scanner does in strict mode. Stops at EOF, at the first bad record (the records before it

@@ -6,11 +6,12 @@ use super::checkpoints::CheckpointStore;
 use super::config::{ConfigError, RslConfig};
 use super::exec::{Executor, Work};
 use super::journal::{read_defunct, Journal, JournalOptions};
-use super::learn::{LearnServer, LearnSource};
+use super::learn::{self, LearnServer, LearnSource};
 use super::ring::{learn_addr, Event, Limits, Ring, CONFIG_COOKIE_BIT};
 use super::transport::{Transport, TransportOptions};
 use super::{FileRange, Shared};
-use crate::format::{ConfigInfo, MemberId, MemberSet, Message, Node, Version};
+use crate::format::message::StatusBody;
+use crate::format::{Ballot, Body, ConfigInfo, Header, MemberId, MemberSet, Message, Node, Version};
 use crate::paxos::{Action, Cookie, Input, Replica, Role};
 use bytes::Bytes;
 use std::net::{SocketAddr, SocketAddrV4};
@@ -46,6 +47,8 @@ pub struct RslReplica {
     version: Version,
     fast_read_threshold: u64,
     transport: Arc<Transport>,
+    store: Arc<Mutex<CheckpointStore>>,
+    receive_timeout: Duration,
     threads: Mutex<Vec<JoinHandle<()>>>,
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
     _learn: LearnServer,
@@ -56,6 +59,8 @@ pub struct RslReplica {
 struct Files {
     log: super::journal::LogReader,
     store: Arc<Mutex<CheckpointStore>>,
+    me: MemberId,
+    version: Version,
 }
 
 impl LearnSource for Files {
@@ -65,8 +70,24 @@ impl LearnSource for Files {
     fn checkpoint(&self, decree: u64) -> Option<PathBuf> {
         self.store.lock().ok()?.newest().filter(|(d, _)| *d == decree).map(|(_, p)| p)
     }
-    fn status(&self, _query: &Message) -> Option<Message> {
-        None
+    /// What `CopyStateFromReplica` asks: how far this replica's log and checkpoint go.
+    fn status(&self, query: &Message) -> Option<Message> {
+        let (checkpointed_decree, checkpoint_size) = match self.store.lock().ok()?.newest() {
+            Some((decree, path)) => (decree, std::fs::metadata(path).ok()?.len()),
+            None => (0, 0),
+        };
+        let body = StatusBody {
+            query_decree: query.header.decree,
+            query_ballot: query.header.ballot,
+            last_received_ago_ms: 0,
+            min_decree_in_log: self.log.min_decree(),
+            checkpointed_decree,
+            checkpoint_size,
+            max_ballot: Ballot::EMPTY,
+            state: 0,
+        };
+        let header = Header::new(self.version, self.me, query.header.decree, query.header.config, Ballot::EMPTY);
+        Some(Message::new(header, Body::StatusResponse(body)))
     }
 }
 
@@ -150,7 +171,7 @@ impl RslReplica {
             Transport::start(runtime.handle(), paxos, topts, deliver).map_err(|source| InitError::Listen { addr: paxos, source })?,
         );
         let learn_at = learn_addr(&me);
-        let files = Arc::new(Files { log: journal.reader(), store: store.clone() });
+        let files = Arc::new(Files { log: journal.reader(), store: store.clone(), me: me.id, version });
         let learn = LearnServer::start(runtime.handle(), learn_at, files, cfg.max_message_bytes())
             .map_err(|source| InitError::Listen { addr: learn_at, source })?;
 
@@ -163,7 +184,7 @@ impl RslReplica {
             work_tx.clone(),
             events_tx.clone(),
             shared.clone(),
-            store,
+            store.clone(),
             dir.clone(),
             admission,
             version,
@@ -179,6 +200,8 @@ impl RslReplica {
             version,
             fast_read_threshold: cfg.fast_read_seq_threshold.into(),
             transport,
+            store,
+            receive_timeout: Duration::from_secs(cfg.receive_timeout_sec.into()),
             threads: Mutex::new(threads),
             runtime: Mutex::new(Some(runtime)),
             _learn: learn,
@@ -332,6 +355,26 @@ impl RslReplica {
         self.shared.allow_save.store(allow, Relaxed);
     }
 
+    /// `CopyStateFromReplica`: in the background, copies a checkpoint at least as new as ours
+    /// from a peer into the data directory (it takes effect at the next start) and reports
+    /// through `state_copied` with `cookie` (sequence 0 and no file if no peer had one).
+    pub fn copy_state_from_replica(&self, cookie: Cookie) -> ResponseCode {
+        let Some(rt) = self.runtime.lock().expect("runtime").as_ref().map(|rt| rt.handle().clone()) else {
+            return ResponseCode::ShuttingDown;
+        };
+        if self.shared.shutting_down.load(Relaxed) {
+            return ResponseCode::ShuttingDown;
+        }
+        let peers: Vec<Node> = self.configuration().0.nodes.into_iter().filter(|n| n.id != self.me.id).collect();
+        let (store, work, me, version, limit) = (self.store.clone(), self.work.clone(), self.me.id, self.version, self.receive_timeout);
+        rt.spawn(async move {
+            let copied = copy_state(peers, store, me, version, limit).await;
+            let (seq, path) = copied.map_or((0, None), |(seq, path)| (seq, Some(path)));
+            let _ = work.send(Work::Copied { seq, path, cookie: Some(cookie) });
+        });
+        ResponseCode::Success
+    }
+
     /// `GetReplicasInformation`: on the primary, one entry per peer and then one for itself;
     /// empty elsewhere.
     pub fn replicas_information(&self) -> Vec<ReplicaHealth> {
@@ -393,6 +436,41 @@ impl Drop for RslReplica {
     fn drop(&mut self) {
         self.unload();
     }
+}
+
+/// Tries each peer in turn for a checkpoint at least as new as ours; installs the first that
+/// arrives intact.
+async fn copy_state(
+    peers: Vec<Node>,
+    store: Arc<Mutex<CheckpointStore>>,
+    me: MemberId,
+    version: Version,
+    limit: Duration,
+) -> Option<(u64, PathBuf)> {
+    let ours = store.lock().ok()?.newest().map_or(0, |(d, _)| d);
+    for node in peers {
+        let addr = learn_addr(&node);
+        let query = Message::new(Header::new(version, me, 0, 0, Ballot::EMPTY), Body::StatusQuery);
+        let Ok(reply) = learn::fetch_status(addr, &query, limit).await else { continue };
+        let Body::StatusResponse(s) = reply.body else { continue };
+        if s.checkpointed_decree == 0 || s.checkpointed_decree < ours {
+            continue;
+        }
+        let request = Message::new(Header::new(version, me, s.checkpointed_decree, 0, Ballot::EMPTY), Body::FetchCheckpoint);
+        let temp = store.lock().ok()?.temp_path();
+        if learn::fetch_checkpoint(addr, &request, s.checkpoint_size, &temp, limit, 3).await.is_err() {
+            continue;
+        }
+        let store = store.clone();
+        let decree = s.checkpointed_decree;
+        if let Ok(Ok(saved)) =
+            tokio::task::spawn_blocking(move || store.lock().map_err(|_| ()).and_then(|mut s| s.install(&temp, decree).map_err(|_| ())))
+                .await
+        {
+            return Some((saved.decree, saved.path));
+        }
+    }
+    None
 }
 
 /// Restores what the logs hold: every chosen decree executes on the calling thread.

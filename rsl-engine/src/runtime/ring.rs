@@ -462,7 +462,7 @@ impl Ring {
         let executed = self.shared.current_seq.load(Relaxed);
         let min_decree_in_log = self.journal.truncate(decree, oldest, executed);
         if copied {
-            self.hand_to_exec(Work::Copied { seq: decree, path });
+            self.hand_to_exec(Work::Copied { seq: decree, path: Some(path), cookie: None });
         }
         self.step(Input::CheckpointSaved { decree, size, min_decree_in_log });
     }
