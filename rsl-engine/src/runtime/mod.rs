@@ -12,6 +12,7 @@ pub mod config;
 mod exec;
 pub mod journal;
 pub mod learn;
+mod replay;
 mod replica;
 mod ring;
 pub mod transport;

@@ -209,6 +209,13 @@ impl RslReplica {
         })
     }
 
+    /// `Replay`: read-only. Rebuilds `sm` from the data directory of replica `me` (the newest
+    /// checkpoint at or below `max_seq`, then the logs' chosen decrees up to `max_seq`) on the
+    /// calling thread, with no network and no writes. Returns the last executed decree.
+    pub fn replay(cfg: &RslConfig, me: &MemberId, version: Version, sm: &mut dyn StateMachine, max_seq: u64) -> Result<u64, InitError> {
+        super::replay::replay(&data_dir(cfg, me), version, sm, max_seq)
+    }
+
     /// The replica's data directory (working directory, plus the member id if configured).
     pub fn data_dir(&self) -> &Path {
         &self.dir
