@@ -63,6 +63,8 @@ pub(crate) struct Counters {
     pub decrees_executed: AtomicU64,
     pub requests_executed: AtomicU64,
     pub votes_logged: AtomicU64,
+    /// The journal's fdatasync count, as last published (not reset by snapshots).
+    pub log_syncs: AtomicU64,
     pub fast_reads: AtomicU64,
     pub checkpoints_saved: AtomicU64,
 }

@@ -407,7 +407,7 @@ impl RslReplica {
             decrees_executed: take(&c.decrees_executed),
             requests_executed: take(&c.requests_executed),
             votes_logged: take(&c.votes_logged),
-            log_syncs: 0,
+            log_syncs: c.log_syncs.load(Relaxed),
             fast_reads: take(&c.fast_reads),
             checkpoints_saved: take(&c.checkpoints_saved),
         }

@@ -296,8 +296,12 @@ impl Ring {
                 }
             }
             Action::Persist { seq, record } => match self.journal.append(seq, &record) {
-                Ok(Some(first_decree)) => self.followups.push(Input::LogRolled { first_decree }),
-                Ok(None) => {}
+                Ok(rolled) => {
+                    self.shared.stats.votes_logged.fetch_add(1, Relaxed);
+                    if let Some(first_decree) = rolled {
+                        self.followups.push(Input::LogRolled { first_decree });
+                    }
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "journal append failed: stopping");
                     self.stopped = true;
@@ -469,6 +473,7 @@ impl Ring {
 
     /// What API calls read without asking this thread.
     fn publish(&self) {
+        self.shared.stats.log_syncs.store(self.journal.syncs(), Relaxed);
         let (_, ballot) = self.core.accepted();
         let mut view = self.shared.view.lock().expect("view");
         view.primary = (!ballot.is_empty()).then_some(ballot.member);

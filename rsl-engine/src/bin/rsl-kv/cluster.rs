@@ -46,6 +46,7 @@ pub fn run(args: ClusterArgs) -> Result<(), String> {
             .args(["--members", &members.join(","), "--version", &args.version.to_string(), "--window", &args.window.to_string()])
             .arg("--dir")
             .arg(&dir)
+            .arg("--ignore-sigint")
             .stdin(Stdio::null());
         if args.no_sync {
             cmd.arg("--no-sync");

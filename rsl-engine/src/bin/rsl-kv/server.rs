@@ -50,6 +50,10 @@ pub struct ReplicaArgs {
     /// in `<dir>/ring<k>`.
     #[arg(long, default_value_t = 1)]
     pub rings: u16,
+    /// Stop on SIGTERM only: `rsl-kv cluster` stops its replicas itself after Ctrl-C, once it
+    /// has checked that they agree.
+    #[arg(long, hide = true)]
+    pub ignore_sigint: bool,
 }
 
 /// Shifts every port of a member list by `by`.
@@ -94,7 +98,7 @@ pub fn run(args: ReplicaArgs) -> Result<(), String> {
         rt.spawn(server.accept(listener));
         replicas.push(replica);
     }
-    rt.block_on(wait_for_signal());
+    rt.block_on(wait_for_signal(args.ignore_sigint));
     for replica in &replicas {
         replica.unload();
     }
@@ -131,11 +135,15 @@ fn start(args: ReplicaArgs) -> Result<(Arc<RslReplica>, Server), String> {
     Ok((replica, server))
 }
 
-async fn wait_for_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+async fn wait_for_signal(ignore_sigint: bool) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    loop {
+        tokio::select! {
+            _ = int.recv() => if !ignore_sigint { return },
+            _ = term.recv() => return,
+        }
     }
 }
 
