@@ -9,18 +9,674 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+/**
+ * Reads a checkpoint's application data. Handed to `load_state` (valid during the call) or
+ * opened by `rsl_checkpoint_reader_open` (valid until `rsl_checkpoint_reader_close`).
+ */
+typedef struct rsl_checkpoint_reader rsl_checkpoint_reader;
+
+/**
+ * Appends to a checkpoint being written; handed to `save_state` and `try_save_state` (and the
+ * `rsl_checkpoint_save` writer), valid only during that call.
+ */
+typedef struct rsl_checkpoint_writer rsl_checkpoint_writer;
+
+/**
+ * A running replica; stays valid after `rsl_replica_unload` until `rsl_replica_destroy`.
+ */
+typedef struct rsl_replica rsl_replica;
+
+/**
+ * The result of every call: 0..6 are RSL's `RSLResponseCode`, the negative values the ABI's own.
+ */
+typedef int32_t rsl_status;
+
+/**
+ * Receives every log entry: `level` is RSL's `CallBackLogLevel` (0 Debug, 1 Info, 3 Warning,
+ * 4 Error), `message` a NUL-terminated line valid only during the call. It may be called from
+ * any thread, concurrently.
+ */
+typedef void (*rsl_log_callback)(int32_t level, const char *message);
+
+/**
+ * `RSLConfigParam`: the same fields in snake case with the same defaults (`rsl_config_init`),
+ * then this implementation's own (`pipeline_window`, `sync_writes`).
+ */
+typedef struct rsl_config {
+  uint32_t new_leader_grace_period_sec;
+  uint32_t heart_beat_interval_sec;
+  uint32_t election_delay_sec;
+  uint32_t max_election_randomize_sec;
+  uint32_t initialize_retry_interval_sec;
+  uint32_t prepare_retry_interval_sec;
+  uint32_t vote_retry_interval_sec;
+  uint32_t vote_max_outstanding_interval_sec;
+  uint32_t c_p_query_retry_interval_sec;
+  uint64_t max_checkpoint_interval_sec;
+  uint32_t join_messages_interval_sec;
+  uint32_t max_log_len_mb;
+  uint32_t send_timeout_sec;
+  uint32_t receive_timeout_sec;
+  uint32_t max_cache_length_mb;
+  uint32_t max_votes_in_log;
+  uint32_t max_outstanding_per_replica;
+  uint32_t max_checkpoints;
+  uint32_t max_checkpoint_size_gb;
+  uint32_t min_checkpoint_space_file_count;
+  uint32_t max_logs;
+  uint32_t log_len_randomize;
+  uint32_t election_randomize;
+  uint32_t fast_read_seq_threshold;
+  uint32_t in_memory_execution_queue_size_mb;
+  uint32_t num_reader_threads;
+  uint32_t max_message_size_mb;
+  uint32_t max_message_alert_size_mb;
+  bool allow_primary_promotion_while_catching_up;
+  /**
+   * NUL-terminated.
+   */
+  char working_dir[4097];
+  bool add_member_id_to_working_dir;
+  bool cancel_disk_io;
+  bool use_global_accept_messages_flag;
+  /**
+   * Decrees in flight (protocol version 7 only); 1 is the original protocol.
+   */
+  uint32_t pipeline_window;
+  /**
+   * fdatasync the journal (default true; false loses acknowledged requests on a crash).
+   */
+  bool sync_writes;
+} rsl_config;
+
+/**
+ * One replica (`RSLNode`).
+ */
+typedef struct rsl_node {
+  /**
+   * NUL-terminated, 1..63 bytes (a decimal number for protocol versions below 4).
+   */
+  char member_id[64];
+  /**
+   * IPv4 address in network byte order, as `inet_addr` returns it.
+   */
+  uint32_t ip;
+  uint16_t rsl_port;
+  /**
+   * 0: `rsl_port + 1`.
+   */
+  uint16_t learn_port;
+  /**
+   * NUL-terminated, may be empty.
+   */
+  char host_name[256];
+} rsl_node;
+
+/**
+ * The state machine's callbacks (`RSLStateMachine`'s virtual methods) and the `context`
+ * passed to each. The table is copied by `rsl_replica_initialize` and `rsl_replay`.
+ *
+ * Threads: callbacks run on the replica's execute thread, one at a time, except
+ * `can_become_primary` and `accept_message_from_replica`, which run on its protocol thread
+ * concurrently with the others and must answer quickly. `load_state` (and the restore-time
+ * executions) run inside `rsl_replica_initialize` / `rsl_replay` on the calling thread.
+ * Every pointer passed to a callback (request, reader, writer, node, file name) is valid only
+ * during the call. A callback must not call `rsl_replica_unload` or `rsl_replica_destroy` on
+ * its own replica (refused with `RSL_E_STATE`).
+ */
+typedef struct rsl_callbacks {
+  /**
+   * Passed to every callback; the application keeps it valid until `rsl_replica_destroy`.
+   */
+  void *context;
+  /**
+   * Required. `LoadState`: `reader` NULL means an empty state. False tries an older checkpoint.
+   */
+  bool (*load_state)(void *ctx, struct rsl_checkpoint_reader *reader);
+  /**
+   * Required. `cookie` is non-NULL only on the replica that submitted the request, once.
+   * Set `*save_state` to take a checkpoint before the next decree executes.
+   */
+  void (*execute_replicated_request)(void *ctx, const void *request, size_t len, void *cookie, bool *save_state);
+  /**
+   * Required. A read-only request, once the state has reached the sequence number asked for.
+   */
+  void (*execute_fast_read_request)(void *ctx, const void *request, size_t len, void *cookie);
+  /**
+   * Required. A request's cookie comes back unexecuted (`RSL_NOT_PRIMARY`,
+   * `RSL_SHUTTING_DOWN`, `RSL_FAST_READ_STALE`).
+   */
+  void (*abort_request)(void *ctx, rsl_status status, void *cookie);
+  /**
+   * Required. Write the whole state.
+   */
+  void (*save_state)(void *ctx, struct rsl_checkpoint_writer *writer);
+  /**
+   * Required.
+   */
+  void (*notify_status)(void *ctx, bool is_primary);
+  /**
+   * Required. `cookie` is the `rsl_replica_change_configuration` cookie on the replica that asked.
+   */
+  void (*notify_configuration_changed)(void *ctx, void *cookie);
+  /**
+   * Required.
+   */
+  void (*abort_change_configuration)(void *ctx, rsl_status status, void *cookie);
+  /**
+   * Required. The replica stops; always `RSL_SHUTTING_DOWN`.
+   */
+  void (*shut_down)(void *ctx, rsl_status status);
+  /**
+   * Optional: brackets the requests of one decree.
+   */
+  void (*before_execute_replicated_requests)(void *ctx);
+  /**
+   * Optional.
+   */
+  void (*after_execute_replicated_requests)(void *ctx);
+  /**
+   * Optional (default: `save_state`, then true). False abandons this checkpoint and turns
+   * automatic checkpoints off until `rsl_replica_allow_save_state(true)`.
+   */
+  bool (*try_save_state)(void *ctx, struct rsl_checkpoint_writer *writer);
+  /**
+   * Optional.
+   */
+  void (*notify_primary_recovered)(void *ctx);
+  /**
+   * Optional. A checkpoint of `seq` was saved to `file`.
+   */
+  void (*state_saved)(void *ctx, uint64_t seq, const char *file);
+  /**
+   * Optional. A checkpoint was copied from a peer; `file` NULL: the copy failed.
+   */
+  void (*state_copied)(void *ctx, uint64_t seq, const char *file, void *cookie);
+  /**
+   * Optional (default: true, empty cookie). Protocol thread. `*cookie_len` is the capacity
+   * (8192) on entry; set it to the primary cookie's length. False vetoes the election.
+   */
+  bool (*can_become_primary)(void *ctx, void *cookie_buf, uint32_t *cookie_len);
+  /**
+   * Optional (default: true). Protocol thread. Only `node->member_id` is filled in.
+   */
+  bool (*accept_message_from_replica)(void *ctx, const struct rsl_node *node, const void *data, uint32_t len);
+} rsl_callbacks;
+
+/**
+ * `ReplicaHealth`: what the primary knows of one member.
+ */
+typedef struct rsl_replica_health {
+  char member_id[64];
+  bool connected;
+  bool is_primary;
+  uint64_t packets_sent;
+  uint64_t packets_dropped;
+  uint64_t last_vote_payload;
+} rsl_replica_health;
+
+/**
+ * `RSLStats`: counters since the previous snapshot (taking one resets them).
+ */
+typedef struct rsl_stats {
+  uint64_t decrees_executed;
+  uint64_t requests_executed;
+  uint64_t votes_logged;
+  uint64_t log_syncs;
+  uint64_t fast_reads;
+  uint64_t checkpoints_saved;
+} rsl_stats;
+
+/**
+ * `RSLSuccess`.
+ */
+#define RSL_SUCCESS 0
+
+/**
+ * `RSLFastReadStale`.
+ */
+#define RSL_FAST_READ_STALE 1
+
+/**
+ * `RSLNotPrimary`.
+ */
+#define RSL_NOT_PRIMARY 2
+
+/**
+ * `RSLShuttingDown`; also any call on a replica after `rsl_replica_unload`.
+ */
+#define RSL_SHUTTING_DOWN 3
+
+/**
+ * `RSLAlreadyBootstrapped`.
+ */
+#define RSL_ALREADY_BOOTSTRAPPED 4
+
+/**
+ * `RSLBootstrapFailed`.
+ */
+#define RSL_BOOTSTRAP_FAILED 5
+
+/**
+ * `RSLInvalidParameter`: a value out of range (empty request, bad member id, cookie too long...).
+ */
+#define RSL_INVALID_PARAMETER 6
+
+/**
+ * A required pointer is NULL.
+ */
+#define RSL_E_NULL -1
+
+/**
+ * The call is not valid in the handle's state.
+ */
+#define RSL_E_STATE -2
+
+/**
+ * A configuration value out of range (message logged).
+ */
+#define RSL_E_CONFIG -3
+
+/**
+ * A storage or network error (message logged).
+ */
+#define RSL_E_IO -4
+
+/**
+ * An output buffer is too small; the needed size is reported.
+ */
+#define RSL_E_BUFFER -5
+
+/**
+ * An internal error was caught at the boundary.
+ */
+#define RSL_E_PANIC -6
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
 
 /**
- * `RSLUtils::CalculateChecksum`: the RSL checksum of `size` bytes at `blob`.
- * Returns 0 if `blob` is NULL while `size` is not 0.
+ * `RSLUtils::CalculateChecksum`: the RSL checksum (64-bit Rabin fingerprint) of `size` bytes
+ * at `blob`, bit for bit the original's. Returns 0 if `blob` is NULL while `size` is not 0.
  *
  * # Safety
  * `blob` must point to `size` readable bytes (or be NULL when `size` is 0).
  */
-uint64_t rsl_calculate_checksum(const uint8_t *blob, size_t size);
+uint64_t rsl_calculate_checksum(const void *blob, size_t size);
+
+/**
+ * `RSLInit`: sets up logging for the whole process. Entries at Info and above (Debug too with
+ * `log_debug`) go to `cb` (may be NULL) and are appended to `<log_dir>/rsl.log` (`log_dir`
+ * may be NULL; it is created if needed). Call it before the first replica; calling it again
+ * replaces the destinations. Errors: `RSL_E_IO` (the log file cannot be opened),
+ * `RSL_E_STATE` (another `tracing` subscriber already owns the process).
+ *
+ * # Safety
+ * `log_dir` is NULL or NUL-terminated; `cb` is NULL or a function callable from any thread.
+ */
+rsl_status rsl_init(const char *log_dir, bool log_debug, rsl_log_callback cb);
+
+/**
+ * `RSLStateMachine::Initialize`: restores the state (`load_state`, then the logged decrees,
+ * executed on this thread), then starts the replica's threads and listens on `self_node`'s ports.
+ * `members`/`member_count` is the legacy initial member list; NULL and 0 is the v4+ form
+ * (the replica waits for `rsl_replica_bootstrap` unless it was bootstrapped before).
+ * `serialize_fast_reads_with_replicates` is accepted and ignored: this runtime always runs fast
+ * reads on the execute thread, serialized with replicated requests.
+ *
+ * Everything passed in is copied; `callbacks->context` must stay valid until
+ * `rsl_replica_destroy`. On success `*out` is a handle the caller frees with
+ * `rsl_replica_destroy`; on failure `*out` is NULL.
+ *
+ * Errors: `RSL_E_NULL` (a NULL pointer or required callback), `RSL_INVALID_PARAMETER` (bad
+ * node, member list or version), `RSL_E_CONFIG` (a value out of range, logged), `RSL_E_IO`
+ * (storage, port in use, no loadable state; logged).
+ *
+ * # Safety
+ * Pointers are NULL or valid; `members` points to `member_count` nodes.
+ */
+rsl_status rsl_replica_initialize(const struct rsl_config *cfg, const struct rsl_node *self_node, uint32_t version, bool serialize_fast_reads_with_replicates, const struct rsl_callbacks *callbacks, const struct rsl_node *members, size_t member_count, struct rsl_replica **out);
+
+/**
+ * `ReplicateRequest`: proposes `len` bytes (copied; 1 or more). On `RSL_SUCCESS`, `cookie`
+ * comes back exactly once, through `execute_replicated_request` on this replica or
+ * `abort_request`; otherwise the caller keeps it. Errors: `RSL_NOT_PRIMARY`,
+ * `RSL_SHUTTING_DOWN`, `RSL_INVALID_PARAMETER` (empty request), `RSL_E_NULL`.
+ *
+ * # Safety
+ * `r` is NULL or a live handle; `request` points to `len` bytes.
+ */
+rsl_status rsl_replica_replicate_request(struct rsl_replica *r, const void *request, size_t len, void *cookie);
+
+/**
+ * `ReplicateRequestExclusiveVote`: like `rsl_replica_replicate_request`, with a vote of its
+ * own. With `is_last_decree`, every later request is refused with `RSL_SHUTTING_DOWN`.
+ *
+ * # Safety
+ * As `rsl_replica_replicate_request`.
+ */
+rsl_status rsl_replica_replicate_request_exclusive_vote(struct rsl_replica *r, const void *request, size_t len, void *cookie, bool is_last_decree);
+
+/**
+ * `FastReadRequest`: runs `execute_fast_read_request` on this replica once its state reaches
+ * `max_seen_seq_no`, waiting up to `timeout_ms`. On `RSL_SUCCESS` the cookie comes back once,
+ * through `execute_fast_read_request` or `abort_request` (`RSL_FAST_READ_STALE`,
+ * `RSL_SHUTTING_DOWN`); otherwise (`RSL_FAST_READ_STALE`, `RSL_SHUTTING_DOWN`, `RSL_E_NULL`)
+ * the caller keeps it. The request is copied.
+ *
+ * # Safety
+ * As `rsl_replica_replicate_request`.
+ */
+rsl_status rsl_replica_fast_read_request(struct rsl_replica *r, uint64_t max_seen_seq_no, const void *request, size_t len, void *cookie, uint32_t timeout_ms);
+
+/**
+ * `GetCurrentSequenceNumber`: the last executed decree; 0 for NULL (still valid after unload).
+ *
+ * # Safety
+ * `r` is NULL or a handle not yet destroyed.
+ */
+uint64_t rsl_replica_current_sequence_number(const struct rsl_replica *r);
+
+/**
+ * `GetHighestPassedSequenceNumber`: the highest decree known chosen; 0 for NULL.
+ *
+ * # Safety
+ * `r` is NULL or a handle not yet destroyed.
+ */
+uint64_t rsl_replica_highest_passed_sequence_number(const struct rsl_replica *r);
+
+/**
+ * `GetConfiguration`: copies the current members into `members` (an array of `capacity`),
+ * sets `*count` to how many there are, `*config_number` (may be NULL) to the configuration
+ * number, and, if `cookie_len` is not NULL, the member set's cookie into `set_cookie`
+ * (`*cookie_len`: capacity in, length out). `RSL_E_BUFFER` if either does not fit (the sizes
+ * are still reported). `RSL_E_NULL` if `count` is NULL.
+ *
+ * # Safety
+ * `r` is NULL or a live handle; the out pointers are NULL or hold their stated capacity.
+ */
+rsl_status rsl_replica_get_configuration(struct rsl_replica *r, struct rsl_node *members, size_t capacity, size_t *count, uint32_t *config_number, void *set_cookie, uint32_t *cookie_len);
+
+/**
+ * `ChangeConfiguration` (primary only): proposes the member set (copied). On `RSL_SUCCESS`
+ * `cookie` comes back through `notify_configuration_changed` or `abort_change_configuration`.
+ * Errors: `RSL_NOT_PRIMARY`, `RSL_SHUTTING_DOWN`, `RSL_INVALID_PARAMETER` (empty or bad set,
+ * cookie over 8192 bytes), `RSL_E_NULL`.
+ *
+ * # Safety
+ * `r` is NULL or a live handle; `members` holds `count` nodes, `set_cookie` `cookie_len` bytes.
+ */
+rsl_status rsl_replica_change_configuration(struct rsl_replica *r, const struct rsl_node *members, size_t count, const void *set_cookie, uint32_t cookie_len, void *cookie);
+
+/**
+ * `Bootstrap` (v4+): gives a replica started without members its first member set (copied),
+ * blocking until the replica has taken it. `timeout_sec` is accepted and ignored. Errors:
+ * `RSL_ALREADY_BOOTSTRAPPED`, `RSL_BOOTSTRAP_FAILED`, `RSL_INVALID_PARAMETER`,
+ * `RSL_SHUTTING_DOWN`, `RSL_E_NULL`.
+ *
+ * # Safety
+ * As `rsl_replica_change_configuration`.
+ */
+rsl_status rsl_replica_bootstrap(struct rsl_replica *r, const struct rsl_node *members, size_t count, const void *set_cookie, uint32_t cookie_len, uint32_t timeout_sec);
+
+/**
+ * `GetCurrentPrimary`: the primary as this replica last heard (a hint), from the current
+ * configuration; `out->member_id` is empty if unknown.
+ *
+ * # Safety
+ * `r` is NULL or a live handle; `out` is NULL or writable.
+ */
+rsl_status rsl_replica_get_current_primary(struct rsl_replica *r, struct rsl_node *out);
+
+/**
+ * `RelinquishPrimary` (v5+): on the primary, a last vote, then this replica shuts down.
+ * Errors: `RSL_E_NULL`, `RSL_SHUTTING_DOWN` after unload.
+ *
+ * # Safety
+ * `r` is NULL or a live handle.
+ */
+rsl_status rsl_replica_relinquish_primary(struct rsl_replica *r);
+
+/**
+ * `AttemptPromotion`: stand for election at the next opportunity.
+ * Errors: `RSL_E_NULL`, `RSL_SHUTTING_DOWN` after unload.
+ *
+ * # Safety
+ * `r` is NULL or a live handle.
+ */
+rsl_status rsl_replica_attempt_promotion(struct rsl_replica *r);
+
+/**
+ * `SetVotePayload` (v6+): attached to every VoteAccepted this replica sends.
+ * Errors: `RSL_E_NULL`, `RSL_SHUTTING_DOWN` after unload.
+ *
+ * # Safety
+ * `r` is NULL or a live handle.
+ */
+rsl_status rsl_replica_set_vote_payload(struct rsl_replica *r, uint64_t payload);
+
+/**
+ * `SetAcceptMessages`: the global accept flag (with `use_global_accept_messages_flag`).
+ * Errors: `RSL_E_NULL`, `RSL_SHUTTING_DOWN` after unload.
+ *
+ * # Safety
+ * `r` is NULL or a live handle.
+ */
+rsl_status rsl_replica_set_accept_messages(struct rsl_replica *r, bool accept);
+
+/**
+ * `AllowSaveState`: automatic checkpoints on or off (not persisted).
+ * Errors: `RSL_E_NULL`, `RSL_SHUTTING_DOWN` after unload.
+ *
+ * # Safety
+ * `r` is NULL or a live handle.
+ */
+rsl_status rsl_replica_allow_save_state(struct rsl_replica *r, bool allow);
+
+/**
+ * `CopyStateFromReplica`: copies a checkpoint at least as new as this replica's from a peer,
+ * in the background; `cookie` comes back through `state_copied` (file NULL if none could be
+ * copied). Errors: `RSL_SHUTTING_DOWN`, `RSL_E_NULL`.
+ *
+ * # Safety
+ * `r` is NULL or a live handle.
+ */
+rsl_status rsl_replica_copy_state_from_replica(struct rsl_replica *r, void *cookie);
+
+/**
+ * `GetReplicasInformation`: on the primary, one entry per peer and one for itself (none
+ * elsewhere), copied into `out` (`capacity` entries); `*count` is how many there are
+ * (`RSL_E_BUFFER` if more than `capacity`).
+ *
+ * # Safety
+ * `r` is NULL or a live handle; `out` holds `capacity` entries; `count` is NULL or writable.
+ */
+rsl_status rsl_replica_get_replicas_information(struct rsl_replica *r, struct rsl_replica_health *out, size_t capacity, size_t *count);
+
+/**
+ * `GetStatisticsSnapshot`: counters since the previous snapshot (this one resets them).
+ *
+ * # Safety
+ * `r` is NULL or a live handle; `out` is NULL or writable.
+ */
+rsl_status rsl_replica_get_statistics_snapshot(struct rsl_replica *r, struct rsl_stats *out);
+
+/**
+ * Whether this replica is primary; false for NULL or after unload.
+ *
+ * # Safety
+ * `r` is NULL or a handle not yet destroyed.
+ */
+bool rsl_replica_is_primary(const struct rsl_replica *r);
+
+/**
+ * `UnloadThisOne`: stops the replica: requests in flight are aborted (`RSL_SHUTTING_DOWN`),
+ * `shut_down` runs, the threads are joined. The process keeps running and the handle stays
+ * valid (later calls return `RSL_SHUTTING_DOWN`) until `rsl_replica_destroy`.
+ * Errors: `RSL_E_NULL`, `RSL_SHUTTING_DOWN` if already unloaded, `RSL_E_STATE` from one of
+ * this replica's own callbacks (it would wait for itself).
+ *
+ * # Safety
+ * `r` is NULL or a handle not yet destroyed.
+ */
+rsl_status rsl_replica_unload(struct rsl_replica *r);
+
+/**
+ * Unloads the replica if needed, then frees the handle and everything it owns. NULL is a
+ * no-op. Called from one of the replica's own callbacks it does nothing (logged).
+ *
+ * # Safety
+ * `r` is NULL or a handle not yet destroyed; it must not be used afterwards.
+ */
+void rsl_replica_destroy(struct rsl_replica *r);
+
+/**
+ * `Replay` (read-only): rebuilds the state of replica `member_id` from its data directory
+ * (`cfg->working_dir`, plus the id if `add_member_id_to_working_dir`): `load_state` with the
+ * newest checkpoint at or below `max_seq_no`, then the logged decrees up to `max_seq_no`, all
+ * on the calling thread, with no network and no writes. `*last_executed` (may be NULL) gets
+ * the last decree executed. Errors: `RSL_E_NULL`, `RSL_INVALID_PARAMETER`, `RSL_E_CONFIG`,
+ * `RSL_E_IO`.
+ *
+ * # Safety
+ * Pointers are NULL or valid; `member_id` is NUL-terminated.
+ */
+rsl_status rsl_replay(const struct rsl_config *cfg, const char *member_id, uint32_t version, const struct rsl_callbacks *callbacks, uint64_t max_seq_no, uint64_t *last_executed);
+
+/**
+ * `GetDataPointer`: points `*data` at up to `max` bytes of data at the current position (no
+ * copy) and advances past them. The pointer is valid until the next call on this reader.
+ * It never crosses a 4 MiB block, so `*read` may be less than `max`: loop. Returns 38 at the
+ * end of data, 23 for a bad block checksum, 87 for a NULL argument (`*read` is then 0).
+ *
+ * # Safety
+ * `r` is NULL or a live reader; `data` and `read` are NULL or writable.
+ */
+uint32_t rsl_checkpoint_reader_get_data_pointer(struct rsl_checkpoint_reader *r, const void **data, uint32_t max, uint32_t *read);
+
+/**
+ * `GetData`: copies up to `len` bytes into `buf` and advances; `*read` may be less than
+ * `len` (loop). Errors as `rsl_checkpoint_reader_get_data_pointer`.
+ *
+ * # Safety
+ * `r` is NULL or a live reader; `buf` points to `len` writable bytes (or is NULL); `read` is
+ * NULL or writable.
+ */
+uint32_t rsl_checkpoint_reader_get_data(struct rsl_checkpoint_reader *r, void *buf, uint32_t len, uint32_t *read);
+
+/**
+ * `Skip`: advances `len` bytes, verifying the blocks it passes. 38 past the end.
+ *
+ * # Safety
+ * `r` is NULL or a live reader.
+ */
+uint32_t rsl_checkpoint_reader_skip(struct rsl_checkpoint_reader *r, uint32_t len);
+
+/**
+ * `Seek`: moves to `offset` in the application data (every version). 87 beyond the end.
+ *
+ * # Safety
+ * `r` is NULL or a live reader.
+ */
+uint32_t rsl_checkpoint_reader_seek(struct rsl_checkpoint_reader *r, uint64_t offset);
+
+/**
+ * `Size`: bytes of application data (without header and block checksums); 0 for NULL.
+ *
+ * # Safety
+ * `r` is NULL or a live reader.
+ */
+uint64_t rsl_checkpoint_reader_size(const struct rsl_checkpoint_reader *r);
+
+/**
+ * `Init(file)`, for tools: opens a checkpoint file and checks its header and size. On success
+ * `*out` is a reader the caller owns and frees with `rsl_checkpoint_reader_close`. Returns 87
+ * for a NULL or empty argument, 23 for a bad header or size, 31 if the file cannot be read.
+ *
+ * # Safety
+ * `file` is NULL or a NUL-terminated string; `out` is NULL or writable.
+ */
+uint32_t rsl_checkpoint_reader_open(const char *file, struct rsl_checkpoint_reader **out);
+
+/**
+ * Frees a reader from `rsl_checkpoint_reader_open`. NULL, or a reader handed to `load_state`
+ * (which RSL owns), is ignored.
+ *
+ * # Safety
+ * `r` is NULL, a reader from `rsl_checkpoint_reader_open` not yet closed, or a `load_state` reader.
+ */
+void rsl_checkpoint_reader_close(struct rsl_checkpoint_reader *r);
+
+/**
+ * `Write`: appends `len` bytes (copied). 87 for a NULL argument, 31 for an I/O error, after
+ * which the checkpoint is abandoned.
+ *
+ * # Safety
+ * `w` is NULL or the writer of the current callback; `data` points to `len` bytes (or is NULL).
+ */
+uint32_t rsl_checkpoint_writer_write(struct rsl_checkpoint_writer *w, const void *data, uint32_t len);
+
+/**
+ * Fills `*cfg` with RSL's defaults (an empty working directory, which `rsl_replica_initialize`
+ * refuses: set one). NULL is a no-op.
+ *
+ * # Safety
+ * `cfg` is NULL or points to writable memory for one `rsl_config`.
+ */
+void rsl_config_init(struct rsl_config *cfg);
+
+/**
+ * `RSLCheckpointUtility::SaveCheckpoint`: creates `<dir>/<last_executed_seq>.codex` for
+ * seeding a replica, as the original writes it: member and max ballot from the set's first
+ * member (empty for v1/v2), configuration (`config_number`, initial decree
+ * `last_executed_seq`, the set), an empty next vote for `last_executed_seq + 1` with ballot
+ * (1, first member), and 4 MiB checksummed blocks from v4. `write_state(ctx, writer)` writes
+ * the state through `rsl_checkpoint_writer_write`; the writer is valid during that call.
+ * The file is written to a temporary name first and never replaces an existing checkpoint.
+ *
+ * Errors: `RSL_E_NULL`; `RSL_INVALID_PARAMETER` (sequence 0, version outside 1..6, no or a bad
+ * member set for v3+, non-numeric ids for v3); `RSL_E_IO` (a write failed, or the checkpoint
+ * exists; logged).
+ *
+ * # Safety
+ * `dir` is NULL or NUL-terminated; `members` holds `count` nodes and `set_cookie` `cookie_len`
+ * bytes; `write_state` is NULL or a function that may be called with `ctx`.
+ */
+rsl_status rsl_checkpoint_save(const char *dir, uint32_t version, uint64_t last_executed_seq, uint32_t config_number, const struct rsl_node *members, size_t count, const void *set_cookie, uint32_t cookie_len, void (*write_state)(void *ctx, struct rsl_checkpoint_writer *w), void *ctx);
+
+/**
+ * `RSLCheckpointUtility::GetLatestCheckpoint`: the path of the highest-numbered
+ * `<n>.codex` in `dir`, NUL-terminated into `path_buf` (`buf_len` bytes). Errors:
+ * `RSL_E_NULL`, `RSL_E_BUFFER` (too small), `RSL_E_IO` (no checkpoint, or `dir` unreadable).
+ *
+ * # Safety
+ * `dir` is NULL or NUL-terminated; `path_buf` holds `buf_len` writable bytes.
+ */
+rsl_status rsl_checkpoint_get_latest(const char *dir, char *path_buf, size_t buf_len);
+
+/**
+ * `RSLCheckpointUtility::GetReplicaSet`: the member set stored in a v3+ checkpoint, copied
+ * into `members` (`capacity` nodes; `*count` how many there are) and, if `cookie_len` is not
+ * NULL, its cookie into `set_cookie` (`*cookie_len`: capacity in, length out). Errors:
+ * `RSL_E_NULL`, `RSL_E_BUFFER`, `RSL_INVALID_PARAMETER` (v1/v2), `RSL_E_IO` (unreadable).
+ *
+ * # Safety
+ * `file` is NULL or NUL-terminated; the out pointers are NULL or hold their stated capacity.
+ */
+rsl_status rsl_checkpoint_get_replica_set(const char *file, struct rsl_node *members, size_t capacity, size_t *count, void *set_cookie, uint32_t *cookie_len);
+
+/**
+ * `RSLCheckpointUtility::ChangeReplicaSet`: replaces the member set stored in a v3+
+ * checkpoint, rewriting the file through `<file>.tmp` and an atomic rename. The data is
+ * copied and its checksums verified on the way. Errors: `RSL_E_NULL`,
+ * `RSL_INVALID_PARAMETER` (v1/v2 file, bad set, non-numeric ids for v3), `RSL_E_IO`.
+ *
+ * # Safety
+ * `file` is NULL or NUL-terminated; `members` holds `count` nodes and `set_cookie`
+ * `cookie_len` bytes.
+ */
+rsl_status rsl_checkpoint_change_replica_set(const char *file, const struct rsl_node *members, size_t count, const void *set_cookie, uint32_t cookie_len);
 
 #ifdef __cplusplus
 }  // extern "C"

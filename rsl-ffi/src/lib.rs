@@ -1,33 +1,93 @@
-//! The C ABI over the engine. Every entry point checks its arguments and catches panics.
+//! The C ABI over the engine (`include/rsl_ffi.h`, contract in `docs/c-abi.md`): status codes,
+//! the boundary guard every entry point runs in, and `rsl_calculate_checksum`.
+//!
+//! Every `extern "C"` function checks its arguments and runs its body inside [`guard`], so no
+//! panic crosses into C. `unsafe` appears only where a C pointer is turned into a Rust
+//! reference or a C function pointer is called.
+#![allow(non_camel_case_types)]
 
-use std::panic::catch_unwind;
+mod callbacks;
+mod log;
+mod replica;
+mod streams;
+mod types;
+mod utility;
 
-/// `RSLUtils::CalculateChecksum`: the RSL checksum of `size` bytes at `blob`.
-/// Returns 0 if `blob` is NULL while `size` is not 0.
+pub use callbacks::*;
+pub use log::*;
+pub use replica::*;
+pub use streams::*;
+pub use types::*;
+pub use utility::*;
+
+use rsl_engine::runtime::ResponseCode;
+use std::ffi::c_void;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+/// The result of every call: 0..6 are RSL's `RSLResponseCode`, the negative values the ABI's own.
+pub type rsl_status = i32;
+
+/// `RSLSuccess`.
+pub const RSL_SUCCESS: rsl_status = 0;
+/// `RSLFastReadStale`.
+pub const RSL_FAST_READ_STALE: rsl_status = 1;
+/// `RSLNotPrimary`.
+pub const RSL_NOT_PRIMARY: rsl_status = 2;
+/// `RSLShuttingDown`; also any call on a replica after `rsl_replica_unload`.
+pub const RSL_SHUTTING_DOWN: rsl_status = 3;
+/// `RSLAlreadyBootstrapped`.
+pub const RSL_ALREADY_BOOTSTRAPPED: rsl_status = 4;
+/// `RSLBootstrapFailed`.
+pub const RSL_BOOTSTRAP_FAILED: rsl_status = 5;
+/// `RSLInvalidParameter`: a value out of range (empty request, bad member id, cookie too long...).
+pub const RSL_INVALID_PARAMETER: rsl_status = 6;
+/// A required pointer is NULL.
+pub const RSL_E_NULL: rsl_status = -1;
+/// The call is not valid in the handle's state.
+pub const RSL_E_STATE: rsl_status = -2;
+/// A configuration value out of range (message logged).
+pub const RSL_E_CONFIG: rsl_status = -3;
+/// A storage or network error (message logged).
+pub const RSL_E_IO: rsl_status = -4;
+/// An output buffer is too small; the needed size is reported.
+pub const RSL_E_BUFFER: rsl_status = -5;
+/// An internal error was caught at the boundary.
+pub const RSL_E_PANIC: rsl_status = -6;
+
+/// Runs an entry point's body: its error becomes the status, a panic becomes `RSL_E_PANIC`.
+pub(crate) fn guard(body: impl FnOnce() -> Result<(), rsl_status>) -> rsl_status {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(())) => RSL_SUCCESS,
+        Ok(Err(status)) => status,
+        Err(_) => RSL_E_PANIC,
+    }
+}
+
+/// Like [`guard`] for entry points that return a value: `fallback` on a panic.
+pub(crate) fn guard_value<T>(fallback: T, body: impl FnOnce() -> T) -> T {
+    catch_unwind(AssertUnwindSafe(body)).unwrap_or(fallback)
+}
+
+/// The runtime's response code as a status.
+pub(crate) fn status(code: ResponseCode) -> Result<(), rsl_status> {
+    match code {
+        ResponseCode::Success => Ok(()),
+        other => Err(other as rsl_status),
+    }
+}
+
+/// `RSLUtils::CalculateChecksum`: the RSL checksum (64-bit Rabin fingerprint) of `size` bytes
+/// at `blob`, bit for bit the original's. Returns 0 if `blob` is NULL while `size` is not 0.
 ///
 /// # Safety
 /// `blob` must point to `size` readable bytes (or be NULL when `size` is 0).
 #[no_mangle]
-pub unsafe extern "C" fn rsl_calculate_checksum(blob: *const u8, size: usize) -> u64 {
-    if blob.is_null() {
-        return if size == 0 { rsl_engine::format::checksum::INIT } else { 0 };
-    }
-    // SAFETY: the caller guarantees `blob` points to `size` readable bytes; it is non-null.
-    let data = unsafe { std::slice::from_raw_parts(blob, size) };
-    catch_unwind(|| rsl_engine::format::checksum::checksum(data)).unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn checksum_through_the_c_abi() {
-        let data = b"123456789";
-        // SAFETY: a valid slice.
-        assert_eq!(unsafe { rsl_calculate_checksum(data.as_ptr(), data.len()) }, 0x69bc7a5d9767af72);
-        // SAFETY: NULL is checked.
-        assert_eq!(unsafe { rsl_calculate_checksum(std::ptr::null(), 0) }, 0xa795d0f29b4dcdf8);
-        assert_eq!(unsafe { rsl_calculate_checksum(std::ptr::null(), 5) }, 0);
-    }
+pub unsafe extern "C" fn rsl_calculate_checksum(blob: *const c_void, size: usize) -> u64 {
+    guard_value(0, || {
+        // SAFETY: the caller guarantees `blob` points to `size` readable bytes; NULL is checked.
+        match unsafe { types::slice(blob.cast::<u8>(), size) } {
+            Ok(data) => rsl_engine::format::checksum::checksum(data),
+            Err(_) => 0,
+        }
+    })
 }

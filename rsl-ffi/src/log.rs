@@ -1,0 +1,110 @@
+//! Process set-up (`rsl_init`): a `tracing` subscriber that hands each formatted event to the
+//! application's log callback and/or appends it to `<log_dir>/rsl.log`.
+
+use crate::*;
+use std::ffi::{c_char, CStr, CString};
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::Write as _;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{OnceLock, RwLock};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Metadata, Subscriber};
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+
+/// Receives every log entry: `level` is RSL's `CallBackLogLevel` (0 Debug, 1 Info, 3 Warning,
+/// 4 Error), `message` a NUL-terminated line valid only during the call. It may be called from
+/// any thread, concurrently.
+pub type rsl_log_callback = Option<unsafe extern "C" fn(level: i32, message: *const c_char)>;
+
+/// Where log entries go; replaced by each `rsl_init`.
+struct Sink {
+    callback: rsl_log_callback,
+    file: Option<File>,
+}
+
+static SINK: RwLock<Option<Sink>> = RwLock::new(None);
+static DEBUG: AtomicBool = AtomicBool::new(false);
+/// Whether our subscriber is the process's (set by the first `rsl_init`).
+static INSTALLED: OnceLock<bool> = OnceLock::new();
+
+/// Formats an event's fields: the message, then ` name=value` for the others.
+struct Fields(String);
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            let _ = write!(self.0, "{value:?}");
+        } else {
+            let _ = write!(self.0, " {}={value:?}", field.name());
+        }
+    }
+}
+
+struct CallbackLayer;
+
+impl<S: Subscriber> Layer<S> for CallbackLayer {
+    fn enabled(&self, meta: &Metadata<'_>, _ctx: Context<'_, S>) -> bool {
+        *meta.level() <= Level::INFO || DEBUG.load(Relaxed)
+    }
+
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let Ok(sink) = SINK.read() else { return };
+        let Some(sink) = sink.as_ref() else { return };
+        let meta = event.metadata();
+        let mut fields = Fields(String::new());
+        event.record(&mut fields);
+        let line = format!("{} {}: {}", meta.level(), meta.target(), fields.0);
+        if let Some(mut file) = sink.file.as_ref() {
+            let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            let _ = writeln!(file, "{}.{:03} {line}", at.as_secs(), at.subsec_millis());
+        }
+        if let Some(callback) = sink.callback {
+            let level = match *meta.level() {
+                Level::ERROR => 4,
+                Level::WARN => 3,
+                Level::INFO => 1,
+                _ => 0,
+            };
+            let text = CString::new(line.replace('\0', " ")).unwrap_or_default();
+            // SAFETY: the application's log callback, given a NUL-terminated line that lives
+            // for the call; the application accepts calls from any thread (`rsl_log_callback`).
+            unsafe { callback(level, text.as_ptr()) };
+        }
+    }
+}
+
+/// `RSLInit`: sets up logging for the whole process. Entries at Info and above (Debug too with
+/// `log_debug`) go to `cb` (may be NULL) and are appended to `<log_dir>/rsl.log` (`log_dir`
+/// may be NULL; it is created if needed). Call it before the first replica; calling it again
+/// replaces the destinations. Errors: `RSL_E_IO` (the log file cannot be opened),
+/// `RSL_E_STATE` (another `tracing` subscriber already owns the process).
+///
+/// # Safety
+/// `log_dir` is NULL or NUL-terminated; `cb` is NULL or a function callable from any thread.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_init(log_dir: *const c_char, log_debug: bool, cb: rsl_log_callback) -> rsl_status {
+    guard(|| {
+        let file = if log_dir.is_null() {
+            None
+        } else {
+            // SAFETY: non-NULL and NUL-terminated, per the caller.
+            let dir = Path::new(std::ffi::OsStr::from_bytes(unsafe { CStr::from_ptr(log_dir) }.to_bytes()));
+            let opened = std::fs::create_dir_all(dir).and_then(|()| File::options().create(true).append(true).open(dir.join("rsl.log")));
+            Some(opened.map_err(|_| RSL_E_IO)?)
+        };
+        *SINK.write().map_err(|_| RSL_E_STATE)? = Some(Sink { callback: cb, file });
+        DEBUG.store(log_debug, Relaxed);
+        let installed =
+            *INSTALLED.get_or_init(|| tracing::subscriber::set_global_default(tracing_subscriber::registry().with(CallbackLayer)).is_ok());
+        // The level may have changed: callsites cache whether they are enabled.
+        tracing::callsite::rebuild_interest_cache();
+        if installed {
+            Ok(())
+        } else {
+            Err(RSL_E_STATE)
+        }
+    })
+}

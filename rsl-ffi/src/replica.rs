@@ -1,0 +1,507 @@
+//! The replica handle (`rsl_replica`, over `RslReplica`): start-up, requests, reads,
+//! membership, health, unload and destroy; and the read-only `rsl_replay`.
+
+use crate::callbacks::{cookie_in, in_callback_of, new_token, rsl_callbacks, Callbacks};
+use crate::types::*;
+use crate::*;
+use bytes::Bytes;
+use rsl_engine::format::{MemberId, Version};
+use rsl_engine::runtime::{InitError, RslReplica};
+use std::ffi::{c_char, c_void, CStr};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A running replica; stays valid after `rsl_replica_unload` until `rsl_replica_destroy`.
+pub struct rsl_replica {
+    replica: RslReplica,
+    token: u64,
+    unloaded: AtomicBool,
+}
+
+/// The handle behind `r`: `RSL_E_NULL` for NULL, `RSL_SHUTTING_DOWN` once unloaded.
+///
+/// # Safety
+/// `r` is NULL or a handle from `rsl_replica_initialize` not yet destroyed.
+unsafe fn live<'a>(r: *const rsl_replica) -> Result<&'a rsl_replica, rsl_status> {
+    // SAFETY: forwarded from the caller.
+    let r = unsafe { r.as_ref() }.ok_or(RSL_E_NULL)?;
+    if r.unloaded.load(SeqCst) {
+        return Err(RSL_SHUTTING_DOWN);
+    }
+    Ok(r)
+}
+
+fn version(v: u32) -> Result<Version, rsl_status> {
+    u16::try_from(v).ok().and_then(Version::new).ok_or(RSL_INVALID_PARAMETER)
+}
+
+fn init_error(e: InitError) -> rsl_status {
+    tracing::error!("{e}");
+    match e {
+        InitError::Config(_) => RSL_E_CONFIG,
+        InitError::Invalid(_) => RSL_INVALID_PARAMETER,
+        InitError::Storage(_) | InitError::Listen { .. } | InitError::NoState => RSL_E_IO,
+    }
+}
+
+/// The configuration, checked (`RSL_E_CONFIG`, logged).
+fn config(cfg: &rsl_config) -> Result<rsl_engine::runtime::RslConfig, rsl_status> {
+    let cfg = config_from_c(cfg)?;
+    cfg.validate().map_err(|e| {
+        tracing::error!("{e}");
+        RSL_E_CONFIG
+    })?;
+    Ok(cfg)
+}
+
+/// `RSLStateMachine::Initialize`: restores the state (`load_state`, then the logged decrees,
+/// executed on this thread), then starts the replica's threads and listens on `self_node`'s ports.
+/// `members`/`member_count` is the legacy initial member list; NULL and 0 is the v4+ form
+/// (the replica waits for `rsl_replica_bootstrap` unless it was bootstrapped before).
+/// `serialize_fast_reads_with_replicates` is accepted and ignored: this runtime always runs fast
+/// reads on the execute thread, serialized with replicated requests.
+///
+/// Everything passed in is copied; `callbacks->context` must stay valid until
+/// `rsl_replica_destroy`. On success `*out` is a handle the caller frees with
+/// `rsl_replica_destroy`; on failure `*out` is NULL.
+///
+/// Errors: `RSL_E_NULL` (a NULL pointer or required callback), `RSL_INVALID_PARAMETER` (bad
+/// node, member list or version), `RSL_E_CONFIG` (a value out of range, logged), `RSL_E_IO`
+/// (storage, port in use, no loadable state; logged).
+///
+/// # Safety
+/// Pointers are NULL or valid; `members` points to `member_count` nodes.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn rsl_replica_initialize(
+    cfg: *const rsl_config,
+    self_node: *const rsl_node,
+    version: u32,
+    serialize_fast_reads_with_replicates: bool,
+    callbacks: *const rsl_callbacks,
+    members: *const rsl_node,
+    member_count: usize,
+    out: *mut *mut rsl_replica,
+) -> rsl_status {
+    let _ = serialize_fast_reads_with_replicates;
+    guard(|| {
+        // SAFETY: the caller guarantees each pointer is NULL or valid.
+        let (Some(cfg), Some(me), Some(callbacks), Some(out)) =
+            (unsafe { cfg.as_ref() }, unsafe { self_node.as_ref() }, unsafe { callbacks.as_ref() }, unsafe { out.as_mut() })
+        else {
+            return Err(RSL_E_NULL);
+        };
+        *out = std::ptr::null_mut();
+        let (cfg, me, version) = (config(cfg)?, node_from_c(me)?, self::version(version)?);
+        let members = match (members.is_null(), member_count) {
+            (true, 0) => None,
+            // SAFETY: `members` holds `member_count` nodes, per the caller.
+            _ => Some(unsafe { member_set(members, member_count, std::ptr::null(), 0) }?),
+        };
+        let token = new_token();
+        let sm = Box::new(Callbacks::new(callbacks, token)?);
+        let admission = Arc::new(Callbacks::new(callbacks, token)?);
+        let replica = RslReplica::initialize(cfg, me, version, sm, admission, members).map_err(init_error)?;
+        *out = Box::into_raw(Box::new(rsl_replica { replica, token, unloaded: AtomicBool::new(false) }));
+        Ok(())
+    })
+}
+
+/// `ReplicateRequest`: proposes `len` bytes (copied; 1 or more). On `RSL_SUCCESS`, `cookie`
+/// comes back exactly once, through `execute_replicated_request` on this replica or
+/// `abort_request`; otherwise the caller keeps it. Errors: `RSL_NOT_PRIMARY`,
+/// `RSL_SHUTTING_DOWN`, `RSL_INVALID_PARAMETER` (empty request), `RSL_E_NULL`.
+///
+/// # Safety
+/// `r` is NULL or a live handle; `request` points to `len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_replica_replicate_request(
+    r: *mut rsl_replica,
+    request: *const c_void,
+    len: usize,
+    cookie: *mut c_void,
+) -> rsl_status {
+    guard(|| {
+        // SAFETY: forwarded from the caller.
+        let (r, request) = unsafe { (live(r)?, slice(request.cast::<u8>(), len)?) };
+        status(r.replica.replicate_request(Bytes::copy_from_slice(request), cookie_in(cookie)))
+    })
+}
+
+/// `ReplicateRequestExclusiveVote`: like `rsl_replica_replicate_request`, with a vote of its
+/// own. With `is_last_decree`, every later request is refused with `RSL_SHUTTING_DOWN`.
+///
+/// # Safety
+/// As `rsl_replica_replicate_request`.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_replica_replicate_request_exclusive_vote(
+    r: *mut rsl_replica,
+    request: *const c_void,
+    len: usize,
+    cookie: *mut c_void,
+    is_last_decree: bool,
+) -> rsl_status {
+    guard(|| {
+        // SAFETY: forwarded from the caller.
+        let (r, request) = unsafe { (live(r)?, slice(request.cast::<u8>(), len)?) };
+        status(r.replica.replicate_request_exclusive_vote(Bytes::copy_from_slice(request), cookie_in(cookie), is_last_decree))
+    })
+}
+
+/// `FastReadRequest`: runs `execute_fast_read_request` on this replica once its state reaches
+/// `max_seen_seq_no`, waiting up to `timeout_ms`. On `RSL_SUCCESS` the cookie comes back once,
+/// through `execute_fast_read_request` or `abort_request` (`RSL_FAST_READ_STALE`,
+/// `RSL_SHUTTING_DOWN`); otherwise (`RSL_FAST_READ_STALE`, `RSL_SHUTTING_DOWN`, `RSL_E_NULL`)
+/// the caller keeps it. The request is copied.
+///
+/// # Safety
+/// As `rsl_replica_replicate_request`.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_replica_fast_read_request(
+    r: *mut rsl_replica,
+    max_seen_seq_no: u64,
+    request: *const c_void,
+    len: usize,
+    cookie: *mut c_void,
+    timeout_ms: u32,
+) -> rsl_status {
+    guard(|| {
+        // SAFETY: forwarded from the caller.
+        let (r, request) = unsafe { (live(r)?, slice(request.cast::<u8>(), len)?) };
+        let timeout = Duration::from_millis(timeout_ms.into());
+        status(r.replica.fast_read_request(max_seen_seq_no, Bytes::copy_from_slice(request), cookie_in(cookie), timeout))
+    })
+}
+
+/// `GetCurrentSequenceNumber`: the last executed decree; 0 for NULL (still valid after unload).
+///
+/// # Safety
+/// `r` is NULL or a handle not yet destroyed.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_replica_current_sequence_number(r: *const rsl_replica) -> u64 {
+    // SAFETY: the caller guarantees `r` is NULL or valid.
+    guard_value(0, || unsafe { r.as_ref() }.map_or(0, |r| r.replica.current_sequence_number()))
+}
+
+/// `GetHighestPassedSequenceNumber`: the highest decree known chosen; 0 for NULL.
+///
+/// # Safety
+/// `r` is NULL or a handle not yet destroyed.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_replica_highest_passed_sequence_number(r: *const rsl_replica) -> u64 {
+    // SAFETY: the caller guarantees `r` is NULL or valid.
+    guard_value(0, || unsafe { r.as_ref() }.map_or(0, |r| r.replica.highest_passed_sequence_number()))
+}
+
+/// `GetConfiguration`: copies the current members into `members` (an array of `capacity`),
+/// sets `*count` to how many there are, `*config_number` (may be NULL) to the configuration
+/// number, and, if `cookie_len` is not NULL, the member set's cookie into `set_cookie`
+/// (`*cookie_len`: capacity in, length out). `RSL_E_BUFFER` if either does not fit (the sizes
+/// are still reported). `RSL_E_NULL` if `count` is NULL.
+///
+/// # Safety
+/// `r` is NULL or a live handle; the out pointers are NULL or hold their stated capacity.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_replica_get_configuration(
+    r: *mut rsl_replica,
+    members: *mut rsl_node,
+    capacity: usize,
+    count: *mut usize,
+    config_number: *mut u32,
+    set_cookie: *mut c_void,
+    cookie_len: *mut u32,
+) -> rsl_status {
+    guard(|| {
+        // SAFETY: forwarded from the caller.
+        let r = unsafe { live(r) }?;
+        let (set, number) = r.replica.configuration();
+        // SAFETY: forwarded from the caller.
+        if let Some(n) = unsafe { config_number.as_mut() } {
+            *n = number;
+        }
+        // SAFETY: forwarded from the caller.
+        let (nodes, cookie) =
+            unsafe { (write_array(&set.nodes, node_to_c, members, capacity, count), write_cookie(&set.cookie, set_cookie, cookie_len)) };
+        nodes.and(cookie)
+    })
+}
+
+/// `ChangeConfiguration` (primary only): proposes the member set (copied). On `RSL_SUCCESS`
+/// `cookie` comes back through `notify_configuration_changed` or `abort_change_configuration`.
+/// Errors: `RSL_NOT_PRIMARY`, `RSL_SHUTTING_DOWN`, `RSL_INVALID_PARAMETER` (empty or bad set,
+/// cookie over 8192 bytes), `RSL_E_NULL`.
+///
+/// # Safety
+/// `r` is NULL or a live handle; `members` holds `count` nodes, `set_cookie` `cookie_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_replica_change_configuration(
+    r: *mut rsl_replica,
+    members: *const rsl_node,
+    count: usize,
+    set_cookie: *const c_void,
+    cookie_len: u32,
+    cookie: *mut c_void,
+) -> rsl_status {
+    guard(|| {
+        // SAFETY: forwarded from the caller.
+        let (r, set) = unsafe { (live(r)?, member_set(members, count, set_cookie, cookie_len)?) };
+        status(r.replica.change_configuration(set, cookie_in(cookie)))
+    })
+}
+
+/// `Bootstrap` (v4+): gives a replica started without members its first member set (copied),
+/// blocking until the replica has taken it. `timeout_sec` is accepted and ignored. Errors:
+/// `RSL_ALREADY_BOOTSTRAPPED`, `RSL_BOOTSTRAP_FAILED`, `RSL_INVALID_PARAMETER`,
+/// `RSL_SHUTTING_DOWN`, `RSL_E_NULL`.
+///
+/// # Safety
+/// As `rsl_replica_change_configuration`.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_replica_bootstrap(
+    r: *mut rsl_replica,
+    members: *const rsl_node,
+    count: usize,
+    set_cookie: *const c_void,
+    cookie_len: u32,
+    timeout_sec: u32,
+) -> rsl_status {
+    let _ = timeout_sec;
+    guard(|| {
+        // SAFETY: forwarded from the caller.
+        let (r, set) = unsafe { (live(r)?, member_set(members, count, set_cookie, cookie_len)?) };
+        status(r.replica.bootstrap(set))
+    })
+}
+
+/// `GetCurrentPrimary`: the primary as this replica last heard (a hint), from the current
+/// configuration; `out->member_id` is empty if unknown.
+///
+/// # Safety
+/// `r` is NULL or a live handle; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_replica_get_current_primary(r: *mut rsl_replica, out: *mut rsl_node) -> rsl_status {
+    guard(|| {
+        // SAFETY: forwarded from the caller.
+        let (r, out) = unsafe { (live(r)?, out.as_mut().ok_or(RSL_E_NULL)?) };
+        *out = empty_node();
+        if let Some(id) = r.replica.current_primary() {
+            let (set, _) = r.replica.configuration();
+            *out = set.nodes.iter().find(|n| n.id == id).map_or_else(
+                || {
+                    let mut n = empty_node();
+                    write_c_str(&mut n.member_id, id.as_bytes());
+                    n
+                },
+                node_to_c,
+            );
+        }
+        Ok(())
+    })
+}
+
+/// Runs `f` on a live replica (cbindgen does not expand macros, so each entry point is spelled out).
+///
+/// # Safety
+/// As `live`.
+unsafe fn with_live(r: *mut rsl_replica, f: impl FnOnce(&rsl_replica)) -> rsl_status {
+    guard(|| {
+        // SAFETY: forwarded from the caller.
+        f(unsafe { live(r) }?);
+        Ok(())
+    })
+}
+
+/// `RelinquishPrimary` (v5+): on the primary, a last vote, then this replica shuts down.
+/// Errors: `RSL_E_NULL`, `RSL_SHUTTING_DOWN` after unload.
+///
+/// # Safety
+/// `r` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_replica_relinquish_primary(r: *mut rsl_replica) -> rsl_status {
+    // SAFETY: forwarded from the caller.
+    unsafe { with_live(r, |r| r.replica.relinquish_primary()) }
+}
+
+/// `AttemptPromotion`: stand for election at the next opportunity.
+/// Errors: `RSL_E_NULL`, `RSL_SHUTTING_DOWN` after unload.
+///
+/// # Safety
+/// `r` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_replica_attempt_promotion(r: *mut rsl_replica) -> rsl_status {
+    // SAFETY: forwarded from the caller.
+    unsafe { with_live(r, |r| r.replica.attempt_promotion()) }
+}
+
+/// `SetVotePayload` (v6+): attached to every VoteAccepted this replica sends.
+/// Errors: `RSL_E_NULL`, `RSL_SHUTTING_DOWN` after unload.
+///
+/// # Safety
+/// `r` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_replica_set_vote_payload(r: *mut rsl_replica, payload: u64) -> rsl_status {
+    // SAFETY: forwarded from the caller.
+    unsafe { with_live(r, |r| r.replica.set_vote_payload(payload)) }
+}
+
+/// `SetAcceptMessages`: the global accept flag (with `use_global_accept_messages_flag`).
+/// Errors: `RSL_E_NULL`, `RSL_SHUTTING_DOWN` after unload.
+///
+/// # Safety
+/// `r` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_replica_set_accept_messages(r: *mut rsl_replica, accept: bool) -> rsl_status {
+    // SAFETY: forwarded from the caller.
+    unsafe { with_live(r, |r| r.replica.set_accept_messages(accept)) }
+}
+
+/// `AllowSaveState`: automatic checkpoints on or off (not persisted).
+/// Errors: `RSL_E_NULL`, `RSL_SHUTTING_DOWN` after unload.
+///
+/// # Safety
+/// `r` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_replica_allow_save_state(r: *mut rsl_replica, allow: bool) -> rsl_status {
+    // SAFETY: forwarded from the caller.
+    unsafe { with_live(r, |r| r.replica.allow_save_state(allow)) }
+}
+
+/// `CopyStateFromReplica`: copies a checkpoint at least as new as this replica's from a peer,
+/// in the background; `cookie` comes back through `state_copied` (file NULL if none could be
+/// copied). Errors: `RSL_SHUTTING_DOWN`, `RSL_E_NULL`.
+///
+/// # Safety
+/// `r` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_replica_copy_state_from_replica(r: *mut rsl_replica, cookie: *mut c_void) -> rsl_status {
+    // SAFETY: forwarded from the caller.
+    guard(|| status(unsafe { live(r) }?.replica.copy_state_from_replica(cookie_in(cookie))))
+}
+
+/// `GetReplicasInformation`: on the primary, one entry per peer and one for itself (none
+/// elsewhere), copied into `out` (`capacity` entries); `*count` is how many there are
+/// (`RSL_E_BUFFER` if more than `capacity`).
+///
+/// # Safety
+/// `r` is NULL or a live handle; `out` holds `capacity` entries; `count` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_replica_get_replicas_information(
+    r: *mut rsl_replica,
+    out: *mut rsl_replica_health,
+    capacity: usize,
+    count: *mut usize,
+) -> rsl_status {
+    guard(|| {
+        // SAFETY: forwarded from the caller.
+        let r = unsafe { live(r) }?;
+        let health = r.replica.replicas_information();
+        // SAFETY: forwarded from the caller.
+        unsafe { write_array(&health, health_to_c, out, capacity, count) }
+    })
+}
+
+/// `GetStatisticsSnapshot`: counters since the previous snapshot (this one resets them).
+///
+/// # Safety
+/// `r` is NULL or a live handle; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_replica_get_statistics_snapshot(r: *mut rsl_replica, out: *mut rsl_stats) -> rsl_status {
+    guard(|| {
+        // SAFETY: forwarded from the caller.
+        let (r, out) = unsafe { (live(r)?, out.as_mut().ok_or(RSL_E_NULL)?) };
+        *out = stats_to_c(&r.replica.statistics_snapshot());
+        Ok(())
+    })
+}
+
+/// Whether this replica is primary; false for NULL or after unload.
+///
+/// # Safety
+/// `r` is NULL or a handle not yet destroyed.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_replica_is_primary(r: *const rsl_replica) -> bool {
+    // SAFETY: forwarded from the caller.
+    guard_value(false, || unsafe { live(r) }.is_ok_and(|r| r.replica.is_primary()))
+}
+
+/// `UnloadThisOne`: stops the replica: requests in flight are aborted (`RSL_SHUTTING_DOWN`),
+/// `shut_down` runs, the threads are joined. The process keeps running and the handle stays
+/// valid (later calls return `RSL_SHUTTING_DOWN`) until `rsl_replica_destroy`.
+/// Errors: `RSL_E_NULL`, `RSL_SHUTTING_DOWN` if already unloaded, `RSL_E_STATE` from one of
+/// this replica's own callbacks (it would wait for itself).
+///
+/// # Safety
+/// `r` is NULL or a handle not yet destroyed.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_replica_unload(r: *mut rsl_replica) -> rsl_status {
+    guard(|| {
+        // SAFETY: forwarded from the caller.
+        let r = unsafe { live(r) }?;
+        if in_callback_of(r.token) {
+            return Err(RSL_E_STATE);
+        }
+        if r.unloaded.swap(true, SeqCst) {
+            return Err(RSL_SHUTTING_DOWN);
+        }
+        r.replica.unload();
+        Ok(())
+    })
+}
+
+/// Unloads the replica if needed, then frees the handle and everything it owns. NULL is a
+/// no-op. Called from one of the replica's own callbacks it does nothing (logged).
+///
+/// # Safety
+/// `r` is NULL or a handle not yet destroyed; it must not be used afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_replica_destroy(r: *mut rsl_replica) {
+    guard_value((), || {
+        // SAFETY: the caller guarantees `r` is NULL or a live handle.
+        let Some(handle) = (unsafe { r.as_ref() }) else { return };
+        if in_callback_of(handle.token) {
+            tracing::error!("rsl_replica_destroy called from the replica's own callback: ignored");
+            return;
+        }
+        // SAFETY: handles come from `Box::into_raw` in `rsl_replica_initialize`; the caller
+        // gives up `r`. Dropping the replica unloads it and joins its threads.
+        drop(unsafe { Box::from_raw(r) });
+    })
+}
+
+/// `Replay` (read-only): rebuilds the state of replica `member_id` from its data directory
+/// (`cfg->working_dir`, plus the id if `add_member_id_to_working_dir`): `load_state` with the
+/// newest checkpoint at or below `max_seq_no`, then the logged decrees up to `max_seq_no`, all
+/// on the calling thread, with no network and no writes. `*last_executed` (may be NULL) gets
+/// the last decree executed. Errors: `RSL_E_NULL`, `RSL_INVALID_PARAMETER`, `RSL_E_CONFIG`,
+/// `RSL_E_IO`.
+///
+/// # Safety
+/// Pointers are NULL or valid; `member_id` is NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_replay(
+    cfg: *const rsl_config,
+    member_id: *const c_char,
+    version: u32,
+    callbacks: *const rsl_callbacks,
+    max_seq_no: u64,
+    last_executed: *mut u64,
+) -> rsl_status {
+    guard(|| {
+        // SAFETY: the caller guarantees each pointer is NULL or valid.
+        let (Some(cfg), Some(callbacks)) = (unsafe { cfg.as_ref() }, unsafe { callbacks.as_ref() }) else { return Err(RSL_E_NULL) };
+        if member_id.is_null() {
+            return Err(RSL_E_NULL);
+        }
+        // SAFETY: non-NULL and NUL-terminated, per the caller.
+        let id: MemberId = types::member_id(unsafe { CStr::from_ptr(member_id) }.to_bytes())?;
+        let (cfg, version) = (config(cfg)?, self::version(version)?);
+        let mut sm = Callbacks::new(callbacks, new_token())?;
+        let last = RslReplica::replay(&cfg, &id, version, &mut sm, max_seq_no).map_err(init_error)?;
+        // SAFETY: the caller guarantees `last_executed` is NULL or writable.
+        if let Some(out) = unsafe { last_executed.as_mut() } {
+            *out = last;
+        }
+        Ok(())
+    })
+}

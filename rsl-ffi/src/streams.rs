@@ -1,0 +1,217 @@
+//! The checkpoint streams (`RSLCheckpointStreamReader` / `Writer`) as opaque handles: borrowed
+//! ones handed to `load_state` / `save_state`, and readers that tools open on a file.
+//! Results are Win32 codes, as RSL's: 0, 38 end of data, 23 bad checksum, 87 bad argument.
+
+use crate::guard_value;
+use crate::types::path;
+use rsl_engine::format::checkpoint::{CheckpointReader, CheckpointWriter};
+use std::ffi::{c_char, c_void};
+use std::ptr::NonNull;
+
+/// `NO_ERROR`.
+const OK: u32 = 0;
+/// `ERROR_INVALID_PARAMETER`: a NULL handle or pointer.
+const INVALID: u32 = 87;
+/// `ERROR_INTERNAL_ERROR`: a panic caught at the boundary.
+const INTERNAL: u32 = 1359;
+
+/// Reads a checkpoint's application data. Handed to `load_state` (valid during the call) or
+/// opened by `rsl_checkpoint_reader_open` (valid until `rsl_checkpoint_reader_close`).
+pub struct rsl_checkpoint_reader(Reader);
+
+enum Reader {
+    /// The engine's reader, for the duration of a `load_state` call.
+    Borrowed(NonNull<CheckpointReader>),
+    Owned(Box<CheckpointReader>),
+}
+
+impl rsl_checkpoint_reader {
+    pub(crate) fn borrowed(reader: &mut CheckpointReader) -> rsl_checkpoint_reader {
+        rsl_checkpoint_reader(Reader::Borrowed(NonNull::from(reader)))
+    }
+
+    fn get(&mut self) -> &mut CheckpointReader {
+        match &mut self.0 {
+            // SAFETY: a borrowed handle lives on the stack of the callback it is passed to, and
+            // the reader it points to outlives that call; C may use it only during the call.
+            Reader::Borrowed(p) => unsafe { p.as_mut() },
+            Reader::Owned(r) => r,
+        }
+    }
+}
+
+/// Appends to a checkpoint being written; handed to `save_state` and `try_save_state` (and the
+/// `rsl_checkpoint_save` writer), valid only during that call.
+pub struct rsl_checkpoint_writer {
+    writer: NonNull<CheckpointWriter>,
+    failed: bool,
+}
+
+impl rsl_checkpoint_writer {
+    pub(crate) fn borrowed(writer: &mut CheckpointWriter) -> rsl_checkpoint_writer {
+        rsl_checkpoint_writer { writer: NonNull::from(writer), failed: false }
+    }
+
+    /// Whether a write failed (the checkpoint must then be abandoned).
+    pub(crate) fn failed(&self) -> bool {
+        self.failed
+    }
+}
+
+/// Runs a stream call: its Win32 code, `INTERNAL` on a panic.
+fn win32(body: impl FnOnce() -> Result<(), u32>) -> u32 {
+    guard_value(INTERNAL, || body().err().unwrap_or(OK))
+}
+
+/// `GetDataPointer`: points `*data` at up to `max` bytes of data at the current position (no
+/// copy) and advances past them. The pointer is valid until the next call on this reader.
+/// It never crosses a 4 MiB block, so `*read` may be less than `max`: loop. Returns 38 at the
+/// end of data, 23 for a bad block checksum, 87 for a NULL argument (`*read` is then 0).
+///
+/// # Safety
+/// `r` is NULL or a live reader; `data` and `read` are NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_checkpoint_reader_get_data_pointer(
+    r: *mut rsl_checkpoint_reader,
+    data: *mut *const c_void,
+    max: u32,
+    read: *mut u32,
+) -> u32 {
+    win32(|| {
+        // SAFETY: the caller guarantees each pointer is NULL or valid.
+        let (Some(r), Some(data), Some(read)) = (unsafe { r.as_mut() }, unsafe { data.as_mut() }, unsafe { read.as_mut() }) else {
+            return Err(INVALID);
+        };
+        *read = 0;
+        let bytes = r.get().get_data_pointer(max as usize).map_err(|e| e.win32_code())?;
+        *data = bytes.as_ptr().cast();
+        *read = bytes.len() as u32;
+        Ok(())
+    })
+}
+
+/// `GetData`: copies up to `len` bytes into `buf` and advances; `*read` may be less than
+/// `len` (loop). Errors as `rsl_checkpoint_reader_get_data_pointer`.
+///
+/// # Safety
+/// `r` is NULL or a live reader; `buf` points to `len` writable bytes (or is NULL); `read` is
+/// NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_checkpoint_reader_get_data(r: *mut rsl_checkpoint_reader, buf: *mut c_void, len: u32, read: *mut u32) -> u32 {
+    win32(|| {
+        // SAFETY: the caller guarantees each pointer is NULL or valid.
+        let (Some(r), Some(read)) = (unsafe { r.as_mut() }, unsafe { read.as_mut() }) else { return Err(INVALID) };
+        *read = 0;
+        if buf.is_null() {
+            return Err(INVALID);
+        }
+        // SAFETY: `buf` is non-NULL with `len` writable bytes, per the caller.
+        let out = unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), len as usize) };
+        *read = r.get().get_data(out).map_err(|e| e.win32_code())? as u32;
+        Ok(())
+    })
+}
+
+/// `Skip`: advances `len` bytes, verifying the blocks it passes. 38 past the end.
+///
+/// # Safety
+/// `r` is NULL or a live reader.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_checkpoint_reader_skip(r: *mut rsl_checkpoint_reader, len: u32) -> u32 {
+    win32(|| {
+        // SAFETY: the caller guarantees `r` is NULL or valid.
+        let r = unsafe { r.as_mut() }.ok_or(INVALID)?;
+        r.get().skip(len.into()).map_err(|e| e.win32_code())
+    })
+}
+
+/// `Seek`: moves to `offset` in the application data (every version). 87 beyond the end.
+///
+/// # Safety
+/// `r` is NULL or a live reader.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_checkpoint_reader_seek(r: *mut rsl_checkpoint_reader, offset: u64) -> u32 {
+    win32(|| {
+        // SAFETY: the caller guarantees `r` is NULL or valid.
+        let r = unsafe { r.as_mut() }.ok_or(INVALID)?;
+        r.get().seek(offset).map_err(|e| e.win32_code())
+    })
+}
+
+/// `Size`: bytes of application data (without header and block checksums); 0 for NULL.
+///
+/// # Safety
+/// `r` is NULL or a live reader.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_checkpoint_reader_size(r: *const rsl_checkpoint_reader) -> u64 {
+    guard_value(0, || {
+        // SAFETY: the caller guarantees `r` is NULL or valid; only read through a shared borrow.
+        match unsafe { r.as_ref() } {
+            Some(rsl_checkpoint_reader(Reader::Owned(r))) => r.size(),
+            // SAFETY: as in `rsl_checkpoint_reader::get`.
+            Some(rsl_checkpoint_reader(Reader::Borrowed(p))) => unsafe { p.as_ref() }.size(),
+            None => 0,
+        }
+    })
+}
+
+/// `Init(file)`, for tools: opens a checkpoint file and checks its header and size. On success
+/// `*out` is a reader the caller owns and frees with `rsl_checkpoint_reader_close`. Returns 87
+/// for a NULL or empty argument, 23 for a bad header or size, 31 if the file cannot be read.
+///
+/// # Safety
+/// `file` is NULL or a NUL-terminated string; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_checkpoint_reader_open(file: *const c_char, out: *mut *mut rsl_checkpoint_reader) -> u32 {
+    win32(|| {
+        // SAFETY: the caller guarantees `out` is NULL or writable.
+        let out = unsafe { out.as_mut() }.ok_or(INVALID)?;
+        *out = std::ptr::null_mut();
+        // SAFETY: the caller guarantees `file` is NULL or NUL-terminated.
+        let file = unsafe { path(file) }.map_err(|_| INVALID)?;
+        let reader = CheckpointReader::open(file).map_err(|e| {
+            tracing::warn!("{e}");
+            e.win32_code()
+        })?;
+        *out = Box::into_raw(Box::new(rsl_checkpoint_reader(Reader::Owned(Box::new(reader)))));
+        Ok(())
+    })
+}
+
+/// Frees a reader from `rsl_checkpoint_reader_open`. NULL, or a reader handed to `load_state`
+/// (which RSL owns), is ignored.
+///
+/// # Safety
+/// `r` is NULL, a reader from `rsl_checkpoint_reader_open` not yet closed, or a `load_state` reader.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_checkpoint_reader_close(r: *mut rsl_checkpoint_reader) {
+    guard_value((), || {
+        // SAFETY: the caller guarantees `r` is NULL or valid.
+        if let Some(rsl_checkpoint_reader(Reader::Owned(_))) = unsafe { r.as_ref() } {
+            // SAFETY: owned readers come from `Box::into_raw` in `rsl_checkpoint_reader_open`.
+            drop(unsafe { Box::from_raw(r) });
+        }
+    })
+}
+
+/// `Write`: appends `len` bytes (copied). 87 for a NULL argument, 31 for an I/O error, after
+/// which the checkpoint is abandoned.
+///
+/// # Safety
+/// `w` is NULL or the writer of the current callback; `data` points to `len` bytes (or is NULL).
+#[no_mangle]
+pub unsafe extern "C" fn rsl_checkpoint_writer_write(w: *mut rsl_checkpoint_writer, data: *const c_void, len: u32) -> u32 {
+    win32(|| {
+        // SAFETY: the caller guarantees `w` is NULL or valid.
+        let w = unsafe { w.as_mut() }.ok_or(INVALID)?;
+        // SAFETY: the caller guarantees `data` holds `len` bytes.
+        let data = unsafe { crate::types::slice(data.cast::<u8>(), len as usize) }.map_err(|_| INVALID)?;
+        // SAFETY: as in `rsl_checkpoint_reader::get`: the writer outlives the callback.
+        let result = unsafe { w.writer.as_mut() }.write(data);
+        result.map_err(|e| {
+            tracing::error!("checkpoint write failed: {e}");
+            w.failed = true;
+            e.win32_code()
+        })
+    })
+}

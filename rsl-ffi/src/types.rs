@@ -1,0 +1,358 @@
+//! The plain C structs (`rsl_node`, `rsl_config`, `rsl_replica_health`, `rsl_stats`) and their
+//! checked conversions to and from the engine's types, plus the pointer helpers every module uses.
+
+use crate::{rsl_status, RSL_E_BUFFER, RSL_E_CONFIG, RSL_E_NULL, RSL_INVALID_PARAMETER};
+use bytes::Bytes;
+use rsl_engine::format::{MemberId, MemberSet, Node};
+use rsl_engine::runtime::{ReplicaHealth, RslConfig, Stats};
+use std::ffi::{c_char, c_void, CStr, OsStr};
+use std::net::Ipv4Addr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// One replica (`RSLNode`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct rsl_node {
+    /// NUL-terminated, 1..63 bytes (a decimal number for protocol versions below 4).
+    pub member_id: [c_char; 64],
+    /// IPv4 address in network byte order, as `inet_addr` returns it.
+    pub ip: u32,
+    pub rsl_port: u16,
+    /// 0: `rsl_port + 1`.
+    pub learn_port: u16,
+    /// NUL-terminated, may be empty.
+    pub host_name: [c_char; 256],
+}
+
+/// `RSLConfigParam`: the same fields in snake case with the same defaults (`rsl_config_init`),
+/// then this implementation's own (`pipeline_window`, `sync_writes`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct rsl_config {
+    pub new_leader_grace_period_sec: u32,
+    pub heart_beat_interval_sec: u32,
+    pub election_delay_sec: u32,
+    pub max_election_randomize_sec: u32,
+    pub initialize_retry_interval_sec: u32,
+    pub prepare_retry_interval_sec: u32,
+    pub vote_retry_interval_sec: u32,
+    pub vote_max_outstanding_interval_sec: u32,
+    pub c_p_query_retry_interval_sec: u32,
+    pub max_checkpoint_interval_sec: u64,
+    pub join_messages_interval_sec: u32,
+    pub max_log_len_mb: u32,
+    pub send_timeout_sec: u32,
+    pub receive_timeout_sec: u32,
+    pub max_cache_length_mb: u32,
+    pub max_votes_in_log: u32,
+    pub max_outstanding_per_replica: u32,
+    pub max_checkpoints: u32,
+    pub max_checkpoint_size_gb: u32,
+    pub min_checkpoint_space_file_count: u32,
+    pub max_logs: u32,
+    pub log_len_randomize: u32,
+    pub election_randomize: u32,
+    pub fast_read_seq_threshold: u32,
+    pub in_memory_execution_queue_size_mb: u32,
+    pub num_reader_threads: u32,
+    pub max_message_size_mb: u32,
+    pub max_message_alert_size_mb: u32,
+    pub allow_primary_promotion_while_catching_up: bool,
+    /// NUL-terminated.
+    pub working_dir: [c_char; 4097],
+    pub add_member_id_to_working_dir: bool,
+    pub cancel_disk_io: bool,
+    pub use_global_accept_messages_flag: bool,
+    /// Decrees in flight (protocol version 7 only); 1 is the original protocol.
+    pub pipeline_window: u32,
+    /// fdatasync the journal (default true; false loses acknowledged requests on a crash).
+    pub sync_writes: bool,
+}
+
+/// `ReplicaHealth`: what the primary knows of one member.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct rsl_replica_health {
+    pub member_id: [c_char; 64],
+    pub connected: bool,
+    pub is_primary: bool,
+    pub packets_sent: u64,
+    pub packets_dropped: u64,
+    pub last_vote_payload: u64,
+}
+
+/// `RSLStats`: counters since the previous snapshot (taking one resets them).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct rsl_stats {
+    pub decrees_executed: u64,
+    pub requests_executed: u64,
+    pub votes_logged: u64,
+    pub log_syncs: u64,
+    pub fast_reads: u64,
+    pub checkpoints_saved: u64,
+}
+
+/// Both directions of the numeric and boolean fields, from one list.
+macro_rules! config_fields {
+    ($($f:ident),* $(,)?) => {
+        fn config_to_c(cfg: &RslConfig) -> rsl_config {
+            let mut working_dir = [0; 4097];
+            write_c_str(&mut working_dir, cfg.working_dir.as_os_str().as_bytes());
+            rsl_config { $($f: cfg.$f,)* working_dir }
+        }
+
+        /// The C configuration as the engine's; `RSL_E_CONFIG` if the working directory is not
+        /// NUL-terminated. Ranges are checked by `initialize`.
+        pub(crate) fn config_from_c(c: &rsl_config) -> Result<RslConfig, rsl_status> {
+            let dir = c_str(&c.working_dir).ok_or(RSL_E_CONFIG)?;
+            Ok(RslConfig { $($f: c.$f,)* working_dir: PathBuf::from(OsStr::from_bytes(dir)) })
+        }
+    };
+}
+
+config_fields!(
+    new_leader_grace_period_sec,
+    heart_beat_interval_sec,
+    election_delay_sec,
+    max_election_randomize_sec,
+    initialize_retry_interval_sec,
+    prepare_retry_interval_sec,
+    vote_retry_interval_sec,
+    vote_max_outstanding_interval_sec,
+    c_p_query_retry_interval_sec,
+    max_checkpoint_interval_sec,
+    join_messages_interval_sec,
+    max_log_len_mb,
+    send_timeout_sec,
+    receive_timeout_sec,
+    max_cache_length_mb,
+    max_votes_in_log,
+    max_outstanding_per_replica,
+    max_checkpoints,
+    max_checkpoint_size_gb,
+    min_checkpoint_space_file_count,
+    max_logs,
+    log_len_randomize,
+    election_randomize,
+    fast_read_seq_threshold,
+    in_memory_execution_queue_size_mb,
+    num_reader_threads,
+    max_message_size_mb,
+    max_message_alert_size_mb,
+    allow_primary_promotion_while_catching_up,
+    add_member_id_to_working_dir,
+    cancel_disk_io,
+    use_global_accept_messages_flag,
+    pipeline_window,
+    sync_writes,
+);
+
+/// Fills `*cfg` with RSL's defaults (an empty working directory, which `rsl_replica_initialize`
+/// refuses: set one). NULL is a no-op.
+///
+/// # Safety
+/// `cfg` is NULL or points to writable memory for one `rsl_config`.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_config_init(cfg: *mut rsl_config) {
+    crate::guard_value((), || {
+        // SAFETY: the caller guarantees `cfg` is NULL or writable; `write` needs no initialized value.
+        if !cfg.is_null() {
+            unsafe { cfg.write(config_to_c(&RslConfig::default())) }
+        }
+    })
+}
+
+/// The bytes before the first NUL of a fixed C buffer; `None` if it has no NUL.
+pub(crate) fn c_str(buf: &[c_char]) -> Option<&[u8]> {
+    // c_char is i8 or u8 depending on the target: reinterpret as bytes.
+    let bytes: &[u8] = bytemuck_bytes(buf);
+    let end = bytes.iter().position(|&b| b == 0)?;
+    Some(&bytes[..end])
+}
+
+fn bytemuck_bytes(buf: &[c_char]) -> &[u8] {
+    // SAFETY: c_char and u8 have the same size and alignment, and every bit pattern is valid.
+    unsafe { std::slice::from_raw_parts(buf.as_ptr().cast(), buf.len()) }
+}
+
+/// Copies `s` into `buf` as a NUL-terminated string, truncated to fit.
+pub(crate) fn write_c_str(buf: &mut [c_char], s: &[u8]) {
+    let n = s.len().min(buf.len() - 1);
+    for (dst, &src) in buf.iter_mut().zip(&s[..n]) {
+        *dst = src as c_char;
+    }
+    buf[n..].fill(0);
+}
+
+/// A member id from a NUL-terminated C string of 1..63 bytes.
+pub(crate) fn member_id(bytes: &[u8]) -> Result<MemberId, rsl_status> {
+    match MemberId::from_bytes(bytes) {
+        Some(id) if !id.is_empty() => Ok(id),
+        _ => Err(RSL_INVALID_PARAMETER),
+    }
+}
+
+/// The engine's node for a C node: `RSL_INVALID_PARAMETER` for a bad id, an unterminated host
+/// name or port 0.
+pub(crate) fn node_from_c(n: &rsl_node) -> Result<Node, rsl_status> {
+    let id = member_id(c_str(&n.member_id).ok_or(RSL_INVALID_PARAMETER)?)?;
+    let host = c_str(&n.host_name).ok_or(RSL_INVALID_PARAMETER)?;
+    if n.rsl_port == 0 {
+        return Err(RSL_INVALID_PARAMETER);
+    }
+    let learn_port = if n.learn_port == 0 { n.rsl_port.checked_add(1).ok_or(RSL_INVALID_PARAMETER)? } else { n.learn_port };
+    Ok(Node {
+        id,
+        ip: Ipv4Addr::from(n.ip.to_ne_bytes()),
+        rsl_port: n.rsl_port,
+        learn_port,
+        app_port: 0,
+        host_name: Bytes::copy_from_slice(host),
+    })
+}
+
+pub(crate) fn empty_node() -> rsl_node {
+    rsl_node { member_id: [0; 64], ip: 0, rsl_port: 0, learn_port: 0, host_name: [0; 256] }
+}
+
+pub(crate) fn node_to_c(n: &Node) -> rsl_node {
+    let mut out = empty_node();
+    write_c_str(&mut out.member_id, n.id.as_bytes());
+    write_c_str(&mut out.host_name, &n.host_name);
+    out.ip = u32::from_ne_bytes(n.ip.octets());
+    out.rsl_port = n.rsl_port;
+    out.learn_port = n.learn_port;
+    out
+}
+
+/// A member set from C arrays (copied): every node checked, at most 8192 cookie bytes.
+///
+/// # Safety
+/// `members` points to `count` nodes and `cookie` to `cookie_len` bytes (either may be NULL
+/// when its length is 0).
+pub(crate) unsafe fn member_set(
+    members: *const rsl_node,
+    count: usize,
+    cookie: *const c_void,
+    cookie_len: u32,
+) -> Result<MemberSet, rsl_status> {
+    // SAFETY: forwarded from the caller.
+    let (nodes, cookie) = unsafe { (slice(members, count)?, slice(cookie.cast::<u8>(), cookie_len as usize)?) };
+    if nodes.is_empty() || nodes.len() > u16::MAX as usize || cookie.len() > MemberSet::MAX_COOKIE {
+        return Err(RSL_INVALID_PARAMETER);
+    }
+    let nodes = nodes.iter().map(node_from_c).collect::<Result<Vec<_>, _>>()?;
+    Ok(MemberSet { nodes, cookie: Bytes::copy_from_slice(cookie) })
+}
+
+/// Writes `items` into the C array `out` of `capacity`; `*count` gets how many there are.
+/// `RSL_E_BUFFER` (with `*count` set) if they do not fit.
+///
+/// # Safety
+/// `out` points to `capacity` writable elements (or is NULL with `capacity` 0); `count` is
+/// NULL or writable.
+pub(crate) unsafe fn write_array<T, U>(
+    items: &[T],
+    conv: impl Fn(&T) -> U,
+    out: *mut U,
+    capacity: usize,
+    count: *mut usize,
+) -> Result<(), rsl_status> {
+    // SAFETY: forwarded from the caller.
+    let count = unsafe { count.as_mut() }.ok_or(RSL_E_NULL)?;
+    *count = items.len();
+    if items.len() > capacity {
+        return Err(RSL_E_BUFFER);
+    }
+    if items.is_empty() {
+        return Ok(());
+    }
+    if out.is_null() {
+        return Err(RSL_E_NULL);
+    }
+    for (i, item) in items.iter().enumerate() {
+        // SAFETY: i < items.len() <= capacity, and the caller guarantees `capacity` elements.
+        unsafe { out.add(i).write(conv(item)) };
+    }
+    Ok(())
+}
+
+/// Writes a member set cookie to `buf` if `len` is not NULL: `*len` is its capacity on entry
+/// and the cookie's length on return (`RSL_E_BUFFER` if it did not fit).
+///
+/// # Safety
+/// `len` is NULL or points to a u32; `buf` points to `*len` writable bytes (or is NULL if 0).
+pub(crate) unsafe fn write_cookie(cookie: &[u8], buf: *mut c_void, len: *mut u32) -> Result<(), rsl_status> {
+    // SAFETY: forwarded from the caller.
+    let Some(len) = (unsafe { len.as_mut() }) else { return Ok(()) };
+    let capacity = *len as usize;
+    *len = cookie.len() as u32;
+    if cookie.len() > capacity {
+        return Err(RSL_E_BUFFER);
+    }
+    if !cookie.is_empty() {
+        if buf.is_null() {
+            return Err(RSL_E_NULL);
+        }
+        // SAFETY: `buf` holds `capacity` >= cookie.len() bytes, per the caller; no overlap with ours.
+        unsafe { std::ptr::copy_nonoverlapping(cookie.as_ptr(), buf.cast::<u8>(), cookie.len()) };
+    }
+    Ok(())
+}
+
+/// A C array as a slice: empty for length 0 (any pointer), `RSL_E_NULL` for NULL otherwise.
+///
+/// # Safety
+/// Unless NULL or `len` is 0, `ptr` points to `len` initialized elements that outlive `'a`.
+pub(crate) unsafe fn slice<'a, T>(ptr: *const T, len: usize) -> Result<&'a [T], rsl_status> {
+    if len == 0 {
+        Ok(&[])
+    } else if ptr.is_null() {
+        Err(RSL_E_NULL)
+    } else {
+        // SAFETY: non-NULL with `len` elements, per the caller.
+        Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
+    }
+}
+
+/// A path from a NUL-terminated C string; `RSL_E_NULL` for NULL, `RSL_INVALID_PARAMETER` if empty.
+///
+/// # Safety
+/// `s` is NULL or a NUL-terminated string that outlives `'a`.
+pub(crate) unsafe fn path<'a>(s: *const c_char) -> Result<&'a Path, rsl_status> {
+    if s.is_null() {
+        return Err(RSL_E_NULL);
+    }
+    // SAFETY: non-NULL and NUL-terminated, per the caller.
+    let bytes = unsafe { CStr::from_ptr(s) }.to_bytes();
+    if bytes.is_empty() {
+        return Err(RSL_INVALID_PARAMETER);
+    }
+    Ok(Path::new(OsStr::from_bytes(bytes)))
+}
+
+pub(crate) fn health_to_c(h: &ReplicaHealth) -> rsl_replica_health {
+    let mut member_id = [0; 64];
+    write_c_str(&mut member_id, h.member_id.as_bytes());
+    rsl_replica_health {
+        member_id,
+        connected: h.connected,
+        is_primary: h.is_primary,
+        packets_sent: h.packets_sent,
+        packets_dropped: h.packets_dropped,
+        last_vote_payload: h.last_vote_payload,
+    }
+}
+
+pub(crate) fn stats_to_c(s: &Stats) -> rsl_stats {
+    rsl_stats {
+        decrees_executed: s.decrees_executed,
+        requests_executed: s.requests_executed,
+        votes_logged: s.votes_logged,
+        log_syncs: s.log_syncs,
+        fast_reads: s.fast_reads,
+        checkpoints_saved: s.checkpoints_saved,
+    }
+}
