@@ -980,7 +980,7 @@ namespace RSLib
         }
         const rsl_callbacks callbacks = RSLStateMachineCallbacks::Table(this);
         uint64_t last = 0;
-        const rsl_status st = rsl_replay(&c, "", static_cast<uint32_t>(RSLProtocolVersion_6), &callbacks, maxSeqNo, &last);
+        const rsl_status st = rsl_replay(&c, "0", static_cast<uint32_t>(RSLProtocolVersion_6), &callbacks, maxSeqNo, &last);
         if (st != RSL_SUCCESS)
         {
             shim::Log(CallBackLogLevel_Error, "Replay of %s failed (status %d)", directory, static_cast<int>(st));
