@@ -27,6 +27,16 @@ using namespace RSLib;
 namespace
 {
     int g_failures = 0;
+    std::string g_lastLog;
+
+    // RSLInit's LogEntryCallback: the message arrives formatted (fmt "%s").
+    void CaptureLog(const char* /*file*/, const char* /*function*/, int /*line*/, int /*logId*/,
+                    CallBackLogLevel level, const char* /*title*/, const char* fmt, va_list args)
+    {
+        char buf[1024];
+        std::vsnprintf(buf, sizeof buf, fmt, args);
+        g_lastLog = std::to_string(static_cast<int>(level)) + " " + fmt + " " + buf;
+    }
 
     void Check(bool ok, const std::string& what)
     {
@@ -308,10 +318,12 @@ int main(int argc, char** argv)
     }
     const std::string golden = argv[1];
     const std::string scratch = argv[2];
-    if (!RSLInit(NULL))
+    if (!RSLInit(NULL, false, NULL, CaptureLog))
     {
         return 1;
     }
+    Check(!SetThumbprintsForSsl("%s%n", NULL, true, true) && g_lastLog.find("4 %s SetThumbprintsForSsl") == 0,
+          "LogEntryCallback gets the formatted message with fmt \"%s\"");
     Checksums(golden);
     SaveCheckpoints(golden, scratch);
     ReplicaSets(golden, scratch);
