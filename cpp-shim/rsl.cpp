@@ -457,7 +457,7 @@ namespace RSLib
         m_data->assign(bytes, bytes + len);
     }
 
-    struct RSLMemberSet::Data
+    struct __attribute__((visibility("hidden"))) RSLMemberSet::Data
     {
         std::vector<RSLNode> nodes;
         std::vector<unsigned char> cookie;
@@ -775,7 +775,7 @@ namespace RSLib
     // RSLStateMachine
     // ------------------------------------------------------------------------------------
 
-    struct RSLStateMachine::Impl
+    struct __attribute__((visibility("hidden"))) RSLStateMachine::Impl
     {
         std::atomic<rsl_replica*> replica{nullptr};
         // Set by the destructor: the derived object is gone, callbacks are dropped.

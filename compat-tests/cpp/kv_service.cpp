@@ -19,7 +19,8 @@
 // callback) and <outDir>/state.<id>.txt.
 //
 // restart: Initialize from the data directory (LoadState gets the checkpoint, the log
-// replays the rest), write <outDir>/restart-callbacks.<id>.log and restart-state.<id>.txt, unload.
+// replays the rest), write <outDir>/restart-callbacks.<id>.log and restart-state.<id>.txt, unload;
+// then read the same directory with Replay and write replay-callbacks.<id>.log and replay-state.<id>.txt.
 
 #include <arpa/inet.h>
 
@@ -684,6 +685,16 @@ int main(int argc, char** argv)
             }
             sm.UnloadThisOne();
             sm.WriteFiles("restart-");
+
+            // The same directory read back with the read-only Replay.
+            KvStateMachine replayer(id, basePort, outDir);
+            const std::string dir = dataRoot + "/" + std::to_string(id);
+            if (!replayer.Replay(dir.c_str(), ~0ULL))
+            {
+                std::cerr << "replica " << id << ": Replay failed\n";
+                return 1;
+            }
+            replayer.WriteFiles("replay-");
         }
         else
         {

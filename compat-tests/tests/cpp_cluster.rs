@@ -359,6 +359,12 @@ fn check_restart(out: &Path, id: u32) {
     assert_eq!(kv, before, "replica {id}: the restarted state differs\n{}", ctx());
     // (The service's own configuration count is not checked here: a replica restored from its
     // log alone is not told about the bootstrap configuration again, as in RSL.)
+
+    // Replay (read-only) of the same directory rebuilds the same state.
+    let replay = lines(&out.join(format!("replay-callbacks.{id}.log")));
+    assert!(replay.first().is_some_and(|l| l.starts_with("LoadState")), "{}\n--- replay\n{}", ctx(), replay.join("\n"));
+    let (replayed, _) = parse_state(&out.join(format!("replay-state.{id}.txt")));
+    assert_eq!(replayed, before, "replica {id}: Replay rebuilt a different state");
     assert!(other.contains(&"GetConfiguration=2 members=1,2,3 setcookie=v2 includes3=1".to_owned()), "{}", ctx());
 }
 
