@@ -436,8 +436,8 @@ pub unsafe extern "C" fn rsl_replica_is_primary(r: *const rsl_replica) -> bool {
 #[no_mangle]
 pub unsafe extern "C" fn rsl_replica_unload(r: *mut rsl_replica) -> rsl_status {
     guard(|| {
-        // SAFETY: forwarded from the caller.
-        let r = unsafe { live(r) }?;
+        // SAFETY: the caller guarantees `r` is NULL or a handle not yet destroyed.
+        let r = unsafe { r.as_ref() }.ok_or(RSL_E_NULL)?;
         if in_callback_of(r.token) {
             return Err(RSL_E_STATE);
         }
@@ -463,8 +463,11 @@ pub unsafe extern "C" fn rsl_replica_destroy(r: *mut rsl_replica) {
             tracing::error!("rsl_replica_destroy called from the replica's own callback: ignored");
             return;
         }
-        // SAFETY: handles come from `Box::into_raw` in `rsl_replica_initialize`; the caller
-        // gives up `r`. Dropping the replica unloads it and joins its threads.
+        // Stop first, while the handle is intact: the last callbacks (ShutDown) may still use it.
+        handle.unloaded.store(true, SeqCst);
+        handle.replica.unload();
+        // SAFETY: handles come from `Box::into_raw` in `rsl_replica_initialize`, and the caller
+        // gives up `r`; the replica's threads are joined, so nothing else refers to it.
         drop(unsafe { Box::from_raw(r) });
     })
 }

@@ -157,8 +157,8 @@ config_fields!(
 #[no_mangle]
 pub unsafe extern "C" fn rsl_config_init(cfg: *mut rsl_config) {
     crate::guard_value((), || {
-        // SAFETY: the caller guarantees `cfg` is NULL or writable; `write` needs no initialized value.
         if !cfg.is_null() {
+            // SAFETY: non-NULL and writable, per the caller; `write` needs no initialized value.
             unsafe { cfg.write(config_to_c(&RslConfig::default())) }
         }
     })
@@ -166,13 +166,13 @@ pub unsafe extern "C" fn rsl_config_init(cfg: *mut rsl_config) {
 
 /// The bytes before the first NUL of a fixed C buffer; `None` if it has no NUL.
 pub(crate) fn c_str(buf: &[c_char]) -> Option<&[u8]> {
-    // c_char is i8 or u8 depending on the target: reinterpret as bytes.
-    let bytes: &[u8] = bytemuck_bytes(buf);
+    let bytes = as_bytes(buf);
     let end = bytes.iter().position(|&b| b == 0)?;
     Some(&bytes[..end])
 }
 
-fn bytemuck_bytes(buf: &[c_char]) -> &[u8] {
+/// `c_char` is `i8` or `u8` depending on the target: the same memory as bytes.
+fn as_bytes(buf: &[c_char]) -> &[u8] {
     // SAFETY: c_char and u8 have the same size and alignment, and every bit pattern is valid.
     unsafe { std::slice::from_raw_parts(buf.as_ptr().cast(), buf.len()) }
 }

@@ -95,8 +95,7 @@ pub unsafe extern "C" fn rsl_checkpoint_save(
             (MemberId::EMPTY, Default::default())
         };
         let ballot = Ballot::new(1, member);
-        let next_vote =
-            Message::new(Header::new(v, member, last_executed_seq + 1, config_number, ballot), Body::Vote(VoteBody::default()));
+        let next_vote = Message::new(Header::new(v, member, last_executed_seq + 1, config_number, ballot), Body::Vote(VoteBody::default()));
         let header = CheckpointHeader {
             version: v,
             member,
