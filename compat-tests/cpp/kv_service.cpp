@@ -249,6 +249,7 @@ public:
             }
             if (read)
             {
+                RecordHealth();
                 std::string req = "get k5";
                 Cookie* cookie = new ReadCookie("k5");
                 RSLResponseCode rc = FastReadRequest(GetCurrentSequenceNumber(), &req[0], req.size(), cookie, 1000);
@@ -331,7 +332,10 @@ public:
         {
             ids += (i ? "," : "") + std::string(members.GetMemberInfo(i)->m_memberIdString);
         }
+        RSLNode primary;
+        GetCurrentPrimary(&primary);
         std::ostringstream line;
+        line << "primary=" << (primary.m_memberIdString[0] != '\0' ? "known" : "unknown") << "\n";
         line << "GetConfiguration=" << number << " members=" << ids << " setcookie="
              << (setCookie ? std::string(setCookie, cookieLen) : std::string()) << " includes3="
              << (members.IncludesMember("3") ? 1 : 0);
@@ -597,6 +601,28 @@ protected:
 private:
     // Call with m_mutex held.
     void Record(const std::string& line) { m_log.push_back(line); }
+
+    // On the primary: the replicas' health and the statistics, as a monitoring loop would.
+    void RecordHealth()
+    {
+        const unsigned short needed = GetReplicasInformation(0, NULL);
+        std::vector<ReplicaHealth> health(needed);
+        const unsigned short rc = GetReplicasInformation(needed, health.data());
+        std::string line = "Health needed=" + std::to_string(needed) + " rc=" + std::to_string(rc);
+        for (const ReplicaHealth& h : health)
+        {
+            line += std::string(" ") + h.m_memberId + (h.m_isPrimary ? "(primary)" : "");
+        }
+        ReplicaHealth one;
+        std::snprintf(one.m_memberId, sizeof one.m_memberId, "%d", m_id);
+        line += std::string(" self=") + (GetReplicaInformation(&one) && one.m_isPrimary ? "1" : "0");
+        RSLStats stats;
+        stats.m_cbSizeOfThisStruct = sizeof stats;
+        GetStatisticsSnapshot(&stats);
+        line += std::string(" decrees=") + (stats.m_cDecreesExecuted > 0 ? "1" : "0");
+        std::lock_guard<std::mutex> lock(m_mutex);
+        Record(line);
+    }
 
     int Applied(int from, int to) const
     {

@@ -240,6 +240,7 @@ fn check_cluster(out: &Path) {
     let mut issued_config_change = 0;
     let mut became_primary = 0;
     let mut cookie_executions = BTreeMap::<String, u32>::new();
+    let mut health_reports = 0;
     for id in 1..=3u32 {
         let log = lines(&out.join(format!("callbacks.{id}.log")));
         let ctx = || dump(out, id);
@@ -301,6 +302,13 @@ fn check_cluster(out: &Path) {
                     *cookie_executions.entry(request).or_default() += 1;
                 }
                 l if l.starts_with("FastRead") => assert_eq!(l, "FastRead get k5 -> v5", "{}", ctx()),
+                l if l.starts_with("Health") => {
+                    // Three replicas (self included), this one primary, decrees executed.
+                    assert!(primary, "{}", ctx());
+                    assert!(l.starts_with("Health needed=3 rc=0 ") && l.ends_with(" self=1 decrees=1"), "{l}\n{}", ctx());
+                    assert_eq!(l.matches("(primary)").count(), 1, "{l}\n{}", ctx());
+                    health_reports += 1;
+                }
                 _ => {}
             }
         }
@@ -315,6 +323,7 @@ fn check_cluster(out: &Path) {
 
         let (kv, other) = parse_state(&out.join(format!("state.{id}.txt")));
         assert!(other.contains(&"config=2".to_owned()), "{}", ctx());
+        assert!(other.contains(&"primary=known".to_owned()), "{}", ctx());
         assert!(other.contains(&"GetConfiguration=2 members=1,2,3 setcookie=v2 includes3=1".to_owned()), "{}", ctx());
         states.push(kv);
         // The replicated history: requests in execution order, without the cookie flag.
@@ -336,6 +345,7 @@ fn check_cluster(out: &Path) {
     assert_eq!(executed[0].last().map(String::as_str), Some("Execute done"));
     assert_eq!(issued_config_change, 1, "exactly one replica gets the ChangeConfiguration cookie back");
     assert!(became_primary >= 1);
+    assert!(health_reports >= 1, "the primary reported the replicas' health");
     // Every submitted request came back at most once with its cookie, and "done" did.
     assert!(cookie_executions.values().all(|n| *n == 1), "{cookie_executions:?}");
     assert_eq!(cookie_executions.get("Execute done"), Some(&1));
