@@ -861,9 +861,9 @@ namespace RSLib
     }
 
     bool RSLStateMachineCallbacks::Initialize(RSLStateMachine* sm, RSLConfigParam* cfg,
-                                              const std::vector<RSLNode>* members, const RSLNode& self, RSLProtocolVersion version,
-                                         bool serializeFastReadsWithReplicates, SpawnRoutine /*spawnRoutine*/,
-                                         bool /*IndependentHeartbeat*/)
+                                              const std::vector<RSLNode>* members, const RSLNode& self,
+                                              RSLProtocolVersion version, bool serializeFastReadsWithReplicates,
+                                              SpawnRoutine /*spawnRoutine*/, bool /*independentHeartbeat*/)
     {
         if (cfg == nullptr)
         {
@@ -885,6 +885,12 @@ namespace RSLib
         std::vector<rsl_node> nodes;
         if (members != nullptr)
         {
+            if (members->empty())
+            {
+                shim::Log(CallBackLogLevel_Error, "Initialize: the initial member list is empty");
+                sm->m_impl->started.store(false);
+                return false;
+            }
             nodes = ResolveAll(sm, *members);
         }
         const rsl_callbacks callbacks = RSLStateMachineCallbacks::Table(sm);
