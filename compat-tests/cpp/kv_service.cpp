@@ -6,7 +6,8 @@
 //   kv_service restart <id> <basePort> <dataRoot> <outDir>
 //
 // run: Initialize (v4 form) and Bootstrap the members "1", "2", "3" on 127.0.0.1 ports
-// basePort, basePort+10, basePort+20. Whichever replica is primary drives the workload,
+// basePort, basePort+10, basePort+20 (with RSL_KV_LEGACY_INIT=1: the legacy Initialize that
+// takes the initial members). Whichever replica is primary drives the workload,
 // deciding what is left from the replicated state, so a new primary carries on:
 //   1. set k1..k10 (ten requests submitted together);
 //   2. a fast read of k5;
@@ -134,8 +135,8 @@ namespace
 class KvStateMachine : public RSLStateMachine
 {
 public:
-    KvStateMachine(int id, unsigned short basePort, const std::string& outDir)
-        : m_id(id), m_basePort(basePort), m_outDir(outDir), m_isPrimary(false), m_recovered(false),
+    KvStateMachine(int id, unsigned short basePort, const std::string& outDir, bool legacy = false)
+        : m_id(id), m_basePort(basePort), m_outDir(outDir), m_legacy(legacy), m_isPrimary(false), m_recovered(false),
           m_done(false), m_shutDown(false), m_stop(false)
     {
     }
@@ -159,6 +160,21 @@ public:
         cfg.m_addMemberIdToWorkingDir = true;
 
         RSLNode self = MakeNode(m_id, m_basePort);
+        RSLNodeCollection nodes;
+        for (int i = 1; i <= kMembers; ++i)
+        {
+            nodes.Append(MakeNode(i, m_basePort));
+        }
+        if (m_legacy)
+        {
+            // The form for rings started before v4: the initial members are given here.
+            if (!Initialize(&cfg, nodes, self, RSLProtocolVersion_6, false))
+            {
+                std::cerr << "replica " << m_id << ": Initialize (legacy) failed\n";
+                return false;
+            }
+            return true;
+        }
         if (!Initialize(&cfg, self, RSLProtocolVersion_6, false))
         {
             std::cerr << "replica " << m_id << ": Initialize failed\n";
@@ -167,11 +183,6 @@ public:
         if (!bootstrap)
         {
             return true;
-        }
-        RSLNodeCollection nodes;
-        for (int i = 1; i <= kMembers; ++i)
-        {
-            nodes.Append(MakeNode(i, m_basePort));
         }
         char cookie[] = "v1";
         RSLMemberSet members(nodes, cookie, 2);
@@ -353,6 +364,9 @@ protected:
         m_kv.clear();
         if (reader == NULL)
         {
+            // Configuration 1 is announced by NotifyConfigurationChanged after Bootstrap; the
+            // legacy Initialize starts in it.
+            m_configNumber = m_legacy ? 1 : 0;
             Record("LoadState null");
             return true;
         }
@@ -648,6 +662,7 @@ private:
     const int m_id;
     const unsigned short m_basePort;
     const std::string m_outDir;
+    const bool m_legacy;
 
     std::mutex m_mutex;
     std::condition_variable m_cv;
@@ -697,7 +712,10 @@ int main(int argc, char** argv)
     }
     int rc = 0;
     {
-        KvStateMachine sm(id, basePort, outDir);
+        // RSL_KV_LEGACY_INIT=1: start with the legacy Initialize (initial member list) instead
+        // of the v4 form and Bootstrap.
+        const char* legacy = std::getenv("RSL_KV_LEGACY_INIT");
+        KvStateMachine sm(id, basePort, outDir, legacy != NULL && std::strcmp(legacy, "1") == 0);
         if (mode == "restart")
         {
             if (!sm.Start(dataRoot, false))
