@@ -40,7 +40,8 @@
 #define WINAPI
 #endif
 
-#ifndef RSL_WINDOWS_TYPES_DEFINED
+/* Skipped when a Windows header (or Wine's) already declared them. */
+#if !defined(RSL_WINDOWS_TYPES_DEFINED) && !defined(_WINDEF_) && !defined(_MINWINDEF_) && !defined(_WINDOWS_)
 #define RSL_WINDOWS_TYPES_DEFINED
 typedef uint8_t BYTE;
 typedef uint16_t WORD;
@@ -53,11 +54,16 @@ typedef int64_t INT64;
 typedef uint64_t UINT64;
 typedef int64_t LONGLONG;
 typedef uint64_t ULONGLONG;
+typedef int32_t HRESULT;
+#endif
+
+/* The fixed-width names RSL's own sources use. */
+#ifndef RSL_UINT_TYPES_DEFINED
+#define RSL_UINT_TYPES_DEFINED
 typedef uint64_t UInt64;
 typedef int64_t Int64;
 typedef uint32_t UInt32;
 typedef int32_t Int32;
-typedef int32_t HRESULT;
 #endif
 
 #ifndef TRUE
@@ -97,7 +103,8 @@ typedef int32_t HRESULT;
 #define E_FAIL ((HRESULT)0x80004005L)
 #endif
 
-#if !defined(_SYSTEMTIME_) && !defined(RSL_SYSTEMTIME_DEFINED)
+#if !defined(_SYSTEMTIME_) && !defined(RSL_SYSTEMTIME_DEFINED) && !defined(_WINBASE_) && !defined(_MINWINBASE_) && \
+    !defined(_WINDOWS_)
 #define _SYSTEMTIME_
 #define RSL_SYSTEMTIME_DEFINED
 /* UTC calendar time, field for field as Win32's; all zero means "never". */
