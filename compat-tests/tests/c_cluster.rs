@@ -20,15 +20,19 @@ fn root() -> PathBuf {
 
 /// Builds `librsl.so` (the root package) in this test's profile and returns its directory.
 fn build_library() -> PathBuf {
+    // This test binary is target/<profile dir>/deps/c_cluster-*: the library goes to target/<profile dir>.
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile dir>/deps").to_path_buf();
+    let profile = match dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => "dev".to_string(),
+        Some(other) => other.to_string(),
+    };
     let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--lib", "-p", "rsl"])
+        .args(["build", "--quiet", "--lib", "-p", "rsl", "--profile", &profile])
         .current_dir(root())
         .status()
         .expect("run cargo build -p rsl");
     assert!(status.success(), "cargo build -p rsl failed");
-    // This test binary is target/<profile>/deps/c_cluster-*: the library is in target/<profile>.
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps").to_path_buf();
     assert!(dir.join("librsl.so").is_file(), "{} has no librsl.so", dir.display());
     dir
 }
@@ -60,29 +64,31 @@ fn free_base() -> u16 {
         .expect("six free ports")
 }
 
-/// Waits for every child, killing all of them once `PROCESS_LIMIT` has passed.
+/// Waits for every child. Once one fails, or `PROCESS_LIMIT` has passed, the others are killed
+/// (their exit code is then `None`).
 fn wait_all(children: &mut [Child]) -> Vec<Option<i32>> {
     let until = Instant::now() + PROCESS_LIMIT;
-    let mut codes = vec![None; children.len()];
-    let mut done = vec![false; children.len()];
-    while done.iter().any(|d| !d) {
-        for (i, child) in children.iter_mut().enumerate() {
-            if !done[i] {
-                if let Some(status) = child.try_wait().expect("wait for a replica") {
-                    (codes[i], done[i]) = (status.code(), true);
-                }
+    let mut codes: Vec<Option<Option<i32>>> = vec![None; children.len()];
+    while codes.iter().any(Option::is_none) {
+        for (child, code) in children.iter_mut().zip(codes.iter_mut()) {
+            if code.is_none() {
+                *code = child.try_wait().expect("wait for a replica").map(|status| status.code());
             }
         }
-        if Instant::now() > until {
-            for child in children.iter_mut() {
-                let _ = child.kill();
-                let _ = child.wait();
+        let failed = codes.iter().any(|c| matches!(c, Some(code) if *code != Some(0)));
+        if failed || Instant::now() > until {
+            for (child, code) in children.iter_mut().zip(codes.iter_mut()) {
+                if code.is_none() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    *code = Some(None);
+                }
             }
-            panic!("the replicas did not finish within {PROCESS_LIMIT:?}");
+            assert!(failed, "the replicas did not finish within {PROCESS_LIMIT:?}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    codes
+    codes.into_iter().map(Option::flatten).collect()
 }
 
 /// What one replica process recorded.
@@ -123,7 +129,8 @@ fn run_ring(sanitize: bool) -> Vec<Run> {
         })
         .collect();
     for (i, (code, run)) in codes.iter().zip(&runs).enumerate() {
-        assert_eq!(*code, Some(0), "replica {i} failed; its stderr:\n{}", run.stderr);
+        let tail = run.events[run.events.len().saturating_sub(10)..].join("\n");
+        assert_eq!(*code, Some(0), "replica {i} failed; its stderr:\n{}\nits last events:\n{tail}", run.stderr);
         assert!(!run.stderr.contains("Sanitizer"), "replica {i}: sanitizer report:\n{}", run.stderr);
     }
     runs

@@ -51,17 +51,21 @@ impl<S: Subscriber> Layer<S> for CallbackLayer {
     }
 
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        let Ok(sink) = SINK.read() else { return };
-        let Some(sink) = sink.as_ref() else { return };
         let meta = event.metadata();
         let mut fields = Fields(String::new());
         event.record(&mut fields);
         let line = format!("{} {}: {}", meta.level(), meta.target(), fields.0);
-        if let Some(mut file) = sink.file.as_ref() {
-            let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-            let _ = writeln!(file, "{}.{:03} {line}", at.as_secs(), at.subsec_millis());
-        }
-        if let Some(callback) = sink.callback {
+        let callback = {
+            let Ok(sink) = SINK.read() else { return };
+            let Some(sink) = sink.as_ref() else { return };
+            if let Some(mut file) = sink.file.as_ref() {
+                let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                let _ = writeln!(file, "{}.{:03} {line}", at.as_secs(), at.subsec_millis());
+            }
+            sink.callback
+        };
+        // Called without the lock, so that the callback may itself call `rsl_init`.
+        if let Some(callback) = callback {
             let level = match *meta.level() {
                 Level::ERROR => 4,
                 Level::WARN => 3,

@@ -1,6 +1,9 @@
 //! The C ABI called as C would: argument checking (NULL, bad member ids, short buffers, a
 //! closed handle), the checkpoint utility against the original's files, the streams, the
 //! checksum against golden values, and logging.
+//!
+//! SAFETY (every `unsafe` block here): the calls pass pointers to live locals with the lengths
+//! they state, or NULL where the test is about NULL, as the C contract allows.
 
 use rsl_ffi::*;
 use std::ffi::{c_char, c_void, CStr, CString};
