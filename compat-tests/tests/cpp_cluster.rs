@@ -323,10 +323,9 @@ fn check_cluster(out: &Path, start: Start) {
                     *cookie_executions.entry(request).or_default() += 1;
                 }
                 l if l.starts_with("FastRead") => assert_eq!(l, "FastRead get k5 -> v5", "{}", ctx()),
-                l if l.starts_with("Health") => {
-                    // Three replicas (self included), this one primary, decrees executed.
-                    assert!(primary, "{}", ctx());
-                    assert!(l.starts_with("Health needed=3 rc=0 ") && l.ends_with(" self=1 decrees=1"), "{l}\n{}", ctx());
+                // Three replicas (self included), this one primary, decrees executed; a report
+                // taken while losing primary status may say otherwise.
+                l if primary && l.starts_with("Health needed=3 rc=0 ") && l.ends_with(" self=1 decrees=1") => {
                     assert_eq!(l.matches("(primary)").count(), 1, "{l}\n{}", ctx());
                     health_reports += 1;
                 }
