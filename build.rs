@@ -1,13 +1,89 @@
-//! Generates the C header for `rsl-ffi` into `include/rsl_ffi.h`.
+//! Builds what `librsl` holds besides Rust code:
+//! - the C header of `rsl-ffi`, generated into `include/rsl_ffi.h` (cbindgen);
+//! - the C++ `RSLib` shim (`cpp-shim/*.cpp`, compiled with the `cc` crate) linked whole into
+//!   `librsl.a` and `librsl.so`, with its symbols exported from the shared library;
+//! - `target/<profile>/rsl.pc`, the pkg-config file for services (from `cpp-shim/rsl.pc.in`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// The C++ sources of the shim.
+const SHIM_SOURCES: &[&str] = &["cpp-shim/rsl.cpp", "cpp-shim/rslutil.cpp"];
 
 fn main() {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    generate_c_header(&root);
+    compile_shim(&root);
+    write_pkg_config(&root, &out);
+}
+
+fn generate_c_header(root: &Path) {
     let ffi = root.join("rsl-ffi");
     println!("cargo:rerun-if-changed=rsl-ffi/src");
     println!("cargo:rerun-if-changed=rsl-ffi/cbindgen.toml");
     let config = cbindgen::Config::from_file(ffi.join("cbindgen.toml")).expect("rsl-ffi/cbindgen.toml is valid");
     let header = cbindgen::Builder::new().with_crate(&ffi).with_config(config).generate().expect("cbindgen can read rsl-ffi");
     header.write_to_file(root.join("include/rsl_ffi.h"));
+}
+
+fn compile_shim(root: &Path) {
+    for dep in ["cpp-shim", "include/rsl.h", "include/rslutil.h", "cpp-shim/exports.map"] {
+        println!("cargo:rerun-if-changed={dep}");
+    }
+    // Linked whole: nothing in Rust calls the shim, and the linker must keep all of it.
+    cc::Build::new()
+        .cpp(true)
+        .std("c++17")
+        .files(SHIM_SOURCES.iter().map(|s| root.join(s)))
+        .include(root.join("include"))
+        .warnings(true)
+        .extra_warnings(true)
+        .flag("-fvisibility=hidden")
+        .link_lib_modifier("+whole-archive")
+        .compile("rsl_cpp_shim");
+    // A cdylib exports only Rust's `#[no_mangle]` symbols (rustc's version script hides the
+    // rest); a second version script adds the shim's `RSLib::` symbols. rust-lld (the default
+    // linker of x86_64-unknown-linux-gnu since Rust 1.90) merges the two; GNU ld refuses two
+    // anonymous scripts, so without rust-lld the shared library leaves the shim out of its
+    // exports (the static library and the C ABI are unaffected).
+    if uses_rust_lld() {
+        println!("cargo:rustc-cdylib-link-arg=-Wl,--version-script={}", root.join("cpp-shim/exports.map").display());
+    } else {
+        println!("cargo:warning=librsl.so will not export the C++ shim (needs rust-lld); link C++ services with librsl.a");
+    }
+}
+
+/// Whether rustc links this cdylib with rust-lld: the default for x86_64-unknown-linux-gnu
+/// since 1.90, unless the flags pick another linker.
+fn uses_rust_lld() -> bool {
+    let target = std::env::var("TARGET").unwrap_or_default();
+    let flags = std::env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
+    let flags_choose_linker = flags.split('\x1f').any(|f| f.contains("linker") || f.contains("fuse-ld"));
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let minor = std::process::Command::new(rustc)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|v| v.split_whitespace().nth(1).and_then(|ver| ver.split('.').nth(1).map(str::to_owned)))
+        .and_then(|m| m.parse::<u32>().ok())
+        .unwrap_or(0);
+    target == "x86_64-unknown-linux-gnu" && minor >= 90 && !flags_choose_linker
+}
+
+/// Writes `target/<profile>/rsl.pc` (beside `librsl.so`) from `cpp-shim/rsl.pc.in`.
+fn write_pkg_config(root: &Path, out: &Path) {
+    println!("cargo:rerun-if-changed=cpp-shim/rsl.pc.in");
+    // OUT_DIR is target/<profile>/build/rsl-<hash>/out: the profile directory is three up.
+    let Some(libdir) = out.ancestors().nth(3) else { return };
+    let template = std::fs::read_to_string(root.join("cpp-shim/rsl.pc.in")).expect("cpp-shim/rsl.pc.in is readable");
+    let pc = template
+        .replace("@PREFIX@", &root.display().to_string())
+        .replace("@LIBDIR@", &libdir.display().to_string())
+        .replace("@INCLUDEDIR@", &root.join("include").display().to_string())
+        .replace("@VERSION@", &std::env::var("CARGO_PKG_VERSION").unwrap_or_default());
+    let path = libdir.join("rsl.pc");
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(pc.as_str()) {
+        std::fs::write(&path, pc).expect("target/<profile>/rsl.pc is writable");
+    }
 }

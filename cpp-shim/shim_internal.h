@@ -1,0 +1,115 @@
+// Internal to the C++ shim: the callback trampolines and the conversions between the
+// RSLib value classes and the C ABI's structs. Not installed; services never see it.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "rsl.h"
+#include "rsl_ffi.h"
+
+namespace RSLib
+{
+    // The C callbacks handed to rsl-ffi. `ctx` is the RSLStateMachine* (or, for
+    // WriteCheckpointState, the IRSLCheckpointCreator*). Every one is noexcept: an exception
+    // escaping a callback must not unwind into the Rust frames below, so it terminates.
+    struct RSLStateMachineCallbacks
+    {
+        static rsl_callbacks Table(RSLStateMachine* sm) noexcept;
+        // The state machine behind a callback context; NULL once its destructor has begun.
+        static RSLStateMachine* Machine(void* ctx) noexcept;
+
+        // RSLStateMachine::Initialize, all three forms (`members` NULL: the v4 form).
+        static bool Initialize(RSLStateMachine* sm, RSLConfigParam* cfg, const std::vector<RSLNode>* members,
+                               const RSLNode& self, RSLProtocolVersion version, bool serializeFastReadsWithReplicates,
+                               SpawnRoutine spawnRoutine, bool independentHeartbeat);
+        // The nodes as the C ABI takes them, after ResolveNode for each one without an address.
+        static std::vector<rsl_node> ResolveAll(RSLStateMachine* sm, const std::vector<RSLNode>& nodes);
+
+        static bool LoadState(void* ctx, rsl_checkpoint_reader* reader) noexcept;
+        static void ExecuteReplicatedRequest(void* ctx, const void* request, size_t len, void* cookie,
+                                             bool* saveState) noexcept;
+        static void ExecuteFastReadRequest(void* ctx, const void* request, size_t len, void* cookie) noexcept;
+        static void AbortRequest(void* ctx, rsl_status status, void* cookie) noexcept;
+        static void SaveState(void* ctx, rsl_checkpoint_writer* writer) noexcept;
+        static void NotifyStatus(void* ctx, bool isPrimary) noexcept;
+        static void NotifyConfigurationChanged(void* ctx, void* cookie) noexcept;
+        static void AbortChangeConfiguration(void* ctx, rsl_status status, void* cookie) noexcept;
+        static void ShutDown(void* ctx, rsl_status status) noexcept;
+        static void BeforeExecuteReplicatedRequests(void* ctx) noexcept;
+        static void AfterExecuteReplicatedRequests(void* ctx) noexcept;
+        static bool TrySaveState(void* ctx, rsl_checkpoint_writer* writer) noexcept;
+        static void NotifyPrimaryRecovered(void* ctx) noexcept;
+        static void StateSaved(void* ctx, uint64_t seq, const char* file) noexcept;
+        static void StateCopied(void* ctx, uint64_t seq, const char* file, void* cookie) noexcept;
+        static bool CanBecomePrimary(void* ctx, void* cookieBuf, uint32_t* cookieLen) noexcept;
+        static bool AcceptMessageFromReplica(void* ctx, const rsl_node* node, const void* data,
+                                             uint32_t len) noexcept;
+
+        // RSLCheckpointUtility::SaveCheckpoint's writer callback.
+        static void WriteCheckpointState(void* ctx, rsl_checkpoint_writer* writer) noexcept;
+
+        // Lets the utility code reach RSLMemberSet's and RSLNode's insides.
+        static const std::vector<RSLNode>& Nodes(const RSLMemberSet& set);
+        static void Assign(RSLMemberSet& set, const std::vector<RSLNode>& nodes, const void* cookie,
+                           uint32_t cookieLen);
+    };
+
+    namespace shim
+    {
+        // Logs through RSLInit's callbacks (or stderr when none is installed).
+        void Log(CallBackLogLevel level, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+        // Logs at Assert level and aborts the process (the original's fail-fast asserts).
+        [[noreturn]] void Fatal(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+
+        rsl_node ToNode(const RSLNode& node);
+        RSLNode FromNode(const rsl_node& node);
+        std::vector<rsl_node> ToNodes(const std::vector<RSLNode>& nodes);
+
+        // A member set as the C ABI takes it.
+        struct CMemberSet
+        {
+            std::vector<rsl_node> nodes;
+            const void* cookie = nullptr;
+            uint32_t cookieLen = 0;
+        };
+        CMemberSet ToCMemberSet(const RSLMemberSet& set);
+
+        // Reads a member set through a C call that reports the node count it needs.
+        template <typename Call>
+        rsl_status ReadMemberSet(RSLMemberSet* out, Call call)
+        {
+            std::vector<rsl_node> nodes(8);
+            std::vector<unsigned char> cookie(RSLMemberSet::s_MaxMemberSetCookieLength);
+            for (int attempt = 0; attempt < 4; ++attempt)
+            {
+                size_t count = 0;
+                uint32_t cookieLen = static_cast<uint32_t>(cookie.size());
+                rsl_status st = call(nodes.data(), nodes.size(), &count, cookie.data(), &cookieLen);
+                if (st == RSL_E_BUFFER && count > nodes.size())
+                {
+                    nodes.resize(count);
+                    continue;
+                }
+                if (st != RSL_SUCCESS)
+                {
+                    return st;
+                }
+                std::vector<RSLNode> out_nodes;
+                out_nodes.reserve(count);
+                for (size_t i = 0; i < count && i < nodes.size(); ++i)
+                {
+                    out_nodes.push_back(FromNode(nodes[i]));
+                }
+                if (cookieLen > cookie.size())
+                {
+                    cookieLen = static_cast<uint32_t>(cookie.size());
+                }
+                RSLStateMachineCallbacks::Assign(*out, out_nodes, cookie.data(), cookieLen);
+                return RSL_SUCCESS;
+            }
+            return RSL_E_BUFFER;
+        }
+    } // namespace shim
+} // namespace RSLib
