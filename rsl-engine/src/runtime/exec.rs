@@ -7,7 +7,7 @@ use super::checkpoints::CheckpointStore;
 use super::ring::Event;
 use super::Shared;
 use crate::format::checkpoint::CheckpointReader;
-use crate::format::{MemberId, Message, Version};
+use crate::format::{ConfigInfo, MemberId, Message, Version};
 use crate::paxos::{AbortReason, Checkpoint, Cookie};
 use bytes::Bytes;
 use std::path::PathBuf;
@@ -32,7 +32,12 @@ pub(crate) enum Work {
     },
     Status(bool),
     PrimaryRecovered,
-    ConfigChanged(Option<Cookie>),
+    /// The state configuration became `config` (a reconfiguration decree executed, or the
+    /// replica was bootstrapped).
+    ConfigChanged {
+        config: ConfigInfo,
+        cookie: Option<Cookie>,
+    },
     Save(Checkpoint),
     /// Replace the state with this installed checkpoint file.
     Load {
@@ -119,7 +124,11 @@ impl Executor {
             Work::AbortConfig { cookie, code } => self.sm.abort_change_configuration(code, cookie),
             Work::Status(primary) => self.sm.notify_status(primary),
             Work::PrimaryRecovered => self.sm.notify_primary_recovered(),
-            Work::ConfigChanged(cookie) => self.sm.notify_configuration_changed(cookie),
+            Work::ConfigChanged { config, cookie } => {
+                // What GetConfiguration returns changes with the execution, as in RSL.
+                self.shared.view.lock().expect("view").config = config;
+                self.sm.notify_configuration_changed(cookie)
+            }
             Work::Save(cp) => self.save(cp),
             Work::Load { checkpoint, path } => self.load(checkpoint, path),
             Work::Copied { seq, path, cookie } => self.sm.state_copied(seq, path.as_deref(), cookie),
@@ -197,6 +206,7 @@ impl Executor {
             return;
         }
         self.shared.current_seq.store(cp.decree, Release);
+        self.shared.view.lock().expect("view").config = cp.config.clone();
         self.sm.state_copied(cp.decree, Some(&path), None);
     }
 

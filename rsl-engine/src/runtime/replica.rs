@@ -153,6 +153,7 @@ impl RslReplica {
         }
         let mut exec = Executor::new(sm, shared.clone(), store.clone(), me.id, version, events_tx.clone());
         replay(&mut core, &records, &mut exec)?;
+        shared.view.lock().expect("view").config = core.configuration().clone();
         shared.passed_seq.store(shared.current_seq.load(Relaxed), Relaxed);
 
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -488,7 +489,7 @@ fn replay(core: &mut Replica, records: &[Arc<Message>], exec: &mut Executor) -> 
         for action in out.drain(..) {
             match action {
                 Action::Execute { vote, cookies } => exec.handle(Work::Execute { vote, cookies }),
-                Action::ConfigurationChanged { cookie: _, .. } => exec.handle(Work::ConfigChanged(None)),
+                Action::ConfigurationChanged { config, .. } => exec.handle(Work::ConfigChanged { config, cookie: None }),
                 other => tracing::debug!(?other, "ignored during replay"),
             }
         }

@@ -328,7 +328,7 @@ impl Ring {
                     self.nodes.insert(node.id, node.clone());
                 }
                 let user = cookie.and_then(|c| self.config_cookies.remove(&c));
-                self.hand_to_exec(Work::ConfigChanged(user));
+                self.hand_to_exec(Work::ConfigChanged { config, cookie: user });
             }
             Action::Defunct(n) => {
                 if let Err(e) = write_defunct(&self.dir, n) {
@@ -478,11 +478,6 @@ impl Ring {
         let mut view = self.shared.view.lock().expect("view");
         view.primary = (!ballot.is_empty()).then_some(ballot.member);
         view.role = Some(self.core.role());
-        if view.config.number != self.core.configuration().number
-            || view.config.members.nodes.len() != self.core.configuration().members.nodes.len()
-        {
-            view.config = self.core.configuration().clone();
-        }
     }
 
     fn shutdown(mut self) {
