@@ -36,6 +36,9 @@
 #ifndef __stdcall
 #define __stdcall
 #endif
+#ifndef __cdecl
+#define __cdecl
+#endif
 #ifndef WINAPI
 #define WINAPI
 #endif
@@ -64,6 +67,10 @@ typedef uint64_t UInt64;
 typedef int64_t Int64;
 typedef uint32_t UInt32;
 typedef int32_t Int32;
+typedef uint16_t UInt16;
+typedef int16_t Int16;
+typedef uint8_t UInt8;
+typedef int8_t Int8;
 #endif
 
 #ifndef TRUE
