@@ -135,8 +135,8 @@ typedef struct rsl_callbacks {
   bool (*load_state)(void *ctx, struct rsl_checkpoint_reader *reader);
   /**
    * Required. `cookie` is non-NULL only on the replica that submitted the request, once.
-   * `*save_state` asks for a checkpoint; this runtime accepts it but, for now, checkpoints
-   * only when the log rolls (`max_log_len_mb`).
+   * `*save_state` asks for a checkpoint of the state as this decree leaves it, taken on
+   * every replica before the next decree executes.
    */
   void (*execute_replicated_request)(void *ctx, const void *request, size_t len, void *cookie, bool *save_state);
   /**

@@ -55,7 +55,8 @@ impl StateMachine for Recorder {
         }
         true
     }
-    fn execute_replicated_request(&mut self, request: &[u8], cookie: Option<u64>, _save: &mut bool) {
+    fn execute_replicated_request(&mut self, request: &[u8], cookie: Option<u64>, save: &mut bool) {
+        *save = request == b"save";
         self.state.push(request.to_vec());
         self.push(Ev::Exec(request.to_vec(), cookie));
     }
@@ -114,9 +115,10 @@ impl Ring {
         let members = MemberSet { nodes: nodes.clone(), cookie: Bytes::new() };
         let cfg = RslConfig {
             working_dir: dir.path().into(),
-            election_delay_sec: 1,
+            // Heartbeats well inside the election delay: no election while the primary lives.
+            election_delay_sec: 3,
             heart_beat_interval_sec: 1,
-            new_leader_grace_period_sec: 1,
+            new_leader_grace_period_sec: 3,
             max_log_len_mb,
             ..RslConfig::default()
         };
@@ -184,6 +186,19 @@ fn callbacks_cookies_and_fast_reads_on_three_replicas() {
     wait(Duration::from_secs(5), || ring.events(secondary).contains(&Ev::FastRead(b"read".to_vec(), 500)).then_some(()));
     let ahead = ring.replicas[secondary].fast_read_request(seq + 1000, Bytes::from_static(b"r"), 501, Duration::from_secs(1));
     assert_eq!(ahead, ResponseCode::FastReadStale);
+    // A request that sets saveState: every replica, the primary included, saves a checkpoint
+    // holding everything up to it.
+    assert_eq!(ring.replicas[p].replicate_request(Bytes::from_static(b"save"), 100), ResponseCode::Success);
+    for i in 0..3 {
+        let saved =
+            wait(Duration::from_secs(20), || ring.events(i).iter().find_map(|e| if let Ev::Saved(s) = e { Some(*s) } else { None }));
+        let events = ring.events(i);
+        let at = events.iter().position(|e| *e == Ev::Saved(saved)).unwrap();
+        assert!(
+            matches!(&events[..at].iter().rev().find(|e| matches!(e, Ev::Exec(..))), Some(Ev::Exec(r, _)) if r == b"save"),
+            "replica {i} saved right after the request"
+        );
+    }
     // Unload: ShutDown is the last callback, and later calls say ShuttingDown.
     ring.replicas[secondary].unload();
     assert_eq!(ring.events(secondary).last(), Some(&Ev::ShutDown));

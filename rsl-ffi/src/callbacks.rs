@@ -33,8 +33,8 @@ pub struct rsl_callbacks {
     /// Required. `LoadState`: `reader` NULL means an empty state. False tries an older checkpoint.
     pub load_state: Option<unsafe extern "C" fn(ctx: *mut c_void, reader: *mut rsl_checkpoint_reader) -> bool>,
     /// Required. `cookie` is non-NULL only on the replica that submitted the request, once.
-    /// `*save_state` asks for a checkpoint; this runtime accepts it but, for now, checkpoints
-    /// only when the log rolls (`max_log_len_mb`).
+    /// `*save_state` asks for a checkpoint of the state as this decree leaves it, taken on
+    /// every replica before the next decree executes.
     pub execute_replicated_request:
         Option<unsafe extern "C" fn(ctx: *mut c_void, request: *const c_void, len: usize, cookie: *mut c_void, save_state: *mut bool)>,
     /// Required. A read-only request, once the state has reached the sequence number asked for.

@@ -81,6 +81,9 @@ pub(crate) struct Executor {
     waiting: Vec<(u64, Bytes, Cookie, Instant)>,
     /// A save refused by `try_save_state`, retried once saving is allowed again.
     deferred_save: Option<Checkpoint>,
+    /// The application asked for a checkpoint of this decree (`save_state` set while it
+    /// executed): it is taken when the next decree arrives, before that one executes.
+    save_after: Option<u64>,
 }
 
 impl Executor {
@@ -92,7 +95,7 @@ impl Executor {
         version: Version,
         events: Sender<Event>,
     ) -> Executor {
-        Executor { sm, shared, store, me, version, events, waiting: Vec::new(), deferred_save: None }
+        Executor { sm, shared, store, me, version, events, waiting: Vec::new(), deferred_save: None, save_after: None }
     }
 
     /// Runs until `Stop` or until the protocol thread goes away.
@@ -139,8 +142,11 @@ impl Executor {
 
     /// Runs one chosen decree: the sequence number moves first, then the requests run in a
     /// Before/After bracket (api-behavior §2.6).
-    fn execute(&mut self, vote: &Message, cookies: &[Cookie]) {
+    fn execute(&mut self, vote: &Arc<Message>, cookies: &[Cookie]) {
         let decree = vote.header.decree;
+        if self.save_after.is_some_and(|d| d + 1 == decree) {
+            self.save_requested(vote);
+        }
         let previous = self.shared.current_seq.load(Relaxed);
         assert!(decree > previous || (decree == 0 && previous == 0), "decree {decree} executes after {previous}");
         self.shared.current_seq.store(decree, Release);
@@ -157,9 +163,18 @@ impl Executor {
         self.sm.after_execute_replicated_requests();
         self.shared.stats.requests_executed.fetch_add(body.requests.len() as u64, Relaxed);
         if save {
-            // The application asked: tell the protocol thread, which saves before the next decree.
-            let _ = self.events.send(Event::SaveRequested(decree));
+            self.save_after = Some(decree);
         }
+    }
+
+    /// The checkpoint the application asked for, of the decree before `next`: its header's
+    /// next vote is `next` (RSL waits for it too), the state is as that decree left it.
+    fn save_requested(&mut self, next: &Arc<Message>) {
+        let decree = self.save_after.take().expect("a save was asked for");
+        debug_assert_eq!(decree + 1, next.header.decree);
+        let config = self.shared.view.lock().expect("view").config.clone();
+        let cp = Checkpoint { decree, next_vote: next.clone(), max_ballot: next.header.ballot, config, state_saved: true };
+        self.save(cp);
     }
 
     fn save(&mut self, cp: Checkpoint) {

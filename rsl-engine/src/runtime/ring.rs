@@ -50,8 +50,6 @@ pub(crate) enum Event {
         path: PathBuf,
         copied: bool,
     },
-    /// The application asked for a checkpoint from `ExecuteReplicatedRequest`.
-    SaveRequested(u64),
     /// Something the replica cannot go on after (a journal write failed): stop cleanly.
     Fatal(String),
     Stop,
@@ -211,7 +209,6 @@ impl Ring {
             }
             Event::Input(input) => self.step(input),
             Event::CheckpointDone { decree, size, path, copied } => self.checkpoint_done(decree, size, path, copied),
-            Event::SaveRequested(decree) => tracing::debug!(decree, "application-requested checkpoints are taken at the next log roll"),
             Event::Fatal(reason) => {
                 tracing::error!(%reason, "replica stopping");
                 self.stopped = true;
