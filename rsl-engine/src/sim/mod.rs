@@ -56,11 +56,9 @@ impl SimConfig {
         }
     }
 
-    /// The same run with `window` decrees in flight (no reconfiguration: a pipelined ring
-    /// refuses it for now).
+    /// The same run with `window` decrees in flight.
     pub fn with_window(mut self, window: usize) -> SimConfig {
         self.window = window;
-        self.churn &= window == 1;
         self
     }
 
@@ -619,7 +617,10 @@ impl Sim {
         if !copied || keep_from > 0 {
             n.durable.drain(..keep_from);
         }
-        let min_decree_in_log = n.durable.iter().find(|r| r.kind() == MsgKind::Vote).map_or(cp.decree + 1, |r| r.header.decree);
+        // A pipelined log is not in decree order: it holds votes from its lowest decree past the
+        // checkpoint on (a re-proposal of an older decree does not make it hold those before).
+        let beyond = n.durable.iter().filter(|r| r.kind() == MsgKind::Vote && r.header.decree > cp.decree);
+        let min_decree_in_log = beyond.map(|r| r.header.decree).min().unwrap_or(cp.decree + 1);
         let decree = cp.decree;
         n.checkpoint = Some((cp, size));
         self.step(node, Input::CheckpointSaved { decree, size, min_decree_in_log });
