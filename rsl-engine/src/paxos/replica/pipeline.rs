@@ -246,8 +246,11 @@ impl Replica {
     pub(super) fn apply_learned_pipelined(&mut self, now: Micros, records: Vec<Arc<Message>>, out: &mut Vec<Action>) -> bool {
         let start = (self.next_execute, self.vouched);
         for rec in records {
+            // A pipelined log interleaves configurations: votes the old one held beyond its
+            // reconfiguration precede its decision, the new one's follow it. Each is read in
+            // the configuration it belongs to.
             if rec.header.config != self.paxos_config.number {
-                break;
+                continue;
             }
             let (d, b) = decree_ballot(&rec);
             match rec.kind() {
