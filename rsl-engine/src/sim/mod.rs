@@ -56,11 +56,9 @@ impl SimConfig {
         }
     }
 
-    /// The same run with `window` decrees in flight (no reconfiguration: a pipelined ring
-    /// refuses it for now).
+    /// The same run with `window` decrees in flight.
     pub fn with_window(mut self, window: usize) -> SimConfig {
         self.window = window;
-        self.churn &= window == 1;
         self
     }
 
@@ -205,6 +203,8 @@ pub struct Sim {
     next_request: u64,
     next_submit: Micros,
     healed_at: Option<Micros>,
+    /// Pipelined: a reconfiguration that found no primary, for the next one to be elected.
+    deferred_reconfiguration: Option<Vec<usize>>,
     actions: Vec<Action>,
     counts: [usize; 7],
 }
@@ -248,6 +248,7 @@ impl Sim {
             next_request: 1,
             next_submit: SEC,
             healed_at: None,
+            deferred_reconfiguration: None,
             actions: Vec::new(),
             counts: [0; 7],
         };
@@ -522,8 +523,8 @@ impl Sim {
                     None => self.step(node, Input::CheckpointFetched(None)),
                 }
             }
-            Event::Reconfigure(nodes) => {
-                if let Some(node) = self.primary() {
+            Event::Reconfigure(nodes) => match self.primary() {
+                Some(node) => {
                     let members = self.member_set(&nodes);
                     let cookie = self.next_request;
                     self.next_request += 1;
@@ -531,10 +532,15 @@ impl Sim {
                     let replica = self.nodes[node].replica.as_mut().expect("primary");
                     if replica.change_configuration(self.now, members, cookie, &mut out).is_ok() {
                         self.checker.submitted_config_change(self.proc(node), cookie);
+                        self.strike_reconfiguring_primary();
                     }
                     self.apply(node, out);
                 }
-            }
+                // Pipelined: the next primary is asked right after its election, when stale votes
+                // of the old one may lie beyond the reconfiguration decree.
+                None if self.cfg.window > 1 => self.deferred_reconfiguration = Some(nodes),
+                None => {}
+            },
             Event::Bootstrap => {
                 let members = self.member_set(&(0..self.cfg.replicas).collect::<Vec<_>>());
                 let mut out = std::mem::take(&mut self.actions);
@@ -593,6 +599,23 @@ impl Sim {
         }
     }
 
+    /// Pipelined: half the time, the primary is struck soon after it asks to reconfigure, while
+    /// the window drains or the reconfiguration vote is in flight, so that a new primary meets
+    /// it among the votes it re-proposes. (Window 1 keeps the schedules its regression seeds
+    /// were found with; so does the deferral of a reconfiguration to the next primary.)
+    fn strike_reconfiguring_primary(&mut self) {
+        if self.cfg.window == 1 || !self.rng.chance(0.5) {
+            return;
+        }
+        let at = self.now + self.rng.below(30 * MS);
+        if at >= self.cfg.faults_until {
+            return; // faults end at the heal
+        }
+        let (down, until) = (50 * MS + self.rng.below(2 * SEC), at + 100 * MS + self.rng.below(3 * SEC));
+        let crash = self.rng.chance(0.5);
+        self.schedule(at, Event::StrikePrimary { crash, down, until });
+    }
+
     /// Writes and syncs everything queued, as one flush.
     fn start_flush(&mut self, node: usize) {
         let latency = if self.nodes[node].slow_disk { 5 * MS + self.rng.below(50 * MS) } else { 100 + self.rng.below(2 * MS) };
@@ -619,7 +642,10 @@ impl Sim {
         if !copied || keep_from > 0 {
             n.durable.drain(..keep_from);
         }
-        let min_decree_in_log = n.durable.iter().find(|r| r.kind() == MsgKind::Vote).map_or(cp.decree + 1, |r| r.header.decree);
+        // A pipelined log is not in decree order: it holds votes from its lowest decree past the
+        // checkpoint on (a re-proposal of an older decree does not make it hold those before).
+        let beyond = n.durable.iter().filter(|r| r.kind() == MsgKind::Vote && r.header.decree > cp.decree);
+        let min_decree_in_log = beyond.map(|r| r.header.decree).min().unwrap_or(cp.decree + 1);
         let decree = cp.decree;
         n.checkpoint = Some((cp, size));
         self.step(node, Input::CheckpointSaved { decree, size, min_decree_in_log });
@@ -716,6 +742,9 @@ impl Sim {
                     let ballot = self.nodes[node].replica.as_ref().expect("acting").max_ballot();
                     self.checker.became_primary(proc, ballot);
                     self.counts[0] += 1;
+                    if let Some(nodes) = self.deferred_reconfiguration.take().filter(|_| self.now < self.cfg.faults_until) {
+                        self.schedule(self.now, Event::Reconfigure(nodes));
+                    }
                 }
                 Action::NotifyStatus { primary: false } | Action::NotifyPrimaryRecovered => {}
                 Action::ConfigurationChanged { cookie, config } => {

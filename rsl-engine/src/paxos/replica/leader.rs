@@ -13,9 +13,7 @@ impl Replica {
         cookie: Cookie,
         out: &mut Vec<Action>,
     ) -> Result<(), SubmitError> {
-        // Reconfiguring a pipelined ring is not designed yet: the decision must not meet votes
-        // in flight beyond it (docs/core.md).
-        if !self.version.has_config() || self.pipelined() {
+        if !self.version.has_config() {
             return Err(SubmitError::Unsupported);
         }
         let ids: BTreeSet<MemberId> = members.nodes.iter().map(|n| n.id).collect();
@@ -118,10 +116,13 @@ impl Replica {
             return;
         }
         if o.vote.as_vote().is_some_and(|v| v.reconfig.is_some()) {
-            // Chosen: announce and log the decision, which executes it and switches over.
+            // Chosen: announce and log the decision, which executes it and switches over. It
+            // went alone, so everything before it has executed here.
+            debug_assert!(self.outstanding.is_empty(), "nothing is proposed beyond a reconfiguration vote");
             let decision = Arc::new(Message::new(self.header(decree, self.max_ballot), Body::ReconfigurationDecision));
             out.push(Action::Send { to: Dest::All, msg: decision.clone(), after: 0 });
-            self.log_decision(now, decision, true, o.config_cookie, out);
+            let switched = self.log_decision(now, decision, true, o.config_cookie, out);
+            assert!(switched, "the primary logs the decision of the reconfiguration it saw chosen");
             return;
         }
         if self.next_execute == decree {

@@ -98,6 +98,9 @@ impl Replica {
         cookie: Option<Cookie>,
         out: &mut Vec<Action>,
     ) -> bool {
+        if self.pipelined() {
+            return self.log_decision_pipelined(now, decision, persist, cookie, out);
+        }
         let (d, b) = decree_ballot(&decision);
         let members = self.accepted.as_vote().and_then(|v| v.reconfig.clone());
         // Everything before the reconfiguration executes first (pipelined replicas may still
@@ -120,6 +123,42 @@ impl Replica {
         true
     }
 
+    /// Pipelined: the decision decides the vote we hold at its decree if that vote's ballot is
+    /// at least the deciding one (a proposal there above the ballot that chose a value carries
+    /// it), and applies once every decree below it has executed. Votes beyond it belong to a
+    /// configuration that ends at it: none was chosen (docs/core.md), and they are dropped.
+    fn log_decision_pipelined(
+        &mut self,
+        now: Micros,
+        decision: Arc<Message>,
+        persist: bool,
+        cookie: Option<Cookie>,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        debug_assert_eq!(decision.kind(), MsgKind::ReconfigurationDecision);
+        let (d, b) = decree_ballot(&decision);
+        if decision.header.config != self.paxos_config.number || self.next_execute != d {
+            return false;
+        }
+        let Some((vote, _)) = self.pending.get(&d).filter(|(v, _)| v.header.ballot >= b) else {
+            return false;
+        };
+        let vote = vote.clone();
+        let members = vote.as_vote().and_then(|v| v.reconfig.clone());
+        let members =
+            members.unwrap_or_else(|| panic!("decree {d} decided a reconfiguration, yet ({d},{}) holds another value", vote.header.ballot));
+        if self.role == Role::Primary {
+            self.step_down(out);
+        }
+        if persist {
+            self.accepted_seq = self.persist(decision, out);
+        }
+        self.pending.remove(&d);
+        self.execute(vote, Vec::new(), cookie, out);
+        self.switch_config(now, ConfigInfo { number: self.paxos_config.number + 1, initial_decree: d + 1, members });
+        true
+    }
+
     /// `ChangePaxosConfiguration`: ballots restart above the old ones with an empty accepted
     /// vote at the new configuration's first decree; members find the ring at the next tick.
     pub(super) fn switch_config(&mut self, now: Micros, config: ConfigInfo) {
@@ -130,8 +169,11 @@ impl Replica {
         self.max_seen_ballot = Ballot::EMPTY;
         self.next_propose = config.initial_decree;
         let config_first = config.initial_decree;
-        self.set_paxos_config(config);
+        // What is held beyond the decision is the old configuration's, which ended at it (none
+        // of it can be chosen: docs/core.md); votes of the new one arrive only after the switch.
+        debug_assert!(self.pending.values().all(|(v, _)| v.header.config < config.number));
         self.pending.clear();
+        self.set_paxos_config(config);
         self.recent.clear();
         self.vouched = config_first;
         self.cache.clear();
@@ -208,11 +250,18 @@ impl Replica {
             MsgKind::PrepareAccepted => self.on_prepare_accepted(now, from, &msg, out),
             MsgKind::NotAccepted => self.on_not_accepted(now, &msg, app, out),
             MsgKind::StatusResponse => self.on_status_response(now, from, msg, app, out),
-            MsgKind::ReconfigurationDecision => {
-                if self.pipelined() {
-                    // Everything before the reconfiguration was chosen before it was proposed.
-                    self.apply_watermark(msg.header.ballot, msg.header.decree, out);
+            MsgKind::ReconfigurationDecision if self.pipelined() => {
+                // Everything before the reconfiguration was chosen before it was.
+                self.apply_watermark(msg.header.ballot, msg.header.decree, out);
+                if !self.log_decision(now, msg, true, None, out) && self.learning.is_none() && self.loading.is_none() {
+                    // We miss the vote or decrees before it: the sender's log has them.
+                    if self.role == Role::Primary {
+                        self.step_down(out);
+                    }
+                    self.learn(from, out);
                 }
+            }
+            MsgKind::ReconfigurationDecision => {
                 self.log_decision(now, msg, true, None, out);
             }
             MsgKind::Join => self.on_join(now, from, &msg, out),

@@ -700,4 +700,40 @@ mod tests {
         // And decree 5 executed: 6 followed it at the same ballot.
         assert!(out.iter().any(|a| matches!(a, Action::Execute { vote, .. } if vote.header.decree == 5)));
     }
+
+    /// A pipelined replica "1" of {1, 2, 3} that has executed nothing, and a candidacy whose
+    /// Prepare at decree 0 drew these reports.
+    fn pipelined_candidacy(reports: &[Arc<Message>]) -> (Replica, Candidacy) {
+        let cfg = CoreConfig { version: Version::V7, window: 16, ..CoreConfig::default() };
+        let r = Replica::new(cfg, id("1"), config(&["1", "2", "3"]), 7);
+        let prepare = Arc::new(Message::new(Header::new(Version::V7, id("1"), 0, 1, Ballot::new(9, id("1"))), Body::Prepare(Bytes::new())));
+        let best = reports.iter().map(|v| (v.header.decree, v.clone())).collect();
+        let freshest = r.accepted.clone();
+        (r, Candidacy { prepare, seq: 1, promises: BTreeSet::new(), freshest, deadline: 0, best, answers: BTreeMap::new() })
+    }
+
+    fn reconfiguration(decree: u64, ballot: Ballot) -> Arc<Message> {
+        let body = VoteBody { reconfig: Some(config(&["1", "2"]).members), ..Default::default() };
+        Arc::new(Message::new(Header::new(Version::V7, id("2"), decree, 1, ballot), Body::Vote(body)))
+    }
+
+    #[test]
+    fn a_new_primary_proposes_nothing_beyond_a_reported_reconfiguration() {
+        let (b1, b2) = (Ballot::new(1, id("2")), Ballot::new(2, id("3")));
+        let later = vote("2", 2, b1, b"older, below the reconfiguration's ballot");
+        let (r, c) = pipelined_candidacy(&[vote("3", 0, b2, b"a"), reconfiguration(1, b2), later]);
+        let plan = r.reproposals(&c);
+        assert_eq!(plan.iter().map(|(d, _)| *d).collect::<Vec<_>>(), [0, 1], "the range ends at the reconfiguration");
+        assert!(plan[1].1.reconfig.is_some());
+    }
+
+    #[test]
+    fn a_reconfiguration_outbid_beyond_it_was_never_chosen_and_gives_way() {
+        let (b1, b2) = (Ballot::new(1, id("2")), Ballot::new(2, id("3")));
+        let (r, c) = pipelined_candidacy(&[reconfiguration(0, b1), vote("3", 1, b2, b"b")]);
+        let plan = r.reproposals(&c);
+        assert_eq!(plan.iter().map(|(d, _)| *d).collect::<Vec<_>>(), [0, 1]);
+        assert!(plan[0].1.reconfig.is_none() && plan[0].1.requests.is_empty(), "an empty vote in its place");
+        assert_eq!(plan[1].1.requests, [Bytes::from_static(b"b")]);
+    }
 }

@@ -78,6 +78,9 @@ impl Replica {
             match self.pending.get(&decree) {
                 Some((v, _)) if v.header.ballot >= ballot => {
                     let (vote, _) = self.pending.remove(&decree).expect("just seen");
+                    // A watermark past a reconfiguration would mean the old configuration
+                    // went on beyond it; the decision alone executes it.
+                    assert!(vote.as_vote().is_none_or(|v| v.reconfig.is_none()), "a watermark passed reconfiguration decree {decree}");
                     self.execute(vote, Vec::new(), None, out);
                 }
                 _ => break,
@@ -188,22 +191,18 @@ impl Replica {
     }
 
     /// Re-proposes, under our ballot, every decree from the Prepare's on up to the highest any
-    /// answer held: the highest-ballot vote reported for each, or an empty vote for a gap.
+    /// answer held: the highest-ballot vote reported for each, or an empty vote for a gap. A
+    /// reconfiguration vote ends the range (nothing is proposed beyond it), unless a vote beyond
+    /// it was reported at a higher ballot: then it was never chosen and gives way to an empty
+    /// vote (docs/core.md, "Reconfiguration").
     pub(super) fn become_primary_pipelined(&mut self, now: Micros, c: Candidacy, out: &mut Vec<Action>) {
-        // From what our log proves on: decrees we executed keep the value we executed.
-        let first = c.prepare.header.decree.max(self.vouched);
-        assert!(first <= self.next_execute, "the Prepare named a decree we had executed or the next");
-        let last = c.best.keys().next_back().copied().unwrap_or(first).max(first).max(self.next_execute.saturating_sub(1));
+        let plan = self.reproposals(&c);
+        let last = plan.last().map(|(d, _)| *d).expect("at least the first decree");
         self.role = Role::Primary;
         self.force_reelection = false;
         self.recovering = Some(last);
-        self.next_propose = first;
-        for decree in first..=last {
-            let chosen = self.recent.get(&decree).map(|(v, _)| v.clone());
-            let reported = chosen.or_else(|| c.best.get(&decree).cloned());
-            let mut body = reported.and_then(|v| v.as_vote().cloned()).unwrap_or_default();
-            body.cookie = self.primary_cookie.clone();
-            body.relinquish = false;
+        self.next_propose = plan[0].0;
+        for (_, body) in plan {
             self.propose(now, body, Vec::new(), None, out);
             if self.role != Role::Primary {
                 return;
@@ -212,14 +211,46 @@ impl Replica {
         debug_assert_eq!(self.next_propose, last + 1);
     }
 
+    /// What a new primary re-proposes, decree by decree (see `become_primary_pipelined`).
+    pub(super) fn reproposals(&self, c: &Candidacy) -> Vec<(u64, VoteBody)> {
+        // From what our log proves on: decrees we executed keep the value we executed.
+        let first = c.prepare.header.decree.max(self.vouched);
+        assert!(first <= self.next_execute, "the Prepare named a decree we had executed or the next");
+        let last = c.best.keys().next_back().copied().unwrap_or(first).max(first).max(self.next_execute.saturating_sub(1));
+        let mut plan = Vec::new();
+        for decree in first..=last {
+            let chosen = self.recent.get(&decree).map(|(v, _)| v.clone());
+            let reported = chosen.or_else(|| c.best.get(&decree).cloned());
+            let mut body = reported.as_ref().and_then(|v| v.as_vote().cloned()).unwrap_or_default();
+            body.cookie = self.primary_cookie.clone();
+            body.relinquish = false;
+            let ballot = reported.map_or(Ballot::EMPTY, |v| v.header.ballot);
+            let reconfig = body.reconfig.is_some();
+            debug_assert!(!reconfig || decree >= self.next_execute, "an executed reconfiguration switched the configuration");
+            let outbid = reconfig && c.best.range(decree + 1..).any(|(_, v)| v.header.ballot > ballot);
+            if outbid {
+                body = VoteBody { cookie: body.cookie, ..Default::default() };
+            }
+            plan.push((decree, body));
+            if reconfig && !outbid {
+                break;
+            }
+        }
+        debug_assert!(plan.first().is_some_and(|(d, _)| *d == first));
+        plan
+    }
+
     /// Learning from a peer's log: every vote is kept, and each watermark executes what it
     /// vouches for. Succeeds if execution reached the first vote waiting in the cache, or
     /// moved at all when none waits.
     pub(super) fn apply_learned_pipelined(&mut self, now: Micros, records: Vec<Arc<Message>>, out: &mut Vec<Action>) -> bool {
         let start = (self.next_execute, self.vouched);
         for rec in records {
+            // A pipelined log interleaves configurations: votes the old one held beyond its
+            // reconfiguration precede its decision, the new one's follow it. Each is read in
+            // the configuration it belongs to.
             if rec.header.config != self.paxos_config.number {
-                break;
+                continue;
             }
             let (d, b) = decree_ballot(&rec);
             match rec.kind() {
@@ -248,9 +279,13 @@ impl Replica {
         }
     }
 
-    /// Replays one durable record of a pipelined log.
+    /// Replays one durable record of a pipelined log. Records of another configuration (a
+    /// checkpoint's carried-over tail) are not this configuration's votes.
     pub(super) fn replay_pipelined(&mut self, record: &Arc<Message>, out: &mut Vec<Action>) {
         let (d, b) = decree_ballot(record);
+        if record.header.config != self.paxos_config.number {
+            return;
+        }
         self.max_ballot = self.max_ballot.max(b);
         match record.kind() {
             MsgKind::Vote if !b.is_empty() => {
@@ -267,8 +302,15 @@ impl Replica {
                 self.apply_watermark(b, record.header.payload, out);
             }
             MsgKind::ReconfigurationDecision => {
+                // We logged it only once every decree below it had executed, and a vote of ours
+                // holds each executed value at its highest logged ballot.
                 self.apply_watermark(b, d, out);
-                self.log_decision(0, record.clone(), false, None, out);
+                while self.next_execute < d {
+                    let (vote, _) = self.pending.remove(&self.next_execute).expect("our log holds what we executed");
+                    self.execute(vote, Vec::new(), None, out);
+                }
+                let switched = self.log_decision(0, record.clone(), false, None, out);
+                assert!(switched, "our own decision at decree {d} replays");
             }
             _ => {}
         }

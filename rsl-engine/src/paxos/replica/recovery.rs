@@ -140,6 +140,9 @@ impl Replica {
             out.push(Action::LoadCheckpoint(cp.clone()));
             self.next_execute = cp.decree + 1;
             if cp.config.number != self.paxos_config.number {
+                // The votes we hold of the configuration the checkpoint passed are moot: it
+                // ended at its reconfiguration decree, and its ballots say nothing in this one.
+                self.pending.retain(|_, (v, _)| v.header.config == cp.config.number);
                 self.set_paxos_config(cp.config.clone());
                 self.max_seen_ballot = Ballot::EMPTY;
             }
@@ -153,7 +156,7 @@ impl Replica {
             let ballot = cp.max_ballot.max(self.accepted.header.ballot);
             self.set_max_ballot(now, ballot, self.accepted_seq);
             (self.checkpointed, self.checkpoint_size, self.log_min_decree) = (cp.decree, size, cp.decree + 1);
-            self.cache.retain(|(_, v)| v.header.decree > cp.decree);
+            self.cache.retain(|(_, v)| v.header.decree > cp.decree && v.header.config == cp.config.number);
         }
         self.start_initializing(now, app, out);
     }
