@@ -240,3 +240,16 @@ fn messages_and_packets_decode() {
     let (ok, _, stderr) = text(&["message", s(&bad)]);
     assert!(!ok && stderr.contains("offset 0") && stderr.contains("checksum BAD"), "{stderr}");
 }
+
+/// The checksum covers only the message; the padding after it must be zero too (formats.md
+/// §8.2), and `rsl-inspect` says where it is not.
+#[test]
+fn nonzero_padding_is_reported() {
+    let Some(golden) = golden() else { return };
+    // The vote at 1024 is 187 bytes long: 1024 + 300 is in its padding.
+    let (_dir, path) = corrupt_copy(&golden.join("log_v6/5.log"), 1324);
+    let (ok, stdout, stderr) = text(&["log", s(&path)]);
+    assert!(!ok, "exits non-zero");
+    let line = record_line(&stdout, 1024).join(" ");
+    assert!(line.contains("padding not zero at offset 1324"), "{line}\n{stderr}");
+}

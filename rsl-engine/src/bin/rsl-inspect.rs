@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use rsl_engine::format::checkpoint::{self, CheckpointError, CheckpointHeader, CheckpointReader};
 use rsl_engine::format::codec::{round_up_512, DecodeError, Reader, PAGE};
 use rsl_engine::format::log::{self, LogContents, Mode};
-use rsl_engine::format::message::{self, Body, Header, JoinBody, Message, MsgKind, Prefix, StatusBody, VoteBody, MAGIC};
+use rsl_engine::format::message::{self, Body, Checksum, Header, JoinBody, Message, MsgKind, Prefix, StatusBody, VoteBody, MAGIC};
 use rsl_engine::format::packet::{self, Frame};
 use rsl_engine::format::{Ballot, MemberId, MemberSet, Version};
 use serde::{de, Deserialize, Serialize};
@@ -405,6 +405,7 @@ fn inspect_record(data: &Bytes, offset: usize) -> (RecordOut, Option<usize>) {
         match Message::decode(&raw) {
             Ok(m) => {
                 out.header = Some(HeaderOut::new(m.kind(), &m.header, len));
+                errors.extend(layout_problems(&m, &raw, data, offset));
                 if let Some(VoteBody { requests, reconfig, .. }) = m.as_vote() {
                     (out.requests, out.request_bytes) = (Some(requests.len()), Some(requests.iter().map(|r| r.len()).sum()));
                     out.reconfiguration = reconfig.as_ref().map(|s| s.nodes.len());
@@ -424,6 +425,25 @@ fn inspect_record(data: &Bytes, offset: usize) -> (RecordOut, Option<usize>) {
     out.ok = errors.is_empty();
     out.error = (!errors.is_empty()).then(|| errors.join("; "));
     (out, next)
+}
+
+/// Byte-for-byte conformance beyond the checksum (formats.md §8.2): the record re-encodes to
+/// exactly its bytes, and its padding to the next 512-byte boundary is zero.
+fn layout_problems(m: &Message, raw: &Bytes, data: &Bytes, offset: usize) -> Vec<String> {
+    let mut problems = Vec::new();
+    match m.encode(Checksum::Always) {
+        Ok(again) if again == *raw => {}
+        Ok(again) => {
+            let at = again.iter().zip(raw.iter()).position(|(a, b)| a != b).unwrap_or(again.len().min(raw.len()));
+            problems.push(format!("not canonical: re-encoding differs at offset {}", offset + at));
+        }
+        Err(e) => problems.push(format!("cannot re-encode: {e}")),
+    }
+    let end = (offset + round_up_512(raw.len())).min(data.len());
+    if let Some(at) = data[offset + raw.len()..end].iter().position(|&b| b != 0) {
+        problems.push(format!("padding not zero at offset {}", offset + raw.len() + at));
+    }
+    problems
 }
 
 impl RecordOut {
