@@ -549,8 +549,14 @@ fn checkpoint_cmd(path: &Path) -> Result<CheckpointOut, String> {
     };
     let mut out = CheckpointOut { path: path.display().to_string(), file_size, header: None, data_size: None, blocks: None, error: None };
     // The header alone first, so that it shows even when the reader rejects the file.
+    let mut canonical = None;
     let header = match checkpoint::header_region_len(&read(PAGE)?) {
-        Ok(len) => read(len).map(|region| CheckpointHeader::decode(&region).map(|(h, l)| checkpoint_header_out(&h, l, &region)))?,
+        Ok(len) => read(len).map(|region| {
+            CheckpointHeader::decode(&region).map(|(h, l)| {
+                canonical = header_problem(&h, &region);
+                checkpoint_header_out(&h, l, &region)
+            })
+        })?,
         Err(e) => Err(e),
     };
     let vote_at = match &header {
@@ -561,6 +567,10 @@ fn checkpoint_cmd(path: &Path) -> Result<CheckpointOut, String> {
         }
     };
     out.header = header.ok();
+    if let Some(problem) = canonical {
+        out.error = Some(format!("{}: {problem}", out.path));
+        return Ok(out);
+    }
     match CheckpointReader::open(path).and_then(|r| Ok((r.size(), r.blocks()?))) {
         Ok((size, blocks)) => {
             out.data_size = Some(size);
@@ -579,6 +589,24 @@ fn checkpoint_cmd(path: &Path) -> Result<CheckpointOut, String> {
         Err(e) => out.error = Some(e.to_string()),
     }
     Ok(out)
+}
+
+/// Byte-for-byte conformance of a checkpoint header (formats.md §9.2): the fields and the
+/// next vote re-encode to exactly the stored bytes, and the vote's padding is zero. (The slack
+/// after it is indeterminate in the original's files, so it is not compared.)
+fn header_problem(h: &CheckpointHeader, region: &Bytes) -> Option<String> {
+    let again = match h.encode() {
+        Ok(b) => b,
+        Err(e) => return Some(format!("header cannot be re-encoded: {e}")),
+    };
+    let vote_at = h.vote_offset();
+    let vote_len = Prefix::decode(&mut Reader::new(&region.slice(vote_at..))).map_or(0, |p| p.length as usize);
+    let end = (vote_at + vote_len).min(again.len()).min(region.len());
+    if let Some(at) = (0..end).find(|&i| again[i] != region[i]) {
+        return Some(format!("header not canonical: re-encoding differs at offset {at}"));
+    }
+    let padded = (vote_at + round_up_512(vote_len)).min(region.len());
+    region[end..padded].iter().position(|&b| b != 0).map(|at| format!("vote padding not zero at offset {}", end + at))
 }
 
 fn checkpoint_header_out(h: &CheckpointHeader, l: usize, region: &Bytes) -> CheckpointHeaderOut {
