@@ -17,6 +17,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 mod acceptor;
+#[cfg(test)]
+mod directed;
 mod leader;
 mod membership;
 mod pipeline;
@@ -581,11 +583,11 @@ mod tests {
     use crate::paxos::{AcceptAll, SEC};
     use std::net::Ipv4Addr;
 
-    fn id(s: &str) -> MemberId {
+    pub(super) fn id(s: &str) -> MemberId {
         MemberId::new(s).unwrap()
     }
 
-    fn config(ids: &[&str]) -> ConfigInfo {
+    pub(super) fn config(ids: &[&str]) -> ConfigInfo {
         let node = |s: &str| Node { id: id(s), ip: Ipv4Addr::LOCALHOST, rsl_port: 1, learn_port: 2, app_port: 0, host_name: Bytes::new() };
         ConfigInfo {
             number: 1,
