@@ -1,6 +1,7 @@
 //! Directed multi-replica tests of the paths the randomized simulator does not reach on its
 //! own: a new primary on a pipelined ring meeting a reconfiguration vote among the votes it
-//! re-proposes (docs/core.md, "Reconfiguration").
+//! re-proposes (docs/core.md, "Reconfiguration"), and the last decree of
+//! `ReplicateRequestExclusiveVote`.
 //!
 //! `Ring` is a small deterministic harness: three replicas, a FIFO network with zero delay
 //! whose links can be cut per message kind, disks that are durable at once (so a crash loses
@@ -512,4 +513,55 @@ fn case_b_an_outbid_reconfiguration_gives_way_to_an_empty_vote() {
     }
     assert!(!ring.executed_anywhere(b"x"), "x was never chosen");
     assert!(ring.executed_anywhere(b"y"));
+}
+
+#[test]
+fn the_last_decree_stops_heartbeats_and_hands_the_ring_over() {
+    for window in [1, 16] {
+        last_decree(CoreConfig { version: Version::V7, window, ..CoreConfig::default() });
+    }
+    last_decree(CoreConfig::default()); // version 6, the original's rules
+}
+
+fn last_decree(cfg: CoreConfig) {
+    let mut ring = Ring::with(cfg);
+    ring.promote(0);
+    ring.submit(0, b"a1");
+    let mut out = Vec::new();
+    let now = ring.now;
+    ring.r_mut(0).submit_last(now, Bytes::from_static(b"last"), 7, &mut out).expect("taken");
+    ring.apply(0, out);
+    let mut out = Vec::new();
+    assert_eq!(ring.r_mut(0).submit(now, Bytes::from_static(b"late"), 8, false, &mut out), Err(SubmitError::ShuttingDown));
+    assert_eq!(ring.r_mut(0).change_configuration(now, ring_config().members, 9, &mut out), Err(SubmitError::ShuttingDown));
+    assert!(out.is_empty(), "a refused submit keeps its cookie");
+    let mark = ring.sent.len();
+    ring.run();
+    let last = ring.procs[0].executed.last().cloned().expect("executed");
+    assert_eq!(value(&last).0, [Bytes::from_static(b"last")], "the last vote is chosen and executes on the primary");
+    let last_decree = last.header.decree;
+    assert!(ring.votes_sent(0, mark).iter().all(|v| v.header.decree <= last_decree));
+
+    // No heartbeats: node 0 proposes nothing more, and the others elect another primary.
+    let mark = ring.sent.len();
+    ring.advance(8 * SEC);
+    assert!(ring.votes_sent(0, mark).is_empty(), "no vote after the last decree");
+    ring.advance(10 * SEC);
+    assert!(ring.votes_sent(0, mark).is_empty());
+    let primaries: Vec<usize> = (1..3).filter(|&i| ring.r(i).role() == Role::Primary).collect();
+    assert_eq!(primaries.len(), 1, "a secondary took over");
+    assert_ne!(ring.r(0).role(), Role::Primary);
+    let p = primaries[0];
+    ring.submit(p, b"next");
+    ring.run();
+    ring.advance(5 * SEC);
+    for i in 0..3 {
+        let h = ring.history(i);
+        assert!(h.iter().any(|(_, v)| v.0 == [Bytes::from_static(b"last")]), "node {i} executed the last decree");
+    }
+    assert!(ring.executed_anywhere(b"next"));
+    let mut out = Vec::new();
+    let now = ring.now;
+    assert_eq!(ring.r_mut(0).submit(now, Bytes::from_static(b"late"), 8, false, &mut out), Err(SubmitError::ShuttingDown));
+    assert_ne!(ring.r(0).role(), Role::Primary, "a replica shutting down does not stand again");
 }
