@@ -241,24 +241,27 @@ impl RslReplica {
     /// `ReplicateRequest`: on Success the cookie comes back exactly once, through
     /// `execute_replicated_request` here or `abort_request`. Cookies must be below 2^63.
     pub fn replicate_request(&self, request: Bytes, cookie: Cookie) -> ResponseCode {
-        self.submit(request, cookie, false)
+        self.submit(request, cookie, false, false)
     }
 
     /// `ReplicateRequestExclusiveVote`: the request gets a vote of its own. With
-    /// `is_last_decree`, the replica refuses every later request (ShuttingDown).
+    /// `is_last_decree`, the replica refuses every later request (ShuttingDown), and the core
+    /// sends no heartbeat after the vote, so the secondaries elect another primary
+    /// (api-behavior §2.19).
     pub fn replicate_request_exclusive_vote(&self, request: Bytes, cookie: Cookie, is_last_decree: bool) -> ResponseCode {
-        let code = self.submit(request, cookie, true);
+        let code = self.submit(request, cookie, true, is_last_decree);
         if code == ResponseCode::Success && is_last_decree {
+            // Refuse at once on the caller's side too; the core refuses whatever races past.
             self.shared.shutting_down.store(true, Relaxed);
         }
         code
     }
 
-    fn submit(&self, request: Bytes, cookie: Cookie, exclusive: bool) -> ResponseCode {
+    fn submit(&self, request: Bytes, cookie: Cookie, exclusive: bool, last: bool) -> ResponseCode {
         if let Some(code) = self.check_submit(&request, cookie) {
             return code;
         }
-        match self.events.send(Event::Submit { request, cookie, exclusive }) {
+        match self.events.send(Event::Submit { request, cookie, exclusive, last }) {
             Ok(()) => ResponseCode::Success,
             Err(_) => ResponseCode::ShuttingDown,
         }

@@ -32,6 +32,8 @@ pub(crate) enum Event {
         request: Bytes,
         cookie: Cookie,
         exclusive: bool,
+        /// `isLastDecree`: the replica shuts down behind this (exclusive) request.
+        last: bool,
     },
     ChangeConfiguration {
         members: MemberSet,
@@ -198,7 +200,7 @@ impl Ring {
                 self.release_held();
                 self.step(Input::Durable(seq));
             }
-            Event::Submit { request, cookie, exclusive } => self.submit(request, cookie, exclusive),
+            Event::Submit { request, cookie, exclusive, last } => self.submit(request, cookie, exclusive, last),
             Event::ChangeConfiguration { members, cookie, reply } => {
                 let code = self.change_configuration(members, cookie);
                 let _ = reply.send(code);
@@ -224,10 +226,14 @@ impl Ring {
         self.apply(out);
     }
 
-    fn submit(&mut self, request: Bytes, cookie: Cookie, exclusive: bool) {
+    fn submit(&mut self, request: Bytes, cookie: Cookie, exclusive: bool, last: bool) {
         let now = self.now();
         let mut out = std::mem::take(&mut self.actions);
-        let result = self.core.submit(now, request, cookie, exclusive, &mut out);
+        let result = if last {
+            self.core.submit_last(now, request, cookie, &mut out)
+        } else {
+            self.core.submit(now, request, cookie, exclusive, &mut out)
+        };
         self.apply(out);
         if let Err(e) = result {
             let code = if e == SubmitError::ShuttingDown { ResponseCode::ShuttingDown } else { ResponseCode::NotPrimary };

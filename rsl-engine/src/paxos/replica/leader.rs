@@ -20,6 +20,9 @@ impl Replica {
         if ids.is_empty() || ids.len() != members.nodes.len() || ids.contains(&MemberId::EMPTY) {
             return Err(SubmitError::InvalidRequest);
         }
+        if self.shutting_down {
+            return Err(SubmitError::ShuttingDown);
+        }
         if !self.is_primary || self.relinquishing {
             return Err(SubmitError::NotPrimary);
         }
@@ -38,12 +41,37 @@ impl Replica {
         exclusive: bool,
         out: &mut Vec<Action>,
     ) -> Result<(), SubmitError> {
+        self.check_submit(&request)?;
+        self.enqueue(now, request, cookie, exclusive, out);
+        Ok(())
+    }
+
+    /// `ReplicateRequestExclusiveVote(isLastDecree = true)` (api-behavior §2.19): the request
+    /// gets a vote of its own, and the replica is shutting down from now on. Later submits
+    /// fail with `ShuttingDown`; once the votes in flight are chosen it proposes nothing more
+    /// (no heartbeats), and it no longer stands for election, so the secondaries time out and
+    /// elect another primary. It keeps accepting votes as any member does.
+    pub fn submit_last(&mut self, now: Micros, request: Bytes, cookie: Cookie, out: &mut Vec<Action>) -> Result<(), SubmitError> {
+        self.check_submit(&request)?;
+        self.enqueue(now, request, cookie, true, out);
+        self.shutting_down = true;
+        Ok(())
+    }
+
+    fn check_submit(&self, request: &Bytes) -> Result<(), SubmitError> {
+        if self.shutting_down {
+            return Err(SubmitError::ShuttingDown);
+        }
         if request.is_empty() {
             return Err(SubmitError::InvalidRequest);
         }
         if !self.is_primary {
             return Err(SubmitError::NotPrimary);
         }
+        Ok(())
+    }
+
+    fn enqueue(&mut self, now: Micros, request: Bytes, cookie: Cookie, exclusive: bool, out: &mut Vec<Action>) {
         debug_assert_eq!(self.role, Role::Primary);
         let size = request.len() + 4;
         match self.to_send.back_mut() {
@@ -61,7 +89,6 @@ impl Replica {
             }),
         }
         self.send_next(now, out);
-        Ok(())
     }
 
     pub(super) fn on_vote_accepted(&mut self, now: Micros, from: MemberId, msg: &Message, out: &mut Vec<Action>) {

@@ -17,6 +17,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 mod acceptor;
+#[cfg(test)]
+mod directed;
 mod leader;
 mod membership;
 mod pipeline;
@@ -169,6 +171,9 @@ pub struct Replica {
     log_min_decree: u64,
     /// The relinquish vote has been proposed: nothing more is, and peers are ignored.
     relinquishing: bool,
+    /// The last decree was submitted (`submit_last`): no more requests, heartbeats or
+    /// candidacies; the replica still accepts votes.
+    shutting_down: bool,
     vote_payload: u64,
     checkpointed: u64,
     checkpoint_size: u64,
@@ -267,6 +272,7 @@ impl Replica {
             learning: None,
             log_min_decree: 0,
             relinquishing: false,
+            shutting_down: false,
             vote_payload: 0,
             checkpointed: 0,
             checkpoint_size: 0,
@@ -342,6 +348,12 @@ impl Replica {
         }
     }
 
+    /// Whether an idle primary proposes empty votes to keep its secondaries following: not
+    /// once it relinquishes or submitted its last decree (they should elect someone else).
+    fn heartbeats(&self) -> bool {
+        self.is_primary && !self.relinquishing && !self.shutting_down
+    }
+
     /// Starts the protocol: a status round to find the ring.
     pub fn start(&mut self, now: Micros, app: &mut dyn Application, out: &mut Vec<Action>) {
         assert_eq!(self.persist_seq, 0, "start once");
@@ -368,7 +380,7 @@ impl Replica {
                 let copy = if self.copy_at.is_some() && !self.copying { self.copy_query_at } else { Micros::MAX };
                 let next = if !self.outstanding.is_empty() {
                     self.action_deadline
-                } else if self.is_primary && !self.relinquishing {
+                } else if self.heartbeats() {
                     self.last_proposed.saturating_add(self.cfg.heartbeat_interval)
                 } else {
                     Micros::MAX
@@ -526,7 +538,7 @@ impl Replica {
                         }
                         self.action_deadline = now.saturating_add(self.cfg.resend_interval);
                     }
-                } else if self.is_primary && !self.relinquishing && now >= self.last_proposed.saturating_add(self.cfg.heartbeat_interval) {
+                } else if self.heartbeats() && now >= self.last_proposed.saturating_add(self.cfg.heartbeat_interval) {
                     debug_assert!(self.to_send.is_empty());
                     self.propose(now, VoteBody::default(), Vec::new(), None, out);
                 }
@@ -560,7 +572,11 @@ impl Replica {
     /// `MoveToSecondaryOrPrepare` (api-behavior §2.9).
     fn move_to_secondary_or_prepare(&mut self, now: Micros, app: &mut dyn Application, out: &mut Vec<Action>) {
         debug_assert_eq!(self.role, Role::Initializing);
-        if now >= self.next_election || self.max_ballot.member == self.me || self.force_reelection {
+        let stand = now >= self.next_election || self.max_ballot.member == self.me || self.force_reelection;
+        if stand && self.shutting_down {
+            // It leaves the primary role to the others, as a veto would (and waits as long).
+            self.next_election = now.saturating_add(self.cfg.heartbeat_interval);
+        } else if stand {
             // A log-roll checkpoint not yet started gives way to the election; one being
             // written blocks it.
             self.save_at = None;
@@ -581,11 +597,11 @@ mod tests {
     use crate::paxos::{AcceptAll, SEC};
     use std::net::Ipv4Addr;
 
-    fn id(s: &str) -> MemberId {
+    pub(super) fn id(s: &str) -> MemberId {
         MemberId::new(s).unwrap()
     }
 
-    fn config(ids: &[&str]) -> ConfigInfo {
+    pub(super) fn config(ids: &[&str]) -> ConfigInfo {
         let node = |s: &str| Node { id: id(s), ip: Ipv4Addr::LOCALHOST, rsl_port: 1, learn_port: 2, app_port: 0, host_name: Bytes::new() };
         ConfigInfo {
             number: 1,

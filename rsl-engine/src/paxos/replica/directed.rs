@@ -1,0 +1,567 @@
+//! Directed multi-replica tests of the paths the randomized simulator does not reach on its
+//! own: a new primary on a pipelined ring meeting a reconfiguration vote among the votes it
+//! re-proposes (docs/core.md, "Reconfiguration"), and the last decree of
+//! `ReplicateRequestExclusiveVote`.
+//!
+//! `Ring` is a small deterministic harness: three replicas, a FIFO network with zero delay
+//! whose links can be cut per message kind, disks that are durable at once (so a crash loses
+//! nothing but the process), and a virtual clock that only moves when a test says so. Each
+//! scenario is built step by step; the harness checks agreement on every execution.
+
+use super::tests::config;
+use super::*;
+use crate::paxos::{AcceptAll, SEC};
+
+const IDS: [&str; 3] = ["1", "2", "3"];
+
+fn id(i: usize) -> MemberId {
+    super::tests::id(IDS[i])
+}
+
+/// Configuration 1 from decree 0, of all three nodes (a reconfiguration keeps them all).
+fn ring_config() -> ConfigInfo {
+    config(&IDS)
+}
+
+/// What a vote decides, whoever proposed it: its requests, or the members it reconfigures to.
+type Value = (Vec<Bytes>, Option<Vec<MemberId>>);
+
+fn value(vote: &Message) -> Value {
+    let body = vote.as_vote().expect("a vote");
+    (body.requests.clone(), body.reconfig.as_ref().map(|m| m.nodes.iter().map(|n| n.id).collect()))
+}
+
+struct Proc {
+    replica: Option<Replica>,
+    /// Every record this node ever persisted, in order: its durable log.
+    log: Vec<Arc<Message>>,
+    /// What the current process life executed, in order.
+    executed: Vec<Arc<Message>>,
+    life: u64,
+}
+
+struct Ring {
+    now: Micros,
+    cfg: CoreConfig,
+    procs: Vec<Proc>,
+    /// Messages in flight, oldest first: (from, to, message).
+    net: VecDeque<(usize, usize, Arc<Message>)>,
+    /// Answers to FetchVotes, in order: (learner, source, records).
+    learned: VecDeque<(usize, usize, Vec<Arc<Message>>)>,
+    /// Links that drop everything (`None`) or one kind of message, from → to.
+    cut: std::collections::HashSet<(usize, usize, Option<MsgKind>)>,
+    /// The value each decree executed with, first seen anywhere (agreement).
+    decided: BTreeMap<u64, Value>,
+    /// Every message each node sent, in order (what the tests look at).
+    sent: Vec<(usize, Arc<Message>)>,
+}
+
+impl Ring {
+    /// Three replicas of configuration 1 (from decree 0) at protocol version 7, window 16,
+    /// started and settled as secondaries.
+    fn new() -> Ring {
+        Ring::with(CoreConfig { version: Version::V7, window: 16, ..CoreConfig::default() })
+    }
+
+    fn with(cfg: CoreConfig) -> Ring {
+        let procs = (0..3).map(|_| Proc { replica: None, log: Vec::new(), executed: Vec::new(), life: 0 }).collect();
+        let mut ring = Ring {
+            now: SEC,
+            cfg,
+            procs,
+            net: VecDeque::new(),
+            learned: VecDeque::new(),
+            cut: Default::default(),
+            decided: BTreeMap::new(),
+            sent: Vec::new(),
+        };
+        for i in 0..3 {
+            ring.boot(i);
+        }
+        ring.run();
+        ring
+    }
+
+    fn r(&self, i: usize) -> &Replica {
+        self.procs[i].replica.as_ref().expect("node is up")
+    }
+
+    fn r_mut(&mut self, i: usize) -> &mut Replica {
+        self.procs[i].replica.as_mut().expect("node is up")
+    }
+
+    /// Starts node `i` from its durable log (no checkpoint: everything replays from decree 0).
+    fn boot(&mut self, i: usize) {
+        let config = ring_config();
+        let p = &mut self.procs[i];
+        p.life += 1;
+        p.executed.clear();
+        let mut replica = Replica::new(self.cfg.clone(), id(i), config, 100 * i as u64 + p.life);
+        let mut out = Vec::new();
+        for record in &p.log {
+            replica.replay(record, &mut out).expect("the log replays");
+        }
+        replica.start(self.now, &mut AcceptAll, &mut out);
+        p.replica = Some(replica);
+        self.apply(i, out);
+    }
+
+    /// The process on node `i` dies; its durable log stays.
+    fn crash(&mut self, i: usize) {
+        self.procs[i].replica = None;
+    }
+
+    fn restart(&mut self, i: usize) {
+        self.crash(i);
+        self.boot(i);
+    }
+
+    fn cut(&mut self, from: usize, to: usize, kind: Option<MsgKind>) {
+        self.cut.insert((from, to, kind));
+    }
+
+    fn isolate(&mut self, i: usize) {
+        for j in (0..3).filter(|&j| j != i) {
+            self.cut(i, j, None);
+            self.cut(j, i, None);
+        }
+    }
+
+    fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    fn dropped(&self, from: usize, to: usize, msg: &Message) -> bool {
+        self.procs[to].replica.is_none() || self.cut.contains(&(from, to, None)) || self.cut.contains(&(from, to, Some(msg.kind())))
+    }
+
+    fn step(&mut self, i: usize, input: Input) {
+        if self.procs[i].replica.is_none() {
+            return;
+        }
+        let mut out = Vec::new();
+        let now = self.now;
+        self.r_mut(i).step(now, input, &mut AcceptAll, &mut out);
+        self.apply(i, out);
+    }
+
+    /// Carries out a replica's actions. Persists are durable at once; sends go on the network
+    /// in order (the gated ones after their persist, which is already durable).
+    fn apply(&mut self, i: usize, out: Vec<Action>) {
+        let mut durable = None;
+        for action in out {
+            match action {
+                Action::Send { to, msg, .. } => {
+                    self.sent.push((i, msg.clone()));
+                    match to {
+                        Dest::All => (0..3).filter(|&j| j != i).for_each(|j| self.net.push_back((i, j, msg.clone()))),
+                        Dest::One(m) => self.net.push_back((i, (0..3).find(|&j| id(j) == m).expect("a node"), msg)),
+                    }
+                }
+                Action::Persist { seq, record } => {
+                    self.procs[i].log.push(record);
+                    durable = Some(seq);
+                }
+                Action::Execute { vote, .. } => self.executed(i, vote),
+                Action::FetchVotes { from, decree } => {
+                    // From the first vote at or after `decree` (a pipelined log is not in
+                    // decree order; before version 7, from the newest vote for it), if the
+                    // source is up and reachable.
+                    let src = (0..3).find(|&j| id(j) == from).expect("a node");
+                    let reachable = self.procs[src].replica.is_some() && !self.cut.contains(&(src, i, None));
+                    let log = &self.procs[src].log;
+                    let start = if self.cfg.version.is_pipelined() {
+                        log.iter().position(|r| r.kind() == MsgKind::Vote && r.header.decree >= decree)
+                    } else {
+                        log.iter().rposition(|r| r.kind() == MsgKind::Vote && r.header.decree == decree)
+                    };
+                    let records = match start.filter(|_| reachable) {
+                        Some(start) => log[start..].to_vec(),
+                        None => Vec::new(),
+                    };
+                    self.learned.push_back((i, src, records));
+                }
+                Action::FetchCheckpoint { .. } | Action::SaveCheckpoint(_) | Action::LoadCheckpoint(_) => {
+                    panic!("no checkpoints in these scenarios")
+                }
+                _ => {}
+            }
+        }
+        if let Some(seq) = durable {
+            self.step(i, Input::Durable(seq));
+        }
+    }
+
+    /// Agreement across every node and process life, and contiguous execution per life.
+    fn executed(&mut self, i: usize, vote: Arc<Message>) {
+        let d = vote.header.decree;
+        let p = &mut self.procs[i];
+        if let Some(prev) = p.executed.last() {
+            assert_eq!(prev.header.decree + 1, d, "node {i} executed out of order");
+        }
+        p.executed.push(vote.clone());
+        let v = value(&vote);
+        let first = self.decided.entry(d).or_insert_with(|| v.clone());
+        assert_eq!(*first, v, "agreement: decree {d} executed with two values");
+    }
+
+    /// Delivers messages and learned records until nothing is in flight.
+    fn run(&mut self) {
+        for _ in 0..100_000 {
+            if let Some((from, to, msg)) = self.net.pop_front() {
+                if !self.dropped(from, to, &msg) {
+                    self.step(to, Input::Message { from: id(from), msg });
+                }
+            } else if let Some((i, src, records)) = self.learned.pop_front() {
+                self.step(i, Input::Learned { from: id(src), records });
+            } else {
+                return;
+            }
+        }
+        panic!("the network never went quiet");
+    }
+
+    /// Moves the clock forward by `dt`, ticking each replica when it asks to be.
+    fn advance(&mut self, dt: Micros) {
+        let end = self.now + dt;
+        loop {
+            let next = (0..3).filter_map(|i| self.procs[i].replica.as_ref().map(|r| (r.next_wakeup(), i))).min();
+            match next {
+                Some((at, i)) if at <= end => {
+                    self.now = self.now.max(at);
+                    self.step(i, Input::Tick);
+                    self.run();
+                }
+                _ => break,
+            }
+        }
+        self.now = end;
+    }
+
+    /// Makes node `i` stand for election now, and runs the election.
+    fn promote(&mut self, i: usize) {
+        for _ in 0..5 {
+            self.step(i, Input::AttemptPromotion);
+            self.step(i, Input::Tick);
+            self.run();
+            if self.r(i).role() == Role::Primary {
+                return;
+            }
+            // Refused (a higher promise, or a status round still open): try again later.
+            self.advance(SEC / 2);
+        }
+        panic!("node {i} could not be elected: {:?}", self.r(i).role());
+    }
+
+    fn submit(&mut self, i: usize, request: &'static [u8]) {
+        let mut out = Vec::new();
+        let now = self.now;
+        self.r_mut(i).submit(now, Bytes::from_static(request), 0, true, &mut out).expect("the primary takes requests");
+        self.apply(i, out);
+    }
+
+    fn change_configuration(&mut self, i: usize) {
+        let mut out = Vec::new();
+        let now = self.now;
+        self.r_mut(i).change_configuration(now, ring_config().members, 0, &mut out).expect("the primary reconfigures");
+        self.apply(i, out);
+    }
+
+    /// The votes node `i` sent since `mark` (an index into `sent`).
+    fn votes_sent(&self, i: usize, mark: usize) -> Vec<Arc<Message>> {
+        self.sent[mark..].iter().filter(|(s, m)| *s == i && m.kind() == MsgKind::Vote).map(|(_, m)| m.clone()).collect()
+    }
+
+    /// The (decree, ballot) of every vote node `i` reported in a PrepareAccepted since `mark`.
+    fn reported(&self, i: usize, mark: usize) -> Vec<(u64, Ballot)> {
+        let votes = self.sent[mark..].iter().filter(|(s, _)| *s == i).filter_map(|(_, m)| match &m.body {
+            Body::PrepareAccepted(v) if !v.header.ballot.is_empty() => Some(decree_ballot(v)),
+            _ => None,
+        });
+        votes.collect()
+    }
+
+    /// Every node's executed sequence, as (decree, value).
+    fn history(&self, i: usize) -> Vec<(u64, Value)> {
+        self.procs[i].executed.iter().map(|v| (v.header.decree, value(v))).collect()
+    }
+
+    /// Elects `primary`, gets a request through, and lets heartbeats carry every node to the
+    /// same executed sequence.
+    fn converge(&mut self, primary: usize, request: &'static [u8]) {
+        self.promote(primary);
+        self.submit(primary, request);
+        self.run();
+        self.advance(5 * SEC);
+        let h = self.history(primary);
+        assert!(h.iter().any(|(_, (reqs, _))| reqs.iter().any(|r| r == request)), "the request executed");
+        for i in 0..3 {
+            // A secondary executes a decree on the next vote's watermark: it may trail by one.
+            let hi = self.history(i);
+            assert!(hi.len() + 1 >= h.len() && h.len() + 1 >= hi.len(), "node {i} did not converge");
+            let n = hi.len().min(h.len());
+            assert_eq!(hi[..n], h[..n], "node {i} executed another sequence");
+        }
+    }
+
+    fn executed_anywhere(&self, request: &[u8]) -> bool {
+        self.decided.values().any(|(reqs, _)| reqs.iter().any(|r| r == request))
+    }
+}
+
+fn is_reconfig(v: &Message) -> bool {
+    v.as_vote().is_some_and(|b| b.reconfig.is_some())
+}
+
+/// Case (a) up to the decision: returns the ring and the reconfiguration's decree.
+///
+/// - Node 0 is primary at b1 and everything up to d - 1 is chosen. Cut off, it proposes three
+///   votes at d, d + 1, d + 2 that only its own log holds, and crashes.
+/// - Node 1 is elected at r > b1 by {1, 2}, re-proposes to d - 1, and proposes the
+///   reconfiguration R at d; node 2 accepts it, its acknowledgement is lost, node 1 crashes
+///   before any decision.
+/// - Node 0 restarts; node 2 is elected by {0, 2}. Its Prepare collects R at (d, r) (its own)
+///   and node 0's votes at d + 1, d + 2 at b1 < r.
+fn case_a_until_decision() -> (Ring, u64) {
+    let mut ring = Ring::new();
+    ring.promote(0);
+    ring.submit(0, b"a1");
+    ring.submit(0, b"a2");
+    ring.run();
+    let b1 = ring.r(0).max_ballot();
+    let d = ring.r(0).next_propose;
+    assert_eq!(ring.r(0).next_execute(), d, "everything node 0 proposed is chosen");
+
+    ring.isolate(0);
+    for orphan in [b"orphan-d" as &'static [u8], b"orphan-d+1", b"orphan-d+2"] {
+        ring.submit(0, orphan);
+    }
+    ring.run();
+    assert_eq!(ring.r(0).pending.range(d..).map(|(k, _)| *k).collect::<Vec<_>>(), [d, d + 1, d + 2]);
+    ring.crash(0);
+    ring.heal();
+
+    ring.promote(1);
+    let r = ring.r(1).max_ballot();
+    assert!(r > b1);
+    assert!(ring.r(1).is_primary(), "its re-proposals were chosen");
+    assert_eq!(ring.r(1).next_propose, d, "the reconfiguration lands on node 0's orphaned decree");
+    ring.cut(2, 1, Some(MsgKind::VoteAccepted));
+    ring.change_configuration(1);
+    ring.run();
+    let held = ring.r(2).pending.get(&d).map(|(v, _)| v.clone()).expect("node 2 accepted R");
+    assert!(is_reconfig(&held) && held.header.ballot == r);
+    assert_eq!(ring.r(1).paxos_configuration().number, 1, "no decision yet");
+    ring.crash(1);
+    ring.heal();
+
+    ring.boot(0);
+    ring.run();
+    // Node 0 still holds its own votes beyond d at b1 (it may also have learned R).
+    let beyond: Vec<_> = ring.r(0).pending.range(d + 1..).map(|(k, (v, _))| (*k, v.header.ballot)).collect();
+    assert_eq!(beyond, [(d + 1, b1), (d + 2, b1)]);
+
+    // Hold node 0's acknowledgements: the decision must wait, and we watch what node 2 proposes
+    // meanwhile.
+    ring.cut(0, 2, Some(MsgKind::VoteAccepted));
+    let mark = ring.sent.len();
+    ring.promote(2);
+    let c = ring.r(2).max_ballot();
+    assert!(c > r);
+    let reported = ring.reported(0, mark);
+    assert!(reported.contains(&(d + 1, b1)) && reported.contains(&(d + 2, b1)), "node 0 reported its votes beyond d");
+    ring.advance(5 * SEC); // resends, no heartbeats: the vote is outstanding
+    let votes = ring.votes_sent(2, mark);
+    assert!(!votes.is_empty());
+    for v in &votes {
+        assert_eq!((v.header.decree, v.header.ballot), (d, c), "node 2 proposes nothing beyond R");
+        assert!(is_reconfig(v), "node 2 re-proposes R at d");
+    }
+    assert_eq!(ring.r(2).next_propose, d + 1);
+    assert!(ring.r(2).to_send.is_empty() && ring.r(2).outstanding.len() == 1);
+    // Node 0 accepted the re-proposal and still holds its old votes beyond it.
+    assert!(ring.r(0).pending.get(&d).is_some_and(|(v, _)| v.header.ballot == c));
+    assert_eq!(ring.r(0).pending.range(d + 1..).count(), 2);
+
+    ring.heal();
+    ring.advance(2 * SEC); // the next resend is acknowledged: chosen, decided, switched
+    for i in [0, 2] {
+        let r = ring.r(i);
+        assert_eq!(r.paxos_configuration().number, 2, "node {i} switched");
+        assert_eq!(r.configuration().initial_decree, d + 1);
+        assert!(r.pending.values().all(|(v, _)| v.header.config == 2), "node {i} dropped the votes beyond d");
+        let decision = ring.procs[i].log.iter().any(|m| m.kind() == MsgKind::ReconfigurationDecision && m.header.decree == d);
+        assert!(decision, "node {i} logged the decision");
+        let last = ring.procs[i].executed.iter().rev().find(|v| v.header.config == 1).expect("executed");
+        assert!(last.header.decree == d && is_reconfig(last), "node {i} executed R at d");
+    }
+    (ring, d)
+}
+
+#[test]
+fn case_a_a_new_primary_reproposes_a_reconfiguration_and_nothing_beyond_it() {
+    let (mut ring, d) = case_a_until_decision();
+    // Node 1 comes back in configuration 1 holding R at (d, r); a Join brings it the decision.
+    ring.boot(1);
+    ring.advance(3 * SEC);
+    assert_eq!(ring.r(1).paxos_configuration().number, 2, "node 1 learned the decision");
+    ring.converge(0, b"after");
+    for i in 0..3 {
+        assert_eq!(ring.r(i).configuration().number, 2);
+        assert!(ring.history(i).iter().any(|(k, v)| *k == d && v.1.is_some()), "node {i} executed R at d");
+    }
+    for orphan in [b"orphan-d" as &[u8], b"orphan-d+1", b"orphan-d+2"] {
+        assert!(!ring.executed_anywhere(orphan), "a vote beyond R was dropped, never executed");
+    }
+}
+
+#[test]
+fn case_a_the_decision_replays_after_a_crash() {
+    let (mut ring, d) = case_a_until_decision();
+    // Node 0's log holds, in order: its old votes beyond d (configuration 1), R re-proposed at
+    // d, the decision. Node 2's holds R twice and the decision.
+    for i in [0, 2] {
+        let before = ring.history(i);
+        let next = ring.r(i).next_execute();
+        ring.restart(i);
+        let r = ring.r(i);
+        assert_eq!((r.paxos_configuration().number, r.configuration().number), (2, 2), "node {i} replays into configuration 2");
+        assert_eq!(r.next_execute(), next);
+        assert_eq!(r.next_execute(), d + 1);
+        assert!(r.pending.is_empty(), "nothing of configuration 1 survives the replay");
+        assert_eq!(ring.history(i), before, "node {i} replays the same sequence, R included");
+    }
+    ring.boot(1);
+    ring.advance(3 * SEC);
+    ring.converge(2, b"after restart");
+    // And once more from logs that now hold configuration 2's votes after the decision.
+    for i in 0..3 {
+        let before = ring.history(i);
+        ring.restart(i);
+        assert_eq!(ring.r(i).configuration().number, 2);
+        let after = ring.history(i);
+        assert!(before.starts_with(&after) && after.len() + 1 >= before.len(), "node {i} replays what it executed");
+    }
+}
+
+/// Case (b): R proposed at d under r and never chosen; a primary of a higher ballot that never
+/// saw R proposes beyond d; a third primary's Prepare reports both.
+///
+/// - Node 1 is primary at r; cut off, it proposes R at d, which nobody else receives; it crashes.
+/// - Node 0 is elected at a > r by {0, 2} (neither saw R), and proposes x at d and y at d + 1;
+///   x is lost on its way to node 2, y arrives. Node 0 crashes: x is in its log only.
+/// - Node 1 restarts and is elected by {1, 2}: its own R at (d, r), node 2's y at (d + 1, a).
+#[test]
+fn case_b_an_outbid_reconfiguration_gives_way_to_an_empty_vote() {
+    let mut ring = Ring::new();
+    ring.promote(0);
+    ring.submit(0, b"a1");
+    ring.run();
+    ring.promote(1);
+    ring.submit(1, b"b1");
+    ring.run();
+    let r = ring.r(1).max_ballot();
+    let d = ring.r(1).next_propose;
+    ring.isolate(1);
+    ring.change_configuration(1);
+    ring.run();
+    assert!(ring.r(1).pending.get(&d).is_some_and(|(v, _)| is_reconfig(v) && v.header.ballot == r));
+    ring.crash(1);
+    ring.heal();
+
+    ring.promote(0);
+    let a = ring.r(0).max_ballot();
+    assert!(a > r);
+    assert!(ring.r(0).is_primary());
+    assert_eq!(ring.r(0).next_propose, d, "node 0 never saw R and proposes at d");
+    ring.cut(0, 2, None);
+    ring.submit(0, b"x");
+    ring.run();
+    ring.heal();
+    ring.cut(2, 0, Some(MsgKind::VoteAccepted)); // x stays unchosen whatever 2 answers
+    ring.submit(0, b"y");
+    ring.run();
+    assert!(ring.r(0).pending.contains_key(&d));
+    assert!(!ring.r(2).pending.contains_key(&d) && ring.r(2).pending.get(&(d + 1)).is_some_and(|(v, _)| v.header.ballot == a));
+    ring.crash(0);
+    ring.heal();
+
+    // Node 1's ballot r is its own: restarting, it stands for election at once.
+    let mark = ring.sent.len();
+    ring.boot(1);
+    ring.run();
+    assert_eq!(ring.r(1).role(), Role::Primary);
+    let e = ring.r(1).max_ballot();
+    assert!(e > a);
+    let votes = ring.votes_sent(1, mark);
+    assert!(ring.reported(2, mark).contains(&(d + 1, a)), "node 2 reported y at (d + 1, a)");
+    assert!(!ring.reported(2, mark).iter().any(|(k, _)| *k == d), "and nothing at d: R at (d, r) is the highest there");
+    let at = |k: u64| votes.iter().find(|v| v.header.decree == k).cloned().unwrap_or_else(|| panic!("nothing proposed at {k}"));
+    let (vd, vd1) = (at(d), at(d + 1));
+    assert!(!is_reconfig(&vd) && value(&vd).0.is_empty(), "an empty vote at d, not R");
+    assert_eq!(vd.header.ballot, e);
+    assert_eq!(value(&vd1).0, [Bytes::from_static(b"y")], "and y carried on beyond d");
+    assert!(ring.r(1).next_execute() > d + 1, "both chosen and executed");
+    assert_eq!(ring.r(1).paxos_configuration().number, 1);
+
+    ring.boot(0);
+    ring.advance(SEC);
+    ring.converge(1, b"after");
+    for i in 0..3 {
+        assert_eq!(ring.r(i).configuration().number, 1, "no replica switched");
+        assert!(ring.history(i).iter().all(|(_, v)| v.1.is_none()), "node {i} never executed R");
+    }
+    assert!(!ring.executed_anywhere(b"x"), "x was never chosen");
+    assert!(ring.executed_anywhere(b"y"));
+}
+
+#[test]
+fn the_last_decree_stops_heartbeats_and_hands_the_ring_over() {
+    for window in [1, 16] {
+        last_decree(CoreConfig { version: Version::V7, window, ..CoreConfig::default() });
+    }
+    last_decree(CoreConfig::default()); // version 6, the original's rules
+}
+
+fn last_decree(cfg: CoreConfig) {
+    let mut ring = Ring::with(cfg);
+    ring.promote(0);
+    ring.submit(0, b"a1");
+    let mut out = Vec::new();
+    let now = ring.now;
+    ring.r_mut(0).submit_last(now, Bytes::from_static(b"last"), 7, &mut out).expect("taken");
+    ring.apply(0, out);
+    let mut out = Vec::new();
+    assert_eq!(ring.r_mut(0).submit(now, Bytes::from_static(b"late"), 8, false, &mut out), Err(SubmitError::ShuttingDown));
+    assert_eq!(ring.r_mut(0).change_configuration(now, ring_config().members, 9, &mut out), Err(SubmitError::ShuttingDown));
+    assert!(out.is_empty(), "a refused submit keeps its cookie");
+    let mark = ring.sent.len();
+    ring.run();
+    let last = ring.procs[0].executed.last().cloned().expect("executed");
+    assert_eq!(value(&last).0, [Bytes::from_static(b"last")], "the last vote is chosen and executes on the primary");
+    let last_decree = last.header.decree;
+    assert!(ring.votes_sent(0, mark).iter().all(|v| v.header.decree <= last_decree));
+
+    // No heartbeats: node 0 proposes nothing more, and the others elect another primary.
+    let mark = ring.sent.len();
+    ring.advance(8 * SEC);
+    assert!(ring.votes_sent(0, mark).is_empty(), "no vote after the last decree");
+    ring.advance(10 * SEC);
+    assert!(ring.votes_sent(0, mark).is_empty());
+    let primaries: Vec<usize> = (1..3).filter(|&i| ring.r(i).role() == Role::Primary).collect();
+    assert_eq!(primaries.len(), 1, "a secondary took over");
+    assert_ne!(ring.r(0).role(), Role::Primary);
+    let p = primaries[0];
+    ring.submit(p, b"next");
+    ring.run();
+    ring.advance(5 * SEC);
+    for i in 0..3 {
+        let h = ring.history(i);
+        assert!(h.iter().any(|(_, v)| v.0 == [Bytes::from_static(b"last")]), "node {i} executed the last decree");
+    }
+    assert!(ring.executed_anywhere(b"next"));
+    let mut out = Vec::new();
+    let now = ring.now;
+    assert_eq!(ring.r_mut(0).submit(now, Bytes::from_static(b"late"), 8, false, &mut out), Err(SubmitError::ShuttingDown));
+    assert_ne!(ring.r(0).role(), Role::Primary, "a replica shutting down does not stand again");
+}
