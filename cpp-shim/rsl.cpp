@@ -30,6 +30,8 @@ namespace RSLib
     namespace
     {
         std::atomic<NotificationsCallback> g_notifications{nullptr};
+        // EnableListenOnAllIPs: process-wide, read by every later Initialize.
+        std::atomic<bool> g_listenOnAllIps{false};
         std::atomic<LogEntryCallback> g_logEntry{nullptr};
 
         // Hands a formatted message to a LogEntryCallback: its `fmt` is "%s" and its
@@ -277,6 +279,7 @@ namespace RSLib
             c->use_global_accept_messages_flag = p.m_useGlobalAcceptMessagesFlag;
             c->pipeline_window = p.m_pipelineWindow;
             c->sync_writes = p.m_syncWrites;
+            c->listen_on_all_ips = g_listenOnAllIps.load(std::memory_order_acquire);
             return ok;
         }
 
@@ -358,8 +361,7 @@ namespace RSLib
 
     void STDCALL EnableListenOnAllIPs()
     {
-        shim::Log(CallBackLogLevel_Warning,
-                  "EnableListenOnAllIPs: not supported yet; replicas bind their own address");
+        g_listenOnAllIps.store(true, std::memory_order_release);
     }
 
     void STDCALL RSLUnload() {}

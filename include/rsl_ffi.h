@@ -87,6 +87,10 @@ typedef struct rsl_config {
    * fdatasync the journal (default true; false loses acknowledged requests on a crash).
    */
   bool sync_writes;
+  /**
+   * `EnableListenOnAllIPs`: bind on 0.0.0.0 instead of the node's address (default false).
+   */
+  bool listen_on_all_ips;
 } rsl_config;
 
 /**

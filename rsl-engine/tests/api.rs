@@ -247,3 +247,21 @@ fn checkpoints_copy_state_and_read_only_replay() {
     assert!(nothing.events.lock().unwrap().is_empty(), "Replay(0) loads nothing, as RSL's does");
     let _ = &ring.dir;
 }
+
+#[test]
+fn listen_on_all_ips_binds_every_address() {
+    for all in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_base();
+        let me = node("1", Ipv4Addr::LOCALHOST, port).unwrap();
+        let members = MemberSet { nodes: vec![me.clone()], cookie: Bytes::new() };
+        let cfg = RslConfig { working_dir: dir.path().into(), listen_on_all_ips: all, ..RslConfig::default() };
+        let r = RslReplica::initialize(cfg, me, Version::V6, Box::new(Recorder::default()), Arc::new(AdmitAll), Some(members)).unwrap();
+        // Another loopback address reaches the Paxos and learn ports only when bound to all.
+        for p in [port, port + 1] {
+            let reached = std::net::TcpStream::connect((Ipv4Addr::new(127, 0, 0, 2), p)).is_ok();
+            assert_eq!(reached, all, "port {p}, listen on all: {all}");
+        }
+        r.unload();
+    }
+}

@@ -68,6 +68,8 @@ pub struct rsl_config {
     pub pipeline_window: u32,
     /// fdatasync the journal (default true; false loses acknowledged requests on a crash).
     pub sync_writes: bool,
+    /// `EnableListenOnAllIPs`: bind on 0.0.0.0 instead of the node's address (default false).
+    pub listen_on_all_ips: bool,
 }
 
 /// `ReplicaHealth`: what the primary knows of one member.
@@ -147,6 +149,7 @@ config_fields!(
     use_global_accept_messages_flag,
     pipeline_window,
     sync_writes,
+    listen_on_all_ips,
 );
 
 /// Fills `*cfg` with RSL's defaults (an empty working directory, which `rsl_replica_initialize`

@@ -47,6 +47,9 @@ pub struct RslConfig {
     pub pipeline_window: u32,
     /// fdatasync the journal. Off only for benchmarks: acknowledged requests can then be lost.
     pub sync_writes: bool,
+    /// `EnableListenOnAllIPs`: bind the Paxos and learn ports on every address (0.0.0.0)
+    /// instead of the node's own.
+    pub listen_on_all_ips: bool,
 }
 
 impl Default for RslConfig {
@@ -87,6 +90,7 @@ impl Default for RslConfig {
             use_global_accept_messages_flag: false,
             pipeline_window: 1,
             sync_writes: true,
+            listen_on_all_ips: false,
         }
     }
 }

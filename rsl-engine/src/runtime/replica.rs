@@ -162,7 +162,8 @@ impl RslReplica {
             .enable_all()
             .build()
             .map_err(|e| storage(&e))?;
-        let paxos = SocketAddr::V4(SocketAddrV4::new(me.ip, me.rsl_port));
+        let bind_ip = if cfg.listen_on_all_ips { std::net::Ipv4Addr::UNSPECIFIED } else { me.ip };
+        let paxos = SocketAddr::V4(SocketAddrV4::new(bind_ip, me.rsl_port));
         let deliver = {
             let events = events_tx.clone();
             Arc::new(move |msg: Arc<Message>, ip| drop(events.send(Event::Message(msg, ip))))
@@ -171,7 +172,7 @@ impl RslReplica {
         let transport = Arc::new(
             Transport::start(runtime.handle(), paxos, topts, deliver).map_err(|source| InitError::Listen { addr: paxos, source })?,
         );
-        let learn_at = learn_addr(&me);
+        let learn_at = SocketAddr::new(bind_ip.into(), learn_addr(&me).port());
         let files = Arc::new(Files { log: journal.reader(), store: store.clone(), me: me.id, version });
         let learn = LearnServer::start(runtime.handle(), learn_at, files, cfg.max_message_bytes())
             .map_err(|source| InitError::Listen { addr: learn_at, source })?;
