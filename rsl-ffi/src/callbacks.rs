@@ -95,8 +95,7 @@ impl rsl_callbacks {
     }
 }
 
-/// A cookie from C: the pointer's address (user-space addresses are below 2^63, the limit the
-/// engine checks).
+/// A cookie from C: the pointer's address.
 pub(crate) fn cookie_in(cookie: *mut c_void) -> Cookie {
     cookie.expose_provenance() as Cookie
 }

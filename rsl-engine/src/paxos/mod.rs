@@ -67,11 +67,12 @@ pub enum Action {
         vote: Arc<Message>,
         cookies: Vec<Cookie>,
     },
-    /// A request's cookie, or a `ChangeConfiguration` cookie (`AbortChangeConfiguration`),
-    /// comes back unexecuted.
+    /// A request's cookie (`AbortRequest`), or with `config` a `ChangeConfiguration` cookie
+    /// (`AbortChangeConfiguration`), comes back unexecuted.
     Abort {
         cookie: Cookie,
         reason: AbortReason,
+        config: bool,
     },
     NotifyStatus {
         primary: bool,

@@ -2,6 +2,7 @@
 //! checkpoint, pruning, and the restore rule that picks the newest loadable one (formats.md
 //! §8.1, §8.5, §8.7, §9; api-behavior.md §1.6, §2.13–2.14).
 
+use super::{numbered_files, ListError};
 use crate::format::checkpoint::DEFAULT_BLOCK_SIZE;
 use crate::format::{CheckpointError, CheckpointHeader, CheckpointReader, CheckpointWriter, MemberId, Version};
 use crate::paxos::Checkpoint;
@@ -218,22 +219,11 @@ impl CheckpointStore {
 
 /// The `*.codex` files of `dir`, by decree.
 fn list_checkpoints(dir: &Path) -> Result<BTreeSet<u64>, StoreError> {
-    let mut out = BTreeSet::new();
-    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
-        let path = entry.map_err(io_err(dir))?.path();
-        // Lossy, so that a name that is not UTF-8 is reported rather than skipped.
-        let name = entry_name(&path);
-        let Some(stem) = name.strip_suffix(".codex") else { continue };
-        match stem.parse::<u64>() {
-            Ok(d) if stem.bytes().all(|b| b.is_ascii_digit()) => out.insert(d),
-            _ => return Err(StoreError::BadName { path }),
-        };
-    }
-    Ok(out)
-}
-
-fn entry_name(path: &Path) -> String {
-    path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+    let files = numbered_files(dir, "codex").map_err(|e| match e {
+        ListError::Io(source) => StoreError::Io { path: dir.into(), source },
+        ListError::BadName(path) => StoreError::BadName { path },
+    })?;
+    Ok(files.into_iter().map(|(d, _)| d).collect())
 }
 
 /// The header this replica writes for the core's checkpoint `cp`.

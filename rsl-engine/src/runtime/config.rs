@@ -136,13 +136,13 @@ impl RslConfig {
             ("m_maxOutstandingPerReplica", self.max_outstanding_per_replica),
             ("m_maxCheckpoints", self.max_checkpoints),
             ("m_maxLogs", self.max_logs),
-            ("m_maxMessageSizeMB", self.max_message_size_mb),
         ] {
             check(field, v.into(), 1, INT_MAX)?;
         }
         check("m_logLenRandomize", self.log_len_randomize.into(), 0, 100)?;
         check("m_electionRandomize", self.election_randomize.into(), 0, 100)?;
         check("m_numReaderThreads", self.num_reader_threads.into(), 0, 100)?;
+        // RSL allows up to INT_MAX, but 4096 and more overflow its 32-bit byte count.
         check("m_maxMessageSizeMB", self.max_message_size_mb.into(), 1, 4095)?;
         check("pipeline_window", self.pipeline_window.into(), 1, 1024)?;
         if self.working_dir.as_os_str().is_empty() {

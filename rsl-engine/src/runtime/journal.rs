@@ -7,7 +7,7 @@
 //! one `fdatasync` per file, and reports the highest sequence number in it as durable; the
 //! next batch fills meanwhile.
 
-use super::FileRange;
+use super::{numbered_files, FileRange, ListError};
 use crate::format::codec::{DecodeError, EncodeError};
 use crate::format::log::{self, encode_record, LogContents, LogWriter, Mode};
 use crate::format::{Message, MsgKind};
@@ -448,19 +448,10 @@ fn open_tail(dir: &Path, kept: &mut Vec<Found>, checkpoint: Option<u64>) -> Resu
 
 /// The `*.log` files of `dir`, by number.
 fn list_logs(dir: &Path) -> Result<Vec<(u64, PathBuf)>, JournalError> {
-    let mut logs = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
-        let path = entry.map_err(io_err(dir))?.path();
-        // Lossy, so that a name that is not UTF-8 is reported rather than skipped.
-        let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-        let Some(stem) = name.strip_suffix(".log") else { continue };
-        match stem.parse::<u64>() {
-            Ok(decree) if stem.bytes().all(|b| b.is_ascii_digit()) => logs.push((decree, path)),
-            _ => return Err(JournalError::BadName { path }),
-        }
-    }
-    logs.sort();
-    Ok(logs)
+    numbered_files(dir, "log").map_err(|e| match e {
+        ListError::Io(source) => JournalError::Io { path: dir.into(), source },
+        ListError::BadName(path) => JournalError::BadName { path },
+    })
 }
 
 /// Which log replay starts from: the newest numbered ≤ checkpoint + 1, or `0.log` without a

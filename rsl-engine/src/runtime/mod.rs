@@ -36,6 +36,30 @@ pub struct FileRange {
     pub end: u64,
 }
 
+/// Why a data directory could not be listed.
+pub(crate) enum ListError {
+    Io(std::io::Error),
+    /// A file with the extension whose name is not `<decimal>.<ext>` (RSL refuses to start).
+    BadName(PathBuf),
+}
+
+/// The `<n>.<ext>` files of `dir` (logs, checkpoints), by number.
+pub(crate) fn numbered_files(dir: &std::path::Path, ext: &str) -> Result<Vec<(u64, PathBuf)>, ListError> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(ListError::Io)? {
+        let path = entry.map_err(ListError::Io)?.path();
+        // Lossy, so that a name that is not UTF-8 is reported rather than skipped.
+        let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let Some(stem) = name.strip_suffix(ext).and_then(|s| s.strip_suffix('.')) else { continue };
+        match stem.parse::<u64>() {
+            Ok(n) if stem.bytes().all(|b| b.is_ascii_digit()) => files.push((n, path)),
+            _ => return Err(ListError::BadName(path)),
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
 /// What the API reads without a round trip to the protocol thread.
 pub(crate) struct Shared {
     pub is_primary: AtomicBool,

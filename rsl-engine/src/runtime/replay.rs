@@ -4,6 +4,7 @@
 use super::api::StateMachine;
 use super::checkpoints::core_checkpoint;
 use super::replica::InitError;
+use super::{numbered_files, ListError};
 use crate::format::checkpoint::CheckpointReader;
 use crate::format::log::read_log_file;
 use crate::format::{ConfigInfo, MemberId, Version};
@@ -13,17 +14,10 @@ use std::sync::Arc;
 
 /// The numbered files `<n>.<ext>` of `dir`, ascending.
 fn numbered(dir: &Path, ext: &str) -> Result<Vec<(u64, PathBuf)>, InitError> {
-    let entries = std::fs::read_dir(dir).map_err(|e| InitError::Storage(format!("{}: {e}", dir.display())))?;
-    let mut files: Vec<_> = entries
-        .flatten()
-        .filter_map(|e| {
-            let path = e.path();
-            let n = path.file_name()?.to_str()?.strip_suffix(ext)?.strip_suffix('.')?.parse().ok()?;
-            Some((n, path))
-        })
-        .collect();
-    files.sort();
-    Ok(files)
+    numbered_files(dir, ext).map_err(|e| match e {
+        ListError::Io(e) => InitError::Storage(format!("{}: {e}", dir.display())),
+        ListError::BadName(path) => InitError::Storage(format!("{}: not a numbered file name", path.display())),
+    })
 }
 
 /// Loads the newest checkpoint of at most `max_seq` that the state machine accepts, then

@@ -7,7 +7,7 @@ use super::config::{ConfigError, RslConfig};
 use super::exec::{Executor, Work};
 use super::journal::{read_defunct, Journal, JournalOptions};
 use super::learn::{self, LearnServer, LearnSource};
-use super::ring::{learn_addr, Event, Limits, Ring, CONFIG_COOKIE_BIT};
+use super::ring::{learn_addr, Event, Limits, Ring};
 use super::transport::{Transport, TransportOptions};
 use super::{FileRange, Shared};
 use crate::format::message::StatusBody;
@@ -227,12 +227,12 @@ impl RslReplica {
         self.version
     }
 
-    fn check_submit(&self, request: &[u8], cookie: Cookie) -> Option<ResponseCode> {
+    fn check_submit(&self, request: &[u8]) -> Option<ResponseCode> {
         if self.shared.shutting_down.load(Relaxed) {
             Some(ResponseCode::ShuttingDown)
         } else if !self.shared.is_primary.load(Relaxed) {
             Some(ResponseCode::NotPrimary)
-        } else if request.is_empty() || cookie >= CONFIG_COOKIE_BIT {
+        } else if request.is_empty() {
             Some(ResponseCode::InvalidParameter)
         } else {
             None
@@ -240,7 +240,7 @@ impl RslReplica {
     }
 
     /// `ReplicateRequest`: on Success the cookie comes back exactly once, through
-    /// `execute_replicated_request` here or `abort_request`. Cookies must be below 2^63.
+    /// `execute_replicated_request` here or `abort_request`.
     pub fn replicate_request(&self, request: Bytes, cookie: Cookie) -> ResponseCode {
         self.submit(request, cookie, false, false)
     }
@@ -259,7 +259,7 @@ impl RslReplica {
     }
 
     fn submit(&self, request: Bytes, cookie: Cookie, exclusive: bool, last: bool) -> ResponseCode {
-        if let Some(code) = self.check_submit(&request, cookie) {
+        if let Some(code) = self.check_submit(&request) {
             return code;
         }
         match self.events.send(Event::Submit { request, cookie, exclusive, last }) {

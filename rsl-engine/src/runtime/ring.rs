@@ -10,18 +10,15 @@ use super::learn;
 use super::transport::{frame, Transport};
 use super::Shared;
 use crate::format::{Body, Header, MemberId, MemberSet, Message, Node, Version};
-use crate::paxos::{Action, Application, Cookie, Dest, Input, Micros, Replica, SubmitError};
+use crate::paxos::{Action, Application, Cookie, Dest, Input, Micros, Replica, Role, SubmitError};
 use bytes::{Bytes, BytesMut};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// Cookies from this bit up belong to `ChangeConfiguration`; requests use the values below.
-pub(crate) const CONFIG_COOKIE_BIT: u64 = 1 << 63;
 
 /// Everything the protocol thread reacts to.
 pub(crate) enum Event {
@@ -93,12 +90,11 @@ pub(crate) struct Ring {
     /// Every node ever named by a configuration: where to reach a member by id.
     nodes: BTreeMap<MemberId, Node>,
     peers_for: (u32, u32),
+    /// The primary and role last written to the shared view.
+    published: (Option<MemberId>, Option<Role>),
     /// Sends waiting for a persist to be durable, in the order they were asked for.
     held: VecDeque<(u64, Dest, Bytes)>,
     durable: u64,
-    /// `ChangeConfiguration` cookies by the internal cookie the core carries.
-    config_cookies: HashMap<Cookie, Cookie>,
-    next_config_cookie: Cookie,
     frame_buf: BytesMut,
     actions: Vec<Action>,
     /// Inputs that actions produced (a log roll), stepped after the actions.
@@ -139,10 +135,9 @@ impl Ring {
             admit: Admit(admission),
             nodes: BTreeMap::new(),
             peers_for: (u32::MAX, u32::MAX),
+            published: (None, None),
             held: VecDeque::new(),
             durable: 0,
-            config_cookies: HashMap::new(),
-            next_config_cookie: CONFIG_COOKIE_BIT,
             frame_buf: BytesMut::with_capacity(64 << 10),
             actions: Vec::new(),
             followups: Vec::new(),
@@ -242,17 +237,12 @@ impl Ring {
     }
 
     fn change_configuration(&mut self, members: MemberSet, cookie: Cookie) -> ResponseCode {
-        let internal = self.next_config_cookie;
         let now = self.now();
         let mut out = std::mem::take(&mut self.actions);
-        let result = self.core.change_configuration(now, members, internal, &mut out);
+        let result = self.core.change_configuration(now, members, cookie, &mut out);
         self.apply(out);
         match result {
-            Ok(()) => {
-                self.next_config_cookie += 1;
-                self.config_cookies.insert(internal, cookie);
-                ResponseCode::Success
-            }
+            Ok(()) => ResponseCode::Success,
             Err(SubmitError::NotPrimary) => ResponseCode::NotPrimary,
             Err(SubmitError::ShuttingDown) => ResponseCode::ShuttingDown,
             Err(_) => ResponseCode::InvalidParameter,
@@ -315,10 +305,8 @@ impl Ring {
                 self.shared.stats.decrees_executed.fetch_add(1, Relaxed);
                 self.hand_to_exec(Work::Execute { vote, cookies });
             }
-            Action::Abort { cookie, reason } => match self.config_cookies.remove(&cookie) {
-                Some(user) => self.hand_to_exec(Work::AbortConfig { cookie: user, code: abort_code(reason) }),
-                None => self.hand_to_exec(Work::Abort { cookie, code: abort_code(reason) }),
-            },
+            Action::Abort { cookie, reason, config: true } => self.hand_to_exec(Work::AbortConfig { cookie, code: abort_code(reason) }),
+            Action::Abort { cookie, reason, config: false } => self.hand_to_exec(Work::Abort { cookie, code: abort_code(reason) }),
             Action::NotifyStatus { primary } => {
                 self.shared.is_primary.store(primary, Relaxed);
                 self.hand_to_exec(Work::Status(primary));
@@ -330,8 +318,7 @@ impl Ring {
                 for node in &config.members.nodes {
                     self.nodes.insert(node.id, node.clone());
                 }
-                let user = cookie.and_then(|c| self.config_cookies.remove(&c));
-                self.hand_to_exec(Work::ConfigChanged { config, cookie: user });
+                self.hand_to_exec(Work::ConfigChanged { config, cookie });
             }
             Action::Defunct(n) => {
                 if let Err(e) = write_defunct(&self.dir, n) {
@@ -475,20 +462,24 @@ impl Ring {
     }
 
     /// What API calls read without asking this thread.
-    fn publish(&self) {
+    /// Takes the view's lock only when something in it changed.
+    fn publish(&mut self) {
         self.shared.stats.log_syncs.store(self.journal.syncs(), Relaxed);
         let (_, ballot) = self.core.accepted();
-        let mut view = self.shared.view.lock().expect("view");
-        view.primary = (!ballot.is_empty()).then_some(ballot.member);
-        view.role = Some(self.core.role());
+        let now = ((!ballot.is_empty()).then_some(ballot.member), Some(self.core.role()));
+        if now != self.published {
+            self.published = now;
+            let mut view = self.shared.view.lock().expect("view");
+            (view.primary, view.role) = now;
+        }
     }
 
     fn shutdown(mut self) {
         let mut out = std::mem::take(&mut self.actions);
         self.core.stop(&mut out);
         for action in out {
-            if let Action::Abort { cookie, reason } = action {
-                self.act(Action::Abort { cookie, reason });
+            if let Action::Abort { .. } = action {
+                self.act(action);
             }
         }
         self.shared.is_primary.store(false, Relaxed);

@@ -135,9 +135,9 @@ impl Replica {
         }
         if o.vote.as_vote().is_some_and(|v| v.relinquish) {
             // The original exits here without executing it; what was queued behind it goes back.
-            let queued = std::mem::take(&mut self.to_send);
-            let cookies = queued.into_iter().flat_map(|p| p.cookies.into_iter().chain(p.config_cookie));
-            out.extend(cookies.map(|cookie| Action::Abort { cookie, reason: AbortReason::ShuttingDown }));
+            for p in std::mem::take(&mut self.to_send) {
+                Self::abort_cookies(p.cookies, p.config_cookie, AbortReason::ShuttingDown, out);
+            }
             out.push(Action::ShutDown);
             self.outstanding.clear();
             return;
@@ -227,11 +227,10 @@ impl Replica {
         let queued = std::mem::take(&mut self.to_send);
         if self.is_primary {
             self.is_primary = false;
-            let cookies = outstanding
-                .into_iter()
-                .flat_map(|o| o.cookies.into_iter().chain(o.config_cookie))
-                .chain(queued.into_iter().flat_map(|p| p.cookies.into_iter().chain(p.config_cookie)));
-            out.extend(cookies.map(|cookie| Action::Abort { cookie, reason: AbortReason::NotPrimary }));
+            let votes = outstanding.into_iter().map(|o| (o.cookies, o.config_cookie));
+            for (cookies, config_cookie) in votes.chain(queued.into_iter().map(|p| (p.cookies, p.config_cookie))) {
+                Self::abort_cookies(cookies, config_cookie, AbortReason::NotPrimary, out);
+            }
             out.push(Action::NotifyStatus { primary: false });
         }
         self.recovering = None;

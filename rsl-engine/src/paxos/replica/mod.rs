@@ -464,6 +464,13 @@ impl Replica {
         self.send(Dest::One(to), msg, 0, out);
     }
 
+    /// Returns a vote's cookies unexecuted: its requests' and, for a reconfiguration, the
+    /// `ChangeConfiguration` cookie.
+    fn abort_cookies(cookies: Vec<Cookie>, config_cookie: Option<Cookie>, reason: AbortReason, out: &mut Vec<Action>) {
+        out.extend(cookies.into_iter().map(|cookie| Action::Abort { cookie, reason, config: false }));
+        out.extend(config_cookie.map(|cookie| Action::Abort { cookie, reason, config: true }));
+    }
+
     fn execute(&mut self, vote: Arc<Message>, cookies: Vec<Cookie>, config_cookie: Option<Cookie>, out: &mut Vec<Action>) {
         let decree = vote.header.decree;
         assert_eq!(decree, self.next_execute, "decrees execute in order, each once");

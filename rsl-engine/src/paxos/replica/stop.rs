@@ -8,10 +8,11 @@ impl Replica {
     /// more is proposed or answered. Feed it nothing afterwards.
     pub fn stop(&mut self, out: &mut Vec<Action>) {
         let before = out.len();
-        let in_flight = self.outstanding.drain(..).flat_map(|o| o.cookies.into_iter().chain(o.config_cookie));
-        let queued = self.to_send.drain(..).flat_map(|p| p.cookies.into_iter().chain(p.config_cookie));
-        let cookies: Vec<_> = in_flight.chain(queued).collect();
-        out.extend(cookies.into_iter().map(|cookie| Action::Abort { cookie, reason: AbortReason::ShuttingDown }));
+        let in_flight = self.outstanding.drain(..).map(|o| (o.cookies, o.config_cookie));
+        let votes: Vec<_> = in_flight.chain(self.to_send.drain(..).map(|p| (p.cookies, p.config_cookie))).collect();
+        for (cookies, config_cookie) in votes {
+            Self::abort_cookies(cookies, config_cookie, AbortReason::ShuttingDown, out);
+        }
         self.relinquishing = true;
         self.is_primary = false;
         debug_assert!(self.outstanding.is_empty() && self.to_send.is_empty(), "every cookie returned");
