@@ -1,0 +1,312 @@
+//! The process-test harness: a cluster of real `rsl-kv replica` processes on 127.0.0.1 (ports,
+//! spawning, kill -9, signals, resource readings from /proc) and the checks that replicas
+//! hold every acknowledged write and agree. Shared by `tests/cluster.rs` and `tests/hostile.rs`,
+//! which each declare the `client` and `proto` modules of `rsl-kv` this uses.
+#![allow(dead_code)] // each test binary uses its own part of the harness
+
+use crate::client::{self, Conn, LoadSpec, Progress, ReplicaStatus};
+use crate::proto::Status;
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Ports for one cluster: replica i uses base+3i (Paxos), +1 (learn), +2 (clients).
+pub fn free_base(span: u16) -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    loop {
+        let base = 21_000 + (std::process::id() % 200) as u16 * 100 + NEXT.fetch_add(span, Relaxed) % 3000;
+        let free = (0..span).all(|k| TcpListener::bind((Ipv4Addr::LOCALHOST, base + k)).is_ok());
+        if free {
+            return base;
+        }
+    }
+}
+
+/// How one replica is started besides the cluster's common arguments.
+#[derive(Clone, Debug, Default)]
+pub struct Launch {
+    pub args: Vec<String>,
+    /// Shell commands run before `exec`ing the replica (`ulimit -n 128`, `trap "" XFSZ`).
+    pub shell: Option<String>,
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub base: u16,
+    pub members: String,
+    pub procs: Vec<Option<Child>>,
+    pub extra: Vec<String>,
+    pub launch: Vec<Launch>,
+    /// Each replica's stderr goes to `<dir>/<id>.stderr` instead of the test's.
+    pub log_to_files: bool,
+}
+
+impl Cluster {
+    /// `n` replicas in the first configuration, `spares` more that start outside it.
+    pub fn start(n: usize, spares: usize, extra: &[&str]) -> Cluster {
+        let mut c = Cluster::new(n, spares, extra);
+        for i in 0..n {
+            c.spawn(i, true);
+        }
+        c
+    }
+
+    /// The cluster without starting anything, to set `launch` and `log_to_files` first.
+    pub fn new(n: usize, spares: usize, extra: &[&str]) -> Cluster {
+        let rings = extra.iter().position(|a| *a == "--rings").map_or(1, |i| extra[i + 1].parse::<u16>().expect("rings"));
+        let base = free_base(10 * (rings - 1) + 3 * (n + spares) as u16);
+        let members = (0..n).map(|i| format!("{}={}", i + 1, base + 3 * i as u16)).collect::<Vec<_>>().join(",");
+        Cluster {
+            dir: tempfile::tempdir().expect("tempdir"),
+            base,
+            members,
+            procs: (0..n + spares).map(|_| None).collect(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            launch: vec![Launch::default(); n + spares],
+            log_to_files: false,
+        }
+    }
+
+    pub fn spawn(&mut self, i: usize, member: bool) {
+        assert!(self.procs[i].is_none(), "replica {} already runs", i + 1);
+        let port = self.base + 3 * i as u16;
+        let exe = env!("CARGO_BIN_EXE_rsl-kv");
+        let launch = &self.launch[i];
+        let mut cmd = match &launch.shell {
+            // `exec "$0" "$@"`: the replica replaces the shell, so its pid is the child's.
+            Some(prefix) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c").arg(format!("{prefix}; exec \"$0\" \"$@\"")).arg(exe);
+                sh
+            }
+            None => Command::new(exe),
+        };
+        cmd.args(["replica", "--id", &(i + 1).to_string(), "--port", &port.to_string(), "--client-port", &(port + 2).to_string()])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(&self.extra)
+            .args(&launch.args)
+            .stdin(Stdio::null());
+        if member {
+            cmd.args(["--members", &self.members]);
+        }
+        if self.log_to_files {
+            let log = File::options().create(true).append(true).open(self.stderr_path(i)).expect("stderr file");
+            cmd.stderr(log).env("NO_COLOR", "1");
+        }
+        self.procs[i] = Some(cmd.spawn().expect("spawn rsl-kv replica"));
+    }
+
+    pub fn kill9(&mut self, i: usize) {
+        let mut child = self.procs[i].take().expect("running");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reaped");
+    }
+
+    pub fn client(&self, i: usize) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.base + 3 * i as u16 + 2))
+    }
+
+    pub fn paxos(&self, i: usize) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.base + 3 * i as u16))
+    }
+
+    pub fn learn(&self, i: usize) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.base + 3 * i as u16 + 1))
+    }
+
+    pub fn running(&self) -> Vec<SocketAddr> {
+        (0..self.procs.len()).filter(|&i| self.procs[i].is_some()).map(|i| self.client(i)).collect()
+    }
+
+    /// The indices of the replicas started and not killed.
+    pub fn started(&self) -> Vec<usize> {
+        (0..self.procs.len()).filter(|&i| self.procs[i].is_some()).collect()
+    }
+
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join((i + 1).to_string())
+    }
+
+    pub fn index_of(&self, addr: SocketAddr) -> usize {
+        (0..self.procs.len()).find(|&i| self.client(i) == addr).expect("one of ours")
+    }
+
+    pub fn pid(&self, i: usize) -> u32 {
+        self.procs[i].as_ref().expect("running").id()
+    }
+
+    /// How replica `i` ended, if it has.
+    pub fn exited(&mut self, i: usize) -> Option<ExitStatus> {
+        self.procs[i].as_mut().expect("started").try_wait().expect("try_wait")
+    }
+
+    /// Waits up to `within` for replica `i` to end; it is reaped and forgotten if it did.
+    pub async fn wait_exit(&mut self, i: usize, within: Duration) -> Option<ExitStatus> {
+        let until = Instant::now() + within;
+        loop {
+            if let Some(status) = self.exited(i) {
+                self.procs[i] = None;
+                return Some(status);
+            }
+            if Instant::now() >= until {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends SIGTERM (std has only SIGKILL; `kill(1)` needs no new dependency).
+    pub fn sigterm(&self, i: usize) {
+        let ok = Command::new("kill").args(["-TERM", &self.pid(i).to_string()]).status().expect("kill(1)").success();
+        assert!(ok, "kill -TERM replica {}", i + 1);
+    }
+
+    pub fn stderr_path(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("{}.stderr", i + 1))
+    }
+
+    /// What replica `i` wrote to stderr (with `log_to_files`).
+    pub fn stderr(&self, i: usize) -> String {
+        std::fs::read(self.stderr_path(i)).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+    }
+
+    /// The panic and error lines every replica logged, to explain a failed check.
+    pub fn diagnosis(&self) -> String {
+        let mut out = String::new();
+        for i in 0..self.procs.len() {
+            let text = self.stderr(i);
+            let all: Vec<&str> = text.lines().collect();
+            // A panic's message is on the line after its location.
+            let notable = |k: usize| all[k].contains("panicked") || all[k].contains("ERROR") || (k > 0 && all[k - 1].contains("panicked"));
+            let lines: Vec<&str> = (0..all.len()).filter(|&k| notable(k)).map(|k| all[k]).take(6).collect();
+            if !lines.is_empty() {
+                out += &format!("\n  replica {} stderr: {}", i + 1, lines.join(" | "));
+            }
+        }
+        out
+    }
+
+    /// Every started replica is still running.
+    pub fn assert_alive(&mut self) {
+        for i in self.started() {
+            if let Some(status) = self.exited(i) {
+                panic!("replica {} died: {status}{}", i + 1, self.diagnosis());
+            }
+        }
+    }
+
+    /// No replica's stderr shows a panic.
+    pub fn assert_no_panic(&self) {
+        for i in 0..self.procs.len() {
+            let text = self.stderr(i);
+            if let Some(line) = text.lines().find(|l| l.contains("panicked")) {
+                panic!("replica {} panicked: {line}{}", i + 1, self.diagnosis());
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.procs.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A field of /proc/<pid>/status in KiB (`VmRSS`, `VmSize`); 0 once the process is gone.
+pub fn proc_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let line = status.lines().find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'));
+    line.and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
+}
+
+/// The descriptors a process holds.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+}
+
+pub fn spec(requests: u64) -> LoadSpec {
+    LoadSpec { outstanding: 32, connections: 2, size: 64, keys: u64::MAX, start: 0, requests: Some(requests), record_acked: true }
+}
+
+pub async fn primary(c: &Cluster) -> usize {
+    let p = client::wait_for_primary(&c.running(), Duration::from_secs(60)).await.expect("a primary within 60 s");
+    c.index_of(p)
+}
+
+pub async fn wait_done(progress: &Progress, n: u64) {
+    let until = Instant::now() + Duration::from_secs(120);
+    while progress.done.load(Relaxed) < n {
+        assert!(Instant::now() < until, "load stalled at {}", progress.done.load(Relaxed));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn status(addr: SocketAddr) -> Option<ReplicaStatus> {
+    Conn::connect(addr).await.ok()?.status().await.ok()
+}
+
+/// Every replica in `replicas` converges on one state holding every acknowledged write.
+pub async fn verify(c: &Cluster, replicas: &[usize], acked: &[u64], spec: &LoadSpec) -> u64 {
+    let addrs: Vec<_> = replicas.iter().map(|&i| c.client(i)).collect();
+    verify_at(&addrs, acked, spec).await
+}
+
+/// `verify` for replicas given by client address; returns the state digest they agree on.
+pub async fn verify_at(replicas: &[SocketAddr], acked: &[u64], spec: &LoadSpec) -> u64 {
+    verify_within(replicas, acked, spec, Duration::from_secs(60)).await
+}
+
+/// `verify_at`, with the replicas given `within` to converge.
+pub async fn verify_within(replicas: &[SocketAddr], acked: &[u64], spec: &LoadSpec, within: Duration) -> u64 {
+    let until = Instant::now() + within;
+    let states = loop {
+        let mut states = Vec::new();
+        for &addr in replicas {
+            states.push(status(addr).await);
+        }
+        let same = states
+            .iter()
+            .all(|s| s.as_ref().is_some_and(|s| (s.digest, s.keys) == states[0].as_ref().map_or((0, 0), |f| (f.digest, f.keys))));
+        if same {
+            break states;
+        }
+        assert!(Instant::now() < until, "replicas {replicas:?} never converged: {states:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let state = states[0].as_ref().expect("converged");
+    assert!(state.keys >= acked.len() as u64, "{} keys for {} acknowledged writes", state.keys, acked.len());
+    for &addr in replicas {
+        let mut conn = Conn::connect(addr).await.expect("connect");
+        for &n in acked {
+            let (key, value) = client::request_kv(n, spec);
+            let (st, got) = conn.get(0, &key).await.expect("get");
+            assert_eq!(st, Status::Ok, "replica at {addr}: read of write {n}");
+            assert_eq!(&got[..], &value[..], "replica at {addr} lost or changed acknowledged write {n}");
+        }
+    }
+    state.digest
+}
+
+/// Runs `spec` against the cluster while `during` acts on it once a third is acknowledged.
+pub async fn load_while(c: &mut Cluster, spec: &LoadSpec, during: impl AsyncFnOnce(&mut Cluster, &Progress)) -> Vec<u64> {
+    let progress = Arc::new(Progress::default());
+    let addrs: Vec<_> = (0..c.procs.len()).map(|i| c.client(i)).collect();
+    let load = tokio::spawn(client::load(addrs, spec.clone(), progress.clone()));
+    wait_done(&progress, spec.requests.unwrap_or(0) / 3).await;
+    during(c, &progress).await;
+    let result = tokio::time::timeout(Duration::from_secs(120), load).await.expect("load finishes").expect("load task");
+    assert_eq!(result.acked.len() as u64, spec.requests.unwrap_or(0), "every request acknowledged eventually");
+    result.acked
+}
