@@ -138,7 +138,7 @@ impl Transport {
 
     /// Bytes of partly received packets the readers hold against `max_buffered` now.
     pub fn buffered_bytes(&self) -> usize {
-        self.reading.budget.used.load(Relaxed)
+        self.reading.budget.used()
     }
 
     /// Makes `peers` the peer set: new peers get a connection task, peers no longer listed
@@ -372,7 +372,7 @@ fn consume(batch: &mut VecDeque<Bytes>, mut written: usize) -> usize {
 }
 
 /// Where [`accept_each`] takes connections from: a TCP listener, or a test's failing one.
-pub(super) trait Listener: Send + 'static {
+pub trait Listener: Send + 'static {
     type Conn: Send + 'static;
     fn accept(&self) -> impl Future<Output = io::Result<(Self::Conn, SocketAddr)>> + Send;
 }
@@ -393,7 +393,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// connection. With `max` connections served, one more is closed as soon as it is accepted:
 /// the peers already connected keep their places. An accept error is logged and retried after
 /// a pause; it never ends the loop.
-pub(super) async fn accept_each<L: Listener, F: Future<Output = ()> + Send + 'static>(
+pub async fn accept_each<L: Listener, F: Future<Output = ()> + Send + 'static>(
     listener: L,
     port: &'static str,
     max: usize,
@@ -424,22 +424,28 @@ pub(super) async fn accept_each<L: Listener, F: Future<Output = ()> + Send + 'st
 
 /// A warning that repeats at most every [`RateLimited::EVERY`], counting those it held back.
 /// Shared by tasks: lock-free.
-pub(super) struct RateLimited {
+pub struct RateLimited {
     start: Instant,
     /// When the next warning may go out, in milliseconds since `start`.
     next_ms: AtomicU64,
     held_back: AtomicU64,
 }
 
-impl RateLimited {
-    const EVERY: Duration = Duration::from_secs(10);
+impl Default for RateLimited {
+    fn default() -> Self {
+        RateLimited::new()
+    }
+}
 
-    pub(super) fn new() -> Self {
+impl RateLimited {
+    pub const EVERY: Duration = Duration::from_secs(10);
+
+    pub fn new() -> Self {
         RateLimited { start: Instant::now(), next_ms: AtomicU64::new(0), held_back: AtomicU64::new(0) }
     }
 
     /// Some(warnings held back since the last one) if this one may go out.
-    pub(super) fn allow(&self) -> Option<u64> {
+    pub fn allow(&self) -> Option<u64> {
         let now = self.start.elapsed().as_millis() as u64;
         let next = self.next_ms.load(Relaxed);
         if now >= next && self.next_ms.compare_exchange(next, now + Self::EVERY.as_millis() as u64, Relaxed, Relaxed).is_ok() {
@@ -488,7 +494,7 @@ impl Reading {
             max_packet: opts.max_packet,
             idle_timeout: opts.idle_timeout,
             frame_timeout: opts.frame_timeout,
-            budget: Budget { limit: opts.max_buffered, used: AtomicUsize::new(0) },
+            budget: Budget::new(opts.max_buffered),
             warnings: RateLimited::new(),
         }
     }
@@ -502,23 +508,40 @@ impl Reading {
     }
 }
 
-/// Bytes shared by every reader of a transport. A reader that cannot take what it needs is
-/// closed rather than made to wait: waiting readers would hold what they have while waiting for
-/// each other, and closing frees its bytes at once (a peer reconnects and Paxos resends).
-struct Budget {
+/// Bytes shared by many readers: the transport's readers of partly received packets. A reader
+/// that cannot take what it needs is closed rather than made to wait: waiting readers would
+/// hold what they have while waiting for each other, and closing frees its bytes at once (a
+/// peer reconnects and Paxos resends).
+pub struct Budget {
     limit: usize,
     used: AtomicUsize,
 }
 
-/// What one reader holds of the budget; given back when it is dropped.
-struct Held<'a> {
+impl Budget {
+    pub fn new(limit: usize) -> Budget {
+        Budget { limit, used: AtomicUsize::new(0) }
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> usize {
+        self.used.load(Relaxed)
+    }
+
+    /// A holder of none of it yet.
+    pub fn hold(&self) -> Held<'_> {
+        Held { budget: self, bytes: 0 }
+    }
+}
+
+/// What one reader holds of a [`Budget`]; given back when it is dropped.
+pub struct Held<'a> {
     budget: &'a Budget,
     bytes: usize,
 }
 
 impl Held<'_> {
     /// Makes the reader hold `bytes`; false (and nothing changed) if the budget lacks them.
-    fn set(&mut self, bytes: usize) -> bool {
+    pub fn set(&mut self, bytes: usize) -> bool {
         if bytes > self.bytes {
             let more = bytes - self.bytes;
             let taken = self.budget.used.fetch_update(Relaxed, Relaxed, |used| used.checked_add(more).filter(|&u| u <= self.budget.limit));
@@ -555,7 +578,7 @@ async fn read_packets<R: AsyncRead + Unpin>(
     let max_packet = reading.max_packet;
     let chunk = READ_CHUNK.min(max_packet);
     let mut buf = BytesMut::with_capacity(chunk);
-    let mut held = Held { budget: &reading.budget, bytes: 0 };
+    let mut held = reading.budget.hold();
     let mut frame_deadline = None;
     loop {
         let need = match packet::peek_size(&buf, max_packet).map_err(invalid_data)? {
@@ -568,14 +591,10 @@ async fn read_packets<R: AsyncRead + Unpin>(
             Some(size) => size,
             None => HEADER_SIZE,
         };
-        if let Some(capacity) = grown_capacity(&buf, need, chunk) {
-            if !held.set(capacity.saturating_sub(chunk)) {
-                return Err(reading.refuse(from, io::ErrorKind::OutOfMemory, "partly received packets fill the buffer budget"));
-            }
-            regrow(&mut buf, capacity);
+        if !grow_within(&mut buf, need, chunk, &mut held) {
+            return Err(reading.refuse(from, io::ErrorKind::OutOfMemory, "partly received packets fill the buffer budget"));
         }
         debug_assert!(buf.len() < need && buf.capacity() <= max_packet.max(chunk), "one packet at a time");
-        debug_assert!(held.bytes == buf.capacity().saturating_sub(chunk));
         // An outbound connection is ours to keep: the peer answers on it only when asked.
         let deadline = match (buf.is_empty(), side) {
             (false, _) => Some(*frame_deadline.get_or_insert_with(|| tokio::time::Instant::now() + reading.frame_timeout)),
@@ -621,6 +640,24 @@ pub(super) fn grow_for(buf: &mut BytesMut, need: usize, chunk: usize) {
     if let Some(capacity) = grown_capacity(buf, need, chunk) {
         regrow(buf, capacity);
     }
+}
+
+/// [`grow_for`], with what `buf` holds beyond its first `chunk` bytes charged to `held`; false
+/// (and `buf` unchanged) if the budget lacks it.
+pub fn grow_within(buf: &mut BytesMut, need: usize, chunk: usize, held: &mut Held<'_>) -> bool {
+    // Bytes split off since the last call are the taker's now.
+    let holds = buf.capacity().saturating_sub(chunk);
+    if holds < held.bytes {
+        held.set(holds);
+    }
+    if let Some(capacity) = grown_capacity(buf, need, chunk) {
+        if !held.set(capacity.saturating_sub(chunk)) {
+            return false;
+        }
+        regrow(buf, capacity);
+    }
+    debug_assert!(held.bytes == buf.capacity().saturating_sub(chunk), "the budget counts what the buffer holds");
+    true
 }
 
 /// The capacity [`grow_for`] gives `buf`, or None if it has room enough already.
