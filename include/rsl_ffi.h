@@ -40,7 +40,7 @@ typedef void (*rsl_log_callback)(int32_t level, const char *message);
 
 /**
  * `RSLConfigParam`: the same fields in snake case with the same defaults (`rsl_config_init`),
- * then this implementation's own (`pipeline_window`, `sync_writes`).
+ * then this implementation's own (`pipeline_window`, `sync_writes`, the port bounds).
  */
 typedef struct rsl_config {
   uint32_t new_leader_grace_period_sec;
@@ -91,6 +91,24 @@ typedef struct rsl_config {
    * `EnableListenOnAllIPs`: bind on 0.0.0.0 instead of the node's address (default false).
    */
   bool listen_on_all_ips;
+  /**
+   * Inbound connections each port (Paxos, learn) serves at once; more are closed (256).
+   */
+  uint32_t max_connections_per_port;
+  /**
+   * An inbound Paxos-port connection silent this long is closed (60; at least four
+   * heartbeat intervals).
+   */
+  uint32_t idle_connection_timeout_sec;
+  /**
+   * A packet or learn request begun must arrive whole within this long (30).
+   */
+  uint32_t slow_sender_timeout_sec;
+  /**
+   * MiB of partly received packets the Paxos port holds in all (256; at least one largest
+   * message).
+   */
+  uint32_t max_inbound_buffer_mb;
 } rsl_config;
 
 /**

@@ -128,7 +128,7 @@ fn a_member_is_replaced_by_a_configuration_change() {
     rt().block_on(async {
         // Small logs and 4 KB writes: by the time the new member arrives, the members' logs no
         // longer reach back to its empty state, so it heals from a checkpoint.
-        let mut c = Cluster::start(3, 1, &["--max-log-mb", "1"]);
+        let mut c = Cluster::start(3, 1, &["--max-log-mb", "1", "--allow-admin"]);
         let p = primary(&c).await;
         let spec = LoadSpec { size: 4096, ..spec(1000) };
         let acked = load_while(&mut c, &spec, async |_, _| {}).await;

@@ -26,7 +26,7 @@ pub struct rsl_node {
 }
 
 /// `RSLConfigParam`: the same fields in snake case with the same defaults (`rsl_config_init`),
-/// then this implementation's own (`pipeline_window`, `sync_writes`).
+/// then this implementation's own (`pipeline_window`, `sync_writes`, the port bounds).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct rsl_config {
@@ -70,6 +70,16 @@ pub struct rsl_config {
     pub sync_writes: bool,
     /// `EnableListenOnAllIPs`: bind on 0.0.0.0 instead of the node's address (default false).
     pub listen_on_all_ips: bool,
+    /// Inbound connections each port (Paxos, learn) serves at once; more are closed (256).
+    pub max_connections_per_port: u32,
+    /// An inbound Paxos-port connection silent this long is closed (60; at least four
+    /// heartbeat intervals).
+    pub idle_connection_timeout_sec: u32,
+    /// A packet or learn request begun must arrive whole within this long (30).
+    pub slow_sender_timeout_sec: u32,
+    /// MiB of partly received packets the Paxos port holds in all (256; at least one largest
+    /// message).
+    pub max_inbound_buffer_mb: u32,
 }
 
 /// `ReplicaHealth`: what the primary knows of one member.
@@ -150,6 +160,10 @@ config_fields!(
     pipeline_window,
     sync_writes,
     listen_on_all_ips,
+    max_connections_per_port,
+    idle_connection_timeout_sec,
+    slow_sender_timeout_sec,
+    max_inbound_buffer_mb,
 );
 
 /// Fills `*cfg` with RSL's defaults (an empty working directory, which `rsl_replica_initialize`

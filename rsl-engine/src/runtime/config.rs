@@ -1,9 +1,12 @@
 //! The replica's configuration: RSL's `RSLConfigParam`, with its field names, defaults and
 //! validation ranges (api-behavior §4, formats.md §11.2), and what it becomes for the core.
 
+use super::learn::LearnLimits;
+use super::transport::TransportOptions;
 use crate::format::{message::MAX_BATCH_BYTES, Version};
 use crate::paxos::{CoreConfig, SEC};
 use std::path::PathBuf;
+use std::time::Duration;
 use thiserror::Error;
 
 /// `RSLConfigParam`, field for field (snake case), with the original's defaults. The last
@@ -50,6 +53,25 @@ pub struct RslConfig {
     /// `EnableListenOnAllIPs`: bind the Paxos and learn ports on every address (0.0.0.0)
     /// instead of the node's own.
     pub listen_on_all_ips: bool,
+    /// Inbound connections each port (Paxos, learn) serves at once; more are closed as they
+    /// arrive, and the connections already served keep working. A ring needs one per peer on
+    /// the Paxos port and one per catch-up transfer on the learn port: 256 leaves room for
+    /// reconnections and many learners while bounding what strangers can hold open.
+    pub max_connections_per_port: u32,
+    /// An inbound Paxos-port connection on which nothing arrives for this long is closed; the
+    /// peer's transport connects again when it has something to send. Never less than four
+    /// heartbeat intervals, so the primary's connections (a vote or an acknowledgement every
+    /// `heart_beat_interval_sec`) are never idle; what it closes are connections between
+    /// secondaries, silent between elections (one reconnection a minute each), and strangers'.
+    pub idle_connection_timeout_sec: u32,
+    /// The slow-sender bound: a packet begun on the Paxos port must arrive whole within this
+    /// long, as must a learn-port request, and each 256 KiB of a learn-port reply must be taken.
+    /// 30 s lets the largest message (100 MiB) through at 3.5 MB/s.
+    pub slow_sender_timeout_sec: u32,
+    /// MiB of partly received packets the Paxos port holds in all its connections together
+    /// (never less than one largest message). A connection whose packet would need more is
+    /// closed; packets up to 64 KiB, the protocol's own traffic, never count against it.
+    pub max_inbound_buffer_mb: u32,
 }
 
 impl Default for RslConfig {
@@ -91,6 +113,10 @@ impl Default for RslConfig {
             pipeline_window: 1,
             sync_writes: true,
             listen_on_all_ips: false,
+            max_connections_per_port: 256,
+            idle_connection_timeout_sec: 60,
+            slow_sender_timeout_sec: 30,
+            max_inbound_buffer_mb: 256,
         }
     }
 }
@@ -145,6 +171,10 @@ impl RslConfig {
         // RSL allows up to INT_MAX, but 4096 and more overflow its 32-bit byte count.
         check("m_maxMessageSizeMB", self.max_message_size_mb.into(), 1, 4095)?;
         check("pipeline_window", self.pipeline_window.into(), 1, 1024)?;
+        check("max_connections_per_port", self.max_connections_per_port.into(), 1, 65_536)?;
+        check("idle_connection_timeout_sec", self.idle_connection_timeout_sec.into(), 1, 86_400)?;
+        check("slow_sender_timeout_sec", self.slow_sender_timeout_sec.into(), 1, 3600)?;
+        check("max_inbound_buffer_mb", self.max_inbound_buffer_mb.into(), 1, 1 << 20)?;
         if self.working_dir.as_os_str().is_empty() {
             return Err(ConfigError { field: "m_workingDir", value: 0, min: 1, max: 1 });
         }
@@ -154,6 +184,27 @@ impl RslConfig {
     /// The largest packet or learn-port message accepted.
     pub fn max_message_bytes(&self) -> usize {
         (self.max_message_size_mb as usize) * (1 << 20) + 1024
+    }
+
+    /// The Paxos port's bounds.
+    pub fn transport_options(&self) -> TransportOptions {
+        let secs = |s: u32| Duration::from_secs(s.into());
+        TransportOptions {
+            max_packet: self.max_message_bytes(),
+            max_inbound: self.max_connections_per_port as usize,
+            idle_timeout: secs(self.idle_connection_timeout_sec.max(self.heart_beat_interval_sec.saturating_mul(4))),
+            frame_timeout: secs(self.slow_sender_timeout_sec),
+            max_buffered: ((self.max_inbound_buffer_mb as usize) << 20).max(self.max_message_bytes()),
+            ..TransportOptions::default()
+        }
+    }
+
+    /// The learn server's bounds.
+    pub fn learn_limits(&self) -> LearnLimits {
+        LearnLimits {
+            max_connections: self.max_connections_per_port as usize,
+            timeout: Duration::from_secs(self.slow_sender_timeout_sec.into()),
+        }
     }
 
     pub fn max_log_len_bytes(&self) -> u64 {
@@ -205,5 +256,20 @@ mod tests {
         assert_eq!(bad.validate().unwrap_err(), ConfigError { field: "m_maxCacheLengthMB", value: 2000, min: 1, max: 1024 });
         let core = base.core_config(Version::V6);
         assert_eq!((core.election_delay, core.window), (10 * SEC, 1));
+        let bad = RslConfig { max_connections_per_port: 0, ..base.clone() };
+        assert_eq!(bad.validate().unwrap_err().field, "max_connections_per_port");
+    }
+
+    #[test]
+    fn port_bounds_keep_legitimate_traffic_possible() {
+        let cfg = RslConfig::default();
+        let t = cfg.transport_options();
+        assert_eq!((t.max_inbound, t.idle_timeout, t.frame_timeout), (256, Duration::from_secs(60), Duration::from_secs(30)));
+        assert_eq!(t.max_buffered, 256 << 20);
+        assert_eq!(cfg.learn_limits().max_connections, 256);
+        // One largest message always fits the budget; heartbeats never leave a connection idle.
+        let cfg = RslConfig { max_message_size_mb: 1000, heart_beat_interval_sec: 30, ..RslConfig::default() };
+        let t = cfg.transport_options();
+        assert_eq!((t.max_buffered, t.idle_timeout), (cfg.max_message_bytes(), Duration::from_secs(120)));
     }
 }

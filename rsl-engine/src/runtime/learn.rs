@@ -7,7 +7,7 @@ use super::FileRange;
 use crate::format::checkpoint::{CheckpointError, CheckpointReader};
 use crate::format::codec::PAGE;
 use crate::format::log::{read_record, Mode, RecordError, Step};
-use crate::format::message::{Checksum, Header, Message, MsgKind};
+use crate::format::message::{Checksum, Header, Message, MsgKind, MAX_HEADER_SIZE};
 use crate::format::types::Version;
 use crate::format::EncodeError;
 use bytes::{Bytes, BytesMut};
@@ -19,19 +19,36 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tracing::{debug, info, warn};
 
-/// How long the server waits for a request, and for each chunk of its reply to be taken.
-const SERVER_TIMEOUT: Duration = Duration::from_secs(30);
 /// File bytes moved per read and write.
 const CHUNK: usize = 256 * 1024;
 /// Bytes of the request read before its length is trusted: version and length.
 const REQUEST_PREFIX: usize = 6;
+/// The longest request served. Requests are bare headers (at most `MAX_HEADER_SIZE` bytes), so
+/// a longer claim is refused before anything is read or allocated for it.
+const MAX_REQUEST: usize = 1024;
+const _: () = assert!(MAX_REQUEST >= MAX_HEADER_SIZE && MAX_HEADER_SIZE > REQUEST_PREFIX);
+
+/// The learn server's bounds.
+#[derive(Clone, Copy, Debug)]
+pub struct LearnLimits {
+    /// Connections served at once; more are closed as they arrive.
+    pub max_connections: usize,
+    /// How long the server waits for a request, and for each chunk of its reply to be taken.
+    pub timeout: Duration,
+}
+
+impl Default for LearnLimits {
+    fn default() -> Self {
+        LearnLimits { max_connections: 256, timeout: Duration::from_secs(30) }
+    }
+}
 
 /// What the learn server serves; the replica implements it over its logs and checkpoints.
 /// Its methods run on tokio threads, so they must answer from memory, without blocking.
@@ -84,11 +101,12 @@ pub struct LearnServer {
 
 impl LearnServer {
     /// Binds `listen` (an error here is the caller's to report) and starts serving.
-    pub fn start(rt: &Handle, listen: SocketAddr, source: Arc<dyn LearnSource>, max_message: usize) -> io::Result<LearnServer> {
-        assert!(max_message >= Header::size(Version::V6), "a request must fit");
+    pub fn start(rt: &Handle, listen: SocketAddr, source: Arc<dyn LearnSource>, limits: LearnLimits) -> io::Result<LearnServer> {
+        assert!(limits.max_connections > 0 && limits.timeout > Duration::ZERO, "learn limits must let a request through");
         let listener = bind(rt, listen)?;
         let local_addr = listener.local_addr()?;
-        let task = rt.spawn(accept_each(listener, move |conn, from| serve_logged(conn, from, source.clone(), max_message)));
+        let serve = move |conn, from| serve_logged(conn, from, source.clone(), limits.timeout);
+        let task = rt.spawn(accept_each(listener, "learn", limits.max_connections, serve));
         Ok(LearnServer { local_addr, task })
     }
 
@@ -108,32 +126,32 @@ impl Drop for LearnServer {
     }
 }
 
-async fn serve_logged(conn: TcpStream, from: SocketAddr, source: Arc<dyn LearnSource>, max_message: usize) {
-    if let Err(e) = serve(conn, &*source, max_message).await {
+async fn serve_logged(conn: TcpStream, from: SocketAddr, source: Arc<dyn LearnSource>, limit: Duration) {
+    if let Err(e) = serve(conn, &*source, limit).await {
         debug!(%from, error = %e, "learn connection ended");
     }
 }
 
 /// Serves one request, then closes the connection.
-async fn serve(mut conn: TcpStream, source: &dyn LearnSource, max_message: usize) -> io::Result<()> {
-    let request = in_time(read_request(&mut conn, max_message)).await?;
+async fn serve(mut conn: TcpStream, source: &dyn LearnSource, limit: Duration) -> io::Result<()> {
+    let request = in_time(limit, read_request(&mut conn)).await?;
     let decree = request.header.decree;
     match request.kind() {
         MsgKind::FetchVotes => {
             let ranges = source.votes_from(decree).unwrap_or_default();
-            send_ranges(&mut conn, &ranges).await?;
+            send_ranges(&mut conn, &ranges, limit).await?;
         }
         MsgKind::FetchCheckpoint => {
             // To the end of the file, from the offset in the header's payload: our resume
             // extension (v6+; the original always sends 0 there).
             let start = request.header.payload;
             let ranges: Vec<_> = source.checkpoint(decree).map(|path| FileRange { path, start, end: u64::MAX }).into_iter().collect();
-            send_ranges(&mut conn, &ranges).await?;
+            send_ranges(&mut conn, &ranges, limit).await?;
         }
         MsgKind::StatusQuery => {
             if let Some(reply) = source.status(&request) {
                 let bytes = reply.encode(Checksum::Default).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-                in_time(conn.write_all(&bytes)).await?;
+                in_time(limit, conn.write_all(&bytes)).await?;
             }
         }
         other => debug!(kind = ?other, "not a learn-port request"),
@@ -141,27 +159,29 @@ async fn serve(mut conn: TcpStream, source: &dyn LearnSource, max_message: usize
     conn.shutdown().await
 }
 
-/// Reads one bare message, checking its version and length before reading (or allocating for)
-/// the rest.
-async fn read_request(conn: &mut TcpStream, max_message: usize) -> io::Result<Message> {
-    let mut prefix = [0u8; REQUEST_PREFIX];
-    conn.read_exact(&mut prefix).await?;
+/// Reads one bare message, checking its version and length (at most [`MAX_REQUEST`]) before
+/// reading the rest, into a buffer that grows only with the bytes that arrive.
+async fn read_request<R: AsyncRead + Unpin>(conn: &mut R) -> io::Result<Message> {
+    let mut buf = Vec::with_capacity(REQUEST_PREFIX);
+    (&mut *conn).take(REQUEST_PREFIX as u64).read_to_end(&mut buf).await?;
     let bad = |what| io::Error::new(io::ErrorKind::InvalidData, what);
+    let Ok(prefix) = <[u8; REQUEST_PREFIX]>::try_from(&buf[..]) else { return Err(io::ErrorKind::UnexpectedEof.into()) };
     let version = Version::new(u16::from_le_bytes([prefix[0], prefix[1]])).ok_or_else(|| bad("bad request version"))?;
-    let length = u32::from_le_bytes(prefix[2..].try_into().expect("4 bytes")) as usize;
-    if length < Header::size(version) || length > max_message {
+    let length = u32::from_le_bytes([prefix[2], prefix[3], prefix[4], prefix[5]]) as usize;
+    if length < Header::size(version) || length > MAX_REQUEST {
         return Err(bad("bad request length"));
     }
-    debug_assert!(length <= max_message, "the length was checked before sizing the buffer");
-    let mut buf = BytesMut::zeroed(length);
-    buf[..REQUEST_PREFIX].copy_from_slice(&prefix);
-    conn.read_exact(&mut buf[REQUEST_PREFIX..]).await?;
-    Message::decode(&buf.freeze()).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    (&mut *conn).take((length - REQUEST_PREFIX) as u64).read_to_end(&mut buf).await?;
+    if buf.len() < length {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    debug_assert!(buf.len() == length && length <= MAX_REQUEST);
+    Message::decode(&Bytes::from(buf)).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// Streams each range in turn; a file that is gone or shorter than its range ends the stream
 /// (a range ending at `u64::MAX` runs to the end of its file).
-async fn send_ranges(conn: &mut TcpStream, ranges: &[FileRange]) -> io::Result<()> {
+async fn send_ranges(conn: &mut TcpStream, ranges: &[FileRange], limit: Duration) -> io::Result<()> {
     let mut buf = vec![0u8; CHUNK];
     for range in ranges {
         assert!(range.start <= range.end, "a file range runs forwards");
@@ -183,7 +203,7 @@ async fn send_ranges(conn: &mut TcpStream, ranges: &[FileRange]) -> io::Result<(
                 debug!(path = %range.path.display(), at, "learn stream ends: end of file");
                 return Ok(());
             }
-            in_time(conn.write_all(&buf[..n])).await?;
+            in_time(limit, conn.write_all(&buf[..n])).await?;
             at += n as u64;
         }
     }
@@ -191,8 +211,8 @@ async fn send_ranges(conn: &mut TcpStream, ranges: &[FileRange]) -> io::Result<(
 }
 
 /// A server step, given up (and the connection with it) if the client stalls it.
-async fn in_time<T>(step: impl std::future::Future<Output = io::Result<T>>) -> io::Result<T> {
-    timeout(SERVER_TIMEOUT, step).await.map_err(|_| io::ErrorKind::TimedOut)?
+async fn in_time<T>(limit: Duration, step: impl std::future::Future<Output = io::Result<T>>) -> io::Result<T> {
+    timeout(limit, step).await.map_err(|_| io::ErrorKind::TimedOut)?
 }
 
 /// Runs blocking file work off the tokio threads (tokio's `fs` feature is not enabled).
@@ -537,7 +557,11 @@ mod tests {
     }
 
     fn serve(source: Source) -> LearnServer {
-        LearnServer::start(&Handle::current(), "127.0.0.1:0".parse().unwrap(), Arc::new(source), 1 << 20).unwrap()
+        serve_within(source, LearnLimits::default())
+    }
+
+    fn serve_within(source: Source, limits: LearnLimits) -> LearnServer {
+        LearnServer::start(&Handle::current(), "127.0.0.1:0".parse().unwrap(), Arc::new(source), limits).unwrap()
     }
 
     fn range(path: &Path, start: u64, end: u64) -> FileRange {
@@ -656,6 +680,86 @@ mod tests {
         w.close().unwrap().size
     }
 
+    async fn expect_closed(conn: &mut TcpStream) {
+        let mut buf = [0u8; 64];
+        let n = timeout(WAIT, conn.read(&mut buf)).await.expect("closed in time");
+        assert!(matches!(n, Ok(0) | Err(_)), "connection still open: {n:?}");
+    }
+
+    /// The 6 bytes that start a request: version 6 and the claimed length.
+    fn request_prefix(length: u32) -> Vec<u8> {
+        [&6u16.to_le_bytes()[..], &length.to_le_bytes()].concat()
+    }
+
+    #[tokio::test]
+    async fn a_request_claiming_a_large_length_is_refused_before_anything_is_allocated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("1.log");
+        let len = write_log(&path, 1..=3, 100);
+        let server = serve(Source { votes: vec![range(&path, 0, len)], ..Default::default() });
+        // The claim alone once cost its size in memory, held until the request timed out.
+        for claim in [512 << 10, 100 << 20, u32::MAX] {
+            let mut conn = TcpStream::connect(server.local_addr()).await.unwrap();
+            conn.write_all(&request_prefix(claim)).await.unwrap();
+            expect_closed(&mut conn).await;
+        }
+        let records = fetch_votes(server.local_addr(), &fetch_votes_request(1), 1 << 20, WAIT).await.unwrap();
+        assert_eq!(decrees(&records), [1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn read_request_takes_only_the_bytes_that_arrive() {
+        let request = fetch_votes_request(5).encode(Checksum::Default).unwrap();
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        client.write_all(&request).await.unwrap();
+        assert_eq!(read_request(&mut server).await.unwrap(), fetch_votes_request(5));
+        // Cut short: an error, not a wait for bytes that never come.
+        client.write_all(&request[..request.len() - 1]).await.unwrap();
+        drop(client);
+        assert_eq!(read_request(&mut server).await.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[tokio::test]
+    async fn learn_connections_beyond_the_cap_are_refused_and_stalled_ones_time_out() {
+        let limits = LearnLimits { max_connections: 2, timeout: Duration::from_millis(300) };
+        let server = serve_within(Source::default(), limits);
+        let mut stalled = Vec::new();
+        for _ in 0..2 {
+            let mut conn = TcpStream::connect(server.local_addr()).await.unwrap();
+            conn.write_all(&request_prefix(100)).await.unwrap();
+            stalled.push(conn);
+        }
+        // Both places are taken (the acceptor has seen both once it answers a third).
+        let mut extra = TcpStream::connect(server.local_addr()).await.unwrap();
+        expect_closed(&mut extra).await;
+        for conn in &mut stalled {
+            expect_closed(conn).await;
+        }
+        // Their places are free again.
+        let status = fetch_status(server.local_addr(), &message(Version::V6, 3, Body::StatusQuery), WAIT).await.unwrap();
+        assert_eq!(status.kind(), MsgKind::StatusResponse);
+    }
+
+    #[tokio::test]
+    async fn a_vote_stream_claiming_a_huge_record_stops_at_max_bytes() {
+        // A peer that claims a 4 GiB record and streams junk: the fetch ends once `max_bytes`
+        // arrived, holding no more than it received.
+        let mut record = BytesMut::new();
+        encode_record(&vote(1, 100), &mut record).unwrap();
+        record[2..6].copy_from_slice(&u32::MAX.to_le_bytes());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            read_request(&mut conn).await.unwrap();
+            conn.write_all(&record).await.unwrap();
+            let junk = vec![0u8; 1 << 16];
+            while conn.write_all(&junk).await.is_ok() {}
+        });
+        let records = fetch_votes(addr, &fetch_votes_request(1), 1 << 20, WAIT).await.unwrap();
+        assert!(records.is_empty());
+    }
+
     fn fetch_checkpoint_request(version: Version, decree: u64) -> Message {
         message(version, decree, Body::FetchCheckpoint)
     }
@@ -703,7 +807,7 @@ mod tests {
         tokio::spawn(async move {
             loop {
                 let (mut client, _) = listener.accept().await.unwrap();
-                let request = read_request(&mut client, 1 << 20).await.unwrap();
+                let request = read_request(&mut client).await.unwrap();
                 tx.send(request.header.payload).unwrap();
                 let mut server = send_request(upstream, &request, WAIT).await.unwrap();
                 let limit = if std::mem::replace(&mut *first.lock().unwrap(), false) { cut as u64 } else { u64::MAX };

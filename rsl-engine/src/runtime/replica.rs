@@ -8,7 +8,7 @@ use super::exec::{Executor, Work};
 use super::journal::{read_defunct, Journal, JournalOptions};
 use super::learn::{self, LearnServer, LearnSource};
 use super::ring::{learn_addr, Event, Limits, Ring};
-use super::transport::{Transport, TransportOptions};
+use super::transport::Transport;
 use super::{FileRange, Shared};
 use crate::format::message::StatusBody;
 use crate::format::{Ballot, Body, ConfigInfo, Header, MemberId, MemberSet, Message, Node, Version};
@@ -168,13 +168,13 @@ impl RslReplica {
             let events = events_tx.clone();
             Arc::new(move |msg: Arc<Message>, ip| drop(events.send(Event::Message(msg, ip))))
         };
-        let topts = TransportOptions { max_packet: cfg.max_message_bytes(), ..TransportOptions::default() };
         let transport = Arc::new(
-            Transport::start(runtime.handle(), paxos, topts, deliver).map_err(|source| InitError::Listen { addr: paxos, source })?,
+            Transport::start(runtime.handle(), paxos, cfg.transport_options(), deliver)
+                .map_err(|source| InitError::Listen { addr: paxos, source })?,
         );
         let learn_at = SocketAddr::new(bind_ip.into(), learn_addr(&me).port());
         let files = Arc::new(Files { log: journal.reader(), store: store.clone(), me: me.id, version });
-        let learn = LearnServer::start(runtime.handle(), learn_at, files, cfg.max_message_bytes())
+        let learn = LearnServer::start(runtime.handle(), learn_at, files, cfg.learn_limits())
             .map_err(|source| InitError::Listen { addr: learn_at, source })?;
 
         let limits = Limits { receive_timeout: Duration::from_secs(cfg.receive_timeout_sec.into()), max_learn_bytes: 64 << 20 };

@@ -13,9 +13,9 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
@@ -45,6 +45,15 @@ pub struct TransportOptions {
     /// The first and the largest wait between connection attempts to a peer.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// Inbound connections served at once; more are closed as they arrive.
+    pub max_inbound: usize,
+    /// An inbound connection on which nothing arrives for this long is closed.
+    pub idle_timeout: Duration,
+    /// A packet begun must have arrived whole within this long (the slow-sender bound).
+    pub frame_timeout: Duration,
+    /// Bytes of partly received packets every reader together may hold beyond the first
+    /// `READ_CHUNK` of each; a reader that would pass it is closed.
+    pub max_buffered: usize,
 }
 
 impl Default for TransportOptions {
@@ -54,6 +63,10 @@ impl Default for TransportOptions {
             max_queue_bytes: 64 * 1024 * 1024,
             backoff_min: Duration::from_millis(10),
             backoff_max: Duration::from_secs(1),
+            max_inbound: 256,
+            idle_timeout: Duration::from_secs(60),
+            frame_timeout: Duration::from_secs(30),
+            max_buffered: 256 << 20,
         }
     }
 }
@@ -64,6 +77,8 @@ pub struct PeerStats {
     pub member: MemberId,
     pub addr: SocketAddr,
     pub connected: bool,
+    /// Connections made to the peer so far.
+    pub connections: u64,
     pub sent_packets: u64,
     pub sent_bytes: u64,
     pub dropped_packets: u64,
@@ -87,6 +102,7 @@ pub fn frame(msg: &Message, out: &mut BytesMut) -> Bytes {
 pub struct Transport {
     rt: Handle,
     opts: TransportOptions,
+    reading: Arc<Reading>,
     on_message: OnMessage,
     local_addr: SocketAddr,
     peers: Mutex<HashMap<MemberId, PeerEntry>>,
@@ -98,13 +114,17 @@ impl Transport {
     pub fn start(rt: &Handle, listen: SocketAddr, opts: TransportOptions, on_message: OnMessage) -> io::Result<Transport> {
         assert!(opts.max_packet > HEADER_SIZE, "a packet must be able to carry a message");
         assert!(opts.backoff_min > Duration::ZERO && opts.backoff_min <= opts.backoff_max, "backoff bounds out of order");
+        assert!(opts.max_inbound > 0, "at least one inbound connection");
         let listener = bind(rt, listen)?;
         let local_addr = listener.local_addr()?;
-        let (max_packet, deliver) = (opts.max_packet, on_message.clone());
-        let acceptor = rt.spawn(accept_each(listener, move |stream, from| read_inbound(stream, from, max_packet, deliver.clone())));
+        let reading = Arc::new(Reading::new(&opts));
+        let (accepted, deliver) = (reading.clone(), on_message.clone());
+        let serve = move |stream, from| read_inbound(stream, from, accepted.clone(), deliver.clone());
+        let acceptor = rt.spawn(accept_each(listener, "Paxos", opts.max_inbound, serve));
         Ok(Transport {
             rt: rt.clone(),
             opts,
+            reading,
             on_message,
             local_addr,
             peers: Mutex::new(HashMap::new()),
@@ -114,6 +134,11 @@ impl Transport {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Bytes of partly received packets the readers hold against `max_buffered` now.
+    pub fn buffered_bytes(&self) -> usize {
+        self.reading.budget.used()
     }
 
     /// Makes `peers` the peer set: new peers get a connection task, peers no longer listed
@@ -128,7 +153,7 @@ impl Transport {
         for &(id, addr) in peers {
             map.entry(id).or_insert_with(|| {
                 let peer = Arc::new(Peer::new(addr));
-                let task = self.rt.spawn(run_peer(peer.clone(), self.opts.clone(), self.on_message.clone()));
+                let task = self.rt.spawn(run_peer(peer.clone(), self.opts.clone(), self.reading.clone(), self.on_message.clone()));
                 PeerEntry { peer, task }
             });
         }
@@ -202,6 +227,7 @@ struct Peer {
 
 #[derive(Default)]
 struct Counters {
+    connections: AtomicU64,
     sent_packets: AtomicU64,
     sent_bytes: AtomicU64,
     dropped_packets: AtomicU64,
@@ -250,6 +276,7 @@ impl Peer {
             member,
             addr: self.addr,
             connected: self.connected.load(Relaxed),
+            connections: self.counters.connections.load(Relaxed),
             sent_packets: self.counters.sent_packets.load(Relaxed),
             sent_bytes: self.counters.sent_bytes.load(Relaxed),
             dropped_packets: self.counters.dropped_packets.load(Relaxed),
@@ -262,14 +289,14 @@ impl Peer {
 /// A peer's connection task: connect with exponential backoff, serve the connection until it
 /// breaks, repeat. Packets queued meanwhile wait (bounded); those a broken connection was
 /// writing are lost.
-async fn run_peer(peer: Arc<Peer>, opts: TransportOptions, on_message: OnMessage) {
+async fn run_peer(peer: Arc<Peer>, opts: TransportOptions, reading: Arc<Reading>, on_message: OnMessage) {
     let mut backoff = opts.backoff_min;
     loop {
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(peer.addr)).await {
             Ok(Ok(stream)) => {
                 backoff = opts.backoff_min;
                 info!(peer = %peer.addr, "connected");
-                let result = serve_outbound(&peer, stream, opts.max_packet, &on_message).await;
+                let result = serve_outbound(&peer, stream, &reading, &on_message).await;
                 peer.connected.store(false, Relaxed);
                 info!(peer = %peer.addr, ?result, "connection closed");
             }
@@ -282,13 +309,14 @@ async fn run_peer(peer: Arc<Peer>, opts: TransportOptions, on_message: OnMessage
 }
 
 /// Writes the queue to the connection and reads the responses the peer sends back on it.
-async fn serve_outbound(peer: &Peer, stream: TcpStream, max_packet: usize, on_message: &OnMessage) -> io::Result<()> {
+async fn serve_outbound(peer: &Peer, stream: TcpStream, reading: &Reading, on_message: &OnMessage) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let (mut rd, wr) = stream.into_split();
     peer.connected.store(true, Relaxed);
+    peer.counters.connections.fetch_add(1, Relaxed);
     let mut batch = VecDeque::new();
     let result = tokio::select! {
-        r = read_packets(&mut rd, max_packet, on_message, Side::Outbound, peer.addr.ip()) => r,
+        r = read_packets(&mut rd, reading, on_message, Side::Outbound, peer.addr.ip()) => r,
         r = write_queued(peer, wr, &mut batch) => r,
     };
     // Whichever side failed, what was being written is lost.
@@ -343,29 +371,94 @@ fn consume(batch: &mut VecDeque<Bytes>, mut written: usize) -> usize {
     done
 }
 
-/// Accepts connections until aborted, serving each on a task of its own. The tasks belong to
-/// this one, so aborting it closes the listener and every connection.
-pub(super) async fn accept_each<F: Future<Output = ()> + Send + 'static>(
-    listener: TcpListener,
-    serve: impl Fn(TcpStream, SocketAddr) -> F,
-) {
-    let mut tasks = JoinSet::new();
-    loop {
-        while tasks.try_join_next().is_some() {}
-        match listener.accept().await {
-            Ok((stream, from)) => drop(tasks.spawn(serve(stream, from))),
-            Err(e) => {
-                // Out of descriptors, say: pause rather than spin.
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
+/// Where [`accept_each`] takes connections from: a TCP listener, or a test's failing one.
+pub trait Listener: Send + 'static {
+    type Conn: Send + 'static;
+    fn accept(&self) -> impl Future<Output = io::Result<(Self::Conn, SocketAddr)>> + Send;
+}
+
+impl Listener for TcpListener {
+    type Conn = TcpStream;
+    fn accept(&self) -> impl Future<Output = io::Result<(TcpStream, SocketAddr)>> + Send {
+        TcpListener::accept(self)
     }
 }
 
-async fn read_inbound(mut stream: TcpStream, from: SocketAddr, max_packet: usize, on_message: OnMessage) {
+/// The wait after a failed accept: the error (out of descriptors, say) lasts a while, and
+/// retrying at once would spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Accepts connections on the `port` (named in warnings) until aborted, serving each on a task
+/// of its own. The tasks belong to this one, so aborting it closes the listener and every
+/// connection. With `max` connections served, one more is closed as soon as it is accepted:
+/// the peers already connected keep their places. An accept error is logged and retried after
+/// a pause; it never ends the loop.
+pub async fn accept_each<L: Listener, F: Future<Output = ()> + Send + 'static>(
+    listener: L,
+    port: &'static str,
+    max: usize,
+    serve: impl Fn(L::Conn, SocketAddr) -> F,
+) {
+    assert!(max > 0, "a port serves at least one connection");
+    let (mut tasks, refusals, failures) = (JoinSet::new(), RateLimited::new(), RateLimited::new());
+    loop {
+        while tasks.try_join_next().is_some() {}
+        match listener.accept().await {
+            Ok((conn, from)) if tasks.len() >= max => {
+                drop(conn);
+                if let Some(held_back) = refusals.allow() {
+                    warn!(port, %from, max, held_back, "connection refused: the port serves its maximum already");
+                }
+            }
+            Ok((conn, from)) => drop(tasks.spawn(serve(conn, from))),
+            Err(e) => {
+                if let Some(held_back) = failures.allow() {
+                    warn!(port, error = %e, held_back, "accept failed; retrying");
+                }
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+        debug_assert!(tasks.len() <= max);
+    }
+}
+
+/// A warning that repeats at most every [`RateLimited::EVERY`], counting those it held back.
+/// Shared by tasks: lock-free.
+pub struct RateLimited {
+    start: Instant,
+    /// When the next warning may go out, in milliseconds since `start`.
+    next_ms: AtomicU64,
+    held_back: AtomicU64,
+}
+
+impl Default for RateLimited {
+    fn default() -> Self {
+        RateLimited::new()
+    }
+}
+
+impl RateLimited {
+    pub const EVERY: Duration = Duration::from_secs(10);
+
+    pub fn new() -> Self {
+        RateLimited { start: Instant::now(), next_ms: AtomicU64::new(0), held_back: AtomicU64::new(0) }
+    }
+
+    /// Some(warnings held back since the last one) if this one may go out.
+    pub fn allow(&self) -> Option<u64> {
+        let now = self.start.elapsed().as_millis() as u64;
+        let next = self.next_ms.load(Relaxed);
+        if now >= next && self.next_ms.compare_exchange(next, now + Self::EVERY.as_millis() as u64, Relaxed, Relaxed).is_ok() {
+            return Some(self.held_back.swap(0, Relaxed));
+        }
+        self.held_back.fetch_add(1, Relaxed);
+        None
+    }
+}
+
+async fn read_inbound(mut stream: TcpStream, from: SocketAddr, reading: Arc<Reading>, on_message: OnMessage) {
     let _ = stream.set_nodelay(true);
-    let result = read_packets(&mut stream, max_packet, &on_message, Side::Inbound, from.ip()).await;
+    let result = read_packets(&mut stream, &reading, &on_message, Side::Inbound, from.ip()).await;
     debug!(%from, ?result, "inbound connection closed");
 }
 
@@ -385,29 +478,139 @@ impl Side {
     }
 }
 
+/// What every reader of one transport shares: its bounds, and the budget of bytes its partly
+/// received packets may hold.
+struct Reading {
+    max_packet: usize,
+    idle_timeout: Duration,
+    frame_timeout: Duration,
+    budget: Budget,
+    warnings: RateLimited,
+}
+
+impl Reading {
+    fn new(opts: &TransportOptions) -> Reading {
+        Reading {
+            max_packet: opts.max_packet,
+            idle_timeout: opts.idle_timeout,
+            frame_timeout: opts.frame_timeout,
+            budget: Budget::new(opts.max_buffered),
+            warnings: RateLimited::new(),
+        }
+    }
+
+    /// The error that closes a connection for breaking a bound; warned about, rate-limited.
+    fn refuse(&self, from: IpAddr, kind: io::ErrorKind, why: &'static str) -> io::Error {
+        if let Some(held_back) = self.warnings.allow() {
+            warn!(%from, held_back, "Paxos connection closed: {why}");
+        }
+        io::Error::new(kind, why)
+    }
+}
+
+/// Bytes shared by many readers: the transport's readers of partly received packets. A reader
+/// that cannot take what it needs is closed rather than made to wait: waiting readers would
+/// hold what they have while waiting for each other, and closing frees its bytes at once (a
+/// peer reconnects and Paxos resends).
+pub struct Budget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl Budget {
+    pub fn new(limit: usize) -> Budget {
+        Budget { limit, used: AtomicUsize::new(0) }
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> usize {
+        self.used.load(Relaxed)
+    }
+
+    /// A holder of none of it yet.
+    pub fn hold(&self) -> Held<'_> {
+        Held { budget: self, bytes: 0 }
+    }
+}
+
+/// What one reader holds of a [`Budget`]; given back when it is dropped.
+pub struct Held<'a> {
+    budget: &'a Budget,
+    bytes: usize,
+}
+
+impl Held<'_> {
+    /// Makes the reader hold `bytes`; false (and nothing changed) if the budget lacks them.
+    pub fn set(&mut self, bytes: usize) -> bool {
+        if bytes > self.bytes {
+            let more = bytes - self.bytes;
+            let taken = self.budget.used.fetch_update(Relaxed, Relaxed, |used| used.checked_add(more).filter(|&u| u <= self.budget.limit));
+            if taken.is_err() {
+                return false;
+            }
+        } else {
+            self.budget.used.fetch_sub(self.bytes - bytes, Relaxed);
+        }
+        self.bytes = bytes;
+        true
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.set(0);
+    }
+}
+
 /// Reads packets until EOF, delivering each message. A bad packet is an error, which closes the
-/// connection (§7.1); a packet whose message does not decode is dropped.
+/// connection (§7.1); a packet whose message does not decode is dropped. The connection is also
+/// closed if a packet begun does not complete within `frame_timeout`, if an inbound connection
+/// stays silent for `idle_timeout`, or if the packet needs more of the budget than is left. A
+/// reader's first `READ_CHUNK` bytes are its own, so small packets (every message but votes
+/// carrying large requests) never wait on the budget.
 async fn read_packets<R: AsyncRead + Unpin>(
     rd: &mut R,
-    max_packet: usize,
+    reading: &Reading,
     on_message: &OnMessage,
     side: Side,
     from: IpAddr,
 ) -> io::Result<()> {
+    let max_packet = reading.max_packet;
     let chunk = READ_CHUNK.min(max_packet);
     let mut buf = BytesMut::with_capacity(chunk);
+    let mut held = reading.budget.hold();
+    let mut frame_deadline = None;
     loop {
         let need = match packet::peek_size(&buf, max_packet).map_err(invalid_data)? {
             Some(size) if buf.len() >= size => {
                 deliver(buf.split_to(size).freeze(), max_packet, on_message, side, from)?;
+                held.set(buf.capacity().saturating_sub(chunk));
+                frame_deadline = None;
                 continue;
             }
             Some(size) => size,
             None => HEADER_SIZE,
         };
-        grow_for(&mut buf, need, chunk);
+        if !grow_within(&mut buf, need, chunk, &mut held) {
+            return Err(reading.refuse(from, io::ErrorKind::OutOfMemory, "partly received packets fill the buffer budget"));
+        }
         debug_assert!(buf.len() < need && buf.capacity() <= max_packet.max(chunk), "one packet at a time");
-        if rd.read_buf(&mut buf).await? == 0 {
+        // An outbound connection is ours to keep: the peer answers on it only when asked.
+        let deadline = match (buf.is_empty(), side) {
+            (false, _) => Some(*frame_deadline.get_or_insert_with(|| tokio::time::Instant::now() + reading.frame_timeout)),
+            (true, Side::Inbound) => Some(tokio::time::Instant::now() + reading.idle_timeout),
+            (true, Side::Outbound) => None,
+        };
+        let read = rd.read_buf(&mut buf);
+        let n = match deadline {
+            None => read.await?,
+            Some(deadline) => match tokio::time::timeout_at(deadline, read).await {
+                Ok(n) => n?,
+                Err(_) if buf.is_empty() => return Err(io::Error::new(io::ErrorKind::TimedOut, "idle")),
+                Err(_) => return Err(reading.refuse(from, io::ErrorKind::TimedOut, "a packet did not arrive whole in time")),
+            },
+        };
+        if n == 0 {
             return if buf.is_empty() { Ok(()) } else { Err(io::ErrorKind::UnexpectedEof.into()) };
         }
     }
@@ -434,16 +637,44 @@ fn invalid_data(e: impl std::error::Error + Send + Sync + 'static) -> io::Error 
 /// buffer grows geometrically with what has arrived, never straight to `need`, so a hostile
 /// size field costs only the bytes actually sent; it never exceeds `max(need, chunk)`.
 pub(super) fn grow_for(buf: &mut BytesMut, need: usize, chunk: usize) {
+    if let Some(capacity) = grown_capacity(buf, need, chunk) {
+        regrow(buf, capacity);
+    }
+}
+
+/// [`grow_for`], with what `buf` holds beyond its first `chunk` bytes charged to `held`; false
+/// (and `buf` unchanged) if the budget lacks it.
+pub fn grow_within(buf: &mut BytesMut, need: usize, chunk: usize, held: &mut Held<'_>) -> bool {
+    // Bytes split off since the last call are the taker's now.
+    let holds = buf.capacity().saturating_sub(chunk);
+    if holds < held.bytes {
+        held.set(holds);
+    }
+    if let Some(capacity) = grown_capacity(buf, need, chunk) {
+        if !held.set(capacity.saturating_sub(chunk)) {
+            return false;
+        }
+        regrow(buf, capacity);
+    }
+    debug_assert!(held.bytes == buf.capacity().saturating_sub(chunk), "the budget counts what the buffer holds");
+    true
+}
+
+/// The capacity [`grow_for`] gives `buf`, or None if it has room enough already.
+fn grown_capacity(buf: &BytesMut, need: usize, chunk: usize) -> Option<usize> {
     assert!(buf.len() < need, "the frame is not complete yet");
     let room = (need - buf.len()).min(chunk);
     if buf.capacity() - buf.len() >= room {
-        return;
+        return None;
     }
-    let cap = (buf.len() * 2).max(chunk).clamp(buf.len() + room, need.max(chunk));
-    let mut fresh = BytesMut::with_capacity(cap);
+    Some((buf.len() * 2).max(chunk).clamp(buf.len() + room, need.max(chunk)))
+}
+
+fn regrow(buf: &mut BytesMut, capacity: usize) {
+    debug_assert!(capacity > buf.len());
+    let mut fresh = BytesMut::with_capacity(capacity);
     fresh.extend_from_slice(buf);
     *buf = fresh;
-    debug_assert!(buf.capacity() - buf.len() >= room);
 }
 
 #[cfg(test)]
@@ -660,6 +891,161 @@ mod tests {
         expect_closed(&mut raw).await;
         b.set_peers(&[(id(1), free_addr())]);
         assert!(b.peer_stats().is_empty(), "a stopped transport takes no peers");
+    }
+
+    /// Options with short bounds, for tests of the limits.
+    fn tight(f: impl FnOnce(&mut TransportOptions)) -> TransportOptions {
+        let mut opts = TransportOptions::default();
+        f(&mut opts);
+        opts
+    }
+
+    fn big_vote(decree: u64, len: usize) -> Message {
+        let body = VoteBody { requests: vec![Bytes::from(vec![7u8; len])], ..Default::default() };
+        Message::new(Header::new(Version::V6, id(1), decree, 1, Ballot::new(2, id(1))), Body::Vote(body))
+    }
+
+    #[tokio::test]
+    async fn a_packet_begun_must_arrive_whole_in_time() {
+        let (b, mut rx_b) = start(any_port(), tight(|o| o.frame_timeout = Duration::from_millis(300)));
+        // Most of a packet, then nothing (a 90 MiB one held open was buffered forever).
+        let packet = framed(&big_vote(1, 200_000));
+        let mut stalled = TcpStream::connect(b.local_addr()).await.unwrap();
+        stalled.write_all(&packet[..150_000]).await.unwrap();
+        // A byte at a time, steadily: progress, but the packet never completes in time.
+        let mut trickle = TcpStream::connect(b.local_addr()).await.unwrap();
+        let dripping = async {
+            for byte in packet.iter() {
+                if trickle.write_all(&[*byte]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let _ = timeout(WAIT, dripping).await;
+        expect_closed(&mut trickle).await;
+        expect_closed(&mut stalled).await;
+        // One in time gets through.
+        let mut prompt = TcpStream::connect(b.local_addr()).await.unwrap();
+        prompt.write_all(&packet).await.unwrap();
+        assert_eq!(*recv(&mut rx_b).await, big_vote(1, 200_000));
+    }
+
+    #[tokio::test]
+    async fn a_silent_inbound_connection_is_closed_and_the_peer_reconnects() {
+        let idle = tight(|o| o.idle_timeout = Duration::from_millis(200));
+        let (b, mut rx_b) = start(any_port(), idle.clone());
+        let mut silent = TcpStream::connect(b.local_addr()).await.unwrap();
+        expect_closed(&mut silent).await;
+        // A peer whose connection went quiet: closed by `b`, reconnected, still delivering.
+        let (a, _rx_a) = start(any_port(), idle);
+        a.set_peers(&[(id(2), b.local_addr())]);
+        assert!(a.send(&id(2), framed(&vote(1, 1))));
+        assert_eq!(*recv(&mut rx_b).await, vote(1, 1));
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while a.peer_stats()[0].connections < 2 {
+            assert!(tokio::time::Instant::now() < deadline, "the idle connection was never closed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(a.send(&id(2), framed(&vote(1, 2))));
+        assert_eq!(recv(&mut rx_b).await.header.decree, 2);
+    }
+
+    #[tokio::test]
+    async fn inbound_connections_beyond_the_cap_are_refused() {
+        let (b, mut rx_b) = start(any_port(), tight(|o| o.max_inbound = 2));
+        let mut kept = Vec::new();
+        for d in 1..=2 {
+            let mut raw = TcpStream::connect(b.local_addr()).await.unwrap();
+            raw.write_all(&framed(&vote(1, d))).await.unwrap();
+            assert_eq!(recv(&mut rx_b).await.header.decree, d);
+            kept.push(raw);
+        }
+        let mut extra = TcpStream::connect(b.local_addr()).await.unwrap();
+        expect_closed(&mut extra).await;
+        // The connections already served keep working.
+        for (d, raw) in (3..).zip(&mut kept) {
+            raw.write_all(&framed(&vote(1, d))).await.unwrap();
+            assert_eq!(recv(&mut rx_b).await.header.decree, d);
+        }
+        // Once one closes, its place is free again (the acceptor notices when it next accepts).
+        drop(kept.pop());
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            assert!(tokio::time::Instant::now() < deadline, "the freed place was never given out");
+            let mut raw = TcpStream::connect(b.local_addr()).await.unwrap();
+            if raw.write_all(&framed(&vote(1, 9))).await.is_ok() {
+                if let Ok(Some(m)) = timeout(Duration::from_millis(100), rx_b.recv()).await {
+                    assert_eq!(m.header.decree, 9);
+                    break;
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn partial_packets_share_a_bounded_budget() {
+        // Room for one of the two large packets in flight, not both.
+        let (b, mut rx_b) = start(any_port(), tight(|o| o.max_buffered = 1 << 20));
+        let (one, two) = (framed(&big_vote(1, 700_000)), framed(&big_vote(2, 700_000)));
+        let mut a1 = TcpStream::connect(b.local_addr()).await.unwrap();
+        let mut a2 = TcpStream::connect(b.local_addr()).await.unwrap();
+        a1.write_all(&one[..600_000]).await.unwrap();
+        a2.write_all(&two[..600_000]).await.unwrap();
+        // Small packets take no budget: they go through meanwhile.
+        let mut small = TcpStream::connect(b.local_addr()).await.unwrap();
+        small.write_all(&framed(&vote(1, 3))).await.unwrap();
+        assert_eq!(recv(&mut rx_b).await.header.decree, 3);
+        let (mut buf1, mut buf2) = ([0u8; 1], [0u8; 1]);
+        let refused = timeout(WAIT, async {
+            tokio::select! {
+                _ = a1.read(&mut buf1) => 1,
+                _ = a2.read(&mut buf2) => 2,
+            }
+        })
+        .await
+        .expect("both partial packets held at once, past the budget");
+        assert!(b.buffered_bytes() <= 1 << 20);
+        let (kept, rest, decree) = if refused == 1 { (&mut a2, &two[600_000..], 2) } else { (&mut a1, &one[600_000..], 1) };
+        kept.write_all(rest).await.unwrap();
+        assert_eq!(*recv(&mut rx_b).await, big_vote(decree, 700_000));
+        small.write_all(&framed(&vote(1, 4))).await.unwrap();
+        assert_eq!(recv(&mut rx_b).await.header.decree, 4);
+        assert_eq!(b.buffered_bytes(), 0, "what was held is given back");
+    }
+
+    /// A listener whose first accepts fail as they do when the process is out of descriptors.
+    struct Failing {
+        inner: TcpListener,
+        failures: Arc<AtomicUsize>,
+    }
+
+    impl Listener for Failing {
+        type Conn = TcpStream;
+        fn accept(&self) -> impl Future<Output = io::Result<(TcpStream, SocketAddr)>> + Send {
+            let fail = self.failures.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1)).is_ok();
+            async move {
+                match fail {
+                    true => Err(io::Error::from_raw_os_error(24)), // EMFILE
+                    false => self.inner.accept().await,
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_acceptor_survives_accept_errors() {
+        let inner = TcpListener::bind(any_port()).await.unwrap();
+        let addr = inner.local_addr().unwrap();
+        let failures = Arc::new(AtomicUsize::new(3));
+        let listener = Failing { inner, failures: failures.clone() };
+        let greet = |mut conn: TcpStream, _| async move { drop(conn.write_all(b"hello").await) };
+        let acceptor = tokio::spawn(accept_each(listener, "test", 4, greet));
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        let mut hello = [0u8; 5];
+        timeout(WAIT, conn.read_exact(&mut hello)).await.expect("served in time").unwrap();
+        assert_eq!((&hello, failures.load(Relaxed)), (b"hello", 0), "served after every failure");
+        acceptor.abort();
     }
 
     #[test]

@@ -54,6 +54,7 @@ impl Conn {
                 }
                 continue;
             }
+            make_room(&mut self.buf)?;
             if self.stream.read_buf(&mut self.buf).await? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
@@ -85,13 +86,24 @@ impl Conn {
         let (status, _) = self
             .call(|out, id| {
                 out.put_u32_le((9 + body.len()) as u32);
-                out.put_u8(4);
+                out.put_u8(proto::OP_CHANGE);
                 out.put_u64_le(id);
                 out.put_slice(body);
             })
             .await?;
         Ok(status)
     }
+}
+
+/// Room in `buf` for the rest of the frame at its front (a client believes its server's
+/// lengths) and for a good read besides.
+fn make_room(buf: &mut BytesMut) -> io::Result<()> {
+    let need = proto::frame_need(buf).map_err(io::Error::other)?;
+    let want = need.saturating_sub(buf.len()).max(4096);
+    if buf.capacity() - buf.len() < want {
+        buf.reserve(want.max(64 << 10));
+    }
+    Ok(())
 }
 
 /// The replica that says it is primary, if any answers so.
@@ -232,6 +244,9 @@ async fn worker(
                 continue 'reconnect;
             }
             out.clear();
+            if make_room(&mut buf).is_err() {
+                continue 'reconnect;
+            }
             match tokio::time::timeout(Duration::from_secs(5), rd.read_buf(&mut buf)).await {
                 Ok(Ok(n)) if n > 0 => {}
                 _ => {

@@ -1,6 +1,7 @@
 //! The replicated key-value state machine and the way its answers reach clients.
 
 use crate::proto::{self, Status};
+use crate::server::Outbox;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use rsl_engine::format::checkpoint::{CheckpointReader, CheckpointWriter};
 use rsl_engine::format::checksum;
@@ -10,17 +11,16 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use tokio::sync::mpsc::UnboundedSender;
-
-/// Where the answer to a cookie goes: a client connection and its request id.
+/// Where the answer to a cookie goes: a client connection and its request id. Answering never
+/// blocks (the execute thread answers); the connection bounds how many answers it waits for.
 #[derive(Default)]
 pub struct Clients {
     next_cookie: AtomicU64,
-    waiting: Mutex<HashMap<Cookie, (UnboundedSender<Bytes>, u64)>>,
+    waiting: Mutex<HashMap<Cookie, (Arc<Outbox>, u64)>>,
 }
 
 impl Clients {
-    pub fn register(&self, conn: &UnboundedSender<Bytes>, id: u64) -> Cookie {
+    pub fn register(&self, conn: &Arc<Outbox>, id: u64) -> Cookie {
         let cookie = self.next_cookie.fetch_add(1, Relaxed);
         self.waiting.lock().expect("clients").insert(cookie, (conn.clone(), id));
         cookie
@@ -30,9 +30,10 @@ impl Clients {
         self.waiting.lock().expect("clients").remove(&cookie);
     }
 
-    fn answer(&self, cookie: Cookie, status: Status, body: &[u8]) {
-        if let Some((conn, id)) = self.waiting.lock().expect("clients").remove(&cookie) {
-            let _ = conn.send(proto::response(id, status, body));
+    fn answer(&self, cookie: Cookie, status: Status, body: Bytes) {
+        let waiting = self.waiting.lock().expect("clients").remove(&cookie);
+        if let Some((conn, id)) = waiting {
+            conn.respond(id, status, body);
         }
     }
 }
@@ -123,11 +124,18 @@ impl StateMachine for Kv {
     }
 
     fn execute_replicated_request(&mut self, request: &[u8], cookie: Option<Cookie>, _save_state: &mut bool) {
-        let Some((key, value)) = proto::parse_put(request) else { return };
-        let (key, value) = (Bytes::copy_from_slice(key), Bytes::copy_from_slice(value));
-        self.put(key, value);
+        // The server replicates only puts that parse; one that does not (from another writer of
+        // the log) changes nothing, and its client still hears back.
+        let status = match proto::parse_put(request) {
+            Some((key, value)) => {
+                self.put(Bytes::copy_from_slice(key), Bytes::copy_from_slice(value));
+                Status::Ok
+            }
+            None => Status::Invalid,
+        };
         if let Some(cookie) = cookie {
-            self.clients.answer(cookie, Status::Ok, &(self.seq)().to_le_bytes());
+            let body = if status == Status::Ok { Bytes::copy_from_slice(&(self.seq)().to_le_bytes()) } else { Bytes::new() };
+            self.clients.answer(cookie, status, body);
         }
     }
 
@@ -136,8 +144,9 @@ impl StateMachine for Kv {
     }
 
     fn execute_fast_read_request(&mut self, request: &[u8], cookie: Cookie) {
+        // Shared with the map, not copied: many reads of a large value cost it once.
         let value = self.map.get(request).cloned().unwrap_or_default();
-        self.clients.answer(cookie, Status::Ok, &value);
+        self.clients.answer(cookie, Status::Ok, value);
     }
 
     fn abort_request(&mut self, status: ResponseCode, cookie: Cookie) {
@@ -146,7 +155,7 @@ impl StateMachine for Kv {
             ResponseCode::FastReadStale => Status::Stale,
             _ => Status::ShuttingDown,
         };
-        self.clients.answer(cookie, status, &[]);
+        self.clients.answer(cookie, status, Bytes::new());
     }
 
     fn save_state(&mut self, writer: &mut CheckpointWriter) {
@@ -172,12 +181,12 @@ impl StateMachine for Kv {
     fn notify_configuration_changed(&mut self, cookie: Option<Cookie>) {
         tracing::info!(?cookie, "configuration changed");
         if let Some(cookie) = cookie {
-            self.clients.answer(cookie, Status::Ok, &[]);
+            self.clients.answer(cookie, Status::Ok, Bytes::new());
         }
     }
 
     fn abort_change_configuration(&mut self, _status: ResponseCode, cookie: Cookie) {
-        self.clients.answer(cookie, Status::NotPrimary, &[]);
+        self.clients.answer(cookie, Status::NotPrimary, Bytes::new());
     }
 
     fn shut_down(&mut self, _status: ResponseCode) {
@@ -186,5 +195,33 @@ impl StateMachine for Kv {
 
     fn state_saved(&mut self, seq: u64, file: &Path) {
         tracing::info!(seq, file = %file.display(), "checkpoint saved");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replicated_put_that_does_not_parse_is_still_answered() {
+        let clients = Arc::new(Clients::default());
+        let mut kv = Kv::new(clients.clone(), Arc::default(), Arc::new(|| 9));
+        let (outbox, mut rx) = Outbox::new();
+        // Key length 0xFFFF, 3 bytes behind it: once replicated, never answered, the socket leaked.
+        let cookie = clients.register(&outbox, 42);
+        kv.execute_replicated_request(b"\xff\xffabc", Some(cookie), &mut false);
+        let [head, body] = rx.try_recv().expect("the cookie is answered");
+        let (id, status, _) = proto::parse_response(head.slice(4..));
+        assert_eq!((id, status, body.len()), (42, Status::Invalid, 0));
+        assert_eq!(kv.map.len(), 0);
+        assert!(clients.waiting.lock().unwrap().is_empty(), "nothing left waiting");
+        // A good one is applied and answered with the sequence number.
+        let cookie = clients.register(&outbox, 43);
+        let mut put = BytesMut::new();
+        proto::put_request(&mut put, 0, b"k", b"v");
+        kv.execute_replicated_request(&put[4 + 9..], Some(cookie), &mut false);
+        let [head, body] = rx.try_recv().expect("answered");
+        assert_eq!((proto::parse_response(head.slice(4..)).1, &body[..]), (Status::Ok, &9u64.to_le_bytes()[..]));
+        assert_eq!(kv.map.get(&b"k"[..]).map(|v| &v[..]), Some(&b"v"[..]));
     }
 }

@@ -1,21 +1,36 @@
 //! One replica process: the RSL replica with the key-value machine, and the client port.
 
 use crate::machine::{Clients, Kv, Summary};
-use crate::proto::{self, Status};
+use crate::proto::{self, Request, Status};
 use bytes::{BufMut, Bytes, BytesMut};
 use clap::Args;
 use rsl_engine::format::{MemberId, MemberSet, Node, Version};
+use rsl_engine::runtime::transport::{accept_each, grow_within, Budget, RateLimited};
 use rsl_engine::runtime::{AdmitAll, ResponseCode, RslConfig, RslReplica};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::Notify;
+use tracing::{debug, warn};
 
-pub const OP_CHANGE: u8 = 4;
+/// Client connections served at once; more are closed as they arrive.
+const MAX_CLIENTS: usize = 1024;
+/// Requests of one connection taken and not yet answered: its reader stops there. Far above
+/// what a client that reads its answers has in flight (`rsl-kv cluster`: 64 a connection).
+const MAX_UNANSWERED: usize = 1024;
+/// Response bytes of one connection waiting to be written: its reader stops there too.
+const MAX_QUEUED_BYTES: usize = 4 << 20;
+/// Bytes of partly received requests all connections hold together beyond their first
+/// `READ_CHUNK`; a connection whose request would need more is closed.
+const MAX_PARTIAL_BYTES: usize = 256 << 20;
+/// A request begun must arrive whole within this long.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const READ_CHUNK: usize = 64 << 10;
 
 #[derive(Args, Clone, Debug)]
 pub struct ReplicaArgs {
@@ -54,6 +69,10 @@ pub struct ReplicaArgs {
     /// has checked that they agree.
     #[arg(long, hide = true)]
     pub ignore_sigint: bool,
+    /// Accept administrative requests (ChangeConfiguration) on the client port; without it they
+    /// are answered `Refused`, for any client could otherwise remove every member.
+    #[arg(long)]
+    pub allow_admin: bool,
 }
 
 /// Shifts every port of a member list by `by`.
@@ -131,7 +150,7 @@ fn start(args: ReplicaArgs) -> Result<(Arc<RslReplica>, Server), String> {
     let replica = RslReplica::initialize(cfg, me, version, Box::new(kv), Arc::new(AdmitAll), members).map_err(|e| e.to_string())?;
     let replica = Arc::new(replica);
     let _ = handle.set(Arc::downgrade(&replica));
-    let server = Server { replica: replica.clone(), clients, summary };
+    let server = Server::new(replica.clone(), clients, summary, args.allow_admin);
     Ok((replica, server))
 }
 
@@ -152,64 +171,79 @@ struct Server {
     replica: Arc<RslReplica>,
     clients: Arc<Clients>,
     summary: Arc<Summary>,
+    allow_admin: bool,
+    port: Arc<PortState>,
+}
+
+/// What every connection of the client port shares.
+struct PortState {
+    /// Partly received requests.
+    partial: Budget,
+    warnings: RateLimited,
+}
+
+impl PortState {
+    fn new() -> PortState {
+        PortState { partial: Budget::new(MAX_PARTIAL_BYTES), warnings: RateLimited::new() }
+    }
+
+    /// A connection closed for breaking a bound; warned about, rate-limited.
+    fn refuse(&self, from: SocketAddr, why: &str) {
+        if let Some(held_back) = self.warnings.allow() {
+            warn!(%from, held_back, "client connection closed: {why}");
+        }
+    }
 }
 
 impl Server {
-    async fn accept(self, listener: TcpListener) {
-        while let Ok((conn, _)) = listener.accept().await {
-            let _ = conn.set_nodelay(true);
-            tokio::spawn(self.clone().serve(conn));
-        }
+    fn new(replica: Arc<RslReplica>, clients: Arc<Clients>, summary: Arc<Summary>, allow_admin: bool) -> Server {
+        Server { replica, clients, summary, allow_admin, port: Arc::new(PortState::new()) }
     }
 
-    async fn serve(self, conn: TcpStream) {
-        let (mut rd, wr) = conn.into_split();
-        let (tx, rx) = unbounded_channel();
-        tokio::spawn(write_responses(wr, rx));
-        let mut buf = BytesMut::with_capacity(64 << 10);
-        loop {
-            match rd.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            loop {
-                match proto::take_frame(&mut buf) {
-                    Ok(Some(frame)) => self.handle(frame, &tx),
-                    Ok(None) => break,
-                    Err(_) => return,
+    /// Serves the client port: at most `MAX_CLIENTS` connections, accept errors (out of
+    /// descriptors, say) logged and retried, never the end of the port.
+    async fn accept(self, listener: TcpListener) {
+        accept_each(listener, "client", MAX_CLIENTS, move |conn: TcpStream, from| {
+            let _ = conn.set_nodelay(true);
+            let server = self.clone();
+            async move {
+                let (rd, wr) = conn.into_split();
+                if let Err(why) = serve_conn(rd, wr, &server.port.partial, |frame, outbox| server.handle(frame, outbox)).await {
+                    server.port.refuse(from, why);
                 }
             }
-        }
+        })
+        .await
     }
 
-    fn handle(&self, frame: Bytes, tx: &UnboundedSender<Bytes>) {
-        let (op, id, body) = proto::parse_request(frame);
-        let code = match op {
-            proto::OP_PUT => {
-                let cookie = self.clients.register(tx, id);
+    /// Answers a request at once (an error, a status) or hands it to the replica with a
+    /// cookie the state machine answers through.
+    fn handle(&self, frame: Bytes, outbox: &Arc<Outbox>) {
+        let (id, request) = match proto::parse_request(frame) {
+            Ok(parsed) => parsed,
+            Err(id) => return outbox.respond(id, Status::Invalid, Bytes::new()),
+        };
+        let code = match request {
+            Request::Put { body } => {
+                let cookie = self.clients.register(outbox, id);
                 self.submitted(cookie, self.replica.replicate_request(body, cookie))
             }
-            proto::OP_GET if body.len() >= 8 => {
-                let max_seen = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
-                let cookie = self.clients.register(tx, id);
-                self.submitted(cookie, self.replica.fast_read_request(max_seen, body.slice(8..), cookie, Duration::from_secs(2)))
+            Request::Get { max_seen, key } => {
+                let cookie = self.clients.register(outbox, id);
+                self.submitted(cookie, self.replica.fast_read_request(max_seen, key, cookie, Duration::from_secs(2)))
             }
-            proto::OP_STATUS => {
-                let _ = tx.send(proto::response(id, Status::Ok, &self.status()));
-                return;
-            }
-            OP_CHANGE => {
-                let Ok(members) = parse_members(&String::from_utf8_lossy(&body)) else {
-                    let _ = tx.send(proto::response(id, Status::Invalid, &[]));
-                    return;
-                };
-                let cookie = self.clients.register(tx, id);
-                self.submitted(cookie, self.replica.change_configuration(members, cookie))
-            }
-            _ => Status::Invalid,
+            Request::Status => return outbox.respond(id, Status::Ok, self.status().into()),
+            Request::Change { .. } if !self.allow_admin => Status::Refused,
+            Request::Change { members } => match parse_members(&String::from_utf8_lossy(&members)) {
+                Ok(members) => {
+                    let cookie = self.clients.register(outbox, id);
+                    self.submitted(cookie, self.replica.change_configuration(members, cookie))
+                }
+                Err(_) => Status::Invalid,
+            },
         };
         if code != Status::Ok {
-            let _ = tx.send(proto::response(id, code, &[]));
+            outbox.respond(id, code, Bytes::new());
         }
     }
 
@@ -241,20 +275,236 @@ impl Server {
     }
 }
 
+/// One client connection's responses on their way out. Anyone answers through it without
+/// waiting (the execute thread does, through [`Clients`]); the connection's reader takes no
+/// more requests while `MAX_UNANSWERED` are unanswered or `MAX_QUEUED_BYTES` of responses
+/// wait, so a client that pipelines requests and never reads the answers costs a bounded
+/// amount: at most `MAX_UNANSWERED` responses, whose bodies (values) are shared with the store.
+pub struct Outbox {
+    tx: UnboundedSender<[Bytes; 2]>,
+    flow: Arc<Flow>,
+}
+
+impl Outbox {
+    /// A connection's outbox and the queue its writer takes responses from.
+    pub fn new() -> (Arc<Outbox>, UnboundedReceiver<[Bytes; 2]>) {
+        let (tx, rx) = unbounded_channel();
+        (Arc::new(Outbox { tx, flow: Arc::default() }), rx)
+    }
+
+    pub fn respond(&self, id: u64, status: Status, body: Bytes) {
+        let head = proto::response_head(id, status, body.len());
+        self.flow.queued.fetch_add(head.len() + body.len(), Relaxed);
+        // An error only if the writer stopped (the client went away): nowhere to go.
+        let _ = self.tx.send([head, body]);
+    }
+}
+
+/// What a connection's reader and writer share.
+#[derive(Default)]
+struct Flow {
+    /// Requests taken whose responses are not written yet.
+    unanswered: AtomicUsize,
+    /// Response bytes queued, not written yet.
+    queued: AtomicUsize,
+    /// Signalled when the writer has written some, or stopped.
+    drained: Notify,
+    closed: AtomicBool,
+}
+
+impl Flow {
+    fn full(&self) -> bool {
+        self.unanswered.load(Relaxed) >= MAX_UNANSWERED || self.queued.load(Relaxed) >= MAX_QUEUED_BYTES
+    }
+
+    fn written(&self, responses: usize, bytes: usize) {
+        debug_assert!(self.unanswered.load(Relaxed) >= responses, "every response answers a request");
+        self.unanswered.fetch_sub(responses, Relaxed);
+        self.queued.fetch_sub(bytes, Relaxed);
+        self.drained.notify_one();
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Relaxed);
+        self.drained.notify_one();
+    }
+}
+
+/// Reads one connection's requests and hands each to `handle`, which answers it (now or later)
+/// through the outbox exactly once. Stops reading while the answers back up; ends at EOF, and
+/// with the reason on a frame it cannot parse, on a request not whole within
+/// `REQUEST_TIMEOUT`, or when the request would need more of the `partial` budget than is
+/// left. Responses already due are still written.
+async fn serve_conn<R, W>(mut rd: R, wr: W, partial: &Budget, handle: impl Fn(Bytes, &Arc<Outbox>)) -> Result<(), &'static str>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (outbox, rx) = Outbox::new();
+    let flow = outbox.flow.clone();
+    tokio::spawn(write_responses(wr, rx, flow.clone()));
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut held = partial.hold();
+    let mut deadline = None;
+    loop {
+        while flow.full() && !flow.closed.load(Relaxed) {
+            flow.drained.notified().await;
+        }
+        if flow.closed.load(Relaxed) {
+            return Ok(());
+        }
+        match proto::take_frame(&mut buf) {
+            Ok(Some(frame)) => {
+                deadline = None;
+                flow.unanswered.fetch_add(1, Relaxed);
+                handle(frame, &outbox);
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                debug!(error = %e, "a frame that does not parse");
+                return Err("a frame that does not parse");
+            }
+        }
+        let need = proto::frame_need(&buf).expect("take_frame checked it");
+        if !grow_within(&mut buf, need, READ_CHUNK, &mut held) {
+            return Err("partly received requests fill the port's budget");
+        }
+        let n = if buf.is_empty() {
+            rd.read_buf(&mut buf).await
+        } else {
+            let until = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + REQUEST_TIMEOUT);
+            match tokio::time::timeout_at(until, rd.read_buf(&mut buf)).await {
+                Ok(n) => n,
+                Err(_) => return Err("a request did not arrive whole in time"),
+            }
+        };
+        if matches!(n, Ok(0) | Err(_)) {
+            return Ok(());
+        }
+    }
+}
+
 /// Writes responses as they come, many per system call.
-async fn write_responses(mut wr: tokio::net::tcp::OwnedWriteHalf, mut rx: UnboundedReceiver<Bytes>) {
+async fn write_responses<W: AsyncWrite + Unpin>(mut wr: W, mut rx: UnboundedReceiver<[Bytes; 2]>, flow: Arc<Flow>) {
     let mut batch = BytesMut::with_capacity(64 << 10);
     while let Some(first) = rx.recv().await {
-        batch.extend_from_slice(&first);
+        let mut responses = 1;
+        first.iter().for_each(|part| batch.extend_from_slice(part));
         while batch.len() < (1 << 20) {
             match rx.try_recv() {
-                Ok(more) => batch.extend_from_slice(&more),
+                Ok(more) => {
+                    more.iter().for_each(|part| batch.extend_from_slice(part));
+                    responses += 1;
+                }
                 Err(_) => break,
             }
         }
-        if wr.write_all(&batch).await.is_err() {
-            return;
+        let result = wr.write_all(&batch).await;
+        flow.written(responses, batch.len());
+        if result.is_err() {
+            return flow.close();
         }
         batch.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use tokio::io::{duplex, split, DuplexStream};
+
+    /// A connection served by `serve_conn` whose handler answers every request at once with
+    /// `body_len` bytes; reports how many it handled and the most unanswered it saw.
+    fn answering(body_len: usize) -> (DuplexStream, Arc<Mutex<(usize, usize)>>) {
+        let (client, server) = duplex(64 << 10);
+        let seen = Arc::new(Mutex::new((0, 0)));
+        let record = seen.clone();
+        tokio::spawn(async move {
+            let (rd, wr) = split(server);
+            let partial = Budget::new(MAX_PARTIAL_BYTES);
+            let _ = serve_conn(rd, wr, &partial, |frame, outbox| {
+                let (id, _) = proto::parse_request(frame).unwrap();
+                let mut seen = record.lock().unwrap();
+                *seen = (seen.0 + 1, seen.1.max(outbox.flow.unanswered.load(Relaxed)));
+                outbox.respond(id, Status::Ok, Bytes::from(vec![0; body_len]));
+            })
+            .await;
+        });
+        (client, seen)
+    }
+
+    /// Lets every task run until all wait (the clock is paused: it moves only when all are idle).
+    async fn settle() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_never_reads_its_answers_stops_being_read() {
+        const N: u64 = 20_000;
+        let (client, seen) = answering(100);
+        let (mut responses, mut requests) = split(client);
+        let pipelining = tokio::spawn(async move {
+            let mut out = BytesMut::new();
+            (1..=N).for_each(|id| proto::status_request(&mut out, id));
+            requests.write_all(&out).await.unwrap();
+            requests
+        });
+        settle().await;
+        let (handled, most_unanswered) = *seen.lock().unwrap();
+        assert!(most_unanswered <= MAX_UNANSWERED, "{most_unanswered} requests unanswered at once");
+        assert!(handled < N as usize, "all {handled} requests taken while their answers went unread");
+        // Reading the answers lets the rest through, in order.
+        let mut buf = BytesMut::new();
+        for id in 1..=N {
+            let frame = loop {
+                if let Some(frame) = proto::take_frame(&mut buf).unwrap() {
+                    break frame;
+                }
+                assert!(responses.read_buf(&mut buf).await.unwrap() > 0, "closed before answer {id}");
+            };
+            assert_eq!(proto::parse_response(frame).0, id);
+        }
+        drop(pipelining.await.unwrap());
+        assert_eq!(seen.lock().unwrap().0, N as usize);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn large_unread_answers_stop_the_reading_sooner() {
+        let (client, seen) = answering(1 << 20);
+        let (_responses, mut requests) = split(client);
+        let mut out = BytesMut::new();
+        (1..=100).for_each(|id| proto::status_request(&mut out, id));
+        requests.write_all(&out).await.unwrap();
+        settle().await;
+        let handled = seen.lock().unwrap().0;
+        // The first MiB goes into a batch being written; then 4 MiB queue, then reading stops.
+        assert!(handled <= 2 + MAX_QUEUED_BYTES / (1 << 20), "{handled} MiB of answers taken on");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_begun_must_arrive_whole_in_time() {
+        let (mut client, _seen) = answering(0);
+        let mut out = BytesMut::new();
+        proto::put_request(&mut out, 1, b"key", &[7; 1000]);
+        client.write_all(&out[..500]).await.unwrap();
+        let mut rest = [0u8; 16];
+        // The clock jumps to the deadline once everything is idle; the connection closes.
+        let n = tokio::time::timeout(REQUEST_TIMEOUT * 2, client.read(&mut rest)).await.expect("closed in time");
+        assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    }
+
+    #[tokio::test]
+    async fn a_frame_that_does_not_parse_closes_the_connection() {
+        let (mut client, seen) = answering(0);
+        let mut out = BytesMut::new();
+        proto::status_request(&mut out, 1);
+        out.put_u32_le(3); // shorter than any request
+        client.write_all(&out).await.unwrap();
+        let mut all = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut all)).await.expect("closed in time").unwrap();
+        let frame = proto::take_frame(&mut BytesMut::from(&all[..])).unwrap().expect("the first answered");
+        assert_eq!((proto::parse_response(frame).0, seen.lock().unwrap().0), (1, 1));
     }
 }
