@@ -92,40 +92,51 @@ impl CheckpointStore {
 
     /// Writes a checkpoint: `write` streams the application's state into it and returns false
     /// to refuse (TrySaveState), which leaves nothing behind. The file is verified, synced and
-    /// renamed into place, and old checkpoints are pruned.
+    /// renamed into place, and old checkpoints are pruned. (The execute thread uses the two
+    /// steps, [`write_temp`](Self::write_temp) and [`keep`](Self::keep), so that the store is
+    /// not locked while the application writes.)
     pub fn save(
         &mut self,
         header: CheckpointHeader,
         write: impl FnOnce(&mut CheckpointWriter) -> io::Result<bool>,
     ) -> Result<Option<Saved>, StoreError> {
-        let decree = header.last_executed;
-        assert_eq!(header.next_vote.header.decree, decree.wrapping_add(1), "a checkpoint of D holds the vote for D + 1");
-        let temp = self.temp_path();
-        let written = self.write_temp(&temp, header, write);
-        if !matches!(written, Ok(true)) {
-            let _ = fs::remove_file(&temp);
-            return written.map(|_| None);
+        let (decree, temp) = (header.last_executed, self.temp_path());
+        if !Self::write_temp(&temp, header, write)? {
+            return Ok(None);
         }
-        let saved = self.verify(&temp, decree, false).and_then(|size| self.place(&temp, decree, size));
-        if saved.is_err() {
-            let _ = fs::remove_file(&temp);
-        }
-        debug_assert!(!temp.exists(), "the temp file is placed or removed");
-        saved.map(Some)
+        self.keep(&temp, decree).map(Some)
     }
 
-    fn write_temp(
-        &self,
+    /// Writes a checkpoint into `temp` (see [`temp_path`](Self::temp_path)): `write` streams the
+    /// state and returns false to refuse. Refused or failed, nothing is left behind.
+    pub fn write_temp(
         temp: &Path,
         header: CheckpointHeader,
         write: impl FnOnce(&mut CheckpointWriter) -> io::Result<bool>,
     ) -> Result<bool, StoreError> {
-        let mut writer = CheckpointWriter::create(temp, header)?;
-        if !write(&mut writer).map_err(io_err(temp))? {
-            return Ok(false);
+        assert_eq!(header.next_vote.header.decree, header.last_executed.wrapping_add(1), "a checkpoint of D holds the vote for D + 1");
+        let written = CheckpointWriter::create(temp, header).map_err(StoreError::from).and_then(|mut writer| {
+            if !write(&mut writer).map_err(io_err(temp))? {
+                return Ok(false);
+            }
+            writer.close()?; // writes the header and syncs the file
+            Ok(true)
+        });
+        if !matches!(written, Ok(true)) {
+            let _ = fs::remove_file(temp);
         }
-        writer.close()?; // writes the header and syncs the file
-        Ok(true)
+        written
+    }
+
+    /// Keeps a checkpoint this replica wrote into `temp` as `<decree>.codex`, after reopening
+    /// it with the reader's checks; on an error the file is deleted.
+    pub fn keep(&mut self, temp: &Path, decree: u64) -> Result<Saved, StoreError> {
+        let saved = self.verify(temp, decree, false).and_then(|size| self.place(temp, decree, size));
+        if saved.is_err() {
+            let _ = fs::remove_file(temp);
+        }
+        debug_assert!(!temp.exists(), "the temp file is placed or removed");
+        saved
     }
 
     /// Keeps a checkpoint downloaded from a peer into `temp` (see `temp_path`) as this

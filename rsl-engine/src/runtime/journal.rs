@@ -7,7 +7,7 @@
 //! one `fdatasync` per file, and reports the highest sequence number in it as durable; the
 //! next batch fills meanwhile.
 
-use super::{numbered_files, FileRange, ListError};
+use super::{numbered_files, panic_message, FileRange, ListError};
 use crate::format::codec::{DecodeError, EncodeError};
 use crate::format::log::{self, encode_record, LogContents, LogWriter, Mode};
 use crate::format::{Message, MsgKind};
@@ -16,6 +16,7 @@ use bytes::{Bytes, BytesMut};
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -70,8 +71,8 @@ pub enum JournalError {
     MissingLogs { dir: PathBuf, need: u64, oldest: u64 },
     #[error("cannot encode a log record: {0}")]
     Encode(#[from] EncodeError),
-    #[error("the journal writer stopped after an I/O error")]
-    Stopped,
+    #[error("the journal writer stopped: {0}")]
+    Stopped(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
@@ -106,6 +107,8 @@ struct State {
     spare: Vec<BytesMut>,
     closing: bool,
     stopped: bool,
+    /// Why the writer stopped (its I/O error).
+    cause: String,
     index: Vec<IndexedLog>,
 }
 
@@ -243,7 +246,7 @@ impl Journal {
             st = shared.room.wait(st).unwrap_or_else(|e| e.into_inner());
         }
         if st.stopped {
-            return Err(JournalError::Stopped);
+            return Err(JournalError::Stopped(st.cause.clone()));
         }
         let target = new_file.unwrap_or(self.file);
         let fresh = st.batch.last().is_none_or(|s| s.file != target);
@@ -360,7 +363,7 @@ impl Journal {
         let st = self.shared.lock();
         assert!(st.stopped || st.batch.is_empty(), "close flushes every append");
         if st.stopped {
-            Err(JournalError::Stopped)
+            Err(JournalError::Stopped(st.cause.clone()))
         } else {
             Ok(())
         }
@@ -405,6 +408,12 @@ impl LogReader {
     /// minDecreeInLog: the first decree of the oldest indexed log.
     pub fn min_decree(&self) -> u64 {
         min_decree(&self.shared.lock().index)
+    }
+
+    /// Every later write of the journal fails (runtime tests of the fail-stop path).
+    #[cfg(test)]
+    pub(crate) fn fail_writes(&self) {
+        self.shared.fail_writes.store(true, Ordering::SeqCst);
     }
 }
 
@@ -529,19 +538,6 @@ pub fn write_defunct(dir: &Path, n: u32) -> io::Result<()> {
     Ok(())
 }
 
-/// Should the writer thread die (a panicking `on_durable`), appenders get `Stopped` rather
-/// than wait forever for room.
-struct StopOnPanic(Arc<Shared>);
-
-impl Drop for StopOnPanic {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.0.lock().stopped = true;
-            self.0.room.notify_all();
-        }
-    }
-}
-
 /// The writer thread: owns the open log and all of the journal's file I/O.
 struct Writer {
     shared: Arc<Shared>,
@@ -554,24 +550,36 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, on_durable: impl Fn(u64), on_error: impl FnOnce(io::Error)) {
-        let _stop_if_panicking = StopOnPanic(self.shared.clone());
+    /// Writes batches until the journal closes. An I/O error, or a panic here (a panicking
+    /// `on_durable`), stops the journal: appenders get `Stopped` rather than wait forever for
+    /// room, and `on_error` is told.
+    fn run(self, on_durable: impl Fn(u64), on_error: impl FnOnce(io::Error)) {
+        let shared = self.shared.clone();
+        let error = match catch_unwind(AssertUnwindSafe(|| self.write_until_closed(on_durable))) {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e,
+            Err(panic) => io::Error::other(format!("the journal writer panicked: {}", panic_message(&*panic))),
+        };
+        let mut st = shared.lock();
+        st.stopped = true;
+        st.cause = error.to_string();
+        st.batch.clear();
+        drop(st);
+        shared.room.notify_all();
+        tracing::error!("journal writer stopped: {error}");
+        on_error(error)
+    }
+
+    fn write_until_closed(mut self, on_durable: impl Fn(u64)) -> io::Result<()> {
         let mut batch = Vec::new();
         let mut synced = Vec::new();
         while let Some(seq) = self.take(&mut batch) {
             synced.clear();
-            if let Err(e) = self.write_batch(&batch, &mut synced) {
-                let mut st = self.shared.lock();
-                st.stopped = true;
-                st.batch.clear();
-                drop(st);
-                self.shared.room.notify_all();
-                tracing::error!("journal writer stopped: {e}");
-                return on_error(e);
-            }
+            self.write_batch(&batch, &mut synced)?;
             self.publish(&mut batch, &synced);
             on_durable(seq);
         }
+        Ok(())
     }
 
     /// Waits for appends and swaps them out; `None` once closing with nothing left.
@@ -992,8 +1000,8 @@ mod tests {
         j.journal.append(2, &vote(2, 2)).unwrap();
         let err = j.errors.recv().unwrap();
         assert!(err.to_string().contains("injected"), "{err}");
-        assert!(matches!(j.journal.append(3, &vote(3, 2)), Err(JournalError::Stopped)));
-        assert!(matches!(j.journal.close(), Err(JournalError::Stopped)));
+        assert!(matches!(j.journal.append(3, &vote(3, 2)), Err(JournalError::Stopped(_))));
+        assert!(matches!(j.journal.close(), Err(JournalError::Stopped(_))));
         assert!(j.durable.try_recv().is_err(), "nothing after the failure is durable");
         assert!(j.errors.try_recv().is_err(), "on_error is called once");
         let j = open(options(dir.path()), None).unwrap();
@@ -1004,10 +1012,13 @@ mod tests {
     fn a_panicking_durable_callback_stops_appends_instead_of_hanging() {
         let dir = tempfile::tempdir().unwrap();
         let opts = JournalOptions { max_pending_bytes: 512, ..options(dir.path()) };
-        let (mut journal, _) = Journal::open(opts, None, |_| panic!("callback failed"), |e| panic!("{e}")).unwrap();
+        let (errors_tx, errors) = channel();
+        let on_error = move |e: io::Error| errors_tx.send(e.to_string()).unwrap();
+        let (mut journal, _) = Journal::open(opts, None, |_| panic!("callback failed"), on_error).unwrap();
         let outcome = (1..=10).map(|seq| journal.append(seq, &vote(seq, 2))).find(|r| r.is_err());
-        assert!(matches!(outcome, Some(Err(JournalError::Stopped))));
-        assert!(matches!(journal.close(), Err(JournalError::Stopped)));
+        assert!(matches!(outcome, Some(Err(JournalError::Stopped(_)))));
+        assert!(matches!(journal.close(), Err(JournalError::Stopped(_))));
+        assert_eq!(errors.try_recv().unwrap(), "the journal writer panicked: callback failed", "the panic is reported as the error");
     }
 
     #[test]

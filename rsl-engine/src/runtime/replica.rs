@@ -9,12 +9,13 @@ use super::journal::{read_defunct, Journal, JournalOptions};
 use super::learn::{self, LearnServer, LearnSource};
 use super::ring::{learn_addr, Event, Limits, Ring};
 use super::transport::{Transport, TransportOptions};
-use super::{FileRange, Shared};
+use super::{panic_message, spawn_task, FileRange, Shared};
 use crate::format::message::StatusBody;
 use crate::format::{Ballot, Body, ConfigInfo, Header, MemberId, MemberSet, Message, Node, Version};
 use crate::paxos::{Action, Cookie, Input, Replica, Role};
 use bytes::Bytes;
 use std::net::{SocketAddr, SocketAddrV4};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::{Acquire, Relaxed};
 use std::sync::mpsc::{self, Sender};
@@ -39,6 +40,20 @@ pub enum InitError {
 }
 
 /// A running replica. Every method may be called from any thread.
+///
+/// It stops when asked (`unload`, `relinquish_primary`, an `is_last_decree` request, a
+/// configuration without it) or on its own, when it *fails*: a replica thread panicked, a
+/// journal write or sync failed (a full disk), a checkpoint could not be saved or loaded. A
+/// failed replica is stopped at once, whatever it was doing: [`failure`](Self::failure) says
+/// why, [`is_stopped`](Self::is_stopped) is true, every call answers `ShuttingDown` (or does
+/// nothing), and the threads end by themselves. The execute thread then aborts the fast reads
+/// waiting (`ShuttingDown`) and raises `shut_down(ShuttingDown)`, once. If it is the execute
+/// thread that died (a `StateMachine` callback panicked), the state machine went with it: no
+/// callback runs any more, `shut_down` included. Replicated requests in flight when the
+/// protocol thread dies get no `abort_request`. [`unload`](Self::unload) still has to be
+/// called (or the replica dropped) to free the ports; it returns once the threads have ended.
+/// The original ends the process instead; a service that wants that calls
+/// `std::process::exit` from `shut_down` or when `failure()` turns `Some` (as `rsl-kv` does).
 pub struct RslReplica {
     shared: Arc<Shared>,
     events: Sender<Event>,
@@ -53,6 +68,9 @@ pub struct RslReplica {
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
     _learn: LearnServer,
     dir: PathBuf,
+    /// Tests make the journal's writes fail through this.
+    #[cfg(test)]
+    journal: super::journal::LogReader,
 }
 
 /// What the learn port serves: this replica's logs and newest checkpoint.
@@ -153,7 +171,7 @@ impl RslReplica {
         }
         let mut exec = Executor::new(sm, shared.clone(), store.clone(), me.id, version, events_tx.clone());
         replay(&mut core, &records, &mut exec)?;
-        shared.view.lock().expect("view").config = core.configuration().clone();
+        shared.view().config = core.configuration().clone();
         shared.passed_seq.store(shared.current_seq.load(Relaxed), Relaxed);
 
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -173,6 +191,8 @@ impl RslReplica {
             Transport::start(runtime.handle(), paxos, topts, deliver).map_err(|source| InitError::Listen { addr: paxos, source })?,
         );
         let learn_at = SocketAddr::new(bind_ip.into(), learn_addr(&me).port());
+        #[cfg(test)]
+        let journal_faults = journal.reader();
         let files = Arc::new(Files { log: journal.reader(), store: store.clone(), me: me.id, version });
         let learn = LearnServer::start(runtime.handle(), learn_at, files, cfg.max_message_bytes())
             .map_err(|source| InitError::Listen { addr: learn_at, source })?;
@@ -193,7 +213,9 @@ impl RslReplica {
             limits,
             start,
         );
-        let threads = vec![spawn("rsl-exec", move || exec.run(work_rx)), spawn("rsl-paxos", move || ring.run(events_rx))];
+        let siblings = Siblings { shared: shared.clone(), events: events_tx.clone(), work: work_tx.clone(), transport: transport.clone() };
+        let threads =
+            vec![spawn("rsl-exec", siblings.clone(), move || exec.run(work_rx)), spawn("rsl-paxos", siblings, move || ring.run(events_rx))];
         Ok(RslReplica {
             shared,
             events: events_tx,
@@ -208,6 +230,8 @@ impl RslReplica {
             runtime: Mutex::new(Some(runtime)),
             _learn: learn,
             dir,
+            #[cfg(test)]
+            journal: journal_faults,
         })
     }
 
@@ -298,18 +322,18 @@ impl RslReplica {
 
     /// `GetConfiguration`: the state configuration's members and number.
     pub fn configuration(&self) -> (MemberSet, u32) {
-        let view = self.shared.view.lock().expect("view");
+        let view = self.shared.view();
         (view.config.members.clone(), view.config.number)
     }
 
     /// `GetCurrentPrimary`: the owner of the highest accepted ballot (a hint).
     pub fn current_primary(&self) -> Option<MemberId> {
-        self.shared.view.lock().expect("view").primary
+        self.shared.view().primary
     }
 
     /// Primary, secondary, or on the way (None until the protocol thread has run).
     pub fn role(&self) -> Option<Role> {
-        self.shared.view.lock().expect("view").role
+        self.shared.view().role
     }
 
     pub fn is_primary(&self) -> bool {
@@ -379,11 +403,13 @@ impl RslReplica {
         }
         let peers: Vec<Node> = self.configuration().0.nodes.into_iter().filter(|n| n.id != self.me.id).collect();
         let (store, work, me, version, limit) = (self.store.clone(), self.work.clone(), self.me.id, self.version, self.receive_timeout);
-        rt.spawn(async move {
+        let task = async move {
             let copied = copy_state(peers, store, me, version, limit).await;
             let (seq, path) = copied.map_or((0, None), |(seq, path)| (seq, Some(path)));
             let _ = work.send(Work::Copied { seq, path, cookie: Some(cookie) });
-        });
+        };
+        let events = self.events.clone();
+        spawn_task(&rt, task, move |panic| drop(events.send(Event::Fatal(format!("copying state from a peer panicked: {panic}")))));
         ResponseCode::Success
     }
 
@@ -423,18 +449,26 @@ impl RslReplica {
         &self.me
     }
 
-    /// True once the replica has stopped (unload, relinquish, or a fatal error).
+    /// True once the replica has stopped: its threads have ended (unload, relinquish, a
+    /// configuration without it), or it failed (see [`failure`](Self::failure)).
     pub fn is_stopped(&self) -> bool {
-        self.threads.lock().expect("threads").iter().all(|t| t.is_finished())
+        self.shared.failure.get().is_some() || self.threads.lock().unwrap_or_else(|e| e.into_inner()).iter().all(|t| t.is_finished())
+    }
+
+    /// Why the replica stopped on its own (the failed state described on [`RslReplica`]): a
+    /// replica thread panicked, or an I/O error or fatal condition stopped it. `None` while it
+    /// runs and after a stop that was asked for.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.failure.get().cloned()
     }
 
     /// `UnloadThisOne`: stops the replica. Requests in flight come back `ShuttingDown`, then
     /// `shut_down` runs; the threads are joined. The process keeps running. Later calls do
-    /// nothing.
+    /// nothing. On a failed replica it only waits for the threads, which are already ending.
     pub fn unload(&self) {
         self.shared.shutting_down.store(true, Relaxed);
         let _ = self.events.send(Event::Stop);
-        let threads = std::mem::take(&mut *self.threads.lock().expect("threads"));
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
         for t in threads {
             let _ = t.join();
         }
@@ -501,8 +535,35 @@ fn replay(core: &mut Replica, records: &[Arc<Message>], exec: &mut Executor) -> 
     Ok(())
 }
 
-fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
-    std::thread::Builder::new().name(name.into()).spawn(f).expect("spawn a replica thread")
+/// What one replica thread's death tells the others. The siblings then end as on `unload`
+/// (the execute thread raises `shut_down`), and the Paxos port stops taking packets.
+#[derive(Clone)]
+struct Siblings {
+    shared: Arc<Shared>,
+    events: Sender<Event>,
+    work: Sender<Work>,
+    transport: Arc<Transport>,
+}
+
+impl Siblings {
+    fn fail(&self, reason: String) {
+        self.shared.fail(reason);
+        self.transport.shutdown();
+        let _ = self.events.send(Event::Stop);
+        let _ = self.work.send(Work::Stop);
+    }
+}
+
+/// Runs one of the replica's threads. A panic fails the replica instead of
+/// leaving its siblings waiting for a thread that is gone; the thread's state (the core and
+/// journal, or the state machine) has been dropped by then.
+fn spawn(name: &'static str, siblings: Siblings, body: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
+    let run = move || {
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(body)) {
+            siblings.fail(format!("the {name} thread panicked: {}", panic_message(&*panic)));
+        }
+    };
+    std::thread::Builder::new().name(name.into()).spawn(run).expect("spawn a replica thread")
 }
 
 /// `m_workingDir`, plus the member id with `m_addMemberIdToWorkingDir`.
@@ -519,4 +580,166 @@ fn data_dir(cfg: &RslConfig, id: &MemberId) -> PathBuf {
 fn seed(id: &MemberId) -> u64 {
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     id.as_bytes().iter().fold(t ^ u64::from(std::process::id()), |h, b| h.rotate_left(5) ^ u64::from(*b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::checkpoint::{CheckpointReader, CheckpointWriter};
+    use crate::runtime::api::node;
+    use crate::runtime::AdmitAll;
+    use std::net::{Ipv4Addr, TcpListener};
+    use std::sync::atomic::AtomicBool;
+
+    const BOUND: Duration = Duration::from_secs(10);
+
+    /// Counts `shut_down` calls; panics executing a request that says "boom".
+    struct Machine(Arc<Mutex<Vec<&'static str>>>);
+
+    impl StateMachine for Machine {
+        fn load_state(&mut self, _: Option<&mut CheckpointReader>) -> bool {
+            true
+        }
+        fn execute_replicated_request(&mut self, request: &[u8], _: Option<Cookie>, _: &mut bool) {
+            assert!(request != b"boom", "the state machine panics on boom");
+            self.0.lock().unwrap().push("exec");
+        }
+        fn execute_fast_read_request(&mut self, _: &[u8], _: Cookie) {}
+        fn abort_request(&mut self, _: ResponseCode, _: Cookie) {}
+        fn save_state(&mut self, _: &mut CheckpointWriter) {}
+        fn notify_status(&mut self, _: bool) {}
+        fn notify_configuration_changed(&mut self, _: Option<Cookie>) {}
+        fn abort_change_configuration(&mut self, _: ResponseCode, _: Cookie) {}
+        fn shut_down(&mut self, _: ResponseCode) {
+            self.0.lock().unwrap().push("shut_down");
+        }
+    }
+
+    /// Panics on the protocol thread at the first election once armed.
+    #[derive(Default)]
+    struct Veto(AtomicBool);
+
+    impl Admission for Veto {
+        fn can_become_primary(&self) -> Option<Vec<u8>> {
+            assert!(!self.0.load(Relaxed), "admission panics");
+            Some(Vec::new())
+        }
+    }
+
+    /// A Paxos port whose next port (the learn port) is free too.
+    fn free_port() -> u16 {
+        loop {
+            let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port();
+            if port < u16::MAX && TcpListener::bind((Ipv4Addr::LOCALHOST, port + 1)).is_ok() {
+                return port;
+            }
+        }
+    }
+
+    struct One {
+        replica: Option<RslReplica>,
+        calls: Arc<Mutex<Vec<&'static str>>>,
+        _dir: tempfile::TempDir,
+    }
+
+    /// A one-member ring.
+    fn start_one(admission: Arc<dyn Admission>) -> One {
+        let dir = tempfile::tempdir().unwrap();
+        let me = node("1", Ipv4Addr::LOCALHOST, free_port()).unwrap();
+        let members = MemberSet { nodes: vec![me.clone()], cookie: Bytes::new() };
+        let cfg = RslConfig {
+            working_dir: dir.path().into(),
+            election_delay_sec: 1,
+            heart_beat_interval_sec: 1,
+            new_leader_grace_period_sec: 1,
+            ..RslConfig::default()
+        };
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let replica = RslReplica::initialize(cfg, me, Version::V6, Box::new(Machine(calls.clone())), admission, Some(members)).unwrap();
+        One { replica: Some(replica), calls, _dir: dir }
+    }
+
+    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let until = Instant::now() + BOUND;
+        while !done() {
+            assert!(Instant::now() < until, "{what}: not within {BOUND:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    impl Drop for One {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                // A failed test must not hang on a replica it found stuck.
+                std::mem::forget(self.replica.take());
+            }
+        }
+    }
+
+    impl One {
+        fn r(&self) -> &RslReplica {
+            self.replica.as_ref().unwrap()
+        }
+
+        fn wait_primary(&self) {
+            wait_for("primary", || self.r().is_primary());
+        }
+
+        fn shut_downs(&self) -> usize {
+            self.calls.lock().unwrap().iter().filter(|c| **c == "shut_down").count()
+        }
+
+        /// The failed state: a reason, stopped, every call refused; then unload returns in
+        /// time. Returns the reason.
+        fn assert_failed(&mut self) -> String {
+            wait_for("failure", || self.r().failure().is_some());
+            let r = self.r();
+            let reason = r.failure().unwrap();
+            assert!(r.is_stopped());
+            assert_eq!(r.replicate_request(Bytes::from_static(b"x"), 1), ResponseCode::ShuttingDown);
+            assert_eq!(r.fast_read_request(0, Bytes::from_static(b"x"), 2, Duration::ZERO), ResponseCode::ShuttingDown);
+            assert_eq!(r.change_configuration(r.configuration().0, 3), ResponseCode::ShuttingDown);
+            assert_eq!(r.copy_state_from_replica(4), ResponseCode::ShuttingDown);
+            let replica = self.replica.take().unwrap();
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                replica.unload();
+                let _ = tx.send(replica.failure());
+            });
+            let after = rx.recv_timeout(BOUND).expect("unload returns in time");
+            assert_eq!(after.as_ref(), Some(&reason), "the reason stays after unload");
+            reason
+        }
+    }
+
+    #[test]
+    fn a_panicking_protocol_thread_fails_the_replica() {
+        let veto = Arc::new(Veto::default());
+        veto.0.store(true, Relaxed);
+        let mut one = start_one(veto);
+        let reason = one.assert_failed();
+        assert_eq!(reason, "the rsl-paxos thread panicked: admission panics");
+        assert_eq!(one.shut_downs(), 1, "shut_down is raised once");
+    }
+
+    #[test]
+    fn a_panicking_execute_thread_fails_the_replica() {
+        let mut one = start_one(Arc::new(AdmitAll));
+        one.wait_primary();
+        assert_eq!(one.r().replicate_request(Bytes::from_static(b"boom"), 1), ResponseCode::Success);
+        let reason = one.assert_failed();
+        assert_eq!(reason, "the rsl-exec thread panicked: the state machine panics on boom");
+        assert_eq!(one.shut_downs(), 0, "the state machine died with its thread");
+    }
+
+    #[test]
+    fn a_journal_write_error_fails_the_replica() {
+        let mut one = start_one(Arc::new(AdmitAll));
+        one.wait_primary();
+        one.r().journal.fail_writes();
+        assert_eq!(one.r().replicate_request(Bytes::from_static(b"x"), 1), ResponseCode::Success);
+        let reason = one.assert_failed();
+        assert!(reason.starts_with("journal write failed: ") && reason.contains("injected write failure"), "{reason}");
+        assert_eq!(one.shut_downs(), 1, "shut_down is raised once");
+    }
 }
