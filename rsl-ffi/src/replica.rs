@@ -41,7 +41,7 @@ fn init_error(e: InitError) -> rsl_status {
     match e {
         InitError::Config(_) => RSL_E_CONFIG,
         InitError::Invalid(_) => RSL_INVALID_PARAMETER,
-        InitError::Storage(_) | InitError::Listen { .. } | InitError::NoState => RSL_E_IO,
+        InitError::Storage(_) | InitError::Listen { .. } | InitError::NoState | InitError::Replay { .. } => RSL_E_IO,
     }
 }
 

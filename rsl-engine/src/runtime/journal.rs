@@ -186,6 +186,36 @@ impl Roll {
     }
 }
 
+/// The records replay starts from, in log order, and where each is on disk: errors found
+/// while replaying them name the file and offset.
+#[derive(Debug, Default)]
+pub struct Replay {
+    pub records: Vec<Arc<Message>>,
+    /// Per record: its file (an index into `files`) and offset.
+    at: Vec<(usize, u64)>,
+    files: Vec<PathBuf>,
+}
+
+impl Replay {
+    /// The file and offset of `records[i]`.
+    pub fn origin(&self, i: usize) -> (&Path, u64) {
+        let (file, offset) = self.at[i];
+        (&self.files[file], offset)
+    }
+
+    fn take(kept: &mut [Found]) -> Replay {
+        let mut replay = Replay::default();
+        for (file, found) in kept.iter_mut().enumerate() {
+            replay.files.push(found.path.clone());
+            for record in std::mem::take(&mut found.contents.records) {
+                replay.at.push((file, record.offset as u64));
+                replay.records.push(Arc::new(record.message));
+            }
+        }
+        replay
+    }
+}
+
 /// A log file found at startup, scanned.
 struct Found {
     decree: u64,
@@ -201,12 +231,11 @@ impl Journal {
         checkpoint_decree: Option<u64>,
         on_durable: impl Fn(u64) + Send + 'static,
         on_error: impl FnOnce(io::Error) + Send + 'static,
-    ) -> Result<(Journal, Vec<Arc<Message>>), JournalError> {
+    ) -> Result<(Journal, Replay), JournalError> {
         assert!(opts.max_logs >= 1 && opts.max_pending_bytes > 0, "the journal keeps a log and a batch");
         fs::create_dir_all(&opts.dir).map_err(io_err(&opts.dir))?;
         let mut kept = scan_dir(&opts.dir, checkpoint_decree)?;
-        let replay: Vec<Arc<Message>> =
-            kept.iter_mut().flat_map(|f| std::mem::take(&mut f.contents.records)).map(|r| Arc::new(r.message)).collect();
+        let replay = Replay::take(&mut kept);
         let log = open_tail(&opts.dir, &mut kept, checkpoint_decree)?;
         let tail = kept.last().expect("a log to append to");
         let (file, file_len) = (tail.decree, tail.contents.data_len as u64);
@@ -226,7 +255,7 @@ impl Journal {
             file,
             file_len,
             restart: None,
-            max_decree: replay.iter().filter(|m| m.kind() == MsgKind::Vote).map(|m| m.header.decree).max(),
+            max_decree: replay.records.iter().filter(|m| m.kind() == MsgKind::Vote).map(|m| m.header.decree).max(),
             roll: Roll::new(&opts),
             last_seq: 0,
             dir: opts.dir,
@@ -701,7 +730,7 @@ mod tests {
         let (dtx, durable) = channel();
         let (etx, errors) = channel();
         let (journal, replay) = Journal::open(opts, cp, move |s| dtx.send(s).unwrap(), move |e| etx.send(e).unwrap())?;
-        Ok(Opened { journal, replay, durable, errors })
+        Ok(Opened { journal, replay: replay.records, durable, errors })
     }
 
     /// Appends `records` with seqs from 1 and waits until the last is durable.

@@ -5,14 +5,14 @@ use super::api::{Admission, ReplicaHealth, ResponseCode, StateMachine, Stats};
 use super::checkpoints::CheckpointStore;
 use super::config::{ConfigError, RslConfig};
 use super::exec::{Executor, Work};
-use super::journal::{read_defunct, Journal, JournalOptions};
+use super::journal::{read_defunct, Journal, JournalOptions, Replay};
 use super::learn::{self, LearnServer, LearnSource};
 use super::ring::{learn_addr, Event, Limits, Ring};
 use super::transport::{Transport, TransportOptions};
 use super::{panic_message, spawn_task, FileRange, Shared};
 use crate::format::message::StatusBody;
 use crate::format::{Ballot, Body, ConfigInfo, Header, MemberId, MemberSet, Message, Node, Version};
-use crate::paxos::{Action, Cookie, Input, Replica, Role};
+use crate::paxos::{Action, Cookie, Input, ReplayError, Replica, Role};
 use bytes::Bytes;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -35,6 +35,10 @@ pub enum InitError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("the state machine could not load any checkpoint, and the logs do not start at decree 0")]
     NoState,
+    /// A log record that does not follow the one before it (the core's `ReplayError`), with
+    /// the file and offset it was read from.
+    #[error("{}: record at offset {offset}: {source}", path.display())]
+    Replay { path: PathBuf, offset: u64, source: ReplayError },
     #[error("{0}")]
     Invalid(&'static str),
 }
@@ -130,7 +134,7 @@ impl RslReplica {
         std::fs::create_dir_all(&dir).map_err(|e| InitError::Storage(format!("{}: {e}", dir.display())))?;
         let storage = |e: &dyn std::fmt::Display| InitError::Storage(e.to_string());
         let store = CheckpointStore::open(&dir, cfg.max_checkpoints as usize).map_err(|e| storage(&e))?;
-        let loaded = store.load_newest(|reader| sm.load_state(reader)).map_err(|e| storage(&e))?;
+        let (loaded, _skipped) = store.load_newest(|reader| sm.load_state(reader));
         if loaded.is_none() {
             sm.load_state(None);
         }
@@ -157,7 +161,7 @@ impl RslReplica {
             sync: cfg.sync_writes,
             seed: seed(&me.id),
         };
-        let (journal, records) =
+        let (journal, logged) =
             Journal::open(opts, loaded.as_ref().map(|(cp, _)| cp.decree), on_durable, on_error).map_err(|e| storage(&e))?;
 
         let initial = match &members {
@@ -170,7 +174,7 @@ impl RslReplica {
             core.restore_checkpoint(cp, *size);
         }
         let mut exec = Executor::new(sm, shared.clone(), store.clone(), me.id, version, events_tx.clone());
-        replay(&mut core, &records, &mut exec)?;
+        replay(&mut core, &logged, &mut exec)?;
         shared.view().config = core.configuration().clone();
         shared.passed_seq.store(shared.current_seq.load(Relaxed), Relaxed);
 
@@ -520,10 +524,13 @@ async fn copy_state(
 }
 
 /// Restores what the logs hold: every chosen decree executes on the calling thread.
-fn replay(core: &mut Replica, records: &[Arc<Message>], exec: &mut Executor) -> Result<(), InitError> {
+fn replay(core: &mut Replica, logged: &Replay, exec: &mut Executor) -> Result<(), InitError> {
     let mut out = Vec::new();
-    for record in records {
-        core.replay(record, &mut out).map_err(|e| InitError::Storage(e.to_string()))?;
+    for (i, record) in logged.records.iter().enumerate() {
+        core.replay(record, &mut out).map_err(|source| {
+            let (path, offset) = logged.origin(i);
+            InitError::Replay { path: path.into(), offset, source }
+        })?;
         for action in out.drain(..) {
             match action {
                 Action::Execute { vote, cookies } => exec.handle(Work::Execute { vote, cookies }),
@@ -605,7 +612,9 @@ mod tests {
             self.0.lock().unwrap().push("exec");
         }
         fn execute_fast_read_request(&mut self, _: &[u8], _: Cookie) {}
-        fn abort_request(&mut self, _: ResponseCode, _: Cookie) {}
+        fn abort_request(&mut self, _: ResponseCode, _: Cookie) {
+            self.0.lock().unwrap().push("abort");
+        }
         fn save_state(&mut self, _: &mut CheckpointWriter) {}
         fn notify_status(&mut self, _: bool) {}
         fn notify_configuration_changed(&mut self, _: Option<Cookie>) {}
@@ -626,13 +635,26 @@ mod tests {
         }
     }
 
-    /// A Paxos port whose next port (the learn port) is free too.
-    fn free_port() -> u16 {
-        loop {
-            let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port();
-            if port < u16::MAX && TcpListener::bind((Ipv4Addr::LOCALHOST, port + 1)).is_ok() {
-                return port;
+    /// `n` Paxos ports from the OS, each with its next port (the learn port) free too.
+    fn free_ports(n: usize) -> Vec<u16> {
+        let mut held = Vec::new();
+        while held.len() < 2 * n {
+            let first = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+            let port = first.local_addr().unwrap().port();
+            if let Some(next) = port.checked_add(1).and_then(|p| TcpListener::bind((Ipv4Addr::LOCALHOST, p)).ok()) {
+                held.extend([first, next]);
             }
+        }
+        held.iter().step_by(2).map(|l| l.local_addr().unwrap().port()).collect()
+    }
+
+    fn config(dir: &Path) -> RslConfig {
+        RslConfig {
+            working_dir: dir.into(),
+            election_delay_sec: 1,
+            heart_beat_interval_sec: 1,
+            new_leader_grace_period_sec: 1,
+            ..RslConfig::default()
         }
     }
 
@@ -645,24 +667,22 @@ mod tests {
     /// A one-member ring.
     fn start_one(admission: Arc<dyn Admission>) -> One {
         let dir = tempfile::tempdir().unwrap();
-        let me = node("1", Ipv4Addr::LOCALHOST, free_port()).unwrap();
+        let me = node("1", Ipv4Addr::LOCALHOST, free_ports(1)[0]).unwrap();
         let members = MemberSet { nodes: vec![me.clone()], cookie: Bytes::new() };
-        let cfg = RslConfig {
-            working_dir: dir.path().into(),
-            election_delay_sec: 1,
-            heart_beat_interval_sec: 1,
-            new_leader_grace_period_sec: 1,
-            ..RslConfig::default()
-        };
         let calls = Arc::new(Mutex::new(Vec::new()));
-        let replica = RslReplica::initialize(cfg, me, Version::V6, Box::new(Machine(calls.clone())), admission, Some(members)).unwrap();
+        let sm = Box::new(Machine(calls.clone()));
+        let replica = RslReplica::initialize(config(dir.path()), me, Version::V6, sm, admission, Some(members)).unwrap();
         One { replica: Some(replica), calls, _dir: dir }
     }
 
-    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-        let until = Instant::now() + BOUND;
+    fn wait_for(what: &str, done: impl FnMut() -> bool) {
+        wait_within(what, BOUND, done)
+    }
+
+    fn wait_within(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+        let until = Instant::now() + within;
         while !done() {
-            assert!(Instant::now() < until, "{what}: not within {BOUND:?}");
+            assert!(Instant::now() < until, "{what}: not within {within:?}");
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -741,5 +761,80 @@ mod tests {
         let reason = one.assert_failed();
         assert!(reason.starts_with("journal write failed: ") && reason.contains("injected write failure"), "{reason}");
         assert_eq!(one.shut_downs(), 1, "shut_down is raised once");
+    }
+
+    /// Finding 3 of issue 9: a replica that was never bootstrapped, added to a ring started
+    /// from a member list, is sent Joins saying "checkpoint 0, size 0": the members have no
+    /// checkpoint yet, and it cannot learn votes without a configuration. It used to fetch
+    /// that nothing, panic in the fetch task ("a checkpoint has a header") and, still
+    /// "loading", ignore every later Join. Now it waits, as the original does (its copy fails),
+    /// and catches up from the first checkpoint a member offers.
+    #[test]
+    fn a_joiner_offered_no_checkpoint_waits_for_one_then_catches_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = RslConfig { max_log_len_mb: 1, ..config(dir.path()) };
+        let nodes: Vec<Node> = ["1", "2", "3"].iter().zip(free_ports(3)).map(|(id, p)| node(id, Ipv4Addr::LOCALHOST, p).unwrap()).collect();
+        let first = MemberSet { nodes: nodes[..2].to_vec(), cookie: Bytes::new() };
+        let calls: [Arc<Mutex<Vec<&str>>>; 3] = Default::default();
+        let start = |i: usize, members: Option<MemberSet>| {
+            let sm = Box::new(Machine(calls[i].clone()));
+            RslReplica::initialize(cfg.clone(), nodes[i].clone(), Version::V6, sm, Arc::new(AdmitAll), members).unwrap()
+        };
+        let ring = [start(0, Some(first.clone())), start(1, Some(first))];
+        let joiner = start(2, None);
+        let mut p = 0;
+        wait_within("a primary", Duration::from_secs(30), || {
+            p = ring.iter().position(|r| r.is_primary()).unwrap_or(0);
+            ring[p].is_primary()
+        });
+        let all = MemberSet { nodes: nodes.clone(), cookie: Bytes::new() };
+        assert_eq!(ring[p].change_configuration(all, 1), ResponseCode::Success);
+        // Requests until the joiner has loaded a checkpoint (those aborted around the
+        // configuration change are sent again): the 1 MB logs roll, the secondary saves
+        // checkpoints, the primary copies one, and its next Join offers it.
+        let count = |i: usize, what: &str| calls[i].lock().unwrap().iter().filter(|c| **c == what).count() as u64;
+        let (until, mut sent) = (Instant::now() + Duration::from_secs(120), 0u64);
+        while joiner.current_sequence_number() == 0 {
+            assert!(Instant::now() < until, "the joiner loaded a checkpoint within 120 s ({sent} requests)");
+            let in_flight = sent.saturating_sub(count(0, "exec") + count(0, "abort") + count(1, "abort"));
+            let request = Bytes::from(format!("{sent:08}").repeat(512));
+            if in_flight < 64 && ring.iter().any(|r| r.replicate_request(request.clone(), sent) == ResponseCode::Success) {
+                sent += 1;
+            } else {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        // A member now: it keeps up with the ring.
+        let target = ring.iter().map(|r| r.current_sequence_number()).max().unwrap();
+        wait_within("the joiner catches up", Duration::from_secs(30), || joiner.current_sequence_number() >= target);
+        assert!(joiner.configuration().0.nodes.iter().any(|n| n.id == nodes[2].id), "the joiner knows it is a member");
+        assert_eq!(joiner.failure(), None);
+    }
+
+    /// Deliverable 8 of issue 9: "log record out of sequence" names the file and the offset,
+    /// at start-up and in the read-only Replay.
+    #[test]
+    fn a_log_record_out_of_sequence_names_its_file_and_offset() {
+        use crate::format::log::encode_record;
+        use crate::format::message::VoteBody;
+        let dir = tempfile::tempdir().unwrap();
+        let me = node("1", Ipv4Addr::LOCALHOST, free_ports(1)[0]).unwrap();
+        let log = dir.path().join("1").join("0.log");
+        std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+        // Votes for decrees 0, 1 and 5: a gap no replica writes.
+        let mut bytes = bytes::BytesMut::new();
+        for decree in [0, 1, 5] {
+            let header = Header::new(Version::V6, me.id, decree, 1, Ballot::new(1, me.id));
+            encode_record(&Message::new(header, Body::Vote(VoteBody::default())), &mut bytes).unwrap();
+        }
+        std::fs::write(&log, &bytes).unwrap();
+        let expected = format!("{}: record at offset 1024: log record out of sequence: Vote at decree 5 after decree 1", log.display());
+        let members = MemberSet { nodes: vec![me.clone()], cookie: Bytes::new() };
+        let sm = Box::new(Machine(Arc::default()));
+        let err = RslReplica::initialize(config(dir.path()), me.clone(), Version::V6, sm, Arc::new(AdmitAll), Some(members)).err().unwrap();
+        assert!(matches!(&err, InitError::Replay { path, offset: 1024, .. } if *path == log), "{err}");
+        assert_eq!(err.to_string(), expected);
+        let err = RslReplica::replay(&config(dir.path()), &me.id, Version::V6, &mut Machine(Arc::default()), u64::MAX).unwrap_err();
+        assert_eq!(err.to_string(), expected);
     }
 }

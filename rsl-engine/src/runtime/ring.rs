@@ -370,10 +370,13 @@ impl Ring {
 
     /// A Join from a member of a configuration we have not seen yet: its learn port is in the
     /// message and its address is where it came from (as the original does).
+    /// It becomes a transport peer too, so that our JoinRequests reach it: a replica that
+    /// was never bootstrapped knows no other node.
     fn remember_joiner(&mut self, id: MemberId, ip: IpAddr, learn_port: u16) {
         let IpAddr::V4(ip) = ip else { return };
         let node = Node { id, ip, rsl_port: learn_port.saturating_sub(1), learn_port, app_port: 0, host_name: Bytes::new() };
         self.nodes.insert(id, node);
+        self.peers_for = (u32::MAX, u32::MAX);
     }
 
     /// Keeps the transport's peers to every node of the Paxos and state configurations.
@@ -422,6 +425,13 @@ impl Ring {
         let Some(addr) = self.nodes.get(&from).map(learn_addr) else {
             return self.followups.push(Input::CheckpointFetched(None));
         };
+        if size == 0 {
+            // A peer that never saved a checkpoint announces decree 0, size 0 (a ring started
+            // from a member list has none until its logs roll): there is nothing to copy. The
+            // original tries and fails; the core goes on as after any failed fetch.
+            tracing::info!(peer = %from, decree, "the peer has no checkpoint to offer");
+            return self.followups.push(Input::CheckpointFetched(None));
+        }
         let request = self.request(decree, Body::FetchCheckpoint);
         let (events, store, timeout) = (self.events.clone(), self.store.clone(), self.limits.receive_timeout);
         let temp = store.lock().expect("checkpoint store").temp_path();
