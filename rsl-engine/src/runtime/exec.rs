@@ -189,8 +189,11 @@ impl Executor {
         // The store stays unlocked while the application writes: the learn port reads it.
         let temp = self.store.lock().expect("checkpoint store").temp_path();
         let sm = &mut self.sm;
-        let written = CheckpointStore::write_temp(&temp, header, |w| Ok(!cp.state_saved || sm.try_save_state(w)));
-        let result = written.and_then(|kept| kept.then(|| self.store.lock().expect("checkpoint store").keep(&temp, decree)).transpose());
+        let result = match CheckpointStore::write_temp(&temp, header, |w| Ok(!cp.state_saved || sm.try_save_state(w))) {
+            Ok(true) => self.store.lock().expect("checkpoint store").keep(&temp, decree).map(Some),
+            Ok(false) => Ok(None),
+            Err(e) => Err(e),
+        };
         self.shared.saving.store(false, Relaxed);
         match result {
             Ok(Some(saved)) => {

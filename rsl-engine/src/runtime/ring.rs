@@ -369,9 +369,9 @@ impl Ring {
     }
 
     /// A Join from a member of a configuration we have not seen yet: its learn port is in the
-    /// message and its address is where it came from (as the original does).
-    /// It becomes a transport peer too, so that our JoinRequests reach it: a replica that
-    /// was never bootstrapped knows no other node.
+    /// message and its address is where it came from (as the original does). It becomes a
+    /// transport peer too, so that our JoinRequests reach it: a replica that was never
+    /// bootstrapped knows no other node.
     fn remember_joiner(&mut self, id: MemberId, ip: IpAddr, learn_port: u16) {
         let IpAddr::V4(ip) = ip else { return };
         let node = Node { id, ip, rsl_port: learn_port.saturating_sub(1), learn_port, app_port: 0, host_name: Bytes::new() };
@@ -429,7 +429,7 @@ impl Ring {
             // A peer that never saved a checkpoint announces decree 0, size 0 (a ring started
             // from a member list has none until its logs roll): there is nothing to copy. The
             // original tries and fails; the core goes on as after any failed fetch.
-            tracing::info!(peer = %from, decree, "the peer has no checkpoint to offer");
+            tracing::debug!(peer = %from, decree, "the peer has no checkpoint to offer");
             return self.followups.push(Input::CheckpointFetched(None));
         }
         let request = self.request(decree, Body::FetchCheckpoint);
