@@ -187,7 +187,8 @@ typedef struct rsl_callbacks {
    */
   void (*abort_change_configuration)(void *ctx, rsl_status status, void *cookie);
   /**
-   * Required. The replica stops; always `RSL_SHUTTING_DOWN`.
+   * Required. The replica stops (unload, relinquish, or a failure: see
+   * `rsl_replica_failure`); always `RSL_SHUTTING_DOWN`. Called once.
    */
   void (*shut_down)(void *ctx, rsl_status status);
   /**
@@ -532,6 +533,20 @@ rsl_status rsl_replica_get_statistics_snapshot(struct rsl_replica *r, struct rsl
  * `r` is NULL or a handle not yet destroyed.
  */
 bool rsl_replica_is_primary(const struct rsl_replica *r);
+
+/**
+ * Whether the replica stopped on its own, and why: true once a replica thread panicked or
+ * an I/O error (a journal write on a full disk, a checkpoint that could not be saved) stopped
+ * it. The replica is then stopped: requests return `RSL_SHUTTING_DOWN`, and `shut_down` has
+ * run or is about to, once (unless the failure is in the execute thread itself);
+ * `rsl_replica_unload` or `rsl_replica_destroy` still frees it. The process keeps running. The reason is copied into `buf` (`buf_len` bytes,
+ * NUL-terminated, cut to fit; `buf` may be NULL when `buf_len` is 0). False while the
+ * replica runs, after a stop that was asked for, and for NULL. Valid after unload.
+ *
+ * # Safety
+ * `r` is NULL or a handle not yet destroyed; `buf` is NULL or holds `buf_len` writable bytes.
+ */
+bool rsl_replica_failure(const struct rsl_replica *r, char *buf, size_t buf_len);
 
 /**
  * `UnloadThisOne`: stops the replica: requests in flight are aborted (`RSL_SHUTTING_DOWN`),

@@ -202,6 +202,8 @@ fn callbacks_cookies_and_fast_reads_on_three_replicas() {
     // Unload: ShutDown is the last callback, and later calls say ShuttingDown.
     ring.replicas[secondary].unload();
     assert_eq!(ring.events(secondary).last(), Some(&Ev::ShutDown));
+    assert!(ring.replicas[secondary].is_stopped());
+    assert_eq!(ring.replicas[secondary].failure(), None, "an unload is not a failure");
     assert_eq!(ring.replicas[secondary].fast_read_request(0, Bytes::from_static(b"r"), 2, Duration::ZERO), ResponseCode::ShuttingDown);
 }
 

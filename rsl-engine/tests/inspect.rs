@@ -253,3 +253,38 @@ fn nonzero_padding_is_reported() {
     let line = record_line(&stdout, 1024).join(" ");
     assert!(line.contains("padding not zero at offset 1324"), "{line}\n{stderr}");
 }
+
+/// `rsl-inspect log … | head`: once the reader is gone, the tool stops quietly (exit 0, nothing
+/// on stderr) instead of panicking on the broken pipe.
+#[test]
+fn a_closed_stdout_ends_the_listing_quietly() {
+    use rsl_engine::format::message::{Body, Header, Message, VoteBody};
+    use rsl_engine::format::{Ballot, MemberId, Version};
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    // 2000 records: far more text than a pipe holds, so the tool is still writing when the
+    // reader goes away.
+    let dir = tempfile::tempdir().unwrap();
+    let id = MemberId::new("1").unwrap();
+    let mut bytes = bytes::BytesMut::new();
+    for decree in 0..2000 {
+        let vote = Message::new(Header::new(Version::V6, id, decree, 1, Ballot::new(1, id)), Body::Vote(VoteBody::default()));
+        rsl_engine::format::log::encode_record(&vote, &mut bytes).unwrap();
+    }
+    let log = dir.path().join("0.log");
+    std::fs::write(&log, &bytes).unwrap();
+    for args in [&["log", s(&log)][..], &["--json", "log", s(&log)]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rsl-inspect"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("rsl-inspect runs");
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap(); // then the reader is dropped, as head does
+        assert!(!first.is_empty());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && stderr.is_empty(), "{args:?}: {:?}, stderr: {stderr}", out.status);
+    }
+}

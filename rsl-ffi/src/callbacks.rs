@@ -50,7 +50,8 @@ pub struct rsl_callbacks {
     pub notify_configuration_changed: Option<unsafe extern "C" fn(ctx: *mut c_void, cookie: *mut c_void)>,
     /// Required.
     pub abort_change_configuration: Option<unsafe extern "C" fn(ctx: *mut c_void, status: rsl_status, cookie: *mut c_void)>,
-    /// Required. The replica stops; always `RSL_SHUTTING_DOWN`.
+    /// Required. The replica stops (unload, relinquish, or a failure: see
+    /// `rsl_replica_failure`); always `RSL_SHUTTING_DOWN`. Called once.
     pub shut_down: Option<unsafe extern "C" fn(ctx: *mut c_void, status: rsl_status)>,
     /// Optional: brackets the requests of one decree.
     pub before_execute_replicated_requests: Option<unsafe extern "C" fn(ctx: *mut c_void)>,

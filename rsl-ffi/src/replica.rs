@@ -41,7 +41,7 @@ fn init_error(e: InitError) -> rsl_status {
     match e {
         InitError::Config(_) => RSL_E_CONFIG,
         InitError::Invalid(_) => RSL_INVALID_PARAMETER,
-        InitError::Storage(_) | InitError::Listen { .. } | InitError::NoState => RSL_E_IO,
+        InitError::Storage(_) | InitError::Listen { .. } | InitError::NoState | InitError::Replay { .. } => RSL_E_IO,
     }
 }
 
@@ -423,6 +423,34 @@ pub unsafe extern "C" fn rsl_replica_get_statistics_snapshot(r: *mut rsl_replica
 pub unsafe extern "C" fn rsl_replica_is_primary(r: *const rsl_replica) -> bool {
     // SAFETY: forwarded from the caller.
     guard_value(false, || unsafe { live(r) }.is_ok_and(|r| r.replica.is_primary()))
+}
+
+/// Whether the replica stopped on its own, and why: true once a replica thread panicked or
+/// an I/O error (a journal write on a full disk, a checkpoint that could not be saved) stopped
+/// it. The replica is then stopped: requests return `RSL_SHUTTING_DOWN`, and `shut_down` has
+/// run or is about to, once (unless the failure is in the execute thread itself);
+/// `rsl_replica_unload` or `rsl_replica_destroy` still frees it. The process keeps running. The reason is copied into `buf` (`buf_len` bytes,
+/// NUL-terminated, cut to fit; `buf` may be NULL when `buf_len` is 0). False while the
+/// replica runs, after a stop that was asked for, and for NULL. Valid after unload.
+///
+/// # Safety
+/// `r` is NULL or a handle not yet destroyed; `buf` is NULL or holds `buf_len` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_replica_failure(r: *const rsl_replica, buf: *mut c_char, buf_len: usize) -> bool {
+    guard_value(false, || {
+        // SAFETY: the caller guarantees `r` is NULL or valid.
+        let Some(why) = unsafe { r.as_ref() }.and_then(|r| r.replica.failure()) else { return false };
+        if !buf.is_null() && buf_len > 0 {
+            // SAFETY: `buf` holds `buf_len` writable bytes, per the caller.
+            let out = unsafe { std::slice::from_raw_parts_mut(buf, buf_len) };
+            let mut cut = why.len().min(buf_len - 1);
+            while !why.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            write_c_str(out, &why.as_bytes()[..cut]);
+        }
+        true
+    })
 }
 
 /// `UnloadThisOne`: stops the replica: requests in flight are aborted (`RSL_SHUTTING_DOWN`),

@@ -303,11 +303,14 @@ fn config(dir: &std::path::Path) -> rsl_config {
     cfg
 }
 
+/// A port from the OS whose successor (the learn port) is free too.
 fn free_port() -> u16 {
-    (0..100u16)
-        .map(|k| 40_000 + (std::process::id() % 500) as u16 * 20 + k * 2 % 20)
-        .find(|&p| TcpListener::bind((Ipv4Addr::LOCALHOST, p)).is_ok() && TcpListener::bind((Ipv4Addr::LOCALHOST, p + 1)).is_ok())
-        .expect("two free ports")
+    loop {
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port();
+        if port < 65_000 && TcpListener::bind((Ipv4Addr::LOCALHOST, port + 1)).is_ok() {
+            return port;
+        }
+    }
 }
 
 #[test]
@@ -464,6 +467,60 @@ fn a_replica_checks_calls_then_refuses_them_once_unloaded() {
     unsafe { rsl_replica_destroy(again) };
     assert_eq!(seen.shutdowns.load(SeqCst), 2, "destroy unloads");
     assert_eq!(*seen.reentrant_unload.lock().unwrap(), Some(RSL_E_STATE));
+}
+
+/// Asks for a checkpoint after every request.
+unsafe extern "C" fn execute_and_save(_: *mut c_void, _: *const c_void, _: usize, _: *mut c_void, save: *mut bool) {
+    unsafe { *save = true };
+}
+
+#[test]
+fn a_failed_replica_calls_shut_down_and_says_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let seen = Box::new(Seen::default());
+    let mut cb = callbacks(&seen);
+    cb.execute_replicated_request = Some(execute_and_save);
+    let mut cfg = config(tmp.path());
+    (cfg.election_delay_sec, cfg.heart_beat_interval_sec, cfg.new_leader_grace_period_sec) = (1, 1, 1);
+    let me = node("1", [127, 0, 0, 1], free_port(), 0, "");
+    let mut r = null_mut();
+    assert_eq!(unsafe { rsl_replica_initialize(&cfg, &me, 6, false, &cb, &me, 1, &mut r) }, RSL_SUCCESS);
+    *seen.handle.lock().unwrap() = r as usize;
+    let mut why = [0 as c_char; 512];
+    assert!(!unsafe { rsl_replica_failure(r, why.as_mut_ptr(), why.len()) }, "a running replica has not failed");
+    let until = Instant::now() + Duration::from_secs(20);
+    while !unsafe { rsl_replica_is_primary(r) } {
+        assert!(Instant::now() < until, "a one-member ring elects itself");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Checkpoints are written in Temp/ first: a file in its place makes the next save fail,
+    // whoever runs the test (root included).
+    let temp = tmp.path().join("1").join("Temp");
+    std::fs::remove_dir_all(&temp).unwrap();
+    std::fs::write(&temp, b"not a directory").unwrap();
+    assert_eq!(unsafe { rsl_replica_replicate_request(r, b"x".as_ptr().cast(), 1, null_mut()) }, RSL_SUCCESS);
+    while !unsafe { rsl_replica_failure(r, why.as_mut_ptr(), why.len()) } {
+        assert!(Instant::now() < until, "the replica fails");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let why = unsafe { CStr::from_ptr(why.as_ptr()) }.to_str().unwrap().to_string();
+    assert!(why.contains("could not be saved") && why.contains("Temp"), "{why}");
+    while seen.shutdowns.load(SeqCst) == 0 {
+        assert!(Instant::now() < until, "shut_down is called");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    unsafe {
+        assert_eq!(rsl_replica_replicate_request(r, b"x".as_ptr().cast(), 1, null_mut()), RSL_SHUTTING_DOWN);
+        let mut short = [1 as c_char; 8];
+        assert!(rsl_replica_failure(r, short.as_mut_ptr(), short.len()), "the reason, cut to fit");
+        assert_eq!(CStr::from_ptr(short.as_ptr()).to_bytes(), &why.as_bytes()[..7]);
+        assert!(rsl_replica_failure(r, null_mut(), 0));
+        assert!(!rsl_replica_failure(null(), null_mut(), 0));
+        assert_eq!(rsl_replica_unload(r), RSL_SUCCESS);
+        assert!(rsl_replica_failure(r, null_mut(), 0), "still known after unload");
+        rsl_replica_destroy(r);
+    }
+    assert_eq!(seen.shutdowns.load(SeqCst), 1, "shut_down once");
 }
 
 static LOGGED: Mutex<Vec<(i32, String)>> = Mutex::new(Vec::new());

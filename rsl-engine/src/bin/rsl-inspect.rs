@@ -1,6 +1,7 @@
 //! `rsl-inspect`: shows what RSL log, checkpoint and message files hold and whether they are
 //! intact. All decoding is `rsl_engine::format`'s; this file only walks files and prints.
 //! Exit status 1 means something is damaged; stderr then names the file and the offset.
+//! Output cut short by its reader (`rsl-inspect log … | head`) ends the program quietly.
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
@@ -13,6 +14,7 @@ use rsl_engine::format::{Ballot, MemberId, MemberSet, Version};
 use serde::{de, Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
+use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -35,6 +37,22 @@ enum Command {
     Checkpoint { file: PathBuf },
     /// Decode a file holding one message (zero padding allowed) or one Paxos-port packet.
     Message { file: PathBuf },
+}
+
+/// `println!` for stdout that, once the reader has gone (a broken pipe), ends the program
+/// quietly with status 0 instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => { out_line(format_args!($($arg)*)) };
+}
+
+fn out_line(line: fmt::Arguments) {
+    if let Err(e) = writeln!(io::stdout().lock(), "{line}") {
+        if e.kind() == io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("rsl-inspect: stdout: {e}");
+        std::process::exit(1);
+    }
 }
 
 fn main() -> ExitCode {
@@ -68,7 +86,7 @@ trait Report: Serialize {
 
 fn print(out: &impl Report, json: bool) -> Problems {
     if json {
-        println!("{}", serde_json::to_string_pretty(out).expect("output structs serialize"));
+        outln!("{}", serde_json::to_string_pretty(out).expect("output structs serialize"));
     } else {
         out.print_text();
     }
@@ -87,7 +105,7 @@ impl Tree {
     fn print(&self, key: &str, depth: usize) {
         let pad = "  ".repeat(depth.saturating_sub(1));
         let kids = match self {
-            Tree::Leaf(v) => return println!("{pad}{key}: {v}"),
+            Tree::Leaf(v) => return outln!("{pad}{key}: {v}"),
             Tree::Null => return,
             Tree::Node(kids) => kids,
         };
@@ -100,10 +118,10 @@ impl Tree {
             })
             .collect();
         match scalars.map(|s| s.join("  ")) {
-            Some(line) if depth > 0 && line.len() <= 120 => println!("{pad}{key}: {}", if line.is_empty() { "none" } else { &line }),
+            Some(line) if depth > 0 && line.len() <= 120 => outln!("{pad}{key}: {}", if line.is_empty() { "none" } else { &line }),
             _ => {
                 if depth > 0 {
-                    println!("{pad}{key}:");
+                    outln!("{pad}{key}:");
                 }
                 kids.iter().for_each(|(k, t)| t.print(k, depth + 1));
             }
@@ -323,7 +341,7 @@ impl Report for LogOut {
 
     fn print_text(&self) {
         if self.files.is_empty() {
-            println!("no *.log files");
+            outln!("no *.log files");
         }
         self.files.iter().for_each(print_log_file);
     }
@@ -463,19 +481,19 @@ impl RecordOut {
 }
 
 fn print_log_file(f: &LogFileOut) {
-    println!("== {} ({} bytes)", f.path, f.size);
+    outln!("== {} ({} bytes)", f.path, f.size);
     let header = ["OFFSET", "TYPE", "VER", "DECREE", "BALLOT", "CONFIG", "REQUESTS", "LENGTH", "CHECKSUM"].map(String::from);
     for c in std::iter::once(header).chain(f.records.iter().map(RecordOut::cells)) {
-        println!("{:>10}  {:<23}  {:>3}  {:>8}  {:<10}  {:>6}  {:<20}  {:>7}  {}", c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8]);
+        outln!("{:>10}  {:<23}  {:>3}  {:>8}  {:<10}  {:>6}  {:<20}  {:>7}  {}", c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8]);
     }
     if let Some(at) = f.end_of_data {
-        println!("{at:>10}  end of data ({} zero bytes follow)", f.size - at);
+        outln!("{at:>10}  end of data ({} zero bytes follow)", f.size - at);
     }
     let s = &f.summary;
-    println!("records: {}, bad: {}\nreplay (restore mode): {}", s.records, s.bad_records, s.detail);
+    outln!("records: {}, bad: {}\nreplay (restore mode): {}", s.records, s.bad_records, s.detail);
     match &s.decree_index {
-        Some(index) => println!("decree index: {}", index.iter().map(|(d, o)| format!("{d} -> {o}")).collect::<Vec<_>>().join(", ")),
-        None => println!("decree index: none (replay fails)"),
+        Some(index) => outln!("decree index: {}", index.iter().map(|(d, o)| format!("{d} -> {o}")).collect::<Vec<_>>().join(", ")),
+        None => outln!("decree index: none (replay fails)"),
     }
 }
 

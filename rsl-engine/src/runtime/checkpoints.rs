@@ -92,40 +92,51 @@ impl CheckpointStore {
 
     /// Writes a checkpoint: `write` streams the application's state into it and returns false
     /// to refuse (TrySaveState), which leaves nothing behind. The file is verified, synced and
-    /// renamed into place, and old checkpoints are pruned.
+    /// renamed into place, and old checkpoints are pruned. (The execute thread uses the two
+    /// steps, [`write_temp`](Self::write_temp) and [`keep`](Self::keep), so that the store is
+    /// not locked while the application writes.)
     pub fn save(
         &mut self,
         header: CheckpointHeader,
         write: impl FnOnce(&mut CheckpointWriter) -> io::Result<bool>,
     ) -> Result<Option<Saved>, StoreError> {
-        let decree = header.last_executed;
-        assert_eq!(header.next_vote.header.decree, decree.wrapping_add(1), "a checkpoint of D holds the vote for D + 1");
-        let temp = self.temp_path();
-        let written = self.write_temp(&temp, header, write);
-        if !matches!(written, Ok(true)) {
-            let _ = fs::remove_file(&temp);
-            return written.map(|_| None);
+        let (decree, temp) = (header.last_executed, self.temp_path());
+        if !Self::write_temp(&temp, header, write)? {
+            return Ok(None);
         }
-        let saved = self.verify(&temp, decree, false).and_then(|size| self.place(&temp, decree, size));
-        if saved.is_err() {
-            let _ = fs::remove_file(&temp);
-        }
-        debug_assert!(!temp.exists(), "the temp file is placed or removed");
-        saved.map(Some)
+        self.keep(&temp, decree).map(Some)
     }
 
-    fn write_temp(
-        &self,
+    /// Writes a checkpoint into `temp` (see [`temp_path`](Self::temp_path)): `write` streams the
+    /// state and returns false to refuse. Refused or failed, nothing is left behind.
+    pub fn write_temp(
         temp: &Path,
         header: CheckpointHeader,
         write: impl FnOnce(&mut CheckpointWriter) -> io::Result<bool>,
     ) -> Result<bool, StoreError> {
-        let mut writer = CheckpointWriter::create(temp, header)?;
-        if !write(&mut writer).map_err(io_err(temp))? {
-            return Ok(false);
+        assert_eq!(header.next_vote.header.decree, header.last_executed.wrapping_add(1), "a checkpoint of D holds the vote for D + 1");
+        let written = CheckpointWriter::create(temp, header).map_err(StoreError::from).and_then(|mut writer| {
+            if !write(&mut writer).map_err(io_err(temp))? {
+                return Ok(false);
+            }
+            writer.close()?; // writes the header and syncs the file
+            Ok(true)
+        });
+        if !matches!(written, Ok(true)) {
+            let _ = fs::remove_file(temp);
         }
-        writer.close()?; // writes the header and syncs the file
-        Ok(true)
+        written
+    }
+
+    /// Keeps a checkpoint this replica wrote into `temp` as `<decree>.codex`, after reopening
+    /// it with the reader's checks; on an error the file is deleted.
+    pub fn keep(&mut self, temp: &Path, decree: u64) -> Result<Saved, StoreError> {
+        let saved = self.verify(temp, decree, false).and_then(|size| self.place(temp, decree, size));
+        if saved.is_err() {
+            let _ = fs::remove_file(temp);
+        }
+        debug_assert!(!temp.exists(), "the temp file is placed or removed");
+        saved
     }
 
     /// Keeps a checkpoint downloaded from a peer into `temp` (see `temp_path`) as this
@@ -186,34 +197,89 @@ impl CheckpointStore {
         }
     }
 
-    /// The restore rule (§8.5 step 1, §1.6 LoadState): newest to oldest, skip checkpoints whose
-    /// header or size checks fail or that `load` refuses; a bootstrap checkpoint (no state
-    /// saved) is offered as `None`. Returns the loaded checkpoint and its file size.
-    pub fn load_newest(
-        &self,
-        mut load: impl FnMut(Option<&mut CheckpointReader>) -> bool,
-    ) -> Result<Option<(Checkpoint, u64)>, StoreError> {
-        for &decree in self.decrees.iter().rev() {
-            let path = self.path_of(decree);
-            let mut reader = match CheckpointReader::open(&path) {
-                Ok(r) if r.header().last_executed == decree => r,
-                Ok(r) => {
-                    tracing::warn!("{}: skipped: holds decree {}", path.display(), r.header().last_executed);
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!("skipped checkpoint: {e}");
-                    continue;
-                }
-            };
-            let header = reader.header().clone();
-            if load(header.state_saved.then_some(&mut reader)) {
-                let size = header.size;
-                return Ok(Some((core_checkpoint(header), size)));
-            }
-            tracing::warn!("{}: skipped: the application did not load it", path.display());
+    /// The restore rule (§8.5 step 1, §1.6 LoadState) over this directory's checkpoints:
+    /// see [`load_newest`].
+    pub fn load_newest(&self, load: impl FnMut(Option<&mut CheckpointReader>) -> bool) -> (Option<(Checkpoint, u64)>, Vec<Skipped>) {
+        load_newest(self.list(), load)
+    }
+}
+
+/// A checkpoint the restore rule passed over: which file, where in it (when the reason is
+/// at a place), and why. Its `Display` is the operator's message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    pub path: PathBuf,
+    pub offset: Option<u64>,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.offset {
+            Some(offset) => write!(f, "{}: checkpoint skipped at offset {offset}: {}", self.path.display(), self.reason),
+            None => write!(f, "{}: checkpoint skipped: {}", self.path.display(), self.reason),
         }
-        Ok(None)
+    }
+}
+
+/// Why `path` cannot be offered to the application, with the offset the error names.
+fn unusable(path: &Path, e: &CheckpointError) -> Skipped {
+    let (offset, reason) = match e {
+        CheckpointError::Io { source, .. } => (None, format!("cannot be read: {source}")),
+        CheckpointError::Header { source, .. } => (Some(source.offset() as u64), format!("bad header: {source}")),
+        CheckpointError::Size { expected, actual, .. } => {
+            (Some(*actual.min(expected)), format!("the file is {actual} bytes but its header says {expected}"))
+        }
+        CheckpointError::BlockChecksum { block, offset, stored, computed, .. } => {
+            (Some(*offset), format!("block {block} fails its checksum (stored {stored:#018x}, computed {computed:#018x})"))
+        }
+        other => (None, other.to_string()),
+    };
+    Skipped { path: path.into(), offset, reason }
+}
+
+/// The restore rule (§8.5 step 1, §1.6 LoadState): `checkpoints` (ascending) newest to oldest,
+/// skipping those whose header or size checks fail or that `load` refuses; a bootstrap
+/// checkpoint (no state saved) is offered as `None`. Returns the loaded checkpoint and its
+/// file size, and every checkpoint skipped (each also logged as a warning), newest first.
+pub fn load_newest(
+    checkpoints: Vec<(u64, PathBuf)>,
+    mut load: impl FnMut(Option<&mut CheckpointReader>) -> bool,
+) -> (Option<(Checkpoint, u64)>, Vec<Skipped>) {
+    let mut skipped = Vec::new();
+    let mut skip = |s: Skipped| {
+        tracing::warn!("{s}");
+        skipped.push(s);
+    };
+    for (decree, path) in checkpoints.into_iter().rev() {
+        let mut reader = match CheckpointReader::open(&path) {
+            Ok(r) if r.header().last_executed == decree => r,
+            Ok(r) => {
+                let reason = format!("its header is for decree {}, its name for {decree}", r.header().last_executed);
+                skip(Skipped { path, offset: Some(0), reason });
+                continue;
+            }
+            Err(e) => {
+                skip(unusable(&path, &e));
+                continue;
+            }
+        };
+        let header = reader.header().clone();
+        if load(header.state_saved.then_some(&mut reader)) {
+            let size = header.size;
+            return (Some((core_checkpoint(header), size)), skipped);
+        }
+        skip(refused(path, header.state_saved));
+    }
+    (None, skipped)
+}
+
+/// A checkpoint the application did not load: if one of its blocks is bad, that is why.
+fn refused(path: PathBuf, state_saved: bool) -> Skipped {
+    let bad_block = state_saved.then(|| CheckpointReader::open(&path).and_then(|mut r| r.skip(r.size()))).and_then(Result::err);
+    match bad_block {
+        Some(e) => unusable(&path, &e),
+        None => Skipped { path, offset: None, reason: "the state machine's load_state returned false".into() },
     }
 }
 
@@ -341,18 +407,62 @@ mod tests {
         let f = File::options().write(true).open(&newest).unwrap();
         f.set_len(f.metadata().unwrap().len() - 1).unwrap();
         let mut offered = Vec::new();
-        let loaded = store
-            .load_newest(|r| {
-                let r = r.expect("state saved");
-                offered.push(r.header().last_executed);
-                r.header().last_executed == 4 && read_all(r) == data(4)
-            })
-            .unwrap();
+        let (loaded, skipped) = store.load_newest(|r| {
+            let r = r.expect("state saved");
+            offered.push(r.header().last_executed);
+            r.header().last_executed == 4 && read_all(r) == data(4)
+        });
         assert_eq!(offered, [8, 4]);
         let (cp, size) = loaded.unwrap();
         assert_eq!((cp, size), (checkpoint(4, true), fs::metadata(dir.path().join("4.codex")).unwrap().len()));
-        assert_eq!(store.load_newest(|_| false).unwrap(), None);
+        assert!(store.load_newest(|_| false).0.is_none());
         assert!(newest.exists(), "a corrupt checkpoint is reported, not deleted");
+        // Each skip says which file, where and why.
+        let len = fs::metadata(&newest).unwrap().len();
+        let messages: Vec<String> = skipped.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            messages,
+            [
+                format!(
+                    "{}: checkpoint skipped at offset {len}: the file is {len} bytes but its header says {}",
+                    newest.display(),
+                    len + 1
+                ),
+                format!("{}: checkpoint skipped: the state machine's load_state returned false", dir.path().join("8.codex").display()),
+            ]
+        );
+    }
+
+    #[test]
+    fn skipped_checkpoints_name_the_file_the_offset_and_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = CheckpointStore::open(dir.path(), 4).unwrap();
+        let (good, bad_block) = (save(&mut store, 8), save(&mut store, 12));
+        let mut bytes = fs::read(&bad_block.path).unwrap();
+        let at = bytes.len() - 100;
+        bytes[at] ^= 1;
+        fs::write(&bad_block.path, &bytes).unwrap();
+        fs::copy(&good.path, dir.path().join("16.codex")).unwrap(); // holds decree 8
+        fs::write(dir.path().join("20.codex"), b"not a checkpoint").unwrap();
+        let store = CheckpointStore::open(dir.path(), 4).unwrap();
+        // An application that refuses a checkpoint it cannot read to the end.
+        let (loaded, skipped) = store.load_newest(|r| {
+            let r = r.expect("state saved");
+            let mut buf = vec![0; r.size() as usize];
+            r.get_data(&mut buf).is_ok_and(|n| n == buf.len())
+        });
+        assert_eq!(loaded.unwrap().0.decree, 8);
+        let names: Vec<_> = skipped.iter().map(|s| s.path.file_name().unwrap().to_str().unwrap()).collect();
+        assert_eq!(names, ["20.codex", "16.codex", "12.codex"]);
+        let [header, decree, block] = &skipped[..] else { unreachable!() };
+        assert!(header.offset.is_some() && header.reason.starts_with("bad header: "), "{header}");
+        assert_eq!((decree.offset, decree.reason.as_str()), (Some(0), "its header is for decree 8, its name for 16"));
+        assert!(
+            block.offset.is_some_and(|o| o > 0 && o < bytes.len() as u64) && block.reason.starts_with("block 0 fails its checksum"),
+            "{block}"
+        );
+        let text = block.to_string();
+        assert!(text.starts_with(&format!("{}: checkpoint skipped at offset ", bad_block.path.display())), "{text}");
     }
 
     #[test]
@@ -367,7 +477,7 @@ mod tests {
                 got_none = r.is_none();
                 true
             })
-            .unwrap()
+            .0
             .unwrap();
         assert!(got_none && !cp.state_saved);
     }
@@ -454,7 +564,7 @@ mod tests {
                     data_len = r.map(|r| read_all(r).len() as u64);
                     true
                 })
-                .unwrap()
+                .0
                 .unwrap_or_else(|| panic!("{name} does not load"));
             assert_eq!(cp.decree, decree, "{name}");
             assert_eq!(cp.next_vote.header.decree, decree + 1, "{name}");

@@ -129,7 +129,7 @@ impl Executor {
             Work::PrimaryRecovered => self.sm.notify_primary_recovered(),
             Work::ConfigChanged { config, cookie } => {
                 // What GetConfiguration returns changes with the execution, as in RSL.
-                self.shared.view.lock().expect("view").config = config;
+                self.shared.view().config = config;
                 self.sm.notify_configuration_changed(cookie)
             }
             Work::Save(cp) => self.save(cp),
@@ -172,7 +172,7 @@ impl Executor {
     fn save_requested(&mut self, next: &Arc<Message>) {
         let decree = self.save_after.take().expect("a save was asked for");
         debug_assert_eq!(decree + 1, next.header.decree);
-        let config = self.shared.view.lock().expect("view").config.clone();
+        let config = self.shared.view().config.clone();
         let cp = Checkpoint { decree, next_vote: next.clone(), max_ballot: next.header.ballot, config, state_saved: true };
         self.save(cp);
     }
@@ -186,8 +186,14 @@ impl Executor {
         self.abort_unsatisfiable_reads();
         let header = super::checkpoints::header_for(&cp, self.me, self.version);
         let decree = cp.decree;
+        // The store stays unlocked while the application writes: the learn port reads it.
+        let temp = self.store.lock().expect("checkpoint store").temp_path();
         let sm = &mut self.sm;
-        let result = self.store.lock().expect("checkpoint store").save(header, |w| Ok(!cp.state_saved || sm.try_save_state(w)));
+        let result = match CheckpointStore::write_temp(&temp, header, |w| Ok(!cp.state_saved || sm.try_save_state(w))) {
+            Ok(true) => self.store.lock().expect("checkpoint store").keep(&temp, decree).map(Some),
+            Ok(false) => Ok(None),
+            Err(e) => Err(e),
+        };
         self.shared.saving.store(false, Relaxed);
         match result {
             Ok(Some(saved)) => {
@@ -221,7 +227,7 @@ impl Executor {
             return;
         }
         self.shared.current_seq.store(cp.decree, Release);
-        self.shared.view.lock().expect("view").config = cp.config.clone();
+        self.shared.view().config = cp.config.clone();
         self.sm.state_copied(cp.decree, Some(&path), None);
     }
 

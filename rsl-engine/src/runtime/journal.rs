@@ -7,7 +7,7 @@
 //! one `fdatasync` per file, and reports the highest sequence number in it as durable; the
 //! next batch fills meanwhile.
 
-use super::{numbered_files, FileRange, ListError};
+use super::{numbered_files, panic_message, FileRange, ListError};
 use crate::format::codec::{DecodeError, EncodeError};
 use crate::format::log::{self, encode_record, LogContents, LogWriter, Mode};
 use crate::format::{Message, MsgKind};
@@ -16,6 +16,7 @@ use bytes::{Bytes, BytesMut};
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -70,8 +71,8 @@ pub enum JournalError {
     MissingLogs { dir: PathBuf, need: u64, oldest: u64 },
     #[error("cannot encode a log record: {0}")]
     Encode(#[from] EncodeError),
-    #[error("the journal writer stopped after an I/O error")]
-    Stopped,
+    #[error("the journal writer stopped: {0}")]
+    Stopped(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
@@ -106,6 +107,8 @@ struct State {
     spare: Vec<BytesMut>,
     closing: bool,
     stopped: bool,
+    /// Why the writer stopped (its I/O error).
+    cause: String,
     index: Vec<IndexedLog>,
 }
 
@@ -183,6 +186,36 @@ impl Roll {
     }
 }
 
+/// The records replay starts from, in log order, and where each is on disk: errors found
+/// while replaying them name the file and offset.
+#[derive(Debug, Default)]
+pub struct Replay {
+    pub records: Vec<Arc<Message>>,
+    /// Per record: its file (an index into `files`) and offset.
+    at: Vec<(usize, u64)>,
+    files: Vec<PathBuf>,
+}
+
+impl Replay {
+    /// The file and offset of `records[i]`.
+    pub fn origin(&self, i: usize) -> (&Path, u64) {
+        let (file, offset) = self.at[i];
+        (&self.files[file], offset)
+    }
+
+    fn take(kept: &mut [Found]) -> Replay {
+        let mut replay = Replay::default();
+        for (file, found) in kept.iter_mut().enumerate() {
+            replay.files.push(found.path.clone());
+            for record in std::mem::take(&mut found.contents.records) {
+                replay.at.push((file, record.offset as u64));
+                replay.records.push(Arc::new(record.message));
+            }
+        }
+        replay
+    }
+}
+
 /// A log file found at startup, scanned.
 struct Found {
     decree: u64,
@@ -198,12 +231,11 @@ impl Journal {
         checkpoint_decree: Option<u64>,
         on_durable: impl Fn(u64) + Send + 'static,
         on_error: impl FnOnce(io::Error) + Send + 'static,
-    ) -> Result<(Journal, Vec<Arc<Message>>), JournalError> {
+    ) -> Result<(Journal, Replay), JournalError> {
         assert!(opts.max_logs >= 1 && opts.max_pending_bytes > 0, "the journal keeps a log and a batch");
         fs::create_dir_all(&opts.dir).map_err(io_err(&opts.dir))?;
         let mut kept = scan_dir(&opts.dir, checkpoint_decree)?;
-        let replay: Vec<Arc<Message>> =
-            kept.iter_mut().flat_map(|f| std::mem::take(&mut f.contents.records)).map(|r| Arc::new(r.message)).collect();
+        let replay = Replay::take(&mut kept);
         let log = open_tail(&opts.dir, &mut kept, checkpoint_decree)?;
         let tail = kept.last().expect("a log to append to");
         let (file, file_len) = (tail.decree, tail.contents.data_len as u64);
@@ -223,7 +255,7 @@ impl Journal {
             file,
             file_len,
             restart: None,
-            max_decree: replay.iter().filter(|m| m.kind() == MsgKind::Vote).map(|m| m.header.decree).max(),
+            max_decree: replay.records.iter().filter(|m| m.kind() == MsgKind::Vote).map(|m| m.header.decree).max(),
             roll: Roll::new(&opts),
             last_seq: 0,
             dir: opts.dir,
@@ -243,7 +275,7 @@ impl Journal {
             st = shared.room.wait(st).unwrap_or_else(|e| e.into_inner());
         }
         if st.stopped {
-            return Err(JournalError::Stopped);
+            return Err(JournalError::Stopped(st.cause.clone()));
         }
         let target = new_file.unwrap_or(self.file);
         let fresh = st.batch.last().is_none_or(|s| s.file != target);
@@ -360,7 +392,7 @@ impl Journal {
         let st = self.shared.lock();
         assert!(st.stopped || st.batch.is_empty(), "close flushes every append");
         if st.stopped {
-            Err(JournalError::Stopped)
+            Err(JournalError::Stopped(st.cause.clone()))
         } else {
             Ok(())
         }
@@ -405,6 +437,12 @@ impl LogReader {
     /// minDecreeInLog: the first decree of the oldest indexed log.
     pub fn min_decree(&self) -> u64 {
         min_decree(&self.shared.lock().index)
+    }
+
+    /// Every later write of the journal fails (runtime tests of the fail-stop path).
+    #[cfg(test)]
+    pub(crate) fn fail_writes(&self) {
+        self.shared.fail_writes.store(true, Ordering::SeqCst);
     }
 }
 
@@ -529,19 +567,6 @@ pub fn write_defunct(dir: &Path, n: u32) -> io::Result<()> {
     Ok(())
 }
 
-/// Should the writer thread die (a panicking `on_durable`), appenders get `Stopped` rather
-/// than wait forever for room.
-struct StopOnPanic(Arc<Shared>);
-
-impl Drop for StopOnPanic {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.0.lock().stopped = true;
-            self.0.room.notify_all();
-        }
-    }
-}
-
 /// The writer thread: owns the open log and all of the journal's file I/O.
 struct Writer {
     shared: Arc<Shared>,
@@ -554,24 +579,36 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, on_durable: impl Fn(u64), on_error: impl FnOnce(io::Error)) {
-        let _stop_if_panicking = StopOnPanic(self.shared.clone());
+    /// Writes batches until the journal closes. An I/O error, or a panic here (a panicking
+    /// `on_durable`), stops the journal: appenders get `Stopped` rather than wait forever for
+    /// room, and `on_error` is told.
+    fn run(self, on_durable: impl Fn(u64), on_error: impl FnOnce(io::Error)) {
+        let shared = self.shared.clone();
+        let error = match catch_unwind(AssertUnwindSafe(|| self.write_until_closed(on_durable))) {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e,
+            Err(panic) => io::Error::other(format!("the journal writer panicked: {}", panic_message(&*panic))),
+        };
+        let mut st = shared.lock();
+        st.stopped = true;
+        st.cause = error.to_string();
+        st.batch.clear();
+        drop(st);
+        shared.room.notify_all();
+        tracing::error!("journal writer stopped: {error}");
+        on_error(error)
+    }
+
+    fn write_until_closed(mut self, on_durable: impl Fn(u64)) -> io::Result<()> {
         let mut batch = Vec::new();
         let mut synced = Vec::new();
         while let Some(seq) = self.take(&mut batch) {
             synced.clear();
-            if let Err(e) = self.write_batch(&batch, &mut synced) {
-                let mut st = self.shared.lock();
-                st.stopped = true;
-                st.batch.clear();
-                drop(st);
-                self.shared.room.notify_all();
-                tracing::error!("journal writer stopped: {e}");
-                return on_error(e);
-            }
+            self.write_batch(&batch, &mut synced)?;
             self.publish(&mut batch, &synced);
             on_durable(seq);
         }
+        Ok(())
     }
 
     /// Waits for appends and swaps them out; `None` once closing with nothing left.
@@ -693,7 +730,7 @@ mod tests {
         let (dtx, durable) = channel();
         let (etx, errors) = channel();
         let (journal, replay) = Journal::open(opts, cp, move |s| dtx.send(s).unwrap(), move |e| etx.send(e).unwrap())?;
-        Ok(Opened { journal, replay, durable, errors })
+        Ok(Opened { journal, replay: replay.records, durable, errors })
     }
 
     /// Appends `records` with seqs from 1 and waits until the last is durable.
@@ -992,8 +1029,8 @@ mod tests {
         j.journal.append(2, &vote(2, 2)).unwrap();
         let err = j.errors.recv().unwrap();
         assert!(err.to_string().contains("injected"), "{err}");
-        assert!(matches!(j.journal.append(3, &vote(3, 2)), Err(JournalError::Stopped)));
-        assert!(matches!(j.journal.close(), Err(JournalError::Stopped)));
+        assert!(matches!(j.journal.append(3, &vote(3, 2)), Err(JournalError::Stopped(_))));
+        assert!(matches!(j.journal.close(), Err(JournalError::Stopped(_))));
         assert!(j.durable.try_recv().is_err(), "nothing after the failure is durable");
         assert!(j.errors.try_recv().is_err(), "on_error is called once");
         let j = open(options(dir.path()), None).unwrap();
@@ -1004,10 +1041,13 @@ mod tests {
     fn a_panicking_durable_callback_stops_appends_instead_of_hanging() {
         let dir = tempfile::tempdir().unwrap();
         let opts = JournalOptions { max_pending_bytes: 512, ..options(dir.path()) };
-        let (mut journal, _) = Journal::open(opts, None, |_| panic!("callback failed"), |e| panic!("{e}")).unwrap();
+        let (errors_tx, errors) = channel();
+        let on_error = move |e: io::Error| errors_tx.send(e.to_string()).unwrap();
+        let (mut journal, _) = Journal::open(opts, None, |_| panic!("callback failed"), on_error).unwrap();
         let outcome = (1..=10).map(|seq| journal.append(seq, &vote(seq, 2))).find(|r| r.is_err());
-        assert!(matches!(outcome, Some(Err(JournalError::Stopped))));
-        assert!(matches!(journal.close(), Err(JournalError::Stopped)));
+        assert!(matches!(outcome, Some(Err(JournalError::Stopped(_)))));
+        assert!(matches!(journal.close(), Err(JournalError::Stopped(_))));
+        assert_eq!(errors.try_recv().unwrap(), "the journal writer panicked: callback failed", "the panic is reported as the error");
     }
 
     #[test]

@@ -84,6 +84,10 @@ pub enum LearnError {
     Checkpoint { peer: SocketAddr, source: CheckpointError },
     #[error("learn from {peer}: the checkpoint's {what} is {actual}, expected {expected}")]
     Mismatch { peer: SocketAddr, what: &'static str, expected: u64, actual: u64 },
+    #[error("learn from {peer}: no checkpoint offered (size 0)")]
+    NoCheckpoint { peer: SocketAddr },
+    #[error("learn from {peer}: verifying the checkpoint failed: {reason}")]
+    Verify { peer: SocketAddr, reason: String },
 }
 
 impl LearnError {
@@ -364,7 +368,8 @@ impl RecordStream {
 /// retried, up to `attempts` connections in all, asking (v6+) for the rest from where it broke;
 /// before v6 the header has no room for an offset and the file is fetched again from the start.
 /// The result must be `expected_size` bytes and a checkpoint for the request's decree whose
-/// every block checksum passes. `limit` bounds each wait, as for [`fetch_votes`].
+/// every block checksum passes; anything else (nothing offered, a file too short for a header,
+/// a stub) is an error, never a panic. `limit` bounds each wait, as for [`fetch_votes`].
 pub async fn fetch_checkpoint(
     peer: SocketAddr,
     request: &Message,
@@ -375,6 +380,9 @@ pub async fn fetch_checkpoint(
 ) -> Result<(), LearnError> {
     assert_eq!(request.kind(), MsgKind::FetchCheckpoint, "fetch_checkpoint sends a FetchCheckpoint");
     assert!(attempts >= 1, "at least one attempt");
+    if expected_size == 0 {
+        return Err(LearnError::NoCheckpoint { peer });
+    }
     let file_err = |source| LearnError::File { peer, path: dest.into(), source };
     let path = dest.to_path_buf();
     let file = blocking(move || File::create(path)).await.map_err(file_err)?;
@@ -403,7 +411,7 @@ pub async fn fetch_checkpoint(
     let (path, decree) = (dest.to_path_buf(), request.header.decree);
     tokio::task::spawn_blocking(move || verify_checkpoint(peer, &path, expected_size, decree))
         .await
-        .expect("checkpoint verification does not panic")
+        .unwrap_or_else(|e| Err(LearnError::Verify { peer, reason: e.to_string() }))
 }
 
 /// A checkpoint arriving on disk: bytes gather in `pending` and go to the file a chunk at a time.
@@ -474,7 +482,6 @@ async fn receive_checkpoint(
 /// Opens the checkpoint (header and size checks) and reads all its data (block checksums).
 fn verify_checkpoint(peer: SocketAddr, path: &Path, expected_size: u64, decree: u64) -> Result<(), LearnError> {
     let rejected = |source| LearnError::Checkpoint { peer, source };
-    assert!(expected_size > 0, "a checkpoint has a header");
     let mut reader = CheckpointReader::open(path).map_err(rejected)?;
     let header = reader.header();
     for (what, expected, actual) in [("size", expected_size, header.size), ("decree", decree, header.last_executed)] {
@@ -781,6 +788,23 @@ mod tests {
         // Expecting less than the peer sends is an error.
         let err = fetch_checkpoint(server.local_addr(), &request, size - 1, &dest, WAIT, 1).await.unwrap_err();
         assert!(matches!(err, LearnError::TooLong { .. }), "{err}");
+    }
+
+    /// A peer that offers no checkpoint (size 0, the Join of a ring that never saved one) or
+    /// one too short to hold a header: a typed failure, never a panic.
+    #[tokio::test]
+    async fn fetch_checkpoint_of_nothing_or_a_stub_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("copy.codex");
+        let server = serve(Source::default());
+        let err = fetch_checkpoint(server.local_addr(), &fetch_checkpoint_request(Version::V6, 0), 0, &dest, WAIT, 1).await.unwrap_err();
+        assert!(matches!(err, LearnError::NoCheckpoint { .. }), "{err}");
+        let stub = dir.path().join("40.codex");
+        std::fs::write(&stub, b"not a checkpoint").unwrap();
+        let server = serve(Source { checkpoint: Some((CP_DECREE, stub)), ..Default::default() });
+        let request = fetch_checkpoint_request(Version::V6, CP_DECREE);
+        let err = fetch_checkpoint(server.local_addr(), &request, 16, &dest, WAIT, 1).await.unwrap_err();
+        assert!(matches!(err, LearnError::Checkpoint { .. }), "{err}");
     }
 
     #[tokio::test]

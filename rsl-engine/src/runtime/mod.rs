@@ -25,8 +25,9 @@ use crate::format::ConfigInfo;
 use crate::format::MemberId;
 use crate::paxos::Role;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 /// A byte range of a file, `[start, end)`: what the learn port streams for a FetchVotes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,6 +73,8 @@ pub(crate) struct Shared {
     pub allow_save: AtomicBool,
     pub stats: Counters,
     pub view: Mutex<View>,
+    /// Why the replica stopped on its own (a panicked thread, an I/O error); the first reason.
+    pub failure: OnceLock<String>,
 }
 
 /// The protocol thread's latest published state.
@@ -104,6 +107,47 @@ impl Shared {
             allow_save: AtomicBool::new(true),
             stats: Counters::default(),
             view: Mutex::new(View::default()),
+            failure: OnceLock::new(),
         }
     }
+
+    /// The published view. Its writers never panic while holding it, but should one, the view
+    /// stays readable: a failed replica still answers `configuration()`.
+    pub fn view(&self) -> MutexGuard<'_, View> {
+        self.view.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks the replica failed: every later call is refused (`ShuttingDown`). The first reason
+    /// is kept; the caller makes the threads stop.
+    pub fn fail(&self, reason: String) {
+        self.shutting_down.store(true, Relaxed);
+        self.is_primary.store(false, Relaxed);
+        match self.failure.set(reason) {
+            Ok(()) => tracing::error!(reason = %self.failure.get().expect("just set"), "replica failed: stopping"),
+            Err(later) => tracing::debug!(reason = %later, "replica already failed"),
+        }
+    }
+}
+
+/// The text of a panic's payload (a `&str` or `String` message, as `panic!` makes).
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload.downcast_ref::<&str>().copied().or_else(|| payload.downcast_ref::<String>().map(String::as_str)).unwrap_or("(no message)")
+}
+
+/// Spawns one of the replica's background tasks (a catch-up fetch, a state copy). Should it
+/// panic, `failed` gets the message, so that the replica fails instead of waiting forever for
+/// the task's result. (A task cancelled by the runtime's shutdown is not a failure.)
+pub(crate) fn spawn_task(
+    rt: &tokio::runtime::Handle,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+    failed: impl FnOnce(String) + Send + 'static,
+) {
+    let handle = rt.spawn(task);
+    rt.spawn(async move {
+        if let Err(e) = handle.await {
+            if e.is_panic() {
+                failed(panic_message(&*e.into_panic()).to_owned());
+            }
+        }
+    });
 }

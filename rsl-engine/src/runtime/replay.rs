@@ -2,10 +2,9 @@
 //! number (api-behavior §2.23). No network, no writes, callbacks on the calling thread.
 
 use super::api::StateMachine;
-use super::checkpoints::core_checkpoint;
+use super::checkpoints::load_newest;
 use super::replica::InitError;
 use super::{numbered_files, ListError};
-use crate::format::checkpoint::CheckpointReader;
 use crate::format::log::read_log_file;
 use crate::format::{ConfigInfo, MemberId, Version};
 use crate::paxos::{Action, CoreConfig, Replica};
@@ -29,13 +28,8 @@ pub fn replay(dir: &Path, version: Version, sm: &mut dyn StateMachine, max_seq: 
     }
     let mut core = Replica::new(CoreConfig { version, ..CoreConfig::default() }, MemberId::EMPTY, ConfigInfo::default(), 0);
     let mut executed = 0;
-    let checkpoints = numbered(dir, "codex")?;
-    let loaded = checkpoints.iter().rev().filter(|(d, _)| *d <= max_seq).find_map(|(_, path)| {
-        let mut reader = CheckpointReader::open(path).ok()?;
-        let cp = core_checkpoint(reader.header().clone());
-        let ok = if cp.state_saved { sm.load_state(Some(&mut reader)) } else { sm.load_state(None) };
-        ok.then(|| (cp, reader.size()))
-    });
+    let checkpoints = numbered(dir, "codex")?.into_iter().filter(|(d, _)| *d <= max_seq).collect();
+    let (loaded, _skipped) = load_newest(checkpoints, |reader| sm.load_state(reader));
     match &loaded {
         Some((cp, size)) => {
             core.restore_checkpoint(cp, *size);
@@ -51,7 +45,8 @@ pub fn replay(dir: &Path, version: Version, sm: &mut dyn StateMachine, max_seq: 
     for (_, path) in &logs[start..] {
         let contents = read_log_file(path).map_err(|e| InitError::Storage(e.to_string()))?;
         for record in contents.records {
-            core.replay(&Arc::new(record.message), &mut out).map_err(|e| InitError::Storage(e.to_string()))?;
+            let offset = record.offset as u64;
+            core.replay(&Arc::new(record.message), &mut out).map_err(|source| InitError::Replay { path: path.clone(), offset, source })?;
             for action in out.drain(..) {
                 let Action::Execute { vote, .. } = action else { continue };
                 if vote.header.decree > max_seq {

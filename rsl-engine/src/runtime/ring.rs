@@ -8,7 +8,7 @@ use super::exec::{abort_code, Work};
 use super::journal::{write_defunct, Journal};
 use super::learn;
 use super::transport::{frame, Transport};
-use super::Shared;
+use super::{spawn_task, Shared};
 use crate::format::{Body, Header, MemberId, MemberSet, Message, Node, Version};
 use crate::paxos::{Action, Application, Cookie, Dest, Input, Micros, Replica, Role, SubmitError};
 use bytes::{Bytes, BytesMut};
@@ -49,7 +49,8 @@ pub(crate) enum Event {
         path: PathBuf,
         copied: bool,
     },
-    /// Something the replica cannot go on after (a journal write failed): stop cleanly.
+    /// Something the replica cannot go on after (a journal write failed, a background task
+    /// panicked): the replica fails (`RslReplica::failure`) and stops cleanly.
     Fatal(String),
     Stop,
 }
@@ -206,10 +207,7 @@ impl Ring {
             }
             Event::Input(input) => self.step(input),
             Event::CheckpointDone { decree, size, path, copied } => self.checkpoint_done(decree, size, path, copied),
-            Event::Fatal(reason) => {
-                tracing::error!(%reason, "replica stopping");
-                self.stopped = true;
-            }
+            Event::Fatal(reason) => self.fail(reason),
             Event::Stop => self.stopped = true,
         }
     }
@@ -295,10 +293,7 @@ impl Ring {
                         self.followups.push(Input::LogRolled { first_decree });
                     }
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "journal append failed: stopping");
-                    self.stopped = true;
-                }
+                Err(e) => self.fail(format!("journal append failed: {e}")),
             },
             Action::Execute { vote, cookies } => {
                 self.shared.passed_seq.fetch_max(vote.header.decree, Relaxed);
@@ -322,8 +317,7 @@ impl Ring {
             }
             Action::Defunct(n) => {
                 if let Err(e) = write_defunct(&self.dir, n) {
-                    tracing::error!(error = %e, "defunct.txt could not be written: stopping");
-                    self.stopped = true;
+                    self.fail(format!("defunct.txt could not be written: {e}"));
                 }
             }
             Action::SaveCheckpoint(cp) => self.hand_to_exec(Work::Save(cp)),
@@ -331,15 +325,20 @@ impl Ring {
             Action::LoadCheckpoint(cp) => {
                 let path = self.store.lock().expect("checkpoint store").path_of(cp.decree);
                 if !path.exists() {
-                    tracing::error!(decree = cp.decree, "the checkpoint to load is gone: stopping");
-                    self.stopped = true;
-                    return;
+                    return self.fail(format!("{}: the fetched checkpoint to load is gone", path.display()));
                 }
                 self.journal.restart_at(cp.decree + 1);
                 self.hand_to_exec(Work::Load { checkpoint: cp, path });
             }
         }
         self.refresh_peers();
+    }
+
+    /// The replica cannot go on: it fails (the reason is kept for `RslReplica::failure`) and
+    /// this thread stops as on `unload`.
+    fn fail(&mut self, reason: String) {
+        self.shared.fail(reason);
+        self.stopped = true;
     }
 
     fn hand_to_exec(&mut self, work: Work) {
@@ -370,11 +369,14 @@ impl Ring {
     }
 
     /// A Join from a member of a configuration we have not seen yet: its learn port is in the
-    /// message and its address is where it came from (as the original does).
+    /// message and its address is where it came from (as the original does). It becomes a
+    /// transport peer too, so that our JoinRequests reach it: a replica that was never
+    /// bootstrapped knows no other node.
     fn remember_joiner(&mut self, id: MemberId, ip: IpAddr, learn_port: u16) {
         let IpAddr::V4(ip) = ip else { return };
         let node = Node { id, ip, rsl_port: learn_port.saturating_sub(1), learn_port, app_port: 0, host_name: Bytes::new() };
         self.nodes.insert(id, node);
+        self.peers_for = (u32::MAX, u32::MAX);
     }
 
     /// Keeps the transport's peers to every node of the Paxos and state configurations.
@@ -403,23 +405,38 @@ impl Ring {
         };
         let request = self.request(decree, Body::FetchVotes);
         let (events, limit, timeout) = (self.events.clone(), self.limits.max_learn_bytes, self.limits.receive_timeout);
-        self.rt.spawn(async move {
+        let task = async move {
             let records = learn::fetch_votes(addr, &request, limit, timeout).await.unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "learning votes failed");
                 Vec::new()
             });
             let _ = events.send(Event::Input(Input::Learned { from, records }));
-        });
+        };
+        spawn_task(&self.rt, task, self.fatal(format!("learning votes from {from}")));
+    }
+
+    /// What a background task's panic becomes: this replica's failure.
+    fn fatal(&self, what: String) -> impl FnOnce(String) + Send + 'static {
+        let events = self.events.clone();
+        move |panic| drop(events.send(Event::Fatal(format!("{what} panicked: {panic}"))))
     }
 
     fn fetch_checkpoint(&mut self, from: MemberId, decree: u64, size: u64, load: bool) {
         let Some(addr) = self.nodes.get(&from).map(learn_addr) else {
             return self.followups.push(Input::CheckpointFetched(None));
         };
+        if size == 0 {
+            // A peer that never saved a checkpoint announces decree 0, size 0 (a ring started
+            // from a member list has none until its logs roll): there is nothing to copy. The
+            // original tries and fails; the core goes on as after any failed fetch.
+            tracing::debug!(peer = %from, decree, "the peer has no checkpoint to offer");
+            return self.followups.push(Input::CheckpointFetched(None));
+        }
         let request = self.request(decree, Body::FetchCheckpoint);
         let (events, store, timeout) = (self.events.clone(), self.store.clone(), self.limits.receive_timeout);
         let temp = store.lock().expect("checkpoint store").temp_path();
-        self.rt.spawn(async move {
+        let fatal = self.fatal(format!("fetching checkpoint {decree} from {from}"));
+        let task = async move {
             let fetched = learn::fetch_checkpoint(addr, &request, size, &temp, timeout, 5).await;
             let installed = match fetched {
                 Ok(()) => {
@@ -447,7 +464,8 @@ impl Ring {
                 }
             };
             let _ = events.send(event);
-        });
+        };
+        spawn_task(&self.rt, task, fatal);
     }
 
     /// A checkpoint is in place: truncate the logs it covers and tell the core.
@@ -469,7 +487,7 @@ impl Ring {
         let now = ((!ballot.is_empty()).then_some(ballot.member), Some(self.core.role()));
         if now != self.published {
             self.published = now;
-            let mut view = self.shared.view.lock().expect("view");
+            let mut view = self.shared.view();
             (view.primary, view.role) = now;
         }
     }

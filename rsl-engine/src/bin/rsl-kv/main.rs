@@ -2,6 +2,11 @@
 //!
 //! `rsl-kv cluster` starts a local 3-replica cluster (three processes of this binary), drives
 //! load against it and prints throughput and latency; `rsl-kv replica` is one replica.
+//!
+//! Exit codes of `rsl-kv replica`: 0 after SIGTERM (or SIGINT) and a clean stop, 1 if it
+//! could not start, 3 if a replica failed (a panicked thread, a journal I/O error such as a
+//! full disk: the reason is on stderr), 4 if stopping took too long and was cut short. It
+//! ends within 5 s of a signal or a failure, so a supervisor can restart it.
 
 mod client;
 mod cluster;
@@ -67,16 +72,18 @@ pub struct ClusterArgs {
 }
 
 fn main() -> ExitCode {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RSL_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let result = match Cli::parse().command {
         Command::Replica(args) => server::run(args),
-        Command::Cluster(args) => cluster::run(args),
+        Command::Cluster(args) => cluster::run(args).map(|()| 0),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("rsl-kv: {e}");
             ExitCode::FAILURE

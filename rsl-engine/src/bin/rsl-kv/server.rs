@@ -99,7 +99,20 @@ pub fn parse_members(spec: &str) -> Result<MemberSet, String> {
     Ok(MemberSet { nodes, cookie: Bytes::new() })
 }
 
-pub fn run(args: ReplicaArgs) -> Result<(), String> {
+/// Exit code of a process whose replica failed (or was failing when a signal came).
+pub const EXIT_FAILED: u8 = 3;
+/// Exit code of a process that had to be ended because unloading did not finish in time.
+pub const EXIT_FORCED: u8 = 4;
+/// How long unloading may take once the process is stopping. With the failure poll below, the
+/// process ends within 5 s of a signal or a failure, whatever state it is in.
+const UNLOAD_DEADLINE: Duration = Duration::from_millis(4500);
+/// How often the replicas are checked for a failure.
+const FAILURE_POLL: Duration = Duration::from_millis(100);
+
+/// Runs the replicas until SIGTERM (or SIGINT) or until one of them fails; returns the exit
+/// code: 0 after a clean stop, [`EXIT_FAILED`] if a replica failed. Should unloading hang, a
+/// watchdog ends the process with [`EXIT_FAILED`] or [`EXIT_FORCED`].
+pub fn run(args: ReplicaArgs) -> Result<u8, String> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().map_err(|e| e.to_string())?;
     let mut replicas = Vec::new();
     for k in 0..args.rings {
@@ -117,11 +130,51 @@ pub fn run(args: ReplicaArgs) -> Result<(), String> {
         rt.spawn(server.accept(listener));
         replicas.push(replica);
     }
-    rt.block_on(wait_for_signal(args.ignore_sigint));
+    let mut failure = rt.block_on(async {
+        tokio::select! {
+            () = wait_for_signal(args.ignore_sigint) => None,
+            why = wait_for_failure(&replicas) => Some(why),
+        }
+    });
+    if let Some(why) = &failure {
+        eprintln!("rsl-kv: {why}");
+    }
+    watchdog(if failure.is_some() { EXIT_FAILED } else { EXIT_FORCED });
     for replica in &replicas {
         replica.unload();
     }
-    Ok(())
+    if failure.is_none() {
+        // A failure that raced with the signal still counts.
+        failure = first_failure(&replicas);
+        if let Some(why) = &failure {
+            eprintln!("rsl-kv: {why}");
+        }
+    }
+    Ok(if failure.is_some() { EXIT_FAILED } else { 0 })
+}
+
+fn first_failure(replicas: &[Arc<RslReplica>]) -> Option<String> {
+    replicas.iter().find_map(|r| r.failure().map(|why| format!("replica {} failed: {why}", r.me().id)))
+}
+
+/// Resolves once any replica has failed, saying which and why.
+async fn wait_for_failure(replicas: &[Arc<RslReplica>]) -> String {
+    let mut poll = tokio::time::interval(FAILURE_POLL);
+    loop {
+        poll.tick().await;
+        if let Some(why) = first_failure(replicas) {
+            return why;
+        }
+    }
+}
+
+/// Ends the process with `code` unless it has exited by itself within [`UNLOAD_DEADLINE`].
+fn watchdog(code: u8) {
+    std::thread::spawn(move || {
+        std::thread::sleep(UNLOAD_DEADLINE);
+        eprintln!("rsl-kv: stopping took longer than {UNLOAD_DEADLINE:?}; exiting with code {code}");
+        std::process::exit(code.into());
+    });
 }
 
 /// Starts one ring's replica and the server for its clients.
