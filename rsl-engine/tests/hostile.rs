@@ -34,9 +34,12 @@ const AGREE_BOUND: Duration = Duration::from_secs(30);
 /// No replica's resident memory may pass this. A debug-build replica holds about 10 MiB
 /// idle and 30 MiB under full load; four 90 MiB partial frames would take it past 380 MiB.
 const RSS_BOUND_KIB: u64 = 300 << 10;
-/// A connection that sends nothing, or a frame that never completes, is closed within this
-/// (the learn port's slow-sender timeout is 30 s; the Paxos port is to get one too).
+/// A frame that never completes is closed within this (`slow_sender_timeout_sec`, 30 s, and
+/// some slack).
 const SLOW_BOUND: Duration = Duration::from_secs(45);
+/// A connection that sends nothing is closed within this (`idle_connection_timeout_sec`, 60 s,
+/// and some slack).
+const IDLE_BOUND: Duration = Duration::from_secs(75);
 /// Descriptors a replica may hold while 5,000 connections are opened to each of two of its
 /// ports: the per-port connection cap (assumed at most about 1,000) plus its own files.
 const FD_BOUND: usize = 3_000;
@@ -692,9 +695,10 @@ fn partial_giant_frames_and_slow_senders_on_the_paxos_port_are_bounded_and_timed
         // Every one of those connections is closed by the replica within the bound.
         let started = Instant::now();
         let mut waits = Vec::new();
-        for s in giants_held.into_iter().chain([idle]) {
+        for s in giants_held {
             waits.push(tokio::spawn(closed_within(s, SLOW_BOUND)));
         }
+        waits.push(tokio::spawn(closed_within(idle, IDLE_BOUND)));
         let trickle_closed = tokio::spawn(async move {
             let mut rd = trickle_rd;
             let mut buf = [0u8; 64];
@@ -710,7 +714,7 @@ fn partial_giant_frames_and_slow_senders_on_the_paxos_port_are_bounded_and_timed
             open.push("a 1 KiB packet sent a byte a second".into());
         }
         trickler.abort();
-        assert!(open.is_empty(), "still open {SLOW_BOUND:?} later (no slow-sender or idle timeout on the Paxos port): {open:?}");
+        assert!(open.is_empty(), "still open after {SLOW_BOUND:?} (frames) or {IDLE_BOUND:?} (idle): {open:?}");
         eprintln!("slow senders on the Paxos port closed after {:?}", started.elapsed());
         survived(&mut c, &mut w, &rss, "partial giant packets and slow senders on the Paxos port").await;
     });
@@ -936,23 +940,10 @@ fn the_client_port_survives_running_out_of_descriptors() {
 // ---------------------------------------------------------------------------------------------
 // 6. Finding 3: a member added before any checkpoint exists.
 
-/// `--allow-admin` if this build of `rsl-kv` has it (before issue 9 every replica takes
-/// ChangeConfiguration, so the join can be tested without it).
-fn admin_args() -> Vec<String> {
-    let help = std::process::Command::new(env!("CARGO_BIN_EXE_rsl-kv")).args(["replica", "--help"]).output().expect("rsl-kv --help");
-    let known = String::from_utf8_lossy(&help.stdout).contains("--allow-admin");
-    if known {
-        vec!["--allow-admin".into()]
-    } else {
-        Vec::new()
-    }
-}
-
 #[test]
 fn members_added_before_any_checkpoint_catch_up() {
     rt().block_on(async {
-        let admin = admin_args();
-        let mut c = cluster(2, |c| c.launch.iter_mut().for_each(|l| l.args = admin.clone()));
+        let mut c = cluster(2, |c| c.launch.iter_mut().for_each(|l| l.args = vec!["--allow-admin".into()]));
         let p = leader(&mut c).await;
         let mut w = Writes::new();
         w.some(&mut c, 20, "start").await;
