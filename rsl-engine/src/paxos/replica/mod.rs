@@ -19,6 +19,8 @@ use std::sync::Arc;
 mod acceptor;
 #[cfg(test)]
 mod directed;
+#[cfg(test)]
+mod hostile;
 mod leader;
 mod membership;
 mod pipeline;
