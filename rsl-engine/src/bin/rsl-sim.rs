@@ -20,6 +20,10 @@ struct Cli {
     /// Decrees in flight (protocol version 7 above 1); 0 alternates 1 and 16.
     #[arg(long, default_value_t = 1)]
     window: usize,
+    /// Inject forged messages with extreme field values during the faults (safety is then not
+    /// checked; no panic and progress after the heal are).
+    #[arg(long)]
+    adversary: bool,
 }
 
 fn main() -> ExitCode {
@@ -27,13 +31,14 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let (mut failed, mut decrees, mut acked) = (0u64, 0usize, 0usize);
     let mut events = [0usize; 7];
-    let mut reconfigurations = 0u64;
+    let (mut reconfigurations, mut injected, mut rejected) = (0u64, 0usize, 0usize);
     for seed in cli.seed..cli.seed + cli.seeds {
         let replicas = if cli.replicas == 0 { 3 + 2 * (seed % 2) as usize } else { cli.replicas };
         let window = if cli.window == 0 { [1, 16][(seed / 2 % 2) as usize] } else { cli.window };
-        match run_seed(SimConfig::new(seed, replicas).with_window(window)) {
+        match run_seed(SimConfig::new(seed, replicas).with_window(window).with_adversary(cli.adversary)) {
             Ok(report) => {
                 decrees += report.decrees;
+                (injected, rejected) = (injected + report.injected, rejected + report.rejected);
                 reconfigurations += report.configurations.saturating_sub(1) as u64;
                 acked += report.acknowledged;
                 for (total, n) in events.iter_mut().zip([
@@ -58,7 +63,8 @@ fn main() -> ExitCode {
     println!(
         "{} seeds, {failed} failed, {decrees} decrees, {acked} acknowledged requests, {elections} elections, \
          {relinquished} relinquishes, {crashes} crashes, {learned} vote fetches, {saved} checkpoints saved, \
-         {loaded} loaded to catch up, {copied} copied by primaries, {reconfigurations} reconfigurations, {:.1}s",
+         {loaded} loaded to catch up, {copied} copied by primaries, {reconfigurations} reconfigurations, \
+         {injected} forged messages injected, {rejected} messages or records rejected, {:.1}s",
         cli.seeds,
         started.elapsed().as_secs_f64()
     );

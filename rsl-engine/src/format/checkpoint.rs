@@ -5,7 +5,7 @@
 use super::checksum::{self, Hasher};
 use super::codec::{round_up_512, DecodeError, EncodeError, Reader, PAGE};
 use super::message::{self, Checksum, Message, MsgKind};
-use super::types::{Ballot, ConfigInfo, MemberId, Version};
+use super::types::{Ballot, ConfigInfo, MemberId, Version, CONFIGURATION_LIMIT, DECREE_LIMIT};
 use bytes::{BufMut, Bytes, BytesMut};
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
@@ -125,6 +125,7 @@ impl CheckpointHeader {
                 block_size: 0,
                 next_vote: vote,
             };
+            check_numbers(&header, 0)?;
             return Ok((header, region));
         }
         let stored_len = r.u32("header length")? as usize;
@@ -146,6 +147,7 @@ impl CheckpointHeader {
                 detail: "below the next vote's ballot",
             });
         }
+        check_numbers(&header, vote_at)?;
         let vote_len = u32::from_le_bytes(buf[vote_at + 2..vote_at + 6].try_into().expect("vote prefix parsed")) as usize;
         let l = header.data_offset(vote_len);
         if l != stored_len {
@@ -161,6 +163,33 @@ impl CheckpointHeader {
     /// The file name of the checkpoint for last executed decree `decree`.
     pub fn file_name(decree: u64) -> String {
         format!("{decree}.codex")
+    }
+}
+
+/// Refuses decrees and configuration numbers no ring reaches (`DECREE_LIMIT`,
+/// `CONFIGURATION_LIMIT`) and a member set that cannot be a configuration: the replica that
+/// restores the header relies on them.
+fn check_numbers(h: &CheckpointHeader, vote_at: usize) -> Result<(), DecodeError> {
+    let decree_at = 14 + h.version.member_id_size();
+    let config_at = decree_at + 8 + h.version.ballot_size();
+    let vote_decree_at = vote_at + 20 + h.next_vote.header.version.member_id_size();
+    let invalid = |what, offset, value| Err(DecodeError::Invalid { what, offset, value });
+    if h.last_executed >= DECREE_LIMIT {
+        // Before v3 it is the next vote's decree minus one: 0 there wraps around.
+        return invalid("last executed decree", if h.version.has_config() { decree_at } else { vote_decree_at }, h.last_executed);
+    }
+    if h.next_vote.header.decree >= DECREE_LIMIT {
+        return invalid("next vote decree", vote_decree_at, h.next_vote.header.decree);
+    }
+    if h.config.number >= CONFIGURATION_LIMIT {
+        return invalid("configuration number", config_at, h.config.number.into());
+    }
+    if h.config.initial_decree >= DECREE_LIMIT {
+        return invalid("initial decree", config_at + 4, h.config.initial_decree);
+    }
+    match h.config.members.flaw() {
+        Some(detail) => Err(DecodeError::Malformed { what: "member set", offset: config_at + 12, detail }),
+        None => Ok(()),
     }
 }
 
@@ -626,10 +655,13 @@ mod tests {
         // up front. These are the fuzzer's bytes with every byte it does not need zeroed, except
         // that it claimed 128 MiB blocks (00 00 00 08) and this claims 4 GiB - 512.
         let mut file = vec![0u8; 1048];
-        let runs: [(usize, &[u8]); 11] = [
+        let runs: [(usize, &[u8]); 14] = [
             (0, &[6, 0, 0, 4]),        // v6, header region 1024
             (86, &[1, 0, 0, 0, b'1']), // max ballot (1, "1")
             (166, &[3]),               // three members with 5-byte host names
+            (168, b"1"),               // their ids (a set of empty ids is refused)
+            (247, b"2"),
+            (326, b"3"),
             (240, &[5]),
             (319, &[5]),
             (398, &[5]),

@@ -15,4 +15,4 @@ pub mod types;
 pub use checkpoint::{CheckpointError, CheckpointHeader, CheckpointReader, CheckpointWriter};
 pub use codec::{DecodeError, EncodeError};
 pub use message::{Body, Checksum, Header, Message, MsgKind, VoteBody};
-pub use types::{Ballot, ConfigInfo, MemberId, MemberSet, Node, Version};
+pub use types::{Ballot, ConfigInfo, MemberId, MemberSet, Node, Version, CONFIGURATION_LIMIT, DECREE_LIMIT};

@@ -7,6 +7,13 @@ use std::cmp::Ordering;
 use std::fmt;
 use std::net::Ipv4Addr;
 
+/// Decrees at or above this are refused wherever one arrives from a socket or a file: no ring
+/// gets there (at a million decrees a second, 2^62 takes 146,000 years), and the room above it
+/// keeps every `+ 1` and window sum on a decree from overflowing.
+pub const DECREE_LIMIT: u64 = 1 << 62;
+/// Configuration numbers at or above this are refused likewise (one per reconfiguration).
+pub const CONFIGURATION_LIMIT: u32 = 1 << 31;
+
 /// A protocol version the formats know, 1 to 6. What each adds is in formats.md §6.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Version(u16);
@@ -323,6 +330,21 @@ impl MemberSet {
         }
         out.put_blob32(&self.cookie);
         Ok(())
+    }
+
+    /// What makes the set unusable as a configuration, if anything: an empty member id (the
+    /// original's `MemberSet::Verify` misses it) or an id named twice. An empty set passes
+    /// (a checkpoint before v3 has none).
+    pub fn flaw(&self) -> Option<&'static str> {
+        let mut ids: Vec<&MemberId> = self.nodes.iter().map(|n| &n.id).collect();
+        ids.sort_unstable();
+        if ids.first().is_some_and(|id| id.is_empty()) {
+            Some("an empty member id")
+        } else if ids.windows(2).any(|w| w[0] == w[1]) {
+            Some("a member id named twice")
+        } else {
+            None
+        }
     }
 
     /// Encoded size in version `v`.

@@ -14,7 +14,7 @@ pub use replica::{ReplayError, Replica, Role};
 
 pub use rng::SplitMix64;
 
-use crate::format::{ConfigInfo, MemberId, Message, Version};
+use crate::format::{ConfigInfo, MemberId, Message, MsgKind, Version};
 use bytes::Bytes;
 use std::sync::Arc;
 
@@ -110,10 +110,60 @@ pub enum Action {
         size: u64,
         load: bool,
     },
+    /// A message, a learned record or a field of a checkpoint was refused before it reached the
+    /// protocol (docs/core.md, "Hostile input"): drop it, count it and log who sent it. `from`
+    /// is the sender it claims (for a record, the peer it came from; the empty id for our own
+    /// log or checkpoint).
+    Rejected {
+        from: MemberId,
+        kind: MsgKind,
+        reason: Rejection,
+    },
     /// Replace the application's state with this fetched checkpoint's (the original exits the
     /// process and loads it at restart instead), keep the file as this replica's checkpoint,
     /// and start a new log: its first record is the `Persist` that follows.
     LoadCheckpoint(Checkpoint),
+}
+
+/// Why input was refused (`Action::Rejected`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Rejection {
+    /// The sender may not send this message type: not a member of the configuration it must
+    /// come from, or this replica's own id.
+    NotAMember,
+    /// A ballot no proposer following the rules uses: id `u32::MAX` (nothing can outbid it), or
+    /// one implausibly far above every ballot this replica has promised or seen.
+    Ballot,
+    /// A decree at or above `DECREE_LIMIT`.
+    Decree,
+    /// A configuration number at or above `CONFIGURATION_LIMIT`.
+    Configuration,
+    /// A protocol version this replica does not speak: newer than its own, or pipelined on one
+    /// side only.
+    Version,
+    /// A field the format's rules forbid: an invalid member set, a vote without a ballot, a
+    /// message that never travels on the Paxos port, ...
+    Malformed,
+    /// Contradicts what this replica holds: a decision for a decree whose vote holds another
+    /// value, an answer reporting votes beyond any a member can hold.
+    Inconsistent,
+    /// The source address is not the one configured for the member id (the runtime's check).
+    WrongAddress,
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Rejection::NotAMember => "the sender may not send it",
+            Rejection::Ballot => "implausible ballot",
+            Rejection::Decree => "implausible decree",
+            Rejection::Configuration => "implausible configuration number",
+            Rejection::Version => "unsupported protocol version",
+            Rejection::Malformed => "malformed",
+            Rejection::Inconsistent => "contradicts what this replica holds",
+            Rejection::WrongAddress => "not from the member's configured address",
+        })
+    }
 }
 
 /// What the core needs of a checkpoint besides the application's state: the header fields.

@@ -116,6 +116,10 @@ pub struct Stats {
     pub log_syncs: u64,
     pub fast_reads: u64,
     pub checkpoints_saved: u64,
+    /// Messages from peers dropped before the protocol: malformed, implausible, from a
+    /// non-member, or from another address than the member's (each is also logged, at most
+    /// about once a second).
+    pub messages_rejected: u64,
 }
 
 /// A node that the application names: its id and where it listens.

@@ -94,6 +94,7 @@ pub(crate) struct Counters {
     pub log_syncs: AtomicU64,
     pub fast_reads: AtomicU64,
     pub checkpoints_saved: AtomicU64,
+    pub messages_rejected: AtomicU64,
 }
 
 impl Shared {

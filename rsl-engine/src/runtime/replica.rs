@@ -445,6 +445,7 @@ impl RslReplica {
             log_syncs: c.log_syncs.load(Relaxed),
             fast_reads: take(&c.fast_reads),
             checkpoints_saved: take(&c.checkpoints_saved),
+            messages_rejected: take(&c.messages_rejected),
         }
     }
 

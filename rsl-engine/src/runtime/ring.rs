@@ -9,8 +9,9 @@ use super::journal::{write_defunct, Journal};
 use super::learn;
 use super::transport::{frame, Transport};
 use super::{spawn_task, Shared};
+use crate::format::MsgKind;
 use crate::format::{Body, Header, MemberId, MemberSet, Message, Node, Version};
-use crate::paxos::{Action, Application, Cookie, Dest, Input, Micros, Replica, Role, SubmitError};
+use crate::paxos::{Action, Application, Cookie, Dest, Input, Micros, Rejection, Replica, Role, SubmitError};
 use bytes::{Bytes, BytesMut};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
@@ -19,6 +20,14 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Rejected messages are logged at most this often; the others in between are only counted.
+const REJECTION_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// At most this many member ids are remembered from Joins announcing a configuration newer
+/// than ours (the oldest is forgotten first). Learning from a joiner needs its address, which
+/// the Join gives; but nothing verifies a Join, so any id could otherwise add a node.
+const MAX_JOINERS: usize = 8;
 
 /// Everything the protocol thread reacts to.
 pub(crate) enum Event {
@@ -100,6 +109,13 @@ pub(crate) struct Ring {
     actions: Vec<Action>,
     /// Inputs that actions produced (a log roll), stepped after the actions.
     followups: Vec<Input>,
+    /// The address of the message whose actions are being carried out (for rejections).
+    inbound: Option<IpAddr>,
+    /// When a rejection was last logged, and how many were not logged since.
+    rejections_logged_at: Option<Instant>,
+    rejections_unlogged: u64,
+    /// Ids remembered from Joins (`MAX_JOINERS`), oldest first.
+    joiners: VecDeque<MemberId>,
     stopped: bool,
 }
 
@@ -142,6 +158,10 @@ impl Ring {
             frame_buf: BytesMut::with_capacity(64 << 10),
             actions: Vec::new(),
             followups: Vec::new(),
+            inbound: None,
+            rejections_logged_at: None,
+            rejections_unlogged: 0,
+            joiners: VecDeque::new(),
             stopped: false,
         }
     }
@@ -184,13 +204,7 @@ impl Ring {
 
     fn handle(&mut self, event: Event) {
         match event {
-            Event::Message(msg, ip) => {
-                let from = msg.header.sender;
-                if let (Body::Join(join), false) = (&msg.body, self.nodes.contains_key(&from)) {
-                    self.remember_joiner(from, ip, join.learn_port);
-                }
-                self.step(Input::Message { from, msg })
-            }
+            Event::Message(msg, ip) => self.on_message(msg, ip),
             Event::Durable(seq) => {
                 self.durable = self.durable.max(seq);
                 self.release_held();
@@ -209,6 +223,50 @@ impl Ring {
             Event::CheckpointDone { decree, size, path, copied } => self.checkpoint_done(decree, size, path, copied),
             Event::Fatal(reason) => self.fail(reason),
             Event::Stop => self.stopped = true,
+        }
+    }
+
+    /// A peer's message: from the address configured for the member it names, if we know it;
+    /// then the core checks the rest.
+    fn on_message(&mut self, msg: Arc<Message>, ip: IpAddr) {
+        let from = msg.header.sender;
+        self.inbound = Some(ip);
+        if !self.sent_from_its_address(&from, ip) {
+            return self.rejected(from, msg.kind(), Rejection::WrongAddress);
+        }
+        if let Body::Join(join) = &msg.body {
+            let newer = msg.header.config > self.core.paxos_configuration().number;
+            if newer && !self.nodes.contains_key(&from) {
+                self.remember_joiner(from, ip, join.learn_port);
+            }
+        }
+        self.step(Input::Message { from, msg })
+    }
+
+    /// `GetReplica` (api-behavior §5 item 15): a message naming a node we know comes from that
+    /// node's address. Any loopback address stands for any other (a peer on this host connects
+    /// from 127.0.0.1 whatever its own address). A replica that listens on every address
+    /// (`listen_on_all_ips`) runs on a host with several, as its peers may: there the address
+    /// a peer connects from says nothing, and only the core's membership checks apply.
+    fn sent_from_its_address(&self, id: &MemberId, ip: IpAddr) -> bool {
+        let Some(node) = self.nodes.get(id) else { return true };
+        let ip = ip.to_canonical();
+        self.transport.local_addr().ip().is_unspecified() || ip == IpAddr::V4(node.ip) || (ip.is_loopback() && node.ip.is_loopback())
+    }
+
+    /// Counts a rejected message (or record), and logs it unless one was logged within
+    /// `REJECTION_LOG_INTERVAL`.
+    fn rejected(&mut self, from: MemberId, kind: MsgKind, reason: Rejection) {
+        self.shared.stats.messages_rejected.fetch_add(1, Relaxed);
+        if self.rejections_logged_at.is_some_and(|at| at.elapsed() < REJECTION_LOG_INTERVAL) {
+            self.rejections_unlogged += 1;
+            return;
+        }
+        self.rejections_logged_at = Some(Instant::now());
+        let since = std::mem::take(&mut self.rejections_unlogged);
+        match self.inbound.or_else(|| self.nodes.get(&from).map(|n| IpAddr::V4(n.ip))) {
+            Some(peer) => tracing::warn!(%peer, member = %from, ?kind, %reason, unlogged_since = since, "message rejected"),
+            None => tracing::warn!(?kind, %reason, unlogged_since = since, "skipped a record or field of our own log or checkpoint"),
         }
     }
 
@@ -270,6 +328,7 @@ impl Ring {
         for action in out.drain(..) {
             self.act(action);
         }
+        self.inbound = None;
         self.actions = out;
         while let Some(input) = self.followups.pop() {
             self.step(input);
@@ -321,6 +380,7 @@ impl Ring {
                 }
             }
             Action::SaveCheckpoint(cp) => self.hand_to_exec(Work::Save(cp)),
+            Action::Rejected { from, kind, reason } => self.rejected(from, kind, reason),
             Action::FetchCheckpoint { from, decree, size, load } => self.fetch_checkpoint(from, decree, size, load),
             Action::LoadCheckpoint(cp) => {
                 let path = self.store.lock().expect("checkpoint store").path_of(cp.decree);
@@ -371,12 +431,25 @@ impl Ring {
     /// A Join from a member of a configuration we have not seen yet: its learn port is in the
     /// message and its address is where it came from (as the original does). It becomes a
     /// transport peer too, so that our JoinRequests reach it: a replica that was never
-    /// bootstrapped knows no other node.
+    /// bootstrapped knows no other node. Bounded by `MAX_JOINERS`; a joiner that a
+    /// configuration names since is no longer one.
     fn remember_joiner(&mut self, id: MemberId, ip: IpAddr, learn_port: u16) {
-        let IpAddr::V4(ip) = ip else { return };
+        let IpAddr::V4(ip) = ip.to_canonical() else { return };
+        if self.joiners.len() >= MAX_JOINERS {
+            let oldest = self.joiners.pop_front().expect("full");
+            if !self.is_configured(&oldest) {
+                self.nodes.remove(&oldest);
+            }
+        }
         let node = Node { id, ip, rsl_port: learn_port.saturating_sub(1), learn_port, app_port: 0, host_name: Bytes::new() };
         self.nodes.insert(id, node);
         self.peers_for = (u32::MAX, u32::MAX);
+        self.joiners.push_back(id);
+    }
+
+    fn is_configured(&self, id: &MemberId) -> bool {
+        let named = |c: &crate::format::ConfigInfo| c.members.nodes.iter().any(|n| n.id == *id);
+        named(self.core.paxos_configuration()) || named(self.core.configuration())
     }
 
     /// Keeps the transport's peers to every node of the Paxos and state configurations.

@@ -1,12 +1,14 @@
 //! The deterministic simulator: replicas of one ring on a virtual clock, with a seeded network
 //! (delay, reordering, duplication, loss, symmetric and one-way partitions), disks that lose
-//! or keep unsynced records when a process crashes, restarts, and slow disks. The [`checker`]
-//! judges every step. A seed fully determines a run.
+//! or keep unsynced records when a process crashes, restarts, and slow disks; optionally an
+//! adversary that forges messages. The [`checker`] judges every step. A seed fully determines a
+//! run.
 
+mod adversary;
 pub mod checker;
 
 use crate::format::{Ballot, Body, ConfigInfo, MemberId, MemberSet, Message, MsgKind, Node as MemberNode, Version};
-use crate::paxos::{Action, Application, Checkpoint, CoreConfig, Dest, Input, Micros, Replica, SplitMix64, MS, SEC};
+use crate::paxos::{Action, Application, Checkpoint, CoreConfig, Dest, Input, Micros, Rejection, Replica, SplitMix64, MS, SEC};
 use bytes::{BufMut, Bytes, BytesMut};
 use checker::{Checker, Proc};
 use std::cmp::Reverse;
@@ -36,6 +38,9 @@ pub struct SimConfig {
     pub duplication: f64,
     pub max_delay: Micros,
     pub request_interval: Micros,
+    /// Forged messages with extreme field values are injected during the faults
+    /// (`adversary.rs`). The checks forged votes can break are then off.
+    pub adversary: bool,
 }
 
 impl SimConfig {
@@ -53,7 +58,14 @@ impl SimConfig {
             duplication: 0.02,
             max_delay: 20 * MS,
             request_interval: 10 * MS,
+            adversary: false,
         }
+    }
+
+    /// The same run with the adversary on or off.
+    pub fn with_adversary(mut self, on: bool) -> SimConfig {
+        self.adversary = on;
+        self
     }
 
     /// The same run with `window` decrees in flight.
@@ -65,8 +77,11 @@ impl SimConfig {
     /// The command that replays this run.
     pub fn replay_command(&self) -> String {
         format!(
-            "cargo run --profile soak -p rsl-engine --bin rsl-sim -- --seed {} --replicas {} --window {}",
-            self.seed, self.replicas, self.window
+            "cargo run --profile soak -p rsl-engine --bin rsl-sim -- --seed {} --replicas {} --window {}{}",
+            self.seed,
+            self.replicas,
+            self.window,
+            if self.adversary { " --adversary" } else { "" }
         )
     }
 }
@@ -101,7 +116,7 @@ enum Event {
     Learned {
         node: usize,
         incarnation: u32,
-        from: usize,
+        from: MemberId,
         records: Vec<Arc<Message>>,
     },
     Crash(usize),
@@ -139,6 +154,8 @@ enum Event {
         load: bool,
     },
     Heal,
+    /// The adversary sends a forged message to a random replica.
+    Inject,
 }
 
 struct Node {
@@ -184,6 +201,9 @@ pub struct Report {
     pub checkpoints_copied: usize,
     /// The highest configuration number any replica reached.
     pub configurations: u32,
+    /// Messages the adversary injected, and messages or records the replicas refused.
+    pub injected: usize,
+    pub rejected: usize,
     pub violations: Vec<String>,
 }
 
@@ -207,6 +227,8 @@ pub struct Sim {
     deferred_reconfiguration: Option<Vec<usize>>,
     actions: Vec<Action>,
     counts: [usize; 7],
+    adversary: Option<adversary::Adversary>,
+    rejected: usize,
 }
 
 impl Sim {
@@ -251,7 +273,15 @@ impl Sim {
             deferred_reconfiguration: None,
             actions: Vec::new(),
             counts: [0; 7],
+            adversary: None,
+            rejected: 0,
         };
+        if sim.cfg.adversary {
+            let ids = sim.nodes.iter().map(|n| n.id).collect();
+            let sets = (1..=sim.nodes.len()).map(|n| sim.member_set(&(0..n).collect::<Vec<_>>())).collect();
+            sim.adversary = Some(adversary::Adversary::new(sim.cfg.seed, ids, sets));
+            sim.checker.lenient = true;
+        }
         if sim.cfg.bootstrap {
             sim.schedule(300 * MS, Event::Bootstrap);
         }
@@ -320,6 +350,32 @@ impl Sim {
             }
         }
         self.schedule(until, Event::Heal);
+        self.schedule_injections();
+    }
+
+    /// The adversary's messages, spread over the fault period (drawn from its own stream).
+    fn schedule_injections(&mut self) {
+        let Some(adversary) = self.adversary.as_mut() else { return };
+        let until = self.cfg.faults_until;
+        let times: Vec<Micros> = (0..100 + adversary.below(400)).map(|_| SEC + adversary.below(until - SEC)).collect();
+        for at in times {
+            self.schedule(at, Event::Inject);
+        }
+    }
+
+    /// Forges a message for a random live replica and delivers it there.
+    fn inject(&mut self) {
+        let Some(adversary) = self.adversary.as_mut() else { return };
+        let node = adversary.below(self.nodes.len() as u64) as usize;
+        let Some(r) = self.nodes[node].replica.as_ref() else { return };
+        let target = adversary::Target {
+            version: self.core.version,
+            max_ballot: r.max_ballot(),
+            next_execute: r.next_execute(),
+            config: r.paxos_configuration().number,
+        };
+        let (from, msg) = adversary.forge(&target);
+        self.step(node, Input::Message { from, msg: Arc::new(msg) });
     }
 
     /// The member set of these nodes (addresses are nominal: the simulator routes by id).
@@ -436,6 +492,8 @@ impl Sim {
             checkpoints_loaded,
             checkpoints_copied,
             configurations,
+            injected: self.adversary.as_ref().map_or(0, |a| a.injected),
+            rejected: self.rejected,
             violations,
         }
     }
@@ -447,11 +505,15 @@ impl Sim {
             match &n.replica {
                 Some(r) => {
                     let (d, b) = r.accepted();
+                    let c = r.paxos_configuration();
+                    let members: Vec<String> = c.members.nodes.iter().map(|n| n.id.to_string()).collect();
                     out += &format!(
-                        "\n    node {i}: {:?} accepted ({d},{b}) promised {} next_execute {}",
+                        "\n    node {i}: {:?} accepted ({d},{b}) promised {} next_execute {} configuration {} {{{}}}",
                         r.role(),
                         r.max_ballot(),
-                        r.next_execute()
+                        r.next_execute(),
+                        c.number,
+                        members.join(",")
                     );
                 }
                 None => out += &format!("\n    node {i}: down"),
@@ -494,7 +556,6 @@ impl Sim {
             }
             Event::Learned { node, incarnation, from, records } => {
                 if self.nodes[node].incarnation == incarnation {
-                    let from = self.nodes[from].id;
                     self.step(node, Input::Learned { from, records });
                 }
             }
@@ -584,6 +645,7 @@ impl Sim {
                     self.schedule(until, Event::Partition { blocked: Vec::new(), until });
                 }
             }
+            Event::Inject => self.inject(),
             Event::Heal => {
                 self.blocked.clear();
                 self.loss = 0.0;
@@ -777,13 +839,23 @@ impl Sim {
                     self.schedule(at, Event::CheckpointWritten { node, incarnation, cp });
                 }
                 Action::FetchCheckpoint { from, decree, load, .. } => {
-                    let src = self.nodes.iter().position(|n| n.id == from).expect("a member");
-                    let reachable =
-                        self.nodes[src].replica.is_some() && !self.blocked.contains(&(node, src)) && !self.blocked.contains(&(src, node));
-                    let fetched = self.nodes[src].checkpoint.clone().filter(|(cp, _)| reachable && cp.decree == decree);
+                    // From a node that exists (a forged Join may name one that does not).
+                    let src = self.nodes.iter().position(|n| n.id == from);
+                    let reachable = src.filter(|&src| self.reachable(node, src));
+                    let fetched = reachable.and_then(|src| self.nodes[src].checkpoint.clone()).filter(|(cp, _)| cp.decree == decree);
                     let at = self.now + MS + self.rng.below(self.cfg.max_delay);
                     let incarnation = self.nodes[node].incarnation;
                     self.schedule(at, Event::CheckpointFetched { node, incarnation, fetched, load });
+                }
+                Action::Rejected { from, kind, reason } => {
+                    self.rejected += 1;
+                    // Honest replicas send nothing implausible. They do send to non-members here:
+                    // `Dest::All` reaches every node, spares and replicas left out included (the
+                    // runtime sends to the members only), and those answer.
+                    if !self.cfg.adversary && reason != Rejection::NotAMember {
+                        let what = format!("node {node} rejected an honest {kind:?} from {from:?}: {reason}");
+                        self.checker.violation(what);
+                    }
                 }
                 Action::ShutDown => {
                     self.counts[1] += 1;
@@ -802,8 +874,14 @@ impl Sim {
 
     /// Serves a FetchVotes from `from`'s durable log: from its newest vote for `decree` on.
     fn fetch_votes(&mut self, node: usize, from: MemberId, decree: u64) {
-        let src = self.nodes.iter().position(|n| n.id == from).expect("a member");
-        let reachable = self.nodes[src].replica.is_some() && !self.blocked.contains(&(node, src)) && !self.blocked.contains(&(src, node));
+        let at = self.now + self.rng.below(self.cfg.max_delay) + MS;
+        let incarnation = self.nodes[node].incarnation;
+        // A forged Join may name a node that does not exist: nothing comes back.
+        let Some(src) = self.nodes.iter().position(|n| n.id == from) else {
+            let records = Vec::new();
+            return self.schedule(at, Event::Learned { node, incarnation, from, records });
+        };
+        let reachable = self.reachable(node, src);
         let log = &self.nodes[src].durable;
         // A pipelined log is not in decree order: serve from the first vote at or after the
         // decree. Before version 7, from the newest vote for it.
@@ -816,9 +894,12 @@ impl Sim {
             (true, Some(start)) => log[start..].to_vec(),
             _ => Vec::new(),
         };
-        let at = self.now + self.rng.below(self.cfg.max_delay) + MS;
-        let incarnation = self.nodes[node].incarnation;
-        self.schedule(at, Event::Learned { node, incarnation, from: src, records });
+        self.schedule(at, Event::Learned { node, incarnation, from, records });
+    }
+
+    /// Both ways open, and the source up.
+    fn reachable(&self, node: usize, src: usize) -> bool {
+        self.nodes[src].replica.is_some() && !self.blocked.contains(&(node, src)) && !self.blocked.contains(&(src, node))
     }
 
     /// What an acknowledgement promises must already be on the sender's disk: the vote a
@@ -827,13 +908,14 @@ impl Sim {
         let n = &self.nodes[from];
         let logged = |d: u64, b: Ballot| {
             b.is_empty()
-                || n.durable.iter().any(|r| r.kind() == MsgKind::Vote && (r.header.decree, r.header.ballot) == (d, b))
+                || n.durable.iter().rev().any(|r| r.kind() == MsgKind::Vote && (r.header.decree, r.header.ballot) == (d, b))
                 || n.checkpoint
                     .as_ref()
                     .is_some_and(|(cp, _)| (cp.next_vote.header.decree, cp.next_vote.header.ballot) == (d, b) || cp.decree >= d)
         };
-        let promised =
-            |b: Ballot| n.durable.iter().any(|r| r.header.ballot >= b) || n.checkpoint.as_ref().is_some_and(|(cp, _)| cp.max_ballot >= b);
+        let promised = |b: Ballot| {
+            n.durable.iter().rev().any(|r| r.header.ballot >= b) || n.checkpoint.as_ref().is_some_and(|(cp, _)| cp.max_ballot >= b)
+        };
         let (d, b) = (msg.header.decree, msg.header.ballot);
         let missing = match &msg.body {
             Body::VoteAccepted => !logged(d, b),

@@ -14,7 +14,7 @@ use crate::paxos::{AcceptAll, SEC};
 
 const IDS: [&str; 3] = ["1", "2", "3"];
 
-fn id(i: usize) -> MemberId {
+pub(super) fn id(i: usize) -> MemberId {
     super::tests::id(IDS[i])
 }
 
@@ -31,19 +31,19 @@ fn value(vote: &Message) -> Value {
     (body.requests.clone(), body.reconfig.as_ref().map(|m| m.nodes.iter().map(|n| n.id).collect()))
 }
 
-struct Proc {
+pub(super) struct Proc {
     replica: Option<Replica>,
     /// Every record this node ever persisted, in order: its durable log.
-    log: Vec<Arc<Message>>,
+    pub(super) log: Vec<Arc<Message>>,
     /// What the current process life executed, in order.
-    executed: Vec<Arc<Message>>,
+    pub(super) executed: Vec<Arc<Message>>,
     life: u64,
 }
 
-struct Ring {
-    now: Micros,
+pub(super) struct Ring {
+    pub(super) now: Micros,
     cfg: CoreConfig,
-    procs: Vec<Proc>,
+    pub(super) procs: Vec<Proc>,
     /// Messages in flight, oldest first: (from, to, message).
     net: VecDeque<(usize, usize, Arc<Message>)>,
     /// Answers to FetchVotes, in order: (learner, source, records).
@@ -59,11 +59,11 @@ struct Ring {
 impl Ring {
     /// Three replicas of configuration 1 (from decree 0) at protocol version 7, window 16,
     /// started and settled as secondaries.
-    fn new() -> Ring {
+    pub(super) fn new() -> Ring {
         Ring::with(CoreConfig { version: Version::V7, window: 16, ..CoreConfig::default() })
     }
 
-    fn with(cfg: CoreConfig) -> Ring {
+    pub(super) fn with(cfg: CoreConfig) -> Ring {
         let procs = (0..3).map(|_| Proc { replica: None, log: Vec::new(), executed: Vec::new(), life: 0 }).collect();
         let mut ring = Ring {
             now: SEC,
@@ -82,16 +82,16 @@ impl Ring {
         ring
     }
 
-    fn r(&self, i: usize) -> &Replica {
+    pub(super) fn r(&self, i: usize) -> &Replica {
         self.procs[i].replica.as_ref().expect("node is up")
     }
 
-    fn r_mut(&mut self, i: usize) -> &mut Replica {
+    pub(super) fn r_mut(&mut self, i: usize) -> &mut Replica {
         self.procs[i].replica.as_mut().expect("node is up")
     }
 
     /// Starts node `i` from its durable log (no checkpoint: everything replays from decree 0).
-    fn boot(&mut self, i: usize) {
+    pub(super) fn boot(&mut self, i: usize) {
         let config = ring_config();
         let p = &mut self.procs[i];
         p.life += 1;
@@ -107,35 +107,35 @@ impl Ring {
     }
 
     /// The process on node `i` dies; its durable log stays.
-    fn crash(&mut self, i: usize) {
+    pub(super) fn crash(&mut self, i: usize) {
         self.procs[i].replica = None;
     }
 
-    fn restart(&mut self, i: usize) {
+    pub(super) fn restart(&mut self, i: usize) {
         self.crash(i);
         self.boot(i);
     }
 
-    fn cut(&mut self, from: usize, to: usize, kind: Option<MsgKind>) {
+    pub(super) fn cut(&mut self, from: usize, to: usize, kind: Option<MsgKind>) {
         self.cut.insert((from, to, kind));
     }
 
-    fn isolate(&mut self, i: usize) {
+    pub(super) fn isolate(&mut self, i: usize) {
         for j in (0..3).filter(|&j| j != i) {
             self.cut(i, j, None);
             self.cut(j, i, None);
         }
     }
 
-    fn heal(&mut self) {
+    pub(super) fn heal(&mut self) {
         self.cut.clear();
     }
 
-    fn dropped(&self, from: usize, to: usize, msg: &Message) -> bool {
+    pub(super) fn dropped(&self, from: usize, to: usize, msg: &Message) -> bool {
         self.procs[to].replica.is_none() || self.cut.contains(&(from, to, None)) || self.cut.contains(&(from, to, Some(msg.kind())))
     }
 
-    fn step(&mut self, i: usize, input: Input) {
+    pub(super) fn step(&mut self, i: usize, input: Input) {
         if self.procs[i].replica.is_none() {
             return;
         }
@@ -147,7 +147,7 @@ impl Ring {
 
     /// Carries out a replica's actions. Persists are durable at once; sends go on the network
     /// in order (the gated ones after their persist, which is already durable).
-    fn apply(&mut self, i: usize, out: Vec<Action>) {
+    pub(super) fn apply(&mut self, i: usize, out: Vec<Action>) {
         let mut durable = None;
         for action in out {
             match action {
@@ -193,7 +193,7 @@ impl Ring {
     }
 
     /// Agreement across every node and process life, and contiguous execution per life.
-    fn executed(&mut self, i: usize, vote: Arc<Message>) {
+    pub(super) fn executed(&mut self, i: usize, vote: Arc<Message>) {
         let d = vote.header.decree;
         let p = &mut self.procs[i];
         if let Some(prev) = p.executed.last() {
@@ -206,7 +206,7 @@ impl Ring {
     }
 
     /// Delivers messages and learned records until nothing is in flight.
-    fn run(&mut self) {
+    pub(super) fn run(&mut self) {
         for _ in 0..100_000 {
             if let Some((from, to, msg)) = self.net.pop_front() {
                 if !self.dropped(from, to, &msg) {
@@ -222,7 +222,7 @@ impl Ring {
     }
 
     /// Moves the clock forward by `dt`, ticking each replica when it asks to be.
-    fn advance(&mut self, dt: Micros) {
+    pub(super) fn advance(&mut self, dt: Micros) {
         let end = self.now + dt;
         loop {
             let next = (0..3).filter_map(|i| self.procs[i].replica.as_ref().map(|r| (r.next_wakeup(), i))).min();
@@ -239,7 +239,7 @@ impl Ring {
     }
 
     /// Makes node `i` stand for election now, and runs the election.
-    fn promote(&mut self, i: usize) {
+    pub(super) fn promote(&mut self, i: usize) {
         for _ in 0..5 {
             self.step(i, Input::AttemptPromotion);
             self.step(i, Input::Tick);
@@ -253,14 +253,14 @@ impl Ring {
         panic!("node {i} could not be elected: {:?}", self.r(i).role());
     }
 
-    fn submit(&mut self, i: usize, request: &'static [u8]) {
+    pub(super) fn submit(&mut self, i: usize, request: &'static [u8]) {
         let mut out = Vec::new();
         let now = self.now;
         self.r_mut(i).submit(now, Bytes::from_static(request), 0, true, &mut out).expect("the primary takes requests");
         self.apply(i, out);
     }
 
-    fn change_configuration(&mut self, i: usize) {
+    pub(super) fn change_configuration(&mut self, i: usize) {
         let mut out = Vec::new();
         let now = self.now;
         self.r_mut(i).change_configuration(now, ring_config().members, 0, &mut out).expect("the primary reconfigures");
@@ -268,12 +268,12 @@ impl Ring {
     }
 
     /// The votes node `i` sent since `mark` (an index into `sent`).
-    fn votes_sent(&self, i: usize, mark: usize) -> Vec<Arc<Message>> {
+    pub(super) fn votes_sent(&self, i: usize, mark: usize) -> Vec<Arc<Message>> {
         self.sent[mark..].iter().filter(|(s, m)| *s == i && m.kind() == MsgKind::Vote).map(|(_, m)| m.clone()).collect()
     }
 
     /// The (decree, ballot) of every vote node `i` reported in a PrepareAccepted since `mark`.
-    fn reported(&self, i: usize, mark: usize) -> Vec<(u64, Ballot)> {
+    pub(super) fn reported(&self, i: usize, mark: usize) -> Vec<(u64, Ballot)> {
         let votes = self.sent[mark..].iter().filter(|(s, _)| *s == i).filter_map(|(_, m)| match &m.body {
             Body::PrepareAccepted(v) if !v.header.ballot.is_empty() => Some(decree_ballot(v)),
             _ => None,
@@ -282,13 +282,13 @@ impl Ring {
     }
 
     /// Every node's executed sequence, as (decree, value).
-    fn history(&self, i: usize) -> Vec<(u64, Value)> {
+    pub(super) fn history(&self, i: usize) -> Vec<(u64, Value)> {
         self.procs[i].executed.iter().map(|v| (v.header.decree, value(v))).collect()
     }
 
     /// Elects `primary`, gets a request through, and lets heartbeats carry every node to the
     /// same executed sequence.
-    fn converge(&mut self, primary: usize, request: &'static [u8]) {
+    pub(super) fn converge(&mut self, primary: usize, request: &'static [u8]) {
         self.promote(primary);
         self.submit(primary, request);
         self.run();
@@ -304,7 +304,7 @@ impl Ring {
         }
     }
 
-    fn executed_anywhere(&self, request: &[u8]) -> bool {
+    pub(super) fn executed_anywhere(&self, request: &[u8]) -> bool {
         self.decided.values().any(|(reqs, _)| reqs.iter().any(|r| r == request))
     }
 }

@@ -16,8 +16,7 @@ impl Replica {
         if !self.version.has_config() {
             return Err(SubmitError::Unsupported);
         }
-        let ids: BTreeSet<MemberId> = members.nodes.iter().map(|n| n.id).collect();
-        if ids.is_empty() || ids.len() != members.nodes.len() || ids.contains(&MemberId::EMPTY) {
+        if !validate::valid_member_set(&members) {
             return Err(SubmitError::InvalidRequest);
         }
         if self.shutting_down {
@@ -281,11 +280,18 @@ impl Replica {
         self.propose(now, body, Vec::new(), None, out);
     }
 
-    pub(super) fn start_preparing(&mut self, now: Micros, out: &mut Vec<Action>) {
-        let mut ballot = Ballot::new(self.max_ballot.id.saturating_add(1), self.me);
+    /// The ballot to stand with (erratum D5: one above our promise, or above the highest seen if
+    /// that is higher); `None` if it would pass `MAX_BALLOT_ID`, which peers refuse.
+    pub(super) fn next_ballot(&self) -> Option<Ballot> {
+        let mut ballot = Ballot::new(self.max_ballot.id.checked_add(1)?, self.me);
         if ballot < self.max_seen_ballot {
-            ballot.id = self.max_seen_ballot.id.saturating_add(1);
+            ballot.id = self.max_seen_ballot.id.checked_add(1)?;
         }
+        (ballot.id <= validate::MAX_BALLOT_ID).then_some(ballot)
+    }
+
+    pub(super) fn start_preparing(&mut self, now: Micros, out: &mut Vec<Action>) {
+        let ballot = self.next_ballot().expect("the caller stands only with a ballot to stand with");
         assert!(ballot > self.max_ballot, "a new ballot exceeds every promise");
         // Before version 7 a Prepare names our highest accepted decree; from 7 on, the first
         // decree we have not executed: everything from there is re-decided.

@@ -4,10 +4,15 @@
 use super::*;
 
 impl Replica {
-    /// Sets the highest defunct configuration number read from `defunct.txt` at start-up.
+    /// Sets the highest defunct configuration number read from `defunct.txt` at start-up. One
+    /// at or above `CONFIGURATION_LIMIT` is ignored, and reported by `start`.
     pub fn restore_defunct(&mut self, highest: u32) {
         assert_eq!(self.persist_seq, 0, "restore comes before start");
-        self.highest_defunct = highest;
+        if highest < crate::format::CONFIGURATION_LIMIT {
+            self.highest_defunct = highest;
+        } else {
+            self.skipped.push((MsgKind::DefunctConfiguration, Rejection::Configuration));
+        }
     }
 
     /// The configuration the state is in (`GetConfiguration`).
@@ -38,8 +43,7 @@ impl Replica {
     }
 
     pub(super) fn accept_bootstrap(&mut self, members: MemberSet) -> Result<(), BootstrapError> {
-        let ids: BTreeSet<MemberId> = members.nodes.iter().map(|n| n.id).collect();
-        if !self.version.has_string_ids() || ids.is_empty() || ids.len() != members.nodes.len() {
+        if !self.version.has_string_ids() || !validate::valid_member_set(&members) {
             return Err(BootstrapError::InvalidParameter);
         }
         if self.is_bootstrapped() {
@@ -55,7 +59,7 @@ impl Replica {
                 })
         };
         let known = if self.paxos_config.number > 0 { Some(&self.paxos_config.members) } else { self.bootstrap.as_ref() };
-        if !ids.contains(&self.me) || known.is_some_and(|k| !same(k)) {
+        if !members.nodes.iter().any(|n| n.id == self.me) || known.is_some_and(|k| !same(k)) {
             return Err(BootstrapError::Failed);
         }
         self.bootstrap = Some(members);
@@ -144,9 +148,11 @@ impl Replica {
             return false;
         };
         let vote = vote.clone();
-        let members = vote.as_vote().and_then(|v| v.reconfig.clone());
-        let members =
-            members.unwrap_or_else(|| panic!("decree {d} decided a reconfiguration, yet ({d},{}) holds another value", vote.header.ballot));
+        let Some(members) = vote.as_vote().and_then(|v| v.reconfig.clone()) else {
+            // By Paxos the vote there carries the decided value: this decision is forged.
+            self.reject(decision.header.sender, MsgKind::ReconfigurationDecision, Rejection::Inconsistent, out);
+            return false;
+        };
         if self.role == Role::Primary {
             self.step_down(out);
         }
@@ -167,6 +173,7 @@ impl Replica {
         self.accepted = placeholder(self.version, config.initial_decree, config.number);
         self.max_ballot = Ballot::new(self.max_ballot.id.saturating_add(1), MemberId::EMPTY);
         self.max_seen_ballot = Ballot::EMPTY;
+        self.jumps.clear();
         self.next_propose = config.initial_decree;
         let config_first = config.initial_decree;
         // What is held beyond the decision is the old configuration's, which ended at it (none
@@ -193,38 +200,47 @@ impl Replica {
 
     /// `VerifyMessage` (api-behavior §2.17.5 with erratum D7): a message of a defunct
     /// configuration is answered with DefunctConfiguration, one of a newer configuration with
-    /// a JoinRequest, and anything else must come from another member of ours.
-    pub(super) fn admit(&mut self, from: &MemberId, msg: &Message, out: &mut Vec<Action>) -> bool {
+    /// a JoinRequest, one of an older configuration or to an inactive replica is dropped, and
+    /// anything else must come from a member of ours (an error to report).
+    pub(super) fn admit(&mut self, from: &MemberId, msg: &Message, out: &mut Vec<Action>) -> Result<bool, Rejection> {
         let config = msg.header.config;
         if config <= self.highest_defunct {
             let defunct =
                 Message::new(Header::new(self.version, self.me, 0, self.highest_defunct, Ballot::EMPTY), Body::DefunctConfiguration);
             self.send(Dest::One(*from), defunct, 0, out);
-            return false;
+            return Ok(false);
         }
         if matches!(msg.kind(), MsgKind::Join | MsgKind::JoinRequest) {
-            return true;
+            return Ok(true);
         }
         if config > self.paxos_config.number {
             let request = Message::new(Header::new(self.version, self.me, 0, config, Ballot::EMPTY), Body::JoinRequest);
             self.send(Dest::One(*from), request, 0, out);
-            return false;
+            return Ok(false);
         }
         if config < self.paxos_config.number || self.role == Role::Inactive {
-            return false;
+            return Ok(false);
         }
-        if *from == self.me || msg.header.sender != *from || !self.members.contains(from) {
-            return false;
+        if !self.members.contains(from) {
+            return Err(Rejection::NotAMember);
         }
         self.max_seen_ballot = self.max_seen_ballot.max(msg.header.ballot);
-        true
+        Ok(true)
     }
 
+    /// A message from a peer: checked field by field and for who may send it
+    /// (`check_fields`, `check_sender`, `admit`), then handled.
     pub(super) fn on_message(&mut self, now: Micros, from: MemberId, msg: Arc<Message>, app: &mut dyn Application, out: &mut Vec<Action>) {
+        if let Err(reason) = self.check_fields(&msg).and_then(|()| self.check_sender(&from, &msg)) {
+            if reason == Rejection::Ballot {
+                self.note_jump(from, &msg);
+            }
+            return self.reject(from, msg.kind(), reason, out);
+        }
         // Unlike the original, a relinquishing primary still answers status queries: a member
         // that is initializing needs them to follow, and so to accept the relinquish vote.
         let ignored_while_relinquishing = matches!(msg.kind(), MsgKind::Vote | MsgKind::Prepare);
-        if from == self.me || (self.relinquishing && ignored_while_relinquishing) {
+        if self.relinquishing && ignored_while_relinquishing {
             return;
         }
         // These bypass the configuration checks.
@@ -239,8 +255,10 @@ impl Replica {
             Body::StatusQuery => return self.on_status_query(now, from, &msg, out),
             _ => {}
         }
-        if !self.admit(&from, &msg, out) {
-            return;
+        match self.admit(&from, &msg, out) {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(reason) => return self.reject(from, msg.kind(), reason, out),
         }
         match msg.kind() {
             MsgKind::Vote if self.role == Role::Initializing => self.cache_vote(from, msg),
@@ -252,7 +270,7 @@ impl Replica {
             MsgKind::StatusResponse => self.on_status_response(now, from, msg, app, out),
             MsgKind::ReconfigurationDecision if self.pipelined() => {
                 // Everything before the reconfiguration was chosen before it was.
-                self.apply_watermark(msg.header.ballot, msg.header.decree, out);
+                self.execute_below(msg.header.ballot, msg.header.decree, out);
                 if !self.log_decision(now, msg, true, None, out) && self.learning.is_none() && self.loading.is_none() {
                     // We miss the vote or decrees before it: the sender's log has them.
                     if self.role == Role::Primary {
@@ -272,12 +290,25 @@ impl Replica {
 
     /// `UpdateDefunctInfo`: a replica still active in a configuration now defunct looks for
     /// the newer one instead.
+    ///
+    /// Unlike the original, the number recorded is at most two below our configuration's: what
+    /// we know without being told (ours exists, so the one before it was established and the
+    /// one before that is defunct). Only a vote of our configuration, logged here, proves ours
+    /// established (`log_and_accept`). On a peer's word, which a forged message can give, this
+    /// replica would stop announcing its configuration with Join (a replica it left out may be
+    /// the only one left that knows of it), or with a higher number answer every configuration
+    /// up to it with DefunctConfiguration, persistently, and never join one of them. The price:
+    /// a replica left out keeps sending Join, each answered with DefunctConfiguration.
     pub(super) fn on_defunct(&mut self, now: Micros, defunct: u32, app: &mut dyn Application, out: &mut Vec<Action>) {
         if defunct <= self.highest_defunct {
             return;
         }
         if self.paxos_config.number <= defunct && self.role != Role::Inactive {
             return self.start_initializing(now, app, out);
+        }
+        let defunct = defunct.min(self.paxos_config.number.saturating_sub(2));
+        if defunct <= self.highest_defunct {
+            return;
         }
         self.highest_defunct = defunct;
         out.push(Action::Defunct(defunct));
@@ -297,6 +328,12 @@ impl Replica {
     }
 
     /// `HandleJoinMsg`: a member of a newer configuration announces it; catch up from it.
+    ///
+    /// Unlike the original, a primary ignores a Join from outside its configuration, which
+    /// nothing can verify (issue 9 finding 5: it would make the primary step down). A primary
+    /// needs none: the members of its configuration that decided a newer one send Joins too,
+    /// until a vote of it is logged, and from then on answer its votes with
+    /// DefunctConfiguration.
     pub(super) fn on_join(&mut self, now: Micros, from: MemberId, msg: &Message, out: &mut Vec<Action>) {
         let Body::Join(join) = &msg.body else { return };
         if msg.header.config <= self.paxos_config.number {
@@ -307,7 +344,8 @@ impl Replica {
             }
             return;
         }
-        if self.learning.is_some() || self.loading.is_some() {
+        let outsider = self.role == Role::Primary && !self.members.contains(&from);
+        if self.learning.is_some() || self.loading.is_some() || outsider {
             return;
         }
         if self.role == Role::Primary {

@@ -8,7 +8,8 @@
 //! counts itself only once `Durable` says the write is done.
 
 use super::{
-    AbortReason, Action, Application, BootstrapError, Checkpoint, Cookie, CoreConfig, Dest, Input, Micros, SplitMix64, SubmitError,
+    AbortReason, Action, Application, BootstrapError, Checkpoint, Cookie, CoreConfig, Dest, Input, Micros, Rejection, SplitMix64,
+    SubmitError,
 };
 use crate::format::message::{JoinBody, StatusBody};
 use crate::format::{Ballot, Body, ConfigInfo, Header, MemberId, MemberSet, Message, MsgKind, Version, VoteBody};
@@ -19,11 +20,14 @@ use std::sync::Arc;
 mod acceptor;
 #[cfg(test)]
 mod directed;
+#[cfg(test)]
+mod hostile;
 mod leader;
 mod membership;
 mod pipeline;
 mod recovery;
 mod stop;
+mod validate;
 
 /// RSL's replica states.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,6 +132,9 @@ pub struct Replica {
     max_ballot_seq: u64,
     /// The highest ballot seen in any admitted message.
     max_seen_ballot: Ballot,
+    /// Ballots refused as jumps (`MAX_BALLOT_JUMP`), the highest per member of our
+    /// configuration (`note_jump`).
+    jumps: BTreeMap<MemberId, Ballot>,
     /// The highest accepted vote (a placeholder with an empty ballot before any), its persist
     /// and when it arrived.
     accepted: Arc<Message>,
@@ -186,6 +193,8 @@ pub struct Replica {
     copy_query_at: Micros,
     /// Fetching a peer's checkpoint to catch up.
     loading: Option<MemberId>,
+    /// What restoring and replaying refused (kind of record, why), reported by `start`.
+    skipped: Vec<(MsgKind, Rejection)>,
 }
 
 /// The empty accepted vote a configuration starts with.
@@ -244,6 +253,7 @@ impl Replica {
             max_ballot: Ballot::EMPTY,
             max_ballot_seq: 0,
             max_seen_ballot: Ballot::EMPTY,
+            jumps: BTreeMap::new(),
             accepted: placeholder,
             accepted_seq: 0,
             accepted_at: 0,
@@ -282,6 +292,7 @@ impl Replica {
             copying: false,
             copy_query_at: Micros::MAX,
             loading: None,
+            skipped: Vec::new(),
         };
         replica.set_paxos_config(config);
         replica
@@ -339,10 +350,11 @@ impl Replica {
         self.version.is_pipelined()
     }
 
-    /// How many votes the primary keeps in flight.
+    /// How many votes the primary keeps in flight: acceptors take votes at most `MAX_AHEAD`
+    /// beyond their execution, so a wider window would only make them learn instead.
     fn window(&self) -> usize {
         if self.pipelined() {
-            self.cfg.window.max(1)
+            self.cfg.window.clamp(1, pipeline::MAX_AHEAD as usize)
         } else {
             1
         }
@@ -357,6 +369,9 @@ impl Replica {
     /// Starts the protocol: a status round to find the ring.
     pub fn start(&mut self, now: Micros, app: &mut dyn Application, out: &mut Vec<Action>) {
         assert_eq!(self.persist_seq, 0, "start once");
+        for (kind, reason) in std::mem::take(&mut self.skipped) {
+            self.reject(MemberId::EMPTY, kind, reason, out);
+        }
         self.accepted_at = now;
         self.start_initializing(now, app, out);
     }
@@ -580,8 +595,9 @@ impl Replica {
     fn move_to_secondary_or_prepare(&mut self, now: Micros, app: &mut dyn Application, out: &mut Vec<Action>) {
         debug_assert_eq!(self.role, Role::Initializing);
         let stand = now >= self.next_election || self.max_ballot.member == self.me || self.force_reelection;
-        if stand && self.shutting_down {
-            // It leaves the primary role to the others, as a veto would (and waits as long).
+        // With no ballot left that peers take (`MAX_BALLOT_ID`), or shutting down, it leaves the
+        // primary role to the others, as a veto would (and waits as long).
+        if stand && (self.shutting_down || self.next_ballot().is_none()) {
             self.next_election = now.saturating_add(self.cfg.heartbeat_interval);
         } else if stand {
             // A log-roll checkpoint not yet started gives way to the election; one being

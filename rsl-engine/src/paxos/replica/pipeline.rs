@@ -6,7 +6,14 @@
 use super::*;
 
 /// How far ahead of its execution an acceptor takes votes; beyond, it learns instead.
-const MAX_AHEAD: u64 = 4096;
+pub(super) const MAX_AHEAD: u64 = 4096;
+
+/// How far beyond a Prepare's decree an answer may report a vote. An acceptor answers only a
+/// Prepare at or above the point its log vouches for, and holds votes at most `MAX_AHEAD`
+/// beyond its execution, which that point trails by no more than the votes in flight: an
+/// answer reporting further is not counted (the new primary would re-propose that whole range
+/// at once).
+const MAX_REPORTED_AHEAD: u64 = MAX_AHEAD;
 
 impl Replica {
     /// Logs `vote` (unless it is already the one pending at its decree) and keeps it until it
@@ -71,22 +78,34 @@ impl Replica {
 
     /// Executes every decree below `watermark` that a vote of `ballot`'s primary vouches for:
     /// one we hold at that ballot or a higher one (a proposal above the ballot that chose a
-    /// value carries that value). Returns whether execution got all the way.
+    /// value carries that value), and vouches for them: the vote is in our log. Returns whether
+    /// execution got all the way.
     pub(super) fn apply_watermark(&mut self, ballot: Ballot, watermark: u64, out: &mut Vec<Action>) -> bool {
+        let reached = self.execute_below(ballot, watermark, out);
+        self.advance_vouched(ballot, watermark);
+        reached
+    }
+
+    /// `apply_watermark` without vouching, for a decision before it is logged: only once it is
+    /// (which switches the configuration) does our log prove the decrees below it. (Vouching
+    /// on an unlogged decision, a forged one, let a replica's Prepares skip decrees its log
+    /// could not prove to those that missed them: they could never learn them.)
+    pub(super) fn execute_below(&mut self, ballot: Ballot, watermark: u64, out: &mut Vec<Action>) -> bool {
         while self.next_execute < watermark {
             let decree = self.next_execute;
-            match self.pending.get(&decree) {
-                Some((v, _)) if v.header.ballot >= ballot => {
-                    let (vote, _) = self.pending.remove(&decree).expect("just seen");
-                    // A watermark past a reconfiguration would mean the old configuration
-                    // went on beyond it; the decision alone executes it.
-                    assert!(vote.as_vote().is_none_or(|v| v.reconfig.is_none()), "a watermark passed reconfiguration decree {decree}");
-                    self.execute(vote, Vec::new(), None, out);
-                }
-                _ => break,
+            let held = self.pending.get(&decree).filter(|(v, _)| v.header.ballot >= ballot).map(|(v, _)| v.clone());
+            let Some(vote) = held else { break };
+            if vote.as_vote().is_some_and(|v| v.reconfig.is_some()) {
+                // A watermark past a reconfiguration would mean the old configuration went on
+                // beyond it, which no honest primary's does (the decision alone executes it): the
+                // vote we hold there was forged. Drop it and learn the decree.
+                self.pending.remove(&decree);
+                self.reject(vote.header.sender, MsgKind::Vote, Rejection::Inconsistent, out);
+                break;
             }
+            self.pending.remove(&decree);
+            self.execute(vote, Vec::new(), None, out);
         }
-        self.advance_vouched(ballot, watermark);
         self.maybe_save(out);
         self.next_execute >= watermark
     }
@@ -176,6 +195,9 @@ impl Replica {
         let (vd, vb) = decree_ballot(vote);
         if decree_ballot(msg) != (p, b) || b != self.max_ballot || vd < p || vb > b {
             return; // not an answer to our Prepare, or an invalid one
+        }
+        if vd >= p + MAX_REPORTED_AHEAD {
+            return self.reject(from, MsgKind::PrepareAccepted, Rejection::Inconsistent, out);
         }
         let (expected, got) = c.answers.entry(from).or_insert_with(|| (msg.header.payload, BTreeSet::new()));
         if !vb.is_empty() {
@@ -267,7 +289,7 @@ impl Replica {
                     self.apply_watermark(b, rec.header.payload, out);
                 }
                 MsgKind::ReconfigurationDecision => {
-                    self.apply_watermark(b, d, out);
+                    self.execute_below(b, d, out);
                     self.log_decision(now, rec, true, None, out);
                 }
                 _ => {}
@@ -281,10 +303,10 @@ impl Replica {
 
     /// Replays one durable record of a pipelined log. Records of another configuration (a
     /// checkpoint's carried-over tail) are not this configuration's votes.
-    pub(super) fn replay_pipelined(&mut self, record: &Arc<Message>, out: &mut Vec<Action>) {
+    pub(super) fn replay_pipelined(&mut self, record: &Arc<Message>, out: &mut Vec<Action>) -> Result<(), ReplayError> {
         let (d, b) = decree_ballot(record);
         if record.header.config != self.paxos_config.number {
-            return;
+            return Ok(());
         }
         self.max_ballot = self.max_ballot.max(b);
         match record.kind() {
@@ -303,16 +325,23 @@ impl Replica {
             }
             MsgKind::ReconfigurationDecision => {
                 // We logged it only once every decree below it had executed, and a vote of ours
-                // holds each executed value at its highest logged ballot.
+                // holds each executed value at its highest logged ballot. A log that does not
+                // is not ours to trust.
+                let out_of_sequence = ReplayError { kind: record.kind(), decree: d, after_decree: self.next_execute };
                 self.apply_watermark(b, d, out);
                 while self.next_execute < d {
-                    let (vote, _) = self.pending.remove(&self.next_execute).expect("our log holds what we executed");
+                    let Some((vote, _)) = self.pending.remove(&self.next_execute) else { return Err(out_of_sequence) };
+                    if vote.as_vote().is_some_and(|v| v.reconfig.is_some()) {
+                        return Err(out_of_sequence);
+                    }
                     self.execute(vote, Vec::new(), None, out);
                 }
-                let switched = self.log_decision(0, record.clone(), false, None, out);
-                assert!(switched, "our own decision at decree {d} replays");
+                if !self.log_decision(0, record.clone(), false, None, out) {
+                    return Err(out_of_sequence);
+                }
             }
             _ => {}
         }
+        Ok(())
     }
 }

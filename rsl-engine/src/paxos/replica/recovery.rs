@@ -6,9 +6,11 @@ use super::*;
 impl Replica {
     /// Starts from a checkpoint (before replaying the logs after it): the application's state
     /// is that of `cp.decree`, and `cp.next_vote` is the highest accepted vote.
+    /// A field refused by `sanitize_checkpoint` is dropped and reported by `start`.
     pub fn restore_checkpoint(&mut self, cp: &Checkpoint, size: u64) {
         assert_eq!(self.persist_seq, 0, "restore comes before start");
-        assert_eq!(cp.next_vote.kind(), MsgKind::Vote, "a checkpoint's next vote is a vote");
+        assert!(cp.decree < crate::format::DECREE_LIMIT, "the checkpoint reader refuses such a decree");
+        let cp = &self.sanitize_checkpoint(cp);
         self.next_execute = cp.decree + 1;
         self.set_paxos_config(cp.config.clone());
         self.state_config = cp.config.clone();
@@ -48,14 +50,28 @@ impl Replica {
     /// follows its predecessor at the same ballot executes that predecessor. The last vote is
     /// never executed: it is not known to be chosen. Records older than the accepted vote (a
     /// checkpoint's) are skipped.
+    ///
+    /// A record with a ballot no proposer may use (id `u32::MAX`: an older build adopted it
+    /// from a forged Prepare, issue 9 finding 1) is skipped and reported by `start`. Skipping
+    /// that promise is safe: a promise only matters against proposals at lower ballots from
+    /// candidates that must not succeed, and no candidate following these rules ever holds that
+    /// ballot (`MAX_BALLOT_ID`), so no vote or prepare of a real one was refused because of it,
+    /// nor will be. Keeping it would keep the replica from ever standing again.
     pub fn replay(&mut self, record: &Arc<Message>, out: &mut Vec<Action>) -> Result<(), ReplayError> {
         assert_eq!(self.persist_seq, 0, "replay comes before start");
-        if self.pipelined() {
-            self.replay_pipelined(record, out);
-            return Ok(());
-        }
         let (d, b) = decree_ballot(record);
         let (ad, ab) = self.accepted();
+        match self.check_record(record, validate::MAX_BALLOT_ID) {
+            Ok(()) => {}
+            Err(Rejection::Ballot) => {
+                self.skipped.push((record.kind(), Rejection::Ballot));
+                return Ok(());
+            }
+            Err(_) => return Err(ReplayError { kind: record.kind(), decree: d, after_decree: ad }),
+        }
+        if self.pipelined() {
+            return self.replay_pipelined(record, out);
+        }
         match record.kind() {
             MsgKind::Prepare => self.max_ballot = self.max_ballot.max(b),
             // A vote for the next decree follows at the same ballot, or at another one where
@@ -128,10 +144,15 @@ impl Replica {
         app: &mut dyn Application,
         out: &mut Vec<Action>,
     ) {
-        let was_loading = self.loading.take().is_some();
-        if fetched.is_none() && !was_loading {
+        let was_loading = self.loading.take();
+        if fetched.is_none() && was_loading.is_none() {
             self.copying = false; // a primary's copy failed; the next status round retries
             return;
+        }
+        let from = was_loading.unwrap_or(MemberId::EMPTY);
+        if let Some(reason) = fetched.as_ref().and_then(|(cp, _)| self.check_checkpoint(cp).err()) {
+            self.reject(from, MsgKind::FetchCheckpoint, reason, out);
+            return self.start_initializing(now, app, out);
         }
         if let Some((cp, size)) = fetched.filter(|(cp, _)| cp.decree >= self.next_execute) {
             if self.role == Role::Primary {
@@ -210,40 +231,15 @@ impl Replica {
         if self.statuses.len() + 1 < self.quorum() {
             return;
         }
-        let min_needed = self.cache.front().map(|(_, v)| v.header.decree).filter(|&d| d > ad).unwrap_or(u64::MAX);
-        let logged_higher = |than: (u64, Ballot)| -> Vec<MemberId> {
-            self.statuses
-                .iter()
-                .filter(|(_, m)| {
-                    matches!(&m.body, Body::StatusResponse(s) if s.min_decree_in_log <= ad) && is_higher(decree_ballot(m), than)
-                })
-                .map(|(id, _)| *id)
-                .collect()
-        };
-        let mut candidates = logged_higher((min_needed - 1, ab));
-        if candidates.is_empty() {
-            candidates = logged_higher((ad, ab));
-        }
+        let candidates = self.learn_candidates(ad, ab);
         if !candidates.is_empty() {
             let pick = candidates[self.rng.below(candidates.len() as u64) as usize];
             return self.learn(pick, out);
         }
-        if self.statuses.values().any(|m| is_higher(decree_ballot(m), (ad, ab))) {
+        if self.statuses.values().any(|m| self.is_ahead(decree_ballot(m), (ad, ab))) {
             // Someone is ahead but nobody still logs our decree: load a checkpoint that covers
             // it, or wait for more answers.
-            let with_checkpoint: Vec<(MemberId, u64, u64)> = self
-                .statuses
-                .iter()
-                .filter_map(|(id, m)| match &m.body {
-                    Body::StatusResponse(s) if s.checkpointed_decree >= ad => Some((*id, s.checkpointed_decree, s.checkpoint_size)),
-                    _ => None,
-                })
-                .collect();
-            if !with_checkpoint.is_empty() {
-                let (from, decree, size) = with_checkpoint[self.rng.below(with_checkpoint.len() as u64) as usize];
-                self.loading = Some(from);
-                out.push(Action::FetchCheckpoint { from, decree, size, load: true });
-            }
+            self.load_from_statuses(ad, out);
             return;
         }
         if self.next_election == Micros::MAX {
@@ -260,6 +256,58 @@ impl Replica {
             self.next_election = now - min_ago * 1000 + self.election_delay;
         }
         self.move_to_secondary_or_prepare(now, app, out);
+    }
+
+    /// The peers of the status round whose logs hold what we miss: from our decree, up to the
+    /// first vote waiting in the cache if they reach it, else any beyond our position.
+    fn learn_candidates(&self, ad: u64, ab: Ballot) -> Vec<MemberId> {
+        let min_needed = self.cache.front().map(|(_, v)| v.header.decree).filter(|&d| d > ad).unwrap_or(u64::MAX);
+        let logged_higher = |than: (u64, Ballot)| -> Vec<MemberId> {
+            self.statuses
+                .iter()
+                .filter(|(_, m)| {
+                    matches!(&m.body, Body::StatusResponse(s) if s.min_decree_in_log <= ad) && self.is_ahead(decree_ballot(m), than)
+                })
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        let candidates = logged_higher((min_needed - 1, ab));
+        if candidates.is_empty() {
+            logged_higher((ad, ab))
+        } else {
+            candidates
+        }
+    }
+
+    /// Fetches, to load, the checkpoint of a peer of the status round that covers our decree,
+    /// if one has it.
+    fn load_from_statuses(&mut self, ad: u64, out: &mut Vec<Action>) -> bool {
+        let with_checkpoint: Vec<(MemberId, u64, u64)> = self
+            .statuses
+            .iter()
+            .filter_map(|(id, m)| match &m.body {
+                Body::StatusResponse(s) if s.checkpointed_decree >= ad => Some((*id, s.checkpointed_decree, s.checkpoint_size)),
+                _ => None,
+            })
+            .collect();
+        if with_checkpoint.is_empty() {
+            return false;
+        }
+        let (from, decree, size) = with_checkpoint[self.rng.below(with_checkpoint.len() as u64) as usize];
+        self.loading = Some(from);
+        out.push(Action::FetchCheckpoint { from, decree, size, load: true });
+        true
+    }
+
+    /// Whether a peer at `(d, b)` holds decrees we miss: `IsHigherDecree`, or before version 7
+    /// any later decree whatever its ballot. With one decree in flight, a vote for `d` is
+    /// proposed only once `d - 1` is chosen, so the peer's log proves ours chosen, and
+    /// `apply_learned` moves past it even when our vote there has the higher ballot. (Such a
+    /// peer at our next decree is honest: a primary that never heard of its vote re-proposed
+    /// ours. One further ahead at a lower ballot arises only from a forged vote we accepted,
+    /// which would otherwise keep us from ever learning past it.)
+    fn is_ahead(&self, (d, b): (u64, Ballot), (ad, ab): (u64, Ballot)) -> bool {
+        is_higher((d, b), (ad, ab)) || (!self.pipelined() && d > ad)
     }
 
     pub(super) fn learn(&mut self, from: MemberId, out: &mut Vec<Action>) {
@@ -283,6 +331,10 @@ impl Replica {
             return;
         }
         self.learning = None;
+        let (records, refused) = self.valid_records(records);
+        if let Some((kind, reason)) = refused {
+            self.reject(from, kind, reason, out);
+        }
         let learned = self.apply_learned(now, records, out);
         if !self.members.contains(&self.me) {
             self.role = Role::Inactive;
