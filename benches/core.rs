@@ -158,6 +158,7 @@ impl Cluster {
                 }
                 Action::Abort { .. } => panic!("no request is aborted in a fault-free run"),
                 Action::ShutDown => panic!("nobody relinquishes in this run"),
+                Action::Rejected { reason, .. } => panic!("an honest ring's message was refused: {reason:?}"),
                 Action::ConfigurationChanged { .. } | Action::Defunct(_) => {}
                 Action::SaveCheckpoint(_) | Action::FetchCheckpoint { .. } | Action::LoadCheckpoint(_) => {
                     panic!("no checkpoint is taken: the bench never rolls the log")

@@ -123,7 +123,7 @@ impl Replica {
             self.pending.remove(&d);
             self.execute(self.accepted.clone(), Vec::new(), cookie, out);
         }
-        self.switch_config(now, ConfigInfo { number: self.paxos_config.number + 1, initial_decree: d + 1, members });
+        self.switch_config_live(now, d, members, persist, out);
         true
     }
 
@@ -161,8 +161,27 @@ impl Replica {
         }
         self.pending.remove(&d);
         self.execute(vote, Vec::new(), cookie, out);
-        self.switch_config(now, ConfigInfo { number: self.paxos_config.number + 1, initial_decree: d + 1, members });
+        self.switch_config_live(now, d, members, persist, out);
         true
+    }
+
+    /// Switches to the configuration the reconfiguration decree `d` chose. A member new to it
+    /// can catch up only by fetching a checkpoint: it has no log of the old configuration to
+    /// learn from, and may know no configuration at all. A ring that never saved one (started
+    /// from a member list, its log never rolled) would offer it nothing, and the original
+    /// leaves it waiting until one exists; here every member saves one at a live switch, of
+    /// `d`, with the new configuration's empty first vote next (as the bootstrap checkpoint).
+    fn switch_config_live(&mut self, now: Micros, d: u64, members: MemberSet, live: bool, out: &mut Vec<Action>) {
+        let added = members.nodes.iter().any(|n| !self.members.contains(&n.id));
+        self.switch_config(now, ConfigInfo { number: self.paxos_config.number + 1, initial_decree: d + 1, members });
+        if !live || !added || self.checkpoint_size > 0 || self.saving {
+            return;
+        }
+        debug_assert!(self.accepted.header.ballot.is_empty() && self.next_execute == d + 1);
+        (self.save_at, self.saving) = (None, true);
+        let next_vote = self.accepted.clone();
+        let cp = Checkpoint { decree: d, next_vote, max_ballot: self.max_ballot, config: self.state_config.clone(), state_saved: true };
+        out.push(Action::SaveCheckpoint(cp));
     }
 
     /// `ChangePaxosConfiguration`: ballots restart above the old ones with an empty accepted
