@@ -695,6 +695,37 @@ mod tests {
     }
 
     #[test]
+    fn implausible_header_numbers_are_refused() {
+        let refused = |h: CheckpointHeader| CheckpointHeader::decode(&h.encode().unwrap()).unwrap_err();
+        let what = |e: DecodeError| match e {
+            DecodeError::Invalid { what, .. } | DecodeError::Malformed { what, .. } => what,
+            other => panic!("{other:?}"),
+        };
+        let mut h = header(Version::V6);
+        h.last_executed = DECREE_LIMIT;
+        assert_eq!(what(refused(h)), "last executed decree");
+        let mut h = header(Version::V6);
+        h.config.number = CONFIGURATION_LIMIT;
+        assert_eq!(what(refused(h)), "configuration number");
+        // Before v3 the last executed decree is the next vote's minus one: 0 would wrap.
+        let mut h = header(Version::V2);
+        h.next_vote.header.decree = 0;
+        assert_eq!(what(refused(h)), "last executed decree");
+        let mut h = header(Version::V6);
+        let node = crate::format::Node {
+            id: MemberId::new("1").unwrap(),
+            ip: std::net::Ipv4Addr::LOCALHOST,
+            rsl_port: 1,
+            learn_port: 2,
+            app_port: 0,
+            host_name: Bytes::new(),
+        };
+        h.config.members.nodes = vec![node.clone(), node];
+        assert_eq!(what(refused(h)), "member set");
+        assert!(CheckpointHeader::decode(&header(Version::V6).encode().unwrap()).is_ok());
+    }
+
+    #[test]
     fn empty_data_has_no_blocks() {
         let dir = tempfile::tempdir().unwrap();
         let path = write(dir.path(), Version::V6, &[]);

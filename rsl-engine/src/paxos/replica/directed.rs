@@ -155,7 +155,8 @@ impl Ring {
                     self.sent.push((i, msg.clone()));
                     match to {
                         Dest::All => (0..3).filter(|&j| j != i).for_each(|j| self.net.push_back((i, j, msg.clone()))),
-                        Dest::One(m) => self.net.push_back((i, (0..3).find(|&j| id(j) == m).expect("a node"), msg)),
+                        // An id outside the ring (a forged sender's) reaches nobody.
+                        Dest::One(m) => self.net.extend((0..3).find(|&j| id(j) == m).map(|j| (i, j, msg))),
                     }
                 }
                 Action::Persist { seq, record } => {
