@@ -129,6 +129,11 @@ fn adversary_regressions() {
             // picking a peer ahead of it to learn from.
             (641, 5),
             (997, 5),
+            // A replica that took forged jumps the others had not (each within its own cap) sent
+            // status queries at its accepted ballot, which the others refused as a jump: it never
+            // heard from them, so never learned.
+            (4654, 3),
+            (6088, 3),
         ]
         .into_iter(),
         1,

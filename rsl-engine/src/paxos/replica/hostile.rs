@@ -231,6 +231,19 @@ fn each_message_type_has_its_senders() {
     }
 }
 
+/// A status query's ballot is its sender's position, adopted by nobody: it is answered however
+/// far above ours it is (the sender may be a replica that took forged jumps, and must learn).
+#[test]
+fn a_status_query_is_answered_whatever_its_ballot() {
+    let mut r = lone_v7();
+    let far = Ballot::new(r.ballot_mark() + MAX_BALLOT_JUMP + 1, id(1));
+    let query = msg(&r, id(1), 0, far, Body::StatusQuery);
+    let out = feed(&mut r, id(1), query);
+    assert!(rejections(&out).is_empty());
+    assert!(out.iter().any(|a| matches!(a, Action::Send { msg, .. } if msg.kind() == MsgKind::StatusResponse)));
+    assert!(r.ballot_mark() < far.id, "not seen");
+}
+
 /// A primary ignores a Join of a newer configuration from outside its own (it would step down
 /// to learn from it); one from a member it still follows.
 #[test]

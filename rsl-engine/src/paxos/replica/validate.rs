@@ -65,6 +65,11 @@ fn check_ballot(ballot: Ballot, mark: u32) -> Result<(), Rejection> {
     }
 }
 
+/// The types `on_message` handles before `admit` (which records the ballots it sees).
+fn bypasses_admit(kind: MsgKind) -> bool {
+    matches!(kind, MsgKind::StatusQuery | MsgKind::DefunctConfiguration | MsgKind::Bootstrap | MsgKind::Join | MsgKind::JoinRequest)
+}
+
 /// A Prepare or decision message carries its sender's own ballot.
 fn check_own_ballot(h: &Header) -> Result<(), Rejection> {
     if h.ballot.is_empty() || h.ballot.member != h.sender {
@@ -130,12 +135,14 @@ impl Replica {
     }
 
     /// Every field of a message from a peer, before any rule reads it. The jump cap applies
-    /// to messages of our configuration only: of another, nothing here adopts a ballot, and a
-    /// replica that slept through a jump must still answer the newer configuration's votes
-    /// with JoinRequest to find it.
+    /// where a ballot is adopted or seen: messages of our configuration that go through
+    /// `admit`. Of another configuration, a replica that slept through a jump must still answer
+    /// the newer one's votes with JoinRequest to find it; and a status query's ballot is only
+    /// its sender's position, echoed back (a replica that took a forged jump the others did not
+    /// must still be answered, to learn from them).
     pub(super) fn check_fields(&self, msg: &Message) -> Result<(), Rejection> {
         let h = &msg.header;
-        let mark = if h.config == self.paxos_config.number { self.ballot_mark() } else { MAX_BALLOT_ID };
+        let mark = if h.config == self.paxos_config.number && !bypasses_admit(msg.kind()) { self.ballot_mark() } else { MAX_BALLOT_ID };
         self.check_version(h.version)?;
         check_header(h, mark)?;
         if msg.kind() != MsgKind::Join {
