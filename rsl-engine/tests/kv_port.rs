@@ -106,7 +106,14 @@ fn a_put_whose_key_overruns_its_body_is_refused_before_it_is_replicated() {
         assert_eq!(raw_call(r.client, proto::OP_PUT, &body).await, Status::Invalid);
         let mut conn = r.conn().await;
         assert_eq!(conn.put(b"k", b"v").await.expect("put").0, Status::Ok);
-        assert_eq!(conn.status().await.expect("status").keys, 1, "the bad put changed nothing");
+        // The summary is published after the batch's answers: wait for it (bounded).
+        let until = std::time::Instant::now() + WAIT;
+        let mut keys = conn.status().await.expect("status").keys;
+        while keys == 0 && std::time::Instant::now() < until {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            keys = conn.status().await.expect("status").keys;
+        }
+        assert_eq!(keys, 1, "the bad put changed nothing");
     });
 }
 
