@@ -124,11 +124,25 @@ fn message() -> impl Strategy<Value = Message> {
     version().prop_flat_map(|v| (header(v), body(v)).prop_map(|(h, b)| Message::new(h, b)))
 }
 
-/// Headers whose fields a given version can carry (v1/v2 derive theirs from the vote).
+/// What the reader accepts of a configuration: numbers below the limits, member ids
+/// non-empty and distinct.
+fn plausible_config(mut config: ConfigInfo) -> ConfigInfo {
+    config.number %= CONFIGURATION_LIMIT;
+    config.initial_decree %= DECREE_LIMIT;
+    let mut seen = std::collections::HashSet::new();
+    config.members.nodes.retain(|n| !n.id.is_empty() && seen.insert(n.id));
+    config
+}
+
+/// Headers whose fields a given version can carry (v1/v2 derive theirs from the vote), and
+/// that the reader accepts (`plausible_config`; decrees below `DECREE_LIMIT`, and the next
+/// vote's at least 1 before v3, where the last executed decree is one less).
 fn checkpoint_header() -> impl Strategy<Value = CheckpointHeader> {
     version().prop_flat_map(|v| {
-        (vote(v), member_id(v), any::<u64>(), ballot(v), config_info(v), any::<bool>(), any::<u64>(), 0u32..16).prop_map(
-            move |(next_vote, member, last_executed, max_ballot, config, state_saved, size, blocks)| {
+        (vote(v), member_id(v), 0..DECREE_LIMIT, ballot(v), config_info(v), any::<bool>(), any::<u64>(), 0u32..16).prop_map(
+            move |(mut next_vote, member, last_executed, max_ballot, config, state_saved, size, blocks)| {
+                next_vote.header.decree = (next_vote.header.decree % DECREE_LIMIT).max(1);
+                let config = plausible_config(config);
                 let vh = next_vote.header.clone();
                 if !v.has_config() {
                     return CheckpointHeader {

@@ -232,7 +232,9 @@ impl Ring {
         let from = msg.header.sender;
         self.inbound = Some(ip);
         if !self.sent_from_its_address(&from, ip) {
-            return self.rejected(from, msg.kind(), Rejection::WrongAddress);
+            self.rejected(from, msg.kind(), Rejection::WrongAddress);
+            self.inbound = None;
+            return;
         }
         if let Body::Join(join) = &msg.body {
             let newer = msg.header.config > self.core.paxos_configuration().number;

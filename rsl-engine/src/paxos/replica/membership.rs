@@ -287,17 +287,7 @@ impl Replica {
             MsgKind::PrepareAccepted => self.on_prepare_accepted(now, from, &msg, out),
             MsgKind::NotAccepted => self.on_not_accepted(now, &msg, app, out),
             MsgKind::StatusResponse => self.on_status_response(now, from, msg, app, out),
-            MsgKind::ReconfigurationDecision if self.pipelined() => {
-                // Everything before the reconfiguration was chosen before it was.
-                self.execute_below(msg.header.ballot, msg.header.decree, out);
-                if !self.log_decision(now, msg, true, None, out) && self.learning.is_none() && self.loading.is_none() {
-                    // We miss the vote or decrees before it: the sender's log has them.
-                    if self.role == Role::Primary {
-                        self.step_down(out);
-                    }
-                    self.learn(from, out);
-                }
-            }
+            MsgKind::ReconfigurationDecision if self.pipelined() => self.on_decision_pipelined(now, from, msg, out),
             MsgKind::ReconfigurationDecision => {
                 self.log_decision(now, msg, true, None, out);
             }
@@ -305,6 +295,18 @@ impl Replica {
             MsgKind::JoinRequest if msg.header.config == self.paxos_config.number => self.send_join(Dest::One(from), out),
             _ => {}
         }
+    }
+
+    /// A decision (version 7): everything before the reconfiguration was chosen before it was.
+    /// If we miss the vote or decrees before it, the sender's log has them.
+    fn on_decision_pipelined(&mut self, now: Micros, from: MemberId, decision: Arc<Message>, out: &mut Vec<Action>) {
+        if self.apply_decision(now, decision, out) || self.learning.is_some() || self.loading.is_some() {
+            return;
+        }
+        if self.role == Role::Primary {
+            self.step_down(out);
+        }
+        self.learn(from, out);
     }
 
     /// `UpdateDefunctInfo`: a replica still active in a configuration now defunct looks for

@@ -81,16 +81,6 @@ impl Replica {
     /// value carries that value), and vouches for them: the vote is in our log. Returns whether
     /// execution got all the way.
     pub(super) fn apply_watermark(&mut self, ballot: Ballot, watermark: u64, out: &mut Vec<Action>) -> bool {
-        let reached = self.execute_below(ballot, watermark, out);
-        self.advance_vouched(ballot, watermark);
-        reached
-    }
-
-    /// `apply_watermark` without vouching, for a decision before it is logged: only once it is
-    /// (which switches the configuration) does our log prove the decrees below it. (Vouching
-    /// on an unlogged decision, a forged one, let a replica's Prepares skip decrees its log
-    /// could not prove to those that missed them: they could never learn them.)
-    pub(super) fn execute_below(&mut self, ballot: Ballot, watermark: u64, out: &mut Vec<Action>) -> bool {
         while self.next_execute < watermark {
             let decree = self.next_execute;
             let held = self.pending.get(&decree).filter(|(v, _)| v.header.ballot >= ballot).map(|(v, _)| v.clone());
@@ -106,8 +96,35 @@ impl Replica {
             self.pending.remove(&decree);
             self.execute(vote, Vec::new(), None, out);
         }
+        self.advance_vouched(ballot, watermark);
         self.maybe_save(out);
         self.next_execute >= watermark
+    }
+
+    /// Applies a decision `(d, b)` (a message, or a record of a peer's log) at once if it can
+    /// apply whole: every decree from our next one to `d` held at a ballot of at least `b`, and
+    /// only `d`'s vote a reconfiguration. Then the decrees below it execute and the decision is
+    /// logged with them, so replay repeats it. Otherwise nothing executes (we learn): decrees
+    /// executed on a decision that is not logged, a forged one, could not be replayed, and
+    /// vouching for them let our Prepares skip decrees our log could not prove to the replicas
+    /// that missed them.
+    pub(super) fn apply_decision(&mut self, now: Micros, decision: Arc<Message>, out: &mut Vec<Action>) -> bool {
+        let (d, b) = decree_ballot(&decision);
+        let at_least_b = self.pending.get(&d).filter(|(v, _)| v.header.ballot >= b);
+        if at_least_b.is_some_and(|(v, _)| v.as_vote().is_none_or(|v| v.reconfig.is_none())) {
+            // By Paxos the vote there carries the decided value: this decision is forged.
+            self.reject(decision.header.sender, MsgKind::ReconfigurationDecision, Rejection::Inconsistent, out);
+            return false;
+        }
+        let held = |k: u64| {
+            self.pending.get(&k).is_some_and(|(v, _)| v.header.ballot >= b && (k == d) == v.as_vote().is_some_and(|v| v.reconfig.is_some()))
+        };
+        // Stops at the first decree not held: at most one step past `pending`.
+        if d < self.next_execute || !(self.next_execute..=d).all(held) {
+            return false;
+        }
+        self.apply_watermark(b, d, out);
+        self.log_decision(now, decision, true, None, out)
     }
 
     pub(super) fn on_vote_pipelined(
@@ -289,8 +306,7 @@ impl Replica {
                     self.apply_watermark(b, rec.header.payload, out);
                 }
                 MsgKind::ReconfigurationDecision => {
-                    self.execute_below(b, d, out);
-                    self.log_decision(now, rec, true, None, out);
+                    self.apply_decision(now, rec, out);
                 }
                 _ => {}
             }
@@ -298,6 +314,29 @@ impl Replica {
         match self.cache.front() {
             Some((_, v)) => self.next_execute >= v.header.decree,
             None => (self.next_execute, self.vouched) > start,
+        }
+    }
+
+    /// Replay, once the vote at our next decree is in: the watermarks of votes we hold beyond
+    /// it. A log is not in decree order: a vote whose watermark covers a decree can precede the
+    /// vote for that decree, which arrived later (resent, or learned), after which execution went
+    /// on with that watermark. (Only honest ballots here: the simulator's adversary soak found a
+    /// log that replay could not get past, seed 5848.)
+    /// None of them is applied past a reconfiguration vote held (no honest one reaches past
+    /// it; a forged one would have it dropped).
+    fn apply_earlier_watermarks(&mut self, out: &mut Vec<Action>) {
+        let is_reconfig = |v: &Message| v.as_vote().is_some_and(|v| v.reconfig.is_some());
+        loop {
+            let Some((next, _)) = self.pending.get(&self.next_execute) else { return };
+            let reconfig = self.pending.range(self.next_execute..).find(|(_, (v, _))| is_reconfig(v)).map(|(d, _)| *d);
+            let covering = self.pending.values().map(|(v, _)| (v.header.ballot, v.header.payload.min(reconfig.unwrap_or(u64::MAX))));
+            let best = covering.filter(|(b, w)| *w > self.next_execute && *b <= next.header.ballot).max_by_key(|(_, w)| *w);
+            let Some((ballot, watermark)) = best else { return };
+            let before = self.next_execute;
+            self.apply_watermark(ballot, watermark, out);
+            if self.next_execute == before {
+                return;
+            }
         }
     }
 
@@ -322,6 +361,9 @@ impl Replica {
                     }
                 }
                 self.apply_watermark(b, record.header.payload, out);
+                if d == self.next_execute {
+                    self.apply_earlier_watermarks(out);
+                }
             }
             MsgKind::ReconfigurationDecision => {
                 // We logged it only once every decree below it had executed, and a vote of ours

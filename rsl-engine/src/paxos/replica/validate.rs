@@ -271,7 +271,7 @@ impl Replica {
         if let Body::StatusResponse(s) = &msg.body {
             shown = shown.max(s.max_ballot);
         }
-        let ours = msg.header.config == self.paxos_config.number && self.members.contains(&from);
+        let ours = msg.header.config == self.paxos_config.number && self.check_sender(&from, msg).is_ok() && self.members.contains(&from);
         let jump = shown.id < JUMP_EVIDENCE_LIMIT && shown.id > self.ballot_mark().saturating_add(MAX_BALLOT_JUMP);
         if !ours || !jump {
             return;
