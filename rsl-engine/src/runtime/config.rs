@@ -2,6 +2,7 @@
 //! validation ranges (api-behavior §4, formats.md §11.2), and what it becomes for the core.
 
 use super::learn::LearnLimits;
+use super::tls::TlsSettings;
 use super::transport::TransportOptions;
 use crate::format::{message::MAX_BATCH_BYTES, Version};
 use crate::paxos::{CoreConfig, SEC};
@@ -72,6 +73,10 @@ pub struct RslConfig {
     /// (never less than one largest message). A connection whose packet would need more is
     /// closed; packets up to 64 KiB, the protocol's own traffic, never count against it.
     pub max_inbound_buffer_mb: u32,
+    /// Mutual TLS on the Paxos and learn ports (`SetThumbprintsForSsl`,
+    /// `SetSubjectNamesForSsl`, or CA and pins); `None` is plain TCP, as the original
+    /// without TLS.
+    pub tls: Option<TlsSettings>,
 }
 
 impl Default for RslConfig {
@@ -117,6 +122,7 @@ impl Default for RslConfig {
             idle_connection_timeout_sec: 60,
             slow_sender_timeout_sec: 30,
             max_inbound_buffer_mb: 256,
+            tls: None,
         }
     }
 }

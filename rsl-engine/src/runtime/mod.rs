@@ -15,6 +15,7 @@ pub mod learn;
 mod replay;
 mod replica;
 mod ring;
+pub mod tls;
 pub mod transport;
 
 pub use api::{Admission, AdmitAll, ReplicaHealth, ResponseCode, StateMachine, Stats};
