@@ -116,8 +116,7 @@ macro_rules! config_fields {
         }
 
         /// The C configuration as the engine's; `RSL_E_CONFIG` if the working directory is not
-        /// NUL-terminated. Ranges are checked by `initialize`. TLS is process-wide in C
-        /// (`rsl_set_thumbprints_for_ssl`...), added by `rsl_replica_initialize`.
+        /// NUL-terminated. Ranges are checked by `initialize`.
         pub(crate) fn config_from_c(c: &rsl_config) -> Result<RslConfig, rsl_status> {
             let dir = c_str(&c.working_dir).ok_or(RSL_E_CONFIG)?;
             Ok(RslConfig { $($f: c.$f,)* working_dir: PathBuf::from(OsStr::from_bytes(dir)), tls: None })
