@@ -141,14 +141,23 @@ impl Tls {
 impl Thumbprint {
     /// Of a DER certificate.
     pub fn of(cert: &CertificateDer<'_>) -> Thumbprint {
-        let _ = cert;
-        todo!("helper tls-core")
+        let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, cert.as_ref());
+        Thumbprint(digest.as_ref().try_into().expect("SHA-1 is 20 bytes"))
     }
 
     /// Hex (either case; spaces and colons ignored, as Windows copies them), 40 digits.
     pub fn parse(text: &str) -> Result<Thumbprint, TlsError> {
-        let _ = text;
-        todo!("helper tls-core")
+        let bad = || TlsError::Setting(format!("thumbprint {text:?} is not 40 hex digits"));
+        let digits: Vec<u8> = text.bytes().filter(|b| !matches!(b, b' ' | b':')).collect();
+        if digits.len() != 40 || !digits.iter().all(u8::is_ascii_hexdigit) {
+            return Err(bad());
+        }
+        let mut out = [0u8; 20];
+        for (byte, pair) in out.iter_mut().zip(digits.chunks(2)) {
+            let pair = std::str::from_utf8(pair).expect("hex digits are ASCII");
+            *byte = u8::from_str_radix(pair, 16).expect("two hex digits make a byte");
+        }
+        Ok(Thumbprint(out))
     }
 }
 
