@@ -39,7 +39,7 @@ fn version(v: u32) -> Result<Version, rsl_status> {
 fn init_error(e: InitError) -> rsl_status {
     tracing::error!("{e}");
     match e {
-        InitError::Config(_) => RSL_E_CONFIG,
+        InitError::Config(_) | InitError::Tls(_) => RSL_E_CONFIG,
         InitError::Invalid(_) => RSL_INVALID_PARAMETER,
         InitError::Storage(_) | InitError::Listen { .. } | InitError::NoState | InitError::Replay { .. } => RSL_E_IO,
     }
