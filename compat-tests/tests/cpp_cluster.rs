@@ -42,6 +42,19 @@ fn lib_dirs() -> (PathBuf, PathBuf) {
     (profile, deps)
 }
 
+/// `LD_LIBRARY_PATH` for the programs: this build's `librsl.so` first. Cargo puts
+/// `target/<profile>` ahead of `deps` in the tests' own path, and a `librsl.so` left there by
+/// an earlier `cargo build` would otherwise win over the rpath.
+fn library_path() -> std::ffi::OsString {
+    let (_, deps) = lib_dirs();
+    let mut path = deps.into_os_string();
+    if let Some(old) = std::env::var_os("LD_LIBRARY_PATH") {
+        path.push(":");
+        path.push(old);
+    }
+    path
+}
+
 /// `pkg-config --cflags --libs rsl`, pointed at this build's `rsl.pc` and libraries.
 fn pkg_config_flags() -> Vec<String> {
     let (profile, deps) = lib_dirs();
@@ -172,6 +185,7 @@ fn run_cluster(exe: &Path, work: &Path, start: Start, env: &[(&str, &str)], whil
             .arg(&data)
             .arg(&out)
             .envs(env.iter().copied())
+            .env("LD_LIBRARY_PATH", library_path())
             .stdin(Stdio::piped())
             .stdout(fs::File::create(out.join(format!("stdout.{id}"))).unwrap())
             .stderr(fs::File::create(out.join(format!("stderr.{id}"))).unwrap())
@@ -219,6 +233,7 @@ fn run_cluster(exe: &Path, work: &Path, start: Start, env: &[(&str, &str)], whil
             .arg(&data)
             .arg(&out)
             .envs(env.iter().copied())
+            .env("LD_LIBRARY_PATH", library_path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(fs::File::create(out.join(format!("restart-stderr.{id}"))).unwrap())
@@ -495,7 +510,13 @@ fn cpp_golden_vectors() {
     compile(&[cpp("golden_check.cpp")], &exe, &pkg_config_flags());
     let scratch = work.path().join("scratch");
     fs::create_dir_all(&scratch).unwrap();
-    let mut child = Command::new(&exe).arg(&golden).arg(&scratch).stdout(Stdio::piped()).spawn().expect("golden_check starts");
+    let mut child = Command::new(&exe)
+        .arg(&golden)
+        .arg(&scratch)
+        .env("LD_LIBRARY_PATH", library_path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("golden_check starts");
     let status = wait_exit(&mut child, Instant::now() + Duration::from_secs(60), "golden_check");
     let mut stdout = String::new();
     child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();

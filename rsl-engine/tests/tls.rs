@@ -127,7 +127,13 @@ fn tls_cluster(extra: &[&str]) -> (Cluster, Pki) {
 async fn statuses(c: &Cluster) -> Vec<ReplicaStatus> {
     let mut out = Vec::new();
     for i in 0..3 {
-        out.push(timeout(Duration::from_secs(5), status(c.client(i))).await.ok().flatten().unwrap_or_else(|| panic!("status of replica {}", i + 1)));
+        out.push(
+            timeout(Duration::from_secs(5), status(c.client(i)))
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| panic!("status of replica {}", i + 1)),
+        );
     }
     out
 }
@@ -162,12 +168,17 @@ async fn plain_exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
 
 /// Nothing but (at most) a TLS alert record came back: no RSL packet, no vote, no checkpoint.
 fn nothing_but_an_alert(got: &[u8], what: &str) {
-    assert!(got.is_empty() || (got[0] == 0x15 && got.len() <= 7), "{what}: {} bytes came back: {:02x?}", got.len(), &got[..got.len().min(32)]);
+    assert!(
+        got.is_empty() || (got[0] == 0x15 && got.len() <= 7),
+        "{what}: {} bytes came back: {:02x?}",
+        got.len(),
+        &got[..got.len().min(32)]
+    );
 }
 
 /// Handshakes with `addr` presenting `cert` (trusting the ring's CA for the server's side),
-/// then sends `packet`; true if the replica answered the handshake and kept the connection
-/// open with the packet sent (it must not).
+/// then sends `packet`; true if the replica answered it with data, or kept the connection
+/// open with the packet sent.
 async fn admitted_with(addr: SocketAddr, cert: &Cert, ring_ca: &Path, packet: &[u8]) -> bool {
     let settings = TlsSettings {
         identity: IdentitySource::Files { cert: cert.cert.clone(), key: cert.key.clone() },
@@ -197,7 +208,13 @@ async fn refused_reaches(c: &Cluster, i: usize, at_least: u64) -> ReplicaStatus 
         if s.tls_refused >= at_least {
             return s;
         }
-        assert!(Instant::now() < until, "replica {} counted {} refused handshakes, expected {at_least}{}", i + 1, s.tls_refused, c.diagnosis());
+        assert!(
+            Instant::now() < until,
+            "replica {} counted {} refused handshakes, expected {at_least}{}",
+            i + 1,
+            s.tls_refused,
+            c.diagnosis()
+        );
         sleep(Duration::from_millis(50)).await;
     }
 }
@@ -264,8 +281,9 @@ fn peers_without_an_admitted_certificate_never_reach_the_core() {
             }
         }
         // Plain FetchCheckpoint and FetchVotes on the learn port get nothing.
+        let learn_request = |body| message(claimed, 1, 1, Ballot::EMPTY, body).encode(Checksum::Default).expect("encode");
         for body in [Body::FetchCheckpoint, Body::FetchVotes] {
-            let request = message(claimed, 1, 1, Ballot::EMPTY, body).encode(Checksum::Default).expect("encode");
+            let request = learn_request(body);
             for i in 0..3 {
                 let got = plain_exchange(c.learn(i), &request).await;
                 nothing_but_an_alert(&got, &format!("plain learn request to replica {}", i + 1));
@@ -282,11 +300,15 @@ fn peers_without_an_admitted_certificate_never_reach_the_core() {
             ("expired", pki.leaf_valid(&(p + 1).to_string(), now - 48 * HOUR, now - 24 * HOUR)),
         ];
         let status_query = frame(&message(claimed, decree, 1, Ballot::EMPTY, Body::StatusQuery), &mut BytesMut::new());
+        let fetch_votes = learn_request(Body::FetchVotes);
         for (what, cert) in &bad {
-            for port in [c.paxos(target), c.learn(target)] {
-                assert!(!admitted_with(port, cert, &pki.bundle, &status_query).await, "a certificate {what} was admitted on {port}");
+            for (port, request) in [(c.paxos(target), &status_query[..]), (c.learn(target), &fetch_votes[..])] {
+                assert!(!admitted_with(port, cert, &pki.bundle, request).await, "a certificate {what} was admitted on {port}");
             }
         }
+        // The control: the same FetchVotes with a member's certificate gets votes.
+        let member = pki.leaf(&claimed.to_string());
+        assert!(admitted_with(c.learn(target), &member, &pki.bundle, &fetch_votes).await, "a member's certificate was refused");
         // On `target`: three plain packets, two plain learn requests, each bad certificate on
         // both ports.
         let refused = 3 + 2 + 2 * bad.len() as u64;
@@ -321,9 +343,9 @@ fn certificates_rotate_one_replica_at_a_time_while_writes_go_on() {
         // certificates meet during the overlap.
         let spec = spec(1500);
         let acked = load_while(&mut c, &spec, async |c, _| {
-            for i in 0..3 {
+            for (i, cert) in new_certs.iter().enumerate() {
                 c.kill9(i);
-                c.launch[i].args = tls_args(&[&old.bundle, &new.bundle], &new_certs[i], &MEMBERS);
+                c.launch[i].args = tls_args(&[&old.bundle, &new.bundle], cert, &MEMBERS);
                 c.spawn(i, true);
                 primary(c).await;
             }
@@ -332,9 +354,9 @@ fn certificates_rotate_one_replica_at_a_time_while_writes_go_on() {
         verify(&c, &[0, 1, 2], &acked, &spec).await;
         // Last step, one at a time again: the old CA is dropped; after it, a certificate from
         // the old CA is refused everywhere while the ring keeps its primary and takes writes.
-        for i in 0..3 {
+        for (i, cert) in new_certs.iter().enumerate() {
             c.kill9(i);
-            c.launch[i].args = tls_args(&[&new.bundle], &new_certs[i], &MEMBERS);
+            c.launch[i].args = tls_args(&[&new.bundle], cert, &MEMBERS);
             c.spawn(i, true);
         }
         write_one(&c, b"after rotation").await;

@@ -116,7 +116,8 @@ pub fn throwaway(dir: &Path, ids: &[String]) -> Result<Vec<Files>, String> {
 /// Writes `text` to a new file (replacing an old one) with `mode`.
 fn write(path: &Path, text: &str, mode: u32) -> Result<(), String> {
     let _ = std::fs::remove_file(path);
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut file =
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     file.write_all(text.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))
 }
 
