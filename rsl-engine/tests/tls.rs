@@ -1,7 +1,8 @@
 //! Mutual TLS between real `rsl-kv replica` processes (issue 10): a TLS ring replicates and a
 //! replica far behind catches up from a checkpoint over the TLS learn port; peers without an
 //! admitted certificate (none at all, self-signed, another CA, the right CA but a name the
-//! ring does not admit, expired) are refused at the handshake and never reach the core;
+//! ring does not admit, expired) are refused at the handshake and never reach the core; a
+//! member's certificate speaks for that member only;
 //! certificates are rotated one replica at a time while writes go on; `rsl-kv cluster --tls`
 //! runs as the README says.
 //!
@@ -19,7 +20,7 @@ use proto::Status;
 use rsl_engine::format::message::JoinBody;
 use rsl_engine::format::{Ballot, Body, Checksum, Header, MemberId, Message, Version, VoteBody};
 use rsl_engine::runtime::tls::issue::{self, Ca, Issued, LeafSpec};
-use rsl_engine::runtime::tls::{IdentitySource, PeerRules, Tls, TlsSettings};
+use rsl_engine::runtime::tls::{IdentitySource, PeerRules, Tls, TlsSettings, TlsStream};
 use rsl_engine::runtime::transport::frame;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -176,19 +177,24 @@ fn nothing_but_an_alert(got: &[u8], what: &str) {
     );
 }
 
-/// Handshakes with `addr` presenting `cert` (trusting the ring's CA for the server's side),
-/// then sends `packet`; true if the replica answered it with data, or kept the connection
-/// open with the packet sent.
-async fn admitted_with(addr: SocketAddr, cert: &Cert, ring_ca: &Path, packet: &[u8]) -> bool {
+/// A TLS connection to `addr` presenting `cert`, trusting the ring's CA for the server's side;
+/// `None` if the handshake fails here.
+async fn connect_with(addr: SocketAddr, cert: &Cert, ring_ca: &Path) -> Option<TlsStream<TcpStream>> {
     let settings = TlsSettings {
         identity: IdentitySource::Files { cert: cert.cert.clone(), key: cert.key.clone() },
         peers: PeerRules { ca: Some(ring_ca.to_path_buf()), require_chain: true, ..PeerRules::default() },
     };
-    let tls = Tls::load(&settings).expect("the attacker's own settings load");
+    let tls = Tls::load(&settings).expect("the test's own settings load");
     let tcp = TcpStream::connect(addr).await.expect("connect");
+    tls.connect(tcp).await.ok().map(|(stream, _)| stream)
+}
+
+/// Handshakes with `addr` presenting `cert`, then sends `packet`; true if the replica
+/// answered it with data, or kept the connection open with the packet sent.
+async fn admitted_with(addr: SocketAddr, cert: &Cert, ring_ca: &Path, packet: &[u8]) -> bool {
     // With TLS 1.3 the client may finish before the server has judged its certificate: the
     // refusal then shows as the connection closing.
-    let Ok((mut stream, _)) = tls.connect(tcp).await else { return false };
+    let Some(mut stream) = connect_with(addr, cert, ring_ca).await else { return false };
     if stream.write_all(packet).await.is_err() || stream.flush().await.is_err() {
         return false;
     }
@@ -197,6 +203,20 @@ async fn admitted_with(addr: SocketAddr, cert: &Cert, ring_ca: &Path, packet: &[
         Ok(Ok(0)) | Ok(Err(_)) => false,
         Ok(Ok(_)) => true,
         Err(_) => true, // still open: the replica took the connection
+    }
+}
+
+/// Waits (bounded) until every replica holds `keys` keys, failing if one holds more.
+async fn holding(c: &Cluster, keys: u64) -> Vec<ReplicaStatus> {
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = statuses(c).await;
+        assert!(now.iter().all(|s| s.keys <= keys), "more than {keys} keys: a forged write was executed: {now:?}");
+        if now.iter().all(|s| s.keys == keys) {
+            return now;
+        }
+        assert!(Instant::now() < until, "the replicas never held {keys} keys: {now:?}{}", c.diagnosis());
+        sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -317,12 +337,29 @@ fn peers_without_an_admitted_certificate_never_reach_the_core() {
         // Nothing reached the core: no message dropped there, the forged Vote not executed,
         // the primary unmoved; the ring still takes writes.
         write_one(&c, b"after").await;
-        let after = statuses(&c).await;
+        let after = holding(&c, before[p].keys + 1).await;
         for i in 0..3 {
             assert_eq!(after[i].messages_rejected, before[i].messages_rejected, "replica {}: a message reached the core", i + 1);
-            assert_eq!(after[i].keys, before[i].keys + 1, "replica {}: only the write after the attacks was added", i + 1);
             assert!(after[i].tls_refused > before[i].tls_refused, "replica {} counted no refused handshake", i + 1);
         }
+
+        // Identity binding: a connection with the certificate of member `other` speaks for it
+        // only; the same Vote claiming the primary's id is dropped and counted.
+        let other = 3 - p - target;
+        let cert = pki.leaf(&(other + 1).to_string());
+        let vote = VoteBody { requests: vec![put_body(b"forged by a member")], ..Default::default() };
+        let forged_vote = frame(&message(claimed, decree + 1, 1, Ballot::new(1000, claimed), Body::Vote(vote)), &mut BytesMut::new());
+        let mut conn = connect_with(c.paxos(target), &cert, &pki.bundle).await.expect("a member's certificate is admitted");
+        conn.write_all(&forged_vote).await.expect("send");
+        conn.flush().await.expect("flush");
+        let until = Instant::now() + Duration::from_secs(10);
+        while status(c.client(target)).await.expect("status").messages_rejected <= after[target].messages_rejected {
+            assert!(Instant::now() < until, "a Vote claiming member {claimed} over member {}'s certificate was not rejected", other + 1);
+            sleep(Duration::from_millis(50)).await;
+        }
+        drop(conn);
+        write_one(&c, b"bound").await;
+        holding(&c, before[p].keys + 2).await;
         assert_eq!(primary(&c).await, p, "the forged Prepare unseated the primary");
         c.assert_alive();
         c.assert_no_panic();
