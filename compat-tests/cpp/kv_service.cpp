@@ -26,6 +26,8 @@
 // With RSL_KV_TLS_THUMBS="A,B" the replicas speak mutual TLS, set up with SetThumbprintsForSsl
 // (validateCAChain): each finds its certificate by thumbprint in $RSL_TLS_DIR, which also holds
 // ca.crt. Replica 3 presents B and the others A (a ring midway through a rotation); each admits both.
+// With RSL_KV_TLS_ISSUER=<CA thumbprint> too, replica 3 admits its peers by subject and issuer
+// instead: SetSubjectNamesForSsl("kv-service-a", issuer, "kv-service-b", issuer, false).
 
 #include <arpa/inet.h>
 
@@ -721,6 +723,12 @@ bool SetUpTls(int id)
     if (!SetThumbprintsForSsl(a.c_str(), b.empty() ? NULL : b.c_str(), true, false))
     {
         std::cerr << "SetThumbprintsForSsl failed\n";
+        return false;
+    }
+    const char* issuer = std::getenv("RSL_KV_TLS_ISSUER");
+    if (issuer != NULL && id == 3 && !SetSubjectNamesForSsl("kv-service-a", issuer, "CN=kv-service-b", issuer, false))
+    {
+        std::cerr << "SetSubjectNamesForSsl failed\n";
         return false;
     }
     return true;

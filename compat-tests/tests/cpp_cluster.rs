@@ -3,7 +3,8 @@
 //! (through `pkg-config --cflags --libs rsl`, or the same flags by hand when pkg-config is
 //! missing), then
 //! - runs `kv_service` as a 3-replica cluster in three processes, speaking mutual TLS set up
-//!   with `SetThumbprintsForSsl` (certificates found by thumbprint in `RSL_TLS_DIR`), and
+//!   with `SetThumbprintsForSsl` (certificates found by thumbprint in `RSL_TLS_DIR`; one
+//!   replica admits by `SetSubjectNamesForSsl` alone), and
 //!   checks the callbacks each one saw, their order and arguments, and the replicated state
 //!   on every replica, and that each port completes a TLS handshake with the right certificate;
 //!   then restarts each replica from its data directory (LoadState from the checkpoint) and
@@ -428,8 +429,8 @@ fn check_restart(out: &Path, id: u32) {
 }
 
 /// A thumbprint directory as `SetThumbprintsForSsl` reads it: two leaves of one CA (A, B)
-/// as `<THUMBPRINT>.crt`/`.key`, and the CA as `ca.crt`.
-fn thumbprint_dir(dir: &Path) -> (Thumbprint, Thumbprint) {
+/// as `<THUMBPRINT>.crt`/`.key`, and the CA as `ca.crt`. Returns A, B and the CA's thumbprint.
+fn thumbprint_dir(dir: &Path) -> (Thumbprint, Thumbprint, Thumbprint) {
     fs::create_dir_all(dir).unwrap();
     let ca = Ca::new("kv_service test CA");
     fs::write(dir.join("ca.crt"), ca.cert_pem()).unwrap();
@@ -439,7 +440,7 @@ fn thumbprint_dir(dir: &Path) -> (Thumbprint, Thumbprint) {
     let (a, b) = (leaf("kv-service-a"), leaf("kv-service-b"));
     write_by_thumbprint(dir, &a).unwrap();
     write_by_thumbprint(dir, &b).unwrap();
-    (a.thumbprint, b.thumbprint)
+    (a.thumbprint, b.thumbprint, ca.thumbprint())
 }
 
 /// Each replica's Paxos port completes a mutual TLS handshake with certificate A, and shows
@@ -468,9 +469,10 @@ fn cpp_cluster_of_three_processes_over_tls() {
     let exe = work.path().join("kv_service");
     compile(&[cpp("kv_service.cpp")], &exe, &pkg_config_flags());
     let certs = work.path().join("certs");
-    let (a, b) = thumbprint_dir(&certs);
-    let thumbs = format!("{a},{b}");
-    let env = [("RSL_KV_TLS_THUMBS", thumbs.as_str()), ("RSL_TLS_DIR", certs.to_str().unwrap())];
+    let (a, b, issuer) = thumbprint_dir(&certs);
+    let (thumbs, issuer) = (format!("{a},{b}"), issuer.to_string());
+    // Replica 3 admits its peers by subject and issuer (considerIdentitiesWhitelist false).
+    let env = [("RSL_KV_TLS_THUMBS", thumbs.as_str()), ("RSL_KV_TLS_ISSUER", issuer.as_str()), ("RSL_TLS_DIR", certs.to_str().unwrap())];
     run_cluster(&exe, work.path(), Start::Bootstrap, &env, &|base| handshakes(&certs, a, b, base));
 }
 
