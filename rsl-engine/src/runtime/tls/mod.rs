@@ -9,17 +9,39 @@
 //! - a modern one: a CA bundle the chain must lead to, narrowed by SHA-256 pins of the
 //!   subject public key and/or names the certificate must carry (CN or DNS SAN).
 //!
+//! How the original's settings map onto `PeerRules` (for the C ABI and the shim):
+//! - `considerIdentitiesWhitelist=false` is `thumbprints` left empty: leaf thumbprints then
+//!   admit no one, while subject rules still do (the original denied everyone: a bug);
+//! - `validateCAChain` is `require_chain`, with `<dir>/ca.crt` as `ca`; with a `ca` but no
+//!   `require_chain` a broken chain is logged once per peer and the rules alone decide;
+//! - `checkRevocation` has no counterpart (no CRL/OCSP): the caller logs that it is ignored.
+//!
+//! `Tls::load` refuses rules that would admit anyone (no list and no required chain) and a
+//! required chain without a CA bundle. The validity period is checked for every peer. When a
+//! chain or an issuer is checked, a certificate carrying extended key usages must allow the
+//! side it plays (clientAuth when it connects, serverAuth when it accepts): a ring member's
+//! certificate needs both, as `issue` makes them. No host name is checked on either side.
+//!
 //! The bytes inside TLS are the plain protocol's (formats.md §7.3).
 
 pub mod issue;
+#[cfg(test)]
+mod tests;
+mod verify;
 
-use rustls_pki_types::CertificateDer;
-use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use std::future::Future;
+use std::io::{self, Read};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
+use verify::Verifier;
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// A handshake not finished within this long is abandoned (the original's v1.2.30 fix: a
 /// peer that opens a connection and never completes the handshake cannot hold it).
@@ -114,28 +136,140 @@ pub type TlsStream<S> = tokio_rustls::TlsStream<S>;
 impl Tls {
     /// Reads the certificate, key and CA files and builds both sides.
     pub fn load(settings: &TlsSettings) -> Result<Tls, TlsError> {
-        let _ = settings;
-        todo!("helper tls-core")
+        let (chain, key, cert_path) = load_identity(&settings.identity)?;
+        let ca = settings.peers.ca.as_deref().map(read_certs).transpose()?.unwrap_or_default();
+        let provider = Arc::new(provider());
+        let verifier = Arc::new(Verifier::new(settings.peers.clone(), ca, provider.signature_verification_algorithms)?);
+        let invalid = |e: rustls::Error| TlsError::Invalid { path: cert_path.clone(), detail: e.to_string() };
+        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(invalid)?
+            .with_client_cert_verifier(verifier.clone())
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(invalid)?;
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(invalid)?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_auth_cert(chain, key)
+            .map_err(invalid)?;
+        // No resumption: a resumed session skips the peer check, which must see every
+        // connection (a certificate may have expired since); connections are long-lived anyway.
+        server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        server.send_tls13_tickets = 0;
+        client.resumption = rustls::client::Resumption::disabled();
+        Ok(Tls { server: Arc::new(server), client: Arc::new(client), refused: AtomicU64::new(0) })
     }
 
     /// The server side of a handshake on an accepted connection, bounded by
     /// `HANDSHAKE_TIMEOUT`; a failure is counted in `refused`.
-    pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(&self, stream: S) -> std::io::Result<(TlsStream<S>, PeerIdentity)> {
-        let _ = stream;
-        todo!("helper tls-core")
+    pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(&self, stream: S) -> io::Result<(TlsStream<S>, PeerIdentity)> {
+        let handshake = async {
+            let tls = tokio_rustls::TlsAcceptor::from(self.server.clone()).accept(stream).await?;
+            let peer = identity(tls.get_ref().1.peer_certificates())?;
+            Ok((TlsStream::Server(tls), peer))
+        };
+        self.bounded(handshake).await
     }
 
     /// The client side of a handshake on a connection we opened, with the same bound and
-    /// the same rules for the server's certificate.
-    pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(&self, stream: S) -> std::io::Result<(TlsStream<S>, PeerIdentity)> {
-        let _ = stream;
-        todo!("helper tls-core")
+    /// the same rules for the server's certificate. In TLS 1.3 the client finishes before
+    /// the server has judged its certificate: a refusal then shows as the connection closing.
+    pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(&self, stream: S) -> io::Result<(TlsStream<S>, PeerIdentity)> {
+        // The verifier checks no host name, so any name does; an address sends no SNI.
+        let name = ServerName::IpAddress(Ipv4Addr::LOCALHOST.into());
+        let handshake = async {
+            let tls = tokio_rustls::TlsConnector::from(self.client.clone()).connect(name, stream).await?;
+            let peer = identity(tls.get_ref().1.peer_certificates())?;
+            Ok((TlsStream::Client(tls), peer))
+        };
+        self.bounded(handshake).await
     }
 
     /// Handshakes refused so far (both sides).
     pub fn refused(&self) -> u64 {
-        self.refused.load(std::sync::atomic::Ordering::Relaxed)
+        self.refused.load(Ordering::Relaxed)
     }
+
+    /// Runs a handshake under `HANDSHAKE_TIMEOUT`, counting any failure.
+    async fn bounded<T>(&self, handshake: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+        let result = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(result) => result,
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("TLS handshake not finished within {HANDSHAKE_TIMEOUT:?}"))),
+        };
+        if result.is_err() {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
+/// rustls's ring provider, which rustls 0.23.48 deprecates for lacking post-quantum key
+/// exchange; aws-lc-rs (which has it) needs a C toolchain this project does without.
+#[allow(deprecated)]
+fn provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
+/// Who the peer is, from the leaf the verifier admitted.
+fn identity(certs: Option<&[CertificateDer<'_>]>) -> io::Result<PeerIdentity> {
+    let leaf =
+        certs.and_then(<[_]>::first).ok_or_else(|| io::Error::new(io::ErrorKind::PermissionDenied, "TLS peer sent no certificate"))?;
+    let (_, cert) =
+        X509Certificate::from_der(leaf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("TLS peer certificate: {e}")))?;
+    Ok(PeerIdentity { thumbprint: Thumbprint::of(leaf), names: verify::names(&cert) })
+}
+
+/// The chain and key `source` names, and the certificate file (for errors found later).
+fn load_identity(source: &IdentitySource) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>, PathBuf), TlsError> {
+    match source {
+        IdentitySource::Files { cert, key } => Ok((read_certs(cert)?, read_key(key)?, cert.clone())),
+        IdentitySource::Thumbprints { dir, a, b } => {
+            for thumb in [a, b].into_iter().flatten() {
+                let cert = dir.join(format!("{thumb}.crt"));
+                if !cert.exists() {
+                    continue;
+                }
+                let chain = read_certs(&cert)?;
+                if Thumbprint::of(&chain[0]) != *thumb {
+                    return Err(TlsError::Invalid {
+                        path: cert,
+                        detail: format!("its first certificate is {}, not {thumb}", Thumbprint::of(&chain[0])),
+                    });
+                }
+                return Ok((chain, read_key(&dir.join(format!("{thumb}.key")))?, cert));
+            }
+            let show = |t: &Option<Thumbprint>| t.map_or_else(|| "(none)".to_owned(), |t| t.to_string());
+            Err(TlsError::NoIdentity(show(a), show(b), dir.clone()))
+        }
+    }
+}
+
+/// A PEM file's certificates, at least one.
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let invalid = |detail: String| TlsError::Invalid { path: path.to_owned(), detail };
+    let certs = CertificateDer::pem_slice_iter(&read_pem(path)?).collect::<Result<Vec<_>, _>>().map_err(|e| invalid(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(invalid("no PEM certificate in it".into()));
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(&read_pem(path)?).map_err(|e| TlsError::Invalid { path: path.to_owned(), detail: e.to_string() })
+}
+
+/// A PEM file's bytes, refusing anything larger than a certificate bundle plausibly is.
+fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
+    const LIMIT: u64 = 1 << 20;
+    let read = |source| TlsError::Read { path: path.to_owned(), source };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path).and_then(|f| f.take(LIMIT + 1).read_to_end(&mut bytes)).map_err(read)?;
+    if bytes.len() as u64 > LIMIT {
+        return Err(TlsError::Invalid { path: path.to_owned(), detail: format!("larger than {LIMIT} bytes") });
+    }
+    Ok(bytes)
 }
 
 impl Thumbprint {
