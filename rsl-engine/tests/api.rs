@@ -337,7 +337,8 @@ fn a_tls_ring_replicates_and_binds_connections_to_members() {
 #[test]
 fn a_missing_certificate_fails_initialize_naming_it() {
     let dir = tempfile::tempdir().unwrap();
-    let me = node("1", Ipv4Addr::LOCALHOST, free_base()).unwrap();
+    // No port is bound: the settings are read first.
+    let me = node("1", Ipv4Addr::LOCALHOST, 0).unwrap();
     let members = MemberSet { nodes: vec![me.clone()], cookie: Bytes::new() };
     let ca = dir.path().join("ca.crt");
     std::fs::write(&ca, issue::Ca::new("test CA").cert_pem()).unwrap();
