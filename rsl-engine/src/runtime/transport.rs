@@ -328,12 +328,17 @@ struct Link {
 
 /// A peer's connection task: connect (and authenticate) with exponential backoff, serve the
 /// connection until it breaks, repeat. Packets queued meanwhile wait (bounded); those a broken
-/// connection was writing are lost.
+/// connection was writing are lost. Only a connection that lasted resets the backoff: a peer
+/// that closes at once (full, or refusing our certificate after a TLS 1.3 handshake that
+/// looked complete) is not redialled in a tight loop.
 async fn run_peer(peer: Arc<Peer>, opts: TransportOptions, link: Link) {
     let mut backoff = opts.backoff_min;
     loop {
+        let began = tokio::time::Instant::now();
         if let Some(result) = connect_and_serve(&peer, &link).await {
-            backoff = opts.backoff_min;
+            if began.elapsed() >= opts.backoff_max {
+                backoff = opts.backoff_min;
+            }
             peer.connected.store(false, Relaxed);
             info!(peer = %peer.addr, ?result, "connection closed");
         }
