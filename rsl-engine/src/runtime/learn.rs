@@ -928,6 +928,48 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn over_tls_only_authenticated_peers_learn() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::runtime::tls::issue::Ca::new("test CA");
+        let [server_tls, client_tls] = ["1", "2"].map(|name| {
+            let sub = dir.path().join(name);
+            std::fs::create_dir(&sub).unwrap();
+            crate::runtime::transport::test_tls(&sub, &ca, name)
+        });
+        let (log, cp) = (dir.path().join("1.log"), dir.path().join("40.codex"));
+        let len = write_log(&log, 1..=5, 3000);
+        let size = write_checkpoint(&cp);
+        let source = Arc::new(Source { votes: vec![range(&log, 0, len)], checkpoint: Some((CP_DECREE, cp.clone())) });
+        let server = LearnServer::start(
+            &Handle::current(),
+            "127.0.0.1:0".parse().unwrap(),
+            source,
+            LearnLimits::default(),
+            Some(server_tls.clone()),
+        )
+        .unwrap();
+        let peer = Peer { addr: server.local_addr(), tls: Some(&client_tls) };
+        let records = fetch_votes(peer, &fetch_votes_request(1), 1 << 20, WAIT).await.unwrap();
+        assert_eq!(decrees(&records), [1, 2, 3, 4, 5]);
+        let dest = dir.path().join("copy.codex");
+        fetch_checkpoint(peer, &fetch_checkpoint_request(Version::V6, CP_DECREE), size, &dest, WAIT, 1).await.unwrap();
+        assert!(std::fs::read(&dest).unwrap() == std::fs::read(&cp).unwrap());
+        let status = fetch_status(peer, &message(Version::V6, 3, Body::StatusQuery), WAIT).await.unwrap();
+        assert_eq!(status.kind(), MsgKind::StatusResponse);
+        assert_eq!(server_tls.refused(), 0);
+        // Plain requests get nothing.
+        let plain = Peer::plain(server.local_addr());
+        assert!(fetch_votes(plain, &fetch_votes_request(1), 1 << 20, WAIT).await.map_or(true, |r| r.is_empty()));
+        assert!(fetch_status(plain, &message(Version::V6, 3, Body::StatusQuery), WAIT).await.is_err());
+        assert!(fetch_checkpoint(plain, &fetch_checkpoint_request(Version::V6, CP_DECREE), size, &dest, WAIT, 1).await.is_err());
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while server_tls.refused() < 3 {
+            assert!(tokio::time::Instant::now() < deadline, "refusals not counted: {}", server_tls.refused());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// The original's files, read in place: `$RSL_GOLDEN_DIR` or `shared/rsl-golden` beside
     /// the workspace; skipped when absent.
     fn golden() -> Option<PathBuf> {

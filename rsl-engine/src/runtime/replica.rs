@@ -521,16 +521,16 @@ async fn copy_state(
 ) -> Option<(u64, PathBuf)> {
     let ours = store.lock().ok()?.newest().map_or(0, |(d, _)| d);
     for node in peers {
-        let addr = learn::Peer { addr: learn_addr(&node), tls };
+        let peer = learn::Peer { addr: learn_addr(&node), tls };
         let query = Message::new(Header::new(version, me, 0, 0, Ballot::EMPTY), Body::StatusQuery);
-        let Ok(reply) = learn::fetch_status(addr, &query, limit).await else { continue };
+        let Ok(reply) = learn::fetch_status(peer, &query, limit).await else { continue };
         let Body::StatusResponse(s) = reply.body else { continue };
         if s.checkpointed_decree == 0 || s.checkpointed_decree < ours {
             continue;
         }
         let request = Message::new(Header::new(version, me, s.checkpointed_decree, 0, Ballot::EMPTY), Body::FetchCheckpoint);
         let temp = store.lock().ok()?.temp_path();
-        if learn::fetch_checkpoint(addr, &request, s.checkpoint_size, &temp, limit, 3).await.is_err() {
+        if learn::fetch_checkpoint(peer, &request, s.checkpoint_size, &temp, limit, 3).await.is_err() {
             continue;
         }
         let store = store.clone();

@@ -236,16 +236,15 @@ impl Ring {
     /// checks the rest.
     fn on_message(&mut self, msg: Arc<Message>, origin: Origin) {
         let (from, ip) = (msg.header.sender, origin.ip);
-        self.inbound = Some(ip);
         if let Some(certified) = certified_other(&self.nodes, &from, origin.peer.as_deref()) {
             if let Some(since) = self.count_rejection() {
                 let kind = msg.kind();
                 tracing::warn!(peer = %ip, claimed = %from, %certified, ?kind, unlogged_since = since,
                     "message rejected: its sender is not the member its connection's certificate names");
             }
-            self.inbound = None;
             return;
         }
+        self.inbound = Some(ip);
         if !self.sent_from_its_address(&from, ip) {
             self.rejected(from, msg.kind(), Rejection::WrongAddress);
             self.inbound = None;

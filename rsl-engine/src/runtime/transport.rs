@@ -328,12 +328,17 @@ struct Link {
 
 /// A peer's connection task: connect (and authenticate) with exponential backoff, serve the
 /// connection until it breaks, repeat. Packets queued meanwhile wait (bounded); those a broken
-/// connection was writing are lost.
+/// connection was writing are lost. Only a connection that lasted resets the backoff: a peer
+/// that closes at once (full, or refusing our certificate after a TLS 1.3 handshake that
+/// looked complete) is not redialled in a tight loop.
 async fn run_peer(peer: Arc<Peer>, opts: TransportOptions, link: Link) {
     let mut backoff = opts.backoff_min;
     loop {
+        let began = tokio::time::Instant::now();
         if let Some(result) = connect_and_serve(&peer, &link).await {
-            backoff = opts.backoff_min;
+            if began.elapsed() >= opts.backoff_max {
+                backoff = opts.backoff_min;
+            }
             peer.connected.store(false, Relaxed);
             info!(peer = %peer.addr, ?result, "connection closed");
         }
@@ -772,6 +777,21 @@ fn regrow(buf: &mut BytesMut, capacity: usize) {
     *buf = fresh;
 }
 
+/// A TLS configuration for tests: a certificate naming `name` issued by `ca` (written to
+/// `dir`), admitting every peer whose chain leads to `ca`.
+#[cfg(test)]
+pub(crate) fn test_tls(dir: &std::path::Path, ca: &super::tls::issue::Ca, name: &str) -> Arc<Tls> {
+    use super::tls::{issue, IdentitySource, PeerRules, TlsSettings};
+    let now = std::time::SystemTime::now();
+    let day = Duration::from_secs(86_400);
+    let leaf = ca.issue(&issue::LeafSpec { name, not_before: now - day, not_after: now + day });
+    let (cert, key) = issue::write_by_thumbprint(dir, &leaf).unwrap();
+    let ca_path = dir.join("ca.crt");
+    std::fs::write(&ca_path, ca.cert_pem()).unwrap();
+    let peers = PeerRules { ca: Some(ca_path), require_chain: true, ..Default::default() };
+    Arc::new(Tls::load(&TlsSettings { identity: IdentitySource::Files { cert, key }, peers }).unwrap())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1141,6 +1161,71 @@ mod tests {
         timeout(WAIT, conn.read_exact(&mut hello)).await.expect("served in time").unwrap();
         assert_eq!((&hello, failures.load(Relaxed)), (b"hello", 0), "served after every failure");
         acceptor.abort();
+    }
+
+    /// A transport with TLS whose messages arrive, with their origin, on the returned channel.
+    fn start_tls(tls: &Arc<Tls>) -> (Transport, UnboundedReceiver<(Arc<Message>, Origin)>) {
+        let (tx, rx) = unbounded_channel();
+        let deliver = Arc::new(move |m, origin| drop(tx.send((m, origin))));
+        (Transport::start(&Handle::current(), any_port(), TransportOptions::default(), Some(tls.clone()), deliver).unwrap(), rx)
+    }
+
+    async fn recv_from(rx: &mut UnboundedReceiver<(Arc<Message>, Origin)>) -> (Arc<Message>, Vec<String>) {
+        let (m, origin) = timeout(WAIT, rx.recv()).await.expect("a message in time").expect("transport alive");
+        (m, origin.peer.expect("an authenticated connection").names.clone())
+    }
+
+    #[tokio::test]
+    async fn over_tls_packets_flow_both_ways_with_the_peers_identity() {
+        let (dir, ca) = (tempfile::tempdir().unwrap(), super::super::tls::issue::Ca::new("test CA"));
+        let [one, two, three] = ["1", "2", "3"].map(|name| {
+            let sub = dir.path().join(name);
+            std::fs::create_dir(&sub).unwrap();
+            test_tls(&sub, &ca, name)
+        });
+        let ((a, mut rx_a), (b, mut rx_b)) = (start_tls(&one), start_tls(&two));
+        a.set_peers(&[(id(2), b.local_addr())]);
+        b.set_peers(&[(id(1), a.local_addr())]);
+        for d in 1..=100 {
+            assert!(a.send(&id(2), framed(&vote(1, d))) && b.send(&id(1), framed(&vote(2, d))));
+        }
+        for d in 1..=100 {
+            let ((m1, names1), (m2, names2)) = (recv_from(&mut rx_b).await, recv_from(&mut rx_a).await);
+            assert_eq!((&*m1, &*m2), (&vote(1, d), &vote(2, d)));
+            assert!(names1.contains(&"1".to_string()) && names2.contains(&"2".to_string()), "{names1:?} {names2:?}");
+        }
+        // An answer read on our outbound connection carries the server's identity.
+        let listener = TcpListener::bind(any_port()).await.unwrap();
+        a.set_peers(&[(id(3), listener.local_addr().unwrap())]);
+        assert!(a.send(&id(3), framed(&vote(1, 7))));
+        let (raw, _) = timeout(WAIT, listener.accept()).await.unwrap().unwrap();
+        let (mut server, client) = three.accept(raw).await.unwrap();
+        assert!(client.names.contains(&"1".to_string()));
+        let mut buf = vec![0u8; framed(&vote(1, 7)).len()];
+        server.read_exact(&mut buf).await.unwrap();
+        assert_eq!(buf, framed(&vote(1, 7)));
+        server.write_all(&framed(&reply(Body::VoteAccepted, 7))).await.unwrap();
+        server.flush().await.unwrap();
+        let (m, names) = recv_from(&mut rx_a).await;
+        assert_eq!((&*m, names.contains(&"3".to_string())), (&reply(Body::VoteAccepted, 7), true));
+    }
+
+    #[tokio::test]
+    async fn a_plain_packet_to_a_tls_port_is_refused_and_counted() {
+        let (dir, ca) = (tempfile::tempdir().unwrap(), super::super::tls::issue::Ca::new("test CA"));
+        let tls = test_tls(dir.path(), &ca, "2");
+        let (b, mut rx_b) = start_tls(&tls);
+        let mut raw = TcpStream::connect(b.local_addr()).await.unwrap();
+        raw.write_all(&framed(&vote(1, 1))).await.unwrap();
+        // Closed, perhaps after a TLS alert.
+        let mut alert = Vec::new();
+        let _ = timeout(WAIT, raw.read_to_end(&mut alert)).await.expect("closed in time");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while tls.refused() == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "the refusal was never counted");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(rx_b.try_recv().is_err(), "nothing was delivered");
     }
 
     #[test]
