@@ -336,27 +336,20 @@ namespace RSLib
 
     void STDCALL SetMinidumpEnabled(bool /*enabled*/) {}
 
-    bool STDCALL SetThumbprintsForSsl(const char* pThumbPrintA, const char* pThumbPrintB, bool /*validateCAChain*/,
-                                      bool /*checkCertificateRevocation*/)
+    // Both record process-wide settings read by every later Initialize; the certificate files
+    // are found by thumbprint in rsl_set_tls_dir's directory, else $RSL_TLS_DIR, else /etc/rsl/tls.
+    bool STDCALL SetThumbprintsForSsl(const char* pThumbPrintA, const char* pThumbPrintB, bool validateCAChain,
+                                      bool checkCertificateRevocation)
     {
-        if (pThumbPrintA == nullptr && pThumbPrintB == nullptr)
-        {
-            return true;
-        }
-        shim::Log(CallBackLogLevel_Error, "SetThumbprintsForSsl: TLS is not supported by this RSL");
-        return false;
+        return rsl_set_thumbprints_for_ssl(pThumbPrintA, pThumbPrintB, validateCAChain, checkCertificateRevocation);
     }
 
-    bool STDCALL SetSubjectNamesForSsl(const char* pSubjectA, const char* /*pThumbPrintsParentA*/,
-                                       const char* pSubjectB, const char* /*pThumbPrintsParentB*/,
-                                       bool /*considerIdentitiesWhitelist*/)
+    bool STDCALL SetSubjectNamesForSsl(const char* pSubjectA, const char* pThumbPrintsParentA,
+                                       const char* pSubjectB, const char* pThumbPrintsParentB,
+                                       bool considerIdentitiesWhitelist)
     {
-        if (pSubjectA == nullptr && pSubjectB == nullptr)
-        {
-            return true;
-        }
-        shim::Log(CallBackLogLevel_Error, "SetSubjectNamesForSsl: TLS is not supported by this RSL");
-        return false;
+        return rsl_set_subject_names_for_ssl(pSubjectA, pThumbPrintsParentA, pSubjectB, pThumbPrintsParentB,
+                                             considerIdentitiesWhitelist);
     }
 
     void STDCALL EnableListenOnAllIPs()

@@ -172,7 +172,11 @@ namespace RSLib
                                            LogEntryCallback logEntryCallback = NULL);
     /* Accepted for compatibility; fatal errors abort the process (core dump) either way. */
     RSL_IMPORT_EXPORT void STDCALL SetMinidumpEnabled(bool enabled);
-    /* TLS is not available in this implementation yet: both return false (and log an error). */
+    /* Mutual TLS on every RSL port of replicas initialized afterwards (rsl_set_thumbprints_for_ssl and
+       rsl_set_subject_names_for_ssl in rsl_ffi.h say how): the local certificate is
+       <dir>/<THUMBPRINT>.crt and .key (PEM), dir from rsl_set_tls_dir, else $RSL_TLS_DIR, else
+       /etc/rsl/tls. checkCertificateRevocation is not supported (logged). False for a malformed
+       thumbprint (logged). */
     RSL_IMPORT_EXPORT bool STDCALL SetThumbprintsForSsl(const char* pThumbPrintA, const char* pThumbPrintB,
                                                         bool validateCAChain, bool checkCertificateRevocation);
     RSL_IMPORT_EXPORT bool STDCALL SetSubjectNamesForSsl(const char* pSubjectA, const char* pThumbPrintsParentA,

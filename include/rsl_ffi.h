@@ -347,14 +347,17 @@ rsl_status rsl_init(const char *log_dir, bool log_debug, rsl_log_callback cb);
  * `members`/`member_count` is the legacy initial member list; NULL and 0 is the v4+ form
  * (the replica waits for `rsl_replica_bootstrap` unless it was bootstrapped before).
  * `serialize_fast_reads_with_replicates` is accepted and ignored: this runtime always runs fast
- * reads on the execute thread, serialized with replicated requests.
+ * reads on the execute thread, serialized with replicated requests. TLS is on if
+ * `rsl_set_thumbprints_for_ssl`, `rsl_set_subject_names_for_ssl` or `rsl_set_tls_files` was
+ * called before (certificates and keys are read now).
  *
  * Everything passed in is copied; `callbacks->context` must stay valid until
  * `rsl_replica_destroy`. On success `*out` is a handle the caller frees with
  * `rsl_replica_destroy`; on failure `*out` is NULL.
  *
  * Errors: `RSL_E_NULL` (a NULL pointer or required callback), `RSL_INVALID_PARAMETER` (bad
- * node, member list or version), `RSL_E_CONFIG` (a value out of range, logged), `RSL_E_IO`
+ * node, member list or version), `RSL_E_CONFIG` (a value out of range or a TLS setting that
+ * cannot be used, logged), `RSL_E_IO`
  * (storage, port in use, no loadable state; logged).
  *
  * # Safety
@@ -654,6 +657,63 @@ void rsl_checkpoint_reader_close(struct rsl_checkpoint_reader *r);
  * `w` is NULL or the writer of the current callback; `data` points to `len` bytes (or is NULL).
  */
 uint32_t rsl_checkpoint_writer_write(struct rsl_checkpoint_writer *w, const void *data, uint32_t len);
+
+/**
+ * `SetThumbprintsForSsl`: turns on mutual TLS on every RSL port of replicas initialized
+ * afterwards. The replica presents `<dir>/<thumb_a>.crt` with its `.key` (else thumb_b's; PEM,
+ * chain leaf first, upper-case hex names), where `dir` is `rsl_set_tls_dir`'s, else
+ * `$RSL_TLS_DIR`, else `/etc/rsl/tls`. A peer whose leaf thumbprint is A or B is admitted.
+ * With `validate_ca_chain` its chain must also lead to `<dir>/ca.crt` (missing: initialize
+ * fails); without, a chain failure is only logged (when `ca.crt` exists). `check_revocation`
+ * is not supported (no CRL or OCSP): logged and ignored. Both NULL turns this rule off.
+ *
+ * Thumbprints are 40 hex digits (spaces and colons ignored). Returns false (logged, nothing
+ * changed) for a malformed one.
+ *
+ * # Safety
+ * Each string is NULL or NUL-terminated.
+ */
+bool rsl_set_thumbprints_for_ssl(const char *thumb_a, const char *thumb_b, bool validate_ca_chain, bool check_revocation);
+
+/**
+ * `SetSubjectNamesForSsl`: admits a peer whose subject CN is `subject_a` (a leading `CN=` is
+ * ignored) and whose issuer's thumbprint is in `parent_thumbs_a` (`;`-separated), or the same
+ * with B. A subject or its list NULL leaves that rule out. With
+ * `consider_identities_whitelist` false, `rsl_set_thumbprints_for_ssl`'s A and B still name
+ * the local certificate but no longer admit peers (the original, as coded, then admitted
+ * nobody at all). The local certificate comes from `rsl_set_thumbprints_for_ssl` or
+ * `rsl_set_tls_files`. Returns false (logged, nothing changed) for a malformed thumbprint or
+ * an empty list.
+ *
+ * # Safety
+ * Each string is NULL or NUL-terminated.
+ */
+bool rsl_set_subject_names_for_ssl(const char *subject_a, const char *parent_thumbs_a, const char *subject_b, const char *parent_thumbs_b, bool consider_identities_whitelist);
+
+/**
+ * The directory `rsl_set_thumbprints_for_ssl` finds certificates in; NULL or empty goes back
+ * to `$RSL_TLS_DIR`, else `/etc/rsl/tls`. Read at `rsl_replica_initialize`.
+ *
+ * # Safety
+ * `dir` is NULL or NUL-terminated.
+ */
+void rsl_set_tls_dir(const char *dir);
+
+/**
+ * The modern alternative: the replica presents `cert` (PEM chain, leaf first) with `key`;
+ * a peer is admitted when its chain leads to the CA bundle `ca` (if given, it is required)
+ * and, if either list is given, its SPKI SHA-256 is in `spki_pins` (`;`-separated, 64 hex
+ * digits each) or its subject CN or a DNS SAN is in `names` (`;`-separated). Names need
+ * `ca` (anyone can issue a certificate with any name), and something must be given: `ca`
+ * or pins. Combines with the thumbprint and subject rules (any admits); this identity
+ * replaces the thumbprint one. `cert` and `key` both NULL turns it off. Returns false
+ * (logged, nothing changed) for a malformed or missing argument; files are read at
+ * `rsl_replica_initialize`.
+ *
+ * # Safety
+ * Each string is NULL or NUL-terminated.
+ */
+bool rsl_set_tls_files(const char *ca, const char *cert, const char *key, const char *spki_pins, const char *names);
 
 /**
  * Fills `*cfg` with RSL's defaults (an empty working directory, which `rsl_replica_initialize`

@@ -22,6 +22,12 @@
 // restart: Initialize from the data directory (LoadState gets the checkpoint, the log
 // replays the rest), write <outDir>/restart-callbacks.<id>.log and restart-state.<id>.txt, unload;
 // then read the same directory with Replay and write replay-callbacks.<id>.log and replay-state.<id>.txt.
+//
+// With RSL_KV_TLS_THUMBS="A,B" the replicas speak mutual TLS, set up with SetThumbprintsForSsl
+// (validateCAChain): each finds its certificate by thumbprint in $RSL_TLS_DIR, which also holds
+// ca.crt. Replica 3 presents B and the others A (a ring midway through a rotation); each admits both.
+// With RSL_KV_TLS_ISSUER=<CA thumbprint> too, replica 3 admits its peers by subject and issuer
+// instead: SetSubjectNamesForSsl("kv-service-a", issuer, "kv-service-b", issuer, false).
 
 #include <arpa/inet.h>
 
@@ -692,6 +698,42 @@ static void LogEntry(const char* /*file*/, const char* /*function*/, int /*line*
     }
 }
 
+// RSL_KV_TLS_THUMBS="A,B": SetThumbprintsForSsl, replica 3 with the two swapped. A malformed
+// thumbprint must be refused first.
+bool SetUpTls(int id)
+{
+    const char* thumbs = std::getenv("RSL_KV_TLS_THUMBS");
+    if (thumbs == NULL)
+    {
+        return true;
+    }
+    if (SetThumbprintsForSsl("not a thumbprint", NULL, true, false))
+    {
+        std::cerr << "SetThumbprintsForSsl accepted a malformed thumbprint\n";
+        return false;
+    }
+    std::string a = thumbs;
+    const std::string::size_type comma = a.find(',');
+    std::string b = comma == std::string::npos ? std::string() : a.substr(comma + 1);
+    a = a.substr(0, comma);
+    if (id == 3)
+    {
+        std::swap(a, b);
+    }
+    if (!SetThumbprintsForSsl(a.c_str(), b.empty() ? NULL : b.c_str(), true, false))
+    {
+        std::cerr << "SetThumbprintsForSsl failed\n";
+        return false;
+    }
+    const char* issuer = std::getenv("RSL_KV_TLS_ISSUER");
+    if (issuer != NULL && id == 3 && !SetSubjectNamesForSsl("kv-service-a", issuer, "CN=kv-service-b", issuer, false))
+    {
+        std::cerr << "SetSubjectNamesForSsl failed\n";
+        return false;
+    }
+    return true;
+}
+
 int main(int argc, char** argv)
 {
     if (argc != 6)
@@ -708,6 +750,10 @@ int main(int argc, char** argv)
     if (!RSLInit(NULL, false, NULL, LogEntry))
     {
         std::cerr << "RSLInit failed\n";
+        return 1;
+    }
+    if (!SetUpTls(id))
+    {
         return 1;
     }
     int rc = 0;

@@ -2,8 +2,11 @@
 //! system `g++ -Wall -Werror` against `include/rsl.h` and the library this build produced
 //! (through `pkg-config --cflags --libs rsl`, or the same flags by hand when pkg-config is
 //! missing), then
-//! - runs `kv_service` as a 3-replica cluster in three processes and checks the callbacks
-//!   each one saw, their order and arguments, and the replicated state on every replica;
+//! - runs `kv_service` as a 3-replica cluster in three processes, speaking mutual TLS set up
+//!   with `SetThumbprintsForSsl` (certificates found by thumbprint in `RSL_TLS_DIR`; one
+//!   replica admits by `SetSubjectNamesForSsl` alone), and
+//!   checks the callbacks each one saw, their order and arguments, and the replicated state
+//!   on every replica, and that each port completes a TLS handshake with the right certificate;
 //!   then restarts each replica from its data directory (LoadState from the checkpoint) and
 //!   reads it with the read-only Replay;
 //! - runs the same cluster, started with the legacy Initialize, built with AddressSanitizer
@@ -14,6 +17,8 @@
 //!
 //! Every wait is bounded; processes still running at a deadline are killed.
 
+use rsl_engine::runtime::tls::issue::{write_by_thumbprint, Ca, LeafSpec};
+use rsl_engine::runtime::tls::{IdentitySource, PeerRules, Thumbprint, Tls, TlsSettings};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
@@ -36,6 +41,19 @@ fn lib_dirs() -> (PathBuf, PathBuf) {
     assert!(deps.join("librsl.so").is_file(), "librsl.so is not in {}", deps.display());
     assert!(profile.join("rsl.pc").is_file(), "rsl.pc is not in {}", profile.display());
     (profile, deps)
+}
+
+/// `LD_LIBRARY_PATH` for the programs: this build's `librsl.so` first. Cargo puts
+/// `target/<profile>` ahead of `deps` in the tests' own path, and a `librsl.so` left there by
+/// an earlier `cargo build` would otherwise win over the rpath.
+fn library_path() -> std::ffi::OsString {
+    let (_, deps) = lib_dirs();
+    let mut path = deps.into_os_string();
+    if let Some(old) = std::env::var_os("LD_LIBRARY_PATH") {
+        path.push(":");
+        path.push(old);
+    }
+    path
 }
 
 /// `pkg-config --cflags --libs rsl`, pointed at this build's `rsl.pc` and libraries.
@@ -146,9 +164,10 @@ enum Start {
     Legacy,
 }
 
-/// Runs the 3-replica cluster of `exe` and checks what each replica wrote, then restarts
-/// each one. `env` is added to each process's environment.
-fn run_cluster(exe: &Path, work: &Path, start: Start, env: &[(&str, &str)]) {
+/// Runs the 3-replica cluster of `exe` and checks what each replica wrote (and, once the
+/// workload is done and before the replicas stop, `while_running` with the base port), then
+/// restarts each one. `env` is added to each process's environment.
+fn run_cluster(exe: &Path, work: &Path, start: Start, env: &[(&str, &str)], while_running: &dyn Fn(u16)) {
     let mut env = env.to_vec();
     if start == Start::Legacy {
         env.push(("RSL_KV_LEGACY_INIT", "1"));
@@ -157,7 +176,8 @@ fn run_cluster(exe: &Path, work: &Path, start: Start, env: &[(&str, &str)]) {
     let out = work.join("out");
     fs::create_dir_all(&data).unwrap();
     fs::create_dir_all(&out).unwrap();
-    let base = free_base_port().to_string();
+    let base_port = free_base_port();
+    let base = base_port.to_string();
 
     let mut procs = Procs(Vec::new());
     for id in 1..=3u32 {
@@ -166,6 +186,7 @@ fn run_cluster(exe: &Path, work: &Path, start: Start, env: &[(&str, &str)]) {
             .arg(&data)
             .arg(&out)
             .envs(env.iter().copied())
+            .env("LD_LIBRARY_PATH", library_path())
             .stdin(Stdio::piped())
             .stdout(fs::File::create(out.join(format!("stdout.{id}"))).unwrap())
             .stderr(fs::File::create(out.join(format!("stderr.{id}"))).unwrap())
@@ -194,6 +215,7 @@ fn run_cluster(exe: &Path, work: &Path, start: Start, env: &[(&str, &str)]) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    while_running(base_port);
     let stop_deadline = Instant::now() + Duration::from_secs(60);
     for (_, child) in &mut procs.0 {
         drop(child.stdin.take());
@@ -212,6 +234,7 @@ fn run_cluster(exe: &Path, work: &Path, start: Start, env: &[(&str, &str)]) {
             .arg(&data)
             .arg(&out)
             .envs(env.iter().copied())
+            .env("LD_LIBRARY_PATH", library_path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(fs::File::create(out.join(format!("restart-stderr.{id}"))).unwrap())
@@ -405,12 +428,52 @@ fn check_restart(out: &Path, id: u32) {
     assert!(other.contains(&"GetConfiguration=2 members=1,2,3 setcookie=v2 includes3=1".to_owned()), "{}", ctx());
 }
 
+/// A thumbprint directory as `SetThumbprintsForSsl` reads it: two leaves of one CA (A, B)
+/// as `<THUMBPRINT>.crt`/`.key`, and the CA as `ca.crt`. Returns A, B and the CA's thumbprint.
+fn thumbprint_dir(dir: &Path) -> (Thumbprint, Thumbprint, Thumbprint) {
+    fs::create_dir_all(dir).unwrap();
+    let ca = Ca::new("kv_service test CA");
+    fs::write(dir.join("ca.crt"), ca.cert_pem()).unwrap();
+    let now = std::time::SystemTime::now();
+    let hour = Duration::from_secs(3600);
+    let leaf = |name| ca.issue(&LeafSpec { name, not_before: now - hour, not_after: now + 24 * hour });
+    let (a, b) = (leaf("kv-service-a"), leaf("kv-service-b"));
+    write_by_thumbprint(dir, &a).unwrap();
+    write_by_thumbprint(dir, &b).unwrap();
+    (a.thumbprint, b.thumbprint, ca.thumbprint())
+}
+
+/// Each replica's Paxos port completes a mutual TLS handshake with certificate A, and shows
+/// the certificate it was given: B on replica 3, A on the others.
+fn handshakes(dir: &Path, a: Thumbprint, b: Thumbprint, base: u16) {
+    let settings = TlsSettings {
+        identity: IdentitySource::Thumbprints { dir: dir.to_path_buf(), a: Some(a), b: None },
+        peers: PeerRules { thumbprints: vec![a, b], ca: Some(dir.join("ca.crt")), require_chain: true, ..PeerRules::default() },
+    };
+    let tls = Tls::load(&settings).expect("the test's own TLS settings load");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    for id in 1..=3u16 {
+        let port = base + 10 * (id - 1);
+        let peer = rt.block_on(async {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+            tls.connect(tcp).await.map(|(_, peer)| peer)
+        });
+        let peer = peer.unwrap_or_else(|e| panic!("TLS handshake with replica {id} on port {port}: {e}"));
+        assert_eq!(peer.thumbprint, if id == 3 { b } else { a }, "replica {id}'s certificate");
+    }
+}
+
 #[test]
-fn cpp_cluster_of_three_processes() {
+fn cpp_cluster_of_three_processes_over_tls() {
     let work = tempfile::tempdir().unwrap();
     let exe = work.path().join("kv_service");
     compile(&[cpp("kv_service.cpp")], &exe, &pkg_config_flags());
-    run_cluster(&exe, work.path(), Start::Bootstrap, &[]);
+    let certs = work.path().join("certs");
+    let (a, b, issuer) = thumbprint_dir(&certs);
+    let (thumbs, issuer) = (format!("{a},{b}"), issuer.to_string());
+    // Replica 3 admits its peers by subject and issuer (considerIdentitiesWhitelist false).
+    let env = [("RSL_KV_TLS_THUMBS", thumbs.as_str()), ("RSL_KV_TLS_ISSUER", issuer.as_str()), ("RSL_TLS_DIR", certs.to_str().unwrap())];
+    run_cluster(&exe, work.path(), Start::Bootstrap, &env, &|base| handshakes(&certs, a, b, base));
 }
 
 #[test]
@@ -429,7 +492,8 @@ fn cpp_cluster_under_address_sanitizer() {
     let sources = [cpp("kv_service.cpp"), root().join("cpp-shim/rsl.cpp"), root().join("cpp-shim/rslutil.cpp")];
     compile(&sources, &exe, &flags);
     // This run starts the replicas with the legacy Initialize; the other one bootstraps.
-    run_cluster(&exe, work.path(), Start::Legacy, &[("ASAN_OPTIONS", "detect_leaks=1:halt_on_error=1:exitcode=86")]);
+    // Plain TCP here, TLS in the other.
+    run_cluster(&exe, work.path(), Start::Legacy, &[("ASAN_OPTIONS", "detect_leaks=1:halt_on_error=1:exitcode=86")], &|_| ());
     for file in fs::read_dir(work.path().join("out")).unwrap() {
         let path = file.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
@@ -448,7 +512,13 @@ fn cpp_golden_vectors() {
     compile(&[cpp("golden_check.cpp")], &exe, &pkg_config_flags());
     let scratch = work.path().join("scratch");
     fs::create_dir_all(&scratch).unwrap();
-    let mut child = Command::new(&exe).arg(&golden).arg(&scratch).stdout(Stdio::piped()).spawn().expect("golden_check starts");
+    let mut child = Command::new(&exe)
+        .arg(&golden)
+        .arg(&scratch)
+        .env("LD_LIBRARY_PATH", library_path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("golden_check starts");
     let status = wait_exit(&mut child, Instant::now() + Duration::from_secs(60), "golden_check");
     let mut stdout = String::new();
     child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();

@@ -6,6 +6,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use rsl_engine::format::checkpoint::{CheckpointReader, CheckpointWriter};
 use rsl_engine::format::{MemberSet, Version};
 use rsl_engine::runtime::api::node;
+use rsl_engine::runtime::tls::{issue, IdentitySource, PeerRules, Tls, TlsSettings};
 use rsl_engine::runtime::{AdmitAll, ResponseCode, RslConfig, RslReplica, StateMachine};
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
@@ -109,6 +110,11 @@ fn free_base() -> u16 {
 
 impl Ring {
     fn start(max_log_len_mb: u32) -> Ring {
+        Ring::start_with(max_log_len_mb, |_| None)
+    }
+
+    /// With each replica's TLS settings from `tls(member id)`.
+    fn start_with(max_log_len_mb: u32, tls: impl Fn(&str) -> Option<TlsSettings>) -> Ring {
         let dir = tempfile::tempdir().unwrap();
         let base = free_base();
         let nodes: Vec<_> = (0..3).map(|i| node(&(i + 1).to_string(), Ipv4Addr::LOCALHOST, base + 2 * i).unwrap()).collect();
@@ -126,7 +132,8 @@ impl Ring {
         for me in nodes {
             let rec = Recorder::default();
             ring.events.push(rec.events.clone());
-            let r = RslReplica::initialize(ring.cfg.clone(), me, Version::V6, Box::new(rec), Arc::new(AdmitAll), Some(members.clone()));
+            let cfg = RslConfig { tls: tls(&me.id.to_string()), ..ring.cfg.clone() };
+            let r = RslReplica::initialize(cfg, me, Version::V6, Box::new(rec), Arc::new(AdmitAll), Some(members.clone()));
             ring.replicas.push(r.unwrap());
         }
         ring
@@ -266,4 +273,80 @@ fn listen_on_all_ips_binds_every_address() {
         }
         r.unload();
     }
+}
+
+/// Settings for a certificate naming `name` from `ca`, admitting every peer `ca` issued.
+fn tls_settings(dir: &Path, ca: &issue::Ca, name: &str) -> TlsSettings {
+    let (now, day) = (std::time::SystemTime::now(), Duration::from_secs(86_400));
+    let leaf = ca.issue(&issue::LeafSpec { name, not_before: now - day, not_after: now + day });
+    let (cert, key) = issue::write_by_thumbprint(dir, &leaf).unwrap();
+    let ca_path = dir.join("ca.crt");
+    std::fs::write(&ca_path, ca.cert_pem()).unwrap();
+    TlsSettings {
+        identity: IdentitySource::Files { cert, key },
+        peers: PeerRules { ca: Some(ca_path), require_chain: true, ..Default::default() },
+    }
+}
+
+/// Three replicas with certificates (CN = member id) from one throwaway CA: writes replicate;
+/// a connection certified as one member speaking for another, and a plain one, are refused.
+#[test]
+fn a_tls_ring_replicates_and_binds_connections_to_members() {
+    use rsl_engine::format::{Ballot, Body, Header, Message};
+    use tokio::io::AsyncWriteExt;
+    let (certs, ca) = (tempfile::tempdir().unwrap(), issue::Ca::new("test ring CA"));
+    let ring = Ring::start_with(100, |name| Some(tls_settings(certs.path(), &ca, name)));
+    let p = ring.primary();
+    for i in 0..20u64 {
+        assert_eq!(ring.replicas[p].replicate_request(Bytes::from(format!("req{i}")), i), ResponseCode::Success);
+    }
+    for i in 0..3 {
+        wait(Duration::from_secs(20), || (execs(&ring.events(i)).len() == 20).then_some(()));
+    }
+    let primary = &ring.replicas[p];
+    let paxos = std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, primary.me().rsl_port));
+    let other = (p + 1) % 3;
+    let (certified, claimed) = (ring.replicas[other].me().id, ring.replicas[(p + 2) % 3].me().id);
+    let impostor = Tls::load(&tls_settings(certs.path(), &ca, &certified.to_string())).unwrap();
+    let _ = primary.statistics_snapshot();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let _conns = rt.block_on(async {
+        // Its own id first (answered), then another's (dropped).
+        let (mut conn, server) = impostor.connect(tokio::net::TcpStream::connect(paxos).await.unwrap()).await.unwrap();
+        assert!(server.names.contains(&primary.me().id.to_string()), "{:?}", server.names);
+        for sender in [certified, claimed] {
+            let query = Message::new(Header::new(Version::V6, sender, 0, 1, Ballot::EMPTY), Body::StatusQuery);
+            let packet = rsl_engine::runtime::transport::frame(&query, &mut BytesMut::new());
+            conn.write_all(&packet).await.unwrap();
+        }
+        conn.flush().await.unwrap();
+        let mut plain = tokio::net::TcpStream::connect(paxos).await.unwrap();
+        plain.write_all(b"not a TLS hello, and long enough to be refused as one").await.unwrap();
+        (conn, plain)
+    });
+    let (mut rejected, mut refused) = (0, 0);
+    wait(Duration::from_secs(10), || {
+        let stats = primary.statistics_snapshot();
+        (rejected, refused) = (rejected + stats.messages_rejected, refused + stats.tls_refused);
+        (rejected >= 1 && refused >= 1).then_some(())
+    });
+    assert_eq!(rejected, 1, "only the message naming another member than the certificate");
+    let _ = &ring.dir;
+}
+
+#[test]
+fn a_missing_certificate_fails_initialize_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // No port is bound: the settings are read first.
+    let me = node("1", Ipv4Addr::LOCALHOST, 0).unwrap();
+    let members = MemberSet { nodes: vec![me.clone()], cookie: Bytes::new() };
+    let ca = dir.path().join("ca.crt");
+    std::fs::write(&ca, issue::Ca::new("test CA").cert_pem()).unwrap();
+    let identity = IdentitySource::Files { cert: dir.path().join("nowhere.crt"), key: dir.path().join("nowhere.key") };
+    let peers = PeerRules { ca: Some(ca), require_chain: true, ..Default::default() };
+    let cfg = RslConfig { working_dir: dir.path().into(), tls: Some(TlsSettings { identity, peers }), ..RslConfig::default() };
+    let Err(e) = RslReplica::initialize(cfg, me, Version::V6, Box::new(Recorder::default()), Arc::new(AdmitAll), Some(members)) else {
+        panic!("initialized without its certificate");
+    };
+    assert!(e.to_string().contains("nowhere"), "{e}");
 }

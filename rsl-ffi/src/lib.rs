@@ -10,6 +10,7 @@ mod callbacks;
 mod log;
 mod replica;
 mod streams;
+mod tls;
 mod types;
 mod utility;
 
@@ -17,6 +18,7 @@ pub use callbacks::*;
 pub use log::*;
 pub use replica::*;
 pub use streams::*;
+pub use tls::*;
 pub use types::*;
 pub use utility::*;
 

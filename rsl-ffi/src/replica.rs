@@ -39,7 +39,7 @@ fn version(v: u32) -> Result<Version, rsl_status> {
 fn init_error(e: InitError) -> rsl_status {
     tracing::error!("{e}");
     match e {
-        InitError::Config(_) => RSL_E_CONFIG,
+        InitError::Config(_) | InitError::Tls(_) => RSL_E_CONFIG,
         InitError::Invalid(_) => RSL_INVALID_PARAMETER,
         InitError::Storage(_) | InitError::Listen { .. } | InitError::NoState | InitError::Replay { .. } => RSL_E_IO,
     }
@@ -60,14 +60,17 @@ fn config(cfg: &rsl_config) -> Result<rsl_engine::runtime::RslConfig, rsl_status
 /// `members`/`member_count` is the legacy initial member list; NULL and 0 is the v4+ form
 /// (the replica waits for `rsl_replica_bootstrap` unless it was bootstrapped before).
 /// `serialize_fast_reads_with_replicates` is accepted and ignored: this runtime always runs fast
-/// reads on the execute thread, serialized with replicated requests.
+/// reads on the execute thread, serialized with replicated requests. TLS is on if
+/// `rsl_set_thumbprints_for_ssl`, `rsl_set_subject_names_for_ssl` or `rsl_set_tls_files` was
+/// called before (certificates and keys are read now).
 ///
 /// Everything passed in is copied; `callbacks->context` must stay valid until
 /// `rsl_replica_destroy`. On success `*out` is a handle the caller frees with
 /// `rsl_replica_destroy`; on failure `*out` is NULL.
 ///
 /// Errors: `RSL_E_NULL` (a NULL pointer or required callback), `RSL_INVALID_PARAMETER` (bad
-/// node, member list or version), `RSL_E_CONFIG` (a value out of range, logged), `RSL_E_IO`
+/// node, member list or version), `RSL_E_CONFIG` (a value out of range or a TLS setting that
+/// cannot be used, logged), `RSL_E_IO`
 /// (storage, port in use, no loadable state; logged).
 ///
 /// # Safety
@@ -93,7 +96,11 @@ pub unsafe extern "C" fn rsl_replica_initialize(
             return Err(RSL_E_NULL);
         };
         *out = std::ptr::null_mut();
-        let (cfg, me, version) = (config(cfg)?, node_from_c(me)?, self::version(version)?);
+        let (mut cfg, me, version) = (config(cfg)?, node_from_c(me)?, self::version(version)?);
+        cfg.tls = crate::tls::settings().map_err(|e| {
+            tracing::error!("{e}");
+            RSL_E_CONFIG
+        })?;
         let members = match (members.is_null(), member_count) {
             (true, 0) => None,
             // SAFETY: `members` holds `member_count` nodes, per the caller.

@@ -552,3 +552,24 @@ fn init_logs_to_the_callback_and_a_file_and_may_be_called_twice() {
     let file = std::fs::read_to_string(tmp.path().join("logs/rsl.log")).unwrap();
     assert!(file.contains("m_maxCacheLengthMB"), "{file}");
 }
+
+/// Only refusals here: a call that succeeded would turn TLS on for every replica the other
+/// tests of this process start (the settings are process-wide, as the original's).
+#[test]
+fn tls_settings_are_checked_when_set() {
+    let thumb = c(&"ab".repeat(20));
+    let (short, not_hex) = (c("abcd"), c(&"zz".repeat(20)));
+    let bad_list = c(&format!("{};{}", "ab".repeat(20), "zz".repeat(20)));
+    let (subject, empty) = (c("CN=ring"), c(" ; "));
+    let (ca, cert, key, pin) = (c("/ca.pem"), c("/c.pem"), c("/k.pem"), c(&"0f".repeat(32)));
+    unsafe {
+        assert!(!rsl_set_thumbprints_for_ssl(short.as_ptr(), null(), true, false));
+        assert!(!rsl_set_thumbprints_for_ssl(thumb.as_ptr(), not_hex.as_ptr(), true, false), "B is checked too");
+        assert!(!rsl_set_subject_names_for_ssl(subject.as_ptr(), bad_list.as_ptr(), null(), null(), true));
+        assert!(!rsl_set_subject_names_for_ssl(subject.as_ptr(), empty.as_ptr(), null(), null(), true), "no issuer");
+        assert!(!rsl_set_tls_files(ca.as_ptr(), cert.as_ptr(), null(), null(), null()), "a certificate without its key");
+        assert!(!rsl_set_tls_files(null(), cert.as_ptr(), key.as_ptr(), null(), null()), "nothing says whom to admit");
+        assert!(!rsl_set_tls_files(null(), cert.as_ptr(), key.as_ptr(), pin.as_ptr(), subject.as_ptr()), "names without a CA");
+        assert!(!rsl_set_tls_files(ca.as_ptr(), cert.as_ptr(), key.as_ptr(), thumb.as_ptr(), null()), "a pin of 20 bytes");
+    }
+}

@@ -117,9 +117,12 @@ pub struct Stats {
     pub fast_reads: u64,
     pub checkpoints_saved: u64,
     /// Messages from peers dropped before the protocol: malformed, implausible, from a
-    /// non-member, or from another address than the member's (each is also logged, at most
-    /// about once a second).
+    /// non-member, from another address than the member's, or naming another member than the
+    /// one its connection's certificate names (each is also logged, at most about once a
+    /// second).
     pub messages_rejected: u64,
+    /// TLS handshakes refused, either side, on the Paxos and learn ports (0 without TLS).
+    pub tls_refused: u64,
 }
 
 /// A node that the application names: its id and where it listens.

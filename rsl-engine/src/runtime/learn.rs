@@ -1,8 +1,10 @@
 //! The learn port: raw TCP, one bare request per connection, answered with a byte stream
 //! (formats.md §7.2, api-behavior.md §2.12). The server streams log ranges, checkpoint files and
-//! status replies; the client fetches votes and (resumably) checkpoints.
+//! status replies; the client fetches votes and (resumably) checkpoints. With TLS, both ends
+//! authenticate every connection before the request, so the port serves only admitted peers.
 
-use super::transport::{accept_each, bind, grow_for};
+use super::tls::Tls;
+use super::transport::{accept_each, bind, grow_for, RateLimited};
 use super::FileRange;
 use crate::format::checkpoint::{CheckpointError, CheckpointReader};
 use crate::format::codec::PAGE;
@@ -19,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
@@ -104,12 +106,20 @@ pub struct LearnServer {
 }
 
 impl LearnServer {
-    /// Binds `listen` (an error here is the caller's to report) and starts serving.
-    pub fn start(rt: &Handle, listen: SocketAddr, source: Arc<dyn LearnSource>, limits: LearnLimits) -> io::Result<LearnServer> {
+    /// Binds `listen` (an error here is the caller's to report) and starts serving; with
+    /// `tls`, only peers that complete the handshake.
+    pub fn start(
+        rt: &Handle,
+        listen: SocketAddr,
+        source: Arc<dyn LearnSource>,
+        limits: LearnLimits,
+        tls: Option<Arc<Tls>>,
+    ) -> io::Result<LearnServer> {
         assert!(limits.max_connections > 0 && limits.timeout > Duration::ZERO, "learn limits must let a request through");
         let listener = bind(rt, listen)?;
         let local_addr = listener.local_addr()?;
-        let serve = move |conn, from| serve_logged(conn, from, source.clone(), limits.timeout);
+        let refusals = Arc::new(RateLimited::new());
+        let serve = move |conn, from| serve_logged(conn, from, source.clone(), limits.timeout, tls.clone(), refusals.clone());
         let task = rt.spawn(accept_each(listener, "learn", limits.max_connections, serve));
         Ok(LearnServer { local_addr, task })
     }
@@ -130,14 +140,33 @@ impl Drop for LearnServer {
     }
 }
 
-async fn serve_logged(conn: TcpStream, from: SocketAddr, source: Arc<dyn LearnSource>, limit: Duration) {
-    if let Err(e) = serve(conn, &*source, limit).await {
+async fn serve_logged(
+    conn: TcpStream,
+    from: SocketAddr,
+    source: Arc<dyn LearnSource>,
+    limit: Duration,
+    tls: Option<Arc<Tls>>,
+    refusals: Arc<RateLimited>,
+) {
+    let served = match tls {
+        None => serve(conn, &*source, limit).await,
+        Some(tls) => match tls.accept(conn).await {
+            Ok((conn, _)) => serve(conn, &*source, limit).await,
+            Err(e) => {
+                if let Some(held_back) = refusals.allow() {
+                    warn!(%from, error = %e, held_back, "learn connection refused: TLS handshake failed");
+                }
+                return;
+            }
+        },
+    };
+    if let Err(e) = served {
         debug!(%from, error = %e, "learn connection ended");
     }
 }
 
 /// Serves one request, then closes the connection.
-async fn serve(mut conn: TcpStream, source: &dyn LearnSource, limit: Duration) -> io::Result<()> {
+async fn serve<C: AsyncRead + AsyncWrite + Unpin>(mut conn: C, source: &dyn LearnSource, limit: Duration) -> io::Result<()> {
     let request = in_time(limit, read_request(&mut conn)).await?;
     let decree = request.header.decree;
     match request.kind() {
@@ -185,7 +214,7 @@ async fn read_request<R: AsyncRead + Unpin>(conn: &mut R) -> io::Result<Message>
 
 /// Streams each range in turn; a file that is gone or shorter than its range ends the stream
 /// (a range ending at `u64::MAX` runs to the end of its file).
-async fn send_ranges(conn: &mut TcpStream, ranges: &[FileRange], limit: Duration) -> io::Result<()> {
+async fn send_ranges<C: AsyncWrite + Unpin>(conn: &mut C, ranges: &[FileRange], limit: Duration) -> io::Result<()> {
     let mut buf = vec![0u8; CHUNK];
     for range in ranges {
         assert!(range.start <= range.end, "a file range runs forwards");
@@ -224,12 +253,44 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> io::Result<T> + Send
     tokio::task::spawn_blocking(work).await.map_err(io::Error::other)?
 }
 
-async fn send_request(peer: SocketAddr, request: &Message, limit: Duration) -> Result<TcpStream, LearnError> {
+/// A learn client's connection: plain TCP, or TLS over it.
+pub trait Conn: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<C: AsyncRead + AsyncWrite + Unpin + Send> Conn for C {}
+
+/// Where a learn client connects, and whether it authenticates (and checks the server) first.
+#[derive(Clone, Copy)]
+pub struct Peer<'a> {
+    pub addr: SocketAddr,
+    pub tls: Option<&'a Tls>,
+}
+
+impl Peer<'_> {
+    /// A peer reached over plain TCP.
+    pub fn plain(addr: SocketAddr) -> Peer<'static> {
+        Peer { addr, tls: None }
+    }
+
+    /// Connects, with the handshake when TLS is on (a refused one is a connect error).
+    async fn connect(&self, limit: Duration) -> Result<Box<dyn Conn>, LearnError> {
+        let peer = self.addr;
+        let conn = timeout(limit, TcpStream::connect(peer))
+            .await
+            .map_err(|_| LearnError::Timeout { peer, what: "connect" })?
+            .map_err(|source| LearnError::Connect { peer, source })?;
+        match self.tls {
+            None => Ok(Box::new(conn)),
+            Some(tls) => match tls.connect(conn).await {
+                Ok((conn, _)) => Ok(Box::new(conn)),
+                Err(source) => Err(LearnError::Connect { peer, source }),
+            },
+        }
+    }
+}
+
+async fn send_request(to: Peer<'_>, request: &Message, limit: Duration) -> Result<Box<dyn Conn>, LearnError> {
+    let peer = to.addr;
     let bytes = request.encode(Checksum::Default).map_err(|source| LearnError::Request { peer, source })?;
-    let mut conn = timeout(limit, TcpStream::connect(peer))
-        .await
-        .map_err(|_| LearnError::Timeout { peer, what: "connect" })?
-        .map_err(|source| LearnError::Connect { peer, source })?;
+    let mut conn = to.connect(limit).await?;
     timeout(limit, conn.write_all(&bytes))
         .await
         .map_err(|_| LearnError::Timeout { peer, what: "send the request" })?
@@ -239,9 +300,10 @@ async fn send_request(peer: SocketAddr, request: &Message, limit: Duration) -> R
 
 /// Asks `peer`'s learn port for its status (a StatusQuery `request`): how far its log and
 /// checkpoint go. A reply is a few hundred bytes; a longer one is refused.
-pub async fn fetch_status(peer: SocketAddr, request: &Message, limit: Duration) -> Result<Message, LearnError> {
+pub async fn fetch_status(to: Peer<'_>, request: &Message, limit: Duration) -> Result<Message, LearnError> {
     debug_assert_eq!(request.kind(), MsgKind::StatusQuery);
-    let conn = send_request(peer, request, limit).await?;
+    let peer = to.addr;
+    let conn = send_request(to, request, limit).await?;
     let mut reply = Vec::with_capacity(512);
     let mut limited = conn.take(STATUS_REPLY_MAX as u64 + 1);
     timeout(limit, limited.read_to_end(&mut reply))
@@ -268,10 +330,11 @@ const STATUS_REPLY_MAX: usize = 4096;
 /// have arrived (the caller asks again from where it got to). A failure before any record is an
 /// error; after, it ends the stream and what arrived is returned. `limit` bounds each wait:
 /// connecting, sending the request, and every read.
-pub async fn fetch_votes(peer: SocketAddr, request: &Message, max_bytes: usize, limit: Duration) -> Result<Vec<Arc<Message>>, LearnError> {
+pub async fn fetch_votes(to: Peer<'_>, request: &Message, max_bytes: usize, limit: Duration) -> Result<Vec<Arc<Message>>, LearnError> {
     assert_eq!(request.kind(), MsgKind::FetchVotes, "fetch_votes sends a FetchVotes");
     assert!(max_bytes >= PAGE, "max_bytes must hold a record");
-    let mut conn = send_request(peer, request, limit).await?;
+    let peer = to.addr;
+    let mut conn = send_request(to, request, limit).await?;
     let mut stream = RecordStream::new();
     let mut records = Vec::new();
     let ended = loop {
@@ -317,7 +380,7 @@ impl RecordStream {
         RecordStream { buf: BytesMut::new(), need: PAGE, offset: 0, received: 0 }
     }
 
-    async fn read_from(&mut self, conn: &mut TcpStream) -> io::Result<usize> {
+    async fn read_from<C: AsyncRead + Unpin + ?Sized>(&mut self, conn: &mut C) -> io::Result<usize> {
         debug_assert!(self.buf.len() < self.need, "parse takes every complete record");
         grow_for(&mut self.buf, self.need, CHUNK);
         let n = conn.read_buf(&mut self.buf).await?;
@@ -371,7 +434,7 @@ impl RecordStream {
 /// every block checksum passes; anything else (nothing offered, a file too short for a header,
 /// a stub) is an error, never a panic. `limit` bounds each wait, as for [`fetch_votes`].
 pub async fn fetch_checkpoint(
-    peer: SocketAddr,
+    to: Peer<'_>,
     request: &Message,
     expected_size: u64,
     dest: &Path,
@@ -380,6 +443,7 @@ pub async fn fetch_checkpoint(
 ) -> Result<(), LearnError> {
     assert_eq!(request.kind(), MsgKind::FetchCheckpoint, "fetch_checkpoint sends a FetchCheckpoint");
     assert!(attempts >= 1, "at least one attempt");
+    let peer = to.addr;
     if expected_size == 0 {
         return Err(LearnError::NoCheckpoint { peer });
     }
@@ -394,7 +458,7 @@ pub async fn fetch_checkpoint(
             download.restart().await.map_err(file_err)?;
         }
         request.header.payload = download.written;
-        let result = receive_checkpoint(peer, &request, &mut download, expected_size, limit).await;
+        let result = receive_checkpoint(to, &request, &mut download, expected_size, limit).await;
         // Keep what arrived before a break: the next attempt resumes after it.
         download.flush().await.map_err(file_err)?;
         match result {
@@ -451,13 +515,14 @@ impl Download {
 
 /// One connection's worth of a checkpoint transfer, from `download.written` on.
 async fn receive_checkpoint(
-    peer: SocketAddr,
+    to: Peer<'_>,
     request: &Message,
     download: &mut Download,
     expected: u64,
     limit: Duration,
 ) -> Result<(), LearnError> {
-    let mut conn = send_request(peer, request, limit).await?;
+    let peer = to.addr;
+    let mut conn = send_request(to, request, limit).await?;
     loop {
         debug_assert!(download.received() <= expected, "checked after every read");
         if download.pending.len() == download.pending.capacity() {
@@ -568,7 +633,7 @@ mod tests {
     }
 
     fn serve_within(source: Source, limits: LearnLimits) -> LearnServer {
-        LearnServer::start(&Handle::current(), "127.0.0.1:0".parse().unwrap(), Arc::new(source), limits).unwrap()
+        LearnServer::start(&Handle::current(), "127.0.0.1:0".parse().unwrap(), Arc::new(source), limits, None).unwrap()
     }
 
     fn range(path: &Path, start: u64, end: u64) -> FileRange {
@@ -591,7 +656,7 @@ mod tests {
         let len2 = write_log(&second, 6..=10, 100);
         // Decree 3 starts at the third record; the stream goes on into the next file.
         let server = serve(Source { votes: vec![range(&first, 2 * 512, len1), range(&second, 0, len2)], ..Default::default() });
-        let records = fetch_votes(server.local_addr(), &fetch_votes_request(3), 1 << 20, WAIT).await.unwrap();
+        let records = fetch_votes(Peer::plain(server.local_addr()), &fetch_votes_request(3), 1 << 20, WAIT).await.unwrap();
         assert_eq!(decrees(&records), (3..=10).collect::<Vec<_>>());
         assert_eq!(*records[4], vote(7, 100));
         // A file that vanished ends the stream there.
@@ -599,11 +664,11 @@ mod tests {
             votes: vec![range(&first, 0, len1), range(&dir.path().join("gone.log"), 0, 512), range(&second, 0, len2)],
             ..Default::default()
         });
-        let records = fetch_votes(server.local_addr(), &fetch_votes_request(1), 1 << 20, WAIT).await.unwrap();
+        let records = fetch_votes(Peer::plain(server.local_addr()), &fetch_votes_request(1), 1 << 20, WAIT).await.unwrap();
         assert_eq!(decrees(&records), (1..=5).collect::<Vec<_>>());
         // No log holds the decree: nothing is sent.
         let server = serve(Source::default());
-        assert!(fetch_votes(server.local_addr(), &fetch_votes_request(99), 1 << 20, WAIT).await.unwrap().is_empty());
+        assert!(fetch_votes(Peer::plain(server.local_addr()), &fetch_votes_request(99), 1 << 20, WAIT).await.unwrap().is_empty());
     }
 
     #[tokio::test]
@@ -618,15 +683,15 @@ mod tests {
         bytes.extend_from_slice(&[0; 1024]); // and a zero tail, as log files have
         std::fs::write(&path, &bytes).unwrap();
         let server = serve(Source { votes: vec![range(&path, 0, len + 1024)], ..Default::default() });
-        let records = fetch_votes(server.local_addr(), &fetch_votes_request(1), 1 << 20, WAIT).await.unwrap();
+        let records = fetch_votes(Peer::plain(server.local_addr()), &fetch_votes_request(1), 1 << 20, WAIT).await.unwrap();
         assert_eq!(decrees(&records), [1, 2, 3, 4]);
         // A stream that is bad from its first record is an error naming the offset.
         let server = serve(Source { votes: vec![range(&path, 4 * record as u64, len)], ..Default::default() });
-        let err = fetch_votes(server.local_addr(), &fetch_votes_request(5), 1 << 20, WAIT).await.unwrap_err();
+        let err = fetch_votes(Peer::plain(server.local_addr()), &fetch_votes_request(5), 1 << 20, WAIT).await.unwrap_err();
         assert!(matches!(err, LearnError::BadRecord { offset: 0, .. }), "{err}");
         // So is one cut short.
         let server = serve(Source { votes: vec![range(&path, 0, 1000)], ..Default::default() });
-        let err = fetch_votes(server.local_addr(), &fetch_votes_request(1), 1 << 20, WAIT).await.unwrap_err();
+        let err = fetch_votes(Peer::plain(server.local_addr()), &fetch_votes_request(1), 1 << 20, WAIT).await.unwrap_err();
         assert!(matches!(err, LearnError::BadRecord { offset: 0, .. }), "{err}");
     }
 
@@ -638,7 +703,7 @@ mod tests {
         assert_eq!(len, 200 * 20 * 512);
         let server = serve(Source { votes: vec![range(&path, 0, len)], ..Default::default() });
         let max = 300_000;
-        let records = fetch_votes(server.local_addr(), &fetch_votes_request(1), max, WAIT).await.unwrap();
+        let records = fetch_votes(Peer::plain(server.local_addr()), &fetch_votes_request(1), max, WAIT).await.unwrap();
         assert!(!records.is_empty() && records.len() * 10_240 <= max + CHUNK, "{} records", records.len());
         assert_eq!(decrees(&records), (1..=records.len() as u64).collect::<Vec<_>>());
     }
@@ -649,7 +714,7 @@ mod tests {
         // A client that never sends its request does not hold up the others.
         let _stalled = TcpStream::connect(server.local_addr()).await.unwrap();
         let query = message(Version::V6, 12, Body::StatusQuery);
-        let mut conn = send_request(server.local_addr(), &query, WAIT).await.unwrap();
+        let mut conn = send_request(Peer::plain(server.local_addr()), &query, WAIT).await.unwrap();
         let mut reply = Vec::new();
         timeout(WAIT, conn.read_to_end(&mut reply)).await.unwrap().unwrap();
         let reply = Message::decode(&Bytes::from(reply)).unwrap();
@@ -710,7 +775,7 @@ mod tests {
             conn.write_all(&request_prefix(claim)).await.unwrap();
             expect_closed(&mut conn).await;
         }
-        let records = fetch_votes(server.local_addr(), &fetch_votes_request(1), 1 << 20, WAIT).await.unwrap();
+        let records = fetch_votes(Peer::plain(server.local_addr()), &fetch_votes_request(1), 1 << 20, WAIT).await.unwrap();
         assert_eq!(decrees(&records), [1, 2, 3]);
     }
 
@@ -743,7 +808,7 @@ mod tests {
             expect_closed(conn).await;
         }
         // Their places are free again.
-        let status = fetch_status(server.local_addr(), &message(Version::V6, 3, Body::StatusQuery), WAIT).await.unwrap();
+        let status = fetch_status(Peer::plain(server.local_addr()), &message(Version::V6, 3, Body::StatusQuery), WAIT).await.unwrap();
         assert_eq!(status.kind(), MsgKind::StatusResponse);
     }
 
@@ -763,7 +828,7 @@ mod tests {
             let junk = vec![0u8; 1 << 16];
             while conn.write_all(&junk).await.is_ok() {}
         });
-        let records = fetch_votes(addr, &fetch_votes_request(1), 1 << 20, WAIT).await.unwrap();
+        let records = fetch_votes(Peer::plain(addr), &fetch_votes_request(1), 1 << 20, WAIT).await.unwrap();
         assert!(records.is_empty());
     }
 
@@ -779,14 +844,15 @@ mod tests {
         let server = serve(Source { checkpoint: Some((CP_DECREE, path.clone())), ..Default::default() });
         let dest = dir.path().join("copy.codex");
         let request = fetch_checkpoint_request(Version::V6, CP_DECREE);
-        fetch_checkpoint(server.local_addr(), &request, size, &dest, WAIT, 1).await.unwrap();
+        fetch_checkpoint(Peer::plain(server.local_addr()), &request, size, &dest, WAIT, 1).await.unwrap();
         assert!(std::fs::read(&dest).unwrap() == std::fs::read(&path).unwrap());
         // Another decree gets nothing.
-        let err =
-            fetch_checkpoint(server.local_addr(), &fetch_checkpoint_request(Version::V6, 39), size, &dest, WAIT, 2).await.unwrap_err();
+        let err = fetch_checkpoint(Peer::plain(server.local_addr()), &fetch_checkpoint_request(Version::V6, 39), size, &dest, WAIT, 2)
+            .await
+            .unwrap_err();
         assert!(matches!(err, LearnError::Short { received: 0, .. }), "{err}");
         // Expecting less than the peer sends is an error.
-        let err = fetch_checkpoint(server.local_addr(), &request, size - 1, &dest, WAIT, 1).await.unwrap_err();
+        let err = fetch_checkpoint(Peer::plain(server.local_addr()), &request, size - 1, &dest, WAIT, 1).await.unwrap_err();
         assert!(matches!(err, LearnError::TooLong { .. }), "{err}");
     }
 
@@ -797,13 +863,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("copy.codex");
         let server = serve(Source::default());
-        let err = fetch_checkpoint(server.local_addr(), &fetch_checkpoint_request(Version::V6, 0), 0, &dest, WAIT, 1).await.unwrap_err();
+        let err = fetch_checkpoint(Peer::plain(server.local_addr()), &fetch_checkpoint_request(Version::V6, 0), 0, &dest, WAIT, 1)
+            .await
+            .unwrap_err();
         assert!(matches!(err, LearnError::NoCheckpoint { .. }), "{err}");
         let stub = dir.path().join("40.codex");
         std::fs::write(&stub, b"not a checkpoint").unwrap();
         let server = serve(Source { checkpoint: Some((CP_DECREE, stub)), ..Default::default() });
         let request = fetch_checkpoint_request(Version::V6, CP_DECREE);
-        let err = fetch_checkpoint(server.local_addr(), &request, 16, &dest, WAIT, 1).await.unwrap_err();
+        let err = fetch_checkpoint(Peer::plain(server.local_addr()), &request, 16, &dest, WAIT, 1).await.unwrap_err();
         assert!(matches!(err, LearnError::Checkpoint { .. }), "{err}");
     }
 
@@ -817,7 +885,8 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let server = serve(Source { checkpoint: Some((CP_DECREE, path)), ..Default::default() });
         let request = fetch_checkpoint_request(Version::V6, CP_DECREE);
-        let err = fetch_checkpoint(server.local_addr(), &request, size, &dir.path().join("copy.codex"), WAIT, 1).await.unwrap_err();
+        let err =
+            fetch_checkpoint(Peer::plain(server.local_addr()), &request, size, &dir.path().join("copy.codex"), WAIT, 1).await.unwrap_err();
         assert!(matches!(err, LearnError::Checkpoint { source: CheckpointError::BlockChecksum { .. }, .. }), "{err}");
     }
 
@@ -833,7 +902,7 @@ mod tests {
                 let (mut client, _) = listener.accept().await.unwrap();
                 let request = read_request(&mut client).await.unwrap();
                 tx.send(request.header.payload).unwrap();
-                let mut server = send_request(upstream, &request, WAIT).await.unwrap();
+                let mut server = send_request(Peer::plain(upstream), &request, WAIT).await.unwrap();
                 let limit = if std::mem::replace(&mut *first.lock().unwrap(), false) { cut as u64 } else { u64::MAX };
                 tokio::io::copy(&mut (&mut server).take(limit), &mut client).await.unwrap();
             }
@@ -852,10 +921,52 @@ mod tests {
         for (version, second_from) in [(Version::V6, cut as u64), (Version::V5, 0)] {
             let (proxy, mut offsets) = cutting_proxy(server.local_addr(), cut).await;
             let dest = dir.path().join(format!("copy{version}.codex"));
-            fetch_checkpoint(proxy, &fetch_checkpoint_request(version, CP_DECREE), size, &dest, WAIT, 3).await.unwrap();
+            fetch_checkpoint(Peer::plain(proxy), &fetch_checkpoint_request(version, CP_DECREE), size, &dest, WAIT, 3).await.unwrap();
             assert!(std::fs::read(&dest).unwrap() == std::fs::read(&path).unwrap());
             assert_eq!((offsets.recv().await, offsets.recv().await), (Some(0), Some(second_from)));
             assert!(offsets.try_recv().is_err(), "two connections");
+        }
+    }
+
+    #[tokio::test]
+    async fn over_tls_only_authenticated_peers_learn() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::runtime::tls::issue::Ca::new("test CA");
+        let [server_tls, client_tls] = ["1", "2"].map(|name| {
+            let sub = dir.path().join(name);
+            std::fs::create_dir(&sub).unwrap();
+            crate::runtime::transport::test_tls(&sub, &ca, name)
+        });
+        let (log, cp) = (dir.path().join("1.log"), dir.path().join("40.codex"));
+        let len = write_log(&log, 1..=5, 3000);
+        let size = write_checkpoint(&cp);
+        let source = Arc::new(Source { votes: vec![range(&log, 0, len)], checkpoint: Some((CP_DECREE, cp.clone())) });
+        let server = LearnServer::start(
+            &Handle::current(),
+            "127.0.0.1:0".parse().unwrap(),
+            source,
+            LearnLimits::default(),
+            Some(server_tls.clone()),
+        )
+        .unwrap();
+        let peer = Peer { addr: server.local_addr(), tls: Some(&client_tls) };
+        let records = fetch_votes(peer, &fetch_votes_request(1), 1 << 20, WAIT).await.unwrap();
+        assert_eq!(decrees(&records), [1, 2, 3, 4, 5]);
+        let dest = dir.path().join("copy.codex");
+        fetch_checkpoint(peer, &fetch_checkpoint_request(Version::V6, CP_DECREE), size, &dest, WAIT, 1).await.unwrap();
+        assert!(std::fs::read(&dest).unwrap() == std::fs::read(&cp).unwrap());
+        let status = fetch_status(peer, &message(Version::V6, 3, Body::StatusQuery), WAIT).await.unwrap();
+        assert_eq!(status.kind(), MsgKind::StatusResponse);
+        assert_eq!(server_tls.refused(), 0);
+        // Plain requests get nothing.
+        let plain = Peer::plain(server.local_addr());
+        assert!(fetch_votes(plain, &fetch_votes_request(1), 1 << 20, WAIT).await.map_or(true, |r| r.is_empty()));
+        assert!(fetch_status(plain, &message(Version::V6, 3, Body::StatusQuery), WAIT).await.is_err());
+        assert!(fetch_checkpoint(plain, &fetch_checkpoint_request(Version::V6, CP_DECREE), size, &dest, WAIT, 1).await.is_err());
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while server_tls.refused() < 3 {
+            assert!(tokio::time::Instant::now() < deadline, "refusals not counted: {}", server_tls.refused());
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -881,11 +992,13 @@ mod tests {
         let cp = golden.join("cp_multiblock_v4/100.codex");
         let size = std::fs::metadata(&cp).unwrap().len();
         let server = serve(Source { votes: vec![range(&log, 0, len)], checkpoint: Some((100, cp.clone())) });
-        let records = fetch_votes(server.local_addr(), &fetch_votes_request(5), 1 << 20, WAIT).await.unwrap();
+        let records = fetch_votes(Peer::plain(server.local_addr()), &fetch_votes_request(5), 1 << 20, WAIT).await.unwrap();
         assert_eq!(records.iter().map(|m| (**m).clone()).collect::<Vec<_>>(), expected.into_iter().map(|r| r.message).collect::<Vec<_>>());
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("100.codex");
-        fetch_checkpoint(server.local_addr(), &fetch_checkpoint_request(Version::V4, 100), size, &dest, WAIT, 1).await.unwrap();
+        fetch_checkpoint(Peer::plain(server.local_addr()), &fetch_checkpoint_request(Version::V4, 100), size, &dest, WAIT, 1)
+            .await
+            .unwrap();
         assert!(std::fs::read(&dest).unwrap() == std::fs::read(&cp).unwrap());
     }
 }

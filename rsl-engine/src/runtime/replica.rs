@@ -8,7 +8,8 @@ use super::exec::{Executor, Work};
 use super::journal::{read_defunct, Journal, JournalOptions, Replay};
 use super::learn::{self, LearnServer, LearnSource};
 use super::ring::{learn_addr, Event, Limits, Ring};
-use super::transport::Transport;
+use super::tls::{Tls, TlsError};
+use super::transport::{Origin, Transport};
 use super::{panic_message, spawn_task, FileRange, Shared};
 use crate::format::message::StatusBody;
 use crate::format::{Ballot, Body, ConfigInfo, Header, MemberId, MemberSet, Message, Node, Version};
@@ -41,6 +42,9 @@ pub enum InitError {
     Replay { path: PathBuf, offset: u64, source: ReplayError },
     #[error("{0}")]
     Invalid(&'static str),
+    /// A TLS setting, or a certificate, key or CA file it names, is unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// A running replica. Every method may be called from any thread.
@@ -71,6 +75,10 @@ pub struct RslReplica {
     threads: Mutex<Vec<JoinHandle<()>>>,
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
     _learn: LearnServer,
+    /// One configuration for the Paxos port, the learn port and the learn clients.
+    tls: Option<Arc<Tls>>,
+    /// `tls.refused()` at the last statistics snapshot.
+    tls_refused_reported: std::sync::atomic::AtomicU64,
     dir: PathBuf,
     /// Tests make the journal's writes fail through this.
     #[cfg(test)]
@@ -130,6 +138,7 @@ impl RslReplica {
         if members.is_none() && version.get() < 4 {
             return Err(InitError::Invalid("a replica without an initial member list needs protocol version 4 or later"));
         }
+        let tls = cfg.tls.as_ref().map(Tls::load).transpose()?.map(Arc::new);
         let dir = data_dir(&cfg, &me.id);
         std::fs::create_dir_all(&dir).map_err(|e| InitError::Storage(format!("{}: {e}", dir.display())))?;
         let storage = |e: &dyn std::fmt::Display| InitError::Storage(e.to_string());
@@ -186,19 +195,22 @@ impl RslReplica {
             .map_err(|e| storage(&e))?;
         let bind_ip = if cfg.listen_on_all_ips { std::net::Ipv4Addr::UNSPECIFIED } else { me.ip };
         let paxos = SocketAddr::V4(SocketAddrV4::new(bind_ip, me.rsl_port));
+        if tls.is_none() && !paxos.ip().is_loopback() {
+            tracing::warn!(%paxos, "TLS is off: the Paxos and learn ports take any peer that can reach them, unauthenticated");
+        }
         let deliver = {
             let events = events_tx.clone();
-            Arc::new(move |msg: Arc<Message>, ip| drop(events.send(Event::Message(msg, ip))))
+            Arc::new(move |msg: Arc<Message>, origin: Origin| drop(events.send(Event::Message(msg, origin))))
         };
         let transport = Arc::new(
-            Transport::start(runtime.handle(), paxos, cfg.transport_options(), deliver)
+            Transport::start(runtime.handle(), paxos, cfg.transport_options(), tls.clone(), deliver)
                 .map_err(|source| InitError::Listen { addr: paxos, source })?,
         );
         let learn_at = SocketAddr::new(bind_ip.into(), learn_addr(&me).port());
         #[cfg(test)]
         let journal_faults = journal.reader();
         let files = Arc::new(Files { log: journal.reader(), store: store.clone(), me: me.id, version });
-        let learn = LearnServer::start(runtime.handle(), learn_at, files, cfg.learn_limits())
+        let learn = LearnServer::start(runtime.handle(), learn_at, files, cfg.learn_limits(), tls.clone())
             .map_err(|source| InitError::Listen { addr: learn_at, source })?;
 
         let limits = Limits { receive_timeout: Duration::from_secs(cfg.receive_timeout_sec.into()), max_learn_bytes: 64 << 20 };
@@ -215,6 +227,7 @@ impl RslReplica {
             admission,
             version,
             limits,
+            tls.clone(),
             start,
         );
         let siblings = Siblings { shared: shared.clone(), events: events_tx.clone(), work: work_tx.clone(), transport: transport.clone() };
@@ -233,6 +246,8 @@ impl RslReplica {
             threads: Mutex::new(threads),
             runtime: Mutex::new(Some(runtime)),
             _learn: learn,
+            tls,
+            tls_refused_reported: Default::default(),
             dir,
             #[cfg(test)]
             journal: journal_faults,
@@ -407,8 +422,9 @@ impl RslReplica {
         }
         let peers: Vec<Node> = self.configuration().0.nodes.into_iter().filter(|n| n.id != self.me.id).collect();
         let (store, work, me, version, limit) = (self.store.clone(), self.work.clone(), self.me.id, self.version, self.receive_timeout);
+        let tls = self.tls.clone();
         let task = async move {
-            let copied = copy_state(peers, store, me, version, limit).await;
+            let copied = copy_state(peers, store, me, version, limit, tls.as_deref()).await;
             let (seq, path) = copied.map_or((0, None), |(seq, path)| (seq, Some(path)));
             let _ = work.send(Work::Copied { seq, path, cookie: Some(cookie) });
         };
@@ -446,6 +462,10 @@ impl RslReplica {
             fast_reads: take(&c.fast_reads),
             checkpoints_saved: take(&c.checkpoints_saved),
             messages_rejected: take(&c.messages_rejected),
+            tls_refused: self.tls.as_ref().map_or(0, |tls| {
+                let now = tls.refused();
+                now.saturating_sub(self.tls_refused_reported.swap(now, Relaxed))
+            }),
         }
     }
 
@@ -497,19 +517,20 @@ async fn copy_state(
     me: MemberId,
     version: Version,
     limit: Duration,
+    tls: Option<&Tls>,
 ) -> Option<(u64, PathBuf)> {
     let ours = store.lock().ok()?.newest().map_or(0, |(d, _)| d);
     for node in peers {
-        let addr = learn_addr(&node);
+        let peer = learn::Peer { addr: learn_addr(&node), tls };
         let query = Message::new(Header::new(version, me, 0, 0, Ballot::EMPTY), Body::StatusQuery);
-        let Ok(reply) = learn::fetch_status(addr, &query, limit).await else { continue };
+        let Ok(reply) = learn::fetch_status(peer, &query, limit).await else { continue };
         let Body::StatusResponse(s) = reply.body else { continue };
         if s.checkpointed_decree == 0 || s.checkpointed_decree < ours {
             continue;
         }
         let request = Message::new(Header::new(version, me, s.checkpointed_decree, 0, Ballot::EMPTY), Body::FetchCheckpoint);
         let temp = store.lock().ok()?.temp_path();
-        if learn::fetch_checkpoint(addr, &request, s.checkpoint_size, &temp, limit, 3).await.is_err() {
+        if learn::fetch_checkpoint(peer, &request, s.checkpoint_size, &temp, limit, 3).await.is_err() {
             continue;
         }
         let store = store.clone();

@@ -7,7 +7,8 @@ use super::checkpoints::CheckpointStore;
 use super::exec::{abort_code, Work};
 use super::journal::{write_defunct, Journal};
 use super::learn;
-use super::transport::{frame, Transport};
+use super::tls::{PeerIdentity, Tls};
+use super::transport::{frame, Origin, Transport};
 use super::{spawn_task, Shared};
 use crate::format::MsgKind;
 use crate::format::{Body, Header, MemberId, MemberSet, Message, Node, Version};
@@ -31,8 +32,8 @@ const MAX_JOINERS: usize = 8;
 
 /// Everything the protocol thread reacts to.
 pub(crate) enum Event {
-    /// A peer's message and the IP it came from.
-    Message(Arc<Message>, IpAddr),
+    /// A peer's message and the connection it came on.
+    Message(Arc<Message>, Origin),
     Durable(u64),
     Submit {
         request: Bytes,
@@ -96,6 +97,8 @@ pub(crate) struct Ring {
     pub version: Version,
     pub limits: Limits,
     pub start: Instant,
+    /// For the learn clients (the transport and the learn server hold their own).
+    tls: Option<Arc<Tls>>,
     admit: Admit,
     /// Every node ever named by a configuration: where to reach a member by id.
     nodes: BTreeMap<MemberId, Node>,
@@ -134,6 +137,7 @@ impl Ring {
         admission: Arc<dyn Admission>,
         version: Version,
         limits: Limits,
+        tls: Option<Arc<Tls>>,
         start: Instant,
     ) -> Ring {
         Ring {
@@ -149,6 +153,7 @@ impl Ring {
             dir,
             limits,
             start,
+            tls,
             admit: Admit(admission),
             nodes: BTreeMap::new(),
             peers_for: (u32::MAX, u32::MAX),
@@ -204,7 +209,7 @@ impl Ring {
 
     fn handle(&mut self, event: Event) {
         match event {
-            Event::Message(msg, ip) => self.on_message(msg, ip),
+            Event::Message(msg, origin) => self.on_message(msg, origin),
             Event::Durable(seq) => {
                 self.durable = self.durable.max(seq);
                 self.release_held();
@@ -226,10 +231,19 @@ impl Ring {
         }
     }
 
-    /// A peer's message: from the address configured for the member it names, if we know it;
-    /// then the core checks the rest.
-    fn on_message(&mut self, msg: Arc<Message>, ip: IpAddr) {
-        let from = msg.header.sender;
+    /// A peer's message: from the member its connection's certificate names, if it names one;
+    /// from the address configured for the member it names, if we know it; then the core
+    /// checks the rest.
+    fn on_message(&mut self, msg: Arc<Message>, origin: Origin) {
+        let (from, ip) = (msg.header.sender, origin.ip);
+        if let Some(certified) = certified_other(&self.nodes, &from, origin.peer.as_deref()) {
+            if let Some(since) = self.count_rejection() {
+                let kind = msg.kind();
+                tracing::warn!(peer = %ip, claimed = %from, %certified, ?kind, unlogged_since = since,
+                    "message rejected: its sender is not the member its connection's certificate names");
+            }
+            return;
+        }
         self.inbound = Some(ip);
         if !self.sent_from_its_address(&from, ip) {
             self.rejected(from, msg.kind(), Rejection::WrongAddress);
@@ -259,17 +273,23 @@ impl Ring {
     /// Counts a rejected message (or record), and logs it unless one was logged within
     /// `REJECTION_LOG_INTERVAL`.
     fn rejected(&mut self, from: MemberId, kind: MsgKind, reason: Rejection) {
-        self.shared.stats.messages_rejected.fetch_add(1, Relaxed);
-        if self.rejections_logged_at.is_some_and(|at| at.elapsed() < REJECTION_LOG_INTERVAL) {
-            self.rejections_unlogged += 1;
-            return;
-        }
-        self.rejections_logged_at = Some(Instant::now());
-        let since = std::mem::take(&mut self.rejections_unlogged);
+        let Some(since) = self.count_rejection() else { return };
         match self.inbound.or_else(|| self.nodes.get(&from).map(|n| IpAddr::V4(n.ip))) {
             Some(peer) => tracing::warn!(%peer, member = %from, ?kind, %reason, unlogged_since = since, "message rejected"),
             None => tracing::warn!(?kind, %reason, unlogged_since = since, "skipped a record or field of our own log or checkpoint"),
         }
+    }
+
+    /// Counts a rejection; Some(rejections not logged since the last) if this one may be
+    /// logged (`REJECTION_LOG_INTERVAL`).
+    fn count_rejection(&mut self) -> Option<u64> {
+        self.shared.stats.messages_rejected.fetch_add(1, Relaxed);
+        if self.rejections_logged_at.is_some_and(|at| at.elapsed() < REJECTION_LOG_INTERVAL) {
+            self.rejections_unlogged += 1;
+            return None;
+        }
+        self.rejections_logged_at = Some(Instant::now());
+        Some(std::mem::take(&mut self.rejections_unlogged))
     }
 
     fn step(&mut self, input: Input) {
@@ -480,8 +500,10 @@ impl Ring {
         };
         let request = self.request(decree, Body::FetchVotes);
         let (events, limit, timeout) = (self.events.clone(), self.limits.max_learn_bytes, self.limits.receive_timeout);
+        let tls = self.tls.clone();
         let task = async move {
-            let records = learn::fetch_votes(addr, &request, limit, timeout).await.unwrap_or_else(|e| {
+            let peer = learn::Peer { addr, tls: tls.as_deref() };
+            let records = learn::fetch_votes(peer, &request, limit, timeout).await.unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "learning votes failed");
                 Vec::new()
             });
@@ -511,8 +533,10 @@ impl Ring {
         let (events, store, timeout) = (self.events.clone(), self.store.clone(), self.limits.receive_timeout);
         let temp = store.lock().expect("checkpoint store").temp_path();
         let fatal = self.fatal(format!("fetching checkpoint {decree} from {from}"));
+        let tls = self.tls.clone();
         let task = async move {
-            let fetched = learn::fetch_checkpoint(addr, &request, size, &temp, timeout, 5).await;
+            let peer = learn::Peer { addr, tls: tls.as_deref() };
+            let fetched = learn::fetch_checkpoint(peer, &request, size, &temp, timeout, 5).await;
             let installed = match fetched {
                 Ok(()) => {
                     let store = store.clone();
@@ -585,6 +609,16 @@ impl Ring {
     }
 }
 
+/// Identity binding: a connection whose certificate names (CN or DNS SAN) a member we know
+/// speaks for that member only. The member it names, if the message's `sender` is not one of
+/// those it names; None when it may speak (no TLS, or a certificate naming no member, such as
+/// one service certificate shared by every replica: it binds nothing).
+fn certified_other(nodes: &BTreeMap<MemberId, Node>, sender: &MemberId, peer: Option<&PeerIdentity>) -> Option<MemberId> {
+    let mut named = peer?.names.iter().filter_map(|name| MemberId::new(name)).filter(|id| nodes.contains_key(id));
+    let first = named.next()?;
+    (first != *sender && named.all(|id| id != *sender)).then_some(first)
+}
+
 fn paxos_addr(node: &Node) -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(node.ip, node.rsl_port))
 }
@@ -593,4 +627,36 @@ fn paxos_addr(node: &Node) -> SocketAddr {
 pub(crate) fn learn_addr(node: &Node) -> SocketAddr {
     let port = if node.learn_port == 0 { node.rsl_port.wrapping_add(1) } else { node.learn_port };
     SocketAddr::V4(SocketAddrV4::new(node.ip, port))
+}
+
+#[cfg(test)]
+mod binding_tests {
+    use super::super::tls::Thumbprint;
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn id(s: &str) -> MemberId {
+        MemberId::new(s).unwrap()
+    }
+
+    fn nodes(ids: &[&str]) -> BTreeMap<MemberId, Node> {
+        ids.iter().map(|s| (id(s), crate::runtime::api::node(s, Ipv4Addr::LOCALHOST, 1000).unwrap())).collect()
+    }
+
+    fn cert(names: &[&str]) -> PeerIdentity {
+        PeerIdentity { thumbprint: Thumbprint([0; 20]), names: names.iter().map(|s| s.to_string()).collect() }
+    }
+
+    #[test]
+    fn a_certificate_naming_a_member_speaks_for_it_only() {
+        let ring = nodes(&["1", "2", "3"]);
+        assert_eq!(certified_other(&ring, &id("2"), Some(&cert(&["2"]))), None);
+        assert_eq!(certified_other(&ring, &id("3"), Some(&cert(&["2"]))), Some(id("2")));
+        // Any member id it names will do; names that are no member's bind nothing.
+        assert_eq!(certified_other(&ring, &id("3"), Some(&cert(&["host.example", "2", "3"]))), None);
+        assert_eq!(certified_other(&ring, &id("4"), Some(&cert(&["host.example", "2"]))), Some(id("2")));
+        // A shared service certificate, and no TLS at all: no binding.
+        assert_eq!(certified_other(&ring, &id("3"), Some(&cert(&["rsl-service", "9"]))), None);
+        assert_eq!(certified_other(&ring, &id("3"), None), None);
+    }
 }

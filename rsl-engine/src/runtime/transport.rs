@@ -4,7 +4,11 @@
 //! The protocol thread calls [`Transport::send`], which only enqueues: the peer's connection
 //! task gathers everything queued into vectored writes. Every connection's reader decodes on
 //! the tokio threads and hands each message to the `on_message` callback.
+//!
+//! With TLS, every connection starts with a handshake (in its own task, never the accept
+//! loop) and each message carries the certified identity of the connection it came on.
 
+use super::tls::{PeerIdentity, Tls};
 use crate::format::message::{Checksum, Message, MsgKind};
 use crate::format::packet::{self, Frame, DEFAULT_MAX_PACKET, HEADER_SIZE};
 use crate::format::types::MemberId;
@@ -16,8 +20,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
@@ -26,9 +29,19 @@ use tracing::{debug, info, warn};
 
 /// What every connection's reader calls with each message it decodes. It runs on a tokio
 /// thread, so it must hand the message off rather than work on it.
-/// Takes each message with the IP it came from (a Join from a member we do not know yet is
+/// Takes each message with where it came from (a Join from a member we do not know yet is
 /// answered by learning from that address).
-pub type OnMessage = Arc<dyn Fn(Arc<Message>, IpAddr) + Send + Sync>;
+pub type OnMessage = Arc<dyn Fn(Arc<Message>, Origin) + Send + Sync>;
+
+/// The connection a message arrived on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// The peer's IP address.
+    pub ip: IpAddr,
+    /// The certificate the peer presented, on an authenticated connection (with TLS); for a
+    /// message read on our outbound connection, the server's.
+    pub peer: Option<Arc<PeerIdentity>>,
+}
 
 /// How much a reader asks of the socket at a time while packets are small.
 const READ_CHUNK: usize = 64 * 1024;
@@ -104,28 +117,37 @@ pub struct Transport {
     opts: TransportOptions,
     reading: Arc<Reading>,
     on_message: OnMessage,
+    tls: Option<Arc<Tls>>,
     local_addr: SocketAddr,
     peers: Mutex<HashMap<MemberId, PeerEntry>>,
     acceptor: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Transport {
-    /// Binds `listen` (an error here is the caller's to report) and starts accepting.
-    pub fn start(rt: &Handle, listen: SocketAddr, opts: TransportOptions, on_message: OnMessage) -> io::Result<Transport> {
+    /// Binds `listen` (an error here is the caller's to report) and starts accepting. With
+    /// `tls`, every connection, either way, is authenticated first.
+    pub fn start(
+        rt: &Handle,
+        listen: SocketAddr,
+        opts: TransportOptions,
+        tls: Option<Arc<Tls>>,
+        on_message: OnMessage,
+    ) -> io::Result<Transport> {
         assert!(opts.max_packet > HEADER_SIZE, "a packet must be able to carry a message");
         assert!(opts.backoff_min > Duration::ZERO && opts.backoff_min <= opts.backoff_max, "backoff bounds out of order");
         assert!(opts.max_inbound > 0, "at least one inbound connection");
         let listener = bind(rt, listen)?;
         let local_addr = listener.local_addr()?;
         let reading = Arc::new(Reading::new(&opts));
-        let (accepted, deliver) = (reading.clone(), on_message.clone());
-        let serve = move |stream, from| read_inbound(stream, from, accepted.clone(), deliver.clone());
+        let (accepted, deliver, auth) = (reading.clone(), on_message.clone(), tls.clone());
+        let serve = move |stream, from| read_inbound(stream, from, accepted.clone(), deliver.clone(), auth.clone());
         let acceptor = rt.spawn(accept_each(listener, "Paxos", opts.max_inbound, serve));
         Ok(Transport {
             rt: rt.clone(),
             opts,
             reading,
             on_message,
+            tls,
             local_addr,
             peers: Mutex::new(HashMap::new()),
             acceptor: Mutex::new(Some(acceptor)),
@@ -153,7 +175,8 @@ impl Transport {
         for &(id, addr) in peers {
             map.entry(id).or_insert_with(|| {
                 let peer = Arc::new(Peer::new(addr));
-                let task = self.rt.spawn(run_peer(peer.clone(), self.opts.clone(), self.reading.clone(), self.on_message.clone()));
+                let link = Link { reading: self.reading.clone(), on_message: self.on_message.clone(), tls: self.tls.clone() };
+                let task = self.rt.spawn(run_peer(peer.clone(), self.opts.clone(), link));
                 PeerEntry { peer, task }
             });
         }
@@ -223,6 +246,8 @@ struct Peer {
     wake: Notify,
     connected: AtomicBool,
     counters: Counters,
+    /// Warnings of handshakes the peer refused.
+    refusals: RateLimited,
 }
 
 #[derive(Default)]
@@ -236,7 +261,14 @@ struct Counters {
 
 impl Peer {
     fn new(addr: SocketAddr) -> Peer {
-        Peer { addr, queue: Mutex::default(), wake: Notify::new(), connected: AtomicBool::new(false), counters: Counters::default() }
+        Peer {
+            addr,
+            queue: Mutex::default(),
+            wake: Notify::new(),
+            connected: AtomicBool::new(false),
+            counters: Counters::default(),
+            refusals: RateLimited::new(),
+        }
     }
 
     fn enqueue(&self, packet: Bytes, max_queue_bytes: usize) -> bool {
@@ -286,37 +318,84 @@ impl Peer {
     }
 }
 
-/// A peer's connection task: connect with exponential backoff, serve the connection until it
-/// breaks, repeat. Packets queued meanwhile wait (bounded); those a broken connection was
-/// writing are lost.
-async fn run_peer(peer: Arc<Peer>, opts: TransportOptions, reading: Arc<Reading>, on_message: OnMessage) {
+/// What every connection of one transport shares: its readers' bounds, where messages go, and
+/// whether connections are authenticated.
+struct Link {
+    reading: Arc<Reading>,
+    on_message: OnMessage,
+    tls: Option<Arc<Tls>>,
+}
+
+/// A peer's connection task: connect (and authenticate) with exponential backoff, serve the
+/// connection until it breaks, repeat. Packets queued meanwhile wait (bounded); those a broken
+/// connection was writing are lost. Only a connection that lasted resets the backoff: a peer
+/// that closes at once (full, or refusing our certificate after a TLS 1.3 handshake that
+/// looked complete) is not redialled in a tight loop.
+async fn run_peer(peer: Arc<Peer>, opts: TransportOptions, link: Link) {
     let mut backoff = opts.backoff_min;
     loop {
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(peer.addr)).await {
-            Ok(Ok(stream)) => {
+        let began = tokio::time::Instant::now();
+        if let Some(result) = connect_and_serve(&peer, &link).await {
+            if began.elapsed() >= opts.backoff_max {
                 backoff = opts.backoff_min;
-                info!(peer = %peer.addr, "connected");
-                let result = serve_outbound(&peer, stream, &reading, &on_message).await;
-                peer.connected.store(false, Relaxed);
-                info!(peer = %peer.addr, ?result, "connection closed");
             }
-            Ok(Err(e)) => debug!(peer = %peer.addr, error = %e, "connect failed"),
-            Err(_) => debug!(peer = %peer.addr, "connect timed out"),
+            peer.connected.store(false, Relaxed);
+            info!(peer = %peer.addr, ?result, "connection closed");
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(opts.backoff_max);
     }
 }
 
+/// Connects to the peer and serves the connection until it breaks; None if none was made (a
+/// refused handshake counts as none, so that a peer refusing us is retried with backoff).
+async fn connect_and_serve(peer: &Peer, link: &Link) -> Option<io::Result<()>> {
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(peer.addr)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            debug!(peer = %peer.addr, error = %e, "connect failed");
+            return None;
+        }
+        Err(_) => {
+            debug!(peer = %peer.addr, "connect timed out");
+            return None;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let ip = peer.addr.ip();
+    let Some(tls) = &link.tls else {
+        info!(peer = %peer.addr, "connected");
+        let (rd, wr) = stream.into_split();
+        return Some(serve_outbound(peer, rd, wr, link, Origin { ip, peer: None }).await);
+    };
+    match tls.connect(stream).await {
+        Ok((stream, identity)) => {
+            info!(peer = %peer.addr, names = ?identity.names, "connected (TLS)");
+            let (rd, wr) = tokio::io::split(stream);
+            Some(serve_outbound(peer, rd, wr, link, Origin { ip, peer: Some(Arc::new(identity)) }).await)
+        }
+        Err(e) => {
+            if let Some(held_back) = peer.refusals.allow() {
+                warn!(peer = %peer.addr, error = %e, held_back, "TLS handshake with a peer failed");
+            }
+            None
+        }
+    }
+}
+
 /// Writes the queue to the connection and reads the responses the peer sends back on it.
-async fn serve_outbound(peer: &Peer, stream: TcpStream, reading: &Reading, on_message: &OnMessage) -> io::Result<()> {
-    stream.set_nodelay(true)?;
-    let (mut rd, wr) = stream.into_split();
+async fn serve_outbound<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    peer: &Peer,
+    mut rd: R,
+    wr: W,
+    link: &Link,
+    origin: Origin,
+) -> io::Result<()> {
     peer.connected.store(true, Relaxed);
     peer.counters.connections.fetch_add(1, Relaxed);
     let mut batch = VecDeque::new();
     let result = tokio::select! {
-        r = read_packets(&mut rd, reading, on_message, Side::Outbound, peer.addr.ip()) => r,
+        r = read_packets(&mut rd, &link.reading, &link.on_message, Side::Outbound, &origin) => r,
         r = write_queued(peer, wr, &mut batch) => r,
     };
     // Whichever side failed, what was being written is lost.
@@ -324,10 +403,12 @@ async fn serve_outbound(peer: &Peer, stream: TcpStream, reading: &Reading, on_me
     result
 }
 
-async fn write_queued(peer: &Peer, mut wr: OwnedWriteHalf, batch: &mut VecDeque<Bytes>) -> io::Result<()> {
+async fn write_queued<W: AsyncWrite + Unpin>(peer: &Peer, mut wr: W, batch: &mut VecDeque<Bytes>) -> io::Result<()> {
     loop {
         peer.take_all(batch);
         if batch.is_empty() {
+            // TLS may hold the end of the last batch until flushed; for TCP this does nothing.
+            wr.flush().await?;
             peer.wake.notified().await;
             continue;
         }
@@ -335,8 +416,9 @@ async fn write_queued(peer: &Peer, mut wr: OwnedWriteHalf, batch: &mut VecDeque<
     }
 }
 
-/// Writes `batch` with as few vectored writes as the kernel allows, counting what was sent.
-async fn write_batch(peer: &Peer, wr: &mut OwnedWriteHalf, batch: &mut VecDeque<Bytes>) -> io::Result<()> {
+/// Writes `batch` with as few vectored writes as the kernel allows, counting what was sent
+/// (tokio-rustls takes vectored writes too, sealing them into as few records as fit).
+async fn write_batch<W: AsyncWrite + Unpin>(peer: &Peer, wr: &mut W, batch: &mut VecDeque<Bytes>) -> io::Result<()> {
     while !batch.is_empty() {
         let mut iov = [IoSlice::new(&[]); MAX_IOV];
         let n = batch.len().min(MAX_IOV);
@@ -456,9 +538,26 @@ impl RateLimited {
     }
 }
 
-async fn read_inbound(mut stream: TcpStream, from: SocketAddr, reading: Arc<Reading>, on_message: OnMessage) {
+/// Serves one inbound connection: the handshake first, with TLS (bounded by its timeout, and
+/// holding one of the port's places meanwhile), then its packets.
+async fn read_inbound(stream: TcpStream, from: SocketAddr, reading: Arc<Reading>, on_message: OnMessage, tls: Option<Arc<Tls>>) {
     let _ = stream.set_nodelay(true);
-    let result = read_packets(&mut stream, &reading, &on_message, Side::Inbound, from.ip()).await;
+    let ip = from.ip();
+    let result = match tls {
+        None => read_packets(&mut { stream }, &reading, &on_message, Side::Inbound, &Origin { ip, peer: None }).await,
+        Some(tls) => match tls.accept(stream).await {
+            Ok((mut stream, identity)) => {
+                let origin = Origin { ip, peer: Some(Arc::new(identity)) };
+                read_packets(&mut stream, &reading, &on_message, Side::Inbound, &origin).await
+            }
+            Err(e) => {
+                if let Some(held_back) = reading.warnings.allow() {
+                    warn!(%from, error = %e, held_back, "Paxos connection refused: TLS handshake failed");
+                }
+                Err(e)
+            }
+        },
+    };
     debug!(%from, ?result, "inbound connection closed");
 }
 
@@ -573,8 +672,9 @@ async fn read_packets<R: AsyncRead + Unpin>(
     reading: &Reading,
     on_message: &OnMessage,
     side: Side,
-    from: IpAddr,
+    origin: &Origin,
 ) -> io::Result<()> {
+    let from = origin.ip;
     let max_packet = reading.max_packet;
     let chunk = READ_CHUNK.min(max_packet);
     let mut buf = BytesMut::with_capacity(chunk);
@@ -583,7 +683,7 @@ async fn read_packets<R: AsyncRead + Unpin>(
     loop {
         let need = match packet::peek_size(&buf, max_packet).map_err(invalid_data)? {
             Some(size) if buf.len() >= size => {
-                deliver(buf.split_to(size).freeze(), max_packet, on_message, side, from)?;
+                deliver(buf.split_to(size).freeze(), max_packet, on_message, side, origin)?;
                 held.set(buf.capacity().saturating_sub(chunk));
                 frame_deadline = None;
                 continue;
@@ -616,13 +716,13 @@ async fn read_packets<R: AsyncRead + Unpin>(
     }
 }
 
-fn deliver(packet: Bytes, max_packet: usize, on_message: &OnMessage, side: Side, from: IpAddr) -> io::Result<()> {
+fn deliver(packet: Bytes, max_packet: usize, on_message: &OnMessage, side: Side, origin: &Origin) -> io::Result<()> {
     let Frame::Packet { message, consumed } = packet::decode(&packet, max_packet).map_err(invalid_data)? else {
         unreachable!("the packet is complete");
     };
     debug_assert_eq!(consumed, packet.len());
     match Message::decode(&message) {
-        Ok(msg) if side.accepts(msg.kind()) => on_message(Arc::new(msg), from),
+        Ok(msg) if side.accepts(msg.kind()) => on_message(Arc::new(msg), origin.clone()),
         Ok(msg) => debug!(kind = ?msg.kind(), "a request on an outbound connection: dropped"),
         Err(e) => warn!(error = %e, "undecodable message dropped"),
     }
@@ -677,6 +777,21 @@ fn regrow(buf: &mut BytesMut, capacity: usize) {
     *buf = fresh;
 }
 
+/// A TLS configuration for tests: a certificate naming `name` issued by `ca` (written to
+/// `dir`), admitting every peer whose chain leads to `ca`.
+#[cfg(test)]
+pub(crate) fn test_tls(dir: &std::path::Path, ca: &super::tls::issue::Ca, name: &str) -> Arc<Tls> {
+    use super::tls::{issue, IdentitySource, PeerRules, TlsSettings};
+    let now = std::time::SystemTime::now();
+    let day = Duration::from_secs(86_400);
+    let leaf = ca.issue(&issue::LeafSpec { name, not_before: now - day, not_after: now + day });
+    let (cert, key) = issue::write_by_thumbprint(dir, &leaf).unwrap();
+    let ca_path = dir.join("ca.crt");
+    std::fs::write(&ca_path, ca.cert_pem()).unwrap();
+    let peers = PeerRules { ca: Some(ca_path), require_chain: true, ..Default::default() };
+    Arc::new(Tls::load(&TlsSettings { identity: IdentitySource::Files { cert, key }, peers }).unwrap())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -707,7 +822,7 @@ mod tests {
     /// A transport whose messages arrive on the returned channel.
     fn start(addr: SocketAddr, opts: TransportOptions) -> (Transport, UnboundedReceiver<Arc<Message>>) {
         let (tx, rx) = unbounded_channel();
-        let t = Transport::start(&Handle::current(), addr, opts, Arc::new(move |m, _| drop(tx.send(m)))).unwrap();
+        let t = Transport::start(&Handle::current(), addr, opts, None, Arc::new(move |m, _| drop(tx.send(m)))).unwrap();
         (t, rx)
     }
 
@@ -776,7 +891,7 @@ mod tests {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let (tx, rx) = unbounded_channel();
-            match Transport::start(&Handle::current(), addr, TransportOptions::default(), Arc::new(move |m, _| drop(tx.send(m)))) {
+            match Transport::start(&Handle::current(), addr, TransportOptions::default(), None, Arc::new(move |m, _| drop(tx.send(m)))) {
                 Ok(t) => return (t, rx),
                 Err(e) if e.kind() == io::ErrorKind::AddrInUse && tokio::time::Instant::now() < deadline => tokio::task::yield_now().await,
                 Err(e) => panic!("rebinding {addr}: {e}"),
@@ -1046,6 +1161,71 @@ mod tests {
         timeout(WAIT, conn.read_exact(&mut hello)).await.expect("served in time").unwrap();
         assert_eq!((&hello, failures.load(Relaxed)), (b"hello", 0), "served after every failure");
         acceptor.abort();
+    }
+
+    /// A transport with TLS whose messages arrive, with their origin, on the returned channel.
+    fn start_tls(tls: &Arc<Tls>) -> (Transport, UnboundedReceiver<(Arc<Message>, Origin)>) {
+        let (tx, rx) = unbounded_channel();
+        let deliver = Arc::new(move |m, origin| drop(tx.send((m, origin))));
+        (Transport::start(&Handle::current(), any_port(), TransportOptions::default(), Some(tls.clone()), deliver).unwrap(), rx)
+    }
+
+    async fn recv_from(rx: &mut UnboundedReceiver<(Arc<Message>, Origin)>) -> (Arc<Message>, Vec<String>) {
+        let (m, origin) = timeout(WAIT, rx.recv()).await.expect("a message in time").expect("transport alive");
+        (m, origin.peer.expect("an authenticated connection").names.clone())
+    }
+
+    #[tokio::test]
+    async fn over_tls_packets_flow_both_ways_with_the_peers_identity() {
+        let (dir, ca) = (tempfile::tempdir().unwrap(), super::super::tls::issue::Ca::new("test CA"));
+        let [one, two, three] = ["1", "2", "3"].map(|name| {
+            let sub = dir.path().join(name);
+            std::fs::create_dir(&sub).unwrap();
+            test_tls(&sub, &ca, name)
+        });
+        let ((a, mut rx_a), (b, mut rx_b)) = (start_tls(&one), start_tls(&two));
+        a.set_peers(&[(id(2), b.local_addr())]);
+        b.set_peers(&[(id(1), a.local_addr())]);
+        for d in 1..=100 {
+            assert!(a.send(&id(2), framed(&vote(1, d))) && b.send(&id(1), framed(&vote(2, d))));
+        }
+        for d in 1..=100 {
+            let ((m1, names1), (m2, names2)) = (recv_from(&mut rx_b).await, recv_from(&mut rx_a).await);
+            assert_eq!((&*m1, &*m2), (&vote(1, d), &vote(2, d)));
+            assert!(names1.contains(&"1".to_string()) && names2.contains(&"2".to_string()), "{names1:?} {names2:?}");
+        }
+        // An answer read on our outbound connection carries the server's identity.
+        let listener = TcpListener::bind(any_port()).await.unwrap();
+        a.set_peers(&[(id(3), listener.local_addr().unwrap())]);
+        assert!(a.send(&id(3), framed(&vote(1, 7))));
+        let (raw, _) = timeout(WAIT, listener.accept()).await.unwrap().unwrap();
+        let (mut server, client) = three.accept(raw).await.unwrap();
+        assert!(client.names.contains(&"1".to_string()));
+        let mut buf = vec![0u8; framed(&vote(1, 7)).len()];
+        server.read_exact(&mut buf).await.unwrap();
+        assert_eq!(buf, framed(&vote(1, 7)));
+        server.write_all(&framed(&reply(Body::VoteAccepted, 7))).await.unwrap();
+        server.flush().await.unwrap();
+        let (m, names) = recv_from(&mut rx_a).await;
+        assert_eq!((&*m, names.contains(&"3".to_string())), (&reply(Body::VoteAccepted, 7), true));
+    }
+
+    #[tokio::test]
+    async fn a_plain_packet_to_a_tls_port_is_refused_and_counted() {
+        let (dir, ca) = (tempfile::tempdir().unwrap(), super::super::tls::issue::Ca::new("test CA"));
+        let tls = test_tls(dir.path(), &ca, "2");
+        let (b, mut rx_b) = start_tls(&tls);
+        let mut raw = TcpStream::connect(b.local_addr()).await.unwrap();
+        raw.write_all(&framed(&vote(1, 1))).await.unwrap();
+        // Closed, perhaps after a TLS alert.
+        let mut alert = Vec::new();
+        let _ = timeout(WAIT, raw.read_to_end(&mut alert)).await.expect("closed in time");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while tls.refused() == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "the refusal was never counted");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(rx_b.try_recv().is_err(), "nothing was delivered");
     }
 
     #[test]

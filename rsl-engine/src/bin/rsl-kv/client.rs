@@ -30,6 +30,10 @@ pub struct ReplicaStatus {
     pub digest: u64,
     pub duplicates: u64,
     pub primary: bool,
+    /// Peer messages dropped before the protocol since the replica started.
+    pub messages_rejected: u64,
+    /// TLS handshakes refused since the replica started.
+    pub tls_refused: u64,
     pub primary_id: String,
 }
 
@@ -63,11 +67,13 @@ impl Conn {
 
     pub async fn status(&mut self) -> io::Result<ReplicaStatus> {
         let (_, mut b) = self.call(proto::status_request).await?;
-        if b.len() < 33 {
+        if b.len() < 49 {
             return Err(io::Error::other("short status"));
         }
         let (seq, keys, digest, duplicates, primary) = (b.get_u64_le(), b.get_u64_le(), b.get_u64_le(), b.get_u64_le(), b.get_u8() == 1);
-        Ok(ReplicaStatus { seq, keys, digest, duplicates, primary, primary_id: String::from_utf8_lossy(&b).into_owned() })
+        let (messages_rejected, tls_refused) = (b.get_u64_le(), b.get_u64_le());
+        let primary_id = String::from_utf8_lossy(&b).into_owned();
+        Ok(ReplicaStatus { seq, keys, digest, duplicates, primary, messages_rejected, tls_refused, primary_id })
     }
 
     /// A put; on success, the sequence number it executed at.

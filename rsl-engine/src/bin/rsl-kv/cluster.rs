@@ -1,5 +1,6 @@
-//! `rsl-kv cluster`: three replica processes on 127.0.0.1, load against the primary, and a
-//! live progress line; then throughput and latency percentiles, and whether the replicas agree.
+//! `rsl-kv cluster`: three replica processes on 127.0.0.1 (with `--tls`, speaking mutual TLS),
+//! load against the primary, and a live progress line; then throughput and latency
+//! percentiles, and whether the replicas agree.
 
 use crate::client::{self, ms, Conn, LoadSpec, Progress};
 use crate::ClusterArgs;
@@ -38,6 +39,11 @@ pub fn run(args: ClusterArgs) -> Result<(), String> {
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let port = |i: usize, k: u16| args.base_port + 3 * i as u16 + k;
     let members: Vec<String> = (0..args.replicas).map(|i| format!("{}={}", i + 1, port(i, 0))).collect();
+    let ids: Vec<String> = (1..=args.replicas).map(|i| i.to_string()).collect();
+    let tls = if args.tls { Some(crate::tls::throwaway(&dir, &ids)?) } else { None };
+    if tls.is_some() && !args.json {
+        eprintln!("mutual TLS between the replicas: a throwaway CA and their certificates in {}", dir.join("tls").display());
+    }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut procs = Processes(Vec::new());
     for i in 0..args.replicas {
@@ -50,6 +56,9 @@ pub fn run(args: ClusterArgs) -> Result<(), String> {
             .stdin(Stdio::null());
         if args.no_sync {
             cmd.arg("--no-sync");
+        }
+        if let Some(files) = &tls {
+            cmd.args(files[i].args(&ids));
         }
         procs.0.push(cmd.spawn().map_err(|e| format!("starting replica {}: {e}", i + 1))?);
     }
@@ -112,9 +121,9 @@ async fn drive(args: &ClusterArgs, clients: Vec<SocketAddr>) -> Result<(), Strin
     let agree = agreement(&clients).await;
     if args.json {
         println!(
-            "{{\"requests\":{},\"seconds\":{:.3},\"ops_per_sec\":{:.0},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"size\":{},\"outstanding\":{},\"sync\":{},\"version\":{},\"window\":{},\"replicas_agree\":{}}}",
+            "{{\"requests\":{},\"seconds\":{:.3},\"ops_per_sec\":{:.0},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"size\":{},\"outstanding\":{},\"sync\":{},\"version\":{},\"window\":{},\"tls\":{},\"replicas_agree\":{}}}",
             lat.len(), result.elapsed.as_secs_f64(), ops, lat.value_at_quantile(0.5), lat.value_at_quantile(0.99), lat.value_at_quantile(0.999),
-            args.size, args.outstanding, !args.no_sync, args.version, args.window, agree.is_ok()
+            args.size, args.outstanding, !args.no_sync, args.version, args.window, args.tls, agree.is_ok()
         );
     } else {
         eprintln!();

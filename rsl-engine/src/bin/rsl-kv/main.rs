@@ -1,7 +1,8 @@
 //! `rsl-kv`: a replicated key-value store built on the RSL runtime, the example service.
 //!
 //! `rsl-kv cluster` starts a local 3-replica cluster (three processes of this binary), drives
-//! load against it and prints throughput and latency; `rsl-kv replica` is one replica.
+//! load against it and prints throughput and latency (`--tls`: the replicas speak mutual TLS
+//! with certificates made on the spot); `rsl-kv replica` is one replica.
 //!
 //! Exit codes of `rsl-kv replica`: 0 after SIGTERM (or SIGINT) and a clean stop, 1 if it
 //! could not start, 3 if a replica failed (a panicked thread, a journal I/O error such as a
@@ -13,6 +14,7 @@ mod cluster;
 mod machine;
 mod proto;
 mod server;
+mod tls;
 
 use clap::{Args, Parser, Subcommand};
 use std::process::ExitCode;
@@ -69,6 +71,10 @@ pub struct ClusterArgs {
     /// Print the final result as one JSON line.
     #[arg(long)]
     json: bool,
+    /// Mutual TLS between the replicas: a throwaway CA and one certificate per replica (its
+    /// member id as CN) under `<dir>/tls`.
+    #[arg(long)]
+    tls: bool,
 }
 
 fn main() -> ExitCode {

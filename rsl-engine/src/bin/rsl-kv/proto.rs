@@ -3,7 +3,8 @@
 //! Request: `u32 len | u8 op | u64 id | body`; response: `u32 len | u64 id | u8 status | body`.
 //! Put body: `u16 key_len | key | value` (also the replicated request); get body:
 //! `u64 max_seen_seq | key`; status body: empty, answered with `u64 seq | u64 keys |
-//! u64 digest | u64 duplicates | u8 primary`; change body (op 4, with `--allow-admin` only):
+//! u64 digest | u64 duplicates | u8 primary | u64 messages_rejected | u64 tls_refused |
+//! primary id` (the counters since the replica started); change body (op 4, with `--allow-admin` only):
 //! the new members as `id=port,...`. A request that does not parse is answered `Invalid`; one
 //! whose frame does not (a length outside `9..=MAX_FRAME`) closes the connection.
 #![allow(dead_code)]

@@ -10,7 +10,7 @@ use rsl_engine::runtime::{AdmitAll, ResponseCode, RslConfig, RslReplica};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -73,6 +73,8 @@ pub struct ReplicaArgs {
     /// are answered `Refused`, for any client could otherwise remove every member.
     #[arg(long)]
     pub allow_admin: bool,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 /// Shifts every port of a member list by `by`.
@@ -191,6 +193,7 @@ fn start(args: ReplicaArgs) -> Result<(Arc<RslReplica>, Server), String> {
         pipeline_window: args.window,
         sync_writes: !args.no_sync,
         fast_read_seq_threshold: 1_000_000,
+        tls: args.tls.settings()?,
         ..RslConfig::default()
     };
     let (clients, summary) = (Arc::new(Clients::default()), Arc::new(Summary::default()));
@@ -226,6 +229,9 @@ struct Server {
     summary: Arc<Summary>,
     allow_admin: bool,
     port: Arc<PortState>,
+    /// Peer messages and TLS handshakes refused since start (each statistics snapshot
+    /// takes the counts since the previous one).
+    refused: Arc<Mutex<(u64, u64)>>,
 }
 
 /// What every connection of the client port shares.
@@ -250,7 +256,7 @@ impl PortState {
 
 impl Server {
     fn new(replica: Arc<RslReplica>, clients: Arc<Clients>, summary: Arc<Summary>, allow_admin: bool) -> Server {
-        Server { replica, clients, summary, allow_admin, port: Arc::new(PortState::new()) }
+        Server { replica, clients, summary, allow_admin, port: Arc::new(PortState::new()), refused: Arc::default() }
     }
 
     /// Serves the client port: at most `MAX_CLIENTS` connections, accept errors (out of
@@ -316,15 +322,27 @@ impl Server {
 
     fn status(&self) -> Vec<u8> {
         let s = &self.summary;
-        let mut out = Vec::with_capacity(33 + 64);
+        let mut out = Vec::with_capacity(49 + 64);
         out.put_u64_le(self.replica.current_sequence_number());
         out.put_u64_le(s.keys.load(Relaxed));
         out.put_u64_le(s.digest.load(Relaxed));
         out.put_u64_le(s.duplicates.load(Relaxed));
         out.put_u8(self.replica.is_primary() as u8);
+        let (rejected, tls_refused) = self.refused_totals();
+        out.put_u64_le(rejected);
+        out.put_u64_le(tls_refused);
         let primary = self.replica.current_primary().unwrap_or(MemberId::EMPTY);
         out.put_slice(primary.as_bytes());
         out
+    }
+
+    /// Peer messages dropped before the protocol, and TLS handshakes refused, since start.
+    fn refused_totals(&self) -> (u64, u64) {
+        let stats = self.replica.statistics_snapshot();
+        let mut totals = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        totals.0 += stats.messages_rejected;
+        totals.1 += stats.tls_refused;
+        *totals
     }
 }
 
