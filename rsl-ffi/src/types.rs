@@ -119,7 +119,7 @@ macro_rules! config_fields {
         /// NUL-terminated. Ranges are checked by `initialize`.
         pub(crate) fn config_from_c(c: &rsl_config) -> Result<RslConfig, rsl_status> {
             let dir = c_str(&c.working_dir).ok_or(RSL_E_CONFIG)?;
-            Ok(RslConfig { $($f: c.$f,)* working_dir: PathBuf::from(OsStr::from_bytes(dir)) })
+            Ok(RslConfig { $($f: c.$f,)* working_dir: PathBuf::from(OsStr::from_bytes(dir)), tls: None })
         }
     };
 }
