@@ -7,7 +7,7 @@ use super::checkpoints::CheckpointStore;
 use super::exec::{abort_code, Work};
 use super::journal::{write_defunct, Journal};
 use super::learn;
-use super::transport::{frame, Transport};
+use super::transport::{frame, RateLimited, Transport};
 use super::{spawn_task, Shared};
 use crate::format::MsgKind;
 use crate::format::{Body, Header, MemberId, MemberSet, Message, Node, Version};
@@ -111,9 +111,8 @@ pub(crate) struct Ring {
     followups: Vec<Input>,
     /// The address of the message whose actions are being carried out (for rejections).
     inbound: Option<IpAddr>,
-    /// When a rejection was last logged, and how many were not logged since.
-    rejections_logged_at: Option<Instant>,
-    rejections_unlogged: u64,
+    /// Warnings of rejections: at most one per `REJECTION_LOG_INTERVAL`.
+    rejections: RateLimited,
     /// Ids remembered from Joins (`MAX_JOINERS`), oldest first.
     joiners: VecDeque<MemberId>,
     stopped: bool,
@@ -159,8 +158,7 @@ impl Ring {
             actions: Vec::new(),
             followups: Vec::new(),
             inbound: None,
-            rejections_logged_at: None,
-            rejections_unlogged: 0,
+            rejections: RateLimited::every(REJECTION_LOG_INTERVAL),
             joiners: VecDeque::new(),
             stopped: false,
         }
@@ -260,12 +258,7 @@ impl Ring {
     /// `REJECTION_LOG_INTERVAL`.
     fn rejected(&mut self, from: MemberId, kind: MsgKind, reason: Rejection) {
         self.shared.stats.messages_rejected.fetch_add(1, Relaxed);
-        if self.rejections_logged_at.is_some_and(|at| at.elapsed() < REJECTION_LOG_INTERVAL) {
-            self.rejections_unlogged += 1;
-            return;
-        }
-        self.rejections_logged_at = Some(Instant::now());
-        let since = std::mem::take(&mut self.rejections_unlogged);
+        let Some(since) = self.rejections.allow() else { return };
         match self.inbound.or_else(|| self.nodes.get(&from).map(|n| IpAddr::V4(n.ip))) {
             Some(peer) => tracing::warn!(%peer, member = %from, ?kind, %reason, unlogged_since = since, "message rejected"),
             None => tracing::warn!(?kind, %reason, unlogged_since = since, "skipped a record or field of our own log or checkpoint"),
