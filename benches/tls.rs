@@ -31,8 +31,12 @@ fn field(line: &str, name: &str) -> f64 {
 fn run(exe: &str, tls: bool, outstanding: usize, port: u16) -> Figures {
     let (secs, version, window) = (env_or("TLS_BENCH_SECS", "10"), env_or("TLS_BENCH_VERSION", "6"), env_or("TLS_BENCH_WINDOW", "1"));
     let mut cmd = Command::new(exe);
-    cmd.args(["cluster", "--json", "--duration", &secs, "--version", &version, "--window", &window, "--size", "64"])
-        .args(["--outstanding", &outstanding.to_string(), "--base-port", &port.to_string()]);
+    cmd.args(["cluster", "--json", "--duration", &secs, "--version", &version, "--window", &window, "--size", "64"]).args([
+        "--outstanding",
+        &outstanding.to_string(),
+        "--base-port",
+        &port.to_string(),
+    ]);
     if tls {
         cmd.arg("--tls");
     }

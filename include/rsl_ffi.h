@@ -249,6 +249,11 @@ typedef struct rsl_stats {
   uint64_t log_syncs;
   uint64_t fast_reads;
   uint64_t checkpoints_saved;
+  /**
+   * Messages from peers dropped before the protocol: malformed, implausible, from a
+   * non-member, or from another address than the member's.
+   */
+  uint64_t messages_rejected;
 } rsl_stats;
 
 /**

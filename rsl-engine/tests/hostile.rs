@@ -178,10 +178,9 @@ impl RssWatch {
     fn peaks_mib(&self) -> Vec<u64> {
         self.peaks.iter().map(|p| p.load(Relaxed) >> 10).collect()
     }
-}
 
-impl Drop for RssWatch {
-    fn drop(&mut self) {
+    /// Stops sampling (before the replicas watched are killed); the peaks stay.
+    fn stop(&mut self) {
         self.stop.store(true, Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -189,13 +188,41 @@ impl Drop for RssWatch {
     }
 }
 
-/// The end of every attack: all alive, bounded memory, writes go through, all agree.
-async fn survived(c: &mut Cluster, w: &mut Writes, rss: &RssWatch, attack: &str) {
-    c.assert_alive();
-    w.some(c, 3, attack).await;
-    rss.assert_under(&format!("during or after {attack}"));
-    agree(c, &c.started(), w).await;
-    eprintln!("{attack}: peak resident memory per replica {:?} MiB", rss.peaks_mib());
+impl Drop for RssWatch {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// What an attack works with: the cluster, the replica that was primary when it began, the
+/// writes acknowledged so far and the watch on every replica's memory.
+struct Attack {
+    c: Cluster,
+    p: usize,
+    w: Writes,
+    rss: RssWatch,
+}
+
+/// Runs one `attack`, named `name`, on a 3-replica cluster (`setup` as for [`cluster`]) once
+/// a primary took three writes and with memory watched; then checks that the cluster survived
+/// it: all alive, writes go through, memory under the bound, all agree.
+fn attacked(name: &str, setup: impl FnOnce(&mut Cluster), attack: impl AsyncFnOnce(&mut Attack)) {
+    rt().block_on(async {
+        let mut c = cluster(0, setup);
+        let p = leader(&mut c).await;
+        let mut w = Writes::new();
+        w.some(&mut c, 3, "start").await;
+        let rss = RssWatch::new(&c);
+        let mut a = Attack { c, p, w, rss };
+        attack(&mut a).await;
+        let Attack { mut c, mut w, rss, .. } = a;
+        c.assert_alive();
+        w.some(&mut c, 3, name).await;
+        rss.assert_under(&format!("during or after {name}"));
+        let all = c.started();
+        agree(&mut c, &all, &w).await;
+        eprintln!("{name}: peak resident memory per replica {:?} MiB", rss.peaks_mib());
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -280,64 +307,62 @@ impl Garbage {
 
 #[test]
 fn garbage_on_every_port_is_shrugged_off() {
-    rt().block_on(async {
-        let mut c = cluster(0, |_| {});
-        leader(&mut c).await;
-        let rss = RssWatch::new(&c);
-        let mut w = Writes::new();
-        w.some(&mut c, 3, "start").await;
-        let mut g = Garbage(0x5eed_0001);
-        let vote = Message::new(
-            Header::new(Version::V6, id("1"), 7, 1, Ballot::new(1, id("1"))),
-            Body::Vote(VoteBody { requests: vec![Bytes::from_static(b"x")], ..Default::default() }),
-        );
-        let good = packet(&vote);
-        for i in 0..3 {
-            // Paxos port: random bytes, a bad checksum, a truncated frame, sizes out of range,
-            // a checksummed packet around random bytes, around a cut message, an unknown type.
-            let mut bad_sum = good.to_vec();
-            bad_sum[15] ^= 0xff;
-            let raw = vote.encode(Checksum::Default).expect("encode").to_vec();
-            let mut unknown_type = raw.clone();
-            unknown_type[18] = 99;
-            let tiny = [19u32.to_le_bytes(), [0; 4], [0; 4], [0; 4], [0; 4]].concat();
-            let huge = [u32::MAX.to_le_bytes(), [0; 4], [0; 4], [0; 4], [0; 4]].concat();
-            for bytes in [
-                g.bytes(64 << 10),
-                bad_sum,
-                good[..good.len() / 2].to_vec(),
-                tiny,
-                huge,
-                wrap(&g.bytes(4000)),
-                wrap(&raw[..raw.len() - 3]),
-                wrap(&unknown_type),
-            ] {
-                send_raw(c.paxos(i), &bytes).await;
+    attacked(
+        "garbage on every port",
+        |_| {},
+        async |a| {
+            let mut g = Garbage(0x5eed_0001);
+            let vote = Message::new(
+                Header::new(Version::V6, id("1"), 7, 1, Ballot::new(1, id("1"))),
+                Body::Vote(VoteBody { requests: vec![Bytes::from_static(b"x")], ..Default::default() }),
+            );
+            let good = packet(&vote);
+            for i in 0..3 {
+                // Paxos port: random bytes, a bad checksum, a truncated frame, sizes out of range,
+                // a checksummed packet around random bytes, around a cut message, an unknown type.
+                let mut bad_sum = good.to_vec();
+                bad_sum[15] ^= 0xff;
+                let raw = vote.encode(Checksum::Default).expect("encode").to_vec();
+                let mut unknown_type = raw.clone();
+                unknown_type[18] = 99;
+                let tiny = [19u32.to_le_bytes(), [0; 4], [0; 4], [0; 4], [0; 4]].concat();
+                let huge = [u32::MAX.to_le_bytes(), [0; 4], [0; 4], [0; 4], [0; 4]].concat();
+                for bytes in [
+                    g.bytes(64 << 10),
+                    bad_sum,
+                    good[..good.len() / 2].to_vec(),
+                    tiny,
+                    huge,
+                    wrap(&g.bytes(4000)),
+                    wrap(&raw[..raw.len() - 3]),
+                    wrap(&unknown_type),
+                ] {
+                    send_raw(a.c.paxos(i), &bytes).await;
+                }
+                // Learn port: random bytes, a bad version, a length below a header, a cut request,
+                // a whole request of random bytes.
+                let mut prefix = |v: u16, len: u32, rest: usize| [&v.to_le_bytes()[..], &len.to_le_bytes(), &g.bytes(rest)].concat();
+                for bytes in [prefix(0x6666, 200, 194), prefix(6, 10, 4), prefix(6, 1000, 10), prefix(6, 400, 394)] {
+                    send_raw(a.c.learn(i), &bytes).await;
+                }
+                send_raw(a.c.learn(i), &g.bytes(64 << 10)).await;
+                // Client port: random bytes, lengths out of range, an unknown op, a short GET, a
+                // frame cut short.
+                let frame_of = |len: u32, op: u8, body: &[u8]| [&len.to_le_bytes()[..], &[op], &7u64.to_le_bytes(), body].concat();
+                for bytes in [
+                    g.bytes(64 << 10),
+                    frame_of(0, 1, b""),
+                    frame_of(5, 1, b""),
+                    frame_of(u32::MAX, 1, b"abc"),
+                    frame_of(9, 0xee, b""),
+                    frame_of(12, proto::OP_GET, b"abc"),
+                    frame_of(100, proto::OP_GET, b"cut"),
+                ] {
+                    send_raw(a.c.client(i), &bytes).await;
+                }
             }
-            // Learn port: random bytes, a bad version, a length below a header, a cut request,
-            // a whole request of random bytes.
-            let mut prefix = |v: u16, len: u32, rest: usize| [&v.to_le_bytes()[..], &len.to_le_bytes(), &g.bytes(rest)].concat();
-            for bytes in [prefix(0x6666, 200, 194), prefix(6, 10, 4), prefix(6, 1000, 10), prefix(6, 400, 394)] {
-                send_raw(c.learn(i), &bytes).await;
-            }
-            send_raw(c.learn(i), &g.bytes(64 << 10)).await;
-            // Client port: random bytes, lengths out of range, an unknown op, a short GET, a
-            // frame cut short.
-            let frame_of = |len: u32, op: u8, body: &[u8]| [&len.to_le_bytes()[..], &[op], &7u64.to_le_bytes(), body].concat();
-            for bytes in [
-                g.bytes(64 << 10),
-                frame_of(0, 1, b""),
-                frame_of(5, 1, b""),
-                frame_of(u32::MAX, 1, b"abc"),
-                frame_of(9, 0xee, b""),
-                frame_of(12, proto::OP_GET, b"abc"),
-                frame_of(100, proto::OP_GET, b"cut"),
-            ] {
-                send_raw(c.client(i), &bytes).await;
-            }
-        }
-        survived(&mut c, &mut w, &rss, "garbage on every port").await;
-    });
+        },
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -356,31 +381,29 @@ async fn send_unbeatable_prepare(c: &Cluster) {
 
 #[test]
 fn a_prepare_with_the_maximal_ballot_is_refused_and_survives_a_restart() {
-    rt().block_on(async {
-        let mut c = cluster(0, |_| {});
-        leader(&mut c).await;
-        let mut w = Writes::new();
-        w.some(&mut c, 3, "start").await;
-        let rss = RssWatch::new(&c);
-        send_unbeatable_prepare(&c).await;
-        c.assert_alive();
-        let attack = "a Prepare with ballot (u32::MAX, 63 nines) from members and an outsider";
-        w.some(&mut c, 3, attack).await;
-        rss.assert_under(attack);
-        // Elections: a replica that adopted the ballot could never win one.
-        force_elections(&mut c, &mut w, 1, attack).await;
-        drop(rss);
-        // The Prepare may be in every log: restart them all.
-        for i in 0..3 {
-            c.kill9(i);
-        }
-        for i in 0..3 {
-            c.spawn(i, true);
-        }
-        let rss = RssWatch::new(&c);
-        w.some(&mut c, 3, &format!("{attack}, then all replicas restarted")).await;
-        survived(&mut c, &mut w, &rss, attack).await;
-    });
+    let attack = "a Prepare with ballot (u32::MAX, 63 nines) from members and an outsider";
+    attacked(
+        attack,
+        |_| {},
+        async |a| {
+            send_unbeatable_prepare(&a.c).await;
+            a.c.assert_alive();
+            a.w.some(&mut a.c, 3, attack).await;
+            a.rss.assert_under(attack);
+            // Elections: a replica that adopted the ballot could never win one.
+            force_elections(&mut a.c, &mut a.w, 1, attack).await;
+            a.rss.stop();
+            // The Prepare may be in every log: restart them all.
+            for i in 0..3 {
+                a.c.kill9(i);
+            }
+            for i in 0..3 {
+                a.c.spawn(i, true);
+            }
+            a.rss = RssWatch::new(&a.c);
+            a.w.some(&mut a.c, 3, &format!("{attack}, then all replicas restarted")).await;
+        },
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -388,78 +411,76 @@ fn a_prepare_with_the_maximal_ballot_is_refused_and_survives_a_restart() {
 
 #[test]
 fn a_defunct_configuration_from_an_outsider_does_not_unseat_the_primary() {
-    rt().block_on(async {
-        let mut c = cluster(0, |_| {});
-        let p = leader(&mut c).await;
-        let mut w = Writes::new();
-        w.some(&mut c, 3, "start").await;
-        let rss = RssWatch::new(&c);
-        for config in [1, 2, 1000] {
-            let defunct = packet(&message(id("666"), 0, config, Ballot::EMPTY, Body::DefunctConfiguration));
-            send_raw(c.paxos(p), &defunct.repeat(4)).await;
-            // Watch the primary for half a second after each burst (an answer that is late
-            // under load proves nothing either way).
-            let until = Instant::now() + Duration::from_millis(500);
-            while Instant::now() < until {
-                if let Ok(Some(s)) = timeout(Duration::from_secs(2), status(c.client(p))).await {
-                    let who = p + 1;
-                    assert!(
-                        s.primary,
-                        "replica {who} stopped being primary after DefunctConfiguration(config {config}) from outsider \"666\": {s:?}"
-                    );
+    attacked(
+        "DefunctConfiguration from an outsider",
+        |_| {},
+        async |a| {
+            for config in [1, 2, 1000] {
+                let defunct = packet(&message(id("666"), 0, config, Ballot::EMPTY, Body::DefunctConfiguration));
+                send_raw(a.c.paxos(a.p), &defunct.repeat(4)).await;
+                // Watch the primary for half a second after each burst (an answer that is late
+                // under load proves nothing either way).
+                let until = Instant::now() + Duration::from_millis(500);
+                while Instant::now() < until {
+                    if let Ok(Some(s)) = timeout(Duration::from_secs(2), status(a.c.client(a.p))).await {
+                        let who = a.p + 1;
+                        assert!(
+                            s.primary,
+                            "replica {who} stopped being primary after DefunctConfiguration(config {config}) from outsider \"666\": {s:?}"
+                        );
+                    }
+                    sleep(Duration::from_millis(20)).await;
                 }
-                sleep(Duration::from_millis(20)).await;
             }
-        }
-        survived(&mut c, &mut w, &rss, "DefunctConfiguration from an outsider").await;
-        assert_eq!(leader(&mut c).await, p, "the primary changed");
-    });
+            assert_eq!(leader(&mut a.c).await, a.p, "the primary changed");
+        },
+    );
 }
 
 #[test]
 fn forged_messages_with_plausible_fields_stall_writes_only_briefly() {
-    rt().block_on(async {
-        let mut c = cluster(0, |_| {});
-        let p = leader(&mut c).await;
-        let mut w = Writes::new();
-        w.some(&mut c, 3, "start").await;
-        let rss = RssWatch::new(&c);
-        // Without authentication these cannot be told from real ones, so only a short stall is
-        // asked for (and measured). First a Prepare claiming a secondary's id, with a ballot
-        // well within 2^24 of a young cluster's, twice.
-        let claimed = id(&((p + 1) % 3 + 1).to_string());
-        let mut forged = Vec::new();
-        for ballot_id in [1_000u32, 2_000] {
-            let ballot = Ballot::new(ballot_id, claimed);
-            let decree = seq_of(&c, p).await + 1;
-            forged.push((
-                format!("Prepare {ballot} from member {claimed}"),
-                message(claimed, decree, 1, ballot, Body::Prepare(Bytes::new())),
-            ));
-        }
-        // Then what an outsider may send with ordinary fields, and a Join for a configuration
-        // just ahead, from an outsider and from a member's id.
-        let (outsider, empty) = (id("666"), Ballot::EMPTY);
-        let join =
-            rsl_engine::format::message::JoinBody { learn_port: 1, min_decree_in_log: 0, checkpointed_decree: 0, checkpoint_size: 0 };
-        let members =
-            MemberSet { nodes: vec![rsl_engine::runtime::api::node("666", Ipv4Addr::LOCALHOST, 1).expect("node")], ..Default::default() };
-        forged.extend([
-            ("StatusQuery from an outsider".into(), message(outsider, 1, 1, empty, Body::StatusQuery)),
-            ("JoinRequest from an outsider".into(), message(outsider, 0, 1, empty, Body::JoinRequest)),
-            ("Bootstrap from an outsider".into(), message(outsider, 0, 0, empty, Body::Bootstrap(members))),
-            ("Join (configuration 2) from an outsider".into(), message(outsider, 0, 2, empty, Body::Join(join.clone()))),
-            (format!("Join (configuration 3) from member {claimed}"), message(claimed, 0, 3, empty, Body::Join(join))),
-        ]);
-        for (what, msg) in forged {
-            for i in 0..3 {
-                send_raw(c.paxos(i), &packet(&msg)).await;
+    attacked(
+        "forged messages with plausible fields",
+        |_| {},
+        async |a| {
+            // Without authentication these cannot be told from real ones, so only a short stall is
+            // asked for (and measured). First a Prepare claiming a secondary's id, with a ballot
+            // well within 2^24 of a young cluster's, twice.
+            let claimed = id(&((a.p + 1) % 3 + 1).to_string());
+            let mut forged = Vec::new();
+            for ballot_id in [1_000u32, 2_000] {
+                let ballot = Ballot::new(ballot_id, claimed);
+                let decree = seq_of(&a.c, a.p).await + 1;
+                forged.push((
+                    format!("Prepare {ballot} from member {claimed}"),
+                    message(claimed, decree, 1, ballot, Body::Prepare(Bytes::new())),
+                ));
             }
-            let stall = w.one(&mut c, &what).await;
-            eprintln!("forged {what}: the next write took {} ms", stall.as_millis());
-        }
-        survived(&mut c, &mut w, &rss, "forged messages with plausible fields").await;
-    });
+            // Then what an outsider may send with ordinary fields, and a Join for a configuration
+            // just ahead, from an outsider and from a member's id.
+            let (outsider, empty) = (id("666"), Ballot::EMPTY);
+            let join =
+                rsl_engine::format::message::JoinBody { learn_port: 1, min_decree_in_log: 0, checkpointed_decree: 0, checkpoint_size: 0 };
+            let members = MemberSet {
+                nodes: vec![rsl_engine::runtime::api::node("666", Ipv4Addr::LOCALHOST, 1).expect("node")],
+                ..Default::default()
+            };
+            forged.extend([
+                ("StatusQuery from an outsider".into(), message(outsider, 1, 1, empty, Body::StatusQuery)),
+                ("JoinRequest from an outsider".into(), message(outsider, 0, 1, empty, Body::JoinRequest)),
+                ("Bootstrap from an outsider".into(), message(outsider, 0, 0, empty, Body::Bootstrap(members))),
+                ("Join (configuration 2) from an outsider".into(), message(outsider, 0, 2, empty, Body::Join(join.clone()))),
+                (format!("Join (configuration 3) from member {claimed}"), message(claimed, 0, 3, empty, Body::Join(join))),
+            ]);
+            for (what, msg) in forged {
+                for i in 0..3 {
+                    send_raw(a.c.paxos(i), &packet(&msg)).await;
+                }
+                let stall = a.w.one(&mut a.c, &what).await;
+                eprintln!("forged {what}: the next write took {} ms", stall.as_millis());
+            }
+        },
+    );
 }
 
 /// Well-formed messages whose fields are at the edges: decrees near u64::MAX, configuration
@@ -522,27 +543,25 @@ fn extreme_messages() -> Vec<Message> {
 
 #[test]
 fn messages_with_extreme_fields_and_outsider_senders_are_dropped() {
-    rt().block_on(async {
-        let mut c = cluster(0, |_| {});
-        leader(&mut c).await;
-        let mut w = Writes::new();
-        w.some(&mut c, 3, "start").await;
-        let rss = RssWatch::new(&c);
-        let messages = extreme_messages();
-        let bytes: Vec<u8> = messages.iter().flat_map(|m| packet(m).to_vec()).collect();
-        for i in 0..3 {
-            send_raw(c.paxos(i), &bytes).await;
-        }
-        let kinds: std::collections::HashSet<MsgKind> = messages.iter().map(Message::kind).collect();
-        let attack = format!("{} messages with extreme fields ({} kinds) to every replica", messages.len(), kinds.len());
-        w.some(&mut c, 3, &attack).await;
-        // Elections after it: a ballot adopted from those messages would leave none to win.
-        rss.assert_under(&attack);
-        drop(rss);
-        force_elections(&mut c, &mut w, 3, &attack).await;
-        let rss = RssWatch::new(&c);
-        survived(&mut c, &mut w, &rss, &attack).await;
-    });
+    let messages = extreme_messages();
+    let kinds: std::collections::HashSet<MsgKind> = messages.iter().map(Message::kind).collect();
+    let attack = format!("{} messages with extreme fields ({} kinds) to every replica", messages.len(), kinds.len());
+    attacked(
+        &attack,
+        |_| {},
+        async |a| {
+            let bytes: Vec<u8> = messages.iter().flat_map(|m| packet(m).to_vec()).collect();
+            for i in 0..3 {
+                send_raw(a.c.paxos(i), &bytes).await;
+            }
+            a.w.some(&mut a.c, 3, &attack).await;
+            // Elections after it: a ballot adopted from those messages would leave none to win.
+            a.rss.assert_under(&attack);
+            a.rss.stop();
+            force_elections(&mut a.c, &mut a.w, 3, &attack).await;
+            a.rss = RssWatch::new(&a.c);
+        },
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -580,34 +599,32 @@ fn closed_by_peer(conns: &[TcpStream]) -> usize {
 
 #[test]
 fn thousands_of_idle_connections_are_capped_and_peers_keep_working() {
-    rt().block_on(async {
-        let mut c = cluster(0, |_| {});
-        let p = leader(&mut c).await;
-        let mut w = Writes::new();
-        w.some(&mut c, 3, "start").await;
-        let rss = RssWatch::new(&c);
-        let before = fd_count(c.pid(p));
-        let paxos = open_many(c.paxos(p), 5_000).await;
-        let learn = open_many(c.learn(p), 5_000).await;
-        let held = fd_count(c.pid(p));
-        eprintln!(
+    attacked(
+        "5,000 idle connections to each of the Paxos and learn ports",
+        |_| {},
+        async |a| {
+            let before = fd_count(a.c.pid(a.p));
+            let paxos = open_many(a.c.paxos(a.p), 5_000).await;
+            let learn = open_many(a.c.learn(a.p), 5_000).await;
+            let held = fd_count(a.c.pid(a.p));
+            eprintln!(
             "idle flood: {} Paxos and {} learn connections opened, {} and {} closed by the replica; it holds {held} descriptors ({before} before)",
             paxos.len(),
             learn.len(),
             closed_by_peer(&paxos),
             closed_by_peer(&learn)
         );
-        // The members' own connections were open before the flood: they keep working.
-        w.some(&mut c, 3, "opening 5,000 idle connections to each of the primary's Paxos and learn ports").await;
-        assert!(
+            // The members' own connections were open before the flood: they keep working.
+            a.w.some(&mut a.c, 3, "opening 5,000 idle connections to each of the primary's Paxos and learn ports").await;
+            assert!(
             held <= FD_BOUND,
             "the primary holds {held} descriptors with {} + {} idle connections open to its Paxos and learn ports (bound {FD_BOUND}): no connection cap",
             paxos.len(),
             learn.len()
         );
-        drop((paxos, learn));
-        survived(&mut c, &mut w, &rss, "5,000 idle connections to each of the Paxos and learn ports").await;
-    });
+            drop((paxos, learn));
+        },
+    );
 }
 
 /// Gives a replica time to read what an attack sent: waits until its resident memory has not
@@ -641,116 +658,112 @@ async fn closed_within(mut s: TcpStream, within: Duration) -> bool {
 
 #[test]
 fn partial_giant_frames_and_slow_senders_on_the_paxos_port_are_bounded_and_timed_out() {
-    rt().block_on(async {
-        let mut c = cluster(0, |_| {});
-        let p = leader(&mut c).await;
-        let mut w = Writes::new();
-        w.some(&mut c, 3, "start").await;
-        let rss = RssWatch::new(&c);
-        const CLAIMED: usize = 90 << 20;
-        const SENT: usize = 89 << 20;
-        // Four connections each send all but the last MiB of a 90 MiB packet, then hold.
-        let mut giants = Vec::new();
-        for _ in 0..4 {
-            let addr = c.paxos(p);
-            giants.push(tokio::spawn(async move {
-                let mut s = TcpStream::connect(addr).await.expect("connect");
+    attacked(
+        "partial giant packets and slow senders on the Paxos port",
+        |_| {},
+        async |a| {
+            const CLAIMED: usize = 90 << 20;
+            const SENT: usize = 89 << 20;
+            // Four connections each send all but the last MiB of a 90 MiB packet, then hold.
+            let mut giants = Vec::new();
+            for _ in 0..4 {
+                let addr = a.c.paxos(a.p);
+                giants.push(tokio::spawn(async move {
+                    let mut s = TcpStream::connect(addr).await.expect("connect");
+                    let mut header = BytesMut::new();
+                    header.put_u32_le(CLAIMED as u32);
+                    header.put_bytes(0, 16);
+                    let chunk = vec![0u8; 1 << 20];
+                    let _ = timeout(Duration::from_secs(10), async {
+                        s.write_all(&header).await?;
+                        for _ in 0..SENT >> 20 {
+                            s.write_all(&chunk).await?;
+                        }
+                        Ok::<_, std::io::Error>(())
+                    })
+                    .await;
+                    s
+                }));
+            }
+            // One connection sends nothing; one sends a 1 KiB packet a byte a second.
+            let idle = TcpStream::connect(a.c.paxos(a.p)).await.expect("connect");
+            let trickle = TcpStream::connect(a.c.paxos(a.p)).await.expect("connect");
+            let (trickle_rd, mut trickle_wr) = trickle.into_split();
+            let trickler = tokio::spawn(async move {
                 let mut header = BytesMut::new();
-                header.put_u32_le(CLAIMED as u32);
+                header.put_u32_le(1024);
                 header.put_bytes(0, 16);
-                let chunk = vec![0u8; 1 << 20];
-                let _ = timeout(Duration::from_secs(10), async {
-                    s.write_all(&header).await?;
-                    for _ in 0..SENT >> 20 {
-                        s.write_all(&chunk).await?;
+                for byte in header.iter().chain(std::iter::repeat(&0u8)) {
+                    if trickle_wr.write_all(&[*byte]).await.is_err() {
+                        return;
                     }
-                    Ok::<_, std::io::Error>(())
-                })
-                .await;
-                s
-            }));
-        }
-        // One connection sends nothing; one sends a 1 KiB packet a byte a second.
-        let idle = TcpStream::connect(c.paxos(p)).await.expect("connect");
-        let trickle = TcpStream::connect(c.paxos(p)).await.expect("connect");
-        let (trickle_rd, mut trickle_wr) = trickle.into_split();
-        let trickler = tokio::spawn(async move {
-            let mut header = BytesMut::new();
-            header.put_u32_le(1024);
-            header.put_bytes(0, 16);
-            for byte in header.iter().chain(std::iter::repeat(&0u8)) {
-                if trickle_wr.write_all(&[*byte]).await.is_err() {
-                    return;
+                    sleep(Duration::from_secs(1)).await;
                 }
-                sleep(Duration::from_secs(1)).await;
+            });
+            let mut giants_held = Vec::new();
+            for g in giants {
+                giants_held.push(g.await.expect("sender"));
             }
-        });
-        let mut giants_held = Vec::new();
-        for g in giants {
-            giants_held.push(g.await.expect("sender"));
-        }
-        settle(&rss, c.pid(p)).await;
-        rss.assert_under("while four 90 MiB packets are held incomplete on its Paxos port");
-        w.some(&mut c, 3, "four partial 90 MiB packets held on the primary's Paxos port").await;
-        // Every one of those connections is closed by the replica within the bound.
-        let started = Instant::now();
-        let mut waits = Vec::new();
-        for s in giants_held {
-            waits.push(tokio::spawn(closed_within(s, SLOW_BOUND)));
-        }
-        waits.push(tokio::spawn(closed_within(idle, IDLE_BOUND)));
-        let trickle_closed = tokio::spawn(async move {
-            let mut rd = trickle_rd;
-            let mut buf = [0u8; 64];
-            timeout(SLOW_BOUND, async { while !matches!(rd.read(&mut buf).await, Ok(0) | Err(_)) {} }).await.is_ok()
-        });
-        let mut open = Vec::new();
-        for (k, wait) in waits.into_iter().enumerate() {
-            if !wait.await.expect("waiter") {
-                open.push(if k < 4 { format!("partial 90 MiB packet {}", k + 1) } else { "idle connection".into() });
+            settle(&a.rss, a.c.pid(a.p)).await;
+            a.rss.assert_under("while four 90 MiB packets are held incomplete on its Paxos port");
+            a.w.some(&mut a.c, 3, "four partial 90 MiB packets held on the primary's Paxos port").await;
+            // Every one of those connections is closed by the replica within the bound.
+            let started = Instant::now();
+            let mut waits = Vec::new();
+            for s in giants_held {
+                waits.push(tokio::spawn(closed_within(s, SLOW_BOUND)));
             }
-        }
-        if !trickle_closed.await.expect("waiter") {
-            open.push("a 1 KiB packet sent a byte a second".into());
-        }
-        trickler.abort();
-        assert!(open.is_empty(), "still open after {SLOW_BOUND:?} (frames) or {IDLE_BOUND:?} (idle): {open:?}");
-        eprintln!("slow senders on the Paxos port closed after {:?}", started.elapsed());
-        survived(&mut c, &mut w, &rss, "partial giant packets and slow senders on the Paxos port").await;
-    });
+            waits.push(tokio::spawn(closed_within(idle, IDLE_BOUND)));
+            let trickle_closed = tokio::spawn(async move {
+                let mut rd = trickle_rd;
+                let mut buf = [0u8; 64];
+                timeout(SLOW_BOUND, async { while !matches!(rd.read(&mut buf).await, Ok(0) | Err(_)) {} }).await.is_ok()
+            });
+            let mut open = Vec::new();
+            for (k, wait) in waits.into_iter().enumerate() {
+                if !wait.await.expect("waiter") {
+                    open.push(if k < 4 { format!("partial 90 MiB packet {}", k + 1) } else { "idle connection".into() });
+                }
+            }
+            if !trickle_closed.await.expect("waiter") {
+                open.push("a 1 KiB packet sent a byte a second".into());
+            }
+            trickler.abort();
+            assert!(open.is_empty(), "still open after {SLOW_BOUND:?} (frames) or {IDLE_BOUND:?} (idle): {open:?}");
+            eprintln!("slow senders on the Paxos port closed after {:?}", started.elapsed());
+        },
+    );
 }
 
 #[test]
 fn learn_requests_claiming_100_mib_allocate_only_what_arrives() {
-    rt().block_on(async {
-        let mut c = cluster(0, |_| {});
-        let p = leader(&mut c).await;
-        let mut w = Writes::new();
-        w.some(&mut c, 3, "start").await;
-        let rss = RssWatch::new(&c);
-        let vm_before = proc_kib(c.pid(p), "VmSize");
-        // Eight requests whose 6-byte prefix claims 100 MiB, each followed by 16 MiB.
-        let claim = 100u32 << 20;
-        let mut held = Vec::new();
-        for _ in 0..8 {
-            let mut s = TcpStream::connect(c.learn(p)).await.expect("connect");
-            let prefix = [&6u16.to_le_bytes()[..], &claim.to_le_bytes()].concat();
-            let _ = timeout(Duration::from_secs(5), async {
-                s.write_all(&prefix).await?;
-                s.write_all(&vec![0u8; 16 << 20]).await
-            })
-            .await;
-            held.push(s);
-        }
-        settle(&rss, c.pid(p)).await;
-        let vm_peak = proc_kib(c.pid(p), "VmSize");
-        rss.assert_under("while eight learn requests claiming 100 MiB are held");
-        let grown_mib = vm_peak.saturating_sub(vm_before) >> 10;
-        eprintln!("learn claims: address space grew by {grown_mib} MiB for 8 x 100 MiB claimed, 8 x 16 MiB sent");
-        assert!(grown_mib < 400, "the learn port reserved {grown_mib} MiB of address space for 8 requests claiming 100 MiB each (16 MiB sent each): it allocates by the claimed length");
-        drop(held);
-        survived(&mut c, &mut w, &rss, "learn requests claiming 100 MiB").await;
-    });
+    attacked(
+        "learn requests claiming 100 MiB",
+        |_| {},
+        async |a| {
+            let vm_before = proc_kib(a.c.pid(a.p), "VmSize");
+            // Eight requests whose 6-byte prefix claims 100 MiB, each followed by 16 MiB.
+            let claim = 100u32 << 20;
+            let mut held = Vec::new();
+            for _ in 0..8 {
+                let mut s = TcpStream::connect(a.c.learn(a.p)).await.expect("connect");
+                let prefix = [&6u16.to_le_bytes()[..], &claim.to_le_bytes()].concat();
+                let _ = timeout(Duration::from_secs(5), async {
+                    s.write_all(&prefix).await?;
+                    s.write_all(&vec![0u8; 16 << 20]).await
+                })
+                .await;
+                held.push(s);
+            }
+            settle(&a.rss, a.c.pid(a.p)).await;
+            let vm_peak = proc_kib(a.c.pid(a.p), "VmSize");
+            a.rss.assert_under("while eight learn requests claiming 100 MiB are held");
+            let grown_mib = vm_peak.saturating_sub(vm_before) >> 10;
+            eprintln!("learn claims: address space grew by {grown_mib} MiB for 8 x 100 MiB claimed, 8 x 16 MiB sent");
+            assert!(grown_mib < 400, "the learn port reserved {grown_mib} MiB of address space for 8 requests claiming 100 MiB each (16 MiB sent each): it allocates by the claimed length");
+            drop(held);
+        },
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -758,40 +771,38 @@ fn learn_requests_claiming_100_mib_allocate_only_what_arrives() {
 
 #[test]
 fn a_client_that_pipelines_and_never_reads_cannot_bloat_the_primary() {
-    rt().block_on(async {
-        let mut c = cluster(0, |_| {});
-        let p = leader(&mut c).await;
-        let mut w = Writes::new();
-        w.some(&mut c, 3, "start").await;
-        let rss = RssWatch::new(&c);
-        // Status requests (answered at once) with a put every 64 KiB, for 10 s or until the
-        // primary passes the bound.
-        let mut batch = BytesMut::new();
-        for id in 0..5_000u64 {
-            proto::status_request(&mut batch, id);
-        }
-        proto::put_request(&mut batch, 1 << 50, b"pipelined", b"never read");
-        let mut s = TcpStream::connect(c.client(p)).await.expect("connect");
-        let (started, mut sent, mut at, mut blocked) = (Instant::now(), 0usize, 0usize, Duration::ZERO);
-        while started.elapsed() < Duration::from_secs(10) && rss.over().is_none() {
-            // Plain writes from where the last one stopped: frames stay whole across stalls.
-            let t = Instant::now();
-            match timeout(Duration::from_millis(500), s.write(&batch[at..])).await {
-                Ok(Ok(0)) | Ok(Err(_)) => break,
-                Ok(Ok(n)) => (sent, at) = (sent + n, (at + n) % batch.len()),
-                Err(_) => blocked += t.elapsed(),
+    attacked(
+        "a client that pipelines and never reads",
+        |_| {},
+        async |a| {
+            // Status requests (answered at once) with a put every 64 KiB, for 10 s or until the
+            // primary passes the bound.
+            let mut batch = BytesMut::new();
+            for id in 0..5_000u64 {
+                proto::status_request(&mut batch, id);
             }
-        }
-        eprintln!(
-            "never-reading client: {} MiB of requests sent in {:?}, {:?} of it blocked by backpressure",
-            sent >> 20,
-            started.elapsed(),
-            blocked
-        );
-        rss.assert_under("while a client pipelines requests and never reads the answers");
-        drop(s);
-        survived(&mut c, &mut w, &rss, "a client that pipelines and never reads").await;
-    });
+            proto::put_request(&mut batch, 1 << 50, b"pipelined", b"never read");
+            let mut s = TcpStream::connect(a.c.client(a.p)).await.expect("connect");
+            let (started, mut sent, mut at, mut blocked) = (Instant::now(), 0usize, 0usize, Duration::ZERO);
+            while started.elapsed() < Duration::from_secs(10) && a.rss.over().is_none() {
+                // Plain writes from where the last one stopped: frames stay whole across stalls.
+                let t = Instant::now();
+                match timeout(Duration::from_millis(500), s.write(&batch[at..])).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => break,
+                    Ok(Ok(n)) => (sent, at) = (sent + n, (at + n) % batch.len()),
+                    Err(_) => blocked += t.elapsed(),
+                }
+            }
+            eprintln!(
+                "never-reading client: {} MiB of requests sent in {:?}, {:?} of it blocked by backpressure",
+                sent >> 20,
+                started.elapsed(),
+                blocked
+            );
+            a.rss.assert_under("while a client pipelines requests and never reads the answers");
+            drop(s);
+        },
+    );
 }
 
 /// A put whose key length (1000) runs past its body (5 bytes).
@@ -821,35 +832,33 @@ async fn answer(s: &mut TcpStream, within: Duration) -> Option<(u64, Status)> {
 
 #[test]
 fn a_put_whose_key_overruns_its_body_is_answered_with_an_error() {
-    rt().block_on(async {
-        let mut c = cluster(0, |_| {});
-        let p = leader(&mut c).await;
-        let mut w = Writes::new();
-        w.some(&mut c, 3, "start").await;
-        let rss = RssWatch::new(&c);
-        let fds_before = fd_count(c.pid(p));
-        for k in 0..20u64 {
-            let mut s = TcpStream::connect(c.client(p)).await.expect("connect");
-            s.write_all(&overrunning_put(k)).await.expect("send");
-            let got = answer(&mut s, Duration::from_secs(5)).await;
-            assert!(
-                matches!(got, Some((id, st)) if id == k && st != Status::Ok),
-                "a PUT whose key length overruns its body got {got:?} within 5 s; want an error answer{}",
-                c.diagnosis()
-            );
-        }
-        // Those connections are closed: the replica lets go of them (bounded wait).
-        let until = Instant::now() + Duration::from_secs(10);
-        while fd_count(c.pid(p)) > fds_before + 2 {
-            assert!(
-                Instant::now() < until,
-                "the primary still holds {} descriptors 10 s after 20 clients left ({fds_before} before): leaked connections",
-                fd_count(c.pid(p))
-            );
-            sleep(Duration::from_millis(50)).await;
-        }
-        survived(&mut c, &mut w, &rss, "puts whose key overruns the body").await;
-    });
+    attacked(
+        "puts whose key overruns the body",
+        |_| {},
+        async |a| {
+            let fds_before = fd_count(a.c.pid(a.p));
+            for k in 0..20u64 {
+                let mut s = TcpStream::connect(a.c.client(a.p)).await.expect("connect");
+                s.write_all(&overrunning_put(k)).await.expect("send");
+                let got = answer(&mut s, Duration::from_secs(5)).await;
+                assert!(
+                    matches!(got, Some((id, st)) if id == k && st != Status::Ok),
+                    "a PUT whose key length overruns its body got {got:?} within 5 s; want an error answer{}",
+                    a.c.diagnosis()
+                );
+            }
+            // Those connections are closed: the replica lets go of them (bounded wait).
+            let until = Instant::now() + Duration::from_secs(10);
+            while fd_count(a.c.pid(a.p)) > fds_before + 2 {
+                assert!(
+                    Instant::now() < until,
+                    "the primary still holds {} descriptors 10 s after 20 clients left ({fds_before} before): leaked connections",
+                    fd_count(a.c.pid(a.p))
+                );
+                sleep(Duration::from_millis(50)).await;
+            }
+        },
+    );
 }
 
 /// Every configuration change in replica `i`'s logs (a reconfiguration vote or decision).
@@ -866,75 +875,71 @@ fn reconfigurations(c: &Cluster, i: usize) -> usize {
 
 #[test]
 fn change_configuration_is_refused_on_the_data_port_without_allow_admin() {
-    rt().block_on(async {
-        let mut c = cluster(0, |_| {});
-        let p = leader(&mut c).await;
-        let mut w = Writes::new();
-        w.some(&mut c, 3, "start").await;
-        let rss = RssWatch::new(&c);
-        // The attacker's wish: a configuration whose only member is theirs.
-        let mut conn = Conn::connect(c.client(p)).await.expect("connect");
-        let got = timeout(Duration::from_secs(10), conn.change_configuration("666=1")).await;
-        let refused = matches!(got, Ok(Ok(st)) if st != Status::Ok);
-        assert!(
-            refused,
-            "ChangeConfiguration to {{666}} on the data port of a replica started without --allow-admin: {got:?}; want a refusal"
-        );
-        w.some(&mut c, 3, "a refused ChangeConfiguration").await;
-        for i in 0..3 {
-            assert_eq!(reconfigurations(&c, i), 0, "replica {} logged a configuration change", i + 1);
-        }
-        survived(&mut c, &mut w, &rss, "ChangeConfiguration from a client").await;
-    });
+    attacked(
+        "ChangeConfiguration from a client",
+        |_| {},
+        async |a| {
+            // The attacker's wish: a configuration whose only member is theirs.
+            let mut conn = Conn::connect(a.c.client(a.p)).await.expect("connect");
+            let got = timeout(Duration::from_secs(10), conn.change_configuration("666=1")).await;
+            let refused = matches!(got, Ok(Ok(st)) if st != Status::Ok);
+            assert!(
+                refused,
+                "ChangeConfiguration to {{666}} on the data port of a replica started without --allow-admin: {got:?}; want a refusal"
+            );
+            a.w.some(&mut a.c, 3, "a refused ChangeConfiguration").await;
+            for i in 0..3 {
+                assert_eq!(reconfigurations(&a.c, i), 0, "replica {} logged a configuration change", i + 1);
+            }
+        },
+    );
 }
 
 #[test]
 fn the_client_port_survives_running_out_of_descriptors() {
-    rt().block_on(async {
-        // An idle replica holds about 25 descriptors: 64 run out after some 40 connections,
-        // fewer than any sensible per-port cap.
-        const LIMIT: usize = 64;
-        let mut c = cluster(0, |c| c.launch[0].shell = Some(format!("ulimit -n {LIMIT}")));
-        leader(&mut c).await;
-        let mut w = Writes::new();
-        w.some(&mut c, 3, "start").await;
-        let rss = RssWatch::new(&c);
-        // Connections to all three of its ports in turn, until it is out of descriptors.
-        let (ports, mut conns) = ([c.client(0), c.paxos(0), c.learn(0)], Vec::new());
-        for k in 0..300 {
-            if fd_count(c.pid(0)) >= LIMIT - 2 {
-                break;
+    // An idle replica holds about 25 descriptors: 64 run out after some 40 connections,
+    // fewer than any sensible per-port cap.
+    const LIMIT: usize = 64;
+    attacked(
+        "running out of descriptors",
+        |c| c.launch[0].shell = Some(format!("ulimit -n {LIMIT}")),
+        async |a| {
+            // Connections to all three of its ports in turn, until it is out of descriptors.
+            let (ports, mut conns) = ([a.c.client(0), a.c.paxos(0), a.c.learn(0)], Vec::new());
+            for k in 0..300 {
+                if fd_count(a.c.pid(0)) >= LIMIT - 2 {
+                    break;
+                }
+                if let Ok(Ok(s)) = timeout(Duration::from_millis(500), connect_from_elsewhere(ports[k % 3])).await {
+                    conns.push(s);
+                }
             }
-            if let Ok(Ok(s)) = timeout(Duration::from_millis(500), connect_from_elsewhere(ports[k % 3])).await {
-                conns.push(s);
+            // Past the limit, the pending connections meet EMFILE in every accept loop.
+            let until = Instant::now() + Duration::from_secs(5);
+            while fd_count(a.c.pid(0)) < LIMIT - 2 {
+                assert!(Instant::now() < until, "replica 1 never ran out of descriptors: {} held", fd_count(a.c.pid(0)));
+                sleep(Duration::from_millis(50)).await;
             }
-        }
-        // Past the limit, the pending connections meet EMFILE in every accept loop.
-        let until = Instant::now() + Duration::from_secs(5);
-        while fd_count(c.pid(0)) < LIMIT - 2 {
-            assert!(Instant::now() < until, "replica 1 never ran out of descriptors: {} held", fd_count(c.pid(0)));
-            sleep(Duration::from_millis(50)).await;
-        }
-        let more = open_many(c.client(0), 10).await;
-        eprintln!("descriptor exhaustion: {} + {} connections opened to replica 1 (limit {LIMIT})", conns.len(), more.len());
-        drop((conns, more));
-        // Its client port accepts and serves again (bounded).
-        let freed = Instant::now();
-        let until = freed + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(s)) = timeout(Duration::from_secs(2), status(c.client(0))).await {
-                eprintln!("replica 1 serves again {:?} after its descriptors were freed: {s:?}", freed.elapsed());
-                break;
+            let more = open_many(a.c.client(0), 10).await;
+            eprintln!("descriptor exhaustion: {} + {} connections opened to replica 1 (limit {LIMIT})", conns.len(), more.len());
+            drop((conns, more));
+            // Its client port accepts and serves again (bounded).
+            let freed = Instant::now();
+            let until = freed + Duration::from_secs(10);
+            loop {
+                if let Ok(Some(s)) = timeout(Duration::from_secs(2), status(a.c.client(0))).await {
+                    eprintln!("replica 1 serves again {:?} after its descriptors were freed: {s:?}", freed.elapsed());
+                    break;
+                }
+                assert!(
+                    Instant::now() < until,
+                    "replica 1's client port no longer serves 10 s after its descriptors were freed{}",
+                    a.c.diagnosis()
+                );
+                sleep(Duration::from_millis(50)).await;
             }
-            assert!(
-                Instant::now() < until,
-                "replica 1's client port no longer serves 10 s after its descriptors were freed{}",
-                c.diagnosis()
-            );
-            sleep(Duration::from_millis(50)).await;
-        }
-        survived(&mut c, &mut w, &rss, "running out of descriptors").await;
-    });
+        },
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

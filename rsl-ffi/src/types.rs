@@ -104,6 +104,9 @@ pub struct rsl_stats {
     pub log_syncs: u64,
     pub fast_reads: u64,
     pub checkpoints_saved: u64,
+    /// Messages from peers dropped before the protocol: malformed, implausible, from a
+    /// non-member, or from another address than the member's.
+    pub messages_rejected: u64,
 }
 
 /// Both directions of the numeric and boolean fields, from one list.
@@ -371,5 +374,6 @@ pub(crate) fn stats_to_c(s: &Stats) -> rsl_stats {
         log_syncs: s.log_syncs,
         fast_reads: s.fast_reads,
         checkpoints_saved: s.checkpoints_saved,
+        messages_rejected: s.messages_rejected,
     }
 }

@@ -388,6 +388,16 @@ fn null_handles_are_refused() {
     }
 }
 
+/// A Prepare from an outsider with a ballot nothing can outbid, to the Paxos port `port`.
+fn send_forged_prepare(port: u16) {
+    use rsl_engine::format::{Ballot, Body, Header, MemberId, Message, Version};
+    use std::io::Write;
+    let outsider = MemberId::new("666").unwrap();
+    let header = Header::new(Version::V6, outsider, 1, 1, Ballot::new(u32::MAX, outsider));
+    let packet = rsl_engine::runtime::transport::frame(&Message::new(header, Body::Prepare(Default::default())), &mut Default::default());
+    std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap().write_all(&packet).unwrap();
+}
+
 #[test]
 fn a_replica_checks_calls_then_refuses_them_once_unloaded() {
     let tmp = tempfile::tempdir().unwrap();
@@ -434,7 +444,17 @@ fn a_replica_checks_calls_then_refuses_them_once_unloaded() {
         assert_eq!(count, 0, "not primary");
         let mut stats = rsl_stats::default();
         assert_eq!(rsl_replica_get_statistics_snapshot(r, null_mut()), RSL_E_NULL);
-        assert_eq!(rsl_replica_get_statistics_snapshot(r, &mut stats), RSL_SUCCESS);
+        // A forged Prepare is dropped and counted (each snapshot resets the counters).
+        send_forged_prepare(port);
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert_eq!(rsl_replica_get_statistics_snapshot(r, &mut stats), RSL_SUCCESS);
+            if stats.messages_rejected > 0 {
+                break;
+            }
+            assert!(Instant::now() < until, "a forged Prepare is counted in messages_rejected");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert_eq!(rsl_replica_set_vote_payload(r, 7), RSL_SUCCESS);
         assert_eq!(rsl_replica_allow_save_state(r, true), RSL_SUCCESS);
         let mut primary = node("x", [0; 4], 0, 0, "");

@@ -8,14 +8,14 @@ use super::exec::{abort_code, Work};
 use super::journal::{write_defunct, Journal};
 use super::learn;
 use super::tls::{PeerIdentity, Tls};
-use super::transport::{frame, Origin, Transport};
+use super::transport::{frame, Origin, RateLimited, Transport};
 use super::{spawn_task, Shared};
 use crate::format::MsgKind;
 use crate::format::{Body, Header, MemberId, MemberSet, Message, Node, Version};
 use crate::paxos::{Action, Application, Cookie, Dest, Input, Micros, Rejection, Replica, Role, SubmitError};
 use bytes::{Bytes, BytesMut};
 use std::collections::{BTreeMap, VecDeque};
-use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
@@ -114,9 +114,8 @@ pub(crate) struct Ring {
     followups: Vec<Input>,
     /// The address of the message whose actions are being carried out (for rejections).
     inbound: Option<IpAddr>,
-    /// When a rejection was last logged, and how many were not logged since.
-    rejections_logged_at: Option<Instant>,
-    rejections_unlogged: u64,
+    /// Warnings of rejections: at most one per `REJECTION_LOG_INTERVAL`.
+    rejections: RateLimited,
     /// Ids remembered from Joins (`MAX_JOINERS`), oldest first.
     joiners: VecDeque<MemberId>,
     stopped: bool,
@@ -164,8 +163,7 @@ impl Ring {
             actions: Vec::new(),
             followups: Vec::new(),
             inbound: None,
-            rejections_logged_at: None,
-            rejections_unlogged: 0,
+            rejections: RateLimited::every(REJECTION_LOG_INTERVAL),
             joiners: VecDeque::new(),
             stopped: false,
         }
@@ -259,15 +257,10 @@ impl Ring {
         self.step(Input::Message { from, msg })
     }
 
-    /// `GetReplica` (api-behavior §5 item 15): a message naming a node we know comes from that
-    /// node's address. Any loopback address stands for any other (a peer on this host connects
-    /// from 127.0.0.1 whatever its own address). A replica that listens on every address
-    /// (`listen_on_all_ips`) runs on a host with several, as its peers may: there the address
-    /// a peer connects from says nothing, and only the core's membership checks apply.
+    /// A message naming a node we know comes from that node's address ([`from_its_address`]).
     fn sent_from_its_address(&self, id: &MemberId, ip: IpAddr) -> bool {
-        let Some(node) = self.nodes.get(id) else { return true };
-        let ip = ip.to_canonical();
-        self.transport.local_addr().ip().is_unspecified() || ip == IpAddr::V4(node.ip) || (ip.is_loopback() && node.ip.is_loopback())
+        let listen_on_all_ips = self.transport.local_addr().ip().is_unspecified();
+        self.nodes.get(id).is_none_or(|node| from_its_address(node.ip, ip, listen_on_all_ips))
     }
 
     /// Counts a rejected message (or record), and logs it unless one was logged within
@@ -284,12 +277,7 @@ impl Ring {
     /// logged (`REJECTION_LOG_INTERVAL`).
     fn count_rejection(&mut self) -> Option<u64> {
         self.shared.stats.messages_rejected.fetch_add(1, Relaxed);
-        if self.rejections_logged_at.is_some_and(|at| at.elapsed() < REJECTION_LOG_INTERVAL) {
-            self.rejections_unlogged += 1;
-            return None;
-        }
-        self.rejections_logged_at = Some(Instant::now());
-        Some(std::mem::take(&mut self.rejections_unlogged))
+        self.rejections.allow()
     }
 
     fn step(&mut self, input: Input) {
@@ -457,21 +445,12 @@ impl Ring {
     /// configuration names since is no longer one.
     fn remember_joiner(&mut self, id: MemberId, ip: IpAddr, learn_port: u16) {
         let IpAddr::V4(ip) = ip.to_canonical() else { return };
-        if self.joiners.len() >= MAX_JOINERS {
-            let oldest = self.joiners.pop_front().expect("full");
-            if !self.is_configured(&oldest) {
-                self.nodes.remove(&oldest);
-            }
-        }
         let node = Node { id, ip, rsl_port: learn_port.saturating_sub(1), learn_port, app_port: 0, host_name: Bytes::new() };
-        self.nodes.insert(id, node);
+        let core = &self.core;
+        let configured =
+            |id: &MemberId| [core.paxos_configuration(), core.configuration()].iter().any(|c| c.members.nodes.iter().any(|n| n.id == *id));
+        add_joiner(&mut self.joiners, &mut self.nodes, node, configured);
         self.peers_for = (u32::MAX, u32::MAX);
-        self.joiners.push_back(id);
-    }
-
-    fn is_configured(&self, id: &MemberId) -> bool {
-        let named = |c: &crate::format::ConfigInfo| c.members.nodes.iter().any(|n| n.id == *id);
-        named(self.core.paxos_configuration()) || named(self.core.configuration())
     }
 
     /// Keeps the transport's peers to every node of the Paxos and state configurations.
@@ -619,6 +598,30 @@ fn certified_other(nodes: &BTreeMap<MemberId, Node>, sender: &MemberId, peer: Op
     (first != *sender && named.all(|id| id != *sender)).then_some(first)
 }
 
+/// `GetReplica` (api-behavior §5 item 15): whether a message from `ip` may speak for the node
+/// configured at `configured`. Any loopback address stands for any other (a peer on this host
+/// connects from 127.0.0.1 whatever its own address). A replica that listens on every address
+/// (`listen_on_all_ips`) runs on a host with several, as its peers may: there the address a
+/// peer connects from says nothing, and only the core's membership checks apply.
+fn from_its_address(configured: Ipv4Addr, ip: IpAddr, listen_on_all_ips: bool) -> bool {
+    let ip = ip.to_canonical();
+    listen_on_all_ips || ip == IpAddr::V4(configured) || (ip.is_loopback() && configured.is_loopback())
+}
+
+/// Puts a joiner's node among the known `nodes`, remembering at most `MAX_JOINERS` joiners:
+/// past that the oldest is forgotten, and so is its node unless a configuration names it since.
+fn add_joiner(joiners: &mut VecDeque<MemberId>, nodes: &mut BTreeMap<MemberId, Node>, node: Node, configured: impl Fn(&MemberId) -> bool) {
+    if joiners.len() >= MAX_JOINERS {
+        let oldest = joiners.pop_front().expect("full");
+        if !configured(&oldest) {
+            nodes.remove(&oldest);
+        }
+    }
+    joiners.push_back(node.id);
+    nodes.insert(node.id, node);
+    debug_assert!(joiners.len() <= MAX_JOINERS);
+}
+
 fn paxos_addr(node: &Node) -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(node.ip, node.rsl_port))
 }
@@ -658,5 +661,85 @@ mod binding_tests {
         // A shared service certificate, and no TLS at all: no binding.
         assert_eq!(certified_other(&ring, &id("3"), Some(&cert(&["rsl-service", "9"]))), None);
         assert_eq!(certified_other(&ring, &id("3"), None), None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv6Addr;
+
+    const HOME: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+
+    #[test]
+    fn a_member_is_heard_only_from_its_own_address() {
+        assert!(from_its_address(HOME, IpAddr::V4(HOME), false));
+        assert!(!from_its_address(HOME, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), false), "another host claiming the member");
+        assert!(!from_its_address(HOME, IpAddr::V4(Ipv4Addr::LOCALHOST), false), "this host claiming a remote member");
+        // The same address seen through an IPv6 socket.
+        assert!(from_its_address(HOME, IpAddr::V6(HOME.to_ipv6_mapped()), false));
+        assert!(!from_its_address(HOME, IpAddr::V6(Ipv6Addr::LOCALHOST), false));
+    }
+
+    #[test]
+    fn any_loopback_address_stands_for_another() {
+        let loopback = Ipv4Addr::new(127, 0, 0, 2);
+        assert!(from_its_address(loopback, IpAddr::V4(Ipv4Addr::LOCALHOST), false));
+        assert!(from_its_address(Ipv4Addr::LOCALHOST, IpAddr::V6(Ipv6Addr::LOCALHOST), false));
+        assert!(from_its_address(Ipv4Addr::LOCALHOST, IpAddr::V6(loopback.to_ipv6_mapped()), false));
+        assert!(!from_its_address(Ipv4Addr::LOCALHOST, IpAddr::V4(HOME), false), "a remote host claiming a local member");
+    }
+
+    #[test]
+    fn listening_on_all_addresses_skips_the_check() {
+        assert!(from_its_address(HOME, IpAddr::V4(Ipv4Addr::new(192, 168, 1, 9)), true));
+        assert!(from_its_address(HOME, IpAddr::V4(Ipv4Addr::LOCALHOST), true));
+    }
+
+    #[test]
+    fn rejection_warnings_are_rate_limited_and_count_what_they_held_back() {
+        let limit = RateLimited::every(REJECTION_LOG_INTERVAL);
+        assert_eq!(limit.allow(), Some(0), "the first rejection is logged");
+        for _ in 0..5 {
+            assert_eq!(limit.allow(), None, "the next ones within the interval are only counted");
+        }
+        // A short interval to see the next warning report what was held back (waiting on the
+        // condition, not on a clock).
+        let limit = RateLimited::every(Duration::from_millis(20));
+        assert_eq!(limit.allow(), Some(0));
+        let mut held = 0;
+        let reported = loop {
+            match limit.allow() {
+                Some(n) => break n,
+                None => held += 1,
+            }
+            std::thread::yield_now();
+        };
+        assert_eq!(reported, held);
+        assert!(RateLimited::every(Duration::ZERO).allow().is_some() && RateLimited::every(Duration::MAX).allow().is_some());
+    }
+
+    fn joiner(n: u32) -> Node {
+        let id = MemberId::new(&format!("joiner{n}")).expect("id");
+        Node { id, ip: HOME, rsl_port: 20_000, learn_port: 20_001, app_port: 0, host_name: Bytes::new() }
+    }
+
+    #[test]
+    fn at_most_eight_joiners_are_remembered_the_oldest_forgotten_first() {
+        let (mut joiners, mut nodes) = (VecDeque::new(), BTreeMap::new());
+        for n in 1..=MAX_JOINERS as u32 {
+            add_joiner(&mut joiners, &mut nodes, joiner(n), |_| false);
+        }
+        assert_eq!((joiners.len(), nodes.len()), (MAX_JOINERS, MAX_JOINERS));
+        let ninth = joiner(MAX_JOINERS as u32 + 1);
+        add_joiner(&mut joiners, &mut nodes, ninth.clone(), |_| false);
+        assert_eq!((joiners.len(), nodes.len()), (MAX_JOINERS, MAX_JOINERS), "the ninth does not grow the set");
+        assert!(!nodes.contains_key(&joiner(1).id), "the oldest joiner is forgotten");
+        assert!(nodes.contains_key(&ninth.id) && joiners.back() == Some(&ninth.id));
+        // A forgotten joiner that a configuration names since keeps its node.
+        let second = joiner(2).id;
+        add_joiner(&mut joiners, &mut nodes, joiner(100), |id| *id == second);
+        assert!(nodes.contains_key(&second) && !joiners.contains(&second));
+        assert_eq!(joiners.len(), MAX_JOINERS);
     }
 }

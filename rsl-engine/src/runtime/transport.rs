@@ -504,10 +504,11 @@ pub async fn accept_each<L: Listener, F: Future<Output = ()> + Send + 'static>(
     }
 }
 
-/// A warning that repeats at most every [`RateLimited::EVERY`], counting those it held back.
-/// Shared by tasks: lock-free.
+/// A warning that repeats at most every [`RateLimited::EVERY`] (or a chosen interval),
+/// counting those it held back. Shared by tasks: lock-free.
 pub struct RateLimited {
     start: Instant,
+    every_ms: u64,
     /// When the next warning may go out, in milliseconds since `start`.
     next_ms: AtomicU64,
     held_back: AtomicU64,
@@ -523,14 +524,20 @@ impl RateLimited {
     pub const EVERY: Duration = Duration::from_secs(10);
 
     pub fn new() -> Self {
-        RateLimited { start: Instant::now(), next_ms: AtomicU64::new(0), held_back: AtomicU64::new(0) }
+        RateLimited::every(Self::EVERY)
+    }
+
+    /// At most one warning per `interval`.
+    pub fn every(interval: Duration) -> Self {
+        let every_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+        RateLimited { start: Instant::now(), every_ms, next_ms: AtomicU64::new(0), held_back: AtomicU64::new(0) }
     }
 
     /// Some(warnings held back since the last one) if this one may go out.
     pub fn allow(&self) -> Option<u64> {
         let now = self.start.elapsed().as_millis() as u64;
         let next = self.next_ms.load(Relaxed);
-        if now >= next && self.next_ms.compare_exchange(next, now + Self::EVERY.as_millis() as u64, Relaxed, Relaxed).is_ok() {
+        if now >= next && self.next_ms.compare_exchange(next, now.saturating_add(self.every_ms), Relaxed, Relaxed).is_ok() {
             return Some(self.held_back.swap(0, Relaxed));
         }
         self.held_back.fetch_add(1, Relaxed);

@@ -692,15 +692,17 @@ impl Sim {
         1024 + cp.decree * 16
     }
 
-    /// Keeps `cp` as the node's checkpoint and drops the log before its next vote (what log
-    /// truncation after a checkpoint does, at its most aggressive).
+    /// Keeps `cp` as the node's checkpoint and drops the log before its first record beyond it
+    /// (what log truncation after a checkpoint does, at its most aggressive). A record beyond
+    /// it that is not a vote stays too: a Prepare logged after the checkpoint was taken holds
+    /// a promise the checkpoint does not, and truncation never drops the current log.
     fn install_checkpoint(&mut self, node: usize, cp: Checkpoint, copied: bool) {
         let size = self.checkpoint_size(&cp);
         let n = &mut self.nodes[node];
         if n.checkpoint.as_ref().is_some_and(|(c, _)| c.decree >= cp.decree) {
             return self.step(node, Input::CheckpointSaved { decree: cp.decree, size, min_decree_in_log: 0 });
         }
-        let keep_from = n.durable.iter().position(|r| r.kind() == MsgKind::Vote && r.header.decree > cp.decree).unwrap_or(n.durable.len());
+        let keep_from = n.durable.iter().position(|r| r.header.decree > cp.decree).unwrap_or(n.durable.len());
         if !copied || keep_from > 0 {
             n.durable.drain(..keep_from);
         }
