@@ -251,9 +251,14 @@ typedef struct rsl_stats {
   uint64_t checkpoints_saved;
   /**
    * Messages from peers dropped before the protocol: malformed, implausible, from a
-   * non-member, or from another address than the member's.
+   * non-member, from another address than the member's, or naming another member than the
+   * one its connection's certificate names.
    */
   uint64_t messages_rejected;
+  /**
+   * TLS handshakes refused, either side, on the Paxos and learn ports (0 without TLS).
+   */
+  uint64_t tls_refused;
 } rsl_stats;
 
 /**

@@ -105,8 +105,11 @@ pub struct rsl_stats {
     pub fast_reads: u64,
     pub checkpoints_saved: u64,
     /// Messages from peers dropped before the protocol: malformed, implausible, from a
-    /// non-member, or from another address than the member's.
+    /// non-member, from another address than the member's, or naming another member than the
+    /// one its connection's certificate names.
     pub messages_rejected: u64,
+    /// TLS handshakes refused, either side, on the Paxos and learn ports (0 without TLS).
+    pub tls_refused: u64,
 }
 
 /// Both directions of the numeric and boolean fields, from one list.
@@ -375,5 +378,6 @@ pub(crate) fn stats_to_c(s: &Stats) -> rsl_stats {
         fast_reads: s.fast_reads,
         checkpoints_saved: s.checkpoints_saved,
         messages_rejected: s.messages_rejected,
+        tls_refused: s.tls_refused,
     }
 }
