@@ -1,7 +1,7 @@
 //! Mutual TLS between real `rsl-kv replica` processes (issue 10): a TLS ring replicates and a
 //! replica far behind catches up from a checkpoint over the TLS learn port; peers without an
 //! admitted certificate (none at all, self-signed, another CA, the right CA but a name the
-//! ring does not admit, expired) are refused at the handshake and never reach the core; a
+//! ring does not admit, the right CA and name but a key the ring's pins do not admit, expired) are refused at the handshake and never reach the core; a
 //! member's certificate speaks for that member only;
 //! certificates are rotated one replica at a time while writes go on; `rsl-kv cluster --tls`
 //! runs as the README says.
@@ -20,8 +20,9 @@ use proto::Status;
 use rsl_engine::format::message::JoinBody;
 use rsl_engine::format::{Ballot, Body, Checksum, Header, MemberId, Message, Version, VoteBody};
 use rsl_engine::runtime::tls::issue::{self, Ca, Issued, LeafSpec};
-use rsl_engine::runtime::tls::{IdentitySource, PeerRules, Tls, TlsSettings, TlsStream};
+use rsl_engine::runtime::tls::{IdentitySource, PeerRules, SpkiPin, Tls, TlsSettings, TlsStream};
 use rsl_engine::runtime::transport::frame;
+use rustls_pki_types::{pem::PemObject, CertificateDer};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -362,6 +363,46 @@ fn peers_without_an_admitted_certificate_never_reach_the_core() {
         holding(&c, before[p].keys + 2).await;
         assert_eq!(primary(&c).await, p, "the forged Prepare unseated the primary");
         c.assert_alive();
+        c.assert_no_panic();
+    });
+}
+
+/// The pin of the key in a PEM certificate file, as `--tls-pin` takes it.
+fn pin_of(cert: &Cert) -> String {
+    let der = CertificateDer::from_pem_file(&cert.cert).expect("a PEM certificate");
+    SpkiPin::of(&der).expect("a certificate").to_string()
+}
+
+#[test]
+fn a_ring_admitting_by_spki_pins_refuses_the_right_ca_and_name_with_another_key() {
+    rt().block_on(async {
+        let mut c = Cluster::new(3, 0, &[]);
+        c.log_to_files = true;
+        let pki = Pki::new(c.dir.path(), "pinned-ca");
+        let leaves: Vec<Cert> = MEMBERS.iter().map(|m| pki.leaf(m)).collect();
+        let pins: Vec<String> = leaves.iter().map(pin_of).collect();
+        for (i, leaf) in leaves.iter().enumerate() {
+            let mut args = tls_args(&[&pki.bundle], leaf, &[]);
+            for pin in &pins {
+                args.extend(["--tls-pin".into(), pin.clone()]);
+            }
+            c.launch[i].args = args;
+        }
+        for i in 0..3 {
+            c.spawn(i, true);
+        }
+        let p = primary(&c).await;
+        write_one(&c, b"pinned").await;
+        let target = (p + 1) % 3;
+        let before = statuses(&c).await;
+        let fetch_votes = message(id(MEMBERS[p]), 1, 1, Ballot::EMPTY, Body::FetchVotes).encode(Checksum::Default).expect("encode");
+        // The primary's own name from the ring's CA, but a new key: no pin admits it.
+        let rekeyed = pki.leaf(MEMBERS[p]);
+        assert!(!admitted_with(c.learn(target), &rekeyed, &pki.bundle, &fetch_votes).await, "a key no pin names was admitted");
+        refused_reaches(&c, target, before[target].tls_refused + 1).await;
+        assert!(admitted_with(c.learn(target), &leaves[p], &pki.bundle, &fetch_votes).await, "the pinned key was refused");
+        write_one(&c, b"still pinned").await;
+        holding(&c, before[p].keys + 1).await;
         c.assert_no_panic();
     });
 }

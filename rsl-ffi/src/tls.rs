@@ -155,22 +155,7 @@ fn issuer_list(list: &str, what: &str) -> Result<Vec<Thumbprint>, ()> {
 
 /// An SPKI SHA-256 pin: 64 hex digits (either case; spaces and colons ignored).
 fn spki_pin(text: &str) -> Result<SpkiPin, ()> {
-    let digits: Vec<u8> = text.bytes().filter(|b| !matches!(b, b' ' | b':')).collect();
-    let nibble = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    let mut pin = [0u8; 32];
-    let ok = digits.len() == 64
-        && digits.chunks(2).zip(&mut pin).all(|(pair, out)| match (nibble(pair[0]), nibble(pair[1])) {
-            (Some(hi), Some(lo)) => {
-                *out = hi << 4 | lo;
-                true
-            }
-            _ => false,
-        });
-    if !ok {
-        tracing::error!("TLS: SPKI pin {text:?} is not 64 hex digits");
-        return Err(());
-    }
-    Ok(SpkiPin(pin))
+    SpkiPin::parse(text).map_err(|e| tracing::error!("TLS: {e}"))
 }
 
 /// `SetThumbprintsForSsl`: turns on mutual TLS on every RSL port of replicas initialized

@@ -42,7 +42,8 @@ impl TlsArgs {
         if self.tls_ca.is_none() && self.tls_pins.is_empty() {
             return Err("--tls-cert needs --tls-ca or --tls-pin to know whom to admit".into());
         }
-        let spki_pins = self.tls_pins.iter().map(|p| parse_pin(p)).collect::<Result<Vec<_>, _>>()?;
+        let spki_pins =
+            self.tls_pins.iter().map(|p| SpkiPin::parse(p).map_err(|e| format!("--tls-pin: {e}"))).collect::<Result<Vec<_>, _>>()?;
         let peers = PeerRules {
             spki_pins,
             names: self.tls_names.clone(),
@@ -52,21 +53,6 @@ impl TlsArgs {
         };
         Ok(Some(TlsSettings { identity: IdentitySource::Files { cert: cert.clone(), key: key.clone() }, peers }))
     }
-}
-
-/// An SPKI SHA-256 pin: 64 hex digits, either case, colons allowed.
-fn parse_pin(text: &str) -> Result<SpkiPin, String> {
-    let digits: Vec<u8> = text.bytes().filter(|&b| b != b':').collect();
-    let bad = || format!("--tls-pin {text:?}: want 64 hex digits");
-    if digits.len() != 64 || !digits.iter().all(u8::is_ascii_hexdigit) {
-        return Err(bad());
-    }
-    let mut pin = [0u8; 32];
-    for (out, pair) in pin.iter_mut().zip(digits.chunks(2)) {
-        let hex = std::str::from_utf8(pair).expect("ASCII hex digits");
-        *out = u8::from_str_radix(hex, 16).expect("two hex digits");
-    }
-    Ok(SpkiPin(pin))
 }
 
 /// Where one replica's throwaway files are.
@@ -124,14 +110,6 @@ fn write(path: &Path, text: &str, mode: u32) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pins_are_64_hex_digits() {
-        assert_eq!(parse_pin(&"aB".repeat(32)), Ok(SpkiPin([0xab; 32])));
-        assert_eq!(parse_pin(&"ab:".repeat(32)), Ok(SpkiPin([0xab; 32])));
-        assert!(parse_pin("ab").is_err());
-        assert!(parse_pin(&"+1".repeat(32)).is_err(), "a sign is not a digit");
-    }
 
     #[test]
     fn a_certificate_needs_a_ca_or_pins() {

@@ -281,17 +281,46 @@ impl Thumbprint {
 
     /// Hex (either case; spaces and colons ignored, as Windows copies them), 40 digits.
     pub fn parse(text: &str) -> Result<Thumbprint, TlsError> {
-        let bad = || TlsError::Setting(format!("thumbprint {text:?} is not 40 hex digits"));
-        let digits: Vec<u8> = text.bytes().filter(|b| !matches!(b, b' ' | b':')).collect();
-        if digits.len() != 40 || !digits.iter().all(u8::is_ascii_hexdigit) {
-            return Err(bad());
-        }
-        let mut out = [0u8; 20];
-        for (byte, pair) in out.iter_mut().zip(digits.chunks(2)) {
-            let pair = std::str::from_utf8(pair).expect("hex digits are ASCII");
-            *byte = u8::from_str_radix(pair, 16).expect("two hex digits make a byte");
-        }
-        Ok(Thumbprint(out))
+        hex(text, "thumbprint").map(Thumbprint)
+    }
+}
+
+impl SpkiPin {
+    /// Of a DER certificate's subject public key (the bytes `Verifier` hashes).
+    pub fn of(cert: &CertificateDer<'_>) -> Result<SpkiPin, TlsError> {
+        let (_, parsed) =
+            x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| TlsError::Setting(format!("not a certificate: {e}")))?;
+        Ok(SpkiPin::of_key(parsed.public_key().raw))
+    }
+
+    pub(crate) fn of_key(spki: &[u8]) -> SpkiPin {
+        SpkiPin(ring::digest::digest(&ring::digest::SHA256, spki).as_ref().try_into().expect("SHA-256 is 32 bytes"))
+    }
+
+    /// Hex (either case; spaces and colons ignored), 64 digits.
+    pub fn parse(text: &str) -> Result<SpkiPin, TlsError> {
+        hex(text, "SPKI pin").map(SpkiPin)
+    }
+}
+
+/// `N` bytes from `2N` hex digits (either case; spaces and colons ignored).
+fn hex<const N: usize>(text: &str, what: &str) -> Result<[u8; N], TlsError> {
+    let digits: Vec<u8> = text.bytes().filter(|b| !matches!(b, b' ' | b':')).collect();
+    if digits.len() != 2 * N || !digits.iter().all(u8::is_ascii_hexdigit) {
+        return Err(TlsError::Setting(format!("{what} {text:?} is not {} hex digits", 2 * N)));
+    }
+    let mut out = [0u8; N];
+    for (byte, pair) in out.iter_mut().zip(digits.chunks(2)) {
+        let pair = std::str::from_utf8(pair).expect("hex digits are ASCII");
+        *byte = u8::from_str_radix(pair, 16).expect("two hex digits make a byte");
+    }
+    Ok(out)
+}
+
+impl std::fmt::Display for SpkiPin {
+    /// Lower-case hex, as `--tls-pin` and `rsl_set_tls_files` take it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
     }
 }
 

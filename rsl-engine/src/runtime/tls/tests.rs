@@ -205,3 +205,14 @@ fn thumbprints_parse_as_windows_shows_them() {
         assert!(Thumbprint::parse(bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn spki_pins_parse_and_print_as_hex() {
+    let pin = SpkiPin([0xab; 32]);
+    assert_eq!(SpkiPin::parse(&"aB".repeat(32)).unwrap(), pin);
+    assert_eq!(SpkiPin::parse(&"ab:".repeat(32)).unwrap(), pin);
+    assert_eq!(SpkiPin::parse(&pin.to_string()).unwrap(), pin);
+    for bad in ["ab", &"+1".repeat(32), &"ab".repeat(20)] {
+        assert!(SpkiPin::parse(bad).is_err(), "{bad}");
+    }
+}

@@ -91,8 +91,7 @@ impl Verifier {
             assert!(r.require_chain && !self.anchors.is_empty(), "a rule-less configuration needs a required chain");
             return true;
         }
-        let pin =
-            || SpkiPin(ring::digest::digest(&ring::digest::SHA256, peer.cert.public_key().raw).as_ref().try_into().expect("32 bytes"));
+        let pin = || SpkiPin::of_key(peer.cert.public_key().raw);
         r.thumbprints.contains(&peer.thumbprint)
             || (!r.spki_pins.is_empty() && r.spki_pins.contains(&pin()))
             || (!r.names.is_empty() && names(&peer.cert).iter().any(|n| r.names.contains(n)))
