@@ -322,8 +322,11 @@ int main(int argc, char** argv)
     {
         return 1;
     }
-    Check(!SetThumbprintsForSsl("%s%n", NULL, true, true) && g_lastLog.find("4 %s SetThumbprintsForSsl") == 0,
-          "LogEntryCallback gets the formatted message with fmt \"%s\"");
+    // A thumbprint that is not hex is refused and logged, the text quoted as given.
+    const bool refused = !SetThumbprintsForSsl("%s%n", NULL, true, true);
+    Check(refused && g_lastLog.find("4 %s ") == 0 && g_lastLog.find("SetThumbprintsForSsl: thumbprint A: ") != std::string::npos &&
+              g_lastLog.find("\"%s%n\" is not 40 hex digits") != std::string::npos,
+          "LogEntryCallback gets the formatted message with fmt \"%s\": " + g_lastLog);
     Checksums(golden);
     SaveCheckpoints(golden, scratch);
     ReplicaSets(golden, scratch);

@@ -121,7 +121,7 @@ unsafe fn text<'a>(s: *const c_char, what: &str) -> Result<Option<&'a str>, ()> 
     }
     // SAFETY: non-NULL and NUL-terminated, per the caller.
     let bytes = unsafe { CStr::from_ptr(s) }.to_bytes();
-    std::str::from_utf8(bytes).map(Some).map_err(|_| tracing::error!("TLS: {what} is not UTF-8"))
+    std::str::from_utf8(bytes).map(Some).map_err(|_| tracing::error!("{what} is not UTF-8"))
 }
 
 /// A path argument: `None` for NULL or empty.
@@ -135,7 +135,7 @@ unsafe fn path(s: *const c_char) -> Option<PathBuf> {
 }
 
 fn thumbprint(text: &str, what: &str) -> Result<Thumbprint, ()> {
-    Thumbprint::parse(text).map_err(|e| tracing::error!("TLS: {what} {text:?}: {e}"))
+    Thumbprint::parse(text).map_err(|e| tracing::error!("{what}: {e}"))
 }
 
 /// The non-empty entries of a `;`-separated list.
@@ -147,7 +147,7 @@ fn entries(list: &str) -> impl Iterator<Item = &str> {
 fn issuer_list(list: &str, what: &str) -> Result<Vec<Thumbprint>, ()> {
     let thumbs = entries(list).map(|t| thumbprint(t, what)).collect::<Result<Vec<_>, _>>()?;
     if thumbs.is_empty() {
-        tracing::error!("TLS: {what} names no issuer thumbprint");
+        tracing::error!("{what} names no issuer thumbprint");
         return Err(());
     }
     Ok(thumbs)
@@ -155,7 +155,7 @@ fn issuer_list(list: &str, what: &str) -> Result<Vec<Thumbprint>, ()> {
 
 /// An SPKI SHA-256 pin: 64 hex digits (either case; spaces and colons ignored).
 fn spki_pin(text: &str) -> Result<SpkiPin, ()> {
-    SpkiPin::parse(text).map_err(|e| tracing::error!("TLS: {e}"))
+    SpkiPin::parse(text).map_err(|e| tracing::error!("rsl_set_tls_files: {e}"))
 }
 
 /// `SetThumbprintsForSsl`: turns on mutual TLS on every RSL port of replicas initialized
@@ -183,7 +183,10 @@ pub unsafe extern "C" fn rsl_set_thumbprints_for_ssl(
             // SAFETY: forwarded from the caller.
             unsafe { text(s, what) }?.map(|t| thumbprint(t, what)).transpose()
         };
-        let (Ok(a), Ok(b)) = (parse(thumb_a, "thumbprint A"), parse(thumb_b, "thumbprint B")) else { return false };
+        let (Ok(a), Ok(b)) = (parse(thumb_a, "SetThumbprintsForSsl: thumbprint A"), parse(thumb_b, "SetThumbprintsForSsl: thumbprint B"))
+        else {
+            return false;
+        };
         if check_revocation && (a.is_some() || b.is_some()) {
             tracing::warn!("TLS: checkRevocation is not supported (no CRL or OCSP here): ignored");
         }
@@ -219,7 +222,10 @@ pub unsafe extern "C" fn rsl_set_subject_names_for_ssl(
             let (Some(subject), Some(parents)) = (subject, parents) else { return Ok(None) };
             Ok(Some(SubjectRule { subject: subject.to_owned(), issuers: issuer_list(parents, what)? }))
         };
-        let (Ok(a), Ok(b)) = (rule(subject_a, parent_thumbs_a, "subject A"), rule(subject_b, parent_thumbs_b, "subject B")) else {
+        let (Ok(a), Ok(b)) = (
+            rule(subject_a, parent_thumbs_a, "SetSubjectNamesForSsl: subject A"),
+            rule(subject_b, parent_thumbs_b, "SetSubjectNamesForSsl: subject B"),
+        ) else {
             return false;
         };
         let rules: Vec<SubjectRule> = a.into_iter().chain(b).collect();
@@ -266,7 +272,9 @@ pub unsafe extern "C" fn rsl_set_tls_files(
         // SAFETY: forwarded from the caller.
         let (ca, cert, key) = unsafe { (path(ca), path(cert), path(key)) };
         // SAFETY: forwarded from the caller.
-        let (Ok(pins), Ok(names)) = (unsafe { text(spki_pins, "SPKI pins") }, unsafe { text(names, "names") }) else {
+        let (Ok(pins), Ok(names)) =
+            (unsafe { text(spki_pins, "rsl_set_tls_files: SPKI pins") }, unsafe { text(names, "rsl_set_tls_files: names") })
+        else {
             return false;
         };
         let (cert, key) = match (cert, key) {
