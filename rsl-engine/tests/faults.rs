@@ -128,6 +128,16 @@ fn wait(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
 
 const BOUND: Duration = Duration::from_secs(20);
 
+/// A port whose successor (the learn port) is free too.
+fn free_port() -> u16 {
+    loop {
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port();
+        if port < u16::MAX && TcpListener::bind((Ipv4Addr::LOCALHOST, port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// A one-member ring's data directory and port, started as often as a test likes.
 struct Disk {
     dir: tempfile::TempDir,
@@ -143,13 +153,7 @@ struct Running {
 
 impl Disk {
     fn new(max_log_len_mb: u32) -> Disk {
-        let port = loop {
-            let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port();
-            if port < u16::MAX && TcpListener::bind((Ipv4Addr::LOCALHOST, port + 1)).is_ok() {
-                break port;
-            }
-        };
-        Disk { dir: tempfile::tempdir().unwrap(), port, max_log_len_mb }
+        Disk { dir: tempfile::tempdir().unwrap(), port: free_port(), max_log_len_mb }
     }
 
     fn start(&self) -> Result<Running, InitError> {
@@ -350,5 +354,68 @@ fn a_checkpoint_that_cannot_be_read_at_restart_is_skipped_for_the_logs() {
     // Once: replaying the logs saves the checkpoint again, which must then work.
     for point in [faults::CHECKPOINT_OPEN, faults::CHECKPOINT_READ] {
         assert_eq!(at_startup(point, "1*return"), None, "{point}");
+    }
+}
+
+/// The process as a supervisor sees it: `rsl-kv replica` with a fail point armed through
+/// `FAILPOINTS` (its 4th log fsync fails) exits with code 3, having logged one error line
+/// for the cause; restarted on the same directory without it, it runs again.
+#[test]
+fn rsl_kv_with_a_failing_fsync_exits_with_one_error_line() {
+    use std::process::{Command, Stdio};
+    let disk = Disk::new(100);
+    let client = free_port();
+    let run = |failpoints: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rsl-kv"));
+        let port = disk.port.to_string();
+        cmd.args(["replica", "--id", "1", "--port", &port, "--client-port", &client.to_string()])
+            .args(["--members", &format!("1={port}"), "--election-delay", "1", "--heartbeat", "1"])
+            .arg("--dir")
+            .arg(disk.dir.path())
+            .env_remove("FAILPOINTS")
+            .env_remove("RSL_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(f) = failpoints {
+            cmd.env("FAILPOINTS", f);
+        }
+        Reap(cmd.spawn().expect("spawn rsl-kv replica"))
+    };
+    let mut failing = run(Some(&format!("{}=3*off->return", faults::JOURNAL_FSYNC)));
+    let mut pipe = failing.0.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut text);
+        text
+    });
+    // Heartbeats write a vote a second: the 4th sync comes within seconds.
+    let mut status = None;
+    wait("rsl-kv exits", BOUND, || {
+        status = failing.0.try_wait().unwrap();
+        status.is_some()
+    });
+    let stderr = reader.join().unwrap();
+    assert_eq!(status.unwrap().code(), Some(3), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains(" ERROR ")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("injected at journal::fsync"), "{stderr}");
+    // Restarted without the fault, it replays its log and writes on (its log grows).
+    let log = disk.dir.path().join("1").join("0.log");
+    let len = std::fs::metadata(&log).unwrap().len();
+    let mut healthy = run(None);
+    wait("the restarted replica writes", BOUND, || {
+        assert_eq!(healthy.0.try_wait().unwrap(), None, "the restarted replica exited");
+        std::fs::metadata(&log).unwrap().len() > len
+    });
+}
+
+/// A child process, killed and reaped when the test ends however it ends.
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
