@@ -8,9 +8,13 @@
 //! A point is armed with `fail::cfg(point, action)`. With the action `return` the call fails
 //! with EIO; `return(enospc)` fails it with ENOSPC; on a write point, `return(short)` writes
 //! the first half of the data and then fails with ENOSPC, as a disk that fills mid-write
-//! does. The `fail` crate's counts apply (`1*return` fails the next call only).
+//! does. A fault may name the files it hits: `return(enospc@/data/2/)` fails only calls on a
+//! path containing `/data/2/` (a log's call may give its directory), so that one replica of
+//! several in a process fails. The `fail` crate's counts apply (`1*return` fails the next
+//! call only), to every call on the point, matching or not.
 
 use std::io;
+use std::path::Path;
 
 /// Creating or opening a log file (and `defunct.txt`).
 pub const JOURNAL_OPEN: &str = "journal::open";
@@ -59,14 +63,17 @@ pub(crate) enum Fault {
 }
 
 impl Fault {
+    /// `kind[@path fragment]`: the fault, if it applies to `path`.
     #[allow(dead_code)]
-    fn parse(point: &str, arg: Option<&str>) -> Fault {
-        match arg.map(str::trim) {
-            None | Some("") | Some("eio") => Fault::Eio,
-            Some("enospc") => Fault::Enospc,
-            Some("short") => Fault::Short,
-            Some(other) => panic!("fail point {point}: unknown fault {other:?} (eio, enospc or short)"),
-        }
+    fn parse(point: &str, arg: Option<&str>, path: &Path) -> Option<Fault> {
+        let (kind, only) = arg.map_or(("", None), |a| a.split_once('@').map_or((a, None), |(k, p)| (k, Some(p))));
+        let fault = match kind.trim() {
+            "" | "eio" => Fault::Eio,
+            "enospc" => Fault::Enospc,
+            "short" => Fault::Short,
+            other => panic!("fail point {point}: unknown fault {other:?} (eio, enospc or short)"),
+        };
+        only.is_none_or(|only| path.to_string_lossy().contains(only)).then_some(fault)
     }
 
     /// The call's error.
@@ -86,19 +93,20 @@ impl Fault {
     }
 }
 
-/// The fault armed at `point`, if any (always `None` in a build without fail points).
+/// The fault armed at `point` for a call on `path`, if any (always `None` in a build without
+/// fail points).
 #[inline]
-pub(crate) fn armed(point: &str) -> Option<Fault> {
-    fail::fail_point!(point, |arg: Option<String>| Some(Fault::parse(point, arg.as_deref())));
-    let _ = point; // the macro above is empty in a normal build
+pub(crate) fn armed(point: &str, path: &Path) -> Option<Fault> {
+    fail::fail_point!(point, |arg: Option<String>| Fault::parse(point, arg.as_deref(), path));
+    let _ = (point, path); // the macro above is empty in a normal build
     None
 }
 
-/// Fails with the fault armed at `point`, if any: the check before a call that reads,
-/// opens, syncs or renames.
+/// Fails with the fault armed at `point` for `path`, if any: the check before a call that
+/// reads, opens, syncs or renames.
 #[inline]
-pub(crate) fn check(point: &str) -> io::Result<()> {
-    armed(point).map_or(Ok(()), |fault| Err(fault.error(point)))
+pub(crate) fn check(point: &str, path: &Path) -> io::Result<()> {
+    armed(point, path).map_or(Ok(()), |fault| Err(fault.error(point)))
 }
 
 #[cfg(test)]
@@ -108,6 +116,8 @@ mod tests {
     #[test]
     fn faults_parse_and_name_the_point() {
         let _scenario = fail::FailScenario::setup();
+        let check = |point| check(point, Path::new("/data/1/0.log"));
+        let armed = |point| armed(point, Path::new("/data/1/0.log"));
         assert!(check(JOURNAL_FSYNC).is_ok(), "unarmed");
         fail::cfg(JOURNAL_FSYNC, "1*return(enospc)").unwrap();
         let e = check(JOURNAL_FSYNC).unwrap_err();
@@ -123,5 +133,10 @@ mod tests {
         assert_eq!((written.as_slice(), e.kind()), (&[1u8, 2][..], io::ErrorKind::StorageFull));
         fail::cfg(CHECKPOINT_READ, "return").unwrap();
         assert!(check(CHECKPOINT_READ).unwrap_err().to_string().starts_with("Input/output error"));
+        // Only the files named.
+        fail::cfg(CHECKPOINT_OPEN, "return(enospc@/data/2/)").unwrap();
+        assert!(check(CHECKPOINT_OPEN).is_ok());
+        let e = super::check(CHECKPOINT_OPEN, Path::new("/data/2/Temp/x.tmp")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::StorageFull);
     }
 }

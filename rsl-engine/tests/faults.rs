@@ -419,3 +419,67 @@ impl Drop for Reap {
         let _ = self.0.wait();
     }
 }
+
+/// In a ring of three, the primary's log fsync fails (the fault names its directory): it
+/// stops; the other two elect a primary and go on. Every write acknowledged by either
+/// primary is in the new primary's state, in order, and the old one, restarted on its
+/// directory, catches up to the same state.
+#[test]
+fn a_primary_whose_disk_fails_stops_and_the_ring_goes_on() {
+    let _scenario = fail::FailScenario::setup();
+    take_errors();
+    let dir = tempfile::tempdir().unwrap();
+    let nodes: Vec<_> = (1..=3).map(|i| node(&i.to_string(), Ipv4Addr::LOCALHOST, free_port()).unwrap()).collect();
+    let members = MemberSet { nodes: nodes.clone(), cookie: Bytes::new() };
+    let start = |i: usize| {
+        // Heartbeats well inside the election delay: no election while the primary lives.
+        let cfg = RslConfig {
+            working_dir: dir.path().into(),
+            election_delay_sec: 3,
+            heart_beat_interval_sec: 1,
+            new_leader_grace_period_sec: 3,
+            ..RslConfig::default()
+        };
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let sm = Box::new(Kv(seen.clone()));
+        let replica = RslReplica::initialize(cfg, nodes[i].clone(), Version::V6, sm, Arc::new(AdmitAll), Some(members.clone()));
+        Running { replica: replica.unwrap(), seen }
+    };
+    let mut ring: Vec<Option<Running>> = (0..3).map(|i| Some(start(i))).collect();
+    let primary = |ring: &[Option<Running>]| {
+        let mut found = None;
+        wait("a primary", BOUND, || {
+            found = ring.iter().position(|r| r.as_ref().is_some_and(|r| r.replica.is_primary()));
+            found.is_some()
+        });
+        found.unwrap()
+    };
+    let p = primary(&ring);
+    let before = requests("a", 20, 20);
+    ring[p].as_ref().unwrap().write_acked(&before);
+    let p_dir = dir.path().join(nodes[p].id.to_string());
+    fail::cfg(faults::JOURNAL_FSYNC, &format!("return(eio@{})", p_dir.display())).unwrap();
+    let after = requests("b", 200, 20);
+    let (reason, mut acked) = ring[p].take().unwrap().write_until_failed(&after);
+    assert!(reason.contains("injected at journal::fsync") && reason.contains(&*p_dir.to_string_lossy()), "{reason}");
+
+    let q = primary(&ring);
+    let later = requests("c", 20, 20);
+    let new = ring[q].as_ref().unwrap();
+    new.write_acked(&later);
+    acked.extend(new.seen().acked.iter().cloned());
+    let state = new.seen().state.clone();
+    let mut rest = state.iter();
+    assert!(acked.iter().all(|a| rest.any(|s| s == a)), "every acknowledged write, in order");
+    let submitted: BTreeSet<_> = before.iter().chain(&after).chain(&later).collect();
+    assert!(state.iter().all(|s| submitted.contains(s)), "nothing that was never written");
+    let errors = take_errors();
+    assert!(errors.len() == 1 && errors[0].contains("injected at journal::fsync"), "one error line: {errors:#?}");
+
+    fail::remove(faults::JOURNAL_FSYNC);
+    ring[p] = Some(start(p));
+    wait("the old primary catches up", BOUND, || ring[p].as_ref().unwrap().seen().state == state);
+    for r in ring.into_iter().flatten() {
+        r.replica.unload();
+    }
+}

@@ -298,10 +298,10 @@ impl CheckpointReader {
     /// Opens a checkpoint and checks its header and size (the checks of `Init`).
     pub fn open(path: &Path) -> Result<CheckpointReader, CheckpointError> {
         let io_err = |source| CheckpointError::Io { path: path.into(), source };
-        let mut file = faults::check(CHECKPOINT_OPEN).and_then(|()| File::open(path)).map_err(io_err)?;
+        let mut file = faults::check(CHECKPOINT_OPEN, path).and_then(|()| File::open(path)).map_err(io_err)?;
         let file_size = file.metadata().map_err(io_err)?.len();
         let mut first = vec![0u8; PAGE.min(file_size as usize)];
-        faults::check(CHECKPOINT_READ).and_then(|()| file.read_exact(&mut first)).map_err(io_err)?;
+        faults::check(CHECKPOINT_READ, path).and_then(|()| file.read_exact(&mut first)).map_err(io_err)?;
         let header_err = |source| CheckpointError::Header { path: path.into(), source };
         let region = header_region_len(&first).map_err(header_err)?;
         if region as u64 > file_size {
@@ -398,7 +398,7 @@ impl CheckpointReader {
         };
         self.window.clear();
         self.window.resize(disk_len as usize, 0);
-        let read = faults::check(CHECKPOINT_READ).and_then(|()| self.file.read_exact_at(&mut self.window, disk_at));
+        let read = faults::check(CHECKPOINT_READ, &self.path).and_then(|()| self.file.read_exact_at(&mut self.window, disk_at));
         read.map_err(|source| CheckpointError::Io { path: self.path.clone(), source })?;
         if l.block != 0 {
             let data_len = self.window.len() - BLOCK_CHECKSUM as usize;
@@ -483,7 +483,8 @@ impl CheckpointWriter {
     pub fn create(path: &Path, header: CheckpointHeader) -> Result<CheckpointWriter, CheckpointError> {
         let io_err = |source| CheckpointError::Io { path: path.into(), source };
         let region = header.encode()?;
-        let file = faults::check(CHECKPOINT_OPEN).and_then(|()| File::options().write(true).create_new(true).open(path)).map_err(io_err)?;
+        let file =
+            faults::check(CHECKPOINT_OPEN, path).and_then(|()| File::options().write(true).create_new(true).open(path)).map_err(io_err)?;
         let mut out = BufWriter::with_capacity(DEFAULT_BLOCK_SIZE as usize, file);
         out.seek(SeekFrom::Start(region.len() as u64)).map_err(io_err)?;
         let chunk = if header.version.has_string_ids() && header.block_size > 0 {
@@ -527,7 +528,7 @@ impl CheckpointWriter {
     fn put(&mut self, bytes: &[u8]) -> Result<(), CheckpointError> {
         if self.failed.is_none() {
             let out = &mut self.out;
-            let written = match faults::armed(CHECKPOINT_WRITE) {
+            let written = match faults::armed(CHECKPOINT_WRITE, &self.path) {
                 None => out.write_all(bytes),
                 Some(fault) => Err(fault.write(CHECKPOINT_WRITE, bytes, |part| out.write_all(part))),
             };
@@ -569,9 +570,9 @@ impl CheckpointWriter {
         assert_eq!(region.len() as u64, self.data_offset, "the header region keeps its length");
         let io_err = |source| CheckpointError::Io { path: self.path.clone(), source };
         let file = self.out.into_inner().map_err(|e| io_err(e.into_error()))?;
-        faults::check(CHECKPOINT_WRITE).and_then(|()| file.write_all_at(&region, 0)).map_err(io_err)?;
+        faults::check(CHECKPOINT_WRITE, &self.path).and_then(|()| file.write_all_at(&region, 0)).map_err(io_err)?;
         file.set_len(self.header.size).map_err(io_err)?;
-        faults::check(CHECKPOINT_FSYNC).and_then(|()| file.sync_all()).map_err(io_err)?;
+        faults::check(CHECKPOINT_FSYNC, &self.path).and_then(|()| file.sync_all()).map_err(io_err)?;
         Ok(self.header)
     }
 }

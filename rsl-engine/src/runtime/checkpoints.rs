@@ -145,7 +145,7 @@ impl CheckpointStore {
     /// A file that fails a check is deleted.
     pub fn install(&mut self, temp: &Path, decree: u64) -> Result<Saved, StoreError> {
         let saved = self.verify(temp, decree, true).and_then(|size| {
-            faults::check(CHECKPOINT_FSYNC).and_then(|()| File::open(temp)?.sync_all()).map_err(io_err(temp))?;
+            faults::check(CHECKPOINT_FSYNC, temp).and_then(|()| File::open(temp)?.sync_all()).map_err(io_err(temp))?;
             self.place(temp, decree, size)
         });
         if saved.is_err() {
@@ -173,13 +173,13 @@ impl CheckpointStore {
     /// syncs the directory and prunes (§8.7 step 2).
     fn place(&mut self, temp: &Path, decree: u64, size: u64) -> Result<Saved, StoreError> {
         let path = self.path_of(decree);
-        let existed = match faults::check(CHECKPOINT_RENAME).and_then(|()| fs::hard_link(temp, &path)) {
+        let existed = match faults::check(CHECKPOINT_RENAME, &path).and_then(|()| fs::hard_link(temp, &path)) {
             Ok(()) => false,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => true,
             Err(e) => return Err(io_err(&path)(e)),
         };
         fs::remove_file(temp).map_err(io_err(temp))?;
-        faults::check(CHECKPOINT_FSYNC).and_then(|()| File::open(&self.dir)?.sync_all()).map_err(io_err(&self.dir))?;
+        faults::check(CHECKPOINT_FSYNC, &self.dir).and_then(|()| File::open(&self.dir)?.sync_all()).map_err(io_err(&self.dir))?;
         let size = if existed { fs::metadata(&path).map_err(io_err(&path))?.len() } else { size };
         self.decrees.insert(decree);
         self.prune();

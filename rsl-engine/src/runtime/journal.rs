@@ -487,7 +487,7 @@ fn open_tail(dir: &Path, kept: &mut Vec<Found>, checkpoint: Option<u64>) -> Resu
 
 /// Creates a log, or with `resume_at` opens one to append there.
 fn open_log(path: &Path, resume_at: Option<u64>) -> io::Result<LogWriter> {
-    faults::check(JOURNAL_OPEN)?;
+    faults::check(JOURNAL_OPEN, path)?;
     resume_at.map_or_else(|| LogWriter::create(path), |len| LogWriter::open_at(path, len))
 }
 
@@ -511,7 +511,7 @@ fn replay_start(dir: &Path, logs: &[(u64, PathBuf)], checkpoint: Option<u64>) ->
 /// Reads a whole log in restore mode. Only the newest may end in a torn record; anything
 /// but zeros after an older log's last good record is an error.
 fn scan_log(path: &Path, newest: bool) -> Result<LogContents, JournalError> {
-    let data = Bytes::from(faults::check(JOURNAL_READ).and_then(|()| fs::read(path)).map_err(io_err(path))?);
+    let data = Bytes::from(faults::check(JOURNAL_READ, path).and_then(|()| fs::read(path)).map_err(io_err(path))?);
     let contents = LogContents::scan(&data, Mode::Restore).map_err(|e| JournalError::Corrupt {
         path: path.into(),
         offset: e.offset as u64,
@@ -540,7 +540,7 @@ fn delete_old_logs(dir: &Path, max_logs: usize, oldest_checkpoint: u64, first_in
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
-    faults::check(JOURNAL_FSYNC)?;
+    faults::check(JOURNAL_FSYNC, dir)?;
     File::open(dir)?.sync_all()
 }
 
@@ -554,7 +554,7 @@ const DEFUNCT: &str = "defunct.txt";
 /// The highest defunct configuration number in `dir/defunct.txt` (§10); 0 if it is missing.
 pub fn read_defunct(dir: &Path) -> io::Result<u32> {
     let path = dir.join(DEFUNCT);
-    match faults::check(JOURNAL_READ).and_then(|()| fs::read(&path)) {
+    match faults::check(JOURNAL_READ, &path).and_then(|()| fs::read(&path)) {
         Ok(bytes) => <[u8; 4]>::try_from(bytes.as_slice())
             .map(u32::from_le_bytes)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {} bytes, expected 4", path.display(), bytes.len()))),
@@ -567,12 +567,12 @@ pub fn read_defunct(dir: &Path) -> io::Result<u32> {
 pub fn write_defunct(dir: &Path, n: u32) -> io::Result<()> {
     let path = dir.join(DEFUNCT);
     let existed = path.exists();
-    let open = faults::check(JOURNAL_OPEN).and_then(|()| File::options().write(true).create(true).truncate(false).open(&path));
+    let open = faults::check(JOURNAL_OPEN, &path).and_then(|()| File::options().write(true).create(true).truncate(false).open(&path));
     let file = open.map_err(|e| annotate(e, &path))?;
     let write = |data: &[u8]| file.write_all_at(data, 0);
-    let written =
-        faults::armed(JOURNAL_WRITE).map_or_else(|| write(&n.to_le_bytes()), |f| Err(f.write(JOURNAL_WRITE, &n.to_le_bytes(), write)));
-    written.and_then(|()| faults::check(JOURNAL_FSYNC)).and_then(|()| file.sync_data()).map_err(|e| annotate(e, &path))?;
+    let written = faults::armed(JOURNAL_WRITE, &path)
+        .map_or_else(|| write(&n.to_le_bytes()), |f| Err(f.write(JOURNAL_WRITE, &n.to_le_bytes(), write)));
+    written.and_then(|()| faults::check(JOURNAL_FSYNC, &path)).and_then(|()| file.sync_data()).map_err(|e| annotate(e, &path))?;
     if !existed {
         sync_dir(dir).map_err(|e| annotate(e, dir))?;
     }
@@ -662,7 +662,7 @@ impl Writer {
 
     /// Appends `data` to the open log; under an injected short write, half of it lands.
     fn append(&mut self, data: &[u8]) -> io::Result<()> {
-        let Some(fault) = faults::armed(JOURNAL_WRITE) else { return self.log.append(data) };
+        let Some(fault) = faults::armed(JOURNAL_WRITE, &self.dir) else { return self.log.append(data) };
         let (path, at) = (self.path(), self.log.len());
         Err(fault.write(JOURNAL_WRITE, data, |part| File::options().write(true).open(&path)?.write_all_at(part, at)))
     }
@@ -683,7 +683,7 @@ impl Writer {
             return Ok(());
         }
         if self.sync {
-            faults::check(JOURNAL_FSYNC).and_then(|()| self.log.sync()).map_err(|e| annotate(e, &self.path()))?;
+            faults::check(JOURNAL_FSYNC, &self.dir).and_then(|()| self.log.sync()).map_err(|e| annotate(e, &self.path()))?;
             self.shared.syncs.fetch_add(1, Ordering::Relaxed);
         }
         self.dirty = false;
