@@ -2,6 +2,7 @@
 //!
 //! [`format`] owns every byte format RSL reads and writes; [`paxos`] is the sans-IO protocol core.
 
+pub mod faults;
 pub mod format;
 pub mod paxos;
 pub mod runtime;

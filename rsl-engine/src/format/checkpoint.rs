@@ -6,6 +6,7 @@ use super::checksum::{self, Hasher};
 use super::codec::{round_up_512, DecodeError, EncodeError, Reader, PAGE};
 use super::message::{self, Checksum, Message, MsgKind};
 use super::types::{Ballot, ConfigInfo, MemberId, Version, CONFIGURATION_LIMIT, DECREE_LIMIT};
+use crate::faults::{self, CHECKPOINT_FSYNC, CHECKPOINT_OPEN, CHECKPOINT_READ, CHECKPOINT_WRITE};
 use bytes::{BufMut, Bytes, BytesMut};
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
@@ -297,10 +298,10 @@ impl CheckpointReader {
     /// Opens a checkpoint and checks its header and size (the checks of `Init`).
     pub fn open(path: &Path) -> Result<CheckpointReader, CheckpointError> {
         let io_err = |source| CheckpointError::Io { path: path.into(), source };
-        let mut file = File::open(path).map_err(io_err)?;
+        let mut file = faults::check(CHECKPOINT_OPEN, path).and_then(|()| File::open(path)).map_err(io_err)?;
         let file_size = file.metadata().map_err(io_err)?.len();
         let mut first = vec![0u8; PAGE.min(file_size as usize)];
-        file.read_exact(&mut first).map_err(io_err)?;
+        faults::check(CHECKPOINT_READ, path).and_then(|()| file.read_exact(&mut first)).map_err(io_err)?;
         let header_err = |source| CheckpointError::Header { path: path.into(), source };
         let region = header_region_len(&first).map_err(header_err)?;
         if region as u64 > file_size {
@@ -397,7 +398,8 @@ impl CheckpointReader {
         };
         self.window.clear();
         self.window.resize(disk_len as usize, 0);
-        self.file.read_exact_at(&mut self.window, disk_at).map_err(|source| CheckpointError::Io { path: self.path.clone(), source })?;
+        let read = faults::check(CHECKPOINT_READ, &self.path).and_then(|()| self.file.read_exact_at(&mut self.window, disk_at));
+        read.map_err(|source| CheckpointError::Io { path: self.path.clone(), source })?;
         if l.block != 0 {
             let data_len = self.window.len() - BLOCK_CHECKSUM as usize;
             let stored = u64::from_le_bytes(self.window[data_len..].try_into().expect("8 bytes"));
@@ -471,6 +473,8 @@ pub struct CheckpointWriter {
     in_block: u64,
     block_sum: Hasher,
     disk_written: u64,
+    /// The first failed write (kind and message): later writes and `close` fail with it.
+    failed: Option<(io::ErrorKind, String)>,
 }
 
 impl CheckpointWriter {
@@ -479,7 +483,8 @@ impl CheckpointWriter {
     pub fn create(path: &Path, header: CheckpointHeader) -> Result<CheckpointWriter, CheckpointError> {
         let io_err = |source| CheckpointError::Io { path: path.into(), source };
         let region = header.encode()?;
-        let file = File::options().write(true).create_new(true).open(path).map_err(io_err)?;
+        let file =
+            faults::check(CHECKPOINT_OPEN, path).and_then(|()| File::options().write(true).create_new(true).open(path)).map_err(io_err)?;
         let mut out = BufWriter::with_capacity(DEFAULT_BLOCK_SIZE as usize, file);
         out.seek(SeekFrom::Start(region.len() as u64)).map_err(io_err)?;
         let chunk = if header.version.has_string_ids() && header.block_size > 0 {
@@ -499,6 +504,7 @@ impl CheckpointWriter {
             in_block: 0,
             block_sum: Hasher::default(),
             disk_written: 0,
+            failed: None,
         })
     }
 
@@ -520,9 +526,27 @@ impl CheckpointWriter {
     }
 
     fn put(&mut self, bytes: &[u8]) -> Result<(), CheckpointError> {
-        self.out.write_all(bytes).map_err(|source| CheckpointError::Io { path: self.path.clone(), source })?;
-        self.disk_written += bytes.len() as u64;
-        Ok(())
+        if self.failed.is_none() {
+            let out = &mut self.out;
+            let written = match faults::armed(CHECKPOINT_WRITE, &self.path) {
+                None => out.write_all(bytes),
+                Some(fault) => Err(fault.write(CHECKPOINT_WRITE, bytes, |part| out.write_all(part))),
+            };
+            self.failed = written.err().map(|e| (e.kind(), e.to_string()));
+        }
+        match &self.failed {
+            None => {
+                self.disk_written += bytes.len() as u64;
+                Ok(())
+            }
+            Some(_) => Err(self.write_error()),
+        }
+    }
+
+    /// The first failed write's error, again.
+    fn write_error(&self) -> CheckpointError {
+        let (kind, message) = self.failed.clone().expect("a write failed");
+        CheckpointError::Io { path: self.path.clone(), source: io::Error::new(kind, message) }
     }
 
     fn end_block(&mut self) -> Result<(), CheckpointError> {
@@ -532,7 +556,12 @@ impl CheckpointWriter {
     }
 
     /// Finishes the last block, writes the header and syncs. Returns the final header.
+    /// A write that failed before fails it too, whether the application noticed or not: a
+    /// checkpoint missing data is never completed.
     pub fn close(mut self) -> Result<CheckpointHeader, CheckpointError> {
+        if self.failed.is_some() {
+            return Err(self.write_error());
+        }
         if self.in_block > 0 {
             self.end_block()?;
         }
@@ -541,9 +570,9 @@ impl CheckpointWriter {
         assert_eq!(region.len() as u64, self.data_offset, "the header region keeps its length");
         let io_err = |source| CheckpointError::Io { path: self.path.clone(), source };
         let file = self.out.into_inner().map_err(|e| io_err(e.into_error()))?;
-        file.write_all_at(&region, 0).map_err(io_err)?;
+        faults::check(CHECKPOINT_WRITE, &self.path).and_then(|()| file.write_all_at(&region, 0)).map_err(io_err)?;
         file.set_len(self.header.size).map_err(io_err)?;
-        file.sync_all().map_err(io_err)?;
+        faults::check(CHECKPOINT_FSYNC, &self.path).and_then(|()| file.sync_all()).map_err(io_err)?;
         Ok(self.header)
     }
 }

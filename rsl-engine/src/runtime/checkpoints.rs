@@ -3,6 +3,7 @@
 //! §8.1, §8.5, §8.7, §9; api-behavior.md §1.6, §2.13–2.14).
 
 use super::{numbered_files, ListError};
+use crate::faults::{self, CHECKPOINT_FSYNC, CHECKPOINT_RENAME};
 use crate::format::checkpoint::DEFAULT_BLOCK_SIZE;
 use crate::format::{CheckpointError, CheckpointHeader, CheckpointReader, CheckpointWriter, MemberId, Version};
 use crate::paxos::Checkpoint;
@@ -144,7 +145,7 @@ impl CheckpointStore {
     /// A file that fails a check is deleted.
     pub fn install(&mut self, temp: &Path, decree: u64) -> Result<Saved, StoreError> {
         let saved = self.verify(temp, decree, true).and_then(|size| {
-            File::open(temp).and_then(|f| f.sync_all()).map_err(io_err(temp))?;
+            faults::check(CHECKPOINT_FSYNC, temp).and_then(|()| File::open(temp)?.sync_all()).map_err(io_err(temp))?;
             self.place(temp, decree, size)
         });
         if saved.is_err() {
@@ -172,13 +173,13 @@ impl CheckpointStore {
     /// syncs the directory and prunes (§8.7 step 2).
     fn place(&mut self, temp: &Path, decree: u64, size: u64) -> Result<Saved, StoreError> {
         let path = self.path_of(decree);
-        let existed = match fs::hard_link(temp, &path) {
+        let existed = match faults::check(CHECKPOINT_RENAME, &path).and_then(|()| fs::hard_link(temp, &path)) {
             Ok(()) => false,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => true,
             Err(e) => return Err(io_err(&path)(e)),
         };
         fs::remove_file(temp).map_err(io_err(temp))?;
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_err(&self.dir))?;
+        faults::check(CHECKPOINT_FSYNC, &self.dir).and_then(|()| File::open(&self.dir)?.sync_all()).map_err(io_err(&self.dir))?;
         let size = if existed { fs::metadata(&path).map_err(io_err(&path))?.len() } else { size };
         self.decrees.insert(decree);
         self.prune();

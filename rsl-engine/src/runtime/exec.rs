@@ -207,7 +207,6 @@ impl Executor {
                 self.deferred_save = Some(cp);
             }
             Err(e) => {
-                tracing::error!(decree, error = %e, "checkpoint save failed");
                 let _ = self.events.send(Event::Fatal(format!("checkpoint {decree} could not be saved: {e}")));
             }
         }

@@ -8,6 +8,7 @@
 //! next batch fills meanwhile.
 
 use super::{numbered_files, panic_message, FileRange, ListError};
+use crate::faults::{self, JOURNAL_FSYNC, JOURNAL_OPEN, JOURNAL_READ, JOURNAL_WRITE};
 use crate::format::codec::{DecodeError, EncodeError};
 use crate::format::log::{self, encode_record, LogContents, LogWriter, Mode};
 use crate::format::{Message, MsgKind};
@@ -474,14 +475,20 @@ fn scan_dir(dir: &Path, checkpoint: Option<u64>) -> Result<Vec<Found>, JournalEr
 /// first log of a new directory: `0.log`, or `<checkpoint + 1>.log` after a checkpoint.
 fn open_tail(dir: &Path, kept: &mut Vec<Found>, checkpoint: Option<u64>) -> Result<LogWriter, JournalError> {
     if let Some(f) = kept.last() {
-        return LogWriter::open_at(&f.path, f.contents.data_len as u64).map_err(io_err(&f.path));
+        return open_log(&f.path, Some(f.contents.data_len as u64)).map_err(io_err(&f.path));
     }
     let decree = checkpoint.map_or(0, |d| d.saturating_add(1));
     let path = dir.join(log::file_name(decree));
-    let log = LogWriter::create(&path).map_err(io_err(&path))?;
+    let log = open_log(&path, None).map_err(io_err(&path))?;
     sync_dir(dir).map_err(io_err(dir))?;
     kept.push(Found { decree, path, contents: LogContents::default() });
     Ok(log)
+}
+
+/// Creates a log, or with `resume_at` opens one to append there.
+fn open_log(path: &Path, resume_at: Option<u64>) -> io::Result<LogWriter> {
+    faults::check(JOURNAL_OPEN, path)?;
+    resume_at.map_or_else(|| LogWriter::create(path), |len| LogWriter::open_at(path, len))
 }
 
 /// The `*.log` files of `dir`, by number.
@@ -504,7 +511,7 @@ fn replay_start(dir: &Path, logs: &[(u64, PathBuf)], checkpoint: Option<u64>) ->
 /// Reads a whole log in restore mode. Only the newest may end in a torn record; anything
 /// but zeros after an older log's last good record is an error.
 fn scan_log(path: &Path, newest: bool) -> Result<LogContents, JournalError> {
-    let data = Bytes::from(fs::read(path).map_err(io_err(path))?);
+    let data = Bytes::from(faults::check(JOURNAL_READ, path).and_then(|()| fs::read(path)).map_err(io_err(path))?);
     let contents = LogContents::scan(&data, Mode::Restore).map_err(|e| JournalError::Corrupt {
         path: path.into(),
         offset: e.offset as u64,
@@ -533,6 +540,7 @@ fn delete_old_logs(dir: &Path, max_logs: usize, oldest_checkpoint: u64, first_in
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
+    faults::check(JOURNAL_FSYNC, dir)?;
     File::open(dir)?.sync_all()
 }
 
@@ -546,7 +554,7 @@ const DEFUNCT: &str = "defunct.txt";
 /// The highest defunct configuration number in `dir/defunct.txt` (§10); 0 if it is missing.
 pub fn read_defunct(dir: &Path) -> io::Result<u32> {
     let path = dir.join(DEFUNCT);
-    match fs::read(&path) {
+    match faults::check(JOURNAL_READ, &path).and_then(|()| fs::read(&path)) {
         Ok(bytes) => <[u8; 4]>::try_from(bytes.as_slice())
             .map(u32::from_le_bytes)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {} bytes, expected 4", path.display(), bytes.len()))),
@@ -559,8 +567,12 @@ pub fn read_defunct(dir: &Path) -> io::Result<u32> {
 pub fn write_defunct(dir: &Path, n: u32) -> io::Result<()> {
     let path = dir.join(DEFUNCT);
     let existed = path.exists();
-    let file = File::options().write(true).create(true).truncate(false).open(&path).map_err(|e| annotate(e, &path))?;
-    file.write_all_at(&n.to_le_bytes(), 0).and_then(|()| file.sync_data()).map_err(|e| annotate(e, &path))?;
+    let open = faults::check(JOURNAL_OPEN, &path).and_then(|()| File::options().write(true).create(true).truncate(false).open(&path));
+    let file = open.map_err(|e| annotate(e, &path))?;
+    let write = |data: &[u8]| file.write_all_at(data, 0);
+    let written = faults::armed(JOURNAL_WRITE, &path)
+        .map_or_else(|| write(&n.to_le_bytes()), |f| Err(f.write(JOURNAL_WRITE, &n.to_le_bytes(), write)));
+    written.and_then(|()| faults::check(JOURNAL_FSYNC, &path)).and_then(|()| file.sync_data()).map_err(|e| annotate(e, &path))?;
     if !existed {
         sync_dir(dir).map_err(|e| annotate(e, dir))?;
     }
@@ -595,7 +607,8 @@ impl Writer {
         st.batch.clear();
         drop(st);
         shared.room.notify_all();
-        tracing::error!("journal writer stopped: {error}");
+        // `on_error`'s owner reports the cause: one error line for it, not one per layer.
+        tracing::debug!("journal writer stopped: {error}");
         on_error(error)
     }
 
@@ -641,16 +654,23 @@ impl Writer {
             if self.shared.fail_writes.load(Ordering::SeqCst) {
                 return Err(io::Error::other("injected write failure"));
             }
-            self.log.append(&seg.data).map_err(|e| annotate(e, &self.path()))?;
+            self.append(&seg.data).map_err(|e| annotate(e, &self.path()))?;
             self.dirty = true;
         }
         self.sync_current(synced)
     }
 
+    /// Appends `data` to the open log; under an injected short write, half of it lands.
+    fn append(&mut self, data: &[u8]) -> io::Result<()> {
+        let Some(fault) = faults::armed(JOURNAL_WRITE, &self.dir) else { return self.log.append(data) };
+        let (path, at) = (self.path(), self.log.len());
+        Err(fault.write(JOURNAL_WRITE, data, |part| File::options().write(true).open(&path)?.write_all_at(part, at)))
+    }
+
     fn switch_to(&mut self, first: u64, synced: &mut Vec<(u64, u64)>) -> io::Result<()> {
         self.sync_current(synced)?;
         let path = self.dir.join(log::file_name(first));
-        self.log = LogWriter::create(&path).map_err(|e| annotate(e, &path))?;
+        self.log = open_log(&path, None).map_err(|e| annotate(e, &path))?;
         self.file = first;
         if self.sync {
             sync_dir(&self.dir).map_err(|e| annotate(e, &self.dir))?;
@@ -663,7 +683,7 @@ impl Writer {
             return Ok(());
         }
         if self.sync {
-            self.log.sync().map_err(|e| annotate(e, &self.path()))?;
+            faults::check(JOURNAL_FSYNC, &self.dir).and_then(|()| self.log.sync()).map_err(|e| annotate(e, &self.path()))?;
             self.shared.syncs.fetch_add(1, Ordering::Relaxed);
         }
         self.dirty = false;

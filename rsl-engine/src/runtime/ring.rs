@@ -582,7 +582,8 @@ impl Ring {
         self.shared.shutting_down.store(true, Relaxed);
         let _ = self.work.send(Work::Stop);
         self.transport.shutdown();
-        if let Err(e) = self.journal.close() {
+        // A stopped journal's cause is already the replica's failure, reported once.
+        if let (Err(e), None) = (self.journal.close(), self.shared.failure.get()) {
             tracing::error!(error = %e, "journal close");
         }
     }

@@ -84,6 +84,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    // Disk faults named in FAILPOINTS (`journal::fsync=return`; see rsl_engine::faults), in a
+    // build with fail points: test builds, or `--features failpoints`.
+    let _faults = fail::has_failpoints().then(fail::FailScenario::setup);
     let result = match Cli::parse().command {
         Command::Replica(args) => server::run(args),
         Command::Cluster(args) => cluster::run(args).map(|()| 0),
