@@ -599,6 +599,34 @@ mod tests {
     }
 
     #[test]
+    fn the_catalog_shows_readers_what_the_owner_placed() {
+        let dir = tempfile::tempdir().unwrap();
+        save(&mut CheckpointStore::open(dir.path(), 2).unwrap(), 4);
+        let mut store = CheckpointStore::open(dir.path(), 2).unwrap();
+        let catalog = store.catalog();
+        let size_of = |d: u64| fs::metadata(dir.path().join(format!("{d}.codex"))).unwrap().len();
+        assert_eq!(catalog.newest(), Some((4, dir.path().join("4.codex"), size_of(4))), "listed at open");
+        let (a, b) = (catalog.temp_path(), store.temp_path());
+        assert!(a != b && a.starts_with(dir.path().join("Temp")), "one sequence of temp names");
+        for decree in [8, 12] {
+            save(&mut store, decree);
+            assert_eq!(catalog.newest(), Some((decree, dir.path().join(format!("{decree}.codex")), size_of(decree))));
+        }
+        assert_eq!((catalog.oldest(), store.oldest()), (Some(8), Some(8)), "pruned to two");
+        // A download: checked without the store, then placed by it.
+        let temp = catalog.temp_path();
+        let mut w = CheckpointWriter::create(&temp, header_for(&checkpoint(20, true), me(), Version::V6)).unwrap();
+        w.write(&data(20)).unwrap();
+        w.close().unwrap();
+        let (size, header) = CheckpointStore::check_download(&temp, 20).unwrap();
+        assert_eq!((size, header.last_executed), (fs::metadata(&temp).unwrap().len(), 20));
+        assert_eq!(catalog.newest().unwrap().0, 12, "not visible before it is placed");
+        store.publish(&temp, 20, size).unwrap();
+        assert_eq!(catalog.newest(), Some((20, dir.path().join("20.codex"), size)));
+        assert_eq!(temp_files(dir.path()), 0);
+    }
+
+    #[test]
     fn bad_names_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("x4.codex"), b"").unwrap();
