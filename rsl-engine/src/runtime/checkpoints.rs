@@ -7,12 +7,12 @@ use crate::faults::{self, CHECKPOINT_FSYNC, CHECKPOINT_RENAME};
 use crate::format::checkpoint::DEFAULT_BLOCK_SIZE;
 use crate::format::{CheckpointError, CheckpointHeader, CheckpointReader, CheckpointWriter, MemberId, Version};
 use crate::paxos::Checkpoint;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use thiserror::Error;
 
 /// Why a checkpoint could not be listed, saved or installed.
@@ -40,14 +40,60 @@ pub struct Saved {
     pub size: u64,
 }
 
-/// The `*.codex` files of a data directory.
-pub struct CheckpointStore {
+/// What the rest of the replica may read of the store without asking its owner: the
+/// directory, fresh temp names, and the newest and oldest checkpoints as last published.
+/// Readers (the learn port's tasks, the protocol thread) only copy a few numbers under the
+/// lock; the owner holds it only to swap in a new listing.
+pub struct Catalog {
     dir: PathBuf,
     temp: PathBuf,
-    max_checkpoints: usize,
-    decrees: BTreeSet<u64>,
     /// Numbers the temp files of this process.
     next_temp: AtomicU64,
+    listing: RwLock<Listing>,
+}
+
+/// The published part of the store's listing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Listing {
+    /// Decree and file size of the newest checkpoint.
+    newest: Option<(u64, u64)>,
+    oldest: Option<u64>,
+}
+
+impl Catalog {
+    pub fn path_of(&self, decree: u64) -> PathBuf {
+        self.dir.join(CheckpointHeader::file_name(decree))
+    }
+
+    /// A fresh file name in `Temp/` (for a checkpoint being written or downloaded).
+    pub fn temp_path(&self) -> PathBuf {
+        let n = self.next_temp.fetch_add(1, Ordering::Relaxed);
+        self.temp.join(format!("Cod{}-{n}.tmp", std::process::id()))
+    }
+
+    /// The newest checkpoint: its decree, path and file size.
+    pub fn newest(&self) -> Option<(u64, PathBuf, u64)> {
+        let newest = self.listing().newest;
+        newest.map(|(d, size)| (d, self.path_of(d), size))
+    }
+
+    /// The checkpoint with the lowest decree (what log truncation must keep logs for).
+    pub fn oldest(&self) -> Option<u64> {
+        self.listing().oldest
+    }
+
+    fn listing(&self) -> Listing {
+        *self.listing.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The `*.codex` files of a data directory. It has one owner (the execute thread once the
+/// replica runs), which alone writes, places and prunes; others read its [`Catalog`].
+pub struct CheckpointStore {
+    catalog: Arc<Catalog>,
+    max_checkpoints: usize,
+    /// Decree to file size.
+    checkpoints: BTreeMap<u64, u64>,
 }
 
 impl CheckpointStore {
@@ -62,40 +108,49 @@ impl CheckpointStore {
             let removed = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
             removed.map_err(io_err(&path))?;
         }
-        let decrees = list_checkpoints(&dir)?;
-        Ok(CheckpointStore { dir, temp, max_checkpoints, decrees, next_temp: AtomicU64::new(0) })
+        let catalog = Catalog { dir, temp, next_temp: AtomicU64::new(0), listing: RwLock::default() };
+        let mut checkpoints = BTreeMap::new();
+        for decree in list_checkpoints(&catalog.dir)? {
+            let path = catalog.path_of(decree);
+            checkpoints.insert(decree, fs::metadata(&path).map_err(io_err(&path))?.len());
+        }
+        let store = CheckpointStore { catalog: Arc::new(catalog), max_checkpoints, checkpoints };
+        store.publish_listing();
+        Ok(store)
+    }
+
+    /// The read side, for the threads and tasks that do not own the store.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.clone()
     }
 
     pub fn path_of(&self, decree: u64) -> PathBuf {
-        self.dir.join(CheckpointHeader::file_name(decree))
+        self.catalog.path_of(decree)
     }
 
     /// The checkpoint with the highest decree.
     pub fn newest(&self) -> Option<(u64, PathBuf)> {
-        self.decrees.last().map(|&d| (d, self.path_of(d)))
+        self.checkpoints.last_key_value().map(|(&d, _)| (d, self.path_of(d)))
     }
 
     /// The checkpoint with the lowest decree (what log truncation must keep logs for).
     pub fn oldest(&self) -> Option<u64> {
-        self.decrees.first().copied()
+        self.checkpoints.first_key_value().map(|(&d, _)| d)
     }
 
     /// Every checkpoint, oldest first.
     pub fn list(&self) -> Vec<(u64, PathBuf)> {
-        self.decrees.iter().map(|&d| (d, self.path_of(d))).collect()
+        self.checkpoints.keys().map(|&d| (d, self.path_of(d))).collect()
     }
 
     /// A fresh file name in `Temp/` (for a checkpoint being written or downloaded).
     pub fn temp_path(&self) -> PathBuf {
-        let n = self.next_temp.fetch_add(1, Ordering::Relaxed);
-        self.temp.join(format!("Cod{}-{n}.tmp", std::process::id()))
+        self.catalog.temp_path()
     }
 
     /// Writes a checkpoint: `write` streams the application's state into it and returns false
     /// to refuse (TrySaveState), which leaves nothing behind. The file is verified, synced and
-    /// renamed into place, and old checkpoints are pruned. (The execute thread uses the two
-    /// steps, [`write_temp`](Self::write_temp) and [`keep`](Self::keep), so that the store is
-    /// not locked while the application writes.)
+    /// linked into place, and old checkpoints are pruned.
     pub fn save(
         &mut self,
         header: CheckpointHeader,
@@ -132,7 +187,42 @@ impl CheckpointStore {
     /// Keeps a checkpoint this replica wrote into `temp` as `<decree>.codex`, after reopening
     /// it with the reader's checks; on an error the file is deleted.
     pub fn keep(&mut self, temp: &Path, decree: u64) -> Result<Saved, StoreError> {
-        let saved = self.verify(temp, decree, false).and_then(|size| self.place(temp, decree, size));
+        match verify(temp, decree, false) {
+            Ok((size, _)) => self.publish(temp, decree, size),
+            Err(e) => {
+                let _ = fs::remove_file(temp);
+                Err(e)
+            }
+        }
+    }
+
+    /// Keeps a checkpoint downloaded from a peer into `temp` (see `temp_path`) as this
+    /// replica's `<decree>.codex`, after checking its header, size and every block checksum.
+    /// A file that fails a check is deleted.
+    pub fn install(&mut self, temp: &Path, decree: u64) -> Result<Saved, StoreError> {
+        let (size, _) = Self::check_download(temp, decree)?;
+        self.publish(temp, decree, size)
+    }
+
+    /// The slow half of [`install`](Self::install), which needs no store: checks a download's
+    /// header, size and every block, and syncs it. Returns its size and header; a file that
+    /// fails is deleted. [`publish`](Self::publish) then places it.
+    pub fn check_download(temp: &Path, decree: u64) -> Result<(u64, CheckpointHeader), StoreError> {
+        let checked = verify(temp, decree, true).and_then(|checked| {
+            faults::check(CHECKPOINT_FSYNC, temp).and_then(|()| File::open(temp)?.sync_all()).map_err(io_err(temp))?;
+            Ok(checked)
+        });
+        if checked.is_err() {
+            let _ = fs::remove_file(temp);
+        }
+        checked
+    }
+
+    /// Places a verified and synced file of `size` bytes as `<decree>.codex` (an existing one
+    /// is kept, never replaced), syncs the directory and prunes (§8.7 step 2). Brief: no data
+    /// is read or written. On an error `temp` is deleted.
+    pub fn publish(&mut self, temp: &Path, decree: u64, size: u64) -> Result<Saved, StoreError> {
+        let saved = self.place(temp, decree, size);
         if saved.is_err() {
             let _ = fs::remove_file(temp);
         }
@@ -140,37 +230,6 @@ impl CheckpointStore {
         saved
     }
 
-    /// Keeps a checkpoint downloaded from a peer into `temp` (see `temp_path`) as this
-    /// replica's `<decree>.codex`, after checking its header, size and every block checksum.
-    /// A file that fails a check is deleted.
-    pub fn install(&mut self, temp: &Path, decree: u64) -> Result<Saved, StoreError> {
-        let saved = self.verify(temp, decree, true).and_then(|size| {
-            faults::check(CHECKPOINT_FSYNC, temp).and_then(|()| File::open(temp)?.sync_all()).map_err(io_err(temp))?;
-            self.place(temp, decree, size)
-        });
-        if saved.is_err() {
-            let _ = fs::remove_file(temp);
-        }
-        saved
-    }
-
-    /// Reopens a checkpoint with the reader's open-time checks (and, with `blocks`, reads all
-    /// of its data to check every block); returns its size.
-    fn verify(&self, path: &Path, decree: u64, blocks: bool) -> Result<u64, StoreError> {
-        let mut reader = CheckpointReader::open(path)?;
-        let found = reader.header().last_executed;
-        if found != decree {
-            return Err(StoreError::WrongDecree { path: path.into(), expected: decree, found });
-        }
-        if blocks {
-            reader.skip(reader.size())?;
-            assert_eq!(reader.position(), reader.size(), "every block was read");
-        }
-        Ok(reader.header().size)
-    }
-
-    /// Moves a verified file to `<decree>.codex` (an existing one is kept, never replaced),
-    /// syncs the directory and prunes (§8.7 step 2).
     fn place(&mut self, temp: &Path, decree: u64, size: u64) -> Result<Saved, StoreError> {
         let path = self.path_of(decree);
         let existed = match faults::check(CHECKPOINT_RENAME, &path).and_then(|()| fs::hard_link(temp, &path)) {
@@ -179,18 +238,20 @@ impl CheckpointStore {
             Err(e) => return Err(io_err(&path)(e)),
         };
         fs::remove_file(temp).map_err(io_err(temp))?;
-        faults::check(CHECKPOINT_FSYNC, &self.dir).and_then(|()| File::open(&self.dir)?.sync_all()).map_err(io_err(&self.dir))?;
+        let dir = &self.catalog.dir;
+        faults::check(CHECKPOINT_FSYNC, dir).and_then(|()| File::open(dir)?.sync_all()).map_err(io_err(dir))?;
         let size = if existed { fs::metadata(&path).map_err(io_err(&path))?.len() } else { size };
-        self.decrees.insert(decree);
+        self.checkpoints.insert(decree, size);
         self.prune();
-        debug_assert!(self.decrees.len() <= self.max_checkpoints);
+        debug_assert!(self.checkpoints.len() <= self.max_checkpoints);
+        self.publish_listing();
         Ok(Saved { decree, path, size })
     }
 
     /// Deletes all but the newest `max_checkpoints` checkpoints.
     fn prune(&mut self) {
-        while self.decrees.len() > self.max_checkpoints {
-            let oldest = self.decrees.pop_first().expect("more than one");
+        while self.checkpoints.len() > self.max_checkpoints {
+            let (oldest, _) = self.checkpoints.pop_first().expect("more than one");
             let path = self.path_of(oldest);
             if let Err(e) = fs::remove_file(&path) {
                 tracing::warn!("{}: cannot delete old checkpoint: {e}", path.display());
@@ -198,11 +259,32 @@ impl CheckpointStore {
         }
     }
 
+    /// Shows readers the listing as it now is.
+    fn publish_listing(&self) {
+        let listing = Listing { newest: self.checkpoints.last_key_value().map(|(&d, &s)| (d, s)), oldest: self.oldest() };
+        *self.catalog.listing.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = listing;
+    }
+
     /// The restore rule (§8.5 step 1, §1.6 LoadState) over this directory's checkpoints:
     /// see [`load_newest`].
     pub fn load_newest(&self, load: impl FnMut(Option<&mut CheckpointReader>) -> bool) -> (Option<(Checkpoint, u64)>, Vec<Skipped>) {
         load_newest(self.list(), load)
     }
+}
+
+/// Reopens a checkpoint with the reader's open-time checks (and, with `blocks`, reads all of
+/// its data to check every block); returns its size and header.
+fn verify(path: &Path, decree: u64, blocks: bool) -> Result<(u64, CheckpointHeader), StoreError> {
+    let mut reader = CheckpointReader::open(path)?;
+    let found = reader.header().last_executed;
+    if found != decree {
+        return Err(StoreError::WrongDecree { path: path.into(), expected: decree, found });
+    }
+    if blocks {
+        reader.skip(reader.size())?;
+        assert_eq!(reader.position(), reader.size(), "every block was read");
+    }
+    Ok((reader.header().size, reader.header().clone()))
 }
 
 /// A checkpoint the restore rule passed over: which file, where in it (when the reason is
@@ -514,6 +596,34 @@ mod tests {
         assert_eq!(saved.path, dir.path().join("20.codex"));
         let mut r = CheckpointReader::open(&saved.path).unwrap();
         assert_eq!(read_all(&mut r), data(20));
+        assert_eq!(temp_files(dir.path()), 0);
+    }
+
+    #[test]
+    fn the_catalog_shows_readers_what_the_owner_placed() {
+        let dir = tempfile::tempdir().unwrap();
+        save(&mut CheckpointStore::open(dir.path(), 2).unwrap(), 4);
+        let mut store = CheckpointStore::open(dir.path(), 2).unwrap();
+        let catalog = store.catalog();
+        let size_of = |d: u64| fs::metadata(dir.path().join(format!("{d}.codex"))).unwrap().len();
+        assert_eq!(catalog.newest(), Some((4, dir.path().join("4.codex"), size_of(4))), "listed at open");
+        let (a, b) = (catalog.temp_path(), store.temp_path());
+        assert!(a != b && a.starts_with(dir.path().join("Temp")), "one sequence of temp names");
+        for decree in [8, 12] {
+            save(&mut store, decree);
+            assert_eq!(catalog.newest(), Some((decree, dir.path().join(format!("{decree}.codex")), size_of(decree))));
+        }
+        assert_eq!((catalog.oldest(), store.oldest()), (Some(8), Some(8)), "pruned to two");
+        // A download: checked without the store, then placed by it.
+        let temp = catalog.temp_path();
+        let mut w = CheckpointWriter::create(&temp, header_for(&checkpoint(20, true), me(), Version::V6)).unwrap();
+        w.write(&data(20)).unwrap();
+        w.close().unwrap();
+        let (size, header) = CheckpointStore::check_download(&temp, 20).unwrap();
+        assert_eq!((size, header.last_executed), (fs::metadata(&temp).unwrap().len(), 20));
+        assert_eq!(catalog.newest().unwrap().0, 12, "not visible before it is placed");
+        store.publish(&temp, 20, size).unwrap();
+        assert_eq!(catalog.newest(), Some((20, dir.path().join("20.codex"), size)));
         assert_eq!(temp_files(dir.path()), 0);
     }
 

@@ -1,20 +1,22 @@
 //! The execute thread: owns the service's state machine and delivers every callback to it in
 //! protocol order (executions, aborts, status, configuration changes, checkpoints), plus the
-//! fast reads that wait for the state to catch up.
+//! fast reads that wait for the state to catch up; and owns the checkpoint store, so saving
+//! and placing checkpoints hold no lock the protocol thread or the network share.
 
 use super::api::{ResponseCode, StateMachine};
-use super::checkpoints::CheckpointStore;
+use super::checkpoints::{CheckpointStore, Saved};
 use super::ring::Event;
 use super::Shared;
-use crate::format::checkpoint::CheckpointReader;
+use crate::format::checkpoint::{CheckpointHeader, CheckpointReader};
 use crate::format::{ConfigInfo, MemberId, Message, Version};
 use crate::paxos::{AbortReason, Checkpoint, Cookie};
 use bytes::Bytes;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::{Relaxed, Release};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 
 /// What the protocol thread (or an API call) hands the execute thread, in order.
 pub(crate) enum Work {
@@ -39,6 +41,13 @@ pub(crate) enum Work {
         cookie: Option<Cookie>,
     },
     Save(Checkpoint),
+    /// Place a checkpoint downloaded into `temp` and already checked (see [`install`]).
+    Install {
+        temp: PathBuf,
+        decree: u64,
+        size: u64,
+        placed: oneshot::Sender<Result<Saved, String>>,
+    },
     /// Replace the state with this installed checkpoint file.
     Load {
         checkpoint: Checkpoint,
@@ -72,7 +81,8 @@ pub(crate) fn abort_code(reason: AbortReason) -> ResponseCode {
 pub(crate) struct Executor {
     pub sm: Box<dyn StateMachine>,
     pub shared: Arc<Shared>,
-    pub store: Arc<Mutex<CheckpointStore>>,
+    /// The checkpoint store's owner is this thread: it saves, and places what peers sent.
+    pub store: CheckpointStore,
     pub me: MemberId,
     pub version: Version,
     /// Where checkpoint completions go (the protocol thread).
@@ -90,7 +100,7 @@ impl Executor {
     pub fn new(
         sm: Box<dyn StateMachine>,
         shared: Arc<Shared>,
-        store: Arc<Mutex<CheckpointStore>>,
+        store: CheckpointStore,
         me: MemberId,
         version: Version,
         events: Sender<Event>,
@@ -133,6 +143,9 @@ impl Executor {
                 self.sm.notify_configuration_changed(cookie)
             }
             Work::Save(cp) => self.save(cp),
+            Work::Install { temp, decree, size, placed } => {
+                let _ = placed.send(self.store.publish(&temp, decree, size).map_err(|e| e.to_string()));
+            }
             Work::Load { checkpoint, path } => self.load(checkpoint, path),
             Work::Copied { seq, path, cookie } => self.sm.state_copied(seq, path.as_deref(), cookie),
             Work::FastRead { max_seen, request, cookie, deadline } => self.waiting.push((max_seen, request, cookie, deadline)),
@@ -186,14 +199,10 @@ impl Executor {
         self.abort_unsatisfiable_reads();
         let header = super::checkpoints::header_for(&cp, self.me, self.version);
         let decree = cp.decree;
-        // The store stays unlocked while the application writes: the learn port reads it.
-        let temp = self.store.lock().expect("checkpoint store").temp_path();
+        // No lock is held while the application writes: the others read the store's catalog,
+        // which changes only when the file is in place.
         let sm = &mut self.sm;
-        let result = match CheckpointStore::write_temp(&temp, header, |w| Ok(!cp.state_saved || sm.try_save_state(w))) {
-            Ok(true) => self.store.lock().expect("checkpoint store").keep(&temp, decree).map(Some),
-            Ok(false) => Ok(None),
-            Err(e) => Err(e),
-        };
+        let result = self.store.save(header, |w| Ok(!cp.state_saved || sm.try_save_state(w)));
         self.shared.saving.store(false, Relaxed);
         match result {
             Ok(Some(saved)) => {
@@ -267,4 +276,20 @@ impl Executor {
         }
         self.sm.shut_down(ResponseCode::ShuttingDown);
     }
+}
+
+/// Keeps a checkpoint downloaded into `temp` as this replica's `<decree>.codex`: the blocks
+/// are checked on the blocking pool, and the store's owner (the execute thread) only places
+/// the file. Returns it with its header; on a failure the file is gone.
+pub(crate) async fn install(work: &Sender<Work>, temp: PathBuf, decree: u64) -> Result<(Saved, CheckpointHeader), String> {
+    let check = temp.clone();
+    let checked = tokio::task::spawn_blocking(move || CheckpointStore::check_download(&check, decree)).await;
+    let (size, header) = checked.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+    let (placed, reply) = oneshot::channel();
+    if work.send(Work::Install { temp: temp.clone(), decree, size, placed }).is_err() {
+        let _ = std::fs::remove_file(&temp);
+        return Err("the replica is stopping".into());
+    }
+    let saved = reply.await.map_err(|_| "the replica stopped before the checkpoint was placed".to_string())??;
+    Ok((saved, header))
 }

@@ -2,7 +2,7 @@
 //! public methods): start-up and restore, requests, reads, membership, and unload.
 
 use super::api::{Admission, ReplicaHealth, ResponseCode, StateMachine, Stats};
-use super::checkpoints::CheckpointStore;
+use super::checkpoints::{Catalog, CheckpointStore};
 use super::config::{ConfigError, RslConfig};
 use super::exec::{Executor, Work};
 use super::journal::{read_defunct, Journal, JournalOptions, Replay};
@@ -70,7 +70,7 @@ pub struct RslReplica {
     version: Version,
     fast_read_threshold: u64,
     transport: Arc<Transport>,
-    store: Arc<Mutex<CheckpointStore>>,
+    checkpoints: Arc<Catalog>,
     receive_timeout: Duration,
     threads: Mutex<Vec<JoinHandle<()>>>,
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
@@ -88,7 +88,7 @@ pub struct RslReplica {
 /// What the learn port serves: this replica's logs and newest checkpoint.
 struct Files {
     log: super::journal::LogReader,
-    store: Arc<Mutex<CheckpointStore>>,
+    checkpoints: Arc<Catalog>,
     me: MemberId,
     version: Version,
 }
@@ -98,14 +98,11 @@ impl LearnSource for Files {
         self.log.votes_from(decree)
     }
     fn checkpoint(&self, decree: u64) -> Option<PathBuf> {
-        self.store.lock().ok()?.newest().filter(|(d, _)| *d == decree).map(|(_, p)| p)
+        self.checkpoints.newest().filter(|(d, ..)| *d == decree).map(|(_, path, _)| path)
     }
     /// What `CopyStateFromReplica` asks: how far this replica's log and checkpoint go.
     fn status(&self, query: &Message) -> Option<Message> {
-        let (checkpointed_decree, checkpoint_size) = match self.store.lock().ok()?.newest() {
-            Some((decree, path)) => (decree, std::fs::metadata(path).ok()?.len()),
-            None => (0, 0),
-        };
+        let (checkpointed_decree, checkpoint_size) = self.checkpoints.newest().map_or((0, 0), |(decree, _, size)| (decree, size));
         let body = StatusBody {
             query_decree: query.header.decree,
             query_ballot: query.header.ballot,
@@ -147,7 +144,7 @@ impl RslReplica {
         if loaded.is_none() {
             sm.load_state(None);
         }
-        let store = Arc::new(Mutex::new(store));
+        let checkpoints = store.catalog();
         let start = Instant::now();
         let shared = Arc::new(Shared::new(loaded.as_ref().map_or(0, |(cp, _)| cp.decree)));
         let (events_tx, events_rx) = mpsc::channel();
@@ -182,7 +179,7 @@ impl RslReplica {
         if let Some((cp, size)) = &loaded {
             core.restore_checkpoint(cp, *size);
         }
-        let mut exec = Executor::new(sm, shared.clone(), store.clone(), me.id, version, events_tx.clone());
+        let mut exec = Executor::new(sm, shared.clone(), store, me.id, version, events_tx.clone());
         replay(&mut core, &logged, &mut exec)?;
         shared.view().config = core.configuration().clone();
         shared.passed_seq.store(shared.current_seq.load(Relaxed), Relaxed);
@@ -209,7 +206,7 @@ impl RslReplica {
         let learn_at = SocketAddr::new(bind_ip.into(), learn_addr(&me).port());
         #[cfg(test)]
         let journal_faults = journal.reader();
-        let files = Arc::new(Files { log: journal.reader(), store: store.clone(), me: me.id, version });
+        let files = Arc::new(Files { log: journal.reader(), checkpoints: checkpoints.clone(), me: me.id, version });
         let learn = LearnServer::start(runtime.handle(), learn_at, files, cfg.learn_limits(), tls.clone())
             .map_err(|source| InitError::Listen { addr: learn_at, source })?;
 
@@ -222,7 +219,7 @@ impl RslReplica {
             work_tx.clone(),
             events_tx.clone(),
             shared.clone(),
-            store.clone(),
+            checkpoints.clone(),
             dir.clone(),
             admission,
             version,
@@ -241,7 +238,7 @@ impl RslReplica {
             version,
             fast_read_threshold: cfg.fast_read_seq_threshold.into(),
             transport,
-            store,
+            checkpoints,
             receive_timeout: Duration::from_secs(cfg.receive_timeout_sec.into()),
             threads: Mutex::new(threads),
             runtime: Mutex::new(Some(runtime)),
@@ -421,10 +418,11 @@ impl RslReplica {
             return ResponseCode::ShuttingDown;
         }
         let peers: Vec<Node> = self.configuration().0.nodes.into_iter().filter(|n| n.id != self.me.id).collect();
-        let (store, work, me, version, limit) = (self.store.clone(), self.work.clone(), self.me.id, self.version, self.receive_timeout);
+        let (checkpoints, work, me, version, limit) =
+            (self.checkpoints.clone(), self.work.clone(), self.me.id, self.version, self.receive_timeout);
         let tls = self.tls.clone();
         let task = async move {
-            let copied = copy_state(peers, store, me, version, limit, tls.as_deref()).await;
+            let copied = copy_state(peers, &checkpoints, &work, me, version, limit, tls.as_deref()).await;
             let (seq, path) = copied.map_or((0, None), |(seq, path)| (seq, Some(path)));
             let _ = work.send(Work::Copied { seq, path, cookie: Some(cookie) });
         };
@@ -513,13 +511,14 @@ impl Drop for RslReplica {
 /// arrives intact.
 async fn copy_state(
     peers: Vec<Node>,
-    store: Arc<Mutex<CheckpointStore>>,
+    checkpoints: &Catalog,
+    work: &Sender<Work>,
     me: MemberId,
     version: Version,
     limit: Duration,
     tls: Option<&Tls>,
 ) -> Option<(u64, PathBuf)> {
-    let ours = store.lock().ok()?.newest().map_or(0, |(d, _)| d);
+    let ours = checkpoints.newest().map_or(0, |(d, ..)| d);
     for node in peers {
         let peer = learn::Peer { addr: learn_addr(&node), tls };
         let query = Message::new(Header::new(version, me, 0, 0, Ballot::EMPTY), Body::StatusQuery);
@@ -529,16 +528,11 @@ async fn copy_state(
             continue;
         }
         let request = Message::new(Header::new(version, me, s.checkpointed_decree, 0, Ballot::EMPTY), Body::FetchCheckpoint);
-        let temp = store.lock().ok()?.temp_path();
+        let temp = checkpoints.temp_path();
         if learn::fetch_checkpoint(peer, &request, s.checkpoint_size, &temp, limit, 3).await.is_err() {
             continue;
         }
-        let store = store.clone();
-        let decree = s.checkpointed_decree;
-        if let Ok(Ok(saved)) =
-            tokio::task::spawn_blocking(move || store.lock().map_err(|_| ()).and_then(|mut s| s.install(&temp, decree).map_err(|_| ())))
-                .await
-        {
+        if let Ok((saved, _)) = super::exec::install(work, temp, s.checkpointed_decree).await {
             return Some((saved.decree, saved.path));
         }
     }

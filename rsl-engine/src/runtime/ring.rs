@@ -3,7 +3,7 @@
 //! its actions against the journal, the transport, the learn port and the execute thread.
 
 use super::api::{Admission, ResponseCode};
-use super::checkpoints::CheckpointStore;
+use super::checkpoints::{core_checkpoint, Catalog};
 use super::exec::{abort_code, Work};
 use super::journal::{write_defunct, Journal};
 use super::learn;
@@ -19,7 +19,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Rejected messages are logged at most this often; the others in between are only counted.
@@ -92,7 +92,8 @@ pub(crate) struct Ring {
     pub work: Sender<Work>,
     pub events: Sender<Event>,
     pub shared: Arc<Shared>,
-    pub store: Arc<Mutex<CheckpointStore>>,
+    /// The checkpoint store as its owner (the execute thread) last published it.
+    pub checkpoints: Arc<Catalog>,
     pub dir: PathBuf,
     pub version: Version,
     pub limits: Limits,
@@ -131,7 +132,7 @@ impl Ring {
         work: Sender<Work>,
         events: Sender<Event>,
         shared: Arc<Shared>,
-        store: Arc<Mutex<CheckpointStore>>,
+        checkpoints: Arc<Catalog>,
         dir: PathBuf,
         admission: Arc<dyn Admission>,
         version: Version,
@@ -148,7 +149,7 @@ impl Ring {
             work,
             events,
             shared,
-            store,
+            checkpoints,
             dir,
             limits,
             start,
@@ -207,7 +208,11 @@ impl Ring {
 
     fn handle(&mut self, event: Event) {
         match event {
-            Event::Message(msg, origin) => self.on_message(msg, origin),
+            Event::Message(msg, origin) => {
+                // Marks each arrival, for measuring stalls (tests/checkpoint_gap.rs).
+                tracing::trace!(target: "rsl_engine::paxos_in", me = %self.core.me(), "paxos message");
+                self.on_message(msg, origin)
+            }
             Event::Durable(seq) => {
                 self.durable = self.durable.max(seq);
                 self.release_held();
@@ -393,7 +398,7 @@ impl Ring {
             Action::Rejected { from, kind, reason } => self.rejected(from, kind, reason),
             Action::FetchCheckpoint { from, decree, size, load } => self.fetch_checkpoint(from, decree, size, load),
             Action::LoadCheckpoint(cp) => {
-                let path = self.store.lock().expect("checkpoint store").path_of(cp.decree);
+                let path = self.checkpoints.path_of(cp.decree);
                 if !path.exists() {
                     return self.fail(format!("{}: the fetched checkpoint to load is gone", path.display()));
                 }
@@ -509,33 +514,19 @@ impl Ring {
             return self.followups.push(Input::CheckpointFetched(None));
         }
         let request = self.request(decree, Body::FetchCheckpoint);
-        let (events, store, timeout) = (self.events.clone(), self.store.clone(), self.limits.receive_timeout);
-        let temp = store.lock().expect("checkpoint store").temp_path();
+        let (events, work, timeout) = (self.events.clone(), self.work.clone(), self.limits.receive_timeout);
+        let temp = self.checkpoints.temp_path();
         let fatal = self.fatal(format!("fetching checkpoint {decree} from {from}"));
         let tls = self.tls.clone();
         let task = async move {
             let peer = learn::Peer { addr, tls: tls.as_deref() };
-            let fetched = learn::fetch_checkpoint(peer, &request, size, &temp, timeout, 5).await;
-            let installed = match fetched {
-                Ok(()) => {
-                    let store = store.clone();
-                    tokio::task::spawn_blocking(move || {
-                        store.lock().expect("checkpoint store").install(&temp, decree).map_err(|e| e.to_string())
-                    })
-                    .await
-                    .unwrap_or_else(|e| Err(e.to_string()))
-                }
+            let installed = match learn::fetch_checkpoint(peer, &request, size, &temp, timeout, 5).await {
+                Ok(()) => super::exec::install(&work, temp, decree).await,
                 Err(e) => Err(e.to_string()),
             };
             let event = match installed {
-                Ok(saved) if load => {
-                    let header = crate::format::checkpoint::CheckpointReader::open(&saved.path).map(|r| r.header().clone());
-                    match header {
-                        Ok(h) => Event::Input(Input::CheckpointFetched(Some((super::checkpoints::core_checkpoint(h), saved.size)))),
-                        Err(_) => Event::Input(Input::CheckpointFetched(None)),
-                    }
-                }
-                Ok(saved) => Event::CheckpointDone { decree, size: saved.size, path: saved.path, copied: true },
+                Ok((saved, header)) if load => Event::Input(Input::CheckpointFetched(Some((core_checkpoint(header), saved.size)))),
+                Ok((saved, _)) => Event::CheckpointDone { decree, size: saved.size, path: saved.path, copied: true },
                 Err(e) => {
                     tracing::warn!(error = %e, decree, "fetching a checkpoint failed");
                     Event::Input(Input::CheckpointFetched(None))
@@ -548,7 +539,7 @@ impl Ring {
 
     /// A checkpoint is in place: truncate the logs it covers and tell the core.
     fn checkpoint_done(&mut self, decree: u64, size: u64, path: PathBuf, copied: bool) {
-        let oldest = self.store.lock().expect("checkpoint store").oldest().unwrap_or(decree);
+        let oldest = self.checkpoints.oldest().unwrap_or(decree);
         let executed = self.shared.current_seq.load(Relaxed);
         let min_decree_in_log = self.journal.truncate(decree, oldest, executed);
         if copied {

@@ -1,0 +1,270 @@
+//! The Paxos gap during a large checkpoint save: three replicas in one process under steady
+//! load; one secondary saves a state of `RSL_GAP_STATE_MB` megabytes (16 unless set) while its
+//! learn port is asked for its status and its previous checkpoint over and over. Prints the
+//! longest gap between consecutive Paxos messages that secondary's protocol thread received
+//! during the save, and before it. Timing is printed, not asserted (CI runs a small state):
+//!
+//! `RSL_GAP_STATE_MB=1024 [RSL_GAP_DIR=/dev/shm] cargo test --release -p rsl-engine --test checkpoint_gap -- --nocapture`
+
+use bytes::Bytes;
+use rsl_engine::format::checkpoint::{CheckpointReader, CheckpointWriter};
+use rsl_engine::format::{Ballot, Body, Header, MemberId, MemberSet, Message, Version};
+use rsl_engine::runtime::api::node;
+use rsl_engine::runtime::learn::{self, Peer};
+use rsl_engine::runtime::{AdmitAll, ResponseCode, RslConfig, RslReplica, StateMachine};
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Metadata, Subscriber};
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+
+/// The runtime's trace target marking each Paxos message a protocol thread takes in.
+const ARRIVALS: &str = "rsl_engine::paxos_in";
+const MB: u64 = 1 << 20;
+
+/// When each replica's protocol thread took in each Paxos message, by member id.
+#[derive(Clone, Default)]
+struct Arrivals(Arc<Mutex<HashMap<String, Vec<Instant>>>>);
+
+struct MeField(Option<String>);
+
+impl Visit for MeField {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "me" {
+            self.0 = Some(format!("{value:?}"));
+        }
+    }
+}
+
+impl<S: Subscriber> Layer<S> for Arrivals {
+    fn enabled(&self, metadata: &Metadata<'_>, _: Context<'_, S>) -> bool {
+        metadata.target() == ARRIVALS
+    }
+    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+        let mut me = MeField(None);
+        event.record(&mut me);
+        if let Some(me) = me.0 {
+            self.0.lock().unwrap().entry(me).or_default().push(Instant::now());
+        }
+    }
+}
+
+impl Arrivals {
+    /// The longest gap between consecutive arrivals at `me` within `[from, to]` (the first
+    /// arrival after `from` counts from `from`), and how many arrived.
+    fn longest_gap(&self, me: &str, from: Instant, to: Instant) -> (Duration, usize) {
+        let all = self.0.lock().unwrap();
+        let times: Vec<Instant> = all.get(me).into_iter().flatten().copied().filter(|t| *t >= from && *t <= to).collect();
+        let mut last = from;
+        let mut longest = Duration::ZERO;
+        for &t in times.iter().chain([to].iter()) {
+            longest = longest.max(t - last);
+            last = t;
+        }
+        (longest, times.len())
+    }
+}
+
+/// A state of `size` bytes (settable while running); records when each save ran.
+struct Sized {
+    size: Arc<AtomicU64>,
+    saves: Arc<Mutex<Vec<(Instant, Instant, u64)>>>,
+    /// Each checkpoint placed: its decree and when.
+    saved: Arc<Mutex<Vec<(u64, Instant)>>>,
+}
+
+impl StateMachine for Sized {
+    fn load_state(&mut self, _: Option<&mut CheckpointReader>) -> bool {
+        true
+    }
+    fn execute_replicated_request(&mut self, request: &[u8], _: Option<u64>, save: &mut bool) {
+        *save |= request == b"save";
+    }
+    fn execute_fast_read_request(&mut self, _: &[u8], _: u64) {}
+    fn abort_request(&mut self, _: ResponseCode, _: u64) {}
+    fn save_state(&mut self, writer: &mut CheckpointWriter) {
+        let (start, size) = (Instant::now(), self.size.load(Relaxed));
+        let chunk: Vec<u8> = (0..MB).map(|i| (i * 31) as u8).collect();
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(MB) as usize;
+            writer.write(&chunk[..n]).unwrap();
+            left -= n as u64;
+        }
+        self.saves.lock().unwrap().push((start, Instant::now(), size));
+    }
+    fn notify_status(&mut self, _: bool) {}
+    fn notify_configuration_changed(&mut self, _: Option<u64>) {}
+    fn abort_change_configuration(&mut self, _: ResponseCode, _: u64) {}
+    fn shut_down(&mut self, _: ResponseCode) {}
+    fn state_saved(&mut self, seq: u64, _: &Path) {
+        self.saved.lock().unwrap().push((seq, Instant::now()));
+    }
+    fn state_copied(&mut self, _: u64, _: Option<&Path>, _: Option<u64>) {}
+}
+
+fn free_base() -> u16 {
+    loop {
+        let base = 43_000 + (std::process::id() % 500) as u16 * 12;
+        if (0..6).all(|k| TcpListener::bind((Ipv4Addr::LOCALHOST, base + k)).is_ok()) {
+            return base;
+        }
+    }
+}
+
+fn wait<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let until = Instant::now() + within;
+    loop {
+        if let Some(t) = f() {
+            return t;
+        }
+        assert!(Instant::now() < until, "condition not met within {within:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn submit(primary: &RslReplica, request: &'static [u8], cookie: u64) {
+    while primary.replicate_request(Bytes::from_static(request), cookie) != ResponseCode::Success {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// What the learn-port client saw while the save ran.
+#[derive(Debug, Default)]
+struct Asked {
+    statuses: u64,
+    fetches: u64,
+    slowest_status: Duration,
+}
+
+/// Asks `learn` for its status, and for its checkpoint when that is small, until `stop`.
+fn ask_learn_port(learn: SocketAddr, stop: &AtomicBool, min_checkpoint: u64) -> Asked {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let me = MemberId::new("99").unwrap();
+    let limit = Duration::from_secs(30);
+    let mut asked = Asked::default();
+    while !stop.load(Relaxed) {
+        let query = Message::new(Header::new(Version::V6, me, 0, 0, Ballot::EMPTY), Body::StatusQuery);
+        let started = Instant::now();
+        let reply = rt.block_on(learn::fetch_status(Peer::plain(learn), &query, limit)).expect("the learn port answers during a save");
+        asked.slowest_status = asked.slowest_status.max(started.elapsed());
+        asked.statuses += 1;
+        let Body::StatusResponse(s) = reply.body else { panic!("not a status reply") };
+        assert!(s.checkpointed_decree >= min_checkpoint, "the status names the newest checkpoint");
+        if asked.statuses % 8 == 1 && s.checkpoint_size < 64 * MB {
+            let request = Message::new(Header::new(Version::V6, me, s.checkpointed_decree, 0, Ballot::EMPTY), Body::FetchCheckpoint);
+            let dest = dir.path().join("fetched");
+            rt.block_on(learn::fetch_checkpoint(Peer::plain(learn), &request, s.checkpoint_size, &dest, limit, 1))
+                .expect("the learn port serves its checkpoint during a save");
+            asked.fetches += 1;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    asked
+}
+
+#[test]
+fn paxos_traffic_to_a_secondary_goes_on_while_it_saves_a_large_checkpoint() {
+    let state_mb: u64 = std::env::var("RSL_GAP_STATE_MB").ok().map_or(16, |v| v.parse().expect("RSL_GAP_STATE_MB is a number"));
+    let arrivals = Arrivals::default();
+    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(arrivals.clone())).unwrap();
+
+    // All three replicas share one file system here: on a disk, the primary's journal syncs
+    // can wait behind the secondary's checkpoint writeback (ext4's ordered mode), which then
+    // shows as a gap at every secondary. `RSL_GAP_DIR=/dev/shm` leaves only the runtime's part.
+    let root = std::env::var_os("RSL_GAP_DIR").map_or_else(std::env::temp_dir, Into::into);
+    let dir = tempfile::tempdir_in(root).unwrap();
+    let base = free_base();
+    let nodes: Vec<_> = (0..3).map(|i| node(&(i + 1).to_string(), Ipv4Addr::LOCALHOST, base + 2 * i).unwrap()).collect();
+    let members = MemberSet { nodes: nodes.clone(), cookie: Bytes::new() };
+    let cfg = RslConfig {
+        working_dir: dir.path().into(),
+        election_delay_sec: 10,
+        heart_beat_interval_sec: 1,
+        new_leader_grace_period_sec: 3,
+        ..RslConfig::default()
+    };
+    let sizes: Vec<_> = (0..3).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let saves: Vec<_> = (0..3).map(|_| Arc::new(Mutex::new(Vec::new()))).collect();
+    let saved: Vec<_> = (0..3).map(|_| Arc::new(Mutex::new(Vec::new()))).collect();
+    let replicas: Vec<RslReplica> = (0..3)
+        .map(|i| {
+            let sm = Sized { size: sizes[i].clone(), saves: saves[i].clone(), saved: saved[i].clone() };
+            let init =
+                RslReplica::initialize(cfg.clone(), nodes[i].clone(), Version::V6, Box::new(sm), Arc::new(AdmitAll), Some(members.clone()));
+            init.unwrap()
+        })
+        .collect();
+    let p = wait(Duration::from_secs(60), || replicas.iter().position(|r| r.is_primary()));
+    let s = (p + 1) % 3;
+    let learn = SocketAddr::from((Ipv4Addr::LOCALHOST, nodes[s].learn_port));
+
+    // A small checkpoint first, for the learn port to serve during the large save.
+    sizes[s].store(MB, Relaxed);
+    submit(&replicas[p], b"save", 1);
+    let (first, _) = wait(Duration::from_secs(60), || placed_after(&saves[s], &saved[s], MB));
+    sizes[s].store(state_mb * MB, Relaxed);
+
+    let stop = AtomicBool::new(false);
+    let (load_from, asked, save) = std::thread::scope(|scope| {
+        let load = scope.spawn(|| {
+            let mut cookie = 2;
+            while !stop.load(Relaxed) {
+                submit(&replicas[p], b"x", cookie);
+                cookie += 1;
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        });
+        let load_from = Instant::now();
+        std::thread::sleep(Duration::from_secs(1)); // a baseline before the save
+        let asker = scope.spawn(|| ask_learn_port(learn, &stop, first));
+        submit(&replicas[p], b"save", 1);
+        println!("the large save was submitted {:.2} s into the load", load_from.elapsed().as_secs_f64());
+        let save = wait(Duration::from_secs(600), || saves[s].lock().unwrap().iter().find(|sv| sv.2 == state_mb * MB).copied());
+        let placed = wait(Duration::from_secs(600), || placed_after(&saves[s], &saved[s], state_mb * MB));
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Relaxed);
+        load.join().unwrap();
+        (load_from, asker.join().unwrap(), (save, placed))
+    });
+
+    let me = nodes[s].id.to_string();
+    // From the first byte written to the file in place (written, synced, verified, linked).
+    let ((save_start, _, _), (placed, save_end)) = save;
+    let (before, n_before) = arrivals.longest_gap(&me, load_from, save_start);
+    let (during, n_during) = arrivals.longest_gap(&me, save_start, save_end);
+    // The other secondary, over the same window: what the machine's load alone costs.
+    let (control, _) = arrivals.longest_gap(&nodes[(p + 2) % 3].id.to_string(), save_start, save_end);
+    let size = std::fs::metadata(replicas[s].data_dir().join(format!("{placed}.codex"))).unwrap().len();
+    println!(
+        "checkpoint gap: state {state_mb} MB ({size} bytes on disk) saved by a secondary in {:.2} s; longest gap between Paxos \
+         messages it received: {:.1} ms during the save ({n_during} messages), {:.1} ms in the {:.2} s before ({n_before} \
+         messages); the other secondary's longest gap during the save: {:.1} ms; learn port meanwhile: {} status replies (slowest {:.1} ms), {} checkpoint fetches; under 50 ms: {}",
+        (save_end - save_start).as_secs_f64(),
+        during.as_secs_f64() * 1e3,
+        before.as_secs_f64() * 1e3,
+        (save_start - load_from).as_secs_f64(),
+        control.as_secs_f64() * 1e3,
+        asked.statuses,
+        asked.slowest_status.as_secs_f64() * 1e3,
+        asked.fetches,
+        during < Duration::from_millis(50),
+    );
+    assert!(size >= state_mb * MB, "the large checkpoint is in place: {size} bytes");
+    assert!(asked.statuses > 0, "the learn port answered");
+    for r in replicas {
+        assert_eq!(r.failure(), None);
+        r.unload();
+    }
+}
+
+/// The checkpoint placed after the state machine saved `size` bytes.
+fn placed_after(saves: &Mutex<Vec<(Instant, Instant, u64)>>, saved: &Mutex<Vec<(u64, Instant)>>, size: u64) -> Option<(u64, Instant)> {
+    let (_, end, _) = saves.lock().unwrap().iter().rev().find(|sv| sv.2 == size).copied()?;
+    saved.lock().unwrap().iter().find(|(_, at)| *at >= end).copied()
+}
