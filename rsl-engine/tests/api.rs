@@ -57,7 +57,8 @@ impl StateMachine for Recorder {
         true
     }
     fn execute_replicated_request(&mut self, request: &[u8], cookie: Option<u64>, save: &mut bool) {
-        *save = request == b"save";
+        // Set, never cleared: the flag is the whole batch's, and a later request must not undo it.
+        *save |= request == b"save";
         self.state.push(request.to_vec());
         self.push(Ev::Exec(request.to_vec(), cookie));
     }
