@@ -166,6 +166,12 @@ impl Cluster {
         assert!(ok, "kill -TERM replica {}", i + 1);
     }
 
+    /// Sends `sig` (`STOP`, `CONT`, ...) to replica `i` through `kill(1)`.
+    pub fn signal(&self, i: usize, sig: &str) {
+        let ok = Command::new("kill").args([&format!("-{sig}"), &self.pid(i).to_string()]).status().expect("kill(1)").success();
+        assert!(ok, "kill -{sig} replica {}", i + 1);
+    }
+
     pub fn stderr_path(&self, i: usize) -> PathBuf {
         self.dir.path().join(format!("{}.stderr", i + 1))
     }
