@@ -128,17 +128,21 @@ struct Disks {
     mounts: Vec<PathBuf>,
 }
 
-/// Each replica's tmpfs: large enough for its logs and checkpoints under `--max-log-mb 8`.
-const DISK_MB: u64 = 192;
+/// Each replica's tmpfs: its state grows with every write (each writes a new key), and it
+/// holds logs (`--max-log-mb 8`), two checkpoints and one being saved. About 0.5 MB/s of
+/// state at full speed; a fault fills whatever is left.
+fn disk_mb(secs: u64) -> u64 {
+    256 + 2 * secs
+}
 
 impl Disks {
-    fn mount(c: &Cluster) -> Result<Disks, String> {
+    fn mount(c: &Cluster, secs: u64) -> Result<Disks, String> {
         let mut disks = Disks { mounts: Vec::new() };
         for i in 0..c.procs.len() {
             let dir = c.data_dir(i);
             std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
             let out = Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={DISK_MB}m"), "tmpfs"])
+                .args(["-t", "tmpfs", "-o", &format!("size={}m", disk_mb(secs)), "tmpfs"])
                 .arg(&dir)
                 .output()
                 .map_err(|e| format!("mount(8): {e}"))?;
@@ -283,7 +287,7 @@ impl Run {
         let mut c = Cluster::new(setup.replicas, 0, &["--version", &v, "--window", &w, "--max-log-mb", "8"]);
         c.log_to_files = true;
         let mut tally = Tally::default();
-        let disks = Disks::mount(&c).map_err(|why| tally.skipped.insert(Fault::FullDisk, why)).ok();
+        let disks = Disks::mount(&c, secs).map_err(|why| tally.skipped.insert(Fault::FullDisk, why)).ok();
         let net = Net::make(setup.replicas).map_err(|why| tally.skipped.insert(Fault::Partition, why)).ok();
         if let Some(net) = &net {
             let hosts: Vec<Ipv4Addr> = (0..setup.replicas).map(|i| net.addr(i)).collect();
@@ -311,7 +315,7 @@ impl Run {
     /// that took from `since`.
     async fn resumed(&self, since: Instant, done: u64) -> Duration {
         while self.progress.done.load(Relaxed) <= done {
-            assert!(since.elapsed() < Duration::from_secs(90), "no write acknowledged 90 s after a fault{}", self.c.diagnosis());
+            assert!(since.elapsed() < Duration::from_secs(90), "no write acknowledged 90 s after a fault{}", diagnosis(&self.c));
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         since.elapsed()
@@ -321,7 +325,7 @@ impl Run {
     async fn primary(&self) -> usize {
         let addrs = self.c.running();
         let p = client::wait_for_primary(&addrs, Duration::from_secs(60)).await;
-        self.c.index_of(p.unwrap_or_else(|| panic!("no primary within 60 s{}", self.c.diagnosis())))
+        self.c.index_of(p.unwrap_or_else(|| panic!("no primary within 60 s{}", diagnosis(&self.c))))
     }
 
     /// Deals one fault and heals it; returns once writes are acknowledged again.
@@ -356,7 +360,11 @@ impl Run {
         if let Some(outage) = outage {
             self.tally.outages.push((fault, outage));
         }
-        self.c.assert_alive();
+        for i in self.c.started() {
+            if let Some(status) = self.c.exited(i) {
+                panic!("replica {} died: {status}{}", i + 1, diagnosis(&self.c));
+            }
+        }
     }
 
     /// The moment of a failure and the writes acknowledged by then. Acknowledgements the
@@ -446,6 +454,17 @@ impl Drop for Run {
     }
 }
 
+/// The last lines each replica logged (earlier errors are mostly the full-disk faults dealt).
+fn diagnosis(c: &Cluster) -> String {
+    let mut out = String::new();
+    for i in 0..c.procs.len() {
+        let text = c.stderr(i);
+        let lines: Vec<&str> = text.lines().collect();
+        out += &format!("\n  replica {} stderr, last lines:\n    {}", i + 1, lines[lines.len().saturating_sub(4)..].join("\n    "));
+    }
+    out
+}
+
 /// Reads back every write from `0..upper` on one replica, pipelined: the number of keys held,
 /// the acknowledged writes missing or changed, the values held that were never written.
 async fn read_back(addr: SocketAddr, acked: &[bool], spec: &LoadSpec) -> (u64, u64, u64) {
@@ -497,7 +516,7 @@ async fn converged(c: &Cluster) -> (u64, u64) {
         if states.len() == c.procs.len() && states.iter().all(|s| s.is_some() && *s == states[0]) {
             return states[0].expect("reported");
         }
-        assert!(Instant::now() < until, "replicas never converged: {states:?}{}", c.diagnosis());
+        assert!(Instant::now() < until, "replicas never converged: {states:?}{}", diagnosis(c));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -538,7 +557,7 @@ async fn nemesis(setup: Setup, secs: u64, seed: u64, next_fault: &mut usize) {
         (lost, unwritten) = (lost.max(l), unwritten.max(u));
     }
     print_summary(&setup, &run, started.elapsed(), seed, result.acked.len(), (lost, unwritten, digest));
-    assert_eq!((lost, unwritten), (0, 0), "acknowledged writes lost / values never written{}", run.c.diagnosis());
+    assert_eq!((lost, unwritten), (0, 0), "acknowledged writes lost / values never written{}", diagnosis(&run.c));
 }
 
 fn print_summary(setup: &Setup, run: &Run, took: Duration, seed: u64, acked: usize, (lost, unwritten, digest): (u64, u64, u64)) {
