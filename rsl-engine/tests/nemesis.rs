@@ -38,7 +38,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::{rt, status, Cluster};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -268,6 +268,29 @@ impl Drop for Net {
     }
 }
 
+/// Client requests in flight at once.
+const OUTSTANDING: usize = 32;
+
+/// The longest stretch without an acknowledged write since it was last reset.
+struct Gaps {
+    last: Instant,
+    seen: u64,
+    longest: Duration,
+}
+
+/// Samples `progress` every millisecond into `gaps` until the load stops.
+async fn watch_gaps(progress: Arc<Progress>, gaps: Arc<Mutex<Gaps>>) {
+    while !progress.stop.load(Relaxed) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let (done, now) = (progress.done.load(Relaxed), Instant::now());
+        let mut g = gaps.lock().expect("gaps");
+        if done != g.seen {
+            g.longest = g.longest.max(now - g.last);
+            (g.last, g.seen) = (now, done);
+        }
+    }
+}
+
 /// One configuration's run: the cluster, its load and the faults dealt so far.
 struct Run {
     // Unmounted and deleted before the cluster's directory goes (fields drop in order), after
@@ -276,6 +299,7 @@ struct Run {
     net: Option<Net>,
     c: Cluster,
     progress: Arc<Progress>,
+    gaps: Arc<Mutex<Gaps>>,
     rng: Rng,
     tally: Tally,
     pause_max_s: u64,
@@ -300,7 +324,10 @@ impl Run {
             c.spawn(i, true);
         }
         let pause_max_s = (secs / 6).clamp(1, 10);
-        Run { disks, net, c, progress: Arc::new(Progress::default()), rng: Rng(seed | 1), tally, pause_max_s }
+        let (progress, gaps) =
+            (Arc::new(Progress::default()), Arc::new(Mutex::new(Gaps { last: Instant::now(), seen: 0, longest: Duration::ZERO })));
+        tokio::spawn(watch_gaps(progress.clone(), gaps.clone()));
+        Run { disks, net, c, progress, gaps, rng: Rng(seed | 1), tally, pause_max_s }
     }
 
     fn n(&self) -> usize {
@@ -311,14 +338,17 @@ impl Run {
         self.rng.below(self.n() as u64) as usize
     }
 
-    /// Waits for the first acknowledged write after `done` had been seen; returns how long
-    /// that took from `since`.
-    async fn resumed(&self, since: Instant, done: u64) -> Duration {
-        while self.progress.done.load(Relaxed) <= done {
+    /// Waits until writes flow again after a failure that saw `done` acknowledged; returns
+    /// the longest stretch without an acknowledgement since. Up to `OUTSTANDING` more may
+    /// have been sent before the failure (they sat in the client's socket buffers).
+    async fn resumed(&self, done: u64) -> Duration {
+        let since = Instant::now();
+        while self.progress.done.load(Relaxed) <= done + OUTSTANDING as u64 {
             assert!(since.elapsed() < Duration::from_secs(90), "no write acknowledged 90 s after a fault{}", diagnosis(&self.c));
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        since.elapsed()
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        self.gaps.lock().expect("gaps").longest
     }
 
     /// The replica that says it is primary (waits for one).
@@ -367,13 +397,11 @@ impl Run {
         }
     }
 
-    /// The moment of a failure and the writes acknowledged by then. Acknowledgements the
-    /// client reads in the next 100 ms were sent before it (they sat in its socket buffers),
-    /// and no new primary is elected that fast.
-    async fn failed_now(&self) -> (Instant, u64) {
-        let at = Instant::now();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        (at, self.progress.done.load(Relaxed))
+    /// Marks a failure: the writes acknowledged by now; gaps are measured afresh (the one in
+    /// progress, begun at the last acknowledgement, counts whole).
+    fn failed_now(&self) -> u64 {
+        self.gaps.lock().expect("gaps").longest = Duration::ZERO;
+        self.progress.done.load(Relaxed)
     }
 
     /// Kills `victims` at once and starts them again: once writes resume without them if a
@@ -382,15 +410,15 @@ impl Run {
         for &i in victims {
             self.c.kill9(i);
         }
-        let (at, done) = self.failed_now().await;
+        let done = self.failed_now();
         let outage = if victims.len() * 2 < self.n() {
-            let outage = self.resumed(at, done).await;
+            let outage = self.resumed(done).await;
             victims.iter().for_each(|&i| self.c.spawn(i, true));
             outage
         } else {
             tokio::time::sleep(self.rng.millis(100, 2000)).await;
             victims.iter().for_each(|&i| self.c.spawn(i, true));
-            self.resumed(at, done).await
+            self.resumed(done).await
         };
         victims.contains(&p).then_some(outage)
     }
@@ -398,17 +426,17 @@ impl Run {
     /// Stops replica `i` for 1 s to `pause_max_s`; the outage if it was the primary `p`.
     async fn pause(&mut self, i: usize, p: usize) -> Option<Duration> {
         self.c.signal(i, "STOP");
-        let (at, done) = self.failed_now().await;
+        let done = self.failed_now();
         tokio::time::sleep(self.rng.millis(1000, 1000 * self.pause_max_s)).await;
         self.c.signal(i, "CONT");
-        let outage = self.resumed(at, done).await;
+        let outage = self.resumed(done).await;
         (i == p).then_some(outage)
     }
 
     /// Fills replica `i`'s disk; once it has stopped (or was killed for not stopping), frees
     /// the space and starts it again. The outage, from its stop, if it was the primary `p`.
     async fn full_disk(&mut self, i: usize, p: usize) -> Option<Duration> {
-        // Writes go on until the log's last page is full too: the failure is the process's end.
+        // Writes go on until the log's last page is full too; the outage is the longest gap.
         self.disks.as_ref().expect("mounted").fill(i);
         if self.c.wait_exit(i, Duration::from_secs(15)).await.is_some() {
             self.tally.disk_exits += 1;
@@ -417,10 +445,10 @@ impl Run {
             self.tally.disk_stayed_up += 1;
             self.c.kill9(i);
         }
-        let (at, done) = self.failed_now().await;
+        let done = self.failed_now();
         self.disks.as_ref().expect("mounted").free(i);
         self.c.spawn(i, true);
-        let outage = self.resumed(at, done).await;
+        let outage = self.resumed(done).await;
         (i == p).then_some(outage)
     }
 
@@ -432,10 +460,10 @@ impl Run {
         let first = if self.rng.below(2) == 0 { p } else { self.pick() };
         let side: Vec<usize> = (0..size).map(|k| (first + k) % n).collect();
         self.net.as_mut().expect("namespaces").split(&side, n);
-        let (at, done) = self.failed_now().await;
+        let done = self.failed_now();
         tokio::time::sleep(self.rng.millis(1000, 1000 * self.pause_max_s)).await;
         self.net.as_mut().expect("namespaces").heal();
-        let outage = self.resumed(at, done).await;
+        let outage = self.resumed(done).await;
         side.contains(&p).then_some(outage)
     }
 
@@ -528,7 +556,8 @@ fn env_u64(name: &str) -> Option<u64> {
 /// Runs `secs` of faults against one configuration, checks the outcome, prints the summary.
 async fn nemesis(setup: Setup, secs: u64, seed: u64, next_fault: &mut usize) {
     let mut run = Run::start(setup, seed, secs);
-    let spec = LoadSpec { outstanding: 32, connections: 2, size: 64, keys: u64::MAX, start: 0, requests: None, record_acked: true };
+    let spec =
+        LoadSpec { outstanding: OUTSTANDING, connections: 2, size: 64, keys: u64::MAX, start: 0, requests: None, record_acked: true };
     run.primary().await;
     let addrs: Vec<_> = (0..run.n()).map(|i| run.c.client(i)).collect();
     let load = tokio::spawn(client::load(addrs, spec.clone(), run.progress.clone()));
