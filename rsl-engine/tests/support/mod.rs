@@ -32,6 +32,8 @@ pub struct Launch {
     pub args: Vec<String>,
     /// Shell commands run before `exec`ing the replica (`ulimit -n 128`, `trap "" XFSZ`).
     pub shell: Option<String>,
+    /// A command the replica runs under (`ip netns exec <ns>`); it must `exec` the replica.
+    pub wrap: Vec<String>,
 }
 
 pub struct Cluster {
@@ -43,6 +45,8 @@ pub struct Cluster {
     pub launch: Vec<Launch>,
     /// Each replica's stderr goes to `<dir>/<id>.stderr` instead of the test's.
     pub log_to_files: bool,
+    /// Each replica's address (127.0.0.1 unless `set_hosts`).
+    pub hosts: Vec<Ipv4Addr>,
 }
 
 impl Cluster {
@@ -68,6 +72,18 @@ impl Cluster {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             launch: vec![Launch::default(); n + spares],
             log_to_files: false,
+            hosts: vec![Ipv4Addr::LOCALHOST; n + spares],
+        }
+    }
+
+    /// Gives each replica its own address (before any is started).
+    pub fn set_hosts(&mut self, hosts: &[Ipv4Addr]) {
+        assert_eq!(hosts.len(), self.procs.len(), "one address per replica");
+        let n = self.members.split(',').count();
+        self.hosts = hosts.to_vec();
+        self.members = (0..n).map(|i| format!("{}={}", i + 1, self.paxos(i))).collect::<Vec<_>>().join(",");
+        for (launch, host) in self.launch.iter_mut().zip(hosts) {
+            launch.args.extend(["--host".to_string(), host.to_string()]);
         }
     }
 
@@ -76,12 +92,18 @@ impl Cluster {
         let port = self.base + 3 * i as u16;
         let exe = env!("CARGO_BIN_EXE_rsl-kv");
         let launch = &self.launch[i];
+        assert!(launch.wrap.is_empty() || launch.shell.is_none(), "a wrapper or a shell, not both");
         let mut cmd = match &launch.shell {
             // `exec "$0" "$@"`: the replica replaces the shell, so its pid is the child's.
             Some(prefix) => {
                 let mut sh = Command::new("sh");
                 sh.arg("-c").arg(format!("{prefix}; exec \"$0\" \"$@\"")).arg(exe);
                 sh
+            }
+            None if !launch.wrap.is_empty() => {
+                let mut wrapped = Command::new(&launch.wrap[0]);
+                wrapped.args(&launch.wrap[1..]).arg(exe);
+                wrapped
             }
             None => Command::new(exe),
         };
@@ -108,15 +130,15 @@ impl Cluster {
     }
 
     pub fn client(&self, i: usize) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.base + 3 * i as u16 + 2))
+        SocketAddr::from((self.hosts[i], self.base + 3 * i as u16 + 2))
     }
 
     pub fn paxos(&self, i: usize) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.base + 3 * i as u16))
+        SocketAddr::from((self.hosts[i], self.base + 3 * i as u16))
     }
 
     pub fn learn(&self, i: usize) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.base + 3 * i as u16 + 1))
+        SocketAddr::from((self.hosts[i], self.base + 3 * i as u16 + 1))
     }
 
     pub fn running(&self) -> Vec<SocketAddr> {
@@ -164,6 +186,12 @@ impl Cluster {
     pub fn sigterm(&self, i: usize) {
         let ok = Command::new("kill").args(["-TERM", &self.pid(i).to_string()]).status().expect("kill(1)").success();
         assert!(ok, "kill -TERM replica {}", i + 1);
+    }
+
+    /// Sends `sig` (`STOP`, `CONT`, ...) to replica `i` through `kill(1)`.
+    pub fn signal(&self, i: usize, sig: &str) {
+        let ok = Command::new("kill").args([&format!("-{sig}"), &self.pid(i).to_string()]).status().expect("kill(1)").success();
+        assert!(ok, "kill -{sig} replica {}", i + 1);
     }
 
     pub fn stderr_path(&self, i: usize) -> PathBuf {

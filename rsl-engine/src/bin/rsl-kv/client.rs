@@ -115,8 +115,9 @@ fn make_room(buf: &mut BytesMut) -> io::Result<()> {
 /// The replica that says it is primary, if any answers so.
 pub async fn find_primary(addrs: &[SocketAddr]) -> Option<SocketAddr> {
     for addr in addrs {
-        if let Ok(mut c) = Conn::connect(*addr).await {
-            if c.status().await.is_ok_and(|s| s.primary) {
+        // A stopped (SIGSTOP) replica accepts connections but never answers: ask the next.
+        if let Ok(Ok(mut c)) = tokio::time::timeout(Duration::from_secs(1), Conn::connect(*addr)).await {
+            if tokio::time::timeout(Duration::from_secs(1), c.status()).await.is_ok_and(|s| s.is_ok_and(|s| s.primary)) {
                 return Some(*addr);
             }
         }

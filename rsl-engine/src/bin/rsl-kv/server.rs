@@ -42,8 +42,12 @@ pub struct ReplicaArgs {
     pub port: u16,
     #[arg(long)]
     pub client_port: u16,
-    /// The initial members as `id=port,...` on 127.0.0.1; without it the replica waits to be
-    /// added by a configuration change.
+    /// The address this replica listens on and is known by (the fault tests give each replica
+    /// its own, in its own network namespace).
+    #[arg(long, default_value_t = Ipv4Addr::LOCALHOST)]
+    pub host: Ipv4Addr,
+    /// The initial members as `id=port,...` on 127.0.0.1 (or `id=ip:port,...`); without it the
+    /// replica waits to be added by a configuration change.
     #[arg(long)]
     pub members: Option<String>,
     /// Working directory; the replica's data goes in `<dir>/<id>`.
@@ -81,21 +85,33 @@ pub struct ReplicaArgs {
 fn shift_members(spec: &str, by: u16) -> String {
     spec.split(',')
         .map(|m| match m.split_once('=') {
-            Some((id, port)) => format!("{id}={}", port.parse::<u16>().map_or(0, |p| p + by)),
+            Some((id, at)) => {
+                let (ip, port) = at.rsplit_once(':').map_or(("", at), |(ip, port)| (ip, port));
+                let port = port.parse::<u16>().map_or(0, |p| p + by);
+                if ip.is_empty() {
+                    format!("{id}={port}")
+                } else {
+                    format!("{id}={ip}:{port}")
+                }
+            }
             None => m.to_string(),
         })
         .collect::<Vec<_>>()
         .join(",")
 }
 
-/// `id=port,...` on 127.0.0.1.
+/// `id=port,...` on 127.0.0.1, or `id=ip:port,...`.
 pub fn parse_members(spec: &str) -> Result<MemberSet, String> {
     let nodes = spec
         .split(',')
         .map(|m| {
-            let (id, port) = m.split_once('=').ok_or(format!("bad member {m:?}: want id=port"))?;
+            let (id, at) = m.split_once('=').ok_or(format!("bad member {m:?}: want id=port"))?;
+            let (ip, port) = match at.rsplit_once(':') {
+                Some((ip, port)) => (ip.parse().map_err(|_| format!("bad address in {m:?}"))?, port),
+                None => (Ipv4Addr::LOCALHOST, at),
+            };
             let port: u16 = port.parse().map_err(|_| format!("bad port in {m:?}"))?;
-            rsl_engine::runtime::api::node(id, Ipv4Addr::LOCALHOST, port).ok_or(format!("bad member id {id:?}"))
+            rsl_engine::runtime::api::node(id, ip, port).ok_or(format!("bad member id {id:?}"))
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(MemberSet { nodes, cookie: Bytes::new() })
@@ -126,9 +142,8 @@ pub fn run(args: ReplicaArgs) -> Result<u8, String> {
             ring.dir = args.dir.join(format!("ring{k}"));
         }
         let (replica, server) = start(ring.clone())?;
-        let listener = rt
-            .block_on(TcpListener::bind((Ipv4Addr::LOCALHOST, ring.client_port)))
-            .map_err(|e| format!("client port {}: {e}", ring.client_port))?;
+        let listener =
+            rt.block_on(TcpListener::bind((ring.host, ring.client_port))).map_err(|e| format!("client port {}: {e}", ring.client_port))?;
         rt.spawn(server.accept(listener));
         replicas.push(replica);
     }
@@ -182,7 +197,7 @@ fn watchdog(code: u8) {
 /// Starts one ring's replica and the server for its clients.
 fn start(args: ReplicaArgs) -> Result<(Arc<RslReplica>, Server), String> {
     let version = Version::new(args.version).ok_or("unknown protocol version")?;
-    let me: Node = rsl_engine::runtime::api::node(&args.id, Ipv4Addr::LOCALHOST, args.port).ok_or("bad member id")?;
+    let me: Node = rsl_engine::runtime::api::node(&args.id, args.host, args.port).ok_or("bad member id")?;
     let members = args.members.as_deref().map(parse_members).transpose()?;
     let cfg = RslConfig {
         working_dir: args.dir.clone(),
