@@ -5,6 +5,7 @@
 
 use super::api::{ResponseCode, StateMachine};
 use super::checkpoints::{CheckpointStore, Saved};
+use super::queue::{Inbox, Queue};
 use super::ring::Event;
 use super::Shared;
 use crate::format::checkpoint::{CheckpointHeader, CheckpointReader};
@@ -13,7 +14,7 @@ use crate::paxos::{AbortReason, Checkpoint, Cookie};
 use bytes::Bytes;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::{Relaxed, Release};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -86,7 +87,7 @@ pub(crate) struct Executor {
     pub me: MemberId,
     pub version: Version,
     /// Where checkpoint completions go (the protocol thread).
-    pub events: Sender<Event>,
+    pub events: Queue<Event>,
     /// Fast reads waiting for the state to reach their sequence number, oldest deadline first.
     waiting: Vec<(u64, Bytes, Cookie, Instant)>,
     /// A save refused by `try_save_state`, retried once saving is allowed again.
@@ -103,13 +104,13 @@ impl Executor {
         store: CheckpointStore,
         me: MemberId,
         version: Version,
-        events: Sender<Event>,
+        events: Queue<Event>,
     ) -> Executor {
         Executor { sm, shared, store, me, version, events, waiting: Vec::new(), deferred_save: None, save_after: None }
     }
 
     /// Runs until `Stop` or until the protocol thread goes away.
-    pub fn run(mut self, work: Receiver<Work>) {
+    pub fn run(mut self, work: Inbox<Work>) {
         loop {
             let timeout = self.waiting.iter().map(|w| w.3).min().map(|d| d.saturating_duration_since(Instant::now()));
             let item = match timeout {
@@ -281,7 +282,7 @@ impl Executor {
 /// Keeps a checkpoint downloaded into `temp` as this replica's `<decree>.codex`: the blocks
 /// are checked on the blocking pool, and the store's owner (the execute thread) only places
 /// the file. Returns it with its header; on a failure the file is gone.
-pub(crate) async fn install(work: &Sender<Work>, temp: PathBuf, decree: u64) -> Result<(Saved, CheckpointHeader), String> {
+pub(crate) async fn install(work: &Queue<Work>, temp: PathBuf, decree: u64) -> Result<(Saved, CheckpointHeader), String> {
     let check = temp.clone();
     let checked = tokio::task::spawn_blocking(move || CheckpointStore::check_download(&check, decree)).await;
     let (size, header) = checked.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;

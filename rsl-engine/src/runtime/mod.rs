@@ -12,6 +12,7 @@ pub mod config;
 mod exec;
 pub mod journal;
 pub mod learn;
+mod queue;
 mod replay;
 mod replica;
 mod ring;
@@ -96,6 +97,8 @@ pub(crate) struct Counters {
     pub fast_reads: AtomicU64,
     pub checkpoints_saved: AtomicU64,
     pub messages_rejected: AtomicU64,
+    pub messages_dropped: AtomicU64,
+    pub requests_refused: AtomicU64,
 }
 
 impl Shared {
