@@ -264,8 +264,8 @@ typedef struct rsl_stats {
    */
   uint64_t messages_dropped;
   /**
-   * Replicated requests (`NotPrimary`) and fast reads (`FastReadStale`) refused because
-   * their queue was full.
+   * Replicated requests (`NotPrimary`, or aborted with it) and fast reads (`FastReadStale`)
+   * refused because their queue was full.
    */
   uint64_t requests_refused;
   /**
@@ -276,6 +276,10 @@ typedef struct rsl_stats {
    * The most items queued for the execute thread at once since the last snapshot.
    */
   uint64_t work_queue_depth;
+  /**
+   * The bytes of requests queued behind the primary's votes in flight (now, not a mark).
+   */
+  uint64_t queued_request_bytes;
 } rsl_stats;
 
 /**

@@ -112,13 +112,15 @@ pub struct rsl_stats {
     pub tls_refused: u64,
     /// Messages from peers dropped because the protocol thread's queue was full.
     pub messages_dropped: u64,
-    /// Replicated requests (`NotPrimary`) and fast reads (`FastReadStale`) refused because
-    /// their queue was full.
+    /// Replicated requests (`NotPrimary`, or aborted with it) and fast reads (`FastReadStale`)
+    /// refused because their queue was full.
     pub requests_refused: u64,
     /// The most events queued for the protocol thread at once since the last snapshot.
     pub event_queue_depth: u64,
     /// The most items queued for the execute thread at once since the last snapshot.
     pub work_queue_depth: u64,
+    /// The bytes of requests queued behind the primary's votes in flight (now, not a mark).
+    pub queued_request_bytes: u64,
 }
 
 /// Both directions of the numeric and boolean fields, from one list.
@@ -392,5 +394,6 @@ pub(crate) fn stats_to_c(s: &Stats) -> rsl_stats {
         requests_refused: s.requests_refused,
         event_queue_depth: s.event_queue_depth,
         work_queue_depth: s.work_queue_depth,
+        queued_request_bytes: s.queued_request_bytes,
     }
 }

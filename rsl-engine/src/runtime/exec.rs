@@ -21,6 +21,9 @@ use tokio::sync::oneshot;
 
 /// What the protocol thread (or an API call) hands the execute thread, in order.
 pub(crate) enum Work {
+    /// Tests: the execute thread waits here until the sender is dropped (or sends).
+    #[cfg(test)]
+    Pause(std::sync::mpsc::Receiver<()>),
     Execute {
         vote: Arc<Message>,
         cookies: Vec<Cookie>,
@@ -151,6 +154,8 @@ impl Executor {
             Work::Copied { seq, path, cookie } => self.sm.state_copied(seq, path.as_deref(), cookie),
             Work::FastRead { max_seen, request, cookie, deadline } => self.waiting.push((max_seen, request, cookie, deadline)),
             Work::Stop => {}
+            #[cfg(test)]
+            Work::Pause(until) => drop(until.recv()),
         }
     }
 

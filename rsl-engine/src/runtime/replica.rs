@@ -70,6 +70,8 @@ pub struct RslReplica {
     me: Node,
     version: Version,
     fast_read_threshold: u64,
+    /// Requests are refused while the core queues this many bytes of them (`max_cache_bytes`).
+    max_queued_bytes: u64,
     transport: Arc<Transport>,
     checkpoints: Arc<Catalog>,
     receive_timeout: Duration,
@@ -244,6 +246,7 @@ impl RslReplica {
             me,
             version,
             fast_read_threshold: cfg.fast_read_seq_threshold.into(),
+            max_queued_bytes: u64::from(cfg.max_cache_length_mb) << 20,
             transport,
             checkpoints,
             receive_timeout: Duration::from_secs(cfg.receive_timeout_sec.into()),
@@ -288,7 +291,8 @@ impl RslReplica {
 
     /// `ReplicateRequest`: on Success the cookie comes back exactly once, through
     /// `execute_replicated_request` here or `abort_request`. `NotPrimary` also answers a
-    /// request that finds the protocol thread's queue full (docs/runtime.md); retry later.
+    /// request that finds the protocol thread's queue full, or the requests queued behind the
+    /// votes in flight at `max_cache_length_mb` (docs/runtime.md); retry later.
     pub fn replicate_request(&self, request: Bytes, cookie: Cookie) -> ResponseCode {
         self.submit(request, cookie, false, false)
     }
@@ -309,6 +313,12 @@ impl RslReplica {
     fn submit(&self, request: Bytes, cookie: Cookie, exclusive: bool, last: bool) -> ResponseCode {
         if let Some(code) = self.check_submit(&request) {
             return code;
+        }
+        // The core refuses past its bound too (the cookie then comes back aborted); this answers
+        // at once while the bound is already reached.
+        if self.shared.queued_bytes.load(Relaxed) >= self.max_queued_bytes {
+            self.shared.stats.requests_refused.fetch_add(1, Relaxed);
+            return ResponseCode::NotPrimary;
         }
         self.offer(&self.events, Event::Submit { request, cookie, exclusive, last }, ResponseCode::NotPrimary)
     }
@@ -486,6 +496,7 @@ impl RslReplica {
             requests_refused: take(&c.requests_refused),
             event_queue_depth: self.events.depth().take_high(),
             work_queue_depth: self.work.depth().take_high(),
+            queued_request_bytes: self.shared.queued_bytes.load(Relaxed),
             tls_refused: self.tls.as_ref().map_or(0, |tls| {
                 let now = tls.refused();
                 now.saturating_sub(self.tls_refused_reported.swap(now, Relaxed))
@@ -653,7 +664,9 @@ mod tests {
             assert!(request != b"boom", "the state machine panics on boom");
             self.0.lock().unwrap().push("exec");
         }
-        fn execute_fast_read_request(&mut self, _: &[u8], _: Cookie) {}
+        fn execute_fast_read_request(&mut self, _: &[u8], _: Cookie) {
+            self.0.lock().unwrap().push("read");
+        }
         fn abort_request(&mut self, _: ResponseCode, _: Cookie) {
             self.0.lock().unwrap().push("abort");
         }
@@ -840,6 +853,31 @@ mod tests {
         assert_eq!(r.replicate_request(Bytes::from_static(b"after"), 2 << 40), ResponseCode::Success);
         wait_for("a request after the flood", || one.calls.lock().unwrap().iter().filter(|c| **c == "exec").count() == taken + 1);
         assert!(r.failure().is_none());
+    }
+
+    /// While the execute thread is stuck, fast reads past its queue's bound are answered
+    /// `FastReadStale` at once; once it goes on, the reads taken run and new ones are taken.
+    #[test]
+    fn a_full_work_queue_refuses_fast_reads_then_recovers() {
+        let one = start_one(Arc::new(AdmitAll));
+        one.wait_primary();
+        let r = one.r();
+        let reads = || one.calls.lock().unwrap().iter().filter(|c| **c == "read").count();
+        let (resume, until) = mpsc::channel();
+        r.work.send(Work::Pause(until)).unwrap();
+        let read = |cookie| r.fast_read_request(0, Bytes::from_static(b"read"), cookie, Duration::ZERO);
+        let taken = (0..=queue::CAPACITY as u64).take_while(|&i| read(i) == ResponseCode::Success).count();
+        assert!(taken <= queue::CAPACITY, "a read past the bound was refused");
+        assert_eq!(read(1 << 40), ResponseCode::FastReadStale);
+        let stats = r.statistics_snapshot();
+        assert_eq!(stats.requests_refused, 2, "{stats:?}");
+        assert!(stats.work_queue_depth >= queue::CAPACITY as u64, "{stats:?}");
+        drop(resume);
+        wait_for("queued reads run", || reads() == taken);
+        assert_eq!(read(2 << 40), ResponseCode::Success);
+        wait_for("a read after the flood", || reads() == taken + 1);
+        assert_eq!(r.replicate_request(Bytes::from_static(b"after"), 3 << 40), ResponseCode::Success);
+        wait_for("a request after the flood", || one.calls.lock().unwrap().contains(&"exec"));
     }
 
     /// Finding 3 of issue 9: a replica that was never bootstrapped, added to a ring started

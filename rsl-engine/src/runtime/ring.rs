@@ -308,6 +308,9 @@ impl Ring {
         };
         self.apply(out);
         if let Err(e) = result {
+            if e == SubmitError::Full {
+                self.shared.stats.requests_refused.fetch_add(1, Relaxed);
+            }
             let code = if e == SubmitError::ShuttingDown { ResponseCode::ShuttingDown } else { ResponseCode::NotPrimary };
             let _ = self.work.send(Work::Abort { cookie, code });
         }
@@ -558,6 +561,7 @@ impl Ring {
     /// Takes the view's lock only when something in it changed.
     fn publish(&mut self) {
         self.shared.stats.log_syncs.store(self.journal.syncs(), Relaxed);
+        self.shared.queued_bytes.store(self.core.queued_bytes() as u64, Relaxed);
         let (_, ballot) = self.core.accepted();
         let now = ((!ballot.is_empty()).then_some(ballot.member), Some(self.core.role()));
         if now != self.published {
