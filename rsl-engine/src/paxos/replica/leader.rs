@@ -190,6 +190,7 @@ impl Replica {
     /// Proposes queued votes while the window has room. A reconfiguration or relinquish vote
     /// goes alone: nothing else is in flight with it.
     pub(super) fn send_next(&mut self, now: Micros, out: &mut Vec<Action>) {
+        debug_assert_eq!(self.to_send_bytes, self.to_send.iter().map(|p| p.bytes).sum::<usize>(), "the send queue's size is kept");
         while self.role == Role::Primary && self.is_primary && !self.relinquishing && self.outstanding.len() < self.window() {
             let Some(next) = self.to_send.front() else { return };
             let alone = |b: &VoteBody| b.reconfig.is_some() || b.relinquish;
