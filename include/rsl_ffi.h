@@ -259,6 +259,27 @@ typedef struct rsl_stats {
    * TLS handshakes refused, either side, on the Paxos and learn ports (0 without TLS).
    */
   uint64_t tls_refused;
+  /**
+   * Messages from peers dropped because the protocol thread's queue was full.
+   */
+  uint64_t messages_dropped;
+  /**
+   * Replicated requests (`NotPrimary`, or aborted with it) and fast reads (`FastReadStale`)
+   * refused because their queue was full.
+   */
+  uint64_t requests_refused;
+  /**
+   * The most events queued for the protocol thread at once since the last snapshot.
+   */
+  uint64_t event_queue_depth;
+  /**
+   * The most items queued for the execute thread at once since the last snapshot.
+   */
+  uint64_t work_queue_depth;
+  /**
+   * The bytes of requests queued behind the primary's votes in flight (now, not a mark).
+   */
+  uint64_t queued_request_bytes;
 } rsl_stats;
 
 /**

@@ -110,6 +110,17 @@ pub struct rsl_stats {
     pub messages_rejected: u64,
     /// TLS handshakes refused, either side, on the Paxos and learn ports (0 without TLS).
     pub tls_refused: u64,
+    /// Messages from peers dropped because the protocol thread's queue was full.
+    pub messages_dropped: u64,
+    /// Replicated requests (`NotPrimary`, or aborted with it) and fast reads (`FastReadStale`)
+    /// refused because their queue was full.
+    pub requests_refused: u64,
+    /// The most events queued for the protocol thread at once since the last snapshot.
+    pub event_queue_depth: u64,
+    /// The most items queued for the execute thread at once since the last snapshot.
+    pub work_queue_depth: u64,
+    /// The bytes of requests queued behind the primary's votes in flight (now, not a mark).
+    pub queued_request_bytes: u64,
 }
 
 /// Both directions of the numeric and boolean fields, from one list.
@@ -379,5 +390,10 @@ pub(crate) fn stats_to_c(s: &Stats) -> rsl_stats {
         checkpoints_saved: s.checkpoints_saved,
         messages_rejected: s.messages_rejected,
         tls_refused: s.tls_refused,
+        messages_dropped: s.messages_dropped,
+        requests_refused: s.requests_refused,
+        event_queue_depth: s.event_queue_depth,
+        work_queue_depth: s.work_queue_depth,
+        queued_request_bytes: s.queued_request_bytes,
     }
 }

@@ -256,7 +256,8 @@ pub struct CoreConfig {
     pub resend_interval: Micros,
     /// Requests are batched into one vote up to this many bytes.
     pub max_vote_bytes: usize,
-    /// Votes cached while initializing, in bytes; past it the cache is dropped.
+    /// Votes cached while initializing, in bytes; past it the cache is dropped. Also the
+    /// primary's requests queued behind the votes in flight: past it a request is refused.
     pub max_cache_bytes: usize,
     pub use_global_accept_flag: bool,
     /// How often a primary that wants to copy a checkpoint asks who has one.
@@ -298,6 +299,8 @@ pub enum SubmitError {
     InvalidRequest,
     /// This protocol version cannot express it (reconfiguration needs v3, bootstrap v4).
     Unsupported,
+    /// The requests queued behind the votes in flight already hold `max_cache_bytes`.
+    Full,
 }
 
 /// Why `Bootstrap` failed (RSL's `RSLResponseCode` values for it).

@@ -123,6 +123,21 @@ pub struct Stats {
     pub messages_rejected: u64,
     /// TLS handshakes refused, either side, on the Paxos and learn ports (0 without TLS).
     pub tls_refused: u64,
+    /// Messages from peers dropped because the protocol thread's queue was full (the peers
+    /// resend what matters).
+    pub messages_dropped: u64,
+    /// Replicated requests (answered `NotPrimary`, or aborted with it) and fast reads
+    /// (`FastReadStale`) refused because the queue they go to was full.
+    pub requests_refused: u64,
+    /// The most events (peers' messages, requests, completions) queued for the protocol
+    /// thread at once since the last snapshot; outside input is refused past 4096.
+    pub event_queue_depth: u64,
+    /// The same for the execute thread's queue (decrees to execute, fast reads, checkpoint
+    /// work); fast reads are refused past 4096.
+    pub work_queue_depth: u64,
+    /// The bytes of requests the primary queues behind its votes in flight (now, not a mark);
+    /// requests are refused while it is at `max_cache_length_mb`.
+    pub queued_request_bytes: u64,
 }
 
 /// A node that the application names: its id and where it listens.

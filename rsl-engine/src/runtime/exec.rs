@@ -5,6 +5,7 @@
 
 use super::api::{ResponseCode, StateMachine};
 use super::checkpoints::{CheckpointStore, Saved};
+use super::queue::{Inbox, Queue};
 use super::ring::Event;
 use super::Shared;
 use crate::format::checkpoint::{CheckpointHeader, CheckpointReader};
@@ -13,13 +14,16 @@ use crate::paxos::{AbortReason, Checkpoint, Cookie};
 use bytes::Bytes;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::{Relaxed, Release};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// What the protocol thread (or an API call) hands the execute thread, in order.
 pub(crate) enum Work {
+    /// Tests: the execute thread waits here until the sender is dropped (or sends).
+    #[cfg(test)]
+    Pause(std::sync::mpsc::Receiver<()>),
     Execute {
         vote: Arc<Message>,
         cookies: Vec<Cookie>,
@@ -86,7 +90,7 @@ pub(crate) struct Executor {
     pub me: MemberId,
     pub version: Version,
     /// Where checkpoint completions go (the protocol thread).
-    pub events: Sender<Event>,
+    pub events: Queue<Event>,
     /// Fast reads waiting for the state to reach their sequence number, oldest deadline first.
     waiting: Vec<(u64, Bytes, Cookie, Instant)>,
     /// A save refused by `try_save_state`, retried once saving is allowed again.
@@ -103,13 +107,13 @@ impl Executor {
         store: CheckpointStore,
         me: MemberId,
         version: Version,
-        events: Sender<Event>,
+        events: Queue<Event>,
     ) -> Executor {
         Executor { sm, shared, store, me, version, events, waiting: Vec::new(), deferred_save: None, save_after: None }
     }
 
     /// Runs until `Stop` or until the protocol thread goes away.
-    pub fn run(mut self, work: Receiver<Work>) {
+    pub fn run(mut self, work: Inbox<Work>) {
         loop {
             let timeout = self.waiting.iter().map(|w| w.3).min().map(|d| d.saturating_duration_since(Instant::now()));
             let item = match timeout {
@@ -150,6 +154,8 @@ impl Executor {
             Work::Copied { seq, path, cookie } => self.sm.state_copied(seq, path.as_deref(), cookie),
             Work::FastRead { max_seen, request, cookie, deadline } => self.waiting.push((max_seen, request, cookie, deadline)),
             Work::Stop => {}
+            #[cfg(test)]
+            Work::Pause(until) => drop(until.recv()),
         }
     }
 
@@ -281,7 +287,7 @@ impl Executor {
 /// Keeps a checkpoint downloaded into `temp` as this replica's `<decree>.codex`: the blocks
 /// are checked on the blocking pool, and the store's owner (the execute thread) only places
 /// the file. Returns it with its header; on a failure the file is gone.
-pub(crate) async fn install(work: &Sender<Work>, temp: PathBuf, decree: u64) -> Result<(Saved, CheckpointHeader), String> {
+pub(crate) async fn install(work: &Queue<Work>, temp: PathBuf, decree: u64) -> Result<(Saved, CheckpointHeader), String> {
     let check = temp.clone();
     let checked = tokio::task::spawn_blocking(move || CheckpointStore::check_download(&check, decree)).await;
     let (size, header) = checked.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;

@@ -12,6 +12,7 @@ pub mod config;
 mod exec;
 pub mod journal;
 pub mod learn;
+mod queue;
 mod replay;
 mod replica;
 mod ring;
@@ -72,6 +73,8 @@ pub(crate) struct Shared {
     pub passed_seq: AtomicU64,
     pub saving: AtomicBool,
     pub allow_save: AtomicBool,
+    /// The core's queued request bytes (`Replica::queued_bytes`), as last published.
+    pub queued_bytes: AtomicU64,
     pub stats: Counters,
     pub view: Mutex<View>,
     /// Why the replica stopped on its own (a panicked thread, an I/O error); the first reason.
@@ -96,6 +99,8 @@ pub(crate) struct Counters {
     pub fast_reads: AtomicU64,
     pub checkpoints_saved: AtomicU64,
     pub messages_rejected: AtomicU64,
+    pub messages_dropped: AtomicU64,
+    pub requests_refused: AtomicU64,
 }
 
 impl Shared {
@@ -107,6 +112,7 @@ impl Shared {
             passed_seq: AtomicU64::new(current_seq),
             saving: AtomicBool::new(false),
             allow_save: AtomicBool::new(true),
+            queued_bytes: AtomicU64::new(0),
             stats: Counters::default(),
             view: Mutex::new(View::default()),
             failure: OnceLock::new(),

@@ -7,6 +7,7 @@ use super::config::{ConfigError, RslConfig};
 use super::exec::{Executor, Work};
 use super::journal::{read_defunct, Journal, JournalOptions, Replay};
 use super::learn::{self, LearnServer, LearnSource};
+use super::queue::{self, Queue, Refused};
 use super::ring::{learn_addr, Event, Limits, Ring};
 use super::tls::{Tls, TlsError};
 use super::transport::{Origin, Transport};
@@ -19,7 +20,7 @@ use std::net::{SocketAddr, SocketAddrV4};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::{Acquire, Relaxed};
-use std::sync::mpsc::{self, Sender};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -64,11 +65,13 @@ pub enum InitError {
 /// `std::process::exit` from `shut_down` or when `failure()` turns `Some` (as `rsl-kv` does).
 pub struct RslReplica {
     shared: Arc<Shared>,
-    events: Sender<Event>,
-    work: Sender<Work>,
+    events: Queue<Event>,
+    work: Queue<Work>,
     me: Node,
     version: Version,
     fast_read_threshold: u64,
+    /// Requests are refused while the core queues this many bytes of them (`max_cache_bytes`).
+    max_queued_bytes: u64,
     transport: Arc<Transport>,
     checkpoints: Arc<Catalog>,
     receive_timeout: Duration,
@@ -147,8 +150,8 @@ impl RslReplica {
         let checkpoints = store.catalog();
         let start = Instant::now();
         let shared = Arc::new(Shared::new(loaded.as_ref().map_or(0, |(cp, _)| cp.decree)));
-        let (events_tx, events_rx) = mpsc::channel();
-        let (work_tx, work_rx) = mpsc::channel();
+        let (events_tx, events_rx) = queue::bounded(queue::CAPACITY);
+        let (work_tx, work_rx) = queue::bounded(queue::CAPACITY);
 
         let on_durable = {
             let events = events_tx.clone();
@@ -195,9 +198,15 @@ impl RslReplica {
         if tls.is_none() && !paxos.ip().is_loopback() {
             tracing::warn!(%paxos, "TLS is off: the Paxos and learn ports take any peer that can reach them, unauthenticated");
         }
+        // A message that finds the protocol thread's queue full is dropped, not waited for: the
+        // transport's tasks must never block, and the sender resends what matters.
         let deliver = {
-            let events = events_tx.clone();
-            Arc::new(move |msg: Arc<Message>, origin: Origin| drop(events.send(Event::Message(msg, origin))))
+            let (events, shared) = (events_tx.clone(), shared.clone());
+            Arc::new(move |msg: Arc<Message>, origin: Origin| {
+                if events.offer(Event::Message(msg, origin)) == Err(Refused::Full) {
+                    shared.stats.messages_dropped.fetch_add(1, Relaxed);
+                }
+            })
         };
         let transport = Arc::new(
             Transport::start(runtime.handle(), paxos, cfg.transport_options(), tls.clone(), deliver)
@@ -237,6 +246,7 @@ impl RslReplica {
             me,
             version,
             fast_read_threshold: cfg.fast_read_seq_threshold.into(),
+            max_queued_bytes: u64::from(cfg.max_cache_length_mb) << 20,
             transport,
             checkpoints,
             receive_timeout: Duration::from_secs(cfg.receive_timeout_sec.into()),
@@ -280,7 +290,9 @@ impl RslReplica {
     }
 
     /// `ReplicateRequest`: on Success the cookie comes back exactly once, through
-    /// `execute_replicated_request` here or `abort_request`.
+    /// `execute_replicated_request` here or `abort_request`. `NotPrimary` also answers a
+    /// request that finds the protocol thread's queue full, or the requests queued behind the
+    /// votes in flight at `max_cache_length_mb` (docs/runtime.md); retry later.
     pub fn replicate_request(&self, request: Bytes, cookie: Cookie) -> ResponseCode {
         self.submit(request, cookie, false, false)
     }
@@ -302,10 +314,13 @@ impl RslReplica {
         if let Some(code) = self.check_submit(&request) {
             return code;
         }
-        match self.events.send(Event::Submit { request, cookie, exclusive, last }) {
-            Ok(()) => ResponseCode::Success,
-            Err(_) => ResponseCode::ShuttingDown,
+        // The core refuses past its bound too (the cookie then comes back aborted); this answers
+        // at once while the bound is already reached.
+        if self.shared.queued_bytes.load(Relaxed) >= self.max_queued_bytes {
+            self.shared.stats.requests_refused.fetch_add(1, Relaxed);
+            return ResponseCode::NotPrimary;
         }
+        self.offer(&self.events, Event::Submit { request, cookie, exclusive, last }, ResponseCode::NotPrimary)
     }
 
     /// `FastReadRequest`: runs `execute_fast_read_request` on this replica once its state has
@@ -320,9 +335,22 @@ impl RslReplica {
             return ResponseCode::FastReadStale;
         }
         let deadline = Instant::now() + timeout;
-        match self.work.send(Work::FastRead { max_seen: max_seen_seq_no, request, cookie, deadline }) {
+        self.offer(&self.work, Work::FastRead { max_seen: max_seen_seq_no, request, cookie, deadline }, ResponseCode::FastReadStale)
+    }
+
+    /// Queues a request for one of the replica's threads, answering `full` at once (and
+    /// counting it) when that thread's queue is full. The original's queues have no bound, so
+    /// it has no code of its own for this; `full` is the one among the call's documented codes
+    /// that tells the caller to retry later: `NotPrimary` for a replicated request (as while a
+    /// primary is being elected), `FastReadStale` for a read (as while a checkpoint is saved).
+    fn offer<T>(&self, queue: &Queue<T>, item: T, full: ResponseCode) -> ResponseCode {
+        match queue.offer(item) {
             Ok(()) => ResponseCode::Success,
-            Err(_) => ResponseCode::ShuttingDown,
+            Err(Refused::Full) => {
+                self.shared.stats.requests_refused.fetch_add(1, Relaxed);
+                full
+            }
+            Err(Refused::Closed) => ResponseCode::ShuttingDown,
         }
     }
 
@@ -367,6 +395,8 @@ impl RslReplica {
         self.ask(|reply| Event::Bootstrap { members, reply })
     }
 
+    /// A call that waits for the protocol thread's answer. Its event is queued whatever the
+    /// depth: each caller has at most one waiting, so these cannot flood the queue.
     fn ask(&self, event: impl FnOnce(mpsc::SyncSender<ResponseCode>) -> Event) -> ResponseCode {
         if self.shared.shutting_down.load(Relaxed) {
             return ResponseCode::ShuttingDown;
@@ -378,6 +408,8 @@ impl RslReplica {
         rx.recv().unwrap_or(ResponseCode::ShuttingDown)
     }
 
+    /// A control call (relinquish, promotion, vote payload, accepting messages): rare, and not
+    /// to be lost, so queued whatever the depth.
     fn input(&self, input: Input) {
         let _ = self.events.send(Event::Input(input));
     }
@@ -460,6 +492,11 @@ impl RslReplica {
             fast_reads: take(&c.fast_reads),
             checkpoints_saved: take(&c.checkpoints_saved),
             messages_rejected: take(&c.messages_rejected),
+            messages_dropped: take(&c.messages_dropped),
+            requests_refused: take(&c.requests_refused),
+            event_queue_depth: self.events.depth().take_high(),
+            work_queue_depth: self.work.depth().take_high(),
+            queued_request_bytes: self.shared.queued_bytes.load(Relaxed),
             tls_refused: self.tls.as_ref().map_or(0, |tls| {
                 let now = tls.refused();
                 now.saturating_sub(self.tls_refused_reported.swap(now, Relaxed))
@@ -512,7 +549,7 @@ impl Drop for RslReplica {
 async fn copy_state(
     peers: Vec<Node>,
     checkpoints: &Catalog,
-    work: &Sender<Work>,
+    work: &Queue<Work>,
     me: MemberId,
     version: Version,
     limit: Duration,
@@ -563,8 +600,8 @@ fn replay(core: &mut Replica, logged: &Replay, exec: &mut Executor) -> Result<()
 #[derive(Clone)]
 struct Siblings {
     shared: Arc<Shared>,
-    events: Sender<Event>,
-    work: Sender<Work>,
+    events: Queue<Event>,
+    work: Queue<Work>,
     transport: Arc<Transport>,
 }
 
@@ -627,7 +664,9 @@ mod tests {
             assert!(request != b"boom", "the state machine panics on boom");
             self.0.lock().unwrap().push("exec");
         }
-        fn execute_fast_read_request(&mut self, _: &[u8], _: Cookie) {}
+        fn execute_fast_read_request(&mut self, _: &[u8], _: Cookie) {
+            self.0.lock().unwrap().push("read");
+        }
         fn abort_request(&mut self, _: ResponseCode, _: Cookie) {
             self.0.lock().unwrap().push("abort");
         }
@@ -777,6 +816,68 @@ mod tests {
         let reason = one.assert_failed();
         assert!(reason.starts_with("journal write failed: ") && reason.contains("injected write failure"), "{reason}");
         assert_eq!(one.shut_downs(), 1, "shut_down is raised once");
+    }
+
+    /// While the protocol thread is stuck, requests past its queue's bound are answered
+    /// `NotPrimary` at once and peers' messages past it are dropped and counted, without
+    /// blocking anyone; once it goes on, the replica replicates again.
+    #[test]
+    fn a_full_event_queue_refuses_requests_and_drops_messages_then_recovers() {
+        let one = start_one(Arc::new(AdmitAll));
+        one.wait_primary();
+        let r = one.r();
+        let (resume, until) = mpsc::channel();
+        r.events.send(Event::Pause(until)).unwrap();
+        // At most the capacity is taken; then a request is refused, the replica still primary.
+        let taken = (0..=queue::CAPACITY as u64)
+            .take_while(|&i| r.replicate_request(Bytes::from_static(b"queued"), i) == ResponseCode::Success)
+            .count();
+        assert!(taken <= queue::CAPACITY, "a request past the bound was refused");
+        assert_eq!(r.replicate_request(Bytes::from_static(b"refused"), 1 << 40), ResponseCode::NotPrimary);
+        assert!(r.is_primary());
+        // A peer floods the Paxos port; the transport's task drops what does not fit.
+        let header = Header::new(Version::V6, MemberId::new("2").unwrap(), 1, 1, Ballot::EMPTY);
+        let msg = crate::runtime::transport::frame(&Message::new(header, Body::StatusQuery), &mut Default::default());
+        let mut peer = std::net::TcpStream::connect(r.transport.local_addr()).unwrap();
+        let mut dropped = 0;
+        wait_for("messages dropped", || {
+            std::io::Write::write_all(&mut peer, &msg).unwrap();
+            dropped += r.statistics_snapshot().messages_dropped;
+            dropped > 0
+        });
+        let stats = r.statistics_snapshot();
+        assert!(stats.event_queue_depth >= queue::CAPACITY as u64, "{stats:?}");
+        drop(resume);
+        // Everything queued executes, and a new request replicates.
+        wait_for("queued requests executed", || one.calls.lock().unwrap().iter().filter(|c| **c == "exec").count() == taken);
+        assert_eq!(r.replicate_request(Bytes::from_static(b"after"), 2 << 40), ResponseCode::Success);
+        wait_for("a request after the flood", || one.calls.lock().unwrap().iter().filter(|c| **c == "exec").count() == taken + 1);
+        assert!(r.failure().is_none());
+    }
+
+    /// While the execute thread is stuck, fast reads past its queue's bound are answered
+    /// `FastReadStale` at once; once it goes on, the reads taken run and new ones are taken.
+    #[test]
+    fn a_full_work_queue_refuses_fast_reads_then_recovers() {
+        let one = start_one(Arc::new(AdmitAll));
+        one.wait_primary();
+        let r = one.r();
+        let reads = || one.calls.lock().unwrap().iter().filter(|c| **c == "read").count();
+        let (resume, until) = mpsc::channel();
+        r.work.send(Work::Pause(until)).unwrap();
+        let read = |cookie| r.fast_read_request(0, Bytes::from_static(b"read"), cookie, Duration::ZERO);
+        let taken = (0..=queue::CAPACITY as u64).take_while(|&i| read(i) == ResponseCode::Success).count();
+        assert!(taken <= queue::CAPACITY, "a read past the bound was refused");
+        assert_eq!(read(1 << 40), ResponseCode::FastReadStale);
+        let stats = r.statistics_snapshot();
+        assert_eq!(stats.requests_refused, 2, "{stats:?}");
+        assert!(stats.work_queue_depth >= queue::CAPACITY as u64, "{stats:?}");
+        drop(resume);
+        wait_for("queued reads run", || reads() == taken);
+        assert_eq!(read(2 << 40), ResponseCode::Success);
+        wait_for("a read after the flood", || reads() == taken + 1);
+        assert_eq!(r.replicate_request(Bytes::from_static(b"after"), 3 << 40), ResponseCode::Success);
+        wait_for("a request after the flood", || one.calls.lock().unwrap().contains(&"exec"));
     }
 
     /// Finding 3 of issue 9: a replica that was never bootstrapped, added to a ring started

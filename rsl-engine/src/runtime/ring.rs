@@ -7,6 +7,7 @@ use super::checkpoints::{core_checkpoint, Catalog};
 use super::exec::{abort_code, Work};
 use super::journal::{write_defunct, Journal};
 use super::learn;
+use super::queue::{Inbox, Queue, CAPACITY};
 use super::tls::{PeerIdentity, Tls};
 use super::transport::{frame, Origin, RateLimited, Transport};
 use super::{spawn_task, Shared};
@@ -18,7 +19,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::mpsc::{RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -63,6 +64,9 @@ pub(crate) enum Event {
     /// panicked): the replica fails (`RslReplica::failure`) and stops cleanly.
     Fatal(String),
     Stop,
+    /// Tests: the protocol thread waits here until the sender is dropped (or sends).
+    #[cfg(test)]
+    Pause(std::sync::mpsc::Receiver<()>),
 }
 
 /// The core's synchronous questions, answered by the service's [`Admission`].
@@ -89,8 +93,8 @@ pub(crate) struct Ring {
     pub journal: Journal,
     pub transport: Arc<Transport>,
     pub rt: tokio::runtime::Handle,
-    pub work: Sender<Work>,
-    pub events: Sender<Event>,
+    pub work: Queue<Work>,
+    pub events: Queue<Event>,
     pub shared: Arc<Shared>,
     /// The checkpoint store as its owner (the execute thread) last published it.
     pub checkpoints: Arc<Catalog>,
@@ -129,8 +133,8 @@ impl Ring {
         journal: Journal,
         transport: Arc<Transport>,
         rt: tokio::runtime::Handle,
-        work: Sender<Work>,
-        events: Sender<Event>,
+        work: Queue<Work>,
+        events: Queue<Event>,
         shared: Arc<Shared>,
         checkpoints: Arc<Catalog>,
         dir: PathBuf,
@@ -175,7 +179,7 @@ impl Ring {
     }
 
     /// Runs the replica until it stops; then the execute thread delivers `ShutDown`.
-    pub fn run(mut self, events: Receiver<Event>) {
+    pub fn run(mut self, events: Inbox<Event>) {
         let now = self.now();
         let mut out = std::mem::take(&mut self.actions);
         self.core.start(now, &mut self.admit, &mut out);
@@ -192,7 +196,7 @@ impl Ring {
             }
             // Take everything already queued before acting: requests batch into one vote, and
             // one journal sync covers every record they produce.
-            for event in events.try_iter().take(4096) {
+            for event in std::iter::from_fn(|| events.try_recv().ok()).take(CAPACITY) {
                 if self.stopped {
                     break;
                 }
@@ -231,6 +235,8 @@ impl Ring {
             Event::CheckpointDone { decree, size, path, copied } => self.checkpoint_done(decree, size, path, copied),
             Event::Fatal(reason) => self.fail(reason),
             Event::Stop => self.stopped = true,
+            #[cfg(test)]
+            Event::Pause(until) => drop(until.recv()),
         }
     }
 
@@ -302,6 +308,9 @@ impl Ring {
         };
         self.apply(out);
         if let Err(e) = result {
+            if e == SubmitError::Full {
+                self.shared.stats.requests_refused.fetch_add(1, Relaxed);
+            }
             let code = if e == SubmitError::ShuttingDown { ResponseCode::ShuttingDown } else { ResponseCode::NotPrimary };
             let _ = self.work.send(Work::Abort { cookie, code });
         }
@@ -552,6 +561,7 @@ impl Ring {
     /// Takes the view's lock only when something in it changed.
     fn publish(&mut self) {
         self.shared.stats.log_syncs.store(self.journal.syncs(), Relaxed);
+        self.shared.queued_bytes.store(self.core.queued_bytes() as u64, Relaxed);
         let (_, ballot) = self.core.accepted();
         let now = ((!ballot.is_empty()).then_some(ballot.member), Some(self.core.role()));
         if now != self.published {

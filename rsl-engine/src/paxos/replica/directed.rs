@@ -566,3 +566,41 @@ fn last_decree(cfg: CoreConfig) {
     assert_eq!(ring.r_mut(0).submit(now, Bytes::from_static(b"late"), 8, false, &mut out), Err(SubmitError::ShuttingDown));
     assert_ne!(ring.r(0).role(), Role::Primary, "a replica shutting down does not stand again");
 }
+
+/// The primary's send queue holds at most `max_cache_bytes` of requests: past it a request is
+/// refused with its cookie kept, and once the votes in flight are chosen the queue drains and
+/// takes requests again.
+#[test]
+fn the_send_queue_refuses_requests_past_its_bound() {
+    let mut ring = Ring::with(CoreConfig { max_cache_bytes: 3500, ..CoreConfig::default() });
+    ring.promote(0);
+    for j in [1, 2] {
+        ring.cut(0, j, Some(MsgKind::Vote));
+    }
+    let submit = |ring: &mut Ring, cookie| {
+        let (now, mut out) = (ring.now, Vec::new());
+        let result = ring.r_mut(0).submit(now, Bytes::from(vec![b'x'; 996]), cookie, false, &mut out);
+        ring.apply(0, out);
+        result
+    };
+    assert_eq!(submit(&mut ring, 1), Ok(()), "proposed: outstanding, not queued");
+    assert_eq!(ring.r(0).queued_bytes(), 0);
+    for cookie in 2..=4 {
+        assert_eq!(submit(&mut ring, cookie), Ok(()));
+    }
+    assert_eq!(ring.r(0).queued_bytes(), 3000);
+    let mut out = Vec::new();
+    let now = ring.now;
+    assert_eq!(ring.r_mut(0).submit(now, Bytes::from(vec![b'x'; 996]), 5, false, &mut out), Err(SubmitError::Full));
+    assert!(out.is_empty(), "a refused submit keeps its cookie");
+    assert_eq!(ring.r(0).queued_bytes(), 3000);
+
+    ring.heal();
+    ring.advance(3 * SEC); // the outstanding vote is resent and chosen, then the queued one
+    assert_eq!(ring.r(0).queued_bytes(), 0);
+    assert_eq!(submit(&mut ring, 6), Ok(()));
+    ring.run();
+    ring.advance(3 * SEC);
+    let executed: usize = ring.history(0).iter().map(|(_, (reqs, _))| reqs.len()).sum();
+    assert_eq!(executed, 5, "every request taken executed, the refused one did not");
+}

@@ -67,12 +67,28 @@ impl Replica {
         if !self.is_primary {
             return Err(SubmitError::NotPrimary);
         }
+        // The original queues without a bound; one request still goes when nothing waits.
+        if !self.to_send.is_empty() && self.to_send_bytes + request.len() + 4 > self.cfg.max_cache_bytes {
+            return Err(SubmitError::Full);
+        }
         Ok(())
+    }
+
+    /// The bytes of the requests queued behind the votes in flight.
+    pub fn queued_bytes(&self) -> usize {
+        self.to_send_bytes
+    }
+
+    /// Empties the send queue (its cookies are the caller's to return).
+    pub(super) fn take_to_send(&mut self) -> VecDeque<Pending> {
+        self.to_send_bytes = 0;
+        std::mem::take(&mut self.to_send)
     }
 
     fn enqueue(&mut self, now: Micros, request: Bytes, cookie: Cookie, exclusive: bool, out: &mut Vec<Action>) {
         debug_assert_eq!(self.role, Role::Primary);
         let size = request.len() + 4;
+        self.to_send_bytes += size;
         match self.to_send.back_mut() {
             Some(tail) if !tail.closed && !exclusive && tail.bytes + size <= self.cfg.max_vote_bytes => {
                 tail.body.requests.push(request);
@@ -134,7 +150,7 @@ impl Replica {
         }
         if o.vote.as_vote().is_some_and(|v| v.relinquish) {
             // The original exits here without executing it; what was queued behind it goes back.
-            for p in std::mem::take(&mut self.to_send) {
+            for p in self.take_to_send() {
                 Self::abort_cookies(p.cookies, p.config_cookie, AbortReason::ShuttingDown, out);
             }
             out.push(Action::ShutDown);
@@ -174,6 +190,7 @@ impl Replica {
     /// Proposes queued votes while the window has room. A reconfiguration or relinquish vote
     /// goes alone: nothing else is in flight with it.
     pub(super) fn send_next(&mut self, now: Micros, out: &mut Vec<Action>) {
+        debug_assert_eq!(self.to_send_bytes, self.to_send.iter().map(|p| p.bytes).sum::<usize>(), "the send queue's size is kept");
         while self.role == Role::Primary && self.is_primary && !self.relinquishing && self.outstanding.len() < self.window() {
             let Some(next) = self.to_send.front() else { return };
             let alone = |b: &VoteBody| b.reconfig.is_some() || b.relinquish;
@@ -182,6 +199,7 @@ impl Replica {
                 return;
             }
             let p = self.to_send.pop_front().expect("peeked");
+            self.to_send_bytes -= p.bytes;
             self.propose(now, p.body, p.cookies, p.config_cookie, out);
         }
     }
@@ -223,7 +241,7 @@ impl Replica {
     pub(super) fn step_down(&mut self, out: &mut Vec<Action>) {
         debug_assert_eq!(self.role, Role::Primary);
         let outstanding = std::mem::take(&mut self.outstanding);
-        let queued = std::mem::take(&mut self.to_send);
+        let queued = self.take_to_send();
         if self.is_primary {
             self.is_primary = false;
             let votes = outstanding.into_iter().map(|o| (o.cookies, o.config_cookie));

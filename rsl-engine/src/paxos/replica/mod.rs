@@ -163,6 +163,9 @@ pub struct Replica {
     /// each decree since.
     recent: BTreeMap<u64, (Arc<Message>, Ballot)>,
     to_send: VecDeque<Pending>,
+    /// The request bytes in `to_send`; a request that would take it past `max_cache_bytes`
+    /// is refused (`SubmitError::Full`).
+    to_send_bytes: usize,
     /// `NotifyStatus(true)` has been raised (and not yet taken back).
     is_primary: bool,
     /// The decree a new primary re-proposed, until it executes.
@@ -271,6 +274,7 @@ impl Replica {
             vouched: next_execute,
             recent: BTreeMap::new(),
             to_send: VecDeque::new(),
+            to_send_bytes: 0,
             is_primary: false,
             recovering: None,
             primary_cookie: Bytes::new(),

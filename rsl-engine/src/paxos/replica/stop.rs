@@ -8,8 +8,9 @@ impl Replica {
     /// more is proposed or answered. Feed it nothing afterwards.
     pub fn stop(&mut self, out: &mut Vec<Action>) {
         let before = out.len();
+        let queued = self.take_to_send();
         let in_flight = self.outstanding.drain(..).map(|o| (o.cookies, o.config_cookie));
-        let votes: Vec<_> = in_flight.chain(self.to_send.drain(..).map(|p| (p.cookies, p.config_cookie))).collect();
+        let votes: Vec<_> = in_flight.chain(queued.into_iter().map(|p| (p.cookies, p.config_cookie))).collect();
         for (cookies, config_cookie) in votes {
             Self::abort_cookies(cookies, config_cookie, AbortReason::ShuttingDown, out);
         }
