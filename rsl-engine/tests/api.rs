@@ -10,7 +10,6 @@ use rsl_engine::runtime::tls::{issue, IdentitySource, PeerRules, Tls, TlsSetting
 use rsl_engine::runtime::{AdmitAll, ResponseCode, RslConfig, RslReplica, StateMachine};
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
-use std::sync::atomic::{AtomicU16, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -99,14 +98,21 @@ struct Ring {
     events: Vec<Arc<Mutex<Vec<Ev>>>>,
 }
 
-fn free_base() -> u16 {
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    loop {
-        let base = 41_000 + (std::process::id() % 300) as u16 * 20 + NEXT.fetch_add(6, Relaxed) % 20;
-        if (0..6).all(|k| TcpListener::bind((Ipv4Addr::LOCALHOST, base + k)).is_ok()) {
-            return base;
+/// `n` ports from the OS, each with the next one free too (a node's learn port is its Paxos
+/// port + 1); all are held until every pair is found, so no two pairs overlap.
+fn free_pairs(n: usize) -> Vec<u16> {
+    let mut held = Vec::new();
+    let mut ports = Vec::new();
+    while ports.len() < n {
+        let first = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("a port from the OS");
+        let port = first.local_addr().expect("bound").port();
+        held.push(first);
+        if let Some(second) = port.checked_add(1).and_then(|next| TcpListener::bind((Ipv4Addr::LOCALHOST, next)).ok()) {
+            held.push(second);
+            ports.push(port);
         }
     }
+    ports
 }
 
 impl Ring {
@@ -117,8 +123,8 @@ impl Ring {
     /// With each replica's TLS settings from `tls(member id)`.
     fn start_with(max_log_len_mb: u32, tls: impl Fn(&str) -> Option<TlsSettings>) -> Ring {
         let dir = tempfile::tempdir().unwrap();
-        let base = free_base();
-        let nodes: Vec<_> = (0..3).map(|i| node(&(i + 1).to_string(), Ipv4Addr::LOCALHOST, base + 2 * i).unwrap()).collect();
+        let ports = free_pairs(3);
+        let nodes: Vec<_> = (0..3).map(|i| node(&(i + 1).to_string(), Ipv4Addr::LOCALHOST, ports[i]).unwrap()).collect();
         let members = MemberSet { nodes: nodes.clone(), cookie: Bytes::new() };
         let cfg = RslConfig {
             working_dir: dir.path().into(),
@@ -262,7 +268,7 @@ fn checkpoints_copy_state_and_read_only_replay() {
 fn listen_on_all_ips_binds_every_address() {
     for all in [false, true] {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_base();
+        let port = free_pairs(1)[0];
         let me = node("1", Ipv4Addr::LOCALHOST, port).unwrap();
         let members = MemberSet { nodes: vec![me.clone()], cookie: Bytes::new() };
         let cfg = RslConfig { working_dir: dir.path().into(), listen_on_all_ips: all, ..RslConfig::default() };

@@ -107,13 +107,21 @@ impl StateMachine for Sized {
     fn state_copied(&mut self, _: u64, _: Option<&Path>, _: Option<u64>) {}
 }
 
-fn free_base() -> u16 {
-    loop {
-        let base = 43_000 + (std::process::id() % 500) as u16 * 12;
-        if (0..6).all(|k| TcpListener::bind((Ipv4Addr::LOCALHOST, base + k)).is_ok()) {
-            return base;
+/// `n` ports from the OS, each with the next one free too (a node's learn port is its Paxos
+/// port + 1); all are held until every pair is found, so no two pairs overlap.
+fn free_pairs(n: usize) -> Vec<u16> {
+    let mut held = Vec::new();
+    let mut ports = Vec::new();
+    while ports.len() < n {
+        let first = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("a port from the OS");
+        let port = first.local_addr().expect("bound").port();
+        held.push(first);
+        if let Some(second) = port.checked_add(1).and_then(|next| TcpListener::bind((Ipv4Addr::LOCALHOST, next)).ok()) {
+            held.push(second);
+            ports.push(port);
         }
     }
+    ports
 }
 
 fn wait<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -179,8 +187,8 @@ fn paxos_traffic_to_a_secondary_goes_on_while_it_saves_a_large_checkpoint() {
     // shows as a gap at every secondary. `RSL_GAP_DIR=/dev/shm` leaves only the runtime's part.
     let root = std::env::var_os("RSL_GAP_DIR").map_or_else(std::env::temp_dir, Into::into);
     let dir = tempfile::tempdir_in(root).unwrap();
-    let base = free_base();
-    let nodes: Vec<_> = (0..3).map(|i| node(&(i + 1).to_string(), Ipv4Addr::LOCALHOST, base + 2 * i).unwrap()).collect();
+    let ports = free_pairs(3);
+    let nodes: Vec<_> = (0..3).map(|i| node(&(i + 1).to_string(), Ipv4Addr::LOCALHOST, ports[i]).unwrap()).collect();
     let members = MemberSet { nodes: nodes.clone(), cookie: Bytes::new() };
     let cfg = RslConfig {
         working_dir: dir.path().into(),
