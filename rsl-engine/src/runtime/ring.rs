@@ -548,7 +548,9 @@ impl Ring {
 
     /// A checkpoint is in place: truncate the logs it covers and tell the core.
     fn checkpoint_done(&mut self, decree: u64, size: u64, path: PathBuf, copied: bool) {
-        let oldest = self.checkpoints.oldest().unwrap_or(decree);
+        // The execute thread may have placed (and pruned down to) newer checkpoints since it
+        // reported this one: the logs this one needs are kept all the same.
+        let oldest = self.checkpoints.oldest().unwrap_or(decree).min(decree);
         let executed = self.shared.current_seq.load(Relaxed);
         let min_decree_in_log = self.journal.truncate(decree, oldest, executed);
         if copied {

@@ -172,7 +172,12 @@ fn load_names_a_missing_file_a_mismatched_key_and_refuses_rules_that_admit_anyon
     assert!(err.to_string().contains(&missing.display().to_string()), "{err}");
     let identity = files(&dir, &leaf(&ca, "1"), "");
     let peers = PeerRules { require_chain: false, ..ca_rules(&dir, &ca) };
-    assert!(matches!(Tls::load(&TlsSettings { identity, peers }), Err(TlsError::Setting(_))));
+    assert!(matches!(Tls::load(&TlsSettings { identity: identity.clone(), peers }), Err(TlsError::Setting(_))));
+    // Names admit only behind a required chain: a self-signed certificate can claim any name.
+    for ca in [None, Some(dir.path().join("ca.crt"))] {
+        let peers = PeerRules { names: vec!["2".into()], ca, require_chain: false, ..PeerRules::default() };
+        assert!(matches!(Tls::load(&TlsSettings { identity: identity.clone(), peers }), Err(TlsError::Setting(_))));
+    }
     let (IdentitySource::Files { cert, .. }, IdentitySource::Files { key, .. }) =
         (files(&dir, &leaf(&ca, "1"), ""), files(&dir, &leaf(&ca, "2"), ""))
     else {

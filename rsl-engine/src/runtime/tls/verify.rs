@@ -48,6 +48,11 @@ impl Verifier {
             let why = "no peer rule (thumbprints, subjects, SPKI pins, names) and no required CA chain: anyone would be admitted";
             return Err(TlsError::Setting(why.into()));
         }
+        if !rules.names.is_empty() && !rules.require_chain {
+            // Anyone can put any name in a self-signed certificate.
+            let why = "admitting by name needs a required CA chain: anyone would be admitted under any name";
+            return Err(TlsError::Setting(why.into()));
+        }
         let invalid = |e: webpki::Error| TlsError::Invalid {
             path: rules.ca.clone().unwrap_or_default(),
             detail: format!("not a CA certificate: {e}"),
