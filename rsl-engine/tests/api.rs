@@ -2,16 +2,19 @@
 //! every callback. Checks the callbacks' order and arguments, cookies, fast reads,
 //! checkpoints, CopyStateFromReplica, read-only Replay and unload.
 
+mod inproc;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use inproc::{free_pairs, wait};
 use rsl_engine::format::checkpoint::{CheckpointReader, CheckpointWriter};
 use rsl_engine::format::{MemberSet, Version};
 use rsl_engine::runtime::api::node;
 use rsl_engine::runtime::tls::{issue, IdentitySource, PeerRules, Tls, TlsSettings};
 use rsl_engine::runtime::{AdmitAll, ResponseCode, RslConfig, RslReplica, StateMachine};
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Ev {
@@ -98,23 +101,6 @@ struct Ring {
     events: Vec<Arc<Mutex<Vec<Ev>>>>,
 }
 
-/// `n` ports from the OS, each with the next one free too (a node's learn port is its Paxos
-/// port + 1); all are held until every pair is found, so no two pairs overlap.
-fn free_pairs(n: usize) -> Vec<u16> {
-    let mut held = Vec::new();
-    let mut ports = Vec::new();
-    while ports.len() < n {
-        let first = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("a port from the OS");
-        let port = first.local_addr().expect("bound").port();
-        held.push(first);
-        if let Some(second) = port.checked_add(1).and_then(|next| TcpListener::bind((Ipv4Addr::LOCALHOST, next)).ok()) {
-            held.push(second);
-            ports.push(port);
-        }
-    }
-    ports
-}
-
 impl Ring {
     fn start(max_log_len_mb: u32) -> Ring {
         Ring::start_with(max_log_len_mb, |_| None)
@@ -152,18 +138,6 @@ impl Ring {
 
     fn events(&self, i: usize) -> Vec<Ev> {
         self.events[i].lock().unwrap().clone()
-    }
-}
-
-/// Polls `f` until it gives something, failing after `within`.
-fn wait<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let until = Instant::now() + within;
-    loop {
-        if let Some(t) = f() {
-            return t;
-        }
-        assert!(Instant::now() < until, "condition not met within {within:?}");
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

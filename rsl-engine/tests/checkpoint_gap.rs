@@ -6,14 +6,17 @@
 //!
 //! `RSL_GAP_STATE_MB=1024 [RSL_GAP_DIR=/dev/shm] cargo test --release -p rsl-engine --test checkpoint_gap -- --nocapture`
 
+mod inproc;
+
 use bytes::Bytes;
+use inproc::{free_pairs, wait};
 use rsl_engine::format::checkpoint::{CheckpointReader, CheckpointWriter};
 use rsl_engine::format::{Ballot, Body, Header, MemberId, MemberSet, Message, Version};
 use rsl_engine::runtime::api::node;
 use rsl_engine::runtime::learn::{self, Peer};
 use rsl_engine::runtime::{AdmitAll, ResponseCode, RslConfig, RslReplica, StateMachine};
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -105,34 +108,6 @@ impl StateMachine for Sized {
         self.saved.lock().unwrap().push((seq, Instant::now()));
     }
     fn state_copied(&mut self, _: u64, _: Option<&Path>, _: Option<u64>) {}
-}
-
-/// `n` ports from the OS, each with the next one free too (a node's learn port is its Paxos
-/// port + 1); all are held until every pair is found, so no two pairs overlap.
-fn free_pairs(n: usize) -> Vec<u16> {
-    let mut held = Vec::new();
-    let mut ports = Vec::new();
-    while ports.len() < n {
-        let first = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("a port from the OS");
-        let port = first.local_addr().expect("bound").port();
-        held.push(first);
-        if let Some(second) = port.checked_add(1).and_then(|next| TcpListener::bind((Ipv4Addr::LOCALHOST, next)).ok()) {
-            held.push(second);
-            ports.push(port);
-        }
-    }
-    ports
-}
-
-fn wait<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let until = Instant::now() + within;
-    loop {
-        if let Some(t) = f() {
-            return t;
-        }
-        assert!(Instant::now() < until, "condition not met within {within:?}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 fn submit(primary: &RslReplica, request: &'static [u8], cookie: u64) {
