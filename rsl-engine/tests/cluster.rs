@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{load_while, primary, rt, spec, verify, verify_at, wait_done, Cluster};
+use support::{catch_up_from_a_checkpoint, load_while, primary, rt, spec, verify, verify_at, wait_done, Cluster};
 
 #[test]
 fn kill_9_the_primary_under_load_and_restart_it() {
@@ -94,18 +94,8 @@ fn a_log_torn_in_the_middle_of_a_record_restarts() {
 fn a_replica_far_behind_catches_up_from_a_checkpoint() {
     rt().block_on(async {
         let mut c = Cluster::start(3, 0, &["--max-log-mb", "1"]);
-        let p = primary(&c).await;
-        let behind = (p + 1) % 3;
-        c.kill9(behind);
-        // Several megabytes of log: it rolls, checkpoints are taken, the learn index moves past
-        // everything the stopped replica has.
-        let spec = LoadSpec { size: 4096, ..spec(2500) };
-        let acked = load_while(&mut c, &spec, async |_, _| {}).await;
-        c.spawn(behind, true);
-        verify(&c, &[0, 1, 2], &acked, &spec).await;
-        let codex =
-            std::fs::read_dir(c.data_dir(behind)).expect("dir").flatten().any(|e| e.path().extension().is_some_and(|x| x == "codex"));
-        assert!(codex, "the lagging replica holds a checkpoint it fetched");
+        // Several megabytes of log: the learn index moves past everything the stopped replica has.
+        catch_up_from_a_checkpoint(&mut c, 2500).await;
         for i in 0..3 {
             inspect_clean(&c.data_dir(i));
         }

@@ -15,7 +15,7 @@ mod proto;
 mod support;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use client::{Conn, LoadSpec, ReplicaStatus};
+use client::{Conn, ReplicaStatus};
 use proto::Status;
 use rsl_engine::format::message::JoinBody;
 use rsl_engine::format::{Ballot, Body, Checksum, Header, MemberId, Message, Version, VoteBody};
@@ -26,7 +26,7 @@ use rustls_pki_types::{pem::PemObject, CertificateDer};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
-use support::{load_while, primary, rt, spec, status, verify, Cluster};
+use support::{catch_up_from_a_checkpoint, load_while, primary, rt, spec, status, verify, Cluster};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout};
@@ -259,18 +259,8 @@ async fn write_one(c: &Cluster, key: &[u8]) {
 fn a_tls_ring_replicates_and_a_replica_far_behind_catches_up_from_a_checkpoint() {
     rt().block_on(async {
         let (mut c, _pki) = tls_cluster(&["--max-log-mb", "1"]);
-        let p = primary(&c).await;
-        let behind = (p + 1) % 3;
-        c.kill9(behind);
-        // Several megabytes of log: it rolls, checkpoints are taken, and the stopped replica
-        // can only catch up by fetching one over the TLS learn port.
-        let spec = LoadSpec { size: 4096, ..spec(1500) };
-        let acked = load_while(&mut c, &spec, async |_, _| {}).await;
-        c.spawn(behind, true);
-        verify(&c, &[0, 1, 2], &acked, &spec).await;
-        let codex =
-            std::fs::read_dir(c.data_dir(behind)).expect("dir").flatten().any(|e| e.path().extension().is_some_and(|x| x == "codex"));
-        assert!(codex, "the lagging replica holds a checkpoint it fetched");
+        // The stopped replica can only catch up by fetching a checkpoint over the TLS learn port.
+        catch_up_from_a_checkpoint(&mut c, 1500).await;
         c.assert_no_panic();
     });
 }

@@ -338,3 +338,19 @@ pub async fn load_while(c: &mut Cluster, spec: &LoadSpec, during: impl AsyncFnOn
     assert_eq!(result.acked.len() as u64, spec.requests.unwrap_or(0), "every request acknowledged eventually");
     result.acked
 }
+
+/// In a 3-replica cluster: stops a secondary, writes `writes` 4 KiB requests (with `--max-log-mb 1` the logs roll and
+/// checkpoints are taken past everything it has), restarts it and checks that it caught up by
+/// fetching a checkpoint, every acknowledged write on every replica. Returns the lagging replica.
+pub async fn catch_up_from_a_checkpoint(c: &mut Cluster, writes: u64) -> usize {
+    let p = primary(c).await;
+    let behind = (p + 1) % 3;
+    c.kill9(behind);
+    let spec = LoadSpec { size: 4096, ..spec(writes) };
+    let acked = load_while(c, &spec, async |_, _| {}).await;
+    c.spawn(behind, true);
+    verify(c, &[0, 1, 2], &acked, &spec).await;
+    let codex = std::fs::read_dir(c.data_dir(behind)).expect("dir").flatten().any(|e| e.path().extension().is_some_and(|x| x == "codex"));
+    assert!(codex, "the lagging replica holds a checkpoint it fetched");
+    behind
+}
