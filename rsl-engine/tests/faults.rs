@@ -7,6 +7,8 @@
 //! Fail points are process-wide: each test holds a `fail::FailScenario`, which runs them one
 //! at a time and disarms every point at its end.
 
+mod inproc;
+
 use bytes::Bytes;
 use rsl_engine::faults::{self, POINTS};
 use rsl_engine::format::checkpoint::{CheckpointReader, CheckpointWriter};
@@ -429,7 +431,8 @@ fn a_primary_whose_disk_fails_stops_and_the_ring_goes_on() {
     let _scenario = fail::FailScenario::setup();
     take_errors();
     let dir = tempfile::tempdir().unwrap();
-    let nodes: Vec<_> = (1..=3).map(|i| node(&i.to_string(), Ipv4Addr::LOCALHOST, free_port()).unwrap()).collect();
+    let ports = inproc::free_pairs(3);
+    let nodes: Vec<_> = (1..=3).map(|i| node(&i.to_string(), Ipv4Addr::LOCALHOST, ports[i - 1]).unwrap()).collect();
     let members = MemberSet { nodes: nodes.clone(), cookie: Bytes::new() };
     let start = |i: usize| {
         // Heartbeats well inside the election delay: no election while the primary lives.

@@ -147,8 +147,10 @@ pub enum Rejection {
     /// Contradicts what this replica holds: a decision for a decree whose vote holds another
     /// value, an answer reporting votes beyond any a member can hold.
     Inconsistent,
-    /// The source address is not the one configured for the member id (the runtime's check).
+    /// The source address is not the one configured for the member id (the driver's check).
     WrongAddress,
+    /// The connection's certificate names another member (set by the driver, not the core).
+    NotCertified,
 }
 
 impl std::fmt::Display for Rejection {
@@ -162,6 +164,7 @@ impl std::fmt::Display for Rejection {
             Rejection::Malformed => "malformed",
             Rejection::Inconsistent => "contradicts what this replica holds",
             Rejection::WrongAddress => "not from the member's configured address",
+            Rejection::NotCertified => "its sender is not the member its connection's certificate names",
         })
     }
 }

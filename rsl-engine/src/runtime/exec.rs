@@ -5,8 +5,8 @@
 
 use super::api::{ResponseCode, StateMachine};
 use super::checkpoints::{CheckpointStore, Saved};
+use super::event::Event;
 use super::queue::{Inbox, Queue};
-use super::ring::Event;
 use super::Shared;
 use crate::format::checkpoint::{CheckpointHeader, CheckpointReader};
 use crate::format::{ConfigInfo, MemberId, Message, Version};
@@ -214,7 +214,7 @@ impl Executor {
             Ok(Some(saved)) => {
                 self.sm.state_saved(decree, &saved.path);
                 self.shared.stats.checkpoints_saved.fetch_add(1, Relaxed);
-                let _ = self.events.send(Event::CheckpointDone { decree, size: saved.size, path: saved.path, copied: false });
+                let _ = self.events.send(Event::CheckpointDone { decree, size: saved.size, copied: false });
             }
             Ok(None) => {
                 tracing::warn!(decree, "the state machine refused to save: automatic checkpoints are off until allow_save_state(true)");

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod checkpoints;
 pub mod config;
+mod event;
 mod exec;
 pub mod journal;
 pub mod learn;

@@ -4,11 +4,12 @@
 use super::api::{Admission, ReplicaHealth, ResponseCode, StateMachine, Stats};
 use super::checkpoints::{Catalog, CheckpointStore};
 use super::config::{ConfigError, RslConfig};
+use super::event::Event;
 use super::exec::{Executor, Work};
 use super::journal::{read_defunct, Journal, JournalOptions, Replay};
 use super::learn::{self, LearnServer, LearnSource};
 use super::queue::{self, Queue, Refused};
-use super::ring::{learn_addr, Event, Limits, Ring};
+use super::ring::{learn_addr, Io, Limits, Ring};
 use super::tls::{Tls, TlsError};
 use super::transport::{Origin, Transport};
 use super::{panic_message, spawn_task, FileRange, Shared};
@@ -220,8 +221,7 @@ impl RslReplica {
             .map_err(|source| InitError::Listen { addr: learn_at, source })?;
 
         let limits = Limits { receive_timeout: Duration::from_secs(cfg.receive_timeout_sec.into()), max_learn_bytes: 64 << 20 };
-        let ring = Ring::new(
-            core,
+        let io = Io::new(
             journal,
             transport.clone(),
             runtime.handle().clone(),
@@ -230,12 +230,11 @@ impl RslReplica {
             shared.clone(),
             checkpoints.clone(),
             dir.clone(),
-            admission,
-            version,
             limits,
             tls.clone(),
             start,
         );
+        let ring = Ring::new(core, admission, io);
         let siblings = Siblings { shared: shared.clone(), events: events_tx.clone(), work: work_tx.clone(), transport: transport.clone() };
         let threads =
             vec![spawn("rsl-exec", siblings.clone(), move || exec.run(work_rx)), spawn("rsl-paxos", siblings, move || ring.run(events_rx))];

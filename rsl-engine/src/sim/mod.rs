@@ -1,19 +1,21 @@
 //! The deterministic simulator: replicas of one ring on a virtual clock, with a seeded network
-//! (delay, reordering, duplication, loss, symmetric and one-way partitions), disks that lose
-//! or keep unsynced records when a process crashes, restarts, and slow disks; optionally an
-//! adversary that forges messages. The [`checker`] judges every step. A seed fully determines a
-//! run.
+//! (delay, reordering, duplication, loss, symmetric and one-way partitions), disks with group
+//! commit that lose or keep unsynced records when a process crashes, restarts, slow disks and
+//! slow executors; optionally an adversary that forges messages. Each replica runs through the
+//! runtime's own [`Driver`]; the simulator is its host. The [`checker`] judges every step. A
+//! seed fully determines a run.
 
 mod adversary;
 pub mod checker;
 
+use crate::driver::{Driver, Execution, Host, Inbound};
 use crate::format::{Ballot, Body, ConfigInfo, MemberId, MemberSet, Message, MsgKind, Node as MemberNode, Version};
-use crate::paxos::{Action, Application, Checkpoint, CoreConfig, Dest, Input, Micros, Rejection, Replica, SplitMix64, MS, SEC};
+use crate::paxos::{Action, Application, Checkpoint, CoreConfig, Input, Micros, Rejection, Replica, SplitMix64, MS, SEC};
 use bytes::{BufMut, Bytes, BytesMut};
 use checker::{Checker, Proc};
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, VecDeque};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 /// The shape of one simulated run.
@@ -119,6 +121,23 @@ enum Event {
         from: MemberId,
         records: Vec<Arc<Message>>,
     },
+    /// The executor runs what is queued.
+    Execute {
+        node: usize,
+        incarnation: u32,
+    },
+    /// The executor finished writing a checkpoint.
+    Saved {
+        node: usize,
+        incarnation: u32,
+        cp: Checkpoint,
+    },
+    CheckpointFetched {
+        node: usize,
+        incarnation: u32,
+        fetched: Option<(Checkpoint, u64)>,
+        load: bool,
+    },
     Crash(usize),
     Restart(usize),
     Partition {
@@ -137,39 +156,22 @@ enum Event {
     Reconfigure(Vec<usize>),
     /// Node 0 is asked to bootstrap the first configuration.
     Bootstrap,
-    LogRolled {
-        node: usize,
-        incarnation: u32,
-        first_decree: u64,
-    },
-    CheckpointWritten {
-        node: usize,
-        incarnation: u32,
-        cp: Checkpoint,
-    },
-    CheckpointFetched {
-        node: usize,
-        incarnation: u32,
-        fetched: Option<(Checkpoint, u64)>,
-        load: bool,
-    },
     Heal,
     /// The adversary sends a forged message to a random replica.
     Inject,
 }
 
+/// A machine: what outlives its process (the disk) and the process's executor.
 struct Node {
     id: MemberId,
-    replica: Option<Replica>,
+    /// A process runs here (its driver is in `Sim::procs`).
+    up: bool,
     incarnation: u32,
     durable: Vec<Arc<Message>>,
     /// Persists not yet durable, in order, with their sequence numbers.
     pending: VecDeque<(u64, Arc<Message>)>,
-    durable_seq: u64,
     /// A flush is in flight (group commit: it covers every record queued before it started).
     flushing: bool,
-    /// Sends waiting for a persist to become durable.
-    held: Vec<(u64, Dest, Arc<Message>)>,
     slow_disk: bool,
     /// The newest checkpoint and its size; the log before its next vote is gone.
     checkpoint: Option<(Checkpoint, u64)>,
@@ -179,6 +181,10 @@ struct Node {
     last_logged: u64,
     /// `defunct.txt`.
     defunct: u32,
+    /// The executor's queue, and whether it is running (or writing a checkpoint).
+    exec: VecDeque<Execution>,
+    exec_busy: bool,
+    slow_exec: bool,
 }
 
 /// Answers the application's questions: always yes.
@@ -208,6 +214,14 @@ pub struct Report {
 }
 
 pub struct Sim {
+    /// Each node's process, while it runs.
+    procs: Vec<Option<Driver>>,
+    world: World,
+}
+
+/// Everything but the processes: the machines, the network, the clock, the schedule, the
+/// checker. Each process's host is the world seen from its node ([`Machine`]).
+struct World {
     cfg: SimConfig,
     core: CoreConfig,
     rng: SplitMix64,
@@ -225,36 +239,48 @@ pub struct Sim {
     healed_at: Option<Micros>,
     /// Pipelined: a reconfiguration that found no primary, for the next one to be elected.
     deferred_reconfiguration: Option<Vec<usize>>,
-    actions: Vec<Action>,
     counts: [usize; 7],
     adversary: Option<adversary::Adversary>,
     rejected: usize,
+}
+
+/// The host of node `node`'s process.
+struct Machine<'a> {
+    w: &'a mut World,
+    node: usize,
+}
+
+/// The nominal address of node `i` (the simulator routes by id; the driver checks addresses).
+fn address(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, i as u8 + 1)
 }
 
 impl Sim {
     pub fn new(cfg: SimConfig) -> Sim {
         let window = cfg.window;
         let ids: Vec<MemberId> = (1..=cfg.replicas + cfg.spares).map(|i| MemberId::new(&i.to_string()).expect("numeric id")).collect();
-        let nodes = ids
+        let nodes: Vec<Node> = ids
             .iter()
             .map(|&id| Node {
                 id,
-                replica: None,
+                up: false,
                 incarnation: 0,
                 durable: Vec::new(),
                 pending: VecDeque::new(),
-                durable_seq: 0,
                 flushing: false,
-                held: Vec::new(),
                 slow_disk: false,
                 checkpoint: None,
                 since_roll: 0,
                 roll_every: usize::MAX,
                 last_logged: 0,
                 defunct: 0,
+                exec: VecDeque::new(),
+                exec_busy: false,
+                slow_exec: false,
             })
             .collect();
-        let mut sim = Sim {
+        let procs = nodes.iter().map(|_| None).collect();
+        let world = World {
             rng: SplitMix64::new(cfg.seed),
             loss: cfg.loss,
             duplication: cfg.duplication,
@@ -271,35 +297,414 @@ impl Sim {
             next_submit: SEC,
             healed_at: None,
             deferred_reconfiguration: None,
-            actions: Vec::new(),
             counts: [0; 7],
             adversary: None,
             rejected: 0,
         };
-        if sim.cfg.adversary {
-            let ids = sim.nodes.iter().map(|n| n.id).collect();
-            let sets = (1..=sim.nodes.len()).map(|n| sim.member_set(&(0..n).collect::<Vec<_>>())).collect();
-            sim.adversary = Some(adversary::Adversary::new(sim.cfg.seed, ids, sets));
-            sim.checker.lenient = true;
+        let mut sim = Sim { procs, world };
+        let w = &mut sim.world;
+        if w.cfg.adversary {
+            let ids = w.nodes.iter().map(|n| n.id).collect();
+            let sets = (1..=w.nodes.len()).map(|n| w.member_set(&(0..n).collect::<Vec<_>>())).collect();
+            w.adversary = Some(adversary::Adversary::new(w.cfg.seed, ids, sets));
+            w.checker.lenient = true;
         }
-        if sim.cfg.bootstrap {
-            sim.schedule(300 * MS, Event::Bootstrap);
+        if w.cfg.bootstrap {
+            w.schedule(300 * MS, Event::Bootstrap);
         }
         // The first configuration is number 1 either way.
-        sim.checker.configuration(1, sim.cfg.replicas);
-        for i in 0..sim.nodes.len() {
-            sim.nodes[i].slow_disk = sim.rng.chance(0.3);
-            sim.nodes[i].roll_every = 20 + sim.rng.below(300) as usize;
+        w.checker.configuration(1, w.cfg.replicas);
+        for i in 0..sim.procs.len() {
+            let w = &mut sim.world;
+            w.nodes[i].slow_disk = w.rng.chance(0.3);
+            w.nodes[i].roll_every = 20 + w.rng.below(300) as usize;
+            w.nodes[i].slow_exec = w.rng.chance(0.2);
             sim.boot(i);
         }
-        sim.schedule_faults();
+        sim.world.schedule_faults();
         sim
     }
 
+    /// Starts a process on a node from its disk: the checkpoint, then the log, replayed as the
+    /// runtime restores (executions run at once, before the protocol starts).
+    fn boot(&mut self, i: usize) {
+        let w = &mut self.world;
+        let seed = w.cfg.seed ^ ((i as u64) << 32) ^ w.nodes[i].incarnation as u64;
+        let mut replica = Replica::new(w.core.clone(), w.nodes[i].id, w.initial_config(), seed);
+        replica.restore_defunct(w.nodes[i].defunct);
+        let proc = w.proc(i);
+        if let Some((cp, size)) = &w.nodes[i].checkpoint {
+            replica.restore_checkpoint(cp, *size);
+            w.checker.loaded_checkpoint(proc, cp.decree);
+        }
+        let mut out = Vec::new();
+        for record in w.nodes[i].durable.clone() {
+            if let Err(e) = replica.replay(&record, &mut out) {
+                w.checker.violation(format!("node {i} cannot replay its log: {e}"));
+            }
+            for action in out.drain(..) {
+                match action {
+                    Action::Execute { vote, cookies } => w.checker.executed(proc, &vote, &cookies, w.now),
+                    Action::ConfigurationChanged { config, .. } => w.checker.configuration(config.number, config.members.nodes.len()),
+                    _ => {}
+                }
+            }
+        }
+        w.nodes[i].up = true;
+        self.procs[i] = Some(Driver::new(replica, Box::new(SimApp), false));
+        self.drive(i, |d, m| d.start(m));
+    }
+
+    /// Runs `f` on node `i`'s process, if it is up; then checks its promise never went down,
+    /// and ends the process if it stopped.
+    fn drive(&mut self, i: usize, f: impl FnOnce(&mut Driver, &mut Machine<'_>)) {
+        let Some(driver) = self.procs[i].as_mut() else { return };
+        f(driver, &mut Machine { w: &mut self.world, node: i });
+        let ballot = driver.core().max_ballot();
+        let proc = self.world.proc(i);
+        self.world.checker.observe_ballot(proc, ballot);
+        if driver.stopped() {
+            self.exit(i);
+        }
+    }
+
+    fn step(&mut self, i: usize, input: Input) {
+        self.drive(i, |d, m| d.step(input, m));
+    }
+
+    /// A process that stopped on its own (`ShutDown`) exits cleanly: everything written is
+    /// kept. A supervisor restarts it.
+    fn exit(&mut self, i: usize) {
+        let n = &mut self.world.nodes[i];
+        n.durable.extend(n.pending.drain(..).map(|(_, r)| r));
+        self.crash(i);
+        let at = self.world.now + 100 * MS + self.world.rng.below(SEC);
+        self.world.schedule(at, Event::Restart(i));
+    }
+
+    /// A process dies: unsynced records survive only as a prefix (a torn append loses the
+    /// rest); held sends, the executor's queue and the cookies go with it.
+    fn crash(&mut self, node: usize) {
+        if self.procs[node].take().is_none() {
+            return;
+        }
+        let w = &mut self.world;
+        w.counts[2] += 1;
+        let proc = w.proc(node);
+        let keep = w.rng.below(w.nodes[node].pending.len() as u64 + 1) as usize;
+        let n = &mut w.nodes[node];
+        n.up = false;
+        let kept: Vec<_> = n.pending.drain(..).take(keep).map(|(_, r)| r).collect();
+        n.durable.extend(kept);
+        n.flushing = false;
+        n.exec.clear();
+        n.exec_busy = false;
+        n.incarnation += 1;
+        w.checker.crashed(proc);
+    }
+
+    fn primary(&self) -> Option<usize> {
+        self.procs.iter().position(|p| p.as_ref().is_some_and(|d| d.core().is_primary()))
+    }
+
+    /// Whether an event for this process life still applies.
+    fn current(&self, node: usize, incarnation: u32) -> bool {
+        self.procs[node].is_some() && self.world.nodes[node].incarnation == incarnation
+    }
+
+    /// Runs the seed to the end and judges it.
+    pub fn run(mut self) -> Report {
+        let end = self.world.cfg.faults_until + self.world.cfg.progress_within;
+        let stop_submitting = end - 5 * SEC;
+        let (mut same_instant, mut last_now, mut steps) = (0u32, 0, 0u64);
+        while self.world.now < end && self.world.checker.violations().is_empty() {
+            steps += 1;
+            if steps > 20_000_000 {
+                self.world.checker.violation(format!("runaway: 20 million steps by {}us", self.world.now));
+                break;
+            }
+            // A replica that keeps asking to be woken without time passing is spinning.
+            same_instant = if self.world.now == last_now { same_instant + 1 } else { 0 };
+            last_now = self.world.now;
+            if same_instant > 100_000 {
+                let roles: Vec<_> = self.procs.iter().map(|p| p.as_ref().map(|d| (d.core().role(), d.core().next_wakeup()))).collect();
+                self.world.checker.violation(format!("livelock at {}us: {roles:?}", self.world.now));
+                break;
+            }
+            let wake = (0..self.procs.len())
+                .filter_map(|i| self.procs[i].as_ref().map(|d| (d.core().next_wakeup(), i)))
+                .min()
+                .unwrap_or((Micros::MAX, 0));
+            let event_at = self.world.events.peek().map_or(Micros::MAX, |Reverse((at, _, _))| *at);
+            let submit_at = if self.world.next_submit < stop_submitting { self.world.next_submit } else { Micros::MAX };
+            let at = wake.0.min(event_at).min(submit_at).min(end);
+            self.world.now = self.world.now.max(at);
+            if at == end {
+                break;
+            }
+            if at == event_at {
+                let Reverse((_, _, slot)) = self.world.events.pop().expect("peeked");
+                let event = self.world.payloads[slot].take().expect("each event runs once");
+                self.handle(event);
+            } else if at == submit_at {
+                self.submit();
+            } else {
+                self.step(wake.1, Input::Tick);
+            }
+        }
+        self.judge(end)
+    }
+
+    fn judge(mut self, end: Micros) -> Report {
+        let w = &mut self.world;
+        if w.checker.violations().is_empty() {
+            // The newest configuration; of two with its number (a forged one, under the
+            // adversary), the one more replicas hold.
+            let configs: Vec<&ConfigInfo> = self.procs.iter().flatten().map(|d| d.core().paxos_configuration()).collect();
+            let held_by = |c: &ConfigInfo| configs.iter().filter(|o| o.number == c.number && o.members == c.members).count();
+            let newest = configs.iter().max_by_key(|c| (c.number, held_by(c)));
+            let members: Vec<MemberId> = newest.map(|c| c.members.nodes.iter().map(|n| n.id).collect()).unwrap_or_default();
+            let live: Vec<Proc> =
+                (0..w.nodes.len()).filter(|&i| self.procs[i].is_some() && members.contains(&w.nodes[i].id)).map(|i| w.proc(i)).collect();
+            w.checker.check_progress(w.healed_at.unwrap_or(end), &live);
+        }
+        let (mut violations, now) = (w.checker.violations().to_vec(), w.now);
+        if !violations.is_empty() {
+            violations.push(format!("state at {now}us: {}", self.describe()));
+        }
+        let w = &self.world;
+        let [elections, relinquished, crashes, learned, checkpoints_saved, checkpoints_loaded, checkpoints_copied] = w.counts;
+        let configurations = self.procs.iter().flatten().map(|d| d.core().paxos_configuration().number).max().unwrap_or(0);
+        Report {
+            decrees: w.checker.decrees(),
+            acknowledged: w.checker.acknowledged(),
+            elections,
+            relinquished,
+            crashes,
+            learned,
+            checkpoints_saved,
+            checkpoints_loaded,
+            checkpoints_copied,
+            configurations,
+            injected: w.adversary.as_ref().map_or(0, |a| a.injected),
+            rejected: w.rejected,
+            violations,
+        }
+    }
+
+    /// Each replica's role, accepted vote, promise and execution point, for failure reports.
+    fn describe(&self) -> String {
+        let mut out = String::new();
+        for (i, p) in self.procs.iter().enumerate() {
+            match p.as_ref().map(Driver::core) {
+                Some(r) => {
+                    let (d, b) = r.accepted();
+                    let c = r.paxos_configuration();
+                    let members: Vec<String> = c.members.nodes.iter().map(|n| n.id.to_string()).collect();
+                    out += &format!(
+                        "\n    node {i}: {:?} accepted ({d},{b}) promised {} next_execute {} configuration {} {{{}}}",
+                        r.role(),
+                        r.max_ballot(),
+                        r.next_execute(),
+                        c.number,
+                        members.join(",")
+                    );
+                }
+                None => out += &format!("\n    node {i}: down"),
+            }
+        }
+        out
+    }
+
+    fn submit(&mut self) {
+        let w = &mut self.world;
+        w.next_submit = w.now + w.cfg.request_interval;
+        let Some(node) = self.primary() else { return };
+        let w = &mut self.world;
+        let id = w.next_request;
+        w.next_request += 1;
+        let mut request = BytesMut::with_capacity(16);
+        request.put_u64_le(id);
+        request.put_u64_le(w.cfg.seed);
+        let (cookie, exclusive, proc, now) = (id, w.rng.chance(0.05), w.proc(node), w.now);
+        // The checker hears of the request first: its executions come later, through the
+        // executor's queue.
+        let mut taken = false;
+        self.drive(node, |d, m| {
+            taken = d.submit(Bytes::from(request), cookie, exclusive, false, m).is_ok();
+            if taken {
+                m.w.checker.submitted(proc, id, cookie, now);
+            }
+        });
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Deliver { to, from, msg } => {
+                let origin = Inbound { ip: IpAddr::V4(address(from)), certified: None };
+                self.drive(to, |d, m| d.on_message(msg, origin, m));
+            }
+            Event::DiskDone { node, incarnation, seq } if self.current(node, incarnation) => {
+                self.world.flushed(node, seq);
+                self.drive(node, |d, m| d.durable(seq, m));
+            }
+            Event::Learned { node, incarnation, from, records } if self.current(node, incarnation) => {
+                self.step(node, Input::Learned { from, records });
+            }
+            Event::Execute { node, incarnation } if self.current(node, incarnation) => self.run_executor(node),
+            Event::Saved { node, incarnation, cp } if self.current(node, incarnation) => {
+                let (decree, size) = (cp.decree, checkpoint_size(&cp));
+                self.world.keep_checkpoint(node, cp);
+                self.drive(node, |d, m| d.checkpoint_done(decree, size, false, m));
+                self.run_executor(node);
+            }
+            Event::CheckpointFetched { node, incarnation, fetched, load } if self.current(node, incarnation) => match fetched {
+                Some((cp, size)) if load => self.step(node, Input::CheckpointFetched(Some((cp, size)))),
+                Some((mut cp, size)) => {
+                    self.world.counts[6] += 1;
+                    cp.max_ballot = cp.max_ballot.max(self.procs[node].as_ref().expect("current").core().max_ballot());
+                    let decree = cp.decree;
+                    self.world.keep_checkpoint(node, cp);
+                    self.drive(node, |d, m| d.checkpoint_done(decree, size, true, m));
+                }
+                None => self.step(node, Input::CheckpointFetched(None)),
+            },
+            Event::DiskDone { .. }
+            | Event::Learned { .. }
+            | Event::Execute { .. }
+            | Event::Saved { .. }
+            | Event::CheckpointFetched { .. } => {}
+            Event::Crash(node) => self.crash(node),
+            Event::Restart(node) => {
+                if self.procs[node].is_none() {
+                    self.boot(node);
+                }
+            }
+            Event::Reconfigure(nodes) => self.reconfigure(nodes),
+            Event::Bootstrap => {
+                let members = self.world.member_set(&(0..self.world.cfg.replicas).collect::<Vec<_>>());
+                self.drive(0, |d, m| {
+                    if let Err(e) = d.bootstrap(members, m) {
+                        m.w.checker.violation(format!("bootstrap failed: {e:?}"));
+                    }
+                });
+            }
+            Event::StrikePrimary { crash, down, until } => {
+                let Some(primary) = self.primary() else { return };
+                if crash {
+                    self.crash(primary);
+                    self.world.schedule(self.world.now + down, Event::Restart(primary));
+                } else {
+                    let n = self.procs.len();
+                    let friend = (primary + 1 + self.world.rng.below(n as u64 - 1) as usize) % n;
+                    let side = |i: usize| i == primary || i == friend;
+                    let blocked = (0..n).flat_map(|a| (0..n).map(move |b| (a, b))).filter(|&(a, b)| side(a) != side(b)).collect();
+                    self.world.partition(blocked, until);
+                }
+            }
+            Event::Relinquish => {
+                if let Some(node) = self.primary() {
+                    self.step(node, Input::RelinquishPrimary);
+                }
+            }
+            Event::Partition { blocked, until } => self.world.partition(blocked, until),
+            Event::Inject => self.inject(),
+            Event::Heal => {
+                let w = &mut self.world;
+                w.blocked.clear();
+                w.loss = 0.0;
+                w.duplication = 0.0;
+                w.healed_at = Some(w.now);
+                for node in 0..self.procs.len() {
+                    self.world.nodes[node].slow_disk = false;
+                    self.world.nodes[node].slow_exec = false;
+                    if self.procs[node].is_none() {
+                        self.boot(node);
+                    }
+                }
+            }
+        }
+    }
+
+    fn reconfigure(&mut self, nodes: Vec<usize>) {
+        match self.primary() {
+            Some(node) => {
+                let w = &mut self.world;
+                let members = w.member_set(&nodes);
+                let cookie = w.next_request;
+                w.next_request += 1;
+                let proc = w.proc(node);
+                let mut taken = false;
+                self.drive(node, |d, m| {
+                    taken = d.change_configuration(members, cookie, m).is_ok();
+                    if taken {
+                        m.w.checker.submitted_config_change(proc, cookie);
+                    }
+                });
+                if taken {
+                    self.world.strike_reconfiguring_primary();
+                }
+            }
+            // Pipelined: the next primary is asked right after its election, when stale votes
+            // of the old one may lie beyond the reconfiguration decree.
+            None if self.world.cfg.window > 1 => self.world.deferred_reconfiguration = Some(nodes),
+            None => {}
+        }
+    }
+
+    /// The executor runs its queue in order, until it meets a checkpoint to save: writing it
+    /// holds the executor for a while (what follows waits), then the driver hears of it.
+    fn run_executor(&mut self, node: usize) {
+        let w = &mut self.world;
+        let proc = w.proc(node);
+        while let Some(item) = w.nodes[node].exec.pop_front() {
+            match item {
+                Execution::Decree { vote, cookies } => w.checker.executed(proc, &vote, &cookies, w.now),
+                Execution::Abort { cookie, .. } | Execution::ConfigChanged { cookie: Some(cookie), .. } => {
+                    w.checker.return_cookie(proc, cookie, None);
+                }
+                Execution::Load(cp) => w.checker.loaded_checkpoint(proc, cp.decree),
+                Execution::Save(cp) => {
+                    w.counts[4] += 1;
+                    let at = w.now + MS + w.rng.below(20 * MS);
+                    let incarnation = w.nodes[node].incarnation;
+                    return w.schedule(at, Event::Saved { node, incarnation, cp });
+                }
+                Execution::Status(_) | Execution::PrimaryRecovered | Execution::ConfigChanged { .. } | Execution::Copied { .. } => {}
+            }
+        }
+        w.nodes[node].exec_busy = false;
+    }
+
+    /// Forges a message for a random live replica and delivers it there, as if from its
+    /// claimed sender's address.
+    fn inject(&mut self) {
+        let w = &mut self.world;
+        let Some(adversary) = w.adversary.as_mut() else { return };
+        let node = adversary.below(w.nodes.len() as u64) as usize;
+        let Some(r) = self.procs[node].as_ref().map(Driver::core) else { return };
+        let target = adversary::Target {
+            version: w.core.version,
+            max_ballot: r.max_ballot(),
+            next_execute: r.next_execute(),
+            config: r.paxos_configuration().number,
+        };
+        let (_, msg) = adversary.forge(&target);
+        let from = w.nodes.iter().position(|n| n.id == msg.header.sender).map_or(Ipv4Addr::new(127, 0, 0, 250), address);
+        let origin = Inbound { ip: IpAddr::V4(from), certified: None };
+        self.drive(node, |d, m| d.on_message(Arc::new(msg), origin, m));
+    }
+}
+
+impl World {
     fn schedule(&mut self, at: Micros, event: Event) {
         self.event_seq += 1;
         self.payloads.push(Some(event));
         self.events.push(Reverse((at, self.event_seq, self.payloads.len() - 1)));
+    }
+
+    fn proc(&self, node: usize) -> Proc {
+        (node, self.nodes[node].incarnation)
     }
 
     /// A fault schedule drawn from the seed: crashes with restarts, partitions, and then heal.
@@ -363,301 +768,14 @@ impl Sim {
         }
     }
 
-    /// Forges a message for a random live replica and delivers it there.
-    fn inject(&mut self) {
-        let Some(adversary) = self.adversary.as_mut() else { return };
-        let node = adversary.below(self.nodes.len() as u64) as usize;
-        let Some(r) = self.nodes[node].replica.as_ref() else { return };
-        let target = adversary::Target {
-            version: self.core.version,
-            max_ballot: r.max_ballot(),
-            next_execute: r.next_execute(),
-            config: r.paxos_configuration().number,
-        };
-        let (from, msg) = adversary.forge(&target);
-        self.step(node, Input::Message { from, msg: Arc::new(msg) });
-    }
-
-    /// The member set of these nodes (addresses are nominal: the simulator routes by id).
-    fn member_set(&self, nodes: &[usize]) -> MemberSet {
-        let node = |i: usize| MemberNode {
-            id: self.nodes[i].id,
-            ip: Ipv4Addr::new(127, 0, 0, i as u8 + 1),
-            rsl_port: 20000 + 10 * i as u16,
-            learn_port: 20001 + 10 * i as u16,
-            app_port: 0,
-            host_name: Bytes::from(format!("node{i}")),
-        };
-        MemberSet { nodes: nodes.iter().map(|&i| node(i)).collect(), cookie: Bytes::new() }
-    }
-
-    /// What a process starts from before its checkpoint and log: the legacy member list of
-    /// the first configuration, or nothing when the ring is bootstrapped.
-    fn initial_config(&self) -> ConfigInfo {
-        if self.cfg.bootstrap {
-            return ConfigInfo::default();
+    /// Blocks these links until `until` (or the heal); an empty set lifts every partition.
+    fn partition(&mut self, blocked: Vec<(usize, usize)>, until: Micros) {
+        if blocked.is_empty() {
+            return self.blocked.clear();
         }
-        let first: Vec<usize> = (0..self.cfg.replicas).collect();
-        ConfigInfo { number: 1, initial_decree: 0, members: self.member_set(&first) }
-    }
-
-    fn proc(&self, node: usize) -> Proc {
-        (node, self.nodes[node].incarnation)
-    }
-
-    /// Starts a process on a node from its durable log.
-    fn boot(&mut self, i: usize) {
-        let seed = self.cfg.seed ^ ((i as u64) << 32) ^ self.nodes[i].incarnation as u64;
-        let mut replica = Replica::new(self.core.clone(), self.nodes[i].id, self.initial_config(), seed);
-        replica.restore_defunct(self.nodes[i].defunct);
-        if let Some((cp, size)) = &self.nodes[i].checkpoint {
-            replica.restore_checkpoint(cp, *size);
-            self.checker.loaded_checkpoint(self.proc(i), cp.decree);
-        }
-        let mut out = std::mem::take(&mut self.actions);
-        for record in self.nodes[i].durable.clone() {
-            if let Err(e) = replica.replay(&record, &mut out) {
-                self.checker.violation(format!("node {i} cannot replay its log: {e}"));
-            }
-        }
-        replica.start(self.now, &mut SimApp, &mut out);
-        self.nodes[i].replica = Some(replica);
-        self.apply(i, out);
-    }
-
-    /// Runs the seed to the end and judges it.
-    pub fn run(mut self) -> Report {
-        let end = self.cfg.faults_until + self.cfg.progress_within;
-        let stop_submitting = end - 5 * SEC;
-        let (mut same_instant, mut last_now, mut steps) = (0u32, 0, 0u64);
-        while self.now < end && self.checker.violations().is_empty() {
-            steps += 1;
-            if steps > 20_000_000 {
-                self.checker.violation(format!("runaway: 20 million steps by {}us", self.now));
-                break;
-            }
-            // A replica that keeps asking to be woken without time passing is spinning.
-            same_instant = if self.now == last_now { same_instant + 1 } else { 0 };
-            last_now = self.now;
-            if same_instant > 100_000 {
-                let roles: Vec<_> = self.nodes.iter().map(|n| n.replica.as_ref().map(|r| (r.role(), r.next_wakeup()))).collect();
-                self.checker.violation(format!("livelock at {}us: {roles:?}", self.now));
-                break;
-            }
-            let wake = (0..self.nodes.len())
-                .filter_map(|i| self.nodes[i].replica.as_ref().map(|r| (r.next_wakeup(), i)))
-                .min()
-                .unwrap_or((Micros::MAX, 0));
-            let event_at = self.events.peek().map_or(Micros::MAX, |Reverse((at, _, _))| *at);
-            let submit_at = if self.next_submit < stop_submitting { self.next_submit } else { Micros::MAX };
-            let at = wake.0.min(event_at).min(submit_at).min(end);
-            self.now = self.now.max(at);
-            if at == end {
-                break;
-            }
-            if at == event_at {
-                let Reverse((_, _, slot)) = self.events.pop().expect("peeked");
-                let event = self.payloads[slot].take().expect("each event runs once");
-                self.handle(event);
-            } else if at == submit_at {
-                self.submit();
-            } else {
-                self.step(wake.1, Input::Tick);
-            }
-        }
-        if self.checker.violations().is_empty() {
-            let newest = self.nodes.iter().filter_map(|n| n.replica.as_ref()).map(|r| r.paxos_configuration()).max_by_key(|c| c.number);
-            let members: Vec<MemberId> = newest.map(|c| c.members.nodes.iter().map(|n| n.id).collect()).unwrap_or_default();
-            let live: Vec<Proc> = (0..self.nodes.len())
-                .filter(|&i| self.nodes[i].replica.is_some() && members.contains(&self.nodes[i].id))
-                .map(|i| self.proc(i))
-                .collect();
-            self.checker.check_progress(self.healed_at.unwrap_or(end), &live);
-        }
-        let mut violations = self.checker.violations().to_vec();
-        if !violations.is_empty() {
-            violations.push(format!("state at {}us: {}", self.now, self.describe()));
-        }
-        let [elections, relinquished, crashes, learned, checkpoints_saved, checkpoints_loaded, checkpoints_copied] = self.counts;
-        let configurations =
-            self.nodes.iter().filter_map(|n| n.replica.as_ref()).map(|r| r.paxos_configuration().number).max().unwrap_or(0);
-        Report {
-            decrees: self.checker.decrees(),
-            acknowledged: self.checker.acknowledged(),
-            elections,
-            relinquished,
-            crashes,
-            learned,
-            checkpoints_saved,
-            checkpoints_loaded,
-            checkpoints_copied,
-            configurations,
-            injected: self.adversary.as_ref().map_or(0, |a| a.injected),
-            rejected: self.rejected,
-            violations,
-        }
-    }
-
-    /// Each replica's role, accepted vote, promise and execution point, for failure reports.
-    fn describe(&self) -> String {
-        let mut out = String::new();
-        for (i, n) in self.nodes.iter().enumerate() {
-            match &n.replica {
-                Some(r) => {
-                    let (d, b) = r.accepted();
-                    let c = r.paxos_configuration();
-                    let members: Vec<String> = c.members.nodes.iter().map(|n| n.id.to_string()).collect();
-                    out += &format!(
-                        "\n    node {i}: {:?} accepted ({d},{b}) promised {} next_execute {} configuration {} {{{}}}",
-                        r.role(),
-                        r.max_ballot(),
-                        r.next_execute(),
-                        c.number,
-                        members.join(",")
-                    );
-                }
-                None => out += &format!("\n    node {i}: down"),
-            }
-        }
-        out
-    }
-
-    fn handle(&mut self, event: Event) {
-        match event {
-            Event::Deliver { to, from, msg } => {
-                let from = self.nodes[from].id;
-                self.step(to, Input::Message { from, msg });
-            }
-            Event::DiskDone { node, incarnation, seq } => {
-                if self.nodes[node].incarnation != incarnation || self.nodes[node].replica.is_none() {
-                    return;
-                }
-                let n = &mut self.nodes[node];
-                let id = n.id;
-                while n.pending.front().is_some_and(|(s, _)| *s <= seq) {
-                    let (_, record) = n.pending.pop_front().expect("checked");
-                    if record.kind() == MsgKind::Vote && record.header.sender == id && record.header.ballot.member == id {
-                        self.checker.vote_acknowledged(id, record.header.decree, record.header.ballot, record.header.config);
-                    }
-                    n.durable.push(record);
-                }
-                n.durable_seq = seq;
-                n.flushing = false;
-                if !n.pending.is_empty() {
-                    self.start_flush(node);
-                }
-                let n = &mut self.nodes[node];
-                let ready: Vec<_> = n.held.iter().filter(|(after, _, _)| *after <= seq).cloned().collect();
-                n.held.retain(|(after, _, _)| *after > seq);
-                for (_, to, msg) in ready {
-                    self.transmit(node, to, msg);
-                }
-                self.step(node, Input::Durable(seq));
-            }
-            Event::Learned { node, incarnation, from, records } => {
-                if self.nodes[node].incarnation == incarnation {
-                    self.step(node, Input::Learned { from, records });
-                }
-            }
-            Event::Crash(node) => self.crash(node),
-            Event::LogRolled { node, incarnation, first_decree } => {
-                if self.nodes[node].incarnation == incarnation {
-                    self.step(node, Input::LogRolled { first_decree });
-                }
-            }
-            Event::CheckpointWritten { node, incarnation, cp } => {
-                if self.nodes[node].incarnation == incarnation && self.nodes[node].replica.is_some() {
-                    self.install_checkpoint(node, cp, false);
-                }
-            }
-            Event::CheckpointFetched { node, incarnation, fetched, load } => {
-                if self.nodes[node].incarnation != incarnation || self.nodes[node].replica.is_none() {
-                    return;
-                }
-                match fetched {
-                    Some((cp, size)) if load => self.step(node, Input::CheckpointFetched(Some((cp, size)))),
-                    Some((mut cp, _)) => {
-                        self.counts[6] += 1;
-                        cp.max_ballot = cp.max_ballot.max(self.nodes[node].replica.as_ref().expect("live").max_ballot());
-                        self.install_checkpoint(node, cp, true);
-                    }
-                    None => self.step(node, Input::CheckpointFetched(None)),
-                }
-            }
-            Event::Reconfigure(nodes) => match self.primary() {
-                Some(node) => {
-                    let members = self.member_set(&nodes);
-                    let cookie = self.next_request;
-                    self.next_request += 1;
-                    let mut out = std::mem::take(&mut self.actions);
-                    let replica = self.nodes[node].replica.as_mut().expect("primary");
-                    if replica.change_configuration(self.now, members, cookie, &mut out).is_ok() {
-                        self.checker.submitted_config_change(self.proc(node), cookie);
-                        self.strike_reconfiguring_primary();
-                    }
-                    self.apply(node, out);
-                }
-                // Pipelined: the next primary is asked right after its election, when stale votes
-                // of the old one may lie beyond the reconfiguration decree.
-                None if self.cfg.window > 1 => self.deferred_reconfiguration = Some(nodes),
-                None => {}
-            },
-            Event::Bootstrap => {
-                let members = self.member_set(&(0..self.cfg.replicas).collect::<Vec<_>>());
-                let mut out = std::mem::take(&mut self.actions);
-                let replica = self.nodes[0].replica.as_mut().expect("faults start later");
-                if let Err(e) = replica.bootstrap(self.now, members, &mut SimApp, &mut out) {
-                    self.checker.violation(format!("bootstrap failed: {e:?}"));
-                }
-                self.apply(0, out);
-            }
-            Event::StrikePrimary { crash, down, until } => {
-                let Some(primary) = self.primary() else { return };
-                if crash {
-                    self.crash(primary);
-                    self.schedule(self.now + down, Event::Restart(primary));
-                } else {
-                    let n = self.nodes.len();
-                    let friend = (primary + 1 + self.rng.below(n as u64 - 1) as usize) % n;
-                    let side = |i: usize| i == primary || i == friend;
-                    let blocked = (0..n).flat_map(|a| (0..n).map(move |b| (a, b))).filter(|&(a, b)| side(a) != side(b)).collect();
-                    self.handle(Event::Partition { blocked, until });
-                }
-            }
-            Event::Relinquish => {
-                if let Some(node) = self.primary() {
-                    self.step(node, Input::RelinquishPrimary);
-                }
-            }
-            Event::Restart(node) => {
-                if self.nodes[node].replica.is_none() {
-                    self.boot(node);
-                }
-            }
-            Event::Partition { blocked, until } if blocked.is_empty() => {
-                let _ = until;
-                self.blocked.clear();
-            }
-            Event::Partition { blocked, until } => {
-                self.blocked.extend(blocked);
-                // Lift it later, unless the heal comes first.
-                if until < self.cfg.faults_until {
-                    self.schedule(until, Event::Partition { blocked: Vec::new(), until });
-                }
-            }
-            Event::Inject => self.inject(),
-            Event::Heal => {
-                self.blocked.clear();
-                self.loss = 0.0;
-                self.duplication = 0.0;
-                self.healed_at = Some(self.now);
-                for node in 0..self.nodes.len() {
-                    self.nodes[node].slow_disk = false;
-                    if self.nodes[node].replica.is_none() {
-                        self.boot(node);
-                    }
-                }
-            }
+        self.blocked.extend(blocked);
+        if until < self.cfg.faults_until {
+            self.schedule(until, Event::Partition { blocked: Vec::new(), until });
         }
     }
 
@@ -678,6 +796,29 @@ impl Sim {
         self.schedule(at, Event::StrikePrimary { crash, down, until });
     }
 
+    /// The member set of these nodes (addresses are nominal: the simulator routes by id).
+    fn member_set(&self, nodes: &[usize]) -> MemberSet {
+        let node = |i: usize| MemberNode {
+            id: self.nodes[i].id,
+            ip: address(i),
+            rsl_port: 20000 + 10 * i as u16,
+            learn_port: 20001 + 10 * i as u16,
+            app_port: 0,
+            host_name: Bytes::from(format!("node{i}")),
+        };
+        MemberSet { nodes: nodes.iter().map(|&i| node(i)).collect(), cookie: Bytes::new() }
+    }
+
+    /// What a process starts from before its checkpoint and log: the legacy member list of
+    /// the first configuration, or nothing when the ring is bootstrapped.
+    fn initial_config(&self) -> ConfigInfo {
+        if self.cfg.bootstrap {
+            return ConfigInfo::default();
+        }
+        let first: Vec<usize> = (0..self.cfg.replicas).collect();
+        ConfigInfo { number: 1, initial_decree: 0, members: self.member_set(&first) }
+    }
+
     /// Writes and syncs everything queued, as one flush.
     fn start_flush(&mut self, node: usize) {
         let latency = if self.nodes[node].slow_disk { 5 * MS + self.rng.below(50 * MS) } else { 100 + self.rng.below(2 * MS) };
@@ -688,193 +829,34 @@ impl Sim {
         self.schedule(self.now + latency, Event::DiskDone { node, incarnation, seq });
     }
 
-    fn checkpoint_size(&self, cp: &Checkpoint) -> u64 {
-        1024 + cp.decree * 16
-    }
-
-    /// Keeps `cp` as the node's checkpoint and drops the log before its first record beyond it
-    /// (what log truncation after a checkpoint does, at its most aggressive). A record beyond
-    /// it that is not a vote stays too: a Prepare logged after the checkpoint was taken holds
-    /// a promise the checkpoint does not, and truncation never drops the current log.
-    fn install_checkpoint(&mut self, node: usize, cp: Checkpoint, copied: bool) {
-        let size = self.checkpoint_size(&cp);
+    /// A flush is on disk: what it covered is durable, and the next flush takes what queued
+    /// behind it.
+    fn flushed(&mut self, node: usize, seq: u64) {
         let n = &mut self.nodes[node];
-        if n.checkpoint.as_ref().is_some_and(|(c, _)| c.decree >= cp.decree) {
-            return self.step(node, Input::CheckpointSaved { decree: cp.decree, size, min_decree_in_log: 0 });
-        }
-        let keep_from = n.durable.iter().position(|r| r.header.decree > cp.decree).unwrap_or(n.durable.len());
-        if !copied || keep_from > 0 {
-            n.durable.drain(..keep_from);
-        }
-        // A pipelined log is not in decree order: it holds votes from its lowest decree past the
-        // checkpoint on (a re-proposal of an older decree does not make it hold those before).
-        let beyond = n.durable.iter().filter(|r| r.kind() == MsgKind::Vote && r.header.decree > cp.decree);
-        let min_decree_in_log = beyond.map(|r| r.header.decree).min().unwrap_or(cp.decree + 1);
-        let decree = cp.decree;
-        n.checkpoint = Some((cp, size));
-        self.step(node, Input::CheckpointSaved { decree, size, min_decree_in_log });
-    }
-
-    /// A process dies: unsynced records survive only as a prefix (a torn append loses the
-    /// rest), held sends are gone, and so are its cookies.
-    fn crash(&mut self, node: usize) {
-        if self.nodes[node].replica.is_none() {
-            return;
-        }
-        self.counts[2] += 1;
-        let proc = self.proc(node);
-        let keep = self.rng.below(self.nodes[node].pending.len() as u64 + 1) as usize;
-        let n = &mut self.nodes[node];
-        n.replica = None;
-        let kept: Vec<_> = n.pending.drain(..).take(keep).map(|(_, r)| r).collect();
-        n.durable.extend(kept);
-        n.held.clear();
-        n.durable_seq = 0;
-        n.flushing = false;
-        n.incarnation += 1;
-        self.checker.crashed(proc);
-    }
-
-    fn primary(&self) -> Option<usize> {
-        (0..self.nodes.len()).find(|&i| self.nodes[i].replica.as_ref().is_some_and(|r| r.is_primary()))
-    }
-
-    fn submit(&mut self) {
-        self.next_submit = self.now + self.cfg.request_interval;
-        let Some(node) = self.primary() else { return };
-        let id = self.next_request;
-        self.next_request += 1;
-        let mut request = BytesMut::with_capacity(16);
-        request.put_u64_le(id);
-        request.put_u64_le(self.cfg.seed);
-        let cookie = id;
-        let mut out = std::mem::take(&mut self.actions);
-        let now = self.now;
-        let replica = self.nodes[node].replica.as_mut().expect("found above");
-        let exclusive = self.rng.chance(0.05);
-        if replica.submit(now, Bytes::from(request), cookie, exclusive, &mut out).is_ok() {
-            self.checker.submitted(self.proc(node), id, cookie, now);
-        }
-        self.apply(node, out);
-    }
-
-    fn step(&mut self, node: usize, input: Input) {
-        let Some(replica) = self.nodes[node].replica.as_mut() else { return };
-        let mut out = std::mem::take(&mut self.actions);
-        replica.step(self.now, input, &mut SimApp, &mut out);
-        let ballot = replica.max_ballot();
-        self.checker.observe_ballot(self.proc(node), ballot);
-        self.apply(node, out);
-    }
-
-    /// Carries out a replica's actions.
-    fn apply(&mut self, node: usize, mut out: Vec<Action>) {
-        let proc = self.proc(node);
-        for action in out.drain(..) {
-            match action {
-                Action::Send { to, msg, after } => {
-                    if after > self.nodes[node].durable_seq {
-                        self.nodes[node].held.push((after, to, msg));
-                    } else {
-                        self.transmit(node, to, msg);
-                    }
-                }
-                Action::Persist { seq, record } => {
-                    if record.kind() == MsgKind::Vote {
-                        self.checker.vote_logged(&record);
-                    }
-                    let n = &mut self.nodes[node];
-                    if record.kind() == MsgKind::Vote && record.header.decree > n.last_logged {
-                        n.last_logged = record.header.decree;
-                        n.since_roll += 1;
-                        if n.since_roll >= n.roll_every {
-                            n.since_roll = 0;
-                            let (incarnation, first_decree) = (n.incarnation, record.header.decree);
-                            self.schedule(self.now, Event::LogRolled { node, incarnation, first_decree });
-                        }
-                    }
-                    self.nodes[node].pending.push_back((seq, record));
-                    if !self.nodes[node].flushing {
-                        self.start_flush(node);
-                    }
-                }
-                Action::Execute { vote, cookies } => self.checker.executed(proc, &vote, &cookies, self.now),
-                Action::Abort { cookie, .. } => {
-                    self.checker.return_cookie(proc, cookie, None);
-                }
-                Action::NotifyStatus { primary: true } => {
-                    let ballot = self.nodes[node].replica.as_ref().expect("acting").max_ballot();
-                    self.checker.became_primary(proc, ballot);
-                    self.counts[0] += 1;
-                    if let Some(nodes) = self.deferred_reconfiguration.take().filter(|_| self.now < self.cfg.faults_until) {
-                        self.schedule(self.now, Event::Reconfigure(nodes));
-                    }
-                }
-                Action::NotifyStatus { primary: false } | Action::NotifyPrimaryRecovered => {}
-                Action::ConfigurationChanged { cookie, config } => {
-                    self.checker.configuration(config.number, config.members.nodes.len());
-                    if let Some(cookie) = cookie {
-                        self.checker.return_cookie(proc, cookie, None);
-                    }
-                }
-                Action::Defunct(n) => self.nodes[node].defunct = n,
-                Action::FetchVotes { from, decree } => {
-                    self.counts[3] += 1;
-                    self.fetch_votes(node, from, decree)
-                }
-                Action::LoadCheckpoint(mut cp) => {
-                    let decree = cp.decree;
-                    self.counts[5] += 1;
-                    self.checker.loaded_checkpoint(proc, cp.decree);
-                    cp.max_ballot = cp.max_ballot.max(self.nodes[node].replica.as_ref().expect("acting").max_ballot());
-                    let size = self.checkpoint_size(&cp);
-                    self.nodes[node].checkpoint = Some((cp, size));
-                    // The logs before the checkpoint are dropped; the new one starts with the
-                    // Persist that follows. What lies beyond it (accepted votes a pipelined
-                    // replica holds there, a decision) is carried over.
-                    self.nodes[node].durable.retain(|r| r.header.decree > decree);
-                }
-                Action::SaveCheckpoint(cp) => {
-                    self.counts[4] += 1;
-                    let at = self.now + MS + self.rng.below(20 * MS);
-                    let incarnation = self.nodes[node].incarnation;
-                    self.schedule(at, Event::CheckpointWritten { node, incarnation, cp });
-                }
-                Action::FetchCheckpoint { from, decree, load, .. } => {
-                    // From a node that exists (a forged Join may name one that does not).
-                    let src = self.nodes.iter().position(|n| n.id == from);
-                    let reachable = src.filter(|&src| self.reachable(node, src));
-                    let fetched = reachable.and_then(|src| self.nodes[src].checkpoint.clone()).filter(|(cp, _)| cp.decree == decree);
-                    let at = self.now + MS + self.rng.below(self.cfg.max_delay);
-                    let incarnation = self.nodes[node].incarnation;
-                    self.schedule(at, Event::CheckpointFetched { node, incarnation, fetched, load });
-                }
-                Action::Rejected { from, kind, reason } => {
-                    self.rejected += 1;
-                    // Honest replicas send nothing implausible. They do send to non-members here:
-                    // `Dest::All` reaches every node, spares and replicas left out included (the
-                    // runtime sends to the members only), and those answer.
-                    if !self.cfg.adversary && reason != Rejection::NotAMember {
-                        let what = format!("node {node} rejected an honest {kind:?} from {from:?}: {reason}");
-                        self.checker.violation(what);
-                    }
-                }
-                Action::ShutDown => {
-                    self.counts[1] += 1;
-                    // A clean exit: everything written is kept. A supervisor restarts it.
-                    let n = &mut self.nodes[node];
-                    n.durable.extend(n.pending.drain(..).map(|(_, r)| r));
-                    self.crash(node);
-                    let at = self.now + 100 * MS + self.rng.below(SEC);
-                    self.schedule(at, Event::Restart(node));
-                    break;
-                }
+        let id = n.id;
+        while n.pending.front().is_some_and(|(s, _)| *s <= seq) {
+            let (_, record) = n.pending.pop_front().expect("checked");
+            if record.kind() == MsgKind::Vote && record.header.sender == id && record.header.ballot.member == id {
+                self.checker.vote_acknowledged(id, record.header.decree, record.header.ballot, record.header.config);
             }
+            n.durable.push(record);
         }
-        self.actions = out;
+        n.flushing = false;
+        if !n.pending.is_empty() {
+            self.start_flush(node);
+        }
     }
 
-    /// Serves a FetchVotes from `from`'s durable log: from its newest vote for `decree` on.
+    /// Keeps `cp` as the node's checkpoint, unless it has a newer one.
+    fn keep_checkpoint(&mut self, node: usize, cp: Checkpoint) {
+        let n = &mut self.nodes[node];
+        if n.checkpoint.as_ref().is_none_or(|(c, _)| c.decree < cp.decree) {
+            let size = checkpoint_size(&cp);
+            n.checkpoint = Some((cp, size));
+        }
+    }
+
+    /// Serves a FetchVotes from `src`'s durable log: from its newest vote for `decree` on.
     fn fetch_votes(&mut self, node: usize, from: MemberId, decree: u64) {
         let at = self.now + self.rng.below(self.cfg.max_delay) + MS;
         let incarnation = self.nodes[node].incarnation;
@@ -901,7 +883,7 @@ impl Sim {
 
     /// Both ways open, and the source up.
     fn reachable(&self, node: usize, src: usize) -> bool {
-        self.nodes[src].replica.is_some() && !self.blocked.contains(&(node, src)) && !self.blocked.contains(&(src, node))
+        self.nodes[src].up && !self.blocked.contains(&(node, src)) && !self.blocked.contains(&(src, node))
     }
 
     /// What an acknowledgement promises must already be on the sender's disk: the vote a
@@ -933,13 +915,11 @@ impl Sim {
         }
     }
 
-    fn transmit(&mut self, from: usize, to: Dest, msg: Arc<Message>) {
-        self.check_durable(from, &msg);
-        let targets: Vec<usize> = match to {
-            Dest::All => (0..self.nodes.len()).filter(|&i| i != from).collect(),
-            Dest::One(id) => self.nodes.iter().position(|n| n.id == id).into_iter().collect(),
-        };
-        for to in targets {
+    fn transmit(&mut self, from: usize, to: &[MemberId], msg: &Arc<Message>) {
+        self.check_durable(from, msg);
+        for id in to {
+            // A forged Join may have named a node that does not exist.
+            let Some(to) = self.nodes.iter().position(|n| n.id == *id) else { continue };
             if self.blocked.contains(&(from, to)) || self.rng.chance(self.loss) {
                 continue;
             }
@@ -948,6 +928,138 @@ impl Sim {
                 let at = self.now + 100 + self.rng.below(self.cfg.max_delay);
                 self.schedule(at, Event::Deliver { to, from, msg: msg.clone() });
             }
+        }
+    }
+}
+
+fn checkpoint_size(cp: &Checkpoint) -> u64 {
+    1024 + cp.decree * 16
+}
+
+impl Host for Machine<'_> {
+    fn now(&self) -> Micros {
+        self.w.now
+    }
+
+    fn send(&mut self, to: &[MemberId], msg: &Arc<Message>) {
+        self.w.transmit(self.node, to, msg);
+    }
+
+    /// Queues the record behind the flush in flight (group commit); a vote for a new decree
+    /// may roll the log.
+    fn persist(&mut self, seq: u64, record: &Arc<Message>) -> Result<Option<u64>, String> {
+        let vote = record.kind() == MsgKind::Vote;
+        if vote {
+            self.w.checker.vote_logged(record);
+        }
+        let n = &mut self.w.nodes[self.node];
+        let mut rolled = None;
+        if vote && record.header.decree > n.last_logged {
+            n.last_logged = record.header.decree;
+            n.since_roll += 1;
+            if n.since_roll >= n.roll_every {
+                n.since_roll = 0;
+                rolled = Some(record.header.decree);
+            }
+        }
+        n.pending.push_back((seq, record.clone()));
+        if !n.flushing {
+            self.w.start_flush(self.node);
+        }
+        Ok(rolled)
+    }
+
+    fn execute(&mut self, item: Execution) {
+        let n = &mut self.w.nodes[self.node];
+        n.exec.push_back(item);
+        if n.exec_busy {
+            return;
+        }
+        n.exec_busy = true;
+        let (incarnation, slow) = (n.incarnation, n.slow_exec);
+        let latency = if slow { MS + self.w.rng.below(10 * MS) } else { self.w.rng.below(200) };
+        self.w.schedule(self.w.now + latency, Event::Execute { node: self.node, incarnation });
+    }
+
+    /// Drops the log before its first record beyond the checkpoint (what log truncation after
+    /// a checkpoint does, at its most aggressive). A record beyond it that is not a vote stays
+    /// too: a Prepare logged after the checkpoint was taken holds a promise the checkpoint
+    /// does not, and truncation never drops the current log.
+    fn truncate_log(&mut self, decree: u64) -> u64 {
+        let n = &mut self.w.nodes[self.node];
+        let keep_from = n.durable.iter().position(|r| r.header.decree > decree).unwrap_or(n.durable.len());
+        n.durable.drain(..keep_from);
+        // A pipelined log is not in decree order: it holds votes from its lowest decree past the
+        // checkpoint on (a re-proposal of an older decree does not make it hold those before).
+        let beyond = n.durable.iter().filter(|r| r.kind() == MsgKind::Vote && r.header.decree > decree);
+        beyond.map(|r| r.header.decree).min().unwrap_or(decree + 1)
+    }
+
+    /// The logs before the checkpoint are dropped; the new one starts with the Persist that
+    /// follows. What lies beyond it (accepted votes a pipelined replica holds there, a
+    /// decision) is carried over.
+    fn load_checkpoint(&mut self, cp: &Checkpoint, promised: Ballot) -> Result<(), String> {
+        self.w.counts[5] += 1;
+        let mut cp = cp.clone();
+        cp.max_ballot = cp.max_ballot.max(promised);
+        let (decree, size) = (cp.decree, checkpoint_size(&cp));
+        let n = &mut self.w.nodes[self.node];
+        n.checkpoint = Some((cp, size));
+        n.durable.retain(|r| r.header.decree > decree);
+        Ok(())
+    }
+
+    fn write_defunct(&mut self, highest: u32) -> Result<(), String> {
+        self.w.nodes[self.node].defunct = highest;
+        Ok(())
+    }
+
+    fn fetch_votes(&mut self, node: &MemberNode, request: Message) {
+        self.w.counts[3] += 1;
+        self.w.fetch_votes(self.node, node.id, request.header.decree);
+    }
+
+    /// From a node that exists (a forged Join may name one that does not), reachable, whose
+    /// checkpoint is the one asked for.
+    fn fetch_checkpoint(&mut self, node: &MemberNode, request: Message, _size: u64, load: bool) {
+        let w = &mut *self.w;
+        let decree = request.header.decree;
+        let src = w.nodes.iter().position(|n| n.id == node.id).filter(|&src| w.reachable(self.node, src));
+        let fetched = src.and_then(|src| w.nodes[src].checkpoint.clone()).filter(|(cp, _)| cp.decree == decree);
+        let at = w.now + MS + w.rng.below(w.cfg.max_delay);
+        let incarnation = w.nodes[self.node].incarnation;
+        w.schedule(at, Event::CheckpointFetched { node: self.node, incarnation, fetched, load });
+    }
+
+    /// Honest replicas send nothing implausible. They do send to non-members: a replica left
+    /// out of a configuration, or one behind, still speaks to the members it knows.
+    fn rejected(&mut self, from: MemberId, kind: MsgKind, reason: Rejection, _: Option<IpAddr>) {
+        self.w.rejected += 1;
+        if !self.w.cfg.adversary && reason != Rejection::NotAMember {
+            let what = format!("node {} rejected an honest {kind:?} from {from:?}: {reason}", self.node);
+            self.w.checker.violation(what);
+        }
+    }
+
+    fn set_peers(&mut self, _: &[&MemberNode]) {}
+
+    fn fail(&mut self, reason: String) {
+        self.w.checker.violation(format!("node {} failed: {reason}", self.node));
+    }
+
+    fn observe(&mut self, core: &Replica, action: &Action) {
+        let proc = self.w.proc(self.node);
+        match action {
+            Action::NotifyStatus { primary: true } => {
+                self.w.checker.became_primary(proc, core.max_ballot());
+                self.w.counts[0] += 1;
+                if let Some(nodes) = self.w.deferred_reconfiguration.take().filter(|_| self.w.now < self.w.cfg.faults_until) {
+                    self.w.schedule(self.w.now, Event::Reconfigure(nodes));
+                }
+            }
+            Action::ConfigurationChanged { config, .. } => self.w.checker.configuration(config.number, config.members.nodes.len()),
+            Action::ShutDown => self.w.counts[1] += 1,
+            _ => {}
         }
     }
 }

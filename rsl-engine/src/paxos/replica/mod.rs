@@ -312,6 +312,11 @@ impl Replica {
         self.me
     }
 
+    /// The protocol version this replica speaks.
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
     pub fn role(&self) -> Role {
         self.role
     }
