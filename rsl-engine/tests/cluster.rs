@@ -28,12 +28,24 @@ fn kill_9_the_primary_under_load_and_restart_it() {
         let acked = load_while(&mut c, &spec, async |c, progress| {
             let p = primary(c).await;
             c.kill9(p);
-            wait_done(progress, 2000).await;
+            wait_done(c, progress, 2000).await;
             c.spawn(p, true);
         })
         .await;
         verify(&c, &[0, 1, 2], &acked, &spec).await;
     });
+}
+
+/// A killed replica gets its ports back on restart: an outgoing connection (of any process)
+/// can take none of them while it is down, nor hold it in TIME_WAIT, for they lie below the
+/// kernel's ephemeral range. (They did not, and restarts failed with "Address already in use".)
+#[test]
+fn replica_ports_lie_below_the_ephemeral_range() {
+    for _ in 0..200 {
+        let c = Cluster::new(3, 1, &["--rings", "2"]);
+        let last = c.base + 10 + 3 * 4 - 1;
+        assert!(last < support::ephemeral_low(), "ports {}..={last} reach the ephemeral range", c.base);
+    }
 }
 
 #[test]

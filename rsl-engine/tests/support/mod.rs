@@ -15,15 +15,29 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Ports for one cluster: replica i uses base+3i (Paxos), +1 (learn), +2 (clients).
+///
+/// They lie below the kernel's ephemeral range. A port in it is free for any outgoing
+/// connection while its replica is down, and a client socket on it (open, or in TIME_WAIT for
+/// a minute after it closed) makes the restarted replica's bind fail, SO_REUSEADDR or not.
 pub fn free_base(span: u16) -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
+    const LOW: u16 = 10_000;
+    let window = ephemeral_low().checked_sub(LOW + span).filter(|w| *w >= 4000).expect("ephemeral ports start above 14,000");
     loop {
-        let base = 21_000 + (std::process::id() % 200) as u16 * 100 + NEXT.fetch_add(span, Relaxed) % 3000;
+        let offset = ((std::process::id() % 200) as u16 * 100 + NEXT.fetch_add(span, Relaxed) % 3000) % window;
+        let base = LOW + offset;
         let free = (0..span).all(|k| TcpListener::bind((Ipv4Addr::LOCALHOST, base + k)).is_ok());
         if free {
             return base;
         }
     }
+}
+
+/// The first port of the kernel's ephemeral range (`ip_local_port_range`; Linux's default if
+/// unreadable).
+pub fn ephemeral_low() -> u16 {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    range.split_whitespace().next().and_then(|p| p.parse().ok()).unwrap_or(32_768)
 }
 
 /// How one replica is started besides the cluster's common arguments.
@@ -36,6 +50,9 @@ pub struct Launch {
     pub wrap: Vec<String>,
 }
 
+/// Lines of each replica's stderr a diagnosis shows.
+const DIAGNOSIS_LINES: usize = 40;
+
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub base: u16,
@@ -43,7 +60,8 @@ pub struct Cluster {
     pub procs: Vec<Option<Child>>,
     pub extra: Vec<String>,
     pub launch: Vec<Launch>,
-    /// Each replica's stderr goes to `<dir>/<id>.stderr` instead of the test's.
+    /// Each replica's stderr goes to `<dir>/<id>.stderr` (the default: a failed wait shows its
+    /// tail) instead of the test's.
     pub log_to_files: bool,
     /// Each replica's address (127.0.0.1 unless `set_hosts`).
     pub hosts: Vec<Ipv4Addr>,
@@ -71,7 +89,7 @@ impl Cluster {
             procs: (0..n + spares).map(|_| None).collect(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             launch: vec![Launch::default(); n + spares],
-            log_to_files: false,
+            log_to_files: true,
             hosts: vec![Ipv4Addr::LOCALHOST; n + spares],
         }
     }
@@ -119,6 +137,10 @@ impl Cluster {
         if self.log_to_files {
             let log = File::options().create(true).append(true).open(self.stderr_path(i)).expect("stderr file");
             cmd.stderr(log).env("NO_COLOR", "1");
+            if std::env::var_os("RSL_LOG").is_none() {
+                // Connections made and lost, role changes: what a diagnosis needs.
+                cmd.env("RSL_LOG", "info");
+            }
         }
         self.procs[i] = Some(cmd.spawn().expect("spawn rsl-kv replica"));
     }
@@ -203,20 +225,64 @@ impl Cluster {
         std::fs::read(self.stderr_path(i)).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
     }
 
-    /// The panic and error lines every replica logged, to explain a failed check.
+    /// What every replica is doing, to explain a failed wait: whether its process runs (or how
+    /// it ended), the status it answers now, its panic and error lines and the tail of its stderr.
     pub fn diagnosis(&self) -> String {
         let mut out = String::new();
         for i in 0..self.procs.len() {
             let text = self.stderr(i);
             let all: Vec<&str> = text.lines().collect();
+            if self.procs[i].is_none() && all.is_empty() {
+                continue; // a spare never started
+            }
+            out += &format!("\n  replica {}: {}; status now: {}", i + 1, self.process_state(i), self.status_now(i));
             // A panic's message is on the line after its location.
             let notable = |k: usize| all[k].contains("panicked") || all[k].contains("ERROR") || (k > 0 && all[k - 1].contains("panicked"));
             let lines: Vec<&str> = (0..all.len()).filter(|&k| notable(k)).map(|k| all[k]).take(6).collect();
             if !lines.is_empty() {
-                out += &format!("\n  replica {} stderr: {}", i + 1, lines.join(" | "));
+                out += &format!("\n    panics and errors: {}", lines.join(" | "));
+            }
+            if !all.is_empty() {
+                let tail = &all[all.len().saturating_sub(DIAGNOSIS_LINES)..];
+                out += &format!("\n    last {} of {} stderr lines:\n      {}", tail.len(), all.len(), tail.join("\n      "));
             }
         }
         out
+    }
+
+    /// Whether replica `i`'s process runs, from /proc (no reaping: `&self` is enough).
+    fn process_state(&self, i: usize) -> String {
+        let Some(child) = &self.procs[i] else { return "not running (killed or reaped by the test)".into() };
+        let pid = child.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the command name: the state is field 3, the wait status field 52.
+        let fields: Vec<&str> = stat.rsplit_once(')').map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+        match fields.first() {
+            Some(&"Z") => match fields.get(49).and_then(|w| w.parse::<i32>().ok()) {
+                Some(w) if w & 0x7f != 0 => format!("EXITED (pid {pid}, killed by signal {})", w & 0x7f),
+                Some(w) => format!("EXITED (pid {pid}, exit code {})", (w >> 8) & 0xff),
+                None => format!("EXITED (pid {pid})"),
+            },
+            Some(state) => format!("alive (pid {pid}, state {state})"),
+            None => format!("gone (pid {pid})"),
+        }
+    }
+
+    /// The status replica `i` answers within 2 s, asked from a thread of its own (the caller
+    /// may be inside a runtime, and cannot wait on it there).
+    fn status_now(&self, i: usize) -> String {
+        let addr = self.client(i);
+        let ask = move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(
+                async move { tokio::time::timeout(Duration::from_secs(2), async { Conn::connect(addr).await?.status().await }).await },
+            )
+        };
+        match std::thread::spawn(ask).join().expect("status thread") {
+            Ok(Ok(s)) => format!("{s:?}"),
+            Ok(Err(e)) => format!("none ({e})"),
+            Err(_) => "none (no answer within 2 s)".into(),
+        }
     }
 
     /// Every started replica is still running.
@@ -269,26 +335,31 @@ pub fn spec(requests: u64) -> LoadSpec {
 }
 
 pub async fn primary(c: &Cluster) -> usize {
-    let p = client::wait_for_primary(&c.running(), Duration::from_secs(60)).await.expect("a primary within 60 s");
-    c.index_of(p)
+    match client::wait_for_primary(&c.running(), Duration::from_secs(60)).await {
+        Some(p) => c.index_of(p),
+        None => panic!("no primary within 60 s{}", c.diagnosis()),
+    }
 }
 
-pub async fn wait_done(progress: &Progress, n: u64) {
+/// Waits (bounded) until the load `progress` tracks has `n` acknowledged requests.
+pub async fn wait_done(c: &Cluster, progress: &Progress, n: u64) {
     let until = Instant::now() + Duration::from_secs(120);
     while progress.done.load(Relaxed) < n {
-        assert!(Instant::now() < until, "load stalled at {}", progress.done.load(Relaxed));
+        assert!(Instant::now() < until, "load stalled at {}{}", progress.done.load(Relaxed), c.diagnosis());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
+/// What the replica at `addr` reports, if it answers within 2 s (a stopped one never would).
 pub async fn status(addr: SocketAddr) -> Option<ReplicaStatus> {
-    Conn::connect(addr).await.ok()?.status().await.ok()
+    let ask = async { Conn::connect(addr).await.ok()?.status().await.ok() };
+    tokio::time::timeout(Duration::from_secs(2), ask).await.ok().flatten()
 }
 
 /// Every replica in `replicas` converges on one state holding every acknowledged write.
 pub async fn verify(c: &Cluster, replicas: &[usize], acked: &[u64], spec: &LoadSpec) -> u64 {
     let addrs: Vec<_> = replicas.iter().map(|&i| c.client(i)).collect();
-    verify_at(&addrs, acked, spec).await
+    check(&addrs, acked, spec, Duration::from_secs(60), || c.diagnosis()).await
 }
 
 /// `verify` for replicas given by client address; returns the state digest they agree on.
@@ -298,6 +369,11 @@ pub async fn verify_at(replicas: &[SocketAddr], acked: &[u64], spec: &LoadSpec) 
 
 /// `verify_at`, with the replicas given `within` to converge.
 pub async fn verify_within(replicas: &[SocketAddr], acked: &[u64], spec: &LoadSpec, within: Duration) -> u64 {
+    check(replicas, acked, spec, within, String::new).await
+}
+
+/// `verify_within`; a failure to converge is explained by `diagnosis`.
+async fn check(replicas: &[SocketAddr], acked: &[u64], spec: &LoadSpec, within: Duration, diagnosis: impl Fn() -> String) -> u64 {
     let until = Instant::now() + within;
     let states = loop {
         let mut states = Vec::new();
@@ -310,7 +386,7 @@ pub async fn verify_within(replicas: &[SocketAddr], acked: &[u64], spec: &LoadSp
         if same {
             break states;
         }
-        assert!(Instant::now() < until, "replicas {replicas:?} never converged: {states:?}");
+        assert!(Instant::now() < until, "replicas {replicas:?} never converged: {states:?}{}", diagnosis());
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let state = states[0].as_ref().expect("converged");
@@ -332,9 +408,12 @@ pub async fn load_while(c: &mut Cluster, spec: &LoadSpec, during: impl AsyncFnOn
     let progress = Arc::new(Progress::default());
     let addrs: Vec<_> = (0..c.procs.len()).map(|i| c.client(i)).collect();
     let load = tokio::spawn(client::load(addrs, spec.clone(), progress.clone()));
-    wait_done(&progress, spec.requests.unwrap_or(0) / 3).await;
+    wait_done(c, &progress, spec.requests.unwrap_or(0) / 3).await;
     during(c, &progress).await;
-    let result = tokio::time::timeout(Duration::from_secs(120), load).await.expect("load finishes").expect("load task");
+    let Ok(result) = tokio::time::timeout(Duration::from_secs(120), load).await else {
+        panic!("the load did not finish within 120 s: {} acknowledged{}", progress.done.load(Relaxed), c.diagnosis());
+    };
+    let result = result.expect("load task");
     assert_eq!(result.acked.len() as u64, spec.requests.unwrap_or(0), "every request acknowledged eventually");
     result.acked
 }
