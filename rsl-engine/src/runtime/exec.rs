@@ -5,6 +5,7 @@
 
 use super::api::{ResponseCode, StateMachine};
 use super::checkpoints::{CheckpointStore, Saved};
+use super::learn;
 use super::queue::{Inbox, Queue};
 use super::ring::Event;
 use super::Shared;
@@ -284,10 +285,25 @@ impl Executor {
     }
 }
 
-/// Keeps a checkpoint downloaded into `temp` as this replica's `<decree>.codex`: the blocks
-/// are checked on the blocking pool, and the store's owner (the execute thread) only places
-/// the file. Returns it with its header; on a failure the file is gone.
-pub(crate) async fn install(work: &Queue<Work>, temp: PathBuf, decree: u64) -> Result<(Saved, CheckpointHeader), String> {
+/// Fetches the checkpoint `request` asks `peer` for into `temp` (`size` bytes, at most
+/// `attempts` connections, see [`learn::fetch_checkpoint`]) and keeps it as this replica's
+/// `<decree>.codex`: the blocks are checked on the blocking pool, and the store's owner (the
+/// execute thread) only places the file. Returns it with its header; on a failure the file
+/// is gone.
+pub(crate) async fn fetch_checkpoint(
+    peer: learn::Peer<'_>,
+    request: &Message,
+    size: u64,
+    temp: PathBuf,
+    limit: Duration,
+    attempts: u32,
+    work: &Queue<Work>,
+) -> Result<(Saved, CheckpointHeader), String> {
+    let decree = request.header.decree;
+    if let Err(e) = learn::fetch_checkpoint(peer, request, size, &temp, limit, attempts).await {
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(temp)).await;
+        return Err(e.to_string());
+    }
     let check = temp.clone();
     let checked = tokio::task::spawn_blocking(move || CheckpointStore::check_download(&check, decree)).await;
     let (size, header) = checked.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
