@@ -315,3 +315,31 @@ pub(crate) async fn fetch_checkpoint(
     let saved = reply.await.map_err(|_| "the replica stopped before the checkpoint was placed".to_string())??;
     Ok((saved, header))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{Ballot, Body, Header};
+    use tokio::net::TcpListener;
+
+    /// A download that fails (the peer hangs up at once) leaves nothing in `Temp/`: a replica
+    /// that keeps failing to fetch must not fill its disk with partial files.
+    #[tokio::test]
+    async fn a_failed_fetch_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let temp = dir.path().join("download.tmp");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                drop(conn);
+            }
+        });
+        let header = Header::new(Version::V6, MemberId::from_numeric(1), 40, 1, Ballot::EMPTY);
+        let request = Message::new(header, Body::FetchCheckpoint);
+        let (work, _inbox) = super::super::queue::bounded(4);
+        let limit = Duration::from_secs(10);
+        let err = fetch_checkpoint(learn::Peer::plain(addr), &request, 4096, temp.clone(), limit, 2, &work).await.unwrap_err();
+        assert!(!temp.exists(), "after {err}, the partial download is removed");
+    }
+}

@@ -124,7 +124,6 @@ impl RslReplica {
         let initial =
             members.as_ref().map_or_else(ConfigInfo::default, |set| ConfigInfo { number: 1, initial_decree: 0, members: set.clone() });
         let mut core = Replica::new(cfg.core_config(version), me.id, initial, seed(&me.id) ^ 0x5eed);
-        core.restore_defunct(read_defunct(&dir).map_err(|e| storage(&e))?);
         let loaded = restore::load(&mut core, store.list(), &mut *sm);
         let checkpoints = store.catalog();
         let start = Instant::now();
@@ -150,6 +149,7 @@ impl RslReplica {
             seed: seed(&me.id),
         };
         let (journal, logged) = Journal::open(opts, loaded, on_durable, on_error).map_err(|e| storage(&e))?;
+        core.restore_defunct(read_defunct(&dir).map_err(|e| storage(&e))?);
         let mut exec = Executor::new(sm, shared.clone(), store, me.id, version, events_tx.clone());
         // Every chosen decree executes on the calling thread.
         restore::replay(&mut core, &logged, |action| {
