@@ -1,10 +1,15 @@
 //! What a service implements and gets back: the state-machine callbacks with RSL's
-//! synchronization classes, response codes, and the health and statistics records.
+//! synchronization classes, response codes, start-up errors, and the health and statistics
+//! records.
 
+use super::config::ConfigError;
+use super::tls::TlsError;
 use crate::format::checkpoint::{CheckpointReader, CheckpointWriter};
 use crate::format::{MemberId, Node};
-use crate::paxos::Cookie;
-use std::path::Path;
+use crate::paxos::{Cookie, ReplayError};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
 
 /// `RSLResponseCode`, with the original's numeric values.
 #[repr(u32)]
@@ -143,4 +148,26 @@ pub struct Stats {
 /// A node that the application names: its id and where it listens.
 pub fn node(id: &str, ip: std::net::Ipv4Addr, rsl_port: u16) -> Option<Node> {
     Some(Node { id: MemberId::new(id)?, ip, rsl_port, learn_port: rsl_port.checked_add(1)?, app_port: 0, host_name: Default::default() })
+}
+
+/// Why `initialize` failed.
+#[derive(Debug, Error)]
+pub enum InitError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Storage(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("the state machine could not load any checkpoint, and the logs do not start at decree 0")]
+    NoState,
+    /// A log record that does not follow the one before it (the core's `ReplayError`), with
+    /// the file and offset it was read from.
+    #[error("{}: record at offset {offset}: {source}", path.display())]
+    Replay { path: PathBuf, offset: u64, source: ReplayError },
+    #[error("{0}")]
+    Invalid(&'static str),
+    /// A TLS setting, or a certificate, key or CA file it names, is unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }

@@ -7,7 +7,7 @@ use crate::faults::{self, CHECKPOINT_FSYNC, CHECKPOINT_RENAME};
 use crate::format::checkpoint::DEFAULT_BLOCK_SIZE;
 use crate::format::{CheckpointError, CheckpointHeader, CheckpointReader, CheckpointWriter, MemberId, Version};
 use crate::paxos::Checkpoint;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -110,7 +110,7 @@ impl CheckpointStore {
         }
         let catalog = Catalog { dir, temp, next_temp: AtomicU64::new(0), listing: RwLock::default() };
         let mut checkpoints = BTreeMap::new();
-        for decree in list_checkpoints(&catalog.dir)? {
+        for (decree, _) in list_checkpoints(&catalog.dir)? {
             let path = catalog.path_of(decree);
             checkpoints.insert(decree, fs::metadata(&path).map_err(io_err(&path))?.len());
         }
@@ -264,12 +264,6 @@ impl CheckpointStore {
         let listing = Listing { newest: self.checkpoints.last_key_value().map(|(&d, &s)| (d, s)), oldest: self.oldest() };
         *self.catalog.listing.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = listing;
     }
-
-    /// The restore rule (§8.5 step 1, §1.6 LoadState) over this directory's checkpoints:
-    /// see [`load_newest`].
-    pub fn load_newest(&self, load: impl FnMut(Option<&mut CheckpointReader>) -> bool) -> (Option<(Checkpoint, u64)>, Vec<Skipped>) {
-        load_newest(self.list(), load)
-    }
 }
 
 /// Reopens a checkpoint with the reader's open-time checks (and, with `blocks`, reads all of
@@ -367,12 +361,11 @@ fn refused(path: PathBuf, state_saved: bool) -> Skipped {
 }
 
 /// The `*.codex` files of `dir`, by decree.
-fn list_checkpoints(dir: &Path) -> Result<BTreeSet<u64>, StoreError> {
-    let files = numbered_files(dir, "codex").map_err(|e| match e {
+pub fn list_checkpoints(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+    numbered_files(dir, "codex").map_err(|e| match e {
         ListError::Io(source) => StoreError::Io { path: dir.into(), source },
         ListError::BadName(path) => StoreError::BadName { path },
-    })?;
-    Ok(files.into_iter().map(|(d, _)| d).collect())
+    })
 }
 
 /// The header this replica writes for the core's checkpoint `cp`.
@@ -490,7 +483,7 @@ mod tests {
         let f = File::options().write(true).open(&newest).unwrap();
         f.set_len(f.metadata().unwrap().len() - 1).unwrap();
         let mut offered = Vec::new();
-        let (loaded, skipped) = store.load_newest(|r| {
+        let (loaded, skipped) = load_newest(store.list(), |r| {
             let r = r.expect("state saved");
             offered.push(r.header().last_executed);
             r.header().last_executed == 4 && read_all(r) == data(4)
@@ -498,7 +491,7 @@ mod tests {
         assert_eq!(offered, [8, 4]);
         let (cp, size) = loaded.unwrap();
         assert_eq!((cp, size), (checkpoint(4, true), fs::metadata(dir.path().join("4.codex")).unwrap().len()));
-        assert!(store.load_newest(|_| false).0.is_none());
+        assert!(load_newest(store.list(), |_| false).0.is_none());
         assert!(newest.exists(), "a corrupt checkpoint is reported, not deleted");
         // Each skip says which file, where and why.
         let len = fs::metadata(&newest).unwrap().len();
@@ -529,7 +522,7 @@ mod tests {
         fs::write(dir.path().join("20.codex"), b"not a checkpoint").unwrap();
         let store = CheckpointStore::open(dir.path(), 4).unwrap();
         // An application that refuses a checkpoint it cannot read to the end.
-        let (loaded, skipped) = store.load_newest(|r| {
+        let (loaded, skipped) = load_newest(store.list(), |r| {
             let r = r.expect("state saved");
             let mut buf = vec![0; r.size() as usize];
             r.get_data(&mut buf).is_ok_and(|n| n == buf.len())
@@ -555,13 +548,12 @@ mod tests {
         let header = header_for(&checkpoint(0, false), me(), Version::V6);
         store.save(header, |_| Ok(true)).unwrap().unwrap();
         let mut got_none = false;
-        let (cp, _) = store
-            .load_newest(|r| {
-                got_none = r.is_none();
-                true
-            })
-            .0
-            .unwrap();
+        let (cp, _) = load_newest(store.list(), |r| {
+            got_none = r.is_none();
+            true
+        })
+        .0
+        .unwrap();
         assert!(got_none && !cp.state_saved);
     }
 
@@ -670,13 +662,12 @@ mod tests {
             fs::copy(golden.join(name).join(&file), dir.path().join(&file)).unwrap();
             let store = CheckpointStore::open(dir.path(), 4).unwrap();
             let mut data_len = None;
-            let (cp, size) = store
-                .load_newest(|r| {
-                    data_len = r.map(|r| read_all(r).len() as u64);
-                    true
-                })
-                .0
-                .unwrap_or_else(|| panic!("{name} does not load"));
+            let (cp, size) = load_newest(store.list(), |r| {
+                data_len = r.map(|r| read_all(r).len() as u64);
+                true
+            })
+            .0
+            .unwrap_or_else(|| panic!("{name} does not load"));
             assert_eq!(cp.decree, decree, "{name}");
             assert_eq!(cp.next_vote.header.decree, decree + 1, "{name}");
             assert_eq!(size, fs::metadata(dir.path().join(&file)).unwrap().len(), "{name}");

@@ -6,6 +6,7 @@
 use super::api::{ResponseCode, StateMachine};
 use super::checkpoints::{CheckpointStore, Saved};
 use super::event::Event;
+use super::learn;
 use super::queue::{Inbox, Queue};
 use super::Shared;
 use crate::format::checkpoint::{CheckpointHeader, CheckpointReader};
@@ -284,10 +285,25 @@ impl Executor {
     }
 }
 
-/// Keeps a checkpoint downloaded into `temp` as this replica's `<decree>.codex`: the blocks
-/// are checked on the blocking pool, and the store's owner (the execute thread) only places
-/// the file. Returns it with its header; on a failure the file is gone.
-pub(crate) async fn install(work: &Queue<Work>, temp: PathBuf, decree: u64) -> Result<(Saved, CheckpointHeader), String> {
+/// Fetches the checkpoint `request` asks `peer` for into `temp` (`size` bytes, at most
+/// `attempts` connections, see [`learn::fetch_checkpoint`]) and keeps it as this replica's
+/// `<decree>.codex`: the blocks are checked on the blocking pool, and the store's owner (the
+/// execute thread) only places the file. Returns it with its header; on a failure the file
+/// is gone.
+pub(crate) async fn fetch_checkpoint(
+    peer: learn::Peer<'_>,
+    request: &Message,
+    size: u64,
+    temp: PathBuf,
+    limit: Duration,
+    attempts: u32,
+    work: &Queue<Work>,
+) -> Result<(Saved, CheckpointHeader), String> {
+    let decree = request.header.decree;
+    if let Err(e) = learn::fetch_checkpoint(peer, request, size, &temp, limit, attempts).await {
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(temp)).await;
+        return Err(e.to_string());
+    }
     let check = temp.clone();
     let checked = tokio::task::spawn_blocking(move || CheckpointStore::check_download(&check, decree)).await;
     let (size, header) = checked.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
@@ -298,4 +314,32 @@ pub(crate) async fn install(work: &Queue<Work>, temp: PathBuf, decree: u64) -> R
     }
     let saved = reply.await.map_err(|_| "the replica stopped before the checkpoint was placed".to_string())??;
     Ok((saved, header))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{Ballot, Body, Header};
+    use tokio::net::TcpListener;
+
+    /// A download that fails (the peer hangs up at once) leaves nothing in `Temp/`: a replica
+    /// that keeps failing to fetch must not fill its disk with partial files.
+    #[tokio::test]
+    async fn a_failed_fetch_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let temp = dir.path().join("download.tmp");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                drop(conn);
+            }
+        });
+        let header = Header::new(Version::V6, MemberId::from_numeric(1), 40, 1, Ballot::EMPTY);
+        let request = Message::new(header, Body::FetchCheckpoint);
+        let (work, _inbox) = super::super::queue::bounded(4);
+        let limit = Duration::from_secs(10);
+        let err = fetch_checkpoint(learn::Peer::plain(addr), &request, 4096, temp.clone(), limit, 2, &work).await.unwrap_err();
+        assert!(!temp.exists(), "after {err}, the partial download is removed");
+    }
 }

@@ -224,6 +224,12 @@ struct Found {
     contents: LogContents,
 }
 
+/// The records [`Journal::open`] would return for `dir`, read without writing anything (the
+/// read-only Replay).
+pub fn read_logs(dir: &Path, checkpoint_decree: Option<u64>) -> Result<Replay, JournalError> {
+    Ok(Replay::take(&mut scan_dir(dir, checkpoint_decree)?))
+}
+
 impl Journal {
     /// Opens (or starts) the log directory and returns the records to replay, in log order,
     /// from the newest log numbered ≤ `checkpoint_decree + 1` (formats §8.5).

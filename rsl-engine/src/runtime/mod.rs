@@ -14,15 +14,15 @@ mod exec;
 pub mod journal;
 pub mod learn;
 mod queue;
-mod replay;
 mod replica;
+mod restore;
 mod ring;
 pub mod tls;
 pub mod transport;
 
-pub use api::{Admission, AdmitAll, ReplicaHealth, ResponseCode, StateMachine, Stats};
+pub use api::{Admission, AdmitAll, InitError, ReplicaHealth, ResponseCode, StateMachine, Stats};
 pub use config::{ConfigError, RslConfig};
-pub use replica::{InitError, RslReplica};
+pub use replica::RslReplica;
 
 use crate::format::ConfigInfo;
 use crate::format::MemberId;

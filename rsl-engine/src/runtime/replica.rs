@@ -1,23 +1,24 @@
 //! [`RslReplica`]: one replica of one ring, as a service sees it (RSL's `RSLStateMachine`
 //! public methods): start-up and restore, requests, reads, membership, and unload.
 
-use super::api::{Admission, ReplicaHealth, ResponseCode, StateMachine, Stats};
+use super::api::{Admission, InitError, ReplicaHealth, ResponseCode, StateMachine, Stats};
 use super::checkpoints::{Catalog, CheckpointStore};
-use super::config::{ConfigError, RslConfig};
+use super::config::RslConfig;
 use super::event::Event;
-use super::exec::{Executor, Work};
-use super::journal::{read_defunct, Journal, JournalOptions, Replay};
+use super::exec::{fetch_checkpoint, Executor, Work};
+use super::journal::{read_defunct, Journal, JournalOptions};
 use super::learn::{self, LearnServer, LearnSource};
 use super::queue::{self, Queue, Refused};
 use super::ring::{learn_addr, Io, Limits, Ring};
-use super::tls::{Tls, TlsError};
+use super::tls::Tls;
 use super::transport::{Origin, Transport};
-use super::{panic_message, spawn_task, FileRange, Shared};
+use super::{panic_message, restore, spawn_task, FileRange, Shared};
 use crate::format::message::StatusBody;
 use crate::format::{Ballot, Body, ConfigInfo, Header, MemberId, MemberSet, Message, Node, Version};
-use crate::paxos::{Action, Cookie, Input, ReplayError, Replica, Role};
+use crate::paxos::{Action, Cookie, Input, Replica, Role};
 use bytes::Bytes;
 use std::net::{SocketAddr, SocketAddrV4};
+use std::ops::ControlFlow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::{Acquire, Relaxed};
@@ -25,29 +26,6 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use thiserror::Error;
-
-/// Why `initialize` failed.
-#[derive(Debug, Error)]
-pub enum InitError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error("{0}")]
-    Storage(String),
-    #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
-    #[error("the state machine could not load any checkpoint, and the logs do not start at decree 0")]
-    NoState,
-    /// A log record that does not follow the one before it (the core's `ReplayError`), with
-    /// the file and offset it was read from.
-    #[error("{}: record at offset {offset}: {source}", path.display())]
-    Replay { path: PathBuf, offset: u64, source: ReplayError },
-    #[error("{0}")]
-    Invalid(&'static str),
-    /// A TLS setting, or a certificate, key or CA file it names, is unusable.
-    #[error(transparent)]
-    Tls(#[from] TlsError),
-}
 
 /// A running replica. Every method may be called from any thread.
 ///
@@ -144,13 +122,13 @@ impl RslReplica {
         std::fs::create_dir_all(&dir).map_err(|e| InitError::Storage(format!("{}: {e}", dir.display())))?;
         let storage = |e: &dyn std::fmt::Display| InitError::Storage(e.to_string());
         let store = CheckpointStore::open(&dir, cfg.max_checkpoints as usize).map_err(|e| storage(&e))?;
-        let (loaded, _skipped) = store.load_newest(|reader| sm.load_state(reader));
-        if loaded.is_none() {
-            sm.load_state(None);
-        }
+        let initial =
+            members.as_ref().map_or_else(ConfigInfo::default, |set| ConfigInfo { number: 1, initial_decree: 0, members: set.clone() });
+        let mut core = Replica::new(cfg.core_config(version), me.id, initial, seed(&me.id) ^ 0x5eed);
+        let loaded = restore::load(&mut core, store.list(), &mut *sm);
         let checkpoints = store.catalog();
         let start = Instant::now();
-        let shared = Arc::new(Shared::new(loaded.as_ref().map_or(0, |(cp, _)| cp.decree)));
+        let shared = Arc::new(Shared::new(loaded.unwrap_or(0)));
         let (events_tx, events_rx) = queue::bounded(queue::CAPACITY);
         let (work_tx, work_rx) = queue::bounded(queue::CAPACITY);
 
@@ -171,20 +149,18 @@ impl RslReplica {
             sync: cfg.sync_writes,
             seed: seed(&me.id),
         };
-        let (journal, logged) =
-            Journal::open(opts, loaded.as_ref().map(|(cp, _)| cp.decree), on_durable, on_error).map_err(|e| storage(&e))?;
-
-        let initial = match &members {
-            Some(set) => ConfigInfo { number: 1, initial_decree: 0, members: set.clone() },
-            None => ConfigInfo::default(),
-        };
-        let mut core = Replica::new(cfg.core_config(version), me.id, initial, seed(&me.id) ^ 0x5eed);
+        let (journal, logged) = Journal::open(opts, loaded, on_durable, on_error).map_err(|e| storage(&e))?;
         core.restore_defunct(read_defunct(&dir).map_err(|e| storage(&e))?);
-        if let Some((cp, size)) = &loaded {
-            core.restore_checkpoint(cp, *size);
-        }
         let mut exec = Executor::new(sm, shared.clone(), store, me.id, version, events_tx.clone());
-        replay(&mut core, &logged, &mut exec)?;
+        // Every chosen decree executes on the calling thread.
+        restore::replay(&mut core, &logged, |action| {
+            match action {
+                Action::Execute { vote, cookies } => exec.handle(Work::Execute { vote, cookies }),
+                Action::ConfigurationChanged { config, .. } => exec.handle(Work::ConfigChanged { config, cookie: None }),
+                other => tracing::debug!(?other, "ignored during replay"),
+            }
+            ControlFlow::Continue(())
+        })?;
         shared.view().config = core.configuration().clone();
         shared.passed_seq.store(shared.current_seq.load(Relaxed), Relaxed);
 
@@ -264,7 +240,7 @@ impl RslReplica {
     /// checkpoint at or below `max_seq`, then the logs' chosen decrees up to `max_seq`) on the
     /// calling thread, with no network and no writes. Returns the last executed decree.
     pub fn replay(cfg: &RslConfig, me: &MemberId, version: Version, sm: &mut dyn StateMachine, max_seq: u64) -> Result<u64, InitError> {
-        super::replay::replay(&data_dir(cfg, me), version, sm, max_seq)
+        restore::read_only(&data_dir(cfg, me), version, sm, max_seq)
     }
 
     /// The replica's data directory (working directory, plus the member id if configured).
@@ -564,34 +540,11 @@ async fn copy_state(
             continue;
         }
         let request = Message::new(Header::new(version, me, s.checkpointed_decree, 0, Ballot::EMPTY), Body::FetchCheckpoint);
-        let temp = checkpoints.temp_path();
-        if learn::fetch_checkpoint(peer, &request, s.checkpoint_size, &temp, limit, 3).await.is_err() {
-            continue;
-        }
-        if let Ok((saved, _)) = super::exec::install(work, temp, s.checkpointed_decree).await {
+        if let Ok((saved, _)) = fetch_checkpoint(peer, &request, s.checkpoint_size, checkpoints.temp_path(), limit, 3, work).await {
             return Some((saved.decree, saved.path));
         }
     }
     None
-}
-
-/// Restores what the logs hold: every chosen decree executes on the calling thread.
-fn replay(core: &mut Replica, logged: &Replay, exec: &mut Executor) -> Result<(), InitError> {
-    let mut out = Vec::new();
-    for (i, record) in logged.records.iter().enumerate() {
-        core.replay(record, &mut out).map_err(|source| {
-            let (path, offset) = logged.origin(i);
-            InitError::Replay { path: path.into(), offset, source }
-        })?;
-        for action in out.drain(..) {
-            match action {
-                Action::Execute { vote, cookies } => exec.handle(Work::Execute { vote, cookies }),
-                Action::ConfigurationChanged { config, .. } => exec.handle(Work::ConfigChanged { config, cookie: None }),
-                other => tracing::debug!(?other, "ignored during replay"),
-            }
-        }
-    }
-    Ok(())
 }
 
 /// What one replica thread's death tells the others. The siblings then end as on `unload`

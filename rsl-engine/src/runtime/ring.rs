@@ -329,10 +329,7 @@ impl Host for Io {
         let tls = self.tls.clone();
         let task = async move {
             let peer = learn::Peer { addr, tls: tls.as_deref() };
-            let installed = match learn::fetch_checkpoint(peer, &request, size, &temp, timeout, 5).await {
-                Ok(()) => super::exec::install(&work, temp, decree).await,
-                Err(e) => Err(e.to_string()),
-            };
+            let installed = super::exec::fetch_checkpoint(peer, &request, size, temp, timeout, 5, &work).await;
             let event = match installed {
                 Ok((saved, header)) if load => Event::Input(Input::CheckpointFetched(Some((core_checkpoint(header), saved.size)))),
                 Ok((saved, _)) => Event::CheckpointDone { decree, size: saved.size, copied: true },
