@@ -372,10 +372,30 @@ impl Journal {
             assert!(!st.index.is_empty(), "the current log is never dropped");
             (st.index[0].first_decree, min_decree(&st.index))
         };
-        if let Err(e) = delete_old_logs(&self.dir, self.max_logs, oldest_checkpoint_kept, first_indexed) {
+        // A log holding a decree not executed yet stays on disk: the execute queue may re-read
+        // it (runtime/spill.rs), even after a loaded checkpoint dropped it from the index.
+        if let Err(e) = delete_old_logs(&self.dir, self.max_logs, oldest_checkpoint_kept.min(executed), first_indexed) {
             tracing::warn!("log truncation stopped: {e}");
         }
         min
+    }
+
+    /// Where the newest vote record for `decree` is: its log (by first decree) and offset,
+    /// durable or not; None if no indexed log holds one.
+    pub(crate) fn locate_vote(&self, decree: u64) -> Option<(u64, u64)> {
+        let st = self.shared.lock();
+        st.index.iter().rev().find_map(|f| f.votes.iter().rev().find(|v| v.0 == decree).map(|&(_, at)| (f.first_decree, at)))
+    }
+
+    /// The persist number of the last record appended: every record appended so far is durable
+    /// once it is.
+    pub(crate) fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// The log directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Flushes everything appended and stops the writer; `Stopped` if it had failed.

@@ -8,6 +8,7 @@ use super::exec::{abort_code, Work};
 use super::journal::{write_defunct, Journal};
 use super::learn;
 use super::queue::{Inbox, Queue, CAPACITY};
+use super::spill::ExecBacklog;
 use super::tls::{PeerIdentity, Tls};
 use super::transport::{frame, Origin, RateLimited, Transport};
 use super::{spawn_task, Shared};
@@ -85,6 +86,7 @@ impl Application for Admit {
 pub(crate) struct Limits {
     pub receive_timeout: Duration,
     pub max_learn_bytes: usize,
+    pub execution_queue_bytes: u64,
 }
 
 /// The protocol thread's state.
@@ -124,6 +126,8 @@ pub(crate) struct Ring {
     /// Ids remembered from Joins (`MAX_JOINERS`), oldest first.
     joiners: VecDeque<MemberId>,
     stopped: bool,
+    /// What goes to the execute thread, within its memory bound.
+    backlog: ExecBacklog,
 }
 
 impl Ring {
@@ -145,6 +149,7 @@ impl Ring {
         start: Instant,
     ) -> Ring {
         Ring {
+            backlog: ExecBacklog::new(limits.execution_queue_bytes, dir.clone(), shared.clone()),
             version,
             core,
             journal,
@@ -204,6 +209,9 @@ impl Ring {
             }
             if !self.stopped && self.now() >= self.core.next_wakeup() {
                 self.step(Input::Tick);
+            }
+            if let Err(e) = self.backlog.refill(self.durable, &self.work) {
+                self.fail(e);
             }
             self.publish();
         }
@@ -381,7 +389,7 @@ impl Ring {
             Action::Execute { vote, cookies } => {
                 self.shared.passed_seq.fetch_max(vote.header.decree, Relaxed);
                 self.shared.stats.decrees_executed.fetch_add(1, Relaxed);
-                self.hand_to_exec(Work::Execute { vote, cookies });
+                self.stopped |= !self.backlog.execute(vote, cookies, &self.journal, &self.work);
             }
             Action::Abort { cookie, reason, config: true } => self.hand_to_exec(Work::AbortConfig { cookie, code: abort_code(reason) }),
             Action::Abort { cookie, reason, config: false } => self.hand_to_exec(Work::Abort { cookie, code: abort_code(reason) }),
@@ -426,7 +434,7 @@ impl Ring {
     }
 
     fn hand_to_exec(&mut self, work: Work) {
-        if self.work.send(work).is_err() {
+        if !self.backlog.hand(work, &self.work) {
             self.stopped = true;
         }
     }
@@ -583,6 +591,7 @@ impl Ring {
         }
         self.shared.is_primary.store(false, Relaxed);
         self.shared.shutting_down.store(true, Relaxed);
+        self.backlog.stop(&self.work);
         let _ = self.work.send(Work::Stop);
         self.transport.shutdown();
         // A stopped journal's cause is already the replica's failure, reported once.
