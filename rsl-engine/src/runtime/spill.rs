@@ -410,6 +410,26 @@ mod tests {
     }
 
     #[test]
+    fn spilled_decrees_read_back_after_a_loaded_checkpoint_restarted_the_log() {
+        let mut s = Setup::new(1);
+        for decree in 1..=3 {
+            s.pass(vote(decree, 1, 10), vec![]);
+        }
+        // The core loads a checkpoint of 3: a new log, and the old ones leave the index.
+        s.journal.restart_at(4);
+        assert!(s.backlog.hand(Work::Status(true), &s.queue), "stands for the Load");
+        s.pass(vote(4, 2, 10), vec![]);
+        assert_eq!(s.journal.locate_vote(2), None);
+        let durable = s.sync();
+        let mut got = Vec::new();
+        while got.len() < 5 {
+            s.backlog.refill(durable, &s.queue).unwrap();
+            got.extend(s.drain());
+        }
+        assert_eq!(got, ["1@1[]", "2@1[]", "3@1[]", "status true", "4@2[]"]);
+    }
+
+    #[test]
     fn an_unreadable_record_fails_naming_the_decree_file_and_offset() {
         let mut s = Setup::new(1);
         s.pass(vote(1, 1, 10), vec![]);
