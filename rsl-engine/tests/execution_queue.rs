@@ -25,8 +25,9 @@ const REQUEST_BYTES: usize = 8 << 10;
 #[derive(Clone, Default)]
 struct Blockable {
     state: Arc<Mutex<Vec<Vec<u8>>>>,
-    /// (decree checkpoints saved, whether a checkpoint was loaded at start)
+    /// The decrees of the checkpoints it saved.
     saved: Arc<Mutex<Vec<u64>>>,
+    /// Whether it started from a checkpoint.
     loaded: Arc<Mutex<bool>>,
     gate: Arc<(Mutex<bool>, Condvar)>,
 }
