@@ -138,6 +138,11 @@ impl Driver {
         &self.core
     }
 
+    /// The highest persist known durable.
+    pub fn durable_seq(&self) -> u64 {
+        self.durable
+    }
+
     /// The replica shut down (`ShutDown`, a last decree) or failed: drive it no more.
     pub fn stopped(&self) -> bool {
         self.stopped

@@ -143,6 +143,12 @@ pub struct Stats {
     /// The bytes of requests the primary queues behind its votes in flight (now, not a mark);
     /// requests are refused while it is at `max_cache_length_mb`.
     pub queued_request_bytes: u64,
+    /// The most bytes of chosen decrees held in memory for the execute thread at once since the
+    /// last snapshot: at most `in_memory_execution_queue_size_mb` plus one decree.
+    pub execution_queue_bytes: u64,
+    /// Chosen decrees waiting to execute that are only in the log (now, not a mark): they are
+    /// read back in order as the execute thread catches up.
+    pub execution_queue_spilled: u64,
 }
 
 /// A node that the application names: its id and where it listens.

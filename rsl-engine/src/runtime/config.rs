@@ -174,6 +174,7 @@ impl RslConfig {
         check("m_logLenRandomize", self.log_len_randomize.into(), 0, 100)?;
         check("m_electionRandomize", self.election_randomize.into(), 0, 100)?;
         check("m_numReaderThreads", self.num_reader_threads.into(), 0, 100)?;
+        check("m_inMemoryExecutionQueueSizeMB", self.in_memory_execution_queue_size_mb.into(), 0, INT_MAX)?;
         // RSL allows up to INT_MAX, but 4096 and more overflow its 32-bit byte count.
         check("m_maxMessageSizeMB", self.max_message_size_mb.into(), 1, 4095)?;
         check("pipeline_window", self.pipeline_window.into(), 1, 1024)?;
@@ -211,6 +212,14 @@ impl RslConfig {
             max_connections: self.max_connections_per_port as usize,
             timeout: Duration::from_secs(self.slow_sender_timeout_sec.into()),
         }
+    }
+
+    /// Chosen decrees' bytes kept in memory for the execute thread; beyond, they wait in the log
+    /// (`m_inMemoryExecutionQueueSizeMB`, 0: `m_maxCacheLengthMB`).
+    pub fn execution_queue_bytes(&self) -> u64 {
+        let mb =
+            if self.in_memory_execution_queue_size_mb == 0 { self.max_cache_length_mb } else { self.in_memory_execution_queue_size_mb };
+        u64::from(mb) << 20
     }
 
     pub fn max_log_len_bytes(&self) -> u64 {

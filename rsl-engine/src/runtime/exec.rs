@@ -137,7 +137,10 @@ impl Executor {
     /// Delivers one piece of work. Also used synchronously while a replica restores its log.
     pub fn handle(&mut self, work: Work) {
         match work {
-            Work::Execute { vote, cookies } => self.execute(&vote, &cookies),
+            Work::Execute { vote, cookies } => {
+                self.execute(&vote, &cookies);
+                self.shared.exec_queue.executed(&vote);
+            }
             Work::Abort { cookie, code } => self.sm.abort_request(code, cookie),
             Work::AbortConfig { cookie, code } => self.sm.abort_change_configuration(code, cookie),
             Work::Status(primary) => self.sm.notify_status(primary),

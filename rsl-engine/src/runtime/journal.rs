@@ -365,7 +365,8 @@ impl Journal {
 
     /// Drops logs a checkpoint made unnecessary (§8.7, D9): from the index every file whose
     /// successor starts at or before min(checkpoint, executed) + 1; from disk the oldest logs
-    /// beyond `max_logs` that `oldest_checkpoint_kept` does not need. Returns minDecreeInLog.
+    /// beyond `max_logs` that neither `oldest_checkpoint_kept` nor a decree above `executed`
+    /// needs. Returns minDecreeInLog.
     /// Only files already out of the index are deleted, so never the writer's; a learner that
     /// opened one before keeps reading it (an unlinked file stays readable on Unix).
     pub fn truncate(&mut self, checkpoint_decree: u64, oldest_checkpoint_kept: u64, executed: u64) -> u64 {
@@ -378,10 +379,30 @@ impl Journal {
             assert!(!st.index.is_empty(), "the current log is never dropped");
             (st.index[0].first_decree, min_decree(&st.index))
         };
-        if let Err(e) = delete_old_logs(&self.dir, self.max_logs, oldest_checkpoint_kept, first_indexed) {
+        // A log holding a decree not executed yet stays on disk: the execute queue may re-read
+        // it (runtime/spill.rs), even after a loaded checkpoint dropped it from the index.
+        if let Err(e) = delete_old_logs(&self.dir, self.max_logs, oldest_checkpoint_kept.min(executed), first_indexed) {
             tracing::warn!("log truncation stopped: {e}");
         }
         min
+    }
+
+    /// Where the newest vote record for `decree` is: its log (by first decree) and offset,
+    /// durable or not; None if no indexed log holds one.
+    pub(crate) fn locate_vote(&self, decree: u64) -> Option<(u64, u64)> {
+        let st = self.shared.lock();
+        st.index.iter().rev().find_map(|f| f.votes.iter().rev().find(|v| v.0 == decree).map(|&(_, at)| (f.first_decree, at)))
+    }
+
+    /// The persist number of the last record appended: every record appended so far is durable
+    /// once it is.
+    pub(crate) fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// The log directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Flushes everything appended and stops the writer; `Stopped` if it had failed.
@@ -1044,6 +1065,33 @@ mod tests {
         j.journal.close().unwrap();
         let j = open(opts, Some(8)).unwrap();
         assert_eq!(j.replay.iter().map(|m| m.header.decree).collect::<Vec<_>>(), [8]);
+    }
+
+    #[test]
+    fn truncation_keeps_every_log_holding_a_decree_not_executed_even_out_of_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = JournalOptions { max_log_len: 0, log_len_randomize_pct: 0, max_logs: 1, ..options(dir.path()) };
+        let mut j = open(opts, None).unwrap();
+        let records: Vec<Message> = (1..=8).map(|d| vote(d, 2)).collect();
+        write_all(&mut j, &records);
+        // A loaded checkpoint of 9 takes the old logs out of the index; 3 is executed so far.
+        j.journal.restart_at(10);
+        j.journal.append(9, &vote(10, 3)).unwrap();
+        assert_eq!(j.journal.truncate(9, 9, 3), 10);
+        assert_eq!(logs_in(dir.path()), [4, 5, 6, 7, 8, 10], "4.log on hold decrees 4 to 8, not executed");
+        assert_eq!(j.journal.truncate(9, 9, 9), 10);
+        assert_eq!(logs_in(dir.path()), [10]);
+    }
+
+    #[test]
+    fn locate_vote_finds_the_newest_record_of_a_decree() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = open(options(dir.path()), None).unwrap();
+        write_all(&mut j, &[vote(1, 2), vote(2, 2), prepare(2, 3), vote(2, 3)]);
+        assert_eq!(j.journal.locate_vote(2), Some((0, 1536)), "the re-vote, not the first vote or the prepare");
+        assert_eq!(j.journal.locate_vote(1), Some((0, 0)));
+        assert_eq!(j.journal.locate_vote(3), None);
+        assert_eq!(j.journal.last_seq(), 4);
     }
 
     #[test]

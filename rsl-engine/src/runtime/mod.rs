@@ -17,6 +17,7 @@ mod queue;
 mod replica;
 mod restore;
 mod ring;
+mod spill;
 pub mod tls;
 pub mod transport;
 
@@ -76,6 +77,8 @@ pub(crate) struct Shared {
     pub allow_save: AtomicBool,
     /// The core's queued request bytes (`Replica::queued_bytes`), as last published.
     pub queued_bytes: AtomicU64,
+    /// The execute queue's size ([`spill`]).
+    pub exec_queue: spill::ExecGauge,
     pub stats: Counters,
     pub view: Mutex<View>,
     /// Why the replica stopped on its own (a panicked thread, an I/O error); the first reason.
@@ -114,6 +117,7 @@ impl Shared {
             saving: AtomicBool::new(false),
             allow_save: AtomicBool::new(true),
             queued_bytes: AtomicU64::new(0),
+            exec_queue: spill::ExecGauge::default(),
             stats: Counters::default(),
             view: Mutex::new(View::default()),
             failure: OnceLock::new(),

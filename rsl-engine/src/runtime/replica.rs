@@ -196,7 +196,11 @@ impl RslReplica {
         let learn = LearnServer::start(runtime.handle(), learn_at, files, cfg.learn_limits(), tls.clone())
             .map_err(|source| InitError::Listen { addr: learn_at, source })?;
 
-        let limits = Limits { receive_timeout: Duration::from_secs(cfg.receive_timeout_sec.into()), max_learn_bytes: 64 << 20 };
+        let limits = Limits {
+            receive_timeout: Duration::from_secs(cfg.receive_timeout_sec.into()),
+            max_learn_bytes: 64 << 20,
+            execution_queue_bytes: cfg.execution_queue_bytes(),
+        };
         let io = Io::new(
             journal,
             transport.clone(),
@@ -472,6 +476,8 @@ impl RslReplica {
             event_queue_depth: self.events.depth().take_high(),
             work_queue_depth: self.work.depth().take_high(),
             queued_request_bytes: self.shared.queued_bytes.load(Relaxed),
+            execution_queue_bytes: self.shared.exec_queue.take_high(),
+            execution_queue_spilled: self.shared.exec_queue.spilled(),
             tls_refused: self.tls.as_ref().map_or(0, |tls| {
                 let now = tls.refused();
                 now.saturating_sub(self.tls_refused_reported.swap(now, Relaxed))

@@ -10,6 +10,7 @@ use super::exec::{abort_code, Work};
 use super::journal::{write_defunct, Journal};
 use super::learn;
 use super::queue::{Inbox, Queue, CAPACITY};
+use super::spill::ExecBacklog;
 use super::tls::Tls;
 use super::transport::{frame, Origin, RateLimited, Transport};
 use super::{spawn_task, Shared};
@@ -43,6 +44,8 @@ impl Application for Admit {
 pub(crate) struct Limits {
     pub receive_timeout: Duration,
     pub max_learn_bytes: usize,
+    /// The execute thread's in-memory bound (`m_inMemoryExecutionQueueSizeMB`).
+    pub execution_queue_bytes: u64,
 }
 
 /// The protocol thread's state: the driver, and the host it drives against.
@@ -73,6 +76,8 @@ pub(crate) struct Io {
     frame_buf: BytesMut,
     /// The replica stops: a background task failed, or the execute thread is gone.
     halted: bool,
+    /// What goes to the execute thread, within its memory bound.
+    backlog: ExecBacklog,
 }
 
 impl Io {
@@ -91,6 +96,7 @@ impl Io {
         start: Instant,
     ) -> Io {
         Io {
+            backlog: ExecBacklog::new(limits.execution_queue_bytes, dir.clone(), shared.clone()),
             journal,
             transport,
             rt,
@@ -140,6 +146,7 @@ impl Ring {
             if self.running() && self.io.now() >= self.driver.core().next_wakeup() {
                 self.driver.step(Input::Tick, &mut self.io);
             }
+            self.io.refill(self.driver.durable_seq());
             self.publish();
         }
         self.shutdown();
@@ -201,9 +208,10 @@ impl Ring {
 
     fn shutdown(mut self) {
         self.driver.stop(&mut self.io);
-        let io = self.io;
+        let mut io = self.io;
         io.shared.is_primary.store(false, Relaxed);
         io.shared.shutting_down.store(true, Relaxed);
+        io.backlog.stop(&io.work);
         let _ = io.work.send(Work::Stop);
         io.transport.shutdown();
         // A stopped journal's cause is already the replica's failure, reported once.
@@ -232,8 +240,17 @@ impl Io {
         self.hand_to_exec(Work::Abort { cookie, code });
     }
 
+    /// Behind any decrees waiting in the log (`ExecBacklog`), so the order holds.
     fn hand_to_exec(&mut self, work: Work) {
-        if self.work.send(work).is_err() {
+        if !self.backlog.hand(work, &self.work) {
+            self.halted = true;
+        }
+    }
+
+    /// Decrees waiting in the log go to the execute thread as its memory allows.
+    fn refill(&mut self, durable: u64) {
+        if let Err(e) = self.backlog.refill(durable, &self.work) {
+            self.fail(e);
             self.halted = true;
         }
     }
@@ -268,7 +285,8 @@ impl Host for Io {
             Execution::Decree { vote, cookies } => {
                 self.shared.passed_seq.fetch_max(vote.header.decree, Relaxed);
                 self.shared.stats.decrees_executed.fetch_add(1, Relaxed);
-                Work::Execute { vote, cookies }
+                self.halted |= !self.backlog.execute(vote, cookies, &self.journal, &self.work);
+                return;
             }
             Execution::Abort { cookie, reason, config: true } => Work::AbortConfig { cookie, code: abort_code(reason) },
             Execution::Abort { cookie, reason, config: false } => Work::Abort { cookie, code: abort_code(reason) },

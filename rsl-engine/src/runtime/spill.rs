@@ -1,0 +1,463 @@
+//! The execute queue's memory bound (api-behavior §2.6): the protocol thread hands chosen
+//! decrees to the execute thread while fewer than `in_memory_execution_queue_size_mb` bytes of
+//! them wait there; past that it keeps only where each decree's vote is in the log, and
+//! re-reads them, in decree order, once the execute thread has worked down to half the bound.
+//! Work handed meanwhile (aborts, status, checkpoints, loads) waits behind the decrees it
+//! followed, so the execute thread sees exactly the order it would have without spilling.
+//!
+//! Which record is re-read: the core executes, for a decree, the newest vote it logged for it
+//! before passing it. Version 6 executes its accepted vote, the last one logged, and logs
+//! nothing for a decree once it has moved past it (`log_and_accept`). Version 7 executes the
+//! vote pending at the decree, replaced by every later vote it accepts there (their ballots
+//! only grow, and a vote equal to the pending one is not logged again); after execution it may
+//! log re-proposals of the decree (`log_executed`), which by Paxos carry the same value but
+//! another ballot. So the location is taken when the decree is passed, as the newest vote for
+//! it in the journal's index then ([`Journal::locate_vote`]): later re-proposals do not count.
+//! A decree the core holds but never logged here (the next vote a restored checkpoint carried)
+//! is kept in memory as it is.
+//!
+//! What keeps those records readable: a spilled decree is above the executed one, and
+//! `Journal::truncate` deletes no log a decree above min(oldest checkpoint, executed) may be in
+//! (a log's successor starts above every decree it holds), even after a loaded checkpoint took
+//! the old logs out of the index. A record is read only once the persist it was appended by is
+//! durable. A record that cannot be read, or is not that decree's vote, fails the replica: a
+//! decree is never skipped.
+
+use super::api::ResponseCode;
+use super::exec::Work;
+use super::journal::Journal;
+use super::queue::Queue;
+use super::Shared;
+use crate::faults::{self, JOURNAL_READ};
+use crate::format::codec::{round_up_512, PAGE};
+use crate::format::log::{self, parse_record_header, read_record, Mode, Step};
+use crate::format::{Message, MsgKind};
+use crate::paxos::Cookie;
+use bytes::Bytes;
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+/// Counted for a decree besides its requests: its header and bookkeeping.
+const DECREE_OVERHEAD: u64 = 256;
+
+/// The bytes a chosen decree holds while it waits to execute.
+pub(crate) fn decree_bytes(vote: &Message) -> u64 {
+    let body = vote.as_vote().map_or(0, |v| v.requests.iter().map(|r| r.len() as u64 + 4).sum::<u64>() + v.cookie.len() as u64);
+    DECREE_OVERHEAD + body
+}
+
+/// The execute queue's size as both threads see it: bytes of decrees handed (protocol thread)
+/// and executed (execute thread), and decrees waiting in the log only.
+#[derive(Default)]
+pub(crate) struct ExecGauge {
+    handed: AtomicU64,
+    executed: AtomicU64,
+    /// The most bytes in memory since the last [`ExecGauge::take_high`].
+    high: AtomicU64,
+    spilled: AtomicU64,
+}
+
+impl ExecGauge {
+    /// Bytes of decrees handed to the execute thread and not executed yet.
+    pub fn in_memory(&self) -> u64 {
+        self.handed.load(Relaxed).saturating_sub(self.executed.load(Relaxed))
+    }
+
+    /// The execute thread has run `vote`.
+    pub fn executed(&self, vote: &Message) {
+        self.executed.fetch_add(decree_bytes(vote), Relaxed);
+    }
+
+    fn handed(&self, bytes: u64) {
+        self.handed.fetch_add(bytes, Relaxed);
+        self.high.fetch_max(self.in_memory(), Relaxed);
+    }
+
+    /// The most bytes in memory since the previous call (at least the current), restarting the mark.
+    pub fn take_high(&self) -> u64 {
+        let now = self.in_memory();
+        self.high.swap(now, Relaxed).max(now)
+    }
+
+    /// Chosen decrees waiting in the log only.
+    pub fn spilled(&self) -> u64 {
+        self.spilled.load(Relaxed)
+    }
+}
+
+/// A passed decree not handed yet.
+enum Spilled {
+    /// Its vote is in `<file>.log` at `offset`, appended by persist `seq` or an earlier one.
+    Logged { decree: u64, file: u64, offset: u64, seq: u64 },
+    /// Not in our logs: kept as the core passed it.
+    Held(Arc<Message>),
+}
+
+impl Spilled {
+    fn decree(&self) -> u64 {
+        match self {
+            Spilled::Logged { decree, .. } => *decree,
+            Spilled::Held(vote) => vote.header.decree,
+        }
+    }
+}
+
+/// The protocol thread's side of the execute queue: everything it hands the execute thread
+/// goes through here (see the module's doc).
+pub(crate) struct ExecBacklog {
+    limit: u64,
+    dir: PathBuf,
+    shared: Arc<Shared>,
+    spilled: VecDeque<Spilled>,
+    /// The cookies of spilled decrees that carry some (proposed here), by decree.
+    cookies: BTreeMap<u64, Vec<Cookie>>,
+    /// Work handed while decrees were spilled, each after how many spilled decrees it came.
+    later: VecDeque<(u64, Work)>,
+    /// Spilled decrees queued and handed since the start: `later`'s positions.
+    queued: u64,
+    handed: u64,
+    /// The log last read, kept open for the next decree.
+    reading: Option<(u64, File)>,
+}
+
+impl ExecBacklog {
+    /// `limit` bytes of decrees in memory at most (plus the one that crosses it); the logs are
+    /// in `dir`. Decrees executed before (replay at startup) are not counted.
+    pub fn new(limit: u64, dir: PathBuf, shared: Arc<Shared>) -> ExecBacklog {
+        let gauge = &shared.exec_queue;
+        gauge.handed.store(gauge.executed.load(Relaxed), Relaxed);
+        ExecBacklog {
+            limit,
+            dir,
+            shared,
+            spilled: VecDeque::new(),
+            cookies: BTreeMap::new(),
+            later: VecDeque::new(),
+            queued: 0,
+            handed: 0,
+            reading: None,
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.spilled.is_empty() && self.later.is_empty()
+    }
+
+    /// Hands `work` to the execute thread, or queues it behind the spilled decrees. False if
+    /// the execute thread is gone.
+    pub fn hand(&mut self, work: Work, queue: &Queue<Work>) -> bool {
+        if self.idle() {
+            return queue.send(work).is_ok();
+        }
+        self.later.push_back((self.queued, work));
+        true
+    }
+
+    /// A chosen decree: handed if it fits in memory and nothing waits before it, otherwise
+    /// remembered by where its vote is in `journal`. False if the execute thread is gone.
+    pub fn execute(&mut self, vote: Arc<Message>, cookies: Vec<Cookie>, journal: &Journal, queue: &Queue<Work>) -> bool {
+        if self.idle() && self.shared.exec_queue.in_memory() < self.limit {
+            return self.send(vote, cookies, queue);
+        }
+        let decree = vote.header.decree;
+        debug_assert!(self.spilled.back().is_none_or(|s| s.decree() < decree), "decrees pass in order");
+        let spilled = match journal.locate_vote(decree) {
+            Some((file, offset)) => Spilled::Logged { decree, file, offset, seq: journal.last_seq() },
+            None => Spilled::Held(vote),
+        };
+        if !cookies.is_empty() {
+            self.cookies.insert(decree, cookies);
+        }
+        self.spilled.push_back(spilled);
+        self.queued += 1;
+        self.publish();
+        true
+    }
+
+    /// Once the execute thread holds at most half the bound, hands it the spilled decrees in
+    /// order (and the work queued behind them) up to the bound, reading those whose records
+    /// are durable (persists up to `durable`). Err: the replica cannot go on.
+    pub fn refill(&mut self, durable: u64, queue: &Queue<Work>) -> Result<(), String> {
+        if self.idle() || self.shared.exec_queue.in_memory() > self.limit / 2 {
+            return Ok(());
+        }
+        let gone = || "the execute thread is gone".to_string();
+        loop {
+            while self.later.front().is_some_and(|(after, _)| *after <= self.handed) {
+                let (_, work) = self.later.pop_front().expect("checked");
+                queue.send(work).map_err(|_| gone())?;
+            }
+            let Some(next) = self.spilled.front() else { break };
+            if self.shared.exec_queue.in_memory() >= self.limit || matches!(next, Spilled::Logged { seq, .. } if *seq > durable) {
+                break;
+            }
+            let vote = match *next {
+                Spilled::Logged { decree, file, offset, .. } => self.read(decree, file, offset)?,
+                Spilled::Held(ref vote) => vote.clone(),
+            };
+            self.spilled.pop_front();
+            self.handed += 1;
+            let cookies = self.cookies.remove(&vote.header.decree).unwrap_or_default();
+            if !self.send(vote, cookies, queue) {
+                return Err(gone());
+            }
+        }
+        if self.spilled.is_empty() {
+            self.reading = None;
+        }
+        self.publish();
+        Ok(())
+    }
+
+    /// The replica stops: the spilled decrees stay in the log for the next start, and every
+    /// cookie waiting here comes back (`ShuttingDown`), as do the aborts queued behind them.
+    /// Nothing else queued is delivered: a checkpoint saved now would not hold its decrees.
+    pub fn stop(&mut self, queue: &Queue<Work>) {
+        let code = ResponseCode::ShuttingDown;
+        let spilled = std::mem::take(&mut self.cookies).into_values().flatten().map(|cookie| Work::Abort { cookie, code });
+        let later = std::mem::take(&mut self.later).into_iter().filter_map(|(_, work)| match work {
+            Work::Abort { .. } | Work::AbortConfig { .. } => Some(work),
+            Work::ConfigChanged { cookie: Some(cookie), .. } => Some(Work::AbortConfig { cookie, code }),
+            _ => None,
+        });
+        for work in spilled.chain(later).collect::<Vec<_>>() {
+            let _ = queue.send(work);
+        }
+        self.spilled.clear();
+        self.publish();
+    }
+
+    fn send(&mut self, vote: Arc<Message>, cookies: Vec<Cookie>, queue: &Queue<Work>) -> bool {
+        self.shared.exec_queue.handed(decree_bytes(&vote));
+        queue.send(Work::Execute { vote, cookies }).is_ok()
+    }
+
+    fn publish(&self) {
+        self.shared.exec_queue.spilled.store(self.spilled.len() as u64, Relaxed);
+    }
+
+    /// Reads `decree`'s vote back from `<file>.log` at `offset`.
+    fn read(&mut self, decree: u64, file: u64, offset: u64) -> Result<Arc<Message>, String> {
+        let path = self.dir.join(log::file_name(file));
+        let fail = |what: &dyn std::fmt::Display| format!("decree {decree} to execute: {} at offset {offset}: {what}", path.display());
+        if self.reading.as_ref().is_none_or(|(open, _)| *open != file) {
+            let opened = faults::check(JOURNAL_READ, &path).and_then(|()| File::open(&path)).map_err(|e| fail(&e))?;
+            self.reading = Some((file, opened));
+        }
+        let (_, log) = self.reading.as_ref().expect("opened");
+        let mut page = [0u8; PAGE];
+        faults::check(JOURNAL_READ, &path).and_then(|()| log.read_exact_at(&mut page, offset)).map_err(|e| fail(&e))?;
+        let len = parse_record_header(&page).map_err(|e| fail(&e))?.length as usize;
+        let mut data = vec![0u8; round_up_512(len)];
+        log.read_exact_at(&mut data, offset).map_err(|e| fail(&e))?;
+        match read_record(&Bytes::from(data), 0, Mode::Strict, true).map_err(|e| fail(&e))? {
+            Step::Record(r) if r.message.kind() == MsgKind::Vote && r.message.header.decree == decree => Ok(Arc::new(r.message)),
+            Step::Record(r) => Err(fail(&format_args!("a {:?} record for decree {}", r.message.kind(), r.message.header.decree))),
+            Step::End | Step::NeedMore(_) => Err(fail(&"no record")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::message::{Body, Header, VoteBody};
+    use crate::format::types::{Ballot, MemberId, Version};
+    use crate::runtime::journal::JournalOptions;
+    use crate::runtime::queue::{bounded, Inbox};
+    use std::sync::mpsc::{channel, Receiver};
+    use std::time::Duration;
+
+    /// A vote for `decree` at `ballot` whose request says both, `size` bytes long.
+    fn vote(decree: u64, ballot: u32, size: usize) -> Arc<Message> {
+        let id = MemberId::new("1").unwrap();
+        let mut request = format!("{decree}@{ballot}:").into_bytes();
+        request.resize(size.max(request.len()), b'.');
+        let body = Body::Vote(VoteBody { requests: vec![Bytes::from(request)], ..Default::default() });
+        Arc::new(Message::new(Header::new(Version::V6, id, decree, 1, Ballot::new(ballot, id)), body))
+    }
+
+    struct Setup {
+        dir: tempfile::TempDir,
+        journal: Journal,
+        durable: Receiver<u64>,
+        seq: u64,
+        shared: Arc<Shared>,
+        queue: Queue<Work>,
+        inbox: Inbox<Work>,
+        backlog: ExecBacklog,
+    }
+
+    impl Setup {
+        fn new(limit: u64) -> Setup {
+            let dir = tempfile::tempdir().unwrap();
+            let (tx, durable) = channel();
+            let opts = JournalOptions { max_pending_bytes: 1 << 20, ..JournalOptions::new(dir.path()) };
+            let (journal, _) = Journal::open(opts, None, move |seq| tx.send(seq).unwrap_or_default(), |e| panic!("{e}")).unwrap();
+            let shared = Arc::new(Shared::new(0));
+            let (queue, inbox) = bounded(64);
+            let backlog = ExecBacklog::new(limit, dir.path().into(), shared.clone());
+            Setup { dir, journal, durable, seq: 0, shared, queue, inbox, backlog }
+        }
+
+        fn log(&mut self, vote: &Message) {
+            self.seq += 1;
+            self.journal.append(self.seq, vote).unwrap();
+        }
+
+        /// Waits until every record appended is durable, and returns that persist.
+        fn sync(&self) -> u64 {
+            loop {
+                let seq = self.durable.recv_timeout(Duration::from_secs(10)).expect("durable");
+                if seq == self.seq {
+                    return seq;
+                }
+            }
+        }
+
+        /// Logs and passes `vote`, as the protocol thread does.
+        fn pass(&mut self, vote: Arc<Message>, cookies: Vec<Cookie>) {
+            self.log(&vote);
+            assert!(self.backlog.execute(vote, cookies, &self.journal, &self.queue));
+        }
+
+        /// Takes what the execute thread has been handed, executing it; the decrees' requests
+        /// and cookies, and the other work's kind.
+        fn drain(&self) -> Vec<String> {
+            self.take(usize::MAX)
+        }
+
+        /// The same for the first `n` only.
+        fn take(&self, n: usize) -> Vec<String> {
+            std::iter::from_fn(|| self.inbox.try_recv().ok())
+                .take(n)
+                .map(|work| match work {
+                    Work::Execute { vote, cookies } => {
+                        self.shared.exec_queue.executed(&vote);
+                        let request = &vote.as_vote().unwrap().requests[0];
+                        let head = String::from_utf8_lossy(request).split(':').next().unwrap().to_string();
+                        format!("{head}{cookies:?}")
+                    }
+                    Work::Status(primary) => format!("status {primary}"),
+                    Work::Abort { cookie, code } => format!("abort {cookie} {code:?}"),
+                    _ => "other".into(),
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn past_the_bound_decrees_wait_in_the_log_and_come_back_in_order_with_later_work_behind() {
+        let mut s = Setup::new(4000);
+        let size = decree_bytes(&vote(1, 1, 1000));
+        for decree in 1..=4 {
+            s.pass(vote(decree, 1, 1000), vec![]);
+        }
+        assert_eq!(s.shared.exec_queue.spilled(), 0, "handed while under the bound: the fourth crosses it");
+        s.pass(vote(5, 1, 1000), vec![50]);
+        assert!(s.backlog.hand(Work::Status(true), &s.queue));
+        s.pass(vote(6, 1, 1000), vec![60, 61]);
+        s.pass(vote(7, 1, 1000), vec![]);
+        // A re-proposal of 6 after it passed (version 7) is not what executes.
+        s.log(&vote(6, 2, 1000));
+        assert_eq!(s.shared.exec_queue.spilled(), 3);
+        assert_eq!(s.shared.exec_queue.take_high(), 4 * size, "the bound plus one decree at most");
+        let durable = s.sync();
+        // Above half the bound nothing is read back.
+        s.backlog.refill(durable, &s.queue).unwrap();
+        assert_eq!(s.shared.exec_queue.spilled(), 3);
+        assert_eq!(s.take(3), ["1@1[]", "2@1[]", "3@1[]"], "the execute thread is still on the fourth");
+        s.backlog.refill(durable, &s.queue).unwrap();
+        let order = ["4@1[]", "5@1[50]", "status true", "6@1[60, 61]", "7@1[]"];
+        assert_eq!(s.drain(), order, "in order, the passed records, work behind its decree");
+        assert_eq!(s.shared.exec_queue.spilled(), 0);
+        // Idle again: straight through.
+        assert!(s.backlog.hand(Work::Status(false), &s.queue));
+        s.pass(vote(8, 1, 10), vec![]);
+        assert_eq!(s.drain(), ["status false", "8@1[]"]);
+    }
+
+    #[test]
+    fn a_record_is_read_back_only_once_durable() {
+        let mut s = Setup::new(1);
+        s.pass(vote(1, 1, 10), vec![]);
+        s.pass(vote(2, 1, 10), vec![]);
+        assert_eq!(s.drain(), ["1@1[]"]);
+        s.backlog.refill(0, &s.queue).unwrap();
+        assert_eq!(s.drain(), Vec::<String>::new(), "persist 2 is not durable yet");
+        let durable = s.sync();
+        s.backlog.refill(durable, &s.queue).unwrap();
+        assert_eq!(s.drain(), ["2@1[]"]);
+    }
+
+    #[test]
+    fn a_decree_not_in_the_log_is_held_and_the_others_still_read_back() {
+        let mut s = Setup::new(1);
+        s.pass(vote(1, 1, 10), vec![]);
+        assert!(s.backlog.execute(vote(2, 1, 10), vec![7], &s.journal, &s.queue), "never logged here");
+        s.pass(vote(3, 1, 10), vec![]);
+        let durable = s.sync();
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            s.backlog.refill(durable, &s.queue).unwrap();
+            got.extend(s.drain());
+        }
+        assert_eq!(got, ["1@1[]", "2@1[7]", "3@1[]"]);
+    }
+
+    #[test]
+    fn spilled_decrees_read_back_after_a_loaded_checkpoint_restarted_the_log() {
+        let mut s = Setup::new(1);
+        for decree in 1..=3 {
+            s.pass(vote(decree, 1, 10), vec![]);
+        }
+        // The core loads a checkpoint of 3: a new log, and the old ones leave the index.
+        s.journal.restart_at(4);
+        assert!(s.backlog.hand(Work::Status(true), &s.queue), "stands for the Load");
+        s.pass(vote(4, 2, 10), vec![]);
+        assert_eq!(s.journal.locate_vote(2), None);
+        let durable = s.sync();
+        let mut got = Vec::new();
+        while got.len() < 5 {
+            s.backlog.refill(durable, &s.queue).unwrap();
+            got.extend(s.drain());
+        }
+        assert_eq!(got, ["1@1[]", "2@1[]", "3@1[]", "status true", "4@2[]"]);
+    }
+
+    #[test]
+    fn an_unreadable_record_fails_naming_the_decree_file_and_offset() {
+        let mut s = Setup::new(1);
+        s.pass(vote(1, 1, 10), vec![]);
+        s.pass(vote(2, 1, 10), vec![]);
+        let durable = s.sync();
+        assert_eq!(s.drain().len(), 1);
+        let path = s.dir.path().join("0.log");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[512 + 100] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = s.backlog.refill(durable, &s.queue).unwrap_err();
+        assert!(err.contains("decree 2") && err.contains("0.log") && err.contains("offset 512"), "{err}");
+        assert!(s.drain().is_empty(), "nothing is skipped");
+        std::fs::remove_file(&path).unwrap();
+        s.backlog.reading = None;
+        let err = s.backlog.refill(durable, &s.queue).unwrap_err();
+        assert!(err.contains("decree 2") && err.contains("0.log"), "{err}");
+    }
+
+    #[test]
+    fn a_stop_returns_the_waiting_cookies_and_aborts_and_drops_the_rest() {
+        let mut s = Setup::new(1);
+        s.pass(vote(1, 1, 10), vec![1]);
+        s.pass(vote(2, 1, 10), vec![2, 3]);
+        assert!(s.backlog.hand(Work::Abort { cookie: 4, code: ResponseCode::NotPrimary }, &s.queue));
+        assert!(s.backlog.hand(Work::Status(false), &s.queue));
+        s.backlog.stop(&s.queue);
+        assert_eq!(s.drain(), ["1@1[1]", "abort 2 ShuttingDown", "abort 3 ShuttingDown", "abort 4 NotPrimary"]);
+        assert_eq!(s.shared.exec_queue.spilled(), 0);
+    }
+}

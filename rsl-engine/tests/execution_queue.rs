@@ -1,0 +1,176 @@
+//! The original's TestExecutionQueueOnDisk, in one process: a secondary whose state machine is
+//! blocked keeps at most `in_memory_execution_queue_size_mb` of chosen decrees in memory (plus
+//! the one that crosses it) while the ring goes on; the rest wait in its log. Unblocked, it
+//! executes every decree once, in order, as the others did, and the checkpoint it took along
+//! the way restores to the same state.
+
+mod inproc;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use inproc::{free_pairs, wait};
+use rsl_engine::format::checkpoint::{CheckpointReader, CheckpointWriter};
+use rsl_engine::format::{MemberSet, Version};
+use rsl_engine::runtime::api::node;
+use rsl_engine::runtime::{AdmitAll, ResponseCode, RslConfig, RslReplica, StateMachine};
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+const REQUESTS: u64 = 400;
+const REQUEST_BYTES: usize = 8 << 10;
+
+/// A state machine whose state is the requests it executed, and whose executions wait while
+/// its gate is shut.
+#[derive(Clone, Default)]
+struct Blockable {
+    state: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// The decrees of the checkpoints it saved.
+    saved: Arc<Mutex<Vec<u64>>>,
+    /// Whether it started from a checkpoint.
+    loaded: Arc<Mutex<bool>>,
+    gate: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl Blockable {
+    fn shut(&self, shut: bool) {
+        *self.gate.0.lock().unwrap() = shut;
+        self.gate.1.notify_all();
+    }
+
+    fn executed(&self) -> usize {
+        self.state.lock().unwrap().len()
+    }
+}
+
+impl StateMachine for Blockable {
+    fn load_state(&mut self, reader: Option<&mut CheckpointReader>) -> bool {
+        let mut state = self.state.lock().unwrap();
+        state.clear();
+        let Some(r) = reader else { return true };
+        *self.loaded.lock().unwrap() = true;
+        let mut data = vec![0; r.size() as usize];
+        let mut at = 0;
+        while at < data.len() {
+            at += r.get_data(&mut data[at..]).unwrap();
+        }
+        let mut buf = Bytes::from(data);
+        while buf.has_remaining() {
+            let n = buf.get_u32_le() as usize;
+            state.push(buf.split_to(n).to_vec());
+        }
+        true
+    }
+    fn execute_replicated_request(&mut self, request: &[u8], _cookie: Option<u64>, _save: &mut bool) {
+        let (shut, opened) = &*self.gate;
+        drop(opened.wait_while(shut.lock().unwrap(), |shut| *shut).unwrap());
+        self.state.lock().unwrap().push(request.to_vec());
+    }
+    fn execute_fast_read_request(&mut self, _request: &[u8], _cookie: u64) {}
+    fn abort_request(&mut self, _status: ResponseCode, _cookie: u64) {}
+    fn save_state(&mut self, writer: &mut CheckpointWriter) {
+        let mut buf = BytesMut::new();
+        for r in self.state.lock().unwrap().iter() {
+            buf.put_u32_le(r.len() as u32);
+            buf.put_slice(r);
+        }
+        writer.write(&buf).unwrap();
+    }
+    fn notify_status(&mut self, _is_primary: bool) {}
+    fn notify_configuration_changed(&mut self, _cookie: Option<u64>) {}
+    fn abort_change_configuration(&mut self, _status: ResponseCode, _cookie: u64) {}
+    fn shut_down(&mut self, _status: ResponseCode) {}
+    fn state_saved(&mut self, seq: u64, _file: &Path) {
+        self.saved.lock().unwrap().push(seq);
+    }
+}
+
+fn request(i: u64) -> Vec<u8> {
+    let mut r = format!("request {i}:").into_bytes();
+    r.resize(REQUEST_BYTES, b'.');
+    r
+}
+
+fn a_blocked_replica_spills_chosen_decrees_to_its_log_and_executes_them_in_order(version: Version, window: u32) {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_pairs(3);
+    let nodes: Vec<_> = (0..3).map(|i| node(&(i + 1).to_string(), Ipv4Addr::LOCALHOST, ports[i]).unwrap()).collect();
+    let members = MemberSet { nodes: nodes.clone(), cookie: Bytes::new() };
+    let cfg = RslConfig {
+        working_dir: dir.path().into(),
+        election_delay_sec: 3,
+        heart_beat_interval_sec: 1,
+        new_leader_grace_period_sec: 3,
+        // The 3 MB of requests roll 1 MB logs: the blocked replica is asked for checkpoints.
+        max_log_len_mb: 1,
+        in_memory_execution_queue_size_mb: 1,
+        pipeline_window: window,
+        ..RslConfig::default()
+    };
+    let start = |i: usize, sm: &Blockable| {
+        RslReplica::initialize(cfg.clone(), nodes[i].clone(), version, Box::new(sm.clone()), Arc::new(AdmitAll), Some(members.clone()))
+            .unwrap()
+    };
+    let machines: Vec<Blockable> = (0..3).map(|_| Blockable::default()).collect();
+    let mut replicas: Vec<RslReplica> = (0..3).map(|i| start(i, &machines[i])).collect();
+    let p = wait(Duration::from_secs(30), || replicas.iter().position(|r| r.is_primary()));
+    let blocked = (p + 1) % 3;
+    machines[blocked].shut(true);
+
+    // One request per decree (each waits for the primary to execute the one before), so that
+    // "one decree" past the bound is one request.
+    let decree_bytes = REQUEST_BYTES as u64 + 4 + 256;
+    let (mut most_in_memory, mut most_spilled) = (0, 0);
+    for i in 0..REQUESTS {
+        while replicas[p].replicate_request(Bytes::from(request(i)), i) != ResponseCode::Success {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        wait(Duration::from_secs(20), || (machines[p].executed() as u64 == i + 1).then_some(()));
+        let stats = replicas[blocked].statistics_snapshot();
+        most_in_memory = most_in_memory.max(stats.execution_queue_bytes);
+        most_spilled = most_spilled.max(stats.execution_queue_spilled);
+    }
+    let expected: Vec<Vec<u8>> = (0..REQUESTS).map(request).collect();
+    let others = (p + 2) % 3;
+    wait(Duration::from_secs(30), || (machines[others].executed() as u64 == REQUESTS).then_some(()));
+    assert_eq!(machines[blocked].executed(), 0, "the blocked replica executed nothing yet");
+    let stats = replicas[blocked].statistics_snapshot();
+    most_in_memory = most_in_memory.max(stats.execution_queue_bytes);
+    assert!(most_spilled > 0 && stats.execution_queue_spilled > 0, "decrees waited in the log ({most_spilled})");
+    assert!(most_in_memory <= (1 << 20) + decree_bytes, "{most_in_memory} bytes of decrees in memory: more than the bound + one");
+
+    // Unblocked: every decree executes, once each, in order, as on the others.
+    machines[blocked].shut(false);
+    wait(Duration::from_secs(60), || (machines[blocked].executed() as u64 == REQUESTS).then_some(()));
+    for m in [p, others, blocked] {
+        assert!(*machines[m].state.lock().unwrap() == expected, "replica {m}'s state");
+    }
+    wait(Duration::from_secs(10), || (replicas[blocked].statistics_snapshot().execution_queue_spilled == 0).then_some(()));
+    let saved = machines[blocked].saved.lock().unwrap().clone();
+    eprintln!("{version:?}: at most {most_in_memory} bytes in memory, {most_spilled} decrees spilled; checkpoints {saved:?}");
+    assert!(!saved.is_empty(), "the blocked replica saved a checkpoint on the way");
+    assert_eq!(replicas[blocked].failure(), None);
+
+    // Its checkpoints hold the state of their decrees: restarted, it loads the newest and
+    // replays its log after it to the same state.
+    replicas.remove(blocked).unload();
+    let restarted = Blockable::default();
+    let again = start(blocked, &restarted);
+    assert!(*restarted.loaded.lock().unwrap(), "restarted from a checkpoint");
+    wait(Duration::from_secs(30), || (restarted.executed() as u64 == REQUESTS).then_some(()));
+    assert!(*restarted.state.lock().unwrap() == expected, "the restarted replica's state");
+    again.unload();
+    for r in replicas {
+        r.unload();
+    }
+}
+
+#[test]
+fn execution_queue_on_disk_v6() {
+    a_blocked_replica_spills_chosen_decrees_to_its_log_and_executes_them_in_order(Version::V6, 1);
+}
+
+#[test]
+fn execution_queue_on_disk_v7_window_16() {
+    a_blocked_replica_spills_chosen_decrees_to_its_log_and_executes_them_in_order(Version::V7, 16);
+}
