@@ -6,7 +6,7 @@
 //! Like the core it is sans-IO: the host owns the disk, the network, the clock and the
 //! executor; the driver owns the order things happen in.
 
-use crate::format::{Ballot, Body, ConfigInfo, Header, MemberId, MemberSet, Message, MsgKind, Node};
+use crate::format::{Body, ConfigInfo, Header, MemberId, MemberSet, Message, MsgKind, Node};
 use crate::paxos::{
     AbortReason, Action, Application, BootstrapError, Checkpoint, Cookie, Dest, Input, Micros, Rejection, Replica, SubmitError,
 };
@@ -65,9 +65,9 @@ pub trait Host {
     fn execute(&mut self, item: Execution);
     /// Drops the logs a checkpoint of `decree` covers; returns the lowest decree still logged.
     fn truncate_log(&mut self, decree: u64) -> u64;
-    /// A fetched checkpoint becomes this replica's: its logs restart after it. `promised` is
-    /// this replica's promise, which the checkpoint's header may be behind.
-    fn load_checkpoint(&mut self, cp: &Checkpoint, promised: Ballot) -> Result<(), String>;
+    /// A fetched checkpoint becomes this replica's: its logs restart after it (the core logs
+    /// its vote and promise there again).
+    fn load_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), String>;
     fn write_defunct(&mut self, highest: u32) -> Result<(), String>;
     /// Asks `node` for its logged votes from the request's decree on.
     fn fetch_votes(&mut self, node: &Node, request: Message);
@@ -308,7 +308,7 @@ impl Driver {
             },
             Action::FetchCheckpoint { from, decree, size, load } => self.fetch_checkpoint(from, decree, size, load, host),
             Action::SaveCheckpoint(cp) => host.execute(Execution::Save(cp)),
-            Action::LoadCheckpoint(cp) => match host.load_checkpoint(&cp, self.core.max_ballot()) {
+            Action::LoadCheckpoint(cp) => match host.load_checkpoint(&cp) {
                 Ok(()) => host.execute(Execution::Load(cp)),
                 Err(e) => self.fail(e, host),
             },
@@ -330,8 +330,11 @@ impl Driver {
         host.fail(reason);
     }
 
-    /// `Dest::All` is every other member of the Paxos configuration.
+    /// `Dest::All` is every other member of the Paxos configuration. The host's peers are
+    /// brought up to date first: an action just before may have changed the configuration,
+    /// and a send to a node the host does not know yet would be lost.
     fn send(&mut self, to: &Dest, msg: &Arc<Message>, host: &mut impl Host) {
+        self.refresh_peers(host);
         self.targets.clear();
         match to {
             Dest::One(id) => self.targets.push(*id),

@@ -1,5 +1,5 @@
 use super::*;
-use crate::format::Version;
+use crate::format::{Ballot, Version};
 use crate::paxos::{AcceptAll, CoreConfig};
 use std::net::Ipv6Addr;
 
@@ -46,7 +46,7 @@ impl Host for Recorder {
     fn truncate_log(&mut self, decree: u64) -> u64 {
         decree + 1
     }
-    fn load_checkpoint(&mut self, _: &Checkpoint, _: Ballot) -> Result<(), String> {
+    fn load_checkpoint(&mut self, _: &Checkpoint) -> Result<(), String> {
         Ok(())
     }
     fn write_defunct(&mut self, _: u32) -> Result<(), String> {

@@ -15,7 +15,7 @@ use super::tls::Tls;
 use super::transport::{frame, Origin, RateLimited, Transport};
 use super::{spawn_task, Shared};
 use crate::driver::{Driver, Execution, Host, Inbound};
-use crate::format::{Ballot, MemberId, Message, MsgKind, Node};
+use crate::format::{MemberId, Message, MsgKind, Node};
 use crate::paxos::{Application, BootstrapError, Checkpoint, Cookie, Input, Micros, Rejection, Replica, Role, SubmitError};
 use bytes::{Bytes, BytesMut};
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
@@ -311,7 +311,7 @@ impl Host for Io {
         self.journal.truncate(decree, oldest, executed)
     }
 
-    fn load_checkpoint(&mut self, cp: &Checkpoint, _promised: Ballot) -> Result<(), String> {
+    fn load_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), String> {
         let path = self.checkpoints.path_of(cp.decree);
         if !path.exists() {
             return Err(format!("{}: the fetched checkpoint to load is gone", path.display()));

@@ -372,9 +372,14 @@ impl Sim {
         self.drive(i, |d, m| d.step(input, m));
     }
 
-    /// A process that stopped on its own (`ShutDown`) exits cleanly: everything written is
-    /// kept. A supervisor restarts it.
+    /// A process that stopped on its own (`ShutDown`) exits cleanly, as the runtime does: the
+    /// driver stops (what the core holds is aborted), the executor runs what is queued, and
+    /// everything written is kept. A supervisor restarts it.
     fn exit(&mut self, i: usize) {
+        if let Some(driver) = self.procs[i].as_mut() {
+            driver.stop(&mut Machine { w: &mut self.world, node: i });
+        }
+        self.run_executor(i, true);
         let n = &mut self.world.nodes[i];
         n.durable.extend(n.pending.drain(..).map(|(_, r)| r));
         self.crash(i);
@@ -403,8 +408,12 @@ impl Sim {
         w.checker.crashed(proc);
     }
 
+    /// The primary a client finds: of the configuration that is newest among primaries (one
+    /// left out of a reconfiguration it missed still believes it leads the old one: nothing
+    /// tells it, as in RSL, and its requests never complete).
     fn primary(&self) -> Option<usize> {
-        self.procs.iter().position(|p| p.as_ref().is_some_and(|d| d.core().is_primary()))
+        let primaries = (0..self.procs.len()).filter_map(|i| Some((self.procs[i].as_ref()?.core(), i))).filter(|(c, _)| c.is_primary());
+        primaries.max_by_key(|(c, i)| (c.paxos_configuration().number, std::cmp::Reverse(*i))).map(|(_, i)| i)
     }
 
     /// Whether an event for this process life still applies.
@@ -551,12 +560,12 @@ impl Sim {
             Event::Learned { node, incarnation, from, records } if self.current(node, incarnation) => {
                 self.step(node, Input::Learned { from, records });
             }
-            Event::Execute { node, incarnation } if self.current(node, incarnation) => self.run_executor(node),
+            Event::Execute { node, incarnation } if self.current(node, incarnation) => self.run_executor(node, false),
             Event::Saved { node, incarnation, cp } if self.current(node, incarnation) => {
                 let (decree, size) = (cp.decree, checkpoint_size(&cp));
                 self.world.keep_checkpoint(node, cp);
                 self.drive(node, |d, m| d.checkpoint_done(decree, size, false, m));
-                self.run_executor(node);
+                self.run_executor(node, false);
             }
             Event::CheckpointFetched { node, incarnation, fetched, load } if self.current(node, incarnation) => match fetched {
                 Some((cp, size)) if load => self.step(node, Input::CheckpointFetched(Some((cp, size)))),
@@ -654,7 +663,8 @@ impl Sim {
 
     /// The executor runs its queue in order, until it meets a checkpoint to save: writing it
     /// holds the executor for a while (what follows waits), then the driver hears of it.
-    fn run_executor(&mut self, node: usize) {
+    /// `exiting`: the process is going away; a checkpoint it would save is not.
+    fn run_executor(&mut self, node: usize, exiting: bool) {
         let w = &mut self.world;
         let proc = w.proc(node);
         while let Some(item) = w.nodes[node].exec.pop_front() {
@@ -664,6 +674,7 @@ impl Sim {
                     w.checker.return_cookie(proc, cookie, None);
                 }
                 Execution::Load(cp) => w.checker.loaded_checkpoint(proc, cp.decree),
+                Execution::Save(_) if exiting => {}
                 Execution::Save(cp) => {
                     w.counts[4] += 1;
                     let at = w.now + MS + w.rng.below(20 * MS);
@@ -998,11 +1009,9 @@ impl Host for Machine<'_> {
     /// The logs before the checkpoint are dropped; the new one starts with the Persist that
     /// follows. What lies beyond it (accepted votes a pipelined replica holds there, a
     /// decision) is carried over.
-    fn load_checkpoint(&mut self, cp: &Checkpoint, promised: Ballot) -> Result<(), String> {
+    fn load_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), String> {
         self.w.counts[5] += 1;
-        let mut cp = cp.clone();
-        cp.max_ballot = cp.max_ballot.max(promised);
-        let (decree, size) = (cp.decree, checkpoint_size(&cp));
+        let (cp, decree, size) = (cp.clone(), cp.decree, checkpoint_size(cp));
         let n = &mut self.w.nodes[self.node];
         n.checkpoint = Some((cp, size));
         n.durable.retain(|r| r.header.decree > decree);

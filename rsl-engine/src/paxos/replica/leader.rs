@@ -162,7 +162,13 @@ impl Replica {
             // went alone, so everything before it has executed here.
             debug_assert!(self.outstanding.is_empty(), "nothing is proposed beyond a reconfiguration vote");
             let decision = Arc::new(Message::new(self.header(decree, self.max_ballot), Body::ReconfigurationDecision));
-            out.push(Action::Send { to: Dest::All, msg: decision.clone(), after: 0 });
+            // To each member of the configuration it ends, named now: `Dest::All` would be
+            // resolved after the switch, to the new configuration's members, and the old ones
+            // would never learn their decree was chosen (one left out of the new configuration
+            // has no other way to).
+            for member in self.members.iter().filter(|m| **m != self.me) {
+                out.push(Action::Send { to: Dest::One(*member), msg: decision.clone(), after: 0 });
+            }
             let switched = self.log_decision(now, decision, true, o.config_cookie, out);
             assert!(switched, "the primary logs the decision of the reconfiguration it saw chosen");
             return;

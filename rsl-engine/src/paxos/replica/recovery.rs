@@ -160,7 +160,8 @@ impl Replica {
             }
             out.push(Action::LoadCheckpoint(cp.clone()));
             self.next_execute = cp.decree + 1;
-            if cp.config.number != self.paxos_config.number {
+            let same_configuration = cp.config.number == self.paxos_config.number;
+            if !same_configuration {
                 // The votes we hold of the configuration the checkpoint passed are moot: it
                 // ended at its reconfiguration decree, and its ballots say nothing in this one.
                 self.pending.retain(|_, (v, _)| v.header.config == cp.config.number);
@@ -176,6 +177,15 @@ impl Replica {
             self.keep_next_vote(self.accepted_seq);
             let ballot = cp.max_ballot.max(self.accepted.header.ballot);
             self.set_max_ballot(now, ballot, self.accepted_seq);
+            if same_configuration && self.max_ballot > ballot {
+                // Our promise is beyond the checkpoint's and the new log's: the record that
+                // holds it is in a log a restart no longer reads. Logged again, as a Prepare
+                // record (what adopting a promise logs), or a restart would forget it.
+                let h = &self.accepted.header;
+                let header = Header::new(self.version, self.max_ballot.member, h.decree, self.paxos_config.number, self.max_ballot);
+                self.max_ballot_seq = self.persist(Arc::new(Message::new(header, Body::Prepare(Bytes::new()))), out);
+            }
+            debug_assert!(self.max_ballot >= self.accepted.header.ballot && self.max_ballot_seq <= self.persist_seq);
             (self.checkpointed, self.checkpoint_size, self.log_min_decree) = (cp.decree, size, cp.decree + 1);
             self.cache.retain(|(_, v)| v.header.decree > cp.decree && v.header.config == cp.config.number);
         }
