@@ -388,8 +388,13 @@ impl Journal {
     }
 
     /// Where the newest vote record for `decree` is: its log (by first decree) and offset,
-    /// durable or not; None if no indexed log holds one.
+    /// durable or not; None if no indexed log holds one. None too while a restart is pending
+    /// (`restart_at`): the logs still indexed then hold the replaced state's votes, which may be
+    /// of another ballot and value than the loaded state's for the same decree.
     pub(crate) fn locate_vote(&self, decree: u64) -> Option<(u64, u64)> {
+        if self.restart.is_some() {
+            return None;
+        }
         let st = self.shared.lock();
         st.index.iter().rev().find_map(|f| f.votes.iter().rev().find(|v| v.0 == decree).map(|&(_, at)| (f.first_decree, at)))
     }
