@@ -1037,8 +1037,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut j = open(options(dir.path()), None).unwrap();
         write_all(&mut j, &[vote(1, 2), vote(2, 2)]);
+        assert_eq!(j.journal.locate_vote(2), Some((0, 512)));
         j.journal.restart_at(10);
+        assert_eq!(j.journal.locate_vote(2), None, "the old logs hold the replaced state's votes");
         assert_eq!(j.journal.append(3, &vote(10, 4)).unwrap(), None);
+        assert_eq!(j.journal.locate_vote(10), Some((10, 0)));
         assert_eq!(j.durable.recv().unwrap(), 3);
         let ranges = j.journal.reader().votes_from(10).unwrap();
         assert_eq!(ranges, [FileRange { path: dir.path().join("10.log"), start: 0, end: 512 }]);
