@@ -2,7 +2,8 @@
 //! blocked keeps at most `in_memory_execution_queue_size_mb` of chosen decrees in memory (plus
 //! the one that crosses it) while the ring goes on; the rest wait in its log. Unblocked, it
 //! executes every decree once, in order, as the others did, and the checkpoint it took along
-//! the way restores to the same state.
+//! the way restores to the same state. Unloaded while still blocked, it executes every
+//! decree before `shut_down`, as the original (whose queue has no bound) does.
 
 mod inproc;
 
@@ -30,6 +31,8 @@ struct Blockable {
     /// Whether it started from a checkpoint.
     loaded: Arc<Mutex<bool>>,
     gate: Arc<(Mutex<bool>, Condvar)>,
+    /// How many requests it had executed when `shut_down` came.
+    shut_down_after: Arc<Mutex<Option<usize>>>,
 }
 
 impl Blockable {
@@ -79,7 +82,9 @@ impl StateMachine for Blockable {
     fn notify_status(&mut self, _is_primary: bool) {}
     fn notify_configuration_changed(&mut self, _cookie: Option<u64>) {}
     fn abort_change_configuration(&mut self, _status: ResponseCode, _cookie: u64) {}
-    fn shut_down(&mut self, _status: ResponseCode) {}
+    fn shut_down(&mut self, _status: ResponseCode) {
+        *self.shut_down_after.lock().unwrap() = Some(self.executed());
+    }
     fn state_saved(&mut self, seq: u64, _file: &Path) {
         self.saved.lock().unwrap().push(seq);
     }
@@ -91,7 +96,8 @@ fn request(i: u64) -> Vec<u8> {
     r
 }
 
-fn a_blocked_replica_spills_chosen_decrees_to_its_log_and_executes_them_in_order(version: Version, window: u32) {
+/// `unload_blocked`: the blocked replica is unloaded before its gate opens.
+fn a_blocked_replica_spills_chosen_decrees_to_its_log_and_executes_them_in_order(version: Version, window: u32, unload_blocked: bool) {
     let dir = tempfile::tempdir().unwrap();
     let ports = free_pairs(3);
     let nodes: Vec<_> = (0..3).map(|i| node(&(i + 1).to_string(), Ipv4Addr::LOCALHOST, ports[i]).unwrap()).collect();
@@ -140,7 +146,21 @@ fn a_blocked_replica_spills_chosen_decrees_to_its_log_and_executes_them_in_order
     assert!(most_in_memory <= (1 << 20) + decree_bytes, "{most_in_memory} bytes of decrees in memory: more than the bound + one");
 
     // Unblocked: every decree executes, once each, in order, as on the others.
-    machines[blocked].shut(false);
+    if unload_blocked {
+        // Its stop waits for the decrees in the log to execute, in bounded chunks.
+        std::thread::scope(|scope| {
+            let stopping = scope.spawn(|| replicas[blocked].unload());
+            wait(Duration::from_secs(10), || {
+                (replicas[blocked].replicate_request(Bytes::from_static(b"x"), 0) == ResponseCode::ShuttingDown).then_some(())
+            });
+            machines[blocked].shut(false);
+            stopping.join().unwrap();
+        });
+        let after = *machines[blocked].shut_down_after.lock().unwrap();
+        assert_eq!(after, Some(REQUESTS as usize), "every chosen decree executed before shut_down");
+    } else {
+        machines[blocked].shut(false);
+    }
     wait(Duration::from_secs(60), || (machines[blocked].executed() as u64 == REQUESTS).then_some(()));
     for m in [p, others, blocked] {
         assert!(*machines[m].state.lock().unwrap() == expected, "replica {m}'s state");
@@ -167,10 +187,10 @@ fn a_blocked_replica_spills_chosen_decrees_to_its_log_and_executes_them_in_order
 
 #[test]
 fn execution_queue_on_disk_v6() {
-    a_blocked_replica_spills_chosen_decrees_to_its_log_and_executes_them_in_order(Version::V6, 1);
+    a_blocked_replica_spills_chosen_decrees_to_its_log_and_executes_them_in_order(Version::V6, 1, false);
 }
 
 #[test]
 fn execution_queue_on_disk_v7_window_16() {
-    a_blocked_replica_spills_chosen_decrees_to_its_log_and_executes_them_in_order(Version::V7, 16);
+    a_blocked_replica_spills_chosen_decrees_to_its_log_and_executes_them_in_order(Version::V7, 16, true);
 }

@@ -40,6 +40,9 @@ pub(crate) enum Event {
     /// Something the replica cannot go on after (a journal write failed, a background task
     /// panicked): the replica fails (`RslReplica::failure`) and stops cleanly.
     Fatal(String),
+    /// The execute thread got down to half its memory bound while decrees wait in the log:
+    /// hand it more now rather than at the next timer (runtime/spill.rs).
+    Refill,
     Stop,
     /// Tests: the protocol thread waits here until the sender is dropped (or sends).
     #[cfg(test)]

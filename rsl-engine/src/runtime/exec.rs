@@ -75,6 +75,16 @@ pub(crate) enum Work {
     Stop,
 }
 
+/// Tells the protocol thread, however the execute thread ends, that nothing handed to it will
+/// execute any more (it may be waiting for it to drain: `ExecBacklog::stop`).
+struct Gone(Arc<Shared>);
+
+impl Drop for Gone {
+    fn drop(&mut self) {
+        self.0.exec_queue.executor_gone();
+    }
+}
+
 pub(crate) fn abort_code(reason: AbortReason) -> ResponseCode {
     match reason {
         AbortReason::NotPrimary => ResponseCode::NotPrimary,
@@ -115,6 +125,7 @@ impl Executor {
 
     /// Runs until `Stop` or until the protocol thread goes away.
     pub fn run(mut self, work: Inbox<Work>) {
+        let _gone = Gone(self.shared.clone());
         loop {
             let timeout = self.waiting.iter().map(|w| w.3).min().map(|d| d.saturating_duration_since(Instant::now()));
             let item = match timeout {
@@ -139,7 +150,9 @@ impl Executor {
         match work {
             Work::Execute { vote, cookies } => {
                 self.execute(&vote, &cookies);
-                self.shared.exec_queue.executed(&vote);
+                if self.shared.exec_queue.executed(&vote) {
+                    let _ = self.events.send(Event::Refill);
+                }
             }
             Work::Abort { cookie, code } => self.sm.abort_request(code, cookie),
             Work::AbortConfig { cookie, code } => self.sm.abort_change_configuration(code, cookie),

@@ -388,8 +388,13 @@ impl Journal {
     }
 
     /// Where the newest vote record for `decree` is: its log (by first decree) and offset,
-    /// durable or not; None if no indexed log holds one.
+    /// durable or not; None if no indexed log holds one. None too while a restart is pending
+    /// (`restart_at`): the logs still indexed then hold the replaced state's votes, which may be
+    /// of another ballot and value than the loaded state's for the same decree.
     pub(crate) fn locate_vote(&self, decree: u64) -> Option<(u64, u64)> {
+        if self.restart.is_some() {
+            return None;
+        }
         let st = self.shared.lock();
         st.index.iter().rev().find_map(|f| f.votes.iter().rev().find(|v| v.0 == decree).map(|&(_, at)| (f.first_decree, at)))
     }
@@ -1032,8 +1037,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut j = open(options(dir.path()), None).unwrap();
         write_all(&mut j, &[vote(1, 2), vote(2, 2)]);
+        assert_eq!(j.journal.locate_vote(2), Some((0, 512)));
         j.journal.restart_at(10);
+        assert_eq!(j.journal.locate_vote(2), None, "the old logs hold the replaced state's votes");
         assert_eq!(j.journal.append(3, &vote(10, 4)).unwrap(), None);
+        assert_eq!(j.journal.locate_vote(10), Some((10, 0)));
         assert_eq!(j.durable.recv().unwrap(), 3);
         let ranges = j.journal.reader().votes_from(10).unwrap();
         assert_eq!(ranges, [FileRange { path: dir.path().join("10.log"), start: 0, end: 512 }]);

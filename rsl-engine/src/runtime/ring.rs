@@ -185,6 +185,8 @@ impl Ring {
                 io.fail(reason);
                 io.halted = true;
             }
+            // The turn ends with a refill.
+            Event::Refill => {}
             Event::Stop => unreachable!("handled by the loop"),
             #[cfg(test)]
             Event::Pause(until) => drop(until.recv()),
@@ -208,16 +210,21 @@ impl Ring {
 
     fn shutdown(mut self) {
         self.driver.stop(&mut self.io);
+        let durable = self.driver.durable_seq();
         let mut io = self.io;
         io.shared.is_primary.store(false, Relaxed);
         io.shared.shutting_down.store(true, Relaxed);
-        io.backlog.stop(&io.work);
-        let _ = io.work.send(Work::Stop);
         io.transport.shutdown();
+        // Closed first, so every spilled decree's record is on disk to execute before Stop.
+        let closed = io.journal.close();
         // A stopped journal's cause is already the replica's failure, reported once.
-        if let (Err(e), None) = (io.journal.close(), io.shared.failure.get()) {
+        if let (Err(e), None) = (&closed, io.shared.failure.get()) {
             tracing::error!(error = %e, "journal close");
         }
+        if let Err(e) = io.backlog.stop(if closed.is_ok() { u64::MAX } else { durable }, &io.work) {
+            io.shared.fail(format!("at shutdown: {e}"));
+        }
+        let _ = io.work.send(Work::Stop);
     }
 }
 
@@ -237,7 +244,9 @@ impl Io {
             self.shared.stats.requests_refused.fetch_add(1, Relaxed);
         }
         let code = if e == SubmitError::ShuttingDown { ResponseCode::ShuttingDown } else { ResponseCode::NotPrimary };
-        self.hand_to_exec(Work::Abort { cookie, code });
+        // Straight on, not behind decrees waiting in the log: the request was never proposed,
+        // so no decree or other callback concerns its cookie (RSL answers it synchronously).
+        self.halted |= self.work.send(Work::Abort { cookie, code }).is_err();
     }
 
     /// Behind any decrees waiting in the log (`ExecBacklog`), so the order holds.

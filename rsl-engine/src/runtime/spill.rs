@@ -14,7 +14,10 @@
 //! another ballot. So the location is taken when the decree is passed, as the newest vote for
 //! it in the journal's index then ([`Journal::locate_vote`]): later re-proposals do not count.
 //! A decree the core holds but never logged here (the next vote a restored checkpoint carried)
-//! is kept in memory as it is.
+//! is kept in memory as it is; so is one passed while a loaded checkpoint's restart of the log
+//! is pending, as the logs then indexed hold the old state's votes (`locate_vote` skips them).
+//! The passed vote's ballot is kept with its location and compared on reading: a record of
+//! another ballot is another vote, possibly of another value, and fails the replica.
 //!
 //! What keeps those records readable: a spilled decree is above the executed one, and
 //! `Journal::truncate` deletes no log a decree above min(oldest checkpoint, executed) may be in
@@ -22,6 +25,19 @@
 //! the old logs out of the index. A record is read only once the persist it was appended by is
 //! durable. A record that cannot be read, or is not that decree's vote, fails the replica: a
 //! decree is never skipped.
+//!
+//! At a stop every spilled decree still executes, before the execute thread's `Stop`, as all
+//! chosen decrees did before the spill existed ([`ExecBacklog::stop`]).
+//!
+//! What bounds this side's own memory: an entry of `spilled` (~100 bytes) and the cookies of
+//! its requests (8 bytes each) stand for a vote record of at least 512 bytes on disk, which
+//! `truncate` keeps until the decree executed, so they stay a small fraction of the log the
+//! stalled execute thread lets grow. A `Held` vote is one a loaded checkpoint carried, at most
+//! one per load, and a load needs a whole checkpoint fetched first. The work queued behind
+//! spilled decrees (`later`) comes from the core's own transitions (status and configuration
+//! changes, checkpoints, aborts of requests it had queued, once each), which follow the
+//! decrees chosen and the elections, both logged; a refused request's abort does not wait
+//! here (`Io::refused` sends it straight on).
 
 use super::api::ResponseCode;
 use super::exec::Work;
@@ -31,14 +47,14 @@ use super::Shared;
 use crate::faults::{self, JOURNAL_READ};
 use crate::format::codec::{round_up_512, PAGE};
 use crate::format::log::{self, parse_record_header, read_record, Mode, Step};
-use crate::format::{Message, MsgKind};
+use crate::format::{Ballot, Message, MsgKind};
 use crate::paxos::Cookie;
 use bytes::Bytes;
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
 
 /// Counted for a decree besides its requests: its header and bookkeeping.
@@ -51,7 +67,8 @@ pub(crate) fn decree_bytes(vote: &Message) -> u64 {
 }
 
 /// The execute queue's size as both threads see it: bytes of decrees handed (protocol thread)
-/// and executed (execute thread), and decrees waiting in the log only.
+/// and executed (execute thread), and decrees waiting in the log only; and when the execute
+/// thread wakes the protocol thread to hand it more.
 #[derive(Default)]
 pub(crate) struct ExecGauge {
     handed: AtomicU64,
@@ -59,17 +76,32 @@ pub(crate) struct ExecGauge {
     /// The most bytes in memory since the last [`ExecGauge::take_high`].
     high: AtomicU64,
     spilled: AtomicU64,
+    /// The bound: the execute thread asks for more once at half of it.
+    limit: AtomicU64,
+    /// Set by the protocol thread while decrees wait in the log above half the bound; taken
+    /// by the execute thread when it gets down to half, so it wakes the other once per refill.
+    wake: AtomicBool,
+    /// The execute thread has ended: nothing handed is executed any more.
+    gone: AtomicBool,
 }
 
 impl ExecGauge {
     /// Bytes of decrees handed to the execute thread and not executed yet.
     pub fn in_memory(&self) -> u64 {
-        self.handed.load(Relaxed).saturating_sub(self.executed.load(Relaxed))
+        self.handed.load(SeqCst).saturating_sub(self.executed.load(SeqCst))
     }
 
-    /// The execute thread has run `vote`.
-    pub fn executed(&self, vote: &Message) {
-        self.executed.fetch_add(decree_bytes(vote), Relaxed);
+    /// The execute thread has run `vote`. True once per refill, when it got down to half the
+    /// bound while decrees wait in the log: then it wakes the protocol thread to hand more.
+    /// (Sequentially consistent with [`ExecBacklog::arm`]: one of them sees the other.)
+    pub fn executed(&self, vote: &Message) -> bool {
+        self.executed.fetch_add(decree_bytes(vote), SeqCst);
+        self.in_memory() <= self.limit.load(Relaxed) / 2 && self.wake.swap(false, SeqCst)
+    }
+
+    /// The execute thread has ended (or panicked).
+    pub fn executor_gone(&self) {
+        self.gone.store(true, SeqCst);
     }
 
     fn handed(&self, bytes: u64) {
@@ -91,8 +123,9 @@ impl ExecGauge {
 
 /// A passed decree not handed yet.
 enum Spilled {
-    /// Its vote is in `<file>.log` at `offset`, appended by persist `seq` or an earlier one.
-    Logged { decree: u64, file: u64, offset: u64, seq: u64 },
+    /// Its vote, of `ballot`, is in `<file>.log` at `offset`, appended by persist `seq` or an
+    /// earlier one.
+    Logged { decree: u64, ballot: Ballot, file: u64, offset: u64, seq: u64 },
     /// Not in our logs: kept as the core passed it.
     Held(Arc<Message>),
 }
@@ -130,6 +163,7 @@ impl ExecBacklog {
     pub fn new(limit: u64, dir: PathBuf, shared: Arc<Shared>) -> ExecBacklog {
         let gauge = &shared.exec_queue;
         gauge.handed.store(gauge.executed.load(Relaxed), Relaxed);
+        gauge.limit.store(limit, Relaxed);
         ExecBacklog {
             limit,
             dir,
@@ -166,7 +200,7 @@ impl ExecBacklog {
         let decree = vote.header.decree;
         debug_assert!(self.spilled.back().is_none_or(|s| s.decree() < decree), "decrees pass in order");
         let spilled = match journal.locate_vote(decree) {
-            Some((file, offset)) => Spilled::Logged { decree, file, offset, seq: journal.last_seq() },
+            Some((file, offset)) => Spilled::Logged { decree, ballot: vote.header.ballot, file, offset, seq: journal.last_seq() },
             None => Spilled::Held(vote),
         };
         if !cookies.is_empty() {
@@ -182,28 +216,18 @@ impl ExecBacklog {
     /// order (and the work queued behind them) up to the bound, reading those whose records
     /// are durable (persists up to `durable`). Err: the replica cannot go on.
     pub fn refill(&mut self, durable: u64, queue: &Queue<Work>) -> Result<(), String> {
-        if self.idle() || self.shared.exec_queue.in_memory() > self.limit / 2 {
-            return Ok(());
-        }
-        let gone = || "the execute thread is gone".to_string();
-        loop {
-            while self.later.front().is_some_and(|(after, _)| *after <= self.handed) {
-                let (_, work) = self.later.pop_front().expect("checked");
-                queue.send(work).map_err(|_| gone())?;
+        while !self.idle() {
+            if self.above_half() {
+                // Armed before looking again, so a wake is not lost to the execute thread
+                // getting down to half in between.
+                self.arm();
+                if self.above_half() {
+                    break;
+                }
             }
-            let Some(next) = self.spilled.front() else { break };
-            if self.shared.exec_queue.in_memory() >= self.limit || matches!(next, Spilled::Logged { seq, .. } if *seq > durable) {
-                break;
-            }
-            let vote = match *next {
-                Spilled::Logged { decree, file, offset, .. } => self.read(decree, file, offset)?,
-                Spilled::Held(ref vote) => vote.clone(),
-            };
-            self.spilled.pop_front();
-            self.handed += 1;
-            let cookies = self.cookies.remove(&vote.header.decree).unwrap_or_default();
-            if !self.send(vote, cookies, queue) {
-                return Err(gone());
+            self.hand_spilled(durable, queue)?;
+            if !self.above_half() {
+                break; // all handed, or the next record is not durable yet (a Durable follows)
             }
         }
         if self.spilled.is_empty() {
@@ -213,10 +237,79 @@ impl ExecBacklog {
         Ok(())
     }
 
-    /// The replica stops: the spilled decrees stay in the log for the next start, and every
-    /// cookie waiting here comes back (`ShuttingDown`), as do the aborts queued behind them.
-    /// Nothing else queued is delivered: a checkpoint saved now would not hold its decrees.
-    pub fn stop(&mut self, queue: &Queue<Work>) {
+    /// Hands the spilled decrees, and the work behind them, until the bound is reached or the
+    /// next record is not durable yet.
+    fn hand_spilled(&mut self, durable: u64, queue: &Queue<Work>) -> Result<(), String> {
+        let gone = || "the execute thread is gone".to_string();
+        loop {
+            while self.later.front().is_some_and(|(after, _)| *after <= self.handed) {
+                let (_, work) = self.later.pop_front().expect("checked");
+                queue.send(work).map_err(|_| gone())?;
+            }
+            let Some(next) = self.spilled.front() else { return Ok(()) };
+            let in_memory = self.shared.exec_queue.in_memory();
+            if (in_memory > 0 && in_memory >= self.limit) || matches!(next, Spilled::Logged { seq, .. } if *seq > durable) {
+                return Ok(());
+            }
+            let vote = match *next {
+                Spilled::Logged { decree, ballot, file, offset, .. } => self.read(decree, ballot, file, offset)?,
+                Spilled::Held(ref vote) => vote.clone(),
+            };
+            self.spilled.pop_front();
+            self.handed += 1;
+            let cookies = self.cookies.remove(&vote.header.decree).unwrap_or_default();
+            if !self.send(vote, cookies, queue) {
+                return Err(gone());
+            }
+        }
+    }
+
+    fn above_half(&self) -> bool {
+        self.shared.exec_queue.in_memory() > self.limit / 2
+    }
+
+    /// Asks the execute thread to wake this one once it is down to half the bound.
+    fn arm(&self) {
+        self.shared.exec_queue.wake.store(true, SeqCst);
+    }
+
+    /// The replica stops: every spilled decree, and the work queued behind it, is handed
+    /// before the execute thread's `Stop`, so all chosen decrees execute as without the spill.
+    /// The protocol thread, stopping anyway, waits between chunks for the execute thread to
+    /// work down to half the bound. `durable`: the persists known durable (all, once the
+    /// journal is closed). Err if a decree cannot be read (or is not durable), or the execute
+    /// thread is gone: then the cookies still waiting, and the aborts behind them, come back
+    /// (`ShuttingDown`) and nothing else queued is delivered — a checkpoint saved now would
+    /// not hold its decrees.
+    pub fn stop(&mut self, durable: u64, queue: &Queue<Work>) -> Result<(), String> {
+        let drained = self.drain(durable, queue);
+        if drained.is_err() {
+            self.abandon(queue);
+        }
+        drained
+    }
+
+    fn drain(&mut self, durable: u64, queue: &Queue<Work>) -> Result<(), String> {
+        let shared = self.shared.clone();
+        while !self.idle() {
+            if let Some(Spilled::Logged { decree, seq, .. }) = self.spilled.front() {
+                if *seq > durable {
+                    return Err(format!("decree {decree} to execute: its vote is not durable (persist {seq}, durable {durable})"));
+                }
+            }
+            self.refill(durable, queue)?;
+            // Polled: this thread takes no events any more, and the wait ends either way.
+            while !self.idle() && self.above_half() {
+                if shared.exec_queue.gone.load(SeqCst) {
+                    return Err("the execute thread is gone".into());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        Ok(())
+    }
+
+    fn abandon(&mut self, queue: &Queue<Work>) {
         let code = ResponseCode::ShuttingDown;
         let spilled = std::mem::take(&mut self.cookies).into_values().flatten().map(|cookie| Work::Abort { cookie, code });
         let later = std::mem::take(&mut self.later).into_iter().filter_map(|(_, work)| match work {
@@ -237,11 +330,15 @@ impl ExecBacklog {
     }
 
     fn publish(&self) {
-        self.shared.exec_queue.spilled.store(self.spilled.len() as u64, Relaxed);
+        let gauge = &self.shared.exec_queue;
+        gauge.spilled.store(self.spilled.len() as u64, Relaxed);
+        if self.idle() {
+            gauge.wake.store(false, SeqCst);
+        }
     }
 
-    /// Reads `decree`'s vote back from `<file>.log` at `offset`.
-    fn read(&mut self, decree: u64, file: u64, offset: u64) -> Result<Arc<Message>, String> {
+    /// Reads `decree`'s vote of `ballot` back from `<file>.log` at `offset`.
+    fn read(&mut self, decree: u64, ballot: Ballot, file: u64, offset: u64) -> Result<Arc<Message>, String> {
         let path = self.dir.join(log::file_name(file));
         let fail = |what: &dyn std::fmt::Display| format!("decree {decree} to execute: {} at offset {offset}: {what}", path.display());
         if self.reading.as_ref().is_none_or(|(open, _)| *open != file) {
@@ -255,8 +352,18 @@ impl ExecBacklog {
         let mut data = vec![0u8; round_up_512(len)];
         log.read_exact_at(&mut data, offset).map_err(|e| fail(&e))?;
         match read_record(&Bytes::from(data), 0, Mode::Strict, true).map_err(|e| fail(&e))? {
-            Step::Record(r) if r.message.kind() == MsgKind::Vote && r.message.header.decree == decree => Ok(Arc::new(r.message)),
-            Step::Record(r) => Err(fail(&format_args!("a {:?} record for decree {}", r.message.kind(), r.message.header.decree))),
+            Step::Record(r)
+                if r.message.kind() == MsgKind::Vote && r.message.header.decree == decree && r.message.header.ballot == ballot =>
+            {
+                Ok(Arc::new(r.message))
+            }
+            Step::Record(r) => {
+                let (kind, found) = (r.message.kind(), &r.message.header);
+                Err(fail(&format_args!(
+                    "a {kind:?} record for decree {} of ballot {}, not the vote of ballot {ballot}",
+                    found.decree, found.ballot
+                )))
+            }
             Step::End | Step::NeedMore(_) => Err(fail(&"no record")),
         }
     }
@@ -449,15 +556,150 @@ mod tests {
         assert!(err.contains("decree 2") && err.contains("0.log"), "{err}");
     }
 
+    /// Runs `stop` against an execute thread that takes what it is handed until `Stop`.
+    fn stop_with_executor(s: Setup, durable: u64) -> (Result<(), String>, Vec<String>, u64) {
+        let Setup { queue, inbox, mut backlog, shared, dir, journal, .. } = s;
+        let most = Arc::new(AtomicU64::new(0));
+        let executor = {
+            let (shared, most) = (shared.clone(), most.clone());
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                while let Ok(work) = inbox.recv() {
+                    most.fetch_max(shared.exec_queue.in_memory(), Relaxed);
+                    got.push(match work {
+                        Work::Execute { vote, cookies } => {
+                            shared.exec_queue.executed(&vote);
+                            let request = &vote.as_vote().unwrap().requests[0];
+                            format!("{}{cookies:?}", String::from_utf8_lossy(request).split(':').next().unwrap())
+                        }
+                        Work::Status(primary) => format!("status {primary}"),
+                        Work::Abort { cookie, code } => format!("abort {cookie} {code:?}"),
+                        Work::Stop => break,
+                        _ => "other".into(),
+                    });
+                }
+                got
+            })
+        };
+        drop(journal);
+        let stopped = backlog.stop(durable, &queue);
+        queue.send(Work::Stop).unwrap();
+        let got = executor.join().unwrap();
+        drop(dir);
+        (stopped, got, most.load(Relaxed))
+    }
+
     #[test]
-    fn a_stop_returns_the_waiting_cookies_and_aborts_and_drops_the_rest() {
+    fn a_stop_executes_every_spilled_decree_in_order_in_bounded_chunks() {
+        let size = decree_bytes(&vote(1, 1, 100));
+        let mut s = Setup::new(3 * size);
+        for decree in 1..=20 {
+            s.pass(vote(decree, 1, 100), vec![decree]);
+            if decree == 10 {
+                assert!(s.backlog.hand(Work::Status(true), &s.queue));
+                assert!(s.backlog.hand(Work::Abort { cookie: 99, code: ResponseCode::NotPrimary }, &s.queue));
+            }
+        }
+        assert_eq!(s.shared.exec_queue.spilled(), 17);
+        let durable = s.sync();
+        let (stopped, got, most) = stop_with_executor(s, durable);
+        stopped.unwrap();
+        let mut expected: Vec<String> = (1..=20).map(|d| format!("{d}@1[{d}]")).collect();
+        expected.splice(10..10, ["status true".to_string(), "abort 99 NotPrimary".to_string()]);
+        assert_eq!(got, expected, "all of them, in order, the work behind its decree");
+        assert!(most <= 4 * size, "{most} bytes in memory: more than the bound plus one decree");
+    }
+
+    #[test]
+    fn a_stop_that_cannot_read_a_decree_fails_and_returns_the_waiting_cookies() {
         let mut s = Setup::new(1);
         s.pass(vote(1, 1, 10), vec![1]);
         s.pass(vote(2, 1, 10), vec![2, 3]);
+        s.pass(vote(3, 1, 10), vec![5]);
         assert!(s.backlog.hand(Work::Abort { cookie: 4, code: ResponseCode::NotPrimary }, &s.queue));
         assert!(s.backlog.hand(Work::Status(false), &s.queue));
-        s.backlog.stop(&s.queue);
-        assert_eq!(s.drain(), ["1@1[1]", "abort 2 ShuttingDown", "abort 3 ShuttingDown", "abort 4 NotPrimary"]);
+        let durable = s.sync();
+        let path = s.dir.path().join("0.log");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[2 * 512 + 100] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let (stopped, got, _) = stop_with_executor(s, durable);
+        let err = stopped.unwrap_err();
+        assert!(err.contains("decree 3") && err.contains("0.log"), "{err}");
+        assert_eq!(got, ["1@1[1]", "2@1[2, 3]", "abort 5 ShuttingDown", "abort 4 NotPrimary"]);
+    }
+
+    #[test]
+    fn a_stop_ends_when_the_execute_thread_is_gone_or_a_decree_is_not_durable() {
+        let mut s = Setup::new(1);
+        s.pass(vote(1, 1, 10), vec![]);
+        s.pass(vote(2, 1, 10), vec![7]);
+        let (stopped, got, _) = stop_with_executor(s, 0);
+        assert!(stopped.unwrap_err().contains("not durable"));
+        assert_eq!(got, ["1@1[]", "abort 7 ShuttingDown"]);
+
+        let mut s = Setup::new(1);
+        s.pass(vote(1, 1, 10), vec![]);
+        s.pass(vote(2, 1, 10), vec![]);
+        let durable = s.sync();
+        // Handed one, and the execute thread ended without running it.
+        s.shared.exec_queue.executor_gone();
+        assert!(s.backlog.stop(durable, &s.queue).unwrap_err().contains("gone"));
+    }
+
+    #[test]
+    fn a_decree_passed_while_a_restart_is_pending_executes_as_passed_not_as_the_old_log_has_it() {
+        let mut s = Setup::new(1);
+        s.pass(vote(1, 1, 10), vec![]);
+        // The old state's vote for 2, then a loaded checkpoint of 1 whose next vote is 2 at
+        // another ballot, passed before anything is appended to the new log.
+        s.log(&vote(2, 1, 10));
+        s.journal.restart_at(2);
+        assert!(s.backlog.execute(vote(2, 5, 10), vec![], &s.journal, &s.queue));
+        s.pass(vote(3, 5, 10), vec![]);
+        let durable = s.sync();
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            s.backlog.refill(durable, &s.queue).unwrap();
+            got.extend(s.drain());
+        }
+        assert_eq!(got, ["1@1[]", "2@5[]", "3@5[]"]);
+    }
+
+    #[test]
+    fn a_record_of_another_ballot_than_the_passed_vote_fails_the_replica() {
+        let mut s = Setup::new(1);
+        s.pass(vote(1, 1, 10), vec![]);
+        s.pass(vote(2, 1, 10), vec![]);
+        let durable = s.sync();
+        assert_eq!(s.drain(), ["1@1[]"]);
+        let Some(Spilled::Logged { ballot, .. }) = s.backlog.spilled.front_mut() else { panic!("logged") };
+        *ballot = vote(2, 5, 10).header.ballot;
+        let err = s.backlog.refill(durable, &s.queue).unwrap_err();
+        assert!(err.contains("decree 2") && err.contains("0.log") && err.contains("offset 512") && err.contains("ballot"), "{err}");
+        assert!(s.drain().is_empty(), "never another value");
+    }
+
+    #[test]
+    fn the_execute_thread_asks_for_more_once_when_down_to_half_the_bound() {
+        let size = decree_bytes(&vote(1, 1, 100));
+        let mut s = Setup::new(4 * size);
+        for decree in 1..=8 {
+            s.pass(vote(decree, 1, 100), vec![]);
+        }
+        let durable = s.sync();
+        s.backlog.refill(durable, &s.queue).unwrap();
+        let wakes: Vec<bool> = std::iter::from_fn(|| s.inbox.try_recv().ok())
+            .map(|work| match work {
+                Work::Execute { vote, .. } => s.shared.exec_queue.executed(&vote),
+                _ => panic!("only decrees"),
+            })
+            .collect();
+        assert_eq!(wakes, [false, true, false, false], "at half the bound, once");
+        s.backlog.refill(durable, &s.queue).unwrap();
+        assert_eq!(s.drain().len(), 4);
         assert_eq!(s.shared.exec_queue.spilled(), 0);
+        s.backlog.refill(durable, &s.queue).unwrap();
+        assert!(!s.shared.exec_queue.wake.load(SeqCst), "nothing waits in the log: no wake");
     }
 }
