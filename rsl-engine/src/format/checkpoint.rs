@@ -709,6 +709,24 @@ mod tests {
     }
 
     #[test]
+    fn a_checkpoint_written_back_as_it_goes_reads_back_and_a_writeback_fault_fails_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..crate::writeback::STEP * 5 / 2).map(|i| (i * 13 + (i >> 12)) as u8).collect();
+        let path = write(dir.path(), Version::V6, &data);
+        let mut r = CheckpointReader::open(&path).unwrap();
+        assert!(r.blocks().unwrap().iter().all(BlockInfo::ok));
+        assert_eq!(read_all(&mut r).unwrap(), data);
+
+        let _scenario = fail::FailScenario::setup();
+        let path = dir.path().join("failing.codex");
+        fail::cfg(CHECKPOINT_FSYNC, &format!("return(eio@{})", path.display())).unwrap();
+        let mut w = CheckpointWriter::create(&path, header(Version::V6)).unwrap();
+        let failed = data.chunks(1 << 20).map(|piece| w.write(piece)).find_map(Result::err).expect("the writeback fails a write");
+        assert!(failed.to_string().contains(CHECKPOINT_FSYNC), "{failed}");
+        assert!(w.close().unwrap_err().to_string().contains(CHECKPOINT_FSYNC), "close fails with it");
+    }
+
+    #[test]
     fn empty_data_has_no_blocks() {
         let dir = tempfile::tempdir().unwrap();
         let path = write(dir.path(), Version::V6, &[]);
