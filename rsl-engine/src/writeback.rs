@@ -7,7 +7,8 @@
 //! step at a time, with at most two steps in flight, a log sync waits for a few MB at most.
 //! The save itself is paced to the disk; it runs off the protocol thread.
 //!
-//! This starts writes early; it promises no durability: the caller still syncs the file.
+//! Checkpoints this replica writes (`CheckpointWriter`) and downloads (`learn::fetch_checkpoint`)
+//! use it. It starts writes early; it promises no durability: the caller still syncs the file.
 
 use crate::faults::{self, CHECKPOINT_FSYNC};
 use std::fs::File;
