@@ -2,7 +2,9 @@
 //! load; one secondary saves a state of `RSL_GAP_STATE_MB` megabytes (16 unless set) while its
 //! learn port is asked for its status and its previous checkpoint over and over. Prints the
 //! longest gap between consecutive Paxos messages that secondary's protocol thread received
-//! during the save, and before it. Timing is printed, not asserted (CI runs a small state):
+//! during the save, and before it, the same at the other secondary, and how long each
+//! replica's log syncs took meanwhile (`RSL_GAP_SLOW_SYNCS=1` lists every one over 10 ms).
+//! Timing is printed, not asserted (CI runs a small state); figures in docs/performance.md:
 //!
 //! `RSL_GAP_STATE_MB=1024 [RSL_GAP_DIR=/dev/shm] cargo test --release -p rsl-engine --test checkpoint_gap -- --nocapture`
 
@@ -211,9 +213,10 @@ fn paxos_traffic_to_a_secondary_goes_on_while_it_saves_a_large_checkpoint() {
     let arrivals = Arrivals::default();
     tracing::subscriber::set_global_default(tracing_subscriber::registry().with(arrivals.clone())).unwrap();
 
-    // All three replicas share one file system here: on a disk, the primary's journal syncs
-    // can wait behind the secondary's checkpoint writeback (ext4's ordered mode), which then
-    // shows as a gap at every secondary. `RSL_GAP_DIR=/dev/shm` leaves only the runtime's part.
+    // All three replicas share one file system here: on a disk, every replica's log syncs
+    // wait for the checkpoint writeback in flight (ext4's ordered mode), which then shows as
+    // a gap at every secondary; early writeback bounds it (src/writeback.rs).
+    // `RSL_GAP_DIR=/dev/shm` leaves only the runtime's part.
     let root = std::env::var_os("RSL_GAP_DIR").map_or_else(std::env::temp_dir, Into::into);
     let dir = tempfile::tempdir_in(root).unwrap();
     let ports = free_pairs(3);
