@@ -2,7 +2,9 @@
 //! load; one secondary saves a state of `RSL_GAP_STATE_MB` megabytes (16 unless set) while its
 //! learn port is asked for its status and its previous checkpoint over and over. Prints the
 //! longest gap between consecutive Paxos messages that secondary's protocol thread received
-//! during the save, and before it. Timing is printed, not asserted (CI runs a small state):
+//! during the save, and before it, the same at the other secondary, and how long each
+//! replica's log syncs took meanwhile (`RSL_GAP_SLOW_SYNCS=1` lists every one over 10 ms).
+//! Timing is printed, not asserted (CI runs a small state); figures in docs/performance.md:
 //!
 //! `RSL_GAP_STATE_MB=1024 [RSL_GAP_DIR=/dev/shm] cargo test --release -p rsl-engine --test checkpoint_gap -- --nocapture`
 
@@ -13,6 +15,7 @@ use inproc::{free_pairs, wait};
 use rsl_engine::format::checkpoint::{CheckpointReader, CheckpointWriter};
 use rsl_engine::format::{Ballot, Body, Header, MemberId, MemberSet, Message, Version};
 use rsl_engine::runtime::api::node;
+use rsl_engine::runtime::journal::SYNC_TRACE;
 use rsl_engine::runtime::learn::{self, Peer};
 use rsl_engine::runtime::{AdmitAll, ResponseCode, RslConfig, RslReplica, StateMachine};
 use std::collections::HashMap;
@@ -29,46 +32,99 @@ use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 const ARRIVALS: &str = "rsl_engine::paxos_in";
 const MB: u64 = 1 << 20;
 
-/// When each replica's protocol thread took in each Paxos message, by member id.
+/// When each replica's protocol thread took in each Paxos message, by member id; and when
+/// each log sync ended and how long it took, by log directory.
 #[derive(Clone, Default)]
-struct Arrivals(Arc<Mutex<HashMap<String, Vec<Instant>>>>);
+struct Arrivals {
+    paxos: Arc<Mutex<HashMap<String, Vec<Instant>>>>,
+    syncs: Arc<Mutex<HashMap<String, Vec<Sync>>>>,
+}
 
-struct MeField(Option<String>);
+/// When a log sync ended, and how long it took.
+type Sync = (Instant, Duration);
 
-impl Visit for MeField {
+/// The fields of an arrival or sync event.
+#[derive(Default)]
+struct Fields {
+    me: Option<String>,
+    dir: Option<String>,
+    micros: u64,
+}
+
+impl Visit for Fields {
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        if field.name() == "micros" {
+            self.micros = value;
+        }
+    }
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "me" {
-            self.0 = Some(format!("{value:?}"));
+        match field.name() {
+            "me" => self.me = Some(format!("{value:?}")),
+            "dir" => self.dir = Some(format!("{value:?}")),
+            _ => {}
         }
     }
 }
 
 impl<S: Subscriber> Layer<S> for Arrivals {
     fn enabled(&self, metadata: &Metadata<'_>, _: Context<'_, S>) -> bool {
-        metadata.target() == ARRIVALS
+        [ARRIVALS, SYNC_TRACE].contains(&metadata.target())
     }
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
-        let mut me = MeField(None);
-        event.record(&mut me);
-        if let Some(me) = me.0 {
-            self.0.lock().unwrap().entry(me).or_default().push(Instant::now());
+        let now = Instant::now();
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        if let Some(me) = fields.me {
+            self.paxos.lock().unwrap().entry(me).or_default().push(now);
+        }
+        if let Some(dir) = fields.dir {
+            self.syncs.lock().unwrap().entry(dir).or_default().push((now, Duration::from_micros(fields.micros)));
         }
     }
 }
 
+/// The longest and the 99th percentile of some gaps, and how many.
+struct Gaps {
+    longest: Duration,
+    p99: Duration,
+    count: usize,
+}
+
+impl Gaps {
+    fn of(mut gaps: Vec<Duration>) -> Gaps {
+        gaps.sort();
+        let at = |q: f64| gaps.get(((gaps.len() as f64 * q) as usize).min(gaps.len().saturating_sub(1))).copied().unwrap_or_default();
+        Gaps { longest: at(1.0), p99: at(0.99), count: gaps.len() }
+    }
+}
+
+impl std::fmt::Display for Gaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        write!(f, "longest {:.1} ms, p99 {:.1} ms of {}", ms(self.longest), ms(self.p99), self.count)
+    }
+}
+
 impl Arrivals {
-    /// The longest gap between consecutive arrivals at `me` within `[from, to]` (the first
-    /// arrival after `from` counts from `from`), and how many arrived.
-    fn longest_gap(&self, me: &str, from: Instant, to: Instant) -> (Duration, usize) {
-        let all = self.0.lock().unwrap();
+    /// The gaps between consecutive arrivals at `me` within `[from, to]` (the first arrival
+    /// after `from` counts from `from`, `to` ends the last gap).
+    fn gaps(&self, me: &str, from: Instant, to: Instant) -> Gaps {
+        let all = self.paxos.lock().unwrap();
         let times: Vec<Instant> = all.get(me).into_iter().flatten().copied().filter(|t| *t >= from && *t <= to).collect();
         let mut last = from;
-        let mut longest = Duration::ZERO;
+        let mut gaps = Vec::new();
         for &t in times.iter().chain([to].iter()) {
-            longest = longest.max(t - last);
+            gaps.push(t - last);
             last = t;
         }
-        (longest, times.len())
+        Gaps::of(gaps)
+    }
+
+    /// The durations of the log syncs in `dir` that ended within `[from, to]`.
+    fn syncs(&self, dir: &Path, from: Instant, to: Instant) -> Gaps {
+        let all = self.syncs.lock().unwrap();
+        let dir = dir.display().to_string();
+        Gaps::of(all.get(&dir).into_iter().flatten().filter(|(t, _)| *t >= from && *t <= to).map(|&(_, d)| d).collect())
     }
 }
 
@@ -157,9 +213,10 @@ fn paxos_traffic_to_a_secondary_goes_on_while_it_saves_a_large_checkpoint() {
     let arrivals = Arrivals::default();
     tracing::subscriber::set_global_default(tracing_subscriber::registry().with(arrivals.clone())).unwrap();
 
-    // All three replicas share one file system here: on a disk, the primary's journal syncs
-    // can wait behind the secondary's checkpoint writeback (ext4's ordered mode), which then
-    // shows as a gap at every secondary. `RSL_GAP_DIR=/dev/shm` leaves only the runtime's part.
+    // All three replicas share one file system here: on a disk, every replica's log syncs
+    // wait for the checkpoint writeback in flight (ext4's ordered mode), which then shows as
+    // a gap at every secondary; early writeback bounds it (src/writeback.rs).
+    // `RSL_GAP_DIR=/dev/shm` leaves only the runtime's part.
     let root = std::env::var_os("RSL_GAP_DIR").map_or_else(std::env::temp_dir, Into::into);
     let dir = tempfile::tempdir_in(root).unwrap();
     let ports = free_pairs(3);
@@ -218,31 +275,63 @@ fn paxos_traffic_to_a_secondary_goes_on_while_it_saves_a_large_checkpoint() {
 
     let me = nodes[s].id.to_string();
     // From the first byte written to the file in place (written, synced, verified, linked).
-    let ((save_start, _, _), (placed, save_end)) = save;
-    let (before, n_before) = arrivals.longest_gap(&me, load_from, save_start);
-    let (during, n_during) = arrivals.longest_gap(&me, save_start, save_end);
+    let ((save_start, write_end, _), (placed, save_end)) = save;
+    let before = arrivals.gaps(&me, load_from, save_start);
+    let during = arrivals.gaps(&me, save_start, save_end);
     // The other secondary, over the same window: what the machine's load alone costs.
-    let (control, _) = arrivals.longest_gap(&nodes[(p + 2) % 3].id.to_string(), save_start, save_end);
+    let control = arrivals.gaps(&nodes[(p + 2) % 3].id.to_string(), save_start, save_end);
     let size = std::fs::metadata(replicas[s].data_dir().join(format!("{placed}.codex"))).unwrap().len();
+    let saved_for = |to: Instant| (to - save_start).as_secs_f64();
     println!(
-        "checkpoint gap: state {state_mb} MB ({size} bytes on disk) saved by a secondary in {:.2} s; longest gap between Paxos \
-         messages it received: {:.1} ms during the save ({n_during} messages), {:.1} ms in the {:.2} s before ({n_before} \
-         messages); the other secondary's longest gap during the save: {:.1} ms; learn port meanwhile: {} status replies (slowest {:.1} ms), {} checkpoint fetches; under 50 ms: {}",
-        (save_end - save_start).as_secs_f64(),
-        during.as_secs_f64() * 1e3,
-        before.as_secs_f64() * 1e3,
-        (save_start - load_from).as_secs_f64(),
-        control.as_secs_f64() * 1e3,
+        "checkpoint gap: state {state_mb} MB ({size} bytes on disk) in {:?}: written by the application in {:.2} s, in place \
+         (synced, verified, linked) after {:.2} s",
+        dir.path(),
+        saved_for(write_end),
+        saved_for(save_end),
+    );
+    println!("  gaps between Paxos messages at the saving secondary during the save: {during}");
+    println!("  ... in the {:.2} s before it: {before}", (save_start - load_from).as_secs_f64());
+    println!("  ... at the other secondary during the save: {control}");
+    for (i, r) in replicas.iter().enumerate() {
+        let role = if i == p {
+            "primary"
+        } else if i == s {
+            "saving secondary"
+        } else {
+            "other secondary"
+        };
+        println!("  log syncs of the {role} during the save: {}", arrivals.syncs(r.data_dir(), save_start, save_end));
+    }
+    if std::env::var_os("RSL_GAP_SLOW_SYNCS").is_some() {
+        slow_syncs(&arrivals, save_start, save_end);
+    }
+    println!(
+        "  learn port meanwhile: {} status replies (slowest {:.1} ms), {} checkpoint fetches; under 50 ms: {}",
         asked.statuses,
         asked.slowest_status.as_secs_f64() * 1e3,
         asked.fetches,
-        during < Duration::from_millis(50),
+        during.longest < Duration::from_millis(50),
     );
     assert!(size >= state_mb * MB, "the large checkpoint is in place: {size} bytes");
     assert!(asked.statuses > 0, "the learn port answered");
     for r in replicas {
         assert_eq!(r.failure(), None);
         r.unload();
+    }
+}
+
+/// Every log sync over 10 ms around the save, with when it started (relative to the save's).
+fn slow_syncs(arrivals: &Arrivals, save_start: Instant, save_end: Instant) {
+    let all = arrivals.syncs.lock().unwrap();
+    let mut slow: Vec<(f64, f64, &str)> = all
+        .iter()
+        .flat_map(|(dir, syncs)| syncs.iter().map(move |&(end, took)| (end, took, dir.as_str())))
+        .filter(|&(end, took, _)| took > Duration::from_millis(10) && end >= save_start && end <= save_end + Duration::from_millis(500))
+        .map(|(end, took, dir)| (((end - took) - save_start).as_secs_f64() * 1e3, took.as_secs_f64() * 1e3, dir))
+        .collect();
+    slow.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for (at, took, dir) in slow {
+        println!("    sync at +{at:.0} ms took {took:.1} ms in {dir}");
     }
 }
 

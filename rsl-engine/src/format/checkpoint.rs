@@ -7,6 +7,7 @@ use super::codec::{round_up_512, DecodeError, EncodeError, Reader, PAGE};
 use super::message::{self, Checksum, Message, MsgKind};
 use super::types::{Ballot, ConfigInfo, MemberId, Version, CONFIGURATION_LIMIT, DECREE_LIMIT};
 use crate::faults::{self, CHECKPOINT_FSYNC, CHECKPOINT_OPEN, CHECKPOINT_READ, CHECKPOINT_WRITE};
+use crate::writeback::Writeback;
 use bytes::{BufMut, Bytes, BytesMut};
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
@@ -473,6 +474,8 @@ pub struct CheckpointWriter {
     in_block: u64,
     block_sum: Hasher,
     disk_written: u64,
+    /// Written data goes to the disk as it comes, not all at `close`'s sync.
+    writeback: Writeback,
     /// The first failed write (kind and message): later writes and `close` fail with it.
     failed: Option<(io::ErrorKind, String)>,
 }
@@ -504,6 +507,7 @@ impl CheckpointWriter {
             in_block: 0,
             block_sum: Hasher::default(),
             disk_written: 0,
+            writeback: Writeback::default(),
             failed: None,
         })
     }
@@ -532,6 +536,9 @@ impl CheckpointWriter {
                 None => out.write_all(bytes),
                 Some(fault) => Err(fault.write(CHECKPOINT_WRITE, bytes, |part| out.write_all(part))),
             };
+            // What the file holds: the buffer's bytes are not in it yet.
+            let in_file = self.data_offset + self.disk_written + bytes.len() as u64 - out.buffer().len() as u64;
+            let written = written.and_then(|()| self.writeback.advance(out.get_ref(), &self.path, in_file));
             self.failed = written.err().map(|e| (e.kind(), e.to_string()));
         }
         match &self.failed {
@@ -699,6 +706,24 @@ mod tests {
         h.config.members.nodes = vec![node.clone(), node];
         assert_eq!(what(refused(h)), "member set");
         assert!(CheckpointHeader::decode(&header(Version::V6).encode().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn a_checkpoint_written_back_as_it_goes_reads_back_and_a_writeback_fault_fails_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..crate::writeback::STEP * 5 / 2).map(|i| (i * 13 + (i >> 12)) as u8).collect();
+        let path = write(dir.path(), Version::V6, &data);
+        let mut r = CheckpointReader::open(&path).unwrap();
+        assert!(r.blocks().unwrap().iter().all(BlockInfo::ok));
+        assert_eq!(read_all(&mut r).unwrap(), data);
+
+        let _scenario = fail::FailScenario::setup();
+        let path = dir.path().join("failing.codex");
+        fail::cfg(CHECKPOINT_FSYNC, &format!("return(eio@{})", path.display())).unwrap();
+        let mut w = CheckpointWriter::create(&path, header(Version::V6)).unwrap();
+        let failed = data.chunks(1 << 20).map(|piece| w.write(piece)).find_map(Result::err).expect("the writeback fails a write");
+        assert!(failed.to_string().contains(CHECKPOINT_FSYNC), "{failed}");
+        assert!(w.close().unwrap_err().to_string().contains(CHECKPOINT_FSYNC), "close fails with it");
     }
 
     #[test]

@@ -22,7 +22,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::Instant;
 use thiserror::Error;
+
+/// The trace target of the event each log `fdatasync` emits, with its duration (`micros`) and
+/// log directory (`dir`).
+pub const SYNC_TRACE: &str = "rsl_engine::journal_sync";
 
 /// The journal's configuration (RSL's `m_maxLogLenMB`, `m_logLenRandomize`, `m_maxLogs`).
 #[derive(Clone, Debug)]
@@ -715,8 +720,11 @@ impl Writer {
             return Ok(());
         }
         if self.sync {
+            let started = Instant::now();
             faults::check(JOURNAL_FSYNC, &self.dir).and_then(|()| self.log.sync()).map_err(|e| annotate(e, &self.path()))?;
             self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+            // How long each sync took: a disk busy with other writeback shows here first.
+            tracing::trace!(target: SYNC_TRACE, dir = %self.dir.display(), micros = started.elapsed().as_micros() as u64, "log synced");
         }
         self.dirty = false;
         synced.push((self.file, self.log.len()));

@@ -12,6 +12,7 @@ use crate::format::log::{read_record, Mode, RecordError, Step};
 use crate::format::message::{Checksum, Header, Message, MsgKind, MAX_HEADER_SIZE};
 use crate::format::types::Version;
 use crate::format::EncodeError;
+use crate::writeback::Writeback;
 use bytes::{Bytes, BytesMut};
 use std::fs::File;
 use std::io;
@@ -450,7 +451,13 @@ pub async fn fetch_checkpoint(
     let file_err = |source| LearnError::File { peer, path: dest.into(), source };
     let path = dest.to_path_buf();
     let file = blocking(move || File::create(path)).await.map_err(file_err)?;
-    let mut download = Download { file: Arc::new(file), path: dest.into(), pending: Vec::with_capacity(CHUNK), written: 0 };
+    let mut download = Download {
+        file: Arc::new(file),
+        path: dest.into(),
+        pending: Vec::with_capacity(CHUNK),
+        written: 0,
+        writeback: Writeback::default(),
+    };
     let resumable = request.header.version.has_payload();
     let mut request = request.clone();
     for attempt in 1..=attempts {
@@ -485,6 +492,8 @@ struct Download {
     pending: Vec<u8>,
     /// Bytes already in the file.
     written: u64,
+    /// Received data goes to the disk as it comes, not all at the final sync.
+    writeback: Writeback,
 }
 
 impl Download {
@@ -496,8 +505,14 @@ impl Download {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let (file, at, chunk) = (self.file.clone(), self.written, std::mem::take(&mut self.pending));
-        self.pending = blocking(move || file.write_all_at(&chunk, at).map(|()| chunk)).await?;
+        let (file, path, at) = (self.file.clone(), self.path.clone(), self.written);
+        let (chunk, mut writeback) = (std::mem::take(&mut self.pending), std::mem::take(&mut self.writeback));
+        (self.pending, self.writeback) = blocking(move || {
+            file.write_all_at(&chunk, at)?;
+            writeback.advance(&file, &path, at + chunk.len() as u64)?;
+            Ok((chunk, writeback))
+        })
+        .await?;
         self.written += self.pending.len() as u64;
         self.pending.clear();
         Ok(())
@@ -509,6 +524,7 @@ impl Download {
         blocking(move || file.set_len(0)).await?;
         self.pending.clear();
         self.written = 0;
+        self.writeback = Writeback::default();
         Ok(())
     }
 }
@@ -733,6 +749,11 @@ mod tests {
 
     /// A v6 checkpoint for CP_DECREE with 64 KiB blocks and about 3 MiB of data; its size.
     fn write_checkpoint(path: &Path) -> u64 {
+        write_checkpoint_of(path, 3000)
+    }
+
+    /// A checkpoint of `kb` thousand bytes of data.
+    fn write_checkpoint_of(path: &Path, kb: u32) -> u64 {
         let vote = message(Version::V6, CP_DECREE + 1, Body::Vote(VoteBody::default()));
         let header = CheckpointHeader {
             version: Version::V6,
@@ -746,7 +767,7 @@ mod tests {
             next_vote: vote,
         };
         let mut w = CheckpointWriter::create(path, header).unwrap();
-        for i in 0..3000u32 {
+        for i in 0..kb {
             w.write(&[(i % 251) as u8; 1000]).unwrap();
         }
         w.close().unwrap().size
@@ -925,6 +946,22 @@ mod tests {
             assert!(std::fs::read(&dest).unwrap() == std::fs::read(&path).unwrap());
             assert_eq!((offsets.recv().await, offsets.recv().await), (Some(0), Some(second_from)));
             assert!(offsets.try_recv().is_err(), "two connections");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_download_larger_than_a_writeback_step_resumes_or_restarts_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("40.codex");
+        let size = write_checkpoint_of(&path, (crate::writeback::STEP * 3 / 2 / 1000) as u32);
+        let server = serve(Source { checkpoint: Some((CP_DECREE, path.clone())), ..Default::default() });
+        // Cut past the first step: v6 goes on writing back from there, v5 starts the file over.
+        let cut = crate::writeback::STEP as usize + (1 << 20);
+        for version in [Version::V6, Version::V5] {
+            let (proxy, _offsets) = cutting_proxy(server.local_addr(), cut).await;
+            let dest = dir.path().join(format!("copy{version}.codex"));
+            fetch_checkpoint(Peer::plain(proxy), &fetch_checkpoint_request(version, CP_DECREE), size, &dest, WAIT, 3).await.unwrap();
+            assert!(std::fs::read(&dest).unwrap() == std::fs::read(&path).unwrap(), "{version}");
         }
     }
 
