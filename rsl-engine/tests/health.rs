@@ -74,7 +74,14 @@ impl Ring {
 
     fn start(&mut self, i: usize) {
         let sm = Box::new(self.machines[i].clone());
-        let r = RslReplica::initialize(self.cfg.clone(), self.nodes[i].clone(), Version::V6, sm, Arc::new(AdmitAll), Some(self.members.clone()));
+        let r = RslReplica::initialize(
+            self.cfg.clone(),
+            self.nodes[i].clone(),
+            Version::V6,
+            sm,
+            Arc::new(AdmitAll),
+            Some(self.members.clone()),
+        );
         self.replicas[i] = Some(r.unwrap());
     }
 
@@ -128,7 +135,9 @@ fn the_primary_sees_each_members_votes_payload_and_sends() {
     ring.replicate(p, 5);
     let executed = ring.r(p).current_sequence_number();
     for &i in &others {
-        let h = wait(LONG, || Some(ring.health(p, i)).filter(|h| h.last_vote_payload == 100 + i as u64 && h.last_request_voted_decree >= executed));
+        let h = wait(LONG, || {
+            Some(ring.health(p, i)).filter(|h| h.last_vote_payload == 100 + i as u64 && h.last_request_voted_decree >= executed)
+        });
         assert!(!h.is_primary && h.connected && !h.needs_resolve, "{h:?}");
         assert!(recent(h.last_request_voted_at, began) && recent(h.last_request_sent_at, began), "{h:?}");
         assert_eq!((h.consecutive_failures, h.failed_at), (0, None), "{h:?}");

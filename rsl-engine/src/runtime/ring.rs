@@ -119,7 +119,12 @@ impl Io {
 impl Ring {
     pub fn new(core: Replica, admission: Arc<dyn Admission>, io: Io) -> Ring {
         let listen_on_all_ips = io.transport.local_addr().ip().is_unspecified();
-        Ring { driver: Driver::new(core, Box::new(Admit(admission)), listen_on_all_ips), io, published: (None, None), health: Default::default() }
+        Ring {
+            driver: Driver::new(core, Box::new(Admit(admission)), listen_on_all_ips),
+            io,
+            published: (None, None),
+            health: Default::default(),
+        }
     }
 
     fn running(&self) -> bool {
