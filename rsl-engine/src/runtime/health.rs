@@ -121,9 +121,7 @@ impl Publisher {
         let (accepted, _) = core.accepted();
         let own = MemberProgress { voted_at: core.accepted_at(), decree: accepted, payload: core.vote_payload() };
         let progress = core.progress();
-        if self.last.as_ref().is_some_and(|(m, o)| {
-            *o == own && m.len() == progress.len() && m.iter().zip(progress).all(|(a, (id, p))| a.0 == *id && a.1 == *p)
-        }) {
+        if self.last.as_ref().is_some_and(|(m, o)| *o == own && m.iter().map(|(id, p)| (id, p)).eq(progress)) {
             return;
         }
         let last = (progress.iter().map(|(id, p)| (*id, *p)).collect::<Vec<_>>(), own);
