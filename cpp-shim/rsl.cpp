@@ -285,6 +285,30 @@ namespace RSLib
 
         void ZeroTime(SYSTEMTIME* t) { std::memset(t, 0, sizeof *t); }
 
+        // Unix microseconds as UTC calendar time; 0 (never) stays all zero, as in RSL.
+        void ToSystemTime(uint64_t us, SYSTEMTIME* t)
+        {
+            ZeroTime(t);
+            if (us == 0)
+            {
+                return;
+            }
+            const time_t secs = static_cast<time_t>(us / 1000000);
+            struct tm tm;
+            if (gmtime_r(&secs, &tm) == nullptr)
+            {
+                return;
+            }
+            t->wYear = static_cast<WORD>(tm.tm_year + 1900);
+            t->wMonth = static_cast<WORD>(tm.tm_mon + 1);
+            t->wDayOfWeek = static_cast<WORD>(tm.tm_wday);
+            t->wDay = static_cast<WORD>(tm.tm_mday);
+            t->wHour = static_cast<WORD>(tm.tm_hour);
+            t->wMinute = static_cast<WORD>(tm.tm_min);
+            t->wSecond = static_cast<WORD>(tm.tm_sec);
+            t->wMilliseconds = static_cast<WORD>((us / 1000) % 1000);
+        }
+
         void FillHealth(const rsl_replica_health& h, ReplicaHealth* out)
         {
             const size_t n = strnlen(h.member_id, sizeof h.member_id - 1);
@@ -292,13 +316,13 @@ namespace RSLib
             out->m_memberId[n] = '\0';
             out->m_isPrimary = h.is_primary;
             out->m_connected = h.connected;
-            out->m_numOutstanding = 0;
-            ZeroTime(&out->m_failedAt);
-            ZeroTime(&out->m_lastRequestSentAt);
-            ZeroTime(&out->m_lastRequestVotedAt);
-            out->m_lastRequestVotedDecree = 0;
-            out->m_consecutiveFailures = 0;
-            out->m_needsResolve = false;
+            out->m_numOutstanding = static_cast<long>(std::min<uint64_t>(h.num_outstanding, LONG_MAX));
+            ToSystemTime(h.failed_at_us, &out->m_failedAt);
+            ToSystemTime(h.last_request_sent_at_us, &out->m_lastRequestSentAt);
+            ToSystemTime(h.last_request_voted_at_us, &out->m_lastRequestVotedAt);
+            out->m_lastRequestVotedDecree = h.last_request_voted_decree;
+            out->m_consecutiveFailures = h.consecutive_failures;
+            out->m_needsResolve = h.needs_resolve;
             out->m_lastVotePayload = h.last_vote_payload;
         }
 
@@ -778,7 +802,6 @@ namespace RSLib
         std::atomic<bool> started{false};
         std::atomic<unsigned long long> replayed{0};
         std::mutex statsMutex;
-        unsigned long long lastSnapshotUs = 0;
     };
 
     namespace
@@ -899,10 +922,6 @@ namespace RSLib
             rsl_replica_destroy(replica);
             sm->m_impl->started.store(false);
             return false;
-        }
-        {
-            std::lock_guard<std::mutex> lock(sm->m_impl->statsMutex);
-            sm->m_impl->lastSnapshotUs = RSLStateMachine::GetHighResolutionCurrentTickCount();
         }
         sm->m_impl->replica.store(replica, std::memory_order_release);
         return true;
@@ -1290,11 +1309,18 @@ namespace RSLib
         {
             return;
         }
-        const unsigned long long now = GetHighResolutionCurrentTickCount();
-        pStats->m_cCaptureTimeInMicroseconds = now - m_impl->lastSnapshotUs;
-        m_impl->lastSnapshotUs = now;
+        pStats->m_cCaptureTimeInMicroseconds = s.capture_micros;
         pStats->m_cDecreesExecuted = s.decrees_executed;
-        pStats->m_cLogWrites = s.votes_logged;
+        pStats->m_cLogReads = s.log_reads;
+        pStats->m_cLogReadBytes = s.log_read_bytes;
+        pStats->m_cLogReadMicroseconds = s.log_read_micros;
+        pStats->m_cLogReadMaxMicroseconds = Clamp32(s.log_read_max_micros);
+        pStats->m_cLogWrites = s.log_writes;
+        pStats->m_cLogWriteBytes = s.log_write_bytes;
+        pStats->m_cLogWriteMicroseconds = s.log_write_micros;
+        pStats->m_cLogWriteMaxMicroseconds = Clamp32(s.log_write_max_micros);
+        pStats->m_cVotingTimeMicroseconds = s.voting_micros;
+        pStats->m_cVotingTimeMaxMicroseconds = Clamp32(s.voting_max_micros);
     }
 
     void RSLStateMachine::SetAcceptMessages(bool acceptMessages)

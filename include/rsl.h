@@ -322,7 +322,7 @@ namespace RSLib
         static unsigned long long ParseMemberIdAsUInt64(const char* memberId);
     };
 
-    /* One replica's health, as seen by the primary. */
+    /* One replica's health, as seen by the primary (docs/migrating.md, "Health and statistics"). */
     class RSL_IMPORT_EXPORT ReplicaHealth
     {
     public:

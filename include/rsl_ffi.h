@@ -236,13 +236,71 @@ typedef struct rsl_replica_health {
   bool is_primary;
   uint64_t packets_sent;
   uint64_t packets_dropped;
+  /**
+   * The payload of the member's last VoteAccepted (`SetVotePayload` there).
+   */
   uint64_t last_vote_payload;
+  /**
+   * Packets to the member queued or being written.
+   */
+  uint64_t num_outstanding;
+  /**
+   * Failed connection attempts and broken connections since a packet last went out.
+   */
+  uint32_t consecutive_failures;
+  /**
+   * The member's configured address is 0.0.0.0.
+   */
+  bool needs_resolve;
+  /**
+   * When the member last counted as failed (3 consecutive failures), in Unix
+   * microseconds; 0: never. The same for the next three.
+   */
+  uint64_t failed_at_us;
+  /**
+   * When a write to the member last completed.
+   */
+  uint64_t last_request_sent_at_us;
+  /**
+   * When its last VoteAccepted arrived.
+   */
+  uint64_t last_request_voted_at_us;
+  /**
+   * The highest decree its VoteAccepteds named.
+   */
+  uint64_t last_request_voted_decree;
 } rsl_replica_health;
 
 /**
  * `RSLStats`: counters since the previous snapshot (taking one resets them).
  */
 typedef struct rsl_stats {
+  /**
+   * The length of this capture period, in microseconds.
+   */
+  uint64_t capture_micros;
+  /**
+   * Log reads (decrees read back for the execute thread, requests answered to learners):
+   * count, bytes, total and longest time reading, in microseconds.
+   */
+  uint64_t log_reads;
+  uint64_t log_read_bytes;
+  uint64_t log_read_micros;
+  uint64_t log_read_max_micros;
+  /**
+   * Log writes (one per batch written and synced by the journal): count, bytes, total and
+   * longest time, in microseconds.
+   */
+  uint64_t log_writes;
+  uint64_t log_write_bytes;
+  uint64_t log_write_micros;
+  uint64_t log_write_max_micros;
+  /**
+   * Votes the primary saw chosen, and the total and longest time from proposal to quorum.
+   */
+  uint64_t votes_timed;
+  uint64_t voting_micros;
+  uint64_t voting_max_micros;
   uint64_t decrees_executed;
   uint64_t requests_executed;
   uint64_t votes_logged;

@@ -55,6 +55,8 @@ using namespace RSLib;
 namespace
 {
     const int kMembers = 3;
+    // Health detail: each replica sets this plus its id as its vote payload.
+    const unsigned long long kVotePayloadBase = 1000;
     const int kFirstBatch = 10;
     const int kLastKey = 20;
     // Requests kLastKey+1..kLastBlob write 400 KB values: together they pass the 1 MB log
@@ -299,6 +301,11 @@ public:
             }
             lock.lock();
             m_cv.wait_for(lock, std::chrono::milliseconds(50));
+        }
+        if (m_done)
+        {
+            lock.unlock();
+            RecordHealthDetail();
         }
     }
 
@@ -622,6 +629,42 @@ private:
     // Call with m_mutex held.
     void Record(const std::string& line) { m_log.push_back(line); }
 
+    // ---- health detail: every ReplicaHealth field and RSLStats counter ----------------
+    // On the primary, once the workload is done: one "HealthDetail" line with each member's
+    // fields (times as set=1/unset=0) and every statistics counter since the last snapshot.
+    static int IsSet(const SYSTEMTIME& t) { return t.wYear >= 2020 && t.wMonth >= 1 && t.wMonth <= 12 ? 1 : 0; }
+
+    void RecordHealthDetail()
+    {
+        ReplicaHealth health[kMembers];
+        const unsigned short rc = GetReplicasInformation(kMembers, health);
+        std::string line = "HealthDetail rc=" + std::to_string(rc);
+        for (const ReplicaHealth& h : health)
+        {
+            if (h.m_memberId[0] == '\0')
+            {
+                continue;
+            }
+            line += std::string(" member=") + h.m_memberId + ":primary=" + std::to_string(h.m_isPrimary ? 1 : 0) +
+                    ",connected=" + std::to_string(h.m_connected ? 1 : 0) + ",payload=" + std::to_string(h.m_lastVotePayload) +
+                    ",decree=" + std::to_string(h.m_lastRequestVotedDecree) + ",votedAt=" + std::to_string(IsSet(h.m_lastRequestVotedAt)) +
+                    ",sentAt=" + std::to_string(IsSet(h.m_lastRequestSentAt)) + ",failedAt=" + std::to_string(IsSet(h.m_failedAt)) +
+                    ",failures=" + std::to_string(h.m_consecutiveFailures) + ",outstanding=" + std::to_string(h.m_numOutstanding) +
+                    ",needsResolve=" + std::to_string(h.m_needsResolve ? 1 : 0);
+        }
+        RSLStats s;
+        s.m_cbSizeOfThisStruct = sizeof s;
+        GetStatisticsSnapshot(&s);
+        line += " stats=capture:" + std::to_string(s.m_cCaptureTimeInMicroseconds) + ",decrees:" + std::to_string(s.m_cDecreesExecuted) +
+                ",logReads:" + std::to_string(s.m_cLogReads) + ",logReadBytes:" + std::to_string(s.m_cLogReadBytes) +
+                ",logReadUs:" + std::to_string(s.m_cLogReadMicroseconds) + ",logReadMaxUs:" + std::to_string(s.m_cLogReadMaxMicroseconds) +
+                ",logWrites:" + std::to_string(s.m_cLogWrites) + ",logWriteBytes:" + std::to_string(s.m_cLogWriteBytes) +
+                ",logWriteUs:" + std::to_string(s.m_cLogWriteMicroseconds) + ",logWriteMaxUs:" + std::to_string(s.m_cLogWriteMaxMicroseconds) +
+                ",votingUs:" + std::to_string(s.m_cVotingTimeMicroseconds) + ",votingMaxUs:" + std::to_string(s.m_cVotingTimeMaxMicroseconds);
+        std::lock_guard<std::mutex> lock(m_mutex);
+        Record(line);
+    }
+
     // On the primary: the replicas' health and the statistics, as a monitoring loop would.
     void RecordHealth()
     {
@@ -792,6 +835,7 @@ int main(int argc, char** argv)
             {
                 return 1;
             }
+            sm.SetVotePayload(kVotePayloadBase + id); // health detail: seen at the primary
             std::thread driver([&sm] { sm.Drive(); });
             // Run until the harness closes standard input.
             std::string line;

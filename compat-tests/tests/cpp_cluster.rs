@@ -397,6 +397,55 @@ fn check_cluster(out: &Path, start: Start) {
     // Every submitted request came back at most once with its cookie, and "done" did.
     assert!(cookie_executions.values().all(|n| *n == 1), "{cookie_executions:?}");
     assert_eq!(cookie_executions.get("Execute done"), Some(&1));
+    check_health_detail(out);
+}
+
+// ---- health detail: every ReplicaHealth field and RSLStats counter through rsl.h ----------
+
+/// The `HealthDetail` lines the primary writes once the workload is done (kv_service.cpp):
+/// each member's fields as `GetReplicasInformation` filled them, and every `RSLStats` counter.
+fn check_health_detail(out: &Path) {
+    let lines: Vec<String> = (1..=3u32)
+        .flat_map(|id| lines(&out.join(format!("callbacks.{id}.log"))))
+        .filter(|l| l.starts_with("HealthDetail ") && l.contains(":primary=1"))
+        .collect();
+    assert!(!lines.is_empty(), "the primary recorded its health detail");
+    for line in &lines {
+        check_health_line(line);
+    }
+}
+
+/// `key<sep>value` pairs separated by commas, as numbers.
+fn fields(s: &str, sep: char) -> BTreeMap<String, u64> {
+    s.split(',').map(|f| f.split_once(sep).unwrap_or_else(|| panic!("{f}"))).map(|(k, v)| (k.to_owned(), v.parse().unwrap())).collect()
+}
+
+fn check_health_line(line: &str) {
+    let mut members = BTreeMap::new();
+    let mut stats = BTreeMap::new();
+    for token in line.split(' ').skip(1) {
+        if let Some(m) = token.strip_prefix("member=") {
+            let (id, rest) = m.split_once(':').unwrap();
+            members.insert(id.parse::<u64>().unwrap(), fields(rest, '='));
+        } else if let Some(s) = token.strip_prefix("stats=") {
+            stats = fields(s, ':');
+        }
+    }
+    assert_eq!(members.len(), 3, "one entry per member: {line}");
+    assert_eq!(members.values().filter(|m| m["primary"] == 1).count(), 1, "{line}");
+    for (id, m) in &members {
+        // SetVotePayload(1000 + id) on every replica: the primary sees each one's.
+        assert_eq!(m["payload"], 1000 + id, "member {id}: {line}");
+        assert!(m["decree"] > 0 && m["votedAt"] == 1 && m["sentAt"] == 1, "member {id} voted and was sent to: {line}");
+        assert!(m["connected"] == 1 && m["failures"] == 0 && m["needsResolve"] == 0, "member {id}: {line}");
+        assert!(m["outstanding"] < 10_000 && m["failedAt"] <= 1, "member {id}: {line}");
+    }
+    let s = &stats;
+    assert_eq!(s.len(), 12, "every RSLStats counter: {line}");
+    assert!(s["capture"] > 0 && s["decrees"] > 0, "{line}");
+    assert!(s["logWrites"] > 0 && s["logWriteBytes"] >= 512 * s["logWrites"] && s["logWriteMaxUs"] <= s["logWriteUs"], "{line}");
+    assert!(s["votingUs"] > 0 && s["votingMaxUs"] <= s["votingUs"], "{line}");
+    assert!(s["logReadMaxUs"] <= s["logReadUs"] && s["logReadBytes"] >= s["logReads"], "{line}");
 }
 
 fn check_restart(out: &Path, id: u32) {

@@ -91,13 +91,47 @@ pub struct rsl_replica_health {
     pub is_primary: bool,
     pub packets_sent: u64,
     pub packets_dropped: u64,
+    /// The payload of the member's last VoteAccepted (`SetVotePayload` there).
     pub last_vote_payload: u64,
+    /// Packets to the member queued or being written.
+    pub num_outstanding: u64,
+    /// Failed connection attempts and broken connections since a packet last went out.
+    pub consecutive_failures: u32,
+    /// The member's configured address is 0.0.0.0.
+    pub needs_resolve: bool,
+    /// When the member last counted as failed (3 consecutive failures), in Unix
+    /// microseconds; 0: never. The same for the next three.
+    pub failed_at_us: u64,
+    /// When a write to the member last completed.
+    pub last_request_sent_at_us: u64,
+    /// When its last VoteAccepted arrived.
+    pub last_request_voted_at_us: u64,
+    /// The highest decree its VoteAccepteds named.
+    pub last_request_voted_decree: u64,
 }
 
 /// `RSLStats`: counters since the previous snapshot (taking one resets them).
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 pub struct rsl_stats {
+    /// The length of this capture period, in microseconds.
+    pub capture_micros: u64,
+    /// Log reads (decrees read back for the execute thread, requests answered to learners):
+    /// count, bytes, total and longest time reading, in microseconds.
+    pub log_reads: u64,
+    pub log_read_bytes: u64,
+    pub log_read_micros: u64,
+    pub log_read_max_micros: u64,
+    /// Log writes (one per batch written and synced by the journal): count, bytes, total and
+    /// longest time, in microseconds.
+    pub log_writes: u64,
+    pub log_write_bytes: u64,
+    pub log_write_micros: u64,
+    pub log_write_max_micros: u64,
+    /// Votes the primary saw chosen, and the total and longest time from proposal to quorum.
+    pub votes_timed: u64,
+    pub voting_micros: u64,
+    pub voting_max_micros: u64,
     pub decrees_executed: u64,
     pub requests_executed: u64,
     pub votes_logged: u64,
@@ -377,11 +411,35 @@ pub(crate) fn health_to_c(h: &ReplicaHealth) -> rsl_replica_health {
         packets_sent: h.packets_sent,
         packets_dropped: h.packets_dropped,
         last_vote_payload: h.last_vote_payload,
+        num_outstanding: h.num_outstanding,
+        consecutive_failures: h.consecutive_failures,
+        needs_resolve: h.needs_resolve,
+        failed_at_us: unix_us(h.failed_at),
+        last_request_sent_at_us: unix_us(h.last_request_sent_at),
+        last_request_voted_at_us: unix_us(h.last_request_voted_at),
+        last_request_voted_decree: h.last_request_voted_decree,
     }
+}
+
+/// Unix microseconds; 0 for never (and for a time before 1970, which no clock here reports).
+fn unix_us(t: Option<std::time::SystemTime>) -> u64 {
+    t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 pub(crate) fn stats_to_c(s: &Stats) -> rsl_stats {
     rsl_stats {
+        capture_micros: s.capture_micros,
+        log_reads: s.log_reads.count,
+        log_read_bytes: s.log_reads.bytes,
+        log_read_micros: s.log_reads.micros,
+        log_read_max_micros: s.log_reads.max_micros,
+        log_writes: s.log_writes.count,
+        log_write_bytes: s.log_writes.bytes,
+        log_write_micros: s.log_writes.micros,
+        log_write_max_micros: s.log_writes.max_micros,
+        votes_timed: s.voting.count,
+        voting_micros: s.voting.micros,
+        voting_max_micros: s.voting.max_micros,
         decrees_executed: s.decrees_executed,
         requests_executed: s.requests_executed,
         votes_logged: s.votes_logged,

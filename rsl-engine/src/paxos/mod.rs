@@ -10,7 +10,7 @@
 mod replica;
 mod rng;
 
-pub use replica::{ReplayError, Replica, Role};
+pub use replica::{MemberProgress, ReplayError, Replica, Role};
 
 pub use rng::SplitMix64;
 

@@ -3,12 +3,14 @@
 //! records.
 
 use super::config::ConfigError;
+use super::health::Timed;
 use super::tls::TlsError;
 use crate::format::checkpoint::{CheckpointReader, CheckpointWriter};
 use crate::format::{MemberId, Node};
 use crate::paxos::{Cookie, ReplayError};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 use thiserror::Error;
 
 /// `RSLResponseCode`, with the original's numeric values.
@@ -101,20 +103,52 @@ pub trait Admission: Send + Sync + 'static {
 pub struct AdmitAll;
 impl Admission for AdmitAll {}
 
-/// `ReplicaHealth`: what the primary knows of one member.
+/// `ReplicaHealth`: what the primary knows of one member (api-behavior §2.26). For the
+/// primary's own entry: connected, no failures, both times the time of its highest accepted
+/// vote, that vote's decree and its own payload.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReplicaHealth {
     pub member_id: MemberId,
+    /// The outbound connection to the member is up.
     pub connected: bool,
     pub packets_sent: u64,
     pub packets_dropped: u64,
+    /// Packets to the member queued or being written (`m_numOutstanding`).
+    pub num_outstanding: u64,
+    /// Failed connection attempts and broken connections since a packet last went out; at 3
+    /// the member counts as failed (`m_consecutiveFailures`).
+    pub consecutive_failures: u32,
+    /// When the member last counted as failed (`m_failedAt`; None: never).
+    pub failed_at: Option<SystemTime>,
+    /// When a write to the member last completed (`m_lastRequestSentAt`).
+    pub last_request_sent_at: Option<SystemTime>,
+    /// When its last VoteAccepted arrived (`m_lastRequestVotedAt`).
+    pub last_request_voted_at: Option<SystemTime>,
+    /// The highest decree its VoteAccepteds named (`m_lastRequestVotedDecree`).
+    pub last_request_voted_decree: u64,
+    /// The payload of its last VoteAccepted (`SetVotePayload` there).
     pub last_vote_payload: u64,
+    /// The member's configured address is 0.0.0.0: it cannot be reached until resolved.
+    pub needs_resolve: bool,
     pub is_primary: bool,
 }
 
 /// `RSLStats`: counters since the last snapshot (a snapshot resets them).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
+    /// The length of this capture period (since the previous snapshot, or the start).
+    pub capture_micros: u64,
+    /// Log reads: a decree read back from the log for the execute thread (one per decree), or
+    /// a FetchVotes or FetchCheckpoint answered to a learner (one per request); bytes read
+    /// from disk, and the time spent reading them.
+    pub log_reads: Timed,
+    /// Log writes: one per batch the journal's writer writes and syncs (group commit: a batch
+    /// holds every record appended meanwhile, votes and promises), its bytes and the time the
+    /// write and the `fdatasync` took.
+    pub log_writes: Timed,
+    /// Voting (primary): per vote chosen, from its proposal until a quorum had accepted it
+    /// (`count` votes; `bytes` is 0).
+    pub voting: Timed,
     pub decrees_executed: u64,
     pub requests_executed: u64,
     pub votes_logged: u64,

@@ -7,6 +7,7 @@
 //! one `fdatasync` per file, and reports the highest sequence number in it as durable; the
 //! next batch fills meanwhile.
 
+use super::health::Timing;
 use super::{numbered_files, panic_message, FileRange, ListError};
 use crate::faults::{self, JOURNAL_FSYNC, JOURNAL_OPEN, JOURNAL_READ, JOURNAL_WRITE};
 use crate::format::codec::{DecodeError, EncodeError};
@@ -45,6 +46,9 @@ pub struct JournalOptions {
     pub sync: bool,
     /// Seeds the roll-size jitter.
     pub seed: u64,
+    /// Where the writer counts its writes: one per batch (write and `fdatasync`), its bytes
+    /// and how long it took (`RSLStats`' log writes).
+    pub timing: Arc<Timing>,
 }
 
 impl JournalOptions {
@@ -58,6 +62,7 @@ impl JournalOptions {
             max_pending_bytes: 64 << 20,
             sync: true,
             seed: 0,
+            timing: Arc::default(),
         }
     }
 }
@@ -254,7 +259,8 @@ impl Journal {
         assert_eq!(log.len(), file_len, "appends resume after the last good record");
         let shared = Arc::new(Shared::default());
         shared.lock().index = kept.into_iter().map(indexed).collect();
-        let writer = Writer { shared: shared.clone(), dir: opts.dir.clone(), sync: opts.sync, file, log, dirty: false };
+        let writer =
+            Writer { shared: shared.clone(), dir: opts.dir.clone(), sync: opts.sync, file, log, dirty: false, timing: opts.timing.clone() };
         let writer = std::thread::Builder::new()
             .name("rsl-journal".into())
             .spawn(move || writer.run(on_durable, on_error))
@@ -625,6 +631,7 @@ struct Writer {
     log: LogWriter,
     /// Written since the last sync.
     dirty: bool,
+    timing: Arc<Timing>,
 }
 
 impl Writer {
@@ -654,7 +661,9 @@ impl Writer {
         let mut synced = Vec::new();
         while let Some(seq) = self.take(&mut batch) {
             synced.clear();
+            let started = Instant::now();
             self.write_batch(&batch, &mut synced)?;
+            self.timing.record(batch.iter().map(|s| s.data.len() as u64).sum(), started.elapsed());
             self.publish(&mut batch, &synced);
             on_durable(seq);
         }

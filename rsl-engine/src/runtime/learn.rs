@@ -62,6 +62,8 @@ pub trait LearnSource: Send + Sync + 'static {
     fn checkpoint(&self, decree: u64) -> Option<PathBuf>;
     /// The answer to a StatusQuery; None closes.
     fn status(&self, query: &Message) -> Option<Message>;
+    /// A FetchVotes or FetchCheckpoint was answered: `bytes` read from disk in `disk`.
+    fn served(&self, _bytes: u64, _disk: Duration) {}
 }
 
 /// A learn-port failure, naming the peer and what failed.
@@ -173,14 +175,16 @@ async fn serve<C: AsyncRead + AsyncWrite + Unpin>(mut conn: C, source: &dyn Lear
     match request.kind() {
         MsgKind::FetchVotes => {
             let ranges = source.votes_from(decree).unwrap_or_default();
-            send_ranges(&mut conn, &ranges, limit).await?;
+            let (bytes, disk) = send_ranges(&mut conn, &ranges, limit).await?;
+            source.served(bytes, disk);
         }
         MsgKind::FetchCheckpoint => {
             // To the end of the file, from the offset in the header's payload: our resume
             // extension (v6+; the original always sends 0 there).
             let start = request.header.payload;
             let ranges: Vec<_> = source.checkpoint(decree).map(|path| FileRange { path, start, end: u64::MAX }).into_iter().collect();
-            send_ranges(&mut conn, &ranges, limit).await?;
+            let (bytes, disk) = send_ranges(&mut conn, &ranges, limit).await?;
+            source.served(bytes, disk);
         }
         MsgKind::StatusQuery => {
             if let Some(reply) = source.status(&request) {
@@ -214,8 +218,10 @@ async fn read_request<R: AsyncRead + Unpin>(conn: &mut R) -> io::Result<Message>
 }
 
 /// Streams each range in turn; a file that is gone or shorter than its range ends the stream
-/// (a range ending at `u64::MAX` runs to the end of its file).
-async fn send_ranges<C: AsyncWrite + Unpin>(conn: &mut C, ranges: &[FileRange], limit: Duration) -> io::Result<()> {
+/// (a range ending at `u64::MAX` runs to the end of its file). Returns the bytes read and
+/// the time spent reading them (not sending).
+async fn send_ranges<C: AsyncWrite + Unpin>(conn: &mut C, ranges: &[FileRange], limit: Duration) -> io::Result<(u64, Duration)> {
+    let (mut bytes, mut disk) = (0, Duration::ZERO);
     let mut buf = vec![0u8; CHUNK];
     for range in ranges {
         assert!(range.start <= range.end, "a file range runs forwards");
@@ -224,24 +230,26 @@ async fn send_ranges<C: AsyncWrite + Unpin>(conn: &mut C, ranges: &[FileRange], 
             Ok(f) => Arc::new(f),
             Err(e) => {
                 info!(path = %range.path.display(), error = %e, "learn stream ends: file gone");
-                return Ok(());
+                return Ok((bytes, disk));
             }
         };
         let mut at = range.start;
         while at < range.end {
             let len = (range.end - at).min(CHUNK as u64) as usize;
             let (file, mut chunk) = (file.clone(), std::mem::take(&mut buf));
+            let started = std::time::Instant::now();
             let n;
             (buf, n) = blocking(move || file.read_at(&mut chunk[..len], at).map(|n| (chunk, n))).await?;
+            (bytes, disk) = (bytes + n as u64, disk + started.elapsed());
             if n == 0 {
                 debug!(path = %range.path.display(), at, "learn stream ends: end of file");
-                return Ok(());
+                return Ok((bytes, disk));
             }
             in_time(limit, conn.write_all(&buf[..n])).await?;
             at += n as u64;
         }
     }
-    Ok(())
+    Ok((bytes, disk))
 }
 
 /// A server step, given up (and the connection with it) if the client stalls it.

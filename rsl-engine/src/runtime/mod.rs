@@ -11,6 +11,7 @@ pub mod checkpoints;
 pub mod config;
 mod event;
 mod exec;
+pub mod health;
 pub mod journal;
 pub mod learn;
 mod queue;
@@ -23,6 +24,7 @@ pub mod transport;
 
 pub use api::{Admission, AdmitAll, InitError, ReplicaHealth, ResponseCode, StateMachine, Stats};
 pub use config::{ConfigError, RslConfig};
+pub use health::Timed;
 pub use replica::RslReplica;
 
 use crate::format::ConfigInfo;
@@ -31,7 +33,7 @@ use crate::paxos::Role;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 /// A byte range of a file, `[start, end)`: what the learn port streams for a FetchVotes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,6 +82,16 @@ pub(crate) struct Shared {
     /// The execute queue's size ([`spill`]).
     pub exec_queue: spill::ExecGauge,
     pub stats: Counters,
+    /// The timed `RSLStats` families: log reads (refills of the execute queue, files served to
+    /// learners), log writes (the journal's), and the primary's voting time.
+    pub log_reads: health::Timing,
+    pub log_writes: Arc<health::Timing>,
+    pub voting: health::Timing,
+    pub vote_timer: health::VoteTimer,
+    /// Published by the protocol thread for `ReplicaHealth`.
+    pub votes_seen: Mutex<health::VotesSeen>,
+    /// When the last statistics snapshot was taken (or the replica started).
+    pub last_snapshot: Mutex<std::time::Instant>,
     pub view: Mutex<View>,
     /// Why the replica stopped on its own (a panicked thread, an I/O error); the first reason.
     pub failure: OnceLock<String>,
@@ -119,6 +131,12 @@ impl Shared {
             queued_bytes: AtomicU64::new(0),
             exec_queue: spill::ExecGauge::default(),
             stats: Counters::default(),
+            log_reads: health::Timing::default(),
+            log_writes: Arc::default(),
+            voting: health::Timing::default(),
+            vote_timer: health::VoteTimer::default(),
+            votes_seen: Mutex::default(),
+            last_snapshot: Mutex::new(std::time::Instant::now()),
             view: Mutex::new(View::default()),
             failure: OnceLock::new(),
         }

@@ -71,11 +71,15 @@ pub struct RslReplica {
 struct Files {
     log: super::journal::LogReader,
     checkpoints: Arc<Catalog>,
+    shared: Arc<Shared>,
     me: MemberId,
     version: Version,
 }
 
 impl LearnSource for Files {
+    fn served(&self, bytes: u64, disk: std::time::Duration) {
+        self.shared.log_reads.record(bytes, disk);
+    }
     fn votes_from(&self, decree: u64) -> Option<Vec<FileRange>> {
         self.log.votes_from(decree)
     }
@@ -148,6 +152,7 @@ impl RslReplica {
             max_pending_bytes: (cfg.max_cache_length_mb as usize) << 20,
             sync: cfg.sync_writes,
             seed: seed(&me.id),
+            timing: shared.log_writes.clone(),
         };
         let (journal, logged) = Journal::open(opts, loaded, on_durable, on_error).map_err(|e| storage(&e))?;
         core.restore_defunct(read_defunct(&dir).map_err(|e| storage(&e))?);
@@ -192,7 +197,7 @@ impl RslReplica {
         let learn_at = SocketAddr::new(bind_ip.into(), learn_addr(&me).port());
         #[cfg(test)]
         let journal_faults = journal.reader();
-        let files = Arc::new(Files { log: journal.reader(), checkpoints: checkpoints.clone(), me: me.id, version });
+        let files = Arc::new(Files { log: journal.reader(), checkpoints: checkpoints.clone(), shared: shared.clone(), me: me.id, version });
         let learn = LearnServer::start(runtime.handle(), learn_at, files, cfg.learn_limits(), tls.clone())
             .map_err(|source| InitError::Listen { addr: learn_at, source })?;
 
@@ -448,14 +453,37 @@ impl RslReplica {
         if !self.is_primary() {
             return Vec::new();
         }
-        let peers = self.transport.peer_stats().into_iter().map(|p| ReplicaHealth {
-            member_id: p.member,
-            connected: p.connected,
-            packets_sent: p.sent_packets,
-            packets_dropped: p.dropped_packets,
-            ..ReplicaHealth::default()
+        let seen = self.shared.votes_seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let voted = |id: &MemberId| seen.members.iter().find(|(m, _)| m == id).map(|(_, v)| *v).unwrap_or_default();
+        let peers = self.transport.peer_stats().into_iter().map(|p| {
+            let v = voted(&p.member);
+            ReplicaHealth {
+                member_id: p.member,
+                connected: p.connected,
+                packets_sent: p.sent_packets,
+                packets_dropped: p.dropped_packets,
+                num_outstanding: p.outstanding,
+                consecutive_failures: p.consecutive_failures,
+                failed_at: p.failed_at,
+                last_request_sent_at: p.last_sent_at,
+                last_request_voted_at: v.at,
+                last_request_voted_decree: v.decree,
+                last_vote_payload: v.payload,
+                needs_resolve: p.addr.ip().is_unspecified(),
+                is_primary: false,
+            }
         });
-        let me = ReplicaHealth { member_id: self.me.id, connected: true, is_primary: true, ..ReplicaHealth::default() };
+        let own = seen.own;
+        let me = ReplicaHealth {
+            member_id: self.me.id,
+            connected: true,
+            last_request_sent_at: own.at,
+            last_request_voted_at: own.at,
+            last_request_voted_decree: own.decree,
+            last_vote_payload: own.payload,
+            is_primary: true,
+            ..ReplicaHealth::default()
+        };
         peers.chain([me]).collect()
     }
 
@@ -463,7 +491,13 @@ impl RslReplica {
     pub fn statistics_snapshot(&self) -> Stats {
         let c = &self.shared.stats;
         let take = |a: &std::sync::atomic::AtomicU64| a.swap(0, Relaxed);
+        let now = std::time::Instant::now();
+        let began = std::mem::replace(&mut *self.shared.last_snapshot.lock().unwrap_or_else(|e| e.into_inner()), now);
         Stats {
+            capture_micros: u64::try_from(now.duration_since(began).as_micros()).unwrap_or(u64::MAX),
+            log_reads: self.shared.log_reads.take(),
+            log_writes: self.shared.log_writes.take(),
+            voting: self.shared.voting.take(),
             decrees_executed: take(&c.decrees_executed),
             requests_executed: take(&c.requests_executed),
             votes_logged: take(&c.votes_logged),

@@ -54,6 +54,7 @@ pub(crate) struct Ring {
     io: Io,
     /// The primary and role last written to the shared view.
     published: (Option<MemberId>, Option<Role>),
+    health: super::health::Publisher,
 }
 
 /// The driver's host in a running replica.
@@ -118,7 +119,12 @@ impl Io {
 impl Ring {
     pub fn new(core: Replica, admission: Arc<dyn Admission>, io: Io) -> Ring {
         let listen_on_all_ips = io.transport.local_addr().ip().is_unspecified();
-        Ring { driver: Driver::new(core, Box::new(Admit(admission)), listen_on_all_ips), io, published: (None, None) }
+        Ring {
+            driver: Driver::new(core, Box::new(Admit(admission)), listen_on_all_ips),
+            io,
+            published: (None, None),
+            health: Default::default(),
+        }
     }
 
     fn running(&self) -> bool {
@@ -199,6 +205,7 @@ impl Ring {
         let (core, shared) = (self.driver.core(), &self.io.shared);
         shared.stats.log_syncs.store(self.io.journal.syncs(), Relaxed);
         shared.queued_bytes.store(core.queued_bytes() as u64, Relaxed);
+        self.health.publish(core, self.io.now(), &shared.votes_seen);
         let (_, ballot) = core.accepted();
         let now = ((!ballot.is_empty()).then_some(ballot.member), Some(core.role()));
         if now != self.published {
@@ -274,6 +281,10 @@ impl Io {
 impl Host for Io {
     fn now(&self) -> Micros {
         self.start.elapsed().as_micros() as Micros
+    }
+
+    fn observe(&mut self, core: &Replica, action: &crate::paxos::Action) {
+        self.shared.vote_timer.observe(core, action, self.now(), &self.shared.voting);
     }
 
     fn send(&mut self, to: &[MemberId], msg: &Arc<Message>) {

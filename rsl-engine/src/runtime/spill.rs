@@ -346,11 +346,13 @@ impl ExecBacklog {
             self.reading = Some((file, opened));
         }
         let (_, log) = self.reading.as_ref().expect("opened");
+        let started = std::time::Instant::now();
         let mut page = [0u8; PAGE];
         faults::check(JOURNAL_READ, &path).and_then(|()| log.read_exact_at(&mut page, offset)).map_err(|e| fail(&e))?;
         let len = parse_record_header(&page).map_err(|e| fail(&e))?.length as usize;
         let mut data = vec![0u8; round_up_512(len)];
         log.read_exact_at(&mut data, offset).map_err(|e| fail(&e))?;
+        self.shared.log_reads.record((PAGE + data.len()) as u64, started.elapsed());
         match read_record(&Bytes::from(data), 0, Mode::Strict, true).map_err(|e| fail(&e))? {
             Step::Record(r)
                 if r.message.kind() == MsgKind::Vote && r.message.header.decree == decree && r.message.header.ballot == ballot =>

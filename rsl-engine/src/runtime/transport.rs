@@ -8,6 +8,7 @@
 //! With TLS, every connection starts with a handshake (in its own task, never the accept
 //! loop) and each message carries the certified identity of the connection it came on.
 
+use super::health::{from_unix_micros, unix_micros};
 use super::tls::{PeerIdentity, Tls};
 use crate::format::message::{Checksum, Message, MsgKind};
 use crate::format::packet::{self, Frame, DEFAULT_MAX_PACKET, HEADER_SIZE};
@@ -17,9 +18,9 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
@@ -98,7 +99,19 @@ pub struct PeerStats {
     pub dropped_bytes: u64,
     /// Bytes waiting in the queue now.
     pub queued_bytes: usize,
+    /// Packets queued or being written now (RSL's `m_numOutstanding`).
+    pub outstanding: u64,
+    /// Failed connection attempts and broken connections since the last packet sent; at
+    /// [`FAILURES_TO_FAIL`] the peer counts as failed.
+    pub consecutive_failures: u32,
+    /// When the peer last counted as failed (None: never).
+    pub failed_at: Option<SystemTime>,
+    /// When a write to the peer last completed (None: never).
+    pub last_sent_at: Option<SystemTime>,
 }
+
+/// Consecutive failures that mark a peer failed, as in RSL.
+pub const FAILURES_TO_FAIL: u32 = 3;
 
 /// Encodes `msg` as it goes on the Paxos port (message checksum only for votes) and wraps it
 /// in a packet. `out` is scratch space the caller keeps to amortise allocations.
@@ -257,6 +270,12 @@ struct Counters {
     sent_bytes: AtomicU64,
     dropped_packets: AtomicU64,
     dropped_bytes: AtomicU64,
+    /// Packets taken from the queue whose write has not completed.
+    writing: AtomicU64,
+    consecutive_failures: AtomicU32,
+    /// Unix microseconds; 0 is never.
+    failed_at: AtomicU64,
+    last_sent_at: AtomicU64,
 }
 
 impl Peer {
@@ -303,7 +322,17 @@ impl Peer {
         self.counters.dropped_bytes.fetch_add(bytes as u64, Relaxed);
     }
 
+    /// A connection attempt failed or a connection broke.
+    fn failed(&self) {
+        if self.counters.consecutive_failures.fetch_add(1, Relaxed) + 1 == FAILURES_TO_FAIL {
+            self.counters.failed_at.store(unix_micros(SystemTime::now()), Relaxed);
+        }
+    }
+
     fn stats(&self, member: MemberId) -> PeerStats {
+        let q = self.queue.lock().expect("send queue poisoned");
+        let (queued_bytes, queued) = (q.bytes, q.packets.len() as u64);
+        drop(q);
         PeerStats {
             member,
             addr: self.addr,
@@ -313,7 +342,11 @@ impl Peer {
             sent_bytes: self.counters.sent_bytes.load(Relaxed),
             dropped_packets: self.counters.dropped_packets.load(Relaxed),
             dropped_bytes: self.counters.dropped_bytes.load(Relaxed),
-            queued_bytes: self.queue.lock().expect("send queue poisoned").bytes,
+            queued_bytes,
+            outstanding: queued + self.counters.writing.load(Relaxed),
+            consecutive_failures: self.counters.consecutive_failures.load(Relaxed),
+            failed_at: from_unix_micros(self.counters.failed_at.load(Relaxed)),
+            last_sent_at: from_unix_micros(self.counters.last_sent_at.load(Relaxed)),
         }
     }
 }
@@ -335,7 +368,11 @@ async fn run_peer(peer: Arc<Peer>, opts: TransportOptions, link: Link) {
     let mut backoff = opts.backoff_min;
     loop {
         let began = tokio::time::Instant::now();
-        if let Some(result) = connect_and_serve(&peer, &link).await {
+        let served = connect_and_serve(&peer, &link).await;
+        if served.as_ref().is_none_or(|r| r.is_err()) {
+            peer.failed();
+        }
+        if let Some(result) = served {
             if began.elapsed() >= opts.backoff_max {
                 backoff = opts.backoff_min;
             }
@@ -400,12 +437,14 @@ async fn serve_outbound<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     };
     // Whichever side failed, what was being written is lost.
     peer.count_dropped(batch.len(), batch.iter().map(Bytes::len).sum());
+    peer.counters.writing.store(0, Relaxed);
     result
 }
 
 async fn write_queued<W: AsyncWrite + Unpin>(peer: &Peer, mut wr: W, batch: &mut VecDeque<Bytes>) -> io::Result<()> {
     loop {
         peer.take_all(batch);
+        peer.counters.writing.store(batch.len() as u64, Relaxed);
         if batch.is_empty() {
             // TLS may hold the end of the last batch until flushed; for TCP this does nothing.
             wr.flush().await?;
@@ -431,6 +470,9 @@ async fn write_batch<W: AsyncWrite + Unpin>(peer: &Peer, wr: &mut W, batch: &mut
             return Err(io::ErrorKind::WriteZero.into());
         }
         let done = consume(batch, written);
+        peer.counters.writing.fetch_sub(done as u64, Relaxed);
+        peer.counters.consecutive_failures.store(0, Relaxed);
+        peer.counters.last_sent_at.store(unix_micros(SystemTime::now()), Relaxed);
         peer.counters.sent_packets.fetch_add(done as u64, Relaxed);
         peer.counters.sent_bytes.fetch_add(written as u64, Relaxed);
     }

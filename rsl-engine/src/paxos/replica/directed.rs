@@ -604,3 +604,32 @@ fn the_send_queue_refuses_requests_past_its_bound() {
     let executed: usize = ring.history(0).iter().map(|(_, (reqs, _))| reqs.len()).sum();
     assert_eq!(executed, 5, "every request taken executed, the refused one did not");
 }
+
+/// The primary records each member's last VoteAccepted: when, the highest decree, and the
+/// payload `SetVotePayload` set there (v6 and the pipelined v7); secondaries record nothing.
+#[test]
+fn the_primary_records_each_members_vote_progress() {
+    for cfg in [CoreConfig::default(), CoreConfig { version: Version::V7, window: 16, ..CoreConfig::default() }] {
+        let mut ring = Ring::with(cfg);
+        ring.step(1, Input::SetVotePayload(41));
+        ring.step(2, Input::SetVotePayload(42));
+        ring.promote(0);
+        ring.advance(SEC);
+        ring.submit(0, b"a");
+        ring.run();
+        let at = ring.now;
+        let top = ring.history(0).last().map(|(d, _)| *d).expect("executed");
+        for (j, payload) in [(1, 41), (2, 42)] {
+            let p = ring.r(0).progress()[&id(j)];
+            assert_eq!(p.payload, payload, "{j}'s payload");
+            assert!(p.decree >= top && p.voted_at > 0 && p.voted_at <= at, "{j}: {p:?} (top {top})");
+            assert!(ring.r(j).progress().is_empty(), "a secondary records nothing");
+        }
+        assert!(!ring.r(0).progress().contains_key(&id(0)), "not itself");
+        assert_eq!(ring.r(0).vote_payload(), 0);
+        ring.step(1, Input::SetVotePayload(7));
+        ring.submit(0, b"b");
+        ring.run();
+        assert_eq!(ring.r(0).progress()[&id(1)].payload, 7, "the latest payload replaces the last");
+    }
+}

@@ -110,6 +110,7 @@ impl Replica {
         if self.role != Role::Primary {
             return;
         }
+        self.record_progress(now, from, msg);
         // Before version 7 a VoteAccepted names the acceptor's highest vote, which must be ours
         // and current; from 7 on it names the decree it acknowledges.
         let current = if self.pipelined() { (msg.header.decree, self.max_ballot) } else { (self.accepted.header.decree, self.max_ballot) };
@@ -121,6 +122,16 @@ impl Replica {
             None => return,
         };
         self.check_chosen(now, out);
+    }
+
+    /// Every VoteAccepted counts for health, current or not (RSL records it before checking).
+    fn record_progress(&mut self, now: Micros, from: MemberId, msg: &Message) {
+        if !self.members.contains(&from) {
+            return;
+        }
+        let p = self.progress.entry(from).or_default();
+        (p.voted_at, p.decree, p.payload) = (now, p.decree.max(msg.header.decree), msg.header.payload);
+        debug_assert!(self.progress.len() <= self.members.len(), "only members have progress");
     }
 
     /// A vote in flight is chosen once this replica's own write is durable and a quorum

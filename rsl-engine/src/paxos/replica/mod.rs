@@ -75,6 +75,17 @@ struct Pending {
     config_cookie: Option<Cookie>,
 }
 
+/// A member's progress as the primary sees it (RSL's `RecordVoteAcceptedFromReplica`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemberProgress {
+    /// When its last VoteAccepted arrived, on the caller's clock.
+    pub voted_at: Micros,
+    /// The highest decree any of its VoteAccepteds named.
+    pub decree: u64,
+    /// The payload of its last VoteAccepted (`SetVotePayload`; 0 before v6).
+    pub payload: u64,
+}
+
 /// The primary's vote in flight.
 struct Outstanding {
     vote: Arc<Message>,
@@ -185,6 +196,9 @@ pub struct Replica {
     /// candidacies; the replica still accepts votes.
     shutting_down: bool,
     vote_payload: u64,
+    /// What the primary heard last from each member's VoteAccepted (`ReplicaHealth`); only
+    /// members of the configuration have an entry.
+    progress: BTreeMap<MemberId, MemberProgress>,
     checkpointed: u64,
     checkpoint_size: u64,
     /// A checkpoint to save once this decree has executed and the next vote is accepted.
@@ -288,6 +302,7 @@ impl Replica {
             relinquishing: false,
             shutting_down: false,
             vote_payload: 0,
+            progress: BTreeMap::new(),
             checkpointed: 0,
             checkpoint_size: 0,
             save_at: None,
@@ -305,6 +320,8 @@ impl Replica {
     fn set_paxos_config(&mut self, config: ConfigInfo) {
         self.members = config.members.nodes.iter().map(|n| n.id).collect();
         debug_assert_eq!(self.members.iter().collect::<BTreeSet<_>>().len(), self.members.len(), "members are distinct");
+        let members = &self.members;
+        self.progress.retain(|id, _| members.contains(id));
         self.paxos_config = config;
     }
 
@@ -333,6 +350,22 @@ impl Replica {
     /// The decree and ballot of the highest accepted vote.
     pub fn accepted(&self) -> (u64, Ballot) {
         decree_ballot(&self.accepted)
+    }
+
+    /// When the highest accepted vote was accepted (on a primary: proposed).
+    pub fn accepted_at(&self) -> Micros {
+        self.accepted_at
+    }
+
+    /// The payload this replica's VoteAccepteds carry (`SetVotePayload`).
+    pub fn vote_payload(&self) -> u64 {
+        self.vote_payload
+    }
+
+    /// What this replica, while primary, heard last from each member's VoteAccepted. Entries
+    /// outlive a term, as in RSL; a member that leaves the configuration loses its entry.
+    pub fn progress(&self) -> &BTreeMap<MemberId, MemberProgress> {
+        &self.progress
     }
 
     /// The next decree to execute (the application's sequence number is one less).
