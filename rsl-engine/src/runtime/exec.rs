@@ -231,7 +231,12 @@ impl Executor {
         }
     }
 
+    /// Replaces the state with an installed checkpoint. As at start-up, the sequence number and
+    /// configuration are the checkpoint's while `load_state` runs.
     fn load(&mut self, cp: Checkpoint, path: PathBuf) {
+        self.shared.current_seq.store(cp.decree, Release);
+        self.shared.passed_seq.fetch_max(cp.decree, Relaxed);
+        self.shared.view().config = cp.config.clone();
         let loaded = match CheckpointReader::open(&path) {
             Ok(mut reader) if cp.state_saved => self.sm.load_state(Some(&mut reader)),
             Ok(_) => self.sm.load_state(None),
@@ -244,8 +249,6 @@ impl Executor {
             let _ = self.events.send(Event::Fatal(format!("the state machine could not load checkpoint {}", path.display())));
             return;
         }
-        self.shared.current_seq.store(cp.decree, Release);
-        self.shared.view().config = cp.config.clone();
         self.sm.state_copied(cp.decree, Some(&path), None);
     }
 

@@ -20,10 +20,12 @@ mod ring;
 mod spill;
 pub mod tls;
 pub mod transport;
+mod view;
 
 pub use api::{Admission, AdmitAll, InitError, ReplicaHealth, ResponseCode, StateMachine, Stats};
 pub use config::{ConfigError, RslConfig};
 pub use replica::RslReplica;
+pub use view::ReplicaView;
 
 use crate::format::ConfigInfo;
 use crate::format::MemberId;
