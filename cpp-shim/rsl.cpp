@@ -17,6 +17,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "shim_internal.h"
@@ -770,9 +771,24 @@ namespace RSLib
     // RSLStateMachine
     // ------------------------------------------------------------------------------------
 
+    namespace
+    {
+        // Where a state machine's replica handle is. `live` is set once Initialize has restored
+        // the state. Before that, rsl_replica_initialize publishes the handle into `restoring`
+        // before the first callback, so that LoadState and the restore-time executions can
+        // query it (GetCurrentSequenceNumber, GetConfiguration, ...) as live callbacks do; only
+        // the thread inside Initialize (the one those callbacks run on) writes or reads it.
+        struct ReplicaSlot
+        {
+            std::atomic<rsl_replica*> live{nullptr};
+            rsl_replica* restoring = nullptr;
+            std::atomic<std::thread::id> initializer{};
+        };
+    } // namespace
+
     struct __attribute__((visibility("hidden"))) RSLStateMachine::Impl
     {
-        std::atomic<rsl_replica*> replica{nullptr};
+        ReplicaSlot replica;
         // Set by the destructor: the derived object is gone, callbacks are dropped.
         std::atomic<bool> dying{false};
         std::atomic<bool> started{false};
@@ -783,8 +799,17 @@ namespace RSLib
 
     namespace
     {
-        // The replica's handle, or NULL before Initialize.
-        rsl_replica* Handle(const std::atomic<rsl_replica*>& r) { return r.load(std::memory_order_acquire); }
+        // The replica's handle, or NULL before Initialize; inside Initialize, on its thread, the
+        // handle being restored.
+        rsl_replica* Handle(const ReplicaSlot& slot)
+        {
+            if (rsl_replica* r = slot.live.load(std::memory_order_acquire))
+            {
+                return r;
+            }
+            const bool restoringHere = slot.initializer.load(std::memory_order_acquire) == std::this_thread::get_id();
+            return restoringHere ? slot.restoring : nullptr;
+        }
     } // namespace
 
     RSLStateMachine::RSLStateMachine() : m_impl(new Impl())
@@ -802,7 +827,7 @@ namespace RSLib
             reg.machines.erase(this);
         }
         m_impl->dying.store(true, std::memory_order_release);
-        rsl_replica* r = m_impl->replica.exchange(nullptr, std::memory_order_acq_rel);
+        rsl_replica* r = m_impl->replica.live.exchange(nullptr, std::memory_order_acq_rel);
         rsl_replica_destroy(r);
         delete m_impl;
     }
@@ -889,10 +914,14 @@ namespace RSLib
             nodes = ResolveAll(sm, *members);
         }
         const rsl_callbacks callbacks = RSLStateMachineCallbacks::Table(sm);
-        rsl_replica* replica = nullptr;
+        ReplicaSlot& slot = sm->m_impl->replica;
+        slot.initializer.store(std::this_thread::get_id(), std::memory_order_release);
         const rsl_status st = rsl_replica_initialize(&c, &selfNode[0], static_cast<uint32_t>(version),
                                                      serializeFastReadsWithReplicates, &callbacks,
-                                                     nodes.empty() ? nullptr : nodes.data(), nodes.size(), &replica);
+                                                     nodes.empty() ? nullptr : nodes.data(), nodes.size(), &slot.restoring);
+        rsl_replica* replica = slot.restoring;
+        slot.restoring = nullptr;
+        slot.initializer.store(std::thread::id(), std::memory_order_release);
         if (st != RSL_SUCCESS || replica == nullptr)
         {
             shim::Log(CallBackLogLevel_Error, "Initialize failed (status %d)", static_cast<int>(st));
@@ -904,7 +933,7 @@ namespace RSLib
             std::lock_guard<std::mutex> lock(sm->m_impl->statsMutex);
             sm->m_impl->lastSnapshotUs = RSLStateMachine::GetHighResolutionCurrentTickCount();
         }
-        sm->m_impl->replica.store(replica, std::memory_order_release);
+        sm->m_impl->replica.live.store(replica, std::memory_order_release);
         return true;
     }
 
@@ -1023,7 +1052,8 @@ namespace RSLib
 
     bool RSLStateMachine::IsInStableState()
     {
-        rsl_replica* r = Handle(m_impl->replica);
+        // Not while Initialize restores: the replica has not started yet.
+        rsl_replica* r = m_impl->replica.live.load(std::memory_order_acquire);
         if (r == nullptr)
         {
             return false;

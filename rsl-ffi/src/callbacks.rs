@@ -7,13 +7,14 @@ use crate::{rsl_status, RSL_E_NULL};
 use rsl_engine::format::checkpoint::{CheckpointReader, CheckpointWriter};
 use rsl_engine::format::{MemberId, MemberSet};
 use rsl_engine::paxos::Cookie;
-use rsl_engine::runtime::{Admission, ResponseCode, StateMachine};
+use rsl_engine::runtime::{Admission, ReplicaView, ResponseCode, StateMachine};
 use std::cell::Cell;
 use std::ffi::{c_char, c_void, CString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::ptr::null_mut;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 
 /// The state machine's callbacks (`RSLStateMachine`'s virtual methods) and the `context`
 /// passed to each. The table is copied by `rsl_replica_initialize` and `rsl_replay`.
@@ -137,6 +138,9 @@ pub(crate) fn in_callback_of(token: u64) -> bool {
 pub(crate) struct Callbacks {
     cb: rsl_callbacks,
     token: u64,
+    /// Where the replica's query view goes when it is attached (before `load_state`): the
+    /// handle's, which the query calls read.
+    view: Option<Arc<OnceLock<ReplicaView>>>,
 }
 
 // SAFETY: the table holds the application's `context` pointer and C function pointers. The C
@@ -172,7 +176,12 @@ macro_rules! optional {
 impl Callbacks {
     pub(crate) fn new(cb: &rsl_callbacks, token: u64) -> Result<Callbacks, rsl_status> {
         cb.check()?;
-        Ok(Callbacks { cb: *cb, token })
+        Ok(Callbacks { cb: *cb, token, view: None })
+    }
+
+    /// Hands the replica's view to `slot` when the replica attaches it.
+    pub(crate) fn with_view(self, slot: Arc<OnceLock<ReplicaView>>) -> Callbacks {
+        Callbacks { view: Some(slot), ..self }
     }
 
     fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
@@ -184,6 +193,12 @@ impl Callbacks {
 }
 
 impl StateMachine for Callbacks {
+    fn attach(&mut self, view: ReplicaView) {
+        if let Some(slot) = &self.view {
+            let _ = slot.set(view);
+        }
+    }
+
     fn load_state(&mut self, reader: Option<&mut CheckpointReader>) -> bool {
         let mut handle = reader.map(rsl_checkpoint_reader::borrowed);
         let reader = handle.as_mut().map_or(null_mut(), |h| h as *mut rsl_checkpoint_reader);
