@@ -126,7 +126,7 @@ impl RslReplica {
             members.as_ref().map_or_else(ConfigInfo::default, |set| ConfigInfo { number: 1, initial_decree: 0, members: set.clone() });
         let mut core = Replica::new(cfg.core_config(version), me.id, initial, seed(&me.id) ^ 0x5eed);
         // Created before the first callback, so that restore-time callbacks can query it.
-        let shared = Arc::new(Shared::new(0));
+        let shared = Arc::new(Shared::new());
         sm.attach(ReplicaView::new(shared.clone()));
         let loaded = restore::load(&mut core, store.list(), &mut *sm, &shared);
         let checkpoints = store.catalog();

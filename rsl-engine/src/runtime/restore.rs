@@ -81,7 +81,7 @@ pub(crate) fn read_only(dir: &Path, version: Version, sm: &mut dyn StateMachine,
     let storage = |e: &dyn std::fmt::Display| InitError::Storage(e.to_string());
     let mut core = Replica::new(CoreConfig { version, ..CoreConfig::default() }, MemberId::EMPTY, ConfigInfo::default(), 0);
     let checkpoints = list_checkpoints(dir).map_err(|e| storage(&e))?.into_iter().filter(|(d, _)| *d <= max_seq).collect();
-    let shared = Arc::new(Shared::new(0));
+    let shared = Arc::new(Shared::new());
     sm.attach(ReplicaView::new(shared.clone()));
     let loaded = load(&mut core, checkpoints, sm, &shared);
     let logged = read_logs(dir, loaded).map_err(|e| storage(&e))?;
