@@ -17,7 +17,6 @@
 #include <mutex>
 #include <set>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "shim_internal.h"
@@ -771,24 +770,9 @@ namespace RSLib
     // RSLStateMachine
     // ------------------------------------------------------------------------------------
 
-    namespace
-    {
-        // Where a state machine's replica handle is. `live` is set once Initialize has restored
-        // the state. Before that, rsl_replica_initialize publishes the handle into `restoring`
-        // before the first callback, so that LoadState and the restore-time executions can
-        // query it (GetCurrentSequenceNumber, GetConfiguration, ...) as live callbacks do; only
-        // the thread inside Initialize (the one those callbacks run on) writes or reads it.
-        struct ReplicaSlot
-        {
-            std::atomic<rsl_replica*> live{nullptr};
-            rsl_replica* restoring = nullptr;
-            std::atomic<std::thread::id> initializer{};
-        };
-    } // namespace
-
     struct __attribute__((visibility("hidden"))) RSLStateMachine::Impl
     {
-        ReplicaSlot replica;
+        std::atomic<rsl_replica*> replica{nullptr};
         // Set by the destructor: the derived object is gone, callbacks are dropped.
         std::atomic<bool> dying{false};
         std::atomic<bool> started{false};
@@ -799,16 +783,15 @@ namespace RSLib
 
     namespace
     {
-        // The replica's handle, or NULL before Initialize; inside Initialize, on its thread, the
-        // handle being restored.
-        rsl_replica* Handle(const ReplicaSlot& slot)
+        // The replica's handle, or NULL before Initialize. Inside one of the state machine's own
+        // callbacks the handle is always there: before Initialize has returned it (LoadState
+        // and the executions that replay the log, the first executions after the start) and
+        // inside Replay, the C ABI gives it by the callback's context, so that those callbacks
+        // get the answers (GetCurrentSequenceNumber, GetConfiguration, ...) live ones get.
+        rsl_replica* Handle(const std::atomic<rsl_replica*>& r, const RSLStateMachine* sm)
         {
-            if (rsl_replica* r = slot.live.load(std::memory_order_acquire))
-            {
-                return r;
-            }
-            const bool restoringHere = slot.initializer.load(std::memory_order_acquire) == std::this_thread::get_id();
-            return restoringHere ? slot.restoring : nullptr;
+            rsl_replica* live = r.load(std::memory_order_acquire);
+            return live != nullptr ? live : rsl_replica_of_callback(sm);
         }
     } // namespace
 
@@ -827,7 +810,7 @@ namespace RSLib
             reg.machines.erase(this);
         }
         m_impl->dying.store(true, std::memory_order_release);
-        rsl_replica* r = m_impl->replica.live.exchange(nullptr, std::memory_order_acq_rel);
+        rsl_replica* r = m_impl->replica.exchange(nullptr, std::memory_order_acq_rel);
         rsl_replica_destroy(r);
         delete m_impl;
     }
@@ -914,14 +897,10 @@ namespace RSLib
             nodes = ResolveAll(sm, *members);
         }
         const rsl_callbacks callbacks = RSLStateMachineCallbacks::Table(sm);
-        ReplicaSlot& slot = sm->m_impl->replica;
-        slot.initializer.store(std::this_thread::get_id(), std::memory_order_release);
+        rsl_replica* replica = nullptr;
         const rsl_status st = rsl_replica_initialize(&c, &selfNode[0], static_cast<uint32_t>(version),
                                                      serializeFastReadsWithReplicates, &callbacks,
-                                                     nodes.empty() ? nullptr : nodes.data(), nodes.size(), &slot.restoring);
-        rsl_replica* replica = slot.restoring;
-        slot.restoring = nullptr;
-        slot.initializer.store(std::thread::id(), std::memory_order_release);
+                                                     nodes.empty() ? nullptr : nodes.data(), nodes.size(), &replica);
         if (st != RSL_SUCCESS || replica == nullptr)
         {
             shim::Log(CallBackLogLevel_Error, "Initialize failed (status %d)", static_cast<int>(st));
@@ -933,7 +912,7 @@ namespace RSLib
             std::lock_guard<std::mutex> lock(sm->m_impl->statsMutex);
             sm->m_impl->lastSnapshotUs = RSLStateMachine::GetHighResolutionCurrentTickCount();
         }
-        sm->m_impl->replica.live.store(replica, std::memory_order_release);
+        sm->m_impl->replica.store(replica, std::memory_order_release);
         return true;
     }
 
@@ -943,7 +922,7 @@ namespace RSLib
         {
             return RSLInvalidParameter;
         }
-        rsl_replica* r = Handle(m_impl->replica);
+        rsl_replica* r = Handle(m_impl->replica, this);
         if (r == nullptr)
         {
             return RSLBootstrapFailed;
@@ -1030,7 +1009,7 @@ namespace RSLib
 
     void RSLStateMachine::AttemptPromotion()
     {
-        if (rsl_replica* r = Handle(m_impl->replica))
+        if (rsl_replica* r = Handle(m_impl->replica, this))
         {
             rsl_replica_attempt_promotion(r);
         }
@@ -1038,7 +1017,7 @@ namespace RSLib
 
     void RSLStateMachine::RelinquishPrimary()
     {
-        if (rsl_replica* r = Handle(m_impl->replica))
+        if (rsl_replica* r = Handle(m_impl->replica, this))
         {
             const rsl_status st = rsl_replica_relinquish_primary(r);
             if (st != RSL_SUCCESS)
@@ -1053,7 +1032,7 @@ namespace RSLib
     bool RSLStateMachine::IsInStableState()
     {
         // Not while Initialize restores: the replica has not started yet.
-        rsl_replica* r = m_impl->replica.live.load(std::memory_order_acquire);
+        rsl_replica* r = m_impl->replica.load(std::memory_order_acquire);
         if (r == nullptr)
         {
             return false;
@@ -1069,7 +1048,7 @@ namespace RSLib
 
     RSLResponseCode RSLStateMachine::ReplicateRequest(void* request, size_t len, void* cookie)
     {
-        rsl_replica* r = Handle(m_impl->replica);
+        rsl_replica* r = Handle(m_impl->replica, this);
         if (r == nullptr)
         {
             return RSLShuttingDown;
@@ -1085,7 +1064,7 @@ namespace RSLib
     RSLResponseCode RSLStateMachine::ReplicateRequestExclusiveVote(void* request, size_t len, void* cookie,
                                                                    bool isLastDecree)
     {
-        rsl_replica* r = Handle(m_impl->replica);
+        rsl_replica* r = Handle(m_impl->replica, this);
         if (r == nullptr)
         {
             return RSLShuttingDown;
@@ -1103,7 +1082,7 @@ namespace RSLib
     RSLResponseCode RSLStateMachine::FastReadRequest(unsigned long long maxSeenSeqNo, void* request, size_t len,
                                                      void* cookie, unsigned int timeout)
     {
-        rsl_replica* r = Handle(m_impl->replica);
+        rsl_replica* r = Handle(m_impl->replica, this);
         if (r == nullptr)
         {
             return RSLShuttingDown;
@@ -1118,7 +1097,7 @@ namespace RSLib
         {
             return RSLInvalidParameter;
         }
-        rsl_replica* r = Handle(m_impl->replica);
+        rsl_replica* r = Handle(m_impl->replica, this);
         if (r == nullptr)
         {
             return RSLShuttingDown;
@@ -1141,7 +1120,7 @@ namespace RSLib
         {
             return false;
         }
-        rsl_replica* r = Handle(m_impl->replica);
+        rsl_replica* r = Handle(m_impl->replica, this);
         uint32_t number = 0;
         rsl_status st = RSL_SUCCESS;
         if (r == nullptr)
@@ -1169,13 +1148,13 @@ namespace RSLib
 
     unsigned long long RSLStateMachine::GetCurrentSequenceNumber()
     {
-        rsl_replica* r = Handle(m_impl->replica);
+        rsl_replica* r = Handle(m_impl->replica, this);
         return r != nullptr ? rsl_replica_current_sequence_number(r) : m_impl->replayed.load();
     }
 
     unsigned long long RSLStateMachine::GetHighestPassedSequenceNumber()
     {
-        rsl_replica* r = Handle(m_impl->replica);
+        rsl_replica* r = Handle(m_impl->replica, this);
         return r != nullptr ? rsl_replica_highest_passed_sequence_number(r) : m_impl->replayed.load();
     }
 
@@ -1189,7 +1168,7 @@ namespace RSLib
         {
             replicaSetHealth[i].m_memberId[0] = '\0';
         }
-        rsl_replica* r = Handle(m_impl->replica);
+        rsl_replica* r = Handle(m_impl->replica, this);
         if (r == nullptr)
         {
             return 0;
@@ -1214,7 +1193,7 @@ namespace RSLib
 
     bool RSLStateMachine::GetReplicaInformation(ReplicaHealth* replicaHealth)
     {
-        rsl_replica* r = Handle(m_impl->replica);
+        rsl_replica* r = Handle(m_impl->replica, this);
         if (replicaHealth == nullptr || r == nullptr)
         {
             return false;
@@ -1249,7 +1228,7 @@ namespace RSLib
             return;
         }
         *node = RSLNode();
-        rsl_replica* r = Handle(m_impl->replica);
+        rsl_replica* r = Handle(m_impl->replica, this);
         if (r == nullptr)
         {
             return;
@@ -1264,7 +1243,7 @@ namespace RSLib
 
     void RSLStateMachine::AllowSaveState(bool yes)
     {
-        if (rsl_replica* r = Handle(m_impl->replica))
+        if (rsl_replica* r = Handle(m_impl->replica, this))
         {
             rsl_replica_allow_save_state(r, yes);
         }
@@ -1272,7 +1251,7 @@ namespace RSLib
 
     void RSLStateMachine::SetVotePayload(unsigned long long payload)
     {
-        if (rsl_replica* r = Handle(m_impl->replica))
+        if (rsl_replica* r = Handle(m_impl->replica, this))
         {
             rsl_replica_set_vote_payload(r, payload);
         }
@@ -1280,13 +1259,13 @@ namespace RSLib
 
     bool RSLStateMachine::IsAnyRequestPendingExecution()
     {
-        rsl_replica* r = Handle(m_impl->replica);
+        rsl_replica* r = Handle(m_impl->replica, this);
         return r != nullptr && rsl_replica_highest_passed_sequence_number(r) > rsl_replica_current_sequence_number(r);
     }
 
     RSLResponseCode RSLStateMachine::CopyStateFromReplica(void* cookie)
     {
-        rsl_replica* r = Handle(m_impl->replica);
+        rsl_replica* r = Handle(m_impl->replica, this);
         if (r == nullptr)
         {
             return RSLShuttingDown;
@@ -1308,7 +1287,7 @@ namespace RSLib
         }
         std::memset(pStats, 0, sizeof *pStats);
         pStats->m_cbSizeOfThisStruct = sizeof(RSLStats);
-        rsl_replica* r = Handle(m_impl->replica);
+        rsl_replica* r = Handle(m_impl->replica, this);
         if (r == nullptr)
         {
             return;
@@ -1329,7 +1308,7 @@ namespace RSLib
 
     void RSLStateMachine::SetAcceptMessages(bool acceptMessages)
     {
-        if (rsl_replica* r = Handle(m_impl->replica))
+        if (rsl_replica* r = Handle(m_impl->replica, this))
         {
             rsl_replica_set_accept_messages(r, acceptMessages);
         }
@@ -1341,7 +1320,7 @@ namespace RSLib
 
     void RSLStateMachine::UnloadThisOne()
     {
-        if (rsl_replica* r = Handle(m_impl->replica))
+        if (rsl_replica* r = Handle(m_impl->replica, this))
         {
             rsl_replica_unload(r);
         }

@@ -625,6 +625,16 @@ void rsl_replica_destroy(struct rsl_replica *r);
 rsl_status rsl_replay(const struct rsl_config *cfg, const char *member_id, uint32_t version, const struct rsl_callbacks *callbacks, uint64_t max_seq_no, uint64_t *last_executed);
 
 /**
+ * The replica whose callback this thread is running with `context` (the `context` of its
+ * `rsl_callbacks`), or NULL. A callback reaches its replica through it before
+ * `rsl_replica_initialize` has returned the handle (while restoring, or in the first
+ * executions right after the start) and inside `rsl_replay` (a handle that only answers
+ * queries, valid during the callback). Never NULL inside a callback of a replica started with
+ * `context`; NULL outside callbacks.
+ */
+struct rsl_replica *rsl_replica_of_callback(const void *context);
+
+/**
  * `GetDataPointer`: points `*data` at up to `max` bytes of data at the current position (no
  * copy) and advances past them. The pointer is valid until the next call on this reader.
  * It never crosses a 4 MiB block, so `*read` may be less than `max`: loop. Returns 38 at the

@@ -432,7 +432,8 @@ fn check_restart(out: &Path, id: u32) {
 /// Restore-time answers (issue 12, item 1): the service folds `GetCurrentSequenceNumber` and
 /// `GetConfiguration` into its state while each request executes; restarted (LoadState, then
 /// the log replayed inside `Initialize`), it ends with the digest the live replicas ended
-/// with, and LoadState saw the checkpoint's sequence number and configuration.
+/// with, and LoadState saw the checkpoint's sequence number and configuration; so does the
+/// read-only Replay of its directory.
 fn check_restart_seqfold(out: &Path, id: u32) {
     let live = lines(&out.join(format!("seqfold.{id}.txt")));
     let restarted = lines(&out.join(format!("restart-seqfold.{id}.txt")));
@@ -447,6 +448,12 @@ fn check_restart_seqfold(out: &Path, id: u32) {
     );
     let others: Vec<_> = (1..=3).map(|i| fold(&lines(&out.join(format!("seqfold.{i}.txt"))))).collect();
     assert!(others.iter().all(|f| *f == fold(&live)), "the live replicas agree: {others:?}");
+    // The read-only Replay too, from the same checkpoint (without one it cannot know the
+    // legacy form's initial configuration, as in RSL).
+    if out.join(format!("saved.{id}")).exists() {
+        let replayed = lines(&out.join(format!("replay-seqfold.{id}.txt")));
+        assert_eq!(fold(&replayed), fold(&live), "replica {id}: Replay folded other sequence numbers or configurations\n{}", ctx());
+    }
     if let Some(load) = restarted.get(1) {
         let (seen, saved) = load.strip_prefix("load ").and_then(|l| l.split_once(" saved ")).expect("load ... saved ...");
         assert_eq!(seen, saved, "replica {id}: LoadState saw the checkpoint's sequence number and configuration\n{}", ctx());

@@ -1,7 +1,7 @@
 //! The replica handle (`rsl_replica`, over `RslReplica`): start-up, requests, reads,
 //! membership, health, unload and destroy; and the read-only `rsl_replay`.
 
-use crate::callbacks::{cookie_in, in_callback_of, new_token, rsl_callbacks, Callbacks};
+use crate::callbacks::{cookie_in, handle_of_callback, in_callback_of, new_token, rsl_callbacks, Callbacks};
 use crate::types::*;
 use crate::*;
 use bytes::Bytes;
@@ -9,7 +9,7 @@ use rsl_engine::format::{MemberId, Version};
 use rsl_engine::runtime::{InitError, ReplicaView, RslReplica};
 use std::ffi::{c_char, c_void, CStr};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -132,10 +132,12 @@ pub unsafe extern "C" fn rsl_replica_initialize(
         };
         let token = new_token();
         let view = Arc::new(OnceLock::new());
-        let sm = Box::new(Callbacks::new(callbacks, token)?.with_view(view.clone()));
-        let admission = Arc::new(Callbacks::new(callbacks, token)?);
+        let address = Arc::new(AtomicUsize::new(0));
+        let sm = Box::new(Callbacks::new(callbacks, token)?.with_view(view.clone()).with_handle(address.clone()));
+        let admission = Arc::new(Callbacks::new(callbacks, token)?.with_handle(address.clone()));
         // Published before the first callback: restore-time callbacks query the replica through it.
         let handle = Box::into_raw(Box::new(rsl_replica { replica: OnceLock::new(), view, token, unloaded: AtomicBool::new(false) }));
+        address.store(handle.expose_provenance(), Relaxed);
         *out = handle;
         let started = catch_unwind(AssertUnwindSafe(|| RslReplica::initialize(cfg, me, version, sm, admission, members)));
         match started {
@@ -585,12 +587,28 @@ pub unsafe extern "C" fn rsl_replay(
         // SAFETY: non-NULL and NUL-terminated, per the caller.
         let id: MemberId = types::member_id(unsafe { CStr::from_ptr(member_id) }.to_bytes())?;
         let (cfg, version) = (config(cfg)?, self::version(version)?);
-        let mut sm = Callbacks::new(callbacks, new_token())?;
+        // A handle that only answers queries, for the callbacks (`rsl_replica_of_callback`).
+        let (token, view, address) = (new_token(), Arc::new(OnceLock::new()), Arc::new(AtomicUsize::new(0)));
+        let handle = rsl_replica { replica: OnceLock::new(), view: view.clone(), token, unloaded: AtomicBool::new(false) };
+        address.store((&raw const handle).expose_provenance(), Relaxed);
+        let mut sm = Callbacks::new(callbacks, token)?.with_view(view).with_handle(address);
         let last = RslReplica::replay(&cfg, &id, version, &mut sm, max_seq_no).map_err(init_error)?;
+        drop(handle);
         // SAFETY: the caller guarantees `last_executed` is NULL or writable.
         if let Some(out) = unsafe { last_executed.as_mut() } {
             *out = last;
         }
         Ok(())
     })
+}
+
+/// The replica whose callback this thread is running with `context` (the `context` of its
+/// `rsl_callbacks`), or NULL. A callback reaches its replica through it before
+/// `rsl_replica_initialize` has returned the handle (while restoring, or in the first
+/// executions right after the start) and inside `rsl_replay` (a handle that only answers
+/// queries, valid during the callback). Never NULL inside a callback of a replica started with
+/// `context`; NULL outside callbacks.
+#[no_mangle]
+pub extern "C" fn rsl_replica_of_callback(context: *const c_void) -> *mut rsl_replica {
+    guard_value(std::ptr::null_mut(), || handle_of_callback(context))
 }
