@@ -37,7 +37,7 @@ pub(crate) fn load(core: &mut Replica, checkpoints: Vec<(u64, PathBuf)>, sm: &mu
 }
 
 /// The state as of `decree`: executed, passed, and in configuration `config`.
-pub(crate) fn publish(shared: &Shared, decree: u64, config: ConfigInfo) {
+fn publish(shared: &Shared, decree: u64, config: ConfigInfo) {
     shared.current_seq.store(decree, Release);
     shared.passed_seq.store(decree, Relaxed);
     shared.view().config = config;
