@@ -806,8 +806,16 @@ namespace RSLib
 
     namespace
     {
-        // The replica's handle, or NULL before Initialize.
-        rsl_replica* Handle(const std::atomic<rsl_replica*>& r) { return r.load(std::memory_order_acquire); }
+        // The replica's handle, or NULL before Initialize. Inside one of the state machine's own
+        // callbacks the handle is always there: before Initialize has returned it (LoadState
+        // and the executions that replay the log, the first executions after the start) and
+        // inside Replay, the C ABI gives it by the callback's context, so that those callbacks
+        // get the answers (GetCurrentSequenceNumber, GetConfiguration, ...) live ones get.
+        rsl_replica* Handle(const std::atomic<rsl_replica*>& r, const RSLStateMachine* sm)
+        {
+            rsl_replica* live = r.load(std::memory_order_acquire);
+            return live != nullptr ? live : rsl_replica_of_callback(sm);
+        }
     } // namespace
 
     RSLStateMachine::RSLStateMachine() : m_impl(new Impl())
@@ -933,7 +941,7 @@ namespace RSLib
         {
             return RSLInvalidParameter;
         }
-        rsl_replica* r = Handle(m_impl->replica);
+        rsl_replica* r = Handle(m_impl->replica, this);
         if (r == nullptr)
         {
             return RSLBootstrapFailed;
@@ -1020,7 +1028,7 @@ namespace RSLib
 
     void RSLStateMachine::AttemptPromotion()
     {
-        if (rsl_replica* r = Handle(m_impl->replica))
+        if (rsl_replica* r = Handle(m_impl->replica, this))
         {
             rsl_replica_attempt_promotion(r);
         }
@@ -1028,7 +1036,7 @@ namespace RSLib
 
     void RSLStateMachine::RelinquishPrimary()
     {
-        if (rsl_replica* r = Handle(m_impl->replica))
+        if (rsl_replica* r = Handle(m_impl->replica, this))
         {
             const rsl_status st = rsl_replica_relinquish_primary(r);
             if (st != RSL_SUCCESS)
@@ -1042,7 +1050,8 @@ namespace RSLib
 
     bool RSLStateMachine::IsInStableState()
     {
-        rsl_replica* r = Handle(m_impl->replica);
+        // Not while Initialize restores: the replica has not started yet.
+        rsl_replica* r = m_impl->replica.load(std::memory_order_acquire);
         if (r == nullptr)
         {
             return false;
@@ -1058,7 +1067,7 @@ namespace RSLib
 
     RSLResponseCode RSLStateMachine::ReplicateRequest(void* request, size_t len, void* cookie)
     {
-        rsl_replica* r = Handle(m_impl->replica);
+        rsl_replica* r = Handle(m_impl->replica, this);
         if (r == nullptr)
         {
             return RSLShuttingDown;
@@ -1074,7 +1083,7 @@ namespace RSLib
     RSLResponseCode RSLStateMachine::ReplicateRequestExclusiveVote(void* request, size_t len, void* cookie,
                                                                    bool isLastDecree)
     {
-        rsl_replica* r = Handle(m_impl->replica);
+        rsl_replica* r = Handle(m_impl->replica, this);
         if (r == nullptr)
         {
             return RSLShuttingDown;
@@ -1092,7 +1101,7 @@ namespace RSLib
     RSLResponseCode RSLStateMachine::FastReadRequest(unsigned long long maxSeenSeqNo, void* request, size_t len,
                                                      void* cookie, unsigned int timeout)
     {
-        rsl_replica* r = Handle(m_impl->replica);
+        rsl_replica* r = Handle(m_impl->replica, this);
         if (r == nullptr)
         {
             return RSLShuttingDown;
@@ -1107,7 +1116,7 @@ namespace RSLib
         {
             return RSLInvalidParameter;
         }
-        rsl_replica* r = Handle(m_impl->replica);
+        rsl_replica* r = Handle(m_impl->replica, this);
         if (r == nullptr)
         {
             return RSLShuttingDown;
@@ -1130,7 +1139,7 @@ namespace RSLib
         {
             return false;
         }
-        rsl_replica* r = Handle(m_impl->replica);
+        rsl_replica* r = Handle(m_impl->replica, this);
         uint32_t number = 0;
         rsl_status st = RSL_SUCCESS;
         if (r == nullptr)
@@ -1158,13 +1167,13 @@ namespace RSLib
 
     unsigned long long RSLStateMachine::GetCurrentSequenceNumber()
     {
-        rsl_replica* r = Handle(m_impl->replica);
+        rsl_replica* r = Handle(m_impl->replica, this);
         return r != nullptr ? rsl_replica_current_sequence_number(r) : m_impl->replayed.load();
     }
 
     unsigned long long RSLStateMachine::GetHighestPassedSequenceNumber()
     {
-        rsl_replica* r = Handle(m_impl->replica);
+        rsl_replica* r = Handle(m_impl->replica, this);
         return r != nullptr ? rsl_replica_highest_passed_sequence_number(r) : m_impl->replayed.load();
     }
 
@@ -1178,7 +1187,7 @@ namespace RSLib
         {
             replicaSetHealth[i].m_memberId[0] = '\0';
         }
-        rsl_replica* r = Handle(m_impl->replica);
+        rsl_replica* r = Handle(m_impl->replica, this);
         if (r == nullptr)
         {
             return 0;
@@ -1203,7 +1212,7 @@ namespace RSLib
 
     bool RSLStateMachine::GetReplicaInformation(ReplicaHealth* replicaHealth)
     {
-        rsl_replica* r = Handle(m_impl->replica);
+        rsl_replica* r = Handle(m_impl->replica, this);
         if (replicaHealth == nullptr || r == nullptr)
         {
             return false;
@@ -1238,7 +1247,7 @@ namespace RSLib
             return;
         }
         *node = RSLNode();
-        rsl_replica* r = Handle(m_impl->replica);
+        rsl_replica* r = Handle(m_impl->replica, this);
         if (r == nullptr)
         {
             return;
@@ -1253,7 +1262,7 @@ namespace RSLib
 
     void RSLStateMachine::AllowSaveState(bool yes)
     {
-        if (rsl_replica* r = Handle(m_impl->replica))
+        if (rsl_replica* r = Handle(m_impl->replica, this))
         {
             rsl_replica_allow_save_state(r, yes);
         }
@@ -1261,7 +1270,7 @@ namespace RSLib
 
     void RSLStateMachine::SetVotePayload(unsigned long long payload)
     {
-        if (rsl_replica* r = Handle(m_impl->replica))
+        if (rsl_replica* r = Handle(m_impl->replica, this))
         {
             rsl_replica_set_vote_payload(r, payload);
         }
@@ -1269,13 +1278,13 @@ namespace RSLib
 
     bool RSLStateMachine::IsAnyRequestPendingExecution()
     {
-        rsl_replica* r = Handle(m_impl->replica);
+        rsl_replica* r = Handle(m_impl->replica, this);
         return r != nullptr && rsl_replica_highest_passed_sequence_number(r) > rsl_replica_current_sequence_number(r);
     }
 
     RSLResponseCode RSLStateMachine::CopyStateFromReplica(void* cookie)
     {
-        rsl_replica* r = Handle(m_impl->replica);
+        rsl_replica* r = Handle(m_impl->replica, this);
         if (r == nullptr)
         {
             return RSLShuttingDown;
@@ -1297,7 +1306,7 @@ namespace RSLib
         }
         std::memset(pStats, 0, sizeof *pStats);
         pStats->m_cbSizeOfThisStruct = sizeof(RSLStats);
-        rsl_replica* r = Handle(m_impl->replica);
+        rsl_replica* r = Handle(m_impl->replica, this);
         if (r == nullptr)
         {
             return;
@@ -1325,7 +1334,7 @@ namespace RSLib
 
     void RSLStateMachine::SetAcceptMessages(bool acceptMessages)
     {
-        if (rsl_replica* r = Handle(m_impl->replica))
+        if (rsl_replica* r = Handle(m_impl->replica, this))
         {
             rsl_replica_set_accept_messages(r, acceptMessages);
         }
@@ -1337,7 +1346,7 @@ namespace RSLib
 
     void RSLStateMachine::UnloadThisOne()
     {
-        if (rsl_replica* r = Handle(m_impl->replica))
+        if (rsl_replica* r = Handle(m_impl->replica, this))
         {
             rsl_replica_unload(r);
         }

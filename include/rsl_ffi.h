@@ -23,6 +23,8 @@ typedef struct rsl_checkpoint_writer rsl_checkpoint_writer;
 
 /**
  * A running replica; stays valid after `rsl_replica_unload` until `rsl_replica_destroy`.
+ * It exists from before the first callback of `rsl_replica_initialize` (so that restore-time
+ * callbacks can query it); the replica behind it is there once the restore is done.
  */
 typedef struct rsl_replica rsl_replica;
 
@@ -441,8 +443,14 @@ rsl_status rsl_init(const char *log_dir, bool log_debug, rsl_log_callback cb);
  * called before (certificates and keys are read now).
  *
  * Everything passed in is copied; `callbacks->context` must stay valid until
- * `rsl_replica_destroy`. On success `*out` is a handle the caller frees with
- * `rsl_replica_destroy`; on failure `*out` is NULL.
+ * `rsl_replica_destroy`. `*out` is set to the new handle before the first callback, so that
+ * `load_state` and the restore-time executions can query the replica through it, on the
+ * calling thread: `rsl_replica_current_sequence_number`, `_highest_passed_sequence_number`,
+ * `_get_configuration`, `_get_current_primary` and `_is_primary` answer as a replica that
+ * never restarted would at that point (inside `load_state`, the checkpoint's decree and
+ * configuration); every other call returns `RSL_E_STATE` until this returns. On success
+ * `*out` is a handle the caller frees with `rsl_replica_destroy`; on failure it is freed and
+ * `*out` is NULL again.
  *
  * Errors: `RSL_E_NULL` (a NULL pointer or required callback), `RSL_INVALID_PARAMETER` (bad
  * node, member list or version), `RSL_E_CONFIG` (a value out of range or a TLS setting that
@@ -673,6 +681,16 @@ void rsl_replica_destroy(struct rsl_replica *r);
  * Pointers are NULL or valid; `member_id` is NUL-terminated.
  */
 rsl_status rsl_replay(const struct rsl_config *cfg, const char *member_id, uint32_t version, const struct rsl_callbacks *callbacks, uint64_t max_seq_no, uint64_t *last_executed);
+
+/**
+ * The replica whose callback this thread is running with `context` (the `context` of its
+ * `rsl_callbacks`), or NULL. A callback reaches its replica through it before
+ * `rsl_replica_initialize` has returned the handle (while restoring, or in the first
+ * executions right after the start) and inside `rsl_replay` (a handle that only answers
+ * queries, valid during the callback). Never NULL inside a callback of a replica started with
+ * `context`; NULL outside callbacks.
+ */
+struct rsl_replica *rsl_replica_of_callback(const void *context);
 
 /**
  * `GetDataPointer`: points `*data` at up to `max` bytes of data at the current position (no

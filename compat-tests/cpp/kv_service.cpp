@@ -340,6 +340,7 @@ public:
         state << "config=" << m_configNumber << "\n";
         state << m_configuration << "\n";
         state << "seq=" << GetCurrentSequenceNumber() << "\n";
+        WriteSeqFold(prefix);
     }
 
     // Records what GetConfiguration reports (call before unloading); false while it reports
@@ -380,6 +381,7 @@ protected:
             // Configuration 1 is announced by NotifyConfigurationChanged after Bootstrap; the
             // legacy Initialize starts in it.
             m_configNumber = m_legacy ? 1 : 0;
+            m_seqFold = 0;
             Record("LoadState null");
             return true;
         }
@@ -436,6 +438,7 @@ protected:
             at += vlen;
         }
         m_configNumber = configNumber;
+        LoadSeqFold(body, at);
         Record("LoadState size=" + std::to_string(size) + " keys=" + std::to_string(m_kv.size()) +
                " eof=" + std::to_string(eof == ERROR_HANDLE_EOF ? 1 : 0));
         return true;
@@ -474,6 +477,7 @@ protected:
             m_done = true;
             std::ofstream(m_outDir + "/done." + std::to_string(m_id)) << GetCurrentSequenceNumber() << "\n";
         }
+        FoldSeq(req);
         if (mine)
         {
             m_inFlight.erase(mine->key);
@@ -525,6 +529,7 @@ protected:
                 PutU32(body, static_cast<unsigned int>(kv.second.size()));
                 body += kv.second;
             }
+            SaveSeqFold(body);
             Record("SaveState seq=" + std::to_string(GetCurrentSequenceNumber()) + " keys=" + std::to_string(m_kv.size()));
         }
         const unsigned long long sum = RSLUtils::CalculateChecksum(body.data(), body.size());
@@ -626,6 +631,91 @@ protected:
     }
 
 private:
+    // ---- restore-time answers (issue 12, item 1) ---------------------------------------
+    // The service folds what GetCurrentSequenceNumber and GetConfiguration report while each
+    // request executes into a digest that is part of its state (saved in checkpoints after
+    // the key-value pairs), as a service that stores sequence numbers does. A restarted
+    // replica (LoadState, then the log replayed inside Initialize) must end with the digest
+    // of the replicas that executed live. Each helper runs with m_mutex held.
+    unsigned long long m_seqFold = 0;
+    // What GetCurrentSequenceNumber and GetConfiguration reported inside LoadState, and what
+    // they reported when that checkpoint was saved; empty unless a checkpoint was loaded.
+    std::string m_seqFoldLoad;
+
+    static unsigned long long Fnv(unsigned long long digest, const void* data, size_t len)
+    {
+        const unsigned char* p = static_cast<const unsigned char*>(data);
+        for (size_t i = 0; i < len; ++i)
+        {
+            digest = (digest ^ p[i]) * 0x100000001b3ULL;
+        }
+        return digest;
+    }
+
+    // The sequence number, configuration number and member count the replica reports now.
+    void SeqFoldView(unsigned long long* seq, unsigned int* number, unsigned short* members)
+    {
+        RSLMemberSet set;
+        GetConfiguration(&set, number);
+        *members = set.GetNumMembers();
+        *seq = GetCurrentSequenceNumber();
+    }
+
+    void FoldSeq(const std::string& request)
+    {
+        unsigned long long seq = 0;
+        unsigned int number = 0;
+        unsigned short members = 0;
+        SeqFoldView(&seq, &number, &members);
+        m_seqFold = Fnv(m_seqFold, request.data(), request.size());
+        m_seqFold = Fnv(m_seqFold, &seq, sizeof seq);
+        m_seqFold = Fnv(m_seqFold, &number, sizeof number);
+        m_seqFold = Fnv(m_seqFold, &members, sizeof members);
+    }
+
+    void SaveSeqFold(std::string& body)
+    {
+        unsigned long long seq = 0;
+        unsigned int number = 0;
+        unsigned short members = 0;
+        SeqFoldView(&seq, &number, &members);
+        body.append(reinterpret_cast<const char*>(&m_seqFold), 8);
+        body.append(reinterpret_cast<const char*>(&seq), 8);
+        PutU32(body, number);
+    }
+
+    void LoadSeqFold(const std::string& body, size_t at)
+    {
+        m_seqFold = 0;
+        unsigned long long savedSeq = 0;
+        unsigned int savedNumber = 0;
+        if (at + 16 > body.size())
+        {
+            return;
+        }
+        std::memcpy(&m_seqFold, body.data() + at, 8);
+        std::memcpy(&savedSeq, body.data() + at + 8, 8);
+        at += 16;
+        GetU32(body, &at, &savedNumber);
+        unsigned long long seq = 0;
+        unsigned int number = 0;
+        unsigned short members = 0;
+        SeqFoldView(&seq, &number, &members);
+        m_seqFoldLoad = "load seq=" + std::to_string(seq) + " config=" + std::to_string(number) +
+                        " saved seq=" + std::to_string(savedSeq) + " config=" + std::to_string(savedNumber);
+    }
+
+    // <outDir>/<prefix>seqfold.<id>.txt: the digest, and what LoadState saw.
+    void WriteSeqFold(const std::string& prefix)
+    {
+        std::ofstream out(m_outDir + "/" + prefix + "seqfold." + std::to_string(m_id) + ".txt");
+        out << "fold=" << std::hex << m_seqFold << std::dec << "\n";
+        if (!m_seqFoldLoad.empty())
+        {
+            out << m_seqFoldLoad << "\n";
+        }
+    }
+
     // Call with m_mutex held.
     void Record(const std::string& line) { m_log.push_back(line); }
 

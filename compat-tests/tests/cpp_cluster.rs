@@ -245,6 +245,7 @@ fn run_cluster(exe: &Path, work: &Path, start: Start, env: &[(&str, &str)], whil
         child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
         assert!(status.success(), "restarted replica {id}: {status}\n{}", read(&out.join(format!("restart-stderr.{id}"))));
         check_restart(&out, id);
+        check_restart_seqfold(&out, id);
     }
 }
 
@@ -475,6 +476,38 @@ fn check_restart(out: &Path, id: u32) {
     let (replayed, _) = parse_state(&out.join(format!("replay-state.{id}.txt")));
     assert_eq!(replayed, before, "replica {id}: Replay rebuilt a different state");
     assert!(other.contains(&"GetConfiguration=2 members=1,2,3 setcookie=v2 includes3=1".to_owned()), "{}", ctx());
+}
+
+/// Restore-time answers (issue 12, item 1): the service folds `GetCurrentSequenceNumber` and
+/// `GetConfiguration` into its state while each request executes; restarted (LoadState, then
+/// the log replayed inside `Initialize`), it ends with the digest the live replicas ended
+/// with, and LoadState saw the checkpoint's sequence number and configuration; so does the
+/// read-only Replay of its directory.
+fn check_restart_seqfold(out: &Path, id: u32) {
+    let live = lines(&out.join(format!("seqfold.{id}.txt")));
+    let restarted = lines(&out.join(format!("restart-seqfold.{id}.txt")));
+    let ctx = || format!("live: {live:?}\nrestarted: {restarted:?}\n{}", dump(out, id));
+    let fold = |l: &[String]| l.first().filter(|f| f.starts_with("fold=")).cloned();
+    assert!(fold(&live).is_some(), "{}", ctx());
+    assert_eq!(
+        fold(&restarted),
+        fold(&live),
+        "replica {id}: the restarted state folded other sequence numbers or configurations\n{}",
+        ctx()
+    );
+    let others: Vec<_> = (1..=3).map(|i| fold(&lines(&out.join(format!("seqfold.{i}.txt"))))).collect();
+    assert!(others.iter().all(|f| *f == fold(&live)), "the live replicas agree: {others:?}");
+    // The read-only Replay too, from the same checkpoint (without one it cannot know the
+    // legacy form's initial configuration, as in RSL).
+    if out.join(format!("saved.{id}")).exists() {
+        let replayed = lines(&out.join(format!("replay-seqfold.{id}.txt")));
+        assert_eq!(fold(&replayed), fold(&live), "replica {id}: Replay folded other sequence numbers or configurations\n{}", ctx());
+    }
+    if let Some(load) = restarted.get(1) {
+        let (seen, saved) = load.strip_prefix("load ").and_then(|l| l.split_once(" saved ")).expect("load ... saved ...");
+        assert_eq!(seen, saved, "replica {id}: LoadState saw the checkpoint's sequence number and configuration\n{}", ctx());
+        assert!(!seen.starts_with("seq=0 ") && !seen.ends_with(" config=0"), "{}", ctx());
+    }
 }
 
 /// A thumbprint directory as `SetThumbprintsForSsl` reads it: two leaves of one CA (A, B)

@@ -7,13 +7,14 @@ use crate::{rsl_status, RSL_E_NULL};
 use rsl_engine::format::checkpoint::{CheckpointReader, CheckpointWriter};
 use rsl_engine::format::{MemberId, MemberSet};
 use rsl_engine::paxos::Cookie;
-use rsl_engine::runtime::{Admission, ResponseCode, StateMachine};
+use rsl_engine::runtime::{Admission, ReplicaView, ResponseCode, StateMachine};
 use std::cell::Cell;
 use std::ffi::{c_char, c_void, CString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::ptr::null_mut;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 
 /// The state machine's callbacks (`RSLStateMachine`'s virtual methods) and the `context`
 /// passed to each. The table is copied by `rsl_replica_initialize` and `rsl_replay`.
@@ -119,6 +120,16 @@ fn c_path(path: &Path) -> CString {
 thread_local! {
     /// The replica whose callback this thread is running (0: none).
     static IN_CALLBACK: Cell<u64> = const { Cell::new(0) };
+    /// The `context` and handle (addresses; 0: none) of the callback this thread is running.
+    static CALLBACK_OF: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
+}
+
+/// The handle of the replica whose callback this thread is running with `context`, if any.
+pub(crate) fn handle_of_callback(context: *const c_void) -> *mut crate::replica::rsl_replica {
+    match CALLBACK_OF.get() {
+        (ctx, handle) if handle != 0 && ctx == context.addr() => std::ptr::with_exposed_provenance_mut(handle),
+        _ => null_mut(),
+    }
 }
 
 /// A fresh identity for one replica's adapters.
@@ -137,6 +148,12 @@ pub(crate) fn in_callback_of(token: u64) -> bool {
 pub(crate) struct Callbacks {
     cb: rsl_callbacks,
     token: u64,
+    /// Where the replica's query view goes when it is attached (before `load_state`): the
+    /// handle's, which the query calls read.
+    view: Option<Arc<OnceLock<ReplicaView>>>,
+    /// The handle's address once it exists (0 before): what `rsl_replica_of_callback` answers
+    /// during this adapter's callbacks.
+    handle: Arc<AtomicUsize>,
 }
 
 // SAFETY: the table holds the application's `context` pointer and C function pointers. The C
@@ -172,18 +189,36 @@ macro_rules! optional {
 impl Callbacks {
     pub(crate) fn new(cb: &rsl_callbacks, token: u64) -> Result<Callbacks, rsl_status> {
         cb.check()?;
-        Ok(Callbacks { cb: *cb, token })
+        Ok(Callbacks { cb: *cb, token, view: None, handle: Arc::default() })
+    }
+
+    /// Makes the handle whose address `handle` will hold reachable from this adapter's callbacks.
+    pub(crate) fn with_handle(self, handle: Arc<AtomicUsize>) -> Callbacks {
+        Callbacks { handle, ..self }
+    }
+
+    /// Hands the replica's view to `slot` when the replica attaches it.
+    pub(crate) fn with_view(self, slot: Arc<OnceLock<ReplicaView>>) -> Callbacks {
+        Callbacks { view: Some(slot), ..self }
     }
 
     fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
         let outer = IN_CALLBACK.replace(self.token);
+        let outer_of = CALLBACK_OF.replace((self.cb.context.addr(), self.handle.load(Relaxed)));
         let r = f();
         IN_CALLBACK.set(outer);
+        CALLBACK_OF.set(outer_of);
         r
     }
 }
 
 impl StateMachine for Callbacks {
+    fn attach(&mut self, view: ReplicaView) {
+        if let Some(slot) = &self.view {
+            let _ = slot.set(view);
+        }
+    }
+
     fn load_state(&mut self, reader: Option<&mut CheckpointReader>) -> bool {
         let mut handle = reader.map(rsl_checkpoint_reader::borrowed);
         let reader = handle.as_mut().map_or(null_mut(), |h| h as *mut rsl_checkpoint_reader);

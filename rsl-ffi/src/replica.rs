@@ -1,22 +1,40 @@
 //! The replica handle (`rsl_replica`, over `RslReplica`): start-up, requests, reads,
 //! membership, health, unload and destroy; and the read-only `rsl_replay`.
 
-use crate::callbacks::{cookie_in, in_callback_of, new_token, rsl_callbacks, Callbacks};
+use crate::callbacks::{cookie_in, handle_of_callback, in_callback_of, new_token, rsl_callbacks, Callbacks};
 use crate::types::*;
 use crate::*;
 use bytes::Bytes;
 use rsl_engine::format::{MemberId, Version};
-use rsl_engine::runtime::{InitError, RslReplica};
+use rsl_engine::runtime::{InitError, ReplicaView, RslReplica};
 use std::ffi::{c_char, c_void, CStr};
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
-use std::sync::Arc;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// A running replica; stays valid after `rsl_replica_unload` until `rsl_replica_destroy`.
+/// It exists from before the first callback of `rsl_replica_initialize` (so that restore-time
+/// callbacks can query it); the replica behind it is there once the restore is done.
 pub struct rsl_replica {
-    replica: RslReplica,
+    replica: OnceLock<RslReplica>,
+    /// What the query calls read: attached before `load_state`, so they answer during the
+    /// restore as they do live.
+    view: Arc<OnceLock<ReplicaView>>,
     token: u64,
     unloaded: AtomicBool,
+}
+
+impl rsl_replica {
+    /// The started replica: `RSL_E_STATE` while `rsl_replica_initialize` restores.
+    fn started(&self) -> Result<&RslReplica, rsl_status> {
+        self.replica.get().ok_or(RSL_E_STATE)
+    }
+
+    /// The query view (attached before any callback, so always there once a callback runs).
+    fn view(&self) -> Option<&ReplicaView> {
+        self.view.get()
+    }
 }
 
 /// The handle behind `r`: `RSL_E_NULL` for NULL, `RSL_SHUTTING_DOWN` once unloaded.
@@ -65,8 +83,14 @@ fn config(cfg: &rsl_config) -> Result<rsl_engine::runtime::RslConfig, rsl_status
 /// called before (certificates and keys are read now).
 ///
 /// Everything passed in is copied; `callbacks->context` must stay valid until
-/// `rsl_replica_destroy`. On success `*out` is a handle the caller frees with
-/// `rsl_replica_destroy`; on failure `*out` is NULL.
+/// `rsl_replica_destroy`. `*out` is set to the new handle before the first callback, so that
+/// `load_state` and the restore-time executions can query the replica through it, on the
+/// calling thread: `rsl_replica_current_sequence_number`, `_highest_passed_sequence_number`,
+/// `_get_configuration`, `_get_current_primary` and `_is_primary` answer as a replica that
+/// never restarted would at that point (inside `load_state`, the checkpoint's decree and
+/// configuration); every other call returns `RSL_E_STATE` until this returns. On success
+/// `*out` is a handle the caller frees with `rsl_replica_destroy`; on failure it is freed and
+/// `*out` is NULL again.
 ///
 /// Errors: `RSL_E_NULL` (a NULL pointer or required callback), `RSL_INVALID_PARAMETER` (bad
 /// node, member list or version), `RSL_E_CONFIG` (a value out of range or a TLS setting that
@@ -107,11 +131,34 @@ pub unsafe extern "C" fn rsl_replica_initialize(
             _ => Some(unsafe { member_set(members, member_count, std::ptr::null(), 0) }?),
         };
         let token = new_token();
-        let sm = Box::new(Callbacks::new(callbacks, token)?);
-        let admission = Arc::new(Callbacks::new(callbacks, token)?);
-        let replica = RslReplica::initialize(cfg, me, version, sm, admission, members).map_err(init_error)?;
-        *out = Box::into_raw(Box::new(rsl_replica { replica, token, unloaded: AtomicBool::new(false) }));
-        Ok(())
+        let view = Arc::new(OnceLock::new());
+        let address = Arc::new(AtomicUsize::new(0));
+        let sm = Box::new(Callbacks::new(callbacks, token)?.with_view(view.clone()).with_handle(address.clone()));
+        let admission = Arc::new(Callbacks::new(callbacks, token)?.with_handle(address.clone()));
+        // Published before the first callback: restore-time callbacks query the replica through it.
+        let handle = Box::into_raw(Box::new(rsl_replica { replica: OnceLock::new(), view, token, unloaded: AtomicBool::new(false) }));
+        address.store(handle.expose_provenance(), Relaxed);
+        *out = handle;
+        let started = catch_unwind(AssertUnwindSafe(|| RslReplica::initialize(cfg, me, version, sm, admission, members)));
+        match started {
+            Ok(Ok(replica)) => {
+                // SAFETY: `handle` is the box made above; nothing frees it before this returns.
+                let set = unsafe { &*handle }.replica.set(replica);
+                assert!(set.is_ok(), "the replica is set once");
+                Ok(())
+            }
+            failed => {
+                *out = std::ptr::null_mut();
+                // SAFETY: `handle` came from `Box::into_raw` above and the failed start dropped
+                // everything that could refer to it (its callbacks ran on this thread).
+                drop(unsafe { Box::from_raw(handle) });
+                match failed {
+                    Ok(Err(e)) => Err(init_error(e)),
+                    Err(panic) => resume_unwind(panic),
+                    Ok(Ok(_)) => unreachable!("handled above"),
+                }
+            }
+        }
     })
 }
 
@@ -132,7 +179,7 @@ pub unsafe extern "C" fn rsl_replica_replicate_request(
     guard(|| {
         // SAFETY: forwarded from the caller.
         let (r, request) = unsafe { (live(r)?, slice(request.cast::<u8>(), len)?) };
-        status(r.replica.replicate_request(Bytes::copy_from_slice(request), cookie_in(cookie)))
+        status(r.started()?.replicate_request(Bytes::copy_from_slice(request), cookie_in(cookie)))
     })
 }
 
@@ -152,7 +199,7 @@ pub unsafe extern "C" fn rsl_replica_replicate_request_exclusive_vote(
     guard(|| {
         // SAFETY: forwarded from the caller.
         let (r, request) = unsafe { (live(r)?, slice(request.cast::<u8>(), len)?) };
-        status(r.replica.replicate_request_exclusive_vote(Bytes::copy_from_slice(request), cookie_in(cookie), is_last_decree))
+        status(r.started()?.replicate_request_exclusive_vote(Bytes::copy_from_slice(request), cookie_in(cookie), is_last_decree))
     })
 }
 
@@ -177,7 +224,7 @@ pub unsafe extern "C" fn rsl_replica_fast_read_request(
         // SAFETY: forwarded from the caller.
         let (r, request) = unsafe { (live(r)?, slice(request.cast::<u8>(), len)?) };
         let timeout = Duration::from_millis(timeout_ms.into());
-        status(r.replica.fast_read_request(max_seen_seq_no, Bytes::copy_from_slice(request), cookie_in(cookie), timeout))
+        status(r.started()?.fast_read_request(max_seen_seq_no, Bytes::copy_from_slice(request), cookie_in(cookie), timeout))
     })
 }
 
@@ -188,7 +235,7 @@ pub unsafe extern "C" fn rsl_replica_fast_read_request(
 #[no_mangle]
 pub unsafe extern "C" fn rsl_replica_current_sequence_number(r: *const rsl_replica) -> u64 {
     // SAFETY: the caller guarantees `r` is NULL or valid.
-    guard_value(0, || unsafe { r.as_ref() }.map_or(0, |r| r.replica.current_sequence_number()))
+    guard_value(0, || unsafe { r.as_ref() }.and_then(rsl_replica::view).map_or(0, ReplicaView::current_sequence_number))
 }
 
 /// `GetHighestPassedSequenceNumber`: the highest decree known chosen; 0 for NULL.
@@ -198,7 +245,7 @@ pub unsafe extern "C" fn rsl_replica_current_sequence_number(r: *const rsl_repli
 #[no_mangle]
 pub unsafe extern "C" fn rsl_replica_highest_passed_sequence_number(r: *const rsl_replica) -> u64 {
     // SAFETY: the caller guarantees `r` is NULL or valid.
-    guard_value(0, || unsafe { r.as_ref() }.map_or(0, |r| r.replica.highest_passed_sequence_number()))
+    guard_value(0, || unsafe { r.as_ref() }.and_then(rsl_replica::view).map_or(0, ReplicaView::highest_passed_sequence_number))
 }
 
 /// `GetConfiguration`: copies the current members into `members` (an array of `capacity`),
@@ -221,8 +268,8 @@ pub unsafe extern "C" fn rsl_replica_get_configuration(
 ) -> rsl_status {
     guard(|| {
         // SAFETY: forwarded from the caller.
-        let r = unsafe { live(r) }?;
-        let (set, number) = r.replica.configuration();
+        let view = unsafe { live(r) }?.view().ok_or(RSL_E_STATE)?;
+        let (set, number) = view.configuration();
         // SAFETY: forwarded from the caller.
         if let Some(n) = unsafe { config_number.as_mut() } {
             *n = number;
@@ -253,7 +300,7 @@ pub unsafe extern "C" fn rsl_replica_change_configuration(
     guard(|| {
         // SAFETY: forwarded from the caller.
         let (r, set) = unsafe { (live(r)?, member_set(members, count, set_cookie, cookie_len)?) };
-        status(r.replica.change_configuration(set, cookie_in(cookie)))
+        status(r.started()?.change_configuration(set, cookie_in(cookie)))
     })
 }
 
@@ -277,7 +324,7 @@ pub unsafe extern "C" fn rsl_replica_bootstrap(
     guard(|| {
         // SAFETY: forwarded from the caller.
         let (r, set) = unsafe { (live(r)?, member_set(members, count, set_cookie, cookie_len)?) };
-        status(r.replica.bootstrap(set))
+        status(r.started()?.bootstrap(set))
     })
 }
 
@@ -292,8 +339,9 @@ pub unsafe extern "C" fn rsl_replica_get_current_primary(r: *mut rsl_replica, ou
         // SAFETY: forwarded from the caller.
         let (r, out) = unsafe { (live(r)?, out.as_mut().ok_or(RSL_E_NULL)?) };
         *out = empty_node();
-        if let Some(id) = r.replica.current_primary() {
-            let (set, _) = r.replica.configuration();
+        let view = r.view().ok_or(RSL_E_STATE)?;
+        if let Some(id) = view.current_primary() {
+            let (set, _) = view.configuration();
             *out = set.nodes.iter().find(|n| n.id == id).map_or_else(
                 || {
                     let mut n = empty_node();
@@ -307,14 +355,15 @@ pub unsafe extern "C" fn rsl_replica_get_current_primary(r: *mut rsl_replica, ou
     })
 }
 
-/// Runs `f` on a live replica (cbindgen does not expand macros, so each entry point is spelled out).
+/// Runs `f` on a live, started replica (cbindgen does not expand macros, so each entry point
+/// is spelled out).
 ///
 /// # Safety
 /// As `live`.
-unsafe fn with_live(r: *mut rsl_replica, f: impl FnOnce(&rsl_replica)) -> rsl_status {
+unsafe fn with_live(r: *mut rsl_replica, f: impl FnOnce(&RslReplica)) -> rsl_status {
     guard(|| {
         // SAFETY: forwarded from the caller.
-        f(unsafe { live(r) }?);
+        f(unsafe { live(r) }?.started()?);
         Ok(())
     })
 }
@@ -327,7 +376,7 @@ unsafe fn with_live(r: *mut rsl_replica, f: impl FnOnce(&rsl_replica)) -> rsl_st
 #[no_mangle]
 pub unsafe extern "C" fn rsl_replica_relinquish_primary(r: *mut rsl_replica) -> rsl_status {
     // SAFETY: forwarded from the caller.
-    unsafe { with_live(r, |r| r.replica.relinquish_primary()) }
+    unsafe { with_live(r, |r| r.relinquish_primary()) }
 }
 
 /// `AttemptPromotion`: stand for election at the next opportunity.
@@ -338,7 +387,7 @@ pub unsafe extern "C" fn rsl_replica_relinquish_primary(r: *mut rsl_replica) -> 
 #[no_mangle]
 pub unsafe extern "C" fn rsl_replica_attempt_promotion(r: *mut rsl_replica) -> rsl_status {
     // SAFETY: forwarded from the caller.
-    unsafe { with_live(r, |r| r.replica.attempt_promotion()) }
+    unsafe { with_live(r, |r| r.attempt_promotion()) }
 }
 
 /// `SetVotePayload` (v6+): attached to every VoteAccepted this replica sends.
@@ -349,7 +398,7 @@ pub unsafe extern "C" fn rsl_replica_attempt_promotion(r: *mut rsl_replica) -> r
 #[no_mangle]
 pub unsafe extern "C" fn rsl_replica_set_vote_payload(r: *mut rsl_replica, payload: u64) -> rsl_status {
     // SAFETY: forwarded from the caller.
-    unsafe { with_live(r, |r| r.replica.set_vote_payload(payload)) }
+    unsafe { with_live(r, |r| r.set_vote_payload(payload)) }
 }
 
 /// `SetAcceptMessages`: the global accept flag (with `use_global_accept_messages_flag`).
@@ -360,7 +409,7 @@ pub unsafe extern "C" fn rsl_replica_set_vote_payload(r: *mut rsl_replica, paylo
 #[no_mangle]
 pub unsafe extern "C" fn rsl_replica_set_accept_messages(r: *mut rsl_replica, accept: bool) -> rsl_status {
     // SAFETY: forwarded from the caller.
-    unsafe { with_live(r, |r| r.replica.set_accept_messages(accept)) }
+    unsafe { with_live(r, |r| r.set_accept_messages(accept)) }
 }
 
 /// `AllowSaveState`: automatic checkpoints on or off (not persisted).
@@ -371,7 +420,7 @@ pub unsafe extern "C" fn rsl_replica_set_accept_messages(r: *mut rsl_replica, ac
 #[no_mangle]
 pub unsafe extern "C" fn rsl_replica_allow_save_state(r: *mut rsl_replica, allow: bool) -> rsl_status {
     // SAFETY: forwarded from the caller.
-    unsafe { with_live(r, |r| r.replica.allow_save_state(allow)) }
+    unsafe { with_live(r, |r| r.allow_save_state(allow)) }
 }
 
 /// `CopyStateFromReplica`: copies a checkpoint at least as new as this replica's from a peer,
@@ -383,7 +432,7 @@ pub unsafe extern "C" fn rsl_replica_allow_save_state(r: *mut rsl_replica, allow
 #[no_mangle]
 pub unsafe extern "C" fn rsl_replica_copy_state_from_replica(r: *mut rsl_replica, cookie: *mut c_void) -> rsl_status {
     // SAFETY: forwarded from the caller.
-    guard(|| status(unsafe { live(r) }?.replica.copy_state_from_replica(cookie_in(cookie))))
+    guard(|| status(unsafe { live(r) }?.started()?.copy_state_from_replica(cookie_in(cookie))))
 }
 
 /// `GetReplicasInformation`: on the primary, one entry per peer and one for itself (none
@@ -402,7 +451,7 @@ pub unsafe extern "C" fn rsl_replica_get_replicas_information(
     guard(|| {
         // SAFETY: forwarded from the caller.
         let r = unsafe { live(r) }?;
-        let health = r.replica.replicas_information();
+        let health = r.started()?.replicas_information();
         // SAFETY: forwarded from the caller.
         unsafe { write_array(&health, health_to_c, out, capacity, count) }
     })
@@ -417,7 +466,7 @@ pub unsafe extern "C" fn rsl_replica_get_statistics_snapshot(r: *mut rsl_replica
     guard(|| {
         // SAFETY: forwarded from the caller.
         let (r, out) = unsafe { (live(r)?, out.as_mut().ok_or(RSL_E_NULL)?) };
-        *out = stats_to_c(&r.replica.statistics_snapshot());
+        *out = stats_to_c(&r.started()?.statistics_snapshot());
         Ok(())
     })
 }
@@ -429,7 +478,7 @@ pub unsafe extern "C" fn rsl_replica_get_statistics_snapshot(r: *mut rsl_replica
 #[no_mangle]
 pub unsafe extern "C" fn rsl_replica_is_primary(r: *const rsl_replica) -> bool {
     // SAFETY: forwarded from the caller.
-    guard_value(false, || unsafe { live(r) }.is_ok_and(|r| r.replica.is_primary()))
+    guard_value(false, || unsafe { live(r) }.ok().and_then(rsl_replica::view).is_some_and(ReplicaView::is_primary))
 }
 
 /// Whether the replica stopped on its own, and why: true once a replica thread panicked or
@@ -446,7 +495,7 @@ pub unsafe extern "C" fn rsl_replica_is_primary(r: *const rsl_replica) -> bool {
 pub unsafe extern "C" fn rsl_replica_failure(r: *const rsl_replica, buf: *mut c_char, buf_len: usize) -> bool {
     guard_value(false, || {
         // SAFETY: the caller guarantees `r` is NULL or valid.
-        let Some(why) = unsafe { r.as_ref() }.and_then(|r| r.replica.failure()) else { return false };
+        let Some(why) = unsafe { r.as_ref() }.and_then(|r| r.replica.get()?.failure()) else { return false };
         if !buf.is_null() && buf_len > 0 {
             // SAFETY: `buf` holds `buf_len` writable bytes, per the caller.
             let out = unsafe { std::slice::from_raw_parts_mut(buf, buf_len) };
@@ -479,7 +528,9 @@ pub unsafe extern "C" fn rsl_replica_unload(r: *mut rsl_replica) -> rsl_status {
         if r.unloaded.swap(true, SeqCst) {
             return Err(RSL_SHUTTING_DOWN);
         }
-        r.replica.unload();
+        if let Some(replica) = r.replica.get() {
+            replica.unload();
+        }
         Ok(())
     })
 }
@@ -500,7 +551,9 @@ pub unsafe extern "C" fn rsl_replica_destroy(r: *mut rsl_replica) {
         }
         // Stop first, while the handle is intact: the last callbacks (ShutDown) may still use it.
         handle.unloaded.store(true, SeqCst);
-        handle.replica.unload();
+        if let Some(replica) = handle.replica.get() {
+            replica.unload();
+        }
         // SAFETY: handles come from `Box::into_raw` in `rsl_replica_initialize`, and the caller
         // gives up `r`; the replica's threads are joined, so nothing else refers to it.
         drop(unsafe { Box::from_raw(r) });
@@ -534,12 +587,28 @@ pub unsafe extern "C" fn rsl_replay(
         // SAFETY: non-NULL and NUL-terminated, per the caller.
         let id: MemberId = types::member_id(unsafe { CStr::from_ptr(member_id) }.to_bytes())?;
         let (cfg, version) = (config(cfg)?, self::version(version)?);
-        let mut sm = Callbacks::new(callbacks, new_token())?;
+        // A handle that only answers queries, for the callbacks (`rsl_replica_of_callback`).
+        let (token, view, address) = (new_token(), Arc::new(OnceLock::new()), Arc::new(AtomicUsize::new(0)));
+        let handle = rsl_replica { replica: OnceLock::new(), view: view.clone(), token, unloaded: AtomicBool::new(false) };
+        address.store((&raw const handle).expose_provenance(), Relaxed);
+        let mut sm = Callbacks::new(callbacks, token)?.with_view(view).with_handle(address);
         let last = RslReplica::replay(&cfg, &id, version, &mut sm, max_seq_no).map_err(init_error)?;
+        drop(handle);
         // SAFETY: the caller guarantees `last_executed` is NULL or writable.
         if let Some(out) = unsafe { last_executed.as_mut() } {
             *out = last;
         }
         Ok(())
     })
+}
+
+/// The replica whose callback this thread is running with `context` (the `context` of its
+/// `rsl_callbacks`), or NULL. A callback reaches its replica through it before
+/// `rsl_replica_initialize` has returned the handle (while restoring, or in the first
+/// executions right after the start) and inside `rsl_replay` (a handle that only answers
+/// queries, valid during the callback). Never NULL inside a callback of a replica started with
+/// `context`; NULL outside callbacks.
+#[no_mangle]
+pub extern "C" fn rsl_replica_of_callback(context: *const c_void) -> *mut rsl_replica {
+    guard_value(std::ptr::null_mut(), || handle_of_callback(context))
 }

@@ -34,6 +34,14 @@ pub enum ResponseCode {
 /// aborts) never overlap anything, and the Shared ones (saving, fast reads) never overlap
 /// execution. The callbacks RSL runs with no lock on its protocol thread are on [`Admission`].
 pub trait StateMachine: Send + 'static {
+    /// Called once, before any other callback (before `load_state`): the replica's published
+    /// state, which a callback may query as `RSLStateMachine`'s `GetCurrentSequenceNumber`,
+    /// `GetConfiguration`, ... During `load_state` it shows the checkpoint's decree and
+    /// configuration, during the executions that replay the log at start-up the decree being
+    /// executed and the configuration then, exactly as a replica that never restarted shows
+    /// them. (`RslReplica` itself exists only once `initialize` returns.)
+    fn attach(&mut self, _view: super::ReplicaView) {}
+
     /// `LoadState`: the newest usable checkpoint, or `None` for an empty state (no checkpoint,
     /// or the bootstrap checkpoint). Returning false makes the replica try an older one.
     fn load_state(&mut self, reader: Option<&mut CheckpointReader>) -> bool;

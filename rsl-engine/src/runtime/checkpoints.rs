@@ -323,6 +323,15 @@ pub fn load_newest(
     checkpoints: Vec<(u64, PathBuf)>,
     mut load: impl FnMut(Option<&mut CheckpointReader>) -> bool,
 ) -> (Option<(Checkpoint, u64)>, Vec<Skipped>) {
+    load_newest_with(checkpoints, |_, reader| load(reader))
+}
+
+/// [`load_newest`], with each candidate's header shown to `load` too (the restore publishes
+/// its decree and configuration before the state machine loads it).
+pub fn load_newest_with(
+    checkpoints: Vec<(u64, PathBuf)>,
+    mut load: impl FnMut(&CheckpointHeader, Option<&mut CheckpointReader>) -> bool,
+) -> (Option<(Checkpoint, u64)>, Vec<Skipped>) {
     let mut skipped = Vec::new();
     let mut skip = |s: Skipped| {
         tracing::warn!("{s}");
@@ -342,7 +351,7 @@ pub fn load_newest(
             }
         };
         let header = reader.header().clone();
-        if load(header.state_saved.then_some(&mut reader)) {
+        if load(&header, header.state_saved.then_some(&mut reader)) {
             let size = header.size;
             return (Some((core_checkpoint(header), size)), skipped);
         }

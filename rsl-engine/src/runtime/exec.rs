@@ -244,7 +244,12 @@ impl Executor {
         }
     }
 
+    /// Replaces the state with an installed checkpoint. As at start-up, the sequence number and
+    /// configuration are the checkpoint's while `load_state` runs.
     fn load(&mut self, cp: Checkpoint, path: PathBuf) {
+        self.shared.current_seq.store(cp.decree, Release);
+        self.shared.passed_seq.fetch_max(cp.decree, Relaxed);
+        self.shared.view().config = cp.config.clone();
         let loaded = match CheckpointReader::open(&path) {
             Ok(mut reader) if cp.state_saved => self.sm.load_state(Some(&mut reader)),
             Ok(_) => self.sm.load_state(None),
@@ -257,8 +262,6 @@ impl Executor {
             let _ = self.events.send(Event::Fatal(format!("the state machine could not load checkpoint {}", path.display())));
             return;
         }
-        self.shared.current_seq.store(cp.decree, Release);
-        self.shared.view().config = cp.config.clone();
         self.sm.state_copied(cp.decree, Some(&path), None);
     }
 
@@ -337,6 +340,60 @@ mod tests {
     use super::*;
     use crate::format::{Ballot, Body, Header};
     use tokio::net::TcpListener;
+
+    /// What `load_state` saw through the replica's view, and what it loaded.
+    struct Probe {
+        view: Option<super::super::ReplicaView>,
+        seen: Arc<std::sync::Mutex<Vec<(u64, u32, u64)>>>,
+    }
+
+    impl StateMachine for Probe {
+        fn attach(&mut self, view: super::super::ReplicaView) {
+            self.view = Some(view);
+        }
+        fn load_state(&mut self, reader: Option<&mut CheckpointReader>) -> bool {
+            let view = self.view.as_ref().expect("attached");
+            let mut state = [0u8; 5];
+            let read = reader.expect("a state").get_data(&mut state).unwrap();
+            assert_eq!(&state[..read], b"state");
+            self.seen.lock().unwrap().push((view.current_sequence_number(), view.configuration().1, view.highest_passed_sequence_number()));
+            true
+        }
+        fn execute_replicated_request(&mut self, _: &[u8], _: Option<Cookie>, _: &mut bool) {}
+        fn execute_fast_read_request(&mut self, _: &[u8], _: Cookie) {}
+        fn abort_request(&mut self, _: ResponseCode, _: Cookie) {}
+        fn save_state(&mut self, _: &mut crate::format::CheckpointWriter) {}
+        fn notify_status(&mut self, _: bool) {}
+        fn notify_configuration_changed(&mut self, _: Option<Cookie>) {}
+        fn abort_change_configuration(&mut self, _: ResponseCode, _: Cookie) {}
+        fn shut_down(&mut self, _: ResponseCode) {}
+    }
+
+    /// A checkpoint loaded during catch-up: inside `load_state` the replica shows the
+    /// checkpoint's decree and configuration, as at start-up (and as RSL, which sets the
+    /// sequence number before `LoadState`), not the state being replaced.
+    #[test]
+    fn a_catch_up_load_shows_load_state_the_checkpoints_decree_and_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = CheckpointStore::open(dir.path(), 2).unwrap();
+        let me = MemberId::from_numeric(1);
+        let ballot = Ballot::new(2, me);
+        let vote = Message::new(Header::new(Version::V6, me, 42, 3, ballot), Body::Vote(Default::default()));
+        let config = ConfigInfo { number: 3, initial_decree: 30, ..Default::default() };
+        let cp = Checkpoint { decree: 41, next_vote: Arc::new(vote), max_ballot: ballot, config, state_saved: true };
+        let header = super::super::checkpoints::header_for(&cp, me, Version::V6);
+        let saved = store.save(header, |w| w.write(b"state").map(|_| true).map_err(std::io::Error::other)).unwrap().unwrap();
+        let shared = Arc::new(Shared::new());
+        shared.current_seq.store(7, Relaxed);
+        shared.view().config = ConfigInfo { number: 1, ..Default::default() };
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (events, _inbox) = super::super::queue::bounded(4);
+        let mut exec = Executor::new(Box::new(Probe { view: None, seen: seen.clone() }), shared.clone(), store, me, Version::V6, events);
+        exec.sm.attach(super::super::ReplicaView::new(shared.clone()));
+        exec.handle(Work::Load { checkpoint: cp, path: saved.path });
+        assert_eq!(*seen.lock().unwrap(), [(41, 3, 41)]);
+        assert_eq!((shared.current_seq.load(Relaxed), shared.view().config.number), (41, 3));
+    }
 
     /// A download that fails (the peer hangs up at once) leaves nothing in `Temp/`: a replica
     /// that keeps failing to fetch must not fill its disk with partial files.

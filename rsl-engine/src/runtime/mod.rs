@@ -21,11 +21,13 @@ mod ring;
 mod spill;
 pub mod tls;
 pub mod transport;
+mod view;
 
 pub use api::{Admission, AdmitAll, InitError, ReplicaHealth, ResponseCode, StateMachine, Stats};
 pub use config::{ConfigError, RslConfig};
 pub use health::Timed;
 pub use replica::RslReplica;
+pub use view::ReplicaView;
 
 use crate::format::ConfigInfo;
 use crate::format::MemberId;
@@ -120,12 +122,13 @@ pub(crate) struct Counters {
 }
 
 impl Shared {
-    fn new(current_seq: u64) -> Shared {
+    /// A replica's state before its restore: the restore moves it (see [`restore`]).
+    fn new() -> Shared {
         Shared {
             is_primary: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
-            current_seq: AtomicU64::new(current_seq),
-            passed_seq: AtomicU64::new(current_seq),
+            current_seq: AtomicU64::new(0),
+            passed_seq: AtomicU64::new(0),
             saving: AtomicBool::new(false),
             allow_save: AtomicBool::new(true),
             queued_bytes: AtomicU64::new(0),

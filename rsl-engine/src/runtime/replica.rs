@@ -12,7 +12,7 @@ use super::queue::{self, Queue, Refused};
 use super::ring::{learn_addr, Io, Limits, Ring};
 use super::tls::Tls;
 use super::transport::{Origin, Transport};
-use super::{panic_message, restore, spawn_task, FileRange, Shared};
+use super::{panic_message, restore, spawn_task, FileRange, ReplicaView, Shared};
 use crate::format::message::StatusBody;
 use crate::format::{Ballot, Body, ConfigInfo, Header, MemberId, MemberSet, Message, Node, Version};
 use crate::paxos::{Action, Cookie, Input, Replica, Role};
@@ -129,10 +129,12 @@ impl RslReplica {
         let initial =
             members.as_ref().map_or_else(ConfigInfo::default, |set| ConfigInfo { number: 1, initial_decree: 0, members: set.clone() });
         let mut core = Replica::new(cfg.core_config(version), me.id, initial, seed(&me.id) ^ 0x5eed);
-        let loaded = restore::load(&mut core, store.list(), &mut *sm);
+        // Created before the first callback, so that restore-time callbacks can query it.
+        let shared = Arc::new(Shared::new());
+        sm.attach(ReplicaView::new(shared.clone()));
+        let loaded = restore::load(&mut core, store.list(), &mut *sm, &shared);
         let checkpoints = store.catalog();
         let start = Instant::now();
-        let shared = Arc::new(Shared::new(loaded.unwrap_or(0)));
         let (events_tx, events_rx) = queue::bounded(queue::CAPACITY);
         let (work_tx, work_rx) = queue::bounded(queue::CAPACITY);
 
@@ -160,7 +162,10 @@ impl RslReplica {
         // Every chosen decree executes on the calling thread.
         restore::replay(&mut core, &logged, |action| {
             match action {
-                Action::Execute { vote, cookies } => exec.handle(Work::Execute { vote, cookies }),
+                Action::Execute { vote, cookies } => {
+                    restore::executing(&shared, &vote);
+                    exec.handle(Work::Execute { vote, cookies })
+                }
                 Action::ConfigurationChanged { config, .. } => exec.handle(Work::ConfigChanged { config, cookie: None }),
                 other => tracing::debug!(?other, "ignored during replay"),
             }
@@ -338,34 +343,44 @@ impl RslReplica {
         }
     }
 
-    /// `GetCurrentSequenceNumber`: the last executed decree.
+    /// The replica's published state, for another thread or a later callback: what the
+    /// query methods below answer.
+    pub fn view(&self) -> ReplicaView {
+        ReplicaView::new(self.shared.clone())
+    }
+
+    /// `GetCurrentSequenceNumber`: see [`ReplicaView::current_sequence_number`].
     pub fn current_sequence_number(&self) -> u64 {
-        self.shared.current_seq.load(Acquire)
+        self.view().current_sequence_number()
     }
 
     /// `GetHighestPassedSequenceNumber`: the highest decree known chosen.
     pub fn highest_passed_sequence_number(&self) -> u64 {
-        self.shared.passed_seq.load(Relaxed)
+        self.view().highest_passed_sequence_number()
+    }
+
+    /// `IsAnyRequestPendingExecution`: a chosen decree has not executed yet.
+    pub fn is_any_request_pending_execution(&self) -> bool {
+        self.view().is_any_request_pending_execution()
     }
 
     /// `GetConfiguration`: the state configuration's members and number.
     pub fn configuration(&self) -> (MemberSet, u32) {
-        let view = self.shared.view();
-        (view.config.members.clone(), view.config.number)
+        self.view().configuration()
     }
 
     /// `GetCurrentPrimary`: the owner of the highest accepted ballot (a hint).
     pub fn current_primary(&self) -> Option<MemberId> {
-        self.shared.view().primary
+        self.view().current_primary()
     }
 
     /// Primary, secondary, or on the way (None until the protocol thread has run).
     pub fn role(&self) -> Option<Role> {
-        self.shared.view().role
+        self.view().role()
     }
 
     pub fn is_primary(&self) -> bool {
-        self.shared.is_primary.load(Relaxed)
+        self.view().is_primary()
     }
 
     /// `ChangeConfiguration`: primary only; the cookie comes back through

@@ -407,7 +407,7 @@ mod tests {
             let (tx, durable) = channel();
             let opts = JournalOptions { max_pending_bytes: 1 << 20, ..JournalOptions::new(dir.path()) };
             let (journal, _) = Journal::open(opts, None, move |seq| tx.send(seq).unwrap_or_default(), |e| panic!("{e}")).unwrap();
-            let shared = Arc::new(Shared::new(0));
+            let shared = Arc::new(Shared::new());
             let (queue, inbox) = bounded(64);
             let backlog = ExecBacklog::new(limit, dir.path().into(), shared.clone());
             Setup { dir, journal, durable, seq: 0, shared, queue, inbox, backlog }
