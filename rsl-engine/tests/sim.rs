@@ -96,6 +96,10 @@ fn regressions() {
             (4492, 5),
             (1828, 5),
             (2713, 3),
+            // A primary whose whole configuration was replaced while it was cut off ignored
+            // the Joins of the newer one (its members were all outsiders to it), and its
+            // members had nothing left to tell it, so a configuration re-adding it stalled.
+            (69732, 5),
         ]
         .into_iter(),
     );

@@ -149,6 +149,7 @@ impl Replica {
 
     fn vote_chosen(&mut self, now: Micros, out: &mut Vec<Action>) {
         let o = self.outstanding.pop_front().expect("checked by the caller");
+        self.led_at = now;
         debug_assert_eq!(self.role, Role::Primary);
         debug_assert!(self.pipelined() || decree_ballot(&o.vote) == self.accepted());
         if self.outstanding.is_empty() {
@@ -310,6 +311,7 @@ impl Replica {
         body.cookie = self.primary_cookie.clone();
         body.relinquish = false;
         self.role = Role::Primary;
+        self.led_at = now;
         self.force_reelection = false;
         self.recovering = Some(self.accepted.header.decree);
         self.propose(now, body, Vec::new(), None, out);

@@ -365,7 +365,12 @@ impl Replica {
             }
             return;
         }
-        let outsider = self.role == Role::Primary && !self.members.contains(&from);
+        // A primary ignores a Join from outside its configuration (nothing verifies it, and
+        // stepping down for it would hand the adversary a lever), unless it has led nothing
+        // for an election delay: then its members may all have moved to a configuration that
+        // left them out, and only a member of the newer one can tell it.
+        let leading = now < self.led_at.saturating_add(self.election_delay);
+        let outsider = self.role == Role::Primary && !self.members.contains(&from) && leading;
         if self.learning.is_some() || self.loading.is_some() || outsider {
             return;
         }
@@ -380,7 +385,6 @@ impl Replica {
             self.loading = Some(from);
             out.push(Action::FetchCheckpoint { from, decree: join.checkpointed_decree, size: join.checkpoint_size, load: true });
         }
-        let _ = now;
     }
 
     /// `Bootstrap` keeps sending the set to the other members until this replica takes part.

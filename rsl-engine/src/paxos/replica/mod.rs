@@ -151,6 +151,10 @@ pub struct Replica {
     accepted: Arc<Message>,
     accepted_seq: u64,
     accepted_at: Micros,
+    /// As primary, when it last saw a vote chosen (or became primary). One that has led
+    /// nothing for an election delay listens to a Join from outside its configuration
+    /// (`on_join`).
+    led_at: Micros,
     /// The next decree to execute; every decree below it has been handed out to execute.
     next_execute: u64,
     next_election: Micros,
@@ -274,6 +278,7 @@ impl Replica {
             accepted: placeholder,
             accepted_seq: 0,
             accepted_at: 0,
+            led_at: 0,
             next_execute,
             next_election: Micros::MAX,
             election_delay,

@@ -238,6 +238,7 @@ impl Replica {
         let plan = self.reproposals(&c);
         let last = plan.last().map(|(d, _)| *d).expect("at least the first decree");
         self.role = Role::Primary;
+        self.led_at = now;
         self.force_reelection = false;
         self.recovering = Some(last);
         self.next_propose = plan[0].0;
