@@ -5,7 +5,7 @@
 mod inproc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use inproc::{free_pairs, wait};
+use inproc::{free_pairs, three, wait, Three};
 use rsl_engine::format::checkpoint::{CheckpointReader, CheckpointWriter};
 use rsl_engine::format::{MemberSet, Version};
 use rsl_engine::runtime::api::node;
@@ -109,18 +109,8 @@ impl Ring {
     /// With each replica's TLS settings from `tls(member id)`.
     fn start_with(max_log_len_mb: u32, tls: impl Fn(&str) -> Option<TlsSettings>) -> Ring {
         let dir = tempfile::tempdir().unwrap();
-        let ports = free_pairs(3);
-        let nodes: Vec<_> = (0..3).map(|i| node(&(i + 1).to_string(), Ipv4Addr::LOCALHOST, ports[i]).unwrap()).collect();
-        let members = MemberSet { nodes: nodes.clone(), cookie: Bytes::new() };
-        let cfg = RslConfig {
-            working_dir: dir.path().into(),
-            // Heartbeats well inside the election delay: no election while the primary lives.
-            election_delay_sec: 3,
-            heart_beat_interval_sec: 1,
-            new_leader_grace_period_sec: 3,
-            max_log_len_mb,
-            ..RslConfig::default()
-        };
+        let Three { nodes, members, cfg } = three(dir.path());
+        let cfg = RslConfig { max_log_len_mb, ..cfg };
         let mut ring = Ring { dir, cfg, replicas: Vec::new(), events: Vec::new() };
         for me in nodes {
             let rec = Recorder::default();

@@ -11,10 +11,9 @@
 mod inproc;
 
 use bytes::Bytes;
-use inproc::{free_pairs, wait};
+use inproc::{three, wait, Three};
 use rsl_engine::format::checkpoint::{CheckpointReader, CheckpointWriter};
-use rsl_engine::format::{Ballot, Body, Header, MemberId, MemberSet, Message, Version};
-use rsl_engine::runtime::api::node;
+use rsl_engine::format::{Ballot, Body, Header, MemberId, Message, Version};
 use rsl_engine::runtime::journal::SYNC_TRACE;
 use rsl_engine::runtime::learn::{self, Peer};
 use rsl_engine::runtime::{AdmitAll, ResponseCode, RslConfig, RslReplica, StateMachine};
@@ -219,16 +218,8 @@ fn paxos_traffic_to_a_secondary_goes_on_while_it_saves_a_large_checkpoint() {
     // `RSL_GAP_DIR=/dev/shm` leaves only the runtime's part.
     let root = std::env::var_os("RSL_GAP_DIR").map_or_else(std::env::temp_dir, Into::into);
     let dir = tempfile::tempdir_in(root).unwrap();
-    let ports = free_pairs(3);
-    let nodes: Vec<_> = (0..3).map(|i| node(&(i + 1).to_string(), Ipv4Addr::LOCALHOST, ports[i]).unwrap()).collect();
-    let members = MemberSet { nodes: nodes.clone(), cookie: Bytes::new() };
-    let cfg = RslConfig {
-        working_dir: dir.path().into(),
-        election_delay_sec: 10,
-        heart_beat_interval_sec: 1,
-        new_leader_grace_period_sec: 3,
-        ..RslConfig::default()
-    };
+    let Three { nodes, members, cfg } = three(dir.path());
+    let cfg = RslConfig { election_delay_sec: 10, ..cfg };
     let sizes: Vec<_> = (0..3).map(|_| Arc::new(AtomicU64::new(0))).collect();
     let saves: Vec<_> = (0..3).map(|_| Arc::new(Mutex::new(Vec::new()))).collect();
     let saved: Vec<_> = (0..3).map(|_| Arc::new(Mutex::new(Vec::new()))).collect();

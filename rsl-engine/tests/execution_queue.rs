@@ -8,12 +8,10 @@
 mod inproc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use inproc::{free_pairs, wait};
+use inproc::{three, wait, Three};
 use rsl_engine::format::checkpoint::{CheckpointReader, CheckpointWriter};
-use rsl_engine::format::{MemberSet, Version};
-use rsl_engine::runtime::api::node;
+use rsl_engine::format::Version;
 use rsl_engine::runtime::{AdmitAll, ResponseCode, RslConfig, RslReplica, StateMachine};
-use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -99,19 +97,13 @@ fn request(i: u64) -> Vec<u8> {
 /// `unload_blocked`: the blocked replica is unloaded before its gate opens.
 fn a_blocked_replica_spills_chosen_decrees_to_its_log_and_executes_them_in_order(version: Version, window: u32, unload_blocked: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let ports = free_pairs(3);
-    let nodes: Vec<_> = (0..3).map(|i| node(&(i + 1).to_string(), Ipv4Addr::LOCALHOST, ports[i]).unwrap()).collect();
-    let members = MemberSet { nodes: nodes.clone(), cookie: Bytes::new() };
+    let Three { nodes, members, cfg } = three(dir.path());
     let cfg = RslConfig {
-        working_dir: dir.path().into(),
-        election_delay_sec: 3,
-        heart_beat_interval_sec: 1,
-        new_leader_grace_period_sec: 3,
         // The 3 MB of requests roll 1 MB logs: the blocked replica is asked for checkpoints.
         max_log_len_mb: 1,
         in_memory_execution_queue_size_mb: 1,
         pipeline_window: window,
-        ..RslConfig::default()
+        ..cfg
     };
     let start = |i: usize, sm: &Blockable| {
         RslReplica::initialize(cfg.clone(), nodes[i].clone(), version, Box::new(sm.clone()), Arc::new(AdmitAll), Some(members.clone()))

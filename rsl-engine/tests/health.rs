@@ -4,12 +4,10 @@
 mod inproc;
 
 use bytes::Bytes;
-use inproc::{free_pairs, wait};
+use inproc::{three, wait, Three};
 use rsl_engine::format::checkpoint::{CheckpointReader, CheckpointWriter};
 use rsl_engine::format::{MemberSet, Node, Version};
-use rsl_engine::runtime::api::node;
 use rsl_engine::runtime::{AdmitAll, ReplicaHealth, ResponseCode, RslConfig, RslReplica, StateMachine, Stats};
-use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -55,16 +53,7 @@ struct Ring {
 impl Ring {
     fn new() -> Ring {
         let dir = tempfile::tempdir().unwrap();
-        let ports = free_pairs(3);
-        let nodes: Vec<_> = (0..3).map(|i| node(&(i + 1).to_string(), Ipv4Addr::LOCALHOST, ports[i]).unwrap()).collect();
-        let members = MemberSet { nodes: nodes.clone(), cookie: Bytes::new() };
-        let cfg = RslConfig {
-            working_dir: dir.path().into(),
-            election_delay_sec: 3,
-            heart_beat_interval_sec: 1,
-            new_leader_grace_period_sec: 3,
-            ..RslConfig::default()
-        };
+        let Three { nodes, members, cfg } = three(dir.path());
         let mut ring = Ring { _dir: dir, cfg, nodes, members, machines: vec![Counter::default(); 3], replicas: vec![None, None, None] };
         for i in 0..3 {
             ring.start(i);

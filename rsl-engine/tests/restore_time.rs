@@ -5,13 +5,11 @@
 mod inproc;
 
 use bytes::Bytes;
-use inproc::{free_pairs, wait};
+use inproc::{three, wait, Three};
 use rsl_engine::format::checkpoint::{CheckpointReader, CheckpointWriter};
-use rsl_engine::format::{MemberSet, Version};
-use rsl_engine::runtime::api::node;
+use rsl_engine::format::Version;
 use rsl_engine::runtime::{AdmitAll, ReplicaView, ResponseCode, RslConfig, RslReplica, StateMachine};
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -99,16 +97,8 @@ fn submit(replicas: &[Option<RslReplica>], request: &[u8], cookie: u64) {
 #[test]
 fn a_restarted_replica_folds_the_same_sequence_numbers_and_configurations_as_a_live_one() {
     let dir = tempfile::tempdir().unwrap();
-    let ports = free_pairs(3);
-    let nodes: Vec<_> = (0..3).map(|i| node(&(i + 1).to_string(), Ipv4Addr::LOCALHOST, ports[i]).unwrap()).collect();
-    let members = MemberSet { nodes: nodes.clone(), cookie: Bytes::new() };
-    let cfg = RslConfig {
-        working_dir: dir.path().into(),
-        election_delay_sec: 10,
-        heart_beat_interval_sec: 1,
-        new_leader_grace_period_sec: 3,
-        ..RslConfig::default()
-    };
+    let Three { nodes, members, cfg } = three(dir.path());
+    let cfg = RslConfig { election_delay_sec: 10, ..cfg };
     let seen: Vec<_> = (0..3).map(|_| Arc::new(Mutex::new(Seen::default()))).collect();
     let start = |i: usize, seen: &Arc<Mutex<Seen>>| {
         let sm = Folding { view: None, digest: 0, seen: seen.clone() };

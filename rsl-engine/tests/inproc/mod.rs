@@ -1,9 +1,37 @@
 //! Helpers for the tests that run replicas inside the test process (`tests/api.rs`,
-//! `tests/checkpoint_gap.rs`): ports from the OS and waiting on a condition.
+//! `tests/checkpoint_gap.rs`, ...): a ring of three on ports from the OS, and waiting on a
+//! condition.
 #![allow(dead_code)] // each test binary uses its own part
 
+use bytes::Bytes;
+use rsl_engine::format::{MemberSet, Node};
+use rsl_engine::runtime::api::node;
+use rsl_engine::runtime::RslConfig;
 use std::net::{Ipv4Addr, TcpListener};
+use std::path::Path;
 use std::time::{Duration, Instant};
+
+/// Three members on loopback, their member set, and a configuration keeping their files in
+/// `dir` with heartbeats well inside the election delay (no election while the primary lives).
+pub struct Three {
+    pub nodes: Vec<Node>,
+    pub members: MemberSet,
+    pub cfg: RslConfig,
+}
+
+pub fn three(dir: &Path) -> Three {
+    let ports = free_pairs(3);
+    let nodes: Vec<_> = (0..3).map(|i| node(&(i + 1).to_string(), Ipv4Addr::LOCALHOST, ports[i]).expect("a node")).collect();
+    let members = MemberSet { nodes: nodes.clone(), cookie: Bytes::new() };
+    let cfg = RslConfig {
+        working_dir: dir.into(),
+        election_delay_sec: 3,
+        heart_beat_interval_sec: 1,
+        new_leader_grace_period_sec: 3,
+        ..RslConfig::default()
+    };
+    Three { nodes, members, cfg }
+}
 
 /// `n` ports from the OS, each with the next one free too (a node's learn port is its Paxos
 /// port + 1); all are held until every pair is found, so no two pairs overlap.
