@@ -237,13 +237,15 @@ impl RslConfig {
             max_election_randomize: us(self.max_election_randomize_sec),
             new_leader_grace_period: us(self.new_leader_grace_period_sec),
             initialize_retry_interval: us(self.initialize_retry_interval_sec),
-            resend_interval: us(self.prepare_retry_interval_sec.min(self.vote_retry_interval_sec)),
+            prepare_retry_interval: us(self.prepare_retry_interval_sec),
+            vote_retry_interval: us(self.vote_retry_interval_sec),
             max_vote_bytes: MAX_BATCH_BYTES,
             max_cache_bytes: (self.max_cache_length_mb as usize) << 20,
             use_global_accept_flag: self.use_global_accept_messages_flag,
             checkpoint_query_interval: us(self.c_p_query_retry_interval_sec),
             join_interval: us(self.join_messages_interval_sec),
             window: if version.is_pipelined() { self.pipeline_window as usize } else { 1 },
+            max_checkpoint_interval: self.max_checkpoint_interval_sec.saturating_mul(SEC),
         }
     }
 }
