@@ -160,7 +160,7 @@ impl Cluster {
                 Action::ShutDown => panic!("nobody relinquishes in this run"),
                 Action::Rejected { reason, .. } => panic!("an honest ring's message was refused: {reason:?}"),
                 Action::ConfigurationChanged { .. } | Action::Defunct(_) => {}
-                Action::SaveCheckpoint(_) | Action::FetchCheckpoint { .. } | Action::LoadCheckpoint(_) => {
+                Action::SaveCheckpoint(_) | Action::FetchCheckpoint { .. } | Action::LoadCheckpoint(_) | Action::RollLog => {
                     panic!("no checkpoint is taken: the bench never rolls the log")
                 }
                 Action::NotifyStatus { .. } | Action::NotifyPrimaryRecovered => {}

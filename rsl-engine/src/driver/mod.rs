@@ -65,6 +65,9 @@ pub trait Host {
     fn execute(&mut self, item: Execution);
     /// Drops the logs a checkpoint of `decree` covers; returns the lowest decree still logged.
     fn truncate_log(&mut self, decree: u64) -> u64;
+    /// The next vote for a new decree starts a new log file, whatever the current one's
+    /// length (a time-based checkpoint is due); `persist` reports that roll.
+    fn roll_log(&mut self);
     /// A fetched checkpoint becomes this replica's: its logs restart after it (the core logs
     /// its vote and promise there again).
     fn load_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), String>;
@@ -308,6 +311,7 @@ impl Driver {
             },
             Action::FetchCheckpoint { from, decree, size, load } => self.fetch_checkpoint(from, decree, size, load, host),
             Action::SaveCheckpoint(cp) => host.execute(Execution::Save(cp)),
+            Action::RollLog => host.roll_log(),
             Action::LoadCheckpoint(cp) => match host.load_checkpoint(&cp) {
                 Ok(()) => host.execute(Execution::Load(cp)),
                 Err(e) => self.fail(e, host),

@@ -46,6 +46,7 @@ impl Host for Recorder {
     fn truncate_log(&mut self, decree: u64) -> u64 {
         decree + 1
     }
+    fn roll_log(&mut self) {}
     fn load_checkpoint(&mut self, _: &Checkpoint) -> Result<(), String> {
         Ok(())
     }

@@ -123,6 +123,9 @@ pub enum Action {
     /// process and loads it at restart instead), keep the file as this replica's checkpoint,
     /// and start a new log: its first record is the `Persist` that follows.
     LoadCheckpoint(Checkpoint),
+    /// Start a new log file at the next vote for a new decree, whatever its length: a
+    /// time-based checkpoint is due. The roll is reported as `Input::LogRolled`.
+    RollLog,
 }
 
 /// Why input was refused (`Action::Rejected`).
@@ -254,9 +257,12 @@ pub struct CoreConfig {
     pub max_election_randomize: Micros,
     pub new_leader_grace_period: Micros,
     pub initialize_retry_interval: Micros,
-    /// How long the primary waits before resending its outstanding vote, and a candidate its
-    /// Prepare, to members that have not answered.
-    pub resend_interval: Micros,
+    /// How long a candidate waits before resending its Prepare to members that have not
+    /// answered (`m_prepareRetryIntervalSec`).
+    pub prepare_retry_interval: Micros,
+    /// How long the primary waits before resending its outstanding votes to members that have
+    /// not acknowledged them (`m_voteRetryIntervalSec`).
+    pub vote_retry_interval: Micros,
     /// Requests are batched into one vote up to this many bytes.
     pub max_vote_bytes: usize,
     /// Votes cached while initializing, in bytes; past it the cache is dropped. Also the
@@ -270,6 +276,10 @@ pub struct CoreConfig {
     /// Decrees in flight at once. Protocol versions 1 to 6 always have 1 (the original's
     /// messages and rules); more needs version 7 (docs/core.md).
     pub window: usize,
+    /// Time-based checkpoints (`m_maxCheckpointIntervalSec`, api-behavior §2.14): once this
+    /// long has passed since the last checkpoint (randomised), the log rolls at the next new
+    /// decree, which asks for a checkpoint. 0: only log rolls by size do.
+    pub max_checkpoint_interval: Micros,
 }
 
 impl Default for CoreConfig {
@@ -282,13 +292,15 @@ impl Default for CoreConfig {
             max_election_randomize: SEC,
             new_leader_grace_period: 15 * SEC,
             initialize_retry_interval: SEC,
-            resend_interval: SEC,
+            prepare_retry_interval: SEC,
+            vote_retry_interval: 3 * SEC,
             max_vote_bytes: crate::format::message::MAX_BATCH_BYTES,
             max_cache_bytes: 50 << 20,
             use_global_accept_flag: false,
             checkpoint_query_interval: 5 * SEC,
             join_interval: SEC,
             window: 1,
+            max_checkpoint_interval: 0,
         }
     }
 }

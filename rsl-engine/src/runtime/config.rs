@@ -237,13 +237,15 @@ impl RslConfig {
             max_election_randomize: us(self.max_election_randomize_sec),
             new_leader_grace_period: us(self.new_leader_grace_period_sec),
             initialize_retry_interval: us(self.initialize_retry_interval_sec),
-            resend_interval: us(self.prepare_retry_interval_sec.min(self.vote_retry_interval_sec)),
+            prepare_retry_interval: us(self.prepare_retry_interval_sec),
+            vote_retry_interval: us(self.vote_retry_interval_sec),
             max_vote_bytes: MAX_BATCH_BYTES,
             max_cache_bytes: (self.max_cache_length_mb as usize) << 20,
             use_global_accept_flag: self.use_global_accept_messages_flag,
             checkpoint_query_interval: us(self.c_p_query_retry_interval_sec),
             join_interval: us(self.join_messages_interval_sec),
             window: if version.is_pipelined() { self.pipeline_window as usize } else { 1 },
+            max_checkpoint_interval: self.max_checkpoint_interval_sec.saturating_mul(SEC),
         }
     }
 }
@@ -251,6 +253,74 @@ impl RslConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The names of `RslConfig`'s fields; listing them in an exhaustive pattern makes a new
+    /// field a compile error here until it is added.
+    macro_rules! field_names {
+        ($($field:ident),* $(,)?) => {{
+            let RslConfig { $($field: _),* } = RslConfig::default();
+            [$(stringify!($field)),*]
+        }};
+    }
+
+    #[test]
+    fn every_field_has_a_row_in_migrating_md() {
+        let fields = field_names!(
+            new_leader_grace_period_sec,
+            heart_beat_interval_sec,
+            election_delay_sec,
+            max_election_randomize_sec,
+            initialize_retry_interval_sec,
+            prepare_retry_interval_sec,
+            vote_retry_interval_sec,
+            vote_max_outstanding_interval_sec,
+            c_p_query_retry_interval_sec,
+            max_checkpoint_interval_sec,
+            join_messages_interval_sec,
+            max_log_len_mb,
+            send_timeout_sec,
+            receive_timeout_sec,
+            max_cache_length_mb,
+            max_votes_in_log,
+            max_outstanding_per_replica,
+            max_checkpoints,
+            max_checkpoint_size_gb,
+            min_checkpoint_space_file_count,
+            max_logs,
+            log_len_randomize,
+            election_randomize,
+            fast_read_seq_threshold,
+            in_memory_execution_queue_size_mb,
+            num_reader_threads,
+            max_message_size_mb,
+            max_message_alert_size_mb,
+            allow_primary_promotion_while_catching_up,
+            working_dir,
+            add_member_id_to_working_dir,
+            cancel_disk_io,
+            use_global_accept_messages_flag,
+            pipeline_window,
+            sync_writes,
+            listen_on_all_ips,
+            max_connections_per_port,
+            idle_connection_timeout_sec,
+            slow_sender_timeout_sec,
+            max_inbound_buffer_mb,
+            tls,
+        );
+        let doc = include_str!("../../../docs/migrating.md");
+        let table = doc.split("## 6. `RSLConfigParam`, field by field").nth(1).expect("the field table in docs/migrating.md");
+        let table = table.split("\n## ").next().unwrap_or_default();
+        let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("| ")).collect();
+        let statuses = ["Honoured", "Differently", "Not applicable", "Not yet", "Ours"];
+        for field in fields {
+            let name = format!(" / `{field}` |");
+            let row = rows.iter().find(|r| r.contains(&name)).unwrap_or_else(|| panic!("no row for `{field}` in docs/migrating.md §6"));
+            let status = row.split('|').nth(2).unwrap_or("").trim();
+            assert!(statuses.contains(&status), "`{field}`: status {status:?} is none of {statuses:?}");
+        }
+        assert_eq!(rows.len(), fields.len() + 1, "one row per field, and the header");
+    }
 
     #[test]
     fn defaults_are_the_originals_and_need_a_working_dir() {

@@ -331,6 +331,10 @@ impl Host for Io {
         self.journal.truncate(decree, oldest, executed)
     }
 
+    fn roll_log(&mut self) {
+        self.journal.roll_at_next_vote();
+    }
+
     fn load_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), String> {
         let path = self.checkpoints.path_of(cp.decree);
         if !path.exists() {

@@ -98,7 +98,8 @@ pub fn sim_core_config() -> CoreConfig {
         max_election_randomize: 50 * MS,
         new_leader_grace_period: 750 * MS,
         initialize_retry_interval: 50 * MS,
-        resend_interval: 50 * MS,
+        prepare_retry_interval: 50 * MS,
+        vote_retry_interval: 50 * MS,
         ..CoreConfig::default()
     }
 }
@@ -1004,6 +1005,12 @@ impl Host for Machine<'_> {
         // checkpoint on (a re-proposal of an older decree does not make it hold those before).
         let beyond = n.durable.iter().filter(|r| r.kind() == MsgKind::Vote && r.header.decree > decree);
         beyond.map(|r| r.header.decree).min().unwrap_or(decree + 1)
+    }
+
+    /// The next vote for a new decree rolls the log.
+    fn roll_log(&mut self) {
+        let n = &mut self.w.nodes[self.node];
+        n.since_roll = n.roll_every.saturating_sub(1);
     }
 
     /// The logs before the checkpoint are dropped; the new one starts with the Persist that

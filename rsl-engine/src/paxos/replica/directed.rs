@@ -268,6 +268,16 @@ impl Ring {
         self.apply(i, out);
     }
 
+    /// Where the record of sent messages is now (a `mark` for the queries below).
+    pub(super) fn mark(&self) -> usize {
+        self.sent.len()
+    }
+
+    /// How many messages of `kind` node `i` sent since `mark` (a broadcast counts once).
+    pub(super) fn count_sent(&self, i: usize, mark: usize, kind: MsgKind) -> usize {
+        self.sent[mark..].iter().filter(|(s, m)| *s == i && m.kind() == kind).count()
+    }
+
     /// The votes node `i` sent since `mark` (an index into `sent`).
     pub(super) fn votes_sent(&self, i: usize, mark: usize) -> Vec<Arc<Message>> {
         self.sent[mark..].iter().filter(|(s, m)| *s == i && m.kind() == MsgKind::Vote).map(|(_, m)| m.clone()).collect()

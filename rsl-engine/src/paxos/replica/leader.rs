@@ -247,7 +247,7 @@ impl Replica {
         out.push(Action::Send { to: Dest::All, msg: vote.clone(), after: 0 });
         self.outstanding.push_back(Outstanding { vote, seq, acks: BTreeSet::new(), cookies, config_cookie });
         if self.outstanding.len() == 1 {
-            self.action_deadline = now.saturating_add(self.cfg.resend_interval);
+            self.action_deadline = now.saturating_add(self.cfg.vote_retry_interval);
         }
         self.last_proposed = now;
         while self.outstanding.front().is_some_and(|o| self.quorum_reached(o.seq, &o.acks)) {
@@ -344,7 +344,47 @@ impl Replica {
         let best = self.pending.iter().map(|(d, (v, _))| (*d, v.clone())).collect();
         let freshest = self.accepted.clone();
         self.candidacy = Some(Candidacy { prepare, seq, promises: BTreeSet::new(), freshest, deadline, best, answers: BTreeMap::new() });
-        self.action_deadline = now.saturating_add(self.cfg.resend_interval);
+        self.action_deadline = now.saturating_add(self.cfg.prepare_retry_interval);
         self.check_prepared(now, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::directed::Ring;
+    use super::*;
+    use crate::paxos::SEC;
+
+    /// What node 0 resends in four seconds, as a candidate whose Prepares are lost and as a
+    /// primary whose vote is: (Prepares, votes) after the first of each.
+    fn resends(prepare_retry_interval: Micros, vote_retry_interval: Micros) -> (usize, usize) {
+        let mut ring = Ring::with(CoreConfig { prepare_retry_interval, vote_retry_interval, ..CoreConfig::default() });
+        for j in [1, 2] {
+            ring.cut(0, j, Some(MsgKind::Prepare));
+        }
+        let mark = ring.mark();
+        ring.step(0, Input::AttemptPromotion);
+        ring.step(0, Input::Tick);
+        ring.run();
+        assert_eq!(ring.r(0).role(), Role::Preparing);
+        ring.advance(4 * SEC);
+        let prepares = ring.count_sent(0, mark, MsgKind::Prepare) - 1;
+        ring.heal();
+        ring.promote(0);
+        for j in [1, 2] {
+            ring.cut(0, j, Some(MsgKind::Vote));
+        }
+        let mark = ring.mark();
+        ring.submit(0, b"r");
+        ring.advance(4 * SEC);
+        (prepares, ring.count_sent(0, mark, MsgKind::Vote) - 1)
+    }
+
+    #[test]
+    fn prepares_and_votes_are_resent_at_their_own_intervals() {
+        // Each round goes to the two members that have not answered.
+        assert_eq!(resends(SEC, 3 * SEC), (8, 2));
+        assert_eq!(resends(3 * SEC, SEC), (2, 8));
+        assert_eq!(resends(2 * SEC, 2 * SEC), (4, 4));
     }
 }

@@ -214,6 +214,13 @@ pub struct Replica {
     copy_query_at: Micros,
     /// Fetching a peer's checkpoint to catch up.
     loading: Option<MemberId>,
+    /// When a time-based checkpoint is due (`Micros::MAX`: never), the first decree of the
+    /// newest log as far as we know, and whether a roll was asked for and not yet reported.
+    next_checkpoint_time: Micros,
+    log_first: u64,
+    roll_asked: bool,
+    /// The time of the input being stepped.
+    clock: Micros,
     /// What restoring and replaying refused (kind of record, why), reported by `start`.
     skipped: Vec<(MsgKind, Rejection)>,
 }
@@ -316,6 +323,10 @@ impl Replica {
             copying: false,
             copy_query_at: Micros::MAX,
             loading: None,
+            next_checkpoint_time: Micros::MAX,
+            log_first: 0,
+            roll_asked: false,
+            clock: 0,
             skipped: Vec::new(),
         };
         replica.set_paxos_config(config);
@@ -416,6 +427,9 @@ impl Replica {
     /// Starts the protocol: a status round to find the ring.
     pub fn start(&mut self, now: Micros, app: &mut dyn Application, out: &mut Vec<Action>) {
         assert_eq!(self.persist_seq, 0, "start once");
+        self.clock = now;
+        // The first deadline is spread wider than later ones, as in the original.
+        self.schedule_checkpoint(now, 50);
         for (kind, reason) in std::mem::take(&mut self.skipped) {
             self.reject(MemberId::EMPTY, kind, reason, out);
         }
@@ -454,6 +468,7 @@ impl Replica {
 
     /// Feeds one input.
     pub fn step(&mut self, now: Micros, input: Input, app: &mut dyn Application, out: &mut Vec<Action>) {
+        self.clock = now;
         match input {
             Input::Tick => self.tick(now, app, out),
             Input::Message { from, msg } => self.on_message(now, from, msg, app, out),
@@ -471,6 +486,9 @@ impl Replica {
             Input::CheckpointSaved { decree, size, min_decree_in_log } => {
                 // A saved checkpoint is of an executed decree; a copied one may be ahead of us.
                 debug_assert!(decree < self.next_execute || self.copying, "a checkpoint of an executed decree");
+                if decree > self.checkpointed {
+                    self.schedule_checkpoint(now, 20);
+                }
                 if decree >= self.checkpointed {
                     (self.checkpointed, self.checkpoint_size) = (decree, size);
                 }
@@ -505,6 +523,9 @@ impl Replica {
 
     fn persist(&mut self, record: Arc<Message>, out: &mut Vec<Action>) -> u64 {
         debug_assert!(record.kind().is_log_record());
+        if record.kind() == MsgKind::Vote {
+            self.maybe_roll_for_time(out);
+        }
         self.persist_seq += 1;
         out.push(Action::Persist { seq: self.persist_seq, record });
         self.persist_seq
@@ -589,7 +610,7 @@ impl Replica {
                     for m in self.members.iter().filter(|m| **m != self.me && !c.promises.contains(m)) {
                         out.push(Action::Send { to: Dest::One(*m), msg: c.prepare.clone(), after: 0 });
                     }
-                    self.action_deadline = now.saturating_add(self.cfg.resend_interval);
+                    self.action_deadline = now.saturating_add(self.cfg.prepare_retry_interval);
                 }
             }
             Role::Primary => {
@@ -605,7 +626,7 @@ impl Replica {
                                 out.push(Action::Send { to: Dest::One(*m), msg: o.vote.clone(), after: 0 });
                             }
                         }
-                        self.action_deadline = now.saturating_add(self.cfg.resend_interval);
+                        self.action_deadline = now.saturating_add(self.cfg.vote_retry_interval);
                     }
                 } else if self.heartbeats() && now >= self.last_proposed.saturating_add(self.cfg.heartbeat_interval) {
                     debug_assert!(self.to_send.is_empty());

@@ -97,6 +97,7 @@ impl Replica {
     /// The policy of api-behavior §2.14 on a log roll: a secondary (or a lone replica) saves
     /// at the decree before the new log; a primary copies a secondary's checkpoint instead.
     pub(super) fn on_log_rolled(&mut self, now: Micros, first_decree: u64, out: &mut Vec<Action>) {
+        (self.log_first, self.roll_asked) = (first_decree, false);
         let busy = self.saving || self.save_at.is_some() || self.copy_at.is_some() || self.role == Role::Preparing;
         if first_decree <= self.checkpointed + 1 || busy {
             return;
@@ -109,6 +110,29 @@ impl Replica {
             self.save_at = Some(target);
             self.maybe_save(out);
         }
+    }
+
+    /// Time-based checkpoints (api-behavior §2.14, checked as each vote is logged): once the
+    /// deadline has passed and the log has not rolled since the last checkpoint (so a slow or
+    /// failing checkpoint does not start a stream of logs), the log rolls at the next vote for
+    /// a new decree, and the roll asks for a checkpoint like one by size.
+    pub(super) fn maybe_roll_for_time(&mut self, out: &mut Vec<Action>) {
+        if self.roll_asked || self.clock <= self.next_checkpoint_time || self.checkpointed + 1 < self.log_first {
+            return;
+        }
+        self.roll_asked = true;
+        out.push(Action::RollLog);
+    }
+
+    /// The next time-based checkpoint: the interval from `now`, give or take `pct` percent.
+    pub(super) fn schedule_checkpoint(&mut self, now: Micros, pct: u64) {
+        let interval = self.cfg.max_checkpoint_interval;
+        if interval == 0 {
+            return;
+        }
+        let spread = (u128::from(interval) * u128::from(pct) / 100) as u64;
+        let delay = (interval - spread).saturating_add(self.rng.below(spread.saturating_mul(2).saturating_add(1)));
+        self.next_checkpoint_time = now.saturating_add(delay);
     }
 
     /// Saves the pending checkpoint once its decree has executed and the vote after it (the
@@ -187,6 +211,9 @@ impl Replica {
             }
             debug_assert!(self.max_ballot >= self.accepted.header.ballot && self.max_ballot_seq <= self.persist_seq);
             (self.checkpointed, self.checkpoint_size, self.log_min_decree) = (cp.decree, size, cp.decree + 1);
+            // The new log starts after the checkpoint (the journal forgets a roll asked for).
+            (self.log_first, self.roll_asked) = (cp.decree + 1, false);
+            self.schedule_checkpoint(now, 20);
             self.cache.retain(|(_, v)| v.header.decree > cp.decree && v.header.config == cp.config.number);
         }
         self.start_initializing(now, app, out);
@@ -418,5 +445,71 @@ impl Replica {
             }
         }
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{config, id};
+    use super::*;
+    use crate::paxos::{AcceptAll, SEC};
+
+    /// A lone replica heartbeating for `secs` seconds (its log never rolls by size); the host
+    /// rolls the log when asked and, if `answer`, reports each save at once. Returns the
+    /// checkpoints saved and the rolls asked for.
+    fn time_based(interval: Micros, secs: u64, answer: bool) -> (usize, usize) {
+        let cfg = CoreConfig { max_checkpoint_interval: interval, ..CoreConfig::default() };
+        let mut r = Replica::new(cfg, id("1"), config(&["1"]), 7);
+        let (mut now, mut out) = (SEC, Vec::new());
+        r.start(now, &mut AcceptAll, &mut out);
+        let (mut saved, mut asked, mut roll, mut file) = (0, 0, false, 0);
+        while now < secs * SEC {
+            let mut inputs = Vec::new();
+            for action in out.drain(..) {
+                match action {
+                    Action::RollLog => (asked, roll) = (asked + 1, true),
+                    Action::Persist { seq, record } => {
+                        let d = record.header.decree;
+                        if roll && record.kind() == MsgKind::Vote && d > file {
+                            (roll, file) = (false, d);
+                            inputs.push(Input::LogRolled { first_decree: d });
+                        }
+                        inputs.push(Input::Durable(seq));
+                    }
+                    Action::SaveCheckpoint(cp) => {
+                        saved += 1;
+                        if answer {
+                            inputs.push(Input::CheckpointSaved { decree: cp.decree, size: 1, min_decree_in_log: file });
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if inputs.is_empty() {
+                now = r.next_wakeup().max(now);
+                inputs.push(Input::Tick);
+            }
+            for input in inputs {
+                r.step(now, input, &mut AcceptAll, &mut out);
+            }
+        }
+        (saved, asked)
+    }
+
+    #[test]
+    fn checkpoints_follow_the_interval() {
+        assert_eq!(time_based(0, 60, true), (0, 0), "off: no log rolls by size, no checkpoints");
+        let (every_4s, _) = time_based(4 * SEC, 60, true);
+        let (every_20s, _) = time_based(20 * SEC, 60, true);
+        // One every interval (±20 %) plus up to a heartbeat to roll and one to execute past it.
+        assert!((8..=15).contains(&every_4s), "{every_4s} checkpoints in a minute, one due every 4 s");
+        assert!((2..=3).contains(&every_20s), "{every_20s} checkpoints in a minute, one due every 20 s");
+    }
+
+    #[test]
+    fn a_checkpoint_that_never_finishes_rolls_the_log_once() {
+        // (The first roll is past decree 1: a log from decree 1 would still count as "no roll
+        // since the checkpoint of decree 0".)
+        assert_eq!(time_based(10 * SEC, 120, false), (1, 1));
     }
 }
