@@ -428,6 +428,12 @@ impl RslReplica {
         self.input(Input::SetVotePayload(payload))
     }
 
+    /// `ChangeElectionDelay`: replaces the configured election delay (randomised again), from
+    /// the next time an election timer is set. Not persisted.
+    pub fn change_election_delay(&self, delay: Duration) {
+        self.input(Input::ChangeElectionDelay(delay.as_micros().min(u64::MAX as u128) as u64))
+    }
+
     /// `SetAcceptMessages`: the global accept flag (with `m_useGlobalAcceptMessagesFlag`).
     pub fn set_accept_messages(&self, accept: bool) {
         self.input(Input::SetAcceptMessages(accept))
