@@ -628,7 +628,10 @@ namespace RSLib
         uint32_t Clamp32(unsigned long n) { return n > UINT32_MAX ? UINT32_MAX : static_cast<uint32_t>(n); }
     } // namespace
 
-    RSLCheckpointStreamReader::RSLCheckpointStreamReader() : m_reader(nullptr), m_owned(false), m_filename(nullptr) {}
+    RSLCheckpointStreamReader::RSLCheckpointStreamReader()
+        : m_reader(nullptr), m_owned(false), m_filename(nullptr), m_context(nullptr)
+    {
+    }
 
     RSLCheckpointStreamReader::~RSLCheckpointStreamReader() { Close(); }
 
@@ -642,6 +645,8 @@ namespace RSLib
         m_owned = false;
         delete[] m_filename;
         m_filename = nullptr;
+        delete m_context;
+        m_context = nullptr;
     }
 
     unsigned int RSLCheckpointStreamReader::GetDataPointer(void** ppvBuffer, unsigned long dwNumBytes,
@@ -736,9 +741,32 @@ namespace RSLib
         {
             return ERROR_INVALID_PARAMETER;
         }
+        ::rsl_checkpoint_header* h = nullptr;
+        const uint32_t rc = rsl_checkpoint_header_read(file, &h);
+        if (rc != NO_ERROR)
+        {
+            return rc;
+        }
+        RSLibImpl::CheckpointHeader* header = new RSLibImpl::CheckpointHeader(h);
+        const unsigned int opened = Init(file, header);
+        if (opened != NO_ERROR)
+        {
+            delete header;
+            return opened;
+        }
+        m_context = header;
+        return NO_ERROR;
+    }
+
+    unsigned int RSLCheckpointStreamReader::Init(const char* file, RSLibImpl::CheckpointHeader* header)
+    {
+        if (file == nullptr || header == nullptr)
+        {
+            return ERROR_INVALID_PARAMETER;
+        }
         Close();
         rsl_checkpoint_reader* reader = nullptr;
-        const uint32_t rc = rsl_checkpoint_reader_open(file, &reader);
+        const uint32_t rc = rsl_checkpoint_reader_open_with(file, header->m_header, &reader);
         if (rc != NO_ERROR)
         {
             return rc;
@@ -753,20 +781,68 @@ namespace RSLib
 
     char* RSLCheckpointStreamReader::GetFileName() { return m_filename; }
 
-    RSLCheckpointStreamWriter* RSLCheckpointStreamReader::CreateWriterForThisReader(const char* /*file*/)
+    RSLCheckpointStreamWriter* RSLCheckpointStreamReader::CreateWriterForThisReader(const char* file)
     {
-        shim::Log(CallBackLogLevel_Error, "CreateWriterForThisReader is not supported by this RSL");
-        return nullptr;
+        if (m_context == nullptr)
+        {
+            return nullptr;
+        }
+        RSLCheckpointStreamWriter* writer = new RSLCheckpointStreamWriter();
+        if (writer->Init(file, m_context) != NO_ERROR)
+        {
+            delete writer;
+            return nullptr;
+        }
+        return writer;
     }
 
-    void RSLCheckpointStreamReader::CloseWriterForThisReader(const char* /*file*/, RSLCheckpointStreamWriter* writer)
+    void RSLCheckpointStreamReader::CloseWriterForThisReader(const char* file, RSLCheckpointStreamWriter* writer)
     {
-        delete writer;
+        const unsigned int rc = writer != nullptr ? writer->Close() : ERROR_INVALID_PARAMETER;
+        if (rc != NO_ERROR)
+        {
+            shim::Fatal("CloseWriterForThisReader(%s) failed (%u)", file != nullptr ? file : "(null)", rc);
+        }
     }
 
-    RSLCheckpointStreamWriter::RSLCheckpointStreamWriter() : m_writer(nullptr) {}
+    RSLCheckpointStreamWriter::RSLCheckpointStreamWriter() : m_writer(nullptr), m_owned(false) {}
 
-    RSLCheckpointStreamWriter::~RSLCheckpointStreamWriter() = default;
+    RSLCheckpointStreamWriter::~RSLCheckpointStreamWriter()
+    {
+        if (m_owned)
+        {
+            rsl_checkpoint_writer_free(m_writer);
+        }
+    }
+
+    unsigned int RSLCheckpointStreamWriter::Init(const char* file, RSLibImpl::CheckpointHeader* header)
+    {
+        if (file == nullptr || header == nullptr || m_writer != nullptr)
+        {
+            return ERROR_INVALID_PARAMETER;
+        }
+        rsl_checkpoint_writer* writer = nullptr;
+        const uint32_t rc = rsl_checkpoint_writer_create(file, header->m_header, &writer);
+        if (rc != NO_ERROR)
+        {
+            return rc;
+        }
+        m_writer = writer;
+        m_owned = true;
+        return NO_ERROR;
+    }
+
+    unsigned int RSLCheckpointStreamWriter::Close()
+    {
+        if (!m_owned || m_writer == nullptr)
+        {
+            return ERROR_INVALID_PARAMETER;
+        }
+        const uint32_t rc = rsl_checkpoint_writer_close(m_writer);
+        m_writer = nullptr;
+        m_owned = false;
+        return rc;
+    }
 
     unsigned int RSLCheckpointStreamWriter::Write(const void* pbWrite, unsigned long cbWrite)
     {
@@ -959,7 +1035,10 @@ namespace RSLib
 
     void RSLStateMachine::ChangeElectionDelay(unsigned int delayInSecs)
     {
-        shim::Log(CallBackLogLevel_Warning, "ChangeElectionDelay(%u): not supported by this RSL; ignored", delayInSecs);
+        if (rsl_replica* r = Handle(m_impl->replica, this))
+        {
+            rsl_replica_change_election_delay(r, delayInSecs);
+        }
     }
 
     void RSLStateMachine::Unload()
@@ -982,7 +1061,14 @@ namespace RSLib
 
     bool RSLStateMachine::Replay(const char* directory, unsigned long long maxSeqNo)
     {
-        if (directory == nullptr)
+        return Replay(directory, maxSeqNo, 0, nullptr);
+    }
+
+    bool RSLStateMachine::Replay(const char* directory, unsigned long long maxSeqNo, unsigned long long checkpointSeqNo,
+                                 const char* checkpointDirectory)
+    {
+        // As RSL: the two checkpoint arguments together or not at all; nothing to do for 0.
+        if (directory == nullptr || (checkpointSeqNo == 0) != (checkpointDirectory == nullptr))
         {
             return false;
         }
@@ -990,6 +1076,10 @@ namespace RSLib
         {
             shim::Log(CallBackLogLevel_Error, "Replay: this state machine was already initialized");
             return false;
+        }
+        if (maxSeqNo == 0)
+        {
+            return true;
         }
         RSLConfigParam p;
         const size_t n = std::strlen(directory);
@@ -1007,8 +1097,13 @@ namespace RSLib
             return false;
         }
         const rsl_callbacks callbacks = RSLStateMachineCallbacks::Table(this);
+        const uint32_t version = static_cast<uint32_t>(RSLProtocolVersion_6);
         uint64_t last = 0;
-        const rsl_status st = rsl_replay(&c, "0", static_cast<uint32_t>(RSLProtocolVersion_6), &callbacks, maxSeqNo, &last);
+        const rsl_status st =
+            checkpointDirectory == nullptr
+                ? rsl_replay(&c, "0", version, &callbacks, maxSeqNo, &last)
+                : rsl_replay_to_checkpoint(&c, "0", version, &callbacks, maxSeqNo, checkpointSeqNo, checkpointDirectory,
+                                           &last);
         if (st != RSL_SUCCESS)
         {
             shim::Log(CallBackLogLevel_Error, "Replay of %s failed (status %d)", directory, static_cast<int>(st));
@@ -1016,14 +1111,6 @@ namespace RSLib
         }
         m_impl->replayed.store(last);
         return true;
-    }
-
-    bool RSLStateMachine::Replay(const char* directory, unsigned long long /*maxSeqNo*/,
-                                 unsigned long long /*checkpointSeqNo*/, const char* /*checkpointDirectory*/)
-    {
-        shim::Log(CallBackLogLevel_Error, "Replay(%s, ..., checkpointDirectory): not supported by this RSL",
-                  directory != nullptr ? directory : "(null)");
-        return false;
     }
 
     void RSLStateMachine::AttemptPromotion()
@@ -1052,17 +1139,7 @@ namespace RSLib
     {
         // Not while Initialize restores: the replica has not started yet.
         rsl_replica* r = m_impl->replica.load(std::memory_order_acquire);
-        if (r == nullptr)
-        {
-            return false;
-        }
-        if (rsl_replica_is_primary(r))
-        {
-            return true;
-        }
-        rsl_node primary;
-        std::memset(&primary, 0, sizeof primary);
-        return rsl_replica_get_current_primary(r, &primary) == RSL_SUCCESS && primary.member_id[0] != '\0';
+        return r != nullptr && rsl_replica_is_in_stable_state(r);
     }
 
     RSLResponseCode RSLStateMachine::ReplicateRequest(void* request, size_t len, void* cookie)

@@ -9,6 +9,21 @@
 #include "rsl.h"
 #include "rsl_ffi.h"
 
+namespace RSLibImpl
+{
+    // Owns a header read from a checkpoint file through the C ABI.
+    class __attribute__((visibility("hidden"))) CheckpointHeader
+    {
+    public:
+        explicit CheckpointHeader(::rsl_checkpoint_header* header) : m_header(header) {}
+        ~CheckpointHeader() { rsl_checkpoint_header_free(m_header); }
+        CheckpointHeader(const CheckpointHeader&) = delete;
+        CheckpointHeader& operator=(const CheckpointHeader&) = delete;
+
+        ::rsl_checkpoint_header* m_header;
+    };
+} // namespace RSLibImpl
+
 namespace RSLib
 {
     // The C callbacks handed to rsl-ffi. `ctx` is the RSLStateMachine* (or, for

@@ -611,3 +611,27 @@ fn cpp_golden_vectors() {
     assert!(stdout.contains("ok CalculateChecksum(vote_v6.bin[14..]) equals its stored checksum"), "{stdout}");
     assert!(stdout.contains("0 failures"), "{stdout}");
 }
+
+/// `stubs_check`: the calls that were stubs (ChangeElectionDelay, IsInStableState, Replay to
+/// a checkpoint, CreateWriterForThisReader and the streams' Init/Close, Bootstrap's timeout),
+/// each with the original's behaviour, in one process.
+#[test]
+fn cpp_former_stubs() {
+    let work = tempfile::tempdir().unwrap();
+    let exe = work.path().join("stubs_check");
+    compile(&[cpp("stubs_check.cpp")], &exe, &pkg_config_flags());
+    let run = work.path().join("run");
+    fs::create_dir_all(&run).unwrap();
+    let out = work.path().join("stdout");
+    let mut child = Command::new(&exe)
+        .arg(free_base_port().to_string())
+        .arg(&run)
+        .env("LD_LIBRARY_PATH", library_path())
+        .stdout(fs::File::create(&out).unwrap())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("stubs_check starts");
+    let status = wait_exit(&mut child, Instant::now() + Duration::from_secs(300), "stubs_check");
+    let stdout = read(&out);
+    assert!(status.success() && stdout.contains("all ok"), "stubs_check failed:\n{stdout}");
+}

@@ -6,7 +6,7 @@ use crate::types::*;
 use crate::*;
 use rsl_engine::format::checkpoint::{CheckpointError, DEFAULT_BLOCK_SIZE};
 use rsl_engine::format::{
-    Ballot, Body, CheckpointHeader, CheckpointReader, CheckpointWriter, ConfigInfo, Header, MemberId, Message, Version, VoteBody,
+    Ballot, Body, CheckpointHeader, CheckpointReader, CheckpointWriter, ConfigInfo, Header, MemberId, MemberSet, Message, Version, VoteBody,
 };
 use std::ffi::{c_char, c_void};
 use std::os::unix::ffi::OsStrExt;
@@ -87,29 +87,13 @@ pub unsafe extern "C" fn rsl_checkpoint_save(
         if last_executed_seq == 0 || last_executed_seq == u64::MAX {
             return Err(RSL_INVALID_PARAMETER);
         }
-        let (member, members) = if v.has_config() {
+        let members = if v.has_config() {
             // SAFETY: forwarded from the caller.
-            let set = unsafe { member_set(members, count, set_cookie, cookie_len) }?;
-            (set.nodes[0].id, set)
+            unsafe { member_set(members, count, set_cookie, cookie_len) }?
         } else {
-            (MemberId::EMPTY, Default::default())
+            Default::default()
         };
-        let ballot = Ballot::new(1, member);
-        let next_vote = Message::new(Header::new(v, member, last_executed_seq + 1, config_number, ballot), Body::Vote(VoteBody::default()));
-        let header = CheckpointHeader {
-            version: v,
-            member,
-            last_executed: last_executed_seq,
-            max_ballot: ballot,
-            config: ConfigInfo { number: config_number, initial_decree: last_executed_seq, members },
-            state_saved: true,
-            size: 0,
-            block_size: if v.has_string_ids() { DEFAULT_BLOCK_SIZE } else { 0 },
-            next_vote,
-        };
-        let target = dir.join(CheckpointHeader::file_name(last_executed_seq));
-        let temp = temp_of(&target);
-        write_temp(&temp, header, |w| {
+        save_checkpoint(dir, v, last_executed_seq, config_number, members, |w| {
             let mut handle = rsl_checkpoint_writer::borrowed(w);
             // SAFETY: the application's function, called with its context and a writer that
             // lives for the call.
@@ -119,12 +103,48 @@ pub unsafe extern "C" fn rsl_checkpoint_save(
             } else {
                 Ok(())
             }
-        })?;
-        // A hard link fails if the target exists, so an existing checkpoint is never replaced.
-        let placed = std::fs::hard_link(&temp, &target).map_err(|e| io(format!("{}: {e}", target.display())));
-        let _ = std::fs::remove_file(&temp);
-        placed
+        })
     })
+}
+
+/// Creates `<dir>/<seq>.codex` as `rsl_checkpoint_save` describes, `write` streaming the state
+/// in; `members` is empty before v3. Never replaces an existing checkpoint.
+pub(crate) fn save_checkpoint(
+    dir: &Path,
+    v: Version,
+    seq: u64,
+    config_number: u32,
+    members: MemberSet,
+    write: impl FnOnce(&mut CheckpointWriter) -> Result<(), rsl_status>,
+) -> Result<(), rsl_status> {
+    if seq == 0 || seq == u64::MAX {
+        return Err(RSL_INVALID_PARAMETER);
+    }
+    let member = match members.nodes.first() {
+        Some(first) => first.id,
+        None if v.has_config() => return Err(RSL_INVALID_PARAMETER),
+        None => MemberId::EMPTY,
+    };
+    let ballot = Ballot::new(1, member);
+    let next_vote = Message::new(Header::new(v, member, seq + 1, config_number, ballot), Body::Vote(VoteBody::default()));
+    let header = CheckpointHeader {
+        version: v,
+        member,
+        last_executed: seq,
+        max_ballot: ballot,
+        config: ConfigInfo { number: config_number, initial_decree: seq, members },
+        state_saved: true,
+        size: 0,
+        block_size: if v.has_string_ids() { DEFAULT_BLOCK_SIZE } else { 0 },
+        next_vote,
+    };
+    let target = dir.join(CheckpointHeader::file_name(seq));
+    let temp = temp_of(&target);
+    write_temp(&temp, header, write)?;
+    // A hard link fails if the target exists, so an existing checkpoint is never replaced.
+    let placed = std::fs::hard_link(&temp, &target).map_err(|e| io(format!("{}: {e}", target.display())));
+    let _ = std::fs::remove_file(&temp);
+    placed
 }
 
 /// `RSLCheckpointUtility::GetLatestCheckpoint`: the path of the highest-numbered

@@ -1,0 +1,376 @@
+// The RSLib calls that once were stubs, each checked for the original's behaviour through
+// include/rsl.h. compat-tests/tests/cpp_cluster.rs builds it like kv_service and runs
+//
+//   stubs_check <basePort> <workDir>
+//
+// on ports basePort, +10, +20 (and each +1) of 127.0.0.1, in one process:
+//   1. three replicas with an election delay of an hour: ChangeElectionDelay(3) on the two
+//      secondaries, then the primary unloads, and a secondary is elected within the minute;
+//      IsInStableState is true on each replica of the formed ring;
+//   2. one replica restarted alone knows the primary from its log yet is not stable;
+//   3. Replay(dir, max, cpSeq, cpDir) writes a checkpoint that a plain Replay loads, and
+//      refuses bad argument pairs;
+//   4. CreateWriterForThisReader / CloseWriterForThisReader rewrite a checkpoint's payload;
+//      the writer's public Init and Close, the reader's Init with a header;
+//   5. Bootstrap with a member that never answers returns RSLBootstrapFailed at its timeout.
+// Prints "ok <step>" per step; exits 1 at the first failure.
+
+#include <arpa/inet.h>
+#include <sys/stat.h>
+
+#include <atomic>
+#include <chrono>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <iostream>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "rsl.h"
+#include "rslutil.h"
+
+using namespace RSLib;
+
+namespace
+{
+    unsigned short g_basePort = 0;
+    std::string g_work;
+
+    [[noreturn]] void Fail(const std::string& what)
+    {
+        std::cout << "FAIL " << what << std::endl;
+        std::exit(1);
+    }
+
+    void Check(bool ok, const std::string& what)
+    {
+        if (!ok)
+        {
+            Fail(what);
+        }
+    }
+
+    // Waits up to `seconds` for `cond`.
+    bool WaitFor(int seconds, const std::function<bool()>& cond)
+    {
+        const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
+        while (std::chrono::steady_clock::now() < end)
+        {
+            if (cond())
+            {
+                return true;
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        }
+        return cond();
+    }
+
+    RSLNode MakeNode(int id)
+    {
+        RSLNode node;
+        node.SetMemberIdAsUInt64(static_cast<unsigned long long>(id));
+        std::snprintf(node.m_hostName, sizeof node.m_hostName, "localhost");
+        node.m_ip = inet_addr("127.0.0.1");
+        node.m_rslPort = static_cast<unsigned short>(g_basePort + 10 * (id - 1));
+        return node;
+    }
+
+    RSLConfigParam Config(const std::string& dir, unsigned int electionDelaySec)
+    {
+        RSLConfigParam cfg;
+        cfg.m_newLeaderGracePeriodSec = 1;
+        cfg.m_heartBeatIntervalSec = 1;
+        cfg.m_electionDelaySec = electionDelaySec;
+        cfg.m_maxElectionRandomizeSec = 1;
+        cfg.m_initializeRetryIntervalSec = 1;
+        cfg.m_prepareRetryIntervalSec = 1;
+        cfg.m_voteRetryIntervalSec = 1;
+        std::snprintf(cfg.m_workingDir, sizeof cfg.m_workingDir, "%s", dir.c_str());
+        cfg.m_addMemberIdToWorkingDir = true;
+        return cfg;
+    }
+
+    std::string ReadAll(RSLCheckpointStreamReader* reader)
+    {
+        std::string data(static_cast<size_t>(reader->Size()), '\0');
+        size_t at = 0;
+        while (at < data.size())
+        {
+            unsigned int read = 0;
+            if (reader->GetData(&data[at], static_cast<unsigned long>(data.size() - at), &read) != NO_ERROR || read == 0)
+            {
+                Fail("reading a checkpoint");
+            }
+            at += read;
+        }
+        return data;
+    }
+
+    // The state: every executed request, in order.
+    class Machine : public RSLStateMachine
+    {
+    public:
+        bool LoadState(RSLCheckpointStreamReader* reader) override
+        {
+            std::lock_guard<std::mutex> lock(m_mutex);
+            m_state = reader == nullptr ? std::string() : ReadAll(reader);
+            return true;
+        }
+
+        // "b" asks for a checkpoint: a replay then knows the member set from it.
+        void ExecuteReplicatedRequest(void* request, size_t len, void* /*cookie*/, bool* saveState) override
+        {
+            std::lock_guard<std::mutex> lock(m_mutex);
+            const std::string r(static_cast<const char*>(request), len);
+            m_state.append(r).push_back(';');
+            *saveState = r == "b";
+            ++m_executed;
+        }
+
+        void ExecuteFastReadRequest(void*, size_t, void*) override {}
+        void AbortRequest(RSLResponseCode, void*) override {}
+
+        void SaveState(RSLCheckpointStreamWriter* writer) override
+        {
+            std::lock_guard<std::mutex> lock(m_mutex);
+            writer->Write(m_state.data(), static_cast<unsigned long>(m_state.size()));
+        }
+
+        void NotifyStatus(bool isPrimary) override { m_primary = isPrimary; }
+        void NotifyConfigurationChanged(void*) override {}
+        void AbortChangeConfiguration(RSLResponseCode, void*) override {}
+        void ShutDown(RSLResponseCode) override {}
+
+        std::string State()
+        {
+            std::lock_guard<std::mutex> lock(m_mutex);
+            return m_state;
+        }
+
+        std::atomic<int> m_executed{0};
+        std::atomic<bool> m_primary{false};
+
+    private:
+        std::mutex m_mutex;
+        std::string m_state;
+    };
+
+    bool StartLegacy(Machine* m, int id, const std::string& dir, unsigned int electionDelaySec)
+    {
+        RSLConfigParam cfg = Config(dir, electionDelaySec);
+        RSLNodeCollection nodes;
+        for (int i = 1; i <= 3; ++i)
+        {
+            nodes.Append(MakeNode(i));
+        }
+        return m->Initialize(&cfg, nodes, MakeNode(id), RSLProtocolVersion_6, false);
+    }
+
+    void Submit(Machine* primary, const std::string& request, const std::vector<Machine*>& all, int executed)
+    {
+        std::string copy = request;
+        Check(primary->ReplicateRequest(&copy[0], copy.size(), nullptr) == RSLSuccess, "ReplicateRequest " + request);
+        Check(WaitFor(60, [&] {
+                  for (Machine* m : all)
+                  {
+                      if (m->m_executed.load() < executed)
+                      {
+                          return false;
+                      }
+                  }
+                  return true;
+              }),
+              "every replica executes " + request);
+    }
+
+    // 1 and 2. Returns the data directory of a replica that executed everything.
+    std::string ElectionDelayAndStableState()
+    {
+        const std::string dir = g_work + "/ring";
+        std::vector<std::unique_ptr<Machine>> ring;
+        for (int id = 1; id <= 3; ++id)
+        {
+            ring.emplace_back(new Machine());
+            Check(StartLegacy(ring.back().get(), id, dir, 3600), "Initialize " + std::to_string(id));
+        }
+        std::vector<Machine*> all{ring[0].get(), ring[1].get(), ring[2].get()};
+        // The first election: the delay is an hour, so replica 1 is asked to stand.
+        int p = -1;
+        Check(WaitFor(60, [&] {
+                  for (int i = 0; i < 3; ++i)
+                  {
+                      if (all[i]->m_primary.load())
+                      {
+                          p = i;
+                      }
+                  }
+                  if (p < 0)
+                  {
+                      all[0]->AttemptPromotion();
+                  }
+                  return p >= 0;
+              }),
+              "a first primary");
+        Submit(all[p], "a", all, 1);
+        Check(WaitFor(60, [&] { return all[0]->IsInStableState() && all[1]->IsInStableState() && all[2]->IsInStableState(); }),
+              "IsInStableState on every replica of the ring");
+        std::cout << "ok IsInStableState (stable ring)" << std::endl;
+
+        std::vector<int> rest; // indices of the secondaries
+        for (int i = 0; i < 3; ++i)
+        {
+            if (i != p)
+            {
+                rest.push_back(i);
+                all[i]->ChangeElectionDelay(3);
+            }
+        }
+        // A vote after the change: each secondary sets its next timer with the new delay.
+        Submit(all[p], "b", all, 2);
+        all[p]->UnloadThisOne();
+        Check(WaitFor(60, [&] { return all[rest[0]]->m_primary.load() || all[rest[1]]->m_primary.load(); }),
+              "a new primary within a minute after ChangeElectionDelay(3)");
+        const int next = all[rest[0]]->m_primary.load() ? rest[0] : rest[1];
+        const int survivor = next == rest[0] ? rest[1] : rest[0];
+        Submit(all[next], "c", {all[rest[0]], all[rest[1]]}, 3);
+        // Known chosen in the logs only once a later decree is: "d" makes "c" replayable.
+        Submit(all[next], "d", {all[rest[0]], all[rest[1]]}, 4);
+        std::cout << "ok ChangeElectionDelay" << std::endl;
+
+        // 2: a replica alone knows the primary from its log but is not stable.
+        for (int i : rest)
+        {
+            all[i]->UnloadThisOne();
+        }
+        ring.clear();
+        std::unique_ptr<Machine> alone(new Machine());
+        Check(StartLegacy(alone.get(), survivor + 1, dir, 3600), "restart alone");
+        Check(WaitFor(30, [&] {
+                  RSLNode node;
+                  alone->GetCurrentPrimary(&node);
+                  return node.m_memberIdString[0] != '\0';
+              }),
+              "the restarted replica knows the last primary");
+        Check(!alone->IsInStableState(), "IsInStableState is false while the replica cannot reach a quorum");
+        alone->UnloadThisOne();
+        std::cout << "ok IsInStableState (alone)" << std::endl;
+        return dir + "/" + std::to_string(survivor + 1);
+    }
+
+    // 3. Returns the checkpoint written.
+    std::string ReplayToCheckpoint(const std::string& dataDir)
+    {
+        const std::string cpDir = g_work + "/cp";
+        mkdir(cpDir.c_str(), 0755);
+        Machine bad;
+        Check(!bad.Replay(dataDir.c_str(), ULLONG_MAX - 1, 5, nullptr), "Replay refuses a sequence number without a directory");
+        Machine same;
+        Check(!same.Replay(dataDir.c_str(), ULLONG_MAX - 1, 5, dataDir.c_str()), "Replay refuses the data directory as the output");
+        Machine nothing;
+        Check(nothing.Replay(dataDir.c_str(), 0, 5, cpDir.c_str()), "Replay to decree 0 succeeds with nothing to do");
+
+        Machine source;
+        Check(source.Replay(dataDir.c_str(), ULLONG_MAX - 1, 1000, cpDir.c_str()), "Replay with a checkpoint directory");
+        Check(source.State().compare(0, 6, "a;b;c;") == 0, "the replayed state: " + source.State());
+        char latest[4096];
+        Check(RSLCheckpointUtility::GetLatestCheckpoint(cpDir.c_str(), latest, sizeof latest) == NO_ERROR, "a checkpoint in cpDir");
+        const std::string file = cpDir + "/1000.codex";
+        Check(file == latest, std::string("the checkpoint is 1000.codex: ") + latest);
+        RSLMemberSet set;
+        Check(RSLCheckpointUtility::GetReplicaSet(file.c_str(), &set) && set.GetNumMembers() == 3, "its member set");
+
+        Machine reloaded;
+        Check(reloaded.Replay(cpDir.c_str(), ULLONG_MAX - 1), "Replay of the new checkpoint");
+        Check(reloaded.State() == source.State(), "the new checkpoint holds the state: " + reloaded.State());
+        Check(reloaded.GetCurrentSequenceNumber() == 1000, "labelled 1000");
+        std::cout << "ok Replay to a checkpoint" << std::endl;
+        return file;
+    }
+
+    // 4.
+    void RewriteCheckpoint(const std::string& file)
+    {
+        const std::string outDir = g_work + "/rewritten";
+        mkdir(outDir.c_str(), 0755);
+        const std::string out = outDir + "/1000.codex";
+
+        RSLCheckpointStreamWriter unopened;
+        Check(unopened.Close() == ERROR_INVALID_PARAMETER, "Close of a writer never opened");
+        Check(unopened.Init(out.c_str(), nullptr) == ERROR_INVALID_PARAMETER, "Writer::Init without a header");
+        RSLCheckpointStreamReader noHeader;
+        Check(noHeader.Init(file.c_str(), nullptr) == ERROR_INVALID_PARAMETER, "Reader::Init without a header");
+
+        RSLCheckpointStreamReader reader;
+        Check(reader.Init(file.c_str()) == NO_ERROR, "Reader::Init");
+        Check(ReadAll(&reader).compare(0, 6, "a;b;c;") == 0, "the original payload");
+        Check(reader.CreateWriterForThisReader(file.c_str()) == nullptr, "no writer over an existing file");
+        RSLCheckpointStreamWriter* writer = reader.CreateWriterForThisReader(out.c_str());
+        Check(writer != nullptr, "CreateWriterForThisReader");
+        const std::string payload(5 * 1024 * 1024, 'x'); // past one 4 MB block
+        Check(writer->Write(payload.data(), static_cast<unsigned long>(payload.size())) == NO_ERROR, "Write");
+        reader.CloseWriterForThisReader(out.c_str(), writer);
+        Check(writer->Close() == ERROR_INVALID_PARAMETER, "a closed writer closes once");
+        delete writer;
+
+        RSLCheckpointStreamReader again;
+        Check(again.Init(out.c_str()) == NO_ERROR, "the rewritten checkpoint opens");
+        Check(ReadAll(&again) == payload, "the rewritten payload");
+        RSLMemberSet before, after;
+        Check(RSLCheckpointUtility::GetReplicaSet(file.c_str(), &before) &&
+                  RSLCheckpointUtility::GetReplicaSet(out.c_str(), &after) &&
+                  after.GetNumMembers() == before.GetNumMembers(),
+              "the rewritten checkpoint keeps the header's member set");
+        Machine loaded;
+        Check(loaded.Replay(outDir.c_str(), ULLONG_MAX - 1) && loaded.State() == payload &&
+                  loaded.GetCurrentSequenceNumber() == 1000,
+              "a replay loads the rewritten checkpoint");
+        std::cout << "ok CreateWriterForThisReader" << std::endl;
+    }
+
+    // 5.
+    void BootstrapTimeout()
+    {
+        Machine m;
+        RSLConfigParam cfg = Config(g_work + "/boot", 2);
+        Check(m.Initialize(&cfg, MakeNode(1), RSLProtocolVersion_6, false), "Initialize (v4 form)");
+        RSLNodeCollection nodes;
+        nodes.Append(MakeNode(1));
+        nodes.Append(MakeNode(2)); // never started
+        RSLMemberSet set(nodes, nullptr, 0);
+        const auto start = std::chrono::steady_clock::now();
+        const RSLResponseCode rc = m.Bootstrap(&set, 2);
+        const auto waited = std::chrono::steady_clock::now() - start;
+        Check(rc == RSLBootstrapFailed, "Bootstrap without a quorum returns RSLBootstrapFailed, got " + std::to_string(rc));
+        Check(waited >= std::chrono::seconds(2), "Bootstrap waited for its timeout");
+        Check(!m.IsInStableState(), "not stable without a quorum");
+        m.UnloadThisOne();
+        std::cout << "ok Bootstrap timeout" << std::endl;
+    }
+} // namespace
+
+int main(int argc, char** argv)
+{
+    if (argc != 3)
+    {
+        std::cerr << "usage: stubs_check <basePort> <workDir>\n";
+        return 2;
+    }
+    g_basePort = static_cast<unsigned short>(std::atoi(argv[1]));
+    g_work = argv[2];
+    if (!RSLInit(nullptr, false))
+    {
+        Fail("RSLInit");
+    }
+    const std::string dataDir = ElectionDelayAndStableState();
+    const std::string file = ReplayToCheckpoint(dataDir);
+    RewriteCheckpoint(file);
+    BootstrapTimeout();
+    std::cout << "all ok" << std::endl;
+    return 0;
+}
