@@ -327,7 +327,7 @@ pub unsafe extern "C" fn rsl_replica_bootstrap(
         let (r, set) = unsafe { (live(r)?, member_set(members, count, set_cookie, cookie_len)?) };
         let deadline = Instant::now() + Duration::from_secs(timeout_sec.into());
         status(r.started()?.bootstrap(set))?;
-        while !r.view().is_some_and(|v| v.current_primary().is_some()) {
+        while r.view().is_none_or(|v| v.current_primary().is_none()) {
             if r.unloaded.load(SeqCst) {
                 return Err(RSL_SHUTTING_DOWN);
             }
@@ -652,7 +652,9 @@ pub unsafe extern "C" fn rsl_replay_to_checkpoint(
         // SAFETY: forwarded from the caller.
         unsafe {
             replay(cfg, member_id, version, callbacks, max_seq_no, last_executed, |cfg, sm, view| {
-                let same = |a: &std::path::Path, b: &std::path::Path| a.canonicalize().ok().is_some_and(|a| b.canonicalize().is_ok_and(|b| a == b));
+                let same = |a: &std::path::Path, b: &std::path::Path| {
+                    a.canonicalize().ok().is_some_and(|a| b.canonicalize().is_ok_and(|b| a == b))
+                };
                 let data = &cfg.working_dir;
                 if same(&out, data) || same(&out, &data.join(view.0.to_string())) {
                     tracing::error!("Replay: the checkpoint directory {} is the data directory", out.display());
