@@ -1417,9 +1417,21 @@ namespace RSLib
         }
     }
 
-    void RSLStateMachine::Pause() {}
+    void RSLStateMachine::Pause()
+    {
+        if (rsl_replica* r = Handle(m_impl->replica, this))
+        {
+            rsl_replica_pause(r);
+        }
+    }
 
-    void RSLStateMachine::Resume() {}
+    void RSLStateMachine::Resume()
+    {
+        if (rsl_replica* r = Handle(m_impl->replica, this))
+        {
+            rsl_replica_resume(r);
+        }
+    }
 
     void RSLStateMachine::UnloadThisOne()
     {

@@ -589,7 +589,8 @@ namespace RSLib
         RSLResponseCode CopyStateFromReplica(void* cookie);
         void GetStatisticsSnapshot(RSLStats* pStats);
         void SetAcceptMessages(bool acceptMessages);
-        /* Test hooks of the original; no-ops here. */
+        /* Test hooks, as in RSL: Pause freezes the protocol thread (no timers, no messages
+           handled) until Resume; decrees already chosen still execute. Unload resumes. */
         void Pause();
         void Resume();
         /* Stops this replica (ShutDown is called). The process does not exit. */

@@ -564,6 +564,25 @@ rsl_status rsl_replica_bootstrap(struct rsl_replica *r, const struct rsl_node *m
 rsl_status rsl_replica_change_election_delay(struct rsl_replica *r, uint32_t delay_sec);
 
 /**
+ * `Pause` (a test hook): the replica's protocol thread freezes once it reaches this call (no
+ * timers, no messages handled; peers' messages past its queue's bound are dropped) until
+ * `rsl_replica_resume` or unload. Decrees already chosen still execute. Errors: `RSL_E_NULL`,
+ * `RSL_E_STATE` before the replica has started, `RSL_SHUTTING_DOWN`.
+ *
+ * # Safety
+ * `r` is NULL or a live handle.
+ */
+rsl_status rsl_replica_pause(struct rsl_replica *r);
+
+/**
+ * `Resume`: ends `rsl_replica_pause`; nothing if not paused. Errors as `rsl_replica_pause`.
+ *
+ * # Safety
+ * `r` is NULL or a live handle.
+ */
+rsl_status rsl_replica_resume(struct rsl_replica *r);
+
+/**
  * `IsInStableState`: true while this replica is primary or secondary of an elected primary
  * (RSL's StablePrimary and StableSecondary); false while it initializes, stands for election,
  * waits to be bootstrapped or restores, and for NULL or after unload.

@@ -5,7 +5,8 @@
 //
 // on ports basePort, +10, +20 (and each +1) of 127.0.0.1, in one process:
 //   1. three replicas with an election delay of an hour: ChangeElectionDelay(3) on the two
-//      secondaries, then the primary unloads, and a secondary is elected within the minute;
+//      secondaries, then the primary pauses, and a secondary is elected within the minute;
+//      resumed, the old primary steps down and executes what the new one proposes;
 //      IsInStableState is true on each replica of the formed ring;
 //   2. one replica restarted alone knows the primary from its log yet is not stable;
 //   3. Replay(dir, max, cpSeq, cpDir) writes a checkpoint that a plain Replay loads, and
@@ -233,15 +234,20 @@ namespace
         }
         // A vote after the change: each secondary sets its next timer with the new delay.
         Submit(all[p], "b", all, 2);
-        all[p]->UnloadThisOne();
+        // The paused primary sends no heartbeat: the others elect one of them.
+        all[p]->Pause();
         Check(WaitFor(60, [&] { return all[rest[0]]->m_primary.load() || all[rest[1]]->m_primary.load(); }),
-              "a new primary within a minute after ChangeElectionDelay(3)");
+              "a new primary within a minute after ChangeElectionDelay(3) and Pause");
         const int next = all[rest[0]]->m_primary.load() ? rest[0] : rest[1];
         const int survivor = next == rest[0] ? rest[1] : rest[0];
-        Submit(all[next], "c", {all[rest[0]], all[rest[1]]}, 3);
-        // Known chosen in the logs only once a later decree is: "d" makes "c" replayable.
-        Submit(all[next], "d", {all[rest[0]], all[rest[1]]}, 4);
         std::cout << "ok ChangeElectionDelay" << std::endl;
+        all[p]->Resume();
+        Check(WaitFor(60, [&] { return !all[p]->m_primary.load(); }), "the resumed primary steps down");
+        Submit(all[next], "c", all, 3);
+        // Known chosen in the logs only once a later decree is: "d" makes "c" replayable.
+        Submit(all[next], "d", all, 4);
+        std::cout << "ok Pause/Resume" << std::endl;
+        all[p]->UnloadThisOne();
 
         // 2: a replica alone knows the primary from its log but is not stable.
         for (int i : rest)

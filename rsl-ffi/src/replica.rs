@@ -352,6 +352,29 @@ pub unsafe extern "C" fn rsl_replica_change_election_delay(r: *mut rsl_replica, 
     unsafe { with_live(r, |r| r.change_election_delay(Duration::from_secs(delay_sec.into()))) }
 }
 
+/// `Pause` (a test hook): the replica's protocol thread freezes once it reaches this call (no
+/// timers, no messages handled; peers' messages past its queue's bound are dropped) until
+/// `rsl_replica_resume` or unload. Decrees already chosen still execute. Errors: `RSL_E_NULL`,
+/// `RSL_E_STATE` before the replica has started, `RSL_SHUTTING_DOWN`.
+///
+/// # Safety
+/// `r` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_replica_pause(r: *mut rsl_replica) -> rsl_status {
+    // SAFETY: forwarded from the caller.
+    unsafe { with_live(r, RslReplica::pause) }
+}
+
+/// `Resume`: ends `rsl_replica_pause`; nothing if not paused. Errors as `rsl_replica_pause`.
+///
+/// # Safety
+/// `r` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_replica_resume(r: *mut rsl_replica) -> rsl_status {
+    // SAFETY: forwarded from the caller.
+    unsafe { with_live(r, RslReplica::resume) }
+}
+
 /// `IsInStableState`: true while this replica is primary or secondary of an elected primary
 /// (RSL's StablePrimary and StableSecondary); false while it initializes, stands for election,
 /// waits to be bootstrapped or restores, and for NULL or after unload.
