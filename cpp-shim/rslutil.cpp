@@ -65,18 +65,35 @@ namespace RSLib
         return true;
     }
 
-    bool RSLCheckpointUtility::MigrateToVersion3(const char* checkpointName, const RSLMemberSet* /*memberSet*/)
+    namespace
     {
-        shim::Log(CallBackLogLevel_Error, "MigrateToVersion3(%s): not supported by this RSL",
-                  checkpointName != nullptr ? checkpointName : "(null)");
-        return false;
+        bool Migrate(const char* checkpointName, RSLProtocolVersion version, const RSLMemberSet* memberSet)
+        {
+            if (checkpointName == nullptr || memberSet == nullptr)
+            {
+                return false;
+            }
+            const shim::CMemberSet set = shim::ToCMemberSet(*memberSet);
+            const rsl_status st = rsl_checkpoint_migrate(checkpointName, static_cast<uint32_t>(version), set.nodes.data(),
+                                                         set.nodes.size(), set.cookie, set.cookieLen);
+            if (st != RSL_SUCCESS)
+            {
+                shim::Log(CallBackLogLevel_Error, "MigrateToVersion%d(%s) failed (status %d)", static_cast<int>(version),
+                          checkpointName, static_cast<int>(st));
+                return false;
+            }
+            return true;
+        }
+    } // namespace
+
+    bool RSLCheckpointUtility::MigrateToVersion3(const char* checkpointName, const RSLMemberSet* memberSet)
+    {
+        return Migrate(checkpointName, RSLProtocolVersion_3, memberSet);
     }
 
-    bool RSLCheckpointUtility::MigrateToVersion4(const char* checkpointName, const RSLMemberSet* /*memberSet*/)
+    bool RSLCheckpointUtility::MigrateToVersion4(const char* checkpointName, const RSLMemberSet* memberSet)
     {
-        shim::Log(CallBackLogLevel_Error, "MigrateToVersion4(%s): not supported by this RSL",
-                  checkpointName != nullptr ? checkpointName : "(null)");
-        return false;
+        return Migrate(checkpointName, RSLProtocolVersion_4, memberSet);
     }
 
     bool RSLCheckpointUtility::GetReplicaSet(const char* checkpointName, RSLMemberSet* memberSet)

@@ -1005,6 +1005,18 @@ rsl_status rsl_checkpoint_get_replica_set(const char *file, struct rsl_node *mem
  */
 rsl_status rsl_checkpoint_change_replica_set(const char *file, const struct rsl_node *members, size_t count, const void *set_cookie, uint32_t cookie_len);
 
+/**
+ * `RSLCheckpointUtility::MigrateToVersion3` / `MigrateToVersion4`: as
+ * `rsl_checkpoint_change_replica_set`, and the header's version raised to `version` (3 to 6);
+ * a v1/v2 checkpoint gets configuration 1 from decree 0 with the set, and from v4 the data
+ * is cut into checksummed 4 MiB blocks. Errors as `rsl_checkpoint_change_replica_set`, and
+ * `RSL_INVALID_PARAMETER` for a version outside 3..6 or below the file's.
+ *
+ * # Safety
+ * As `rsl_checkpoint_change_replica_set`.
+ */
+rsl_status rsl_checkpoint_migrate(const char *file, uint32_t version, const struct rsl_node *members, size_t count, const void *set_cookie, uint32_t cookie_len);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

@@ -13,7 +13,8 @@
 //      refuses bad argument pairs;
 //   4. CreateWriterForThisReader / CloseWriterForThisReader rewrite a checkpoint's payload;
 //      the writer's public Init and Close, the reader's Init with a header;
-//   5. Bootstrap with a member that never answers returns RSLBootstrapFailed at its timeout.
+//   5. Bootstrap with a member that never answers returns RSLBootstrapFailed at its timeout;
+//   6. MigrateToVersion3/4 raise a v2 checkpoint's version and give it a member set.
 // Prints "ok <step>" per step; exits 1 at the first failure.
 
 #include <arpa/inet.h>
@@ -339,6 +340,60 @@ namespace
         std::cout << "ok CreateWriterForThisReader" << std::endl;
     }
 
+    struct Payload : IRSLCheckpointCreator
+    {
+        void SaveState(RSLCheckpointStreamWriter* writer) override { writer->Write("migrated", 8); }
+    };
+
+    std::string PayloadOf(const std::string& file)
+    {
+        RSLCheckpointStreamReader reader;
+        Check(reader.Init(file.c_str()) == NO_ERROR, "open " + file);
+        return ReadAll(&reader);
+    }
+
+    // 6.
+    void Migrate()
+    {
+        const std::string dir = g_work + "/migrate";
+        mkdir(dir.c_str(), 0755);
+        Payload creator;
+        std::string dirBuf = dir;
+        RSLCheckpointUtility::SaveCheckpoint(&dirBuf[0], RSLProtocolVersion_2, 7, 1, nullptr, &creator);
+        const std::string file = dir + "/7.codex";
+        RSLMemberSet numeric;
+        Check(!RSLCheckpointUtility::GetReplicaSet(file.c_str(), &numeric), "a v2 checkpoint has no member set");
+
+        RSLNodeCollection named;
+        RSLNode node;
+        std::snprintf(node.m_memberIdString, sizeof node.m_memberIdString, "alpha");
+        node.m_ip = inet_addr("127.0.0.1");
+        node.m_rslPort = 4000;
+        named.Append(node);
+        RSLMemberSet strings(named, nullptr, 0);
+        Check(!RSLCheckpointUtility::MigrateToVersion3(file.c_str(), &strings), "v3 refuses a non-numeric id");
+
+        RSLNodeCollection nodes;
+        for (int i = 1; i <= 3; ++i)
+        {
+            nodes.Append(MakeNode(i));
+        }
+        RSLMemberSet three(nodes, nullptr, 0);
+        Check(RSLCheckpointUtility::MigrateToVersion3(file.c_str(), &three), "MigrateToVersion3");
+        Check(RSLCheckpointUtility::GetReplicaSet(file.c_str(), &numeric) && numeric.GetNumMembers() == 3,
+              "the v3 checkpoint's member set");
+        Check(PayloadOf(file) == "migrated", "v3 keeps the data");
+
+        Check(RSLCheckpointUtility::MigrateToVersion4(file.c_str(), &strings), "MigrateToVersion4 with a string id");
+        RSLMemberSet after;
+        Check(RSLCheckpointUtility::GetReplicaSet(file.c_str(), &after) && after.GetNumMembers() == 1 &&
+                  std::strcmp(after.GetMemberInfo(0)->m_memberIdString, "alpha") == 0,
+              "the v4 checkpoint's member set");
+        Check(PayloadOf(file) == "migrated", "v4 keeps the data");
+        Check(!RSLCheckpointUtility::MigrateToVersion3(file.c_str(), &three), "no migration down to v3");
+        std::cout << "ok MigrateToVersion3/4" << std::endl;
+    }
+
     // 5.
     void BootstrapTimeout()
     {
@@ -377,6 +432,7 @@ int main(int argc, char** argv)
     const std::string file = ReplayToCheckpoint(dataDir);
     RewriteCheckpoint(file);
     BootstrapTimeout();
+    Migrate();
     std::cout << "all ok" << std::endl;
     return 0;
 }

@@ -241,20 +241,69 @@ pub unsafe extern "C" fn rsl_checkpoint_change_replica_set(
     guard(|| {
         // SAFETY: forwarded from the caller.
         let (file, set) = unsafe { (path(file)?, member_set(members, count, set_cookie, cookie_len)?) };
-        let mut reader = open_v3(file)?;
+        let reader = open_v3(file)?;
         let mut header = reader.header().clone();
         header.config.members = set;
-        let temp = temp_of(file);
-        write_temp(&temp, header, |w| loop {
-            match reader.get_data_pointer(1 << 20) {
-                Ok(data) => w.write(data).map_err(checkpoint_error)?,
-                Err(CheckpointError::Eof) => return Ok(()),
-                Err(e) => return Err(io(e)),
-            }
-        })?;
-        std::fs::rename(&temp, file).map_err(|e| {
-            let _ = std::fs::remove_file(&temp);
-            io(format!("{}: {e}", file.display()))
-        })
+        rewrite(file, reader, header)
+    })
+}
+
+/// `RSLCheckpointUtility::MigrateToVersion3` / `MigrateToVersion4`: as
+/// `rsl_checkpoint_change_replica_set`, and the header's version raised to `version` (3 to 6);
+/// a v1/v2 checkpoint gets configuration 1 from decree 0 with the set, and from v4 the data
+/// is cut into checksummed 4 MiB blocks. Errors as `rsl_checkpoint_change_replica_set`, and
+/// `RSL_INVALID_PARAMETER` for a version outside 3..6 or below the file's.
+///
+/// # Safety
+/// As `rsl_checkpoint_change_replica_set`.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_checkpoint_migrate(
+    file: *const c_char,
+    version: u32,
+    members: *const rsl_node,
+    count: usize,
+    set_cookie: *const c_void,
+    cookie_len: u32,
+) -> rsl_status {
+    guard(|| {
+        // SAFETY: forwarded from the caller.
+        let (file, set) = unsafe { (path(file)?, member_set(members, count, set_cookie, cookie_len)?) };
+        let v = u16::try_from(version)
+            .ok()
+            .and_then(Version::new)
+            .filter(|v| v.has_config() && Version::ALL.contains(v))
+            .ok_or(RSL_INVALID_PARAMETER)?;
+        let reader = CheckpointReader::open(file).map_err(io)?;
+        let mut header = reader.header().clone();
+        if v < header.version {
+            return Err(RSL_INVALID_PARAMETER);
+        }
+        if header.version.has_config() {
+            header.config.members = set;
+        } else {
+            header.config = ConfigInfo { number: 1, initial_decree: 0, members: set };
+        }
+        if v.has_string_ids() && header.block_size == 0 {
+            header.block_size = DEFAULT_BLOCK_SIZE;
+        }
+        header.version = v;
+        rewrite(file, reader, header)
+    })
+}
+
+/// Rewrites checkpoint `file` with `header` and the data `reader` reads from it, through
+/// `<file>.tmp` and an atomic rename.
+fn rewrite(file: &Path, mut reader: CheckpointReader, header: CheckpointHeader) -> Result<(), rsl_status> {
+    let temp = temp_of(file);
+    write_temp(&temp, header, |w| loop {
+        match reader.get_data_pointer(1 << 20) {
+            Ok(data) => w.write(data).map_err(checkpoint_error)?,
+            Err(CheckpointError::Eof) => return Ok(()),
+            Err(e) => return Err(io(e)),
+        }
+    })?;
+    std::fs::rename(&temp, file).map_err(|e| {
+        let _ = std::fs::remove_file(&temp);
+        io(format!("{}: {e}", file.display()))
     })
 }
