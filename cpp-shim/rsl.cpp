@@ -60,7 +60,8 @@ namespace RSLib
                 CallLogEntry(cb, lvl, "%s", message);
                 return;
             }
-            if (lvl >= CallBackLogLevel_Error)
+            // As in RSL: without a LogEntryCallback, only an assert reaches the notifications.
+            if (lvl == CallBackLogLevel_Assert)
             {
                 if (NotificationsCallback cb = g_notifications.load(std::memory_order_acquire))
                 {
@@ -110,6 +111,15 @@ namespace RSLib
                 std::fprintf(stderr, "rsl: %s\n", msg.c_str());
             }
             Dispatch(level, msg.c_str());
+        }
+
+        void NotifyInitializeFailure(const char* title)
+        {
+            Log(CallBackLogLevel_Error, "Initialize: %s", title);
+            if (NotificationsCallback cb = g_notifications.load(std::memory_order_acquire))
+            {
+                cb(CallBackLogLevel_Error, 0, title, nullptr);
+            }
         }
 
         void Fatal(const char* fmt, ...)
@@ -980,6 +990,7 @@ namespace RSLib
         rsl_config c;
         if (!ToConfig(*cfg, &c))
         {
+            shim::NotifyInitializeFailure("Could not load config");
             sm->m_impl->started.store(false);
             return false;
         }
@@ -1003,6 +1014,9 @@ namespace RSLib
         if (st != RSL_SUCCESS || replica == nullptr)
         {
             shim::Log(CallBackLogLevel_Error, "Initialize failed (status %d)", static_cast<int>(st));
+            shim::NotifyInitializeFailure(st == RSL_E_CONFIG ? "Could not load config"
+                                          : st == RSL_E_IO   ? "Failed to restore state"
+                                                             : "Initialize failed");
             rsl_replica_destroy(replica);
             sm->m_impl->started.store(false);
             return false;

@@ -75,6 +75,9 @@ namespace RSLib
     {
         // Logs through RSLInit's callbacks (or stderr when none is installed).
         void Log(CallBackLogLevel level, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+        // RSL's notification of a failed Initialize: `title` says why (logged too), the
+        // message is NULL; made whether or not a LogEntryCallback is installed.
+        void NotifyInitializeFailure(const char* title);
         // Logs at Assert level and aborts the process (the original's fail-fast asserts).
         [[noreturn]] void Fatal(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 

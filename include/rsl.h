@@ -151,8 +151,9 @@ namespace RSLibImpl
 
 namespace RSLib
 {
-    /* Process-wide notification (asserts and Initialize failures), used when no
-       LogEntryCallback is installed. The strings live only during the call. */
+    /* Process-wide notification, as in RSL: an assert (formatted message; only when no
+       LogEntryCallback is installed; the process then aborts), and a failed Initialize
+       (level Error, `title` says why, `message` NULL). The strings live only during the call. */
     typedef void (*NotificationsCallback)(int level, int logId, const char* title, const char* message);
 
     typedef enum

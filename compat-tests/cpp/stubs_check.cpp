@@ -14,7 +14,8 @@
 //   4. CreateWriterForThisReader / CloseWriterForThisReader rewrite a checkpoint's payload;
 //      the writer's public Init and Close, the reader's Init with a header;
 //   5. Bootstrap with a member that never answers returns RSLBootstrapFailed at its timeout;
-//   6. MigrateToVersion3/4 raise a v2 checkpoint's version and give it a member set.
+//   6. MigrateToVersion3/4 raise a v2 checkpoint's version and give it a member set;
+//   7. the NotificationsCallback hears a failed Initialize, not a logged error.
 // Prints "ok <step>" per step; exits 1 at the first failure.
 
 #include <arpa/inet.h>
@@ -394,6 +395,34 @@ namespace
         std::cout << "ok MigrateToVersion3/4" << std::endl;
     }
 
+    std::atomic<int> g_notifications{0};
+    std::string g_notificationTitle;
+
+    void OnNotification(int level, int /*logId*/, const char* title, const char* message)
+    {
+        if (level == CallBackLogLevel_Error && message == nullptr && title != nullptr)
+        {
+            g_notificationTitle = title;
+        }
+        ++g_notifications;
+    }
+
+    // 7.
+    void Notifications()
+    {
+        Check(RSLInit(nullptr, false, OnNotification, nullptr), "RSLInit with a NotificationsCallback");
+        Machine missing;
+        Check(!missing.Replay((g_work + "/no-such-dir").c_str(), 10), "Replay of a missing directory fails (logged)");
+        Check(g_notifications.load() == 0, "a logged error is no notification");
+        Machine unconfigured;
+        RSLConfigParam cfg = Config("", 2); // no working directory
+        Check(!unconfigured.Initialize(&cfg, MakeNode(1), RSLProtocolVersion_6, false), "Initialize without a directory fails");
+        Check(g_notifications.load() == 1 && g_notificationTitle == "Could not load config",
+              "a failed Initialize is notified: " + g_notificationTitle);
+        Check(RSLInit(nullptr, false), "RSLInit again, without callbacks");
+        std::cout << "ok NotificationsCallback" << std::endl;
+    }
+
     // 5.
     void BootstrapTimeout()
     {
@@ -433,6 +462,7 @@ int main(int argc, char** argv)
     RewriteCheckpoint(file);
     BootstrapTimeout();
     Migrate();
+    Notifications();
     std::cout << "all ok" << std::endl;
     return 0;
 }
