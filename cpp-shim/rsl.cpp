@@ -34,17 +34,24 @@ namespace RSLib
         std::atomic<bool> g_listenOnAllIps{false};
         std::atomic<LogEntryCallback> g_logEntry{nullptr};
 
+        // RSL's log area of the library (LogID_RSLLIB).
+        const int kLogIdRsl = 3;
+
         // Hands a formatted message to a LogEntryCallback: its `fmt` is "%s" and its
         // va_list holds the message.
-        void CallLogEntry(LogEntryCallback cb, CallBackLogLevel level, const char* fmt, ...)
+        void CallLogEntry(LogEntryCallback cb, const char* file, const char* function, int line, int logId,
+                          CallBackLogLevel level, const char* title, const char* fmt, ...)
         {
             va_list args;
             va_start(args, fmt);
-            cb("rsl", "", 0, 0, level, "RSL", fmt, args);
+            cb(file, function, line, logId, level, title, fmt, args);
             va_end(args);
         }
 
-        void Dispatch(int32_t level, const char* message)
+        // One entry: to the LogEntryCallback if installed; else, as in RSL, only an assert
+        // reaches the notifications.
+        void Dispatch(const char* file, const char* function, int line, int logId, int32_t level, const char* title,
+                      const char* message)
         {
             if (message == nullptr)
             {
@@ -57,23 +64,25 @@ namespace RSLib
             const CallBackLogLevel lvl = static_cast<CallBackLogLevel>(level);
             if (LogEntryCallback cb = g_logEntry.load(std::memory_order_acquire))
             {
-                CallLogEntry(cb, lvl, "%s", message);
+                CallLogEntry(cb, file, function, line, logId, lvl, title, "%s", message);
                 return;
             }
-            // As in RSL: without a LogEntryCallback, only an assert reaches the notifications.
             if (lvl == CallBackLogLevel_Assert)
             {
                 if (NotificationsCallback cb = g_notifications.load(std::memory_order_acquire))
                 {
-                    cb(level, 0, "RSL", message);
+                    cb(level, logId, title, message);
                 }
             }
         }
 
-        // The engine's log sink (rsl_init).
-        void EngineLog(int32_t level, const char* message) noexcept
+        // The engine's log sink (rsl_init_entries).
+        void EngineEntry(const rsl_log_entry* e) noexcept
         {
-            Dispatch(level, message);
+            if (e != nullptr)
+            {
+                Dispatch(e->file, e->function, static_cast<int>(e->line), e->log_id, e->level, e->title, e->message);
+            }
         }
 
         std::string VFormat(const char* fmt, va_list args)
@@ -100,7 +109,7 @@ namespace RSLib
 
     namespace shim
     {
-        void Log(CallBackLogLevel level, const char* fmt, ...)
+        void LogAt(const char* file, const char* function, int line, CallBackLogLevel level, const char* fmt, ...)
         {
             va_list args;
             va_start(args, fmt);
@@ -110,19 +119,19 @@ namespace RSLib
             {
                 std::fprintf(stderr, "rsl: %s\n", msg.c_str());
             }
-            Dispatch(level, msg.c_str());
+            Dispatch(file, function, line, kLogIdRsl, level, msg.c_str(), msg.c_str());
         }
 
         void NotifyInitializeFailure(const char* title)
         {
-            Log(CallBackLogLevel_Error, "Initialize: %s", title);
+            SHIM_LOG(CallBackLogLevel_Error, "Initialize: %s", title);
             if (NotificationsCallback cb = g_notifications.load(std::memory_order_acquire))
             {
                 cb(CallBackLogLevel_Error, 0, title, nullptr);
             }
         }
 
-        void Fatal(const char* fmt, ...)
+        void FatalAt(const char* file, const char* function, int line, const char* fmt, ...)
         {
             va_list args;
             va_start(args, fmt);
@@ -130,7 +139,7 @@ namespace RSLib
             va_end(args);
             std::fprintf(stderr, "rsl: fatal: %s\n", msg.c_str());
             std::fflush(stderr);
-            Dispatch(CallBackLogLevel_Assert, msg.c_str());
+            Dispatch(file, function, line, kLogIdRsl, CallBackLogLevel_Assert, msg.c_str(), msg.c_str());
             std::abort();
         }
 
@@ -221,7 +230,7 @@ namespace RSLib
         {
             if (v < 0 || v > static_cast<long long>(UINT32_MAX))
             {
-                shim::Log(CallBackLogLevel_Error, "Configuration Error: %s = %lld is out of range", name, v);
+                SHIM_LOG(CallBackLogLevel_Error, "Configuration Error: %s = %lld is out of range", name, v);
                 return false;
             }
             *out = static_cast<uint32_t>(v);
@@ -245,7 +254,7 @@ namespace RSLib
             ok &= Fits32(p.m_cPQueryRetryIntervalSec, "m_cPQueryRetryIntervalSec", &c->c_p_query_retry_interval_sec);
             if (p.m_maxCheckpointIntervalSec < 0)
             {
-                shim::Log(CallBackLogLevel_Error, "Configuration Error: m_maxCheckpointIntervalSec = %lld is negative",
+                SHIM_LOG(CallBackLogLevel_Error, "Configuration Error: m_maxCheckpointIntervalSec = %lld is negative",
                           p.m_maxCheckpointIntervalSec);
                 ok = false;
             }
@@ -276,7 +285,7 @@ namespace RSLib
             const size_t n = strnlen(p.m_workingDir, sizeof p.m_workingDir);
             if (n == sizeof p.m_workingDir)
             {
-                shim::Log(CallBackLogLevel_Error, "Configuration Error: m_workingDir is not NUL-terminated");
+                SHIM_LOG(CallBackLogLevel_Error, "Configuration Error: m_workingDir is not NUL-terminated");
                 ok = false;
             }
             else
@@ -359,10 +368,10 @@ namespace RSLib
     {
         g_notifications.store(callback, std::memory_order_release);
         g_logEntry.store(logEntryCallback, std::memory_order_release);
-        const rsl_status st = rsl_init(debugLogPath, logDebugMessages, EngineLog);
+        const rsl_status st = rsl_init_entries(debugLogPath, logDebugMessages, EngineEntry);
         if (st != RSL_SUCCESS)
         {
-            shim::Log(CallBackLogLevel_Error, "RSLInit failed (status %d)", static_cast<int>(st));
+            SHIM_LOG(CallBackLogLevel_Error, "RSLInit failed (status %d)", static_cast<int>(st));
             return false;
         }
         return true;
@@ -418,12 +427,12 @@ namespace RSLib
         {
             if (*p < '0' || *p > '9')
             {
-                shim::Fatal("member id '%s' is not a number", memberId);
+                SHIM_FATAL("member id '%s' is not a number", memberId);
             }
             const unsigned digit = static_cast<unsigned>(*p - '0');
             if (value > (ULLONG_MAX - digit) / 10)
             {
-                shim::Fatal("member id '%s' does not fit 64 bits", memberId);
+                SHIM_FATAL("member id '%s' does not fit 64 bits", memberId);
             }
             value = value * 10 + digit;
         }
@@ -456,7 +465,7 @@ namespace RSLib
     {
         if (index >= m_nodes->size())
         {
-            shim::Fatal("RSLNodeCollection::Remove(%zu) with %zu nodes", index, m_nodes->size());
+            SHIM_FATAL("RSLNodeCollection::Remove(%zu) with %zu nodes", index, m_nodes->size());
         }
         m_nodes->erase(m_nodes->begin() + static_cast<std::ptrdiff_t>(index));
     }
@@ -465,7 +474,7 @@ namespace RSLib
     {
         if (index >= m_nodes->size())
         {
-            shim::Fatal("RSLNodeCollection[%zu] with %zu nodes", index, m_nodes->size());
+            SHIM_FATAL("RSLNodeCollection[%zu] with %zu nodes", index, m_nodes->size());
         }
         return (*m_nodes)[index];
     }
@@ -811,7 +820,7 @@ namespace RSLib
         const unsigned int rc = writer != nullptr ? writer->Close() : ERROR_INVALID_PARAMETER;
         if (rc != NO_ERROR)
         {
-            shim::Fatal("CloseWriterForThisReader(%s) failed (%u)", file != nullptr ? file : "(null)", rc);
+            SHIM_FATAL("CloseWriterForThisReader(%s) failed (%u)", file != nullptr ? file : "(null)", rc);
         }
     }
 
@@ -964,7 +973,7 @@ namespace RSLib
         {
             if (n.m_ip == 0 && !sm->ResolveNode(&n))
             {
-                shim::Log(CallBackLogLevel_Warning, "could not resolve replica '%s' (host '%s')", n.m_memberIdString,
+                SHIM_LOG(CallBackLogLevel_Warning, "could not resolve replica '%s' (host '%s')", n.m_memberIdString,
                           n.m_hostName);
             }
             out.push_back(shim::ToNode(n));
@@ -979,12 +988,12 @@ namespace RSLib
     {
         if (cfg == nullptr)
         {
-            shim::Log(CallBackLogLevel_Error, "Initialize: cfg is NULL");
+            SHIM_LOG(CallBackLogLevel_Error, "Initialize: cfg is NULL");
             return false;
         }
         if (sm->m_impl->started.exchange(true))
         {
-            shim::Log(CallBackLogLevel_Error, "Initialize: this state machine was already initialized");
+            SHIM_LOG(CallBackLogLevel_Error, "Initialize: this state machine was already initialized");
             return false;
         }
         rsl_config c;
@@ -1000,7 +1009,7 @@ namespace RSLib
         {
             if (members->empty())
             {
-                shim::Log(CallBackLogLevel_Error, "Initialize: the initial member list is empty");
+                SHIM_LOG(CallBackLogLevel_Error, "Initialize: the initial member list is empty");
                 sm->m_impl->started.store(false);
                 return false;
             }
@@ -1013,7 +1022,7 @@ namespace RSLib
                                                      nodes.empty() ? nullptr : nodes.data(), nodes.size(), &replica);
         if (st != RSL_SUCCESS || replica == nullptr)
         {
-            shim::Log(CallBackLogLevel_Error, "Initialize failed (status %d)", static_cast<int>(st));
+            SHIM_LOG(CallBackLogLevel_Error, "Initialize failed (status %d)", static_cast<int>(st));
             shim::NotifyInitializeFailure(st == RSL_E_CONFIG ? "Could not load config"
                                           : st == RSL_E_IO   ? "Failed to restore state"
                                                              : "Initialize failed");
@@ -1088,7 +1097,7 @@ namespace RSLib
         }
         if (m_impl->started.exchange(true))
         {
-            shim::Log(CallBackLogLevel_Error, "Replay: this state machine was already initialized");
+            SHIM_LOG(CallBackLogLevel_Error, "Replay: this state machine was already initialized");
             return false;
         }
         if (maxSeqNo == 0)
@@ -1120,7 +1129,7 @@ namespace RSLib
                                            &last);
         if (st != RSL_SUCCESS)
         {
-            shim::Log(CallBackLogLevel_Error, "Replay of %s failed (status %d)", directory, static_cast<int>(st));
+            SHIM_LOG(CallBackLogLevel_Error, "Replay of %s failed (status %d)", directory, static_cast<int>(st));
             return false;
         }
         m_impl->replayed.store(last);
@@ -1142,7 +1151,7 @@ namespace RSLib
             const rsl_status st = rsl_replica_relinquish_primary(r);
             if (st != RSL_SUCCESS)
             {
-                shim::Log(CallBackLogLevel_Error, "RelinquishPrimary ignored (status %d)", static_cast<int>(st));
+                SHIM_LOG(CallBackLogLevel_Error, "RelinquishPrimary ignored (status %d)", static_cast<int>(st));
             }
         }
     }
@@ -1391,7 +1400,7 @@ namespace RSLib
         }
         if (pStats->m_cbSizeOfThisStruct != sizeof(RSLStats))
         {
-            shim::Log(CallBackLogLevel_Error, "GetStatisticsSnapshot: m_cbSizeOfThisStruct is %zu, expected %zu",
+            SHIM_LOG(CallBackLogLevel_Error, "GetStatisticsSnapshot: m_cbSizeOfThisStruct is %zu, expected %zu",
                       pStats->m_cbSizeOfThisStruct, sizeof(RSLStats));
             return;
         }
@@ -1731,7 +1740,7 @@ namespace RSLib
             }
             if (n < data.size())
             {
-                shim::Log(CallBackLogLevel_Warning, "CanBecomePrimary: the primary cookie was cut to %u bytes", n);
+                SHIM_LOG(CallBackLogLevel_Warning, "CanBecomePrimary: the primary cookie was cut to %u bytes", n);
             }
             *cookieLen = n;
         }

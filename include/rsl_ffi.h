@@ -49,6 +49,44 @@ typedef int32_t rsl_status;
 typedef void (*rsl_log_callback)(int32_t level, const char *message);
 
 /**
+ * One log entry with where it comes from (`rsl_init_entries`); every pointer is valid only
+ * during the call, NUL-terminated, never NULL.
+ */
+typedef struct rsl_log_entry {
+  /**
+   * RSL's `CallBackLogLevel`, as for `rsl_log_callback`.
+   */
+  int32_t level;
+  /**
+   * RSL's log area: 2 (`LogID_Netlib`) for the transport and TLS, 3 (`LogID_RSLLIB`) else.
+   */
+  int32_t log_id;
+  /**
+   * The source file that logged it.
+   */
+  const char *file;
+  /**
+   * The module that logged it (Rust has no function name at run time).
+   */
+  const char *function;
+  uint32_t line;
+  /**
+   * The entry's message alone.
+   */
+  const char *title;
+  /**
+   * The whole line: level, module, message and the entry's other fields.
+   */
+  const char *message;
+} rsl_log_entry;
+
+/**
+ * Receives every log entry with its source (`rsl_init_entries`); called from any thread,
+ * concurrently.
+ */
+typedef void (*rsl_log_entry_callback)(const struct rsl_log_entry *entry);
+
+/**
  * `RSLConfigParam`: the same fields in snake case with the same defaults (`rsl_config_init`),
  * then this implementation's own (`pipeline_window`, `sync_writes`, the port bounds).
  */
@@ -439,6 +477,15 @@ uint64_t rsl_calculate_checksum(const void *blob, size_t size);
  * `log_dir` is NULL or NUL-terminated; `cb` is NULL or a function callable from any thread.
  */
 rsl_status rsl_init(const char *log_dir, bool log_debug, rsl_log_callback cb);
+
+/**
+ * `rsl_init`, with each entry handed to `cb` with its source file, module, line, log area
+ * and message (`rsl_log_entry`), as RSL's `LogEntryCallback` gets them.
+ *
+ * # Safety
+ * As `rsl_init`.
+ */
+rsl_status rsl_init_entries(const char *log_dir, bool log_debug, rsl_log_entry_callback cb);
 
 /**
  * `RSLStateMachine::Initialize`: restores the state (`load_state`, then the logged decrees,

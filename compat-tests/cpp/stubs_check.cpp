@@ -15,7 +15,8 @@
 //      the writer's public Init and Close, the reader's Init with a header;
 //   5. Bootstrap with a member that never answers returns RSLBootstrapFailed at its timeout;
 //   6. MigrateToVersion3/4 raise a v2 checkpoint's version and give it a member set;
-//   7. the NotificationsCallback hears a failed Initialize, not a logged error.
+//   7. the NotificationsCallback hears a failed Initialize, not a logged error;
+//   8. the LogEntryCallback gets each entry's file, function, line and log id.
 // Prints "ok <step>" per step; exits 1 at the first failure.
 
 #include <arpa/inet.h>
@@ -423,6 +424,45 @@ namespace
         std::cout << "ok NotificationsCallback" << std::endl;
     }
 
+    struct Entry
+    {
+        std::string file, function, title, message;
+        int line, logId;
+        CallBackLogLevel level;
+    };
+    std::mutex g_entriesMutex;
+    std::vector<Entry> g_entries;
+
+    void OnLogEntry(const char* file, const char* function, int line, int logId, CallBackLogLevel level,
+                    const char* title, const char* fmt, va_list args)
+    {
+        char buf[2048];
+        std::vsnprintf(buf, sizeof buf, fmt, args);
+        std::lock_guard<std::mutex> lock(g_entriesMutex);
+        g_entries.push_back(Entry{file, function, title, buf, line, logId, level});
+    }
+
+    // 8.
+    void LogEntries()
+    {
+        Check(RSLInit(nullptr, false, nullptr, OnLogEntry), "RSLInit with a LogEntryCallback");
+        Machine missing;
+        Check(!missing.Replay((g_work + "/no-such-dir").c_str(), 10), "Replay of a missing directory fails (logged)");
+        Check(RSLInit(nullptr, false), "RSLInit again, without callbacks");
+        std::lock_guard<std::mutex> lock(g_entriesMutex);
+        bool shim = false, engine = false;
+        for (const Entry& e : g_entries)
+        {
+            const bool sited = e.line > 0 && e.logId == 3 && !e.title.empty() && e.level == CallBackLogLevel_Error;
+            shim |= sited && e.file.find("rsl.cpp") != std::string::npos && e.function == "Replay" &&
+                    e.message.find("Replay of") != std::string::npos;
+            engine |= sited && e.file.find(".rs") != std::string::npos && e.function.find("rsl_ffi") == 0;
+        }
+        Check(shim, "the shim's entry names rsl.cpp, Replay, its line and LogID_RSLLIB");
+        Check(engine, "the engine's entry names its source file, module and line");
+        std::cout << "ok LogEntryCallback" << std::endl;
+    }
+
     // 5.
     void BootstrapTimeout()
     {
@@ -463,6 +503,7 @@ int main(int argc, char** argv)
     BootstrapTimeout();
     Migrate();
     Notifications();
+    LogEntries();
     std::cout << "all ok" << std::endl;
     return 0;
 }
