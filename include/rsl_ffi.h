@@ -270,7 +270,8 @@ typedef struct rsl_callbacks {
    */
   bool (*can_become_primary)(void *ctx, void *cookie_buf, uint32_t *cookie_len);
   /**
-   * Optional (default: true). Protocol thread. Only `node->member_id` is filled in.
+   * Optional (default: true). Protocol thread. `node` is the sender as the current
+   * configuration names it (only `member_id` is filled in if it names no such member).
    */
   bool (*accept_message_from_replica)(void *ctx, const struct rsl_node *node, const void *data, uint32_t len);
 } rsl_callbacks;

@@ -16,7 +16,8 @@
 //   5. Bootstrap with a member that never answers returns RSLBootstrapFailed at its timeout;
 //   6. MigrateToVersion3/4 raise a v2 checkpoint's version and give it a member set;
 //   7. the NotificationsCallback hears a failed Initialize, not a logged error;
-//   8. the LogEntryCallback gets each entry's file, function, line and log id.
+//   8. the LogEntryCallback gets each entry's file, function, line and log id;
+//   and AcceptMessageFromReplica gets the sender's address and port with its id (step 1).
 // Prints "ok <step>" per step; exits 1 at the first failure.
 
 #include <arpa/inet.h>
@@ -147,6 +148,17 @@ namespace
         }
 
         void NotifyStatus(bool isPrimary) override { m_primary = isPrimary; }
+
+        // Counts senders named in full: id, address and port, as the configuration has them.
+        bool AcceptMessageFromReplica(RSLNode* node, void* /*data*/, unsigned int /*len*/) override
+        {
+            if (node != nullptr && node->m_memberIdString[0] != '\0' && node->m_ip == inet_addr("127.0.0.1") &&
+                node->m_rslPort == MakeNode(std::atoi(node->m_memberIdString)).m_rslPort)
+            {
+                ++m_fullSenders;
+            }
+            return true;
+        }
         void NotifyConfigurationChanged(void*) override {}
         void AbortChangeConfiguration(RSLResponseCode, void*) override {}
         void ShutDown(RSLResponseCode) override {}
@@ -159,6 +171,7 @@ namespace
 
         std::atomic<int> m_executed{0};
         std::atomic<bool> m_primary{false};
+        std::atomic<int> m_fullSenders{0};
 
     private:
         std::mutex m_mutex;
@@ -225,6 +238,9 @@ namespace
         Check(WaitFor(60, [&] { return all[0]->IsInStableState() && all[1]->IsInStableState() && all[2]->IsInStableState(); }),
               "IsInStableState on every replica of the ring");
         std::cout << "ok IsInStableState (stable ring)" << std::endl;
+        Check(all[0]->m_fullSenders.load() + all[1]->m_fullSenders.load() + all[2]->m_fullSenders.load() > 0,
+              "AcceptMessageFromReplica gets the sender's full RSLNode");
+        std::cout << "ok AcceptMessageFromReplica" << std::endl;
 
         std::vector<int> rest; // indices of the secondaries
         for (int i = 0; i < 3; ++i)

@@ -135,7 +135,7 @@ pub unsafe extern "C" fn rsl_replica_initialize(
         let view = Arc::new(OnceLock::new());
         let address = Arc::new(AtomicUsize::new(0));
         let sm = Box::new(Callbacks::new(callbacks, token)?.with_view(view.clone()).with_handle(address.clone()));
-        let admission = Arc::new(Callbacks::new(callbacks, token)?.with_handle(address.clone()));
+        let admission = Arc::new(Callbacks::new(callbacks, token)?.with_view(view.clone()).with_handle(address.clone()));
         // Published before the first callback: restore-time callbacks query the replica through it.
         let handle = Box::into_raw(Box::new(rsl_replica { replica: OnceLock::new(), view, token, unloaded: AtomicBool::new(false) }));
         address.store(handle.expose_provenance(), Relaxed);
