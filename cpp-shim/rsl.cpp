@@ -34,17 +34,24 @@ namespace RSLib
         std::atomic<bool> g_listenOnAllIps{false};
         std::atomic<LogEntryCallback> g_logEntry{nullptr};
 
+        // RSL's log area of the library (LogID_RSLLIB).
+        const int kLogIdRsl = 3;
+
         // Hands a formatted message to a LogEntryCallback: its `fmt` is "%s" and its
         // va_list holds the message.
-        void CallLogEntry(LogEntryCallback cb, CallBackLogLevel level, const char* fmt, ...)
+        void CallLogEntry(LogEntryCallback cb, const char* file, const char* function, int line, int logId,
+                          CallBackLogLevel level, const char* title, const char* fmt, ...)
         {
             va_list args;
             va_start(args, fmt);
-            cb("rsl", "", 0, 0, level, "RSL", fmt, args);
+            cb(file, function, line, logId, level, title, fmt, args);
             va_end(args);
         }
 
-        void Dispatch(int32_t level, const char* message)
+        // One entry: to the LogEntryCallback if installed; else, as in RSL, only an assert
+        // reaches the notifications.
+        void Dispatch(const char* file, const char* function, int line, int logId, int32_t level, const char* title,
+                      const char* message)
         {
             if (message == nullptr)
             {
@@ -57,22 +64,25 @@ namespace RSLib
             const CallBackLogLevel lvl = static_cast<CallBackLogLevel>(level);
             if (LogEntryCallback cb = g_logEntry.load(std::memory_order_acquire))
             {
-                CallLogEntry(cb, lvl, "%s", message);
+                CallLogEntry(cb, file, function, line, logId, lvl, title, "%s", message);
                 return;
             }
-            if (lvl >= CallBackLogLevel_Error)
+            if (lvl == CallBackLogLevel_Assert)
             {
                 if (NotificationsCallback cb = g_notifications.load(std::memory_order_acquire))
                 {
-                    cb(level, 0, "RSL", message);
+                    cb(level, logId, title, message);
                 }
             }
         }
 
-        // The engine's log sink (rsl_init).
-        void EngineLog(int32_t level, const char* message) noexcept
+        // The engine's log sink (rsl_init_entries).
+        void EngineEntry(const rsl_log_entry* e) noexcept
         {
-            Dispatch(level, message);
+            if (e != nullptr)
+            {
+                Dispatch(e->file, e->function, static_cast<int>(e->line), e->log_id, e->level, e->title, e->message);
+            }
         }
 
         std::string VFormat(const char* fmt, va_list args)
@@ -99,7 +109,7 @@ namespace RSLib
 
     namespace shim
     {
-        void Log(CallBackLogLevel level, const char* fmt, ...)
+        void LogAt(const char* file, const char* function, int line, CallBackLogLevel level, const char* fmt, ...)
         {
             va_list args;
             va_start(args, fmt);
@@ -109,10 +119,19 @@ namespace RSLib
             {
                 std::fprintf(stderr, "rsl: %s\n", msg.c_str());
             }
-            Dispatch(level, msg.c_str());
+            Dispatch(file, function, line, kLogIdRsl, level, msg.c_str(), msg.c_str());
         }
 
-        void Fatal(const char* fmt, ...)
+        void NotifyInitializeFailure(const char* title)
+        {
+            SHIM_LOG(CallBackLogLevel_Error, "Initialize: %s", title);
+            if (NotificationsCallback cb = g_notifications.load(std::memory_order_acquire))
+            {
+                cb(CallBackLogLevel_Error, 0, title, nullptr);
+            }
+        }
+
+        void FatalAt(const char* file, const char* function, int line, const char* fmt, ...)
         {
             va_list args;
             va_start(args, fmt);
@@ -120,7 +139,7 @@ namespace RSLib
             va_end(args);
             std::fprintf(stderr, "rsl: fatal: %s\n", msg.c_str());
             std::fflush(stderr);
-            Dispatch(CallBackLogLevel_Assert, msg.c_str());
+            Dispatch(file, function, line, kLogIdRsl, CallBackLogLevel_Assert, msg.c_str(), msg.c_str());
             std::abort();
         }
 
@@ -211,7 +230,7 @@ namespace RSLib
         {
             if (v < 0 || v > static_cast<long long>(UINT32_MAX))
             {
-                shim::Log(CallBackLogLevel_Error, "Configuration Error: %s = %lld is out of range", name, v);
+                SHIM_LOG(CallBackLogLevel_Error, "Configuration Error: %s = %lld is out of range", name, v);
                 return false;
             }
             *out = static_cast<uint32_t>(v);
@@ -235,7 +254,7 @@ namespace RSLib
             ok &= Fits32(p.m_cPQueryRetryIntervalSec, "m_cPQueryRetryIntervalSec", &c->c_p_query_retry_interval_sec);
             if (p.m_maxCheckpointIntervalSec < 0)
             {
-                shim::Log(CallBackLogLevel_Error, "Configuration Error: m_maxCheckpointIntervalSec = %lld is negative",
+                SHIM_LOG(CallBackLogLevel_Error, "Configuration Error: m_maxCheckpointIntervalSec = %lld is negative",
                           p.m_maxCheckpointIntervalSec);
                 ok = false;
             }
@@ -266,7 +285,7 @@ namespace RSLib
             const size_t n = strnlen(p.m_workingDir, sizeof p.m_workingDir);
             if (n == sizeof p.m_workingDir)
             {
-                shim::Log(CallBackLogLevel_Error, "Configuration Error: m_workingDir is not NUL-terminated");
+                SHIM_LOG(CallBackLogLevel_Error, "Configuration Error: m_workingDir is not NUL-terminated");
                 ok = false;
             }
             else
@@ -349,10 +368,10 @@ namespace RSLib
     {
         g_notifications.store(callback, std::memory_order_release);
         g_logEntry.store(logEntryCallback, std::memory_order_release);
-        const rsl_status st = rsl_init(debugLogPath, logDebugMessages, EngineLog);
+        const rsl_status st = rsl_init_entries(debugLogPath, logDebugMessages, EngineEntry);
         if (st != RSL_SUCCESS)
         {
-            shim::Log(CallBackLogLevel_Error, "RSLInit failed (status %d)", static_cast<int>(st));
+            SHIM_LOG(CallBackLogLevel_Error, "RSLInit failed (status %d)", static_cast<int>(st));
             return false;
         }
         return true;
@@ -408,12 +427,12 @@ namespace RSLib
         {
             if (*p < '0' || *p > '9')
             {
-                shim::Fatal("member id '%s' is not a number", memberId);
+                SHIM_FATAL("member id '%s' is not a number", memberId);
             }
             const unsigned digit = static_cast<unsigned>(*p - '0');
             if (value > (ULLONG_MAX - digit) / 10)
             {
-                shim::Fatal("member id '%s' does not fit 64 bits", memberId);
+                SHIM_FATAL("member id '%s' does not fit 64 bits", memberId);
             }
             value = value * 10 + digit;
         }
@@ -446,7 +465,7 @@ namespace RSLib
     {
         if (index >= m_nodes->size())
         {
-            shim::Fatal("RSLNodeCollection::Remove(%zu) with %zu nodes", index, m_nodes->size());
+            SHIM_FATAL("RSLNodeCollection::Remove(%zu) with %zu nodes", index, m_nodes->size());
         }
         m_nodes->erase(m_nodes->begin() + static_cast<std::ptrdiff_t>(index));
     }
@@ -455,7 +474,7 @@ namespace RSLib
     {
         if (index >= m_nodes->size())
         {
-            shim::Fatal("RSLNodeCollection[%zu] with %zu nodes", index, m_nodes->size());
+            SHIM_FATAL("RSLNodeCollection[%zu] with %zu nodes", index, m_nodes->size());
         }
         return (*m_nodes)[index];
     }
@@ -628,7 +647,10 @@ namespace RSLib
         uint32_t Clamp32(unsigned long n) { return n > UINT32_MAX ? UINT32_MAX : static_cast<uint32_t>(n); }
     } // namespace
 
-    RSLCheckpointStreamReader::RSLCheckpointStreamReader() : m_reader(nullptr), m_owned(false), m_filename(nullptr) {}
+    RSLCheckpointStreamReader::RSLCheckpointStreamReader()
+        : m_reader(nullptr), m_owned(false), m_filename(nullptr), m_context(nullptr)
+    {
+    }
 
     RSLCheckpointStreamReader::~RSLCheckpointStreamReader() { Close(); }
 
@@ -642,6 +664,8 @@ namespace RSLib
         m_owned = false;
         delete[] m_filename;
         m_filename = nullptr;
+        delete m_context;
+        m_context = nullptr;
     }
 
     unsigned int RSLCheckpointStreamReader::GetDataPointer(void** ppvBuffer, unsigned long dwNumBytes,
@@ -736,9 +760,32 @@ namespace RSLib
         {
             return ERROR_INVALID_PARAMETER;
         }
+        ::rsl_checkpoint_header* h = nullptr;
+        const uint32_t rc = rsl_checkpoint_header_read(file, &h);
+        if (rc != NO_ERROR)
+        {
+            return rc;
+        }
+        RSLibImpl::CheckpointHeader* header = new RSLibImpl::CheckpointHeader(h);
+        const unsigned int opened = Init(file, header);
+        if (opened != NO_ERROR)
+        {
+            delete header;
+            return opened;
+        }
+        m_context = header;
+        return NO_ERROR;
+    }
+
+    unsigned int RSLCheckpointStreamReader::Init(const char* file, RSLibImpl::CheckpointHeader* header)
+    {
+        if (file == nullptr || header == nullptr)
+        {
+            return ERROR_INVALID_PARAMETER;
+        }
         Close();
         rsl_checkpoint_reader* reader = nullptr;
-        const uint32_t rc = rsl_checkpoint_reader_open(file, &reader);
+        const uint32_t rc = rsl_checkpoint_reader_open_with(file, header->m_header, &reader);
         if (rc != NO_ERROR)
         {
             return rc;
@@ -753,20 +800,68 @@ namespace RSLib
 
     char* RSLCheckpointStreamReader::GetFileName() { return m_filename; }
 
-    RSLCheckpointStreamWriter* RSLCheckpointStreamReader::CreateWriterForThisReader(const char* /*file*/)
+    RSLCheckpointStreamWriter* RSLCheckpointStreamReader::CreateWriterForThisReader(const char* file)
     {
-        shim::Log(CallBackLogLevel_Error, "CreateWriterForThisReader is not supported by this RSL");
-        return nullptr;
+        if (m_context == nullptr)
+        {
+            return nullptr;
+        }
+        RSLCheckpointStreamWriter* writer = new RSLCheckpointStreamWriter();
+        if (writer->Init(file, m_context) != NO_ERROR)
+        {
+            delete writer;
+            return nullptr;
+        }
+        return writer;
     }
 
-    void RSLCheckpointStreamReader::CloseWriterForThisReader(const char* /*file*/, RSLCheckpointStreamWriter* writer)
+    void RSLCheckpointStreamReader::CloseWriterForThisReader(const char* file, RSLCheckpointStreamWriter* writer)
     {
-        delete writer;
+        const unsigned int rc = writer != nullptr ? writer->Close() : ERROR_INVALID_PARAMETER;
+        if (rc != NO_ERROR)
+        {
+            SHIM_FATAL("CloseWriterForThisReader(%s) failed (%u)", file != nullptr ? file : "(null)", rc);
+        }
     }
 
-    RSLCheckpointStreamWriter::RSLCheckpointStreamWriter() : m_writer(nullptr) {}
+    RSLCheckpointStreamWriter::RSLCheckpointStreamWriter() : m_writer(nullptr), m_owned(false) {}
 
-    RSLCheckpointStreamWriter::~RSLCheckpointStreamWriter() = default;
+    RSLCheckpointStreamWriter::~RSLCheckpointStreamWriter()
+    {
+        if (m_owned)
+        {
+            rsl_checkpoint_writer_free(m_writer);
+        }
+    }
+
+    unsigned int RSLCheckpointStreamWriter::Init(const char* file, RSLibImpl::CheckpointHeader* header)
+    {
+        if (file == nullptr || header == nullptr || m_writer != nullptr)
+        {
+            return ERROR_INVALID_PARAMETER;
+        }
+        rsl_checkpoint_writer* writer = nullptr;
+        const uint32_t rc = rsl_checkpoint_writer_create(file, header->m_header, &writer);
+        if (rc != NO_ERROR)
+        {
+            return rc;
+        }
+        m_writer = writer;
+        m_owned = true;
+        return NO_ERROR;
+    }
+
+    unsigned int RSLCheckpointStreamWriter::Close()
+    {
+        if (!m_owned || m_writer == nullptr)
+        {
+            return ERROR_INVALID_PARAMETER;
+        }
+        const uint32_t rc = rsl_checkpoint_writer_close(m_writer);
+        m_writer = nullptr;
+        m_owned = false;
+        return rc;
+    }
 
     unsigned int RSLCheckpointStreamWriter::Write(const void* pbWrite, unsigned long cbWrite)
     {
@@ -878,7 +973,7 @@ namespace RSLib
         {
             if (n.m_ip == 0 && !sm->ResolveNode(&n))
             {
-                shim::Log(CallBackLogLevel_Warning, "could not resolve replica '%s' (host '%s')", n.m_memberIdString,
+                SHIM_LOG(CallBackLogLevel_Warning, "could not resolve replica '%s' (host '%s')", n.m_memberIdString,
                           n.m_hostName);
             }
             out.push_back(shim::ToNode(n));
@@ -893,17 +988,18 @@ namespace RSLib
     {
         if (cfg == nullptr)
         {
-            shim::Log(CallBackLogLevel_Error, "Initialize: cfg is NULL");
+            SHIM_LOG(CallBackLogLevel_Error, "Initialize: cfg is NULL");
             return false;
         }
         if (sm->m_impl->started.exchange(true))
         {
-            shim::Log(CallBackLogLevel_Error, "Initialize: this state machine was already initialized");
+            SHIM_LOG(CallBackLogLevel_Error, "Initialize: this state machine was already initialized");
             return false;
         }
         rsl_config c;
         if (!ToConfig(*cfg, &c))
         {
+            shim::NotifyInitializeFailure("Could not load config");
             sm->m_impl->started.store(false);
             return false;
         }
@@ -913,7 +1009,7 @@ namespace RSLib
         {
             if (members->empty())
             {
-                shim::Log(CallBackLogLevel_Error, "Initialize: the initial member list is empty");
+                SHIM_LOG(CallBackLogLevel_Error, "Initialize: the initial member list is empty");
                 sm->m_impl->started.store(false);
                 return false;
             }
@@ -926,7 +1022,10 @@ namespace RSLib
                                                      nodes.empty() ? nullptr : nodes.data(), nodes.size(), &replica);
         if (st != RSL_SUCCESS || replica == nullptr)
         {
-            shim::Log(CallBackLogLevel_Error, "Initialize failed (status %d)", static_cast<int>(st));
+            SHIM_LOG(CallBackLogLevel_Error, "Initialize failed (status %d)", static_cast<int>(st));
+            shim::NotifyInitializeFailure(st == RSL_E_CONFIG ? "Could not load config"
+                                          : st == RSL_E_IO   ? "Failed to restore state"
+                                                             : "Initialize failed");
             rsl_replica_destroy(replica);
             sm->m_impl->started.store(false);
             return false;
@@ -959,7 +1058,10 @@ namespace RSLib
 
     void RSLStateMachine::ChangeElectionDelay(unsigned int delayInSecs)
     {
-        shim::Log(CallBackLogLevel_Warning, "ChangeElectionDelay(%u): not supported by this RSL; ignored", delayInSecs);
+        if (rsl_replica* r = Handle(m_impl->replica, this))
+        {
+            rsl_replica_change_election_delay(r, delayInSecs);
+        }
     }
 
     void RSLStateMachine::Unload()
@@ -982,14 +1084,25 @@ namespace RSLib
 
     bool RSLStateMachine::Replay(const char* directory, unsigned long long maxSeqNo)
     {
-        if (directory == nullptr)
+        return Replay(directory, maxSeqNo, 0, nullptr);
+    }
+
+    bool RSLStateMachine::Replay(const char* directory, unsigned long long maxSeqNo, unsigned long long checkpointSeqNo,
+                                 const char* checkpointDirectory)
+    {
+        // As RSL: the two checkpoint arguments together or not at all; nothing to do for 0.
+        if (directory == nullptr || (checkpointSeqNo == 0) != (checkpointDirectory == nullptr))
         {
             return false;
         }
         if (m_impl->started.exchange(true))
         {
-            shim::Log(CallBackLogLevel_Error, "Replay: this state machine was already initialized");
+            SHIM_LOG(CallBackLogLevel_Error, "Replay: this state machine was already initialized");
             return false;
+        }
+        if (maxSeqNo == 0)
+        {
+            return true;
         }
         RSLConfigParam p;
         const size_t n = std::strlen(directory);
@@ -1007,23 +1120,20 @@ namespace RSLib
             return false;
         }
         const rsl_callbacks callbacks = RSLStateMachineCallbacks::Table(this);
+        const uint32_t version = static_cast<uint32_t>(RSLProtocolVersion_6);
         uint64_t last = 0;
-        const rsl_status st = rsl_replay(&c, "0", static_cast<uint32_t>(RSLProtocolVersion_6), &callbacks, maxSeqNo, &last);
+        const rsl_status st =
+            checkpointDirectory == nullptr
+                ? rsl_replay(&c, "0", version, &callbacks, maxSeqNo, &last)
+                : rsl_replay_to_checkpoint(&c, "0", version, &callbacks, maxSeqNo, checkpointSeqNo, checkpointDirectory,
+                                           &last);
         if (st != RSL_SUCCESS)
         {
-            shim::Log(CallBackLogLevel_Error, "Replay of %s failed (status %d)", directory, static_cast<int>(st));
+            SHIM_LOG(CallBackLogLevel_Error, "Replay of %s failed (status %d)", directory, static_cast<int>(st));
             return false;
         }
         m_impl->replayed.store(last);
         return true;
-    }
-
-    bool RSLStateMachine::Replay(const char* directory, unsigned long long /*maxSeqNo*/,
-                                 unsigned long long /*checkpointSeqNo*/, const char* /*checkpointDirectory*/)
-    {
-        shim::Log(CallBackLogLevel_Error, "Replay(%s, ..., checkpointDirectory): not supported by this RSL",
-                  directory != nullptr ? directory : "(null)");
-        return false;
     }
 
     void RSLStateMachine::AttemptPromotion()
@@ -1041,7 +1151,7 @@ namespace RSLib
             const rsl_status st = rsl_replica_relinquish_primary(r);
             if (st != RSL_SUCCESS)
             {
-                shim::Log(CallBackLogLevel_Error, "RelinquishPrimary ignored (status %d)", static_cast<int>(st));
+                SHIM_LOG(CallBackLogLevel_Error, "RelinquishPrimary ignored (status %d)", static_cast<int>(st));
             }
         }
     }
@@ -1052,17 +1162,7 @@ namespace RSLib
     {
         // Not while Initialize restores: the replica has not started yet.
         rsl_replica* r = m_impl->replica.load(std::memory_order_acquire);
-        if (r == nullptr)
-        {
-            return false;
-        }
-        if (rsl_replica_is_primary(r))
-        {
-            return true;
-        }
-        rsl_node primary;
-        std::memset(&primary, 0, sizeof primary);
-        return rsl_replica_get_current_primary(r, &primary) == RSL_SUCCESS && primary.member_id[0] != '\0';
+        return r != nullptr && rsl_replica_is_in_stable_state(r);
     }
 
     RSLResponseCode RSLStateMachine::ReplicateRequest(void* request, size_t len, void* cookie)
@@ -1300,7 +1400,7 @@ namespace RSLib
         }
         if (pStats->m_cbSizeOfThisStruct != sizeof(RSLStats))
         {
-            shim::Log(CallBackLogLevel_Error, "GetStatisticsSnapshot: m_cbSizeOfThisStruct is %zu, expected %zu",
+            SHIM_LOG(CallBackLogLevel_Error, "GetStatisticsSnapshot: m_cbSizeOfThisStruct is %zu, expected %zu",
                       pStats->m_cbSizeOfThisStruct, sizeof(RSLStats));
             return;
         }
@@ -1340,9 +1440,21 @@ namespace RSLib
         }
     }
 
-    void RSLStateMachine::Pause() {}
+    void RSLStateMachine::Pause()
+    {
+        if (rsl_replica* r = Handle(m_impl->replica, this))
+        {
+            rsl_replica_pause(r);
+        }
+    }
 
-    void RSLStateMachine::Resume() {}
+    void RSLStateMachine::Resume()
+    {
+        if (rsl_replica* r = Handle(m_impl->replica, this))
+        {
+            rsl_replica_resume(r);
+        }
+    }
 
     void RSLStateMachine::UnloadThisOne()
     {
@@ -1628,7 +1740,7 @@ namespace RSLib
             }
             if (n < data.size())
             {
-                shim::Log(CallBackLogLevel_Warning, "CanBecomePrimary: the primary cookie was cut to %u bytes", n);
+                SHIM_LOG(CallBackLogLevel_Warning, "CanBecomePrimary: the primary cookie was cut to %u bytes", n);
             }
             *cookieLen = n;
         }

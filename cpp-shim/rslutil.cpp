@@ -24,11 +24,11 @@ namespace RSLib
     {
         if (directoryName == nullptr || checkpointCreator == nullptr || lastExecutedSequenceNumber == 0)
         {
-            shim::Fatal("SaveCheckpoint: directory, creator and a sequence number above 0 are required");
+            SHIM_FATAL("SaveCheckpoint: directory, creator and a sequence number above 0 are required");
         }
         if (memberSet == nullptr && version > RSLProtocolVersion_2)
         {
-            shim::Fatal("SaveCheckpoint: protocol version %d needs a member set", static_cast<int>(version));
+            SHIM_FATAL("SaveCheckpoint: protocol version %d needs a member set", static_cast<int>(version));
         }
         shim::CMemberSet set;
         if (memberSet != nullptr)
@@ -42,7 +42,7 @@ namespace RSLib
                                                   &RSLStateMachineCallbacks::WriteCheckpointState, checkpointCreator);
         if (st != RSL_SUCCESS)
         {
-            shim::Fatal("SaveCheckpoint(%s, v%d, %llu) failed (status %d)", directoryName, static_cast<int>(version),
+            SHIM_FATAL("SaveCheckpoint(%s, v%d, %llu) failed (status %d)", directoryName, static_cast<int>(version),
                         lastExecutedSequenceNumber, static_cast<int>(st));
         }
     }
@@ -58,25 +58,42 @@ namespace RSLib
                                                                 set.cookie, set.cookieLen);
         if (st != RSL_SUCCESS)
         {
-            shim::Log(CallBackLogLevel_Error, "ChangeReplicaSet(%s) failed (status %d)", checkpointName,
+            SHIM_LOG(CallBackLogLevel_Error, "ChangeReplicaSet(%s) failed (status %d)", checkpointName,
                       static_cast<int>(st));
             return false;
         }
         return true;
     }
 
-    bool RSLCheckpointUtility::MigrateToVersion3(const char* checkpointName, const RSLMemberSet* /*memberSet*/)
+    namespace
     {
-        shim::Log(CallBackLogLevel_Error, "MigrateToVersion3(%s): not supported by this RSL",
-                  checkpointName != nullptr ? checkpointName : "(null)");
-        return false;
+        bool Migrate(const char* checkpointName, RSLProtocolVersion version, const RSLMemberSet* memberSet)
+        {
+            if (checkpointName == nullptr || memberSet == nullptr)
+            {
+                return false;
+            }
+            const shim::CMemberSet set = shim::ToCMemberSet(*memberSet);
+            const rsl_status st = rsl_checkpoint_migrate(checkpointName, static_cast<uint32_t>(version), set.nodes.data(),
+                                                         set.nodes.size(), set.cookie, set.cookieLen);
+            if (st != RSL_SUCCESS)
+            {
+                SHIM_LOG(CallBackLogLevel_Error, "MigrateToVersion%d(%s) failed (status %d)", static_cast<int>(version),
+                          checkpointName, static_cast<int>(st));
+                return false;
+            }
+            return true;
+        }
+    } // namespace
+
+    bool RSLCheckpointUtility::MigrateToVersion3(const char* checkpointName, const RSLMemberSet* memberSet)
+    {
+        return Migrate(checkpointName, RSLProtocolVersion_3, memberSet);
     }
 
-    bool RSLCheckpointUtility::MigrateToVersion4(const char* checkpointName, const RSLMemberSet* /*memberSet*/)
+    bool RSLCheckpointUtility::MigrateToVersion4(const char* checkpointName, const RSLMemberSet* memberSet)
     {
-        shim::Log(CallBackLogLevel_Error, "MigrateToVersion4(%s): not supported by this RSL",
-                  checkpointName != nullptr ? checkpointName : "(null)");
-        return false;
+        return Migrate(checkpointName, RSLProtocolVersion_4, memberSet);
     }
 
     bool RSLCheckpointUtility::GetReplicaSet(const char* checkpointName, RSLMemberSet* memberSet)

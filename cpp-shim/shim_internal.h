@@ -9,6 +9,25 @@
 #include "rsl.h"
 #include "rsl_ffi.h"
 
+// shim::LogAt and shim::FatalAt with the calling site.
+#define SHIM_LOG(level, ...) ::RSLib::shim::LogAt(__FILE__, __func__, __LINE__, level, __VA_ARGS__)
+#define SHIM_FATAL(...) ::RSLib::shim::FatalAt(__FILE__, __func__, __LINE__, __VA_ARGS__)
+
+namespace RSLibImpl
+{
+    // Owns a header read from a checkpoint file through the C ABI.
+    class __attribute__((visibility("hidden"))) CheckpointHeader
+    {
+    public:
+        explicit CheckpointHeader(::rsl_checkpoint_header* header) : m_header(header) {}
+        ~CheckpointHeader() { rsl_checkpoint_header_free(m_header); }
+        CheckpointHeader(const CheckpointHeader&) = delete;
+        CheckpointHeader& operator=(const CheckpointHeader&) = delete;
+
+        ::rsl_checkpoint_header* m_header;
+    };
+} // namespace RSLibImpl
+
 namespace RSLib
 {
     // The C callbacks handed to rsl-ffi. `ctx` is the RSLStateMachine* (or, for
@@ -58,10 +77,16 @@ namespace RSLib
 
     namespace shim
     {
-        // Logs through RSLInit's callbacks (or stderr when none is installed).
-        void Log(CallBackLogLevel level, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+        // Logs through RSLInit's callbacks (or stderr when none is installed), with the
+        // caller's file, function and line (SHIM_LOG).
+        void LogAt(const char* file, const char* function, int line, CallBackLogLevel level, const char* fmt, ...)
+            __attribute__((format(printf, 5, 6)));
+        // RSL's notification of a failed Initialize: `title` says why (logged too), the
+        // message is NULL; made whether or not a LogEntryCallback is installed.
+        void NotifyInitializeFailure(const char* title);
         // Logs at Assert level and aborts the process (the original's fail-fast asserts).
-        [[noreturn]] void Fatal(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+        [[noreturn]] void FatalAt(const char* file, const char* function, int line, const char* fmt, ...)
+            __attribute__((format(printf, 4, 5)));
 
         rsl_node ToNode(const RSLNode& node);
         RSLNode FromNode(const rsl_node& node);

@@ -143,10 +143,17 @@ struct rsl_replica;
 struct rsl_checkpoint_reader;
 struct rsl_checkpoint_writer;
 
+namespace RSLibImpl
+{
+    /* A checkpoint's header; internal, as in RSL (the streams' Init overloads take one). */
+    class CheckpointHeader;
+}
+
 namespace RSLib
 {
-    /* Process-wide notification (asserts and Initialize failures), used when no
-       LogEntryCallback is installed. The strings live only during the call. */
+    /* Process-wide notification, as in RSL: an assert (formatted message; only when no
+       LogEntryCallback is installed; the process then aborts), and a failed Initialize
+       (level Error, `title` says why, `message` NULL). The strings live only during the call. */
     typedef void (*NotificationsCallback)(int level, int logId, const char* title, const char* message);
 
     typedef enum
@@ -218,10 +225,15 @@ namespace RSLib
         unsigned int Init(const char* file);
         /* The file given to Init, or NULL. Owned by the reader. */
         char* GetFileName();
-        /* Not supported here (rewrite a payload with RSLCheckpointUtility::SaveCheckpoint):
-           returns NULL. */
+        /* Opens `file`, which must be the checkpoint `header` describes (else ERROR_CRC).
+           A reader opened this way has no writer for CreateWriterForThisReader. */
+        unsigned int Init(const char* file, RSLibImpl::CheckpointHeader* header);
+        /* A writer of a new checkpoint `file` (which must not exist) with this reader's
+           header, for rewriting the payload; NULL unless opened with Init(file), or if the
+           file cannot be created. The caller deletes it after CloseWriterForThisReader. */
         RSLCheckpointStreamWriter* CreateWriterForThisReader(const char* file);
-        /* Deletes a writer obtained from CreateWriterForThisReader. */
+        /* Completes the file of a writer from CreateWriterForThisReader (its size and last
+           checksum); aborts if that fails, as RSL does. Does not delete the writer. */
         void CloseWriterForThisReader(const char* file, RSLCheckpointStreamWriter* writer);
 
     private:
@@ -232,6 +244,8 @@ namespace RSLib
         ::rsl_checkpoint_reader* m_reader;
         bool m_owned;
         char* m_filename;
+        /* The header read by Init(file), for CreateWriterForThisReader. */
+        RSLibImpl::CheckpointHeader* m_context;
 
         friend struct RSLStateMachineCallbacks;
     };
@@ -246,11 +260,20 @@ namespace RSLib
 
         unsigned int Write(const void* pbWrite, unsigned long cbWrite);
 
+        /* Creates `file` (which must not exist) for a checkpoint with `header`'s fields. */
+        unsigned int Init(const char* file, RSLibImpl::CheckpointHeader* header);
+        /* Completes the file of Init: the last block's checksum, the header with the final
+           size, synced. ERROR_INVALID_PARAMETER for a writer RSL handed to SaveState. A
+           writer destroyed without Close leaves its file incomplete. */
+        unsigned int Close();
+
     private:
         RSLCheckpointStreamWriter(const RSLCheckpointStreamWriter&) = delete;
         RSLCheckpointStreamWriter& operator=(const RSLCheckpointStreamWriter&) = delete;
 
         ::rsl_checkpoint_writer* m_writer;
+        /* Whether m_writer came from Init (this object frees it). */
+        bool m_owned;
 
         friend struct RSLStateMachineCallbacks;
         friend class RSLCheckpointUtility;
@@ -504,7 +527,8 @@ namespace RSLib
         /* Hands primary status over; v5+. Here the process does not exit. */
         void RelinquishPrimary();
 
-        /* True while the replica is primary or follows a known primary. */
+        /* True while the replica is a stable primary or secondary; false while it
+           initializes, stands for election, waits for Bootstrap or restores. */
         bool IsInStableState();
 
         bool Initialize(RSLConfigParam* cfg, const RSLNodeArray& membersOfInitialConfiguration, const RSLNode& self,
@@ -517,10 +541,12 @@ namespace RSLib
                         bool serializeFastReadsWithReplicates, SpawnRoutine spawnRoutine = NULL,
                         bool IndependentHeartbeat = false);
 
-        /* Blocks until this replica has joined the first configuration, or `timeout` seconds. */
+        /* Gives the replica its first member set, then blocks until it has accepted a vote
+           of an elected primary: RSLBootstrapFailed after `timeout` seconds. */
         RSLResponseCode Bootstrap(RSLMemberSet* memberSet, unsigned int timeout);
 
-        /* Not supported by this implementation: logged and ignored. */
+        /* Replaces the configured election delay (randomised again), from the next time an
+           election timer is set; not persisted. */
         void ChangeElectionDelay(unsigned int delayInSecs);
 
         /* UnloadThisOne on every state machine of the process. */
@@ -531,7 +557,9 @@ namespace RSLib
 
         /* Read-only replay of a data directory up to maxSeqNo, instead of Initialize. */
         bool Replay(const char* directory, unsigned long long maxSeqNo);
-        /* Not supported by this implementation: returns false. */
+        /* Replay, then a checkpoint of the state reached (SaveState), labelled
+           checkpointSeqNo, in checkpointDirectory (which must differ from `directory`), for
+           offline recovery. Both extra arguments or neither (the plain Replay then). */
         bool Replay(const char* directory, unsigned long long maxSeqNo, unsigned long long checkpointSeqNo,
                     const char* checkpointDirectory);
 
@@ -562,7 +590,8 @@ namespace RSLib
         RSLResponseCode CopyStateFromReplica(void* cookie);
         void GetStatisticsSnapshot(RSLStats* pStats);
         void SetAcceptMessages(bool acceptMessages);
-        /* Test hooks of the original; no-ops here. */
+        /* Test hooks, as in RSL: Pause freezes the protocol thread (no timers, no messages
+           handled) until Resume; decrees already chosen still execute. Unload resumes. */
         void Pause();
         void Resume();
         /* Stops this replica (ShutDown is called). The process does not exit. */

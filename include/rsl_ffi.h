@@ -10,14 +10,22 @@
 #include <stdlib.h>
 
 /**
+ * A checkpoint's header (RSL's internal `CheckpointHeader`), read from a file by
+ * `rsl_checkpoint_header_read`: what `rsl_checkpoint_reader_open_with` checks a file against
+ * and what `rsl_checkpoint_writer_create` gives a new file.
+ */
+typedef struct rsl_checkpoint_header rsl_checkpoint_header;
+
+/**
  * Reads a checkpoint's application data. Handed to `load_state` (valid during the call) or
  * opened by `rsl_checkpoint_reader_open` (valid until `rsl_checkpoint_reader_close`).
  */
 typedef struct rsl_checkpoint_reader rsl_checkpoint_reader;
 
 /**
- * Appends to a checkpoint being written; handed to `save_state` and `try_save_state` (and the
- * `rsl_checkpoint_save` writer), valid only during that call.
+ * Appends to a checkpoint being written: handed to `save_state` and `try_save_state` (and the
+ * `rsl_checkpoint_save` writer), valid only during that call; or created on a file by
+ * `rsl_checkpoint_writer_create`, valid until `rsl_checkpoint_writer_close` or `_free`.
  */
 typedef struct rsl_checkpoint_writer rsl_checkpoint_writer;
 
@@ -39,6 +47,44 @@ typedef int32_t rsl_status;
  * any thread, concurrently.
  */
 typedef void (*rsl_log_callback)(int32_t level, const char *message);
+
+/**
+ * One log entry with where it comes from (`rsl_init_entries`); every pointer is valid only
+ * during the call, NUL-terminated, never NULL.
+ */
+typedef struct rsl_log_entry {
+  /**
+   * RSL's `CallBackLogLevel`, as for `rsl_log_callback`.
+   */
+  int32_t level;
+  /**
+   * RSL's log area: 2 (`LogID_Netlib`) for the transport and TLS, 3 (`LogID_RSLLIB`) else.
+   */
+  int32_t log_id;
+  /**
+   * The source file that logged it.
+   */
+  const char *file;
+  /**
+   * The module that logged it (Rust has no function name at run time).
+   */
+  const char *function;
+  uint32_t line;
+  /**
+   * The entry's message alone.
+   */
+  const char *title;
+  /**
+   * The whole line: level, module, message and the entry's other fields.
+   */
+  const char *message;
+} rsl_log_entry;
+
+/**
+ * Receives every log entry with its source (`rsl_init_entries`); called from any thread,
+ * concurrently.
+ */
+typedef void (*rsl_log_entry_callback)(const struct rsl_log_entry *entry);
 
 /**
  * `RSLConfigParam`: the same fields in snake case with the same defaults (`rsl_config_init`),
@@ -224,7 +270,8 @@ typedef struct rsl_callbacks {
    */
   bool (*can_become_primary)(void *ctx, void *cookie_buf, uint32_t *cookie_len);
   /**
-   * Optional (default: true). Protocol thread. Only `node->member_id` is filled in.
+   * Optional (default: true). Protocol thread. `node` is the sender as the current
+   * configuration names it (only `member_id` is filled in if it names no such member).
    */
   bool (*accept_message_from_replica)(void *ctx, const struct rsl_node *node, const void *data, uint32_t len);
 } rsl_callbacks;
@@ -433,6 +480,15 @@ uint64_t rsl_calculate_checksum(const void *blob, size_t size);
 rsl_status rsl_init(const char *log_dir, bool log_debug, rsl_log_callback cb);
 
 /**
+ * `rsl_init`, with each entry handed to `cb` with its source file, module, line, log area
+ * and message (`rsl_log_entry`), as RSL's `LogEntryCallback` gets them.
+ *
+ * # Safety
+ * As `rsl_init`.
+ */
+rsl_status rsl_init_entries(const char *log_dir, bool log_debug, rsl_log_entry_callback cb);
+
+/**
  * `RSLStateMachine::Initialize`: restores the state (`load_state`, then the logged decrees,
  * executed on this thread), then starts the replica's threads and listens on `self_node`'s ports.
  * `members`/`member_count` is the legacy initial member list; NULL and 0 is the v4+ form
@@ -535,14 +591,54 @@ rsl_status rsl_replica_change_configuration(struct rsl_replica *r, const struct 
 
 /**
  * `Bootstrap` (v4+): gives a replica started without members its first member set (copied),
- * blocking until the replica has taken it. `timeout_sec` is accepted and ignored. Errors:
- * `RSL_ALREADY_BOOTSTRAPPED`, `RSL_BOOTSTRAP_FAILED`, `RSL_INVALID_PARAMETER`,
- * `RSL_SHUTTING_DOWN`, `RSL_E_NULL`.
+ * then blocks, as RSL does, until this replica has accepted a vote of an elected primary
+ * (it knows a primary), or `timeout_sec` has passed: `RSL_BOOTSTRAP_FAILED` then (the member
+ * set stays taken; the ring may still form later). Errors: `RSL_ALREADY_BOOTSTRAPPED`,
+ * `RSL_BOOTSTRAP_FAILED`, `RSL_INVALID_PARAMETER`, `RSL_SHUTTING_DOWN`, `RSL_E_NULL`.
  *
  * # Safety
  * As `rsl_replica_change_configuration`.
  */
 rsl_status rsl_replica_bootstrap(struct rsl_replica *r, const struct rsl_node *members, size_t count, const void *set_cookie, uint32_t cookie_len, uint32_t timeout_sec);
+
+/**
+ * `ChangeElectionDelay`: replaces the configured election delay (randomised again as
+ * configured), used from the next time an election timer is set; not persisted.
+ * Errors: `RSL_E_NULL`, `RSL_E_STATE` before the replica has started, `RSL_SHUTTING_DOWN`.
+ *
+ * # Safety
+ * `r` is NULL or a live handle.
+ */
+rsl_status rsl_replica_change_election_delay(struct rsl_replica *r, uint32_t delay_sec);
+
+/**
+ * `Pause` (a test hook): the replica's protocol thread freezes once it reaches this call (no
+ * timers, no messages handled; peers' messages past its queue's bound are dropped) until
+ * `rsl_replica_resume` or unload. Decrees already chosen still execute. Errors: `RSL_E_NULL`,
+ * `RSL_E_STATE` before the replica has started, `RSL_SHUTTING_DOWN`.
+ *
+ * # Safety
+ * `r` is NULL or a live handle.
+ */
+rsl_status rsl_replica_pause(struct rsl_replica *r);
+
+/**
+ * `Resume`: ends `rsl_replica_pause`; nothing if not paused. Errors as `rsl_replica_pause`.
+ *
+ * # Safety
+ * `r` is NULL or a live handle.
+ */
+rsl_status rsl_replica_resume(struct rsl_replica *r);
+
+/**
+ * `IsInStableState`: true while this replica is primary or secondary of an elected primary
+ * (RSL's StablePrimary and StableSecondary); false while it initializes, stands for election,
+ * waits to be bootstrapped or restores, and for NULL or after unload.
+ *
+ * # Safety
+ * `r` is NULL or a handle not yet destroyed.
+ */
+bool rsl_replica_is_in_stable_state(const struct rsl_replica *r);
 
 /**
  * `GetCurrentPrimary`: the primary as this replica last heard (a hint), from the current
@@ -683,6 +779,20 @@ void rsl_replica_destroy(struct rsl_replica *r);
 rsl_status rsl_replay(const struct rsl_config *cfg, const char *member_id, uint32_t version, const struct rsl_callbacks *callbacks, uint64_t max_seq_no, uint64_t *last_executed);
 
 /**
+ * `Replay` (expert): `rsl_replay`, then a checkpoint of the state it reached, labelled
+ * `checkpoint_seq_no`, written to `<checkpoint_dir>/<checkpoint_seq_no>.codex` through
+ * `try_save_state` (or `save_state`), in the configuration the replay ended in. For offline
+ * recovery: `checkpoint_dir` must exist and differ from the data directory, so that no
+ * replica starts from it by accident. Errors as `rsl_replay`; also `RSL_INVALID_PARAMETER`
+ * for a `checkpoint_seq_no` of 0, the data directory as `checkpoint_dir`, or a replay that
+ * ended with no member set (v3+); `RSL_E_IO` if the save fails or the checkpoint exists.
+ *
+ * # Safety
+ * As `rsl_replay`; `checkpoint_dir` is NULL or NUL-terminated.
+ */
+rsl_status rsl_replay_to_checkpoint(const struct rsl_config *cfg, const char *member_id, uint32_t version, const struct rsl_callbacks *callbacks, uint64_t max_seq_no, uint64_t checkpoint_seq_no, const char *checkpoint_dir, uint64_t *last_executed);
+
+/**
  * The replica whose callback this thread is running with `context` (the `context` of its
  * `rsl_callbacks`), or NULL. A callback reaches its replica through it before
  * `rsl_replica_initialize` has returned the handle (while restoring, or in the first
@@ -746,6 +856,66 @@ uint64_t rsl_checkpoint_reader_size(const struct rsl_checkpoint_reader *r);
  * `file` is NULL or a NUL-terminated string; `out` is NULL or writable.
  */
 uint32_t rsl_checkpoint_reader_open(const char *file, struct rsl_checkpoint_reader **out);
+
+/**
+ * Reads the header of checkpoint `file` (checked as `rsl_checkpoint_reader_open` checks it).
+ * On success `*out` is a header the caller frees with `rsl_checkpoint_header_free`. Errors as
+ * `rsl_checkpoint_reader_open`.
+ *
+ * # Safety
+ * `file` is NULL or a NUL-terminated string; `out` is NULL or writable.
+ */
+uint32_t rsl_checkpoint_header_read(const char *file, struct rsl_checkpoint_header **out);
+
+/**
+ * Frees a header from `rsl_checkpoint_header_read`; NULL is ignored.
+ *
+ * # Safety
+ * `h` is NULL or a header not yet freed.
+ */
+void rsl_checkpoint_header_free(struct rsl_checkpoint_header *h);
+
+/**
+ * `Init(file, CheckpointHeader*)`: opens `file` as `rsl_checkpoint_reader_open` does, and
+ * refuses it (23) unless its header is `header` (the same size, blocks, decree and
+ * configuration). 87 for a NULL argument.
+ *
+ * # Safety
+ * As `rsl_checkpoint_reader_open`; `header` is NULL or a live header.
+ */
+uint32_t rsl_checkpoint_reader_open_with(const char *file, const struct rsl_checkpoint_header *header, struct rsl_checkpoint_reader **out);
+
+/**
+ * `RSLCheckpointStreamWriter::Init(file, CheckpointHeader*)`: creates `file` (which must not
+ * exist) for a checkpoint with `header`'s fields; the application data is written with
+ * `rsl_checkpoint_writer_write` and `rsl_checkpoint_writer_close` completes the file (its
+ * size in the header, the last block's checksum, synced). On success `*out` is a writer the
+ * caller owns. 87 for a NULL argument, an OS error code if the file cannot be created.
+ *
+ * # Safety
+ * `file` is NULL or NUL-terminated; `header` is NULL or a live header; `out` is NULL or writable.
+ */
+uint32_t rsl_checkpoint_writer_create(const char *file, const struct rsl_checkpoint_header *header, struct rsl_checkpoint_writer **out);
+
+/**
+ * `RSLCheckpointStreamWriter::Close`: completes a file from `rsl_checkpoint_writer_create`
+ * and frees the writer. An error (an OS code; that of an earlier failed write too) leaves
+ * the file incomplete. 87 for NULL or a writer handed to a callback (not freed then).
+ *
+ * # Safety
+ * `w` is NULL, a writer from `rsl_checkpoint_writer_create` not yet closed or freed, or the
+ * writer of the current callback.
+ */
+uint32_t rsl_checkpoint_writer_close(struct rsl_checkpoint_writer *w);
+
+/**
+ * Frees a writer from `rsl_checkpoint_writer_create` without completing its file (left
+ * incomplete, as RSL leaves it). NULL, or a callback's writer, is ignored.
+ *
+ * # Safety
+ * As `rsl_checkpoint_writer_close`.
+ */
+void rsl_checkpoint_writer_free(struct rsl_checkpoint_writer *w);
 
 /**
  * Frees a reader from `rsl_checkpoint_reader_open`. NULL, or a reader handed to `load_state`
@@ -882,6 +1052,18 @@ rsl_status rsl_checkpoint_get_replica_set(const char *file, struct rsl_node *mem
  * `cookie_len` bytes.
  */
 rsl_status rsl_checkpoint_change_replica_set(const char *file, const struct rsl_node *members, size_t count, const void *set_cookie, uint32_t cookie_len);
+
+/**
+ * `RSLCheckpointUtility::MigrateToVersion3` / `MigrateToVersion4`: as
+ * `rsl_checkpoint_change_replica_set`, and the header's version raised to `version` (3 to 6);
+ * a v1/v2 checkpoint gets configuration 1 from decree 0 with the set, and from v4 the data
+ * is cut into checksummed 4 MiB blocks. Errors as `rsl_checkpoint_change_replica_set`, and
+ * `RSL_INVALID_PARAMETER` for a version outside 3..6 or below the file's.
+ *
+ * # Safety
+ * As `rsl_checkpoint_change_replica_set`.
+ */
+rsl_status rsl_checkpoint_migrate(const char *file, uint32_t version, const struct rsl_node *members, size_t count, const void *set_cookie, uint32_t cookie_len);
 
 #ifdef __cplusplus
 }  // extern "C"

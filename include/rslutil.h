@@ -29,7 +29,9 @@ namespace RSLib
                                    RSLMemberSet* memberSet, IRSLCheckpointCreator* checkpointCreator);
         /* Replaces the member set stored in a v3+ checkpoint (atomically). */
         static bool ChangeReplicaSet(const char* checkpointName, const RSLMemberSet* memberSet);
-        /* Not supported by this implementation: return false. */
+        /* ChangeReplicaSet that also raises the checkpoint's version to 3 (numeric ids) or 4
+           (string ids, checksummed blocks); a v1/v2 checkpoint gets configuration 1 from
+           decree 0 with the set. */
         static bool MigrateToVersion3(const char* checkpointName, const RSLMemberSet* memberSet);
         static bool MigrateToVersion4(const char* checkpointName, const RSLMemberSet* memberSet);
         /* Reads the member set (and its cookie) stored in a v3+ checkpoint. */

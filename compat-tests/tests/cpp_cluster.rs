@@ -14,6 +14,8 @@
 //!   and no leak;
 //! - runs `golden_check`: `RSLUtils::CalculateChecksum` and `RSLCheckpointUtility::SaveCheckpoint`
 //!   against the original's golden files, byte for byte.
+//! - runs `stubs_check`: the calls that were once stubs, each with the original's behaviour,
+//!   plain and under AddressSanitizer.
 //!
 //! Every wait is bounded; processes still running at a deadline are killed.
 
@@ -610,4 +612,51 @@ fn cpp_golden_vectors() {
     }
     assert!(stdout.contains("ok CalculateChecksum(vote_v6.bin[14..]) equals its stored checksum"), "{stdout}");
     assert!(stdout.contains("0 failures"), "{stdout}");
+}
+
+/// `stubs_check`: the calls that were stubs (ChangeElectionDelay, IsInStableState, Replay to
+/// a checkpoint, CreateWriterForThisReader and the streams' Init/Close, Bootstrap's timeout),
+/// each with the original's behaviour, in one process.
+#[test]
+fn cpp_former_stubs() {
+    let work = tempfile::tempdir().unwrap();
+    let exe = work.path().join("stubs_check");
+    compile(&[cpp("stubs_check.cpp")], &exe, &pkg_config_flags());
+    run_stubs_check(&exe, work.path(), &[]);
+}
+
+/// `stubs_check` with the shim compiled in under AddressSanitizer, as in
+/// `cpp_cluster_under_address_sanitizer`: no error and no leak.
+#[test]
+fn cpp_former_stubs_under_address_sanitizer() {
+    let work = tempfile::tempdir().unwrap();
+    let exe = work.path().join("stubs_check_asan");
+    let (_, deps) = lib_dirs();
+    let mut flags: Vec<String> =
+        ["-fsanitize=address", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all"].iter().map(|s| s.to_string()).collect();
+    flags.push(format!("-I{}", root().join("include").display()));
+    flags.push(format!("-I{}", root().join("cpp-shim").display()));
+    flags.push(deps.join("librsl.a").display().to_string());
+    flags.extend(SYSTEM_LIBS.iter().map(|s| s.to_string()));
+    let sources = [cpp("stubs_check.cpp"), root().join("cpp-shim/rsl.cpp"), root().join("cpp-shim/rslutil.cpp")];
+    compile(&sources, &exe, &flags);
+    run_stubs_check(&exe, work.path(), &[("ASAN_OPTIONS", "detect_leaks=1:halt_on_error=1:exitcode=86")]);
+}
+
+fn run_stubs_check(exe: &Path, work: &Path, env: &[(&str, &str)]) {
+    let run = work.join("run");
+    fs::create_dir_all(&run).unwrap();
+    let (out, err) = (work.join("stdout"), work.join("stderr"));
+    let mut child = Command::new(exe)
+        .arg(free_base_port().to_string())
+        .arg(&run)
+        .envs(env.iter().copied())
+        .env("LD_LIBRARY_PATH", library_path())
+        .stdout(fs::File::create(&out).unwrap())
+        .stderr(fs::File::create(&err).unwrap())
+        .spawn()
+        .expect("stubs_check starts");
+    let status = wait_exit(&mut child, Instant::now() + Duration::from_secs(300), "stubs_check");
+    let (stdout, stderr) = (read(&out), read(&err));
+    assert!(status.success() && stdout.contains("all ok") && !stderr.contains("Sanitizer"), "stubs_check failed:\n{stdout}\n{stderr}");
 }

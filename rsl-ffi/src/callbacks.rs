@@ -70,7 +70,8 @@ pub struct rsl_callbacks {
     /// Optional (default: true, empty cookie). Protocol thread. `*cookie_len` is the capacity
     /// (8192) on entry; set it to the primary cookie's length. False vetoes the election.
     pub can_become_primary: Option<unsafe extern "C" fn(ctx: *mut c_void, cookie_buf: *mut c_void, cookie_len: *mut u32) -> bool>,
-    /// Optional (default: true). Protocol thread. Only `node->member_id` is filled in.
+    /// Optional (default: true). Protocol thread. `node` is the sender as the current
+    /// configuration names it (only `member_id` is filled in if it names no such member).
     pub accept_message_from_replica:
         Option<unsafe extern "C" fn(ctx: *mut c_void, node: *const rsl_node, data: *const c_void, len: u32) -> bool>,
 }
@@ -300,9 +301,22 @@ impl Admission for Callbacks {
         allowed.then_some(cookie)
     }
 
+    /// The sender as the configuration names it (address and ports too), as RSL passes it;
+    /// only its id if the configuration does not name it.
     fn accept_message_from_replica(&self, node: &MemberId, primary_cookie: &[u8]) -> bool {
-        let mut c_node = empty_node();
-        write_c_str(&mut c_node.member_id, node.as_bytes());
+        if self.cb.accept_message_from_replica.is_none() {
+            return true;
+        }
+        let known = self
+            .view
+            .as_ref()
+            .and_then(|v| v.get())
+            .and_then(|v| v.configuration().0.nodes.iter().find(|n| n.id == *node).map(crate::node_to_c));
+        let c_node = known.unwrap_or_else(|| {
+            let mut c_node = empty_node();
+            write_c_str(&mut c_node.member_id, node.as_bytes());
+            c_node
+        });
         let len = primary_cookie.len() as u32;
         optional!(self.accept_message_from_replica(&c_node as *const rsl_node, primary_cookie.as_ptr().cast(), len) else true)
     }

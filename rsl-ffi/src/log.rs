@@ -19,9 +19,33 @@ use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 /// any thread, concurrently.
 pub type rsl_log_callback = Option<unsafe extern "C" fn(level: i32, message: *const c_char)>;
 
+/// One log entry with where it comes from (`rsl_init_entries`); every pointer is valid only
+/// during the call, NUL-terminated, never NULL.
+#[repr(C)]
+pub struct rsl_log_entry {
+    /// RSL's `CallBackLogLevel`, as for `rsl_log_callback`.
+    pub level: i32,
+    /// RSL's log area: 2 (`LogID_Netlib`) for the transport and TLS, 3 (`LogID_RSLLIB`) else.
+    pub log_id: i32,
+    /// The source file that logged it.
+    pub file: *const c_char,
+    /// The module that logged it (Rust has no function name at run time).
+    pub function: *const c_char,
+    pub line: u32,
+    /// The entry's message alone.
+    pub title: *const c_char,
+    /// The whole line: level, module, message and the entry's other fields.
+    pub message: *const c_char,
+}
+
+/// Receives every log entry with its source (`rsl_init_entries`); called from any thread,
+/// concurrently.
+pub type rsl_log_entry_callback = Option<unsafe extern "C" fn(entry: *const rsl_log_entry)>;
+
 /// Where log entries go; replaced by each `rsl_init`.
 struct Sink {
     callback: rsl_log_callback,
+    entries: rsl_log_entry_callback,
     file: Option<File>,
 }
 
@@ -30,17 +54,27 @@ static DEBUG: AtomicBool = AtomicBool::new(false);
 /// Whether our subscriber is the process's (set by the first `rsl_init`).
 static INSTALLED: OnceLock<bool> = OnceLock::new();
 
-/// Formats an event's fields: the message, then ` name=value` for the others.
-struct Fields(String);
+/// Formats an event's fields: the message, then ` name=value` for the others; and the
+/// message alone.
+#[derive(Default)]
+struct Fields {
+    all: String,
+    message: String,
+}
 
 impl Visit for Fields {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         if field.name() == "message" {
-            let _ = write!(self.0, "{value:?}");
+            let _ = write!(self.all, "{value:?}");
+            let _ = write!(self.message, "{value:?}");
         } else {
-            let _ = write!(self.0, " {}={value:?}", field.name());
+            let _ = write!(self.all, " {}={value:?}", field.name());
         }
     }
+}
+
+fn c_text(s: &str) -> CString {
+    CString::new(s.replace('\0', " ")).unwrap_or_default()
 }
 
 struct CallbackLayer;
@@ -52,30 +86,46 @@ impl<S: Subscriber> Layer<S> for CallbackLayer {
 
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         let meta = event.metadata();
-        let mut fields = Fields(String::new());
+        let mut fields = Fields::default();
         event.record(&mut fields);
-        let line = format!("{} {}: {}", meta.level(), meta.target(), fields.0);
-        let callback = {
+        let line = format!("{} {}: {}", meta.level(), meta.target(), fields.all);
+        let (callback, entries) = {
             let Ok(sink) = SINK.read() else { return };
             let Some(sink) = sink.as_ref() else { return };
             if let Some(mut file) = sink.file.as_ref() {
                 let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
                 let _ = writeln!(file, "{}.{:03} {line}", at.as_secs(), at.subsec_millis());
             }
-            sink.callback
+            (sink.callback, sink.entries)
         };
+        let level = match *meta.level() {
+            Level::ERROR => 4,
+            Level::WARN => 3,
+            Level::INFO => 1,
+            _ => 0,
+        };
+        let text = c_text(&line);
         // Called without the lock, so that the callback may itself call `rsl_init`.
         if let Some(callback) = callback {
-            let level = match *meta.level() {
-                Level::ERROR => 4,
-                Level::WARN => 3,
-                Level::INFO => 1,
-                _ => 0,
-            };
-            let text = CString::new(line.replace('\0', " ")).unwrap_or_default();
             // SAFETY: the application's log callback, given a NUL-terminated line that lives
             // for the call; the application accepts calls from any thread (`rsl_log_callback`).
             unsafe { callback(level, text.as_ptr()) };
+        }
+        if let Some(entries) = entries {
+            let module = meta.module_path().unwrap_or(meta.target());
+            let netlib = module.contains("transport") || module.contains("tls");
+            let (file, function, title) = (c_text(meta.file().unwrap_or("")), c_text(module), c_text(&fields.message));
+            let entry = rsl_log_entry {
+                level,
+                log_id: if netlib { 2 } else { 3 },
+                file: file.as_ptr(),
+                function: function.as_ptr(),
+                line: meta.line().unwrap_or(0),
+                title: title.as_ptr(),
+                message: text.as_ptr(),
+            };
+            // SAFETY: as above; every string lives for the call (`rsl_log_entry_callback`).
+            unsafe { entries(&entry) };
         }
     }
 }
@@ -90,6 +140,26 @@ impl<S: Subscriber> Layer<S> for CallbackLayer {
 /// `log_dir` is NULL or NUL-terminated; `cb` is NULL or a function callable from any thread.
 #[no_mangle]
 pub unsafe extern "C" fn rsl_init(log_dir: *const c_char, log_debug: bool, cb: rsl_log_callback) -> rsl_status {
+    // SAFETY: forwarded from the caller.
+    unsafe { init(log_dir, log_debug, cb, None) }
+}
+
+/// `rsl_init`, with each entry handed to `cb` with its source file, module, line, log area
+/// and message (`rsl_log_entry`), as RSL's `LogEntryCallback` gets them.
+///
+/// # Safety
+/// As `rsl_init`.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_init_entries(log_dir: *const c_char, log_debug: bool, cb: rsl_log_entry_callback) -> rsl_status {
+    // SAFETY: forwarded from the caller.
+    unsafe { init(log_dir, log_debug, None, cb) }
+}
+
+/// `rsl_init`'s body, with either callback.
+///
+/// # Safety
+/// As `rsl_init`.
+unsafe fn init(log_dir: *const c_char, log_debug: bool, cb: rsl_log_callback, entries: rsl_log_entry_callback) -> rsl_status {
     guard(|| {
         let file = if log_dir.is_null() {
             None
@@ -99,7 +169,7 @@ pub unsafe extern "C" fn rsl_init(log_dir: *const c_char, log_debug: bool, cb: r
             let opened = std::fs::create_dir_all(dir).and_then(|()| File::options().create(true).append(true).open(dir.join("rsl.log")));
             Some(opened.map_err(|_| RSL_E_IO)?)
         };
-        *SINK.write().map_err(|_| RSL_E_STATE)? = Some(Sink { callback: cb, file });
+        *SINK.write().map_err(|_| RSL_E_STATE)? = Some(Sink { callback: cb, entries, file });
         DEBUG.store(log_debug, Relaxed);
         let installed =
             *INSTALLED.get_or_init(|| tracing::subscriber::set_global_default(tracing_subscriber::registry().with(CallbackLayer)).is_ok());

@@ -6,12 +6,13 @@ use crate::types::*;
 use crate::*;
 use bytes::Bytes;
 use rsl_engine::format::{MemberId, Version};
-use rsl_engine::runtime::{InitError, ReplicaView, RslReplica};
+use rsl_engine::paxos::Role;
+use rsl_engine::runtime::{InitError, ReplicaView, RslReplica, StateMachine};
 use std::ffi::{c_char, c_void, CStr};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A running replica; stays valid after `rsl_replica_unload` until `rsl_replica_destroy`.
 /// It exists from before the first callback of `rsl_replica_initialize` (so that restore-time
@@ -134,7 +135,7 @@ pub unsafe extern "C" fn rsl_replica_initialize(
         let view = Arc::new(OnceLock::new());
         let address = Arc::new(AtomicUsize::new(0));
         let sm = Box::new(Callbacks::new(callbacks, token)?.with_view(view.clone()).with_handle(address.clone()));
-        let admission = Arc::new(Callbacks::new(callbacks, token)?.with_handle(address.clone()));
+        let admission = Arc::new(Callbacks::new(callbacks, token)?.with_view(view.clone()).with_handle(address.clone()));
         // Published before the first callback: restore-time callbacks query the replica through it.
         let handle = Box::into_raw(Box::new(rsl_replica { replica: OnceLock::new(), view, token, unloaded: AtomicBool::new(false) }));
         address.store(handle.expose_provenance(), Relaxed);
@@ -305,9 +306,10 @@ pub unsafe extern "C" fn rsl_replica_change_configuration(
 }
 
 /// `Bootstrap` (v4+): gives a replica started without members its first member set (copied),
-/// blocking until the replica has taken it. `timeout_sec` is accepted and ignored. Errors:
-/// `RSL_ALREADY_BOOTSTRAPPED`, `RSL_BOOTSTRAP_FAILED`, `RSL_INVALID_PARAMETER`,
-/// `RSL_SHUTTING_DOWN`, `RSL_E_NULL`.
+/// then blocks, as RSL does, until this replica has accepted a vote of an elected primary
+/// (it knows a primary), or `timeout_sec` has passed: `RSL_BOOTSTRAP_FAILED` then (the member
+/// set stays taken; the ring may still form later). Errors: `RSL_ALREADY_BOOTSTRAPPED`,
+/// `RSL_BOOTSTRAP_FAILED`, `RSL_INVALID_PARAMETER`, `RSL_SHUTTING_DOWN`, `RSL_E_NULL`.
 ///
 /// # Safety
 /// As `rsl_replica_change_configuration`.
@@ -320,11 +322,71 @@ pub unsafe extern "C" fn rsl_replica_bootstrap(
     cookie_len: u32,
     timeout_sec: u32,
 ) -> rsl_status {
-    let _ = timeout_sec;
     guard(|| {
         // SAFETY: forwarded from the caller.
         let (r, set) = unsafe { (live(r)?, member_set(members, count, set_cookie, cookie_len)?) };
-        status(r.started()?.bootstrap(set))
+        let deadline = Instant::now() + Duration::from_secs(timeout_sec.into());
+        status(r.started()?.bootstrap(set))?;
+        while r.view().is_none_or(|v| v.current_primary().is_none()) {
+            if r.unloaded.load(SeqCst) {
+                return Err(RSL_SHUTTING_DOWN);
+            }
+            if Instant::now() >= deadline {
+                return Err(RSL_BOOTSTRAP_FAILED);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    })
+}
+
+/// `ChangeElectionDelay`: replaces the configured election delay (randomised again as
+/// configured), used from the next time an election timer is set; not persisted.
+/// Errors: `RSL_E_NULL`, `RSL_E_STATE` before the replica has started, `RSL_SHUTTING_DOWN`.
+///
+/// # Safety
+/// `r` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_replica_change_election_delay(r: *mut rsl_replica, delay_sec: u32) -> rsl_status {
+    // SAFETY: forwarded from the caller.
+    unsafe { with_live(r, |r| r.change_election_delay(Duration::from_secs(delay_sec.into()))) }
+}
+
+/// `Pause` (a test hook): the replica's protocol thread freezes once it reaches this call (no
+/// timers, no messages handled; peers' messages past its queue's bound are dropped) until
+/// `rsl_replica_resume` or unload. Decrees already chosen still execute. Errors: `RSL_E_NULL`,
+/// `RSL_E_STATE` before the replica has started, `RSL_SHUTTING_DOWN`.
+///
+/// # Safety
+/// `r` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_replica_pause(r: *mut rsl_replica) -> rsl_status {
+    // SAFETY: forwarded from the caller.
+    unsafe { with_live(r, RslReplica::pause) }
+}
+
+/// `Resume`: ends `rsl_replica_pause`; nothing if not paused. Errors as `rsl_replica_pause`.
+///
+/// # Safety
+/// `r` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_replica_resume(r: *mut rsl_replica) -> rsl_status {
+    // SAFETY: forwarded from the caller.
+    unsafe { with_live(r, RslReplica::resume) }
+}
+
+/// `IsInStableState`: true while this replica is primary or secondary of an elected primary
+/// (RSL's StablePrimary and StableSecondary); false while it initializes, stands for election,
+/// waits to be bootstrapped or restores, and for NULL or after unload.
+///
+/// # Safety
+/// `r` is NULL or a handle not yet destroyed.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_replica_is_in_stable_state(r: *const rsl_replica) -> bool {
+    guard_value(false, || {
+        // SAFETY: forwarded from the caller.
+        let role = unsafe { live(r) }.ok().and_then(|r| r.started().ok()?.role());
+        matches!(role, Some(Role::Primary | Role::Secondary))
     })
 }
 
@@ -578,28 +640,100 @@ pub unsafe extern "C" fn rsl_replay(
     max_seq_no: u64,
     last_executed: *mut u64,
 ) -> rsl_status {
+    // SAFETY: forwarded from the caller.
+    guard(|| unsafe { replay(cfg, member_id, version, callbacks, max_seq_no, last_executed, |_, _, _| Ok(())) })
+}
+
+/// `Replay` (expert): `rsl_replay`, then a checkpoint of the state it reached, labelled
+/// `checkpoint_seq_no`, written to `<checkpoint_dir>/<checkpoint_seq_no>.codex` through
+/// `try_save_state` (or `save_state`), in the configuration the replay ended in. For offline
+/// recovery: `checkpoint_dir` must exist and differ from the data directory, so that no
+/// replica starts from it by accident. Errors as `rsl_replay`; also `RSL_INVALID_PARAMETER`
+/// for a `checkpoint_seq_no` of 0, the data directory as `checkpoint_dir`, or a replay that
+/// ended with no member set (v3+); `RSL_E_IO` if the save fails or the checkpoint exists.
+///
+/// # Safety
+/// As `rsl_replay`; `checkpoint_dir` is NULL or NUL-terminated.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn rsl_replay_to_checkpoint(
+    cfg: *const rsl_config,
+    member_id: *const c_char,
+    version: u32,
+    callbacks: *const rsl_callbacks,
+    max_seq_no: u64,
+    checkpoint_seq_no: u64,
+    checkpoint_dir: *const c_char,
+    last_executed: *mut u64,
+) -> rsl_status {
     guard(|| {
-        // SAFETY: the caller guarantees each pointer is NULL or valid.
-        let (Some(cfg), Some(callbacks)) = (unsafe { cfg.as_ref() }, unsafe { callbacks.as_ref() }) else { return Err(RSL_E_NULL) };
-        if member_id.is_null() {
-            return Err(RSL_E_NULL);
+        // SAFETY: forwarded from the caller.
+        let out = unsafe { path(checkpoint_dir) }?.to_path_buf();
+        if checkpoint_seq_no == 0 {
+            return Err(RSL_INVALID_PARAMETER);
         }
-        // SAFETY: non-NULL and NUL-terminated, per the caller.
-        let id: MemberId = types::member_id(unsafe { CStr::from_ptr(member_id) }.to_bytes())?;
-        let (cfg, version) = (config(cfg)?, self::version(version)?);
-        // A handle that only answers queries, for the callbacks (`rsl_replica_of_callback`).
-        let (token, view, address) = (new_token(), Arc::new(OnceLock::new()), Arc::new(AtomicUsize::new(0)));
-        let handle = rsl_replica { replica: OnceLock::new(), view: view.clone(), token, unloaded: AtomicBool::new(false) };
-        address.store((&raw const handle).expose_provenance(), Relaxed);
-        let mut sm = Callbacks::new(callbacks, token)?.with_view(view).with_handle(address);
-        let last = RslReplica::replay(&cfg, &id, version, &mut sm, max_seq_no).map_err(init_error)?;
-        drop(handle);
-        // SAFETY: the caller guarantees `last_executed` is NULL or writable.
-        if let Some(out) = unsafe { last_executed.as_mut() } {
-            *out = last;
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            replay(cfg, member_id, version, callbacks, max_seq_no, last_executed, |cfg, sm, view| {
+                let same = |a: &std::path::Path, b: &std::path::Path| {
+                    a.canonicalize().ok().is_some_and(|a| b.canonicalize().is_ok_and(|b| a == b))
+                };
+                let data = &cfg.working_dir;
+                if same(&out, data) || same(&out, &data.join(view.0.to_string())) {
+                    tracing::error!("Replay: the checkpoint directory {} is the data directory", out.display());
+                    return Err(RSL_INVALID_PARAMETER);
+                }
+                let (members, number) = view.1.configuration();
+                crate::utility::save_checkpoint(&out, view.2, checkpoint_seq_no, number, members, |w| {
+                    if sm.try_save_state(w) {
+                        Ok(())
+                    } else {
+                        Err(RSL_E_IO)
+                    }
+                })
+            })
         }
-        Ok(())
     })
+}
+
+/// What a finished replay hands `then`: the member id, the replay's view, the version.
+type Replayed<'a> = (&'a MemberId, &'a ReplicaView, Version);
+
+/// `rsl_replay`'s body; `then` runs after the replay, with the callbacks and what it reached.
+///
+/// # Safety
+/// As `rsl_replay`.
+unsafe fn replay(
+    cfg: *const rsl_config,
+    member_id: *const c_char,
+    version: u32,
+    callbacks: *const rsl_callbacks,
+    max_seq_no: u64,
+    last_executed: *mut u64,
+    then: impl FnOnce(&rsl_engine::runtime::RslConfig, &mut Callbacks, Replayed) -> Result<(), rsl_status>,
+) -> Result<(), rsl_status> {
+    // SAFETY: the caller guarantees each pointer is NULL or valid.
+    let (Some(cfg), Some(callbacks)) = (unsafe { cfg.as_ref() }, unsafe { callbacks.as_ref() }) else { return Err(RSL_E_NULL) };
+    if member_id.is_null() {
+        return Err(RSL_E_NULL);
+    }
+    // SAFETY: non-NULL and NUL-terminated, per the caller.
+    let id: MemberId = types::member_id(unsafe { CStr::from_ptr(member_id) }.to_bytes())?;
+    let (cfg, version) = (config(cfg)?, self::version(version)?);
+    // A handle that only answers queries, for the callbacks (`rsl_replica_of_callback`).
+    let (token, view, address) = (new_token(), Arc::new(OnceLock::new()), Arc::new(AtomicUsize::new(0)));
+    let handle = rsl_replica { replica: OnceLock::new(), view: view.clone(), token, unloaded: AtomicBool::new(false) };
+    address.store((&raw const handle).expose_provenance(), Relaxed);
+    let mut sm = Callbacks::new(callbacks, token)?.with_view(view.clone()).with_handle(address);
+    let last = RslReplica::replay(&cfg, &id, version, &mut sm, max_seq_no).map_err(init_error)?;
+    let reached = view.get().ok_or(RSL_E_STATE)?;
+    let result = then(&cfg, &mut sm, (&id, reached, version));
+    drop(handle);
+    // SAFETY: the caller guarantees `last_executed` is NULL or writable.
+    if let Some(out) = unsafe { last_executed.as_mut() } {
+        *out = last;
+    }
+    result
 }
 
 /// The replica whose callback this thread is running with `context` (the `context` of its

@@ -5,11 +5,14 @@
 use crate::guard_value;
 use crate::types::path;
 use rsl_engine::format::checkpoint::{CheckpointReader, CheckpointWriter};
+use rsl_engine::format::CheckpointHeader;
 use std::ffi::{c_char, c_void};
 use std::ptr::NonNull;
 
 /// `NO_ERROR`.
 const OK: u32 = 0;
+/// `ERROR_CRC`: a bad checksum, or a file that is not the checkpoint expected.
+const BAD_CHECKSUM: u32 = 23;
 /// `ERROR_INVALID_PARAMETER`: a NULL handle or pointer.
 const INVALID: u32 = 87;
 /// `ERROR_INTERNAL_ERROR`: a panic caught at the boundary.
@@ -40,16 +43,19 @@ impl rsl_checkpoint_reader {
     }
 }
 
-/// Appends to a checkpoint being written; handed to `save_state` and `try_save_state` (and the
-/// `rsl_checkpoint_save` writer), valid only during that call.
+/// Appends to a checkpoint being written: handed to `save_state` and `try_save_state` (and the
+/// `rsl_checkpoint_save` writer), valid only during that call; or created on a file by
+/// `rsl_checkpoint_writer_create`, valid until `rsl_checkpoint_writer_close` or `_free`.
 pub struct rsl_checkpoint_writer {
     writer: NonNull<CheckpointWriter>,
+    /// The writer `writer` points into, for a created one (the box never moves).
+    owned: Option<Box<CheckpointWriter>>,
     failed: bool,
 }
 
 impl rsl_checkpoint_writer {
     pub(crate) fn borrowed(writer: &mut CheckpointWriter) -> rsl_checkpoint_writer {
-        rsl_checkpoint_writer { writer: NonNull::from(writer), failed: false }
+        rsl_checkpoint_writer { writer: NonNull::from(writer), owned: None, failed: false }
     }
 
     /// Whether a write failed (the checkpoint must then be abandoned).
@@ -168,13 +174,155 @@ pub unsafe extern "C" fn rsl_checkpoint_reader_open(file: *const c_char, out: *m
         let out = unsafe { out.as_mut() }.ok_or(INVALID)?;
         *out = std::ptr::null_mut();
         // SAFETY: the caller guarantees `file` is NULL or NUL-terminated.
-        let file = unsafe { path(file) }.map_err(|_| INVALID)?;
-        let reader = CheckpointReader::open(file).map_err(|e| {
-            tracing::warn!("{e}");
-            e.win32_code()
-        })?;
+        let reader = unsafe { open(file) }?;
         *out = Box::into_raw(Box::new(rsl_checkpoint_reader(Reader::Owned(Box::new(reader)))));
         Ok(())
+    })
+}
+
+/// A checkpoint's header (RSL's internal `CheckpointHeader`), read from a file by
+/// `rsl_checkpoint_header_read`: what `rsl_checkpoint_reader_open_with` checks a file against
+/// and what `rsl_checkpoint_writer_create` gives a new file.
+pub struct rsl_checkpoint_header(CheckpointHeader);
+
+/// Reads the header of checkpoint `file` (checked as `rsl_checkpoint_reader_open` checks it).
+/// On success `*out` is a header the caller frees with `rsl_checkpoint_header_free`. Errors as
+/// `rsl_checkpoint_reader_open`.
+///
+/// # Safety
+/// `file` is NULL or a NUL-terminated string; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_checkpoint_header_read(file: *const c_char, out: *mut *mut rsl_checkpoint_header) -> u32 {
+    win32(|| {
+        // SAFETY: the caller guarantees `out` is NULL or writable.
+        let out = unsafe { out.as_mut() }.ok_or(INVALID)?;
+        *out = std::ptr::null_mut();
+        // SAFETY: the caller guarantees `file` is NULL or NUL-terminated.
+        let reader = unsafe { open(file) }?;
+        *out = Box::into_raw(Box::new(rsl_checkpoint_header(reader.header().clone())));
+        Ok(())
+    })
+}
+
+/// Frees a header from `rsl_checkpoint_header_read`; NULL is ignored.
+///
+/// # Safety
+/// `h` is NULL or a header not yet freed.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_checkpoint_header_free(h: *mut rsl_checkpoint_header) {
+    if !h.is_null() {
+        // SAFETY: headers come from `Box::into_raw` in `rsl_checkpoint_header_read`.
+        drop(unsafe { Box::from_raw(h) });
+    }
+}
+
+/// `Init(file, CheckpointHeader*)`: opens `file` as `rsl_checkpoint_reader_open` does, and
+/// refuses it (23) unless its header is `header` (the same size, blocks, decree and
+/// configuration). 87 for a NULL argument.
+///
+/// # Safety
+/// As `rsl_checkpoint_reader_open`; `header` is NULL or a live header.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_checkpoint_reader_open_with(
+    file: *const c_char,
+    header: *const rsl_checkpoint_header,
+    out: *mut *mut rsl_checkpoint_reader,
+) -> u32 {
+    win32(|| {
+        // SAFETY: the caller guarantees each pointer is NULL or valid.
+        let (Some(out), Some(header)) = (unsafe { out.as_mut() }, unsafe { header.as_ref() }) else { return Err(INVALID) };
+        *out = std::ptr::null_mut();
+        // SAFETY: the caller guarantees `file` is NULL or NUL-terminated.
+        let reader = unsafe { open(file) }?;
+        if *reader.header() != header.0 {
+            tracing::warn!("{}: not the checkpoint the header describes", reader.path().display());
+            return Err(BAD_CHECKSUM);
+        }
+        *out = Box::into_raw(Box::new(rsl_checkpoint_reader(Reader::Owned(Box::new(reader)))));
+        Ok(())
+    })
+}
+
+/// Opens checkpoint `file`, its header and size checked.
+///
+/// # Safety
+/// `file` is NULL or a NUL-terminated string.
+unsafe fn open(file: *const c_char) -> Result<CheckpointReader, u32> {
+    // SAFETY: forwarded from the caller.
+    let file = unsafe { path(file) }.map_err(|_| INVALID)?;
+    CheckpointReader::open(file).map_err(|e| {
+        tracing::warn!("{e}");
+        e.win32_code()
+    })
+}
+
+/// `RSLCheckpointStreamWriter::Init(file, CheckpointHeader*)`: creates `file` (which must not
+/// exist) for a checkpoint with `header`'s fields; the application data is written with
+/// `rsl_checkpoint_writer_write` and `rsl_checkpoint_writer_close` completes the file (its
+/// size in the header, the last block's checksum, synced). On success `*out` is a writer the
+/// caller owns. 87 for a NULL argument, an OS error code if the file cannot be created.
+///
+/// # Safety
+/// `file` is NULL or NUL-terminated; `header` is NULL or a live header; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_checkpoint_writer_create(
+    file: *const c_char,
+    header: *const rsl_checkpoint_header,
+    out: *mut *mut rsl_checkpoint_writer,
+) -> u32 {
+    win32(|| {
+        // SAFETY: the caller guarantees each pointer is NULL or valid.
+        let (Some(out), Some(header)) = (unsafe { out.as_mut() }, unsafe { header.as_ref() }) else { return Err(INVALID) };
+        *out = std::ptr::null_mut();
+        // SAFETY: the caller guarantees `file` is NULL or NUL-terminated.
+        let file = unsafe { path(file) }.map_err(|_| INVALID)?;
+        let mut writer = Box::new(CheckpointWriter::create(file, CheckpointHeader { size: 0, ..header.0.clone() }).map_err(|e| {
+            tracing::warn!("{e}");
+            e.win32_code()
+        })?);
+        let handle = rsl_checkpoint_writer { writer: NonNull::from(&mut *writer), owned: Some(writer), failed: false };
+        *out = Box::into_raw(Box::new(handle));
+        Ok(())
+    })
+}
+
+/// `RSLCheckpointStreamWriter::Close`: completes a file from `rsl_checkpoint_writer_create`
+/// and frees the writer. An error (an OS code; that of an earlier failed write too) leaves
+/// the file incomplete. 87 for NULL or a writer handed to a callback (not freed then).
+///
+/// # Safety
+/// `w` is NULL, a writer from `rsl_checkpoint_writer_create` not yet closed or freed, or the
+/// writer of the current callback.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_checkpoint_writer_close(w: *mut rsl_checkpoint_writer) -> u32 {
+    win32(|| {
+        // SAFETY: the caller guarantees `w` is NULL or valid.
+        if unsafe { w.as_ref() }.is_none_or(|w| w.owned.is_none()) {
+            return Err(INVALID);
+        }
+        // SAFETY: owned writers come from `Box::into_raw` in `rsl_checkpoint_writer_create`.
+        let handle = unsafe { Box::from_raw(w) };
+        let writer = handle.owned.expect("checked above");
+        writer.close().map(drop).map_err(|e| {
+            tracing::error!("checkpoint close failed: {e}");
+            e.win32_code()
+        })
+    })
+}
+
+/// Frees a writer from `rsl_checkpoint_writer_create` without completing its file (left
+/// incomplete, as RSL leaves it). NULL, or a callback's writer, is ignored.
+///
+/// # Safety
+/// As `rsl_checkpoint_writer_close`.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_checkpoint_writer_free(w: *mut rsl_checkpoint_writer) {
+    guard_value((), || {
+        // SAFETY: the caller guarantees `w` is NULL or valid.
+        if unsafe { w.as_ref() }.is_some_and(|w| w.owned.is_some()) {
+            // SAFETY: as in `rsl_checkpoint_writer_close`.
+            drop(unsafe { Box::from_raw(w) });
+        }
     })
 }
 

@@ -6,7 +6,7 @@ use crate::types::*;
 use crate::*;
 use rsl_engine::format::checkpoint::{CheckpointError, DEFAULT_BLOCK_SIZE};
 use rsl_engine::format::{
-    Ballot, Body, CheckpointHeader, CheckpointReader, CheckpointWriter, ConfigInfo, Header, MemberId, Message, Version, VoteBody,
+    Ballot, Body, CheckpointHeader, CheckpointReader, CheckpointWriter, ConfigInfo, Header, MemberId, MemberSet, Message, Version, VoteBody,
 };
 use std::ffi::{c_char, c_void};
 use std::os::unix::ffi::OsStrExt;
@@ -87,29 +87,13 @@ pub unsafe extern "C" fn rsl_checkpoint_save(
         if last_executed_seq == 0 || last_executed_seq == u64::MAX {
             return Err(RSL_INVALID_PARAMETER);
         }
-        let (member, members) = if v.has_config() {
+        let members = if v.has_config() {
             // SAFETY: forwarded from the caller.
-            let set = unsafe { member_set(members, count, set_cookie, cookie_len) }?;
-            (set.nodes[0].id, set)
+            unsafe { member_set(members, count, set_cookie, cookie_len) }?
         } else {
-            (MemberId::EMPTY, Default::default())
+            Default::default()
         };
-        let ballot = Ballot::new(1, member);
-        let next_vote = Message::new(Header::new(v, member, last_executed_seq + 1, config_number, ballot), Body::Vote(VoteBody::default()));
-        let header = CheckpointHeader {
-            version: v,
-            member,
-            last_executed: last_executed_seq,
-            max_ballot: ballot,
-            config: ConfigInfo { number: config_number, initial_decree: last_executed_seq, members },
-            state_saved: true,
-            size: 0,
-            block_size: if v.has_string_ids() { DEFAULT_BLOCK_SIZE } else { 0 },
-            next_vote,
-        };
-        let target = dir.join(CheckpointHeader::file_name(last_executed_seq));
-        let temp = temp_of(&target);
-        write_temp(&temp, header, |w| {
+        save_checkpoint(dir, v, last_executed_seq, config_number, members, |w| {
             let mut handle = rsl_checkpoint_writer::borrowed(w);
             // SAFETY: the application's function, called with its context and a writer that
             // lives for the call.
@@ -119,12 +103,48 @@ pub unsafe extern "C" fn rsl_checkpoint_save(
             } else {
                 Ok(())
             }
-        })?;
-        // A hard link fails if the target exists, so an existing checkpoint is never replaced.
-        let placed = std::fs::hard_link(&temp, &target).map_err(|e| io(format!("{}: {e}", target.display())));
-        let _ = std::fs::remove_file(&temp);
-        placed
+        })
     })
+}
+
+/// Creates `<dir>/<seq>.codex` as `rsl_checkpoint_save` describes, `write` streaming the state
+/// in; `members` is empty before v3. Never replaces an existing checkpoint.
+pub(crate) fn save_checkpoint(
+    dir: &Path,
+    v: Version,
+    seq: u64,
+    config_number: u32,
+    members: MemberSet,
+    write: impl FnOnce(&mut CheckpointWriter) -> Result<(), rsl_status>,
+) -> Result<(), rsl_status> {
+    if seq == 0 || seq == u64::MAX {
+        return Err(RSL_INVALID_PARAMETER);
+    }
+    let member = match members.nodes.first() {
+        Some(first) => first.id,
+        None if v.has_config() => return Err(RSL_INVALID_PARAMETER),
+        None => MemberId::EMPTY,
+    };
+    let ballot = Ballot::new(1, member);
+    let next_vote = Message::new(Header::new(v, member, seq + 1, config_number, ballot), Body::Vote(VoteBody::default()));
+    let header = CheckpointHeader {
+        version: v,
+        member,
+        last_executed: seq,
+        max_ballot: ballot,
+        config: ConfigInfo { number: config_number, initial_decree: seq, members },
+        state_saved: true,
+        size: 0,
+        block_size: if v.has_string_ids() { DEFAULT_BLOCK_SIZE } else { 0 },
+        next_vote,
+    };
+    let target = dir.join(CheckpointHeader::file_name(seq));
+    let temp = temp_of(&target);
+    write_temp(&temp, header, write)?;
+    // A hard link fails if the target exists, so an existing checkpoint is never replaced.
+    let placed = std::fs::hard_link(&temp, &target).map_err(|e| io(format!("{}: {e}", target.display())));
+    let _ = std::fs::remove_file(&temp);
+    placed
 }
 
 /// `RSLCheckpointUtility::GetLatestCheckpoint`: the path of the highest-numbered
@@ -221,20 +241,69 @@ pub unsafe extern "C" fn rsl_checkpoint_change_replica_set(
     guard(|| {
         // SAFETY: forwarded from the caller.
         let (file, set) = unsafe { (path(file)?, member_set(members, count, set_cookie, cookie_len)?) };
-        let mut reader = open_v3(file)?;
+        let reader = open_v3(file)?;
         let mut header = reader.header().clone();
         header.config.members = set;
-        let temp = temp_of(file);
-        write_temp(&temp, header, |w| loop {
-            match reader.get_data_pointer(1 << 20) {
-                Ok(data) => w.write(data).map_err(checkpoint_error)?,
-                Err(CheckpointError::Eof) => return Ok(()),
-                Err(e) => return Err(io(e)),
-            }
-        })?;
-        std::fs::rename(&temp, file).map_err(|e| {
-            let _ = std::fs::remove_file(&temp);
-            io(format!("{}: {e}", file.display()))
-        })
+        rewrite(file, reader, header)
+    })
+}
+
+/// `RSLCheckpointUtility::MigrateToVersion3` / `MigrateToVersion4`: as
+/// `rsl_checkpoint_change_replica_set`, and the header's version raised to `version` (3 to 6);
+/// a v1/v2 checkpoint gets configuration 1 from decree 0 with the set, and from v4 the data
+/// is cut into checksummed 4 MiB blocks. Errors as `rsl_checkpoint_change_replica_set`, and
+/// `RSL_INVALID_PARAMETER` for a version outside 3..6 or below the file's.
+///
+/// # Safety
+/// As `rsl_checkpoint_change_replica_set`.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_checkpoint_migrate(
+    file: *const c_char,
+    version: u32,
+    members: *const rsl_node,
+    count: usize,
+    set_cookie: *const c_void,
+    cookie_len: u32,
+) -> rsl_status {
+    guard(|| {
+        // SAFETY: forwarded from the caller.
+        let (file, set) = unsafe { (path(file)?, member_set(members, count, set_cookie, cookie_len)?) };
+        let v = u16::try_from(version)
+            .ok()
+            .and_then(Version::new)
+            .filter(|v| v.has_config() && Version::ALL.contains(v))
+            .ok_or(RSL_INVALID_PARAMETER)?;
+        let reader = CheckpointReader::open(file).map_err(io)?;
+        let mut header = reader.header().clone();
+        if v < header.version {
+            return Err(RSL_INVALID_PARAMETER);
+        }
+        if header.version.has_config() {
+            header.config.members = set;
+        } else {
+            header.config = ConfigInfo { number: 1, initial_decree: 0, members: set };
+        }
+        if v.has_string_ids() && header.block_size == 0 {
+            header.block_size = DEFAULT_BLOCK_SIZE;
+        }
+        header.version = v;
+        rewrite(file, reader, header)
+    })
+}
+
+/// Rewrites checkpoint `file` with `header` and the data `reader` reads from it, through
+/// `<file>.tmp` and an atomic rename.
+fn rewrite(file: &Path, mut reader: CheckpointReader, header: CheckpointHeader) -> Result<(), rsl_status> {
+    let temp = temp_of(file);
+    write_temp(&temp, header, |w| loop {
+        match reader.get_data_pointer(1 << 20) {
+            Ok(data) => w.write(data).map_err(checkpoint_error)?,
+            Err(CheckpointError::Eof) => return Ok(()),
+            Err(e) => return Err(io(e)),
+        }
+    })?;
+    std::fs::rename(&temp, file).map_err(|e| {
+        let _ = std::fs::remove_file(&temp);
+        io(format!("{}: {e}", file.display()))
     })
 }

@@ -225,6 +225,9 @@ pub enum Input {
     RelinquishPrimary,
     /// `SetVotePayload`: carried by every later VoteAccepted (v6+).
     SetVotePayload(u64),
+    /// `ChangeElectionDelay`: a new election delay (randomised again as configured), used from
+    /// the next time an election timer is set; not persisted.
+    ChangeElectionDelay(Micros),
     /// The driver started a new log file whose first vote is for `first_decree` (the log grew
     /// past its size limit, or a time-based checkpoint is due); the checkpoint policy of
     /// api-behavior §2.14 decides what follows.

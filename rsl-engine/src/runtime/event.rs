@@ -44,7 +44,6 @@ pub(crate) enum Event {
     /// hand it more now rather than at the next timer (runtime/spill.rs).
     Refill,
     Stop,
-    /// Tests: the protocol thread waits here until the sender is dropped (or sends).
-    #[cfg(test)]
+    /// `Pause` (and tests): the protocol thread waits here until the sender is dropped (or sends).
     Pause(std::sync::mpsc::Receiver<()>),
 }

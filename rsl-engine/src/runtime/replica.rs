@@ -62,6 +62,8 @@ pub struct RslReplica {
     /// `tls.refused()` at the last statistics snapshot.
     tls_refused_reported: std::sync::atomic::AtomicU64,
     dir: PathBuf,
+    /// While paused (`pause`): dropping it resumes the protocol thread.
+    paused: Mutex<Option<mpsc::Sender<()>>>,
     /// Tests make the journal's writes fail through this.
     #[cfg(test)]
     journal: super::journal::LogReader,
@@ -245,6 +247,7 @@ impl RslReplica {
             tls,
             tls_refused_reported: Default::default(),
             dir,
+            paused: Mutex::new(None),
             #[cfg(test)]
             journal: journal_faults,
         })
@@ -428,6 +431,29 @@ impl RslReplica {
         self.input(Input::SetVotePayload(payload))
     }
 
+    /// `ChangeElectionDelay`: replaces the configured election delay (randomised again), from
+    /// the next time an election timer is set. Not persisted.
+    pub fn change_election_delay(&self, delay: Duration) {
+        self.input(Input::ChangeElectionDelay(delay.as_micros().min(u64::MAX as u128) as u64))
+    }
+
+    /// `Pause` (a test hook in RSL): the protocol thread freezes once it reaches this call
+    /// (no timers, no messages handled; peers' messages past its queue's bound are dropped)
+    /// until `resume` or `unload`. Execution of decrees already chosen goes on. Twice is once.
+    pub fn pause(&self) {
+        let mut paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+        if paused.is_none() {
+            let (resume, until) = mpsc::channel();
+            let _ = self.events.send(Event::Pause(until));
+            *paused = Some(resume);
+        }
+    }
+
+    /// `Resume`: ends `pause`; nothing if not paused.
+    pub fn resume(&self) {
+        drop(self.paused.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
+
     /// `SetAcceptMessages`: the global accept flag (with `m_useGlobalAcceptMessagesFlag`).
     pub fn set_accept_messages(&self, accept: bool) {
         self.input(Input::SetAcceptMessages(accept))
@@ -557,6 +583,7 @@ impl RslReplica {
     /// nothing. On a failed replica it only waits for the threads, which are already ending.
     pub fn unload(&self) {
         self.shared.shutting_down.store(true, Relaxed);
+        self.resume();
         let _ = self.events.send(Event::Stop);
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
         for t in threads {
@@ -792,6 +819,31 @@ mod tests {
             assert_eq!(after.as_ref(), Some(&reason), "the reason stays after unload");
             reason
         }
+    }
+
+    /// `pause` holds what reaches the protocol thread until `resume`; paused twice, `unload`
+    /// still returns.
+    #[test]
+    fn pause_holds_the_protocol_thread_until_resume_or_unload() {
+        let mut one = start_one(Arc::new(AdmitAll));
+        one.wait_primary();
+        let executed = |one: &One| one.calls.lock().unwrap().iter().filter(|c| **c == "exec").count();
+        let r = one.r();
+        r.pause();
+        assert_eq!(r.replicate_request(Bytes::from_static(b"held"), 1), ResponseCode::Success);
+        wait_for("the request waits in the queue", || r.statistics_snapshot().event_queue_depth >= 1);
+        r.resume();
+        wait_for("the request executes after resume", || executed(&one) == 1);
+        let r = one.r();
+        r.pause();
+        r.pause();
+        let replica = one.replica.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            replica.unload();
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(BOUND).expect("unload of a paused replica returns in time");
     }
 
     #[test]

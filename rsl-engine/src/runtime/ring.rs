@@ -194,7 +194,6 @@ impl Ring {
             // The turn ends with a refill.
             Event::Refill => {}
             Event::Stop => unreachable!("handled by the loop"),
-            #[cfg(test)]
             Event::Pause(until) => drop(until.recv()),
         }
     }

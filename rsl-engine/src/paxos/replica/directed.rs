@@ -643,3 +643,34 @@ fn the_primary_records_each_members_vote_progress() {
         assert_eq!(ring.r(0).progress()[&id(1)].payload, 7, "the latest payload replaces the last");
     }
 }
+
+/// `ChangeElectionDelay` takes effect at the next timer a secondary sets: with the delay
+/// raised to an hour, the primary's silence goes unanswered for the configured 10 s and is
+/// answered within an hour; lowered again, within seconds.
+#[test]
+fn a_changed_election_delay_sets_the_next_election_timer() {
+    let hour = 3600 * SEC;
+    let mut ring = Ring::with(CoreConfig::default());
+    ring.promote(0);
+    for i in 1..3 {
+        ring.step(i, Input::ChangeElectionDelay(hour));
+    }
+    ring.submit(0, b"a");
+    ring.run();
+    ring.crash(0);
+    ring.advance(60 * SEC);
+    assert!((1..3).all(|i| ring.r(i).role() == Role::Secondary), "no election within a minute");
+    ring.advance(hour);
+    assert!((1..3).any(|i| ring.r(i).role() == Role::Primary), "an election within the hour");
+
+    let mut ring = Ring::with(CoreConfig { election_delay: hour, ..CoreConfig::default() });
+    ring.promote(0);
+    for i in 1..3 {
+        ring.step(i, Input::ChangeElectionDelay(2 * SEC));
+    }
+    ring.submit(0, b"a");
+    ring.run();
+    ring.crash(0);
+    ring.advance(60 * SEC);
+    assert!((1..3).any(|i| ring.r(i).role() == Role::Primary), "an election within a minute");
+}

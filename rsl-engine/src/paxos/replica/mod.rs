@@ -250,6 +250,12 @@ fn is_higher((d, b): (u64, Ballot), (cd, cb): (u64, Ballot)) -> bool {
     (d > cd && b >= cb) || (d == cd && b > cb)
 }
 
+/// The configured election delay, moved by up to its randomisation either way.
+fn randomized_election_delay(cfg: &CoreConfig, rng: &mut SplitMix64) -> Micros {
+    let spread = (cfg.election_delay * cfg.election_randomize_pct / 100).min(cfg.max_election_randomize);
+    cfg.election_delay - spread + rng.below(2 * spread + 1)
+}
+
 fn vote_size(body: &VoteBody) -> usize {
     body.requests.iter().map(|r| r.len() + 4).sum::<usize>() + body.cookie.len()
 }
@@ -261,8 +267,7 @@ impl Replica {
     /// [`replay`](Self::replay) for what is durable, then [`start`](Self::start).
     pub fn new(cfg: CoreConfig, me: MemberId, config: ConfigInfo, seed: u64) -> Replica {
         let mut rng = SplitMix64::new(seed);
-        let spread = (cfg.election_delay * cfg.election_randomize_pct / 100).min(cfg.max_election_randomize);
-        let election_delay = cfg.election_delay - spread + rng.below(2 * spread + 1);
+        let election_delay = randomized_election_delay(&cfg, &mut rng);
         let placeholder = placeholder(cfg.version, config.initial_decree, config.number);
         let next_execute = config.initial_decree;
         let mut replica = Replica {
@@ -482,6 +487,10 @@ impl Replica {
             Input::AttemptPromotion => self.force_reelection = true,
             Input::RelinquishPrimary => self.relinquish(now, out),
             Input::SetVotePayload(payload) => self.vote_payload = payload,
+            Input::ChangeElectionDelay(delay) => {
+                self.cfg.election_delay = delay;
+                self.election_delay = randomized_election_delay(&self.cfg, &mut self.rng);
+            }
             Input::LogRolled { first_decree } => self.on_log_rolled(now, first_decree, out),
             Input::CheckpointSaved { decree, size, min_decree_in_log } => {
                 // A saved checkpoint is of an executed decree; a copied one may be ahead of us.
