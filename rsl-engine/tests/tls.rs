@@ -272,7 +272,8 @@ fn peers_without_an_admitted_certificate_never_reach_the_core() {
         let p = primary(&c).await;
         write_one(&c, b"before").await;
         let target = (p + 1) % 3;
-        let before = statuses(&c).await;
+        // Settled: a primary answers a write before it publishes its key count.
+        let before = holding(&c, 1).await;
         let decree = before[p].seq + 1;
         let claimed = id(&(p + 1).to_string());
 
@@ -384,7 +385,7 @@ fn a_ring_admitting_by_spki_pins_refuses_the_right_ca_and_name_with_another_key(
         let p = primary(&c).await;
         write_one(&c, b"pinned").await;
         let target = (p + 1) % 3;
-        let before = statuses(&c).await;
+        let before = holding(&c, 1).await;
         let fetch_votes = message(id(MEMBERS[p]), 1, 1, Ballot::EMPTY, Body::FetchVotes).encode(Checksum::Default).expect("encode");
         // The primary's own name from the ring's CA, but a new key: no pin admits it.
         let rekeyed = pki.leaf(MEMBERS[p]);
