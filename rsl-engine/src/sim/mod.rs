@@ -1067,7 +1067,12 @@ impl Host for Machine<'_> {
         let proc = self.w.proc(self.node);
         match action {
             Action::NotifyStatus { primary: true } => {
-                self.w.checker.became_primary(proc, core.max_ballot());
+                // `core` is as the whole step left it: a primary whose recovery vote was a
+                // reconfiguration that left it out has switched already, and its ballot went
+                // with its configuration (seed 11378 at window 16).
+                if core.is_primary() {
+                    self.w.checker.became_primary(proc, core.max_ballot());
+                }
                 self.w.counts[0] += 1;
                 if let Some(nodes) = self.w.deferred_reconfiguration.take().filter(|_| self.w.now < self.w.cfg.faults_until) {
                     self.w.schedule(self.w.now, Event::Reconfigure(nodes));
