@@ -674,3 +674,19 @@ fn a_changed_election_delay_sets_the_next_election_timer() {
     ring.advance(60 * SEC);
     assert!((1..3).any(|i| ring.r(i).role() == Role::Primary), "an election within a minute");
 }
+
+/// A caller may ask for any delay (`Duration::MAX` from the C ABI): the core saturates rather
+/// than overflowing, and the replica keeps running without calling an election.
+#[test]
+fn an_unbounded_election_delay_from_a_caller_saturates() {
+    let mut ring = Ring::with(CoreConfig::default());
+    ring.promote(0);
+    for i in 1..3 {
+        ring.step(i, Input::ChangeElectionDelay(Micros::MAX));
+    }
+    ring.submit(0, b"a");
+    ring.run();
+    ring.crash(0);
+    ring.advance(60 * SEC);
+    assert!((1..3).all(|i| ring.r(i).role() == Role::Secondary), "no election");
+}

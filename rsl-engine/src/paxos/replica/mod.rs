@@ -251,9 +251,10 @@ fn is_higher((d, b): (u64, Ballot), (cd, cb): (u64, Ballot)) -> bool {
 }
 
 /// The configured election delay, moved by up to its randomisation either way.
+/// Saturating: `ChangeElectionDelay` hands the core whatever delay a caller asked for.
 fn randomized_election_delay(cfg: &CoreConfig, rng: &mut SplitMix64) -> Micros {
-    let spread = (cfg.election_delay * cfg.election_randomize_pct / 100).min(cfg.max_election_randomize);
-    cfg.election_delay - spread + rng.below(2 * spread + 1)
+    let spread = (cfg.election_delay.saturating_mul(cfg.election_randomize_pct) / 100).min(cfg.max_election_randomize);
+    cfg.election_delay.saturating_sub(spread).saturating_add(rng.below(spread.saturating_mul(2).saturating_add(1)))
 }
 
 fn vote_size(body: &VoteBody) -> usize {
