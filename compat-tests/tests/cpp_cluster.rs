@@ -619,18 +619,29 @@ fn cpp_golden_vectors() {
 /// each with the original's behaviour, in one process.
 #[test]
 fn cpp_former_stubs() {
-    let work = tempfile::tempdir().unwrap();
-    let exe = work.path().join("stubs_check");
-    compile(&[cpp("stubs_check.cpp")], &exe, &pkg_config_flags());
-    run_stubs_check(&exe, work.path(), &[]);
+    cpp_check("stubs_check");
 }
 
-/// `stubs_check` with the shim compiled in under AddressSanitizer, as in
-/// `cpp_cluster_under_address_sanitizer`: no error and no leak.
+/// `stubs_check` with the shim compiled in under AddressSanitizer: no error and no leak.
 #[test]
 fn cpp_former_stubs_under_address_sanitizer() {
+    cpp_check_under_asan("stubs_check");
+}
+
+/// Builds `compat-tests/cpp/<program>.cpp` against the library and runs it: it passes when it
+/// exits 0 and prints "all ok". It gets a free base port and a scratch directory.
+fn cpp_check(program: &str) {
     let work = tempfile::tempdir().unwrap();
-    let exe = work.path().join("stubs_check_asan");
+    let exe = work.path().join(program);
+    compile(&[cpp(&format!("{program}.cpp"))], &exe, &pkg_config_flags());
+    run_check(&exe, work.path(), &[]);
+}
+
+/// [`cpp_check`] with the shim compiled in under AddressSanitizer, as in
+/// `cpp_cluster_under_address_sanitizer`: no error and no leak either.
+fn cpp_check_under_asan(program: &str) {
+    let work = tempfile::tempdir().unwrap();
+    let exe = work.path().join(format!("{program}_asan"));
     let (_, deps) = lib_dirs();
     let mut flags: Vec<String> =
         ["-fsanitize=address", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all"].iter().map(|s| s.to_string()).collect();
@@ -638,12 +649,13 @@ fn cpp_former_stubs_under_address_sanitizer() {
     flags.push(format!("-I{}", root().join("cpp-shim").display()));
     flags.push(deps.join("librsl.a").display().to_string());
     flags.extend(SYSTEM_LIBS.iter().map(|s| s.to_string()));
-    let sources = [cpp("stubs_check.cpp"), root().join("cpp-shim/rsl.cpp"), root().join("cpp-shim/rslutil.cpp")];
+    let sources = [cpp(&format!("{program}.cpp")), root().join("cpp-shim/rsl.cpp"), root().join("cpp-shim/rslutil.cpp")];
     compile(&sources, &exe, &flags);
-    run_stubs_check(&exe, work.path(), &[("ASAN_OPTIONS", "detect_leaks=1:halt_on_error=1:exitcode=86")]);
+    run_check(&exe, work.path(), &[("ASAN_OPTIONS", "detect_leaks=1:halt_on_error=1:exitcode=86")]);
 }
 
-fn run_stubs_check(exe: &Path, work: &Path, env: &[(&str, &str)]) {
+fn run_check(exe: &Path, work: &Path, env: &[(&str, &str)]) {
+    let name = exe.file_name().unwrap().to_string_lossy().into_owned();
     let run = work.join("run");
     fs::create_dir_all(&run).unwrap();
     let (out, err) = (work.join("stdout"), work.join("stderr"));
@@ -655,8 +667,8 @@ fn run_stubs_check(exe: &Path, work: &Path, env: &[(&str, &str)]) {
         .stdout(fs::File::create(&out).unwrap())
         .stderr(fs::File::create(&err).unwrap())
         .spawn()
-        .expect("stubs_check starts");
-    let status = wait_exit(&mut child, Instant::now() + Duration::from_secs(300), "stubs_check");
+        .unwrap_or_else(|e| panic!("{name} starts: {e}"));
+    let status = wait_exit(&mut child, Instant::now() + Duration::from_secs(300), &name);
     let (stdout, stderr) = (read(&out), read(&err));
-    assert!(status.success() && stdout.contains("all ok") && !stderr.contains("Sanitizer"), "stubs_check failed:\n{stdout}\n{stderr}");
+    assert!(status.success() && stdout.contains("all ok") && !stderr.contains("Sanitizer"), "{name} failed:\n{stdout}\n{stderr}");
 }
