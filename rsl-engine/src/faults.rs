@@ -113,30 +113,31 @@ pub(crate) fn check(point: &str, path: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    /// Every fault armed here names a path no other test uses: the points are global to the
+    /// test process, and the journal and checkpoint tests running meanwhile call them too.
     #[test]
     fn faults_parse_and_name_the_point() {
         let _scenario = fail::FailScenario::setup();
-        let check = |point| check(point, Path::new("/data/1/0.log"));
-        let armed = |point| armed(point, Path::new("/data/1/0.log"));
+        let path = Path::new("/faults-test/1/0.log");
+        let check = |point| check(point, path);
         assert!(check(JOURNAL_FSYNC).is_ok(), "unarmed");
-        fail::cfg(JOURNAL_FSYNC, "1*return(enospc)").unwrap();
+        fail::cfg(JOURNAL_FSYNC, "return(enospc@/faults-test/1/)").unwrap();
         let e = check(JOURNAL_FSYNC).unwrap_err();
         assert_eq!(e.raw_os_error(), None);
         assert!(e.to_string().starts_with("No space left on device") && e.to_string().contains(JOURNAL_FSYNC), "{e}");
-        assert!(check(JOURNAL_FSYNC).is_ok(), "the count is spent");
-        fail::cfg(JOURNAL_WRITE, "return(short)").unwrap();
+        fail::cfg(JOURNAL_WRITE, "return(short@/faults-test/1/)").unwrap();
         let mut written = Vec::new();
-        let e = armed(JOURNAL_WRITE).unwrap().write(JOURNAL_WRITE, &[1, 2, 3, 4], |d| {
+        let e = armed(JOURNAL_WRITE, path).unwrap().write(JOURNAL_WRITE, &[1, 2, 3, 4], |d| {
             written.extend_from_slice(d);
             Ok(())
         });
         assert_eq!((written.as_slice(), e.kind()), (&[1u8, 2][..], io::ErrorKind::StorageFull));
-        fail::cfg(CHECKPOINT_READ, "return").unwrap();
+        fail::cfg(CHECKPOINT_READ, "return(@/faults-test/1/)").unwrap();
         assert!(check(CHECKPOINT_READ).unwrap_err().to_string().starts_with("Input/output error"));
         // Only the files named.
-        fail::cfg(CHECKPOINT_OPEN, "return(enospc@/data/2/)").unwrap();
+        fail::cfg(CHECKPOINT_OPEN, "return(enospc@/faults-test/2/)").unwrap();
         assert!(check(CHECKPOINT_OPEN).is_ok());
-        let e = super::check(CHECKPOINT_OPEN, Path::new("/data/2/Temp/x.tmp")).unwrap_err();
+        let e = super::check(CHECKPOINT_OPEN, Path::new("/faults-test/2/Temp/x.tmp")).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::StorageFull);
     }
 }

@@ -94,6 +94,11 @@ impl<T> Queue<T> {
         })
     }
 
+    /// Whether an outside item would be refused now.
+    pub fn is_full(&self) -> bool {
+        self.depth.now.load(Relaxed) >= self.capacity
+    }
+
     pub fn depth(&self) -> &Arc<Depth> {
         &self.depth
     }

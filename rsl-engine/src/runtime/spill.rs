@@ -55,7 +55,8 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::thread::Thread;
 
 /// Counted for a decree besides its requests: its header and bookkeeping.
 const DECREE_OVERHEAD: u64 = 256;
@@ -83,6 +84,9 @@ pub(crate) struct ExecGauge {
     wake: AtomicBool,
     /// The execute thread has ended: nothing handed is executed any more.
     gone: AtomicBool,
+    /// The protocol thread once it drains the backlog at a stop: it takes no events then, so
+    /// the execute thread's wake (and its end) also unparks it.
+    stopper: OnceLock<Thread>,
 }
 
 impl ExecGauge {
@@ -96,12 +100,23 @@ impl ExecGauge {
     /// (Sequentially consistent with [`ExecBacklog::arm`]: one of them sees the other.)
     pub fn executed(&self, vote: &Message) -> bool {
         self.executed.fetch_add(decree_bytes(vote), SeqCst);
-        self.in_memory() <= self.limit.load(Relaxed) / 2 && self.wake.swap(false, SeqCst)
+        let wake = self.in_memory() <= self.limit.load(Relaxed) / 2 && self.wake.swap(false, SeqCst);
+        if wake {
+            self.unpark_stopper();
+        }
+        wake
     }
 
     /// The execute thread has ended (or panicked).
     pub fn executor_gone(&self) {
         self.gone.store(true, SeqCst);
+        self.unpark_stopper();
+    }
+
+    fn unpark_stopper(&self) {
+        if let Some(stopper) = self.stopper.get() {
+            stopper.unpark();
+        }
     }
 
     fn handed(&self, bytes: u64) {
@@ -291,6 +306,7 @@ impl ExecBacklog {
 
     fn drain(&mut self, durable: u64, queue: &Queue<Work>) -> Result<(), String> {
         let shared = self.shared.clone();
+        shared.exec_queue.stopper.get_or_init(std::thread::current);
         while !self.idle() {
             if let Some(Spilled::Logged { decree, seq, .. }) = self.spilled.front() {
                 if *seq > durable {
@@ -298,12 +314,14 @@ impl ExecBacklog {
                 }
             }
             self.refill(durable, queue)?;
-            // Polled: this thread takes no events any more, and the wait ends either way.
+            // `refill` left the wake armed: the execute thread unparks this thread at half the
+            // bound or when it ends (an unpark before the park is kept). The timeout only
+            // bounds a wait that missed both.
             while !self.idle() && self.above_half() {
                 if shared.exec_queue.gone.load(SeqCst) {
                     return Err("the execute thread is gone".into());
                 }
-                std::thread::sleep(std::time::Duration::from_millis(1));
+                std::thread::park_timeout(std::time::Duration::from_millis(100));
             }
         }
         Ok(())
