@@ -43,7 +43,10 @@ fn regressions_window_16() {
     // holds before the decision (the old one's votes beyond it), so the sole member of the
     // newest configuration never heard of it (15138). The checker took a primary's ballot after
     // the step in which its recovery vote, a reconfiguration leaving it out, was chosen: the
-    // ballot had gone with the configuration, and two such primaries looked alike (11378).
+    // ballot had gone with the configuration, and two such primaries looked alike (11378). A
+    // secondary whose vouched point stuck at a decree its log could not prove kept executing;
+    // once the peers' logs had moved past that point it found nobody to learn from and fetched
+    // older checkpoints it could not load, forever; its own checkpoints now vouch (31683).
     let seeds = [
         (59, 5),
         (238, 3),
@@ -59,6 +62,7 @@ fn regressions_window_16() {
         (1916, 3),
         (15138, 3),
         (11378, 3),
+        (31683, 3),
     ];
     run_all_windowed(seeds.into_iter(), 16);
 }

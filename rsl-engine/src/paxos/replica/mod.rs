@@ -502,6 +502,9 @@ impl Replica {
                 if decree >= self.checkpointed {
                     (self.checkpointed, self.checkpoint_size) = (decree, size);
                 }
+                if decree < self.next_execute {
+                    self.vouch_checkpointed(decree);
+                }
                 self.log_min_decree = self.log_min_decree.max(min_decree_in_log);
                 (self.saving, self.copying) = (false, false);
                 self.copy_at = self.copy_at.filter(|&at| at > decree);

@@ -76,6 +76,21 @@ impl Replica {
         self.recent = self.recent.split_off(&self.vouched);
     }
 
+    /// A checkpoint of ours of `decree` (saved, or copied from a peer) vouches for every decree
+    /// up to it: a restart now would load it and start `vouched` past it, so going on as that
+    /// restart would is as safe. Without it, a decree our log cannot prove (executed on a
+    /// watermark before the vote that proves it was logged, and not re-proposed by the next
+    /// primary) held `vouched` back for good, and once the peers' logs had moved past it, we
+    /// found nobody to learn from (v7 soak seed 31683).
+    pub(super) fn vouch_checkpointed(&mut self, decree: u64) {
+        assert!(decree < self.next_execute, "a checkpoint of a decree not executed");
+        if self.pipelined() && decree >= self.vouched {
+            self.vouched = decree + 1;
+            self.recent = self.recent.split_off(&self.vouched);
+        }
+        debug_assert!(self.vouched <= self.next_execute);
+    }
+
     /// Executes every decree below `watermark` that a vote of `ballot`'s primary vouches for:
     /// one we hold at that ballot or a higher one (a proposal above the ballot that chose a
     /// value carries that value), and vouches for them: the vote is in our log. Returns whether

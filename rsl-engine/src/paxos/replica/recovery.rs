@@ -317,13 +317,15 @@ impl Replica {
     }
 
     /// Fetches, to load, the checkpoint of a peer of the status round that covers our decree,
-    /// if one has it.
+    /// if one has it. Only one that takes us past what we executed: an older one would be
+    /// fetched whole and then not loaded (`on_checkpoint_fetched`), round after round.
     fn load_from_statuses(&mut self, ad: u64, out: &mut Vec<Action>) -> bool {
+        let least = ad.max(self.next_execute);
         let with_checkpoint: Vec<(MemberId, u64, u64)> = self
             .statuses
             .iter()
             .filter_map(|(id, m)| match &m.body {
-                Body::StatusResponse(s) if s.checkpointed_decree >= ad => Some((*id, s.checkpointed_decree, s.checkpoint_size)),
+                Body::StatusResponse(s) if s.checkpointed_decree >= least => Some((*id, s.checkpointed_decree, s.checkpoint_size)),
                 _ => None,
             })
             .collect();
