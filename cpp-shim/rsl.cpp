@@ -298,6 +298,7 @@ namespace RSLib
             c->use_global_accept_messages_flag = p.m_useGlobalAcceptMessagesFlag;
             c->pipeline_window = p.m_pipelineWindow;
             c->sync_writes = p.m_syncWrites;
+            c->catch_up_by_restart = p.m_catchUpByRestart;
             c->listen_on_all_ips = g_listenOnAllIps.load(std::memory_order_acquire);
             return ok;
         }
@@ -633,7 +634,8 @@ namespace RSLib
           m_cancelDiskIo(true),
           m_useGlobalAcceptMessagesFlag(false),
           m_pipelineWindow(1),
-          m_syncWrites(true)
+          m_syncWrites(true),
+          m_catchUpByRestart(true)
     {
         std::memset(m_workingDir, 0, sizeof m_workingDir);
     }
@@ -1653,6 +1655,21 @@ namespace RSLib
             return;
         }
         sm->ShutDown(Code(status));
+        // The original's catch-up (m_catchUpByRestart): after ShutDown the process ends with
+        // status 0, as RSL's ExitProcess(0), and its restart loads the copied checkpoint (the
+        // journal is closed and the checkpoint in place before ShutDown runs). _Exit, not exit:
+        // this is the replica's own execute thread, its other threads still run, and static
+        // destructors (a global state machine's would unload this replica and wait for this
+        // very thread) must not run under them.
+        uint64_t decree = 0;
+        rsl_replica* r = Handle(sm->m_impl->replica, sm);
+        if (r != nullptr && rsl_replica_restart_to_catch_up(r, &decree))
+        {
+            SHIM_LOG(CallBackLogLevel_Info, "caught up by copying checkpoint %llu: exiting so that the restart loads it",
+                     static_cast<unsigned long long>(decree));
+            std::fflush(nullptr);
+            std::_Exit(0);
+        }
     }
 
     void RSLStateMachineCallbacks::BeforeExecuteReplicatedRequests(void* ctx) noexcept

@@ -486,6 +486,12 @@ namespace RSLib
            and whether the journal is fdatasync'd before anything is acknowledged (default true). */
         unsigned int m_pipelineWindow;
         bool m_syncWrites;
+        /* Ours: how a replica too far behind its peers' logs takes the checkpoint it copied from
+           one. true (default), the original's: StateCopied(seq, file, NULL), ShutDown(RSLShuttingDown),
+           then the process exits with status 0 (_Exit: no static destructors or atexit handlers)
+           and its restart loads the checkpoint. false: LoadState is called in place on this
+           running object, which must replace its whole state; then StateCopied, and it goes on. */
+        bool m_catchUpByRestart;
     };
 
     /* Counters since the previous GetStatisticsSnapshot. Set m_cbSizeOfThisStruct first. */

@@ -88,7 +88,8 @@ typedef void (*rsl_log_entry_callback)(const struct rsl_log_entry *entry);
 
 /**
  * `RSLConfigParam`: the same fields in snake case with the same defaults (`rsl_config_init`),
- * then this implementation's own (`pipeline_window`, `sync_writes`, the port bounds).
+ * then this implementation's own (`pipeline_window`, `sync_writes`, the port bounds, the
+ * catch-up switch).
  */
 typedef struct rsl_config {
   uint32_t new_leader_grace_period_sec;
@@ -157,6 +158,13 @@ typedef struct rsl_config {
    * message).
    */
   uint32_t max_inbound_buffer_mb;
+  /**
+   * A replica too far behind that copied a peer's checkpoint stops
+   * (`rsl_replica_restart_to_catch_up`) so that its restart loads it, as the original
+   * (true); or loads it in place, `load_state` on the running state machine (false, the
+   * default here).
+   */
+  bool catch_up_by_restart;
 } rsl_config;
 
 /**
@@ -743,6 +751,19 @@ bool rsl_replica_is_primary(const struct rsl_replica *r);
  * `r` is NULL or a handle not yet destroyed; `buf` is NULL or holds `buf_len` writable bytes.
  */
 bool rsl_replica_failure(const struct rsl_replica *r, char *buf, size_t buf_len);
+
+/**
+ * Whether the replica stopped to catch up (`catch_up_by_restart`): it copied a peer's
+ * checkpoint into its data directory, delivered `state_copied(decree, file, NULL)` and then
+ * `shut_down(RSL_SHUTTING_DOWN)`; initialized again on the same directory, it loads that
+ * checkpoint. The checkpoint's decree goes to `*decree` (NULL: not wanted). Not a failure.
+ * False while it runs, after any other stop, and for NULL. Valid inside `shut_down` and after
+ * unload.
+ *
+ * # Safety
+ * `r` is NULL or a handle not yet destroyed; `decree` is NULL or writable.
+ */
+bool rsl_replica_restart_to_catch_up(const struct rsl_replica *r, uint64_t *decree);
 
 /**
  * `UnloadThisOne`: stops the replica: requests in flight are aborted (`RSL_SHUTTING_DOWN`),

@@ -571,6 +571,28 @@ pub unsafe extern "C" fn rsl_replica_failure(r: *const rsl_replica, buf: *mut c_
     })
 }
 
+/// Whether the replica stopped to catch up (`catch_up_by_restart`): it copied a peer's
+/// checkpoint into its data directory, delivered `state_copied(decree, file, NULL)` and then
+/// `shut_down(RSL_SHUTTING_DOWN)`; initialized again on the same directory, it loads that
+/// checkpoint. The checkpoint's decree goes to `*decree` (NULL: not wanted). Not a failure.
+/// False while it runs, after any other stop, and for NULL. Valid inside `shut_down` and after
+/// unload.
+///
+/// # Safety
+/// `r` is NULL or a handle not yet destroyed; `decree` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_replica_restart_to_catch_up(r: *const rsl_replica, decree: *mut u64) -> bool {
+    guard_value(false, || {
+        // SAFETY: the caller guarantees `r` is NULL or valid.
+        let Some(at) = unsafe { r.as_ref() }.and_then(|r| r.view()?.restart_to_catch_up()) else { return false };
+        if !decree.is_null() {
+            // SAFETY: non-NULL and writable, per the caller.
+            unsafe { decree.write(at) }
+        }
+        true
+    })
+}
+
 /// `UnloadThisOne`: stops the replica: requests in flight are aborted (`RSL_SHUTTING_DOWN`),
 /// `shut_down` runs, the threads are joined. The process keeps running and the handle stays
 /// valid (later calls return `RSL_SHUTTING_DOWN`) until `rsl_replica_destroy`.

@@ -4,7 +4,7 @@
 use crate::{rsl_status, RSL_E_BUFFER, RSL_E_CONFIG, RSL_E_NULL, RSL_INVALID_PARAMETER};
 use bytes::Bytes;
 use rsl_engine::format::{MemberId, MemberSet, Node};
-use rsl_engine::runtime::{ReplicaHealth, RslConfig, Stats};
+use rsl_engine::runtime::{CatchUp, ReplicaHealth, RslConfig, Stats};
 use std::ffi::{c_char, c_void, CStr, OsStr};
 use std::net::Ipv4Addr;
 use std::os::unix::ffi::OsStrExt;
@@ -26,7 +26,8 @@ pub struct rsl_node {
 }
 
 /// `RSLConfigParam`: the same fields in snake case with the same defaults (`rsl_config_init`),
-/// then this implementation's own (`pipeline_window`, `sync_writes`, the port bounds).
+/// then this implementation's own (`pipeline_window`, `sync_writes`, the port bounds, the
+/// catch-up switch).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct rsl_config {
@@ -80,6 +81,11 @@ pub struct rsl_config {
     /// MiB of partly received packets the Paxos port holds in all (256; at least one largest
     /// message).
     pub max_inbound_buffer_mb: u32,
+    /// A replica too far behind that copied a peer's checkpoint stops
+    /// (`rsl_replica_restart_to_catch_up`) so that its restart loads it, as the original
+    /// (true); or loads it in place, `load_state` on the running state machine (false, the
+    /// default here).
+    pub catch_up_by_restart: bool,
 }
 
 /// `ReplicaHealth`: what the primary knows of one member.
@@ -163,14 +169,16 @@ macro_rules! config_fields {
         fn config_to_c(cfg: &RslConfig) -> rsl_config {
             let mut working_dir = [0; 4097];
             write_c_str(&mut working_dir, cfg.working_dir.as_os_str().as_bytes());
-            rsl_config { $($f: cfg.$f,)* working_dir }
+            let catch_up_by_restart = cfg.catch_up == CatchUp::Restart;
+            rsl_config { $($f: cfg.$f,)* working_dir, catch_up_by_restart }
         }
 
         /// The C configuration as the engine's; `RSL_E_CONFIG` if the working directory is not
         /// NUL-terminated. Ranges are checked by `initialize`.
         pub(crate) fn config_from_c(c: &rsl_config) -> Result<RslConfig, rsl_status> {
             let dir = c_str(&c.working_dir).ok_or(RSL_E_CONFIG)?;
-            Ok(RslConfig { $($f: c.$f,)* working_dir: PathBuf::from(OsStr::from_bytes(dir)), tls: None })
+            let catch_up = if c.catch_up_by_restart { CatchUp::Restart } else { CatchUp::LoadInPlace };
+            Ok(RslConfig { $($f: c.$f,)* working_dir: PathBuf::from(OsStr::from_bytes(dir)), tls: None, catch_up })
         }
     };
 }

@@ -77,6 +77,30 @@ pub struct RslConfig {
     /// `SetSubjectNamesForSsl`, or CA and pins); `None` is plain TCP, as the original
     /// without TLS.
     pub tls: Option<TlsSettings>,
+    /// What a replica too far behind its peers' logs does with the checkpoint it copied from
+    /// one: [`CatchUp::LoadInPlace`] (this API's default) or the original's
+    /// [`CatchUp::Restart`] (the C++ shim's default).
+    pub catch_up: CatchUp,
+}
+
+/// How a replica that fell behind everything its peers' logs hold takes the peer checkpoint it
+/// copied (api-behavior §2.11). Either way the checkpoint is first in place in the data
+/// directory and the logs after it are the peers'.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CatchUp {
+    /// `load_state` is called on the running state machine, which must replace its whole
+    /// state with the checkpoint's; then `state_copied(seq, file, None)`, and the replica
+    /// goes on. No restart: other rings and replicas of the process are not disturbed.
+    #[default]
+    LoadInPlace,
+    /// The original's: `state_copied(seq, file, None)`, then the replica stops as on
+    /// `unload` (`shut_down(ShuttingDown)`), and
+    /// [`RslReplica::restart_to_catch_up`](super::RslReplica::restart_to_catch_up) gives the
+    /// checkpoint's decree. The service initializes the replica again on the same directory
+    /// (the original's supervisor restarts the process, which it exits); that restore loads
+    /// the copied checkpoint, so `load_state` only ever sees a fresh state machine. The C++
+    /// shim's default, where the process then exits with status 0.
+    Restart,
 }
 
 impl Default for RslConfig {
@@ -123,6 +147,7 @@ impl Default for RslConfig {
             slow_sender_timeout_sec: 30,
             max_inbound_buffer_mb: 256,
             tls: None,
+            catch_up: CatchUp::LoadInPlace,
         }
     }
 }
@@ -307,6 +332,7 @@ mod tests {
             slow_sender_timeout_sec,
             max_inbound_buffer_mb,
             tls,
+            catch_up,
         );
         let doc = include_str!("../../../docs/migrating.md");
         let table = doc.split("## 6. `RSLConfigParam`, field by field").nth(1).expect("the field table in docs/migrating.md");

@@ -24,7 +24,7 @@ pub mod transport;
 mod view;
 
 pub use api::{Admission, AdmitAll, InitError, ReplicaHealth, ResponseCode, StateMachine, Stats};
-pub use config::{ConfigError, RslConfig};
+pub use config::{CatchUp, ConfigError, RslConfig};
 pub use health::Timed;
 pub use replica::RslReplica;
 pub use view::ReplicaView;
@@ -97,6 +97,9 @@ pub(crate) struct Shared {
     pub view: Mutex<View>,
     /// Why the replica stopped on its own (a panicked thread, an I/O error); the first reason.
     pub failure: OnceLock<String>,
+    /// The decree of the checkpoint copied from a peer that the replica stopped to load on
+    /// its restart (`CatchUp::Restart`).
+    pub restart_to_catch_up: OnceLock<u64>,
 }
 
 /// The protocol thread's latest published state.
@@ -142,6 +145,7 @@ impl Shared {
             last_snapshot: Mutex::new(std::time::Instant::now()),
             view: Mutex::new(View::default()),
             failure: OnceLock::new(),
+            restart_to_catch_up: OnceLock::new(),
         }
     }
 

@@ -30,7 +30,8 @@ use std::time::{Duration, Instant};
 /// A running replica. Every method may be called from any thread.
 ///
 /// It stops when asked (`unload`, `relinquish_primary`, an `is_last_decree` request, a
-/// configuration without it) or on its own, when it *fails*: a replica thread panicked, a
+/// configuration without it), to catch up by a restart ([`restart_to_catch_up`](Self::restart_to_catch_up),
+/// with [`CatchUp::Restart`](super::CatchUp::Restart)), or on its own, when it *fails*: a replica thread panicked, a
 /// journal write or sync failed (a full disk), a checkpoint could not be saved or loaded. A
 /// failed replica is stopped at once, whatever it was doing: [`failure`](Self::failure) says
 /// why, [`is_stopped`](Self::is_stopped) is true, every call answers `ShuttingDown` (or does
@@ -225,6 +226,7 @@ impl RslReplica {
             limits,
             tls.clone(),
             start,
+            cfg.catch_up,
         );
         let ring = Ring::new(core, admission, io);
         let siblings = Siblings { shared: shared.clone(), events: events_tx.clone(), work: work_tx.clone(), transport: transport.clone() };
@@ -579,6 +581,15 @@ impl RslReplica {
     /// runs and after a stop that was asked for.
     pub fn failure(&self) -> Option<String> {
         self.shared.failure.get().cloned()
+    }
+
+    /// `Some(decree)` once the replica stopped to catch up ([`CatchUp::Restart`](super::CatchUp::Restart)): it copied a
+    /// peer's checkpoint of `decree` into its data directory, delivered
+    /// `state_copied(decree, file, None)` and `shut_down(ShuttingDown)`. Initialize it again on
+    /// the same directory (after [`unload`](Self::unload) frees the ports): that restore loads
+    /// the checkpoint. Not a failure: [`failure`](Self::failure) stays `None`.
+    pub fn restart_to_catch_up(&self) -> Option<u64> {
+        self.shared.restart_to_catch_up.get().copied()
     }
 
     /// `UnloadThisOne`: stops the replica. Requests in flight come back `ShuttingDown`, then

@@ -5,6 +5,7 @@
 
 use super::api::{Admission, ResponseCode};
 use super::checkpoints::{core_checkpoint, Catalog};
+use super::config::CatchUp;
 use super::event::Event;
 use super::exec::{abort_code, Work};
 use super::journal::{write_defunct, Journal};
@@ -75,10 +76,12 @@ pub(crate) struct Io {
     /// Warnings of rejections: at most one per `REJECTION_LOG_INTERVAL`.
     rejections: RateLimited,
     frame_buf: BytesMut,
-    /// The replica stops: a background task failed, or the execute thread is gone.
+    /// The replica stops: a background task failed, the execute thread is gone, or it stops
+    /// to catch up (`CatchUp::Restart`).
     halted: bool,
     /// What goes to the execute thread, within its memory bound.
     backlog: ExecBacklog,
+    catch_up: CatchUp,
 }
 
 impl Io {
@@ -95,6 +98,7 @@ impl Io {
         limits: Limits,
         tls: Option<Arc<Tls>>,
         start: Instant,
+        catch_up: CatchUp,
     ) -> Io {
         Io {
             backlog: ExecBacklog::new(limits.execution_queue_bytes, dir.clone(), shared.clone()),
@@ -112,6 +116,7 @@ impl Io {
             rejections: RateLimited::every(REJECTION_LOG_INTERVAL),
             frame_buf: BytesMut::with_capacity(64 << 10),
             halted: false,
+            catch_up,
         }
     }
 }
@@ -270,6 +275,16 @@ impl Io {
         }
     }
 
+    /// `CatchUp::Restart`: the copied checkpoint is in place and the journal goes on after it,
+    /// as for a load in place; the service hears of it, then the replica stops as on `unload`,
+    /// and its restart loads the checkpoint.
+    fn stop_to_catch_up(&mut self, decree: u64, path: PathBuf) -> Work {
+        tracing::info!(decree, "caught up by copying a peer's checkpoint: stopping, so that the restart loads it");
+        let _ = self.shared.restart_to_catch_up.set(decree);
+        self.halted = true;
+        Work::Copied { seq: decree, path: Some(path), cookie: None }
+    }
+
     /// What a background task's panic becomes: this replica's failure.
     fn fatal(&self, what: String) -> impl FnOnce(String) + Send + 'static {
         let events = self.events.clone();
@@ -316,7 +331,13 @@ impl Host for Io {
             Execution::PrimaryRecovered => Work::PrimaryRecovered,
             Execution::ConfigChanged { config, cookie } => Work::ConfigChanged { config, cookie },
             Execution::Save(cp) => Work::Save(cp),
-            Execution::Load(checkpoint) => Work::Load { path: self.checkpoints.path_of(checkpoint.decree), checkpoint },
+            Execution::Load(checkpoint) => {
+                let path = self.checkpoints.path_of(checkpoint.decree);
+                match self.catch_up {
+                    CatchUp::LoadInPlace => Work::Load { path, checkpoint },
+                    CatchUp::Restart => self.stop_to_catch_up(checkpoint.decree, path),
+                }
+            }
             Execution::Copied { decree } => Work::Copied { seq: decree, path: Some(self.checkpoints.path_of(decree)), cookie: None },
         };
         self.hand_to_exec(work);

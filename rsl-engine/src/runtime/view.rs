@@ -58,4 +58,10 @@ impl ReplicaView {
     pub fn is_primary(&self) -> bool {
         self.shared.is_primary.load(Relaxed)
     }
+
+    /// See [`RslReplica::restart_to_catch_up`](super::RslReplica::restart_to_catch_up); set
+    /// before `state_copied` and `shut_down` run.
+    pub fn restart_to_catch_up(&self) -> Option<u64> {
+        self.shared.restart_to_catch_up.get().copied()
+    }
 }
