@@ -238,7 +238,7 @@ impl StateMachine for Callbacks {
         optional!(self.after_execute_replicated_requests() else ())
     }
 
-    fn execute_fast_read_request(&mut self, request: &[u8], cookie: Cookie) {
+    fn execute_fast_read_request(&self, request: &[u8], cookie: Cookie) {
         required!(self.execute_fast_read_request(request.as_ptr().cast(), request.len(), cookie_out(cookie)))
     }
 
@@ -246,13 +246,13 @@ impl StateMachine for Callbacks {
         required!(self.abort_request(status as rsl_status, cookie_out(cookie)))
     }
 
-    fn save_state(&mut self, writer: &mut CheckpointWriter) {
+    fn save_state(&self, writer: &mut CheckpointWriter) {
         let mut handle = rsl_checkpoint_writer::borrowed(writer);
         required!(self.save_state(&mut handle as *mut rsl_checkpoint_writer))
     }
 
     /// A write that failed makes the save fail too, so no partial checkpoint is kept.
-    fn try_save_state(&mut self, writer: &mut CheckpointWriter) -> bool {
+    fn try_save_state(&self, writer: &mut CheckpointWriter) -> bool {
         let mut handle = rsl_checkpoint_writer::borrowed(writer);
         let w = &mut handle as *mut rsl_checkpoint_writer;
         let saved = optional!(self.try_save_state(w) else { required!(self.save_state(w)); true });
