@@ -672,3 +672,13 @@ fn run_check(exe: &Path, work: &Path, env: &[(&str, &str)]) {
     let (stdout, stderr) = (read(&out), read(&err));
     assert!(status.success() && stdout.contains("all ok") && !stderr.contains("Sanitizer"), "{name} failed:\n{stdout}\n{stderr}");
 }
+
+#[test]
+fn cpp_readers() {
+    cpp_check("readers_check");
+}
+
+#[test]
+fn cpp_readers_under_address_sanitizer() {
+    cpp_check_under_asan("readers_check");
+}

@@ -87,9 +87,9 @@ impl Ready {
         Ok(())
     }
 
-    /// A read that waited for its decree: it was admitted by [`Ready::offer`]'s sibling bound
-    /// (the execute queue's), so it is not refused for room. Only the execute thread calls
-    /// this, and it closes the queue itself, so it never finds the queue closed.
+    /// A read that waited for its decree: it was admitted under the execute queue's bound, so
+    /// it is not refused for room (the two bounds together bound the memory). Only the execute
+    /// thread calls this, and it closes the queue itself, so it never finds it closed.
     pub fn push(&self, read: Read) {
         let mut pending = self.lock();
         debug_assert!(!pending.closed, "the execute thread closes the readers last");
