@@ -316,9 +316,10 @@ impl Executor {
     /// A replica that saves a checkpoint aborts the reads it cannot serve yet (api-behavior §2.14).
     fn abort_unsatisfiable_reads(&mut self) {
         let seq = self.shared.current_seq.load(Relaxed);
-        let mut sm = self.sm.exclusive();
-        for (_, _, cookie, _) in self.waiting.extract_if(.., |w| w.0 > seq) {
-            sm.abort_request(ResponseCode::FastReadStale, cookie);
+        let stale: Vec<Cookie> = self.waiting.extract_if(.., |w| w.0 > seq).map(|w| w.2).collect();
+        if !stale.is_empty() {
+            let mut sm = self.sm.exclusive();
+            stale.into_iter().for_each(|cookie| sm.abort_request(ResponseCode::FastReadStale, cookie));
         }
     }
 
