@@ -186,6 +186,10 @@ impl Executor {
             }
             Work::Load { checkpoint, path } => self.load(checkpoint, path),
             Work::Copied { seq, path, cookie } => self.sm.exclusive().state_copied(seq, path.as_deref(), cookie),
+            // Bounded like the queues: past it a read comes back as one that timed out.
+            Work::FastRead { cookie, .. } if self.waiting.len() >= super::queue::CAPACITY => {
+                self.sm.exclusive().abort_request(ResponseCode::FastReadStale, cookie)
+            }
             Work::FastRead { max_seen, request, cookie, deadline } => self.waiting.push((max_seen, request, cookie, deadline)),
             Work::Stop => {}
             #[cfg(test)]
@@ -275,8 +279,9 @@ impl Executor {
         self.shared.current_seq.store(cp.decree, Release);
         self.shared.passed_seq.fetch_max(cp.decree, Relaxed);
         self.shared.view().config = cp.config.clone();
+        let reader = CheckpointReader::open(&path);
         let mut sm = self.sm.exclusive();
-        let loaded = match CheckpointReader::open(&path) {
+        let loaded = match reader {
             Ok(mut reader) if cp.state_saved => sm.load_state(Some(&mut reader)),
             Ok(_) => sm.load_state(None),
             Err(e) => {
@@ -424,6 +429,47 @@ mod tests {
         exec.handle(Work::Load { checkpoint: cp, path: saved.path });
         assert_eq!(*seen.lock().unwrap(), [(41, 3, 41)]);
         assert_eq!((shared.current_seq.load(Relaxed), shared.view().config.number), (41, 3));
+    }
+
+    /// Records the aborts; nothing else.
+    struct Aborts(Arc<std::sync::Mutex<Vec<(ResponseCode, Cookie)>>>);
+
+    impl StateMachine for Aborts {
+        fn load_state(&mut self, _: Option<&mut CheckpointReader>) -> bool {
+            true
+        }
+        fn execute_replicated_request(&mut self, _: &[u8], _: Option<Cookie>, _: &mut bool) {}
+        fn execute_fast_read_request(&self, _: &[u8], _: Cookie) {}
+        fn abort_request(&mut self, code: ResponseCode, cookie: Cookie) {
+            self.0.lock().unwrap().push((code, cookie));
+        }
+        fn save_state(&self, _: &mut crate::format::CheckpointWriter) {}
+        fn notify_status(&mut self, _: bool) {}
+        fn notify_configuration_changed(&mut self, _: Option<Cookie>) {}
+        fn abort_change_configuration(&mut self, _: ResponseCode, _: Cookie) {}
+        fn shut_down(&mut self, _: ResponseCode) {}
+    }
+
+    /// Reads waiting for a decree are bounded like the queues: past the bound one comes back
+    /// `FastReadStale` at once, and at the stop every waiting one comes back `ShuttingDown`.
+    #[test]
+    fn waiting_reads_are_bounded_and_all_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path(), 2).unwrap();
+        let aborts = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (events, _inbox) = super::super::queue::bounded(4);
+        let sm = Box::new(Aborts(aborts.clone()));
+        let mut exec = Executor::new(sm, Arc::new(Shared::new()), store, MemberId::from_numeric(1), Version::V6, events);
+        let deadline = Instant::now() + Duration::from_secs(3600);
+        let bound = super::super::queue::CAPACITY as u64;
+        for cookie in 0..=bound {
+            exec.handle(Work::FastRead { max_seen: 10, request: Bytes::from_static(b"r"), cookie, deadline });
+        }
+        assert_eq!(*aborts.lock().unwrap(), [(ResponseCode::FastReadStale, bound)]);
+        exec.stop();
+        let aborts = aborts.lock().unwrap();
+        assert_eq!(aborts.len() as u64, bound + 1);
+        assert!(aborts[1..].iter().all(|a| a.0 == ResponseCode::ShuttingDown));
     }
 
     /// A download that fails (the peer hangs up at once) leaves nothing in `Temp/`: a replica
