@@ -712,7 +712,8 @@ mod tests {
             assert!(request != b"boom", "the state machine panics on boom");
             self.0.lock().unwrap().push("exec");
         }
-        fn execute_fast_read_request(&self, _: &[u8], _: Cookie) {
+        fn execute_fast_read_request(&self, request: &[u8], _: Cookie) {
+            assert!(request != b"boom", "the read panics on boom");
             self.0.lock().unwrap().push("read");
         }
         fn abort_request(&mut self, _: ResponseCode, _: Cookie) {
@@ -878,6 +879,18 @@ mod tests {
         let reason = one.assert_failed();
         assert_eq!(reason, "the rsl-exec thread panicked: the state machine panics on boom");
         assert_eq!(one.shut_downs(), 0, "the state machine died with its thread");
+    }
+
+    /// A reader thread is a replica thread like the others: its panic fails the replica, and
+    /// the execute thread, alive, still raises `shut_down` once the readers are joined.
+    #[test]
+    fn a_panicking_reader_thread_fails_the_replica() {
+        let mut one = start_one(Arc::new(AdmitAll));
+        one.wait_primary();
+        assert_eq!(one.r().fast_read_request(0, Bytes::from_static(b"boom"), 1, Duration::ZERO), ResponseCode::Success);
+        let reason = one.assert_failed();
+        assert_eq!(reason, "the rsl-read thread panicked: the read panics on boom");
+        assert_eq!(one.shut_downs(), 1, "shut_down is raised once");
     }
 
     #[test]
