@@ -81,7 +81,7 @@ namespace
     };
 
     // Requests: "slow" executes until released, "save" asks for a checkpoint. Reads: "pair"
-    // waits (up to 3 s) for a second read to start; any read records what it saw.
+    // waits (up to 5 s) for a second read to start; any read records what it saw.
     class Machine : public RSLStateMachine
     {
     public:
@@ -115,7 +115,7 @@ namespace
                 ++m_started;
             }
             Notify();
-            const bool partner = r == "pair" && Await(3, [&] { return m_started >= 2; });
+            const bool partner = r == "pair" && Await(5, [&] { return m_started >= 2; });
             std::lock_guard<std::mutex> lock(m_mutex);
             m_reads.push_back(Seen{IdOf(cookie), partner, executing, saving, GetCurrentSequenceNumber()});
         }
