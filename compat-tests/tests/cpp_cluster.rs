@@ -682,3 +682,13 @@ fn cpp_catchup() {
 fn cpp_catchup_under_address_sanitizer() {
     cpp_check_under_asan("catchup_check");
 }
+
+#[test]
+fn cpp_readers() {
+    cpp_check("readers_check");
+}
+
+#[test]
+fn cpp_readers_under_address_sanitizer() {
+    cpp_check_under_asan("readers_check");
+}

@@ -64,9 +64,9 @@ impl StateMachine for Service {
     fn execute_replicated_request(&mut self, request: &[u8], _: Option<u64>, _: &mut bool) {
         self.state.lock().unwrap().push(Bytes::copy_from_slice(request));
     }
-    fn execute_fast_read_request(&mut self, _: &[u8], _: u64) {}
+    fn execute_fast_read_request(&self, _: &[u8], _: u64) {}
     fn abort_request(&mut self, _: ResponseCode, _: u64) {}
-    fn save_state(&mut self, writer: &mut CheckpointWriter) {
+    fn save_state(&self, writer: &mut CheckpointWriter) {
         let mut buf = BytesMut::new();
         for r in self.state.lock().unwrap().iter() {
             buf.put_u32_le(r.len() as u32);

@@ -39,6 +39,8 @@ pub struct RslConfig {
     pub election_randomize: u32,
     pub fast_read_seq_threshold: u32,
     pub in_memory_execution_queue_size_mb: u32,
+    /// Fast-read threads (0: one per CPU): reads run on them under the Shared side of the
+    /// callback lock (see [`StateMachine`](super::StateMachine)).
     pub num_reader_threads: u32,
     pub max_message_size_mb: u32,
     pub max_message_alert_size_mb: u32,

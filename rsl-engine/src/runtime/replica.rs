@@ -9,6 +9,7 @@ use super::exec::{fetch_checkpoint, Executor, Work};
 use super::journal::{read_defunct, Journal, JournalOptions};
 use super::learn::{self, LearnServer, LearnSource};
 use super::queue::{self, Queue, Refused};
+use super::readers::{Read, Ready};
 use super::ring::{learn_addr, Io, Limits, Ring};
 use super::tls::Tls;
 use super::transport::{Origin, Transport};
@@ -47,6 +48,8 @@ pub struct RslReplica {
     shared: Arc<Shared>,
     events: Queue<Event>,
     work: Queue<Work>,
+    /// Fast reads whose decree has executed, for the reader threads.
+    ready: Arc<Ready>,
     me: Node,
     version: Version,
     fast_read_threshold: u64,
@@ -230,12 +233,14 @@ impl RslReplica {
         );
         let ring = Ring::new(core, admission, io);
         let siblings = Siblings { shared: shared.clone(), events: events_tx.clone(), work: work_tx.clone(), transport: transport.clone() };
+        let ready = exec.start_readers(cfg.num_reader_threads, |body| spawn("rsl-read", siblings.clone(), body));
         let threads =
             vec![spawn("rsl-exec", siblings.clone(), move || exec.run(work_rx)), spawn("rsl-paxos", siblings, move || ring.run(events_rx))];
         Ok(RslReplica {
             shared,
             events: events_tx,
             work: work_tx,
+            ready,
             me,
             version,
             fast_read_threshold: cfg.fast_read_seq_threshold.into(),
@@ -331,6 +336,10 @@ impl RslReplica {
         if lag > 0 && (lag > self.fast_read_threshold || timeout.is_zero() || self.shared.saving.load(Relaxed)) {
             return ResponseCode::FastReadStale;
         }
+        if lag == 0 {
+            return self.answer(self.ready.offer(Read { request, cookie }), ResponseCode::FastReadStale);
+        }
+        // The execute thread keeps it until its decree executes (or its deadline passes).
         let deadline = Instant::now() + timeout;
         self.offer(&self.work, Work::FastRead { max_seen: max_seen_seq_no, request, cookie, deadline }, ResponseCode::FastReadStale)
     }
@@ -341,7 +350,12 @@ impl RslReplica {
     /// that tells the caller to retry later: `NotPrimary` for a replicated request (as while a
     /// primary is being elected), `FastReadStale` for a read (as while a checkpoint is saved).
     fn offer<T>(&self, queue: &Queue<T>, item: T, full: ResponseCode) -> ResponseCode {
-        match queue.offer(item) {
+        self.answer(queue.offer(item), full)
+    }
+
+    /// What the caller is told of an offer (see [`RslReplica::offer`]).
+    fn answer(&self, offered: Result<(), Refused>, full: ResponseCode) -> ResponseCode {
+        match offered {
             Ok(()) => ResponseCode::Success,
             Err(Refused::Full) => {
                 self.shared.stats.requests_refused.fetch_add(1, Relaxed);
@@ -712,13 +726,14 @@ mod tests {
             assert!(request != b"boom", "the state machine panics on boom");
             self.0.lock().unwrap().push("exec");
         }
-        fn execute_fast_read_request(&mut self, _: &[u8], _: Cookie) {
+        fn execute_fast_read_request(&self, request: &[u8], _: Cookie) {
+            assert!(request != b"boom", "the read panics on boom");
             self.0.lock().unwrap().push("read");
         }
         fn abort_request(&mut self, _: ResponseCode, _: Cookie) {
             self.0.lock().unwrap().push("abort");
         }
-        fn save_state(&mut self, _: &mut CheckpointWriter) {}
+        fn save_state(&self, _: &mut CheckpointWriter) {}
         fn notify_status(&mut self, _: bool) {}
         fn notify_configuration_changed(&mut self, _: Option<Cookie>) {}
         fn abort_change_configuration(&mut self, _: ResponseCode, _: Cookie) {}
@@ -880,6 +895,18 @@ mod tests {
         assert_eq!(one.shut_downs(), 0, "the state machine died with its thread");
     }
 
+    /// A reader thread is a replica thread like the others: its panic fails the replica, and
+    /// the execute thread, alive, still raises `shut_down` once the readers are joined.
+    #[test]
+    fn a_panicking_reader_thread_fails_the_replica() {
+        let mut one = start_one(Arc::new(AdmitAll));
+        one.wait_primary();
+        assert_eq!(one.r().fast_read_request(0, Bytes::from_static(b"boom"), 1, Duration::ZERO), ResponseCode::Success);
+        let reason = one.assert_failed();
+        assert_eq!(reason, "the rsl-read thread panicked: the read panics on boom");
+        assert_eq!(one.shut_downs(), 1, "shut_down is raised once");
+    }
+
     #[test]
     fn a_journal_write_error_fails_the_replica() {
         let mut one = start_one(Arc::new(AdmitAll));
@@ -929,10 +956,11 @@ mod tests {
         assert!(r.failure().is_none());
     }
 
-    /// While the execute thread is stuck, fast reads past its queue's bound are answered
-    /// `FastReadStale` at once; once it goes on, the reads taken run and new ones are taken.
+    /// While an Exclusive callback runs (the execute thread holds the callback lock), fast
+    /// reads past the readers' queue bound are answered `FastReadStale` at once; once it ends,
+    /// the reads taken run and new ones are taken.
     #[test]
-    fn a_full_work_queue_refuses_fast_reads_then_recovers() {
+    fn a_full_read_queue_refuses_fast_reads_then_recovers() {
         let one = start_one(Arc::new(AdmitAll));
         one.wait_primary();
         let r = one.r();
@@ -940,12 +968,12 @@ mod tests {
         let (resume, until) = mpsc::channel();
         r.work.send(Work::Pause(until)).unwrap();
         let read = |cookie| r.fast_read_request(0, Bytes::from_static(b"read"), cookie, Duration::ZERO);
-        let taken = (0..=queue::CAPACITY as u64).take_while(|&i| read(i) == ResponseCode::Success).count();
-        assert!(taken <= queue::CAPACITY, "a read past the bound was refused");
+        // The queue's bound, plus at most the one read the reader thread took before it waits.
+        let taken = (0..2 * queue::CAPACITY as u64).take_while(|&i| read(i) == ResponseCode::Success).count();
+        assert!(taken <= queue::CAPACITY + 1, "a read past the bound was refused: {taken}");
         assert_eq!(read(1 << 40), ResponseCode::FastReadStale);
         let stats = r.statistics_snapshot();
         assert_eq!(stats.requests_refused, 2, "{stats:?}");
-        assert!(stats.work_queue_depth >= queue::CAPACITY as u64, "{stats:?}");
         drop(resume);
         wait_for("queued reads run", || reads() == taken);
         assert_eq!(read(2 << 40), ResponseCode::Success);
