@@ -262,6 +262,7 @@ impl Executor {
             let _ = self.events.send(Event::Fatal(format!("the state machine could not load checkpoint {}", path.display())));
             return;
         }
+        self.shared.exec_queue.loaded(cp.decree);
         self.sm.state_copied(cp.decree, Some(&path), None);
     }
 

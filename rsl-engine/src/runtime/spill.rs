@@ -83,6 +83,8 @@ pub(crate) struct ExecGauge {
     wake: AtomicBool,
     /// The execute thread has ended: nothing handed is executed any more.
     gone: AtomicBool,
+    /// Every decree below it has executed (or a loaded checkpoint covers it).
+    executed_below: AtomicU64,
 }
 
 impl ExecGauge {
@@ -95,8 +97,20 @@ impl ExecGauge {
     /// bound while decrees wait in the log: then it wakes the protocol thread to hand more.
     /// (Sequentially consistent with [`ExecBacklog::arm`]: one of them sees the other.)
     pub fn executed(&self, vote: &Message) -> bool {
+        self.executed_below.fetch_max(vote.header.decree + 1, SeqCst);
         self.executed.fetch_add(decree_bytes(vote), SeqCst);
         self.in_memory() <= self.limit.load(Relaxed) / 2 && self.wake.swap(false, SeqCst)
+    }
+
+    /// The execute thread has replaced the state with a checkpoint of `decree`.
+    pub fn loaded(&self, decree: u64) {
+        self.executed_below.fetch_max(decree + 1, SeqCst);
+    }
+
+    /// Every decree below it has executed: what the core's elections wait for
+    /// (`Host::executed`).
+    pub fn executed_below(&self) -> u64 {
+        self.executed_below.load(SeqCst)
     }
 
     /// The execute thread has ended (or panicked).

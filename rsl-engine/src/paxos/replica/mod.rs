@@ -157,6 +157,11 @@ pub struct Replica {
     led_at: Micros,
     /// The next decree to execute; every decree below it has been handed out to execute.
     next_execute: u64,
+    /// Every decree below it has finished executing, as the execute side last reported
+    /// (`Input::Executed`) or the restored state says; and whether chosen decrees wait in
+    /// the log rather than in memory. Elections wait on them (`execute_queue_ready`).
+    executed_below: u64,
+    exec_spilled: bool,
     next_election: Micros,
     election_delay: Micros,
     action_deadline: Micros,
@@ -293,6 +298,8 @@ impl Replica {
             accepted_at: 0,
             led_at: 0,
             next_execute,
+            executed_below: next_execute,
+            exec_spilled: false,
             next_election: Micros::MAX,
             election_delay,
             action_deadline: Micros::MAX,
@@ -508,6 +515,11 @@ impl Replica {
             }
             Input::CheckpointFetched(fetched) => self.on_checkpoint_fetched(now, fetched, app, out),
             Input::SetAcceptMessages(accept) => self.accept_flag = accept,
+            Input::Executed { below, spilled } => {
+                // A restart or a load starts the host's count afresh: the state says at least this.
+                self.executed_below = self.executed_below.max(below);
+                self.exec_spilled = spilled;
+            }
         }
         self.drain_cache(now, app, out);
         self.check_invariants();
@@ -681,13 +693,20 @@ impl Replica {
             // A log-roll checkpoint not yet started gives way to the election; one being
             // written blocks it.
             self.save_at = None;
-            if let Some(cookie) = if self.saving { None } else { app.can_become_primary() } {
+            if let Some(cookie) = if self.saving || !self.execute_queue_ready() { None } else { app.can_become_primary() } {
                 self.primary_cookie = cookie;
                 return self.start_preparing(now, out);
             }
             self.next_election = now.saturating_add(self.cfg.heartbeat_interval);
         }
         self.become_secondary();
+    }
+
+    /// RSL's `IsExecuteQueueReady`: every chosen decree waiting to execute is in memory, and
+    /// unless configured otherwise none waits (a new primary's state then includes everything
+    /// earlier primaries passed before it is asked `CanBecomePrimary`).
+    fn execute_queue_ready(&self) -> bool {
+        !self.exec_spilled && (self.cfg.allow_promotion_while_catching_up || self.executed_below >= self.next_execute)
     }
 }
 
