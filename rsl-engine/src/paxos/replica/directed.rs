@@ -759,3 +759,26 @@ fn a_replica_with_decrees_waiting_to_execute_stands_only_if_allowed() {
         assert_eq!(requests, [&b"a"[..], b"b", b"c"].map(Bytes::from_static), "everything executed, in order");
     }
 }
+
+/// The protocol-version raise (api-behavior §2.29): a ring at version 5 whose primary comes
+/// back at 6 moves to 6 as its votes execute, and never back (a replica restarted at 5 replays
+/// them and is at 6 again). A raised secondary answers in version 6.
+#[test]
+fn executing_a_newer_vote_raises_the_version_for_good() {
+    let mut ring = Ring::with(CoreConfig { version: Version::V5, ..CoreConfig::default() });
+    ring.converge(0, b"a");
+    ring.cfg.version = Version::V6;
+    ring.restart(0);
+    ring.cfg.version = Version::V5;
+    assert_eq!((ring.r(0).version(), ring.r(1).version()), (Version::V6, Version::V5), "a vote, not a peer, raises it");
+    ring.converge(0, b"b");
+    assert!((0..3).all(|i| ring.r(i).version() == Version::V6), "raised by executing the primary's votes");
+    let mark = ring.mark();
+    ring.submit(0, b"c");
+    ring.run();
+    let answers: Vec<Version> =
+        ring.sent[mark..].iter().filter(|(s, m)| *s == 1 && m.kind() == MsgKind::VoteAccepted).map(|(_, m)| m.header.version).collect();
+    assert!(!answers.is_empty() && answers.iter().all(|v| *v == Version::V6), "node 1 answers in version 6: {answers:?}");
+    ring.restart(1);
+    assert_eq!(ring.r(1).version(), Version::V6, "replaying the votes raises it again");
+}

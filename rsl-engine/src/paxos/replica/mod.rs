@@ -358,7 +358,8 @@ impl Replica {
         self.me
     }
 
-    /// The protocol version this replica speaks.
+    /// The protocol version this replica speaks: the configured one, raised by executing a vote
+    /// of a newer one (api-behavior §2.29).
     pub fn version(&self) -> Version {
         self.version
     }
@@ -582,6 +583,13 @@ impl Replica {
         assert!(!vote.header.ballot.is_empty(), "only a proposed vote can be chosen");
         debug_assert!(cookies.is_empty() || cookies.len() == vote.as_vote().map_or(0, |v| v.requests.len()));
         self.next_execute = decree + 1;
+        // RSL's `AddToExecutionQueue`: a chosen vote of a newer version raises ours for good
+        // (api-behavior §2.29). Never into or out of 7: `check_version` keeps the pipelined
+        // protocol apart, so only 1 to 6 rise this way; 7 is configured.
+        if vote.header.version > self.version {
+            debug_assert_eq!(vote.header.version.is_pipelined(), self.pipelined());
+            self.version = vote.header.version;
+        }
         if self.pipelined() {
             self.recent.insert(decree, (vote.clone(), vote.header.ballot));
         }
