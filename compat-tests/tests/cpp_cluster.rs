@@ -692,3 +692,13 @@ fn cpp_readers() {
 fn cpp_readers_under_address_sanitizer() {
     cpp_check_under_asan("readers_check");
 }
+
+#[test]
+fn cpp_promote() {
+    cpp_check("promote_check");
+}
+
+#[test]
+fn cpp_promote_under_address_sanitizer() {
+    cpp_check_under_asan("promote_check");
+}

@@ -63,6 +63,10 @@ pub trait Host {
     fn persist(&mut self, seq: u64, record: &Arc<Message>) -> Result<Option<u64>, String>;
     /// Queues work for the executor; it runs in the order queued.
     fn execute(&mut self, item: Execution);
+    /// How far the executor is: every decree below `.0` has finished executing (a new
+    /// process may count afresh from 0), and `.1` says queued decrees wait on disk rather
+    /// than in memory. Asked before every input; the core hears of changes.
+    fn executed(&self) -> (u64, bool);
     /// Drops the logs a checkpoint of `decree` covers; returns the lowest decree still logged.
     fn truncate_log(&mut self, decree: u64) -> u64;
     /// The next vote for a new decree starts a new log file, whatever the current one's
@@ -116,6 +120,8 @@ pub struct Driver {
     listen_on_all_ips: bool,
     targets: Vec<MemberId>,
     stopped: bool,
+    /// What the core last heard of the executor's progress (`Host::executed`).
+    executed: (u64, bool),
 }
 
 impl Driver {
@@ -134,6 +140,7 @@ impl Driver {
             listen_on_all_ips,
             targets: Vec::new(),
             stopped: false,
+            executed: (0, false),
         }
     }
 
@@ -265,6 +272,12 @@ impl Driver {
     ) -> R {
         let mut out = std::mem::take(&mut self.actions);
         debug_assert!(out.is_empty() && self.followups.is_empty(), "one call at a time");
+        let executed = host.executed();
+        if executed != self.executed {
+            self.executed = executed;
+            let (below, spilled) = executed;
+            self.core.step(host.now(), Input::Executed { below, spilled }, &mut *self.app, &mut out);
+        }
         let result = call(&mut self.core, host.now(), &mut *self.app, &mut out);
         self.carry_out(&mut out, host);
         // Follow-ups are this replica's own doing, not the inbound message's.

@@ -44,6 +44,10 @@ pub struct RslConfig {
     pub num_reader_threads: u32,
     pub max_message_size_mb: u32,
     pub max_message_alert_size_mb: u32,
+    /// A replica stands for election (and is asked `can_become_primary`) only once every
+    /// chosen decree it holds has executed; true lets it stand while decrees chosen under
+    /// earlier primaries still wait (`notify_primary_recovered` says when they have run).
+    /// Either way none may wait spilled to disk (`in_memory_execution_queue_size_mb`).
     pub allow_primary_promotion_while_catching_up: bool,
     pub working_dir: PathBuf,
     pub add_member_id_to_working_dir: bool,
@@ -273,6 +277,7 @@ impl RslConfig {
             join_interval: us(self.join_messages_interval_sec),
             window: if version.is_pipelined() { self.pipeline_window as usize } else { 1 },
             max_checkpoint_interval: self.max_checkpoint_interval_sec.saturating_mul(SEC),
+            allow_promotion_while_catching_up: self.allow_primary_promotion_while_catching_up,
         }
     }
 }

@@ -293,6 +293,7 @@ impl Executor {
             let _ = self.events.send(Event::Fatal(format!("the state machine could not load checkpoint {}", path.display())));
             return;
         }
+        self.shared.exec_queue.loaded(cp.decree);
         sm.state_copied(cp.decree, Some(&path), None);
     }
 

@@ -272,6 +272,8 @@ impl RslReplica {
         &self.dir
     }
 
+    /// The configured protocol version. The protocol itself may since speak a newer one
+    /// (a vote of a newer version executed: docs/core.md, "Protocol versions").
     pub fn protocol_version(&self) -> Version {
         self.version
     }

@@ -314,6 +314,11 @@ impl Host for Io {
         Ok(rolled)
     }
 
+    fn executed(&self) -> (u64, bool) {
+        let gauge = &self.shared.exec_queue;
+        (gauge.executed_below(), gauge.spilled() > 0)
+    }
+
     fn execute(&mut self, item: Execution) {
         let work = match item {
             Execution::Decree { vote, cookies } => {

@@ -186,6 +186,8 @@ struct Node {
     exec: VecDeque<Execution>,
     exec_busy: bool,
     slow_exec: bool,
+    /// Every decree below it has executed in this process life (`Host::executed`).
+    executed_below: u64,
 }
 
 /// Answers the application's questions: always yes.
@@ -259,6 +261,8 @@ fn address(i: usize) -> Ipv4Addr {
 impl Sim {
     pub fn new(cfg: SimConfig) -> Sim {
         let window = cfg.window;
+        // Odd seeds let a replica stand while decrees wait to execute; even seeds wait for them.
+        let allow_promotion_while_catching_up = cfg.seed % 2 == 1;
         let ids: Vec<MemberId> = (1..=cfg.replicas + cfg.spares).map(|i| MemberId::new(&i.to_string()).expect("numeric id")).collect();
         let nodes: Vec<Node> = ids
             .iter()
@@ -278,6 +282,7 @@ impl Sim {
                 exec: VecDeque::new(),
                 exec_busy: false,
                 slow_exec: false,
+                executed_below: 0,
             })
             .collect();
         let procs = nodes.iter().map(|_| None).collect();
@@ -286,7 +291,12 @@ impl Sim {
             loss: cfg.loss,
             duplication: cfg.duplication,
             cfg,
-            core: CoreConfig { window, version: if window > 1 { Version::V7 } else { Version::V6 }, ..sim_core_config() },
+            core: CoreConfig {
+                window,
+                version: if window > 1 { Version::V7 } else { Version::V6 },
+                allow_promotion_while_catching_up,
+                ..sim_core_config()
+            },
             now: 0,
             nodes,
             events: BinaryHeap::new(),
@@ -351,7 +361,8 @@ impl Sim {
                 }
             }
         }
-        w.nodes[i].up = true;
+        // The replayed decrees executed at once.
+        (w.nodes[i].up, w.nodes[i].executed_below) = (true, replica.next_execute());
         self.procs[i] = Some(Driver::new(replica, Box::new(SimApp), false));
         self.drive(i, |d, m| d.start(m));
     }
@@ -405,6 +416,7 @@ impl Sim {
         n.flushing = false;
         n.exec.clear();
         n.exec_busy = false;
+        n.executed_below = 0;
         n.incarnation += 1;
         w.checker.crashed(proc);
     }
@@ -670,11 +682,17 @@ impl Sim {
         let proc = w.proc(node);
         while let Some(item) = w.nodes[node].exec.pop_front() {
             match item {
-                Execution::Decree { vote, cookies } => w.checker.executed(proc, &vote, &cookies, w.now),
+                Execution::Decree { vote, cookies } => {
+                    w.checker.executed(proc, &vote, &cookies, w.now);
+                    w.nodes[node].executed_below = vote.header.decree + 1;
+                }
                 Execution::Abort { cookie, .. } | Execution::ConfigChanged { cookie: Some(cookie), .. } => {
                     w.checker.return_cookie(proc, cookie, None);
                 }
-                Execution::Load(cp) => w.checker.loaded_checkpoint(proc, cp.decree),
+                Execution::Load(cp) => {
+                    w.checker.loaded_checkpoint(proc, cp.decree);
+                    w.nodes[node].executed_below = cp.decree + 1;
+                }
                 Execution::Save(_) if exiting => {}
                 Execution::Save(cp) => {
                     w.counts[4] += 1;
@@ -991,6 +1009,10 @@ impl Host for Machine<'_> {
         let (incarnation, slow) = (n.incarnation, n.slow_exec);
         let latency = if slow { MS + self.w.rng.below(10 * MS) } else { self.w.rng.below(200) };
         self.w.schedule(self.w.now + latency, Event::Execute { node: self.node, incarnation });
+    }
+
+    fn executed(&self) -> (u64, bool) {
+        (self.w.nodes[self.node].executed_below, false)
     }
 
     /// Drops the log before its first record beyond the checkpoint (what log truncation after

@@ -37,7 +37,17 @@ pub(super) struct Proc {
     pub(super) log: Vec<Arc<Message>>,
     /// What the current process life executed, in order.
     pub(super) executed: Vec<Arc<Message>>,
+    /// A paused executor queues decrees here instead of running them (`pause_executor`).
+    paused: Option<Vec<Arc<Message>>>,
     life: u64,
+}
+
+impl Proc {
+    /// What the core hears before every input, as a driver's host reports it.
+    fn executed_below(&self) -> Input {
+        let below = self.executed.last().map_or(0, |v| v.header.decree + 1);
+        Input::Executed { below, spilled: false }
+    }
 }
 
 pub(super) struct Ring {
@@ -64,7 +74,7 @@ impl Ring {
     }
 
     pub(super) fn with(cfg: CoreConfig) -> Ring {
-        let procs = (0..3).map(|_| Proc { replica: None, log: Vec::new(), executed: Vec::new(), life: 0 }).collect();
+        let procs = (0..3).map(|_| Proc { replica: None, log: Vec::new(), executed: Vec::new(), paused: None, life: 0 }).collect();
         let mut ring = Ring {
             now: SEC,
             cfg,
@@ -96,6 +106,7 @@ impl Ring {
         let p = &mut self.procs[i];
         p.life += 1;
         p.executed.clear();
+        p.paused = None;
         let mut replica = Replica::new(self.cfg.clone(), id(i), config, 100 * i as u64 + p.life);
         let mut out = Vec::new();
         for record in &p.log {
@@ -141,8 +152,22 @@ impl Ring {
         }
         let mut out = Vec::new();
         let now = self.now;
+        let executed = self.procs[i].executed_below();
+        self.r_mut(i).step(now, executed, &mut AcceptAll, &mut out);
         self.r_mut(i).step(now, input, &mut AcceptAll, &mut out);
         self.apply(i, out);
+    }
+
+    /// Node `i`'s executor stops running decrees (a slow `ExecuteReplicatedRequest`); they
+    /// wait until `resume_executor`.
+    pub(super) fn pause_executor(&mut self, i: usize) {
+        self.procs[i].paused.get_or_insert_with(Vec::new);
+    }
+
+    pub(super) fn resume_executor(&mut self, i: usize) {
+        for vote in self.procs[i].paused.take().unwrap_or_default() {
+            self.executed(i, vote);
+        }
     }
 
     /// Carries out a replica's actions. Persists are durable at once; sends go on the network
@@ -163,7 +188,10 @@ impl Ring {
                     self.procs[i].log.push(record);
                     durable = Some(seq);
                 }
-                Action::Execute { vote, .. } => self.executed(i, vote),
+                Action::Execute { vote, .. } => match &mut self.procs[i].paused {
+                    Some(queued) => queued.push(vote),
+                    None => self.executed(i, vote),
+                },
                 Action::FetchVotes { from, decree } => {
                     // From the first vote at or after `decree` (a pipelined log is not in
                     // decree order; before version 7, from the newest vote for it), if the
@@ -689,4 +717,68 @@ fn an_unbounded_election_delay_from_a_caller_saturates() {
     ring.crash(0);
     ring.advance(60 * SEC);
     assert!((1..3).all(|i| ring.r(i).role() == Role::Secondary), "no election");
+}
+
+/// `allow_promotion_while_catching_up` (api-behavior §2.9 step 2, Errata D1): a replica whose
+/// executor has not yet run a chosen decree does not stand for election, even when asked to,
+/// unless the flag lets it; once its executor catches up it stands. Allowed, it is elected
+/// while the decree still waits, and `NotifyPrimaryRecovered` waits for it.
+#[test]
+fn a_replica_with_decrees_waiting_to_execute_stands_only_if_allowed() {
+    for allow in [false, true] {
+        let mut ring = Ring::with(CoreConfig { allow_promotion_while_catching_up: allow, ..CoreConfig::default() });
+        ring.converge(0, b"a");
+        ring.pause_executor(1);
+        ring.submit(0, b"b");
+        ring.run();
+        ring.advance(3 * SEC); // a heartbeat makes "b" chosen, and executable, at node 1
+        let waiting = |ring: &Ring| ring.procs[1].paused.as_ref().map_or(0, Vec::len);
+        assert!(waiting(&ring) > 0, "node 1 holds a chosen decree it has not executed");
+        ring.crash(0);
+        let mark = ring.mark();
+        ring.step(1, Input::AttemptPromotion);
+        ring.step(1, Input::Tick);
+        ring.run();
+        assert_eq!(ring.count_sent(1, mark, MsgKind::StatusQuery), 1, "node 1 looked for the ring");
+        let stood = ring.count_sent(1, mark, MsgKind::Prepare) > 0;
+        assert_eq!(stood, allow, "node 1 stands while a decree waits only if allowed");
+        if allow {
+            assert_eq!(ring.r(1).role(), Role::Primary);
+            assert!(waiting(&ring) > 0, "elected before the decree executed");
+        } else {
+            assert_eq!(ring.r(1).role(), Role::Secondary);
+            ring.advance(SEC); // it retries after a heartbeat interval: still waiting
+            assert_eq!(ring.count_sent(1, mark, MsgKind::Prepare), 0);
+            ring.resume_executor(1);
+            ring.promote(1);
+        }
+        ring.resume_executor(1);
+        ring.submit(1, b"c");
+        ring.run();
+        let requests: Vec<Bytes> = ring.history(1).into_iter().flat_map(|(_, (reqs, _))| reqs).collect();
+        assert_eq!(requests, [&b"a"[..], b"b", b"c"].map(Bytes::from_static), "everything executed, in order");
+    }
+}
+
+/// The protocol-version raise (api-behavior §2.29): a ring at version 5 whose primary comes
+/// back at 6 moves to 6 as its votes execute, and never back (a replica restarted at 5 replays
+/// them and is at 6 again). A raised secondary answers in version 6.
+#[test]
+fn executing_a_newer_vote_raises_the_version_for_good() {
+    let mut ring = Ring::with(CoreConfig { version: Version::V5, ..CoreConfig::default() });
+    ring.converge(0, b"a");
+    ring.cfg.version = Version::V6;
+    ring.restart(0);
+    ring.cfg.version = Version::V5;
+    assert_eq!((ring.r(0).version(), ring.r(1).version()), (Version::V6, Version::V5), "a vote, not a peer, raises it");
+    ring.converge(0, b"b");
+    assert!((0..3).all(|i| ring.r(i).version() == Version::V6), "raised by executing the primary's votes");
+    let mark = ring.mark();
+    ring.submit(0, b"c");
+    ring.run();
+    let answers: Vec<Version> =
+        ring.sent[mark..].iter().filter(|(s, m)| *s == 1 && m.kind() == MsgKind::VoteAccepted).map(|(_, m)| m.header.version).collect();
+    assert!(!answers.is_empty() && answers.iter().all(|v| *v == Version::V6), "node 1 answers in version 6: {answers:?}");
+    ring.restart(1);
+    assert_eq!(ring.r(1).version(), Version::V6, "replaying the votes raises it again");
 }
