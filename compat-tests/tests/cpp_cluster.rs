@@ -672,3 +672,13 @@ fn run_check(exe: &Path, work: &Path, env: &[(&str, &str)]) {
     let (stdout, stderr) = (read(&out), read(&err));
     assert!(status.success() && stdout.contains("all ok") && !stderr.contains("Sanitizer"), "{name} failed:\n{stdout}\n{stderr}");
 }
+
+#[test]
+fn cpp_fields() {
+    cpp_check("fields_check");
+}
+
+#[test]
+fn cpp_fields_under_address_sanitizer() {
+    cpp_check_under_asan("fields_check");
+}

@@ -22,18 +22,25 @@ pub struct RslConfig {
     pub initialize_retry_interval_sec: u32,
     pub prepare_retry_interval_sec: u32,
     pub vote_retry_interval_sec: u32,
+    /// A primary whose vote stays unchosen this long fails (RSL's deadlock breaker, an assert
+    /// that ends the process in the original).
     pub vote_max_outstanding_interval_sec: u32,
     pub c_p_query_retry_interval_sec: u32,
     pub max_checkpoint_interval_sec: u64,
     pub join_messages_interval_sec: u32,
     pub max_log_len_mb: u32,
+    /// A Paxos packet unsent this long after it was queued is dropped; one being written
+    /// fails its connection.
     pub send_timeout_sec: u32,
     pub receive_timeout_sec: u32,
     pub max_cache_length_mb: u32,
     pub max_votes_in_log: u32,
+    /// Broadcasts skip a peer with this many packets unsent.
     pub max_outstanding_per_replica: u32,
     pub max_checkpoints: u32,
+    /// An Alert (`ALERT_TARGET`) for a checkpoint larger than this (0: none).
     pub max_checkpoint_size_gb: u32,
+    /// An Alert when free disk space is below this many times a checkpoint's size (0: none).
     pub min_checkpoint_space_file_count: u32,
     pub max_logs: u32,
     pub log_len_randomize: u32,
@@ -42,6 +49,7 @@ pub struct RslConfig {
     pub in_memory_execution_queue_size_mb: u32,
     pub num_reader_threads: u32,
     pub max_message_size_mb: u32,
+    /// An Alert for a Paxos packet received larger than this (0: none).
     pub max_message_alert_size_mb: u32,
     pub allow_primary_promotion_while_catching_up: bool,
     pub working_dir: PathBuf,
