@@ -54,7 +54,7 @@ fn ring(dir: &std::path::Path, limit_sec: u32) -> Vec<RslReplica> {
 fn a_primary_whose_vote_stays_outstanding_past_the_limit_fails() {
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let patient = ring(dirs[0].path(), 3600);
-    let strict = ring(dirs[1].path(), 3);
+    let strict = ring(dirs[1].path(), 5);
     // Both primaries lose their secondaries, the patient one first: its next heartbeat vote
     // waits at least as long as the strict one's.
     for r in &patient[1..] {
