@@ -43,7 +43,7 @@ typedef int32_t rsl_status;
 
 /**
  * Receives every log entry: `level` is RSL's `CallBackLogLevel` (0 Debug, 1 Info, 3 Warning,
- * 4 Error), `message` a NUL-terminated line valid only during the call. It may be called from
+ * 4 Error, 5 Alert), `message` a NUL-terminated line valid only during the call. It may be called from
  * any thread, concurrently.
  */
 typedef void (*rsl_log_callback)(int32_t level, const char *message);

@@ -702,3 +702,13 @@ fn cpp_promote() {
 fn cpp_promote_under_address_sanitizer() {
     cpp_check_under_asan("promote_check");
 }
+
+#[test]
+fn cpp_fields() {
+    cpp_check("fields_check");
+}
+
+#[test]
+fn cpp_fields_under_address_sanitizer() {
+    cpp_check_under_asan("fields_check");
+}

@@ -58,6 +58,12 @@ pub trait Host {
     fn now(&self) -> Micros;
     /// Sends a message to each of these members (never to this replica).
     fn send(&mut self, to: &[MemberId], msg: &Arc<Message>);
+    /// Sends a message to every other member of the configuration: a host may skip a member
+    /// still holding many unsent packets (RSL's `m_maxOutstandingPerReplica`); the protocol
+    /// resends what a member missed.
+    fn broadcast(&mut self, to: &[MemberId], msg: &Arc<Message>) {
+        self.send(to, msg)
+    }
     /// Appends a record to the journal; durability is reported later, in `seq` order.
     /// `Some(first decree)` when this record started a new log file.
     fn persist(&mut self, seq: u64, record: &Arc<Message>) -> Result<Option<u64>, String>;
@@ -361,7 +367,10 @@ impl Driver {
             }
         }
         debug_assert!(!self.targets.contains(&self.core.me()) || matches!(to, Dest::One(_)));
-        host.send(&self.targets, msg);
+        match to {
+            Dest::All => host.broadcast(&self.targets, msg),
+            Dest::One(_) => host.send(&self.targets, msg),
+        }
     }
 
     fn fetch_checkpoint(&mut self, from: MemberId, decree: u64, size: u64, load: bool, host: &mut impl Host) {

@@ -1,6 +1,7 @@
 //! The replica's configuration: RSL's `RSLConfigParam`, with its field names, defaults and
 //! validation ranges (api-behavior §4, formats.md §11.2), and what it becomes for the core.
 
+use super::checkpoints::CheckpointAlerts;
 use super::learn::LearnLimits;
 use super::tls::TlsSettings;
 use super::transport::TransportOptions;
@@ -21,18 +22,25 @@ pub struct RslConfig {
     pub initialize_retry_interval_sec: u32,
     pub prepare_retry_interval_sec: u32,
     pub vote_retry_interval_sec: u32,
+    /// A primary whose vote stays unchosen this long fails (RSL's deadlock breaker, an assert
+    /// that ends the process in the original).
     pub vote_max_outstanding_interval_sec: u32,
     pub c_p_query_retry_interval_sec: u32,
     pub max_checkpoint_interval_sec: u64,
     pub join_messages_interval_sec: u32,
     pub max_log_len_mb: u32,
+    /// A Paxos packet unsent this long after it was queued is dropped; one being written
+    /// fails its connection.
     pub send_timeout_sec: u32,
     pub receive_timeout_sec: u32,
     pub max_cache_length_mb: u32,
     pub max_votes_in_log: u32,
+    /// Broadcasts skip a peer with this many packets unsent.
     pub max_outstanding_per_replica: u32,
     pub max_checkpoints: u32,
+    /// An Alert (`ALERT_TARGET`) for a checkpoint larger than this (0: none).
     pub max_checkpoint_size_gb: u32,
+    /// An Alert when free disk space is below this many times a checkpoint's size (0: none).
     pub min_checkpoint_space_file_count: u32,
     pub max_logs: u32,
     pub log_len_randomize: u32,
@@ -43,6 +51,7 @@ pub struct RslConfig {
     /// callback lock (see [`StateMachine`](super::StateMachine)).
     pub num_reader_threads: u32,
     pub max_message_size_mb: u32,
+    /// An Alert for a Paxos packet received larger than this (0: none).
     pub max_message_alert_size_mb: u32,
     /// A replica stands for election (and is asked `can_become_primary`) only once every
     /// chosen decree it holds has executed; true lets it stand while decrees chosen under
@@ -204,6 +213,13 @@ impl RslConfig {
         }
         check("m_logLenRandomize", self.log_len_randomize.into(), 0, 100)?;
         check("m_electionRandomize", self.election_randomize.into(), 0, 100)?;
+        for (field, v) in [
+            ("m_maxCheckpointSizeGB", self.max_checkpoint_size_gb),
+            ("m_minCheckpointSpaceFileCount", self.min_checkpoint_space_file_count),
+            ("m_maxMessageAlertSizeMB", self.max_message_alert_size_mb),
+        ] {
+            check(field, v.into(), 0, INT_MAX)?;
+        }
         check("m_numReaderThreads", self.num_reader_threads.into(), 0, 100)?;
         check("m_inMemoryExecutionQueueSizeMB", self.in_memory_execution_queue_size_mb.into(), 0, INT_MAX)?;
         // RSL allows up to INT_MAX, but 4096 and more overflow its 32-bit byte count.
@@ -233,6 +249,14 @@ impl RslConfig {
             idle_timeout: secs(self.idle_connection_timeout_sec.max(self.heart_beat_interval_sec.saturating_mul(4))),
             frame_timeout: secs(self.slow_sender_timeout_sec),
             max_buffered: ((self.max_inbound_buffer_mb as usize) << 20).max(self.max_message_bytes()),
+            alert_packet: match self.max_message_alert_size_mb {
+                0 => 0,
+                mb => ((mb as usize) << 20) + 1024,
+            },
+            // A pipelined primary broadcasts up to a window of votes at once: each of them
+            // must get a place behind the peer's packets still unsent.
+            max_outstanding: (self.max_outstanding_per_replica as usize).max(2 * self.pipeline_window as usize),
+            send_timeout: secs(self.send_timeout_sec),
             ..TransportOptions::default()
         }
     }
@@ -242,6 +266,14 @@ impl RslConfig {
         LearnLimits {
             max_connections: self.max_connections_per_port as usize,
             timeout: Duration::from_secs(self.slow_sender_timeout_sec.into()),
+        }
+    }
+
+    /// The checkpoint alerts' thresholds (`m_maxCheckpointSizeGB`, `m_minCheckpointSpaceFileCount`).
+    pub fn checkpoint_alerts(&self) -> CheckpointAlerts {
+        CheckpointAlerts {
+            max_size: u64::from(self.max_checkpoint_size_gb) << 30,
+            min_space_files: self.min_checkpoint_space_file_count.into(),
         }
     }
 
@@ -376,6 +408,30 @@ mod tests {
         assert_eq!((core.election_delay, core.window), (10 * SEC, 1));
         let bad = RslConfig { max_connections_per_port: 0, ..base.clone() };
         assert_eq!(bad.validate().unwrap_err().field, "max_connections_per_port");
+    }
+
+    #[test]
+    fn the_alert_and_send_fields_reach_the_transport_and_the_checkpoint_store() {
+        let cfg = RslConfig::default();
+        let t = cfg.transport_options();
+        assert_eq!((t.alert_packet, t.max_outstanding, t.send_timeout), (0, 10, Duration::from_secs(5)));
+        assert_eq!(cfg.checkpoint_alerts(), CheckpointAlerts::default(), "every alert off by default");
+        let cfg = RslConfig {
+            max_message_alert_size_mb: 2,
+            max_outstanding_per_replica: 3,
+            send_timeout_sec: 7,
+            max_checkpoint_size_gb: 5,
+            min_checkpoint_space_file_count: 4,
+            ..RslConfig::default()
+        };
+        let t = cfg.transport_options();
+        assert_eq!((t.alert_packet, t.max_outstanding, t.send_timeout), ((2 << 20) + 1024, 3, Duration::from_secs(7)));
+        assert_eq!(cfg.checkpoint_alerts(), CheckpointAlerts { max_size: 5 << 30, min_space_files: 4 });
+        // A pipelined window of votes is never skipped for the window itself.
+        assert_eq!(RslConfig { pipeline_window: 64, ..cfg }.transport_options().max_outstanding, 128);
+        let base = RslConfig { working_dir: "/tmp/x".into(), ..RslConfig::default() };
+        let bad = RslConfig { max_message_alert_size_mb: u32::MAX, ..base };
+        assert_eq!(bad.validate().unwrap_err().field, "m_maxMessageAlertSizeMB");
     }
 
     #[test]

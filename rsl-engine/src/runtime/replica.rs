@@ -131,7 +131,8 @@ impl RslReplica {
         let dir = data_dir(&cfg, &me.id);
         std::fs::create_dir_all(&dir).map_err(|e| InitError::Storage(format!("{}: {e}", dir.display())))?;
         let storage = |e: &dyn std::fmt::Display| InitError::Storage(e.to_string());
-        let store = CheckpointStore::open(&dir, cfg.max_checkpoints as usize).map_err(|e| storage(&e))?;
+        let store =
+            CheckpointStore::open(&dir, cfg.max_checkpoints as usize).map_err(|e| storage(&e))?.with_alerts(cfg.checkpoint_alerts());
         let initial =
             members.as_ref().map_or_else(ConfigInfo::default, |set| ConfigInfo { number: 1, initial_decree: 0, members: set.clone() });
         let mut core = Replica::new(cfg.core_config(version), me.id, initial, seed(&me.id) ^ 0x5eed);
@@ -216,6 +217,7 @@ impl RslReplica {
             receive_timeout: Duration::from_secs(cfg.receive_timeout_sec.into()),
             max_learn_bytes: 64 << 20,
             execution_queue_bytes: cfg.execution_queue_bytes(),
+            vote_max_outstanding: u64::from(cfg.vote_max_outstanding_interval_sec) * crate::paxos::SEC,
         };
         let io = Io::new(
             journal,
