@@ -383,8 +383,56 @@ mod tests {
             let row = rows.iter().find(|r| r.contains(&name)).unwrap_or_else(|| panic!("no row for `{field}` in docs/migrating.md §6"));
             let status = row.split('|').nth(2).unwrap_or("").trim();
             assert!(statuses.contains(&status), "`{field}`: status {status:?} is none of {statuses:?}");
+            let tests = named_tests(row);
+            if status == "Not applicable" {
+                assert!(tests.is_empty(), "`{field}` is not applicable: its row names no test");
+            } else {
+                assert!(!tests.is_empty(), "`{field}`: its row names no test showing its effect (\"Test: `...`\")");
+            }
+            for test in tests {
+                assert!(test_exists(test), "`{field}`: the test `{test}` its row names is not in the workspace");
+            }
         }
         assert_eq!(rows.len(), fields.len() + 1, "one row per field, and the header");
+    }
+
+    /// The tests a row of the field table names: the backquoted items after "Test:" or
+    /// "Tests:" in its last column.
+    fn named_tests(row: &str) -> Vec<&str> {
+        let last = row.trim_end().trim_end_matches('|').rsplit('|').next().unwrap_or("");
+        let Some(at) = last.find("Test: ").or_else(|| last.find("Tests: ")) else { return Vec::new() };
+        last[at..].split('`').skip(1).step_by(2).collect()
+    }
+
+    /// Whether `test` exists: a file (`compat-tests/cpp/x.cpp`), a function in a file
+    /// (`tests/readers.rs::f`, relative to rsl-engine or the workspace), or a function under a
+    /// module path of rsl-engine (`runtime::transport::tests::f`: some `fn f(` in its sources).
+    fn test_exists(test: &str) -> bool {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let (path, name) = match test.rsplit_once("::") {
+            Some((path, name)) => (path, Some(name)),
+            None => (test, None),
+        };
+        let defines = |text: &str| name.is_some_and(|n| text.contains(&format!("fn {n}(")));
+        if path.ends_with(".rs") || path.ends_with(".cpp") {
+            let file = [root.join(path), root.join("..").join(path)].into_iter().find(|f| f.is_file());
+            return file.is_some_and(|f| name.is_none() || defines(&std::fs::read_to_string(f).unwrap_or_default()));
+        }
+        name.is_some() && sources(&root.join("src")).iter().any(|f| defines(&std::fs::read_to_string(f).unwrap_or_default()))
+    }
+
+    /// Every `.rs` file under `dir`.
+    fn sources(dir: &std::path::Path) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                files.extend(sources(&path));
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+        files
     }
 
     #[test]

@@ -782,3 +782,118 @@ fn executing_a_newer_vote_raises_the_version_for_good() {
     ring.restart(1);
     assert_eq!(ring.r(1).version(), Version::V6, "replaying the votes raises it again");
 }
+
+/// `m_heartBeatIntervalSec`: an idle primary proposes an empty vote (a heartbeat) once per
+/// interval, so halving the interval doubles the heartbeats in the same ten seconds.
+#[test]
+fn an_idle_primary_sends_a_heartbeat_every_heartbeat_interval() {
+    let heartbeats = |heartbeat_interval| {
+        let mut ring = Ring::with(CoreConfig { heartbeat_interval, ..CoreConfig::default() });
+        ring.converge(0, b"a");
+        let mark = ring.mark();
+        ring.advance(10 * SEC);
+        ring.count_sent(0, mark, MsgKind::Vote)
+    };
+    assert_eq!((heartbeats(SEC), heartbeats(2 * SEC), heartbeats(5 * SEC)), (10, 5, 2));
+}
+
+/// How long each secondary of a ring whose primary crashed stays a secondary, the two of
+/// them cut off from each other so that neither's election moves the other.
+fn silences_before_standing(cfg: CoreConfig) -> [Micros; 2] {
+    let mut ring = Ring::with(cfg);
+    ring.converge(0, b"a");
+    ring.submit(0, b"b");
+    ring.run();
+    ring.crash(0);
+    ring.cut(1, 2, None);
+    ring.cut(2, 1, None);
+    let start = ring.now;
+    let mut stood = [None; 2];
+    while stood.iter().any(Option::is_none) {
+        ring.advance(SEC / 100);
+        assert!(ring.now - start < 60 * SEC, "a secondary never stood");
+        for (k, i) in [1, 2].into_iter().enumerate() {
+            if stood[k].is_none() && ring.r(i).role() != Role::Secondary {
+                stood[k] = Some(ring.now - start);
+            }
+        }
+    }
+    stood.map(|s| s.expect("stood"))
+}
+
+/// `m_electionRandomize` and `m_maxElectionRandomizeSec`: a secondary stands once the
+/// election delay randomised by ± the percentage, capped at the maximum, has passed without
+/// a vote. With either at 0, both secondaries stand after exactly the delay; with both, each
+/// at its own time within the bound.
+#[test]
+fn the_election_delay_is_randomised_by_the_percentage_up_to_the_maximum() {
+    let exact = [10 * SEC, 10 * SEC];
+    let cfg = |election_randomize_pct, max_election_randomize| CoreConfig {
+        election_randomize_pct,
+        max_election_randomize,
+        ..CoreConfig::default()
+    };
+    assert_eq!(silences_before_standing(cfg(0, 5 * SEC)), exact);
+    assert_eq!(silences_before_standing(cfg(50, 0)), exact);
+    let [a, b] = silences_before_standing(cfg(50, 5 * SEC));
+    assert_ne!(a, b, "each replica randomises its own delay");
+    assert!([a, b].iter().all(|s| (5 * SEC..=15 * SEC).contains(s)), "within 10 s ± 5 s: {a} {b}");
+    let [a, b] = silences_before_standing(cfg(50, SEC / 2));
+    assert!([a, b].iter().all(|s| (9 * SEC + SEC / 2..=10 * SEC + SEC / 2).contains(s)), "within 10 s ± 0.5 s: {a} {b}");
+}
+
+/// `m_newLeaderGracePeriodSec`: a secondary that promised a new primary's ballot but never
+/// got a vote from it waits this long, not the election delay, before standing.
+#[test]
+fn a_secondary_gives_a_new_primary_the_grace_period_before_standing() {
+    for grace in [15 * SEC, 30 * SEC] {
+        let cfg = CoreConfig { new_leader_grace_period: grace, election_randomize_pct: 0, ..CoreConfig::default() };
+        let mut ring = Ring::with(cfg);
+        for j in [1, 2] {
+            ring.cut(0, j, Some(MsgKind::Vote));
+        }
+        ring.promote(0);
+        ring.crash(0);
+        ring.cut(1, 2, None);
+        ring.cut(2, 1, None);
+        let start = ring.now;
+        ring.advance(grace - SEC);
+        assert!((1..3).all(|i| ring.r(i).role() == Role::Secondary), "still waiting {} s after the promise", grace / SEC - 1);
+        ring.advance(2 * SEC);
+        assert!((1..3).all(|i| ring.r(i).role() != Role::Secondary), "stood {} s after the promise", (ring.now - start) / SEC);
+    }
+}
+
+/// `m_initializeRetryIntervalSec`: a replica that cannot reach the others keeps asking for
+/// their status (StatusQuery) once per interval.
+#[test]
+fn an_initializing_replica_asks_for_status_every_initialize_retry_interval() {
+    let queries = |initialize_retry_interval| {
+        let mut ring = Ring::with(CoreConfig { initialize_retry_interval, ..CoreConfig::default() });
+        ring.isolate(1);
+        ring.advance(12 * SEC);
+        assert_eq!(ring.r(1).role(), Role::Initializing);
+        let mark = ring.mark();
+        ring.advance(12 * SEC);
+        ring.count_sent(1, mark, MsgKind::StatusQuery)
+    };
+    assert_eq!((queries(SEC), queries(2 * SEC), queries(4 * SEC)), (12, 6, 3));
+}
+
+/// `m_useGlobalAcceptMessagesFlag`: set, a replica takes or refuses every message by the flag
+/// `SetAcceptMessages` sets rather than by asking the application (which here accepts all):
+/// two secondaries refusing leave the primary without a quorum.
+#[test]
+fn the_global_accept_flag_replaces_the_applications_answer_only_when_configured() {
+    for global in [false, true] {
+        let mut ring = Ring::with(CoreConfig { use_global_accept_flag: global, ..CoreConfig::default() });
+        ring.converge(0, b"a");
+        for i in [1, 2] {
+            ring.step(i, Input::SetAcceptMessages(false));
+        }
+        ring.submit(0, b"b");
+        ring.run();
+        ring.advance(SEC);
+        assert_eq!(ring.executed_anywhere(b"b"), !global, "use_global_accept_flag = {global}");
+    }
+}
