@@ -130,6 +130,10 @@ struct Lone {
 
 impl Lone {
     fn start(readers: u32) -> Lone {
+        Lone::start_with(readers, 10)
+    }
+
+    fn start_with(readers: u32, fast_read_seq_threshold: u32) -> Lone {
         let dir = tempfile::tempdir().unwrap();
         let me = node("1", Ipv4Addr::LOCALHOST, free_pairs(1)[0]).unwrap();
         let members = MemberSet { nodes: vec![me.clone()], cookie: Bytes::new() };
@@ -137,7 +141,7 @@ impl Lone {
             working_dir: dir.path().into(),
             heart_beat_interval_sec: 1,
             num_reader_threads: readers,
-            fast_read_seq_threshold: 10,
+            fast_read_seq_threshold,
             ..RslConfig::default()
         };
         let probe = Arc::new(Probe::default());
@@ -222,6 +226,23 @@ fn a_read_never_runs_during_an_executing_decree_and_waits_for_its_decree() {
     lone.replicate(b"next", 2);
     let seen = lone.outcome(8);
     assert!(!seen.executing && seen.seq > slow, "the read for decree {} ran once it had executed: {seen:?}", slow + 1);
+}
+
+/// `m_fastReadSeqThreshold`: a read for a state this replica has not reached waits for it
+/// only if it lags by no more than the threshold; further behind (or at the default 0, any
+/// lag) it is refused at once as stale.
+#[test]
+fn a_read_waits_for_its_state_only_within_the_fast_read_threshold() {
+    let request = |lone: &Lone, ahead: u64| {
+        let max_seen = lone.replica.current_sequence_number() + ahead;
+        lone.replica.fast_read_request(max_seen, Bytes::from_static(b"read"), ahead, WAIT)
+    };
+    let lone = Lone::start_with(1, 0);
+    assert_eq!(request(&lone, 3), ResponseCode::FastReadStale);
+    drop(lone);
+    let lone = Lone::start_with(1, 10);
+    assert_eq!(request(&lone, 50), ResponseCode::FastReadStale);
+    assert_eq!(request(&lone, 3), ResponseCode::Success, "it waits for the state 3 decrees on");
 }
 
 #[test]
