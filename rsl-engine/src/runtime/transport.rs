@@ -1433,6 +1433,23 @@ mod tests {
         }
     }
 
+    /// `m_maxMessageSizeMB` (`max_packet`): a packet above it closes the connection unread; a
+    /// larger limit takes the same packet.
+    #[tokio::test]
+    async fn a_packet_above_the_maximum_message_size_closes_the_connection() {
+        let large = framed(&big_vote(2, 200_000));
+        let (b, mut rx_b) = start(any_port(), tight(|o| o.max_packet = 300_000));
+        let mut raw = TcpStream::connect(b.local_addr()).await.unwrap();
+        raw.write_all(&large).await.unwrap();
+        assert_eq!(recv(&mut rx_b).await.header.decree, 2);
+        let (b, mut rx_b) = start(any_port(), tight(|o| o.max_packet = 100_000));
+        let mut raw = TcpStream::connect(b.local_addr()).await.unwrap();
+        // The peer may close before every byte is written.
+        let _ = raw.write_all(&large).await;
+        expect_closed(&mut raw).await;
+        assert!(rx_b.try_recv().is_err(), "the packet above the limit was not delivered");
+    }
+
     #[tokio::test]
     async fn broadcasts_skip_a_peer_with_max_outstanding_packets_unsent() {
         // Nothing listens at the peer's address: what is queued stays unsent.
