@@ -482,6 +482,49 @@ mod tests {
         assert_eq!(bad.validate().unwrap_err().field, "m_maxMessageAlertSizeMB");
     }
 
+    /// The fields whose effect is tested on the component that carries it out (the core, the
+    /// Paxos port, the learn server) reach it, each with a value other than its default.
+    #[test]
+    fn changed_fields_reach_the_core_and_the_ports() {
+        let cfg = RslConfig {
+            heart_beat_interval_sec: 3,
+            new_leader_grace_period_sec: 20,
+            election_randomize: 30,
+            max_election_randomize_sec: 4,
+            initialize_retry_interval_sec: 6,
+            c_p_query_retry_interval_sec: 7,
+            join_messages_interval_sec: 8,
+            max_cache_length_mb: 9,
+            use_global_accept_messages_flag: true,
+            pipeline_window: 5,
+            ..RslConfig::default()
+        };
+        let core = cfg.core_config(Version::V7);
+        assert_eq!(
+            (core.heartbeat_interval, core.new_leader_grace_period, core.election_randomize_pct, core.max_election_randomize),
+            (3 * SEC, 20 * SEC, 30, 4 * SEC)
+        );
+        assert_eq!(
+            (core.initialize_retry_interval, core.checkpoint_query_interval, core.join_interval, core.max_cache_bytes),
+            (6 * SEC, 7 * SEC, 8 * SEC, 9 << 20)
+        );
+        assert!(core.use_global_accept_flag);
+        assert_eq!((core.window, cfg.core_config(Version::V6).window), (5, 1), "a window only under version 7");
+        let cfg = RslConfig {
+            max_message_size_mb: 2,
+            max_connections_per_port: 7,
+            idle_connection_timeout_sec: 90,
+            slow_sender_timeout_sec: 11,
+            max_inbound_buffer_mb: 300,
+            ..RslConfig::default()
+        };
+        let t = cfg.transport_options();
+        assert_eq!((t.max_packet, t.max_inbound, t.max_buffered), ((2 << 20) + 1024, 7, 300 << 20));
+        assert_eq!((t.idle_timeout, t.frame_timeout), (Duration::from_secs(90), Duration::from_secs(11)));
+        let learn = cfg.learn_limits();
+        assert_eq!((learn.max_connections, learn.timeout), (7, Duration::from_secs(11)));
+    }
+
     #[test]
     fn port_bounds_keep_legitimate_traffic_possible() {
         let cfg = RslConfig::default();

@@ -797,6 +797,23 @@ mod tests {
         One { replica: Some(replica), calls, _dir: dir }
     }
 
+    /// `m_workingDir` and `m_addMemberIdToWorkingDir`: a replica's logs go in the working
+    /// directory, or in a directory named by its member id under it.
+    #[test]
+    fn the_logs_go_in_the_working_dir_or_under_the_member_id() {
+        for add_member_id in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let me = node("7", Ipv4Addr::LOCALHOST, free_ports(1)[0]).unwrap();
+            let members = MemberSet { nodes: vec![me.clone()], cookie: Bytes::new() };
+            let cfg = RslConfig { add_member_id_to_working_dir: add_member_id, ..config(dir.path()) };
+            let sm = Box::new(Machine(Arc::default()));
+            let replica = RslReplica::initialize(cfg, me, Version::V6, sm, Arc::new(AdmitAll), Some(members)).unwrap();
+            replica.unload();
+            let logs = |d: &Path| std::fs::read_dir(d).into_iter().flatten().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".log"));
+            assert_eq!((logs(dir.path()), logs(&dir.path().join("7"))), (!add_member_id, add_member_id));
+        }
+    }
+
     fn wait_for(what: &str, done: impl FnMut() -> bool) {
         wait_within(what, BOUND, done)
     }
