@@ -809,7 +809,8 @@ mod tests {
             let sm = Box::new(Machine(Arc::default()));
             let replica = RslReplica::initialize(cfg, me, Version::V6, sm, Arc::new(AdmitAll), Some(members)).unwrap();
             replica.unload();
-            let logs = |d: &Path| std::fs::read_dir(d).into_iter().flatten().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".log"));
+            let logs =
+                |d: &Path| std::fs::read_dir(d).into_iter().flatten().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".log"));
             assert_eq!((logs(dir.path()), logs(&dir.path().join("7"))), (!add_member_id, add_member_id));
         }
     }
