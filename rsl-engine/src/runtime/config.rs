@@ -492,6 +492,8 @@ mod tests {
             election_randomize: 30,
             max_election_randomize_sec: 4,
             initialize_retry_interval_sec: 6,
+            prepare_retry_interval_sec: 2,
+            vote_retry_interval_sec: 5,
             c_p_query_retry_interval_sec: 7,
             join_messages_interval_sec: 8,
             max_cache_length_mb: 9,
@@ -508,6 +510,7 @@ mod tests {
             (core.initialize_retry_interval, core.checkpoint_query_interval, core.join_interval, core.max_cache_bytes),
             (6 * SEC, 7 * SEC, 8 * SEC, 9 << 20)
         );
+        assert_eq!((core.prepare_retry_interval, core.vote_retry_interval), (2 * SEC, 5 * SEC));
         assert!(core.use_global_accept_flag);
         assert_eq!((core.window, cfg.core_config(Version::V6).window), (5, 1), "a window only under version 7");
         let cfg = RslConfig {

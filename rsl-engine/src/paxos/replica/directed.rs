@@ -1,7 +1,8 @@
 //! Directed multi-replica tests of the paths the randomized simulator does not reach on its
 //! own: a new primary on a pipelined ring meeting a reconfiguration vote among the votes it
 //! re-proposes (docs/core.md, "Reconfiguration"), and the last decree of
-//! `ReplicateRequestExclusiveVote`.
+//! `ReplicateRequestExclusiveVote`; and the effect of each configured interval on the timers
+//! it drives (heartbeats, elections, retries, joins).
 //!
 //! `Ring` is a small deterministic harness: three replicas, a FIFO network with zero delay
 //! whose links can be cut per message kind, disks that are durable at once (so a crash loses
@@ -896,4 +897,25 @@ fn the_global_accept_flag_replaces_the_applications_answer_only_when_configured(
         ring.advance(SEC);
         assert_eq!(ring.executed_anywhere(b"b"), !global, "use_global_accept_flag = {global}");
     }
+}
+
+/// `m_joinMessagesIntervalSec`: a replica that switched to a new configuration but has not yet
+/// logged a vote of it (so it cannot know the old one defunct) announces the new one (Join)
+/// once per interval.
+#[test]
+fn a_replica_not_sure_its_configuration_is_established_joins_every_join_interval() {
+    let joins = |join_interval| {
+        let mut ring = Ring::with(CoreConfig { join_interval, ..CoreConfig::default() });
+        ring.converge(0, b"a");
+        ring.cut(0, 2, Some(MsgKind::Vote));
+        ring.change_configuration(0);
+        ring.run();
+        ring.advance(SEC / 2);
+        let mark = ring.mark();
+        ring.advance(10 * SEC);
+        assert!(ring.r(2).join_due(), "node 2 has not logged a vote of configuration 2");
+        assert!(!ring.r(1).join_due(), "node 1 has");
+        ring.count_sent(2, mark, MsgKind::Join)
+    };
+    assert_eq!((joins(SEC), joins(2 * SEC), joins(5 * SEC)), (10, 5, 2));
 }
