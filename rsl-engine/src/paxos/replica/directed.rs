@@ -2,7 +2,7 @@
 //! own: a new primary on a pipelined ring meeting a reconfiguration vote among the votes it
 //! re-proposes (docs/core.md, "Reconfiguration"), and the last decree of
 //! `ReplicateRequestExclusiveVote`; and the effect of each configured interval on the timers
-//! it drives (heartbeats, elections, retries, joins).
+//! it drives (heartbeats, elections, retries, joins, checkpoint queries).
 //!
 //! `Ring` is a small deterministic harness: three replicas, a FIFO network with zero delay
 //! whose links can be cut per message kind, disks that are durable at once (so a crash loses
@@ -918,4 +918,21 @@ fn a_replica_not_sure_its_configuration_is_established_joins_every_join_interval
         ring.count_sent(2, mark, MsgKind::Join)
     };
     assert_eq!((joins(SEC), joins(2 * SEC), joins(5 * SEC)), (10, 5, 2));
+}
+
+/// `m_cPQueryRetryIntervalSec`: a primary whose log rolled wants a checkpoint to copy; while
+/// no secondary has one, it asks them (StatusQuery) once per interval.
+#[test]
+fn a_primary_asks_for_a_checkpoint_to_copy_every_query_interval() {
+    let queries = |checkpoint_query_interval| {
+        let mut ring = Ring::with(CoreConfig { checkpoint_query_interval, ..CoreConfig::default() });
+        ring.converge(0, b"a");
+        let first_decree = ring.r(0).next_execute();
+        let mark = ring.mark();
+        ring.step(0, Input::LogRolled { first_decree });
+        ring.run();
+        ring.advance(20 * SEC - 1);
+        ring.count_sent(0, mark, MsgKind::StatusQuery)
+    };
+    assert_eq!((queries(SEC), queries(2 * SEC), queries(5 * SEC)), (20, 10, 4));
 }
