@@ -30,6 +30,8 @@ struct Seen {
     saving: bool,
     /// The sequence number then.
     seq: u64,
+    /// The `slow` request's effect was in the state.
+    slow_applied: bool,
 }
 
 /// What the callbacks saw, for the test to assert on.
@@ -45,6 +47,8 @@ struct Probe {
     read_during_save: AtomicBool,
     /// `slow` decrees wait until this is set.
     release: AtomicBool,
+    /// A `slow` request has been applied: its effect on the state.
+    slow_applied: AtomicBool,
     aborted: Mutex<Vec<(u64, ResponseCode)>>,
     shut_down: AtomicBool,
     /// A callback ran after `shut_down`.
@@ -83,6 +87,7 @@ impl StateMachine for Gate {
         p.notify();
         if request == b"slow" {
             p.wait_for(|p, _| p.release.load(SeqCst));
+            p.slow_applied.store(true, SeqCst);
         }
         *save |= request == b"save";
         p.executing.store(false, SeqCst);
@@ -98,7 +103,8 @@ impl StateMachine for Gate {
         p.notify();
         let partner = request == b"pair" && p.wait_for(|_, started| started >= 2);
         let seq = p.view.get().expect("attached").current_sequence_number();
-        p.reads.lock().unwrap().push(Seen { cookie, partner, executing, saving, seq });
+        let slow_applied = p.slow_applied.load(SeqCst);
+        p.reads.lock().unwrap().push(Seen { cookie, partner, executing, saving, seq, slow_applied });
         p.notify();
     }
     fn abort_request(&mut self, code: ResponseCode, cookie: u64) {
@@ -213,8 +219,10 @@ fn a_read_never_runs_during_an_executing_decree_and_waits_for_its_decree() {
     assert!(lone.probe.wait_for(|p, _| p.executing.load(SeqCst)), "the slow decree executes");
     let slow = lone.replica.current_sequence_number();
     assert!(slow > before);
-    // One read the state already satisfies, one that needs the decree after the slow one.
+    // One read the state already satisfies, one that asks for the slow decree (the sequence
+    // number already says it), one that needs the decree after it.
     lone.read(before, b"read", 7);
+    lone.read(slow, b"read", 9);
     lone.read(slow + 1, b"read", 8);
     // Give the readers every chance to run inside the decree before it ends.
     std::thread::sleep(Duration::from_millis(300));
@@ -223,6 +231,8 @@ fn a_read_never_runs_during_an_executing_decree_and_waits_for_its_decree() {
     lone.probe.notify();
     let seen = lone.outcome(7);
     assert!(!seen.executing && seen.seq >= slow, "the satisfied read ran once decree {slow} had executed: {seen:?}");
+    let seen = lone.outcome(9);
+    assert!(seen.slow_applied, "a read of decree {slow} saw its effect: {seen:?}");
     lone.replicate(b"next", 2);
     let seen = lone.outcome(8);
     assert!(!seen.executing && seen.seq > slow, "the read for decree {} ran once it had executed: {seen:?}", slow + 1);

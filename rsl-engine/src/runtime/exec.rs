@@ -177,8 +177,9 @@ impl Executor {
             Work::PrimaryRecovered => self.sm.exclusive().notify_primary_recovered(),
             Work::ConfigChanged { config, cookie } => {
                 // What GetConfiguration returns changes with the execution, as in RSL.
+                let mut sm = self.sm.exclusive();
                 self.shared.view().config = config;
-                self.sm.exclusive().notify_configuration_changed(cookie)
+                sm.notify_configuration_changed(cookie)
             }
             Work::Save(cp) => self.save(cp),
             Work::Install { temp, decree, size, placed } => {
@@ -186,8 +187,9 @@ impl Executor {
             }
             Work::Load { checkpoint, path } => self.load(checkpoint, path),
             Work::Copied { seq, path, cookie } => self.sm.exclusive().state_copied(seq, path.as_deref(), cookie),
-            // Bounded like the queues: past it a read comes back as one that timed out.
-            Work::FastRead { cookie, .. } if self.waiting.len() >= super::queue::CAPACITY => {
+            // Bounded like the queues, counting the reads already handed to stuck readers:
+            // past it a read comes back as one that timed out.
+            Work::FastRead { cookie, .. } if self.waiting.len() + self.readers.ready.len() >= super::queue::CAPACITY => {
                 self.sm.exclusive().abort_request(ResponseCode::FastReadStale, cookie)
             }
             Work::FastRead { max_seen, request, cookie, deadline } => self.waiting.push((max_seen, request, cookie, deadline)),
@@ -202,7 +204,9 @@ impl Executor {
     }
 
     /// Runs one chosen decree: the sequence number moves first, then the requests run in a
-    /// Before/After bracket (api-behavior §2.6).
+    /// Before/After bracket (api-behavior §2.6). The number moves under the Exclusive lock, as
+    /// the original's does: a fast read that finds it at the decree (and so does not wait)
+    /// takes the Shared side only once the decree's requests have run.
     fn execute(&mut self, vote: &Arc<Message>, cookies: &[Cookie]) {
         let decree = vote.header.decree;
         if self.save_after.is_some_and(|d| d + 1 == decree) {
@@ -210,14 +214,15 @@ impl Executor {
         }
         let previous = self.shared.current_seq.load(Relaxed);
         assert!(decree > previous || (decree == 0 && previous == 0), "decree {decree} executes after {previous}");
-        self.shared.current_seq.store(decree, Release);
         let body = vote.as_vote().expect("only votes execute");
         debug_assert!(cookies.is_empty() || cookies.len() == body.requests.len(), "one cookie per request");
         if body.requests.is_empty() || body.reconfig.is_some() {
+            self.shared.current_seq.store(decree, Release);
             return;
         }
         let mut save = false;
         let mut sm = self.sm.exclusive();
+        self.shared.current_seq.store(decree, Release);
         sm.before_execute_replicated_requests();
         for (i, request) in body.requests.iter().enumerate() {
             sm.execute_replicated_request(request, cookies.get(i).copied(), &mut save);
@@ -276,11 +281,13 @@ impl Executor {
     /// Replaces the state with an installed checkpoint. As at start-up, the sequence number and
     /// configuration are the checkpoint's while `load_state` runs.
     fn load(&mut self, cp: Checkpoint, path: PathBuf) {
+        let reader = CheckpointReader::open(&path);
+        // Under the Exclusive lock, as for a decree: no fast read sees the checkpoint's number
+        // before `load_state` has replaced the state.
+        let mut sm = self.sm.exclusive();
         self.shared.current_seq.store(cp.decree, Release);
         self.shared.passed_seq.fetch_max(cp.decree, Relaxed);
         self.shared.view().config = cp.config.clone();
-        let reader = CheckpointReader::open(&path);
-        let mut sm = self.sm.exclusive();
         let loaded = match reader {
             Ok(mut reader) if cp.state_saved => sm.load_state(Some(&mut reader)),
             Ok(_) => sm.load_state(None),
@@ -471,6 +478,29 @@ mod tests {
         let aborts = aborts.lock().unwrap();
         assert_eq!(aborts.len() as u64, bound + 1);
         assert!(aborts[1..].iter().all(|a| a.0 == ResponseCode::ShuttingDown));
+    }
+
+    /// Reads handed to readers that take nothing (all stuck in long reads) count against the
+    /// bound too: reads satisfied by each decree executed cannot make room for more.
+    #[test]
+    fn reads_ready_for_stuck_readers_count_against_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path(), 2).unwrap();
+        let aborts = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (events, _inbox) = super::super::queue::bounded(4);
+        let sm = Box::new(Aborts(aborts.clone()));
+        let mut exec = Executor::new(sm, Arc::new(Shared::new()), store, MemberId::from_numeric(1), Version::V6, events);
+        let deadline = Instant::now() + Duration::from_secs(3600);
+        let bound = super::super::queue::CAPACITY as u64;
+        let read = |max_seen, cookie| Work::FastRead { max_seen, request: Bytes::from_static(b"r"), cookie, deadline };
+        (0..bound).for_each(|cookie| exec.handle(read(10, cookie)));
+        exec.shared.current_seq.store(10, Release);
+        exec.run_fast_reads();
+        assert_eq!(exec.readers.ready.len() as u64, bound, "all satisfied, none taken");
+        exec.handle(read(11, bound));
+        assert_eq!(*aborts.lock().unwrap(), [(ResponseCode::FastReadStale, bound)]);
+        exec.stop();
+        assert_eq!(aborts.lock().unwrap().len() as u64, bound + 1, "every read comes back once");
     }
 
     /// A download that fails (the peer hangs up at once) leaves nothing in `Temp/`: a replica

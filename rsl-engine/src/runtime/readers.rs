@@ -87,9 +87,15 @@ impl Ready {
         Ok(())
     }
 
-    /// A read that waited for its decree: it was admitted under the execute queue's bound, so
-    /// it is not refused for room (the two bounds together bound the memory). Only the execute
-    /// thread calls this, and it closes the queue itself, so it never finds it closed.
+    /// Reads queued, not yet taken by a reader.
+    pub fn len(&self) -> usize {
+        self.lock().reads.len()
+    }
+
+    /// A read that waited for its decree: it is not refused for room, as the execute thread
+    /// admits a read to wait only while the waiting and the ready ones together are under the
+    /// capacity (so at most twice the capacity is ever queued here). Only the execute thread
+    /// calls this, and it closes the queue itself, so it never finds it closed.
     pub fn push(&self, read: Read) {
         let mut pending = self.lock();
         debug_assert!(!pending.closed, "the execute thread closes the readers last");
