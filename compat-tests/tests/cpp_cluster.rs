@@ -682,3 +682,13 @@ fn cpp_catchup() {
 fn cpp_catchup_under_address_sanitizer() {
     cpp_check_under_asan("catchup_check");
 }
+
+#[test]
+fn cpp_resolve() {
+    cpp_check("resolve_check");
+}
+
+#[test]
+fn cpp_resolve_under_address_sanitizer() {
+    cpp_check_under_asan("resolve_check");
+}

@@ -3,8 +3,9 @@
 //!
 //! Per replica: a protocol thread ([`ring`]) owns the core and the journal; an execute thread
 //! ([`exec`]) owns the state machine; the journal's writer thread does group commit; a small
-//! tokio runtime runs the Paxos-port transport and the learn port. Nothing is global, so a
-//! process can run many rings.
+//! tokio runtime runs the Paxos-port transport and the learn port; for a service that resolves
+//! its members' addresses, a resolver thread ([`resolve`]) asks it where they are. Nothing is
+//! global, so a process can run many rings.
 
 pub mod api;
 pub mod checkpoints;
@@ -16,6 +17,7 @@ pub mod journal;
 pub mod learn;
 mod queue;
 mod replica;
+mod resolve;
 mod restore;
 mod ring;
 mod spill;
