@@ -119,7 +119,8 @@ pub trait Admission: Send + Sync + 'static {
     /// to a member fails, for each peer configured at 0.0.0.0 or not resolved since its
     /// connection last failed (`ReplicaHealth::needs_resolve`). An answer with another address
     /// or ports moves the member: the replica connects there and takes its messages from there.
-    /// An answer naming another member, or 0.0.0.0, counts as `None`.
+    /// An answer naming another member, or 0.0.0.0, counts as `None`. It may block (a name
+    /// lookup); `unload` waits for a call in progress to return.
     fn resolve_node(&self, _node: &Node) -> Option<Node> {
         None
     }
