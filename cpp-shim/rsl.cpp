@@ -1546,6 +1546,7 @@ namespace RSLib
         cb.state_copied = &StateCopied;
         cb.can_become_primary = &CanBecomePrimary;
         cb.accept_message_from_replica = &AcceptMessageFromReplica;
+        cb.resolve_node = &ResolveNode;
         return cb;
     }
 
@@ -1778,6 +1779,22 @@ namespace RSLib
         }
         RSLNode n = shim::FromNode(*node);
         return sm->AcceptMessageFromReplica(&n, const_cast<void*>(data), len);
+    }
+
+    bool RSLStateMachineCallbacks::ResolveNode(void* ctx, rsl_node* node) noexcept
+    {
+        RSLStateMachine* sm = Machine(ctx);
+        if (sm == nullptr || node == nullptr)
+        {
+            return false;
+        }
+        RSLNode n = shim::FromNode(*node);
+        if (!sm->ResolveNode(&n))
+        {
+            return false;
+        }
+        *node = shim::ToNode(n);
+        return true;
     }
 
 

@@ -65,6 +65,7 @@ namespace RSLib
         static bool CanBecomePrimary(void* ctx, void* cookieBuf, uint32_t* cookieLen) noexcept;
         static bool AcceptMessageFromReplica(void* ctx, const rsl_node* node, const void* data,
                                              uint32_t len) noexcept;
+        static bool ResolveNode(void* ctx, rsl_node* node) noexcept;
 
         // RSLCheckpointUtility::SaveCheckpoint's writer callback.
         static void WriteCheckpointState(void* ctx, rsl_checkpoint_writer* writer) noexcept;

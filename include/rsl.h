@@ -627,8 +627,14 @@ namespace RSLib
         virtual bool CanBecomePrimary(RSLPrimaryCookie* /*cookie*/) { return CanBecomePrimary(); }
         virtual bool AcceptMessageFromReplica(RSLNode* /*node*/, void* /*data*/, unsigned int /*len*/) { return true; }
         virtual void ShutDown(RSLResponseCode status) = 0;
-        /* Called by this shim for every node handed to Initialize, Bootstrap or
-           ChangeConfiguration whose m_ip is 0; the default resolves m_hostName (IPv4). */
+        /* Called for every node handed to Initialize, Bootstrap or ChangeConfiguration whose
+           m_ip is 0 (on the calling thread), and on the replica's resolver thread, with no
+           lock held (it may block): for every peer at start-up (members restored from disk
+           too) and on a configuration change, then every 30 s and at once after a failed
+           connection to a peer, for each peer whose m_ip is 0 or that needs resolving
+           (ReplicaHealth::m_needsResolve). Return true with the node's m_ip/m_rslPort/
+           m_rslLearnPort where the member is now: a changed address moves it. The default
+           keeps a non-zero m_ip and otherwise resolves m_hostName (IPv4). */
         virtual bool ResolveNode(RSLNode* node);
         virtual void StateSaved(unsigned long long /*seqNo*/, const char* /*fileName*/) {}
         virtual void StateCopied(unsigned long long /*seqNo*/, const char* /*fileName*/, void* /*cookie*/) {}

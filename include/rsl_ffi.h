@@ -199,8 +199,9 @@ typedef struct rsl_node {
  * thread, both Shared: concurrently with other reads, never with another callback. Every
  * other callback runs on the execute thread, Exclusive (alone), except `can_become_primary`
  * and `accept_message_from_replica`, which run on its protocol thread concurrently with the
- * others and must answer quickly. `load_state` (and the restore-time executions) run inside
- * `rsl_replica_initialize` / `rsl_replay` on the calling thread.
+ * others and must answer quickly, and `resolve_node`, which runs on its resolver thread
+ * concurrently with the others and may block. `load_state` (and the restore-time executions)
+ * run inside `rsl_replica_initialize` / `rsl_replay` on the calling thread.
  * Every pointer passed to a callback (request, reader, writer, node, file name) is valid only
  * during the call. A callback must not call `rsl_replica_unload` or `rsl_replica_destroy` on
  * its own replica (refused with `RSL_E_STATE`).
@@ -285,6 +286,16 @@ typedef struct rsl_callbacks {
    * configuration names it (only `member_id` is filled in if it names no such member).
    */
   bool (*accept_message_from_replica)(void *ctx, const struct rsl_node *node, const void *data, uint32_t len);
+  /**
+   * Optional (NULL: no resolver runs; members stay at their configured addresses).
+   * `ResolveNode`, on the replica's resolver thread, with no lock held: for every peer when
+   * the replica starts and when the configuration changes, then every 30 s and at once
+   * after a failed outbound connection for each peer at address 0 or not resolved since its
+   * connection failed. Set `node`'s `ip`, ports and host name to where the member is now and
+   * return true; false if it cannot be told now (asked again later). A changed address or
+   * port moves the member; a changed `member_id`, address 0 or port 0 counts as false.
+   */
+  bool (*resolve_node)(void *ctx, struct rsl_node *node);
 } rsl_callbacks;
 
 /**
@@ -309,7 +320,8 @@ typedef struct rsl_replica_health {
    */
   uint32_t consecutive_failures;
   /**
-   * The member's configured address is 0.0.0.0.
+   * `m_needsResolve`: the member's address is 0.0.0.0, or (with `resolve_node`) its
+   * connection failed and no resolve has succeeded since.
    */
   bool needs_resolve;
   /**

@@ -712,3 +712,13 @@ fn cpp_fields() {
 fn cpp_fields_under_address_sanitizer() {
     cpp_check_under_asan("fields_check");
 }
+
+#[test]
+fn cpp_resolve() {
+    cpp_check("resolve_check");
+}
+
+#[test]
+fn cpp_resolve_under_address_sanitizer() {
+    cpp_check_under_asan("resolve_check");
+}

@@ -5,7 +5,7 @@ use crate::streams::{rsl_checkpoint_reader, rsl_checkpoint_writer};
 use crate::types::{empty_node, rsl_node, write_c_str};
 use crate::{rsl_status, RSL_E_NULL};
 use rsl_engine::format::checkpoint::{CheckpointReader, CheckpointWriter};
-use rsl_engine::format::{MemberId, MemberSet};
+use rsl_engine::format::{MemberId, MemberSet, Node};
 use rsl_engine::paxos::Cookie;
 use rsl_engine::runtime::{Admission, ReplicaView, ResponseCode, StateMachine};
 use std::cell::Cell;
@@ -24,8 +24,9 @@ use std::sync::{Arc, OnceLock};
 /// thread, both Shared: concurrently with other reads, never with another callback. Every
 /// other callback runs on the execute thread, Exclusive (alone), except `can_become_primary`
 /// and `accept_message_from_replica`, which run on its protocol thread concurrently with the
-/// others and must answer quickly. `load_state` (and the restore-time executions) run inside
-/// `rsl_replica_initialize` / `rsl_replay` on the calling thread.
+/// others and must answer quickly, and `resolve_node`, which runs on its resolver thread
+/// concurrently with the others and may block. `load_state` (and the restore-time executions)
+/// run inside `rsl_replica_initialize` / `rsl_replay` on the calling thread.
 /// Every pointer passed to a callback (request, reader, writer, node, file name) is valid only
 /// during the call. A callback must not call `rsl_replica_unload` or `rsl_replica_destroy` on
 /// its own replica (refused with `RSL_E_STATE`).
@@ -77,6 +78,14 @@ pub struct rsl_callbacks {
     /// configuration names it (only `member_id` is filled in if it names no such member).
     pub accept_message_from_replica:
         Option<unsafe extern "C" fn(ctx: *mut c_void, node: *const rsl_node, data: *const c_void, len: u32) -> bool>,
+    /// Optional (NULL: no resolver runs; members stay at their configured addresses).
+    /// `ResolveNode`, on the replica's resolver thread, with no lock held: for every peer when
+    /// the replica starts and when the configuration changes, then every 30 s and at once
+    /// after a failed outbound connection for each peer at address 0 or not resolved since its
+    /// connection failed. Set `node`'s `ip`, ports and host name to where the member is now and
+    /// return true; false if it cannot be told now (asked again later). A changed address or
+    /// port moves the member; a changed `member_id`, address 0 or port 0 counts as false.
+    pub resolve_node: Option<unsafe extern "C" fn(ctx: *mut c_void, node: *mut rsl_node) -> bool>,
 }
 
 impl rsl_callbacks {
@@ -322,5 +331,16 @@ impl Admission for Callbacks {
         });
         let len = primary_cookie.len() as u32;
         optional!(self.accept_message_from_replica(&c_node as *const rsl_node, primary_cookie.as_ptr().cast(), len) else true)
+    }
+
+    fn resolves_nodes(&self) -> bool {
+        self.cb.resolve_node.is_some()
+    }
+
+    /// What the application wrote into the node, checked as any node from C is.
+    fn resolve_node(&self, node: &Node) -> Option<Node> {
+        let mut c_node = crate::node_to_c(node);
+        let resolved = optional!(self.resolve_node(&mut c_node as *mut rsl_node) else false);
+        resolved.then(|| crate::node_from_c(&c_node).ok()).flatten().map(|found| Node { app_port: node.app_port, ..found })
     }
 }

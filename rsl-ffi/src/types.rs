@@ -103,7 +103,8 @@ pub struct rsl_replica_health {
     pub num_outstanding: u64,
     /// Failed connection attempts and broken connections since a packet last went out.
     pub consecutive_failures: u32,
-    /// The member's configured address is 0.0.0.0.
+    /// `m_needsResolve`: the member's address is 0.0.0.0, or (with `resolve_node`) its
+    /// connection failed and no resolve has succeeded since.
     pub needs_resolve: bool,
     /// When the member last counted as failed (3 consecutive failures), in Unix
     /// microseconds; 0: never. The same for the next three.

@@ -291,6 +291,7 @@ fn callbacks(seen: &Seen) -> rsl_callbacks {
         state_copied: None,
         can_become_primary: None,
         accept_message_from_replica: None,
+        resolve_node: None,
     }
 }
 

@@ -256,6 +256,17 @@ impl Driver {
         self.step(Input::CheckpointSaved { decree, size, min_decree_in_log }, host);
     }
 
+    /// The service's resolver found member `node.id` elsewhere (`ResolveNode`): our messages
+    /// go there and its messages must come from there, until a configuration names it again.
+    /// A member no longer known is ignored.
+    pub fn relocate(&mut self, node: Node, host: &mut impl Host) {
+        match self.nodes.get_mut(&node.id) {
+            Some(known) if *known != node => *known = node,
+            _ => return,
+        }
+        self.set_host_peers(host);
+    }
+
     /// The replica stops: what it still holds is aborted (as `ShuttingDown`).
     pub fn stop(&mut self, host: &mut impl Host) {
         let mut out = std::mem::take(&mut self.actions);
@@ -417,6 +428,11 @@ impl Driver {
         for node in self.core.paxos_configuration().members.nodes.iter().chain(&self.core.configuration().members.nodes) {
             self.nodes.insert(node.id, node.clone());
         }
+        self.set_host_peers(host);
+    }
+
+    /// The host's peers: every node known but this replica.
+    fn set_host_peers(&self, host: &mut impl Host) {
         let me = self.core.me();
         let peers: Vec<&Node> = self.nodes.values().filter(|n| n.id != me).collect();
         host.set_peers(&peers);

@@ -24,6 +24,8 @@ struct Recorder {
     rejected: Vec<Rejection>,
     failed: Vec<String>,
     peers: Vec<MemberId>,
+    /// Where the last `set_peers` put each peer.
+    peer_ips: Vec<(MemberId, Ipv4Addr)>,
 }
 
 impl Host for Recorder {
@@ -64,6 +66,7 @@ impl Host for Recorder {
     }
     fn set_peers(&mut self, peers: &[&Node]) {
         self.peers = peers.iter().map(|n| n.id).collect();
+        self.peer_ips = peers.iter().map(|n| (n.id, n.ip)).collect();
     }
     fn fail(&mut self, reason: String) {
         self.failed.push(reason);
@@ -140,6 +143,21 @@ fn a_message_from_another_address_or_certificate_is_refused_before_the_core() {
     let uncertified = Inbound { ip: IpAddr::V4(Ipv4Addr::LOCALHOST), certified: Some(&names) };
     d.on_message(from_2, uncertified, &mut host);
     assert_eq!(host.rejected, vec![Rejection::WrongAddress, Rejection::NotCertified]);
+}
+
+#[test]
+fn a_relocated_member_is_reached_and_heard_at_its_new_address_only() {
+    let (mut d, mut host) = (driver(), Recorder::default());
+    d.start(&mut host);
+    d.relocate(node("2", HOME), &mut host);
+    assert_eq!(host.peer_ips, vec![(id("2"), HOME), (id("3"), Ipv4Addr::LOCALHOST)]);
+    let from_2 = Arc::new(Message::new(Header::new(Version::V6, id("2"), 1, 1, Ballot::EMPTY), Body::StatusQuery));
+    d.on_message(from_2.clone(), Inbound { ip: IpAddr::V4(Ipv4Addr::LOCALHOST), certified: None }, &mut host);
+    d.on_message(from_2, Inbound { ip: IpAddr::V4(HOME), certified: None }, &mut host);
+    assert_eq!(host.rejected, vec![Rejection::WrongAddress], "the old address no longer speaks for it; the new one does");
+    host.peer_ips.clear();
+    d.relocate(node("9", HOME), &mut host);
+    assert!(host.peer_ips.is_empty(), "a member the replica does not know is not added");
 }
 
 #[test]

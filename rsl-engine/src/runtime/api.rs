@@ -98,8 +98,8 @@ pub trait StateMachine: Send + Sync + 'static {
     fn state_copied(&mut self, _seq: u64, _file: Option<&Path>, _cookie: Option<Cookie>) {}
 }
 
-/// The callbacks RSL asks on its protocol thread without any lock: they must answer quickly
-/// and may run concurrently with the state machine's.
+/// The callbacks RSL asks without any lock, on its protocol thread (they must answer quickly)
+/// or its resolver thread; they may run concurrently with the state machine's.
 pub trait Admission: Send + Sync + 'static {
     /// `CanBecomePrimary`: `Some(primary cookie)` allows an election, `None` vetoes it.
     fn can_become_primary(&self) -> Option<Vec<u8>> {
@@ -108,6 +108,25 @@ pub trait Admission: Send + Sync + 'static {
     /// `AcceptMessageFromReplica`: whether to answer a vote or prepare from `node`.
     fn accept_message_from_replica(&self, _node: &MemberId, _primary_cookie: &[u8]) -> bool {
         true
+    }
+    /// Whether this service resolves its members' addresses ([`resolve_node`](Self::resolve_node)).
+    /// False (the default): no resolver runs and every member stays at the address its
+    /// configuration gives.
+    fn resolves_nodes(&self) -> bool {
+        false
+    }
+    /// `ResolveNode`: where member `node` listens now (address and ports; typically looked up
+    /// from `node.host_name`), or `None` if that cannot be told now. Asked on the replica's
+    /// resolver thread, one member at a time and never with a lock held: for every peer when
+    /// the replica starts (members restored from its checkpoint and logs included) and when
+    /// the configuration changes, and then, every 30 s and at once when an outbound connection
+    /// to a member fails, for each peer configured at 0.0.0.0 or not resolved since its
+    /// connection last failed (`ReplicaHealth::needs_resolve`). An answer with another address
+    /// or ports moves the member: the replica connects there and takes its messages from there.
+    /// An answer naming another member, or 0.0.0.0, counts as `None`. It may block (a name
+    /// lookup); `unload` waits for a call in progress to return.
+    fn resolve_node(&self, _node: &Node) -> Option<Node> {
+        None
     }
 }
 
@@ -140,7 +159,9 @@ pub struct ReplicaHealth {
     pub last_request_voted_decree: u64,
     /// The payload of its last VoteAccepted (`SetVotePayload` there).
     pub last_vote_payload: u64,
-    /// The member's configured address is 0.0.0.0: it cannot be reached until resolved.
+    /// `m_needsResolve`: the member's address is 0.0.0.0, or (with a resolver,
+    /// [`Admission::resolves_nodes`]) its connection failed and no `resolve_node` has
+    /// succeeded since.
     pub needs_resolve: bool,
     pub is_primary: bool,
 }

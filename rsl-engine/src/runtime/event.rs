@@ -3,7 +3,7 @@
 
 use super::api::ResponseCode;
 use super::transport::Origin;
-use crate::format::{MemberSet, Message};
+use crate::format::{MemberSet, Message, Node};
 use crate::paxos::{Cookie, Input};
 use bytes::Bytes;
 use std::sync::mpsc::SyncSender;
@@ -44,6 +44,8 @@ pub(crate) enum Event {
     /// hand it more now rather than at the next timer (runtime/spill.rs).
     Refill,
     Stop,
+    /// The resolver found this member at another address or ports (`ResolveNode`).
+    Relocated(Node),
     /// `Pause` (and tests): the protocol thread waits here until the sender is dropped (or sends).
     Pause(std::sync::mpsc::Receiver<()>),
 }

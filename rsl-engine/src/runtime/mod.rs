@@ -4,8 +4,9 @@
 //! Per replica: a protocol thread ([`ring`]) owns the core and the journal; an execute thread
 //! ([`exec`]) owns the state machine, which `num_reader_threads` reader threads ([`readers`])
 //! share for fast reads; the journal's writer thread does group commit; a small
-//! tokio runtime runs the Paxos-port transport and the learn port. Nothing is global, so a
-//! process can run many rings.
+//! tokio runtime runs the Paxos-port transport and the learn port; for a service that resolves
+//! its members' addresses, a resolver thread ([`resolve`]) asks it where they are. Nothing is
+//! global, so a process can run many rings.
 
 pub mod api;
 pub mod checkpoints;
@@ -18,6 +19,7 @@ pub mod learn;
 mod queue;
 mod readers;
 mod replica;
+mod resolve;
 mod restore;
 mod ring;
 mod spill;

@@ -10,6 +10,7 @@ use super::journal::{read_defunct, Journal, JournalOptions};
 use super::learn::{self, LearnServer, LearnSource};
 use super::queue::{self, Queue, Refused};
 use super::readers::{Read, Ready};
+use super::resolve::{Notes, Resolver, RESOLVE_INTERVAL};
 use super::ring::{learn_addr, Io, Limits, Ring};
 use super::tls::Tls;
 use super::transport::{Origin, Transport};
@@ -66,6 +67,8 @@ pub struct RslReplica {
     /// `tls.refused()` at the last statistics snapshot.
     tls_refused_reported: std::sync::atomic::AtomicU64,
     dir: PathBuf,
+    /// The resolver thread's mailbox, if the service resolves members' addresses.
+    resolver: Option<Arc<Notes>>,
     /// While paused (`pause`): dropping it resumes the protocol thread.
     paused: Mutex<Option<mpsc::Sender<()>>>,
     /// Tests make the journal's writes fail through this.
@@ -206,6 +209,12 @@ impl RslReplica {
             Transport::start(runtime.handle(), paxos, cfg.transport_options(), tls.clone(), deliver)
                 .map_err(|source| InitError::Listen { addr: paxos, source })?,
         );
+        // Before the protocol thread sets the first peers, so that every connection reports.
+        let resolver = admission.resolves_nodes().then(|| Arc::new(Notes::default()));
+        if let Some(notes) = &resolver {
+            let notes = notes.clone();
+            transport.on_connect_failure(Arc::new(move |id| notes.connect_failed(id)));
+        }
         let learn_at = SocketAddr::new(bind_ip.into(), learn_addr(&me).port());
         #[cfg(test)]
         let journal_faults = journal.reader();
@@ -232,12 +241,17 @@ impl RslReplica {
             tls.clone(),
             start,
             cfg.catch_up,
+            resolver.clone(),
         );
+        let lookup = resolver.clone().map(|notes| Resolver::new(admission.clone(), events_tx.clone(), notes, RESOLVE_INTERVAL));
         let ring = Ring::new(core, admission, io);
         let siblings = Siblings { shared: shared.clone(), events: events_tx.clone(), work: work_tx.clone(), transport: transport.clone() };
         let ready = exec.start_readers(cfg.num_reader_threads, |body| spawn("rsl-read", siblings.clone(), body));
-        let threads =
-            vec![spawn("rsl-exec", siblings.clone(), move || exec.run(work_rx)), spawn("rsl-paxos", siblings, move || ring.run(events_rx))];
+        let mut threads = vec![
+            spawn("rsl-exec", siblings.clone(), move || exec.run(work_rx)),
+            spawn("rsl-paxos", siblings.clone(), move || ring.run(events_rx)),
+        ];
+        threads.extend(lookup.map(|lookup| spawn("rsl-resolve", siblings, move || lookup.run())));
         Ok(RslReplica {
             shared,
             events: events_tx,
@@ -256,6 +270,7 @@ impl RslReplica {
             tls,
             tls_refused_reported: Default::default(),
             dir,
+            resolver,
             paused: Mutex::new(None),
             #[cfg(test)]
             journal: journal_faults,
@@ -533,7 +548,7 @@ impl RslReplica {
                 last_request_voted_at: v.at,
                 last_request_voted_decree: v.decree,
                 last_vote_payload: v.payload,
-                needs_resolve: p.addr.ip().is_unspecified(),
+                needs_resolve: p.addr.ip().is_unspecified() || self.resolver.as_ref().is_some_and(|r| r.needs_resolve(&p.member)),
                 is_primary: false,
             }
         });
@@ -617,6 +632,9 @@ impl RslReplica {
         self.shared.shutting_down.store(true, Relaxed);
         self.resume();
         let _ = self.events.send(Event::Stop);
+        if let Some(resolver) = &self.resolver {
+            resolver.stop();
+        }
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
         for t in threads {
             let _ = t.join();

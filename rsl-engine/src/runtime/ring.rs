@@ -11,6 +11,7 @@ use super::exec::{abort_code, Work};
 use super::journal::{write_defunct, Journal};
 use super::learn;
 use super::queue::{Inbox, Queue, CAPACITY};
+use super::resolve::Notes;
 use super::spill::ExecBacklog;
 use super::tls::Tls;
 use super::transport::{frame, Origin, RateLimited, Transport};
@@ -84,6 +85,8 @@ pub(crate) struct Io {
     /// What goes to the execute thread, within its memory bound.
     backlog: ExecBacklog,
     catch_up: CatchUp,
+    /// The resolver thread's mailbox, if the service resolves members' addresses.
+    resolver: Option<Arc<Notes>>,
 }
 
 impl Io {
@@ -101,6 +104,7 @@ impl Io {
         tls: Option<Arc<Tls>>,
         start: Instant,
         catch_up: CatchUp,
+        resolver: Option<Arc<Notes>>,
     ) -> Io {
         Io {
             backlog: ExecBacklog::new(limits.execution_queue_bytes, dir.clone(), shared.clone()),
@@ -119,6 +123,7 @@ impl Io {
             frame_buf: BytesMut::with_capacity(64 << 10),
             halted: false,
             catch_up,
+            resolver,
         }
     }
 }
@@ -202,6 +207,7 @@ impl Ring {
             // The turn ends with a refill.
             Event::Refill => {}
             Event::Stop => unreachable!("handled by the loop"),
+            Event::Relocated(node) => driver.relocate(node, io),
             Event::Pause(until) => drop(until.recv()),
         }
     }
@@ -247,6 +253,9 @@ impl Ring {
         io.shared.is_primary.store(false, Relaxed);
         io.shared.shutting_down.store(true, Relaxed);
         io.transport.shutdown();
+        if let Some(resolver) = &io.resolver {
+            resolver.stop();
+        }
         // Closed first, so every spilled decree's record is on disk to execute before Stop.
         let closed = io.journal.close();
         // A stopped journal's cause is already the replica's failure, reported once.
@@ -447,6 +456,9 @@ impl Host for Io {
     }
 
     fn set_peers(&mut self, peers: &[&Node]) {
+        if let Some(resolver) = &self.resolver {
+            resolver.peers(peers.iter().map(|&n| n.clone()).collect());
+        }
         let peers: Vec<_> = peers.iter().map(|n| (n.id, paxos_addr(n))).collect();
         self.transport.set_peers(&peers);
     }

@@ -19,7 +19,7 @@ use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -33,6 +33,8 @@ use tracing::{debug, info, warn};
 /// Takes each message with where it came from (a Join from a member we do not know yet is
 /// answered by learning from that address).
 pub type OnMessage = Arc<dyn Fn(Arc<Message>, Origin) + Send + Sync>;
+/// Told the member whose outbound connection attempt failed or whose connection broke.
+pub type OnConnectFailure = Arc<dyn Fn(MemberId) + Send + Sync>;
 
 /// The connection a message arrived on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,6 +148,7 @@ pub struct Transport {
     local_addr: SocketAddr,
     peers: Mutex<HashMap<MemberId, PeerEntry>>,
     acceptor: Mutex<Option<JoinHandle<()>>>,
+    on_failure: OnceLock<OnConnectFailure>,
 }
 
 impl Transport {
@@ -176,7 +179,15 @@ impl Transport {
             local_addr,
             peers: Mutex::new(HashMap::new()),
             acceptor: Mutex::new(Some(acceptor)),
+            on_failure: OnceLock::new(),
         })
+    }
+
+    /// From now on, each failed outbound connection (attempt) is reported to `f` (the
+    /// resolver's trigger). Set once, before the first `set_peers`.
+    pub fn on_connect_failure(&self, f: OnConnectFailure) {
+        let set = self.on_failure.set(f);
+        debug_assert!(set.is_ok(), "set once");
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -206,8 +217,13 @@ impl Transport {
         for &(id, addr) in peers {
             map.entry(id).or_insert_with(|| {
                 let peer = Arc::new(Peer::new(addr));
-                let link = Link { reading: self.reading.clone(), on_message: self.on_message.clone(), tls: self.tls.clone() };
-                let task = self.rt.spawn(run_peer(peer.clone(), self.opts.clone(), link));
+                let link = Link {
+                    reading: self.reading.clone(),
+                    on_message: self.on_message.clone(),
+                    tls: self.tls.clone(),
+                    on_failure: self.on_failure.get().cloned(),
+                };
+                let task = self.rt.spawn(run_peer(id, peer.clone(), self.opts.clone(), link));
                 PeerEntry { peer, task }
             });
         }
@@ -455,6 +471,7 @@ struct Link {
     reading: Arc<Reading>,
     on_message: OnMessage,
     tls: Option<Arc<Tls>>,
+    on_failure: Option<OnConnectFailure>,
 }
 
 /// A peer's connection task: connect (and authenticate) with exponential backoff, serve the
@@ -462,7 +479,7 @@ struct Link {
 /// connection was writing are lost. Only a connection that lasted resets the backoff: a peer
 /// that closes at once (full, or refusing our certificate after a TLS 1.3 handshake that
 /// looked complete) is not redialled in a tight loop.
-async fn run_peer(peer: Arc<Peer>, opts: TransportOptions, link: Link) {
+async fn run_peer(id: MemberId, peer: Arc<Peer>, opts: TransportOptions, link: Link) {
     let mut backoff = opts.backoff_min;
     loop {
         let began = tokio::time::Instant::now();
@@ -471,6 +488,9 @@ async fn run_peer(peer: Arc<Peer>, opts: TransportOptions, link: Link) {
         let served = connect_and_serve(&peer, &link, opts.send_timeout).await;
         if served.as_ref().is_none_or(|r| r.is_err()) {
             peer.failed();
+            if let Some(report) = &link.on_failure {
+                report(id);
+            }
         }
         if let Some(result) = served {
             if began.elapsed() >= opts.backoff_max {
