@@ -712,3 +712,13 @@ fn cpp_fields() {
 fn cpp_fields_under_address_sanitizer() {
     cpp_check_under_asan("fields_check");
 }
+
+#[test]
+fn cpp_cppmore() {
+    cpp_check("cppmore_check");
+}
+
+#[test]
+fn cpp_cppmore_under_address_sanitizer() {
+    cpp_check_under_asan("cppmore_check");
+}
