@@ -722,3 +722,13 @@ fn cpp_resolve() {
 fn cpp_resolve_under_address_sanitizer() {
     cpp_check_under_asan("resolve_check");
 }
+
+#[test]
+fn cpp_cppmore() {
+    cpp_check("cppmore_check");
+}
+
+#[test]
+fn cpp_cppmore_under_address_sanitizer() {
+    cpp_check_under_asan("cppmore_check");
+}
