@@ -513,9 +513,12 @@ namespace RSLib
     };
 
     /* The base class of a replicated state machine. Derive from it, implement the pure
-       callbacks, call Initialize. Every callback runs on the replica's execute thread, one at
-       a time, except CanBecomePrimary and AcceptMessageFromReplica (protocol thread) and the
-       restore-time ones (inside Initialize / Replay). */
+       callbacks, call Initialize. RSL's callback lock: ExecuteFastReadRequest runs on one of
+       m_numReaderThreads reader threads and SaveState/TrySaveState on the execute thread, both
+       Shared (concurrently with other reads, never with another callback); every other
+       callback runs on the execute thread, Exclusive, except CanBecomePrimary and
+       AcceptMessageFromReplica (protocol thread) and the restore-time ones (inside
+       Initialize / Replay). serializeFastReadsWithReplicates = false behaves as true. */
     class RSL_IMPORT_EXPORT RSLStateMachine
     {
     public:

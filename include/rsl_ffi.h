@@ -43,7 +43,7 @@ typedef int32_t rsl_status;
 
 /**
  * Receives every log entry: `level` is RSL's `CallBackLogLevel` (0 Debug, 1 Info, 3 Warning,
- * 4 Error), `message` a NUL-terminated line valid only during the call. It may be called from
+ * 4 Error, 5 Alert), `message` a NUL-terminated line valid only during the call. It may be called from
  * any thread, concurrently.
  */
 typedef void (*rsl_log_callback)(int32_t level, const char *message);
@@ -194,10 +194,13 @@ typedef struct rsl_node {
  * The state machine's callbacks (`RSLStateMachine`'s virtual methods) and the `context`
  * passed to each. The table is copied by `rsl_replica_initialize` and `rsl_replay`.
  *
- * Threads: callbacks run on the replica's execute thread, one at a time, except
- * `can_become_primary` and `accept_message_from_replica`, which run on its protocol thread
- * concurrently with the others and must answer quickly. `load_state` (and the restore-time
- * executions) run inside `rsl_replica_initialize` / `rsl_replay` on the calling thread.
+ * Threads: RSL's callback lock. `execute_fast_read_request` runs on one of the replica's
+ * `num_reader_threads` reader threads and `save_state` / `try_save_state` on its execute
+ * thread, both Shared: concurrently with other reads, never with another callback. Every
+ * other callback runs on the execute thread, Exclusive (alone), except `can_become_primary`
+ * and `accept_message_from_replica`, which run on its protocol thread concurrently with the
+ * others and must answer quickly. `load_state` (and the restore-time executions) run inside
+ * `rsl_replica_initialize` / `rsl_replay` on the calling thread.
  * Every pointer passed to a callback (request, reader, writer, node, file name) is valid only
  * during the call. A callback must not call `rsl_replica_unload` or `rsl_replica_destroy` on
  * its own replica (refused with `RSL_E_STATE`).
@@ -501,8 +504,9 @@ rsl_status rsl_init_entries(const char *log_dir, bool log_debug, rsl_log_entry_c
  * executed on this thread), then starts the replica's threads and listens on `self_node`'s ports.
  * `members`/`member_count` is the legacy initial member list; NULL and 0 is the v4+ form
  * (the replica waits for `rsl_replica_bootstrap` unless it was bootstrapped before).
- * `serialize_fast_reads_with_replicates` is accepted and ignored: this runtime always runs fast
- * reads on the execute thread, serialized with replicated requests. TLS is on if
+ * `serialize_fast_reads_with_replicates` is accepted and behaves as `true`: fast reads run on
+ * `num_reader_threads` reader threads under the Shared side of the callback lock, concurrently
+ * with each other and with `save_state`, never with a decree executing. TLS is on if
  * `rsl_set_thumbprints_for_ssl`, `rsl_set_subject_names_for_ssl` or `rsl_set_tls_files` was
  * called before (certificates and keys are read now).
  *

@@ -682,3 +682,33 @@ fn cpp_catchup() {
 fn cpp_catchup_under_address_sanitizer() {
     cpp_check_under_asan("catchup_check");
 }
+
+#[test]
+fn cpp_readers() {
+    cpp_check("readers_check");
+}
+
+#[test]
+fn cpp_readers_under_address_sanitizer() {
+    cpp_check_under_asan("readers_check");
+}
+
+#[test]
+fn cpp_promote() {
+    cpp_check("promote_check");
+}
+
+#[test]
+fn cpp_promote_under_address_sanitizer() {
+    cpp_check_under_asan("promote_check");
+}
+
+#[test]
+fn cpp_fields() {
+    cpp_check("fields_check");
+}
+
+#[test]
+fn cpp_fields_under_address_sanitizer() {
+    cpp_check_under_asan("fields_check");
+}

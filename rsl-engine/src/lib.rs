@@ -3,8 +3,22 @@
 //! [`format`] owns every byte format RSL reads and writes; [`paxos`] is the sans-IO protocol core;
 //! [`driver`] carries out its actions for both the [`runtime`] and the simulator ([`sim`]).
 
-// The one system call std lacks is wrapped in `writeback`, which alone may use `unsafe`.
+// The system calls std lacks are wrapped in `writeback` and `diskspace`, which alone may use
+// `unsafe`.
 #![deny(unsafe_code)]
+
+/// `tracing`'s target for RSL's Alert severity, above Error: the log callbacks of the C API
+/// report these entries as `CallBackLogLevel_Alert`.
+pub const ALERT_TARGET: &str = "rsl_alert";
+
+/// Logs at RSL's Alert severity (an error on [`ALERT_TARGET`]): a condition an operator must
+/// see, such as a disk running out of room for checkpoints. Callers rate-limit it.
+#[macro_export]
+macro_rules! alert {
+    ($($arg:tt)+) => { ::tracing::error!(target: $crate::ALERT_TARGET, $($arg)+) };
+}
+
+pub mod diskspace;
 
 pub mod driver;
 pub mod faults;

@@ -64,13 +64,13 @@ impl StateMachine for Recorder {
         self.state.push(request.to_vec());
         self.push(Ev::Exec(request.to_vec(), cookie));
     }
-    fn execute_fast_read_request(&mut self, request: &[u8], cookie: u64) {
+    fn execute_fast_read_request(&self, request: &[u8], cookie: u64) {
         self.push(Ev::FastRead(request.to_vec(), cookie));
     }
     fn abort_request(&mut self, status: ResponseCode, cookie: u64) {
         self.push(Ev::Abort(status, cookie));
     }
-    fn save_state(&mut self, writer: &mut CheckpointWriter) {
+    fn save_state(&self, writer: &mut CheckpointWriter) {
         let mut buf = BytesMut::new();
         for r in &self.state {
             buf.put_u32_le(r.len() as u32);

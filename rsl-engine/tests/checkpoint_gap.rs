@@ -142,9 +142,9 @@ impl StateMachine for Sized {
     fn execute_replicated_request(&mut self, request: &[u8], _: Option<u64>, save: &mut bool) {
         *save |= request == b"save";
     }
-    fn execute_fast_read_request(&mut self, _: &[u8], _: u64) {}
+    fn execute_fast_read_request(&self, _: &[u8], _: u64) {}
     fn abort_request(&mut self, _: ResponseCode, _: u64) {}
-    fn save_state(&mut self, writer: &mut CheckpointWriter) {
+    fn save_state(&self, writer: &mut CheckpointWriter) {
         let (start, size) = (Instant::now(), self.size.load(Relaxed));
         let chunk: Vec<u8> = (0..MB).map(|i| (i * 31) as u8).collect();
         let mut left = size;

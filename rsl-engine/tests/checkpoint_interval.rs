@@ -23,9 +23,9 @@ impl StateMachine for Counting {
         true
     }
     fn execute_replicated_request(&mut self, _: &[u8], _: Option<u64>, _: &mut bool) {}
-    fn execute_fast_read_request(&mut self, _: &[u8], _: u64) {}
+    fn execute_fast_read_request(&self, _: &[u8], _: u64) {}
     fn abort_request(&mut self, _: ResponseCode, _: u64) {}
-    fn save_state(&mut self, writer: &mut CheckpointWriter) {
+    fn save_state(&self, writer: &mut CheckpointWriter) {
         writer.write(b"state").unwrap();
         self.0.fetch_add(1, Relaxed);
     }

@@ -67,9 +67,9 @@ impl StateMachine for Blockable {
         drop(opened.wait_while(shut.lock().unwrap(), |shut| *shut).unwrap());
         self.state.lock().unwrap().push(request.to_vec());
     }
-    fn execute_fast_read_request(&mut self, _request: &[u8], _cookie: u64) {}
+    fn execute_fast_read_request(&self, _request: &[u8], _cookie: u64) {}
     fn abort_request(&mut self, _status: ResponseCode, _cookie: u64) {}
-    fn save_state(&mut self, writer: &mut CheckpointWriter) {
+    fn save_state(&self, writer: &mut CheckpointWriter) {
         let mut buf = BytesMut::new();
         for r in self.state.lock().unwrap().iter() {
             buf.put_u32_le(r.len() as u32);

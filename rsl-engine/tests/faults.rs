@@ -69,9 +69,9 @@ impl StateMachine for Kv {
             seen.acked.push(request.to_vec());
         }
     }
-    fn execute_fast_read_request(&mut self, _request: &[u8], _cookie: u64) {}
+    fn execute_fast_read_request(&self, _request: &[u8], _cookie: u64) {}
     fn abort_request(&mut self, _status: ResponseCode, _cookie: u64) {}
-    fn save_state(&mut self, writer: &mut CheckpointWriter) {
+    fn save_state(&self, writer: &mut CheckpointWriter) {
         let seen = self.seen();
         for r in &seen.state {
             // A failed write is the writer's to report: it fails the checkpoint at close.

@@ -29,9 +29,9 @@ impl StateMachine for Counter {
     fn execute_replicated_request(&mut self, _request: &[u8], _cookie: Option<u64>, _save: &mut bool) {
         self.0.fetch_add(1, Relaxed);
     }
-    fn execute_fast_read_request(&mut self, _request: &[u8], _cookie: u64) {}
+    fn execute_fast_read_request(&self, _request: &[u8], _cookie: u64) {}
     fn abort_request(&mut self, _status: ResponseCode, _cookie: u64) {}
-    fn save_state(&mut self, writer: &mut CheckpointWriter) {
+    fn save_state(&self, writer: &mut CheckpointWriter) {
         writer.write(&self.0.load(Relaxed).to_le_bytes()).unwrap();
     }
     fn notify_status(&mut self, _is_primary: bool) {}

@@ -70,9 +70,9 @@ impl StateMachine for Folding {
         self.seen.lock().unwrap().digests.insert(seq, self.digest);
         *save |= request == b"save";
     }
-    fn execute_fast_read_request(&mut self, _: &[u8], _: u64) {}
+    fn execute_fast_read_request(&self, _: &[u8], _: u64) {}
     fn abort_request(&mut self, _: ResponseCode, _: u64) {}
-    fn save_state(&mut self, writer: &mut CheckpointWriter) {
+    fn save_state(&self, writer: &mut CheckpointWriter) {
         let (seq, number) = self.now();
         writer.write(&[&self.digest.to_le_bytes()[..], &seq.to_le_bytes(), &number.to_le_bytes()].concat()).unwrap();
     }

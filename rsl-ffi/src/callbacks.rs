@@ -19,10 +19,13 @@ use std::sync::{Arc, OnceLock};
 /// The state machine's callbacks (`RSLStateMachine`'s virtual methods) and the `context`
 /// passed to each. The table is copied by `rsl_replica_initialize` and `rsl_replay`.
 ///
-/// Threads: callbacks run on the replica's execute thread, one at a time, except
-/// `can_become_primary` and `accept_message_from_replica`, which run on its protocol thread
-/// concurrently with the others and must answer quickly. `load_state` (and the restore-time
-/// executions) run inside `rsl_replica_initialize` / `rsl_replay` on the calling thread.
+/// Threads: RSL's callback lock. `execute_fast_read_request` runs on one of the replica's
+/// `num_reader_threads` reader threads and `save_state` / `try_save_state` on its execute
+/// thread, both Shared: concurrently with other reads, never with another callback. Every
+/// other callback runs on the execute thread, Exclusive (alone), except `can_become_primary`
+/// and `accept_message_from_replica`, which run on its protocol thread concurrently with the
+/// others and must answer quickly. `load_state` (and the restore-time executions) run inside
+/// `rsl_replica_initialize` / `rsl_replay` on the calling thread.
 /// Every pointer passed to a callback (request, reader, writer, node, file name) is valid only
 /// during the call. A callback must not call `rsl_replica_unload` or `rsl_replica_destroy` on
 /// its own replica (refused with `RSL_E_STATE`).
@@ -238,7 +241,7 @@ impl StateMachine for Callbacks {
         optional!(self.after_execute_replicated_requests() else ())
     }
 
-    fn execute_fast_read_request(&mut self, request: &[u8], cookie: Cookie) {
+    fn execute_fast_read_request(&self, request: &[u8], cookie: Cookie) {
         required!(self.execute_fast_read_request(request.as_ptr().cast(), request.len(), cookie_out(cookie)))
     }
 
@@ -246,13 +249,13 @@ impl StateMachine for Callbacks {
         required!(self.abort_request(status as rsl_status, cookie_out(cookie)))
     }
 
-    fn save_state(&mut self, writer: &mut CheckpointWriter) {
+    fn save_state(&self, writer: &mut CheckpointWriter) {
         let mut handle = rsl_checkpoint_writer::borrowed(writer);
         required!(self.save_state(&mut handle as *mut rsl_checkpoint_writer))
     }
 
     /// A write that failed makes the save fail too, so no partial checkpoint is kept.
-    fn try_save_state(&mut self, writer: &mut CheckpointWriter) -> bool {
+    fn try_save_state(&self, writer: &mut CheckpointWriter) -> bool {
         let mut handle = rsl_checkpoint_writer::borrowed(writer);
         let w = &mut handle as *mut rsl_checkpoint_writer;
         let saved = optional!(self.try_save_state(w) else { required!(self.save_state(w)); true });

@@ -15,7 +15,7 @@ use tracing::{Event, Level, Metadata, Subscriber};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 
 /// Receives every log entry: `level` is RSL's `CallBackLogLevel` (0 Debug, 1 Info, 3 Warning,
-/// 4 Error), `message` a NUL-terminated line valid only during the call. It may be called from
+/// 4 Error, 5 Alert), `message` a NUL-terminated line valid only during the call. It may be called from
 /// any thread, concurrently.
 pub type rsl_log_callback = Option<unsafe extern "C" fn(level: i32, message: *const c_char)>;
 
@@ -99,6 +99,7 @@ impl<S: Subscriber> Layer<S> for CallbackLayer {
             (sink.callback, sink.entries)
         };
         let level = match *meta.level() {
+            Level::ERROR if meta.target() == rsl_engine::ALERT_TARGET => 5,
             Level::ERROR => 4,
             Level::WARN => 3,
             Level::INFO => 1,

@@ -78,8 +78,9 @@ fn config(cfg: &rsl_config) -> Result<rsl_engine::runtime::RslConfig, rsl_status
 /// executed on this thread), then starts the replica's threads and listens on `self_node`'s ports.
 /// `members`/`member_count` is the legacy initial member list; NULL and 0 is the v4+ form
 /// (the replica waits for `rsl_replica_bootstrap` unless it was bootstrapped before).
-/// `serialize_fast_reads_with_replicates` is accepted and ignored: this runtime always runs fast
-/// reads on the execute thread, serialized with replicated requests. TLS is on if
+/// `serialize_fast_reads_with_replicates` is accepted and behaves as `true`: fast reads run on
+/// `num_reader_threads` reader threads under the Shared side of the callback lock, concurrently
+/// with each other and with `save_state`, never with a decree executing. TLS is on if
 /// `rsl_set_thumbprints_for_ssl`, `rsl_set_subject_names_for_ssl` or `rsl_set_tls_files` was
 /// called before (certificates and keys are read now).
 ///

@@ -60,11 +60,21 @@ pub trait Host {
     fn now(&self) -> Micros;
     /// Sends a message to each of these members (never to this replica).
     fn send(&mut self, to: &[MemberId], msg: &Arc<Message>);
+    /// Sends a message to every other member of the configuration: a host may skip a member
+    /// still holding many unsent packets (RSL's `m_maxOutstandingPerReplica`); the protocol
+    /// resends what a member missed.
+    fn broadcast(&mut self, to: &[MemberId], msg: &Arc<Message>) {
+        self.send(to, msg)
+    }
     /// Appends a record to the journal; durability is reported later, in `seq` order.
     /// `Some(first decree)` when this record started a new log file.
     fn persist(&mut self, seq: u64, record: &Arc<Message>) -> Result<Option<u64>, String>;
     /// Queues work for the executor; it runs in the order queued.
     fn execute(&mut self, item: Execution);
+    /// How far the executor is: every decree below `.0` has finished executing (a new
+    /// process may count afresh from 0), and `.1` says queued decrees wait on disk rather
+    /// than in memory. Asked before every input; the core hears of changes.
+    fn executed(&self) -> (u64, bool);
     /// Drops the logs a checkpoint of `decree` covers; returns the lowest decree still logged.
     fn truncate_log(&mut self, decree: u64) -> u64;
     /// The next vote for a new decree starts a new log file, whatever the current one's
@@ -118,6 +128,8 @@ pub struct Driver {
     listen_on_all_ips: bool,
     targets: Vec<MemberId>,
     stopped: bool,
+    /// What the core last heard of the executor's progress (`Host::executed`).
+    executed: (u64, bool),
 }
 
 impl Driver {
@@ -136,6 +148,7 @@ impl Driver {
             listen_on_all_ips,
             targets: Vec::new(),
             stopped: false,
+            executed: (0, false),
         }
     }
 
@@ -267,6 +280,12 @@ impl Driver {
     ) -> R {
         let mut out = std::mem::take(&mut self.actions);
         debug_assert!(out.is_empty() && self.followups.is_empty(), "one call at a time");
+        let executed = host.executed();
+        if executed != self.executed {
+            self.executed = executed;
+            let (below, spilled) = executed;
+            self.core.step(host.now(), Input::Executed { below, spilled }, &mut *self.app, &mut out);
+        }
         let result = call(&mut self.core, host.now(), &mut *self.app, &mut out);
         self.carry_out(&mut out, host);
         // Follow-ups are this replica's own doing, not the inbound message's.
@@ -350,7 +369,10 @@ impl Driver {
             }
         }
         debug_assert!(!self.targets.contains(&self.core.me()) || matches!(to, Dest::One(_)));
-        host.send(&self.targets, msg);
+        match to {
+            Dest::All => host.broadcast(&self.targets, msg),
+            Dest::One(_) => host.send(&self.targets, msg),
+        }
     }
 
     fn fetch_checkpoint(&mut self, from: MemberId, decree: u64, size: u64, load: bool, host: &mut impl Host) {

@@ -247,6 +247,14 @@ pub enum Input {
     /// The global accept flag (`SetAcceptMessages`), used when configured instead of asking
     /// the application.
     SetAcceptMessages(bool),
+    /// The execute side's progress, as the driver's host reports it: every decree below
+    /// `below` has finished executing, and `spilled` says chosen decrees wait in the log
+    /// rather than in memory. A replica stands for election only once its execute queue is
+    /// in memory and (unless `allow_promotion_while_catching_up`) empty (api-behavior §2.9).
+    Executed {
+        below: u64,
+        spilled: bool,
+    },
 }
 
 /// The protocol's parameters, with RSL's defaults (api-behavior §4), in microseconds.
@@ -283,6 +291,10 @@ pub struct CoreConfig {
     /// long has passed since the last checkpoint (randomised), the log rolls at the next new
     /// decree, which asks for a checkpoint. 0: only log rolls by size do.
     pub max_checkpoint_interval: Micros,
+    /// `m_allowPrimaryPromotionWhileCatchingUp`: stand for election while decrees chosen
+    /// under earlier primaries still wait to execute (they must still all be in memory).
+    /// False: only once every decree handed out has executed (`Input::Executed`).
+    pub allow_promotion_while_catching_up: bool,
 }
 
 impl Default for CoreConfig {
@@ -304,6 +316,7 @@ impl Default for CoreConfig {
             join_interval: SEC,
             window: 1,
             max_checkpoint_interval: 0,
+            allow_promotion_while_catching_up: false,
         }
     }
 }

@@ -28,12 +28,14 @@ pub enum ResponseCode {
 
 /// The service's replicated state: RSL's `RSLStateMachine` callbacks.
 ///
-/// Every method runs on the replica's execute thread, one at a time and in order, so the
-/// state needs no lock of its own. That is at least as strong as each callback's class in
-/// RSL (api-behavior §1.6, §2.2): Exclusive callbacks (execution, status, configuration,
-/// aborts) never overlap anything, and the Shared ones (saving, fast reads) never overlap
-/// execution. The callbacks RSL runs with no lock on its protocol thread are on [`Admission`].
-pub trait StateMachine: Send + 'static {
+/// The callbacks follow RSL's callback lock (api-behavior §1.6, §2.2), which here is a
+/// reader-writer lock around the state machine: the `&mut self` callbacks are Exclusive (they
+/// never overlap any other callback of this trait: execution, status, configuration, aborts,
+/// loading), the `&self` ones are Shared: fast reads run on `num_reader_threads` reader
+/// threads, concurrently with each other and with a checkpoint being saved, never with an
+/// executing decree. Hence `Sync`. The callbacks RSL runs with no lock on its protocol thread
+/// are on [`Admission`].
+pub trait StateMachine: Send + Sync + 'static {
     /// Called once, before any other callback (before `load_state`): the replica's published
     /// state, which a callback may query as `RSLStateMachine`'s `GetCurrentSequenceNumber`,
     /// `GetConfiguration`, ... During `load_state` it shows the checkpoint's decree and
@@ -56,20 +58,22 @@ pub trait StateMachine: Send + 'static {
     fn after_execute_replicated_requests(&mut self) {}
 
     /// `ExecuteFastReadRequest`: a read-only request, run once the state has reached the
-    /// sequence number it asked for.
-    fn execute_fast_read_request(&mut self, request: &[u8], cookie: Cookie);
+    /// sequence number it asked for. Shared: on a reader thread, possibly concurrently with
+    /// other reads and with `save_state`.
+    fn execute_fast_read_request(&self, request: &[u8], cookie: Cookie);
 
     /// `AbortRequest`: the cookie of a replicated request (`NotPrimary`, `ShuttingDown`) or a
     /// fast read (`FastReadStale`, `ShuttingDown`) comes back unexecuted. A `NotPrimary` abort
     /// of a request already proposed does not mean it will not execute (api-behavior §2.10).
     fn abort_request(&mut self, status: ResponseCode, cookie: Cookie);
 
-    /// `SaveState`: write the whole state.
-    fn save_state(&mut self, writer: &mut CheckpointWriter);
+    /// `SaveState`: write the whole state. Shared: no decree executes meanwhile, fast reads
+    /// go on.
+    fn save_state(&self, writer: &mut CheckpointWriter);
 
     /// `TrySaveState`: false abandons this checkpoint and turns automatic checkpoints off until
     /// `allow_save_state(true)`.
-    fn try_save_state(&mut self, writer: &mut CheckpointWriter) -> bool {
+    fn try_save_state(&self, writer: &mut CheckpointWriter) -> bool {
         self.save_state(writer);
         true
     }

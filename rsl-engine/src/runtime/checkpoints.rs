@@ -2,6 +2,7 @@
 //! checkpoint, pruning, and the restore rule that picks the newest loadable one (formats.md
 //! §8.1, §8.5, §8.7, §9; api-behavior.md §1.6, §2.13–2.14).
 
+use super::transport::RateLimited;
 use super::{numbered_files, ListError};
 use crate::faults::{self, CHECKPOINT_FSYNC, CHECKPOINT_RENAME};
 use crate::format::checkpoint::DEFAULT_BLOCK_SIZE;
@@ -30,6 +31,68 @@ pub enum StoreError {
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     move |source| StoreError::Io { path: path.into(), source }
+}
+
+/// The original's checkpoint alerts (`m_maxCheckpointSizeGB`, `m_minCheckpointSpaceFileCount`):
+/// an Alert when a checkpoint is placed, never a refusal. 0 turns each off.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CheckpointAlerts {
+    /// A checkpoint larger than this many bytes is alerted about.
+    pub max_size: u64,
+    /// Free space on the checkpoints' disk below this many times a checkpoint's size is
+    /// alerted about.
+    pub min_space_files: u64,
+}
+
+impl CheckpointAlerts {
+    pub fn too_large(&self, size: u64) -> bool {
+        self.max_size > 0 && size > self.max_size
+    }
+
+    /// Whether `free` bytes leave room for fewer than `min_space_files` checkpoints of `size`.
+    pub fn low_space(&self, size: u64, free: u64) -> bool {
+        u128::from(free) < u128::from(self.min_space_files) * u128::from(size)
+    }
+}
+
+/// Raises [`CheckpointAlerts`]: each cause at most once per [`RateLimited::EVERY`], so that
+/// a filling disk does not flood the log; every one is counted.
+#[derive(Default)]
+struct Alerter {
+    limits: CheckpointAlerts,
+    too_large: RateLimited,
+    low_space: RateLimited,
+    no_statvfs: RateLimited,
+    raised: u64,
+}
+
+impl Alerter {
+    fn checkpoint_placed(&mut self, dir: &Path, size: u64) {
+        if self.limits.too_large(size) {
+            self.raised += 1;
+            if let Some(held_back) = self.too_large.allow() {
+                crate::alert!(size, max = self.limits.max_size, held_back, "checkpoint file size is too large");
+            }
+        }
+        if self.limits.min_space_files == 0 {
+            return;
+        }
+        match crate::diskspace::available_bytes(dir) {
+            Ok(free) if self.limits.low_space(size, free) => {
+                self.raised += 1;
+                if let Some(held_back) = self.low_space.allow() {
+                    let min_files = self.limits.min_space_files;
+                    crate::alert!(free, size, min_files, held_back, "free space left for writing checkpoints is too small");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if let Some(held_back) = self.no_statvfs.allow() {
+                    tracing::error!(dir = %dir.display(), error = %e, held_back, "cannot read the checkpoint directory's free space");
+                }
+            }
+        }
+    }
 }
 
 /// A checkpoint now in place as `<decree>.codex`.
@@ -94,6 +157,7 @@ pub struct CheckpointStore {
     max_checkpoints: usize,
     /// Decree to file size.
     checkpoints: BTreeMap<u64, u64>,
+    alerter: Alerter,
 }
 
 impl CheckpointStore {
@@ -114,9 +178,20 @@ impl CheckpointStore {
             let path = catalog.path_of(decree);
             checkpoints.insert(decree, fs::metadata(&path).map_err(io_err(&path))?.len());
         }
-        let store = CheckpointStore { catalog: Arc::new(catalog), max_checkpoints, checkpoints };
+        let store = CheckpointStore { catalog: Arc::new(catalog), max_checkpoints, checkpoints, alerter: Alerter::default() };
         store.publish_listing();
         Ok(store)
+    }
+
+    /// Alerts about each checkpoint placed from now on that passes `limits`.
+    pub fn with_alerts(mut self, limits: CheckpointAlerts) -> CheckpointStore {
+        self.alerter.limits = limits;
+        self
+    }
+
+    /// Checkpoint alerts raised so far (logged or held back by the rate limit).
+    pub fn alerts_raised(&self) -> u64 {
+        self.alerter.raised
     }
 
     /// The read side, for the threads and tasks that do not own the store.
@@ -242,6 +317,7 @@ impl CheckpointStore {
         faults::check(CHECKPOINT_FSYNC, dir).and_then(|()| File::open(dir)?.sync_all()).map_err(io_err(dir))?;
         let size = if existed { fs::metadata(&path).map_err(io_err(&path))?.len() } else { size };
         self.checkpoints.insert(decree, size);
+        self.alerter.checkpoint_placed(dir, size);
         self.prune();
         debug_assert!(self.checkpoints.len() <= self.max_checkpoints);
         self.publish_listing();
@@ -463,6 +539,32 @@ mod tests {
         let store = CheckpointStore::open(dir.path(), 2).unwrap();
         assert_eq!(store.list().iter().map(|c| c.0).collect::<Vec<_>>(), [8, 12]);
         assert_eq!(temp_files(dir.path()), 0);
+    }
+
+    #[test]
+    fn checkpoint_alerts_follow_their_limits() {
+        let gb = 1u64 << 30;
+        let limits = CheckpointAlerts { max_size: gb, min_space_files: 10 };
+        assert!(limits.too_large(gb + 1) && !limits.too_large(gb));
+        assert!(!CheckpointAlerts { max_size: 0, ..limits }.too_large(u64::MAX), "0 is off");
+        assert!(limits.low_space(gb, 10 * gb - 1) && !limits.low_space(gb, 10 * gb));
+        assert!(!CheckpointAlerts { min_space_files: 9, ..limits }.low_space(gb, 9 * gb));
+        assert!(CheckpointAlerts { min_space_files: u64::MAX, ..limits }.low_space(u64::MAX, u64::MAX), "no overflow");
+        // Through the store: no disk has room for 2^31 copies of a checkpoint, any disk has
+        // room for one more; a size limit of one byte catches every checkpoint.
+        let dir = tempfile::tempdir().unwrap();
+        let saved_with = |limits| {
+            let mut store = CheckpointStore::open(dir.path(), 2).unwrap().with_alerts(limits);
+            for decree in [4, 8, 12] {
+                save(&mut store, decree);
+            }
+            store.alerts_raised()
+        };
+        assert_eq!(saved_with(CheckpointAlerts::default()), 0);
+        assert_eq!(saved_with(CheckpointAlerts { min_space_files: 1 << 31, max_size: 0 }), 3);
+        assert_eq!(saved_with(CheckpointAlerts { min_space_files: 1, max_size: 0 }), 0);
+        assert_eq!(saved_with(CheckpointAlerts { min_space_files: 0, max_size: 1 }), 3);
+        assert_eq!(saved_with(CheckpointAlerts { min_space_files: 0, max_size: 1 << 30 }), 0);
     }
 
     #[test]

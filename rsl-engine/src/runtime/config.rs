@@ -1,6 +1,7 @@
 //! The replica's configuration: RSL's `RSLConfigParam`, with its field names, defaults and
 //! validation ranges (api-behavior §4, formats.md §11.2), and what it becomes for the core.
 
+use super::checkpoints::CheckpointAlerts;
 use super::learn::LearnLimits;
 use super::tls::TlsSettings;
 use super::transport::TransportOptions;
@@ -21,27 +22,41 @@ pub struct RslConfig {
     pub initialize_retry_interval_sec: u32,
     pub prepare_retry_interval_sec: u32,
     pub vote_retry_interval_sec: u32,
+    /// A primary whose vote stays unchosen this long fails (RSL's deadlock breaker, an assert
+    /// that ends the process in the original).
     pub vote_max_outstanding_interval_sec: u32,
     pub c_p_query_retry_interval_sec: u32,
     pub max_checkpoint_interval_sec: u64,
     pub join_messages_interval_sec: u32,
     pub max_log_len_mb: u32,
+    /// A Paxos packet unsent this long after it was queued is dropped; one being written
+    /// fails its connection.
     pub send_timeout_sec: u32,
     pub receive_timeout_sec: u32,
     pub max_cache_length_mb: u32,
     pub max_votes_in_log: u32,
+    /// Broadcasts skip a peer with this many packets unsent.
     pub max_outstanding_per_replica: u32,
     pub max_checkpoints: u32,
+    /// An Alert (`ALERT_TARGET`) for a checkpoint larger than this (0: none).
     pub max_checkpoint_size_gb: u32,
+    /// An Alert when free disk space is below this many times a checkpoint's size (0: none).
     pub min_checkpoint_space_file_count: u32,
     pub max_logs: u32,
     pub log_len_randomize: u32,
     pub election_randomize: u32,
     pub fast_read_seq_threshold: u32,
     pub in_memory_execution_queue_size_mb: u32,
+    /// Fast-read threads (0: one per CPU): reads run on them under the Shared side of the
+    /// callback lock (see [`StateMachine`](super::StateMachine)).
     pub num_reader_threads: u32,
     pub max_message_size_mb: u32,
+    /// An Alert for a Paxos packet received larger than this (0: none).
     pub max_message_alert_size_mb: u32,
+    /// A replica stands for election (and is asked `can_become_primary`) only once every
+    /// chosen decree it holds has executed; true lets it stand while decrees chosen under
+    /// earlier primaries still wait (`notify_primary_recovered` says when they have run).
+    /// Either way none may wait spilled to disk (`in_memory_execution_queue_size_mb`).
     pub allow_primary_promotion_while_catching_up: bool,
     pub working_dir: PathBuf,
     pub add_member_id_to_working_dir: bool,
@@ -198,6 +213,13 @@ impl RslConfig {
         }
         check("m_logLenRandomize", self.log_len_randomize.into(), 0, 100)?;
         check("m_electionRandomize", self.election_randomize.into(), 0, 100)?;
+        for (field, v) in [
+            ("m_maxCheckpointSizeGB", self.max_checkpoint_size_gb),
+            ("m_minCheckpointSpaceFileCount", self.min_checkpoint_space_file_count),
+            ("m_maxMessageAlertSizeMB", self.max_message_alert_size_mb),
+        ] {
+            check(field, v.into(), 0, INT_MAX)?;
+        }
         check("m_numReaderThreads", self.num_reader_threads.into(), 0, 100)?;
         check("m_inMemoryExecutionQueueSizeMB", self.in_memory_execution_queue_size_mb.into(), 0, INT_MAX)?;
         // RSL allows up to INT_MAX, but 4096 and more overflow its 32-bit byte count.
@@ -227,6 +249,14 @@ impl RslConfig {
             idle_timeout: secs(self.idle_connection_timeout_sec.max(self.heart_beat_interval_sec.saturating_mul(4))),
             frame_timeout: secs(self.slow_sender_timeout_sec),
             max_buffered: ((self.max_inbound_buffer_mb as usize) << 20).max(self.max_message_bytes()),
+            alert_packet: match self.max_message_alert_size_mb {
+                0 => 0,
+                mb => ((mb as usize) << 20) + 1024,
+            },
+            // A pipelined primary broadcasts up to a window of votes at once: each of them
+            // must get a place behind the peer's packets still unsent.
+            max_outstanding: (self.max_outstanding_per_replica as usize).max(2 * self.pipeline_window as usize),
+            send_timeout: secs(self.send_timeout_sec),
             ..TransportOptions::default()
         }
     }
@@ -236,6 +266,14 @@ impl RslConfig {
         LearnLimits {
             max_connections: self.max_connections_per_port as usize,
             timeout: Duration::from_secs(self.slow_sender_timeout_sec.into()),
+        }
+    }
+
+    /// The checkpoint alerts' thresholds (`m_maxCheckpointSizeGB`, `m_minCheckpointSpaceFileCount`).
+    pub fn checkpoint_alerts(&self) -> CheckpointAlerts {
+        CheckpointAlerts {
+            max_size: u64::from(self.max_checkpoint_size_gb) << 30,
+            min_space_files: self.min_checkpoint_space_file_count.into(),
         }
     }
 
@@ -271,6 +309,7 @@ impl RslConfig {
             join_interval: us(self.join_messages_interval_sec),
             window: if version.is_pipelined() { self.pipeline_window as usize } else { 1 },
             max_checkpoint_interval: self.max_checkpoint_interval_sec.saturating_mul(SEC),
+            allow_promotion_while_catching_up: self.allow_primary_promotion_while_catching_up,
         }
     }
 }
@@ -338,14 +377,62 @@ mod tests {
         let table = doc.split("## 6. `RSLConfigParam`, field by field").nth(1).expect("the field table in docs/migrating.md");
         let table = table.split("\n## ").next().unwrap_or_default();
         let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("| ")).collect();
-        let statuses = ["Honoured", "Differently", "Not applicable", "Not yet", "Ours"];
+        let statuses = ["Honoured", "Differently", "Not applicable", "Ours"];
         for field in fields {
             let name = format!(" / `{field}` |");
             let row = rows.iter().find(|r| r.contains(&name)).unwrap_or_else(|| panic!("no row for `{field}` in docs/migrating.md §6"));
             let status = row.split('|').nth(2).unwrap_or("").trim();
             assert!(statuses.contains(&status), "`{field}`: status {status:?} is none of {statuses:?}");
+            let tests = named_tests(row);
+            if status == "Not applicable" {
+                assert!(tests.is_empty(), "`{field}` is not applicable: its row names no test");
+            } else {
+                assert!(!tests.is_empty(), "`{field}`: its row names no test showing its effect (\"Test: `...`\")");
+            }
+            for test in tests {
+                assert!(test_exists(test), "`{field}`: the test `{test}` its row names is not in the workspace");
+            }
         }
         assert_eq!(rows.len(), fields.len() + 1, "one row per field, and the header");
+    }
+
+    /// The tests a row of the field table names: the backquoted items after "Test:" or
+    /// "Tests:" in its last column.
+    fn named_tests(row: &str) -> Vec<&str> {
+        let last = row.trim_end().trim_end_matches('|').rsplit('|').next().unwrap_or("");
+        let Some(at) = last.find("Test: ").or_else(|| last.find("Tests: ")) else { return Vec::new() };
+        last[at..].split('`').skip(1).step_by(2).collect()
+    }
+
+    /// Whether `test` exists: a file (`compat-tests/cpp/x.cpp`), a function in a file
+    /// (`tests/readers.rs::f`, relative to rsl-engine or the workspace), or a function under a
+    /// module path of rsl-engine (`runtime::transport::tests::f`: some `fn f(` in its sources).
+    fn test_exists(test: &str) -> bool {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let (path, name) = match test.rsplit_once("::") {
+            Some((path, name)) => (path, Some(name)),
+            None => (test, None),
+        };
+        let defines = |text: &str| name.is_some_and(|n| text.contains(&format!("fn {n}(")));
+        if path.ends_with(".rs") || path.ends_with(".cpp") {
+            let file = [root.join(path), root.join("..").join(path)].into_iter().find(|f| f.is_file());
+            return file.is_some_and(|f| name.is_none() || defines(&std::fs::read_to_string(f).unwrap_or_default()));
+        }
+        name.is_some() && sources(&root.join("src")).iter().any(|f| defines(&std::fs::read_to_string(f).unwrap_or_default()))
+    }
+
+    /// Every `.rs` file under `dir`.
+    fn sources(dir: &std::path::Path) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                files.extend(sources(&path));
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+        files
     }
 
     #[test]
@@ -369,6 +456,76 @@ mod tests {
         assert_eq!((core.election_delay, core.window), (10 * SEC, 1));
         let bad = RslConfig { max_connections_per_port: 0, ..base.clone() };
         assert_eq!(bad.validate().unwrap_err().field, "max_connections_per_port");
+    }
+
+    #[test]
+    fn the_alert_and_send_fields_reach_the_transport_and_the_checkpoint_store() {
+        let cfg = RslConfig::default();
+        let t = cfg.transport_options();
+        assert_eq!((t.alert_packet, t.max_outstanding, t.send_timeout), (0, 10, Duration::from_secs(5)));
+        assert_eq!(cfg.checkpoint_alerts(), CheckpointAlerts::default(), "every alert off by default");
+        let cfg = RslConfig {
+            max_message_alert_size_mb: 2,
+            max_outstanding_per_replica: 3,
+            send_timeout_sec: 7,
+            max_checkpoint_size_gb: 5,
+            min_checkpoint_space_file_count: 4,
+            ..RslConfig::default()
+        };
+        let t = cfg.transport_options();
+        assert_eq!((t.alert_packet, t.max_outstanding, t.send_timeout), ((2 << 20) + 1024, 3, Duration::from_secs(7)));
+        assert_eq!(cfg.checkpoint_alerts(), CheckpointAlerts { max_size: 5 << 30, min_space_files: 4 });
+        // A pipelined window of votes is never skipped for the window itself.
+        assert_eq!(RslConfig { pipeline_window: 64, ..cfg }.transport_options().max_outstanding, 128);
+        let base = RslConfig { working_dir: "/tmp/x".into(), ..RslConfig::default() };
+        let bad = RslConfig { max_message_alert_size_mb: u32::MAX, ..base };
+        assert_eq!(bad.validate().unwrap_err().field, "m_maxMessageAlertSizeMB");
+    }
+
+    /// The fields whose effect is tested on the component that carries it out (the core, the
+    /// Paxos port, the learn server) reach it, each with a value other than its default.
+    #[test]
+    fn changed_fields_reach_the_core_and_the_ports() {
+        let cfg = RslConfig {
+            heart_beat_interval_sec: 3,
+            new_leader_grace_period_sec: 20,
+            election_randomize: 30,
+            max_election_randomize_sec: 4,
+            initialize_retry_interval_sec: 6,
+            prepare_retry_interval_sec: 2,
+            vote_retry_interval_sec: 5,
+            c_p_query_retry_interval_sec: 7,
+            join_messages_interval_sec: 8,
+            max_cache_length_mb: 9,
+            use_global_accept_messages_flag: true,
+            pipeline_window: 5,
+            ..RslConfig::default()
+        };
+        let core = cfg.core_config(Version::V7);
+        assert_eq!(
+            (core.heartbeat_interval, core.new_leader_grace_period, core.election_randomize_pct, core.max_election_randomize),
+            (3 * SEC, 20 * SEC, 30, 4 * SEC)
+        );
+        assert_eq!(
+            (core.initialize_retry_interval, core.checkpoint_query_interval, core.join_interval, core.max_cache_bytes),
+            (6 * SEC, 7 * SEC, 8 * SEC, 9 << 20)
+        );
+        assert_eq!((core.prepare_retry_interval, core.vote_retry_interval), (2 * SEC, 5 * SEC));
+        assert!(core.use_global_accept_flag);
+        assert_eq!((core.window, cfg.core_config(Version::V6).window), (5, 1), "a window only under version 7");
+        let cfg = RslConfig {
+            max_message_size_mb: 2,
+            max_connections_per_port: 7,
+            idle_connection_timeout_sec: 90,
+            slow_sender_timeout_sec: 11,
+            max_inbound_buffer_mb: 300,
+            ..RslConfig::default()
+        };
+        let t = cfg.transport_options();
+        assert_eq!((t.max_packet, t.max_inbound, t.max_buffered), ((2 << 20) + 1024, 7, 300 << 20));
+        assert_eq!((t.idle_timeout, t.frame_timeout), (Duration::from_secs(90), Duration::from_secs(11)));
+        let learn = cfg.learn_limits();
+        assert_eq!((learn.max_connections, learn.timeout), (7, Duration::from_secs(11)));
     }
 
     #[test]

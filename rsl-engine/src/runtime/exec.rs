@@ -1,13 +1,18 @@
 //! The execute thread: owns the service's state machine and delivers every callback to it in
-//! protocol order (executions, aborts, status, configuration changes, checkpoints), plus the
-//! fast reads that wait for the state to catch up; and owns the checkpoint store, so saving
-//! and placing checkpoints hold no lock the protocol thread or the network share.
+//! protocol order (executions, aborts, status, configuration changes, checkpoints) under the
+//! Exclusive side of RSL's callback lock, saves under the Shared side, and holds the fast reads
+//! that wait for the state to catch up until the reader threads can run them ([`readers`]);
+//! and owns the checkpoint store, so saving and placing checkpoints hold no lock the protocol
+//! thread or the network share.
+//!
+//! [`readers`]: super::readers
 
 use super::api::{ResponseCode, StateMachine};
 use super::checkpoints::{CheckpointStore, Saved};
 use super::event::Event;
 use super::learn;
 use super::queue::{Inbox, Queue};
+use super::readers::{Body, CallbackLock, Read, Readers};
 use super::Shared;
 use crate::format::checkpoint::{CheckpointHeader, CheckpointReader};
 use crate::format::{ConfigInfo, MemberId, Message, Version};
@@ -94,7 +99,10 @@ pub(crate) fn abort_code(reason: AbortReason) -> ResponseCode {
 
 /// The execute thread's state.
 pub(crate) struct Executor {
-    pub sm: Box<dyn StateMachine>,
+    /// The state machine, behind the callback lock the reader threads share.
+    pub sm: CallbackLock,
+    /// The reader threads and the reads ready for them.
+    readers: Readers,
     pub shared: Arc<Shared>,
     /// The checkpoint store's owner is this thread: it saves, and places what peers sent.
     pub store: CheckpointStore,
@@ -120,7 +128,16 @@ impl Executor {
         version: Version,
         events: Queue<Event>,
     ) -> Executor {
-        Executor { sm, shared, store, me, version, events, waiting: Vec::new(), deferred_save: None, save_after: None }
+        let readers = Readers::idle(super::queue::CAPACITY);
+        let sm = CallbackLock::new(sm);
+        Executor { sm, readers, shared, store, me, version, events, waiting: Vec::new(), deferred_save: None, save_after: None }
+    }
+
+    /// Starts `count` reader threads (see [`Readers::start`]); returns the queue of reads ready
+    /// to run, where the API puts those already satisfied.
+    pub fn start_readers(&mut self, count: u32, spawn: impl FnMut(Body) -> std::thread::JoinHandle<()>) -> Arc<super::readers::Ready> {
+        self.readers.start(count, &self.sm, &self.shared, spawn);
+        self.readers.ready.clone()
     }
 
     /// Runs until `Stop` or until the protocol thread goes away.
@@ -154,30 +171,42 @@ impl Executor {
                     let _ = self.events.send(Event::Refill);
                 }
             }
-            Work::Abort { cookie, code } => self.sm.abort_request(code, cookie),
-            Work::AbortConfig { cookie, code } => self.sm.abort_change_configuration(code, cookie),
-            Work::Status(primary) => self.sm.notify_status(primary),
-            Work::PrimaryRecovered => self.sm.notify_primary_recovered(),
+            Work::Abort { cookie, code } => self.sm.exclusive().abort_request(code, cookie),
+            Work::AbortConfig { cookie, code } => self.sm.exclusive().abort_change_configuration(code, cookie),
+            Work::Status(primary) => self.sm.exclusive().notify_status(primary),
+            Work::PrimaryRecovered => self.sm.exclusive().notify_primary_recovered(),
             Work::ConfigChanged { config, cookie } => {
                 // What GetConfiguration returns changes with the execution, as in RSL.
+                let mut sm = self.sm.exclusive();
                 self.shared.view().config = config;
-                self.sm.notify_configuration_changed(cookie)
+                sm.notify_configuration_changed(cookie)
             }
             Work::Save(cp) => self.save(cp),
             Work::Install { temp, decree, size, placed } => {
                 let _ = placed.send(self.store.publish(&temp, decree, size).map_err(|e| e.to_string()));
             }
             Work::Load { checkpoint, path } => self.load(checkpoint, path),
-            Work::Copied { seq, path, cookie } => self.sm.state_copied(seq, path.as_deref(), cookie),
+            Work::Copied { seq, path, cookie } => self.sm.exclusive().state_copied(seq, path.as_deref(), cookie),
+            // Bounded like the queues, counting the reads already handed to stuck readers:
+            // past it a read comes back as one that timed out.
+            Work::FastRead { cookie, .. } if self.waiting.len() + self.readers.ready.len() >= super::queue::CAPACITY => {
+                self.sm.exclusive().abort_request(ResponseCode::FastReadStale, cookie)
+            }
             Work::FastRead { max_seen, request, cookie, deadline } => self.waiting.push((max_seen, request, cookie, deadline)),
             Work::Stop => {}
             #[cfg(test)]
-            Work::Pause(until) => drop(until.recv()),
+            Work::Pause(until) => {
+                // Stands for a long callback: the reads wait too.
+                let _sm = self.sm.exclusive();
+                let _ = until.recv();
+            }
         }
     }
 
     /// Runs one chosen decree: the sequence number moves first, then the requests run in a
-    /// Before/After bracket (api-behavior §2.6).
+    /// Before/After bracket (api-behavior §2.6). The number moves under the Exclusive lock, as
+    /// the original's does: a fast read that finds it at the decree (and so does not wait)
+    /// takes the Shared side only once the decree's requests have run.
     fn execute(&mut self, vote: &Arc<Message>, cookies: &[Cookie]) {
         let decree = vote.header.decree;
         if self.save_after.is_some_and(|d| d + 1 == decree) {
@@ -185,18 +214,21 @@ impl Executor {
         }
         let previous = self.shared.current_seq.load(Relaxed);
         assert!(decree > previous || (decree == 0 && previous == 0), "decree {decree} executes after {previous}");
-        self.shared.current_seq.store(decree, Release);
         let body = vote.as_vote().expect("only votes execute");
         debug_assert!(cookies.is_empty() || cookies.len() == body.requests.len(), "one cookie per request");
         if body.requests.is_empty() || body.reconfig.is_some() {
+            self.shared.current_seq.store(decree, Release);
             return;
         }
         let mut save = false;
-        self.sm.before_execute_replicated_requests();
+        let mut sm = self.sm.exclusive();
+        self.shared.current_seq.store(decree, Release);
+        sm.before_execute_replicated_requests();
         for (i, request) in body.requests.iter().enumerate() {
-            self.sm.execute_replicated_request(request, cookies.get(i).copied(), &mut save);
+            sm.execute_replicated_request(request, cookies.get(i).copied(), &mut save);
         }
-        self.sm.after_execute_replicated_requests();
+        sm.after_execute_replicated_requests();
+        drop(sm);
         self.shared.stats.requests_executed.fetch_add(body.requests.len() as u64, Relaxed);
         if save {
             self.save_after = Some(decree);
@@ -222,14 +254,16 @@ impl Executor {
         self.abort_unsatisfiable_reads();
         let header = super::checkpoints::header_for(&cp, self.me, self.version);
         let decree = cp.decree;
-        // No lock is held while the application writes: the others read the store's catalog,
-        // which changes only when the file is in place.
-        let sm = &mut self.sm;
+        // The application writes under the Shared side of the callback lock, so fast reads go
+        // on; no other lock is held: the others read the store's catalog, which changes only
+        // when the file is in place.
+        let sm = self.sm.shared();
         let result = self.store.save(header, |w| Ok(!cp.state_saved || sm.try_save_state(w)));
+        drop(sm);
         self.shared.saving.store(false, Relaxed);
         match result {
             Ok(Some(saved)) => {
-                self.sm.state_saved(decree, &saved.path);
+                self.sm.exclusive().state_saved(decree, &saved.path);
                 self.shared.stats.checkpoints_saved.fetch_add(1, Relaxed);
                 let _ = self.events.send(Event::CheckpointDone { decree, size: saved.size, copied: false });
             }
@@ -247,12 +281,16 @@ impl Executor {
     /// Replaces the state with an installed checkpoint. As at start-up, the sequence number and
     /// configuration are the checkpoint's while `load_state` runs.
     fn load(&mut self, cp: Checkpoint, path: PathBuf) {
+        let reader = CheckpointReader::open(&path);
+        // Under the Exclusive lock, as for a decree: no fast read sees the checkpoint's number
+        // before `load_state` has replaced the state.
+        let mut sm = self.sm.exclusive();
         self.shared.current_seq.store(cp.decree, Release);
         self.shared.passed_seq.fetch_max(cp.decree, Relaxed);
         self.shared.view().config = cp.config.clone();
-        let loaded = match CheckpointReader::open(&path) {
-            Ok(mut reader) if cp.state_saved => self.sm.load_state(Some(&mut reader)),
-            Ok(_) => self.sm.load_state(None),
+        let loaded = match reader {
+            Ok(mut reader) if cp.state_saved => sm.load_state(Some(&mut reader)),
+            Ok(_) => sm.load_state(None),
             Err(e) => {
                 tracing::error!(path = %path.display(), error = %e, "fetched checkpoint unreadable");
                 false
@@ -262,10 +300,12 @@ impl Executor {
             let _ = self.events.send(Event::Fatal(format!("the state machine could not load checkpoint {}", path.display())));
             return;
         }
-        self.sm.state_copied(cp.decree, Some(&path), None);
+        self.shared.exec_queue.loaded(cp.decree);
+        sm.state_copied(cp.decree, Some(&path), None);
     }
 
-    /// Runs every waiting fast read the state now satisfies, and aborts the expired ones.
+    /// Hands the reader threads every waiting fast read the state now satisfies, and aborts
+    /// the expired ones.
     fn run_fast_reads(&mut self) {
         if self.waiting.is_empty() {
             return;
@@ -276,11 +316,10 @@ impl Executor {
             let (max_seen, _, _, deadline) = &self.waiting[i];
             if *max_seen <= seq {
                 let (_, request, cookie, _) = self.waiting.swap_remove(i);
-                self.sm.execute_fast_read_request(&request, cookie);
-                self.shared.stats.fast_reads.fetch_add(1, Relaxed);
+                self.readers.ready.push(Read { request, cookie });
             } else if *deadline <= now {
                 let (_, _, cookie, _) = self.waiting.swap_remove(i);
-                self.sm.abort_request(ResponseCode::FastReadStale, cookie);
+                self.sm.exclusive().abort_request(ResponseCode::FastReadStale, cookie);
             } else {
                 i += 1;
             }
@@ -290,17 +329,22 @@ impl Executor {
     /// A replica that saves a checkpoint aborts the reads it cannot serve yet (api-behavior §2.14).
     fn abort_unsatisfiable_reads(&mut self) {
         let seq = self.shared.current_seq.load(Relaxed);
-        for (_, _, cookie, _) in self.waiting.extract_if(.., |w| w.0 > seq) {
-            self.sm.abort_request(ResponseCode::FastReadStale, cookie);
+        let stale: Vec<Cookie> = self.waiting.extract_if(.., |w| w.0 > seq).map(|w| w.2).collect();
+        if !stale.is_empty() {
+            let mut sm = self.sm.exclusive();
+            stale.into_iter().for_each(|cookie| sm.abort_request(ResponseCode::FastReadStale, cookie));
         }
     }
 
+    /// The reader threads end first, so that no callback follows `shut_down`; the reads they
+    /// did not run and those still waiting come back `ShuttingDown`.
     fn stop(mut self) {
-        self.run_fast_reads();
-        for (_, _, cookie, _) in std::mem::take(&mut self.waiting) {
-            self.sm.abort_request(ResponseCode::ShuttingDown, cookie);
+        let unrun = self.readers.stop();
+        let mut sm = self.sm.exclusive();
+        for cookie in unrun.into_iter().map(|r| r.cookie).chain(self.waiting.drain(..).map(|w| w.2)) {
+            sm.abort_request(ResponseCode::ShuttingDown, cookie);
         }
-        self.sm.shut_down(ResponseCode::ShuttingDown);
+        sm.shut_down(ResponseCode::ShuttingDown);
     }
 }
 
@@ -360,9 +404,9 @@ mod tests {
             true
         }
         fn execute_replicated_request(&mut self, _: &[u8], _: Option<Cookie>, _: &mut bool) {}
-        fn execute_fast_read_request(&mut self, _: &[u8], _: Cookie) {}
+        fn execute_fast_read_request(&self, _: &[u8], _: Cookie) {}
         fn abort_request(&mut self, _: ResponseCode, _: Cookie) {}
-        fn save_state(&mut self, _: &mut crate::format::CheckpointWriter) {}
+        fn save_state(&self, _: &mut crate::format::CheckpointWriter) {}
         fn notify_status(&mut self, _: bool) {}
         fn notify_configuration_changed(&mut self, _: Option<Cookie>) {}
         fn abort_change_configuration(&mut self, _: ResponseCode, _: Cookie) {}
@@ -389,10 +433,74 @@ mod tests {
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (events, _inbox) = super::super::queue::bounded(4);
         let mut exec = Executor::new(Box::new(Probe { view: None, seen: seen.clone() }), shared.clone(), store, me, Version::V6, events);
-        exec.sm.attach(super::super::ReplicaView::new(shared.clone()));
+        exec.sm.exclusive().attach(super::super::ReplicaView::new(shared.clone()));
         exec.handle(Work::Load { checkpoint: cp, path: saved.path });
         assert_eq!(*seen.lock().unwrap(), [(41, 3, 41)]);
         assert_eq!((shared.current_seq.load(Relaxed), shared.view().config.number), (41, 3));
+    }
+
+    /// Records the aborts; nothing else.
+    struct Aborts(Arc<std::sync::Mutex<Vec<(ResponseCode, Cookie)>>>);
+
+    impl StateMachine for Aborts {
+        fn load_state(&mut self, _: Option<&mut CheckpointReader>) -> bool {
+            true
+        }
+        fn execute_replicated_request(&mut self, _: &[u8], _: Option<Cookie>, _: &mut bool) {}
+        fn execute_fast_read_request(&self, _: &[u8], _: Cookie) {}
+        fn abort_request(&mut self, code: ResponseCode, cookie: Cookie) {
+            self.0.lock().unwrap().push((code, cookie));
+        }
+        fn save_state(&self, _: &mut crate::format::CheckpointWriter) {}
+        fn notify_status(&mut self, _: bool) {}
+        fn notify_configuration_changed(&mut self, _: Option<Cookie>) {}
+        fn abort_change_configuration(&mut self, _: ResponseCode, _: Cookie) {}
+        fn shut_down(&mut self, _: ResponseCode) {}
+    }
+
+    /// Reads waiting for a decree are bounded like the queues: past the bound one comes back
+    /// `FastReadStale` at once, and at the stop every waiting one comes back `ShuttingDown`.
+    #[test]
+    fn waiting_reads_are_bounded_and_all_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path(), 2).unwrap();
+        let aborts = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (events, _inbox) = super::super::queue::bounded(4);
+        let sm = Box::new(Aborts(aborts.clone()));
+        let mut exec = Executor::new(sm, Arc::new(Shared::new()), store, MemberId::from_numeric(1), Version::V6, events);
+        let deadline = Instant::now() + Duration::from_secs(3600);
+        let bound = super::super::queue::CAPACITY as u64;
+        for cookie in 0..=bound {
+            exec.handle(Work::FastRead { max_seen: 10, request: Bytes::from_static(b"r"), cookie, deadline });
+        }
+        assert_eq!(*aborts.lock().unwrap(), [(ResponseCode::FastReadStale, bound)]);
+        exec.stop();
+        let aborts = aborts.lock().unwrap();
+        assert_eq!(aborts.len() as u64, bound + 1);
+        assert!(aborts[1..].iter().all(|a| a.0 == ResponseCode::ShuttingDown));
+    }
+
+    /// Reads handed to readers that take nothing (all stuck in long reads) count against the
+    /// bound too: reads satisfied by each decree executed cannot make room for more.
+    #[test]
+    fn reads_ready_for_stuck_readers_count_against_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path(), 2).unwrap();
+        let aborts = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (events, _inbox) = super::super::queue::bounded(4);
+        let sm = Box::new(Aborts(aborts.clone()));
+        let mut exec = Executor::new(sm, Arc::new(Shared::new()), store, MemberId::from_numeric(1), Version::V6, events);
+        let deadline = Instant::now() + Duration::from_secs(3600);
+        let bound = super::super::queue::CAPACITY as u64;
+        let read = |max_seen, cookie| Work::FastRead { max_seen, request: Bytes::from_static(b"r"), cookie, deadline };
+        (0..bound).for_each(|cookie| exec.handle(read(10, cookie)));
+        exec.shared.current_seq.store(10, Release);
+        exec.run_fast_reads();
+        assert_eq!(exec.readers.ready.len() as u64, bound, "all satisfied, none taken");
+        exec.handle(read(11, bound));
+        assert_eq!(*aborts.lock().unwrap(), [(ResponseCode::FastReadStale, bound)]);
+        exec.stop();
+        assert_eq!(aborts.lock().unwrap().len() as u64, bound + 1, "every read comes back once");
     }
 
     /// A download that fails (the peer hangs up at once) leaves nothing in `Temp/`: a replica

@@ -66,6 +66,12 @@ pub(crate) struct VoteTimer {
 const MAX_TIMED: usize = 256;
 
 impl VoteTimer {
+    /// When the oldest vote of `ballot` still unchosen was proposed.
+    pub fn oldest(&self, ballot: Ballot) -> Option<Micros> {
+        let proposed = self.proposed.lock().unwrap_or_else(|e| e.into_inner());
+        proposed.iter().filter(|&&(_, b, _)| b == ballot).map(|&(_, _, at)| at).min()
+    }
+
     /// Sees each action the protocol thread carries out (`Host::observe`).
     pub fn observe(&self, core: &Replica, action: &Action, now: Micros, voting: &Timing) {
         let mut proposed = self.proposed.lock().unwrap_or_else(|e| e.into_inner());

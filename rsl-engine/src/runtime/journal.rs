@@ -858,6 +858,21 @@ mod tests {
         log::read_log_file(path).unwrap().records.len()
     }
 
+    /// `m_syncWrites`: off, appends are reported durable without any `fdatasync`.
+    #[test]
+    fn appends_are_synced_only_with_sync_writes() {
+        for sync in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let (tx, durable) = channel();
+            let opts = JournalOptions { sync, ..options(dir.path()) };
+            let (mut journal, _) = Journal::open(opts, None, move |seq| tx.send(seq).unwrap(), |e| panic!("{e}")).unwrap();
+            journal.append(1, &vote(1, 2)).unwrap();
+            assert_eq!(durable.recv().unwrap(), 1);
+            assert_eq!(journal.syncs() > 0, sync, "sync_writes = {sync}");
+            journal.close().unwrap();
+        }
+    }
+
     #[test]
     fn group_commit_batches_appends_made_during_a_sync() {
         let dir = tempfile::tempdir().unwrap();

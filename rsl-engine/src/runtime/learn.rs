@@ -1046,4 +1046,23 @@ mod tests {
             .unwrap();
         assert!(std::fs::read(&dest).unwrap() == std::fs::read(&cp).unwrap());
     }
+
+    /// `m_receiveTimeoutSec` is the client's limit: a source that takes the request and never
+    /// answers fails the fetch once the limit passes, not before.
+    #[tokio::test]
+    async fn a_fetch_from_a_silent_source_times_out_at_the_receive_timeout() {
+        let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        let _held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            loop {
+                conns.push(silent.accept().await.unwrap().0);
+            }
+        });
+        let request = fetch_votes_request(1);
+        let fetch = |limit| fetch_votes(Peer::plain(addr), &request, 1 << 20, limit);
+        let failed = timeout(WAIT, fetch(Duration::from_millis(200))).await.expect("the 200 ms limit ended the fetch");
+        assert!(matches!(failed, Err(LearnError::Timeout { .. })), "{failed:?}");
+        assert!(timeout(Duration::from_millis(600), fetch(Duration::from_secs(30))).await.is_err(), "a 30 s limit still waits");
+    }
 }

@@ -2,7 +2,8 @@
 //! API a service is written against ([`RslReplica`], [`StateMachine`]).
 //!
 //! Per replica: a protocol thread ([`ring`]) owns the core and the journal; an execute thread
-//! ([`exec`]) owns the state machine; the journal's writer thread does group commit; a small
+//! ([`exec`]) owns the state machine, which `num_reader_threads` reader threads ([`readers`])
+//! share for fast reads; the journal's writer thread does group commit; a small
 //! tokio runtime runs the Paxos-port transport and the learn port. Nothing is global, so a
 //! process can run many rings.
 
@@ -15,6 +16,7 @@ pub mod health;
 pub mod journal;
 pub mod learn;
 mod queue;
+mod readers;
 mod replica;
 mod restore;
 mod ring;

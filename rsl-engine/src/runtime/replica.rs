@@ -9,6 +9,7 @@ use super::exec::{fetch_checkpoint, Executor, Work};
 use super::journal::{read_defunct, Journal, JournalOptions};
 use super::learn::{self, LearnServer, LearnSource};
 use super::queue::{self, Queue, Refused};
+use super::readers::{Read, Ready};
 use super::ring::{learn_addr, Io, Limits, Ring};
 use super::tls::Tls;
 use super::transport::{Origin, Transport};
@@ -47,6 +48,8 @@ pub struct RslReplica {
     shared: Arc<Shared>,
     events: Queue<Event>,
     work: Queue<Work>,
+    /// Fast reads whose decree has executed, for the reader threads.
+    ready: Arc<Ready>,
     me: Node,
     version: Version,
     fast_read_threshold: u64,
@@ -128,7 +131,8 @@ impl RslReplica {
         let dir = data_dir(&cfg, &me.id);
         std::fs::create_dir_all(&dir).map_err(|e| InitError::Storage(format!("{}: {e}", dir.display())))?;
         let storage = |e: &dyn std::fmt::Display| InitError::Storage(e.to_string());
-        let store = CheckpointStore::open(&dir, cfg.max_checkpoints as usize).map_err(|e| storage(&e))?;
+        let store =
+            CheckpointStore::open(&dir, cfg.max_checkpoints as usize).map_err(|e| storage(&e))?.with_alerts(cfg.checkpoint_alerts());
         let initial =
             members.as_ref().map_or_else(ConfigInfo::default, |set| ConfigInfo { number: 1, initial_decree: 0, members: set.clone() });
         let mut core = Replica::new(cfg.core_config(version), me.id, initial, seed(&me.id) ^ 0x5eed);
@@ -213,6 +217,7 @@ impl RslReplica {
             receive_timeout: Duration::from_secs(cfg.receive_timeout_sec.into()),
             max_learn_bytes: 64 << 20,
             execution_queue_bytes: cfg.execution_queue_bytes(),
+            vote_max_outstanding: u64::from(cfg.vote_max_outstanding_interval_sec) * crate::paxos::SEC,
         };
         let io = Io::new(
             journal,
@@ -230,12 +235,14 @@ impl RslReplica {
         );
         let ring = Ring::new(core, admission, io);
         let siblings = Siblings { shared: shared.clone(), events: events_tx.clone(), work: work_tx.clone(), transport: transport.clone() };
+        let ready = exec.start_readers(cfg.num_reader_threads, |body| spawn("rsl-read", siblings.clone(), body));
         let threads =
             vec![spawn("rsl-exec", siblings.clone(), move || exec.run(work_rx)), spawn("rsl-paxos", siblings, move || ring.run(events_rx))];
         Ok(RslReplica {
             shared,
             events: events_tx,
             work: work_tx,
+            ready,
             me,
             version,
             fast_read_threshold: cfg.fast_read_seq_threshold.into(),
@@ -267,6 +274,8 @@ impl RslReplica {
         &self.dir
     }
 
+    /// The configured protocol version. The protocol itself may since speak a newer one
+    /// (a vote of a newer version executed: docs/core.md, "Protocol versions").
     pub fn protocol_version(&self) -> Version {
         self.version
     }
@@ -331,6 +340,10 @@ impl RslReplica {
         if lag > 0 && (lag > self.fast_read_threshold || timeout.is_zero() || self.shared.saving.load(Relaxed)) {
             return ResponseCode::FastReadStale;
         }
+        if lag == 0 {
+            return self.answer(self.ready.offer(Read { request, cookie }), ResponseCode::FastReadStale);
+        }
+        // The execute thread keeps it until its decree executes (or its deadline passes).
         let deadline = Instant::now() + timeout;
         self.offer(&self.work, Work::FastRead { max_seen: max_seen_seq_no, request, cookie, deadline }, ResponseCode::FastReadStale)
     }
@@ -341,7 +354,12 @@ impl RslReplica {
     /// that tells the caller to retry later: `NotPrimary` for a replicated request (as while a
     /// primary is being elected), `FastReadStale` for a read (as while a checkpoint is saved).
     fn offer<T>(&self, queue: &Queue<T>, item: T, full: ResponseCode) -> ResponseCode {
-        match queue.offer(item) {
+        self.answer(queue.offer(item), full)
+    }
+
+    /// What the caller is told of an offer (see [`RslReplica::offer`]).
+    fn answer(&self, offered: Result<(), Refused>, full: ResponseCode) -> ResponseCode {
+        match offered {
             Ok(()) => ResponseCode::Success,
             Err(Refused::Full) => {
                 self.shared.stats.requests_refused.fetch_add(1, Relaxed);
@@ -712,13 +730,14 @@ mod tests {
             assert!(request != b"boom", "the state machine panics on boom");
             self.0.lock().unwrap().push("exec");
         }
-        fn execute_fast_read_request(&mut self, _: &[u8], _: Cookie) {
+        fn execute_fast_read_request(&self, request: &[u8], _: Cookie) {
+            assert!(request != b"boom", "the read panics on boom");
             self.0.lock().unwrap().push("read");
         }
         fn abort_request(&mut self, _: ResponseCode, _: Cookie) {
             self.0.lock().unwrap().push("abort");
         }
-        fn save_state(&mut self, _: &mut CheckpointWriter) {}
+        fn save_state(&self, _: &mut CheckpointWriter) {}
         fn notify_status(&mut self, _: bool) {}
         fn notify_configuration_changed(&mut self, _: Option<Cookie>) {}
         fn abort_change_configuration(&mut self, _: ResponseCode, _: Cookie) {}
@@ -776,6 +795,24 @@ mod tests {
         let sm = Box::new(Machine(calls.clone()));
         let replica = RslReplica::initialize(config(dir.path()), me, Version::V6, sm, admission, Some(members)).unwrap();
         One { replica: Some(replica), calls, _dir: dir }
+    }
+
+    /// `m_workingDir` and `m_addMemberIdToWorkingDir`: a replica's logs go in the working
+    /// directory, or in a directory named by its member id under it.
+    #[test]
+    fn the_logs_go_in_the_working_dir_or_under_the_member_id() {
+        for add_member_id in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let me = node("7", Ipv4Addr::LOCALHOST, free_ports(1)[0]).unwrap();
+            let members = MemberSet { nodes: vec![me.clone()], cookie: Bytes::new() };
+            let cfg = RslConfig { add_member_id_to_working_dir: add_member_id, ..config(dir.path()) };
+            let sm = Box::new(Machine(Arc::default()));
+            let replica = RslReplica::initialize(cfg, me, Version::V6, sm, Arc::new(AdmitAll), Some(members)).unwrap();
+            replica.unload();
+            let logs =
+                |d: &Path| std::fs::read_dir(d).into_iter().flatten().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".log"));
+            assert_eq!((logs(dir.path()), logs(&dir.path().join("7"))), (!add_member_id, add_member_id));
+        }
     }
 
     fn wait_for(what: &str, done: impl FnMut() -> bool) {
@@ -880,6 +917,18 @@ mod tests {
         assert_eq!(one.shut_downs(), 0, "the state machine died with its thread");
     }
 
+    /// A reader thread is a replica thread like the others: its panic fails the replica, and
+    /// the execute thread, alive, still raises `shut_down` once the readers are joined.
+    #[test]
+    fn a_panicking_reader_thread_fails_the_replica() {
+        let mut one = start_one(Arc::new(AdmitAll));
+        one.wait_primary();
+        assert_eq!(one.r().fast_read_request(0, Bytes::from_static(b"boom"), 1, Duration::ZERO), ResponseCode::Success);
+        let reason = one.assert_failed();
+        assert_eq!(reason, "the rsl-read thread panicked: the read panics on boom");
+        assert_eq!(one.shut_downs(), 1, "shut_down is raised once");
+    }
+
     #[test]
     fn a_journal_write_error_fails_the_replica() {
         let mut one = start_one(Arc::new(AdmitAll));
@@ -929,10 +978,11 @@ mod tests {
         assert!(r.failure().is_none());
     }
 
-    /// While the execute thread is stuck, fast reads past its queue's bound are answered
-    /// `FastReadStale` at once; once it goes on, the reads taken run and new ones are taken.
+    /// While an Exclusive callback runs (the execute thread holds the callback lock), fast
+    /// reads past the readers' queue bound are answered `FastReadStale` at once; once it ends,
+    /// the reads taken run and new ones are taken.
     #[test]
-    fn a_full_work_queue_refuses_fast_reads_then_recovers() {
+    fn a_full_read_queue_refuses_fast_reads_then_recovers() {
         let one = start_one(Arc::new(AdmitAll));
         one.wait_primary();
         let r = one.r();
@@ -940,12 +990,12 @@ mod tests {
         let (resume, until) = mpsc::channel();
         r.work.send(Work::Pause(until)).unwrap();
         let read = |cookie| r.fast_read_request(0, Bytes::from_static(b"read"), cookie, Duration::ZERO);
-        let taken = (0..=queue::CAPACITY as u64).take_while(|&i| read(i) == ResponseCode::Success).count();
-        assert!(taken <= queue::CAPACITY, "a read past the bound was refused");
+        // The queue's bound, plus at most the one read the reader thread took before it waits.
+        let taken = (0..2 * queue::CAPACITY as u64).take_while(|&i| read(i) == ResponseCode::Success).count();
+        assert!(taken <= queue::CAPACITY + 1, "a read past the bound was refused: {taken}");
         assert_eq!(read(1 << 40), ResponseCode::FastReadStale);
         let stats = r.statistics_snapshot();
         assert_eq!(stats.requests_refused, 2, "{stats:?}");
-        assert!(stats.work_queue_depth >= queue::CAPACITY as u64, "{stats:?}");
         drop(resume);
         wait_for("queued reads run", || reads() == taken);
         assert_eq!(read(2 << 40), ResponseCode::Success);

@@ -47,6 +47,8 @@ pub(crate) struct Limits {
     pub max_learn_bytes: usize,
     /// The execute thread's in-memory bound (`m_inMemoryExecutionQueueSizeMB`).
     pub execution_queue_bytes: u64,
+    /// A primary's vote unchosen this long fails the replica (`m_voteMaxOutstandingIntervalSec`).
+    pub vote_max_outstanding: Micros,
 }
 
 /// The protocol thread's state: the driver, and the host it drives against.
@@ -158,6 +160,7 @@ impl Ring {
                 self.driver.step(Input::Tick, &mut self.io);
             }
             self.io.refill(self.driver.durable_seq());
+            self.check_outstanding_vote();
             self.publish();
         }
         self.shutdown();
@@ -200,6 +203,24 @@ impl Ring {
             Event::Refill => {}
             Event::Stop => unreachable!("handled by the loop"),
             Event::Pause(until) => drop(until.recv()),
+        }
+    }
+
+    /// RSL's deadlock breaker: a primary whose vote stays unchosen for `vote_max_outstanding`
+    /// fails (fail-stop), where the original's assert ends the process.
+    fn check_outstanding_vote(&mut self) {
+        let core = self.driver.core();
+        if !self.running() || core.role() != Role::Primary {
+            return;
+        }
+        let Some(since) = self.io.shared.vote_timer.oldest(core.max_ballot()) else { return };
+        let age = self.io.now().saturating_sub(since);
+        if age >= self.io.limits.vote_max_outstanding {
+            let secs = self.io.limits.vote_max_outstanding / crate::paxos::SEC;
+            self.io.fail(format!(
+                "a vote has been outstanding for more than {secs} s (vote_max_outstanding_interval_sec): stopping to recover from deadlock"
+            ));
+            self.io.halted = true;
         }
     }
 
@@ -308,10 +329,20 @@ impl Host for Io {
         }
     }
 
+    fn broadcast(&mut self, to: &[MemberId], msg: &Arc<Message>) {
+        let packet = frame(msg, &mut self.frame_buf);
+        self.transport.broadcast(to, &packet);
+    }
+
     fn persist(&mut self, seq: u64, record: &Arc<Message>) -> Result<Option<u64>, String> {
         let rolled = self.journal.append(seq, record).map_err(|e| e.to_string())?;
         self.shared.stats.votes_logged.fetch_add(1, Relaxed);
         Ok(rolled)
+    }
+
+    fn executed(&self) -> (u64, bool) {
+        let gauge = &self.shared.exec_queue;
+        (gauge.executed_below(), gauge.spilled() > 0)
     }
 
     fn execute(&mut self, item: Execution) {

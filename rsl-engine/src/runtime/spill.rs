@@ -82,6 +82,8 @@ pub(crate) struct ExecGauge {
     /// The protocol thread once it drains the backlog at a stop: it takes no events then, so
     /// the execute thread's wake (and its end) also unparks it.
     stopper: OnceLock<Thread>,
+    /// Every decree below it has executed (or a loaded checkpoint covers it).
+    executed_below: AtomicU64,
 }
 
 impl ExecGauge {
@@ -94,12 +96,24 @@ impl ExecGauge {
     /// bound while decrees wait in the log: then it wakes the protocol thread to hand more.
     /// (Sequentially consistent with the backlog's `arm`: one of them sees the other.)
     pub fn executed(&self, vote: &Message) -> bool {
+        self.executed_below.fetch_max(vote.header.decree + 1, SeqCst);
         self.executed.fetch_add(decree_bytes(vote), SeqCst);
         let wake = self.in_memory() <= self.limit.load(Relaxed) / 2 && self.wake.swap(false, SeqCst);
         if wake {
             self.unpark_stopper();
         }
         wake
+    }
+
+    /// The execute thread has replaced the state with a checkpoint of `decree`.
+    pub fn loaded(&self, decree: u64) {
+        self.executed_below.fetch_max(decree + 1, SeqCst);
+    }
+
+    /// Every decree below it has executed: what the core's elections wait for
+    /// (`Host::executed`).
+    pub fn executed_below(&self) -> u64 {
+        self.executed_below.load(SeqCst)
     }
 
     /// The execute thread has ended (or panicked).

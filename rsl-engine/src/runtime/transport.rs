@@ -68,6 +68,15 @@ pub struct TransportOptions {
     /// Bytes of partly received packets every reader together may hold beyond the first
     /// `READ_CHUNK` of each; a reader that would pass it is closed.
     pub max_buffered: usize,
+    /// A packet received larger than this many bytes raises an Alert (0: none); RSL's
+    /// `m_maxMessageAlertSizeMB`.
+    pub alert_packet: usize,
+    /// [`Transport::broadcast`] skips a peer with this many packets unsent
+    /// (`m_maxOutstandingPerReplica`).
+    pub max_outstanding: usize,
+    /// A packet not written within this long of being queued is dropped; if it was being
+    /// written, the connection fails with it (`m_sendTimeoutSec`).
+    pub send_timeout: Duration,
 }
 
 impl Default for TransportOptions {
@@ -81,6 +90,9 @@ impl Default for TransportOptions {
             idle_timeout: Duration::from_secs(60),
             frame_timeout: Duration::from_secs(30),
             max_buffered: 256 << 20,
+            alert_packet: 0,
+            max_outstanding: 10,
+            send_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -171,6 +183,12 @@ impl Transport {
         self.local_addr
     }
 
+    /// Packets received larger than `alert_packet` so far (each one raised an Alert, or was
+    /// held back by the Alert's rate limit).
+    pub fn oversized_packets(&self) -> u64 {
+        self.reading.oversized.load(Relaxed)
+    }
+
     /// Bytes of partly received packets the readers hold against `max_buffered` now.
     pub fn buffered_bytes(&self) -> usize {
         self.reading.budget.used()
@@ -203,6 +221,22 @@ impl Transport {
         let map = self.peers.lock().expect("peer map poisoned");
         let Some(entry) = map.get(to) else { return false };
         entry.peer.enqueue(packet, self.opts.max_queue_bytes)
+    }
+
+    /// [`send`](Self::send) to each of `to`, skipping those with `max_outstanding` packets
+    /// unsent already (RSL's `SendRequestToAll`: Paxos resends to them later). How many
+    /// were skipped.
+    pub fn broadcast(&self, to: &[MemberId], packet: &Bytes) -> usize {
+        let map = self.peers.lock().expect("peer map poisoned");
+        let mut skipped = 0;
+        for entry in to.iter().filter_map(|id| map.get(id)) {
+            if entry.peer.outstanding() >= self.opts.max_outstanding {
+                skipped += 1;
+            } else {
+                entry.peer.enqueue(packet.clone(), self.opts.max_queue_bytes);
+            }
+        }
+        skipped
     }
 
     pub fn peer_stats(&self) -> Vec<PeerStats> {
@@ -247,8 +281,53 @@ impl Drop for PeerEntry {
 
 #[derive(Default)]
 struct SendQueue {
-    packets: VecDeque<Bytes>,
+    packets: Batch,
     bytes: usize,
+}
+
+/// Packets to write, oldest first, with when each was queued (for the send timeout).
+#[derive(Default)]
+struct Batch {
+    packets: VecDeque<Bytes>,
+    queued_at: VecDeque<tokio::time::Instant>,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.packets.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.packets.is_empty()
+    }
+
+    fn push(&mut self, packet: Bytes) {
+        self.packets.push_back(packet);
+        self.queued_at.push_back(tokio::time::Instant::now());
+    }
+
+    /// Drops the packets queued before `cutoff`; returns how many and their bytes.
+    fn expire(&mut self, cutoff: tokio::time::Instant) -> (usize, usize) {
+        let (mut packets, mut bytes) = (0, 0);
+        while self.queued_at.front().is_some_and(|at| *at < cutoff) {
+            self.queued_at.pop_front();
+            bytes += self.packets.pop_front().expect("one time per packet").len();
+            packets += 1;
+        }
+        debug_assert_eq!(self.packets.len(), self.queued_at.len());
+        (packets, bytes)
+    }
+
+    /// Removes `written` bytes from the front; returns how many packets completed.
+    fn consume(&mut self, written: usize) -> usize {
+        let done = consume(&mut self.packets, written);
+        self.queued_at.drain(..done);
+        done
+    }
+
+    fn bytes(&self) -> usize {
+        self.packets.iter().map(Bytes::len).sum()
+    }
 }
 
 /// What the protocol thread and a peer's connection task share.
@@ -299,7 +378,7 @@ impl Peer {
             return false;
         }
         q.bytes += len;
-        q.packets.push_back(packet);
+        q.packets.push(packet);
         debug_assert!(q.bytes <= max_queue_bytes);
         let first = q.packets.len() == 1;
         drop(q);
@@ -310,11 +389,30 @@ impl Peer {
     }
 
     /// Moves everything queued into `batch` (which must be empty): one lock per batch.
-    fn take_all(&self, batch: &mut VecDeque<Bytes>) {
+    fn take_all(&self, batch: &mut Batch) {
         assert!(batch.is_empty(), "the previous batch is written first");
         let mut q = self.queue.lock().expect("send queue poisoned");
         std::mem::swap(&mut q.packets, batch);
         q.bytes = 0;
+    }
+
+    /// Drops the queued packets older than `timeout` (RSL's send timeout), counting them.
+    fn expire(&self, timeout: Duration) {
+        let Some(cutoff) = tokio::time::Instant::now().checked_sub(timeout) else { return };
+        let mut q = self.queue.lock().expect("send queue poisoned");
+        let (packets, bytes) = q.packets.expire(cutoff);
+        q.bytes -= bytes;
+        drop(q);
+        if packets > 0 {
+            self.count_dropped(packets, bytes);
+            debug!(peer = %self.addr, packets, "unsent packets timed out");
+        }
+    }
+
+    /// Packets queued or being written (RSL's `m_numOutstanding`).
+    fn outstanding(&self) -> usize {
+        let queued = self.queue.lock().expect("send queue poisoned").packets.len();
+        queued + self.counters.writing.load(Relaxed) as usize
     }
 
     fn count_dropped(&self, packets: usize, bytes: usize) {
@@ -368,7 +466,9 @@ async fn run_peer(peer: Arc<Peer>, opts: TransportOptions, link: Link) {
     let mut backoff = opts.backoff_min;
     loop {
         let began = tokio::time::Instant::now();
-        let served = connect_and_serve(&peer, &link).await;
+        // What waited too long for this connection is not sent on it.
+        peer.expire(opts.send_timeout);
+        let served = connect_and_serve(&peer, &link, opts.send_timeout).await;
         if served.as_ref().is_none_or(|r| r.is_err()) {
             peer.failed();
         }
@@ -386,7 +486,7 @@ async fn run_peer(peer: Arc<Peer>, opts: TransportOptions, link: Link) {
 
 /// Connects to the peer and serves the connection until it breaks; None if none was made (a
 /// refused handshake counts as none, so that a peer refusing us is retried with backoff).
-async fn connect_and_serve(peer: &Peer, link: &Link) -> Option<io::Result<()>> {
+async fn connect_and_serve(peer: &Peer, link: &Link, send_timeout: Duration) -> Option<io::Result<()>> {
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(peer.addr)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
@@ -403,13 +503,13 @@ async fn connect_and_serve(peer: &Peer, link: &Link) -> Option<io::Result<()>> {
     let Some(tls) = &link.tls else {
         info!(peer = %peer.addr, "connected");
         let (rd, wr) = stream.into_split();
-        return Some(serve_outbound(peer, rd, wr, link, Origin { ip, peer: None }).await);
+        return Some(serve_outbound(peer, rd, wr, link, Origin { ip, peer: None }, send_timeout).await);
     };
     match tls.connect(stream).await {
         Ok((stream, identity)) => {
             info!(peer = %peer.addr, names = ?identity.names, "connected (TLS)");
             let (rd, wr) = tokio::io::split(stream);
-            Some(serve_outbound(peer, rd, wr, link, Origin { ip, peer: Some(Arc::new(identity)) }).await)
+            Some(serve_outbound(peer, rd, wr, link, Origin { ip, peer: Some(Arc::new(identity)) }, send_timeout).await)
         }
         Err(e) => {
             if let Some(held_back) = peer.refusals.allow() {
@@ -427,23 +527,28 @@ async fn serve_outbound<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     wr: W,
     link: &Link,
     origin: Origin,
+    send_timeout: Duration,
 ) -> io::Result<()> {
     peer.connected.store(true, Relaxed);
     peer.counters.connections.fetch_add(1, Relaxed);
-    let mut batch = VecDeque::new();
+    let mut batch = Batch::default();
     let result = tokio::select! {
         r = read_packets(&mut rd, &link.reading, &link.on_message, Side::Outbound, &origin) => r,
-        r = write_queued(peer, wr, &mut batch) => r,
+        r = write_queued(peer, wr, &mut batch, send_timeout) => r,
     };
     // Whichever side failed, what was being written is lost.
-    peer.count_dropped(batch.len(), batch.iter().map(Bytes::len).sum());
+    peer.count_dropped(batch.len(), batch.bytes());
     peer.counters.writing.store(0, Relaxed);
     result
 }
 
-async fn write_queued<W: AsyncWrite + Unpin>(peer: &Peer, mut wr: W, batch: &mut VecDeque<Bytes>) -> io::Result<()> {
+async fn write_queued<W: AsyncWrite + Unpin>(peer: &Peer, mut wr: W, batch: &mut Batch, send_timeout: Duration) -> io::Result<()> {
     loop {
         peer.take_all(batch);
+        if let Some(cutoff) = tokio::time::Instant::now().checked_sub(send_timeout) {
+            let (packets, bytes) = batch.expire(cutoff);
+            peer.count_dropped(packets, bytes);
+        }
         peer.counters.writing.store(batch.len() as u64, Relaxed);
         if batch.is_empty() {
             // TLS may hold the end of the last batch until flushed; for TCP this does nothing.
@@ -451,25 +556,35 @@ async fn write_queued<W: AsyncWrite + Unpin>(peer: &Peer, mut wr: W, batch: &mut
             peer.wake.notified().await;
             continue;
         }
-        write_batch(peer, &mut wr, batch).await?;
+        write_batch(peer, &mut wr, batch, send_timeout).await?;
     }
 }
 
 /// Writes `batch` with as few vectored writes as the kernel allows, counting what was sent
-/// (tokio-rustls takes vectored writes too, sealing them into as few records as fit).
-async fn write_batch<W: AsyncWrite + Unpin>(peer: &Peer, wr: &mut W, batch: &mut VecDeque<Bytes>) -> io::Result<()> {
+/// (tokio-rustls takes vectored writes too, sealing them into as few records as fit). A write
+/// that does not complete within `send_timeout` of its first packet being queued fails the
+/// connection, as a send timing out fails RSL's.
+async fn write_batch<W: AsyncWrite + Unpin>(peer: &Peer, wr: &mut W, batch: &mut Batch, send_timeout: Duration) -> io::Result<()> {
     while !batch.is_empty() {
         let mut iov = [IoSlice::new(&[]); MAX_IOV];
         let n = batch.len().min(MAX_IOV);
-        for (slot, packet) in iov.iter_mut().zip(batch.iter()) {
+        for (slot, packet) in iov.iter_mut().zip(batch.packets.iter()) {
             *slot = IoSlice::new(packet);
         }
-        debug_assert!(n > 0 && batch.iter().take(n).all(|p| !p.is_empty()), "every slice carries bytes");
-        let written = wr.write_vectored(&iov[..n]).await?;
+        debug_assert!(n > 0 && batch.packets.iter().take(n).all(|p| !p.is_empty()), "every slice carries bytes");
+        let deadline = batch.queued_at.front().expect("not empty").checked_add(send_timeout);
+        let write = wr.write_vectored(&iov[..n]);
+        let written = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, write).await.map_err(|_| {
+                warn!(peer = %peer.addr, timeout = ?send_timeout, "a packet was not sent in time: the connection fails");
+                io::Error::new(io::ErrorKind::TimedOut, "send timeout")
+            })??,
+            None => write.await?,
+        };
         if written == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
-        let done = consume(batch, written);
+        let done = batch.consume(written);
         peer.counters.writing.fetch_sub(done as u64, Relaxed);
         peer.counters.consecutive_failures.store(0, Relaxed);
         peer.counters.last_sent_at.store(unix_micros(SystemTime::now()), Relaxed);
@@ -634,6 +749,10 @@ struct Reading {
     frame_timeout: Duration,
     budget: Budget,
     warnings: RateLimited,
+    alert_packet: usize,
+    /// Packets larger than `alert_packet` received so far.
+    oversized: AtomicU64,
+    alerts: RateLimited,
 }
 
 impl Reading {
@@ -644,6 +763,20 @@ impl Reading {
             frame_timeout: opts.frame_timeout,
             budget: Budget::new(opts.max_buffered),
             warnings: RateLimited::new(),
+            alert_packet: opts.alert_packet,
+            oversized: AtomicU64::new(0),
+            alerts: RateLimited::new(),
+        }
+    }
+
+    /// RSL's `m_maxMessageAlertSizeMB`: a packet of `size` bytes larger than `alert_packet`
+    /// raises an Alert (rate-limited; every one counted).
+    fn check_size(&self, size: usize, from: IpAddr) {
+        if self.alert_packet > 0 && size > self.alert_packet {
+            self.oversized.fetch_add(1, Relaxed);
+            if let Some(held_back) = self.alerts.allow() {
+                crate::alert!(%from, size, max = self.alert_packet, held_back, "packet larger than the maximum message alert size");
+            }
         }
     }
 
@@ -732,6 +865,7 @@ async fn read_packets<R: AsyncRead + Unpin>(
     loop {
         let need = match packet::peek_size(&buf, max_packet).map_err(invalid_data)? {
             Some(size) if buf.len() >= size => {
+                reading.check_size(size, from);
                 deliver(buf.split_to(size).freeze(), max_packet, on_message, side, origin)?;
                 held.set(buf.capacity().saturating_sub(chunk));
                 frame_deadline = None;
@@ -1275,6 +1409,102 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(rx_b.try_recv().is_err(), "nothing was delivered");
+    }
+
+    /// Waits for `cond`, panicking with `what` after `WAIT`.
+    async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !cond() {
+            assert!(tokio::time::Instant::now() < deadline, "{what}: never happened");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn packets_above_the_alert_size_are_counted() {
+        let (small, large) = (framed(&vote(1, 1)), framed(&big_vote(2, 200_000)));
+        for (alert_packet, expected) in [(0, 0), (100_000, 1), (10, 2), (300_000, 0)] {
+            let (b, mut rx_b) = start(any_port(), tight(|o| o.alert_packet = alert_packet));
+            let mut raw = TcpStream::connect(b.local_addr()).await.unwrap();
+            raw.write_all(&[&small[..], &large].concat()).await.unwrap();
+            assert_eq!(recv(&mut rx_b).await.header.decree, 1);
+            assert_eq!(recv(&mut rx_b).await.header.decree, 2, "an oversized packet is still delivered");
+            assert_eq!(b.oversized_packets(), expected, "alert size {alert_packet}");
+        }
+    }
+
+    /// `m_maxMessageSizeMB` (`max_packet`): a packet above it closes the connection unread; a
+    /// larger limit takes the same packet.
+    #[tokio::test]
+    async fn a_packet_above_the_maximum_message_size_closes_the_connection() {
+        let large = framed(&big_vote(2, 200_000));
+        let (b, mut rx_b) = start(any_port(), tight(|o| o.max_packet = 300_000));
+        let mut raw = TcpStream::connect(b.local_addr()).await.unwrap();
+        raw.write_all(&large).await.unwrap();
+        assert_eq!(recv(&mut rx_b).await.header.decree, 2);
+        let (b, mut rx_b) = start(any_port(), tight(|o| o.max_packet = 100_000));
+        let mut raw = TcpStream::connect(b.local_addr()).await.unwrap();
+        // The peer may close before every byte is written.
+        let _ = raw.write_all(&large).await;
+        expect_closed(&mut raw).await;
+        assert!(rx_b.try_recv().is_err(), "the packet above the limit was not delivered");
+    }
+
+    #[tokio::test]
+    async fn broadcasts_skip_a_peer_with_max_outstanding_packets_unsent() {
+        // Nothing listens at the peer's address: what is queued stays unsent.
+        for max_outstanding in [3, 10] {
+            let opts = tight(|o| (o.max_outstanding, o.send_timeout) = (max_outstanding, Duration::from_secs(3600)));
+            let (a, _rx) = start(any_port(), opts);
+            a.set_peers(&[(id(2), free_addr())]);
+            let skipped: Vec<usize> = (1..=12).map(|d| a.broadcast(&[id(2)], &framed(&vote(1, d)))).collect();
+            assert_eq!(skipped.iter().sum::<usize>(), 12 - max_outstanding);
+            assert!(skipped[..max_outstanding].iter().all(|&n| n == 0), "{skipped:?}");
+            assert_eq!(a.peer_stats()[0].outstanding, max_outstanding as u64);
+            // A direct send (an answer, a resend to one member) is not limited.
+            assert!(a.send(&id(2), framed(&vote(1, 13))));
+            assert_eq!(a.peer_stats()[0].outstanding, max_outstanding as u64 + 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unsent_packet_times_out_and_a_stalled_write_fails_the_connection() {
+        // Queued for a peer that cannot be reached: dropped after the send timeout.
+        let short = tight(|o| o.send_timeout = Duration::from_millis(300));
+        let long = tight(|o| o.send_timeout = Duration::from_secs(3600));
+        let (a, _ra) = start(any_port(), short.clone());
+        let (c, _rc) = start(any_port(), long.clone());
+        let dead = free_addr();
+        a.set_peers(&[(id(2), dead)]);
+        c.set_peers(&[(id(2), dead)]);
+        assert!(a.send(&id(2), framed(&vote(1, 1))) && c.send(&id(2), framed(&vote(1, 1))));
+        wait_until("the unsent packet dropped", || a.peer_stats()[0].dropped_packets == 1).await;
+        assert_eq!((a.peer_stats()[0].outstanding, c.peer_stats()[0].outstanding), (0, 1), "the longer timeout keeps it");
+        // A peer that accepts and never reads: once the socket buffers are full, a write waits
+        // past the timeout and the connection fails (the peer is dialled again).
+        let listener = TcpListener::bind(any_port()).await.unwrap();
+        let (a, _ra) = start(any_port(), short);
+        let (c, _rc) = start(any_port(), long);
+        a.set_peers(&[(id(2), listener.local_addr().unwrap())]);
+        c.set_peers(&[(id(2), listener.local_addr().unwrap())]);
+        let packet = framed(&big_vote(1, 1 << 20));
+        for _ in 0..40 {
+            assert!(a.send(&id(2), packet.clone()) && c.send(&id(2), packet.clone()));
+        }
+        let mut held = Vec::new();
+        let accepting = async {
+            loop {
+                held.push(listener.accept().await.unwrap().0);
+            }
+        };
+        let failed = wait_until("the stalled connection failed", || a.peer_stats()[0].consecutive_failures > 0);
+        tokio::select! {
+            () = failed => {}
+            () = accepting => unreachable!(),
+        }
+        let (stalled, waiting) = (a.peer_stats().remove(0), c.peer_stats().remove(0));
+        assert!(stalled.dropped_packets > 0, "{stalled:?}");
+        assert_eq!((waiting.consecutive_failures, waiting.dropped_packets, waiting.connections), (0, 0, 1), "{waiting:?}");
     }
 
     #[test]

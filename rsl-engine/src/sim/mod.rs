@@ -194,6 +194,8 @@ struct Node {
     /// Votes truncation or a load took out of the log while decrees waited in it: the runtime
     /// keeps the logs they were in until those decrees execute (runtime/spill.rs).
     retired: Vec<Arc<Message>>,
+    /// Every decree below it has executed in this process life (`Host::executed`).
+    executed_below: u64,
 }
 
 /// Where a spilled decree's vote is in a simulated log: its decree and ballot.
@@ -284,6 +286,8 @@ fn address(i: usize) -> Ipv4Addr {
 impl Sim {
     pub fn new(cfg: SimConfig) -> Sim {
         let window = cfg.window;
+        // Odd seeds let a replica stand while decrees wait to execute; even seeds wait for them.
+        let allow_promotion_while_catching_up = cfg.seed % 2 == 1;
         let ids: Vec<MemberId> = (1..=cfg.replicas + cfg.spares).map(|i| MemberId::new(&i.to_string()).expect("numeric id")).collect();
         let nodes: Vec<Node> = ids
             .iter()
@@ -306,6 +310,7 @@ impl Sim {
                 exec_bytes: 0,
                 exec_limit: u64::MAX,
                 retired: Vec::new(),
+                executed_below: 0,
             })
             .collect();
         let procs = nodes.iter().map(|_| None).collect();
@@ -315,7 +320,12 @@ impl Sim {
             loss: cfg.loss,
             duplication: cfg.duplication,
             cfg,
-            core: CoreConfig { window, version: if window > 1 { Version::V7 } else { Version::V6 }, ..sim_core_config() },
+            core: CoreConfig {
+                window,
+                version: if window > 1 { Version::V7 } else { Version::V6 },
+                allow_promotion_while_catching_up,
+                ..sim_core_config()
+            },
             now: 0,
             nodes,
             events: BinaryHeap::new(),
@@ -382,7 +392,8 @@ impl Sim {
                 }
             }
         }
-        w.nodes[i].up = true;
+        // The replayed decrees executed at once.
+        (w.nodes[i].up, w.nodes[i].executed_below) = (true, replica.next_execute());
         self.backlogs[i] = Backlog::new(w.nodes[i].exec_limit);
         self.procs[i] = Some(Driver::new(replica, Box::new(SimApp), false));
         self.drive(i, |d, m| d.start(m));
@@ -465,6 +476,7 @@ impl Sim {
         n.exec_bytes = 0;
         n.retired.clear();
         self.backlogs[node] = Backlog::new(n.exec_limit);
+        n.executed_below = 0;
         n.incarnation += 1;
         w.checker.crashed(proc);
     }
@@ -755,11 +767,15 @@ impl World {
                 Execution::Decree { vote, cookies } => {
                     w.nodes[node].exec_bytes -= decree_bytes(&vote);
                     w.checker.executed(proc, &vote, &cookies, w.now);
+                    w.nodes[node].executed_below = vote.header.decree + 1;
                 }
                 Execution::Abort { cookie, .. } | Execution::ConfigChanged { cookie: Some(cookie), .. } => {
                     w.checker.return_cookie(proc, cookie, None);
                 }
-                Execution::Load(cp) => w.checker.loaded_checkpoint(proc, cp.decree),
+                Execution::Load(cp) => {
+                    w.checker.loaded_checkpoint(proc, cp.decree);
+                    w.nodes[node].executed_below = cp.decree + 1;
+                }
                 Execution::Save(_) if exiting => {}
                 Execution::Save(cp) => {
                     w.counts[4] += 1;
@@ -1133,6 +1149,10 @@ impl Host for Machine<'_> {
             }
             work => drop(self.backlog.hand(work, q)),
         }
+    }
+
+    fn executed(&self) -> (u64, bool) {
+        (self.w.nodes[self.node].executed_below, false)
     }
 
     /// Drops the log before its first record beyond the checkpoint (what log truncation after

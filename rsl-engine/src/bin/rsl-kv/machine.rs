@@ -143,7 +143,7 @@ impl StateMachine for Kv {
         self.publish();
     }
 
-    fn execute_fast_read_request(&mut self, request: &[u8], cookie: Cookie) {
+    fn execute_fast_read_request(&self, request: &[u8], cookie: Cookie) {
         // Shared with the map, not copied: many reads of a large value cost it once.
         let value = self.map.get(request).cloned().unwrap_or_default();
         self.clients.answer(cookie, Status::Ok, value);
@@ -158,7 +158,7 @@ impl StateMachine for Kv {
         self.clients.answer(cookie, status, Bytes::new());
     }
 
-    fn save_state(&mut self, writer: &mut CheckpointWriter) {
+    fn save_state(&self, writer: &mut CheckpointWriter) {
         let mut buf = BytesMut::with_capacity(1 << 20);
         for (k, v) in &self.map {
             buf.put_u32_le(k.len() as u32);

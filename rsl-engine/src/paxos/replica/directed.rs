@@ -1,7 +1,8 @@
 //! Directed multi-replica tests of the paths the randomized simulator does not reach on its
 //! own: a new primary on a pipelined ring meeting a reconfiguration vote among the votes it
 //! re-proposes (docs/core.md, "Reconfiguration"), and the last decree of
-//! `ReplicateRequestExclusiveVote`.
+//! `ReplicateRequestExclusiveVote`; and the effect of each configured interval on the timers
+//! it drives (heartbeats, elections, retries, joins, checkpoint queries).
 //!
 //! `Ring` is a small deterministic harness: three replicas, a FIFO network with zero delay
 //! whose links can be cut per message kind, disks that are durable at once (so a crash loses
@@ -37,7 +38,17 @@ pub(super) struct Proc {
     pub(super) log: Vec<Arc<Message>>,
     /// What the current process life executed, in order.
     pub(super) executed: Vec<Arc<Message>>,
+    /// A paused executor queues decrees here instead of running them (`pause_executor`).
+    paused: Option<Vec<Arc<Message>>>,
     life: u64,
+}
+
+impl Proc {
+    /// What the core hears before every input, as a driver's host reports it.
+    fn executed_below(&self) -> Input {
+        let below = self.executed.last().map_or(0, |v| v.header.decree + 1);
+        Input::Executed { below, spilled: false }
+    }
 }
 
 pub(super) struct Ring {
@@ -64,7 +75,7 @@ impl Ring {
     }
 
     pub(super) fn with(cfg: CoreConfig) -> Ring {
-        let procs = (0..3).map(|_| Proc { replica: None, log: Vec::new(), executed: Vec::new(), life: 0 }).collect();
+        let procs = (0..3).map(|_| Proc { replica: None, log: Vec::new(), executed: Vec::new(), paused: None, life: 0 }).collect();
         let mut ring = Ring {
             now: SEC,
             cfg,
@@ -96,6 +107,7 @@ impl Ring {
         let p = &mut self.procs[i];
         p.life += 1;
         p.executed.clear();
+        p.paused = None;
         let mut replica = Replica::new(self.cfg.clone(), id(i), config, 100 * i as u64 + p.life);
         let mut out = Vec::new();
         for record in &p.log {
@@ -141,8 +153,22 @@ impl Ring {
         }
         let mut out = Vec::new();
         let now = self.now;
+        let executed = self.procs[i].executed_below();
+        self.r_mut(i).step(now, executed, &mut AcceptAll, &mut out);
         self.r_mut(i).step(now, input, &mut AcceptAll, &mut out);
         self.apply(i, out);
+    }
+
+    /// Node `i`'s executor stops running decrees (a slow `ExecuteReplicatedRequest`); they
+    /// wait until `resume_executor`.
+    pub(super) fn pause_executor(&mut self, i: usize) {
+        self.procs[i].paused.get_or_insert_with(Vec::new);
+    }
+
+    pub(super) fn resume_executor(&mut self, i: usize) {
+        for vote in self.procs[i].paused.take().unwrap_or_default() {
+            self.executed(i, vote);
+        }
     }
 
     /// Carries out a replica's actions. Persists are durable at once; sends go on the network
@@ -163,7 +189,10 @@ impl Ring {
                     self.procs[i].log.push(record);
                     durable = Some(seq);
                 }
-                Action::Execute { vote, .. } => self.executed(i, vote),
+                Action::Execute { vote, .. } => match &mut self.procs[i].paused {
+                    Some(queued) => queued.push(vote),
+                    None => self.executed(i, vote),
+                },
                 Action::FetchVotes { from, decree } => {
                     // From the first vote at or after `decree` (a pipelined log is not in
                     // decree order; before version 7, from the newest vote for it), if the
@@ -689,4 +718,221 @@ fn an_unbounded_election_delay_from_a_caller_saturates() {
     ring.crash(0);
     ring.advance(60 * SEC);
     assert!((1..3).all(|i| ring.r(i).role() == Role::Secondary), "no election");
+}
+
+/// `allow_promotion_while_catching_up` (api-behavior §2.9 step 2, Errata D1): a replica whose
+/// executor has not yet run a chosen decree does not stand for election, even when asked to,
+/// unless the flag lets it; once its executor catches up it stands. Allowed, it is elected
+/// while the decree still waits, and `NotifyPrimaryRecovered` waits for it.
+#[test]
+fn a_replica_with_decrees_waiting_to_execute_stands_only_if_allowed() {
+    for allow in [false, true] {
+        let mut ring = Ring::with(CoreConfig { allow_promotion_while_catching_up: allow, ..CoreConfig::default() });
+        ring.converge(0, b"a");
+        ring.pause_executor(1);
+        ring.submit(0, b"b");
+        ring.run();
+        ring.advance(3 * SEC); // a heartbeat makes "b" chosen, and executable, at node 1
+        let waiting = |ring: &Ring| ring.procs[1].paused.as_ref().map_or(0, Vec::len);
+        assert!(waiting(&ring) > 0, "node 1 holds a chosen decree it has not executed");
+        ring.crash(0);
+        let mark = ring.mark();
+        ring.step(1, Input::AttemptPromotion);
+        ring.step(1, Input::Tick);
+        ring.run();
+        assert_eq!(ring.count_sent(1, mark, MsgKind::StatusQuery), 1, "node 1 looked for the ring");
+        let stood = ring.count_sent(1, mark, MsgKind::Prepare) > 0;
+        assert_eq!(stood, allow, "node 1 stands while a decree waits only if allowed");
+        if allow {
+            assert_eq!(ring.r(1).role(), Role::Primary);
+            assert!(waiting(&ring) > 0, "elected before the decree executed");
+        } else {
+            assert_eq!(ring.r(1).role(), Role::Secondary);
+            ring.advance(SEC); // it retries after a heartbeat interval: still waiting
+            assert_eq!(ring.count_sent(1, mark, MsgKind::Prepare), 0);
+            ring.resume_executor(1);
+            ring.promote(1);
+        }
+        ring.resume_executor(1);
+        ring.submit(1, b"c");
+        ring.run();
+        let requests: Vec<Bytes> = ring.history(1).into_iter().flat_map(|(_, (reqs, _))| reqs).collect();
+        assert_eq!(requests, [&b"a"[..], b"b", b"c"].map(Bytes::from_static), "everything executed, in order");
+    }
+}
+
+/// The protocol-version raise (api-behavior §2.29): a ring at version 5 whose primary comes
+/// back at 6 moves to 6 as its votes execute, and never back (a replica restarted at 5 replays
+/// them and is at 6 again). A raised secondary answers in version 6.
+#[test]
+fn executing_a_newer_vote_raises_the_version_for_good() {
+    let mut ring = Ring::with(CoreConfig { version: Version::V5, ..CoreConfig::default() });
+    ring.converge(0, b"a");
+    ring.cfg.version = Version::V6;
+    ring.restart(0);
+    ring.cfg.version = Version::V5;
+    assert_eq!((ring.r(0).version(), ring.r(1).version()), (Version::V6, Version::V5), "a vote, not a peer, raises it");
+    ring.converge(0, b"b");
+    assert!((0..3).all(|i| ring.r(i).version() == Version::V6), "raised by executing the primary's votes");
+    let mark = ring.mark();
+    ring.submit(0, b"c");
+    ring.run();
+    let answers: Vec<Version> =
+        ring.sent[mark..].iter().filter(|(s, m)| *s == 1 && m.kind() == MsgKind::VoteAccepted).map(|(_, m)| m.header.version).collect();
+    assert!(!answers.is_empty() && answers.iter().all(|v| *v == Version::V6), "node 1 answers in version 6: {answers:?}");
+    ring.restart(1);
+    assert_eq!(ring.r(1).version(), Version::V6, "replaying the votes raises it again");
+}
+
+/// `m_heartBeatIntervalSec`: an idle primary proposes an empty vote (a heartbeat) once per
+/// interval, so halving the interval doubles the heartbeats in the same ten seconds.
+#[test]
+fn an_idle_primary_sends_a_heartbeat_every_heartbeat_interval() {
+    let heartbeats = |heartbeat_interval| {
+        let mut ring = Ring::with(CoreConfig { heartbeat_interval, ..CoreConfig::default() });
+        ring.converge(0, b"a");
+        let mark = ring.mark();
+        ring.advance(10 * SEC);
+        ring.count_sent(0, mark, MsgKind::Vote)
+    };
+    assert_eq!((heartbeats(SEC), heartbeats(2 * SEC), heartbeats(5 * SEC)), (10, 5, 2));
+}
+
+/// How long each secondary of a ring whose primary crashed stays a secondary, the two of
+/// them cut off from each other so that neither's election moves the other.
+fn silences_before_standing(cfg: CoreConfig) -> [Micros; 2] {
+    let mut ring = Ring::with(cfg);
+    ring.converge(0, b"a");
+    ring.submit(0, b"b");
+    ring.run();
+    ring.crash(0);
+    ring.cut(1, 2, None);
+    ring.cut(2, 1, None);
+    let start = ring.now;
+    let mut stood = [None; 2];
+    while stood.iter().any(Option::is_none) {
+        ring.advance(SEC / 100);
+        assert!(ring.now - start < 60 * SEC, "a secondary never stood");
+        for (k, i) in [1, 2].into_iter().enumerate() {
+            if stood[k].is_none() && ring.r(i).role() != Role::Secondary {
+                stood[k] = Some(ring.now - start);
+            }
+        }
+    }
+    stood.map(|s| s.expect("stood"))
+}
+
+/// `m_electionRandomize` and `m_maxElectionRandomizeSec`: a secondary stands once the
+/// election delay randomised by ± the percentage, capped at the maximum, has passed without
+/// a vote. With either at 0, both secondaries stand after exactly the delay; with both, each
+/// at its own time within the bound.
+#[test]
+fn the_election_delay_is_randomised_by_the_percentage_up_to_the_maximum() {
+    let exact = [10 * SEC, 10 * SEC];
+    let cfg = |election_randomize_pct, max_election_randomize| CoreConfig {
+        election_randomize_pct,
+        max_election_randomize,
+        ..CoreConfig::default()
+    };
+    assert_eq!(silences_before_standing(cfg(0, 5 * SEC)), exact);
+    assert_eq!(silences_before_standing(cfg(50, 0)), exact);
+    let [a, b] = silences_before_standing(cfg(50, 5 * SEC));
+    assert_ne!(a, b, "each replica randomises its own delay");
+    assert!([a, b].iter().all(|s| (5 * SEC..=15 * SEC).contains(s)), "within 10 s ± 5 s: {a} {b}");
+    let [a, b] = silences_before_standing(cfg(50, SEC / 2));
+    assert!([a, b].iter().all(|s| (9 * SEC + SEC / 2..=10 * SEC + SEC / 2).contains(s)), "within 10 s ± 0.5 s: {a} {b}");
+}
+
+/// `m_newLeaderGracePeriodSec`: a secondary that promised a new primary's ballot but never
+/// got a vote from it waits this long, not the election delay, before standing.
+#[test]
+fn a_secondary_gives_a_new_primary_the_grace_period_before_standing() {
+    for grace in [15 * SEC, 30 * SEC] {
+        let cfg = CoreConfig { new_leader_grace_period: grace, election_randomize_pct: 0, ..CoreConfig::default() };
+        let mut ring = Ring::with(cfg);
+        for j in [1, 2] {
+            ring.cut(0, j, Some(MsgKind::Vote));
+        }
+        ring.promote(0);
+        ring.crash(0);
+        ring.cut(1, 2, None);
+        ring.cut(2, 1, None);
+        let start = ring.now;
+        ring.advance(grace - SEC);
+        assert!((1..3).all(|i| ring.r(i).role() == Role::Secondary), "still waiting {} s after the promise", grace / SEC - 1);
+        ring.advance(2 * SEC);
+        assert!((1..3).all(|i| ring.r(i).role() != Role::Secondary), "stood {} s after the promise", (ring.now - start) / SEC);
+    }
+}
+
+/// `m_initializeRetryIntervalSec`: a replica that cannot reach the others keeps asking for
+/// their status (StatusQuery) once per interval.
+#[test]
+fn an_initializing_replica_asks_for_status_every_initialize_retry_interval() {
+    let queries = |initialize_retry_interval| {
+        let mut ring = Ring::with(CoreConfig { initialize_retry_interval, ..CoreConfig::default() });
+        ring.isolate(1);
+        ring.advance(12 * SEC);
+        assert_eq!(ring.r(1).role(), Role::Initializing);
+        let mark = ring.mark();
+        ring.advance(12 * SEC);
+        ring.count_sent(1, mark, MsgKind::StatusQuery)
+    };
+    assert_eq!((queries(SEC), queries(2 * SEC), queries(4 * SEC)), (12, 6, 3));
+}
+
+/// `m_useGlobalAcceptMessagesFlag`: set, a replica takes or refuses every message by the flag
+/// `SetAcceptMessages` sets rather than by asking the application (which here accepts all):
+/// two secondaries refusing leave the primary without a quorum.
+#[test]
+fn the_global_accept_flag_replaces_the_applications_answer_only_when_configured() {
+    for global in [false, true] {
+        let mut ring = Ring::with(CoreConfig { use_global_accept_flag: global, ..CoreConfig::default() });
+        ring.converge(0, b"a");
+        for i in [1, 2] {
+            ring.step(i, Input::SetAcceptMessages(false));
+        }
+        ring.submit(0, b"b");
+        ring.run();
+        ring.advance(SEC);
+        assert_eq!(ring.executed_anywhere(b"b"), !global, "use_global_accept_flag = {global}");
+    }
+}
+
+/// `m_joinMessagesIntervalSec`: a replica that switched to a new configuration but has not yet
+/// logged a vote of it (so it cannot know the old one defunct) announces the new one (Join)
+/// once per interval.
+#[test]
+fn a_replica_not_sure_its_configuration_is_established_joins_every_join_interval() {
+    let joins = |join_interval| {
+        let mut ring = Ring::with(CoreConfig { join_interval, ..CoreConfig::default() });
+        ring.converge(0, b"a");
+        ring.cut(0, 2, Some(MsgKind::Vote));
+        ring.change_configuration(0);
+        ring.run();
+        ring.advance(SEC / 2);
+        let mark = ring.mark();
+        ring.advance(10 * SEC);
+        assert!(ring.r(2).join_due(), "node 2 has not logged a vote of configuration 2");
+        assert!(!ring.r(1).join_due(), "node 1 has");
+        ring.count_sent(2, mark, MsgKind::Join)
+    };
+    assert_eq!((joins(SEC), joins(2 * SEC), joins(5 * SEC)), (10, 5, 2));
+}
+
+/// `m_cPQueryRetryIntervalSec`: a primary whose log rolled wants a checkpoint to copy; while
+/// no secondary has one, it asks them (StatusQuery) once per interval.
+#[test]
+fn a_primary_asks_for_a_checkpoint_to_copy_every_query_interval() {
+    let queries = |checkpoint_query_interval| {
+        let mut ring = Ring::with(CoreConfig { checkpoint_query_interval, ..CoreConfig::default() });
+        ring.converge(0, b"a");
+        let first_decree = ring.r(0).next_execute();
+        let mark = ring.mark();
+        ring.step(0, Input::LogRolled { first_decree });
+        ring.run();
+        ring.advance(20 * SEC - 1);
+        ring.count_sent(0, mark, MsgKind::StatusQuery)
+    };
+    assert_eq!((queries(SEC), queries(2 * SEC), queries(5 * SEC)), (20, 10, 4));
 }

@@ -75,7 +75,7 @@ impl Replica {
         let Some(members) = self.bootstrap.clone() else { return };
         let config = ConfigInfo { number: 1, initial_decree: 1, members };
         self.accepted = placeholder(self.version, 1, 1);
-        (self.next_execute, self.vouched) = (1, 1);
+        (self.next_execute, self.vouched, self.executed_below) = (1, 1, 1);
         self.saving = true;
         let cp = Checkpoint {
             decree: 0,

@@ -157,6 +157,11 @@ pub struct Replica {
     led_at: Micros,
     /// The next decree to execute; every decree below it has been handed out to execute.
     next_execute: u64,
+    /// Every decree below it has finished executing, as the execute side last reported
+    /// (`Input::Executed`) or the restored state says; and whether chosen decrees wait in
+    /// the log rather than in memory. Elections wait on them (`execute_queue_ready`).
+    executed_below: u64,
+    exec_spilled: bool,
     next_election: Micros,
     election_delay: Micros,
     action_deadline: Micros,
@@ -293,6 +298,8 @@ impl Replica {
             accepted_at: 0,
             led_at: 0,
             next_execute,
+            executed_below: next_execute,
+            exec_spilled: false,
             next_election: Micros::MAX,
             election_delay,
             action_deadline: Micros::MAX,
@@ -351,7 +358,8 @@ impl Replica {
         self.me
     }
 
-    /// The protocol version this replica speaks.
+    /// The protocol version this replica speaks: the configured one, raised by executing a vote
+    /// of a newer one (api-behavior §2.29).
     pub fn version(&self) -> Version {
         self.version
     }
@@ -511,6 +519,11 @@ impl Replica {
             }
             Input::CheckpointFetched(fetched) => self.on_checkpoint_fetched(now, fetched, app, out),
             Input::SetAcceptMessages(accept) => self.accept_flag = accept,
+            Input::Executed { below, spilled } => {
+                // A restart or a load starts the host's count afresh: the state says at least this.
+                self.executed_below = self.executed_below.max(below);
+                self.exec_spilled = spilled;
+            }
         }
         self.drain_cache(now, app, out);
         self.check_invariants();
@@ -573,6 +586,13 @@ impl Replica {
         assert!(!vote.header.ballot.is_empty(), "only a proposed vote can be chosen");
         debug_assert!(cookies.is_empty() || cookies.len() == vote.as_vote().map_or(0, |v| v.requests.len()));
         self.next_execute = decree + 1;
+        // RSL's `AddToExecutionQueue`: a chosen vote of a newer version raises ours for good
+        // (api-behavior §2.29). Never into or out of 7: `check_version` keeps the pipelined
+        // protocol apart, so only 1 to 6 rise this way; 7 is configured.
+        if vote.header.version > self.version {
+            debug_assert_eq!(vote.header.version.is_pipelined(), self.pipelined());
+            self.version = vote.header.version;
+        }
         if self.pipelined() {
             self.recent.insert(decree, (vote.clone(), vote.header.ballot));
         }
@@ -684,13 +704,20 @@ impl Replica {
             // A log-roll checkpoint not yet started gives way to the election; one being
             // written blocks it.
             self.save_at = None;
-            if let Some(cookie) = if self.saving { None } else { app.can_become_primary() } {
+            if let Some(cookie) = if self.saving || !self.execute_queue_ready() { None } else { app.can_become_primary() } {
                 self.primary_cookie = cookie;
                 return self.start_preparing(now, out);
             }
             self.next_election = now.saturating_add(self.cfg.heartbeat_interval);
         }
         self.become_secondary();
+    }
+
+    /// RSL's `IsExecuteQueueReady`: every chosen decree waiting to execute is in memory, and
+    /// unless configured otherwise none waits (a new primary's state then includes everything
+    /// earlier primaries passed before it is asked `CanBecomePrimary`).
+    fn execute_queue_ready(&self) -> bool {
+        !self.exec_spilled && (self.cfg.allow_promotion_while_catching_up || self.executed_below >= self.next_execute)
     }
 }
 

@@ -12,6 +12,7 @@ impl Replica {
         assert!(cp.decree < crate::format::DECREE_LIMIT, "the checkpoint reader refuses such a decree");
         let cp = &self.sanitize_checkpoint(cp);
         self.next_execute = cp.decree + 1;
+        self.executed_below = self.next_execute;
         self.set_paxos_config(cp.config.clone());
         self.state_config = cp.config.clone();
         self.accepted = self.next_vote_or_placeholder(cp);

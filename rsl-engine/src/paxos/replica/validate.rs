@@ -124,10 +124,12 @@ impl Replica {
         self.max_ballot.id.max(self.max_seen_ballot.id)
     }
 
-    /// Versions above ours cannot be re-encoded in ours (a reconfiguration in v2, a string id in
-    /// v3), and a pipelined message means something else to a replica that is not (and back).
+    /// Before version 7 every version is taken, as in RSL: a ring moves to a newer one by its
+    /// primary's votes, and each replica raises its own once it executes one (api-behavior
+    /// §2.29, `Replica::execute`). Votes are logged, and embedded in PrepareAccepted, in their
+    /// own version. A pipelined message means something else to a replica that is not (and back).
     fn check_version(&self, v: Version) -> Result<(), Rejection> {
-        if v > self.version || v.is_pipelined() != self.pipelined() {
+        if v.is_pipelined() != self.pipelined() {
             Err(Rejection::Version)
         } else {
             Ok(())
