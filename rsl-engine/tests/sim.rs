@@ -23,6 +23,16 @@ fn seed_budget_five_replicas() {
     run_all((1000..1200).map(|s| (s, 5)));
 }
 
+/// The seeds run the execute queue's spill (driver/backlog.rs): some nodes' bounds are a few
+/// decrees, so decrees wait in the log and come back in order, at both protocol versions.
+#[test]
+fn seeds_spill_the_execute_queue() {
+    for window in [1, 16] {
+        let spilled: usize = (0..8).map(|s| run_seed(SimConfig::new(s, 3).with_window(window)).expect("passes").spilled).sum();
+        assert!(spilled > 0, "window {window}: no decree waited in the log");
+    }
+}
+
 /// Protocol version 7 with 16 decrees in flight, over 3 and 5 replicas; even seeds reconfigure.
 #[test]
 fn seed_budget_window_16() {

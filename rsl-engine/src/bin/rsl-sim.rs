@@ -32,7 +32,7 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let (mut failed, mut decrees, mut acked) = (0u64, 0usize, 0usize);
     let mut events = [0usize; 7];
-    let (mut reconfigurations, mut injected, mut rejected) = (0u64, 0usize, 0usize);
+    let (mut reconfigurations, mut injected, mut rejected, mut spilled) = (0u64, 0usize, 0usize, 0usize);
     for seed in cli.seed..cli.seed + cli.seeds {
         let replicas = if cli.replicas == 0 { 3 + 2 * (seed / 4 % 2) as usize } else { cli.replicas };
         let window = if cli.window == 0 { [1, 16][(seed / 2 % 2) as usize] } else { cli.window };
@@ -40,6 +40,7 @@ fn main() -> ExitCode {
             Ok(report) => {
                 decrees += report.decrees;
                 (injected, rejected) = (injected + report.injected, rejected + report.rejected);
+                spilled += report.spilled;
                 reconfigurations += report.configurations.saturating_sub(1) as u64;
                 acked += report.acknowledged;
                 for (total, n) in events.iter_mut().zip([
@@ -65,6 +66,7 @@ fn main() -> ExitCode {
         "{} seeds, {failed} failed, {decrees} decrees, {acked} acknowledged requests, {elections} elections, \
          {relinquished} relinquishes, {crashes} crashes, {learned} vote fetches, {saved} checkpoints saved, \
          {loaded} loaded to catch up, {copied} copied by primaries, {reconfigurations} reconfigurations, \
+         {spilled} decrees spilled to the log, \
          {injected} forged messages injected, {rejected} messages or records rejected, {:.1}s",
         cli.seeds,
         started.elapsed().as_secs_f64()

@@ -6,6 +6,8 @@
 //! Like the core it is sans-IO: the host owns the disk, the network, the clock and the
 //! executor; the driver owns the order things happen in.
 
+pub mod backlog;
+
 use crate::format::{Body, ConfigInfo, Header, MemberId, MemberSet, Message, MsgKind, Node};
 use crate::paxos::{
     AbortReason, Action, Application, BootstrapError, Checkpoint, Cookie, Dest, Input, Micros, Rejection, Replica, SubmitError,

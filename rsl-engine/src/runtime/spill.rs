@@ -1,9 +1,11 @@
-//! The execute queue's memory bound (api-behavior §2.6): the protocol thread hands chosen
+//! The execute queue's memory bound (api-behavior §2.6) in the runtime: the protocol thread hands chosen
 //! decrees to the execute thread while fewer than `in_memory_execution_queue_size_mb` bytes of
 //! them wait there; past that it keeps only where each decree's vote is in the log, and
 //! re-reads them, in decree order, once the execute thread has worked down to half the bound.
 //! Work handed meanwhile (aborts, status, checkpoints, loads) waits behind the decrees it
 //! followed, so the execute thread sees exactly the order it would have without spilling.
+//! That order is [`Backlog`]'s, shared with the simulator; this module is the runtime's I/O
+//! for it: the log read back at an offset, and the gauge shared with the execute thread.
 //!
 //! Which record is re-read: the core executes, for a decree, the newest vote it logged for it
 //! before passing it. Version 6 executes its accepted vote, the last one logged, and logs
@@ -44,13 +46,13 @@ use super::exec::Work;
 use super::journal::Journal;
 use super::queue::Queue;
 use super::Shared;
+use crate::driver::backlog::{Backlog, ExecQueue};
 use crate::faults::{self, JOURNAL_READ};
 use crate::format::codec::{round_up_512, PAGE};
 use crate::format::log::{self, parse_record_header, read_record, Mode, Step};
-use crate::format::{Ballot, Message, MsgKind};
+use crate::format::Message;
 use crate::paxos::Cookie;
 use bytes::Bytes;
-use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -58,14 +60,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqC
 use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
 
-/// Counted for a decree besides its requests: its header and bookkeeping.
-const DECREE_OVERHEAD: u64 = 256;
-
-/// The bytes a chosen decree holds while it waits to execute.
-pub(crate) fn decree_bytes(vote: &Message) -> u64 {
-    let body = vote.as_vote().map_or(0, |v| v.requests.iter().map(|r| r.len() as u64 + 4).sum::<u64>() + v.cookie.len() as u64);
-    DECREE_OVERHEAD + body
-}
+pub(crate) use crate::driver::backlog::decree_bytes;
 
 /// The execute queue's size as both threads see it: bytes of decrees handed (protocol thread)
 /// and executed (execute thread), and decrees waiting in the log only; and when the execute
@@ -99,7 +94,7 @@ impl ExecGauge {
 
     /// The execute thread has run `vote`. True once per refill, when it got down to half the
     /// bound while decrees wait in the log: then it wakes the protocol thread to hand more.
-    /// (Sequentially consistent with [`ExecBacklog::arm`]: one of them sees the other.)
+    /// (Sequentially consistent with the backlog's `arm`: one of them sees the other.)
     pub fn executed(&self, vote: &Message) -> bool {
         self.executed_below.fetch_max(vote.header.decree + 1, SeqCst);
         self.executed.fetch_add(decree_bytes(vote), SeqCst);
@@ -150,40 +145,32 @@ impl ExecGauge {
     }
 }
 
-/// A passed decree not handed yet.
-enum Spilled {
-    /// Its vote, of `ballot`, is in `<file>.log` at `offset`, appended by persist `seq` or an
-    /// earlier one.
-    Logged { decree: u64, ballot: Ballot, file: u64, offset: u64, seq: u64 },
-    /// Not in our logs: kept as the core passed it.
-    Held(Arc<Message>),
-}
-
-impl Spilled {
-    fn decree(&self) -> u64 {
-        match self {
-            Spilled::Logged { decree, .. } => *decree,
-            Spilled::Held(vote) => vote.header.decree,
-        }
-    }
+/// Where a spilled decree's vote is: `<file>.log` at `offset`.
+#[derive(Clone, Copy)]
+pub(crate) struct LogPos {
+    file: u64,
+    offset: u64,
 }
 
 /// The protocol thread's side of the execute queue: everything it hands the execute thread
 /// goes through here (see the module's doc).
 pub(crate) struct ExecBacklog {
-    limit: u64,
+    backlog: Backlog<Work, LogPos>,
+    reader: LogReader,
+}
+
+/// Reads spilled votes back from the logs in `dir`.
+struct LogReader {
     dir: PathBuf,
     shared: Arc<Shared>,
-    spilled: VecDeque<Spilled>,
-    /// The cookies of spilled decrees that carry some (proposed here), by decree.
-    cookies: BTreeMap<u64, Vec<Cookie>>,
-    /// Work handed while decrees were spilled, each after how many spilled decrees it came.
-    later: VecDeque<(u64, Work)>,
-    /// Spilled decrees queued and handed since the start: `later`'s positions.
-    queued: u64,
-    handed: u64,
     /// The log last read, kept open for the next decree.
     reading: Option<(u64, File)>,
+}
+
+/// The execute queue as [`Backlog`] sees it in the runtime.
+struct Sink<'a> {
+    queue: &'a Queue<Work>,
+    reader: &'a mut LogReader,
 }
 
 impl ExecBacklog {
@@ -193,113 +180,39 @@ impl ExecBacklog {
         let gauge = &shared.exec_queue;
         gauge.handed.store(gauge.executed.load(Relaxed), Relaxed);
         gauge.limit.store(limit, Relaxed);
-        ExecBacklog {
-            limit,
-            dir,
-            shared,
-            spilled: VecDeque::new(),
-            cookies: BTreeMap::new(),
-            later: VecDeque::new(),
-            queued: 0,
-            handed: 0,
-            reading: None,
-        }
-    }
-
-    fn idle(&self) -> bool {
-        self.spilled.is_empty() && self.later.is_empty()
+        ExecBacklog { backlog: Backlog::new(limit), reader: LogReader { dir, shared, reading: None } }
     }
 
     /// Hands `work` to the execute thread, or queues it behind the spilled decrees. False if
     /// the execute thread is gone.
     pub fn hand(&mut self, work: Work, queue: &Queue<Work>) -> bool {
-        if self.idle() {
-            return queue.send(work).is_ok();
-        }
-        self.later.push_back((self.queued, work));
-        true
+        self.backlog.hand(work, &mut Sink { queue, reader: &mut self.reader })
     }
 
     /// A chosen decree: handed if it fits in memory and nothing waits before it, otherwise
     /// remembered by where its vote is in `journal`. False if the execute thread is gone.
     pub fn execute(&mut self, vote: Arc<Message>, cookies: Vec<Cookie>, journal: &Journal, queue: &Queue<Work>) -> bool {
-        if self.idle() && self.shared.exec_queue.in_memory() < self.limit {
-            return self.send(vote, cookies, queue);
-        }
-        let decree = vote.header.decree;
-        debug_assert!(self.spilled.back().is_none_or(|s| s.decree() < decree), "decrees pass in order");
-        let spilled = match journal.locate_vote(decree) {
-            Some((file, offset)) => Spilled::Logged { decree, ballot: vote.header.ballot, file, offset, seq: journal.last_seq() },
-            None => Spilled::Held(vote),
+        let locate = |_: &Sink, vote: &Message| {
+            let (file, offset) = journal.locate_vote(vote.header.decree)?;
+            Some((LogPos { file, offset }, journal.last_seq()))
         };
-        if !cookies.is_empty() {
-            self.cookies.insert(decree, cookies);
+        let handed = self.backlog.execute(vote, cookies, &mut Sink { queue, reader: &mut self.reader }, locate);
+        if !self.backlog.idle() {
+            self.publish();
         }
-        self.spilled.push_back(spilled);
-        self.queued += 1;
-        self.publish();
-        true
+        handed
     }
 
     /// Once the execute thread holds at most half the bound, hands it the spilled decrees in
     /// order (and the work queued behind them) up to the bound, reading those whose records
     /// are durable (persists up to `durable`). Err: the replica cannot go on.
     pub fn refill(&mut self, durable: u64, queue: &Queue<Work>) -> Result<(), String> {
-        while !self.idle() {
-            if self.above_half() {
-                // Armed before looking again, so a wake is not lost to the execute thread
-                // getting down to half in between.
-                self.arm();
-                if self.above_half() {
-                    break;
-                }
-            }
-            self.hand_spilled(durable, queue)?;
-            if !self.above_half() {
-                break; // all handed, or the next record is not durable yet (a Durable follows)
-            }
-        }
-        if self.spilled.is_empty() {
-            self.reading = None;
+        self.backlog.refill(durable, &mut Sink { queue, reader: &mut self.reader })?;
+        if self.backlog.spilled() == 0 {
+            self.reader.reading = None;
         }
         self.publish();
         Ok(())
-    }
-
-    /// Hands the spilled decrees, and the work behind them, until the bound is reached or the
-    /// next record is not durable yet.
-    fn hand_spilled(&mut self, durable: u64, queue: &Queue<Work>) -> Result<(), String> {
-        let gone = || "the execute thread is gone".to_string();
-        loop {
-            while self.later.front().is_some_and(|(after, _)| *after <= self.handed) {
-                let (_, work) = self.later.pop_front().expect("checked");
-                queue.send(work).map_err(|_| gone())?;
-            }
-            let Some(next) = self.spilled.front() else { return Ok(()) };
-            let in_memory = self.shared.exec_queue.in_memory();
-            if (in_memory > 0 && in_memory >= self.limit) || matches!(next, Spilled::Logged { seq, .. } if *seq > durable) {
-                return Ok(());
-            }
-            let vote = match *next {
-                Spilled::Logged { decree, ballot, file, offset, .. } => self.read(decree, ballot, file, offset)?,
-                Spilled::Held(ref vote) => vote.clone(),
-            };
-            self.spilled.pop_front();
-            self.handed += 1;
-            let cookies = self.cookies.remove(&vote.header.decree).unwrap_or_default();
-            if !self.send(vote, cookies, queue) {
-                return Err(gone());
-            }
-        }
-    }
-
-    fn above_half(&self) -> bool {
-        self.shared.exec_queue.in_memory() > self.limit / 2
-    }
-
-    /// Asks the execute thread to wake this one once it is down to half the bound.
-    fn arm(&self) {
-        self.shared.exec_queue.wake.store(true, SeqCst);
     }
 
     /// The replica stops: every spilled decree, and the work queued behind it, is handed
@@ -311,40 +224,23 @@ impl ExecBacklog {
     /// (`ShuttingDown`) and nothing else queued is delivered — a checkpoint saved now would
     /// not hold its decrees.
     pub fn stop(&mut self, durable: u64, queue: &Queue<Work>) -> Result<(), String> {
-        let drained = self.drain(durable, queue);
-        if drained.is_err() {
-            self.abandon(queue);
+        self.reader.shared.exec_queue.stopper.get_or_init(std::thread::current);
+        let drained = self.backlog.drain(durable, &mut Sink { queue, reader: &mut self.reader });
+        match drained {
+            Ok(()) => {
+                self.reader.reading = None;
+                self.publish();
+            }
+            Err(_) => self.abandon(queue),
         }
         drained
     }
 
-    fn drain(&mut self, durable: u64, queue: &Queue<Work>) -> Result<(), String> {
-        let shared = self.shared.clone();
-        shared.exec_queue.stopper.get_or_init(std::thread::current);
-        while !self.idle() {
-            if let Some(Spilled::Logged { decree, seq, .. }) = self.spilled.front() {
-                if *seq > durable {
-                    return Err(format!("decree {decree} to execute: its vote is not durable (persist {seq}, durable {durable})"));
-                }
-            }
-            self.refill(durable, queue)?;
-            // `refill` left the wake armed: the execute thread unparks this thread at half the
-            // bound or when it ends (an unpark before the park is kept). The timeout only
-            // bounds a wait that missed both.
-            while !self.idle() && self.above_half() {
-                if shared.exec_queue.gone.load(SeqCst) {
-                    return Err("the execute thread is gone".into());
-                }
-                std::thread::park_timeout(std::time::Duration::from_millis(100));
-            }
-        }
-        Ok(())
-    }
-
     fn abandon(&mut self, queue: &Queue<Work>) {
         let code = ResponseCode::ShuttingDown;
-        let spilled = std::mem::take(&mut self.cookies).into_values().flatten().map(|cookie| Work::Abort { cookie, code });
-        let later = std::mem::take(&mut self.later).into_iter().filter_map(|(_, work)| match work {
+        let (cookies, later) = self.backlog.abandon();
+        let spilled = cookies.into_iter().map(|cookie| Work::Abort { cookie, code });
+        let later = later.into_iter().filter_map(|work| match work {
             Work::Abort { .. } | Work::AbortConfig { .. } => Some(work),
             Work::ConfigChanged { cookie: Some(cookie), .. } => Some(Work::AbortConfig { cookie, code }),
             _ => None,
@@ -352,53 +248,79 @@ impl ExecBacklog {
         for work in spilled.chain(later).collect::<Vec<_>>() {
             let _ = queue.send(work);
         }
-        self.spilled.clear();
         self.publish();
     }
 
-    fn send(&mut self, vote: Arc<Message>, cookies: Vec<Cookie>, queue: &Queue<Work>) -> bool {
-        self.shared.exec_queue.handed(decree_bytes(&vote));
-        queue.send(Work::Execute { vote, cookies }).is_ok()
-    }
-
     fn publish(&self) {
-        let gauge = &self.shared.exec_queue;
-        gauge.spilled.store(self.spilled.len() as u64, Relaxed);
-        if self.idle() {
+        let gauge = &self.reader.shared.exec_queue;
+        gauge.spilled.store(self.backlog.spilled() as u64, Relaxed);
+        if self.backlog.idle() {
             gauge.wake.store(false, SeqCst);
         }
     }
+}
 
-    /// Reads `decree`'s vote of `ballot` back from `<file>.log` at `offset`.
-    fn read(&mut self, decree: u64, ballot: Ballot, file: u64, offset: u64) -> Result<Arc<Message>, String> {
+impl ExecQueue for Sink<'_> {
+    type Work = Work;
+    type Location = LogPos;
+
+    fn in_memory(&self) -> u64 {
+        self.reader.shared.exec_queue.in_memory()
+    }
+
+    fn hand(&mut self, work: Work) -> bool {
+        self.queue.send(work).is_ok()
+    }
+
+    fn hand_decree(&mut self, vote: Arc<Message>, cookies: Vec<Cookie>) -> bool {
+        self.reader.shared.exec_queue.handed(decree_bytes(&vote));
+        self.queue.send(Work::Execute { vote, cookies }).is_ok()
+    }
+
+    fn read(&mut self, at: &LogPos) -> Result<Arc<Message>, String> {
+        self.reader.read(*at)
+    }
+
+    fn describe(&self, at: &LogPos) -> String {
+        format!("{} at offset {}", self.reader.dir.join(log::file_name(at.file)).display(), at.offset)
+    }
+
+    /// Asks the execute thread to wake this one once it is down to half the bound.
+    fn arm(&self) {
+        self.reader.shared.exec_queue.wake.store(true, SeqCst);
+    }
+
+    /// The wake is armed (`refill`): the execute thread unparks this thread at half the bound
+    /// or when it ends (an unpark before the park is kept). The timeout only bounds a wait
+    /// that missed both.
+    fn wait(&mut self) -> Result<(), String> {
+        if self.reader.shared.exec_queue.gone.load(SeqCst) {
+            return Err("the execute thread is gone".into());
+        }
+        std::thread::park_timeout(std::time::Duration::from_millis(100));
+        Ok(())
+    }
+}
+
+impl LogReader {
+    /// The record at `at`.
+    fn read(&mut self, LogPos { file, offset }: LogPos) -> Result<Arc<Message>, String> {
         let path = self.dir.join(log::file_name(file));
-        let fail = |what: &dyn std::fmt::Display| format!("decree {decree} to execute: {} at offset {offset}: {what}", path.display());
         if self.reading.as_ref().is_none_or(|(open, _)| *open != file) {
-            let opened = faults::check(JOURNAL_READ, &path).and_then(|()| File::open(&path)).map_err(|e| fail(&e))?;
+            let opened = faults::check(JOURNAL_READ, &path).and_then(|()| File::open(&path)).map_err(|e| e.to_string())?;
             self.reading = Some((file, opened));
         }
         let (_, log) = self.reading.as_ref().expect("opened");
         let started = std::time::Instant::now();
         let mut page = [0u8; PAGE];
-        faults::check(JOURNAL_READ, &path).and_then(|()| log.read_exact_at(&mut page, offset)).map_err(|e| fail(&e))?;
-        let len = parse_record_header(&page).map_err(|e| fail(&e))?.length as usize;
+        faults::check(JOURNAL_READ, &path).and_then(|()| log.read_exact_at(&mut page, offset)).map_err(|e| e.to_string())?;
+        let len = parse_record_header(&page).map_err(|e| e.to_string())?.length as usize;
         let mut data = vec![0u8; round_up_512(len)];
-        log.read_exact_at(&mut data, offset).map_err(|e| fail(&e))?;
+        log.read_exact_at(&mut data, offset).map_err(|e| e.to_string())?;
         self.shared.log_reads.record((PAGE + data.len()) as u64, started.elapsed());
-        match read_record(&Bytes::from(data), 0, Mode::Strict, true).map_err(|e| fail(&e))? {
-            Step::Record(r)
-                if r.message.kind() == MsgKind::Vote && r.message.header.decree == decree && r.message.header.ballot == ballot =>
-            {
-                Ok(Arc::new(r.message))
-            }
-            Step::Record(r) => {
-                let (kind, found) = (r.message.kind(), &r.message.header);
-                Err(fail(&format_args!(
-                    "a {kind:?} record for decree {} of ballot {}, not the vote of ballot {ballot}",
-                    found.decree, found.ballot
-                )))
-            }
-            Step::End | Step::NeedMore(_) => Err(fail(&"no record")),
+        match read_record(&Bytes::from(data), 0, Mode::Strict, true).map_err(|e| e.to_string())? {
+            Step::Record(r) => Ok(Arc::new(r.message)),
+            Step::End | Step::NeedMore(_) => Err("no record".into()),
         }
     }
 }
@@ -406,6 +328,7 @@ impl ExecBacklog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::driver::backlog::Spilled;
     use crate::format::message::{Body, Header, VoteBody};
     use crate::format::types::{Ballot, MemberId, Version};
     use crate::runtime::journal::JournalOptions;
@@ -585,7 +508,7 @@ mod tests {
         assert!(err.contains("decree 2") && err.contains("0.log") && err.contains("offset 512"), "{err}");
         assert!(s.drain().is_empty(), "nothing is skipped");
         std::fs::remove_file(&path).unwrap();
-        s.backlog.reading = None;
+        s.backlog.reader.reading = None;
         let err = s.backlog.refill(durable, &s.queue).unwrap_err();
         assert!(err.contains("decree 2") && err.contains("0.log"), "{err}");
     }
@@ -707,7 +630,7 @@ mod tests {
         s.pass(vote(2, 1, 10), vec![]);
         let durable = s.sync();
         assert_eq!(s.drain(), ["1@1[]"]);
-        let Some(Spilled::Logged { ballot, .. }) = s.backlog.spilled.front_mut() else { panic!("logged") };
+        let Some(Spilled::Logged { ballot, .. }) = s.backlog.backlog.spilled.front_mut() else { panic!("logged") };
         *ballot = vote(2, 5, 10).header.ballot;
         let err = s.backlog.refill(durable, &s.queue).unwrap_err();
         assert!(err.contains("decree 2") && err.contains("0.log") && err.contains("offset 512") && err.contains("ballot"), "{err}");

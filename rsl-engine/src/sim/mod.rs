@@ -1,16 +1,18 @@
 //! The deterministic simulator: replicas of one ring on a virtual clock, with a seeded network
 //! (delay, reordering, duplication, loss, symmetric and one-way partitions), disks with group
 //! commit that lose or keep unsynced records when a process crashes, restarts, slow disks and
-//! slow executors; optionally an adversary that forges messages. Each replica runs through the
-//! runtime's own [`Driver`]; the simulator is its host. The [`checker`] judges every step. A
+//! slow executors whose queue spills to the log past a small memory bound; optionally an
+//! adversary that forges messages. Each replica runs through the runtime's own [`Driver`] and
+//! execute-queue [`Backlog`]; the simulator is their host. The [`checker`] judges every step. A
 //! seed fully determines a run.
 
 mod adversary;
 pub mod checker;
 
+use crate::driver::backlog::{decree_bytes, Backlog, ExecQueue};
 use crate::driver::{Driver, Execution, Host, Inbound};
 use crate::format::{Ballot, Body, ConfigInfo, MemberId, MemberSet, Message, MsgKind, Node as MemberNode, Version};
-use crate::paxos::{Action, Application, Checkpoint, CoreConfig, Input, Micros, Rejection, Replica, SplitMix64, MS, SEC};
+use crate::paxos::{Action, Application, Checkpoint, Cookie, CoreConfig, Input, Micros, Rejection, Replica, SplitMix64, MS, SEC};
 use bytes::{BufMut, Bytes, BytesMut};
 use checker::{Checker, Proc};
 use std::cmp::Reverse;
@@ -186,9 +188,21 @@ struct Node {
     exec: VecDeque<Execution>,
     exec_busy: bool,
     slow_exec: bool,
+    /// Bytes of decrees in `exec`, and the bound past which decrees wait in the log.
+    exec_bytes: u64,
+    exec_limit: u64,
+    /// Votes truncation or a load took out of the log while decrees waited in it: the runtime
+    /// keeps the logs they were in until those decrees execute (runtime/spill.rs).
+    retired: Vec<Arc<Message>>,
     /// Every decree below it has executed in this process life (`Host::executed`).
     executed_below: u64,
 }
+
+/// Where a spilled decree's vote is in a simulated log: its decree and ballot.
+type VotePos = (u64, Ballot);
+
+/// A process's execute queue: what waits in the log past its bound.
+type SimBacklog = Backlog<Execution, VotePos>;
 
 /// Answers the application's questions: always yes.
 struct SimApp;
@@ -213,12 +227,15 @@ pub struct Report {
     /// Messages the adversary injected, and messages or records the replicas refused.
     pub injected: usize,
     pub rejected: usize,
+    /// Chosen decrees that waited in the log because the execute queue was full.
+    pub spilled: usize,
     pub violations: Vec<String>,
 }
 
 pub struct Sim {
-    /// Each node's process, while it runs.
+    /// Each node's process, while it runs, and its execute queue's backlog.
     procs: Vec<Option<Driver>>,
+    backlogs: Vec<SimBacklog>,
     world: World,
 }
 
@@ -245,10 +262,18 @@ struct World {
     counts: [usize; 7],
     adversary: Option<adversary::Adversary>,
     rejected: usize,
+    spilled: usize,
 }
 
 /// The host of node `node`'s process.
 struct Machine<'a> {
+    w: &'a mut World,
+    node: usize,
+    backlog: &'a mut SimBacklog,
+}
+
+/// Node `node`'s executor and log, as its backlog sees them.
+struct SimExec<'a> {
     w: &'a mut World,
     node: usize,
 }
@@ -282,10 +307,14 @@ impl Sim {
                 exec: VecDeque::new(),
                 exec_busy: false,
                 slow_exec: false,
+                exec_bytes: 0,
+                exec_limit: u64::MAX,
+                retired: Vec::new(),
                 executed_below: 0,
             })
             .collect();
         let procs = nodes.iter().map(|_| None).collect();
+        let backlogs = nodes.iter().map(|_| Backlog::new(u64::MAX)).collect();
         let world = World {
             rng: SplitMix64::new(cfg.seed),
             loss: cfg.loss,
@@ -311,8 +340,9 @@ impl Sim {
             counts: [0; 7],
             adversary: None,
             rejected: 0,
+            spilled: 0,
         };
-        let mut sim = Sim { procs, world };
+        let mut sim = Sim { procs, backlogs, world };
         let w = &mut sim.world;
         if w.cfg.adversary {
             let ids = w.nodes.iter().map(|n| n.id).collect();
@@ -330,6 +360,7 @@ impl Sim {
             w.nodes[i].slow_disk = w.rng.chance(0.3);
             w.nodes[i].roll_every = 20 + w.rng.below(300) as usize;
             w.nodes[i].slow_exec = w.rng.chance(0.2);
+            w.nodes[i].exec_limit = exec_limit(w.cfg.seed, i, w.nodes[i].slow_exec);
             sim.boot(i);
         }
         sim.world.schedule_faults();
@@ -363,15 +394,19 @@ impl Sim {
         }
         // The replayed decrees executed at once.
         (w.nodes[i].up, w.nodes[i].executed_below) = (true, replica.next_execute());
+        self.backlogs[i] = Backlog::new(w.nodes[i].exec_limit);
         self.procs[i] = Some(Driver::new(replica, Box::new(SimApp), false));
         self.drive(i, |d, m| d.start(m));
     }
 
-    /// Runs `f` on node `i`'s process, if it is up; then checks its promise never went down,
-    /// and ends the process if it stopped.
+    /// Runs `f` on node `i`'s process, if it is up, and ends the turn with a refill of its
+    /// executor, as the runtime does; then checks its promise never went down, and ends the
+    /// process if it stopped.
     fn drive(&mut self, i: usize, f: impl FnOnce(&mut Driver, &mut Machine<'_>)) {
         let Some(driver) = self.procs[i].as_mut() else { return };
-        f(driver, &mut Machine { w: &mut self.world, node: i });
+        f(driver, &mut Machine { w: &mut self.world, node: i, backlog: &mut self.backlogs[i] });
+        self.refill(i);
+        let driver = self.procs[i].as_ref().expect("a refill does not end the process");
         let ballot = driver.core().max_ballot();
         let proc = self.world.proc(i);
         self.world.checker.observe_ballot(proc, ballot);
@@ -380,20 +415,42 @@ impl Sim {
         }
     }
 
+    /// Decrees waiting in node `i`'s log go to its executor as the bound allows, once the
+    /// executor is down to half of it. A failure is the replica's, as in the runtime.
+    fn refill(&mut self, i: usize) {
+        let Some(driver) = self.procs[i].as_ref() else { return };
+        let (durable, backlog) = (driver.durable_seq(), &mut self.backlogs[i]);
+        if let Err(e) = backlog.refill(durable, &mut SimExec { w: &mut self.world, node: i }) {
+            self.world.checker.violation(format!("node {i} failed: {e}"));
+        }
+        if backlog.idle() {
+            self.world.nodes[i].retired.clear();
+        }
+    }
+
+    /// Node `i`'s executor runs what is queued; then its backlog refills it.
+    fn run_executor(&mut self, i: usize) {
+        self.world.run_executor(i, false);
+        self.refill(i);
+    }
+
     fn step(&mut self, i: usize, input: Input) {
         self.drive(i, |d, m| d.step(input, m));
     }
 
     /// A process that stopped on its own (`ShutDown`) exits cleanly, as the runtime does: the
-    /// driver stops (what the core holds is aborted), the executor runs what is queued, and
-    /// everything written is kept. A supervisor restarts it.
+    /// driver stops (what the core holds is aborted), everything written is kept, the decrees
+    /// waiting in the log and then the executor's queue run. A supervisor restarts it.
     fn exit(&mut self, i: usize) {
         if let Some(driver) = self.procs[i].as_mut() {
-            driver.stop(&mut Machine { w: &mut self.world, node: i });
+            driver.stop(&mut Machine { w: &mut self.world, node: i, backlog: &mut self.backlogs[i] });
         }
-        self.run_executor(i, true);
         let n = &mut self.world.nodes[i];
         n.durable.extend(n.pending.drain(..).map(|(_, r)| r));
+        if let Err(e) = self.backlogs[i].drain(u64::MAX, &mut SimExec { w: &mut self.world, node: i }) {
+            self.world.checker.violation(format!("node {i} failed at its stop: {e}"));
+        }
+        self.world.run_executor(i, true);
         self.crash(i);
         let at = self.world.now + 100 * MS + self.world.rng.below(SEC);
         self.world.schedule(at, Event::Restart(i));
@@ -416,6 +473,9 @@ impl Sim {
         n.flushing = false;
         n.exec.clear();
         n.exec_busy = false;
+        n.exec_bytes = 0;
+        n.retired.clear();
+        self.backlogs[node] = Backlog::new(n.exec_limit);
         n.executed_below = 0;
         n.incarnation += 1;
         w.checker.crashed(proc);
@@ -510,6 +570,7 @@ impl Sim {
             configurations,
             injected: w.adversary.as_ref().map_or(0, |a| a.injected),
             rejected: w.rejected,
+            spilled: w.spilled,
             violations,
         }
     }
@@ -573,12 +634,12 @@ impl Sim {
             Event::Learned { node, incarnation, from, records } if self.current(node, incarnation) => {
                 self.step(node, Input::Learned { from, records });
             }
-            Event::Execute { node, incarnation } if self.current(node, incarnation) => self.run_executor(node, false),
+            Event::Execute { node, incarnation } if self.current(node, incarnation) => self.run_executor(node),
             Event::Saved { node, incarnation, cp } if self.current(node, incarnation) => {
                 let (decree, size) = (cp.decree, checkpoint_size(&cp));
                 self.world.keep_checkpoint(node, cp);
                 self.drive(node, |d, m| d.checkpoint_done(decree, size, false, m));
-                self.run_executor(node, false);
+                self.run_executor(node);
             }
             Event::CheckpointFetched { node, incarnation, fetched, load } if self.current(node, incarnation) => match fetched {
                 Some((cp, size)) if load => self.step(node, Input::CheckpointFetched(Some((cp, size)))),
@@ -674,15 +735,37 @@ impl Sim {
         }
     }
 
+    /// Forges a message for a random live replica and delivers it there, as if from its
+    /// claimed sender's address.
+    fn inject(&mut self) {
+        let w = &mut self.world;
+        let Some(adversary) = w.adversary.as_mut() else { return };
+        let node = adversary.below(w.nodes.len() as u64) as usize;
+        let Some(r) = self.procs[node].as_ref().map(Driver::core) else { return };
+        let target = adversary::Target {
+            version: w.core.version,
+            max_ballot: r.max_ballot(),
+            next_execute: r.next_execute(),
+            config: r.paxos_configuration().number,
+        };
+        let (_, msg) = adversary.forge(&target);
+        let from = w.nodes.iter().position(|n| n.id == msg.header.sender).map_or(Ipv4Addr::new(127, 0, 0, 250), address);
+        let origin = Inbound { ip: IpAddr::V4(from), certified: None };
+        self.drive(node, |d, m| d.on_message(Arc::new(msg), origin, m));
+    }
+}
+
+impl World {
     /// The executor runs its queue in order, until it meets a checkpoint to save: writing it
     /// holds the executor for a while (what follows waits), then the driver hears of it.
     /// `exiting`: the process is going away; a checkpoint it would save is not.
     fn run_executor(&mut self, node: usize, exiting: bool) {
-        let w = &mut self.world;
+        let w = self;
         let proc = w.proc(node);
         while let Some(item) = w.nodes[node].exec.pop_front() {
             match item {
                 Execution::Decree { vote, cookies } => {
+                    w.nodes[node].exec_bytes -= decree_bytes(&vote);
                     w.checker.executed(proc, &vote, &cookies, w.now);
                     w.nodes[node].executed_below = vote.header.decree + 1;
                 }
@@ -706,27 +789,6 @@ impl Sim {
         w.nodes[node].exec_busy = false;
     }
 
-    /// Forges a message for a random live replica and delivers it there, as if from its
-    /// claimed sender's address.
-    fn inject(&mut self) {
-        let w = &mut self.world;
-        let Some(adversary) = w.adversary.as_mut() else { return };
-        let node = adversary.below(w.nodes.len() as u64) as usize;
-        let Some(r) = self.procs[node].as_ref().map(Driver::core) else { return };
-        let target = adversary::Target {
-            version: w.core.version,
-            max_ballot: r.max_ballot(),
-            next_execute: r.next_execute(),
-            config: r.paxos_configuration().number,
-        };
-        let (_, msg) = adversary.forge(&target);
-        let from = w.nodes.iter().position(|n| n.id == msg.header.sender).map_or(Ipv4Addr::new(127, 0, 0, 250), address);
-        let origin = Inbound { ip: IpAddr::V4(from), certified: None };
-        self.drive(node, |d, m| d.on_message(Arc::new(msg), origin, m));
-    }
-}
-
-impl World {
     fn schedule(&mut self, at: Micros, event: Event) {
         self.event_seq += 1;
         self.payloads.push(Some(event));
@@ -966,6 +1028,83 @@ fn checkpoint_size(cp: &Checkpoint) -> u64 {
     1024 + cp.decree * 16
 }
 
+/// Node `i`'s execute-queue bound, from its own stream (the seed's schedule stays as it was):
+/// a few decrees, fewer on a slow executor, so that some seeds spill heavily; a quarter of
+/// the fast executors never spill.
+fn exec_limit(seed: u64, i: usize, slow: bool) -> u64 {
+    let mut rng = SplitMix64::new(seed ^ 0x5e11_0000_0000 ^ i as u64);
+    let decree = 300; // about `decree_bytes` of a decree of one request
+    match (slow, rng.below(4)) {
+        (false, 0) => u64::MAX,
+        (true, _) => decree * (1 + rng.below(3)),
+        _ => decree * (1 + rng.below(12)),
+    }
+}
+
+impl ExecQueue for SimExec<'_> {
+    type Work = Execution;
+    type Location = VotePos;
+
+    fn in_memory(&self) -> u64 {
+        self.w.nodes[self.node].exec_bytes
+    }
+
+    /// Queued; the executor starts after a while if it is idle.
+    fn hand(&mut self, work: Execution) -> bool {
+        let n = &mut self.w.nodes[self.node];
+        n.exec.push_back(work);
+        if !n.exec_busy {
+            n.exec_busy = true;
+            let (incarnation, slow) = (n.incarnation, n.slow_exec);
+            let latency = if slow { MS + self.w.rng.below(10 * MS) } else { self.w.rng.below(200) };
+            self.w.schedule(self.w.now + latency, Event::Execute { node: self.node, incarnation });
+        }
+        true
+    }
+
+    fn hand_decree(&mut self, vote: Arc<Message>, cookies: Vec<Cookie>) -> bool {
+        self.w.nodes[self.node].exec_bytes += decree_bytes(&vote);
+        self.hand(Execution::Decree { vote, cookies })
+    }
+
+    /// Only what is durable can be read back; what a load or truncation retired still is.
+    fn read(&mut self, &(decree, ballot): &VotePos) -> Result<Arc<Message>, String> {
+        let n = &self.w.nodes[self.node];
+        let is = |r: &&Arc<Message>| r.kind() == MsgKind::Vote && (r.header.decree, r.header.ballot) == (decree, ballot);
+        let found = n.durable.iter().rev().find(is).or_else(|| n.retired.iter().rev().find(is));
+        found.cloned().ok_or_else(|| "not in the durable log".to_string())
+    }
+
+    fn describe(&self, &(decree, ballot): &VotePos) -> String {
+        format!("node {}'s log, the vote ({decree},{ballot})", self.node)
+    }
+
+    /// At a stop the executor runs what it holds at once.
+    fn wait(&mut self) -> Result<(), String> {
+        self.w.run_executor(self.node, true);
+        Ok(())
+    }
+}
+
+impl Machine<'_> {
+    /// The newest record of `vote` in the log, and the persist that appended it (0: durable).
+    fn locate(q: &SimExec<'_>, vote: &Message) -> Option<(VotePos, u64)> {
+        let n = &q.w.nodes[q.node];
+        let at = (vote.header.decree, vote.header.ballot);
+        let is = |r: &Arc<Message>| r.kind() == MsgKind::Vote && (r.header.decree, r.header.ballot) == at;
+        let pending = n.pending.iter().rev().find(|(_, r)| is(r)).map(|(seq, _)| *seq);
+        pending.or_else(|| n.durable.iter().rev().any(is).then_some(0)).map(|seq| (at, seq))
+    }
+
+    /// Records leaving the log: the votes among them stay readable while decrees wait.
+    fn retire(&mut self, gone: Vec<Arc<Message>>) {
+        if !self.backlog.idle() {
+            let votes = gone.into_iter().filter(|r| r.kind() == MsgKind::Vote);
+            self.w.nodes[self.node].retired.extend(votes);
+        }
+    }
+}
+
 impl Host for Machine<'_> {
     fn now(&self) -> Micros {
         self.w.now
@@ -999,16 +1138,17 @@ impl Host for Machine<'_> {
         Ok(rolled)
     }
 
+    /// Through the backlog: past the bound, decrees wait in the log.
     fn execute(&mut self, item: Execution) {
-        let n = &mut self.w.nodes[self.node];
-        n.exec.push_back(item);
-        if n.exec_busy {
-            return;
+        let q = &mut SimExec { w: self.w, node: self.node };
+        match item {
+            Execution::Decree { vote, cookies } => {
+                let before = self.backlog.spilled();
+                self.backlog.execute(vote, cookies, q, Machine::locate);
+                q.w.spilled += self.backlog.spilled() - before;
+            }
+            work => drop(self.backlog.hand(work, q)),
         }
-        n.exec_busy = true;
-        let (incarnation, slow) = (n.incarnation, n.slow_exec);
-        let latency = if slow { MS + self.w.rng.below(10 * MS) } else { self.w.rng.below(200) };
-        self.w.schedule(self.w.now + latency, Event::Execute { node: self.node, incarnation });
     }
 
     fn executed(&self) -> (u64, bool) {
@@ -1022,7 +1162,9 @@ impl Host for Machine<'_> {
     fn truncate_log(&mut self, decree: u64) -> u64 {
         let n = &mut self.w.nodes[self.node];
         let keep_from = n.durable.iter().position(|r| r.header.decree > decree).unwrap_or(n.durable.len());
-        n.durable.drain(..keep_from);
+        let gone = n.durable.drain(..keep_from).collect();
+        self.retire(gone);
+        let n = &mut self.w.nodes[self.node];
         // A pipelined log is not in decree order: it holds votes from its lowest decree past the
         // checkpoint on (a re-proposal of an older decree does not make it hold those before).
         let beyond = n.durable.iter().filter(|r| r.kind() == MsgKind::Vote && r.header.decree > decree);
@@ -1043,7 +1185,9 @@ impl Host for Machine<'_> {
         let (cp, decree, size) = (cp.clone(), cp.decree, checkpoint_size(cp));
         let n = &mut self.w.nodes[self.node];
         n.checkpoint = Some((cp, size));
-        n.durable.retain(|r| r.header.decree > decree);
+        let (kept, gone) = std::mem::take(&mut n.durable).into_iter().partition(|r| r.header.decree > decree);
+        n.durable = kept;
+        self.retire(gone);
         Ok(())
     }
 
