@@ -630,7 +630,7 @@ namespace RSLib
         /* Called for every node handed to Initialize, Bootstrap or ChangeConfiguration whose
            m_ip is 0 (on the calling thread), and on the replica's resolver thread, with no
            lock held (it may block): for every peer at start-up (members restored from disk
-           too) and on a configuration change, then every 30 s and at once after a failed
+           too), for each peer a configuration change adds or moves, then every 30 s and at once after a failed
            connection to a peer, for each peer whose m_ip is 0 or that needs resolving
            (ReplicaHealth::m_needsResolve). Return true with the node's m_ip/m_rslPort/
            m_rslLearnPort where the member is now: a changed address moves it. The default

@@ -80,7 +80,7 @@ pub struct rsl_callbacks {
         Option<unsafe extern "C" fn(ctx: *mut c_void, node: *const rsl_node, data: *const c_void, len: u32) -> bool>,
     /// Optional (NULL: no resolver runs; members stay at their configured addresses).
     /// `ResolveNode`, on the replica's resolver thread, with no lock held: for every peer when
-    /// the replica starts and when the configuration changes, then every 30 s and at once
+    /// the replica starts, for each peer a configuration change adds or moves, then every 30 s and at once
     /// after a failed outbound connection for each peer at address 0 or not resolved since its
     /// connection failed. Set `node`'s `ip`, ports and host name to where the member is now and
     /// return true; false if it cannot be told now (asked again later). A changed address or

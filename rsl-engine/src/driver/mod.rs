@@ -416,8 +416,9 @@ impl Driver {
         let configured =
             |id: &MemberId| [core.paxos_configuration(), core.configuration()].iter().any(|c| c.members.nodes.iter().any(|n| n.id == *id));
         add_joiner(&mut self.joiners, &mut self.nodes, node, configured);
-        self.peers_for = (u32::MAX, u32::MAX);
-        self.refresh_peers(host);
+        // Only the joiners changed: the members keep where they are, relocations included (a
+        // Join, which anyone can send without TLS, must not move a member back).
+        self.set_host_peers(host);
     }
 
     /// Keeps the host's peers to every node of the Paxos and state configurations.

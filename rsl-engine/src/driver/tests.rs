@@ -1,4 +1,5 @@
 use super::*;
+use crate::format::message::JoinBody;
 use crate::format::{Ballot, Version};
 use crate::paxos::{AcceptAll, CoreConfig};
 use std::net::Ipv6Addr;
@@ -158,6 +159,12 @@ fn a_relocated_member_is_reached_and_heard_at_its_new_address_only() {
     host.peer_ips.clear();
     d.relocate(node("9", HOME), &mut host);
     assert!(host.peer_ips.is_empty(), "a member the replica does not know is not added");
+    // A Join from a stranger (anyone can send one without TLS) adds it, and moves no member back.
+    let join = JoinBody { learn_port: 7001, min_decree_in_log: 0, checkpointed_decree: 0, checkpoint_size: 0 };
+    let from_9 = Arc::new(Message::new(Header::new(Version::V6, id("9"), 0, 5, Ballot::EMPTY), Body::Join(join)));
+    d.on_message(from_9, Inbound { ip: IpAddr::V4(Ipv4Addr::new(10, 9, 9, 9)), certified: None }, &mut host);
+    assert!(host.peer_ips.contains(&(id("2"), HOME)), "member 2 stays where it moved: {:?}", host.peer_ips);
+    assert!(host.peer_ips.contains(&(id("9"), Ipv4Addr::new(10, 9, 9, 9))), "the joiner is a peer: {:?}", host.peer_ips);
 }
 
 #[test]

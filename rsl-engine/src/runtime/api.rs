@@ -118,8 +118,8 @@ pub trait Admission: Send + Sync + 'static {
     /// `ResolveNode`: where member `node` listens now (address and ports; typically looked up
     /// from `node.host_name`), or `None` if that cannot be told now. Asked on the replica's
     /// resolver thread, one member at a time and never with a lock held: for every peer when
-    /// the replica starts (members restored from its checkpoint and logs included) and when
-    /// the configuration changes, and then, every 30 s and at once when an outbound connection
+    /// the replica starts (members restored from its checkpoint and logs included), for each
+    /// peer a configuration change adds or places at another address, and then, every 30 s and at once when an outbound connection
     /// to a member fails, for each peer configured at 0.0.0.0 or not resolved since its
     /// connection last failed (`ReplicaHealth::needs_resolve`). An answer with another address
     /// or ports moves the member: the replica connects there and takes its messages from there.

@@ -285,6 +285,7 @@ impl Executor {
         // Under the Exclusive lock, as for a decree: no fast read sees the checkpoint's number
         // before `load_state` has replaced the state.
         let mut sm = self.sm.exclusive();
+        let before = (self.shared.current_seq.load(Relaxed), self.shared.view().config.clone());
         self.shared.current_seq.store(cp.decree, Release);
         self.shared.passed_seq.fetch_max(cp.decree, Relaxed);
         self.shared.view().config = cp.config.clone();
@@ -297,6 +298,10 @@ impl Executor {
             }
         };
         if !loaded {
+            // The state is still the old one: so are the numbers a read may see before the
+            // replica stops.
+            self.shared.current_seq.store(before.0, Release);
+            self.shared.view().config = before.1;
             let _ = self.events.send(Event::Fatal(format!("the state machine could not load checkpoint {}", path.display())));
             return;
         }

@@ -245,7 +245,13 @@ impl RslReplica {
         );
         let lookup = resolver.clone().map(|notes| Resolver::new(admission.clone(), events_tx.clone(), notes, RESOLVE_INTERVAL));
         let ring = Ring::new(core, admission, io);
-        let siblings = Siblings { shared: shared.clone(), events: events_tx.clone(), work: work_tx.clone(), transport: transport.clone() };
+        let siblings = Siblings {
+            shared: shared.clone(),
+            events: events_tx.clone(),
+            work: work_tx.clone(),
+            transport: transport.clone(),
+            resolver: resolver.clone(),
+        };
         let ready = exec.start_readers(cfg.num_reader_threads, |body| spawn("rsl-read", siblings.clone(), body));
         let mut threads = vec![
             spawn("rsl-exec", siblings.clone(), move || exec.run(work_rx)),
@@ -687,12 +693,16 @@ struct Siblings {
     events: Queue<Event>,
     work: Queue<Work>,
     transport: Arc<Transport>,
+    resolver: Option<Arc<Notes>>,
 }
 
 impl Siblings {
     fn fail(&self, reason: String) {
         self.shared.fail(reason);
         self.transport.shutdown();
+        if let Some(resolver) = &self.resolver {
+            resolver.stop();
+        }
         let _ = self.events.send(Event::Stop);
         let _ = self.work.send(Work::Stop);
     }

@@ -24,6 +24,8 @@ struct Pending {
     peers: Option<Vec<Node>>,
     failed: BTreeSet<MemberId>,
     stop: bool,
+    /// A `resolve_node` call is running (see [`Notes::quiesce`]).
+    busy: bool,
 }
 
 /// The resolver's mailbox, and what it publishes for `ReplicaHealth`.
@@ -61,6 +63,31 @@ impl Notes {
         self.note(|p| p.stop = true);
     }
 
+    /// Stops the resolver and waits, up to `limit`, until no `resolve_node` call is running:
+    /// the replica's `shut_down` comes after this, and no callback may follow it. Bounded,
+    /// because a service's resolver could block on the replica it is resolving for.
+    pub fn quiesce(&self, limit: Duration) {
+        let mut pending = self.pending();
+        pending.stop = true;
+        self.wake.notify_all();
+        let (pending, waited) = self.wake.wait_timeout_while(pending, limit, |p| p.busy).unwrap_or_else(|e| e.into_inner());
+        if waited.timed_out() && pending.busy {
+            tracing::warn!(?limit, "resolve_node still running at shutdown: shutting down anyway");
+        }
+    }
+
+    /// Marks a call as running, unless the resolver is stopped (then false: no call).
+    fn begin_call(&self) -> bool {
+        let mut pending = self.pending();
+        pending.busy = !pending.stop;
+        pending.busy
+    }
+
+    fn end_call(&self) {
+        self.pending().busy = false;
+        self.wake.notify_all();
+    }
+
     /// Whether `id` needs resolving (`ReplicaHealth::needs_resolve`).
     pub fn needs_resolve(&self, id: &MemberId) -> bool {
         self.unresolved.lock().unwrap_or_else(|e| e.into_inner()).contains(id)
@@ -73,7 +100,7 @@ impl Notes {
             let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else { break };
             pending = self.wake.wait_timeout(pending, left).unwrap_or_else(|e| e.into_inner()).0;
         }
-        std::mem::take(&mut *pending)
+        Pending { peers: pending.peers.take(), failed: std::mem::take(&mut pending.failed), stop: pending.stop, busy: false }
     }
 }
 
@@ -116,7 +143,9 @@ impl Resolver {
                 }
             }
             if due {
-                self.round();
+                if !self.round() {
+                    return;
+                }
                 next = Instant::now() + self.interval;
             }
         }
@@ -139,11 +168,17 @@ impl Resolver {
     }
 
     /// Asks the service about every peer at 0.0.0.0 or needing it; sends the protocol thread
-    /// each one found elsewhere. No lock is held during the callback.
-    fn round(&mut self) {
+    /// each one found elsewhere. No lock is held during the callback. False once the resolver
+    /// is stopped or the protocol thread is gone: the thread ends.
+    fn round(&mut self) -> bool {
         for peer in self.peers.values_mut().filter(|p| p.needs_resolve || p.node.ip.is_unspecified()) {
             peer.needs_resolve = true;
-            let Some(found) = self.admission.resolve_node(&peer.node) else { continue };
+            if !self.notes.begin_call() {
+                return false;
+            }
+            let found = self.admission.resolve_node(&peer.node);
+            self.notes.end_call();
+            let Some(found) = found else { continue };
             if found.id != peer.node.id || found.ip.is_unspecified() || found.rsl_port == 0 {
                 tracing::warn!(member = %peer.node.id, ?found, "resolve_node answered another member or no address: ignored");
                 continue;
@@ -153,11 +188,12 @@ impl Resolver {
                 tracing::info!(member = %found.id, from = %place(&peer.node), to = %place(&found), "a member moved");
                 peer.node = found.clone();
                 if self.events.send(Event::Relocated(found)).is_err() {
-                    return; // the protocol thread is gone
+                    return false; // the protocol thread is gone
                 }
             }
         }
         self.publish();
+        true
     }
 
     fn publish(&self) {
@@ -239,6 +275,8 @@ mod tests {
         // The protocol thread's peers now name the new place: nothing to resolve.
         let asked = dir.asked.load(Relaxed);
         notes.peers(vec![to.clone()]);
+        // Taken by the resolver before it stops, and any round it started ends before the join.
+        wait_for("the resolver takes the peers", || notes.pending().peers.is_none());
         notes.stop();
         thread.join().unwrap();
         assert_eq!(dir.asked.load(Relaxed), asked);

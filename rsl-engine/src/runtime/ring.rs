@@ -29,6 +29,8 @@ use std::time::{Duration, Instant};
 
 /// Rejected messages are logged at most this often; the others in between are only counted.
 const REJECTION_LOG_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a stop waits for a `resolve_node` call to return before `shut_down` runs.
+const RESOLVER_QUIESCE: Duration = Duration::from_secs(10);
 
 /// The core's synchronous questions, answered by the service's [`Admission`].
 pub(crate) struct Admit(pub Arc<dyn Admission>);
@@ -254,7 +256,7 @@ impl Ring {
         io.shared.shutting_down.store(true, Relaxed);
         io.transport.shutdown();
         if let Some(resolver) = &io.resolver {
-            resolver.stop();
+            resolver.quiesce(RESOLVER_QUIESCE);
         }
         // Closed first, so every spilled decree's record is on disk to execute before Stop.
         let closed = io.journal.close();
