@@ -54,7 +54,14 @@ impl Ring {
     fn new() -> Ring {
         let dir = tempfile::tempdir().unwrap();
         let Three { nodes, members, cfg } = three(dir.path());
-        let mut ring = Ring { _dir: dir, cfg, nodes, members, machines: vec![Counter::default(); 3], replicas: vec![None, None, None] };
+        let mut ring = Ring {
+            _dir: dir,
+            cfg,
+            nodes,
+            members,
+            machines: (0..3).map(|_| Counter::default()).collect(),
+            replicas: vec![None, None, None],
+        };
         for i in 0..3 {
             ring.start(i);
         }
