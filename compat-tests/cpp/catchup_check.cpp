@@ -16,7 +16,6 @@
 // The child is this program again: catchup_check child <basePort> <workDir>.
 // Prints "ok <step>" per step and "all ok"; exits 1 at the first failure.
 
-#include <arpa/inet.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/stat.h>
@@ -25,11 +24,9 @@
 
 #include <atomic>
 #include <chrono>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
-#include <functional>
 #include <iostream>
 #include <memory>
 #include <mutex>
@@ -38,6 +35,7 @@
 #include <thread>
 #include <vector>
 
+#include "check_support.h"
 #include "rsl.h"
 
 extern char** environ;
@@ -46,60 +44,12 @@ using namespace RSLib;
 
 namespace
 {
-    unsigned short g_basePort = 0;
-    std::string g_work;
-
-    [[noreturn]] void Fail(const std::string& what)
-    {
-        std::cout << "FAIL " << what << std::endl;
-        std::exit(1);
-    }
-
-    void Check(bool ok, const std::string& what)
-    {
-        if (!ok)
-        {
-            Fail(what);
-        }
-    }
-
-    bool WaitFor(int seconds, const std::function<bool()>& cond)
-    {
-        const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
-        while (std::chrono::steady_clock::now() < end)
-        {
-            if (cond())
-            {
-                return true;
-            }
-            std::this_thread::sleep_for(std::chrono::milliseconds(20));
-        }
-        return cond();
-    }
-
-    RSLNode MakeNode(int id)
-    {
-        RSLNode node;
-        node.SetMemberIdAsUInt64(static_cast<unsigned long long>(id));
-        std::snprintf(node.m_hostName, sizeof node.m_hostName, "localhost");
-        node.m_ip = inet_addr("127.0.0.1");
-        node.m_rslPort = static_cast<unsigned short>(g_basePort + 10 * (id - 1));
-        return node;
-    }
-
     // m_catchUpByRestart is left at its default: the original's.
     RSLConfigParam Config()
     {
-        RSLConfigParam cfg;
-        cfg.m_newLeaderGracePeriodSec = 3;
-        cfg.m_heartBeatIntervalSec = 1;
-        cfg.m_electionDelaySec = 3;
-        cfg.m_maxElectionRandomizeSec = 1;
-        cfg.m_initializeRetryIntervalSec = 1;
+        RSLConfigParam cfg = RingConfig(g_work + "/ring", 3, 3);
         cfg.m_cPQueryRetryIntervalSec = 1;
         cfg.m_maxLogLenMB = 1;
-        std::snprintf(cfg.m_workingDir, sizeof cfg.m_workingDir, "%s/ring", g_work.c_str());
-        cfg.m_addMemberIdToWorkingDir = true;
         return cfg;
     }
 
@@ -116,7 +66,7 @@ namespace
     // The state: how many requests executed and a hash of all of them, in order. Records the
     // callbacks of catch-up, and appends them to `events` when it is set (the child's, read
     // by the parent after the child has exited).
-    class Machine : public RSLStateMachine
+    class Machine : public CheckMachine
     {
     public:
         explicit Machine(std::string events = std::string()) : m_eventsFile(std::move(events)) {}
@@ -149,19 +99,12 @@ namespace
             m_hash = Fold(m_hash, request, len);
         }
 
-        void ExecuteFastReadRequest(void*, size_t, void*) override {}
-        void AbortRequest(RSLResponseCode, void*) override {}
-
         void SaveState(RSLCheckpointStreamWriter* writer) override
         {
             std::lock_guard<std::mutex> lock(m_mutex);
             const uint64_t state[2] = {m_count, m_hash};
             writer->Write(state, sizeof state);
         }
-
-        void NotifyStatus(bool isPrimary) override { m_primary = isPrimary; }
-        void NotifyConfigurationChanged(void*) override {}
-        void AbortChangeConfiguration(RSLResponseCode, void*) override {}
 
         void ShutDown(RSLResponseCode status) override
         {
@@ -188,7 +131,6 @@ namespace
             return {m_count, m_hash};
         }
 
-        std::atomic<bool> m_primary{false};
         std::atomic<int> m_loadsEmpty{0};
         std::atomic<int> m_loadsWithCheckpoint{0};
         std::atomic<int> m_shutDowns{0};
@@ -225,11 +167,7 @@ namespace
     {
         std::unique_ptr<Machine> m(new Machine(events));
         RSLConfigParam cfg = base;
-        RSLNodeCollection nodes;
-        for (int i = 1; i <= 3; ++i)
-        {
-            nodes.Append(MakeNode(i));
-        }
+        RSLNodeCollection nodes = RingNodes();
         Check(m->Initialize(&cfg, nodes, MakeNode(id), RSLProtocolVersion_6, false), "Initialize replica " + std::to_string(id));
         return m;
     }
@@ -425,14 +363,7 @@ int main(int argc, char** argv)
     }
     ByRestart(ring, argv[0]);
     InPlace(ring);
-    for (auto& m : ring.m)
-    {
-        m->UnloadThisOne();
-    }
-    for (auto& m : ring.m)
-    {
-        m.reset();
-    }
+    DeleteAll(ring.m);
     std::cout << "all ok" << std::endl;
     return 0;
 }

@@ -18,17 +18,12 @@
 // is primary and are submitted again after an election; deadlines are generous, and nothing
 // is asserted about how long anything took.
 
-#include <arpa/inet.h>
-
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <deque>
-#include <fstream>
 #include <functional>
 #include <iostream>
 #include <memory>
@@ -37,74 +32,13 @@
 #include <thread>
 #include <vector>
 
+#include "check_support.h"
 #include "rsl.h"
 
 using namespace RSLib;
 
 namespace
 {
-    unsigned short g_basePort = 0;
-    std::string g_work;
-
-    // Prints the end of the library's log (RSLInit writes it under the work directory).
-    void PrintLogTail()
-    {
-        std::ifstream log(g_work + "/logs/rsl.log");
-        std::deque<std::string> tail;
-        for (std::string line; std::getline(log, line);)
-        {
-            tail.push_back(line);
-            if (tail.size() > 60)
-            {
-                tail.pop_front();
-            }
-        }
-        for (const std::string& line : tail)
-        {
-            std::cout << "  log: " << line << std::endl;
-        }
-    }
-
-    [[noreturn]] void Fail(const std::string& what)
-    {
-        std::cout << "FAIL " << what << std::endl;
-        PrintLogTail();
-        std::_Exit(1);
-    }
-
-    void Check(bool ok, const std::string& what)
-    {
-        if (!ok)
-        {
-            Fail(what);
-        }
-    }
-
-    // Waits up to `seconds` for `cond`.
-    bool WaitFor(int seconds, const std::function<bool()>& cond)
-    {
-        const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
-        while (std::chrono::steady_clock::now() < end)
-        {
-            if (cond())
-            {
-                return true;
-            }
-            std::this_thread::sleep_for(std::chrono::milliseconds(20));
-        }
-        return cond();
-    }
-
-    RSLNode MakeNode(int id)
-    {
-        RSLNode node;
-        node.SetMemberIdAsUInt64(static_cast<unsigned long long>(id));
-        std::snprintf(node.m_hostName, sizeof node.m_hostName, "localhost");
-        node.m_ip = inet_addr("127.0.0.1");
-        node.m_rslPort = static_cast<unsigned short>(g_basePort + 10 * (id - 1));
-        return node;
-    }
-
     // The 8-byte id a request starts with.
     uint64_t IdOf(const void* request, size_t len)
     {
@@ -118,11 +52,9 @@ namespace
 
     // Records the ids it executes and a running hash of the requests; while its gate is shut,
     // ExecuteReplicatedRequest waits, and once open it takes m_slowMs per request.
-    class Machine : public RSLStateMachine
+    class Machine : public CheckMachine
     {
     public:
-        bool LoadState(RSLCheckpointStreamReader*) override { return true; }
-
         void ExecuteReplicatedRequest(void* request, size_t len, void* /*cookie*/, bool* /*saveState*/) override
         {
             {
@@ -142,19 +74,11 @@ namespace
             m_ids.push_back(IdOf(request, len));
         }
 
-        void ExecuteFastReadRequest(void*, size_t, void*) override {}
-        void AbortRequest(RSLResponseCode, void*) override {}
-
         void SaveState(RSLCheckpointStreamWriter* writer) override
         {
             writer->Write("state", 5);
             ++m_saved;
         }
-
-        void NotifyStatus(bool isPrimary) override { m_primary = isPrimary; }
-        void NotifyConfigurationChanged(void*) override {}
-        void AbortChangeConfiguration(RSLResponseCode, void*) override {}
-        void ShutDown(RSLResponseCode) override {}
 
         void Gate(bool shut, int slowMs)
         {
@@ -191,7 +115,6 @@ namespace
         }
 
         std::atomic<int> m_saved{0};
-        std::atomic<bool> m_primary{false};
 
     private:
         std::mutex m_mutex;
@@ -206,31 +129,11 @@ namespace
 
     using Ring = std::vector<std::unique_ptr<Machine>>;
 
-    // The replica that is primary now, or -1.
-    int Primary(Ring& ring)
-    {
-        for (size_t i = 0; i < ring.size(); ++i)
-        {
-            if (ring[i]->m_primary.load())
-            {
-                return static_cast<int>(i);
-            }
-        }
-        return -1;
-    }
-
     RSLConfigParam BaseConfig(const std::string& dir)
     {
-        RSLConfigParam cfg;
-        cfg.m_newLeaderGracePeriodSec = 1;
-        cfg.m_heartBeatIntervalSec = 1;
-        cfg.m_electionDelaySec = 5;
-        cfg.m_maxElectionRandomizeSec = 1;
-        cfg.m_initializeRetryIntervalSec = 1;
+        RSLConfigParam cfg = RingConfig(dir, 1, 5);
         cfg.m_prepareRetryIntervalSec = 1;
         cfg.m_voteRetryIntervalSec = 1;
-        std::snprintf(cfg.m_workingDir, sizeof cfg.m_workingDir, "%s", dir.c_str());
-        cfg.m_addMemberIdToWorkingDir = true;
         // Nothing here is about durability: a disk shared with busier tests must not hold up
         // every vote behind its fsync.
         cfg.m_syncWrites = false;
@@ -242,11 +145,7 @@ namespace
     Ring Start(const std::vector<int>& ids, const std::string& dir, const std::function<void(RSLConfigParam&)>& tune)
     {
         Ring ring;
-        RSLNodeCollection nodes;
-        for (int id : ids)
-        {
-            nodes.Append(MakeNode(id));
-        }
+        RSLNodeCollection nodes = RingNodes(ids);
         for (int id : ids)
         {
             RSLConfigParam cfg = BaseConfig(dir);
@@ -254,7 +153,7 @@ namespace
             ring.emplace_back(new Machine());
             Check(ring.back()->Initialize(&cfg, nodes, MakeNode(id), RSLProtocolVersion_6, false), "Initialize " + std::to_string(id));
         }
-        Check(WaitFor(120, [&] { return Primary(ring) >= 0; }), "a primary in " + dir);
+        Check(WaitFor(120, [&] { return PrimaryIndex(ring) >= 0; }), "a primary in " + dir);
         return ring;
     }
 
@@ -277,19 +176,11 @@ namespace
             return false;
         };
         Check(WaitFor(300, [&] {
-                  const int p = Primary(ring);
+                  const int p = PrimaryIndex(ring);
                   return p >= 0 && ring[p]->ReplicateRequest(&request[0], request.size(), nullptr) == RSLSuccess &&
                          WaitFor(20, executed);
               }),
               "request " + std::to_string(id) + " executes");
-    }
-
-    void Unload(Ring& ring)
-    {
-        for (auto& m : ring)
-        {
-            m->UnloadThisOne();
-        }
     }
 
     // 1.
@@ -313,8 +204,8 @@ namespace
         // Far below the default m_maxLogLenMB (100 MB): no roll by size.
         Check(written < (1 << 20), "the log stays small");
         Check(off[0]->m_saved.load() == 0, "no checkpoint with m_maxCheckpointIntervalSec = 0");
-        Unload(on);
-        Unload(off);
+        UnloadAll(on);
+        UnloadAll(off);
         std::cout << "ok m_maxCheckpointIntervalSec (" << id << " requests, " << written << " bytes)" << std::endl;
     }
 
@@ -341,7 +232,7 @@ namespace
     {
         Ring ring = Start({1, 2, 3}, g_work + "/queue" + std::to_string(queueMB),
                           [&](RSLConfigParam& cfg) { cfg.m_inMemoryExecutionQueueSizeMB = queueMB; });
-        const int slow = (Primary(ring) + 1) % 3;
+        const int slow = (PrimaryIndex(ring) + 1) % 3;
         std::vector<int> others;
         for (int i = 0; i < 3; ++i)
         {
@@ -385,7 +276,7 @@ namespace
             next = id == next ? next + 1 : next;
         }
         Check(next == kRequests, "every request executes");
-        Unload(ring);
+        UnloadAll(ring);
         return reads;
     }
 
@@ -412,13 +303,12 @@ namespace
 
 int main(int argc, char** argv)
 {
-    if (argc != 3)
+    if (!ReadArgs(argc, argv, "cppmore_check"))
     {
-        std::cerr << "usage: cppmore_check <basePort> <workDir>\n";
         return 2;
     }
-    g_basePort = static_cast<unsigned short>(std::atoi(argv[1]));
-    g_work = argv[2];
+    g_failPrintsLogTail = true;
+    g_failExitsAtOnce = true;
     if (!RSLInit((g_work + "/logs").c_str(), false))
     {
         Fail("RSLInit");

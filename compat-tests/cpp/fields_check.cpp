@@ -15,82 +15,25 @@
 //      gives the reason, and UnloadThisOne still works.
 // Prints "ok <step>" per step; exits 1 at the first failure.
 
-#include <arpa/inet.h>
-
 #include <atomic>
-#include <chrono>
 #include <climits>
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
-#include <deque>
-#include <fstream>
 #include <functional>
 #include <iostream>
 #include <memory>
 #include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
+#include "check_support.h"
 #include "rsl.h"
 
 using namespace RSLib;
 
 namespace
 {
-    unsigned short g_basePort = 0;
-    std::string g_work;
-
-    // Prints the end of the library's log (RSLInit writes it under the work directory).
-    void PrintLogTail()
-    {
-        std::ifstream log(g_work + "/logs/rsl.log");
-        std::deque<std::string> tail;
-        for (std::string line; std::getline(log, line);)
-        {
-            tail.push_back(line);
-            if (tail.size() > 60)
-            {
-                tail.pop_front();
-            }
-        }
-        for (const std::string& line : tail)
-        {
-            std::cout << "  log: " << line << std::endl;
-        }
-    }
-
-    [[noreturn]] void Fail(const std::string& what)
-    {
-        std::cout << "FAIL " << what << std::endl;
-        PrintLogTail();
-        std::exit(1);
-    }
-
-    void Check(bool ok, const std::string& what)
-    {
-        if (!ok)
-        {
-            Fail(what);
-        }
-    }
-
-    // Waits up to `seconds` for `cond`.
-    bool WaitFor(int seconds, const std::function<bool()>& cond)
-    {
-        const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
-        while (std::chrono::steady_clock::now() < end)
-        {
-            if (cond())
-            {
-                return true;
-            }
-            std::this_thread::sleep_for(std::chrono::milliseconds(20));
-        }
-        return cond();
-    }
-
     // The log entries at Alert, and the Error entries' messages.
     std::mutex g_logMutex;
     std::vector<std::string> g_alerts;
@@ -130,30 +73,15 @@ namespace
         return g_alerts.size();
     }
 
-    RSLNode MakeNode(int id)
-    {
-        RSLNode node;
-        node.SetMemberIdAsUInt64(static_cast<unsigned long long>(id));
-        std::snprintf(node.m_hostName, sizeof node.m_hostName, "localhost");
-        node.m_ip = inet_addr("127.0.0.1");
-        node.m_rslPort = static_cast<unsigned short>(g_basePort + 10 * (id - 1));
-        return node;
-    }
-
     // Counts executed requests; "save" asks for a checkpoint.
-    class Machine : public RSLStateMachine
+    class Machine : public CheckMachine
     {
     public:
-        bool LoadState(RSLCheckpointStreamReader*) override { return true; }
-
         void ExecuteReplicatedRequest(void* request, size_t len, void* /*cookie*/, bool* saveState) override
         {
             *saveState = std::string(static_cast<const char*>(request), len) == "save";
             ++m_executed;
         }
-
-        void ExecuteFastReadRequest(void*, size_t, void*) override {}
-        void AbortRequest(RSLResponseCode, void*) override {}
 
         void SaveState(RSLCheckpointStreamWriter* writer) override
         {
@@ -161,54 +89,26 @@ namespace
             ++m_saved;
         }
 
-        void NotifyStatus(bool isPrimary) override { m_primary = isPrimary; }
-        void NotifyConfigurationChanged(void*) override {}
-        void AbortChangeConfiguration(RSLResponseCode, void*) override {}
         void ShutDown(RSLResponseCode) override { m_shutDown = true; }
 
         std::atomic<int> m_executed{0};
         std::atomic<int> m_saved{0};
-        std::atomic<bool> m_primary{false};
         std::atomic<bool> m_shutDown{false};
     };
 
     using Ring = std::vector<std::unique_ptr<Machine>>;
-
-    // The replica that is primary now, or -1.
-    int Primary(Ring& ring)
-    {
-        for (size_t i = 0; i < ring.size(); ++i)
-        {
-            if (ring[i]->m_primary.load())
-            {
-                return static_cast<int>(i);
-            }
-        }
-        return -1;
-    }
 
     // Starts the ring in `g_work`/ring with `tune` applied to each replica's configuration;
     // returns it once it has a primary.
     Ring Start(const std::function<void(RSLConfigParam&)>& tune)
     {
         Ring ring;
-        RSLNodeCollection nodes;
-        for (int i = 1; i <= 3; ++i)
-        {
-            nodes.Append(MakeNode(i));
-        }
+        RSLNodeCollection nodes = RingNodes();
         for (int id = 1; id <= 3; ++id)
         {
-            RSLConfigParam cfg;
-            cfg.m_newLeaderGracePeriodSec = 1;
-            cfg.m_heartBeatIntervalSec = 1;
-            cfg.m_electionDelaySec = 5;
-            cfg.m_maxElectionRandomizeSec = 1;
-            cfg.m_initializeRetryIntervalSec = 1;
+            RSLConfigParam cfg = RingConfig(g_work + "/ring", 1, 5);
             cfg.m_prepareRetryIntervalSec = 1;
             cfg.m_voteRetryIntervalSec = 1;
-            std::snprintf(cfg.m_workingDir, sizeof cfg.m_workingDir, "%s/ring", g_work.c_str());
-            cfg.m_addMemberIdToWorkingDir = true;
             // Nothing here is about durability: a disk shared with busier tests must not
             // hold up every vote behind its fsync.
             cfg.m_syncWrites = false;
@@ -216,7 +116,7 @@ namespace
             ring.emplace_back(new Machine());
             Check(ring.back()->Initialize(&cfg, nodes, MakeNode(id), RSLProtocolVersion_6, false), "Initialize " + std::to_string(id));
         }
-        Check(WaitFor(60, [&] { return Primary(ring) >= 0; }), "a primary");
+        Check(WaitFor(60, [&] { return PrimaryIndex(ring) >= 0; }), "a primary");
         return ring;
     }
 
@@ -242,7 +142,7 @@ namespace
         };
         // Generous: the machines that run this are shared and may be loaded.
         Check(WaitFor(180, [&] {
-                  const int p = Primary(ring);
+                  const int p = PrimaryIndex(ring);
                   return p >= 0 && ring[p]->ReplicateRequest(&request[0], request.size(), nullptr) == RSLSuccess &&
                          WaitFor(20, executed);
               }),
@@ -273,14 +173,6 @@ namespace
               "every replica saves a checkpoint");
     }
 
-    void Unload(Ring& ring)
-    {
-        for (auto& m : ring)
-        {
-            m->UnloadThisOne();
-        }
-    }
-
     const char* const kPacketAlert = "packet larger than the maximum message alert size";
     const char* const kSpaceAlert = "free space left for writing checkpoints is too small";
 
@@ -289,7 +181,7 @@ namespace
     {
         Ring ring = Start([](RSLConfigParam&) {});
         BigRequestAndCheckpoint(ring);
-        Unload(ring);
+        UnloadAll(ring);
         Check(AlertCount() == 0, "no Alert with the default configuration");
         std::cout << "ok no Alert by default" << std::endl;
     }
@@ -305,7 +197,7 @@ namespace
         Check(WaitFor(30, [] { return Count(g_alerts, kPacketAlert) > 0; }), "an Alert for the 2 MiB packet (m_maxMessageAlertSizeMB)");
         Check(WaitFor(30, [] { return Count(g_alerts, kSpaceAlert) > 0; }),
               "an Alert for the checkpoint's free space (m_minCheckpointSpaceFileCount)");
-        Unload(ring);
+        UnloadAll(ring);
         std::cout << "ok m_maxMessageAlertSizeMB" << std::endl;
         std::cout << "ok m_minCheckpointSpaceFileCount" << std::endl;
     }
@@ -317,7 +209,7 @@ namespace
         // Votes chosen promptly never trip the limit.
         Submit(ring, "a");
         int p = -1;
-        Check(WaitFor(60, [&] { return (p = Primary(ring)) >= 0; }), "a primary");
+        Check(WaitFor(60, [&] { return (p = PrimaryIndex(ring)) >= 0; }), "a primary");
         Check(!ring[p]->m_shutDown.load(), "a working primary keeps running");
         for (size_t i = 0; i < ring.size(); ++i)
         {
@@ -336,13 +228,11 @@ namespace
 
 int main(int argc, char** argv)
 {
-    if (argc != 3)
+    if (!ReadArgs(argc, argv, "fields_check"))
     {
-        std::cerr << "usage: fields_check <basePort> <workDir>\n";
         return 2;
     }
-    g_basePort = static_cast<unsigned short>(std::atoi(argv[1]));
-    g_work = argv[2];
+    g_failPrintsLogTail = true;
     if (!RSLInit((g_work + "/logs").c_str(), false, nullptr, OnLogEntry))
     {
         Fail("RSLInit with a LogEntryCallback");

@@ -15,15 +15,11 @@
 //      them (a version 6 field, absent before) reach the primary's ReplicaHealth.
 // Prints "ok <step>" per step; exits 1 at the first failure.
 
-#include <arpa/inet.h>
-
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <functional>
 #include <iostream>
 #include <memory>
 #include <mutex>
@@ -31,78 +27,27 @@
 #include <thread>
 #include <vector>
 
+#include "check_support.h"
 #include "rsl.h"
 
 using namespace RSLib;
 
 namespace
 {
-    unsigned short g_basePort = 0;
-    std::string g_work;
-
-    [[noreturn]] void Fail(const std::string& what)
-    {
-        std::cout << "FAIL " << what << std::endl;
-        std::exit(1);
-    }
-
-    void Check(bool ok, const std::string& what)
-    {
-        if (!ok)
-        {
-            Fail(what);
-        }
-    }
-
-    // Waits up to `seconds` for `cond`.
-    bool WaitFor(int seconds, const std::function<bool()>& cond)
-    {
-        const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
-        while (std::chrono::steady_clock::now() < end)
-        {
-            if (cond())
-            {
-                return true;
-            }
-            std::this_thread::sleep_for(std::chrono::milliseconds(20));
-        }
-        return cond();
-    }
-
-    // Replica `id` (1 to 3); the rings run one after the other on the same ports.
-    RSLNode MakeNode(int id)
-    {
-        RSLNode node;
-        node.SetMemberIdAsUInt64(static_cast<unsigned long long>(id));
-        std::snprintf(node.m_hostName, sizeof node.m_hostName, "localhost");
-        node.m_ip = inet_addr("127.0.0.1");
-        node.m_rslPort = static_cast<unsigned short>(g_basePort + 10 * (id - 1));
-        return node;
-    }
-
     // Elections happen only when asked for (the delay is an hour).
     RSLConfigParam Config(const std::string& dir, bool allowCatchingUp)
     {
-        RSLConfigParam cfg;
-        cfg.m_newLeaderGracePeriodSec = 1;
-        cfg.m_heartBeatIntervalSec = 1;
-        cfg.m_electionDelaySec = 3600;
-        cfg.m_maxElectionRandomizeSec = 1;
-        cfg.m_initializeRetryIntervalSec = 1;
+        RSLConfigParam cfg = RingConfig(dir, 1, 3600);
         cfg.m_prepareRetryIntervalSec = 1;
         cfg.m_voteRetryIntervalSec = 1;
         cfg.m_allowPrimaryPromotionWhileCatchingUp = allowCatchingUp;
-        std::snprintf(cfg.m_workingDir, sizeof cfg.m_workingDir, "%s", dir.c_str());
-        cfg.m_addMemberIdToWorkingDir = true;
         return cfg;
     }
 
     // Counts executed requests; a replica made slow blocks inside "slow" until released.
-    class Machine : public RSLStateMachine
+    class Machine : public CheckMachine
     {
     public:
-        bool LoadState(RSLCheckpointStreamReader*) override { return true; }
-
         void ExecuteReplicatedRequest(void* request, size_t len, void* /*cookie*/, bool* /*saveState*/) override
         {
             if (m_slow && std::string(static_cast<const char*>(request), len) == "slow")
@@ -134,18 +79,9 @@ namespace
             return true;
         }
 
-        void ExecuteFastReadRequest(void*, size_t, void*) override {}
-        void AbortRequest(RSLResponseCode, void*) override {}
-        void SaveState(RSLCheckpointStreamWriter*) override {}
-        void NotifyStatus(bool isPrimary) override { m_primary = isPrimary; }
-        void NotifyConfigurationChanged(void*) override {}
-        void AbortChangeConfiguration(RSLResponseCode, void*) override {}
-        void ShutDown(RSLResponseCode) override {}
-
         bool m_slow = false;
         std::atomic<int> m_executed{0};
         std::atomic<int> m_asked{0};
-        std::atomic<bool> m_primary{false};
 
     private:
         std::mutex m_mutex;
@@ -157,11 +93,7 @@ namespace
     bool Start(Machine* m, int id, const std::string& dir, bool allowCatchingUp, RSLProtocolVersion version)
     {
         RSLConfigParam cfg = Config(dir, allowCatchingUp);
-        RSLNodeCollection nodes;
-        for (int i = 1; i <= 3; ++i)
-        {
-            nodes.Append(MakeNode(i));
-        }
+        RSLNodeCollection nodes = RingNodes();
         return m->Initialize(&cfg, nodes, MakeNode(id), version, false);
     }
 
@@ -175,23 +107,6 @@ namespace
                   return m->m_primary.load();
               }),
               what);
-    }
-
-    void Submit(Machine* primary, const std::string& request, const std::vector<Machine*>& all, int executed)
-    {
-        std::string copy = request;
-        Check(primary->ReplicateRequest(&copy[0], copy.size(), nullptr) == RSLSuccess, "ReplicateRequest " + request);
-        Check(WaitFor(60, [&] {
-                  for (Machine* m : all)
-                  {
-                      if (m->m_executed.load() < executed)
-                      {
-                          return false;
-                      }
-                  }
-                  return true;
-              }),
-              "every replica executes " + request);
     }
 
     // 1 and 2: replica 2 is slow in "slow" and is asked to stand while it runs.
@@ -210,7 +125,7 @@ namespace
         }
         Machine* slow = all[1];
         Elect(all[0], "replica 1 is elected" + flag);
-        Submit(all[0], "a", all, 1);
+        SubmitAndWait(all[0], "a", all, 1);
         std::string request = "slow";
         Check(all[0]->ReplicateRequest(&request[0], request.size(), nullptr) == RSLSuccess, "ReplicateRequest slow");
         Check(WaitFor(60, [&] { return slow->Blocked(); }), "replica 2 executes the slow request" + flag);
@@ -239,11 +154,8 @@ namespace
             Elect(slow, "replica 2 is elected once it has caught up" + flag);
             Check(slow->m_asked.load() > 0, "CanBecomePrimary asked" + flag);
         }
-        Submit(slow, "b", all, 3);
-        for (Machine* m : all)
-        {
-            m->UnloadThisOne();
-        }
+        SubmitAndWait(slow, "b", all, 3);
+        UnloadAll(all);
         std::cout << "ok allowPrimaryPromotionWhileCatchingUp" << flag << std::endl;
     }
 
@@ -276,8 +188,8 @@ namespace
         owned[1]->SetVotePayload(41);
         owned[2]->SetVotePayload(42);
         Elect(owned[0].get(), "replica 1 is elected at v5");
-        Submit(owned[0].get(), "a", {owned[0].get(), owned[1].get(), owned[2].get()}, 1);
-        Submit(owned[0].get(), "b", {owned[0].get(), owned[1].get(), owned[2].get()}, 2);
+        SubmitAndWait(owned[0].get(), "a", {owned[0].get(), owned[1].get(), owned[2].get()}, 1);
+        SubmitAndWait(owned[0].get(), "b", {owned[0].get(), owned[1].get(), owned[2].get()}, 2);
         Check(PayloadOf(owned[0].get(), 2) == 0 && PayloadOf(owned[0].get(), 3) == 0,
               "no payload at version 5 (payloads " + std::to_string(PayloadOf(owned[0].get(), 2)) + ", " +
                   std::to_string(PayloadOf(owned[0].get(), 3)) + ")");
@@ -287,28 +199,22 @@ namespace
         Check(Start(owned[0].get(), 1, dir, false, RSLProtocolVersion_6), "Initialize replica 1 again at v6");
         std::vector<Machine*> all{owned[0].get(), owned[1].get(), owned[2].get()};
         Elect(all[0], "replica 1 is elected again, at v6");
-        Submit(all[0], "c", all, 3);
-        Submit(all[0], "d", all, 4);
+        SubmitAndWait(all[0], "c", all, 3);
+        SubmitAndWait(all[0], "d", all, 4);
         Check(WaitFor(60, [&] { return PayloadOf(all[0], 2) == 41 && PayloadOf(all[0], 3) == 42; }),
               "the secondaries answer at version 6 (payloads " + std::to_string(PayloadOf(all[0], 2)) + ", " +
                   std::to_string(PayloadOf(all[0], 3)) + ")");
-        for (Machine* m : all)
-        {
-            m->UnloadThisOne();
-        }
+        UnloadAll(all);
         std::cout << "ok protocol version raised by executing a newer vote" << std::endl;
     }
 } // namespace
 
 int main(int argc, char** argv)
 {
-    if (argc != 3)
+    if (!ReadArgs(argc, argv, "promote_check"))
     {
-        std::cerr << "usage: promote_check <basePort> <workDir>" << std::endl;
         return 2;
     }
-    g_basePort = static_cast<unsigned short>(std::atoi(argv[1]));
-    g_work = argv[2];
     Check(RSLInit(nullptr, false), "RSLInit");
     CatchingUp(0, false);
     CatchingUp(1, true);

@@ -30,43 +30,13 @@
 #include <thread>
 #include <vector>
 
+#include "check_support.h"
 #include "rsl.h"
 
 using namespace RSLib;
 
 namespace
 {
-    unsigned short g_basePort = 0;
-    std::string g_work;
-
-    [[noreturn]] void Fail(const std::string& what)
-    {
-        std::cout << "FAIL " << what << std::endl;
-        std::exit(1);
-    }
-
-    void Check(bool ok, const std::string& what)
-    {
-        if (!ok)
-        {
-            Fail(what);
-        }
-    }
-
-    bool WaitFor(int seconds, const std::function<bool()>& cond)
-    {
-        const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
-        while (std::chrono::steady_clock::now() < end)
-        {
-            if (cond())
-            {
-                return true;
-            }
-            std::this_thread::sleep_for(std::chrono::milliseconds(20));
-        }
-        return cond();
-    }
-
     void* CookieOf(std::uintptr_t n) { return reinterpret_cast<void*>(n); }
     std::uintptr_t IdOf(void* cookie) { return reinterpret_cast<std::uintptr_t>(cookie); }
 
@@ -82,11 +52,9 @@ namespace
 
     // Requests: "slow" executes until released, "save" asks for a checkpoint. Reads: "pair"
     // waits (up to 5 s) for a second read to start; any read records what it saw.
-    class Machine : public RSLStateMachine
+    class Machine : public CheckMachine
     {
     public:
-        bool LoadState(RSLCheckpointStreamReader*) override { return true; }
-
         void ExecuteReplicatedRequest(void* request, size_t len, void*, bool* saveState) override
         {
             const std::string r(static_cast<const char*>(request), len);
@@ -137,9 +105,6 @@ namespace
             writer->Write("state", 5);
         }
 
-        void NotifyStatus(bool isPrimary) override { m_primary = isPrimary; }
-        void NotifyConfigurationChanged(void*) override {}
-        void AbortChangeConfiguration(RSLResponseCode, void*) override {}
         void ShutDown(RSLResponseCode) override { m_shutDown = true; }
 
         // The record of read `id`, once it ran.
@@ -190,7 +155,6 @@ namespace
             Notify();
         }
 
-        std::atomic<bool> m_primary{false};
         std::atomic<bool> m_executing{false};
         std::atomic<bool> m_saving{false};
         std::atomic<bool> m_readDuringSave{false};
@@ -323,13 +287,10 @@ namespace
 
 int main(int argc, char** argv)
 {
-    if (argc != 3)
+    if (!ReadArgs(argc, argv, "readers_check"))
     {
-        std::cerr << "usage: readers_check <basePort> <workDir>\n";
         return 2;
     }
-    g_basePort = static_cast<unsigned short>(std::atoi(argv[1]));
-    g_work = argv[2];
     if (!RSLInit(nullptr, false))
     {
         Fail("RSLInit");

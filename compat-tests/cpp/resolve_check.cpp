@@ -20,7 +20,6 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -30,46 +29,15 @@
 #include <memory>
 #include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
+#include "check_support.h"
 #include "rsl.h"
 
 using namespace RSLib;
 
 namespace
 {
-    unsigned short g_basePort = 0;
-    std::string g_work;
-
-    [[noreturn]] void Fail(const std::string& what)
-    {
-        std::cout << "FAIL " << what << std::endl;
-        std::exit(1);
-    }
-
-    void Check(bool ok, const std::string& what)
-    {
-        if (!ok)
-        {
-            Fail(what);
-        }
-    }
-
-    bool WaitFor(int seconds, const std::function<bool()>& cond)
-    {
-        const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
-        while (std::chrono::steady_clock::now() < end)
-        {
-            if (cond())
-            {
-                return true;
-            }
-            std::this_thread::sleep_for(std::chrono::milliseconds(20));
-        }
-        return cond();
-    }
-
     // A port from the OS whose next port is free too (the learn port).
     unsigned short FreePortPair()
     {
@@ -130,21 +98,14 @@ namespace
 
     RSLConfigParam Config()
     {
-        RSLConfigParam cfg;
-        cfg.m_newLeaderGracePeriodSec = 3;
-        cfg.m_heartBeatIntervalSec = 1;
-        cfg.m_electionDelaySec = 3;
-        cfg.m_maxElectionRandomizeSec = 1;
-        cfg.m_initializeRetryIntervalSec = 1;
+        RSLConfigParam cfg = RingConfig(g_work + "/ring", 3, 3);
         cfg.m_cPQueryRetryIntervalSec = 1;
         cfg.m_catchUpByRestart = false;
-        std::snprintf(cfg.m_workingDir, sizeof cfg.m_workingDir, "%s/ring", g_work.c_str());
-        cfg.m_addMemberIdToWorkingDir = true;
         return cfg;
     }
 
     // The state: how many requests executed. ResolveNode answers from the directory.
-    class Machine : public RSLStateMachine
+    class Machine : public CheckMachine
     {
     public:
         bool LoadState(RSLCheckpointStreamReader* reader) override
@@ -163,19 +124,12 @@ namespace
         }
 
         void ExecuteReplicatedRequest(void*, size_t, void*, bool*) override { ++m_count; }
-        void ExecuteFastReadRequest(void*, size_t, void*) override {}
-        void AbortRequest(RSLResponseCode, void*) override {}
 
         void SaveState(RSLCheckpointStreamWriter* writer) override
         {
             const unsigned long long count = m_count.load();
             writer->Write(&count, sizeof count);
         }
-
-        void NotifyStatus(bool isPrimary) override { m_primary = isPrimary; }
-        void NotifyConfigurationChanged(void*) override {}
-        void AbortChangeConfiguration(RSLResponseCode, void*) override {}
-        void ShutDown(RSLResponseCode) override {}
 
         bool ResolveNode(RSLNode* node) override
         {
@@ -202,7 +156,6 @@ namespace
             return m_asked[Id(id)];
         }
 
-        std::atomic<bool> m_primary{false};
         std::atomic<unsigned long long> m_count{0};
 
     private:
@@ -285,13 +238,10 @@ namespace
 
 int main(int argc, char** argv)
 {
-    if (argc != 3)
+    if (!ReadArgs(argc, argv, "resolve_check"))
     {
-        std::cerr << "usage: resolve_check <basePort> <workDir>\n";
         return 2;
     }
-    g_basePort = static_cast<unsigned short>(std::atoi(argv[1]));
-    g_work = argv[2];
     if (!RSLInit(nullptr, false))
     {
         Fail("RSLInit");
@@ -348,14 +298,7 @@ int main(int argc, char** argv)
           "the primary is connected to the member where it moved");
     std::cout << "ok the moved replica rejoins on its new port" << std::endl;
 
-    for (auto& m : ring.m)
-    {
-        m->UnloadThisOne();
-    }
-    for (auto& m : ring.m)
-    {
-        m.reset();
-    }
+    DeleteAll(ring.m);
     std::cout << "all ok" << std::endl;
     return 0;
 }

@@ -29,14 +29,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <functional>
 #include <iostream>
 #include <memory>
 #include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
+#include "check_support.h"
 #include "rsl.h"
 #include "rslutil.h"
 
@@ -44,60 +43,11 @@ using namespace RSLib;
 
 namespace
 {
-    unsigned short g_basePort = 0;
-    std::string g_work;
-
-    [[noreturn]] void Fail(const std::string& what)
-    {
-        std::cout << "FAIL " << what << std::endl;
-        std::exit(1);
-    }
-
-    void Check(bool ok, const std::string& what)
-    {
-        if (!ok)
-        {
-            Fail(what);
-        }
-    }
-
-    // Waits up to `seconds` for `cond`.
-    bool WaitFor(int seconds, const std::function<bool()>& cond)
-    {
-        const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
-        while (std::chrono::steady_clock::now() < end)
-        {
-            if (cond())
-            {
-                return true;
-            }
-            std::this_thread::sleep_for(std::chrono::milliseconds(20));
-        }
-        return cond();
-    }
-
-    RSLNode MakeNode(int id)
-    {
-        RSLNode node;
-        node.SetMemberIdAsUInt64(static_cast<unsigned long long>(id));
-        std::snprintf(node.m_hostName, sizeof node.m_hostName, "localhost");
-        node.m_ip = inet_addr("127.0.0.1");
-        node.m_rslPort = static_cast<unsigned short>(g_basePort + 10 * (id - 1));
-        return node;
-    }
-
     RSLConfigParam Config(const std::string& dir, unsigned int electionDelaySec)
     {
-        RSLConfigParam cfg;
-        cfg.m_newLeaderGracePeriodSec = 1;
-        cfg.m_heartBeatIntervalSec = 1;
-        cfg.m_electionDelaySec = electionDelaySec;
-        cfg.m_maxElectionRandomizeSec = 1;
-        cfg.m_initializeRetryIntervalSec = 1;
+        RSLConfigParam cfg = RingConfig(dir, 1, electionDelaySec);
         cfg.m_prepareRetryIntervalSec = 1;
         cfg.m_voteRetryIntervalSec = 1;
-        std::snprintf(cfg.m_workingDir, sizeof cfg.m_workingDir, "%s", dir.c_str());
-        cfg.m_addMemberIdToWorkingDir = true;
         return cfg;
     }
 
@@ -118,7 +68,7 @@ namespace
     }
 
     // The state: every executed request, in order.
-    class Machine : public RSLStateMachine
+    class Machine : public CheckMachine
     {
     public:
         bool LoadState(RSLCheckpointStreamReader* reader) override
@@ -138,16 +88,11 @@ namespace
             ++m_executed;
         }
 
-        void ExecuteFastReadRequest(void*, size_t, void*) override {}
-        void AbortRequest(RSLResponseCode, void*) override {}
-
         void SaveState(RSLCheckpointStreamWriter* writer) override
         {
             std::lock_guard<std::mutex> lock(m_mutex);
             writer->Write(m_state.data(), static_cast<unsigned long>(m_state.size()));
         }
-
-        void NotifyStatus(bool isPrimary) override { m_primary = isPrimary; }
 
         // Counts senders named in full: id, address and port, as the configuration has them.
         bool AcceptMessageFromReplica(RSLNode* node, void* /*data*/, unsigned int /*len*/) override
@@ -159,9 +104,6 @@ namespace
             }
             return true;
         }
-        void NotifyConfigurationChanged(void*) override {}
-        void AbortChangeConfiguration(RSLResponseCode, void*) override {}
-        void ShutDown(RSLResponseCode) override {}
 
         std::string State()
         {
@@ -170,7 +112,6 @@ namespace
         }
 
         std::atomic<int> m_executed{0};
-        std::atomic<bool> m_primary{false};
         std::atomic<int> m_fullSenders{0};
 
     private:
@@ -181,29 +122,8 @@ namespace
     bool StartLegacy(Machine* m, int id, const std::string& dir, unsigned int electionDelaySec)
     {
         RSLConfigParam cfg = Config(dir, electionDelaySec);
-        RSLNodeCollection nodes;
-        for (int i = 1; i <= 3; ++i)
-        {
-            nodes.Append(MakeNode(i));
-        }
+        RSLNodeCollection nodes = RingNodes();
         return m->Initialize(&cfg, nodes, MakeNode(id), RSLProtocolVersion_6, false);
-    }
-
-    void Submit(Machine* primary, const std::string& request, const std::vector<Machine*>& all, int executed)
-    {
-        std::string copy = request;
-        Check(primary->ReplicateRequest(&copy[0], copy.size(), nullptr) == RSLSuccess, "ReplicateRequest " + request);
-        Check(WaitFor(60, [&] {
-                  for (Machine* m : all)
-                  {
-                      if (m->m_executed.load() < executed)
-                      {
-                          return false;
-                      }
-                  }
-                  return true;
-              }),
-              "every replica executes " + request);
     }
 
     // 1 and 2. Returns the data directory of a replica that executed everything.
@@ -234,7 +154,7 @@ namespace
                   return p >= 0;
               }),
               "a first primary");
-        Submit(all[p], "a", all, 1);
+        SubmitAndWait(all[p], "a", all, 1);
         Check(WaitFor(60, [&] { return all[0]->IsInStableState() && all[1]->IsInStableState() && all[2]->IsInStableState(); }),
               "IsInStableState on every replica of the ring");
         std::cout << "ok IsInStableState (stable ring)" << std::endl;
@@ -252,7 +172,7 @@ namespace
             }
         }
         // A vote after the change: each secondary sets its next timer with the new delay.
-        Submit(all[p], "b", all, 2);
+        SubmitAndWait(all[p], "b", all, 2);
         // The paused primary sends no heartbeat: the others elect one of them.
         all[p]->Pause();
         Check(WaitFor(60, [&] { return all[rest[0]]->m_primary.load() || all[rest[1]]->m_primary.load(); }),
@@ -262,9 +182,9 @@ namespace
         std::cout << "ok ChangeElectionDelay" << std::endl;
         all[p]->Resume();
         Check(WaitFor(60, [&] { return !all[p]->m_primary.load(); }), "the resumed primary steps down");
-        Submit(all[next], "c", all, 3);
+        SubmitAndWait(all[next], "c", all, 3);
         // Known chosen in the logs only once a later decree is: "d" makes "c" replayable.
-        Submit(all[next], "d", all, 4);
+        SubmitAndWait(all[next], "d", all, 4);
         std::cout << "ok Pause/Resume" << std::endl;
         all[p]->UnloadThisOne();
 
@@ -391,11 +311,7 @@ namespace
         RSLMemberSet strings(named, nullptr, 0);
         Check(!RSLCheckpointUtility::MigrateToVersion3(file.c_str(), &strings), "v3 refuses a non-numeric id");
 
-        RSLNodeCollection nodes;
-        for (int i = 1; i <= 3; ++i)
-        {
-            nodes.Append(MakeNode(i));
-        }
+        RSLNodeCollection nodes = RingNodes();
         RSLMemberSet three(nodes, nullptr, 0);
         Check(RSLCheckpointUtility::MigrateToVersion3(file.c_str(), &three), "MigrateToVersion3");
         Check(RSLCheckpointUtility::GetReplicaSet(file.c_str(), &numeric) && numeric.GetNumMembers() == 3,
@@ -502,13 +418,10 @@ namespace
 
 int main(int argc, char** argv)
 {
-    if (argc != 3)
+    if (!ReadArgs(argc, argv, "stubs_check"))
     {
-        std::cerr << "usage: stubs_check <basePort> <workDir>\n";
         return 2;
     }
-    g_basePort = static_cast<unsigned short>(std::atoi(argv[1]));
-    g_work = argv[2];
     if (!RSLInit(nullptr, false))
     {
         Fail("RSLInit");

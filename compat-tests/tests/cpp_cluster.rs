@@ -630,6 +630,7 @@ fn cpp_former_stubs_under_address_sanitizer() {
 
 /// Builds `compat-tests/cpp/<program>.cpp` against the library and runs it: it passes when it
 /// exits 0 and prints "all ok". It gets a free base port and a scratch directory.
+/// (`#include "check_support.h"` is found next to the program: g++ searches the source's folder.)
 fn cpp_check(program: &str) {
     let work = tempfile::tempdir().unwrap();
     let exe = work.path().join(program);
