@@ -445,7 +445,7 @@ mod tests {
     }
 
     /// Records the aborts; nothing else.
-    struct Aborts(Arc<std::sync::Mutex<Vec<(ResponseCode, Cookie)>>>);
+    struct Aborts(AbortLog);
 
     impl StateMachine for Aborts {
         fn load_state(&mut self, _: Option<&mut CheckpointReader>) -> bool {
@@ -465,14 +465,22 @@ mod tests {
 
     /// Reads waiting for a decree are bounded like the queues: past the bound one comes back
     /// `FastReadStale` at once, and at the stop every waiting one comes back `ShuttingDown`.
-    #[test]
-    fn waiting_reads_are_bounded_and_all_come_back() {
+    type AbortLog = Arc<std::sync::Mutex<Vec<(ResponseCode, Cookie)>>>;
+
+    /// An executor whose state machine records its aborts, in a directory kept while it lives.
+    fn recording_aborts() -> (Executor, AbortLog, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let store = CheckpointStore::open(dir.path(), 2).unwrap();
-        let aborts = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let aborts = AbortLog::default();
         let (events, _inbox) = super::super::queue::bounded(4);
         let sm = Box::new(Aborts(aborts.clone()));
-        let mut exec = Executor::new(sm, Arc::new(Shared::new()), store, MemberId::from_numeric(1), Version::V6, events);
+        let exec = Executor::new(sm, Arc::new(Shared::new()), store, MemberId::from_numeric(1), Version::V6, events);
+        (exec, aborts, dir)
+    }
+
+    #[test]
+    fn waiting_reads_are_bounded_and_all_come_back() {
+        let (mut exec, aborts, _dir) = recording_aborts();
         let deadline = Instant::now() + Duration::from_secs(3600);
         let bound = super::super::queue::CAPACITY as u64;
         for cookie in 0..=bound {
@@ -489,12 +497,7 @@ mod tests {
     /// bound too: reads satisfied by each decree executed cannot make room for more.
     #[test]
     fn reads_ready_for_stuck_readers_count_against_the_bound() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = CheckpointStore::open(dir.path(), 2).unwrap();
-        let aborts = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (events, _inbox) = super::super::queue::bounded(4);
-        let sm = Box::new(Aborts(aborts.clone()));
-        let mut exec = Executor::new(sm, Arc::new(Shared::new()), store, MemberId::from_numeric(1), Version::V6, events);
+        let (mut exec, aborts, _dir) = recording_aborts();
         let deadline = Instant::now() + Duration::from_secs(3600);
         let bound = super::super::queue::CAPACITY as u64;
         let read = |max_seen, cookie| Work::FastRead { max_seen, request: Bytes::from_static(b"r"), cookie, deadline };
