@@ -56,7 +56,10 @@ fn regressions_window_16() {
     // ballot had gone with the configuration, and two such primaries looked alike (11378). A
     // secondary whose vouched point stuck at a decree its log could not prove kept executing;
     // once the peers' logs had moved past that point it found nobody to learn from and fetched
-    // older checkpoints it could not load, forever; its own checkpoints now vouch (31683).
+    // older checkpoints it could not load, forever; its own checkpoints now vouch (31683). A
+    // save of its own completing while a primary's copy was in flight ended the copy too, and
+    // the copy then landed ahead of the replica as if saved (25863, once saves waited behind
+    // spilled decrees).
     let seeds = [
         (59, 5),
         (238, 3),
@@ -73,6 +76,7 @@ fn regressions_window_16() {
         (15138, 3),
         (11378, 3),
         (31683, 3),
+        (25863, 5),
     ];
     run_all_windowed(seeds.into_iter(), 16);
 }

@@ -255,7 +255,7 @@ impl Driver {
         if copied {
             host.execute(Execution::Copied { decree });
         }
-        self.step(Input::CheckpointSaved { decree, size, min_decree_in_log }, host);
+        self.step(Input::CheckpointSaved { decree, size, min_decree_in_log, copied }, host);
     }
 
     /// The service's resolver found member `node.id` elsewhere (`ResolveNode`): our messages

@@ -234,12 +234,13 @@ pub enum Input {
     LogRolled {
         first_decree: u64,
     },
-    /// A checkpoint of `decree` is on disk (saved, or copied from a peer), and the logs now
+    /// A checkpoint of `decree` is on disk (saved, or `copied` from a peer), and the logs now
     /// start at `min_decree_in_log`.
     CheckpointSaved {
         decree: u64,
         size: u64,
         min_decree_in_log: u64,
+        copied: bool,
     },
     /// A checkpoint asked for with `FetchCheckpoint` arrived intact, with its size; `None`:
     /// the fetch failed.

@@ -501,9 +501,9 @@ impl Replica {
                 self.election_delay = randomized_election_delay(&self.cfg, &mut self.rng);
             }
             Input::LogRolled { first_decree } => self.on_log_rolled(now, first_decree, out),
-            Input::CheckpointSaved { decree, size, min_decree_in_log } => {
+            Input::CheckpointSaved { decree, size, min_decree_in_log, copied } => {
                 // A saved checkpoint is of an executed decree; a copied one may be ahead of us.
-                debug_assert!(decree < self.next_execute || self.copying, "a checkpoint of an executed decree");
+                debug_assert!(decree < self.next_execute || copied, "a checkpoint of an executed decree");
                 if decree > self.checkpointed {
                     self.schedule_checkpoint(now, 20);
                 }
@@ -514,7 +514,13 @@ impl Replica {
                     self.vouch_checkpointed(decree);
                 }
                 self.log_min_decree = self.log_min_decree.max(min_decree_in_log);
-                (self.saving, self.copying) = (false, false);
+                // Each ends its own kind only: a save of ours may complete while a copy is in
+                // flight, and the copy, when it lands, may be ahead of us (v7 seed 25863).
+                if copied {
+                    self.copying = false;
+                } else {
+                    self.saving = false;
+                }
                 self.copy_at = self.copy_at.filter(|&at| at > decree);
             }
             Input::CheckpointFetched(fetched) => self.on_checkpoint_fetched(now, fetched, app, out),

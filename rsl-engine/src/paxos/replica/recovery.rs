@@ -482,7 +482,7 @@ mod tests {
                     Action::SaveCheckpoint(cp) => {
                         saved += 1;
                         if answer {
-                            inputs.push(Input::CheckpointSaved { decree: cp.decree, size: 1, min_decree_in_log: file });
+                            inputs.push(Input::CheckpointSaved { decree: cp.decree, size: 1, min_decree_in_log: file, copied: false });
                         }
                     }
                     _ => {}
