@@ -27,9 +27,10 @@ use tokio::sync::oneshot;
 
 /// What the protocol thread (or an API call) hands the execute thread, in order.
 pub(crate) enum Work {
-    /// Tests: the execute thread waits here until the sender is dropped (or sends).
+    /// Tests: the execute thread takes the Exclusive callback lock, says so on the second
+    /// channel, and waits until the first one's sender is dropped (or sends).
     #[cfg(test)]
-    Pause(std::sync::mpsc::Receiver<()>),
+    Pause(std::sync::mpsc::Receiver<()>, std::sync::mpsc::Sender<()>),
     Execute {
         vote: Arc<Message>,
         cookies: Vec<Cookie>,
@@ -195,9 +196,10 @@ impl Executor {
             Work::FastRead { max_seen, request, cookie, deadline } => self.waiting.push((max_seen, request, cookie, deadline)),
             Work::Stop => {}
             #[cfg(test)]
-            Work::Pause(until) => {
+            Work::Pause(until, paused) => {
                 // Stands for a long callback: the reads wait too.
                 let _sm = self.sm.exclusive();
+                let _ = paused.send(());
                 let _ = until.recv();
             }
         }

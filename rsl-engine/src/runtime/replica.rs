@@ -1016,7 +1016,9 @@ mod tests {
         let r = one.r();
         let reads = || one.calls.lock().unwrap().iter().filter(|c| **c == "read").count();
         let (resume, until) = mpsc::channel();
-        r.work.send(Work::Pause(until)).unwrap();
+        let (paused, holds_the_lock) = mpsc::channel();
+        r.work.send(Work::Pause(until, paused)).unwrap();
+        holds_the_lock.recv().expect("the execute thread holds the callback lock");
         let read = |cookie| r.fast_read_request(0, Bytes::from_static(b"read"), cookie, Duration::ZERO);
         // The queue's bound, plus at most the one read the reader thread took before it waits.
         let taken = (0..2 * queue::CAPACITY as u64).take_while(|&i| read(i) == ResponseCode::Success).count();
@@ -1043,7 +1045,7 @@ mod tests {
         let mut resumes = Vec::new();
         while !r.work.is_full() {
             let (resume, until) = mpsc::channel::<()>();
-            r.work.offer(Work::Pause(until)).unwrap();
+            r.work.offer(Work::Pause(until, mpsc::channel().0)).unwrap();
             resumes.push(resume);
         }
         assert_eq!(r.replicate_request(Bytes::from_static(b"refused"), 1), ResponseCode::NotPrimary);
