@@ -20,7 +20,7 @@ fn test_initialize() {
 /// message sent on the way.
 #[test]
 fn test_transitions() {
-    let mut bench = Bench::new();
+    let mut bench = Bench::initialized();
     for from in STATES {
         for to in STATES {
             bench.move_to(from);
@@ -33,7 +33,7 @@ fn test_transitions() {
 #[test]
 fn test_random_transitions() {
     use TestState::*;
-    let mut bench = Bench::new();
+    let mut bench = Bench::initialized();
     let sequence = [
         Secondary, Initialize, Prepare, Primary, Prepare, Secondary, Secondary, Prepare, Initialize, Primary, Primary, Initialize,
         Secondary, Prepare, Prepare, Primary, Secondary, Primary, Initialize,
@@ -41,5 +41,357 @@ fn test_random_transitions() {
     assert_eq!(sequence.len(), 19);
     for state in sequence {
         bench.move_to(state);
+    }
+}
+
+/// A ballot named after the status at the last snapshot (the original's `m_status`): the
+/// accepted ballot `A` and the promise `M`, exactly; `Low`/`High`: one id below or above,
+/// under the fake's id (the original's `LowerBallot`/`HighBallot`).
+#[derive(Clone, Copy, Debug)]
+enum Bal {
+    LowA,
+    A,
+    HighA,
+    LowM,
+    M,
+    HighM,
+    /// `A`'s id under the fake's id.
+    AId,
+}
+
+impl Bal {
+    fn of(self, s: &Status) -> Ballot {
+        let fake = |n: u32| Ballot::new(n, id(FAKE));
+        match self {
+            Bal::LowA => fake(s.ballot.id - 1),
+            Bal::A => s.ballot,
+            Bal::HighA => fake(s.ballot.id + 1),
+            Bal::LowM => fake(s.max_ballot.id - 1),
+            Bal::M => s.max_ballot,
+            Bal::HighM => fake(s.max_ballot.id + 1),
+            Bal::AId => fake(s.ballot.id),
+        }
+    }
+}
+
+/// What the replica sends back for one cell, decrees relative to the snapshot's.
+#[derive(Clone, Copy, Debug)]
+enum Reply {
+    /// To the fake: this kind at (decree, ballot).
+    Back(MsgKind, i64, Bal),
+    /// To the fake: PrepareAccepted at (decree, ballot), carrying the vote accepted before.
+    Promise(i64, Bal),
+    /// To all: a StatusQuery at the position before the cell (it went to Initializing).
+    Query,
+}
+
+/// One step of a matrix, in the original's order.
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    /// The fake sends the test's message at (snapshot decree + `dec`, `bal`). The replica
+    /// answers `reply`, persists the message's (decree, ballot) if `logged` (a vote as a vote,
+    /// a Prepare or an adopted NotAccepted promise as a Prepare record), and ends at `after`:
+    /// (role, accepted decree, accepted ballot, promise).
+    Send { dec: i64, bal: Bal, reply: &'static [Reply], logged: bool, after: (Role, i64, Bal, Bal) },
+    /// `MoveToState` again, and a new snapshot.
+    Move,
+    /// `GetStatus`: a new snapshot where the replica is.
+    Snapshot,
+}
+
+const fn send(dec: i64, bal: Bal, reply: &'static [Reply], logged: bool, after: (Role, i64, Bal, Bal)) -> Step {
+    Step::Send { dec, bal, reply, logged, after }
+}
+
+/// The message of `kind` the original's `GenerateMessage` makes for (decree, ballot). A
+/// PrepareAccepted reports a vote one ballot id below, from that ballot's owner.
+fn fake_message(bench: &Bench, kind: MsgKind, decree: u64, ballot: Ballot) -> Arc<Message> {
+    match kind {
+        MsgKind::Vote => bench.vote(decree, ballot),
+        MsgKind::Prepare => bench.prepare(decree, ballot),
+        MsgKind::PrepareAccepted => {
+            let reported = bench.vote(decree, Ballot::new(ballot.id - 1, ballot.member));
+            bench.prepare_accepted(FAKE, decree, ballot, &reported)
+        }
+        MsgKind::NotAccepted => bench.msg(id(FAKE), decree, ballot, Body::NotAccepted),
+        MsgKind::VoteAccepted => bench.msg(id(FAKE), decree, ballot, Body::VoteAccepted),
+        _ => unreachable!("no matrix of {kind:?}"),
+    }
+}
+
+/// Moves to `state` and plays `script` with messages of `kind`, checking every cell.
+fn run(bench: &mut Bench, state: TestState, kind: MsgKind, script: &[Step]) {
+    bench.move_to(state);
+    let mut snap = bench.status();
+    for (i, step) in script.iter().enumerate() {
+        let Step::Send { dec, bal, reply, logged, after } = *step else {
+            if matches!(step, Step::Move) {
+                bench.move_to(state);
+            }
+            snap = bench.status();
+            continue;
+        };
+        let before = bench.status();
+        let decree = snap.decree.checked_add_signed(dec).expect("a decree");
+        let ballot = bal.of(&snap);
+        let msg = fake_message(bench, kind, decree, ballot);
+        let out = bench.deliver(msg);
+        let cell = format!("{state:?}, step {i}: {kind:?} at ({decree}, {ballot:?}), from {before:?}");
+        let at = |d: i64| snap.decree.checked_add_signed(d).expect("a decree");
+        let expected: Vec<Sent> = reply
+            .iter()
+            .map(|r| match *r {
+                Reply::Back(k, d, b) => Sent::to(FAKE, k, at(d), b.of(&snap)),
+                Reply::Promise(d, b) => Sent::to(FAKE, MsgKind::PrepareAccepted, at(d), b.of(&snap)),
+                Reply::Query => Sent::all(MsgKind::StatusQuery, before.decree, before.ballot),
+            })
+            .collect();
+        assert_eq!(sent(&out), expected, "{cell}");
+        for promise in out.iter().filter_map(|a| match a {
+            Action::Send { msg, .. } => match &msg.body {
+                Body::PrepareAccepted(vote) => Some(decree_ballot(vote)),
+                _ => None,
+            },
+            _ => None,
+        }) {
+            assert_eq!(promise, (before.decree, before.ballot), "{cell}: a promise carries the accepted vote");
+        }
+        let record = if kind == MsgKind::Vote { MsgKind::Vote } else { MsgKind::Prepare };
+        let expected = if logged { vec![(record, decree, ballot)] } else { Vec::new() };
+        assert_eq!(persisted(&out), expected, "{cell}");
+        let (role, d, b, m) = after;
+        let expected = Status { role, decree: at(d), ballot: b.of(&snap), max_ballot: m.of(&snap) };
+        assert_eq!(bench.status(), expected, "{cell}");
+        let chosen = if expected.decree == before.decree + 1 { vec![before.decree] } else { Vec::new() };
+        assert_eq!(executed(&out), chosen, "{cell}: a vote for the next decree at the same ballot makes ours chosen");
+    }
+}
+
+/// The original's `MsgCombinations`: the message of `kind` at every (decree ± 1, ballot id ± 1)
+/// around (our decree, `base`), each ignored: nothing sent, persisted or changed.
+fn ignored_around(bench: &mut Bench, kind: MsgKind, base: Ballot) {
+    let before = bench.status();
+    for dec in -1..=1 {
+        for inc in -1..=1 {
+            let decree = before.decree.checked_add_signed(dec).expect("a decree");
+            let ballot = Ballot::new(base.id.checked_add_signed(inc).expect("an id"), base.member);
+            let msg = fake_message(bench, kind, decree, ballot);
+            let out = bench.deliver(msg);
+            let cell = format!("{kind:?} at ({decree}, {ballot:?}), from {before:?}");
+            assert!(sent(&out).is_empty() && persisted(&out).is_empty(), "{cell}: {out:?}");
+            assert_eq!(bench.status(), before, "{cell}");
+        }
+    }
+}
+
+/// The original's `MsgCombinations` with a response: every cell answered with `reply` at
+/// (our decree, our promise), nothing changed.
+fn refused_around(bench: &mut Bench, kind: MsgKind, base: Ballot, reply: MsgKind) {
+    let before = bench.status();
+    for dec in -1..=1 {
+        for inc in -1..=1 {
+            let decree = before.decree.checked_add_signed(dec).expect("a decree");
+            let ballot = Ballot::new(base.id.checked_add_signed(inc).expect("an id"), base.member);
+            let msg = fake_message(bench, kind, decree, ballot);
+            let out = bench.deliver(msg);
+            let cell = format!("{kind:?} at ({decree}, {ballot:?}), from {before:?}");
+            assert_eq!(sent(&out), [Sent::to(FAKE, reply, before.decree, before.max_ballot)], "{cell}");
+            assert!(persisted(&out).is_empty(), "{cell}");
+            assert_eq!(bench.status(), before, "{cell}");
+        }
+    }
+}
+
+use Bal::*;
+use Reply::*;
+use Role::{Initializing as Init, Preparing as Prep, Primary as Prim, Secondary as Sec};
+use Step::{Move, Snapshot};
+
+/// A cell the replica ignores: nothing sent or persisted, and it stays where the snapshot is.
+const fn ignored(dec: i64, bal: Bal, role: Role) -> Step {
+    send(dec, bal, &[], false, (role, 0, A, M))
+}
+
+/// A cell answered NotAccepted at our decree and promise, with nothing changed.
+const fn refused(dec: i64, bal: Bal, role: Role) -> Step {
+    send(dec, bal, &[Back(MsgKind::NotAccepted, 0, M)], false, (role, 0, A, M))
+}
+
+/// A cell that sends the replica to Initializing: a StatusQuery at its position, nothing else.
+const fn initializes(dec: i64, bal: Bal) -> Step {
+    send(dec, bal, &[Query], false, (Init, 0, A, M))
+}
+
+/// TestNotAcceptedMsg in a non-prepared state whose role is `role` (Primary, Secondary).
+/// Same ballot: the next decree sends it to Initializing. Lower ballots are ignored. A higher
+/// ballot at our decree is a promise to adopt (logged as a Prepare record) and follow; at the
+/// next decree, Initializing.
+fn not_accepted_unprepared(role: Role) -> [Step; 13] {
+    [
+        ignored(-1, A, role),
+        ignored(0, A, role),
+        initializes(1, A),
+        Move,
+        ignored(-1, LowA, role),
+        ignored(0, LowA, role),
+        ignored(1, LowA, role),
+        ignored(-1, HighA, role),
+        send(0, HighA, &[], true, (Sec, 0, A, HighA)),
+        Move,
+        initializes(1, HighA),
+        Move,
+        Snapshot,
+    ]
+}
+
+/// TestNotAcceptedMsg in a prepared state (Preparing, SecondaryPrepared): one id above the
+/// accepted ballot is still below the promise, so ignored at our decree; then the cells
+/// around the promise.
+fn not_accepted_prepared(role: Role) -> [Step; 21] {
+    [
+        ignored(-1, A, role),
+        ignored(0, A, role),
+        initializes(1, A),
+        Move,
+        ignored(-1, LowA, role),
+        ignored(0, LowA, role),
+        ignored(1, LowA, role),
+        ignored(-1, HighA, role),
+        ignored(0, HighA, role),
+        initializes(1, HighA),
+        Move,
+        ignored(-1, M, role),
+        ignored(-1, LowM, role),
+        ignored(-1, HighM, role),
+        ignored(0, M, role),
+        ignored(0, LowM, role),
+        send(0, HighM, &[], true, (Sec, 0, A, HighM)),
+        Move,
+        // The next decree under a ballot between the accepted one and the promise, or at or
+        // above the promise: behind, so Initializing.
+        initializes(1, M),
+        Move,
+        initializes(1, LowM),
+    ]
+}
+
+#[test]
+fn test_not_accepted_msg() {
+    let mut bench = Bench::initialized();
+    let not_accepted = MsgKind::NotAccepted;
+    run(&mut bench, TestState::Primary, not_accepted, &not_accepted_unprepared(Prim));
+    run(&mut bench, TestState::Secondary, not_accepted, &not_accepted_unprepared(Sec));
+    for (state, role) in [(TestState::Prepare, Prep), (TestState::SecondaryPrepared, Sec)] {
+        run(&mut bench, state, not_accepted, &not_accepted_prepared(role));
+        run(&mut bench, state, not_accepted, &[initializes(1, HighM)]);
+    }
+}
+
+/// TestNotAcceptedMsgInInitialize: every cell around the promise, and around the accepted
+/// ballot when the promise is above it, ignored.
+#[test]
+fn test_not_accepted_msg_in_initialize() {
+    let mut bench = Bench::initialized();
+    for state in [TestState::Initialize, TestState::InitializePrepared] {
+        bench.move_to(state);
+        let s = bench.status();
+        ignored_around(&mut bench, MsgKind::NotAccepted, Ballot::new(s.max_ballot.id, id(FAKE)));
+        if s.max_ballot > s.ballot {
+            ignored_around(&mut bench, MsgKind::NotAccepted, Ballot::new(s.ballot.id, id(FAKE)));
+        }
+    }
+}
+
+/// TestVoteMsg in Secondary, where the accepted ballot is the fake's.
+const VOTE_IN_SECONDARY: [Step; 12] = [
+    // The decree before at our ballot: silence, deliberately (api-behavior §2.8).
+    ignored(-1, A, Sec),
+    // A duplicate is answered again, not logged again (erratum O3).
+    send(0, A, &[Back(MsgKind::VoteAccepted, 0, A)], false, (Sec, 0, A, M)),
+    send(1, A, &[Back(MsgKind::VoteAccepted, 1, A)], true, (Sec, 1, A, A)),
+    Move,
+    refused(-1, LowA, Sec),
+    refused(0, LowA, Sec),
+    refused(1, LowA, Sec),
+    ignored(-1, HighA, Sec),
+    send(0, HighA, &[Back(MsgKind::VoteAccepted, 0, HighA)], true, (Sec, 0, HighA, HighA)),
+    Move,
+    // A gap: the next decree under another ballot.
+    initializes(1, HighA),
+    Move,
+];
+
+/// TestVoteMsg in Primary (its re-proposal outstanding): the accepted ballot is its own, so
+/// the fake sends only lower and higher ones; a higher one makes it step down and follow.
+const VOTE_IN_PRIMARY: [Step; 8] = [
+    refused(-1, LowA, Prim),
+    refused(0, LowA, Prim),
+    refused(1, LowA, Prim),
+    ignored(-1, HighA, Prim),
+    send(0, HighA, &[Back(MsgKind::VoteAccepted, 0, HighA)], true, (Sec, 0, HighA, HighA)),
+    Move,
+    initializes(1, HighA),
+    Move,
+];
+
+#[test]
+fn test_vote_msg() {
+    let mut bench = Bench::initialized();
+    run(&mut bench, TestState::Primary, MsgKind::Vote, &VOTE_IN_PRIMARY);
+    run(&mut bench, TestState::Secondary, MsgKind::Vote, &VOTE_IN_SECONDARY);
+}
+
+/// TestVoteMsgInPrepared from the cell below the promise on, in a state whose role is `role`.
+/// A vote between the accepted ballot and the promise is logged but answered NotAccepted
+/// (api-behavior §2.8); the next decree at that ballot then makes ours chosen, and is itself
+/// logged and refused. The replica follows: Preparing gives up its candidacy (the original
+/// does not check the role here).
+fn vote_below_promise(role: Role) -> [Step; 9] {
+    [
+        refused(-1, LowM, role),
+        send(0, LowM, &[Back(MsgKind::NotAccepted, 0, M)], true, (Sec, 0, LowM, M)),
+        send(1, LowM, &[Back(MsgKind::NotAccepted, 1, M)], true, (Sec, 1, LowM, M)),
+        Snapshot,
+        ignored(-1, HighM, Sec),
+        send(0, HighM, &[Back(MsgKind::VoteAccepted, 0, HighM)], true, (Sec, 0, HighM, HighM)),
+        Move,
+        initializes(1, HighM),
+        Move,
+    ]
+}
+
+#[test]
+fn test_vote_msg_in_prepared() {
+    let mut bench = Bench::initialized();
+    // Preparing: the promise is the replica's own ballot, which no fake's vote carries.
+    run(&mut bench, TestState::Prepare, MsgKind::Vote, &vote_below_promise(Prep));
+    // SecondaryPrepared: the promise is the fake's.
+    let at_promise = [
+        ignored(-1, M, Sec),
+        send(0, M, &[Back(MsgKind::VoteAccepted, 0, M)], true, (Sec, 0, M, M)),
+        Move,
+        // The next decree under another ballot than the accepted one: a gap.
+        initializes(1, M),
+        Move,
+    ];
+    let script: Vec<Step> = at_promise.into_iter().chain(vote_below_promise(Sec)).collect();
+    run(&mut bench, TestState::SecondaryPrepared, MsgKind::Vote, &script);
+}
+
+/// TestVoteAcceptedMsg: outside the primary role a VoteAccepted is ignored, whatever its
+/// decree and ballot (around the accepted ballot, and around the promise under either id).
+#[test]
+fn test_vote_accepted_msg() {
+    let mut bench = Bench::initialized();
+    for state in
+        [TestState::Secondary, TestState::SecondaryPrepared, TestState::Prepare, TestState::Initialize, TestState::InitializePrepared]
+    {
+        bench.move_to(state);
+        let s = bench.status();
+        if s.ballot < s.max_ballot {
+            ignored_around(&mut bench, MsgKind::VoteAccepted, Ballot::new(s.ballot.id, id(FAKE)));
+        }
+        ignored_around(&mut bench, MsgKind::VoteAccepted, Ballot::new(s.max_ballot.id, id(FAKE)));
+        ignored_around(&mut bench, MsgKind::VoteAccepted, Ballot::new(s.max_ballot.id, id(REAL)));
     }
 }

@@ -143,8 +143,9 @@ pub(super) struct Bench {
     pub log: Vec<Arc<Message>>,
     /// Every decree it executed, in order.
     pub executed: Vec<u64>,
-    /// The highest ballot id any fake has sent (the original's `MaxSentBallotId`).
-    pub max_sent_ballot_id: u32,
+    /// The highest ballot the fakes have shown the replica in messages of its configuration
+    /// that it records (the original's `MaxSentBallotId`).
+    pub max_sent_ballot: Ballot,
 }
 
 impl Bench {
@@ -153,13 +154,25 @@ impl Bench {
         Bench::with(harness_config(), super::tests::config(&["1", "2", "3"]))
     }
 
+    /// The replica as TestInitialize leaves it for the tests after it: a secondary that has
+    /// accepted decree 1 (so that every test can send decree − 1).
+    pub(super) fn initialized() -> Bench {
+        let mut bench = Bench::new();
+        bench.move_to_secondary();
+        let Status { decree, ballot, .. } = bench.status();
+        let vote = bench.vote(decree + 1, ballot);
+        let out = bench.deliver(vote);
+        assert_eq!(sent(&out), [Sent::to(FAKE, MsgKind::VoteAccepted, decree + 1, ballot)]);
+        bench
+    }
+
     /// A replica of `config` (which may leave it out), started.
     pub(super) fn with(cfg: CoreConfig, config: ConfigInfo) -> Bench {
         let now = 1_000 * SEC;
         let mut r = Replica::new(cfg, id(REAL), config, 2);
         let mut out = Vec::new();
         r.start(now, &mut AcceptAll, &mut out);
-        let mut bench = Bench { r, now, log: Vec::new(), executed: Vec::new(), max_sent_ballot_id: 0 };
+        let mut bench = Bench { r, now, log: Vec::new(), executed: Vec::new(), max_sent_ballot: Ballot::EMPTY };
         bench.absorb(&out);
         bench
     }
@@ -197,9 +210,14 @@ impl Bench {
 
     /// Delivers `msg` as sent by its header's sender.
     pub(super) fn deliver(&mut self, msg: Arc<Message>) -> Vec<Action> {
-        self.max_sent_ballot_id = self.max_sent_ballot_id.max(msg.header.ballot.id);
+        let unrecorded = [MsgKind::StatusQuery, MsgKind::Join, MsgKind::JoinRequest, MsgKind::DefunctConfiguration, MsgKind::Bootstrap];
+        if msg.header.config == self.r.paxos_configuration().number && !unrecorded.contains(&msg.kind()) {
+            self.max_sent_ballot = self.max_sent_ballot.max(msg.header.ballot);
+        }
         let from = msg.header.sender;
-        self.input(Input::Message { from, msg })
+        let out = self.input(Input::Message { from, msg });
+        assert!(!out.iter().any(|a| matches!(a, Action::Rejected { .. })), "a fake's message is well formed: {out:?}");
+        out
     }
 
     /// A message of our configuration from `sender`.
@@ -337,15 +355,20 @@ impl Bench {
     }
 
     /// `InitializingToPreparing`: the election is due (see the module doc) and a status reply
-    /// at our own position arrives: the replica stands, one id above every ballot it has seen
-    /// (erratum D5), sending its Prepare before logging it.
+    /// at our own position arrives: the replica stands, sending its Prepare before logging it,
+    /// under one id above its promise, or above the highest ballot shown if that is still
+    /// higher (erratum D5: the original's test expects `MaxSentBallotId() + 1` only where the
+    /// two agree).
     fn initializing_to_preparing(&mut self) {
         self.expect_role(Role::Initializing);
         self.election_due();
-        let Status { decree: d, ballot: a, .. } = self.status();
+        let Status { decree: d, ballot: a, max_ballot: promised, .. } = self.status();
         let reply = self.status_response(FAKE, (d, a), (d, a), i64::MAX);
         let out = self.deliver(reply);
-        let ballot = Ballot::new(self.max_sent_ballot_id + 1, id(REAL));
+        let mut ballot = Ballot::new(promised.id + 1, id(REAL));
+        if ballot < self.max_sent_ballot {
+            ballot.id = self.max_sent_ballot.id + 1;
+        }
         assert_eq!(sent(&out), [Sent::all(MsgKind::Prepare, d, ballot)]);
         assert_eq!(persisted(&out), [(MsgKind::Prepare, d, ballot)]);
         assert_eq!(self.status(), Status { role: Role::Preparing, decree: d, ballot: a, max_ballot: ballot });
