@@ -395,3 +395,152 @@ fn test_vote_accepted_msg() {
         ignored_around(&mut bench, MsgKind::VoteAccepted, Ballot::new(s.max_ballot.id, id(REAL)));
     }
 }
+
+/// TestPrepareMsg from the cells below the promise on, in a state whose role is `role`. Below
+/// the promise: NotAccepted at our decree and promise. Above it: the promise is logged and
+/// answered with our accepted vote; at our decree the replica follows, at the next one it
+/// goes to Initializing. The decree before, above the promise: silence.
+fn prepare_around_promise(role: Role) -> [Step; 8] {
+    [
+        refused(-1, LowM, role),
+        refused(0, LowM, role),
+        refused(1, LowM, role),
+        ignored(-1, HighM, role),
+        send(0, HighM, &[Promise(0, HighM)], true, (Sec, 0, A, HighM)),
+        Move,
+        send(1, HighM, &[Promise(1, HighM), Query], true, (Init, 0, A, HighM)),
+        Move,
+    ]
+}
+
+/// The cells at the promise itself, when it is the fake's (a Prepare carries its sender's
+/// ballot): answered, nothing logged (it is no higher).
+const PREPARE_AT_PROMISE: [Step; 4] =
+    [send(0, M, &[Promise(0, M)], false, (Sec, 0, A, M)), Move, send(1, M, &[Promise(1, M), Query], false, (Init, 0, A, M)), Move];
+
+#[test]
+fn test_prepare_msg() {
+    let mut bench = Bench::initialized();
+    // Primary: the accepted ballot and the promise are its own; the fake's ballot of the same
+    // id is below them.
+    let below: [Step; 3] = [refused(-1, AId, Prim), refused(-1, LowA, Prim), ignored(-1, HighA, Prim)];
+    let script: Vec<Step> = below.into_iter().chain(prepare_around_promise(Prim)).collect();
+    run(&mut bench, TestState::Primary, MsgKind::Prepare, &script);
+    // Secondary: the decree before at our ballot or above it gets silence, below it NotAccepted.
+    let below: [Step; 3] = [ignored(-1, AId, Sec), refused(-1, LowA, Sec), ignored(-1, HighA, Sec)];
+    let script: Vec<Step> = below.into_iter().chain(PREPARE_AT_PROMISE).chain(prepare_around_promise(Sec)).collect();
+    run(&mut bench, TestState::Secondary, MsgKind::Prepare, &script);
+    // Prepared states: everything around the accepted ballot is below the promise.
+    for (state, role) in [(TestState::Prepare, Prep), (TestState::SecondaryPrepared, Sec)] {
+        bench.move_to(state);
+        let s = bench.status();
+        refused_around(&mut bench, MsgKind::Prepare, Ballot::new(s.ballot.id, id(FAKE)), MsgKind::NotAccepted);
+        let at_promise: &[Step] = if s.max_ballot.member == id(FAKE) { &PREPARE_AT_PROMISE } else { &[] };
+        let script: Vec<Step> = at_promise.iter().copied().chain(prepare_around_promise(role)).collect();
+        run(&mut bench, state, MsgKind::Prepare, &script);
+    }
+}
+
+/// TestPrepareMsgInInitialize: an initializing replica answers no Prepare, and logs none,
+/// except NotAccepted to one below its promise (at the decree before, only below it).
+#[test]
+fn test_prepare_msg_in_initialize() {
+    let mut bench = Bench::initialized();
+    let unanswered: [Step; 8] = [
+        ignored(0, M, Init),
+        ignored(1, M, Init),
+        refused(-1, LowM, Init),
+        refused(0, LowM, Init),
+        refused(1, LowM, Init),
+        ignored(-1, HighM, Init),
+        ignored(0, HighM, Init),
+        ignored(1, HighM, Init),
+    ];
+    let below: [Step; 3] = [ignored(-1, AId, Init), refused(-1, LowA, Init), ignored(-1, HighA, Init)];
+    let script: Vec<Step> = below.into_iter().chain(unanswered).collect();
+    run(&mut bench, TestState::Initialize, MsgKind::Prepare, &script);
+    bench.move_to(TestState::InitializePrepared);
+    let s = bench.status();
+    refused_around(&mut bench, MsgKind::Prepare, Ballot::new(s.ballot.id, id(FAKE)), MsgKind::NotAccepted);
+    run(&mut bench, TestState::InitializePrepared, MsgKind::Prepare, &unanswered);
+}
+
+/// TestPrepareAcceptedMsg outside Preparing: ignored, whatever its decree and ballot.
+#[test]
+fn test_prepare_accepted_msg() {
+    let mut bench = Bench::initialized();
+    for state in
+        [TestState::Primary, TestState::Secondary, TestState::SecondaryPrepared, TestState::Initialize, TestState::InitializePrepared]
+    {
+        bench.move_to(state);
+        let s = bench.status();
+        if s.max_ballot > s.ballot {
+            ignored_around(&mut bench, MsgKind::PrepareAccepted, Ballot::new(s.ballot.id, id(FAKE)));
+        }
+        ignored_around(&mut bench, MsgKind::PrepareAccepted, Ballot::new(s.max_ballot.id, id(FAKE)));
+        ignored_around(&mut bench, MsgKind::PrepareAccepted, Ballot::new(s.max_ballot.id, id(REAL)));
+    }
+    prepare_accepted_in_preparing(&mut bench);
+}
+
+/// TestPrepareAcceptedMsg in Preparing: only an answer at our (decree, ballot) counts; one
+/// whose vote is ahead of the Prepare is rejected; among the others, a vote at our decree
+/// under a higher ballot than ours is the value re-proposed, any other leaves ours.
+fn prepare_accepted_in_preparing(bench: &mut Bench) {
+    bench.move_to(TestState::Prepare);
+    let s = bench.status();
+    ignored_around(bench, MsgKind::PrepareAccepted, Ballot::new(s.ballot.id, id(FAKE)));
+    ignored_around(bench, MsgKind::PrepareAccepted, Ballot::new(s.max_ballot.id, id(FAKE)));
+    for dec in -1..=1 {
+        for inc in -1..=1 {
+            if (dec, inc) == (0, 0) {
+                continue;
+            }
+            let decree = s.decree.checked_add_signed(dec).expect("a decree");
+            let msg =
+                fake_message(bench, MsgKind::PrepareAccepted, decree, Ballot::new(s.max_ballot.id.saturating_add_signed(inc), id(REAL)));
+            let out = bench.deliver(msg);
+            assert!(sent(&out).is_empty() && persisted(&out).is_empty(), "({dec}, {inc}): {out:?}");
+            assert_eq!(bench.status(), s);
+        }
+    }
+    // Each case: the reports sent in order, and the value the new primary re-proposes (the
+    // report's, or its own accepted vote's).
+    let fake = |id_: u32| Ballot::new(id_, id(FAKE));
+    let cases: [(&[(i64, i64)], Option<usize>); 5] = [
+        // (decree offset, ballot id offset from the accepted ballot) of each report's vote.
+        (&[(0, 0)], None),
+        (&[(-1, 0)], None),
+        (&[(1, 0), (0, 1)], Some(1)),
+        (&[(1, 1), (0, -1)], None),
+        (&[(-1, -1)], None),
+    ];
+    for (reports, freshest) in cases {
+        bench.move_to(TestState::Prepare);
+        let s = bench.status();
+        let ours = bench.r.accepted.as_vote().expect("a vote").requests.clone();
+        let mut proposed = None;
+        for (i, &(dec, inc)) in reports.iter().enumerate() {
+            let vote = bench.vote(s.decree.checked_add_signed(dec).expect("a decree"), fake(s.ballot.id.saturating_add_signed(inc as i32)));
+            let promise = bench.prepare_accepted(FAKE, s.decree, s.max_ballot, &vote);
+            let out = bench.deliver(promise);
+            let last = i + 1 == reports.len();
+            let expected = if last { vec![Sent::all(MsgKind::Vote, s.decree, s.max_ballot)] } else { Vec::new() };
+            assert_eq!(sent(&out), expected, "{reports:?}: report {i}");
+            if last {
+                let value = |vote: &Message| vote.as_vote().expect("a vote").requests.clone();
+                proposed = out.iter().find_map(|a| match a {
+                    Action::Send { msg, .. } => Some(value(msg)),
+                    _ => None,
+                });
+                let expected_value = match freshest {
+                    Some(_) => vec![Bytes::from(format!("decree {} ballot {}", s.decree, s.ballot.id + 1))],
+                    None => ours.clone(),
+                };
+                assert_eq!(proposed.as_ref(), Some(&expected_value), "{reports:?}: the value re-proposed");
+            }
+        }
+        assert!(proposed.is_some());
+        assert_eq!(bench.status(), Status { role: Prim, decree: s.decree, ballot: s.max_ballot, max_ballot: s.max_ballot });
+    }
+}
