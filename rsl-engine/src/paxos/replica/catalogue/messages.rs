@@ -507,15 +507,12 @@ fn prepare_accepted_in_preparing(bench: &mut Bench) {
     // Each case: the reports sent in order, and the value the new primary re-proposes (the
     // report's, or its own accepted vote's).
     let fake = |id_: u32| Ballot::new(id_, id(FAKE));
-    let cases: [(&[(i64, i64)], Option<usize>); 5] = [
-        // (decree offset, ballot id offset from the accepted ballot) of each report's vote.
-        (&[(0, 0)], None),
-        (&[(-1, 0)], None),
-        (&[(1, 0), (0, 1)], Some(1)),
-        (&[(1, 1), (0, -1)], None),
-        (&[(-1, -1)], None),
-    ];
-    for (reports, freshest) in cases {
+    // (decree offset, ballot id offset from the accepted ballot) of each report's vote, and
+    // whether the last report's value wins.
+    type Reports = &'static [(i64, i64)];
+    let cases: [(Reports, bool); 5] =
+        [(&[(0, 0)], false), (&[(-1, 0)], false), (&[(1, 0), (0, 1)], true), (&[(1, 1), (0, -1)], false), (&[(-1, -1)], false)];
+    for (reports, theirs) in cases {
         bench.move_to(TestState::Prepare);
         let s = bench.status();
         let ours = bench.r.accepted.as_vote().expect("a vote").requests.clone();
@@ -533,10 +530,7 @@ fn prepare_accepted_in_preparing(bench: &mut Bench) {
                     Action::Send { msg, .. } => Some(value(msg)),
                     _ => None,
                 });
-                let expected_value = match freshest {
-                    Some(_) => vec![Bytes::from(format!("decree {} ballot {}", s.decree, s.ballot.id + 1))],
-                    None => ours.clone(),
-                };
+                let expected_value = if theirs { value(&vote) } else { ours.clone() };
                 assert_eq!(proposed.as_ref(), Some(&expected_value), "{reports:?}: the value re-proposed");
             }
         }
