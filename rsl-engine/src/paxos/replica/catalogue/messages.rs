@@ -538,3 +538,293 @@ fn prepare_accepted_in_preparing(bench: &mut Bench) {
         assert_eq!(bench.status(), Status { role: Prim, decree: s.decree, ballot: s.max_ballot, max_ballot: s.max_ballot });
     }
 }
+
+/// The decrees and ballots of `records`, as fake votes.
+fn votes(bench: &Bench, records: &[(u64, Ballot)]) -> Vec<Arc<Message>> {
+    records.iter().map(|&(d, b)| bench.vote(d, b)).collect()
+}
+
+/// The aborts among `out`: (cookie, reason).
+fn aborts(out: &[Action]) -> Vec<(Cookie, AbortReason)> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::Abort { cookie, reason, .. } => Some((*cookie, *reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn notifications(out: &[Action]) -> Vec<&Action> {
+    out.iter().filter(|a| matches!(a, Action::NotifyStatus { .. } | Action::NotifyPrimaryRecovered)).collect()
+}
+
+/// TestVoteAcceptedMsgInPrimary: a new primary whose re-proposed decree was accepted but not
+/// executed under the old ballot. Only a VoteAccepted at (decree, our ballot) completes it,
+/// and it executes at once; while a decree is in flight submissions wait and go out together
+/// as the next vote; a NotAccepted with a higher ballot makes the primary step down and abort
+/// what was not chosen, executing nothing more.
+#[test]
+fn test_vote_accepted_msg_in_primary() {
+    let mut bench = Bench::initialized();
+    bench.move_to_secondary();
+    let s = bench.status();
+    let vote = bench.vote(s.decree + 1, s.ballot);
+    let out = bench.deliver(vote);
+    assert_eq!(sent(&out), [Sent::to(FAKE, MsgKind::VoteAccepted, s.decree + 1, s.ballot)]);
+    assert_eq!(executed(&out), [s.decree]);
+    bench.move_to_primary();
+    let s = bench.status();
+    let m = s.max_ballot;
+    assert_eq!(bench.r.next_execute(), s.decree, "the re-proposed decree has not executed");
+    for dec in -1..=1 {
+        for inc in -1..=1 {
+            // The original leaves out a lower decree at a higher ballot and the reverse.
+            if (dec < 0 && inc > 0) || (dec > 0 && inc < 0) {
+                continue;
+            }
+            let decree = s.decree.checked_add_signed(dec).expect("a decree");
+            let ballot = Ballot::new(m.id.checked_add_signed(inc).expect("an id"), m.member);
+            let msg = bench.msg(id(FAKE), decree, ballot, Body::VoteAccepted);
+            let out = bench.deliver(msg);
+            let cell = format!("VoteAccepted at ({decree}, {ballot:?})");
+            assert!(sent(&out).is_empty(), "{cell}: {out:?}");
+            if (dec, inc) == (0, 0) {
+                assert_eq!(executed(&out), [s.decree], "{cell}: chosen, executed at once");
+                let notified = notifications(&out);
+                assert!(matches!(notified.as_slice(), [Action::NotifyStatus { primary: true }, Action::NotifyPrimaryRecovered]), "{cell}");
+            } else {
+                assert!(executed(&out).is_empty() && notifications(&out).is_empty(), "{cell}: {out:?}");
+            }
+        }
+    }
+    assert_eq!(bench.status(), s);
+    assert!(bench.r.is_primary());
+    let out = bench.submit(b"first", 1);
+    assert_eq!(sent(&out), [Sent::all(MsgKind::Vote, s.decree + 1, m)]);
+    let out = bench.submit(b"second", 2);
+    assert!(sent(&out).is_empty(), "waits for the vote in flight");
+    let accepted = bench.msg(id(FAKE), s.decree + 1, m, Body::VoteAccepted);
+    let out = bench.deliver(accepted);
+    assert_eq!(executed(&out), [s.decree + 1]);
+    assert_eq!(sent(&out), [Sent::all(MsgKind::Vote, s.decree + 2, m)]);
+    let out = bench.submit(b"third", 3);
+    assert!(sent(&out).is_empty());
+    let higher = Ballot::new(m.id + 1, id(FAKE));
+    let refusal = bench.msg(id(FAKE), s.decree + 2, higher, Body::NotAccepted);
+    let out = bench.deliver(refusal);
+    assert_eq!(aborts(&out), [(2, AbortReason::NotPrimary), (3, AbortReason::NotPrimary)]);
+    assert!(matches!(notifications(&out).as_slice(), [Action::NotifyStatus { primary: false }]));
+    assert!(executed(&out).is_empty());
+    assert_eq!(persisted(&out), [(MsgKind::Prepare, s.decree + 2, higher)], "the promise adopted");
+    assert_eq!(bench.status(), Status { role: Sec, decree: s.decree + 2, ballot: m, max_ballot: higher });
+    assert_eq!(bench.r.next_execute(), s.decree + 2, "the sequence number stays");
+}
+
+/// Delivers a status reply from the fake `at` (decree, ballot) to the query at `query`, and
+/// checks the replica asks the fake for its log from `query`'s decree.
+fn learn_from_fake(bench: &mut Bench, at: (u64, Ballot), query: (u64, Ballot)) {
+    let reply = bench.status_response(FAKE, at, query, i64::MAX);
+    let out = bench.deliver(reply);
+    assert!(sent(&out).is_empty(), "{out:?}");
+    assert!(
+        matches!(out.as_slice(), [Action::FetchVotes { from, decree }] if *from == id(FAKE) && *decree == query.0),
+        "learns from the fake: {out:?}"
+    );
+}
+
+/// Answers the fetch with `records`.
+fn learned(bench: &mut Bench, records: &[(u64, Ballot)]) -> Vec<Action> {
+    let records = votes(bench, records);
+    bench.input(Input::Learned { from: id(FAKE), records })
+}
+
+fn fake(ballot_id: u32) -> Ballot {
+    Ballot::new(ballot_id, id(FAKE))
+}
+
+/// TestStatusResponseMsg: replies to another query are ignored; a primary ignores every
+/// reply; a stable replica that hears of a peer one decree ahead learns from it.
+#[test]
+fn test_status_response_msg() {
+    let mut bench = Bench::initialized();
+    for state in [TestState::Primary, TestState::Secondary, TestState::SecondaryPrepared, TestState::Prepare] {
+        bench.move_to(state);
+        let s = bench.status();
+        let (d, a, m) = (s.decree, s.ballot, s.max_ballot);
+        let high_a = fake(a.id + 1);
+        let mut replies =
+            vec![bench.status_response(FAKE, (d, a), (d + 1, a), i64::MAX), bench.status_response(FAKE, (d, a), (d - 1, a), i64::MAX)];
+        if state == TestState::Primary {
+            replies.push(bench.status_response(FAKE, (d + 1, high_a), (d, a), i64::MAX));
+        }
+        for reply in replies {
+            let out = bench.deliver(reply);
+            assert!(out.is_empty(), "{state:?}: {out:?}");
+            assert_eq!(bench.status(), s);
+        }
+        if state == TestState::Primary {
+            continue;
+        }
+        // One decree ahead at a higher ballot: learn. Learning, our replica counts as
+        // Initializing. Its log holds our vote, the next decree at our ballot, and that decree
+        // again at its own; with nothing cached to reach, another status round follows
+        // (erratum O9).
+        learn_from_fake(&mut bench, (d + 1, high_a), (d, a));
+        assert_eq!(bench.r.role(), Init);
+        let out = learned(&mut bench, &[(d, a), (d + 1, a), (d + 1, high_a)]);
+        assert_eq!(persisted(&out), [(MsgKind::Vote, d + 1, a), (MsgKind::Vote, d + 1, high_a)]);
+        assert_eq!(executed(&out), [d]);
+        assert_eq!(sent(&out), [Sent::all(MsgKind::StatusQuery, d + 1, high_a)]);
+        assert_eq!(bench.status(), Status { role: Init, decree: d + 1, ballot: high_a, max_ballot: m.max(high_a) });
+        // Again, with a stale vote arriving while it learns: cached, then refused once the
+        // learned votes reach it.
+        bench.move_to(state);
+        let s = bench.status();
+        let (d, a, m) = (s.decree, s.ballot, s.max_ballot);
+        learn_from_fake(&mut bench, (d + 1, fake(a.id + 1)), (d, a));
+        let stale = bench.vote(d - 1, fake(a.id - 1));
+        assert!(bench.deliver(stale).is_empty(), "cached");
+        let out = learned(&mut bench, &[(d, a)]);
+        assert_eq!(sent(&out), [Sent::to(FAKE, MsgKind::NotAccepted, d, m)]);
+        assert!(persisted(&out).is_empty());
+        assert_eq!(bench.status(), Status { role: Sec, ..s });
+    }
+}
+
+/// A status reply whose sender's log starts at `min_decree_in_log` and whose checkpoint is of
+/// `checkpointed` (100 KB).
+fn with_log(msg: &Message, min_decree_in_log: u64, checkpointed: u64) -> Arc<Message> {
+    let mut msg = msg.clone();
+    if let Body::StatusResponse(s) = &mut msg.body {
+        (s.min_decree_in_log, s.checkpointed_decree, s.checkpoint_size) = (min_decree_in_log, checkpointed, 100 * 1024);
+    }
+    Arc::new(msg)
+}
+
+/// TestStatusResponseMsgInInitialize, in Initialize and InitializePrepared.
+#[test]
+fn test_status_response_msg_in_initialize() {
+    let mut bench = Bench::initialized();
+    for state in [TestState::Initialize, TestState::InitializePrepared] {
+        status_responses_in_initialize(&mut bench, state);
+    }
+}
+
+fn status_responses_in_initialize(bench: &mut Bench, state: TestState) {
+    bench.move_to(state);
+    let s = bench.status();
+    let (d, a) = (s.decree, s.ballot);
+    for query in [d + 1, d - 1] {
+        let reply = bench.status_response(FAKE, (d, a), (query, a), i64::MAX);
+        assert!(bench.deliver(reply).is_empty(), "a reply to another query is ignored");
+        assert_eq!(bench.status(), s);
+    }
+    // Nobody ahead (a lower decree, a lower ballot, a lower decree at a higher ballot): the
+    // replica stands (its election is due: see the harness).
+    for (dec, inc) in [(-1, 0), (0, -1), (-1, 1)] {
+        bench.move_to(state);
+        let s = bench.status();
+        let at = (s.decree.checked_add_signed(dec).expect("a decree"), fake(s.ballot.id.checked_add_signed(inc).expect("an id")));
+        bench.election_due();
+        let ballot = bench.candidate_ballot();
+        let reply = bench.status_response(FAKE, at, (s.decree, s.ballot), i64::MAX);
+        let out = bench.deliver(reply);
+        assert_eq!(sent(&out), [Sent::all(MsgKind::Prepare, s.decree, ballot)], "at {at:?}");
+        assert_eq!(bench.status(), Status { role: Prep, max_ballot: ballot, ..s });
+    }
+    // The next decree at a lower ballot. The original stands; ours learns: a vote for a decree
+    // is proposed only once the one before it is chosen, so that log proves ours (docs/core.md,
+    // "Deliberate differences": any later decree, whatever its ballot). Nothing to learn here.
+    bench.move_to(state);
+    let s = bench.status();
+    learn_from_fake(bench, (s.decree + 1, fake(s.ballot.id - 1)), (s.decree, s.ballot));
+    let out = learned(bench, &[]);
+    assert_eq!(sent(&out), [Sent::all(MsgKind::StatusQuery, s.decree, s.ballot)]);
+    assert_eq!(bench.status(), Status { role: Init, ..s });
+    // Our decree under a ballot between ours and our promise: learn it.
+    bench.move_to(state);
+    let s = bench.status();
+    let (d, a, m) = (s.decree, s.ballot, s.max_ballot);
+    if m > a {
+        learn_from_fake(bench, (d, fake(m.id - 1)), (d, a));
+        let out = learned(bench, &[(d, a), (d, m)]);
+        assert_eq!(persisted(&out), [(MsgKind::Vote, d, m)]);
+        assert_eq!(sent(&out), [Sent::all(MsgKind::StatusQuery, d, m)]);
+        bench.move_to(state);
+    }
+    let s = bench.status();
+    let (d, a, m) = (s.decree, s.ballot, s.max_ballot);
+    let high_a = fake(a.id + 1);
+    // A log that does not start at our decree, then one with a gap: nothing learned, another
+    // round.
+    for records in [vec![(d - 1, a), (d, a), (d + 1, a)], vec![(d, a), (d + 1, high_a)]] {
+        learn_from_fake(bench, (d + 1, high_a), (d, a));
+        let out = learned(bench, &records);
+        assert!(persisted(&out).is_empty(), "{records:?}");
+        assert_eq!(sent(&out), [Sent::all(MsgKind::StatusQuery, d, a)], "{records:?}");
+        assert_eq!(bench.status(), s);
+    }
+    // A log below our ballot: the original learns nothing from it. Ours: the next decree at
+    // the same ballot proves our decree chosen, so we move on to it (docs/core.md, "Deliberate
+    // differences": learning past a vote at a higher ballot than the chosen one).
+    let low_a = fake(a.id - 1);
+    learn_from_fake(bench, (d + 1, high_a), (d, a));
+    let out = learned(bench, &[(d, low_a), (d + 1, low_a)]);
+    assert_eq!(persisted(&out), [(MsgKind::Vote, d + 1, low_a)]);
+    assert_eq!(executed(&out), [d]);
+    assert_eq!(sent(&out), [Sent::all(MsgKind::StatusQuery, d + 1, low_a)]);
+    assert_eq!(bench.status(), Status { role: Init, decree: d + 1, ballot: low_a, max_ballot: m });
+    // The same followed by the next decree at a higher ballot: both end at that vote (the
+    // original gets there by logging a copy of it under our ballot).
+    bench.move_to(state);
+    let s = bench.status();
+    let (d, a, m) = (s.decree, s.ballot, s.max_ballot);
+    let (low_a, high_a) = (fake(a.id - 1), fake(a.id + 1));
+    learn_from_fake(bench, (d + 1, high_a), (d, a));
+    let out = learned(bench, &[(d, low_a), (d + 1, low_a), (d + 1, high_a)]);
+    assert_eq!(persisted(&out), [(MsgKind::Vote, d + 1, low_a), (MsgKind::Vote, d + 1, high_a)]);
+    assert_eq!(sent(&out), [Sent::all(MsgKind::StatusQuery, d + 1, high_a)]);
+    assert_eq!(bench.status(), Status { role: Init, decree: d + 1, ballot: high_a, max_ballot: m.max(high_a) });
+    // Ten decrees ahead, its log still holding ours: learn them all.
+    bench.move_to(state);
+    let s = bench.status();
+    let (d, a) = (s.decree, s.ballot);
+    let reply = with_log(&bench.status_response(FAKE, (d + 10, a), (d, a), i64::MAX), d, 0);
+    let out = bench.deliver(reply);
+    assert!(matches!(out.as_slice(), [Action::FetchVotes { decree, .. }] if *decree == d), "{out:?}");
+    let records: Vec<(u64, Ballot)> = (d..=d + 10).map(|n| (n, a)).collect();
+    let out = learned(bench, &records);
+    assert_eq!(executed(&out), (d..d + 10).collect::<Vec<_>>());
+    assert_eq!(sent(&out), [Sent::all(MsgKind::StatusQuery, d + 10, a)]);
+    // Ten ahead, its log truncated past our decree: wait for a checkpoint that covers it,
+    // fetch it, and when that fails, start again.
+    bench.move_to(state);
+    let s = bench.status();
+    let (d, a) = (s.decree, s.ballot);
+    let reply = bench.status_response(FAKE, (d + 10, a), (d, a), i64::MAX);
+    assert!(bench.deliver(with_log(&reply, d + 1, 0)).is_empty(), "no checkpoint covers our decree: wait");
+    let out = bench.deliver(with_log(&reply, d + 1, d));
+    let fetch = Action::FetchCheckpoint { from: id(FAKE), decree: d, size: 100 * 1024, load: true };
+    assert_eq!(format!("{out:?}"), format!("{:?}", [fetch]));
+    let out = bench.input(Input::CheckpointFetched(None));
+    assert_eq!(sent(&out), [Sent::all(MsgKind::StatusQuery, d, a)]);
+    // With a vote cached three decrees ahead: the checkpoint fails again, then a peer whose
+    // log reaches the cached vote is learned from, and the cached vote answered.
+    bench.move_to(state);
+    let s = bench.status();
+    let (d, a, m) = (s.decree, s.ballot, s.max_ballot);
+    let ahead = bench.vote(d + 3, a);
+    assert!(bench.deliver(ahead).is_empty(), "cached");
+    let reply = bench.status_response(FAKE, (d + 10, a), (d, a), i64::MAX);
+    let out = bench.deliver(with_log(&reply, d + 1, d + 1));
+    assert!(matches!(out.as_slice(), [Action::FetchCheckpoint { decree, .. }] if *decree == d + 1), "{out:?}");
+    let out = bench.input(Input::CheckpointFetched(None));
+    assert_eq!(sent(&out), [Sent::all(MsgKind::StatusQuery, d, a)]);
+    learn_from_fake(bench, (d + 3, a), (d, a));
+    let records: Vec<(u64, Ballot)> = (d..=d + 3).map(|n| (n, a)).collect();
+    let out = learned(bench, &records);
+    let answer = if a == m { MsgKind::VoteAccepted } else { MsgKind::NotAccepted };
+    assert_eq!(sent(&out), [Sent::to(FAKE, answer, d + 3, m)]);
+    assert_eq!(executed(&out), [d, d + 1, d + 2]);
+    assert_eq!(bench.status(), Status { role: Sec, decree: d + 3, ballot: a, max_ballot: m });
+}

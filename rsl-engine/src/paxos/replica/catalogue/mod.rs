@@ -151,7 +151,7 @@ pub(super) struct Bench {
 impl Bench {
     /// The replica, started: Initializing, its first status query answered by nobody.
     pub(super) fn new() -> Bench {
-        Bench::with(harness_config(), super::tests::config(&["1", "2", "3"]))
+        Bench::with(super::tests::config(&["1", "2", "3"]), 0)
     }
 
     /// The replica as TestInitialize leaves it for the tests after it: a secondary that has
@@ -166,10 +166,12 @@ impl Bench {
         bench
     }
 
-    /// A replica of `config` (which may leave it out), started.
-    pub(super) fn with(cfg: CoreConfig, config: ConfigInfo) -> Bench {
+    /// A replica of `config` (which may leave it out) that knows configurations up to
+    /// `highest_defunct` defunct, started.
+    pub(super) fn with(config: ConfigInfo, highest_defunct: u32) -> Bench {
         let now = 1_000 * SEC;
-        let mut r = Replica::new(cfg, id(REAL), config, 2);
+        let mut r = Replica::new(harness_config(), id(REAL), config, 2);
+        r.restore_defunct(highest_defunct);
         let mut out = Vec::new();
         r.start(now, &mut AcceptAll, &mut out);
         let mut bench = Bench { r, now, log: Vec::new(), executed: Vec::new(), max_sent_ballot: Ballot::EMPTY };
@@ -190,12 +192,25 @@ impl Bench {
         let below = self.r.next_execute();
         self.r.step(self.now, Input::Executed { below, spilled: false }, &mut AcceptAll, &mut out);
         self.r.step(self.now, input, &mut AcceptAll, &mut out);
+        self.settle(&mut out);
+        out
+    }
+
+    /// `ReplicateRequest` on the replica (it must be primary to the application).
+    pub(super) fn submit(&mut self, request: &'static [u8], cookie: Cookie) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.r.submit(self.now, Bytes::from_static(request), cookie, false, &mut out).expect("the primary takes the request");
+        self.settle(&mut out);
+        out
+    }
+
+    /// Makes every persist durable, and records what was persisted and executed.
+    fn settle(&mut self, out: &mut Vec<Action>) {
         if self.r.durable_seq < self.r.persist_seq {
             let seq = self.r.persist_seq;
-            self.r.step(self.now, Input::Durable(seq), &mut AcceptAll, &mut out);
+            self.r.step(self.now, Input::Durable(seq), &mut AcceptAll, out);
         }
-        self.absorb(&out);
-        out
+        self.absorb(out);
     }
 
     fn absorb(&mut self, out: &[Action]) {
@@ -362,16 +377,23 @@ impl Bench {
     fn initializing_to_preparing(&mut self) {
         self.expect_role(Role::Initializing);
         self.election_due();
-        let Status { decree: d, ballot: a, max_ballot: promised, .. } = self.status();
+        let Status { decree: d, ballot: a, .. } = self.status();
+        let ballot = self.candidate_ballot();
         let reply = self.status_response(FAKE, (d, a), (d, a), i64::MAX);
         let out = self.deliver(reply);
-        let mut ballot = Ballot::new(promised.id + 1, id(REAL));
-        if ballot < self.max_sent_ballot {
-            ballot.id = self.max_sent_ballot.id + 1;
-        }
         assert_eq!(sent(&out), [Sent::all(MsgKind::Prepare, d, ballot)]);
         assert_eq!(persisted(&out), [(MsgKind::Prepare, d, ballot)]);
         assert_eq!(self.status(), Status { role: Role::Preparing, decree: d, ballot: a, max_ballot: ballot });
+    }
+
+    /// The ballot the replica stands with now: one id above its promise, or above the highest
+    /// ballot the fakes showed it if that is still higher (erratum D5).
+    pub(super) fn candidate_ballot(&self) -> Ballot {
+        let mut ballot = Ballot::new(self.r.max_ballot().id + 1, id(REAL));
+        if ballot < self.max_sent_ballot {
+            ballot.id = self.max_sent_ballot.id + 1;
+        }
+        ballot
     }
 
     /// Moves the clock to when the replica's election timer is due (no timer fires: nothing
