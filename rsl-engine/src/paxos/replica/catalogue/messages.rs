@@ -1,5 +1,19 @@
 //! The original's message-handling tests (api-behavior §3.1 rows 1–10, §3.2 rows 31–32), each
-//! named after the original test, on the single-replica [`Bench`].
+//! named after the original test, on the single-replica [`Bench`]. TestInvalidMessages (row 4)
+//! is `hostile.rs` and `tests/hostile.rs`.
+//!
+//! The decree × ballot matrices are tables of cells in the original's order ([`Step`]), each
+//! with its exact outcome: the reply, what is logged, and the replica's role, accepted vote
+//! and promise after it. The original sends each cell of `MsgCombinations` twice, to its
+//! client and its server port; the core has no ports, so once. It runs at protocol version 1
+//! raised as it goes; these run at 6, whose rules for these messages are the same.
+//!
+//! Where our outcome differs from the original's, the cell says why; in short: a replica that
+//! learns counts as Initializing meanwhile (a Join of a newer configuration included, for
+//! which a primary steps down), a status round learns from any later decree whatever its
+//! ballot, learning moves past a decree the peer's log proves chosen at a lower ballot, each
+//! cached vote is answered rather than the last of a run, and a DefunctConfiguration is
+//! recorded at most two below our configuration (docs/core.md, "Deliberate differences").
 
 use super::*;
 
