@@ -14,6 +14,14 @@
 //! sends on the way, and where it ends). A fake legislator's ballot is always 10 ids above the
 //! replica's promise (`fake_ballot`), as the original's `IncrementBallot(10)`.
 //!
+//! The API, for the scenario tests: [`Bench::new`] (started, Initializing), [`Bench::initialized`]
+//! (as TestInitialize leaves it) or [`Bench::with`] (another configuration, a highest defunct);
+//! [`Bench::deliver`] a fake's message (built with `msg`, `vote`, `prepare`, `status_response`,
+//! `prepare_accepted`), [`Bench::input`] any other input, [`Bench::submit`] a request; read the
+//! answer with [`sent`], [`persisted`] and [`executed`], and the replica with [`Bench::status`]
+//! (the original's `WaitForState` fields). The bench's `log` and `executed` keep everything so
+//! far; `now` moves only by hand ([`Bench::election_due`]).
+//!
 //! Where our harness differs from the original's: the original makes an election due with a
 //! status reply whose `lastReceivedAgo` is `I64_MAX`, which only arms a timer that has never
 //! been armed; `initializing_to_preparing` moves the clock to the election time instead. A
