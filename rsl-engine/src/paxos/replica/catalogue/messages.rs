@@ -316,10 +316,22 @@ fn test_not_accepted_msg_in_initialize() {
     }
 }
 
+/// The replica as TestInitialize leaves it, one decree further (at decree 2), so that a cell
+/// can send the decree two before ours.
+fn two_decrees_in() -> Bench {
+    let mut bench = Bench::initialized();
+    let Status { decree, ballot, .. } = bench.status();
+    let vote = bench.vote(decree + 1, ballot);
+    assert_eq!(sent(&bench.deliver(vote)), [Sent::to(FAKE, MsgKind::VoteAccepted, decree + 1, ballot)]);
+    bench
+}
+
 /// TestVoteMsg in Secondary, where the accepted ballot is the fake's.
-const VOTE_IN_SECONDARY: [Step; 12] = [
+const VOTE_IN_SECONDARY: [Step; 13] = [
     // The decree before at our ballot: silence, deliberately (api-behavior §2.8).
     ignored(-1, A, Sec),
+    // Beyond the original's grid: two decrees behind is refused.
+    refused(-2, A, Sec),
     // A duplicate is answered again, not logged again (erratum O3).
     send(0, A, &[Back(MsgKind::VoteAccepted, 0, A)], false, (Sec, 0, A, M)),
     send(1, A, &[Back(MsgKind::VoteAccepted, 1, A)], true, (Sec, 1, A, A)),
@@ -350,7 +362,7 @@ const VOTE_IN_PRIMARY: [Step; 8] = [
 
 #[test]
 fn test_vote_msg() {
-    let mut bench = Bench::initialized();
+    let mut bench = two_decrees_in();
     run(&mut bench, TestState::Primary, MsgKind::Vote, &VOTE_IN_PRIMARY);
     run(&mut bench, TestState::Secondary, MsgKind::Vote, &VOTE_IN_SECONDARY);
 }
@@ -414,12 +426,14 @@ fn test_vote_accepted_msg() {
 /// the promise: NotAccepted at our decree and promise. Above it: the promise is logged and
 /// answered with our accepted vote; at our decree the replica follows, at the next one it
 /// goes to Initializing. The decree before, above the promise: silence.
-fn prepare_around_promise(role: Role) -> [Step; 8] {
+fn prepare_around_promise(role: Role) -> [Step; 9] {
     [
         refused(-1, LowM, role),
         refused(0, LowM, role),
         refused(1, LowM, role),
         ignored(-1, HighM, role),
+        // Beyond the original's grid: two decrees behind, refused whatever the ballot.
+        refused(-2, HighM, role),
         send(0, HighM, &[Promise(0, HighM)], true, (Sec, 0, A, HighM)),
         Move,
         send(1, HighM, &[Promise(1, HighM), Query], true, (Init, 0, A, HighM)),
@@ -434,7 +448,7 @@ const PREPARE_AT_PROMISE: [Step; 4] =
 
 #[test]
 fn test_prepare_msg() {
-    let mut bench = Bench::initialized();
+    let mut bench = two_decrees_in();
     // Primary: the accepted ballot and the promise are its own; the fake's ballot of the same
     // id is below them.
     let below: [Step; 3] = [refused(-1, AId, Prim), refused(-1, LowA, Prim), ignored(-1, HighA, Prim)];
@@ -666,8 +680,12 @@ fn test_status_response_msg() {
         let s = bench.status();
         let (d, a, m) = (s.decree, s.ballot, s.max_ballot);
         let high_a = fake(a.id + 1);
-        let mut replies =
-            vec![bench.status_response(FAKE, (d, a), (d + 1, a), i64::MAX), bench.status_response(FAKE, (d, a), (d - 1, a), i64::MAX)];
+        // The last, beyond the original: a reply to a query at our decree under another ballot.
+        let mut replies = vec![
+            bench.status_response(FAKE, (d, a), (d + 1, a), i64::MAX),
+            bench.status_response(FAKE, (d, a), (d - 1, a), i64::MAX),
+            bench.status_response(FAKE, (d, a), (d, high_a), i64::MAX),
+        ];
         if state == TestState::Primary {
             replies.push(bench.status_response(FAKE, (d + 1, high_a), (d, a), i64::MAX));
         }
@@ -728,8 +746,9 @@ fn status_responses_in_initialize(bench: &mut Bench, state: TestState) {
     bench.move_to(state);
     let s = bench.status();
     let (d, a) = (s.decree, s.ballot);
-    for query in [d + 1, d - 1] {
-        let reply = bench.status_response(FAKE, (d, a), (query, a), i64::MAX);
+    // The last, beyond the original: a query at our decree under another ballot.
+    for query in [(d + 1, a), (d - 1, a), (d, fake(a.id + 1))] {
+        let reply = bench.status_response(FAKE, (d, a), query, i64::MAX);
         assert!(bench.deliver(reply).is_empty(), "a reply to another query is ignored");
         assert_eq!(bench.status(), s);
     }
