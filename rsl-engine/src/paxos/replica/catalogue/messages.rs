@@ -16,6 +16,10 @@
 //! recorded at most two below our configuration (docs/core.md, "Deliberate differences").
 
 use super::*;
+use Bal::*;
+use Reply::*;
+use Role::{Inactive, Initializing as Init, Preparing as Prep, Primary as Prim, Secondary as Sec};
+use Step::{Move, Snapshot};
 
 /// TestInitialize: the replica starts, follows, accepts the next decree and answers it.
 #[test]
@@ -215,11 +219,6 @@ fn refused_around(bench: &mut Bench, kind: MsgKind, base: Ballot, reply: MsgKind
         }
     }
 }
-
-use Bal::*;
-use Reply::*;
-use Role::{Initializing as Init, Preparing as Prep, Primary as Prim, Secondary as Sec};
-use Step::{Move, Snapshot};
 
 /// A cell the replica ignores: nothing sent or persisted, and it stays where the snapshot is.
 const fn ignored(dec: i64, bal: Bal, role: Role) -> Step {
@@ -737,12 +736,25 @@ fn with_log(msg: &Message, min_decree_in_log: u64, checkpointed: u64) -> Arc<Mes
 #[test]
 fn test_status_response_msg_in_initialize() {
     let mut bench = Bench::initialized();
+    let scenarios: [fn(&mut Bench, TestState); 8] = [
+        replies_to_other_queries_are_ignored,
+        stands_when_nobody_is_ahead,
+        learns_from_a_later_decree_at_a_lower_ballot,
+        learns_our_decree_under_a_higher_ballot,
+        learns_only_from_logs_in_sequence,
+        learns_ten_decrees_ahead,
+        fetches_a_checkpoint_past_a_truncated_log,
+        learns_up_to_a_cached_vote_after_a_failed_checkpoint,
+    ];
     for state in [TestState::Initialize, TestState::InitializePrepared] {
-        status_responses_in_initialize(&mut bench, state);
+        for scenario in scenarios {
+            scenario(&mut bench, state);
+        }
     }
 }
 
-fn status_responses_in_initialize(bench: &mut Bench, state: TestState) {
+/// Replies to a query other than our last are ignored.
+fn replies_to_other_queries_are_ignored(bench: &mut Bench, state: TestState) {
     bench.move_to(state);
     let s = bench.status();
     let (d, a) = (s.decree, s.ballot);
@@ -752,8 +764,11 @@ fn status_responses_in_initialize(bench: &mut Bench, state: TestState) {
         assert!(bench.deliver(reply).is_empty(), "a reply to another query is ignored");
         assert_eq!(bench.status(), s);
     }
-    // Nobody ahead (a lower decree, a lower ballot, a lower decree at a higher ballot): the
-    // replica stands (its election is due: see the harness).
+}
+
+/// Nobody ahead (a lower decree, a lower ballot, a lower decree at a higher ballot): the
+/// replica stands (its election is due: see the harness).
+fn stands_when_nobody_is_ahead(bench: &mut Bench, state: TestState) {
     for (dec, inc) in [(-1, 0), (0, -1), (-1, 1)] {
         bench.move_to(state);
         let s = bench.status();
@@ -765,16 +780,22 @@ fn status_responses_in_initialize(bench: &mut Bench, state: TestState) {
         assert_eq!(sent(&out), [Sent::all(MsgKind::Prepare, s.decree, ballot)], "at {at:?}");
         assert_eq!(bench.status(), Status { role: Prep, max_ballot: ballot, ..s });
     }
-    // The next decree at a lower ballot. The original stands; ours learns: a vote for a decree
-    // is proposed only once the one before it is chosen, so that log proves ours (docs/core.md,
-    // "Deliberate differences": any later decree, whatever its ballot). Nothing to learn here.
+}
+
+/// The next decree at a lower ballot. The original stands; ours learns: a vote for a decree
+/// is proposed only once the one before it is chosen, so that log proves ours (docs/core.md,
+/// "Deliberate differences": any later decree, whatever its ballot). Nothing to learn here.
+fn learns_from_a_later_decree_at_a_lower_ballot(bench: &mut Bench, state: TestState) {
     bench.move_to(state);
     let s = bench.status();
     learn_from_fake(bench, (s.decree + 1, fake(s.ballot.id - 1)), (s.decree, s.ballot));
     let out = learned(bench, &[]);
     assert_eq!(sent(&out), [Sent::all(MsgKind::StatusQuery, s.decree, s.ballot)]);
     assert_eq!(bench.status(), Status { role: Init, ..s });
-    // Our decree under a ballot between ours and our promise: learn it.
+}
+
+/// Prepared: our decree under a ballot between ours and our promise: learn it.
+fn learns_our_decree_under_a_higher_ballot(bench: &mut Bench, state: TestState) {
     bench.move_to(state);
     let s = bench.status();
     let (d, a, m) = (s.decree, s.ballot, s.max_ballot);
@@ -783,13 +804,19 @@ fn status_responses_in_initialize(bench: &mut Bench, state: TestState) {
         let out = learned(bench, &[(d, a), (d, m)]);
         assert_eq!(persisted(&out), [(MsgKind::Vote, d, m)]);
         assert_eq!(sent(&out), [Sent::all(MsgKind::StatusQuery, d, m)]);
-        bench.move_to(state);
+        assert_eq!(bench.status(), Status { role: Init, decree: d, ballot: m, max_ballot: m });
     }
+}
+
+/// A peer one decree ahead at a higher ballot, whose log does not start at our decree, or has
+/// a gap, or lies below our ballot.
+fn learns_only_from_logs_in_sequence(bench: &mut Bench, state: TestState) {
+    bench.move_to(state);
     let s = bench.status();
     let (d, a, m) = (s.decree, s.ballot, s.max_ballot);
     let high_a = fake(a.id + 1);
     // A log that does not start at our decree, then one with a gap: nothing learned, another
-    // round.
+    // round (the original runs these without moving in between).
     for records in [vec![(d - 1, a), (d, a), (d + 1, a)], vec![(d, a), (d + 1, high_a)]] {
         learn_from_fake(bench, (d + 1, high_a), (d, a));
         let out = learned(bench, &records);
@@ -818,7 +845,10 @@ fn status_responses_in_initialize(bench: &mut Bench, state: TestState) {
     assert_eq!(persisted(&out), [(MsgKind::Vote, d + 1, low_a), (MsgKind::Vote, d + 1, high_a)]);
     assert_eq!(sent(&out), [Sent::all(MsgKind::StatusQuery, d + 1, high_a)]);
     assert_eq!(bench.status(), Status { role: Init, decree: d + 1, ballot: high_a, max_ballot: m.max(high_a) });
-    // Ten decrees ahead, its log still holding ours: learn them all.
+}
+
+/// Ten decrees ahead, its log still holding ours: learn them all.
+fn learns_ten_decrees_ahead(bench: &mut Bench, state: TestState) {
     bench.move_to(state);
     let s = bench.status();
     let (d, a) = (s.decree, s.ballot);
@@ -829,8 +859,11 @@ fn status_responses_in_initialize(bench: &mut Bench, state: TestState) {
     let out = learned(bench, &records);
     assert_eq!(executed(&out), (d..d + 10).collect::<Vec<_>>());
     assert_eq!(sent(&out), [Sent::all(MsgKind::StatusQuery, d + 10, a)]);
-    // Ten ahead, its log truncated past our decree: wait for a checkpoint that covers it,
-    // fetch it, and when that fails, start again.
+}
+
+/// Ten ahead, its log truncated past our decree: wait for a checkpoint that covers it,
+/// fetch it, and when that fails, start again.
+fn fetches_a_checkpoint_past_a_truncated_log(bench: &mut Bench, state: TestState) {
     bench.move_to(state);
     let s = bench.status();
     let (d, a) = (s.decree, s.ballot);
@@ -841,8 +874,11 @@ fn status_responses_in_initialize(bench: &mut Bench, state: TestState) {
     assert_eq!(format!("{out:?}"), format!("{:?}", [fetch]));
     let out = bench.input(Input::CheckpointFetched(None));
     assert_eq!(sent(&out), [Sent::all(MsgKind::StatusQuery, d, a)]);
-    // With a vote cached three decrees ahead: the checkpoint fails again, then a peer whose
-    // log reaches the cached vote is learned from, and the cached vote answered.
+}
+
+/// With a vote cached three decrees ahead: the checkpoint fails again, then a peer whose
+/// log reaches the cached vote is learned from, and the cached vote answered.
+fn learns_up_to_a_cached_vote_after_a_failed_checkpoint(bench: &mut Bench, state: TestState) {
     bench.move_to(state);
     let s = bench.status();
     let (d, a, m) = (s.decree, s.ballot, s.max_ballot);
@@ -892,14 +928,18 @@ fn answers(s: &Status, answered: &[(u64, Ballot)]) -> Vec<Sent> {
 #[test]
 fn test_vote_msg_in_initialize() {
     let mut bench = Bench::initialized();
+    let scenarios: [fn(&mut Bench, TestState); 4] =
+        [a_stale_cached_vote, cached_votes_ahead, cached_votes_at_a_higher_ballot, a_gap_among_cached_votes];
     for state in [TestState::Initialize, TestState::InitializePrepared] {
-        votes_in_initialize(&mut bench, state);
+        for scenario in scenarios {
+            scenario(&mut bench, state);
+        }
     }
 }
 
-fn votes_in_initialize(bench: &mut Bench, state: TestState) {
-    // A vote for the decree before ours: learning stops at once at our decree, and the
-    // cached vote is stale (refused if below the promise, silence otherwise).
+/// A vote for the decree before ours: learning stops at once at our decree, and the cached
+/// vote is stale (refused if below the promise, silence otherwise).
+fn a_stale_cached_vote(bench: &mut Bench, state: TestState) {
     bench.move_to(state);
     let s = bench.status();
     let (d, a, m) = (s.decree, s.ballot, s.max_ballot);
@@ -910,8 +950,11 @@ fn votes_in_initialize(bench: &mut Bench, state: TestState) {
     assert_eq!(sent(&out), refusal);
     assert!(persisted(&out).is_empty());
     assert_eq!(bench.status(), Status { role: Sec, ..s });
-    // Votes ahead, a duplicate among them, the last at a higher ballot: learning fills in up
-    // to the first, the rest follow from the cache.
+}
+
+/// Votes ahead, a duplicate among them, the last at a higher ballot: learning fills in up to
+/// the first, the rest follow from the cache.
+fn cached_votes_ahead(bench: &mut Bench, state: TestState) {
     bench.move_to(state);
     let s = bench.status();
     let (d, a, m) = (s.decree, s.ballot, s.max_ballot);
@@ -924,8 +967,11 @@ fn votes_in_initialize(bench: &mut Bench, state: TestState) {
     assert_eq!(persisted(&out), logged.map(|(d, b)| (MsgKind::Vote, d, b)));
     assert_eq!(executed(&out), [d, d + 1, d + 2]);
     assert_eq!(bench.status(), Status { role: Sec, decree: d + 3, ballot: high_a, max_ballot: m.max(high_a) });
-    // Votes at a higher ballot from our decree on, with lower and older ones between them
-    // (dropped from the cache): learning our own decree is enough.
+}
+
+/// Votes at a higher ballot from our decree on, with lower and older ones between them
+/// (dropped from the cache): learning our own decree is enough.
+fn cached_votes_at_a_higher_ballot(bench: &mut Bench, state: TestState) {
     bench.move_to(state);
     let s = bench.status();
     let (d, a, m) = (s.decree, s.ballot, s.max_ballot);
@@ -939,8 +985,11 @@ fn votes_in_initialize(bench: &mut Bench, state: TestState) {
     assert_eq!(persisted(&out), logged.map(|(d, b)| (MsgKind::Vote, d, b)));
     assert_eq!(executed(&out), [d, d + 1]);
     assert_eq!(bench.status(), Status { role: Sec, decree: d + 2, ballot: high_a, max_ballot: m.max(high_a) });
-    // A gap among the cached votes: taken up to it, then learning again past it. (The
-    // original answers none of the votes before the gap: the gap clears the run unanswered.)
+}
+
+/// A gap among the cached votes: taken up to it, then learning again past it. (The original
+/// answers none of the votes before the gap: the gap clears the run unanswered.)
+fn a_gap_among_cached_votes(bench: &mut Bench, state: TestState) {
     bench.move_to(state);
     let s = bench.status();
     let (d, a, m) = (s.decree, s.ballot, s.max_ballot);
@@ -998,8 +1047,6 @@ fn inactive_bench() -> Bench {
     bench
 }
 
-use Role::Inactive;
-
 /// TestJoinMessages in one state (`None`: inactive), from where `enter` puts the replica.
 fn joins(bench: &mut Bench, enter: &dyn Fn(&mut Bench)) {
     enter(bench);
@@ -1019,12 +1066,17 @@ fn joins(bench: &mut Bench, enter: &dyn Fn(&mut Bench)) {
             }
         }
     }
-    // A newer configuration: learn from the sender's log if it holds our decree, else fetch
-    // its checkpoint if it covers our decree, else nothing. Nothing is sent. Unlike the
-    // original, our replica learns as it does from a status round: Initializing meanwhile (a
-    // primary steps down first: a Join from a member of ours says our configuration ended),
-    // and a failed fetch leaves it there, our position unchanged.
-    let busy = if s.role == Inactive { Inactive } else { Init };
+    joins_of_a_newer_configuration(bench, enter);
+}
+
+/// A Join of a newer configuration: learn from the sender's log if it holds our decree, else
+/// fetch its checkpoint if it covers our decree, else nothing. Nothing is sent. Unlike the
+/// original, our replica learns as it does from a status round: Initializing meanwhile (a
+/// primary steps down first: a Join from a member of ours says our configuration ended), and
+/// a failed fetch leaves it there, our position unchanged.
+fn joins_of_a_newer_configuration(bench: &mut Bench, enter: &dyn Fn(&mut Bench)) {
+    let c = bench.r.paxos_configuration().number;
+    let busy = if bench.r.role() == Inactive { Inactive } else { Init };
     for dmin in -1..=1i64 {
         for dcp in -1..=1i64 {
             enter(bench);
@@ -1041,11 +1093,7 @@ fn joins(bench: &mut Bench, enter: &dyn Fn(&mut Bench)) {
             } else {
                 None
             };
-            assert_eq!(
-                format!("{:?}", out.iter().filter(|a| !matches!(a, Action::NotifyStatus { .. })).collect::<Vec<_>>()),
-                format!("{:?}", fetch.iter().collect::<Vec<_>>()),
-                "{cell}"
-            );
+            assert_eq!(format!("{out:?}"), format!("{:?}", fetch.iter().collect::<Vec<_>>()), "{cell}");
             let Some(fetch) = fetch else {
                 assert_eq!(bench.status(), s, "{cell}");
                 continue;
