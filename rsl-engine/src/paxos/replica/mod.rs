@@ -25,6 +25,8 @@ mod hostile;
 mod leader;
 mod membership;
 mod pipeline;
+#[cfg(test)]
+mod props;
 mod recovery;
 mod stop;
 mod validate;
