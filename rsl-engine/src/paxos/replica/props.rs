@@ -451,7 +451,8 @@ fn check_prepare(ops: &[Op], to: usize, delta: i32, pick: BallotPick) -> Check {
         prop_assert!(answers.is_empty() && persisted(&out).is_empty());
         prop_assert_eq!(r.max_ballot(), mb);
         let refusals = sent(&out, MsgKind::NotAccepted);
-        prop_assert_eq!(refusals.len(), usize::from(b < mb || d + 1 < ad));
+        prop_assert_eq!(refusals.len(), usize::from(b < mb || d + 1 < ad), "NotAccepted only below the promise or far behind");
+        prop_assert!(refusals.iter().all(|(_, m, _)| decree_ballot(m) == (ad, mb)), "NotAccepted (our decree, our promise)");
     } else if before.role == Role::Initializing {
         prop_assert!(out.is_empty(), "not answered while initializing: {out:?}");
     } else {
@@ -528,9 +529,9 @@ fn check_prepare_accepted(
     let (dest, vote, _) = &votes[0];
     prop_assert_eq!(dest, &Dest::All);
     prop_assert_eq!(decree_ballot(vote), (ad, mb), "re-proposed at our decree under our ballot");
-    let value = if vd == ad && vb > freshest.header.ballot { b"reported".as_slice() } else { &[] };
-    let own = freshest.as_vote().map(|v| v.requests.clone()).unwrap_or_default();
-    let expected = if value.is_empty() { own } else { vec![Bytes::from_static(b"reported")] };
+    let fresher = vd == ad && vb > freshest.header.ballot;
+    let expected =
+        if fresher { vec![Bytes::from_static(b"reported")] } else { freshest.as_vote().map(|v| v.requests.clone()).unwrap_or_default() };
     prop_assert_eq!(&vote.as_vote().expect("a vote").requests, &expected, "the freshest value");
     prop_assert!(!ring.r(j).is_primary(), "primary to the application only once the re-proposal is chosen");
     Ok(())
