@@ -746,9 +746,10 @@ fn check_learning(ops: &[Op], to: usize, from: usize, start: i32, recs: &[Rec], 
 }
 
 /// §2.17 steps 2–3: a ReconfigurationDecision that decides the vote we accepted, a
-/// reconfiguration, moves the configuration number by exactly one: the decision is logged, the
-/// vote executes, the replica starts the new configuration at the next decree with an empty
-/// vote and a promise above the old, and looks for its ring. Any other decision changes nothing.
+/// reconfiguration at its decree and at its ballot or above, moves the configuration number by
+/// exactly one: the decision is logged, the vote executes, the replica starts the new
+/// configuration at the next decree with an empty vote and a promise above the old, and looks
+/// for its ring. Any other decision changes nothing.
 fn check_decision(ops: &[Op], to: usize, delta: i32, pick: BallotPick, elsewhere: bool) -> Check {
     let mut ring = build(v6(), ops);
     let j = non_primary(&ring, to);
@@ -768,7 +769,8 @@ fn check_decision(ops: &[Op], to: usize, delta: i32, pick: BallotPick, elsewhere
     let out = deliver(&mut ring, j, b.member, msg);
     universal(&ring, j, &before, &out)?;
     let r = ring.r(j);
-    let decides = (d, b) == before.accepted() && reconfig && before.next_execute >= d;
+    let (ad, ab) = before.accepted();
+    let decides = d == ad && ab >= b && reconfig && before.next_execute >= d;
     if !decides {
         prop_assert_eq!(r.paxos_configuration().number, before.config);
         prop_assert!(executed(&out).is_empty() && persisted(&out).is_empty(), "{out:?}");
@@ -859,4 +861,27 @@ proptest! {
     ) {
         check_decision(&ops, to, delta, pick, elsewhere)?;
     }
+}
+
+/// Found by `a_primary_completes_a_decree_only_on_an_acknowledgement_at_its_own_ballot`
+/// (the first seed in proptest-regressions/paxos/replica/props.txt). Node 2's reconfiguration
+/// at decree 1 was chosen by nodes 2 and 0, and node 2 switched; the decision never reached
+/// nodes 0 and 1. Node 0, elected in configuration 1, re-proposes the reconfiguration under
+/// its own, higher ballot; node 2's Join makes it step down and learn, and the decision it
+/// learns names the lower ballot that chose the value. Requiring the decision to match the
+/// accepted ballot exactly, node 0 never took it: it stood again, and again, without time
+/// passing (the network never went quiet).
+#[test]
+fn a_reconfiguration_reproposed_under_a_higher_ballot_takes_the_decision_of_the_lower() {
+    let mut ring = build(v6(), &[Op::Cut(2, 0, 5), Op::Elect(2), Op::Cut(2, 1, 0), Op::Reconfigure]);
+    assert_eq!([0, 1, 2].map(|i| ring.r(i).paxos_configuration().number), [1, 1, 2]);
+    assert!(ring.r(0).accepted.as_vote().is_some_and(|v| v.reconfig.is_some()), "node 0 holds the reconfiguration");
+    ring.heal();
+    ring.step(0, Input::AttemptPromotion);
+    ring.step(0, Input::Tick);
+    ring.run();
+    assert_eq!(ring.r(0).paxos_configuration().number, 2, "node 0 applied the decision");
+    ring.advance(30 * SEC);
+    assert_eq!([0, 1, 2].map(|i| ring.r(i).paxos_configuration().number), [2, 2, 2]);
+    assert!(primary(&ring).is_some(), "configuration 2 elected a primary");
 }
