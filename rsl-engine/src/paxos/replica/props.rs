@@ -885,3 +885,25 @@ fn a_reconfiguration_reproposed_under_a_higher_ballot_takes_the_decision_of_the_
     assert_eq!([0, 1, 2].map(|i| ring.r(i).paxos_configuration().number), [2, 2, 2]);
     assert!(primary(&ring).is_some(), "configuration 2 elected a primary");
 }
+
+/// Found by `a_learner_executes_in_order_and_never_past_a_gap` (the seed e424551c in
+/// proptest-regressions/paxos/replica/props.txt). Node 0, primary at b1, executed decree 0 and
+/// proposed decree 1; node 1, whose messages node 0 never hears, was elected at b2 and
+/// re-proposed decree 0. Node 2, standing, learned decree 1 at b1 from node 0: that proved its
+/// own vote at decree 0 (at b2) chosen, and it logged (1, b1) after (0, b2). Node 1, learning
+/// from node 2's log, refused that sequence (the next decree at a lower ballot) and looked for
+/// the ring again at once, forever: node 0, the only other log, does not hear it.
+#[test]
+fn a_learner_takes_the_next_decree_at_a_lower_ballot_from_a_log_that_proved_it_chosen() {
+    let mut ring = build(v6(), &[Op::AdvanceMs(10134), Op::Cut(1, 0, 0), Op::Elect(1), Op::Submit]);
+    let (b1, b2) = (ring.r(0).max_ballot(), ring.r(1).max_ballot());
+    assert!(ring.r(0).accepted() == (1, b1) && ring.r(2).accepted() == (0, b2) && b1 < b2);
+    ring.step(2, Input::AttemptPromotion);
+    ring.step(2, Input::Tick);
+    ring.run();
+    let node2_log: Vec<(u64, Ballot)> = ring.procs[2].log.iter().filter(|r| r.kind() == MsgKind::Vote).map(|r| decree_ballot(r)).collect();
+    assert!(node2_log.windows(2).any(|w| w == [(0, b2), (1, b1)]), "node 2 logged (1, b1) after (0, b2): {node2_log:?}");
+    assert_eq!(ring.r(2).role(), Role::Primary);
+    assert_eq!(ring.r(1).role(), Role::Secondary, "node 1 learned from node 2");
+    assert_eq!(ring.r(1).accepted(), ring.r(2).accepted());
+}
