@@ -687,9 +687,10 @@ fn rec() -> impl Strategy<Value = Rec> {
 const VALUES: [&[u8]; 4] = [b"a", b"b", b"c", b"d"];
 
 /// §2.11 LearnVotes (before version 7): only an answer from the peer asked counts; the log must
-/// start at our decree and follow in sequence; decrees execute in order, each only once the next
-/// decree's vote is learned, and never past the last vote (which is not known chosen); with no
-/// vote cached, learning ends at the end of the log and the replica looks for the ring again.
+/// start at our decree; decrees execute in order, each only once the next decree's vote is
+/// learned (or was cached, and is handled once learning reaches it), with a value accepted
+/// here or learned, and never past the last vote (which is not known chosen); the replica ends
+/// following, or looking for the ring again.
 fn check_learning(ops: &[Op], to: usize, from: usize, start: i32, recs: &[Rec], wrong_source: bool) -> Check {
     let mut ring = build(v6(), ops);
     ring.heal();
@@ -713,6 +714,8 @@ fn check_learning(ops: &[Op], to: usize, from: usize, start: i32, recs: &[Rec], 
         records.push(Arc::new(message(r, id(member), decree, ballot, vote_body(VALUES[k % VALUES.len()]))));
     }
     let before = Before::of(&ring, j);
+    // Votes cached while initializing continue from where learning stops.
+    let cached: Vec<Arc<Message>> = ring.r(j).cache.iter().map(|(_, v)| v.clone()).collect();
     let (now, mut out) = (ring.now, Vec::new());
     ring.r_mut(j).learn(id(from), &mut out);
     let source = if wrong_source { id(3 - j - from) } else { id(from) };
@@ -728,9 +731,10 @@ fn check_learning(ops: &[Op], to: usize, from: usize, start: i32, recs: &[Rec], 
     }
     prop_assert_eq!(r.learning, None);
     prop_assert!(matches!(r.role(), Role::Initializing | Role::Secondary), "{:?}", r.role());
-    let votes: Vec<&Arc<Message>> = records.iter().filter(|rec| rec.kind() == MsgKind::Vote).collect();
+    let learned: Vec<&Arc<Message>> = records.iter().filter(|rec| rec.kind() == MsgKind::Vote).collect();
+    let votes: Vec<&Arc<Message>> = learned.iter().copied().chain(&cached).collect();
     let done = executed(&out);
-    if votes.first().is_none_or(|v| v.header.decree != ad) {
+    if learned.first().is_none_or(|v| v.header.decree != ad) {
         prop_assert!(done.is_empty() && votes_persisted(&out).is_empty(), "a log that does not start at our decree is refused");
         prop_assert_eq!(r.accepted(), (ad, ab));
     }
@@ -738,7 +742,10 @@ fn check_learning(ops: &[Op], to: usize, from: usize, start: i32, recs: &[Rec], 
     for v in &done {
         let e = v.header.decree;
         prop_assert!(e < r.accepted().0, "decree {e} executed, yet it is the last accepted");
-        prop_assert!(votes.iter().any(|n| n.header.decree == e + 1), "decree {e} executed before the next decree's vote was learned");
+        prop_assert!(
+            votes.iter().any(|n| n.header.decree == e + 1),
+            "decree {e} executed before the next decree's vote was learned or cached"
+        );
         let held = (e == ad && *v == before.accepted) || votes.contains(&v);
         prop_assert!(held, "decree {e} executed a value nobody accepted");
     }
