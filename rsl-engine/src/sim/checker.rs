@@ -1,10 +1,11 @@
 //! The simulator's judge: the safety properties checked after every step, and progress once
 //! faults heal.
 
-use crate::format::{Ballot, MemberId, Message, VoteBody};
-use crate::paxos::{Cookie, Micros};
+use crate::format::{Ballot, Body, MemberId, Message, MsgKind, VoteBody};
+use crate::paxos::{Checkpoint, Cookie, Micros};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
+use std::sync::Arc;
 
 /// A replica process: its index and incarnation (restart count).
 pub type Proc = (usize, u32);
@@ -183,6 +184,31 @@ impl Checker {
         }
     }
 
+    /// Node `node` (member `member`) sent `msg`, its disk holding `durable` and `checkpoint`.
+    /// What an acknowledgement promises must already be there: the vote a VoteAccepted answers;
+    /// the promise and the reported vote of a PrepareAccepted. A VoteAccepted also counts
+    /// towards its vote's quorum.
+    pub fn sent(&mut self, node: usize, member: MemberId, msg: &Message, durable: &[Arc<Message>], checkpoint: Option<&Checkpoint>) {
+        let logged = |d: u64, b: Ballot| {
+            b.is_empty()
+                || durable.iter().rev().any(|r| r.kind() == MsgKind::Vote && (r.header.decree, r.header.ballot) == (d, b))
+                || checkpoint.is_some_and(|cp| (cp.next_vote.header.decree, cp.next_vote.header.ballot) == (d, b) || cp.decree >= d)
+        };
+        let promised = |b: Ballot| durable.iter().rev().any(|r| r.header.ballot >= b) || checkpoint.is_some_and(|cp| cp.max_ballot >= b);
+        let (d, b) = (msg.header.decree, msg.header.ballot);
+        let missing = match &msg.body {
+            Body::VoteAccepted => !logged(d, b),
+            Body::PrepareAccepted(vote) => !promised(b) || !logged(vote.header.decree, vote.header.ballot),
+            _ => false,
+        };
+        if missing {
+            self.violate(format!("durability: node {node} sent {:?} ({d},{b}) before logging what it promises", msg.kind()));
+        }
+        if let Body::VoteAccepted = msg.body {
+            self.vote_acknowledged(member, d, b, msg.header.config);
+        }
+    }
+
     /// `from` acknowledged the vote at (decree, ballot).
     pub fn vote_acknowledged(&mut self, from: MemberId, decree: u64, ballot: Ballot, config: u32) {
         if self.lenient {
@@ -275,5 +301,395 @@ impl Checker {
 
     pub fn decrees(&self) -> usize {
         self.chosen.len()
+    }
+}
+
+/// Each invariant the checker judges, fed a history that breaks it (exactly that violation is
+/// reported) and a companion history that keeps it (none is).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{ConfigInfo, Header, Version};
+    use bytes::Bytes;
+
+    const P: Proc = (0, 0);
+    const Q: Proc = (1, 0);
+
+    fn member(i: usize) -> MemberId {
+        MemberId::new(&(i + 1).to_string()).expect("numeric id")
+    }
+
+    fn ballot(id: u32, i: usize) -> Ballot {
+        Ballot::new(id, member(i))
+    }
+
+    /// A vote from `ballot`'s proposer carrying `requests` (each a request id).
+    fn vote(decree: u64, ballot: Ballot, requests: &[u64]) -> Message {
+        let requests = requests.iter().map(|id| Bytes::copy_from_slice(&id.to_le_bytes())).collect();
+        let header = Header::new(Version::V6, ballot.member, decree, 1, ballot);
+        Message::new(header, Body::Vote(VoteBody { requests, ..Default::default() }))
+    }
+
+    /// A checker of a three-member configuration 1, with requests 1 to 9 submitted on `P`
+    /// (request `r` holds cookie `100 + r`).
+    fn checker() -> Checker {
+        let mut c = Checker::default();
+        c.configuration(1, 3);
+        for r in 1..10 {
+            c.submitted(P, r, 100 + r, 0);
+        }
+        c
+    }
+
+    /// The only violation reported names `what`.
+    #[track_caller]
+    fn only(c: &Checker, what: &str) {
+        assert_eq!(c.violations().len(), 1, "one violation, of {what}: {:?}", c.violations());
+        assert!(c.violations()[0].contains(what), "{what} expected: {:?}", c.violations());
+    }
+
+    #[track_caller]
+    fn clean(c: &Checker) {
+        assert!(c.violations().is_empty(), "{:?}", c.violations());
+    }
+
+    #[test]
+    fn executions_out_of_order_within_a_life_are_reported() {
+        let mut c = checker();
+        c.executed(P, &vote(0, ballot(1, 0), &[1]), &[], 1);
+        c.executed(P, &vote(2, ballot(1, 0), &[2]), &[], 2);
+        only(&c, "executed decree 2, expected 1");
+
+        let mut c = checker();
+        c.executed(P, &vote(0, ballot(1, 0), &[1]), &[], 1);
+        c.executed(P, &vote(1, ballot(1, 0), &[2]), &[], 2);
+        c.executed((0, 1), &vote(0, ballot(1, 0), &[1]), &[], 3); // a new life starts over
+        c.executed(Q, &vote(1, ballot(1, 0), &[2]), &[], 3); // a first execution may start anywhere
+        clean(&c);
+    }
+
+    #[test]
+    fn two_values_at_one_decree_break_agreement() {
+        let mut c = checker();
+        c.executed(P, &vote(0, ballot(1, 0), &[1]), &[], 1);
+        c.executed(Q, &vote(0, ballot(2, 1), &[2]), &[], 2);
+        only(&c, "agreement");
+
+        let mut c = checker();
+        c.executed(P, &vote(0, ballot(1, 0), &[1]), &[], 1);
+        c.executed(Q, &vote(0, ballot(2, 1), &[1]), &[], 2); // the same value under another ballot
+        clean(&c);
+    }
+
+    #[test]
+    fn a_request_nobody_submitted_breaks_validity() {
+        let mut c = checker();
+        c.executed(P, &vote(0, ballot(1, 0), &[1, 42]), &[], 1);
+        only(&c, "validity: decree 0 executes request 42 that nobody submitted");
+
+        let mut c = checker();
+        c.executed(P, &vote(0, ballot(1, 0), &[1, 2]), &[], 1);
+        c.executed(P, &vote(1, ballot(1, 0), &[]), &[], 2); // a heartbeat
+        clean(&c);
+    }
+
+    #[test]
+    fn a_request_chosen_at_two_decrees_breaks_validity() {
+        let mut c = checker();
+        c.executed(P, &vote(0, ballot(1, 0), &[1]), &[], 1);
+        c.executed(P, &vote(1, ballot(1, 0), &[1]), &[], 2);
+        only(&c, "validity: request 1 executed at decrees 0 and 1");
+
+        let mut c = checker();
+        c.executed(P, &vote(0, ballot(1, 0), &[1]), &[], 1);
+        c.executed(P, &vote(1, ballot(1, 0), &[2]), &[], 2);
+        clean(&c);
+    }
+
+    #[test]
+    fn cookies_must_match_the_requests_they_execute() {
+        let mut c = checker();
+        c.executed(P, &vote(0, ballot(1, 0), &[1, 2]), &[101], 1);
+        only(&c, "with 1 cookies for 2 requests");
+
+        let mut c = checker();
+        c.executed(P, &vote(0, ballot(1, 0), &[1, 2]), &[101, 102], 1);
+        clean(&c);
+        assert_eq!(c.acknowledged(), 2, "both submitters saw their request execute");
+    }
+
+    #[test]
+    fn a_cookie_comes_back_once_to_its_holder_with_its_request() {
+        // Twice.
+        let mut c = checker();
+        assert!(c.return_cookie(P, 101, None));
+        assert!(!c.return_cookie(P, 101, None));
+        only(&c, "cookie 101 returned by (0, 0) with None, was Some(Returned)");
+        // By another process.
+        let mut c = checker();
+        assert!(!c.return_cookie(Q, 101, None));
+        only(&c, "cookie 101 returned by (1, 0)");
+        // With another request.
+        let mut c = checker();
+        c.executed(P, &vote(0, ballot(1, 0), &[2]), &[101], 1);
+        only(&c, "cookie 101 returned by (0, 0) with Some(2)");
+        // One never handed out.
+        let mut c = checker();
+        assert!(!c.return_cookie(P, 7, None));
+        only(&c, "cookie 7 returned");
+
+        let mut c = checker();
+        assert!(c.return_cookie(P, 101, None), "an abort");
+        c.submitted_config_change(P, 500);
+        assert!(c.return_cookie(P, 500, None));
+        c.executed(P, &vote(0, ballot(1, 0), &[2]), &[102], 1);
+        clean(&c);
+    }
+
+    #[test]
+    fn a_checkpoint_of_a_decree_never_executed_is_reported() {
+        let mut c = checker();
+        c.loaded_checkpoint(Q, 3);
+        only(&c, "loaded a checkpoint of decree 3, which never executed");
+
+        let mut c = checker();
+        c.loaded_checkpoint(Q, 0); // a bootstrap checkpoint's empty state
+        for d in 0..4 {
+            c.executed(P, &vote(d, ballot(1, 0), &[d + 1]), &[], 1);
+        }
+        c.loaded_checkpoint(Q, 3);
+        c.executed(Q, &vote(4, ballot(1, 0), &[5]), &[], 2); // and execution continues after it
+        clean(&c);
+    }
+
+    #[test]
+    fn a_checkpoint_behind_the_state_is_reported() {
+        let mut c = checker();
+        for d in 0..4 {
+            c.executed(P, &vote(d, ballot(1, 0), &[d + 1]), &[], 1);
+        }
+        c.loaded_checkpoint(P, 1);
+        only(&c, "loaded a checkpoint of decree 1, behind its state");
+
+        let mut c = checker();
+        for d in 0..2 {
+            c.executed(P, &vote(d, ballot(1, 0), &[d + 1]), &[], 1);
+        }
+        c.executed(Q, &vote(0, ballot(1, 0), &[1]), &[], 1);
+        c.loaded_checkpoint(Q, 1);
+        clean(&c);
+    }
+
+    /// Decree 0 chosen with request 1 at ballot 1 (the proposer, member 1, and member 2 acked).
+    fn chosen_at_ballot_1() -> Checker {
+        let mut c = checker();
+        let b1 = ballot(1, 0);
+        c.vote_logged(&vote(0, b1, &[1]));
+        c.vote_acknowledged(member(0), 0, b1, 1);
+        c.vote_acknowledged(member(1), 0, b1, 1);
+        c
+    }
+
+    #[test]
+    fn a_higher_ballot_proposing_another_value_at_a_chosen_decree_breaks_paxos() {
+        let mut c = chosen_at_ballot_1();
+        c.vote_logged(&vote(0, ballot(2, 1), &[2]));
+        only(&c, "paxos: decree 0 chose");
+
+        let mut c = chosen_at_ballot_1();
+        c.vote_logged(&vote(0, ballot(2, 1), &[1])); // re-proposes the chosen value
+        c.vote_logged(&vote(1, ballot(2, 1), &[2])); // another decree is free
+        clean(&c);
+        // Only a quorum chooses: one acknowledgement of three leaves decree 0 open.
+        let mut c = checker();
+        c.vote_logged(&vote(0, ballot(1, 0), &[1]));
+        c.vote_acknowledged(member(0), 0, ballot(1, 0), 1);
+        c.vote_acknowledged(member(0), 0, ballot(1, 0), 1); // a repeat is not a second member
+        c.vote_logged(&vote(0, ballot(2, 1), &[2]));
+        clean(&c);
+    }
+
+    #[test]
+    fn two_values_chosen_at_one_decree_break_paxos() {
+        let mut c = chosen_at_ballot_1();
+        // A proposal at a lower ballot (not checked against the chosen value) reaches a quorum.
+        let b0 = ballot(0, 2);
+        c.vote_logged(&vote(0, b0, &[2]));
+        c.vote_acknowledged(member(2), 0, b0, 1);
+        c.vote_acknowledged(member(1), 0, b0, 1);
+        only(&c, "paxos: decree 0 chosen twice");
+
+        let mut c = chosen_at_ballot_1();
+        let b2 = ballot(2, 2);
+        c.vote_logged(&vote(0, b2, &[1]));
+        c.vote_acknowledged(member(2), 0, b2, 1);
+        c.vote_acknowledged(member(1), 0, b2, 1);
+        clean(&c);
+    }
+
+    #[test]
+    fn two_primaries_in_one_ballot_are_reported() {
+        let mut c = checker();
+        c.became_primary(P, ballot(1, 0));
+        c.became_primary(Q, ballot(1, 0));
+        only(&c, "two primaries in ballot (1,1)");
+
+        let mut c = checker();
+        c.became_primary(P, ballot(1, 0));
+        c.became_primary(P, ballot(1, 0)); // the same process again
+        c.became_primary(Q, ballot(2, 1));
+        clean(&c);
+    }
+
+    #[test]
+    fn a_max_ballot_going_down_within_a_life_is_reported() {
+        let mut c = checker();
+        c.observe_ballot(P, ballot(2, 1));
+        c.observe_ballot(P, ballot(1, 2));
+        only(&c, "(0, 0) max ballot went down from (2,2) to (1,3)");
+
+        let mut c = checker();
+        c.observe_ballot(P, ballot(1, 2));
+        c.observe_ballot(P, ballot(1, 2));
+        c.observe_ballot(P, ballot(2, 1));
+        c.observe_ballot((0, 1), ballot(1, 0)); // a new life restores from its log
+        clean(&c);
+    }
+
+    /// Request 1 (cookie 101) executed on `P` at 10 us, after the heal at 5 us; the other
+    /// cookies came back aborted.
+    fn acknowledged_after_heal() -> Checker {
+        let mut c = checker();
+        c.executed(P, &vote(0, ballot(1, 0), &[1]), &[101], 10);
+        for r in 2..10 {
+            c.return_cookie(P, 100 + r, None);
+        }
+        c
+    }
+
+    #[test]
+    fn no_request_acknowledged_after_the_heal_is_no_progress() {
+        let mut c = acknowledged_after_heal();
+        c.check_progress(11, &[P]);
+        only(&c, "no progress: no request acknowledged after the faults healed at 11us");
+
+        let mut c = acknowledged_after_heal();
+        c.check_progress(5, &[P]);
+        clean(&c);
+    }
+
+    #[test]
+    fn a_live_process_missing_an_acknowledged_request_breaks_durability() {
+        let mut c = acknowledged_after_heal();
+        c.executed(Q, &vote(0, ballot(1, 0), &[1]), &[], 10);
+        c.check_progress(5, &[P, Q, (2, 0)]);
+        only(&c, "durability: (2, 0) has not executed decree 0 (request 1), reached None");
+
+        let mut c = acknowledged_after_heal();
+        c.executed(Q, &vote(0, ballot(1, 0), &[1]), &[], 10);
+        c.check_progress(5, &[P, Q]); // node 2 is down or out of the configuration
+        clean(&c);
+    }
+
+    #[test]
+    fn a_cookie_a_live_process_never_returned_is_reported() {
+        let mut c = acknowledged_after_heal();
+        c.submitted(Q, 10, 110, 7);
+        c.executed(Q, &vote(0, ballot(1, 0), &[1]), &[], 10);
+        c.check_progress(5, &[P, Q]);
+        only(&c, "cookies never returned: 110(req 10 on (1, 0))");
+
+        // Cookies die with their process; the next life holds none of them.
+        let mut c = acknowledged_after_heal();
+        c.submitted(Q, 10, 110, 7);
+        c.executed(Q, &vote(0, ballot(1, 0), &[1]), &[], 10);
+        c.crashed(Q);
+        c.executed((1, 1), &vote(0, ballot(1, 0), &[1]), &[], 10);
+        c.check_progress(5, &[P, (1, 1)]);
+        clean(&c);
+    }
+
+    #[test]
+    fn under_the_adversary_a_live_process_that_executed_nothing_since_the_heal_is_stalled() {
+        let mut c = Checker { lenient: true, ..acknowledged_after_heal() };
+        c.executed(Q, &vote(0, ballot(1, 0), &[1]), &[], 4);
+        c.check_progress(5, &[P, Q]);
+        only(&c, "stalled: (1, 0) executed nothing after the faults healed at 5us");
+
+        // Lenient: forged votes may break agreement, validity and the Paxos invariant, and a
+        // process may trail the acknowledged decree; none of that is reported.
+        let mut c = Checker { lenient: true, ..chosen_at_ballot_1() };
+        for r in 2..10 {
+            c.return_cookie(P, 100 + r, None);
+        }
+        c.vote_logged(&vote(0, ballot(2, 1), &[2]));
+        c.executed(P, &vote(0, ballot(1, 0), &[1]), &[101], 10);
+        c.executed(P, &vote(1, ballot(1, 0), &[1, 77]), &[], 10);
+        c.executed(Q, &vote(0, ballot(2, 1), &[2]), &[], 10);
+        c.check_progress(5, &[P, Q]);
+        clean(&c);
+    }
+
+    /// What node 0 (member 1) has on disk: the vote (3, b1) and the promise b2 logged as a
+    /// Prepare.
+    fn disk() -> Vec<Arc<Message>> {
+        let prepare = Message::new(Header::new(Version::V6, member(1), 3, 1, ballot(2, 1)), Body::Prepare(Bytes::new()));
+        vec![Arc::new(vote(3, ballot(1, 0), &[1])), Arc::new(prepare)]
+    }
+
+    fn accepted(decree: u64, b: Ballot) -> Message {
+        Message::new(Header::new(Version::V6, member(0), decree, 1, b), Body::VoteAccepted)
+    }
+
+    fn prepare_accepted(b: Ballot, reported: Message) -> Message {
+        Message::new(Header::new(Version::V6, member(0), 3, 1, b), Body::PrepareAccepted(Box::new(reported)))
+    }
+
+    #[test]
+    fn a_vote_accepted_before_its_vote_is_logged_breaks_durability() {
+        let mut c = checker();
+        c.sent(0, member(0), &accepted(4, ballot(1, 0)), &disk(), None);
+        only(&c, "durability: node 0 sent VoteAccepted (4,(1,1)) before logging what it promises");
+
+        let mut c = checker();
+        c.sent(0, member(0), &accepted(3, ballot(1, 0)), &disk(), None);
+        // Or held by the checkpoint: its next vote, or any decree it covers.
+        let cp = Checkpoint {
+            decree: 5,
+            next_vote: Arc::new(vote(6, ballot(1, 0), &[2])),
+            max_ballot: ballot(1, 0),
+            config: ConfigInfo::default(),
+            state_saved: true,
+        };
+        c.sent(0, member(0), &accepted(6, ballot(1, 0)), &[], Some(&cp));
+        c.sent(0, member(0), &accepted(4, ballot(1, 0)), &[], Some(&cp));
+        clean(&c);
+    }
+
+    #[test]
+    fn a_prepare_accepted_before_its_promise_or_its_vote_is_logged_breaks_durability() {
+        let mut c = checker();
+        c.sent(0, member(0), &prepare_accepted(ballot(3, 2), vote(3, ballot(1, 0), &[1])), &disk(), None);
+        only(&c, "durability: node 0 sent PrepareAccepted (3,(3,3))");
+        let mut c = checker();
+        c.sent(0, member(0), &prepare_accepted(ballot(2, 1), vote(3, ballot(2, 0), &[1])), &disk(), None);
+        only(&c, "durability: node 0 sent PrepareAccepted (3,(2,2))");
+
+        let mut c = checker();
+        c.sent(0, member(0), &prepare_accepted(ballot(2, 1), vote(3, ballot(1, 0), &[1])), &disk(), None);
+        c.sent(0, member(0), &prepare_accepted(ballot(1, 2), vote(3, Ballot::EMPTY, &[])), &disk(), None); // a placeholder
+        clean(&c);
+    }
+
+    #[test]
+    fn a_vote_accepted_counts_towards_its_quorum() {
+        let mut c = checker();
+        let b1 = ballot(1, 0);
+        c.vote_logged(&vote(3, b1, &[1]));
+        let d = disk();
+        c.sent(0, member(0), &accepted(3, b1), &d, None);
+        c.sent(1, member(1), &accepted(3, b1), &d, None);
+        c.vote_logged(&vote(3, ballot(2, 1), &[2]));
+        only(&c, "paxos: decree 3 chose");
     }
 }

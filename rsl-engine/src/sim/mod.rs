@@ -11,7 +11,7 @@ pub mod checker;
 
 use crate::driver::backlog::{decree_bytes, Backlog, ExecQueue};
 use crate::driver::{Driver, Execution, Host, Inbound};
-use crate::format::{Ballot, Body, ConfigInfo, MemberId, MemberSet, Message, MsgKind, Node as MemberNode, Version};
+use crate::format::{Ballot, ConfigInfo, MemberId, MemberSet, Message, MsgKind, Node as MemberNode, Version};
 use crate::paxos::{Action, Application, Checkpoint, Cookie, CoreConfig, Input, Micros, Rejection, Replica, SplitMix64, MS, SEC};
 use bytes::{BufMut, Bytes, BytesMut};
 use checker::{Checker, Proc};
@@ -978,33 +978,11 @@ impl World {
         self.nodes[src].up && !self.blocked.contains(&(node, src)) && !self.blocked.contains(&(src, node))
     }
 
-    /// What an acknowledgement promises must already be on the sender's disk: the vote a
-    /// VoteAccepted answers; the promise and the reported vote of a PrepareAccepted.
+    /// What an acknowledgement promises must already be on the sender's disk (`Checker::sent`).
     fn check_durable(&mut self, from: usize, msg: &Message) {
         let n = &self.nodes[from];
-        let logged = |d: u64, b: Ballot| {
-            b.is_empty()
-                || n.durable.iter().rev().any(|r| r.kind() == MsgKind::Vote && (r.header.decree, r.header.ballot) == (d, b))
-                || n.checkpoint
-                    .as_ref()
-                    .is_some_and(|(cp, _)| (cp.next_vote.header.decree, cp.next_vote.header.ballot) == (d, b) || cp.decree >= d)
-        };
-        let promised = |b: Ballot| {
-            n.durable.iter().rev().any(|r| r.header.ballot >= b) || n.checkpoint.as_ref().is_some_and(|(cp, _)| cp.max_ballot >= b)
-        };
-        let (d, b) = (msg.header.decree, msg.header.ballot);
-        let missing = match &msg.body {
-            Body::VoteAccepted => !logged(d, b),
-            Body::PrepareAccepted(vote) => !promised(b) || !logged(vote.header.decree, vote.header.ballot),
-            _ => false,
-        };
-        if missing {
-            let what = format!("durability: node {from} sent {:?} ({d},{b}) before logging what it promises", msg.kind());
-            self.checker.violation(what);
-        }
-        if let Body::VoteAccepted = msg.body {
-            self.checker.vote_acknowledged(n.id, d, b, msg.header.config);
-        }
+        let checkpoint = n.checkpoint.as_ref().map(|(cp, _)| cp);
+        self.checker.sent(from, n.id, msg, &n.durable, checkpoint);
     }
 
     fn transmit(&mut self, from: usize, to: &[MemberId], msg: &Arc<Message>) {

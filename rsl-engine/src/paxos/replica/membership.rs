@@ -106,10 +106,16 @@ impl Replica {
             return self.log_decision_pipelined(now, decision, persist, cookie, out);
         }
         let (d, b) = decree_ballot(&decision);
+        let (ad, ab) = self.accepted();
         let members = self.accepted.as_vote().and_then(|v| v.reconfig.clone());
+        // It decides our vote at its decree if that vote's ballot is at least its own: by Paxos,
+        // a proposal there above the ballot that chose a value carries that value. (A new
+        // primary may have re-proposed the reconfiguration, and we accepted that, before the
+        // decision reached us; requiring its ballot, we never took the decision, stood again
+        // at once on learning it, and stepped down at once for the newer configuration's Join.)
         // Everything before the reconfiguration executes first (pipelined replicas may still
         // miss some: they learn, and meet the decision again in a peer's log).
-        let ready = (d, b) == self.accepted() && decision.header.config == self.paxos_config.number && self.next_execute >= d;
+        let ready = d == ad && ab >= b && decision.header.config == self.paxos_config.number && self.next_execute >= d;
         let Some(members) = members.filter(|_| ready) else {
             return false;
         };

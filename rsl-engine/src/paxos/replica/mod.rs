@@ -27,6 +27,8 @@ mod hostile;
 mod leader;
 mod membership;
 mod pipeline;
+#[cfg(test)]
+mod props;
 mod recovery;
 mod stop;
 mod validate;

@@ -412,19 +412,23 @@ impl Replica {
                 }
                 MsgKind::Vote => {
                     let (ad, ab) = self.accepted();
+                    // The next decree may follow at another ballot: a vote for it is proposed
+                    // only once the decree before is chosen, and a peer that learned that
+                    // (`proven` below) logged it after its own, higher-ballot vote there.
                     let in_sequence = match last {
-                        Some(l) => is_next((d, b), l) && (d == ad || d == ad + 1),
+                        Some(l) => (is_next((d, b), l) || d == l.0 + 1) && (d == ad || d == ad + 1),
                         None => d == ad,
                     };
                     if !in_sequence {
                         return false;
                     }
                     let prev = last.replace((d, b));
-                    // The peer's (ad, b) followed by (ad + 1, b) proves (ad, b) chosen. Our vote
-                    // at ad has a ballot at least b, so by Paxos it carries the same value: ours
-                    // is chosen too, and we move on to ad + 1 though its ballot is lower. (The
-                    // original skips it, and such a replica never catches up.)
-                    let proven = b < ab && d == ad + 1 && prev == Some((ad, b));
+                    // The peer's vote at ad followed by (ad + 1, b) proves ad chosen at a ballot
+                    // no higher than b: b's primary proposed ad + 1 once its vote at ad was
+                    // chosen. Our vote at ad has a higher ballot, so by Paxos it carries the
+                    // same value: ours is chosen too, and we move on to ad + 1 though its ballot
+                    // is lower. (The original skips it, and such a replica never catches up.)
+                    let proven = b < ab && d == ad + 1 && prev.is_some_and(|(pd, _)| pd == ad);
                     if b < ab && !proven {
                         continue;
                     }
