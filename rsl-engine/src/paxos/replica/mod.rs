@@ -19,6 +19,8 @@ use std::sync::Arc;
 
 mod acceptor;
 #[cfg(test)]
+mod catalogue;
+#[cfg(test)]
 mod directed;
 #[cfg(test)]
 mod hostile;
