@@ -281,6 +281,38 @@ fn test_accept_message_from_replica() {
     assert!(lone.app.asked_accept.iter().all(|(from, c)| *from == id("2") && *c == cookie), "the cookie arrives intact");
 }
 
+/// TestAcceptMessageFromReplica, the primary's side: every vote it proposes carries the cookie
+/// its `CanBecomePrimary` gave (the re-proposal, a batch of requests, a heartbeat), as its
+/// Prepare does, so that the peers' `AcceptMessageFromReplica` sees it on each. (Request votes
+/// and heartbeats carried an empty cookie: found by this test and `tests/catalogue.rs`.)
+#[test]
+fn every_vote_of_a_primary_carries_its_primary_cookie() {
+    let (mut lone, _) = Lone::new(&["1", "2", "3"]);
+    let cookie = Bytes::from_static(b"the primary cookie of 1");
+    lone.app.primary_cookie = cookie.clone();
+    lone.step(Input::AttemptPromotion);
+    let at = lone.r.position();
+    let out = lone.status("2", at, 0);
+    let prepare = sent(&out, MsgKind::Prepare).pop().expect("a Prepare");
+    assert_eq!(prepare.body, Body::Prepare(cookie.clone()));
+    let ballot = lone.r.max_ballot();
+    let ours = (*lone.r.accepted).clone();
+    let mut votes = sent(&lone.peer("2", at.0, ballot, Body::PrepareAccepted(Box::new(ours))), MsgKind::Vote);
+    let reproposal = votes[0].header.decree;
+    lone.peer("2", reproposal, ballot, Body::VoteAccepted);
+    let mut out = Vec::new();
+    lone.r.submit(lone.now, Bytes::from_static(b"x"), 1, false, &mut out).expect("the primary takes it");
+    let request = sent(&lone.settle(out), MsgKind::Vote).pop().expect("a request vote");
+    votes.push(request.clone());
+    lone.peer("2", request.header.decree, ballot, Body::VoteAccepted);
+    lone.now += CoreConfig::default().heartbeat_interval;
+    votes.extend(sent(&lone.step(Input::Tick), MsgKind::Vote));
+    assert_eq!(votes.len(), 3, "the re-proposal, the request's vote, a heartbeat");
+    for v in votes {
+        assert_eq!(v.as_vote().expect("a vote").cookie, cookie, "the vote at {}", v.header.decree);
+    }
+}
+
 /// TestReadNextMessage, at the core: a peer's log that ends early, starts out of sequence, or
 /// holds a record refused on sight ends learning where it goes wrong; the replica keeps what
 /// came before and looks for the ring again (a new StatusQuery). The stream's own failures (a

@@ -1,0 +1,363 @@
+//! The original's runtime scenarios (api-behavior §3.1; docs/testing.md maps the catalogue),
+//! run by `Checking`, the original's test state machine rebuilt: on every callback it checks
+//! the invariants of api-behavior §3.5, and the test asserts none was broken.
+//!
+//! - TestSaveCheckpointAtRestore: a replica restarted on its files, whose service asks for a
+//!   checkpoint while `initialize` replays the log, saves that checkpoint there; restarted
+//!   again, it loads it and replays only what follows.
+
+mod inproc;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use inproc::{three, wait, Three};
+use rsl_engine::format::checkpoint::{CheckpointReader, CheckpointWriter};
+use rsl_engine::format::{MemberId, Node, Version};
+use rsl_engine::runtime::{Admission, ReplicaView, ResponseCode, RslReplica, StateMachine};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The `n`th request the test submits, and its cookie: request `n` carries `n`.
+fn request(n: u64) -> Bytes {
+    Bytes::from(format!("request {n}"))
+}
+
+/// Fast reads use cookies from here, so that an abort tells which kind it returns.
+const READ_COOKIES: u64 = 1 << 40;
+
+/// What one replica's callbacks saw, and every invariant they found broken.
+#[derive(Default)]
+struct Seen {
+    /// (sequence number, request index) of each executed request, in order.
+    executed: Vec<(u64, u64)>,
+    /// The decrees of each `state_saved`, and the sizes `save_state` wrote, by decree.
+    saved: Vec<u64>,
+    /// The checkpoint decree each successful `load_state` loaded (0: none).
+    loaded: Vec<u64>,
+    /// Cookies handed to `replicate_request` and not yet back.
+    outstanding: BTreeSet<u64>,
+    broken: Vec<String>,
+}
+
+impl Seen {
+    fn check(&mut self, holds: bool, what: impl FnOnce() -> String) {
+        if !holds {
+            self.broken.push(what());
+        }
+    }
+}
+
+/// The state every replica of a test shares: sizes written by decree, across replicas (each
+/// replica's state at a decree is the same).
+type Sizes = Arc<Mutex<BTreeMap<u64, u64>>>;
+
+/// The original's `TestStateMachine`: its state is the indices of the requests executed, and
+/// each callback checks api-behavior §3.5.
+struct Checking {
+    view: Option<ReplicaView>,
+    state: Vec<u64>,
+    /// The last (sequence number, configuration number) a request executed at.
+    last: (u64, u32),
+    in_decree: bool,
+    /// Ask for a checkpoint when executing this decree.
+    save_at: Option<u64>,
+    loaded_ok: bool,
+    saving: AtomicBool,
+    /// `shut_down` may be called (the test is unloading the replica).
+    unloading: Arc<AtomicBool>,
+    asked_primary: Arc<AtomicUsize>,
+    sizes: Sizes,
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl Checking {
+    fn now(&self) -> (u64, u32) {
+        let view = self.view.as_ref().expect("attached before the first callback");
+        (view.current_sequence_number(), view.configuration().1)
+    }
+
+    fn check(&self, holds: bool, what: impl FnOnce() -> String) {
+        self.seen.lock().unwrap().check(holds, what);
+    }
+}
+
+impl StateMachine for Checking {
+    fn attach(&mut self, view: ReplicaView) {
+        self.view = Some(view);
+    }
+
+    fn load_state(&mut self, reader: Option<&mut CheckpointReader>) -> bool {
+        self.check(!self.loaded_ok, || "load_state after a successful one".into());
+        self.loaded_ok = true;
+        let Some(r) = reader else {
+            self.seen.lock().unwrap().loaded.push(0);
+            return true;
+        };
+        let (seq, _) = self.now();
+        let size = r.size();
+        let written = self.sizes.lock().unwrap().get(&seq).copied();
+        self.check(written == Some(size), || format!("load_state of {seq}: {size} bytes, {written:?} written"));
+        let mut data = vec![0; size as usize];
+        let mut at = 0;
+        while at < data.len() {
+            at += r.get_data(&mut data[at..]).expect("the state");
+        }
+        let mut buf = Bytes::from(data);
+        self.state = (0..buf.len() / 8).map(|_| buf.get_u64_le()).collect();
+        self.seen.lock().unwrap().loaded.push(seq);
+        true
+    }
+
+    fn before_execute_replicated_requests(&mut self) {
+        self.in_decree = true;
+    }
+
+    fn after_execute_replicated_requests(&mut self) {
+        self.in_decree = false;
+    }
+
+    fn execute_replicated_request(&mut self, bytes: &[u8], cookie: Option<u64>, save: &mut bool) {
+        let (seq, config) = self.now();
+        let (last_seq, last_config) = self.last;
+        let n = self.state.len() as u64;
+        let mut seen = self.seen.lock().unwrap();
+        seen.check(config >= last_config, || format!("configuration {config} after {last_config}"));
+        seen.check(self.in_decree, || format!("request at {seq} outside a decree's bracket"));
+        // The first request of a decree moves the number on; later ones of it keep it.
+        let first_of_decree = seen.executed.last().is_none_or(|&(s, _)| s != seq);
+        seen.check(seq > last_seq || (seq == last_seq && !first_of_decree) || last_seq == 0, || format!("decree {seq} after {last_seq}"));
+        seen.check(bytes == request(n), || format!("{:?} at {seq}, expected request {n}", String::from_utf8_lossy(bytes)));
+        if let Some(c) = cookie {
+            let held = seen.outstanding.remove(&c);
+            seen.check(c == n && held, || format!("cookie {c} with request {n}"));
+        }
+        seen.executed.push((seq, n));
+        drop(seen);
+        self.last = (seq, config);
+        self.state.push(n);
+        *save |= self.save_at == Some(seq);
+    }
+
+    fn execute_fast_read_request(&self, request: &[u8], cookie: u64) {
+        let asked: u64 = std::str::from_utf8(request).ok().and_then(|s| s.parse().ok()).unwrap_or(u64::MAX);
+        let (seq, _) = self.now();
+        self.check(asked <= seq && cookie >= READ_COOKIES, || format!("fast read {cookie} for {asked} ran at {seq}"));
+    }
+
+    fn abort_request(&mut self, status: ResponseCode, cookie: u64) {
+        let read = cookie >= READ_COOKIES;
+        self.check(status != ResponseCode::FastReadStale || read, || format!("replicated cookie {cookie} aborted as stale"));
+        if !read {
+            self.seen.lock().unwrap().outstanding.remove(&cookie);
+        }
+    }
+
+    fn save_state(&self, writer: &mut CheckpointWriter) {
+        self.check(!self.saving.swap(true, SeqCst), || "two save_state at once".into());
+        let mut buf = BytesMut::new();
+        for n in &self.state {
+            buf.put_u64_le(*n);
+        }
+        writer.write(&buf).expect("the checkpoint takes the state");
+        self.sizes.lock().unwrap().insert(self.now().0, buf.len() as u64);
+        self.saving.store(false, SeqCst);
+    }
+
+    fn notify_status(&mut self, is_primary: bool) {
+        let asked = self.asked_primary.load(SeqCst);
+        let mut seen = self.seen.lock().unwrap();
+        seen.check(!is_primary || asked > 0, || "NotifyStatus(true) before any CanBecomePrimary".into());
+        // On the way in, a request may be taken just before NotifyStatus(true) runs (erratum
+        // D12, as in the original); on the way out, every cookie came back first.
+        let outstanding = format!("{:?}", seen.outstanding);
+        let none = seen.outstanding.is_empty();
+        seen.check(is_primary || none, || format!("NotifyStatus(false) with cookies {outstanding} outstanding"));
+    }
+
+    fn notify_configuration_changed(&mut self, cookie: Option<u64>) {
+        self.check(cookie.is_none(), || format!("a configuration change with cookie {cookie:?}, and none was asked for"));
+    }
+
+    fn abort_change_configuration(&mut self, _: ResponseCode, cookie: u64) {
+        self.check(false, || format!("AbortChangeConfiguration({cookie}), and none was asked for"));
+    }
+
+    fn shut_down(&mut self, status: ResponseCode) {
+        self.check(self.unloading.load(SeqCst), || format!("ShutDown({status:?}) while running"));
+    }
+
+    fn state_saved(&mut self, seq: u64, _: &Path) {
+        self.seen.lock().unwrap().saved.push(seq);
+    }
+}
+
+/// `CanBecomePrimary` counted, with a cookie naming the candidate; `AcceptMessageFromReplica`
+/// checks the sender's cookie names the sender (the bytes the primary set reach it intact).
+struct CheckingAdmission {
+    me: MemberId,
+    asked: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Seen>>,
+}
+
+fn primary_cookie(id: &MemberId) -> Vec<u8> {
+    format!("primary cookie of {id}").into_bytes()
+}
+
+impl Admission for CheckingAdmission {
+    fn can_become_primary(&self) -> Option<Vec<u8>> {
+        self.asked.fetch_add(1, SeqCst);
+        Some(primary_cookie(&self.me))
+    }
+
+    fn accept_message_from_replica(&self, node: &MemberId, cookie: &[u8]) -> bool {
+        let expected = primary_cookie(node);
+        self.seen.lock().unwrap().check(cookie == expected, || format!("{node}'s primary cookie arrived as {cookie:?}"));
+        true
+    }
+}
+
+/// One replica's service: what it saw, and the switch that allows `shut_down`.
+struct Service {
+    seen: Arc<Mutex<Seen>>,
+    unloading: Arc<AtomicBool>,
+}
+
+impl Service {
+    fn start(
+        cfg: &rsl_engine::runtime::RslConfig,
+        me: &Node,
+        members: &rsl_engine::format::MemberSet,
+        sizes: &Sizes,
+        save_at: Option<u64>,
+    ) -> (RslReplica, Service) {
+        let (seen, unloading, asked) =
+            (Arc::new(Mutex::new(Seen::default())), Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+        let sm = Checking {
+            view: None,
+            state: Vec::new(),
+            last: (0, 0),
+            in_decree: false,
+            save_at,
+            loaded_ok: false,
+            saving: AtomicBool::new(false),
+            unloading: unloading.clone(),
+            asked_primary: asked.clone(),
+            sizes: sizes.clone(),
+            seen: seen.clone(),
+        };
+        let admission = CheckingAdmission { me: me.id, asked, seen: seen.clone() };
+        let replica =
+            RslReplica::initialize(cfg.clone(), me.clone(), Version::V6, Box::new(sm), Arc::new(admission), Some(members.clone()))
+                .expect("initialized");
+        (replica, Service { seen, unloading })
+    }
+
+    fn stop(self, replica: RslReplica) -> Seen {
+        self.unloading.store(true, SeqCst);
+        assert_eq!(replica.failure(), None);
+        replica.unload();
+        let seen = std::mem::take(&mut *self.seen.lock().unwrap());
+        assert_eq!(seen.broken, Vec::<String>::new(), "an invariant of the test state machine broke");
+        seen
+    }
+}
+
+/// Replicates request `n` and waits until the primary has executed it, so that each request
+/// gets a decree of its own; then a fast read of that decree on every replica.
+fn submit(replicas: &[RslReplica], services: &[Service], n: u64) {
+    let (p, before) = wait(WAIT, || {
+        let p = replicas.iter().position(|r| r.is_primary())?;
+        let before = replicas[p].current_sequence_number();
+        services[p].seen.lock().unwrap().outstanding.insert(n);
+        match replicas[p].replicate_request(request(n), n) {
+            ResponseCode::Success => Some((p, before)),
+            _ => {
+                services[p].seen.lock().unwrap().outstanding.remove(&n);
+                None
+            }
+        }
+    });
+    wait(WAIT, || (replicas[p].current_sequence_number() > before).then_some(()));
+    let seq = replicas[p].current_sequence_number();
+    for (i, r) in replicas.iter().enumerate() {
+        let read = Bytes::from(seq.to_string());
+        let code = r.fast_read_request(seq, read, READ_COOKIES + 10 * n + i as u64, Duration::from_secs(10));
+        assert!(matches!(code, ResponseCode::Success | ResponseCode::FastReadStale), "{code:?}");
+    }
+}
+
+/// The checkpoint files under `dir`, by decree.
+fn checkpoints(dir: &Path) -> BTreeSet<u64> {
+    let mut found = BTreeSet::new();
+    for entry in walk(dir) {
+        let name = entry.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        if let Some(decree) = name.strip_suffix(".codex").and_then(|d| d.parse().ok()) {
+            found.insert(decree);
+        }
+    }
+    found
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    entries.flatten().flat_map(|e| if e.path().is_dir() { walk(&e.path()) } else { vec![e.path()] }).collect()
+}
+
+#[test]
+fn test_save_checkpoint_at_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let Three { nodes, members, cfg } = three(dir.path());
+    let sizes = Sizes::default();
+    let (mut replicas, mut services): (Vec<_>, Vec<_>) = nodes.iter().map(|n| Service::start(&cfg, n, &members, &sizes, None)).unzip();
+    for n in 0..20 {
+        submit(&replicas, &services, n);
+    }
+    let s = replicas.iter().position(|r| !r.is_primary()).expect("a secondary");
+    wait(WAIT, || (services[s].seen.lock().unwrap().executed.len() == 20).then_some(()));
+    let last = replicas[s].current_sequence_number();
+    let s_dir = dir.path().join(nodes[s].id.to_string());
+    let s_dir = if s_dir.is_dir() { s_dir } else { dir.path().to_path_buf() };
+    let live = services.remove(s).stop(replicas.remove(s));
+    assert!(checkpoints(&s_dir).is_empty(), "no checkpoint before the restart");
+
+    // Restarted, its service asks for a checkpoint at the decree of request 10, which the
+    // replay passes: the checkpoint is there when `initialize` returns.
+    let at = live.executed.iter().find(|(_, n)| *n == 10).expect("request 10 executed").0;
+    let (restarted, service) = Service::start(&cfg, &nodes[s], &members, &sizes, Some(at));
+    {
+        let seen = service.seen.lock().unwrap();
+        assert_eq!(seen.saved, [at], "saved while restoring");
+        assert_eq!(seen.loaded, [0], "from the logs alone");
+        assert_eq!(seen.executed, live.executed[..seen.executed.len()], "the replay executes what ran live");
+        assert!(seen.executed.len() >= 19, "the log replays to the last decree but one: {}", seen.executed.len());
+    }
+    assert!(checkpoints(&s_dir).contains(&at), "{:?}", checkpoints(&s_dir));
+    wait(WAIT, || (restarted.current_sequence_number() >= last).then_some(()));
+    service.stop(restarted);
+
+    // Restarted again: it loads that checkpoint and replays only the decrees after it.
+    let (again, service) = Service::start(&cfg, &nodes[s], &members, &sizes, None);
+    {
+        let seen = service.seen.lock().unwrap();
+        assert_eq!(seen.loaded, [at], "the checkpoint of {at} is loaded");
+        assert!(
+            seen.executed.iter().all(|(seq, _)| *seq > at) && seen.executed.first().is_some_and(|(_, n)| *n == 11),
+            "{:?}",
+            seen.executed
+        );
+    }
+    wait(WAIT, || (again.current_sequence_number() >= last).then_some(()));
+    replicas.insert(s, again);
+    services.insert(s, service);
+    submit(&replicas, &services, 20);
+    // Every replica executes request 20 (a secondary once the next heartbeat passes it).
+    let executed_20 = |service: &Service| service.seen.lock().unwrap().executed.last().is_some_and(|(_, n)| *n == 20);
+    wait(WAIT, || services.iter().all(executed_20).then_some(()));
+    for (r, service) in replicas.into_iter().zip(services) {
+        service.stop(r);
+    }
+}
