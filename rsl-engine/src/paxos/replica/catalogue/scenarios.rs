@@ -648,3 +648,114 @@ fn test_replica_join_cluster_later() {
     assert!(out.iter().any(|a| matches!(a, Action::LoadCheckpoint(_))));
     assert_eq!((lone.r.role(), lone.r.paxos_configuration().number), (Role::Initializing, 1));
 }
+
+/// The requests each vote `out` proposes carries.
+fn proposed_requests(out: &[Action]) -> Vec<Vec<Bytes>> {
+    sent(out, MsgKind::Vote).iter().map(|v| v.as_vote().expect("a vote").requests.clone()).collect()
+}
+
+/// §3.7, `ReplicateRequestExclusiveVote` (not the last decree): the request gets a vote of
+/// its own, with nothing batched before or after it; plain requests batch behind the vote in
+/// flight as before.
+#[test]
+fn replicate_request_exclusive_vote() {
+    let (mut lone, _) = Lone::new(&["1", "2", "3"]);
+    let ballot = lone.elect();
+    let mut out = Vec::new();
+    for (cookie, (request, exclusive)) in
+        [(b"a" as &'static [u8], false), (b"b", false), (b"c", true), (b"d", false), (b"e", false)].into_iter().enumerate()
+    {
+        lone.r.submit(lone.now, Bytes::from_static(request), cookie as u64, exclusive, &mut out).expect("taken");
+    }
+    let mut votes = proposed_requests(&lone.settle(out));
+    while let Some(decree) = lone.r.outstanding.front().map(|o| o.vote.header.decree) {
+        votes.extend(proposed_requests(&lone.peer("2", decree, ballot, Body::VoteAccepted)));
+    }
+    let expected: Vec<Vec<Bytes>> =
+        [&[&b"a"[..]][..], &[b"b"], &[b"c"], &[b"d", b"e"]].iter().map(|v| v.iter().map(|r| Bytes::copy_from_slice(r)).collect()).collect();
+    assert_eq!(votes, expected, "a alone (in flight), b queued behind it, c on its own, d and e together");
+}
+
+/// §3.7, `RelinquishPrimary`: the primary proposes a last, empty vote marked relinquish and
+/// proposes nothing after it; once it is chosen the replica shuts down (`ShutDown`). A
+/// secondary that accepts a relinquish vote looks for a new primary at once rather than after
+/// the election delay.
+#[test]
+fn relinquish_primary() {
+    let (mut lone, _) = Lone::new(&["1", "2", "3"]);
+    let ballot = lone.elect();
+    let out = lone.step(Input::RelinquishPrimary);
+    let last = sent(&out, MsgKind::Vote).pop().expect("the relinquish vote");
+    let body = last.as_vote().expect("a vote");
+    assert!(body.relinquish && body.requests.is_empty());
+    let mut more = Vec::new();
+    lone.r.submit(lone.now, Bytes::from_static(b"late"), 9, false, &mut more).expect("taken");
+    assert!(sent(&lone.settle(more), MsgKind::Vote).is_empty(), "nothing is proposed after it");
+    let out = lone.peer("2", last.header.decree, ballot, Body::VoteAccepted);
+    assert!(out.iter().any(|a| matches!(a, Action::ShutDown)), "chosen: the replica shuts down");
+    let abort = out.iter().any(|a| matches!(a, Action::Abort { cookie: 9, reason: AbortReason::ShuttingDown, .. }));
+    assert!(abort, "the request taken after it comes back");
+
+    let (mut lone, _) = Lone::new(&["1", "2", "3"]);
+    lone.follow();
+    let b = Ballot::new(1, id("2"));
+    lone.peer("2", 0, b, vote(&[b"x"], &Bytes::new()));
+    let relinquish = Body::Vote(VoteBody { relinquish: true, ..Default::default() });
+    let out = lone.peer("2", 1, b, relinquish);
+    assert_eq!(sent(&out, MsgKind::VoteAccepted).len(), 1, "accepted and answered");
+    assert_eq!(lone.r.next_wakeup(), 0, "due at once");
+    let out = lone.step(Input::Tick);
+    assert_eq!((lone.r.role(), sent(&out, MsgKind::StatusQuery).len()), (Role::Initializing, 1), "it looks for a new primary");
+}
+
+/// §3.7 and api-behavior §2.10, the "outcome unknown" abort: a primary outbid while its vote is
+/// in flight returns the vote's cookies (`NotPrimary`) and says it is no longer primary; the
+/// new primary, told of the vote by the old one's promise, re-proposes it, and it executes
+/// everywhere, on the old primary too (without its cookie, which already came back).
+#[test]
+fn an_aborted_request_may_still_execute() {
+    let (mut lone, _) = Lone::new(&["1", "2", "3"]);
+    lone.elect();
+    let mut out = Vec::new();
+    lone.r.submit(lone.now, Bytes::from_static(b"in flight"), 7, false, &mut out).expect("taken");
+    let mine = sent(&lone.settle(out), MsgKind::Vote).pop().expect("proposed");
+    let d = mine.header.decree;
+    let higher = Ballot::new(lone.r.max_ballot().id + 1, id("2"));
+    let out = lone.peer("2", d, higher, Body::Prepare(Bytes::new()));
+    let aborted: Vec<_> = out
+        .iter()
+        .filter_map(|a| match a {
+            Action::Abort { cookie, reason, .. } => Some((*cookie, *reason)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(aborted, [(7, AbortReason::NotPrimary)]);
+    assert_eq!(notified(&out), [false]);
+    let promise = sent(&out, MsgKind::PrepareAccepted).pop().expect("promised");
+    let Body::PrepareAccepted(reported) = &promise.body else { unreachable!() };
+    assert_eq!(reported.as_vote().expect("a vote").requests, [Bytes::from_static(b"in flight")], "the promise reports it");
+    // Peer 2 re-proposes it at d, then proposes d + 1: d is chosen and executes here.
+    lone.peer("2", d, higher, vote(&[b"in flight"], &Bytes::new()));
+    let out = lone.peer("2", d + 1, higher, vote(&[b"next"], &Bytes::new()));
+    assert_eq!(executed(&out), [(d, vec![Bytes::from_static(b"in flight")], Vec::new())], "executed, without the cookie");
+}
+
+/// §3.7, `RelinquishPrimary` on a ring, under the original's rules and pipelined: once the
+/// relinquish vote is chosen the other two elect a new primary within a second, well inside
+/// the election delay (10 s) they would otherwise wait, and the ring goes on without the
+/// primary that left. (They waited the whole delay: the flag was cleared as it was set.)
+#[test]
+fn a_relinquished_ring_elects_at_once() {
+    for cfg in [CoreConfig::default(), CoreConfig { version: Version::V7, window: 16, ..CoreConfig::default() }] {
+        let mut ring = Ring::with(cfg);
+        ring.converge(0, b"before");
+        ring.step(0, Input::RelinquishPrimary);
+        ring.run();
+        ring.crash(0); // its ShutDown
+        ring.advance(SEC);
+        let p = (1..3).find(|&i| ring.r(i).is_primary()).expect("a new primary within a second");
+        ring.submit(p, b"after");
+        ring.run();
+        assert!(ring.executed_anywhere(b"after"));
+    }
+}
