@@ -38,6 +38,8 @@ struct Seen {
     saved: Vec<u64>,
     /// The checkpoint decree each successful `load_state` loaded (0: none).
     loaded: Vec<u64>,
+    /// Each `state_copied`: (sequence number, with a file, cookie).
+    copied: Vec<(u64, bool, Option<u64>)>,
     /// Cookies handed to `replicate_request` and not yet back.
     outstanding: BTreeSet<u64>,
     broken: Vec<String>,
@@ -63,8 +65,11 @@ struct Checking {
     /// The last (sequence number, configuration number) a request executed at.
     last: (u64, u32),
     in_decree: bool,
-    /// Ask for a checkpoint when executing this decree.
+    /// Ask for a checkpoint when executing this decree, or this request.
     save_at: Option<u64>,
+    save_request: Option<u64>,
+    /// `try_save_state` refuses while set.
+    refuse_save: Arc<AtomicBool>,
     loaded_ok: bool,
     saving: AtomicBool,
     /// `shut_down` may be called (the test is unloading the replica).
@@ -139,7 +144,7 @@ impl StateMachine for Checking {
         drop(seen);
         self.last = (seq, config);
         self.state.push(n);
-        *save |= self.save_at == Some(seq);
+        *save |= self.save_at == Some(seq) || self.save_request == Some(n);
     }
 
     fn execute_fast_read_request(&self, request: &[u8], cookie: u64) {
@@ -167,6 +172,14 @@ impl StateMachine for Checking {
         self.saving.store(false, SeqCst);
     }
 
+    fn try_save_state(&self, writer: &mut CheckpointWriter) -> bool {
+        if self.refuse_save.load(SeqCst) {
+            return false;
+        }
+        self.save_state(writer);
+        true
+    }
+
     fn notify_status(&mut self, is_primary: bool) {
         let asked = self.asked_primary.load(SeqCst);
         let mut seen = self.seen.lock().unwrap();
@@ -192,6 +205,10 @@ impl StateMachine for Checking {
 
     fn state_saved(&mut self, seq: u64, _: &Path) {
         self.seen.lock().unwrap().saved.push(seq);
+    }
+
+    fn state_copied(&mut self, seq: u64, file: Option<&Path>, cookie: Option<u64>) {
+        self.seen.lock().unwrap().copied.push((seq, file.is_some(), cookie));
     }
 }
 
@@ -224,6 +241,16 @@ impl Admission for CheckingAdmission {
 struct Service {
     seen: Arc<Mutex<Seen>>,
     unloading: Arc<AtomicBool>,
+    refuse_save: Arc<AtomicBool>,
+}
+
+/// How a test's service asks for checkpoints: at a decree, at a request, and whether
+/// `try_save_state` refuses to start with.
+#[derive(Clone, Copy, Default)]
+struct Saves {
+    at: Option<u64>,
+    request: Option<u64>,
+    refuse: bool,
 }
 
 impl Service {
@@ -232,16 +259,19 @@ impl Service {
         me: &Node,
         members: &rsl_engine::format::MemberSet,
         sizes: &Sizes,
-        save_at: Option<u64>,
+        saves: Saves,
     ) -> (RslReplica, Service) {
         let (seen, unloading, asked) =
             (Arc::new(Mutex::new(Seen::default())), Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+        let refuse_save = Arc::new(AtomicBool::new(saves.refuse));
         let sm = Checking {
             view: None,
             state: Vec::new(),
             last: (0, 0),
             in_decree: false,
-            save_at,
+            save_at: saves.at,
+            save_request: saves.request,
+            refuse_save: refuse_save.clone(),
             loaded_ok: false,
             saving: AtomicBool::new(false),
             unloading: unloading.clone(),
@@ -253,7 +283,7 @@ impl Service {
         let replica =
             RslReplica::initialize(cfg.clone(), me.clone(), Version::V6, Box::new(sm), Arc::new(admission), Some(members.clone()))
                 .expect("initialized");
-        (replica, Service { seen, unloading })
+        (replica, Service { seen, unloading, refuse_save })
     }
 
     fn stop(self, replica: RslReplica) -> Seen {
@@ -312,7 +342,8 @@ fn test_save_checkpoint_at_restore() {
     let dir = tempfile::tempdir().unwrap();
     let Three { nodes, members, cfg } = three(dir.path());
     let sizes = Sizes::default();
-    let (mut replicas, mut services): (Vec<_>, Vec<_>) = nodes.iter().map(|n| Service::start(&cfg, n, &members, &sizes, None)).unzip();
+    let (mut replicas, mut services): (Vec<_>, Vec<_>) =
+        nodes.iter().map(|n| Service::start(&cfg, n, &members, &sizes, Saves::default())).unzip();
     for n in 0..20 {
         submit(&replicas, &services, n);
     }
@@ -327,7 +358,7 @@ fn test_save_checkpoint_at_restore() {
     // Restarted, its service asks for a checkpoint at the decree of request 10, which the
     // replay passes: the checkpoint is there when `initialize` returns.
     let at = live.executed.iter().find(|(_, n)| *n == 10).expect("request 10 executed").0;
-    let (restarted, service) = Service::start(&cfg, &nodes[s], &members, &sizes, Some(at));
+    let (restarted, service) = Service::start(&cfg, &nodes[s], &members, &sizes, Saves { at: Some(at), ..Saves::default() });
     {
         let seen = service.seen.lock().unwrap();
         assert_eq!(seen.saved, [at], "saved while restoring");
@@ -340,7 +371,7 @@ fn test_save_checkpoint_at_restore() {
     service.stop(restarted);
 
     // Restarted again: it loads that checkpoint and replays only the decrees after it.
-    let (again, service) = Service::start(&cfg, &nodes[s], &members, &sizes, None);
+    let (again, service) = Service::start(&cfg, &nodes[s], &members, &sizes, Saves::default());
     {
         let seen = service.seen.lock().unwrap();
         assert_eq!(seen.loaded, [at], "the checkpoint of {at} is loaded");
@@ -360,4 +391,60 @@ fn test_save_checkpoint_at_restore() {
     for (r, service) in replicas.into_iter().zip(services) {
         service.stop(r);
     }
+}
+
+/// TestCopyCheckpoint, the case `tests/api.rs` leaves out: `CopyStateFromReplica` when no
+/// peer has a checkpoint newer than ours reports `StateCopied(0, no file, cookie)`.
+#[test]
+fn test_copy_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let Three { nodes, members, cfg } = three(dir.path());
+    let sizes = Sizes::default();
+    let (replicas, services): (Vec<_>, Vec<_>) = nodes.iter().map(|n| Service::start(&cfg, n, &members, &sizes, Saves::default())).unzip();
+    for n in 0..3 {
+        submit(&replicas, &services, n);
+    }
+    assert_eq!(replicas[0].copy_state_from_replica(77), ResponseCode::Success);
+    let copied = wait(WAIT, || services[0].seen.lock().unwrap().copied.first().copied());
+    assert_eq!(copied, (0, false, Some(77)), "nobody has a newer checkpoint");
+    for (r, service) in replicas.into_iter().zip(services) {
+        service.stop(r);
+    }
+}
+
+/// §3.7, `TrySaveState` returning false and `AllowSaveState`: a refused checkpoint is not
+/// written, and no other is taken while saving is off; once `allow_save_state(true)`, the
+/// pending one is taken at the decree then current, holding exactly the state of that decree:
+/// restarted, the replica loads it and replays only what follows, executing nothing twice.
+#[test]
+fn try_save_state_false_and_allow_save_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let Three { nodes, cfg, .. } = three(dir.path());
+    let lone = rsl_engine::format::MemberSet { nodes: vec![nodes[0].clone()], cookie: Bytes::new() };
+    let sizes = Sizes::default();
+    let saves = Saves { request: Some(2), refuse: true, ..Saves::default() };
+    let (replica, service) = Service::start(&cfg, &nodes[0], &lone, &sizes, saves);
+    let (replicas, services) = (vec![replica], vec![service]);
+    for n in 0..6 {
+        submit(&replicas, &services, n);
+    }
+    assert!(services[0].seen.lock().unwrap().saved.is_empty(), "refused, so not saved");
+    assert!(checkpoints(dir.path()).is_empty());
+    services[0].refuse_save.store(false, SeqCst);
+    replicas[0].allow_save_state(true);
+    submit(&replicas, &services, 6);
+    let saved = wait(WAIT, || services[0].seen.lock().unwrap().saved.first().copied());
+    let executed = services[0].seen.lock().unwrap().executed.clone();
+    let (replica, service) = (replicas.into_iter().next().unwrap(), services.into_iter().next().unwrap());
+    service.stop(replica);
+    assert!(checkpoints(dir.path()).contains(&saved));
+
+    let (replica, service) = Service::start(&cfg, &nodes[0], &lone, &sizes, Saves::default());
+    {
+        let seen = service.seen.lock().unwrap();
+        assert_eq!(seen.loaded, [saved]);
+        let after: Vec<_> = executed.iter().filter(|(seq, _)| *seq > saved).copied().collect();
+        assert_eq!(seen.executed, after[..seen.executed.len()], "the replay executes only the decrees after the checkpoint");
+    }
+    service.stop(replica);
 }
