@@ -11,8 +11,8 @@ mod inproc;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use inproc::{three, wait, Three};
 use rsl_engine::format::checkpoint::{CheckpointReader, CheckpointWriter};
-use rsl_engine::format::{MemberId, Node, Version};
-use rsl_engine::runtime::{Admission, ReplicaView, ResponseCode, RslReplica, StateMachine};
+use rsl_engine::format::{MemberId, MemberSet, Node, Version};
+use rsl_engine::runtime::{Admission, InitError, ReplicaView, ResponseCode, RslConfig, RslReplica, StateMachine};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
@@ -254,13 +254,20 @@ struct Saves {
 }
 
 impl Service {
-    fn start(
-        cfg: &rsl_engine::runtime::RslConfig,
+    fn start(cfg: &RslConfig, me: &Node, members: &MemberSet, sizes: &Sizes, saves: Saves) -> (RslReplica, Service) {
+        Service::try_start(cfg, me, Version::V6, Some(members), sizes, saves).expect("initialized")
+    }
+
+    /// At protocol `version`; with `members`, the legacy `Initialize` that names the initial
+    /// members, without, the one that waits to be bootstrapped.
+    fn try_start(
+        cfg: &RslConfig,
         me: &Node,
-        members: &rsl_engine::format::MemberSet,
+        version: Version,
+        members: Option<&MemberSet>,
         sizes: &Sizes,
         saves: Saves,
-    ) -> (RslReplica, Service) {
+    ) -> Result<(RslReplica, Service), InitError> {
         let (seen, unloading, asked) =
             (Arc::new(Mutex::new(Seen::default())), Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
         let refuse_save = Arc::new(AtomicBool::new(saves.refuse));
@@ -280,10 +287,8 @@ impl Service {
             seen: seen.clone(),
         };
         let admission = CheckingAdmission { me: me.id, asked, seen: seen.clone() };
-        let replica =
-            RslReplica::initialize(cfg.clone(), me.clone(), Version::V6, Box::new(sm), Arc::new(admission), Some(members.clone()))
-                .expect("initialized");
-        (replica, Service { seen, unloading, refuse_save })
+        let replica = RslReplica::initialize(cfg.clone(), me.clone(), version, Box::new(sm), Arc::new(admission), members.cloned())?;
+        Ok((replica, Service { seen, unloading, refuse_save }))
     }
 
     fn stop(self, replica: RslReplica) -> Seen {
@@ -420,7 +425,7 @@ fn test_copy_checkpoint() {
 fn try_save_state_false_and_allow_save_state() {
     let dir = tempfile::tempdir().unwrap();
     let Three { nodes, cfg, .. } = three(dir.path());
-    let lone = rsl_engine::format::MemberSet { nodes: vec![nodes[0].clone()], cookie: Bytes::new() };
+    let lone = MemberSet { nodes: vec![nodes[0].clone()], cookie: Bytes::new() };
     let sizes = Sizes::default();
     let saves = Saves { request: Some(2), refuse: true, ..Saves::default() };
     let (replica, service) = Service::start(&cfg, &nodes[0], &lone, &sizes, saves);
@@ -447,4 +452,67 @@ fn try_save_state_false_and_allow_save_state() {
         assert_eq!(seen.executed, after[..seen.executed.len()], "the replay executes only the decrees after the checkpoint");
     }
     service.stop(replica);
+}
+
+/// A checkpoint of decree 4 as a replica of protocol `version` writes it: the state of
+/// requests 0 to 4, configuration 1 of `members`.
+fn old_checkpoint(dir: &Path, version: Version, members: &MemberSet, sizes: &Sizes) {
+    use rsl_engine::format::checkpoint::CheckpointHeader;
+    use rsl_engine::format::{Ballot, Body, ConfigInfo, Header, Message, VoteBody};
+    let me = members.nodes[0].id;
+    let ballot = Ballot::new(1, me);
+    let next_vote = Message::new(Header::new(version, me, 5, 1, ballot), Body::Vote(VoteBody::default()));
+    let header = CheckpointHeader {
+        version,
+        member: me,
+        last_executed: 4,
+        max_ballot: ballot,
+        config: ConfigInfo { number: 1, initial_decree: 0, members: members.clone() },
+        state_saved: true,
+        size: 0,
+        block_size: if version.has_string_ids() { 4096 } else { 0 },
+        next_vote,
+    };
+    let mut state = BytesMut::new();
+    (0..5u64).for_each(|n| state.put_u64_le(n));
+    sizes.lock().unwrap().insert(4, state.len() as u64);
+    let mut store = rsl_engine::runtime::checkpoints::CheckpointStore::open(dir, 2).expect("a store");
+    store.save(header, |w| w.write(&state).map(|_| true).map_err(std::io::Error::other)).expect("written").expect("saved");
+}
+
+/// BootstrapWithOldCheckpoints: checkpoints of versions 1 to 4, loaded by replicas of that
+/// version or newer. Started with the initial members (the old `Initialize`), each loads and
+/// the replica sits at the checkpoint's decree in configuration 1. Started to be bootstrapped
+/// (the new one, version 4 and later), only a checkpoint that names its members (version 3 and
+/// later) gives the replica its configuration; one of version 1 or 2 leaves it waiting for
+/// `Bootstrap`, with no members.
+#[test]
+fn bootstrap_with_old_checkpoints() {
+    for checkpoint in [Version::V1, Version::V2, Version::V3, Version::V4] {
+        for replica in [checkpoint, Version::V4, Version::V6] {
+            for legacy in [true, false] {
+                if !legacy && replica.get() < 4 {
+                    continue; // Initialize without members needs version 4 (InitError::Invalid)
+                }
+                let dir = tempfile::tempdir().unwrap();
+                let Three { nodes, cfg, .. } = three(dir.path());
+                let cfg = RslConfig { add_member_id_to_working_dir: false, ..cfg };
+                let members = MemberSet { nodes: vec![nodes[0].clone()], cookie: Bytes::new() };
+                let sizes = Sizes::default();
+                old_checkpoint(dir.path(), checkpoint, &members, &sizes);
+                let what = format!("a v{} checkpoint, a v{} replica, legacy {legacy}", checkpoint.get(), replica.get());
+                let (r, service) = Service::try_start(&cfg, &nodes[0], replica, legacy.then_some(&members), &sizes, Saves::default())
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                assert_eq!(service.seen.lock().unwrap().loaded, [4], "{what}: loaded");
+                assert_eq!(r.current_sequence_number(), 4, "{what}");
+                let (set, number) = r.configuration();
+                if legacy || checkpoint.get() >= 3 {
+                    assert_eq!((set.nodes.len(), number), (1, 1), "{what}: configuration 1");
+                } else {
+                    assert!(set.nodes.is_empty(), "{what}: no members until bootstrapped");
+                }
+                service.stop(r);
+            }
+        }
+    }
 }

@@ -759,3 +759,51 @@ fn a_relinquished_ring_elects_at_once() {
         assert!(ring.executed_anywhere(b"after"));
     }
 }
+
+/// TestPrimaryChangeDuringReconfiguration (a): the replica starts a change as primary, loses
+/// the ring before its vote is chosen, and another member finishes it. The change's cookie
+/// comes back aborted (`AbortChangeConfiguration`) once the replica learns its configuration
+/// is defunct, and it still ends in the new configuration. Cases (b) and (c) are
+/// `directed.rs::case_a_*` and `::case_b_*`.
+#[test]
+fn test_primary_change_during_reconfiguration() {
+    for cfg in [CoreConfig::default(), CoreConfig { version: Version::V7, window: 16, ..CoreConfig::default() }] {
+        let mut ring = Ring::with(cfg);
+        ring.converge(0, b"before");
+        for j in [1, 2] {
+            ring.cut(j, 0, None); // node 0 hears no acceptance: it never sees its change chosen
+        }
+        let (now, mut out) = (ring.now, Vec::new());
+        ring.r_mut(0).change_configuration(now, config(&["1", "2", "3"]).members, 9, &mut out).expect("the primary reconfigures");
+        ring.apply(0, out);
+        ring.run();
+        for j in [1, 2] {
+            ring.cut(0, j, None);
+        }
+        ring.step(1, Input::AttemptPromotion);
+        ring.step(1, Input::Tick);
+        ring.run();
+        ring.advance(3 * SEC);
+        assert!((1..3).all(|i| ring.r(i).paxos_configuration().number == 2), "node 1 finished the change");
+        assert_eq!(ring.r(0).paxos_configuration().number, 1);
+
+        // Told its configuration is defunct, node 0 gives the change's cookie back.
+        let r0 = ring.r(0);
+        let defunct = Message::new(Header::new(r0.version(), id("2"), 0, 1, Ballot::EMPTY), Body::DefunctConfiguration);
+        let (now, mut out) = (ring.now, Vec::new());
+        ring.r_mut(0).step(now, Input::Message { from: id("2"), msg: Arc::new(defunct) }, &mut crate::paxos::AcceptAll, &mut out);
+        let aborted: Vec<_> = out
+            .iter()
+            .filter_map(|a| match a {
+                Action::Abort { cookie, config: true, .. } => Some(*cookie),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(aborted, [9], "AbortChangeConfiguration on the replica that started it");
+        assert_eq!(notified(&out), [false]);
+        ring.apply(0, out);
+        ring.heal();
+        ring.advance(5 * SEC);
+        assert_eq!(ring.r(0).paxos_configuration().number, 2, "and it ends in the new configuration");
+    }
+}
