@@ -371,14 +371,17 @@ impl Replica {
         // left them out, and only a member of the newer one can tell it.
         let leading = now < self.led_at.saturating_add(self.election_delay);
         let outsider = self.role == Role::Primary && !self.members.contains(&from) && leading;
-        if self.learning.is_some() || self.loading.is_some() || outsider {
+        let ad = self.position().0;
+        let learnable = ad >= join.min_decree_in_log && self.paxos_config.number > 0;
+        // Nothing to fetch from it: ignored, and a primary stays primary.
+        let useless = !learnable && join.checkpointed_decree < ad;
+        if self.learning.is_some() || self.loading.is_some() || outsider || useless {
             return;
         }
         if self.role == Role::Primary {
             self.step_down(out);
         }
-        let ad = self.position().0;
-        if ad >= join.min_decree_in_log && self.paxos_config.number > 0 {
+        if learnable {
             self.learn(from, out);
         } else if join.checkpointed_decree >= ad {
             (self.role, self.candidacy) = (self.role.min_active(), None);

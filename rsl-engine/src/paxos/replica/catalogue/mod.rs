@@ -14,6 +14,14 @@
 //! sends on the way, and where it ends). A fake legislator's ballot is always 10 ids above the
 //! replica's promise (`fake_ballot`), as the original's `IncrementBallot(10)`.
 //!
+//! The API, for the scenario tests: [`Bench::new`] (started, Initializing), [`Bench::initialized`]
+//! (as TestInitialize leaves it) or [`Bench::with`] (another configuration, a highest defunct);
+//! [`Bench::deliver`] a fake's message (built with `msg`, `vote`, `prepare`, `status_response`,
+//! `prepare_accepted`), [`Bench::input`] any other input, [`Bench::submit`] a request; read the
+//! answer with [`sent`], [`persisted`] and [`executed`], and the replica with [`Bench::status`]
+//! (the original's `WaitForState` fields). The bench's `log` and `executed` keep everything so
+//! far; `now` moves only by hand ([`Bench::election_due`]).
+//!
 //! Where our harness differs from the original's: the original makes an election due with a
 //! status reply whose `lastReceivedAgo` is `I64_MAX`, which only arms a timer that has never
 //! been armed; `initializing_to_preparing` moves the clock to the election time instead. A
@@ -144,23 +152,38 @@ pub(super) struct Bench {
     pub log: Vec<Arc<Message>>,
     /// Every decree it executed, in order.
     pub executed: Vec<u64>,
-    /// The highest ballot id any fake has sent (the original's `MaxSentBallotId`).
-    pub max_sent_ballot_id: u32,
+    /// The highest ballot the fakes have shown the replica in messages of its configuration
+    /// that it records (the original's `MaxSentBallotId`).
+    pub max_sent_ballot: Ballot,
 }
 
 impl Bench {
     /// The replica, started: Initializing, its first status query answered by nobody.
     pub(super) fn new() -> Bench {
-        Bench::with(harness_config(), super::tests::config(&["1", "2", "3"]))
+        Bench::with(super::tests::config(&["1", "2", "3"]), 0)
     }
 
-    /// A replica of `config` (which may leave it out), started.
-    pub(super) fn with(cfg: CoreConfig, config: ConfigInfo) -> Bench {
+    /// The replica as TestInitialize leaves it for the tests after it: a secondary that has
+    /// accepted decree 1 (so that every test can send decree − 1).
+    pub(super) fn initialized() -> Bench {
+        let mut bench = Bench::new();
+        bench.move_to_secondary();
+        let Status { decree, ballot, .. } = bench.status();
+        let vote = bench.vote(decree + 1, ballot);
+        let out = bench.deliver(vote);
+        assert_eq!(sent(&out), [Sent::to(FAKE, MsgKind::VoteAccepted, decree + 1, ballot)]);
+        bench
+    }
+
+    /// A replica of `config` (which may leave it out) that knows configurations up to
+    /// `highest_defunct` defunct, started.
+    pub(super) fn with(config: ConfigInfo, highest_defunct: u32) -> Bench {
         let now = 1_000 * SEC;
-        let mut r = Replica::new(cfg, id(REAL), config, 2);
+        let mut r = Replica::new(harness_config(), id(REAL), config, 2);
+        r.restore_defunct(highest_defunct);
         let mut out = Vec::new();
         r.start(now, &mut AcceptAll, &mut out);
-        let mut bench = Bench { r, now, log: Vec::new(), executed: Vec::new(), max_sent_ballot_id: 0 };
+        let mut bench = Bench { r, now, log: Vec::new(), executed: Vec::new(), max_sent_ballot: Ballot::EMPTY };
         bench.absorb(&out);
         bench
     }
@@ -178,12 +201,25 @@ impl Bench {
         let below = self.r.next_execute();
         self.r.step(self.now, Input::Executed { below, spilled: false }, &mut AcceptAll, &mut out);
         self.r.step(self.now, input, &mut AcceptAll, &mut out);
+        self.settle(&mut out);
+        out
+    }
+
+    /// `ReplicateRequest` on the replica (it must be primary to the application).
+    pub(super) fn submit(&mut self, request: &'static [u8], cookie: Cookie) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.r.submit(self.now, Bytes::from_static(request), cookie, false, &mut out).expect("the primary takes the request");
+        self.settle(&mut out);
+        out
+    }
+
+    /// Makes every persist durable, and records what was persisted and executed.
+    fn settle(&mut self, out: &mut Vec<Action>) {
         if self.r.durable_seq < self.r.persist_seq {
             let seq = self.r.persist_seq;
-            self.r.step(self.now, Input::Durable(seq), &mut AcceptAll, &mut out);
+            self.r.step(self.now, Input::Durable(seq), &mut AcceptAll, out);
         }
-        self.absorb(&out);
-        out
+        self.absorb(out);
     }
 
     fn absorb(&mut self, out: &[Action]) {
@@ -198,9 +234,14 @@ impl Bench {
 
     /// Delivers `msg` as sent by its header's sender.
     pub(super) fn deliver(&mut self, msg: Arc<Message>) -> Vec<Action> {
-        self.max_sent_ballot_id = self.max_sent_ballot_id.max(msg.header.ballot.id);
+        let unrecorded = [MsgKind::StatusQuery, MsgKind::Join, MsgKind::JoinRequest, MsgKind::DefunctConfiguration, MsgKind::Bootstrap];
+        if msg.header.config == self.r.paxos_configuration().number && !unrecorded.contains(&msg.kind()) {
+            self.max_sent_ballot = self.max_sent_ballot.max(msg.header.ballot);
+        }
         let from = msg.header.sender;
-        self.input(Input::Message { from, msg })
+        let out = self.input(Input::Message { from, msg });
+        assert!(!out.iter().any(|a| matches!(a, Action::Rejected { .. })), "a fake's message is well formed: {out:?}");
+        out
     }
 
     /// A message of our configuration from `sender`.
@@ -338,18 +379,30 @@ impl Bench {
     }
 
     /// `InitializingToPreparing`: the election is due (see the module doc) and a status reply
-    /// at our own position arrives: the replica stands, one id above every ballot it has seen
-    /// (erratum D5), sending its Prepare before logging it.
+    /// at our own position arrives: the replica stands, sending its Prepare before logging it,
+    /// under one id above its promise, or above the highest ballot shown if that is still
+    /// higher (erratum D5: the original's test expects `MaxSentBallotId() + 1` only where the
+    /// two agree).
     fn initializing_to_preparing(&mut self) {
         self.expect_role(Role::Initializing);
         self.election_due();
         let Status { decree: d, ballot: a, .. } = self.status();
+        let ballot = self.candidate_ballot();
         let reply = self.status_response(FAKE, (d, a), (d, a), i64::MAX);
         let out = self.deliver(reply);
-        let ballot = Ballot::new(self.max_sent_ballot_id + 1, id(REAL));
         assert_eq!(sent(&out), [Sent::all(MsgKind::Prepare, d, ballot)]);
         assert_eq!(persisted(&out), [(MsgKind::Prepare, d, ballot)]);
         assert_eq!(self.status(), Status { role: Role::Preparing, decree: d, ballot: a, max_ballot: ballot });
+    }
+
+    /// The ballot the replica stands with now: one id above its promise, or above the highest
+    /// ballot the fakes showed it if that is still higher (erratum D5).
+    pub(super) fn candidate_ballot(&self) -> Ballot {
+        let mut ballot = Ballot::new(self.r.max_ballot().id + 1, id(REAL));
+        if ballot < self.max_sent_ballot {
+            ballot.id = self.max_sent_ballot.id + 1;
+        }
+        ballot
     }
 
     /// Moves the clock to when the replica's election timer is due (no timer fires: nothing
