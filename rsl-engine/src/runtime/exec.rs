@@ -156,7 +156,10 @@ impl Executor {
                 Err(RecvTimeoutError::Timeout) => {}
             }
             self.run_fast_reads();
-            if self.deferred_save.is_some() && self.shared.allow_save.load(Relaxed) {
+            // Taken at once only if no decree executed since; otherwise before the next one
+            // (`execute`), when the state is that of the decree before it.
+            let current = self.shared.current_seq.load(Relaxed);
+            if self.deferred_save.as_ref().is_some_and(|cp| cp.decree == current) && self.shared.allow_save.load(Relaxed) {
                 let cp = self.deferred_save.take().expect("checked");
                 self.save(cp);
             }
@@ -211,6 +214,9 @@ impl Executor {
     /// takes the Shared side only once the decree's requests have run.
     fn execute(&mut self, vote: &Arc<Message>, cookies: &[Cookie]) {
         let decree = vote.header.decree;
+        if self.deferred_save.is_some() && self.shared.allow_save.load(Relaxed) {
+            self.save_deferred(vote);
+        }
         if self.save_after.is_some_and(|d| d + 1 == decree) {
             self.save_requested(vote);
         }
@@ -244,6 +250,23 @@ impl Executor {
         debug_assert_eq!(decree + 1, next.header.decree);
         let config = self.shared.view().config.clone();
         let cp = Checkpoint { decree, next_vote: next.clone(), max_ballot: next.header.ballot, config, state_saved: true };
+        self.save(cp);
+    }
+
+    /// A checkpoint put off while saving was not allowed, taken before `next` executes: of the
+    /// decree before it, the state's decree now (RSL takes the pending save at the decree then
+    /// current, api-behavior §2.14 and O6). Saved under its old number, it would hold the
+    /// decrees executed since, which a restart would then execute again.
+    fn save_deferred(&mut self, next: &Arc<Message>) {
+        let cp = self.deferred_save.take().expect("a save was put off");
+        let decree = next.header.decree - 1;
+        debug_assert!(decree >= cp.decree, "the state only moves on");
+        let cp = if cp.decree == decree {
+            cp
+        } else {
+            let config = self.shared.view().config.clone();
+            Checkpoint { decree, next_vote: next.clone(), max_ballot: next.header.ballot.max(cp.max_ballot), config, state_saved: true }
+        };
         self.save(cp);
     }
 

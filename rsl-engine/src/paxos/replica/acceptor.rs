@@ -128,17 +128,18 @@ impl Replica {
             let cookie = body.cookie.clone();
             self.accept_check(app, &vote.header.sender, &cookie).then_some(Body::VoteAccepted)
         };
+        let mut relinquished = false;
         if let Some(body) = reply {
             let accepted_body = body == Body::VoteAccepted;
             let mut msg = Message::new(self.header(self.accepted.header.decree, self.max_ballot), body);
             msg.header.payload = if accepted_body { self.vote_payload } else { 0 };
             let after = self.accepted_seq.max(self.max_ballot_seq);
             self.send(Dest::One(from), msg, after, out);
-            if accepted_body && vote.as_vote().is_some_and(|v| v.relinquish) {
-                self.force_reelection = true;
-            }
+            relinquished = accepted_body && vote.as_vote().is_some_and(|v| v.relinquish);
         }
         self.become_secondary();
+        // After `become_secondary`, which clears it: the primary is going away, stand at once.
+        self.force_reelection = relinquished;
     }
 
     pub(super) fn become_secondary(&mut self) {

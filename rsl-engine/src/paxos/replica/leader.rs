@@ -96,7 +96,7 @@ impl Replica {
                 tail.bytes += size;
             }
             _ => self.to_send.push_back(Pending {
-                body: VoteBody { requests: vec![request], ..Default::default() },
+                body: VoteBody { requests: vec![request], cookie: self.primary_cookie.clone(), ..Default::default() },
                 cookies: vec![cookie],
                 bytes: size,
                 closed: exclusive,

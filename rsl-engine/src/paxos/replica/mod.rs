@@ -673,7 +673,8 @@ impl Replica {
                     }
                 } else if self.heartbeats() && now >= self.last_proposed.saturating_add(self.cfg.heartbeat_interval) {
                     debug_assert!(self.to_send.is_empty());
-                    self.propose(now, VoteBody::default(), Vec::new(), None, out);
+                    let heartbeat = VoteBody { cookie: self.primary_cookie.clone(), ..Default::default() };
+                    self.propose(now, heartbeat, Vec::new(), None, out);
                 }
             }
         }

@@ -166,16 +166,17 @@ impl Replica {
         let seq = if d >= self.next_execute { self.accept_pending(now, vote.clone(), out) } else { self.log_executed(now, &vote, out) };
         self.next_election = now.saturating_add(self.election_delay);
         let cookie = vote.as_vote().map(|v| v.cookie.clone()).unwrap_or_default();
+        let mut relinquished = false;
         if self.accept_check(app, &vote.header.sender, &cookie) {
             let mut msg = Message::new(self.header(d, b), Body::VoteAccepted);
             msg.header.payload = self.vote_payload;
             let after = seq.max(self.max_ballot_seq);
             self.send(Dest::One(from), msg, after, out);
-            if vote.as_vote().is_some_and(|v| v.relinquish) {
-                self.force_reelection = true;
-            }
+            relinquished = vote.as_vote().is_some_and(|v| v.relinquish);
         }
         self.become_secondary();
+        // After `become_secondary`, which clears it: the primary is going away, stand at once.
+        self.force_reelection = relinquished;
         if !self.apply_watermark(b, vote.header.payload, out) {
             // We miss a decree the primary says is chosen: fetch it.
             self.start_initializing(now, app, out);

@@ -13,8 +13,11 @@ impl Replica {
         let cp = &self.sanitize_checkpoint(cp);
         self.next_execute = cp.decree + 1;
         self.executed_below = self.next_execute;
-        self.set_paxos_config(cp.config.clone());
-        self.state_config = cp.config.clone();
+        // A checkpoint of version 1 or 2 records no configuration (number 0): the replica keeps
+        // the members it was started with, as the original's legacy `Initialize` does.
+        let config = if cp.config.number == 0 { self.state_config.clone() } else { cp.config.clone() };
+        self.set_paxos_config(config.clone());
+        self.state_config = config;
         self.accepted = self.next_vote_or_placeholder(cp);
         self.max_ballot = cp.max_ballot.max(self.accepted.header.ballot);
         (self.checkpointed, self.checkpoint_size, self.log_min_decree) = (cp.decree, size, cp.decree + 1);

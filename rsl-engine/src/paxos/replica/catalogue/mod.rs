@@ -33,6 +33,7 @@ use super::*;
 use crate::paxos::{AcceptAll, SEC};
 
 mod messages;
+mod scenarios;
 
 /// The fake legislator the tests speak for, and the replica under test.
 pub(super) const FAKE: &str = "1";
