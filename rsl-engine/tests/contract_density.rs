@@ -169,11 +169,8 @@ fn sources(dir: &Path, test_only: &BTreeSet<String>, out: &mut Vec<(PathBuf, Str
         if path.is_dir() {
             // A directory module `x/` whose `x.rs` sits beside it is declared there.
             let sibling = dir.join(format!("{stem}.rs"));
-            let declared = if sibling.exists() {
-                test_only_modules(&code_only(&std::fs::read_to_string(&sibling).unwrap()))
-            } else {
-                BTreeSet::new()
-            };
+            let declared =
+                if sibling.exists() { test_only_modules(&code_only(&std::fs::read_to_string(&sibling).unwrap())) } else { BTreeSet::new() };
             sources(&path, &declared, out);
         } else if path.extension().is_some_and(|e| e == "rs") {
             let code = without_test_items(&code_only(&std::fs::read_to_string(&path).unwrap()));

@@ -20,6 +20,7 @@ impl Replica {
     /// at the same ballot (or `proven`: learning showed our decree chosen), the one it follows
     /// is chosen and executes.
     pub(super) fn log_and_accept(&mut self, now: Micros, vote: Arc<Message>, proven: bool, out: &mut Vec<Action>) {
+        debug_assert!(!self.pipelined(), "version 7 keeps its votes with accept_pending");
         let (d, b) = decree_ballot(&vote);
         let (ad, ab) = self.accepted();
         assert!(is_next((d, b), (ad, ab)) || (proven && d == ad + 1), "accepting ({d},{b}) after ({ad},{ab})");
@@ -157,6 +158,7 @@ impl Replica {
 
     pub(super) fn become_secondary(&mut self) {
         debug_assert_ne!(self.role, Role::Primary, "step down first");
+        debug_assert!(!self.is_primary && self.outstanding.is_empty(), "a follower with votes of its own in flight");
         debug_assert!(self.members.contains(&self.me), "only a member follows");
         self.role = Role::Secondary;
         self.candidacy = None;

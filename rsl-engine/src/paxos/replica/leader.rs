@@ -30,7 +30,8 @@ impl Replica {
         self.to_send.push_back(Pending { body, cookies: Vec::new(), bytes: 0, closed: true, config_cookie: Some(cookie) });
         self.send_next(now, out);
         // Its own write is not yet durable, so it cannot have been chosen: the cookie is held.
-        let held = self.to_send.iter().any(|p| p.config_cookie == Some(cookie)) || self.outstanding.iter().any(|o| o.config_cookie == Some(cookie));
+        let held = self.to_send.iter().any(|p| p.config_cookie == Some(cookie))
+            || self.outstanding.iter().any(|o| o.config_cookie == Some(cookie));
         debug_assert!(held, "ChangeConfiguration cookie {cookie} held nowhere");
         self.check_invariants();
         Ok(())
@@ -165,13 +166,20 @@ impl Replica {
 
     fn quorum_reached(&self, seq: u64, acks: &BTreeSet<MemberId>) -> bool {
         debug_assert!(!acks.contains(&self.me), "we count ourselves once, by our own write");
+        debug_assert!(acks.iter().all(|m| self.members.contains(m)), "a quorum counting a non-member");
         self.durable_seq >= seq && acks.len() + 1 >= self.quorum()
     }
 
     fn vote_chosen(&mut self, now: Micros, out: &mut Vec<Action>) {
         let o = self.outstanding.pop_front().expect("checked by the caller");
         assert!(self.durable_seq >= o.seq, "vote {} chosen before our own write {} was durable", o.vote.header.decree, o.seq);
-        assert!(o.acks.len() + 1 >= self.quorum(), "vote {} chosen by {} of {}", o.vote.header.decree, o.acks.len() + 1, self.members.len());
+        assert!(
+            o.acks.len() + 1 >= self.quorum(),
+            "vote {} chosen by {} of {}",
+            o.vote.header.decree,
+            o.acks.len() + 1,
+            self.members.len()
+        );
         self.led_at = now;
         debug_assert_eq!(self.role, Role::Primary);
         debug_assert!(self.pipelined() || decree_ballot(&o.vote) == self.accepted());
@@ -184,6 +192,7 @@ impl Replica {
             out.push(Action::NotifyStatus { primary: true });
         }
         if o.vote.as_vote().is_some_and(|v| v.relinquish) {
+            debug_assert!(self.relinquishing, "a relinquish vote chosen after relinquishing ended");
             // The original exits here without executing it; what was queued behind it goes back.
             for p in self.take_to_send() {
                 Self::abort_cookies(p.cookies, p.config_cookie, AbortReason::ShuttingDown, out);
@@ -260,6 +269,7 @@ impl Replica {
     ) {
         assert!(self.role == Role::Primary, "only a primary proposes");
         assert_eq!(self.max_ballot.member, self.me, "only the ballot's owner proposes");
+        debug_assert!(!self.relinquishing, "nothing is proposed after the relinquish vote");
         self.relinquishing |= body.relinquish;
         let (vote, seq) = if self.pipelined() {
             self.propose_pipelined(now, body, out)

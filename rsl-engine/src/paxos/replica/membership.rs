@@ -320,6 +320,7 @@ impl Replica {
     /// A decision (version 7): everything before the reconfiguration was chosen before it was.
     /// If we miss the vote or decrees before it, the sender's log has them.
     fn on_decision_pipelined(&mut self, now: Micros, from: MemberId, decision: Arc<Message>, out: &mut Vec<Action>) {
+        debug_assert!(self.members.contains(&from) && from != self.me, "admit lets in decisions from the other members only");
         if self.apply_decision(now, decision, out) || self.learning.is_some() || self.loading.is_some() {
             return;
         }
@@ -359,6 +360,7 @@ impl Replica {
 
     pub(super) fn send_join(&self, to: Dest, out: &mut Vec<Action>) {
         debug_assert!(self.paxos_config.number > self.highest_defunct, "announcing a defunct configuration");
+        debug_assert!(self.join_due() || to != Dest::All, "announcing to all a configuration known established");
         let learn_port = self.paxos_config.members.nodes.iter().find(|n| n.id == self.me).map_or(0, |n| n.learn_port);
         let body = Body::Join(JoinBody {
             learn_port,
@@ -409,6 +411,7 @@ impl Replica {
             self.loading = Some(from);
             out.push(Action::FetchCheckpoint { from, decree: join.checkpointed_decree, size: join.checkpoint_size, load: true });
         }
+        debug_assert_ne!(self.role, Role::Primary, "a primary that heard of a newer configuration kept leading");
     }
 
     /// `Bootstrap` keeps sending the set to the other members until this replica takes part.

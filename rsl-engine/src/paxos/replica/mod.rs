@@ -54,13 +54,15 @@ impl Role {
 
     /// The `state` field of a StatusResponse.
     fn status_code(self) -> u32 {
-        match self {
+        let code = match self {
             Role::Primary => 1,
             Role::Secondary => 2,
             Role::Preparing => 3,
             Role::Initializing => 4,
             Role::Inactive => 0,
-        }
+        };
+        debug_assert!(code <= validate::MAX_STATUS_STATE, "state {code}, which peers refuse");
+        code
     }
 }
 
@@ -529,6 +531,7 @@ impl Replica {
             }
             Input::LogRolled { first_decree } => self.on_log_rolled(now, first_decree, out),
             Input::CheckpointSaved { decree, size, min_decree_in_log, copied } => {
+                let last = self.checkpointed;
                 // A saved checkpoint is of an executed decree; a copied one may be ahead of us.
                 debug_assert!(decree < self.next_execute || copied, "a checkpoint of an executed decree");
                 if decree > self.checkpointed {
@@ -549,6 +552,7 @@ impl Replica {
                     self.saving = false;
                 }
                 self.copy_at = self.copy_at.filter(|&at| at > decree);
+                debug_assert!(self.checkpointed >= last, "the checkpoint we hold went back from {last}");
             }
             Input::CheckpointFetched(fetched) => self.on_checkpoint_fetched(now, fetched, app, out),
             Input::SetAcceptMessages(accept) => self.accept_flag = accept,
@@ -592,6 +596,8 @@ impl Replica {
             return;
         }
         let (mut persisted, mut executed) = (before.persist_seq, before.next_execute);
+        let (mut notified, mut fetched_votes, mut fetched_checkpoint, mut changed) = (None, None, None, None);
+        let saved = out[before.actions..].iter().any(|a| matches!(a, Action::SaveCheckpoint(_)));
         for action in &out[before.actions..] {
             match action {
                 Action::Persist { seq, record } => {
@@ -613,6 +619,12 @@ impl Replica {
                     debug_assert!(cp.decree >= executed, "a loaded checkpoint {} behind execution {executed}", cp.decree);
                     executed = cp.decree + 1;
                 }
+                Action::NotifyStatus { primary } => notified = Some(*primary),
+                Action::FetchVotes { from, .. } => fetched_votes = Some(*from),
+                Action::FetchCheckpoint { from, load: true, .. } => fetched_checkpoint = Some(*from),
+                Action::ConfigurationChanged { config, .. } => changed = Some(config),
+                Action::ShutDown => debug_assert!(self.relinquishing, "shut down without relinquishing"),
+                Action::Defunct(n) => debug_assert!(*n <= self.highest_defunct, "defunct {n} recorded, {} kept", self.highest_defunct),
                 // The bootstrap checkpoint holds no state: it starts the count.
                 Action::SaveCheckpoint(cp) if !cp.state_saved => executed = cp.decree + 1,
                 Action::SaveCheckpoint(cp) => {
@@ -623,6 +635,12 @@ impl Replica {
         }
         debug_assert_eq!(persisted, self.persist_seq, "a persist asked for was not handed out");
         debug_assert_eq!(executed, self.next_execute, "a decree handed out to execute is missing from the actions");
+        // What the actions told the driver is what the replica now holds.
+        debug_assert!(notified.is_none_or(|p| p == self.is_primary), "NotifyStatus({notified:?}) but primary: {}", self.is_primary);
+        debug_assert!(fetched_votes.is_none() || self.learning == fetched_votes, "fetching votes, and not learning from them");
+        debug_assert!(fetched_checkpoint.is_none() || self.loading == fetched_checkpoint, "fetching a checkpoint to load, and not loading");
+        debug_assert!(changed.is_none_or(|c| *c == self.state_config), "the configuration announced is not the state's");
+        debug_assert!(!saved || self.saving, "a save in flight not tracked: a second could start");
     }
 
     fn check_invariants(&self) {
@@ -678,7 +696,10 @@ impl Replica {
             self.to_send.iter().all(|p| p.bytes <= self.cfg.max_vote_bytes || p.body.requests.len() == 1),
             "a batch past the vote size"
         );
-        debug_assert!(self.outstanding.iter().all(|o| o.cookies.is_empty() || o.cookies.len() == o.vote.as_vote().map_or(0, |v| v.requests.len())));
+        debug_assert!(self
+            .outstanding
+            .iter()
+            .all(|o| o.cookies.is_empty() || o.cookies.len() == o.vote.as_vote().map_or(0, |v| v.requests.len())));
         let reconfig = |o: &Outstanding| o.vote.as_vote().is_some_and(|v| v.reconfig.is_some());
         debug_assert!(self.outstanding.iter().all(|o| o.config_cookie.is_none() || reconfig(o)), "a config cookie on a plain vote");
         // The acceptor's votes: none above the promise, none above the accepted one.
@@ -689,11 +710,36 @@ impl Replica {
         debug_assert!(self.recent.iter().all(|(d, (v, logged))| *d == v.header.decree && *logged >= v.header.ballot));
         // The candidacy: our ballot, our promise.
         if let Some(c) = &self.candidacy {
+            debug_assert!(c.freshest.header.ballot <= self.max_ballot, "a fresher vote than our own ballot");
+            debug_assert!(
+                self.pipelined()
+                    || (c.prepare.header.decree == self.accepted.header.decree && c.freshest.header.decree == c.prepare.header.decree),
+                "a Prepare for another decree than our accepted vote's"
+            );
             debug_assert!(c.prepare.header.ballot == self.max_ballot && self.max_ballot.member == self.me, "a candidacy outbid");
             debug_assert!(c.seq <= self.persist_seq && !c.promises.contains(&self.me), "a candidacy's own promise");
             debug_assert!(c.promises.iter().all(|m| self.members.contains(m)), "a promise from a non-member");
         }
         debug_assert!(self.statuses.keys().all(|m| self.members.contains(m) && *m != self.me), "a status from a non-member");
+        debug_assert!(self.outstanding.iter().all(|o| o.acks.iter().all(|m| self.members.contains(m))), "an ack from a non-member");
+        debug_assert!(
+            self.cache.iter().all(|(from, v)| v.header.sender == *from && self.members.contains(from)),
+            "a cached vote of a non-member"
+        );
+        debug_assert!(self.to_send.is_empty() || self.is_primary, "requests queued on a replica that never took them");
+        // A leader executes each of its votes as it is chosen, and proposes what it executes.
+        debug_assert!(
+            self.pipelined()
+                || self.role != Role::Primary
+                || !self.outstanding.is_empty()
+                || self.relinquishing
+                || self.next_execute == self.accepted.header.decree + 1,
+            "an idle primary has not executed its last vote"
+        );
+        debug_assert!(
+            !self.pipelined() || self.role != Role::Primary || self.next_execute <= self.next_propose,
+            "a primary executed what it never proposed"
+        );
         // The vote cache: strictly rising, and within its bound.
         debug_assert!(!self.cache.is_empty() || self.cache_bytes == 0, "an empty cache holds bytes");
         debug_assert!(self.cache_bytes <= self.cfg.max_cache_bytes, "the cache passed its bound");
@@ -749,7 +795,10 @@ impl Replica {
         assert!(!vote.header.ballot.is_empty(), "only a proposed vote can be chosen");
         debug_assert!(cookies.is_empty() || cookies.len() == vote.as_vote().map_or(0, |v| v.requests.len()));
         debug_assert!(!self.pending.contains_key(&decree), "decree {decree} executes while still pending");
-        debug_assert!(config_cookie.is_none() || vote.as_vote().is_some_and(|v| v.reconfig.is_some()), "a ChangeConfiguration cookie on a plain vote");
+        debug_assert!(
+            config_cookie.is_none() || vote.as_vote().is_some_and(|v| v.reconfig.is_some()),
+            "a ChangeConfiguration cookie on a plain vote"
+        );
         self.next_execute = decree + 1;
         // RSL's `AddToExecutionQueue`: a chosen vote of a newer version raises ours for good
         // (api-behavior §2.29). Never into or out of 7: `check_version` keeps the pipelined

@@ -19,6 +19,7 @@ impl Replica {
     /// Logs `vote` (unless it is already the one pending at its decree) and keeps it until it
     /// executes. Returns the persist that holds it.
     pub(super) fn accept_pending(&mut self, now: Micros, vote: Arc<Message>, out: &mut Vec<Action>) -> u64 {
+        debug_assert!(self.pipelined(), "before version 7 the accepted vote is the only one");
         let (d, b) = decree_ballot(&vote);
         assert!(d >= self.next_execute, "decree {d} already executed");
         assert!(!b.is_empty(), "votes carry a ballot");
@@ -46,6 +47,7 @@ impl Replica {
     /// The primary's next vote, logged (a re-proposal of a decree we executed is logged but
     /// not kept: it only makes our log vouch for it).
     pub(super) fn propose_pipelined(&mut self, now: Micros, body: VoteBody, out: &mut Vec<Action>) -> (Arc<Message>, u64) {
+        debug_assert!(self.pipelined() && self.role == Role::Primary, "only a version 7 primary proposes here");
         let decree = self.next_propose;
         debug_assert!(decree >= self.vouched, "re-proposing decree {decree}, which our log already proves");
         // A decree we executed is chosen: re-proposed, it must carry the value we executed.
@@ -66,6 +68,7 @@ impl Replica {
     fn log_executed(&mut self, now: Micros, vote: &Arc<Message>, out: &mut Vec<Action>) -> u64 {
         let (d, b) = decree_ballot(vote);
         debug_assert!(d < self.next_execute);
+        debug_assert!(self.pipelined(), "only version 7 logs votes for executed decrees");
         let seq = self.persist(vote.clone(), out);
         if let Some((_, logged)) = self.recent.get_mut(&d) {
             *logged = (*logged).max(b);
@@ -139,6 +142,7 @@ impl Replica {
     /// that missed them.
     pub(super) fn apply_decision(&mut self, now: Micros, decision: Arc<Message>, out: &mut Vec<Action>) -> bool {
         debug_assert_eq!(decision.kind(), MsgKind::ReconfigurationDecision);
+        debug_assert!(self.pipelined(), "before version 7 a decision decides the accepted vote (log_decision)");
         let (d, b) = decree_ballot(&decision);
         let at_least_b = self.pending.get(&d).filter(|(v, _)| v.header.ballot >= b);
         if at_least_b.is_some_and(|(v, _)| v.as_vote().is_none_or(|v| v.reconfig.is_none())) {
@@ -244,6 +248,7 @@ impl Replica {
     }
 
     pub(super) fn on_prepare_accepted_pipelined(&mut self, now: Micros, from: MemberId, msg: &Message, out: &mut Vec<Action>) {
+        debug_assert!(self.members.contains(&from) && from != self.me, "admit lets in answers from the other members only");
         let (Some(c), Body::PrepareAccepted(vote)) = (&mut self.candidacy, &msg.body) else { return };
         let (p, b) = decree_ballot(&c.prepare);
         let (vd, vb) = decree_ballot(vote);
@@ -316,6 +321,8 @@ impl Replica {
             }
         }
         debug_assert!(plan.first().is_some_and(|(d, _)| *d == first));
+        debug_assert!(plan.windows(2).all(|w| w[1].0 == w[0].0 + 1), "re-proposals with a gap");
+        debug_assert!(plan.iter().all(|(_, body)| !body.relinquish), "a new primary re-proposing a relinquish");
         plan
     }
 
@@ -323,6 +330,7 @@ impl Replica {
     /// vouches for. Succeeds if execution reached the first vote waiting in the cache, or
     /// moved at all when none waits.
     pub(super) fn apply_learned_pipelined(&mut self, now: Micros, records: Vec<Arc<Message>>, out: &mut Vec<Action>) -> bool {
+        debug_assert!(self.pipelined(), "a version 7 log");
         let start = (self.next_execute, self.vouched);
         for rec in records {
             debug_assert_eq!(self.check_record(&rec, validate::MAX_BALLOT_ID), Ok(()), "a learned record not validated");
@@ -386,6 +394,7 @@ impl Replica {
     /// Replays one durable record of a pipelined log. Records of another configuration (a
     /// checkpoint's carried-over tail) are not this configuration's votes.
     pub(super) fn replay_pipelined(&mut self, record: &Arc<Message>, out: &mut Vec<Action>) -> Result<(), ReplayError> {
+        debug_assert!(self.pipelined() && self.persist_seq == 0, "replaying a version 7 log before start");
         let (d, b) = decree_ballot(record);
         if record.header.config != self.paxos_config.number {
             return Ok(());

@@ -42,6 +42,7 @@ impl Replica {
         if let Some((_, (v, s))) = self.pending.iter().next_back() {
             (self.accepted, self.accepted_seq) = (v.clone(), *s);
         }
+        debug_assert!(self.pending.contains_key(&next), "the vote after the checkpoint forgotten");
     }
 
     pub(super) fn next_vote_or_placeholder(&self, cp: &Checkpoint) -> Arc<Message> {
@@ -160,6 +161,7 @@ impl Replica {
             (self.accepted.header.decree == self.next_execute).then(|| self.accepted.clone())
         };
         let Some(next_vote) = next_vote.filter(|_| !self.saving && self.next_execute > at) else { return };
+        debug_assert!(!self.pipelined() || !next_vote.header.ballot.is_empty(), "a pending vote without a ballot");
         debug_assert!(self.next_execute > 0);
         self.save_at = None;
         self.saving = true;
@@ -405,6 +407,7 @@ impl Replica {
             self.reject(from, kind, reason, out);
         }
         let learned = self.apply_learned(now, records, out);
+        debug_assert!(self.learning.is_none() && self.role != Role::Primary, "learning made us lead");
         if !self.members.contains(&self.me) {
             self.role = Role::Inactive;
         } else if !learned || self.role == Role::Inactive {
@@ -418,6 +421,7 @@ impl Replica {
             }
         }
         debug_assert!(self.learning.is_none(), "a fetch answered, and another one asked for in its place");
+        debug_assert!(self.role != Role::Inactive || !self.members.contains(&self.me), "a member left inactive by learning");
     }
 
     /// `LearnVotes`: applies a peer's log from our decree on. Succeeds once it has reached the

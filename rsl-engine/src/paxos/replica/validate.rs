@@ -32,14 +32,17 @@ const JUMP_EVIDENCE_LIMIT: u32 = 1 << 31;
 pub(crate) const MAX_MEMBERS: usize = 256;
 
 /// The highest `state` a StatusResponse may carry (Initializing; `Role::status_code`).
-const MAX_STATUS_STATE: u32 = 4;
+pub(super) const MAX_STATUS_STATE: u32 = 4;
 
 /// A member set that can be a configuration: 1 to `MAX_MEMBERS` members, ids non-empty and
 /// distinct.
 pub(super) fn valid_member_set(set: &MemberSet) -> bool {
     let valid = !set.nodes.is_empty() && set.nodes.len() <= MAX_MEMBERS && set.flaw().is_none();
     // What `set_paxos_config` relies on: ids are distinct.
-    debug_assert!(!valid || set.nodes.iter().map(|n| n.id).collect::<BTreeSet<_>>().len() == set.nodes.len(), "a member named twice passed");
+    debug_assert!(
+        !valid || set.nodes.iter().map(|n| n.id).collect::<BTreeSet<_>>().len() == set.nodes.len(),
+        "a member named twice passed"
+    );
     valid
 }
 
@@ -149,7 +152,8 @@ impl Replica {
         let verdict = self.check_fields_unasserted(msg);
         // What every handler may take for granted of a message it is given.
         let h = &msg.header;
-        let plausible = h.ballot.id <= MAX_BALLOT_ID && h.config < CONFIGURATION_LIMIT && (msg.kind() == MsgKind::Join || h.decree < DECREE_LIMIT);
+        let plausible =
+            h.ballot.id <= MAX_BALLOT_ID && h.config < CONFIGURATION_LIMIT && (msg.kind() == MsgKind::Join || h.decree < DECREE_LIMIT);
         debug_assert!(verdict.is_err() || plausible, "an implausible {:?} passed", msg.kind());
         debug_assert!(verdict.is_err() || h.version.is_pipelined() == self.pipelined(), "a message of the other protocol passed");
         verdict
@@ -317,6 +321,7 @@ impl Replica {
 
     /// Drops a message, learned record or checkpoint, and says so.
     pub(super) fn reject(&self, from: MemberId, kind: MsgKind, reason: Rejection, out: &mut Vec<Action>) {
+        debug_assert!(!matches!(reason, Rejection::WrongAddress | Rejection::NotCertified), "the driver's reason, given by the core");
         out.push(Action::Rejected { from, kind, reason });
     }
 }
