@@ -273,7 +273,16 @@ impl Replica {
             }
             return self.reject(from, msg.kind(), reason, out);
         }
-        debug_assert!(msg.header.sender == from && from != self.me, "validated: a peer's message in its own name");
+        // What every handler may take for granted of a message it is given.
+        let h = &msg.header;
+        debug_assert!(h.sender == from && from != self.me, "validated: a peer's message in its own name");
+        let plausible = h.ballot.id <= validate::MAX_BALLOT_ID && h.config < crate::format::CONFIGURATION_LIMIT;
+        debug_assert!(
+            plausible && (msg.kind() == MsgKind::Join || h.decree < crate::format::DECREE_LIMIT),
+            "an implausible {:?} passed",
+            msg.kind()
+        );
+        debug_assert_eq!(h.version.is_pipelined(), self.pipelined(), "a message of the other protocol passed");
         // Unlike the original, a relinquishing primary still answers status queries: a member
         // that is initializing needs them to follow, and so to accept the relinquish vote.
         let ignored_while_relinquishing = matches!(msg.kind(), MsgKind::Vote | MsgKind::Prepare);

@@ -149,17 +149,6 @@ impl Replica {
     /// its sender's position, echoed back (a replica that took a forged jump the others did not
     /// must still be answered, to learn from them).
     pub(super) fn check_fields(&self, msg: &Message) -> Result<(), Rejection> {
-        let verdict = self.check_fields_unasserted(msg);
-        // What every handler may take for granted of a message it is given.
-        let h = &msg.header;
-        let plausible =
-            h.ballot.id <= MAX_BALLOT_ID && h.config < CONFIGURATION_LIMIT && (msg.kind() == MsgKind::Join || h.decree < DECREE_LIMIT);
-        debug_assert!(verdict.is_err() || plausible, "an implausible {:?} passed", msg.kind());
-        debug_assert!(verdict.is_err() || h.version.is_pipelined() == self.pipelined(), "a message of the other protocol passed");
-        verdict
-    }
-
-    fn check_fields_unasserted(&self, msg: &Message) -> Result<(), Rejection> {
         let h = &msg.header;
         let mark = if h.config == self.paxos_config.number && !bypasses_admit(msg.kind()) { self.ballot_mark() } else { MAX_BALLOT_ID };
         self.check_version(h.version)?;
