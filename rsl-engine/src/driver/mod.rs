@@ -306,6 +306,8 @@ impl Driver {
             self.carry_out(&mut out, host);
         }
         debug_assert!(out.is_empty());
+        // A send waits only for a persist not yet durable: none is held past its gate.
+        debug_assert!(self.held.iter().all(|(after, _, _)| *after > self.durable), "a send held past its persist's durability");
         self.actions = out;
         result
     }

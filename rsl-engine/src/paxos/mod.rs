@@ -300,7 +300,7 @@ pub struct CoreConfig {
 
 impl Default for CoreConfig {
     fn default() -> Self {
-        CoreConfig {
+        let cfg = CoreConfig {
             version: Version::V6,
             heartbeat_interval: 2 * SEC,
             election_delay: 10 * SEC,
@@ -318,7 +318,9 @@ impl Default for CoreConfig {
             window: 1,
             max_checkpoint_interval: 0,
             allow_promotion_while_catching_up: false,
-        }
+        };
+        debug_assert!(cfg.window == 1 || cfg.version.is_pipelined(), "several decrees in flight need version 7");
+        cfg
     }
 }
 

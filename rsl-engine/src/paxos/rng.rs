@@ -20,12 +20,16 @@ impl SplitMix64 {
     /// Uniform in `[0, n)`; `n` must be positive.
     pub fn below(&mut self, n: u64) -> u64 {
         assert!(n > 0, "below(0) has no value");
-        ((self.next_u64() as u128 * n as u128) >> 64) as u64
+        let x = ((self.next_u64() as u128 * n as u128) >> 64) as u64;
+        debug_assert!(x < n, "{x} drawn below {n}");
+        x
     }
 
     /// True with probability `p` (0.0 to 1.0).
     pub fn chance(&mut self, p: f64) -> bool {
-        ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
+        let x = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        debug_assert!((0.0..1.0).contains(&x), "{x} drawn outside [0, 1)");
+        x < p
     }
 }
 

@@ -222,6 +222,8 @@ impl Executor {
         }
         let previous = self.shared.current_seq.load(Relaxed);
         assert!(decree > previous || (decree == 0 && previous == 0), "decree {decree} executes after {previous}");
+        // Contiguous: a decree skipped here would leave the state without its requests.
+        debug_assert!(decree == previous + 1 || decree == 0, "decree {decree} executes after {previous}, not next");
         let body = vote.as_vote().expect("only votes execute");
         debug_assert!(cookies.is_empty() || cookies.len() == body.requests.len(), "one cookie per request");
         if body.requests.is_empty() || body.reconfig.is_some() {
@@ -271,6 +273,8 @@ impl Executor {
     }
 
     fn save(&mut self, cp: Checkpoint) {
+        let executed = self.shared.current_seq.load(Relaxed);
+        debug_assert!(cp.decree <= executed, "a checkpoint of {}, ahead of execution at {executed}", cp.decree);
         if !self.shared.allow_save.load(Relaxed) {
             self.deferred_save = Some(cp);
             return;

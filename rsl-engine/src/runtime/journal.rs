@@ -659,13 +659,17 @@ impl Writer {
     fn write_until_closed(mut self, on_durable: impl Fn(u64)) -> io::Result<()> {
         let mut batch = Vec::new();
         let mut synced = Vec::new();
+        let mut reported = 0;
         while let Some(seq) = self.take(&mut batch) {
+            // The protocol thread releases held sends up to what this says: it only grows.
+            debug_assert!(seq > reported, "durable {seq} reported after {reported}");
             synced.clear();
             let started = Instant::now();
             self.write_batch(&batch, &mut synced)?;
             self.timing.record(batch.iter().map(|s| s.data.len() as u64).sum(), started.elapsed());
             self.publish(&mut batch, &synced);
             on_durable(seq);
+            reported = seq;
         }
         Ok(())
     }

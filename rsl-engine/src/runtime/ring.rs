@@ -183,7 +183,11 @@ impl Ring {
                 let certified = peer.as_deref().map(|p| p.names.as_slice());
                 driver.on_message(msg, Inbound { ip, certified }, io)
             }
-            Event::Durable(seq) => driver.durable(seq, io),
+            Event::Durable(seq) => {
+                // From the journal's writer thread, in order: held sends go out up to it.
+                debug_assert!(seq >= driver.durable_seq() && seq <= io.journal.last_seq(), "durable {seq} out of order");
+                driver.durable(seq, io)
+            }
             Event::Submit { request, cookie, exclusive, last } => {
                 if let Err(e) = driver.submit(request, cookie, exclusive, last, io) {
                     io.refused(cookie, e);
@@ -359,6 +363,13 @@ impl Host for Io {
     fn execute(&mut self, item: Execution) {
         let work = match item {
             Execution::Decree { vote, cookies } => {
+                // The execute thread runs behind what is handed to it, never ahead.
+                let executed = self.shared.current_seq.load(Relaxed);
+                debug_assert!(
+                    vote.header.decree > executed || vote.header.decree == 0,
+                    "decree {} handed out, {executed} executed",
+                    vote.header.decree
+                );
                 self.shared.passed_seq.fetch_max(vote.header.decree, Relaxed);
                 self.shared.stats.decrees_executed.fetch_add(1, Relaxed);
                 self.halted |= !self.backlog.execute(vote, cookies, &self.journal, &self.work);

@@ -13,12 +13,14 @@ impl Replica {
         if self.cache.is_empty() {
             self.cache_bytes = 0;
         }
+        debug_assert!(self.role == Role::Initializing || self.cache.is_empty(), "votes left cached outside initializing");
     }
 
     /// `LogAndAcceptVote`: the vote becomes the highest accepted one; if it is the next decree
     /// at the same ballot (or `proven`: learning showed our decree chosen), the one it follows
     /// is chosen and executes.
     pub(super) fn log_and_accept(&mut self, now: Micros, vote: Arc<Message>, proven: bool, out: &mut Vec<Action>) {
+        debug_assert!(!self.pipelined(), "version 7 keeps its votes with accept_pending");
         let (d, b) = decree_ballot(&vote);
         let (ad, ab) = self.accepted();
         assert!(is_next((d, b), (ad, ab)) || (proven && d == ad + 1), "accepting ({d},{b}) after ({ad},{ab})");
@@ -42,6 +44,9 @@ impl Replica {
         self.accepted = vote;
         self.accepted_at = now;
         self.set_max_ballot(now, b, self.accepted_seq);
+        debug_assert!(self.max_ballot >= b, "accepted ({d},{b}) above the promise {}", self.max_ballot);
+        debug_assert!(d != ad + 1 || self.next_execute > ad, "decree {ad} is chosen by ({d},{b}) but did not execute");
+        debug_assert!(config <= 1 || self.highest_defunct >= config - 1, "configuration {} not recorded defunct", config - 1);
         self.maybe_save(out);
     }
 
@@ -59,6 +64,7 @@ impl Replica {
             return None;
         }
         let b = prep.header.ballot;
+        debug_assert!(prep.kind() == MsgKind::Prepare && b.member == from, "a Prepare validated as its sender's ballot");
         if self.role == Role::Primary && b > self.max_ballot {
             self.step_down(out);
         }
@@ -66,6 +72,8 @@ impl Replica {
             let seq = self.persist(prep.clone(), out);
             self.set_max_ballot(now, b, seq);
         }
+        debug_assert!(self.max_ballot >= b, "a Prepare at {b} taken without its promise");
+        debug_assert!(self.role != Role::Primary || self.max_ballot.member == self.me, "a primary kept its role under {b}");
         let cookie = match &prep.body {
             Body::Prepare(c) => c.clone(),
             _ => Bytes::new(),
@@ -82,6 +90,8 @@ impl Replica {
     }
 
     pub(super) fn cache_vote(&mut self, from: MemberId, vote: Arc<Message>) {
+        debug_assert_eq!(self.role, Role::Initializing, "votes are cached only while initializing");
+        debug_assert!(vote.kind() == MsgKind::Vote && vote.header.sender == from, "a vote validated as its sender's");
         if let Some((_, tail)) = self.cache.back() {
             let t = decree_ballot(tail);
             if is_lower(decree_ballot(&vote), t) || decree_ballot(&vote) == t {
@@ -99,6 +109,7 @@ impl Replica {
     /// `HandleNewVotes` for one vote (api-behavior §2.8).
     pub(super) fn on_vote(&mut self, now: Micros, from: MemberId, vote: Arc<Message>, app: &mut dyn Application, out: &mut Vec<Action>) {
         debug_assert_ne!(self.role, Role::Initializing);
+        debug_assert!(self.members.contains(&from) && from != self.me, "admit lets in votes from the other members only");
         if self.pipelined() {
             return self.on_vote_pipelined(now, from, vote, app, out);
         }
@@ -120,6 +131,7 @@ impl Replica {
             self.step_down(out);
         }
         self.log_and_accept(now, vote.clone(), false, out);
+        debug_assert_eq!(self.accepted(), db, "the vote logged is the accepted one");
         let reply = if db.1 < self.max_ballot {
             // Logged, yet refused: it is below our promise.
             Some(Body::NotAccepted)
@@ -131,6 +143,9 @@ impl Replica {
         let mut relinquished = false;
         if let Some(body) = reply {
             let accepted_body = body == Body::VoteAccepted;
+            // Acknowledging a vote below our promise would let a value be chosen that a
+            // higher ballot's candidate was told had no vote here.
+            assert!(!accepted_body || db.1 == self.max_ballot, "VoteAccepted for {} under the promise {}", db.1, self.max_ballot);
             let mut msg = Message::new(self.header(self.accepted.header.decree, self.max_ballot), body);
             msg.header.payload = if accepted_body { self.vote_payload } else { 0 };
             let after = self.accepted_seq.max(self.max_ballot_seq);
@@ -144,6 +159,7 @@ impl Replica {
 
     pub(super) fn become_secondary(&mut self) {
         debug_assert_ne!(self.role, Role::Primary, "step down first");
+        debug_assert!(!self.is_primary && self.outstanding.is_empty(), "a follower with votes of its own in flight");
         debug_assert!(self.members.contains(&self.me), "only a member follows");
         self.role = Role::Secondary;
         self.candidacy = None;
@@ -165,7 +181,9 @@ impl Replica {
             return;
         }
         let Some(answer) = self.take_promise(now, from, &prep, app, out) else { return };
+        assert_eq!(self.max_ballot, b, "a Prepare answered without being our promise");
         if answer {
+            debug_assert!(self.accepted.header.ballot <= b && self.accepted.header.decree <= d, "reporting a vote ahead of the Prepare");
             let body = Body::PrepareAccepted(Box::new((*self.accepted).clone()));
             let after = self.accepted_seq.max(self.max_ballot_seq);
             self.send(Dest::One(from), Message::new(self.header(d, b), body), after, out);
@@ -184,6 +202,7 @@ impl Replica {
     /// `HandleNotAcceptedMsg`.
     pub(super) fn on_not_accepted(&mut self, now: Micros, msg: &Message, app: &mut dyn Application, out: &mut Vec<Action>) {
         let (d, b) = decree_ballot(msg);
+        debug_assert!(self.members.contains(&msg.header.sender), "admit lets in answers from members only");
         // Before version 7 the decree is the responder's highest accepted one; from 7 on, the
         // first it has not executed.
         let stale = !self.pipelined() && is_lower((d, b), self.accepted());
@@ -204,6 +223,7 @@ impl Replica {
             );
             let seq = self.persist(Arc::new(prep), out);
             self.set_max_ballot(now, b, seq);
+            debug_assert!(self.max_ballot == b && self.max_ballot_seq == seq, "the adopted promise is the one logged");
             self.become_secondary();
         }
     }

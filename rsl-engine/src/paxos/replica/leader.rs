@@ -25,9 +25,15 @@ impl Replica {
         if !self.is_primary || self.relinquishing {
             return Err(SubmitError::NotPrimary);
         }
+        debug_assert_eq!(self.role, Role::Primary, "primary to the application, primary to the protocol");
         let body = VoteBody { reconfig: Some(members), cookie: self.primary_cookie.clone(), ..Default::default() };
         self.to_send.push_back(Pending { body, cookies: Vec::new(), bytes: 0, closed: true, config_cookie: Some(cookie) });
         self.send_next(now, out);
+        // Its own write is not yet durable, so it cannot have been chosen: the cookie is held.
+        let held = self.to_send.iter().any(|p| p.config_cookie == Some(cookie))
+            || self.outstanding.iter().any(|o| o.config_cookie == Some(cookie));
+        debug_assert!(held, "ChangeConfiguration cookie {cookie} held nowhere");
+        self.check_invariants();
         Ok(())
     }
 
@@ -41,7 +47,11 @@ impl Replica {
         out: &mut Vec<Action>,
     ) -> Result<(), SubmitError> {
         self.check_submit(&request)?;
+        let size = request.len() + 4;
         self.enqueue(now, request, cookie, exclusive, out);
+        // The original queues without a bound; one request still goes when nothing waits.
+        debug_assert!(self.to_send_bytes <= self.cfg.max_cache_bytes.max(size), "the send queue passed its bound");
+        self.check_invariants();
         Ok(())
     }
 
@@ -54,6 +64,8 @@ impl Replica {
         self.check_submit(&request)?;
         self.enqueue(now, request, cookie, true, out);
         self.shutting_down = true;
+        debug_assert!(!self.heartbeats(), "a replica shutting down proposes no heartbeats");
+        self.check_invariants();
         Ok(())
     }
 
@@ -71,6 +83,7 @@ impl Replica {
         if !self.to_send.is_empty() && self.to_send_bytes + request.len() + 4 > self.cfg.max_cache_bytes {
             return Err(SubmitError::Full);
         }
+        debug_assert_eq!(self.role, Role::Primary, "primary to the application, primary to the protocol");
         Ok(())
     }
 
@@ -81,6 +94,7 @@ impl Replica {
 
     /// Empties the send queue (its cookies are the caller's to return).
     pub(super) fn take_to_send(&mut self) -> VecDeque<Pending> {
+        debug_assert_eq!(self.to_send_bytes, self.to_send.iter().map(|p| p.bytes).sum::<usize>(), "the send queue's size is kept");
         self.to_send_bytes = 0;
         std::mem::take(&mut self.to_send)
     }
@@ -104,12 +118,15 @@ impl Replica {
             }),
         }
         self.send_next(now, out);
+        let held = self.to_send.iter().any(|p| p.cookies.contains(&cookie)) || self.outstanding.iter().any(|o| o.cookies.contains(&cookie));
+        debug_assert!(held, "request cookie {cookie} held nowhere");
     }
 
     pub(super) fn on_vote_accepted(&mut self, now: Micros, from: MemberId, msg: &Message, out: &mut Vec<Action>) {
         if self.role != Role::Primary {
             return;
         }
+        debug_assert!(self.members.contains(&from) && from != self.me, "admit lets in answers from the other members only");
         self.record_progress(now, from, msg);
         // Before version 7 a VoteAccepted names the acceptor's highest vote, which must be ours
         // and current; from 7 on it names the decree it acknowledges.
@@ -129,6 +146,7 @@ impl Replica {
         if !self.members.contains(&from) {
             return;
         }
+        debug_assert_ne!(from, self.me, "progress of our own");
         let p = self.progress.entry(from).or_default();
         (p.voted_at, p.decree, p.payload) = (now, p.decree.max(msg.header.decree), msg.header.payload);
         debug_assert!(self.progress.len() <= self.members.len(), "only members have progress");
@@ -141,14 +159,27 @@ impl Replica {
             self.vote_chosen(now, out);
         }
         self.send_next(now, out);
+        // A vote proposed just now waits for its own write: nothing chosen is left unapplied.
+        let unapplied = self.outstanding.front().is_some_and(|o| self.quorum_reached(o.seq, &o.acks));
+        debug_assert!(self.role != Role::Primary || !unapplied, "a chosen vote left in flight");
     }
 
     fn quorum_reached(&self, seq: u64, acks: &BTreeSet<MemberId>) -> bool {
+        debug_assert!(!acks.contains(&self.me), "we count ourselves once, by our own write");
+        debug_assert!(acks.iter().all(|m| self.members.contains(m)), "a quorum counting a non-member");
         self.durable_seq >= seq && acks.len() + 1 >= self.quorum()
     }
 
     fn vote_chosen(&mut self, now: Micros, out: &mut Vec<Action>) {
         let o = self.outstanding.pop_front().expect("checked by the caller");
+        assert!(self.durable_seq >= o.seq, "vote {} chosen before our own write {} was durable", o.vote.header.decree, o.seq);
+        assert!(
+            o.acks.len() + 1 >= self.quorum(),
+            "vote {} chosen by {} of {}",
+            o.vote.header.decree,
+            o.acks.len() + 1,
+            self.members.len()
+        );
         self.led_at = now;
         debug_assert_eq!(self.role, Role::Primary);
         debug_assert!(self.pipelined() || decree_ballot(&o.vote) == self.accepted());
@@ -161,6 +192,7 @@ impl Replica {
             out.push(Action::NotifyStatus { primary: true });
         }
         if o.vote.as_vote().is_some_and(|v| v.relinquish) {
+            debug_assert!(self.relinquishing, "a relinquish vote chosen after relinquishing ended");
             // The original exits here without executing it; what was queued behind it goes back.
             for p in self.take_to_send() {
                 Self::abort_cookies(p.cookies, p.config_cookie, AbortReason::ShuttingDown, out);
@@ -173,6 +205,7 @@ impl Replica {
             // Chosen: announce and log the decision, which executes it and switches over. It
             // went alone, so everything before it has executed here.
             debug_assert!(self.outstanding.is_empty(), "nothing is proposed beyond a reconfiguration vote");
+            debug_assert_eq!(self.next_execute, decree, "everything before the reconfiguration executed here");
             let decision = Arc::new(Message::new(self.header(decree, self.max_ballot), Body::ReconfigurationDecision));
             // To each member of the configuration it ends, named now: `Dest::All` would be
             // resolved after the switch, to the new configuration's members, and the old ones
@@ -189,6 +222,8 @@ impl Replica {
             self.pending.remove(&decree);
             self.execute(o.vote, o.cookies, None, out);
         }
+        // Chosen in order, each executed as it is: a gap here would never be filled.
+        debug_assert!(self.next_execute > decree, "decree {decree} chosen, {} next to execute", self.next_execute);
         if self.recovering.take_if(|d| *d == decree).is_some() {
             out.push(Action::NotifyPrimaryRecovered);
         }
@@ -203,6 +238,7 @@ impl Replica {
         let body = VoteBody { relinquish: true, cookie: self.primary_cookie.clone(), ..Default::default() };
         self.to_send.push_back(Pending { body, cookies: Vec::new(), bytes: 0, closed: true, config_cookie: None });
         self.send_next(now, out);
+        debug_assert!(self.relinquishing || self.to_send.iter().any(|p| p.body.relinquish), "the relinquish vote was lost");
     }
 
     /// Proposes queued votes while the window has room. A reconfiguration or relinquish vote
@@ -233,6 +269,7 @@ impl Replica {
     ) {
         assert!(self.role == Role::Primary, "only a primary proposes");
         assert_eq!(self.max_ballot.member, self.me, "only the ballot's owner proposes");
+        debug_assert!(!self.relinquishing, "nothing is proposed after the relinquish vote");
         self.relinquishing |= body.relinquish;
         let (vote, seq) = if self.pipelined() {
             self.propose_pipelined(now, body, out)
@@ -244,6 +281,7 @@ impl Replica {
             self.log_and_accept(now, vote, false, out);
             (self.accepted.clone(), self.accepted_seq)
         };
+        debug_assert!(vote.header.ballot == self.max_ballot && seq == self.persist_seq, "the vote proposed is ours, just logged");
         out.push(Action::Send { to: Dest::All, msg: vote.clone(), after: 0 });
         self.outstanding.push_back(Outstanding { vote, seq, acks: BTreeSet::new(), cookies, config_cookie });
         if self.outstanding.len() == 1 {
@@ -253,6 +291,9 @@ impl Replica {
         while self.outstanding.front().is_some_and(|o| self.quorum_reached(o.seq, &o.acks)) {
             self.vote_chosen(now, out);
         }
+        // Nothing is proposed beyond a reconfiguration or relinquish vote.
+        let alone = |o: &Outstanding| o.vote.as_vote().is_some_and(|b| b.reconfig.is_some() || b.relinquish);
+        debug_assert!(self.outstanding.iter().rev().skip(1).all(|o| !alone(o)), "a vote in flight beyond one that goes alone");
     }
 
     /// Leaving the primary role: everything not yet chosen goes back to the application.
@@ -273,12 +314,14 @@ impl Replica {
         self.relinquishing = false;
         self.role = Role::Secondary;
         self.action_deadline = Micros::MAX;
+        debug_assert!(!self.is_primary && self.outstanding.is_empty() && self.to_send.is_empty(), "a cookie kept past stepping down");
     }
 
     pub(super) fn on_prepare_accepted(&mut self, now: Micros, from: MemberId, msg: &Message, out: &mut Vec<Action>) {
         if self.pipelined() {
             return self.on_prepare_accepted_pipelined(now, from, msg, out);
         }
+        debug_assert!(self.members.contains(&from) && from != self.me, "admit lets in answers from the other members only");
         let current = (self.accepted.header.decree, self.max_ballot);
         let (Some(c), Body::PrepareAccepted(vote)) = (&mut self.candidacy, &msg.body) else { return };
         if decree_ballot(msg) != current || decree_ballot(&c.prepare) != current {
@@ -301,11 +344,14 @@ impl Replica {
             _ => return,
         }
         let c = self.candidacy.take().expect("checked above");
+        assert!(self.durable_seq >= c.seq, "elected before our own Prepare {} was durable", c.seq);
+        assert!(c.promises.len() + 1 >= self.quorum(), "elected by {} of {}", c.promises.len() + 1, self.members.len());
         if self.pipelined() {
             return self.become_primary_pipelined(now, c, out);
         }
         assert_eq!(c.freshest.header.decree, self.accepted.header.decree, "re-proposing at our decree");
         assert_eq!(self.max_ballot.member, self.me);
+        assert!(c.freshest.header.ballot <= self.max_ballot, "re-proposing a value from above our own ballot");
         // Re-propose the freshest value at the same decree under our ballot.
         let mut body = c.freshest.as_vote().cloned().unwrap_or_default();
         body.cookie = self.primary_cookie.clone();
@@ -324,10 +370,12 @@ impl Replica {
         if ballot < self.max_seen_ballot {
             ballot.id = self.max_seen_ballot.id.checked_add(1)?;
         }
+        debug_assert!(ballot > self.max_ballot && ballot >= self.max_seen_ballot, "{ballot} does not outbid what we promised or saw");
         (ballot.id <= validate::MAX_BALLOT_ID).then_some(ballot)
     }
 
     pub(super) fn start_preparing(&mut self, now: Micros, out: &mut Vec<Action>) {
+        debug_assert!(self.execute_queue_ready() && !self.shutting_down && !self.saving, "standing while not ready to lead");
         let ballot = self.next_ballot().expect("the caller stands only with a ballot to stand with");
         assert!(ballot > self.max_ballot, "a new ballot exceeds every promise");
         // Before version 7 a Prepare names our highest accepted decree; from 7 on, the first
@@ -339,6 +387,7 @@ impl Replica {
         out.push(Action::Send { to: Dest::All, msg: prepare.clone(), after: 0 });
         let seq = self.persist(prepare.clone(), out);
         self.set_max_ballot(now, ballot, seq);
+        debug_assert!(self.max_ballot == ballot && self.max_ballot_seq == seq, "a candidate's promise is its own ballot, logged");
         self.role = Role::Preparing;
         let deadline = now.saturating_add(self.election_delay.saturating_mul(30));
         let best = self.pending.iter().map(|(d, (v, _))| (*d, v.clone())).collect();

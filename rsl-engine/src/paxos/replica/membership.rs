@@ -13,6 +13,7 @@ impl Replica {
         } else {
             self.skipped.push((MsgKind::DefunctConfiguration, Rejection::Configuration));
         }
+        debug_assert!(self.highest_defunct < crate::format::CONFIGURATION_LIMIT, "an implausible defunct number kept");
     }
 
     /// The configuration the state is in (`GetConfiguration`).
@@ -39,6 +40,8 @@ impl Replica {
         self.accept_bootstrap(members)?;
         self.bootstrap_resend = now;
         self.check_bootstrap(now, app, out);
+        debug_assert!(self.paxos_config.number > 0 || self.role != Role::Inactive, "bootstrapped, and still without a configuration");
+        self.check_invariants();
         Ok(())
     }
 
@@ -62,6 +65,7 @@ impl Replica {
         if !members.nodes.iter().any(|n| n.id == self.me) || known.is_some_and(|k| !same(k)) {
             return Err(BootstrapError::Failed);
         }
+        debug_assert!(self.paxos_config.number == 0 || same(&self.paxos_config.members), "bootstrapping another ring than ours");
         self.bootstrap = Some(members);
         Ok(())
     }
@@ -72,6 +76,7 @@ impl Replica {
         if self.role != Role::Inactive || self.paxos_config.number != 0 {
             return;
         }
+        debug_assert!(!self.is_bootstrapped() && self.persist_seq == 0, "bootstrapping a replica that took part in votes");
         let Some(members) = self.bootstrap.clone() else { return };
         let config = ConfigInfo { number: 1, initial_decree: 1, members };
         self.accepted = placeholder(self.version, 1, 1);
@@ -90,6 +95,8 @@ impl Replica {
         out.push(Action::ConfigurationChanged { config, cookie: None });
         self.role = Role::Initializing;
         self.start_initializing(now, app, out);
+        debug_assert_eq!(self.paxos_config.number, 1, "bootstrap starts configuration 1");
+        debug_assert!(self.next_execute == 1 && self.role != Role::Inactive, "a bootstrapped member starts at decree 1");
     }
 
     /// `LogReconfigurationDecision`: when it decides our accepted vote, log it (unless
@@ -102,6 +109,7 @@ impl Replica {
         cookie: Option<Cookie>,
         out: &mut Vec<Action>,
     ) -> bool {
+        debug_assert_eq!(decision.kind(), MsgKind::ReconfigurationDecision);
         if self.pipelined() {
             return self.log_decision_pipelined(now, decision, persist, cookie, out);
         }
@@ -129,7 +137,9 @@ impl Replica {
             self.pending.remove(&d);
             self.execute(self.accepted.clone(), Vec::new(), cookie, out);
         }
+        assert_eq!(self.next_execute, d + 1, "the reconfiguration decree {d} did not execute before the switch");
         self.switch_config_live(now, d, members, persist, out);
+        debug_assert_eq!(self.paxos_config.initial_decree, d + 1, "the new configuration starts after its decree");
         true
     }
 
@@ -168,6 +178,7 @@ impl Replica {
         self.pending.remove(&d);
         self.execute(vote, Vec::new(), cookie, out);
         self.switch_config_live(now, d, members, persist, out);
+        debug_assert!(self.pending.is_empty() && self.paxos_config.initial_decree == d + 1, "the old configuration's votes outlived it");
         true
     }
 
@@ -180,6 +191,7 @@ impl Replica {
     fn switch_config_live(&mut self, now: Micros, d: u64, members: MemberSet, live: bool, out: &mut Vec<Action>) {
         let added = members.nodes.iter().any(|n| !self.members.contains(&n.id));
         self.switch_config(now, ConfigInfo { number: self.paxos_config.number + 1, initial_decree: d + 1, members });
+        debug_assert_eq!(self.paxos_config, self.state_config, "the decree executed and the decision logged chose the same configuration");
         if !live || !added || self.checkpoint_size > 0 || self.saving {
             return;
         }
@@ -187,6 +199,7 @@ impl Replica {
         (self.save_at, self.saving) = (None, true);
         let next_vote = self.accepted.clone();
         let cp = Checkpoint { decree: d, next_vote, max_ballot: self.max_ballot, config: self.state_config.clone(), state_saved: true };
+        debug_assert_eq!(self.check_checkpoint(&cp), Ok(()), "saving a checkpoint a new member would refuse");
         out.push(Action::SaveCheckpoint(cp));
     }
 
@@ -195,6 +208,8 @@ impl Replica {
     pub(super) fn switch_config(&mut self, now: Micros, config: ConfigInfo) {
         debug_assert_ne!(self.role, Role::Primary, "stepped down first");
         debug_assert_eq!(self.next_execute, config.initial_decree);
+        assert!(config.number > self.paxos_config.number, "configuration {} after {}", config.number, self.paxos_config.number);
+        let promised = self.max_ballot;
         self.accepted = placeholder(self.version, config.initial_decree, config.number);
         self.max_ballot = Ballot::new(self.max_ballot.id.saturating_add(1), MemberId::EMPTY);
         self.max_seen_ballot = Ballot::EMPTY;
@@ -214,6 +229,7 @@ impl Replica {
         (self.candidacy, self.learning, self.next_join) = (None, None, 0);
         self.role = if self.members.contains(&self.me) { Role::Initializing } else { Role::Inactive };
         self.action_deadline = now;
+        debug_assert!(self.max_ballot > promised, "ballots restart above the old configuration's");
     }
 
     /// A configuration not yet known to be established is announced with Join messages to its
@@ -249,6 +265,7 @@ impl Replica {
         if !self.members.contains(from) {
             return Err(Rejection::NotAMember);
         }
+        debug_assert!(config == self.paxos_config.number && self.role != Role::Inactive, "admitted outside our configuration");
         self.max_seen_ballot = self.max_seen_ballot.max(msg.header.ballot);
         Ok(true)
     }
@@ -262,6 +279,16 @@ impl Replica {
             }
             return self.reject(from, msg.kind(), reason, out);
         }
+        // What every handler may take for granted of a message it is given.
+        let h = &msg.header;
+        debug_assert!(h.sender == from && from != self.me, "validated: a peer's message in its own name");
+        let plausible = h.ballot.id <= validate::MAX_BALLOT_ID && h.config < crate::format::CONFIGURATION_LIMIT;
+        debug_assert!(
+            plausible && (msg.kind() == MsgKind::Join || h.decree < crate::format::DECREE_LIMIT),
+            "an implausible {:?} passed",
+            msg.kind()
+        );
+        debug_assert_eq!(h.version.is_pipelined(), self.pipelined(), "a message of the other protocol passed");
         // Unlike the original, a relinquishing primary still answers status queries: a member
         // that is initializing needs them to follow, and so to accept the relinquish vote.
         let ignored_while_relinquishing = matches!(msg.kind(), MsgKind::Vote | MsgKind::Prepare);
@@ -285,6 +312,8 @@ impl Replica {
             Ok(false) => return,
             Err(reason) => return self.reject(from, msg.kind(), reason, out),
         }
+        let joining = matches!(msg.kind(), MsgKind::Join | MsgKind::JoinRequest);
+        debug_assert!(joining || self.role != Role::Inactive, "a {:?} admitted to an inactive replica", msg.kind());
         match msg.kind() {
             MsgKind::Vote if self.role == Role::Initializing => self.cache_vote(from, msg),
             MsgKind::Vote => self.on_vote(now, from, msg, app, out),
@@ -306,6 +335,7 @@ impl Replica {
     /// A decision (version 7): everything before the reconfiguration was chosen before it was.
     /// If we miss the vote or decrees before it, the sender's log has them.
     fn on_decision_pipelined(&mut self, now: Micros, from: MemberId, decision: Arc<Message>, out: &mut Vec<Action>) {
+        debug_assert!(self.members.contains(&from) && from != self.me, "admit lets in decisions from the other members only");
         if self.apply_decision(now, decision, out) || self.learning.is_some() || self.loading.is_some() {
             return;
         }
@@ -313,6 +343,7 @@ impl Replica {
             self.step_down(out);
         }
         self.learn(from, out);
+        debug_assert_eq!(self.learning, Some(from), "a decision we cannot apply: learn from its sender");
     }
 
     /// `UpdateDefunctInfo`: a replica still active in a configuration now defunct looks for
@@ -338,10 +369,13 @@ impl Replica {
             return;
         }
         self.highest_defunct = defunct;
+        debug_assert!(defunct + 1 < self.paxos_config.number, "our own configuration, or the one before, recorded defunct");
         out.push(Action::Defunct(defunct));
     }
 
     pub(super) fn send_join(&self, to: Dest, out: &mut Vec<Action>) {
+        debug_assert!(self.paxos_config.number > self.highest_defunct, "announcing a defunct configuration");
+        debug_assert!(self.join_due() || to != Dest::All, "announcing to all a configuration known established");
         let learn_port = self.paxos_config.members.nodes.iter().find(|n| n.id == self.me).map_or(0, |n| n.learn_port);
         let body = Body::Join(JoinBody {
             learn_port,
@@ -387,6 +421,7 @@ impl Replica {
         if self.role == Role::Primary {
             self.step_down(out);
         }
+        debug_assert!(self.role != Role::Primary && self.learning.is_none() && self.loading.is_none(), "one catch-up at a time");
         if learnable {
             self.learn(from, out);
         } else if join.checkpointed_decree >= ad {
@@ -394,6 +429,7 @@ impl Replica {
             self.loading = Some(from);
             out.push(Action::FetchCheckpoint { from, decree: join.checkpointed_decree, size: join.checkpoint_size, load: true });
         }
+        debug_assert_ne!(self.role, Role::Primary, "a primary that heard of a newer configuration kept leading");
     }
 
     /// `Bootstrap` keeps sending the set to the other members until this replica takes part.
@@ -403,6 +439,7 @@ impl Replica {
             return;
         }
         let members = self.bootstrap.clone().expect("bootstrapping");
+        debug_assert!(members.nodes.iter().any(|n| n.id == self.me), "resending a set we are not in");
         for node in members.nodes.iter().filter(|n| n.id != self.me) {
             let header = Header::new(self.version, self.me, 0, 0, Ballot::EMPTY);
             self.send(Dest::One(node.id), Message::new(header, Body::Bootstrap(members.clone())), 0, out);

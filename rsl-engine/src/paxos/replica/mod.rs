@@ -58,13 +58,15 @@ impl Role {
 
     /// The `state` field of a StatusResponse.
     fn status_code(self) -> u32 {
-        match self {
+        let code = match self {
             Role::Primary => 1,
             Role::Secondary => 2,
             Role::Preparing => 3,
             Role::Initializing => 4,
             Role::Inactive => 0,
-        }
+        };
+        debug_assert!(code <= validate::MAX_STATUS_STATE, "state {code}, which peers refuse");
+        code
     }
 }
 
@@ -112,6 +114,17 @@ struct Candidacy {
     /// so far against how many it announced.
     best: BTreeMap<u64, Arc<Message>>,
     answers: BTreeMap<MemberId, (u64, BTreeSet<u64>)>,
+}
+
+/// What `check_step` compares an input's outcome against.
+struct Mark {
+    actions: usize,
+    max_ballot: Ballot,
+    next_execute: u64,
+    persist_seq: u64,
+    durable_seq: u64,
+    version: Version,
+    accepted_decree: u64,
 }
 
 /// Why a log could not be replayed: a record that does not follow the one before it.
@@ -246,7 +259,10 @@ fn decree_ballot(m: &Message) -> (u64, Ballot) {
 /// RSL's `IsNextDecree`: the same decree at a ballot at least as high, or the next decree at
 /// the same ballot (which makes the current one chosen).
 fn is_next((d, b): (u64, Ballot), (cd, cb): (u64, Ballot)) -> bool {
-    (d == cd && b >= cb) || (d == cd.wrapping_add(1) && b == cb)
+    let next = (d == cd && b >= cb) || (d == cd.wrapping_add(1) && b == cb);
+    // `on_vote` tells a lower vote from the next one before anything else: never both.
+    debug_assert!(!next || !is_lower((d, b), (cd, cb)), "({d},{b}) both follows and is below ({cd},{cb})");
+    next
 }
 
 /// RSL's `IsLowerDecree`.
@@ -256,14 +272,18 @@ fn is_lower((d, b): (u64, Ballot), (cd, cb): (u64, Ballot)) -> bool {
 
 /// RSL's `IsHigherDecree`.
 fn is_higher((d, b): (u64, Ballot), (cd, cb): (u64, Ballot)) -> bool {
-    (d > cd && b >= cb) || (d == cd && b > cb)
+    let higher = (d > cd && b >= cb) || (d == cd && b > cb);
+    debug_assert!(!higher || !is_lower((d, b), (cd, cb)), "({d},{b}) both above and below ({cd},{cb})");
+    higher
 }
 
 /// The configured election delay, moved by up to its randomisation either way.
 /// Saturating: `ChangeElectionDelay` hands the core whatever delay a caller asked for.
 fn randomized_election_delay(cfg: &CoreConfig, rng: &mut SplitMix64) -> Micros {
     let spread = (cfg.election_delay.saturating_mul(cfg.election_randomize_pct) / 100).min(cfg.max_election_randomize);
-    cfg.election_delay.saturating_sub(spread).saturating_add(rng.below(spread.saturating_mul(2).saturating_add(1)))
+    let delay = cfg.election_delay.saturating_sub(spread).saturating_add(rng.below(spread.saturating_mul(2).saturating_add(1)));
+    debug_assert!(delay.abs_diff(cfg.election_delay) <= spread, "election delay {delay} strays beyond {spread} of the configured one");
+    delay
 }
 
 fn vote_size(body: &VoteBody) -> usize {
@@ -347,6 +367,8 @@ impl Replica {
             skipped: Vec::new(),
         };
         replica.set_paxos_config(config);
+        assert_eq!(replica.accepted.header.decree, replica.next_execute, "a new replica's first vote is for its next decree");
+        debug_assert!(replica.accepted.header.ballot.is_empty() && replica.max_ballot.is_empty(), "a new replica has promised nothing");
         replica
     }
 
@@ -356,6 +378,7 @@ impl Replica {
         let members = &self.members;
         self.progress.retain(|id, _| members.contains(id));
         self.paxos_config = config;
+        debug_assert!(self.progress.keys().all(|id| self.members.contains(id)), "progress of a member that left");
     }
 
     pub fn me(&self) -> MemberId {
@@ -408,7 +431,10 @@ impl Replica {
     }
 
     fn quorum(&self) -> usize {
-        self.members.len() / 2 + 1
+        let quorum = self.members.len() / 2 + 1;
+        // Any two quorums share a member: that is what makes a chosen value stay chosen.
+        debug_assert!(2 * quorum > self.members.len(), "a quorum of {quorum} out of {} is no majority", self.members.len());
+        quorum
     }
 
     /// Where this replica is, as status rounds compare it: its highest accepted vote before
@@ -429,11 +455,9 @@ impl Replica {
     /// How many votes the primary keeps in flight: acceptors take votes at most `MAX_AHEAD`
     /// beyond their execution, so a wider window would only make them learn instead.
     fn window(&self) -> usize {
-        if self.pipelined() {
-            self.cfg.window.clamp(1, pipeline::MAX_AHEAD as usize)
-        } else {
-            1
-        }
+        let window = if self.pipelined() { self.cfg.window.clamp(1, pipeline::MAX_AHEAD as usize) } else { 1 };
+        debug_assert!(window >= 1 && (self.pipelined() || window == 1), "window {window} before version 7");
+        window
     }
 
     /// Whether an idle primary proposes empty votes to keep its secondaries following: not
@@ -445,6 +469,8 @@ impl Replica {
     /// Starts the protocol: a status round to find the ring.
     pub fn start(&mut self, now: Micros, app: &mut dyn Application, out: &mut Vec<Action>) {
         assert_eq!(self.persist_seq, 0, "start once");
+        assert!(self.max_ballot >= self.accepted.header.ballot, "restore and replay left the promise below the accepted vote");
+        debug_assert!(self.outstanding.is_empty() && self.candidacy.is_none(), "nothing is in flight before start");
         self.clock = now;
         // The first deadline is spread wider than later ones, as in the original.
         self.schedule_checkpoint(now, 50);
@@ -453,6 +479,7 @@ impl Replica {
         }
         self.accepted_at = now;
         self.start_initializing(now, app, out);
+        self.check_invariants();
     }
 
     /// When the replica next needs a `Tick`, if nothing else arrives first.
@@ -487,12 +514,14 @@ impl Replica {
     /// Feeds one input.
     pub fn step(&mut self, now: Micros, input: Input, app: &mut dyn Application, out: &mut Vec<Action>) {
         self.clock = now;
+        let before = self.progress_mark(out);
         match input {
             Input::Tick => self.tick(now, app, out),
             Input::Message { from, msg } => self.on_message(now, from, msg, app, out),
             Input::Durable(seq) => {
                 assert!(seq <= self.persist_seq, "durable {seq} beyond the {} persists asked for", self.persist_seq);
                 self.durable_seq = self.durable_seq.max(seq);
+                debug_assert!(self.durable_seq >= seq, "a durable mark went back");
                 self.check_chosen(now, out);
                 self.check_prepared(now, out);
             }
@@ -506,6 +535,7 @@ impl Replica {
             }
             Input::LogRolled { first_decree } => self.on_log_rolled(now, first_decree, out),
             Input::CheckpointSaved { decree, size, min_decree_in_log, copied } => {
+                let last = self.checkpointed;
                 // A saved checkpoint is of an executed decree; a copied one may be ahead of us.
                 debug_assert!(decree < self.next_execute || copied, "a checkpoint of an executed decree");
                 if decree > self.checkpointed {
@@ -526,6 +556,7 @@ impl Replica {
                     self.saving = false;
                 }
                 self.copy_at = self.copy_at.filter(|&at| at > decree);
+                debug_assert!(self.checkpointed >= last, "the checkpoint we hold went back from {last}");
             }
             Input::CheckpointFetched(fetched) => self.on_checkpoint_fetched(now, fetched, app, out),
             Input::SetAcceptMessages(accept) => self.accept_flag = accept,
@@ -536,7 +567,84 @@ impl Replica {
             }
         }
         self.drain_cache(now, app, out);
+        self.check_step(&before, out);
+    }
+
+    /// What only grows across an input, and where its actions start (`check_step`).
+    fn progress_mark(&self, out: &[Action]) -> Mark {
+        Mark {
+            actions: out.len(),
+            max_ballot: self.max_ballot,
+            next_execute: self.next_execute,
+            persist_seq: self.persist_seq,
+            durable_seq: self.durable_seq,
+            version: self.version,
+            accepted_decree: self.accepted.header.decree,
+        }
+    }
+
+    /// After an input: the invariants, nothing that only grows went back, and the actions it
+    /// produced are in an order the driver can carry out: persists numbered on from the last
+    /// one, each held send behind a persist already asked for, executions contiguous (each
+    /// decree the previous + 1, a loaded checkpoint moving past its decree), and each saved
+    /// checkpoint of exactly what has executed before it in the stream.
+    fn check_step(&self, before: &Mark, out: &[Action]) {
+        assert!(self.max_ballot >= before.max_ballot, "promise lowered from {} to {}", before.max_ballot, self.max_ballot);
+        assert!(self.next_execute >= before.next_execute, "execution went back from {} to {}", before.next_execute, self.next_execute);
+        debug_assert!(self.persist_seq >= before.persist_seq && self.durable_seq >= before.durable_seq, "sequence numbers went back");
+        debug_assert!(self.version >= before.version, "the protocol version went down");
+        // Pipelined, a switch drops the old configuration's votes beyond its decision.
+        debug_assert!(self.pipelined() || self.accepted.header.decree >= before.accepted_decree, "the accepted decree went back");
         self.check_invariants();
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        let (mut persisted, mut executed) = (before.persist_seq, before.next_execute);
+        let (mut notified, mut fetched_votes, mut fetched_checkpoint, mut changed) = (None, None, None, None);
+        let saved = out[before.actions..].iter().any(|a| matches!(a, Action::SaveCheckpoint(_)));
+        for action in &out[before.actions..] {
+            match action {
+                Action::Persist { seq, record } => {
+                    debug_assert_eq!(*seq, persisted + 1, "persists are numbered one after another");
+                    debug_assert!(record.header.ballot <= self.max_ballot, "logged {} above the promise", record.header.ballot);
+                    persisted = *seq;
+                }
+                Action::Send { after, msg, .. } => {
+                    debug_assert!(*after <= persisted, "a send held for persist {after}, not yet asked for");
+                    debug_assert!(msg.header.sender == self.me, "a {:?} sent in another's name", msg.kind());
+                    // Whatever we say is at most our promise: anything higher would not be on disk.
+                    debug_assert!(msg.header.ballot <= self.max_ballot, "a {:?} at {} above the promise", msg.kind(), msg.header.ballot);
+                }
+                Action::Execute { vote, .. } => {
+                    debug_assert_eq!(vote.header.decree, executed, "decree {} executed out of order", vote.header.decree);
+                    executed += 1;
+                }
+                Action::LoadCheckpoint(cp) => {
+                    debug_assert!(cp.decree >= executed, "a loaded checkpoint {} behind execution {executed}", cp.decree);
+                    executed = cp.decree + 1;
+                }
+                Action::NotifyStatus { primary } => notified = Some(*primary),
+                Action::FetchVotes { from, .. } => fetched_votes = Some(*from),
+                Action::FetchCheckpoint { from, load: true, .. } => fetched_checkpoint = Some(*from),
+                Action::ConfigurationChanged { config, .. } => changed = Some(config),
+                Action::ShutDown => debug_assert!(self.relinquishing, "shut down without relinquishing"),
+                Action::Defunct(n) => debug_assert!(*n <= self.highest_defunct, "defunct {n} recorded, {} kept", self.highest_defunct),
+                // The bootstrap checkpoint holds no state: it starts the count.
+                Action::SaveCheckpoint(cp) if !cp.state_saved => executed = cp.decree + 1,
+                Action::SaveCheckpoint(cp) => {
+                    debug_assert_eq!(cp.decree + 1, executed, "a checkpoint of {} where {executed} is next to execute", cp.decree)
+                }
+                _ => {}
+            }
+        }
+        debug_assert_eq!(persisted, self.persist_seq, "a persist asked for was not handed out");
+        debug_assert_eq!(executed, self.next_execute, "a decree handed out to execute is missing from the actions");
+        // What the actions told the driver is what the replica now holds.
+        debug_assert!(notified.is_none_or(|p| p == self.is_primary), "NotifyStatus({notified:?}) but primary: {}", self.is_primary);
+        debug_assert!(fetched_votes.is_none() || self.learning == fetched_votes, "fetching votes, and not learning from them");
+        debug_assert!(fetched_checkpoint.is_none() || self.loading == fetched_checkpoint, "fetching a checkpoint to load, and not loading");
+        debug_assert!(changed.is_none_or(|c| *c == self.state_config), "the configuration announced is not the state's");
+        debug_assert!(!saved || self.saving, "a save in flight not tracked: a second could start");
     }
 
     fn check_invariants(&self) {
@@ -555,10 +663,105 @@ impl Replica {
         debug_assert!(self.vouched <= self.next_execute, "vouched for a decree not executed");
         debug_assert!(self.recent.keys().all(|&d| d >= self.vouched && d < self.next_execute));
         debug_assert!((self.role == Role::Preparing) == self.candidacy.is_some());
+        debug_assert!(self.accepted_seq <= self.persist_seq && self.max_ballot_seq <= self.persist_seq, "a record not asked for");
+        // Roles and membership.
+        let active = matches!(self.role, Role::Primary | Role::Secondary | Role::Preparing);
+        debug_assert!(!active || self.members.contains(&self.me), "{:?} outside its configuration", self.role);
+        debug_assert!(self.role != Role::Primary || self.max_ballot.member == self.me, "a primary under another's ballot");
+        debug_assert!(self.recovering.is_none() || self.role == Role::Primary, "recovering without being primary");
+        debug_assert!(!self.relinquishing || self.role == Role::Primary, "relinquishing without being primary");
+        let a = &self.accepted.header;
+        debug_assert!(a.ballot.is_empty() || a.ballot.member == a.sender, "the accepted vote is not its proposer's");
+        debug_assert!(!(self.is_primary && self.recovering.is_some()), "primary to the application before its re-proposal was chosen");
+        debug_assert!(self.progress.keys().all(|id| self.members.contains(id)), "progress of a non-member");
+        debug_assert!(self.state_config.number == self.paxos_config.number, "the state's configuration and the Paxos one diverged");
+        // Catching up is one thing at a time, and only while finding the ring.
+        let finding = matches!(self.role, Role::Initializing | Role::Inactive);
+        debug_assert!(self.learning.is_none() || finding, "learning while {:?}", self.role);
+        debug_assert!(self.loading.is_none() || finding, "loading a checkpoint while {:?}", self.role);
+        debug_assert!(self.learning.is_none() || self.loading.is_none(), "learning and loading at once");
+        // The votes in flight: ours, at our ballot, consecutive, logged.
+        let outstanding: Vec<(u64, Ballot)> = self.outstanding.iter().map(|o| decree_ballot(&o.vote)).collect();
+        debug_assert!(outstanding.iter().all(|(_, b)| *b == self.max_ballot), "a vote in flight under an old ballot");
+        debug_assert!(outstanding.windows(2).all(|w| w[1].0 == w[0].0 + 1), "votes in flight not consecutive: {outstanding:?}");
+        debug_assert!(self.outstanding.iter().all(|o| o.seq <= self.persist_seq && !o.acks.contains(&self.me)));
+        debug_assert!(self.pipelined() || self.outstanding.len() <= 1, "more than one vote in flight before version 7");
+        debug_assert!(self.pipelined() || outstanding.first().is_none_or(|db| *db == self.accepted()), "the vote in flight is not ours");
+        debug_assert!(
+            !self.pipelined() || self.role != Role::Primary || outstanding.last().is_none_or(|(d, _)| d + 1 == self.next_propose),
+            "the next proposal does not follow the votes in flight"
+        );
+        debug_assert_eq!(self.to_send_bytes, self.to_send.iter().map(|p| p.bytes).sum::<usize>(), "the send queue's size is kept");
+        // Every cookie queued comes back once: one per request, a reconfiguration's alone.
+        let alone = |b: &VoteBody| b.reconfig.is_some() || b.relinquish;
+        debug_assert!(self.to_send.iter().all(|p| p.closed || !alone(&p.body)), "a vote that goes alone is open to requests");
+        debug_assert!(self.to_send.iter().all(|p| p.cookies.len() == p.body.requests.len()), "queued cookies and requests differ");
+        debug_assert!(
+            self.to_send.iter().all(|p| p.bytes <= self.cfg.max_vote_bytes || p.body.requests.len() == 1),
+            "a batch past the vote size"
+        );
+        debug_assert!(self
+            .outstanding
+            .iter()
+            .all(|o| o.cookies.is_empty() || o.cookies.len() == o.vote.as_vote().map_or(0, |v| v.requests.len())));
+        let reconfig = |o: &Outstanding| o.vote.as_vote().is_some_and(|v| v.reconfig.is_some());
+        debug_assert!(self.outstanding.iter().all(|o| o.config_cookie.is_none() || reconfig(o)), "a config cookie on a plain vote");
+        // The acceptor's votes: none above the promise, none above the accepted one.
+        debug_assert!(self.pipelined() || (self.pending.is_empty() && self.recent.is_empty()), "pipelined state before version 7");
+        debug_assert!(self.pending.values().all(|(v, _)| v.header.ballot <= self.max_ballot), "a pending vote above the promise");
+        debug_assert!(self.pending.values().all(|(v, _)| decree_ballot(v) <= self.accepted()), "a pending vote above the accepted one");
+        debug_assert!(self.pending.iter().all(|(d, (v, seq))| *d == v.header.decree && *seq <= self.persist_seq));
+        debug_assert!(self.recent.iter().all(|(d, (v, logged))| *d == v.header.decree && *logged >= v.header.ballot));
+        // The candidacy: our ballot, our promise.
+        if let Some(c) = &self.candidacy {
+            debug_assert!(c.freshest.header.ballot <= self.max_ballot, "a fresher vote than our own ballot");
+            debug_assert!(
+                self.pipelined()
+                    || (c.prepare.header.decree == self.accepted.header.decree && c.freshest.header.decree == c.prepare.header.decree),
+                "a Prepare for another decree than our accepted vote's"
+            );
+            debug_assert!(c.prepare.header.ballot == self.max_ballot && self.max_ballot.member == self.me, "a candidacy outbid");
+            debug_assert!(c.seq <= self.persist_seq && !c.promises.contains(&self.me), "a candidacy's own promise");
+            debug_assert!(c.promises.iter().all(|m| self.members.contains(m)), "a promise from a non-member");
+        }
+        // (An inactive replica keeps its last round's, unread, until it initializes again.)
+        let round_of_members = self.statuses.keys().all(|m| self.members.contains(m) && *m != self.me);
+        debug_assert!(self.role != Role::Initializing || round_of_members, "a status from a non-member");
+        debug_assert!(self.outstanding.iter().all(|o| o.acks.iter().all(|m| self.members.contains(m))), "an ack from a non-member");
+        debug_assert!(
+            self.cache.iter().all(|(from, v)| v.header.sender == *from && self.members.contains(from)),
+            "a cached vote of a non-member"
+        );
+        debug_assert!(self.to_send.is_empty() || self.is_primary, "requests queued on a replica that never took them");
+        // A leader executes each of its votes as it is chosen, and proposes what it executes.
+        debug_assert!(
+            self.pipelined()
+                || self.role != Role::Primary
+                || !self.outstanding.is_empty()
+                || self.relinquishing
+                || self.next_execute == self.accepted.header.decree + 1,
+            "an idle primary has not executed its last vote"
+        );
+        debug_assert!(
+            !self.pipelined() || self.role != Role::Primary || self.next_execute <= self.next_propose,
+            "a primary executed what it never proposed"
+        );
+        // The vote cache: strictly rising, and within its bound.
+        debug_assert!(!self.cache.is_empty() || self.cache_bytes == 0, "an empty cache holds bytes");
+        debug_assert!(self.cache_bytes <= self.cfg.max_cache_bytes, "the cache passed its bound");
+        debug_assert!(
+            self.cache.iter().zip(self.cache.iter().skip(1)).all(|((_, a), (_, b))| {
+                let (a, b) = (decree_ballot(a), decree_ballot(b));
+                a != b && !is_lower(b, a)
+            }),
+            "cached votes out of order"
+        );
     }
 
     fn persist(&mut self, record: Arc<Message>, out: &mut Vec<Action>) -> u64 {
         debug_assert!(record.kind().is_log_record());
+        // Written here, read back by `replay`: what we log must be what replay takes.
+        debug_assert_eq!(self.check_record(&record, validate::MAX_BALLOT_ID), Ok(()), "logging a record replay would refuse");
         if record.kind() == MsgKind::Vote {
             self.maybe_roll_for_time(out);
         }
@@ -568,11 +771,13 @@ impl Replica {
     }
 
     fn send(&self, to: Dest, msg: Message, after: u64, out: &mut Vec<Action>) {
-        debug_assert!(after <= self.persist_seq);
+        debug_assert!(after <= self.persist_seq, "held for persist {after}, not yet asked for");
+        debug_assert!(to != Dest::One(self.me) && msg.header.sender == self.me, "a message to ourselves, or in another's name");
         out.push(Action::Send { to, msg: Arc::new(msg), after });
     }
 
     fn header(&self, decree: u64, ballot: Ballot) -> Header {
+        debug_assert!(decree < crate::format::DECREE_LIMIT, "sending decree {decree}, which every peer refuses");
         Header::new(self.version, self.me, decree, self.paxos_config.number, ballot)
     }
 
@@ -595,6 +800,11 @@ impl Replica {
         assert_eq!(decree, self.next_execute, "decrees execute in order, each once");
         assert!(!vote.header.ballot.is_empty(), "only a proposed vote can be chosen");
         debug_assert!(cookies.is_empty() || cookies.len() == vote.as_vote().map_or(0, |v| v.requests.len()));
+        debug_assert!(!self.pending.contains_key(&decree), "decree {decree} executes while still pending");
+        debug_assert!(
+            config_cookie.is_none() || vote.as_vote().is_some_and(|v| v.reconfig.is_some()),
+            "a ChangeConfiguration cookie on a plain vote"
+        );
         self.next_execute = decree + 1;
         // RSL's `AddToExecutionQueue`: a chosen vote of a newer version raises ours for good
         // (api-behavior §2.29). Never into or out of 7: `check_version` keeps the pipelined
@@ -606,6 +816,7 @@ impl Replica {
         if self.pipelined() {
             self.recent.insert(decree, (vote.clone(), vote.header.ballot));
         }
+        debug_assert!(self.version >= vote.header.version || vote.header.version.is_pipelined(), "executed a newer version's vote");
         let new_members = vote.as_vote().and_then(|v| v.reconfig.clone());
         let number = vote.header.config + 1;
         out.push(Action::Execute { vote, cookies });
@@ -616,6 +827,8 @@ impl Replica {
     }
 
     fn set_max_ballot(&mut self, now: Micros, ballot: Ballot, seq: u64) {
+        debug_assert!(ballot.id <= validate::MAX_BALLOT_ID, "the unbeatable ballot {ballot} got past validation");
+        debug_assert!(seq <= self.persist_seq, "a promise backed by persist {seq}, not yet asked for");
         if ballot <= self.max_ballot {
             return;
         }
@@ -695,17 +908,20 @@ impl Replica {
         self.loading = None;
         self.statuses.clear();
         self.action_deadline = now.saturating_add(self.cfg.initialize_retry_interval);
+        debug_assert!(self.outstanding.is_empty() && !self.is_primary, "stepped down first");
         if self.quorum() == 1 {
             self.next_election = 0;
             return self.move_to_secondary_or_prepare(now, app, out);
         }
         let (ad, ab) = self.position();
         self.send(Dest::All, Message::new(self.header(ad, ab), Body::StatusQuery), 0, out);
+        debug_assert!(self.role == Role::Initializing && self.statuses.is_empty(), "a status round starts afresh");
     }
 
     /// `MoveToSecondaryOrPrepare` (api-behavior §2.9).
     fn move_to_secondary_or_prepare(&mut self, now: Micros, app: &mut dyn Application, out: &mut Vec<Action>) {
         debug_assert_eq!(self.role, Role::Initializing);
+        debug_assert!(self.candidacy.is_none() && self.learning.is_none() && self.loading.is_none(), "not done finding the ring");
         let stand = now >= self.next_election || self.max_ballot.member == self.me || self.force_reelection;
         // With no ballot left that peers take (`MAX_BALLOT_ID`), or shutting down, it leaves the
         // primary role to the others, as a veto would (and waits as long).

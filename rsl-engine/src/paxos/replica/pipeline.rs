@@ -19,9 +19,11 @@ impl Replica {
     /// Logs `vote` (unless it is already the one pending at its decree) and keeps it until it
     /// executes. Returns the persist that holds it.
     pub(super) fn accept_pending(&mut self, now: Micros, vote: Arc<Message>, out: &mut Vec<Action>) -> u64 {
+        debug_assert!(self.pipelined(), "before version 7 the accepted vote is the only one");
         let (d, b) = decree_ballot(&vote);
         assert!(d >= self.next_execute, "decree {d} already executed");
         assert!(!b.is_empty(), "votes carry a ballot");
+        assert!(self.pending.get(&d).is_none_or(|(v, _)| v.header.ballot <= b), "the vote logged at {d} replaced by a lower ballot {b}");
         let seq = match self.pending.get(&d) {
             Some((v, seq)) if v.header.ballot == b => *seq,
             _ => self.persist(vote.clone(), out),
@@ -36,6 +38,8 @@ impl Replica {
             out.push(Action::Defunct(self.highest_defunct));
         }
         self.set_max_ballot(now, b, seq);
+        debug_assert!(self.max_ballot >= b, "accepted ({d},{b}) above the promise {}", self.max_ballot);
+        debug_assert!(self.pending.get(&d).is_some_and(|(v, s)| v.header.ballot == b && *s == seq), "the vote kept is the one logged");
         self.maybe_save(out);
         seq
     }
@@ -43,7 +47,12 @@ impl Replica {
     /// The primary's next vote, logged (a re-proposal of a decree we executed is logged but
     /// not kept: it only makes our log vouch for it).
     pub(super) fn propose_pipelined(&mut self, now: Micros, body: VoteBody, out: &mut Vec<Action>) -> (Arc<Message>, u64) {
+        debug_assert!(self.pipelined() && self.role == Role::Primary, "only a version 7 primary proposes here");
         let decree = self.next_propose;
+        debug_assert!(decree >= self.vouched, "re-proposing decree {decree}, which our log already proves");
+        // A decree we executed is chosen: re-proposed, it must carry the value we executed.
+        let executed = self.recent.get(&decree).and_then(|(v, _)| v.as_vote()).map(|v| (&v.requests, &v.reconfig));
+        debug_assert!(executed.is_none_or(|e| e == (&body.requests, &body.reconfig)), "decree {decree} re-proposed with another value");
         self.next_propose += 1;
         let mut header = self.header(decree, self.max_ballot);
         header.payload = self.next_execute;
@@ -59,11 +68,13 @@ impl Replica {
     fn log_executed(&mut self, now: Micros, vote: &Arc<Message>, out: &mut Vec<Action>) -> u64 {
         let (d, b) = decree_ballot(vote);
         debug_assert!(d < self.next_execute);
+        debug_assert!(self.pipelined(), "only version 7 logs votes for executed decrees");
         let seq = self.persist(vote.clone(), out);
         if let Some((_, logged)) = self.recent.get_mut(&d) {
             *logged = (*logged).max(b);
         }
         self.set_max_ballot(now, b, seq);
+        debug_assert!(self.max_ballot >= b, "logged ({d},{b}) above the promise {}", self.max_ballot);
         seq
     }
 
@@ -74,6 +85,8 @@ impl Replica {
             self.vouched += 1;
         }
         self.recent = self.recent.split_off(&self.vouched);
+        debug_assert!(self.vouched <= self.next_execute, "vouched {} for a decree not executed", self.vouched);
+        debug_assert!(self.recent.keys().next().is_none_or(|&d| d >= self.vouched), "executed votes kept below the vouched point");
     }
 
     /// A checkpoint of ours of `decree` (saved, or copied from a peer) vouches for every decree
@@ -96,6 +109,9 @@ impl Replica {
     /// value carries that value), and vouches for them: the vote is in our log. Returns whether
     /// execution got all the way.
     pub(super) fn apply_watermark(&mut self, ballot: Ballot, watermark: u64, out: &mut Vec<Action>) -> bool {
+        debug_assert!(self.pipelined(), "watermarks are version 7's");
+        debug_assert!(ballot <= self.max_ballot, "a watermark under {ballot}, above our promise {}", self.max_ballot);
+        let start = self.next_execute;
         while self.next_execute < watermark {
             let decree = self.next_execute;
             let held = self.pending.get(&decree).filter(|(v, _)| v.header.ballot >= ballot).map(|(v, _)| v.clone());
@@ -113,6 +129,7 @@ impl Replica {
         }
         self.advance_vouched(ballot, watermark);
         self.maybe_save(out);
+        debug_assert!(self.next_execute <= watermark.max(start), "executed past the watermark {watermark}");
         self.next_execute >= watermark
     }
 
@@ -124,6 +141,8 @@ impl Replica {
     /// vouching for them let our Prepares skip decrees our log could not prove to the replicas
     /// that missed them.
     pub(super) fn apply_decision(&mut self, now: Micros, decision: Arc<Message>, out: &mut Vec<Action>) -> bool {
+        debug_assert_eq!(decision.kind(), MsgKind::ReconfigurationDecision);
+        debug_assert!(self.pipelined(), "before version 7 a decision decides the accepted vote (log_decision)");
         let (d, b) = decree_ballot(&decision);
         let at_least_b = self.pending.get(&d).filter(|(v, _)| v.header.ballot >= b);
         if at_least_b.is_some_and(|(v, _)| v.as_vote().is_none_or(|v| v.reconfig.is_none())) {
@@ -139,7 +158,9 @@ impl Replica {
             return false;
         }
         self.apply_watermark(b, d, out);
-        self.log_decision(now, decision, true, None, out)
+        let applied = self.log_decision(now, decision, true, None, out);
+        debug_assert!(!applied || self.next_execute == d + 1, "decision {d} applied, execution at {}", self.next_execute);
+        applied
     }
 
     pub(super) fn on_vote_pipelined(
@@ -151,6 +172,7 @@ impl Replica {
         out: &mut Vec<Action>,
     ) {
         let (d, b) = decree_ballot(&vote);
+        debug_assert!(self.members.contains(&from) && from != self.me, "admit lets in votes from the other members only");
         if b < self.max_ballot {
             return self.not_accepted(from, out);
         }
@@ -165,6 +187,7 @@ impl Replica {
         // logged, so that our log vouches for that decree to a replica learning from it.
         let seq = if d >= self.next_execute { self.accept_pending(now, vote.clone(), out) } else { self.log_executed(now, &vote, out) };
         self.next_election = now.saturating_add(self.election_delay);
+        assert_eq!(self.max_ballot, b, "a vote at {b} acknowledged under another promise");
         let cookie = vote.as_vote().map(|v| v.cookie.clone()).unwrap_or_default();
         let mut relinquished = false;
         if self.accept_check(app, &vote.header.sender, &cookie) {
@@ -177,6 +200,7 @@ impl Replica {
         self.become_secondary();
         // After `become_secondary`, which clears it: the primary is going away, stand at once.
         self.force_reelection = relinquished;
+        debug_assert!(self.role == Role::Secondary && !self.is_primary, "following a vote means not leading");
         if !self.apply_watermark(b, vote.header.payload, out) {
             // We miss a decree the primary says is chosen: fetch it.
             self.start_initializing(now, app, out);
@@ -199,10 +223,12 @@ impl Replica {
             return self.not_accepted(from, out);
         }
         let Some(answer) = self.take_promise(now, from, &prep, app, out) else { return };
+        assert_eq!(self.max_ballot, b, "a Prepare answered without being our promise");
         if answer {
             // What we executed from there (the chosen values) and what we hold beyond.
             let executed = self.recent.range(p..).map(|(_, (v, _))| v.clone());
             let votes: Vec<Arc<Message>> = executed.chain(self.pending.range(p..).map(|(_, (v, _))| v.clone())).collect();
+            debug_assert!(votes.iter().all(|v| v.header.ballot <= b), "reporting a vote above the promise it answers");
             let after = self.persist_seq;
             let count = votes.len() as u64;
             let votes = if votes.is_empty() { vec![placeholder(self.version, p, self.paxos_config.number)] } else { votes };
@@ -223,6 +249,7 @@ impl Replica {
     }
 
     pub(super) fn on_prepare_accepted_pipelined(&mut self, now: Micros, from: MemberId, msg: &Message, out: &mut Vec<Action>) {
+        debug_assert!(self.members.contains(&from) && from != self.me, "admit lets in answers from the other members only");
         let (Some(c), Body::PrepareAccepted(vote)) = (&mut self.candidacy, &msg.body) else { return };
         let (p, b) = decree_ballot(&c.prepare);
         let (vd, vb) = decree_ballot(vote);
@@ -242,6 +269,7 @@ impl Replica {
         if got.len() as u64 >= *expected {
             c.promises.insert(from);
         }
+        debug_assert!(c.best.keys().next().is_none_or(|&d| d >= p), "a report before the Prepare's decree {p}");
         self.check_prepared(now, out);
     }
 
@@ -251,6 +279,7 @@ impl Replica {
     /// it was reported at a higher ballot: then it was never chosen and gives way to an empty
     /// vote (docs/core.md, "Reconfiguration").
     pub(super) fn become_primary_pipelined(&mut self, now: Micros, c: Candidacy, out: &mut Vec<Action>) {
+        debug_assert_eq!(c.prepare.header.ballot, self.max_ballot, "elected under a ballot we no longer promise");
         let plan = self.reproposals(&c);
         let last = plan.last().map(|(d, _)| *d).expect("at least the first decree");
         self.role = Role::Primary;
@@ -293,6 +322,8 @@ impl Replica {
             }
         }
         debug_assert!(plan.first().is_some_and(|(d, _)| *d == first));
+        debug_assert!(plan.windows(2).all(|w| w[1].0 == w[0].0 + 1), "re-proposals with a gap");
+        debug_assert!(plan.iter().all(|(_, body)| !body.relinquish), "a new primary re-proposing a relinquish");
         plan
     }
 
@@ -300,8 +331,10 @@ impl Replica {
     /// vouches for. Succeeds if execution reached the first vote waiting in the cache, or
     /// moved at all when none waits.
     pub(super) fn apply_learned_pipelined(&mut self, now: Micros, records: Vec<Arc<Message>>, out: &mut Vec<Action>) -> bool {
+        debug_assert!(self.pipelined(), "a version 7 log");
         let start = (self.next_execute, self.vouched);
         for rec in records {
+            debug_assert_eq!(self.check_record(&rec, validate::MAX_BALLOT_ID), Ok(()), "a learned record not validated");
             // A pipelined log interleaves configurations: votes the old one held beyond its
             // reconfiguration precede its decision, the new one's follow it. Each is read in
             // the configuration it belongs to.
@@ -328,6 +361,7 @@ impl Replica {
                 _ => {}
             }
         }
+        debug_assert!((self.next_execute, self.vouched) >= start, "learning went back");
         match self.cache.front() {
             Some((_, v)) => self.next_execute >= v.header.decree,
             None => (self.next_execute, self.vouched) > start,
@@ -351,6 +385,7 @@ impl Replica {
             let Some((ballot, watermark)) = best else { return };
             let before = self.next_execute;
             self.apply_watermark(ballot, watermark, out);
+            debug_assert!(self.next_execute <= watermark.max(before), "executed past the watermark {watermark}");
             if self.next_execute == before {
                 return;
             }
@@ -360,6 +395,7 @@ impl Replica {
     /// Replays one durable record of a pipelined log. Records of another configuration (a
     /// checkpoint's carried-over tail) are not this configuration's votes.
     pub(super) fn replay_pipelined(&mut self, record: &Arc<Message>, out: &mut Vec<Action>) -> Result<(), ReplayError> {
+        debug_assert!(self.pipelined() && self.persist_seq == 0, "replaying a version 7 log before start");
         let (d, b) = decree_ballot(record);
         if record.header.config != self.paxos_config.number {
             return Ok(());
@@ -398,9 +434,11 @@ impl Replica {
                 if !self.log_decision(0, record.clone(), false, None, out) {
                     return Err(out_of_sequence);
                 }
+                debug_assert_eq!(self.next_execute, d + 1, "a replayed decision executes its decree");
             }
             _ => {}
         }
+        debug_assert!(self.max_ballot >= b, "replayed {b} above the promise {}", self.max_ballot);
         Ok(())
     }
 }

@@ -22,18 +22,22 @@ impl Replica {
         self.max_ballot = cp.max_ballot.max(self.accepted.header.ballot);
         (self.checkpointed, self.checkpoint_size, self.log_min_decree) = (cp.decree, size, cp.decree + 1);
         self.keep_next_vote(0);
+        assert!(self.max_ballot >= self.accepted.header.ballot, "restored a vote above the restored promise");
+        debug_assert_eq!(self.accepted.header.decree, self.next_execute, "a checkpoint's next vote is for the decree after it");
     }
 
     /// Pipelined: after a checkpoint, its next vote is the first pending one, and the votes we
     /// accepted beyond it stay (an acceptor never forgets what it acknowledged).
     fn keep_next_vote(&mut self, seq: u64) {
         let next = self.next_execute;
+        debug_assert!(seq <= self.persist_seq, "the next vote's record {seq} not yet asked for");
         self.pending.retain(|d, _| *d >= next);
         self.recent.clear();
         self.vouched = next;
         if !self.pipelined() || self.accepted.header.ballot.is_empty() {
             return;
         }
+        debug_assert_eq!(self.accepted.header.decree, next, "the next vote is for the first decree not executed");
         let vote = self.accepted.clone();
         if self.pending.get(&next).is_none_or(|(v, _)| v.header.ballot <= vote.header.ballot) {
             self.pending.insert(next, (vote, seq));
@@ -41,13 +45,17 @@ impl Replica {
         if let Some((_, (v, s))) = self.pending.iter().next_back() {
             (self.accepted, self.accepted_seq) = (v.clone(), *s);
         }
+        debug_assert!(self.pending.contains_key(&next), "the vote after the checkpoint forgotten");
     }
 
     pub(super) fn next_vote_or_placeholder(&self, cp: &Checkpoint) -> Arc<Message> {
-        if cp.next_vote.header.decree == cp.decree + 1 {
-            return cp.next_vote.clone();
-        }
-        placeholder(self.version, cp.decree + 1, self.paxos_config.number)
+        let vote = if cp.next_vote.header.decree == cp.decree + 1 {
+            cp.next_vote.clone()
+        } else {
+            placeholder(self.version, cp.decree + 1, self.paxos_config.number)
+        };
+        debug_assert_eq!(vote.header.decree, cp.decree + 1, "the vote after a checkpoint is for the next decree");
+        vote
     }
 
     /// Applies one durable log record at start-up: Prepares raise the promise, each vote that
@@ -95,6 +103,8 @@ impl Replica {
             kind => return Err(ReplayError { kind, decree: d, after_decree: ad }),
         }
         debug_assert!(self.max_ballot >= self.accepted.header.ballot);
+        // Replay executes everything but the last vote, which is not known to be chosen.
+        debug_assert!(self.next_execute <= self.accepted.header.decree + 1, "replay executed past the accepted vote");
         Ok(())
     }
 
@@ -114,6 +124,8 @@ impl Replica {
             self.save_at = Some(target);
             self.maybe_save(out);
         }
+        debug_assert!(self.copy_at.is_none() || self.save_at.is_none(), "saving and copying at once");
+        debug_assert!(target > self.checkpointed, "a checkpoint asked for at or below the last one");
     }
 
     /// Time-based checkpoints (api-behavior §2.14, checked as each vote is logged): once the
@@ -135,8 +147,10 @@ impl Replica {
             return;
         }
         let spread = (u128::from(interval) * u128::from(pct) / 100) as u64;
+        debug_assert!(spread <= interval, "a spread of {pct} % passes the interval");
         let delay = (interval - spread).saturating_add(self.rng.below(spread.saturating_mul(2).saturating_add(1)));
         self.next_checkpoint_time = now.saturating_add(delay);
+        debug_assert!(delay.abs_diff(interval) <= spread, "checkpoint delay {delay} strays beyond {spread} of {interval}");
     }
 
     /// Saves the pending checkpoint once its decree has executed and the vote after it (the
@@ -150,6 +164,7 @@ impl Replica {
             (self.accepted.header.decree == self.next_execute).then(|| self.accepted.clone())
         };
         let Some(next_vote) = next_vote.filter(|_| !self.saving && self.next_execute > at) else { return };
+        debug_assert!(!self.pipelined() || !next_vote.header.ballot.is_empty(), "a pending vote without a ballot");
         debug_assert!(self.next_execute > 0);
         self.save_at = None;
         self.saving = true;
@@ -160,6 +175,10 @@ impl Replica {
             config: self.state_config.clone(),
             state_saved: true,
         };
+        assert!(cp.decree < self.next_execute && cp.decree >= at, "a checkpoint of {} where {at} is due", cp.decree);
+        debug_assert_eq!(cp.next_vote.header.decree, cp.decree + 1, "a checkpoint's next vote follows it");
+        // Saved here, fetched by a peer (`check_checkpoint`) or restored by us: it must pass.
+        debug_assert_eq!(self.check_checkpoint(&cp), Ok(()), "saving a checkpoint a peer would refuse");
         out.push(Action::SaveCheckpoint(cp));
     }
 
@@ -187,6 +206,7 @@ impl Replica {
                 self.step_down(out);
             }
             out.push(Action::LoadCheckpoint(cp.clone()));
+            let first_seq = self.persist_seq + 1;
             self.next_execute = cp.decree + 1;
             let same_configuration = cp.config.number == self.paxos_config.number;
             if !same_configuration {
@@ -214,6 +234,10 @@ impl Replica {
                 self.max_ballot_seq = self.persist(Arc::new(Message::new(header, Body::Prepare(Bytes::new()))), out);
             }
             debug_assert!(self.max_ballot >= self.accepted.header.ballot && self.max_ballot_seq <= self.persist_seq);
+            // A restart reads the checkpoint and the new log only: our promise must be in one.
+            let recoverable = self.max_ballot <= ballot || self.max_ballot_seq >= first_seq;
+            assert!(!same_configuration || recoverable, "promise {} held only by a log a restart no longer reads", self.max_ballot);
+            debug_assert!(self.pending.keys().all(|&d| d > cp.decree), "a vote kept for a decree the checkpoint covers");
             (self.checkpointed, self.checkpoint_size, self.log_min_decree) = (cp.decree, size, cp.decree + 1);
             // The new log starts after the checkpoint (the journal forgets a roll asked for).
             (self.log_first, self.roll_asked) = (cp.decree + 1, false);
@@ -234,6 +258,9 @@ impl Replica {
             max_ballot: self.max_ballot,
             state: self.role.status_code(),
         };
+        // What peers' `check_status` takes.
+        debug_assert!(status.state <= 4 && status.last_received_ago_ms >= 0, "a status response peers would refuse");
+        debug_assert_eq!(query.kind(), MsgKind::StatusQuery, "answering something else");
         let (ad, ab) = self.position();
         self.send(Dest::One(from), Message::new(self.header(ad, ab), Body::StatusResponse(status)), 0, out);
     }
@@ -254,6 +281,7 @@ impl Replica {
             self.copying = true;
             out.push(Action::FetchCheckpoint { from, decree: s.checkpointed_decree, size: s.checkpoint_size, load: false });
         }
+        debug_assert!(self.members.contains(&from) && from != self.me, "admit lets in answers from the other members only");
         let busy = self.learning.is_some() || self.loading.is_some();
         if self.role == Role::Primary || busy || (s.query_decree, s.query_ballot) != self.position() {
             return;
@@ -269,6 +297,7 @@ impl Replica {
             return;
         }
         self.statuses.insert(from, msg);
+        debug_assert!(self.statuses.keys().all(|m| self.members.contains(m) && *m != self.me), "a status counted from a non-member");
         if self.statuses.len() + 1 < self.quorum() {
             return;
         }
@@ -296,6 +325,7 @@ impl Replica {
                 .min(now / 1000);
             self.next_election = now - min_ago * 1000 + self.election_delay;
         }
+        debug_assert_ne!(self.next_election, Micros::MAX, "a follower that never times out");
         self.move_to_secondary_or_prepare(now, app, out);
     }
 
@@ -313,17 +343,16 @@ impl Replica {
                 .collect()
         };
         let candidates = logged_higher((min_needed - 1, ab));
-        if candidates.is_empty() {
-            logged_higher((ad, ab))
-        } else {
-            candidates
-        }
+        let candidates = if candidates.is_empty() { logged_higher((ad, ab)) } else { candidates };
+        debug_assert!(candidates.iter().all(|m| self.statuses.contains_key(m)), "a candidate outside the status round");
+        candidates
     }
 
     /// Fetches, to load, the checkpoint of a peer of the status round that covers our decree,
     /// if one has it. Only one that takes us past what we executed: an older one would be
     /// fetched whole and then not loaded (`on_checkpoint_fetched`), round after round.
     fn load_from_statuses(&mut self, ad: u64, out: &mut Vec<Action>) -> bool {
+        debug_assert!(self.role == Role::Initializing && self.learning.is_none() && self.loading.is_none(), "one catch-up at a time");
         let least = ad.max(self.next_execute);
         let with_checkpoint: Vec<(MemberId, u64, u64)> = self
             .statuses
@@ -355,10 +384,12 @@ impl Replica {
 
     pub(super) fn learn(&mut self, from: MemberId, out: &mut Vec<Action>) {
         debug_assert!(self.learning.is_none() && self.role != Role::Primary);
+        debug_assert!(from != self.me && self.loading.is_none(), "learning from ourselves, or while loading");
         self.learning = Some(from);
         self.candidacy = None;
         self.role = self.role.min_active();
         let decree = self.position().0;
+        debug_assert!(matches!(self.role, Role::Initializing | Role::Inactive), "learning while {:?}", self.role);
         out.push(Action::FetchVotes { from, decree });
     }
 
@@ -379,6 +410,7 @@ impl Replica {
             self.reject(from, kind, reason, out);
         }
         let learned = self.apply_learned(now, records, out);
+        debug_assert!(self.learning.is_none() && self.role != Role::Primary, "learning made us lead");
         if !self.members.contains(&self.me) {
             self.role = Role::Inactive;
         } else if !learned || self.role == Role::Inactive {
@@ -391,6 +423,8 @@ impl Replica {
                 self.next_election = now.saturating_add(self.election_delay);
             }
         }
+        debug_assert!(self.learning.is_none(), "a fetch answered, and another one asked for in its place");
+        debug_assert!(self.role != Role::Inactive || !self.members.contains(&self.me), "a member left inactive by learning");
     }
 
     /// `LearnVotes`: applies a peer's log from our decree on. Succeeds once it has reached the
@@ -402,6 +436,7 @@ impl Replica {
         let min_needed = self.cache.front().map(|(_, v)| v.header.decree);
         let mut last: Option<(u64, Ballot)> = None;
         for rec in records {
+            debug_assert_eq!(self.check_record(&rec, validate::MAX_BALLOT_ID), Ok(()), "a learned record not validated");
             if rec.header.config != self.paxos_config.number {
                 return false;
             }
@@ -441,6 +476,7 @@ impl Replica {
                         return false;
                     }
                     self.log_and_accept(now, rec, proven, out);
+                    debug_assert_eq!(self.accepted(), (d, b), "the learned vote is the accepted one");
                     if min_needed.is_some_and(|m| m <= d) {
                         return true;
                     }

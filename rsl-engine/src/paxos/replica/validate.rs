@@ -32,12 +32,18 @@ const JUMP_EVIDENCE_LIMIT: u32 = 1 << 31;
 pub(crate) const MAX_MEMBERS: usize = 256;
 
 /// The highest `state` a StatusResponse may carry (Initializing; `Role::status_code`).
-const MAX_STATUS_STATE: u32 = 4;
+pub(super) const MAX_STATUS_STATE: u32 = 4;
 
 /// A member set that can be a configuration: 1 to `MAX_MEMBERS` members, ids non-empty and
 /// distinct.
 pub(super) fn valid_member_set(set: &MemberSet) -> bool {
-    !set.nodes.is_empty() && set.nodes.len() <= MAX_MEMBERS && set.flaw().is_none()
+    let valid = !set.nodes.is_empty() && set.nodes.len() <= MAX_MEMBERS && set.flaw().is_none();
+    // What `set_paxos_config` relies on: ids are distinct.
+    debug_assert!(
+        !valid || set.nodes.iter().map(|n| n.id).collect::<BTreeSet<_>>().len() == set.nodes.len(),
+        "a member named twice passed"
+    );
+    valid
 }
 
 fn check_decree(decree: u64) -> Result<(), Rejection> {
@@ -183,6 +189,7 @@ impl Replica {
         if *from == self.me || msg.header.sender != *from {
             return Err(Rejection::NotAMember);
         }
+        debug_assert!(msg.header.sender == *from && *from != self.me, "what every handler may take for granted of a sender");
         let member = self.members.contains(from);
         let allowed = match &msg.body {
             Body::DefunctConfiguration => member,
@@ -206,12 +213,15 @@ impl Replica {
         let h = &rec.header;
         check_header(h, mark)?;
         check_decree(h.decree)?;
-        match rec.kind() {
+        let verdict = match rec.kind() {
             MsgKind::Vote => check_vote(rec, mark, self.pipelined(), false),
             // A Prepare record may hold a promise adopted from a NotAccepted: another's ballot.
             _ if h.ballot.is_empty() => Err(Rejection::Malformed),
             _ => Ok(()),
-        }
+        };
+        // Every record the protocol reads carries a ballot (replay and learning rely on it).
+        debug_assert!(verdict.is_err() || !h.ballot.is_empty(), "a {:?} record without a ballot passed", rec.kind());
+        verdict
     }
 
     /// The longest prefix of `records` (a peer's log) that passes `check_record`, and what
@@ -222,9 +232,11 @@ impl Replica {
     pub(super) fn valid_records(&self, mut records: Vec<Arc<Message>>) -> (Vec<Arc<Message>>, Option<(MsgKind, Rejection)>) {
         if let Some(i) = records.iter().position(|rec| self.check_record(rec, MAX_BALLOT_ID).is_err()) {
             let refused = self.check_record(&records[i], MAX_BALLOT_ID).err().map(|reason| (records[i].kind(), reason));
+            debug_assert!(refused.is_some(), "a record refused, and no reason why");
             records.truncate(i);
             return (records, refused);
         }
+        debug_assert!(records.iter().all(|rec| rec.kind().is_log_record()), "a message that is no log record passed");
         (records, None)
     }
 
@@ -241,6 +253,7 @@ impl Replica {
         if !valid_member_set(&cp.config.members) {
             return Err(Rejection::Malformed);
         }
+        debug_assert!(cp.next_vote.kind() == MsgKind::Vote && cp.max_ballot.id <= MAX_BALLOT_ID, "an implausible checkpoint passed");
         Ok(())
     }
 
@@ -257,6 +270,9 @@ impl Replica {
             self.skipped.push((MsgKind::Vote, reason));
             cp.next_vote = placeholder(self.version, cp.decree + 1, cp.config.number);
         }
+        // What restore reads: both now pass, the placeholder included.
+        debug_assert!(cp.max_ballot.id <= MAX_BALLOT_ID, "the unbeatable ballot kept");
+        debug_assert_eq!(check_vote(&cp.next_vote, MAX_BALLOT_ID, self.pipelined(), true), Ok(()), "a next vote restore refuses");
         cp
     }
 
@@ -281,16 +297,20 @@ impl Replica {
         let noted = self.jumps.entry(from).or_insert(shown);
         *noted = (*noted).max(shown);
         let enough = self.members.len() - self.quorum() + 1;
+        debug_assert!(enough >= 1 && enough <= self.members.len(), "{enough} members of {} to believe", self.members.len());
+        debug_assert!(self.jumps.keys().all(|m| self.members.contains(m) && *m != self.me), "a jump noted from a non-member");
         if self.jumps.len() >= enough {
             let mut shown: Vec<Ballot> = self.jumps.values().copied().collect();
             shown.sort_unstable_by(|a, b| b.cmp(a));
             self.max_seen_ballot = self.max_seen_ballot.max(shown[enough - 1]);
             self.jumps.clear();
+            debug_assert!(self.max_seen_ballot.id < JUMP_EVIDENCE_LIMIT, "a jump taken past the evidence limit");
         }
     }
 
     /// Drops a message, learned record or checkpoint, and says so.
     pub(super) fn reject(&self, from: MemberId, kind: MsgKind, reason: Rejection, out: &mut Vec<Action>) {
+        debug_assert!(!matches!(reason, Rejection::WrongAddress | Rejection::NotCertified), "the driver's reason, given by the core");
         out.push(Action::Rejected { from, kind, reason });
     }
 }
