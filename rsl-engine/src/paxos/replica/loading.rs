@@ -111,3 +111,35 @@ fn a_status_round_of_five_waits_for_a_majority() {
     deliver(&mut r, "3", status(d, b, "3"));
     assert_ne!(r.next_election, Micros::MAX, "two (and ourselves) do");
 }
+
+fn executed(out: &[Action]) -> Vec<u64> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::Execute { vote, .. } => Some(vote.header.decree),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_primary_chooses_nothing_before_its_own_vote_is_durable() {
+    let mut r = started(None);
+    let mut out = Vec::new();
+    r.step(SEC, Input::AttemptPromotion, &mut AcceptAll, &mut out);
+    let (d, b) = r.position();
+    deliver(&mut r, "2", status(d, b, "2"));
+    assert_eq!(r.role(), Role::Preparing);
+    let ballot = r.max_ballot();
+    let header = |from: &str| Header::new(Version::V6, id(from), 0, 1, ballot);
+    let promise = Message::new(header("2"), Body::PrepareAccepted(Box::new((*placeholder(Version::V6, 0, 1)).clone())));
+    deliver(&mut r, "2", Arc::new(promise));
+    r.step(SEC, Input::Durable(1), &mut AcceptAll, &mut out);
+    assert_eq!(r.role(), Role::Primary, "it re-proposes decree 0, logged as record 2");
+    out.clear();
+    for from in ["2", "3"] {
+        out.extend(deliver(&mut r, from, Arc::new(Message::new(header(from), Body::VoteAccepted))));
+    }
+    assert_eq!(executed(&out), [0; 0], "both peers accepted, but our own record is not durable");
+    r.step(SEC, Input::Durable(2), &mut AcceptAll, &mut out);
+    assert_eq!(executed(&out), [0]);
+}
