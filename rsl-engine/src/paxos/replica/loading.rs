@@ -143,3 +143,47 @@ fn a_primary_chooses_nothing_before_its_own_vote_is_durable() {
     r.step(SEC, Input::Durable(2), &mut AcceptAll, &mut out);
     assert_eq!(executed(&out), [0]);
 }
+
+/// Today the first learned record must be at our own decree anyway; this pins what the proof
+/// itself needs, should that rule loosen.
+#[test]
+fn a_learner_takes_a_lower_ballot_next_decree_only_after_the_peers_vote_at_its_own() {
+    let mine = Ballot::new(3, id("3"));
+    let mut r = Replica::new(CoreConfig::default(), id("1"), config(&IDS), 7);
+    r.restore_checkpoint(&checkpoint(vote("3", 5, mine), mine), 0);
+    r.start(0, &mut AcceptAll, &mut Vec::new());
+    let lower = Ballot::new(1, id("2"));
+    let mut out = Vec::new();
+    r.apply_learned(SEC, vec![vote("2", 6, lower)], &mut out);
+    assert_eq!(r.accepted(), (5, mine), "nothing proves our vote at 5 chosen");
+    r.apply_learned(SEC, vec![vote("2", 5, lower), vote("2", 6, lower)], &mut out);
+    assert_eq!(r.accepted(), (6, lower), "the peer's 5 then 6 prove 5 chosen");
+}
+
+/// Replica "1" of {1, 2, 3} at version 7, a secondary that has executed nothing.
+fn pipelined_secondary() -> Replica {
+    let cfg = CoreConfig { version: Version::V7, window: 16, ..CoreConfig::default() };
+    let mut r = Replica::new(cfg, id("1"), config(&IDS), 7);
+    r.start(0, &mut AcceptAll, &mut Vec::new());
+    r.become_secondary();
+    r
+}
+
+fn pipelined_vote(sender: &str, decree: u64, ballot: Ballot, watermark: u64) -> Arc<Message> {
+    let mut header = Header::new(Version::V7, id(sender), decree, 1, ballot);
+    header.payload = watermark;
+    let body = VoteBody { requests: vec![Bytes::from_static(b"x")], ..Default::default() };
+    Arc::new(Message::new(header, Body::Vote(body)))
+}
+
+#[test]
+fn a_watermark_executes_only_votes_held_at_its_ballot_or_above() {
+    let (old, new) = (Ballot::new(1, id("2")), Ballot::new(2, id("3")));
+    // Under `old`, decree 0 may hold another value than the one `new`'s primary had chosen.
+    for (sender, held, executes) in [("2", old, &[][..]), ("3", new, &[0][..])] {
+        let mut r = pipelined_secondary();
+        let mut out = deliver(&mut r, sender, pipelined_vote(sender, 0, held, 0));
+        out.extend(deliver(&mut r, "3", pipelined_vote("3", 1, new, 1)));
+        assert_eq!(executed(&out), executes, "decree 0 held at {held}");
+    }
+}
