@@ -187,3 +187,29 @@ fn a_watermark_executes_only_votes_held_at_its_ballot_or_above() {
         assert_eq!(executed(&out), executes, "decree 0 held at {held}");
     }
 }
+
+#[test]
+fn a_promise_reports_the_executed_vote_at_the_prepares_own_decree() {
+    let mut ring = super::directed::Ring::new();
+    ring.promote(0);
+    ring.submit(0, b"a");
+    ring.run();
+    let r = ring.r(0);
+    let p = r.vouched;
+    assert!(p < r.next_execute(), "the primary executed decree {p} and nothing since vouched for it");
+    let ballot = Ballot::new(r.max_ballot().id + 1, id("2"));
+    let prepare = Message::new(Header::new(Version::V7, id("2"), p, 1, ballot), Body::Prepare(Bytes::new()));
+    let (now, mut out) = (ring.now, Vec::new());
+    ring.r_mut(0).step(now, Input::Message { from: id("2"), msg: Arc::new(prepare) }, &mut AcceptAll, &mut out);
+    let reported: Vec<(u64, Vec<Bytes>)> = out
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { msg, .. } => match &msg.body {
+                Body::PrepareAccepted(vote) => Some((vote.header.decree, vote.as_vote()?.requests.clone())),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reported, [(p, vec![Bytes::from_static(b"a")])], "the value chosen there, not an empty answer");
+}
