@@ -25,6 +25,8 @@ mod directed;
 #[cfg(test)]
 mod hostile;
 mod leader;
+#[cfg(test)]
+mod loading;
 mod membership;
 mod pipeline;
 #[cfg(test)]
