@@ -121,6 +121,9 @@ impl Replica {
             }
             return;
         }
+        if db == (ad + 1, self.accepted.header.ballot) && self.past_reconfiguration(db.0) {
+            return;
+        }
         if !is_next(db, self.accepted()) {
             // A gap: we missed decrees. Learn them.
             self.cache.clear();
@@ -155,6 +158,14 @@ impl Replica {
         self.become_secondary();
         // After `become_secondary`, which clears it: the primary is going away, stand at once.
         self.force_reelection = relinquished;
+    }
+
+    /// Whether decree `d` follows our accepted reconfiguration vote in its own configuration.
+    /// No honest primary proposes such a vote (that decree belongs to the next configuration),
+    /// and taking it would execute the reconfiguration without its decision, leaving the
+    /// state's configuration ahead of the Paxos one.
+    pub(super) fn past_reconfiguration(&self, d: u64) -> bool {
+        d == self.accepted.header.decree + 1 && self.accepted.as_vote().is_some_and(|v| v.reconfig.is_some())
     }
 
     pub(super) fn become_secondary(&mut self) {

@@ -383,6 +383,10 @@ fn check_vote(ops: &[Op], to: usize, delta: i32, pick: BallotPick) -> Check {
         prop_assert_eq!(r.accepted(), (ad, ab));
         prop_assert_eq!(refusals.len(), usize::from(b < mb || d + 1 < ad), "NotAccepted only below the promise or far behind");
         prop_assert!(refusals.iter().all(|(_, m, _)| decree_ballot(m) == (ad, mb)), "NotAccepted (our decree, our promise)");
+    } else if (d, b) == (ad + 1, ab) && before.accepted.as_vote().is_some_and(|v| v.reconfig.is_some()) {
+        // No honest primary proposes past its reconfiguration in the same configuration.
+        prop_assert!(out.is_empty(), "a vote past a reconfiguration is dropped: {out:?}");
+        prop_assert_eq!(r.accepted(), (ad, ab));
     } else if !is_next((d, b), (ad, ab)) {
         prop_assert_eq!(r.role(), Role::Initializing, "a gap: learn");
         prop_assert!(votes_persisted(&out).is_empty() && accepted_replies.is_empty());

@@ -449,6 +449,9 @@ impl Replica {
                     }
                 }
                 MsgKind::Vote => {
+                    if self.past_reconfiguration(d) {
+                        return false;
+                    }
                     let (ad, ab) = self.accepted();
                     // The next decree may follow at another ballot: a vote for it is proposed
                     // only once the decree before is chosen, and a peer that learned that
