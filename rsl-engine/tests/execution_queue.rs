@@ -139,6 +139,10 @@ fn a_blocked_replica_spills_chosen_decrees_to_its_log_and_executes_them_in_order
 
     // Unblocked: every decree executes, once each, in order, as on the others.
     if unload_blocked {
+        // It has heard that every decree is chosen (from version 7 the last one's watermark
+        // comes with the primary's next vote or heartbeat, which may still be on its way).
+        let chosen = replicas[others].view().current_sequence_number();
+        wait(Duration::from_secs(20), || (replicas[blocked].view().highest_passed_sequence_number() >= chosen).then_some(()));
         // Its stop waits for the decrees in the log to execute, in bounded chunks.
         std::thread::scope(|scope| {
             let stopping = scope.spawn(|| replicas[blocked].unload());

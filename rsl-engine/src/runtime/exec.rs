@@ -15,7 +15,7 @@ use super::queue::{Inbox, Queue};
 use super::readers::{Body, CallbackLock, Read, Readers};
 use super::Shared;
 use crate::format::checkpoint::{CheckpointHeader, CheckpointReader};
-use crate::format::{ConfigInfo, MemberId, Message, Version};
+use crate::format::{Ballot, ConfigInfo, MemberId, Message, Version};
 use crate::paxos::{AbortReason, Checkpoint, Cookie};
 use bytes::Bytes;
 use std::path::PathBuf;
@@ -118,6 +118,9 @@ pub(crate) struct Executor {
     /// The application asked for a checkpoint of this decree (`save_state` set while it
     /// executed): it is taken when the next decree arrives, before that one executes.
     save_after: Option<u64>,
+    /// A checkpoint failed to load: the replica is stopping, and the decrees the core handed
+    /// out after that checkpoint must not run on the old state (nor be saved as if they had).
+    failed_load: bool,
 }
 
 impl Executor {
@@ -131,7 +134,19 @@ impl Executor {
     ) -> Executor {
         let readers = Readers::idle(super::queue::CAPACITY);
         let sm = CallbackLock::new(sm);
-        Executor { sm, readers, shared, store, me, version, events, waiting: Vec::new(), deferred_save: None, save_after: None }
+        Executor {
+            sm,
+            readers,
+            shared,
+            store,
+            me,
+            version,
+            events,
+            waiting: Vec::new(),
+            deferred_save: None,
+            save_after: None,
+            failed_load: false,
+        }
     }
 
     /// Starts `count` reader threads (see [`Readers::start`]); returns the queue of reads ready
@@ -169,6 +184,12 @@ impl Executor {
     /// Delivers one piece of work. Also used synchronously while a replica restores its log.
     pub fn handle(&mut self, work: Work) {
         match work {
+            Work::Execute { vote, cookies } if self.failed_load => {
+                let mut sm = self.sm.exclusive();
+                cookies.into_iter().for_each(|cookie| sm.abort_request(ResponseCode::ShuttingDown, cookie));
+                drop(sm);
+                self.shared.exec_queue.executed(&vote);
+            }
             Work::Execute { vote, cookies } => {
                 self.execute(&vote, &cookies);
                 if self.shared.exec_queue.executed(&vote) {
@@ -214,8 +235,10 @@ impl Executor {
     /// takes the Shared side only once the decree's requests have run.
     fn execute(&mut self, vote: &Arc<Message>, cookies: &[Cookie]) {
         let decree = vote.header.decree;
-        if self.deferred_save.is_some() && self.shared.allow_save.load(Relaxed) {
+        if decree > 0 && self.deferred_save.is_some() && self.shared.allow_save.load(Relaxed) {
             self.save_deferred(vote);
+            // A save the application asked for at the same decree is the one just taken.
+            self.save_after = self.save_after.filter(|d| d + 1 != decree);
         }
         if self.save_after.is_some_and(|d| d + 1 == decree) {
             self.save_requested(vote);
@@ -250,8 +273,7 @@ impl Executor {
     fn save_requested(&mut self, next: &Arc<Message>) {
         let decree = self.save_after.take().expect("a save was asked for");
         debug_assert_eq!(decree + 1, next.header.decree);
-        let config = self.shared.view().config.clone();
-        let cp = Checkpoint { decree, next_vote: next.clone(), max_ballot: next.header.ballot, config, state_saved: true };
+        let cp = self.checkpoint_before(next, Ballot::EMPTY);
         self.save(cp);
     }
 
@@ -263,16 +285,25 @@ impl Executor {
         let cp = self.deferred_save.take().expect("a save was put off");
         let decree = next.header.decree - 1;
         debug_assert!(decree >= cp.decree, "the state only moves on");
-        let cp = if cp.decree == decree {
-            cp
-        } else {
-            let config = self.shared.view().config.clone();
-            Checkpoint { decree, next_vote: next.clone(), max_ballot: next.header.ballot.max(cp.max_ballot), config, state_saved: true }
-        };
+        let cp = if cp.decree == decree { cp } else { self.checkpoint_before(next, cp.max_ballot) };
         self.save(cp);
     }
 
+    /// The header of a checkpoint this thread takes of the state before `next`: the state's
+    /// configuration, and a max ballot no lower than the promise the protocol thread
+    /// published (RSL's save reads the current max ballot too), `next`'s ballot, or `floor`.
+    fn checkpoint_before(&self, next: &Arc<Message>, floor: Ballot) -> Checkpoint {
+        let view = self.shared.view();
+        let max_ballot = view.promise.max(next.header.ballot).max(floor);
+        debug_assert!(max_ballot >= next.header.ballot, "the max ballot covers the next vote");
+        let (decree, config) = (next.header.decree - 1, view.config.clone());
+        Checkpoint { decree, next_vote: next.clone(), max_ballot, config, state_saved: true }
+    }
+
     fn save(&mut self, cp: Checkpoint) {
+        if self.failed_load {
+            return;
+        }
         let executed = self.shared.current_seq.load(Relaxed);
         debug_assert!(cp.decree <= executed, "a checkpoint of {}, ahead of execution at {executed}", cp.decree);
         if !self.shared.allow_save.load(Relaxed) {
@@ -331,6 +362,7 @@ impl Executor {
             // replica stops.
             self.shared.current_seq.store(before.0, Release);
             self.shared.view().config = before.1;
+            self.failed_load = true;
             let _ = self.events.send(Event::Fatal(format!("the state machine could not load checkpoint {}", path.display())));
             return;
         }
@@ -538,6 +570,96 @@ mod tests {
         assert_eq!(*aborts.lock().unwrap(), [(ResponseCode::FastReadStale, bound)]);
         exec.stop();
         assert_eq!(aborts.lock().unwrap().len() as u64, bound + 1, "every read comes back once");
+    }
+
+    /// Asks for a checkpoint after every request it executes.
+    struct SavesEachDecree;
+
+    impl StateMachine for SavesEachDecree {
+        fn load_state(&mut self, _: Option<&mut CheckpointReader>) -> bool {
+            true
+        }
+        fn execute_replicated_request(&mut self, _: &[u8], _: Option<Cookie>, save: &mut bool) {
+            *save = true;
+        }
+        fn execute_fast_read_request(&self, _: &[u8], _: Cookie) {}
+        fn abort_request(&mut self, _: ResponseCode, _: Cookie) {}
+        fn save_state(&self, _: &mut crate::format::CheckpointWriter) {}
+        fn notify_status(&mut self, _: bool) {}
+        fn notify_configuration_changed(&mut self, _: Option<Cookie>) {}
+        fn abort_change_configuration(&mut self, _: ResponseCode, _: Cookie) {}
+        fn shut_down(&mut self, _: ResponseCode) {}
+    }
+
+    /// A checkpoint the application asks for records the promise the protocol thread
+    /// published, not only the next vote's lower ballot: a secondary logs and executes votes
+    /// below its promise, and that promise may sit in a log older than the one a restart from
+    /// this checkpoint replays (review finding, session 7).
+    #[test]
+    fn a_checkpoint_taken_here_keeps_the_published_promise() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path(), 2).unwrap();
+        let (primary, candidate) = (MemberId::from_numeric(1), MemberId::from_numeric(3));
+        let (ballot, promise) = (Ballot::new(2, primary), Ballot::new(9, candidate));
+        let shared = Arc::new(Shared::new());
+        shared.view().promise = promise;
+        let (events, _inbox) = super::super::queue::bounded(4);
+        let mut exec = Executor::new(Box::new(SavesEachDecree), shared, store, MemberId::from_numeric(2), Version::V6, events);
+        let body = crate::format::VoteBody { requests: vec![Bytes::from_static(b"r")], ..Default::default() };
+        for decree in 1..=2 {
+            let vote = Message::new(Header::new(Version::V6, primary, decree, 1, ballot), Body::Vote(body.clone()));
+            exec.handle(Work::Execute { vote: Arc::new(vote), cookies: Vec::new() });
+        }
+        let (decree, path) = exec.store.newest().expect("the checkpoint of decree 1");
+        let header = CheckpointReader::open(&path).unwrap().header().clone();
+        assert_eq!((decree, header.next_vote.header.ballot, header.max_ballot), (1, ballot, promise));
+    }
+
+    /// Refuses every checkpoint; records aborts.
+    struct RefusesLoads(AbortLog);
+
+    impl StateMachine for RefusesLoads {
+        fn load_state(&mut self, _: Option<&mut CheckpointReader>) -> bool {
+            false
+        }
+        fn execute_replicated_request(&mut self, _: &[u8], _: Option<Cookie>, _: &mut bool) {
+            panic!("a decree ran on the state a failed load left");
+        }
+        fn execute_fast_read_request(&self, _: &[u8], _: Cookie) {}
+        fn abort_request(&mut self, code: ResponseCode, cookie: Cookie) {
+            self.0.lock().unwrap().push((code, cookie));
+        }
+        fn save_state(&self, _: &mut crate::format::CheckpointWriter) {}
+        fn notify_status(&mut self, _: bool) {}
+        fn notify_configuration_changed(&mut self, _: Option<Cookie>) {}
+        fn abort_change_configuration(&mut self, _: ResponseCode, _: Cookie) {}
+        fn shut_down(&mut self, _: ResponseCode) {}
+    }
+
+    /// After a checkpoint fails to load, the decrees the core handed out past it are not run
+    /// on the old state: their requests come back `ShuttingDown` while the replica stops
+    /// (review finding, session 7).
+    #[test]
+    fn decrees_after_a_failed_load_are_aborted_not_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = CheckpointStore::open(dir.path(), 2).unwrap();
+        let me = MemberId::from_numeric(1);
+        let ballot = Ballot::new(2, me);
+        let vote = |decree| {
+            let body = crate::format::VoteBody { requests: vec![Bytes::from_static(b"r")], ..Default::default() };
+            Arc::new(Message::new(Header::new(Version::V6, me, decree, 1, ballot), Body::Vote(body)))
+        };
+        let config = ConfigInfo { number: 1, ..Default::default() };
+        let cp = Checkpoint { decree: 41, next_vote: vote(42), max_ballot: ballot, config, state_saved: true };
+        let header = super::super::checkpoints::header_for(&cp, me, Version::V6);
+        let saved = store.save(header, |w| w.write(b"state").map(|_| true).map_err(std::io::Error::other)).unwrap().unwrap();
+        let (aborts, shared) = (AbortLog::default(), Arc::new(Shared::new()));
+        let (events, _inbox) = super::super::queue::bounded(4);
+        let mut exec = Executor::new(Box::new(RefusesLoads(aborts.clone())), shared.clone(), store, me, Version::V6, events);
+        exec.handle(Work::Load { checkpoint: cp, path: saved.path });
+        exec.handle(Work::Execute { vote: vote(42), cookies: vec![7] });
+        assert_eq!(*aborts.lock().unwrap(), [(ResponseCode::ShuttingDown, 7)]);
+        assert_eq!(shared.current_seq.load(Relaxed), 0, "the state is still the old one");
     }
 
     /// A download that fails (the peer hangs up at once) leaves nothing in `Temp/`: a replica

@@ -112,6 +112,10 @@ pub(crate) struct View {
     pub primary: Option<MemberId>,
     pub role: Option<Role>,
     pub config: ConfigInfo,
+    /// The highest ballot promised (as handed to the journal, durable or soon to be). A
+    /// checkpoint the execute thread takes records at least this: a promise logged in a file
+    /// older than the one a restart replays from would otherwise be forgotten.
+    pub promise: crate::format::Ballot,
 }
 
 #[derive(Default)]

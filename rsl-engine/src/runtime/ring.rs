@@ -17,7 +17,7 @@ use super::tls::Tls;
 use super::transport::{frame, Origin, RateLimited, Transport};
 use super::{spawn_task, Shared};
 use crate::driver::{Driver, Execution, Host, Inbound};
-use crate::format::{MemberId, Message, MsgKind, Node};
+use crate::format::{Ballot, MemberId, Message, MsgKind, Node};
 use crate::paxos::{Application, BootstrapError, Checkpoint, Cookie, Input, Micros, Rejection, Replica, Role, SubmitError};
 use bytes::{Bytes, BytesMut};
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
@@ -59,7 +59,7 @@ pub(crate) struct Ring {
     driver: Driver,
     io: Io,
     /// The primary and role last written to the shared view.
-    published: (Option<MemberId>, Option<Role>),
+    published: (Option<MemberId>, Option<Role>, Ballot),
     health: super::health::Publisher,
 }
 
@@ -136,7 +136,7 @@ impl Ring {
         Ring {
             driver: Driver::new(core, Box::new(Admit(admission)), listen_on_all_ips),
             io,
-            published: (None, None),
+            published: (None, None, Ballot::EMPTY),
             health: Default::default(),
         }
     }
@@ -244,11 +244,11 @@ impl Ring {
         shared.queued_bytes.store(core.queued_bytes() as u64, Relaxed);
         self.health.publish(core, self.io.now(), &shared.votes_seen);
         let (_, ballot) = core.accepted();
-        let now = ((!ballot.is_empty()).then_some(ballot.member), Some(core.role()));
+        let now = ((!ballot.is_empty()).then_some(ballot.member), Some(core.role()), core.max_ballot());
         if now != self.published {
-            self.published = now;
             let mut view = shared.view();
-            (view.primary, view.role) = now;
+            (view.primary, view.role, view.promise) = now;
+            self.published = now;
         }
     }
 
