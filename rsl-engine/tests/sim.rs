@@ -59,7 +59,10 @@ fn regressions_window_16() {
     // older checkpoints it could not load, forever; its own checkpoints now vouch (31683). A
     // save of its own completing while a primary's copy was in flight ended the copy too, and
     // the copy then landed ahead of the replica as if saved (25863, once saves waited behind
-    // spilled decrees).
+    // spilled decrees). The simulator counted a proposer's own vote, learned back from a
+    // peer's log after it had promised a higher ballot, as its acceptance, so the checker saw
+    // a vote beyond a chosen reconfiguration chosen in the old configuration and flagged the
+    // new configuration's proposal at that decree (85840).
     let seeds = [
         (59, 5),
         (238, 3),
@@ -77,6 +80,7 @@ fn regressions_window_16() {
         (11378, 3),
         (31683, 3),
         (25863, 5),
+        (85840, 3),
     ];
     run_all_windowed(seeds.into_iter(), 16);
 }

@@ -922,14 +922,22 @@ impl World {
     }
 
     /// A flush is on disk: what it covered is durable, and the next flush takes what queued
-    /// behind it.
+    /// behind it. A proposer's own vote counts as its acceptance, unless its disk already
+    /// holds a promise above the vote's ballot: then the vote is a copy learned back from a
+    /// peer's log (logged below the promise, as learning does), not an acceptance, and
+    /// counting it "chose" a vote no quorum accepted (seed 85840).
     fn flushed(&mut self, node: usize, seq: u64) {
         let n = &mut self.nodes[node];
         let id = n.id;
         while n.pending.front().is_some_and(|(s, _)| *s <= seq) {
             let (_, record) = n.pending.pop_front().expect("checked");
-            if record.kind() == MsgKind::Vote && record.header.sender == id && record.header.ballot.member == id {
-                self.checker.vote_acknowledged(id, record.header.decree, record.header.ballot, record.header.config);
+            let (d, b) = (record.header.decree, record.header.ballot);
+            if record.kind() == MsgKind::Vote && record.header.sender == id && b.member == id {
+                let outbid =
+                    n.durable.iter().any(|r| r.header.ballot > b) || n.checkpoint.as_ref().is_some_and(|(cp, _)| cp.max_ballot > b);
+                if !outbid {
+                    self.checker.vote_acknowledged(id, d, b, record.header.config);
+                }
             }
             n.durable.push(record);
         }
