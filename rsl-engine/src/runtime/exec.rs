@@ -505,17 +505,26 @@ mod tests {
         assert_eq!((shared.current_seq.load(Relaxed), shared.view().config.number), (41, 3));
     }
 
-    /// Records the aborts; nothing else.
-    struct Aborts(AbortLog);
+    /// Records the aborts; loads every checkpoint unless `refuses_loads`, and asks for a
+    /// checkpoint after every request if `saves_each_decree`.
+    #[derive(Default)]
+    struct Aborts {
+        log: AbortLog,
+        refuses_loads: bool,
+        saves_each_decree: bool,
+    }
 
     impl StateMachine for Aborts {
         fn load_state(&mut self, _: Option<&mut CheckpointReader>) -> bool {
-            true
+            !self.refuses_loads
         }
-        fn execute_replicated_request(&mut self, _: &[u8], _: Option<Cookie>, _: &mut bool) {}
+        fn execute_replicated_request(&mut self, _: &[u8], _: Option<Cookie>, save: &mut bool) {
+            assert!(!self.refuses_loads, "a decree ran on the state a failed load left");
+            *save = self.saves_each_decree;
+        }
         fn execute_fast_read_request(&self, _: &[u8], _: Cookie) {}
         fn abort_request(&mut self, code: ResponseCode, cookie: Cookie) {
-            self.0.lock().unwrap().push((code, cookie));
+            self.log.lock().unwrap().push((code, cookie));
         }
         fn save_state(&self, _: &mut crate::format::CheckpointWriter) {}
         fn notify_status(&mut self, _: bool) {}
@@ -534,7 +543,7 @@ mod tests {
         let store = CheckpointStore::open(dir.path(), 2).unwrap();
         let aborts = AbortLog::default();
         let (events, _inbox) = super::super::queue::bounded(4);
-        let sm = Box::new(Aborts(aborts.clone()));
+        let sm = Box::new(Aborts { log: aborts.clone(), ..Default::default() });
         let exec = Executor::new(sm, Arc::new(Shared::new()), store, MemberId::from_numeric(1), Version::V6, events);
         (exec, aborts, dir)
     }
@@ -572,25 +581,6 @@ mod tests {
         assert_eq!(aborts.lock().unwrap().len() as u64, bound + 1, "every read comes back once");
     }
 
-    /// Asks for a checkpoint after every request it executes.
-    struct SavesEachDecree;
-
-    impl StateMachine for SavesEachDecree {
-        fn load_state(&mut self, _: Option<&mut CheckpointReader>) -> bool {
-            true
-        }
-        fn execute_replicated_request(&mut self, _: &[u8], _: Option<Cookie>, save: &mut bool) {
-            *save = true;
-        }
-        fn execute_fast_read_request(&self, _: &[u8], _: Cookie) {}
-        fn abort_request(&mut self, _: ResponseCode, _: Cookie) {}
-        fn save_state(&self, _: &mut crate::format::CheckpointWriter) {}
-        fn notify_status(&mut self, _: bool) {}
-        fn notify_configuration_changed(&mut self, _: Option<Cookie>) {}
-        fn abort_change_configuration(&mut self, _: ResponseCode, _: Cookie) {}
-        fn shut_down(&mut self, _: ResponseCode) {}
-    }
-
     /// A checkpoint the application asks for records the promise the protocol thread
     /// published, not only the next vote's lower ballot: a secondary logs and executes votes
     /// below its promise, and that promise may sit in a log older than the one a restart from
@@ -604,7 +594,14 @@ mod tests {
         let shared = Arc::new(Shared::new());
         shared.view().promise = promise;
         let (events, _inbox) = super::super::queue::bounded(4);
-        let mut exec = Executor::new(Box::new(SavesEachDecree), shared, store, MemberId::from_numeric(2), Version::V6, events);
+        let mut exec = Executor::new(
+            Box::new(Aborts { saves_each_decree: true, ..Default::default() }),
+            shared,
+            store,
+            MemberId::from_numeric(2),
+            Version::V6,
+            events,
+        );
         let body = crate::format::VoteBody { requests: vec![Bytes::from_static(b"r")], ..Default::default() };
         for decree in 1..=2 {
             let vote = Message::new(Header::new(Version::V6, primary, decree, 1, ballot), Body::Vote(body.clone()));
@@ -613,27 +610,6 @@ mod tests {
         let (decree, path) = exec.store.newest().expect("the checkpoint of decree 1");
         let header = CheckpointReader::open(&path).unwrap().header().clone();
         assert_eq!((decree, header.next_vote.header.ballot, header.max_ballot), (1, ballot, promise));
-    }
-
-    /// Refuses every checkpoint; records aborts.
-    struct RefusesLoads(AbortLog);
-
-    impl StateMachine for RefusesLoads {
-        fn load_state(&mut self, _: Option<&mut CheckpointReader>) -> bool {
-            false
-        }
-        fn execute_replicated_request(&mut self, _: &[u8], _: Option<Cookie>, _: &mut bool) {
-            panic!("a decree ran on the state a failed load left");
-        }
-        fn execute_fast_read_request(&self, _: &[u8], _: Cookie) {}
-        fn abort_request(&mut self, code: ResponseCode, cookie: Cookie) {
-            self.0.lock().unwrap().push((code, cookie));
-        }
-        fn save_state(&self, _: &mut crate::format::CheckpointWriter) {}
-        fn notify_status(&mut self, _: bool) {}
-        fn notify_configuration_changed(&mut self, _: Option<Cookie>) {}
-        fn abort_change_configuration(&mut self, _: ResponseCode, _: Cookie) {}
-        fn shut_down(&mut self, _: ResponseCode) {}
     }
 
     /// After a checkpoint fails to load, the decrees the core handed out past it are not run
@@ -655,7 +631,14 @@ mod tests {
         let saved = store.save(header, |w| w.write(b"state").map(|_| true).map_err(std::io::Error::other)).unwrap().unwrap();
         let (aborts, shared) = (AbortLog::default(), Arc::new(Shared::new()));
         let (events, _inbox) = super::super::queue::bounded(4);
-        let mut exec = Executor::new(Box::new(RefusesLoads(aborts.clone())), shared.clone(), store, me, Version::V6, events);
+        let mut exec = Executor::new(
+            Box::new(Aborts { log: aborts.clone(), refuses_loads: true, ..Default::default() }),
+            shared.clone(),
+            store,
+            me,
+            Version::V6,
+            events,
+        );
         exec.handle(Work::Load { checkpoint: cp, path: saved.path });
         exec.handle(Work::Execute { vote: vote(42), cookies: vec![7] });
         assert_eq!(*aborts.lock().unwrap(), [(ResponseCode::ShuttingDown, 7)]);
