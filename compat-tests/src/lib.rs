@@ -2,20 +2,11 @@
 
 use std::path::PathBuf;
 
-/// The golden directory: `$RSL_GOLDEN_DIR`, or `../shared/rsl-golden` beside the checkout.
-/// `None` when it is missing outside CI; under `CI=true` a missing directory is a failure.
-pub fn golden_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("RSL_GOLDEN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/rsl-golden"));
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("golden directory {} is missing (set RSL_GOLDEN_DIR); CI requires it", dir.display());
-    }
-    eprintln!("skipping: golden directory {} not found (set RSL_GOLDEN_DIR)", dir.display());
-    None
+/// The original's files, kept in the repository (`compat-tests/golden/`, see its README).
+pub fn golden_dir() -> PathBuf {
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/golden"));
+    assert!(dir.is_dir(), "golden directory {} is missing from the checkout", dir.display());
+    dir
 }
 
 use bytes::Bytes;
@@ -39,15 +30,4 @@ pub fn ballot(n: u32, member: &str) -> Ballot {
 /// The u64 stored little-endian at `at`.
 pub fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-}
-
-/// Binds the golden directory or returns from the test (outside CI only).
-#[macro_export]
-macro_rules! golden_or_skip {
-    () => {
-        match $crate::golden_dir() {
-            Some(dir) => dir,
-            None => return,
-        }
-    };
 }

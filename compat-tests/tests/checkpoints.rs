@@ -2,7 +2,7 @@
 //! and block checksums; and our writer reproduces each file byte for byte.
 
 use bytes::Bytes;
-use compat_tests::{ballot, golden_or_skip, id, read, u64_at};
+use compat_tests::{ballot, id, read, u64_at};
 use rsl_engine::format::checkpoint::{
     header_region_len, CheckpointError, CheckpointHeader, CheckpointReader, CheckpointWriter, DEFAULT_BLOCK_SIZE,
 };
@@ -39,7 +39,7 @@ fn empty_vote(v: Version, member: &str, ballot_member: &str) -> Message {
 
 #[test]
 fn checkpoint_utility_files() {
-    let dir = golden_or_skip!();
+    let dir = compat_tests::golden_dir();
     for (v, len) in [(Version::V2, 528), (Version::V3, 1040), (Version::V4, 1048), (Version::V6, 1048)] {
         let name = format!("cp_util_v{}/4.codex", v.get());
         let path = dir.join(&name);
@@ -75,7 +75,7 @@ fn checkpoint_utility_files() {
 
 #[test]
 fn checkpoint_saved_like_a_replica() {
-    let dir = golden_or_skip!();
+    let dir = compat_tests::golden_dir();
     let path = dir.join("cp_legislator_v6/4.codex");
     let bytes = read(&dir, "cp_legislator_v6/4.codex");
     assert_eq!(bytes.len(), 1037);
@@ -102,7 +102,7 @@ fn checkpoint_saved_like_a_replica() {
 
 #[test]
 fn multi_block_checkpoint() {
-    let dir = golden_or_skip!();
+    let dir = compat_tests::golden_dir();
     let path = dir.join("cp_multiblock_v4/100.codex");
     let data: Vec<u8> = (0..4_194_306usize).map(|i| ((7 * i + (i >> 8)) % 256) as u8).collect();
     let mut r = CheckpointReader::open(&path).unwrap();

@@ -2,7 +2,7 @@
 //! the in-memory decree index, and writing the decoded records again gives the same file.
 
 use bytes::{Bytes, BytesMut};
-use compat_tests::{ballot, golden_or_skip, id, read, u64_at};
+use compat_tests::{ballot, id, read, u64_at};
 use rsl_engine::format::log::{self, LogContents, Mode};
 use rsl_engine::format::{Body, MsgKind, Version};
 use std::collections::BTreeMap;
@@ -55,7 +55,7 @@ fn check_rewrite(bytes: &Bytes, log: &LogContents) {
 
 #[test]
 fn log_v6() {
-    let dir = golden_or_skip!();
+    let dir = compat_tests::golden_dir();
     let bytes = read(&dir, "log_v6/5.log");
     let log = check_log(&bytes, Version::V6);
     let lens: Vec<usize> = log.records.iter().map(|r| r.raw.len()).collect();
@@ -70,7 +70,7 @@ fn log_v6() {
 
 #[test]
 fn log_v3() {
-    let dir = golden_or_skip!();
+    let dir = compat_tests::golden_dir();
     let bytes = read(&dir, "log_v3/5.log");
     let log = check_log(&bytes, Version::V3);
     check_rewrite(&bytes, &log);
@@ -78,7 +78,7 @@ fn log_v3() {
 
 #[test]
 fn flipped_bits_in_the_golden_log() {
-    let dir = golden_or_skip!();
+    let dir = compat_tests::golden_dir();
     let bytes = read(&dir, "log_v6/5.log");
     // In the last record: a torn tail, 5 of 6 records replay.
     let mut last = bytes.to_vec();
@@ -94,7 +94,7 @@ fn flipped_bits_in_the_golden_log() {
 
 #[test]
 fn log_file_reader_names_the_file() {
-    let dir = golden_or_skip!();
+    let dir = compat_tests::golden_dir();
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("5.log");
     let mut bytes = read(&dir, "log_v6/5.log").to_vec();

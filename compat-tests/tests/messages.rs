@@ -2,7 +2,7 @@
 //! the field values of formats.md §12–§13, and re-encode them to the identical bytes.
 
 use bytes::{Bytes, BytesMut};
-use compat_tests::{ballot, golden_or_skip, id, read, u64_at};
+use compat_tests::{ballot, id, read, u64_at};
 use rsl_engine::format::message::{verify_checksum, JoinBody, StatusBody};
 use rsl_engine::format::packet::{self, Frame};
 use rsl_engine::format::{log, Body, Checksum, ConfigInfo, Header, MemberId, Message, MsgKind, Version, VoteBody};
@@ -25,7 +25,7 @@ fn vote_a(v: Version) -> Message {
 
 #[test]
 fn vote_a_in_every_version() {
-    let dir = golden_or_skip!();
+    let dir = compat_tests::golden_dir();
     let expected = [
         (57, 0x98A52EFBADC620F7u64),
         (61, 0x24DB5442254C77E5),
@@ -59,7 +59,7 @@ fn vote_a_in_every_version() {
 
 #[test]
 fn vote_with_cookie_relinquish_and_two_requests() {
-    let dir = golden_or_skip!();
+    let dir = compat_tests::golden_dir();
     let bytes = read(&dir, "vote_v6_cookie_relinquish.bin");
     assert_eq!(bytes.len(), 196);
     verify_checksum(&bytes).unwrap();
@@ -94,7 +94,7 @@ fn check_two_member_set(ci: &ConfigInfo, v: Version) {
 
 #[test]
 fn configuration_info() {
-    let dir = golden_or_skip!();
+    let dir = compat_tests::golden_dir();
     for (v, len) in [(Version::V3, 67), (Version::V4, 179)] {
         let bytes = read(&dir, &format!("configinfo_v{}.bin", v.get()));
         assert_eq!(bytes.len(), len);
@@ -106,7 +106,7 @@ fn configuration_info() {
 
 #[test]
 fn vote_accepted_and_its_packet() {
-    let dir = golden_or_skip!();
+    let dir = compat_tests::golden_dir();
     let bytes = read(&dir, "wire/voteaccepted_v6.bin");
     assert_eq!(bytes.len(), 172);
     assert_eq!(u64_at(&bytes, 6), 0, "VoteAccepted carries no checksum");
@@ -126,7 +126,7 @@ fn vote_accepted_and_its_packet() {
 
 #[test]
 fn not_accepted_status_query_and_prepare() {
-    let dir = golden_or_skip!();
+    let dir = compat_tests::golden_dir();
     let na = decode_exact(&read(&dir, "wire/notaccepted_v4.bin"));
     assert_eq!(na, Message::new(Header::new(Version::V4, id("2"), 5, 1, ballot(3, "2")), Body::NotAccepted));
 
@@ -143,7 +143,7 @@ fn not_accepted_status_query_and_prepare() {
 
 #[test]
 fn prepare_accepted_embeds_vote_a() {
-    let dir = golden_or_skip!();
+    let dir = compat_tests::golden_dir();
     let bytes = read(&dir, "wire/prepareaccepted_v6.bin");
     assert_eq!(bytes.len(), 359);
     let msg = decode_exact(&bytes);
@@ -157,7 +157,7 @@ fn prepare_accepted_embeds_vote_a() {
 
 #[test]
 fn status_response() {
-    let dir = golden_or_skip!();
+    let dir = compat_tests::golden_dir();
     let bytes = read(&dir, "wire/statusresponse_v6.bin");
     assert_eq!(bytes.len(), 352);
     let msg = decode_exact(&bytes);
@@ -179,7 +179,7 @@ fn status_response() {
 
 #[test]
 fn join_and_bootstrap() {
-    let dir = golden_or_skip!();
+    let dir = compat_tests::golden_dir();
     let join = read(&dir, "wire/join_v4.bin");
     assert_eq!(join.len(), 190);
     let join = decode_exact(&join);

@@ -27,3 +27,10 @@ pub mod paxos;
 pub mod runtime;
 pub mod sim;
 pub mod writeback;
+
+/// The original RSL's files, kept in the repository (`compat-tests/golden/`, see its README):
+/// what the engine's own tests read to prove byte-for-byte parity.
+#[cfg(test)]
+pub(crate) fn golden_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../compat-tests/golden"))
+}

@@ -4,18 +4,9 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// The golden files: `$RSL_GOLDEN_DIR`, else `shared/rsl-golden` beside the workspace. `None`
-/// (skip) when absent, unless `CI=true`.
-fn golden() -> Option<PathBuf> {
-    let dir = std::env::var_os("RSL_GOLDEN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/rsl-golden"));
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "golden files not found at {} and CI=true", dir.display());
-    eprintln!("skipping: golden files not found at {} (set RSL_GOLDEN_DIR)", dir.display());
-    None
+/// The original's files, kept in the repository (`compat-tests/golden/`).
+fn golden() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../compat-tests/golden"))
 }
 
 fn inspect(args: &[&str]) -> Output {
@@ -59,7 +50,7 @@ const LOG_V6: [(usize, &str, u64); 6] =
 
 #[test]
 fn log_lists_every_record_and_flags_a_flipped_byte() {
-    let Some(g) = golden() else { return };
+    let g = golden();
     let log = g.join("log_v6/5.log");
 
     let (ok, stdout, _) = text(&["log", s(&log)]);
@@ -112,7 +103,7 @@ fn log_lists_every_record_and_flags_a_flipped_byte() {
 
 #[test]
 fn log_torn_tail_and_directory_order() {
-    let Some(g) = golden() else { return };
+    let g = golden();
     let log = g.join("log_v6/5.log");
     let (_dir, torn) = corrupt_copy(&log, 2560 + 100);
     let (ok, doc) = json(&["log", s(&torn)]);
@@ -135,7 +126,7 @@ fn log_torn_tail_and_directory_order() {
 
 #[test]
 fn checkpoints_show_their_header_and_blocks() {
-    let Some(g) = golden() else { return };
+    let g = golden();
 
     // formats.md §13.5.
     let cp = g.join("cp_legislator_v6/4.codex");
@@ -202,7 +193,7 @@ fn checkpoints_show_their_header_and_blocks() {
 
 #[test]
 fn messages_and_packets_decode() {
-    let Some(g) = golden() else { return };
+    let g = golden();
 
     let (ok, doc) = json(&["message", s(&g.join("wire/prepareaccepted_v6.bin"))]);
     assert!(ok, "{doc}");
@@ -245,7 +236,7 @@ fn messages_and_packets_decode() {
 /// §8.2), and `rsl-inspect` says where it is not.
 #[test]
 fn nonzero_padding_is_reported() {
-    let Some(golden) = golden() else { return };
+    let golden = golden();
     // The vote at 1024 is 187 bytes long: 1024 + 300 is in its padding.
     let (_dir, path) = corrupt_copy(&golden.join("log_v6/5.log"), 1324);
     let (ok, stdout, stderr) = text(&["log", s(&path)]);

@@ -14,17 +14,9 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// The original's files: `$RSL_GOLDEN_DIR`, else `../shared/rsl-golden` beside the checkout.
-fn golden() -> Option<PathBuf> {
-    let dir = std::env::var_os("RSL_GOLDEN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/rsl-golden"));
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "golden directory {} is missing", dir.display());
-    eprintln!("skipping: no golden directory at {}", dir.display());
-    None
+/// The original's files, kept in the repository (`compat-tests/golden/`).
+fn golden() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../compat-tests/golden"))
 }
 
 fn c(s: &str) -> CString {
@@ -88,7 +80,7 @@ fn save(dir: &CStr, version: u32, members: &[rsl_node]) -> rsl_status {
 
 #[test]
 fn checkpoint_save_matches_the_original_utility() {
-    let Some(golden) = golden() else { return };
+    let golden = golden();
     for v in [2u32, 3, 4, 6] {
         let tmp = tempfile::tempdir().unwrap();
         let dir = c(tmp.path().to_str().unwrap());
@@ -206,7 +198,7 @@ fn checkpoint_files_latest_replica_set_and_streams() {
 
 #[test]
 fn multi_block_golden_checkpoint_through_the_reader() {
-    let Some(golden) = golden() else { return };
+    let golden = golden();
     let file = c(golden.join("cp_multiblock_v4/100.codex").to_str().unwrap());
     let mut r = null_mut();
     assert_eq!(unsafe { rsl_checkpoint_reader_open(file.as_ptr(), &mut r) }, 0);
@@ -230,7 +222,7 @@ fn checksum_matches_golden_values() {
     assert_eq!(sum(b"hello checkpoint"), 0x2c9220572d26c787);
     assert_eq!(unsafe { rsl_calculate_checksum(null(), 0) }, sum(b""));
     assert_eq!(unsafe { rsl_calculate_checksum(null(), 5) }, 0);
-    let Some(golden) = golden() else { return };
+    let golden = golden();
     // A vote's checksum covers bytes 14.. (stored at 6); a block's follows its data.
     let vote = std::fs::read(golden.join("vote_v6.bin")).unwrap();
     assert_eq!(sum(&vote[14..]), u64::from_le_bytes(vote[6..14].try_into().unwrap()));

@@ -751,20 +751,9 @@ mod tests {
         }
     }
 
-    fn golden() -> Option<PathBuf> {
-        let dir = std::env::var_os("RSL_GOLDEN_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/rsl-golden"));
-        if dir.is_dir() {
-            return Some(dir);
-        }
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "golden files not found at {} and CI=true", dir.display());
-        None
-    }
-
     #[test]
     fn the_originals_checkpoints_load() {
-        let Some(golden) = golden() else { return };
+        let golden = crate::golden_dir();
         for (name, decree) in
             [("cp_util_v2", 4), ("cp_util_v3", 4), ("cp_util_v4", 4), ("cp_util_v6", 4), ("cp_legislator_v6", 4), ("cp_multiblock_v4", 100)]
         {

@@ -1172,13 +1172,7 @@ mod tests {
 
     #[test]
     fn the_originals_logs_replay_and_take_appends() {
-        let golden = std::env::var_os("RSL_GOLDEN_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/rsl-golden"));
-        if !golden.is_dir() {
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "golden files not found at {}", golden.display());
-            return;
-        }
+        let golden = crate::golden_dir();
         for name in ["log_v3", "log_v6"] {
             let dir = tempfile::tempdir().unwrap();
             let original = golden.join(name).join("5.log");

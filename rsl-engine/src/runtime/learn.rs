@@ -1015,22 +1015,9 @@ mod tests {
         }
     }
 
-    /// The original's files, read in place: `$RSL_GOLDEN_DIR` or `shared/rsl-golden` beside
-    /// the workspace; skipped when absent.
-    fn golden() -> Option<PathBuf> {
-        let dir = std::env::var_os("RSL_GOLDEN_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/rsl-golden"));
-        if !dir.is_dir() {
-            eprintln!("skipping: no golden files at {}", dir.display());
-            return None;
-        }
-        Some(dir)
-    }
-
     #[tokio::test]
     async fn golden_log_and_multiblock_checkpoint() {
-        let Some(golden) = golden() else { return };
+        let golden = crate::golden_dir();
         let log = golden.join("log_v6/5.log");
         let expected = crate::format::log::read_log_file(&log).unwrap().records;
         let len = std::fs::metadata(&log).unwrap().len();
