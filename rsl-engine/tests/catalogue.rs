@@ -5,18 +5,21 @@
 //! - TestSaveCheckpointAtRestore: a replica restarted on its files, whose service asks for a
 //!   checkpoint while `initialize` replays the log, saves that checkpoint there; restarted
 //!   again, it loads it and replays only what follows.
+//! - TestAddAndRemoveReplicas, TestABC_BCD_CDE_ADE: chains of configuration changes on a ring
+//!   of real replicas, members replaced (the primary included), left out and brought back.
 
 mod inproc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use inproc::{three, wait, Three};
+use inproc::{config, loopback, three, wait, Three};
 use rsl_engine::format::checkpoint::{CheckpointReader, CheckpointWriter};
 use rsl_engine::format::{MemberId, MemberSet, Node, Version};
+use rsl_engine::paxos::Role;
 use rsl_engine::runtime::{Admission, InitError, ReplicaView, ResponseCode, RslConfig, RslReplica, StateMachine};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -28,6 +31,11 @@ fn request(n: u64) -> Bytes {
 
 /// Fast reads use cookies from here, so that an abort tells which kind it returns.
 const READ_COOKIES: u64 = 1 << 40;
+
+/// The cookie of the change to configuration `number`.
+fn config_cookie(number: u32) -> u64 {
+    (1 << 41) + u64::from(number)
+}
 
 /// What one replica's callbacks saw, and every invariant they found broken.
 #[derive(Default)]
@@ -42,6 +50,12 @@ struct Seen {
     copied: Vec<(u64, bool, Option<u64>)>,
     /// Cookies handed to `replicate_request` and not yet back.
     outstanding: BTreeSet<u64>,
+    /// The replicated requests aborted, with the reason.
+    aborted: Vec<(u64, ResponseCode)>,
+    /// Cookies handed to `change_configuration` and not yet back.
+    config_cookies: BTreeSet<u64>,
+    /// Each `notify_configuration_changed`: its cookie, and the configuration the view shows.
+    configurations: Vec<(Option<u64>, (MemberSet, u32))>,
     broken: Vec<String>,
 }
 
@@ -157,7 +171,10 @@ impl StateMachine for Checking {
         let read = cookie >= READ_COOKIES;
         self.check(status != ResponseCode::FastReadStale || read, || format!("replicated cookie {cookie} aborted as stale"));
         if !read {
-            self.seen.lock().unwrap().outstanding.remove(&cookie);
+            let mut seen = self.seen.lock().unwrap();
+            let held = seen.outstanding.remove(&cookie);
+            seen.check(held, || format!("replicated cookie {cookie} aborted, and it was not outstanding"));
+            seen.aborted.push((cookie, status));
         }
     }
 
@@ -186,17 +203,23 @@ impl StateMachine for Checking {
         seen.check(!is_primary || asked > 0, || "NotifyStatus(true) before any CanBecomePrimary".into());
         // On the way in, a request may be taken just before NotifyStatus(true) runs (erratum
         // D12, as in the original); on the way out, every cookie came back first.
-        let outstanding = format!("{:?}", seen.outstanding);
-        let none = seen.outstanding.is_empty();
-        seen.check(is_primary || none, || format!("NotifyStatus(false) with cookies {outstanding} outstanding"));
+        let (count, first, last) = (seen.outstanding.len(), seen.outstanding.first().copied(), seen.outstanding.last().copied());
+        seen.check(is_primary || count == 0, || format!("NotifyStatus(false) with {count} cookies outstanding, {first:?} to {last:?}"));
     }
 
     fn notify_configuration_changed(&mut self, cookie: Option<u64>) {
-        self.check(cookie.is_none(), || format!("a configuration change with cookie {cookie:?}, and none was asked for"));
+        let now = self.view.as_ref().expect("attached").configuration();
+        let mut seen = self.seen.lock().unwrap();
+        let held = cookie.is_none_or(|c| seen.config_cookies.remove(&c));
+        seen.check(held, || format!("a configuration change with cookie {cookie:?}, and none was asked for"));
+        let last = seen.configurations.last().map_or(0, |(_, (_, number))| *number);
+        seen.check(now.1 > last, || format!("configuration {} notified after {last}", now.1));
+        seen.configurations.push((cookie, now));
     }
 
     fn abort_change_configuration(&mut self, _: ResponseCode, cookie: u64) {
-        self.check(false, || format!("AbortChangeConfiguration({cookie}), and none was asked for"));
+        // The tests ask a stable primary for each change, so none is expected to fail.
+        self.check(false, || format!("AbortChangeConfiguration({cookie}), and none was expected"));
     }
 
     fn shut_down(&mut self, status: ResponseCode) {
@@ -304,25 +327,35 @@ impl Service {
 /// Replicates request `n` and waits until the primary has executed it, so that each request
 /// gets a decree of its own; then a fast read of that decree on every replica.
 fn submit(replicas: &[RslReplica], services: &[Service], n: u64) {
+    submit_among(replicas, services, &(0..replicas.len()).collect::<Vec<_>>(), n);
+}
+
+/// `submit` to the replicas `among` (the members).
+fn submit_among(replicas: &[RslReplica], services: &[Service], among: &[usize], n: u64) {
     let (p, before) = wait(WAIT, || {
-        let p = replicas.iter().position(|r| r.is_primary())?;
+        let p = among.iter().copied().find(|&i| replicas[i].is_primary())?;
         let before = replicas[p].current_sequence_number();
-        services[p].seen.lock().unwrap().outstanding.insert(n);
-        match replicas[p].replicate_request(request(n), n) {
-            ResponseCode::Success => Some((p, before)),
-            _ => {
-                services[p].seen.lock().unwrap().outstanding.remove(&n);
-                None
-            }
-        }
+        offer(&replicas[p], &services[p], n).then_some((p, before))
     });
     wait(WAIT, || (replicas[p].current_sequence_number() > before).then_some(()));
     let seq = replicas[p].current_sequence_number();
-    for (i, r) in replicas.iter().enumerate() {
+    for &i in among {
         let read = Bytes::from(seq.to_string());
-        let code = r.fast_read_request(seq, read, READ_COOKIES + 10 * n + i as u64, Duration::from_secs(10));
+        let code = replicas[i].fast_read_request(seq, read, READ_COOKIES + 10 * n + i as u64, Duration::from_secs(10));
         assert!(matches!(code, ResponseCode::Success | ResponseCode::FastReadStale), "{code:?}");
     }
+}
+
+/// Replicates request `n`, its cookie outstanding from before the call (it may execute before
+/// the call returns) to the refusal if refused: the lock keeps every callback out meanwhile.
+fn offer(replica: &RslReplica, service: &Service, n: u64) -> bool {
+    let mut seen = service.seen.lock().unwrap();
+    seen.outstanding.insert(n);
+    let taken = replica.replicate_request(request(n), n) == ResponseCode::Success;
+    if !taken {
+        seen.outstanding.remove(&n);
+    }
+    taken
 }
 
 /// The checkpoint files under `dir`, by decree.
@@ -515,4 +548,207 @@ fn bootstrap_with_old_checkpoints() {
             }
         }
     }
+}
+
+/// A ring of real replicas on loopback, each run by `Checking`, all started with the same
+/// first members; a test moves it from one set of them to the next. Requests are numbered in
+/// the order submitted, so `Checking` finds any executed twice, out of order or skipped.
+struct Ring {
+    nodes: Vec<Node>,
+    replicas: Vec<RslReplica>,
+    services: Vec<Service>,
+    /// The members, their configuration number, and the next request to submit.
+    members: Vec<usize>,
+    number: u32,
+    next: u64,
+    /// The replicas left out of the configuration, and how many requests each had executed.
+    left_out: BTreeMap<usize, usize>,
+}
+
+impl Ring {
+    /// `n` replicas, all started with `first` as the initial members: the others are inactive
+    /// until a change brings them in.
+    fn start(dir: &Path, n: usize, first: &[usize]) -> Ring {
+        let nodes = loopback(n);
+        let (cfg, sizes) = (config(dir), Sizes::default());
+        let members = MemberSet { nodes: first.iter().map(|&i| nodes[i].clone()).collect(), cookie: Bytes::new() };
+        let (replicas, services) = nodes.iter().map(|n| Service::start(&cfg, n, &members, &sizes, Saves::default())).unzip();
+        let left_out = (0..n).filter(|i| !first.contains(i)).map(|i| (i, 0)).collect();
+        Ring { nodes, replicas, services, members: first.to_vec(), number: 1, next: 0, left_out }
+    }
+
+    fn seen(&self, i: usize) -> MutexGuard<'_, Seen> {
+        self.services[i].seen.lock().unwrap()
+    }
+
+    fn primary(&self) -> usize {
+        wait(WAIT, || self.members.iter().copied().find(|&i| self.replicas[i].is_primary()))
+    }
+
+    /// Submits `count` requests to the members, each executed by the primary before the next.
+    fn submit(&mut self, count: u64) {
+        for _ in 0..count {
+            submit_among(&self.replicas, &self.services, &self.members, self.next);
+            self.next += 1;
+        }
+    }
+
+    /// Changes the members to `to` through the primary, submits up to `during` requests to it
+    /// just after (until it refuses one), and checks each replica against api-behavior §2.17;
+    /// returns the issuer.
+    fn change(&mut self, to: &[usize], during: u64) -> usize {
+        let number = self.number + 1;
+        let cookie = config_cookie(number);
+        let nodes = to.iter().map(|&i| self.nodes[i].clone()).collect();
+        let new = (MemberSet { nodes, cookie: Bytes::from(format!("configuration {number}")) }, number);
+        let issuer = wait(WAIT, || {
+            let p = self.primary();
+            self.seen(p).config_cookies.insert(cookie);
+            let code = self.replicas[p].change_configuration(new.0.clone(), cookie);
+            if code != ResponseCode::Success {
+                self.seen(p).config_cookies.remove(&cookie);
+            }
+            (code == ResponseCode::Success).then_some(p)
+        });
+        let aborted_before = self.seen(issuer).aborted.len();
+        let submitted: Vec<u64> =
+            (self.next..self.next + during).take_while(|&n| offer(&self.replicas[issuer], &self.services[issuer], n)).collect();
+
+        // Every member of either configuration executes the change (one added learns up to it
+        // from a Join first); those left out go inactive.
+        let left: Vec<usize> = self.members.iter().copied().filter(|i| !to.contains(i)).collect();
+        let changed = |i: usize| self.replicas[i].configuration() == new;
+        wait(WAIT, || to.iter().all(|&i| changed(i)).then_some(()));
+        let inactive = |i: usize| self.replicas[i].role() == Some(Role::Inactive);
+        wait(WAIT, || left.iter().all(|&i| changed(i) && inactive(i)).then_some(()));
+        // The issuer has every cookie back. The requests queued behind the reconfiguration
+        // vote fell past the old configuration's last decree: aborted, executed nowhere.
+        wait(WAIT, || {
+            let seen = self.seen(issuer);
+            (seen.outstanding.is_empty() && seen.configurations.last().is_some_and(|(_, now)| now.1 == number)).then_some(())
+        });
+        let aborted = self.seen(issuer).aborted[aborted_before..].to_vec();
+        let expected: Vec<_> = submitted.iter().map(|&n| (n, ResponseCode::NotPrimary)).collect();
+        assert_eq!(aborted, expected, "the requests submitted during the change to {number}");
+        for &i in to.iter().chain(&left) {
+            let seen = self.seen(i);
+            let notified = if i == issuer { Some(cookie) } else { None };
+            assert_eq!(seen.configurations.last(), Some(&(notified, new.clone())), "replica {i} notified of {number}");
+            assert_eq!(seen.executed.len() as u64, self.next, "replica {i} executed every request before the change");
+        }
+        // One left out stays up, not primary, and refuses what only a primary takes.
+        for &i in &left {
+            let r = &self.replicas[i];
+            assert!(!r.is_stopped() && !r.is_primary(), "replica {i} left out of {number}");
+            assert_eq!(r.replicate_request(request(u64::MAX), u64::MAX), ResponseCode::NotPrimary);
+            assert_eq!(r.change_configuration(new.0.clone(), 0), ResponseCode::NotPrimary);
+        }
+        for &i in &left {
+            let executed = self.seen(i).executed.len();
+            self.left_out.insert(i, executed);
+        }
+        for i in to {
+            self.left_out.remove(i);
+        }
+        (self.members, self.number) = (to.to_vec(), number);
+        issuer
+    }
+
+    /// Every member executes every request submitted, and every replica executed the same
+    /// requests at the same decrees as far as it went; one left out went no further than its
+    /// configuration.
+    fn agree(&self) {
+        let all_executed = |i: &usize| self.seen(*i).executed.len() as u64 == self.next;
+        wait(WAIT, || self.members.iter().all(all_executed).then_some(()));
+        let reference = self.seen(self.members[0]).executed.clone();
+        for i in 0..self.replicas.len() {
+            let seen = self.seen(i);
+            assert_eq!(seen.executed, reference[..seen.executed.len()], "replica {i} executed what the members did");
+            if let Some(&count) = self.left_out.get(&i) {
+                assert_eq!(seen.executed.len(), count, "replica {i} executed nothing once left out");
+                assert_eq!(self.replicas[i].role(), Some(Role::Inactive), "replica {i} left out");
+            }
+        }
+        for &i in &self.members {
+            assert_eq!(self.replicas[i].configuration().1, self.number, "replica {i}");
+            assert!(matches!(self.replicas[i].role(), Some(Role::Primary | Role::Secondary)), "replica {i} is active");
+        }
+    }
+
+    /// Unloads every replica; none broke an invariant or failed. What each saw, by replica.
+    fn stop(self) -> Vec<Seen> {
+        self.replicas.into_iter().zip(self.services).map(|(r, service)| service.stop(r)).collect()
+    }
+}
+
+/// TestAddAndRemoveReplicas, the complete swaps: [A,B,C] → [D,E,F] replaces every member, the
+/// primary included; [D,E,F] → [A] brings back alone a replica left out; [A] → [B] hands a
+/// one-member ring to another. Each change has requests before, during (aborted, submitted
+/// again) and after it; new members start outside the first configuration and learn up to
+/// the change from a Join; those left out execute the change, go inactive and stay so.
+#[test]
+fn test_add_and_remove_replicas_complete_swap() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c, d, e, f) = (0, 1, 2, 3, 4, 5);
+    let mut ring = Ring::start(dir.path(), 6, &[a, b, c]);
+    ring.submit(3);
+    ring.change(&[d, e, f], 3);
+    ring.submit(3);
+    ring.change(&[a], 3);
+    ring.submit(3);
+    ring.change(&[b], 3);
+    ring.submit(3);
+    ring.agree();
+    let seen = ring.stop();
+    let numbers = |i: usize| seen[i].configurations.iter().map(|(_, (_, number))| *number).collect::<Vec<_>>();
+    assert_eq!(numbers(a), [2, 3, 4], "A executed the changes it missed once back");
+    assert_eq!(numbers(b), [2, 3, 4]);
+    assert_eq!(numbers(c), [2]);
+}
+
+/// TestABC_BCD_CDE_ADE: A, the primary, leaves; two configurations pass without it, each
+/// leaving out another member; then A comes back. Every member of each configuration has it
+/// in force, A executes the decrees of the two it missed, changes included, and ends an active
+/// member of configuration 4 agreeing with the others.
+#[test]
+fn test_abc_bcd_cde_ade() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ring = Ring::start(dir.path(), 5, &[0, 1, 2]);
+    // A is the first primary, as in the original.
+    let a = ring.primary();
+    let [b, c] = [(a + 1) % 3, (a + 2) % 3];
+    let (d, e) = (3, 4);
+    ring.submit(3);
+    ring.change(&[b, c, d], 2);
+    ring.submit(3);
+    ring.change(&[c, d, e], 2);
+    ring.submit(3);
+    ring.change(&[a, d, e], 2);
+    ring.submit(3);
+    ring.agree();
+    let seen = ring.stop();
+    let numbers = |i: usize| seen[i].configurations.iter().map(|(_, (_, number))| *number).collect::<Vec<_>>();
+    assert_eq!(numbers(a), [2, 3, 4]);
+    assert_eq!(numbers(b), [2, 3]);
+    assert_eq!(numbers(c), [2, 3, 4]);
+    assert_eq!(seen[a].executed.len(), 12);
+}
+
+/// §3.5, `NotifyStatus(false)` with no replicated cookie outstanding, when requests race the
+/// step-down: a one-member primary decides its change to another one-member ring at once,
+/// while requests keep coming until it refuses them ([A] → [B] → [A] → [B]). Each request it
+/// took comes back, aborted, before it is told it is no longer primary; the ones it took while
+/// its step-down was under way came back after (each change caught it about two times in
+/// three).
+#[test]
+fn no_request_is_outstanding_when_a_primary_steps_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ring = Ring::start(dir.path(), 2, &[0]);
+    ring.submit(1);
+    for to in [1, 0, 1] {
+        ring.change(&[to], 10_000);
+        ring.submit(1);
+    }
+    ring.agree();
+    ring.stop();
 }

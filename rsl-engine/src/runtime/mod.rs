@@ -39,7 +39,7 @@ use crate::paxos::Role;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 
 /// A byte range of a file, `[start, end)`: what the learn port streams for a FetchVotes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,6 +76,12 @@ pub(crate) fn numbered_files(dir: &std::path::Path, ext: &str) -> Result<Vec<(u6
 /// What the API reads without a round trip to the protocol thread.
 pub(crate) struct Shared {
     pub is_primary: AtomicBool,
+    /// Held shared by a submission from its `is_primary` check to its offer, and exclusively
+    /// by the protocol thread clearing `is_primary` on a step-down: from then on every request
+    /// taken is counted in `submits_offered`, and none more is taken.
+    pub submit_gate: RwLock<()>,
+    /// Requests the API has queued for the protocol thread (`Event::Submit`).
+    pub submits_offered: AtomicU64,
     pub shutting_down: AtomicBool,
     /// The last executed decree (set before its requests run).
     pub current_seq: AtomicU64,
@@ -137,6 +143,8 @@ impl Shared {
     fn new() -> Shared {
         Shared {
             is_primary: AtomicBool::new(false),
+            submit_gate: RwLock::new(()),
+            submits_offered: AtomicU64::new(0),
             shutting_down: AtomicBool::new(false),
             current_seq: AtomicU64::new(0),
             passed_seq: AtomicU64::new(0),

@@ -335,6 +335,9 @@ impl RslReplica {
     }
 
     fn submit(&self, request: Bytes, cookie: Cookie, exclusive: bool, last: bool) -> ResponseCode {
+        // Checked and queued under the gate, so a step-down knows every request taken before it
+        // (`Io::status_after`).
+        let _gate = self.shared.submit_gate.read().unwrap_or_else(|e| e.into_inner());
         if let Some(code) = self.check_submit(&request) {
             return code;
         }
@@ -347,7 +350,14 @@ impl RslReplica {
             self.shared.stats.requests_refused.fetch_add(1, Relaxed);
             return ResponseCode::NotPrimary;
         }
-        self.offer(&self.events, Event::Submit { request, cookie, exclusive, last }, ResponseCode::NotPrimary)
+        // Counted before it can be handled, uncounted if not queued: the gate hides the
+        // difference from the protocol thread.
+        self.shared.submits_offered.fetch_add(1, Relaxed);
+        let code = self.offer(&self.events, Event::Submit { request, cookie, exclusive, last }, ResponseCode::NotPrimary);
+        if code != ResponseCode::Success {
+            self.shared.submits_offered.fetch_sub(1, Relaxed);
+        }
+        code
     }
 
     /// `FastReadRequest`: runs `execute_fast_read_request` on this replica once its state has

@@ -89,6 +89,11 @@ pub(crate) struct Io {
     catch_up: CatchUp,
     /// The resolver thread's mailbox, if the service resolves members' addresses.
     resolver: Option<Arc<Notes>>,
+    /// The `Event::Submit`s handled, of `Shared::submits_offered`.
+    submits_handled: u64,
+    /// A step-down's `NotifyStatus(false)`, held until this many requests are handled: those
+    /// taken before `is_primary` was cleared come back first (api-behavior §3.5).
+    status_after: Option<u64>,
 }
 
 impl Io {
@@ -126,6 +131,8 @@ impl Io {
             halted: false,
             catch_up,
             resolver,
+            submits_handled: 0,
+            status_after: None,
         }
     }
 }
@@ -189,9 +196,12 @@ impl Ring {
                 driver.durable(seq, io)
             }
             Event::Submit { request, cookie, exclusive, last } => {
+                io.submits_handled += 1;
+                debug_assert!(io.submits_handled <= io.shared.submits_offered.load(Relaxed), "a request handled before it was counted");
                 if let Err(e) = driver.submit(request, cookie, exclusive, last, io) {
                     io.refused(cookie, e);
                 }
+                io.release_status(false);
             }
             Event::ChangeConfiguration { members, cookie, reply } => {
                 let _ = reply.send(match driver.change_configuration(members, cookie, io) {
@@ -256,6 +266,7 @@ impl Ring {
         self.driver.stop(&mut self.io);
         let durable = self.driver.durable_seq();
         let mut io = self.io;
+        io.release_status(true);
         io.shared.is_primary.store(false, Relaxed);
         io.shared.shutting_down.store(true, Relaxed);
         io.transport.shutdown();
@@ -294,6 +305,16 @@ impl Io {
         // Straight on, not behind decrees waiting in the log: the request was never proposed,
         // so no decree or other callback concerns its cookie (RSL answers it synchronously).
         self.halted |= self.work.send(Work::Abort { cookie, code }).is_err();
+    }
+
+    /// Hands a held `NotifyStatus(false)` on once the requests taken before it are handled,
+    /// or at once if `now` (a stop, or a new term that must follow it).
+    fn release_status(&mut self, now: bool) {
+        if self.status_after.is_some_and(|offered| now || self.submits_handled >= offered) {
+            self.status_after = None;
+            self.hand_to_exec(Work::Status(false));
+        }
+        debug_assert!(self.status_after.is_none_or(|offered| offered > self.submits_handled), "a step-down held past its requests");
     }
 
     /// Behind any decrees waiting in the log (`ExecBacklog`), so the order holds.
@@ -377,9 +398,26 @@ impl Host for Io {
             }
             Execution::Abort { cookie, reason, config: true } => Work::AbortConfig { cookie, code: abort_code(reason) },
             Execution::Abort { cookie, reason, config: false } => Work::Abort { cookie, code: abort_code(reason) },
-            Execution::Status(primary) => {
-                self.shared.is_primary.store(primary, Relaxed);
-                Work::Status(primary)
+            Execution::Status(false) => {
+                let offered = {
+                    let _gate = self.shared.submit_gate.write().unwrap_or_else(|e| e.into_inner());
+                    self.shared.is_primary.store(false, Relaxed);
+                    self.shared.submits_offered.load(Relaxed)
+                };
+                // Requests taken before the flag was cleared may still wait in this thread's
+                // queue: each is refused, its cookie back, before the application hears that
+                // it is no longer primary (RSL refuses them under the lock that steps down).
+                debug_assert!(self.status_after.is_none() && offered >= self.submits_handled);
+                if offered > self.submits_handled {
+                    self.status_after = Some(offered);
+                    return;
+                }
+                Work::Status(false)
+            }
+            Execution::Status(true) => {
+                self.release_status(true);
+                self.shared.is_primary.store(true, Relaxed);
+                Work::Status(true)
             }
             Execution::PrimaryRecovered => Work::PrimaryRecovered,
             Execution::ConfigChanged { config, cookie } => Work::ConfigChanged { config, cookie },

@@ -20,17 +20,27 @@ pub struct Three {
 }
 
 pub fn three(dir: &Path) -> Three {
-    let ports = free_pairs(3);
-    let nodes: Vec<_> = (0..3).map(|i| node(&(i + 1).to_string(), Ipv4Addr::LOCALHOST, ports[i]).expect("a node")).collect();
+    let nodes = loopback(3);
     let members = MemberSet { nodes: nodes.clone(), cookie: Bytes::new() };
-    let cfg = RslConfig {
+    Three { nodes, members, cfg: config(dir) }
+}
+
+/// `n` nodes on loopback, ids "1" to "n", on ports from the OS.
+pub fn loopback(n: usize) -> Vec<Node> {
+    let ports = free_pairs(n);
+    (0..n).map(|i| node(&(i + 1).to_string(), Ipv4Addr::LOCALHOST, ports[i]).expect("a node")).collect()
+}
+
+/// Files in `dir`; heartbeats well inside the election delay (no election while the primary
+/// lives).
+pub fn config(dir: &Path) -> RslConfig {
+    RslConfig {
         working_dir: dir.into(),
         election_delay_sec: 3,
         heart_beat_interval_sec: 1,
         new_leader_grace_period_sec: 3,
         ..RslConfig::default()
-    };
-    Three { nodes, members, cfg }
+    }
 }
 
 /// `n` ports from the OS, each with the next one free too (a node's learn port is its Paxos
