@@ -25,7 +25,7 @@ fn payload(seq: u64, len: usize) -> Vec<u8> {
 }
 
 /// What the workload did, as the caller saw it.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Seen {
     /// Every payload an append took, by sequence number.
     appended: Vec<Vec<u8>>,
@@ -34,6 +34,18 @@ struct Seen {
     /// The head a returned advance made durable, and the furthest one asked for.
     head_durable: u64,
     head_asked: u64,
+}
+
+impl std::fmt::Debug for Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let lens: Vec<usize> = self.appended.iter().map(Vec::len).collect();
+        f.debug_struct("Seen")
+            .field("appended_lens", &lens)
+            .field("acknowledged", &self.acknowledged)
+            .field("head_durable", &self.head_durable)
+            .field("head_asked", &self.head_asked)
+            .finish()
+    }
 }
 
 /// Runs `ops` on a log over `mem` until the memory crashes (a fence fails).
@@ -256,4 +268,19 @@ fn releasing_past_the_durable_tail_is_a_bug() {
     let mut log = fresh(1024);
     let end = log.append(b"pending").unwrap().end;
     log.advance_head(end).unwrap();
+}
+
+/// Regression (a proptest case): a record followed by a pad ends where the pad starts, a valid
+/// place for the head.
+#[test]
+fn the_head_can_stop_at_a_pad() {
+    let mut log = fresh(256);
+    let a = log.append(&[1; 100]).unwrap(); // 128 bytes at 0
+    let b = log.append(&[2; 80]).unwrap(); // 104 bytes at 128: 24 left
+    log.persist().unwrap();
+    log.advance_head(a.end).unwrap();
+    log.append(&[3; 40]).unwrap(); // a pad of 24, then 64 bytes at 0
+    log.persist().unwrap();
+    log.advance_head(b.end).unwrap();
+    assert_eq!(seqs(&restarted(&log)), [2]);
 }
