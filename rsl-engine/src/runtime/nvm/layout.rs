@@ -29,6 +29,10 @@ pub const MIN_CAPACITY: u64 = 256;
 /// overflow in practice.
 pub const MAX_CAPACITY: u64 = 1 << 40;
 
+/// No log writes this many bytes in its life; a larger position is corruption (and the arithmetic
+/// on positions never overflows).
+pub const MAX_POSITION: u64 = 1 << 62;
+
 /// What a record frame holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -126,6 +130,9 @@ impl Slot {
 
     /// What is wrong with a checksummed slot for a ring of `capacity` bytes, if anything.
     pub fn check(&self, capacity: u64) -> Result<(), &'static str> {
+        if self.tail > MAX_POSITION {
+            return Err("slot's tail is past any log's lifetime");
+        }
         if self.head > self.tail || self.tail - self.head > capacity {
             return Err("slot's head and tail are more than the ring apart");
         }

@@ -23,7 +23,7 @@ mod tests;
 
 pub use layout::{record_size, RECORD_HEADER, RING_OFFSET};
 pub use log::{AppendError, Appended, PmemLog, Position, Record, Records};
-pub use mapped::{create, open, Persistence};
+pub use mapped::{create, open, FileMemory, Persistence};
 
 use std::io;
 use std::ops::Range;

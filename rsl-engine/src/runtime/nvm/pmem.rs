@@ -46,12 +46,19 @@ mod cpu {
     }
 
     impl LineFlush {
-        /// CPUID leaf 7, sub-leaf 0, EBX: bit 24 is CLWB, bit 23 CLFLUSHOPT.
+        /// CPUID leaf 7, sub-leaf 0, EBX: bit 24 is CLWB, bit 23 CLFLUSHOPT (if leaf 0 says
+        /// leaf 7 exists: past the last leaf, CPUID answers with the last one's data).
         pub fn detect() -> LineFlush {
-            // SAFETY: (an unsafe call in older Rust, 1.87 the workspace minimum among them) CPUID exists on every x86-64 CPU, and leaf 7 is answered (with zeros if the
-            // CPU lacks it, which selects the `clflush` every x86-64 has).
+            use std::arch::x86_64::{__cpuid, __cpuid_count};
+            // SAFETY: CPUID exists on every x86-64 CPU and only reads identification data. (A
+            // safe function in newer Rust; 1.87, the workspace's minimum, still wants `unsafe`.)
             #[allow(unused_unsafe)]
-            let ebx = unsafe { std::arch::x86_64::__cpuid_count(7, 0) }.ebx;
+            let ebx = unsafe {
+                match __cpuid(0).eax {
+                    7.. => __cpuid_count(7, 0).ebx,
+                    _ => 0,
+                }
+            };
             if ebx & (1 << 24) != 0 {
                 LineFlush::Clwb
             } else if ebx & (1 << 23) != 0 {
