@@ -37,13 +37,29 @@ pub fn create(path: &Path, capacity: u64, persistence: Persistence) -> Result<Pm
     let temp = path.with_extension("creating");
     let file = File::options().read(true).write(true).create(true).truncate(true).open(&temp);
     let file = file.map_err(|e| NvmError::io(&temp, e))?;
-    file.set_len(RING_OFFSET as u64 + capacity).map_err(|e| NvmError::io(&temp, e))?;
+    allocate(&file, RING_OFFSET as u64 + capacity).map_err(|e| NvmError::io(&temp, e))?;
     drop(PmemLog::format(map(&file, &temp, persistence)?)?);
     file.sync_all().map_err(|e| NvmError::io(&temp, e))?;
     fs::rename(&temp, path).map_err(|e| NvmError::io(path, e))?;
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| NvmError::io(dir, e))?;
     open(path, persistence)
+}
+
+/// Writes `len` zero bytes to `file`, so that every block is allocated and written once here:
+/// a store to a hole (or to an unwritten extent) later would make each `msync` commit the file
+/// system's journal as well, and on DAX would fault on the first store to each page.
+fn allocate(file: &File, len: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    const CHUNK: usize = 1 << 20;
+    let zeros = vec![0u8; CHUNK];
+    let mut at = 0;
+    while at < len {
+        let n = CHUNK.min((len - at) as usize);
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 /// Opens the log at `path` and recovers it ([`PmemLog::recover`]).
