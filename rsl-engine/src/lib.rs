@@ -3,8 +3,8 @@
 //! [`format`] owns every byte format RSL reads and writes; [`paxos`] is the sans-IO protocol core;
 //! [`driver`] carries out its actions for both the [`runtime`] and the simulator ([`sim`]).
 
-// The system calls std lacks are wrapped in `writeback` and `diskspace`, which alone may use
-// `unsafe`.
+// The system calls std lacks are wrapped in `writeback` and `diskspace`, and persistent memory
+// in `runtime::nvm::pmem`: they alone may use `unsafe`.
 #![deny(unsafe_code)]
 
 /// `tracing`'s target for RSL's Alert severity, above Error: the log callbacks of the C API

@@ -16,6 +16,8 @@ mod exec;
 pub mod health;
 pub mod journal;
 pub mod learn;
+#[cfg(target_os = "linux")]
+pub mod nvm;
 mod queue;
 mod readers;
 mod replica;
