@@ -50,6 +50,7 @@ pub fn run(args: ClusterArgs) -> Result<(), String> {
         let mut cmd = Command::new(&exe);
         cmd.args(["replica", "--id", &(i + 1).to_string(), "--port", &port(i, 0).to_string(), "--client-port", &port(i, 2).to_string()])
             .args(["--members", &members.join(","), "--version", &args.version.to_string(), "--window", &args.window.to_string()])
+            .args(["--net-delay-us", &args.net_delay_us.to_string()])
             .arg("--dir")
             .arg(&dir)
             .arg("--ignore-sigint")
@@ -121,9 +122,9 @@ async fn drive(args: &ClusterArgs, clients: Vec<SocketAddr>) -> Result<(), Strin
     let agree = agreement(&clients).await;
     if args.json {
         println!(
-            "{{\"requests\":{},\"seconds\":{:.3},\"ops_per_sec\":{:.0},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"size\":{},\"outstanding\":{},\"sync\":{},\"version\":{},\"window\":{},\"tls\":{},\"replicas_agree\":{}}}",
+            "{{\"requests\":{},\"seconds\":{:.3},\"ops_per_sec\":{:.0},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"size\":{},\"outstanding\":{},\"sync\":{},\"version\":{},\"window\":{},\"net_delay_us\":{},\"tls\":{},\"replicas_agree\":{}}}",
             lat.len(), result.elapsed.as_secs_f64(), ops, lat.value_at_quantile(0.5), lat.value_at_quantile(0.99), lat.value_at_quantile(0.999),
-            args.size, args.outstanding, !args.no_sync, args.version, args.window, args.tls, agree.is_ok()
+            args.size, args.outstanding, !args.no_sync, args.version, args.window, args.net_delay_us, args.tls, agree.is_ok()
         );
     } else {
         eprintln!();
