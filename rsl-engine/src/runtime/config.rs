@@ -527,11 +527,13 @@ mod tests {
             idle_connection_timeout_sec: 90,
             slow_sender_timeout_sec: 11,
             max_inbound_buffer_mb: 300,
+            net_delay_us: 1500,
             ..RslConfig::default()
         };
         let t = cfg.transport_options();
         assert_eq!((t.max_packet, t.max_inbound, t.max_buffered), ((2 << 20) + 1024, 7, 300 << 20));
         assert_eq!((t.idle_timeout, t.frame_timeout), (Duration::from_secs(90), Duration::from_secs(11)));
+        assert_eq!((t.delay, RslConfig::default().transport_options().delay), (Duration::from_micros(1500), Duration::ZERO));
         let learn = cfg.learn_limits();
         assert_eq!((learn.max_connections, learn.timeout), (7, Duration::from_secs(11)));
     }
