@@ -13,7 +13,8 @@
 //! and with a one-way delay between the replicas of `CLUSTER_BENCH_DELAY_US` (default 1000; the
 //! benchmark-only `--net-delay-us`). The machine is shared, so each point runs the two versions
 //! back to back, alternately, `CLUSTER_BENCH_ROUNDS` times (default 2), and the summary gives
-//! every figure, the ratio of the sums and the load average before and after.
+//! every figure (with the replicas' CPU time per request, which a busy machine changes less
+//! than the throughput), the ratios of the sums and the load average before and after.
 
 use std::process::Command;
 
@@ -113,19 +114,36 @@ fn pipeline(exe: &str) {
                     port += 20;
                     let json = run_cluster(exe, port, &flags);
                     println!("{json}");
-                    into.push((field(&json, "ops_per_sec"), field(&json, "p50_us"), field(&json, "p99_us")));
+                    into.push(Run {
+                        ops: field(&json, "ops_per_sec"),
+                        p50: field(&json, "p50_us"),
+                        p99: field(&json, "p99_us"),
+                        cpu: field(&json, "replica_cpu_us_per_request"),
+                    });
                 }
             }
             rows.push((delay_us, outstanding, v6, v7));
         }
     }
     println!("# load average after: {}", load_average());
-    println!("# delay_us in_flight | v6 req/s (p50/p99 µs) ... | v7 w16 req/s (p50/p99 µs) ... | v7/v6");
-    let show =
-        |runs: &[(f64, f64, f64)]| runs.iter().map(|(o, p50, p99)| format!("{o:.0} ({p50:.0}/{p99:.0})")).collect::<Vec<_>>().join(", ");
+    println!("# delay_us in_flight | v6 req/s (p50/p99 µs, replica CPU µs/request) ... | v7 w16 the same | v7/v6 req/s, CPU/request");
+    let show = |runs: &[Run]| {
+        runs.iter().map(|r| format!("{:.0} ({:.0}/{:.0}, {:.1})", r.ops, r.p50, r.p99, r.cpu)).collect::<Vec<_>>().join(", ")
+    };
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
     for (delay_us, outstanding, v6, v7) in rows {
-        let sum = |runs: &[(f64, f64, f64)]| runs.iter().map(|r| r.0).sum::<f64>();
-        let ratio = if sum(&v6) > 0.0 { sum(&v7) / sum(&v6) } else { 0.0 };
-        println!("# {delay_us:>6} {outstanding:>5} | {} | {} | {ratio:.2}", show(&v6), show(&v7));
+        let sum = |runs: &[Run], f: fn(&Run) -> f64| runs.iter().map(f).sum::<f64>();
+        let (ops, cpu) = (ratio(sum(&v7, |r| r.ops), sum(&v6, |r| r.ops)), ratio(sum(&v7, |r| r.cpu), sum(&v6, |r| r.cpu)));
+        println!("# {delay_us:>6} {outstanding:>5} | {} | {} | {ops:.2}, {cpu:.2}", show(&v6), show(&v7));
     }
+}
+
+/// One `rsl-kv cluster` run's figures.
+struct Run {
+    ops: f64,
+    p50: f64,
+    p99: f64,
+    /// The three replicas' CPU time per request, in µs: a busy machine changes it less than
+    /// the throughput.
+    cpu: f64,
 }
