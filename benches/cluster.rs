@@ -7,6 +7,14 @@
 //! `cargo bench --bench cluster`. Environment: `CLUSTER_BENCH_SECS`, `CLUSTER_BENCH_VERSION`
 //! (default 6), `CLUSTER_BENCH_WINDOW` (default 1; needs version 7 above 1), and
 //! `CLUSTER_BENCH_ONLY=<size>x<outstanding>[,...]` to run a subset.
+//!
+//! `CLUSTER_BENCH_PIPELINE=1` compares protocol version 6 with version 7 at a window of 16
+//! instead (64-byte requests, fdatasync on) at 1, 64, 256 and 1024 requests in flight, without
+//! and with a one-way delay between the replicas of `CLUSTER_BENCH_DELAY_US` (default 1000; the
+//! benchmark-only `--net-delay-us`). The machine is shared, so each point runs the two versions
+//! back to back, alternately, `CLUSTER_BENCH_ROUNDS` times (default 2), and the summary gives
+//! every figure (with the replicas' CPU time per request, which a busy machine changes less
+//! than the throughput), the ratios of the sums and the load average before and after.
 
 use std::process::Command;
 
@@ -14,11 +22,37 @@ fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.into())
 }
 
+/// One `rsl-kv cluster --json` run: its JSON line (empty if it failed).
+fn run_cluster(exe: &str, port: u16, flags: &[String]) -> String {
+    let out =
+        Command::new(exe).args(["cluster", "--json", "--base-port", &port.to_string()]).args(flags).output().expect("run rsl-kv cluster");
+    if !out.status.success() {
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    }
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A numeric field of a JSON line (0 if absent).
+fn field(json: &str, name: &str) -> f64 {
+    let key = format!("\"{name}\":");
+    let Some(at) = json.find(&key) else { return 0.0 };
+    let rest = &json[at + key.len()..];
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    rest[..end].parse().unwrap_or(0.0)
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg").map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+}
+
 fn main() {
     let root = env!("CARGO_MANIFEST_DIR");
     let built = Command::new(env!("CARGO")).args(["build", "--release", "-p", "rsl-engine", "--bin", "rsl-kv"]).current_dir(root).status();
     assert!(built.is_ok_and(|s| s.success()), "building rsl-kv failed");
     let exe = format!("{root}/target/release/rsl-kv");
+    if std::env::var("CLUSTER_BENCH_PIPELINE").is_ok_and(|v| v == "1") {
+        return pipeline(&exe);
+    }
     let (secs, version, window) =
         (env_or("CLUSTER_BENCH_SECS", "10"), env_or("CLUSTER_BENCH_VERSION", "6"), env_or("CLUSTER_BENCH_WINDOW", "1"));
     let only = std::env::var("CLUSTER_BENCH_ONLY").ok();
@@ -29,25 +63,87 @@ fn main() {
                 if only.as_deref().is_some_and(|o| !o.split(',').any(|c| c == format!("{size}x{outstanding}"))) {
                     continue;
                 }
-                let mut cmd = Command::new(&exe);
-                cmd.args(["cluster", "--json", "--duration", &secs, "--version", &version, "--window", &window]).args([
-                    "--size",
-                    &size.to_string(),
-                    "--outstanding",
-                    &outstanding.to_string(),
-                    "--base-port",
-                    &port.to_string(),
-                ]);
+                let mut flags: Vec<String> =
+                    ["--duration", &secs, "--version", &version, "--window", &window, "--size"].into_iter().map(String::from).collect();
+                flags.extend([size.to_string(), "--outstanding".into(), outstanding.to_string()]);
                 if !sync {
-                    cmd.arg("--no-sync");
+                    flags.push("--no-sync".into());
                 }
                 port += 20;
-                let out = cmd.output().expect("run rsl-kv cluster");
-                print!("{}", String::from_utf8_lossy(&out.stdout));
-                if !out.status.success() {
-                    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-                }
+                println!("{}", run_cluster(&exe, port, &flags));
             }
         }
     }
+}
+
+/// Version 6 against version 7 at a window of 16, alternately, without and with the delay.
+fn pipeline(exe: &str) {
+    let secs = env_or("CLUSTER_BENCH_SECS", "10");
+    let delay = env_or("CLUSTER_BENCH_DELAY_US", "1000");
+    let rounds: usize = env_or("CLUSTER_BENCH_ROUNDS", "2").parse().expect("CLUSTER_BENCH_ROUNDS is a number");
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!("# {cpus} CPUs; load average before: {}", load_average());
+    let mut port = 24_000u16;
+    let mut rows = Vec::new();
+    for delay_us in ["0", delay.as_str()] {
+        for outstanding in [1usize, 64, 256, 1024] {
+            // Many in flight take more client connections, as the 1024 figure did.
+            let connections = if outstanding >= 1024 { "16" } else { "4" };
+            let (mut v6, mut v7) = (Vec::new(), Vec::new());
+            for _ in 0..rounds {
+                for (version, window, into) in [("6", "1", &mut v6), ("7", "16", &mut v7)] {
+                    let flags: Vec<String> = [
+                        "--duration",
+                        &secs,
+                        "--version",
+                        version,
+                        "--window",
+                        window,
+                        "--size",
+                        "64",
+                        "--outstanding",
+                        &outstanding.to_string(),
+                        "--connections",
+                        connections,
+                        "--net-delay-us",
+                        delay_us,
+                    ]
+                    .into_iter()
+                    .map(String::from)
+                    .collect();
+                    port += 20;
+                    let json = run_cluster(exe, port, &flags);
+                    println!("{json}");
+                    into.push(Run {
+                        ops: field(&json, "ops_per_sec"),
+                        p50: field(&json, "p50_us"),
+                        p99: field(&json, "p99_us"),
+                        cpu: field(&json, "replica_cpu_us_per_request"),
+                    });
+                }
+            }
+            rows.push((delay_us, outstanding, v6, v7));
+        }
+    }
+    println!("# load average after: {}", load_average());
+    println!("# delay_us in_flight | v6 req/s (p50/p99 µs, replica CPU µs/request) ... | v7 w16 the same | v7/v6 req/s, CPU/request");
+    let show = |runs: &[Run]| {
+        runs.iter().map(|r| format!("{:.0} ({:.0}/{:.0}, {:.1})", r.ops, r.p50, r.p99, r.cpu)).collect::<Vec<_>>().join(", ")
+    };
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    for (delay_us, outstanding, v6, v7) in rows {
+        let sum = |runs: &[Run], f: fn(&Run) -> f64| runs.iter().map(f).sum::<f64>();
+        let (ops, cpu) = (ratio(sum(&v7, |r| r.ops), sum(&v6, |r| r.ops)), ratio(sum(&v7, |r| r.cpu), sum(&v6, |r| r.cpu)));
+        println!("# {delay_us:>6} {outstanding:>5} | {} | {} | {ops:.2}, {cpu:.2}", show(&v6), show(&v7));
+    }
+}
+
+/// One `rsl-kv cluster` run's figures.
+struct Run {
+    ops: f64,
+    p50: f64,
+    p99: f64,
+    /// The three replicas' CPU time per request, in µs: a busy machine changes it less than
+    /// the throughput.
+    cpu: f64,
 }

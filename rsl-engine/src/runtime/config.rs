@@ -96,6 +96,10 @@ pub struct RslConfig {
     /// one: [`CatchUp::LoadInPlace`] (this API's default) or the original's
     /// [`CatchUp::Restart`] (the C++ shim's default).
     pub catch_up: CatchUp,
+    /// Benchmarks only, never in production: every Paxos packet this replica sends is held
+    /// this many microseconds before it is written, a one-way network delay between the
+    /// replicas of one machine (`rsl-kv replica --net-delay-us`). 0 (the default): none.
+    pub net_delay_us: u32,
 }
 
 /// How a replica that fell behind everything its peers' logs hold takes the peer checkpoint it
@@ -163,6 +167,7 @@ impl Default for RslConfig {
             max_inbound_buffer_mb: 256,
             tls: None,
             catch_up: CatchUp::LoadInPlace,
+            net_delay_us: 0,
         }
     }
 }
@@ -229,6 +234,7 @@ impl RslConfig {
         check("idle_connection_timeout_sec", self.idle_connection_timeout_sec.into(), 1, 86_400)?;
         check("slow_sender_timeout_sec", self.slow_sender_timeout_sec.into(), 1, 3600)?;
         check("max_inbound_buffer_mb", self.max_inbound_buffer_mb.into(), 1, 1 << 20)?;
+        check("net_delay_us", self.net_delay_us.into(), 0, 1_000_000)?;
         if self.working_dir.as_os_str().is_empty() {
             return Err(ConfigError { field: "m_workingDir", value: 0, min: 1, max: 1 });
         }
@@ -257,6 +263,7 @@ impl RslConfig {
             // must get a place behind the peer's packets still unsent.
             max_outstanding: (self.max_outstanding_per_replica as usize).max(2 * self.pipeline_window as usize),
             send_timeout: secs(self.send_timeout_sec),
+            delay: Duration::from_micros(self.net_delay_us.into()),
             ..TransportOptions::default()
         }
     }
@@ -372,6 +379,7 @@ mod tests {
             max_inbound_buffer_mb,
             tls,
             catch_up,
+            net_delay_us,
         );
         let doc = include_str!("../../../docs/migrating.md");
         let table = doc.split("## 6. `RSLConfigParam`, field by field").nth(1).expect("the field table in docs/migrating.md");
@@ -519,11 +527,13 @@ mod tests {
             idle_connection_timeout_sec: 90,
             slow_sender_timeout_sec: 11,
             max_inbound_buffer_mb: 300,
+            net_delay_us: 1500,
             ..RslConfig::default()
         };
         let t = cfg.transport_options();
         assert_eq!((t.max_packet, t.max_inbound, t.max_buffered), ((2 << 20) + 1024, 7, 300 << 20));
         assert_eq!((t.idle_timeout, t.frame_timeout), (Duration::from_secs(90), Duration::from_secs(11)));
+        assert_eq!((t.delay, RslConfig::default().transport_options().delay), (Duration::from_micros(1500), Duration::ZERO));
         let learn = cfg.learn_limits();
         assert_eq!((learn.max_connections, learn.timeout), (7, Duration::from_secs(11)));
     }

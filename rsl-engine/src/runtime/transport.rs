@@ -79,6 +79,10 @@ pub struct TransportOptions {
     /// A packet not written within this long of being queued is dropped; if it was being
     /// written, the connection fails with it (`m_sendTimeoutSec`).
     pub send_timeout: Duration,
+    /// Benchmarks only, never in production: each packet is held this long after it is
+    /// queued before it is written, as a network with this one-way delay would (tokio's
+    /// timer rounds the hold up to its 1 ms tick). Zero: no hold.
+    pub delay: Duration,
 }
 
 impl Default for TransportOptions {
@@ -95,6 +99,7 @@ impl Default for TransportOptions {
             alert_packet: 0,
             max_outstanding: 10,
             send_timeout: Duration::from_secs(5),
+            delay: Duration::ZERO,
         }
     }
 }
@@ -222,6 +227,7 @@ impl Transport {
                     on_message: self.on_message.clone(),
                     tls: self.tls.clone(),
                     on_failure: self.on_failure.get().cloned(),
+                    delay: self.opts.delay,
                 };
                 let task = self.rt.spawn(run_peer(id, peer.clone(), self.opts.clone(), link));
                 PeerEntry { peer, task }
@@ -472,6 +478,8 @@ struct Link {
     on_message: OnMessage,
     tls: Option<Arc<Tls>>,
     on_failure: Option<OnConnectFailure>,
+    /// `TransportOptions::delay` (benchmarks only).
+    delay: Duration,
 }
 
 /// A peer's connection task: connect (and authenticate) with exponential backoff, serve the
@@ -552,9 +560,15 @@ async fn serve_outbound<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     peer.connected.store(true, Relaxed);
     peer.counters.connections.fetch_add(1, Relaxed);
     let mut batch = Batch::default();
+    let write = async {
+        match link.delay {
+            Duration::ZERO => write_queued(peer, wr, &mut batch, send_timeout).await,
+            delay => write_delayed(peer, wr, &mut batch, send_timeout, delay).await,
+        }
+    };
     let result = tokio::select! {
         r = read_packets(&mut rd, &link.reading, &link.on_message, Side::Outbound, &origin) => r,
-        r = write_queued(peer, wr, &mut batch, send_timeout) => r,
+        r = write => r,
     };
     // Whichever side failed, what was being written is lost.
     peer.count_dropped(batch.len(), batch.bytes());
@@ -577,6 +591,44 @@ async fn write_queued<W: AsyncWrite + Unpin>(peer: &Peer, mut wr: W, batch: &mut
             continue;
         }
         write_batch(peer, &mut wr, batch, send_timeout).await?;
+    }
+}
+
+/// Benchmarks only (`TransportOptions::delay`): [`write_queued`], each packet held `delay`
+/// after it was queued. Held packets are on the simulated wire: they count neither as
+/// outstanding (a broadcast does not skip the peer for them) nor against the send timeout, and
+/// a broken connection loses them.
+async fn write_delayed<W: AsyncWrite + Unpin>(
+    peer: &Peer,
+    mut wr: W,
+    batch: &mut Batch,
+    send_timeout: Duration,
+    delay: Duration,
+) -> io::Result<()> {
+    let mut held = Batch::default();
+    loop {
+        peer.take_all(batch);
+        held.packets.append(&mut batch.packets);
+        held.queued_at.append(&mut batch.queued_at);
+        let now = tokio::time::Instant::now();
+        while held.queued_at.front().is_some_and(|at| *at + delay <= now) {
+            batch.queued_at.extend(held.queued_at.pop_front());
+            batch.packets.extend(held.packets.pop_front());
+        }
+        debug_assert_eq!(held.packets.len(), held.queued_at.len(), "one time per held packet");
+        if !batch.is_empty() {
+            peer.counters.writing.store(batch.len() as u64, Relaxed);
+            write_batch(peer, &mut wr, batch, send_timeout).await?;
+            continue;
+        }
+        wr.flush().await?;
+        match held.queued_at.front() {
+            Some(at) => tokio::select! {
+                _ = tokio::time::sleep_until(*at + delay) => {}
+                _ = peer.wake.notified() => {}
+            },
+            None => peer.wake.notified().await,
+        }
     }
 }
 
@@ -1073,6 +1125,31 @@ mod tests {
         assert_eq!(stats.len(), 1);
         assert!(stats[0].connected);
         assert_eq!((stats[0].sent_packets, stats[0].dropped_packets, stats[0].queued_bytes), (N, 0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_delayed_transport_holds_each_packet_for_the_delay_and_keeps_the_order() {
+        let delay = Duration::from_millis(30);
+        let (a, _rx) = start(any_port(), TransportOptions { delay, ..TransportOptions::default() });
+        let (b, mut rx_b) = start(any_port(), TransportOptions::default());
+        a.set_peers(&[(id(2), b.local_addr())]);
+        // Connected and flowing first, so that the hold is all that is measured below.
+        assert!(a.send(&id(2), framed(&vote(1, 0))));
+        assert_eq!(recv(&mut rx_b).await.header.decree, 0);
+        let mut queued = Vec::new();
+        for d in 1..=20 {
+            queued.push(Instant::now());
+            assert_eq!(a.broadcast(&[id(2)], &framed(&vote(1, d))), 0, "held packets are on the wire, not outstanding");
+            if d % 5 == 0 {
+                tokio::time::sleep(Duration::from_millis(7)).await;
+            }
+        }
+        for d in 1..=20u64 {
+            let msg = recv(&mut rx_b).await;
+            assert_eq!(msg.header.decree, d, "in order");
+            assert!(queued[d as usize - 1].elapsed() >= delay, "packet {d} arrived before its delay");
+        }
+        assert_eq!(a.peer_stats()[0].dropped_packets, 0);
     }
 
     #[tokio::test]

@@ -50,6 +50,7 @@ pub fn run(args: ClusterArgs) -> Result<(), String> {
         let mut cmd = Command::new(&exe);
         cmd.args(["replica", "--id", &(i + 1).to_string(), "--port", &port(i, 0).to_string(), "--client-port", &port(i, 2).to_string()])
             .args(["--members", &members.join(","), "--version", &args.version.to_string(), "--window", &args.window.to_string()])
+            .args(["--net-delay-us", &args.net_delay_us.to_string()])
             .arg("--dir")
             .arg(&dir)
             .arg("--ignore-sigint")
@@ -64,7 +65,8 @@ pub fn run(args: ClusterArgs) -> Result<(), String> {
     }
     let clients: Vec<SocketAddr> = (0..args.replicas).map(|i| SocketAddr::from((Ipv4Addr::LOCALHOST, port(i, 2)))).collect();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().map_err(|e| e.to_string())?;
-    let result = rt.block_on(drive(&args, clients));
+    let pids: Vec<u32> = procs.0.iter().map(Child::id).collect();
+    let result = rt.block_on(drive(&args, clients, &pids));
     procs.stop();
     if args.dir.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
@@ -72,7 +74,19 @@ pub fn run(args: ClusterArgs) -> Result<(), String> {
     result
 }
 
-async fn drive(args: &ClusterArgs, clients: Vec<SocketAddr>) -> Result<(), String> {
+/// CPU time the processes `pids` have used so far, in microseconds (user and system, from
+/// `/proc/<pid>/stat`, whose clock ticks are Linux's fixed USER_HZ of 100 per second); 0 where
+/// it cannot be read.
+fn cpu_us(pids: &[u32]) -> u64 {
+    let ticks = |pid: &u32| -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    };
+    pids.iter().filter_map(ticks).sum::<u64>() * 10_000
+}
+
+async fn drive(args: &ClusterArgs, clients: Vec<SocketAddr>, pids: &[u32]) -> Result<(), String> {
     let primary = client::wait_for_primary(&clients, Duration::from_secs(60)).await.ok_or("no primary was elected within 60 s")?;
     if !args.json {
         eprintln!("{} replicas up, primary at {primary}; {} requests of {} B in flight", clients.len(), args.outstanding, args.size);
@@ -87,6 +101,7 @@ async fn drive(args: &ClusterArgs, clients: Vec<SocketAddr>) -> Result<(), Strin
         record_acked: false,
     };
     let progress = Arc::new(Progress::default());
+    let cpu_before = cpu_us(pids);
     let load = tokio::spawn(client::load(clients.clone(), spec, progress.clone()));
     let started = Instant::now();
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
@@ -116,18 +131,24 @@ async fn drive(args: &ClusterArgs, clients: Vec<SocketAddr>) -> Result<(), Strin
     }
     progress.stop.store(true, Relaxed);
     let result = load.await.map_err(|e| e.to_string())?;
+    // The replicas' CPU per request: what a busy shared machine's load changes least.
+    let cpu_per_request = cpu_us(pids).saturating_sub(cpu_before) as f64 / result.latency_us.len().max(1) as f64;
     let lat = &result.latency_us;
     let ops = lat.len() as f64 / result.elapsed.as_secs_f64();
     let agree = agreement(&clients).await;
     if args.json {
         println!(
-            "{{\"requests\":{},\"seconds\":{:.3},\"ops_per_sec\":{:.0},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"size\":{},\"outstanding\":{},\"sync\":{},\"version\":{},\"window\":{},\"tls\":{},\"replicas_agree\":{}}}",
+            "{{\"requests\":{},\"seconds\":{:.3},\"ops_per_sec\":{:.0},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"size\":{},\"outstanding\":{},\"sync\":{},\"version\":{},\"window\":{},\"net_delay_us\":{},\"replica_cpu_us_per_request\":{:.2},\"tls\":{},\"replicas_agree\":{}}}",
             lat.len(), result.elapsed.as_secs_f64(), ops, lat.value_at_quantile(0.5), lat.value_at_quantile(0.99), lat.value_at_quantile(0.999),
-            args.size, args.outstanding, !args.no_sync, args.version, args.window, args.tls, agree.is_ok()
+            args.size, args.outstanding, !args.no_sync, args.version, args.window, args.net_delay_us, cpu_per_request, args.tls, agree.is_ok()
         );
     } else {
         eprintln!();
-        println!("{} requests in {:.1} s: {ops:.0} req/s", lat.len(), result.elapsed.as_secs_f64());
+        println!(
+            "{} requests in {:.1} s: {ops:.0} req/s, {cpu_per_request:.1} µs of replica CPU each",
+            lat.len(),
+            result.elapsed.as_secs_f64()
+        );
         println!(
             "latency p50 {}  p99 {}  p999 {}  max {}",
             ms(lat.value_at_quantile(0.5)),

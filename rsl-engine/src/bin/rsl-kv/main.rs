@@ -68,6 +68,10 @@ pub struct ClusterArgs {
     /// Turn fdatasync off (benchmarks only: acknowledged writes can be lost).
     #[arg(long)]
     no_sync: bool,
+    /// Benchmarks only: hold each Paxos packet between the replicas this many microseconds
+    /// (a one-way network delay; tokio's timer rounds it up to its 1 ms tick).
+    #[arg(long, default_value_t = 0)]
+    net_delay_us: u32,
     /// Print the final result as one JSON line.
     #[arg(long)]
     json: bool,

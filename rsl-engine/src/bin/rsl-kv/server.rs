@@ -59,6 +59,10 @@ pub struct ReplicaArgs {
     pub window: u32,
     #[arg(long)]
     pub no_sync: bool,
+    /// Benchmarks only, never in production: hold each Paxos packet this many microseconds
+    /// before it is written (a one-way delay between the replicas).
+    #[arg(long, default_value_t = 0)]
+    pub net_delay_us: u32,
     #[arg(long, default_value_t = 2)]
     pub election_delay: u32,
     #[arg(long, default_value_t = 1)]
@@ -207,6 +211,7 @@ fn start(args: ReplicaArgs) -> Result<(Arc<RslReplica>, Server), String> {
         max_log_len_mb: args.max_log_mb,
         pipeline_window: args.window,
         sync_writes: !args.no_sync,
+        net_delay_us: args.net_delay_us,
         fast_read_seq_threshold: 1_000_000,
         tls: args.tls.settings()?,
         ..RslConfig::default()

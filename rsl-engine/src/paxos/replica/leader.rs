@@ -27,7 +27,7 @@ impl Replica {
         }
         debug_assert_eq!(self.role, Role::Primary, "primary to the application, primary to the protocol");
         let body = VoteBody { reconfig: Some(members), cookie: self.primary_cookie.clone(), ..Default::default() };
-        self.to_send.push_back(Pending { body, cookies: Vec::new(), bytes: 0, closed: true, config_cookie: Some(cookie) });
+        self.to_send.push_back(Pending { body, cookies: Vec::new(), bytes: 0, closed: true, config_cookie: Some(cookie), since: now });
         self.send_next(now, out);
         // Its own write is not yet durable, so it cannot have been chosen: the cookie is held.
         let held = self.to_send.iter().any(|p| p.config_cookie == Some(cookie))
@@ -115,6 +115,7 @@ impl Replica {
                 bytes: size,
                 closed: exclusive,
                 config_cookie: None,
+                since: now,
             }),
         }
         self.send_next(now, out);
@@ -181,6 +182,7 @@ impl Replica {
             self.members.len()
         );
         self.led_at = now;
+        self.pace = Some(window::Pace::measure(o.proposed_at, o.durable_at, now));
         debug_assert_eq!(self.role, Role::Primary);
         debug_assert!(self.pipelined() || decree_ballot(&o.vote) == self.accepted());
         if self.outstanding.is_empty() {
@@ -236,26 +238,22 @@ impl Replica {
             return;
         }
         let body = VoteBody { relinquish: true, cookie: self.primary_cookie.clone(), ..Default::default() };
-        self.to_send.push_back(Pending { body, cookies: Vec::new(), bytes: 0, closed: true, config_cookie: None });
+        self.to_send.push_back(Pending { body, cookies: Vec::new(), bytes: 0, closed: true, config_cookie: None, since: now });
         self.send_next(now, out);
         debug_assert!(self.relinquishing || self.to_send.iter().any(|p| p.body.relinquish), "the relinquish vote was lost");
     }
 
-    /// Proposes queued votes while the window has room. A reconfiguration or relinquish vote
-    /// goes alone: nothing else is in flight with it.
+    /// Proposes queued votes while the window has room and each is due (`next_batch_at`: at
+    /// once with nothing in flight; otherwise when full or waited enough). A reconfiguration
+    /// or relinquish vote goes alone: nothing else is in flight with it.
     pub(super) fn send_next(&mut self, now: Micros, out: &mut Vec<Action>) {
         debug_assert_eq!(self.to_send_bytes, self.to_send.iter().map(|p| p.bytes).sum::<usize>(), "the send queue's size is kept");
-        while self.role == Role::Primary && self.is_primary && !self.relinquishing && self.outstanding.len() < self.window() {
-            let Some(next) = self.to_send.front() else { return };
-            let alone = |b: &VoteBody| b.reconfig.is_some() || b.relinquish;
-            let last_alone = self.outstanding.back().and_then(|o| o.vote.as_vote()).is_some_and(alone);
-            if last_alone || (alone(&next.body) && !self.outstanding.is_empty()) {
-                return;
-            }
-            let p = self.to_send.pop_front().expect("peeked");
+        while self.next_batch_at().is_some_and(|at| at <= now) {
+            let p = self.to_send.pop_front().expect("a batch is due");
             self.to_send_bytes -= p.bytes;
             self.propose(now, p.body, p.cookies, p.config_cookie, out);
         }
+        debug_assert!(self.next_batch_at().is_none_or(|at| at > now), "a batch due left waiting");
     }
 
     /// `SendNextVote`: stamps the vote, persists it, and sends it in parallel.
@@ -283,7 +281,9 @@ impl Replica {
         };
         debug_assert!(vote.header.ballot == self.max_ballot && seq == self.persist_seq, "the vote proposed is ours, just logged");
         out.push(Action::Send { to: Dest::All, msg: vote.clone(), after: 0 });
-        self.outstanding.push_back(Outstanding { vote, seq, acks: BTreeSet::new(), cookies, config_cookie });
+        let durable_at = if self.durable_seq >= seq { now } else { Micros::MAX };
+        let proposed = Outstanding { vote, seq, acks: BTreeSet::new(), cookies, config_cookie, proposed_at: now, durable_at };
+        self.outstanding.push_back(proposed);
         if self.outstanding.len() == 1 {
             self.action_deadline = now.saturating_add(self.cfg.vote_retry_interval);
         }

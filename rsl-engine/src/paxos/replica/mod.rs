@@ -34,6 +34,7 @@ mod props;
 mod recovery;
 mod stop;
 mod validate;
+mod window;
 
 /// RSL's replica states.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +82,8 @@ struct Pending {
     closed: bool,
     /// A reconfiguration vote's `ChangeConfiguration` cookie.
     config_cookie: Option<Cookie>,
+    /// When its first request arrived (`window`: how long it has waited).
+    since: Micros,
 }
 
 /// A member's progress as the primary sees it (RSL's `RecordVoteAcceptedFromReplica`).
@@ -102,6 +105,10 @@ struct Outstanding {
     acks: BTreeSet<MemberId>,
     cookies: Vec<Cookie>,
     config_cookie: Option<Cookie>,
+    /// When it was proposed, and when its persist was durable (`Micros::MAX`: not yet): the
+    /// times its `window::Pace` is measured from.
+    proposed_at: Micros,
+    durable_at: Micros,
 }
 
 /// A candidate's Prepare in flight.
@@ -202,6 +209,9 @@ pub struct Replica {
     /// each decree since.
     recent: BTreeMap<u64, (Arc<Message>, Ballot)>,
     to_send: VecDeque<Pending>,
+    /// The primary's last chosen decree, timed (`window`): when the batch behind the votes in
+    /// flight goes out.
+    pace: Option<window::Pace>,
     /// The request bytes in `to_send`; a request that would take it past `max_cache_bytes`
     /// is refused (`SubmitError::Full`).
     to_send_bytes: usize,
@@ -339,6 +349,7 @@ impl Replica {
             vouched: next_execute,
             recent: BTreeMap::new(),
             to_send: VecDeque::new(),
+            pace: None,
             to_send_bytes: 0,
             is_primary: false,
             recovering: None,
@@ -502,7 +513,7 @@ impl Replica {
             Role::Primary => {
                 let copy = if self.copy_at.is_some() && !self.copying { self.copy_query_at } else { Micros::MAX };
                 let next = if !self.outstanding.is_empty() {
-                    self.action_deadline
+                    self.action_deadline.min(self.next_batch_at().unwrap_or(Micros::MAX))
                 } else if self.heartbeats() {
                     self.last_proposed.saturating_add(self.cfg.heartbeat_interval)
                 } else {
@@ -524,6 +535,7 @@ impl Replica {
                 assert!(seq <= self.persist_seq, "durable {seq} beyond the {} persists asked for", self.persist_seq);
                 self.durable_seq = self.durable_seq.max(seq);
                 debug_assert!(self.durable_seq >= seq, "a durable mark went back");
+                self.note_durable(now);
                 self.check_chosen(now, out);
                 self.check_prepared(now, out);
             }
@@ -891,6 +903,8 @@ impl Replica {
                         }
                         self.action_deadline = now.saturating_add(self.cfg.vote_retry_interval);
                     }
+                    // A batch waiting behind the votes in flight may have fallen due (`window`).
+                    self.send_next(now, out);
                 } else if self.heartbeats() && now >= self.last_proposed.saturating_add(self.cfg.heartbeat_interval) {
                     debug_assert!(self.to_send.is_empty());
                     let heartbeat = VoteBody { cookie: self.primary_cookie.clone(), ..Default::default() };
