@@ -8,6 +8,7 @@ use rsl_engine::format::checksum;
 use rsl_engine::paxos::Cookie;
 use rsl_engine::runtime::{ResponseCode, StateMachine};
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -16,7 +17,29 @@ use std::sync::{Arc, Mutex};
 #[derive(Default)]
 pub struct Clients {
     next_cookie: AtomicU64,
-    waiting: Mutex<HashMap<Cookie, (Arc<Outbox>, u64)>>,
+    waiting: Mutex<HashMap<Cookie, (Arc<Outbox>, u64), CookieHash>>,
+}
+
+type CookieHash = BuildHasherDefault<CookieHasher>;
+
+/// Cookies are this process's own counter, never a client's choice, so a multiplicative hash
+/// spreads them well enough and cannot be steered into collisions; SipHash cost a noticeable
+/// share of the execute thread.
+#[derive(Default)]
+struct CookieHasher(u64);
+
+impl Hasher for CookieHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        bytes.iter().for_each(|&b| self.write_u64(u64::from(b)));
+    }
+    fn write_u64(&mut self, n: u64) {
+        // Fibonacci hashing: hashbrown takes the top 7 bits as a tag and the low ones as the
+        // slot, and the golden-ratio multiplier mixes the counter into both.
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
 }
 
 impl Clients {
@@ -48,9 +71,18 @@ pub struct Summary {
     pub primary: AtomicBool,
 }
 
+/// A stored value and its entry's share of the digest, kept so that an overwrite need not hash
+/// the old entry again.
+struct Entry {
+    value: Bytes,
+    hash: u64,
+}
+
 /// The key-value store: `put` requests replicate; `get` is a fast read.
 pub struct Kv {
-    map: HashMap<Bytes, Bytes>,
+    /// Keys are boxed once, when first written: an overwrite (the common case) looks the key up
+    /// by the request's bytes and allocates only the new value.
+    map: HashMap<Box<[u8]>, Entry>,
     /// XOR of every entry's hash: the same for the same contents, whatever the order.
     digest: u64,
     duplicates: u64,
@@ -73,17 +105,20 @@ impl Kv {
         Kv { map: HashMap::new(), digest: 0, duplicates: 0, clients, summary, seq }
     }
 
-    fn put(&mut self, key: Bytes, value: Bytes) {
-        let new = entry_hash(&key, &value);
-        match self.map.insert(key.clone(), value) {
+    fn put(&mut self, key: &[u8], value: Bytes) {
+        let hash = entry_hash(key, &value);
+        match self.map.get_mut(key) {
             Some(old) => {
-                let old_hash = entry_hash(&key, &old);
-                if old_hash == new {
+                if old.hash == hash {
                     self.duplicates += 1;
                 }
-                self.digest ^= old_hash ^ new;
+                self.digest ^= old.hash ^ hash;
+                *old = Entry { value, hash };
             }
-            None => self.digest ^= new,
+            None => {
+                self.digest ^= hash;
+                self.map.insert(key.into(), Entry { value, hash });
+            }
         }
     }
 
@@ -116,7 +151,7 @@ impl StateMachine for Kv {
             }
             let key = buf.split_to(klen);
             let value = buf.split_to(vlen);
-            self.put(key, value);
+            self.put(&key, value);
         }
         self.duplicates = 0;
         self.publish();
@@ -128,7 +163,7 @@ impl StateMachine for Kv {
         // the log) changes nothing, and its client still hears back.
         let status = match proto::parse_put(request) {
             Some((key, value)) => {
-                self.put(Bytes::copy_from_slice(key), Bytes::copy_from_slice(value));
+                self.put(key, Bytes::copy_from_slice(value));
                 Status::Ok
             }
             None => Status::Invalid,
@@ -145,7 +180,7 @@ impl StateMachine for Kv {
 
     fn execute_fast_read_request(&self, request: &[u8], cookie: Cookie) {
         // Shared with the map, not copied: many reads of a large value cost it once.
-        let value = self.map.get(request).cloned().unwrap_or_default();
+        let value = self.map.get(request).map(|e| e.value.clone()).unwrap_or_default();
         self.clients.answer(cookie, Status::Ok, value);
     }
 
@@ -160,7 +195,7 @@ impl StateMachine for Kv {
 
     fn save_state(&self, writer: &mut CheckpointWriter) {
         let mut buf = BytesMut::with_capacity(1 << 20);
-        for (k, v) in &self.map {
+        for (k, Entry { value: v, .. }) in &self.map {
             buf.put_u32_le(k.len() as u32);
             buf.put_u32_le(v.len() as u32);
             buf.put_slice(k);
@@ -222,6 +257,6 @@ mod tests {
         kv.execute_replicated_request(&put[4 + 9..], Some(cookie), &mut false);
         let [head, body] = rx.try_recv().expect("answered");
         assert_eq!((proto::parse_response(head.slice(4..)).1, &body[..]), (Status::Ok, &9u64.to_le_bytes()[..]));
-        assert_eq!(kv.map.get(&b"k"[..]).map(|v| &v[..]), Some(&b"v"[..]));
+        assert_eq!(kv.map.get(&b"k"[..]).map(|e| &e.value[..]), Some(&b"v"[..]));
     }
 }
