@@ -5,7 +5,8 @@
 //! The protocol thread encodes records straight into the pending batch (one lock, no I/O
 //! under it). The writer thread swaps the batch out, writes it with one positioned write and
 //! one `fdatasync` per file, and reports the highest sequence number in it as durable; the
-//! next batch fills meanwhile.
+//! next batch fills meanwhile. A protocol thread with nothing else to do may instead write the
+//! batch itself ([`Journal::flush`]): the writer would only be woken to wake it back.
 
 use super::health::Timing;
 use super::{numbered_files, panic_message, FileRange, ListError};
@@ -123,9 +124,11 @@ struct State {
     index: Vec<IndexedLog>,
 }
 
-#[derive(Default)]
 struct Shared {
     state: Mutex<State>,
+    /// The open log. Whoever holds it takes the pending batch and writes it, so batches reach
+    /// the disk in order whichever thread writes them.
+    io: Mutex<LogIo>,
     /// The writer waits here for work.
     work: Condvar,
     /// Appenders wait here for room under `max_pending_bytes`.
@@ -140,6 +143,74 @@ impl Shared {
         // A panic elsewhere must not hide the journal from its last users.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn lock_io(&self) -> MutexGuard<'_, LogIo> {
+        self.io.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes the pending batch and makes it durable, under `io` throughout; the highest persist
+    /// number in it, or None if nothing was pending.
+    fn write_pending(&self, io: &mut LogIo, scratch: &mut Scratch) -> io::Result<Option<u64>> {
+        let Some(seq) = self.take(&mut scratch.batch) else { return Ok(None) };
+        scratch.synced.clear();
+        let started = Instant::now();
+        io.write_batch(self, &scratch.batch, &mut scratch.synced)?;
+        io.timing.record(scratch.batch.iter().map(|s| s.data.len() as u64).sum(), started.elapsed());
+        self.publish(&mut scratch.batch, &scratch.synced);
+        Ok(Some(seq))
+    }
+
+    /// Swaps the pending appends out; None if there are none.
+    fn take(&self, batch: &mut Vec<Segment>) -> Option<u64> {
+        let mut st = self.lock();
+        if st.batch.is_empty() {
+            return None;
+        }
+        debug_assert!(batch.is_empty());
+        std::mem::swap(&mut st.batch, batch);
+        st.batch_bytes = 0;
+        let seq = st.batch_seq;
+        drop(st);
+        self.room.notify_all();
+        Some(seq)
+    }
+
+    /// Makes the synced lengths visible to learners and recycles the batch's buffers.
+    fn publish(&self, batch: &mut Vec<Segment>, synced: &[(u64, u64)]) {
+        let mut st = self.lock();
+        for &(file, len) in synced {
+            if let Some(f) = st.index.iter_mut().rev().find(|f| f.first_decree == file) {
+                debug_assert!(len >= f.synced, "synced lengths only grow");
+                f.synced = len;
+            }
+        }
+        for mut seg in batch.drain(..) {
+            // Two buffers alternate; more would only hold memory.
+            if st.spare.len() < 2 {
+                seg.data.clear();
+                st.spare.push(seg.data);
+            }
+        }
+    }
+
+    /// A write failed: appenders get `Stopped` rather than wait forever for room, and the
+    /// writer thread ends.
+    fn stop(&self, error: &io::Error) {
+        let mut st = self.lock();
+        st.stopped = true;
+        st.cause = error.to_string();
+        st.batch.clear();
+        drop(st);
+        self.room.notify_all();
+        self.work.notify_one();
+    }
+}
+
+/// Buffers a batch is written from, kept for their capacity.
+#[derive(Default)]
+struct Scratch {
+    batch: Vec<Segment>,
+    synced: Vec<(u64, u64)>,
 }
 
 /// The log directory, as the protocol thread uses it.
@@ -158,6 +229,11 @@ pub struct Journal {
     max_decree: Option<u64>,
     roll: Roll,
     last_seq: u64,
+    /// The writer thread is woken by [`Journal::flush`] instead of by every append.
+    deferred: bool,
+    /// The last persist number flushed or handed to the writer thread.
+    flushed_seq: u64,
+    scratch: Scratch,
 }
 
 /// When the current log rolls over (§8.6).
@@ -257,10 +333,18 @@ impl Journal {
         let tail = kept.last().expect("a log to append to");
         let (file, file_len) = (tail.decree, tail.contents.data_len as u64);
         assert_eq!(log.len(), file_len, "appends resume after the last good record");
-        let shared = Arc::new(Shared::default());
-        shared.lock().index = kept.into_iter().map(indexed).collect();
-        let writer =
-            Writer { shared: shared.clone(), dir: opts.dir.clone(), sync: opts.sync, file, log, dirty: false, timing: opts.timing.clone() };
+        let io = LogIo { dir: opts.dir.clone(), sync: opts.sync, file, log, dirty: false, timing: opts.timing.clone() };
+        let state = State { index: kept.into_iter().map(indexed).collect(), ..State::default() };
+        let shared = Arc::new(Shared {
+            state: Mutex::new(state),
+            io: Mutex::new(io),
+            work: Condvar::new(),
+            room: Condvar::new(),
+            syncs: AtomicU64::new(0),
+            #[cfg(test)]
+            fail_writes: Default::default(),
+        });
+        let writer = Writer { shared: shared.clone() };
         let writer = std::thread::Builder::new()
             .name("rsl-journal".into())
             .spawn(move || writer.run(on_durable, on_error))
@@ -276,6 +360,9 @@ impl Journal {
             max_decree: replay.records.iter().filter(|m| m.kind() == MsgKind::Vote).map(|m| m.header.decree).max(),
             roll: Roll::new(&opts),
             last_seq: 0,
+            deferred: false,
+            flushed_seq: 0,
+            scratch: Scratch::default(),
             dir: opts.dir,
         };
         Ok((journal, replay))
@@ -290,6 +377,7 @@ impl Journal {
         let shared = self.shared.clone();
         let mut st = shared.lock();
         while st.batch_bytes > self.max_pending_bytes && !st.stopped {
+            shared.work.notify_one();
             st = shared.room.wait(st).unwrap_or_else(|e| e.into_inner());
         }
         if st.stopped {
@@ -331,10 +419,48 @@ impl Journal {
         st.batch_bytes += len as usize;
         st.batch_seq = seq;
         drop(st);
-        shared.work.notify_one();
+        if !self.deferred {
+            shared.work.notify_one();
+        }
         self.last_seq = seq;
         debug_assert!(self.file_len.is_multiple_of(512), "records are whole pages");
         Ok(rolled)
+    }
+
+    /// From now on appends do not wake the writer thread: the caller calls [`flush`] once it
+    /// has appended what it had to (the protocol thread, at the end of each turn).
+    ///
+    /// [`flush`]: Journal::flush
+    pub fn defer_writes(&mut self) {
+        self.deferred = true;
+    }
+
+    /// Starts making the appends so far durable. With `here`, and the writer thread not busy
+    /// writing an earlier batch, this thread writes and syncs them itself and returns the
+    /// persist number now durable (the writer thread would have to be woken, and then wake the
+    /// caller back); otherwise the writer thread is woken, reports through `on_durable`, and
+    /// this returns None. An error stops the journal as the writer's own would, except that it
+    /// is returned here instead of passed to `on_error`.
+    pub fn flush(&mut self, here: bool) -> Option<io::Result<u64>> {
+        if self.last_seq == self.flushed_seq {
+            return None;
+        }
+        self.flushed_seq = self.last_seq;
+        if here {
+            if let Ok(mut io) = self.shared.io.try_lock() {
+                match self.shared.write_pending(&mut io, &mut self.scratch) {
+                    Ok(Some(seq)) => return Some(Ok(seq)),
+                    // The writer thread took it before this thread got the log.
+                    Ok(None) => return None,
+                    Err(e) => {
+                        self.shared.stop(&e);
+                        return Some(Err(e));
+                    }
+                }
+            }
+        }
+        self.shared.work.notify_one();
+        None
     }
 
     fn start_file(&mut self, first: u64) {
@@ -622,16 +748,9 @@ pub fn write_defunct(dir: &Path, n: u32) -> io::Result<()> {
     Ok(())
 }
 
-/// The writer thread: owns the open log and all of the journal's file I/O.
+/// The writer thread: writes the batches the protocol thread does not write itself.
 struct Writer {
     shared: Arc<Shared>,
-    dir: PathBuf,
-    sync: bool,
-    file: u64,
-    log: LogWriter,
-    /// Written since the last sync.
-    dirty: bool,
-    timing: Arc<Timing>,
 }
 
 impl Writer {
@@ -645,69 +764,66 @@ impl Writer {
             Ok(Err(e)) => e,
             Err(panic) => io::Error::other(format!("the journal writer panicked: {}", panic_message(&*panic))),
         };
-        let mut st = shared.lock();
-        st.stopped = true;
-        st.cause = error.to_string();
-        st.batch.clear();
-        drop(st);
-        shared.room.notify_all();
+        shared.stop(&error);
         // `on_error`'s owner reports the cause: one error line for it, not one per layer.
         tracing::debug!("journal writer stopped: {error}");
         on_error(error)
     }
 
-    fn write_until_closed(mut self, on_durable: impl Fn(u64)) -> io::Result<()> {
-        let mut batch = Vec::new();
-        let mut synced = Vec::new();
+    fn write_until_closed(self, on_durable: impl Fn(u64)) -> io::Result<()> {
+        let mut scratch = Scratch::default();
         let mut reported = 0;
-        while let Some(seq) = self.take(&mut batch) {
-            // The protocol thread releases held sends up to what this says: it only grows.
-            debug_assert!(seq > reported, "durable {seq} reported after {reported}");
-            synced.clear();
-            let started = Instant::now();
-            self.write_batch(&batch, &mut synced)?;
-            self.timing.record(batch.iter().map(|s| s.data.len() as u64).sum(), started.elapsed());
-            self.publish(&mut batch, &synced);
-            on_durable(seq);
-            reported = seq;
+        while self.wait_for_work() {
+            let written = self.shared.write_pending(&mut self.shared.lock_io(), &mut scratch)?;
+            // None: the protocol thread wrote the batch itself meanwhile.
+            if let Some(seq) = written {
+                // The protocol thread releases held sends up to what this says: it only grows.
+                debug_assert!(seq > reported, "durable {seq} reported after {reported}");
+                on_durable(seq);
+                reported = seq;
+            }
         }
         Ok(())
     }
 
-    /// Waits for appends and swaps them out; `None` once closing with nothing left.
-    fn take(&self, batch: &mut Vec<Segment>) -> Option<u64> {
+    /// Waits for appends; false once closing with nothing left, or stopped.
+    fn wait_for_work(&self) -> bool {
         let mut st = self.shared.lock();
-        while st.batch.is_empty() && !st.closing {
+        while st.batch.is_empty() && !st.closing && !st.stopped {
             st = self.shared.work.wait(st).unwrap_or_else(|e| e.into_inner());
         }
-        if st.batch.is_empty() {
-            return None;
-        }
-        debug_assert!(batch.is_empty());
-        std::mem::swap(&mut st.batch, batch);
-        st.batch_bytes = 0;
-        let seq = st.batch_seq;
-        drop(st);
-        self.shared.room.notify_all();
-        Some(seq)
+        !st.batch.is_empty() && !st.stopped
     }
+}
 
+/// The open log and its I/O; held by whichever thread writes a batch.
+struct LogIo {
+    dir: PathBuf,
+    sync: bool,
+    file: u64,
+    log: LogWriter,
+    /// Written since the last sync.
+    dirty: bool,
+    timing: Arc<Timing>,
+}
+
+impl LogIo {
     /// Writes a batch, one write per file; a file is synced before the next one is started
     /// and the directory after it is created, so only the newest log can hold a torn tail.
-    fn write_batch(&mut self, batch: &[Segment], synced: &mut Vec<(u64, u64)>) -> io::Result<()> {
+    fn write_batch(&mut self, shared: &Shared, batch: &[Segment], synced: &mut Vec<(u64, u64)>) -> io::Result<()> {
         for seg in batch {
             if seg.create {
-                self.switch_to(seg.file, synced)?;
+                self.switch_to(shared, seg.file, synced)?;
             }
             assert_eq!(seg.file, self.file, "a segment goes to the open log");
             #[cfg(test)]
-            if self.shared.fail_writes.load(Ordering::SeqCst) {
+            if shared.fail_writes.load(Ordering::SeqCst) {
                 return Err(io::Error::other("injected write failure"));
             }
             self.append(&seg.data).map_err(|e| annotate(e, &self.path()))?;
             self.dirty = true;
         }
-        self.sync_current(synced)
+        self.sync_current(shared, synced)
     }
 
     /// Appends `data` to the open log; under an injected short write, half of it lands.
@@ -717,8 +833,8 @@ impl Writer {
         Err(fault.write(JOURNAL_WRITE, data, |part| File::options().write(true).open(&path)?.write_all_at(part, at)))
     }
 
-    fn switch_to(&mut self, first: u64, synced: &mut Vec<(u64, u64)>) -> io::Result<()> {
-        self.sync_current(synced)?;
+    fn switch_to(&mut self, shared: &Shared, first: u64, synced: &mut Vec<(u64, u64)>) -> io::Result<()> {
+        self.sync_current(shared, synced)?;
         let path = self.dir.join(log::file_name(first));
         self.log = open_log(&path, None).map_err(|e| annotate(e, &path))?;
         self.file = first;
@@ -728,14 +844,14 @@ impl Writer {
         Ok(())
     }
 
-    fn sync_current(&mut self, synced: &mut Vec<(u64, u64)>) -> io::Result<()> {
+    fn sync_current(&mut self, shared: &Shared, synced: &mut Vec<(u64, u64)>) -> io::Result<()> {
         if !self.dirty {
             return Ok(());
         }
         if self.sync {
             let started = Instant::now();
             faults::check(JOURNAL_FSYNC, &self.dir).and_then(|()| self.log.sync()).map_err(|e| annotate(e, &self.path()))?;
-            self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+            shared.syncs.fetch_add(1, Ordering::Relaxed);
             // How long each sync took: a disk busy with other writeback shows here first.
             tracing::trace!(target: SYNC_TRACE, dir = %self.dir.display(), micros = started.elapsed().as_micros() as u64, "log synced");
         }
@@ -746,24 +862,6 @@ impl Writer {
 
     fn path(&self) -> PathBuf {
         self.dir.join(log::file_name(self.file))
-    }
-
-    /// Makes the synced lengths visible to learners and recycles the batch's buffers.
-    fn publish(&self, batch: &mut Vec<Segment>, synced: &[(u64, u64)]) {
-        let mut st = self.shared.lock();
-        for &(file, len) in synced {
-            if let Some(f) = st.index.iter_mut().rev().find(|f| f.first_decree == file) {
-                debug_assert!(len >= f.synced, "synced lengths only grow");
-                f.synced = len;
-            }
-        }
-        for mut seg in batch.drain(..) {
-            // Two buffers alternate; more would only hold memory.
-            if st.spare.len() < 2 {
-                seg.data.clear();
-                st.spare.push(seg.data);
-            }
-        }
     }
 }
 
@@ -1138,6 +1236,35 @@ mod tests {
         assert_eq!(j.journal.locate_vote(1), Some((0, 0)));
         assert_eq!(j.journal.locate_vote(3), None);
         assert_eq!(j.journal.last_seq(), 4);
+    }
+
+    #[test]
+    fn a_deferred_journal_syncs_on_the_flushing_thread_or_wakes_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = open(options(dir.path()), None).unwrap();
+        j.journal.defer_writes();
+        assert!(j.journal.flush(true).is_none(), "nothing appended, nothing to do");
+        j.journal.append(1, &vote(1, 2)).unwrap();
+        j.journal.append(2, &vote(2, 2)).unwrap();
+        assert_eq!(j.journal.flush(true).unwrap().unwrap(), 2, "both appends synced here, as one batch");
+        assert_eq!(j.journal.syncs(), 1);
+        assert!(j.journal.flush(true).is_none(), "already flushed");
+        // Without `here`, the writer thread takes the batch and reports it.
+        j.journal.append(3, &vote(3, 2)).unwrap();
+        assert!(j.journal.flush(false).is_none());
+        assert_eq!(j.durable.recv().unwrap(), 3);
+        assert!(j.durable.try_recv().is_err(), "the batches synced here are not reported again");
+        assert_eq!(j.journal.syncs(), 2);
+        // A failed write here stops the journal as the writer's would, and is returned here.
+        j.journal.fail_writes();
+        j.journal.append(4, &vote(4, 2)).unwrap();
+        let err = j.journal.flush(true).unwrap().unwrap_err();
+        assert!(err.to_string().contains("injected"), "{err}");
+        assert!(matches!(j.journal.append(5, &vote(5, 2)), Err(JournalError::Stopped(_))));
+        assert!(matches!(j.journal.close(), Err(JournalError::Stopped(_))));
+        assert!(j.errors.try_recv().is_err(), "the caller reports it, not on_error");
+        let j = open(options(dir.path()), None).unwrap();
+        assert_eq!(j.replay.len(), 3, "what was reported durable is there");
     }
 
     #[test]

@@ -121,6 +121,11 @@ impl<T> Inbox<T> {
     pub fn try_recv(&self) -> Result<T, TryRecvError> {
         self.rx.try_recv().map(|item| self.took(item))
     }
+
+    /// Nothing is queued now (an item being sent may already count).
+    pub fn is_empty(&self) -> bool {
+        self.depth.now.load(Relaxed) == 0
+    }
 }
 
 #[cfg(test)]

@@ -52,6 +52,8 @@ pub(crate) struct Limits {
     pub execution_queue_bytes: u64,
     /// A primary's vote unchosen this long fails the replica (`m_voteMaxOutstandingIntervalSec`).
     pub vote_max_outstanding: Micros,
+    /// Several decrees may be in flight (version 7, a window above 1).
+    pub pipelined: bool,
 }
 
 /// The protocol thread's state: the driver, and the host it drives against.
@@ -138,7 +140,9 @@ impl Io {
 }
 
 impl Ring {
-    pub fn new(core: Replica, admission: Arc<dyn Admission>, io: Io) -> Ring {
+    pub fn new(core: Replica, admission: Arc<dyn Admission>, mut io: Io) -> Ring {
+        // Each turn ends with `flush_journal`.
+        io.journal.defer_writes();
         let listen_on_all_ips = io.transport.local_addr().ip().is_unspecified();
         Ring {
             driver: Driver::new(core, Box::new(Admit(admission)), listen_on_all_ips),
@@ -156,6 +160,7 @@ impl Ring {
     pub fn run(mut self, events: Inbox<Event>) {
         self.driver.start(&mut self.io);
         while self.running() {
+            self.flush_journal(&events);
             let wait = self.driver.core().next_wakeup().saturating_sub(self.io.now()).min(100_000);
             match events.recv_timeout(Duration::from_micros(wait)) {
                 Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => break,
@@ -191,9 +196,12 @@ impl Ring {
                 driver.on_message(msg, Inbound { ip, certified }, io)
             }
             Event::Durable(seq) => {
-                // From the journal's writer thread, in order: held sends go out up to it.
-                debug_assert!(seq >= driver.durable_seq() && seq <= io.journal.last_seq(), "durable {seq} out of order");
-                driver.durable(seq, io)
+                // From the journal's writer thread, in order: held sends go out up to it. It
+                // can trail a later batch this thread synced itself (`flush_journal`).
+                debug_assert!(seq <= io.journal.last_seq(), "durable {seq} never appended");
+                if seq > driver.durable_seq() {
+                    driver.durable(seq, io)
+                }
             }
             Event::Submit { request, cookie, exclusive, last } => {
                 io.submits_handled += 1;
@@ -225,6 +233,26 @@ impl Ring {
             Event::Stop => unreachable!("handled by the loop"),
             Event::Relocated(node) => driver.relocate(node, io),
             Event::Pause(until) => drop(until.recv()),
+        }
+    }
+
+    /// Starts the records appended so far on their way to disk. With no event waiting, this
+    /// thread writes and syncs them itself (one group commit, as the writer's): otherwise it
+    /// would sleep until the writer thread, woken for them, woke it back to say they are
+    /// durable, two thread hand-offs on every commit. With events waiting, the writer thread
+    /// syncs while this thread goes on with them; so it does for a pipelined primary, which
+    /// may propose the next decree before this one is durable.
+    fn flush_journal(&mut self, events: &Inbox<Event>) {
+        while self.running() {
+            let proposes_meanwhile = self.io.limits.pipelined && self.driver.core().role() == Role::Primary;
+            match self.io.journal.flush(events.is_empty() && !proposes_meanwhile) {
+                None => return,
+                Some(Ok(seq)) => self.driver.durable(seq, &mut self.io),
+                Some(Err(e)) => {
+                    self.io.fail(format!("journal write failed: {e}"));
+                    self.io.halted = true;
+                }
+            }
         }
     }
 

@@ -1,9 +1,11 @@
 //! The Paxos port: framed RSL messages over TCP, one outbound connection per peer and a reader
 //! for every connection peers open to us (formats.md §7.1, api-behavior.md §2.30).
 //!
-//! The protocol thread calls [`Transport::send`], which only enqueues: the peer's connection
-//! task gathers everything queued into vectored writes. Every connection's reader decodes on
-//! the tokio threads and hands each message to the `on_message` callback.
+//! The protocol thread calls [`Transport::send`], which never blocks. While a plain TCP
+//! connection's task has nothing queued or being written, the packet goes straight into the
+//! socket with one non-blocking write; otherwise it is queued and the task gathers everything
+//! queued into vectored writes. Every connection's reader decodes on the tokio threads and
+//! hands each message to the `on_message` callback.
 //!
 //! With TLS, every connection starts with a handshake (in its own task, never the accept
 //! loop) and each message carries the certified identity of the connection it came on.
@@ -18,10 +20,13 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
@@ -305,6 +310,11 @@ impl Drop for PeerEntry {
 struct SendQueue {
     packets: Batch,
     bytes: usize,
+    /// The connection's socket while its task waits with nothing queued or being written (plain
+    /// TCP only): a sender writes to it directly, under this queue's lock so that bytes never
+    /// interleave, instead of waking the task, which costs a thread hand-off per packet on the
+    /// commit path. Taken back (None) as soon as anything is queued.
+    idle: Option<Arc<OwnedWriteHalf>>,
 }
 
 /// Packets to write, oldest first, with when each was queued (for the send timeout).
@@ -364,6 +374,7 @@ struct Peer {
     refusals: RateLimited,
 }
 
+/// What the transport counted for a peer.
 #[derive(Default)]
 struct Counters {
     connections: AtomicU64,
@@ -391,14 +402,34 @@ impl Peer {
         }
     }
 
-    fn enqueue(&self, packet: Bytes, max_queue_bytes: usize) -> bool {
-        let len = packet.len();
+    fn enqueue(&self, mut packet: Bytes, max_queue_bytes: usize) -> bool {
         let mut q = self.queue.lock().expect("send queue poisoned");
-        if q.bytes + len > max_queue_bytes {
+        if q.bytes + packet.len() > max_queue_bytes {
             drop(q);
-            self.count_dropped(1, len);
+            self.count_dropped(1, packet.len());
             return false;
         }
+        if let Some(socket) = q.idle.take() {
+            debug_assert!(q.packets.is_empty(), "a connection is idle only with nothing queued");
+            // A non-blocking write, so the lock is held for one system call at most.
+            match socket.try_write(&packet) {
+                Ok(n) if n == packet.len() => {
+                    q.idle = Some(socket);
+                    drop(q);
+                    self.counters.sent(1, n);
+                    return true;
+                }
+                // The rest goes to the task, which writes it first.
+                Ok(n) => {
+                    packet.advance(n);
+                    self.counters.sent(0, n);
+                }
+                // Socket full: the task waits for room. Any other error: the task's own write
+                // meets it and the connection fails, as if the task had written this.
+                Err(_) => {}
+            }
+        }
+        let len = packet.len();
         q.bytes += len;
         q.packets.push(packet);
         debug_assert!(q.bytes <= max_queue_bytes);
@@ -410,12 +441,20 @@ impl Peer {
         true
     }
 
-    /// Moves everything queued into `batch` (which must be empty): one lock per batch.
-    fn take_all(&self, batch: &mut Batch) {
+    /// Moves everything queued into `batch` (which must be empty): one lock per batch. With
+    /// nothing queued, the connection's plain TCP socket (`direct`) is lent to the senders
+    /// until the next call; with something queued, it is taken back first.
+    fn take_all(&self, batch: &mut Batch, direct: Option<&Arc<OwnedWriteHalf>>) {
         assert!(batch.is_empty(), "the previous batch is written first");
         let mut q = self.queue.lock().expect("send queue poisoned");
         std::mem::swap(&mut q.packets, batch);
         q.bytes = 0;
+        q.idle = if batch.is_empty() { direct.cloned() } else { None };
+    }
+
+    /// The connection ended: nothing may be written to its socket any more.
+    fn take_back_socket(&self) {
+        self.queue.lock().expect("send queue poisoned").idle = None;
     }
 
     /// Drops the queued packets older than `timeout` (RSL's send timeout), counting them.
@@ -468,6 +507,16 @@ impl Peer {
             failed_at: from_unix_micros(self.counters.failed_at.load(Relaxed)),
             last_sent_at: from_unix_micros(self.counters.last_sent_at.load(Relaxed)),
         }
+    }
+}
+
+impl Counters {
+    /// `bytes` reached the socket, completing `packets` packets.
+    fn sent(&self, packets: usize, bytes: usize) {
+        self.consecutive_failures.store(0, Relaxed);
+        self.last_sent_at.store(unix_micros(SystemTime::now()), Relaxed);
+        self.sent_packets.fetch_add(packets as u64, Relaxed);
+        self.sent_bytes.fetch_add(bytes as u64, Relaxed);
     }
 }
 
@@ -531,13 +580,16 @@ async fn connect_and_serve(peer: &Peer, link: &Link, send_timeout: Duration) -> 
     let Some(tls) = &link.tls else {
         info!(peer = %peer.addr, "connected");
         let (rd, wr) = stream.into_split();
-        return Some(serve_outbound(peer, rd, wr, link, Origin { ip, peer: None }, send_timeout).await);
+        let wr = SharedWrite(Arc::new(wr));
+        // A delay is the write task's to apply: no sender may write around it.
+        let direct = link.delay.is_zero().then(|| wr.0.clone());
+        return Some(serve_outbound(peer, rd, wr, direct, link, Origin { ip, peer: None }, send_timeout).await);
     };
     match tls.connect(stream).await {
         Ok((stream, identity)) => {
             info!(peer = %peer.addr, names = ?identity.names, "connected (TLS)");
             let (rd, wr) = tokio::io::split(stream);
-            Some(serve_outbound(peer, rd, wr, link, Origin { ip, peer: Some(Arc::new(identity)) }, send_timeout).await)
+            Some(serve_outbound(peer, rd, wr, None, link, Origin { ip, peer: Some(Arc::new(identity)) }, send_timeout).await)
         }
         Err(e) => {
             if let Some(held_back) = peer.refusals.allow() {
@@ -549,10 +601,12 @@ async fn connect_and_serve(peer: &Peer, link: &Link, send_timeout: Duration) -> 
 }
 
 /// Writes the queue to the connection and reads the responses the peer sends back on it.
+/// `direct`, the plain TCP socket `wr` writes to, is lent to senders while nothing is queued.
 async fn serve_outbound<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     peer: &Peer,
     mut rd: R,
     wr: W,
+    direct: Option<Arc<OwnedWriteHalf>>,
     link: &Link,
     origin: Origin,
     send_timeout: Duration,
@@ -562,7 +616,7 @@ async fn serve_outbound<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     let mut batch = Batch::default();
     let write = async {
         match link.delay {
-            Duration::ZERO => write_queued(peer, wr, &mut batch, send_timeout).await,
+            Duration::ZERO => write_queued(peer, wr, direct.as_ref(), &mut batch, send_timeout).await,
             delay => write_delayed(peer, wr, &mut batch, send_timeout, delay).await,
         }
     };
@@ -570,15 +624,22 @@ async fn serve_outbound<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         r = read_packets(&mut rd, &link.reading, &link.on_message, Side::Outbound, &origin) => r,
         r = write => r,
     };
+    peer.take_back_socket();
     // Whichever side failed, what was being written is lost.
     peer.count_dropped(batch.len(), batch.bytes());
     peer.counters.writing.store(0, Relaxed);
     result
 }
 
-async fn write_queued<W: AsyncWrite + Unpin>(peer: &Peer, mut wr: W, batch: &mut Batch, send_timeout: Duration) -> io::Result<()> {
+async fn write_queued<W: AsyncWrite + Unpin>(
+    peer: &Peer,
+    mut wr: W,
+    direct: Option<&Arc<OwnedWriteHalf>>,
+    batch: &mut Batch,
+    send_timeout: Duration,
+) -> io::Result<()> {
     loop {
-        peer.take_all(batch);
+        peer.take_all(batch, direct);
         if let Some(cutoff) = tokio::time::Instant::now().checked_sub(send_timeout) {
             let (packets, bytes) = batch.expire(cutoff);
             peer.count_dropped(packets, bytes);
@@ -607,7 +668,7 @@ async fn write_delayed<W: AsyncWrite + Unpin>(
 ) -> io::Result<()> {
     let mut held = Batch::default();
     loop {
-        peer.take_all(batch);
+        peer.take_all(batch, None);
         held.packets.append(&mut batch.packets);
         held.queued_at.append(&mut batch.queued_at);
         let now = tokio::time::Instant::now();
@@ -658,12 +719,50 @@ async fn write_batch<W: AsyncWrite + Unpin>(peer: &Peer, wr: &mut W, batch: &mut
         }
         let done = batch.consume(written);
         peer.counters.writing.fetch_sub(done as u64, Relaxed);
-        peer.counters.consecutive_failures.store(0, Relaxed);
-        peer.counters.last_sent_at.store(unix_micros(SystemTime::now()), Relaxed);
-        peer.counters.sent_packets.fetch_add(done as u64, Relaxed);
-        peer.counters.sent_bytes.fetch_add(written as u64, Relaxed);
+        peer.counters.sent(done, written);
     }
     Ok(())
+}
+
+/// The write side of a plain TCP connection, shared by its task (through this) and the senders
+/// it is lent to while idle ([`SendQueue::idle`]).
+struct SharedWrite(Arc<OwnedWriteHalf>);
+
+impl SharedWrite {
+    fn poll_with<T>(&self, cx: &mut Context<'_>, mut write: impl FnMut(&TcpStream) -> io::Result<T>) -> Poll<io::Result<T>> {
+        let stream: &TcpStream = (*self.0).as_ref();
+        loop {
+            ready!(stream.poll_write_ready(cx))?;
+            match write(stream) {
+                // The readiness was stale: `try_write` cleared it, so the next poll waits.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SharedWrite {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.poll_with(cx, |s| s.try_write(buf))
+    }
+
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        self.poll_with(cx, |s| s.try_write_vectored(bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    /// The write side shuts down when the last holder drops the socket.
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
 }
 
 /// Removes `written` bytes from the front of `batch`; returns how many packets completed.

@@ -370,7 +370,7 @@ impl Server {
 /// waiting (the execute thread does, through [`Clients`]); the connection's reader takes no
 /// more requests while `MAX_UNANSWERED` are unanswered or `MAX_QUEUED_BYTES` of responses
 /// wait, so a client that pipelines requests and never reads the answers costs a bounded
-/// amount: at most `MAX_UNANSWERED` responses, whose bodies (values) are shared with the store.
+/// amount: at most `MAX_UNANSWERED` responses, whose bodies (values; the long ones shared with the store).
 pub struct Outbox {
     tx: UnboundedSender<[Bytes; 2]>,
     flow: Arc<Flow>,
