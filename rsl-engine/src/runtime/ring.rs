@@ -96,6 +96,9 @@ pub(crate) struct Io {
     /// A step-down's `NotifyStatus(false)`, held until this many requests are handled: those
     /// taken before `is_primary` was cleared come back first (api-behavior §3.5).
     status_after: Option<u64>,
+    /// What the core handed out while a `NotifyStatus(false)` was held (refusals aside): it
+    /// follows the status, in order, as it would have without the hold.
+    held: Vec<Execution>,
 }
 
 impl Io {
@@ -135,6 +138,7 @@ impl Io {
             resolver,
             submits_handled: 0,
             status_after: None,
+            held: Vec::new(),
         }
     }
 }
@@ -341,7 +345,11 @@ impl Io {
         if self.status_after.is_some_and(|offered| now || self.submits_handled >= offered) {
             self.status_after = None;
             self.hand_to_exec(Work::Status(false));
+            for item in std::mem::take(&mut self.held) {
+                self.execute(item);
+            }
         }
+        debug_assert!(self.status_after.is_some() || self.held.is_empty(), "held executions outlive their status");
         debug_assert!(self.status_after.is_none_or(|offered| offered > self.submits_handled), "a step-down held past its requests");
     }
 
@@ -410,6 +418,12 @@ impl Host for Io {
     }
 
     fn execute(&mut self, item: Execution) {
+        // Refusals go first (their cookies come back before the status); a new term releases
+        // the held status itself.
+        if self.status_after.is_some() && !matches!(item, Execution::Abort { .. } | Execution::Status(true)) {
+            self.held.push(item);
+            return;
+        }
         let work = match item {
             Execution::Decree { vote, cookies } => {
                 // The execute thread runs behind what is handed to it, never ahead.

@@ -657,8 +657,9 @@ async fn write_queued<W: AsyncWrite + Unpin>(
 
 /// Benchmarks only (`TransportOptions::delay`): [`write_queued`], each packet held `delay`
 /// after it was queued. Held packets are on the simulated wire: they count neither as
-/// outstanding (a broadcast does not skip the peer for them) nor against the send timeout, and
-/// a broken connection loses them.
+/// outstanding (a broadcast does not skip the peer for them) nor against the send timeout (it
+/// runs from their release), and a broken connection loses them. Nothing bounds them but the
+/// send rate times the delay (at most 1 s, `RslConfig::net_delay_us`).
 async fn write_delayed<W: AsyncWrite + Unpin>(
     peer: &Peer,
     mut wr: W,
@@ -673,7 +674,7 @@ async fn write_delayed<W: AsyncWrite + Unpin>(
         held.queued_at.append(&mut batch.queued_at);
         let now = tokio::time::Instant::now();
         while held.queued_at.front().is_some_and(|at| *at + delay <= now) {
-            batch.queued_at.extend(held.queued_at.pop_front());
+            batch.queued_at.extend(held.queued_at.pop_front().map(|at| at + delay));
             batch.packets.extend(held.packets.pop_front());
         }
         debug_assert_eq!(held.packets.len(), held.queued_at.len(), "one time per held packet");

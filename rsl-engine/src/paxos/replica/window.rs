@@ -31,6 +31,8 @@ impl Pace {
     /// The times of a decree proposed at `proposed`, durable here at `durable`, chosen at
     /// `chosen`.
     pub(super) fn measure(proposed: Micros, durable: Micros, chosen: Micros) -> Pace {
+        // The caller's clock is not trusted to be monotonic: a step back measures as zero.
+        let chosen = chosen.max(proposed);
         let durable = durable.clamp(proposed, chosen);
         let pace = Pace { local: durable - proposed, commit: chosen - proposed };
         debug_assert!(pace.local <= pace.commit, "durable after chosen: {pace:?}");

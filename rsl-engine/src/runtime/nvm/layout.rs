@@ -130,8 +130,8 @@ impl Slot {
 
     /// What is wrong with a checksummed slot for a ring of `capacity` bytes, if anything.
     pub fn check(&self, capacity: u64) -> Result<(), &'static str> {
-        if self.tail > MAX_POSITION {
-            return Err("slot's tail is past any log's lifetime");
+        if self.tail > MAX_POSITION || self.tail_seq > MAX_POSITION || self.generation >= MAX_POSITION {
+            return Err("slot's tail, sequence or generation is past any log's lifetime");
         }
         if self.head > self.tail || self.tail - self.head > capacity {
             return Err("slot's head and tail are more than the ring apart");

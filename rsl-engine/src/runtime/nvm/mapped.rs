@@ -129,8 +129,10 @@ impl PersistentMemory for Msync {
         add_range(&mut self.dirty, range);
     }
     fn fence(&mut self) -> io::Result<()> {
-        for range in self.dirty.drain(..) {
+        // A range leaves the list only once synced, so a retried fence syncs what failed.
+        while let Some(range) = self.dirty.first() {
             self.map.flush_range(range.start, range.len())?;
+            self.dirty.remove(0);
         }
         Ok(())
     }

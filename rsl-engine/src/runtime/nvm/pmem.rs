@@ -136,6 +136,8 @@ mod cpu {
         fn bytes(&self) -> &[u8] {
             // SAFETY: `base..base + len` is mapped readable and writable for as long as `self`
             // lives, and writes go through `&mut self`, so no mutable borrow overlaps this one.
+            // As for `map_shared`, another process truncating or writing the file is outside
+            // this contract (the log's file is the replica's own; a truncation raises SIGBUS).
             unsafe { std::slice::from_raw_parts(self.base.as_ptr(), self.len) }
         }
 
