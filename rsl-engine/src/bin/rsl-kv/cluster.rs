@@ -1,6 +1,7 @@
-//! `rsl-kv cluster`: three replica processes on 127.0.0.1 (with `--tls`, speaking mutual TLS),
-//! load against the primary, and a live progress line; then throughput and latency
-//! percentiles, and whether the replicas agree.
+//! `rsl-kv cluster`: replica processes on 127.0.0.1 (3 by default; with `--tls`, speaking
+//! mutual TLS), load against the primary, and a live progress line; then throughput and
+//! latency percentiles, and whether the replicas agree. Every flag is checked before anything
+//! starts, and the load begins only once every replica has said it is listening.
 
 use crate::client::{self, ms, Conn, LoadSpec, Progress};
 use crate::ClusterArgs;
@@ -22,6 +23,9 @@ const SIZES: RangeInclusive<usize> = 19..=1 << 20;
 const OUTSTANDING: RangeInclusive<usize> = 1..=65_536;
 /// A replica serves 1024 client connections at once (`server::MAX_CLIENTS`).
 const CONNECTIONS: RangeInclusive<usize> = 1..=1024;
+/// Starts on free ports: a port another program takes between the pick and the bind costs
+/// one attempt.
+const ATTEMPTS: usize = 3;
 /// How long a replica may take to bind its ports (it replays its logs first).
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -68,8 +72,13 @@ fn fixed_ports(base: u16, replicas: usize) -> Result<Vec<Ports>, String> {
 /// Ports the OS reports free: each replica's Paxos port with the next one (its learn port) and
 /// a client port. Every probe stays bound until all are picked, so no two replicas share one;
 /// they are released just before the replicas start. Another program may take one in that
-/// instant: the replica then fails to bind and the cluster stops with its error (see
-/// [`start`]), so it can fail but never drive someone else's replicas.
+/// instant: the replica then fails to bind, and [`start`] reports its error instead of
+/// waiting for a `listening` line that never comes. So a start can fail (and is tried again
+/// on new ports) but never drives someone else's replicas: the client and agreement traffic
+/// begins only once each of our own processes holds its ports, which no other socket can then
+/// share (no `SO_REUSEPORT`). The alternative, each replica binding port 0 and reporting,
+/// would not do: the members' addresses must be known when they start (the initial
+/// configuration) and the learn port must be the Paxos port plus one.
 fn free_ports(replicas: usize) -> Result<Vec<Ports>, String> {
     let bind = |port| TcpListener::bind((Ipv4Addr::LOCALHOST, port));
     let port = |l: &TcpListener| l.local_addr().map(|a| a.port());
@@ -206,6 +215,37 @@ fn start(args: &ClusterArgs, dir: &std::path::Path, ports: &[Ports], tls: Option
     Ok(procs)
 }
 
+/// [`start`] on `--base-port`, or on free ports. Free ports are tried [`ATTEMPTS`] times in a
+/// fresh temporary directory: when another program took one of them between the pick and the
+/// bind, the replicas that did start are stopped, their data (made for the ports given up)
+/// deleted, and new ports picked.
+fn start_on_some_ports(
+    args: &ClusterArgs,
+    dir: &std::path::Path,
+    ids: &[String],
+    tls: Option<&[crate::tls::Files]>,
+) -> Result<(Processes, Vec<Ports>), String> {
+    if let Some(base) = args.base_port {
+        let ports = fixed_ports(base, args.replicas)?;
+        return start(args, dir, &ports, tls).map(|procs| (procs, ports));
+    }
+    let mut attempt = 1;
+    loop {
+        let ports = free_ports(args.replicas)?;
+        match start(args, dir, &ports, tls) {
+            Ok(procs) => return Ok((procs, ports)),
+            Err(why) if args.dir.is_none() && attempt < ATTEMPTS && why.contains("cannot listen on") => {
+                eprintln!("rsl-kv: {why}; trying other ports");
+                for id in ids {
+                    let _ = std::fs::remove_dir_all(dir.join(id));
+                }
+                attempt += 1;
+            }
+            Err(why) => return Err(why),
+        }
+    }
+}
+
 pub fn run(args: ClusterArgs) -> Result<(), String> {
     validate(&args)?;
     let dir = args.dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("rsl-kv-{}", std::process::id())));
@@ -215,11 +255,7 @@ pub fn run(args: ClusterArgs) -> Result<(), String> {
     if tls.is_some() && !args.json {
         eprintln!("mutual TLS between the replicas: a throwaway CA and their certificates in {}", dir.join("tls").display());
     }
-    let ports = match args.base_port {
-        Some(base) => fixed_ports(base, args.replicas)?,
-        None => free_ports(args.replicas)?,
-    };
-    let result = start(&args, &dir, &ports, tls.as_deref()).and_then(|mut procs| {
+    let result = start_on_some_ports(&args, &dir, &ids, tls.as_deref()).and_then(|(mut procs, ports)| {
         let clients: Vec<SocketAddr> = ports.iter().map(|p| SocketAddr::from((Ipv4Addr::LOCALHOST, p.client))).collect();
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().map_err(|e| e.to_string())?;
         let pids: Vec<u32> = procs.0.iter().map(Child::id).collect();
