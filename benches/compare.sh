@@ -32,7 +32,7 @@ fi
 field() { sed -E "s/.*\"$1\":([0-9.]+).*/\1/" <<<"$2"; }
 echo "# $(nproc) CPUs, $(etcd --version | head -1), load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-rsl=$("$root/target/release/rsl-kv" cluster --json --duration "$secs" --size "$size" --outstanding "$outstanding" --base-port 25000 --dir "$work/rsl")
+rsl=$("$root/target/release/rsl-kv" cluster --json --duration "$secs" --size "$size" --outstanding "$outstanding" --dir "$work/rsl")
 echo "rsl-kv: $rsl"
 
 cluster=""

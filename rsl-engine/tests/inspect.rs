@@ -62,7 +62,7 @@ fn log_lists_every_record_and_flags_a_flipped_byte() {
         assert_eq!(words.last().unwrap(), "OK", "{words:?}");
     }
     assert!(stdout.contains("records: 6, bad: 0"), "{stdout}");
-    assert!(stdout.contains("decree index: 5 -> 1024, 6 -> 1536, 7 -> 2048"), "{stdout}");
+    assert!(stdout.contains("decree index: 5..=7 (3 decrees;"), "{stdout}");
 
     let (ok, doc) = json(&["log", s(&log)]);
     assert!(ok);
@@ -278,4 +278,27 @@ fn a_closed_stdout_ends_the_listing_quietly() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success() && stderr.is_empty(), "{args:?}: {:?}, stderr: {stderr}", out.status);
     }
+}
+
+/// The text listing gives the decree index as runs of consecutive decrees, so that a log of
+/// thousands of decrees does not print one line of tens of thousands of characters.
+#[test]
+fn the_decree_index_prints_as_ranges() {
+    use rsl_engine::format::message::{Body, Header, Message, VoteBody};
+    use rsl_engine::format::{Ballot, MemberId, Version};
+    let dir = tempfile::tempdir().unwrap();
+    let id = MemberId::new("1").unwrap();
+    let mut bytes = bytes::BytesMut::new();
+    for decree in (5..=900).chain([902]).chain(904..=1000) {
+        let vote = Message::new(Header::new(Version::V6, id, decree, 1, Ballot::new(1, id)), Body::Vote(VoteBody::default()));
+        rsl_engine::format::log::encode_record(&vote, &mut bytes).unwrap();
+    }
+    let log = dir.path().join("5.log");
+    std::fs::write(&log, &bytes).unwrap();
+    let (ok, stdout, stderr) = text(&["log", s(&log)]);
+    assert!(ok, "{stdout}\n{stderr}");
+    let line = stdout.lines().find(|l| l.starts_with("decree index:")).expect("a decree index line");
+    assert_eq!(line, "decree index: 5..=900, 902, 904..=1000 (994 decrees; --json maps each to its offset)");
+    let (_, doc) = json(&["log", s(&log)]);
+    assert_eq!(doc["files"][0]["summary"]["decree_index"].as_object().map(|m| m.len()), Some(994));
 }

@@ -492,9 +492,26 @@ fn print_log_file(f: &LogFileOut) {
     let s = &f.summary;
     outln!("records: {}, bad: {}\nreplay (restore mode): {}", s.records, s.bad_records, s.detail);
     match &s.decree_index {
-        Some(index) => outln!("decree index: {}", index.iter().map(|(d, o)| format!("{d} -> {o}")).collect::<Vec<_>>().join(", ")),
+        Some(index) if index.is_empty() => outln!("decree index: empty"),
+        Some(index) => {
+            outln!("decree index: {} ({} decrees; --json maps each to its offset)", decree_ranges(index.keys().copied()), index.len())
+        }
         None => outln!("decree index: none (replay fails)"),
     }
+}
+
+/// Runs of consecutive decrees (`5..=900, 902, 904..=1000`): a log of thousands of decrees
+/// still fits one short line. `decrees` ascend, as a `BTreeMap`'s keys do.
+fn decree_ranges(decrees: impl Iterator<Item = u64>) -> String {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for d in decrees {
+        match runs.last_mut() {
+            Some((_, last)) if last.checked_add(1) == Some(d) => *last = d,
+            _ => runs.push((d, d)),
+        }
+    }
+    let run = |&(first, last): &(u64, u64)| if first == last { first.to_string() } else { format!("{first}..={last}") };
+    runs.iter().map(run).collect::<Vec<_>>().join(", ")
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,14 +1,110 @@
-//! `rsl-kv cluster`: three replica processes on 127.0.0.1 (with `--tls`, speaking mutual TLS),
-//! load against the primary, and a live progress line; then throughput and latency
-//! percentiles, and whether the replicas agree.
+//! `rsl-kv cluster`: replica processes on 127.0.0.1 (3 by default; with `--tls`, speaking
+//! mutual TLS), load against the primary, and a live progress line; then throughput and
+//! latency percentiles, and whether the replicas agree. Every flag is checked before anything
+//! starts, and the load begins only once every replica has said it is listening.
 
 use crate::client::{self, ms, Conn, LoadSpec, Progress};
 use crate::ClusterArgs;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::ops::RangeInclusive;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+/// Replica processes one cluster starts: a local test bed, not a deployment.
+const REPLICAS: RangeInclusive<usize> = 1..=64;
+/// Bytes per request: the 2-byte key length, the 16-byte key and at least one byte of value,
+/// up to a size that still fits a Paxos message with room to spare.
+const SIZES: RangeInclusive<usize> = 19..=1 << 20;
+const OUTSTANDING: RangeInclusive<usize> = 1..=65_536;
+/// A replica serves 1024 client connections at once (`server::MAX_CLIENTS`).
+const CONNECTIONS: RangeInclusive<usize> = 1..=1024;
+/// Starts on free ports: a port another program takes between the pick and the bind costs
+/// one attempt.
+const ATTEMPTS: usize = 3;
+/// How long a replica may take to bind its ports (it replays its logs first).
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Checks every flag before anything starts; the error names the flag and what it allows.
+fn validate(args: &ClusterArgs) -> Result<(), String> {
+    crate::server::check_protocol(args.version, args.window, args.net_delay_us)?;
+    within("--replicas", args.replicas, REPLICAS)?;
+    within("--outstanding", args.outstanding, OUTSTANDING)?;
+    within("--connections", args.connections, CONNECTIONS)?;
+    within("--size", args.size, SIZES)?;
+    if args.keys == 0 {
+        return Err("--keys 0: must be at least 1".into());
+    }
+    if let Some(base) = args.base_port {
+        fixed_ports(base, args.replicas)?;
+    }
+    Ok(())
+}
+
+fn within<T: PartialOrd + std::fmt::Display>(flag: &str, value: T, range: RangeInclusive<T>) -> Result<(), String> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err(format!("{flag} {value}: must be within {}..={}", range.start(), range.end()))
+    }
+}
+
+/// One replica's ports on 127.0.0.1; its learn port is `paxos + 1`.
+#[derive(Clone, Copy)]
+struct Ports {
+    paxos: u16,
+    client: u16,
+}
+
+/// `--base-port`: replica i at base+3i (Paxos), +1 (learn), +2 (clients), all within u16.
+fn fixed_ports(base: u16, replicas: usize) -> Result<Vec<Ports>, String> {
+    let last = u64::from(base) + 3 * replicas as u64 - 1;
+    if base == 0 || last > u64::from(u16::MAX) {
+        return Err(format!("--base-port {base}: {replicas} replicas need ports {base}..={last}, within 1..=65535"));
+    }
+    Ok((0..replicas as u16).map(|i| Ports { paxos: base + 3 * i, client: base + 3 * i + 2 }).collect())
+}
+
+/// Ports the OS reports free: each replica's Paxos port with the next one (its learn port) and
+/// a client port. Every probe stays bound until all are picked, so no two replicas share one;
+/// they are released just before the replicas start. Another program may take one in that
+/// instant: the replica then fails to bind, and [`start`] reports its error instead of
+/// waiting for a `listening` line that never comes. So a start can fail (and is tried again
+/// on new ports) but never drives someone else's replicas: the client and agreement traffic
+/// begins only once each of our own processes holds its ports, which no other socket can then
+/// share (no `SO_REUSEPORT`). The alternative, each replica binding port 0 and reporting,
+/// would not do: the members' addresses must be known when they start (the initial
+/// configuration) and the learn port must be the Paxos port plus one.
+fn free_ports(replicas: usize) -> Result<Vec<Ports>, String> {
+    let bind = |port| TcpListener::bind((Ipv4Addr::LOCALHOST, port));
+    let port = |l: &TcpListener| l.local_addr().map(|a| a.port());
+    let mut held = Vec::new();
+    let mut ports = Vec::new();
+    for _ in 0..replicas {
+        // An OS-chosen port whose successor is free as well; a bounded search. The ports tried
+        // stay held, so that the OS does not offer them again.
+        let mut paxos = None;
+        for _ in 0..100 {
+            let first = bind(0).map_err(|e| format!("no free port on 127.0.0.1: {e}"))?;
+            let p = port(&first).map_err(|e| e.to_string())?;
+            held.push(first);
+            if let Some(next) = p.checked_add(1).and_then(|n| bind(n).ok()) {
+                held.push(next);
+                paxos = Some(p);
+                break;
+            }
+        }
+        let paxos = paxos.ok_or("no two consecutive free ports on 127.0.0.1")?;
+        let client = bind(0).and_then(|l| port(&l).map(|p| (p, l))).map_err(|e| format!("no free port on 127.0.0.1: {e}"))?;
+        held.push(client.1);
+        ports.push(Ports { paxos, client: client.0 });
+    }
+    Ok(ports)
+}
 
 /// The replica processes; killed if still running when this is dropped.
 struct Processes(Vec<Child>);
@@ -34,40 +130,139 @@ impl Drop for Processes {
     }
 }
 
+/// What a replica's stdout said: its `listening` line, or nothing before it closed.
+enum Report {
+    Listening,
+    Closed(usize),
+}
+
+/// Copies replica `id`'s stderr to ours, each line marked with the replica, and returns its last
+/// line once it closes.
+fn relay_stderr(child: &mut Child, id: &str) -> Option<JoinHandle<String>> {
+    let stderr = child.stderr.take()?;
+    let mark = format!("[replica {id}]");
+    Some(std::thread::spawn(move || {
+        let mut last = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("{mark} {line}");
+            if !line.trim().is_empty() {
+                last = line;
+            }
+        }
+        last
+    }))
+}
+
+/// Reports replica `i`'s `listening` line, then keeps reading its stdout (so that it never
+/// blocks on a full pipe) and reports when it closes.
+fn watch_stdout(child: &mut Child, i: usize, reports: mpsc::Sender<Report>) {
+    let Some(stdout) = child.stdout.take() else { return drop(reports.send(Report::Closed(i))) };
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.starts_with("listening on ") {
+                let _ = reports.send(Report::Listening);
+            }
+        }
+        let _ = reports.send(Report::Closed(i));
+    });
+}
+
+/// Starts the replicas and waits until each reports that it holds its ports. A replica that
+/// exits (a port taken, a bad directory) or stays silent fails the start with its own error.
+fn start(args: &ClusterArgs, dir: &std::path::Path, ports: &[Ports], tls: Option<&[crate::tls::Files]>) -> Result<Processes, String> {
+    let members: Vec<String> = ports.iter().enumerate().map(|(i, p)| format!("{}={}", i + 1, p.paxos)).collect();
+    let ids: Vec<String> = (1..=ports.len()).map(|i| i.to_string()).collect();
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let (reports, listening) = mpsc::channel();
+    let mut procs = Processes(Vec::new());
+    let mut stderr = Vec::new();
+    for (i, p) in ports.iter().enumerate() {
+        let mut cmd = Command::new(&exe);
+        cmd.args(["replica", "--id", &ids[i], "--port", &p.paxos.to_string(), "--client-port", &p.client.to_string()])
+            .args(["--members", &members.join(","), "--version", &args.version.to_string(), "--window", &args.window.to_string()])
+            .args(["--net-delay-us", &args.net_delay_us.to_string()])
+            .arg("--dir")
+            .arg(dir)
+            .arg("--ignore-sigint")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if args.no_sync {
+            cmd.arg("--no-sync");
+        }
+        if let Some(files) = tls {
+            cmd.args(files[i].args(&ids));
+        }
+        let mut child = cmd.spawn().map_err(|e| format!("starting replica {}: {e}", i + 1))?;
+        stderr.push(relay_stderr(&mut child, &ids[i]));
+        watch_stdout(&mut child, i, reports.clone());
+        procs.0.push(child);
+    }
+    let until = Instant::now() + READY_TIMEOUT;
+    let mut ready = 0;
+    while ready < ports.len() {
+        match listening.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            Ok(Report::Listening) => ready += 1,
+            Ok(Report::Closed(i)) => {
+                let status = procs.0[i].wait().map_or_else(|e| e.to_string(), |s| s.to_string());
+                let why = stderr[i].take().and_then(|t| t.join().ok()).unwrap_or_default();
+                let why = why.strip_prefix("rsl-kv: ").unwrap_or(&why);
+                return Err(format!("replica {} did not start ({status}): {why}", i + 1));
+            }
+            Err(_) => return Err(format!("{} of {} replicas listening after {READY_TIMEOUT:?}", ready, ports.len())),
+        }
+    }
+    Ok(procs)
+}
+
+/// [`start`] on `--base-port`, or on free ports. Free ports are tried [`ATTEMPTS`] times in a
+/// fresh temporary directory: when another program took one of them between the pick and the
+/// bind, the replicas that did start are stopped, their data (made for the ports given up)
+/// deleted, and new ports picked.
+fn start_on_some_ports(
+    args: &ClusterArgs,
+    dir: &std::path::Path,
+    ids: &[String],
+    tls: Option<&[crate::tls::Files]>,
+) -> Result<(Processes, Vec<Ports>), String> {
+    if let Some(base) = args.base_port {
+        let ports = fixed_ports(base, args.replicas)?;
+        return start(args, dir, &ports, tls).map(|procs| (procs, ports));
+    }
+    let mut attempt = 1;
+    loop {
+        let ports = free_ports(args.replicas)?;
+        match start(args, dir, &ports, tls) {
+            Ok(procs) => return Ok((procs, ports)),
+            Err(why) if args.dir.is_none() && attempt < ATTEMPTS && why.contains("cannot listen on") => {
+                eprintln!("rsl-kv: {why}; trying other ports");
+                for id in ids {
+                    let _ = std::fs::remove_dir_all(dir.join(id));
+                }
+                attempt += 1;
+            }
+            Err(why) => return Err(why),
+        }
+    }
+}
+
 pub fn run(args: ClusterArgs) -> Result<(), String> {
+    validate(&args)?;
     let dir = args.dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("rsl-kv-{}", std::process::id())));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let port = |i: usize, k: u16| args.base_port + 3 * i as u16 + k;
-    let members: Vec<String> = (0..args.replicas).map(|i| format!("{}={}", i + 1, port(i, 0))).collect();
     let ids: Vec<String> = (1..=args.replicas).map(|i| i.to_string()).collect();
     let tls = if args.tls { Some(crate::tls::throwaway(&dir, &ids)?) } else { None };
     if tls.is_some() && !args.json {
         eprintln!("mutual TLS between the replicas: a throwaway CA and their certificates in {}", dir.join("tls").display());
     }
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut procs = Processes(Vec::new());
-    for i in 0..args.replicas {
-        let mut cmd = Command::new(&exe);
-        cmd.args(["replica", "--id", &(i + 1).to_string(), "--port", &port(i, 0).to_string(), "--client-port", &port(i, 2).to_string()])
-            .args(["--members", &members.join(","), "--version", &args.version.to_string(), "--window", &args.window.to_string()])
-            .args(["--net-delay-us", &args.net_delay_us.to_string()])
-            .arg("--dir")
-            .arg(&dir)
-            .arg("--ignore-sigint")
-            .stdin(Stdio::null());
-        if args.no_sync {
-            cmd.arg("--no-sync");
-        }
-        if let Some(files) = &tls {
-            cmd.args(files[i].args(&ids));
-        }
-        procs.0.push(cmd.spawn().map_err(|e| format!("starting replica {}: {e}", i + 1))?);
-    }
-    let clients: Vec<SocketAddr> = (0..args.replicas).map(|i| SocketAddr::from((Ipv4Addr::LOCALHOST, port(i, 2)))).collect();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().map_err(|e| e.to_string())?;
-    let pids: Vec<u32> = procs.0.iter().map(Child::id).collect();
-    let result = rt.block_on(drive(&args, clients, &pids));
-    procs.stop();
+    let result = start_on_some_ports(&args, &dir, &ids, tls.as_deref()).and_then(|(mut procs, ports)| {
+        let clients: Vec<SocketAddr> = ports.iter().map(|p| SocketAddr::from((Ipv4Addr::LOCALHOST, p.client))).collect();
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().map_err(|e| e.to_string())?;
+        let pids: Vec<u32> = procs.0.iter().map(Child::id).collect();
+        let result = rt.block_on(drive(&args, clients, &pids));
+        procs.stop();
+        result
+    });
     if args.dir.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }

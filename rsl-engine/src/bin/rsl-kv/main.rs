@@ -4,9 +4,13 @@
 //! load against it and prints throughput and latency (`--tls`: the replicas speak mutual TLS
 //! with certificates made on the spot); `rsl-kv replica` is one replica.
 //!
+//! `rsl-kv replica` prints one line on stdout once its ports are bound (`listening on …`, one
+//! for each ring); `rsl-kv cluster` waits for that line from each of its replicas.
+//!
 //! Exit codes of `rsl-kv replica`: 0 after SIGTERM (or SIGINT) and a clean stop, 1 if it
-//! could not start, 3 if a replica failed (a panicked thread, a journal I/O error such as a
-//! full disk: the reason is on stderr), 4 if stopping took too long and was cut short. It
+//! could not start (a bad flag, a port taken: the reason is on stderr), 3 if a replica failed
+//! (a panicked thread, a journal I/O error such as a full disk: the reason is on stderr), 4 if
+//! stopping took too long and was cut short. It
 //! ends within 5 s of a signal or a failure, so a supervisor can restart it.
 
 mod client;
@@ -53,9 +57,10 @@ pub struct ClusterArgs {
     /// Client connections the outstanding requests are spread over.
     #[arg(long, default_value_t = 4)]
     connections: usize,
-    /// First port: replica i uses base+3i (Paxos), +1 (learn), +2 (clients).
-    #[arg(long, default_value_t = 20_000)]
-    base_port: u16,
+    /// First port: replica i uses base+3i (Paxos), +1 (learn), +2 (clients). Without it, free
+    /// ports from the OS.
+    #[arg(long)]
+    base_port: Option<u16>,
     /// Data directory (default: a fresh temporary one).
     #[arg(long)]
     dir: Option<std::path::PathBuf>,

@@ -145,11 +145,14 @@ pub fn run(args: ReplicaArgs) -> Result<u8, String> {
             ring.members = args.members.as_deref().map(|m| shift_members(m, 10 * k));
             ring.dir = args.dir.join(format!("ring{k}"));
         }
+        // The client port first: a port that is taken fails before the replica starts.
+        let listener = rt
+            .block_on(TcpListener::bind((ring.host, ring.client_port)))
+            .map_err(|e| format!("cannot listen on {}:{} (client port): {e}", ring.host, ring.client_port))?;
         let (replica, server) = start(ring.clone())?;
-        let listener =
-            rt.block_on(TcpListener::bind((ring.host, ring.client_port))).map_err(|e| format!("client port {}: {e}", ring.client_port))?;
         rt.spawn(server.accept(listener));
         replicas.push(replica);
+        println!("listening on {}:{} (Paxos), :{} (learn), :{} (clients)", ring.host, ring.port, ring.port + 1, ring.client_port);
     }
     let mut failure = rt.block_on(async {
         tokio::select! {
@@ -198,9 +201,26 @@ fn watchdog(code: u8) {
     });
 }
 
+/// The protocol flags shared by `rsl-kv replica` and `rsl-kv cluster`, checked by the rules
+/// [`RslConfig::validate`] applies, plus one of ours: a window above 1 needs version 7, for
+/// the original's versions run one decree at a time and would ignore it.
+pub fn check_protocol(version: u16, window: u32, net_delay_us: u32) -> Result<Version, String> {
+    let v = Version::new(version).ok_or(format!("--version {version}: supported versions are 1 to 7 (7 pipelines)"))?;
+    let cfg = RslConfig { working_dir: ".".into(), pipeline_window: window, net_delay_us, ..RslConfig::default() };
+    cfg.validate().map_err(|e| match e.field {
+        "pipeline_window" => format!("--window {window}: {e}"),
+        "net_delay_us" => format!("--net-delay-us {net_delay_us}: {e}"),
+        _ => e.to_string(),
+    })?;
+    if window > 1 && !v.is_pipelined() {
+        return Err(format!("--window {window} needs --version 7: version {version} runs one decree at a time"));
+    }
+    Ok(v)
+}
+
 /// Starts one ring's replica and the server for its clients.
 fn start(args: ReplicaArgs) -> Result<(Arc<RslReplica>, Server), String> {
-    let version = Version::new(args.version).ok_or("unknown protocol version")?;
+    let version = check_protocol(args.version, args.window, args.net_delay_us)?;
     let me: Node = rsl_engine::runtime::api::node(&args.id, args.host, args.port).ok_or("bad member id")?;
     let members = args.members.as_deref().map(parse_members).transpose()?;
     let cfg = RslConfig {
