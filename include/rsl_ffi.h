@@ -491,6 +491,28 @@ extern "C" {
 uint64_t rsl_calculate_checksum(const void *blob, size_t size);
 
 /**
+ * A fixed, NUL-terminated description of `code` (any `rsl_status`; "unknown status" for a
+ * value the ABI does not define). The string is static: never free it.
+ */
+const char *rsl_status_message(rsl_status code);
+
+/**
+ * Why the last call on this thread that returns an `rsl_status` failed: its status's
+ * description, then, when known, the cause (e.g. `storage or network error: cannot listen on
+ * 127.0.0.1:4000: Address already in use`, or the file and offset of a bad log record). The
+ * empty string after a call that succeeded, and before any call. Calls that return no
+ * `rsl_status` (queries, `rsl_status_message`, this one) leave it as it is. Each thread has
+ * its own. The pointer is valid until the next call returning an `rsl_status` on this
+ * thread, or the thread's exit; never free it. Never NULL.
+ */
+const char *rsl_last_error(void);
+
+/**
+ * The length in bytes of `rsl_last_error()`, without the NUL.
+ */
+size_t rsl_last_error_length(void);
+
+/**
  * `RSLInit`: sets up logging for the whole process. Entries at Info and above (Debug too with
  * `log_debug`) go to `cb` (may be NULL) and are appended to `<log_dir>/rsl.log` (`log_dir`
  * may be NULL; it is created if needed). Call it before the first replica; calling it again

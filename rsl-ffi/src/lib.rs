@@ -7,6 +7,7 @@
 #![allow(non_camel_case_types)]
 
 mod callbacks;
+mod error;
 mod log;
 mod replica;
 mod streams;
@@ -15,6 +16,8 @@ mod types;
 mod utility;
 
 pub use callbacks::*;
+pub(crate) use error::fail;
+pub use error::{rsl_last_error, rsl_last_error_length, rsl_status_message};
 pub use log::*;
 pub use replica::*;
 pub use streams::*;
@@ -56,13 +59,17 @@ pub const RSL_E_BUFFER: rsl_status = -5;
 /// An internal error was caught at the boundary.
 pub const RSL_E_PANIC: rsl_status = -6;
 
-/// Runs an entry point's body: its error becomes the status, a panic becomes `RSL_E_PANIC`.
+/// Runs an entry point's body: its error becomes the status, a panic becomes `RSL_E_PANIC`;
+/// either way the outcome is what `rsl_last_error` reports on this thread.
 pub(crate) fn guard(body: impl FnOnce() -> Result<(), rsl_status>) -> rsl_status {
-    match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(())) => RSL_SUCCESS,
-        Ok(Err(status)) => status,
-        Err(_) => RSL_E_PANIC,
-    }
+    let (outcome, cause) = error::with_cause_slot(|| catch_unwind(AssertUnwindSafe(body)));
+    let (status, cause) = match outcome {
+        Ok(Ok(())) => (RSL_SUCCESS, None),
+        Ok(Err(status)) => (status, cause),
+        Err(panic) => (RSL_E_PANIC, Some(error::panic_cause(&*panic))),
+    };
+    error::publish(status, cause);
+    status
 }
 
 /// Like [`guard`] for entry points that return a value: `fallback` on a panic.
