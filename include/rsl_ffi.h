@@ -497,13 +497,15 @@ uint64_t rsl_calculate_checksum(const void *blob, size_t size);
 const char *rsl_status_message(rsl_status code);
 
 /**
- * Why the last call on this thread that returns an `rsl_status` failed: its status's
- * description, then, when known, the cause (e.g. `storage or network error: cannot listen on
- * 127.0.0.1:4000: Address already in use`, or the file and offset of a bad log record). The
- * empty string after a call that succeeded, and before any call. Calls that return no
- * `rsl_status` (queries, `rsl_status_message`, this one) leave it as it is. Each thread has
- * its own. The pointer is valid until the next call returning an `rsl_status` on this
- * thread, or the thread's exit; never free it. Never NULL.
+ * Why the last call on this thread that can fail failed: what its result means, then, when
+ * known, the cause, e.g. `storage or network error: /srv/rsl/1: Permission denied (os error
+ * 13)`, the field and range of a configuration value, or the file and offset of a bad log
+ * record. The empty string after a call that succeeded, and before any call. The calls that
+ * can fail set it: those returning an `rsl_status`, the TLS setters returning `bool`, and the
+ * checkpoint stream calls returning a Win32 code. The others (queries, frees,
+ * `rsl_status_message`, this one) leave it as it is. Each thread has its own. The pointer is
+ * valid until the next call on this thread that sets it, or the thread's exit; never free it.
+ * Never NULL.
  */
 const char *rsl_last_error(void);
 

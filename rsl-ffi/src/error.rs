@@ -1,9 +1,10 @@
 //! What a C caller can read about a failure: a fixed description of each status
 //! (`rsl_status_message`) and the cause of this thread's last failed call (`rsl_last_error`).
 //!
-//! An entry point that knows why it failed records the cause with [`fail`]; [`crate::guard`]
-//! gives each call its own slot for it (a callback may call the ABI inside a call) and, when
-//! the call returns, publishes the outcome for `rsl_last_error`.
+//! An entry point that knows why it failed records the cause with [`fail`] or [`note`];
+//! [`crate::reporting`] (under `guard`) gives each call its own slot for it (a callback may
+//! call the ABI inside a call) and, when the call returns, publishes the outcome for
+//! `rsl_last_error`.
 
 use crate::*;
 use std::any::Any;
@@ -19,11 +20,17 @@ thread_local! {
 }
 
 /// Records `cause` as why the running entry point fails (and logs it); returns `status`.
-pub(crate) fn fail(status: rsl_status, cause: impl Display) -> rsl_status {
+pub(crate) fn fail<S>(status: S, cause: impl Display) -> S {
     let cause = cause.to_string();
     tracing::error!("{cause}");
     CAUSE.with_borrow_mut(|c| *c = Some(cause));
     status
+}
+
+/// Records `cause` as why the running entry point fails, without logging it (the caller logs
+/// it at its own level).
+pub(crate) fn note(cause: impl Display) {
+    CAUSE.with_borrow_mut(|c| *c = Some(cause.to_string()));
 }
 
 /// Runs an entry point's body with a fresh cause slot, restoring the caller's afterwards (the
@@ -34,13 +41,20 @@ pub(crate) fn with_cause_slot<T>(body: impl FnOnce() -> T) -> (T, Option<String>
     (out, CAUSE.replace(outer))
 }
 
-/// Publishes a finished call's outcome: empty for success, else the status's description
-/// followed by its cause.
-pub(crate) fn publish(status: rsl_status, cause: Option<String>) {
-    let text = match (status, cause) {
-        (RSL_SUCCESS, _) => String::new(),
-        (_, None) => describe(status).to_string_lossy().into_owned(),
-        (_, Some(cause)) => format!("{}: {cause}", describe(status).to_string_lossy()),
+/// Publishes a finished call's outcome: empty for success (no allocation when it already
+/// is: the checkpoint streams publish once per read), else what failed, then the cause.
+pub(crate) fn publish(failed: Option<String>, cause: Option<String>) {
+    let Some(what) = failed else {
+        LAST.with_borrow_mut(|last| {
+            if !last.is_empty() {
+                *last = CString::default();
+            }
+        });
+        return;
+    };
+    let text = match cause {
+        None => what,
+        Some(cause) => format!("{what}: {cause}"),
     };
     // A cause may quote bytes from a file or a caller: an interior NUL would end the C string.
     let text = CString::new(text.replace('\0', "\\0")).unwrap_or_default();
@@ -54,7 +68,7 @@ pub(crate) fn panic_cause(payload: &(dyn Any + Send)) -> String {
 }
 
 /// The fixed description of a status.
-fn describe(code: rsl_status) -> &'static CStr {
+pub(crate) fn describe(code: rsl_status) -> &'static CStr {
     match code {
         RSL_SUCCESS => c"success",
         RSL_FAST_READ_STALE => c"fast read stale: the replica's state is older than the sequence number asked for",
@@ -80,13 +94,15 @@ pub extern "C" fn rsl_status_message(code: rsl_status) -> *const c_char {
     describe(code).as_ptr()
 }
 
-/// Why the last call on this thread that returns an `rsl_status` failed: its status's
-/// description, then, when known, the cause (e.g. `storage or network error: cannot listen on
-/// 127.0.0.1:4000: Address already in use`, or the file and offset of a bad log record). The
-/// empty string after a call that succeeded, and before any call. Calls that return no
-/// `rsl_status` (queries, `rsl_status_message`, this one) leave it as it is. Each thread has
-/// its own. The pointer is valid until the next call returning an `rsl_status` on this
-/// thread, or the thread's exit; never free it. Never NULL.
+/// Why the last call on this thread that can fail failed: what its result means, then, when
+/// known, the cause, e.g. `storage or network error: /srv/rsl/1: Permission denied (os error
+/// 13)`, the field and range of a configuration value, or the file and offset of a bad log
+/// record. The empty string after a call that succeeded, and before any call. The calls that
+/// can fail set it: those returning an `rsl_status`, the TLS setters returning `bool`, and the
+/// checkpoint stream calls returning a Win32 code. The others (queries, frees,
+/// `rsl_status_message`, this one) leave it as it is. Each thread has its own. The pointer is
+/// valid until the next call on this thread that sets it, or the thread's exit; never free it.
+/// Never NULL.
 #[no_mangle]
 pub extern "C" fn rsl_last_error() -> *const c_char {
     LAST.with_borrow(|last| last.as_ptr())

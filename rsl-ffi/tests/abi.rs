@@ -653,6 +653,23 @@ fn a_failed_call_says_why_until_the_next_call_on_its_thread() {
     assert_eq!(last_error(), "");
     assert_eq!(save(&dir, 6, &golden_members()), RSL_E_IO, "the checkpoint exists");
     assert!(last_error().contains(tmp.path().to_str().unwrap()), "{}", last_error());
+
+    // The TLS setters and the checkpoint streams report the same way.
+    let cert = c("/c.pem");
+    assert!(!unsafe { rsl_set_tls_files(null(), cert.as_ptr(), null(), null(), null()) });
+    assert!(last_error().starts_with("invalid parameter") && last_error().contains("both a certificate and a key"), "{}", last_error());
+    let (missing, saved) = (tmp.path().join("9.codex"), tmp.path().join("4.codex"));
+    let mut reader = null_mut();
+    assert_ne!(unsafe { rsl_checkpoint_reader_open(c(missing.to_str().unwrap()).as_ptr(), &mut reader) }, 0);
+    assert!(last_error().starts_with("Win32 error") && last_error().contains(missing.to_str().unwrap()), "{}", last_error());
+    assert_eq!(unsafe { rsl_checkpoint_reader_open(c(saved.to_str().unwrap()).as_ptr(), &mut reader) }, 0);
+    assert_eq!(last_error(), "");
+    let (mut buf, mut read) = ([0u8; 64], 0u32);
+    assert_eq!(unsafe { rsl_checkpoint_reader_get_data(reader, buf.as_mut_ptr().cast(), 64, &mut read) }, 0);
+    assert_eq!(&buf[..read as usize], b"hello checkpoint");
+    assert_eq!(unsafe { rsl_checkpoint_reader_get_data(reader, buf.as_mut_ptr().cast(), 64, &mut read) }, 38);
+    assert!(last_error().starts_with("Win32 error 38 (end of data)"), "{}", last_error());
+    unsafe { rsl_checkpoint_reader_close(reader) };
 }
 
 #[test]
