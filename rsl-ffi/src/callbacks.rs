@@ -3,7 +3,7 @@
 
 use crate::streams::{rsl_checkpoint_reader, rsl_checkpoint_writer};
 use crate::types::{empty_node, rsl_node, write_c_str};
-use crate::{fail, rsl_status, RSL_E_NULL};
+use crate::{note, rsl_status, RSL_E_NULL};
 use rsl_engine::format::checkpoint::{CheckpointReader, CheckpointWriter};
 use rsl_engine::format::{MemberId, MemberSet, Node};
 use rsl_engine::paxos::Cookie;
@@ -104,7 +104,7 @@ impl rsl_callbacks {
         ];
         match required.iter().find(|(_, set)| !set) {
             None => Ok(()),
-            Some((name, _)) => Err(fail(RSL_E_NULL, format_args!("the required callback {name} is NULL"))),
+            Some((name, _)) => Err(note(RSL_E_NULL, format_args!("the required callback {name} is NULL"))),
         }
     }
 }

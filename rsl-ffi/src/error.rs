@@ -19,7 +19,7 @@ thread_local! {
     static LAST: RefCell<CString> = RefCell::new(CString::default());
 }
 
-/// Records `cause` as why the running entry point fails (and logs it); returns `status`.
+/// Records `cause` as why the running entry point fails, and logs it; returns `status`.
 pub(crate) fn fail<S>(status: S, cause: impl Display) -> S {
     let cause = cause.to_string();
     tracing::error!("{cause}");
@@ -27,10 +27,11 @@ pub(crate) fn fail<S>(status: S, cause: impl Display) -> S {
     status
 }
 
-/// Records `cause` as why the running entry point fails, without logging it (the caller logs
-/// it at its own level).
-pub(crate) fn note(cause: impl Display) {
+/// Records `cause` as why the running entry point fails, without logging it (a bad argument
+/// is the caller's to report; or the caller logs it at its own level); returns `status`.
+pub(crate) fn note<S>(status: S, cause: impl Display) -> S {
     CAUSE.with_borrow_mut(|c| *c = Some(cause.to_string()));
+    status
 }
 
 /// Runs an entry point's body with a fresh cause slot, restoring the caller's afterwards (the

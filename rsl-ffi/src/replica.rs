@@ -55,7 +55,7 @@ fn version(v: u32) -> Result<Version, rsl_status> {
     u16::try_from(v)
         .ok()
         .and_then(Version::new)
-        .ok_or_else(|| fail(RSL_INVALID_PARAMETER, format_args!("protocol version {v} is not one RSL defines")))
+        .ok_or_else(|| note(RSL_INVALID_PARAMETER, format_args!("protocol version {v} is not one RSL defines")))
 }
 
 fn init_error(e: InitError) -> rsl_status {
@@ -119,7 +119,7 @@ pub unsafe extern "C" fn rsl_replica_initialize(
         let (Some(cfg), Some(me), Some(callbacks), Some(out)) =
             (unsafe { cfg.as_ref() }, unsafe { self_node.as_ref() }, unsafe { callbacks.as_ref() }, unsafe { out.as_mut() })
         else {
-            return Err(fail(RSL_E_NULL, "rsl_replica_initialize: cfg, self_node, callbacks and out must not be NULL"));
+            return Err(note(RSL_E_NULL, "rsl_replica_initialize: cfg, self_node, callbacks and out must not be NULL"));
         };
         *out = std::ptr::null_mut();
         let (mut cfg, me, version) = (config(cfg)?, node_from_c(me)?, self::version(version)?);
@@ -330,7 +330,7 @@ pub unsafe extern "C" fn rsl_replica_bootstrap(
                 return Err(RSL_SHUTTING_DOWN);
             }
             if Instant::now() >= deadline {
-                return Err(fail(RSL_BOOTSTRAP_FAILED, format_args!("no primary known after {timeout_sec} s")));
+                return Err(note(RSL_BOOTSTRAP_FAILED, format_args!("no primary known after {timeout_sec} s")));
             }
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -74,8 +74,7 @@ fn win32(body: impl FnOnce() -> Result<(), u32>) -> u32 {
 
 /// A read's error as its Win32 code, its text noted for `rsl_last_error`.
 fn noted(e: CheckpointError) -> u32 {
-    note(&e);
-    e.win32_code()
+    note(e.win32_code(), e)
 }
 
 /// What a Win32 code from a stream call means.
@@ -258,8 +257,7 @@ pub unsafe extern "C" fn rsl_checkpoint_reader_open_with(
         if *reader.header() != header.0 {
             let why = format!("{}: not the checkpoint the header describes", reader.path().display());
             tracing::warn!("{why}");
-            note(why);
-            return Err(BAD_CHECKSUM);
+            return Err(note(BAD_CHECKSUM, why));
         }
         *out = Box::into_raw(Box::new(rsl_checkpoint_reader(Reader::Owned(Box::new(reader)))));
         Ok(())
@@ -275,8 +273,7 @@ unsafe fn open(file: *const c_char) -> Result<CheckpointReader, u32> {
     let file = unsafe { path(file) }.map_err(|_| INVALID)?;
     CheckpointReader::open(file).map_err(|e| {
         tracing::warn!("{e}");
-        note(&e);
-        e.win32_code()
+        note(e.win32_code(), e)
     })
 }
 
@@ -302,8 +299,7 @@ pub unsafe extern "C" fn rsl_checkpoint_writer_create(
         let file = unsafe { path(file) }.map_err(|_| INVALID)?;
         let mut writer = Box::new(CheckpointWriter::create(file, CheckpointHeader { size: 0, ..header.0.clone() }).map_err(|e| {
             tracing::warn!("{e}");
-            note(&e);
-            e.win32_code()
+            note(e.win32_code(), e)
         })?);
         let handle = rsl_checkpoint_writer { writer: NonNull::from(&mut *writer), owned: Some(writer), failed: false };
         *out = Box::into_raw(Box::new(handle));

@@ -1,7 +1,7 @@
 //! The plain C structs (`rsl_node`, `rsl_config`, `rsl_replica_health`, `rsl_stats`) and their
 //! checked conversions to and from the engine's types, plus the pointer helpers every module uses.
 
-use crate::{fail, rsl_status, RSL_E_BUFFER, RSL_E_CONFIG, RSL_E_NULL, RSL_INVALID_PARAMETER};
+use crate::{fail, note, rsl_status, RSL_E_BUFFER, RSL_E_CONFIG, RSL_E_NULL, RSL_INVALID_PARAMETER};
 use bytes::Bytes;
 use rsl_engine::format::{MemberId, MemberSet, Node};
 use rsl_engine::runtime::{CatchUp, ReplicaHealth, RslConfig, Stats};
@@ -267,14 +267,14 @@ pub(crate) fn write_c_str(buf: &mut [c_char], s: &[u8]) {
 pub(crate) fn member_id(bytes: &[u8]) -> Result<MemberId, rsl_status> {
     match MemberId::from_bytes(bytes) {
         Some(id) if !id.is_empty() => Ok(id),
-        _ => Err(fail(RSL_INVALID_PARAMETER, format_args!("member id {:?} is not 1..63 bytes", String::from_utf8_lossy(bytes)))),
+        _ => Err(note(RSL_INVALID_PARAMETER, format_args!("member id {:?} is not 1..63 bytes", String::from_utf8_lossy(bytes)))),
     }
 }
 
 /// The engine's node for a C node: `RSL_INVALID_PARAMETER` for a bad id, an unterminated host
 /// name or port 0.
 pub(crate) fn node_from_c(n: &rsl_node) -> Result<Node, rsl_status> {
-    let invalid = |what: &str| fail(RSL_INVALID_PARAMETER, format_args!("node: {what}"));
+    let invalid = |what: &str| note(RSL_INVALID_PARAMETER, format_args!("node: {what}"));
     let id = member_id(c_str(&n.member_id).ok_or_else(|| invalid("member_id is not NUL-terminated"))?)?;
     let host = c_str(&n.host_name).ok_or_else(|| invalid("host_name is not NUL-terminated"))?;
     if n.rsl_port == 0 {
@@ -322,10 +322,10 @@ pub(crate) unsafe fn member_set(
     // SAFETY: forwarded from the caller.
     let (nodes, cookie) = unsafe { (slice(members, count)?, slice(cookie.cast::<u8>(), cookie_len as usize)?) };
     if nodes.is_empty() || nodes.len() > u16::MAX as usize {
-        return Err(fail(RSL_INVALID_PARAMETER, format_args!("a member set of {} nodes (1..65535)", nodes.len())));
+        return Err(note(RSL_INVALID_PARAMETER, format_args!("a member set of {} nodes (1..65535)", nodes.len())));
     }
     if cookie.len() > MemberSet::MAX_COOKIE {
-        return Err(fail(
+        return Err(note(
             RSL_INVALID_PARAMETER,
             format_args!("a member set cookie of {} bytes (at most {})", cookie.len(), MemberSet::MAX_COOKIE),
         ));
