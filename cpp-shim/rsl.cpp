@@ -122,12 +122,12 @@ namespace RSLib
             Dispatch(file, function, line, kLogIdRsl, level, msg.c_str(), msg.c_str());
         }
 
-        void NotifyInitializeFailure(const char* title)
+        void NotifyInitializeFailure(const char* title, const char* cause)
         {
-            SHIM_LOG(CallBackLogLevel_Error, "Initialize: %s", title);
+            SHIM_LOG(CallBackLogLevel_Error, "Initialize: %s: %s", title, cause != nullptr ? cause : "(no detail)");
             if (NotificationsCallback cb = g_notifications.load(std::memory_order_acquire))
             {
-                cb(CallBackLogLevel_Error, 0, title, nullptr);
+                cb(CallBackLogLevel_Error, 0, title, cause);
             }
         }
 
@@ -372,7 +372,8 @@ namespace RSLib
         const rsl_status st = rsl_init_entries(debugLogPath, logDebugMessages, EngineEntry);
         if (st != RSL_SUCCESS)
         {
-            SHIM_LOG(CallBackLogLevel_Error, "RSLInit failed (status %d)", static_cast<int>(st));
+            const std::string cause = rsl_last_error();
+            SHIM_LOG(CallBackLogLevel_Error, "RSLInit failed (status %d): %s", static_cast<int>(st), cause.c_str());
             return false;
         }
         return true;
@@ -1001,7 +1002,7 @@ namespace RSLib
         rsl_config c;
         if (!ToConfig(*cfg, &c))
         {
-            shim::NotifyInitializeFailure("Could not load config");
+            shim::NotifyInitializeFailure("Could not load config", "a configuration value is out of range (logged)");
             sm->m_impl->started.store(false);
             return false;
         }
@@ -1024,10 +1025,13 @@ namespace RSLib
                                                      nodes.empty() ? nullptr : nodes.data(), nodes.size(), &replica);
         if (st != RSL_SUCCESS || replica == nullptr)
         {
-            SHIM_LOG(CallBackLogLevel_Error, "Initialize failed (status %d)", static_cast<int>(st));
+            // Copied at once: the log callback below may call into the library on this thread.
+            const std::string cause = rsl_last_error();
+            SHIM_LOG(CallBackLogLevel_Error, "Initialize failed (status %d): %s", static_cast<int>(st), cause.c_str());
             shim::NotifyInitializeFailure(st == RSL_E_CONFIG ? "Could not load config"
                                           : st == RSL_E_IO   ? "Failed to restore state"
-                                                             : "Initialize failed");
+                                                             : "Initialize failed",
+                                          cause.c_str());
             rsl_replica_destroy(replica);
             sm->m_impl->started.store(false);
             return false;
@@ -1131,7 +1135,9 @@ namespace RSLib
                                            &last);
         if (st != RSL_SUCCESS)
         {
-            SHIM_LOG(CallBackLogLevel_Error, "Replay of %s failed (status %d)", directory, static_cast<int>(st));
+            const std::string cause = rsl_last_error();
+            SHIM_LOG(CallBackLogLevel_Error, "Replay of %s failed (status %d): %s", directory, static_cast<int>(st),
+                     cause.c_str());
             return false;
         }
         m_impl->replayed.store(last);
@@ -1153,7 +1159,9 @@ namespace RSLib
             const rsl_status st = rsl_replica_relinquish_primary(r);
             if (st != RSL_SUCCESS)
             {
-                SHIM_LOG(CallBackLogLevel_Error, "RelinquishPrimary ignored (status %d)", static_cast<int>(st));
+                const std::string cause = rsl_last_error();
+                SHIM_LOG(CallBackLogLevel_Error, "RelinquishPrimary ignored (status %d): %s", static_cast<int>(st),
+                         cause.c_str());
             }
         }
     }

@@ -42,8 +42,9 @@ namespace RSLib
                                                   &RSLStateMachineCallbacks::WriteCheckpointState, checkpointCreator);
         if (st != RSL_SUCCESS)
         {
-            SHIM_FATAL("SaveCheckpoint(%s, v%d, %llu) failed (status %d)", directoryName, static_cast<int>(version),
-                        lastExecutedSequenceNumber, static_cast<int>(st));
+            const std::string cause = rsl_last_error();
+            SHIM_FATAL("SaveCheckpoint(%s, v%d, %llu) failed (status %d): %s", directoryName, static_cast<int>(version),
+                        lastExecutedSequenceNumber, static_cast<int>(st), cause.c_str());
         }
     }
 
@@ -58,8 +59,9 @@ namespace RSLib
                                                                 set.cookie, set.cookieLen);
         if (st != RSL_SUCCESS)
         {
-            SHIM_LOG(CallBackLogLevel_Error, "ChangeReplicaSet(%s) failed (status %d)", checkpointName,
-                      static_cast<int>(st));
+            const std::string cause = rsl_last_error();
+            SHIM_LOG(CallBackLogLevel_Error, "ChangeReplicaSet(%s) failed (status %d): %s", checkpointName,
+                      static_cast<int>(st), cause.c_str());
             return false;
         }
         return true;
@@ -78,8 +80,9 @@ namespace RSLib
                                                          set.nodes.size(), set.cookie, set.cookieLen);
             if (st != RSL_SUCCESS)
             {
-                SHIM_LOG(CallBackLogLevel_Error, "MigrateToVersion%d(%s) failed (status %d)", static_cast<int>(version),
-                          checkpointName, static_cast<int>(st));
+                const std::string cause = rsl_last_error();
+                SHIM_LOG(CallBackLogLevel_Error, "MigrateToVersion%d(%s) failed (status %d): %s",
+                          static_cast<int>(version), checkpointName, static_cast<int>(st), cause.c_str());
                 return false;
             }
             return true;

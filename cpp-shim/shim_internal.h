@@ -82,9 +82,10 @@ namespace RSLib
         // caller's file, function and line (SHIM_LOG).
         void LogAt(const char* file, const char* function, int line, CallBackLogLevel level, const char* fmt, ...)
             __attribute__((format(printf, 5, 6)));
-        // RSL's notification of a failed Initialize: `title` says why (logged too), the
-        // message is NULL; made whether or not a LogEntryCallback is installed.
-        void NotifyInitializeFailure(const char* title);
+        // RSL's notification of a failed Initialize: `title` is RSL's (logged too), `cause`
+        // (may be NULL) what went wrong, passed as the notification's message; made whether
+        // or not a LogEntryCallback is installed.
+        void NotifyInitializeFailure(const char* title, const char* cause);
         // Logs at Assert level and aborts the process (the original's fail-fast asserts).
         [[noreturn]] void FatalAt(const char* file, const char* function, int line, const char* fmt, ...)
             __attribute__((format(printf, 4, 5)));

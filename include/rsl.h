@@ -153,7 +153,9 @@ namespace RSLib
 {
     /* Process-wide notification, as in RSL: an assert (formatted message; only when no
        LogEntryCallback is installed; the process then aborts), and a failed Initialize
-       (level Error, `title` says why, `message` NULL). The strings live only during the call. */
+       (level Error, `title` RSL's: "Could not load config", "Failed to restore state" or
+       "Initialize failed"; `message`, NULL in RSL, the cause: the directory, address, value
+       or file at fault, as rsl_last_error() gives it). The strings live only during the call. */
     typedef void (*NotificationsCallback)(int level, int logId, const char* title, const char* message);
 
     typedef enum

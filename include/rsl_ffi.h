@@ -491,6 +491,30 @@ extern "C" {
 uint64_t rsl_calculate_checksum(const void *blob, size_t size);
 
 /**
+ * A fixed, NUL-terminated description of `code` (any `rsl_status`; "unknown status" for a
+ * value the ABI does not define). The string is static: never free it.
+ */
+const char *rsl_status_message(rsl_status code);
+
+/**
+ * Why the last call on this thread that can fail failed: what its result means, then, when
+ * known, the cause, e.g. `storage or network error: /srv/rsl/1: Permission denied (os error
+ * 13)`, the field and range of a configuration value, or the file and offset of a bad log
+ * record. The empty string after a call that succeeded, and before any call. The calls that
+ * can fail set it: those returning an `rsl_status`, the TLS setters returning `bool`, and the
+ * checkpoint stream calls returning a Win32 code. The others (queries, frees,
+ * `rsl_status_message`, this one) leave it as it is. Each thread has its own. The pointer is
+ * valid until the next call on this thread that sets it, or the thread's exit; never free it.
+ * Never NULL.
+ */
+const char *rsl_last_error(void);
+
+/**
+ * The length in bytes of `rsl_last_error()`, without the NUL.
+ */
+size_t rsl_last_error_length(void);
+
+/**
  * `RSLInit`: sets up logging for the whole process. Entries at Info and above (Debug too with
  * `log_debug`) go to `cb` (may be NULL) and are appended to `<log_dir>/rsl.log` (`log_dir`
  * may be NULL; it is created if needed). Call it before the first replica; calling it again

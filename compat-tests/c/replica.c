@@ -52,8 +52,15 @@ typedef struct machine {
     int failures;
 } machine;
 
+/* `st` is the status of the ABI call that failed, whose cause this thread can still read; or
+   NO_STATUS for a failure of this program's own. */
+#define NO_STATUS INT32_MIN
 static int fail(const char *what, rsl_status st) {
-    fprintf(stderr, "replica: %s failed: status %d\n", what, (int)st);
+    if (st == NO_STATUS) {
+        fprintf(stderr, "replica: %s failed\n", what);
+    } else {
+        fprintf(stderr, "replica: %s failed: status %d: %s\n", what, (int)st, rsl_last_error());
+    }
     return 1;
 }
 
@@ -264,7 +271,8 @@ static void machine_close(machine *m) {
 
 static int run(int index, int base, const char *dir, const char *events, int n) {
     deadline = now() + DEADLINE_SEC;
-    if (rsl_init(NULL, false, log_line) != RSL_SUCCESS) return fail("rsl_init", -1);
+    rsl_status init = rsl_init(NULL, false, log_line);
+    if (init != RSL_SUCCESS) return fail("rsl_init", init);
 
     rsl_config cfg;
     rsl_config_init(&cfg);
@@ -279,7 +287,7 @@ static int run(int index, int base, const char *dir, const char *events, int n) 
     me = members[index];
 
     machine m;
-    if (machine_open(&m, events, n / 2)) return fail("opening the state", -1);
+    if (machine_open(&m, events, n / 2)) return fail("opening the state", NO_STATUS);
     rsl_callbacks cb = table(&m);
     rsl_replica *r = NULL;
     rsl_status st = rsl_replica_initialize(&cfg, &me, 6, true, &cb, members, MEMBERS, &r);
@@ -290,7 +298,7 @@ static int run(int index, int base, const char *dir, const char *events, int n) 
     bool submitter = atomic_load(&m.primary);
     if (submitter) {
         char *req = malloc(REQ_PAD);
-        if (req == NULL) return fail("malloc", -1);
+        if (req == NULL) return fail("malloc", NO_STATUS);
         for (int i = 0; i < n; i++) {
             int len = snprintf(req, REQ_PAD, "req-%d|", i);
             memset(req + len, 'a' + i % 26, REQ_PAD - (size_t)len);
@@ -305,7 +313,7 @@ static int run(int index, int base, const char *dir, const char *events, int n) 
         }
         free(req);
         WAIT_UNTIL(atomic_load(&m.returned) == n);
-        if (atomic_load(&m.executed) != n) return fail("requests were aborted (the primary changed)", -1);
+        if (atomic_load(&m.executed) != n) return fail("requests were aborted (the primary changed)", NO_STATUS);
     }
     WAIT_UNTIL(atomic_load(&m.executed) == n);
     /* Secondaries checkpoint when the log rolls; the primary leaves that to them. */
@@ -326,7 +334,7 @@ static int run(int index, int base, const char *dir, const char *events, int n) 
     char path[4200];
     snprintf(path, sizeof path, "%s/done.%d", dir, index);
     FILE *done = fopen(path, "w");
-    if (done == NULL) return fail("writing the done marker", -1);
+    if (done == NULL) return fail("writing the done marker", NO_STATUS);
     fclose(done);
     for (int i = 0; i < MEMBERS; i++) {
         snprintf(path, sizeof path, "%s/done.%d", dir, i);
@@ -336,8 +344,8 @@ static int run(int index, int base, const char *dir, const char *events, int n) 
     record(&m, "Final requests=%zu digest=%016llx", m.st.count, (unsigned long long)live);
     st = rsl_replica_unload(r);
     if (st != RSL_SUCCESS) return fail("rsl_replica_unload", st);
-    if (!atomic_load(&m.shut_down)) return fail("ShutDown callback", -1);
-    if (rsl_replica_replicate_request(r, "x", 1, NULL) != RSL_SHUTTING_DOWN) return fail("a request after unload", -1);
+    if (!atomic_load(&m.shut_down)) return fail("ShutDown callback", NO_STATUS);
+    if (rsl_replica_replicate_request(r, "x", 1, NULL) != RSL_SHUTTING_DOWN) return fail("a request after unload", NO_STATUS);
     rsl_replica_destroy(r);
     int failures = m.failures;
     machine_close(&m);
@@ -346,7 +354,7 @@ static int run(int index, int base, const char *dir, const char *events, int n) 
     machine replay;
     char replay_events[4200];
     snprintf(replay_events, sizeof replay_events, "%s.replay", events);
-    if (machine_open(&replay, replay_events, -1)) return fail("opening the replay state", -1);
+    if (machine_open(&replay, replay_events, -1)) return fail("opening the replay state", NO_STATUS);
     rsl_callbacks rcb = table(&replay);
     uint64_t last = 0;
     st = rsl_replay(&cfg, me.member_id, 6, &rcb, UINT64_MAX, &last);
@@ -356,8 +364,8 @@ static int run(int index, int base, const char *dir, const char *events, int n) 
     bool same = digest(&replay.st) == live && replay.st.count == (size_t)n;
     failures += replay.failures;
     machine_close(&replay);
-    if (!same) return fail("the replayed state", -1);
-    return failures == 0 ? 0 : fail("a callback", -1);
+    if (!same) return fail("the replayed state", NO_STATUS);
+    return failures == 0 ? 0 : fail("a callback", NO_STATUS);
 }
 
 int main(int argc, char **argv) {

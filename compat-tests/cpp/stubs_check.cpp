@@ -15,7 +15,8 @@
 //      the writer's public Init and Close, the reader's Init with a header;
 //   5. Bootstrap with a member that never answers returns RSLBootstrapFailed at its timeout;
 //   6. MigrateToVersion3/4 raise a v2 checkpoint's version and give it a member set;
-//   7. the NotificationsCallback hears a failed Initialize, not a logged error;
+//   7. the NotificationsCallback hears a failed Initialize (RSL's title, the cause as its
+//      message), not a logged error;
 //   8. the LogEntryCallback gets each entry's file, function, line and log id;
 //   and AcceptMessageFromReplica gets the sender's address and port with its id (step 1).
 // Prints "ok <step>" per step; exits 1 at the first failure.
@@ -330,12 +331,14 @@ namespace
 
     std::atomic<int> g_notifications{0};
     std::string g_notificationTitle;
+    std::string g_notificationMessage;
 
     void OnNotification(int level, int /*logId*/, const char* title, const char* message)
     {
-        if (level == CallBackLogLevel_Error && message == nullptr && title != nullptr)
+        if (level == CallBackLogLevel_Error && title != nullptr)
         {
             g_notificationTitle = title;
+            g_notificationMessage = message != nullptr ? message : "";
         }
         ++g_notifications;
     }
@@ -352,6 +355,9 @@ namespace
         Check(!unconfigured.Initialize(&cfg, MakeNode(1), RSLProtocolVersion_6, false), "Initialize without a directory fails");
         Check(g_notifications.load() == 1 && g_notificationTitle == "Could not load config",
               "a failed Initialize is notified: " + g_notificationTitle);
+        // RSL's message is NULL; here it names the cause.
+        Check(g_notificationMessage.find("m_workingDir") != std::string::npos,
+              "the notification's message names the cause: " + g_notificationMessage);
         Check(RSLInit(nullptr, false), "RSLInit again, without callbacks");
         std::cout << "ok NotificationsCallback" << std::endl;
     }

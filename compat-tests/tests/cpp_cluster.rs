@@ -16,6 +16,8 @@
 //!   against the original's golden files, byte for byte.
 //! - runs `stubs_check`: the calls that were once stubs, each with the original's behaviour,
 //!   plain and under AddressSanitizer.
+//! - runs `errors_check`: a failed Initialize notifies RSL's title with the cause as its
+//!   message, and failures log their cause.
 //!
 //! Every wait is bounded; processes still running at a deadline are killed.
 
@@ -732,4 +734,17 @@ fn cpp_cppmore() {
 #[test]
 fn cpp_cppmore_under_address_sanitizer() {
     cpp_check_under_asan("cppmore_check");
+}
+
+/// `errors_check`: a failed Initialize and a failed checkpoint utility call name their cause
+/// on the notification and the log.
+#[test]
+fn cpp_errors_name_their_cause() {
+    cpp_check("errors_check");
+}
+
+/// `errors_check` with the shim compiled in under AddressSanitizer.
+#[test]
+fn cpp_errors_name_their_cause_under_address_sanitizer() {
+    cpp_check_under_asan("errors_check");
 }

@@ -3,7 +3,7 @@
 
 use crate::streams::{rsl_checkpoint_reader, rsl_checkpoint_writer};
 use crate::types::{empty_node, rsl_node, write_c_str};
-use crate::{rsl_status, RSL_E_NULL};
+use crate::{note, rsl_status, RSL_E_NULL};
 use rsl_engine::format::checkpoint::{CheckpointReader, CheckpointWriter};
 use rsl_engine::format::{MemberId, MemberSet, Node};
 use rsl_engine::paxos::Cookie;
@@ -89,23 +89,22 @@ pub struct rsl_callbacks {
 }
 
 impl rsl_callbacks {
-    /// `RSL_E_NULL` unless every required callback is set.
+    /// `RSL_E_NULL` (naming the first one missing) unless every required callback is set.
     fn check(&self) -> Result<(), rsl_status> {
         let required = [
-            self.load_state.is_some(),
-            self.execute_replicated_request.is_some(),
-            self.execute_fast_read_request.is_some(),
-            self.abort_request.is_some(),
-            self.save_state.is_some(),
-            self.notify_status.is_some(),
-            self.notify_configuration_changed.is_some(),
-            self.abort_change_configuration.is_some(),
-            self.shut_down.is_some(),
+            ("load_state", self.load_state.is_some()),
+            ("execute_replicated_request", self.execute_replicated_request.is_some()),
+            ("execute_fast_read_request", self.execute_fast_read_request.is_some()),
+            ("abort_request", self.abort_request.is_some()),
+            ("save_state", self.save_state.is_some()),
+            ("notify_status", self.notify_status.is_some()),
+            ("notify_configuration_changed", self.notify_configuration_changed.is_some()),
+            ("abort_change_configuration", self.abort_change_configuration.is_some()),
+            ("shut_down", self.shut_down.is_some()),
         ];
-        if required.iter().all(|&set| set) {
-            Ok(())
-        } else {
-            Err(RSL_E_NULL)
+        match required.iter().find(|(_, set)| !set) {
+            None => Ok(()),
+            Some((name, _)) => Err(note(RSL_E_NULL, format_args!("the required callback {name} is NULL"))),
         }
     }
 }

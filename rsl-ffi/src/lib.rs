@@ -7,6 +7,7 @@
 #![allow(non_camel_case_types)]
 
 mod callbacks;
+mod error;
 mod log;
 mod replica;
 mod streams;
@@ -15,6 +16,8 @@ mod types;
 mod utility;
 
 pub use callbacks::*;
+pub(crate) use error::{fail, note};
+pub use error::{rsl_last_error, rsl_last_error_length, rsl_status_message};
 pub use log::*;
 pub use replica::*;
 pub use streams::*;
@@ -56,13 +59,30 @@ pub const RSL_E_BUFFER: rsl_status = -5;
 /// An internal error was caught at the boundary.
 pub const RSL_E_PANIC: rsl_status = -6;
 
-/// Runs an entry point's body: its error becomes the status, a panic becomes `RSL_E_PANIC`.
+/// Runs an entry point's body: its error becomes the status, a panic becomes `RSL_E_PANIC`;
+/// either way the outcome is what `rsl_last_error` reports on this thread.
 pub(crate) fn guard(body: impl FnOnce() -> Result<(), rsl_status>) -> rsl_status {
-    match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(())) => RSL_SUCCESS,
-        Ok(Err(status)) => status,
-        Err(_) => RSL_E_PANIC,
-    }
+    let described = |status: &rsl_status| error::describe(*status).to_string_lossy().into_owned();
+    reporting(body, RSL_E_PANIC, described).err().unwrap_or(RSL_SUCCESS)
+}
+
+/// Like [`guard`] for the setters that answer false for a bad argument
+/// (`RSL_INVALID_PARAMETER` to `rsl_last_error`).
+pub(crate) fn guard_flag(body: impl FnOnce() -> bool) -> bool {
+    guard(|| if body() { Ok(()) } else { Err(RSL_INVALID_PARAMETER) }) == RSL_SUCCESS
+}
+
+/// Runs an entry point's body in its own cause slot, `on_panic` for a panic, and publishes
+/// the outcome to `rsl_last_error`: empty for success, else `what` the error is, then the
+/// cause the body recorded.
+pub(crate) fn reporting<E>(body: impl FnOnce() -> Result<(), E>, on_panic: E, what: impl Fn(&E) -> String) -> Result<(), E> {
+    let (outcome, cause) = error::with_cause_slot(|| catch_unwind(AssertUnwindSafe(body)));
+    let (outcome, cause) = match outcome {
+        Ok(outcome) => (outcome, cause),
+        Err(panic) => (Err(on_panic), Some(error::panic_cause(&*panic))),
+    };
+    error::publish(outcome.as_ref().err().map(&what), cause);
+    outcome
 }
 
 /// Like [`guard`] for entry points that return a value: `fallback` on a panic.

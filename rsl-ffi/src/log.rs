@@ -168,7 +168,7 @@ unsafe fn init(log_dir: *const c_char, log_debug: bool, cb: rsl_log_callback, en
             // SAFETY: non-NULL and NUL-terminated, per the caller.
             let dir = Path::new(std::ffi::OsStr::from_bytes(unsafe { CStr::from_ptr(log_dir) }.to_bytes()));
             let opened = std::fs::create_dir_all(dir).and_then(|()| File::options().create(true).append(true).open(dir.join("rsl.log")));
-            Some(opened.map_err(|_| RSL_E_IO)?)
+            Some(opened.map_err(|e| fail(RSL_E_IO, format_args!("{}: {e}", dir.join("rsl.log").display())))?)
         };
         *SINK.write().map_err(|_| RSL_E_STATE)? = Some(Sink { callback: cb, entries, file });
         DEBUG.store(log_debug, Relaxed);
@@ -179,7 +179,7 @@ unsafe fn init(log_dir: *const c_char, log_debug: bool, cb: rsl_log_callback, en
         if installed {
             Ok(())
         } else {
-            Err(RSL_E_STATE)
+            Err(fail(RSL_E_STATE, "another tracing subscriber owns the process"))
         }
     })
 }

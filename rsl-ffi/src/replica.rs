@@ -52,25 +52,25 @@ unsafe fn live<'a>(r: *const rsl_replica) -> Result<&'a rsl_replica, rsl_status>
 }
 
 fn version(v: u32) -> Result<Version, rsl_status> {
-    u16::try_from(v).ok().and_then(Version::new).ok_or(RSL_INVALID_PARAMETER)
+    u16::try_from(v)
+        .ok()
+        .and_then(Version::new)
+        .ok_or_else(|| note(RSL_INVALID_PARAMETER, format_args!("protocol version {v} is not one RSL defines")))
 }
 
 fn init_error(e: InitError) -> rsl_status {
-    tracing::error!("{e}");
-    match e {
+    let status = match e {
         InitError::Config(_) | InitError::Tls(_) => RSL_E_CONFIG,
         InitError::Invalid(_) => RSL_INVALID_PARAMETER,
         InitError::Storage(_) | InitError::Listen { .. } | InitError::NoState | InitError::Replay { .. } => RSL_E_IO,
-    }
+    };
+    fail(status, e)
 }
 
 /// The configuration, checked (`RSL_E_CONFIG`, logged).
 fn config(cfg: &rsl_config) -> Result<rsl_engine::runtime::RslConfig, rsl_status> {
     let cfg = config_from_c(cfg)?;
-    cfg.validate().map_err(|e| {
-        tracing::error!("{e}");
-        RSL_E_CONFIG
-    })?;
+    cfg.validate().map_err(|e| fail(RSL_E_CONFIG, e))?;
     Ok(cfg)
 }
 
@@ -119,14 +119,11 @@ pub unsafe extern "C" fn rsl_replica_initialize(
         let (Some(cfg), Some(me), Some(callbacks), Some(out)) =
             (unsafe { cfg.as_ref() }, unsafe { self_node.as_ref() }, unsafe { callbacks.as_ref() }, unsafe { out.as_mut() })
         else {
-            return Err(RSL_E_NULL);
+            return Err(note(RSL_E_NULL, "rsl_replica_initialize: cfg, self_node, callbacks and out must not be NULL"));
         };
         *out = std::ptr::null_mut();
         let (mut cfg, me, version) = (config(cfg)?, node_from_c(me)?, self::version(version)?);
-        cfg.tls = crate::tls::settings().map_err(|e| {
-            tracing::error!("{e}");
-            RSL_E_CONFIG
-        })?;
+        cfg.tls = crate::tls::settings().map_err(|e| fail(RSL_E_CONFIG, e))?;
         let members = match (members.is_null(), member_count) {
             (true, 0) => None,
             // SAFETY: `members` holds `member_count` nodes, per the caller.
@@ -333,7 +330,7 @@ pub unsafe extern "C" fn rsl_replica_bootstrap(
                 return Err(RSL_SHUTTING_DOWN);
             }
             if Instant::now() >= deadline {
-                return Err(RSL_BOOTSTRAP_FAILED);
+                return Err(note(RSL_BOOTSTRAP_FAILED, format_args!("no primary known after {timeout_sec} s")));
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -703,8 +700,10 @@ pub unsafe extern "C" fn rsl_replay_to_checkpoint(
                 };
                 let data = &cfg.working_dir;
                 if same(&out, data) || same(&out, &data.join(view.0.to_string())) {
-                    tracing::error!("Replay: the checkpoint directory {} is the data directory", out.display());
-                    return Err(RSL_INVALID_PARAMETER);
+                    return Err(fail(
+                        RSL_INVALID_PARAMETER,
+                        format_args!("Replay: the checkpoint directory {} is the data directory", out.display()),
+                    ));
                 }
                 let (members, number) = view.1.configuration();
                 crate::utility::save_checkpoint(&out, view.2, checkpoint_seq_no, number, members, |w| {

@@ -2,15 +2,17 @@
 //! ones handed to `load_state` / `save_state`, and readers that tools open on a file.
 //! Results are Win32 codes, as RSL's: 0, 38 end of data, 23 bad checksum, 87 bad argument.
 
-use crate::guard_value;
 use crate::types::path;
-use rsl_engine::format::checkpoint::{CheckpointReader, CheckpointWriter};
+use crate::{guard_value, note, reporting};
+use rsl_engine::format::checkpoint::{CheckpointError, CheckpointReader, CheckpointWriter};
 use rsl_engine::format::CheckpointHeader;
 use std::ffi::{c_char, c_void};
 use std::ptr::NonNull;
 
 /// `NO_ERROR`.
 const OK: u32 = 0;
+/// `ERROR_HANDLE_EOF`: the end of the data.
+const END_OF_DATA: u32 = 38;
 /// `ERROR_CRC`: a bad checksum, or a file that is not the checkpoint expected.
 const BAD_CHECKSUM: u32 = 23;
 /// `ERROR_INVALID_PARAMETER`: a NULL handle or pointer.
@@ -64,9 +66,27 @@ impl rsl_checkpoint_writer {
     }
 }
 
-/// Runs a stream call: its Win32 code, `INTERNAL` on a panic.
+/// Runs a stream call: its Win32 code, `INTERNAL` on a panic; the outcome goes to
+/// `rsl_last_error`.
 fn win32(body: impl FnOnce() -> Result<(), u32>) -> u32 {
-    guard_value(INTERNAL, || body().err().unwrap_or(OK))
+    reporting(body, INTERNAL, |&code| win32_text(code)).err().unwrap_or(OK)
+}
+
+/// A read's error as its Win32 code, its text noted for `rsl_last_error`.
+fn noted(e: CheckpointError) -> u32 {
+    note(e.win32_code(), e)
+}
+
+/// What a Win32 code from a stream call means.
+fn win32_text(code: u32) -> String {
+    let what = match code {
+        END_OF_DATA => "end of data",
+        BAD_CHECKSUM => "bad checksum, or not the checkpoint expected",
+        INVALID => "invalid parameter: a NULL or empty argument",
+        INTERNAL => "internal error",
+        _ => "I/O error",
+    };
+    format!("Win32 error {code} ({what})")
 }
 
 /// `GetDataPointer`: points `*data` at up to `max` bytes of data at the current position (no
@@ -89,7 +109,7 @@ pub unsafe extern "C" fn rsl_checkpoint_reader_get_data_pointer(
             return Err(INVALID);
         };
         *read = 0;
-        let bytes = r.get().get_data_pointer(max as usize).map_err(|e| e.win32_code())?;
+        let bytes = r.get().get_data_pointer(max as usize).map_err(noted)?;
         *data = bytes.as_ptr().cast();
         *read = bytes.len() as u32;
         Ok(())
@@ -113,7 +133,7 @@ pub unsafe extern "C" fn rsl_checkpoint_reader_get_data(r: *mut rsl_checkpoint_r
         }
         // SAFETY: `buf` is non-NULL with `len` writable bytes, per the caller.
         let out = unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), len as usize) };
-        *read = r.get().get_data(out).map_err(|e| e.win32_code())? as u32;
+        *read = r.get().get_data(out).map_err(noted)? as u32;
         Ok(())
     })
 }
@@ -127,7 +147,7 @@ pub unsafe extern "C" fn rsl_checkpoint_reader_skip(r: *mut rsl_checkpoint_reade
     win32(|| {
         // SAFETY: the caller guarantees `r` is NULL or valid.
         let r = unsafe { r.as_mut() }.ok_or(INVALID)?;
-        r.get().skip(len.into()).map_err(|e| e.win32_code())
+        r.get().skip(len.into()).map_err(noted)
     })
 }
 
@@ -140,7 +160,7 @@ pub unsafe extern "C" fn rsl_checkpoint_reader_seek(r: *mut rsl_checkpoint_reade
     win32(|| {
         // SAFETY: the caller guarantees `r` is NULL or valid.
         let r = unsafe { r.as_mut() }.ok_or(INVALID)?;
-        r.get().seek(offset).map_err(|e| e.win32_code())
+        r.get().seek(offset).map_err(noted)
     })
 }
 
@@ -235,8 +255,9 @@ pub unsafe extern "C" fn rsl_checkpoint_reader_open_with(
         // SAFETY: the caller guarantees `file` is NULL or NUL-terminated.
         let reader = unsafe { open(file) }?;
         if *reader.header() != header.0 {
-            tracing::warn!("{}: not the checkpoint the header describes", reader.path().display());
-            return Err(BAD_CHECKSUM);
+            let why = format!("{}: not the checkpoint the header describes", reader.path().display());
+            tracing::warn!("{why}");
+            return Err(note(BAD_CHECKSUM, why));
         }
         *out = Box::into_raw(Box::new(rsl_checkpoint_reader(Reader::Owned(Box::new(reader)))));
         Ok(())
@@ -252,7 +273,7 @@ unsafe fn open(file: *const c_char) -> Result<CheckpointReader, u32> {
     let file = unsafe { path(file) }.map_err(|_| INVALID)?;
     CheckpointReader::open(file).map_err(|e| {
         tracing::warn!("{e}");
-        e.win32_code()
+        note(e.win32_code(), e)
     })
 }
 
@@ -278,7 +299,7 @@ pub unsafe extern "C" fn rsl_checkpoint_writer_create(
         let file = unsafe { path(file) }.map_err(|_| INVALID)?;
         let mut writer = Box::new(CheckpointWriter::create(file, CheckpointHeader { size: 0, ..header.0.clone() }).map_err(|e| {
             tracing::warn!("{e}");
-            e.win32_code()
+            note(e.win32_code(), e)
         })?);
         let handle = rsl_checkpoint_writer { writer: NonNull::from(&mut *writer), owned: Some(writer), failed: false };
         *out = Box::into_raw(Box::new(handle));
@@ -303,10 +324,7 @@ pub unsafe extern "C" fn rsl_checkpoint_writer_close(w: *mut rsl_checkpoint_writ
         // SAFETY: owned writers come from `Box::into_raw` in `rsl_checkpoint_writer_create`.
         let handle = unsafe { Box::from_raw(w) };
         let writer = handle.owned.expect("checked above");
-        writer.close().map(drop).map_err(|e| {
-            tracing::error!("checkpoint close failed: {e}");
-            e.win32_code()
-        })
+        writer.close().map(drop).map_err(|e| crate::fail(e.win32_code(), format_args!("checkpoint close failed: {e}")))
     })
 }
 
@@ -357,9 +375,8 @@ pub unsafe extern "C" fn rsl_checkpoint_writer_write(w: *mut rsl_checkpoint_writ
         // SAFETY: as in `rsl_checkpoint_reader::get`: the writer outlives the callback.
         let result = unsafe { w.writer.as_mut() }.write(data);
         result.map_err(|e| {
-            tracing::error!("checkpoint write failed: {e}");
             w.failed = true;
-            e.win32_code()
+            crate::fail(e.win32_code(), format_args!("checkpoint write failed: {e}"))
         })
     })
 }

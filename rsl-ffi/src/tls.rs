@@ -2,7 +2,7 @@
 //! thumbprint directory and a CA-and-pins alternative, kept process-wide as the original keeps
 //! them, checked when set, and turned into `RslConfig::tls` by each later `rsl_replica_initialize`.
 
-use crate::guard_value;
+use crate::{fail, guard_flag, guard_value};
 use rsl_engine::runtime::tls::{IdentitySource, PeerRules, SpkiPin, SubjectRule, Thumbprint, TlsSettings};
 use std::ffi::{c_char, CStr, OsStr};
 use std::os::unix::ffi::OsStrExt;
@@ -121,7 +121,7 @@ unsafe fn text<'a>(s: *const c_char, what: &str) -> Result<Option<&'a str>, ()> 
     }
     // SAFETY: non-NULL and NUL-terminated, per the caller.
     let bytes = unsafe { CStr::from_ptr(s) }.to_bytes();
-    std::str::from_utf8(bytes).map(Some).map_err(|_| tracing::error!("{what} is not UTF-8"))
+    std::str::from_utf8(bytes).map(Some).map_err(|_| fail((), format_args!("{what} is not UTF-8")))
 }
 
 /// A path argument: `None` for NULL or empty.
@@ -135,7 +135,7 @@ unsafe fn path(s: *const c_char) -> Option<PathBuf> {
 }
 
 fn thumbprint(text: &str, what: &str) -> Result<Thumbprint, ()> {
-    Thumbprint::parse(text).map_err(|e| tracing::error!("{what}: {e}"))
+    Thumbprint::parse(text).map_err(|e| fail((), format_args!("{what}: {e}")))
 }
 
 /// The non-empty entries of a `;`-separated list.
@@ -147,7 +147,7 @@ fn entries(list: &str) -> impl Iterator<Item = &str> {
 fn issuer_list(list: &str, what: &str) -> Result<Vec<Thumbprint>, ()> {
     let thumbs = entries(list).map(|t| thumbprint(t, what)).collect::<Result<Vec<_>, _>>()?;
     if thumbs.is_empty() {
-        tracing::error!("{what} names no issuer thumbprint");
+        fail((), format_args!("{what} names no issuer thumbprint"));
         return Err(());
     }
     Ok(thumbs)
@@ -155,7 +155,7 @@ fn issuer_list(list: &str, what: &str) -> Result<Vec<Thumbprint>, ()> {
 
 /// An SPKI SHA-256 pin: 64 hex digits (either case; spaces and colons ignored).
 fn spki_pin(text: &str) -> Result<SpkiPin, ()> {
-    SpkiPin::parse(text).map_err(|e| tracing::error!("rsl_set_tls_files: {e}"))
+    SpkiPin::parse(text).map_err(|e| fail((), format_args!("rsl_set_tls_files: {e}")))
 }
 
 /// `SetThumbprintsForSsl`: turns on mutual TLS on every RSL port of replicas initialized
@@ -178,7 +178,7 @@ pub unsafe extern "C" fn rsl_set_thumbprints_for_ssl(
     validate_ca_chain: bool,
     check_revocation: bool,
 ) -> bool {
-    guard_value(false, || {
+    guard_flag(|| {
         let parse = |s: *const c_char, what: &str| -> Result<Option<Thumbprint>, ()> {
             // SAFETY: forwarded from the caller.
             unsafe { text(s, what) }?.map(|t| thumbprint(t, what)).transpose()
@@ -215,7 +215,7 @@ pub unsafe extern "C" fn rsl_set_subject_names_for_ssl(
     parent_thumbs_b: *const c_char,
     consider_identities_whitelist: bool,
 ) -> bool {
-    guard_value(false, || {
+    guard_flag(|| {
         let rule = |subject: *const c_char, parents: *const c_char, what: &str| -> Result<Option<SubjectRule>, ()> {
             // SAFETY: forwarded from the caller.
             let (subject, parents) = unsafe { (text(subject, what)?, text(parents, what)?) };
@@ -268,7 +268,7 @@ pub unsafe extern "C" fn rsl_set_tls_files(
     spki_pins: *const c_char,
     names: *const c_char,
 ) -> bool {
-    guard_value(false, || {
+    guard_flag(|| {
         // SAFETY: forwarded from the caller.
         let (ca, cert, key) = unsafe { (path(ca), path(cert), path(key)) };
         // SAFETY: forwarded from the caller.
@@ -284,15 +284,13 @@ pub unsafe extern "C" fn rsl_set_tls_files(
             }
             (Some(cert), Some(key)) => (cert, key),
             _ => {
-                tracing::error!("TLS: rsl_set_tls_files needs both a certificate and a key");
-                return false;
+                return fail(false, "TLS: rsl_set_tls_files needs both a certificate and a key");
             }
         };
         let Ok(pins) = entries(pins.unwrap_or("")).map(spki_pin).collect::<Result<Vec<_>, _>>() else { return false };
         let names: Vec<String> = entries(names.unwrap_or("")).map(str::to_owned).collect();
         if ca.is_none() && (pins.is_empty() || !names.is_empty()) {
-            tracing::error!("TLS: rsl_set_tls_files needs a CA bundle, or SPKI pins and no names, to know whom to admit");
-            return false;
+            return fail(false, "TLS: rsl_set_tls_files needs a CA bundle, or SPKI pins and no names, to know whom to admit");
         }
         update(|p| p.files = Some(Files { ca, cert, key, pins, names }));
         true

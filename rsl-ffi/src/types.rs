@@ -1,7 +1,7 @@
 //! The plain C structs (`rsl_node`, `rsl_config`, `rsl_replica_health`, `rsl_stats`) and their
 //! checked conversions to and from the engine's types, plus the pointer helpers every module uses.
 
-use crate::{rsl_status, RSL_E_BUFFER, RSL_E_CONFIG, RSL_E_NULL, RSL_INVALID_PARAMETER};
+use crate::{fail, note, rsl_status, RSL_E_BUFFER, RSL_E_CONFIG, RSL_E_NULL, RSL_INVALID_PARAMETER};
 use bytes::Bytes;
 use rsl_engine::format::{MemberId, MemberSet, Node};
 use rsl_engine::runtime::{CatchUp, ReplicaHealth, RslConfig, Stats};
@@ -177,7 +177,7 @@ macro_rules! config_fields {
         /// The C configuration as the engine's; `RSL_E_CONFIG` if the working directory is not
         /// NUL-terminated. Ranges are checked by `initialize`.
         pub(crate) fn config_from_c(c: &rsl_config) -> Result<RslConfig, rsl_status> {
-            let dir = c_str(&c.working_dir).ok_or(RSL_E_CONFIG)?;
+            let dir = c_str(&c.working_dir).ok_or_else(|| fail(RSL_E_CONFIG, "working_dir is not NUL-terminated"))?;
             let catch_up = if c.catch_up_by_restart { CatchUp::Restart } else { CatchUp::LoadInPlace };
             Ok(RslConfig { $($f: c.$f,)* working_dir: PathBuf::from(OsStr::from_bytes(dir)), tls: None, catch_up, net_delay_us: 0 })
         }
@@ -267,19 +267,23 @@ pub(crate) fn write_c_str(buf: &mut [c_char], s: &[u8]) {
 pub(crate) fn member_id(bytes: &[u8]) -> Result<MemberId, rsl_status> {
     match MemberId::from_bytes(bytes) {
         Some(id) if !id.is_empty() => Ok(id),
-        _ => Err(RSL_INVALID_PARAMETER),
+        _ => Err(note(RSL_INVALID_PARAMETER, format_args!("member id {:?} is not 1..63 bytes", String::from_utf8_lossy(bytes)))),
     }
 }
 
 /// The engine's node for a C node: `RSL_INVALID_PARAMETER` for a bad id, an unterminated host
 /// name or port 0.
 pub(crate) fn node_from_c(n: &rsl_node) -> Result<Node, rsl_status> {
-    let id = member_id(c_str(&n.member_id).ok_or(RSL_INVALID_PARAMETER)?)?;
-    let host = c_str(&n.host_name).ok_or(RSL_INVALID_PARAMETER)?;
+    let invalid = |what: &str| note(RSL_INVALID_PARAMETER, format_args!("node: {what}"));
+    let id = member_id(c_str(&n.member_id).ok_or_else(|| invalid("member_id is not NUL-terminated"))?)?;
+    let host = c_str(&n.host_name).ok_or_else(|| invalid("host_name is not NUL-terminated"))?;
     if n.rsl_port == 0 {
-        return Err(RSL_INVALID_PARAMETER);
+        return Err(invalid("rsl_port is 0"));
     }
-    let learn_port = if n.learn_port == 0 { n.rsl_port.checked_add(1).ok_or(RSL_INVALID_PARAMETER)? } else { n.learn_port };
+    let learn_port = match n.learn_port {
+        0 => n.rsl_port.checked_add(1).ok_or_else(|| invalid("rsl_port 65535 leaves no learn port"))?,
+        port => port,
+    };
     Ok(Node {
         id,
         ip: Ipv4Addr::from(n.ip.to_ne_bytes()),
@@ -317,8 +321,14 @@ pub(crate) unsafe fn member_set(
 ) -> Result<MemberSet, rsl_status> {
     // SAFETY: forwarded from the caller.
     let (nodes, cookie) = unsafe { (slice(members, count)?, slice(cookie.cast::<u8>(), cookie_len as usize)?) };
-    if nodes.is_empty() || nodes.len() > u16::MAX as usize || cookie.len() > MemberSet::MAX_COOKIE {
-        return Err(RSL_INVALID_PARAMETER);
+    if nodes.is_empty() || nodes.len() > u16::MAX as usize {
+        return Err(note(RSL_INVALID_PARAMETER, format_args!("a member set of {} nodes (1..65535)", nodes.len())));
+    }
+    if cookie.len() > MemberSet::MAX_COOKIE {
+        return Err(note(
+            RSL_INVALID_PARAMETER,
+            format_args!("a member set cookie of {} bytes (at most {})", cookie.len(), MemberSet::MAX_COOKIE),
+        ));
     }
     let nodes = nodes.iter().map(node_from_c).collect::<Result<Vec<_>, _>>()?;
     Ok(MemberSet { nodes, cookie: Bytes::copy_from_slice(cookie) })

@@ -13,16 +13,12 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 fn io(e: impl std::fmt::Display) -> rsl_status {
-    tracing::error!("{e}");
-    RSL_E_IO
+    fail(RSL_E_IO, e)
 }
 
 fn checkpoint_error(e: CheckpointError) -> rsl_status {
     match e {
-        CheckpointError::Encode(e) => {
-            tracing::error!("{e}");
-            RSL_INVALID_PARAMETER
-        }
+        CheckpointError::Encode(e) => fail(RSL_INVALID_PARAMETER, e),
         other => io(other),
     }
 }

@@ -586,3 +586,105 @@ fn tls_settings_are_checked_when_set() {
         assert!(!rsl_set_tls_files(ca.as_ptr(), cert.as_ptr(), key.as_ptr(), thumb.as_ptr(), null()), "a pin of 20 bytes");
     }
 }
+
+// ---- errors ----
+
+/// This thread's `rsl_last_error`, checked against `rsl_last_error_length`.
+fn last_error() -> String {
+    let text = unsafe { CStr::from_ptr(rsl_last_error()) }.to_str().unwrap().to_owned();
+    assert_eq!(text.len(), rsl_last_error_length());
+    text
+}
+
+#[test]
+fn every_status_has_a_message_and_unknown_ones_a_generic_one() {
+    let message = |code| unsafe { CStr::from_ptr(rsl_status_message(code)) }.to_str().unwrap().to_owned();
+    let defined: Vec<String> = (RSL_E_PANIC..=RSL_INVALID_PARAMETER).map(message).collect();
+    assert!(defined.iter().all(|m| !m.is_empty() && m != "unknown status"), "{defined:?}");
+    let mut distinct = defined.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), defined.len(), "each status says something different: {defined:?}");
+    assert_eq!(message(RSL_NOT_PRIMARY), defined[(RSL_NOT_PRIMARY - RSL_E_PANIC) as usize]);
+    for unknown in [7, -7, i32::MAX, i32::MIN] {
+        assert_eq!(message(unknown), "unknown status");
+    }
+}
+
+#[test]
+fn a_failed_call_says_why_until_the_next_call_on_its_thread() {
+    let tmp = tempfile::tempdir().unwrap();
+    let seen = Seen::default();
+    let cb = callbacks(&seen);
+    let me = node("1", [127, 0, 0, 1], free_port(), 0, "");
+    let mut out = null_mut();
+    assert_eq!(last_error(), "", "nothing failed yet on this thread");
+
+    // A working directory below a regular file cannot be created: the path is named.
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let cfg = config(&file.join("data"));
+    assert_eq!(unsafe { rsl_replica_initialize(&cfg, &me, 6, false, &cb, &me, 1, &mut out) }, RSL_E_IO);
+    let io = last_error();
+    assert!(io.starts_with(unsafe { CStr::from_ptr(rsl_status_message(RSL_E_IO)) }.to_str().unwrap()), "{io}");
+    assert!(io.contains(file.to_str().unwrap()), "names the directory: {io}");
+    // Calls that return no status leave it; the pointer stays valid across them.
+    let kept = rsl_last_error();
+    assert_ne!(unsafe { rsl_calculate_checksum(b"x".as_ptr().cast(), 1) }, 0);
+    assert!(!rsl_status_message(RSL_E_NULL).is_null());
+    assert_eq!(unsafe { CStr::from_ptr(kept) }.to_str().unwrap(), io);
+
+    let mut bad = config(tmp.path());
+    bad.election_delay_sec = 0;
+    assert_eq!(unsafe { rsl_replica_initialize(&bad, &me, 6, false, &cb, &me, 1, &mut out) }, RSL_E_CONFIG);
+    assert!(last_error().contains("m_electionDelaySec = 0"), "{}", last_error());
+    let mut missing = cb;
+    missing.notify_status = None;
+    assert_eq!(unsafe { rsl_replica_initialize(&config(tmp.path()), &me, 6, false, &missing, &me, 1, &mut out) }, RSL_E_NULL);
+    assert!(last_error().contains("notify_status"), "names the callback: {}", last_error());
+    assert_eq!(unsafe { rsl_replica_initialize(&config(tmp.path()), &me, 99, false, &cb, &me, 1, &mut out) }, RSL_INVALID_PARAMETER);
+    assert!(last_error().contains("protocol version 99"), "{}", last_error());
+    assert_eq!(unsafe { rsl_replica_replicate_request(null_mut(), null(), 0, null_mut()) }, RSL_E_NULL);
+    assert_eq!(last_error(), unsafe { CStr::from_ptr(rsl_status_message(RSL_E_NULL)) }.to_str().unwrap(), "no cause: the status alone");
+
+    // A success clears it.
+    let dir = c(tmp.path().to_str().unwrap());
+    assert_eq!(save(&dir, 6, &golden_members()), RSL_SUCCESS);
+    assert_eq!(last_error(), "");
+    assert_eq!(save(&dir, 6, &golden_members()), RSL_E_IO, "the checkpoint exists");
+    assert!(last_error().contains(tmp.path().to_str().unwrap()), "{}", last_error());
+
+    // The TLS setters and the checkpoint streams report the same way.
+    let cert = c("/c.pem");
+    assert!(!unsafe { rsl_set_tls_files(null(), cert.as_ptr(), null(), null(), null()) });
+    assert!(last_error().starts_with("invalid parameter") && last_error().contains("both a certificate and a key"), "{}", last_error());
+    let (missing, saved) = (tmp.path().join("9.codex"), tmp.path().join("4.codex"));
+    let mut reader = null_mut();
+    assert_ne!(unsafe { rsl_checkpoint_reader_open(c(missing.to_str().unwrap()).as_ptr(), &mut reader) }, 0);
+    assert!(last_error().starts_with("Win32 error") && last_error().contains(missing.to_str().unwrap()), "{}", last_error());
+    assert_eq!(unsafe { rsl_checkpoint_reader_open(c(saved.to_str().unwrap()).as_ptr(), &mut reader) }, 0);
+    assert_eq!(last_error(), "");
+    let (mut buf, mut read) = ([0u8; 64], 0u32);
+    assert_eq!(unsafe { rsl_checkpoint_reader_get_data(reader, buf.as_mut_ptr().cast(), 64, &mut read) }, 0);
+    assert_eq!(&buf[..read as usize], b"hello checkpoint");
+    assert_eq!(unsafe { rsl_checkpoint_reader_get_data(reader, buf.as_mut_ptr().cast(), 64, &mut read) }, 38);
+    assert!(last_error().starts_with("Win32 error 38 (end of data)"), "{}", last_error());
+    unsafe { rsl_checkpoint_reader_close(reader) };
+}
+
+#[test]
+fn the_last_error_is_per_thread() {
+    assert_eq!(unsafe { rsl_replica_initialize(null(), null(), 6, false, null(), null(), 0, null_mut()) }, RSL_E_NULL);
+    let mine = last_error();
+    assert!(mine.contains("rsl_replica_initialize"), "{mine}");
+    let theirs = std::thread::spawn(|| {
+        let before = last_error();
+        assert_eq!(unsafe { rsl_replica_unload(null_mut()) }, RSL_E_NULL);
+        (before, last_error())
+    })
+    .join()
+    .unwrap();
+    assert_eq!(theirs.0, "", "another thread's failure is not seen");
+    assert_ne!(theirs.1, mine);
+    assert_eq!(last_error(), mine, "nor does it replace this thread's");
+}
