@@ -3,8 +3,9 @@
 //! Positions are byte counts since the session began; a position's data offset is it modulo the
 //! capacity `C`. A record is a header word (`len` in bits 0..32, the session epoch in 32..48, the
 //! kind in 48..64) and `len` payload bytes padded to 8, and never straddles the end of the data:
-//! when it would, the writer puts a wrap marker (a header of kind [`KIND_WRAP`]) in the remaining
-//! space and the record starts at offset 0. The writer keeps `tail - consumed <= C`, where
+//! when it would, the writer fills the rest with a wrap marker (a header of kind [`KIND_WRAP`]),
+//! published on its own as soon as that space is free, and the record starts at offset 0. So a
+//! message of up to `C - 8` bytes always fits eventually. The writer keeps `tail - consumed <= C`, where
 //! `consumed` is what the reader's credit word last said, so it never overwrites unread bytes.
 //! Control words carry `epoch << 48 | position mod 2^48`; positions are rebuilt relative to the
 //! last known one, which is unambiguous because they never move more than `C <= 2^40` apart.
@@ -145,10 +146,10 @@ impl<M: RemoteMemory> RingWriter<M> {
         let epoch = tag_epoch(word);
         if epoch != self.epoch.get() {
             // Before the reader opens this session the word still holds an older epoch (or 0).
-            return match self.open {
-                true => Err(SendError::Superseded { mine: self.epoch.get(), current: epoch }),
-                false => Ok(()),
-            };
+            if self.open {
+                return Err(SendError::Superseded { mine: self.epoch.get(), current: epoch });
+            }
+            return Ok(());
         }
         let behind = self.tail.wrapping_sub(word) & POS_MASK;
         if behind > self.tail - self.consumed {
