@@ -283,7 +283,7 @@ fn the_model_catches_an_overwrite() {
 
 #[cfg(target_os = "linux")]
 mod shm_tests {
-    use std::process::{Command, Stdio};
+    use std::process::{Child, Command, Stdio};
 
     use super::*;
     use crate::runtime::ringbuf::shm::{ShmError, ShmRing};
@@ -304,14 +304,30 @@ mod shm_tests {
         let Some(path) = std::env::var_os(CHILD_ENV) else { return };
         let ring = ShmRing::open(path.as_ref()).expect("open ring file");
         let mut writer = RingWriter::new(ring, epoch(EPOCH));
+        let parent = std::os::unix::process::parent_id();
         for i in 0..MESSAGES {
             let msg = message(i, size(i));
-            loop {
+            for blocked in 1u64.. {
                 match writer.try_send(&msg) {
                     Ok(()) => break,
                     Err(SendError::WouldBlock) => std::thread::yield_now(),
                     Err(e) => panic!("send {i}: {e}"),
                 }
+                // A reader killed outright would leave this process spinning.
+                let orphaned = blocked % 4096 == 0 && std::os::unix::process::parent_id() != parent;
+                assert!(!orphaned, "the reader process is gone");
+            }
+        }
+    }
+
+    /// Kills the writer child if the reader's test fails first.
+    struct Reap(Child);
+
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            if let Ok(None) = self.0.try_wait() {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
             }
         }
     }
@@ -322,13 +338,14 @@ mod shm_tests {
         let path = dir.path().join("ring");
         let ring = ShmRing::create(&path, 4096).expect("create");
         let mut reader = RingReader::open(ring, epoch(EPOCH), 1024);
-        let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        let child = Command::new(std::env::current_exe().expect("test binary"))
             .args(["--exact", "runtime::ringbuf::tests::shm_tests::shm_child_writer"])
             .args(["--nocapture", "--test-threads=1"])
             .env(CHILD_ENV, &path)
             .stdout(Stdio::null())
             .spawn()
             .expect("spawn writer");
+        let mut child = Reap(child);
         let (mut received, mut buf, mut idle, mut exited) = (0u64, Vec::new(), 0u32, None);
         while received < MESSAGES {
             if reader.try_recv(&mut buf).expect("recv") {
@@ -341,13 +358,13 @@ mod shm_tests {
             }
             idle += 1;
             if idle % 1024 == 0 {
-                exited = child.try_wait().expect("wait");
+                exited = child.0.try_wait().expect("wait");
             }
             std::thread::yield_now();
         }
         let status = match exited {
             Some(status) => status,
-            None => child.wait().expect("wait"),
+            None => child.0.wait().expect("wait"),
         };
         assert!(status.success(), "writer child failed: {status}");
         assert_eq!(received, MESSAGES);
