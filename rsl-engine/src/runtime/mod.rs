@@ -24,6 +24,7 @@ mod replica;
 mod resolve;
 mod restore;
 mod ring;
+pub mod ringbuf;
 mod spill;
 pub mod tls;
 pub mod transport;

@@ -1,0 +1,89 @@
+//! The shared-memory emulation of remote memory: both ends map the same file, a "remote write" is
+//! a copy into the mapping and the doorbell a release store. A real transport for replicas on
+//! one host, and what the tests use in place of RDMA hardware.
+//!
+//! Fencing: a session's writer that outlives its session could still store into the mapping, so a
+//! new session should use a new file, as RDMA revokes the old registration (see docs/rdma.md).
+
+#![allow(unsafe_code)]
+
+use std::fs::{File, OpenOptions};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::{io, slice};
+
+use memmap2::MmapRaw;
+
+use super::memory::{format, Words};
+use super::{check_capacity, region_bytes, BadCapacity, CAPACITY_WORD, DATA_WORD, MAGIC, MAGIC_WORD};
+
+/// Why a ring file could not be created or opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ShmError {
+    #[error("ring file: {0}")]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Capacity(#[from] BadCapacity),
+    #[error("ring file has magic {0:#x}, not a ring")]
+    BadMagic(u64),
+    #[error("ring file is {actual} bytes; its capacity needs {expected}")]
+    WrongSize { actual: u64, expected: u64 },
+}
+
+/// A ring's memory in a file mapped shared: the reader creates it, the writer opens it.
+#[derive(Debug)]
+pub struct ShmRing {
+    map: MmapRaw,
+    capacity: usize,
+    /// Keeps the file open as long as the mapping (documentation; the mapping alone would do).
+    _file: File,
+}
+
+impl ShmRing {
+    /// Creates a new ring file of `capacity` data bytes at `path`; fails if it exists.
+    pub fn create(path: &Path, capacity: u64) -> Result<ShmRing, ShmError> {
+        let capacity = check_capacity(capacity)?;
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
+        file.set_len(region_bytes(capacity) as u64)?;
+        let ring = ShmRing { map: MmapRaw::map_raw(&file)?, capacity, _file: file };
+        format(ring.words(), capacity);
+        Ok(ring)
+    }
+
+    /// Maps an existing ring file, checking its header against its size.
+    pub fn open(path: &Path) -> Result<ShmRing, ShmError> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let actual = file.metadata()?.len();
+        if actual < region_bytes(0) as u64 {
+            return Err(ShmError::WrongSize { actual, expected: region_bytes(0) as u64 });
+        }
+        let mut ring = ShmRing { map: MmapRaw::map_raw(&file)?, capacity: 0, _file: file };
+        let magic = ring.words()[MAGIC_WORD].load(Ordering::Relaxed);
+        if magic != MAGIC {
+            return Err(ShmError::BadMagic(magic));
+        }
+        let capacity = check_capacity(ring.words()[CAPACITY_WORD].load(Ordering::Relaxed))?;
+        let expected = region_bytes(capacity) as u64;
+        if actual != expected {
+            return Err(ShmError::WrongSize { actual, expected });
+        }
+        ring.capacity = capacity;
+        Ok(ring)
+    }
+}
+
+impl Words for ShmRing {
+    fn words(&self) -> &[AtomicU64] {
+        debug_assert!(self.map.len() >= DATA_WORD * 8, "mapping smaller than its header");
+        // SAFETY: the mapping is page-aligned (so 8-aligned) and `len / 8` whole words long, lives
+        // as long as `self`, and is only ever accessed through atomics: `AtomicU64` has the layout
+        // of `u64` and allows the other process's concurrent atomic stores. memmap2 cannot stop
+        // another process truncating the file, which would fault on access; ring files are private
+        // to the replicas that made them and never truncated.
+        unsafe { slice::from_raw_parts(self.map.as_ptr().cast::<AtomicU64>(), self.map.len() / 8) }
+    }
+
+    fn data_capacity(&self) -> usize {
+        self.capacity
+    }
+}
