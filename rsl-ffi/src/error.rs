@@ -12,6 +12,9 @@ use std::cell::RefCell;
 use std::ffi::{c_char, CStr, CString};
 use std::fmt::Display;
 
+/// The longest cause kept, in bytes: a cause may quote a file's or a caller's bytes.
+const CAUSE_LIMIT: usize = 4096;
+
 thread_local! {
     /// The cause recorded by the entry point running on this thread, if any.
     static CAUSE: RefCell<Option<String>> = const { RefCell::new(None) };
@@ -21,34 +24,50 @@ thread_local! {
 
 /// Records `cause` as why the running entry point fails, and logs it; returns `status`.
 pub(crate) fn fail<S>(status: S, cause: impl Display) -> S {
-    let cause = cause.to_string();
+    let cause = capped(cause.to_string());
     tracing::error!("{cause}");
-    CAUSE.with_borrow_mut(|c| *c = Some(cause));
+    record(cause);
     status
 }
 
 /// Records `cause` as why the running entry point fails, without logging it (a bad argument
 /// is the caller's to report; or the caller logs it at its own level); returns `status`.
 pub(crate) fn note<S>(status: S, cause: impl Display) -> S {
-    CAUSE.with_borrow_mut(|c| *c = Some(cause.to_string()));
+    record(capped(cause.to_string()));
     status
+}
+
+/// Keeps `cause` for the running entry point. A call made while the thread's storage is being
+/// torn down (from a thread-local destructor) keeps nothing rather than abort the process.
+fn record(cause: String) {
+    let _ = CAUSE.try_with(|c| *c.borrow_mut() = Some(cause));
+}
+
+/// `text` cut to [`CAUSE_LIMIT`] bytes on a character boundary.
+fn capped(mut text: String) -> String {
+    if text.len() > CAUSE_LIMIT {
+        let end = (0..=CAUSE_LIMIT).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+        text.truncate(end);
+        text.push_str("...");
+    }
+    text
 }
 
 /// Runs an entry point's body with a fresh cause slot, restoring the caller's afterwards (the
 /// body may run callbacks that call the ABI); returns the outcome and the body's cause.
 pub(crate) fn with_cause_slot<T>(body: impl FnOnce() -> T) -> (T, Option<String>) {
-    let outer = CAUSE.take();
+    let outer = CAUSE.try_with(|c| c.take()).ok().flatten();
     let out = body();
-    (out, CAUSE.replace(outer))
+    (out, CAUSE.try_with(|c| c.replace(outer)).ok().flatten())
 }
 
 /// Publishes a finished call's outcome: empty for success (no allocation when it already
 /// is: the checkpoint streams publish once per read), else what failed, then the cause.
 pub(crate) fn publish(failed: Option<String>, cause: Option<String>) {
     let Some(what) = failed else {
-        LAST.with_borrow_mut(|last| {
-            if !last.is_empty() {
-                *last = CString::default();
+        let _ = LAST.try_with(|last| {
+            if !last.borrow().is_empty() {
+                *last.borrow_mut() = CString::default();
             }
         });
         return;
@@ -59,7 +78,7 @@ pub(crate) fn publish(failed: Option<String>, cause: Option<String>) {
     };
     // A cause may quote bytes from a file or a caller: an interior NUL would end the C string.
     let text = CString::new(text.replace('\0', "\\0")).unwrap_or_default();
-    LAST.with_borrow_mut(|last| *last = text);
+    let _ = LAST.try_with(|last| *last.borrow_mut() = text);
 }
 
 /// A panic's message, as the cause of `RSL_E_PANIC`.
@@ -106,11 +125,26 @@ pub extern "C" fn rsl_status_message(code: rsl_status) -> *const c_char {
 /// Never NULL.
 #[no_mangle]
 pub extern "C" fn rsl_last_error() -> *const c_char {
-    LAST.with_borrow(|last| last.as_ptr())
+    // After the thread's storage is gone (a thread-local destructor): a static empty string.
+    LAST.try_with(|last| last.borrow().as_ptr()).unwrap_or(c"".as_ptr())
 }
 
 /// The length in bytes of `rsl_last_error()`, without the NUL.
 #[no_mangle]
 pub extern "C" fn rsl_last_error_length() -> usize {
-    LAST.with_borrow(|last| last.as_bytes().len())
+    LAST.try_with(|last| last.borrow().as_bytes().len()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_cause_is_cut_on_a_character_boundary() {
+        let long = "é".repeat(CAUSE_LIMIT); // two bytes each
+        let cut = capped(long);
+        assert!(cut.len() <= CAUSE_LIMIT + 3 && cut.ends_with("..."), "{}", cut.len());
+        assert!(cut.trim_end_matches("...").chars().all(|c| c == 'é'));
+        assert_eq!(capped("short".into()), "short");
+    }
 }
