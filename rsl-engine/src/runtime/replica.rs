@@ -243,6 +243,7 @@ impl RslReplica {
             start,
             cfg.catch_up,
             resolver.clone(),
+            me.id,
         );
         let lookup = resolver.clone().map(|notes| Resolver::new(admission.clone(), events_tx.clone(), notes, RESOLVE_INTERVAL));
         let ring = Ring::new(core, admission, io);

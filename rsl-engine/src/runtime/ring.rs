@@ -80,6 +80,8 @@ pub(crate) struct Io {
     pub start: Instant,
     /// For the learn clients (the transport and the learn server hold their own).
     pub tls: Option<Arc<Tls>>,
+    /// This replica's member id: the view names it primary as `is_primary` is set.
+    me: MemberId,
     /// Warnings of rejections: at most one per `REJECTION_LOG_INTERVAL`.
     rejections: RateLimited,
     frame_buf: BytesMut,
@@ -117,8 +119,10 @@ impl Io {
         start: Instant,
         catch_up: CatchUp,
         resolver: Option<Arc<Notes>>,
+        me: MemberId,
     ) -> Io {
         Io {
+            me,
             backlog: ExecBacklog::new(limits.execution_queue_bytes, dir.clone(), shared.clone()),
             journal,
             transport,
@@ -286,7 +290,9 @@ impl Ring {
         shared.queued_bytes.store(core.queued_bytes() as u64, Relaxed);
         self.health.publish(core, self.io.now(), &shared.votes_seen);
         let (_, ballot) = core.accepted();
-        let now = ((!ballot.is_empty()).then_some(ballot.member), Some(core.role()), core.max_ballot());
+        // A primary names itself even before its first vote at its ballot is accepted.
+        let primary = if core.role() == Role::Primary { Some(core.me()) } else { (!ballot.is_empty()).then_some(ballot.member) };
+        let now = (primary, Some(core.role()), core.max_ballot());
         if now != self.published {
             let mut view = shared.view();
             (view.primary, view.role, view.promise) = now;
@@ -458,6 +464,9 @@ impl Host for Io {
             }
             Execution::Status(true) => {
                 self.release_status(true);
+                // The view names the primary before the flag says so: a caller that sees
+                // `is_primary` also sees who (the turn's `publish` would come later).
+                self.shared.view().primary = Some(self.me);
                 self.shared.is_primary.store(true, Relaxed);
                 Work::Status(true)
             }
