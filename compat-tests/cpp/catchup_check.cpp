@@ -1,4 +1,4 @@
-// Catch-up by checkpoint through include/rsl.h (api-behavior §2.11, issue 12 item 2).
+// Catch-up by checkpoint through include/rsl.h (docs/spec/behavior.md §2.11, issue 12 item 2).
 // compat-tests/tests/cpp_cluster.rs builds it like kv_service and runs
 //
 //   catchup_check <basePort> <workDir>

@@ -1,4 +1,4 @@
-// Checks the RSLib C++ API against the original's golden files (docs/formats.md §12, §13):
+// Checks the RSLib C++ API against the original's golden files (docs/spec/formats.md §12, §13):
 // RSLUtils::CalculateChecksum, RSLCheckpointUtility::SaveCheckpoint byte for byte, the
 // checkpoint reader over a multi-block file, the other checkpoint utilities, and the
 // RSLConfigParam defaults.
@@ -93,7 +93,7 @@ namespace
         Check(RSLUtils::CalculateChecksum("hello checkpoint", 16) == 0x2c9220572d26c787ULL,
               "CalculateChecksum(\"hello checkpoint\")");
         Check(RSLUtils::CalculateChecksum(NULL, 0) == 0xa795d0f29b4dcdf8ULL, "CalculateChecksum(empty)");
-        // A message's checksum covers the bytes after its checksum field (formats.md §13.1).
+        // A message's checksum covers the bytes after its checksum field (docs/spec/formats.md §13.1).
         const std::vector<unsigned char> vote = ReadFile(golden + "/vote_v6.bin");
         unsigned long long stored = 0;
         if (vote.size() == 187)

@@ -1,4 +1,4 @@
-//! Checkpoints written by the original (formats.md §9, §13.5, §13.6): headers, data, `Size()`
+//! Checkpoints written by the original (docs/spec/formats.md §9, §13.5, §13.6): headers, data, `Size()`
 //! and block checksums; and our writer reproduces each file byte for byte.
 
 use bytes::Bytes;

@@ -1,4 +1,4 @@
-//! Log files written by the original (formats.md §13.4): the reader yields the six records and
+//! Log files written by the original (docs/spec/formats.md §13.4): the reader yields the six records and
 //! the in-memory decree index, and writing the decoded records again gives the same file.
 
 use bytes::{Bytes, BytesMut};

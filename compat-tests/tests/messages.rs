@@ -1,5 +1,5 @@
 //! Votes, configuration info and wire messages written by the original: decode them, check
-//! the field values of formats.md §12–§13, and re-encode them to the identical bytes.
+//! the field values of docs/spec/formats.md §12–§13, and re-encode them to the identical bytes.
 
 use bytes::{Bytes, BytesMut};
 use compat_tests::{ballot, id, read, u64_at};

@@ -1,6 +1,6 @@
-//! The original's runtime scenarios (api-behavior §3.1; docs/testing.md maps the catalogue),
+//! The original's runtime scenarios (docs/spec/behavior.md §3.1; docs/testing.md maps the catalogue),
 //! run by `Checking`, the original's test state machine rebuilt: on every callback it checks
-//! the invariants of api-behavior §3.5, and the test asserts none was broken.
+//! the invariants of docs/spec/behavior.md §3.5, and the test asserts none was broken.
 //!
 //! - TestSaveCheckpointAtRestore: a replica restarted on its files, whose service asks for a
 //!   checkpoint while `initialize` replays the log, saves that checkpoint there; restarted
@@ -72,7 +72,7 @@ impl Seen {
 type Sizes = Arc<Mutex<BTreeMap<u64, u64>>>;
 
 /// The original's `TestStateMachine`: its state is the indices of the requests executed, and
-/// each callback checks api-behavior §3.5.
+/// each callback checks docs/spec/behavior.md §3.5.
 struct Checking {
     view: Option<ReplicaView>,
     state: Vec<u64>,
@@ -594,7 +594,7 @@ impl Ring {
     }
 
     /// Changes the members to `to` through the primary, submits up to `during` requests to it
-    /// just after (until it refuses one), and checks each replica against api-behavior §2.17;
+    /// just after (until it refuses one), and checks each replica against docs/spec/behavior.md §2.17;
     /// returns the issuer.
     fn change(&mut self, to: &[usize], during: u64) -> usize {
         let number = self.number + 1;

@@ -1,4 +1,4 @@
-//! Catch-up by checkpoint (api-behavior §2.11): a replica stopped while its ring writes past
+//! Catch-up by checkpoint (docs/spec/behavior.md §2.11): a replica stopped while its ring writes past
 //! every log it could learn from copies a peer's checkpoint, then either stops so that its
 //! restart loads it (`CatchUp::Restart`, the original's) or loads it in place
 //! (`CatchUp::LoadInPlace`). Either way it ends with every request, in order.

@@ -114,7 +114,7 @@ fn a_replica_far_behind_catches_up_from_a_checkpoint() {
     });
 }
 
-/// `rsl-inspect` (the original's formats, formats.md) reads every log and checkpoint of a
+/// `rsl-inspect` (the original's formats, docs/spec/formats.md) reads every log and checkpoint of a
 /// data directory without a complaint.
 fn inspect_clean(dir: &Path) {
     let out = Command::new(env!("CARGO_BIN_EXE_rsl-inspect")).arg("log").arg(dir).output().expect("rsl-inspect");

@@ -1,5 +1,5 @@
 //! `ReplicaHealth` and `RSLStats` in a real three-replica ring, in one process: each field and
-//! counter family shows a real value (api-behavior §1.3, §2.24, §2.26, §2.27).
+//! counter family shows a real value (docs/spec/behavior.md §1.3, §2.24, §2.26, §2.27).
 
 mod inproc;
 

@@ -44,7 +44,7 @@ fn record_line(stdout: &str, offset: usize) -> Vec<String> {
     line.unwrap_or_else(|| panic!("no line for offset {offset} in\n{stdout}")).split_whitespace().map(String::from).collect()
 }
 
-/// formats.md §13.4.
+/// docs/spec/formats.md §13.4.
 const LOG_V6: [(usize, &str, u64); 6] =
     [(0, "Vote", 5), (512, "Prepare", 5), (1024, "Vote", 5), (1536, "Vote", 6), (2048, "Vote", 7), (2560, "ReconfigurationDecision", 7)];
 
@@ -128,7 +128,7 @@ fn log_torn_tail_and_directory_order() {
 fn checkpoints_show_their_header_and_blocks() {
     let g = golden();
 
-    // formats.md §13.5.
+    // docs/spec/formats.md §13.5.
     let cp = g.join("cp_legislator_v6/4.codex");
     let (ok, doc) = json(&["checkpoint", s(&cp)]);
     assert!(ok, "{doc}");
@@ -164,7 +164,7 @@ fn checkpoints_show_their_header_and_blocks() {
     assert!(stdout.lines().any(|l| l.contains("offset=1024") && l.ends_with("ok=false")), "{stdout}");
     assert!(stderr.contains(s(&bad)) && stderr.contains("offset 1024"), "{stderr}");
 
-    // formats.md §13.6.
+    // docs/spec/formats.md §13.6.
     let cp = g.join("cp_multiblock_v4/100.codex");
     let (ok, doc) = json(&["checkpoint", s(&cp)]);
     assert!(ok, "{doc}");
@@ -232,7 +232,7 @@ fn messages_and_packets_decode() {
     assert!(!ok && stderr.contains("offset 0") && stderr.contains("checksum BAD"), "{stderr}");
 }
 
-/// The checksum covers only the message; the padding after it must be zero too (formats.md
+/// The checksum covers only the message; the padding after it must be zero too (docs/spec/formats.md
 /// §8.2), and `rsl-inspect` says where it is not.
 #[test]
 fn nonzero_padding_is_reported() {

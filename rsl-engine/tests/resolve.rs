@@ -1,4 +1,4 @@
-//! `ResolveNode` (api-behavior §2.2): a member whose process moves to another port is found
+//! `ResolveNode` (docs/spec/behavior.md §2.2): a member whose process moves to another port is found
 //! again through the service's resolver, and the ring replicates to it there.
 
 mod inproc;

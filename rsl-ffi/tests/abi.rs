@@ -36,7 +36,7 @@ fn node(id: &str, ip: [u8; 4], rsl_port: u16, learn_port: u16, host: &str) -> rs
     n
 }
 
-/// The member set of the golden checkpoints (formats.md §12.3).
+/// The member set of the golden checkpoints (docs/spec/formats.md §12.3).
 fn golden_members() -> Vec<rsl_node> {
     (0..3u16)
         .map(|i| node(&(i + 1).to_string(), [127, 0, 0, i as u8 + 1], 20000 + 10 * i, 20001 + 10 * i, &format!("host{}", i + 1)))
@@ -218,7 +218,7 @@ fn multi_block_golden_checkpoint_through_the_reader() {
 #[test]
 fn checksum_matches_golden_values() {
     let sum = |b: &[u8]| unsafe { rsl_calculate_checksum(b.as_ptr().cast(), b.len()) };
-    assert_eq!(sum(b"hello"), 0x2E68EB152273854B, "formats.md §13.5");
+    assert_eq!(sum(b"hello"), 0x2E68EB152273854B, "docs/spec/formats.md §13.5");
     assert_eq!(sum(b"hello checkpoint"), 0x2c9220572d26c787);
     assert_eq!(unsafe { rsl_calculate_checksum(null(), 0) }, sum(b""));
     assert_eq!(unsafe { rsl_calculate_checksum(null(), 5) }, 0);

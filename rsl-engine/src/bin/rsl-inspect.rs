@@ -445,7 +445,7 @@ fn inspect_record(data: &Bytes, offset: usize) -> (RecordOut, Option<usize>) {
     (out, next)
 }
 
-/// Byte-for-byte conformance beyond the checksum (formats.md §8.2): the record re-encodes to
+/// Byte-for-byte conformance beyond the checksum (docs/spec/formats.md §8.2): the record re-encodes to
 /// exactly its bytes, and its padding to the next 512-byte boundary is zero.
 fn layout_problems(m: &Message, raw: &Bytes, data: &Bytes, offset: usize) -> Vec<String> {
     let mut problems = Vec::new();
@@ -626,7 +626,7 @@ fn checkpoint_cmd(path: &Path) -> Result<CheckpointOut, String> {
     Ok(out)
 }
 
-/// Byte-for-byte conformance of a checkpoint header (formats.md §9.2): the fields and the
+/// Byte-for-byte conformance of a checkpoint header (docs/spec/formats.md §9.2): the fields and the
 /// next vote re-encode to exactly the stored bytes, and the vote's padding is zero. (The slack
 /// after it is indeterminate in the original's files, so it is not compared.)
 fn header_problem(h: &CheckpointHeader, region: &Bytes) -> Option<String> {

@@ -1,4 +1,4 @@
-//! The order of the execute queue under its memory bound (api-behavior §2.6), written once for
+//! The order of the execute queue under its memory bound (docs/spec/behavior.md §2.6), written once for
 //! the runtime (runtime/spill.rs) and the simulator: which chosen decrees wait in the log
 //! rather than in memory, what work waits behind them, and when each is handed on. Reading a
 //! vote back and the queue itself are the host's ([`ExecQueue`]).

@@ -454,7 +454,7 @@ fn certified_other(nodes: &BTreeMap<MemberId, Node>, sender: &MemberId, names: O
     (first != *sender && named.all(|id| id != *sender)).then_some(first)
 }
 
-/// `GetReplica` (api-behavior §5 item 15): whether a message from `ip` may speak for the node
+/// `GetReplica` (docs/spec/behavior.md §5 item 15): whether a message from `ip` may speak for the node
 /// configured at `configured`. Any loopback address stands for any other (a peer on this host
 /// connects from 127.0.0.1 whatever its own address). A replica that listens on every address
 /// (`listen_on_all_ips`) runs on a host with several, as its peers may: there the address a

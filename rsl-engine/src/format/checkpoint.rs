@@ -1,6 +1,6 @@
 //! Checkpoint (`*.codex`) files: the header of every version, the v4+ stream of checksummed
 //! blocks, and a writer and reader with the semantics of RSL's checkpoint stream classes
-//! (formats.md §9, api-behavior.md §1.4).
+//! (docs/spec/formats.md §9, docs/spec/behavior.md §1.4).
 
 use super::checksum::{self, Hasher};
 use super::codec::{round_up_512, DecodeError, EncodeError, Reader, PAGE};

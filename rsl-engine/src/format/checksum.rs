@@ -1,5 +1,5 @@
 //! The RSL checksum: the 64-bit "Rabin fingerprint" every RSL record, message, packet and
-//! checkpoint block carries (formats.md §2).
+//! checkpoint block carries (docs/spec/formats.md §2).
 //!
 //! Mathematically it is a reflected CRC-64 with polynomial `0xA795D0F29B4DCDF8` (reflected
 //! form), whose initial value equals that polynomial and with no final XOR. It is *not* any of

@@ -1,5 +1,5 @@
 //! Little-endian primitive encoding and the bounds-checked cursor every decoder reads through,
-//! with the typed errors that name what was wrong and where (formats.md §1).
+//! with the typed errors that name what was wrong and where (docs/spec/formats.md §1).
 
 use bytes::{BufMut, Bytes, BytesMut};
 use thiserror::Error;

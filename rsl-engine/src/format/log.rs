@@ -1,6 +1,6 @@
 //! Log (journal) files: 512-byte-aligned records, the record scanner with RSL's torn-tail
 //! rules, a whole-file reader that builds the decree index, and a plain appending writer
-//! (formats.md §8).
+//! (docs/spec/formats.md §8).
 
 use super::codec::{round_up_512, DecodeError, EncodeError, PAGE};
 use super::message::{self, Checksum, Message, MsgKind, Prefix, CHECKSUM_END, MAGIC, MSG_ID_OFFSET};
@@ -12,7 +12,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
-/// How strictly to treat a bad record (formats.md §8.4).
+/// How strictly to treat a bad record (docs/spec/formats.md §8.4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// Startup replay: a torn or corrupt *last* record ends the log cleanly.

@@ -1,5 +1,5 @@
 //! RSL messages: the common header and the fourteen message types with their bodies, for
-//! protocol versions 1 to 6 (formats.md §4, §5).
+//! protocol versions 1 to 6 (docs/spec/formats.md §4, §5).
 
 use super::checksum;
 use super::codec::{DecodeError, EncodeError, PutLe, Reader};
@@ -131,7 +131,7 @@ impl Prefix {
     }
 }
 
-/// The body of a Vote (formats.md §5.1).
+/// The body of a Vote (docs/spec/formats.md §5.1).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct VoteBody {
     /// The primary cookie (v2+).

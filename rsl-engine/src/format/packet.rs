@@ -1,5 +1,5 @@
 //! The Paxos-port packet frame: a 20-byte header with its own checksum around one message
-//! (formats.md §7.1).
+//! (docs/spec/formats.md §7.1).
 
 use super::checksum;
 use super::codec::DecodeError;

@@ -1,5 +1,5 @@
 //! The structures shared by messages, log records and checkpoints: protocol versions, member
-//! ids, ballots, nodes, member sets and configuration info (formats.md §3).
+//! ids, ballots, nodes, member sets and configuration info (docs/spec/formats.md §3).
 
 use super::codec::{DecodeError, EncodeError, PutLe, Reader};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -14,7 +14,7 @@ pub const DECREE_LIMIT: u64 = 1 << 62;
 /// Configuration numbers at or above this are refused likewise (one per reconfiguration).
 pub const CONFIGURATION_LIMIT: u32 = 1 << 31;
 
-/// A protocol version the formats know, 1 to 6. What each adds is in formats.md §6.
+/// A protocol version the formats know, 1 to 6. What each adds is in docs/spec/formats.md §6.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Version(u16);
 

@@ -230,7 +230,7 @@ pub enum Input {
     ChangeElectionDelay(Micros),
     /// The driver started a new log file whose first vote is for `first_decree` (the log grew
     /// past its size limit, or a time-based checkpoint is due); the checkpoint policy of
-    /// api-behavior §2.14 decides what follows.
+    /// docs/spec/behavior.md §2.14 decides what follows.
     LogRolled {
         first_decree: u64,
     },
@@ -251,14 +251,14 @@ pub enum Input {
     /// The execute side's progress, as the driver's host reports it: every decree below
     /// `below` has finished executing, and `spilled` says chosen decrees wait in the log
     /// rather than in memory. A replica stands for election only once its execute queue is
-    /// in memory and (unless `allow_promotion_while_catching_up`) empty (api-behavior §2.9).
+    /// in memory and (unless `allow_promotion_while_catching_up`) empty (docs/spec/behavior.md §2.9).
     Executed {
         below: u64,
         spilled: bool,
     },
 }
 
-/// The protocol's parameters, with RSL's defaults (api-behavior §4), in microseconds.
+/// The protocol's parameters, with RSL's defaults (docs/spec/behavior.md §4), in microseconds.
 #[derive(Clone, Debug)]
 pub struct CoreConfig {
     pub version: Version,
@@ -288,7 +288,7 @@ pub struct CoreConfig {
     /// Decrees in flight at once. Protocol versions 1 to 6 always have 1 (the original's
     /// messages and rules); more needs version 7 (docs/core.md).
     pub window: usize,
-    /// Time-based checkpoints (`m_maxCheckpointIntervalSec`, api-behavior §2.14): once this
+    /// Time-based checkpoints (`m_maxCheckpointIntervalSec`, docs/spec/behavior.md §2.14): once this
     /// long has passed since the last checkpoint (randomised), the log rolls at the next new
     /// decree, which asks for a checkpoint. 0: only log rolls by size do.
     pub max_checkpoint_interval: Micros,

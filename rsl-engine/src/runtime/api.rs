@@ -28,7 +28,7 @@ pub enum ResponseCode {
 
 /// The service's replicated state: RSL's `RSLStateMachine` callbacks.
 ///
-/// The callbacks follow RSL's callback lock (api-behavior §1.6, §2.2), which here is a
+/// The callbacks follow RSL's callback lock (docs/spec/behavior.md §1.6, §2.2), which here is a
 /// reader-writer lock around the state machine: the `&mut self` callbacks are Exclusive (they
 /// never overlap any other callback of this trait: execution, status, configuration, aborts,
 /// loading), the `&self` ones are Shared: fast reads run on `num_reader_threads` reader
@@ -64,7 +64,7 @@ pub trait StateMachine: Send + Sync + 'static {
 
     /// `AbortRequest`: the cookie of a replicated request (`NotPrimary`, `ShuttingDown`) or a
     /// fast read (`FastReadStale`, `ShuttingDown`) comes back unexecuted. A `NotPrimary` abort
-    /// of a request already proposed does not mean it will not execute (api-behavior §2.10).
+    /// of a request already proposed does not mean it will not execute (docs/spec/behavior.md §2.10).
     fn abort_request(&mut self, status: ResponseCode, cookie: Cookie);
 
     /// `SaveState`: write the whole state. Shared: no decree executes meanwhile, fast reads
@@ -134,7 +134,7 @@ pub trait Admission: Send + Sync + 'static {
 pub struct AdmitAll;
 impl Admission for AdmitAll {}
 
-/// `ReplicaHealth`: what the primary knows of one member (api-behavior §2.26). For the
+/// `ReplicaHealth`: what the primary knows of one member (docs/spec/behavior.md §2.26). For the
 /// primary's own entry: connected, no failures, both times the time of its highest accepted
 /// vote, that vote's decree and its own payload.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! The checkpoint directory: `<D>.codex` files and `Temp/`; saving, installing a fetched
-//! checkpoint, pruning, and the restore rule that picks the newest loadable one (formats.md
-//! §8.1, §8.5, §8.7, §9; api-behavior.md §1.6, §2.13–2.14).
+//! checkpoint, pruning, and the restore rule that picks the newest loadable one (docs/spec/formats.md
+//! §8.1, §8.5, §8.7, §9; docs/spec/behavior.md §1.6, §2.13–2.14).
 
 use super::transport::RateLimited;
 use super::{numbered_files, ListError};

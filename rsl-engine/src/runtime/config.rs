@@ -1,5 +1,5 @@
 //! The replica's configuration: RSL's `RSLConfigParam`, with its field names, defaults and
-//! validation ranges (api-behavior §4, formats.md §11.2), and what it becomes for the core.
+//! validation ranges (docs/spec/behavior.md §4, docs/spec/formats.md §11.2), and what it becomes for the core.
 
 use super::checkpoints::CheckpointAlerts;
 use super::learn::LearnLimits;
@@ -103,7 +103,7 @@ pub struct RslConfig {
 }
 
 /// How a replica that fell behind everything its peers' logs hold takes the peer checkpoint it
-/// copied (api-behavior §2.11). Either way the checkpoint is first in place in the data
+/// copied (docs/spec/behavior.md §2.11). Either way the checkpoint is first in place in the data
 /// directory and the logs after it are the peers'.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CatchUp {

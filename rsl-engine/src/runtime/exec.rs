@@ -230,7 +230,7 @@ impl Executor {
     }
 
     /// Runs one chosen decree: the sequence number moves first, then the requests run in a
-    /// Before/After bracket (api-behavior §2.6). The number moves under the Exclusive lock, as
+    /// Before/After bracket (docs/spec/behavior.md §2.6). The number moves under the Exclusive lock, as
     /// the original's does: a fast read that finds it at the decree (and so does not wait)
     /// takes the Shared side only once the decree's requests have run.
     fn execute(&mut self, vote: &Arc<Message>, cookies: &[Cookie]) {
@@ -279,7 +279,7 @@ impl Executor {
 
     /// A checkpoint put off while saving was not allowed, taken before `next` executes: of the
     /// decree before it, the state's decree now (RSL takes the pending save at the decree then
-    /// current, api-behavior §2.14 and O6). Saved under its old number, it would hold the
+    /// current, docs/spec/behavior.md §2.14 and O6). Saved under its old number, it would hold the
     /// decrees executed since, which a restart would then execute again.
     fn save_deferred(&mut self, next: &Arc<Message>) {
         let cp = self.deferred_save.take().expect("a save was put off");
@@ -392,7 +392,7 @@ impl Executor {
         }
     }
 
-    /// A replica that saves a checkpoint aborts the reads it cannot serve yet (api-behavior §2.14).
+    /// A replica that saves a checkpoint aborts the reads it cannot serve yet (docs/spec/behavior.md §2.14).
     fn abort_unsatisfiable_reads(&mut self) {
         let seq = self.shared.current_seq.load(Relaxed);
         let stale: Vec<Cookie> = self.waiting.extract_if(.., |w| w.0 > seq).map(|w| w.2).collect();

@@ -1,6 +1,6 @@
 //! Health and statistics beyond plain counters: the timed families of `RSLStats` (log reads,
 //! log writes, voting time), the timing of the primary's votes, and the per-member progress
-//! the protocol thread publishes for `ReplicaHealth` (api-behavior §1.3, §2.26, §2.27).
+//! the protocol thread publishes for `ReplicaHealth` (docs/spec/behavior.md §1.3, §2.26, §2.27).
 
 use crate::format::{Ballot, Body, MemberId};
 use crate::paxos::{Action, Dest, MemberProgress, Micros, Replica, Role};

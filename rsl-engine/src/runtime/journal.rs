@@ -1,6 +1,6 @@
 //! The log directory: replay at startup, appends made durable by a writer thread with group
 //! commit, rollover, the index the learn port serves from, truncation, and `defunct.txt`
-//! (formats.md §8 and §10, api-behavior.md §2.13–2.15).
+//! (docs/spec/formats.md §8 and §10, docs/spec/behavior.md §2.13–2.15).
 //!
 //! The protocol thread encodes records straight into the pending batch (one lock, no I/O
 //! under it). The writer thread swaps the batch out, writes it with one positioned write and

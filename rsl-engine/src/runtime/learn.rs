@@ -1,5 +1,5 @@
 //! The learn port: raw TCP, one bare request per connection, answered with a byte stream
-//! (formats.md §7.2, api-behavior.md §2.12). The server streams log ranges, checkpoint files and
+//! (docs/spec/formats.md §7.2, docs/spec/behavior.md §2.12). The server streams log ranges, checkpoint files and
 //! status replies; the client fetches votes and (resumably) checkpoints. With TLS, both ends
 //! authenticate every connection before the request, so the port serves only admitted peers.
 

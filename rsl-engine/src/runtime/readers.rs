@@ -1,7 +1,7 @@
 //! RSL's callback lock and the fast-read threads: reads whose decree has executed run on
 //! `num_reader_threads` threads under the lock's Shared side, concurrently with each other and
 //! with a checkpoint being saved; the execute thread takes the Exclusive side for every other
-//! callback (api-behavior §2.2, §2.18).
+//! callback (docs/spec/behavior.md §2.2, §2.18).
 
 use super::api::StateMachine;
 use super::queue::Refused;

@@ -326,7 +326,7 @@ impl RslReplica {
     /// `ReplicateRequestExclusiveVote`: the request gets a vote of its own. With
     /// `is_last_decree`, the replica refuses every later request (ShuttingDown), and the core
     /// sends no heartbeat after the vote, so the secondaries elect another primary
-    /// (api-behavior §2.19).
+    /// (docs/spec/behavior.md §2.19).
     pub fn replicate_request_exclusive_vote(&self, request: Bytes, cookie: Cookie, is_last_decree: bool) -> ResponseCode {
         let code = self.submit(request, cookie, true, is_last_decree);
         if code == ResponseCode::Success && is_last_decree {
@@ -364,7 +364,7 @@ impl RslReplica {
 
     /// `FastReadRequest`: runs `execute_fast_read_request` on this replica once its state has
     /// reached `max_seen_seq_no`, waiting up to `timeout` if it lags by no more than
-    /// `m_fastReadSeqThreshold` (api-behavior §2.18).
+    /// `m_fastReadSeqThreshold` (docs/spec/behavior.md §2.18).
     pub fn fast_read_request(&self, max_seen_seq_no: u64, request: Bytes, cookie: Cookie, timeout: Duration) -> ResponseCode {
         if self.shared.shutting_down.load(Relaxed) {
             return ResponseCode::ShuttingDown;

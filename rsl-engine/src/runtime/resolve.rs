@@ -1,4 +1,4 @@
-//! The resolver thread (`ResolveNode`, api-behavior §2.2): keeps each peer's address current
+//! The resolver thread (`ResolveNode`, docs/spec/behavior.md §2.2): keeps each peer's address current
 //! by asking the service's [`Admission::resolve_node`], as the original's `IPLookup` thread
 //! does. A round runs every [`RESOLVE_INTERVAL`] and at once when the peers change or an
 //! outbound connection to one fails; it asks about every peer whose address is 0.0.0.0 or

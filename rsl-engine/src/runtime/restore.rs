@@ -1,4 +1,4 @@
-//! Restore from disk, for start-up and for the read-only `Replay` (api-behavior §2.23): the
+//! Restore from disk, for start-up and for the read-only `Replay` (docs/spec/behavior.md §2.23): the
 //! newest checkpoint the state machine loads, then the logged records replayed through the
 //! core, each action they yield handed to a sink. The shared state the service queries moves
 //! as it would live (the checkpoint's decree and configuration while it loads, each decree as

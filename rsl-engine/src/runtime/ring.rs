@@ -96,7 +96,7 @@ pub(crate) struct Io {
     /// The `Event::Submit`s handled, of `Shared::submits_offered`.
     submits_handled: u64,
     /// A step-down's `NotifyStatus(false)`, held until this many requests are handled: those
-    /// taken before `is_primary` was cleared come back first (api-behavior §3.5).
+    /// taken before `is_primary` was cleared come back first (docs/spec/behavior.md §3.5).
     status_after: Option<u64>,
     /// What the core handed out while a `NotifyStatus(false)` was held (refusals aside): it
     /// follows the status, in order, as it would have without the hold.

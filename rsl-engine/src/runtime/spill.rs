@@ -1,4 +1,4 @@
-//! The execute queue's memory bound (api-behavior §2.6) in the runtime: the protocol thread hands chosen
+//! The execute queue's memory bound (docs/spec/behavior.md §2.6) in the runtime: the protocol thread hands chosen
 //! decrees to the execute thread while fewer than `in_memory_execution_queue_size_mb` bytes of
 //! them wait there; past that it keeps only where each decree's vote is in the log, and
 //! re-reads them, in decree order, once the execute thread has worked down to half the bound.

@@ -1,5 +1,5 @@
 //! The Paxos port: framed RSL messages over TCP, one outbound connection per peer and a reader
-//! for every connection peers open to us (formats.md §7.1, api-behavior.md §2.30).
+//! for every connection peers open to us (docs/spec/formats.md §7.1, docs/spec/behavior.md §2.30).
 //!
 //! The protocol thread calls [`Transport::send`], which never blocks. While a plain TCP
 //! connection's task has nothing queued or being written, the packet goes straight into the
@@ -898,7 +898,7 @@ async fn read_inbound(stream: TcpStream, from: SocketAddr, reading: Arc<Reading>
 }
 
 /// Which end of a connection we are: the original's client side (our outbound connection)
-/// only takes response types (api-behavior.md §2.30); the server side takes everything.
+/// only takes response types (docs/spec/behavior.md §2.30); the server side takes everything.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Side {
     Outbound,

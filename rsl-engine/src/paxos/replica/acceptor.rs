@@ -1,5 +1,5 @@
 //! The acceptor side: which votes and prepares a replica accepts, logs and answers
-//! (api-behavior §2.8), and the vote cache kept while initializing.
+//! (docs/spec/behavior.md §2.8), and the vote cache kept while initializing.
 
 use super::*;
 
@@ -106,7 +106,7 @@ impl Replica {
         }
     }
 
-    /// `HandleNewVotes` for one vote (api-behavior §2.8).
+    /// `HandleNewVotes` for one vote (docs/spec/behavior.md §2.8).
     pub(super) fn on_vote(&mut self, now: Micros, from: MemberId, vote: Arc<Message>, app: &mut dyn Application, out: &mut Vec<Action>) {
         debug_assert_ne!(self.role, Role::Initializing);
         debug_assert!(self.members.contains(&from) && from != self.me, "admit lets in votes from the other members only");
@@ -178,7 +178,7 @@ impl Replica {
         self.action_deadline = Micros::MAX;
     }
 
-    /// `HandlePrepareMsg` (api-behavior §2.8).
+    /// `HandlePrepareMsg` (docs/spec/behavior.md §2.8).
     pub(super) fn on_prepare(&mut self, now: Micros, from: MemberId, prep: Arc<Message>, app: &mut dyn Application, out: &mut Vec<Action>) {
         if self.pipelined() {
             return self.on_prepare_pipelined(now, from, prep, app, out);

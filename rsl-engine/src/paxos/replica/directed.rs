@@ -720,7 +720,7 @@ fn an_unbounded_election_delay_from_a_caller_saturates() {
     assert!((1..3).all(|i| ring.r(i).role() == Role::Secondary), "no election");
 }
 
-/// `allow_promotion_while_catching_up` (api-behavior §2.9 step 2, Errata D1): a replica whose
+/// `allow_promotion_while_catching_up` (docs/spec/behavior.md §2.9 step 2, Errata D1): a replica whose
 /// executor has not yet run a chosen decree does not stand for election, even when asked to,
 /// unless the flag lets it; once its executor catches up it stands. Allowed, it is elected
 /// while the decree still waits, and `NotifyPrimaryRecovered` waits for it.
@@ -761,7 +761,7 @@ fn a_replica_with_decrees_waiting_to_execute_stands_only_if_allowed() {
     }
 }
 
-/// The protocol-version raise (api-behavior §2.29): a ring at version 5 whose primary comes
+/// The protocol-version raise (docs/spec/behavior.md §2.29): a ring at version 5 whose primary comes
 /// back at 6 moves to 6 as its votes execute, and never back (a replica restarted at 5 replays
 /// them and is at 6 again). A raised secondary answers in version 6.
 #[test]

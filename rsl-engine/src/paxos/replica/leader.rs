@@ -57,7 +57,7 @@ impl Replica {
         Ok(())
     }
 
-    /// `ReplicateRequestExclusiveVote(isLastDecree = true)` (api-behavior §2.19): the request
+    /// `ReplicateRequestExclusiveVote(isLastDecree = true)` (docs/spec/behavior.md §2.19): the request
     /// gets a vote of its own, and the replica is shutting down from now on. Later submits
     /// fail with `ShuttingDown`; once the votes in flight are chosen it proposes nothing more
     /// (no heartbeats), and it no longer stands for election, so the secondaries time out and

@@ -239,7 +239,7 @@ impl Replica {
         self.paxos_config.number > self.highest_defunct + 1
     }
 
-    /// `VerifyMessage` (api-behavior §2.17.5 with erratum D7): a message of a defunct
+    /// `VerifyMessage` (docs/spec/behavior.md §2.17.5 with erratum D7): a message of a defunct
     /// configuration is answered with DefunctConfiguration, one of a newer configuration with
     /// a JoinRequest, one of an older configuration or to an inactive replica is dropped, and
     /// anything else must come from a member of ours (an error to report).

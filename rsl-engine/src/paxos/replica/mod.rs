@@ -1,4 +1,4 @@
-//! One replica's protocol state and its transitions, following RSL (api-behavior §2): the
+//! One replica's protocol state and its transitions, following RSL (docs/spec/behavior.md §2): the
 //! acceptor rules, elections through a status quorum and a Prepare, one outstanding vote with
 //! requests batched behind it, heartbeats, and catch-up by fetching votes.
 //!
@@ -399,7 +399,7 @@ impl Replica {
     }
 
     /// The protocol version this replica speaks: the configured one, raised by executing a vote
-    /// of a newer one (api-behavior §2.29).
+    /// of a newer one (docs/spec/behavior.md §2.29).
     pub fn version(&self) -> Version {
         self.version
     }
@@ -826,7 +826,7 @@ impl Replica {
         );
         self.next_execute = decree + 1;
         // RSL's `AddToExecutionQueue`: a chosen vote of a newer version raises ours for good
-        // (api-behavior §2.29). Never into or out of 7: `check_version` keeps the pipelined
+        // (docs/spec/behavior.md §2.29). Never into or out of 7: `check_version` keeps the pipelined
         // protocol apart, so only 1 to 6 rise this way; 7 is configured.
         if vote.header.version > self.version {
             debug_assert_eq!(vote.header.version.is_pipelined(), self.pipelined());
@@ -939,7 +939,7 @@ impl Replica {
         debug_assert!(self.role == Role::Initializing && self.statuses.is_empty(), "a status round starts afresh");
     }
 
-    /// `MoveToSecondaryOrPrepare` (api-behavior §2.9).
+    /// `MoveToSecondaryOrPrepare` (docs/spec/behavior.md §2.9).
     fn move_to_secondary_or_prepare(&mut self, now: Micros, app: &mut dyn Application, out: &mut Vec<Action>) {
         debug_assert_eq!(self.role, Role::Initializing);
         debug_assert!(self.candidacy.is_none() && self.learning.is_none() && self.loading.is_none(), "not done finding the ring");

@@ -1,5 +1,5 @@
 //! Property tests of the replica's handlers (issue 13, item 2): the postconditions of
-//! api-behavior §2.8–§2.11 and §2.17, checked on what one handler did with one generated
+//! docs/spec/behavior.md §2.8–§2.11 and §2.17, checked on what one handler did with one generated
 //! message in a generated state.
 //!
 //! A state is a short generated history (elections, requests, time, cut links, restarts,

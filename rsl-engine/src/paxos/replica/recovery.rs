@@ -108,7 +108,7 @@ impl Replica {
         Ok(())
     }
 
-    /// The policy of api-behavior §2.14 on a log roll: a secondary (or a lone replica) saves
+    /// The policy of docs/spec/behavior.md §2.14 on a log roll: a secondary (or a lone replica) saves
     /// at the decree before the new log; a primary copies a secondary's checkpoint instead.
     pub(super) fn on_log_rolled(&mut self, now: Micros, first_decree: u64, out: &mut Vec<Action>) {
         (self.log_first, self.roll_asked) = (first_decree, false);
@@ -128,7 +128,7 @@ impl Replica {
         debug_assert!(target > self.checkpointed, "a checkpoint asked for at or below the last one");
     }
 
-    /// Time-based checkpoints (api-behavior §2.14, checked as each vote is logged): once the
+    /// Time-based checkpoints (docs/spec/behavior.md §2.14, checked as each vote is logged): once the
     /// deadline has passed and the log has not rolled since the last checkpoint (so a slow or
     /// failing checkpoint does not start a stream of logs), the log rolls at the next vote for
     /// a new decree, and the roll asks for a checkpoint like one by size.
@@ -219,7 +219,7 @@ impl Replica {
             self.state_config = cp.config.clone();
             self.accepted = self.next_vote_or_placeholder(&cp);
             self.accepted_at = now;
-            // The runtime starts a new log with the next vote (formats.md §8.1).
+            // The runtime starts a new log with the next vote (docs/spec/formats.md §8.1).
             self.accepted_seq =
                 if self.accepted.header.ballot.is_empty() { self.persist_seq } else { self.persist(self.accepted.clone(), out) };
             self.keep_next_vote(self.accepted_seq);
@@ -265,7 +265,7 @@ impl Replica {
         self.send(Dest::One(from), Message::new(self.header(ad, ab), Body::StatusResponse(status)), 0, out);
     }
 
-    /// `HandleStatusResponseMsg` (api-behavior §2.11).
+    /// `HandleStatusResponseMsg` (docs/spec/behavior.md §2.11).
     pub(super) fn on_status_response(
         &mut self,
         now: Micros,

@@ -131,7 +131,7 @@ impl Replica {
     }
 
     /// Before version 7 every version is taken, as in RSL: a ring moves to a newer one by its
-    /// primary's votes, and each replica raises its own once it executes one (api-behavior
+    /// primary's votes, and each replica raises its own once it executes one (docs/spec/behavior.md
     /// §2.29, `Replica::execute`). Votes are logged, and embedded in PrepareAccepted, in their
     /// own version. A pipelined message means something else to a replica that is not (and back).
     fn check_version(&self, v: Version) -> Result<(), Rejection> {

@@ -22,7 +22,7 @@
 //! side it plays (clientAuth when it connects, serverAuth when it accepts): a ring member's
 //! certificate needs both, as `issue` makes them. No host name is checked on either side.
 //!
-//! The bytes inside TLS are the plain protocol's (formats.md §7.3).
+//! The bytes inside TLS are the plain protocol's (docs/spec/formats.md §7.3).
 
 pub mod issue;
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! The original's message-handling tests (api-behavior §3.1 rows 1–10, §3.2 rows 31–32), each
+//! The original's message-handling tests (docs/spec/behavior.md §3.1 rows 1–10, §3.2 rows 31–32), each
 //! named after the original test, on the single-replica [`Bench`]. TestInvalidMessages (row 4)
 //! is `hostile.rs` and `tests/hostile.rs`.
 //!
@@ -327,7 +327,7 @@ fn two_decrees_in() -> Bench {
 
 /// TestVoteMsg in Secondary, where the accepted ballot is the fake's.
 const VOTE_IN_SECONDARY: [Step; 13] = [
-    // The decree before at our ballot: silence, deliberately (api-behavior §2.8).
+    // The decree before at our ballot: silence, deliberately (docs/spec/behavior.md §2.8).
     ignored(-1, A, Sec),
     // Beyond the original's grid: two decrees behind is refused.
     refused(-2, A, Sec),
@@ -368,7 +368,7 @@ fn test_vote_msg() {
 
 /// TestVoteMsgInPrepared from the cell below the promise on, in a state whose role is `role`.
 /// A vote between the accepted ballot and the promise is logged but answered NotAccepted
-/// (api-behavior §2.8); the next decree at that ballot then makes ours chosen, and is itself
+/// (docs/spec/behavior.md §2.8); the next decree at that ballot then makes ours chosen, and is itself
 /// logged and refused. The replica follows: Preparing gives up its candidacy (the original
 /// does not check the role here).
 fn vote_below_promise(role: Role) -> [Step; 9] {
@@ -907,7 +907,7 @@ fn cache(bench: &mut Bench, records: &[(u64, Ballot)]) {
 }
 
 /// Our replica answers each cached vote as it drains the cache; the original answers only the
-/// last of a run of votes from one sender (api-behavior §2.8). The last answer is the one the
+/// last of a run of votes from one sender (docs/spec/behavior.md §2.8). The last answer is the one the
 /// original sends. `answered`: the (decree, ballot) of each vote answered, in order, from
 /// the status `s`.
 fn answers(s: &Status, answered: &[(u64, Ballot)]) -> Vec<Sent> {

@@ -1,6 +1,6 @@
-//! The original's test catalogue (api-behavior §3) as directed tests of the core, and the
+//! The original's test catalogue (docs/spec/behavior.md §3) as directed tests of the core, and the
 //! single-replica harness they share, rebuilt after the original's `RslStateMachine` suite
-//! (api-behavior §3.0): one real replica, member "2" of {1, 2, 3}, driven by hand-crafted
+//! (docs/spec/behavior.md §3.0): one real replica, member "2" of {1, 2, 3}, driven by hand-crafted
 //! messages from fake legislators "1" and "3".
 //!
 //! [`Bench`] holds the replica and a virtual clock that moves only when a test says so; its
@@ -128,7 +128,7 @@ pub(super) fn executed(out: &[Action]) -> Vec<u64> {
         .collect()
 }
 
-/// The harness's configuration: every interval 60 s (api-behavior §3.0).
+/// The harness's configuration: every interval 60 s (docs/spec/behavior.md §3.0).
 fn harness_config() -> CoreConfig {
     let minute = 60 * SEC;
     CoreConfig {

@@ -1,4 +1,4 @@
-//! The original's scenario tests that had no directed equivalent (api-behavior §3.1 to §3.3;
+//! The original's scenario tests that had no directed equivalent (docs/spec/behavior.md §3.1 to §3.3;
 //! docs/testing.md maps every one): CanBecomePrimary, AcceptMessageFromReplica, learning from a
 //! bad stream, checkpointing's hold on elections, a one-member ring, reconfigurations that keep
 //! or drop a member, and bootstrap by message, by API, by checkpoint and by joining later. Each
@@ -708,7 +708,7 @@ fn relinquish_primary() {
     assert_eq!((lone.r.role(), sent(&out, MsgKind::StatusQuery).len()), (Role::Initializing, 1), "it looks for a new primary");
 }
 
-/// §3.7 and api-behavior §2.10, the "outcome unknown" abort: a primary outbid while its vote is
+/// §3.7 and docs/spec/behavior.md §2.10, the "outcome unknown" abort: a primary outbid while its vote is
 /// in flight returns the vote's cookies (`NotPrimary`) and says it is no longer primary; the
 /// new primary, told of the vote by the old one's promise, re-proposes it, and it executes
 /// everywhere, on the old primary too (without its cookie, which already came back).
