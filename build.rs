@@ -1,8 +1,12 @@
 //! Builds what `librsl` holds besides Rust code:
-//! - the C header of `rsl-ffi`, generated into `include/rsl_ffi.h` (cbindgen);
+//! - the C header of `rsl-ffi`, generated into `include/rsl_ffi.h` (cbindgen), with the
+//!   version macros `RSL_VERSION_MAJOR/MINOR/PATCH` from the package version;
 //! - the C++ `RSLib` shim (`cpp-shim/*.cpp`, compiled with the `cc` crate) linked whole into
 //!   `librsl.a` and `librsl.so`, with its symbols exported from the shared library;
-//! - `target/<profile>/rsl.pc`, the pkg-config file for services (from `cpp-shim/rsl.pc.in`).
+//! - `librsl.so`'s SONAME, `librsl.so.<major>`, and beside the built library the symlink of
+//!   that name, so that programs linked in the build tree run;
+//! - `target/<profile>/rsl.pc`, the pkg-config file for services built against the build tree
+//!   (from `cpp-shim/rsl.pc.in`; `cargo xtask install` writes the installed one).
 
 use std::path::{Path, PathBuf};
 
@@ -14,14 +18,30 @@ fn main() {
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     generate_c_header(&root);
     compile_shim(&root);
+    set_soname(&out);
     write_pkg_config(&root, &out);
+}
+
+/// The package version's three numbers.
+fn version() -> [String; 3] {
+    ["MAJOR", "MINOR", "PATCH"].map(|part| std::env::var(format!("CARGO_PKG_VERSION_{part}")).expect("cargo sets the version"))
+}
+
+/// `target/<profile>`: OUT_DIR is target/<profile>/build/rsl-<hash>/out.
+fn profile_dir(out: &Path) -> Option<&Path> {
+    out.ancestors().nth(3)
 }
 
 fn generate_c_header(root: &Path) {
     let ffi = root.join("rsl-ffi");
     println!("cargo:rerun-if-changed=rsl-ffi/src");
     println!("cargo:rerun-if-changed=rsl-ffi/cbindgen.toml");
-    let config = cbindgen::Config::from_file(ffi.join("cbindgen.toml")).expect("rsl-ffi/cbindgen.toml is valid");
+    let mut config = cbindgen::Config::from_file(ffi.join("cbindgen.toml")).expect("rsl-ffi/cbindgen.toml is valid");
+    let [major, minor, patch] = version();
+    config.after_includes = Some(format!(
+        "\n/* The library's version (the package version; the SONAME's number is the major). */\n\
+         #define RSL_VERSION_MAJOR {major}\n#define RSL_VERSION_MINOR {minor}\n#define RSL_VERSION_PATCH {patch}"
+    ));
     let header = cbindgen::Builder::new().with_crate(&ffi).with_config(config).generate().expect("cbindgen can read rsl-ffi");
     header.write_to_file(root.join("include/rsl_ffi.h"));
 }
@@ -71,11 +91,31 @@ fn uses_rust_lld() -> bool {
     target == "x86_64-unknown-linux-gnu" && minor >= 90 && !flags_choose_linker
 }
 
+/// Gives `librsl.so` the SONAME `librsl.so.<major>`, so that programs record that name and an
+/// incompatible major version is never loaded in its place. A program linked against the
+/// build tree then looks for `librsl.so.<major>`: the symlink of that name, next to each copy
+/// cargo makes (`target/<profile>` and its `deps`), points at `librsl.so`.
+fn set_soname(out: &Path) {
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("linux") {
+        return;
+    }
+    let soname = format!("librsl.so.{}", version()[0]);
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,{soname}");
+    let Some(profile) = profile_dir(out) else { return };
+    for dir in [profile.to_path_buf(), profile.join("deps")] {
+        let link = dir.join(&soname);
+        if std::fs::read_link(&link).ok().as_deref() != Some(Path::new("librsl.so")) {
+            let _ = std::fs::remove_file(&link);
+            let _ = std::fs::create_dir_all(&dir);
+            std::os::unix::fs::symlink("librsl.so", &link).unwrap_or_else(|e| panic!("cannot create {}: {e}", link.display()));
+        }
+    }
+}
+
 /// Writes `target/<profile>/rsl.pc` (beside `librsl.so`) from `cpp-shim/rsl.pc.in`.
 fn write_pkg_config(root: &Path, out: &Path) {
     println!("cargo:rerun-if-changed=cpp-shim/rsl.pc.in");
-    // OUT_DIR is target/<profile>/build/rsl-<hash>/out: the profile directory is three up.
-    let Some(libdir) = out.ancestors().nth(3) else { return };
+    let Some(libdir) = profile_dir(out) else { return };
     let template = std::fs::read_to_string(root.join("cpp-shim/rsl.pc.in")).expect("cpp-shim/rsl.pc.in is readable");
     let pc = template
         .replace("@PREFIX@", &root.display().to_string())

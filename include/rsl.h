@@ -19,6 +19,12 @@
 #include <cstdint>
 #include <vector>
 
+/* The library's version (the workspace version in Cargo.toml; rsl_ffi.h defines the same
+ * three). The SONAME's number is RSL_VERSION_MAJOR. tests/examples.rs checks them. */
+#define RSL_VERSION_MAJOR 0
+#define RSL_VERSION_MINOR 1
+#define RSL_VERSION_PATCH 0
+
 /* ------------------------------------------------------------------------------------------
  * Portable stand-ins for the Windows types and constants the API (and services written
  * against it) take from <windows.h>. Each one is skipped on Windows or if already defined.

@@ -9,6 +9,11 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+/* The library's version (the package version; the SONAME's number is the major). */
+#define RSL_VERSION_MAJOR 0
+#define RSL_VERSION_MINOR 1
+#define RSL_VERSION_PATCH 0
+
 /**
  * A checkpoint's header (RSL's internal `CheckpointHeader`), read from a file by
  * `rsl_checkpoint_header_read`: what `rsl_checkpoint_reader_open_with` checks a file against

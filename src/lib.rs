@@ -3,3 +3,8 @@
 
 pub use rsl_engine as engine;
 pub use rsl_ffi as ffi;
+
+/// The README's Rust quick start, compiled as a doc test so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeQuickStart;
