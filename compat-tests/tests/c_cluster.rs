@@ -55,11 +55,12 @@ fn compile(out: &Path, sanitize: bool) -> PathBuf {
 }
 
 /// Six free consecutive ports (each replica's Paxos and learn port); the two tests of this
-/// process draw from different offsets so they never pick the same ones.
+/// process draw from different offsets so they never pick the same ones. All lie below Linux's
+/// default ephemeral range (32768 up), which outgoing connections draw from.
 fn free_base() -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     (0..100)
-        .map(|_| 20_000 + (std::process::id() % 1000) as u16 * 30 + NEXT.fetch_add(6, Relaxed) % 24)
+        .map(|_| 20_000 + (std::process::id() % 400) as u16 * 30 + NEXT.fetch_add(6, Relaxed) % 24)
         .find(|&base| (0..6).all(|k| TcpListener::bind((Ipv4Addr::LOCALHOST, base + k)).is_ok()))
         .expect("six free ports")
 }

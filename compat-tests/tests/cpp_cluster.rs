@@ -128,12 +128,14 @@ fn wait_exit(child: &mut Child, deadline: Instant, what: &str) -> std::process::
     }
 }
 
-/// A base port such that base + 10i and base + 10i + 1 (i < 3) are free on 127.0.0.1.
+/// A base port such that base + 10i and base + 10i + 1 (i < 3) are free on 127.0.0.1, below
+/// Linux's default ephemeral range (32768 up): an outgoing connection of any process may take
+/// a port in that range while a replica is down, and its restart could not listen again.
 fn free_base_port() -> u16 {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
     let seed = std::process::id() as u64 ^ nanos;
     for attempt in 0..200u64 {
-        let base = 20_000 + ((seed.wrapping_mul(7919).wrapping_add(attempt * 104_729)) % 40_000) as u16;
+        let base = 20_000 + ((seed.wrapping_mul(7919).wrapping_add(attempt * 104_729)) % 12_000) as u16;
         let ports = [0u16, 1, 10, 11, 20, 21].map(|d| base + d);
         if ports.iter().all(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok()) {
             return base;
