@@ -344,7 +344,8 @@ typedef struct rsl_replica_health {
 } rsl_replica_health;
 
 /**
- * `RSLStats`: counters since the previous snapshot (taking one resets them).
+ * `RSLStats`: counters since the previous snapshot (taking one starts the next period; the
+ * totals `rsl_metrics_render` shows go on).
  */
 typedef struct rsl_stats {
   /**

@@ -117,7 +117,8 @@ pub struct rsl_replica_health {
     pub last_request_voted_decree: u64,
 }
 
-/// `RSLStats`: counters since the previous snapshot (taking one resets them).
+/// `RSLStats`: counters since the previous snapshot (taking one starts the next period; the
+/// totals `rsl_metrics_render` shows go on).
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 pub struct rsl_stats {

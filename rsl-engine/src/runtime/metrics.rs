@@ -22,6 +22,7 @@ use prometheus_client::registry::Registry;
 use std::fmt;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, Weak};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The `Content-Type` of [`render`]'s text (Prometheus text format 0.0.4).
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -326,16 +327,18 @@ const SCRAPE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Serves [`render`] as `GET /metrics` over HTTP/1.1 on `listener` until the task is dropped:
 /// one request per connection, at most [`MAX_SCRAPERS`] connections, request heads of at most
-/// 8 KiB that must arrive within 5 s. Anything else is answered 404, 405 or 400.
+/// 8 KiB that must arrive (and be answered) within 5 s. Anything else is answered 404, 405,
+/// 400 or 431.
 pub async fn serve(listener: tokio::net::TcpListener) {
-    super::transport::accept_each(listener, "metrics", MAX_SCRAPERS, |conn, _from| async move {
-        let _ = tokio::time::timeout(SCRAPE_TIMEOUT, answer(conn)).await;
-    })
-    .await
+    super::transport::accept_each(listener, "metrics", MAX_SCRAPERS, |conn, _from| scrape(conn)).await
 }
 
-async fn answer(mut conn: tokio::net::TcpStream) -> std::io::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// One connection: its request answered, or closed at [`SCRAPE_TIMEOUT`].
+async fn scrape<C: AsyncRead + AsyncWrite + Unpin>(conn: C) {
+    let _ = tokio::time::timeout(SCRAPE_TIMEOUT, answer(conn)).await;
+}
+
+async fn answer<C: AsyncRead + AsyncWrite + Unpin>(mut conn: C) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -344,33 +347,76 @@ async fn answer(mut conn: tokio::net::TcpStream) -> std::io::Result<()> {
             return Ok(());
         }
         if head.len() + n > MAX_REQUEST {
-            return respond(&mut conn, "431 Request Header Fields Too Large", "text/plain", "request too large\n").await;
+            return respond(&mut conn, "431 Request Header Fields Too Large", "request too large\n").await;
         }
         head.extend_from_slice(&chunk[..n]);
     }
     let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
     let mut parts = line.split(|&b| b == b' ');
-    let (method, path, version) = (parts.next(), parts.next(), parts.next());
-    let reply = match (method, path.map(|p| p.split(|&b| b == b'?').next().unwrap_or_default()), version) {
-        (Some(b"GET"), Some(b"/metrics"), Some(v)) if v.starts_with(b"HTTP/1.") => return serve_text(&mut conn).await,
-        (Some(b"GET"), Some(_), Some(v)) if v.starts_with(b"HTTP/1.") => ("404 Not Found", "not found: try /metrics\n"),
-        (Some(_), Some(_), Some(v)) if v.starts_with(b"HTTP/1.") => ("405 Method Not Allowed", "only GET\n"),
+    let (method, path, version) = (parts.next(), parts.next().map(|p| p.split(|&b| b == b'?').next().unwrap_or_default()), parts.next());
+    let http1 = version.is_some_and(|v| v.starts_with(b"HTTP/1."));
+    let (status, body) = match (method, path) {
+        (Some(b"GET"), Some(b"/metrics")) if http1 => {
+            // Read on a blocking thread: a scrape takes short locks the replicas share.
+            let text = tokio::task::spawn_blocking(render).await.map_err(std::io::Error::other)?;
+            return respond_with(&mut conn, "200 OK", CONTENT_TYPE, &text).await;
+        }
+        (Some(b"GET"), Some(_)) if http1 => ("404 Not Found", "not found: try /metrics\n"),
+        (Some(_), Some(_)) if http1 => ("405 Method Not Allowed", "only GET\n"),
         _ => ("400 Bad Request", "bad request\n"),
     };
-    respond(&mut conn, reply.0, "text/plain", reply.1).await?;
-    conn.shutdown().await
+    respond(&mut conn, status, body).await
 }
 
-async fn serve_text(conn: &mut tokio::net::TcpStream) -> std::io::Result<()> {
-    // The rings are read on a blocking thread: a scrape takes short locks the replicas share.
-    let text = tokio::task::spawn_blocking(render).await.map_err(std::io::Error::other)?;
-    respond(conn, "200 OK", CONTENT_TYPE, &text).await
+async fn respond<C: AsyncWrite + Unpin>(conn: &mut C, status: &str, body: &str) -> std::io::Result<()> {
+    respond_with(conn, status, "text/plain; charset=utf-8", body).await
 }
 
-async fn respond(conn: &mut tokio::net::TcpStream, status: &str, content_type: &str, body: &str) -> std::io::Result<()> {
-    use tokio::io::AsyncWriteExt;
+async fn respond_with<C: AsyncWrite + Unpin>(conn: &mut C, status: &str, content_type: &str, body: &str) -> std::io::Result<()> {
     let head = format!("HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
     conn.write_all(head.as_bytes()).await?;
     conn.write_all(body.as_bytes()).await?;
-    conn.flush().await
+    conn.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::duplex;
+
+    /// Sends `request` to a connection served by `scrape` and returns all it answers.
+    async fn ask(request: &[u8]) -> String {
+        let (mut client, server) = duplex(64 << 10);
+        let served = tokio::spawn(scrape(server));
+        client.write_all(request).await.unwrap();
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.unwrap();
+        served.await.unwrap();
+        answer
+    }
+
+    #[tokio::test]
+    async fn the_endpoint_answers_get_metrics_and_refuses_the_rest() {
+        let page = ask(b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n").await;
+        assert!(page.starts_with("HTTP/1.1 200 OK\r\n") && page.contains(CONTENT_TYPE), "{page}");
+        let status = |answer: String| answer.lines().next().unwrap_or_default().to_string();
+        assert_eq!(status(ask(b"GET / HTTP/1.1\r\n\r\n").await), "HTTP/1.1 404 Not Found");
+        assert_eq!(status(ask(b"PUT /metrics HTTP/1.0\r\n\r\n").await), "HTTP/1.1 405 Method Not Allowed");
+        assert_eq!(status(ask(b"hello\r\n\r\n").await), "HTTP/1.1 400 Bad Request");
+        let mut huge = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
+        huge.resize(MAX_REQUEST + 10, b'a');
+        assert_eq!(status(ask(&huge).await), "HTTP/1.1 431 Request Header Fields Too Large");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_never_ends_is_closed() {
+        let (mut client, server) = duplex(1024);
+        let served = tokio::spawn(scrape(server));
+        client.write_all(b"GET /metrics HTTP/1.1\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        // The paused clock jumps to the timeout once all is idle: closed, unanswered.
+        client.read_to_end(&mut answer).await.unwrap();
+        served.await.unwrap();
+        assert!(answer.is_empty());
+    }
 }
