@@ -89,6 +89,7 @@ impl Probe {
             primary_id: primary.map(|p| p.to_string()).unwrap_or_default(),
             secondary: role == Some(Role::Secondary),
             failed: s.failure.get().is_some(),
+            stopped: s.shutting_down.load(Relaxed),
             executed: s.current_seq.load(Relaxed),
             passed: s.passed_seq.load(Relaxed),
             ballot: ballot.into(),
@@ -122,6 +123,7 @@ struct Sample {
     primary_id: String,
     secondary: bool,
     failed: bool,
+    stopped: bool,
     executed: u64,
     passed: u64,
     ballot: u64,
@@ -238,6 +240,7 @@ impl Rings {
         self.gauge(enc, "rsl_primary", "1 on the primary, else 0.", |s| s.primary.into())?;
         self.gauge(enc, "rsl_secondary", "1 on a secondary that follows a primary, else 0.", |s| s.secondary.into())?;
         self.gauge(enc, "rsl_failed", "1 once the replica failed (it stops), else 0.", |s| s.failed.into())?;
+        self.gauge(enc, "rsl_stopped", "1 once the replica stops (unloaded, or failed), else 0.", |s| s.stopped.into())?;
         self.gauge(enc, "rsl_decree_executed", "The last decree executed.", |s| s.executed as i64)?;
         self.gauge(enc, "rsl_decree_passed", "The highest decree known chosen.", |s| s.passed as i64)?;
         self.gauge(enc, "rsl_ballot", "The highest ballot number promised.", |s| s.ballot as i64)?;

@@ -74,6 +74,9 @@ pub struct RslReplica {
     paused: Mutex<Option<mpsc::Sender<()>>>,
     /// What the process's metrics read of this replica (they hold it weakly).
     _probe: Arc<metrics::Probe>,
+    /// The replica's `rsl{ring, member}` span, which its threads run in; `unload` enters it
+    /// on the caller's thread too.
+    span: tracing::Span,
     /// Tests make the journal's writes fail through this.
     #[cfg(test)]
     journal: super::journal::LogReader,
@@ -132,7 +135,8 @@ impl RslReplica {
         cfg.validate()?;
         // Every line the replica logs, on any of its threads, names its ring and member.
         let ring_name = metrics::ring_label(&cfg.ring_name, &me);
-        let _span = tracing::error_span!("rsl", ring = %ring_name, member = %me.id).entered();
+        let span = tracing::error_span!("rsl", ring = %ring_name, member = %me.id);
+        let _span = span.clone().entered();
         if members.is_none() && version.get() < 4 {
             return Err(InitError::Invalid("a replica without an initial member list needs protocol version 4 or later"));
         }
@@ -275,6 +279,7 @@ impl RslReplica {
         probe.register();
         Ok(RslReplica {
             _probe: probe,
+            span,
             shared,
             events: events_tx,
             work: work_tx,
@@ -665,6 +670,7 @@ impl RslReplica {
     /// `shut_down` runs; the threads are joined. The process keeps running. Later calls do
     /// nothing. On a failed replica it only waits for the threads, which are already ending.
     pub fn unload(&self) {
+        let _span = self.span.enter();
         self.shared.shutting_down.store(true, Relaxed);
         self.resume();
         let _ = self.events.send(Event::Stop);
@@ -963,7 +969,7 @@ mod tests {
         let samples = samples_of(&text, &ring);
         let value = |name: &str| samples.iter().find(|s| s.0 == name).unwrap_or_else(|| panic!("{name} missing:\n{text}")).2;
         assert_eq!(value("rsl_primary"), 1.0);
-        assert_eq!(value("rsl_failed"), 0.0);
+        assert_eq!((value("rsl_failed"), value("rsl_stopped")), (0.0, 0.0));
         assert!(value("rsl_decree_executed") >= 1.0);
         assert_eq!(value("rsl_members"), 1.0);
         // The snapshot reset its own counts, not the metrics' totals.
@@ -984,6 +990,9 @@ mod tests {
         let text = metrics::render();
         assert!(samples_of(&text, "orders").iter().any(|s| s.0 == "rsl_decree_executed" && s.1.contains("member=\"2\"")), "{text}");
         assert!(!samples_of(&text, &ring).is_empty(), "{text}");
+        named.unload();
+        let stopped = samples_of(&metrics::render(), "orders").into_iter().find(|s| s.0 == "rsl_stopped").map(|s| s.2);
+        assert_eq!(stopped, Some(1.0), "an unloaded replica shows as stopped until dropped");
         drop(named);
         one.replica.take().unwrap().unload();
         let text = metrics::render();

@@ -203,6 +203,7 @@ pub fn rows(pages: &[(String, Vec<Sample>)]) -> BTreeMap<String, Vec<Row>> {
                 "rsl_decree_executed" => row.decree = s.value as u64,
                 "rsl_primary" if s.value == 1.0 => row.role = "primary",
                 "rsl_secondary" if s.value == 1.0 && row.role == "other" => row.role = "secondary",
+                "rsl_stopped" if s.value == 1.0 && row.role != "failed" => row.role = "stopped",
                 "rsl_failed" if s.value == 1.0 => row.role = "failed",
                 "rsl_primary_member" => row.primary_hint = s.labels.get("primary").cloned().unwrap_or_default(),
                 "rsl_peer_connected" => row.peers.push((s.labels.get("peer").cloned().unwrap_or_default(), s.value == 1.0)),
