@@ -938,8 +938,6 @@ mod tests {
         }
     }
 
-    /// `pause` holds what reaches the protocol thread until `resume`; paused twice, `unload`
-    /// still returns.
     /// The samples of `text` whose labels include `ring="<ring>"`: (name, labels, value).
     fn samples_of<'a>(text: &'a str, ring: &str) -> Vec<(&'a str, &'a str, f64)> {
         let ring = format!("ring=\"{ring}\"");
@@ -999,6 +997,8 @@ mod tests {
         assert!(samples_of(&text, &ring).is_empty() && samples_of(&text, "orders").is_empty(), "dropped replicas leave the metrics");
     }
 
+    /// `pause` holds what reaches the protocol thread until `resume`; paused twice, `unload`
+    /// still returns.
     #[test]
     fn pause_holds_the_protocol_thread_until_resume_or_unload() {
         let mut one = start_one(Arc::new(AdmitAll));
