@@ -349,7 +349,8 @@ typedef struct rsl_replica_health {
 } rsl_replica_health;
 
 /**
- * `RSLStats`: counters since the previous snapshot (taking one resets them).
+ * `RSLStats`: counters since the previous snapshot (taking one starts the next period; the
+ * totals `rsl_metrics_render` shows go on).
  */
 typedef struct rsl_stats {
   /**
@@ -796,6 +797,22 @@ bool rsl_replica_is_primary(const struct rsl_replica *r);
  * `r` is NULL or a handle not yet destroyed; `buf` is NULL or holds `buf_len` writable bytes.
  */
 bool rsl_replica_failure(const struct rsl_replica *r, char *buf, size_t buf_len);
+
+/**
+ * The statistics and health of every replica of the process (every ring), as Prometheus
+ * text (format 0.0.4; the names are in docs/operations.md): what `rsl-kv replica --metrics`
+ * serves, for a service that serves it itself. Returns the text's length in bytes without
+ * the NUL. The text and a NUL go into `buf` only if they fit in `buf_len` bytes; otherwise
+ * `buf` gets the empty string (if `buf_len` > 0) and the caller tries again with a buffer of
+ * at least the length returned plus one (it can grow meanwhile). `buf` may be NULL when
+ * `buf_len` is 0. It reads counters and takes only the brief locks the other queries take
+ * (never one held across a callback), so it may be called from any thread, a callback
+ * included.
+ *
+ * # Safety
+ * `buf` is NULL or holds `buf_len` writable bytes.
+ */
+size_t rsl_metrics_render(char *buf, size_t buf_len);
 
 /**
  * Whether the replica stopped to catch up (`catch_up_by_restart`): it copied a peer's

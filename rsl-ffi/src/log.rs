@@ -11,8 +11,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{OnceLock, RwLock};
 use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id};
 use tracing::{Event, Level, Metadata, Subscriber};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
 
 /// Receives every log entry: `level` is RSL's `CallBackLogLevel` (0 Debug, 1 Info, 3 Warning,
 /// 4 Error, 5 Alert), `message` a NUL-terminated line valid only during the call. It may be called from
@@ -79,16 +81,34 @@ fn c_text(s: &str) -> CString {
 
 struct CallbackLayer;
 
-impl<S: Subscriber> Layer<S> for CallbackLayer {
+/// A span's name and fields as a line shows them: `rsl{ring=0 member=1}: `.
+struct SpanText(String);
+
+/// The spans an event is in, outermost first (a replica's thread: its ring and member).
+fn span_prefix<S: Subscriber + for<'a> LookupSpan<'a>>(event: &Event<'_>, ctx: &Context<'_, S>) -> String {
+    let Some(scope) = ctx.event_scope(event) else { return String::new() };
+    scope.from_root().filter_map(|span| span.extensions().get::<SpanText>().map(|t| t.0.clone())).collect()
+}
+
+impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for CallbackLayer {
     fn enabled(&self, meta: &Metadata<'_>, _ctx: Context<'_, S>) -> bool {
         *meta.level() <= Level::INFO || DEBUG.load(Relaxed)
     }
 
-    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let mut fields = Fields::default();
+        attrs.record(&mut fields);
+        let text = SpanText(format!("{}{{{}}}: ", attrs.metadata().name(), fields.all.trim_start()));
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(text);
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let meta = event.metadata();
         let mut fields = Fields::default();
         event.record(&mut fields);
-        let line = format!("{} {}: {}", meta.level(), meta.target(), fields.all);
+        let line = format!("{} {}: {}{}", meta.level(), meta.target(), span_prefix(event, &ctx), fields.all);
         let (callback, entries) = {
             let Ok(sink) = SINK.read() else { return };
             let Some(sink) = sink.as_ref() else { return };

@@ -569,6 +569,31 @@ pub unsafe extern "C" fn rsl_replica_failure(r: *const rsl_replica, buf: *mut c_
     })
 }
 
+/// The statistics and health of every replica of the process (every ring), as Prometheus
+/// text (format 0.0.4; the names are in docs/operations.md): what `rsl-kv replica --metrics`
+/// serves, for a service that serves it itself. Returns the text's length in bytes without
+/// the NUL. The text and a NUL go into `buf` only if they fit in `buf_len` bytes; otherwise
+/// `buf` gets the empty string (if `buf_len` > 0) and the caller tries again with a buffer of
+/// at least the length returned plus one (it can grow meanwhile). `buf` may be NULL when
+/// `buf_len` is 0. It reads counters and takes only the brief locks the other queries take
+/// (never one held across a callback), so it may be called from any thread, a callback
+/// included.
+///
+/// # Safety
+/// `buf` is NULL or holds `buf_len` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn rsl_metrics_render(buf: *mut c_char, buf_len: usize) -> usize {
+    guard_value(0, || {
+        let text = rsl_engine::runtime::metrics::render();
+        if !buf.is_null() && buf_len > 0 {
+            // SAFETY: `buf` holds `buf_len` writable bytes, per the caller.
+            let out = unsafe { std::slice::from_raw_parts_mut(buf, buf_len) };
+            write_c_str(out, if text.len() < buf_len { text.as_bytes() } else { b"" });
+        }
+        text.len()
+    })
+}
+
 /// Whether the replica stopped to catch up (`catch_up_by_restart`): it copied a peer's
 /// checkpoint into its data directory, delivered `state_copied(decree, file, NULL)` and then
 /// `shut_down(RSL_SHUTTING_DOWN)`; initialized again on the same directory, it loads that

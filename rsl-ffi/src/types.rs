@@ -117,7 +117,8 @@ pub struct rsl_replica_health {
     pub last_request_voted_decree: u64,
 }
 
-/// `RSLStats`: counters since the previous snapshot (taking one resets them).
+/// `RSLStats`: counters since the previous snapshot (taking one starts the next period; the
+/// totals `rsl_metrics_render` shows go on).
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 pub struct rsl_stats {
@@ -179,7 +180,7 @@ macro_rules! config_fields {
         pub(crate) fn config_from_c(c: &rsl_config) -> Result<RslConfig, rsl_status> {
             let dir = c_str(&c.working_dir).ok_or_else(|| fail(RSL_E_CONFIG, "working_dir is not NUL-terminated"))?;
             let catch_up = if c.catch_up_by_restart { CatchUp::Restart } else { CatchUp::LoadInPlace };
-            Ok(RslConfig { $($f: c.$f,)* working_dir: PathBuf::from(OsStr::from_bytes(dir)), tls: None, catch_up, net_delay_us: 0 })
+            Ok(RslConfig { $($f: c.$f,)* working_dir: PathBuf::from(OsStr::from_bytes(dir)), tls: None, catch_up, net_delay_us: 0, ring_name: String::new() })
         }
     };
 }

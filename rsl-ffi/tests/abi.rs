@@ -536,6 +536,36 @@ fn a_failed_replica_calls_shut_down_and_says_why() {
     assert_eq!(seen.shutdowns.load(SeqCst), 1, "shut_down once");
 }
 
+#[test]
+fn the_metrics_text_names_each_replica_and_fits_or_is_left_empty() {
+    let tmp = tempfile::tempdir().unwrap();
+    let seen = Box::new(Seen::default());
+    let cb = callbacks(&seen);
+    let mut cfg = config(tmp.path());
+    (cfg.election_delay_sec, cfg.heart_beat_interval_sec, cfg.new_leader_grace_period_sec) = (1, 1, 1);
+    let port = free_port();
+    let me = node("1", [127, 0, 0, 1], port, 0, "");
+    let mut r = null_mut();
+    assert_eq!(unsafe { rsl_replica_initialize(&cfg, &me, 6, false, &cb, &me, 1, &mut r) }, RSL_SUCCESS);
+    *seen.handle.lock().unwrap() = r as usize;
+    let until = Instant::now() + Duration::from_secs(20);
+    while !unsafe { rsl_replica_is_primary(r) } {
+        assert!(Instant::now() < until, "a one-member ring elects itself");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let needed = unsafe { rsl_metrics_render(null_mut(), 0) };
+    let mut short = [1 as c_char; 16];
+    assert!(unsafe { rsl_metrics_render(short.as_mut_ptr(), short.len()) } >= needed.min(16));
+    assert_eq!(short[0], 0, "a text that does not fit leaves the empty string");
+    // Other tests' replicas may add to the text meanwhile: room to spare.
+    let mut buf = vec![0 as c_char; needed + (1 << 20)];
+    let len = unsafe { rsl_metrics_render(buf.as_mut_ptr(), buf.len()) };
+    let text = unsafe { CStr::from_ptr(buf.as_ptr()) }.to_str().unwrap();
+    assert_eq!(text.len(), len);
+    assert!(text.contains(&format!("rsl_primary{{ring=\"{port}\",member=\"1\"}} 1\n")), "{text}");
+    unsafe { rsl_replica_destroy(r) };
+}
+
 static LOGGED: Mutex<Vec<(i32, String)>> = Mutex::new(Vec::new());
 
 unsafe extern "C" fn log_cb(level: i32, message: *const c_char) {
@@ -564,6 +594,18 @@ fn init_logs_to_the_callback_and_a_file_and_may_be_called_twice() {
     }
     let file = std::fs::read_to_string(tmp.path().join("logs/rsl.log")).unwrap();
     assert!(file.contains("m_maxCacheLengthMB"), "{file}");
+    // A replica's lines name its ring and member: the warning about an outsider's message.
+    let port = free_port();
+    let me = node("1", [127, 0, 0, 1], port, 0, "");
+    let cfg = config(tmp.path());
+    assert_eq!(unsafe { rsl_replica_initialize(&cfg, &me, 6, false, &callbacks(&seen), &me, 1, &mut out) }, RSL_SUCCESS);
+    let tag = format!("rsl{{ring={port} member=1}}: ");
+    send_forged_prepare(port);
+    while !LOGGED.lock().unwrap().iter().any(|(l, m)| *l == 3 && m.contains(&tag)) {
+        assert!(Instant::now() < until, "a warning with {tag}: {:?}", LOGGED.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    unsafe { rsl_replica_destroy(out) };
 }
 
 /// Only refusals here: a call that succeeded would turn TLS on for every replica the other

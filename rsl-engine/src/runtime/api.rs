@@ -166,7 +166,8 @@ pub struct ReplicaHealth {
     pub is_primary: bool,
 }
 
-/// `RSLStats`: counters since the last snapshot (a snapshot resets them).
+/// `RSLStats`: counters since the last snapshot (each snapshot starts a new period; the
+/// totals since the start go on, for the metrics: docs/operations.md).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     /// The length of this capture period (since the previous snapshot, or the start).

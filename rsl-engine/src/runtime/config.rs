@@ -100,6 +100,9 @@ pub struct RslConfig {
     /// this many microseconds before it is written, a one-way network delay between the
     /// replicas of one machine (`rsl-kv replica --net-delay-us`). 0 (the default): none.
     pub net_delay_us: u32,
+    /// What the logs' `ring` span field and the metrics' `ring` label call this ring (the
+    /// first 64 characters). Empty (the default): the Paxos port's number.
+    pub ring_name: String,
 }
 
 /// How a replica that fell behind everything its peers' logs hold takes the peer checkpoint it
@@ -168,6 +171,7 @@ impl Default for RslConfig {
             tls: None,
             catch_up: CatchUp::LoadInPlace,
             net_delay_us: 0,
+            ring_name: String::new(),
         }
     }
 }
@@ -380,6 +384,7 @@ mod tests {
             tls,
             catch_up,
             net_delay_us,
+            ring_name,
         );
         let doc = include_str!("../../../docs/migrating.md");
         let table = doc.split("## 6. `RSLConfigParam`, field by field").nth(1).expect("the field table in docs/migrating.md");

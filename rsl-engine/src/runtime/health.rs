@@ -10,14 +10,16 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// One timed family of counters, shared by the threads that measure and the snapshot that
-/// takes them (and so resets them).
+/// One timed family of counters, shared by the threads that measure, the statistics snapshot
+/// (which takes the values since the previous one) and the metrics (which read the totals).
 #[derive(Default, Debug)]
 pub struct Timing {
     count: AtomicU64,
     bytes: AtomicU64,
     micros: AtomicU64,
     max_micros: AtomicU64,
+    /// `count`, `bytes` and `micros` at the last take.
+    taken: [AtomicU64; 3],
 }
 
 /// A family's values over one capture period.
@@ -42,13 +44,25 @@ impl Timing {
         self.max_micros.fetch_max(us, Relaxed);
     }
 
-    /// The values since the last take, which start again from zero.
+    /// The values since the last take, which start again from zero. The totals go on.
     pub(crate) fn take(&self) -> Timed {
+        let totals = self.totals();
+        let since = |mark: &AtomicU64, now: u64| now.saturating_sub(mark.fetch_max(now, Relaxed));
         Timed {
-            count: self.count.swap(0, Relaxed),
-            bytes: self.bytes.swap(0, Relaxed),
-            micros: self.micros.swap(0, Relaxed),
+            count: since(&self.taken[0], totals.count),
+            bytes: since(&self.taken[1], totals.bytes),
+            micros: since(&self.taken[2], totals.micros),
             max_micros: self.max_micros.swap(0, Relaxed),
+        }
+    }
+
+    /// Every operation since the start (`max_micros`: the longest since the last take).
+    pub(crate) fn totals(&self) -> Timed {
+        Timed {
+            count: self.count.load(Relaxed),
+            bytes: self.bytes.load(Relaxed),
+            micros: self.micros.load(Relaxed),
+            max_micros: self.max_micros.load(Relaxed),
         }
     }
 }
@@ -166,6 +180,7 @@ mod tests {
         assert_eq!(t.take(), Timed::default());
         t.record(1, Duration::from_micros(3));
         assert_eq!(t.take().max_micros, 3, "the max restarts with the period");
+        assert_eq!((t.totals().count, t.totals().bytes, t.totals().micros), (3, 41, 28), "the totals go on");
     }
 
     #[test]

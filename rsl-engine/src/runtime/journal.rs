@@ -345,9 +345,11 @@ impl Journal {
             fail_writes: Default::default(),
         });
         let writer = Writer { shared: shared.clone() };
+        // The writer's lines carry the replica's span, as its other threads' do.
+        let span = tracing::Span::current();
         let writer = std::thread::Builder::new()
             .name("rsl-journal".into())
-            .spawn(move || writer.run(on_durable, on_error))
+            .spawn(move || span.in_scope(|| writer.run(on_durable, on_error)))
             .map_err(io_err(&opts.dir))?;
         let journal = Journal {
             shared,

@@ -16,6 +16,7 @@ mod exec;
 pub mod health;
 pub mod journal;
 pub mod learn;
+pub mod metrics;
 #[cfg(target_os = "linux")]
 pub mod nvm;
 mod queue;
@@ -96,7 +97,10 @@ pub(crate) struct Shared {
     pub queued_bytes: AtomicU64,
     /// The execute queue's size ([`spill`]).
     pub exec_queue: spill::ExecGauge,
+    /// Totals since the start (the metrics read them as they are).
     pub stats: Counters,
+    /// `stats` at the last statistics snapshot, which reports the difference.
+    pub stats_reported: Counters,
     /// The timed `RSLStats` families: log reads (refills of the execute queue, files served to
     /// learners), log writes (the journal's), and the primary's voting time.
     pub log_reads: health::Timing,
@@ -127,6 +131,7 @@ pub(crate) struct View {
     pub promise: crate::format::Ballot,
 }
 
+/// Counters that only grow; a statistics snapshot reports the growth since the previous one.
 #[derive(Default)]
 pub(crate) struct Counters {
     pub decrees_executed: AtomicU64,
@@ -156,6 +161,7 @@ impl Shared {
             queued_bytes: AtomicU64::new(0),
             exec_queue: spill::ExecGauge::default(),
             stats: Counters::default(),
+            stats_reported: Counters::default(),
             log_reads: health::Timing::default(),
             log_writes: Arc::default(),
             voting: health::Timing::default(),
@@ -207,4 +213,18 @@ pub(crate) fn spawn_task(
             }
         }
     });
+}
+
+thread_local! {
+    /// The span a runtime's worker thread runs in (see [`in_current_span`]).
+    static THREAD_SPAN: std::cell::RefCell<Option<tracing::span::EnteredSpan>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Makes every thread of a tokio runtime run inside the current span (a replica's `ring` and
+/// `member`), so that the lines its tasks log carry them.
+pub(crate) fn in_current_span(builder: &mut tokio::runtime::Builder) -> &mut tokio::runtime::Builder {
+    let span = tracing::Span::current();
+    builder
+        .on_thread_start(move || THREAD_SPAN.with(|s| *s.borrow_mut() = Some(span.clone().entered())))
+        .on_thread_stop(|| THREAD_SPAN.with(|s| drop(s.borrow_mut().take())))
 }

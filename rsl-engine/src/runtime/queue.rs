@@ -32,6 +32,11 @@ impl Depth {
         self.high.fetch_max(now, Relaxed);
     }
 
+    /// The items queued now.
+    pub fn now(&self) -> u64 {
+        self.now.load(Relaxed) as u64
+    }
+
     /// The highest depth since the previous call (at least the current one), restarting the mark.
     pub fn take_high(&self) -> u64 {
         let now = self.now.load(Relaxed);

@@ -8,13 +8,14 @@ use super::event::Event;
 use super::exec::{fetch_checkpoint, Executor, Work};
 use super::journal::{read_defunct, Journal, JournalOptions};
 use super::learn::{self, LearnServer, LearnSource};
+use super::metrics;
 use super::queue::{self, Queue, Refused};
 use super::readers::{Read, Ready};
 use super::resolve::{Notes, Resolver, RESOLVE_INTERVAL};
 use super::ring::{learn_addr, Io, Limits, Ring};
 use super::tls::Tls;
 use super::transport::{Origin, Transport};
-use super::{panic_message, restore, spawn_task, FileRange, ReplicaView, Shared};
+use super::{in_current_span, panic_message, restore, spawn_task, FileRange, ReplicaView, Shared};
 use crate::format::message::StatusBody;
 use crate::format::{Ballot, Body, ConfigInfo, Header, MemberId, MemberSet, Message, Node, Version};
 use crate::paxos::{Action, Cookie, Input, Replica, Role};
@@ -71,6 +72,11 @@ pub struct RslReplica {
     resolver: Option<Arc<Notes>>,
     /// While paused (`pause`): dropping it resumes the protocol thread.
     paused: Mutex<Option<mpsc::Sender<()>>>,
+    /// What the process's metrics read of this replica (they hold it weakly).
+    _probe: Arc<metrics::Probe>,
+    /// The replica's `rsl{ring, member}` span, which its threads run in; `unload` enters it
+    /// on the caller's thread too.
+    span: tracing::Span,
     /// Tests make the journal's writes fail through this.
     #[cfg(test)]
     journal: super::journal::LogReader,
@@ -127,6 +133,10 @@ impl RslReplica {
         members: Option<MemberSet>,
     ) -> Result<RslReplica, InitError> {
         cfg.validate()?;
+        // Every line the replica logs, on any of its threads, names its ring and member.
+        let ring_name = metrics::ring_label(&cfg.ring_name, &me);
+        let span = tracing::error_span!("rsl", ring = %ring_name, member = %me.id);
+        let _span = span.clone().entered();
         if members.is_none() && version.get() < 4 {
             return Err(InitError::Invalid("a replica without an initial member list needs protocol version 4 or later"));
         }
@@ -184,9 +194,7 @@ impl RslReplica {
         shared.view().config = core.configuration().clone();
         shared.passed_seq.store(shared.current_seq.load(Relaxed), Relaxed);
 
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("rsl-net")
+        let runtime = in_current_span(tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("rsl-net"))
             .enable_all()
             .build()
             .map_err(|e| storage(&e))?;
@@ -260,7 +268,19 @@ impl RslReplica {
             spawn("rsl-paxos", siblings.clone(), move || ring.run(events_rx)),
         ];
         threads.extend(lookup.map(|lookup| spawn("rsl-resolve", siblings, move || lookup.run())));
+        let probe = Arc::new(metrics::Probe {
+            ring: ring_name,
+            member: me.id.to_string(),
+            shared: shared.clone(),
+            events: events_tx.depth().clone(),
+            work: work_tx.depth().clone(),
+            transport: transport.clone(),
+            tls: tls.clone(),
+        });
+        probe.register();
         Ok(RslReplica {
+            _probe: probe,
+            span,
             shared,
             events: events_tx,
             work: work_tx,
@@ -586,8 +606,12 @@ impl RslReplica {
 
     /// `GetStatisticsSnapshot`: counters since the previous snapshot.
     pub fn statistics_snapshot(&self) -> Stats {
-        let c = &self.shared.stats;
-        let take = |a: &std::sync::atomic::AtomicU64| a.swap(0, Relaxed);
+        let (c, r) = (&self.shared.stats, &self.shared.stats_reported);
+        // The growth since the previous snapshot; the totals stay for the metrics.
+        let since = |now: &std::sync::atomic::AtomicU64, reported: &std::sync::atomic::AtomicU64| {
+            let now = now.load(Relaxed);
+            now.saturating_sub(reported.fetch_max(now, Relaxed))
+        };
         let now = std::time::Instant::now();
         let began = std::mem::replace(&mut *self.shared.last_snapshot.lock().unwrap_or_else(|e| e.into_inner()), now);
         Stats {
@@ -595,15 +619,15 @@ impl RslReplica {
             log_reads: self.shared.log_reads.take(),
             log_writes: self.shared.log_writes.take(),
             voting: self.shared.voting.take(),
-            decrees_executed: take(&c.decrees_executed),
-            requests_executed: take(&c.requests_executed),
-            votes_logged: take(&c.votes_logged),
+            decrees_executed: since(&c.decrees_executed, &r.decrees_executed),
+            requests_executed: since(&c.requests_executed, &r.requests_executed),
+            votes_logged: since(&c.votes_logged, &r.votes_logged),
             log_syncs: c.log_syncs.load(Relaxed),
-            fast_reads: take(&c.fast_reads),
-            checkpoints_saved: take(&c.checkpoints_saved),
-            messages_rejected: take(&c.messages_rejected),
-            messages_dropped: take(&c.messages_dropped),
-            requests_refused: take(&c.requests_refused),
+            fast_reads: since(&c.fast_reads, &r.fast_reads),
+            checkpoints_saved: since(&c.checkpoints_saved, &r.checkpoints_saved),
+            messages_rejected: since(&c.messages_rejected, &r.messages_rejected),
+            messages_dropped: since(&c.messages_dropped, &r.messages_dropped),
+            requests_refused: since(&c.requests_refused, &r.requests_refused),
             event_queue_depth: self.events.depth().take_high(),
             work_queue_depth: self.work.depth().take_high(),
             queued_request_bytes: self.shared.queued_bytes.load(Relaxed),
@@ -647,6 +671,7 @@ impl RslReplica {
     /// `shut_down` runs; the threads are joined. The process keeps running. Later calls do
     /// nothing. On a failed replica it only waits for the threads, which are already ending.
     pub fn unload(&self) {
+        let _span = self.span.enter();
         self.shared.shutting_down.store(true, Relaxed);
         self.resume();
         let _ = self.events.send(Event::Stop);
@@ -724,7 +749,9 @@ impl Siblings {
 /// leaving its siblings waiting for a thread that is gone; the thread's state (the core and
 /// journal, or the state machine) has been dropped by then.
 fn spawn(name: &'static str, siblings: Siblings, body: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
+    let span = tracing::Span::current();
     let run = move || {
+        let _span = span.entered();
         if let Err(panic) = catch_unwind(AssertUnwindSafe(body)) {
             siblings.fail(format!("the {name} thread panicked: {}", panic_message(&*panic)));
         }
@@ -910,6 +937,65 @@ mod tests {
             assert_eq!(after.as_ref(), Some(&reason), "the reason stays after unload");
             reason
         }
+    }
+
+    /// The samples of `text` whose labels include `ring="<ring>"`: (name, labels, value).
+    fn samples_of<'a>(text: &'a str, ring: &str) -> Vec<(&'a str, &'a str, f64)> {
+        let ring = format!("ring=\"{ring}\"");
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| {
+                let (series, value) = l.rsplit_once(' ').expect("a sample is `series value`");
+                let (name, labels) = series.split_once('{').expect("every sample has labels");
+                (name, labels, value.parse::<f64>().expect("a number"))
+            })
+            .filter(|(_, labels, _)| labels.contains(&ring))
+            .collect()
+    }
+
+    #[test]
+    fn the_metrics_name_each_ring_and_count_from_the_start() {
+        let mut one = start_one(Arc::new(AdmitAll));
+        one.wait_primary();
+        let r = one.r();
+        let ring = r.me().rsl_port.to_string();
+        assert_eq!(r.replicate_request(Bytes::from_static(b"one"), 1), ResponseCode::Success);
+        wait_for("the request executes", || one.calls.lock().unwrap().contains(&"exec"));
+        let r = one.r();
+        let snapshot = r.statistics_snapshot();
+        assert!(snapshot.requests_executed >= 1, "{snapshot:?}");
+        let text = metrics::render();
+        let samples = samples_of(&text, &ring);
+        let value = |name: &str| samples.iter().find(|s| s.0 == name).unwrap_or_else(|| panic!("{name} missing:\n{text}")).2;
+        assert_eq!(value("rsl_primary"), 1.0);
+        assert_eq!((value("rsl_failed"), value("rsl_stopped")), (0.0, 0.0));
+        assert!(value("rsl_decree_executed") >= 1.0);
+        assert_eq!(value("rsl_members"), 1.0);
+        // The snapshot reset its own counts, not the metrics' totals.
+        assert!(value("rsl_requests_executed_total") >= 1.0, "{text}");
+        assert!(value("rsl_log_writes_total") >= 1.0, "{text}");
+        assert!(samples.iter().all(|s| s.1.contains("member=\"1\"")), "{samples:?}");
+        for (name, _) in metrics::COUNTERS {
+            assert!(samples.iter().any(|s| s.0 == format!("{name}_total")), "{name} missing");
+        }
+        assert!(text.contains("# TYPE rsl_decree_executed gauge"), "{text}");
+        // A second ring in the process, named: the page shows both.
+        let dir = tempfile::tempdir().unwrap();
+        let me = node("2", Ipv4Addr::LOCALHOST, free_ports(1)[0]).unwrap();
+        let members = MemberSet { nodes: vec![me.clone()], cookie: Bytes::new() };
+        let cfg = RslConfig { ring_name: "orders".into(), ..config(dir.path()) };
+        let named =
+            RslReplica::initialize(cfg, me, Version::V6, Box::new(Machine(Arc::default())), Arc::new(AdmitAll), Some(members)).unwrap();
+        let text = metrics::render();
+        assert!(samples_of(&text, "orders").iter().any(|s| s.0 == "rsl_decree_executed" && s.1.contains("member=\"2\"")), "{text}");
+        assert!(!samples_of(&text, &ring).is_empty(), "{text}");
+        named.unload();
+        let stopped = samples_of(&metrics::render(), "orders").into_iter().find(|s| s.0 == "rsl_stopped").map(|s| s.2);
+        assert_eq!(stopped, Some(1.0), "an unloaded replica shows as stopped until dropped");
+        drop(named);
+        one.replica.take().unwrap().unload();
+        let text = metrics::render();
+        assert!(samples_of(&text, &ring).is_empty() && samples_of(&text, "orders").is_empty(), "dropped replicas leave the metrics");
     }
 
     /// `pause` holds what reaches the protocol thread until `resume`; paused twice, `unload`

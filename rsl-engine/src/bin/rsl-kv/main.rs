@@ -2,7 +2,14 @@
 //!
 //! `rsl-kv cluster` starts a local 3-replica cluster (three processes of this binary), drives
 //! load against it and prints throughput and latency (`--tls`: the replicas speak mutual TLS
-//! with certificates made on the spot); `rsl-kv replica` is one replica.
+//! with certificates made on the spot); `rsl-kv replica` is one replica (`--metrics ADDR`:
+//! its rings' Prometheus text at `http://ADDR/metrics`). `rsl-kv put`, `get` and `status` are
+//! for operators: a write, a read, and each ring's primary and replicas' decree, lag and
+//! connections (docs/operations.md).
+//!
+//! Logs go to stderr, filtered by `RSL_LOG` (`tracing` filter directives, default `warn`), as
+//! text (colours only on a terminal without `NO_COLOR`) or, with `RSL_LOG_FORMAT=json`, one
+//! JSON object a line; each line names its ring and member.
 //!
 //! `rsl-kv replica` prints one line on stdout once its ports are bound (`listening on …`, one
 //! for each ring); `rsl-kv cluster` waits for that line from each of its replicas.
@@ -16,6 +23,7 @@
 mod client;
 mod cluster;
 mod machine;
+mod ops;
 mod proto;
 mod server;
 mod tls;
@@ -36,6 +44,13 @@ enum Command {
     Replica(server::ReplicaArgs),
     /// Start a local cluster of replica processes, drive load, print throughput and latency.
     Cluster(ClusterArgs),
+    /// Write KEY = VALUE through the primary, trying each server until one takes it.
+    Put(ops::PutArgs),
+    /// Print KEY's value as the first server that answers has it.
+    Get(ops::GetArgs),
+    /// Print each ring's primary and every replica's decree, lag and connections, from the
+    /// replicas' metrics endpoints.
+    Status(ops::StatusArgs),
 }
 
 #[derive(Args, Clone)]
@@ -86,19 +101,36 @@ pub struct ClusterArgs {
     tls: bool,
 }
 
-fn main() -> ExitCode {
+/// Logs to stderr as `RSL_LOG` filters them, in the format `RSL_LOG_FORMAT` names.
+fn init_logging() -> Result<(), String> {
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RSL_LOG").unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let filter = match std::env::var("RSL_LOG") {
+        Ok(spec) => tracing_subscriber::EnvFilter::try_new(&spec).map_err(|e| format!("RSL_LOG={spec}: {e}"))?,
+        Err(_) => "warn".into(),
+    };
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match std::env::var("RSL_LOG_FORMAT").as_deref() {
+        Ok("json") => logs.json().init(),
+        Ok("text") | Err(_) => logs.with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()).init(),
+        Ok(other) => return Err(format!("RSL_LOG_FORMAT={other}: want text or json")),
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    if let Err(e) = init_logging() {
+        eprintln!("rsl-kv: {e}");
+        return ExitCode::FAILURE;
+    }
     // Disk faults named in FAILPOINTS (`journal::fsync=return`; see rsl_engine::faults), in a
     // build with fail points: test builds, or `--features failpoints`.
     let _faults = fail::has_failpoints().then(fail::FailScenario::setup);
     let result = match Cli::parse().command {
         Command::Replica(args) => server::run(args),
         Command::Cluster(args) => cluster::run(args).map(|()| 0),
+        Command::Put(args) => ops::put(args),
+        Command::Get(args) => ops::get(args),
+        Command::Status(args) => ops::status(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::Notify;
-use tracing::{debug, warn};
+use tracing::{debug, warn, Instrument};
 
 /// Client connections served at once; more are closed as they arrive.
 const MAX_CLIENTS: usize = 1024;
@@ -83,6 +83,10 @@ pub struct ReplicaArgs {
     pub allow_admin: bool,
     #[command(flatten)]
     pub tls: crate::tls::TlsArgs,
+    /// Serve the Prometheus text of every ring of this process at `http://ADDR/metrics`
+    /// (port 0: one from the OS; the address is printed as `metrics on ADDR`).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Shifts every port of a member list by `by`.
@@ -136,6 +140,12 @@ const FAILURE_POLL: Duration = Duration::from_millis(100);
 /// watchdog ends the process with [`EXIT_FAILED`] or [`EXIT_FORCED`].
 pub fn run(args: ReplicaArgs) -> Result<u8, String> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().map_err(|e| e.to_string())?;
+    if let Some(at) = args.metrics {
+        let listener = rt.block_on(TcpListener::bind(at)).map_err(|e| format!("cannot listen on {at} (metrics): {e}"))?;
+        let bound = listener.local_addr().map_err(|e| e.to_string())?;
+        rt.spawn(rsl_engine::runtime::metrics::serve(listener));
+        println!("metrics on {bound}");
+    }
     let mut replicas = Vec::new();
     for k in 0..args.rings {
         let mut ring = args.clone();
@@ -149,8 +159,12 @@ pub fn run(args: ReplicaArgs) -> Result<u8, String> {
         let listener = rt
             .block_on(TcpListener::bind((ring.host, ring.client_port)))
             .map_err(|e| format!("cannot listen on {}:{} (client port): {e}", ring.host, ring.client_port))?;
-        let (replica, server) = start(ring.clone())?;
-        rt.spawn(server.accept(listener));
+        // The same on every replica of the ring: logs and metrics group by it.
+        let ring_name = format!("ring{k}");
+        let (replica, server) = start(ring.clone(), &ring_name)?;
+        // The client port's lines name the ring and member, as the replica's own do.
+        let span = tracing::error_span!("rsl", ring = %ring_name, member = %ring.id);
+        rt.spawn(server.accept(listener).instrument(span));
         replicas.push(replica);
         println!("listening on {}:{} (Paxos), :{} (learn), :{} (clients)", ring.host, ring.port, ring.port + 1, ring.client_port);
     }
@@ -219,7 +233,7 @@ pub fn check_protocol(version: u16, window: u32, net_delay_us: u32) -> Result<Ve
 }
 
 /// Starts one ring's replica and the server for its clients.
-fn start(args: ReplicaArgs) -> Result<(Arc<RslReplica>, Server), String> {
+fn start(args: ReplicaArgs, ring_name: &str) -> Result<(Arc<RslReplica>, Server), String> {
     let version = check_protocol(args.version, args.window, args.net_delay_us)?;
     let me: Node = rsl_engine::runtime::api::node(&args.id, args.host, args.port).ok_or("bad member id")?;
     let members = args.members.as_deref().map(parse_members).transpose()?;
@@ -234,6 +248,7 @@ fn start(args: ReplicaArgs) -> Result<(Arc<RslReplica>, Server), String> {
         net_delay_us: args.net_delay_us,
         fast_read_seq_threshold: 1_000_000,
         tls: args.tls.settings()?,
+        ring_name: ring_name.to_string(),
         ..RslConfig::default()
     };
     let (clients, summary) = (Arc::new(Clients::default()), Arc::new(Summary::default()));
@@ -311,6 +326,7 @@ impl Server {
                     server.port.refuse(from, why);
                 }
             }
+            .instrument(tracing::Span::current())
         })
         .await
     }
