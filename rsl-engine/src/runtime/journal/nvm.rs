@@ -15,7 +15,6 @@ use super::{annotate, io_err, list_logs, sync_dir, JournalError, Segment, Shared
 use crate::format::codec::PAGE;
 use crate::format::log;
 use crate::runtime::nvm::{self, FileMemory, NvmError, Persistence, PmemLog, Position, RECORD_HEADER};
-use bytes::BytesMut;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -101,12 +100,9 @@ impl Shared {
     /// Appends one chunk; while the log is full, persists what is appended (so the writer can
     /// drain it) and waits for the writer to drain some.
     fn append_waiting(&self, nvm: &mut NvmLog, chunk: &Segment, persisted: &mut Vec<Drain>) -> io::Result<Position> {
-        let mut record = BytesMut::with_capacity(PLACEMENT + chunk.data.len());
-        record.extend_from_slice(&chunk.file.to_le_bytes());
-        record.extend_from_slice(&chunk.offset.to_le_bytes());
-        record.extend_from_slice(&chunk.data);
+        let (file, offset) = (chunk.file.to_le_bytes(), chunk.offset.to_le_bytes());
         loop {
-            match nvm.append(&record) {
+            match nvm.append_parts(&[&file, &offset, &chunk.data]) {
                 Ok(appended) => return Ok(appended.end),
                 Err(nvm::AppendError::Full { .. }) => self.wait_for_room(nvm, persisted)?,
                 Err(e @ nvm::AppendError::TooLarge { .. }) => unreachable!("chunks fit the log: {e}"),
