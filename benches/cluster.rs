@@ -17,9 +17,10 @@
 //! than the throughput), the ratios of the sums and the load average before and after.
 //!
 //! `CLUSTER_BENCH_NVM=1` compares the journals (64-byte requests, version 6): the file journal
-//! (fdatasync), the NVM journal emulated on `/dev/shm` without msync (`--nvm-persistence
-//! process-crash`) and with it (`msync`), at 1, 256 and 1024 requests in flight, each point
-//! the three modes back to back, `CLUSTER_BENCH_ROUNDS` times, with the load average.
+//! (fdatasync), the NVM journal emulated without msync (`--nvm-persistence process-crash`, the
+//! log on `/dev/shm`) and with it (`msync`, the log on the disk of the temporary directory:
+//! on tmpfs an msync writes nothing), at 1, 256 and 1024 requests in flight, each point the
+//! three modes back to back, `CLUSTER_BENCH_ROUNDS` times, with the load average.
 
 use std::process::Command;
 
@@ -150,7 +151,8 @@ fn pipeline(exe: &str) {
 fn journals(exe: &str) {
     let secs = env_or("CLUSTER_BENCH_SECS", "10");
     let rounds: usize = env_or("CLUSTER_BENCH_ROUNDS", "2").parse().expect("CLUSTER_BENCH_ROUNDS is a number");
-    let shm = std::path::Path::new("/dev/shm").join(format!("rsl-bench-nvm-{}", std::process::id()));
+    let name = format!("rsl-bench-nvm-{}", std::process::id());
+    let (shm, disk) = (std::path::Path::new("/dev/shm").join(&name), std::env::temp_dir().join(&name));
     println!("# load average before: {}", load_average());
     let modes = ["file", "process-crash", "msync"];
     let mut port = 25_000u16;
@@ -170,9 +172,10 @@ fn journals(exe: &str) {
                     .collect();
                 flags.extend(["--connections".into(), connections.into()]);
                 if *mode != "file" {
-                    let _ = std::fs::remove_dir_all(&shm);
-                    std::fs::create_dir_all(&shm).expect("a directory on /dev/shm");
-                    flags.extend(["--nvm".into(), shm.display().to_string(), "--nvm-persistence".into(), mode.to_string()]);
+                    let dir = if *mode == "msync" { &disk } else { &shm };
+                    let _ = std::fs::remove_dir_all(dir);
+                    std::fs::create_dir_all(dir).expect("a directory for the persistent logs");
+                    flags.extend(["--nvm".into(), dir.display().to_string(), "--nvm-persistence".into(), mode.to_string()]);
                 }
                 port += 20;
                 let json = run_cluster(exe, port, &flags);
@@ -188,6 +191,7 @@ fn journals(exe: &str) {
         rows.push((outstanding, runs));
     }
     let _ = std::fs::remove_dir_all(&shm);
+    let _ = std::fs::remove_dir_all(&disk);
     println!("# load average after: {}", load_average());
     println!("# in_flight | file: req/s (p50/p99 µs, replica CPU µs/request) ... | nvm process-crash | nvm msync");
     for (outstanding, runs) in rows {
