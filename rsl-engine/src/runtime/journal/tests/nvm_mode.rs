@@ -69,6 +69,8 @@ fn records_acknowledged_but_not_in_the_files_are_written_there_at_start() {
     // still acknowledges.
     j.journal.hold_drain();
     append_flushing(&mut j, &records[10..], 11, 3);
+    let last = records.len() as u64;
+    assert_eq!(j.journal.readable(last), 10, "durable, but not to be read from the files before they hold it");
     drop(j);
     let before = logs_in(dir.path());
     let j = open(nvm_options(dir.path(), 64 << 10), None).unwrap();
