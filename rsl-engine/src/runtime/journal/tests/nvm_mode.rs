@@ -133,3 +133,37 @@ fn a_resized_persistent_log_takes_its_new_size_once_drained() {
     let log = pmem::open(&dir.path().join("journal.nvm"), Persistence::ProcessCrash).unwrap();
     assert_eq!(log.capacity(), 8 << 10);
 }
+
+#[test]
+fn bytes_past_the_persistent_logs_tail_are_cut_not_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = open(nvm_options(dir.path(), 64 << 10), None).unwrap();
+    j.journal.defer_writes();
+    j.journal.hold_drain();
+    append_flushing(&mut j, &records()[..6], 1, 2);
+    drop(j);
+    // Garbage where the next records would go (appended, never published, torn by a crash).
+    let path = dir.path().join("journal.nvm");
+    let mut bytes = fs::read(&path).unwrap();
+    let free = RING_OFFSET + (32 << 10);
+    bytes[free..free + 4096].fill(0xa5);
+    fs::write(&path, &bytes).unwrap();
+    let j = open(nvm_options(dir.path(), 64 << 10), None).unwrap();
+    assert_eq!(j.replay.iter().map(|m| (**m).clone()).collect::<Vec<_>>(), records()[..6]);
+}
+
+#[test]
+fn a_record_placed_where_the_files_cannot_hold_it_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.nvm");
+    let mut log = pmem::create(&path, 64 << 10, Persistence::ProcessCrash).unwrap();
+    // Bytes for offset 512 of 7.log, which does not exist: not the files this log drained into.
+    let placed: Vec<u8> = [&7u64.to_le_bytes()[..], &512u64.to_le_bytes(), &[0u8; 512]].concat();
+    log.append(&placed).unwrap();
+    log.persist().unwrap();
+    drop(log);
+    let err = open(nvm_options(dir.path(), 64 << 10), None).err().unwrap();
+    assert!(matches!(&err, JournalError::NvmRecord { path: p, seq: 0, .. } if *p == path), "{err}");
+    assert!(err.to_string().contains("journal.nvm") && err.to_string().contains("7.log"), "{err}");
+    assert!(!dir.path().join("7.log").exists(), "nothing written for it");
+}
