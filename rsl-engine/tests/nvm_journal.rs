@@ -76,8 +76,10 @@ fn a_ring_on_the_nvm_journal_survives_kill_9_of_the_primary_and_a_full_restart()
         for i in 0..3 {
             // The last batch is released only by the next one's publish: a replica killed under
             // load always restarts with records to write back from its persistent log.
-            let recovered = c.stderr(i).contains("persistent log written into the log files");
+            let recovered = c.stderr(i).contains("persistent log replayed into the log files");
             assert!(recovered, "replica {} recovered from its persistent log{}", i + 1, c.diagnosis());
+            let replayed = c.stderr(i).lines().filter(|l| l.contains("persistent log replayed")).map(str::to_owned).collect::<Vec<_>>();
+            eprintln!("replica {}: {}", i + 1, replayed.join(" | "));
         }
         for i in 0..3 {
             assert!(shm.0.join(format!("{}.nvm", i + 1)).is_file(), "replica {} journals on /dev/shm", i + 1);

@@ -140,7 +140,7 @@ pub(super) fn recover(dir: &Path, opts: &NvmOptions) -> Result<NvmLog, JournalEr
         return Ok(nvm::create(&opts.path, opts.capacity, opts.persistence)?);
     }
     let mut log = nvm::open(&opts.path, opts.persistence)?;
-    let mut files = Placer { dir, newest: list_logs(dir)?.last().map(|&(d, _)| d), open: None, touched: Vec::new() };
+    let mut files = Placer { dir, newest: list_logs(dir)?.last().map(|&(d, _)| d), open: None, touched: Vec::new(), written: 0 };
     let mut count = 0;
     for record in log.records() {
         let record = record?;
@@ -156,9 +156,11 @@ pub(super) fn recover(dir: &Path, opts: &NvmOptions) -> Result<NvmLog, JournalEr
         })?;
         count += 1;
     }
+    let written = files.written;
     files.sync()?;
     if count > 0 {
-        tracing::info!(path = %opts.path.display(), records = count, "persistent log written into the log files");
+        // `written`: the bytes the files lacked (acknowledged, not yet drained at the stop).
+        tracing::info!(path = %opts.path.display(), records = count, written, "persistent log replayed into the log files");
     }
     let tail = log.durable_tail();
     log.advance_head(tail).map_err(|e| NvmError::Io { path: opts.path.clone(), source: e })?;
@@ -183,6 +185,8 @@ struct Placer<'a> {
     open: Option<(u64, File)>,
     /// Files written to, to sync.
     touched: Vec<(PathBuf, File)>,
+    /// Bytes written because the file did not hold them.
+    written: u64,
 }
 
 impl Placer<'_> {
@@ -216,6 +220,7 @@ impl Placer<'_> {
         f.read_exact_at(&mut there, offset).map_err(io)?;
         if there != data {
             f.write_all_at(data, offset).map_err(io)?;
+            self.written += data.len() as u64;
             if !self.touched.iter().any(|(p, _)| *p == path) {
                 self.touched.push((path.clone(), f.try_clone().map_err(io)?));
             }
