@@ -15,6 +15,12 @@
 //! back to back, alternately, `CLUSTER_BENCH_ROUNDS` times (default 2), and the summary gives
 //! every figure (with the replicas' CPU time per request, which a busy machine changes less
 //! than the throughput), the ratios of the sums and the load average before and after.
+//!
+//! `CLUSTER_BENCH_NVM=1` compares the journals (64-byte requests, version 6): the file journal
+//! (fdatasync), the NVM journal emulated without msync (`--nvm-persistence process-crash`, the
+//! log on `/dev/shm`) and with it (`msync`, the log on the disk of the temporary directory:
+//! on tmpfs an msync writes nothing), at 1, 256 and 1024 requests in flight, each point the
+//! three modes back to back, `CLUSTER_BENCH_ROUNDS` times, with the load average.
 
 use std::process::Command;
 
@@ -52,6 +58,9 @@ fn main() {
     let exe = format!("{root}/target/release/rsl-kv");
     if std::env::var("CLUSTER_BENCH_PIPELINE").is_ok_and(|v| v == "1") {
         return pipeline(&exe);
+    }
+    if std::env::var("CLUSTER_BENCH_NVM").is_ok_and(|v| v == "1") {
+        return journals(&exe);
     }
     let (secs, version, window) =
         (env_or("CLUSTER_BENCH_SECS", "10"), env_or("CLUSTER_BENCH_VERSION", "6"), env_or("CLUSTER_BENCH_WINDOW", "1"));
@@ -135,6 +144,61 @@ fn pipeline(exe: &str) {
         let sum = |runs: &[Run], f: fn(&Run) -> f64| runs.iter().map(f).sum::<f64>();
         let (ops, cpu) = (ratio(sum(&v7, |r| r.ops), sum(&v6, |r| r.ops)), ratio(sum(&v7, |r| r.cpu), sum(&v6, |r| r.cpu)));
         println!("# {delay_us:>6} {outstanding:>5} | {} | {} | {ops:.2}, {cpu:.2}", show(&v6), show(&v7));
+    }
+}
+
+/// The file journal against the NVM journal's two emulations, alternately.
+fn journals(exe: &str) {
+    let secs = env_or("CLUSTER_BENCH_SECS", "10");
+    let rounds: usize = env_or("CLUSTER_BENCH_ROUNDS", "2").parse().expect("CLUSTER_BENCH_ROUNDS is a number");
+    let name = format!("rsl-bench-nvm-{}", std::process::id());
+    let (shm, disk) = (std::path::Path::new("/dev/shm").join(&name), std::env::temp_dir().join(&name));
+    println!("# load average before: {}", load_average());
+    let modes = ["file", "process-crash", "msync"];
+    let mut port = 25_000u16;
+    let mut rows = Vec::new();
+    for outstanding in [1usize, 256, 1024] {
+        let connections = match outstanding {
+            1 => "1",
+            1024 => "16",
+            _ => "4",
+        };
+        let mut runs: Vec<Vec<Run>> = modes.iter().map(|_| Vec::new()).collect();
+        for _ in 0..rounds {
+            for (mode, into) in modes.iter().zip(runs.iter_mut()) {
+                let mut flags: Vec<String> = ["--duration", &secs, "--size", "64", "--outstanding", &outstanding.to_string()]
+                    .into_iter()
+                    .map(String::from)
+                    .collect();
+                flags.extend(["--connections".into(), connections.into()]);
+                if *mode != "file" {
+                    let dir = if *mode == "msync" { &disk } else { &shm };
+                    let _ = std::fs::remove_dir_all(dir);
+                    std::fs::create_dir_all(dir).expect("a directory for the persistent logs");
+                    flags.extend(["--nvm".into(), dir.display().to_string(), "--nvm-persistence".into(), mode.to_string()]);
+                }
+                port += 20;
+                let json = run_cluster(exe, port, &flags);
+                println!("{json}");
+                into.push(Run {
+                    ops: field(&json, "ops_per_sec"),
+                    p50: field(&json, "p50_us"),
+                    p99: field(&json, "p99_us"),
+                    cpu: field(&json, "replica_cpu_us_per_request"),
+                });
+            }
+        }
+        rows.push((outstanding, runs));
+    }
+    let _ = std::fs::remove_dir_all(&shm);
+    let _ = std::fs::remove_dir_all(&disk);
+    println!("# load average after: {}", load_average());
+    println!("# in_flight | file: req/s (p50/p99 µs, replica CPU µs/request) ... | nvm process-crash | nvm msync");
+    for (outstanding, runs) in rows {
+        let show = |runs: &[Run]| {
+            runs.iter().map(|r| format!("{:.0} ({:.0}/{:.0}, {:.1})", r.ops, r.p50, r.p99, r.cpu)).collect::<Vec<_>>().join(", ")
+        };
+        println!("# {outstanding:>5} | {} | {} | {}", show(&runs[0]), show(&runs[1]), show(&runs[2]));
     }
 }
 

@@ -299,6 +299,20 @@ namespace RSLib
             c->pipeline_window = p.m_pipelineWindow;
             c->sync_writes = p.m_syncWrites;
             c->catch_up_by_restart = p.m_catchUpByRestart;
+            static_assert(sizeof c->nvm_journal_path >= sizeof p.m_nvmJournalPath, "nvm_journal_path holds m_nvmJournalPath");
+            const size_t nvm = strnlen(p.m_nvmJournalPath, sizeof p.m_nvmJournalPath);
+            if (nvm == sizeof p.m_nvmJournalPath)
+            {
+                SHIM_LOG(CallBackLogLevel_Error, "Configuration Error: m_nvmJournalPath is not NUL-terminated");
+                ok = false;
+            }
+            else
+            {
+                std::memset(c->nvm_journal_path, 0, sizeof c->nvm_journal_path);
+                std::memcpy(c->nvm_journal_path, p.m_nvmJournalPath, nvm);
+            }
+            c->nvm_journal_size_mb = p.m_nvmJournalSizeMB;
+            c->nvm_journal_persistence = p.m_nvmJournalPersistence;
             c->listen_on_all_ips = g_listenOnAllIps.load(std::memory_order_acquire);
             return ok;
         }
@@ -636,9 +650,12 @@ namespace RSLib
           m_useGlobalAcceptMessagesFlag(false),
           m_pipelineWindow(1),
           m_syncWrites(true),
-          m_catchUpByRestart(true)
+          m_catchUpByRestart(true),
+          m_nvmJournalSizeMB(64),
+          m_nvmJournalPersistence(0)
     {
         std::memset(m_workingDir, 0, sizeof m_workingDir);
+        std::memset(m_nvmJournalPath, 0, sizeof m_nvmJournalPath);
     }
 
     // ------------------------------------------------------------------------------------

@@ -500,6 +500,17 @@ namespace RSLib
            and its restart loads the checkpoint. false: LoadState is called in place on this
            running object, which must replace its whole state; then StateCopied, and it goes on. */
         bool m_catchUpByRestart;
+        /* Ours: the NVM journal (docs/nvm.md). With a path (relative: inside the replica's data
+           directory), a request is acknowledged once its record is in this persistent log, and
+           the RSL log files are written from it in the background; empty (default): the file
+           journal. m_nvmJournalSizeMB (default 64, 1..1048576) bounds the records acknowledged
+           and not yet in the log files. m_nvmJournalPersistence: 0 (default) survives a crash
+           of the process only (the page cache holds the log), 1 msyncs at each commit (survives
+           power loss), 2 flushes cache lines to persistent memory on a DAX file system
+           (survives power loss). */
+        char m_nvmJournalPath[RSL_MAX_PATH + 1];
+        unsigned int m_nvmJournalSizeMB;
+        unsigned int m_nvmJournalPersistence;
     };
 
     /* Counters since the previous GetStatisticsSnapshot. Set m_cbSizeOfThisStruct first. */

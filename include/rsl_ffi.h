@@ -15,6 +15,21 @@
 #define RSL_VERSION_PATCH 0
 
 /**
+ * `nvm_journal_persistence`: survives a crash of the process, not of the machine.
+ */
+#define RSL_NVM_PROCESS_CRASH 0
+
+/**
+ * `nvm_journal_persistence`: `msync` at each commit; survives power loss.
+ */
+#define RSL_NVM_MSYNC 1
+
+/**
+ * `nvm_journal_persistence`: cache-line flushes to persistent memory; survives power loss.
+ */
+#define RSL_NVM_CACHE_FLUSH 2
+
+/**
  * A checkpoint's header (RSL's internal `CheckpointHeader`), read from a file by
  * `rsl_checkpoint_header_read`: what `rsl_checkpoint_reader_open_with` checks a file against
  * and what `rsl_checkpoint_writer_create` gives a new file.
@@ -170,6 +185,21 @@ typedef struct rsl_config {
    * default here).
    */
   bool catch_up_by_restart;
+  /**
+   * The NVM journal's persistent log file, NUL-terminated (docs/nvm.md): a request is
+   * acknowledged once its record is in it. Empty (the default): the file journal. A relative
+   * path is inside the replica's data directory.
+   */
+  char nvm_journal_path[4097];
+  /**
+   * The persistent log's size in MiB, 1–1,048,576 (64), when `nvm_journal_path` is set.
+   */
+  uint32_t nvm_journal_size_mb;
+  /**
+   * What makes it durable: `RSL_NVM_PROCESS_CRASH` (0, the default), `RSL_NVM_MSYNC` (1) or
+   * `RSL_NVM_CACHE_FLUSH` (2, persistent memory on a DAX file system).
+   */
+  uint32_t nvm_journal_persistence;
 } rsl_config;
 
 /**

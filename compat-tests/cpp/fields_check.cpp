@@ -10,7 +10,10 @@
 //      m_minCheckpointSpaceFileCount = INT_MAX (no disk has that much room): the 2 MiB
 //      request's vote raises a CallBackLogLevel_Alert entry at the secondaries, the checkpoint
 //      another;
-//   3. restarted with m_voteMaxOutstandingIntervalSec = 10, the primary whose secondaries are gone fails
+//   3. restarted with m_nvmJournalPath = "journal.nvm" and m_nvmJournalSizeMB = 1: each
+//      replica's persistent log is created in its data directory at that size, and a request
+//      replicates through it;
+//   4. restarted with m_voteMaxOutstandingIntervalSec = 10, the primary whose secondaries are gone fails
 //      (RSL's deadlock breaker; the original ends the process): ShutDown runs, an Error entry
 //      gives the reason, and UnloadThisOne still works.
 // Prints "ok <step>" per step; exits 1 at the first failure.
@@ -26,6 +29,8 @@
 #include <mutex>
 #include <string>
 #include <vector>
+
+#include <sys/stat.h>
 
 #include "check_support.h"
 #include "rsl.h"
@@ -203,6 +208,25 @@ namespace
     }
 
     // 3.
+    void NvmJournal()
+    {
+        Ring ring = Start([](RSLConfigParam& cfg) {
+            std::snprintf(cfg.m_nvmJournalPath, sizeof cfg.m_nvmJournalPath, "%s", "journal.nvm");
+            cfg.m_nvmJournalSizeMB = 1;
+        });
+        Submit(ring, "through the persistent log");
+        UnloadAll(ring);
+        for (int id = 1; id <= 3; ++id)
+        {
+            struct stat st;
+            const std::string path = g_work + "/ring/" + std::to_string(id) + "/journal.nvm";
+            // The header page, then the 1 MiB ring.
+            Check(stat(path.c_str(), &st) == 0 && st.st_size == 4096 + (1 << 20), path + " is a persistent log of 1 MiB");
+        }
+        std::cout << "ok m_nvmJournalPath" << std::endl;
+    }
+
+    // 4.
     void DeadlockBreaker()
     {
         Ring ring = Start([](RSLConfigParam& cfg) { cfg.m_voteMaxOutstandingIntervalSec = 10; });
@@ -239,6 +263,7 @@ int main(int argc, char** argv)
     }
     NoAlertsByDefault();
     Alerts();
+    NvmJournal();
     DeadlockBreaker();
     std::cout << "all ok" << std::endl;
     return 0;

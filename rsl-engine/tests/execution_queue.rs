@@ -3,7 +3,8 @@
 //! the one that crosses it) while the ring goes on; the rest wait in its log. Unblocked, it
 //! executes every decree once, in order, as the others did, and the checkpoint it took along
 //! the way restores to the same state. Unloaded while still blocked, it executes every
-//! decree before `shut_down`, as the original (whose queue has no bound) does.
+//! decree before `shut_down`, as the original (whose queue has no bound) does. With the NVM
+//! journal, a spilled decree is read back once its record is drained into the log file.
 
 mod inproc;
 
@@ -11,7 +12,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use inproc::{three, wait, Three};
 use rsl_engine::format::checkpoint::{CheckpointReader, CheckpointWriter};
 use rsl_engine::format::Version;
-use rsl_engine::runtime::{AdmitAll, ResponseCode, RslConfig, RslReplica, StateMachine};
+use rsl_engine::runtime::{AdmitAll, NvmJournal, Persistence, ResponseCode, RslConfig, RslReplica, StateMachine};
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -94,8 +95,14 @@ fn request(i: u64) -> Vec<u8> {
     r
 }
 
-/// `unload_blocked`: the blocked replica is unloaded before its gate opens.
-fn a_blocked_replica_spills_chosen_decrees_to_its_log_and_executes_them_in_order(version: Version, window: u32, unload_blocked: bool) {
+/// `unload_blocked`: the blocked replica is unloaded before its gate opens. `nvm`: the replicas
+/// journal on the NVM journal (a 1 MiB persistent log in each data directory).
+fn a_blocked_replica_spills_chosen_decrees_to_its_log_and_executes_them_in_order(
+    version: Version,
+    window: u32,
+    unload_blocked: bool,
+    nvm: bool,
+) {
     let dir = tempfile::tempdir().unwrap();
     let Three { nodes, members, cfg } = three(dir.path());
     let cfg = RslConfig {
@@ -103,6 +110,7 @@ fn a_blocked_replica_spills_chosen_decrees_to_its_log_and_executes_them_in_order
         max_log_len_mb: 1,
         in_memory_execution_queue_size_mb: 1,
         pipeline_window: window,
+        nvm_journal: nvm.then(|| NvmJournal { path: "journal.nvm".into(), size_mb: 1, persistence: Persistence::ProcessCrash }),
         ..cfg
     };
     let start = |i: usize, sm: &Blockable| {
@@ -183,10 +191,15 @@ fn a_blocked_replica_spills_chosen_decrees_to_its_log_and_executes_them_in_order
 
 #[test]
 fn execution_queue_on_disk_v6() {
-    a_blocked_replica_spills_chosen_decrees_to_its_log_and_executes_them_in_order(Version::V6, 1, false);
+    a_blocked_replica_spills_chosen_decrees_to_its_log_and_executes_them_in_order(Version::V6, 1, false, false);
 }
 
 #[test]
 fn execution_queue_on_disk_v7_window_16() {
-    a_blocked_replica_spills_chosen_decrees_to_its_log_and_executes_them_in_order(Version::V7, 16, true);
+    a_blocked_replica_spills_chosen_decrees_to_its_log_and_executes_them_in_order(Version::V7, 16, true, false);
+}
+
+#[test]
+fn execution_queue_on_disk_with_the_nvm_journal() {
+    a_blocked_replica_spills_chosen_decrees_to_its_log_and_executes_them_in_order(Version::V6, 1, false, true);
 }

@@ -4,7 +4,7 @@
 use crate::{fail, note, rsl_status, RSL_E_BUFFER, RSL_E_CONFIG, RSL_E_NULL, RSL_INVALID_PARAMETER};
 use bytes::Bytes;
 use rsl_engine::format::{MemberId, MemberSet, Node};
-use rsl_engine::runtime::{CatchUp, ReplicaHealth, RslConfig, Stats};
+use rsl_engine::runtime::{CatchUp, NvmJournal, Persistence, ReplicaHealth, RslConfig, Stats};
 use std::ffi::{c_char, c_void, CStr, OsStr};
 use std::net::Ipv4Addr;
 use std::os::unix::ffi::OsStrExt;
@@ -86,7 +86,25 @@ pub struct rsl_config {
     /// (true); or loads it in place, `load_state` on the running state machine (false, the
     /// default here).
     pub catch_up_by_restart: bool,
+    /// The NVM journal's persistent log file, NUL-terminated (docs/nvm.md): a request is
+    /// acknowledged once its record is in it. Empty (the default): the file journal. A relative
+    /// path is inside the replica's data directory.
+    pub nvm_journal_path: [c_char; 4097],
+    /// The persistent log's size in MiB, 1–1,048,576 (64), when `nvm_journal_path` is set.
+    pub nvm_journal_size_mb: u32,
+    /// What makes it durable: `RSL_NVM_PROCESS_CRASH` (0, the default), `RSL_NVM_MSYNC` (1) or
+    /// `RSL_NVM_CACHE_FLUSH` (2, persistent memory on a DAX file system).
+    pub nvm_journal_persistence: u32,
 }
+
+/// `nvm_journal_persistence`: survives a crash of the process, not of the machine.
+pub const RSL_NVM_PROCESS_CRASH: u32 = 0;
+/// `nvm_journal_persistence`: `msync` at each commit; survives power loss.
+pub const RSL_NVM_MSYNC: u32 = 1;
+/// `nvm_journal_persistence`: cache-line flushes to persistent memory; survives power loss.
+pub const RSL_NVM_CACHE_FLUSH: u32 = 2;
+/// `nvm_journal_size_mb` after `rsl_config_init`.
+const DEFAULT_NVM_SIZE_MB: u32 = 64;
 
 /// `ReplicaHealth`: what the primary knows of one member.
 #[repr(C)]
@@ -172,7 +190,16 @@ macro_rules! config_fields {
             let mut working_dir = [0; 4097];
             write_c_str(&mut working_dir, cfg.working_dir.as_os_str().as_bytes());
             let catch_up_by_restart = cfg.catch_up == CatchUp::Restart;
-            rsl_config { $($f: cfg.$f,)* working_dir, catch_up_by_restart }
+            let mut nvm_journal_path = [0; 4097];
+            let nvm = cfg.nvm_journal.as_ref();
+            write_c_str(&mut nvm_journal_path, nvm.map_or(&[][..], |n| n.path.as_os_str().as_bytes()));
+            let nvm_journal_size_mb = nvm.map_or(DEFAULT_NVM_SIZE_MB, |n| n.size_mb);
+            let nvm_journal_persistence = nvm.map_or(RSL_NVM_PROCESS_CRASH, |n| match n.persistence {
+                Persistence::ProcessCrash => RSL_NVM_PROCESS_CRASH,
+                Persistence::Msync => RSL_NVM_MSYNC,
+                Persistence::CacheFlush => RSL_NVM_CACHE_FLUSH,
+            });
+            rsl_config { $($f: cfg.$f,)* working_dir, catch_up_by_restart, nvm_journal_path, nvm_journal_size_mb, nvm_journal_persistence }
         }
 
         /// The C configuration as the engine's; `RSL_E_CONFIG` if the working directory is not
@@ -180,7 +207,9 @@ macro_rules! config_fields {
         pub(crate) fn config_from_c(c: &rsl_config) -> Result<RslConfig, rsl_status> {
             let dir = c_str(&c.working_dir).ok_or_else(|| fail(RSL_E_CONFIG, "working_dir is not NUL-terminated"))?;
             let catch_up = if c.catch_up_by_restart { CatchUp::Restart } else { CatchUp::LoadInPlace };
-            Ok(RslConfig { $($f: c.$f,)* working_dir: PathBuf::from(OsStr::from_bytes(dir)), tls: None, catch_up, net_delay_us: 0, ring_name: String::new() })
+            let working_dir = PathBuf::from(OsStr::from_bytes(dir));
+            let nvm_journal = nvm_journal_from_c(c)?;
+            Ok(RslConfig { $($f: c.$f,)* working_dir, tls: None, catch_up, net_delay_us: 0, nvm_journal, ring_name: String::new() })
         }
     };
 }
@@ -226,6 +255,21 @@ config_fields!(
     slow_sender_timeout_sec,
     max_inbound_buffer_mb,
 );
+
+/// The NVM journal of a C configuration: None without a path.
+fn nvm_journal_from_c(c: &rsl_config) -> Result<Option<NvmJournal>, rsl_status> {
+    let path = c_str(&c.nvm_journal_path).ok_or_else(|| fail(RSL_E_CONFIG, "nvm_journal_path is not NUL-terminated"))?;
+    if path.is_empty() {
+        return Ok(None);
+    }
+    let persistence = match c.nvm_journal_persistence {
+        RSL_NVM_PROCESS_CRASH => Persistence::ProcessCrash,
+        RSL_NVM_MSYNC => Persistence::Msync,
+        RSL_NVM_CACHE_FLUSH => Persistence::CacheFlush,
+        other => return Err(fail(RSL_E_CONFIG, format!("nvm_journal_persistence {other} is none of 0, 1, 2"))),
+    };
+    Ok(Some(NvmJournal { path: PathBuf::from(OsStr::from_bytes(path)), size_mb: c.nvm_journal_size_mb, persistence }))
+}
 
 /// Fills `*cfg` with RSL's defaults (an empty working directory, which `rsl_replica_initialize`
 /// refuses: set one). NULL is a no-op.
@@ -473,5 +517,29 @@ pub(crate) fn stats_to_c(s: &Stats) -> rsl_stats {
         event_queue_depth: s.event_queue_depth,
         work_queue_depth: s.work_queue_depth,
         queued_request_bytes: s.queued_request_bytes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_nvm_journal_crosses_the_c_abi_both_ways() {
+        let mut c = config_to_c(&RslConfig { working_dir: "/d".into(), ..RslConfig::default() });
+        assert_eq!((c.nvm_journal_path[0], c.nvm_journal_size_mb, c.nvm_journal_persistence), (0, 64, RSL_NVM_PROCESS_CRASH));
+        assert_eq!(config_from_c(&c).unwrap().nvm_journal, None, "no path: the file journal");
+        write_c_str(&mut c.nvm_journal_path, b"/dev/shm/r1.nvm");
+        (c.nvm_journal_size_mb, c.nvm_journal_persistence) = (8, RSL_NVM_MSYNC);
+        let nvm = NvmJournal { path: "/dev/shm/r1.nvm".into(), size_mb: 8, persistence: Persistence::Msync };
+        let cfg = config_from_c(&c).unwrap();
+        assert_eq!(cfg.nvm_journal.as_ref(), Some(&nvm));
+        let back = config_to_c(&cfg);
+        assert_eq!(
+            (c_str(&back.nvm_journal_path).unwrap(), back.nvm_journal_size_mb, back.nvm_journal_persistence),
+            (&b"/dev/shm/r1.nvm"[..], 8, 1)
+        );
+        c.nvm_journal_persistence = 3;
+        assert_eq!(config_from_c(&c).err(), Some(RSL_E_CONFIG));
     }
 }

@@ -3,6 +3,7 @@
 
 use super::checkpoints::CheckpointAlerts;
 use super::learn::LearnLimits;
+use super::nvm::Persistence;
 use super::tls::TlsSettings;
 use super::transport::TransportOptions;
 use crate::format::{message::MAX_BATCH_BYTES, Version};
@@ -103,6 +104,22 @@ pub struct RslConfig {
     /// What the logs' `ring` span field and the metrics' `ring` label call this ring (the
     /// first 64 characters). Empty (the default): the Paxos port's number.
     pub ring_name: String,
+    /// The NVM journal (docs/nvm.md): a request is acknowledged once its record is in this
+    /// persistent log, and the log files are written from it in the background. None (the
+    /// default): the file journal, acknowledged once the log file is synced.
+    pub nvm_journal: Option<NvmJournal>,
+}
+
+/// Where the NVM journal's persistent log is, its size, and what makes it durable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NvmJournal {
+    /// The persistent log's file. A relative path is inside the replica's data directory; an
+    /// absolute one (`/dev/shm/...`, a DAX mount) must differ for each replica of a process.
+    pub path: PathBuf,
+    /// The log's size in MiB (1–1,048,576): the records acknowledged and not yet in the log
+    /// files. Appends wait for the files while it is full.
+    pub size_mb: u32,
+    pub persistence: Persistence,
 }
 
 /// How a replica that fell behind everything its peers' logs hold takes the peer checkpoint it
@@ -172,6 +189,7 @@ impl Default for RslConfig {
             catch_up: CatchUp::LoadInPlace,
             net_delay_us: 0,
             ring_name: String::new(),
+            nvm_journal: None,
         }
     }
 }
@@ -239,6 +257,12 @@ impl RslConfig {
         check("slow_sender_timeout_sec", self.slow_sender_timeout_sec.into(), 1, 3600)?;
         check("max_inbound_buffer_mb", self.max_inbound_buffer_mb.into(), 1, 1 << 20)?;
         check("net_delay_us", self.net_delay_us.into(), 0, 1_000_000)?;
+        if let Some(nvm) = &self.nvm_journal {
+            check("nvm_journal.size_mb", nvm.size_mb.into(), 1, 1 << 20)?;
+            if nvm.path.as_os_str().is_empty() {
+                return Err(ConfigError { field: "nvm_journal.path", value: 0, min: 1, max: 1 });
+            }
+        }
         if self.working_dir.as_os_str().is_empty() {
             return Err(ConfigError { field: "m_workingDir", value: 0, min: 1, max: 1 });
         }
@@ -323,6 +347,15 @@ impl RslConfig {
             allow_promotion_while_catching_up: self.allow_primary_promotion_while_catching_up,
         }
     }
+
+    /// The NVM journal's options for a replica whose data directory is `dir`.
+    pub(super) fn nvm_options(&self, dir: &std::path::Path) -> Option<super::journal::NvmOptions> {
+        self.nvm_journal.as_ref().map(|nvm| super::journal::NvmOptions {
+            path: dir.join(&nvm.path),
+            capacity: u64::from(nvm.size_mb) << 20,
+            persistence: nvm.persistence,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -385,6 +418,7 @@ mod tests {
             catch_up,
             net_delay_us,
             ring_name,
+            nvm_journal,
         );
         let doc = include_str!("../../../docs/migrating.md");
         let table = doc.split("## 6. `RSLConfigParam`, field by field").nth(1).expect("the field table in docs/migrating.md");

@@ -7,6 +7,13 @@
 //! one `fdatasync` per file, and reports the highest sequence number in it as durable; the
 //! next batch fills meanwhile. A protocol thread with nothing else to do may instead write the
 //! batch itself ([`Journal::flush`]): the writer would only be woken to wake it back.
+//!
+//! In the NVM mode ([`JournalOptions::nvm`], [`nvm`]) a batch is durable once it is in the
+//! persistent log, which the protocol thread writes at each flush; the writer thread drains it
+//! into the same log files afterwards.
+
+mod nvm;
+pub use nvm::NvmOptions;
 
 use super::health::Timing;
 use super::{numbered_files, panic_message, FileRange, ListError};
@@ -15,6 +22,7 @@ use crate::format::codec::{DecodeError, EncodeError};
 use crate::format::log::{self, encode_record, LogContents, LogWriter, Mode};
 use crate::format::{Message, MsgKind};
 use crate::paxos::SplitMix64;
+use crate::runtime::nvm::{NvmError, Position};
 use bytes::{Bytes, BytesMut};
 use std::fs::{self, File};
 use std::io;
@@ -50,6 +58,9 @@ pub struct JournalOptions {
     /// Where the writer counts its writes: one per batch (write and `fdatasync`), its bytes
     /// and how long it took (`RSLStats`' log writes).
     pub timing: Arc<Timing>,
+    /// The NVM journal: a record is durable once in this persistent log, and drained into the
+    /// log files afterwards. None: the file journal.
+    pub nvm: Option<NvmOptions>,
 }
 
 impl JournalOptions {
@@ -64,6 +75,7 @@ impl JournalOptions {
             sync: true,
             seed: 0,
             timing: Arc::default(),
+            nvm: None,
         }
     }
 }
@@ -85,6 +97,10 @@ pub enum JournalError {
     Encode(#[from] EncodeError),
     #[error("the journal writer stopped: {0}")]
     Stopped(String),
+    #[error(transparent)]
+    Nvm(#[from] NvmError),
+    #[error("{}: persistent log record {seq}: {what}", path.display())]
+    NvmRecord { path: PathBuf, seq: u64, what: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
@@ -97,6 +113,8 @@ struct Segment {
     file: u64,
     /// Create `<file>.log` before writing (a roll or a restart).
     create: bool,
+    /// Where `data` starts in the file.
+    offset: u64,
     data: BytesMut,
 }
 
@@ -122,6 +140,13 @@ struct State {
     /// Why the writer stopped (its I/O error).
     cause: String,
     index: Vec<IndexedLog>,
+    /// NVM mode: batches in the persistent log, for the writer to write to the files.
+    drain: Vec<nvm::Drain>,
+    /// NVM mode: the persistent log up to here is durable in the files; the protocol thread's
+    /// next publish releases it.
+    released: Option<Position>,
+    /// NVM mode: the highest persist number durable in the files.
+    drained_seq: u64,
 }
 
 struct Shared {
@@ -133,9 +158,14 @@ struct Shared {
     work: Condvar,
     /// Appenders wait here for room under `max_pending_bytes`.
     room: Condvar,
+    /// NVM mode: a full persistent log waits here for the writer to drain.
+    drained: Condvar,
     syncs: AtomicU64,
     #[cfg(test)]
     fail_writes: std::sync::atomic::AtomicBool,
+    /// NVM mode: the writer drains nothing more (a process that dies before it gets to).
+    #[cfg(test)]
+    hold_drain: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -202,6 +232,7 @@ impl Shared {
         st.batch.clear();
         drop(st);
         self.room.notify_all();
+        self.drained.notify_all();
         self.work.notify_one();
     }
 }
@@ -234,6 +265,8 @@ pub struct Journal {
     /// The last persist number flushed or handed to the writer thread.
     flushed_seq: u64,
     scratch: Scratch,
+    /// NVM mode: the persistent log, written by this (the protocol) thread only.
+    nvm: Option<nvm::NvmLog>,
 }
 
 /// When the current log rolls over (§8.6).
@@ -327,6 +360,8 @@ impl Journal {
     ) -> Result<(Journal, Replay), JournalError> {
         assert!(opts.max_logs >= 1 && opts.max_pending_bytes > 0, "the journal keeps a log and a batch");
         fs::create_dir_all(&opts.dir).map_err(io_err(&opts.dir))?;
+        // Before the scan: the files then hold every acknowledged record.
+        let nvm = opts.nvm.as_ref().map(|n| nvm::recover(&opts.dir, n)).transpose()?;
         let mut kept = scan_dir(&opts.dir, checkpoint_decree)?;
         let replay = Replay::take(&mut kept);
         let log = open_tail(&opts.dir, &mut kept, checkpoint_decree)?;
@@ -340,11 +375,14 @@ impl Journal {
             io: Mutex::new(io),
             work: Condvar::new(),
             room: Condvar::new(),
+            drained: Condvar::new(),
             syncs: AtomicU64::new(0),
             #[cfg(test)]
             fail_writes: Default::default(),
+            #[cfg(test)]
+            hold_drain: Default::default(),
         });
-        let writer = Writer { shared: shared.clone() };
+        let writer = Writer { shared: shared.clone(), drains: nvm.is_some() };
         // The writer's lines carry the replica's span, as its other threads' do.
         let span = tracing::Span::current();
         let writer = std::thread::Builder::new()
@@ -365,6 +403,7 @@ impl Journal {
             deferred: false,
             flushed_seq: 0,
             scratch: Scratch::default(),
+            nvm,
             dir: opts.dir,
         };
         Ok((journal, replay))
@@ -377,6 +416,14 @@ impl Journal {
         let rolled = self.roll_due(record);
         let new_file = self.restart.or(rolled);
         let shared = self.shared.clone();
+        if let Some(log) = self.nvm.as_mut() {
+            // The writer drains only what is in the persistent log: the batch goes there now.
+            if shared.lock().batch_bytes > self.max_pending_bytes {
+                if let Err(e) = shared.persist_batch(log) {
+                    shared.stop(&e);
+                }
+            }
+        }
         let mut st = shared.lock();
         while st.batch_bytes > self.max_pending_bytes && !st.stopped {
             shared.work.notify_one();
@@ -389,7 +436,8 @@ impl Journal {
         let fresh = st.batch.last().is_none_or(|s| s.file != target);
         if fresh {
             let data = st.spare.pop().unwrap_or_default();
-            st.batch.push(Segment { file: target, create: new_file.is_some(), data });
+            let offset = if new_file.is_some() { 0 } else { self.file_len };
+            st.batch.push(Segment { file: target, create: new_file.is_some(), offset, data });
         }
         let seg = st.batch.last_mut().expect("a segment for the target file");
         let start = seg.data.len();
@@ -448,6 +496,16 @@ impl Journal {
             return None;
         }
         self.flushed_seq = self.last_seq;
+        if let Some(log) = self.nvm.as_mut() {
+            // Durable once persisted: cheap enough for this thread whatever `here` says.
+            return Some(match self.shared.persist_batch(log) {
+                Ok(_) => Ok(self.last_seq),
+                Err(e) => {
+                    self.shared.stop(&e);
+                    Err(e)
+                }
+            });
+        }
         if here {
             if let Ok(mut io) = self.shared.io.try_lock() {
                 match self.shared.write_pending(&mut io, &mut self.scratch) {
@@ -544,6 +602,16 @@ impl Journal {
         self.last_seq
     }
 
+    /// Of the persists up to `durable`, those whose records can be read from the log files
+    /// (in the NVM mode, the drained ones).
+    pub(crate) fn readable(&self, durable: u64) -> u64 {
+        if self.nvm.is_some() {
+            durable.min(self.shared.lock().drained_seq)
+        } else {
+            durable
+        }
+    }
+
     /// The log directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -556,10 +624,21 @@ impl Journal {
 
     fn shutdown(&mut self) -> Result<(), JournalError> {
         let Some(writer) = self.writer.take() else { return Ok(()) };
+        if let Some(log) = self.nvm.as_mut() {
+            if let Err(e) = self.shared.persist_batch(log) {
+                self.shared.stop(&e);
+            }
+        }
         self.shared.lock().closing = true;
         self.shared.work.notify_one();
         if writer.join().is_err() {
             tracing::error!("the journal writer panicked");
+        }
+        if let Some(log) = self.nvm.as_mut() {
+            // Everything is in the files: empty the persistent log.
+            if let Err(e) = self.shared.publish_nvm(log) {
+                self.shared.stop(&e);
+            }
         }
         let st = self.shared.lock();
         assert!(st.stopped || st.batch.is_empty(), "close flushes every append");
@@ -573,6 +652,11 @@ impl Journal {
     #[cfg(test)]
     fn fail_writes(&self) {
         self.shared.fail_writes.store(true, Ordering::SeqCst);
+    }
+
+    #[cfg(test)]
+    fn hold_drain(&self) {
+        self.shared.hold_drain.store(true, Ordering::SeqCst);
     }
 }
 
@@ -753,6 +837,8 @@ pub fn write_defunct(dir: &Path, n: u32) -> io::Result<()> {
 /// The writer thread: writes the batches the protocol thread does not write itself.
 struct Writer {
     shared: Arc<Shared>,
+    /// NVM mode: it drains the persistent log's batches instead of taking the pending one.
+    drains: bool,
 }
 
 impl Writer {
@@ -761,7 +847,8 @@ impl Writer {
     /// room, and `on_error` is told.
     fn run(self, on_durable: impl Fn(u64), on_error: impl FnOnce(io::Error)) {
         let shared = self.shared.clone();
-        let error = match catch_unwind(AssertUnwindSafe(|| self.write_until_closed(on_durable))) {
+        let work = || if self.drains { self.drain_until_closed(on_durable) } else { self.write_until_closed(on_durable) };
+        let error = match catch_unwind(AssertUnwindSafe(work)) {
             Ok(Ok(())) => return,
             Ok(Err(e)) => e,
             Err(panic) => io::Error::other(format!("the journal writer panicked: {}", panic_message(&*panic))),
@@ -786,6 +873,49 @@ impl Writer {
             }
         }
         Ok(())
+    }
+
+    /// NVM mode: writes the persistent log's batches into the files, one write and one
+    /// `fdatasync` per file for all that is queued, then lets the protocol thread release them.
+    fn drain_until_closed(self, on_durable: impl Fn(u64)) -> io::Result<()> {
+        let mut scratch = Scratch::default();
+        let mut drains = Vec::new();
+        while self.wait_for_drain() {
+            std::mem::swap(&mut self.shared.lock().drain, &mut drains);
+            let end = drains.last().expect("a batch to drain").end;
+            let seq = drains.iter().filter_map(|d| d.seq).max();
+            scratch.batch.extend(drains.drain(..).map(|d| d.segment));
+            scratch.synced.clear();
+            let mut io = self.shared.lock_io();
+            let started = Instant::now();
+            io.write_batch(&self.shared, &scratch.batch, &mut scratch.synced)?;
+            io.timing.record(scratch.batch.iter().map(|s| s.data.len() as u64).sum(), started.elapsed());
+            drop(io);
+            self.shared.publish(&mut scratch.batch, &scratch.synced);
+            let mut st = self.shared.lock();
+            st.released = Some(end);
+            st.drained_seq = st.drained_seq.max(seq.unwrap_or(0));
+            drop(st);
+            self.shared.drained.notify_all();
+            if let Some(seq) = seq {
+                // Spilled decrees are read back from the files from now on.
+                on_durable(seq);
+            }
+        }
+        Ok(())
+    }
+
+    /// NVM mode: waits for batches to drain; false once closing with nothing left, or stopped.
+    fn wait_for_drain(&self) -> bool {
+        let mut st = self.shared.lock();
+        #[cfg(test)]
+        let held = || self.shared.hold_drain.load(Ordering::SeqCst);
+        #[cfg(not(test))]
+        let held = || false;
+        while (st.drain.is_empty() || held()) && !st.closing && !st.stopped {
+            st = self.shared.work.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        !st.drain.is_empty() && !st.stopped && !held()
     }
 
     /// Waits for appends; false once closing with nothing left, or stopped.
@@ -913,6 +1043,9 @@ mod tests {
         while j.durable.recv().unwrap() < last {}
         rolls
     }
+
+    /// The NVM mode's tests, with these helpers.
+    mod nvm_mode;
 
     fn logs_in(dir: &Path) -> Vec<u64> {
         list_logs(dir).unwrap().into_iter().map(|(d, _)| d).collect()

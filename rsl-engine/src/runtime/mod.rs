@@ -32,8 +32,9 @@ pub mod transport;
 mod view;
 
 pub use api::{Admission, AdmitAll, InitError, ReplicaHealth, ResponseCode, StateMachine, Stats};
-pub use config::{CatchUp, ConfigError, RslConfig};
+pub use config::{CatchUp, ConfigError, NvmJournal, RslConfig};
 pub use health::Timed;
+pub use nvm::Persistence;
 pub use replica::RslReplica;
 pub use view::ReplicaView;
 

@@ -175,6 +175,7 @@ impl RslReplica {
             sync: cfg.sync_writes,
             seed: seed(&me.id),
             timing: shared.log_writes.clone(),
+            nvm: cfg.nvm_options(&dir),
         };
         let (journal, logged) = Journal::open(opts, loaded, on_durable, on_error).map_err(|e| storage(&e))?;
         core.restore_defunct(read_defunct(&dir).map_err(|e| storage(&e))?);

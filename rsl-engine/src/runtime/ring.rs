@@ -186,7 +186,7 @@ impl Ring {
             if self.running() && self.io.now() >= self.driver.core().next_wakeup() {
                 self.driver.step(Input::Tick, &mut self.io);
             }
-            self.io.refill(self.driver.durable_seq());
+            self.io.refill(self.io.journal.readable(self.driver.durable_seq()));
             self.check_outstanding_vote();
             self.publish();
         }
@@ -302,7 +302,7 @@ impl Ring {
 
     fn shutdown(mut self) {
         self.driver.stop(&mut self.io);
-        let durable = self.driver.durable_seq();
+        let durable = self.io.journal.readable(self.driver.durable_seq());
         let mut io = self.io;
         io.release_status(true);
         io.shared.is_primary.store(false, Relaxed);

@@ -99,6 +99,14 @@ pub struct ClusterArgs {
     /// member id as CN) under `<dir>/tls`.
     #[arg(long)]
     tls: bool,
+    /// The NVM journal: replica i's persistent log is `<DIR>/<i>.nvm` (on /dev/shm for the
+    /// emulation), `--nvm-size` MiB each.
+    #[arg(long, value_name = "DIR")]
+    nvm: Option<std::path::PathBuf>,
+    #[arg(long, value_name = "MB", default_value_t = 64)]
+    nvm_size: u32,
+    #[arg(long, value_enum, default_value_t = server::NvmPersistence::ProcessCrash)]
+    nvm_persistence: server::NvmPersistence,
 }
 
 /// Logs to stderr as `RSL_LOG` filters them, in the format `RSL_LOG_FORMAT` names.

@@ -6,7 +6,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use clap::Args;
 use rsl_engine::format::{MemberId, MemberSet, Node, Version};
 use rsl_engine::runtime::transport::{accept_each, grow_within, Budget, RateLimited};
-use rsl_engine::runtime::{AdmitAll, ResponseCode, RslConfig, RslReplica};
+use rsl_engine::runtime::{AdmitAll, NvmJournal, Persistence, ResponseCode, RslConfig, RslReplica};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
@@ -87,6 +87,47 @@ pub struct ReplicaArgs {
     /// (port 0: one from the OS; the address is printed as `metrics on ADDR`).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+    #[command(flatten)]
+    pub nvm: NvmArgs,
+}
+
+/// The NVM journal's flags.
+#[derive(Args, Clone, Debug)]
+pub struct NvmArgs {
+    /// The NVM journal (docs/nvm.md): a write is acknowledged once its record is in this
+    /// persistent log, a memory-mapped file (on /dev/shm; on a DAX mount with
+    /// `--nvm-persistence cache-flush`); the log files are written from it behind. A relative
+    /// path is inside the replica's data directory; with several rings, ring k's is PATH.ring<k>.
+    #[arg(long, value_name = "PATH")]
+    pub nvm: Option<PathBuf>,
+    /// The persistent log's size: what may be acknowledged before it is in the log files.
+    #[arg(long, value_name = "MB", default_value_t = 64)]
+    pub nvm_size: u32,
+    /// What makes the persistent log durable.
+    #[arg(long, value_enum, default_value_t = NvmPersistence::ProcessCrash)]
+    pub nvm_persistence: NvmPersistence,
+}
+
+/// `Persistence` on the command line.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NvmPersistence {
+    /// The page cache holds it: survives kill -9, not a crash of the machine.
+    ProcessCrash,
+    /// msync at each commit: survives power loss.
+    Msync,
+    /// Cache-line flushes to persistent memory on a DAX file system: survives power loss.
+    CacheFlush,
+}
+
+impl NvmArgs {
+    fn journal(&self) -> Option<NvmJournal> {
+        let persistence = match self.nvm_persistence {
+            NvmPersistence::ProcessCrash => Persistence::ProcessCrash,
+            NvmPersistence::Msync => Persistence::Msync,
+            NvmPersistence::CacheFlush => Persistence::CacheFlush,
+        };
+        self.nvm.as_ref().map(|path| NvmJournal { path: path.clone(), size_mb: self.nvm_size, persistence })
+    }
 }
 
 /// Shifts every port of a member list by `by`.
@@ -154,6 +195,7 @@ pub fn run(args: ReplicaArgs) -> Result<u8, String> {
             ring.client_port += 10 * k;
             ring.members = args.members.as_deref().map(|m| shift_members(m, 10 * k));
             ring.dir = args.dir.join(format!("ring{k}"));
+            ring.nvm.nvm = args.nvm.nvm.as_ref().map(|p| PathBuf::from(format!("{}.ring{k}", p.display())));
         }
         // The client port first: a port that is taken fails before the replica starts.
         let listener = rt
@@ -249,6 +291,7 @@ fn start(args: ReplicaArgs, ring_name: &str) -> Result<(Arc<RslReplica>, Server)
         fast_read_seq_threshold: 1_000_000,
         tls: args.tls.settings()?,
         ring_name: ring_name.to_string(),
+        nvm_journal: args.nvm.journal(),
         ..RslConfig::default()
     };
     let (clients, summary) = (Arc::new(Clients::default()), Arc::new(Summary::default()));

@@ -159,9 +159,10 @@ pub struct RecordHeader {
 
 impl RecordHeader {
     /// The frame of a data record carrying `payload`.
-    pub fn data(seq: u64, payload: &[u8]) -> RecordHeader {
-        let len = u32::try_from(payload.len()).expect("the caller bounds record sizes");
-        let crc = crate::format::checksum::update(checksum(&fields(len, Kind::Data, seq)), payload);
+    pub fn data(seq: u64, payload: &[&[u8]]) -> RecordHeader {
+        let len = payload.iter().map(|p| p.len()).sum::<usize>();
+        let len = u32::try_from(len).expect("the caller bounds record sizes");
+        let crc = payload.iter().fold(checksum(&fields(len, Kind::Data, seq)), |crc, part| crate::format::checksum::update(crc, part));
         RecordHeader { len, kind: Kind::Data, seq, crc }
     }
 
@@ -239,7 +240,7 @@ mod tests {
         assert_eq!(Superblock::decode(&sb.encode()), Ok(sb));
         let slot = Slot { generation: 7, head: 64, head_seq: 3, tail: 128, tail_seq: 5 };
         assert_eq!(Slot::decode(&slot.encode()), Some(slot));
-        let h = RecordHeader::data(9, b"abc");
+        let h = RecordHeader::data(9, &[b"ab", b"c"]);
         assert_eq!(RecordHeader::decode(&h.encode()), Some(h));
         assert!(h.verifies(b"abc"));
         assert!(!h.verifies(b"abd"));

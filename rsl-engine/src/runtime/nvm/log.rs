@@ -129,11 +129,18 @@ impl<M: PersistentMemory> PmemLog<M> {
     /// acknowledged, once [`persist`](Self::persist) returns. Never overwrites a record the
     /// head has not released: without room it returns [`AppendError::Full`].
     pub fn append(&mut self, payload: &[u8]) -> Result<Appended, AppendError> {
+        self.append_parts(&[payload])
+    }
+
+    /// [`append`](Self::append) of one record whose payload is `parts` one after another
+    /// (no copy to join them first).
+    pub fn append_parts(&mut self, parts: &[&[u8]]) -> Result<Appended, AppendError> {
         let max = self.max_record() - RECORD_HEADER;
-        if payload.len() > max {
-            return Err(AppendError::TooLarge { len: payload.len(), max });
+        let len = parts.iter().map(|p| p.len()).sum::<usize>();
+        if len > max {
+            return Err(AppendError::TooLarge { len, max });
         }
-        let size = record_size(payload.len()) as u64;
+        let size = record_size(len) as u64;
         let remaining = self.capacity - self.tail % self.capacity;
         // A record never straddles the ring's end: it starts the next lap, after a pad.
         let pad = if size > remaining { remaining } else { 0 };
@@ -147,8 +154,11 @@ impl<M: PersistentMemory> PmemLog<M> {
         }
         self.tail += pad;
         let seq = self.next_seq;
-        let frame = RecordHeader::data(seq, payload).encode();
-        self.store(self.tail, &[&frame, payload]);
+        let frame = RecordHeader::data(seq, parts).encode();
+        let mut framed = [&frame[..]; 4];
+        assert!(parts.len() < framed.len(), "a record of at most {} parts", framed.len() - 1);
+        framed[1..=parts.len()].copy_from_slice(parts);
+        self.store(self.tail, &framed[..=parts.len()]);
         self.tail += size;
         self.next_seq += 1;
         Ok(Appended { seq, end: self.tail_position() })

@@ -9,8 +9,8 @@
 //! ([`Persistence::ProcessCrash`], [`Persistence::Msync`]). A fourth, in the tests, models a
 //! crash that loses or tears any store not yet flushed and fenced.
 //!
-//! Not yet here: the drainer into RSL-format log files, recovery into the journal, and the
-//! configuration (issue 15's items 2, 3, 5, 6 and 7).
+//! The journal's NVM mode, which writes this log and drains it into the RSL-format log files,
+//! is `runtime/journal/nvm.rs`.
 
 mod layout;
 mod log;

@@ -1,0 +1,238 @@
+//! The journal's NVM mode: the persistent log as the durable point, the writer thread as the
+//! drainer into the RSL-format log files, and the recovery that completes the files from the
+//! persistent log at start (docs/nvm.md, "The NVM journal").
+//!
+//! Each batch the protocol thread flushes goes into the persistent log as records carrying the
+//! exact bytes the file mode would write, with where they go: a 16-byte placement (the log
+//! file's first decree, the byte offset in it) before them. Once `persist` returns, the batch
+//! is durable and acknowledged. The writer thread then writes the same bytes into the files
+//! with one write and one `fdatasync` per file, and only then releases them from the
+//! persistent log (`advance_head`). So every acknowledged byte is, at any instant, in the
+//! persistent log or durable in its file, and recovery writes the persistent log's records at
+//! their places again (a write of bytes already there changes nothing).
+
+use super::{annotate, io_err, list_logs, sync_dir, JournalError, Segment, Shared};
+use crate::format::codec::PAGE;
+use crate::format::log;
+use crate::runtime::nvm::{self, FileMemory, NvmError, Persistence, PmemLog, Position, RECORD_HEADER};
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// Bytes before each record's payload: the log file's first decree and the offset in it.
+pub const PLACEMENT: usize = 16;
+
+/// The smallest persistent log the journal takes: its largest record holds a page of a file.
+pub const MIN_CAPACITY: u64 = 4096;
+
+/// Where the NVM journal's persistent log is and how it is made durable.
+#[derive(Clone, Debug)]
+pub struct NvmOptions {
+    /// The persistent log's file (created at the first start, resized there if `capacity`
+    /// changed once its records are in the files).
+    pub path: PathBuf,
+    /// Its ring's size in bytes: how much may be acknowledged and not yet in the log files.
+    pub capacity: u64,
+    pub persistence: Persistence,
+}
+
+/// Records in the persistent log, not yet written to the log files.
+pub(super) struct Drain {
+    pub segment: Segment,
+    /// Just past the segment's last record in the persistent log.
+    pub end: Position,
+    /// The highest persist number durable once this segment is in its file (on a batch's
+    /// last segment only).
+    pub seq: Option<u64>,
+}
+
+/// The persistent log as the journal holds it.
+pub(super) type NvmLog = PmemLog<FileMemory>;
+
+impl Shared {
+    /// Moves the pending batch into the persistent log and persists it: durable on return (the
+    /// highest persist number in it), and queued for the writer thread to drain into the files.
+    /// The same publish releases what the writer has drained meanwhile. While the log is full
+    /// it waits for the writer. None: nothing pending.
+    pub(super) fn persist_batch(&self, nvm: &mut NvmLog) -> io::Result<Option<u64>> {
+        let mut batch = Vec::new();
+        let Some(seq) = self.take(&mut batch) else { return Ok(None) };
+        let last = batch.len() - 1;
+        // Queued for the writer only once persisted: it releases what it drains.
+        let mut persisted = Vec::new();
+        for (i, mut segment) in batch.into_iter().enumerate() {
+            // A segment larger than a record the log takes goes in as several, each of whole
+            // 512-byte pages (log records are whole pages; the files take whole pages).
+            let max = (nvm.max_record() - RECORD_HEADER - PLACEMENT) / PAGE * PAGE;
+            let mut create = segment.create;
+            while !segment.data.is_empty() {
+                let data = segment.data.split_to(segment.data.len().min(max));
+                let chunk = Segment { file: segment.file, create, offset: segment.offset, data };
+                segment.offset += chunk.data.len() as u64;
+                create = false;
+                let end = self.append_waiting(nvm, &chunk, &mut persisted)?;
+                let done = segment.data.is_empty() && i == last;
+                persisted.push(Drain { segment: chunk, end, seq: done.then_some(seq) });
+            }
+        }
+        self.publish_nvm(nvm)?;
+        self.queue_drain(&mut persisted);
+        Ok(Some(seq))
+    }
+
+    /// Hands persisted records to the writer.
+    fn queue_drain(&self, persisted: &mut Vec<Drain>) {
+        self.lock().drain.append(persisted);
+        self.work.notify_one();
+    }
+
+    /// Persists the appends so far and releases what the writer has drained, in one publish.
+    pub(super) fn publish_nvm(&self, nvm: &mut NvmLog) -> io::Result<()> {
+        let released = self.lock().released;
+        let done = match released {
+            Some(to) if to > nvm.head() => nvm.advance_head(to),
+            _ => nvm.persist(),
+        };
+        done.map_err(|e| annotate(e, nvm.memory().path()))
+    }
+
+    /// Appends one chunk; while the log is full, persists what is appended (so the writer can
+    /// drain it) and waits for the writer to drain some.
+    fn append_waiting(&self, nvm: &mut NvmLog, chunk: &Segment, persisted: &mut Vec<Drain>) -> io::Result<Position> {
+        let (file, offset) = (chunk.file.to_le_bytes(), chunk.offset.to_le_bytes());
+        loop {
+            match nvm.append_parts(&[&file, &offset, &chunk.data]) {
+                Ok(appended) => return Ok(appended.end),
+                Err(nvm::AppendError::Full { .. }) => self.wait_for_room(nvm, persisted)?,
+                Err(e @ nvm::AppendError::TooLarge { .. }) => unreachable!("chunks fit the log: {e}"),
+            }
+        }
+    }
+
+    /// Persists, wakes the writer, and waits until it has drained records past the head; the
+    /// next publish releases them.
+    fn wait_for_room(&self, nvm: &mut NvmLog, persisted: &mut Vec<Drain>) -> io::Result<()> {
+        self.publish_nvm(nvm)?;
+        self.queue_drain(persisted);
+        let head = nvm.head();
+        let mut st = self.lock();
+        while !st.stopped && st.released.is_none_or(|r| r <= head) {
+            st = self.drained.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        if st.stopped {
+            return Err(io::Error::other(format!("the journal writer stopped: {}", st.cause)));
+        }
+        drop(st);
+        self.publish_nvm(nvm)
+    }
+}
+
+/// Opens the persistent log (creating it the first time) and writes every record it holds into
+/// the log files in `dir`, then releases them: the files then hold every acknowledged record,
+/// and replay goes on as in the file mode. Records already in the files are left as they are.
+pub(super) fn recover(dir: &Path, opts: &NvmOptions) -> Result<NvmLog, JournalError> {
+    if opts.capacity < MIN_CAPACITY {
+        let what = format!("a persistent log of {} bytes is below the journal's minimum of {MIN_CAPACITY}", opts.capacity);
+        return Err(NvmError::Geometry { path: opts.path.clone(), what }.into());
+    }
+    if !opts.path.exists() {
+        return Ok(nvm::create(&opts.path, opts.capacity, opts.persistence)?);
+    }
+    let mut log = nvm::open(&opts.path, opts.persistence)?;
+    let mut files = Placer { dir, newest: list_logs(dir)?.last().map(|&(d, _)| d), open: None, touched: Vec::new(), written: 0 };
+    let mut count = 0;
+    for record in log.records() {
+        let record = record?;
+        let bad = |what: String| JournalError::NvmRecord { path: opts.path.clone(), seq: record.seq, what };
+        if record.payload.len() < PLACEMENT {
+            return Err(bad(format!("{} bytes, shorter than a placement", record.payload.len())));
+        }
+        let file = u64::from_le_bytes(record.payload[..8].try_into().expect("8 bytes"));
+        let offset = u64::from_le_bytes(record.payload[8..16].try_into().expect("8 bytes"));
+        files.place(file, offset, &record.payload[PLACEMENT..]).map_err(|e| match e {
+            Place::Io(e) => e,
+            Place::Bad(what) => bad(what),
+        })?;
+        count += 1;
+    }
+    let written = files.written;
+    files.sync()?;
+    if count > 0 {
+        // `written`: the bytes the files lacked (acknowledged, not yet drained at the stop).
+        tracing::info!(path = %opts.path.display(), records = count, written, "persistent log replayed into the log files");
+    }
+    let tail = log.durable_tail();
+    log.advance_head(tail).map_err(|e| NvmError::Io { path: opts.path.clone(), source: e })?;
+    if log.capacity() != opts.capacity {
+        // Empty now: a new size takes effect.
+        drop(log);
+        log = nvm::create(&opts.path, opts.capacity, opts.persistence)?;
+    }
+    Ok(log)
+}
+
+enum Place {
+    Io(JournalError),
+    Bad(String),
+}
+
+/// Writes records back at their places in the log files.
+struct Placer<'a> {
+    dir: &'a Path,
+    /// The newest log file's first decree.
+    newest: Option<u64>,
+    open: Option<(u64, File)>,
+    /// Files written to, to sync.
+    touched: Vec<(PathBuf, File)>,
+    /// Bytes written because the file did not hold them.
+    written: u64,
+}
+
+impl Placer<'_> {
+    /// Makes `data` the bytes at `offset` in `<file>.log`, writing only if they differ.
+    fn place(&mut self, file: u64, offset: u64, data: &[u8]) -> Result<(), Place> {
+        let path = self.dir.join(log::file_name(file));
+        let io = |e| Place::Io(JournalError::Io { path: path.clone(), source: e });
+        if self.open.as_ref().is_none_or(|(f, _)| *f != file) {
+            match File::options().read(true).write(true).open(&path) {
+                Ok(f) => self.open = Some((file, f)),
+                // Drained, synced, and deleted by truncation since: a newer log exists.
+                Err(e) if e.kind() == io::ErrorKind::NotFound && self.newest.is_some_and(|n| n > file) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound && offset == 0 => {
+                    let f = File::options().read(true).write(true).create_new(true).open(&path).map_err(io)?;
+                    sync_dir(self.dir).map_err(io)?;
+                    self.newest = Some(self.newest.map_or(file, |n| n.max(file)));
+                    self.open = Some((file, f));
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(Place::Bad(format!("{} is missing, and it should hold bytes from offset {offset}", path.display())))
+                }
+                Err(e) => return Err(io(e)),
+            }
+        }
+        let (_, f) = self.open.as_ref().expect("opened above");
+        let len = f.metadata().map_err(io)?.len();
+        if offset > len {
+            return Err(Place::Bad(format!("{} ends at {len}, before the record's offset {offset}", path.display())));
+        }
+        let mut there = vec![0u8; data.len().min((len - offset) as usize)];
+        f.read_exact_at(&mut there, offset).map_err(io)?;
+        if there != data {
+            f.write_all_at(data, offset).map_err(io)?;
+            self.written += data.len() as u64;
+            if !self.touched.iter().any(|(p, _)| *p == path) {
+                self.touched.push((path.clone(), f.try_clone().map_err(io)?));
+            }
+        }
+        Ok(())
+    }
+
+    fn sync(self) -> Result<(), JournalError> {
+        for (path, file) in self.touched {
+            tracing::info!(path = %path.display(), "completed from the persistent log");
+            file.sync_data().map_err(io_err(&path))?;
+        }
+        Ok(())
+    }
+}
