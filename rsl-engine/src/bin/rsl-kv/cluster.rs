@@ -132,7 +132,7 @@ impl Drop for Processes {
 
 /// What a replica's stdout said: its `listening` line, or nothing before it closed.
 enum Report {
-    Listening,
+    Listening(usize),
     Closed(usize),
 }
 
@@ -160,7 +160,7 @@ fn watch_stdout(child: &mut Child, i: usize, reports: mpsc::Sender<Report>) {
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if line.starts_with("listening on ") {
-                let _ = reports.send(Report::Listening);
+                let _ = reports.send(Report::Listening(i));
             }
         }
         let _ = reports.send(Report::Closed(i));
@@ -205,26 +205,33 @@ fn start(args: &ClusterArgs, dir: &std::path::Path, ports: &[Ports], tls: Option
         procs.0.push(child);
     }
     let until = Instant::now() + READY_TIMEOUT;
-    let mut ready = 0;
-    while ready < ports.len() {
+    // Per replica: one with several rings prints a line for each.
+    let mut ready = vec![false; ports.len()];
+    while ready.contains(&false) {
         match listening.recv_timeout(until.saturating_duration_since(Instant::now())) {
-            Ok(Report::Listening) => ready += 1,
+            Ok(Report::Listening(i)) => ready[i] = true,
             Ok(Report::Closed(i)) => {
                 let status = procs.0[i].wait().map_or_else(|e| e.to_string(), |s| s.to_string());
                 let why = stderr[i].take().and_then(|t| t.join().ok()).unwrap_or_default();
                 let why = why.strip_prefix("rsl-kv: ").unwrap_or(&why);
                 return Err(format!("replica {} did not start ({status}): {why}", i + 1));
             }
-            Err(_) => return Err(format!("{} of {} replicas listening after {READY_TIMEOUT:?}", ready, ports.len())),
+            Err(_) => {
+                return Err(format!(
+                    "{} of {} replicas listening after {READY_TIMEOUT:?}",
+                    ready.iter().filter(|&&r| r).count(),
+                    ports.len()
+                ))
+            }
         }
     }
     Ok(procs)
 }
 
-/// [`start`] on `--base-port`, or on free ports. Free ports are tried [`ATTEMPTS`] times in a
-/// fresh temporary directory: when another program took one of them between the pick and the
-/// bind, the replicas that did start are stopped, their data (made for the ports given up)
-/// deleted, and new ports picked.
+/// [`start`] on `--base-port`, or on free ports. Free ports are tried [`ATTEMPTS`] times when
+/// the replicas' directories (and persistent logs) are new: when another program took one of
+/// them between the pick and the bind, the replicas that did start are stopped, their data
+/// (made for the ports given up) deleted, and new ports picked.
 fn start_on_some_ports(
     args: &ClusterArgs,
     dir: &std::path::Path,
@@ -235,15 +242,23 @@ fn start_on_some_ports(
         let ports = fixed_ports(base, args.replicas)?;
         return start(args, dir, &ports, tls).map(|procs| (procs, ports));
     }
+    // Only data this command made is deleted for a retry: none of the replicas' directories
+    // may exist before the first attempt (a `--dir` of an earlier run keeps its data).
+    let nvm_logs: Vec<_> = args.nvm.iter().flat_map(|nvm| ids.iter().map(|id| nvm.join(format!("{id}.nvm")))).collect();
+    let fresh = ids.iter().all(|id| !dir.join(id).exists()) && nvm_logs.iter().all(|log| !log.exists());
     let mut attempt = 1;
     loop {
         let ports = free_ports(args.replicas)?;
         match start(args, dir, &ports, tls) {
             Ok(procs) => return Ok((procs, ports)),
-            Err(why) if args.dir.is_none() && attempt < ATTEMPTS && why.contains("cannot listen on") => {
+            Err(why) if fresh && attempt < ATTEMPTS && why.contains("cannot listen on") => {
                 eprintln!("rsl-kv: {why}; trying other ports");
                 for id in ids {
                     let _ = std::fs::remove_dir_all(dir.join(id));
+                }
+                // A persistent log outlives its data directory only to be written back into it.
+                for log in &nvm_logs {
+                    let _ = std::fs::remove_file(log);
                 }
                 attempt += 1;
             }
