@@ -225,45 +225,55 @@ namespace RSLib
             }
         }
 
+        // Logs a configuration error and keeps the first as the cause a failed Initialize
+        // reports (its notification's message).
+        bool ConfigError(std::string* first, const std::string& what)
+        {
+            SHIM_LOG(CallBackLogLevel_Error, "Configuration Error: %s", what.c_str());
+            if (first->empty())
+            {
+                *first = what;
+            }
+            return false;
+        }
+
         // Converts one configuration value, rejecting what does not fit the C field.
-        bool Fits32(long long v, const char* name, uint32_t* out)
+        bool Fits32(long long v, const char* name, uint32_t* out, std::string* why)
         {
             if (v < 0 || v > static_cast<long long>(UINT32_MAX))
             {
-                SHIM_LOG(CallBackLogLevel_Error, "Configuration Error: %s = %lld is out of range", name, v);
-                return false;
+                return ConfigError(why, std::string(name) + " = " + std::to_string(v) + " is out of range");
             }
             *out = static_cast<uint32_t>(v);
             return true;
         }
 
-        bool ToConfig(const RSLConfigParam& p, rsl_config* c)
+        // `why` gets the first value at fault.
+        bool ToConfig(const RSLConfigParam& p, rsl_config* c, std::string* why)
         {
             rsl_config_init(c);
             bool ok = true;
-            ok &= Fits32(p.m_newLeaderGracePeriodSec, "m_newLeaderGracePeriodSec", &c->new_leader_grace_period_sec);
-            ok &= Fits32(p.m_heartBeatIntervalSec, "m_heartBeatIntervalSec", &c->heart_beat_interval_sec);
-            ok &= Fits32(p.m_electionDelaySec, "m_electionDelaySec", &c->election_delay_sec);
-            ok &= Fits32(p.m_maxElectionRandomizeSec, "m_maxElectionRandomizeSec", &c->max_election_randomize_sec);
+            ok &= Fits32(p.m_newLeaderGracePeriodSec, "m_newLeaderGracePeriodSec", &c->new_leader_grace_period_sec, why);
+            ok &= Fits32(p.m_heartBeatIntervalSec, "m_heartBeatIntervalSec", &c->heart_beat_interval_sec, why);
+            ok &= Fits32(p.m_electionDelaySec, "m_electionDelaySec", &c->election_delay_sec, why);
+            ok &= Fits32(p.m_maxElectionRandomizeSec, "m_maxElectionRandomizeSec", &c->max_election_randomize_sec, why);
             ok &= Fits32(p.m_initializeRetryIntervalSec, "m_initializeRetryIntervalSec",
-                         &c->initialize_retry_interval_sec);
-            ok &= Fits32(p.m_prepareRetryIntervalSec, "m_prepareRetryIntervalSec", &c->prepare_retry_interval_sec);
-            ok &= Fits32(p.m_voteRetryIntervalSec, "m_voteRetryIntervalSec", &c->vote_retry_interval_sec);
+                         &c->initialize_retry_interval_sec, why);
+            ok &= Fits32(p.m_prepareRetryIntervalSec, "m_prepareRetryIntervalSec", &c->prepare_retry_interval_sec, why);
+            ok &= Fits32(p.m_voteRetryIntervalSec, "m_voteRetryIntervalSec", &c->vote_retry_interval_sec, why);
             ok &= Fits32(p.m_voteMaxOutstandingIntervalSec, "m_voteMaxOutstandingIntervalSec",
-                         &c->vote_max_outstanding_interval_sec);
-            ok &= Fits32(p.m_cPQueryRetryIntervalSec, "m_cPQueryRetryIntervalSec", &c->c_p_query_retry_interval_sec);
+                         &c->vote_max_outstanding_interval_sec, why);
+            ok &= Fits32(p.m_cPQueryRetryIntervalSec, "m_cPQueryRetryIntervalSec", &c->c_p_query_retry_interval_sec, why);
             if (p.m_maxCheckpointIntervalSec < 0)
             {
-                SHIM_LOG(CallBackLogLevel_Error, "Configuration Error: m_maxCheckpointIntervalSec = %lld is negative",
-                          p.m_maxCheckpointIntervalSec);
-                ok = false;
+                ok = ConfigError(why, "m_maxCheckpointIntervalSec = " + std::to_string(p.m_maxCheckpointIntervalSec) + " is negative");
             }
             else
             {
                 c->max_checkpoint_interval_sec = static_cast<uint64_t>(p.m_maxCheckpointIntervalSec);
             }
-            ok &= Fits32(p.m_joinMessagesIntervalSec, "m_joinMessagesIntervalSec", &c->join_messages_interval_sec);
-            ok &= Fits32(p.m_maxLogLenMB, "m_maxLogLenMB", &c->max_log_len_mb);
+            ok &= Fits32(p.m_joinMessagesIntervalSec, "m_joinMessagesIntervalSec", &c->join_messages_interval_sec, why);
+            ok &= Fits32(p.m_maxLogLenMB, "m_maxLogLenMB", &c->max_log_len_mb, why);
             c->send_timeout_sec = p.m_sendTimeoutSec;
             c->receive_timeout_sec = p.m_receiveTimeoutSec;
             c->max_cache_length_mb = p.m_maxCacheLengthMB;
@@ -285,8 +295,7 @@ namespace RSLib
             const size_t n = strnlen(p.m_workingDir, sizeof p.m_workingDir);
             if (n == sizeof p.m_workingDir)
             {
-                SHIM_LOG(CallBackLogLevel_Error, "Configuration Error: m_workingDir is not NUL-terminated");
-                ok = false;
+                ok = ConfigError(why, "m_workingDir is not NUL-terminated");
             }
             else
             {
@@ -303,8 +312,7 @@ namespace RSLib
             const size_t nvm = strnlen(p.m_nvmJournalPath, sizeof p.m_nvmJournalPath);
             if (nvm == sizeof p.m_nvmJournalPath)
             {
-                SHIM_LOG(CallBackLogLevel_Error, "Configuration Error: m_nvmJournalPath is not NUL-terminated");
-                ok = false;
+                ok = ConfigError(why, "m_nvmJournalPath is not NUL-terminated");
             }
             else
             {
@@ -1017,9 +1025,10 @@ namespace RSLib
             return false;
         }
         rsl_config c;
-        if (!ToConfig(*cfg, &c))
+        std::string why;
+        if (!ToConfig(*cfg, &c, &why))
         {
-            shim::NotifyInitializeFailure("Could not load config", "a configuration value is out of range (logged)");
+            shim::NotifyInitializeFailure("Could not load config", why.c_str());
             sm->m_impl->started.store(false);
             return false;
         }
@@ -1137,7 +1146,8 @@ namespace RSLib
         std::memcpy(p.m_workingDir, directory, n + 1);
         p.m_addMemberIdToWorkingDir = false;
         rsl_config c;
-        if (!ToConfig(p, &c))
+        std::string why;
+        if (!ToConfig(p, &c, &why))
         {
             m_impl->started.store(false);
             return false;

@@ -161,7 +161,8 @@ namespace RSLib
        LogEntryCallback is installed; the process then aborts), and a failed Initialize
        (level Error, `title` RSL's: "Could not load config", "Failed to restore state" or
        "Initialize failed"; `message`, NULL in RSL, the cause: the directory, address, value
-       or file at fault, as rsl_last_error() gives it). The strings live only during the call. */
+       or file at fault, as rsl_last_error() gives it, or for a field the shim cannot convert
+       to the C ABI's type, that field and its value). The strings live only during the call. */
     typedef void (*NotificationsCallback)(int level, int logId, const char* title, const char* message);
 
     typedef enum

@@ -10,6 +10,9 @@
 //      names it too.
 //   2. RSLCheckpointUtility::ChangeReplicaSet on a missing checkpoint returns false and logs
 //      why, naming the file.
+//   3. Initialize with a value the shim cannot convert (a negative m_maxCheckpointIntervalSec)
+//      returns false; the notification keeps RSL's title ("Could not load config") and names
+//      the field as its message.
 // Prints "ok <step>" per step and "all ok"; exits 1 at the first failure.
 
 #include <cstdarg>
@@ -104,6 +107,24 @@ namespace
         Check(ErrorLogged(errors, "ChangeReplicaSet", missing + ": "), "the error logged names the file and why");
         std::cout << "ok ChangeReplicaSet names the cause" << std::endl;
     }
+
+    void InitializeWithAFieldOutOfRange()
+    {
+        RSLConfigParam cfg = RingConfig(g_work + "/config", 2, 2);
+        cfg.m_maxCheckpointIntervalSec = -1;
+        const size_t before = [] {
+            std::lock_guard<std::mutex> lock(g_mutex);
+            return g_notifications.size();
+        }();
+        Machine m;
+        Check(!m.Initialize(&cfg, RingNodes({1}), MakeNode(1), RSLProtocolVersion_6, false), "Initialize fails");
+        std::lock_guard<std::mutex> lock(g_mutex);
+        Check(g_notifications.size() == before + 1, "one notification");
+        const auto& [title, message] = g_notifications.back();
+        Check(title == "Could not load config", "RSL's title, not '" + title + "'");
+        Check(message.find("m_maxCheckpointIntervalSec = -1") != std::string::npos, "the message names the field: '" + message + "'");
+        std::cout << "ok a bad field is named: " << message << std::endl;
+    }
 } // namespace
 
 int main(int argc, char** argv)
@@ -119,6 +140,7 @@ int main(int argc, char** argv)
     }
     InitializeOnABadDirectory();
     ChangeReplicaSetOfAMissingCheckpoint();
+    InitializeWithAFieldOutOfRange();
     std::cout << "all ok" << std::endl;
     return 0;
 }
