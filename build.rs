@@ -105,11 +105,22 @@ fn set_soname(out: &Path) {
     for dir in [profile.to_path_buf(), profile.join("deps")] {
         let link = dir.join(&soname);
         if std::fs::read_link(&link).ok().as_deref() != Some(Path::new("librsl.so")) {
-            let _ = std::fs::remove_file(&link);
             let _ = std::fs::create_dir_all(&dir);
-            std::os::unix::fs::symlink("librsl.so", &link).unwrap_or_else(|e| panic!("cannot create {}: {e}", link.display()));
+            replace_with_symlink(&link);
         }
     }
+}
+
+/// Makes `link` -> `librsl.so`. These links are outside OUT_DIR, where two builds (another
+/// cargo, rust-analyzer) may make them at once: each makes the link under a name of its own
+/// (its process id) and renames it over `link`, which replaces whatever is there in one step,
+/// so no build finds the name taken.
+fn replace_with_symlink(link: &Path) {
+    let name = link.file_name().expect("a link has a name").to_string_lossy();
+    let tmp = link.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink("librsl.so", &tmp).unwrap_or_else(|e| panic!("cannot create {}: {e}", tmp.display()));
+    std::fs::rename(&tmp, link).unwrap_or_else(|e| panic!("cannot rename {} to {}: {e}", tmp.display(), link.display()));
 }
 
 /// Writes `target/<profile>/rsl.pc` (beside `librsl.so`) from `cpp-shim/rsl.pc.in`.
@@ -124,6 +135,9 @@ fn write_pkg_config(root: &Path, out: &Path) {
         .replace("@VERSION@", &std::env::var("CARGO_PKG_VERSION").unwrap_or_default());
     let path = libdir.join("rsl.pc");
     if std::fs::read_to_string(&path).ok().as_deref() != Some(pc.as_str()) {
-        std::fs::write(&path, pc).expect("target/<profile>/rsl.pc is writable");
+        // Written aside and renamed in, like the links: another build may read it meanwhile.
+        let tmp = libdir.join(format!(".rsl.pc.{}.tmp", std::process::id()));
+        std::fs::write(&tmp, pc).expect("target/<profile> is writable");
+        std::fs::rename(&tmp, &path).expect("target/<profile>/rsl.pc is writable");
     }
 }
