@@ -3,9 +3,9 @@
 //!
 //! - `cargo xtask install --prefix DIR [--profile NAME]` builds `librsl` (release unless
 //!   `--profile` names another cargo profile) and installs it under `DIR` ([`install`]).
-//! - `cargo xtask test-install [--profile NAME]` installs into a temporary prefix, moves the
-//!   checkout's `target/` away, builds and runs the C++ example with CMake and the C example
-//!   with pkg-config against the installed copy, and puts `target/` back ([`check`]).
+//! - `cargo xtask test-install [--profile NAME]` installs into a temporary prefix, builds and
+//!   runs the C++ example with CMake and the C example with pkg-config against the installed
+//!   copy, and shows that nothing came from the checkout ([`check`]).
 
 mod check;
 mod install;
