@@ -1,7 +1,8 @@
 //! The RSL engine: Azure RSL's multi-Paxos replicated state machine, rebuilt in Rust.
 //!
 //! [`format`] owns every byte format RSL reads and writes; [`paxos`] is the sans-IO protocol core;
-//! [`driver`] carries out its actions for both the [`runtime`] and the simulator ([`sim`]).
+//! [`driver`] carries out its actions for both the [`runtime`] and the simulator (`sim`, behind
+//! the feature of that name).
 
 // The system calls std lacks are wrapped in `writeback` and `diskspace`, and persistent memory
 // in `runtime::nvm::pmem`: they alone may use `unsafe`.
@@ -25,6 +26,8 @@ pub mod faults;
 pub mod format;
 pub mod paxos;
 pub mod runtime;
+/// Behind the `sim` feature (on by default): a library build leaves it out.
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod writeback;
 
