@@ -33,6 +33,10 @@ const MAX_RING_NAME: usize = 64;
 /// Every live ring's probe. Locked only to register a ring and to scrape.
 static RINGS: Mutex<Vec<Weak<Probe>>> = Mutex::new(Vec::new());
 
+/// One page is rendered at a time: a scrape that times out leaves at most this one blocking
+/// render behind, however many connections give up.
+static RENDERING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
 /// What a scrape reads of one replica; the replica holds it, the list a weak reference.
 pub(crate) struct Probe {
     pub ring: String,
@@ -360,7 +364,13 @@ async fn answer<C: AsyncRead + AsyncWrite + Unpin>(mut conn: C) -> std::io::Resu
     let http1 = version.is_some_and(|v| v.starts_with(b"HTTP/1."));
     let (status, body) = match (method, path) {
         (Some(b"GET"), Some(b"/metrics")) if http1 => {
-            // Read on a blocking thread: a scrape takes short locks the replicas share.
+            // Read on a blocking thread: a scrape takes short locks the replicas share. The
+            // permit goes with the render, so a timed-out scrape's render still counts.
+            let permit = RENDERING.acquire().await.map_err(std::io::Error::other)?;
+            let render = move || {
+                let _permit = permit;
+                render()
+            };
             let text = tokio::task::spawn_blocking(render).await.map_err(std::io::Error::other)?;
             return respond_with(&mut conn, "200 OK", CONTENT_TYPE, &text).await;
         }

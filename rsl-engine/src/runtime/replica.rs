@@ -623,7 +623,7 @@ impl RslReplica {
             decrees_executed: since(&c.decrees_executed, &r.decrees_executed),
             requests_executed: since(&c.requests_executed, &r.requests_executed),
             votes_logged: since(&c.votes_logged, &r.votes_logged),
-            log_syncs: c.log_syncs.load(Relaxed),
+            log_syncs: since(&c.log_syncs, &r.log_syncs),
             fast_reads: since(&c.fast_reads, &r.fast_reads),
             checkpoints_saved: since(&c.checkpoints_saved, &r.checkpoints_saved),
             messages_rejected: since(&c.messages_rejected, &r.messages_rejected),

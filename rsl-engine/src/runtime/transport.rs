@@ -266,8 +266,9 @@ impl Transport {
         skipped
     }
 
+    /// Read by a metrics scrape: a poisoned map is still read, never a panic there.
     pub fn peer_stats(&self) -> Vec<PeerStats> {
-        let map = self.peers.lock().expect("peer map poisoned");
+        let map = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         map.iter().map(|(id, entry)| entry.peer.stats(*id)).collect()
     }
 
