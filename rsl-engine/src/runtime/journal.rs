@@ -99,8 +99,9 @@ pub enum JournalError {
     Stopped(String),
     #[error(transparent)]
     Nvm(#[from] NvmError),
-    #[error("{}: persistent log record {seq}: {what}", path.display())]
-    NvmRecord { path: PathBuf, seq: u64, what: String },
+    /// `offset`: where the record starts in the persistent log's file.
+    #[error("{}: persistent log record {seq} at offset {offset}: {what}", path.display())]
+    NvmRecord { path: PathBuf, seq: u64, offset: u64, what: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {

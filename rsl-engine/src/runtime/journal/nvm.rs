@@ -140,27 +140,13 @@ pub(super) fn recover(dir: &Path, opts: &NvmOptions) -> Result<NvmLog, JournalEr
         return Ok(nvm::create(&opts.path, opts.capacity, opts.persistence)?);
     }
     let mut log = nvm::open(&opts.path, opts.persistence)?;
-    let mut files = Placer { dir, newest: list_logs(dir)?.last().map(|&(d, _)| d), open: None, touched: Vec::new(), written: 0 };
-    let mut count = 0;
-    for record in log.records() {
-        let record = record?;
-        let bad = |what: String| JournalError::NvmRecord { path: opts.path.clone(), seq: record.seq, what };
-        if record.payload.len() < PLACEMENT {
-            return Err(bad(format!("{} bytes, shorter than a placement", record.payload.len())));
-        }
-        let file = u64::from_le_bytes(record.payload[..8].try_into().expect("8 bytes"));
-        let offset = u64::from_le_bytes(record.payload[8..16].try_into().expect("8 bytes"));
-        files.place(file, offset, &record.payload[PLACEMENT..]).map_err(|e| match e {
-            Place::Io(e) => e,
-            Place::Bad(what) => bad(what),
-        })?;
-        count += 1;
-    }
-    let written = files.written;
-    files.sync()?;
-    if count > 0 {
+    let placed = place_records(dir, &log, &opts.path)?;
+    if placed.records > 0 {
         // `written`: the bytes the files lacked (acknowledged, not yet drained at the stop).
-        tracing::info!(path = %opts.path.display(), records = count, written, "persistent log replayed into the log files");
+        tracing::info!(
+            path = %opts.path.display(), records = placed.records, written = placed.written, files = placed.synced,
+            "persistent log replayed into the log files"
+        );
     }
     let tail = log.durable_tail();
     log.advance_head(tail).map_err(|e| NvmError::Io { path: opts.path.clone(), source: e })?;
@@ -170,6 +156,49 @@ pub(super) fn recover(dir: &Path, opts: &NvmOptions) -> Result<NvmLog, JournalEr
         log = nvm::create(&opts.path, opts.capacity, opts.persistence)?;
     }
     Ok(log)
+}
+
+/// What [`place_records`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Placed {
+    /// Records in the persistent log.
+    pub records: u64,
+    /// Bytes written because a file did not hold them.
+    pub written: u64,
+    /// Files synced: every file a record went to, whether written or only verified.
+    pub synced: usize,
+}
+
+/// Writes every record of `log` at its place in the log files in `dir` (unless the bytes are
+/// there already), then syncs every file a record went to and the directory, so that the log
+/// may be emptied: a byte that compares equal may be only in the page cache (the drainer was
+/// killed between its write and its `fdatasync`), and must be durable before its record goes.
+pub(super) fn place_records(dir: &Path, log: &NvmLog, path: &Path) -> Result<Placed, JournalError> {
+    let mut files = Placer { dir, newest: list_logs(dir)?.last().map(|&(d, _)| d), open: None, opened: Vec::new(), written: 0 };
+    let mut records = 0;
+    for record in log.records() {
+        let record = record?;
+        let bad = |what: String| JournalError::NvmRecord { path: path.to_path_buf(), seq: record.seq, offset: record.offset, what };
+        if record.payload.len() < PLACEMENT {
+            return Err(bad(format!("{} bytes, shorter than a placement", record.payload.len())));
+        }
+        let file = u64::from_le_bytes(record.payload[..8].try_into().expect("8 bytes"));
+        let offset = u64::from_le_bytes(record.payload[8..16].try_into().expect("8 bytes"));
+        let data = &record.payload[PLACEMENT..];
+        // The journal cuts chunks of whole 512-byte pages at page offsets: anything else is
+        // not a record it wrote.
+        if offset % PAGE as u64 != 0 || data.len() % PAGE != 0 {
+            return Err(bad(format!("{} bytes at offset {offset} of {}: not whole {PAGE}-byte pages", data.len(), log::file_name(file))));
+        }
+        files.place(file, offset, data).map_err(|e| match e {
+            Place::Io(e) => e,
+            Place::Bad(what) => bad(what),
+        })?;
+        records += 1;
+    }
+    let written = files.written;
+    let synced = files.sync()?;
+    Ok(Placed { records, written, synced })
 }
 
 enum Place {
@@ -183,8 +212,8 @@ struct Placer<'a> {
     /// The newest log file's first decree.
     newest: Option<u64>,
     open: Option<(u64, File)>,
-    /// Files written to, to sync.
-    touched: Vec<(PathBuf, File)>,
+    /// Every file a record went to, written or only verified: all are synced.
+    opened: Vec<(PathBuf, File)>,
     /// Bytes written because the file did not hold them.
     written: u64,
 }
@@ -196,14 +225,14 @@ impl Placer<'_> {
         let io = |e| Place::Io(JournalError::Io { path: path.clone(), source: e });
         if self.open.as_ref().is_none_or(|(f, _)| *f != file) {
             match File::options().read(true).write(true).open(&path) {
-                Ok(f) => self.open = Some((file, f)),
+                Ok(f) => self.open(file, &path, f).map_err(io)?,
                 // Drained, synced, and deleted by truncation since: a newer log exists.
                 Err(e) if e.kind() == io::ErrorKind::NotFound && self.newest.is_some_and(|n| n > file) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::NotFound && offset == 0 => {
                     let f = File::options().read(true).write(true).create_new(true).open(&path).map_err(io)?;
                     sync_dir(self.dir).map_err(io)?;
                     self.newest = Some(self.newest.map_or(file, |n| n.max(file)));
-                    self.open = Some((file, f));
+                    self.open(file, &path, f).map_err(io)?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     return Err(Place::Bad(format!("{} is missing, and it should hold bytes from offset {offset}", path.display())))
@@ -221,18 +250,29 @@ impl Placer<'_> {
         if there != data {
             f.write_all_at(data, offset).map_err(io)?;
             self.written += data.len() as u64;
-            if !self.touched.iter().any(|(p, _)| *p == path) {
-                self.touched.push((path.clone(), f.try_clone().map_err(io)?));
-            }
+            tracing::info!(path = %path.display(), offset, bytes = data.len(), "completed from the persistent log");
         }
         Ok(())
     }
 
-    fn sync(self) -> Result<(), JournalError> {
-        for (path, file) in self.touched {
-            tracing::info!(path = %path.display(), "completed from the persistent log");
-            file.sync_data().map_err(io_err(&path))?;
+    /// Makes `f` the file records go to, and remembers it for the sync.
+    fn open(&mut self, file: u64, path: &Path, f: File) -> io::Result<()> {
+        if !self.opened.iter().any(|(p, _)| p == path) {
+            self.opened.push((path.to_path_buf(), f.try_clone()?));
         }
+        self.open = Some((file, f));
         Ok(())
+    }
+
+    /// Syncs every file opened, then the directory (a file the drainer created may not be
+    /// durable in it yet); the number of files synced.
+    fn sync(self) -> Result<usize, JournalError> {
+        for (path, file) in &self.opened {
+            file.sync_data().map_err(io_err(path))?;
+        }
+        if !self.opened.is_empty() {
+            sync_dir(self.dir).map_err(io_err(self.dir))?;
+        }
+        Ok(self.opened.len())
     }
 }

@@ -50,6 +50,8 @@ pub enum AppendError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Record<'a> {
     pub seq: u64,
+    /// Where the record's frame starts in the log's file (for errors naming it).
+    pub offset: u64,
     pub payload: &'a [u8],
     /// Just past the record.
     pub end: Position,
@@ -288,7 +290,7 @@ impl<M: PersistentMemory> PmemLog<M> {
             Kind::Pad => Step::Skip(at + remaining),
             Kind::Data => {
                 let end = Position { offset: at + record_size(body.len()) as u64, seq: seq + 1 };
-                Step::Record(Record { seq, payload: body, end })
+                Step::Record(Record { seq, offset: start as u64, payload: body, end })
             }
         })
     }
