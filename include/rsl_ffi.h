@@ -153,7 +153,8 @@ typedef struct rsl_config {
    */
   uint32_t pipeline_window;
   /**
-   * fdatasync the journal (default true; false loses acknowledged requests on a crash).
+   * fdatasync the journal (default true; false loses acknowledged requests on a crash, and
+   * is refused with the NVM journal).
    */
   bool sync_writes;
   /**
@@ -192,7 +193,8 @@ typedef struct rsl_config {
    */
   char nvm_journal_path[4097];
   /**
-   * The persistent log's size in MiB, 1–1,048,576 (64), when `nvm_journal_path` is set.
+   * The persistent log's size in MiB, 1–16,384 (64), when `nvm_journal_path` is set; what
+   * it holds not yet in the log files is held in memory as well.
    */
   uint32_t nvm_journal_size_mb;
   /**

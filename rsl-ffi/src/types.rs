@@ -67,7 +67,8 @@ pub struct rsl_config {
     pub use_global_accept_messages_flag: bool,
     /// Decrees in flight (protocol version 7 only); 1 is the original protocol.
     pub pipeline_window: u32,
-    /// fdatasync the journal (default true; false loses acknowledged requests on a crash).
+    /// fdatasync the journal (default true; false loses acknowledged requests on a crash, and
+    /// is refused with the NVM journal).
     pub sync_writes: bool,
     /// `EnableListenOnAllIPs`: bind on 0.0.0.0 instead of the node's address (default false).
     pub listen_on_all_ips: bool,
@@ -90,7 +91,8 @@ pub struct rsl_config {
     /// acknowledged once its record is in it. Empty (the default): the file journal. A relative
     /// path is inside the replica's data directory.
     pub nvm_journal_path: [c_char; 4097],
-    /// The persistent log's size in MiB, 1–1,048,576 (64), when `nvm_journal_path` is set.
+    /// The persistent log's size in MiB, 1–16,384 (64), when `nvm_journal_path` is set; what
+    /// it holds not yet in the log files is held in memory as well.
     pub nvm_journal_size_mb: u32,
     /// What makes it durable: `RSL_NVM_PROCESS_CRASH` (0, the default), `RSL_NVM_MSYNC` (1) or
     /// `RSL_NVM_CACHE_FLUSH` (2, persistent memory on a DAX file system).

@@ -42,8 +42,8 @@ pub(super) struct Drain {
     pub segment: Segment,
     /// Just past the segment's last record in the persistent log.
     pub end: Position,
-    /// The highest persist number durable once this segment is in its file (on a batch's
-    /// last segment only).
+    /// The highest persist number durable once this record is in its file (on a batch's
+    /// last record only).
     pub seq: Option<u64>,
 }
 
