@@ -949,6 +949,16 @@ impl LogIo {
                 self.switch_to(shared, seg.file, synced)?;
             }
             assert_eq!(seg.file, self.file, "a segment goes to the open log");
+            // The offset is where recovery puts the bytes again (NVM mode): it must be where
+            // they land. Both come from this journal (the open's scan set them equal).
+            assert_eq!(
+                seg.offset,
+                self.log.len(),
+                "{}: a segment for offset {} written at {}",
+                self.path().display(),
+                seg.offset,
+                self.log.len()
+            );
             #[cfg(test)]
             if shared.fail_writes.load(Ordering::SeqCst) {
                 return Err(io::Error::other("injected write failure"));

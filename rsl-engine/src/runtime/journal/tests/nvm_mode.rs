@@ -204,3 +204,18 @@ fn recovery_syncs_a_file_that_already_holds_the_records_bytes() {
     let placed = nvm::place_records(dir.path(), &log, &path).unwrap();
     assert_eq!(placed, nvm::Placed { records: 1, written: 0, synced: 1 }, "verified, not written, and synced");
 }
+
+#[test]
+fn a_chunk_placed_where_it_would_not_land_stops_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = open(nvm_options(dir.path(), 64 << 10), None).unwrap();
+    j.journal.defer_writes();
+    append_flushing(&mut j, &records()[..2], 1, 2);
+    // A bookkeeping bug: the journal believes the file a page longer than it is.
+    j.journal.file_len += 512;
+    j.journal.append(3, &records()[2]).unwrap();
+    j.journal.flush(false).unwrap().unwrap();
+    let err = j.errors.recv().unwrap().to_string();
+    assert!(err.contains("0.log") && err.contains("for offset 1536") && err.contains("written at 1024"), "{err}");
+    assert_eq!(j.journal.readable(3), 2, "the misplaced chunk never reaches the file");
+}
