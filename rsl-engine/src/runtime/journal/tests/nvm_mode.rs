@@ -51,6 +51,7 @@ fn the_nvm_mode_writes_the_same_log_files_as_the_file_mode() {
     assert_eq!(file_bytes(nvm_dir.path()), expected, "byte for byte, file by file");
     let log = pmem::open(&nvm_dir.path().join("journal.nvm"), Persistence::ProcessCrash).unwrap();
     assert_eq!(log.records().count(), 0, "a clean close leaves the persistent log empty");
+    drop(log);
     let j = open(nvm_options(nvm_dir.path(), 64 << 10), None).unwrap();
     assert_eq!(j.replay.iter().map(|m| (**m).clone()).collect::<Vec<_>>(), records);
 }
@@ -130,6 +131,7 @@ fn a_resized_persistent_log_takes_its_new_size_once_drained() {
     drop(j);
     let j = open(nvm_options(dir.path(), 8 << 10), None).unwrap();
     assert_eq!(j.replay.len(), 6);
+    drop(j);
     let log = pmem::open(&dir.path().join("journal.nvm"), Persistence::ProcessCrash).unwrap();
     assert_eq!(log.capacity(), 8 << 10);
 }
@@ -211,6 +213,9 @@ fn a_chunk_placed_where_it_would_not_land_stops_the_journal() {
     let mut j = open(nvm_options(dir.path(), 64 << 10), None).unwrap();
     j.journal.defer_writes();
     append_flushing(&mut j, &records()[..2], 1, 2);
+    while j.journal.readable(2) < 2 {
+        j.durable.recv().unwrap();
+    }
     // A bookkeeping bug: the journal believes the file a page longer than it is.
     j.journal.file_len += 512;
     j.journal.append(3, &records()[2]).unwrap();
@@ -218,4 +223,14 @@ fn a_chunk_placed_where_it_would_not_land_stops_the_journal() {
     let err = j.errors.recv().unwrap().to_string();
     assert!(err.contains("0.log") && err.contains("for offset 1536") && err.contains("written at 1024"), "{err}");
     assert_eq!(j.journal.readable(3), 2, "the misplaced chunk never reaches the file");
+}
+
+#[test]
+fn two_journals_cannot_share_one_persistent_log() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first = open(nvm_options(a.path(), 64 << 10), None).unwrap();
+    let shared = NvmOptions { path: a.path().join("journal.nvm"), ..nvm_options(b.path(), 64 << 10).nvm.unwrap() };
+    let err = open(JournalOptions { nvm: Some(shared.clone()), ..nvm_options(b.path(), 64 << 10) }, None).err().unwrap();
+    assert!(matches!(&err, JournalError::Nvm(pmem::NvmError::Locked { path }) if *path == shared.path), "{err}");
+    first.journal.close().unwrap();
 }
