@@ -162,6 +162,8 @@ struct Shared {
     /// NVM mode: a full persistent log waits here for the writer to drain.
     drained: Condvar,
     syncs: AtomicU64,
+    /// NVM mode: how often an append found the persistent log full and waited for the writer.
+    full_waits: AtomicU64,
     #[cfg(test)]
     fail_writes: std::sync::atomic::AtomicBool,
     /// NVM mode: the writer drains nothing more (a process that dies before it gets to).
@@ -378,6 +380,7 @@ impl Journal {
             room: Condvar::new(),
             drained: Condvar::new(),
             syncs: AtomicU64::new(0),
+            full_waits: AtomicU64::new(0),
             #[cfg(test)]
             fail_writes: Default::default(),
             #[cfg(test)]

@@ -113,6 +113,7 @@ impl Shared {
     /// Persists, wakes the writer, and waits until it has drained records past the head; the
     /// next publish releases them.
     fn wait_for_room(&self, nvm: &mut NvmLog, persisted: &mut Vec<Drain>) -> io::Result<()> {
+        self.full_waits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.publish_nvm(nvm)?;
         self.queue_drain(persisted);
         let head = nvm.head();

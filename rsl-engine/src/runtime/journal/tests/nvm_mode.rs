@@ -95,8 +95,13 @@ fn a_full_persistent_log_waits_for_the_files() {
     let mut j = open(nvm_options(dir.path(), 4096), None).unwrap();
     j.journal.defer_writes();
     append_flushing(&mut j, &records[..100], 1, 3);
+    let small = j.journal.shared.full_waits.load(Ordering::Relaxed);
+    assert!(small > 0, "small batches filled the log");
     // A batch larger than the whole log goes in chunks, waiting between them.
     append_flushing(&mut j, &records[100..], 101, 100);
+    let large = j.journal.shared.full_waits.load(Ordering::Relaxed) - small;
+    // Each wait frees at most the whole ring.
+    assert!(large >= 100 * 512 / 4096, "{large} waits for 50 KiB through a 4 KiB log");
     j.journal.close().unwrap();
     let j = open(nvm_options(dir.path(), 4096), None).unwrap();
     assert_eq!(j.replay.len(), 200);
