@@ -504,8 +504,8 @@ namespace RSLib
         /* Ours: the NVM journal (docs/nvm.md). With a path (relative: inside the replica's data
            directory), a request is acknowledged once its record is in this persistent log, and
            the RSL log files are written from it in the background; empty (default): the file
-           journal. m_nvmJournalSizeMB (default 64, 1..16384) bounds the records acknowledged
-           and not yet in the log files (held in memory as well). Not with m_syncWrites false. m_nvmJournalPersistence: 0 (default) survives a crash
+           journal. m_nvmJournalSizeMB (default 64, 1..1048576) bounds the records acknowledged
+           and not yet in the log files. Not with m_syncWrites false. m_nvmJournalPersistence: 0 (default) survives a crash
            of the process only (the page cache holds the log), 1 msyncs at each commit (survives
            power loss), 2 flushes cache lines to persistent memory on a DAX file system
            (survives power loss). */

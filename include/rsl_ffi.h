@@ -193,8 +193,7 @@ typedef struct rsl_config {
    */
   char nvm_journal_path[4097];
   /**
-   * The persistent log's size in MiB, 1–16,384 (64), when `nvm_journal_path` is set; what
-   * it holds not yet in the log files is held in memory as well.
+   * The persistent log's size in MiB, 1–1,048,576 (64), when `nvm_journal_path` is set.
    */
   uint32_t nvm_journal_size_mb;
   /**

@@ -91,8 +91,7 @@ pub struct rsl_config {
     /// acknowledged once its record is in it. Empty (the default): the file journal. A relative
     /// path is inside the replica's data directory.
     pub nvm_journal_path: [c_char; 4097],
-    /// The persistent log's size in MiB, 1–16,384 (64), when `nvm_journal_path` is set; what
-    /// it holds not yet in the log files is held in memory as well.
+    /// The persistent log's size in MiB, 1–1,048,576 (64), when `nvm_journal_path` is set.
     pub nvm_journal_size_mb: u32,
     /// What makes it durable: `RSL_NVM_PROCESS_CRASH` (0, the default), `RSL_NVM_MSYNC` (1) or
     /// `RSL_NVM_CACHE_FLUSH` (2, persistent memory on a DAX file system).

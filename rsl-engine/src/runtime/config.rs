@@ -116,9 +116,9 @@ pub struct NvmJournal {
     /// The persistent log's file. A relative path is inside the replica's data directory; an
     /// absolute one (`/dev/shm/...`, a DAX mount) must differ for each replica of a process.
     pub path: PathBuf,
-    /// The log's size in MiB (1–16,384, [`MAX_NVM_JOURNAL_MB`]): the records acknowledged and
-    /// not yet in the log files, which the journal also holds in memory until they are. Appends
-    /// wait for the files while it is full.
+    /// The log's size in MiB (1–1,048,576, [`MAX_NVM_JOURNAL_MB`]): the records acknowledged
+    /// and not yet in the log files (the journal keeps no other copy of them). Appends wait for
+    /// the files while it is full.
     pub size_mb: u32,
     pub persistence: Persistence,
 }
@@ -214,8 +214,8 @@ impl ConfigError {
     }
 }
 
-/// The largest NVM journal in MiB: what it holds not yet drained is held in memory as well.
-pub const MAX_NVM_JOURNAL_MB: u32 = 16 << 10;
+/// The largest NVM journal in MiB: the persistent log's layout takes rings up to 1 TiB.
+pub const MAX_NVM_JOURNAL_MB: u32 = 1 << 20;
 
 const INT_MAX: u64 = i32::MAX as u64;
 
@@ -615,7 +615,7 @@ mod tests {
         assert_eq!(RslConfig { nvm_journal: Some(at_max), ..base.clone() }.validate(), Ok(()));
         let above = NvmJournal { size_mb: MAX_NVM_JOURNAL_MB + 1, ..nvm };
         let err = RslConfig { nvm_journal: Some(above), ..base }.validate().unwrap_err();
-        assert_eq!(err, ConfigError::Range { field: "nvm_journal.size_mb", value: 16385, min: 1, max: 16384 });
+        assert_eq!(err, ConfigError::Range { field: "nvm_journal.size_mb", value: (1 << 20) + 1, min: 1, max: 1 << 20 });
     }
 
     #[test]

@@ -5,16 +5,17 @@
 //! Each batch the protocol thread flushes goes into the persistent log as records carrying the
 //! exact bytes the file mode would write, with where they go: a 16-byte placement (the log
 //! file's first decree, the byte offset in it) before them. Once `persist` returns, the batch
-//! is durable and acknowledged. The writer thread then writes the same bytes into the files
-//! with one write and one `fdatasync` per file, and only then releases them from the
+//! is durable and acknowledged. The writer thread then reads the bytes back from the persistent
+//! log's file (the journal keeps no copy) and writes them into the log files, one `fdatasync`
+//! per file, and only then releases them from the
 //! persistent log (`advance_head`). So every acknowledged byte is, at any instant, in the
 //! persistent log or durable in its file, and recovery writes the persistent log's records at
 //! their places again (a write of bytes already there changes nothing).
 
-use super::{annotate, io_err, list_logs, sync_dir, JournalError, Segment, Shared};
+use super::{annotate, io_err, list_logs, sync_dir, JournalError, LogIo, Shared};
 use crate::format::codec::PAGE;
 use crate::format::log;
-use crate::runtime::nvm::{self, FileMemory, NvmError, Persistence, PmemLog, Position, RECORD_HEADER};
+use crate::runtime::nvm::{self, Appended, FileMemory, NvmError, Persistence, PmemLog, Position, RECORD_HEADER};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -37,10 +38,19 @@ pub struct NvmOptions {
     pub persistence: Persistence,
 }
 
-/// Records in the persistent log, not yet written to the log files.
+/// A record in the persistent log, not yet written to the log files. The writer reads its bytes
+/// from the persistent log's file: the journal keeps no copy of what waits to be drained.
 pub(super) struct Drain {
-    pub segment: Segment,
-    /// Just past the segment's last record in the persistent log.
+    /// The log file's first decree.
+    pub file: u64,
+    /// Create `<file>.log` before writing (a roll or a restart).
+    pub create: bool,
+    /// Where the bytes go in the log file.
+    pub offset: u64,
+    /// Where they are in the persistent log's file, and how many (whole 512-byte pages).
+    pub at: u64,
+    pub len: usize,
+    /// Just past the record in the persistent log.
     pub end: Position,
     /// The highest persist number durable once this record is in its file (on a batch's
     /// last record only).
@@ -49,6 +59,42 @@ pub(super) struct Drain {
 
 /// The persistent log as the journal holds it.
 pub(super) type NvmLog = PmemLog<FileMemory>;
+
+/// The most the writer reads from the persistent log at once: its buffer's size (whole pages;
+/// small in the unit tests, so that their records are drained in several pieces).
+const DRAIN_PIECE: usize = if cfg!(test) { 2 * PAGE } else { 1 << 20 };
+
+/// The writer's read-only handle on the persistent log's file, whence it copies records into
+/// the log files: a record's bytes stay put there until the writer releases it, so the journal
+/// keeps no copy of them, and memory does not grow with the persistent log's size.
+pub(super) struct LogSource {
+    file: File,
+    path: PathBuf,
+    /// Reused for every read; at most [`DRAIN_PIECE`].
+    buf: Vec<u8>,
+}
+
+impl LogSource {
+    pub(super) fn open(path: &Path) -> Result<LogSource, JournalError> {
+        let file = File::open(path).map_err(io_err(path))?;
+        Ok(LogSource { file, path: path.to_path_buf(), buf: Vec::new() })
+    }
+
+    /// Writes `drain`'s bytes at their place in the log files, a piece at a time; the caller
+    /// syncs.
+    pub(super) fn drain_into(&mut self, io: &mut LogIo, shared: &Shared, drain: &Drain, synced: &mut Vec<(u64, u64)>) -> io::Result<()> {
+        let mut done = 0;
+        while done < drain.len {
+            let n = (drain.len - done).min(DRAIN_PIECE);
+            self.buf.resize(n, 0);
+            self.file.read_exact_at(&mut self.buf, drain.at + done as u64).map_err(|e| annotate(e, &self.path))?;
+            let place = (drain.file, drain.offset + done as u64);
+            io.write_at(shared, place, drain.create && done == 0, &self.buf, synced)?;
+            done += n;
+        }
+        Ok(())
+    }
+}
 
 impl Shared {
     /// Moves the pending batch into the persistent log and persists it: durable on return (the
@@ -61,21 +107,23 @@ impl Shared {
         let last = batch.len() - 1;
         // Queued for the writer only once persisted: it releases what it drains.
         let mut persisted = Vec::new();
-        for (i, mut segment) in batch.into_iter().enumerate() {
-            // A segment larger than a record the log takes goes in as several, each of whole
-            // 512-byte pages (log records are whole pages; the files take whole pages).
-            let max = (nvm.max_record() - RECORD_HEADER - PLACEMENT) / PAGE * PAGE;
-            let mut create = segment.create;
-            while !segment.data.is_empty() {
-                let data = segment.data.split_to(segment.data.len().min(max));
-                let chunk = Segment { file: segment.file, create, offset: segment.offset, data };
-                segment.offset += chunk.data.len() as u64;
-                create = false;
-                let end = self.append_waiting(nvm, &chunk, &mut persisted)?;
-                let done = segment.data.is_empty() && i == last;
-                persisted.push(Drain { segment: chunk, end, seq: done.then_some(seq) });
+        // A segment larger than a record the log takes goes in as several, each of whole
+        // 512-byte pages (log records are whole pages; the files take whole pages).
+        let max = (nvm.max_record() - RECORD_HEADER - PLACEMENT) / PAGE * PAGE;
+        for (i, segment) in batch.iter().enumerate() {
+            let chunks = segment.data.chunks(max).count();
+            for (k, data) in segment.data.chunks(max).enumerate() {
+                let offset = segment.offset + (k * max) as u64;
+                let create = segment.create && k == 0;
+                let appended = self.append_waiting(nvm, segment.file, offset, data, &mut persisted)?;
+                let done = k + 1 == chunks && i == last;
+                let at = appended.payload_at + PLACEMENT as u64;
+                let (file, len, end) = (segment.file, data.len(), appended.end);
+                persisted.push(Drain { file, create, offset, at, len, end, seq: done.then_some(seq) });
             }
         }
+        // The bytes are in the persistent log now: the buffers go back for the next batch.
+        self.publish(&mut batch, &[]);
         self.publish_nvm(nvm)?;
         self.queue_drain(&mut persisted);
         Ok(Some(seq))
@@ -97,13 +145,13 @@ impl Shared {
         done.map_err(|e| annotate(e, nvm.memory().path()))
     }
 
-    /// Appends one chunk; while the log is full, persists what is appended (so the writer can
-    /// drain it) and waits for the writer to drain some.
-    fn append_waiting(&self, nvm: &mut NvmLog, chunk: &Segment, persisted: &mut Vec<Drain>) -> io::Result<Position> {
-        let (file, offset) = (chunk.file.to_le_bytes(), chunk.offset.to_le_bytes());
+    /// Appends one chunk, bound for `offset` in `<file>.log`; while the log is full, persists
+    /// what is appended (so the writer can drain it) and waits for the writer to drain some.
+    fn append_waiting(&self, nvm: &mut NvmLog, file: u64, offset: u64, data: &[u8], persisted: &mut Vec<Drain>) -> io::Result<Appended> {
+        let (file, offset) = (file.to_le_bytes(), offset.to_le_bytes());
         loop {
-            match nvm.append_parts(&[&file, &offset, &chunk.data]) {
-                Ok(appended) => return Ok(appended.end),
+            match nvm.append_parts(&[&file, &offset, data]) {
+                Ok(appended) => return Ok(appended),
                 Err(nvm::AppendError::Full { .. }) => self.wait_for_room(nvm, persisted)?,
                 Err(e @ nvm::AppendError::TooLarge { .. }) => unreachable!("chunks fit the log: {e}"),
             }

@@ -239,3 +239,22 @@ fn two_journals_cannot_share_one_persistent_log() {
     assert!(matches!(&err, JournalError::Nvm(pmem::NvmError::Locked { path }) if *path == shared.path), "{err}");
     first.journal.close().unwrap();
 }
+
+#[test]
+fn the_writer_copies_records_from_the_persistent_log_not_from_memory() {
+    // The journal keeps no copy of what waits to be drained: a byte changed in the persistent
+    // log after the flush is the byte the file gets.
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = open(nvm_options(dir.path(), 64 << 10), None).unwrap();
+    j.journal.defer_writes();
+    j.journal.hold_drain();
+    append_flushing(&mut j, &records()[..2], 1, 2);
+    let at = (RING_OFFSET + 24 + 16 + 100) as u64;
+    let nvm = fs::File::options().write(true).open(dir.path().join("journal.nvm")).unwrap();
+    nvm.write_all_at(&[0xee], at).unwrap();
+    j.journal.release_drain();
+    while j.journal.readable(2) < 2 {
+        j.durable.recv().unwrap();
+    }
+    assert_eq!(file_bytes(dir.path())[0].1[100], 0xee);
+}
