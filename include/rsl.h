@@ -505,7 +505,7 @@ namespace RSLib
            directory), a request is acknowledged once its record is in this persistent log, and
            the RSL log files are written from it in the background; empty (default): the file
            journal. m_nvmJournalSizeMB (default 64, 1..1048576) bounds the records acknowledged
-           and not yet in the log files. m_nvmJournalPersistence: 0 (default) survives a crash
+           and not yet in the log files. Not with m_syncWrites false. m_nvmJournalPersistence: 0 (default) survives a crash
            of the process only (the page cache holds the log), 1 msyncs at each commit (survives
            power loss), 2 flushes cache lines to persistent memory on a DAX file system
            (survives power loss). */

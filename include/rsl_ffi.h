@@ -153,7 +153,8 @@ typedef struct rsl_config {
    */
   uint32_t pipeline_window;
   /**
-   * fdatasync the journal (default true; false loses acknowledged requests on a crash).
+   * fdatasync the journal (default true; false loses acknowledged requests on a crash, and
+   * is refused with the NVM journal).
    */
   bool sync_writes;
   /**

@@ -12,7 +12,7 @@
 //      another;
 //   3. restarted with m_nvmJournalPath = "journal.nvm" and m_nvmJournalSizeMB = 1: each
 //      replica's persistent log is created in its data directory at that size, and a request
-//      replicates through it;
+//      replicates through it (with m_syncWrites = false, Initialize refuses it);
 //   4. restarted with m_voteMaxOutstandingIntervalSec = 10, the primary whose secondaries are gone fails
 //      (RSL's deadlock breaker; the original ends the process): ShutDown runs, an Error entry
 //      gives the reason, and UnloadThisOne still works.
@@ -210,9 +210,22 @@ namespace
     // 3.
     void NvmJournal()
     {
-        Ring ring = Start([](RSLConfigParam& cfg) {
+        const auto nvm = [](RSLConfigParam& cfg) {
             std::snprintf(cfg.m_nvmJournalPath, sizeof cfg.m_nvmJournalPath, "%s", "journal.nvm");
             cfg.m_nvmJournalSizeMB = 1;
+        };
+        {
+            // Unsynced log files would let the persistent log release records they lack.
+            RSLConfigParam cfg = RingConfig(g_work + "/unsynced", 1, 5);
+            nvm(cfg);
+            cfg.m_syncWrites = false;
+            Machine m;
+            Check(!m.Initialize(&cfg, RingNodes(), MakeNode(1), RSLProtocolVersion_6, false), "m_syncWrites = false refused with it");
+        }
+        Ring ring = Start([&](RSLConfigParam& cfg) {
+            nvm(cfg);
+            // Start turns syncing off; the NVM journal needs it.
+            cfg.m_syncWrites = true;
         });
         Submit(ring, "through the persistent log");
         UnloadAll(ring);

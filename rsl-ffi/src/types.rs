@@ -67,7 +67,8 @@ pub struct rsl_config {
     pub use_global_accept_messages_flag: bool,
     /// Decrees in flight (protocol version 7 only); 1 is the original protocol.
     pub pipeline_window: u32,
-    /// fdatasync the journal (default true; false loses acknowledged requests on a crash).
+    /// fdatasync the journal (default true; false loses acknowledged requests on a crash, and
+    /// is refused with the NVM journal).
     pub sync_writes: bool,
     /// `EnableListenOnAllIPs`: bind on 0.0.0.0 instead of the node's address (default false).
     pub listen_on_all_ips: bool,

@@ -116,8 +116,9 @@ pub struct NvmJournal {
     /// The persistent log's file. A relative path is inside the replica's data directory; an
     /// absolute one (`/dev/shm/...`, a DAX mount) must differ for each replica of a process.
     pub path: PathBuf,
-    /// The log's size in MiB (1–1,048,576): the records acknowledged and not yet in the log
-    /// files. Appends wait for the files while it is full.
+    /// The log's size in MiB (1–1,048,576, [`MAX_NVM_JOURNAL_MB`]): the records acknowledged
+    /// and not yet in the log files (the journal keeps no other copy of them). Appends wait for
+    /// the files while it is full.
     pub size_mb: u32,
     pub persistence: Persistence,
 }
@@ -194,23 +195,40 @@ impl Default for RslConfig {
     }
 }
 
-/// A parameter outside its range: `Initialize` fails with RSL's "Configuration Error".
+/// A parameter outside its range, or two that cannot go together: `Initialize` fails with
+/// RSL's "Configuration Error".
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("configuration error: {field} = {value} is outside {min}..={max}")]
-pub struct ConfigError {
-    pub field: &'static str,
-    pub value: u64,
-    pub min: u64,
-    pub max: u64,
+pub enum ConfigError {
+    #[error("configuration error: {field} = {value} is outside {min}..={max}")]
+    Range { field: &'static str, value: u64, min: u64, max: u64 },
+    #[error("configuration error: {field} cannot be combined with {with}: {why}")]
+    Conflict { field: &'static str, with: &'static str, why: &'static str },
 }
+
+impl ConfigError {
+    /// The field refused (the first of a conflicting pair).
+    pub fn field(&self) -> &'static str {
+        match self {
+            ConfigError::Range { field, .. } | ConfigError::Conflict { field, .. } => field,
+        }
+    }
+}
+
+/// The largest NVM journal in MiB: the persistent log's layout takes rings up to 1 TiB.
+pub const MAX_NVM_JOURNAL_MB: u32 = 1 << 20;
 
 const INT_MAX: u64 = i32::MAX as u64;
 
 impl RslConfig {
     /// The original's checks (rslconfig.cpp ranges), plus ours.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let check =
-            |field, value: u64, min, max| if (min..=max).contains(&value) { Ok(()) } else { Err(ConfigError { field, value, min, max }) };
+        let check = |field, value: u64, min, max| {
+            if (min..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(ConfigError::Range { field, value, min, max })
+            }
+        };
         let secs = [
             ("m_newLeaderGracePeriodSec", self.new_leader_grace_period_sec),
             ("m_heartBeatIntervalSec", self.heart_beat_interval_sec),
@@ -258,13 +276,19 @@ impl RslConfig {
         check("max_inbound_buffer_mb", self.max_inbound_buffer_mb.into(), 1, 1 << 20)?;
         check("net_delay_us", self.net_delay_us.into(), 0, 1_000_000)?;
         if let Some(nvm) = &self.nvm_journal {
-            check("nvm_journal.size_mb", nvm.size_mb.into(), 1, 1 << 20)?;
+            check("nvm_journal.size_mb", nvm.size_mb.into(), 1, MAX_NVM_JOURNAL_MB.into())?;
             if nvm.path.as_os_str().is_empty() {
-                return Err(ConfigError { field: "nvm_journal.path", value: 0, min: 1, max: 1 });
+                return Err(ConfigError::Range { field: "nvm_journal.path", value: 0, min: 1, max: 1 });
+            }
+            if !self.sync_writes {
+                // The drainer would release records from the persistent log once written to
+                // the files, not synced: acknowledged records would be in the page cache only.
+                let why = "the persistent log releases records only once the log files are synced";
+                return Err(ConfigError::Conflict { field: "sync_writes", with: "nvm_journal", why });
             }
         }
         if self.working_dir.as_os_str().is_empty() {
-            return Err(ConfigError { field: "m_workingDir", value: 0, min: 1, max: 1 });
+            return Err(ConfigError::Range { field: "m_workingDir", value: 0, min: 1, max: 1 });
         }
         Ok(())
     }
@@ -487,7 +511,7 @@ mod tests {
         let cfg = RslConfig::default();
         assert_eq!((cfg.election_delay_sec, cfg.heart_beat_interval_sec, cfg.max_log_len_mb, cfg.max_checkpoints), (10, 2, 100, 4));
         assert_eq!(cfg.max_message_bytes(), 104_858_624);
-        assert_eq!(cfg.validate().unwrap_err().field, "m_workingDir");
+        assert_eq!(cfg.validate().unwrap_err().field(), "m_workingDir");
         let cfg = RslConfig { working_dir: "/tmp/x".into(), ..RslConfig::default() };
         assert_eq!(cfg.validate(), Ok(()));
     }
@@ -496,13 +520,13 @@ mod tests {
     fn out_of_range_values_are_refused_by_name() {
         let base = RslConfig { working_dir: "/tmp/x".into(), ..RslConfig::default() };
         let bad = RslConfig { election_delay_sec: 0, ..base.clone() };
-        assert_eq!(bad.validate().unwrap_err().field, "m_electionDelaySec");
+        assert_eq!(bad.validate().unwrap_err().field(), "m_electionDelaySec");
         let bad = RslConfig { max_cache_length_mb: 2000, ..base.clone() };
-        assert_eq!(bad.validate().unwrap_err(), ConfigError { field: "m_maxCacheLengthMB", value: 2000, min: 1, max: 1024 });
+        assert_eq!(bad.validate().unwrap_err(), ConfigError::Range { field: "m_maxCacheLengthMB", value: 2000, min: 1, max: 1024 });
         let core = base.core_config(Version::V6);
         assert_eq!((core.election_delay, core.window), (10 * SEC, 1));
         let bad = RslConfig { max_connections_per_port: 0, ..base.clone() };
-        assert_eq!(bad.validate().unwrap_err().field, "max_connections_per_port");
+        assert_eq!(bad.validate().unwrap_err().field(), "max_connections_per_port");
     }
 
     #[test]
@@ -526,7 +550,7 @@ mod tests {
         assert_eq!(RslConfig { pipeline_window: 64, ..cfg }.transport_options().max_outstanding, 128);
         let base = RslConfig { working_dir: "/tmp/x".into(), ..RslConfig::default() };
         let bad = RslConfig { max_message_alert_size_mb: u32::MAX, ..base };
-        assert_eq!(bad.validate().unwrap_err().field, "m_maxMessageAlertSizeMB");
+        assert_eq!(bad.validate().unwrap_err().field(), "m_maxMessageAlertSizeMB");
     }
 
     /// The fields whose effect is tested on the component that carries it out (the core, the
@@ -575,6 +599,23 @@ mod tests {
         assert_eq!((t.delay, RslConfig::default().transport_options().delay), (Duration::from_micros(1500), Duration::ZERO));
         let learn = cfg.learn_limits();
         assert_eq!((learn.max_connections, learn.timeout), (7, Duration::from_secs(11)));
+    }
+
+    #[test]
+    fn the_nvm_journal_needs_synced_writes_and_a_bounded_size() {
+        let nvm = NvmJournal { path: "j.nvm".into(), size_mb: 64, persistence: Persistence::Msync };
+        let base = RslConfig { working_dir: "/tmp/x".into(), nvm_journal: Some(nvm.clone()), ..RslConfig::default() };
+        assert_eq!(base.validate(), Ok(()));
+        let err = RslConfig { sync_writes: false, ..base.clone() }.validate().unwrap_err();
+        assert!(matches!(err, ConfigError::Conflict { field: "sync_writes", with: "nvm_journal", .. }), "{err}");
+        assert!(err.to_string().contains("sync_writes") && err.to_string().contains("nvm_journal"), "{err}");
+        let without = RslConfig { sync_writes: false, nvm_journal: None, ..base.clone() };
+        assert_eq!(without.validate(), Ok(()), "the file journal may run unsynced (benchmarks)");
+        let at_max = NvmJournal { size_mb: MAX_NVM_JOURNAL_MB, ..nvm.clone() };
+        assert_eq!(RslConfig { nvm_journal: Some(at_max), ..base.clone() }.validate(), Ok(()));
+        let above = NvmJournal { size_mb: MAX_NVM_JOURNAL_MB + 1, ..nvm };
+        let err = RslConfig { nvm_journal: Some(above), ..base }.validate().unwrap_err();
+        assert_eq!(err, ConfigError::Range { field: "nvm_journal.size_mb", value: (1 << 20) + 1, min: 1, max: 1 << 20 });
     }
 
     #[test]

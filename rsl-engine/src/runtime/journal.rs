@@ -99,8 +99,9 @@ pub enum JournalError {
     Stopped(String),
     #[error(transparent)]
     Nvm(#[from] NvmError),
-    #[error("{}: persistent log record {seq}: {what}", path.display())]
-    NvmRecord { path: PathBuf, seq: u64, what: String },
+    /// `offset`: where the record starts in the persistent log's file.
+    #[error("{}: persistent log record {seq} at offset {offset}: {what}", path.display())]
+    NvmRecord { path: PathBuf, seq: u64, offset: u64, what: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
@@ -161,6 +162,8 @@ struct Shared {
     /// NVM mode: a full persistent log waits here for the writer to drain.
     drained: Condvar,
     syncs: AtomicU64,
+    /// NVM mode: how often an append found the persistent log full and waited for the writer.
+    full_waits: AtomicU64,
     #[cfg(test)]
     fail_writes: std::sync::atomic::AtomicBool,
     /// NVM mode: the writer drains nothing more (a process that dies before it gets to).
@@ -377,12 +380,14 @@ impl Journal {
             room: Condvar::new(),
             drained: Condvar::new(),
             syncs: AtomicU64::new(0),
+            full_waits: AtomicU64::new(0),
             #[cfg(test)]
             fail_writes: Default::default(),
             #[cfg(test)]
             hold_drain: Default::default(),
         });
-        let writer = Writer { shared: shared.clone(), drains: nvm.is_some() };
+        let source = opts.nvm.as_ref().filter(|_| nvm.is_some()).map(|n| nvm::LogSource::open(&n.path)).transpose()?;
+        let writer = Writer { shared: shared.clone(), source };
         // The writer's lines carry the replica's span, as its other threads' do.
         let span = tracing::Span::current();
         let writer = std::thread::Builder::new()
@@ -658,6 +663,12 @@ impl Journal {
     fn hold_drain(&self) {
         self.shared.hold_drain.store(true, Ordering::SeqCst);
     }
+
+    #[cfg(test)]
+    fn release_drain(&self) {
+        self.shared.hold_drain.store(false, Ordering::SeqCst);
+        self.shared.work.notify_one();
+    }
 }
 
 impl Drop for Journal {
@@ -837,17 +848,22 @@ pub fn write_defunct(dir: &Path, n: u32) -> io::Result<()> {
 /// The writer thread: writes the batches the protocol thread does not write itself.
 struct Writer {
     shared: Arc<Shared>,
-    /// NVM mode: it drains the persistent log's batches instead of taking the pending one.
-    drains: bool,
+    /// NVM mode: it drains the persistent log's batches, read from this file, instead of
+    /// taking the pending one.
+    source: Option<nvm::LogSource>,
 }
 
 impl Writer {
     /// Writes batches until the journal closes. An I/O error, or a panic here (a panicking
     /// `on_durable`), stops the journal: appenders get `Stopped` rather than wait forever for
     /// room, and `on_error` is told.
-    fn run(self, on_durable: impl Fn(u64), on_error: impl FnOnce(io::Error)) {
+    fn run(mut self, on_durable: impl Fn(u64), on_error: impl FnOnce(io::Error)) {
         let shared = self.shared.clone();
-        let work = || if self.drains { self.drain_until_closed(on_durable) } else { self.write_until_closed(on_durable) };
+        let source = self.source.take();
+        let work = || match source {
+            Some(source) => self.drain_until_closed(source, on_durable),
+            None => self.write_until_closed(on_durable),
+        };
         let error = match catch_unwind(AssertUnwindSafe(work)) {
             Ok(Ok(())) => return,
             Ok(Err(e)) => e,
@@ -859,7 +875,7 @@ impl Writer {
         on_error(error)
     }
 
-    fn write_until_closed(self, on_durable: impl Fn(u64)) -> io::Result<()> {
+    fn write_until_closed(&self, on_durable: impl Fn(u64)) -> io::Result<()> {
         let mut scratch = Scratch::default();
         let mut reported = 0;
         while self.wait_for_work() {
@@ -877,20 +893,23 @@ impl Writer {
 
     /// NVM mode: writes the persistent log's batches into the files, one write and one
     /// `fdatasync` per file for all that is queued, then lets the protocol thread release them.
-    fn drain_until_closed(self, on_durable: impl Fn(u64)) -> io::Result<()> {
+    fn drain_until_closed(&self, mut source: nvm::LogSource, on_durable: impl Fn(u64)) -> io::Result<()> {
         let mut scratch = Scratch::default();
         let mut drains = Vec::new();
         while self.wait_for_drain() {
             std::mem::swap(&mut self.shared.lock().drain, &mut drains);
             let end = drains.last().expect("a batch to drain").end;
             let seq = drains.iter().filter_map(|d| d.seq).max();
-            scratch.batch.extend(drains.drain(..).map(|d| d.segment));
             scratch.synced.clear();
             let mut io = self.shared.lock_io();
             let started = Instant::now();
-            io.write_batch(&self.shared, &scratch.batch, &mut scratch.synced)?;
-            io.timing.record(scratch.batch.iter().map(|s| s.data.len() as u64).sum(), started.elapsed());
+            for drain in &drains {
+                source.drain_into(&mut io, &self.shared, drain, &mut scratch.synced)?;
+            }
+            io.sync_current(&self.shared, &mut scratch.synced)?;
+            io.timing.record(drains.iter().map(|d| d.len as u64).sum(), started.elapsed());
             drop(io);
+            drains.clear();
             self.shared.publish(&mut scratch.batch, &scratch.synced);
             let mut st = self.shared.lock();
             st.released = Some(end);
@@ -944,18 +963,35 @@ impl LogIo {
     /// and the directory after it is created, so only the newest log can hold a torn tail.
     fn write_batch(&mut self, shared: &Shared, batch: &[Segment], synced: &mut Vec<(u64, u64)>) -> io::Result<()> {
         for seg in batch {
-            if seg.create {
-                self.switch_to(shared, seg.file, synced)?;
-            }
-            assert_eq!(seg.file, self.file, "a segment goes to the open log");
-            #[cfg(test)]
-            if shared.fail_writes.load(Ordering::SeqCst) {
-                return Err(io::Error::other("injected write failure"));
-            }
-            self.append(&seg.data).map_err(|e| annotate(e, &self.path()))?;
-            self.dirty = true;
+            self.write_at(shared, (seg.file, seg.offset), seg.create, &seg.data, synced)?;
         }
         self.sync_current(shared, synced)
+    }
+
+    /// Writes `data` at `(file, offset)`, the end of the open log (or of the new one it
+    /// `create`s); the caller syncs.
+    fn write_at(
+        &mut self,
+        shared: &Shared,
+        (file, offset): (u64, u64),
+        create: bool,
+        data: &[u8],
+        synced: &mut Vec<(u64, u64)>,
+    ) -> io::Result<()> {
+        if create {
+            self.switch_to(shared, file, synced)?;
+        }
+        assert_eq!(file, self.file, "a segment goes to the open log");
+        // The offset is where recovery puts the bytes again (NVM mode): it must be where they
+        // land. Both come from this journal (the open's scan set them equal).
+        assert_eq!(offset, self.log.len(), "{}: a segment for offset {offset} written at {}", self.path().display(), self.log.len());
+        #[cfg(test)]
+        if shared.fail_writes.load(Ordering::SeqCst) {
+            return Err(io::Error::other("injected write failure"));
+        }
+        self.append(data).map_err(|e| annotate(e, &self.path()))?;
+        self.dirty = true;
+        Ok(())
     }
 
     /// Appends `data` to the open log; under an injected short write, half of it lands.

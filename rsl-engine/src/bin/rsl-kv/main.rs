@@ -85,8 +85,8 @@ pub struct ClusterArgs {
     /// Decrees in flight (version 7).
     #[arg(long, default_value_t = 1)]
     window: u32,
-    /// Turn fdatasync off (benchmarks only: acknowledged writes can be lost).
-    #[arg(long)]
+    /// Turn fdatasync off (benchmarks only: acknowledged writes can be lost). Not with `--nvm`.
+    #[arg(long, conflicts_with = "nvm")]
     no_sync: bool,
     /// Benchmarks only: hold each Paxos packet between the replicas this many microseconds
     /// (a one-way network delay; tokio's timer rounds it up to its 1 ms tick).
@@ -145,6 +145,22 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("rsl-kv: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+
+    #[test]
+    fn no_sync_is_refused_with_the_nvm_journal() {
+        let replica = ["rsl-kv", "replica", "--id", "1", "--port", "20000", "--client-port", "20010", "--dir", "d"];
+        assert!(Cli::try_parse_from(replica.iter().chain(&["--no-sync"])).is_ok());
+        for cmd in [&replica[..], &["rsl-kv", "cluster"]] {
+            let err = Cli::try_parse_from(cmd.iter().chain(&["--no-sync", "--nvm", "x"])).err().expect("refused");
+            assert_eq!(err.kind(), ErrorKind::ArgumentConflict, "{err}");
         }
     }
 }

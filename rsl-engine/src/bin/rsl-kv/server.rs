@@ -57,7 +57,9 @@ pub struct ReplicaArgs {
     pub version: u16,
     #[arg(long, default_value_t = 1)]
     pub window: u32,
-    #[arg(long)]
+    /// Turn fdatasync off (benchmarks only: acknowledged writes can be lost). Not with `--nvm`,
+    /// whose persistent log releases records only once the log files are synced.
+    #[arg(long, conflicts_with = "nvm")]
     pub no_sync: bool,
     /// Benchmarks only, never in production: hold each Paxos packet this many microseconds
     /// before it is written (a one-way delay between the replicas).
@@ -263,7 +265,7 @@ fn watchdog(code: u8) {
 pub fn check_protocol(version: u16, window: u32, net_delay_us: u32) -> Result<Version, String> {
     let v = Version::new(version).ok_or(format!("--version {version}: supported versions are 1 to 7 (7 pipelines)"))?;
     let cfg = RslConfig { working_dir: ".".into(), pipeline_window: window, net_delay_us, ..RslConfig::default() };
-    cfg.validate().map_err(|e| match e.field {
+    cfg.validate().map_err(|e| match e.field() {
         "pipeline_window" => format!("--window {window}: {e}"),
         "net_delay_us" => format!("--net-delay-us {net_delay_us}: {e}"),
         _ => e.to_string(),

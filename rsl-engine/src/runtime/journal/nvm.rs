@@ -5,16 +5,17 @@
 //! Each batch the protocol thread flushes goes into the persistent log as records carrying the
 //! exact bytes the file mode would write, with where they go: a 16-byte placement (the log
 //! file's first decree, the byte offset in it) before them. Once `persist` returns, the batch
-//! is durable and acknowledged. The writer thread then writes the same bytes into the files
-//! with one write and one `fdatasync` per file, and only then releases them from the
+//! is durable and acknowledged. The writer thread then reads the bytes back from the persistent
+//! log's file (the journal keeps no copy) and writes them into the log files, one `fdatasync`
+//! per file, and only then releases them from the
 //! persistent log (`advance_head`). So every acknowledged byte is, at any instant, in the
 //! persistent log or durable in its file, and recovery writes the persistent log's records at
 //! their places again (a write of bytes already there changes nothing).
 
-use super::{annotate, io_err, list_logs, sync_dir, JournalError, Segment, Shared};
+use super::{annotate, io_err, list_logs, sync_dir, JournalError, LogIo, Shared};
 use crate::format::codec::PAGE;
 use crate::format::log;
-use crate::runtime::nvm::{self, FileMemory, NvmError, Persistence, PmemLog, Position, RECORD_HEADER};
+use crate::runtime::nvm::{self, Appended, FileMemory, NvmError, Persistence, PmemLog, Position, RECORD_HEADER};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -37,18 +38,63 @@ pub struct NvmOptions {
     pub persistence: Persistence,
 }
 
-/// Records in the persistent log, not yet written to the log files.
+/// A record in the persistent log, not yet written to the log files. The writer reads its bytes
+/// from the persistent log's file: the journal keeps no copy of what waits to be drained.
 pub(super) struct Drain {
-    pub segment: Segment,
-    /// Just past the segment's last record in the persistent log.
+    /// The log file's first decree.
+    pub file: u64,
+    /// Create `<file>.log` before writing (a roll or a restart).
+    pub create: bool,
+    /// Where the bytes go in the log file.
+    pub offset: u64,
+    /// Where they are in the persistent log's file, and how many (whole 512-byte pages).
+    pub at: u64,
+    pub len: usize,
+    /// Just past the record in the persistent log.
     pub end: Position,
-    /// The highest persist number durable once this segment is in its file (on a batch's
-    /// last segment only).
+    /// The highest persist number durable once this record is in its file (on a batch's
+    /// last record only).
     pub seq: Option<u64>,
 }
 
 /// The persistent log as the journal holds it.
 pub(super) type NvmLog = PmemLog<FileMemory>;
+
+/// The most the writer reads from the persistent log at once: its buffer's size (whole pages;
+/// small in the unit tests, so that their records are drained in several pieces).
+const DRAIN_PIECE: usize = if cfg!(test) { 2 * PAGE } else { 1 << 20 };
+
+/// The writer's read-only handle on the persistent log's file, whence it copies records into
+/// the log files: a record's bytes stay put there until the writer releases it, so the journal
+/// keeps no copy of them, and memory does not grow with the persistent log's size.
+pub(super) struct LogSource {
+    file: File,
+    path: PathBuf,
+    /// Reused for every read; at most [`DRAIN_PIECE`].
+    buf: Vec<u8>,
+}
+
+impl LogSource {
+    pub(super) fn open(path: &Path) -> Result<LogSource, JournalError> {
+        let file = File::open(path).map_err(io_err(path))?;
+        Ok(LogSource { file, path: path.to_path_buf(), buf: Vec::new() })
+    }
+
+    /// Writes `drain`'s bytes at their place in the log files, a piece at a time; the caller
+    /// syncs.
+    pub(super) fn drain_into(&mut self, io: &mut LogIo, shared: &Shared, drain: &Drain, synced: &mut Vec<(u64, u64)>) -> io::Result<()> {
+        let mut done = 0;
+        while done < drain.len {
+            let n = (drain.len - done).min(DRAIN_PIECE);
+            self.buf.resize(n, 0);
+            self.file.read_exact_at(&mut self.buf, drain.at + done as u64).map_err(|e| annotate(e, &self.path))?;
+            let place = (drain.file, drain.offset + done as u64);
+            io.write_at(shared, place, drain.create && done == 0, &self.buf, synced)?;
+            done += n;
+        }
+        Ok(())
+    }
+}
 
 impl Shared {
     /// Moves the pending batch into the persistent log and persists it: durable on return (the
@@ -61,21 +107,23 @@ impl Shared {
         let last = batch.len() - 1;
         // Queued for the writer only once persisted: it releases what it drains.
         let mut persisted = Vec::new();
-        for (i, mut segment) in batch.into_iter().enumerate() {
-            // A segment larger than a record the log takes goes in as several, each of whole
-            // 512-byte pages (log records are whole pages; the files take whole pages).
-            let max = (nvm.max_record() - RECORD_HEADER - PLACEMENT) / PAGE * PAGE;
-            let mut create = segment.create;
-            while !segment.data.is_empty() {
-                let data = segment.data.split_to(segment.data.len().min(max));
-                let chunk = Segment { file: segment.file, create, offset: segment.offset, data };
-                segment.offset += chunk.data.len() as u64;
-                create = false;
-                let end = self.append_waiting(nvm, &chunk, &mut persisted)?;
-                let done = segment.data.is_empty() && i == last;
-                persisted.push(Drain { segment: chunk, end, seq: done.then_some(seq) });
+        // A segment larger than a record the log takes goes in as several, each of whole
+        // 512-byte pages (log records are whole pages; the files take whole pages).
+        let max = (nvm.max_record() - RECORD_HEADER - PLACEMENT) / PAGE * PAGE;
+        for (i, segment) in batch.iter().enumerate() {
+            let chunks = segment.data.chunks(max).count();
+            for (k, data) in segment.data.chunks(max).enumerate() {
+                let offset = segment.offset + (k * max) as u64;
+                let create = segment.create && k == 0;
+                let appended = self.append_waiting(nvm, segment.file, offset, data, &mut persisted)?;
+                let done = k + 1 == chunks && i == last;
+                let at = appended.payload_at + PLACEMENT as u64;
+                let (file, len, end) = (segment.file, data.len(), appended.end);
+                persisted.push(Drain { file, create, offset, at, len, end, seq: done.then_some(seq) });
             }
         }
+        // The bytes are in the persistent log now: the buffers go back for the next batch.
+        self.publish(&mut batch, &[]);
         self.publish_nvm(nvm)?;
         self.queue_drain(&mut persisted);
         Ok(Some(seq))
@@ -97,13 +145,13 @@ impl Shared {
         done.map_err(|e| annotate(e, nvm.memory().path()))
     }
 
-    /// Appends one chunk; while the log is full, persists what is appended (so the writer can
-    /// drain it) and waits for the writer to drain some.
-    fn append_waiting(&self, nvm: &mut NvmLog, chunk: &Segment, persisted: &mut Vec<Drain>) -> io::Result<Position> {
-        let (file, offset) = (chunk.file.to_le_bytes(), chunk.offset.to_le_bytes());
+    /// Appends one chunk, bound for `offset` in `<file>.log`; while the log is full, persists
+    /// what is appended (so the writer can drain it) and waits for the writer to drain some.
+    fn append_waiting(&self, nvm: &mut NvmLog, file: u64, offset: u64, data: &[u8], persisted: &mut Vec<Drain>) -> io::Result<Appended> {
+        let (file, offset) = (file.to_le_bytes(), offset.to_le_bytes());
         loop {
-            match nvm.append_parts(&[&file, &offset, &chunk.data]) {
-                Ok(appended) => return Ok(appended.end),
+            match nvm.append_parts(&[&file, &offset, data]) {
+                Ok(appended) => return Ok(appended),
                 Err(nvm::AppendError::Full { .. }) => self.wait_for_room(nvm, persisted)?,
                 Err(e @ nvm::AppendError::TooLarge { .. }) => unreachable!("chunks fit the log: {e}"),
             }
@@ -113,6 +161,7 @@ impl Shared {
     /// Persists, wakes the writer, and waits until it has drained records past the head; the
     /// next publish releases them.
     fn wait_for_room(&self, nvm: &mut NvmLog, persisted: &mut Vec<Drain>) -> io::Result<()> {
+        self.full_waits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.publish_nvm(nvm)?;
         self.queue_drain(persisted);
         let head = nvm.head();
@@ -140,27 +189,13 @@ pub(super) fn recover(dir: &Path, opts: &NvmOptions) -> Result<NvmLog, JournalEr
         return Ok(nvm::create(&opts.path, opts.capacity, opts.persistence)?);
     }
     let mut log = nvm::open(&opts.path, opts.persistence)?;
-    let mut files = Placer { dir, newest: list_logs(dir)?.last().map(|&(d, _)| d), open: None, touched: Vec::new(), written: 0 };
-    let mut count = 0;
-    for record in log.records() {
-        let record = record?;
-        let bad = |what: String| JournalError::NvmRecord { path: opts.path.clone(), seq: record.seq, what };
-        if record.payload.len() < PLACEMENT {
-            return Err(bad(format!("{} bytes, shorter than a placement", record.payload.len())));
-        }
-        let file = u64::from_le_bytes(record.payload[..8].try_into().expect("8 bytes"));
-        let offset = u64::from_le_bytes(record.payload[8..16].try_into().expect("8 bytes"));
-        files.place(file, offset, &record.payload[PLACEMENT..]).map_err(|e| match e {
-            Place::Io(e) => e,
-            Place::Bad(what) => bad(what),
-        })?;
-        count += 1;
-    }
-    let written = files.written;
-    files.sync()?;
-    if count > 0 {
+    let placed = place_records(dir, &log, &opts.path)?;
+    if placed.records > 0 {
         // `written`: the bytes the files lacked (acknowledged, not yet drained at the stop).
-        tracing::info!(path = %opts.path.display(), records = count, written, "persistent log replayed into the log files");
+        tracing::info!(
+            path = %opts.path.display(), records = placed.records, written = placed.written, files = placed.synced,
+            "persistent log replayed into the log files"
+        );
     }
     let tail = log.durable_tail();
     log.advance_head(tail).map_err(|e| NvmError::Io { path: opts.path.clone(), source: e })?;
@@ -170,6 +205,49 @@ pub(super) fn recover(dir: &Path, opts: &NvmOptions) -> Result<NvmLog, JournalEr
         log = nvm::create(&opts.path, opts.capacity, opts.persistence)?;
     }
     Ok(log)
+}
+
+/// What [`place_records`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Placed {
+    /// Records in the persistent log.
+    pub records: u64,
+    /// Bytes written because a file did not hold them.
+    pub written: u64,
+    /// Files synced: every file a record went to, whether written or only verified.
+    pub synced: usize,
+}
+
+/// Writes every record of `log` at its place in the log files in `dir` (unless the bytes are
+/// there already), then syncs every file a record went to and the directory, so that the log
+/// may be emptied: a byte that compares equal may be only in the page cache (the drainer was
+/// killed between its write and its `fdatasync`), and must be durable before its record goes.
+pub(super) fn place_records(dir: &Path, log: &NvmLog, path: &Path) -> Result<Placed, JournalError> {
+    let mut files = Placer { dir, newest: list_logs(dir)?.last().map(|&(d, _)| d), open: None, opened: Vec::new(), written: 0 };
+    let mut records = 0;
+    for record in log.records() {
+        let record = record?;
+        let bad = |what: String| JournalError::NvmRecord { path: path.to_path_buf(), seq: record.seq, offset: record.offset, what };
+        if record.payload.len() < PLACEMENT {
+            return Err(bad(format!("{} bytes, shorter than a placement", record.payload.len())));
+        }
+        let file = u64::from_le_bytes(record.payload[..8].try_into().expect("8 bytes"));
+        let offset = u64::from_le_bytes(record.payload[8..16].try_into().expect("8 bytes"));
+        let data = &record.payload[PLACEMENT..];
+        // The journal cuts chunks of whole 512-byte pages at page offsets: anything else is
+        // not a record it wrote.
+        if offset % PAGE as u64 != 0 || data.len() % PAGE != 0 {
+            return Err(bad(format!("{} bytes at offset {offset} of {}: not whole {PAGE}-byte pages", data.len(), log::file_name(file))));
+        }
+        files.place(file, offset, data).map_err(|e| match e {
+            Place::Io(e) => e,
+            Place::Bad(what) => bad(what),
+        })?;
+        records += 1;
+    }
+    let written = files.written;
+    let synced = files.sync()?;
+    Ok(Placed { records, written, synced })
 }
 
 enum Place {
@@ -183,8 +261,8 @@ struct Placer<'a> {
     /// The newest log file's first decree.
     newest: Option<u64>,
     open: Option<(u64, File)>,
-    /// Files written to, to sync.
-    touched: Vec<(PathBuf, File)>,
+    /// Every file a record went to, written or only verified: all are synced.
+    opened: Vec<(PathBuf, File)>,
     /// Bytes written because the file did not hold them.
     written: u64,
 }
@@ -196,14 +274,14 @@ impl Placer<'_> {
         let io = |e| Place::Io(JournalError::Io { path: path.clone(), source: e });
         if self.open.as_ref().is_none_or(|(f, _)| *f != file) {
             match File::options().read(true).write(true).open(&path) {
-                Ok(f) => self.open = Some((file, f)),
+                Ok(f) => self.open(file, &path, f).map_err(io)?,
                 // Drained, synced, and deleted by truncation since: a newer log exists.
                 Err(e) if e.kind() == io::ErrorKind::NotFound && self.newest.is_some_and(|n| n > file) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::NotFound && offset == 0 => {
                     let f = File::options().read(true).write(true).create_new(true).open(&path).map_err(io)?;
                     sync_dir(self.dir).map_err(io)?;
                     self.newest = Some(self.newest.map_or(file, |n| n.max(file)));
-                    self.open = Some((file, f));
+                    self.open(file, &path, f).map_err(io)?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     return Err(Place::Bad(format!("{} is missing, and it should hold bytes from offset {offset}", path.display())))
@@ -221,18 +299,29 @@ impl Placer<'_> {
         if there != data {
             f.write_all_at(data, offset).map_err(io)?;
             self.written += data.len() as u64;
-            if !self.touched.iter().any(|(p, _)| *p == path) {
-                self.touched.push((path.clone(), f.try_clone().map_err(io)?));
-            }
+            tracing::info!(path = %path.display(), offset, bytes = data.len(), "completed from the persistent log");
         }
         Ok(())
     }
 
-    fn sync(self) -> Result<(), JournalError> {
-        for (path, file) in self.touched {
-            tracing::info!(path = %path.display(), "completed from the persistent log");
-            file.sync_data().map_err(io_err(&path))?;
+    /// Makes `f` the file records go to, and remembers it for the sync.
+    fn open(&mut self, file: u64, path: &Path, f: File) -> io::Result<()> {
+        if !self.opened.iter().any(|(p, _)| p == path) {
+            self.opened.push((path.to_path_buf(), f.try_clone()?));
         }
+        self.open = Some((file, f));
         Ok(())
+    }
+
+    /// Syncs every file opened, then the directory (a file the drainer created may not be
+    /// durable in it yet); the number of files synced.
+    fn sync(self) -> Result<usize, JournalError> {
+        for (path, file) in &self.opened {
+            file.sync_data().map_err(io_err(path))?;
+        }
+        if !self.opened.is_empty() {
+            sync_dir(self.dir).map_err(io_err(self.dir))?;
+        }
+        Ok(self.opened.len())
     }
 }

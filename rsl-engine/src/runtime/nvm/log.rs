@@ -31,6 +31,9 @@ impl Position {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Appended {
     pub seq: u64,
+    /// Where the payload starts in the log's memory (its file's offset): it stays there, unchanged,
+    /// until the head passes `end`.
+    pub payload_at: u64,
     /// Just past the record: release up to here once it is durable elsewhere.
     pub end: Position,
 }
@@ -50,6 +53,8 @@ pub enum AppendError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Record<'a> {
     pub seq: u64,
+    /// Where the record's frame starts in the log's file (for errors naming it).
+    pub offset: u64,
     pub payload: &'a [u8],
     /// Just past the record.
     pub end: Position,
@@ -159,9 +164,10 @@ impl<M: PersistentMemory> PmemLog<M> {
         assert!(parts.len() < framed.len(), "a record of at most {} parts", framed.len() - 1);
         framed[1..=parts.len()].copy_from_slice(parts);
         self.store(self.tail, &framed[..=parts.len()]);
+        let payload_at = (RING_OFFSET + RECORD_HEADER) as u64 + self.tail % self.capacity;
         self.tail += size;
         self.next_seq += 1;
-        Ok(Appended { seq, end: self.tail_position() })
+        Ok(Appended { seq, payload_at, end: self.tail_position() })
     }
 
     /// Makes every record appended so far durable: fences them, then publishes the new tail.
@@ -288,7 +294,7 @@ impl<M: PersistentMemory> PmemLog<M> {
             Kind::Pad => Step::Skip(at + remaining),
             Kind::Data => {
                 let end = Position { offset: at + record_size(body.len()) as u64, seq: seq + 1 };
-                Step::Record(Record { seq, payload: body, end })
+                Step::Record(Record { seq, offset: start as u64, payload: body, end })
             }
         })
     }

@@ -38,7 +38,7 @@ pub fn create(path: &Path, capacity: u64, persistence: Persistence) -> Result<Pm
     let file = File::options().read(true).write(true).create(true).truncate(true).open(&temp);
     let file = file.map_err(|e| NvmError::io(&temp, e))?;
     allocate(&file, RING_OFFSET as u64 + capacity).map_err(|e| NvmError::io(&temp, e))?;
-    drop(PmemLog::format(map(&file, &temp, persistence)?)?);
+    drop(PmemLog::format(map(file.try_clone().map_err(|e| NvmError::io(&temp, e))?, &temp, persistence)?)?);
     file.sync_all().map_err(|e| NvmError::io(&temp, e))?;
     fs::rename(&temp, path).map_err(|e| NvmError::io(path, e))?;
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -62,24 +62,59 @@ fn allocate(file: &File, len: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// Opens the log at `path` and recovers it ([`PmemLog::recover`]).
+/// Opens the log at `path` and recovers it ([`PmemLog::recover`]). The log holds an exclusive
+/// lock on the file while open: a second open, from this process or another, fails with
+/// [`NvmError::Locked`] instead of two journals writing one log.
 pub fn open(path: &Path, persistence: Persistence) -> Result<PmemLog<FileMemory>, NvmError> {
     let file = File::options().read(true).write(true).open(path).map_err(|e| NvmError::io(path, e))?;
-    PmemLog::recover(map(&file, path, persistence)?)
+    super::pmem::lock_exclusive(&file).map_err(|e| match e.kind() {
+        io::ErrorKind::WouldBlock => NvmError::Locked { path: path.to_path_buf() },
+        _ => NvmError::io(path, e),
+    })?;
+    PmemLog::recover(map(file, path, persistence)?)
 }
 
-fn map(file: &File, path: &Path, persistence: Persistence) -> Result<FileMemory, NvmError> {
+/// Maps `file`, which the memory keeps open (and so locked) as long as it lives.
+fn map(file: File, path: &Path, persistence: Persistence) -> Result<FileMemory, NvmError> {
     let io = |e| NvmError::io(path, e);
     Ok(match persistence {
         #[cfg(target_arch = "x86_64")]
-        Persistence::CacheFlush => Box::new(super::pmem::DaxMap::map(file, path).map_err(io)?),
+        Persistence::CacheFlush => Box::new(Locked { mem: super::pmem::DaxMap::map(&file, path).map_err(io)?, _file: file }),
         #[cfg(not(target_arch = "x86_64"))]
         Persistence::CacheFlush => return Err(io(io::Error::from(io::ErrorKind::Unsupported))),
-        Persistence::ProcessCrash => Box::new(PageCache { map: super::pmem::map_shared(file).map_err(io)?, path: path.to_path_buf() }),
+        Persistence::ProcessCrash => {
+            let mem = PageCache { map: super::pmem::map_shared(&file).map_err(io)?, path: path.to_path_buf() };
+            Box::new(Locked { mem, _file: file })
+        }
         Persistence::Msync => {
-            Box::new(Msync { map: super::pmem::map_shared(file).map_err(io)?, path: path.to_path_buf(), dirty: Vec::new() })
+            let mem = Msync { map: super::pmem::map_shared(&file).map_err(io)?, path: path.to_path_buf(), dirty: Vec::new() };
+            Box::new(Locked { mem, _file: file })
         }
     })
+}
+
+/// A mapping with its file held open: the file's lock lasts as long as the mapping.
+struct Locked<M> {
+    mem: M,
+    _file: File,
+}
+
+impl<M: PersistentMemory> PersistentMemory for Locked<M> {
+    fn bytes(&self) -> &[u8] {
+        self.mem.bytes()
+    }
+    fn write(&mut self, offset: usize, data: &[u8]) {
+        self.mem.write(offset, data)
+    }
+    fn flush(&mut self, range: Range<usize>) {
+        self.mem.flush(range)
+    }
+    fn fence(&mut self) -> io::Result<()> {
+        self.mem.fence()
+    }
+    fn path(&self) -> &Path {
+        self.mem.path()
+    }
 }
 
 /// The emulation that survives a process crash only: the page cache keeps every store.
@@ -200,6 +235,20 @@ mod tests {
             let seqs: Vec<u64> = log.records().map(|r| r.unwrap().seq).collect();
             assert_eq!(seqs, (first..100).collect::<Vec<_>>());
             assert!(!dir.path().join(format!("log{i}.creating")).exists());
+        }
+    }
+
+    #[test]
+    fn a_log_open_once_cannot_be_opened_again_until_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        for persistence in [Persistence::ProcessCrash, Persistence::Msync] {
+            let log = create(&path, 4096, persistence).unwrap();
+            let err = open(&path, persistence).err().unwrap();
+            assert!(matches!(&err, NvmError::Locked { path: p } if *p == path), "{err}");
+            assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+            drop(log);
+            drop(open(&path, persistence).unwrap());
         }
     }
 

@@ -75,6 +75,10 @@ pub enum NvmError {
     /// Bytes that cannot be a crash's leftovers: a damaged medium or not a log at all.
     #[error("{}: corrupt persistent log at file offset {offset}: {what}", path.display())]
     Corrupt { path: PathBuf, offset: u64, what: &'static str },
+    /// Another journal (in this process or another) has the log open: two writers would
+    /// overwrite each other's records.
+    #[error("{}: the persistent log is in use by another journal (its lock is held)", path.display())]
+    Locked { path: PathBuf },
     /// A size the layout cannot hold.
     #[error("{}: {what}", path.display())]
     Geometry { path: PathBuf, what: String },

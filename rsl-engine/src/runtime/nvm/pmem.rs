@@ -22,6 +22,20 @@ pub fn map_shared(file: &File) -> io::Result<MmapMut> {
     unsafe { MmapMut::map_mut(file) }
 }
 
+/// Takes an exclusive `flock` on `file` without waiting: `WouldBlock` while another open file
+/// description (another process, or another open in this one) holds it. Released when every
+/// handle of this open is closed.
+pub fn lock_exclusive(file: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock only reads the descriptor, which `file` keeps open for the call.
+    let done = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if done == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod cpu {
     use crate::runtime::nvm::PersistentMemory;

@@ -51,6 +51,7 @@ fn the_nvm_mode_writes_the_same_log_files_as_the_file_mode() {
     assert_eq!(file_bytes(nvm_dir.path()), expected, "byte for byte, file by file");
     let log = pmem::open(&nvm_dir.path().join("journal.nvm"), Persistence::ProcessCrash).unwrap();
     assert_eq!(log.records().count(), 0, "a clean close leaves the persistent log empty");
+    drop(log);
     let j = open(nvm_options(nvm_dir.path(), 64 << 10), None).unwrap();
     assert_eq!(j.replay.iter().map(|m| (**m).clone()).collect::<Vec<_>>(), records);
 }
@@ -94,8 +95,13 @@ fn a_full_persistent_log_waits_for_the_files() {
     let mut j = open(nvm_options(dir.path(), 4096), None).unwrap();
     j.journal.defer_writes();
     append_flushing(&mut j, &records[..100], 1, 3);
+    let small = j.journal.shared.full_waits.load(Ordering::Relaxed);
+    assert!(small > 0, "small batches filled the log");
     // A batch larger than the whole log goes in chunks, waiting between them.
     append_flushing(&mut j, &records[100..], 101, 100);
+    let large = j.journal.shared.full_waits.load(Ordering::Relaxed) - small;
+    // Each wait frees at most the whole ring.
+    assert!(large >= 100 * 512 / 4096, "{large} waits for 50 KiB through a 4 KiB log");
     j.journal.close().unwrap();
     let j = open(nvm_options(dir.path(), 4096), None).unwrap();
     assert_eq!(j.replay.len(), 200);
@@ -130,6 +136,7 @@ fn a_resized_persistent_log_takes_its_new_size_once_drained() {
     drop(j);
     let j = open(nvm_options(dir.path(), 8 << 10), None).unwrap();
     assert_eq!(j.replay.len(), 6);
+    drop(j);
     let log = pmem::open(&dir.path().join("journal.nvm"), Persistence::ProcessCrash).unwrap();
     assert_eq!(log.capacity(), 8 << 10);
 }
@@ -163,7 +170,91 @@ fn a_record_placed_where_the_files_cannot_hold_it_is_an_error_naming_it() {
     log.persist().unwrap();
     drop(log);
     let err = open(nvm_options(dir.path(), 64 << 10), None).err().unwrap();
-    assert!(matches!(&err, JournalError::NvmRecord { path: p, seq: 0, .. } if *p == path), "{err}");
+    let at = RING_OFFSET as u64;
+    assert!(matches!(&err, JournalError::NvmRecord { path: p, seq: 0, offset, .. } if *p == path && *offset == at), "{err}");
     assert!(err.to_string().contains("journal.nvm") && err.to_string().contains("7.log"), "{err}");
     assert!(!dir.path().join("7.log").exists(), "nothing written for it");
+}
+
+/// A persistent log holding one record of `data` for `offset` in `<file>.log`.
+fn log_with_record(path: &Path, file: u64, offset: u64, data: &[u8]) {
+    let mut log = pmem::create(path, 64 << 10, Persistence::ProcessCrash).unwrap();
+    log.append(&[&file.to_le_bytes()[..], &offset.to_le_bytes(), data].concat()).unwrap();
+    log.persist().unwrap();
+}
+
+#[test]
+fn a_record_not_of_whole_pages_is_an_error_naming_its_place_in_the_persistent_log() {
+    for (offset, len) in [(100, 512), (512, 300)] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.nvm");
+        log_with_record(&path, 1, offset, &vec![0u8; len]);
+        let err = open(nvm_options(dir.path(), 64 << 10), None).err().unwrap();
+        let at = RING_OFFSET as u64;
+        assert!(matches!(&err, JournalError::NvmRecord { seq: 0, offset, .. } if *offset == at), "{err}");
+        assert!(err.to_string().contains(&format!("at offset {at}")) && err.to_string().contains("whole 512-byte pages"), "{err}");
+    }
+}
+
+#[test]
+fn recovery_syncs_a_file_that_already_holds_the_records_bytes() {
+    // The drainer wrote the bytes and was killed before its fdatasync: they compare equal in
+    // the page cache, yet must be synced before the persistent log lets them go.
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = open(JournalOptions { nvm: None, ..nvm_options(dir.path(), 0) }, None).unwrap();
+    write_all(&mut j, &records()[..3]);
+    j.journal.close().unwrap();
+    let (file, bytes) = file_bytes(dir.path()).pop().unwrap();
+    let path = dir.path().join("journal.nvm");
+    log_with_record(&path, file, 0, &bytes);
+    let log = pmem::open(&path, Persistence::ProcessCrash).unwrap();
+    let placed = nvm::place_records(dir.path(), &log, &path).unwrap();
+    assert_eq!(placed, nvm::Placed { records: 1, written: 0, synced: 1 }, "verified, not written, and synced");
+}
+
+#[test]
+fn a_chunk_placed_where_it_would_not_land_stops_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = open(nvm_options(dir.path(), 64 << 10), None).unwrap();
+    j.journal.defer_writes();
+    append_flushing(&mut j, &records()[..2], 1, 2);
+    while j.journal.readable(2) < 2 {
+        j.durable.recv().unwrap();
+    }
+    // A bookkeeping bug: the journal believes the file a page longer than it is.
+    j.journal.file_len += 512;
+    j.journal.append(3, &records()[2]).unwrap();
+    j.journal.flush(false).unwrap().unwrap();
+    let err = j.errors.recv().unwrap().to_string();
+    assert!(err.contains("0.log") && err.contains("for offset 1536") && err.contains("written at 1024"), "{err}");
+    assert_eq!(j.journal.readable(3), 2, "the misplaced chunk never reaches the file");
+}
+
+#[test]
+fn two_journals_cannot_share_one_persistent_log() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first = open(nvm_options(a.path(), 64 << 10), None).unwrap();
+    let shared = NvmOptions { path: a.path().join("journal.nvm"), ..nvm_options(b.path(), 64 << 10).nvm.unwrap() };
+    let err = open(JournalOptions { nvm: Some(shared.clone()), ..nvm_options(b.path(), 64 << 10) }, None).err().unwrap();
+    assert!(matches!(&err, JournalError::Nvm(pmem::NvmError::Locked { path }) if *path == shared.path), "{err}");
+    first.journal.close().unwrap();
+}
+
+#[test]
+fn the_writer_copies_records_from_the_persistent_log_not_from_memory() {
+    // The journal keeps no copy of what waits to be drained: a byte changed in the persistent
+    // log after the flush is the byte the file gets.
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = open(nvm_options(dir.path(), 64 << 10), None).unwrap();
+    j.journal.defer_writes();
+    j.journal.hold_drain();
+    append_flushing(&mut j, &records()[..2], 1, 2);
+    let at = (RING_OFFSET + 24 + 16 + 100) as u64;
+    let nvm = fs::File::options().write(true).open(dir.path().join("journal.nvm")).unwrap();
+    nvm.write_all_at(&[0xee], at).unwrap();
+    j.journal.release_drain();
+    while j.journal.readable(2) < 2 {
+        j.durable.recv().unwrap();
+    }
+    assert_eq!(file_bytes(dir.path())[0].1[100], 0xee);
 }
