@@ -4,7 +4,7 @@
 use crate::{fail, note, rsl_status, RSL_E_BUFFER, RSL_E_CONFIG, RSL_E_NULL, RSL_INVALID_PARAMETER};
 use bytes::Bytes;
 use rsl_engine::format::{MemberId, MemberSet, Node};
-use rsl_engine::runtime::{CatchUp, ReplicaHealth, RslConfig, Stats};
+use rsl_engine::runtime::{CatchUp, PaxosTransport, ReplicaHealth, RslConfig, Stats};
 use std::ffi::{c_char, c_void, CStr, OsStr};
 use std::net::Ipv4Addr;
 use std::os::unix::ffi::OsStrExt;
@@ -179,7 +179,7 @@ macro_rules! config_fields {
         pub(crate) fn config_from_c(c: &rsl_config) -> Result<RslConfig, rsl_status> {
             let dir = c_str(&c.working_dir).ok_or_else(|| fail(RSL_E_CONFIG, "working_dir is not NUL-terminated"))?;
             let catch_up = if c.catch_up_by_restart { CatchUp::Restart } else { CatchUp::LoadInPlace };
-            Ok(RslConfig { $($f: c.$f,)* working_dir: PathBuf::from(OsStr::from_bytes(dir)), tls: None, catch_up, net_delay_us: 0 })
+            Ok(RslConfig { $($f: c.$f,)* working_dir: PathBuf::from(OsStr::from_bytes(dir)), tls: None, catch_up, net_delay_us: 0, paxos_transport: PaxosTransport::Tcp })
         }
     };
 }

@@ -3,6 +3,7 @@
 
 use super::checkpoints::CheckpointAlerts;
 use super::learn::LearnLimits;
+use super::shm_link::ShmOptions;
 use super::tls::TlsSettings;
 use super::transport::TransportOptions;
 use crate::format::{message::MAX_BATCH_BYTES, Version};
@@ -100,6 +101,21 @@ pub struct RslConfig {
     /// this many microseconds before it is written, a one-way network delay between the
     /// replicas of one machine (`rsl-kv replica --net-delay-us`). 0 (the default): none.
     pub net_delay_us: u32,
+    /// What carries this replica's Paxos packets to peers on the same host (issue 16,
+    /// docs/rdma.md): TCP (the default), or a shared-memory ring set up over the TCP connection
+    /// with each peer that accepts it (others keep TCP). Not with `tls`, nor `net_delay_us`.
+    pub paxos_transport: PaxosTransport,
+}
+
+/// What carries Paxos packets between replicas (`RslConfig::paxos_transport`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PaxosTransport {
+    /// TCP to every peer.
+    #[default]
+    Tcp,
+    /// A shared-memory ring to each peer on this host that accepts one (in `/dev/shm`), TCP to
+    /// the others.
+    Shm,
 }
 
 /// How a replica that fell behind everything its peers' logs hold takes the peer checkpoint it
@@ -168,6 +184,7 @@ impl Default for RslConfig {
             tls: None,
             catch_up: CatchUp::LoadInPlace,
             net_delay_us: 0,
+            paxos_transport: PaxosTransport::Tcp,
         }
     }
 }
@@ -235,6 +252,14 @@ impl RslConfig {
         check("slow_sender_timeout_sec", self.slow_sender_timeout_sec.into(), 1, 3600)?;
         check("max_inbound_buffer_mb", self.max_inbound_buffer_mb.into(), 1, 1 << 20)?;
         check("net_delay_us", self.net_delay_us.into(), 0, 1_000_000)?;
+        if self.paxos_transport == PaxosTransport::Shm {
+            // A ring is neither encrypted nor authenticated per packet: TLS means every Paxos
+            // byte is (docs/security.md). And a delay is the TCP writer's to apply.
+            if self.tls.is_some() {
+                return Err(ConfigError { field: "paxos_transport (shm, with tls)", value: 1, min: 0, max: 0 });
+            }
+            check("net_delay_us (with shm)", self.net_delay_us.into(), 0, 0)?;
+        }
         if self.working_dir.as_os_str().is_empty() {
             return Err(ConfigError { field: "m_workingDir", value: 0, min: 1, max: 1 });
         }
@@ -264,6 +289,7 @@ impl RslConfig {
             max_outstanding: (self.max_outstanding_per_replica as usize).max(2 * self.pipeline_window as usize),
             send_timeout: secs(self.send_timeout_sec),
             delay: Duration::from_micros(self.net_delay_us.into()),
+            shm: (self.paxos_transport == PaxosTransport::Shm).then(|| ShmOptions::default_in(&self.working_dir)),
             ..TransportOptions::default()
         }
     }
@@ -380,6 +406,7 @@ mod tests {
             tls,
             catch_up,
             net_delay_us,
+            paxos_transport,
         );
         let doc = include_str!("../../../docs/migrating.md");
         let table = doc.split("## 6. `RSLConfigParam`, field by field").nth(1).expect("the field table in docs/migrating.md");
@@ -488,6 +515,22 @@ mod tests {
         let base = RslConfig { working_dir: "/tmp/x".into(), ..RslConfig::default() };
         let bad = RslConfig { max_message_alert_size_mb: u32::MAX, ..base };
         assert_eq!(bad.validate().unwrap_err().field, "m_maxMessageAlertSizeMB");
+    }
+
+    #[test]
+    fn shm_is_refused_with_tls_or_a_delay() {
+        let shm = RslConfig { working_dir: "/tmp/x".into(), paxos_transport: PaxosTransport::Shm, ..RslConfig::default() };
+        shm.validate().unwrap();
+        assert!(shm.transport_options().shm.is_some());
+        assert!(RslConfig::default().transport_options().shm.is_none(), "TCP unless asked");
+        let settings = TlsSettings {
+            identity: super::super::tls::IdentitySource::Files { cert: "c".into(), key: "k".into() },
+            peers: super::super::tls::PeerRules::default(),
+        };
+        let tls = RslConfig { tls: Some(settings), ..shm.clone() };
+        assert_eq!(tls.validate().unwrap_err().field, "paxos_transport (shm, with tls)");
+        let delayed = RslConfig { net_delay_us: 10, ..shm };
+        assert_eq!(delayed.validate().unwrap_err().field, "net_delay_us (with shm)");
     }
 
     /// The fields whose effect is tested on the component that carries it out (the core, the

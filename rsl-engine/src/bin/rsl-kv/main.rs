@@ -84,6 +84,9 @@ pub struct ClusterArgs {
     /// member id as CN) under `<dir>/tls`.
     #[arg(long)]
     tls: bool,
+    /// What carries Paxos packets between the replicas: tcp, shm (shared-memory rings) or rdma.
+    #[arg(long, value_enum, default_value_t = server::TransportArg::Tcp)]
+    transport: server::TransportArg,
 }
 
 fn main() -> ExitCode {

@@ -164,6 +164,11 @@ impl<M: RemoteMemory> RingWriter<M> {
     pub fn into_memory(self) -> M {
         self.mem
     }
+
+    /// The memory, read-only (e.g. to wake a parked reader).
+    pub fn memory(&self) -> &M {
+        &self.mem
+    }
 }
 
 /// The reading end: takes messages from its own ring in order and returns credits in batches.
