@@ -24,6 +24,8 @@ mod protocol;
 pub mod shm;
 #[cfg(test)]
 mod tests;
+#[cfg(all(feature = "rdma", target_os = "linux"))]
+pub mod verbs;
 
 pub use memory::InProcess;
 pub use protocol::{RecvError, RingReader, RingWriter, SendError};
