@@ -58,6 +58,8 @@ const READ_CHUNK: usize = 64 * 1024;
 /// The most packets (slices) one vectored write carries; Linux allows 1024.
 const MAX_IOV: usize = 64;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// After a failed shared-memory set-up, how long a peer's connections are plain TCP.
+const SHM_RETRY: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug)]
 pub struct TransportOptions {
@@ -387,9 +389,9 @@ struct Peer {
     counters: Counters,
     /// Warnings of handshakes the peer refused.
     refusals: RateLimited,
-    /// The peer does not speak the shared-memory set-up (it closed the connection on an offer):
-    /// its connections are plain TCP from now on.
-    shm_off: AtomicBool,
+    /// Until when (Unix microseconds) the peer's connections are plain TCP without an offer: the
+    /// last set-up failed (a peer without it closes the connection on an offer). 0: offer.
+    shm_off_until: AtomicU64,
     /// The connection now carries packets through a ring.
     on_ring: AtomicBool,
 }
@@ -419,7 +421,7 @@ impl Peer {
             connected: AtomicBool::new(false),
             counters: Counters::default(),
             refusals: RateLimited::new(),
-            shm_off: AtomicBool::new(false),
+            shm_off_until: AtomicU64::new(0),
             on_ring: AtomicBool::new(false),
         }
     }
@@ -634,19 +636,22 @@ async fn connect_and_serve(peer: &Peer, link: &Link, send_timeout: Duration) -> 
     let Some(tls) = &link.tls else {
         let mut stream = stream;
         let ring = match &link.shm {
-            Some(opts) if !peer.shm_off.load(Relaxed) => match shm_link::offer_ring(&mut stream, opts).await {
-                Ok(Offered::Ring(ring)) => Some(ring),
-                Ok(Offered::Tcp(why)) => {
-                    info!(peer = %peer.addr, why, "no shared-memory ring: TCP");
-                    None
+            Some(opts) if peer.shm_off_until.load(Relaxed) <= unix_micros(SystemTime::now()) => {
+                match shm_link::offer_ring(&mut stream, opts).await {
+                    Ok(Offered::Ring(ring)) => Some(ring),
+                    Ok(Offered::Tcp(why)) => {
+                        info!(peer = %peer.addr, why, "no shared-memory ring: TCP");
+                        None
+                    }
+                    Err(e) => {
+                        // A peer without the set-up closes the connection on an offer: TCP for a while
+                        // (a peer that was restarted meanwhile, or upgraded, gets an offer again).
+                        warn!(peer = %peer.addr, error = %e, retry = ?SHM_RETRY, "shared-memory set-up failed: TCP to this peer for now");
+                        peer.shm_off_until.store(unix_micros(SystemTime::now() + SHM_RETRY), Relaxed);
+                        return None;
+                    }
                 }
-                Err(e) => {
-                    // A peer without the set-up closes the connection on an offer: TCP from now on.
-                    warn!(peer = %peer.addr, error = %e, "shared-memory set-up failed: TCP to this peer from now on");
-                    peer.shm_off.store(true, Relaxed);
-                    return None;
-                }
-            },
+            }
             _ => None,
         };
         info!(peer = %peer.addr, shm = ring.is_some(), "connected");
