@@ -116,25 +116,46 @@ async fn within<T>(step: impl std::future::Future<Output = io::Result<T>>) -> Re
     tokio::time::timeout(SETUP_TIMEOUT, step).await.map_err(|_| LinkError::TimedOut)?.map_err(LinkError::Io)
 }
 
-/// The writing end of a session: the ring in the peer's file.
+/// The writing end of a ring session, whatever memory carries the ring: what the Paxos port's
+/// ring carrier (`transport.rs`, `write_ring`) copies packets into. The shared-memory file
+/// implements it here; the verbs memory (`ringbuf::verbs`) has the memory traits under it but
+/// no set-up yet (docs/rdma.md).
+pub trait RingSender: Send + std::fmt::Debug {
+    /// Appends one packet frame to the peer's ring.
+    fn send(&mut self, packet: &[u8]) -> Result<(), SendError>;
+}
+
+/// The reading end's memory: the ring's words, and how the reader waits for the doorbell.
+pub trait RingMemory: LocalMemory + Send {
+    /// Sleeps until the doorbell may no longer say `seen`, for at most `timeout`.
+    fn doze(&self, seen: u64, timeout: Duration);
+}
+
+/// The writing end of a shared-memory session: the ring in the peer's file.
 #[derive(Debug)]
 pub struct ShmSender {
     ring: RingWriter<ShmRing>,
 }
 
-impl ShmSender {
+impl RingSender for ShmSender {
     /// Appends one packet and wakes the reader if it sleeps.
-    pub fn send(&mut self, packet: &[u8]) -> Result<(), SendError> {
+    fn send(&mut self, packet: &[u8]) -> Result<(), SendError> {
         self.ring.try_send(packet)?;
         self.ring.memory().wake_reader();
         Ok(())
     }
 }
 
+impl RingMemory for ShmRing {
+    fn doze(&self, seen: u64, timeout: Duration) {
+        self.park(seen, timeout);
+    }
+}
+
 /// What came of an offer.
 pub enum Offered {
     /// The peer accepted and the ring is mapped: packets go through it.
-    Ring(ShmSender),
+    Ring(Box<dyn RingSender>),
     /// The peer declined, or its ring could not be mapped here (said why): TCP on this connection.
     Tcp(String),
 }
@@ -159,7 +180,7 @@ pub async fn offer_ring<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, opts:
     match ShmRing::open(&path) {
         Ok(ring) => {
             within(stream.write_all(&[1])).await?;
-            Ok(Offered::Ring(ShmSender { ring: RingWriter::new(ring, epoch) }))
+            Ok(Offered::Ring(Box::new(ShmSender { ring: RingWriter::new(ring, epoch) })))
         }
         Err(e) => {
             within(stream.write_all(&[0])).await?;
@@ -173,11 +194,15 @@ fn valid_name(name: &[u8]) -> bool {
     !name.is_empty() && name.len() <= MAX_NAME && name[0] != b'.' && name.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(c))
 }
 
-/// The reading end of a session: the ring in our own file, already unlinked.
-pub struct ShmSession {
-    ring: ShmRing,
+/// The reading end of a session: the ring's memory (for shared memory, our own file, already
+/// unlinked) and the session's epoch.
+pub struct RingSession<M> {
+    ring: M,
     epoch: NonZeroU16,
 }
+
+/// A shared-memory session.
+pub type ShmSession = RingSession<ShmRing>;
 
 /// The reader's side of the set-up, after the four zero bytes: reads the rest of the offer,
 /// answers, and on the writer's confirmation returns the session (None: declined, or the writer
@@ -267,8 +292,13 @@ pub enum ReadEnd {
 /// Reads the session's ring until `stop` is set, the ring or a packet in it is bad, or nothing
 /// arrives for `idle`; hands each packet (a checked frame) to `deliver`. Runs on its own thread:
 /// it sleeps on the doorbell when the ring stays empty.
-pub fn read_ring(session: ShmSession, stop: &AtomicBool, idle: Duration, mut deliver: impl FnMut(Bytes) -> io::Result<()>) -> ReadEnd {
-    let ShmSession { ring, epoch } = session;
+pub fn read_ring<M: RingMemory>(
+    session: RingSession<M>,
+    stop: &AtomicBool,
+    idle: Duration,
+    mut deliver: impl FnMut(Bytes) -> io::Result<()>,
+) -> ReadEnd {
+    let RingSession { ring, epoch } = session;
     let capacity = LocalMemory::capacity(&ring) as u64;
     // Credits go back every quarter ring (and whenever the ring is found empty).
     let mut reader = RingReader::open(ring, epoch, capacity / 4);
@@ -294,7 +324,7 @@ pub fn read_ring(session: ShmSession, stop: &AtomicBool, idle: Duration, mut del
                     return ReadEnd::Idle(idle);
                 }
                 let seen = reader.memory().doorbell();
-                reader.memory().park(seen, PARK);
+                reader.memory().doze(seen, PARK);
             }
             Err(e) => return ReadEnd::Ring(e),
         }

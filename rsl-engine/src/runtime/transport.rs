@@ -12,7 +12,7 @@
 
 use super::health::{from_unix_micros, unix_micros};
 use super::ringbuf::SendError;
-use super::shm_link::{self, Offered, ShmOptions, ShmSender};
+use super::shm_link::{self, Offered, RingSender, ShmOptions};
 use super::tls::{PeerIdentity, Tls};
 use crate::format::message::{Checksum, Message, MsgKind};
 use crate::format::packet::{self, Frame, DEFAULT_MAX_PACKET, HEADER_SIZE};
@@ -329,7 +329,7 @@ struct SendQueue {
     /// commit path. Taken back (None) as soon as anything is queued.
     idle: Option<Arc<OwnedWriteHalf>>,
     /// The connection's shared-memory ring, while its task lends it as it lends `idle`.
-    ring: Option<ShmSender>,
+    ring: Option<Box<dyn RingSender>>,
     /// Whether senders may write to `ring` now: nothing is queued or being written.
     ring_idle: bool,
 }
@@ -489,7 +489,7 @@ impl Peer {
 
     /// [`take_all`](Self::take_all) for a connection with a ring: the ring comes back to `ring`
     /// from the senders, and is lent to them again if nothing is queued.
-    fn take_all_ring(&self, batch: &mut Batch, ring: &mut Option<ShmSender>) {
+    fn take_all_ring(&self, batch: &mut Batch, ring: &mut Option<Box<dyn RingSender>>) {
         assert!(batch.is_empty(), "the previous batch is written first");
         let mut q = self.queue.lock().expect("send queue poisoned");
         std::mem::swap(&mut q.packets, batch);
@@ -685,7 +685,7 @@ async fn serve_outbound<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     mut rd: R,
     wr: W,
     direct: Option<Arc<OwnedWriteHalf>>,
-    ring: Option<ShmSender>,
+    ring: Option<Box<dyn RingSender>>,
     link: &Link,
     origin: Origin,
     send_timeout: Duration,
@@ -748,7 +748,7 @@ const RING_FULL_WAIT: Duration = Duration::from_micros(200);
 async fn write_ring<W: AsyncWrite + Unpin>(
     peer: &Peer,
     mut wr: W,
-    ring: ShmSender,
+    ring: Box<dyn RingSender>,
     batch: &mut Batch,
     send_timeout: Duration,
 ) -> io::Result<()> {

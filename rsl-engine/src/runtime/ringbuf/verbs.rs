@@ -550,6 +550,24 @@ impl LocalMemory for VerbsLocal {
     }
 }
 
+impl crate::runtime::shm_link::RingSender for super::RingWriter<VerbsRemote> {
+    fn send(&mut self, packet: &[u8]) -> Result<(), super::SendError> {
+        self.try_send(packet)?;
+        match self.memory().error() {
+            None => Ok(()),
+            Some(_) => Err(super::SendError::MemoryFailed),
+        }
+    }
+}
+
+impl crate::runtime::shm_link::RingMemory for VerbsLocal {
+    /// The polled doorbell has no notification: a short sleep. (Write-with-immediate and a
+    /// completion channel would give one; not built.)
+    fn doze(&self, _seen: u64, timeout: std::time::Duration) {
+        std::thread::sleep(timeout.min(std::time::Duration::from_micros(50)));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
