@@ -93,8 +93,8 @@ pub struct TransportOptions {
     /// timer rounds the hold up to its 1 ms tick). Zero: no hold.
     pub delay: Duration,
     /// Offer peers on this host a shared-memory ring for what we send them, and accept theirs
-    /// (`runtime/shm_link.rs`); None: TCP only (and offers are declined). Not with TLS, nor
-    /// with a `delay`.
+    /// (`runtime/shm_link.rs`); None: TCP only (and offers are declined). Ignored with TLS or
+    /// a `delay`.
     pub shm: Option<ShmOptions>,
 }
 
@@ -187,7 +187,11 @@ impl Transport {
         assert!(opts.max_inbound > 0, "at least one inbound connection");
         let listener = bind(rt, listen)?;
         let local_addr = listener.local_addr()?;
-        assert!(opts.shm.is_none() || (tls.is_none() && opts.delay.is_zero()), "shared memory is for plain, undelayed ports");
+        let mut opts = opts;
+        if tls.is_some() || !opts.delay.is_zero() {
+            // Rings are for plain, undelayed ports (RslConfig::validate refuses the mix).
+            opts.shm = None;
+        }
         let reading = Arc::new(Reading::new(&opts));
         let (accepted, deliver, auth) = (reading.clone(), on_message.clone(), tls.clone());
         let serve = move |stream, from| read_inbound(stream, from, accepted.clone(), deliver.clone(), auth.clone());
@@ -767,7 +771,10 @@ async fn write_ring<W: AsyncWrite + Unpin>(
         while let Some(packet) = batch.packets.front() {
             match sender.send(packet) {
                 Ok(()) => {}
-                Err(SendError::TooLarge { .. }) => wr.write_all(packet).await?,
+                Err(SendError::TooLarge { .. }) => match tokio::time::timeout(send_timeout, wr.write_all(packet)).await {
+                    Ok(written) => written?,
+                    Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "send timeout")),
+                },
                 Err(SendError::WouldBlock) => {
                     let queued = *batch.queued_at.front().expect("one time per packet");
                     if queued.elapsed() >= send_timeout {
@@ -1202,7 +1209,8 @@ impl Drop for Held<'_> {
 /// Reads packets until EOF, delivering each message. A bad packet is an error, which closes the
 /// connection (§7.1); a packet whose message does not decode is dropped. The connection is also
 /// closed if a packet begun does not complete within `frame_timeout`, if an inbound connection
-/// stays silent for `idle_timeout` (None: an outbound connection, or one whose ring is its traffic), or if the packet needs more of the budget than is left. A
+/// stays silent for `idle_timeout` (None: an outbound connection, or one whose ring carries its
+/// traffic), or if the packet needs more of the budget than is left. A
 /// reader's first `READ_CHUNK` bytes are its own, so small packets (every message but votes
 /// carrying large requests) never wait on the budget.
 async fn read_packets<R: AsyncRead + Unpin>(
