@@ -52,7 +52,7 @@ struct Pair {
 fn pair(shm: Option<&std::path::Path>) -> Pair {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let opts = TransportOptions {
-        shm: shm.map(|dir| ShmOptions { dir: dir.to_path_buf(), capacity: 4 << 20 }),
+        shm: shm.map(|dir| ShmOptions { dir: dir.to_path_buf(), capacity: 4 << 20, rdma: false }),
         max_queue_bytes: 1 << 30,
         ..TransportOptions::default()
     };

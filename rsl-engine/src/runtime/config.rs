@@ -116,6 +116,9 @@ pub enum PaxosTransport {
     /// A shared-memory ring to each peer on this host that accepts one (in `/dev/shm`), TCP to
     /// the others.
     Shm,
+    /// An RDMA ring (verbs, feature `rdma`) to each peer that accepts one, TCP to the others
+    /// and whenever this host has no RDMA device. Never run on hardware (docs/rdma.md).
+    Rdma,
 }
 
 /// How a replica that fell behind everything its peers' logs hold takes the peer checkpoint it
@@ -252,6 +255,15 @@ impl RslConfig {
         check("slow_sender_timeout_sec", self.slow_sender_timeout_sec.into(), 1, 3600)?;
         check("max_inbound_buffer_mb", self.max_inbound_buffer_mb.into(), 1, 1 << 20)?;
         check("net_delay_us", self.net_delay_us.into(), 0, 1_000_000)?;
+        if self.paxos_transport == PaxosTransport::Rdma {
+            if !cfg!(feature = "rdma") {
+                return Err(ConfigError { field: "paxos_transport (rdma, without the rdma feature)", value: 2, min: 0, max: 1 });
+            }
+            if self.tls.is_some() {
+                return Err(ConfigError { field: "paxos_transport (rdma, with tls)", value: 2, min: 0, max: 0 });
+            }
+            check("net_delay_us (with rdma)", self.net_delay_us.into(), 0, 0)?;
+        }
         if self.paxos_transport == PaxosTransport::Shm {
             // A ring is neither encrypted nor authenticated per packet: TLS means every Paxos
             // byte is (docs/security.md). And a delay is the TCP writer's to apply.
@@ -289,7 +301,11 @@ impl RslConfig {
             max_outstanding: (self.max_outstanding_per_replica as usize).max(2 * self.pipeline_window as usize),
             send_timeout: secs(self.send_timeout_sec),
             delay: Duration::from_micros(self.net_delay_us.into()),
-            shm: (self.paxos_transport == PaxosTransport::Shm).then(|| ShmOptions::default_in(&self.working_dir)),
+            shm: match self.paxos_transport {
+                PaxosTransport::Tcp => None,
+                PaxosTransport::Shm => Some(ShmOptions::default_in(&self.working_dir)),
+                PaxosTransport::Rdma => Some(ShmOptions { rdma: true, ..ShmOptions::default_in(&self.working_dir) }),
+            },
             ..TransportOptions::default()
         }
     }
@@ -529,8 +545,15 @@ mod tests {
         };
         let tls = RslConfig { tls: Some(settings), ..shm.clone() };
         assert_eq!(tls.validate().unwrap_err().field, "paxos_transport (shm, with tls)");
-        let delayed = RslConfig { net_delay_us: 10, ..shm };
+        let delayed = RslConfig { net_delay_us: 10, ..shm.clone() };
         assert_eq!(delayed.validate().unwrap_err().field, "net_delay_us (with shm)");
+        let rdma = RslConfig { paxos_transport: PaxosTransport::Rdma, ..shm };
+        if cfg!(feature = "rdma") {
+            rdma.validate().unwrap();
+            assert!(rdma.transport_options().shm.is_some_and(|o| o.rdma));
+        } else {
+            assert_eq!(rdma.validate().unwrap_err().field, "paxos_transport (rdma, without the rdma feature)");
+        }
     }
 
     /// The fields whose effect is tested on the component that carries it out (the core, the

@@ -6,15 +6,18 @@
 //! Set-up on the connection the writer opened (all integers little-endian):
 //!
 //! 1. writer → reader, the offer, [`OFFER_LEN`] bytes: four zero bytes (a packet size of 0, which
-//!    every Paxos port, ours or the original's, refuses as a packet), [`OFFER_MAGIC`], and the
-//!    writer's host identity (Linux's boot id, 36 ASCII bytes).
-//! 2. reader → writer, the answer, [`ANSWER_LEN`] bytes: 1 (accept) or 0 (decline), the session
-//!    epoch (u16), the file name's length (u8) and the name, zero-padded to [`MAX_NAME`]. The
-//!    reader accepts only a writer on its own host, and creates the ring file (0600) in its ring
-//!    directory.
+//!    every Paxos port, ours or the original's, refuses as a packet), [`OFFER_MAGIC`], the
+//!    writer's host identity (Linux's boot id, 36 ASCII bytes), what it offers ([`OFFER_SHM`] or
+//!    [`OFFER_RDMA`]) and, for RDMA, its verbs endpoint ([`ENDPOINT_LEN`] bytes; zeros otherwise).
+//! 2. reader → writer, the answer, [`ANSWER_LEN`] bytes: the kind (0 decline, 1 shared memory,
+//!    2 RDMA), the session epoch (u16), a length (u8) and, zero-padded to [`MAX_NAME`], the ring
+//!    file's name or the reader's verbs endpoint. The reader accepts shared memory only from a
+//!    writer on its own host, and creates the ring file (0600) in its ring directory; RDMA only
+//!    with the `rdma` feature, a device and `ShmOptions::rdma`.
 //! 3. writer → reader, one byte: 1 if it mapped the ring (in its own ring directory: the name
-//!    is a bare file name), 0 if not. The reader then unlinks the file, so nothing else can open
-//!    it, and reads the ring on a thread of its own until the connection ends.
+//!    is a bare file name) or connected its queue pair, 0 if not. The reader then unlinks the
+//!    file, so nothing else can open it, and reads the ring on a thread of its own until the
+//!    connection ends.
 //!
 //! Everything in the ring is checked as the TCP path checks a packet (`RingReader` bounds every
 //! record, [`check_frame`] the frame inside), and any error ends the session with its TCP
@@ -36,8 +39,15 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub const OFFER_MAGIC: [u8; 8] = *b"RSLSHMv1";
 /// Bytes of a host identity (a boot id: a UUID in ASCII).
 const HOST_ID_LEN: usize = 36;
+/// Bytes of a verbs endpoint (`ringbuf::verbs::Endpoint::LEN`).
+pub const ENDPOINT_LEN: usize = 46;
+/// What an offer offers: a shared-memory ring, or an RDMA ring (with the writer's endpoint).
+pub const OFFER_SHM: u8 = 1;
+pub const OFFER_RDMA: u8 = 2;
 /// Bytes of an offer.
-pub const OFFER_LEN: usize = 4 + OFFER_MAGIC.len() + HOST_ID_LEN;
+pub const OFFER_LEN: usize = 4 + OFFER_MAGIC.len() + HOST_ID_LEN + 1 + ENDPOINT_LEN;
+/// Where the offered kind and the endpoint start in an offer.
+const OFFER_KIND_AT: usize = 4 + OFFER_MAGIC.len() + HOST_ID_LEN;
 /// The longest ring file name.
 const MAX_NAME: usize = 64;
 /// Bytes of an answer.
@@ -57,6 +67,9 @@ pub struct ShmOptions {
     pub dir: PathBuf,
     /// Data bytes of each ring (a multiple of 8): packets larger than a ring go over TCP.
     pub capacity: u64,
+    /// Offer RDMA rings instead of shared memory, and accept offers of them (feature `rdma`,
+    /// with a device; without, nothing is offered and RDMA offers are declined).
+    pub rdma: bool,
 }
 
 impl ShmOptions {
@@ -64,7 +77,7 @@ impl ShmOptions {
     pub fn default_in(fallback: &Path) -> ShmOptions {
         let shm = Path::new("/dev/shm");
         let dir = if shm.is_dir() { shm.to_path_buf() } else { fallback.to_path_buf() };
-        ShmOptions { dir, capacity: 4 << 20 }
+        ShmOptions { dir, capacity: 4 << 20, rdma: false }
     }
 }
 
@@ -82,11 +95,13 @@ fn host_id() -> &'static [u8; HOST_ID_LEN] {
     })
 }
 
-/// The offer a writer sends first.
-fn offer() -> [u8; OFFER_LEN] {
+/// The offer a writer sends first: `kind` and, for RDMA, the writer's endpoint.
+fn offer(kind: u8, endpoint: [u8; ENDPOINT_LEN]) -> [u8; OFFER_LEN] {
     let mut out = [0u8; OFFER_LEN];
     out[4..12].copy_from_slice(&OFFER_MAGIC);
-    out[12..].copy_from_slice(host_id());
+    out[12..OFFER_KIND_AT].copy_from_slice(host_id());
+    out[OFFER_KIND_AT] = kind;
+    out[OFFER_KIND_AT + 1..].copy_from_slice(&endpoint);
     out
 }
 
@@ -108,6 +123,8 @@ pub enum LinkError {
     BadAnswer { kind: u8, epoch: u16, len: usize },
     #[error("shared-memory set-up: bad confirmation byte {0}")]
     BadConfirm(u8),
+    #[error("shared-memory set-up: unknown offer kind {0}")]
+    BadKind(u8),
     #[error("shared-memory set-up timed out")]
     TimedOut,
 }
@@ -164,7 +181,10 @@ pub enum Offered {
 /// not speak it (it closed the connection, as a peer without the shared-memory path does) or
 /// broke it: the caller gives up shared memory for this peer and reconnects.
 pub async fn offer_ring<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, opts: &ShmOptions) -> Result<Offered, LinkError> {
-    within(stream.write_all(&offer())).await?;
+    if opts.rdma {
+        return rdma::offer_verbs(stream, opts).await;
+    }
+    within(stream.write_all(&offer(OFFER_SHM, [0; ENDPOINT_LEN]))).await?;
     let mut answer = [0u8; ANSWER_LEN];
     within(stream.read_exact(&mut answer)).await?;
     let (kind, epoch, len) = (answer[0], u16::from_le_bytes([answer[1], answer[2]]), answer[3] as usize);
@@ -172,7 +192,9 @@ pub async fn offer_ring<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, opts:
     if kind == 0 && epoch == 0 && len == 0 {
         return Ok(Offered::Tcp("the peer declined".into()));
     }
-    let (Some(epoch), Some(name)) = (NonZeroU16::new(epoch).filter(|_| kind == 1), answer.get(4..4 + len)) else { return Err(bad) };
+    let (Some(epoch), Some(name)) = (NonZeroU16::new(epoch).filter(|_| kind == OFFER_SHM), answer.get(4..4 + len)) else {
+        return Err(bad);
+    };
     if !valid_name(name) {
         return Err(bad);
     }
@@ -204,24 +226,41 @@ pub struct RingSession<M> {
 /// A shared-memory session.
 pub type ShmSession = RingSession<ShmRing>;
 
+/// A session the reader accepted.
+pub enum Accepted {
+    Shm(ShmSession),
+    #[cfg(feature = "rdma")]
+    Verbs(RingSession<super::ringbuf::verbs::VerbsLocal>),
+}
+
 /// The reader's side of the set-up, after the four zero bytes: reads the rest of the offer,
 /// answers, and on the writer's confirmation returns the session (None: declined, or the writer
 /// could not map the ring; the connection goes on as TCP). `opts` None: this replica does not
-/// offer shared memory, and declines.
+/// offer rings, and declines.
 pub async fn answer_offer<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     opts: Option<&ShmOptions>,
-) -> Result<Option<ShmSession>, LinkError> {
+) -> Result<Option<Accepted>, LinkError> {
     let mut rest = [0u8; OFFER_LEN - 4];
     within(stream.read_exact(&mut rest)).await?;
     let magic: [u8; 8] = rest[..8].try_into().expect("8 bytes");
     if magic != OFFER_MAGIC {
         return Err(LinkError::BadMagic(magic));
     }
-    let Some(opts) = opts.filter(|_| rest[8..] == host_id()[..]) else {
+    let (host, kind) = (&rest[8..OFFER_KIND_AT - 4], rest[OFFER_KIND_AT - 4]);
+    let endpoint: [u8; ENDPOINT_LEN] = rest[OFFER_KIND_AT - 3..].try_into().expect("an endpoint");
+    let opts = match kind {
+        OFFER_SHM => opts.filter(|o| !o.rdma && host == host_id()),
+        OFFER_RDMA => opts.filter(|o| o.rdma),
+        other => return Err(LinkError::BadKind(other)),
+    };
+    let Some(opts) = opts else {
         within(stream.write_all(&[0; ANSWER_LEN])).await?;
         return Ok(None);
     };
+    if kind == OFFER_RDMA {
+        return rdma::answer_verbs(stream, opts, &endpoint).await;
+    }
     let (name, epoch) = fresh_name();
     let path = opts.dir.join(&name);
     let ring = ShmRing::create(&path, opts.capacity);
@@ -238,8 +277,106 @@ pub async fn answer_offer<S: AsyncRead + AsyncWrite + Unpin>(
     within(stream.read_exact(&mut confirm)).await?;
     match confirm[0] {
         0 => Ok(None),
-        1 => Ok(Some(ShmSession { ring, epoch })),
+        1 => Ok(Some(Accepted::Shm(ShmSession { ring, epoch }))),
         other => Err(LinkError::BadConfirm(other)),
+    }
+}
+
+/// The RDMA set-up (feature `rdma`): the same exchange carrying verbs endpoints.
+#[cfg(feature = "rdma")]
+mod rdma {
+    use super::*;
+    use crate::runtime::ringbuf::verbs::{Device, Endpoint, VerbsError, VerbsLocal, VerbsRemote};
+
+    /// This process's RDMA device, opened once (None: there is none, or it failed to open).
+    fn device() -> Option<Arc<Device>> {
+        static DEVICE: OnceLock<Option<Arc<Device>>> = OnceLock::new();
+        DEVICE
+            .get_or_init(|| Device::open_first().map_err(|e| tracing::info!(error = %e, "no RDMA device: Paxos packets go over TCP")).ok())
+            .clone()
+    }
+
+    fn verbs(e: VerbsError) -> LinkError {
+        LinkError::Io(io::Error::other(e))
+    }
+
+    /// The writer: offers an RDMA ring with its endpoint; without a device, offers nothing.
+    pub(super) async fn offer_verbs<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, opts: &ShmOptions) -> Result<Offered, LinkError> {
+        let Some(dev) = device() else { return Ok(Offered::Tcp("no RDMA device".into())) };
+        let mut remote = VerbsRemote::new(&dev, opts.capacity).map_err(verbs)?;
+        within(stream.write_all(&offer(OFFER_RDMA, remote.endpoint().encode()))).await?;
+        let mut answer = [0u8; ANSWER_LEN];
+        within(stream.read_exact(&mut answer)).await?;
+        let (kind, epoch, len) = (answer[0], u16::from_le_bytes([answer[1], answer[2]]), answer[3] as usize);
+        if kind == 0 && epoch == 0 && len == 0 {
+            return Ok(Offered::Tcp("the peer declined".into()));
+        }
+        let bad = LinkError::BadAnswer { kind, epoch, len };
+        let Some(epoch) = NonZeroU16::new(epoch).filter(|_| kind == OFFER_RDMA && len == Endpoint::LEN) else { return Err(bad) };
+        let peer: [u8; Endpoint::LEN] = answer[4..4 + Endpoint::LEN].try_into().expect("an endpoint");
+        match Endpoint::decode(&peer, 0).and_then(|peer| remote.connect(&peer)) {
+            Ok(()) => {
+                within(stream.write_all(&[1])).await?;
+                Ok(Offered::Ring(Box::new(RingWriter::new(remote, epoch))))
+            }
+            Err(e) => {
+                within(stream.write_all(&[0])).await?;
+                Ok(Offered::Tcp(format!("cannot connect to the peer's RDMA ring: {e}")))
+            }
+        }
+    }
+
+    /// The reader: registers a ring, connects a queue pair to the writer's endpoint, answers
+    /// with its own; without a device, declines.
+    pub(super) async fn answer_verbs<S: AsyncRead + AsyncWrite + Unpin>(
+        stream: &mut S,
+        opts: &ShmOptions,
+        endpoint: &[u8; ENDPOINT_LEN],
+    ) -> Result<Option<Accepted>, LinkError> {
+        let local = device().ok_or(VerbsError::NoDevice).and_then(|dev| {
+            let writer = Endpoint::decode(endpoint, 8)?;
+            VerbsLocal::new(&dev, opts.capacity, &writer)
+        });
+        let local = match local {
+            Ok(local) => local,
+            Err(e) => {
+                tracing::info!(error = %e, "RDMA ring declined");
+                within(stream.write_all(&[0; ANSWER_LEN])).await?;
+                return Ok(None);
+            }
+        };
+        let (_, epoch) = fresh_name();
+        let mut answer = [0u8; ANSWER_LEN];
+        (answer[0], answer[3]) = (OFFER_RDMA, Endpoint::LEN as u8);
+        answer[1..3].copy_from_slice(&epoch.get().to_le_bytes());
+        answer[4..4 + Endpoint::LEN].copy_from_slice(&local.endpoint().encode());
+        within(stream.write_all(&answer)).await?;
+        let mut confirm = [0u8; 1];
+        within(stream.read_exact(&mut confirm)).await?;
+        match confirm[0] {
+            0 => Ok(None),
+            1 => Ok(Some(Accepted::Verbs(RingSession { ring: local, epoch }))),
+            other => Err(LinkError::BadConfirm(other)),
+        }
+    }
+}
+
+/// Without the `rdma` feature: nothing is offered, and RDMA offers are declined.
+#[cfg(not(feature = "rdma"))]
+mod rdma {
+    use super::*;
+
+    pub(super) async fn offer_verbs<S>(_: &mut S, _: &ShmOptions) -> Result<Offered, LinkError> {
+        Ok(Offered::Tcp("built without the rdma feature".into()))
+    }
+
+    pub(super) async fn answer_verbs<S: AsyncWrite + Unpin>(
+        stream: &mut S,
+        _: &ShmOptions,
+        _: &[u8; ENDPOINT_LEN],
+    ) -> Result<Option<Accepted>, LinkError> {
+        within(stream.write_all(&[0; ANSWER_LEN])).await?;
+        Ok(None)
     }
 }
 
@@ -346,7 +483,7 @@ mod tests {
     use tokio::io::duplex;
 
     fn opts(dir: &Path) -> ShmOptions {
-        ShmOptions { dir: dir.to_path_buf(), capacity: 4096 }
+        ShmOptions { dir: dir.to_path_buf(), capacity: 4096, rdma: false }
     }
 
     fn frame(body: &[u8]) -> Bytes {
@@ -364,7 +501,7 @@ mod tests {
         let mut prefix = [0u8; 4];
         b.read_exact(&mut prefix).await.unwrap();
         assert!(is_offer(&prefix));
-        let session = answer_offer(&mut b, Some(&opts(dir.path()))).await.unwrap().expect("accepted");
+        let Some(Accepted::Shm(session)) = answer_offer(&mut b, Some(&opts(dir.path()))).await.unwrap() else { panic!("declined") };
         let Ok((Offered::Ring(mut tx), _a)) = writer.await.unwrap() else { panic!("no ring") };
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the ring file is unlinked once mapped");
         let stop = Arc::new(AtomicBool::new(false));
@@ -443,6 +580,51 @@ mod tests {
         let mut confirm = [9u8];
         b.read_exact(&mut confirm).await.unwrap();
         assert_eq!(confirm, [0], "the writer says it did not map the ring");
+    }
+
+    /// An offer of `kind` with this host's id, after its four zero bytes.
+    fn offer_rest(kind: u8) -> Vec<u8> {
+        offer(kind, [0; ENDPOINT_LEN])[4..].to_vec()
+    }
+
+    #[tokio::test]
+    async fn offers_of_a_kind_not_served_are_declined_and_unknown_kinds_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let shm = opts(dir.path());
+        let rdma = ShmOptions { rdma: true, ..opts(dir.path()) };
+        // An RDMA offer to a shared-memory replica or one without rings; a shared-memory offer
+        // to an RDMA replica. Without the feature (or a device) an RDMA replica declines RDMA too.
+        let mut cases = vec![(OFFER_RDMA, Some(&shm)), (OFFER_RDMA, None), (OFFER_SHM, Some(&rdma)), (OFFER_SHM, None)];
+        if !cfg!(feature = "rdma") {
+            cases.push((OFFER_RDMA, Some(&rdma)));
+        }
+        for (kind, served) in cases {
+            let (mut a, mut b) = duplex(1024);
+            a.write_all(&offer_rest(kind)).await.unwrap();
+            assert!(answer_offer(&mut b, served).await.unwrap().is_none(), "kind {kind}");
+            let mut answer = [9u8; ANSWER_LEN];
+            a.read_exact(&mut answer).await.unwrap();
+            assert_eq!(answer, [0; ANSWER_LEN], "kind {kind}: declined");
+        }
+        let (mut a, mut b) = duplex(1024);
+        a.write_all(&offer_rest(7)).await.unwrap();
+        assert!(matches!(answer_offer(&mut b, Some(&shm)).await, Err(LinkError::BadKind(7))));
+    }
+
+    #[cfg(feature = "rdma")]
+    #[tokio::test]
+    async fn without_an_rdma_device_nothing_is_offered() {
+        if crate::runtime::ringbuf::verbs::Device::open_first().is_ok() {
+            return; // a machine with a device: this is about the fallback
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (mut a, mut b) = duplex(1024);
+        let rdma = ShmOptions { rdma: true, ..opts(dir.path()) };
+        assert!(matches!(offer_ring(&mut a, &rdma).await, Ok(Offered::Tcp(why)) if why.contains("no RDMA device")));
+        drop(a);
+        let mut sent = Vec::new();
+        b.read_to_end(&mut sent).await.unwrap();
+        assert!(sent.is_empty(), "no offer went out: the connection is plain TCP");
     }
 
     #[test]

@@ -1063,16 +1063,12 @@ async fn read_plain(mut stream: TcpStream, from: SocketAddr, reading: &Arc<Readi
     let stop = Arc::new(AtomicBool::new(false));
     let _stop = shm_link::StopOnDrop(stop.clone());
     let (ended, end) = tokio::sync::oneshot::channel();
-    let (ring_reading, ring_deliver, ring_origin) = (reading.clone(), on_message.clone(), origin.clone());
-    std::thread::Builder::new().name("rsl-shm-reader".into()).spawn(move || {
-        let max_packet = ring_reading.max_packet;
-        let end = shm_link::read_ring(session, &stop, ring_reading.idle_timeout, |packet| {
-            shm_link::check_frame(&packet, max_packet)?;
-            ring_reading.check_size(packet.len(), ring_origin.ip);
-            deliver(packet, max_packet, &ring_deliver, Side::Inbound, &ring_origin)
-        });
-        let _ = ended.send(end);
-    })?;
+    let read = RingRead { stop, reading: reading.clone(), on_message: on_message.clone(), origin: origin.clone(), ended };
+    match session {
+        shm_link::Accepted::Shm(session) => read.spawn(session)?,
+        #[cfg(feature = "rdma")]
+        shm_link::Accepted::Verbs(session) => read.spawn(session)?,
+    }
     info!(%from, "shared-memory ring session opened");
     // The ring's reader applies the idle timeout: the connection is quiet while the ring works.
     tokio::select! {
@@ -1082,6 +1078,33 @@ async fn read_plain(mut stream: TcpStream, from: SocketAddr, reading: &Arc<Readi
             info!(%from, end, "shared-memory ring session ended");
             Err(io::Error::new(io::ErrorKind::InvalidData, end))
         }
+    }
+}
+
+/// What a ring's reader thread needs: when to stop, how to check and deliver, whom to tell it
+/// ended.
+struct RingRead {
+    stop: Arc<AtomicBool>,
+    reading: Arc<Reading>,
+    on_message: OnMessage,
+    origin: Origin,
+    ended: tokio::sync::oneshot::Sender<shm_link::ReadEnd>,
+}
+
+impl RingRead {
+    /// Reads `session`'s ring on a thread of its own (`rsl-shm-reader`) until it ends.
+    fn spawn<M: shm_link::RingMemory + 'static>(self, session: shm_link::RingSession<M>) -> io::Result<()> {
+        std::thread::Builder::new().name("rsl-shm-reader".into()).spawn(move || {
+            let RingRead { stop, reading, on_message, origin, ended } = self;
+            let max_packet = reading.max_packet;
+            let end = shm_link::read_ring(session, &stop, reading.idle_timeout, |packet| {
+                shm_link::check_frame(&packet, max_packet)?;
+                reading.check_size(packet.len(), origin.ip);
+                deliver(packet, max_packet, &on_message, Side::Inbound, &origin)
+            });
+            let _ = ended.send(end);
+        })?;
+        Ok(())
     }
 }
 
@@ -1420,7 +1443,7 @@ mod tests {
     }
 
     fn with_shm(dir: &std::path::Path) -> TransportOptions {
-        TransportOptions { shm: Some(ShmOptions { dir: dir.to_path_buf(), capacity: 4096 }), ..TransportOptions::default() }
+        TransportOptions { shm: Some(ShmOptions { dir: dir.to_path_buf(), capacity: 4096, rdma: false }), ..TransportOptions::default() }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1473,6 +1496,28 @@ mod tests {
         assert!(!stats[0].shm && stats[0].connections == 1, "declined on the same connection: {stats:?}");
     }
 
+    #[cfg(feature = "rdma")]
+    #[tokio::test]
+    async fn rdma_without_a_device_speaks_tcp() {
+        if crate::runtime::ringbuf::verbs::Device::open_first().is_ok() {
+            return; // a machine with a device: this is about the fallback
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let rdma =
+            TransportOptions { shm: Some(ShmOptions { rdma: true, ..ShmOptions::default_in(dir.path()) }), ..TransportOptions::default() };
+        let (a, _rx_a) = start(any_port(), rdma.clone());
+        let (b, mut rx_b) = start(any_port(), rdma);
+        a.set_peers(&[(id(2), b.local_addr())]);
+        for d in 1..=100 {
+            assert!(a.send(&id(2), framed(&vote(1, d))));
+        }
+        for d in 1..=100 {
+            assert_eq!(*recv(&mut rx_b).await, vote(1, d));
+        }
+        let stats = a.peer_stats();
+        assert!(!stats[0].shm && stats[0].connections == 1, "plain TCP on the first connection: {stats:?}");
+    }
+
     #[tokio::test]
     async fn a_peer_that_closes_on_an_offer_gets_tcp_from_then_on() {
         let dir = tempfile::tempdir().unwrap();
@@ -1497,7 +1542,7 @@ mod tests {
     async fn a_hostile_ring_record_ends_the_session_and_the_next_one_works() {
         let dir = tempfile::tempdir().unwrap();
         let (b, mut rx_b) = start(any_port(), with_shm(dir.path()));
-        let opts = ShmOptions { dir: dir.path().to_path_buf(), capacity: 4096 };
+        let opts = ShmOptions { dir: dir.path().to_path_buf(), capacity: 4096, rdma: false };
         for hostile in [&b"not a packet"[..], &framed(&vote(1, 1))[..30], &[framed(&vote(1, 1)).to_vec(), vec![0; 8]].concat()] {
             let mut raw = TcpStream::connect(b.local_addr()).await.unwrap();
             let Offered::Ring(mut ring) = shm_link::offer_ring(&mut raw, &opts).await.unwrap() else { panic!("declined") };

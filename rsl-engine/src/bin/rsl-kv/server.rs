@@ -64,7 +64,8 @@ pub struct ReplicaArgs {
     #[arg(long, default_value_t = 0)]
     pub net_delay_us: u32,
     /// What carries Paxos packets to the other replicas: tcp, shm (a shared-memory ring to each
-    /// replica on this host that accepts one, TCP to the others) or rdma (verbs; not wired in).
+    /// replica on this host that accepts one, TCP to the others) or rdma (verbs, with the `rdma`
+    /// feature: RDMA rings to peers that accept them, TCP without a device; never run on hardware).
     #[arg(long, value_enum, default_value_t = TransportArg::Tcp)]
     pub transport: TransportArg,
     #[arg(long, default_value_t = 2)]
@@ -248,10 +249,10 @@ pub fn check_transport(transport: TransportArg, tls: bool, net_delay_us: u32) ->
         TransportArg::Shm if tls => Err("--transport shm: not with TLS (the ring is not encrypted; see docs/security.md)".into()),
         TransportArg::Shm if net_delay_us > 0 => Err("--transport shm: not with --net-delay-us".into()),
         TransportArg::Shm => Ok(PaxosTransport::Shm),
-        TransportArg::Rdma if cfg!(feature = "rdma") => {
-            Err("--transport rdma: the verbs path compiles but is not wired into the Paxos port yet (docs/rdma.md); use shm or tcp".into())
-        }
-        TransportArg::Rdma => Err("--transport rdma: this rsl-kv was built without the `rdma` feature".into()),
+        TransportArg::Rdma if !cfg!(feature = "rdma") => Err("--transport rdma: this rsl-kv was built without the `rdma` feature".into()),
+        TransportArg::Rdma if tls => Err("--transport rdma: not with TLS (the ring is not encrypted; see docs/security.md)".into()),
+        TransportArg::Rdma if net_delay_us > 0 => Err("--transport rdma: not with --net-delay-us".into()),
+        TransportArg::Rdma => Ok(PaxosTransport::Rdma),
     }
 }
 

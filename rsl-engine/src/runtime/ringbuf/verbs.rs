@@ -172,6 +172,8 @@ impl Drop for Region {
     }
 }
 
+const _: () = assert!(Endpoint::LEN == crate::runtime::shm_link::ENDPOINT_LEN, "the set-up carries whole endpoints");
+
 /// What one end of a ring tells the other over TCP: its queue pair and the memory the other
 /// may write (the reader's ring; the writer's credit word).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
