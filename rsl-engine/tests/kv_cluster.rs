@@ -61,6 +61,9 @@ fn a_bad_flag_fails_before_anything_starts() {
         (&["--keys", "0"], "--keys 0: must be at least 1"),
         (&["--base-port", "65534"], "--base-port 65534: 3 replicas need ports 65534..=65542"),
         (&["--base-port", "0"], "--base-port 0:"),
+        (&["--transport", "shm", "--tls"], "--transport shm: not with TLS"),
+        (&["--transport", "shm", "--net-delay-us", "10"], "--transport shm: not with --net-delay-us"),
+        (&["--transport", "rdma"], "--transport rdma: "),
     ];
     let scratch = tempfile::tempdir().expect("tempdir");
     let dir = scratch.path().join("cluster");

@@ -4,7 +4,7 @@
 use crate::{fail, note, rsl_status, RSL_E_BUFFER, RSL_E_CONFIG, RSL_E_NULL, RSL_INVALID_PARAMETER};
 use bytes::Bytes;
 use rsl_engine::format::{MemberId, MemberSet, Node};
-use rsl_engine::runtime::{CatchUp, NvmJournal, Persistence, ReplicaHealth, RslConfig, Stats};
+use rsl_engine::runtime::{CatchUp, NvmJournal, PaxosTransport, Persistence, ReplicaHealth, RslConfig, Stats};
 use std::ffi::{c_char, c_void, CStr, OsStr};
 use std::net::Ipv4Addr;
 use std::os::unix::ffi::OsStrExt;
@@ -210,7 +210,7 @@ macro_rules! config_fields {
             let catch_up = if c.catch_up_by_restart { CatchUp::Restart } else { CatchUp::LoadInPlace };
             let working_dir = PathBuf::from(OsStr::from_bytes(dir));
             let nvm_journal = nvm_journal_from_c(c)?;
-            Ok(RslConfig { $($f: c.$f,)* working_dir, tls: None, catch_up, net_delay_us: 0, nvm_journal, ring_name: String::new() })
+            Ok(RslConfig { $($f: c.$f,)* working_dir, tls: None, catch_up, net_delay_us: 0, nvm_journal, ring_name: String::new(), paxos_transport: PaxosTransport::Tcp })
         }
     };
 }

@@ -4,6 +4,7 @@
 use super::checkpoints::CheckpointAlerts;
 use super::learn::LearnLimits;
 use super::nvm::Persistence;
+use super::shm_link::ShmOptions;
 use super::tls::TlsSettings;
 use super::transport::TransportOptions;
 use crate::format::{message::MAX_BATCH_BYTES, Version};
@@ -108,6 +109,10 @@ pub struct RslConfig {
     /// persistent log, and the log files are written from it in the background. None (the
     /// default): the file journal, acknowledged once the log file is synced.
     pub nvm_journal: Option<NvmJournal>,
+    /// What carries this replica's Paxos packets to peers on the same host (issue 16,
+    /// docs/rdma.md): TCP (the default), or a shared-memory ring set up over the TCP connection
+    /// with each peer that accepts it (others keep TCP). Not with `tls`, nor `net_delay_us`.
+    pub paxos_transport: PaxosTransport,
 }
 
 /// Where the NVM journal's persistent log is, its size, and what makes it durable.
@@ -121,6 +126,20 @@ pub struct NvmJournal {
     /// the files while it is full.
     pub size_mb: u32,
     pub persistence: Persistence,
+}
+
+/// What carries Paxos packets between replicas (`RslConfig::paxos_transport`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PaxosTransport {
+    /// TCP to every peer.
+    #[default]
+    Tcp,
+    /// A shared-memory ring to each peer on this host that accepts one (in `/dev/shm`), TCP to
+    /// the others.
+    Shm,
+    /// An RDMA ring (verbs, feature `rdma`) to each peer that accepts one, TCP to the others
+    /// and whenever this host has no RDMA device. Never run on hardware (docs/rdma.md).
+    Rdma,
 }
 
 /// How a replica that fell behind everything its peers' logs hold takes the peer checkpoint it
@@ -191,6 +210,7 @@ impl Default for RslConfig {
             net_delay_us: 0,
             ring_name: String::new(),
             nvm_journal: None,
+            paxos_transport: PaxosTransport::Tcp,
         }
     }
 }
@@ -287,6 +307,35 @@ impl RslConfig {
                 return Err(ConfigError::Conflict { field: "sync_writes", with: "nvm_journal", why });
             }
         }
+        if self.paxos_transport == PaxosTransport::Rdma {
+            if !cfg!(feature = "rdma") {
+                return Err(ConfigError::Conflict {
+                    field: "paxos_transport",
+                    with: "this build",
+                    why: "rdma needs the cargo feature rdma",
+                });
+            }
+            if self.tls.is_some() {
+                return Err(ConfigError::Conflict {
+                    field: "paxos_transport",
+                    with: "tls",
+                    why: "an RDMA ring is neither encrypted nor authenticated per packet",
+                });
+            }
+            check("net_delay_us (with rdma)", self.net_delay_us.into(), 0, 0)?;
+        }
+        if self.paxos_transport == PaxosTransport::Shm {
+            // A ring is neither encrypted nor authenticated per packet: TLS means every Paxos
+            // byte is (docs/security.md). And a delay is the TCP writer's to apply.
+            if self.tls.is_some() {
+                return Err(ConfigError::Conflict {
+                    field: "paxos_transport",
+                    with: "tls",
+                    why: "a shared-memory ring is neither encrypted nor authenticated per packet",
+                });
+            }
+            check("net_delay_us (with shm)", self.net_delay_us.into(), 0, 0)?;
+        }
         if self.working_dir.as_os_str().is_empty() {
             return Err(ConfigError::Range { field: "m_workingDir", value: 0, min: 1, max: 1 });
         }
@@ -316,6 +365,11 @@ impl RslConfig {
             max_outstanding: (self.max_outstanding_per_replica as usize).max(2 * self.pipeline_window as usize),
             send_timeout: secs(self.send_timeout_sec),
             delay: Duration::from_micros(self.net_delay_us.into()),
+            shm: match self.paxos_transport {
+                PaxosTransport::Tcp => None,
+                PaxosTransport::Shm => Some(ShmOptions::default_in(&self.working_dir)),
+                PaxosTransport::Rdma => Some(ShmOptions { rdma: true, ..ShmOptions::default_in(&self.working_dir) }),
+            },
             ..TransportOptions::default()
         }
     }
@@ -443,6 +497,7 @@ mod tests {
             net_delay_us,
             ring_name,
             nvm_journal,
+            paxos_transport,
         );
         let doc = include_str!("../../../docs/migrating.md");
         let table = doc.split("## 6. `RSLConfigParam`, field by field").nth(1).expect("the field table in docs/migrating.md");
@@ -551,6 +606,29 @@ mod tests {
         let base = RslConfig { working_dir: "/tmp/x".into(), ..RslConfig::default() };
         let bad = RslConfig { max_message_alert_size_mb: u32::MAX, ..base };
         assert_eq!(bad.validate().unwrap_err().field(), "m_maxMessageAlertSizeMB");
+    }
+
+    #[test]
+    fn shm_is_refused_with_tls_or_a_delay() {
+        let shm = RslConfig { working_dir: "/tmp/x".into(), paxos_transport: PaxosTransport::Shm, ..RslConfig::default() };
+        shm.validate().unwrap();
+        assert!(shm.transport_options().shm.is_some());
+        assert!(RslConfig::default().transport_options().shm.is_none(), "TCP unless asked");
+        let settings = TlsSettings {
+            identity: super::super::tls::IdentitySource::Files { cert: "c".into(), key: "k".into() },
+            peers: super::super::tls::PeerRules::default(),
+        };
+        let tls = RslConfig { tls: Some(settings), ..shm.clone() };
+        assert!(matches!(tls.validate().unwrap_err(), ConfigError::Conflict { field: "paxos_transport", with: "tls", .. }));
+        let delayed = RslConfig { net_delay_us: 10, ..shm.clone() };
+        assert_eq!(delayed.validate().unwrap_err().field(), "net_delay_us (with shm)");
+        let rdma = RslConfig { paxos_transport: PaxosTransport::Rdma, ..shm };
+        if cfg!(feature = "rdma") {
+            rdma.validate().unwrap();
+            assert!(rdma.transport_options().shm.is_some_and(|o| o.rdma));
+        } else {
+            assert!(matches!(rdma.validate().unwrap_err(), ConfigError::Conflict { field: "paxos_transport", with: "this build", .. }));
+        }
     }
 
     /// The fields whose effect is tested on the component that carries it out (the core, the

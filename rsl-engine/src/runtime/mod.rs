@@ -26,13 +26,15 @@ mod resolve;
 mod restore;
 mod ring;
 pub mod ringbuf;
+#[cfg(target_os = "linux")]
+pub mod shm_link;
 mod spill;
 pub mod tls;
 pub mod transport;
 mod view;
 
 pub use api::{Admission, AdmitAll, InitError, ReplicaHealth, ResponseCode, StateMachine, Stats};
-pub use config::{CatchUp, ConfigError, NvmJournal, RslConfig};
+pub use config::{CatchUp, ConfigError, NvmJournal, PaxosTransport, RslConfig};
 pub use health::Timed;
 pub use nvm::Persistence;
 pub use replica::RslReplica;

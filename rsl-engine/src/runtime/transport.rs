@@ -11,6 +11,8 @@
 //! loop) and each message carries the certified identity of the connection it came on.
 
 use super::health::{from_unix_micros, unix_micros};
+use super::ringbuf::SendError;
+use super::shm_link::{self, Offered, RingSender, ShmOptions};
 use super::tls::{PeerIdentity, Tls};
 use crate::format::message::{Checksum, Message, MsgKind};
 use crate::format::packet::{self, Frame, DEFAULT_MAX_PACKET, HEADER_SIZE};
@@ -56,6 +58,8 @@ const READ_CHUNK: usize = 64 * 1024;
 /// The most packets (slices) one vectored write carries; Linux allows 1024.
 const MAX_IOV: usize = 64;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// After a failed shared-memory set-up, how long a peer's connections are plain TCP.
+const SHM_RETRY: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug)]
 pub struct TransportOptions {
@@ -88,6 +92,10 @@ pub struct TransportOptions {
     /// queued before it is written, as a network with this one-way delay would (tokio's
     /// timer rounds the hold up to its 1 ms tick). Zero: no hold.
     pub delay: Duration,
+    /// Offer peers on this host a shared-memory ring for what we send them, and accept theirs
+    /// (`runtime/shm_link.rs`); None: TCP only (and offers are declined). Ignored with TLS or
+    /// a `delay`.
+    pub shm: Option<ShmOptions>,
 }
 
 impl Default for TransportOptions {
@@ -105,6 +113,7 @@ impl Default for TransportOptions {
             max_outstanding: 10,
             send_timeout: Duration::from_secs(5),
             delay: Duration::ZERO,
+            shm: None,
         }
     }
 }
@@ -115,6 +124,8 @@ pub struct PeerStats {
     pub member: MemberId,
     pub addr: SocketAddr,
     pub connected: bool,
+    /// The connection carries packets through a shared-memory ring (`TransportOptions::shm`).
+    pub shm: bool,
     /// Connections made to the peer so far.
     pub connections: u64,
     pub sent_packets: u64,
@@ -176,6 +187,11 @@ impl Transport {
         assert!(opts.max_inbound > 0, "at least one inbound connection");
         let listener = bind(rt, listen)?;
         let local_addr = listener.local_addr()?;
+        let mut opts = opts;
+        if tls.is_some() || !opts.delay.is_zero() {
+            // Rings are for plain, undelayed ports (RslConfig::validate refuses the mix).
+            opts.shm = None;
+        }
         let reading = Arc::new(Reading::new(&opts));
         let (accepted, deliver, auth) = (reading.clone(), on_message.clone(), tls.clone());
         let serve = move |stream, from| read_inbound(stream, from, accepted.clone(), deliver.clone(), auth.clone());
@@ -233,6 +249,7 @@ impl Transport {
                     tls: self.tls.clone(),
                     on_failure: self.on_failure.get().cloned(),
                     delay: self.opts.delay,
+                    shm: self.opts.shm.clone(),
                 };
                 let task = self.rt.spawn(run_peer(id, peer.clone(), self.opts.clone(), link));
                 PeerEntry { peer, task }
@@ -316,6 +333,10 @@ struct SendQueue {
     /// interleave, instead of waking the task, which costs a thread hand-off per packet on the
     /// commit path. Taken back (None) as soon as anything is queued.
     idle: Option<Arc<OwnedWriteHalf>>,
+    /// The connection's shared-memory ring, while its task lends it as it lends `idle`.
+    ring: Option<Box<dyn RingSender>>,
+    /// Whether senders may write to `ring` now: nothing is queued or being written.
+    ring_idle: bool,
 }
 
 /// Packets to write, oldest first, with when each was queued (for the send timeout).
@@ -373,6 +394,11 @@ struct Peer {
     counters: Counters,
     /// Warnings of handshakes the peer refused.
     refusals: RateLimited,
+    /// Until when (Unix microseconds) the peer's connections are plain TCP without an offer: the
+    /// last set-up failed (a peer without it closes the connection on an offer). 0: offer.
+    shm_off_until: AtomicU64,
+    /// The connection now carries packets through a ring.
+    on_ring: AtomicBool,
 }
 
 /// What the transport counted for a peer.
@@ -400,6 +426,8 @@ impl Peer {
             connected: AtomicBool::new(false),
             counters: Counters::default(),
             refusals: RateLimited::new(),
+            shm_off_until: AtomicU64::new(0),
+            on_ring: AtomicBool::new(false),
         }
     }
 
@@ -409,6 +437,17 @@ impl Peer {
             drop(q);
             self.count_dropped(1, packet.len());
             return false;
+        }
+        if q.ring_idle {
+            let ring = q.ring.as_mut().expect("a ring is idle only while lent");
+            // A copy into shared memory: the lock is held for no system call but a wake-up.
+            if ring.send(&packet).is_ok() {
+                drop(q);
+                self.counters.sent(1, packet.len());
+                return true;
+            }
+            // Full, too large or broken: the task takes it from here.
+            q.ring_idle = false;
         }
         if let Some(socket) = q.idle.take() {
             debug_assert!(q.packets.is_empty(), "a connection is idle only with nothing queued");
@@ -453,9 +492,27 @@ impl Peer {
         q.idle = if batch.is_empty() { direct.cloned() } else { None };
     }
 
-    /// The connection ended: nothing may be written to its socket any more.
+    /// [`take_all`](Self::take_all) for a connection with a ring: the ring comes back to `ring`
+    /// from the senders, and is lent to them again if nothing is queued.
+    fn take_all_ring(&self, batch: &mut Batch, ring: &mut Option<Box<dyn RingSender>>) {
+        assert!(batch.is_empty(), "the previous batch is written first");
+        let mut q = self.queue.lock().expect("send queue poisoned");
+        std::mem::swap(&mut q.packets, batch);
+        q.bytes = 0;
+        if ring.is_none() {
+            *ring = q.ring.take();
+        }
+        q.ring_idle = batch.is_empty();
+        if q.ring_idle {
+            q.ring = ring.take();
+        }
+        debug_assert!(ring.is_some() != q.ring.is_some(), "one owner of the ring");
+    }
+
+    /// The connection ended: nothing may be written to its socket or ring any more.
     fn take_back_socket(&self) {
-        self.queue.lock().expect("send queue poisoned").idle = None;
+        let mut q = self.queue.lock().expect("send queue poisoned");
+        (q.idle, q.ring, q.ring_idle) = (None, None, false);
     }
 
     /// Drops the queued packets older than `timeout` (RSL's send timeout), counting them.
@@ -497,6 +554,7 @@ impl Peer {
             member,
             addr: self.addr,
             connected: self.connected.load(Relaxed),
+            shm: self.on_ring.load(Relaxed),
             connections: self.counters.connections.load(Relaxed),
             sent_packets: self.counters.sent_packets.load(Relaxed),
             sent_bytes: self.counters.sent_bytes.load(Relaxed),
@@ -530,6 +588,8 @@ struct Link {
     on_failure: Option<OnConnectFailure>,
     /// `TransportOptions::delay` (benchmarks only).
     delay: Duration,
+    /// `TransportOptions::shm`.
+    shm: Option<ShmOptions>,
 }
 
 /// A peer's connection task: connect (and authenticate) with exponential backoff, serve the
@@ -579,18 +639,38 @@ async fn connect_and_serve(peer: &Peer, link: &Link, send_timeout: Duration) -> 
     let _ = stream.set_nodelay(true);
     let ip = peer.addr.ip();
     let Some(tls) = &link.tls else {
-        info!(peer = %peer.addr, "connected");
+        let mut stream = stream;
+        let ring = match &link.shm {
+            Some(opts) if peer.shm_off_until.load(Relaxed) <= unix_micros(SystemTime::now()) => {
+                match shm_link::offer_ring(&mut stream, opts).await {
+                    Ok(Offered::Ring(ring)) => Some(ring),
+                    Ok(Offered::Tcp(why)) => {
+                        info!(peer = %peer.addr, why, "no shared-memory ring: TCP");
+                        None
+                    }
+                    Err(e) => {
+                        // A peer without the set-up closes the connection on an offer: TCP for a while
+                        // (a peer that was restarted meanwhile, or upgraded, gets an offer again).
+                        warn!(peer = %peer.addr, error = %e, retry = ?SHM_RETRY, "shared-memory set-up failed: TCP to this peer for now");
+                        peer.shm_off_until.store(unix_micros(SystemTime::now() + SHM_RETRY), Relaxed);
+                        return None;
+                    }
+                }
+            }
+            _ => None,
+        };
+        info!(peer = %peer.addr, shm = ring.is_some(), "connected");
         let (rd, wr) = stream.into_split();
         let wr = SharedWrite(Arc::new(wr));
         // A delay is the write task's to apply: no sender may write around it.
         let direct = link.delay.is_zero().then(|| wr.0.clone());
-        return Some(serve_outbound(peer, rd, wr, direct, link, Origin { ip, peer: None }, send_timeout).await);
+        return Some(serve_outbound(peer, rd, wr, direct, ring, link, Origin { ip, peer: None }, send_timeout).await);
     };
     match tls.connect(stream).await {
         Ok((stream, identity)) => {
             info!(peer = %peer.addr, names = ?identity.names, "connected (TLS)");
             let (rd, wr) = tokio::io::split(stream);
-            Some(serve_outbound(peer, rd, wr, None, link, Origin { ip, peer: Some(Arc::new(identity)) }, send_timeout).await)
+            Some(serve_outbound(peer, rd, wr, None, None, link, Origin { ip, peer: Some(Arc::new(identity)) }, send_timeout).await)
         }
         Err(e) => {
             if let Some(held_back) = peer.refusals.allow() {
@@ -601,31 +681,37 @@ async fn connect_and_serve(peer: &Peer, link: &Link, send_timeout: Duration) -> 
     }
 }
 
-/// Writes the queue to the connection and reads the responses the peer sends back on it.
-/// `direct`, the plain TCP socket `wr` writes to, is lent to senders while nothing is queued.
+/// Writes the queue to the connection (or its `ring`) and reads the responses the peer sends
+/// back on it. `direct`, the plain TCP socket `wr` writes to, is lent to senders while nothing
+/// is queued.
+#[allow(clippy::too_many_arguments)]
 async fn serve_outbound<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     peer: &Peer,
     mut rd: R,
     wr: W,
     direct: Option<Arc<OwnedWriteHalf>>,
+    ring: Option<Box<dyn RingSender>>,
     link: &Link,
     origin: Origin,
     send_timeout: Duration,
 ) -> io::Result<()> {
     peer.connected.store(true, Relaxed);
+    peer.on_ring.store(ring.is_some(), Relaxed);
     peer.counters.connections.fetch_add(1, Relaxed);
     let mut batch = Batch::default();
     let write = async {
-        match link.delay {
-            Duration::ZERO => write_queued(peer, wr, direct.as_ref(), &mut batch, send_timeout).await,
-            delay => write_delayed(peer, wr, &mut batch, send_timeout, delay).await,
+        match (link.delay, ring) {
+            (_, Some(ring)) => write_ring(peer, wr, ring, &mut batch, send_timeout).await,
+            (Duration::ZERO, None) => write_queued(peer, wr, direct.as_ref(), &mut batch, send_timeout).await,
+            (delay, None) => write_delayed(peer, wr, &mut batch, send_timeout, delay).await,
         }
     };
     let result = tokio::select! {
-        r = read_packets(&mut rd, &link.reading, &link.on_message, Side::Outbound, &origin) => r,
+        r = read_packets(&mut rd, &link.reading, &link.on_message, Side::Outbound, &origin, None) => r,
         r = write => r,
     };
     peer.take_back_socket();
+    peer.on_ring.store(false, Relaxed);
     // Whichever side failed, what was being written is lost.
     peer.count_dropped(batch.len(), batch.bytes());
     peer.counters.writing.store(0, Relaxed);
@@ -653,6 +739,59 @@ async fn write_queued<W: AsyncWrite + Unpin>(
             continue;
         }
         write_batch(peer, &mut wr, batch, send_timeout).await?;
+    }
+}
+
+/// How long a writer waits before it looks at a full ring's credits again (tokio rounds it up to
+/// its 1 ms tick): a full ring means the reader is behind, so no latency is lost.
+const RING_FULL_WAIT: Duration = Duration::from_micros(200);
+
+/// [`write_queued`] over a shared-memory ring: each packet is copied into the peer's ring (or,
+/// larger than the ring, written to the TCP connection `wr`). A full ring is retried until the
+/// send timeout; a ring error (the reader's session over, its credits inconsistent) fails the
+/// connection, and the peer is reconnected.
+async fn write_ring<W: AsyncWrite + Unpin>(
+    peer: &Peer,
+    mut wr: W,
+    ring: Box<dyn RingSender>,
+    batch: &mut Batch,
+    send_timeout: Duration,
+) -> io::Result<()> {
+    let mut ring = Some(ring);
+    loop {
+        peer.take_all_ring(batch, &mut ring);
+        if let Some(cutoff) = tokio::time::Instant::now().checked_sub(send_timeout) {
+            let (packets, bytes) = batch.expire(cutoff);
+            peer.count_dropped(packets, bytes);
+        }
+        peer.counters.writing.store(batch.len() as u64, Relaxed);
+        let Some(sender) = ring.as_mut() else {
+            peer.wake.notified().await;
+            continue;
+        };
+        while let Some(packet) = batch.packets.front() {
+            match sender.send(packet) {
+                Ok(()) => {}
+                Err(SendError::TooLarge { .. }) => match tokio::time::timeout(send_timeout, wr.write_all(packet)).await {
+                    Ok(written) => written?,
+                    Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "send timeout")),
+                },
+                Err(SendError::WouldBlock) => {
+                    let queued = *batch.queued_at.front().expect("one time per packet");
+                    if queued.elapsed() >= send_timeout {
+                        warn!(peer = %peer.addr, timeout = ?send_timeout, "the peer's ring stayed full: the connection fails");
+                        return Err(io::Error::new(io::ErrorKind::TimedOut, "send timeout"));
+                    }
+                    tokio::time::sleep(RING_FULL_WAIT).await;
+                    continue;
+                }
+                Err(e) => return Err(io::Error::new(io::ErrorKind::ConnectionAborted, e)),
+            }
+            let len = packet.len();
+            batch.consume(len);
+            peer.counters.writing.fetch_sub(1, Relaxed);
+            peer.counters.sent(1, len);
+        }
     }
 }
 
@@ -881,11 +1020,11 @@ async fn read_inbound(stream: TcpStream, from: SocketAddr, reading: Arc<Reading>
     let _ = stream.set_nodelay(true);
     let ip = from.ip();
     let result = match tls {
-        None => read_packets(&mut { stream }, &reading, &on_message, Side::Inbound, &Origin { ip, peer: None }).await,
+        None => read_plain(stream, from, &reading, &on_message).await,
         Some(tls) => match tls.accept(stream).await {
             Ok((mut stream, identity)) => {
                 let origin = Origin { ip, peer: Some(Arc::new(identity)) };
-                read_packets(&mut stream, &reading, &on_message, Side::Inbound, &origin).await
+                read_packets(&mut stream, &reading, &on_message, Side::Inbound, &origin, Some(reading.idle_timeout)).await
             }
             Err(e) => {
                 if let Some(held_back) = reading.warnings.allow() {
@@ -896,6 +1035,78 @@ async fn read_inbound(stream: TcpStream, from: SocketAddr, reading: Arc<Reading>
         },
     };
     debug!(%from, ?result, "inbound connection closed");
+}
+
+/// Serves a plain inbound connection: packets, or first a shared-memory offer (four zero bytes,
+/// never a packet's start). An accepted ring is read by a thread of its own, while this task reads
+/// the connection (packets too large for the ring) and ends the session when either ends.
+async fn read_plain(mut stream: TcpStream, from: SocketAddr, reading: &Arc<Reading>, on_message: &OnMessage) -> io::Result<()> {
+    let origin = Origin { ip: from.ip(), peer: None };
+    let idle = reading.idle_timeout;
+    let mut prefix = [0u8; 4];
+    match tokio::time::timeout(idle, stream.read_exact(&mut prefix)).await {
+        Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "idle")),
+        Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+        Ok(read) => read?,
+    };
+    if !shm_link::is_offer(&prefix) {
+        return read_packets(&mut AsyncReadExt::chain(&prefix[..], stream), reading, on_message, Side::Inbound, &origin, Some(idle)).await;
+    }
+    let session = shm_link::answer_offer(&mut stream, reading.shm.as_ref()).await.map_err(|e| {
+        if let Some(held_back) = reading.warnings.allow() {
+            warn!(%from, error = %e, held_back, "Paxos connection closed: shared-memory set-up failed");
+        }
+        io::Error::new(io::ErrorKind::InvalidData, e)
+    })?;
+    let Some(session) = session else {
+        return read_packets(&mut stream, reading, on_message, Side::Inbound, &origin, Some(idle)).await;
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop = shm_link::StopOnDrop(stop.clone());
+    let (ended, end) = tokio::sync::oneshot::channel();
+    let read = RingRead { stop, reading: reading.clone(), on_message: on_message.clone(), origin: origin.clone(), ended };
+    match session {
+        shm_link::Accepted::Shm(session) => read.spawn(session)?,
+        #[cfg(feature = "rdma")]
+        shm_link::Accepted::Verbs(session) => read.spawn(session)?,
+    }
+    info!(%from, "shared-memory ring session opened");
+    // The ring's reader applies the idle timeout: the connection is quiet while the ring works.
+    tokio::select! {
+        r = read_packets(&mut stream, reading, on_message, Side::Inbound, &origin, None) => r,
+        end = end => {
+            let end = end.map_or_else(|_| "the reader thread ended".to_string(), |e| e.to_string());
+            info!(%from, end, "shared-memory ring session ended");
+            Err(io::Error::new(io::ErrorKind::InvalidData, end))
+        }
+    }
+}
+
+/// What a ring's reader thread needs: when to stop, how to check and deliver, whom to tell it
+/// ended.
+struct RingRead {
+    stop: Arc<AtomicBool>,
+    reading: Arc<Reading>,
+    on_message: OnMessage,
+    origin: Origin,
+    ended: tokio::sync::oneshot::Sender<shm_link::ReadEnd>,
+}
+
+impl RingRead {
+    /// Reads `session`'s ring on a thread of its own (`rsl-shm-reader`) until it ends.
+    fn spawn<M: shm_link::RingMemory + 'static>(self, session: shm_link::RingSession<M>) -> io::Result<()> {
+        std::thread::Builder::new().name("rsl-shm-reader".into()).spawn(move || {
+            let RingRead { stop, reading, on_message, origin, ended } = self;
+            let max_packet = reading.max_packet;
+            let end = shm_link::read_ring(session, &stop, reading.idle_timeout, |packet| {
+                shm_link::check_frame(&packet, max_packet)?;
+                reading.check_size(packet.len(), origin.ip);
+                deliver(packet, max_packet, &on_message, Side::Inbound, &origin)
+            });
+            let _ = ended.send(end);
+        })?;
+        Ok(())
+    }
 }
 
 /// Which end of a connection we are: the original's client side (our outbound connection)
@@ -922,6 +1133,8 @@ struct Reading {
     frame_timeout: Duration,
     budget: Budget,
     warnings: RateLimited,
+    /// `TransportOptions::shm`: whether offers of a ring are accepted, and where rings go.
+    shm: Option<ShmOptions>,
     alert_packet: usize,
     /// Packets larger than `alert_packet` received so far.
     oversized: AtomicU64,
@@ -936,6 +1149,7 @@ impl Reading {
             frame_timeout: opts.frame_timeout,
             budget: Budget::new(opts.max_buffered),
             warnings: RateLimited::new(),
+            shm: opts.shm.clone(),
             alert_packet: opts.alert_packet,
             oversized: AtomicU64::new(0),
             alerts: RateLimited::new(),
@@ -1019,7 +1233,8 @@ impl Drop for Held<'_> {
 /// Reads packets until EOF, delivering each message. A bad packet is an error, which closes the
 /// connection (§7.1); a packet whose message does not decode is dropped. The connection is also
 /// closed if a packet begun does not complete within `frame_timeout`, if an inbound connection
-/// stays silent for `idle_timeout`, or if the packet needs more of the budget than is left. A
+/// stays silent for `idle_timeout` (None: an outbound connection, or one whose ring carries its
+/// traffic), or if the packet needs more of the budget than is left. A
 /// reader's first `READ_CHUNK` bytes are its own, so small packets (every message but votes
 /// carrying large requests) never wait on the budget.
 async fn read_packets<R: AsyncRead + Unpin>(
@@ -1028,6 +1243,7 @@ async fn read_packets<R: AsyncRead + Unpin>(
     on_message: &OnMessage,
     side: Side,
     origin: &Origin,
+    idle_timeout: Option<Duration>,
 ) -> io::Result<()> {
     let from = origin.ip;
     let max_packet = reading.max_packet;
@@ -1054,8 +1270,7 @@ async fn read_packets<R: AsyncRead + Unpin>(
         // An outbound connection is ours to keep: the peer answers on it only when asked.
         let deadline = match (buf.is_empty(), side) {
             (false, _) => Some(*frame_deadline.get_or_insert_with(|| tokio::time::Instant::now() + reading.frame_timeout)),
-            (true, Side::Inbound) => Some(tokio::time::Instant::now() + reading.idle_timeout),
-            (true, Side::Outbound) => None,
+            (true, _) => idle_timeout.map(|idle| tokio::time::Instant::now() + idle),
         };
         let read = rd.read_buf(&mut buf);
         let n = match deadline {
@@ -1226,6 +1441,124 @@ mod tests {
         assert_eq!(stats.len(), 1);
         assert!(stats[0].connected);
         assert_eq!((stats[0].sent_packets, stats[0].dropped_packets, stats[0].queued_bytes), (N, 0, 0));
+    }
+
+    fn with_shm(dir: &std::path::Path) -> TransportOptions {
+        TransportOptions { shm: Some(ShmOptions { dir: dir.to_path_buf(), capacity: 4096, rdma: false }), ..TransportOptions::default() }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn packets_go_through_a_shared_memory_ring_both_ways() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, mut rx_a) = start(any_port(), with_shm(dir.path()));
+        let (b, mut rx_b) = start(any_port(), with_shm(dir.path()));
+        a.set_peers(&[(id(2), b.local_addr())]);
+        b.set_peers(&[(id(1), a.local_addr())]);
+        // The first packet may go before the ring is set up: wait for it.
+        assert!(a.send(&id(2), framed(&vote(1, 0))));
+        assert_eq!(*recv(&mut rx_b).await, vote(1, 0));
+        wait_until("both rings", || a.peer_stats()[0].shm && b.peer_stats()[0].shm).await;
+        const N: u64 = 5000;
+        let (a, b) = (Arc::new(a), Arc::new(b));
+        let senders: Vec<_> = [(a.clone(), 1, 2), (b.clone(), 2, 1)]
+            .into_iter()
+            .map(|(t, from, to)| std::thread::spawn(move || (1..=N).all(|d| t.send(&id(to), framed(&vote(from, d))))))
+            .collect();
+        for s in senders {
+            assert!(s.join().unwrap(), "every send was queued");
+        }
+        for (rx, from) in [(&mut rx_b, 1), (&mut rx_a, 2)] {
+            for d in 1..=N {
+                assert_eq!(*recv(rx).await, vote(from, d));
+            }
+        }
+        // Larger than the ring: over the TCP connection, which the ring leaves open.
+        assert!(a.send(&id(2), framed(&big_vote(N + 1, 10_000))));
+        assert_eq!(*recv(&mut rx_b).await, big_vote(N + 1, 10_000));
+        let stats = a.peer_stats();
+        assert!(stats[0].shm && stats[0].connections == 1, "one connection, on the ring: {stats:?}");
+        assert_eq!((stats[0].sent_packets, stats[0].dropped_packets), (N + 2, 0));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "ring files are unlinked once mapped");
+    }
+
+    #[tokio::test]
+    async fn a_peer_without_shared_memory_gets_tcp() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, _rx_a) = start(any_port(), with_shm(dir.path()));
+        let (b, mut rx_b) = start(any_port(), TransportOptions::default());
+        a.set_peers(&[(id(2), b.local_addr())]);
+        for d in 1..=100 {
+            assert!(a.send(&id(2), framed(&vote(1, d))));
+        }
+        for d in 1..=100 {
+            assert_eq!(*recv(&mut rx_b).await, vote(1, d));
+        }
+        let stats = a.peer_stats();
+        assert!(!stats[0].shm && stats[0].connections == 1, "declined on the same connection: {stats:?}");
+    }
+
+    #[cfg(feature = "rdma")]
+    #[tokio::test]
+    async fn rdma_without_a_device_speaks_tcp() {
+        if crate::runtime::ringbuf::verbs::Device::open_first().is_ok() {
+            return; // a machine with a device: this is about the fallback
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let rdma =
+            TransportOptions { shm: Some(ShmOptions { rdma: true, ..ShmOptions::default_in(dir.path()) }), ..TransportOptions::default() };
+        let (a, _rx_a) = start(any_port(), rdma.clone());
+        let (b, mut rx_b) = start(any_port(), rdma);
+        a.set_peers(&[(id(2), b.local_addr())]);
+        for d in 1..=100 {
+            assert!(a.send(&id(2), framed(&vote(1, d))));
+        }
+        for d in 1..=100 {
+            assert_eq!(*recv(&mut rx_b).await, vote(1, d));
+        }
+        let stats = a.peer_stats();
+        assert!(!stats[0].shm && stats[0].connections == 1, "plain TCP on the first connection: {stats:?}");
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_closes_on_an_offer_gets_tcp_from_then_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = TcpListener::bind(any_port()).await.unwrap();
+        let (a, _rx_a) = start(any_port(), with_shm(dir.path()));
+        a.set_peers(&[(id(2), listener.local_addr().unwrap())]);
+        assert!(a.send(&id(2), framed(&vote(1, 1))));
+        // An older port: the offer's zero size is a bad packet, so it closes the connection.
+        let (mut first, _) = listener.accept().await.unwrap();
+        let mut prefix = [0u8; 4];
+        first.read_exact(&mut prefix).await.unwrap();
+        assert!(shm_link::is_offer(&prefix));
+        drop(first);
+        let (mut second, _) = listener.accept().await.unwrap();
+        let packet = framed(&vote(1, 1));
+        let mut got = vec![0u8; packet.len()];
+        second.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, packet, "the next connection is plain TCP");
+    }
+
+    #[tokio::test]
+    async fn a_hostile_ring_record_ends_the_session_and_the_next_one_works() {
+        let dir = tempfile::tempdir().unwrap();
+        let (b, mut rx_b) = start(any_port(), with_shm(dir.path()));
+        let opts = ShmOptions { dir: dir.path().to_path_buf(), capacity: 4096, rdma: false };
+        for hostile in [&b"not a packet"[..], &framed(&vote(1, 1))[..30], &[framed(&vote(1, 1)).to_vec(), vec![0; 8]].concat()] {
+            let mut raw = TcpStream::connect(b.local_addr()).await.unwrap();
+            let Offered::Ring(mut ring) = shm_link::offer_ring(&mut raw, &opts).await.unwrap() else { panic!("declined") };
+            while ring.send(hostile) == Err(SendError::WouldBlock) {
+                tokio::task::yield_now().await; // until the reader opens the session
+            }
+            expect_closed(&mut raw).await;
+        }
+        let mut raw = TcpStream::connect(b.local_addr()).await.unwrap();
+        let Offered::Ring(mut ring) = shm_link::offer_ring(&mut raw, &opts).await.unwrap() else { panic!("declined") };
+        while ring.send(&framed(&vote(1, 7))) == Err(SendError::WouldBlock) {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(*recv(&mut rx_b).await, vote(1, 7));
+        assert!(rx_b.try_recv().is_err(), "nothing hostile was delivered");
     }
 
     #[tokio::test]

@@ -32,6 +32,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Checks every flag before anything starts; the error names the flag and what it allows.
 fn validate(args: &ClusterArgs) -> Result<(), String> {
     crate::server::check_protocol(args.version, args.window, args.net_delay_us)?;
+    crate::server::check_transport(args.transport, args.tls, args.net_delay_us)?;
     within("--replicas", args.replicas, REPLICAS)?;
     within("--outstanding", args.outstanding, OUTSTANDING)?;
     within("--connections", args.connections, CONNECTIONS)?;
@@ -180,7 +181,7 @@ fn start(args: &ClusterArgs, dir: &std::path::Path, ports: &[Ports], tls: Option
         let mut cmd = Command::new(&exe);
         cmd.args(["replica", "--id", &ids[i], "--port", &p.paxos.to_string(), "--client-port", &p.client.to_string()])
             .args(["--members", &members.join(","), "--version", &args.version.to_string(), "--window", &args.window.to_string()])
-            .args(["--net-delay-us", &args.net_delay_us.to_string()])
+            .args(["--net-delay-us", &args.net_delay_us.to_string(), "--transport", &args.transport.to_string()])
             .arg("--dir")
             .arg(dir)
             .arg("--ignore-sigint")

@@ -107,6 +107,9 @@ pub struct ClusterArgs {
     nvm_size: u32,
     #[arg(long, value_enum, default_value_t = server::NvmPersistence::ProcessCrash)]
     nvm_persistence: server::NvmPersistence,
+    /// What carries Paxos packets between the replicas: tcp, shm (shared-memory rings) or rdma.
+    #[arg(long, value_enum, default_value_t = server::TransportArg::Tcp)]
+    transport: server::TransportArg,
 }
 
 /// Logs to stderr as `RSL_LOG` filters them, in the format `RSL_LOG_FORMAT` names.

@@ -6,7 +6,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use clap::Args;
 use rsl_engine::format::{MemberId, MemberSet, Node, Version};
 use rsl_engine::runtime::transport::{accept_each, grow_within, Budget, RateLimited};
-use rsl_engine::runtime::{AdmitAll, NvmJournal, Persistence, ResponseCode, RslConfig, RslReplica};
+use rsl_engine::runtime::{AdmitAll, NvmJournal, PaxosTransport, Persistence, ResponseCode, RslConfig, RslReplica};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
@@ -65,6 +65,11 @@ pub struct ReplicaArgs {
     /// before it is written (a one-way delay between the replicas).
     #[arg(long, default_value_t = 0)]
     pub net_delay_us: u32,
+    /// What carries Paxos packets to the other replicas: tcp, shm (a shared-memory ring to each
+    /// replica on this host that accepts one, TCP to the others) or rdma (verbs, with the `rdma`
+    /// feature: RDMA rings to peers that accept them, TCP without a device; never run on hardware).
+    #[arg(long, value_enum, default_value_t = TransportArg::Tcp)]
+    pub transport: TransportArg,
     #[arg(long, default_value_t = 2)]
     pub election_delay: u32,
     #[arg(long, default_value_t = 1)]
@@ -276,9 +281,44 @@ pub fn check_protocol(version: u16, window: u32, net_delay_us: u32) -> Result<Ve
     Ok(v)
 }
 
+/// `--transport`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransportArg {
+    Tcp,
+    Shm,
+    Rdma,
+}
+
+impl std::fmt::Display for TransportArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TransportArg::Tcp => "tcp",
+            TransportArg::Shm => "shm",
+            TransportArg::Rdma => "rdma",
+        })
+    }
+}
+
+/// Checks `--transport` against the other flags: shared memory is neither with TLS (TLS means
+/// every Paxos byte is encrypted and authenticated) nor with a net delay.
+pub fn check_transport(transport: TransportArg, tls: bool, net_delay_us: u32) -> Result<PaxosTransport, String> {
+    match transport {
+        TransportArg::Tcp => Ok(PaxosTransport::Tcp),
+        TransportArg::Shm if tls => Err("--transport shm: not with TLS (the ring is not encrypted; see docs/security.md)".into()),
+        TransportArg::Shm if net_delay_us > 0 => Err("--transport shm: not with --net-delay-us".into()),
+        TransportArg::Shm => Ok(PaxosTransport::Shm),
+        TransportArg::Rdma if !cfg!(feature = "rdma") => Err("--transport rdma: this rsl-kv was built without the `rdma` feature".into()),
+        TransportArg::Rdma if tls => Err("--transport rdma: not with TLS (the ring is not encrypted; see docs/security.md)".into()),
+        TransportArg::Rdma if net_delay_us > 0 => Err("--transport rdma: not with --net-delay-us".into()),
+        TransportArg::Rdma => Ok(PaxosTransport::Rdma),
+    }
+}
+
 /// Starts one ring's replica and the server for its clients.
 fn start(args: ReplicaArgs, ring_name: &str) -> Result<(Arc<RslReplica>, Server), String> {
     let version = check_protocol(args.version, args.window, args.net_delay_us)?;
+    let tls = args.tls.settings()?;
+    let paxos_transport = check_transport(args.transport, tls.is_some(), args.net_delay_us)?;
     let me: Node = rsl_engine::runtime::api::node(&args.id, args.host, args.port).ok_or("bad member id")?;
     let members = args.members.as_deref().map(parse_members).transpose()?;
     let cfg = RslConfig {
@@ -291,9 +331,10 @@ fn start(args: ReplicaArgs, ring_name: &str) -> Result<(Arc<RslReplica>, Server)
         sync_writes: !args.no_sync,
         net_delay_us: args.net_delay_us,
         fast_read_seq_threshold: 1_000_000,
-        tls: args.tls.settings()?,
+        tls,
         ring_name: ring_name.to_string(),
         nvm_journal: args.nvm.journal(),
+        paxos_transport,
         ..RslConfig::default()
     };
     let (clients, summary) = (Arc::new(Clients::default()), Arc::new(Summary::default()));

@@ -1,8 +1,8 @@
 //! The ring-buffer protocol a writer uses to put packet frames straight into a peer's memory
 //! (issue 16): framing, wrap-around, credits, ordering and sessions, written once against the
 //! small "remote memory" interface below so that RDMA verbs and the shared-memory emulation
-//! ([`shm`]) differ only in how bytes and words reach the peer. Not yet wired into the transport;
-//! the design is in docs/rdma.md.
+//! ([`shm`]) differ only in how bytes and words reach the peer. The Paxos port carries packets
+//! over it (`runtime/shm_link.rs`); the design is in docs/rdma.md.
 //!
 //! A ring is one direction of one peer pair. Its memory is a sequence of 64-bit words:
 //!
@@ -12,6 +12,7 @@
 //! | 1         | reader | data capacity `C` in bytes                                      |
 //! | 8         | writer | doorbell: `epoch << 48 \| tail mod 2^48`                        |
 //! | 16        | reader | credit word: `epoch << 48 \| consumed mod 2^48`                 |
+//! | 17        | reader | parked flag (emulation: the reader sleeps on the doorbell)      |
 //! | 24 ..     | writer | `C` bytes of ring data                                          |
 //!
 //! Each control word has a cache line to itself. With RDMA the credit word lives in the writer's
@@ -23,6 +24,8 @@ mod protocol;
 pub mod shm;
 #[cfg(test)]
 mod tests;
+#[cfg(all(feature = "rdma", target_os = "linux"))]
+pub mod verbs;
 
 pub use memory::InProcess;
 pub use protocol::{RecvError, RingReader, RingWriter, SendError};
@@ -37,6 +40,9 @@ const CAPACITY_WORD: usize = 1;
 const DOORBELL_WORD: usize = 8;
 /// Word index of the credit word (the reader's consumed position).
 const CREDIT_WORD: usize = 16;
+/// Word index of the reader's "parked" flag (emulation only): nonzero while the reader sleeps
+/// on the doorbell, so the writer knows to wake it. In the reader's cache line.
+const PARKED_WORD: usize = 17;
 /// Word index where ring data starts.
 const DATA_WORD: usize = 24;
 /// The smallest data capacity: one empty record plus a wrap marker.

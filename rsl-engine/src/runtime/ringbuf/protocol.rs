@@ -56,6 +56,10 @@ pub enum SendError {
     /// The reader's credit word claims it consumed bytes never written, or went backwards.
     #[error("credit word {word:#x} is inconsistent with tail {tail} and consumed {consumed}")]
     BadCredit { word: u64, tail: u64, consumed: u64 },
+    /// The memory under the ring failed (an RDMA work request did not complete): the session is
+    /// over. Reported by the memory's owner, never by `try_send`.
+    #[error("the memory under the ring failed; the session is over")]
+    MemoryFailed,
 }
 
 /// Why the ring cannot be read; the ring is unusable and the session must be replaced.
@@ -163,6 +167,11 @@ impl<M: RemoteMemory> RingWriter<M> {
     /// The memory, e.g. to tear the connection down.
     pub fn into_memory(self) -> M {
         self.mem
+    }
+
+    /// The memory, read-only (e.g. to wake a parked reader).
+    pub fn memory(&self) -> &M {
+        &self.mem
     }
 }
 

@@ -8,14 +8,16 @@
 #![allow(unsafe_code)]
 
 use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::time::Duration;
 use std::{io, slice};
 
 use memmap2::MmapRaw;
 
 use super::memory::{format, Words};
-use super::{check_capacity, region_bytes, BadCapacity, CAPACITY_WORD, DATA_WORD, MAGIC, MAGIC_WORD};
+use super::{check_capacity, region_bytes, BadCapacity, CAPACITY_WORD, DATA_WORD, DOORBELL_WORD, MAGIC, MAGIC_WORD, PARKED_WORD};
 
 /// Why a ring file could not be created or opened.
 #[derive(Debug, thiserror::Error)]
@@ -40,10 +42,11 @@ pub struct ShmRing {
 }
 
 impl ShmRing {
-    /// Creates a new ring file of `capacity` data bytes at `path`; fails if it exists.
+    /// Creates a new ring file of `capacity` data bytes at `path`, readable and writable by its
+    /// owner only (0600); fails if it exists.
     pub fn create(path: &Path, capacity: u64) -> Result<ShmRing, ShmError> {
         let capacity = check_capacity(capacity)?;
-        let file = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
+        let file = OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(path)?;
         file.set_len(region_bytes(capacity) as u64)?;
         let ring = ShmRing { map: MmapRaw::map_raw(&file)?, capacity, _file: file };
         format(ring.words(), capacity);
@@ -69,6 +72,54 @@ impl ShmRing {
         }
         ring.capacity = capacity;
         Ok(ring)
+    }
+
+    /// The reader: sleeps until the doorbell no longer says `seen`, the writer wakes it, or
+    /// `timeout` passes (whichever first; spurious returns are fine, the caller polls again).
+    pub fn park(&self, seen: u64, timeout: Duration) {
+        let words = self.words();
+        words[PARKED_WORD].store(1, Ordering::Relaxed);
+        // Pairs with the fence in `wake_reader`: either the writer sees the flag, or this load
+        // sees its doorbell. Neither side can miss both.
+        fence(Ordering::SeqCst);
+        if words[DOORBELL_WORD].load(Ordering::Acquire) == seen {
+            futex_wait(&words[DOORBELL_WORD], seen as u32, timeout);
+        }
+        words[PARKED_WORD].store(0, Ordering::Relaxed);
+    }
+
+    /// The writer, after ringing the doorbell: wakes the reader if it sleeps on it.
+    pub fn wake_reader(&self) {
+        let words = self.words();
+        fence(Ordering::SeqCst);
+        if words[PARKED_WORD].load(Ordering::Relaxed) != 0 {
+            futex_wake(&words[DOORBELL_WORD]);
+        }
+    }
+}
+
+/// The low half of a word, where a futex on it waits: the word is little-endian and 8-aligned.
+fn low_half(word: &AtomicU64) -> *const u32 {
+    word.as_ptr().cast::<u32>().cast_const()
+}
+
+/// Sleeps while the low half of `word` is `expected`, up to `timeout`. A shared futex (no
+/// FUTEX_PRIVATE_FLAG): the other process maps the same file.
+fn futex_wait(word: &AtomicU64, expected: u32, timeout: Duration) {
+    let ts = libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos().into() };
+    // SAFETY: the address is a live, 4-aligned word of the mapping (see `words`); the kernel
+    // only reads it and the timespec, which lives across the call. Any result (woken, value
+    // changed, timed out, interrupted) is a return to the caller's poll loop.
+    unsafe {
+        libc::syscall(libc::SYS_futex, low_half(word), libc::FUTEX_WAIT, expected, &ts as *const libc::timespec);
+    }
+}
+
+/// Wakes whoever sleeps on `word` in [`futex_wait`].
+fn futex_wake(word: &AtomicU64) {
+    // SAFETY: as in `futex_wait`; FUTEX_WAKE reads nothing but the address.
+    unsafe {
+        libc::syscall(libc::SYS_futex, low_half(word), libc::FUTEX_WAKE, i32::MAX);
     }
 }
 
