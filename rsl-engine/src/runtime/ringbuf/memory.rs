@@ -21,8 +21,10 @@ pub(super) trait Words {
 
 /// Writes the header words of a fresh, zeroed region.
 pub(super) fn format(words: &[AtomicU64], capacity: usize) {
-    words[MAGIC_WORD].store(MAGIC, Ordering::Relaxed);
+    // The capacity first, the magic published after it: a peer that sees the magic (Acquire)
+    // sees the capacity too.
     words[CAPACITY_WORD].store(capacity as u64, Ordering::Relaxed);
+    words[MAGIC_WORD].store(MAGIC, Ordering::Release);
 }
 
 impl<T: Words> RemoteMemory for T {

@@ -61,7 +61,11 @@ impl ShmRing {
             return Err(ShmError::WrongSize { actual, expected: region_bytes(0) as u64 });
         }
         let mut ring = ShmRing { map: MmapRaw::map_raw(&file)?, capacity: 0, _file: file };
-        let magic = ring.words()[MAGIC_WORD].load(Ordering::Relaxed);
+        // The mapping's own length: the file may have changed size since `metadata`.
+        if ring.map.len() as u64 != actual {
+            return Err(ShmError::WrongSize { actual: ring.map.len() as u64, expected: actual });
+        }
+        let magic = ring.words()[MAGIC_WORD].load(Ordering::Acquire);
         if magic != MAGIC {
             return Err(ShmError::BadMagic(magic));
         }

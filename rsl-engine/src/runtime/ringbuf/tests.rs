@@ -347,7 +347,10 @@ mod shm_tests {
             .expect("spawn writer");
         let mut child = Reap(child);
         let (mut received, mut buf, mut idle, mut exited) = (0u64, Vec::new(), 0u32, None);
+        // A stalled protocol fails the test instead of hanging it (the child is reaped on drop).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
         while received < MESSAGES {
+            assert!(std::time::Instant::now() < deadline, "stalled after {received} of {MESSAGES} messages");
             if reader.try_recv(&mut buf).expect("recv") {
                 assert_eq!(buf, message(received, size(received)), "message {received}");
                 received += 1;
