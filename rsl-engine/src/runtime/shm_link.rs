@@ -263,10 +263,10 @@ pub async fn answer_offer<S: AsyncRead + AsyncWrite + Unpin>(
     }
     let (name, epoch) = fresh_name();
     let path = opts.dir.join(&name);
-    let ring = ShmRing::create(&path, opts.capacity);
-    // The file goes once the writer has mapped it, or the set-up failed.
+    // A failed create leaves no file; a made one goes once the writer has mapped it, or the
+    // set-up failed (never a file of the same name this did not make).
+    let ring = ShmRing::create(&path, opts.capacity)?;
     let _unlink = Unlink(&path);
-    let ring = ring?;
     let mut answer = [0u8; ANSWER_LEN];
     answer[0] = 1;
     answer[1..3].copy_from_slice(&epoch.get().to_le_bytes());
@@ -445,6 +445,9 @@ pub fn read_ring<M: RingMemory>(
         if stop.load(Relaxed) {
             return ReadEnd::Stopped;
         }
+        // The doorbell before the look: a record published after this load makes the doze
+        // below return at once, so none waits out a PARK.
+        let seen = reader.memory().doorbell();
         match reader.try_recv(&mut record) {
             Ok(true) => {
                 if let Err(e) = deliver(Bytes::from(std::mem::take(&mut record))) {
@@ -460,7 +463,6 @@ pub fn read_ring<M: RingMemory>(
                 if last.elapsed() >= idle {
                     return ReadEnd::Idle(idle);
                 }
-                let seen = reader.memory().doorbell();
                 reader.memory().doze(seen, PARK);
             }
             Err(e) => return ReadEnd::Ring(e),
@@ -568,6 +570,8 @@ mod tests {
         a.write_all(&[b'x'; OFFER_LEN - 4]).await.unwrap();
         assert!(matches!(answer_offer(&mut b, Some(&opts(dir.path()))).await, Err(LinkError::BadMagic(_))));
         std::fs::write(dir.path().join("notaring"), [7u8; 4096]).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path().join("notaring"), std::fs::Permissions::from_mode(0o600)).unwrap();
         let (mut a, mut b) = duplex(1024);
         let o = opts(dir.path());
         let writer = tokio::spawn(async move { offer_ring(&mut a, &o).await });

@@ -30,6 +30,10 @@ pub enum ShmError {
     BadMagic(u64),
     #[error("ring file is {actual} bytes; its capacity needs {expected}")]
     WrongSize { actual: u64, expected: u64 },
+    /// Not a file this process's user made for this use alone: another user's, readable or
+    /// writable by others, linked elsewhere, or not a regular file.
+    #[error("ring file is not private: {0}")]
+    NotPrivate(&'static str),
 }
 
 /// A ring's memory in a file mapped shared: the reader creates it, the writer opens it.
@@ -44,19 +48,26 @@ pub struct ShmRing {
 impl ShmRing {
     /// Creates a new ring file of `capacity` data bytes at `path`, readable and writable by its
     /// owner only (0600); fails if it exists.
+    /// Its pages are allocated at once: a full file system (a tmpfs any local user can fill) is
+    /// an error here, not a SIGBUS at the first store into a page. A failed create leaves no file.
     pub fn create(path: &Path, capacity: u64) -> Result<ShmRing, ShmError> {
         let capacity = check_capacity(capacity)?;
         let file = OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(path)?;
-        file.set_len(region_bytes(capacity) as u64)?;
-        let ring = ShmRing { map: MmapRaw::map_raw(&file)?, capacity, _file: file };
+        let made = allocate(&file, region_bytes(capacity) as u64).and_then(|()| Ok(MmapRaw::map_raw(&file)?));
+        let map = made.inspect_err(|_| drop(std::fs::remove_file(path)))?;
+        let ring = ShmRing { map, capacity, _file: file };
         format(ring.words(), capacity);
         Ok(ring)
     }
 
     /// Maps an existing ring file, checking its header against its size.
+    /// The file must be private to this user (see [`ShmError::NotPrivate`]): a peer names it,
+    /// and a symbolic link planted in a shared directory must not lead elsewhere.
     pub fn open(path: &Path) -> Result<ShmRing, ShmError> {
-        let file = OpenOptions::new().read(true).write(true).open(path)?;
-        let actual = file.metadata()?.len();
+        let file = OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)?;
+        let meta = file.metadata()?;
+        check_private(&meta)?;
+        let actual = meta.len();
         if actual < region_bytes(0) as u64 {
             return Err(ShmError::WrongSize { actual, expected: region_bytes(0) as u64 });
         }
@@ -107,6 +118,33 @@ fn low_half(word: &AtomicU64) -> *const u32 {
     word.as_ptr().cast::<u32>().cast_const()
 }
 
+/// Reserves `len` bytes of `file` (`posix_fallocate`): every page exists before it is mapped.
+fn allocate(file: &File, len: u64) -> Result<(), ShmError> {
+    use std::os::fd::AsRawFd;
+    let len = libc::off_t::try_from(len).map_err(|_| ShmError::WrongSize { actual: len, expected: len })?;
+    // SAFETY: `file` is an open descriptor for the duration of the call; posix_fallocate takes
+    // no pointers and returns an error number instead of setting errno.
+    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) } {
+        0 => Ok(()),
+        errno => Err(ShmError::Io(io::Error::from_raw_os_error(errno))),
+    }
+}
+
+/// A ring file as its reader made it: a regular file of this process's user, with no access
+/// for others and no other name.
+fn check_private(meta: &std::fs::Metadata) -> Result<(), ShmError> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    match () {
+        _ if !meta.file_type().is_file() => Err(ShmError::NotPrivate("not a regular file")),
+        _ if meta.uid() != me => Err(ShmError::NotPrivate("owned by another user")),
+        _ if meta.mode() & 0o077 != 0 => Err(ShmError::NotPrivate("readable or writable by others")),
+        _ if meta.nlink() != 1 => Err(ShmError::NotPrivate("has another name")),
+        _ => Ok(()),
+    }
+}
+
 /// Sleeps while the low half of `word` is `expected`, up to `timeout`. A shared futex (no
 /// FUTEX_PRIVATE_FLAG): the other process maps the same file.
 fn futex_wait(word: &AtomicU64, expected: u32, timeout: Duration) {
@@ -133,8 +171,11 @@ impl Words for ShmRing {
         // SAFETY: the mapping is page-aligned (so 8-aligned) and `len / 8` whole words long, lives
         // as long as `self`, and is only ever accessed through atomics: `AtomicU64` has the layout
         // of `u64` and allows the other process's concurrent atomic stores. memmap2 cannot stop
-        // another process truncating the file, which would fault on access; ring files are private
-        // to the replicas that made them and never truncated.
+        // another process truncating the file, which would fault on access: only processes of
+        // this user can (the file is 0600, checked so on open, and unlinked once both ends have
+        // mapped it), and the replicas never do; a same-user process can harm the replica
+        // anyway (docs/security.md). Its pages were allocated when it was made, so no store
+        // faults for want of memory.
         unsafe { slice::from_raw_parts(self.map.as_ptr().cast::<AtomicU64>(), self.map.len() / 8) }
     }
 

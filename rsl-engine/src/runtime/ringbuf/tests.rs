@@ -379,6 +379,11 @@ mod shm_tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("ring");
         std::fs::write(&path, [0u8; 4096]).expect("write");
+        // Readable by others (the umask's 0644): refused before anything is read.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert!(matches!(ShmRing::open(&path), Err(ShmError::NotPrivate(_))));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         assert!(matches!(ShmRing::open(&path), Err(ShmError::BadMagic(0))));
         let good = dir.path().join("good");
         drop(ShmRing::create(&good, 256).expect("create"));
@@ -387,5 +392,14 @@ mod shm_tests {
         file.set_len(region_bytes(256) as u64 + 8).expect("grow");
         assert!(matches!(ShmRing::open(&good), Err(ShmError::WrongSize { .. })));
         assert!(matches!(ShmRing::create(&dir.path().join("odd"), 100), Err(ShmError::Capacity(_))));
+        assert!(!dir.path().join("odd").exists(), "a failed create leaves no file");
+        // A link planted under the name the peer gives is not followed; a second name is refused.
+        let ring = dir.path().join("ring2");
+        drop(ShmRing::create(&ring, 256).expect("create"));
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&ring, &link).expect("symlink");
+        assert!(matches!(ShmRing::open(&link), Err(ShmError::Io(_))), "a symbolic link is not followed");
+        std::fs::hard_link(&ring, dir.path().join("hard")).expect("hard link");
+        assert!(matches!(ShmRing::open(&ring), Err(ShmError::NotPrivate(_))), "a file with two names");
     }
 }
