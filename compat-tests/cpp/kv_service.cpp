@@ -724,10 +724,29 @@ private:
     // fields (times as set=1/unset=0) and every statistics counter since the last snapshot.
     static int IsSet(const SYSTEMTIME& t) { return t.wYear >= 2020 && t.wMonth >= 1 && t.wMonth <= 12 ? 1 : 0; }
 
+    static bool AllVoted(const ReplicaHealth (&health)[kMembers])
+    {
+        for (const ReplicaHealth& h : health)
+        {
+            if (h.m_memberId[0] != '\0' && h.m_lastRequestVotedDecree == 0)
+            {
+                return false;
+            }
+        }
+        return true;
+    }
+
     void RecordHealthDetail()
     {
         ReplicaHealth health[kMembers];
-        const unsigned short rc = GetReplicasInformation(kMembers, health);
+        unsigned short rc = GetReplicasInformation(kMembers, health);
+        // A member that started late (a loaded machine, a sanitizer) may not have voted when
+        // the workload ends; the primary's heartbeat decrees bring its vote within seconds.
+        for (int i = 0; i < 300 && !AllVoted(health); ++i)
+        {
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+            rc = GetReplicasInformation(kMembers, health);
+        }
         std::string line = "HealthDetail rc=" + std::to_string(rc);
         for (const ReplicaHealth& h : health)
         {
