@@ -400,6 +400,25 @@ fn fresh_name() -> (String, NonZeroU16) {
     (name, epoch)
 }
 
+/// Deletes the ring files in `dir` left by replicas that died between making one and its set-up
+/// ending (kill -9 in that instant): this user's `rsl-ring-<pid>-…` files whose process is gone.
+/// Best effort; a file of a live process, or of another user, is left alone.
+pub fn sweep_stale_rings(dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    // This process's user: the owner of its /proc directory.
+    let Ok(me) = std::fs::metadata("/proc/self").map(|m| m.uid()) else { return };
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("rsl-ring-")).and_then(|rest| rest.split('-').next()) else { continue };
+        let dead = pid.parse::<u32>().is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+        let mine = entry.metadata().is_ok_and(|m| m.is_file() && m.uid() == me);
+        if dead && mine {
+            tracing::info!(file = %entry.path().display(), "deleting a ring file its dead replica left");
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Checks that a ring record holds exactly one packet frame of at most `max_packet` bytes, as the
 /// TCP reader checks its stream, before the frame is decoded.
 pub fn check_frame(record: &[u8], max_packet: usize) -> io::Result<()> {
@@ -584,6 +603,20 @@ mod tests {
         let mut confirm = [9u8];
         b.read_exact(&mut confirm).await.unwrap();
         assert_eq!(confirm, [0], "the writer says it did not map the ring");
+    }
+
+    #[test]
+    fn ring_files_of_dead_replicas_are_swept_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        // pid_max is at most 2^22: this pid cannot be running.
+        let dead = dir.path().join("rsl-ring-4294967-1-00000000");
+        let live = dir.path().join(format!("rsl-ring-{}-1-00000000", std::process::id()));
+        let other = dir.path().join("unrelated");
+        for f in [&dead, &live, &other] {
+            std::fs::write(f, b"x").unwrap();
+        }
+        sweep_stale_rings(dir.path());
+        assert!(!dead.exists() && live.exists() && other.exists());
     }
 
     /// An offer of `kind` with this host's id, after its four zero bytes.

@@ -192,6 +192,9 @@ impl Transport {
             // Rings are for plain, undelayed ports (RslConfig::validate refuses the mix).
             opts.shm = None;
         }
+        if let Some(shm) = &opts.shm {
+            shm_link::sweep_stale_rings(&shm.dir);
+        }
         let reading = Arc::new(Reading::new(&opts));
         let (accepted, deliver, auth) = (reading.clone(), on_message.clone(), tls.clone());
         let serve = move |stream, from| read_inbound(stream, from, accepted.clone(), deliver.clone(), auth.clone());
