@@ -12,6 +12,7 @@
 //! persistent log, which the protocol thread writes at each flush; the writer thread drains it
 //! into the same log files afterwards.
 
+mod map;
 mod nvm;
 pub use nvm::NvmOptions;
 
@@ -23,7 +24,7 @@ use crate::format::log::{self, encode_record, LogContents, LogWriter, Mode};
 use crate::format::{Message, MsgKind};
 use crate::paxos::SplitMix64;
 use crate::runtime::nvm::{NvmError, Position};
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -777,7 +778,7 @@ fn replay_start(dir: &Path, logs: &[(u64, PathBuf)], checkpoint: Option<u64>) ->
 /// Reads a whole log in restore mode. Only the newest may end in a torn record; anything
 /// but zeros after an older log's last good record is an error.
 fn scan_log(path: &Path, newest: bool) -> Result<LogContents, JournalError> {
-    let data = Bytes::from(faults::check(JOURNAL_READ, path).and_then(|()| fs::read(path)).map_err(io_err(path))?);
+    let data = faults::check(JOURNAL_READ, path).and_then(|()| map::read_only(&File::open(path)?)).map_err(io_err(path))?;
     let contents = LogContents::scan(&data, Mode::Restore).map_err(|e| JournalError::Corrupt {
         path: path.into(),
         offset: e.offset as u64,
@@ -1038,6 +1039,7 @@ mod tests {
     use super::*;
     use crate::format::message::{Body, Header, VoteBody};
     use crate::format::types::{Ballot, MemberId, Version};
+    use bytes::Bytes;
     use std::sync::mpsc::{channel, Receiver};
     use std::time::Duration;
 
