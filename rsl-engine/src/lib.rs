@@ -4,8 +4,9 @@
 //! [`driver`] carries out its actions for both the [`runtime`] and the simulator (`sim`, behind
 //! the feature of that name).
 
-// The system calls std lacks are wrapped in `writeback` and `diskspace`, and persistent memory
-// in `runtime::nvm::pmem`: they alone may use `unsafe`.
+// They alone may use `unsafe`: the system calls std lacks (`writeback`, `diskspace`), mapped
+// memory (`runtime::nvm::pmem`, the persistent log; `runtime::journal::map`, logs read at a
+// restart; `runtime::ringbuf::shm`, shared-memory rings) and RDMA (`runtime::ringbuf::verbs`).
 #![deny(unsafe_code)]
 
 /// `tracing`'s target for RSL's Alert severity, above Error: the log callbacks of the C API
