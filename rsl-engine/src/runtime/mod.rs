@@ -51,8 +51,11 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 /// A byte range of a file, `[start, end)`: what the learn port streams for a FetchVotes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileRange {
+    /// The file.
     pub path: PathBuf,
+    /// The first byte to send.
     pub start: u64,
+    /// One past the last byte to send.
     pub end: u64,
 }
 
