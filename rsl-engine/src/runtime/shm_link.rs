@@ -43,6 +43,7 @@ const HOST_ID_LEN: usize = 36;
 pub const ENDPOINT_LEN: usize = 46;
 /// What an offer offers: a shared-memory ring, or an RDMA ring (with the writer's endpoint).
 pub const OFFER_SHM: u8 = 1;
+/// What an offer offers: an RDMA ring (with the writer's endpoint).
 pub const OFFER_RDMA: u8 = 2;
 /// Bytes of an offer.
 pub const OFFER_LEN: usize = 4 + OFFER_MAGIC.len() + HOST_ID_LEN + 1 + ENDPOINT_LEN;
@@ -114,18 +115,32 @@ pub fn is_offer(prefix: &[u8; 4]) -> bool {
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     #[error("shared-memory set-up: {0}")]
+    /// The ring's file or the TCP connection failed during set-up.
     Io(#[from] io::Error),
     #[error("shared-memory set-up: {0}")]
+    /// The ring could not be created or opened.
     Ring(#[from] ShmError),
     #[error("shared-memory set-up: the offer's magic is {0:02x?}")]
+    /// The peer's offer does not start with the offer magic (the bytes found).
     BadMagic([u8; 8]),
     #[error("shared-memory set-up: bad answer (kind {kind}, epoch {epoch}, name length {len})")]
-    BadAnswer { kind: u8, epoch: u16, len: usize },
+    /// The reader's answer is malformed.
+    BadAnswer {
+        /// The answer's kind byte.
+        kind: u8,
+        /// The session epoch it names.
+        epoch: u16,
+        /// The ring name's length.
+        len: usize,
+    },
     #[error("shared-memory set-up: bad confirmation byte {0}")]
+    /// The writer's confirmation byte is neither yes nor no (the byte found).
     BadConfirm(u8),
     #[error("shared-memory set-up: unknown offer kind {0}")]
+    /// The offer's kind is neither shared memory nor RDMA (the byte found).
     BadKind(u8),
     #[error("shared-memory set-up timed out")]
+    /// The peer did not finish the set-up in time.
     TimedOut,
 }
 
@@ -228,6 +243,7 @@ pub type ShmSession = RingSession<ShmRing>;
 
 /// A session the reader accepted.
 pub enum Accepted {
+    /// A shared-memory ring.
     Shm(ShmSession),
     #[cfg(feature = "rdma")]
     Verbs(RingSession<super::ringbuf::verbs::VerbsLocal>),
@@ -417,12 +433,16 @@ pub fn check_frame(record: &[u8], max_packet: usize) -> io::Result<()> {
 #[derive(Debug, thiserror::Error)]
 pub enum ReadEnd {
     #[error("the connection closed")]
+    /// The connection was closed (the session ended normally).
     Stopped,
     #[error("no packet for {0:?}")]
+    /// Nothing arrived for this long (the ring's idle limit).
     Idle(Duration),
     #[error("ring: {0}")]
+    /// The ring is corrupt or another session took it.
     Ring(#[from] super::ringbuf::RecvError),
     #[error("ring packet: {0}")]
+    /// A packet in the ring is malformed.
     Packet(#[from] io::Error),
 }
 

@@ -62,6 +62,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const SHM_RETRY: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug)]
+/// The Paxos-port transport's limits and timeouts, from [`RslConfig`](super::RslConfig).
 pub struct TransportOptions {
     /// The largest packet accepted, header included (`m_maxMessageSizeMB` MiB + 1024).
     pub max_packet: usize,
@@ -69,6 +70,7 @@ pub struct TransportOptions {
     pub max_queue_bytes: usize,
     /// The first and the largest wait between connection attempts to a peer.
     pub backoff_min: Duration,
+    /// The largest wait between connection attempts (the wait grows from `backoff_min`, exponentially).
     pub backoff_max: Duration,
     /// Inbound connections served at once; more are closed as they arrive.
     pub max_inbound: usize,
@@ -121,16 +123,23 @@ impl Default for TransportOptions {
 /// One peer's connection state and counters, for health and statistics.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerStats {
+    /// The peer's member id.
     pub member: MemberId,
+    /// The address its connections go to.
     pub addr: SocketAddr,
+    /// An outbound connection to it is up.
     pub connected: bool,
     /// The connection carries packets through a shared-memory ring (`TransportOptions::shm`).
     pub shm: bool,
     /// Connections made to the peer so far.
     pub connections: u64,
+    /// Packets written to it.
     pub sent_packets: u64,
+    /// Bytes written to it.
     pub sent_bytes: u64,
+    /// Packets dropped: timed out unsent, or skipped or refused by a full queue.
     pub dropped_packets: u64,
+    /// Bytes those packets held.
     pub dropped_bytes: u64,
     /// Bytes waiting in the queue now.
     pub queued_bytes: usize,
@@ -216,6 +225,7 @@ impl Transport {
         debug_assert!(set.is_ok(), "set once");
     }
 
+    /// The address the Paxos port is bound to (its port when bound to port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
@@ -924,7 +934,9 @@ fn consume(batch: &mut VecDeque<Bytes>, mut written: usize) -> usize {
 
 /// Where [`accept_each`] takes connections from: a TCP listener, or a test's failing one.
 pub trait Listener: Send + 'static {
+    /// A connection taken.
     type Conn: Send + 'static;
+    /// The next connection and its peer's address.
     fn accept(&self) -> impl Future<Output = io::Result<(Self::Conn, SocketAddr)>> + Send;
 }
 
@@ -990,8 +1002,10 @@ impl Default for RateLimited {
 }
 
 impl RateLimited {
+    /// The default interval between warnings.
     pub const EVERY: Duration = Duration::from_secs(10);
 
+    /// A limiter at [`RateLimited::EVERY`].
     pub fn new() -> Self {
         RateLimited::every(Self::EVERY)
     }
@@ -1186,6 +1200,7 @@ pub struct Budget {
 }
 
 impl Budget {
+    /// A budget of `limit` bytes, none taken.
     pub fn new(limit: usize) -> Budget {
         Budget { limit, used: AtomicUsize::new(0) }
     }

@@ -23,13 +23,22 @@ use super::{check_capacity, region_bytes, BadCapacity, CAPACITY_WORD, DATA_WORD,
 #[derive(Debug, thiserror::Error)]
 pub enum ShmError {
     #[error("ring file: {0}")]
+    /// The ring file could not be created, sized or mapped.
     Io(#[from] io::Error),
     #[error(transparent)]
+    /// The capacity is not one a ring can have.
     Capacity(#[from] BadCapacity),
     #[error("ring file has magic {0:#x}, not a ring")]
+    /// The file does not start with a ring's magic number (the value found).
     BadMagic(u64),
     #[error("ring file is {actual} bytes; its capacity needs {expected}")]
-    WrongSize { actual: u64, expected: u64 },
+    /// The file's length does not match the capacity its header declares.
+    WrongSize {
+        /// The file's length in bytes.
+        actual: u64,
+        /// The length the capacity needs.
+        expected: u64,
+    },
 }
 
 /// A ring's memory in a file mapped shared: the reader creates it, the writer opens it.
