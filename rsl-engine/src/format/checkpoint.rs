@@ -219,24 +219,24 @@ fn decode_vote(buf: &Bytes, at: usize, region: usize) -> Result<Message, DecodeE
 /// Errors of the checkpoint streams; `win32_code` gives the code RSL's API returns.
 #[derive(Debug, Error)]
 pub enum CheckpointError {
-    #[error("{}: {source}", path.display())]
     /// Reading or writing the file failed.
+    #[error("{}: {source}", path.display())]
     Io {
         /// The checkpoint file.
         path: PathBuf,
         /// What the system said.
         source: io::Error,
     },
-    #[error("{}: bad header: {source}", path.display())]
     /// The header does not decode.
+    #[error("{}: bad header: {source}", path.display())]
     Header {
         /// The checkpoint file.
         path: PathBuf,
         /// What is wrong with the header, and where.
         source: DecodeError,
     },
-    #[error("{}: file is {actual} bytes but its header says {expected}", path.display())]
     /// The file's length disagrees with its header: a truncated or padded checkpoint.
+    #[error("{}: file is {actual} bytes but its header says {expected}", path.display())]
     Size {
         /// The checkpoint file.
         path: PathBuf,
@@ -245,8 +245,8 @@ pub enum CheckpointError {
         /// The file's length, in bytes.
         actual: u64,
     },
-    #[error("{}: block {block} at offset {offset}: stored checksum {stored:#018x}, computed {computed:#018x}", path.display())]
     /// A v4+ data block whose checksum does not match: the checkpoint is corrupt.
+    #[error("{}: block {block} at offset {offset}: stored checksum {stored:#018x}, computed {computed:#018x}", path.display())]
     BlockChecksum {
         /// The checkpoint file.
         path: PathBuf,
@@ -259,14 +259,14 @@ pub enum CheckpointError {
         /// The checksum of the block's data.
         computed: u64,
     },
-    #[error("end of checkpoint data")]
     /// A read past the end of the state data (`ERROR_HANDLE_EOF` to the application).
+    #[error("end of checkpoint data")]
     Eof,
-    #[error("position {0} lies beyond the checkpoint data")]
     /// A seek past the end of the state data.
+    #[error("position {0} lies beyond the checkpoint data")]
     InvalidPosition(u64),
-    #[error(transparent)]
     /// The header could not be encoded in the checkpoint's version.
+    #[error(transparent)]
     Encode(#[from] EncodeError),
 }
 

@@ -8,8 +8,8 @@ use thiserror::Error;
 /// start of the buffer the decoder was handed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum DecodeError {
-    #[error("{what} at offset {offset}: needs {need} bytes, {have} left")]
     /// Fewer bytes are left than the field needs.
+    #[error("{what} at offset {offset}: needs {need} bytes, {have} left")]
     Truncated {
         /// The field being read.
         what: &'static str,
@@ -20,8 +20,8 @@ pub enum DecodeError {
         /// Bytes left in the buffer.
         have: usize,
     },
-    #[error("{what} at offset {offset}: invalid value {value:#x}")]
     /// A field holds a value the format does not allow.
+    #[error("{what} at offset {offset}: invalid value {value:#x}")]
     Invalid {
         /// The field being read.
         what: &'static str,
@@ -30,8 +30,8 @@ pub enum DecodeError {
         /// The value found.
         value: u64,
     },
-    #[error("{what} at offset {offset}: stored {stored:#018x}, computed {computed:#018x}")]
     /// A stored checksum does not match the bytes it covers.
+    #[error("{what} at offset {offset}: stored {stored:#018x}, computed {computed:#018x}")]
     Checksum {
         /// What the checksum covers.
         what: &'static str,
@@ -42,8 +42,8 @@ pub enum DecodeError {
         /// The checksum of the bytes as read.
         computed: u64,
     },
-    #[error("{what} at offset {offset}: {detail}")]
     /// Fields that are each valid but do not fit together.
+    #[error("{what} at offset {offset}: {detail}")]
     Malformed {
         /// The structure being read.
         what: &'static str,
@@ -80,11 +80,11 @@ impl DecodeError {
 /// Why a value could not be encoded in the requested protocol version.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum EncodeError {
-    #[error("member id {0:?} is not numeric and protocol versions 1 to 3 carry numeric ids")]
     /// Protocol versions 1 to 3 carry member ids as numbers; this one is not.
+    #[error("member id {0:?} is not numeric and protocol versions 1 to 3 carry numeric ids")]
     NonNumericMemberId(String),
-    #[error("{what} is {len} bytes, more than the format allows ({max})")]
     /// A field longer than its format allows.
+    #[error("{what} is {len} bytes, more than the format allows ({max})")]
     TooLong {
         /// The field.
         what: &'static str,
@@ -93,11 +93,11 @@ pub enum EncodeError {
         /// The largest the format allows.
         max: usize,
     },
-    #[error("{0} cannot be expressed in protocol version {1}")]
     /// A field or message type the protocol version (the second value) does not have.
+    #[error("{0} cannot be expressed in protocol version {1}")]
     Unsupported(&'static str, u16),
-    #[error("a request must not be empty")]
     /// A vote's requests must each hold at least one byte.
+    #[error("a request must not be empty")]
     EmptyRequest,
 }
 

@@ -197,16 +197,16 @@ impl LogContents {
 /// A log file that could not be read, naming the file and where.
 #[derive(Debug, Error)]
 pub enum LogError {
-    #[error("{}: {source}", path.display())]
     /// The file could not be read.
+    #[error("{}: {source}", path.display())]
     Io {
         /// The log file.
         path: PathBuf,
         /// What the system said.
         source: io::Error,
     },
-    #[error("{}: {source}", path.display())]
     /// A record is corrupt (not a torn tail).
+    #[error("{}: {source}", path.display())]
     Corrupt {
         /// The log file.
         path: PathBuf,

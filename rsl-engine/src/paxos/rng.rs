@@ -1,8 +1,8 @@
 //! A tiny seeded random source (SplitMix64) so that the core and the simulator are
 //! reproducible from a seed.
 
-#[derive(Clone, Debug)]
 /// SplitMix64: a 64-bit seeded generator, fast and good enough for timer jitter (not for secrets).
+#[derive(Clone, Debug)]
 pub struct SplitMix64(u64);
 
 impl SplitMix64 {

@@ -248,22 +248,22 @@ pub fn node(id: &str, ip: std::net::Ipv4Addr, rsl_port: u16) -> Option<Node> {
 /// Why `initialize` failed.
 #[derive(Debug, Error)]
 pub enum InitError {
-    #[error(transparent)]
     /// The configuration is refused.
+    #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("{0}")]
     /// The data directory, its logs or checkpoints could not be read or created.
+    #[error("{0}")]
     Storage(String),
-    #[error("cannot listen on {addr}: {source}")]
     /// A port could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
     Listen {
         /// The address it tried.
         addr: SocketAddr,
         /// What the system said.
         source: std::io::Error,
     },
-    #[error("the state machine could not load any checkpoint, and the logs do not start at decree 0")]
     /// No checkpoint loads and the logs cannot rebuild the state from decree 0.
+    #[error("the state machine could not load any checkpoint, and the logs do not start at decree 0")]
     NoState,
     /// A log record that does not follow the one before it (the core's `ReplayError`), with
     /// the file and offset it was read from.
@@ -276,8 +276,8 @@ pub enum InitError {
         /// How the record fails to follow the one before it.
         source: ReplayError,
     },
-    #[error("{0}")]
     /// An argument is unusable (an empty node list, this replica not in it, ...).
+    #[error("{0}")]
     Invalid(&'static str),
     /// A TLS setting, or a certificate, key or CA file it names, is unusable.
     #[error(transparent)]

@@ -19,25 +19,25 @@ use thiserror::Error;
 /// Why a checkpoint could not be listed, saved or installed.
 #[derive(Debug, Error)]
 pub enum StoreError {
-    #[error("{}: {source}", path.display())]
     /// A checkpoint file or the directory could not be read, written or renamed.
+    #[error("{}: {source}", path.display())]
     Io {
         /// The file or directory.
         path: PathBuf,
         /// What the system said.
         source: io::Error,
     },
-    #[error("{}: not a checkpoint file name (expected <decree>.codex)", path.display())]
     /// A file named like a checkpoint but not `<decree>.codex`.
+    #[error("{}: not a checkpoint file name (expected <decree>.codex)", path.display())]
     BadName {
         /// The file.
         path: PathBuf,
     },
-    #[error(transparent)]
     /// A checkpoint file is unreadable or corrupt.
+    #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
-    #[error("{}: holds decree {found}, expected {expected}", path.display())]
     /// A checkpoint file's header names another decree than its file name.
+    #[error("{}: holds decree {found}, expected {expected}", path.display())]
     WrongDecree {
         /// The file.
         path: PathBuf,

@@ -245,8 +245,8 @@ impl Default for RslConfig {
 /// RSL's "Configuration Error".
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ConfigError {
-    #[error("configuration error: {field} = {value} is outside {min}..={max}")]
     /// A field outside the original's range (`rslconfig.cpp`) or ours.
+    #[error("configuration error: {field} = {value} is outside {min}..={max}")]
     Range {
         /// The field's C++ name (`m_electionDelaySec`), or ours in snake case.
         field: &'static str,
@@ -257,8 +257,8 @@ pub enum ConfigError {
         /// The largest value allowed.
         max: u64,
     },
-    #[error("configuration error: {field} cannot be combined with {with}: {why}")]
     /// Two settings that cannot be used together.
+    #[error("configuration error: {field} cannot be combined with {with}: {why}")]
     Conflict {
         /// The field refused.
         field: &'static str,

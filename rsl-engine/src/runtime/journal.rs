@@ -84,22 +84,22 @@ impl JournalOptions {
 /// Why the journal could not open or append; messages name the file and offset.
 #[derive(Debug, Error)]
 pub enum JournalError {
-    #[error("{}: {source}", path.display())]
     /// A log file or the directory could not be read, written or synced.
+    #[error("{}: {source}", path.display())]
     Io {
         /// The file or directory.
         path: PathBuf,
         /// What the system said.
         source: io::Error,
     },
-    #[error("{}: not a log file name (expected <decree>.log)", path.display())]
     /// A file in the log directory named like a log but not `<decree>.log`.
+    #[error("{}: not a log file name (expected <decree>.log)", path.display())]
     BadName {
         /// The file.
         path: PathBuf,
     },
-    #[error("{}: corrupt log record at offset {offset}: {error}", path.display())]
     /// A record in the middle of a log is corrupt: replay refuses to guess.
+    #[error("{}: corrupt log record at offset {offset}: {error}", path.display())]
     Corrupt {
         /// The log file.
         path: PathBuf,
@@ -108,16 +108,16 @@ pub enum JournalError {
         /// What is wrong with it.
         error: DecodeError,
     },
-    #[error("{}: torn record at offset {offset}, but only the newest log may end in one", path.display())]
     /// A log other than the newest ends in a torn record, which only a crash of the newest can leave.
+    #[error("{}: torn record at offset {offset}, but only the newest log may end in one", path.display())]
     TornOlder {
         /// The log file.
         path: PathBuf,
         /// Where the torn record starts.
         offset: u64,
     },
-    #[error("{}: missing logs: replay must start at or before decree {need}, the oldest log starts at {oldest}", dir.display())]
     /// The logs do not reach back to the decree the checkpoint needs replay to start from.
+    #[error("{}: missing logs: replay must start at or before decree {need}, the oldest log starts at {oldest}", dir.display())]
     MissingLogs {
         /// The log directory.
         dir: PathBuf,
@@ -126,14 +126,14 @@ pub enum JournalError {
         /// The first decree of the oldest log.
         oldest: u64,
     },
-    #[error("cannot encode a log record: {0}")]
     /// A record could not be encoded in the ring's protocol version.
+    #[error("cannot encode a log record: {0}")]
     Encode(#[from] EncodeError),
-    #[error("the journal writer stopped: {0}")]
     /// The writer thread failed earlier (the reason); nothing more is accepted.
+    #[error("the journal writer stopped: {0}")]
     Stopped(String),
-    #[error(transparent)]
     /// The NVM journal's persistent log failed.
+    #[error(transparent)]
     Nvm(#[from] NvmError),
     /// `offset`: where the record starts in the persistent log's file.
     #[error("{}: persistent log record {seq} at offset {offset}: {what}", path.display())]

@@ -69,40 +69,40 @@ pub trait LearnSource: Send + Sync + 'static {
 /// A learn-port failure, naming the peer and what failed.
 #[derive(Debug, Error)]
 pub enum LearnError {
-    #[error("learn from {peer}: connect: {source}")]
     /// The peer's learn port could not be reached.
+    #[error("learn from {peer}: connect: {source}")]
     Connect {
         /// The peer's learn-port address.
         peer: SocketAddr,
         /// What the system said.
         source: io::Error,
     },
-    #[error("learn from {peer}: timed out waiting to {what}")]
     /// The peer stopped answering for longer than `receive_timeout_sec`.
+    #[error("learn from {peer}: timed out waiting to {what}")]
     Timeout {
         /// The peer's learn-port address.
         peer: SocketAddr,
         /// What was being waited for.
         what: &'static str,
     },
-    #[error("learn from {peer}: {source}")]
     /// The connection failed mid-transfer.
+    #[error("learn from {peer}: {source}")]
     Io {
         /// The peer's learn-port address.
         peer: SocketAddr,
         /// What the system said.
         source: io::Error,
     },
-    #[error("learn from {peer}: the request does not encode: {source}")]
     /// The request could not be encoded in the ring's protocol version.
+    #[error("learn from {peer}: the request does not encode: {source}")]
     Request {
         /// The peer's learn-port address.
         peer: SocketAddr,
         /// Why.
         source: EncodeError,
     },
-    #[error("learn from {peer}: bad record at stream offset {offset}: {source}")]
     /// A streamed vote record is corrupt.
+    #[error("learn from {peer}: bad record at stream offset {offset}: {source}")]
     BadRecord {
         /// The peer's learn-port address.
         peer: SocketAddr,
@@ -111,8 +111,8 @@ pub enum LearnError {
         /// What is wrong with it.
         source: RecordError,
     },
-    #[error("learn from {peer}: the stream ended after {received} of {expected} bytes")]
     /// The stream ended before the length the peer announced.
+    #[error("learn from {peer}: the stream ended after {received} of {expected} bytes")]
     Short {
         /// The peer's learn-port address.
         peer: SocketAddr,
@@ -121,16 +121,16 @@ pub enum LearnError {
         /// Bytes announced.
         expected: u64,
     },
-    #[error("learn from {peer}: sent more than the {expected} bytes expected")]
     /// The peer sent more than it announced.
+    #[error("learn from {peer}: sent more than the {expected} bytes expected")]
     TooLong {
         /// The peer's learn-port address.
         peer: SocketAddr,
         /// Bytes announced.
         expected: u64,
     },
-    #[error("learn from {peer}: {}: {source}", path.display())]
     /// The local file the transfer goes to could not be written.
+    #[error("learn from {peer}: {}: {source}", path.display())]
     File {
         /// The peer's learn-port address.
         peer: SocketAddr,
@@ -139,16 +139,16 @@ pub enum LearnError {
         /// What the system said.
         source: io::Error,
     },
-    #[error("learn from {peer}: checkpoint rejected: {source}")]
     /// The copied checkpoint does not read back as a valid checkpoint.
+    #[error("learn from {peer}: checkpoint rejected: {source}")]
     Checkpoint {
         /// The peer's learn-port address.
         peer: SocketAddr,
         /// What is wrong with it.
         source: CheckpointError,
     },
-    #[error("learn from {peer}: the checkpoint's {what} is {actual}, expected {expected}")]
     /// The copied checkpoint is not the one asked for (its decree or size differs).
+    #[error("learn from {peer}: the checkpoint's {what} is {actual}, expected {expected}")]
     Mismatch {
         /// The peer's learn-port address.
         peer: SocketAddr,
@@ -159,14 +159,14 @@ pub enum LearnError {
         /// The value found.
         actual: u64,
     },
-    #[error("learn from {peer}: no checkpoint offered (size 0)")]
     /// The peer has no checkpoint to give.
+    #[error("learn from {peer}: no checkpoint offered (size 0)")]
     NoCheckpoint {
         /// The peer's learn-port address.
         peer: SocketAddr,
     },
-    #[error("learn from {peer}: verifying the checkpoint failed: {reason}")]
     /// The copied checkpoint failed the caller's verification (its header against the state).
+    #[error("learn from {peer}: verifying the checkpoint failed: {reason}")]
     Verify {
         /// The peer's learn-port address.
         peer: SocketAddr,

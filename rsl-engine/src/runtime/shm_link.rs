@@ -114,17 +114,17 @@ pub fn is_offer(prefix: &[u8; 4]) -> bool {
 /// Why a session could not be set up or ended.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
-    #[error("shared-memory set-up: {0}")]
     /// The ring's file or the TCP connection failed during set-up.
-    Io(#[from] io::Error),
     #[error("shared-memory set-up: {0}")]
+    Io(#[from] io::Error),
     /// The ring could not be created or opened.
+    #[error("shared-memory set-up: {0}")]
     Ring(#[from] ShmError),
-    #[error("shared-memory set-up: the offer's magic is {0:02x?}")]
     /// The peer's offer does not start with the offer magic (the bytes found).
+    #[error("shared-memory set-up: the offer's magic is {0:02x?}")]
     BadMagic([u8; 8]),
-    #[error("shared-memory set-up: bad answer (kind {kind}, epoch {epoch}, name length {len})")]
     /// The reader's answer is malformed.
+    #[error("shared-memory set-up: bad answer (kind {kind}, epoch {epoch}, name length {len})")]
     BadAnswer {
         /// The answer's kind byte.
         kind: u8,
@@ -133,14 +133,14 @@ pub enum LinkError {
         /// The ring name's length.
         len: usize,
     },
-    #[error("shared-memory set-up: bad confirmation byte {0}")]
     /// The writer's confirmation byte is neither yes nor no (the byte found).
+    #[error("shared-memory set-up: bad confirmation byte {0}")]
     BadConfirm(u8),
-    #[error("shared-memory set-up: unknown offer kind {0}")]
     /// The offer's kind is neither shared memory nor RDMA (the byte found).
+    #[error("shared-memory set-up: unknown offer kind {0}")]
     BadKind(u8),
-    #[error("shared-memory set-up timed out")]
     /// The peer did not finish the set-up in time.
+    #[error("shared-memory set-up timed out")]
     TimedOut,
 }
 
@@ -245,6 +245,7 @@ pub type ShmSession = RingSession<ShmRing>;
 pub enum Accepted {
     /// A shared-memory ring.
     Shm(ShmSession),
+    /// An RDMA ring.
     #[cfg(feature = "rdma")]
     Verbs(RingSession<super::ringbuf::verbs::VerbsLocal>),
 }
@@ -432,17 +433,17 @@ pub fn check_frame(record: &[u8], max_packet: usize) -> io::Result<()> {
 /// Why a reader thread ended.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadEnd {
-    #[error("the connection closed")]
     /// The connection was closed (the session ended normally).
+    #[error("the connection closed")]
     Stopped,
-    #[error("no packet for {0:?}")]
     /// Nothing arrived for this long (the ring's idle limit).
+    #[error("no packet for {0:?}")]
     Idle(Duration),
-    #[error("ring: {0}")]
     /// The ring is corrupt or another session took it.
+    #[error("ring: {0}")]
     Ring(#[from] super::ringbuf::RecvError),
-    #[error("ring packet: {0}")]
     /// A packet in the ring is malformed.
+    #[error("ring packet: {0}")]
     Packet(#[from] io::Error),
 }
 

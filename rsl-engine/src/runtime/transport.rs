@@ -61,8 +61,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// After a failed shared-memory set-up, how long a peer's connections are plain TCP.
 const SHM_RETRY: Duration = Duration::from_secs(60);
 
-#[derive(Clone, Debug)]
 /// The Paxos-port transport's limits and timeouts, from [`RslConfig`](super::RslConfig).
+#[derive(Clone, Debug)]
 pub struct TransportOptions {
     /// The largest packet accepted, header included (`m_maxMessageSizeMB` MiB + 1024).
     pub max_packet: usize,

@@ -70,8 +70,8 @@ impl<M: PersistentMemory + ?Sized> PersistentMemory for Box<M> {
 /// Why a persistent log could not be created, opened or recovered.
 #[derive(Debug, thiserror::Error)]
 pub enum NvmError {
-    #[error("{}: {source}", path.display())]
     /// The log's file could not be created, mapped, locked or synced.
+    #[error("{}: {source}", path.display())]
     Io {
         /// The log's file.
         path: PathBuf,

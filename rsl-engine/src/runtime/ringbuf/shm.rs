@@ -22,17 +22,17 @@ use super::{check_capacity, region_bytes, BadCapacity, CAPACITY_WORD, DATA_WORD,
 /// Why a ring file could not be created or opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ShmError {
-    #[error("ring file: {0}")]
     /// The ring file could not be created, sized or mapped.
+    #[error("ring file: {0}")]
     Io(#[from] io::Error),
-    #[error(transparent)]
     /// The capacity is not one a ring can have.
+    #[error(transparent)]
     Capacity(#[from] BadCapacity),
-    #[error("ring file has magic {0:#x}, not a ring")]
     /// The file does not start with a ring's magic number (the value found).
+    #[error("ring file has magic {0:#x}, not a ring")]
     BadMagic(u64),
-    #[error("ring file is {actual} bytes; its capacity needs {expected}")]
     /// The file's length does not match the capacity its header declares.
+    #[error("ring file is {actual} bytes; its capacity needs {expected}")]
     WrongSize {
         /// The file's length in bytes.
         actual: u64,

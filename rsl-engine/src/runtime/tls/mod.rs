@@ -130,27 +130,27 @@ pub struct PeerIdentity {
 /// Why TLS could not be set up (at `Initialize`): names the file or setting.
 #[derive(Debug, Error)]
 pub enum TlsError {
-    #[error("TLS: cannot read {path}: {source}")]
     /// A certificate, key or CA file could not be read.
+    #[error("TLS: cannot read {path}: {source}")]
     Read {
         /// The file.
         path: PathBuf,
         /// What the system said.
         source: std::io::Error,
     },
-    #[error("TLS: {path}: {detail}")]
     /// A certificate, key or CA file does not parse or is unusable.
+    #[error("TLS: {path}: {detail}")]
     Invalid {
         /// The file.
         path: PathBuf,
         /// What is wrong with it.
         detail: String,
     },
-    #[error("TLS: no certificate for thumbprint {0} or {1} in {2}")]
     /// Neither thumbprint (A, B) has its certificate and key in the directory (the third value).
+    #[error("TLS: no certificate for thumbprint {0} or {1} in {2}")]
     NoIdentity(String, String, PathBuf),
-    #[error("TLS: {0}")]
     /// A setting is unusable or the settings contradict each other (what is wrong).
+    #[error("TLS: {0}")]
     Setting(String),
 }
 
