@@ -1,12 +1,13 @@
 //! The RSL engine: Azure RSL's multi-Paxos replicated state machine, rebuilt in Rust.
 //!
-//! [`format`] owns every byte format RSL reads and writes; [`paxos`] is the sans-IO protocol core;
+//! [`format`](mod@format) owns every byte format RSL reads and writes; [`paxos`] is the sans-IO protocol core;
 //! [`driver`] carries out its actions for both the [`runtime`] and the simulator (`sim`, behind
 //! the feature of that name).
 
 // The system calls std lacks are wrapped in `writeback` and `diskspace`, and persistent memory
 // in `runtime::nvm::pmem`: they alone may use `unsafe`.
 #![deny(unsafe_code)]
+#![deny(missing_docs)]
 
 /// `tracing`'s target for RSL's Alert severity, above Error: the log callbacks of the C API
 /// report these entries as `CallBackLogLevel_Alert`.

@@ -8,7 +8,7 @@
 //! next batch fills meanwhile. A protocol thread with nothing else to do may instead write the
 //! batch itself ([`Journal::flush`]): the writer would only be woken to wake it back.
 //!
-//! In the NVM mode ([`JournalOptions::nvm`], [`nvm`]) a batch is durable once it is in the
+//! In the NVM mode ([`JournalOptions::nvm`], `nvm`) a batch is durable once it is in the
 //! persistent log, which the protocol thread writes at each flush; the writer thread drains it
 //! into the same log files afterwards.
 

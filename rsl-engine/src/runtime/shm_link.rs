@@ -9,8 +9,8 @@
 //!    every Paxos port, ours or the original's, refuses as a packet), [`OFFER_MAGIC`], the
 //!    writer's host identity (Linux's boot id, 36 ASCII bytes), what it offers ([`OFFER_SHM`] or
 //!    [`OFFER_RDMA`]) and, for RDMA, its verbs endpoint ([`ENDPOINT_LEN`] bytes; zeros otherwise).
-//! 2. reader → writer, the answer, [`ANSWER_LEN`] bytes: the kind (0 decline, 1 shared memory,
-//!    2 RDMA), the session epoch (u16), a length (u8) and, zero-padded to [`MAX_NAME`], the ring
+//! 2. reader → writer, the answer, `ANSWER_LEN` bytes: the kind (0 decline, 1 shared memory,
+//!    2 RDMA), the session epoch (u16), a length (u8) and, zero-padded to `MAX_NAME`, the ring
 //!    file's name or the reader's verbs endpoint. The reader accepts shared memory only from a
 //!    writer on its own host, and creates the ring file (0600) in its ring directory; RDMA only
 //!    with the `rdma` feature, a device and `ShmOptions::rdma`.

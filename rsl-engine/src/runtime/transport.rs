@@ -1328,7 +1328,7 @@ pub(super) fn grow_for(buf: &mut BytesMut, need: usize, chunk: usize) {
     }
 }
 
-/// [`grow_for`], with what `buf` holds beyond its first `chunk` bytes charged to `held`; false
+/// `grow_for`, with what `buf` holds beyond its first `chunk` bytes charged to `held`; false
 /// (and `buf` unchanged) if the budget lacks it.
 pub fn grow_within(buf: &mut BytesMut, need: usize, chunk: usize, held: &mut Held<'_>) -> bool {
     // Bytes split off since the last call are the taker's now.

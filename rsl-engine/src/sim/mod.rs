@@ -2,8 +2,8 @@
 //! (delay, reordering, duplication, loss, symmetric and one-way partitions), disks with group
 //! commit that lose or keep unsynced records when a process crashes, restarts, slow disks and
 //! slow executors whose queue spills to the log past a small memory bound; optionally an
-//! adversary that forges messages. Each replica runs through the runtime's own [`Driver`] and
-//! execute-queue [`Backlog`]; the simulator is their host. The [`checker`] judges every step. A
+//! adversary that forges messages. Each replica runs through the runtime's own [`Driver`](crate::driver::Driver) and
+//! execute-queue [`Backlog`](crate::driver::backlog::Backlog); the simulator is their host. The [`checker`](crate::sim::checker) judges every step. A
 //! seed fully determines a run.
 
 mod adversary;
