@@ -146,7 +146,8 @@ pub struct Driver {
 }
 
 impl Driver {
-    /// A driver for `core`, asking `app` on the protocol path; `listen_on_all_ips` turns off the source-address check of peers.
+    /// A driver for `core`, asking `app` on the protocol path; `listen_on_all_ips` turns off the
+    /// source-address check of peers.
     pub fn new(core: Replica, app: Box<dyn Application + Send>, listen_on_all_ips: bool) -> Driver {
         Driver {
             core,
@@ -252,7 +253,8 @@ impl Driver {
         )
     }
 
-    /// `ChangeConfiguration`: proposes `members` as the next configuration (primary only); `cookie` comes back through `Execution::ConfigChanged` or an abort.
+    /// `ChangeConfiguration`: proposes `members` as the next configuration (primary only); `cookie`
+    /// comes back through `Execution::ConfigChanged` or an abort.
     pub fn change_configuration(&mut self, members: MemberSet, cookie: Cookie, host: &mut impl Host) -> Result<(), SubmitError> {
         self.drive(host, |core, now, _, out| core.change_configuration(now, members, cookie, out))
     }

@@ -25,7 +25,8 @@ const UNBLOCKED_WINDOW: u64 = 1024 * 1024;
 /// member, last executed decree and max ballot from it, as the original does.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckpointHeader {
-    /// The protocol version the checkpoint was written in; it fixes the header's layout and whether data is blocked (v4+).
+    /// The protocol version the checkpoint was written in; it fixes the header's layout and whether
+    /// data is blocked (v4+).
     pub version: Version,
     /// The replica that produced the checkpoint (v3+).
     pub member: MemberId,

@@ -132,7 +132,8 @@ pub enum Action {
         decree: u64,
         /// Its size in bytes, as the member announced it.
         size: u64,
-        /// Load it into the state machine (a replica behind); else keep it as our own (a primary copying).
+        /// Load it into the state machine (a replica behind); else keep it as our own (a primary
+        /// copying).
         load: bool,
     },
     /// A message, a learned record or a field of a checkpoint was refused before it reached the
@@ -312,7 +313,8 @@ pub struct CoreConfig {
     pub election_randomize_pct: u64,
     /// The most randomisation may add to the election delay (`m_maxElectionRandomizeSec`).
     pub max_election_randomize: Micros,
-    /// A secondary that heard a new primary waits this long before standing itself (`m_newLeaderGracePeriodSec`).
+    /// A secondary that heard a new primary waits this long before standing itself
+    /// (`m_newLeaderGracePeriodSec`).
     pub new_leader_grace_period: Micros,
     /// Status queries while Initializing, and Bootstrap resends (`m_initializeRetryIntervalSec`).
     pub initialize_retry_interval: Micros,
@@ -327,7 +329,8 @@ pub struct CoreConfig {
     /// Votes cached while initializing, in bytes; past it the cache is dropped. Also the
     /// primary's requests queued behind the votes in flight: past it a request is refused.
     pub max_cache_bytes: usize,
-    /// Decide acceptance by `Input::SetAcceptMessages` instead of asking the application (`m_useGlobalAcceptMessagesFlag`).
+    /// Decide acceptance by `Input::SetAcceptMessages` instead of asking the application
+    /// (`m_useGlobalAcceptMessagesFlag`).
     pub use_global_accept_flag: bool,
     /// How often a primary that wants to copy a checkpoint asks who has one.
     pub checkpoint_query_interval: Micros,

@@ -93,10 +93,12 @@ pub trait StateMachine: Send + Sync + 'static {
     /// replica persisted its bootstrap member set.
     fn notify_configuration_changed(&mut self, cookie: Option<Cookie>);
 
-    /// `AbortChangeConfiguration`: a `change_configuration` cookie comes back unexecuted (`NotPrimary`, `ShuttingDown`).
+    /// `AbortChangeConfiguration`: a `change_configuration` cookie comes back unexecuted
+    /// (`NotPrimary`, `ShuttingDown`).
     fn abort_change_configuration(&mut self, status: ResponseCode, cookie: Cookie);
 
-    /// `NotifyPrimaryRecovered`: the decree the new primary re-proposed has executed, so the state holds everything earlier primaries passed.
+    /// `NotifyPrimaryRecovered`: the decree the new primary re-proposed has executed, so the state
+    /// holds everything earlier primaries passed.
     fn notify_primary_recovered(&mut self) {}
 
     /// The replica is stopping (`Unload`, relinquish, or a fatal journal error).
@@ -208,7 +210,7 @@ pub struct Stats {
     pub log_syncs: u64,
     /// Fast reads run.
     pub fast_reads: u64,
-    /// Checkpoints saved or copied.
+    /// Checkpoints this replica saved (not those it copied from a peer).
     pub checkpoints_saved: u64,
     /// Messages from peers dropped before the protocol: malformed, implausible, from a
     /// non-member, from another address than the member's, or naming another member than the

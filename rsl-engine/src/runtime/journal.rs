@@ -108,7 +108,8 @@ pub enum JournalError {
         /// What is wrong with it.
         error: DecodeError,
     },
-    /// A log other than the newest ends in a torn record, which only a crash of the newest can leave.
+    /// A log other than the newest ends in a torn record, which only a crash of the newest can
+    /// leave.
     #[error("{}: torn record at offset {offset}, but only the newest log may end in one", path.display())]
     TornOlder {
         /// The log file.

@@ -70,7 +70,8 @@ pub struct TransportOptions {
     pub max_queue_bytes: usize,
     /// The first and the largest wait between connection attempts to a peer.
     pub backoff_min: Duration,
-    /// The largest wait between connection attempts (the wait grows from `backoff_min`, exponentially).
+    /// The largest wait between connection attempts (the wait grows from `backoff_min`,
+    /// exponentially).
     pub backoff_max: Duration,
     /// Inbound connections served at once; more are closed as they arrive.
     pub max_inbound: usize,
