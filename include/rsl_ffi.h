@@ -453,7 +453,7 @@ typedef struct rsl_replica_health {
    */
   bool is_primary;
   /**
-   * Packets queued for it since the replica started.
+   * Packets written to it since the replica started.
    */
   uint64_t packets_sent;
   /**

@@ -150,7 +150,7 @@ pub struct rsl_replica_health {
     pub connected: bool,
     /// This member is the primary (the one reporting).
     pub is_primary: bool,
-    /// Packets queued for it since the replica started.
+    /// Packets written to it since the replica started.
     pub packets_sent: u64,
     /// Packets to it dropped (timed out, or skipped while it had too many unsent).
     pub packets_dropped: u64,

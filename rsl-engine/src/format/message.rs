@@ -208,29 +208,29 @@ pub struct JoinBody {
 pub enum Body {
     /// A vote: cookie, requests or reconfiguration.
     Vote(VoteBody),
-    /// No body.
+    /// The header alone: the responder's highest accepted decree and its highest ballot.
     VoteAccepted,
     /// The primary cookie (v2+).
     Prepare(Bytes),
     /// The responder's max accepted vote, a complete message in its own version.
     PrepareAccepted(Box<Message>),
-    /// No body.
+    /// The header alone: the responder's highest accepted decree and its highest ballot.
     NotAccepted,
-    /// No body.
+    /// The header alone: the sender's highest accepted decree and ballot.
     StatusQuery,
     /// The responder's state.
     StatusResponse(StatusBody),
-    /// No body.
+    /// The header alone: its decree is the requester's highest accepted one, the first it wants.
     FetchVotes,
-    /// No body.
+    /// The header alone: its decree names the checkpoint wanted.
     FetchCheckpoint,
-    /// No body.
+    /// The header alone: the decree and ballot of the reconfiguration vote chosen.
     ReconfigurationDecision,
-    /// No body.
+    /// The header alone: its configuration number is the highest defunct one.
     DefunctConfiguration,
     /// The joiner's learn port and log bounds.
     Join(JoinBody),
-    /// No body.
+    /// The header alone: its configuration is the one the sender wants to join.
     JoinRequest,
     /// The initial member set.
     Bootstrap(MemberSet),

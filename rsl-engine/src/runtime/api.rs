@@ -156,7 +156,7 @@ pub struct ReplicaHealth {
     pub member_id: MemberId,
     /// The outbound connection to the member is up.
     pub connected: bool,
-    /// Packets queued for the member since the replica started.
+    /// Packets written to the member since the replica started.
     pub packets_sent: u64,
     /// Packets to it dropped: timed out unsent, or skipped while it had too many unsent.
     pub packets_dropped: u64,
