@@ -165,7 +165,7 @@ pub enum LearnError {
         /// The peer's learn-port address.
         peer: SocketAddr,
     },
-    /// The copied checkpoint failed the caller's verification (its header against the state).
+    /// The task verifying the copied checkpoint did not finish (it panicked or was cancelled).
     #[error("learn from {peer}: verifying the checkpoint failed: {reason}")]
     Verify {
         /// The peer's learn-port address.

@@ -433,7 +433,7 @@ pub fn check_frame(record: &[u8], max_packet: usize) -> io::Result<()> {
 /// Why a reader thread ended.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadEnd {
-    /// The connection was closed (the session ended normally).
+    /// Told to stop: the connection that set up the session closed.
     #[error("the connection closed")]
     Stopped,
     /// Nothing arrived for this long (the ring's idle limit).
@@ -442,7 +442,7 @@ pub enum ReadEnd {
     /// The ring is corrupt or another session took it.
     #[error("ring: {0}")]
     Ring(#[from] super::ringbuf::RecvError),
-    /// A packet in the ring is malformed.
+    /// A packet read from the ring was refused (malformed, or too large).
     #[error("ring packet: {0}")]
     Packet(#[from] io::Error),
 }
