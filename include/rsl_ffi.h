@@ -89,6 +89,9 @@ typedef struct rsl_log_entry {
    * The module that logged it (Rust has no function name at run time).
    */
   const char *function;
+  /**
+   * The line in `file`.
+   */
   uint32_t line;
   /**
    * The entry's message alone.
@@ -109,44 +112,140 @@ typedef void (*rsl_log_entry_callback)(const struct rsl_log_entry *entry);
 /**
  * `RSLConfigParam`: the same fields in snake case with the same defaults (`rsl_config_init`),
  * then this implementation's own (`pipeline_window`, `sync_writes`, the port bounds, the
- * catch-up switch).
+ * catch-up switch). What each field does here: docs/migrating.md §6.
  */
 typedef struct rsl_config {
+  /**
+   * `m_newLeaderGracePeriodSec`, seconds; default 15.
+   */
   uint32_t new_leader_grace_period_sec;
+  /**
+   * `m_heartBeatIntervalSec`, seconds; default 2.
+   */
   uint32_t heart_beat_interval_sec;
+  /**
+   * `m_electionDelaySec`, seconds; default 10.
+   */
   uint32_t election_delay_sec;
+  /**
+   * `m_maxElectionRandomizeSec`, seconds; default 1.
+   */
   uint32_t max_election_randomize_sec;
+  /**
+   * `m_initializeRetryIntervalSec`, seconds; default 1.
+   */
   uint32_t initialize_retry_interval_sec;
+  /**
+   * `m_prepareRetryIntervalSec`, seconds; default 1.
+   */
   uint32_t prepare_retry_interval_sec;
+  /**
+   * `m_voteRetryIntervalSec`, seconds; default 3.
+   */
   uint32_t vote_retry_interval_sec;
+  /**
+   * `m_voteMaxOutstandingIntervalSec`, seconds; default 480.
+   */
   uint32_t vote_max_outstanding_interval_sec;
+  /**
+   * `m_cPQueryRetryIntervalSec`, seconds; default 5.
+   */
   uint32_t c_p_query_retry_interval_sec;
+  /**
+   * `m_maxCheckpointIntervalSec`, seconds; default 0: none.
+   */
   uint64_t max_checkpoint_interval_sec;
+  /**
+   * `m_joinMessagesIntervalSec`, seconds; default 1.
+   */
   uint32_t join_messages_interval_sec;
+  /**
+   * `m_maxLogLenMB`, MiB; default 100.
+   */
   uint32_t max_log_len_mb;
+  /**
+   * `m_sendTimeoutSec`, seconds; default 5.
+   */
   uint32_t send_timeout_sec;
+  /**
+   * `m_receiveTimeoutSec`, seconds; default 5.
+   */
   uint32_t receive_timeout_sec;
+  /**
+   * `m_maxCacheLengthMB`, MiB; default 50.
+   */
   uint32_t max_cache_length_mb;
+  /**
+   * `m_maxVotesInLog`; default 10,000; unused.
+   */
   uint32_t max_votes_in_log;
+  /**
+   * `m_maxOutstandingPerReplica`; default 10.
+   */
   uint32_t max_outstanding_per_replica;
+  /**
+   * `m_maxCheckpoints`; default 4.
+   */
   uint32_t max_checkpoints;
+  /**
+   * `m_maxCheckpointSizeGB`, GiB; default 0: no alert.
+   */
   uint32_t max_checkpoint_size_gb;
+  /**
+   * `m_minCheckpointSpaceFileCount`; default 0: no alert.
+   */
   uint32_t min_checkpoint_space_file_count;
+  /**
+   * `m_maxLogs`; default 10.
+   */
   uint32_t max_logs;
+  /**
+   * `m_logLenRandomize`; default 20 %.
+   */
   uint32_t log_len_randomize;
+  /**
+   * `m_electionRandomize`; default 10 %.
+   */
   uint32_t election_randomize;
+  /**
+   * `m_fastReadSeqThreshold`; default 0.
+   */
   uint32_t fast_read_seq_threshold;
+  /**
+   * `m_inMemoryExecutionQueueSizeMB`, MiB; default 0: `max_cache_length_mb`.
+   */
   uint32_t in_memory_execution_queue_size_mb;
+  /**
+   * `m_numReaderThreads`; default 1; 0: one per CPU.
+   */
   uint32_t num_reader_threads;
+  /**
+   * `m_maxMessageSizeMB`, MiB; default 100.
+   */
   uint32_t max_message_size_mb;
+  /**
+   * `m_maxMessageAlertSizeMB`, MiB; default 0: no alert.
+   */
   uint32_t max_message_alert_size_mb;
+  /**
+   * `m_allowPrimaryPromotionWhileCatchingUp`; default false.
+   */
   bool allow_primary_promotion_while_catching_up;
   /**
    * NUL-terminated.
    */
   char working_dir[4097];
+  /**
+   * `m_addMemberIdToWorkingDir` (true): the files go in `working_dir/<member id>`.
+   */
   bool add_member_id_to_working_dir;
+  /**
+   * `m_cancelDiskIo` (true): validated only, no effect here.
+   */
   bool cancel_disk_io;
+  /**
+   * `m_useGlobalAcceptMessagesFlag`; default false.
+   */
   bool use_global_accept_messages_flag;
   /**
    * Decrees in flight (protocol version 7 only); 1 is the original protocol.
@@ -215,6 +314,9 @@ typedef struct rsl_node {
    * IPv4 address in network byte order, as `inet_addr` returns it.
    */
   uint32_t ip;
+  /**
+   * The Paxos port, in host byte order (learn port below).
+   */
   uint16_t rsl_port;
   /**
    * 0: `rsl_port + 1`.
@@ -338,10 +440,25 @@ typedef struct rsl_callbacks {
  * `ReplicaHealth`: what the primary knows of one member.
  */
 typedef struct rsl_replica_health {
+  /**
+   * The member's id, NUL-terminated.
+   */
   char member_id[64];
+  /**
+   * The primary holds a connection to it.
+   */
   bool connected;
+  /**
+   * This member is the primary (the one reporting).
+   */
   bool is_primary;
+  /**
+   * Packets written to it since the replica started.
+   */
   uint64_t packets_sent;
+  /**
+   * Packets to it dropped (timed out, or skipped while it had too many unsent).
+   */
   uint64_t packets_dropped;
   /**
    * The payload of the member's last VoteAccepted (`SetVotePayload` there).
@@ -393,28 +510,70 @@ typedef struct rsl_stats {
    * count, bytes, total and longest time reading, in microseconds.
    */
   uint64_t log_reads;
+  /**
+   * Bytes those reads returned.
+   */
   uint64_t log_read_bytes;
+  /**
+   * Total time reading, in microseconds.
+   */
   uint64_t log_read_micros;
+  /**
+   * The longest read, in microseconds.
+   */
   uint64_t log_read_max_micros;
   /**
    * Log writes (one per batch written and synced by the journal): count, bytes, total and
    * longest time, in microseconds.
    */
   uint64_t log_writes;
+  /**
+   * Bytes written.
+   */
   uint64_t log_write_bytes;
+  /**
+   * Total time writing and syncing, in microseconds.
+   */
   uint64_t log_write_micros;
+  /**
+   * The longest write, in microseconds.
+   */
   uint64_t log_write_max_micros;
   /**
    * Votes the primary saw chosen, and the total and longest time from proposal to quorum.
    */
   uint64_t votes_timed;
+  /**
+   * Total time from proposal to quorum, in microseconds.
+   */
   uint64_t voting_micros;
+  /**
+   * The longest, in microseconds.
+   */
   uint64_t voting_max_micros;
+  /**
+   * Decrees the execute thread ran through the state machine.
+   */
   uint64_t decrees_executed;
+  /**
+   * Requests those decrees held.
+   */
   uint64_t requests_executed;
+  /**
+   * Votes written to the log.
+   */
   uint64_t votes_logged;
+  /**
+   * fdatasyncs of the log.
+   */
   uint64_t log_syncs;
+  /**
+   * Fast reads answered.
+   */
   uint64_t fast_reads;
+  /**
+   * Checkpoints written.
+   */
   uint64_t checkpoints_saved;
   /**
    * Messages from peers dropped before the protocol: malformed, implausible, from a

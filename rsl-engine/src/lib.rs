@@ -1,6 +1,6 @@
 //! The RSL engine: Azure RSL's multi-Paxos replicated state machine, rebuilt in Rust.
 //!
-//! [`format`] owns every byte format RSL reads and writes; [`paxos`] is the sans-IO protocol core;
+//! [`format`](mod@format) owns every byte format RSL reads and writes; [`paxos`] is the sans-IO protocol core;
 //! [`driver`] carries out its actions for both the [`runtime`] and the simulator (`sim`, behind
 //! the feature of that name).
 
@@ -8,6 +8,7 @@
 // memory (`runtime::nvm::pmem`, the persistent log; `runtime::journal::map`, logs read at a
 // restart; `runtime::ringbuf::shm`, shared-memory rings) and RDMA (`runtime::ringbuf::verbs`).
 #![deny(unsafe_code)]
+#![deny(missing_docs)]
 
 /// `tracing`'s target for RSL's Alert severity, above Error: the log callbacks of the C API
 /// report these entries as `CallBackLogLevel_Alert`.

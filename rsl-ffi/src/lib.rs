@@ -1,10 +1,11 @@
 //! The C ABI over the engine (`include/rsl_ffi.h`, contract in `docs/c-abi.md`): status codes,
 //! the boundary guard every entry point runs in, and `rsl_calculate_checksum`.
 //!
-//! Every `extern "C"` function checks its arguments and runs its body inside [`guard`], so no
+//! Every `extern "C"` function checks its arguments and runs its body inside `guard`, so no
 //! panic crosses into C. `unsafe` appears only where a C pointer is turned into a Rust
 //! reference or a C function pointer is called.
 #![allow(non_camel_case_types)]
+#![deny(missing_docs)]
 
 mod callbacks;
 mod error;

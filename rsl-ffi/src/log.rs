@@ -33,6 +33,7 @@ pub struct rsl_log_entry {
     pub file: *const c_char,
     /// The module that logged it (Rust has no function name at run time).
     pub function: *const c_char,
+    /// The line in `file`.
     pub line: u32,
     /// The entry's message alone.
     pub title: *const c_char,

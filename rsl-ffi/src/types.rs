@@ -18,6 +18,7 @@ pub struct rsl_node {
     pub member_id: [c_char; 64],
     /// IPv4 address in network byte order, as `inet_addr` returns it.
     pub ip: u32,
+    /// The Paxos port, in host byte order (learn port below).
     pub rsl_port: u16,
     /// 0: `rsl_port + 1`.
     pub learn_port: u16,
@@ -27,43 +28,75 @@ pub struct rsl_node {
 
 /// `RSLConfigParam`: the same fields in snake case with the same defaults (`rsl_config_init`),
 /// then this implementation's own (`pipeline_window`, `sync_writes`, the port bounds, the
-/// catch-up switch).
+/// catch-up switch). What each field does here: docs/migrating.md §6.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct rsl_config {
+    /// `m_newLeaderGracePeriodSec`, seconds; default 15.
     pub new_leader_grace_period_sec: u32,
+    /// `m_heartBeatIntervalSec`, seconds; default 2.
     pub heart_beat_interval_sec: u32,
+    /// `m_electionDelaySec`, seconds; default 10.
     pub election_delay_sec: u32,
+    /// `m_maxElectionRandomizeSec`, seconds; default 1.
     pub max_election_randomize_sec: u32,
+    /// `m_initializeRetryIntervalSec`, seconds; default 1.
     pub initialize_retry_interval_sec: u32,
+    /// `m_prepareRetryIntervalSec`, seconds; default 1.
     pub prepare_retry_interval_sec: u32,
+    /// `m_voteRetryIntervalSec`, seconds; default 3.
     pub vote_retry_interval_sec: u32,
+    /// `m_voteMaxOutstandingIntervalSec`, seconds; default 480.
     pub vote_max_outstanding_interval_sec: u32,
+    /// `m_cPQueryRetryIntervalSec`, seconds; default 5.
     pub c_p_query_retry_interval_sec: u32,
+    /// `m_maxCheckpointIntervalSec`, seconds; default 0: none.
     pub max_checkpoint_interval_sec: u64,
+    /// `m_joinMessagesIntervalSec`, seconds; default 1.
     pub join_messages_interval_sec: u32,
+    /// `m_maxLogLenMB`, MiB; default 100.
     pub max_log_len_mb: u32,
+    /// `m_sendTimeoutSec`, seconds; default 5.
     pub send_timeout_sec: u32,
+    /// `m_receiveTimeoutSec`, seconds; default 5.
     pub receive_timeout_sec: u32,
+    /// `m_maxCacheLengthMB`, MiB; default 50.
     pub max_cache_length_mb: u32,
+    /// `m_maxVotesInLog`; default 10,000; unused.
     pub max_votes_in_log: u32,
+    /// `m_maxOutstandingPerReplica`; default 10.
     pub max_outstanding_per_replica: u32,
+    /// `m_maxCheckpoints`; default 4.
     pub max_checkpoints: u32,
+    /// `m_maxCheckpointSizeGB`, GiB; default 0: no alert.
     pub max_checkpoint_size_gb: u32,
+    /// `m_minCheckpointSpaceFileCount`; default 0: no alert.
     pub min_checkpoint_space_file_count: u32,
+    /// `m_maxLogs`; default 10.
     pub max_logs: u32,
+    /// `m_logLenRandomize`; default 20 %.
     pub log_len_randomize: u32,
+    /// `m_electionRandomize`; default 10 %.
     pub election_randomize: u32,
+    /// `m_fastReadSeqThreshold`; default 0.
     pub fast_read_seq_threshold: u32,
+    /// `m_inMemoryExecutionQueueSizeMB`, MiB; default 0: `max_cache_length_mb`.
     pub in_memory_execution_queue_size_mb: u32,
+    /// `m_numReaderThreads`; default 1; 0: one per CPU.
     pub num_reader_threads: u32,
+    /// `m_maxMessageSizeMB`, MiB; default 100.
     pub max_message_size_mb: u32,
+    /// `m_maxMessageAlertSizeMB`, MiB; default 0: no alert.
     pub max_message_alert_size_mb: u32,
+    /// `m_allowPrimaryPromotionWhileCatchingUp`; default false.
     pub allow_primary_promotion_while_catching_up: bool,
     /// NUL-terminated.
     pub working_dir: [c_char; 4097],
+    /// `m_addMemberIdToWorkingDir` (true): the files go in `working_dir/<member id>`.
     pub add_member_id_to_working_dir: bool,
+    /// `m_cancelDiskIo` (true): validated only, no effect here.
     pub cancel_disk_io: bool,
+    /// `m_useGlobalAcceptMessagesFlag`; default false.
     pub use_global_accept_messages_flag: bool,
     /// Decrees in flight (protocol version 7 only); 1 is the original protocol.
     pub pipeline_window: u32,
@@ -111,10 +144,15 @@ const DEFAULT_NVM_SIZE_MB: u32 = 64;
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct rsl_replica_health {
+    /// The member's id, NUL-terminated.
     pub member_id: [c_char; 64],
+    /// The primary holds a connection to it.
     pub connected: bool,
+    /// This member is the primary (the one reporting).
     pub is_primary: bool,
+    /// Packets written to it since the replica started.
     pub packets_sent: u64,
+    /// Packets to it dropped (timed out, or skipped while it had too many unsent).
     pub packets_dropped: u64,
     /// The payload of the member's last VoteAccepted (`SetVotePayload` there).
     pub last_vote_payload: u64,
@@ -146,24 +184,38 @@ pub struct rsl_stats {
     /// Log reads (decrees read back for the execute thread, requests answered to learners):
     /// count, bytes, total and longest time reading, in microseconds.
     pub log_reads: u64,
+    /// Bytes those reads returned.
     pub log_read_bytes: u64,
+    /// Total time reading, in microseconds.
     pub log_read_micros: u64,
+    /// The longest read, in microseconds.
     pub log_read_max_micros: u64,
     /// Log writes (one per batch written and synced by the journal): count, bytes, total and
     /// longest time, in microseconds.
     pub log_writes: u64,
+    /// Bytes written.
     pub log_write_bytes: u64,
+    /// Total time writing and syncing, in microseconds.
     pub log_write_micros: u64,
+    /// The longest write, in microseconds.
     pub log_write_max_micros: u64,
     /// Votes the primary saw chosen, and the total and longest time from proposal to quorum.
     pub votes_timed: u64,
+    /// Total time from proposal to quorum, in microseconds.
     pub voting_micros: u64,
+    /// The longest, in microseconds.
     pub voting_max_micros: u64,
+    /// Decrees the execute thread ran through the state machine.
     pub decrees_executed: u64,
+    /// Requests those decrees held.
     pub requests_executed: u64,
+    /// Votes written to the log.
     pub votes_logged: u64,
+    /// fdatasyncs of the log.
     pub log_syncs: u64,
+    /// Fast reads answered.
     pub fast_reads: u64,
+    /// Checkpoints written.
     pub checkpoints_saved: u64,
     /// Messages from peers dropped before the protocol: malformed, implausible, from a
     /// non-member, from another address than the member's, or naming another member than the

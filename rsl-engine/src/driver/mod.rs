@@ -25,21 +25,31 @@ const MAX_JOINERS: usize = 8;
 /// What the executor (the owner of the state machine) receives from the core, in order.
 #[derive(Debug)]
 pub enum Execution {
+    /// Run a chosen decree (`ExecuteReplicatedRequest` for each request, or a reconfiguration).
     Decree {
+        /// The chosen vote.
         vote: Arc<Message>,
+        /// This replica's cookies for its requests, in order (empty unless it proposed them).
         cookies: Vec<Cookie>,
     },
+    /// Hand a cookie back unexecuted (`AbortRequest`, `AbortChangeConfiguration`).
     Abort {
+        /// The cookie.
         cookie: Cookie,
+        /// Why it comes back.
         reason: AbortReason,
         /// A configuration change's cookie rather than a request's.
         config: bool,
     },
+    /// `NotifyStatus`: the replica became primary (true) or stopped being it.
     Status(bool),
+    /// `NotifyPrimaryRecovered`: the decree the new primary re-proposed has executed.
     PrimaryRecovered,
     /// The state configuration became `config`.
     ConfigChanged {
+        /// The new configuration.
         config: ConfigInfo,
+        /// The `ChangeConfiguration` cookie, on the replica that asked for it.
         cookie: Option<Cookie>,
     },
     /// Save a checkpoint; the host reports it through [`Driver::checkpoint_done`].
@@ -48,6 +58,7 @@ pub enum Execution {
     Load(Checkpoint),
     /// The primary copied the checkpoint of this decree from a peer instead of saving one.
     Copied {
+        /// The copied checkpoint's decree.
         decree: u64,
     },
 }
@@ -83,6 +94,7 @@ pub trait Host {
     /// A fetched checkpoint becomes this replica's: its logs restart after it (the core logs
     /// its vote and promise there again).
     fn load_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), String>;
+    /// Persists the highest defunct configuration number (`defunct.txt`).
     fn write_defunct(&mut self, highest: u32) -> Result<(), String>;
     /// Asks `node` for its logged votes from the request's decree on.
     fn fetch_votes(&mut self, node: &Node, request: Message);
@@ -100,6 +112,7 @@ pub trait Host {
 
 /// Where a peer's message came from.
 pub struct Inbound<'a> {
+    /// The peer's address, checked against the member it claims to be.
     pub ip: IpAddr,
     /// The names (subject CN, DNS SANs) of the certificate the connection authenticated, if any.
     pub certified: Option<&'a [String]>,
@@ -133,6 +146,8 @@ pub struct Driver {
 }
 
 impl Driver {
+    /// A driver for `core`, asking `app` on the protocol path; `listen_on_all_ips` turns off the
+    /// source-address check of peers.
     pub fn new(core: Replica, app: Box<dyn Application + Send>, listen_on_all_ips: bool) -> Driver {
         Driver {
             core,
@@ -152,6 +167,7 @@ impl Driver {
         }
     }
 
+    /// The protocol core, for inspection.
     pub fn core(&self) -> &Replica {
         &self.core
     }
@@ -237,10 +253,13 @@ impl Driver {
         )
     }
 
+    /// `ChangeConfiguration`: proposes `members` as the next configuration (primary only); `cookie`
+    /// comes back through `Execution::ConfigChanged` or an abort.
     pub fn change_configuration(&mut self, members: MemberSet, cookie: Cookie, host: &mut impl Host) -> Result<(), SubmitError> {
         self.drive(host, |core, now, _, out| core.change_configuration(now, members, cookie, out))
     }
 
+    /// `Bootstrap`: gives a replica without a configuration its first one.
     pub fn bootstrap(&mut self, members: MemberSet, host: &mut impl Host) -> Result<(), BootstrapError> {
         for node in &members.nodes {
             self.nodes.insert(node.id, node.clone());

@@ -25,6 +25,8 @@ const UNBLOCKED_WINDOW: u64 = 1024 * 1024;
 /// member, last executed decree and max ballot from it, as the original does.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckpointHeader {
+    /// The protocol version the checkpoint was written in; it fixes the header's layout and whether
+    /// data is blocked (v4+).
     pub version: Version,
     /// The replica that produced the checkpoint (v3+).
     pub member: MemberId,
@@ -218,18 +220,53 @@ fn decode_vote(buf: &Bytes, at: usize, region: usize) -> Result<Message, DecodeE
 /// Errors of the checkpoint streams; `win32_code` gives the code RSL's API returns.
 #[derive(Debug, Error)]
 pub enum CheckpointError {
+    /// Reading or writing the file failed.
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
+    Io {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// The header does not decode.
     #[error("{}: bad header: {source}", path.display())]
-    Header { path: PathBuf, source: DecodeError },
+    Header {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// What is wrong with the header, and where.
+        source: DecodeError,
+    },
+    /// The file's length disagrees with its header: a truncated or padded checkpoint.
     #[error("{}: file is {actual} bytes but its header says {expected}", path.display())]
-    Size { path: PathBuf, expected: u64, actual: u64 },
+    Size {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The length its header implies, in bytes.
+        expected: u64,
+        /// The file's length, in bytes.
+        actual: u64,
+    },
+    /// A v4+ data block whose checksum does not match: the checkpoint is corrupt.
     #[error("{}: block {block} at offset {offset}: stored checksum {stored:#018x}, computed {computed:#018x}", path.display())]
-    BlockChecksum { path: PathBuf, block: u64, offset: u64, stored: u64, computed: u64 },
+    BlockChecksum {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The block's index, from 0.
+        block: u64,
+        /// The block's byte offset in the file.
+        offset: u64,
+        /// The checksum the block carries.
+        stored: u64,
+        /// The checksum of the block's data.
+        computed: u64,
+    },
+    /// A read past the end of the state data (`ERROR_HANDLE_EOF` to the application).
     #[error("end of checkpoint data")]
     Eof,
+    /// A seek past the end of the state data.
     #[error("position {0} lies beyond the checkpoint data")]
     InvalidPosition(u64),
+    /// The header could not be encoded in the checkpoint's version.
     #[error(transparent)]
     Encode(#[from] EncodeError),
 }
@@ -324,10 +361,12 @@ impl CheckpointReader {
         Ok(CheckpointReader { file, path: path.into(), header, layout, pos: 0, window_start: 0, window: Vec::new() })
     }
 
+    /// The header, as decoded when the file was opened.
     pub fn header(&self) -> &CheckpointHeader {
         &self.header
     }
 
+    /// The checkpoint file this reads.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -449,13 +488,18 @@ impl CheckpointReader {
 /// One v4+ data block as found on disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlockInfo {
+    /// The block's byte offset in the file.
     pub offset: u64,
+    /// Bytes of state data in the block (the last one may be short).
     pub data_len: u64,
+    /// The checksum the block carries.
     pub stored: u64,
+    /// The checksum of its data as read.
     pub computed: u64,
 }
 
 impl BlockInfo {
+    /// Whether the block's stored and computed checksums agree.
     pub fn ok(&self) -> bool {
         self.stored == self.computed
     }

@@ -84,9 +84,11 @@ impl Default for Hasher {
 }
 
 impl Hasher {
+    /// Adds `data` to the checksum; chunks may be split anywhere.
     pub fn write(&mut self, data: &[u8]) {
         self.0 = update(self.0, data);
     }
+    /// The checksum of everything written so far.
     pub fn finish(&self) -> u64 {
         self.0
     }

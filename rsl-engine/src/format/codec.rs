@@ -8,14 +8,50 @@ use thiserror::Error;
 /// start of the buffer the decoder was handed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum DecodeError {
+    /// Fewer bytes are left than the field needs.
     #[error("{what} at offset {offset}: needs {need} bytes, {have} left")]
-    Truncated { what: &'static str, offset: usize, need: usize, have: usize },
+    Truncated {
+        /// The field being read.
+        what: &'static str,
+        /// Where the field starts.
+        offset: usize,
+        /// Bytes the field needs.
+        need: usize,
+        /// Bytes left in the buffer.
+        have: usize,
+    },
+    /// A field holds a value the format does not allow.
     #[error("{what} at offset {offset}: invalid value {value:#x}")]
-    Invalid { what: &'static str, offset: usize, value: u64 },
+    Invalid {
+        /// The field being read.
+        what: &'static str,
+        /// Where the field starts.
+        offset: usize,
+        /// The value found.
+        value: u64,
+    },
+    /// A stored checksum does not match the bytes it covers.
     #[error("{what} at offset {offset}: stored {stored:#018x}, computed {computed:#018x}")]
-    Checksum { what: &'static str, offset: usize, stored: u64, computed: u64 },
+    Checksum {
+        /// What the checksum covers.
+        what: &'static str,
+        /// Where the covered bytes start.
+        offset: usize,
+        /// The checksum stored.
+        stored: u64,
+        /// The checksum of the bytes as read.
+        computed: u64,
+    },
+    /// Fields that are each valid but do not fit together.
     #[error("{what} at offset {offset}: {detail}")]
-    Malformed { what: &'static str, offset: usize, detail: &'static str },
+    Malformed {
+        /// The structure being read.
+        what: &'static str,
+        /// Where it starts.
+        offset: usize,
+        /// What does not fit.
+        detail: &'static str,
+    },
 }
 
 impl DecodeError {
@@ -44,12 +80,23 @@ impl DecodeError {
 /// Why a value could not be encoded in the requested protocol version.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum EncodeError {
+    /// Protocol versions 1 to 3 carry member ids as numbers; this one is not.
     #[error("member id {0:?} is not numeric and protocol versions 1 to 3 carry numeric ids")]
     NonNumericMemberId(String),
+    /// A field longer than its format allows.
     #[error("{what} is {len} bytes, more than the format allows ({max})")]
-    TooLong { what: &'static str, len: usize, max: usize },
+    TooLong {
+        /// The field.
+        what: &'static str,
+        /// Its length, in bytes (or entries).
+        len: usize,
+        /// The largest the format allows.
+        max: usize,
+    },
+    /// A field or message type the protocol version (the second value) does not have.
     #[error("{0} cannot be expressed in protocol version {1}")]
     Unsupported(&'static str, u16),
+    /// A vote's requests must each hold at least one byte.
     #[error("a request must not be empty")]
     EmptyRequest,
 }
@@ -64,6 +111,7 @@ pub struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    /// A reader over the whole of `buf`, from offset 0.
     pub fn new(buf: &'a Bytes) -> Self {
         Reader { buf, pos: 0, end: buf.len() }
     }
@@ -92,14 +140,17 @@ impl<'a> Reader<'a> {
         &buf[self.pos..self.end]
     }
 
+    /// The offset of the next byte to read, from the start of the buffer.
     pub fn pos(&self) -> usize {
         self.pos
     }
 
+    /// Bytes left before the end.
     pub fn remaining(&self) -> usize {
         self.end - self.pos
     }
 
+    /// Whether nothing is left.
     pub fn is_empty(&self) -> bool {
         self.pos == self.end
     }
@@ -113,25 +164,32 @@ impl<'a> Reader<'a> {
         Ok(&self.buf[start..self.pos])
     }
 
+    /// The next `N` bytes, copied; `what` names the field in an error.
     pub fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], DecodeError> {
         Ok(self.take(N, what)?.try_into().expect("take returned N bytes"))
     }
 
+    /// The next byte.
     pub fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
         Ok(self.array::<1>(what)?[0])
     }
+    /// The next byte as a bool (any non-zero value is true, as in C++).
     pub fn bool(&mut self, what: &'static str) -> Result<bool, DecodeError> {
         Ok(self.u8(what)? != 0)
     }
+    /// The next little-endian u16.
     pub fn u16(&mut self, what: &'static str) -> Result<u16, DecodeError> {
         Ok(u16::from_le_bytes(self.array(what)?))
     }
+    /// The next little-endian u32.
     pub fn u32(&mut self, what: &'static str) -> Result<u32, DecodeError> {
         Ok(u32::from_le_bytes(self.array(what)?))
     }
+    /// The next little-endian u64.
     pub fn u64(&mut self, what: &'static str) -> Result<u64, DecodeError> {
         Ok(u64::from_le_bytes(self.array(what)?))
     }
+    /// The next little-endian i64.
     pub fn i64(&mut self, what: &'static str) -> Result<i64, DecodeError> {
         Ok(i64::from_le_bytes(self.array(what)?))
     }
@@ -149,6 +207,7 @@ impl<'a> Reader<'a> {
         self.bytes(len, what)
     }
 
+    /// An [`DecodeError::Invalid`] for `value` found in `what` at `at`.
     pub fn invalid(&self, what: &'static str, at: usize, value: u64) -> DecodeError {
         DecodeError::Invalid { what, offset: at, value }
     }
@@ -156,9 +215,11 @@ impl<'a> Reader<'a> {
 
 /// Little-endian writers for the primitives, on any `BufMut`.
 pub trait PutLe: BufMut {
+    /// One byte, 0 or 1.
     fn put_bool(&mut self, v: bool) {
         self.put_u8(v as u8);
     }
+    /// A u32 length, then `v`.
     fn put_blob32(&mut self, v: &[u8]) {
         self.put_u32_le(v.len() as u32);
         self.put_slice(v);

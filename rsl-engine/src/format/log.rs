@@ -24,8 +24,11 @@ pub enum Mode {
 /// One record: where it starts, its message bytes (without padding) and the decoded message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
+    /// The record's byte offset in the log file.
     pub offset: usize,
+    /// The message's bytes, without the padding to the next 512-byte page.
     pub raw: Bytes,
+    /// The decoded message.
     pub message: Message,
 }
 
@@ -41,6 +44,7 @@ impl Record {
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
+    /// A good record.
     Record(Record),
     /// The log ends here; in restore mode any torn record from here on is discarded.
     End,
@@ -52,7 +56,9 @@ pub enum Step {
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 #[error("corrupt log record at offset {offset}: {error}")]
 pub struct RecordError {
+    /// Where the bad record starts.
     pub offset: usize,
+    /// What is wrong with it.
     pub error: DecodeError,
 }
 
@@ -160,6 +166,7 @@ fn later_valid_record(data: &Bytes, offset: usize) -> Option<usize> {
 /// Everything a log file holds, as startup replay reads it.
 #[derive(Debug, Default)]
 pub struct LogContents {
+    /// The good records, in file order.
     pub records: Vec<Record>,
     /// Each decree's newest vote record offset (a re-vote at a higher ballot replaces it).
     pub decree_index: BTreeMap<u64, usize>,
@@ -190,10 +197,22 @@ impl LogContents {
 /// A log file that could not be read, naming the file and where.
 #[derive(Debug, Error)]
 pub enum LogError {
+    /// The file could not be read.
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
+    Io {
+        /// The log file.
+        path: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// A record is corrupt (not a torn tail).
     #[error("{}: {source}", path.display())]
-    Corrupt { path: PathBuf, source: RecordError },
+    Corrupt {
+        /// The log file.
+        path: PathBuf,
+        /// The record and what is wrong with it.
+        source: RecordError,
+    },
 }
 
 /// Reads and scans a whole log file in restore mode.
@@ -254,6 +273,7 @@ impl LogWriter {
         Ok(())
     }
 
+    /// Flushes and fdatasyncs what was appended.
     pub fn sync(&mut self) -> io::Result<()> {
         self.file.flush()?;
         self.file.sync_data()
@@ -264,6 +284,7 @@ impl LogWriter {
         self.len
     }
 
+    /// Whether nothing has been written.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -10,6 +10,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 pub const MAGIC: u32 = 0xF00D_FACE;
 /// Where the message checksum sits; it covers `[CHECKSUM_END, length)`.
 pub const CHECKSUM_OFFSET: usize = 6;
+/// Where the checksummed part of a message begins: after version, length and checksum.
 pub const CHECKSUM_END: usize = 14;
 /// Offset of the message type code.
 pub const MSG_ID_OFFSET: usize = 18;
@@ -22,23 +23,38 @@ pub const MAX_BATCH_BYTES: usize = 10 * 1024 * 1024;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u16)]
 pub enum MsgKind {
+    /// A primary proposes a decree (a batch of requests, or a reconfiguration).
     Vote = 1,
+    /// A replica accepted a vote.
     VoteAccepted = 2,
+    /// A candidate asks the members to promise its ballot.
     Prepare = 3,
+    /// A member promised; carries its max accepted vote.
     PrepareAccepted = 4,
+    /// A member refuses a vote or prepare of a lower ballot.
     NotAccepted = 5,
+    /// Asks a member for its state (elections, Initializing).
     StatusQuery = 6,
+    /// The answer to a StatusQuery.
     StatusResponse = 7,
+    /// A learn-port request for logged votes from a decree on.
     FetchVotes = 8,
+    /// A learn-port request for a checkpoint.
     FetchCheckpoint = 9,
+    /// The decision that a reconfiguration vote was chosen.
     ReconfigurationDecision = 10,
+    /// A configuration has been replaced; the receiver should learn the newer one.
     DefunctConfiguration = 11,
+    /// A replica announces itself to the members of its configuration.
     Join = 12,
+    /// Asks a member to send a Join.
     JoinRequest = 13,
+    /// The first configuration, sent to a replica that has none.
     Bootstrap = 14,
 }
 
 impl MsgKind {
+    /// The kind of a type code; `None` for codes RSL does not define.
     pub fn from_code(code: u16) -> Option<MsgKind> {
         use MsgKind::*;
         Some(match code {
@@ -60,6 +76,7 @@ impl MsgKind {
         })
     }
 
+    /// The type code on the wire.
     pub fn code(self) -> u16 {
         self as u16
     }
@@ -74,12 +91,15 @@ impl MsgKind {
 /// computed when encoding and checked against the raw bytes when decoding.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
+    /// The message's protocol version; every replica of a ring uses one.
     pub version: Version,
     /// The sender, or for a vote the member that proposed it.
     pub sender: MemberId,
+    /// The decree the message is about.
     pub decree: u64,
     /// Not on the wire before v3; read as 1 there.
     pub config: u32,
+    /// The ballot the message is about.
     pub ballot: Ballot,
     /// Not on the wire before v6; read as 0 there.
     pub payload: u64,
@@ -92,6 +112,7 @@ impl Header {
         20 + id + 8 + if v.has_config() { 4 } else { 0 } + 4 + id + if v.has_payload() { 8 } else { 0 }
     }
 
+    /// A header with `payload` 0.
     pub fn new(version: Version, sender: MemberId, decree: u64, config: u32, ballot: Ballot) -> Header {
         Header { version, sender, decree, config, ballot, payload: 0 }
     }
@@ -101,12 +122,16 @@ impl Header {
 /// validated as `Message::UnMarshal` does. Works on the first 14 bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Prefix {
+    /// The protocol version.
     pub version: Version,
+    /// The message's declared length in bytes, header included.
     pub length: u32,
+    /// The stored checksum (0: none).
     pub checksum: u64,
 }
 
 impl Prefix {
+    /// Decodes and validates the prefix at the reader's position and moves past it.
     pub fn decode(r: &mut Reader<'_>) -> Result<Prefix, DecodeError> {
         let at = r.pos();
         let prefix = Prefix::parse(r.rest()).map_err(|e| e.shifted(at))?;
@@ -147,13 +172,19 @@ pub struct VoteBody {
 /// The body of a StatusResponse (§5.2).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StatusBody {
+    /// The decree the query named.
     pub query_decree: u64,
+    /// The ballot the query named.
     pub query_ballot: Ballot,
     /// Milliseconds since the responder received its max accepted vote.
     pub last_received_ago_ms: i64,
+    /// The oldest decree in the responder's log.
     pub min_decree_in_log: u64,
+    /// The decree of the responder's newest checkpoint.
     pub checkpointed_decree: u64,
+    /// That checkpoint's size in bytes.
     pub checkpoint_size: u64,
+    /// The highest ballot the responder has seen.
     pub max_ballot: Ballot,
     /// 0 inactive, 1 stable primary, 2 stable secondary, 3 preparing, 4 initializing.
     pub state: u32,
@@ -162,34 +193,51 @@ pub struct StatusBody {
 /// The body of a Join (§5.3).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JoinBody {
+    /// The port the joining replica serves learners on.
     pub learn_port: u16,
+    /// The oldest decree in its log.
     pub min_decree_in_log: u64,
+    /// The decree of its newest checkpoint.
     pub checkpointed_decree: u64,
+    /// That checkpoint's size in bytes.
     pub checkpoint_size: u64,
 }
 
 /// What follows the header, by message type.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Body {
+    /// A vote: cookie, requests or reconfiguration.
     Vote(VoteBody),
+    /// The header alone: the responder's highest accepted decree and its highest ballot.
     VoteAccepted,
     /// The primary cookie (v2+).
     Prepare(Bytes),
     /// The responder's max accepted vote, a complete message in its own version.
     PrepareAccepted(Box<Message>),
+    /// The header alone: the responder's highest accepted decree and its highest ballot.
     NotAccepted,
+    /// The header alone: the sender's highest accepted decree and ballot.
     StatusQuery,
+    /// The responder's state.
     StatusResponse(StatusBody),
+    /// The header alone: its decree is the requester's highest accepted one, the first it wants.
     FetchVotes,
+    /// The header alone: its decree names the checkpoint wanted.
     FetchCheckpoint,
+    /// The header alone: the decree and ballot of the reconfiguration vote chosen.
     ReconfigurationDecision,
+    /// The header alone: its configuration number is the highest defunct one.
     DefunctConfiguration,
+    /// The joiner's learn port and log bounds.
     Join(JoinBody),
+    /// The header alone: its configuration is the one the sender wants to join.
     JoinRequest,
+    /// The initial member set.
     Bootstrap(MemberSet),
 }
 
 impl Body {
+    /// The message type this body belongs to.
     pub fn kind(&self) -> MsgKind {
         match self {
             Body::Vote(_) => MsgKind::Vote,
@@ -213,7 +261,9 @@ impl Body {
 /// A decoded RSL message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
+    /// The fields every message has.
     pub header: Header,
+    /// The type and its body.
     pub body: Body,
 }
 
@@ -228,14 +278,17 @@ pub enum Checksum {
 }
 
 impl Message {
+    /// A message of `header` and `body`.
     pub fn new(header: Header, body: Body) -> Message {
         Message { header, body }
     }
 
+    /// Its type.
     pub fn kind(&self) -> MsgKind {
         self.body.kind()
     }
 
+    /// The vote's body, if it is a vote.
     pub fn as_vote(&self) -> Option<&VoteBody> {
         match &self.body {
             Body::Vote(v) => Some(v),

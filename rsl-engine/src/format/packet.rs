@@ -5,6 +5,7 @@ use super::checksum;
 use super::codec::DecodeError;
 use bytes::{BufMut, Bytes, BytesMut};
 
+/// The packet header's size: length, protocol version, xid, checksum.
 pub const HEADER_SIZE: usize = 20;
 const CHECKSUM_AT: usize = 12;
 
@@ -29,7 +30,12 @@ pub fn encode_into(message: &[u8], out: &mut BytesMut) {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame {
     /// A complete, checksum-verified packet: its message and the bytes it used.
-    Packet { message: Bytes, consumed: usize },
+    Packet {
+        /// The message's bytes, shared with the receive buffer.
+        message: Bytes,
+        /// Bytes the packet took: header plus message.
+        consumed: usize,
+    },
     /// Not enough bytes yet; at least this many are needed in all.
     NeedMore(usize),
 }

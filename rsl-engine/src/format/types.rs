@@ -19,11 +19,17 @@ pub const CONFIGURATION_LIMIT: u32 = 1 << 31;
 pub struct Version(u16);
 
 impl Version {
+    /// The first protocol version: numeric member ids, no cookie.
     pub const V1: Version = Version(1);
+    /// Adds the primary cookie to Vote and Prepare.
     pub const V2: Version = Version(2);
+    /// Adds configuration numbers and reconfiguration.
     pub const V3: Version = Version(3);
+    /// String member ids (64 bytes on the wire), learn port in the member set.
     pub const V4: Version = Version(4);
+    /// Adds the relinquish flag of a primary's last vote.
     pub const V5: Version = Version(5);
+    /// Adds the header's payload (`SetVotePayload`); the original's newest.
     pub const V6: Version = Version(6);
     /// Ours, not the original's: the v6 layout, with the header's `payload` carrying what
     /// pipelining needs (docs/core.md). The original rejects it.
@@ -31,6 +37,7 @@ impl Version {
     /// The original's versions.
     pub const ALL: [Version; 6] = [Self::V1, Self::V2, Self::V3, Self::V4, Self::V5, Self::V6];
 
+    /// The version `v`, or `None` outside 1 to 7.
     pub fn new(v: u16) -> Option<Version> {
         (1..=7).contains(&v).then_some(Version(v))
     }
@@ -38,6 +45,7 @@ impl Version {
     pub fn is_pipelined(self) -> bool {
         self.0 >= 7
     }
+    /// The version's number.
     pub fn get(self) -> u16 {
         self.0
     }
@@ -90,9 +98,11 @@ pub struct MemberId {
 }
 
 impl MemberId {
+    /// The longest id, in bytes (the 64-byte wire field less its NUL).
     pub const MAX_LEN: usize = 63;
     /// The v4+ field: the id, a NUL, and (in the original's files) indeterminate bytes.
     pub const WIRE_SIZE: usize = 64;
+    /// The empty id: no member (the empty ballot's).
     pub const EMPTY: MemberId = MemberId { len: 0, buf: [0; Self::MAX_LEN] };
 
     /// An id from its bytes; `None` if longer than 63 bytes or containing a NUL.
@@ -106,14 +116,17 @@ impl MemberId {
         Some(id)
     }
 
+    /// The id `s`; `None` if longer than 63 bytes or containing a NUL.
     pub fn new(s: &str) -> Option<MemberId> {
         Self::from_bytes(s.as_bytes())
     }
 
+    /// The id's bytes, without a NUL.
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len as usize]
     }
 
+    /// Whether this is the empty id.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -147,6 +160,7 @@ impl MemberId {
         }
     }
 
+    /// Reads an id in version `v`: a decimal u64 before v4, a 64-byte NUL-padded field from v4.
     pub fn decode(r: &mut Reader<'_>, v: Version) -> Result<MemberId, DecodeError> {
         if !v.has_string_ids() {
             return Ok(MemberId::from_numeric(r.u64("member id")?));
@@ -162,6 +176,7 @@ impl MemberId {
         Ok(MemberId::from_bytes(&field[..len]).expect("len < 64 and no NUL before it"))
     }
 
+    /// Writes the id in version `v`; before v4 it must be a decimal number.
     pub fn encode(&self, out: &mut impl BufMut, v: Version) -> Result<(), EncodeError> {
         if v.has_string_ids() {
             out.put_slice(self.as_bytes());
@@ -208,25 +223,32 @@ impl fmt::Debug for MemberId {
 /// A Paxos ballot. Ordered by number, then by member id (the derive follows field order).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Ballot {
+    /// The ballot number; a new election takes one above every one seen.
     pub id: u32,
+    /// The member that proposed the ballot: ties between equal numbers are broken by it.
     pub member: MemberId,
 }
 
 impl Ballot {
+    /// The ballot below every other: nothing promised yet.
     pub const EMPTY: Ballot = Ballot { id: 0, member: MemberId::EMPTY };
 
+    /// Ballot `id` of `member`.
     pub fn new(id: u32, member: MemberId) -> Ballot {
         Ballot { id, member }
     }
 
+    /// Whether this is [`Ballot::EMPTY`].
     pub fn is_empty(&self) -> bool {
         *self == Ballot::EMPTY
     }
 
+    /// Reads a ballot in version `v`.
     pub fn decode(r: &mut Reader<'_>, v: Version) -> Result<Ballot, DecodeError> {
         Ok(Ballot { id: r.u32("ballot id")?, member: MemberId::decode(r, v)? })
     }
 
+    /// Writes the ballot in version `v`.
     pub fn encode(&self, out: &mut impl BufMut, v: Version) -> Result<(), EncodeError> {
         out.put_u32_le(self.id);
         self.member.encode(out, v)
@@ -242,8 +264,11 @@ impl fmt::Display for Ballot {
 /// One replica in a member set (`RSLNode` as marshalled).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Node {
+    /// The member id.
     pub id: MemberId,
+    /// The replica's IPv4 address.
     pub ip: Ipv4Addr,
+    /// The Paxos port.
     pub rsl_port: u16,
     /// Persisted from v4 on; 0 means "rsl_port + 1".
     pub learn_port: u16,
@@ -254,6 +279,7 @@ pub struct Node {
 }
 
 impl Node {
+    /// The longest host name, in bytes.
     pub const MAX_HOST_NAME: usize = 255;
 
     /// The smallest encoding of a node: id, ip, two ports and an empty host name.
@@ -294,13 +320,17 @@ impl Node {
 /// The replicas of a configuration and its opaque configuration cookie (`RSLMemberSet`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MemberSet {
+    /// The replicas, in the order the configuration lists them.
     pub nodes: Vec<Node>,
+    /// The configuration cookie (`RSLMemberSet::GetConfigurationCookie`), up to 8 KiB.
     pub cookie: Bytes,
 }
 
 impl MemberSet {
+    /// The longest configuration cookie, in bytes.
     pub const MAX_COOKIE: usize = 8192;
 
+    /// Reads a member set in version `v`, refusing counts and lengths the format does not allow.
     pub fn decode(r: &mut Reader<'_>, v: Version) -> Result<MemberSet, DecodeError> {
         let count = r.u16("member count")? as usize;
         // Capacity is bounded by what the remaining bytes could possibly hold.
@@ -317,6 +347,7 @@ impl MemberSet {
         Ok(MemberSet { nodes, cookie })
     }
 
+    /// Writes the member set in version `v`.
     pub fn encode(&self, out: &mut BytesMut, v: Version) -> Result<(), EncodeError> {
         if self.nodes.len() > u16::MAX as usize {
             return Err(EncodeError::TooLong { what: "member set", len: self.nodes.len(), max: u16::MAX as usize });
@@ -356,12 +387,16 @@ impl MemberSet {
 /// A configuration: its number, the first decree it governs, and its members.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ConfigInfo {
+    /// The configuration number, from 1; each reconfiguration adds one.
     pub number: u32,
+    /// The first decree the configuration governs.
     pub initial_decree: u64,
+    /// Its replicas.
     pub members: MemberSet,
 }
 
 impl ConfigInfo {
+    /// Reads a ConfigurationInfo in version `v`.
     pub fn decode(r: &mut Reader<'_>, v: Version) -> Result<ConfigInfo, DecodeError> {
         Ok(ConfigInfo {
             number: r.u32("configuration number")?,
@@ -370,12 +405,14 @@ impl ConfigInfo {
         })
     }
 
+    /// Writes it in version `v`.
     pub fn encode(&self, out: &mut BytesMut, v: Version) -> Result<(), EncodeError> {
         out.put_u32_le(self.number);
         out.put_u64_le(self.initial_decree);
         self.members.encode(out, v)
     }
 
+    /// Its encoded size in version `v`.
     pub fn encoded_len(&self, v: Version) -> usize {
         12 + self.members.encoded_len(v)
     }
@@ -390,6 +427,7 @@ impl ConfigInfo {
         Ok(ci)
     }
 
+    /// Encodes it in version `v` into a new buffer.
     pub fn to_bytes(&self, v: Version) -> Result<Bytes, EncodeError> {
         let mut out = BytesMut::with_capacity(self.encoded_len(v));
         self.encode(&mut out, v)?;

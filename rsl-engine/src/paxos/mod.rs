@@ -21,7 +21,9 @@ use std::sync::Arc;
 /// Virtual or real time in microseconds, supplied by the caller.
 pub type Micros = u64;
 
+/// A millisecond in [`Micros`].
 pub const MS: Micros = 1_000;
+/// A second in [`Micros`].
 pub const SEC: Micros = 1_000_000;
 
 /// The application's handle for one submitted request; returned exactly once, through an
@@ -33,6 +35,7 @@ pub type Cookie = u64;
 pub enum Dest {
     /// Every other member of the configuration.
     All,
+    /// That member alone.
     One(MemberId),
 }
 
@@ -42,6 +45,7 @@ pub enum AbortReason {
     /// This replica stopped being primary. The request may still be chosen by a later
     /// primary and execute (without its cookie): the outcome is unknown, not failed.
     NotPrimary,
+    /// The replica is shutting down (`Shutdown`, a relinquish, a failure).
     ShuttingDown,
 }
 
@@ -50,31 +54,44 @@ pub enum AbortReason {
 /// complete in order.
 #[derive(Clone, Debug)]
 pub enum Action {
+    /// Send a message; the driver holds it until `after` is durable.
     Send {
+        /// To whom.
         to: Dest,
+        /// The message, shared by every destination.
         msg: Arc<Message>,
+        /// The persist sequence number that must be durable first (0: none).
         after: u64,
     },
     /// Append a log record (a Vote, Prepare or ReconfigurationDecision); `seq` counts persists
     /// from 1 and is what `Input::Durable` acknowledges.
     Persist {
+        /// The persist's number, consecutive from 1.
         seq: u64,
+        /// The record to append.
         record: Arc<Message>,
     },
     /// Run a chosen decree. `cookies` holds, in request order, this replica's cookies for the
     /// vote's requests when it proposed them (empty elsewhere).
     Execute {
+        /// The chosen vote.
         vote: Arc<Message>,
+        /// This replica's cookies for its requests, in order (empty unless it proposed them).
         cookies: Vec<Cookie>,
     },
     /// A request's cookie (`AbortRequest`), or with `config` a `ChangeConfiguration` cookie
     /// (`AbortChangeConfiguration`), comes back unexecuted.
     Abort {
+        /// The cookie handed back.
         cookie: Cookie,
+        /// Why it comes back.
         reason: AbortReason,
+        /// A `ChangeConfiguration` cookie rather than a request's.
         config: bool,
     },
+    /// `NotifyStatus`: this replica became primary or stopped being it.
     NotifyStatus {
+        /// Whether it is primary now.
         primary: bool,
     },
     /// The decree the new primary re-proposed has executed: state now reflects everything
@@ -83,7 +100,9 @@ pub enum Action {
     /// Fetch the votes from `decree` on from `from`'s log (the learn port's FetchVotes); answer
     /// with `Input::Learned`.
     FetchVotes {
+        /// The member to fetch from.
         from: MemberId,
+        /// The first decree wanted.
         decree: u64,
     },
     /// The primary's relinquish vote was chosen: raise `ShutDown` and stop this replica (the
@@ -92,7 +111,9 @@ pub enum Action {
     /// The state's configuration changed: a reconfiguration decree executed (`cookie` is the
     /// `ChangeConfiguration` cookie on the replica that asked), or the replica was bootstrapped.
     ConfigurationChanged {
+        /// The new configuration.
         config: ConfigInfo,
+        /// The `ChangeConfiguration` cookie, on the replica that asked for it.
         cookie: Option<Cookie>,
     },
     /// Persist the highest defunct configuration number (`defunct.txt`).
@@ -105,9 +126,14 @@ pub enum Action {
     /// it); without, keep it as this replica's own checkpoint (the primary copies instead of
     /// saving) and answer `Input::CheckpointSaved`, or `CheckpointFetched(None)` on failure.
     FetchCheckpoint {
+        /// The member that has the checkpoint.
         from: MemberId,
+        /// The checkpoint's decree.
         decree: u64,
+        /// Its size in bytes, as the member announced it.
         size: u64,
+        /// Load it into the state machine (a replica behind); else keep it as our own (a primary
+        /// copying).
         load: bool,
     },
     /// A message, a learned record or a field of a checkpoint was refused before it reached the
@@ -115,8 +141,11 @@ pub enum Action {
     /// is the sender it claims (for a record, the peer it came from; the empty id for our own
     /// log or checkpoint).
     Rejected {
+        /// The sender it claims to be.
         from: MemberId,
+        /// The type of the refused message or record.
         kind: MsgKind,
+        /// What was wrong with it.
         reason: Rejection,
     },
     /// Replace the application's state with this fetched checkpoint's (the original exits the
@@ -179,6 +208,7 @@ pub struct Checkpoint {
     pub decree: u64,
     /// The vote for `decree + 1` (its ballot may be empty for a bootstrap checkpoint).
     pub next_vote: Arc<Message>,
+    /// The highest ballot the replica had promised or accepted.
     pub max_ballot: crate::format::Ballot,
     /// The state's configuration.
     pub config: ConfigInfo,
@@ -207,15 +237,20 @@ impl Application for AcceptAll {}
 pub enum Input {
     /// Time passed; timers are checked against `now`.
     Tick,
+    /// A message from a peer, already decoded and checked against its connection.
     Message {
+        /// The member the connection belongs to.
         from: MemberId,
+        /// The message.
         msg: Arc<Message>,
     },
     /// Every persist up to this sequence number is durable.
     Durable(u64),
     /// The records a `FetchVotes` returned, in log order (empty: nothing could be fetched).
     Learned {
+        /// The member the votes came from.
         from: MemberId,
+        /// The vote records, decoded and checked.
         records: Vec<Arc<Message>>,
     },
     /// `AttemptPromotion`: stand for election at the next opportunity.
@@ -232,14 +267,19 @@ pub enum Input {
     /// past its size limit, or a time-based checkpoint is due); the checkpoint policy of
     /// docs/spec/behavior.md §2.14 decides what follows.
     LogRolled {
+        /// The decree of the new log's first vote.
         first_decree: u64,
     },
     /// A checkpoint of `decree` is on disk (saved, or `copied` from a peer), and the logs now
     /// start at `min_decree_in_log`.
     CheckpointSaved {
+        /// The checkpoint's decree.
         decree: u64,
+        /// Its size in bytes.
         size: u64,
+        /// The oldest decree the logs still hold.
         min_decree_in_log: u64,
+        /// Copied from a peer rather than saved here.
         copied: bool,
     },
     /// A checkpoint asked for with `FetchCheckpoint` arrived intact, with its size; `None`:
@@ -253,7 +293,9 @@ pub enum Input {
     /// rather than in memory. A replica stands for election only once its execute queue is
     /// in memory and (unless `allow_promotion_while_catching_up`) empty (docs/spec/behavior.md §2.9).
     Executed {
+        /// Every decree below this has finished executing.
         below: u64,
+        /// Chosen decrees wait in the log instead of memory.
         spilled: bool,
     },
 }
@@ -261,13 +303,20 @@ pub enum Input {
 /// The protocol's parameters, with RSL's defaults (docs/spec/behavior.md §4), in microseconds.
 #[derive(Clone, Debug)]
 pub struct CoreConfig {
+    /// The protocol version spoken, 1 to 7 (the replica raises it on executing a newer vote).
     pub version: Version,
+    /// An idle primary's heartbeat period (`m_heartBeatIntervalSec`).
     pub heartbeat_interval: Micros,
+    /// Silence from the primary this long starts an election (`m_electionDelaySec`).
     pub election_delay: Micros,
     /// Randomisation of the election delay, in percent, capped by `max_election_randomize`.
     pub election_randomize_pct: u64,
+    /// The most randomisation may add to the election delay (`m_maxElectionRandomizeSec`).
     pub max_election_randomize: Micros,
+    /// A secondary that heard a new primary waits this long before standing itself
+    /// (`m_newLeaderGracePeriodSec`).
     pub new_leader_grace_period: Micros,
+    /// Status queries while Initializing, and Bootstrap resends (`m_initializeRetryIntervalSec`).
     pub initialize_retry_interval: Micros,
     /// How long a candidate waits before resending its Prepare to members that have not
     /// answered (`m_prepareRetryIntervalSec`).
@@ -280,6 +329,8 @@ pub struct CoreConfig {
     /// Votes cached while initializing, in bytes; past it the cache is dropped. Also the
     /// primary's requests queued behind the votes in flight: past it a request is refused.
     pub max_cache_bytes: usize,
+    /// Decide acceptance by `Input::SetAcceptMessages` instead of asking the application
+    /// (`m_useGlobalAcceptMessagesFlag`).
     pub use_global_accept_flag: bool,
     /// How often a primary that wants to copy a checkpoint asks who has one.
     pub checkpoint_query_interval: Micros,
@@ -327,7 +378,9 @@ impl Default for CoreConfig {
 /// Why a request was refused at submission; the caller keeps its cookie.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SubmitError {
+    /// This replica is not primary (`RSLNotPrimary`).
     NotPrimary,
+    /// The replica is shutting down (`RSLShuttingDown`).
     ShuttingDown,
     /// The request (or member set) is empty or invalid.
     InvalidRequest,
@@ -340,8 +393,10 @@ pub enum SubmitError {
 /// Why `Bootstrap` failed (RSL's `RSLResponseCode` values for it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BootstrapError {
+    /// The replica already has a configuration (`RSLAlreadyBootstrapped`).
     AlreadyBootstrapped,
     /// This replica is not in the set, or another set is already known.
     Failed,
+    /// The member set is empty or invalid (`RSLInvalidParameter`).
     InvalidParameter,
 }

@@ -1,14 +1,17 @@
 //! A tiny seeded random source (SplitMix64) so that the core and the simulator are
 //! reproducible from a seed.
 
+/// SplitMix64: a 64-bit seeded generator, fast and good enough for timer jitter (not for secrets).
 #[derive(Clone, Debug)]
 pub struct SplitMix64(u64);
 
 impl SplitMix64 {
+    /// A generator that starts from `seed`.
     pub fn new(seed: u64) -> Self {
         SplitMix64(seed)
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;

@@ -17,12 +17,19 @@ use thiserror::Error;
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ResponseCode {
+    /// `RSLSuccess`: the call was accepted.
     Success = 0,
+    /// `RSLFastReadStale`: the replica's state did not reach the read's sequence number in time.
     FastReadStale = 1,
+    /// `RSLNotPrimary`: only the primary takes replicated requests and configuration changes.
     NotPrimary = 2,
+    /// `RSLShuttingDown`: the replica is stopping.
     ShuttingDown = 3,
+    /// `RSLAlreadyBootstrapped`: the replica already has a configuration.
     AlreadyBootstrapped = 4,
+    /// `RSLBootstrapFailed`: this replica is not in the set, or another set is already known.
     BootstrapFailed = 5,
+    /// `RSLInvalidParameter`: an empty request or member set, or an unusable argument.
     InvalidParameter = 6,
 }
 
@@ -55,6 +62,7 @@ pub trait StateMachine: Send + Sync + 'static {
 
     /// Bracket the requests of one decree (not called for heartbeats or reconfigurations).
     fn before_execute_replicated_requests(&mut self) {}
+    /// Called after the last request of each decree `before_execute_replicated_requests` opened.
     fn after_execute_replicated_requests(&mut self) {}
 
     /// `ExecuteFastReadRequest`: a read-only request, run once the state has reached the
@@ -78,14 +86,19 @@ pub trait StateMachine: Send + Sync + 'static {
         true
     }
 
+    /// `NotifyStatus`: this replica became primary (true) or stopped being it (false).
     fn notify_status(&mut self, is_primary: bool);
 
     /// A reconfiguration decree executed (with its cookie on the replica that asked), or the
     /// replica persisted its bootstrap member set.
     fn notify_configuration_changed(&mut self, cookie: Option<Cookie>);
 
+    /// `AbortChangeConfiguration`: a `change_configuration` cookie comes back unexecuted
+    /// (`NotPrimary`, `ShuttingDown`).
     fn abort_change_configuration(&mut self, status: ResponseCode, cookie: Cookie);
 
+    /// `NotifyPrimaryRecovered`: the decree the new primary re-proposed has executed, so the state
+    /// holds everything earlier primaries passed.
     fn notify_primary_recovered(&mut self) {}
 
     /// The replica is stopping (`Unload`, relinquish, or a fatal journal error).
@@ -139,10 +152,13 @@ impl Admission for AdmitAll {}
 /// vote, that vote's decree and its own payload.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReplicaHealth {
+    /// The member this entry is about.
     pub member_id: MemberId,
     /// The outbound connection to the member is up.
     pub connected: bool,
+    /// Packets written to the member since the replica started.
     pub packets_sent: u64,
+    /// Packets to it dropped: timed out unsent, or skipped while it had too many unsent.
     pub packets_dropped: u64,
     /// Packets to the member queued or being written (`m_numOutstanding`).
     pub num_outstanding: u64,
@@ -163,6 +179,7 @@ pub struct ReplicaHealth {
     /// [`Admission::resolves_nodes`]) its connection failed and no `resolve_node` has
     /// succeeded since.
     pub needs_resolve: bool,
+    /// The member is the primary (the one reporting).
     pub is_primary: bool,
 }
 
@@ -183,11 +200,17 @@ pub struct Stats {
     /// Voting (primary): per vote chosen, from its proposal until a quorum had accepted it
     /// (`count` votes; `bytes` is 0).
     pub voting: Timed,
+    /// Decrees executed (heartbeats and reconfigurations included).
     pub decrees_executed: u64,
+    /// Requests those decrees held, each run through `execute_replicated_request`.
     pub requests_executed: u64,
+    /// Votes written to the log.
     pub votes_logged: u64,
+    /// fdatasyncs of the log (one per batch).
     pub log_syncs: u64,
+    /// Fast reads run.
     pub fast_reads: u64,
+    /// Checkpoints this replica saved (not those it copied from a peer).
     pub checkpoints_saved: u64,
     /// Messages from peers dropped before the protocol: malformed, implausible, from a
     /// non-member, from another address than the member's, or naming another member than the
@@ -227,18 +250,35 @@ pub fn node(id: &str, ip: std::net::Ipv4Addr, rsl_port: u16) -> Option<Node> {
 /// Why `initialize` failed.
 #[derive(Debug, Error)]
 pub enum InitError {
+    /// The configuration is refused.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The data directory, its logs or checkpoints could not be read or created.
     #[error("{0}")]
     Storage(String),
+    /// A port could not be bound.
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        /// The address it tried.
+        addr: SocketAddr,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// No checkpoint loads and the logs cannot rebuild the state from decree 0.
     #[error("the state machine could not load any checkpoint, and the logs do not start at decree 0")]
     NoState,
     /// A log record that does not follow the one before it (the core's `ReplayError`), with
     /// the file and offset it was read from.
     #[error("{}: record at offset {offset}: {source}", path.display())]
-    Replay { path: PathBuf, offset: u64, source: ReplayError },
+    Replay {
+        /// The log file.
+        path: PathBuf,
+        /// The record's byte offset in it.
+        offset: u64,
+        /// How the record fails to follow the one before it.
+        source: ReplayError,
+    },
+    /// An argument is unusable (an empty node list, this replica not in it, ...).
     #[error("{0}")]
     Invalid(&'static str),
     /// A TLS setting, or a certificate, key or CA file it names, is unusable.

@@ -19,14 +19,33 @@ use thiserror::Error;
 /// Why a checkpoint could not be listed, saved or installed.
 #[derive(Debug, Error)]
 pub enum StoreError {
+    /// A checkpoint file or the directory could not be read, written or renamed.
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// A file named like a checkpoint but not `<decree>.codex`.
     #[error("{}: not a checkpoint file name (expected <decree>.codex)", path.display())]
-    BadName { path: PathBuf },
+    BadName {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A checkpoint file is unreadable or corrupt.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// A checkpoint file's header names another decree than its file name.
     #[error("{}: holds decree {found}, expected {expected}", path.display())]
-    WrongDecree { path: PathBuf, expected: u64, found: u64 },
+    WrongDecree {
+        /// The file.
+        path: PathBuf,
+        /// The decree its name says.
+        expected: u64,
+        /// The decree its header holds.
+        found: u64,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -45,6 +64,7 @@ pub struct CheckpointAlerts {
 }
 
 impl CheckpointAlerts {
+    /// Whether a checkpoint of `size` bytes is over the `max_size` alert limit.
     pub fn too_large(&self, size: u64) -> bool {
         self.max_size > 0 && size > self.max_size
     }
@@ -98,8 +118,11 @@ impl Alerter {
 /// A checkpoint now in place as `<decree>.codex`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Saved {
+    /// The last decree the checkpoint's state includes.
     pub decree: u64,
+    /// Its file.
     pub path: PathBuf,
+    /// Its size in bytes.
     pub size: u64,
 }
 
@@ -124,6 +147,7 @@ struct Listing {
 }
 
 impl Catalog {
+    /// The file a checkpoint of `decree` has in this store (`<decree>.codex`).
     pub fn path_of(&self, decree: u64) -> PathBuf {
         self.dir.join(CheckpointHeader::file_name(decree))
     }
@@ -199,6 +223,7 @@ impl CheckpointStore {
         self.catalog.clone()
     }
 
+    /// The file a checkpoint of `decree` has in this store (`<decree>.codex`).
     pub fn path_of(&self, decree: u64) -> PathBuf {
         self.catalog.path_of(decree)
     }
@@ -361,8 +386,11 @@ fn verify(path: &Path, decree: u64, blocks: bool) -> Result<(u64, CheckpointHead
 /// at a place), and why. Its `Display` is the operator's message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Skipped {
+    /// The checkpoint file.
     pub path: PathBuf,
+    /// The byte offset the reason is about, if any.
     pub offset: Option<u64>,
+    /// Why the file was passed over.
     pub reason: String,
 }
 

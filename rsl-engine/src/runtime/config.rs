@@ -17,41 +17,79 @@ use thiserror::Error;
 /// fields are this implementation's own and default to the original's behaviour.
 #[derive(Clone, Debug)]
 pub struct RslConfig {
+    /// `m_newLeaderGracePeriodSec` (15): how long a secondary that heard from a new primary waits
+    /// before it stands for election itself.
     pub new_leader_grace_period_sec: u32,
+    /// `m_heartBeatIntervalSec` (2): an idle primary sends a heartbeat vote at this period.
     pub heart_beat_interval_sec: u32,
+    /// `m_electionDelaySec` (10): a secondary that hears nothing from the primary this long stands
+    /// for election (randomised per replica; 30 × it bounds Preparing).
     pub election_delay_sec: u32,
+    /// `m_maxElectionRandomizeSec` (1): the most `election_randomize` may add to the election
+    /// delay.
     pub max_election_randomize_sec: u32,
+    /// `m_initializeRetryIntervalSec` (1): status queries while Initializing, and the `Bootstrap`
+    /// resend period.
     pub initialize_retry_interval_sec: u32,
+    /// `m_prepareRetryIntervalSec` (1): a candidate resends its Prepare to a member that has not
+    /// answered at this period.
     pub prepare_retry_interval_sec: u32,
+    /// `m_voteRetryIntervalSec` (3): the primary resends an outstanding vote to a member that has
+    /// not answered at this period.
     pub vote_retry_interval_sec: u32,
     /// A primary whose vote stays unchosen this long fails (RSL's deadlock breaker, an assert
     /// that ends the process in the original).
     pub vote_max_outstanding_interval_sec: u32,
+    /// `m_cPQueryRetryIntervalSec` (5): a primary that wants a checkpoint to copy asks the
+    /// secondaries at this period.
     pub c_p_query_retry_interval_sec: u32,
+    /// `m_maxCheckpointIntervalSec` (0: none): a checkpoint is due at least this often (± 20 %),
+    /// even with the log short.
     pub max_checkpoint_interval_sec: u64,
+    /// `m_joinMessagesIntervalSec` (1): a replica unsure its configuration is established sends
+    /// Join at this period.
     pub join_messages_interval_sec: u32,
+    /// `m_maxLogLenMB` (100, 1–102,400): a log file past this size rolls at the next new decree,
+    /// which asks for a checkpoint.
     pub max_log_len_mb: u32,
     /// A Paxos packet unsent this long after it was queued is dropped; one being written
     /// fails its connection.
     pub send_timeout_sec: u32,
+    /// `m_receiveTimeoutSec` (5): the timeout of learn-port transfers (votes, checkpoints,
+    /// `CopyStateFromReplica`).
     pub receive_timeout_sec: u32,
+    /// `m_maxCacheLengthMB` (50, 1–1024): the vote cache while Initializing, the default
+    /// execute-queue bound, and the requests queued behind the votes in flight.
     pub max_cache_length_mb: u32,
+    /// `m_maxVotesInLog` (10,000): validated only; unused, as in the original.
     pub max_votes_in_log: u32,
     /// Broadcasts skip a peer with this many packets unsent.
     pub max_outstanding_per_replica: u32,
+    /// `m_maxCheckpoints` (4): checkpoint files kept; older ones are deleted after a save.
     pub max_checkpoints: u32,
     /// An Alert (`ALERT_TARGET`) for a checkpoint larger than this (0: none).
     pub max_checkpoint_size_gb: u32,
     /// An Alert when free disk space is below this many times a checkpoint's size (0: none).
     pub min_checkpoint_space_file_count: u32,
+    /// `m_maxLogs` (10): log files kept beyond what the oldest checkpoint needs.
     pub max_logs: u32,
+    /// `m_logLenRandomize` (20, 0–100): percentage by which each log's roll size is jittered, so
+    /// replicas checkpoint at different times.
     pub log_len_randomize: u32,
+    /// `m_electionRandomize` (10, 0–100): percentage of the election delay added at random, up to
+    /// `max_election_randomize_sec`.
     pub election_randomize: u32,
+    /// `m_fastReadSeqThreshold` (0): a fast read whose sequence number the state lags by at most
+    /// this many decrees waits for it; one further ahead is refused (`FastReadStale`).
     pub fast_read_seq_threshold: u32,
+    /// `m_inMemoryExecutionQueueSizeMB` (0: `max_cache_length_mb`): chosen decrees waiting to
+    /// execute held in memory; past it they wait in the log.
     pub in_memory_execution_queue_size_mb: u32,
     /// Fast-read threads (0: one per CPU): reads run on them under the Shared side of the
     /// callback lock (see [`StateMachine`](super::StateMachine)).
     pub num_reader_threads: u32,
+    /// `m_maxMessageSizeMB` (100, 1–4095): the largest Paxos packet sent or taken; a larger one
+    /// closes its connection.
     pub max_message_size_mb: u32,
     /// An Alert for a Paxos packet received larger than this (0: none).
     pub max_message_alert_size_mb: u32,
@@ -60,9 +98,15 @@ pub struct RslConfig {
     /// earlier primaries still wait (`notify_primary_recovered` says when they have run).
     /// Either way none may wait spilled to disk (`in_memory_execution_queue_size_mb`).
     pub allow_primary_promotion_while_catching_up: bool,
+    /// `m_workingDir` (required): where the logs and checkpoints go.
     pub working_dir: PathBuf,
+    /// `m_addMemberIdToWorkingDir` (true): put the files in `working_dir/<member id>`.
     pub add_member_id_to_working_dir: bool,
+    /// `m_cancelDiskIo` (true): validated only; Windows `CancelIoEx`, nothing here (reads are
+    /// synchronous).
     pub cancel_disk_io: bool,
+    /// `m_useGlobalAcceptMessagesFlag` (false): decide whether to accept messages by the
+    /// replica-wide flag (`set_accept_messages`) instead of asking the application.
     pub use_global_accept_messages_flag: bool,
     /// Decrees in flight (protocol version 7 only; 1 is the original's protocol).
     pub pipeline_window: u32,
@@ -125,6 +169,7 @@ pub struct NvmJournal {
     /// and not yet in the log files (the journal keeps no other copy of them). Appends wait for
     /// the files while it is full.
     pub size_mb: u32,
+    /// How the log's writes become durable (`m_nvmJournalPersistence`).
     pub persistence: Persistence,
 }
 
@@ -219,10 +264,28 @@ impl Default for RslConfig {
 /// RSL's "Configuration Error".
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ConfigError {
+    /// A field outside the original's range (`rslconfig.cpp`) or ours.
     #[error("configuration error: {field} = {value} is outside {min}..={max}")]
-    Range { field: &'static str, value: u64, min: u64, max: u64 },
+    Range {
+        /// The field's C++ name (`m_electionDelaySec`), or ours in snake case.
+        field: &'static str,
+        /// The value given.
+        value: u64,
+        /// The smallest value allowed.
+        min: u64,
+        /// The largest value allowed.
+        max: u64,
+    },
+    /// Two settings that cannot be used together.
     #[error("configuration error: {field} cannot be combined with {with}: {why}")]
-    Conflict { field: &'static str, with: &'static str, why: &'static str },
+    Conflict {
+        /// The field refused.
+        field: &'static str,
+        /// The setting it conflicts with.
+        with: &'static str,
+        /// Why the two cannot go together.
+        why: &'static str,
+    },
 }
 
 impl ConfigError {
@@ -398,6 +461,7 @@ impl RslConfig {
         u64::from(mb) << 20
     }
 
+    /// `max_log_len_mb` in bytes: the size past which a log file rolls.
     pub fn max_log_len_bytes(&self) -> u64 {
         u64::from(self.max_log_len_mb) << 20
     }

@@ -8,7 +8,7 @@
 //! next batch fills meanwhile. A protocol thread with nothing else to do may instead write the
 //! batch itself ([`Journal::flush`]): the writer would only be woken to wake it back.
 //!
-//! In the NVM mode ([`JournalOptions::nvm`], [`nvm`]) a batch is durable once it is in the
+//! In the NVM mode ([`JournalOptions::nvm`], `nvm`) a batch is durable once it is in the
 //! persistent log, which the protocol thread writes at each flush; the writer thread drains it
 //! into the same log files afterwards.
 
@@ -43,6 +43,7 @@ pub const SYNC_TRACE: &str = "rsl_engine::journal_sync";
 /// The journal's configuration (RSL's `m_maxLogLenMB`, `m_logLenRandomize`, `m_maxLogs`).
 #[derive(Clone, Debug)]
 pub struct JournalOptions {
+    /// The data directory the log files live in.
     pub dir: PathBuf,
     /// A log rolls over once it is longer than this, randomized (bytes).
     pub max_log_len: u64,
@@ -84,25 +85,70 @@ impl JournalOptions {
 /// Why the journal could not open or append; messages name the file and offset.
 #[derive(Debug, Error)]
 pub enum JournalError {
+    /// A log file or the directory could not be read, written or synced.
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// A file in the log directory named like a log but not `<decree>.log`.
     #[error("{}: not a log file name (expected <decree>.log)", path.display())]
-    BadName { path: PathBuf },
+    BadName {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A record in the middle of a log is corrupt: replay refuses to guess.
     #[error("{}: corrupt log record at offset {offset}: {error}", path.display())]
-    Corrupt { path: PathBuf, offset: u64, error: DecodeError },
+    Corrupt {
+        /// The log file.
+        path: PathBuf,
+        /// The record's byte offset.
+        offset: u64,
+        /// What is wrong with it.
+        error: DecodeError,
+    },
+    /// A log other than the newest ends in a torn record, which only a crash of the newest can
+    /// leave.
     #[error("{}: torn record at offset {offset}, but only the newest log may end in one", path.display())]
-    TornOlder { path: PathBuf, offset: u64 },
+    TornOlder {
+        /// The log file.
+        path: PathBuf,
+        /// Where the torn record starts.
+        offset: u64,
+    },
+    /// The logs do not reach back to the decree the checkpoint needs replay to start from.
     #[error("{}: missing logs: replay must start at or before decree {need}, the oldest log starts at {oldest}", dir.display())]
-    MissingLogs { dir: PathBuf, need: u64, oldest: u64 },
+    MissingLogs {
+        /// The log directory.
+        dir: PathBuf,
+        /// The decree replay must start at or before.
+        need: u64,
+        /// The first decree of the oldest log.
+        oldest: u64,
+    },
+    /// A record could not be encoded in the ring's protocol version.
     #[error("cannot encode a log record: {0}")]
     Encode(#[from] EncodeError),
+    /// The writer thread failed earlier (the reason); nothing more is accepted.
     #[error("the journal writer stopped: {0}")]
     Stopped(String),
+    /// The NVM journal's persistent log failed.
     #[error(transparent)]
     Nvm(#[from] NvmError),
     /// `offset`: where the record starts in the persistent log's file.
     #[error("{}: persistent log record {seq} at offset {offset}: {what}", path.display())]
-    NvmRecord { path: PathBuf, seq: u64, offset: u64, what: String },
+    NvmRecord {
+        /// The persistent log's file.
+        path: PathBuf,
+        /// The record's sequence number.
+        seq: u64,
+        /// Where the record starts in the file.
+        offset: u64,
+        /// What is wrong with it.
+        what: String,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
@@ -314,6 +360,7 @@ impl Roll {
 /// while replaying them name the file and offset.
 #[derive(Debug, Default)]
 pub struct Replay {
+    /// The records, decoded, oldest first.
     pub records: Vec<Arc<Message>>,
     /// Per record: its file (an index into `files`) and offset.
     at: Vec<(usize, u64)>,

@@ -69,30 +69,110 @@ pub trait LearnSource: Send + Sync + 'static {
 /// A learn-port failure, naming the peer and what failed.
 #[derive(Debug, Error)]
 pub enum LearnError {
+    /// The peer's learn port could not be reached.
     #[error("learn from {peer}: connect: {source}")]
-    Connect { peer: SocketAddr, source: io::Error },
+    Connect {
+        /// The peer's learn-port address.
+        peer: SocketAddr,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// The peer stopped answering for longer than `receive_timeout_sec`.
     #[error("learn from {peer}: timed out waiting to {what}")]
-    Timeout { peer: SocketAddr, what: &'static str },
+    Timeout {
+        /// The peer's learn-port address.
+        peer: SocketAddr,
+        /// What was being waited for.
+        what: &'static str,
+    },
+    /// The connection failed mid-transfer.
     #[error("learn from {peer}: {source}")]
-    Io { peer: SocketAddr, source: io::Error },
+    Io {
+        /// The peer's learn-port address.
+        peer: SocketAddr,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// The request could not be encoded in the ring's protocol version.
     #[error("learn from {peer}: the request does not encode: {source}")]
-    Request { peer: SocketAddr, source: EncodeError },
+    Request {
+        /// The peer's learn-port address.
+        peer: SocketAddr,
+        /// Why.
+        source: EncodeError,
+    },
+    /// A streamed vote record is corrupt.
     #[error("learn from {peer}: bad record at stream offset {offset}: {source}")]
-    BadRecord { peer: SocketAddr, offset: u64, source: RecordError },
+    BadRecord {
+        /// The peer's learn-port address.
+        peer: SocketAddr,
+        /// The record's byte offset in the stream.
+        offset: u64,
+        /// What is wrong with it.
+        source: RecordError,
+    },
+    /// The stream ended before the length the peer announced.
     #[error("learn from {peer}: the stream ended after {received} of {expected} bytes")]
-    Short { peer: SocketAddr, received: u64, expected: u64 },
+    Short {
+        /// The peer's learn-port address.
+        peer: SocketAddr,
+        /// Bytes received.
+        received: u64,
+        /// Bytes announced.
+        expected: u64,
+    },
+    /// The peer sent more than it announced.
     #[error("learn from {peer}: sent more than the {expected} bytes expected")]
-    TooLong { peer: SocketAddr, expected: u64 },
+    TooLong {
+        /// The peer's learn-port address.
+        peer: SocketAddr,
+        /// Bytes announced.
+        expected: u64,
+    },
+    /// The local file the transfer goes to could not be written.
     #[error("learn from {peer}: {}: {source}", path.display())]
-    File { peer: SocketAddr, path: PathBuf, source: io::Error },
+    File {
+        /// The peer's learn-port address.
+        peer: SocketAddr,
+        /// The local file.
+        path: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// The copied checkpoint does not read back as a valid checkpoint.
     #[error("learn from {peer}: checkpoint rejected: {source}")]
-    Checkpoint { peer: SocketAddr, source: CheckpointError },
+    Checkpoint {
+        /// The peer's learn-port address.
+        peer: SocketAddr,
+        /// What is wrong with it.
+        source: CheckpointError,
+    },
+    /// The copied checkpoint is not the one asked for (its decree or size differs).
     #[error("learn from {peer}: the checkpoint's {what} is {actual}, expected {expected}")]
-    Mismatch { peer: SocketAddr, what: &'static str, expected: u64, actual: u64 },
+    Mismatch {
+        /// The peer's learn-port address.
+        peer: SocketAddr,
+        /// The field that differs.
+        what: &'static str,
+        /// The value asked for.
+        expected: u64,
+        /// The value found.
+        actual: u64,
+    },
+    /// The peer has no checkpoint to give.
     #[error("learn from {peer}: no checkpoint offered (size 0)")]
-    NoCheckpoint { peer: SocketAddr },
+    NoCheckpoint {
+        /// The peer's learn-port address.
+        peer: SocketAddr,
+    },
+    /// The task verifying the copied checkpoint did not finish (it panicked or was cancelled).
     #[error("learn from {peer}: verifying the checkpoint failed: {reason}")]
-    Verify { peer: SocketAddr, reason: String },
+    Verify {
+        /// The peer's learn-port address.
+        peer: SocketAddr,
+        /// Why it failed.
+        reason: String,
+    },
 }
 
 impl LearnError {
@@ -127,6 +207,7 @@ impl LearnServer {
         Ok(LearnServer { local_addr, task })
     }
 
+    /// The address the learn port is bound to (its port when bound to port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
@@ -269,7 +350,9 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Conn for C {}
 /// Where a learn client connects, and whether it authenticates (and checks the server) first.
 #[derive(Clone, Copy)]
 pub struct Peer<'a> {
+    /// The peer's learn-port address.
     pub addr: SocketAddr,
+    /// This replica's TLS, to authenticate and check the server; `None`: plain TCP.
     pub tls: Option<&'a Tls>,
 }
 

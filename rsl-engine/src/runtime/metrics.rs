@@ -1,6 +1,6 @@
 //! The process-wide list of live rings and their statistics and health as Prometheus text.
 //!
-//! Each replica registers a [`Probe`] (a weak reference: a dropped replica leaves the list at
+//! Each replica registers a `Probe` (a weak reference: a dropped replica leaves the list at
 //! the next scrape). A scrape reads the counters the threads already keep (atomics, totals
 //! since the start: a statistics snapshot does not reset them) and the published health; the
 //! threads themselves take no lock and allocate nothing for it. The metric names are listed in

@@ -1,11 +1,11 @@
 //! The runtime: drives the sans-IO core against real disks, sockets and threads, and the Rust
 //! API a service is written against ([`RslReplica`], [`StateMachine`]).
 //!
-//! Per replica: a protocol thread ([`ring`]) owns the core and the journal; an execute thread
-//! ([`exec`]) owns the state machine, which `num_reader_threads` reader threads ([`readers`])
+//! Per replica: a protocol thread (`ring`) owns the core and the journal; an execute thread
+//! (`exec`) owns the state machine, which `num_reader_threads` reader threads (`readers`)
 //! share for fast reads; the journal's writer thread does group commit; a small
 //! tokio runtime runs the Paxos-port transport and the learn port; for a service that resolves
-//! its members' addresses, a resolver thread ([`resolve`]) asks it where they are. Nothing is
+//! its members' addresses, a resolver thread (`resolve`) asks it where they are. Nothing is
 //! global, so a process can run many rings.
 
 pub mod api;
@@ -51,8 +51,11 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 /// A byte range of a file, `[start, end)`: what the learn port streams for a FetchVotes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileRange {
+    /// The file.
     pub path: PathBuf,
+    /// The first byte to send.
     pub start: u64,
+    /// One past the last byte to send.
     pub end: u64,
 }
 

@@ -459,6 +459,7 @@ impl RslReplica {
         self.view().role()
     }
 
+    /// Whether this replica is primary now (`NotifyStatus(true)` was raised and not revoked).
     pub fn is_primary(&self) -> bool {
         self.view().is_primary()
     }

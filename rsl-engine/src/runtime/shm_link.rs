@@ -9,8 +9,8 @@
 //!    every Paxos port, ours or the original's, refuses as a packet), [`OFFER_MAGIC`], the
 //!    writer's host identity (Linux's boot id, 36 ASCII bytes), what it offers ([`OFFER_SHM`] or
 //!    [`OFFER_RDMA`]) and, for RDMA, its verbs endpoint ([`ENDPOINT_LEN`] bytes; zeros otherwise).
-//! 2. reader → writer, the answer, [`ANSWER_LEN`] bytes: the kind (0 decline, 1 shared memory,
-//!    2 RDMA), the session epoch (u16), a length (u8) and, zero-padded to [`MAX_NAME`], the ring
+//! 2. reader → writer, the answer, `ANSWER_LEN` bytes: the kind (0 decline, 1 shared memory,
+//!    2 RDMA), the session epoch (u16), a length (u8) and, zero-padded to `MAX_NAME`, the ring
 //!    file's name or the reader's verbs endpoint. The reader accepts shared memory only from a
 //!    writer on its own host, and creates the ring file (0600) in its ring directory; RDMA only
 //!    with the `rdma` feature, a device and `ShmOptions::rdma`.
@@ -43,6 +43,7 @@ const HOST_ID_LEN: usize = 36;
 pub const ENDPOINT_LEN: usize = 46;
 /// What an offer offers: a shared-memory ring, or an RDMA ring (with the writer's endpoint).
 pub const OFFER_SHM: u8 = 1;
+/// What an offer offers: an RDMA ring (with the writer's endpoint).
 pub const OFFER_RDMA: u8 = 2;
 /// Bytes of an offer.
 pub const OFFER_LEN: usize = 4 + OFFER_MAGIC.len() + HOST_ID_LEN + 1 + ENDPOINT_LEN;
@@ -113,18 +114,32 @@ pub fn is_offer(prefix: &[u8; 4]) -> bool {
 /// Why a session could not be set up or ended.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
+    /// The ring's file or the TCP connection failed during set-up.
     #[error("shared-memory set-up: {0}")]
     Io(#[from] io::Error),
+    /// The ring could not be created or opened.
     #[error("shared-memory set-up: {0}")]
     Ring(#[from] ShmError),
+    /// The peer's offer does not start with the offer magic (the bytes found).
     #[error("shared-memory set-up: the offer's magic is {0:02x?}")]
     BadMagic([u8; 8]),
+    /// The reader's answer is malformed.
     #[error("shared-memory set-up: bad answer (kind {kind}, epoch {epoch}, name length {len})")]
-    BadAnswer { kind: u8, epoch: u16, len: usize },
+    BadAnswer {
+        /// The answer's kind byte.
+        kind: u8,
+        /// The session epoch it names.
+        epoch: u16,
+        /// The ring name's length.
+        len: usize,
+    },
+    /// The writer's confirmation byte is neither yes nor no (the byte found).
     #[error("shared-memory set-up: bad confirmation byte {0}")]
     BadConfirm(u8),
+    /// The offer's kind is neither shared memory nor RDMA (the byte found).
     #[error("shared-memory set-up: unknown offer kind {0}")]
     BadKind(u8),
+    /// The peer did not finish the set-up in time.
     #[error("shared-memory set-up timed out")]
     TimedOut,
 }
@@ -228,7 +243,9 @@ pub type ShmSession = RingSession<ShmRing>;
 
 /// A session the reader accepted.
 pub enum Accepted {
+    /// A shared-memory ring.
     Shm(ShmSession),
+    /// An RDMA ring.
     #[cfg(feature = "rdma")]
     Verbs(RingSession<super::ringbuf::verbs::VerbsLocal>),
 }
@@ -435,12 +452,16 @@ pub fn check_frame(record: &[u8], max_packet: usize) -> io::Result<()> {
 /// Why a reader thread ended.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadEnd {
+    /// Told to stop: the connection that set up the session closed.
     #[error("the connection closed")]
     Stopped,
+    /// Nothing arrived for this long (the ring's idle limit).
     #[error("no packet for {0:?}")]
     Idle(Duration),
+    /// The ring is corrupt or another session took it.
     #[error("ring: {0}")]
     Ring(#[from] super::ringbuf::RecvError),
+    /// A packet read from the ring was refused (malformed, or too large).
     #[error("ring packet: {0}")]
     Packet(#[from] io::Error),
 }

@@ -61,6 +61,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// After a failed shared-memory set-up, how long a peer's connections are plain TCP.
 const SHM_RETRY: Duration = Duration::from_secs(60);
 
+/// The Paxos-port transport's limits and timeouts, from [`RslConfig`](super::RslConfig).
 #[derive(Clone, Debug)]
 pub struct TransportOptions {
     /// The largest packet accepted, header included (`m_maxMessageSizeMB` MiB + 1024).
@@ -69,6 +70,8 @@ pub struct TransportOptions {
     pub max_queue_bytes: usize,
     /// The first and the largest wait between connection attempts to a peer.
     pub backoff_min: Duration,
+    /// The largest wait between connection attempts (the wait grows from `backoff_min`,
+    /// exponentially).
     pub backoff_max: Duration,
     /// Inbound connections served at once; more are closed as they arrive.
     pub max_inbound: usize,
@@ -121,16 +124,23 @@ impl Default for TransportOptions {
 /// One peer's connection state and counters, for health and statistics.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerStats {
+    /// The peer's member id.
     pub member: MemberId,
+    /// The address its connections go to.
     pub addr: SocketAddr,
+    /// An outbound connection to it is up.
     pub connected: bool,
     /// The connection carries packets through a shared-memory ring (`TransportOptions::shm`).
     pub shm: bool,
     /// Connections made to the peer so far.
     pub connections: u64,
+    /// Packets written to it.
     pub sent_packets: u64,
+    /// Bytes written to it.
     pub sent_bytes: u64,
+    /// Packets dropped: timed out unsent, or skipped or refused by a full queue.
     pub dropped_packets: u64,
+    /// Bytes those packets held.
     pub dropped_bytes: u64,
     /// Bytes waiting in the queue now.
     pub queued_bytes: usize,
@@ -219,6 +229,7 @@ impl Transport {
         debug_assert!(set.is_ok(), "set once");
     }
 
+    /// The address the Paxos port is bound to (its port when bound to port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
@@ -927,7 +938,9 @@ fn consume(batch: &mut VecDeque<Bytes>, mut written: usize) -> usize {
 
 /// Where [`accept_each`] takes connections from: a TCP listener, or a test's failing one.
 pub trait Listener: Send + 'static {
+    /// A connection taken.
     type Conn: Send + 'static;
+    /// The next connection and its peer's address.
     fn accept(&self) -> impl Future<Output = io::Result<(Self::Conn, SocketAddr)>> + Send;
 }
 
@@ -993,8 +1006,10 @@ impl Default for RateLimited {
 }
 
 impl RateLimited {
+    /// The default interval between warnings.
     pub const EVERY: Duration = Duration::from_secs(10);
 
+    /// A limiter at [`RateLimited::EVERY`].
     pub fn new() -> Self {
         RateLimited::every(Self::EVERY)
     }
@@ -1189,6 +1204,7 @@ pub struct Budget {
 }
 
 impl Budget {
+    /// A budget of `limit` bytes, none taken.
     pub fn new(limit: usize) -> Budget {
         Budget { limit, used: AtomicUsize::new(0) }
     }
@@ -1316,7 +1332,7 @@ pub(super) fn grow_for(buf: &mut BytesMut, need: usize, chunk: usize) {
     }
 }
 
-/// [`grow_for`], with what `buf` holds beyond its first `chunk` bytes charged to `held`; false
+/// `grow_for`, with what `buf` holds beyond its first `chunk` bytes charged to `held`; false
 /// (and `buf` unchanged) if the budget lacks it.
 pub fn grow_within(buf: &mut BytesMut, need: usize, chunk: usize, held: &mut Held<'_>) -> bool {
     // Bytes split off since the last call are the taker's now.

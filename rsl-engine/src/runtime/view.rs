@@ -55,6 +55,7 @@ impl ReplicaView {
         self.shared.view().role
     }
 
+    /// Whether this replica is primary now (`NotifyStatus(true)` was raised and not revoked).
     pub fn is_primary(&self) -> bool {
         self.shared.is_primary.load(Relaxed)
     }

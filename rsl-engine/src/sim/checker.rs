@@ -76,10 +76,12 @@ impl Checker {
         self.violation(what);
     }
 
+    /// Every property violation found so far.
     pub fn violations(&self) -> &[String] {
         &self.violations
     }
 
+    /// A client submitted `request` to `proc` with `cookie` at `now`.
     pub fn submitted(&mut self, proc: Proc, request: u64, cookie: Cookie, now: Micros) {
         assert!(self.submitted.insert(request, now).is_none(), "request ids are unique");
         self.cookies.insert(cookie, CookieState::Held { proc, request });
@@ -161,6 +163,7 @@ impl Checker {
         self.executed.insert(proc, decree);
     }
 
+    /// Configuration `number` has `size` members (for quorum checks).
     pub fn configuration(&mut self, number: u32, size: usize) {
         self.config_sizes.insert(number, size);
     }
@@ -234,6 +237,7 @@ impl Checker {
         }
     }
 
+    /// `proc` became primary with `ballot`: no other may have the same ballot.
     pub fn became_primary(&mut self, proc: Proc, ballot: Ballot) {
         if let Some(other) = self.primaries.insert(ballot, proc) {
             if other != proc {
@@ -295,10 +299,12 @@ impl Checker {
         }
     }
 
+    /// Requests acknowledged to their client.
     pub fn acknowledged(&self) -> usize {
         self.acknowledged.len()
     }
 
+    /// Decrees chosen.
     pub fn decrees(&self) -> usize {
         self.chosen.len()
     }

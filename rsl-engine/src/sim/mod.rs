@@ -2,8 +2,8 @@
 //! (delay, reordering, duplication, loss, symmetric and one-way partitions), disks with group
 //! commit that lose or keep unsynced records when a process crashes, restarts, slow disks and
 //! slow executors whose queue spills to the log past a small memory bound; optionally an
-//! adversary that forges messages. Each replica runs through the runtime's own [`Driver`] and
-//! execute-queue [`Backlog`]; the simulator is their host. The [`checker`] judges every step. A
+//! adversary that forges messages. Each replica runs through the runtime's own [`Driver`](crate::driver::Driver) and
+//! execute-queue [`Backlog`](crate::driver::backlog::Backlog); the simulator is their host. The [`checker`](crate::sim::checker) judges every step. A
 //! seed fully determines a run.
 
 mod adversary;
@@ -23,6 +23,7 @@ use std::sync::Arc;
 /// The shape of one simulated run.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
+    /// The seed every random choice derives from: a run repeats exactly from it.
     pub seed: u64,
     /// Members of the first configuration.
     pub replicas: usize,
@@ -38,9 +39,13 @@ pub struct SimConfig {
     pub faults_until: Micros,
     /// After healing, progress must be made within this long.
     pub progress_within: Micros,
+    /// Probability that a message is lost (0 to 1) while faults are on.
     pub loss: f64,
+    /// Probability that a message is delivered twice.
     pub duplication: f64,
+    /// The most a message is delayed.
     pub max_delay: Micros,
+    /// How often a client submits a request.
     pub request_interval: Micros,
     /// Forged messages with extreme field values are injected during the faults
     /// (`adversary.rs`). The checks forged votes can break are then off.
@@ -48,6 +53,7 @@ pub struct SimConfig {
 }
 
 impl SimConfig {
+    /// A run of `replicas` members from `seed`, with the default faults and timing.
     pub fn new(seed: u64, replicas: usize) -> SimConfig {
         SimConfig {
             seed,
@@ -211,27 +217,38 @@ impl Application for SimApp {}
 /// The outcome of a run.
 #[derive(Debug)]
 pub struct Report {
+    /// Decrees chosen.
     pub decrees: usize,
+    /// Requests acknowledged to their client (executed with their cookie).
     pub acknowledged: usize,
     /// How often a replica became primary, relinquished, crashed, learned votes from a peer,
     /// saved a checkpoint, caught up by loading a peer's, and (as primary) copied one.
     pub elections: usize,
+    /// Primaries that relinquished.
     pub relinquished: usize,
+    /// Replica crashes.
     pub crashes: usize,
+    /// Times a replica learned votes from a peer.
     pub learned: usize,
+    /// Checkpoints saved.
     pub checkpoints_saved: usize,
+    /// Peers' checkpoints loaded to catch up.
     pub checkpoints_loaded: usize,
+    /// Checkpoints a primary copied instead of saving one.
     pub checkpoints_copied: usize,
     /// The highest configuration number any replica reached.
     pub configurations: u32,
     /// Messages the adversary injected, and messages or records the replicas refused.
     pub injected: usize,
+    /// Messages or records the replicas refused.
     pub rejected: usize,
     /// Chosen decrees that waited in the log because the execute queue was full.
     pub spilled: usize,
+    /// Safety or liveness properties broken, each described: empty for a good run.
     pub violations: Vec<String>,
 }
 
+/// One simulated run: the nodes, the network and the clock, stepped from the seed.
 pub struct Sim {
     /// Each node's process, while it runs, and its execute queue's backlog.
     procs: Vec<Option<Driver>>,
@@ -284,6 +301,7 @@ fn address(i: usize) -> Ipv4Addr {
 }
 
 impl Sim {
+    /// A run of `cfg`, not yet stepped.
     pub fn new(cfg: SimConfig) -> Sim {
         let window = cfg.window;
         // Odd seeds let a replica stand while decrees wait to execute; even seeds wait for them.

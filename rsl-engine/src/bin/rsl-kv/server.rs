@@ -104,7 +104,7 @@ pub struct NvmArgs {
     /// The NVM journal (docs/nvm.md): a write is acknowledged once its record is in this
     /// persistent log, a memory-mapped file (on /dev/shm; on a DAX mount with
     /// `--nvm-persistence cache-flush`); the log files are written from it behind. A relative
-    /// path is inside the replica's data directory; with several rings, ring k's is PATH.ring<k>.
+    /// path is inside the replica's data directory; with several rings, ring N's is PATH.ringN.
     #[arg(long, value_name = "PATH")]
     pub nvm: Option<PathBuf>,
     /// The persistent log's size: what may be acknowledged before it is in the log files.

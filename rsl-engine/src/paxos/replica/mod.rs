@@ -45,7 +45,9 @@ pub enum Role {
     Initializing,
     /// Standing for election with a Prepare.
     Preparing,
+    /// Elected: proposes votes and serves requests.
     Primary,
+    /// Follows a primary, accepting its votes.
     Secondary,
 }
 
@@ -140,8 +142,11 @@ struct Mark {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("log record out of sequence: {kind:?} at decree {decree} after decree {after_decree}")]
 pub struct ReplayError {
+    /// The type of the record out of sequence.
     pub kind: MsgKind,
+    /// Its decree.
     pub decree: u64,
+    /// The decree of the record before it.
     pub after_decree: u64,
 }
 
@@ -394,6 +399,7 @@ impl Replica {
         debug_assert!(self.progress.keys().all(|id| self.members.contains(id)), "progress of a member that left");
     }
 
+    /// This replica's member id.
     pub fn me(&self) -> MemberId {
         self.me
     }
@@ -404,6 +410,7 @@ impl Replica {
         self.version
     }
 
+    /// Where the replica is in the protocol.
     pub fn role(&self) -> Role {
         self.role
     }
@@ -413,6 +420,7 @@ impl Replica {
         self.is_primary
     }
 
+    /// The highest ballot it has promised or accepted.
     pub fn max_ballot(&self) -> Ballot {
         self.max_ballot
     }

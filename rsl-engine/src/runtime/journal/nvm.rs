@@ -35,6 +35,7 @@ pub struct NvmOptions {
     pub path: PathBuf,
     /// Its ring's size in bytes: how much may be acknowledged and not yet in the log files.
     pub capacity: u64,
+    /// What makes an append durable: process crash only, msync, or cache flushes.
     pub persistence: Persistence,
 }
 

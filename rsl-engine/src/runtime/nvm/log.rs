@@ -30,6 +30,7 @@ impl Position {
 /// A record taken into the log (durable at the next [`PmemLog::persist`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Appended {
+    /// The record's sequence number, consecutive from the log's first.
     pub seq: u64,
     /// Where the payload starts in the log's memory (its file's offset): it stays there, unchanged,
     /// until the head passes `end`.
@@ -43,18 +44,30 @@ pub struct Appended {
 pub enum AppendError {
     /// No room until the head advances: wait for the drainer, then retry.
     #[error("persistent log full: {needed} bytes needed, {free} free")]
-    Full { needed: u64, free: u64 },
+    Full {
+        /// Bytes the record needs, framing included.
+        needed: u64,
+        /// Bytes free now.
+        free: u64,
+    },
     /// Larger than the log ever takes (half its ring, so an empty log takes any record).
     #[error("record of {len} bytes exceeds the persistent log's limit of {max}")]
-    TooLarge { len: usize, max: usize },
+    TooLarge {
+        /// The payload's length.
+        len: usize,
+        /// The largest payload the log takes.
+        max: usize,
+    },
 }
 
 /// A durable record, read back from the log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Record<'a> {
+    /// The record's sequence number.
     pub seq: u64,
     /// Where the record's frame starts in the log's file (for errors naming it).
     pub offset: u64,
+    /// The payload, borrowed from the log's memory.
     pub payload: &'a [u8],
     /// Just past the record.
     pub end: Position,

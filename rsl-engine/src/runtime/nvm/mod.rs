@@ -70,18 +70,39 @@ impl<M: PersistentMemory + ?Sized> PersistentMemory for Box<M> {
 /// Why a persistent log could not be created, opened or recovered.
 #[derive(Debug, thiserror::Error)]
 pub enum NvmError {
+    /// The log's file could not be created, mapped, locked or synced.
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
+    Io {
+        /// The log's file.
+        path: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
     /// Bytes that cannot be a crash's leftovers: a damaged medium or not a log at all.
     #[error("{}: corrupt persistent log at file offset {offset}: {what}", path.display())]
-    Corrupt { path: PathBuf, offset: u64, what: &'static str },
+    Corrupt {
+        /// The log's file.
+        path: PathBuf,
+        /// Where the bad bytes are.
+        offset: u64,
+        /// What is wrong there.
+        what: &'static str,
+    },
     /// Another journal (in this process or another) has the log open: two writers would
     /// overwrite each other's records.
     #[error("{}: the persistent log is in use by another journal (its lock is held)", path.display())]
-    Locked { path: PathBuf },
+    Locked {
+        /// The log's file.
+        path: PathBuf,
+    },
     /// A size the layout cannot hold.
     #[error("{}: {what}", path.display())]
-    Geometry { path: PathBuf, what: String },
+    Geometry {
+        /// The log's file.
+        path: PathBuf,
+        /// What the layout cannot hold.
+        what: String,
+    },
 }
 
 impl NvmError {

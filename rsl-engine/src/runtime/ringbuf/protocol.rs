@@ -46,16 +46,33 @@ fn record_size(len: u64) -> u64 {
 pub enum SendError {
     /// The message can never fit; the caller must split it or use another path.
     #[error("message of {len} bytes exceeds the ring's largest {max}")]
-    TooLarge { len: usize, max: usize },
+    TooLarge {
+        /// The message's length in bytes.
+        len: usize,
+        /// The largest message the ring takes.
+        max: usize,
+    },
     /// Not enough credit now; retry once the reader returns some.
     #[error("ring full: waiting for the reader's credits")]
     WouldBlock,
     /// The reader opened a newer session: this writer is stale and must reconnect.
     #[error("the reader moved to session {current}; this writer's session {mine} is over")]
-    Superseded { mine: u16, current: u16 },
+    Superseded {
+        /// This writer's session epoch.
+        mine: u16,
+        /// The reader's current epoch.
+        current: u16,
+    },
     /// The reader's credit word claims it consumed bytes never written, or went backwards.
     #[error("credit word {word:#x} is inconsistent with tail {tail} and consumed {consumed}")]
-    BadCredit { word: u64, tail: u64, consumed: u64 },
+    BadCredit {
+        /// The credit word as read.
+        word: u64,
+        /// Bytes this writer has published.
+        tail: u64,
+        /// Bytes the reader had returned before.
+        consumed: u64,
+    },
     /// The memory under the ring failed (an RDMA work request did not complete): the session is
     /// over. Reported by the memory's owner, never by `try_send`.
     #[error("the memory under the ring failed; the session is over")]
@@ -67,16 +84,38 @@ pub enum SendError {
 pub enum RecvError {
     /// The doorbell names a tail behind the head or more than a capacity ahead.
     #[error("doorbell word {word:#x} is out of range for head {head}")]
-    TailOutOfRange { word: u64, head: u64 },
+    TailOutOfRange {
+        /// The doorbell word as read.
+        word: u64,
+        /// The reader's head.
+        head: u64,
+    },
     /// A record's length runs past the end of the data or past the published tail.
     #[error("record at data offset {offset} has bad length {len}")]
-    BadLength { offset: usize, len: u32 },
+    BadLength {
+        /// The record's offset in the ring's data.
+        offset: usize,
+        /// The length its header claims.
+        len: u32,
+    },
     /// A header carries another session's epoch.
     #[error("record at data offset {offset} belongs to session {epoch}")]
-    StaleRecord { offset: usize, epoch: u16 },
+    StaleRecord {
+        /// The record's offset in the ring's data.
+        offset: usize,
+        /// The epoch its header carries.
+        epoch: u16,
+    },
     /// A header of unknown kind, or a wrap marker that wraps nothing.
     #[error("record at data offset {offset} has bad kind {kind} or length {len}")]
-    BadKind { offset: usize, kind: u16, len: u32 },
+    BadKind {
+        /// The record's offset in the ring's data.
+        offset: usize,
+        /// The kind its header carries.
+        kind: u16,
+        /// The length its header carries.
+        len: u32,
+    },
 }
 
 /// The writing end: appends messages to the peer's ring.

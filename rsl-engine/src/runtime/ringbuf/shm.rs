@@ -22,14 +22,23 @@ use super::{check_capacity, region_bytes, BadCapacity, CAPACITY_WORD, DATA_WORD,
 /// Why a ring file could not be created or opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ShmError {
+    /// The ring file could not be created, sized or mapped.
     #[error("ring file: {0}")]
     Io(#[from] io::Error),
+    /// The capacity is not one a ring can have.
     #[error(transparent)]
     Capacity(#[from] BadCapacity),
+    /// The file does not start with a ring's magic number (the value found).
     #[error("ring file has magic {0:#x}, not a ring")]
     BadMagic(u64),
+    /// The file's length does not match the capacity its header declares.
     #[error("ring file is {actual} bytes; its capacity needs {expected}")]
-    WrongSize { actual: u64, expected: u64 },
+    WrongSize {
+        /// The file's length in bytes.
+        actual: u64,
+        /// The length the capacity needs.
+        expected: u64,
+    },
     /// Not a file this process's user made for this use alone: another user's, readable or
     /// writable by others, linked elsewhere, or not a regular file.
     #[error("ring file is not private: {0}")]

@@ -29,12 +29,26 @@ const SIGNAL_EVERY: u32 = 64;
 /// Why a verbs call failed: names the call and carries errno (or the completion status).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerbsError {
+    /// No RDMA device is present (the transport then keeps TCP).
     #[error("no RDMA device")]
     NoDevice,
+    /// A verbs or RDMA CM call failed.
     #[error("{call} failed: errno {errno}")]
-    Call { call: &'static str, errno: i32 },
+    Call {
+        /// The call's name.
+        call: &'static str,
+        /// Its errno.
+        errno: i32,
+    },
+    /// A posted work request completed in error: the queue pair is unusable.
     #[error("a work request completed with status {status} (vendor error {vendor})")]
-    Completion { status: u32, vendor: u32 },
+    Completion {
+        /// The completion's `ibv_wc_status`.
+        status: u32,
+        /// The device vendor's error code.
+        vendor: u32,
+    },
+    /// The peer's endpoint is malformed or does not fit the ring (what is wrong).
     #[error("peer endpoint: {0}")]
     BadEndpoint(&'static str),
 }
@@ -148,6 +162,7 @@ impl Region {
         Ok(Region { words, mr, _dev: dev.clone() })
     }
 
+    /// The registered words, as atomics (the peer writes them by RDMA).
     pub fn words(&self) -> &[AtomicU64] {
         &self.words
     }
@@ -178,19 +193,27 @@ const _: () = assert!(Endpoint::LEN == crate::runtime::shm_link::ENDPOINT_LEN, "
 /// may write (the reader's ring; the writer's credit word).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Endpoint {
+    /// The queue pair number.
     pub qpn: u32,
+    /// The initial packet sequence number.
     pub psn: u32,
+    /// The port's LID (InfiniBand; 0 on RoCE).
     pub lid: u16,
+    /// The port's GID (RoCE addressing).
     pub gid: [u8; 16],
+    /// The address of the memory the other may write.
     pub addr: u64,
+    /// The remote key of that memory.
     pub rkey: u32,
     /// Bytes of memory at `addr` the other may write.
     pub len: u64,
 }
 
 impl Endpoint {
+    /// Bytes of an encoded endpoint.
     pub const LEN: usize = 4 + 4 + 2 + 16 + 8 + 4 + 8;
 
+    /// The endpoint as sent over TCP, little-endian.
     pub fn encode(&self) -> [u8; Self::LEN] {
         let mut out = [0u8; Self::LEN];
         out[0..4].copy_from_slice(&self.qpn.to_le_bytes());
@@ -243,6 +266,7 @@ pub struct QueuePair {
 unsafe impl Send for QueuePair {}
 
 impl QueuePair {
+    /// A reliable-connected queue pair on `dev`, not yet connected.
     pub fn new(dev: &Arc<Device>) -> Result<QueuePair, VerbsError> {
         let depth = (SEND_DEPTH / SIGNAL_EVERY + 1) as i32;
         // SAFETY: the context is open; the CQ is destroyed in `drop` after the QP.
@@ -429,6 +453,7 @@ impl VerbsRemote {
         })
     }
 
+    /// What the reader needs to reach this writer: its queue pair and credit word.
     pub fn endpoint(&self) -> Endpoint {
         self.qp.endpoint(&self.credit, 8)
     }
@@ -441,6 +466,7 @@ impl VerbsRemote {
         Ok(())
     }
 
+    /// The failure that ended the session, if any.
     pub fn error(&self) -> Option<&VerbsError> {
         self.error.as_ref()
     }
@@ -511,10 +537,12 @@ impl VerbsLocal {
         Ok(VerbsLocal { qp, ring, peer, capacity, error: None })
     }
 
+    /// What the writer needs to reach this reader: its queue pair and ring.
     pub fn endpoint(&self) -> Endpoint {
         self.qp.endpoint(&self.ring, region_bytes(self.capacity) as u64)
     }
 
+    /// The failure that ended the session, if any.
     pub fn error(&self) -> Option<&VerbsError> {
         self.error.as_ref()
     }

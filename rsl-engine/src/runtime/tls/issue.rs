@@ -14,15 +14,21 @@ pub struct Ca {
 
 /// One issued certificate, as PEM.
 pub struct Issued {
+    /// The certificate, PEM.
     pub cert_pem: String,
+    /// Its private key, PEM (PKCS#8).
     pub key_pem: String,
+    /// The certificate's SHA-1 thumbprint (what `SetThumbprintsForSsl` takes).
     pub thumbprint: Thumbprint,
 }
 
 /// What a leaf is issued for: its CN (and DNS SAN) and validity period.
 pub struct LeafSpec<'a> {
+    /// The subject CN, also put in a DNS SAN.
     pub name: &'a str,
+    /// Valid from.
     pub not_before: SystemTime,
+    /// Valid until.
     pub not_after: SystemTime,
 }
 
@@ -42,6 +48,7 @@ impl Ca {
         self.cert.pem()
     }
 
+    /// The CA certificate's SHA-1 thumbprint.
     pub fn thumbprint(&self) -> Thumbprint {
         Thumbprint::of(self.cert.der())
     }

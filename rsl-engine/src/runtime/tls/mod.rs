@@ -61,9 +61,21 @@ pub struct SpkiPin(pub [u8; 32]);
 pub enum IdentitySource {
     /// `<dir>/<A>.crt` and `<dir>/<A>.key`, else the same for B (the original takes A from
     /// the store, falling back to B).
-    Thumbprints { dir: PathBuf, a: Option<Thumbprint>, b: Option<Thumbprint> },
+    Thumbprints {
+        /// The directory holding the `<thumbprint>.crt`/`.key` files.
+        dir: PathBuf,
+        /// Thumbprint A, tried first.
+        a: Option<Thumbprint>,
+        /// Thumbprint B, the fallback.
+        b: Option<Thumbprint>,
+    },
     /// PEM files: the chain (leaf first) and its key.
-    Files { cert: PathBuf, key: PathBuf },
+    Files {
+        /// The certificate chain, PEM, leaf first.
+        cert: PathBuf,
+        /// Its private key, PEM.
+        key: PathBuf,
+    },
 }
 
 /// `SetSubjectNamesForSsl`'s rule: a peer whose subject is `subject` and whose issuer's
@@ -72,6 +84,7 @@ pub enum IdentitySource {
 pub struct SubjectRule {
     /// As the certificate's subject CN (`CN=` prefix, if given, is ignored).
     pub subject: String,
+    /// Thumbprints of the issuers admitted for `subject`.
     pub issuers: Vec<Thumbprint>,
 }
 
@@ -82,7 +95,9 @@ pub struct SubjectRule {
 pub struct PeerRules {
     /// Leaf thumbprints admitted (the original's A and B).
     pub thumbprints: Vec<Thumbprint>,
+    /// `SetSubjectNamesForSsl`: subject and issuer rules admitted.
     pub subjects: Vec<SubjectRule>,
+    /// SHA-256 pins of the subject public keys admitted.
     pub spki_pins: Vec<SpkiPin>,
     /// Names one of which the certificate must carry (subject CN or DNS SAN).
     pub names: Vec<String>,
@@ -96,13 +111,16 @@ pub struct PeerRules {
 /// What a replica is configured with (`RslConfig::tls`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsSettings {
+    /// Where this replica's certificate and key come from.
     pub identity: IdentitySource,
+    /// Which peers it admits.
     pub peers: PeerRules,
 }
 
 /// Who is at the other end of an authenticated connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerIdentity {
+    /// The SHA-1 thumbprint of the peer's leaf certificate.
     pub thumbprint: Thumbprint,
     /// The subject CN and the DNS SANs: when one of them is a member id of the ring, the
     /// connection speaks for that member only.
@@ -112,12 +130,26 @@ pub struct PeerIdentity {
 /// Why TLS could not be set up (at `Initialize`): names the file or setting.
 #[derive(Debug, Error)]
 pub enum TlsError {
+    /// A certificate, key or CA file could not be read.
     #[error("TLS: cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// A certificate, key or CA file does not parse or is unusable.
     #[error("TLS: {path}: {detail}")]
-    Invalid { path: PathBuf, detail: String },
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// Neither thumbprint (A, B) has its certificate and key in the directory (the third value).
     #[error("TLS: no certificate for thumbprint {0} or {1} in {2}")]
     NoIdentity(String, String, PathBuf),
+    /// A setting is unusable or the settings contradict each other (what is wrong).
     #[error("TLS: {0}")]
     Setting(String),
 }
