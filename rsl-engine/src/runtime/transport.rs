@@ -408,7 +408,7 @@ struct Peer {
     counters: Counters,
     /// Warnings of handshakes the peer refused.
     refusals: RateLimited,
-    /// Until when (Unix microseconds) the peer's connections are plain TCP without an offer: the
+    /// Until when (`monotonic_micros`) the peer's connections are plain TCP without an offer: the
     /// last set-up failed (a peer without it closes the connection on an offer). 0: offer.
     shm_off_until: AtomicU64,
     /// The connection now carries packets through a ring.
@@ -655,7 +655,7 @@ async fn connect_and_serve(peer: &Peer, link: &Link, send_timeout: Duration) -> 
     let Some(tls) = &link.tls else {
         let mut stream = stream;
         let ring = match &link.shm {
-            Some(opts) if peer.shm_off_until.load(Relaxed) <= unix_micros(SystemTime::now()) => {
+            Some(opts) if peer.shm_off_until.load(Relaxed) <= monotonic_micros() => {
                 match shm_link::offer_ring(&mut stream, opts).await {
                     Ok(Offered::Ring(ring)) => Some(ring),
                     Ok(Offered::Tcp(why)) => {
@@ -666,7 +666,7 @@ async fn connect_and_serve(peer: &Peer, link: &Link, send_timeout: Duration) -> 
                         // A peer without the set-up closes the connection on an offer: TCP for a while
                         // (a peer that was restarted meanwhile, or upgraded, gets an offer again).
                         warn!(peer = %peer.addr, error = %e, retry = ?SHM_RETRY, "shared-memory set-up failed: TCP to this peer for now");
-                        peer.shm_off_until.store(unix_micros(SystemTime::now() + SHM_RETRY), Relaxed);
+                        peer.shm_off_until.store(monotonic_micros() + SHM_RETRY.as_micros() as u64, Relaxed);
                         return None;
                     }
                 }
@@ -1369,6 +1369,13 @@ fn regrow(buf: &mut BytesMut, capacity: usize) {
 
 /// A TLS configuration for tests: a certificate naming `name` issued by `ca` (written to
 /// `dir`), admitting every peer whose chain leads to `ca`.
+/// Microseconds since this process first asked: a clock that never steps back, for the
+/// shared-memory back-off (the wall clock would reopen or hold it when set).
+fn monotonic_micros() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    u64::try_from(START.get_or_init(Instant::now).elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 pub(crate) fn test_tls(dir: &std::path::Path, ca: &super::tls::issue::Ca, name: &str) -> Arc<Tls> {
     use super::tls::{issue, IdentitySource, PeerRules, TlsSettings};

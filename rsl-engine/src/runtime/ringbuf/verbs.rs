@@ -460,7 +460,12 @@ impl VerbsRemote {
 
     /// Connects to the reader's endpoint, which must offer a whole ring of our capacity.
     pub fn connect(&mut self, peer: &Endpoint) -> Result<(), VerbsError> {
-        let peer = Endpoint::decode(&peer.encode(), region_bytes(self.capacity) as u64)?;
+        let ring = region_bytes(self.capacity) as u64;
+        let peer = Endpoint::decode(&peer.encode(), ring)?;
+        // Exactly ours: a larger ring would wrap at another offset than this writer does.
+        if peer.len != ring {
+            return Err(VerbsError::BadEndpoint("a ring of another capacity than the writer's"));
+        }
         self.qp.connect(&peer)?;
         self.peer = peer;
         Ok(())
