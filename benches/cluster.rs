@@ -123,12 +123,7 @@ fn pipeline(exe: &str) {
                     port += 20;
                     let json = run_cluster(exe, port, &flags);
                     println!("{json}");
-                    into.push(Run {
-                        ops: field(&json, "ops_per_sec"),
-                        p50: field(&json, "p50_us"),
-                        p99: field(&json, "p99_us"),
-                        cpu: field(&json, "replica_cpu_us_per_request"),
-                    });
+                    into.push(Run::of(&json));
                 }
             }
             rows.push((delay_us, outstanding, v6, v7));
@@ -180,12 +175,7 @@ fn journals(exe: &str) {
                 port += 20;
                 let json = run_cluster(exe, port, &flags);
                 println!("{json}");
-                into.push(Run {
-                    ops: field(&json, "ops_per_sec"),
-                    p50: field(&json, "p50_us"),
-                    p99: field(&json, "p99_us"),
-                    cpu: field(&json, "replica_cpu_us_per_request"),
-                });
+                into.push(Run::of(&json));
             }
         }
         rows.push((outstanding, runs));
@@ -210,4 +200,16 @@ struct Run {
     /// The three replicas' CPU time per request, in µs: a busy machine changes it less than
     /// the throughput.
     cpu: f64,
+}
+
+impl Run {
+    /// The figures of one `rsl-kv cluster --json` line.
+    fn of(json: &str) -> Run {
+        Run {
+            ops: field(json, "ops_per_sec"),
+            p50: field(json, "p50_us"),
+            p99: field(json, "p99_us"),
+            cpu: field(json, "replica_cpu_us_per_request"),
+        }
+    }
 }

@@ -33,6 +33,18 @@ fn file_bytes(dir: &Path) -> Vec<(u64, Vec<u8>)> {
     list_logs(dir).unwrap().into_iter().map(|(d, p)| (d, fs::read(p).unwrap())).collect()
 }
 
+/// A 64 KiB persistent log holding six records that never reached the log files (the drain
+/// held), its journal dropped as a crash would leave it.
+fn six_records_only_in_the_persistent_log() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = open(nvm_options(dir.path(), 64 << 10), None).unwrap();
+    j.journal.defer_writes();
+    j.journal.hold_drain();
+    append_flushing(&mut j, &records()[..6], 1, 2);
+    drop(j);
+    dir
+}
+
 #[test]
 fn the_nvm_mode_writes_the_same_log_files_as_the_file_mode() {
     let (file_dir, nvm_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -109,12 +121,7 @@ fn a_full_persistent_log_waits_for_the_files() {
 
 #[test]
 fn a_bad_record_in_the_persistent_log_is_an_error_naming_file_and_offset() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut j = open(nvm_options(dir.path(), 64 << 10), None).unwrap();
-    j.journal.defer_writes();
-    j.journal.hold_drain();
-    append_flushing(&mut j, &records()[..6], 1, 2);
-    drop(j);
+    let dir = six_records_only_in_the_persistent_log();
     let path = dir.path().join("journal.nvm");
     let mut bytes = fs::read(&path).unwrap();
     // Inside the second record's payload (the first batch is two 512-byte records).
@@ -128,12 +135,7 @@ fn a_bad_record_in_the_persistent_log_is_an_error_naming_file_and_offset() {
 
 #[test]
 fn a_resized_persistent_log_takes_its_new_size_once_drained() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut j = open(nvm_options(dir.path(), 64 << 10), None).unwrap();
-    j.journal.defer_writes();
-    j.journal.hold_drain();
-    append_flushing(&mut j, &records()[..6], 1, 2);
-    drop(j);
+    let dir = six_records_only_in_the_persistent_log();
     let j = open(nvm_options(dir.path(), 8 << 10), None).unwrap();
     assert_eq!(j.replay.len(), 6);
     drop(j);
@@ -143,12 +145,7 @@ fn a_resized_persistent_log_takes_its_new_size_once_drained() {
 
 #[test]
 fn bytes_past_the_persistent_logs_tail_are_cut_not_written() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut j = open(nvm_options(dir.path(), 64 << 10), None).unwrap();
-    j.journal.defer_writes();
-    j.journal.hold_drain();
-    append_flushing(&mut j, &records()[..6], 1, 2);
-    drop(j);
+    let dir = six_records_only_in_the_persistent_log();
     // Garbage where the next records would go (appended, never published, torn by a crash).
     let path = dir.path().join("journal.nvm");
     let mut bytes = fs::read(&path).unwrap();
