@@ -1417,7 +1417,9 @@ mod tests {
     }
 
     /// A transport whose messages arrive on the returned channel.
-    fn start(addr: SocketAddr, opts: TransportOptions) -> (Transport, UnboundedReceiver<Arc<Message>>) {
+    type Rx = UnboundedReceiver<Arc<Message>>;
+
+    fn start(addr: SocketAddr, opts: TransportOptions) -> (Transport, Rx) {
         let (tx, rx) = unbounded_channel();
         let t = Transport::start(&Handle::current(), addr, opts, None, Arc::new(move |m, _| drop(tx.send(m)))).unwrap();
         (t, rx)
@@ -1449,24 +1451,29 @@ mod tests {
         a.set_peers(&[(id(2), b.local_addr())]);
         b.set_peers(&[(id(1), a.local_addr())]);
         const N: u64 = 5000;
-        // Send from plain threads, as the protocol thread does.
         let (a, b) = (Arc::new(a), Arc::new(b));
-        let senders: Vec<_> = [(a.clone(), 1, 2), (b.clone(), 2, 1)]
-            .into_iter()
-            .map(|(t, from, to)| std::thread::spawn(move || (1..=N).all(|d| t.send(&id(to), framed(&vote(from, d))))))
-            .collect();
-        for s in senders {
-            assert!(s.join().unwrap(), "every send was queued");
-        }
-        for (rx, from) in [(&mut rx_b, 1), (&mut rx_a, 2)] {
-            for d in 1..=N {
-                assert_eq!(*recv(rx).await, vote(from, d));
-            }
-        }
+        exchange(&a, &b, &mut rx_a, &mut rx_b, N).await;
         let stats = a.peer_stats();
         assert_eq!(stats.len(), 1);
         assert!(stats[0].connected);
         assert_eq!((stats[0].sent_packets, stats[0].dropped_packets, stats[0].queued_bytes), (N, 0, 0));
+    }
+
+    /// Votes 1..=n each way, sent from plain threads as the protocol thread sends; each side
+    /// receives all of the other's, intact and in order.
+    async fn exchange(a: &Arc<Transport>, b: &Arc<Transport>, rx_a: &mut Rx, rx_b: &mut Rx, n: u64) {
+        let senders: Vec<_> = [(a.clone(), 1, 2), (b.clone(), 2, 1)]
+            .into_iter()
+            .map(|(t, from, to)| std::thread::spawn(move || (1..=n).all(|d| t.send(&id(to), framed(&vote(from, d))))))
+            .collect();
+        for s in senders {
+            assert!(s.join().unwrap(), "every send was queued");
+        }
+        for (rx, from) in [(rx_b, 1), (rx_a, 2)] {
+            for d in 1..=n {
+                assert_eq!(*recv(rx).await, vote(from, d));
+            }
+        }
     }
 
     fn with_shm(dir: &std::path::Path) -> TransportOptions {
@@ -1486,18 +1493,7 @@ mod tests {
         wait_until("both rings", || a.peer_stats()[0].shm && b.peer_stats()[0].shm).await;
         const N: u64 = 5000;
         let (a, b) = (Arc::new(a), Arc::new(b));
-        let senders: Vec<_> = [(a.clone(), 1, 2), (b.clone(), 2, 1)]
-            .into_iter()
-            .map(|(t, from, to)| std::thread::spawn(move || (1..=N).all(|d| t.send(&id(to), framed(&vote(from, d))))))
-            .collect();
-        for s in senders {
-            assert!(s.join().unwrap(), "every send was queued");
-        }
-        for (rx, from) in [(&mut rx_b, 1), (&mut rx_a, 2)] {
-            for d in 1..=N {
-                assert_eq!(*recv(rx).await, vote(from, d));
-            }
-        }
+        exchange(&a, &b, &mut rx_a, &mut rx_b, N).await;
         // Larger than the ring: over the TCP connection, which the ring leaves open.
         assert!(a.send(&id(2), framed(&big_vote(N + 1, 10_000))));
         assert_eq!(*recv(&mut rx_b).await, big_vote(N + 1, 10_000));
