@@ -425,11 +425,13 @@ mod tests {
     async fn a_request_that_never_ends_is_closed() {
         let (mut client, server) = duplex(1024);
         let served = tokio::spawn(scrape(server));
+        let began = tokio::time::Instant::now();
         client.write_all(b"GET /metrics HTTP/1.1\r\n").await.unwrap();
         let mut answer = Vec::new();
         // The paused clock jumps to the timeout once all is idle: closed, unanswered.
         client.read_to_end(&mut answer).await.unwrap();
         served.await.unwrap();
         assert!(answer.is_empty());
+        assert!(began.elapsed() >= SCRAPE_TIMEOUT, "closed at the timeout, not before");
     }
 }

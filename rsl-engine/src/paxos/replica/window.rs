@@ -90,7 +90,8 @@ impl Replica {
     pub(super) fn note_durable(&mut self, now: Micros) {
         let durable = self.durable_seq;
         for o in self.outstanding.iter_mut().filter(|o| o.seq <= durable && o.durable_at == Micros::MAX) {
-            o.durable_at = now;
+            // A clock that stepped back measures as durable at once, as `measure` takes it.
+            o.durable_at = now.max(o.proposed_at);
         }
         debug_assert!(self.outstanding.iter().all(|o| (o.seq <= durable) == (o.durable_at != Micros::MAX)), "durable times out of step");
         debug_assert!(self.outstanding.iter().all(|o| o.durable_at == Micros::MAX || o.durable_at >= o.proposed_at));
