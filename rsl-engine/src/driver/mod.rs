@@ -222,7 +222,7 @@ impl Driver {
     /// checks the rest.
     pub fn on_message(&mut self, msg: Arc<Message>, origin: Inbound<'_>, host: &mut impl Host) {
         let (from, ip) = (msg.header.sender, origin.ip);
-        if certified_other(&self.nodes, &from, origin.certified).is_some() {
+        if certified_other(|id| self.nodes.contains_key(id), &from, origin.certified).is_some() {
             return host.rejected(from, msg.kind(), Rejection::NotCertified, Some(ip));
         }
         let listen_on_all_ips = self.listen_on_all_ips;
@@ -466,9 +466,10 @@ impl Driver {
 /// Identity binding: a connection whose certificate names (CN or DNS SAN) a member we know
 /// speaks for that member only. The member it names, if the message's `sender` is not one of
 /// those it names; None when it may speak (no TLS, or a certificate naming no member, such as
-/// one service certificate shared by every replica: it binds nothing).
-fn certified_other(nodes: &BTreeMap<MemberId, Node>, sender: &MemberId, names: Option<&[String]>) -> Option<MemberId> {
-    let mut named = names?.iter().filter_map(|name| MemberId::new(name)).filter(|id| nodes.contains_key(id));
+/// one service certificate shared by every replica: it binds nothing). The learn client holds
+/// a server to the same rule (`runtime/learn.rs`).
+pub(crate) fn certified_other(is_member: impl Fn(&MemberId) -> bool, sender: &MemberId, names: Option<&[String]>) -> Option<MemberId> {
+    let mut named = names?.iter().filter_map(|name| MemberId::new(name)).filter(|id| is_member(id));
     let first = named.next()?;
     (first != *sender && named.all(|id| id != *sender)).then_some(first)
 }

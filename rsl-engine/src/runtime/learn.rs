@@ -10,7 +10,7 @@ use crate::format::checkpoint::{CheckpointError, CheckpointReader};
 use crate::format::codec::PAGE;
 use crate::format::log::{read_record, Mode, RecordError, Step};
 use crate::format::message::{Checksum, Header, Message, MsgKind, MAX_HEADER_SIZE};
-use crate::format::types::Version;
+use crate::format::types::{MemberId, Version};
 use crate::format::EncodeError;
 use crate::writeback::Writeback;
 use bytes::{Bytes, BytesMut};
@@ -164,6 +164,16 @@ pub enum LearnError {
     NoCheckpoint {
         /// The peer's learn-port address.
         peer: SocketAddr,
+    },
+    /// The server's certificate names another member than the one asked.
+    #[error("learn from {peer}: the server's certificate names member {named}, not {expected}")]
+    NotCertified {
+        /// The peer's learn-port address.
+        peer: SocketAddr,
+        /// The member meant to answer.
+        expected: String,
+        /// The member its certificate names.
+        named: String,
     },
     /// The task verifying the copied checkpoint did not finish (it panicked or was cancelled).
     #[error("learn from {peer}: verifying the checkpoint failed: {reason}")]
@@ -354,12 +364,23 @@ pub struct Peer<'a> {
     pub addr: SocketAddr,
     /// This replica's TLS, to authenticate and check the server; `None`: plain TCP.
     pub tls: Option<&'a Tls>,
+    /// With TLS, the member meant to answer and every member this replica knows (itself
+    /// included): a server whose certificate names another of them is refused, as a Paxos
+    /// connection's messages are (identity binding, docs/security.md).
+    pub binding: Option<(MemberId, &'a [MemberId])>,
 }
 
 impl Peer<'_> {
     /// A peer reached over plain TCP.
     pub fn plain(addr: SocketAddr) -> Peer<'static> {
-        Peer { addr, tls: None }
+        Peer { addr, tls: None, binding: None }
+    }
+
+    /// The server's certificate names a member other than the one meant to answer.
+    fn impersonates(&self, names: &[String]) -> Option<LearnError> {
+        let (expected, known) = self.binding?;
+        let named = crate::driver::certified_other(|id| known.contains(id), &expected, Some(names))?;
+        Some(LearnError::NotCertified { peer: self.addr, expected: expected.to_string(), named: named.to_string() })
     }
 
     /// Connects, with the handshake when TLS is on (a refused one is a connect error).
@@ -372,7 +393,10 @@ impl Peer<'_> {
         match self.tls {
             None => Ok(Box::new(conn)),
             Some(tls) => match tls.connect(conn).await {
-                Ok((conn, _)) => Ok(Box::new(conn)),
+                Ok((conn, identity)) => match self.impersonates(&identity.names) {
+                    Some(e) => Err(e),
+                    None => Ok(Box::new(conn)),
+                },
                 Err(source) => Err(LearnError::Connect { peer, source }),
             },
         }
@@ -1077,7 +1101,8 @@ mod tests {
             Some(server_tls.clone()),
         )
         .unwrap();
-        let peer = Peer { addr: server.local_addr(), tls: Some(&client_tls) };
+        let known = ["1", "2", "3"].map(|m| MemberId::new(m).unwrap());
+        let peer = Peer { addr: server.local_addr(), tls: Some(&client_tls), binding: Some((known[0], &known)) };
         let records = fetch_votes(peer, &fetch_votes_request(1), 1 << 20, WAIT).await.unwrap();
         assert_eq!(decrees(&records), [1, 2, 3, 4, 5]);
         let dest = dir.path().join("copy.codex");
@@ -1086,6 +1111,14 @@ mod tests {
         let status = fetch_status(peer, &message(Version::V6, 3, Body::StatusQuery), WAIT).await.unwrap();
         assert_eq!(status.kind(), MsgKind::StatusResponse);
         assert_eq!(server_tls.refused(), 0);
+        // Identity binding: member 1's certificate does not answer for member 3 ...
+        let as_3 = Peer { binding: Some((known[2], &known)), ..peer };
+        let err = fetch_status(as_3, &message(Version::V6, 3, Body::StatusQuery), WAIT).await.unwrap_err();
+        assert!(matches!(&err, LearnError::NotCertified { expected, named, .. } if expected == "3" && named == "1"), "{err}");
+        assert!(fetch_checkpoint(as_3, &fetch_checkpoint_request(Version::V6, CP_DECREE), size, &dest, WAIT, 1).await.is_err());
+        // ... unless it names no member this replica knows (a shared service certificate).
+        let unknown = Peer { binding: Some((known[2], &known[1..])), ..peer };
+        assert!(fetch_status(unknown, &message(Version::V6, 3, Body::StatusQuery), WAIT).await.is_ok());
         // Plain requests get nothing.
         let plain = Peer::plain(server.local_addr());
         assert!(fetch_votes(plain, &fetch_votes_request(1), 1 << 20, WAIT).await.map_or(true, |r| r.is_empty()));

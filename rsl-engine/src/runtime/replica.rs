@@ -708,8 +708,9 @@ async fn copy_state(
     tls: Option<&Tls>,
 ) -> Option<(u64, PathBuf)> {
     let ours = checkpoints.newest().map_or(0, |(d, ..)| d);
-    for node in peers {
-        let peer = learn::Peer { addr: learn_addr(&node), tls };
+    let known: Vec<MemberId> = peers.iter().map(|n| n.id).chain([me]).collect();
+    for node in &peers {
+        let peer = learn::Peer { addr: learn_addr(node), tls, binding: Some((node.id, &known)) };
         let query = Message::new(Header::new(version, me, 0, 0, Ballot::EMPTY), Body::StatusQuery);
         let Ok(reply) = learn::fetch_status(peer, &query, limit).await else { continue };
         let Body::StatusResponse(s) = reply.body else { continue };

@@ -82,6 +82,9 @@ pub(crate) struct Io {
     pub tls: Option<Arc<Tls>>,
     /// This replica's member id: the view names it primary as `is_primary` is set.
     me: MemberId,
+    /// Every member the driver knows, this one included: whom a learn server's certificate
+    /// may name (`learn::Peer::binding`).
+    members: Arc<[MemberId]>,
     /// Warnings of rejections: at most one per `REJECTION_LOG_INTERVAL`.
     rejections: RateLimited,
     frame_buf: BytesMut,
@@ -123,6 +126,7 @@ impl Io {
     ) -> Io {
         Io {
             me,
+            members: Arc::new([me]),
             backlog: ExecBacklog::new(limits.execution_queue_bytes, dir.clone(), shared.clone()),
             journal,
             transport,
@@ -513,9 +517,9 @@ impl Host for Io {
     fn fetch_votes(&mut self, node: &Node, request: Message) {
         let (from, addr) = (node.id, learn_addr(node));
         let (events, limit, timeout) = (self.events.clone(), self.limits.max_learn_bytes, self.limits.receive_timeout);
-        let tls = self.tls.clone();
+        let (tls, members) = (self.tls.clone(), self.members.clone());
         let task = async move {
-            let peer = learn::Peer { addr, tls: tls.as_deref() };
+            let peer = learn::Peer { addr, tls: tls.as_deref(), binding: Some((from, &members)) };
             let records = learn::fetch_votes(peer, &request, limit, timeout).await.unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "learning votes failed");
                 Vec::new()
@@ -530,9 +534,9 @@ impl Host for Io {
         let (events, work, timeout) = (self.events.clone(), self.work.clone(), self.limits.receive_timeout);
         let temp = self.checkpoints.temp_path();
         let fatal = self.fatal(format!("fetching checkpoint {decree} from {from}"));
-        let tls = self.tls.clone();
+        let (tls, members) = (self.tls.clone(), self.members.clone());
         let task = async move {
-            let peer = learn::Peer { addr, tls: tls.as_deref() };
+            let peer = learn::Peer { addr, tls: tls.as_deref(), binding: Some((from, &members)) };
             let installed = super::exec::fetch_checkpoint(peer, &request, size, temp, timeout, 5, &work).await;
             let event = match installed {
                 Ok((saved, header)) if load => Event::Input(Input::CheckpointFetched(Some((core_checkpoint(header), saved.size)))),
@@ -561,6 +565,7 @@ impl Host for Io {
         if let Some(resolver) = &self.resolver {
             resolver.peers(peers.iter().map(|&n| n.clone()).collect());
         }
+        self.members = peers.iter().map(|n| n.id).chain([self.me]).collect();
         let peers: Vec<_> = peers.iter().map(|n| (n.id, paxos_addr(n))).collect();
         self.transport.set_peers(&peers);
     }
