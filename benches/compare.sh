@@ -25,6 +25,8 @@ trap cleanup EXIT
 
 if ! command -v etcd >/dev/null; then
     echo "installing etcd-server and etcd-client" >&2
+    # A fresh machine's package lists may be missing or stale: install fails without them.
+    apt-get update -q >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y etcd-server etcd-client >&2
 fi
 (cd "$root" && cargo build --release -q -p rsl-engine --bin rsl-kv)
