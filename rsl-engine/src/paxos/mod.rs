@@ -324,8 +324,12 @@ pub struct CoreConfig {
     /// How long the primary waits before resending its outstanding votes to members that have
     /// not acknowledged them (`m_voteRetryIntervalSec`).
     pub vote_retry_interval: Micros,
-    /// Requests are batched into one vote up to this many bytes.
+    /// Requests are batched into one vote while its encoding stays within this many bytes,
+    /// header and cookie counted as RSL counts them (`s_AvgMessageLen`).
     pub max_vote_bytes: usize,
+    /// The largest message a member accepts (`m_maxMessageSizeMB`): a request whose vote alone
+    /// would be larger is refused (`InvalidRequest`), since no member could ever accept it.
+    pub max_message_bytes: usize,
     /// Votes cached while initializing, in bytes; past it the cache is dropped. Also the
     /// primary's requests queued behind the votes in flight: past it a request is refused.
     pub max_cache_bytes: usize,
@@ -362,6 +366,7 @@ impl Default for CoreConfig {
             prepare_retry_interval: SEC,
             vote_retry_interval: 3 * SEC,
             max_vote_bytes: crate::format::message::MAX_BATCH_BYTES,
+            max_message_bytes: (100 << 20) + 1024,
             max_cache_bytes: 50 << 20,
             use_global_accept_flag: false,
             checkpoint_query_interval: 5 * SEC,

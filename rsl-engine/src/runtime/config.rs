@@ -480,6 +480,7 @@ impl RslConfig {
             prepare_retry_interval: us(self.prepare_retry_interval_sec),
             vote_retry_interval: us(self.vote_retry_interval_sec),
             max_vote_bytes: MAX_BATCH_BYTES,
+            max_message_bytes: self.max_message_bytes(),
             max_cache_bytes: (self.max_cache_length_mb as usize) << 20,
             use_global_accept_flag: self.use_global_accept_messages_flag,
             checkpoint_query_interval: us(self.c_p_query_retry_interval_sec),

@@ -57,6 +57,8 @@ pub struct RslReplica {
     fast_read_threshold: u64,
     /// Requests are refused while the core queues this many bytes of them (`max_cache_bytes`).
     max_queued_bytes: u64,
+    /// A longer request could not travel in any vote (the core checks again with the cookie).
+    max_request_bytes: usize,
     transport: Arc<Transport>,
     checkpoints: Arc<Catalog>,
     receive_timeout: Duration,
@@ -290,6 +292,7 @@ impl RslReplica {
             version,
             fast_read_threshold: cfg.fast_read_seq_threshold.into(),
             max_queued_bytes: u64::from(cfg.max_cache_length_mb) << 20,
+            max_request_bytes: cfg.max_message_bytes() - crate::format::message::MAX_HEADER_SIZE - 10,
             transport,
             checkpoints,
             receive_timeout: Duration::from_secs(cfg.receive_timeout_sec.into()),
@@ -329,7 +332,7 @@ impl RslReplica {
             Some(ResponseCode::ShuttingDown)
         } else if !self.shared.is_primary.load(Relaxed) {
             Some(ResponseCode::NotPrimary)
-        } else if request.is_empty() {
+        } else if request.is_empty() || request.len() > self.max_request_bytes {
             Some(ResponseCode::InvalidParameter)
         } else {
             None

@@ -343,7 +343,12 @@ impl Io {
         if e == SubmitError::Full {
             self.shared.stats.requests_refused.fetch_add(1, Relaxed);
         }
-        let code = if e == SubmitError::ShuttingDown { ResponseCode::ShuttingDown } else { ResponseCode::NotPrimary };
+        let code = match e {
+            SubmitError::ShuttingDown => ResponseCode::ShuttingDown,
+            // Too large for any member to accept: retrying cannot help.
+            SubmitError::InvalidRequest => ResponseCode::InvalidParameter,
+            _ => ResponseCode::NotPrimary,
+        };
         // Straight on, not behind decrees waiting in the log: the request was never proposed,
         // so no decree or other callback concerns its cookie (RSL answers it synchronously).
         self.halted |= self.work.send(Work::Abort { cookie, code }).is_err();

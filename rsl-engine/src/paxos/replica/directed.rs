@@ -644,6 +644,37 @@ fn the_send_queue_refuses_requests_past_its_bound() {
     assert_eq!(executed, 5, "every request taken executed, the refused one did not");
 }
 
+/// A batch stays within `max_vote_bytes` encoded, header and cookie counted (RSL's
+/// `GetMarshalLen`), and a request whose vote alone would pass `max_message_bytes` is refused:
+/// no member could accept it, so it would hold the ring up forever.
+#[test]
+fn votes_fit_the_batch_bound_and_every_members_packet_bound() {
+    let cfg = CoreConfig { max_vote_bytes: 1000, max_message_bytes: 1500, ..CoreConfig::default() };
+    let mut ring = Ring::with(cfg);
+    ring.promote(0);
+    let mark = ring.mark();
+    let submit = |ring: &mut Ring, len: usize, cookie| {
+        let (now, mut out) = (ring.now, Vec::new());
+        let result = ring.r_mut(0).submit(now, Bytes::from(vec![b'x'; len]), cookie, false, &mut out);
+        ring.apply(0, out);
+        result
+    };
+    let overhead = ring.r(0).vote_overhead();
+    assert_eq!(submit(&mut ring, 1500 - overhead - 4 + 1, 1), Err(SubmitError::InvalidRequest), "one byte too long for any vote");
+    assert_eq!(submit(&mut ring, 1500 - overhead - 4, 2), Ok(()), "just fits a vote of its own");
+    for cookie in 3..40 {
+        assert_eq!(submit(&mut ring, 100, cookie), Ok(()));
+    }
+    ring.run();
+    let votes = ring.votes_sent(0, mark);
+    let sizes: Vec<usize> = votes.iter().map(|v| v.encode(crate::format::message::Checksum::Default).unwrap().len()).collect();
+    assert!(sizes.iter().any(|&n| n > 1000) && sizes.iter().all(|&n| n <= 1500), "{sizes:?}");
+    let batched = votes.iter().zip(&sizes).filter(|(v, _)| matches!(&v.body, Body::Vote(b) if b.requests.len() > 1));
+    assert!(batched.clone().count() >= 4 && batched.clone().all(|(_, &n)| n <= 1000), "batches within the bound: {sizes:?}");
+    let executed: usize = ring.history(0).iter().map(|(_, (reqs, _))| reqs.len()).sum();
+    assert_eq!(executed, 38, "every request taken executed");
+}
+
 /// The primary records each member's last VoteAccepted: when, the highest decree, and the
 /// payload `SetVotePayload` set there (v6 and the pipelined v7); secondaries record nothing.
 #[test]

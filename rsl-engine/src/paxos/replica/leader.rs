@@ -75,7 +75,7 @@ impl Replica {
         if self.shutting_down {
             return Err(SubmitError::ShuttingDown);
         }
-        if request.is_empty() {
+        if request.is_empty() || self.vote_overhead() + request.len() + 4 > self.cfg.max_message_bytes {
             return Err(SubmitError::InvalidRequest);
         }
         if !self.is_primary {
@@ -87,6 +87,12 @@ impl Replica {
         }
         debug_assert_eq!(self.role, Role::Primary, "primary to the application, primary to the protocol");
         Ok(())
+    }
+
+    /// What a vote of requests encodes besides them: the header, the cookie (its length and
+    /// bytes) and the reconfiguration and relinquish flags (docs/spec/formats.md §5.1).
+    pub(super) fn vote_overhead(&self) -> usize {
+        crate::format::message::MAX_HEADER_SIZE + 4 + self.primary_cookie.len() + 2
     }
 
     /// The bytes of the requests queued behind the votes in flight.
@@ -105,8 +111,9 @@ impl Replica {
         debug_assert_eq!(self.role, Role::Primary);
         let size = request.len() + 4;
         self.to_send_bytes += size;
+        let room = self.cfg.max_vote_bytes.saturating_sub(self.vote_overhead());
         match self.to_send.back_mut() {
-            Some(tail) if !tail.closed && !exclusive && tail.bytes + size <= self.cfg.max_vote_bytes => {
+            Some(tail) if !tail.closed && !exclusive && tail.bytes + size <= room => {
                 tail.body.requests.push(request);
                 tail.cookies.push(cookie);
                 tail.bytes += size;

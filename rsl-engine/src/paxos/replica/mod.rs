@@ -724,7 +724,7 @@ impl Replica {
         debug_assert!(self.to_send.iter().all(|p| p.closed || !alone(&p.body)), "a vote that goes alone is open to requests");
         debug_assert!(self.to_send.iter().all(|p| p.cookies.len() == p.body.requests.len()), "queued cookies and requests differ");
         debug_assert!(
-            self.to_send.iter().all(|p| p.bytes <= self.cfg.max_vote_bytes || p.body.requests.len() == 1),
+            self.to_send.iter().all(|p| self.vote_overhead() + p.bytes <= self.cfg.max_vote_bytes || p.body.requests.len() == 1),
             "a batch past the vote size"
         );
         debug_assert!(self

@@ -189,8 +189,10 @@ mod tests {
 
     #[test]
     fn a_full_batch_goes_at_once() {
-        // 20-byte requests (24 with their length): two fill a 64-byte vote, a third starts the next.
-        let mut ring = ring(v7(64), None);
+        // 20-byte requests (24 with their length): two fill a vote of 48 bytes besides its
+        // header and cookie, a third starts the next.
+        let overhead = ring(v7(1 << 20), None).r(0).vote_overhead();
+        let mut ring = ring(v7(overhead + 48), None);
         let request = [7u8; 20];
         assert_eq!(submit(&mut ring, &request, 1), 1);
         assert_eq!(submit(&mut ring, &request, 2), 1);
