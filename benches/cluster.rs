@@ -11,7 +11,8 @@
 //! `CLUSTER_BENCH_PIPELINE=1` compares protocol version 6 with version 7 at a window of 16
 //! instead (64-byte requests, fdatasync on) at 1, 64, 256 and 1024 requests in flight, without
 //! and with a one-way delay between the replicas of `CLUSTER_BENCH_DELAY_US` (default 1000; the
-//! benchmark-only `--net-delay-us`). The machine is shared, so each point runs the two versions
+//! benchmark-only `--net-delay-us`), and with the delay and every request a decree of its own
+//! (`--exclusive-votes`) at 16, 64 and 256. The machine is shared, so each point runs the two versions
 //! back to back, alternately, `CLUSTER_BENCH_ROUNDS` times (default 2), and the summary gives
 //! every figure (with the replicas' CPU time per request, which a busy machine changes less
 //! than the throughput), the ratios of the sums and the load average before and after.
@@ -94,14 +95,18 @@ fn pipeline(exe: &str) {
     println!("# {cpus} CPUs; load average before: {}", load_average());
     let mut port = 24_000u16;
     let mut rows = Vec::new();
-    for delay_us in ["0", delay.as_str()] {
-        for outstanding in [1usize, 64, 256, 1024] {
+    // Batched requests, then every request a decree of its own (`--exclusive-votes`), where
+    // batching cannot hide the round trip (docs/performance.md, "Pipelining").
+    let points =
+        [("0", false, &[1usize, 64, 256, 1024][..]), (delay.as_str(), false, &[1, 64, 256, 1024]), (delay.as_str(), true, &[16, 64, 256])];
+    for (delay_us, exclusive, in_flight) in points {
+        for &outstanding in in_flight {
             // Many in flight take more client connections, as the 1024 figure did.
             let connections = if outstanding >= 1024 { "16" } else { "4" };
             let (mut v6, mut v7) = (Vec::new(), Vec::new());
             for _ in 0..rounds {
                 for (version, window, into) in [("6", "1", &mut v6), ("7", "16", &mut v7)] {
-                    let flags: Vec<String> = [
+                    let mut flags: Vec<String> = [
                         "--duration",
                         &secs,
                         "--version",
@@ -120,25 +125,29 @@ fn pipeline(exe: &str) {
                     .into_iter()
                     .map(String::from)
                     .collect();
+                    if exclusive {
+                        flags.push("--exclusive-votes".into());
+                    }
                     port += 20;
                     let json = run_cluster(exe, port, &flags);
                     println!("{json}");
                     into.push(Run::of(&json));
                 }
             }
-            rows.push((delay_us, outstanding, v6, v7));
+            rows.push((delay_us, exclusive, outstanding, v6, v7));
         }
     }
     println!("# load average after: {}", load_average());
-    println!("# delay_us in_flight | v6 req/s (p50/p99 µs, replica CPU µs/request) ... | v7 w16 the same | v7/v6 req/s, CPU/request");
+    println!("# delay_us votes in_flight | v6 req/s (p50/p99 µs, replica CPU µs/request) ... | v7 w16 the same | v7/v6 req/s, CPU/request");
     let show = |runs: &[Run]| {
         runs.iter().map(|r| format!("{:.0} ({:.0}/{:.0}, {:.1})", r.ops, r.p50, r.p99, r.cpu)).collect::<Vec<_>>().join(", ")
     };
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
-    for (delay_us, outstanding, v6, v7) in rows {
+    for (delay_us, exclusive, outstanding, v6, v7) in rows {
+        let votes = if exclusive { "1/req" } else { "batch" };
         let sum = |runs: &[Run], f: fn(&Run) -> f64| runs.iter().map(f).sum::<f64>();
         let (ops, cpu) = (ratio(sum(&v7, |r| r.ops), sum(&v6, |r| r.ops)), ratio(sum(&v7, |r| r.cpu), sum(&v6, |r| r.cpu)));
-        println!("# {delay_us:>6} {outstanding:>5} | {} | {} | {ops:.2}, {cpu:.2}", show(&v6), show(&v7));
+        println!("# {delay_us:>6} {votes} {outstanding:>5} | {} | {} | {ops:.2}, {cpu:.2}", show(&v6), show(&v7));
     }
 }
 

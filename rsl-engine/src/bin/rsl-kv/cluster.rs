@@ -191,6 +191,9 @@ fn start(args: &ClusterArgs, dir: &std::path::Path, ports: &[Ports], tls: Option
         if args.no_sync {
             cmd.arg("--no-sync");
         }
+        if args.exclusive_votes {
+            cmd.arg("--exclusive-votes");
+        }
         if let Some(nvm) = &args.nvm {
             use clap::ValueEnum;
             let persistence = args.nvm_persistence.to_possible_value().expect("every mode has a name");
@@ -359,9 +362,9 @@ async fn drive(args: &ClusterArgs, clients: Vec<SocketAddr>, pids: &[u32]) -> Re
             Some(_) => format!("{:?}", args.nvm_persistence),
         };
         println!(
-            "{{\"requests\":{},\"seconds\":{:.3},\"ops_per_sec\":{:.0},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"size\":{},\"outstanding\":{},\"sync\":{},\"version\":{},\"window\":{},\"net_delay_us\":{},\"replica_cpu_us_per_request\":{:.2},\"tls\":{},\"nvm\":\"{}\",\"replicas_agree\":{}}}",
+            "{{\"requests\":{},\"seconds\":{:.3},\"ops_per_sec\":{:.0},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"size\":{},\"outstanding\":{},\"sync\":{},\"version\":{},\"window\":{},\"net_delay_us\":{},\"exclusive_votes\":{},\"replica_cpu_us_per_request\":{:.2},\"tls\":{},\"nvm\":\"{}\",\"replicas_agree\":{}}}",
             lat.len(), result.elapsed.as_secs_f64(), ops, lat.value_at_quantile(0.5), lat.value_at_quantile(0.99), lat.value_at_quantile(0.999),
-            args.size, args.outstanding, !args.no_sync, args.version, args.window, args.net_delay_us, cpu_per_request, args.tls, nvm, agree.is_ok()
+            args.size, args.outstanding, !args.no_sync, args.version, args.window, args.net_delay_us, args.exclusive_votes, cpu_per_request, args.tls, nvm, agree.is_ok()
         );
     } else {
         eprintln!();

@@ -92,6 +92,9 @@ pub struct ClusterArgs {
     /// (a one-way network delay; tokio's timer rounds it up to its 1 ms tick).
     #[arg(long, default_value_t = 0)]
     net_delay_us: u32,
+    /// Every put gets a decree of its own (`replicate_request_exclusive_vote`), never batched.
+    #[arg(long)]
+    exclusive_votes: bool,
     /// Print the final result as one JSON line.
     #[arg(long)]
     json: bool,

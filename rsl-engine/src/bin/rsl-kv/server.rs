@@ -88,6 +88,10 @@ pub struct ReplicaArgs {
     /// are answered `Refused`, for any client could otherwise remove every member.
     #[arg(long)]
     pub allow_admin: bool,
+    /// Every put as `replicate_request_exclusive_vote`: a decree of its own, never batched
+    /// (benchmarks of pipelining: what a service whose requests each need their own decree sees).
+    #[arg(long)]
+    pub exclusive_votes: bool,
     #[command(flatten)]
     pub tls: crate::tls::TlsArgs,
     /// Serve the Prometheus text of every ring of this process at `http://ADDR/metrics`
@@ -347,7 +351,7 @@ fn start(args: ReplicaArgs, ring_name: &str) -> Result<(Arc<RslReplica>, Server)
     let replica = RslReplica::initialize(cfg, me, version, Box::new(kv), Arc::new(AdmitAll), members).map_err(|e| e.to_string())?;
     let replica = Arc::new(replica);
     let _ = handle.set(Arc::downgrade(&replica));
-    let server = Server::new(replica.clone(), clients, summary, args.allow_admin);
+    let server = Server::new(replica.clone(), clients, summary, args.allow_admin, args.exclusive_votes);
     Ok((replica, server))
 }
 
@@ -369,6 +373,7 @@ struct Server {
     clients: Arc<Clients>,
     summary: Arc<Summary>,
     allow_admin: bool,
+    exclusive_votes: bool,
     port: Arc<PortState>,
     /// Peer messages and TLS handshakes refused since start (each statistics snapshot
     /// takes the counts since the previous one).
@@ -396,8 +401,8 @@ impl PortState {
 }
 
 impl Server {
-    fn new(replica: Arc<RslReplica>, clients: Arc<Clients>, summary: Arc<Summary>, allow_admin: bool) -> Server {
-        Server { replica, clients, summary, allow_admin, port: Arc::new(PortState::new()), refused: Arc::default() }
+    fn new(replica: Arc<RslReplica>, clients: Arc<Clients>, summary: Arc<Summary>, allow_admin: bool, exclusive_votes: bool) -> Server {
+        Server { replica, clients, summary, allow_admin, exclusive_votes, port: Arc::new(PortState::new()), refused: Arc::default() }
     }
 
     /// Serves the client port: at most `MAX_CLIENTS` connections, accept errors (out of
@@ -427,7 +432,11 @@ impl Server {
         let code = match request {
             Request::Put { body } => {
                 let cookie = self.clients.register(outbox, id);
-                self.submitted(cookie, self.replica.replicate_request(body, cookie))
+                let code = match self.exclusive_votes {
+                    true => self.replica.replicate_request_exclusive_vote(body, cookie, false),
+                    false => self.replica.replicate_request(body, cookie),
+                };
+                self.submitted(cookie, code)
             }
             Request::Get { max_seen, key } => {
                 let cookie = self.clients.register(outbox, id);
