@@ -4,7 +4,6 @@ use crate::proto::{self, Status};
 use crate::server::Outbox;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use rsl_engine::format::checkpoint::{CheckpointReader, CheckpointWriter};
-use rsl_engine::format::checksum;
 use rsl_engine::paxos::Cookie;
 use rsl_engine::runtime::{ResponseCode, StateMachine};
 use std::borrow::Borrow;
@@ -171,10 +170,28 @@ pub struct Kv {
     seq: Arc<dyn Fn() -> u64 + Send + Sync>,
 }
 
-/// A CRC is linear, so XORing CRCs of structured entries can cancel out; the SplitMix64
-/// finalizer breaks the linearity.
+/// An entry's share of the digest: the same for the same key and value on every replica.
+/// Not RSL's CRC-64, which at 1 KB values cost the execute thread a tenth of the cluster's
+/// CPU: four independent multiply-rotate lanes over 8-byte words (the digest need only tell
+/// replicas apart, not resist an adversary), then the SplitMix64 finalizer, so that XORing
+/// the shares of structured entries does not cancel out.
 fn entry_hash(key: &[u8], value: &[u8]) -> u64 {
-    let mut z = checksum::update(checksum::checksum(key), value).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    const K: [u64; 4] = [0x9e37_79b9_7f4a_7c15, 0xc2b2_ae3d_27d4_eb4f, 0x1656_67b1_9e37_79f9, 0x27d4_eb2f_1656_67c5];
+    let mut lanes = [key.len() as u64, value.len() as u64, K[2], K[3]];
+    for (i, part) in [key, value].into_iter().enumerate() {
+        let mut blocks = part.chunks_exact(32);
+        for block in &mut blocks {
+            for (lane, word) in lanes.iter_mut().zip(block.chunks_exact(8)) {
+                *lane = (*lane ^ u64::from_le_bytes(word.try_into().expect("8 bytes"))).wrapping_mul(K[0]).rotate_left(29);
+            }
+        }
+        let mut tail = [0u8; 32];
+        tail[..blocks.remainder().len()].copy_from_slice(blocks.remainder());
+        for (lane, word) in lanes.iter_mut().zip(tail.chunks_exact(8)) {
+            *lane = (*lane ^ u64::from_le_bytes(word.try_into().expect("8 bytes")) ^ i as u64).wrapping_mul(K[1]).rotate_left(31);
+        }
+    }
+    let mut z = lanes[0] ^ lanes[1].rotate_left(16) ^ lanes[2].rotate_left(32) ^ lanes[3].rotate_left(48);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
@@ -318,6 +335,24 @@ impl StateMachine for Kv {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entry_hashes_tell_apart_where_the_key_ends_and_every_byte() {
+        let mut seen = std::collections::HashSet::new();
+        let value: Vec<u8> = (0..100u8).collect();
+        for split in 0..=value.len() {
+            assert!(seen.insert(entry_hash(&value[..split], &value[split..])), "split at {split}");
+        }
+        for len in [0, 1, 8, 31, 32, 33, 64, 1024] {
+            let base = vec![0u8; len];
+            assert!(seen.insert(entry_hash(b"k", &base)), "zeros of {len}");
+            for at in 0..len {
+                let mut flipped = base.clone();
+                flipped[at] = 1;
+                assert!(seen.insert(entry_hash(b"k", &flipped)), "byte {at} of {len}");
+            }
+        }
+    }
 
     #[test]
     fn short_and_long_keys_and_values_are_stored_alike() {
