@@ -3,6 +3,7 @@
 use crate::proto::{self, Status};
 use crate::server::Outbox;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use indexmap::IndexMap;
 use rsl_engine::format::checkpoint::{CheckpointReader, CheckpointWriter};
 use rsl_engine::paxos::Cookie;
 use rsl_engine::runtime::{ResponseCode, StateMachine};
@@ -160,8 +161,12 @@ impl Value {
 /// The key-value store: `put` requests replicate; `get` is a fast read.
 pub struct Kv {
     /// An overwrite (the common case) looks the key up by the request's bytes and, for short
-    /// keys and values, touches no heap at all.
-    map: HashMap<Key, Entry>,
+    /// keys and values, touches no heap at all. The entries sit in insertion order behind an
+    /// index of 8 bytes per slot: a lookup probes the small index (which stays in cache at
+    /// 100,000 keys, where a table of whole entries did not: every put missed on it) and then
+    /// reads the entry, in the order keys were first written, the order a load that writes
+    /// its keys in turn writes them again.
+    map: IndexMap<Key, Entry>,
     /// XOR of every entry's hash: the same for the same contents, whatever the order.
     digest: u64,
     duplicates: u64,
@@ -199,7 +204,7 @@ fn entry_hash(key: &[u8], value: &[u8]) -> u64 {
 
 impl Kv {
     pub fn new(clients: Arc<Clients>, summary: Arc<Summary>, seq: Arc<dyn Fn() -> u64 + Send + Sync>) -> Kv {
-        Kv { map: HashMap::new(), digest: 0, duplicates: 0, clients, summary, seq }
+        Kv { map: IndexMap::new(), digest: 0, duplicates: 0, clients, summary, seq }
     }
 
     fn put(&mut self, key: &[u8], value: &[u8]) {
