@@ -458,7 +458,7 @@ pub enum ReadEnd {
     /// Nothing arrived for this long (the ring's idle limit).
     #[error("no packet for {0:?}")]
     Idle(Duration),
-    /// The ring is corrupt or another session took it.
+    /// The ring is corrupt, another session took it, or its memory failed (an RDMA queue pair).
     #[error("ring: {0}")]
     Ring(#[from] super::ringbuf::RecvError),
     /// A packet read from the ring was refused (malformed, or too large).
@@ -522,6 +522,7 @@ impl Drop for StopOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::ringbuf::RecvError;
     use tokio::io::duplex;
 
     fn opts(dir: &Path) -> ShmOptions {
@@ -624,6 +625,60 @@ mod tests {
         let mut confirm = [9u8];
         b.read_exact(&mut confirm).await.unwrap();
         assert_eq!(confirm, [0], "the writer says it did not map the ring");
+    }
+
+    /// Reader memory that fails when the test says, as a dead RDMA queue pair does.
+    struct Failing {
+        mem: crate::runtime::ringbuf::InProcess,
+        failed: Arc<AtomicBool>,
+    }
+
+    impl LocalMemory for Failing {
+        fn capacity(&self) -> usize {
+            LocalMemory::capacity(&self.mem)
+        }
+        fn doorbell(&self) -> u64 {
+            self.mem.doorbell()
+        }
+        fn read_word(&self, offset: usize) -> u64 {
+            self.mem.read_word(offset)
+        }
+        fn read_payload(&self, offset: usize, out: &mut [u8]) {
+            self.mem.read_payload(offset, out);
+        }
+        fn return_credits(&mut self, word: u64) {
+            self.mem.return_credits(word);
+        }
+        fn failed(&mut self) -> bool {
+            self.failed.load(Relaxed)
+        }
+    }
+
+    impl RingMemory for Failing {
+        fn doze(&self, _: u64, timeout: Duration) {
+            std::thread::sleep(timeout.min(Duration::from_millis(1)));
+        }
+    }
+
+    #[test]
+    fn a_failed_ring_memory_ends_the_reading_session() {
+        let (w, r) = crate::runtime::ringbuf::InProcess::pair(4096).unwrap();
+        let failed = Arc::new(AtomicBool::new(false));
+        let epoch = NonZeroU16::new(3).unwrap();
+        let session = RingSession { ring: Failing { mem: r, failed: failed.clone() }, epoch };
+        let (got, rx) = std::sync::mpsc::channel();
+        let stop = AtomicBool::new(false);
+        let mut writer = RingWriter::new(w, epoch);
+        let end = std::thread::scope(|s| {
+            let reader = s.spawn(|| read_ring(session, &stop, Duration::from_secs(600), |p| got.send(p).map_err(io::Error::other)));
+            while writer.try_send(&frame(b"before")) == Err(SendError::WouldBlock) {
+                std::thread::yield_now();
+            }
+            assert_eq!(rx.recv_timeout(Duration::from_secs(60)).unwrap(), frame(b"before"));
+            failed.store(true, Relaxed);
+            reader.join().unwrap()
+        });
+        assert!(matches!(end, ReadEnd::Ring(RecvError::MemoryFailed)), "{end}");
     }
 
     #[test]

@@ -28,7 +28,7 @@ mod tests;
 pub mod verbs;
 
 pub use memory::InProcess;
-pub use protocol::{RecvError, RingReader, RingWriter, SendError};
+pub use protocol::{RecvError, RingReader, RingWriter, SendError, MAX_WRITES_PER_SEND};
 
 /// Identifies a ring's memory ("RSLRING1").
 pub const MAGIC: u64 = u64::from_le_bytes(*b"RSLRING1");
@@ -102,4 +102,10 @@ pub trait LocalMemory {
     /// Writes the credit word (release), ordered after every earlier read. RDMA: a WRITE into
     /// the writer's memory.
     fn return_credits(&mut self, word: u64);
+    /// Whether the memory under the ring has failed, so the session is over; called before each
+    /// read, it may do the memory's upkeep first (RDMA: polls the completion queue and posts a
+    /// credit return that found the send queue full). Memory that cannot fail says no.
+    fn failed(&mut self) -> bool {
+        false
+    }
 }
