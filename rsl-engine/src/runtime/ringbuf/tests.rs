@@ -430,6 +430,18 @@ mod shm_tests {
     }
 
     #[test]
+    fn the_set_up_nonce_is_random_and_seen_by_the_mapping_writer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ring");
+        let reader = ShmRing::create(&path, 256).expect("create");
+        let nonces: Vec<u64> = (0..4).map(|_| crate::runtime::ringbuf::shm::random_nonce().expect("getrandom")).collect();
+        assert!(nonces.windows(2).all(|w| w[0] != w[1]), "{nonces:x?}");
+        assert_eq!(ShmRing::open(&path).expect("open").nonce(), 0, "none before the reader sets it");
+        reader.set_nonce(nonces[0]);
+        assert_eq!(ShmRing::open(&path).expect("open").nonce(), nonces[0]);
+    }
+
+    #[test]
     fn opening_checks_the_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("ring");
