@@ -4,7 +4,8 @@
 //! queue pair (so the reader never sees a tail before the record it covers). The connection is
 //! set up by exchanging [`Endpoint`]s over the peer's TCP connection. Each session has a
 //! protection domain of its own ([`Domain`]), so the remote keys a peer learns reach its own
-//! session's memory and nothing else, and no call here waits on the NIC ([`QueuePair::reap`]).
+//! session's memory and nothing else, and no call here waits on the NIC
+//! ([`QueuePair::free_slots`]).
 //!
 //! Compiled in CI; it has not run on RDMA hardware or soft-RoCE here (docs/rdma.md says what
 //! was and was not verified).
