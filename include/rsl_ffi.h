@@ -274,8 +274,8 @@ typedef struct rsl_config {
    */
   uint32_t slow_sender_timeout_sec;
   /**
-   * MiB of partly received packets the Paxos port holds in all (256; at least one largest
-   * message).
+   * MiB of partly received packets the Paxos port holds in all, copies of a growing buffer
+   * included (200; at least twice one largest message).
    */
   uint32_t max_inbound_buffer_mb;
   /**

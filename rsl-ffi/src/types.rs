@@ -112,8 +112,8 @@ pub struct rsl_config {
     pub idle_connection_timeout_sec: u32,
     /// A packet or learn request begun must arrive whole within this long (30).
     pub slow_sender_timeout_sec: u32,
-    /// MiB of partly received packets the Paxos port holds in all (256; at least one largest
-    /// message).
+    /// MiB of partly received packets the Paxos port holds in all, copies of a growing buffer
+    /// included (200; at least twice one largest message).
     pub max_inbound_buffer_mb: u32,
     /// A replica too far behind that copied a peer's checkpoint stops
     /// (`rsl_replica_restart_to_catch_up`) so that its restart loads it, as the original

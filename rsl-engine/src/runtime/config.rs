@@ -130,9 +130,11 @@ pub struct RslConfig {
     /// long, as must a learn-port request, and each 256 KiB of a learn-port reply must be taken.
     /// 30 s lets the largest message (100 MiB) through at 3.5 MB/s.
     pub slow_sender_timeout_sec: u32,
-    /// MiB of partly received packets the Paxos port holds in all its connections together
-    /// (never less than one largest message). A connection whose packet would need more is
-    /// closed; packets up to 64 KiB, the protocol's own traffic, never count against it.
+    /// MiB of partly received packets the Paxos port holds in all its connections together,
+    /// copies of a growing buffer included (never less than twice one largest message: its
+    /// buffer is copied as it grows, the old one held until the copy is done). A connection
+    /// whose packet would need more is closed; packets up to 64 KiB, the protocol's own
+    /// traffic, never count against it.
     pub max_inbound_buffer_mb: u32,
     /// Mutual TLS on the Paxos and learn ports (`SetThumbprintsForSsl`,
     /// `SetSubjectNamesForSsl`, or CA and pins); `None` is plain TCP, as the original
@@ -249,7 +251,7 @@ impl Default for RslConfig {
             max_connections_per_port: 256,
             idle_connection_timeout_sec: 60,
             slow_sender_timeout_sec: 30,
-            max_inbound_buffer_mb: 256,
+            max_inbound_buffer_mb: 200,
             tls: None,
             catch_up: CatchUp::LoadInPlace,
             net_delay_us: 0,
@@ -418,7 +420,7 @@ impl RslConfig {
             max_inbound: self.max_connections_per_port as usize,
             idle_timeout: secs(self.idle_connection_timeout_sec.max(self.heart_beat_interval_sec.saturating_mul(4))),
             frame_timeout: secs(self.slow_sender_timeout_sec),
-            max_buffered: ((self.max_inbound_buffer_mb as usize) << 20).max(self.max_message_bytes()),
+            max_buffered: ((self.max_inbound_buffer_mb as usize) << 20).max(2 * self.max_message_bytes()),
             alert_packet: match self.max_message_alert_size_mb {
                 0 => 0,
                 mb => ((mb as usize) << 20) + 1024,
@@ -766,11 +768,11 @@ mod tests {
         let cfg = RslConfig::default();
         let t = cfg.transport_options();
         assert_eq!((t.max_inbound, t.idle_timeout, t.frame_timeout), (256, Duration::from_secs(60), Duration::from_secs(30)));
-        assert_eq!(t.max_buffered, 256 << 20);
+        assert_eq!(t.max_buffered, 2 * cfg.max_message_bytes(), "one largest message as its buffer grows");
         assert_eq!(cfg.learn_limits().max_connections, 256);
         // One largest message always fits the budget; heartbeats never leave a connection idle.
         let cfg = RslConfig { max_message_size_mb: 1000, heart_beat_interval_sec: 30, ..RslConfig::default() };
         let t = cfg.transport_options();
-        assert_eq!((t.max_buffered, t.idle_timeout), (cfg.max_message_bytes(), Duration::from_secs(120)));
+        assert_eq!((t.max_buffered, t.idle_timeout), (2 * cfg.max_message_bytes(), Duration::from_secs(120)));
     }
 }

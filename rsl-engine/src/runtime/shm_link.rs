@@ -14,16 +14,20 @@
 //!    file's name or the reader's verbs endpoint. The reader accepts shared memory only from a
 //!    writer on its own host, and creates the ring file (0600) in its ring directory; RDMA only
 //!    with the `rdma` feature, a device and `ShmOptions::rdma`.
-//! 3. writer → reader, one byte: 1 if it mapped the ring (in its own ring directory: the name
-//!    is a bare file name) or connected its queue pair, 0 if not. The reader then unlinks the
-//!    file, so nothing else can open it, and reads the ring on a thread of its own until the
-//!    connection ends.
+//! 3. writer → reader, the confirmation, [`CONFIRM_LEN`] bytes: 1 if it mapped the ring (in its
+//!    own ring directory: the name is a bare file name) or connected its queue pair, 0 if not;
+//!    then, for a mapped ring, the nonce (u64) the reader wrote into the file's header (zeros
+//!    otherwise). Only a process that could open the 0600 file knows the nonce, so a local
+//!    process of another user cannot confirm a ring it never mapped and hold the reader's thread
+//!    idle; a wrong nonce is [`LinkError::BadNonce`]. The reader then unlinks the file, so
+//!    nothing else can open it, and reads the ring on a thread of its own until the connection
+//!    ends.
 //!
 //! Everything in the ring is checked as the TCP path checks a packet (`RingReader` bounds every
 //! record, [`check_frame`] the frame inside), and any error ends the session with its TCP
 //! connection; the writer reconnects.
 
-use super::ringbuf::shm::{ShmError, ShmRing};
+use super::ringbuf::shm::{random_nonce, ShmError, ShmRing};
 use super::ringbuf::{LocalMemory, RingReader, RingWriter, SendError};
 use crate::format::packet;
 use bytes::Bytes;
@@ -36,7 +40,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// What follows the four zero bytes of an offer.
-pub const OFFER_MAGIC: [u8; 8] = *b"RSLSHMv1";
+pub const OFFER_MAGIC: [u8; 8] = *b"RSLSHMv2";
 /// Bytes of a host identity (a boot id: a UUID in ASCII).
 const HOST_ID_LEN: usize = 36;
 /// Bytes of a verbs endpoint (`ringbuf::verbs::Endpoint::LEN`).
@@ -49,6 +53,8 @@ pub const OFFER_RDMA: u8 = 2;
 pub const OFFER_LEN: usize = 4 + OFFER_MAGIC.len() + HOST_ID_LEN + 1 + ENDPOINT_LEN;
 /// Where the offered kind and the endpoint start in an offer.
 const OFFER_KIND_AT: usize = 4 + OFFER_MAGIC.len() + HOST_ID_LEN;
+/// Bytes of a confirmation: yes or no, and the nonce read from the ring file.
+pub const CONFIRM_LEN: usize = 1 + 8;
 /// The longest ring file name.
 const MAX_NAME: usize = 64;
 /// Bytes of an answer.
@@ -136,12 +142,36 @@ pub enum LinkError {
     /// The writer's confirmation byte is neither yes nor no (the byte found).
     #[error("shared-memory set-up: bad confirmation byte {0}")]
     BadConfirm(u8),
+    /// The writer confirmed with another nonce than the ring file holds: it did not map it.
+    #[error("shared-memory set-up: the confirmation's nonce is not the ring's")]
+    BadNonce,
     /// The offer's kind is neither shared memory nor RDMA (the byte found).
     #[error("shared-memory set-up: unknown offer kind {0}")]
     BadKind(u8),
     /// The peer did not finish the set-up in time.
     #[error("shared-memory set-up timed out")]
     TimedOut,
+}
+
+/// A confirmation: whether the writer took the ring, and the nonce it read there (0: none).
+fn confirmation(mapped: bool, nonce: u64) -> [u8; CONFIRM_LEN] {
+    let mut out = [0u8; CONFIRM_LEN];
+    out[0] = mapped.into();
+    out[1..].copy_from_slice(&nonce.to_le_bytes());
+    out
+}
+
+/// The reader: reads the writer's confirmation. Whether it took the ring, which it proves with
+/// `nonce` (0 where the writer cannot read one: RDMA); a "no" carries zeros.
+async fn read_confirmation<S: AsyncRead + Unpin>(stream: &mut S, nonce: u64) -> Result<bool, LinkError> {
+    let mut got = [0u8; CONFIRM_LEN];
+    within(stream.read_exact(&mut got)).await?;
+    match (got[0], u64::from_le_bytes(got[1..].try_into().expect("8 bytes"))) {
+        (0, 0) => Ok(false),
+        (1, echoed) if echoed == nonce => Ok(true),
+        (0 | 1, _) => Err(LinkError::BadNonce),
+        (other, _) => Err(LinkError::BadConfirm(other)),
+    }
 }
 
 async fn within<T>(step: impl std::future::Future<Output = io::Result<T>>) -> Result<T, LinkError> {
@@ -216,11 +246,11 @@ pub async fn offer_ring<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, opts:
     let path = opts.dir.join(std::str::from_utf8(name).expect("checked ASCII"));
     match ShmRing::open(&path) {
         Ok(ring) => {
-            within(stream.write_all(&[1])).await?;
+            within(stream.write_all(&confirmation(true, ring.nonce()))).await?;
             Ok(Offered::Ring(Box::new(ShmSender { ring: RingWriter::new(ring, epoch) })))
         }
         Err(e) => {
-            within(stream.write_all(&[0])).await?;
+            within(stream.write_all(&confirmation(false, 0))).await?;
             Ok(Offered::Tcp(format!("cannot map the peer's ring {}: {e}", path.display())))
         }
     }
@@ -284,19 +314,15 @@ pub async fn answer_offer<S: AsyncRead + AsyncWrite + Unpin>(
     // set-up failed (never a file of the same name this did not make).
     let ring = ShmRing::create(&path, opts.capacity)?;
     let _unlink = Unlink(&path);
+    let nonce = random_nonce()?;
+    ring.set_nonce(nonce);
     let mut answer = [0u8; ANSWER_LEN];
     answer[0] = 1;
     answer[1..3].copy_from_slice(&epoch.get().to_le_bytes());
     answer[3] = name.len() as u8;
     answer[4..4 + name.len()].copy_from_slice(name.as_bytes());
     within(stream.write_all(&answer)).await?;
-    let mut confirm = [0u8; 1];
-    within(stream.read_exact(&mut confirm)).await?;
-    match confirm[0] {
-        0 => Ok(None),
-        1 => Ok(Some(Accepted::Shm(ShmSession { ring, epoch }))),
-        other => Err(LinkError::BadConfirm(other)),
-    }
+    Ok(read_confirmation(stream, nonce).await?.then_some(Accepted::Shm(ShmSession { ring, epoch })))
 }
 
 /// The RDMA set-up (feature `rdma`): the same exchange carrying verbs endpoints.
@@ -333,11 +359,11 @@ mod rdma {
         let peer: [u8; Endpoint::LEN] = answer[4..4 + Endpoint::LEN].try_into().expect("an endpoint");
         match Endpoint::decode(&peer, 0).and_then(|peer| remote.connect(&peer)) {
             Ok(()) => {
-                within(stream.write_all(&[1])).await?;
+                within(stream.write_all(&confirmation(true, 0))).await?;
                 Ok(Offered::Ring(Box::new(RingWriter::new(remote, epoch))))
             }
             Err(e) => {
-                within(stream.write_all(&[0])).await?;
+                within(stream.write_all(&confirmation(false, 0))).await?;
                 Ok(Offered::Tcp(format!("cannot connect to the peer's RDMA ring: {e}")))
             }
         }
@@ -368,13 +394,8 @@ mod rdma {
         answer[1..3].copy_from_slice(&epoch.get().to_le_bytes());
         answer[4..4 + Endpoint::LEN].copy_from_slice(&local.endpoint().encode());
         within(stream.write_all(&answer)).await?;
-        let mut confirm = [0u8; 1];
-        within(stream.read_exact(&mut confirm)).await?;
-        match confirm[0] {
-            0 => Ok(None),
-            1 => Ok(Some(Accepted::Verbs(RingSession { ring: local, epoch }))),
-            other => Err(LinkError::BadConfirm(other)),
-        }
+        // No nonce: the writer cannot read the reader's memory (see docs/rdma.md).
+        Ok(read_confirmation(stream, 0).await?.then_some(Accepted::Verbs(RingSession { ring: local, epoch })))
     }
 }
 
@@ -458,7 +479,7 @@ pub enum ReadEnd {
     /// Nothing arrived for this long (the ring's idle limit).
     #[error("no packet for {0:?}")]
     Idle(Duration),
-    /// The ring is corrupt or another session took it.
+    /// The ring is corrupt, another session took it, or its memory failed (an RDMA queue pair).
     #[error("ring: {0}")]
     Ring(#[from] super::ringbuf::RecvError),
     /// A packet read from the ring was refused (malformed, or too large).
@@ -522,6 +543,7 @@ impl Drop for StopOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::ringbuf::RecvError;
     use tokio::io::duplex;
 
     fn opts(dir: &Path) -> ShmOptions {
@@ -621,9 +643,89 @@ mod tests {
         answer[4..12].copy_from_slice(b"notaring");
         b.write_all(&answer).await.unwrap();
         assert!(matches!(writer.await.unwrap(), Ok(Offered::Tcp(why)) if why.contains("magic")));
-        let mut confirm = [9u8];
+        let mut confirm = [9u8; CONFIRM_LEN];
         b.read_exact(&mut confirm).await.unwrap();
-        assert_eq!(confirm, [0], "the writer says it did not map the ring");
+        assert_eq!(confirm, [0; CONFIRM_LEN], "the writer says it did not map the ring");
+    }
+
+    /// A writer that never mapped the ring (a local process of another user cannot open the
+    /// 0600 file) cannot make up its nonce: a wrong echo ends the set-up, and the file is gone.
+    #[tokio::test]
+    async fn a_confirmation_without_the_rings_nonce_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for (mapped, nonce) in [(1u8, 0u64), (1, 0x5eed), (0, 1)] {
+            let (mut a, mut b) = duplex(1024);
+            a.write_all(&offer_rest(OFFER_SHM)).await.unwrap();
+            let o = opts(dir.path());
+            let reader = tokio::spawn(async move { answer_offer(&mut b, Some(&o)).await.map(|s| s.is_some()) });
+            a.read_exact(&mut [0u8; ANSWER_LEN]).await.unwrap();
+            let mut confirm = confirmation(true, nonce);
+            confirm[0] = mapped;
+            a.write_all(&confirm).await.unwrap();
+            assert!(matches!(reader.await.unwrap(), Err(LinkError::BadNonce)), "{mapped} {nonce:#x}");
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the ring file is gone");
+        }
+        let (mut a, mut b) = duplex(1024);
+        a.write_all(&offer_rest(OFFER_SHM)).await.unwrap();
+        let o = opts(dir.path());
+        let reader = tokio::spawn(async move { answer_offer(&mut b, Some(&o)).await.map(|s| s.is_some()) });
+        a.read_exact(&mut [0u8; ANSWER_LEN]).await.unwrap();
+        a.write_all(&[2; CONFIRM_LEN]).await.unwrap();
+        assert!(matches!(reader.await.unwrap(), Err(LinkError::BadConfirm(2))));
+    }
+
+    /// Reader memory that fails when the test says, as a dead RDMA queue pair does.
+    struct Failing {
+        mem: crate::runtime::ringbuf::InProcess,
+        failed: Arc<AtomicBool>,
+    }
+
+    impl LocalMemory for Failing {
+        fn capacity(&self) -> usize {
+            LocalMemory::capacity(&self.mem)
+        }
+        fn doorbell(&self) -> u64 {
+            self.mem.doorbell()
+        }
+        fn read_word(&self, offset: usize) -> u64 {
+            self.mem.read_word(offset)
+        }
+        fn read_payload(&self, offset: usize, out: &mut [u8]) {
+            self.mem.read_payload(offset, out);
+        }
+        fn return_credits(&mut self, word: u64) {
+            self.mem.return_credits(word);
+        }
+        fn failed(&mut self) -> bool {
+            self.failed.load(Relaxed)
+        }
+    }
+
+    impl RingMemory for Failing {
+        fn doze(&self, _: u64, timeout: Duration) {
+            std::thread::sleep(timeout.min(Duration::from_millis(1)));
+        }
+    }
+
+    #[test]
+    fn a_failed_ring_memory_ends_the_reading_session() {
+        let (w, r) = crate::runtime::ringbuf::InProcess::pair(4096).unwrap();
+        let failed = Arc::new(AtomicBool::new(false));
+        let epoch = NonZeroU16::new(3).unwrap();
+        let session = RingSession { ring: Failing { mem: r, failed: failed.clone() }, epoch };
+        let (got, rx) = std::sync::mpsc::channel();
+        let stop = AtomicBool::new(false);
+        let mut writer = RingWriter::new(w, epoch);
+        let end = std::thread::scope(|s| {
+            let reader = s.spawn(|| read_ring(session, &stop, Duration::from_secs(600), |p| got.send(p).map_err(io::Error::other)));
+            while writer.try_send(&frame(b"before")) == Err(SendError::WouldBlock) {
+                std::thread::yield_now();
+            }
+            assert_eq!(rx.recv_timeout(Duration::from_secs(60)).unwrap(), frame(b"before"));
+            failed.store(true, Relaxed);
+            reader.join().unwrap()
+        });
+        assert!(matches!(end, ReadEnd::Ring(RecvError::MemoryFailed)), "{end}");
     }
 
     #[test]

@@ -111,7 +111,7 @@ impl Default for TransportOptions {
             max_inbound: 256,
             idle_timeout: Duration::from_secs(60),
             frame_timeout: Duration::from_secs(30),
-            max_buffered: 256 << 20,
+            max_buffered: 200 << 20,
             alert_packet: 0,
             max_outstanding: 10,
             send_timeout: Duration::from_secs(5),
@@ -1333,7 +1333,9 @@ pub(super) fn grow_for(buf: &mut BytesMut, need: usize, chunk: usize) {
 }
 
 /// `grow_for`, with what `buf` holds beyond its first `chunk` bytes charged to `held`; false
-/// (and `buf` unchanged) if the budget lacks it.
+/// (and `buf` unchanged) if the budget lacks it. The copy into a grown buffer holds the old one
+/// too, and is charged for both while it lasts: the budget bounds what the buffers hold at every
+/// instant, not only between copies.
 pub fn grow_within(buf: &mut BytesMut, need: usize, chunk: usize, held: &mut Held<'_>) -> bool {
     // Bytes split off since the last call are the taker's now.
     let holds = buf.capacity().saturating_sub(chunk);
@@ -1341,10 +1343,11 @@ pub fn grow_within(buf: &mut BytesMut, need: usize, chunk: usize, held: &mut Hel
         held.set(holds);
     }
     if let Some(capacity) = grown_capacity(buf, need, chunk) {
-        if !held.set(capacity.saturating_sub(chunk)) {
+        if !held.set((buf.capacity() + capacity).saturating_sub(chunk)) {
             return false;
         }
         regrow(buf, capacity);
+        held.set(capacity.saturating_sub(chunk));
     }
     debug_assert!(held.bytes == buf.capacity().saturating_sub(chunk), "the budget counts what the buffer holds");
     true
@@ -1836,8 +1839,10 @@ mod tests {
 
     #[tokio::test]
     async fn partial_packets_share_a_bounded_budget() {
-        // Room for one of the two large packets in flight, not both.
-        let (b, mut rx_b) = start(any_port(), tight(|o| o.max_buffered = 1 << 20));
+        // Room for one of the two large packets in flight, copies of its growing buffer
+        // included (512 KiB and 700 KB at once), not both.
+        const BUDGET: usize = 3 << 19;
+        let (b, mut rx_b) = start(any_port(), tight(|o| o.max_buffered = BUDGET));
         let (one, two) = (framed(&big_vote(1, 700_000)), framed(&big_vote(2, 700_000)));
         let mut a1 = TcpStream::connect(b.local_addr()).await.unwrap();
         let mut a2 = TcpStream::connect(b.local_addr()).await.unwrap();
@@ -1856,7 +1861,7 @@ mod tests {
         })
         .await
         .expect("both partial packets held at once, past the budget");
-        assert!(b.buffered_bytes() <= 1 << 20);
+        assert!(b.buffered_bytes() <= BUDGET);
         let (kept, rest, decree) = if refused == 1 { (&mut a2, &two[600_000..], 2) } else { (&mut a1, &one[600_000..], 1) };
         kept.write_all(rest).await.unwrap();
         assert_eq!(*recv(&mut rx_b).await, big_vote(decree, 700_000));

@@ -10,6 +10,7 @@
 //! |-----------|--------|-----------------------------------------------------------------|
 //! | 0         | reader | [`MAGIC`]                                                       |
 //! | 1         | reader | data capacity `C` in bytes                                      |
+//! | 2         | reader | set-up nonce (emulation): the writer echoes it over TCP         |
 //! | 8         | writer | doorbell: `epoch << 48 \| tail mod 2^48`                        |
 //! | 16        | reader | credit word: `epoch << 48 \| consumed mod 2^48`                 |
 //! | 17        | reader | parked flag (emulation: the reader sleeps on the doorbell)      |
@@ -28,7 +29,7 @@ mod tests;
 pub mod verbs;
 
 pub use memory::InProcess;
-pub use protocol::{RecvError, RingReader, RingWriter, SendError};
+pub use protocol::{RecvError, RingReader, RingWriter, SendError, MAX_WRITES_PER_SEND};
 
 /// Identifies a ring's memory ("RSLRING1").
 pub const MAGIC: u64 = u64::from_le_bytes(*b"RSLRING1");
@@ -36,6 +37,9 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"RSLRING1");
 const MAGIC_WORD: usize = 0;
 /// Word index of the data capacity.
 const CAPACITY_WORD: usize = 1;
+/// Word index of the set-up nonce (emulation only): a random word the reader writes into the
+/// file it made and the writer echoes over TCP, which only a process that mapped the file can.
+const NONCE_WORD: usize = 2;
 /// Word index of the doorbell (the published tail).
 const DOORBELL_WORD: usize = 8;
 /// Word index of the credit word (the reader's consumed position).
@@ -102,4 +106,10 @@ pub trait LocalMemory {
     /// Writes the credit word (release), ordered after every earlier read. RDMA: a WRITE into
     /// the writer's memory.
     fn return_credits(&mut self, word: u64);
+    /// Whether the memory under the ring has failed, so the session is over; called before each
+    /// read, it may do the memory's upkeep first (RDMA: polls the completion queue and posts a
+    /// credit return that found the send queue full). Memory that cannot fail says no.
+    fn failed(&mut self) -> bool {
+        false
+    }
 }

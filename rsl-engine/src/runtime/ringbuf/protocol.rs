@@ -20,6 +20,9 @@ const KIND_RECORD: u16 = 0;
 const KIND_WRAP: u16 = 1;
 /// Position bits of a control word.
 const POS_MASK: u64 = (1 << 48) - 1;
+/// Remote writes one [`RingWriter::try_send`] makes at most: a wrap marker and its doorbell, then
+/// the record and its doorbell. An RDMA writer needs this many free send-queue slots before a send.
+pub const MAX_WRITES_PER_SEND: usize = 4;
 
 /// A control word: the session epoch above a position.
 fn tag(epoch: NonZeroU16, position: u64) -> u64 {
@@ -116,6 +119,10 @@ pub enum RecvError {
         /// The length its header carries.
         len: u32,
     },
+    /// The memory under the ring failed (an RDMA work request did not complete): the session is
+    /// over ([`LocalMemory::failed`]).
+    #[error("the memory under the ring failed; the session is over")]
+    MemoryFailed,
 }
 
 /// The writing end: appends messages to the peer's ring.
@@ -212,6 +219,12 @@ impl<M: RemoteMemory> RingWriter<M> {
     pub fn memory(&self) -> &M {
         &self.mem
     }
+
+    /// The memory, for its upkeep between sends (e.g. polling an RDMA completion queue); the ring
+    /// itself is written only through [`Self::try_send`].
+    pub fn memory_mut(&mut self) -> &mut M {
+        &mut self.mem
+    }
 }
 
 /// The reading end: takes messages from its own ring in order and returns credits in batches.
@@ -242,6 +255,9 @@ impl<M: LocalMemory> RingReader<M> {
 
     /// Takes the next message into `out` (replacing its contents): `Ok(false)` when there is none.
     pub fn try_recv(&mut self, out: &mut Vec<u8>) -> Result<bool, RecvError> {
+        if self.mem.failed() {
+            return Err(RecvError::MemoryFailed);
+        }
         loop {
             let word = self.mem.doorbell();
             if tag_epoch(word) != self.epoch.get() {

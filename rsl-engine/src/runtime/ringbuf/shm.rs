@@ -17,7 +17,9 @@ use std::{io, slice};
 use memmap2::MmapRaw;
 
 use super::memory::{format, Words};
-use super::{check_capacity, region_bytes, BadCapacity, CAPACITY_WORD, DATA_WORD, DOORBELL_WORD, MAGIC, MAGIC_WORD, PARKED_WORD};
+use super::{
+    check_capacity, region_bytes, BadCapacity, CAPACITY_WORD, DATA_WORD, DOORBELL_WORD, MAGIC, MAGIC_WORD, NONCE_WORD, PARKED_WORD,
+};
 
 /// Why a ring file could not be created or opened.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +100,16 @@ impl ShmRing {
         Ok(ring)
     }
 
+    /// The reader, before naming the file to the writer: stores the set-up nonce in the header.
+    pub fn set_nonce(&self, nonce: u64) {
+        self.words()[NONCE_WORD].store(nonce, Ordering::Release);
+    }
+
+    /// The set-up nonce the reader stored: only a process that mapped the file can know it.
+    pub fn nonce(&self) -> u64 {
+        self.words()[NONCE_WORD].load(Ordering::Acquire)
+    }
+
     /// The reader: sleeps until the doorbell no longer says `seen`, the writer wakes it, or
     /// `timeout` passes (whichever first; spurious returns are fine, the caller polls again).
     pub fn park(&self, seen: u64, timeout: Duration) {
@@ -120,6 +132,24 @@ impl ShmRing {
             futex_wake(&words[DOORBELL_WORD]);
         }
     }
+}
+
+/// A random word from the kernel's generator (getrandom(2)), for a set-up nonce that a process
+/// which cannot read the ring file must not guess.
+pub fn random_nonce() -> io::Result<u64> {
+    let mut word = [0u8; 8];
+    let mut filled = 0;
+    while filled < word.len() {
+        let rest = &mut word[filled..];
+        // SAFETY: the kernel writes at most `rest.len()` bytes into `rest`, a live buffer.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        match usize::try_from(n) {
+            Ok(n) => filled += n,
+            Err(_) if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(io::Error::last_os_error()),
+        }
+    }
+    Ok(u64::from_le_bytes(word))
 }
 
 /// The low half of a word, where a futex on it waits: the word is little-endian and 8-aligned.

@@ -27,6 +27,8 @@ fn message(i: u64, len: usize) -> Vec<u8> {
 struct Checked {
     mem: InProcess,
     unread: Rc<RefCell<Vec<bool>>>,
+    /// Remote writes made through this handle (records and doorbells).
+    writes: usize,
 }
 
 impl Checked {
@@ -34,7 +36,7 @@ impl Checked {
     fn pair(capacity: u64) -> (Checked, Checked) {
         let (w, r) = InProcess::pair(capacity).expect("capacity");
         let unread = Rc::new(RefCell::new(vec![false; capacity as usize / 8]));
-        (Checked { mem: w, unread: Rc::clone(&unread) }, Checked { mem: r, unread })
+        (Checked { mem: w, unread: Rc::clone(&unread), writes: 0 }, Checked { mem: r, unread, writes: 0 })
     }
 
     /// Marks the words covering `len` bytes from `offset` as read.
@@ -56,10 +58,12 @@ impl RemoteMemory for Checked {
             let was = std::mem::replace(&mut self.unread.borrow_mut()[word], true);
             assert!(!was, "overwrote unread data word {word}");
         }
+        self.writes += 1;
         self.mem.write_record(offset, header, payload);
     }
 
     fn ring_doorbell(&mut self, word: u64) {
+        self.writes += 1;
         self.mem.ring_doorbell(word);
     }
 
@@ -113,7 +117,8 @@ proptest! {
 
     /// Writer and a slow reader interleave at random (sends, reads, early credit flushes, credit
     /// batches from one word to more than the ring): every message arrives once, in order, intact,
-    /// and the model never sees an unread word overwritten.
+    /// the model never sees an unread word overwritten, and no send makes more remote writes
+    /// than [`MAX_WRITES_PER_SEND`] (what an RDMA writer reserves send-queue slots for).
     #[test]
     fn every_message_arrives_once_in_order_intact(
         (capacity, sizes) in capacity_and_sizes(),
@@ -124,7 +129,10 @@ proptest! {
         let (mut sent, mut received, mut buf) = (0usize, 0usize, Vec::new());
         let send = |writer: &mut RingWriter<Checked>, sent: &mut usize| {
             let Some(&len) = sizes.get(*sent) else { return false };
-            match writer.try_send(&message(*sent as u64, len)) {
+            let before = writer.memory().writes;
+            let sent_now = writer.try_send(&message(*sent as u64, len));
+            assert!(writer.memory().writes - before <= MAX_WRITES_PER_SEND, "one send made {} writes", writer.memory().writes - before);
+            match sent_now {
                 Ok(()) => { *sent += 1; true }
                 Err(SendError::WouldBlock) => false,
                 Err(e) => panic!("send {sent}: {e}"),
@@ -156,6 +164,53 @@ proptest! {
         prop_assert_eq!(sent, sizes.len());
         prop_assert!(!reader.try_recv(&mut buf).expect("recv"), "a message beyond the last");
     }
+}
+
+/// Reader memory whose failure the test decides, as an RDMA queue pair's error would.
+struct Failing {
+    mem: InProcess,
+    failed: Rc<std::cell::Cell<bool>>,
+}
+
+impl LocalMemory for Failing {
+    fn capacity(&self) -> usize {
+        LocalMemory::capacity(&self.mem)
+    }
+
+    fn doorbell(&self) -> u64 {
+        self.mem.doorbell()
+    }
+
+    fn read_word(&self, offset: usize) -> u64 {
+        self.mem.read_word(offset)
+    }
+
+    fn read_payload(&self, offset: usize, out: &mut [u8]) {
+        self.mem.read_payload(offset, out);
+    }
+
+    fn return_credits(&mut self, word: u64) {
+        self.mem.return_credits(word);
+    }
+
+    fn failed(&mut self) -> bool {
+        self.failed.get()
+    }
+}
+
+#[test]
+fn a_failed_memory_ends_the_reading_even_with_records_waiting() {
+    let (w, r) = InProcess::pair(64).expect("capacity");
+    let failed = Rc::new(std::cell::Cell::new(false));
+    let mut reader = RingReader::open(Failing { mem: r, failed: Rc::clone(&failed) }, epoch(1), 1);
+    let mut writer = RingWriter::new(w, epoch(1));
+    let mut buf = Vec::new();
+    writer.try_send(b"one").expect("send");
+    assert!(reader.try_recv(&mut buf).expect("recv"));
+    writer.try_send(b"two").expect("send");
+    failed.set(true);
+    assert_eq!(reader.try_recv(&mut buf), Err(RecvError::MemoryFailed));
+    assert_eq!(buf, b"one", "nothing read after the failure");
 }
 
 /// A record of every length starting at every data offset, in a small ring.
@@ -372,6 +427,18 @@ mod shm_tests {
         assert!(status.success(), "writer child failed: {status}");
         assert_eq!(received, MESSAGES);
         assert!(!reader.try_recv(&mut buf).expect("recv"), "a message beyond the last");
+    }
+
+    #[test]
+    fn the_set_up_nonce_is_random_and_seen_by_the_mapping_writer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ring");
+        let reader = ShmRing::create(&path, 256).expect("create");
+        let nonces: Vec<u64> = (0..4).map(|_| crate::runtime::ringbuf::shm::random_nonce().expect("getrandom")).collect();
+        assert!(nonces.windows(2).all(|w| w[0] != w[1]), "{nonces:x?}");
+        assert_eq!(ShmRing::open(&path).expect("open").nonce(), 0, "none before the reader sets it");
+        reader.set_nonce(nonces[0]);
+        assert_eq!(ShmRing::open(&path).expect("open").nonce(), nonces[0]);
     }
 
     #[test]

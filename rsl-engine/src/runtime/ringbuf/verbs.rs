@@ -2,7 +2,10 @@
 //! memory registered with the NIC, a reliable-connected queue pair per ring, records written
 //! with one-sided RDMA WRITE, the doorbell and the credit word as 8-byte inline WRITEs on the same
 //! queue pair (so the reader never sees a tail before the record it covers). The connection is
-//! set up by exchanging [`Endpoint`]s over the peer's TCP connection.
+//! set up by exchanging [`Endpoint`]s over the peer's TCP connection. Each session has a
+//! protection domain of its own ([`Domain`]), so the remote keys a peer learns reach its own
+//! session's memory and nothing else, and no call here waits on the NIC
+//! ([`QueuePair::free_slots`]).
 //!
 //! Compiled in CI; it has not run on RDMA hardware or soft-RoCE here (docs/rdma.md says what
 //! was and was not verified).
@@ -15,7 +18,7 @@ use std::sync::Arc;
 
 use rdma_sys::*;
 
-use super::{check_capacity, region_bytes, LocalMemory, RemoteMemory, CREDIT_WORD, DATA_WORD, DOORBELL_WORD};
+use super::{check_capacity, region_bytes, LocalMemory, RemoteMemory, CREDIT_WORD, DATA_WORD, DOORBELL_WORD, MAX_WRITES_PER_SEND};
 
 /// The port every queue pair uses (the first; a multi-port NIC is configured outside).
 const PORT: u8 = 1;
@@ -24,7 +27,14 @@ const GID_INDEX: u8 = 0;
 /// Send queue depth. Writes are unsignalled except every [`SIGNAL_EVERY`]th, whose completion
 /// frees the queue slots of those before it.
 const SEND_DEPTH: u32 = 256;
+/// Every this many writes one is signalled (see [`SendSlots`]).
 const SIGNAL_EVERY: u32 = 64;
+/// Signalled writes in flight at most: the completions one poll may find.
+const MAX_SIGNALLED: usize = (SEND_DEPTH / SIGNAL_EVERY) as usize;
+/// Completion queue depth: room for a completion per send-queue slot, because a queue pair in
+/// the error state flushes every outstanding request, unsignalled ones too, and an overrun
+/// completion queue would hide the first error behind a queue error.
+const CQ_DEPTH: i32 = SEND_DEPTH as i32 + 1;
 
 /// Why a verbs call failed: names the call and carries errno (or the completion status).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,6 +61,9 @@ pub enum VerbsError {
     /// The peer's endpoint is malformed or does not fit the ring (what is wrong).
     #[error("peer endpoint: {0}")]
     BadEndpoint(&'static str),
+    /// A write was posted with no free send-queue slot (the caller did not check for room).
+    #[error("the send queue is full")]
+    SendQueueFull,
 }
 
 fn call_failed(call: &'static str) -> VerbsError {
@@ -65,11 +78,11 @@ fn check(call: &'static str, rc: i32) -> Result<(), VerbsError> {
     }
 }
 
-/// An opened device with its protection domain and this port's addressing.
+/// An opened device and this port's addressing. Protection domains are per session
+/// ([`Domain`]), never the device's.
 #[derive(Debug)]
 pub struct Device {
     ctx: NonNull<ibv_context>,
-    pd: NonNull<ibv_pd>,
     lid: u16,
     gid: [u8; 16],
 }
@@ -98,19 +111,9 @@ impl Device {
             }
             NonNull::new(ctx).ok_or_else(|| call_failed("ibv_open_device"))?
         };
-        // SAFETY: `ctx` is an open context; on failure it is closed before returning.
-        let pd = unsafe {
-            match NonNull::new(ibv_alloc_pd(ctx.as_ptr())) {
-                Some(pd) => pd,
-                None => {
-                    let e = call_failed("ibv_alloc_pd");
-                    ibv_close_device(ctx.as_ptr());
-                    return Err(e);
-                }
-            }
-        };
-        let mut dev = Device { ctx, pd, lid: 0, gid: [0; 16] };
-        // SAFETY: zeroed C structs are valid inputs; the calls fill them.
+        // From here `dev` owns the context: a failed query closes it in `drop`.
+        let mut dev = Device { ctx, lid: 0, gid: [0; 16] };
+        // SAFETY: zeroed C structs are valid inputs; the calls fill them; the context is open.
         unsafe {
             let mut port: ibv_port_attr = std::mem::zeroed();
             check("ibv_query_port", ___ibv_query_port(ctx.as_ptr(), PORT, &mut port))?;
@@ -124,10 +127,46 @@ impl Device {
 
 impl Drop for Device {
     fn drop(&mut self) {
-        // SAFETY: every region and queue pair holds an Arc of this device, so none is left.
+        // SAFETY: every protection domain and completion queue holds an Arc of this device
+        // (through its domain), so none is left; closed once.
+        unsafe {
+            ibv_close_device(self.ctx.as_ptr());
+        }
+    }
+}
+
+/// The protection domain of one ring session: its queue pair and its registered regions, and
+/// nothing else. The NIC honours a remote key only on a queue pair of the domain its region was
+/// registered in, so the keys a peer is given reach that session's memory through that
+/// session's queue pair, never another peer's ring (with one domain per device, a peer's queue
+/// pair could write every region registered for every peer, its key being all it needs).
+#[derive(Debug)]
+pub struct Domain {
+    pd: NonNull<ibv_pd>,
+    dev: Arc<Device>,
+}
+
+// SAFETY: as for `Device`; the pointer is owned by this value and freed once, in `drop`.
+unsafe impl Send for Domain {}
+// SAFETY: as above; `&Domain` only reads the pointer.
+unsafe impl Sync for Domain {}
+
+impl Domain {
+    /// A fresh protection domain on `dev`, for one session.
+    pub fn new(dev: &Arc<Device>) -> Result<Arc<Domain>, VerbsError> {
+        // SAFETY: the context is open as long as `dev`, which the domain keeps.
+        let pd = unsafe { ibv_alloc_pd(dev.ctx.as_ptr()) };
+        let pd = NonNull::new(pd).ok_or_else(|| call_failed("ibv_alloc_pd"))?;
+        Ok(Arc::new(Domain { pd, dev: dev.clone() }))
+    }
+}
+
+impl Drop for Domain {
+    fn drop(&mut self) {
+        // SAFETY: every region and queue pair of this domain holds an Arc of it, so none is left
+        // (ibv_dealloc_pd would fail otherwise); deallocated once.
         unsafe {
             ibv_dealloc_pd(self.pd.as_ptr());
-            ibv_close_device(self.ctx.as_ptr());
         }
     }
 }
@@ -138,7 +177,7 @@ impl Drop for Device {
 pub struct Region {
     words: Box<[AtomicU64]>,
     mr: NonNull<ibv_mr>,
-    _dev: Arc<Device>,
+    _domain: Arc<Domain>,
 }
 
 // SAFETY: as for `Device`; the words are atomics.
@@ -147,9 +186,9 @@ unsafe impl Send for Region {}
 unsafe impl Sync for Region {}
 
 impl Region {
-    /// `bytes` (rounded up to words) of zeroed memory, registered for local writes and, if
-    /// `remote_write`, for the peer's RDMA WRITEs.
-    pub fn new(dev: &Arc<Device>, bytes: usize, remote_write: bool) -> Result<Region, VerbsError> {
+    /// `bytes` (rounded up to words) of zeroed memory, registered in `domain` for local writes
+    /// and, if `remote_write`, for the RDMA WRITEs of the peer of that domain's queue pair.
+    pub fn new(domain: &Arc<Domain>, bytes: usize, remote_write: bool) -> Result<Region, VerbsError> {
         let words: Box<[AtomicU64]> = (0..bytes.div_ceil(8).max(1)).map(|_| AtomicU64::new(0)).collect();
         let mut access = ibv_access_flags::IBV_ACCESS_LOCAL_WRITE;
         if remote_write {
@@ -157,9 +196,9 @@ impl Region {
         }
         // SAFETY: the boxed words never move and outlive the registration (dropped after
         // ibv_dereg_mr in `drop`); the NIC's DMA into them is what the atomics allow.
-        let mr = unsafe { ibv_reg_mr(dev.pd.as_ptr(), words.as_ptr() as *mut _, words.len() * 8, access.0 as i32) };
+        let mr = unsafe { ibv_reg_mr(domain.pd.as_ptr(), words.as_ptr() as *mut _, words.len() * 8, access.0 as i32) };
         let mr = NonNull::new(mr).ok_or_else(|| call_failed("ibv_reg_mr"))?;
-        Ok(Region { words, mr, _dev: dev.clone() })
+        Ok(Region { words, mr, _domain: domain.clone() })
     }
 
     /// The registered words, as atomics (the peer writes them by RDMA).
@@ -249,28 +288,64 @@ impl Endpoint {
     }
 }
 
-/// A reliable-connected queue pair with its completion queue.
+/// Which send-queue slots are taken. A write is unsignalled except every [`SIGNAL_EVERY`]th, and
+/// the completion of a signalled one frees its slot and those of the unsignalled ones posted
+/// before it (ibv_post_send(3)), so a slot is free again only once a later signalled write's
+/// completion has been polled.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct SendSlots {
+    /// Writes posted since the last signalled one.
+    unsignalled: u32,
+    /// Signalled writes whose completion has not been polled.
+    in_flight: u32,
+}
+
+impl SendSlots {
+    /// Slots a write may take now.
+    fn free(&self) -> usize {
+        (SEND_DEPTH - self.in_flight * SIGNAL_EVERY - self.unsignalled) as usize
+    }
+
+    /// Takes a slot for one write: whether that write is signalled; None if none is free.
+    fn take(&mut self) -> Option<bool> {
+        if self.free() == 0 {
+            return None;
+        }
+        self.unsignalled += 1;
+        let signal = self.unsignalled == SIGNAL_EVERY;
+        if signal {
+            (self.unsignalled, self.in_flight) = (0, self.in_flight + 1);
+        }
+        debug_assert!(self.in_flight as usize <= MAX_SIGNALLED, "more signalled writes than the queue holds");
+        Some(signal)
+    }
+
+    /// A signalled write completed: its slots, and its unsignalled predecessors', are free.
+    fn completed(&mut self) {
+        debug_assert!(self.in_flight > 0, "a completion without a signalled write");
+        self.in_flight = self.in_flight.saturating_sub(1);
+    }
+}
+
+/// A reliable-connected queue pair with its completion queue, in its session's domain.
 #[derive(Debug)]
 pub struct QueuePair {
     qp: NonNull<ibv_qp>,
     cq: NonNull<ibv_cq>,
     psn: u32,
-    /// Work requests posted since the last signalled one.
-    unsignalled: u32,
-    /// Signalled work requests whose completion has not been polled.
-    in_flight: u32,
-    dev: Arc<Device>,
+    slots: SendSlots,
+    domain: Arc<Domain>,
 }
 
 // SAFETY: as for `Device`; one owner posts at a time (`&mut self`).
 unsafe impl Send for QueuePair {}
 
 impl QueuePair {
-    /// A reliable-connected queue pair on `dev`, not yet connected.
-    pub fn new(dev: &Arc<Device>) -> Result<QueuePair, VerbsError> {
-        let depth = (SEND_DEPTH / SIGNAL_EVERY + 1) as i32;
-        // SAFETY: the context is open; the CQ is destroyed in `drop` after the QP.
-        let cq = unsafe { ibv_create_cq(dev.ctx.as_ptr(), depth, ptr::null_mut(), ptr::null_mut(), 0) };
+    /// A reliable-connected queue pair in `domain`, not yet connected.
+    pub fn new(domain: &Arc<Domain>) -> Result<QueuePair, VerbsError> {
+        // SAFETY: the context is open (the domain keeps the device); the CQ is destroyed in
+        // `drop` after the QP.
+        let cq = unsafe { ibv_create_cq(domain.dev.ctx.as_ptr(), CQ_DEPTH, ptr::null_mut(), ptr::null_mut(), 0) };
         let cq = NonNull::new(cq).ok_or_else(|| call_failed("ibv_create_cq"))?;
         // SAFETY: a zeroed init attribute with the fields RC needs set; the QP is destroyed in
         // `drop`. On failure the CQ is destroyed here.
@@ -280,7 +355,7 @@ impl QueuePair {
             init.recv_cq = cq.as_ptr();
             init.qp_type = ibv_qp_type::IBV_QPT_RC;
             init.cap = ibv_qp_cap { max_send_wr: SEND_DEPTH, max_recv_wr: 1, max_send_sge: 2, max_recv_sge: 1, max_inline_data: 8 };
-            match NonNull::new(ibv_create_qp(dev.pd.as_ptr(), &mut init)) {
+            match NonNull::new(ibv_create_qp(domain.pd.as_ptr(), &mut init)) {
                 Some(qp) => qp,
                 None => {
                     let e = call_failed("ibv_create_qp");
@@ -290,13 +365,14 @@ impl QueuePair {
             }
         };
         let psn = (std::process::id() ^ qp_num(qp)) & 0xff_ffff;
-        Ok(QueuePair { qp, cq, psn, unsignalled: 0, in_flight: 0, dev: dev.clone() })
+        Ok(QueuePair { qp, cq, psn, slots: SendSlots::default(), domain: domain.clone() })
     }
 
     /// This end's endpoint, offering `region` (None: nothing for the peer to write).
     pub fn endpoint(&self, region: &Region, remote_len: u64) -> Endpoint {
         let (_, rkey) = region.keys();
-        Endpoint { qpn: qp_num(self.qp), psn: self.psn, lid: self.dev.lid, gid: self.dev.gid, addr: region.addr(), rkey, len: remote_len }
+        let dev = &self.domain.dev;
+        Endpoint { qpn: qp_num(self.qp), psn: self.psn, lid: dev.lid, gid: dev.gid, addr: region.addr(), rkey, len: remote_len }
     }
 
     /// Moves the queue pair through INIT, RTR and RTS towards `peer`.
@@ -352,11 +428,11 @@ impl QueuePair {
     }
 
     /// Posts one RDMA WRITE of `sges` (registered memory that stays unchanged until the peer has
-    /// consumed it, or inline data of at most 8 bytes) to `remote_addr`.
+    /// consumed it, or inline data of at most 8 bytes) to `remote_addr`, in a free send-queue
+    /// slot (the caller made sure of one: [`Self::free_slots`]). Never waits.
     fn write(&mut self, sges: &mut [ibv_sge], remote_addr: u64, rkey: u32, inline: bool) -> Result<(), VerbsError> {
         debug_assert!(!sges.is_empty() && sges.len() <= 2, "one record or one word");
-        self.unsignalled += 1;
-        let signal = self.unsignalled >= SIGNAL_EVERY;
+        let signal = self.slots.take().ok_or(VerbsError::SendQueueFull)?;
         let mut flags = if inline { ibv_send_flags::IBV_SEND_INLINE.0 } else { 0 };
         if signal {
             flags |= ibv_send_flags::IBV_SEND_SIGNALED.0;
@@ -373,37 +449,39 @@ impl QueuePair {
             let mut bad = ptr::null_mut();
             ibv_post_send(self.qp.as_ptr(), &mut wr, &mut bad)
         };
-        check("ibv_post_send", rc)?;
-        if signal {
-            self.unsignalled = 0;
-            self.in_flight += 1;
-        }
-        self.reap()
+        check("ibv_post_send", rc)
     }
 
-    /// Polls completions; waits (spinning) while the send queue could overflow.
+    /// Send-queue slots free now, after taking the completions the NIC has made.
+    ///
+    /// Never waits for one. The writer's caller may be the protocol thread holding its peer
+    /// queue's lock (the transport lends it the ring), so a send must not spin on the NIC: a
+    /// queue without room for a whole send is a full ring to it (`SendError::WouldBlock`), and
+    /// the transport retries off the lock within its send timeout. Room comes back without us:
+    /// on a reliable connection every signalled write completes, successfully or, once the
+    /// retries are spent (timeout 14, 7 retries: about half a second), in error.
+    pub fn free_slots(&mut self) -> Result<usize, VerbsError> {
+        self.reap()?;
+        Ok(self.slots.free())
+    }
+
+    /// Takes the completions waiting in the completion queue, one non-blocking poll
+    /// (ibv_poll_cq(3) returns at once, with what is there): each frees its write's slots.
     fn reap(&mut self) -> Result<(), VerbsError> {
-        loop {
-            // SAFETY: a zeroed completion the call fills; the CQ is live.
-            let (n, wc) = unsafe {
-                let mut wc: ibv_wc = std::mem::zeroed();
-                (ibv_poll_cq(self.cq.as_ptr(), 1, &mut wc), wc)
-            };
-            if n < 0 {
-                return Err(VerbsError::Call { call: "ibv_poll_cq", errno: -n });
+        // SAFETY: zeroed completions the call fills, at most `MAX_SIGNALLED` of them, in an
+        // array of that many; the CQ is live.
+        let (n, wcs) = unsafe {
+            let mut wcs: [ibv_wc; MAX_SIGNALLED] = std::mem::zeroed();
+            (ibv_poll_cq(self.cq.as_ptr(), MAX_SIGNALLED as i32, wcs.as_mut_ptr()), wcs)
+        };
+        let n = usize::try_from(n).map_err(|_| VerbsError::Call { call: "ibv_poll_cq", errno: n.saturating_neg() })?;
+        for wc in &wcs[..n.min(MAX_SIGNALLED)] {
+            if wc.status != ibv_wc_status::IBV_WC_SUCCESS {
+                return Err(VerbsError::Completion { status: wc.status, vendor: wc.vendor_err });
             }
-            if n == 1 {
-                if wc.status != ibv_wc_status::IBV_WC_SUCCESS {
-                    return Err(VerbsError::Completion { status: wc.status, vendor: wc.vendor_err });
-                }
-                self.in_flight -= 1;
-                continue;
-            }
-            if self.in_flight < SEND_DEPTH / SIGNAL_EVERY - 1 {
-                return Ok(());
-            }
-            std::hint::spin_loop();
+            self.slots.completed();
         }
+        Ok(())
     }
 }
 
@@ -425,9 +503,10 @@ impl Drop for QueuePair {
 /// The writer's view of the peer's ring: records are staged in a registered mirror of the
 /// ring's data (a slot is reused only once the reader has consumed it, so a posted WRITE's
 /// source never changes under it) and written with RDMA WRITE; the reader writes its credit
-/// word into `credit`.
+/// word into `credit`. Queue pair and regions are in a domain of this session's own.
 #[derive(Debug)]
 pub struct VerbsRemote {
+    /// Dropped first: the queue pair goes before the regions it writes from.
     qp: QueuePair,
     staging: Region,
     credit: Region,
@@ -443,10 +522,11 @@ impl VerbsRemote {
     /// will write. Send [`Self::endpoint`] to the reader, then [`Self::connect`] with its answer.
     pub fn new(dev: &Arc<Device>, capacity: u64) -> Result<VerbsRemote, VerbsError> {
         let capacity = check_capacity(capacity).map_err(|_| VerbsError::BadEndpoint("ring capacity"))?;
+        let domain = Domain::new(dev)?;
         Ok(VerbsRemote {
-            qp: QueuePair::new(dev)?,
-            staging: Region::new(dev, capacity, false)?,
-            credit: Region::new(dev, 64, true)?,
+            qp: QueuePair::new(&domain)?,
+            staging: Region::new(&domain, capacity, false)?,
+            credit: Region::new(&domain, 64, true)?,
             peer: Endpoint { qpn: 0, psn: 0, lid: 0, gid: [0; 16], addr: 0, rkey: 0, len: 0 },
             capacity,
             error: None,
@@ -474,6 +554,22 @@ impl VerbsRemote {
     /// The failure that ended the session, if any.
     pub fn error(&self) -> Option<&VerbsError> {
         self.error.as_ref()
+    }
+
+    /// Whether a whole send ([`MAX_WRITES_PER_SEND`] writes) fits the send queue now, after
+    /// taking the completions waiting; never waits (see [`QueuePair::free_slots`]). A failed
+    /// completion is kept in [`Self::error`].
+    pub fn room_for_a_send(&mut self) -> bool {
+        if self.error.is_some() {
+            return false;
+        }
+        match self.qp.free_slots() {
+            Ok(free) => free >= MAX_WRITES_PER_SEND,
+            Err(e) => {
+                self.error = Some(e);
+                false
+            }
+        }
     }
 
     fn post(&mut self, sges: &mut [ibv_sge], word: usize, offset: usize, inline: bool) {
@@ -518,14 +614,18 @@ impl RemoteMemory for VerbsRemote {
     }
 }
 
-/// The reader's own ring, registered for the writer's RDMA WRITEs; credits go back as an inline
-/// WRITE into the writer's credit word.
+/// The reader's own ring, registered for the writer's RDMA WRITEs in a domain of this session's
+/// own; credits go back as an inline WRITE into the writer's credit word.
 #[derive(Debug)]
 pub struct VerbsLocal {
+    /// Dropped first: the queue pair goes before the region the peer writes.
     qp: QueuePair,
     ring: Region,
     peer: Endpoint,
     capacity: usize,
+    /// A credit word not yet posted: the send queue was full when it was returned.
+    unsent_credit: Option<u64>,
+    /// The first verbs error: the session is over ([`LocalMemory::failed`] says so).
     error: Option<VerbsError>,
 }
 
@@ -535,11 +635,12 @@ impl VerbsLocal {
     pub fn new(dev: &Arc<Device>, capacity: u64, peer: &Endpoint) -> Result<VerbsLocal, VerbsError> {
         let capacity = check_capacity(capacity).map_err(|_| VerbsError::BadEndpoint("ring capacity"))?;
         let peer = Endpoint::decode(&peer.encode(), 8)?;
-        let ring = Region::new(dev, region_bytes(capacity), true)?;
+        let domain = Domain::new(dev)?;
+        let ring = Region::new(&domain, region_bytes(capacity), true)?;
         super::memory::format(ring.words(), capacity);
-        let mut qp = QueuePair::new(dev)?;
+        let mut qp = QueuePair::new(&domain)?;
         qp.connect(&peer)?;
-        Ok(VerbsLocal { qp, ring, peer, capacity, error: None })
+        Ok(VerbsLocal { qp, ring, peer, capacity, unsent_credit: None, error: None })
     }
 
     /// What the writer needs to reach this reader: its queue pair and ring.
@@ -550,6 +651,27 @@ impl VerbsLocal {
     /// The failure that ended the session, if any.
     pub fn error(&self) -> Option<&VerbsError> {
         self.error.as_ref()
+    }
+
+    /// Takes the completions waiting and posts the unsent credit word if a slot is free; never
+    /// waits (a full send queue keeps the word for the next call). The first error is kept.
+    fn upkeep(&mut self) {
+        if self.error.is_none() {
+            if let Err(e) = self.post_unsent_credit() {
+                tracing::warn!(error = %e, "RDMA ring: the reader's queue pair failed; the session ends");
+                self.error = Some(e);
+            }
+        }
+    }
+
+    fn post_unsent_credit(&mut self) -> Result<(), VerbsError> {
+        let free = self.qp.free_slots()?;
+        if let Some(word) = self.unsent_credit.filter(|_| free > 0) {
+            let mut sge = [ibv_sge { addr: &word as *const u64 as u64, length: 8, lkey: 0 }];
+            self.qp.write(&mut sge, self.peer.addr, self.peer.rkey, true)?;
+            self.unsent_credit = None;
+        }
+        Ok(())
     }
 }
 
@@ -574,19 +696,36 @@ impl LocalMemory for VerbsLocal {
     }
 
     fn return_credits(&mut self, word: u64) {
-        if self.error.is_none() {
-            let mut sge = [ibv_sge { addr: &word as *const u64 as u64, length: 8, lkey: 0 }];
-            if let Err(e) = self.qp.write(&mut sge, self.peer.addr, self.peer.rkey, true) {
-                self.error = Some(e);
-            }
-        }
+        // A newer credit word supersedes one still unsent: credits only grow.
+        self.unsent_credit = Some(word);
+        self.upkeep();
         // Our own copy too, for `RingReader::open`'s reset to be visible locally.
         self.ring.words()[CREDIT_WORD].store(word, Ordering::Release);
+    }
+
+    /// Polls the completion queue before every read, so that a dead queue pair (a credit
+    /// write completed in error, say because the writer's end is gone) ends the session even
+    /// while no record arrives, and retries a credit word the full send queue held back.
+    fn failed(&mut self) -> bool {
+        self.upkeep();
+        self.error.is_some()
     }
 }
 
 impl crate::runtime::shm_link::RingSender for super::RingWriter<VerbsRemote> {
+    /// Never waits for the NIC: the protocol thread calls this holding its peer queue's lock
+    /// (`transport.rs`, when the connection task lends it the ring). Without send-queue room for
+    /// a whole send, the ring is as good as full (`WouldBlock`): the packet goes to the
+    /// connection task, which retries off the lock, and fails the connection if the room has
+    /// not come back within the send timeout.
     fn send(&mut self, packet: &[u8]) -> Result<(), super::SendError> {
+        let room = self.memory_mut().room_for_a_send();
+        if self.memory().error().is_some() {
+            return Err(super::SendError::MemoryFailed);
+        }
+        if !room {
+            return Err(super::SendError::WouldBlock);
+        }
         self.try_send(packet)?;
         match self.memory().error() {
             None => Ok(()),
@@ -617,6 +756,51 @@ mod tests {
         assert!(Endpoint::decode(&raw, 8).is_err());
         let wraps = Endpoint { addr: u64::MAX - 8, ..e };
         assert!(Endpoint::decode(&wraps.encode(), 8).is_err(), "past the address space");
+    }
+
+    /// Random posts and completions against a model of the send queue (the NIC completes in
+    /// order; a signalled completion frees everything posted up to it): the slots count exactly
+    /// the outstanding writes, never admit more than the queue holds, and a send begun with
+    /// room for [`MAX_WRITES_PER_SEND`] writes always finds a slot for each.
+    #[test]
+    fn send_slots_count_the_outstanding_writes_and_never_overflow() {
+        let mut rng = crate::paxos::SplitMix64::new(16);
+        let (mut slots, mut queue) = (SendSlots::default(), std::collections::VecDeque::new());
+        let mut completions = 0;
+        for _ in 0..100_000 {
+            if rng.below(3) == 0 && queue.contains(&true) {
+                while queue.pop_front() == Some(false) {}
+                slots.completed();
+                completions += 1;
+            } else if slots.free() >= MAX_WRITES_PER_SEND {
+                for _ in 0..=rng.below(MAX_WRITES_PER_SEND as u64 - 1) {
+                    queue.push_back(slots.take().expect("room was checked for a whole send"));
+                }
+            } else {
+                let before = slots;
+                if slots.free() == 0 {
+                    assert_eq!(slots.take(), None, "a full queue takes nothing");
+                }
+                assert_eq!(slots, before);
+            }
+            assert_eq!(queue.len(), SEND_DEPTH as usize - slots.free(), "{slots:?}");
+            assert!(queue.iter().filter(|&&s| s).count() <= MAX_SIGNALLED);
+        }
+        assert!(completions > 1000, "the queue cycled");
+    }
+
+    #[test]
+    fn each_session_registers_in_a_protection_domain_of_its_own() {
+        let Ok(dev) = Device::open_first() else { return }; // no device (CI, this machine)
+        let (a, b) = (VerbsRemote::new(&dev, 4096).expect("writer"), VerbsRemote::new(&dev, 4096).expect("writer"));
+        assert_ne!(a.qp.domain.pd, b.qp.domain.pd, "two sessions, two domains");
+        for w in [&a, &b] {
+            for region in [&w.staging, &w.credit] {
+                // SAFETY: a live registration; its `pd` is the domain it was registered in.
+                let pd = unsafe { (*region.mr.as_ptr()).pd };
+                assert_eq!(pd, w.qp.domain.pd.as_ptr(), "a session's regions are in its domain");
+            }
+        }
     }
 
     #[test]
