@@ -132,7 +132,8 @@ pub struct RslConfig {
     pub slow_sender_timeout_sec: u32,
     /// MiB of partly received packets the Paxos port holds in all its connections together,
     /// copies of a growing buffer included (never less than twice one largest message: its
-    /// buffer is copied as it grows, the old one held until the copy is done). A connection
+    /// buffer is copied as it grows, the old one held until the copy is done; with the default
+    /// 100 MiB messages, 200 MiB and 2 KiB). A connection
     /// whose packet would need more is closed; packets up to 64 KiB, the protocol's own
     /// traffic, never count against it.
     pub max_inbound_buffer_mb: u32,

@@ -672,6 +672,7 @@ mod tests {
         a.read_exact(&mut [0u8; ANSWER_LEN]).await.unwrap();
         a.write_all(&[2; CONFIRM_LEN]).await.unwrap();
         assert!(matches!(reader.await.unwrap(), Err(LinkError::BadConfirm(2))));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the ring file is gone");
     }
 
     /// Reader memory that fails when the test says, as a dead RDMA queue pair does.

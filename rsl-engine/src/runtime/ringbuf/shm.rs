@@ -149,7 +149,8 @@ pub fn random_nonce() -> io::Result<u64> {
             Err(_) => return Err(io::Error::last_os_error()),
         }
     }
-    Ok(u64::from_le_bytes(word))
+    // Never 0: a confirmation of zeros (what an RDMA one carries) must not match it.
+    Ok(u64::from_le_bytes(word).max(1))
 }
 
 /// The low half of a word, where a futex on it waits: the word is little-endian and 8-aligned.

@@ -704,8 +704,9 @@ impl LocalMemory for VerbsLocal {
     }
 
     /// Polls the completion queue before every read, so that a dead queue pair (a credit
-    /// write completed in error, say because the writer's end is gone) ends the session even
-    /// while no record arrives, and retries a credit word the full send queue held back.
+    /// write it posted completed in error, say because the writer's end is gone) ends the
+    /// session, and retries a credit word the full send queue held back. An idle reader posts
+    /// no credit write, so a writer gone meanwhile is noticed by the TCP lifeline instead.
     fn failed(&mut self) -> bool {
         self.upkeep();
         self.error.is_some()
@@ -773,7 +774,7 @@ mod tests {
                 slots.completed();
                 completions += 1;
             } else if slots.free() >= MAX_WRITES_PER_SEND {
-                for _ in 0..=rng.below(MAX_WRITES_PER_SEND as u64 - 1) {
+                for _ in 0..=rng.below(MAX_WRITES_PER_SEND as u64) {
                     queue.push_back(slots.take().expect("room was checked for a whole send"));
                 }
             } else {
