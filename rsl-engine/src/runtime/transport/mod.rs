@@ -11,14 +11,16 @@
 //! loop) and each message carries the certified identity of the connection it came on.
 
 mod inbound;
+mod link;
 
 pub(in crate::runtime) use inbound::grow_for;
 pub use inbound::{accept_each, grow_within, Budget, Held, Listener};
 use inbound::{read_inbound, read_packets, Reading, Side};
+pub use link::LinkKind;
+use link::{PacketLink, RingLink, TcpLink, TlsLink};
 
 use super::health::{from_unix_micros, unix_micros};
-use super::ringbuf::SendError;
-use super::shm_link::{self, Offered, RingSender, ShmOptions};
+use super::shm_link::{self, Offered, ShmOptions};
 use super::tls::{PeerIdentity, Tls};
 use crate::format::message::{Checksum, Message};
 use crate::format::packet::{self, DEFAULT_MAX_PACKET, HEADER_SIZE};
@@ -27,13 +29,10 @@ use bytes::{Buf, Bytes, BytesMut};
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice};
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::AsyncRead;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
@@ -133,8 +132,9 @@ pub struct PeerStats {
     pub addr: SocketAddr,
     /// An outbound connection to it is up.
     pub connected: bool,
-    /// The connection carries packets through a shared-memory ring (`TransportOptions::shm`).
-    pub shm: bool,
+    /// What carries the packets of that connection (None: none is up): TCP, TLS, or a ring
+    /// (`TransportOptions::shm`).
+    pub link: Option<LinkKind>,
     /// Connections made to the peer so far.
     pub connections: u64,
     /// Packets written to it.
@@ -345,15 +345,12 @@ impl Drop for PeerEntry {
 struct SendQueue {
     packets: Batch,
     bytes: usize,
-    /// The connection's socket while its task waits with nothing queued or being written (plain
-    /// TCP only): a sender writes to it directly, under this queue's lock so that bytes never
-    /// interleave, instead of waking the task, which costs a thread hand-off per packet on the
-    /// commit path. Taken back (None) as soon as anything is queued.
-    idle: Option<Arc<OwnedWriteHalf>>,
-    /// The connection's shared-memory ring, while its task lends it as it lends `idle`.
-    ring: Option<Box<dyn RingSender>>,
-    /// Whether senders may write to `ring` now: nothing is queued or being written.
-    ring_idle: bool,
+    /// The connection's link while its task waits with nothing queued or being written: a
+    /// sender tries it directly while nothing is queued (one non-blocking socket write, or one
+    /// copy into a ring), under this queue's lock so that bytes never interleave, instead of
+    /// waking the task, which costs a thread hand-off per packet on the commit path. The task
+    /// takes it back with the next batch.
+    lent: Option<Box<dyn PacketLink>>,
 }
 
 /// Packets to write, oldest first, with when each was queued (for the send timeout).
@@ -407,15 +404,14 @@ struct Peer {
     queue: Mutex<SendQueue>,
     /// Signalled when the queue goes from empty to non-empty.
     wake: Notify,
-    connected: AtomicBool,
+    /// What carries the packets of the connection that is up (None: none is).
+    link: Mutex<Option<LinkKind>>,
     counters: Counters,
     /// Warnings of handshakes the peer refused.
     refusals: RateLimited,
     /// Until when (`monotonic_micros`) the peer's connections are plain TCP without an offer: the
     /// last set-up failed (a peer without it closes the connection on an offer). 0: offer.
     shm_off_until: AtomicU64,
-    /// The connection now carries packets through a ring.
-    on_ring: AtomicBool,
 }
 
 /// What the transport counted for a peer.
@@ -440,11 +436,10 @@ impl Peer {
             addr,
             queue: Mutex::default(),
             wake: Notify::new(),
-            connected: AtomicBool::new(false),
+            link: Mutex::new(None),
             counters: Counters::default(),
             refusals: RateLimited::new(),
             shm_off_until: AtomicU64::new(0),
-            on_ring: AtomicBool::new(false),
         }
     }
 
@@ -455,36 +450,20 @@ impl Peer {
             self.count_dropped(1, packet.len());
             return false;
         }
-        if q.ring_idle {
-            let ring = q.ring.as_mut().expect("a ring is idle only while lent");
-            // A copy into shared memory: the lock is held for no system call but a wake-up.
-            if ring.send(&packet).is_ok() {
-                drop(q);
-                self.counters.sent(1, packet.len());
-                return true;
-            }
-            // Full, too large or broken: the task takes it from here.
-            q.ring_idle = false;
+        let sent = match (q.packets.is_empty(), q.lent.as_mut()) {
+            // Never past a queued packet: the order is the queue's.
+            (true, Some(link)) => link.try_send(&packet),
+            _ => 0,
+        };
+        if sent == packet.len() {
+            drop(q);
+            self.counters.sent(1, sent);
+            return true;
         }
-        if let Some(socket) = q.idle.take() {
-            debug_assert!(q.packets.is_empty(), "a connection is idle only with nothing queued");
-            // A non-blocking write, so the lock is held for one system call at most.
-            match socket.try_write(&packet) {
-                Ok(n) if n == packet.len() => {
-                    q.idle = Some(socket);
-                    drop(q);
-                    self.counters.sent(1, n);
-                    return true;
-                }
-                // The rest goes to the task, which writes it first.
-                Ok(n) => {
-                    packet.advance(n);
-                    self.counters.sent(0, n);
-                }
-                // Socket full: the task waits for room. Any other error: the task's own write
-                // meets it and the connection fails, as if the task had written this.
-                Err(_) => {}
-            }
+        // The rest goes to the task, which sends it first.
+        if sent > 0 {
+            packet.advance(sent);
+            self.counters.sent(0, sent);
         }
         let len = packet.len();
         q.bytes += len;
@@ -499,37 +478,27 @@ impl Peer {
     }
 
     /// Moves everything queued into `batch` (which must be empty): one lock per batch. With
-    /// nothing queued, the connection's plain TCP socket (`direct`) is lent to the senders
-    /// until the next call; with something queued, it is taken back first.
-    fn take_all(&self, batch: &mut Batch, direct: Option<&Arc<OwnedWriteHalf>>) {
+    /// `link` (a task that lends it), the link comes back to it from the senders, and is lent
+    /// to them again until the next call if nothing was queued.
+    fn take_all(&self, batch: &mut Batch, link: Option<&mut Option<Box<dyn PacketLink>>>) {
         assert!(batch.is_empty(), "the previous batch is written first");
         let mut q = self.queue.lock().expect("send queue poisoned");
         std::mem::swap(&mut q.packets, batch);
         q.bytes = 0;
-        q.idle = if batch.is_empty() { direct.cloned() } else { None };
+        if let Some(link) = link {
+            if link.is_none() {
+                *link = q.lent.take();
+            }
+            if batch.is_empty() {
+                q.lent = link.take();
+            }
+            debug_assert!(link.is_some() != q.lent.is_some(), "one owner of the link");
+        }
     }
 
-    /// [`take_all`](Self::take_all) for a connection with a ring: the ring comes back to `ring`
-    /// from the senders, and is lent to them again if nothing is queued.
-    fn take_all_ring(&self, batch: &mut Batch, ring: &mut Option<Box<dyn RingSender>>) {
-        assert!(batch.is_empty(), "the previous batch is written first");
-        let mut q = self.queue.lock().expect("send queue poisoned");
-        std::mem::swap(&mut q.packets, batch);
-        q.bytes = 0;
-        if ring.is_none() {
-            *ring = q.ring.take();
-        }
-        q.ring_idle = batch.is_empty();
-        if q.ring_idle {
-            q.ring = ring.take();
-        }
-        debug_assert!(ring.is_some() != q.ring.is_some(), "one owner of the ring");
-    }
-
-    /// The connection ended: nothing may be written to its socket or ring any more.
-    fn take_back_socket(&self) {
-        let mut q = self.queue.lock().expect("send queue poisoned");
-        (q.idle, q.ring, q.ring_idle) = (None, None, false);
+    /// The connection ended: nothing may be sent through its link any more.
+    fn take_back_link(&self) {
+        self.queue.lock().expect("send queue poisoned").lent = None;
     }
 
     /// Drops the queued packets older than `timeout` (RSL's send timeout), counting them.
@@ -567,11 +536,12 @@ impl Peer {
         let q = self.queue.lock().expect("send queue poisoned");
         let (queued_bytes, queued) = (q.bytes, q.packets.len() as u64);
         drop(q);
+        let link = *self.link.lock().unwrap_or_else(|e| e.into_inner());
         PeerStats {
             member,
             addr: self.addr,
-            connected: self.connected.load(Relaxed),
-            shm: self.on_ring.load(Relaxed),
+            connected: link.is_some(),
+            link,
             connections: self.counters.connections.load(Relaxed),
             sent_packets: self.counters.sent_packets.load(Relaxed),
             sent_bytes: self.counters.sent_bytes.load(Relaxed),
@@ -631,7 +601,6 @@ async fn run_peer(id: MemberId, peer: Arc<Peer>, opts: TransportOptions, link: L
             if began.elapsed() >= opts.backoff_max {
                 backoff = opts.backoff_min;
             }
-            peer.connected.store(false, Relaxed);
             info!(peer = %peer.addr, ?result, "connection closed");
         }
         tokio::time::sleep(backoff).await;
@@ -660,7 +629,7 @@ async fn connect_and_serve(peer: &Peer, link: &Link, send_timeout: Duration) -> 
         let ring = match &link.shm {
             Some(opts) if peer.shm_off_until.load(Relaxed) <= monotonic_micros() => {
                 match shm_link::offer_ring(&mut stream, opts).await {
-                    Ok(Offered::Ring(ring)) => Some(ring),
+                    Ok(Offered::Ring(ring)) => Some((ring, if opts.rdma { LinkKind::Rdma } else { LinkKind::Shm })),
                     Ok(Offered::Tcp(why)) => {
                         info!(peer = %peer.addr, why, "no shared-memory ring: TCP");
                         None
@@ -678,16 +647,17 @@ async fn connect_and_serve(peer: &Peer, link: &Link, send_timeout: Duration) -> 
         };
         info!(peer = %peer.addr, shm = ring.is_some(), "connected");
         let (rd, wr) = stream.into_split();
-        let wr = SharedWrite(Arc::new(wr));
-        // A delay is the write task's to apply: no sender may write around it.
-        let direct = link.delay.is_zero().then(|| wr.0.clone());
-        return Some(serve_outbound(peer, rd, wr, direct, ring, link, Origin { ip, peer: None }, send_timeout).await);
+        let out: Box<dyn PacketLink> = match ring {
+            Some((ring, kind)) => Box::new(RingLink::new(ring, kind, wr)),
+            None => Box::new(TcpLink(wr)),
+        };
+        return Some(serve_outbound(peer, rd, out, link, Origin { ip, peer: None }, send_timeout).await);
     };
     match tls.connect(stream).await {
         Ok((stream, identity)) => {
             info!(peer = %peer.addr, names = ?identity.names, "connected (TLS)");
             let (rd, wr) = tokio::io::split(stream);
-            Some(serve_outbound(peer, rd, wr, None, None, link, Origin { ip, peer: Some(Arc::new(identity)) }, send_timeout).await)
+            Some(serve_outbound(peer, rd, Box::new(TlsLink(wr)), link, Origin { ip, peer: Some(Arc::new(identity)) }, send_timeout).await)
         }
         Err(e) => {
             if let Some(held_back) = peer.refusals.allow() {
@@ -698,128 +668,66 @@ async fn connect_and_serve(peer: &Peer, link: &Link, send_timeout: Duration) -> 
     }
 }
 
-/// Writes the queue to the connection (or its `ring`) and reads the responses the peer sends
-/// back on it. `direct`, the plain TCP socket `wr` writes to, is lent to senders while nothing
-/// is queued.
-#[allow(clippy::too_many_arguments)]
-async fn serve_outbound<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+/// Sends the queue through the connection's link `out` and reads the responses the peer sends
+/// back on the connection (`rd`).
+async fn serve_outbound<R: AsyncRead + Unpin>(
     peer: &Peer,
     mut rd: R,
-    wr: W,
-    direct: Option<Arc<OwnedWriteHalf>>,
-    ring: Option<Box<dyn RingSender>>,
+    out: Box<dyn PacketLink>,
     link: &Link,
     origin: Origin,
     send_timeout: Duration,
 ) -> io::Result<()> {
-    peer.connected.store(true, Relaxed);
-    peer.on_ring.store(ring.is_some(), Relaxed);
+    *peer.link.lock().expect("link kind poisoned") = Some(out.kind());
     peer.counters.connections.fetch_add(1, Relaxed);
     let mut batch = Batch::default();
     let write = async {
-        match (link.delay, ring) {
-            (_, Some(ring)) => write_ring(peer, wr, ring, &mut batch, send_timeout).await,
-            (Duration::ZERO, None) => write_queued(peer, wr, direct.as_ref(), &mut batch, send_timeout).await,
-            (delay, None) => write_delayed(peer, wr, &mut batch, send_timeout, delay).await,
+        match link.delay {
+            Duration::ZERO => write_queued(peer, out, &mut batch, send_timeout).await,
+            delay => write_delayed(peer, out, &mut batch, send_timeout, delay).await,
         }
     };
     let result = tokio::select! {
         r = read_packets(&mut rd, &link.reading, &link.on_message, Side::Outbound, &origin, None) => r,
         r = write => r,
     };
-    peer.take_back_socket();
-    peer.on_ring.store(false, Relaxed);
+    peer.take_back_link();
+    *peer.link.lock().expect("link kind poisoned") = None;
     // Whichever side failed, what was being written is lost.
     peer.count_dropped(batch.len(), batch.bytes());
     peer.counters.writing.store(0, Relaxed);
     result
 }
 
-async fn write_queued<W: AsyncWrite + Unpin>(
-    peer: &Peer,
-    mut wr: W,
-    direct: Option<&Arc<OwnedWriteHalf>>,
-    batch: &mut Batch,
-    send_timeout: Duration,
-) -> io::Result<()> {
+/// Sends what is queued through `link`, batch by batch, lending the link to the senders
+/// whenever nothing is queued. An error (a write timing out, the link broken) fails the
+/// connection.
+async fn write_queued(peer: &Peer, link: Box<dyn PacketLink>, batch: &mut Batch, send_timeout: Duration) -> io::Result<()> {
+    let mut link = Some(link);
     loop {
-        peer.take_all(batch, direct);
+        peer.take_all(batch, Some(&mut link));
         if let Some(cutoff) = tokio::time::Instant::now().checked_sub(send_timeout) {
             let (packets, bytes) = batch.expire(cutoff);
             peer.count_dropped(packets, bytes);
         }
         peer.counters.writing.store(batch.len() as u64, Relaxed);
-        if batch.is_empty() {
-            // TLS may hold the end of the last batch until flushed; for TCP this does nothing.
-            wr.flush().await?;
-            peer.wake.notified().await;
-            continue;
-        }
-        write_batch(peer, &mut wr, batch, send_timeout).await?;
-    }
-}
-
-/// How long a writer waits before it looks at a full ring's credits again (tokio rounds it up to
-/// its 1 ms tick): a full ring means the reader is behind, so no latency is lost.
-const RING_FULL_WAIT: Duration = Duration::from_micros(200);
-
-/// [`write_queued`] over a shared-memory ring: each packet is copied into the peer's ring (or,
-/// larger than the ring, written to the TCP connection `wr`). A full ring is retried until the
-/// send timeout; a ring error (the reader's session over, its credits inconsistent) fails the
-/// connection, and the peer is reconnected.
-async fn write_ring<W: AsyncWrite + Unpin>(
-    peer: &Peer,
-    mut wr: W,
-    ring: Box<dyn RingSender>,
-    batch: &mut Batch,
-    send_timeout: Duration,
-) -> io::Result<()> {
-    let mut ring = Some(ring);
-    loop {
-        peer.take_all_ring(batch, &mut ring);
-        if let Some(cutoff) = tokio::time::Instant::now().checked_sub(send_timeout) {
-            let (packets, bytes) = batch.expire(cutoff);
-            peer.count_dropped(packets, bytes);
-        }
-        peer.counters.writing.store(batch.len() as u64, Relaxed);
-        let Some(sender) = ring.as_mut() else {
-            peer.wake.notified().await;
-            continue;
-        };
-        while let Some(packet) = batch.packets.front() {
-            match sender.send(packet) {
-                Ok(()) => {}
-                Err(SendError::TooLarge { .. }) => match tokio::time::timeout(send_timeout, wr.write_all(packet)).await {
-                    Ok(written) => written?,
-                    Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "send timeout")),
-                },
-                Err(SendError::WouldBlock) => {
-                    let queued = *batch.queued_at.front().expect("one time per packet");
-                    if queued.elapsed() >= send_timeout {
-                        warn!(peer = %peer.addr, timeout = ?send_timeout, "the peer's ring stayed full: the connection fails");
-                        return Err(io::Error::new(io::ErrorKind::TimedOut, "send timeout"));
-                    }
-                    tokio::time::sleep(RING_FULL_WAIT).await;
-                    continue;
-                }
-                Err(e) => return Err(io::Error::new(io::ErrorKind::ConnectionAborted, e)),
-            }
-            let len = packet.len();
-            batch.consume(len);
-            peer.counters.writing.fetch_sub(1, Relaxed);
-            peer.counters.sent(1, len);
+        match link.as_deref_mut() {
+            Some(out) if !batch.is_empty() => write_batch(peer, out, batch, send_timeout).await?,
+            // Lent to the senders, or (everything queued expired) to be lent with the next call.
+            _ => peer.wake.notified().await,
         }
     }
 }
 
 /// Benchmarks only (`TransportOptions::delay`): [`write_queued`], each packet held `delay`
-/// after it was queued. Held packets are on the simulated wire: they count neither as
-/// outstanding (a broadcast does not skip the peer for them) nor against the send timeout (it
-/// runs from their release), and a broken connection loses them. Nothing bounds them but the
-/// send rate times the delay (at most 1 s, `RslConfig::net_delay_us`).
-async fn write_delayed<W: AsyncWrite + Unpin>(
+/// after it was queued, and the link never lent (no sender may write around the delay). Held
+/// packets are on the simulated wire: they count neither as outstanding (a broadcast does not
+/// skip the peer for them) nor against the send timeout (it runs from their release), and a
+/// broken connection loses them. Nothing bounds them but the send rate times the delay (at most
+/// 1 s, `RslConfig::net_delay_us`).
+async fn write_delayed(
     peer: &Peer,
-    mut wr: W,
+    mut link: Box<dyn PacketLink>,
     batch: &mut Batch,
     send_timeout: Duration,
     delay: Duration,
@@ -837,10 +745,9 @@ async fn write_delayed<W: AsyncWrite + Unpin>(
         debug_assert_eq!(held.packets.len(), held.queued_at.len(), "one time per held packet");
         if !batch.is_empty() {
             peer.counters.writing.store(batch.len() as u64, Relaxed);
-            write_batch(peer, &mut wr, batch, send_timeout).await?;
+            write_batch(peer, link.as_mut(), batch, send_timeout).await?;
             continue;
         }
-        wr.flush().await?;
         match held.queued_at.front() {
             Some(at) => tokio::select! {
                 _ = tokio::time::sleep_until(*at + delay) => {}
@@ -851,11 +758,11 @@ async fn write_delayed<W: AsyncWrite + Unpin>(
     }
 }
 
-/// Writes `batch` with as few vectored writes as the kernel allows, counting what was sent
-/// (tokio-rustls takes vectored writes too, sealing them into as few records as fit). A write
-/// that does not complete within `send_timeout` of its first packet being queued fails the
-/// connection, as a send timing out fails RSL's.
-async fn write_batch<W: AsyncWrite + Unpin>(peer: &Peer, wr: &mut W, batch: &mut Batch, send_timeout: Duration) -> io::Result<()> {
+/// Sends `batch` through `link` with as few writes as it takes (vectored, up to [`MAX_IOV`]
+/// packets each), counting what was sent, then flushes it. A write that does not complete
+/// within `send_timeout` of its first packet being queued (a stalled socket, a ring that stays
+/// full) fails the connection, as a send timing out fails RSL's.
+async fn write_batch(peer: &Peer, link: &mut dyn PacketLink, batch: &mut Batch, send_timeout: Duration) -> io::Result<()> {
     while !batch.is_empty() {
         let mut iov = [IoSlice::new(&[]); MAX_IOV];
         let n = batch.len().min(MAX_IOV);
@@ -864,10 +771,10 @@ async fn write_batch<W: AsyncWrite + Unpin>(peer: &Peer, wr: &mut W, batch: &mut
         }
         debug_assert!(n > 0 && batch.packets.iter().take(n).all(|p| !p.is_empty()), "every slice carries bytes");
         let deadline = batch.queued_at.front().expect("not empty").checked_add(send_timeout);
-        let write = wr.write_vectored(&iov[..n]);
+        let write = std::future::poll_fn(|cx| link.poll_send(cx, &iov[..n]));
         let written = match deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, write).await.map_err(|_| {
-                warn!(peer = %peer.addr, timeout = ?send_timeout, "a packet was not sent in time: the connection fails");
+                warn!(peer = %peer.addr, timeout = ?send_timeout, link = ?link.kind(), "a packet was not sent in time: the connection fails");
                 io::Error::new(io::ErrorKind::TimedOut, "send timeout")
             })??,
             None => write.await?,
@@ -879,48 +786,8 @@ async fn write_batch<W: AsyncWrite + Unpin>(peer: &Peer, wr: &mut W, batch: &mut
         peer.counters.writing.fetch_sub(done as u64, Relaxed);
         peer.counters.sent(done, written);
     }
-    Ok(())
-}
-
-/// The write side of a plain TCP connection, shared by its task (through this) and the senders
-/// it is lent to while idle ([`SendQueue::idle`]).
-struct SharedWrite(Arc<OwnedWriteHalf>);
-
-impl SharedWrite {
-    fn poll_with<T>(&self, cx: &mut Context<'_>, mut write: impl FnMut(&TcpStream) -> io::Result<T>) -> Poll<io::Result<T>> {
-        let stream: &TcpStream = (*self.0).as_ref();
-        loop {
-            ready!(stream.poll_write_ready(cx))?;
-            match write(stream) {
-                // The readiness was stale: `try_write` cleared it, so the next poll waits.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                result => return Poll::Ready(result),
-            }
-        }
-    }
-}
-
-impl AsyncWrite for SharedWrite {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        self.poll_with(cx, |s| s.try_write(buf))
-    }
-
-    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        self.poll_with(cx, |s| s.try_write_vectored(bufs))
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    /// The write side shuts down when the last holder drops the socket.
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
+    // TLS may hold the end of the batch until flushed; other links hold nothing.
+    std::future::poll_fn(|cx| link.poll_flush(cx)).await
 }
 
 /// Removes `written` bytes from the front of `batch`; returns how many packets completed.

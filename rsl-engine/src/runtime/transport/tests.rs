@@ -1,10 +1,11 @@
+use super::super::ringbuf::SendError;
 use super::inbound::READ_CHUNK;
 use super::*;
 use crate::format::message::{Body, Header, VoteBody};
 use crate::format::types::{Ballot, Version};
 use std::future::Future;
 use std::sync::atomic::AtomicUsize;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tokio::time::timeout;
 
@@ -101,7 +102,7 @@ async fn packets_go_through_a_shared_memory_ring_both_ways() {
     // The first packet may go before the ring is set up: wait for it.
     assert!(a.send(&id(2), framed(&vote(1, 0))));
     assert_eq!(*recv(&mut rx_b).await, vote(1, 0));
-    wait_until("both rings", || a.peer_stats()[0].shm && b.peer_stats()[0].shm).await;
+    wait_until("both rings", || a.peer_stats()[0].link == Some(LinkKind::Shm) && b.peer_stats()[0].link == Some(LinkKind::Shm)).await;
     const N: u64 = 5000;
     let (a, b) = (Arc::new(a), Arc::new(b));
     exchange(&a, &b, &mut rx_a, &mut rx_b, N).await;
@@ -109,7 +110,7 @@ async fn packets_go_through_a_shared_memory_ring_both_ways() {
     assert!(a.send(&id(2), framed(&big_vote(N + 1, 10_000))));
     assert_eq!(*recv(&mut rx_b).await, big_vote(N + 1, 10_000));
     let stats = a.peer_stats();
-    assert!(stats[0].shm && stats[0].connections == 1, "one connection, on the ring: {stats:?}");
+    assert!(stats[0].link == Some(LinkKind::Shm) && stats[0].connections == 1, "one connection, on the ring: {stats:?}");
     assert_eq!((stats[0].sent_packets, stats[0].dropped_packets), (N + 2, 0));
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "ring files are unlinked once mapped");
 }
@@ -127,7 +128,7 @@ async fn a_peer_without_shared_memory_gets_tcp() {
         assert_eq!(*recv(&mut rx_b).await, vote(1, d));
     }
     let stats = a.peer_stats();
-    assert!(!stats[0].shm && stats[0].connections == 1, "declined on the same connection: {stats:?}");
+    assert!(stats[0].link == Some(LinkKind::Tcp) && stats[0].connections == 1, "declined on the same connection: {stats:?}");
 }
 
 #[cfg(feature = "rdma")]
@@ -149,7 +150,7 @@ async fn rdma_without_a_device_speaks_tcp() {
         assert_eq!(*recv(&mut rx_b).await, vote(1, d));
     }
     let stats = a.peer_stats();
-    assert!(!stats[0].shm && stats[0].connections == 1, "plain TCP on the first connection: {stats:?}");
+    assert!(stats[0].link == Some(LinkKind::Tcp) && stats[0].connections == 1, "plain TCP on the first connection: {stats:?}");
 }
 
 #[tokio::test]
