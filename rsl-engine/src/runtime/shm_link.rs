@@ -155,9 +155,8 @@ async fn within<T>(step: impl std::future::Future<Output = io::Result<T>>) -> Re
 }
 
 /// The writing end of a ring session, whatever memory carries the ring: what the Paxos port's
-/// ring carrier (`transport.rs`, `write_ring`) copies packets into. The shared-memory file
-/// implements it here; the verbs memory (`ringbuf::verbs`) has the memory traits under it but
-/// no set-up yet (docs/rdma.md).
+/// `RingLink` (`transport/link.rs`) copies packets into. Implemented by the shared-memory
+/// [`ShmSender`] here and by `RingWriter<VerbsRemote>` (`ringbuf::verbs`).
 pub trait RingSender: Send + std::fmt::Debug {
     /// Appends one packet frame to the peer's ring.
     fn send(&mut self, packet: &[u8]) -> Result<(), SendError>;

@@ -1,11 +1,14 @@
-//! The Paxos port: framed RSL messages over TCP, one outbound connection per peer and a reader
-//! for every connection peers open to us (docs/spec/formats.md §7.1, docs/spec/behavior.md §2.30).
+//! The Paxos port's peers: per peer, a bounded send queue and a connection task that connects,
+//! chooses the connection's link (TCP, TLS, or a ring it offers) and reconnects when it breaks;
+//! framed RSL messages (docs/spec/formats.md §7.1, docs/spec/behavior.md §2.30).
 //!
-//! The protocol thread calls [`Transport::send`], which never blocks. While a plain TCP
-//! connection's task has nothing queued or being written, the packet goes straight into the
-//! socket with one non-blocking write; otherwise it is queued and the task gathers everything
-//! queued into vectored writes. Every connection's reader decodes on the tokio threads and
-//! hands each message to the `on_message` callback.
+//! The protocol thread calls [`Transport::send`], which never blocks. Every packet goes through
+//! the connection's `PacketLink` (`link.rs`): while its task has nothing queued or being
+//! written, the link is lent to the senders, so the packet goes straight into the socket with
+//! one non-blocking write (or into the ring with one copy); otherwise it is queued and the task
+//! sends everything queued in vectored batches. Every connection's reader (`inbound.rs`)
+//! decodes on the tokio threads, or a ring's reader thread, and hands each message to the
+//! `on_message` callback.
 //!
 //! With TLS, every connection starts with a handshake (in its own task, never the accept
 //! loop) and each message carries the certified identity of the connection it came on.
