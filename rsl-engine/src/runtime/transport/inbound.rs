@@ -1,6 +1,7 @@
 //! The Paxos port's inbound side: accepting connections, and the two sources of packet frames
 //! (a connection's byte stream, `read_packets`; a peer's ring, `RingRead`), both handing each
-//! checked frame to one `deliver`, with the readers' shared bounds (`Reading`, `Budget`).
+//! checked frame to one delivery path (`Inbound::deliver`), with the readers' shared bounds
+//! (`Reading`, `Budget`).
 
 use super::super::shm_link::{self, ShmOptions};
 use super::super::tls::Tls;
@@ -85,7 +86,8 @@ pub(super) async fn read_inbound(stream: TcpStream, from: SocketAddr, reading: A
         Some(tls) => match tls.accept(stream).await {
             Ok((mut stream, identity)) => {
                 let origin = Origin { ip, peer: Some(Arc::new(identity)) };
-                read_packets(&mut stream, &reading, &on_message, Side::Inbound, &origin, Some(reading.idle_timeout)).await
+                let inbound = Inbound { reading: &reading, on_message: &on_message, side: Side::Inbound, origin: &origin };
+                read_packets(&mut stream, &inbound, Some(reading.idle_timeout)).await
             }
             Err(e) => {
                 if let Some(held_back) = reading.warnings.allow() {
@@ -103,6 +105,7 @@ pub(super) async fn read_inbound(stream: TcpStream, from: SocketAddr, reading: A
 /// the connection (packets too large for the ring) and ends the session when either ends.
 async fn read_plain(mut stream: TcpStream, from: SocketAddr, reading: &Arc<Reading>, on_message: &OnMessage) -> io::Result<()> {
     let origin = Origin { ip: from.ip(), peer: None };
+    let inbound = Inbound { reading, on_message, side: Side::Inbound, origin: &origin };
     let idle = reading.idle_timeout;
     let mut prefix = [0u8; 4];
     match tokio::time::timeout(idle, stream.read_exact(&mut prefix)).await {
@@ -111,7 +114,7 @@ async fn read_plain(mut stream: TcpStream, from: SocketAddr, reading: &Arc<Readi
         Ok(read) => read?,
     };
     if !shm_link::is_offer(&prefix) {
-        return read_packets(&mut AsyncReadExt::chain(&prefix[..], stream), reading, on_message, Side::Inbound, &origin, Some(idle)).await;
+        return read_packets(&mut AsyncReadExt::chain(&prefix[..], stream), &inbound, Some(idle)).await;
     }
     let session = shm_link::answer_offer(&mut stream, reading.shm.as_ref()).await.map_err(|e| {
         if let Some(held_back) = reading.warnings.allow() {
@@ -120,7 +123,7 @@ async fn read_plain(mut stream: TcpStream, from: SocketAddr, reading: &Arc<Readi
         io::Error::new(io::ErrorKind::InvalidData, e)
     })?;
     let Some(session) = session else {
-        return read_packets(&mut stream, reading, on_message, Side::Inbound, &origin, Some(idle)).await;
+        return read_packets(&mut stream, &inbound, Some(idle)).await;
     };
     let stop = Arc::new(AtomicBool::new(false));
     let _stop = shm_link::StopOnDrop(stop.clone());
@@ -134,7 +137,7 @@ async fn read_plain(mut stream: TcpStream, from: SocketAddr, reading: &Arc<Readi
     info!(%from, "shared-memory ring session opened");
     // The ring's reader applies the idle timeout: the connection is quiet while the ring works.
     tokio::select! {
-        r = read_packets(&mut stream, reading, on_message, Side::Inbound, &origin, None) => r,
+        r = read_packets(&mut stream, &inbound, None) => r,
         end = end => {
             let end = end.map_or_else(|_| "the reader thread ended".to_string(), |e| e.to_string());
             info!(%from, end, "shared-memory ring session ended");
@@ -158,11 +161,10 @@ impl RingRead {
     fn spawn<M: shm_link::RingMemory + 'static>(self, session: shm_link::RingSession<M>) -> io::Result<()> {
         std::thread::Builder::new().name("rsl-shm-reader".into()).spawn(move || {
             let RingRead { stop, reading, on_message, origin, ended } = self;
-            let max_packet = reading.max_packet;
+            let inbound = Inbound { reading: &reading, on_message: &on_message, side: Side::Inbound, origin: &origin };
             let end = shm_link::read_ring(session, &stop, reading.idle_timeout, |packet| {
-                shm_link::check_frame(&packet, max_packet)?;
-                reading.check_size(packet.len(), origin.ip);
-                deliver(packet, max_packet, &on_message, Side::Inbound, &origin)
+                shm_link::check_frame(&packet, reading.max_packet)?;
+                inbound.deliver(packet)
             });
             let _ = ended.send(end);
         })?;
@@ -301,13 +303,10 @@ impl Drop for Held<'_> {
 /// carrying large requests) never wait on the budget.
 pub(super) async fn read_packets<R: AsyncRead + Unpin>(
     rd: &mut R,
-    reading: &Reading,
-    on_message: &OnMessage,
-    side: Side,
-    origin: &Origin,
+    inbound: &Inbound<'_>,
     idle_timeout: Option<Duration>,
 ) -> io::Result<()> {
-    let from = origin.ip;
+    let (reading, from) = (inbound.reading, inbound.origin.ip);
     let max_packet = reading.max_packet;
     let chunk = READ_CHUNK.min(max_packet);
     let mut buf = BytesMut::with_capacity(chunk);
@@ -316,8 +315,7 @@ pub(super) async fn read_packets<R: AsyncRead + Unpin>(
     loop {
         let need = match packet::peek_size(&buf, max_packet).map_err(invalid_data)? {
             Some(size) if buf.len() >= size => {
-                reading.check_size(size, from);
-                deliver(buf.split_to(size).freeze(), max_packet, on_message, side, origin)?;
+                inbound.deliver(buf.split_to(size).freeze())?;
                 held.set(buf.capacity().saturating_sub(chunk));
                 frame_deadline = None;
                 continue;
@@ -330,9 +328,10 @@ pub(super) async fn read_packets<R: AsyncRead + Unpin>(
         }
         debug_assert!(buf.len() < need && buf.capacity() <= max_packet.max(chunk), "one packet at a time");
         // An outbound connection is ours to keep: the peer answers on it only when asked.
-        let deadline = match (buf.is_empty(), side) {
-            (false, _) => Some(*frame_deadline.get_or_insert_with(|| tokio::time::Instant::now() + reading.frame_timeout)),
-            (true, _) => idle_timeout.map(|idle| tokio::time::Instant::now() + idle),
+        let deadline = if buf.is_empty() {
+            idle_timeout.map(|idle| tokio::time::Instant::now() + idle)
+        } else {
+            Some(*frame_deadline.get_or_insert_with(|| tokio::time::Instant::now() + reading.frame_timeout))
         };
         let read = rd.read_buf(&mut buf);
         let n = match deadline {
@@ -349,17 +348,33 @@ pub(super) async fn read_packets<R: AsyncRead + Unpin>(
     }
 }
 
-fn deliver(packet: Bytes, max_packet: usize, on_message: &OnMessage, side: Side, origin: &Origin) -> io::Result<()> {
-    let Frame::Packet { message, consumed } = packet::decode(&packet, max_packet).map_err(invalid_data)? else {
-        unreachable!("the packet is complete");
-    };
-    debug_assert_eq!(consumed, packet.len());
-    match Message::decode(&message) {
-        Ok(msg) if side.accepts(msg.kind()) => on_message(Arc::new(msg), origin.clone()),
-        Ok(msg) => debug!(kind = ?msg.kind(), "a request on an outbound connection: dropped"),
-        Err(e) => warn!(error = %e, "undecodable message dropped"),
+/// Where one connection's packet frames go, whichever source read them (its byte stream or
+/// its ring): the one delivery path.
+pub(super) struct Inbound<'a> {
+    pub(super) reading: &'a Reading,
+    pub(super) on_message: &'a OnMessage,
+    pub(super) side: Side,
+    pub(super) origin: &'a Origin,
+}
+
+impl Inbound<'_> {
+    /// Delivers one complete packet frame, whose size its source checked: the size alert, the
+    /// frame's checksum, and the message, if it decodes and this side takes its kind, to
+    /// `on_message`. An error (a bad frame) closes the connection; an undecodable message is
+    /// dropped.
+    fn deliver(&self, packet: Bytes) -> io::Result<()> {
+        self.reading.check_size(packet.len(), self.origin.ip);
+        let Frame::Packet { message, consumed } = packet::decode(&packet, self.reading.max_packet).map_err(invalid_data)? else {
+            unreachable!("the packet is complete");
+        };
+        debug_assert_eq!(consumed, packet.len());
+        match Message::decode(&message) {
+            Ok(msg) if self.side.accepts(msg.kind()) => (self.on_message)(Arc::new(msg), self.origin.clone()),
+            Ok(msg) => debug!(kind = ?msg.kind(), "a request on an outbound connection: dropped"),
+            Err(e) => warn!(error = %e, "undecodable message dropped"),
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 fn invalid_data(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {

@@ -18,7 +18,7 @@ mod link;
 
 pub(in crate::runtime) use inbound::grow_for;
 pub use inbound::{accept_each, grow_within, Budget, Held, Listener};
-use inbound::{read_inbound, read_packets, Reading, Side};
+use inbound::{read_inbound, read_packets, Inbound, Reading, Side};
 pub use link::LinkKind;
 use link::{PacketLink, RingLink, TcpLink, TlsLink};
 
@@ -690,8 +690,9 @@ async fn serve_outbound<R: AsyncRead + Unpin>(
             delay => write_delayed(peer, out, &mut batch, send_timeout, delay).await,
         }
     };
+    let inbound = Inbound { reading: &link.reading, on_message: &link.on_message, side: Side::Outbound, origin: &origin };
     let result = tokio::select! {
-        r = read_packets(&mut rd, &link.reading, &link.on_message, Side::Outbound, &origin, None) => r,
+        r = read_packets(&mut rd, &inbound, None) => r,
         r = write => r,
     };
     peer.take_back_link();
