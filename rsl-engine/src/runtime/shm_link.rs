@@ -55,12 +55,16 @@ const MAX_NAME: usize = 64;
 const ANSWER_LEN: usize = 4 + MAX_NAME;
 /// How long each step of the set-up may take.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long the reader polls an empty ring before it sleeps on the doorbell: a burst's next
-/// packet usually comes within a few microseconds, and catching it with a `spin_loop` poll
-/// saves the futex sleep and the writer's wake-up call. Bounded by time rather than a count of
-/// `yield_now` calls, which on a machine of few cores would hand the core to other work and burn
-/// it for however long that runs.
-const SPIN: Duration = Duration::from_micros(30);
+/// How long the reader polls an empty ring after its last packet before it sleeps on the
+/// doorbell: a busy ring's next packet usually comes within it, and catching it saves the futex
+/// sleep and the writer's wake-up call. Bounded by time, not by a count of polls (200 yields
+/// lasted many time slices on a loaded machine, or burnt a core on an idle one). Each poll
+/// yields rather than `spin_loop`s: with more busy threads than cores, a spin keeps the core from
+/// the very thread that produces the next packet (`benches/shm.rs` on two loaded cores: a 30 µs
+/// spin took the one-in-flight round trip from 8 to 40-70 µs and its CPU from 8 to 60 µs, 5 µs
+/// of spin before the yields to 18 µs); a yield hands the core over, and holds it only while no
+/// other thread wants it.
+const POLL: Duration = Duration::from_micros(200);
 /// Bytes of the reader's buffer: each record is read into it and split off as the packet, and a
 /// new one is allocated once it is used up (amortised over many packets, as the TCP reader's).
 const READ_BUFFER: usize = 64 * 1024;
@@ -503,7 +507,7 @@ pub fn read_ring<M: RingMemory>(
                 }
                 last = Instant::now();
             }
-            Ok(false) if last.elapsed() < SPIN => std::hint::spin_loop(),
+            Ok(false) if last.elapsed() < POLL => std::thread::yield_now(),
             Ok(false) => {
                 if last.elapsed() >= idle {
                     return ReadEnd::Idle(idle);
