@@ -15,7 +15,7 @@
 use bytes::{Bytes, BytesMut};
 use rsl_engine::format::{Ballot, Body, Header, MemberId, Message, Version, VoteBody};
 use rsl_engine::runtime::shm_link::ShmOptions;
-use rsl_engine::runtime::transport::{frame, Transport, TransportOptions};
+use rsl_engine::runtime::transport::{frame, LinkKind, Transport, TransportOptions};
 use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
@@ -92,7 +92,7 @@ fn pair(shm: Option<&std::path::Path>) -> Pair {
         pair.round_trip();
     }
     if shm.is_some() {
-        assert!(pair.a.peer_stats().iter().all(|s| s.shm), "the shared-memory ring is set up");
+        assert!(pair.a.peer_stats().iter().all(|s| s.link == Some(LinkKind::Shm)), "the shared-memory ring is set up");
     }
     pair
 }

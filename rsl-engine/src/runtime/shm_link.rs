@@ -30,7 +30,7 @@
 use super::ringbuf::shm::{random_nonce, ShmError, ShmRing};
 use super::ringbuf::{LocalMemory, RingReader, RingWriter, SendError};
 use crate::format::packet;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use std::io;
 use std::num::NonZeroU16;
 use std::path::{Path, PathBuf};
@@ -61,9 +61,19 @@ const MAX_NAME: usize = 64;
 const ANSWER_LEN: usize = 4 + MAX_NAME;
 /// How long each step of the set-up may take.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(5);
-/// Empty polls before the reader sleeps on the doorbell: a short spin keeps a busy ring's
-/// latency low without a system call per packet.
-const SPINS: u32 = 200;
+/// How long the reader polls an empty ring after its last packet before it sleeps on the
+/// doorbell: a busy ring's next packet usually comes within it, and catching it saves the futex
+/// sleep and the writer's wake-up call. Bounded by time, not by a count of polls (200 yields
+/// lasted many time slices on a loaded machine, or burnt a core on an idle one). Each poll
+/// yields rather than `spin_loop`s: with more busy threads than cores, a spin keeps the core from
+/// the very thread that produces the next packet (`benches/shm.rs` on two loaded cores: a 30 µs
+/// spin took the one-in-flight round trip from 8 to 40-70 µs and its CPU from 8 to 60 µs, 5 µs
+/// of spin before the yields to 18 µs); a yield hands the core over, and holds it only while no
+/// other thread wants it.
+const POLL: Duration = Duration::from_micros(200);
+/// Bytes of the reader's buffer: each record is read into it and split off as the packet, and a
+/// new one is allocated once it is used up (amortised over many packets, as the TCP reader's).
+const READ_BUFFER: usize = 64 * 1024;
 /// The longest sleep on the doorbell: how soon a reader notices that its session ended.
 const PARK: Duration = Duration::from_millis(50);
 
@@ -179,9 +189,8 @@ async fn within<T>(step: impl std::future::Future<Output = io::Result<T>>) -> Re
 }
 
 /// The writing end of a ring session, whatever memory carries the ring: what the Paxos port's
-/// ring carrier (`transport.rs`, `write_ring`) copies packets into. The shared-memory file
-/// implements it here; the verbs memory (`ringbuf::verbs`) has the memory traits under it but
-/// no set-up yet (docs/rdma.md).
+/// `RingLink` (`transport/link.rs`) copies packets into. Implemented by the shared-memory
+/// [`ShmSender`] here and by `RingWriter<VerbsRemote>` (`ringbuf::verbs`).
 pub trait RingSender: Send + std::fmt::Debug {
     /// Appends one packet frame to the peer's ring.
     fn send(&mut self, packet: &[u8]) -> Result<(), SendError>;
@@ -500,8 +509,8 @@ pub fn read_ring<M: RingMemory>(
     let capacity = LocalMemory::capacity(&ring) as u64;
     // Credits go back every quarter ring (and whenever the ring is found empty).
     let mut reader = RingReader::open(ring, epoch, capacity / 4);
-    let mut record = Vec::new();
-    let (mut spins, mut last) = (0, Instant::now());
+    let mut buf = BytesMut::with_capacity(READ_BUFFER);
+    let mut last = Instant::now();
     loop {
         if stop.load(Relaxed) {
             return ReadEnd::Stopped;
@@ -509,17 +518,17 @@ pub fn read_ring<M: RingMemory>(
         // The doorbell before the look: a record published after this load makes the doze
         // below return at once, so none waits out a PARK.
         let seen = reader.memory().doorbell();
-        match reader.try_recv(&mut record) {
+        if buf.capacity() < READ_BUFFER / 4 {
+            buf.reserve(READ_BUFFER);
+        }
+        match reader.try_recv(&mut buf) {
             Ok(true) => {
-                if let Err(e) = deliver(Bytes::from(std::mem::take(&mut record))) {
+                if let Err(e) = deliver(buf.split().freeze()) {
                     return ReadEnd::Packet(e);
                 }
-                (spins, last) = (0, Instant::now());
+                last = Instant::now();
             }
-            Ok(false) if spins < SPINS => {
-                spins += 1;
-                std::thread::yield_now();
-            }
+            Ok(false) if last.elapsed() < POLL => std::thread::yield_now(),
             Ok(false) => {
                 if last.elapsed() >= idle {
                     return ReadEnd::Idle(idle);
@@ -691,8 +700,8 @@ mod tests {
         fn read_word(&self, offset: usize) -> u64 {
             self.mem.read_word(offset)
         }
-        fn read_payload(&self, offset: usize, out: &mut [u8]) {
-            self.mem.read_payload(offset, out);
+        fn read_payload(&self, offset: usize, len: usize, out: &mut bytes::BytesMut) {
+            self.mem.read_payload(offset, len, out);
         }
         fn return_credits(&mut self, word: u64) {
             self.mem.return_credits(word);

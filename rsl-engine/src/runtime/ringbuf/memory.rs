@@ -3,6 +3,7 @@
 //! so even a misbehaving peer process writing concurrently yields only wrong values (which the
 //! protocol validates), never undefined behaviour.
 
+use bytes::BytesMut;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -70,17 +71,22 @@ impl<T: Words> LocalMemory for T {
         self.words()[DATA_WORD + offset / 8].load(Ordering::Relaxed)
     }
 
-    fn read_payload(&self, offset: usize, out: &mut [u8]) {
-        let first = DATA_WORD + offset / 8;
-        let words = &self.words()[first..first + out.len().div_ceil(8)];
-        for (chunk, word) in out.chunks_mut(8).zip(words) {
-            let bytes = word.load(Ordering::Relaxed).to_le_bytes();
-            chunk.copy_from_slice(&bytes[..chunk.len()]);
-        }
+    fn read_payload(&self, offset: usize, len: usize, out: &mut BytesMut) {
+        append_payload(&self.words()[DATA_WORD + offset / 8..], len, out);
     }
 
     fn return_credits(&mut self, word: u64) {
         self.words()[CREDIT_WORD].store(word, Ordering::Release);
+    }
+}
+
+/// Appends the first `len` bytes of `words` (little-endian) to `out`: straight into its spare
+/// room, never zero-filled first.
+pub(super) fn append_payload(words: &[AtomicU64], len: usize, out: &mut BytesMut) {
+    out.reserve(len);
+    for (i, word) in words[..len.div_ceil(8)].iter().enumerate() {
+        let bytes = word.load(Ordering::Relaxed).to_le_bytes();
+        out.extend_from_slice(&bytes[..(len - i * 8).min(8)]);
     }
 }
 

@@ -100,9 +100,9 @@ pub trait LocalMemory {
     fn doorbell(&self) -> u64;
     /// The data word at byte `offset` (8-aligned, within the capacity).
     fn read_word(&self, offset: usize) -> u64;
-    /// Copies `out.len()` data bytes from byte `offset` (8-aligned; the caller keeps the padded
-    /// length within the capacity).
-    fn read_payload(&self, offset: usize, out: &mut [u8]);
+    /// Appends `len` data bytes from byte `offset` to `out` (8-aligned; the caller keeps the
+    /// padded length within the capacity).
+    fn read_payload(&self, offset: usize, len: usize, out: &mut bytes::BytesMut);
     /// Writes the credit word (release), ordered after every earlier read. RDMA: a WRITE into
     /// the writer's memory.
     fn return_credits(&mut self, word: u64);

@@ -10,6 +10,7 @@
 //! Control words carry `epoch << 48 | position mod 2^48`; positions are rebuilt relative to the
 //! last known one, which is unambiguous because they never move more than `C <= 2^40` apart.
 
+use bytes::BytesMut;
 use std::num::NonZeroU16;
 
 use super::{LocalMemory, RemoteMemory};
@@ -253,8 +254,9 @@ impl<M: LocalMemory> RingReader<M> {
         RingReader { mem, epoch, capacity, head: 0, credited: 0, credit_batch }
     }
 
-    /// Takes the next message into `out` (replacing its contents): `Ok(false)` when there is none.
-    pub fn try_recv(&mut self, out: &mut Vec<u8>) -> Result<bool, RecvError> {
+    /// Takes the next message into `out` (replacing its contents; its spare room is reused):
+    /// `Ok(false)` when there is none.
+    pub fn try_recv(&mut self, out: &mut BytesMut) -> Result<bool, RecvError> {
         if self.mem.failed() {
             return Err(RecvError::MemoryFailed);
         }
@@ -279,7 +281,7 @@ impl<M: LocalMemory> RingReader<M> {
 
     /// Reads the record at the head, `ahead` bytes of which are published: `Ok(true)` for a
     /// message, `Ok(false)` for a wrap marker skipped.
-    fn take_record(&mut self, ahead: u64, out: &mut Vec<u8>) -> Result<bool, RecvError> {
+    fn take_record(&mut self, ahead: u64, out: &mut BytesMut) -> Result<bool, RecvError> {
         let offset = (self.head % self.capacity) as usize;
         let word = self.mem.read_word(offset);
         let (len, epoch, kind) = (word as u32, (word >> 32) as u16, (word >> 48) as u16);
@@ -295,8 +297,7 @@ impl<M: LocalMemory> RingReader<M> {
                     return Err(RecvError::BadLength { offset, len });
                 }
                 out.clear();
-                out.resize(len as usize, 0);
-                self.mem.read_payload(offset + 8, out);
+                self.mem.read_payload(offset + 8, len as usize, out);
                 size
             }
             _ => return Err(RecvError::BadKind { offset, kind, len }),

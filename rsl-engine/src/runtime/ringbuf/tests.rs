@@ -1,6 +1,7 @@
 //! Tests of the ring protocol: a property test against a model that catches overwrites of
 //! unread bytes, every wrap offset, hostile words, sessions, and two processes over a shm file.
 
+use bytes::BytesMut;
 use std::cell::RefCell;
 use std::num::NonZeroU16;
 use std::rc::Rc;
@@ -86,9 +87,9 @@ impl LocalMemory for Checked {
         self.mem.read_word(offset)
     }
 
-    fn read_payload(&self, offset: usize, out: &mut [u8]) {
-        self.consume(offset, out.len());
-        self.mem.read_payload(offset, out);
+    fn read_payload(&self, offset: usize, len: usize, out: &mut bytes::BytesMut) {
+        self.consume(offset, len);
+        self.mem.read_payload(offset, len, out);
     }
 
     fn return_credits(&mut self, word: u64) {
@@ -126,7 +127,7 @@ proptest! {
         ops in vec(0u8..8, 0..600),
     ) {
         let (mut writer, mut reader) = checked_ring(capacity, credit_batch);
-        let (mut sent, mut received, mut buf) = (0usize, 0usize, Vec::new());
+        let (mut sent, mut received, mut buf) = (0usize, 0usize, BytesMut::new());
         let send = |writer: &mut RingWriter<Checked>, sent: &mut usize| {
             let Some(&len) = sizes.get(*sent) else { return false };
             let before = writer.memory().writes;
@@ -185,8 +186,8 @@ impl LocalMemory for Failing {
         self.mem.read_word(offset)
     }
 
-    fn read_payload(&self, offset: usize, out: &mut [u8]) {
-        self.mem.read_payload(offset, out);
+    fn read_payload(&self, offset: usize, len: usize, out: &mut bytes::BytesMut) {
+        self.mem.read_payload(offset, len, out);
     }
 
     fn return_credits(&mut self, word: u64) {
@@ -204,20 +205,20 @@ fn a_failed_memory_ends_the_reading_even_with_records_waiting() {
     let failed = Rc::new(std::cell::Cell::new(false));
     let mut reader = RingReader::open(Failing { mem: r, failed: Rc::clone(&failed) }, epoch(1), 1);
     let mut writer = RingWriter::new(w, epoch(1));
-    let mut buf = Vec::new();
+    let mut buf = bytes::BytesMut::new();
     writer.try_send(b"one").expect("send");
     assert!(reader.try_recv(&mut buf).expect("recv"));
     writer.try_send(b"two").expect("send");
     failed.set(true);
     assert_eq!(reader.try_recv(&mut buf), Err(RecvError::MemoryFailed));
-    assert_eq!(buf, b"one", "nothing read after the failure");
+    assert_eq!(&buf[..], b"one", "nothing read after the failure");
 }
 
 /// A record of every length starting at every data offset, in a small ring.
 #[test]
 fn every_length_at_every_offset() {
     const CAPACITY: u64 = 64;
-    let mut buf = Vec::new();
+    let mut buf = BytesMut::new();
     for start in (0..CAPACITY).step_by(8) {
         for len in 0..=CAPACITY as usize - 8 {
             let (mut writer, mut reader) = checked_ring(CAPACITY, 1);
@@ -245,9 +246,9 @@ fn too_large_is_refused_and_a_full_ring_would_block() {
     assert_eq!(writer.try_send(&[0; 57]), Err(SendError::TooLarge { len: 57, max: 56 }));
     writer.try_send(&[1; 56]).expect("a whole ring");
     assert_eq!(writer.try_send(&[]), Err(SendError::WouldBlock));
-    let mut buf = Vec::new();
+    let mut buf = BytesMut::new();
     assert!(reader.try_recv(&mut buf).expect("recv"));
-    assert_eq!(buf, [1; 56]);
+    assert_eq!(buf[..], [1; 56]);
     writer.try_send(&[]).expect("credit returned");
     assert!(reader.try_recv(&mut buf).expect("recv"));
     assert!(buf.is_empty());
@@ -260,9 +261,9 @@ fn the_writer_waits_for_the_reader_to_open_the_session() {
     assert_eq!(writer.try_send(b"early"), Err(SendError::WouldBlock));
     let mut reader = RingReader::open(r, epoch(3), 8);
     writer.try_send(b"now").expect("opened");
-    let mut buf = Vec::new();
+    let mut buf = BytesMut::new();
     assert!(reader.try_recv(&mut buf).expect("recv"));
-    assert_eq!(buf, b"now");
+    assert_eq!(buf[..], b"now"[..]);
 }
 
 /// A reconnection reuses the memory under a new epoch: the old session's unread records and
@@ -277,14 +278,14 @@ fn a_new_session_never_reads_the_old_ones_data() {
     old.try_send(b"old two").expect("send");
 
     let mut reader = RingReader::open(reader.into_memory(), epoch(2), 8);
-    let mut buf = Vec::new();
+    let mut buf = BytesMut::new();
     assert!(!reader.try_recv(&mut buf).expect("old doorbell ignored"));
     assert!(matches!(old.try_send(b"old three"), Err(SendError::Superseded { mine: 1, current: 2 })));
 
     let mut new = RingWriter::new(writer_mem, epoch(2));
     new.try_send(b"new").expect("send");
     assert!(reader.try_recv(&mut buf).expect("recv"));
-    assert_eq!(buf, b"new");
+    assert_eq!(buf[..], b"new"[..]);
     assert!(!reader.try_recv(&mut buf).expect("recv"));
 }
 
@@ -298,7 +299,7 @@ fn corrupt_words_are_typed_errors() {
         writer.try_send(&[7; 9]).expect("send"); // header at offset 0, 24 bytes
         writer.try_send(&[8; 1]).expect("send"); // header at offset 24
         reader.memory().words()[word].store(value, Ordering::Relaxed);
-        reader.try_recv(&mut Vec::new())
+        reader.try_recv(&mut BytesMut::new())
     };
     let tag1 = 1u64 << 32;
     assert_eq!(corrupt(DATA_WORD, tag1 | 57), Err(RecvError::BadLength { offset: 0, len: 57 }));
@@ -401,7 +402,7 @@ mod shm_tests {
             .spawn()
             .expect("spawn writer");
         let mut child = Reap(child);
-        let (mut received, mut buf, mut idle, mut exited) = (0u64, Vec::new(), 0u32, None);
+        let (mut received, mut buf, mut idle, mut exited) = (0u64, BytesMut::new(), 0u32, None);
         // A stalled protocol fails the test instead of hanging it (the child is reaped on drop).
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
         while received < MESSAGES {

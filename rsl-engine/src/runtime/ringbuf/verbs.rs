@@ -688,11 +688,8 @@ impl LocalMemory for VerbsLocal {
         self.ring.words()[DATA_WORD + offset / 8].load(Ordering::Relaxed)
     }
 
-    fn read_payload(&self, offset: usize, out: &mut [u8]) {
-        let first = DATA_WORD + offset / 8;
-        for (chunk, word) in out.chunks_mut(8).zip(&self.ring.words()[first..]) {
-            chunk.copy_from_slice(&word.load(Ordering::Relaxed).to_le_bytes()[..chunk.len()]);
-        }
+    fn read_payload(&self, offset: usize, len: usize, out: &mut bytes::BytesMut) {
+        super::memory::append_payload(&self.ring.words()[DATA_WORD + offset / 8..], len, out);
     }
 
     fn return_credits(&mut self, word: u64) {

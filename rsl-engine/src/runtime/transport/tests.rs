@@ -1,0 +1,712 @@
+use super::super::ringbuf::SendError;
+use super::inbound::READ_CHUNK;
+use super::*;
+use crate::format::message::{Body, Header, VoteBody};
+use crate::format::types::{Ballot, Version};
+use std::future::Future;
+use std::sync::atomic::AtomicUsize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tokio::time::timeout;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn id(n: u64) -> MemberId {
+    MemberId::from_numeric(n)
+}
+
+fn vote(from: u64, decree: u64) -> Message {
+    let body = VoteBody { requests: vec![Bytes::from(format!("request {decree} from {from}"))], ..Default::default() };
+    Message::new(Header::new(Version::V6, id(from), decree, 1, Ballot::new(2, id(from))), Body::Vote(body))
+}
+
+fn reply(kind: Body, decree: u64) -> Message {
+    Message::new(Header::new(Version::V6, id(9), decree, 1, Ballot::new(2, id(9))), kind)
+}
+
+fn framed(msg: &Message) -> Bytes {
+    frame(msg, &mut BytesMut::new())
+}
+
+/// A transport whose messages arrive on the returned channel.
+type Rx = UnboundedReceiver<Arc<Message>>;
+
+fn start(addr: SocketAddr, opts: TransportOptions) -> (Transport, Rx) {
+    let (tx, rx) = unbounded_channel();
+    let t = Transport::start(&Handle::current(), addr, opts, None, Arc::new(move |m, _| drop(tx.send(m)))).unwrap();
+    (t, rx)
+}
+
+fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// An address nothing listens on (for now).
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind(any_port()).unwrap().local_addr().unwrap()
+}
+
+async fn recv(rx: &mut UnboundedReceiver<Arc<Message>>) -> Arc<Message> {
+    timeout(WAIT, rx.recv()).await.expect("a message in time").expect("transport alive")
+}
+
+async fn expect_closed(stream: &mut TcpStream) {
+    let mut buf = [0u8; 64];
+    let n = timeout(WAIT, stream.read(&mut buf)).await.expect("closed in time");
+    assert!(matches!(n, Ok(0) | Err(_)), "connection still open: {n:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_messages_both_ways_arrive_intact_and_in_order() {
+    let (a, mut rx_a) = start(any_port(), TransportOptions::default());
+    let (b, mut rx_b) = start(any_port(), TransportOptions::default());
+    a.set_peers(&[(id(2), b.local_addr())]);
+    b.set_peers(&[(id(1), a.local_addr())]);
+    const N: u64 = 5000;
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    exchange(&a, &b, &mut rx_a, &mut rx_b, N).await;
+    let stats = a.peer_stats();
+    assert_eq!(stats.len(), 1);
+    assert!(stats[0].connected);
+    assert_eq!((stats[0].sent_packets, stats[0].dropped_packets, stats[0].queued_bytes), (N, 0, 0));
+}
+
+/// Votes 1..=n each way, sent from plain threads as the protocol thread sends; each side
+/// receives all of the other's, intact and in order.
+async fn exchange(a: &Arc<Transport>, b: &Arc<Transport>, rx_a: &mut Rx, rx_b: &mut Rx, n: u64) {
+    let senders: Vec<_> = [(a.clone(), 1, 2), (b.clone(), 2, 1)]
+        .into_iter()
+        .map(|(t, from, to)| std::thread::spawn(move || (1..=n).all(|d| t.send(&id(to), framed(&vote(from, d))))))
+        .collect();
+    for s in senders {
+        assert!(s.join().unwrap(), "every send was queued");
+    }
+    for (rx, from) in [(rx_b, 1), (rx_a, 2)] {
+        for d in 1..=n {
+            assert_eq!(*recv(rx).await, vote(from, d));
+        }
+    }
+}
+
+fn with_shm(dir: &std::path::Path) -> TransportOptions {
+    TransportOptions { shm: Some(ShmOptions { dir: dir.to_path_buf(), capacity: 4096, rdma: false }), ..TransportOptions::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packets_go_through_a_shared_memory_ring_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, mut rx_a) = start(any_port(), with_shm(dir.path()));
+    let (b, mut rx_b) = start(any_port(), with_shm(dir.path()));
+    a.set_peers(&[(id(2), b.local_addr())]);
+    b.set_peers(&[(id(1), a.local_addr())]);
+    // The first packet may go before the ring is set up: wait for it.
+    assert!(a.send(&id(2), framed(&vote(1, 0))));
+    assert_eq!(*recv(&mut rx_b).await, vote(1, 0));
+    wait_until("both rings", || a.peer_stats()[0].link == Some(LinkKind::Shm) && b.peer_stats()[0].link == Some(LinkKind::Shm)).await;
+    const N: u64 = 5000;
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    exchange(&a, &b, &mut rx_a, &mut rx_b, N).await;
+    // Larger than the ring: over the TCP connection, which the ring leaves open.
+    assert!(a.send(&id(2), framed(&big_vote(N + 1, 10_000))));
+    assert_eq!(*recv(&mut rx_b).await, big_vote(N + 1, 10_000));
+    let stats = a.peer_stats();
+    assert!(stats[0].link == Some(LinkKind::Shm) && stats[0].connections == 1, "one connection, on the ring: {stats:?}");
+    assert_eq!((stats[0].sent_packets, stats[0].dropped_packets), (N + 2, 0));
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "ring files are unlinked once mapped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_packet_larger_than_the_socket_takes_goes_whole_over_tcp_between_ring_packets() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _rx_a) = start(any_port(), with_shm(dir.path()));
+    let (b, mut rx_b) = start(any_port(), with_shm(dir.path()));
+    a.set_peers(&[(id(2), b.local_addr())]);
+    assert!(a.send(&id(2), framed(&vote(1, 0))));
+    assert_eq!(*recv(&mut rx_b).await, vote(1, 0));
+    wait_until("the ring", || a.peer_stats()[0].link == Some(LinkKind::Shm)).await;
+    // 16 MiB: more than a loopback socket takes at once, so the TCP part of the ring's link
+    // writes it in pieces, and the packet after it waits until it is all out.
+    let sent = [vote(1, 1), big_vote(2, 16 << 20), vote(1, 3)];
+    for msg in &sent {
+        assert!(a.send(&id(2), framed(msg)));
+    }
+    // The large packet may overtake the first or be overtaken by the last (docs/rdma.md).
+    let mut got: Vec<u64> = Vec::new();
+    for _ in &sent {
+        let msg = recv(&mut rx_b).await;
+        let i = sent.iter().position(|m| *m == *msg).expect("a packet that was sent");
+        got.push(i as u64);
+    }
+    got.sort();
+    assert_eq!(got, [0, 1, 2], "each packet once");
+    let stats = a.peer_stats();
+    assert_eq!((stats[0].link, stats[0].connections, stats[0].dropped_packets), (Some(LinkKind::Shm), 1, 0), "{stats:?}");
+}
+
+#[tokio::test]
+async fn a_peer_without_shared_memory_gets_tcp() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _rx_a) = start(any_port(), with_shm(dir.path()));
+    let (b, mut rx_b) = start(any_port(), TransportOptions::default());
+    a.set_peers(&[(id(2), b.local_addr())]);
+    for d in 1..=100 {
+        assert!(a.send(&id(2), framed(&vote(1, d))));
+    }
+    for d in 1..=100 {
+        assert_eq!(*recv(&mut rx_b).await, vote(1, d));
+    }
+    let stats = a.peer_stats();
+    assert!(stats[0].link == Some(LinkKind::Tcp) && stats[0].connections == 1, "declined on the same connection: {stats:?}");
+}
+
+#[cfg(feature = "rdma")]
+#[tokio::test]
+async fn rdma_without_a_device_speaks_tcp() {
+    if crate::runtime::ringbuf::verbs::Device::open_first().is_ok() {
+        return; // a machine with a device: this is about the fallback
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let rdma =
+        TransportOptions { shm: Some(ShmOptions { rdma: true, ..ShmOptions::default_in(dir.path()) }), ..TransportOptions::default() };
+    let (a, _rx_a) = start(any_port(), rdma.clone());
+    let (b, mut rx_b) = start(any_port(), rdma);
+    a.set_peers(&[(id(2), b.local_addr())]);
+    for d in 1..=100 {
+        assert!(a.send(&id(2), framed(&vote(1, d))));
+    }
+    for d in 1..=100 {
+        assert_eq!(*recv(&mut rx_b).await, vote(1, d));
+    }
+    let stats = a.peer_stats();
+    assert!(stats[0].link == Some(LinkKind::Tcp) && stats[0].connections == 1, "plain TCP on the first connection: {stats:?}");
+}
+
+#[tokio::test]
+async fn a_peer_that_closes_on_an_offer_gets_tcp_from_then_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind(any_port()).await.unwrap();
+    let (a, _rx_a) = start(any_port(), with_shm(dir.path()));
+    a.set_peers(&[(id(2), listener.local_addr().unwrap())]);
+    assert!(a.send(&id(2), framed(&vote(1, 1))));
+    // An older port: the offer's zero size is a bad packet, so it closes the connection.
+    let (mut first, _) = listener.accept().await.unwrap();
+    let mut prefix = [0u8; 4];
+    first.read_exact(&mut prefix).await.unwrap();
+    assert!(shm_link::is_offer(&prefix));
+    drop(first);
+    let (mut second, _) = listener.accept().await.unwrap();
+    let packet = framed(&vote(1, 1));
+    let mut got = vec![0u8; packet.len()];
+    second.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, packet, "the next connection is plain TCP");
+}
+
+#[tokio::test]
+async fn a_hostile_ring_record_ends_the_session_and_the_next_one_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, mut rx_b) = start(any_port(), with_shm(dir.path()));
+    let opts = ShmOptions { dir: dir.path().to_path_buf(), capacity: 4096, rdma: false };
+    for hostile in [&b"not a packet"[..], &framed(&vote(1, 1))[..30], &[framed(&vote(1, 1)).to_vec(), vec![0; 8]].concat()] {
+        let mut raw = TcpStream::connect(b.local_addr()).await.unwrap();
+        let Offered::Ring(mut ring) = shm_link::offer_ring(&mut raw, &opts).await.unwrap() else { panic!("declined") };
+        while ring.send(hostile) == Err(SendError::WouldBlock) {
+            tokio::task::yield_now().await; // until the reader opens the session
+        }
+        expect_closed(&mut raw).await;
+    }
+    let mut raw = TcpStream::connect(b.local_addr()).await.unwrap();
+    let Offered::Ring(mut ring) = shm_link::offer_ring(&mut raw, &opts).await.unwrap() else { panic!("declined") };
+    while ring.send(&framed(&vote(1, 7))) == Err(SendError::WouldBlock) {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(*recv(&mut rx_b).await, vote(1, 7));
+    assert!(rx_b.try_recv().is_err(), "nothing hostile was delivered");
+}
+
+#[tokio::test]
+async fn a_delayed_transport_holds_each_packet_for_the_delay_and_keeps_the_order() {
+    let delay = Duration::from_millis(30);
+    let (a, _rx) = start(any_port(), TransportOptions { delay, ..TransportOptions::default() });
+    let (b, mut rx_b) = start(any_port(), TransportOptions::default());
+    a.set_peers(&[(id(2), b.local_addr())]);
+    // Connected and flowing first, so that the hold is all that is measured below.
+    assert!(a.send(&id(2), framed(&vote(1, 0))));
+    assert_eq!(recv(&mut rx_b).await.header.decree, 0);
+    let mut queued = Vec::new();
+    for d in 1..=20 {
+        queued.push(Instant::now());
+        assert_eq!(a.broadcast(&[id(2)], &framed(&vote(1, d))), 0, "held packets are on the wire, not outstanding");
+        if d % 5 == 0 {
+            tokio::time::sleep(Duration::from_millis(7)).await;
+        }
+    }
+    for d in 1..=20u64 {
+        let msg = recv(&mut rx_b).await;
+        assert_eq!(msg.header.decree, d, "in order");
+        assert!(queued[d as usize - 1].elapsed() >= delay, "packet {d} arrived before its delay");
+    }
+    assert_eq!(a.peer_stats()[0].dropped_packets, 0);
+}
+
+#[tokio::test]
+async fn a_peer_that_starts_later_gets_what_was_queued() {
+    let later = free_addr();
+    let (a, _rx) = start(any_port(), TransportOptions::default());
+    a.set_peers(&[(id(2), later)]);
+    for d in 1..=10 {
+        assert!(a.send(&id(2), framed(&vote(1, d))));
+    }
+    let (_b, mut rx_b) = start(later, TransportOptions::default());
+    for d in 1..=10 {
+        assert_eq!(*recv(&mut rx_b).await, vote(1, d));
+    }
+}
+
+/// Starts a transport on `addr`, which a transport just shut down may hold for a moment.
+async fn restart_on(addr: SocketAddr) -> (Transport, UnboundedReceiver<Arc<Message>>) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (tx, rx) = unbounded_channel();
+        match Transport::start(&Handle::current(), addr, TransportOptions::default(), None, Arc::new(move |m, _| drop(tx.send(m)))) {
+            Ok(t) => return (t, rx),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && tokio::time::Instant::now() < deadline => tokio::task::yield_now().await,
+            Err(e) => panic!("rebinding {addr}: {e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_peer_is_reconnected() {
+    let (a, _rx) = start(any_port(), TransportOptions::default());
+    let (b, mut rx_b) = start(any_port(), TransportOptions::default());
+    let addr = b.local_addr();
+    a.set_peers(&[(id(2), addr)]);
+    for d in 1..=100 {
+        assert!(a.send(&id(2), framed(&vote(1, d))));
+    }
+    for d in 1..=100 {
+        assert_eq!(recv(&mut rx_b).await.header.decree, d);
+    }
+    b.shutdown();
+    drop(b);
+    let (_b2, mut rx_b2) = restart_on(addr).await;
+    // Packets written into the dead connection are lost; Paxos resends, and so does this.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    for d in 1000.. {
+        assert!(tokio::time::Instant::now() < deadline, "never reconnected");
+        a.send(&id(2), framed(&vote(1, d)));
+        if let Ok(Some(m)) = timeout(Duration::from_millis(50), rx_b2.recv()).await {
+            assert!(m.header.decree >= 1000, "only packets sent after the restart reach the new peer");
+            break;
+        }
+    }
+    assert!(a.peer_stats()[0].connected);
+}
+
+#[tokio::test]
+async fn a_full_queue_drops_and_stays_bounded() {
+    let opts = TransportOptions { max_queue_bytes: 10_000, ..Default::default() };
+    let (a, _rx) = start(any_port(), opts);
+    a.set_peers(&[(id(2), free_addr())]);
+    let packet = framed(&vote(1, 1));
+    let accepted = (0..1000).take_while(|_| a.send(&id(2), packet.clone())).count();
+    assert_eq!(accepted, 10_000 / packet.len());
+    assert!(!a.send(&id(2), packet.clone()));
+    let stats = &a.peer_stats()[0];
+    assert!(stats.queued_bytes <= 10_000 && !stats.connected);
+    assert_eq!((stats.dropped_packets, stats.dropped_bytes), (2, 2 * packet.len() as u64));
+    assert!(!a.send(&id(3), packet), "an unknown peer");
+}
+
+#[tokio::test]
+async fn a_corrupt_packet_closes_the_connection_and_the_next_one_works() {
+    let (b, mut rx_b) = start(any_port(), TransportOptions::default());
+    let mut raw = TcpStream::connect(b.local_addr()).await.unwrap();
+    let good = framed(&vote(1, 1));
+    let mut bad = good.to_vec();
+    bad[40] ^= 1;
+    // Two good packets in one write with a bad one between: the first arrives, then the
+    // connection closes.
+    raw.write_all(&[&good[..], &bad, &good].concat()).await.unwrap();
+    assert_eq!(*recv(&mut rx_b).await, vote(1, 1));
+    expect_closed(&mut raw).await;
+    let mut raw = TcpStream::connect(b.local_addr()).await.unwrap();
+    raw.write_all(&framed(&vote(1, 2))).await.unwrap();
+    assert_eq!(*recv(&mut rx_b).await, vote(1, 2));
+    assert!(rx_b.try_recv().is_err(), "nothing after the bad packet was delivered");
+}
+
+#[tokio::test]
+async fn hostile_size_fields_close_without_allocating() {
+    let (b, _rx) = start(any_port(), TransportOptions::default());
+    for size in [u32::MAX, 19, (DEFAULT_MAX_PACKET + 1) as u32] {
+        let mut raw = TcpStream::connect(b.local_addr()).await.unwrap();
+        let mut header = [0u8; HEADER_SIZE];
+        header[..4].copy_from_slice(&size.to_le_bytes());
+        raw.write_all(&header).await.unwrap();
+        expect_closed(&mut raw).await;
+    }
+    // A size within the limit is believed only as far as bytes arrive.
+    let mut buf = BytesMut::from(&[0u8; HEADER_SIZE][..]);
+    for arrived in [HEADER_SIZE, READ_CHUNK, 10 * READ_CHUNK] {
+        buf.resize(arrived, 0);
+        grow_for(&mut buf, DEFAULT_MAX_PACKET, READ_CHUNK);
+        assert!(buf.capacity() <= 2 * arrived + READ_CHUNK, "{arrived} bytes arrived, {} reserved", buf.capacity());
+    }
+}
+
+#[tokio::test]
+async fn set_peers_removal_closes_the_connection_and_drops_sends() {
+    let listener = TcpListener::bind(any_port()).await.unwrap();
+    let (a, mut rx_a) = start(any_port(), TransportOptions::default());
+    a.set_peers(&[(id(2), listener.local_addr().unwrap())]);
+    assert!(a.send(&id(2), framed(&vote(1, 7))));
+    let (mut raw, _) = timeout(WAIT, listener.accept()).await.unwrap().unwrap();
+    let mut buf = vec![0u8; framed(&vote(1, 7)).len()];
+    raw.read_exact(&mut buf).await.unwrap();
+    assert_eq!(buf, framed(&vote(1, 7)));
+    // Responses come back on the outbound connection; requests there are dropped.
+    raw.write_all(&[framed(&vote(2, 1)), framed(&reply(Body::VoteAccepted, 7))].concat()).await.unwrap();
+    assert_eq!(*recv(&mut rx_a).await, reply(Body::VoteAccepted, 7));
+    a.set_peers(&[]);
+    expect_closed(&mut raw).await;
+    assert!(!a.send(&id(2), framed(&vote(1, 8))));
+    assert!(a.peer_stats().is_empty());
+}
+
+#[tokio::test]
+async fn shutdown_closes_listener_and_connections() {
+    let (b, _rx) = start(any_port(), TransportOptions::default());
+    let mut raw = TcpStream::connect(b.local_addr()).await.unwrap();
+    b.shutdown();
+    expect_closed(&mut raw).await;
+    b.set_peers(&[(id(1), free_addr())]);
+    assert!(b.peer_stats().is_empty(), "a stopped transport takes no peers");
+}
+
+/// Options with short bounds, for tests of the limits.
+fn tight(f: impl FnOnce(&mut TransportOptions)) -> TransportOptions {
+    let mut opts = TransportOptions::default();
+    f(&mut opts);
+    opts
+}
+
+fn big_vote(decree: u64, len: usize) -> Message {
+    let body = VoteBody { requests: vec![Bytes::from(vec![7u8; len])], ..Default::default() };
+    Message::new(Header::new(Version::V6, id(1), decree, 1, Ballot::new(2, id(1))), Body::Vote(body))
+}
+
+#[tokio::test]
+async fn a_packet_begun_must_arrive_whole_in_time() {
+    let (b, mut rx_b) = start(any_port(), tight(|o| o.frame_timeout = Duration::from_millis(300)));
+    // Most of a packet, then nothing (a 90 MiB one held open was buffered forever).
+    let packet = framed(&big_vote(1, 200_000));
+    let mut stalled = TcpStream::connect(b.local_addr()).await.unwrap();
+    stalled.write_all(&packet[..150_000]).await.unwrap();
+    // A byte at a time, steadily: progress, but the packet never completes in time.
+    let mut trickle = TcpStream::connect(b.local_addr()).await.unwrap();
+    let dripping = async {
+        for byte in packet.iter() {
+            if trickle.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let _ = timeout(WAIT, dripping).await;
+    expect_closed(&mut trickle).await;
+    expect_closed(&mut stalled).await;
+    // One in time gets through.
+    let mut prompt = TcpStream::connect(b.local_addr()).await.unwrap();
+    prompt.write_all(&packet).await.unwrap();
+    assert_eq!(*recv(&mut rx_b).await, big_vote(1, 200_000));
+}
+
+#[tokio::test]
+async fn a_silent_inbound_connection_is_closed_and_the_peer_reconnects() {
+    let idle = tight(|o| o.idle_timeout = Duration::from_millis(200));
+    let (b, mut rx_b) = start(any_port(), idle.clone());
+    let mut silent = TcpStream::connect(b.local_addr()).await.unwrap();
+    expect_closed(&mut silent).await;
+    // A peer whose connection went quiet: closed by `b`, reconnected, still delivering.
+    let (a, _rx_a) = start(any_port(), idle);
+    a.set_peers(&[(id(2), b.local_addr())]);
+    assert!(a.send(&id(2), framed(&vote(1, 1))));
+    assert_eq!(*recv(&mut rx_b).await, vote(1, 1));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while a.peer_stats()[0].connections < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "the idle connection was never closed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(a.send(&id(2), framed(&vote(1, 2))));
+    assert_eq!(recv(&mut rx_b).await.header.decree, 2);
+}
+
+#[tokio::test]
+async fn inbound_connections_beyond_the_cap_are_refused() {
+    let (b, mut rx_b) = start(any_port(), tight(|o| o.max_inbound = 2));
+    let mut kept = Vec::new();
+    for d in 1..=2 {
+        let mut raw = TcpStream::connect(b.local_addr()).await.unwrap();
+        raw.write_all(&framed(&vote(1, d))).await.unwrap();
+        assert_eq!(recv(&mut rx_b).await.header.decree, d);
+        kept.push(raw);
+    }
+    let mut extra = TcpStream::connect(b.local_addr()).await.unwrap();
+    expect_closed(&mut extra).await;
+    // The connections already served keep working.
+    for (d, raw) in (3..).zip(&mut kept) {
+        raw.write_all(&framed(&vote(1, d))).await.unwrap();
+        assert_eq!(recv(&mut rx_b).await.header.decree, d);
+    }
+    // Once one closes, its place is free again (the acceptor notices when it next accepts).
+    drop(kept.pop());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "the freed place was never given out");
+        let mut raw = TcpStream::connect(b.local_addr()).await.unwrap();
+        if raw.write_all(&framed(&vote(1, 9))).await.is_ok() {
+            if let Ok(Some(m)) = timeout(Duration::from_millis(100), rx_b.recv()).await {
+                assert_eq!(m.header.decree, 9);
+                break;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn partial_packets_share_a_bounded_budget() {
+    // Room for one of the two large packets in flight, copies of its growing buffer
+    // included (512 KiB and 700 KB at once), not both.
+    const BUDGET: usize = 3 << 19;
+    let (b, mut rx_b) = start(any_port(), tight(|o| o.max_buffered = BUDGET));
+    let (one, two) = (framed(&big_vote(1, 700_000)), framed(&big_vote(2, 700_000)));
+    let mut a1 = TcpStream::connect(b.local_addr()).await.unwrap();
+    let mut a2 = TcpStream::connect(b.local_addr()).await.unwrap();
+    a1.write_all(&one[..600_000]).await.unwrap();
+    a2.write_all(&two[..600_000]).await.unwrap();
+    // Small packets take no budget: they go through meanwhile.
+    let mut small = TcpStream::connect(b.local_addr()).await.unwrap();
+    small.write_all(&framed(&vote(1, 3))).await.unwrap();
+    assert_eq!(recv(&mut rx_b).await.header.decree, 3);
+    let (mut buf1, mut buf2) = ([0u8; 1], [0u8; 1]);
+    let refused = timeout(WAIT, async {
+        tokio::select! {
+            _ = a1.read(&mut buf1) => 1,
+            _ = a2.read(&mut buf2) => 2,
+        }
+    })
+    .await
+    .expect("both partial packets held at once, past the budget");
+    assert!(b.buffered_bytes() <= BUDGET);
+    let (kept, rest, decree) = if refused == 1 { (&mut a2, &two[600_000..], 2) } else { (&mut a1, &one[600_000..], 1) };
+    kept.write_all(rest).await.unwrap();
+    assert_eq!(*recv(&mut rx_b).await, big_vote(decree, 700_000));
+    small.write_all(&framed(&vote(1, 4))).await.unwrap();
+    assert_eq!(recv(&mut rx_b).await.header.decree, 4);
+    assert_eq!(b.buffered_bytes(), 0, "what was held is given back");
+}
+
+/// A listener whose first accepts fail as they do when the process is out of descriptors.
+struct Failing {
+    inner: TcpListener,
+    failures: Arc<AtomicUsize>,
+}
+
+impl Listener for Failing {
+    type Conn = TcpStream;
+    fn accept(&self) -> impl Future<Output = io::Result<(TcpStream, SocketAddr)>> + Send {
+        let fail = self.failures.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1)).is_ok();
+        async move {
+            match fail {
+                true => Err(io::Error::from_raw_os_error(24)), // EMFILE
+                false => self.inner.accept().await,
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_acceptor_survives_accept_errors() {
+    let inner = TcpListener::bind(any_port()).await.unwrap();
+    let addr = inner.local_addr().unwrap();
+    let failures = Arc::new(AtomicUsize::new(3));
+    let listener = Failing { inner, failures: failures.clone() };
+    let greet = |mut conn: TcpStream, _| async move { drop(conn.write_all(b"hello").await) };
+    let acceptor = tokio::spawn(accept_each(listener, "test", 4, greet));
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    let mut hello = [0u8; 5];
+    timeout(WAIT, conn.read_exact(&mut hello)).await.expect("served in time").unwrap();
+    assert_eq!((&hello, failures.load(Relaxed)), (b"hello", 0), "served after every failure");
+    acceptor.abort();
+}
+
+/// A transport with TLS whose messages arrive, with their origin, on the returned channel.
+fn start_tls(tls: &Arc<Tls>) -> (Transport, UnboundedReceiver<(Arc<Message>, Origin)>) {
+    let (tx, rx) = unbounded_channel();
+    let deliver = Arc::new(move |m, origin| drop(tx.send((m, origin))));
+    (Transport::start(&Handle::current(), any_port(), TransportOptions::default(), Some(tls.clone()), deliver).unwrap(), rx)
+}
+
+async fn recv_from(rx: &mut UnboundedReceiver<(Arc<Message>, Origin)>) -> (Arc<Message>, Vec<String>) {
+    let (m, origin) = timeout(WAIT, rx.recv()).await.expect("a message in time").expect("transport alive");
+    (m, origin.peer.expect("an authenticated connection").names.clone())
+}
+
+#[tokio::test]
+async fn over_tls_packets_flow_both_ways_with_the_peers_identity() {
+    let (dir, ca) = (tempfile::tempdir().unwrap(), super::super::tls::issue::Ca::new("test CA"));
+    let [one, two, three] = ["1", "2", "3"].map(|name| {
+        let sub = dir.path().join(name);
+        std::fs::create_dir(&sub).unwrap();
+        test_tls(&sub, &ca, name)
+    });
+    let ((a, mut rx_a), (b, mut rx_b)) = (start_tls(&one), start_tls(&two));
+    a.set_peers(&[(id(2), b.local_addr())]);
+    b.set_peers(&[(id(1), a.local_addr())]);
+    for d in 1..=100 {
+        assert!(a.send(&id(2), framed(&vote(1, d))) && b.send(&id(1), framed(&vote(2, d))));
+    }
+    for d in 1..=100 {
+        let ((m1, names1), (m2, names2)) = (recv_from(&mut rx_b).await, recv_from(&mut rx_a).await);
+        assert_eq!((&*m1, &*m2), (&vote(1, d), &vote(2, d)));
+        assert!(names1.contains(&"1".to_string()) && names2.contains(&"2".to_string()), "{names1:?} {names2:?}");
+    }
+    // An answer read on our outbound connection carries the server's identity.
+    let listener = TcpListener::bind(any_port()).await.unwrap();
+    a.set_peers(&[(id(3), listener.local_addr().unwrap())]);
+    assert!(a.send(&id(3), framed(&vote(1, 7))));
+    let (raw, _) = timeout(WAIT, listener.accept()).await.unwrap().unwrap();
+    let (mut server, client) = three.accept(raw).await.unwrap();
+    assert!(client.names.contains(&"1".to_string()));
+    let mut buf = vec![0u8; framed(&vote(1, 7)).len()];
+    server.read_exact(&mut buf).await.unwrap();
+    assert_eq!(buf, framed(&vote(1, 7)));
+    server.write_all(&framed(&reply(Body::VoteAccepted, 7))).await.unwrap();
+    server.flush().await.unwrap();
+    let (m, names) = recv_from(&mut rx_a).await;
+    assert_eq!((&*m, names.contains(&"3".to_string())), (&reply(Body::VoteAccepted, 7), true));
+}
+
+#[tokio::test]
+async fn a_plain_packet_to_a_tls_port_is_refused_and_counted() {
+    let (dir, ca) = (tempfile::tempdir().unwrap(), super::super::tls::issue::Ca::new("test CA"));
+    let tls = test_tls(dir.path(), &ca, "2");
+    let (b, mut rx_b) = start_tls(&tls);
+    let mut raw = TcpStream::connect(b.local_addr()).await.unwrap();
+    raw.write_all(&framed(&vote(1, 1))).await.unwrap();
+    // Closed, perhaps after a TLS alert.
+    let mut alert = Vec::new();
+    let _ = timeout(WAIT, raw.read_to_end(&mut alert)).await.expect("closed in time");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tls.refused() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the refusal was never counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(rx_b.try_recv().is_err(), "nothing was delivered");
+}
+
+/// Waits for `cond`, panicking with `what` after `WAIT`.
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}: never happened");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn packets_above_the_alert_size_are_counted() {
+    let (small, large) = (framed(&vote(1, 1)), framed(&big_vote(2, 200_000)));
+    for (alert_packet, expected) in [(0, 0), (100_000, 1), (10, 2), (300_000, 0)] {
+        let (b, mut rx_b) = start(any_port(), tight(|o| o.alert_packet = alert_packet));
+        let mut raw = TcpStream::connect(b.local_addr()).await.unwrap();
+        raw.write_all(&[&small[..], &large].concat()).await.unwrap();
+        assert_eq!(recv(&mut rx_b).await.header.decree, 1);
+        assert_eq!(recv(&mut rx_b).await.header.decree, 2, "an oversized packet is still delivered");
+        assert_eq!(b.oversized_packets(), expected, "alert size {alert_packet}");
+    }
+}
+
+/// `m_maxMessageSizeMB` (`max_packet`): a packet above it closes the connection unread; a
+/// larger limit takes the same packet.
+#[tokio::test]
+async fn a_packet_above_the_maximum_message_size_closes_the_connection() {
+    let large = framed(&big_vote(2, 200_000));
+    let (b, mut rx_b) = start(any_port(), tight(|o| o.max_packet = 300_000));
+    let mut raw = TcpStream::connect(b.local_addr()).await.unwrap();
+    raw.write_all(&large).await.unwrap();
+    assert_eq!(recv(&mut rx_b).await.header.decree, 2);
+    let (b, mut rx_b) = start(any_port(), tight(|o| o.max_packet = 100_000));
+    let mut raw = TcpStream::connect(b.local_addr()).await.unwrap();
+    // The peer may close before every byte is written.
+    let _ = raw.write_all(&large).await;
+    expect_closed(&mut raw).await;
+    assert!(rx_b.try_recv().is_err(), "the packet above the limit was not delivered");
+}
+
+#[tokio::test]
+async fn broadcasts_skip_a_peer_with_max_outstanding_packets_unsent() {
+    // Nothing listens at the peer's address: what is queued stays unsent.
+    for max_outstanding in [3, 10] {
+        let opts = tight(|o| (o.max_outstanding, o.send_timeout) = (max_outstanding, Duration::from_secs(3600)));
+        let (a, _rx) = start(any_port(), opts);
+        a.set_peers(&[(id(2), free_addr())]);
+        let skipped: Vec<usize> = (1..=12).map(|d| a.broadcast(&[id(2)], &framed(&vote(1, d)))).collect();
+        assert_eq!(skipped.iter().sum::<usize>(), 12 - max_outstanding);
+        assert!(skipped[..max_outstanding].iter().all(|&n| n == 0), "{skipped:?}");
+        assert_eq!(a.peer_stats()[0].outstanding, max_outstanding as u64);
+        // A direct send (an answer, a resend to one member) is not limited.
+        assert!(a.send(&id(2), framed(&vote(1, 13))));
+        assert_eq!(a.peer_stats()[0].outstanding, max_outstanding as u64 + 1);
+    }
+}
+
+#[tokio::test]
+async fn an_unsent_packet_times_out_and_a_stalled_write_fails_the_connection() {
+    // Queued for a peer that cannot be reached: dropped after the send timeout.
+    let short = tight(|o| o.send_timeout = Duration::from_millis(300));
+    let long = tight(|o| o.send_timeout = Duration::from_secs(3600));
+    let (a, _ra) = start(any_port(), short.clone());
+    let (c, _rc) = start(any_port(), long.clone());
+    let dead = free_addr();
+    a.set_peers(&[(id(2), dead)]);
+    c.set_peers(&[(id(2), dead)]);
+    assert!(a.send(&id(2), framed(&vote(1, 1))) && c.send(&id(2), framed(&vote(1, 1))));
+    wait_until("the unsent packet dropped", || a.peer_stats()[0].dropped_packets == 1).await;
+    assert_eq!((a.peer_stats()[0].outstanding, c.peer_stats()[0].outstanding), (0, 1), "the longer timeout keeps it");
+    // A peer that accepts and never reads: once the socket buffers are full, a write waits
+    // past the timeout and the connection fails (the peer is dialled again).
+    let listener = TcpListener::bind(any_port()).await.unwrap();
+    let (a, _ra) = start(any_port(), short);
+    let (c, _rc) = start(any_port(), long);
+    a.set_peers(&[(id(2), listener.local_addr().unwrap())]);
+    c.set_peers(&[(id(2), listener.local_addr().unwrap())]);
+    let packet = framed(&big_vote(1, 1 << 20));
+    for _ in 0..40 {
+        assert!(a.send(&id(2), packet.clone()) && c.send(&id(2), packet.clone()));
+    }
+    let mut held = Vec::new();
+    let accepting = async {
+        loop {
+            held.push(listener.accept().await.unwrap().0);
+        }
+    };
+    let failed = wait_until("the stalled connection failed", || a.peer_stats()[0].consecutive_failures > 0);
+    tokio::select! {
+        () = failed => {}
+        () = accepting => unreachable!(),
+    }
+    let (stalled, waiting) = (a.peer_stats().remove(0), c.peer_stats().remove(0));
+    assert!(stalled.dropped_packets > 0, "{stalled:?}");
+    assert_eq!((waiting.consecutive_failures, waiting.dropped_packets, waiting.connections), (0, 0, 1), "{waiting:?}");
+}
+
+#[test]
+fn consume_advances_across_packets() {
+    let mut batch: VecDeque<Bytes> = [&b"abc"[..], b"de", b"fgh"].into_iter().map(Bytes::from_static).collect();
+    assert_eq!(consume(&mut batch, 4), 1);
+    assert_eq!(batch, [Bytes::from_static(b"e"), Bytes::from_static(b"fgh")]);
+    assert_eq!(consume(&mut batch, 4), 2);
+    assert!(batch.is_empty());
+}
