@@ -712,7 +712,7 @@ impl LocalMemory for VerbsLocal {
 
 impl crate::runtime::shm_link::RingSender for super::RingWriter<VerbsRemote> {
     /// Never waits for the NIC: the protocol thread calls this holding its peer queue's lock
-    /// (`transport.rs`, when the connection task lends it the ring). Without send-queue room for
+    /// (`transport/link.rs`, when the connection task lends it the ring). Without send-queue room for
     /// a whole send, the ring is as good as full (`WouldBlock`): the packet goes to the
     /// connection task, which retries off the lock, and fails the connection if the room has
     /// not come back within the send timeout.
