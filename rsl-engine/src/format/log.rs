@@ -5,9 +5,10 @@
 use super::codec::{round_up_512, DecodeError, EncodeError, PAGE};
 use super::message::{self, Checksum, Message, MsgKind, Prefix, CHECKSUM_END, MAGIC, MSG_ID_OFFSET};
 use bytes::{BufMut, Bytes, BytesMut};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Write};
+use std::num::NonZeroUsize;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -65,6 +66,12 @@ pub struct RecordError {
 /// Reads the record at `offset` of `data`. `at_eof` says that `data` holds everything there
 /// is (a whole file); without it an incomplete record asks for more bytes.
 pub fn read_record(data: &Bytes, offset: usize, mode: Mode, at_eof: bool) -> Result<Step, RecordError> {
+    read_record_checked(data, offset, mode, at_eof, None)
+}
+
+/// [`read_record`], given the outcome of [`message::verify_checksum`] on the record's message
+/// when it was computed ahead (`checked`); without it the checksum is verified here.
+fn read_record_checked(data: &Bytes, offset: usize, mode: Mode, at_eof: bool, checked: Option<Checked>) -> Result<Step, RecordError> {
     assert!(offset <= data.len() && offset.is_multiple_of(PAGE), "records start on a page boundary inside the data");
     let rest = data.len() - offset;
     if rest == 0 && (at_eof || mode == Mode::Restore) {
@@ -106,7 +113,7 @@ pub fn read_record(data: &Bytes, offset: usize, mode: Mode, at_eof: bool) -> Res
         };
     }
     let raw = data.slice(offset..offset + len);
-    if let Err(e) = message::verify_checksum(&raw) {
+    if let Err(e) = checked.unwrap_or_else(|| message::verify_checksum(&raw)) {
         return bad_record(data, offset, end, mode, e.shifted(offset));
     }
     match Message::decode(&raw) {
@@ -175,11 +182,30 @@ pub struct LogContents {
 }
 
 impl LogContents {
-    /// Scans `data` (a whole file) in `mode`.
+    /// Scans `data` (a whole file) in `mode`. The checksums, most of the work, are verified
+    /// ahead of the decoding in batches spread over the cores; the records are still taken
+    /// in file order, so the first bad one decides the outcome as in a one-by-one scan.
     pub fn scan(data: &Bytes, mode: Mode) -> Result<LogContents, RecordError> {
+        let workers = std::thread::available_parallelism().map_or(1, NonZeroUsize::get).min(MAX_VERIFIERS);
+        LogContents::scan_with(data, mode, Verifiers { batch: VERIFY_BATCH, parallel_min: PARALLEL_MIN, workers })
+    }
+
+    fn scan_with(data: &Bytes, mode: Mode, verifiers: Verifiers) -> Result<LogContents, RecordError> {
         let mut out = LogContents::default();
+        let mut ahead = VecDeque::new();
         loop {
-            match read_record(data, out.data_len, mode, true)? {
+            if ahead.is_empty() {
+                let records = records_ahead(data, out.data_len, verifiers.batch);
+                ahead.extend(records.iter().map(|&(at, _)| at).zip(verifiers.verify_all(data, &records)));
+            }
+            let checked = match ahead.pop_front() {
+                Some((at, checked)) if at == out.data_len => Some(checked),
+                _ => {
+                    ahead.clear();
+                    None
+                }
+            };
+            match read_record_checked(data, out.data_len, mode, true, checked)? {
                 Step::Record(rec) => {
                     if rec.message.kind() == MsgKind::Vote {
                         out.decree_index.insert(rec.message.header.decree, rec.offset);
@@ -192,6 +218,97 @@ impl LogContents {
             }
         }
     }
+}
+
+/// What [`message::verify_checksum`] says of one record's message.
+type Checked = Result<(), DecodeError>;
+
+/// Bytes of records whose checksums a scan verifies together, ahead of decoding them.
+const VERIFY_BATCH: usize = 16 << 20;
+/// A batch smaller than this is verified on the scanning thread alone: a thread costs more.
+const PARALLEL_MIN: usize = 1 << 20;
+/// Threads a scan verifies checksums on, at most (the scanning thread included).
+const MAX_VERIFIERS: usize = 4;
+
+/// The records that follow one another from `at`, as their first pages say, up to about
+/// `budget` bytes: each one's offset and message length. Stops before the first record whose
+/// header is bad or that runs past the data; [`read_record`] then judges it.
+fn records_ahead(data: &[u8], mut at: usize, budget: usize) -> Vec<(usize, usize)> {
+    let limit = at.saturating_add(budget);
+    let mut out = Vec::new();
+    while at < limit && data.len() - at >= PAGE {
+        let Ok(prefix) = parse_record_header(&data[at..at + PAGE]) else { break };
+        let len = prefix.length as usize;
+        let end = at + round_up_512(len);
+        if end > data.len() {
+            break;
+        }
+        out.push((at, len));
+        at = end;
+    }
+    out
+}
+
+/// How a scan verifies checksums ahead: in batches of about `batch` bytes, on up to `workers`
+/// threads once a batch holds `parallel_min` bytes.
+#[derive(Clone, Copy, Debug)]
+struct Verifiers {
+    batch: usize,
+    parallel_min: usize,
+    workers: usize,
+}
+
+impl Verifiers {
+    /// The checksum verdict of each of `records` (offset, length), in order; the threads each
+    /// take a run of records of about the same number of bytes.
+    fn verify_all(self, data: &[u8], records: &[(usize, usize)]) -> Vec<Checked> {
+        let bytes: usize = records.iter().map(|&(_, len)| len).sum();
+        if self.workers < 2 || bytes < self.parallel_min {
+            return verify_run(data, records);
+        }
+        verify_in_parallel(data, split_by_bytes(records, bytes.div_ceil(self.workers)))
+    }
+}
+
+fn verify_run(data: &[u8], run: &[(usize, usize)]) -> Vec<Checked> {
+    run.iter().map(|&(at, len)| message::verify_checksum(&data[at..at + len])).collect()
+}
+
+/// The verdicts of `runs`, in order: the first on this thread, each other on a thread of its
+/// own (or here too, when a thread cannot be started).
+fn verify_in_parallel(data: &[u8], runs: Vec<&[(usize, usize)]>) -> Vec<Checked> {
+    let verify = |run: &[(usize, usize)]| verify_run(data, run);
+    std::thread::scope(|s| {
+        let spawned: Vec<_> = runs[1..]
+            .iter()
+            .map(|&run| std::thread::Builder::new().name("rsl-log-verify".into()).spawn_scoped(s, move || verify(run)).map_err(|_| run))
+            .collect();
+        let mut out = verify(runs[0]);
+        for worker in spawned {
+            match worker {
+                Ok(handle) => out.extend(handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))),
+                Err(run) => out.extend(verify(run)),
+            }
+        }
+        out
+    })
+}
+
+/// `records` cut into consecutive runs of at least `share` message bytes (the last one less).
+fn split_by_bytes(records: &[(usize, usize)], share: usize) -> Vec<&[(usize, usize)]> {
+    let mut runs = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, &(_, len)) in records.iter().enumerate() {
+        bytes += len;
+        if bytes >= share {
+            runs.push(&records[start..=i]);
+            (start, bytes) = (i + 1, 0);
+        }
+    }
+    if start < records.len() || runs.is_empty() {
+        runs.push(&records[start..]);
+    }
+    runs
 }
 
 /// A log file that could not be read, naming the file and where.
@@ -363,6 +480,86 @@ mod tests {
         assert_eq!(LogContents::scan(&data.clone().freeze(), Mode::Restore).unwrap().data_len, 1024);
         data[1600] = 7;
         assert_eq!(LogContents::scan(&data.freeze(), Mode::Restore).unwrap_err().offset, 1024);
+    }
+
+    /// The record-by-record scan a batched one must agree with.
+    fn scan_one_by_one(data: &Bytes, mode: Mode) -> Result<(Vec<Record>, usize), RecordError> {
+        let (mut records, mut at) = (Vec::new(), 0);
+        while let Step::Record(rec) = read_record(data, at, mode, true)? {
+            at += rec.disk_len();
+            records.push(rec);
+        }
+        Ok((records, at))
+    }
+
+    /// `n` votes whose records take one to three pages each.
+    fn varied_log(n: usize) -> BytesMut {
+        let mut out = BytesMut::new();
+        for d in 1..=n {
+            let request = Bytes::from(vec![d as u8; 1 + d * 397 % 1200]);
+            let id = MemberId::new("1").unwrap();
+            let vote = Message::new(
+                Header::new(Version::V6, id, d as u64, 1, Ballot::new(2, id)),
+                Body::Vote(VoteBody { requests: vec![request], ..Default::default() }),
+            );
+            encode_record(&vote, &mut out).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn a_large_log_is_checked_on_all_cores_and_the_first_bad_record_wins() {
+        let mut data = BytesMut::new();
+        for d in 1..=40 {
+            encode_record(&vote(d, &[7; 60 << 10]), &mut data).unwrap();
+        }
+        let record = data.len() / 40;
+        let whole = LogContents::scan(&data.clone().freeze(), Mode::Restore).unwrap();
+        assert_eq!((whole.records.len(), whole.data_len), (40, data.len()));
+        data[30 * record + 1000] ^= 1;
+        data[10 * record + 1000] ^= 1;
+        let err = LogContents::scan(&data.clone().freeze(), Mode::Restore).unwrap_err();
+        assert_eq!(err.offset, 10 * record);
+        assert!(matches!(err.error, DecodeError::Checksum { .. }));
+        // Only the last one bad: a torn tail, cut.
+        data[10 * record + 1000] ^= 1;
+        data[30 * record + 1000] ^= 1;
+        data[39 * record + 1000] ^= 1;
+        assert_eq!(LogContents::scan(&data.freeze(), Mode::Restore).unwrap().data_len, 39 * record);
+    }
+
+    #[test]
+    fn split_by_bytes_gives_each_thread_a_share() {
+        let records: Vec<(usize, usize)> = [6, 4, 3, 3, 4].iter().map(|&len| (0, len)).collect();
+        let runs = split_by_bytes(&records, 10);
+        assert_eq!(runs.iter().map(|r| r.len()).collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(split_by_bytes(&records, 5).iter().map(|r| r.len()).collect::<Vec<_>>(), [1, 2, 2]);
+        assert_eq!(split_by_bytes(&[], 1), [&[] as &[(usize, usize)]]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn batched_scan_equals_one_by_one(
+            n in 0usize..10,
+            flips in proptest::collection::vec((0usize..12_000, 0u8..8), 0..3),
+            cut in proptest::option::of(0usize..12_000),
+            batch in 512usize..6000,
+            workers in 1usize..4,
+        ) {
+            let mut data = varied_log(n);
+            for (at, bit) in flips {
+                if at < data.len() {
+                    data[at] ^= 1 << bit;
+                }
+            }
+            data.truncate(cut.unwrap_or(usize::MAX));
+            let data = data.freeze();
+            for mode in [Mode::Restore, Mode::Strict] {
+                let verifiers = Verifiers { batch, parallel_min: 0, workers };
+                let batched = LogContents::scan_with(&data, mode, verifiers).map(|log| (log.records, log.data_len));
+                proptest::prop_assert_eq!(batched, scan_one_by_one(&data, mode));
+            }
+        }
     }
 
     #[test]
