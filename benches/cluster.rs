@@ -25,9 +25,11 @@
 //! `CLUSTER_BENCH_RINGS=<n>` (n > 1) compares one ring per process with n rings per process
 //! (`rsl-kv cluster --rings n`: the three processes each host n rings, and the load generator
 //! spreads the same requests in flight over the n rings' primaries), 64-byte requests,
-//! fdatasync on, at `CLUSTER_BENCH_IN_FLIGHT` requests in flight (default `64,256`), the
-//! configurations back to back, `CLUSTER_BENCH_ROUNDS` times; it prints each run (aggregate and
-//! per-ring req/s, p50/p99), the aggregate ratio n rings / 1 ring, and the load average.
+//! fdatasync on, at `CLUSTER_BENCH_IN_FLIGHT` requests in flight (default `64,256`): 1 ring, n
+//! rings with a journal writer thread per ring, n rings sharing one writer per process
+//! (`--journal-writer`), back to back, `CLUSTER_BENCH_ROUNDS` times. It prints each run
+//! (aggregate and per-ring req/s, p50/p99), the aggregate ratios n rings / 1 ring, and the
+//! load average.
 
 use std::process::Command;
 
@@ -209,8 +211,12 @@ fn many_rings(exe: &str, rings: u16) {
     let secs = env_or("CLUSTER_BENCH_SECS", "10");
     let rounds: usize = env_or("CLUSTER_BENCH_ROUNDS", "2").parse().expect("CLUSTER_BENCH_ROUNDS is a number");
     let in_flight = env_or("CLUSTER_BENCH_IN_FLIGHT", "64,256");
-    let configs: Vec<(String, Vec<String>)> =
-        vec![("1 ring".into(), vec!["--rings".into(), "1".into()]), (format!("{rings} rings"), vec!["--rings".into(), rings.to_string()])];
+    let flags = |n: u16, writer: &str| vec!["--rings".to_string(), n.to_string(), "--journal-writer".into(), writer.into()];
+    let configs: Vec<(String, Vec<String>)> = vec![
+        ("1 ring".into(), flags(1, "per-ring")),
+        (format!("{rings} rings, a writer per ring"), flags(rings, "per-ring")),
+        (format!("{rings} rings, one shared writer"), flags(rings, "shared")),
+    ];
     println!("# load average before: {}", load_average());
     let mut port = 26_000u16;
     let mut rows = Vec::new();
