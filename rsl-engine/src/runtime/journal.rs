@@ -1076,15 +1076,16 @@ impl LogIo {
     }
 
     /// A handle to `fdatasync` the open log with from another thread, if it has unsynced
-    /// writes (and syncing is on); [`mark_synced`] once that succeeded.
+    /// writes (and syncing is on); [`mark_synced`] once that succeeded. The caller names the
+    /// file in an error, as it does in the sync's.
     ///
     /// [`mark_synced`]: LogIo::mark_synced
     fn sync_handle(&self) -> io::Result<Option<File>> {
         if !self.dirty || !self.sync {
             return Ok(None);
         }
-        let handle = faults::check(JOURNAL_FSYNC, &self.dir).and_then(|()| self.log.sync_handle());
-        handle.map(Some).map_err(|e| annotate(e, &self.path()))
+        faults::check(JOURNAL_FSYNC, &self.dir)?;
+        self.log.sync_handle().map(Some)
     }
 
     /// The open log was synced through its [`sync_handle`] (or needs no sync).

@@ -92,3 +92,31 @@ fn the_last_batch_is_written_at_close_and_the_group_outlives_its_members() {
     let all: Vec<u64> = replayed(dir.path()).iter().map(|m| m.header.decree).collect();
     assert_eq!(all, [1, 2, 3, 4, 5, 11, 12, 13, 14, 15]);
 }
+
+#[test]
+fn a_failing_sync_fails_that_member_alone_and_names_its_file() {
+    let _scenario = fail::FailScenario::setup();
+    let (dirs, mut js) = members(3);
+    let sick = dirs[1].path().display().to_string();
+    fail::cfg(crate::faults::JOURNAL_FSYNC, &format!("return(eio@{sick})")).unwrap();
+    for d in 1..=3 {
+        for j in js.iter_mut() {
+            // The sick member refuses appends once it stopped.
+            let appended = j.journal.append(d, &vote(d, 2));
+            assert!(matches!(appended, Ok(_) | Err(JournalError::Stopped(_))), "{appended:?}");
+        }
+    }
+    let err = js[1].errors.recv().unwrap().to_string();
+    assert!(err.contains("injected at journal::fsync") && err.contains(&sick), "{err}");
+    assert_eq!(err.matches(&sick).count(), 1, "the file named once: {err}");
+    for k in [0, 2] {
+        while js[k].durable.recv().unwrap() < 3 {}
+    }
+    assert!(js[1].durable.try_recv().is_err(), "nothing of the failed member is reported durable");
+    fail::remove(crate::faults::JOURNAL_FSYNC);
+    for (k, j) in js.into_iter().enumerate() {
+        assert_eq!(j.journal.close().is_err(), k == 1);
+    }
+    assert_eq!(replayed(dirs[0].path()), records_of(0, 1..=3));
+    assert_eq!(replayed(dirs[2].path()), records_of(0, 1..=3));
+}
