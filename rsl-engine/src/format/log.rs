@@ -279,11 +279,6 @@ impl LogWriter {
         self.file.sync_data()
     }
 
-    /// Another handle to the file, to `fdatasync` it from another thread.
-    pub fn sync_handle(&self) -> io::Result<File> {
-        self.file.try_clone()
-    }
-
     /// The length of the data written so far.
     pub fn len(&self) -> u64 {
         self.len

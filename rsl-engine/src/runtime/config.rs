@@ -158,10 +158,10 @@ pub struct RslConfig {
     /// docs/rdma.md): TCP (the default), or a shared-memory ring set up over the TCP connection
     /// with each peer that accepts it (others keep TCP). Not with `tls`, nor `net_delay_us`.
     pub paxos_transport: PaxosTransport,
-    /// The journal writer thread this ring shares with other rings of the process (a
-    /// [`JournalGroup`] cloned into each ring's configuration): one pass and one wake-up per
-    /// batch across them; each ring's records stay in its own log files. The file journal
-    /// only. None (the default): a writer thread per ring.
+    /// The journal writer threads this ring shares with other rings of the process (a
+    /// [`JournalGroup`] cloned into each ring's configuration): at most 8 for any number of
+    /// rings; each ring's records stay in its own log files. The file journal only. None (the
+    /// default): a writer thread per ring.
     pub journal_group: Option<JournalGroup>,
 }
 

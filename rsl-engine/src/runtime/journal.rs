@@ -8,9 +8,9 @@
 //! next batch fills meanwhile. A protocol thread with nothing else to do may instead write the
 //! batch itself ([`Journal::flush`]): the writer would only be woken to wake it back.
 //!
-//! Journals of several rings in one process may share one writer thread instead
-//! ([`JournalOptions::group`], `group`): it takes every ring's pending batch in one pass,
-//! writes each to its own files, and syncs them together.
+//! Journals of several rings in one process may share writer threads instead
+//! ([`JournalOptions::group`], `group`): a bounded number of them for any number of rings,
+//! each writing one ring's batch at a time into that ring's own files.
 //!
 //! In the NVM mode ([`JournalOptions::nvm`], `nvm`) a batch is durable once it is in the
 //! persistent log, which the protocol thread writes at each flush; the writer thread drains it
@@ -69,7 +69,7 @@ pub struct JournalOptions {
     /// The NVM journal: a record is durable once in this persistent log, and drained into the
     /// log files afterwards. None: the file journal.
     pub nvm: Option<NvmOptions>,
-    /// The writer thread this journal shares with other journals of the process (the file
+    /// The writer threads this journal shares with other journals of the process (the file
     /// journal only: an NVM journal keeps its own). None: a writer thread of its own.
     pub group: Option<JournalGroup>,
 }
@@ -243,7 +243,7 @@ impl Shared {
     /// Tells whichever writer serves this journal that a batch is pending.
     fn wake(&self) {
         match &self.group {
-            Some(group) => group.wake(),
+            Some(group) => group.wake(self),
             None => self.work.notify_one(),
         }
     }
@@ -1060,46 +1060,10 @@ impl LogIo {
     /// Writes a batch, one write per file; a file is synced before the next one is started
     /// and the directory after it is created, so only the newest log can hold a torn tail.
     fn write_batch(&mut self, shared: &Shared, batch: &[Segment], synced: &mut Vec<(u64, u64)>) -> io::Result<()> {
-        self.write_segments(shared, batch, synced)?;
-        self.sync_current(shared, synced)
-    }
-
-    /// [`write_batch`] but the last sync, which the caller does ([`sync_handle`]).
-    ///
-    /// [`write_batch`]: LogIo::write_batch
-    /// [`sync_handle`]: LogIo::sync_handle
-    fn write_segments(&mut self, shared: &Shared, batch: &[Segment], synced: &mut Vec<(u64, u64)>) -> io::Result<()> {
         for seg in batch {
             self.write_at(shared, (seg.file, seg.offset), seg.create, &seg.data, synced)?;
         }
-        Ok(())
-    }
-
-    /// A handle to `fdatasync` the open log with from another thread, if it has unsynced
-    /// writes (and syncing is on); [`mark_synced`] once that succeeded. The caller names the
-    /// file in an error, as it does in the sync's.
-    ///
-    /// [`mark_synced`]: LogIo::mark_synced
-    fn sync_handle(&self) -> io::Result<Option<File>> {
-        if !self.dirty || !self.sync {
-            return Ok(None);
-        }
-        faults::check(JOURNAL_FSYNC, &self.dir)?;
-        self.log.sync_handle().map(Some)
-    }
-
-    /// The open log was synced through its [`sync_handle`] (or needs no sync).
-    ///
-    /// [`sync_handle`]: LogIo::sync_handle
-    fn mark_synced(&mut self, shared: &Shared, synced: &mut Vec<(u64, u64)>) {
-        if !self.dirty {
-            return;
-        }
-        if self.sync {
-            shared.syncs.fetch_add(1, Ordering::Relaxed);
-        }
-        self.dirty = false;
-        synced.push((self.file, self.log.len()));
+        self.sync_current(shared, synced)
     }
 
     /// Writes `data` at `(file, offset)`, the end of the open log (or of the new one it

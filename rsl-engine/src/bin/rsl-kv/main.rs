@@ -114,7 +114,7 @@ pub struct ClusterArgs {
     /// shifted by 10k): the requests in flight are spread over the rings' primaries.
     #[arg(long, default_value_t = 1)]
     rings: u16,
-    /// With several rings: one journal writer thread per process (`shared`) or per ring.
+    /// With several rings: journal writer threads the rings share (`shared`) or one per ring.
     #[arg(long, value_enum, default_value_t = server::JournalWriter::Shared)]
     journal_writer: server::JournalWriter,
 }

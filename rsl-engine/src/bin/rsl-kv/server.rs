@@ -80,9 +80,9 @@ pub struct ReplicaArgs {
     /// in `<dir>/ring<k>`.
     #[arg(long, default_value_t = 1)]
     pub rings: u16,
-    /// Who writes the rings' journals: one writer thread for all of them (`shared`: one
-    /// pass per batch across the rings, each ring's records in its own files) or a thread
-    /// per ring (`per-ring`).
+    /// Who writes the rings' journals: writer threads the rings share (`shared`: at most 8
+    /// for any number of rings, each ring's records in its own files) or a thread per ring
+    /// (`per-ring`).
     #[arg(long, value_enum, default_value_t = JournalWriter::Shared)]
     pub journal_writer: JournalWriter,
     /// Stop on SIGTERM only: `rsl-kv cluster` stops its replicas itself after Ctrl-C, once it

@@ -1,38 +1,37 @@
-//! The writer thread several journals of one process share ([`JournalGroup`]): one wake-up and
-//! one pass per batch across the rings instead of a writer thread per ring.
+//! The writer threads several journals of one process share ([`JournalGroup`]): a fixed
+//! number of threads for any number of rings, instead of a writer thread per ring.
 //!
-//! A pass takes every member's pending batch and writes each into that member's own log files
-//! (the format is unchanged: a ring's records are in its own directory only). Linux cannot
-//! `fdatasync` several files at once short of `syncfs`, which would flush the whole file
-//! system; so the pass then syncs the members' files together, one from this thread and the
-//! others from a small fixed pool of sync threads (concurrent syncs share the file system's
-//! journal commits), and only then reports each member's batch durable.
+//! A journal with a batch pending joins the group's ready queue (once, however often it is
+//! woken); a free writer takes it and writes and syncs its batch into that ring's own log files
+//! (the format is unchanged), exactly as a journal's own writer would, then reports it
+//! durable. Up to [`MAX_WRITERS`] rings' batches are written and synced at once: Linux cannot
+//! `fdatasync` several files in one call short of `syncfs`, which would flush the whole file
+//! system, and this disk overlaps concurrent syncs well. The first design took every ring's
+//! batch in one pass and synced them together; each pass then waited for its slowest sync,
+//! and eight rings made 0.62 of eight own writers' records per second
+//! (`cargo bench --bench journal -- eight_rings`, docs/performance.md).
 //!
 //! Fail-stop: a member's write or sync error stops that member alone (its journal answers
 //! `Stopped`, its `on_error` is told once, its batch is never reported durable). The other
-//! members' batches of the same pass are in other files, made durable by their own syncs, and
-//! are reported as usual. A panic of the pass itself (not of one member's callback) stops every
-//! member of the pass: none of their batches is known durable.
+//! members' batches are in other files, made durable by their own syncs, and are reported as
+//! usual. So is a panic while writing a member's batch (a panicking `on_durable`): it stops
+//! that member.
 
-use super::{annotate, LogIo, Scratch, Shared, SYNC_TRACE};
+use super::{Scratch, Shared};
 use crate::runtime::panic_message;
+use std::collections::VecDeque;
 use std::fmt;
-use std::fs::File;
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Instant;
 
-/// Threads syncing for the shared writer besides itself: up to this many more files are
-/// synced at once. Eight rings' syncs all at once: this disk's `fdatasync`s overlap well
-/// (`cargo bench --bench journal -- eight_rings`; three threads made 0.41 of eight own
-/// writers' records per second, seven 0.62).
-const SYNC_THREADS: usize = 7;
+/// Writer threads a group runs at most; fewer while it has fewer members.
+const MAX_WRITERS: usize = 8;
 
-/// A writer thread shared by the journals of several rings of one process (`RslConfig`'s
-/// `journal_group`). Cheap to clone: every clone is the same group. The thread starts with the
-/// first member and ends with the last.
+/// Writer threads shared by the journals of several rings of one process (`RslConfig`'s
+/// `journal_group`). Cheap to clone: every clone is the same group. Its threads start with
+/// its members, up to [`MAX_WRITERS`], and end with the last.
 #[derive(Clone, Default)]
 pub struct JournalGroup {
     inner: Arc<Group>,
@@ -47,28 +46,26 @@ impl fmt::Debug for JournalGroup {
 #[derive(Default)]
 struct Group {
     state: Mutex<GroupState>,
-    /// The writer waits here for a wake-up.
+    /// Writers wait here for a ready member.
     work: Condvar,
-    /// A leaving member waits here for the pass to end.
-    idle: Condvar,
 }
 
 #[derive(Default)]
 struct GroupState {
     members: Vec<Arc<MemberState>>,
+    /// Members with a batch pending, each at most once, oldest first.
+    ready: VecDeque<Arc<MemberState>>,
     next_id: u64,
-    /// A member has a batch pending since the writer last looked.
-    woken: bool,
-    /// The writer is in a pass over the members.
-    in_pass: bool,
-    /// The writer thread runs.
-    running: bool,
+    /// Writer threads running.
+    writers: usize,
 }
 
 struct MemberState {
     id: u64,
     shared: Arc<Shared>,
-    /// Used by the writer during a pass, and by the member itself once it left.
+    /// In the ready queue (changed under the group's lock).
+    queued: AtomicBool,
+    /// Held by whoever writes the member's batch: a writer, or the member itself once it left.
     calls: Mutex<Calls>,
 }
 
@@ -116,18 +113,24 @@ impl Group {
 }
 
 impl JournalGroup {
-    /// A group without members (its thread starts with the first).
+    /// A group without members (its threads start with the first).
     pub fn new() -> JournalGroup {
         JournalGroup::default()
     }
 
-    /// A member has a batch pending.
-    pub(super) fn wake(&self) {
-        self.inner.lock().woken = true;
-        self.inner.work.notify_one();
+    /// `shared`, a member, has a batch pending: queue it for a writer unless it is queued.
+    pub(super) fn wake(&self, shared: &Shared) {
+        let mut st = self.inner.lock();
+        let Some(member) = st.members.iter().find(|m| std::ptr::eq(&*m.shared, shared)) else { return };
+        if !member.queued.swap(true, Relaxed) {
+            let member = member.clone();
+            st.ready.push_back(member);
+            drop(st);
+            self.inner.work.notify_one();
+        }
     }
 
-    /// Makes `shared` a member: the group's thread writes its batches from now on.
+    /// Makes `shared` a member: the group's threads write its batches from now on.
     pub(super) fn join(
         &self,
         shared: &Arc<Shared>,
@@ -139,17 +142,21 @@ impl JournalGroup {
         st.next_id += 1;
         let calls =
             Calls { on_durable: Box::new(on_durable), on_error: Some(Box::new(on_error)), scratch: Scratch::default(), reported: 0 };
-        st.members.push(Arc::new(MemberState { id, shared: shared.clone(), calls: Mutex::new(calls) }));
-        if !st.running {
+        let member = MemberState { id, shared: shared.clone(), queued: false.into(), calls: Mutex::new(calls) };
+        st.members.push(Arc::new(member));
+        if st.writers < st.members.len().min(MAX_WRITERS) {
             let group = self.inner.clone();
-            let spawned = std::thread::Builder::new().name("rsl-journal".into()).spawn(move || Writer::start().run(&group));
-            if let Err(e) = spawned {
-                st.members.pop();
-                return Err(e);
+            match std::thread::Builder::new().name("rsl-journal".into()).spawn(move || write_ready(&group)) {
+                Ok(_) => st.writers += 1,
+                // Fewer writers than members is only slower; none cannot write at all.
+                Err(e) if st.writers == 0 => {
+                    st.members.pop();
+                    return Err(e);
+                }
+                Err(e) => tracing::warn!("a journal writer thread could not start: {e}"),
             }
-            st.running = true;
         }
-        debug_assert!(st.members.iter().filter(|m| m.id == id).count() == 1);
+        debug_assert!(st.writers >= 1 && st.members.iter().filter(|m| m.id == id).count() == 1);
         Ok(Member { group: self.clone(), id })
     }
 }
@@ -161,179 +168,59 @@ pub(super) struct Member {
 }
 
 impl Member {
-    /// Leaves the group once its current pass is over, then writes what is still pending from
-    /// this thread: everything appended is durable (or the journal stopped) when this returns.
+    /// Leaves the group, then writes what is still pending from this thread, after any writer
+    /// busy with this member: everything appended is durable (or the journal stopped) when
+    /// this returns.
     pub(super) fn leave(self, shared: &Shared) {
         let group = &self.group.inner;
         let mut st = group.lock();
-        while st.in_pass {
-            st = group.idle.wait(st).unwrap_or_else(|e| e.into_inner());
-        }
         let at = st.members.iter().position(|m| m.id == self.id).expect("a member leaves once");
         let member = st.members.remove(at);
-        // The writer ends once the last member left.
-        st.woken = true;
+        st.ready.retain(|m| m.id != self.id);
+        if st.members.is_empty() {
+            // The writers end.
+            group.work.notify_all();
+        }
         drop(st);
-        group.work.notify_one();
-        let mut calls = lock(&member.calls);
-        let calls = &mut *calls;
-        match shared.write_pending(&mut shared.lock_io(), &mut calls.scratch) {
-            Ok(Some(seq)) => calls.report(shared, seq),
-            Ok(None) => {}
-            Err(e) => calls.fail(shared, e),
-        }
+        write_batch(&member, &mut lock(&member.calls));
+        let st = shared.lock();
+        debug_assert!(st.batch.is_empty() || st.stopped, "nothing left pending");
     }
 }
 
-/// A job of the sync pool: `fdatasync` a file, answer with its index.
-struct SyncJob {
-    file: File,
-    index: usize,
-    done: Sender<(usize, io::Result<()>)>,
-}
-
-/// The group's thread and its sync pool.
-struct Writer {
-    /// None if the pool could not start: the writer then syncs every file itself.
-    jobs: Option<Sender<SyncJob>>,
-}
-
-/// A member's batch written in this pass and not yet synced.
-struct Written<'a> {
-    member: &'a MemberState,
-    calls: MutexGuard<'a, Calls>,
-    /// Held from the write to the report: batches of one journal reach the disk in order.
-    io: MutexGuard<'a, LogIo>,
-    seq: u64,
-    bytes: u64,
-}
-
-impl Writer {
-    /// Starts the sync pool; it ends when the writer does.
-    fn start() -> Writer {
-        let (jobs, queue) = mpsc::channel::<SyncJob>();
-        let queue = Arc::new(Mutex::new(queue));
-        let spawned = (0..SYNC_THREADS).all(|_| {
-            let queue = queue.clone();
-            std::thread::Builder::new().name("rsl-journal-sync".into()).spawn(move || sync_files(&queue)).is_ok()
-        });
-        Writer { jobs: spawned.then_some(jobs) }
+/// A writer thread: writes the ready members' batches until the group has no members.
+fn write_ready(group: &Group) {
+    while let Some(member) = next_ready(group) {
+        write_batch(&member, &mut lock(&member.calls));
     }
+}
 
-    /// Passes over the members whenever one is woken, until none is left.
-    fn run(self, group: &Group) {
-        while let Some(members) = self.wait(group) {
-            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.pass(&members))) {
-                let why = format!("the journal writer panicked: {}", panic_message(&*panic));
-                for m in &members {
-                    lock(&m.calls).fail(&m.shared, io::Error::other(why.clone()));
-                }
-            }
-            group.lock().in_pass = false;
-            group.idle.notify_all();
-        }
-    }
-
-    /// The members, once woken; None (and the thread marked stopped) once there are none.
-    fn wait(&self, group: &Group) -> Option<Vec<Arc<MemberState>>> {
-        let mut st = group.lock();
-        while !st.woken && !st.members.is_empty() {
-            st = group.work.wait(st).unwrap_or_else(|e| e.into_inner());
+/// The oldest ready member; None (and this writer counted out) once there are no members.
+fn next_ready(group: &Group) -> Option<Arc<MemberState>> {
+    let mut st = group.lock();
+    loop {
+        if let Some(member) = st.ready.pop_front() {
+            member.queued.store(false, Relaxed);
+            return Some(member);
         }
         if st.members.is_empty() {
-            st.running = false;
+            st.writers -= 1;
             return None;
         }
-        st.woken = false;
-        st.in_pass = true;
-        Some(st.members.clone())
-    }
-
-    /// Writes every member's pending batch, syncs them together, reports each durable.
-    fn pass(&self, members: &[Arc<MemberState>]) {
-        let started = Instant::now();
-        let mut written = Vec::with_capacity(members.len());
-        for member in members {
-            // A member's protocol thread holds `io` while it writes its batch inline
-            // (`Journal::flush`): it took all that is pending, for it is the only appender,
-            // and its next appends wake the group again.
-            let Ok(io) = member.shared.io.try_lock() else { continue };
-            written.extend(write(member, io));
-        }
-        let handles: Vec<io::Result<Option<File>>> = written.iter().map(|w| w.io.sync_handle()).collect();
-        let results = self.sync_all(handles);
-        let elapsed = started.elapsed();
-        for (mut w, result) in written.into_iter().zip(results) {
-            let (shared, calls) = (&*w.member.shared, &mut *w.calls);
-            if let Err(e) = result {
-                let path = w.io.path();
-                calls.fail(shared, annotate(e, &path));
-                continue;
-            }
-            w.io.mark_synced(shared, &mut calls.scratch.synced);
-            w.io.timing.record(w.bytes, elapsed);
-            tracing::trace!(target: SYNC_TRACE, dir = %w.io.dir.display(), micros = elapsed.as_micros() as u64, "log synced");
-            drop(w.io);
-            shared.publish(&mut calls.scratch.batch, &calls.scratch.synced);
-            calls.report(shared, w.seq);
-        }
-    }
-
-    /// Syncs the files: the first here, the others on the pool, all at once.
-    fn sync_all(&self, handles: Vec<io::Result<Option<File>>>) -> Vec<io::Result<()>> {
-        let mut results: Vec<io::Result<()>> = Vec::with_capacity(handles.len());
-        let (done, answers) = mpsc::channel();
-        let mut mine = None;
-        let mut queued = 0;
-        for (index, handle) in handles.into_iter().enumerate() {
-            results.push(Ok(()));
-            match handle {
-                Err(e) => results[index] = Err(e),
-                Ok(None) => {}
-                Ok(Some(file)) => match (&mine, &self.jobs) {
-                    (None, _) => mine = Some((index, file)),
-                    (Some(_), Some(jobs)) => match jobs.send(SyncJob { file, index, done: done.clone() }) {
-                        Ok(()) => queued += 1,
-                        Err(_) => results[index] = Err(io::Error::other("the journal's sync pool stopped")),
-                    },
-                    (Some(_), None) => results[index] = file.sync_data(),
-                },
-            }
-        }
-        if let Some((index, file)) = mine {
-            results[index] = file.sync_data();
-        }
-        for (index, result) in answers.iter().take(queued) {
-            results[index] = result;
-        }
-        results
+        st = group.work.wait(st).unwrap_or_else(|e| e.into_inner());
     }
 }
 
-/// Takes `member`'s pending batch and writes it (unsynced); None if nothing was pending or the
-/// write failed (which fails the member).
-fn write<'a>(member: &'a MemberState, mut io: MutexGuard<'a, LogIo>) -> Option<Written<'a>> {
+/// Writes and syncs `member`'s pending batch and reports it durable, as its own writer would;
+/// an I/O error or a panic (its `on_durable`'s) stops the member. The log's lock orders this
+/// after any batch its protocol thread is writing inline.
+fn write_batch(member: &MemberState, calls: &mut Calls) {
     let shared = &*member.shared;
-    let mut calls = lock(&member.calls);
-    let scratch = &mut calls.scratch;
-    let seq = shared.take(&mut scratch.batch)?;
-    scratch.synced.clear();
-    let bytes = scratch.batch.iter().map(|s| s.data.len() as u64).sum();
-    if let Err(e) = io.write_segments(shared, &scratch.batch, &mut scratch.synced) {
-        scratch.batch.clear();
-        calls.fail(shared, e);
-        return None;
-    }
-    Some(Written { member, calls, io, seq, bytes })
-}
-
-/// A sync thread: syncs files until the writer ends.
-fn sync_files(queue: &Mutex<Receiver<SyncJob>>) {
-    loop {
-        let job = lock(queue).recv();
-        let Ok(job) = job else { return };
-        let result = job.file.sync_data();
-        // The writer waits for every answer: a send fails only if it panicked meanwhile.
-        let _ = job.done.send((job.index, result));
+    let written = catch_unwind(AssertUnwindSafe(|| shared.write_pending(&mut shared.lock_io(), &mut calls.scratch)));
+    match written {
+        Ok(Ok(Some(seq))) => calls.report(shared, seq),
+        Ok(Ok(None)) => {}
+        Ok(Err(e)) => calls.fail(shared, e),
+        Err(panic) => calls.fail(shared, io::Error::other(format!("the journal writer panicked: {}", panic_message(&*panic)))),
     }
 }
