@@ -26,7 +26,7 @@
 //! (`rsl-kv cluster --rings n`: the three processes each host n rings, and the load generator
 //! spreads the same requests in flight over the n rings' primaries), 64-byte requests,
 //! fdatasync on, at `CLUSTER_BENCH_IN_FLIGHT` requests in flight (default `64,256`): 1 ring, n
-//! rings with a journal writer thread per ring, n rings sharing one writer per process
+//! rings with a journal writer thread per ring, n rings sharing their process's writer threads
 //! (`--journal-writer`), back to back, `CLUSTER_BENCH_ROUNDS` times. It prints each run
 //! (aggregate and per-ring req/s, p50/p99), the aggregate ratios n rings / 1 ring, and the
 //! load average.
@@ -215,7 +215,7 @@ fn many_rings(exe: &str, rings: u16) {
     let configs: Vec<(String, Vec<String>)> = vec![
         ("1 ring".into(), flags(1, "per-ring")),
         (format!("{rings} rings, a writer per ring"), flags(rings, "per-ring")),
-        (format!("{rings} rings, one shared writer"), flags(rings, "shared")),
+        (format!("{rings} rings, shared writers"), flags(rings, "shared")),
     ];
     println!("# load average before: {}", load_average());
     let mut port = 26_000u16;

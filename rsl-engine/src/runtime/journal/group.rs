@@ -14,8 +14,8 @@
 //! Fail-stop: a member's write or sync error stops that member alone (its journal answers
 //! `Stopped`, its `on_error` is told once, its batch is never reported durable). The other
 //! members' batches are in other files, made durable by their own syncs, and are reported as
-//! usual. So is a panic while writing a member's batch (a panicking `on_durable`): it stops
-//! that member.
+//! usual. A panic while writing a member's batch (a panicking `on_durable`) stops that member
+//! alone too.
 
 use super::{Scratch, Shared};
 use crate::runtime::panic_message;
