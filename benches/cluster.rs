@@ -22,6 +22,15 @@
 //! log on `/dev/shm`) and with it (`msync`, the log on the disk of the temporary directory:
 //! on tmpfs an msync writes nothing), at 1, 256 and 1024 requests in flight, each point the
 //! three modes back to back, `CLUSTER_BENCH_ROUNDS` times, with the load average.
+//!
+//! `CLUSTER_BENCH_RINGS=<n>` (n > 1) compares one ring per process with n rings per process
+//! (`rsl-kv cluster --rings n`: the three processes each host n rings, and the load generator
+//! spreads the same requests in flight over the n rings' primaries), 64-byte requests,
+//! fdatasync on, at `CLUSTER_BENCH_IN_FLIGHT` requests in flight (default `64,256`): 1 ring, n
+//! rings with a journal writer thread per ring, n rings sharing their process's writer threads
+//! (`--journal-writer`), back to back, `CLUSTER_BENCH_ROUNDS` times. It prints each run
+//! (aggregate and per-ring req/s, p50/p99), the aggregate ratios n rings / 1 ring, and the
+//! load average.
 
 use std::process::Command;
 
@@ -62,6 +71,9 @@ fn main() {
     }
     if std::env::var("CLUSTER_BENCH_NVM").is_ok_and(|v| v == "1") {
         return journals(&exe);
+    }
+    if let Ok(rings) = std::env::var("CLUSTER_BENCH_RINGS") {
+        return many_rings(&exe, rings.parse().expect("CLUSTER_BENCH_RINGS is a number"));
     }
     let (secs, version, window) =
         (env_or("CLUSTER_BENCH_SECS", "10"), env_or("CLUSTER_BENCH_VERSION", "6"), env_or("CLUSTER_BENCH_WINDOW", "1"));
@@ -201,6 +213,53 @@ fn journals(exe: &str) {
     }
 }
 
+/// One ring per process against `rings` rings per process, alternately: the same requests in
+/// flight in total.
+fn many_rings(exe: &str, rings: u16) {
+    assert!(rings > 1, "CLUSTER_BENCH_RINGS: compare 1 ring with more");
+    let secs = env_or("CLUSTER_BENCH_SECS", "10");
+    let rounds: usize = env_or("CLUSTER_BENCH_ROUNDS", "2").parse().expect("CLUSTER_BENCH_ROUNDS is a number");
+    let in_flight = env_or("CLUSTER_BENCH_IN_FLIGHT", "64,256");
+    let flags = |n: u16, writer: &str| vec!["--rings".to_string(), n.to_string(), "--journal-writer".into(), writer.into()];
+    let configs: Vec<(String, Vec<String>)> = vec![
+        ("1 ring".into(), flags(1, "per-ring")),
+        (format!("{rings} rings, a writer per ring"), flags(rings, "per-ring")),
+        (format!("{rings} rings, shared writers"), flags(rings, "shared")),
+    ];
+    println!("# load average before: {}", load_average());
+    let mut port = 26_000u16;
+    let mut rows = Vec::new();
+    for outstanding in in_flight.split(',').map(|n| n.trim().to_string()) {
+        let mut runs: Vec<Vec<Run>> = configs.iter().map(|_| Vec::new()).collect();
+        for _ in 0..rounds {
+            for ((_, extra), into) in configs.iter().zip(runs.iter_mut()) {
+                let mut flags: Vec<String> =
+                    ["--duration", &secs, "--size", "64", "--outstanding", &outstanding].into_iter().map(String::from).collect();
+                flags.extend(extra.iter().cloned());
+                // Each run's ports: 10 per ring.
+                port += 10 * rings + 10;
+                let json = run_cluster(exe, port, &flags);
+                println!("{json}");
+                into.push(Run::of(&json));
+            }
+        }
+        rows.push((outstanding, runs));
+    }
+    println!("# load average after: {}", load_average());
+    let names: Vec<&str> = configs.iter().map(|(name, _)| name.as_str()).collect();
+    println!(
+        "# in_flight | per configuration: aggregate req/s (p50/p99 µs, replica CPU µs/request) [per ring req/s] ... | ratios to 1 ring"
+    );
+    println!("# configurations: {}", names.join(" | "));
+    for (outstanding, runs) in rows {
+        let show = |runs: &[Run]| runs.iter().map(Run::show).collect::<Vec<_>>().join(", ");
+        let total = |runs: &[Run]| runs.iter().map(|r| r.ops).sum::<f64>();
+        let ratios: Vec<String> = runs[1..].iter().map(|r| format!("{:.2}", total(r) / total(&runs[0]).max(1.0))).collect();
+        let shown: Vec<String> = runs.iter().map(|r| show(r)).collect();
+        println!("# {outstanding:>5} | {} | {}", shown.join(" | "), ratios.join(", "));
+    }
+}
+
 /// One `rsl-kv cluster` run's figures.
 struct Run {
     ops: f64,
@@ -209,9 +268,21 @@ struct Run {
     /// The three replicas' CPU time per request, in µs: a busy machine changes it less than
     /// the throughput.
     cpu: f64,
+    /// Each ring's req/s (`--rings`).
+    per_ring: Vec<f64>,
 }
 
 impl Run {
+    /// Aggregate req/s (p50/p99 µs, CPU µs/request), then each ring's req/s if several.
+    fn show(&self) -> String {
+        let mut s = format!("{:.0} ({:.0}/{:.0}, {:.1})", self.ops, self.p50, self.p99, self.cpu);
+        if self.per_ring.len() > 1 {
+            let each: Vec<String> = self.per_ring.iter().map(|o| format!("{o:.0}")).collect();
+            s += &format!(" [{}]", each.join(" "));
+        }
+        s
+    }
+
     /// The figures of one `rsl-kv cluster --json` line.
     fn of(json: &str) -> Run {
         Run {
@@ -219,6 +290,9 @@ impl Run {
             p50: field(json, "p50_us"),
             p99: field(json, "p99_us"),
             cpu: field(json, "replica_cpu_us_per_request"),
+            per_ring: json.split_once("\"per_ring\":").map_or_else(Vec::new, |(_, rings)| {
+                rings.split('}').filter(|r| r.contains("ops_per_sec")).map(|r| field(r, "ops_per_sec")).collect()
+            }),
         }
     }
 }

@@ -14,7 +14,7 @@ use rsl_engine::faults::{self, POINTS};
 use rsl_engine::format::checkpoint::{CheckpointReader, CheckpointWriter};
 use rsl_engine::format::{MemberSet, Version};
 use rsl_engine::runtime::api::node;
-use rsl_engine::runtime::{AdmitAll, InitError, ResponseCode, RslConfig, RslReplica, StateMachine};
+use rsl_engine::runtime::{AdmitAll, InitError, JournalGroup, ResponseCode, RslConfig, RslReplica, StateMachine};
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::{Ipv4Addr, TcpListener};
@@ -145,6 +145,8 @@ struct Disk {
     dir: tempfile::TempDir,
     port: u16,
     max_log_len_mb: u32,
+    /// The journal writer it shares with other rings of this process, if any.
+    journal_group: Option<JournalGroup>,
 }
 
 /// A running replica and what its state machine saw.
@@ -155,7 +157,7 @@ struct Running {
 
 impl Disk {
     fn new(max_log_len_mb: u32) -> Disk {
-        Disk { dir: tempfile::tempdir().unwrap(), port: free_port(), max_log_len_mb }
+        Disk { dir: tempfile::tempdir().unwrap(), port: free_port(), max_log_len_mb, journal_group: None }
     }
 
     fn start(&self) -> Result<Running, InitError> {
@@ -167,6 +169,7 @@ impl Disk {
             heart_beat_interval_sec: 1,
             new_leader_grace_period_sec: 1,
             max_log_len_mb: self.max_log_len_mb,
+            journal_group: self.journal_group.clone(),
             ..RslConfig::default()
         };
         let seen = Arc::new(Mutex::new(Seen::default()));
@@ -426,6 +429,39 @@ impl Drop for Reap {
 /// stops; the other two elect a primary and go on. Every write acknowledged by either
 /// primary is in the new primary's state, in order, and the old one, restarted on its
 /// directory, catches up to the same state.
+#[test]
+fn rings_sharing_a_journal_writer_fail_alone() {
+    let _scenario = fail::FailScenario::setup();
+    take_errors();
+    let group = JournalGroup::new();
+    let disks: Vec<Disk> = (0..3).map(|_| Disk { journal_group: Some(group.clone()), ..Disk::new(100) }).collect();
+    let rings: Vec<Running> = disks.iter().map(|d| d.start().unwrap()).collect();
+    let before = requests("a", 20, 20);
+    rings.iter().for_each(|r| r.write_acked(&before));
+    let sick = disks[0].dir.path().join("1");
+    fail::cfg(faults::JOURNAL_FSYNC, &format!("return(eio@{})", sick.display())).unwrap();
+    let mut rings = rings.into_iter();
+    let after = requests("b", 200, 20);
+    let (reason, acked) = rings.next().unwrap().write_until_failed(&after);
+    assert!(reason.contains("injected at journal::fsync") && reason.contains(&*sick.to_string_lossy()), "{reason}");
+    // The other rings of the process go on, on the same writer.
+    let later = requests("c", 50, 20);
+    let healthy: Vec<Running> = rings.collect();
+    healthy.iter().for_each(|r| r.write_acked(&later));
+    let errors = take_errors();
+    assert!(errors.len() == 1 && errors[0].contains("injected at journal::fsync"), "one error line: {errors:#?}");
+    fail::remove(faults::JOURNAL_FSYNC);
+    let healthy_acked: Vec<Vec<Vec<u8>>> = healthy.iter().map(|r| r.seen().acked.clone()).collect();
+    healthy.into_iter().for_each(|r| r.replica.unload());
+    // Every ring recovers what it acknowledged, the failed one too.
+    let submitted: BTreeSet<Vec<u8>> = before.iter().chain(&after).chain(&later).cloned().collect();
+    recovers(&disks[0], &acked, &submitted);
+    for (disk, acked) in disks[1..].iter().zip(&healthy_acked) {
+        assert_eq!(acked.len(), before.len() + later.len());
+        recovers(disk, acked, &submitted);
+    }
+}
+
 #[test]
 fn a_primary_whose_disk_fails_stops_and_the_ring_goes_on() {
     let _scenario = fail::FailScenario::setup();

@@ -2,6 +2,7 @@
 //! validation ranges (docs/spec/behavior.md §4, docs/spec/formats.md §11.2), and what it becomes for the core.
 
 use super::checkpoints::CheckpointAlerts;
+use super::journal::JournalGroup;
 use super::learn::LearnLimits;
 use super::nvm::Persistence;
 use super::shm_link::ShmOptions;
@@ -160,6 +161,11 @@ pub struct RslConfig {
     /// docs/rdma.md): TCP (the default), or a shared-memory ring set up over the TCP connection
     /// with each peer that accepts it (others keep TCP). Not with `tls`, nor `net_delay_us`.
     pub paxos_transport: PaxosTransport,
+    /// The journal writer threads this ring shares with other rings of the process (a
+    /// [`JournalGroup`] cloned into each ring's configuration): at most 8 for any number of
+    /// rings; each ring's records stay in its own log files. The file journal only. None (the
+    /// default): a writer thread per ring.
+    pub journal_group: Option<JournalGroup>,
 }
 
 /// Where the NVM journal's persistent log is, its size, and what makes it durable.
@@ -258,6 +264,7 @@ impl Default for RslConfig {
             net_delay_us: 0,
             ring_name: String::new(),
             nvm_journal: None,
+            journal_group: None,
             paxos_transport: PaxosTransport::Tcp,
         }
     }
@@ -566,6 +573,7 @@ mod tests {
             ring_name,
             nvm_journal,
             paxos_transport,
+            journal_group,
         );
         let doc = include_str!("../../../docs/migrating.md");
         let table = doc.split("## 6. `RSLConfigParam`, field by field").nth(1).expect("the field table in docs/migrating.md");

@@ -8,12 +8,18 @@
 //! next batch fills meanwhile. A protocol thread with nothing else to do may instead write the
 //! batch itself ([`Journal::flush`]): the writer would only be woken to wake it back.
 //!
+//! Journals of several rings in one process may share writer threads instead
+//! ([`JournalOptions::group`], `group`): a bounded number of them for any number of rings,
+//! each writing one ring's batch at a time into that ring's own files.
+//!
 //! In the NVM mode ([`JournalOptions::nvm`], `nvm`) a batch is durable once it is in the
 //! persistent log, which the protocol thread writes at each flush; the writer thread drains it
 //! into the same log files afterwards.
 
+mod group;
 mod map;
 mod nvm;
+pub use group::JournalGroup;
 pub use nvm::NvmOptions;
 
 use super::health::Timing;
@@ -63,6 +69,9 @@ pub struct JournalOptions {
     /// The NVM journal: a record is durable once in this persistent log, and drained into the
     /// log files afterwards. None: the file journal.
     pub nvm: Option<NvmOptions>,
+    /// The writer threads this journal shares with other journals of the process (the file
+    /// journal only: an NVM journal keeps its own). None: a writer thread of its own.
+    pub group: Option<JournalGroup>,
 }
 
 impl JournalOptions {
@@ -78,6 +87,7 @@ impl JournalOptions {
             seed: 0,
             timing: Arc::default(),
             nvm: None,
+            group: None,
         }
     }
 }
@@ -211,6 +221,8 @@ struct Shared {
     syncs: AtomicU64,
     /// NVM mode: how often an append found the persistent log full and waited for the writer.
     full_waits: AtomicU64,
+    /// The shared writer that writes this journal's batches, instead of a thread of its own.
+    group: Option<JournalGroup>,
     #[cfg(test)]
     fail_writes: std::sync::atomic::AtomicBool,
     /// NVM mode: the writer drains nothing more (a process that dies before it gets to).
@@ -226,6 +238,14 @@ impl Shared {
 
     fn lock_io(&self) -> MutexGuard<'_, LogIo> {
         self.io.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tells whichever writer serves this journal that a batch is pending.
+    fn wake(&self) {
+        match &self.group {
+            Some(group) => group.wake(self),
+            None => self.work.notify_one(),
+        }
     }
 
     /// Takes the pending batch and makes it durable, under `io` throughout; the highest persist
@@ -300,7 +320,8 @@ pub struct Journal {
     dir: PathBuf,
     max_logs: usize,
     max_pending_bytes: usize,
-    writer: Option<JoinHandle<()>>,
+    /// Who writes the batches; None once closed.
+    writer: Option<Writing>,
     /// The file appends go to, and its length counting what is still pending.
     file: u64,
     file_len: u64,
@@ -317,6 +338,14 @@ pub struct Journal {
     scratch: Scratch,
     /// NVM mode: the persistent log, written by this (the protocol) thread only.
     nvm: Option<nvm::NvmLog>,
+}
+
+/// Who writes a journal's batches.
+enum Writing {
+    /// A writer thread of its own.
+    Own(JoinHandle<()>),
+    /// The shared writer of a [`JournalGroup`], this journal being its member.
+    Shared(group::Member),
 }
 
 /// When the current log rolls over (§8.6).
@@ -421,6 +450,8 @@ impl Journal {
         assert_eq!(log.len(), file_len, "appends resume after the last good record");
         let io = LogIo { dir: opts.dir.clone(), sync: opts.sync, file, log, dirty: false, timing: opts.timing.clone() };
         let state = State { index: kept.into_iter().map(indexed).collect(), ..State::default() };
+        // The NVM journal's writer drains the persistent log: a thread of its own.
+        let group = opts.group.clone().filter(|_| nvm.is_none());
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
             io: Mutex::new(io),
@@ -429,19 +460,26 @@ impl Journal {
             drained: Condvar::new(),
             syncs: AtomicU64::new(0),
             full_waits: AtomicU64::new(0),
+            group: group.clone(),
             #[cfg(test)]
             fail_writes: Default::default(),
             #[cfg(test)]
             hold_drain: Default::default(),
         });
-        let source = opts.nvm.as_ref().filter(|_| nvm.is_some()).map(|n| nvm::LogSource::open(&n.path)).transpose()?;
-        let writer = Writer { shared: shared.clone(), source };
-        // The writer's lines carry the replica's span, as its other threads' do.
-        let span = tracing::Span::current();
-        let writer = std::thread::Builder::new()
-            .name("rsl-journal".into())
-            .spawn(move || span.in_scope(|| writer.run(on_durable, on_error)))
-            .map_err(io_err(&opts.dir))?;
+        let writer = match group {
+            Some(group) => Writing::Shared(group.join(&shared, on_durable, on_error).map_err(io_err(&opts.dir))?),
+            None => {
+                let source = opts.nvm.as_ref().filter(|_| nvm.is_some()).map(|n| nvm::LogSource::open(&n.path)).transpose()?;
+                let writer = Writer { shared: shared.clone(), source };
+                // The writer's lines carry the replica's span, as its other threads' do.
+                let span = tracing::Span::current();
+                let writer = std::thread::Builder::new()
+                    .name("rsl-journal".into())
+                    .spawn(move || span.in_scope(|| writer.run(on_durable, on_error)))
+                    .map_err(io_err(&opts.dir))?;
+                Writing::Own(writer)
+            }
+        };
         let journal = Journal {
             shared,
             max_logs: opts.max_logs,
@@ -479,7 +517,7 @@ impl Journal {
         }
         let mut st = shared.lock();
         while st.batch_bytes > self.max_pending_bytes && !st.stopped {
-            shared.work.notify_one();
+            shared.wake();
             st = shared.room.wait(st).unwrap_or_else(|e| e.into_inner());
         }
         if st.stopped {
@@ -523,7 +561,7 @@ impl Journal {
         st.batch_seq = seq;
         drop(st);
         if !self.deferred {
-            shared.work.notify_one();
+            shared.wake();
         }
         self.last_seq = seq;
         debug_assert!(self.file_len.is_multiple_of(512), "records are whole pages");
@@ -572,7 +610,7 @@ impl Journal {
                 }
             }
         }
-        self.shared.work.notify_one();
+        self.shared.wake();
         None
     }
 
@@ -676,7 +714,14 @@ impl Journal {
     }
 
     fn shutdown(&mut self) -> Result<(), JournalError> {
-        let Some(writer) = self.writer.take() else { return Ok(()) };
+        let writer = match self.writer.take() {
+            None => return Ok(()),
+            Some(Writing::Shared(member)) => {
+                member.leave(&self.shared);
+                return self.closed();
+            }
+            Some(Writing::Own(writer)) => writer,
+        };
         if let Some(log) = self.nvm.as_mut() {
             if let Err(e) = self.shared.persist_batch(log) {
                 self.shared.stop(&e);
@@ -693,6 +738,11 @@ impl Journal {
                 self.shared.stop(&e);
             }
         }
+        self.closed()
+    }
+
+    /// After the writer is done: `Stopped` if it had failed.
+    fn closed(&self) -> Result<(), JournalError> {
         let st = self.shared.lock();
         assert!(st.stopped || st.batch.is_empty(), "close flushes every append");
         if st.stopped {
@@ -1131,6 +1181,9 @@ mod tests {
 
     /// The NVM mode's tests, with these helpers.
     mod nvm_mode;
+
+    /// Journals sharing a writer thread.
+    mod shared_writer;
 
     fn logs_in(dir: &Path) -> Vec<u64> {
         list_logs(dir).unwrap().into_iter().map(|(d, _)| d).collect()

@@ -36,6 +36,7 @@ mod view;
 pub use api::{Admission, AdmitAll, InitError, ReplicaHealth, ResponseCode, StateMachine, Stats};
 pub use config::{CatchUp, ConfigError, NvmJournal, PaxosTransport, RslConfig};
 pub use health::Timed;
+pub use journal::JournalGroup;
 pub use nvm::Persistence;
 pub use replica::RslReplica;
 pub use view::ReplicaView;

@@ -178,6 +178,7 @@ impl RslReplica {
             seed: seed(&me.id),
             timing: shared.log_writes.clone(),
             nvm: cfg.nvm_options(&dir),
+            group: cfg.journal_group.clone(),
         };
         let (journal, logged) = Journal::open(opts, loaded, on_durable, on_error).map_err(|e| storage(&e))?;
         core.restore_defunct(read_defunct(&dir).map_err(|e| storage(&e))?);

@@ -23,6 +23,10 @@ const SIZES: RangeInclusive<usize> = 19..=1 << 20;
 const OUTSTANDING: RangeInclusive<usize> = 1..=65_536;
 /// A replica serves 1024 client connections at once (`server::MAX_CLIENTS`).
 const CONNECTIONS: RangeInclusive<usize> = 1..=1024;
+/// Rings per replica process (`rsl-kv replica --rings`).
+const RINGS: RangeInclusive<u16> = 1..=32;
+/// `rsl-kv replica --rings` shifts ring k's ports by this times k.
+const RING_SHIFT: u16 = 10;
 /// Starts on free ports: a port another program takes between the pick and the bind costs
 /// one attempt.
 const ATTEMPTS: usize = 3;
@@ -40,8 +44,26 @@ fn validate(args: &ClusterArgs) -> Result<(), String> {
     if args.keys == 0 {
         return Err("--keys 0: must be at least 1".into());
     }
+    within("--rings", args.rings, RINGS)?;
     if let Some(base) = args.base_port {
         fixed_ports(base, args.replicas)?;
+    }
+    if args.rings > 1 {
+        check_rings(args)?;
+    }
+    Ok(())
+}
+
+/// Several rings per process take fixed ports: ring k's are the first ring's shifted by 10k,
+/// so a replica's three ports must fit in the shift and the last ring's within u16.
+fn check_rings(args: &ClusterArgs) -> Result<(), String> {
+    let Some(base) = args.base_port else { return Err(format!("--rings {}: needs --base-port", args.rings)) };
+    if 3 * args.replicas > usize::from(RING_SHIFT) {
+        return Err(format!("--rings {}: at most 3 replicas (ring k's ports are shifted by {RING_SHIFT}k)", args.rings));
+    }
+    let last = u64::from(base) + u64::from(RING_SHIFT) * u64::from(args.rings - 1) + 3 * args.replicas as u64 - 1;
+    if last > u64::from(u16::MAX) {
+        return Err(format!("--base-port {base}: {} rings need ports up to {last}, within 1..=65535", args.rings));
     }
     Ok(())
 }
@@ -182,6 +204,7 @@ fn start(args: &ClusterArgs, dir: &std::path::Path, ports: &[Ports], tls: Option
         cmd.args(["replica", "--id", &ids[i], "--port", &p.paxos.to_string(), "--client-port", &p.client.to_string()])
             .args(["--members", &members.join(","), "--version", &args.version.to_string(), "--window", &args.window.to_string()])
             .args(["--net-delay-us", &args.net_delay_us.to_string(), "--transport", &args.transport.to_string()])
+            .args(["--rings", &args.rings.to_string(), "--journal-writer", &args.journal_writer.to_string()])
             .arg("--dir")
             .arg(dir)
             .arg("--ignore-sigint")
@@ -210,10 +233,10 @@ fn start(args: &ClusterArgs, dir: &std::path::Path, ports: &[Ports], tls: Option
     }
     let until = Instant::now() + READY_TIMEOUT;
     // Per replica: one with several rings prints a line for each.
-    let mut ready = vec![false; ports.len()];
-    while ready.contains(&false) {
+    let mut waiting = vec![args.rings; ports.len()];
+    while waiting.iter().any(|&w| w > 0) {
         match listening.recv_timeout(until.saturating_duration_since(Instant::now())) {
-            Ok(Report::Listening(i)) => ready[i] = true,
+            Ok(Report::Listening(i)) => waiting[i] = waiting[i].saturating_sub(1),
             Ok(Report::Closed(i)) => {
                 let status = procs.0[i].wait().map_or_else(|e| e.to_string(), |s| s.to_string());
                 let why = stderr[i].take().and_then(|t| t.join().ok()).unwrap_or_default();
@@ -223,7 +246,7 @@ fn start(args: &ClusterArgs, dir: &std::path::Path, ports: &[Ports], tls: Option
             Err(_) => {
                 return Err(format!(
                     "{} of {} replicas listening after {READY_TIMEOUT:?}",
-                    ready.iter().filter(|&&r| r).count(),
+                    waiting.iter().filter(|&&w| w == 0).count(),
                     ports.len()
                 ))
             }
@@ -306,23 +329,40 @@ fn cpu_us(pids: &[u32]) -> u64 {
     pids.iter().filter_map(ticks).sum::<u64>() * 10_000
 }
 
+/// Ring k's client addresses: the first ring's shifted by 10k.
+fn ring_clients(clients: &[SocketAddr], k: u16) -> Vec<SocketAddr> {
+    clients.iter().map(|a| SocketAddr::new(a.ip(), a.port() + RING_SHIFT * k)).collect()
+}
+
+/// Ring k's share of `total` (requests in flight, connections): as even as it divides, each
+/// ring at least one.
+fn share(total: usize, rings: u16, k: u16) -> usize {
+    let (rings, k) = (usize::from(rings), usize::from(k));
+    (total / rings + usize::from(k < total % rings)).max(1)
+}
+
 async fn drive(args: &ClusterArgs, clients: Vec<SocketAddr>, pids: &[u32]) -> Result<(), String> {
-    let primary = client::wait_for_primary(&clients, Duration::from_secs(60)).await.ok_or("no primary was elected within 60 s")?;
-    if !args.json {
-        eprintln!("{} replicas up, primary at {primary}; {} requests of {} B in flight", clients.len(), args.outstanding, args.size);
+    let rings: Vec<Vec<SocketAddr>> = (0..args.rings).map(|k| ring_clients(&clients, k)).collect();
+    let mut primaries = Vec::new();
+    for (k, addrs) in rings.iter().enumerate() {
+        let primary = client::wait_for_primary(addrs, Duration::from_secs(60)).await;
+        primaries.push(primary.ok_or(format!("ring {k}: no primary was elected within 60 s"))?);
     }
-    let spec = LoadSpec {
-        outstanding: args.outstanding,
-        connections: args.connections.min(args.outstanding),
-        size: args.size,
-        keys: args.keys,
-        start: 0,
-        requests: None,
-        record_acked: false,
-    };
+    if !args.json {
+        let on = primaries.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        eprintln!("{} replicas up, primaries at {on}; {} requests of {} B in flight", clients.len(), args.outstanding, args.size);
+    }
     let progress = Arc::new(Progress::default());
     let cpu_before = cpu_us(pids);
-    let load = tokio::spawn(client::load(clients.clone(), spec, progress.clone()));
+    let loads: Vec<_> = (0..args.rings)
+        .map(|k| {
+            let outstanding = share(args.outstanding, args.rings, k);
+            let connections = share(args.connections, args.rings, k).min(outstanding);
+            let spec =
+                LoadSpec { outstanding, connections, size: args.size, keys: args.keys, start: 0, requests: None, record_acked: false };
+            tokio::spawn(client::load(rings[usize::from(k)].clone(), spec, progress.clone()))
+        })
+        .collect();
     let started = Instant::now();
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.tick().await;
@@ -350,29 +390,47 @@ async fn drive(args: &ClusterArgs, clients: Vec<SocketAddr>, pids: &[u32]) -> Re
         }
     }
     progress.stop.store(true, Relaxed);
-    let result = load.await.map_err(|e| e.to_string())?;
+    let mut results = Vec::new();
+    for load in loads {
+        results.push(load.await.map_err(|e| e.to_string())?);
+    }
+    let mut lat = client::histogram();
+    results.iter().for_each(|r| lat.add(&r.latency_us).expect("same bounds"));
+    let elapsed = results.iter().map(|r| r.elapsed).max().unwrap_or_default();
     // The replicas' CPU per request: what a busy shared machine's load changes least.
-    let cpu_per_request = cpu_us(pids).saturating_sub(cpu_before) as f64 / result.latency_us.len().max(1) as f64;
-    let lat = &result.latency_us;
-    let ops = lat.len() as f64 / result.elapsed.as_secs_f64();
-    let agree = agreement(&clients).await;
+    let cpu_per_request = cpu_us(pids).saturating_sub(cpu_before) as f64 / lat.len().max(1) as f64;
+    let ops = lat.len() as f64 / elapsed.as_secs_f64();
+    let mut agree = Ok(0);
+    for addrs in &rings {
+        agree = agree.and(agreement(addrs).await);
+    }
     if args.json {
         let nvm = match args.nvm {
             None => "off".to_string(),
             Some(_) => format!("{:?}", args.nvm_persistence),
         };
+        // Each ring's figures after the totals, whose names a reader finds first.
+        let per_ring: Vec<String> = results
+            .iter()
+            .map(|r| {
+                let (l, secs) = (&r.latency_us, r.elapsed.as_secs_f64());
+                format!(
+                    "{{\"ops_per_sec\":{:.0},\"p50_us\":{},\"p99_us\":{}}}",
+                    l.len() as f64 / secs,
+                    l.value_at_quantile(0.5),
+                    l.value_at_quantile(0.99)
+                )
+            })
+            .collect();
         println!(
-            "{{\"requests\":{},\"seconds\":{:.3},\"ops_per_sec\":{:.0},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"size\":{},\"outstanding\":{},\"sync\":{},\"version\":{},\"window\":{},\"net_delay_us\":{},\"exclusive_votes\":{},\"replica_cpu_us_per_request\":{:.2},\"tls\":{},\"nvm\":\"{}\",\"replicas_agree\":{}}}",
-            lat.len(), result.elapsed.as_secs_f64(), ops, lat.value_at_quantile(0.5), lat.value_at_quantile(0.99), lat.value_at_quantile(0.999),
-            args.size, args.outstanding, !args.no_sync, args.version, args.window, args.net_delay_us, args.exclusive_votes, cpu_per_request, args.tls, nvm, agree.is_ok()
+            "{{\"requests\":{},\"seconds\":{:.3},\"ops_per_sec\":{:.0},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"size\":{},\"outstanding\":{},\"sync\":{},\"version\":{},\"window\":{},\"net_delay_us\":{},\"exclusive_votes\":{},\"replica_cpu_us_per_request\":{:.2},\"tls\":{},\"nvm\":\"{}\",\"replicas_agree\":{},\"rings\":{},\"per_ring\":[{}]}}",
+            lat.len(), elapsed.as_secs_f64(), ops, lat.value_at_quantile(0.5), lat.value_at_quantile(0.99), lat.value_at_quantile(0.999),
+            args.size, args.outstanding, !args.no_sync, args.version, args.window, args.net_delay_us, args.exclusive_votes, cpu_per_request, args.tls, nvm, agree.is_ok(),
+            args.rings, per_ring.join(",")
         );
     } else {
         eprintln!();
-        println!(
-            "{} requests in {:.1} s: {ops:.0} req/s, {cpu_per_request:.1} µs of replica CPU each",
-            lat.len(),
-            result.elapsed.as_secs_f64()
-        );
+        println!("{} requests in {:.1} s: {ops:.0} req/s, {cpu_per_request:.1} µs of replica CPU each", lat.len(), elapsed.as_secs_f64());
         println!(
             "latency p50 {}  p99 {}  p999 {}  max {}",
             ms(lat.value_at_quantile(0.5)),
@@ -380,6 +438,11 @@ async fn drive(args: &ClusterArgs, clients: Vec<SocketAddr>, pids: &[u32]) -> Re
             ms(lat.value_at_quantile(0.999)),
             ms(lat.max())
         );
+        for (k, r) in results.iter().enumerate().filter(|_| args.rings > 1) {
+            let l = &r.latency_us;
+            let ops = l.len() as f64 / r.elapsed.as_secs_f64();
+            println!("ring {k}: {ops:.0} req/s, p50 {}  p99 {}", ms(l.value_at_quantile(0.5)), ms(l.value_at_quantile(0.99)));
+        }
         match &agree {
             Ok(digest) => println!("all {} replicas hold the same state (digest {digest:016x})", clients.len()),
             Err(e) => println!("replicas disagree: {e}"),

@@ -113,6 +113,13 @@ pub struct ClusterArgs {
     /// What carries Paxos packets between the replicas: tcp, shm (shared-memory rings) or rdma.
     #[arg(long, value_enum, default_value_t = server::TransportArg::Tcp)]
     transport: server::TransportArg,
+    /// Independent rings in each replica process (needs `--base-port`; ring k's ports are
+    /// shifted by 10k): the requests in flight are spread over the rings' primaries.
+    #[arg(long, default_value_t = 1)]
+    rings: u16,
+    /// With several rings: journal writer threads the rings share (`shared`) or one per ring.
+    #[arg(long, value_enum, default_value_t = server::JournalWriter::Shared)]
+    journal_writer: server::JournalWriter,
 }
 
 /// Logs to stderr as `RSL_LOG` filters them, in the format `RSL_LOG_FORMAT` names.

@@ -6,7 +6,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use clap::Args;
 use rsl_engine::format::{MemberId, MemberSet, Node, Version};
 use rsl_engine::runtime::transport::{accept_each, grow_within, Budget, RateLimited};
-use rsl_engine::runtime::{AdmitAll, NvmJournal, PaxosTransport, Persistence, ResponseCode, RslConfig, RslReplica};
+use rsl_engine::runtime::{AdmitAll, JournalGroup, NvmJournal, PaxosTransport, Persistence, ResponseCode, RslConfig, RslReplica};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
@@ -80,6 +80,11 @@ pub struct ReplicaArgs {
     /// in `<dir>/ring<k>`.
     #[arg(long, default_value_t = 1)]
     pub rings: u16,
+    /// Who writes the rings' journals: writer threads the rings share (`shared`: at most 8
+    /// for any number of rings, each ring's records in its own files) or a thread per ring
+    /// (`per-ring`).
+    #[arg(long, value_enum, default_value_t = JournalWriter::Shared)]
+    pub journal_writer: JournalWriter,
     /// Stop on SIGTERM only: `rsl-kv cluster` stops its replicas itself after Ctrl-C, once it
     /// has checked that they agree.
     #[arg(long, hide = true)]
@@ -100,6 +105,22 @@ pub struct ReplicaArgs {
     pub metrics: Option<SocketAddr>,
     #[command(flatten)]
     pub nvm: NvmArgs,
+}
+
+/// `--journal-writer`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JournalWriter {
+    Shared,
+    PerRing,
+}
+
+impl std::fmt::Display for JournalWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            JournalWriter::Shared => "shared",
+            JournalWriter::PerRing => "per-ring",
+        })
+    }
 }
 
 /// The NVM journal's flags.
@@ -199,6 +220,7 @@ pub fn run(args: ReplicaArgs) -> Result<u8, String> {
         println!("metrics on {bound}");
     }
     let mut replicas = Vec::new();
+    let group = (args.rings > 1 && args.journal_writer == JournalWriter::Shared).then(JournalGroup::new);
     for k in 0..args.rings {
         let mut ring = args.clone();
         if args.rings > 1 {
@@ -214,7 +236,7 @@ pub fn run(args: ReplicaArgs) -> Result<u8, String> {
             .map_err(|e| format!("cannot listen on {}:{} (client port): {e}", ring.host, ring.client_port))?;
         // The same on every replica of the ring: logs and metrics group by it.
         let ring_name = format!("ring{k}");
-        let (replica, server) = start(ring.clone(), &ring_name)?;
+        let (replica, server) = start(ring.clone(), &ring_name, group.clone())?;
         // The client port's lines name the ring and member, as the replica's own do.
         let span = tracing::error_span!("rsl", ring = %ring_name, member = %ring.id);
         rt.spawn(server.accept(listener).instrument(span));
@@ -319,7 +341,7 @@ pub fn check_transport(transport: TransportArg, tls: bool, net_delay_us: u32) ->
 }
 
 /// Starts one ring's replica and the server for its clients.
-fn start(args: ReplicaArgs, ring_name: &str) -> Result<(Arc<RslReplica>, Server), String> {
+fn start(args: ReplicaArgs, ring_name: &str, journal_group: Option<JournalGroup>) -> Result<(Arc<RslReplica>, Server), String> {
     let version = check_protocol(args.version, args.window, args.net_delay_us)?;
     let tls = args.tls.settings()?;
     let paxos_transport = check_transport(args.transport, tls.is_some(), args.net_delay_us)?;
@@ -339,6 +361,7 @@ fn start(args: ReplicaArgs, ring_name: &str) -> Result<(Arc<RslReplica>, Server)
         ring_name: ring_name.to_string(),
         nvm_journal: args.nvm.journal(),
         paxos_transport,
+        journal_group,
         ..RslConfig::default()
     };
     let (clients, summary) = (Arc::new(Clients::default()), Arc::new(Summary::default()));
