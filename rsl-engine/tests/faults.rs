@@ -425,10 +425,8 @@ impl Drop for Reap {
     }
 }
 
-/// In a ring of three, the primary's log fsync fails (the fault names its directory): it
-/// stops; the other two elect a primary and go on. Every write acknowledged by either
-/// primary is in the new primary's state, in order, and the old one, restarted on its
-/// directory, catches up to the same state.
+/// Three rings share a journal writer; one ring's log fsync fails: it stops alone, the others
+/// go on acknowledging on the same writer, and each recovers all it acknowledged.
 #[test]
 fn rings_sharing_a_journal_writer_fail_alone() {
     let _scenario = fail::FailScenario::setup();
@@ -462,6 +460,10 @@ fn rings_sharing_a_journal_writer_fail_alone() {
     }
 }
 
+/// In a ring of three, the primary's log fsync fails (the fault names its directory): it
+/// stops; the other two elect a primary and go on. Every write acknowledged by either
+/// primary is in the new primary's state, in order, and the old one, restarted on its
+/// directory, catches up to the same state.
 #[test]
 fn a_primary_whose_disk_fails_stops_and_the_ring_goes_on() {
     let _scenario = fail::FailScenario::setup();

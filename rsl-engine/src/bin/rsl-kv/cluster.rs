@@ -45,6 +45,9 @@ fn validate(args: &ClusterArgs) -> Result<(), String> {
         return Err("--keys 0: must be at least 1".into());
     }
     within("--rings", args.rings, RINGS)?;
+    if args.outstanding < args.rings as usize {
+        return Err(format!("--outstanding {}: at least one request in flight per ring (--rings {})", args.outstanding, args.rings));
+    }
     if let Some(base) = args.base_port {
         fixed_ports(base, args.replicas)?;
     }

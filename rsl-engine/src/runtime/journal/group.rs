@@ -4,7 +4,9 @@
 //! A journal with a batch pending joins the group's ready queue (once, however often it is
 //! woken); a free writer takes it and writes and syncs its batch into that ring's own log files
 //! (the format is unchanged), exactly as a journal's own writer would, then reports it
-//! durable. Up to [`MAX_WRITERS`] rings' batches are written and synced at once: Linux cannot
+//! durable. A member stays scheduled while a writer has it: woken meanwhile, it goes to the
+//! back of the queue once that writer is done, so one member whose sync is slow (or hangs)
+//! holds one writer, never the whole pool. Up to [`MAX_WRITERS`] rings' batches are written and synced at once: Linux cannot
 //! `fdatasync` several files in one call short of `syncfs`, which would flush the whole file
 //! system, and this disk overlaps concurrent syncs well. The first design took every ring's
 //! batch in one pass and synced them together; each pass then waited for its slowest sync,
@@ -63,8 +65,12 @@ struct GroupState {
 struct MemberState {
     id: u64,
     shared: Arc<Shared>,
-    /// In the ready queue (changed under the group's lock).
+    /// In the ready queue or being written (changed under the group's lock).
     queued: AtomicBool,
+    /// Woken while a writer had it: queued again once that writer is done (under the lock).
+    again: AtomicBool,
+    /// The member's replica span: what its writers log names the ring.
+    span: tracing::Span,
     /// Held by whoever writes the member's batch: a writer, or the member itself once it left.
     calls: Mutex<Calls>,
 }
@@ -127,6 +133,8 @@ impl JournalGroup {
             st.ready.push_back(member);
             drop(st);
             self.inner.work.notify_one();
+        } else {
+            member.again.store(true, Relaxed);
         }
     }
 
@@ -142,7 +150,14 @@ impl JournalGroup {
         st.next_id += 1;
         let calls =
             Calls { on_durable: Box::new(on_durable), on_error: Some(Box::new(on_error)), scratch: Scratch::default(), reported: 0 };
-        let member = MemberState { id, shared: shared.clone(), queued: false.into(), calls: Mutex::new(calls) };
+        let member = MemberState {
+            id,
+            shared: shared.clone(),
+            queued: false.into(),
+            again: false.into(),
+            span: tracing::Span::current(),
+            calls: Mutex::new(calls),
+        };
         st.members.push(Arc::new(member));
         if st.writers < st.members.len().min(MAX_WRITERS) {
             let group = self.inner.clone();
@@ -158,6 +173,40 @@ impl JournalGroup {
         }
         debug_assert!(st.writers >= 1 && st.members.iter().filter(|m| m.id == id).count() == 1);
         Ok(Member { group: self.clone(), id })
+    }
+}
+
+#[cfg(test)]
+impl JournalGroup {
+    /// Holds `shared`'s writes, as a writer stuck in its sync would: no writer of the group
+    /// writes that member until the returned guard is dropped.
+    pub(super) fn hold_writes(&self, shared: &Shared) -> HeldWrites {
+        let member = self.inner.lock().members.iter().find(|m| std::ptr::eq(&*m.shared, shared)).expect("a member").clone();
+        let (locked, release) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+        let holder = std::thread::spawn(move || {
+            let _calls = lock(&member.calls);
+            locked.0.send(()).unwrap();
+            let _ = release.1.recv();
+        });
+        locked.1.recv().unwrap();
+        HeldWrites { release: Some(release.0), holder: Some(holder) }
+    }
+}
+
+/// [`JournalGroup::hold_writes`]'s guard.
+#[cfg(test)]
+pub(super) struct HeldWrites {
+    release: Option<std::sync::mpsc::Sender<()>>,
+    holder: Option<std::thread::JoinHandle<()>>,
+}
+
+#[cfg(test)]
+impl Drop for HeldWrites {
+    fn drop(&mut self) {
+        drop(self.release.take());
+        if let Some(holder) = self.holder.take() {
+            holder.join().unwrap();
+        }
     }
 }
 
@@ -188,19 +237,43 @@ impl Member {
     }
 }
 
-/// A writer thread: writes the ready members' batches until the group has no members.
+/// A writer thread: writes the ready members' batches until the group has no members. A
+/// panic outside `write_batch`'s own guard (a panicking `on_error`) stops that member and
+/// leaves this writer running: a pool whose threads died would leave live rings that never
+/// become durable.
 fn write_ready(group: &Group) {
     while let Some(member) = next_ready(group) {
-        write_batch(&member, &mut lock(&member.calls));
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| write_batch(&member, &mut lock(&member.calls)))) {
+            let why = panic_message(&*panic);
+            let _span = member.span.enter();
+            tracing::error!("the journal writer panicked: {why}");
+            member.shared.stop(&io::Error::other(format!("the journal writer panicked: {why}")));
+        }
+        done_with(group, &member);
     }
 }
 
-/// The oldest ready member; None (and this writer counted out) once there are no members.
+/// A writer is done with `member`: back in the queue if it was woken meanwhile and is still a
+/// member, unscheduled otherwise.
+fn done_with(group: &Group, member: &Arc<MemberState>) {
+    let mut st = group.lock();
+    debug_assert!(member.queued.load(Relaxed), "a member being written stays scheduled");
+    if member.again.swap(false, Relaxed) && st.members.iter().any(|m| m.id == member.id) {
+        st.ready.push_back(member.clone());
+        drop(st);
+        group.work.notify_one();
+    } else {
+        member.queued.store(false, Relaxed);
+    }
+}
+
+/// The oldest ready member, which stays scheduled until [`done_with`]; None (and this writer
+/// counted out) once there are no members.
 fn next_ready(group: &Group) -> Option<Arc<MemberState>> {
     let mut st = group.lock();
     loop {
         if let Some(member) = st.ready.pop_front() {
-            member.queued.store(false, Relaxed);
+            debug_assert!(member.queued.load(Relaxed), "a queued member is scheduled");
             return Some(member);
         }
         if st.members.is_empty() {
@@ -215,6 +288,7 @@ fn next_ready(group: &Group) -> Option<Arc<MemberState>> {
 /// an I/O error or a panic (its `on_durable`'s) stops the member. The log's lock orders this
 /// after any batch its protocol thread is writing inline.
 fn write_batch(member: &MemberState, calls: &mut Calls) {
+    let _span = member.span.enter();
     let shared = &*member.shared;
     let written = catch_unwind(AssertUnwindSafe(|| shared.write_pending(&mut shared.lock_io(), &mut calls.scratch)));
     match written {

@@ -120,3 +120,33 @@ fn a_failing_sync_fails_that_member_alone_and_names_its_file() {
     assert_eq!(replayed(dirs[0].path()), records_of(0, 1..=3));
     assert_eq!(replayed(dirs[2].path()), records_of(0, 1..=3));
 }
+
+/// A member whose sync hangs keeps one writer, however often it is woken meanwhile: the
+/// others still write the other members (with three members the group has three writers).
+#[test]
+fn a_member_whose_sync_hangs_holds_one_writer_not_the_pool() {
+    let (dirs, mut js) = members(3);
+    let group = js[0].journal.shared.group.clone().expect("a member of a group");
+    let held = group.hold_writes(&js[0].journal.shared);
+    for d in 1..=20 {
+        // Each append wakes the stuck member's writers again.
+        js[0].journal.append(d, &vote(d, 2)).unwrap();
+        std::thread::yield_now();
+    }
+    for d in 1..=20 {
+        for j in &mut js[1..] {
+            j.journal.append(d, &vote(d, 3)).unwrap();
+        }
+    }
+    for j in &js[1..] {
+        while j.durable.recv().unwrap() < 20 {}
+    }
+    assert!(js[0].durable.try_recv().is_err(), "the stuck member has nothing durable");
+    drop(held);
+    while js[0].durable.recv().unwrap() < 20 {}
+    for j in js {
+        j.journal.close().unwrap();
+    }
+    assert_eq!(replayed(dirs[0].path()), records_of(0, 1..=20));
+    assert_eq!(replayed(dirs[2].path()), records_of(1, 1..=20));
+}
