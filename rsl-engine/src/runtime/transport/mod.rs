@@ -361,6 +361,10 @@ struct SendQueue {
 struct Batch {
     packets: VecDeque<Bytes>,
     queued_at: VecDeque<tokio::time::Instant>,
+    /// The front packet's first bytes are on the wire: the rest must follow them on the same
+    /// connection, and never be dropped alone while it lasts (the peer would read the next
+    /// packet as the rest of this one).
+    front_started: bool,
 }
 
 impl Batch {
@@ -377,10 +381,12 @@ impl Batch {
         self.queued_at.push_back(tokio::time::Instant::now());
     }
 
-    /// Drops the packets queued before `cutoff`; returns how many and their bytes.
+    /// Drops the packets queued before `cutoff`; returns how many and their bytes. A started
+    /// front packet stays, and so does everything behind it: its write's own deadline fails the
+    /// connection instead.
     fn expire(&mut self, cutoff: tokio::time::Instant) -> (usize, usize) {
         let (mut packets, mut bytes) = (0, 0);
-        while self.queued_at.front().is_some_and(|at| *at < cutoff) {
+        while !self.front_started && self.queued_at.front().is_some_and(|at| *at < cutoff) {
             self.queued_at.pop_front();
             bytes += self.packets.pop_front().expect("one time per packet").len();
             packets += 1;
@@ -391,9 +397,20 @@ impl Batch {
 
     /// Removes `written` bytes from the front; returns how many packets completed.
     fn consume(&mut self, written: usize) -> usize {
-        let done = consume(&mut self.packets, written);
+        let (done, partial) = consume(&mut self.packets, written);
         self.queued_at.drain(..done);
+        self.front_started = partial || (self.front_started && done == 0);
         done
+    }
+
+    /// The connection ended: a started front packet cannot be finished on another one. Returns
+    /// its length if one was dropped.
+    fn drop_started(&mut self) -> Option<usize> {
+        if !std::mem::take(&mut self.front_started) {
+            return None;
+        }
+        self.queued_at.pop_front();
+        self.packets.pop_front().map(|p| p.len())
     }
 
     fn bytes(&self) -> usize {
@@ -464,12 +481,14 @@ impl Peer {
             return true;
         }
         // The rest goes to the task, which sends it first.
+        let len = packet.len() - sent;
+        q.bytes += len;
         if sent > 0 {
             packet.advance(sent);
             self.counters.sent(0, sent);
+            debug_assert!(q.packets.is_empty(), "only an empty queue lends its link");
+            q.packets.front_started = true;
         }
-        let len = packet.len();
-        q.bytes += len;
         q.packets.push(packet);
         debug_assert!(q.bytes <= max_queue_bytes);
         let first = q.packets.len() == 1;
@@ -499,9 +518,21 @@ impl Peer {
         }
     }
 
-    /// The connection ended: nothing may be sent through its link any more.
+    /// The connection ended: nothing may be sent through its link any more, and the rest of a
+    /// packet a sender began on it is dropped. The link is dropped outside the lock (a verbs
+    /// ring's teardown can take milliseconds, and senders wait on this lock).
     fn take_back_link(&self) {
-        self.queue.lock().expect("send queue poisoned").lent = None;
+        let mut q = self.queue.lock().expect("send queue poisoned");
+        let link = q.lent.take();
+        let dropped = q.packets.drop_started();
+        if let Some(len) = dropped {
+            q.bytes -= len;
+        }
+        drop(q);
+        drop(link);
+        if let Some(len) = dropped {
+            self.count_dropped(1, len);
+        }
     }
 
     /// Drops the queued packets older than `timeout` (RSL's send timeout), counting them.
@@ -790,24 +821,30 @@ async fn write_batch(peer: &Peer, link: &mut dyn PacketLink, batch: &mut Batch, 
         peer.counters.writing.fetch_sub(done as u64, Relaxed);
         peer.counters.sent(done, written);
     }
-    // TLS may hold the end of the batch until flushed; other links hold nothing.
-    std::future::poll_fn(|cx| link.poll_flush(cx)).await
+    // TLS may hold the end of the batch until flushed (other links hold nothing), under the
+    // same send timeout: a peer that stopped reading must fail the connection here too.
+    let flush = std::future::poll_fn(|cx| link.poll_flush(cx));
+    tokio::time::timeout(send_timeout, flush).await.map_err(|_| {
+        warn!(peer = %peer.addr, timeout = ?send_timeout, link = ?link.kind(), "a flush did not finish in time: the connection fails");
+        io::Error::new(io::ErrorKind::TimedOut, "send timeout")
+    })?
 }
 
-/// Removes `written` bytes from the front of `batch`; returns how many packets completed.
-fn consume(batch: &mut VecDeque<Bytes>, mut written: usize) -> usize {
+/// Removes `written` bytes from the front of `batch`; returns how many packets completed, and
+/// whether the write ended inside the next one.
+fn consume(batch: &mut VecDeque<Bytes>, mut written: usize) -> (usize, bool) {
     let mut done = 0;
     while written > 0 {
         let front = batch.front_mut().expect("the kernel wrote no more than it was given");
         if front.len() > written {
             front.advance(written);
-            break;
+            return (done, true);
         }
         written -= front.len();
         batch.pop_front();
         done += 1;
     }
-    done
+    (done, false)
 }
 
 /// A warning that repeats at most every [`RateLimited::EVERY`] (or a chosen interval),

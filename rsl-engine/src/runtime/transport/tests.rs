@@ -705,8 +705,51 @@ async fn an_unsent_packet_times_out_and_a_stalled_write_fails_the_connection() {
 #[test]
 fn consume_advances_across_packets() {
     let mut batch: VecDeque<Bytes> = [&b"abc"[..], b"de", b"fgh"].into_iter().map(Bytes::from_static).collect();
-    assert_eq!(consume(&mut batch, 4), 1);
+    assert_eq!(consume(&mut batch, 4), (1, true));
     assert_eq!(batch, [Bytes::from_static(b"e"), Bytes::from_static(b"fgh")]);
-    assert_eq!(consume(&mut batch, 4), 2);
+    assert_eq!(consume(&mut batch, 4), (2, false));
     assert!(batch.is_empty());
+}
+
+/// A link that takes `room` bytes of a packet, then nothing.
+struct Partial {
+    room: usize,
+}
+
+impl PacketLink for Partial {
+    fn kind(&self) -> LinkKind {
+        LinkKind::Tcp
+    }
+    fn try_send(&mut self, packet: &[u8]) -> usize {
+        let n = packet.len().min(self.room);
+        self.room -= n;
+        n
+    }
+    fn poll_send(&mut self, _: &mut std::task::Context<'_>, _: &[IoSlice<'_>]) -> std::task::Poll<io::Result<usize>> {
+        std::task::Poll::Pending
+    }
+}
+
+/// The rest of a packet a sender began on a lent link never goes out on another connection
+/// (the peer would read it as a header), nor is it expired alone on its own.
+#[test]
+fn the_rest_of_a_packet_begun_on_a_connection_ends_with_it() {
+    let peer = Peer::new("127.0.0.1:1".parse().unwrap());
+    peer.queue.lock().unwrap().lent = Some(Box::new(Partial { room: 10 }));
+    assert!(peer.enqueue(Bytes::from(vec![1u8; 30]), 1 << 20));
+    assert!(peer.enqueue(Bytes::from(vec![2u8; 5]), 1 << 20), "queued behind the rest");
+    {
+        let mut q = peer.queue.lock().unwrap();
+        assert_eq!((q.packets.len(), q.bytes, q.packets.front_started), (2, 25, true));
+        // However old, a started front is not expired: only the connection's end drops it.
+        let later = tokio::time::Instant::now() + Duration::from_secs(3600);
+        assert_eq!(q.packets.expire(later), (0, 0));
+    }
+    peer.take_back_link();
+    let q = peer.queue.lock().unwrap();
+    assert_eq!((q.packets.len(), q.bytes, q.packets.front_started), (1, 5, false), "only the whole packet is left");
+    assert_eq!(q.packets.packets[0], Bytes::from(vec![2u8; 5]));
+    assert!(q.lent.is_none());
+    drop(q);
+    assert_eq!(peer.counters.dropped_packets.load(Relaxed), 1);
 }
