@@ -52,6 +52,8 @@ pub fn checksum(data: &[u8]) -> u64 {
 
 /// Bytes in each of the two lanes of a block.
 const LANE: usize = 1024;
+// A lane is whole 16-byte steps: `chunks_exact` would otherwise drop its tail unseen.
+const _: () = assert!(LANE.is_multiple_of(SLICES));
 /// `x^(8·LANE)` mod the polynomial: multiplying a register by it advances it over `LANE` zero
 /// bytes.
 const OVER_LANE: u64 = x_pow_8n(LANE);

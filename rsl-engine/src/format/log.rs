@@ -508,7 +508,7 @@ mod tests {
     }
 
     #[test]
-    fn a_large_log_is_checked_on_all_cores_and_the_first_bad_record_wins() {
+    fn a_large_log_is_checked_on_several_cores_and_the_first_bad_record_wins() {
         let mut data = BytesMut::new();
         for d in 1..=40 {
             encode_record(&vote(d, &[7; 60 << 10]), &mut data).unwrap();
@@ -526,6 +526,26 @@ mod tests {
         data[30 * record + 1000] ^= 1;
         data[39 * record + 1000] ^= 1;
         assert_eq!(LogContents::scan(&data.freeze(), Mode::Restore).unwrap().data_len, 39 * record);
+    }
+
+    /// A corrupt length field in the middle of a log checked on several threads is the same
+    /// error, at the same offset, as one by one: never a torn tail.
+    #[test]
+    fn a_corrupt_length_checked_on_several_threads_is_the_same_error() {
+        let data = varied_log(40);
+        let at = scan_one_by_one(&data.clone().freeze(), Mode::Strict).unwrap().0[10].offset;
+        for length in [0u32, 7, 100_000, u32::MAX] {
+            let mut bad = data.clone();
+            bad[at + 2..at + 6].copy_from_slice(&length.to_le_bytes());
+            let bad = bad.freeze();
+            for mode in [Mode::Restore, Mode::Strict] {
+                let verifiers = Verifiers { batch: 4096, parallel_min: 0, workers: 3 };
+                let batched = LogContents::scan_with(&bad, mode, verifiers).map(|log| (log.records, log.data_len));
+                let one_by_one = scan_one_by_one(&bad, mode);
+                assert!(one_by_one.as_ref().is_err_and(|e| e.offset == at), "length {length}: {one_by_one:?}");
+                assert_eq!(batched, one_by_one, "length {length}, {mode:?}");
+            }
+        }
     }
 
     #[test]
