@@ -23,6 +23,9 @@
 //! on tmpfs an msync writes nothing), at 1, 256 and 1024 requests in flight, each point the
 //! three modes back to back, `CLUSTER_BENCH_ROUNDS` times, with the load average.
 //!
+//! `CLUSTER_BENCH_TARGETS=1` runs every figure issue 14 sets a target for, once each
+//! (`CLUSTER_BENCH_SECS`, default 8), and prints each against its target (`targets`).
+//!
 //! `CLUSTER_BENCH_RINGS=<n>` (n > 1) compares one ring per process with n rings per process
 //! (`rsl-kv cluster --rings n`: the three processes each host n rings, and the load generator
 //! spreads the same requests in flight over the n rings' primaries), 64-byte requests,
@@ -74,6 +77,9 @@ fn main() {
     }
     if let Ok(rings) = std::env::var("CLUSTER_BENCH_RINGS") {
         return many_rings(&exe, rings.parse().expect("CLUSTER_BENCH_RINGS is a number"));
+    }
+    if std::env::var("CLUSTER_BENCH_TARGETS").is_ok_and(|v| v == "1") {
+        return targets(&exe);
     }
     let (secs, version, window) =
         (env_or("CLUSTER_BENCH_SECS", "10"), env_or("CLUSTER_BENCH_VERSION", "6"), env_or("CLUSTER_BENCH_WINDOW", "1"));
@@ -257,6 +263,69 @@ fn many_rings(exe: &str, rings: u16) {
         let ratios: Vec<String> = runs[1..].iter().map(|r| format!("{:.2}", total(r) / total(&runs[0]).max(1.0))).collect();
         let shown: Vec<String> = runs.iter().map(|r| show(r)).collect();
         println!("# {outstanding:>5} | {} | {}", shown.join(" | "), ratios.join(", "));
+    }
+}
+
+/// Every figure issue 14 sets a target for, in one run, each against its target: 64 B at 1,
+/// 256 and 1024 in flight, 1 KB at 256, version 7 (window 16) against version 6 at 1, 64, 256
+/// and 1024 in flight, with 1 ms of one-way delay (batched, and a decree per request), and 8
+/// rings in a process against 1.
+fn targets(exe: &str) {
+    let secs = env_or("CLUSTER_BENCH_SECS", "8");
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!("# {cpus} CPUs; load average before: {}", load_average());
+    let mut port = 28_000u16;
+    let mut run = |extra: &[&str]| {
+        let mut flags: Vec<String> = ["--duration", &secs].into_iter().map(String::from).collect();
+        flags.extend(extra.iter().map(|f| f.to_string()));
+        port += 100;
+        let json = run_cluster(exe, port, &flags);
+        println!("{json}");
+        Run::of(&json)
+    };
+    let mut verdicts = Vec::new();
+    let mut check =
+        |what: String, figure: String, met: bool| verdicts.push(format!("# {} {what}: {figure}", if met { "met    " } else { "NOT MET" }));
+    let one = run(&["--outstanding", "1", "--connections", "1"]);
+    check("64 B, 1 in flight: p50 <= 250 us".into(), format!("p50 {:.0} us", one.p50), one.p50 <= 250.0);
+    let r256 = run(&["--outstanding", "256"]);
+    check("64 B, 256 in flight: >= 250,000/s".into(), format!("{:.0}/s", r256.ops), r256.ops >= 250_000.0);
+    let r1024 = run(&["--outstanding", "1024", "--connections", "16"]);
+    let met = r1024.ops >= 500_000.0 && r1024.p99 <= 5_000.0;
+    check("64 B, 1024 in flight: >= 500,000/s at p99 <= 5 ms".into(), format!("{:.0}/s, p99 {:.0} us", r1024.ops, r1024.p99), met);
+    let kb = run(&["--size", "1024", "--outstanding", "256"]);
+    check("1 KB, 256 in flight: >= 150,000/s".into(), format!("{:.0}/s", kb.ops), kb.ops >= 150_000.0);
+    for (n, conns) in [("1", "1"), ("64", "4"), ("256", "4"), ("1024", "16")] {
+        let v6 = run(&["--outstanding", n, "--connections", conns]);
+        let v7 = run(&["--outstanding", n, "--connections", conns, "--version", "7", "--window", "16"]);
+        let figure =
+            format!("v6 {:.0}/s ({:.1} us CPU/req), v7 {:.0}/s ({:.1}): {:.2}", v6.ops, v6.cpu, v7.ops, v7.cpu, v7.ops / v6.ops.max(1.0));
+        check(format!("v7 >= v6 at {n} in flight"), figure, v7.ops >= v6.ops);
+    }
+    for (votes, n, extra) in [("batched", "256", None), ("a decree per request", "64", Some("--exclusive-votes"))] {
+        let mut flags = vec!["--outstanding", n, "--net-delay-us", "1000"];
+        flags.extend(extra);
+        let v6 = run(&flags);
+        flags.extend(["--version", "7", "--window", "16"]);
+        let v7 = run(&flags);
+        let ratio = v7.ops / v6.ops.max(1.0);
+        check(
+            format!("1 ms delay, {votes}, {n} in flight: v7 >= 5 x v6"),
+            format!("v6 {:.0}/s, v7 {:.0}/s: {ratio:.2}", v6.ops, v7.ops),
+            ratio >= 5.0,
+        );
+    }
+    let one_ring = run(&["--outstanding", "1024", "--connections", "16", "--rings", "1"]);
+    let eight = run(&["--outstanding", "1024", "--connections", "16", "--rings", "8"]);
+    let ratio = eight.ops / one_ring.ops.max(1.0);
+    check(
+        "8 rings in a process, aggregate >= 1 ring (1024 in flight)".into(),
+        format!("{:.0}/s against {:.0}/s: {ratio:.2}", eight.ops, one_ring.ops),
+        ratio >= 1.0,
+    );
+    println!("# load average after: {}", load_average());
+    for verdict in verdicts {
+        println!("{verdict}");
     }
 }
 

@@ -239,7 +239,6 @@ impl RslReplica {
             max_learn_bytes: 64 << 20,
             execution_queue_bytes: cfg.execution_queue_bytes(),
             vote_max_outstanding: u64::from(cfg.vote_max_outstanding_interval_sec) * crate::paxos::SEC,
-            pipelined: cfg.core_config(version).window > 1,
         };
         let io = Io::new(
             journal,

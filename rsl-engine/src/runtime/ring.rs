@@ -52,8 +52,6 @@ pub(crate) struct Limits {
     pub execution_queue_bytes: u64,
     /// A primary's vote unchosen this long fails the replica (`m_voteMaxOutstandingIntervalSec`).
     pub vote_max_outstanding: Micros,
-    /// Several decrees may be in flight (version 7, a window above 1).
-    pub pipelined: bool,
 }
 
 /// The protocol thread's state: the driver, and the host it drives against.
@@ -252,11 +250,12 @@ impl Ring {
     /// thread writes and syncs them itself (one group commit, as the writer's): otherwise it
     /// would sleep until the writer thread, woken for them, woke it back to say they are
     /// durable, two thread hand-offs on every commit. With events waiting, the writer thread
-    /// syncs while this thread goes on with them; so it does for a pipelined primary, which
-    /// may propose the next decree before this one is durable.
+    /// syncs while this thread goes on with them; so it does for a pipelined primary that may
+    /// propose the next decree before this one is durable (`Replica::proposes_ahead`: the
+    /// round trip dominates, or the next batch is full).
     fn flush_journal(&mut self, events: &Inbox<Event>) {
         while self.running() {
-            let proposes_meanwhile = self.io.limits.pipelined && self.driver.core().role() == Role::Primary;
+            let proposes_meanwhile = self.driver.core().proposes_ahead();
             match self.io.journal.flush(events.is_empty() && !proposes_meanwhile) {
                 None => return,
                 Some(Ok(seq)) => self.driver.durable(seq, &mut self.io),
