@@ -684,32 +684,7 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the ring file is gone");
     }
 
-    /// Reader memory that fails when the test says, as a dead RDMA queue pair does.
-    struct Failing {
-        mem: crate::runtime::ringbuf::InProcess,
-        failed: Arc<AtomicBool>,
-    }
-
-    impl LocalMemory for Failing {
-        fn capacity(&self) -> usize {
-            LocalMemory::capacity(&self.mem)
-        }
-        fn doorbell(&self) -> u64 {
-            self.mem.doorbell()
-        }
-        fn read_word(&self, offset: usize) -> u64 {
-            self.mem.read_word(offset)
-        }
-        fn read_payload(&self, offset: usize, len: usize, out: &mut bytes::BytesMut) {
-            self.mem.read_payload(offset, len, out);
-        }
-        fn return_credits(&mut self, word: u64) {
-            self.mem.return_credits(word);
-        }
-        fn failed(&mut self) -> bool {
-            self.failed.load(Relaxed)
-        }
-    }
+    use crate::runtime::ringbuf::tests::Failing;
 
     impl RingMemory for Failing {
         fn doze(&self, _: u64, timeout: Duration) {

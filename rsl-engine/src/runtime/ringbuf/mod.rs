@@ -24,7 +24,7 @@ mod protocol;
 #[cfg(target_os = "linux")]
 pub mod shm;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 #[cfg(all(feature = "rdma", target_os = "linux"))]
 pub mod verbs;
 

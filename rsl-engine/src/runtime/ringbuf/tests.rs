@@ -168,9 +168,9 @@ proptest! {
 }
 
 /// Reader memory whose failure the test decides, as an RDMA queue pair's error would.
-struct Failing {
-    mem: InProcess,
-    failed: Rc<std::cell::Cell<bool>>,
+pub(crate) struct Failing {
+    pub mem: InProcess,
+    pub failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl LocalMemory for Failing {
@@ -195,21 +195,21 @@ impl LocalMemory for Failing {
     }
 
     fn failed(&mut self) -> bool {
-        self.failed.get()
+        self.failed.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
 #[test]
 fn a_failed_memory_ends_the_reading_even_with_records_waiting() {
     let (w, r) = InProcess::pair(64).expect("capacity");
-    let failed = Rc::new(std::cell::Cell::new(false));
-    let mut reader = RingReader::open(Failing { mem: r, failed: Rc::clone(&failed) }, epoch(1), 1);
+    let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut reader = RingReader::open(Failing { mem: r, failed: failed.clone() }, epoch(1), 1);
     let mut writer = RingWriter::new(w, epoch(1));
     let mut buf = bytes::BytesMut::new();
     writer.try_send(b"one").expect("send");
     assert!(reader.try_recv(&mut buf).expect("recv"));
     writer.try_send(b"two").expect("send");
-    failed.set(true);
+    failed.store(true, std::sync::atomic::Ordering::Relaxed);
     assert_eq!(reader.try_recv(&mut buf), Err(RecvError::MemoryFailed));
     assert_eq!(&buf[..], b"one", "nothing read after the failure");
 }

@@ -146,8 +146,15 @@ async fn a_packet_larger_than_the_socket_takes_goes_whole_over_tcp_between_ring_
 #[tokio::test]
 async fn a_peer_without_shared_memory_gets_tcp() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, _rx_a) = start(any_port(), with_shm(dir.path()));
-    let (b, mut rx_b) = start(any_port(), TransportOptions::default());
+    let stats = hundred_votes(with_shm(dir.path()), TransportOptions::default()).await;
+    assert!(stats.link == Some(LinkKind::Tcp) && stats.connections == 1, "declined on the same connection: {stats:?}");
+}
+
+/// Sends 100 votes from a transport with `from` to one with `to`, checks each arrives in
+/// order, and returns the sender's statistics of that peer.
+async fn hundred_votes(from: TransportOptions, to: TransportOptions) -> PeerStats {
+    let (a, _rx_a) = start(any_port(), from);
+    let (b, mut rx_b) = start(any_port(), to);
     a.set_peers(&[(id(2), b.local_addr())]);
     for d in 1..=100 {
         assert!(a.send(&id(2), framed(&vote(1, d))));
@@ -155,8 +162,7 @@ async fn a_peer_without_shared_memory_gets_tcp() {
     for d in 1..=100 {
         assert_eq!(*recv(&mut rx_b).await, vote(1, d));
     }
-    let stats = a.peer_stats();
-    assert!(stats[0].link == Some(LinkKind::Tcp) && stats[0].connections == 1, "declined on the same connection: {stats:?}");
+    a.peer_stats().remove(0)
 }
 
 #[cfg(feature = "rdma")]
@@ -168,17 +174,8 @@ async fn rdma_without_a_device_speaks_tcp() {
     let dir = tempfile::tempdir().unwrap();
     let rdma =
         TransportOptions { shm: Some(ShmOptions { rdma: true, ..ShmOptions::default_in(dir.path()) }), ..TransportOptions::default() };
-    let (a, _rx_a) = start(any_port(), rdma.clone());
-    let (b, mut rx_b) = start(any_port(), rdma);
-    a.set_peers(&[(id(2), b.local_addr())]);
-    for d in 1..=100 {
-        assert!(a.send(&id(2), framed(&vote(1, d))));
-    }
-    for d in 1..=100 {
-        assert_eq!(*recv(&mut rx_b).await, vote(1, d));
-    }
-    let stats = a.peer_stats();
-    assert!(stats[0].link == Some(LinkKind::Tcp) && stats[0].connections == 1, "plain TCP on the first connection: {stats:?}");
+    let stats = hundred_votes(rdma.clone(), rdma).await;
+    assert!(stats.link == Some(LinkKind::Tcp) && stats.connections == 1, "plain TCP on the first connection: {stats:?}");
 }
 
 #[tokio::test]
