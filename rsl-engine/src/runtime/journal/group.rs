@@ -33,7 +33,7 @@ const MAX_WRITERS: usize = 8;
 
 /// Writer threads shared by the journals of several rings of one process (`RslConfig`'s
 /// `journal_group`). Cheap to clone: every clone is the same group. Its threads start with
-/// its members, up to [`MAX_WRITERS`], and end with the last.
+/// its members, up to 8 (`MAX_WRITERS`), and end with the last.
 #[derive(Clone, Default)]
 pub struct JournalGroup {
     inner: Arc<Group>,
