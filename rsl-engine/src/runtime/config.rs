@@ -380,34 +380,23 @@ impl RslConfig {
                 return Err(ConfigError::Conflict { field: "sync_writes", with: "nvm_journal", why });
             }
         }
-        if self.paxos_transport == PaxosTransport::Rdma {
-            if !cfg!(feature = "rdma") {
-                return Err(ConfigError::Conflict {
-                    field: "paxos_transport",
-                    with: "this build",
-                    why: "rdma needs the cargo feature rdma",
-                });
+        // A ring is neither encrypted nor authenticated per packet: TLS means every Paxos byte is
+        // (docs/security.md). And a delay is the TCP writer's to apply.
+        let ring = match self.paxos_transport {
+            PaxosTransport::Tcp => None,
+            PaxosTransport::Shm => {
+                Some(("a shared-memory ring is neither encrypted nor authenticated per packet", "net_delay_us (with shm)"))
             }
-            if self.tls.is_some() {
-                return Err(ConfigError::Conflict {
-                    field: "paxos_transport",
-                    with: "tls",
-                    why: "an RDMA ring is neither encrypted nor authenticated per packet",
-                });
-            }
-            check("net_delay_us (with rdma)", self.net_delay_us.into(), 0, 0)?;
+            PaxosTransport::Rdma => Some(("an RDMA ring is neither encrypted nor authenticated per packet", "net_delay_us (with rdma)")),
+        };
+        if self.paxos_transport == PaxosTransport::Rdma && !cfg!(feature = "rdma") {
+            return Err(ConfigError::Conflict { field: "paxos_transport", with: "this build", why: "rdma needs the cargo feature rdma" });
         }
-        if self.paxos_transport == PaxosTransport::Shm {
-            // A ring is neither encrypted nor authenticated per packet: TLS means every Paxos
-            // byte is (docs/security.md). And a delay is the TCP writer's to apply.
+        if let Some((why, delay)) = ring {
             if self.tls.is_some() {
-                return Err(ConfigError::Conflict {
-                    field: "paxos_transport",
-                    with: "tls",
-                    why: "a shared-memory ring is neither encrypted nor authenticated per packet",
-                });
+                return Err(ConfigError::Conflict { field: "paxos_transport", with: "tls", why });
             }
-            check("net_delay_us (with shm)", self.net_delay_us.into(), 0, 0)?;
+            check(delay, self.net_delay_us.into(), 0, 0)?;
         }
         if self.working_dir.as_os_str().is_empty() {
             return Err(ConfigError::Range { field: "m_workingDir", value: 0, min: 1, max: 1 });

@@ -455,9 +455,10 @@ impl Server {
         let code = match request {
             Request::Put { body } => {
                 let cookie = self.clients.register(outbox, id);
-                let code = match self.exclusive_votes {
-                    true => self.replica.replicate_request_exclusive_vote(body, cookie, false),
-                    false => self.replica.replicate_request(body, cookie),
+                let code = if self.exclusive_votes {
+                    self.replica.replicate_request_exclusive_vote(body, cookie, false)
+                } else {
+                    self.replica.replicate_request(body, cookie)
                 };
                 self.submitted(cookie, code)
             }

@@ -79,7 +79,7 @@ impl Replica {
                 || self.to_send.front().is_some_and(|b| b.closed)
                 || self.to_send.len() > 1);
         debug_assert!(!ahead || self.pipelined(), "proposing ahead before version 7");
-        debug_assert!(!ahead || self.is_primary || self.role == Role::Primary);
+        debug_assert!(self.window() == 1 || self.pipelined(), "a window above 1 before version 7");
         ahead
     }
 
