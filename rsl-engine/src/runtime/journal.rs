@@ -741,15 +741,18 @@ impl Journal {
         self.closed()
     }
 
-    /// After the writer is done: `Stopped` if it had failed.
+    /// After the writer is done: `Stopped` if it had failed; otherwise the open log is cut to
+    /// its data.
     fn closed(&self) -> Result<(), JournalError> {
         let st = self.shared.lock();
         assert!(st.stopped || st.batch.is_empty(), "close flushes every append");
         if st.stopped {
-            Err(JournalError::Stopped(st.cause.clone()))
-        } else {
-            Ok(())
+            return Err(JournalError::Stopped(st.cause.clone()));
         }
+        drop(st);
+        let mut io = self.shared.lock_io();
+        let path = io.path();
+        io.finish(&self.shared, &mut Vec::new()).map_err(io_err(&path))
     }
 
     #[cfg(test)]
@@ -885,7 +888,8 @@ fn scan_log(path: &Path, newest: bool) -> Result<LogContents, JournalError> {
     if !newest && data[contents.data_len..].iter().any(|&b| b != 0) {
         return Err(JournalError::TornOlder { path: path.into(), offset: contents.data_len as u64 });
     }
-    if contents.data_len < data.len() && newest {
+    // Zeros are what the journal writes ahead of its appends (`log::ZEROED_AHEAD`).
+    if newest && data[contents.data_len..].iter().any(|&b| b != 0) {
         tracing::warn!("{}: cutting a torn tail at offset {}", path.display(), contents.data_len);
     }
     Ok(contents)
@@ -1100,7 +1104,7 @@ impl LogIo {
     }
 
     fn switch_to(&mut self, shared: &Shared, first: u64, synced: &mut Vec<(u64, u64)>) -> io::Result<()> {
-        self.sync_current(shared, synced)?;
+        self.finish(shared, synced)?;
         let path = self.dir.join(log::file_name(first));
         self.log = open_log(&path, None).map_err(|e| annotate(e, &path))?;
         self.file = first;
@@ -1108,6 +1112,11 @@ impl LogIo {
             sync_dir(&self.dir).map_err(|e| annotate(e, &self.dir))?;
         }
         Ok(())
+    }
+
+    /// Cuts the open log's zeros and syncs it: it is done with.
+    fn finish(&mut self, shared: &Shared, synced: &mut Vec<(u64, u64)>) -> io::Result<()> {
+        self.sync_current(shared, synced)
     }
 
     fn sync_current(&mut self, shared: &Shared, synced: &mut Vec<(u64, u64)>) -> io::Result<()> {
@@ -1326,6 +1335,32 @@ mod tests {
         j.journal.close().unwrap();
         let j = open(options(dir.path()), None).unwrap();
         assert_eq!(j.replay.iter().map(|m| m.header.decree).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    }
+
+    /// The open log is written with zeros ahead of its data; a crash leaves them (a restart
+    /// replays up to them and cuts them), a roll and a clean close cut them.
+    #[test]
+    fn zeros_written_ahead_are_read_as_the_end_and_cut_when_a_log_is_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = JournalOptions { max_log_len: 1024, log_len_randomize_pct: 0, ..options(dir.path()) };
+        let mut j = open(opts.clone(), None).unwrap();
+        write_all(&mut j, &[vote(1, 2), vote(2, 2), vote(3, 2), vote(4, 2), vote(5, 2)]);
+        let (first, second) = (dir.path().join("0.log"), dir.path().join("4.log"));
+        assert_eq!(fs::metadata(&first).unwrap().len(), 1536, "a rolled log ends at its data");
+        assert_eq!(fs::metadata(&second).unwrap().len(), 1024 + log::ZEROED_AHEAD, "zeros ahead of the open log's data");
+        let crashed = fs::read(&second).unwrap();
+        j.journal.close().unwrap();
+        assert_eq!(fs::metadata(&second).unwrap().len(), 1024, "a clean close cuts them");
+
+        fs::write(&second, &crashed).unwrap();
+        let mut j = open(opts.clone(), None).unwrap();
+        assert_eq!(j.replay.len(), 5);
+        assert_eq!(fs::metadata(&second).unwrap().len(), 1024, "a restart cuts them");
+        j.journal.append(1, &vote(6, 2)).unwrap();
+        assert_eq!(j.durable.recv().unwrap(), 1);
+        j.journal.close().unwrap();
+        let j = open(opts, None).unwrap();
+        assert_eq!(j.replay.iter().map(|m| m.header.decree).collect::<Vec<_>>(), [1, 2, 3, 4, 5, 6]);
     }
 
     #[test]
