@@ -375,7 +375,7 @@ static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 pub struct LogWriter {
     file: File,
     len: u64,
-    /// The file's length: zeros from `len` to here.
+    /// At least the file's length, which holds zeros from `len` on.
     end: u64,
 }
 
@@ -401,18 +401,29 @@ impl LogWriter {
         assert_eq!(records.len() % PAGE, 0, "log appends are whole padded records");
         self.file.write_all_at(records, self.len)?;
         self.len += records.len() as u64;
-        if self.len >= self.end {
-            let target = self.len + ZEROED_AHEAD;
-            let mut at = self.len;
-            while at < target {
-                let n = (target - at).min(ZEROS.len() as u64);
-                self.file.write_all_at(&ZEROS[..n as usize], at)?;
-                at += n;
-            }
-            self.end = target;
+        self.end = self.end.max(self.len);
+        if self.end == self.len {
+            self.zero_ahead();
         }
-        debug_assert!(self.end > self.len, "appends land before the zeros' end");
+        debug_assert!(self.end >= self.len, "the file holds every append");
         Ok(())
+    }
+
+    /// Writes zeros `ZEROED_AHEAD` past the data, as far as the disk takes them: they only
+    /// make syncs cheaper, so a full disk fails the next append, not this one.
+    fn zero_ahead(&mut self) {
+        let target = self.len + ZEROED_AHEAD;
+        while self.end < target {
+            let n = (target - self.end).min(ZEROS.len() as u64);
+            let written = self.file.write_all_at(&ZEROS[..n as usize], self.end);
+            // Part of a failed write may have landed: `end` bounds the length, and a cut
+            // makes it exact.
+            self.end += n;
+            if written.is_err() {
+                break;
+            }
+        }
+        debug_assert!(self.end <= target, "zeros past the step");
     }
 
     /// Cuts the zeros written ahead, so that a closed log ends at its last record as the

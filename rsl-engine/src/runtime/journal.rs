@@ -30,7 +30,7 @@ use crate::format::log::{self, encode_record, LogContents, LogWriter, Mode};
 use crate::format::{Message, MsgKind};
 use crate::paxos::SplitMix64;
 use crate::runtime::nvm::{NvmError, Position};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -426,7 +426,9 @@ struct Found {
 /// The records [`Journal::open`] would return for `dir`, read without writing anything (the
 /// read-only Replay).
 pub fn read_logs(dir: &Path, checkpoint_decree: Option<u64>) -> Result<Replay, JournalError> {
-    Ok(Replay::take(&mut scan_dir(dir, checkpoint_decree)?))
+    // Read, not mapped: a replica may be writing the directory, and a roll cuts the zeros
+    // of a log a mapping would still reach into.
+    Ok(Replay::take(&mut scan_dir(dir, checkpoint_decree, false)?))
 }
 
 impl Journal {
@@ -442,7 +444,7 @@ impl Journal {
         fs::create_dir_all(&opts.dir).map_err(io_err(&opts.dir))?;
         // Before the scan: the files then hold every acknowledged record.
         let nvm = opts.nvm.as_ref().map(|n| nvm::recover(&opts.dir, n)).transpose()?;
-        let mut kept = scan_dir(&opts.dir, checkpoint_decree)?;
+        let mut kept = scan_dir(&opts.dir, checkpoint_decree, true)?;
         let replay = Replay::take(&mut kept);
         let log = open_tail(&opts.dir, &mut kept, checkpoint_decree)?;
         let tail = kept.last().expect("a log to append to");
@@ -824,13 +826,13 @@ fn indexed(f: Found) -> IndexedLog {
 }
 
 /// Lists and scans every log (any corruption fails startup); keeps those replay starts from.
-fn scan_dir(dir: &Path, checkpoint: Option<u64>) -> Result<Vec<Found>, JournalError> {
+fn scan_dir(dir: &Path, checkpoint: Option<u64>, mapped: bool) -> Result<Vec<Found>, JournalError> {
     let logs = list_logs(dir)?;
     let start = replay_start(dir, &logs, checkpoint)?;
     let count = logs.len();
     let mut kept = Vec::with_capacity(count - start);
     for (i, (decree, path)) in logs.into_iter().enumerate() {
-        let contents = scan_log(&path, i + 1 == count)?;
+        let contents = scan_log(&path, i + 1 == count, mapped)?;
         if i >= start {
             kept.push(Found { decree, path, contents });
         }
@@ -877,8 +879,9 @@ fn replay_start(dir: &Path, logs: &[(u64, PathBuf)], checkpoint: Option<u64>) ->
 
 /// Reads a whole log in restore mode. Only the newest may end in a torn record; anything
 /// but zeros after an older log's last good record is an error.
-fn scan_log(path: &Path, newest: bool) -> Result<LogContents, JournalError> {
-    let data = faults::check(JOURNAL_READ, path).and_then(|()| map::read_only(&File::open(path)?)).map_err(io_err(path))?;
+fn scan_log(path: &Path, newest: bool, mapped: bool) -> Result<LogContents, JournalError> {
+    let read = || if mapped { map::read_only(&File::open(path)?) } else { fs::read(path).map(Bytes::from) };
+    let data = faults::check(JOURNAL_READ, path).and_then(|()| read()).map_err(io_err(path))?;
     let contents = LogContents::scan(&data, Mode::Restore).map_err(|e| JournalError::Corrupt {
         path: path.into(),
         offset: e.offset as u64,
@@ -1116,6 +1119,8 @@ impl LogIo {
 
     /// Cuts the open log's zeros and syncs it: it is done with.
     fn finish(&mut self, shared: &Shared, synced: &mut Vec<(u64, u64)>) -> io::Result<()> {
+        // Dirty once cut: a close after the last batch's sync must sync the new length too.
+        self.dirty |= self.log.cut_zeros().map_err(|e| annotate(e, &self.path()))?;
         self.sync_current(shared, synced)
     }
 

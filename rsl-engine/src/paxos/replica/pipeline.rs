@@ -352,13 +352,21 @@ impl Replica {
                         self.log_executed(now, &rec, out);
                     } else if self.pending.get(&d).is_none_or(|(v, _)| v.header.ballot <= b) {
                         self.accept_pending(now, rec.clone(), out);
-                    } else if rec.header.payload > self.vouched {
-                        // We hold a higher ballot there, so this vote is not kept, but it is
-                        // logged for its watermark: our log must hold what vouches for the
-                        // decrees it executes, or peers that see us ahead learn from us, over
-                        // and over, what our log cannot prove (the props seeds of
-                        // `a_watermark_learned_below_a_held_ballot_is_logged`).
-                        self.persist(rec.clone(), out);
+                    } else if let Some((held, _)) = self.pending.get(&d) {
+                        // We hold a higher ballot there: this vote is not kept, but if its
+                        // watermark lets us vouch for more, it is logged, since our log must
+                        // hold what we vouch for, or peers that see us ahead learn from us,
+                        // over and over, what it cannot prove (the props seeds of
+                        // `a_watermark_learned_below_a_held_ballot_is_logged`). Our vote is
+                        // logged again after it: a learner is served from the newest vote of
+                        // a decree, which must be the highest ballot.
+                        let (held, vouched) = (held.clone(), self.vouched);
+                        self.apply_watermark(b, rec.header.payload, out);
+                        if self.vouched > vouched {
+                            self.persist(rec.clone(), out);
+                            self.persist(held, out);
+                        }
+                        continue;
                     }
                     self.apply_watermark(b, rec.header.payload, out);
                 }

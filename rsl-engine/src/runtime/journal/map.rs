@@ -14,10 +14,11 @@ pub(super) fn read_only(file: &File) -> io::Result<Bytes> {
         return Ok(Bytes::new()); // a mapping cannot be empty
     }
     // SAFETY: the mapping is read-only and private to this process's view of a log file the
-    // journal owns: nothing writes the bytes it maps while it is alive (a restart scans a log
-    // before the writer opens it, and the writer only appends past what was scanned or cuts a
-    // torn tail no record refers to). Another process truncating a replica's own log under it
-    // would fault the reader; the data directory is the replica's alone (docs/security.md).
+    // journal owns, mapped only by its own restart (the read-only Replay reads instead): the
+    // scan is done before the writer opens the log, and the writer then writes or cuts only
+    // past the last record scanned (zeros written ahead, a torn tail), which no record
+    // refers to. Another process truncating a replica's own log under it would fault the
+    // reader; the data directory is the replica's alone (docs/security.md).
     let map = unsafe { Mmap::map(file)? };
     // Read-ahead in large steps; a hint only, so a refusal changes nothing.
     let _ = map.advise(Advice::Sequential);
