@@ -357,14 +357,18 @@ impl Replica {
                         // watermark lets us vouch for more, it is logged, since our log must
                         // hold what we vouch for, or peers that see us ahead learn from us,
                         // over and over, what it cannot prove (the props seeds of
-                        // `a_watermark_learned_below_a_held_ballot_is_logged`). Our vote is
-                        // logged again after it: a learner is served from the newest vote of
-                        // a decree, which must be the highest ballot.
+                        // `a_watermark_learned_below_a_held_ballot_is_logged`). If ours is
+                        // still pending it is logged again after it: a learner and the
+                        // execution spill are served the newest vote of a decree, which must
+                        // be the one we hold. (Executed on this watermark, or dropped as a
+                        // forged reconfiguration, it is not.)
                         let (held, vouched) = (held.clone(), self.vouched);
                         self.apply_watermark(b, rec.header.payload, out);
                         if self.vouched > vouched {
                             self.persist(rec.clone(), out);
-                            self.persist(held, out);
+                            if self.pending.get(&d).is_some_and(|(v, _)| Arc::ptr_eq(v, &held)) {
+                                self.persist(held, out);
+                            }
                         }
                         continue;
                     }
