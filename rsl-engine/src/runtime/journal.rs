@@ -789,14 +789,18 @@ pub struct LogReader {
 impl LogReader {
     /// The file holding the newest durable vote for `decree`, from that vote to the file's
     /// synced end, then every later file up to its synced end; `None` if no log holds it.
-    pub fn votes_from(&self, decree: u64) -> Option<Vec<FileRange>> {
+    /// A `pipelined` log (version 7) is not in decree order: it is served from its first
+    /// durable vote at or after `decree` instead, or a learner would miss the votes of later
+    /// decrees logged before the newest one of `decree` (the simulator serves the same).
+    pub fn votes_from(&self, decree: u64, pipelined: bool) -> Option<Vec<FileRange>> {
         let st = self.shared.lock();
-        let (i, start) = st
-            .index
-            .iter()
-            .enumerate()
-            .rev()
-            .find_map(|(i, f)| f.votes.iter().rev().find(|&&(d, at)| d == decree && at < f.synced).map(|&(_, at)| (i, at)))?;
+        let durable = |f: &IndexedLog, d: u64, at: u64| at < f.synced && if pipelined { d >= decree } else { d == decree };
+        let in_file = |(i, f): (usize, &IndexedLog)| {
+            let at = |&&(d, at): &&(u64, u64)| durable(f, d, at);
+            if pipelined { f.votes.iter().find(at) } else { f.votes.iter().rev().find(at) }.map(|&(_, at)| (i, at))
+        };
+        let (i, start) =
+            if pipelined { st.index.iter().enumerate().find_map(in_file) } else { st.index.iter().enumerate().rev().find_map(in_file) }?;
         let first = FileRange { path: st.index[i].path.clone(), start, end: st.index[i].synced };
         let later = st.index[i + 1..].iter().filter(|f| f.synced > 0).map(|f| FileRange { path: f.path.clone(), start: 0, end: f.synced });
         let ranges: Vec<FileRange> = std::iter::once(first).chain(later).collect();
@@ -1458,6 +1462,22 @@ mod tests {
         assert_eq!(fixed.limit, 1000);
     }
 
+    /// A version 7 log is not in decree order: a learner asking from decree 1 must get the
+    /// vote of decree 2 logged before the newest vote of decree 1.
+    #[test]
+    fn a_pipelined_log_is_served_from_the_first_vote_at_or_after_the_decree() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = open(options(dir.path()), None).unwrap();
+        write_all(&mut j, &[vote(1, 2), vote(2, 2), vote(1, 3), vote(3, 3)]);
+        let reader = j.journal.reader();
+        let starts = |decree, pipelined| reader.votes_from(decree, pipelined).map(|r| r.iter().map(|r| r.start).collect::<Vec<_>>());
+        assert_eq!(starts(1, false), Some(vec![1024]), "version 6: from the newest vote of the decree");
+        assert_eq!(starts(1, true), Some(vec![0]), "version 7: from the first at or after it");
+        assert_eq!(starts(2, true), Some(vec![512]));
+        assert_eq!(starts(3, true), Some(vec![1536]));
+        assert_eq!(starts(4, true), None);
+    }
+
     #[test]
     fn votes_from_serves_the_newest_vote_and_every_later_log() {
         let dir = tempfile::tempdir().unwrap();
@@ -1467,10 +1487,10 @@ mod tests {
         write_all(&mut j, &[vote(1, 2), vote(2, 2), vote(3, 2), vote(3, 3), vote(4, 3), vote(5, 3)]);
         let (old, new) = (dir.path().join("0.log"), dir.path().join("4.log"));
         let range = |path: &PathBuf, start, end| FileRange { path: path.clone(), start, end };
-        assert_eq!(reader.votes_from(3).unwrap(), [range(&old, 1536, 2048), range(&new, 0, 1024)], "from the re-vote");
-        assert_eq!(reader.votes_from(1).unwrap(), [range(&old, 0, 2048), range(&new, 0, 1024)]);
-        assert_eq!(reader.votes_from(5).unwrap(), [range(&new, 512, 1024)]);
-        assert_eq!(reader.votes_from(9), None);
+        assert_eq!(reader.votes_from(3, false).unwrap(), [range(&old, 1536, 2048), range(&new, 0, 1024)], "from the re-vote");
+        assert_eq!(reader.votes_from(1, false).unwrap(), [range(&old, 0, 2048), range(&new, 0, 1024)]);
+        assert_eq!(reader.votes_from(5, false).unwrap(), [range(&new, 512, 1024)]);
+        assert_eq!(reader.votes_from(9, false), None);
         assert_eq!(reader.min_decree(), 1);
         // The ranges are real records: the first one starts with the re-vote.
         let bytes = fs::read(&old).unwrap();
@@ -1490,9 +1510,9 @@ mod tests {
         assert_eq!(j.journal.append(3, &vote(10, 4)).unwrap(), None);
         assert_eq!(j.journal.locate_vote(10), Some((10, 0)));
         assert_eq!(j.durable.recv().unwrap(), 3);
-        let ranges = j.journal.reader().votes_from(10).unwrap();
+        let ranges = j.journal.reader().votes_from(10, false).unwrap();
         assert_eq!(ranges, [FileRange { path: dir.path().join("10.log"), start: 0, end: 512 }]);
-        assert_eq!(j.journal.reader().votes_from(2), None, "the old logs are no longer served");
+        assert_eq!(j.journal.reader().votes_from(2, false), None, "the old logs are no longer served");
         assert_eq!(j.journal.reader().min_decree(), 10);
         j.journal.close().unwrap();
         assert_eq!(logs_in(dir.path()), [0, 10]);
@@ -1511,8 +1531,8 @@ mod tests {
         // Checkpoints 3 and 5 kept; 6 executed. Learners keep 6.log on; disk keeps 4.log,
         // which checkpoint 3 needs to replay decree 4.
         assert_eq!(j.journal.truncate(5, 3, 6), 6);
-        assert_eq!(j.journal.reader().votes_from(5), None);
-        assert!(j.journal.reader().votes_from(6).is_some());
+        assert_eq!(j.journal.reader().votes_from(5, false), None);
+        assert!(j.journal.reader().votes_from(6, false).is_some());
         assert_eq!(logs_in(dir.path()), [4, 5, 6, 7, 8]);
         // A checkpoint at 8 alone: only max_logs remain on disk.
         assert_eq!(j.journal.truncate(8, 8, 8), 8);
@@ -1623,7 +1643,7 @@ mod tests {
             assert_eq!(j.replay.len(), expected.records.len(), "{name}");
             assert!(j.replay.iter().zip(&expected.records).all(|(m, r)| **m == r.message), "{name}");
             let last = j.replay.iter().rfind(|m| m.kind() == MsgKind::Vote).unwrap().clone();
-            assert!(j.journal.reader().votes_from(last.header.decree).is_some(), "{name}");
+            assert!(j.journal.reader().votes_from(last.header.decree, false).is_some(), "{name}");
             write_all(&mut j, &[(*last).clone()]);
             j.journal.close().unwrap();
             assert_eq!(log::read_log_file(&dir.path().join("5.log")).unwrap().records.len(), expected.records.len() + 1, "{name}");

@@ -56,8 +56,9 @@ impl Default for LearnLimits {
 /// What the learn server serves; the replica implements it over its logs and checkpoints.
 /// Its methods run on tokio threads, so they must answer from memory, without blocking.
 pub trait LearnSource: Send + Sync + 'static {
-    /// File ranges to stream for FetchVotes(decree); None closes without data.
-    fn votes_from(&self, decree: u64) -> Option<Vec<FileRange>>;
+    /// File ranges to stream for FetchVotes(decree) (from a `pipelined` log, version 7's,
+    /// when the request is of that version); None closes without data.
+    fn votes_from(&self, decree: u64, pipelined: bool) -> Option<Vec<FileRange>>;
     /// The current checkpoint file, if its decree is `decree`.
     fn checkpoint(&self, decree: u64) -> Option<PathBuf>;
     /// The answer to a StatusQuery; None closes.
@@ -265,7 +266,7 @@ async fn serve<C: AsyncRead + AsyncWrite + Unpin>(mut conn: C, source: &dyn Lear
     let decree = request.header.decree;
     match request.kind() {
         MsgKind::FetchVotes => {
-            let ranges = source.votes_from(decree).unwrap_or_default();
+            let ranges = source.votes_from(decree, request.header.version.is_pipelined()).unwrap_or_default();
             let (bytes, disk) = send_ranges(&mut conn, &ranges, limit).await?;
             source.served(bytes, disk);
         }
@@ -738,7 +739,7 @@ mod tests {
     }
 
     impl LearnSource for Source {
-        fn votes_from(&self, _decree: u64) -> Option<Vec<FileRange>> {
+        fn votes_from(&self, _decree: u64, _pipelined: bool) -> Option<Vec<FileRange>> {
             Some(self.votes.clone()).filter(|v| !v.is_empty())
         }
         fn checkpoint(&self, decree: u64) -> Option<PathBuf> {

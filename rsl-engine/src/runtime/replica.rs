@@ -97,8 +97,8 @@ impl LearnSource for Files {
     fn served(&self, bytes: u64, disk: std::time::Duration) {
         self.shared.log_reads.record(bytes, disk);
     }
-    fn votes_from(&self, decree: u64) -> Option<Vec<FileRange>> {
-        self.log.votes_from(decree)
+    fn votes_from(&self, decree: u64, pipelined: bool) -> Option<Vec<FileRange>> {
+        self.log.votes_from(decree, pipelined)
     }
     fn checkpoint(&self, decree: u64) -> Option<PathBuf> {
         self.checkpoints.newest().filter(|(d, ..)| *d == decree).map(|(_, path, _)| path)

@@ -11,7 +11,8 @@
 //! before passing it. Version 6 executes its accepted vote, the last one logged, and logs
 //! nothing for a decree once it has moved past it (`log_and_accept`). Version 7 executes the
 //! vote pending at the decree, replaced by every later vote it accepts there (their ballots
-//! only grow, and a vote equal to the pending one is not logged again); after execution it may
+//! only grow, and a vote equal to the pending one is not logged again; a learned lower-ballot
+//! vote logged for its watermark is followed by the pending one again); after execution it may
 //! log re-proposals of the decree (`log_executed`), which by Paxos carry the same value but
 //! another ballot. So the location is taken when the decree is passed, as the newest vote for
 //! it in the journal's index then ([`Journal::locate_vote`]): later re-proposals do not count.
