@@ -177,6 +177,9 @@ pub struct LogContents {
     pub records: Vec<Record>,
     /// Each decree's newest vote record offset (a re-vote at a higher ballot replaces it).
     pub decree_index: BTreeMap<u64, usize>,
+    /// Every vote record's decree and offset, in file order (a version 7 log is not in
+    /// decree order).
+    pub votes: Vec<(u64, usize)>,
     /// Where the last good record ends: where appending resumes.
     pub data_len: usize,
 }
@@ -209,6 +212,7 @@ impl LogContents {
                 Step::Record(rec) => {
                     if rec.message.kind() == MsgKind::Vote {
                         out.decree_index.insert(rec.message.header.decree, rec.offset);
+                        out.votes.push((rec.message.header.decree, rec.offset));
                     }
                     out.data_len += rec.disk_len();
                     out.records.push(rec);

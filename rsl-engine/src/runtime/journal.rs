@@ -825,7 +825,7 @@ fn min_decree(index: &[IndexedLog]) -> u64 {
 }
 
 fn indexed(f: Found) -> IndexedLog {
-    let votes = f.contents.decree_index.iter().map(|(&d, &at)| (d, at as u64)).collect();
+    let votes = f.contents.votes.iter().map(|&(d, at)| (d, at as u64)).collect();
     IndexedLog { first_decree: f.decree, path: f.path, votes, synced: f.contents.data_len as u64 }
 }
 
@@ -1476,6 +1476,12 @@ mod tests {
         assert_eq!(starts(2, true), Some(vec![512]));
         assert_eq!(starts(3, true), Some(vec![1536]));
         assert_eq!(starts(4, true), None);
+        j.journal.close().unwrap();
+        // Read back at a restart, the index is in log order still.
+        let j = open(options(dir.path()), None).unwrap();
+        let reader = j.journal.reader();
+        let starts = |decree, pipelined| reader.votes_from(decree, pipelined).map(|r| r.iter().map(|r| r.start).collect::<Vec<_>>());
+        assert_eq!((starts(1, false), starts(1, true), starts(2, true)), (Some(vec![1024]), Some(vec![0]), Some(vec![512])));
     }
 
     #[test]

@@ -358,9 +358,9 @@ impl Replica {
                         // hold what we vouch for, or peers that see us ahead learn from us,
                         // over and over, what it cannot prove (the props seeds of
                         // `a_watermark_learned_below_a_held_ballot_is_logged`). If ours is
-                        // still pending it is logged again after it: a learner and the
-                        // execution spill are served the newest vote of a decree, which must
-                        // be the one we hold. (Executed on this watermark, or dropped as a
+                        // still pending it is logged again after it: the execution spill
+                        // re-reads the newest vote of a decree, which must be the one we hold
+                        // (runtime/spill.rs). (Executed on this watermark, or dropped as a
                         // forged reconfiguration, it is not.)
                         let (held, vouched) = (held.clone(), self.vouched);
                         self.apply_watermark(b, rec.header.payload, out);
