@@ -16,7 +16,7 @@ fn check_log(bytes: &Bytes, v: Version) -> LogContents {
     let log = LogContents::scan(bytes, Mode::Restore).expect("golden log scans");
     let offsets: Vec<usize> = log.records.iter().map(|r| r.offset).collect();
     assert_eq!(offsets, [0, 512, 1024, 1536, 2048, 2560]);
-    assert_eq!(log.decree_index, BTreeMap::from([(5, 1024), (6, 1536), (7, 2048)]));
+    assert_eq!(log.decree_index(), BTreeMap::from([(5, 1024), (6, 1536), (7, 2048)]));
     assert_eq!(log.data_len, 3072);
 
     let kinds: Vec<MsgKind> = log.records.iter().map(|r| r.message.kind()).collect();

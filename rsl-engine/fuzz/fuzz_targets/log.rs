@@ -72,7 +72,7 @@ fuzz_target!(|data: &[u8]| {
             for r in log.records.iter().filter(|r| r.message.kind() == MsgKind::Vote) {
                 index.insert(r.message.header.decree, r.offset);
             }
-            assert_eq!(log.decree_index, index);
+            assert_eq!(log.decree_index(), index);
         }
         Err(e) => assert_eq!(e.offset, stop),
     }

@@ -381,8 +381,8 @@ fn inspect_log(path: &Path, data: &Bytes) -> LogFileOut {
         offset = next;
     }
     let (replay, offset, detail, decree_index) = match LogContents::scan(data, Mode::Restore) {
-        Ok(c) if data[c.data_len..].iter().all(|&b| b == 0) => ("ok", None, "OK".into(), Some(c.decree_index)),
-        Ok(c) => ("torn tail", Some(c.data_len), format!("torn tail at {} (replay discards it)", c.data_len), Some(c.decree_index)),
+        Ok(c) if data[c.data_len..].iter().all(|&b| b == 0) => ("ok", None, "OK".into(), Some(c.decree_index())),
+        Ok(c) => ("torn tail", Some(c.data_len), format!("torn tail at {} (replay discards it)", c.data_len), Some(c.decree_index())),
         Err(e) => ("corrupt", Some(e.offset), format!("corrupt at {}: {} (replay fails)", e.offset, e.error), None),
     };
     let bad_records = records.iter().filter(|r| !r.ok).count();

@@ -175,8 +175,6 @@ fn later_valid_record(data: &Bytes, offset: usize) -> Option<usize> {
 pub struct LogContents {
     /// The good records, in file order.
     pub records: Vec<Record>,
-    /// Each decree's newest vote record offset (a re-vote at a higher ballot replaces it).
-    pub decree_index: BTreeMap<u64, usize>,
     /// Every vote record's decree and offset, in file order (a version 7 log is not in
     /// decree order).
     pub votes: Vec<(u64, usize)>,
@@ -185,6 +183,11 @@ pub struct LogContents {
 }
 
 impl LogContents {
+    /// Each decree's newest vote record offset (a re-vote at a higher ballot replaces it).
+    pub fn decree_index(&self) -> BTreeMap<u64, usize> {
+        self.votes.iter().copied().collect()
+    }
+
     /// Scans `data` (a whole file) in `mode`. The checksums, most of the work, are verified
     /// ahead of the decoding in batches spread over the cores; the records are still taken
     /// in file order, so the first bad one decides the outcome as in a one-by-one scan.
@@ -211,7 +214,6 @@ impl LogContents {
             match read_record_checked(data, out.data_len, mode, true, checked)? {
                 Step::Record(rec) => {
                     if rec.message.kind() == MsgKind::Vote {
-                        out.decree_index.insert(rec.message.header.decree, rec.offset);
                         out.votes.push((rec.message.header.decree, rec.offset));
                     }
                     out.data_len += rec.disk_len();
@@ -486,7 +488,7 @@ mod tests {
         let log = LogContents::scan(&data, Mode::Restore).unwrap();
         assert_eq!(log.records.len(), 4);
         assert_eq!(log.data_len, 2048);
-        assert_eq!(log.decree_index.get(&3), Some(&1024));
+        assert_eq!(log.decree_index().get(&3), Some(&1024));
     }
 
     #[test]

@@ -794,13 +794,14 @@ impl LogReader {
     /// decrees logged before the newest one of `decree` (the simulator serves the same).
     pub fn votes_from(&self, decree: u64, pipelined: bool) -> Option<Vec<FileRange>> {
         let st = self.shared.lock();
-        let durable = |f: &IndexedLog, d: u64, at: u64| at < f.synced && if pipelined { d >= decree } else { d == decree };
-        let in_file = |(i, f): (usize, &IndexedLog)| {
-            let at = |&&(d, at): &&(u64, u64)| durable(f, d, at);
-            if pipelined { f.votes.iter().find(at) } else { f.votes.iter().rev().find(at) }.map(|&(_, at)| (i, at))
-        };
-        let (i, start) =
-            if pipelined { st.index.iter().enumerate().find_map(in_file) } else { st.index.iter().enumerate().rev().find_map(in_file) }?;
+        // Every durable vote, in log order: (file, decree, offset).
+        let mut durable = st
+            .index
+            .iter()
+            .enumerate()
+            .flat_map(|(i, f)| f.votes.iter().filter(move |&&(_, at)| at < f.synced).map(move |&(d, at)| (i, d, at)));
+        let found = if pipelined { durable.find(|&(_, d, _)| d >= decree) } else { durable.rfind(|&(_, d, _)| d == decree) };
+        let (i, _, start) = found?;
         let first = FileRange { path: st.index[i].path.clone(), start, end: st.index[i].synced };
         let later = st.index[i + 1..].iter().filter(|f| f.synced > 0).map(|f| FileRange { path: f.path.clone(), start: 0, end: f.synced });
         let ranges: Vec<FileRange> = std::iter::once(first).chain(later).collect();
