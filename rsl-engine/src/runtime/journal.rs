@@ -225,9 +225,10 @@ struct Shared {
     group: Option<JournalGroup>,
     #[cfg(test)]
     fail_writes: std::sync::atomic::AtomicBool,
-    /// NVM mode: the writer drains nothing more (a process that dies before it gets to).
+    /// The writer thread takes no batch (NVM mode: a process that dies before it drains; file
+    /// mode: a flushing thread that must get the batch).
     #[cfg(test)]
-    hold_drain: std::sync::atomic::AtomicBool,
+    hold_writer: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -466,7 +467,7 @@ impl Journal {
             #[cfg(test)]
             fail_writes: Default::default(),
             #[cfg(test)]
-            hold_drain: Default::default(),
+            hold_writer: Default::default(),
         });
         let writer = match group {
             Some(group) => Writing::Shared(group.join(&shared, on_durable, on_error).map_err(io_err(&opts.dir))?),
@@ -763,13 +764,13 @@ impl Journal {
     }
 
     #[cfg(test)]
-    fn hold_drain(&self) {
-        self.shared.hold_drain.store(true, Ordering::SeqCst);
+    fn hold_writer(&self) {
+        self.shared.hold_writer.store(true, Ordering::SeqCst);
     }
 
     #[cfg(test)]
-    fn release_drain(&self) {
-        self.shared.hold_drain.store(false, Ordering::SeqCst);
+    fn release_writer(&self) {
+        self.shared.hold_writer.store(false, Ordering::SeqCst);
         self.shared.work.notify_one();
     }
 }
@@ -1037,23 +1038,29 @@ impl Writer {
     /// NVM mode: waits for batches to drain; false once closing with nothing left, or stopped.
     fn wait_for_drain(&self) -> bool {
         let mut st = self.shared.lock();
-        #[cfg(test)]
-        let held = || self.shared.hold_drain.load(Ordering::SeqCst);
-        #[cfg(not(test))]
-        let held = || false;
-        while (st.drain.is_empty() || held()) && !st.closing && !st.stopped {
+        while (st.drain.is_empty() || self.held()) && !st.closing && !st.stopped {
             st = self.shared.work.wait(st).unwrap_or_else(|e| e.into_inner());
         }
-        !st.drain.is_empty() && !st.stopped && !held()
+        !st.drain.is_empty() && !st.stopped && !self.held()
     }
 
     /// Waits for appends; false once closing with nothing left, or stopped.
     fn wait_for_work(&self) -> bool {
         let mut st = self.shared.lock();
-        while st.batch.is_empty() && !st.closing && !st.stopped {
+        while (st.batch.is_empty() || self.held()) && !st.closing && !st.stopped {
             st = self.shared.work.wait(st).unwrap_or_else(|e| e.into_inner());
         }
-        !st.batch.is_empty() && !st.stopped
+        !st.batch.is_empty() && !st.stopped && !self.held()
+    }
+
+    #[cfg(test)]
+    fn held(&self) -> bool {
+        self.shared.hold_writer.load(Ordering::SeqCst)
+    }
+
+    #[cfg(not(test))]
+    fn held(&self) -> bool {
+        false
     }
 }
 
@@ -1583,6 +1590,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut j = open(options(dir.path()), None).unwrap();
         j.journal.defer_writes();
+        // The writer thread may not have waited yet; held, it cannot take what this thread syncs.
+        j.journal.hold_writer();
         assert!(j.journal.flush(true).is_none(), "nothing appended, nothing to do");
         j.journal.append(1, &vote(1, 2)).unwrap();
         j.journal.append(2, &vote(2, 2)).unwrap();
@@ -1590,6 +1599,7 @@ mod tests {
         assert_eq!(j.journal.syncs(), 1);
         assert!(j.journal.flush(true).is_none(), "already flushed");
         // Without `here`, the writer thread takes the batch and reports it.
+        j.journal.release_writer();
         j.journal.append(3, &vote(3, 2)).unwrap();
         assert!(j.journal.flush(false).is_none());
         assert_eq!(j.durable.recv().unwrap(), 3);

@@ -39,7 +39,7 @@ fn six_records_only_in_the_persistent_log() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let mut j = open(nvm_options(dir.path(), 64 << 10), None).unwrap();
     j.journal.defer_writes();
-    j.journal.hold_drain();
+    j.journal.hold_writer();
     append_flushing(&mut j, &records()[..6], 1, 2);
     drop(j);
     dir
@@ -80,7 +80,7 @@ fn records_acknowledged_but_not_in_the_files_are_written_there_at_start() {
     }
     // The drainer stops (as if the process died before it got to them); the persistent log
     // still acknowledges.
-    j.journal.hold_drain();
+    j.journal.hold_writer();
     append_flushing(&mut j, &records[10..], 11, 3);
     let last = records.len() as u64;
     assert_eq!(j.journal.readable(last), 10, "durable, but not to be read from the files before they hold it");
@@ -244,12 +244,12 @@ fn the_writer_copies_records_from_the_persistent_log_not_from_memory() {
     let dir = tempfile::tempdir().unwrap();
     let mut j = open(nvm_options(dir.path(), 64 << 10), None).unwrap();
     j.journal.defer_writes();
-    j.journal.hold_drain();
+    j.journal.hold_writer();
     append_flushing(&mut j, &records()[..2], 1, 2);
     let at = (RING_OFFSET + 24 + 16 + 100) as u64;
     let nvm = fs::File::options().write(true).open(dir.path().join("journal.nvm")).unwrap();
     nvm.write_all_at(&[0xee], at).unwrap();
-    j.journal.release_drain();
+    j.journal.release_writer();
     while j.journal.readable(2) < 2 {
         j.durable.recv().unwrap();
     }
