@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::Notify;
 use tracing::{debug, warn, Instrument};
 
@@ -450,7 +449,7 @@ impl Server {
     fn handle(&self, frame: Bytes, outbox: &Arc<Outbox>) {
         let (id, request) = match proto::parse_request(frame) {
             Ok(parsed) => parsed,
-            Err(id) => return outbox.respond(id, Status::Invalid, Bytes::new()),
+            Err(id) => return outbox.respond(id, Status::Invalid, &[]),
         };
         let code = match request {
             Request::Put { body } => {
@@ -466,7 +465,7 @@ impl Server {
                 let cookie = self.clients.register(outbox, id);
                 self.submitted(cookie, self.replica.fast_read_request(max_seen, key, cookie, Duration::from_secs(2)))
             }
-            Request::Status => return outbox.respond(id, Status::Ok, self.status().into()),
+            Request::Status => return outbox.respond(id, Status::Ok, &self.status()),
             Request::Change { .. } if !self.allow_admin => Status::Refused,
             Request::Change { members } => match parse_members(&String::from_utf8_lossy(&members)) {
                 Ok(members) => {
@@ -477,7 +476,7 @@ impl Server {
             },
         };
         if code != Status::Ok {
-            outbox.respond(id, code, Bytes::new());
+            outbox.respond(id, code, &[]);
         }
     }
 
@@ -522,27 +521,83 @@ impl Server {
 }
 
 /// One client connection's responses on their way out. Anyone answers through it without
-/// waiting (the execute thread does, through [`Clients`]); the connection's reader takes no
-/// more requests while `MAX_UNANSWERED` are unanswered or `MAX_QUEUED_BYTES` of responses
-/// wait, so a client that pipelines requests and never reads the answers costs a bounded
-/// amount: at most `MAX_UNANSWERED` responses, whose bodies (values; the long ones shared with the store).
+/// waiting (the execute thread does, through [`Clients`]): the response is encoded straight
+/// into the connection's pending bytes, and the writer is woken only when they were empty, so
+/// a burst of answers is one wake-up and one write, with no allocation per answer. The
+/// connection's reader takes no more requests while `MAX_UNANSWERED` are unanswered or
+/// `MAX_QUEUED_BYTES` of responses wait, so a client that pipelines requests and never reads
+/// the answers costs a bounded amount. The writer ends once every `Outbox` is gone and what
+/// they answered is written.
 pub struct Outbox {
-    tx: UnboundedSender<[Bytes; 2]>,
-    flow: Arc<Flow>,
+    pipe: Arc<Pipe>,
+}
+
+/// What an outbox shares with its connection's writer.
+#[derive(Default)]
+struct Pipe {
+    pending: Mutex<Pending>,
+    /// Signalled when the pending bytes stop being empty, and when the outbox is dropped.
+    ready: Notify,
+    flow: Flow,
+}
+
+#[derive(Default)]
+struct Pending {
+    bytes: BytesMut,
+    responses: usize,
+    /// The outbox is gone: nothing more will be answered.
+    dropped: bool,
+}
+
+impl Pipe {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Swaps the pending bytes into `batch` (empty), so that neither buffer is allocated again
+    /// once grown; returns how many responses they hold and whether the outbox is gone.
+    fn take(&self, batch: &mut BytesMut) -> (usize, bool) {
+        debug_assert!(batch.is_empty(), "the last batch was written");
+        let mut pending = self.lock();
+        std::mem::swap(&mut pending.bytes, batch);
+        (std::mem::take(&mut pending.responses), pending.dropped)
+    }
 }
 
 impl Outbox {
-    /// A connection's outbox and the queue its writer takes responses from.
-    pub fn new() -> (Arc<Outbox>, UnboundedReceiver<[Bytes; 2]>) {
-        let (tx, rx) = unbounded_channel();
-        (Arc::new(Outbox { tx, flow: Arc::default() }), rx)
+    pub fn respond(&self, id: u64, status: Status, body: &[u8]) {
+        let mut pending = self.pipe.lock();
+        let before = pending.bytes.len();
+        proto::put_response(&mut pending.bytes, id, status, body);
+        self.pipe.flow.queued.fetch_add(pending.bytes.len() - before, Relaxed);
+        pending.responses += 1;
+        let first = pending.responses == 1;
+        drop(pending);
+        if first {
+            self.pipe.ready.notify_one();
+        }
+    }
+}
+
+#[cfg(test)]
+impl Outbox {
+    /// An outbox with no connection behind it.
+    pub fn detached() -> Arc<Outbox> {
+        Arc::new(Outbox { pipe: Arc::default() })
     }
 
-    pub fn respond(&self, id: u64, status: Status, body: Bytes) {
-        let head = proto::response_head(id, status, body.len());
-        self.flow.queued.fetch_add(head.len() + body.len(), Relaxed);
-        // An error only if the writer stopped (the client went away): nowhere to go.
-        let _ = self.tx.send([head, body]);
+    /// What it was answered so far.
+    pub fn take_pending(&self) -> BytesMut {
+        let mut pending = self.pipe.lock();
+        pending.responses = 0;
+        pending.bytes.split()
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.pipe.lock().dropped = true;
+        self.pipe.ready.notify_one();
     }
 }
 
@@ -586,9 +641,10 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (outbox, rx) = Outbox::new();
-    let flow = outbox.flow.clone();
-    tokio::spawn(write_responses(wr, rx, flow.clone()));
+    let pipe = Arc::new(Pipe::default());
+    let outbox = Arc::new(Outbox { pipe: pipe.clone() });
+    let flow = &pipe.flow;
+    tokio::spawn(write_responses(wr, pipe.clone()));
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut held = partial.hold();
     let mut deadline = None;
@@ -631,27 +687,23 @@ where
     }
 }
 
-/// Writes responses as they come, many per system call.
-async fn write_responses<W: AsyncWrite + Unpin>(mut wr: W, mut rx: UnboundedReceiver<[Bytes; 2]>, flow: Arc<Flow>) {
+/// Writes responses as they come: everything pending at each wake-up in one system call.
+async fn write_responses<W: AsyncWrite + Unpin>(mut wr: W, pipe: Arc<Pipe>) {
     let mut batch = BytesMut::with_capacity(64 << 10);
-    while let Some(first) = rx.recv().await {
-        let mut responses = 1;
-        first.iter().for_each(|part| batch.extend_from_slice(part));
-        while batch.len() < (1 << 20) {
-            match rx.try_recv() {
-                Ok(more) => {
-                    more.iter().for_each(|part| batch.extend_from_slice(part));
-                    responses += 1;
-                }
-                Err(_) => break,
+    loop {
+        pipe.ready.notified().await;
+        let (responses, dropped) = pipe.take(&mut batch);
+        if responses > 0 {
+            let result = wr.write_all(&batch).await;
+            pipe.flow.written(responses, batch.len());
+            if result.is_err() {
+                return pipe.flow.close();
             }
+            batch.clear();
         }
-        let result = wr.write_all(&batch).await;
-        flow.written(responses, batch.len());
-        if result.is_err() {
-            return flow.close();
+        if dropped {
+            return;
         }
-        batch.clear();
     }
 }
 
@@ -673,8 +725,8 @@ mod tests {
             let _ = serve_conn(rd, wr, &partial, |frame, outbox| {
                 let (id, _) = proto::parse_request(frame).unwrap();
                 let mut seen = record.lock().unwrap();
-                *seen = (seen.0 + 1, seen.1.max(outbox.flow.unanswered.load(Relaxed)));
-                outbox.respond(id, Status::Ok, Bytes::from(vec![0; body_len]));
+                *seen = (seen.0 + 1, seen.1.max(outbox.pipe.flow.unanswered.load(Relaxed)));
+                outbox.respond(id, Status::Ok, &vec![0; body_len]);
             })
             .await;
         });
