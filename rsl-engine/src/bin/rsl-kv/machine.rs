@@ -148,7 +148,6 @@ impl Value {
             Value::Heap(bytes) => bytes,
         }
     }
-
 }
 
 /// The key-value store: `put` requests replicate; `get` is a fast read.
