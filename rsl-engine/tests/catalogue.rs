@@ -56,6 +56,8 @@ struct Seen {
     config_cookies: BTreeSet<u64>,
     /// Each `notify_configuration_changed`: its cookie, and the configuration the view shows.
     configurations: Vec<(Option<u64>, (MemberSet, u32))>,
+    /// The requests `look_ahead` was shown and that have not executed since.
+    ahead: std::collections::VecDeque<Bytes>,
     broken: Vec<String>,
 }
 
@@ -131,6 +133,13 @@ impl StateMachine for Checking {
         true
     }
 
+    fn look_ahead(&self, requests: &[Bytes]) {
+        let mut seen = self.seen.lock().unwrap();
+        let fresh = !self.in_decree && seen.ahead.is_empty();
+        seen.check(fresh, || "look_ahead inside a decree".into());
+        seen.ahead.extend(requests.iter().cloned());
+    }
+
     fn before_execute_replicated_requests(&mut self) {
         self.in_decree = true;
     }
@@ -146,6 +155,8 @@ impl StateMachine for Checking {
         let mut seen = self.seen.lock().unwrap();
         seen.check(config >= last_config, || format!("configuration {config} after {last_config}"));
         seen.check(self.in_decree, || format!("request at {seq} outside a decree's bracket"));
+        let shown = seen.ahead.pop_front();
+        seen.check(shown.as_deref() == Some(bytes), || format!("request at {seq} not shown to look_ahead first"));
         // The first request of a decree moves the number on; later ones of it keep it.
         let first_of_decree = seen.executed.last().is_none_or(|&(s, _)| s != seq);
         seen.check(seq > last_seq || (seq == last_seq && !first_of_decree) || last_seq == 0, || format!("decree {seq} after {last_seq}"));

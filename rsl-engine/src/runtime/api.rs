@@ -60,6 +60,11 @@ pub trait StateMachine: Send + Sync + 'static {
     /// take a checkpoint before the next decree executes.
     fn execute_replicated_request(&mut self, request: &[u8], cookie: Option<Cookie>, save_state: &mut bool);
 
+    /// The requests of a decree about to execute, before any of them does: a state machine may
+    /// touch what they will touch (a batch of lookups overlaps its cache misses, where one at
+    /// a time waits for each). It must not change the state. Not in the original's API.
+    fn look_ahead(&self, _requests: &[bytes::Bytes]) {}
+
     /// Bracket the requests of one decree (not called for heartbeats or reconfigurations).
     fn before_execute_replicated_requests(&mut self) {}
     /// Called after the last request of each decree `before_execute_replicated_requests` opened.

@@ -256,6 +256,7 @@ impl Executor {
         let mut save = false;
         let mut sm = self.sm.exclusive();
         self.shared.current_seq.store(decree, Release);
+        sm.look_ahead(&body.requests);
         sm.before_execute_replicated_requests();
         for (i, request) in body.requests.iter().enumerate() {
             sm.execute_replicated_request(request, cookies.get(i).copied(), &mut save);

@@ -112,6 +112,7 @@ fn execute(sm: &mut dyn StateMachine, vote: &Message) {
         return;
     }
     let mut save = false;
+    sm.look_ahead(&body.requests);
     sm.before_execute_replicated_requests();
     for request in &body.requests {
         sm.execute_replicated_request(request, None, &mut save);

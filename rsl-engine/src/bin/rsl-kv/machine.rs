@@ -3,13 +3,14 @@
 use crate::proto::{self, Status};
 use crate::server::Outbox;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use indexmap::map::RawEntryApiV1;
 use indexmap::IndexMap;
 use rsl_engine::format::checkpoint::{CheckpointReader, CheckpointWriter};
 use rsl_engine::paxos::Cookie;
 use rsl_engine::runtime::{ResponseCode, StateMachine};
 use std::borrow::Borrow;
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -266,6 +267,21 @@ impl StateMachine for Kv {
         if let Some(cookie) = cookie {
             let seq = (self.seq)().to_le_bytes();
             self.clients.answer(cookie, status, if status == Status::Ok { &seq } else { &[] });
+        }
+    }
+
+    fn look_ahead(&self, requests: &[Bytes]) {
+        // At 100,000 keys written in turn, each put's lookup missed the cache on the map's
+        // index, a sixth of the cluster's samples at 1024 in flight. Lookups of hashes taken
+        // beforehand, in a row, are independent loads whose misses overlap; the puts that
+        // follow find the slots cached.
+        let mut keys = requests.iter().filter_map(|r| proto::parse_put(r)).map(|(key, _)| key).peekable();
+        while keys.peek().is_some() {
+            let mut hashed = [(0, &[][..]); 16];
+            let n = hashed.iter_mut().zip(&mut keys).map(|(slot, key)| *slot = (self.map.hasher().hash_one(key), key)).count();
+            for &(hash, key) in &hashed[..n] {
+                std::hint::black_box(self.map.raw_entry_v1().from_key_hashed_nocheck(hash, key));
+            }
         }
     }
 
