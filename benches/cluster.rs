@@ -30,8 +30,10 @@
 //! (`rsl-kv cluster --rings n`: the three processes each host n rings, and the load generator
 //! spreads the same requests in flight over the n rings' primaries), 64-byte requests,
 //! fdatasync on, at `CLUSTER_BENCH_IN_FLIGHT` requests in flight (default `64,256`): 1 ring, n
-//! rings with a journal writer thread per ring, n rings sharing their process's writer threads
-//! (`--journal-writer`), back to back, `CLUSTER_BENCH_ROUNDS` times. It prints each run
+//! rings with a journal writer and a network thread per ring, n rings sharing their process's
+//! writer threads and network threads (`--journal-writer`, `--network`), back to back, `CLUSTER_BENCH_ROUNDS`
+//! times; with `CLUSTER_BENCH_PER_RING=1` each ring gets the in-flight count (and 16
+//! connections) the one ring gets, so the aggregate is taken at each ring's saturation. It prints each run
 //! (aggregate and per-ring req/s, p50/p99), the aggregate ratios n rings / 1 ring, and the
 //! load average.
 
@@ -226,11 +228,16 @@ fn many_rings(exe: &str, rings: u16) {
     let secs = env_or("CLUSTER_BENCH_SECS", "10");
     let rounds: usize = env_or("CLUSTER_BENCH_ROUNDS", "2").parse().expect("CLUSTER_BENCH_ROUNDS is a number");
     let in_flight = env_or("CLUSTER_BENCH_IN_FLIGHT", "64,256");
-    let flags = |n: u16, writer: &str| vec!["--rings".to_string(), n.to_string(), "--journal-writer".into(), writer.into()];
+    // With CLUSTER_BENCH_PER_RING=1 every ring gets the in-flight count (and 16 connections),
+    // as the one ring does: the aggregate at each ring's saturation.
+    let per_ring = std::env::var("CLUSTER_BENCH_PER_RING").is_ok_and(|v| v == "1");
+    let flags = |n: u16, sharing: &str| {
+        ["--rings", &n.to_string(), "--journal-writer", sharing, "--network", sharing].into_iter().map(String::from).collect::<Vec<_>>()
+    };
     let configs: Vec<(String, Vec<String>)> = vec![
         ("1 ring".into(), flags(1, "per-ring")),
-        (format!("{rings} rings, a writer per ring"), flags(rings, "per-ring")),
-        (format!("{rings} rings, shared writers"), flags(rings, "shared")),
+        (format!("{rings} rings, a writer and a network thread per ring"), flags(rings, "per-ring")),
+        (format!("{rings} rings, shared writers and network threads"), flags(rings, "shared")),
     ];
     println!("# load average before: {}", load_average());
     let mut port = 26_000u16;
@@ -239,8 +246,15 @@ fn many_rings(exe: &str, rings: u16) {
         let mut runs: Vec<Vec<Run>> = configs.iter().map(|_| Vec::new()).collect();
         for _ in 0..rounds {
             for ((_, extra), into) in configs.iter().zip(runs.iter_mut()) {
+                let n: usize = extra[1].parse().expect("--rings n");
+                let scale = if per_ring { n } else { 1 };
+                let total: usize = outstanding.parse().expect("CLUSTER_BENCH_IN_FLIGHT: numbers");
+                let (total, conns) = ((total * scale).to_string(), (16 * scale).min(1024).to_string());
                 let mut flags: Vec<String> =
-                    ["--duration", &secs, "--size", "64", "--outstanding", &outstanding].into_iter().map(String::from).collect();
+                    ["--duration", &secs, "--size", "64", "--outstanding", &total].into_iter().map(String::from).collect();
+                if per_ring {
+                    flags.extend(["--connections".to_string(), conns]);
+                }
                 flags.extend(extra.iter().cloned());
                 // Each run's ports: 10 per ring.
                 port += 10 * rings + 10;

@@ -14,7 +14,7 @@ use rsl_engine::faults::{self, POINTS};
 use rsl_engine::format::checkpoint::{CheckpointReader, CheckpointWriter};
 use rsl_engine::format::{MemberSet, Version};
 use rsl_engine::runtime::api::node;
-use rsl_engine::runtime::{AdmitAll, InitError, JournalGroup, ResponseCode, RslConfig, RslReplica, StateMachine};
+use rsl_engine::runtime::{AdmitAll, InitError, JournalGroup, NetworkGroup, ResponseCode, RslConfig, RslReplica, StateMachine};
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::{Ipv4Addr, TcpListener};
@@ -147,6 +147,8 @@ struct Disk {
     max_log_len_mb: u32,
     /// The journal writer it shares with other rings of this process, if any.
     journal_group: Option<JournalGroup>,
+    /// The network threads it shares with other rings of this process, if any.
+    network_group: Option<NetworkGroup>,
 }
 
 /// A running replica and what its state machine saw.
@@ -157,7 +159,7 @@ struct Running {
 
 impl Disk {
     fn new(max_log_len_mb: u32) -> Disk {
-        Disk { dir: tempfile::tempdir().unwrap(), port: free_port(), max_log_len_mb, journal_group: None }
+        Disk { dir: tempfile::tempdir().unwrap(), port: free_port(), max_log_len_mb, journal_group: None, network_group: None }
     }
 
     fn start(&self) -> Result<Running, InitError> {
@@ -170,6 +172,7 @@ impl Disk {
             new_leader_grace_period_sec: 1,
             max_log_len_mb: self.max_log_len_mb,
             journal_group: self.journal_group.clone(),
+            network_group: self.network_group.clone(),
             ..RslConfig::default()
         };
         let seen = Arc::new(Mutex::new(Seen::default()));
@@ -428,14 +431,16 @@ impl Drop for Reap {
     }
 }
 
-/// Three rings share a journal writer; one ring's log fsync fails: it stops alone, the others
-/// go on acknowledging on the same writer, and each recovers all it acknowledged.
+/// Three rings share a journal writer and network threads; one ring's log fsync fails: it
+/// stops alone, the others go on acknowledging on the same threads, and each recovers all it
+/// acknowledged, the failed one on its own ports again (its listeners closed with it).
 #[test]
-fn rings_sharing_a_journal_writer_fail_alone() {
+fn rings_sharing_writer_and_network_threads_fail_alone() {
     let _scenario = fail::FailScenario::setup();
     take_errors();
-    let group = JournalGroup::new();
-    let disks: Vec<Disk> = (0..3).map(|_| Disk { journal_group: Some(group.clone()), ..Disk::new(100) }).collect();
+    let (group, network) = (JournalGroup::new(), NetworkGroup::new(2).unwrap());
+    let shared = || Disk { journal_group: Some(group.clone()), network_group: Some(network.clone()), ..Disk::new(100) };
+    let disks: Vec<Disk> = (0..3).map(|_| shared()).collect();
     let rings: Vec<Running> = disks.iter().map(|d| d.start().unwrap()).collect();
     let before = requests("a", 20, 20);
     rings.iter().for_each(|r| r.write_acked(&before));

@@ -262,7 +262,7 @@ macro_rules! config_fields {
             let catch_up = if c.catch_up_by_restart { CatchUp::Restart } else { CatchUp::LoadInPlace };
             let working_dir = PathBuf::from(OsStr::from_bytes(dir));
             let nvm_journal = nvm_journal_from_c(c)?;
-            Ok(RslConfig { $($f: c.$f,)* working_dir, tls: None, catch_up, net_delay_us: 0, nvm_journal, ring_name: String::new(), paxos_transport: PaxosTransport::Tcp, journal_group: None })
+            Ok(RslConfig { $($f: c.$f,)* working_dir, tls: None, catch_up, net_delay_us: 0, nvm_journal, ring_name: String::new(), paxos_transport: PaxosTransport::Tcp, journal_group: None, network_group: None })
         }
     };
 }

@@ -4,6 +4,7 @@
 use super::checkpoints::CheckpointAlerts;
 use super::journal::JournalGroup;
 use super::learn::LearnLimits;
+use super::net::NetworkGroup;
 use super::nvm::Persistence;
 use super::shm_link::ShmOptions;
 use super::tls::TlsSettings;
@@ -166,6 +167,10 @@ pub struct RslConfig {
     /// rings; each ring's records stay in its own log files. The file journal only. None (the
     /// default): a writer thread per ring.
     pub journal_group: Option<JournalGroup>,
+    /// The network threads this ring shares with other rings of the process (a
+    /// [`NetworkGroup`] cloned into each ring's configuration): its Paxos port, learn port and
+    /// peer connections run on the group's threads. None (the default): a thread of its own.
+    pub network_group: Option<NetworkGroup>,
 }
 
 /// Where the NVM journal's persistent log is, its size, and what makes it durable.
@@ -265,6 +270,7 @@ impl Default for RslConfig {
             ring_name: String::new(),
             nvm_journal: None,
             journal_group: None,
+            network_group: None,
             paxos_transport: PaxosTransport::Tcp,
         }
     }
@@ -563,6 +569,7 @@ mod tests {
             nvm_journal,
             paxos_transport,
             journal_group,
+            network_group,
         );
         let doc = include_str!("../../../docs/migrating.md");
         let table = doc.split("## 6. `RSLConfigParam`, field by field").nth(1).expect("the field table in docs/migrating.md");

@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 /// File bytes moved per read and write.
 const CHUNK: usize = 256 * 1024;
@@ -214,7 +214,7 @@ impl LearnServer {
         let local_addr = listener.local_addr()?;
         let refusals = Arc::new(RateLimited::new());
         let serve = move |conn, from| serve_logged(conn, from, source.clone(), limits.timeout, tls.clone(), refusals.clone());
-        let task = rt.spawn(accept_each(listener, "learn", limits.max_connections, serve));
+        let task = rt.spawn(accept_each(listener, "learn", limits.max_connections, serve).in_current_span());
         Ok(LearnServer { local_addr, task })
     }
 
@@ -229,9 +229,16 @@ impl LearnServer {
     }
 }
 
+impl LearnServer {
+    /// Closes the port and every connection it serves.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
 impl Drop for LearnServer {
     fn drop(&mut self) {
-        self.task.abort();
+        self.stop();
     }
 }
 

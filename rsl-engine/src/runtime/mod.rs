@@ -17,6 +17,7 @@ pub mod health;
 pub mod journal;
 pub mod learn;
 pub mod metrics;
+mod net;
 #[cfg(target_os = "linux")]
 pub mod nvm;
 mod queue;
@@ -37,6 +38,7 @@ pub use api::{Admission, AdmitAll, InitError, ReplicaHealth, ResponseCode, State
 pub use config::{CatchUp, ConfigError, NvmJournal, PaxosTransport, RslConfig};
 pub use health::Timed;
 pub use journal::JournalGroup;
+pub use net::NetworkGroup;
 pub use nvm::Persistence;
 pub use replica::RslReplica;
 pub use view::ReplicaView;
@@ -202,24 +204,6 @@ impl Shared {
 /// The text of a panic's payload (a `&str` or `String` message, as `panic!` makes).
 pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
     payload.downcast_ref::<&str>().copied().or_else(|| payload.downcast_ref::<String>().map(String::as_str)).unwrap_or("(no message)")
-}
-
-/// Spawns one of the replica's background tasks (a catch-up fetch, a state copy). Should it
-/// panic, `failed` gets the message, so that the replica fails instead of waiting forever for
-/// the task's result. (A task cancelled by the runtime's shutdown is not a failure.)
-pub(crate) fn spawn_task(
-    rt: &tokio::runtime::Handle,
-    task: impl std::future::Future<Output = ()> + Send + 'static,
-    failed: impl FnOnce(String) + Send + 'static,
-) {
-    let handle = rt.spawn(task);
-    rt.spawn(async move {
-        if let Err(e) = handle.await {
-            if e.is_panic() {
-                failed(panic_message(&*e.into_panic()).to_owned());
-            }
-        }
-    });
 }
 
 thread_local! {

@@ -9,13 +9,14 @@ use super::exec::{fetch_checkpoint, Executor, Work};
 use super::journal::{read_defunct, Journal, JournalOptions};
 use super::learn::{self, LearnServer, LearnSource};
 use super::metrics;
+use super::net::{NetRuntime, Tasks};
 use super::queue::{self, Queue, Refused};
 use super::readers::{Read, Ready};
 use super::resolve::{Notes, Resolver, RESOLVE_INTERVAL};
 use super::ring::{learn_addr, Io, Limits, Ring};
 use super::tls::Tls;
 use super::transport::{Origin, Transport};
-use super::{in_current_span, panic_message, restore, spawn_task, FileRange, ReplicaView, Shared};
+use super::{panic_message, restore, FileRange, ReplicaView, Shared};
 use crate::format::message::StatusBody;
 use crate::format::{Ballot, Body, ConfigInfo, Header, MemberId, MemberSet, Message, Node, Version};
 use crate::paxos::{Action, Cookie, Input, Replica, Role};
@@ -63,8 +64,10 @@ pub struct RslReplica {
     checkpoints: Arc<Catalog>,
     receive_timeout: Duration,
     threads: Mutex<Vec<JoinHandle<()>>>,
-    runtime: Mutex<Option<tokio::runtime::Runtime>>,
-    _learn: LearnServer,
+    runtime: Mutex<Option<NetRuntime>>,
+    /// Its background tasks on that runtime.
+    tasks: Tasks,
+    learn: LearnServer,
     /// One configuration for the Paxos port, the learn port and the learn clients.
     tls: Option<Arc<Tls>>,
     /// `tls.refused()` at the last statistics snapshot.
@@ -198,10 +201,8 @@ impl RslReplica {
         shared.view().config = core.configuration().clone();
         shared.passed_seq.store(shared.current_seq.load(Relaxed), Relaxed);
 
-        let runtime = in_current_span(tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("rsl-net"))
-            .enable_all()
-            .build()
-            .map_err(|e| storage(&e))?;
+        let runtime = NetRuntime::new(cfg.network_group.clone()).map_err(|e| storage(&e))?;
+        let tasks = Tasks::new(runtime.handle().clone());
         let bind_ip = if cfg.listen_on_all_ips { std::net::Ipv4Addr::UNSPECIFIED } else { me.ip };
         let paxos = SocketAddr::V4(SocketAddrV4::new(bind_ip, me.rsl_port));
         if tls.is_none() && !paxos.ip().is_loopback() {
@@ -243,7 +244,7 @@ impl RslReplica {
         let io = Io::new(
             journal,
             transport.clone(),
-            runtime.handle().clone(),
+            tasks.clone(),
             work_tx.clone(),
             events_tx.clone(),
             shared.clone(),
@@ -298,7 +299,8 @@ impl RslReplica {
             receive_timeout: Duration::from_secs(cfg.receive_timeout_sec.into()),
             threads: Mutex::new(threads),
             runtime: Mutex::new(Some(runtime)),
-            _learn: learn,
+            tasks,
+            learn,
             tls,
             tls_refused_reported: Default::default(),
             dir,
@@ -549,10 +551,7 @@ impl RslReplica {
     /// from a peer into the data directory (it takes effect at the next start) and reports
     /// through `state_copied` with `cookie` (sequence 0 and no file if no peer had one).
     pub fn copy_state_from_replica(&self, cookie: Cookie) -> ResponseCode {
-        let Some(rt) = self.runtime.lock().expect("runtime").as_ref().map(|rt| rt.handle().clone()) else {
-            return ResponseCode::ShuttingDown;
-        };
-        if self.shared.shutting_down.load(Relaxed) {
+        if self.runtime.lock().expect("runtime").is_none() || self.shared.shutting_down.load(Relaxed) {
             return ResponseCode::ShuttingDown;
         }
         let peers: Vec<Node> = self.configuration().0.nodes.into_iter().filter(|n| n.id != self.me.id).collect();
@@ -565,7 +564,7 @@ impl RslReplica {
             let _ = work.send(Work::Copied { seq, path, cookie: Some(cookie) });
         };
         let events = self.events.clone();
-        spawn_task(&rt, task, move |panic| drop(events.send(Event::Fatal(format!("copying state from a peer panicked: {panic}")))));
+        self.tasks.spawn(task, move |panic| drop(events.send(Event::Fatal(format!("copying state from a peer panicked: {panic}")))));
         ResponseCode::Success
     }
 
@@ -688,7 +687,11 @@ impl RslReplica {
             let _ = t.join();
         }
         if let Some(rt) = self.runtime.lock().expect("runtime").take() {
-            rt.shutdown_timeout(Duration::from_secs(1));
+            // A runtime shared with other rings goes on: end what is this replica's on it.
+            self.transport.shutdown();
+            self.learn.stop();
+            self.tasks.abort_all();
+            rt.shut_down();
         }
     }
 }

@@ -10,12 +10,13 @@ use super::event::Event;
 use super::exec::{abort_code, Work};
 use super::journal::{write_defunct, Journal};
 use super::learn;
+use super::net::Tasks;
 use super::queue::{Inbox, Queue, CAPACITY};
 use super::resolve::Notes;
 use super::spill::ExecBacklog;
 use super::tls::Tls;
 use super::transport::{frame, Origin, RateLimited, Transport};
-use super::{spawn_task, Shared};
+use super::Shared;
 use crate::driver::{Driver, Execution, Host, Inbound};
 use crate::format::{Ballot, MemberId, Message, MsgKind, Node};
 use crate::paxos::{Application, BootstrapError, Checkpoint, Cookie, Input, Micros, Rejection, Replica, Role, SubmitError};
@@ -67,7 +68,7 @@ pub(crate) struct Ring {
 pub(crate) struct Io {
     pub journal: Journal,
     pub transport: Arc<Transport>,
-    pub rt: tokio::runtime::Handle,
+    pub tasks: Tasks,
     pub work: Queue<Work>,
     pub events: Queue<Event>,
     pub shared: Arc<Shared>,
@@ -109,7 +110,7 @@ impl Io {
     pub fn new(
         journal: Journal,
         transport: Arc<Transport>,
-        rt: tokio::runtime::Handle,
+        tasks: Tasks,
         work: Queue<Work>,
         events: Queue<Event>,
         shared: Arc<Shared>,
@@ -128,7 +129,7 @@ impl Io {
             backlog: ExecBacklog::new(limits.execution_queue_bytes, dir.clone(), shared.clone()),
             journal,
             transport,
-            rt,
+            tasks,
             work,
             events,
             shared,
@@ -530,7 +531,7 @@ impl Host for Io {
             });
             let _ = events.send(Event::Input(Input::Learned { from, records }));
         };
-        spawn_task(&self.rt, task, self.fatal(format!("learning votes from {from}")));
+        self.tasks.spawn(task, self.fatal(format!("learning votes from {from}")));
     }
 
     fn fetch_checkpoint(&mut self, node: &Node, request: Message, size: u64, load: bool) {
@@ -552,7 +553,7 @@ impl Host for Io {
             };
             let _ = events.send(event);
         };
-        spawn_task(&self.rt, task, fatal);
+        self.tasks.spawn(task, fatal);
     }
 
     /// Counted always; logged unless one was logged within `REJECTION_LOG_INTERVAL`.

@@ -207,7 +207,14 @@ fn start(args: &ClusterArgs, dir: &std::path::Path, ports: &[Ports], tls: Option
         cmd.args(["replica", "--id", &ids[i], "--port", &p.paxos.to_string(), "--client-port", &p.client.to_string()])
             .args(["--members", &members.join(","), "--version", &args.version.to_string(), "--window", &args.window.to_string()])
             .args(["--net-delay-us", &args.net_delay_us.to_string(), "--transport", &args.transport.to_string()])
-            .args(["--rings", &args.rings.to_string(), "--journal-writer", &args.journal_writer.to_string()])
+            .args([
+                "--rings",
+                &args.rings.to_string(),
+                "--journal-writer",
+                &args.journal_writer.to_string(),
+                "--network",
+                &args.network.to_string(),
+            ])
             .arg("--dir")
             .arg(dir)
             .arg("--ignore-sigint")

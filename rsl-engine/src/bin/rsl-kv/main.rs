@@ -118,8 +118,11 @@ pub struct ClusterArgs {
     #[arg(long, default_value_t = 1)]
     rings: u16,
     /// With several rings: journal writer threads the rings share (`shared`) or one per ring.
-    #[arg(long, value_enum, default_value_t = server::JournalWriter::Shared)]
-    journal_writer: server::JournalWriter,
+    #[arg(long, value_enum, default_value_t = server::Sharing::Shared)]
+    journal_writer: server::Sharing,
+    /// With several rings: network threads the rings share (`shared`) or one per ring.
+    #[arg(long, value_enum, default_value_t = server::Sharing::Shared)]
+    network: server::Sharing,
 }
 
 /// Logs to stderr as `RSL_LOG` filters them, in the format `RSL_LOG_FORMAT` names.

@@ -6,7 +6,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use clap::Args;
 use rsl_engine::format::{MemberId, MemberSet, Node, Version};
 use rsl_engine::runtime::transport::{accept_each, grow_within, Budget, RateLimited};
-use rsl_engine::runtime::{AdmitAll, JournalGroup, NvmJournal, PaxosTransport, Persistence, ResponseCode, RslConfig, RslReplica};
+use rsl_engine::runtime::{
+    AdmitAll, JournalGroup, NetworkGroup, NvmJournal, PaxosTransport, Persistence, ResponseCode, RslConfig, RslReplica,
+};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
@@ -82,8 +84,12 @@ pub struct ReplicaArgs {
     /// Who writes the rings' journals: writer threads the rings share (`shared`: at most 8
     /// for any number of rings, each ring's records in its own files) or a thread per ring
     /// (`per-ring`).
-    #[arg(long, value_enum, default_value_t = JournalWriter::Shared)]
-    pub journal_writer: JournalWriter,
+    #[arg(long, value_enum, default_value_t = Sharing::Shared)]
+    pub journal_writer: Sharing,
+    /// Who runs the rings' Paxos ports, learn ports and peer connections: network threads the
+    /// rings share (`shared`: one per core) or a thread per ring (`per-ring`).
+    #[arg(long, value_enum, default_value_t = Sharing::Shared)]
+    pub network: Sharing,
     /// Stop on SIGTERM only: `rsl-kv cluster` stops its replicas itself after Ctrl-C, once it
     /// has checked that they agree.
     #[arg(long, hide = true)]
@@ -106,18 +112,18 @@ pub struct ReplicaArgs {
     pub nvm: NvmArgs,
 }
 
-/// `--journal-writer`.
+/// `--journal-writer`, `--network`: with several rings, threads they share or a thread each.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum JournalWriter {
+pub enum Sharing {
     Shared,
     PerRing,
 }
 
-impl std::fmt::Display for JournalWriter {
+impl std::fmt::Display for Sharing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            JournalWriter::Shared => "shared",
-            JournalWriter::PerRing => "per-ring",
+            Sharing::Shared => "shared",
+            Sharing::PerRing => "per-ring",
         })
     }
 }
@@ -219,7 +225,10 @@ pub fn run(args: ReplicaArgs) -> Result<u8, String> {
         println!("metrics on {bound}");
     }
     let mut replicas = Vec::new();
-    let group = (args.rings > 1 && args.journal_writer == JournalWriter::Shared).then(JournalGroup::new);
+    let group = (args.rings > 1 && args.journal_writer == Sharing::Shared).then(JournalGroup::new);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let network =
+        (args.rings > 1 && args.network == Sharing::Shared).then(|| NetworkGroup::new(cores)).transpose().map_err(|e| e.to_string())?;
     for k in 0..args.rings {
         let mut ring = args.clone();
         if args.rings > 1 {
@@ -235,7 +244,7 @@ pub fn run(args: ReplicaArgs) -> Result<u8, String> {
             .map_err(|e| format!("cannot listen on {}:{} (client port): {e}", ring.host, ring.client_port))?;
         // The same on every replica of the ring: logs and metrics group by it.
         let ring_name = format!("ring{k}");
-        let (replica, server) = start(ring.clone(), &ring_name, group.clone())?;
+        let (replica, server) = start(ring.clone(), &ring_name, group.clone(), network.clone())?;
         // The client port's lines name the ring and member, as the replica's own do.
         let span = tracing::error_span!("rsl", ring = %ring_name, member = %ring.id);
         rt.spawn(server.accept(listener).instrument(span));
@@ -340,7 +349,12 @@ pub fn check_transport(transport: TransportArg, tls: bool, net_delay_us: u32) ->
 }
 
 /// Starts one ring's replica and the server for its clients.
-fn start(args: ReplicaArgs, ring_name: &str, journal_group: Option<JournalGroup>) -> Result<(Arc<RslReplica>, Server), String> {
+fn start(
+    args: ReplicaArgs,
+    ring_name: &str,
+    journal_group: Option<JournalGroup>,
+    network_group: Option<NetworkGroup>,
+) -> Result<(Arc<RslReplica>, Server), String> {
     let version = check_protocol(args.version, args.window, args.net_delay_us)?;
     let tls = args.tls.settings()?;
     let paxos_transport = check_transport(args.transport, tls.is_some(), args.net_delay_us)?;
@@ -361,6 +375,7 @@ fn start(args: ReplicaArgs, ring_name: &str, journal_group: Option<JournalGroup>
         nvm_journal: args.nvm.journal(),
         paxos_transport,
         journal_group,
+        network_group,
         ..RslConfig::default()
     };
     let (clients, summary) = (Arc::new(Clients::default()), Arc::new(Summary::default()));

@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 /// How much a reader asks of the socket at a time while packets are small.
 pub(super) const READ_CHUNK: usize = 64 * 1024;
@@ -64,7 +64,8 @@ pub async fn accept_each<L: Listener, F: Future<Output = ()> + Send + 'static>(
                     warn!(port, %from, max, held_back, "connection refused: the port serves its maximum already");
                 }
             }
-            Ok((conn, from)) => drop(tasks.spawn(serve(conn, from))),
+            // In the acceptor's span (a ring's, on a runtime shared by rings).
+            Ok((conn, from)) => drop(tasks.spawn(serve(conn, from).in_current_span())),
             Err(e) => {
                 if let Some(held_back) = failures.allow() {
                     warn!(port, error = %e, held_back, "accept failed; retrying");

@@ -40,7 +40,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 /// What every connection's reader calls with each message it decodes. It runs on a tokio
 /// thread, so it must hand the message off rather than work on it.
@@ -214,7 +214,7 @@ impl Transport {
         let reading = Arc::new(Reading::new(&opts));
         let (accepted, deliver, auth) = (reading.clone(), on_message.clone(), tls.clone());
         let serve = move |stream, from| read_inbound(stream, from, accepted.clone(), deliver.clone(), auth.clone());
-        let acceptor = rt.spawn(accept_each(listener, "Paxos", opts.max_inbound, serve));
+        let acceptor = rt.spawn(accept_each(listener, "Paxos", opts.max_inbound, serve).in_current_span());
         Ok(Transport {
             rt: rt.clone(),
             opts,
@@ -271,7 +271,7 @@ impl Transport {
                     delay: self.opts.delay,
                     shm: self.opts.shm.clone(),
                 };
-                let task = self.rt.spawn(run_peer(id, peer.clone(), self.opts.clone(), link));
+                let task = self.rt.spawn(run_peer(id, peer.clone(), self.opts.clone(), link).in_current_span());
                 PeerEntry { peer, task }
             });
         }

@@ -1,0 +1,172 @@
+//! The tokio runtime a replica's network tasks run on (its Paxos port, learn port and peer
+//! connections): one of its own, or a [`NetworkGroup`]'s shared by several rings of the
+//! process; and the replica's background tasks on it, which it ends itself when it unloads.
+
+use super::{in_current_span, panic_message};
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::runtime::{Handle, Runtime};
+use tokio::task::AbortHandle;
+use tracing::Instrument;
+
+/// Network threads shared by several rings of one process (`RslConfig`'s `network_group`):
+/// every ring's Paxos port, learn port and peer connections run on one runtime of a few
+/// threads instead of a thread per ring, so that the packets of many rings are one thread's
+/// wake-ups. Cheap to clone: every clone is the same group; its threads end with the last.
+#[derive(Clone)]
+pub struct NetworkGroup {
+    runtime: Arc<Shared>,
+}
+
+/// Shut down in the background when the last holder drops it: that may be on one of its own
+/// threads, where a blocking shutdown would panic.
+struct Shared(Option<Runtime>);
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl NetworkGroup {
+    /// A group of `threads` network threads (at least 1), named `rsl-net`.
+    pub fn new(threads: usize) -> io::Result<NetworkGroup> {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(threads.max(1)).thread_name("rsl-net").enable_all().build()?;
+        Ok(NetworkGroup { runtime: Arc::new(Shared(Some(rt))) })
+    }
+
+    fn handle(&self) -> &Handle {
+        self.runtime.0.as_ref().expect("running until dropped").handle()
+    }
+}
+
+impl fmt::Debug for NetworkGroup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NetworkGroup").field("threads", &self.handle().metrics().num_workers()).finish()
+    }
+}
+
+/// One replica's network runtime.
+pub(crate) enum NetRuntime {
+    /// One thread of its own, in the replica's span.
+    Own(Runtime),
+    Shared(NetworkGroup),
+}
+
+impl NetRuntime {
+    pub fn new(group: Option<NetworkGroup>) -> io::Result<NetRuntime> {
+        Ok(match group {
+            Some(group) => NetRuntime::Shared(group),
+            None => NetRuntime::Own(
+                in_current_span(tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("rsl-net"))
+                    .enable_all()
+                    .build()?,
+            ),
+        })
+    }
+
+    pub fn handle(&self) -> &Handle {
+        match self {
+            NetRuntime::Own(rt) => rt.handle(),
+            NetRuntime::Shared(group) => group.handle(),
+        }
+    }
+
+    /// Ends the replica's use of it: its own runtime stops with every task on it. A shared one
+    /// goes on; the replica has ended its tasks there itself (its transport, learn server and
+    /// [`Tasks`]).
+    pub fn shut_down(self) {
+        if let NetRuntime::Own(rt) = self {
+            rt.shutdown_timeout(Duration::from_secs(1));
+        }
+    }
+}
+
+/// A replica's background tasks on its network runtime (learning votes, fetching and copying
+/// checkpoints). Should one panic, the replica fails instead of waiting forever for its
+/// result; [`abort_all`](Self::abort_all) ends those still running, as a runtime of its own
+/// would by shutting down.
+#[derive(Clone)]
+pub(crate) struct Tasks {
+    rt: Handle,
+    running: Arc<Mutex<Vec<AbortHandle>>>,
+}
+
+impl Tasks {
+    pub fn new(rt: Handle) -> Tasks {
+        Tasks { rt, running: Arc::default() }
+    }
+
+    /// Spawns `task` in the current span; `failed` gets the message of its panic. (A task
+    /// aborted is not a failure.)
+    pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static, failed: impl FnOnce(String) + Send + 'static) {
+        let handle = self.rt.spawn(task.in_current_span());
+        {
+            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            running.retain(|h| !h.is_finished());
+            running.push(handle.abort_handle());
+        }
+        self.rt.spawn(async move {
+            if let Err(e) = handle.await {
+                if e.is_panic() {
+                    failed(panic_message(&*e.into_panic()).to_owned());
+                }
+            }
+        });
+    }
+
+    pub fn abort_all(&self) {
+        let running = std::mem::take(&mut *self.running.lock().unwrap_or_else(|e| e.into_inner()));
+        running.iter().for_each(AbortHandle::abort);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    #[test]
+    fn tasks_on_a_shared_runtime_end_with_their_replica_and_report_panics() {
+        let group = NetworkGroup::new(2).unwrap();
+        let (a, b) = (NetRuntime::new(Some(group.clone())).unwrap(), NetRuntime::new(Some(group.clone())).unwrap());
+        let (ta, tb) = (Tasks::new(a.handle().clone()), Tasks::new(b.handle().clone()));
+        let (ended_tx, ended) = mpsc::channel();
+        for (tasks, name) in [(&ta, "a"), (&tb, "b")] {
+            let ended_tx = ended_tx.clone();
+            let guard = DropSignal(Some((ended_tx, name)));
+            tasks.spawn(
+                async move {
+                    let _guard = guard;
+                    std::future::pending::<()>().await
+                },
+                |_| unreachable!("aborted, not panicked"),
+            );
+        }
+        ta.abort_all();
+        a.shut_down();
+        assert_eq!(ended.recv_timeout(Duration::from_secs(10)), Ok("a"), "a's task ended with a");
+        assert!(ended.recv_timeout(Duration::from_millis(50)).is_err(), "b's goes on");
+        let (failed_tx, failed) = mpsc::channel();
+        tb.spawn(async { panic!("boom") }, move |why| failed_tx.send(why).unwrap());
+        assert_eq!(failed.recv_timeout(Duration::from_secs(10)).unwrap(), "boom");
+        tb.abort_all();
+        assert_eq!(ended.recv_timeout(Duration::from_secs(10)), Ok("b"));
+        drop((b, group));
+    }
+
+    struct DropSignal(Option<(mpsc::Sender<&'static str>, &'static str)>);
+
+    impl Drop for DropSignal {
+        fn drop(&mut self) {
+            if let Some((tx, name)) = self.0.take() {
+                let _ = tx.send(name);
+            }
+        }
+    }
+}
