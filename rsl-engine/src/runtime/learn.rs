@@ -196,7 +196,7 @@ impl LearnError {
 /// A running learn-port listener; each connection is served on its own task.
 pub struct LearnServer {
     local_addr: SocketAddr,
-    task: JoinHandle<()>,
+    task: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
 impl LearnServer {
@@ -215,7 +215,7 @@ impl LearnServer {
         let refusals = Arc::new(RateLimited::new());
         let serve = move |conn, from| serve_logged(conn, from, source.clone(), limits.timeout, tls.clone(), refusals.clone());
         let task = rt.spawn(accept_each(listener, "learn", limits.max_connections, serve).in_current_span());
-        Ok(LearnServer { local_addr, task })
+        Ok(LearnServer { local_addr, task: std::sync::Mutex::new(Some(task)) })
     }
 
     /// The address the learn port is bound to (its port when bound to port 0).
@@ -223,22 +223,17 @@ impl LearnServer {
         self.local_addr
     }
 
-    /// Closes the listener and every connection.
-    pub fn shutdown(&self) {
-        self.task.abort();
-    }
-}
-
-impl LearnServer {
-    /// Closes the port and every connection it serves.
-    pub fn stop(&self) {
-        self.task.abort();
+    /// Closes the listener and every connection. The task ends once its runtime drops it
+    /// (at its next turn): the handle says when.
+    pub fn shutdown(&self) -> Option<JoinHandle<()>> {
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        task.inspect(JoinHandle::abort)
     }
 }
 
 impl Drop for LearnServer {
     fn drop(&mut self) {
-        self.stop();
+        drop(self.shutdown());
     }
 }
 

@@ -6,10 +6,12 @@ use super::{in_current_span, panic_message};
 use std::fmt;
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::task::{Context, Wake, Waker};
+use std::time::{Duration, Instant};
 use tokio::runtime::{Handle, Runtime};
-use tokio::task::AbortHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 use tracing::Instrument;
 
 /// Network threads shared by several rings of one process (`RslConfig`'s `network_group`):
@@ -42,6 +44,11 @@ impl NetworkGroup {
 
     fn handle(&self) -> &Handle {
         self.runtime.0.as_ref().expect("running until dropped").handle()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn runtime_handle(&self) -> &Handle {
+        self.handle()
     }
 }
 
@@ -77,12 +84,38 @@ impl NetRuntime {
         }
     }
 
-    /// Ends the replica's use of it: its own runtime stops with every task on it. A shared one
-    /// goes on; the replica has ended its tasks there itself (its transport, learn server and
-    /// [`Tasks`]).
-    pub fn shut_down(self) {
-        if let NetRuntime::Own(rt) = self {
-            rt.shutdown_timeout(Duration::from_secs(1));
+    /// Ends the replica's use of it, waiting up to 1 s for what was running: its own runtime
+    /// stops with every task on it. A shared one goes on, and `aborted` are the replica's
+    /// tasks there (its listeners' and its background tasks, already aborted): waited for, so
+    /// that its ports are closed and nothing writes into its directory once this returns.
+    pub fn shut_down(self, aborted: Vec<JoinHandle<()>>) {
+        const WITHIN: Duration = Duration::from_secs(1);
+        match self {
+            NetRuntime::Own(rt) => rt.shutdown_timeout(WITHIN),
+            NetRuntime::Shared(_) => wait_ended(aborted, WITHIN),
+        }
+    }
+}
+
+/// Waits for `tasks` to end, for at most `within` in all. Polls their handles from this thread
+/// (not a runtime's), parking it until a handle wakes it.
+fn wait_ended(tasks: Vec<JoinHandle<()>>, within: Duration) {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let deadline = Instant::now() + within;
+    for mut task in tasks {
+        while Pin::new(&mut task).poll(&mut cx).is_pending() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            std::thread::park_timeout(left);
         }
     }
 }
@@ -94,8 +127,11 @@ impl NetRuntime {
 #[derive(Clone)]
 pub(crate) struct Tasks {
     rt: Handle,
-    running: Arc<Mutex<Vec<AbortHandle>>>,
+    running: Arc<Mutex<Vec<Running>>>,
 }
+
+/// A task's abort handle, and the handle of the watcher that ends with it.
+type Running = (AbortHandle, JoinHandle<()>);
 
 impl Tasks {
     pub fn new(rt: Handle) -> Tasks {
@@ -106,23 +142,29 @@ impl Tasks {
     /// aborted is not a failure.)
     pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static, failed: impl FnOnce(String) + Send + 'static) {
         let handle = self.rt.spawn(task.in_current_span());
-        {
-            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-            running.retain(|h| !h.is_finished());
-            running.push(handle.abort_handle());
-        }
-        self.rt.spawn(async move {
+        let abort = handle.abort_handle();
+        let watcher = self.rt.spawn(async move {
             if let Err(e) = handle.await {
                 if e.is_panic() {
                     failed(panic_message(&*e.into_panic()).to_owned());
                 }
             }
         });
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        running.retain(|(_, watcher)| !watcher.is_finished());
+        running.push((abort, watcher));
     }
 
-    pub fn abort_all(&self) {
+    /// Aborts every task still running; returns the handles that say when each has ended.
+    pub fn abort_all(&self) -> Vec<JoinHandle<()>> {
         let running = std::mem::take(&mut *self.running.lock().unwrap_or_else(|e| e.into_inner()));
-        running.iter().for_each(AbortHandle::abort);
+        running
+            .into_iter()
+            .map(|(task, watcher)| {
+                task.abort();
+                watcher
+            })
+            .collect()
     }
 }
 
@@ -148,16 +190,15 @@ mod tests {
                 |_| unreachable!("aborted, not panicked"),
             );
         }
-        ta.abort_all();
-        a.shut_down();
-        assert_eq!(ended.recv_timeout(Duration::from_secs(10)), Ok("a"), "a's task ended with a");
+        a.shut_down(ta.abort_all());
+        assert_eq!(ended.try_recv(), Ok("a"), "a's task ended before its runtime was let go");
         assert!(ended.recv_timeout(Duration::from_millis(50)).is_err(), "b's goes on");
         let (failed_tx, failed) = mpsc::channel();
         tb.spawn(async { panic!("boom") }, move |why| failed_tx.send(why).unwrap());
         assert_eq!(failed.recv_timeout(Duration::from_secs(10)).unwrap(), "boom");
-        tb.abort_all();
-        assert_eq!(ended.recv_timeout(Duration::from_secs(10)), Ok("b"));
-        drop((b, group));
+        b.shut_down(tb.abort_all());
+        assert_eq!(ended.try_recv(), Ok("b"));
+        drop(group);
     }
 
     struct DropSignal(Option<(mpsc::Sender<&'static str>, &'static str)>);

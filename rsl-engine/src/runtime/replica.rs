@@ -551,7 +551,10 @@ impl RslReplica {
     /// from a peer into the data directory (it takes effect at the next start) and reports
     /// through `state_copied` with `cookie` (sequence 0 and no file if no peer had one).
     pub fn copy_state_from_replica(&self, cookie: Cookie) -> ResponseCode {
-        if self.runtime.lock().expect("runtime").is_none() || self.shared.shutting_down.load(Relaxed) {
+        // Held until the task is spawned: `unload` takes the runtime and then aborts the tasks,
+        // so the task is either refused here or aborted there, never left behind.
+        let runtime = self.runtime.lock().expect("runtime");
+        if runtime.is_none() || self.shared.shutting_down.load(Relaxed) {
             return ResponseCode::ShuttingDown;
         }
         let peers: Vec<Node> = self.configuration().0.nodes.into_iter().filter(|n| n.id != self.me.id).collect();
@@ -564,7 +567,10 @@ impl RslReplica {
             let _ = work.send(Work::Copied { seq, path, cookie: Some(cookie) });
         };
         let events = self.events.clone();
+        // In the replica's span, not the caller's: a shared runtime's threads carry none.
+        let _span = self.span.enter();
         self.tasks.spawn(task, move |panic| drop(events.send(Event::Fatal(format!("copying state from a peer panicked: {panic}")))));
+        drop(runtime);
         ResponseCode::Success
     }
 
@@ -686,12 +692,12 @@ impl RslReplica {
         for t in threads {
             let _ = t.join();
         }
-        if let Some(rt) = self.runtime.lock().expect("runtime").take() {
+        let runtime = self.runtime.lock().expect("runtime").take();
+        if let Some(rt) = runtime {
             // A runtime shared with other rings goes on: end what is this replica's on it.
-            self.transport.shutdown();
-            self.learn.stop();
-            self.tasks.abort_all();
-            rt.shut_down();
+            let mut aborted: Vec<_> = self.transport.shutdown().into_iter().chain(self.learn.shutdown()).collect();
+            aborted.extend(self.tasks.abort_all());
+            rt.shut_down(aborted);
         }
     }
 }
@@ -888,6 +894,35 @@ mod tests {
             let logs =
                 |d: &Path| std::fs::read_dir(d).into_iter().flatten().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".log"));
             assert_eq!((logs(dir.path()), logs(&dir.path().join("7"))), (!add_member_id, add_member_id));
+        }
+    }
+
+    /// On network threads shared with other rings, `unload` returns with the ring's ports
+    /// closed (a runtime of its own closes them by shutting down), so a ring can start again
+    /// on them at once, even while the shared threads are busy with others' work.
+    #[test]
+    fn unloading_a_ring_on_shared_network_threads_frees_its_ports() {
+        let group = crate::runtime::NetworkGroup::new(1).unwrap();
+        for busy in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let me = node("1", Ipv4Addr::LOCALHOST, free_ports(1)[0]).unwrap();
+            let members = MemberSet { nodes: vec![me.clone()], cookie: Bytes::new() };
+            let cfg = RslConfig { network_group: Some(group.clone()), ..config(dir.path()) };
+            let start = || {
+                let sm = Box::new(Machine(Arc::default()));
+                RslReplica::initialize(cfg.clone(), me.clone(), Version::V6, sm, Arc::new(AdmitAll), Some(members.clone())).unwrap()
+            };
+            let replica = start();
+            if busy {
+                // Another ring's work holds the group's only thread for a while.
+                let _held = group.runtime_handle().spawn(async { std::thread::sleep(Duration::from_millis(300)) });
+            }
+            replica.unload();
+            for port in [me.rsl_port, learn_addr(&me).port()] {
+                assert!(TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok(), "port {port} still taken (busy {busy})");
+            }
+            drop(replica);
+            start().unload();
         }
     }
 

@@ -56,10 +56,23 @@ impl Clients {
     }
 
     fn answer(&self, cookie: Cookie, status: Status, body: &[u8]) {
-        let waiting = self.waiting.lock().expect("clients").remove(&cookie);
-        if let Some((conn, id)) = waiting {
+        if let Some((conn, id)) = self.take(cookie) {
             conn.respond(id, status, body);
         }
+    }
+
+    /// A read's answer: a long value is shared with the store, not copied.
+    fn answer_value(&self, cookie: Cookie, value: Option<&Value>) {
+        if let Some((conn, id)) = self.take(cookie) {
+            match value {
+                Some(Value::Shared(bytes)) => conn.respond_shared(id, Status::Ok, bytes.clone()),
+                other => conn.respond(id, Status::Ok, other.map_or(&[], Value::as_slice)),
+            }
+        }
+    }
+
+    fn take(&self, cookie: Cookie) -> Option<(Arc<Outbox>, u64)> {
+        self.waiting.lock().expect("clients").remove(&cookie)
     }
 }
 
@@ -87,12 +100,12 @@ enum Key {
     Boxed(Box<[u8]>),
 }
 
-/// A value: up to 46 bytes in the map's own slot, longer ones on the heap. Most puts
-/// overwrite a key written long before, so each pointer to chase was a cache miss, and a heap
-/// value one allocation and one free.
+/// A value: up to 46 bytes in the map's own slot, longer ones shared with the reads that return
+/// them. Most puts overwrite a key written long before, so each pointer to chase was a cache
+/// miss, and a heap value one allocation and one free.
 enum Value {
     Inline(u8, [u8; 46]),
-    Heap(Box<[u8]>),
+    Shared(Bytes),
 }
 
 impl Key {
@@ -139,14 +152,14 @@ impl Value {
                 head.copy_from_slice(bytes);
                 Value::Inline(bytes.len() as u8, inline)
             }
-            None => Value::Heap(bytes.into()),
+            None => Value::Shared(Bytes::copy_from_slice(bytes)),
         }
     }
 
     fn as_slice(&self) -> &[u8] {
         match self {
             Value::Inline(len, bytes) => &bytes[..*len as usize],
-            Value::Heap(bytes) => bytes,
+            Value::Shared(bytes) => bytes,
         }
     }
 }
@@ -290,8 +303,7 @@ impl StateMachine for Kv {
     }
 
     fn execute_fast_read_request(&self, request: &[u8], cookie: Cookie) {
-        let value = self.map.get(request).map_or(&[][..], |e| e.value.as_slice());
-        self.clients.answer(cookie, Status::Ok, value);
+        self.clients.answer_value(cookie, self.map.get(request).map(|e| &e.value));
     }
 
     fn abort_request(&mut self, status: ResponseCode, cookie: Cookie) {
@@ -377,7 +389,7 @@ mod tests {
             assert_eq!(stored.value.as_slice(), &value[..]);
         }
         assert_eq!(kv.map.len(), 2, "the second put of each key overwrote the first");
-        assert!(matches!(kv.map.get(&short[..]).unwrap().value, Value::Heap(_)) && matches!(Key::new(&long), Key::Boxed(_)));
+        assert!(matches!(kv.map.get(&short[..]).unwrap().value, Value::Shared(_)) && matches!(Key::new(&long), Key::Boxed(_)));
         // The digest depends on the contents only, not on how an entry is held.
         let mut again = Kv::new(Arc::default(), Arc::default(), Arc::new(|| 0));
         again.put(&long, &small);

@@ -45,11 +45,16 @@ impl Status {
 
 /// Appends a response: the frame header, the status and the body.
 pub fn put_response(out: &mut BytesMut, id: u64, status: Status, body: &[u8]) {
-    debug_assert!(9 + body.len() <= MAX_FRAME, "a response fits a frame");
-    out.put_u32_le((9 + body.len()) as u32);
+    put_response_head(out, id, status, body.len());
+    out.put_slice(body);
+}
+
+/// Appends the frame header and status of a response whose body is `body_len` bytes.
+pub fn put_response_head(out: &mut BytesMut, id: u64, status: Status, body_len: usize) {
+    debug_assert!(9 + body_len <= MAX_FRAME, "a response fits a frame");
+    out.put_u32_le((9 + body_len) as u32);
     out.put_u64_le(id);
     out.put_u8(status as u8);
-    out.put_slice(body);
 }
 
 pub fn put_request(out: &mut BytesMut, id: u64, key: &[u8], value: &[u8]) {

@@ -541,8 +541,9 @@ impl Server {
 /// a burst of answers is one wake-up and one write, with no allocation per answer. The
 /// connection's reader takes no more requests while `MAX_UNANSWERED` are unanswered or
 /// `MAX_QUEUED_BYTES` of responses wait, so a client that pipelines requests and never reads
-/// the answers costs a bounded amount. The writer ends once every `Outbox` is gone and what
-/// they answered is written.
+/// the answers costs a bounded amount: at most `MAX_UNANSWERED` responses past the byte
+/// budget, whose long bodies (values) are shared with the store, not copied. The writer ends
+/// once every `Outbox` is gone and what they answered is written.
 pub struct Outbox {
     pipe: Arc<Pipe>,
 }
@@ -556,41 +557,76 @@ struct Pipe {
     flow: Flow,
 }
 
+/// Answers not yet written: `shared` (if any) first, then `bytes`.
 #[derive(Default)]
 struct Pending {
+    /// Earlier bytes, and long values shared with the store rather than copied, in order.
+    shared: Vec<Bytes>,
     bytes: BytesMut,
     responses: usize,
     /// The outbox is gone: nothing more will be answered.
     dropped: bool,
 }
 
+/// A body longer than this is queued as the store's own `Bytes`, not copied: a client that
+/// pipelines reads of a large value and never reads the answers then holds references, not
+/// copies.
+const COPIED_BODY_MAX: usize = 1024;
+/// A writer's buffer grown past this (a burst of answers) is not kept for the next.
+const KEPT_BATCH_BYTES: usize = 1 << 20;
+
 impl Pipe {
     fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Swaps the pending bytes into `batch` (empty), so that neither buffer is allocated again
-    /// once grown; returns how many responses they hold and whether the outbox is gone.
-    fn take(&self, batch: &mut BytesMut) -> (usize, bool) {
+    /// Swaps the pending bytes into `batch` (empty), so that the buffers are not allocated
+    /// again once grown; returns the shared parts to write before them, how many responses
+    /// all that holds, and whether the outbox is gone.
+    fn take(&self, batch: &mut BytesMut) -> (Vec<Bytes>, usize, bool) {
         debug_assert!(batch.is_empty(), "the last batch was written");
         let mut pending = self.lock();
         std::mem::swap(&mut pending.bytes, batch);
-        (std::mem::take(&mut pending.responses), pending.dropped)
+        (std::mem::take(&mut pending.shared), std::mem::take(&mut pending.responses), pending.dropped)
     }
 }
 
 impl Outbox {
     pub fn respond(&self, id: u64, status: Status, body: &[u8]) {
+        self.push(|pending| proto::put_response(&mut pending.bytes, id, status, body));
+    }
+
+    /// The same with a body that may be long and is shared rather than copied.
+    pub fn respond_shared(&self, id: u64, status: Status, body: Bytes) {
+        if body.len() <= COPIED_BODY_MAX {
+            return self.respond(id, status, &body);
+        }
+        self.push(|pending| {
+            proto::put_response_head(&mut pending.bytes, id, status, body.len());
+            let head = pending.bytes.split().freeze();
+            pending.shared.extend([head, body]);
+        });
+    }
+
+    /// Appends one response, counts its bytes against the connection's budget, and wakes the
+    /// writer if it is the first waiting.
+    fn push(&self, put: impl FnOnce(&mut Pending)) {
         let mut pending = self.pipe.lock();
-        let before = pending.bytes.len();
-        proto::put_response(&mut pending.bytes, id, status, body);
-        self.pipe.flow.queued.fetch_add(pending.bytes.len() - before, Relaxed);
+        let before = pending.queued_bytes();
+        put(&mut pending);
+        self.pipe.flow.queued.fetch_add(pending.queued_bytes() - before, Relaxed);
         pending.responses += 1;
         let first = pending.responses == 1;
         drop(pending);
         if first {
             self.pipe.ready.notify_one();
         }
+    }
+}
+
+impl Pending {
+    fn queued_bytes(&self) -> usize {
+        self.shared.iter().map(Bytes::len).sum::<usize>() + self.bytes.len()
     }
 }
 
@@ -605,7 +641,10 @@ impl Outbox {
     pub fn take_pending(&self) -> BytesMut {
         let mut pending = self.pipe.lock();
         pending.responses = 0;
-        pending.bytes.split()
+        let mut all = BytesMut::new();
+        std::mem::take(&mut pending.shared).iter().for_each(|part| all.extend_from_slice(part));
+        all.extend_from_slice(&pending.bytes.split());
+        all
     }
 }
 
@@ -707,19 +746,30 @@ async fn write_responses<W: AsyncWrite + Unpin>(mut wr: W, pipe: Arc<Pipe>) {
     let mut batch = BytesMut::with_capacity(64 << 10);
     loop {
         pipe.ready.notified().await;
-        let (responses, dropped) = pipe.take(&mut batch);
+        let (shared, responses, dropped) = pipe.take(&mut batch);
         if responses > 0 {
-            let result = wr.write_all(&batch).await;
-            pipe.flow.written(responses, batch.len());
+            let bytes = shared.iter().map(Bytes::len).sum::<usize>() + batch.len();
+            let result = write_parts(&mut wr, &shared, &batch).await;
+            pipe.flow.written(responses, bytes);
             if result.is_err() {
                 return pipe.flow.close();
             }
             batch.clear();
+            if batch.capacity() > KEPT_BATCH_BYTES {
+                batch = BytesMut::with_capacity(64 << 10);
+            }
         }
         if dropped {
             return;
         }
     }
+}
+
+async fn write_parts<W: AsyncWrite + Unpin>(wr: &mut W, shared: &[Bytes], rest: &[u8]) -> std::io::Result<()> {
+    for part in shared {
+        wr.write_all(part).await?;
+    }
+    wr.write_all(rest).await
 }
 
 #[cfg(test)]
@@ -794,6 +844,30 @@ mod tests {
         let handled = seen.lock().unwrap().0;
         // The first MiB goes into a batch being written; then 4 MiB queue, then reading stops.
         assert!(handled <= 2 + MAX_QUEUED_BYTES / (1 << 20), "{handled} MiB of answers taken on");
+    }
+
+    #[test]
+    fn long_values_are_answered_by_reference_in_order_with_the_rest() {
+        let outbox = Outbox::detached();
+        let value = Bytes::from(vec![7u8; 64 << 10]);
+        outbox.respond(1, Status::Ok, b"short");
+        outbox.respond_shared(2, Status::Ok, value.clone());
+        outbox.respond_shared(3, Status::Ok, Bytes::from_static(b"copied"));
+        outbox.respond_shared(4, Status::Ok, value.clone());
+        {
+            let pending = outbox.pipe.lock();
+            let long: Vec<_> = pending.shared.iter().filter(|part| part.len() == value.len()).collect();
+            assert!(long.len() == 2 && long.iter().all(|part| part.as_ptr() == value.as_ptr()), "shared, not copied");
+            assert_eq!(outbox.pipe.flow.queued.load(Relaxed), pending.queued_bytes());
+        }
+        let mut all = outbox.take_pending();
+        let bodies: Vec<(u64, Bytes)> = std::iter::from_fn(|| proto::take_frame(&mut all).unwrap())
+            .map(proto::parse_response)
+            .map(|(id, _, body)| (id, body))
+            .collect();
+        let expected: [&[u8]; 4] = [b"short", &value, b"copied", &value];
+        assert_eq!(bodies.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [1, 2, 3, 4]);
+        assert!(bodies.iter().zip(expected).all(|((_, got), want)| got[..] == *want), "every body whole, in order");
     }
 
     #[tokio::test(start_paused = true)]

@@ -310,17 +310,18 @@ impl Transport {
     }
 
     /// Closes the listener and every connection; their tasks end. Sends fail from here on.
-    pub fn shutdown(&self) {
-        if let Some(acceptor) = self.acceptor.lock().expect("acceptor poisoned").take() {
-            acceptor.abort();
-        }
+    /// The listener's task ends once its runtime drops it (at its next turn): the handle says
+    /// when (None if it was shut down before).
+    pub fn shutdown(&self) -> Option<JoinHandle<()>> {
+        let acceptor = self.acceptor.lock().expect("acceptor poisoned").take();
         self.peers.lock().expect("peer map poisoned").clear();
+        acceptor.inspect(JoinHandle::abort)
     }
 }
 
 impl Drop for Transport {
     fn drop(&mut self) {
-        self.shutdown();
+        drop(self.shutdown());
     }
 }
 
