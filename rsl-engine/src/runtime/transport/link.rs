@@ -8,7 +8,7 @@ use super::super::shm_link::RingSender;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::AsyncWrite;
 use tokio::net::tcp::OwnedWriteHalf;
@@ -50,6 +50,12 @@ pub(super) trait PacketLink: Send {
     fn poll_flush(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }
+
+    /// Whether a sender's `try_send` left output in the link that the socket did not take
+    /// (sealed TLS records): the task flushes it before the link is lent again.
+    fn holds_back(&self) -> bool {
+        false
+    }
 }
 
 /// A plain TCP connection's write half: a sender writes to it with one non-blocking system call.
@@ -72,24 +78,47 @@ impl PacketLink for TcpLink {
 }
 
 /// A TLS connection's write half: tokio-rustls seals vectored writes into as few records as fit.
-/// Senders never write to it (a record is the task's to seal and flush).
-pub(super) struct TlsLink<W>(pub W);
+/// A sender seals its packet into a record on its own thread and writes it with one
+/// non-blocking write; what the socket does not take stays in the connection, for the task to
+/// flush ([`holds_back`](PacketLink::holds_back)).
+pub(super) struct TlsLink<W> {
+    out: W,
+    /// A sender's record is not all written yet.
+    held: bool,
+}
+
+impl<W> TlsLink<W> {
+    pub(super) fn new(out: W) -> TlsLink<W> {
+        TlsLink { out, held: false }
+    }
+}
 
 impl<W: AsyncWrite + Send + Unpin> PacketLink for TlsLink<W> {
     fn kind(&self) -> LinkKind {
         LinkKind::Tls
     }
 
-    fn try_send(&mut self, _: &[u8]) -> usize {
-        0
+    fn try_send(&mut self, packet: &[u8]) -> usize {
+        // Nothing waits on this waker: whatever would have waited (a full socket) is left to
+        // the task, which polls with its own.
+        let mut cx = Context::from_waker(Waker::noop());
+        let Poll::Ready(Ok(taken)) = Pin::new(&mut self.out).poll_write(&mut cx, packet) else { return 0 };
+        self.held = !matches!(Pin::new(&mut self.out).poll_flush(&mut cx), Poll::Ready(Ok(())));
+        taken
     }
 
     fn poll_send(&mut self, cx: &mut Context<'_>, packets: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, packets)
+        Pin::new(&mut self.out).poll_write_vectored(cx, packets)
     }
 
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        let flushed = ready!(Pin::new(&mut self.out).poll_flush(cx));
+        self.held &= flushed.is_err();
+        Poll::Ready(flushed)
+    }
+
+    fn holds_back(&self) -> bool {
+        self.held
     }
 }
 

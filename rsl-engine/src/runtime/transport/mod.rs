@@ -471,14 +471,18 @@ impl Peer {
             self.count_dropped(1, packet.len());
             return false;
         }
-        let sent = match (q.packets.is_empty(), q.lent.as_mut()) {
+        let (sent, held) = match (q.packets.is_empty(), q.lent.as_mut()) {
             // Never past a queued packet: the order is the queue's.
-            (true, Some(link)) => link.try_send(&packet),
-            _ => 0,
+            (true, Some(link)) => (link.try_send(&packet), link.holds_back()),
+            _ => (0, false),
         };
         if sent == packet.len() {
             drop(q);
             self.counters.sent(1, sent);
+            if held {
+                // The socket did not take it all: the task takes the link back to flush it.
+                self.wake.notify_one();
+            }
             return true;
         }
         // The rest goes to the task, which sends it first.
@@ -512,7 +516,8 @@ impl Peer {
             if link.is_none() {
                 *link = q.lent.take();
             }
-            if batch.is_empty() {
+            // Lent again only once it holds nothing back (its task flushes that first).
+            if batch.is_empty() && !link.as_deref().is_some_and(|l| l.holds_back()) {
                 q.lent = link.take();
             }
             debug_assert!(link.is_some() != q.lent.is_some(), "one owner of the link");
@@ -692,7 +697,10 @@ async fn connect_and_serve(peer: &Peer, link: &Link, send_timeout: Duration) -> 
         Ok((stream, identity)) => {
             info!(peer = %peer.addr, names = ?identity.names, "connected (TLS)");
             let (rd, wr) = tokio::io::split(stream);
-            Some(serve_outbound(peer, rd, Box::new(TlsLink(wr)), link, Origin { ip, peer: Some(Arc::new(identity)) }, send_timeout).await)
+            Some(
+                serve_outbound(peer, rd, Box::new(TlsLink::new(wr)), link, Origin { ip, peer: Some(Arc::new(identity)) }, send_timeout)
+                    .await,
+            )
         }
         Err(e) => {
             if let Some(held_back) = peer.refusals.allow() {
@@ -748,7 +756,7 @@ async fn write_queued(peer: &Peer, link: Box<dyn PacketLink>, batch: &mut Batch,
         }
         peer.counters.writing.store(batch.len() as u64, Relaxed);
         match link.as_deref_mut() {
-            Some(out) if !batch.is_empty() => write_batch(peer, out, batch, send_timeout).await?,
+            Some(out) if !batch.is_empty() || out.holds_back() => write_batch(peer, out, batch, send_timeout).await?,
             // Lent to the senders, or (everything queued expired) to be lent with the next call.
             _ => peer.wake.notified().await,
         }

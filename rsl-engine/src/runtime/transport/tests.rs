@@ -742,3 +742,61 @@ fn the_rest_of_a_packet_begun_on_a_connection_ends_with_it() {
     drop(q);
     assert_eq!(peer.counters.dropped_packets.load(Relaxed), 1);
 }
+
+/// A TLS stream's write side as a sender meets it on a full socket: it seals every packet it is
+/// given into its buffer, and writes the buffer out only once the socket has room.
+#[derive(Clone, Default)]
+struct Sealing(Arc<std::sync::Mutex<Wire>>);
+
+#[derive(Default)]
+struct Wire {
+    sealed: Vec<u8>,
+    sent: Vec<u8>,
+    socket_full: bool,
+}
+
+impl tokio::io::AsyncWrite for Sealing {
+    fn poll_write(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<io::Result<usize>> {
+        self.0.lock().unwrap().sealed.extend_from_slice(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        let mut wire = self.0.lock().unwrap();
+        if wire.socket_full {
+            return std::task::Poll::Pending;
+        }
+        let sealed = std::mem::take(&mut wire.sealed);
+        wire.sent.extend(sealed);
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// A sender writes into an idle TLS link itself; a record the socket did not take whole stays
+/// in the link, the task is woken, takes the link back and keeps it until it has flushed it,
+/// and only then lends it again, so nothing waits in the link unseen.
+#[tokio::test]
+async fn a_tls_record_a_sender_could_not_flush_brings_the_link_back_to_its_task() {
+    let tls = Sealing::default();
+    tls.0.lock().unwrap().socket_full = true;
+    let peer = Peer::new("127.0.0.1:1".parse().unwrap());
+    peer.queue.lock().unwrap().lent = Some(Box::new(TlsLink::new(tls.clone())));
+    assert!(peer.enqueue(Bytes::from_static(b"first"), 1 << 20), "taken by the link");
+    assert_eq!(tls.0.lock().unwrap().sealed, b"first", "sealed, not on the wire");
+    timeout(WAIT, peer.wake.notified()).await.expect("the task is woken to flush it");
+    let (mut batch, mut link) = (Batch::default(), None);
+    peer.take_all(&mut batch, Some(&mut link));
+    assert!(batch.is_empty() && link.as_ref().is_some_and(|l| l.holds_back()));
+    assert!(peer.queue.lock().unwrap().lent.is_none(), "not lent while it holds a record back");
+    // Meanwhile a sender queues for the task instead of writing around the held record.
+    assert!(peer.enqueue(Bytes::from_static(b"second"), 1 << 20));
+    assert_eq!(peer.queue.lock().unwrap().packets.len(), 1);
+    tls.0.lock().unwrap().socket_full = false;
+    peer.take_all(&mut batch, Some(&mut link));
+    write_batch(&peer, link.as_deref_mut().unwrap(), &mut batch, WAIT).await.unwrap();
+    assert_eq!(tls.0.lock().unwrap().sent, b"firstsecond", "both on the wire, in order");
+    peer.take_all(&mut batch, Some(&mut link));
+    assert!(link.is_none() && peer.queue.lock().unwrap().lent.is_some(), "lent again once flushed");
+}
