@@ -87,19 +87,28 @@ impl NetRuntime {
     /// Ends the replica's use of it, waiting up to 1 s for what was running: its own runtime
     /// stops with every task on it. A shared one goes on, and `aborted` are the replica's
     /// tasks there (its listeners' and its background tasks, already aborted): waited for, so
-    /// that its ports are closed and nothing writes into its directory once this returns.
+    /// that its ports are closed and its background tasks have ended once this returns (a
+    /// blocking write one of them had under way, a chunk or a sync, may still finish). Called
+    /// on a runtime's thread, it does not wait: it would hold up that thread's own tasks.
     pub fn shut_down(self, aborted: Vec<JoinHandle<()>>) {
         const WITHIN: Duration = Duration::from_secs(1);
         match self {
             NetRuntime::Own(rt) => rt.shutdown_timeout(WITHIN),
-            NetRuntime::Shared(_) => wait_ended(aborted, WITHIN),
+            NetRuntime::Shared(_) if Handle::try_current().is_ok() => {
+                tracing::warn!("unloaded on a runtime thread: the ring's ports close without being waited for");
+            }
+            NetRuntime::Shared(_) => {
+                if !wait_ended(aborted, WITHIN) {
+                    tracing::warn!(within = ?WITHIN, "the ring's network tasks did not end in time");
+                }
+            }
         }
     }
 }
 
-/// Waits for `tasks` to end, for at most `within` in all. Polls their handles from this thread
-/// (not a runtime's), parking it until a handle wakes it.
-fn wait_ended(tasks: Vec<JoinHandle<()>>, within: Duration) {
+/// Waits for `tasks` to end, for at most `within` in all; whether they did. Polls their
+/// handles from this thread (not a runtime's), parking it until a handle wakes it.
+fn wait_ended(tasks: Vec<JoinHandle<()>>, within: Duration) -> bool {
     struct Unpark(std::thread::Thread);
     impl Wake for Unpark {
         fn wake(self: Arc<Self>) {
@@ -113,11 +122,12 @@ fn wait_ended(tasks: Vec<JoinHandle<()>>, within: Duration) {
         while Pin::new(&mut task).poll(&mut cx).is_pending() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return;
+                return false;
             }
             std::thread::park_timeout(left);
         }
     }
+    true
 }
 
 /// A replica's background tasks on its network runtime (learning votes, fetching and copying

@@ -85,11 +85,22 @@ pub(super) struct TlsLink<W> {
     out: W,
     /// A sender's record is not all written yet.
     held: bool,
+    /// A sender's write failed after sealing an unknown part of its packet: the stream can
+    /// only be ended, and the task's next write or flush ends it.
+    broken: bool,
 }
+
+/// A longer packet is left to the connection's task: sealing it would hold the sender (the
+/// protocol thread) under the peer's queue lock for as long.
+const MAX_LENT_PACKET: usize = 64 << 10;
 
 impl<W> TlsLink<W> {
     pub(super) fn new(out: W) -> TlsLink<W> {
-        TlsLink { out, held: false }
+        TlsLink { out, held: false, broken: false }
+    }
+
+    fn broken() -> io::Error {
+        io::Error::other("a sender's TLS write failed; the connection is ended")
     }
 }
 
@@ -99,19 +110,39 @@ impl<W: AsyncWrite + Send + Unpin> PacketLink for TlsLink<W> {
     }
 
     fn try_send(&mut self, packet: &[u8]) -> usize {
+        if packet.len() > MAX_LENT_PACKET || self.broken {
+            return 0;
+        }
         // Nothing waits on this waker: whatever would have waited (a full socket) is left to
         // the task, which polls with its own.
         let mut cx = Context::from_waker(Waker::noop());
-        let Poll::Ready(Ok(taken)) = Pin::new(&mut self.out).poll_write(&mut cx, packet) else { return 0 };
-        self.held = !matches!(Pin::new(&mut self.out).poll_flush(&mut cx), Poll::Ready(Ok(())));
-        taken
+        match Pin::new(&mut self.out).poll_write(&mut cx, packet) {
+            Poll::Ready(Ok(taken)) => {
+                self.held = !matches!(Pin::new(&mut self.out).poll_flush(&mut cx), Poll::Ready(Ok(())));
+                taken
+            }
+            // Nothing sealed.
+            Poll::Pending => 0,
+            // Part of the packet may be sealed, even sent: the rest cannot follow it. Taken as
+            // sent, and the task, woken to flush, ends the connection (Paxos resends).
+            Poll::Ready(Err(_)) => {
+                (self.broken, self.held) = (true, true);
+                packet.len()
+            }
+        }
     }
 
     fn poll_send(&mut self, cx: &mut Context<'_>, packets: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        if self.broken {
+            return Poll::Ready(Err(Self::broken()));
+        }
         Pin::new(&mut self.out).poll_write_vectored(cx, packets)
     }
 
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.broken {
+            return Poll::Ready(Err(Self::broken()));
+        }
         let flushed = ready!(Pin::new(&mut self.out).poll_flush(cx));
         self.held &= flushed.is_err();
         Poll::Ready(flushed)

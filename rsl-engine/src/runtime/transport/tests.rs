@@ -753,11 +753,18 @@ struct Wire {
     sealed: Vec<u8>,
     sent: Vec<u8>,
     socket_full: bool,
+    /// The next write fails after sealing part of its packet.
+    fail: bool,
 }
 
 impl tokio::io::AsyncWrite for Sealing {
     fn poll_write(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<io::Result<usize>> {
-        self.0.lock().unwrap().sealed.extend_from_slice(buf);
+        let mut wire = self.0.lock().unwrap();
+        if wire.fail {
+            wire.sealed.extend_from_slice(&buf[..buf.len() / 2]);
+            return std::task::Poll::Ready(Err(io::ErrorKind::Other.into()));
+        }
+        wire.sealed.extend_from_slice(buf);
         std::task::Poll::Ready(Ok(buf.len()))
     }
     fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
@@ -799,4 +806,23 @@ async fn a_tls_record_a_sender_could_not_flush_brings_the_link_back_to_its_task(
     assert_eq!(tls.0.lock().unwrap().sent, b"firstsecond", "both on the wire, in order");
     peer.take_all(&mut batch, Some(&mut link));
     assert!(link.is_none() && peer.queue.lock().unwrap().lent.is_some(), "lent again once flushed");
+}
+
+/// A sender's TLS write that fails after sealing part of its packet ends the connection: the
+/// packet is not queued again (its first half would reach the peer twice), and the task's next
+/// flush fails.
+#[tokio::test]
+async fn a_tls_write_that_fails_midway_ends_the_connection_instead_of_resending() {
+    let tls = Sealing::default();
+    tls.0.lock().unwrap().fail = true;
+    let peer = Peer::new("127.0.0.1:1".parse().unwrap());
+    peer.queue.lock().unwrap().lent = Some(Box::new(TlsLink::new(tls.clone())));
+    assert!(peer.enqueue(Bytes::from_static(b"abcdef"), 1 << 20));
+    assert!(peer.queue.lock().unwrap().packets.is_empty(), "not queued again");
+    timeout(WAIT, peer.wake.notified()).await.expect("the task is woken");
+    tls.0.lock().unwrap().fail = false;
+    let (mut batch, mut link) = (Batch::default(), None);
+    peer.take_all(&mut batch, Some(&mut link));
+    assert!(write_batch(&peer, link.as_deref_mut().unwrap(), &mut batch, WAIT).await.is_err(), "the connection ends");
+    assert_eq!(tls.0.lock().unwrap().sealed, b"abc", "nothing written after the failure");
 }
