@@ -781,15 +781,21 @@ impl tokio::io::AsyncWrite for Sealing {
     }
 }
 
+/// A peer whose idle TLS link, over `Sealing` set up by `set`, is lent to the senders.
+fn lent_tls(set: impl FnOnce(&mut Wire)) -> (Sealing, Peer) {
+    let tls = Sealing::default();
+    set(&mut tls.0.lock().unwrap());
+    let peer = Peer::new("127.0.0.1:1".parse().unwrap());
+    peer.queue.lock().unwrap().lent = Some(Box::new(TlsLink::new(tls.clone())));
+    (tls, peer)
+}
+
 /// A sender writes into an idle TLS link itself; a record the socket did not take whole stays
 /// in the link, the task is woken, takes the link back and keeps it until it has flushed it,
 /// and only then lends it again, so nothing waits in the link unseen.
 #[tokio::test]
 async fn a_tls_record_a_sender_could_not_flush_brings_the_link_back_to_its_task() {
-    let tls = Sealing::default();
-    tls.0.lock().unwrap().socket_full = true;
-    let peer = Peer::new("127.0.0.1:1".parse().unwrap());
-    peer.queue.lock().unwrap().lent = Some(Box::new(TlsLink::new(tls.clone())));
+    let (tls, peer) = lent_tls(|wire| wire.socket_full = true);
     assert!(peer.enqueue(Bytes::from_static(b"first"), 1 << 20), "taken by the link");
     assert_eq!(tls.0.lock().unwrap().sealed, b"first", "sealed, not on the wire");
     timeout(WAIT, peer.wake.notified()).await.expect("the task is woken to flush it");
@@ -813,10 +819,7 @@ async fn a_tls_record_a_sender_could_not_flush_brings_the_link_back_to_its_task(
 /// flush fails.
 #[tokio::test]
 async fn a_tls_write_that_fails_midway_ends_the_connection_instead_of_resending() {
-    let tls = Sealing::default();
-    tls.0.lock().unwrap().fail = true;
-    let peer = Peer::new("127.0.0.1:1".parse().unwrap());
-    peer.queue.lock().unwrap().lent = Some(Box::new(TlsLink::new(tls.clone())));
+    let (tls, peer) = lent_tls(|wire| wire.fail = true);
     assert!(peer.enqueue(Bytes::from_static(b"abcdef"), 1 << 20));
     assert!(peer.queue.lock().unwrap().packets.is_empty(), "not queued again");
     timeout(WAIT, peer.wake.notified()).await.expect("the task is woken");
