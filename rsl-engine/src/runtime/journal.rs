@@ -894,11 +894,12 @@ fn scan_log(path: &Path, newest: bool, mapped: bool) -> Result<LogContents, Jour
         error: e.error,
     })?;
     assert!(contents.data_len <= data.len(), "the scan stays inside the file");
-    if !newest && data[contents.data_len..].iter().any(|&b| b != 0) {
+    // Zeros are what the journal writes ahead of its appends (`log::ZEROED_AHEAD`).
+    let torn = data[contents.data_len..].iter().any(|&b| b != 0);
+    if torn && !newest {
         return Err(JournalError::TornOlder { path: path.into(), offset: contents.data_len as u64 });
     }
-    // Zeros are what the journal writes ahead of its appends (`log::ZEROED_AHEAD`).
-    if newest && data[contents.data_len..].iter().any(|&b| b != 0) {
+    if torn {
         tracing::warn!("{}: cutting a torn tail at offset {}", path.display(), contents.data_len);
     }
     Ok(contents)

@@ -42,13 +42,8 @@ impl NetworkGroup {
         Ok(NetworkGroup { runtime: Arc::new(Shared(Some(rt))) })
     }
 
-    fn handle(&self) -> &Handle {
+    pub(crate) fn handle(&self) -> &Handle {
         self.runtime.0.as_ref().expect("running until dropped").handle()
-    }
-
-    #[cfg(test)]
-    pub(crate) fn runtime_handle(&self) -> &Handle {
-        self.handle()
     }
 }
 

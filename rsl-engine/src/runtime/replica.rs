@@ -915,7 +915,7 @@ mod tests {
             let replica = start();
             if busy {
                 // Another ring's work holds the group's only thread for a while.
-                let _held = group.runtime_handle().spawn(async { std::thread::sleep(Duration::from_millis(300)) });
+                let _held = group.handle().spawn(async { std::thread::sleep(Duration::from_millis(300)) });
             }
             replica.unload();
             for port in [me.rsl_port, learn_addr(&me).port()] {

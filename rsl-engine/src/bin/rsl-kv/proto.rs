@@ -49,6 +49,9 @@ pub fn put_response(out: &mut BytesMut, id: u64, status: Status, body: &[u8]) {
     out.put_slice(body);
 }
 
+/// A response's bytes before its body: frame length, request id, status.
+pub const RESPONSE_HEAD_LEN: usize = 4 + 8 + 1;
+
 /// Appends the frame header and status of a response whose body is `body_len` bytes.
 pub fn put_response_head(out: &mut BytesMut, id: u64, status: Status, body_len: usize) {
     debug_assert!(9 + body_len <= MAX_FRAME, "a response fits a frame");

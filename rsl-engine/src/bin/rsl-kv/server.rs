@@ -593,7 +593,7 @@ impl Pipe {
 
 impl Outbox {
     pub fn respond(&self, id: u64, status: Status, body: &[u8]) {
-        self.push(|pending| proto::put_response(&mut pending.bytes, id, status, body));
+        self.push(body.len(), |pending| proto::put_response(&mut pending.bytes, id, status, body));
     }
 
     /// The same with a body that may be long and is shared rather than copied.
@@ -601,20 +601,19 @@ impl Outbox {
         if body.len() <= COPIED_BODY_MAX {
             return self.respond(id, status, &body);
         }
-        self.push(|pending| {
+        self.push(body.len(), |pending| {
             proto::put_response_head(&mut pending.bytes, id, status, body.len());
             let head = pending.bytes.split().freeze();
             pending.shared.extend([head, body]);
         });
     }
 
-    /// Appends one response, counts its bytes against the connection's budget, and wakes the
-    /// writer if it is the first waiting.
-    fn push(&self, put: impl FnOnce(&mut Pending)) {
+    /// Appends one response with a body of `body_len` bytes, counts it against the
+    /// connection's budget, and wakes the writer if it is the first waiting.
+    fn push(&self, body_len: usize, put: impl FnOnce(&mut Pending)) {
         let mut pending = self.pipe.lock();
-        let before = pending.queued_bytes();
         put(&mut pending);
-        self.pipe.flow.queued.fetch_add(pending.queued_bytes() - before, Relaxed);
+        self.pipe.flow.queued.fetch_add(proto::RESPONSE_HEAD_LEN + body_len, Relaxed);
         pending.responses += 1;
         let first = pending.responses == 1;
         drop(pending);
@@ -624,6 +623,7 @@ impl Outbox {
     }
 }
 
+#[cfg(test)]
 impl Pending {
     fn queued_bytes(&self) -> usize {
         self.shared.iter().map(Bytes::len).sum::<usize>() + self.bytes.len()
