@@ -438,6 +438,7 @@ impl RslConfig {
                 PaxosTransport::Shm => Some(ShmOptions::default_in(&self.working_dir)),
                 PaxosTransport::Rdma => Some(ShmOptions { rdma: true, ..ShmOptions::default_in(&self.working_dir) }),
             },
+            mux: self.network_group.as_ref().and_then(NetworkGroup::mux),
             ..TransportOptions::default()
         }
     }

@@ -2,6 +2,7 @@
 //! connections): one of its own, or a [`NetworkGroup`]'s shared by several rings of the
 //! process; and the replica's background tasks on it, which it ends itself when it unloads.
 
+use super::transport::Mux;
 use super::{in_current_span, panic_message};
 use std::fmt;
 use std::future::Future;
@@ -21,6 +22,8 @@ use tracing::Instrument;
 #[derive(Clone)]
 pub struct NetworkGroup {
     runtime: Arc<Shared>,
+    /// The rings' shared connections to peer processes, if they share them.
+    mux: Option<Arc<Mux>>,
 }
 
 /// Shut down in the background when the last holder drops it: that may be on one of its own
@@ -39,7 +42,20 @@ impl NetworkGroup {
     /// A group of `threads` network threads (at least 1), named `rsl-net`.
     pub fn new(threads: usize) -> io::Result<NetworkGroup> {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(threads.max(1)).thread_name("rsl-net").enable_all().build()?;
-        Ok(NetworkGroup { runtime: Arc::new(Shared(Some(rt))) })
+        Ok(NetworkGroup { runtime: Arc::new(Shared(Some(rt))), mux: None })
+    }
+
+    /// The group's rings also share one connection per peer process (`transport/mux.rs`):
+    /// a ring sends to a peer process over the connection another ring of the group opened to
+    /// it, if that process's rings share theirs too; otherwise over a connection of its own.
+    pub fn with_shared_connections(mut self) -> NetworkGroup {
+        self.mux = Some(Arc::default());
+        self
+    }
+
+    /// The shared connections, for `TransportOptions::mux`.
+    pub(crate) fn mux(&self) -> Option<Arc<Mux>> {
+        self.mux.clone()
     }
 
     pub(crate) fn handle(&self) -> &Handle {
@@ -49,7 +65,7 @@ impl NetworkGroup {
 
 impl fmt::Debug for NetworkGroup {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NetworkGroup").field("threads", &self.handle().metrics().num_workers()).finish()
+        f.debug_struct("NetworkGroup").field("threads", &self.handle().metrics().num_workers()).field("mux", &self.mux).finish()
     }
 }
 

@@ -297,14 +297,24 @@ pub async fn answer_offer<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     opts: Option<&ShmOptions>,
 ) -> Result<Option<Accepted>, LinkError> {
-    let mut rest = [0u8; OFFER_LEN - 4];
-    within(stream.read_exact(&mut rest)).await?;
-    let magic: [u8; 8] = rest[..8].try_into().expect("8 bytes");
+    let mut magic = [0u8; 8];
+    within(stream.read_exact(&mut magic)).await?;
+    answer_offer_after(stream, magic, opts).await
+}
+
+/// [`answer_offer`], the offer's magic read already (the Paxos port tells offers apart by it).
+pub async fn answer_offer_after<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    magic: [u8; 8],
+    opts: Option<&ShmOptions>,
+) -> Result<Option<Accepted>, LinkError> {
     if magic != OFFER_MAGIC {
         return Err(LinkError::BadMagic(magic));
     }
-    let (host, kind) = (&rest[8..OFFER_KIND_AT - 4], rest[OFFER_KIND_AT - 4]);
-    let endpoint: [u8; ENDPOINT_LEN] = rest[OFFER_KIND_AT - 3..].try_into().expect("an endpoint");
+    let mut rest = [0u8; OFFER_LEN - 12];
+    within(stream.read_exact(&mut rest)).await?;
+    let (host, kind) = (&rest[..OFFER_KIND_AT - 12], rest[OFFER_KIND_AT - 12]);
+    let endpoint: [u8; ENDPOINT_LEN] = rest[OFFER_KIND_AT - 11..].try_into().expect("an endpoint");
     let opts = match kind {
         OFFER_SHM => opts.filter(|o| !o.rdma && host == host_id()),
         OFFER_RDMA => opts.filter(|o| o.rdma),

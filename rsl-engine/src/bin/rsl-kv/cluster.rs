@@ -214,6 +214,8 @@ fn start(args: &ClusterArgs, dir: &std::path::Path, ports: &[Ports], tls: Option
                 &args.journal_writer.to_string(),
                 "--network",
                 &args.network.to_string(),
+                "--peer-connections",
+                &args.peer_connections.to_string(),
             ])
             .arg("--dir")
             .arg(dir)

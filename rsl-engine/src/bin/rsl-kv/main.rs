@@ -123,6 +123,9 @@ pub struct ClusterArgs {
     /// With several rings: network threads the rings share (`shared`) or one per ring.
     #[arg(long, value_enum, default_value_t = server::Sharing::Shared)]
     network: server::Sharing,
+    /// With shared network threads: one connection per peer process (`shared`) or one per ring.
+    #[arg(long, value_enum, default_value_t = server::Sharing::Shared)]
+    peer_connections: server::Sharing,
 }
 
 /// Logs to stderr as `RSL_LOG` filters them, in the format `RSL_LOG_FORMAT` names.

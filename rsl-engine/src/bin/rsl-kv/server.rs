@@ -90,6 +90,10 @@ pub struct ReplicaArgs {
     /// rings share (`shared`: one per core) or a thread per ring (`per-ring`).
     #[arg(long, value_enum, default_value_t = Sharing::Shared)]
     pub network: Sharing,
+    /// With shared network threads: one connection per peer process that all the rings share
+    /// (`shared`, if the peer's rings share theirs too) or a connection per ring (`per-ring`).
+    #[arg(long, value_enum, default_value_t = Sharing::Shared)]
+    pub peer_connections: Sharing,
     /// Stop on SIGTERM only: `rsl-kv cluster` stops its replicas itself after Ctrl-C, once it
     /// has checked that they agree.
     #[arg(long, hide = true)]
@@ -227,8 +231,11 @@ pub fn run(args: ReplicaArgs) -> Result<u8, String> {
     let mut replicas = Vec::new();
     let group = (args.rings > 1 && args.journal_writer == Sharing::Shared).then(JournalGroup::new);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let network =
-        (args.rings > 1 && args.network == Sharing::Shared).then(|| NetworkGroup::new(cores)).transpose().map_err(|e| e.to_string())?;
+    let network = (args.rings > 1 && args.network == Sharing::Shared)
+        .then(|| NetworkGroup::new(cores))
+        .transpose()
+        .map_err(|e| e.to_string())?
+        .map(|group| if args.peer_connections == Sharing::Shared { group.with_shared_connections() } else { group });
     for k in 0..args.rings {
         let mut ring = args.clone();
         if args.rings > 1 {

@@ -5,6 +5,7 @@
 
 use super::super::shm_link::{self, ShmOptions};
 use super::super::tls::Tls;
+use super::mux::{self, Mux, Route};
 use super::{OnMessage, Origin, RateLimited, TransportOptions};
 use crate::format::message::{Message, MsgKind};
 use crate::format::packet::{self, Frame, HEADER_SIZE};
@@ -15,7 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn, Instrument};
@@ -85,10 +86,15 @@ pub(super) async fn read_inbound(stream: TcpStream, from: SocketAddr, reading: A
     let result = match tls {
         None => read_plain(stream, from, &reading, &on_message).await,
         Some(tls) => match tls.accept(stream).await {
-            Ok((mut stream, identity)) => {
+            Ok((stream, identity)) => {
                 let origin = Origin { ip, peer: Some(Arc::new(identity)) };
-                let inbound = Inbound { reading: &reading, on_message: &on_message, side: Side::Inbound, origin: &origin };
-                read_packets(&mut stream, &inbound, Some(reading.idle_timeout)).await
+                let inbound = Inbound { reading: &reading, on_message: &on_message, side: Side::Inbound, origin: &origin, route: None };
+                match read_opening(stream, &inbound).await {
+                    Ok(Opening::Packets(mut stream)) => read_packets(&mut stream, &inbound, Some(reading.idle_timeout)).await,
+                    Ok(Opening::Offer(..)) => Err(reading.refuse(ip, io::ErrorKind::InvalidData, "a shared-memory offer over TLS")),
+                    Ok(Opening::Closed) => Ok(()),
+                    Err(e) => Err(e),
+                }
             }
             Err(e) => {
                 if let Some(held_back) = reading.warnings.allow() {
@@ -101,23 +107,61 @@ pub(super) async fn read_inbound(stream: TcpStream, from: SocketAddr, reading: A
     debug!(%from, ?result, "inbound connection closed");
 }
 
-/// Serves a plain inbound connection: packets, or first a shared-memory offer (four zero bytes,
-/// never a packet's start). An accepted ring is read by a thread of its own, while this task reads
-/// the connection (packets too large for the ring) and ends the session when either ends.
-async fn read_plain(mut stream: TcpStream, from: SocketAddr, reading: &Arc<Reading>, on_message: &OnMessage) -> io::Result<()> {
-    let origin = Origin { ip: from.ip(), peer: None };
-    let inbound = Inbound { reading, on_message, side: Side::Inbound, origin: &origin };
+/// How an inbound connection opened.
+enum Opening<S> {
+    /// With packets, the first bytes read put back in front.
+    Packets(tokio::io::Chain<std::io::Cursor<[u8; 4]>, S>),
+    /// With an offer of a shared-memory ring, whose magic was read.
+    Offer(S, [u8; 8]),
+    /// Closed before anything was sent.
+    Closed,
+}
+
+/// Reads how an inbound connection opens: packets, or four zero bytes (never a packet's start)
+/// and a magic, which is either an offer to share the connection between rings (served here
+/// to its end, `mux.rs`) or a shared-memory offer (the caller's).
+async fn read_opening<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, inbound: &Inbound<'_>) -> io::Result<Opening<S>> {
+    let reading = inbound.reading;
     let idle = reading.idle_timeout;
     let mut prefix = [0u8; 4];
     match tokio::time::timeout(idle, stream.read_exact(&mut prefix)).await {
         Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "idle")),
-        Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+        Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Opening::Closed),
         Ok(read) => read?,
     };
     if !shm_link::is_offer(&prefix) {
-        return read_packets(&mut AsyncReadExt::chain(&prefix[..], stream), &inbound, Some(idle)).await;
+        return Ok(Opening::Packets(AsyncReadExt::chain(std::io::Cursor::new(prefix), stream)));
     }
-    let session = shm_link::answer_offer(&mut stream, reading.shm.as_ref()).await.map_err(|e| {
+    let mut magic = [0u8; 8];
+    tokio::time::timeout(reading.frame_timeout, stream.read_exact(&mut magic))
+        .await
+        .map_err(|_| reading.refuse(inbound.origin.ip, io::ErrorKind::TimedOut, "an offer did not arrive whole in time"))??;
+    if magic != mux::MUX_MAGIC {
+        return Ok(Opening::Offer(stream, magic));
+    }
+    let Some(route) = reading.mux.as_ref().and_then(|mux| mux.route(reading.port)) else {
+        return Err(reading.refuse(inbound.origin.ip, io::ErrorKind::InvalidData, "an offer to share the connection, not taken here"));
+    };
+    mux::answer(&mut stream, &route).await?;
+    debug!(from = %inbound.origin.ip, "shared connection accepted");
+    let shared = Inbound { route: Some(&route), ..*inbound };
+    read_packets(&mut stream, &shared, Some(idle)).await?;
+    Ok(Opening::Closed)
+}
+
+/// Serves a plain inbound connection: packets, or first an offer (`read_opening`). An accepted
+/// shared-memory ring is read by a thread of its own, while this task reads the connection
+/// (packets too large for the ring) and ends the session when either ends.
+async fn read_plain(stream: TcpStream, from: SocketAddr, reading: &Arc<Reading>, on_message: &OnMessage) -> io::Result<()> {
+    let origin = Origin { ip: from.ip(), peer: None };
+    let inbound = Inbound { reading, on_message, side: Side::Inbound, origin: &origin, route: None };
+    let idle = reading.idle_timeout;
+    let (mut stream, magic) = match read_opening(stream, &inbound).await? {
+        Opening::Packets(mut stream) => return read_packets(&mut stream, &inbound, Some(idle)).await,
+        Opening::Closed => return Ok(()),
+        Opening::Offer(stream, magic) => (stream, magic),
+    };
+    let session = shm_link::answer_offer_after(&mut stream, magic, reading.shm.as_ref()).await.map_err(|e| {
         if let Some(held_back) = reading.warnings.allow() {
             warn!(%from, error = %e, held_back, "Paxos connection closed: shared-memory set-up failed");
         }
@@ -162,7 +206,7 @@ impl RingRead {
     fn spawn<M: shm_link::RingMemory + 'static>(self, session: shm_link::RingSession<M>) -> io::Result<()> {
         std::thread::Builder::new().name("rsl-shm-reader".into()).spawn(move || {
             let RingRead { stop, reading, on_message, origin, ended } = self;
-            let inbound = Inbound { reading: &reading, on_message: &on_message, side: Side::Inbound, origin: &origin };
+            let inbound = Inbound { reading: &reading, on_message: &on_message, side: Side::Inbound, origin: &origin, route: None };
             let end = shm_link::read_ring(session, &stop, reading.idle_timeout, |packet| {
                 shm_link::check_frame(&packet, reading.max_packet)?;
                 inbound.deliver(packet)
@@ -203,11 +247,17 @@ pub(super) struct Reading {
     /// Packets larger than `alert_packet` received so far.
     pub(super) oversized: AtomicU64,
     pub(super) alerts: RateLimited,
+    /// `TransportOptions::mux`: the rings a shared connection accepted here may carry.
+    mux: Option<Arc<Mux>>,
+    /// The port this transport serves.
+    port: u16,
 }
 
 impl Reading {
-    pub(super) fn new(opts: &TransportOptions) -> Reading {
+    pub(super) fn new(opts: &TransportOptions, port: u16) -> Reading {
         Reading {
+            mux: opts.mux.clone(),
+            port,
             max_packet: opts.max_packet,
             idle_timeout: opts.idle_timeout,
             frame_timeout: opts.frame_timeout,
@@ -310,19 +360,21 @@ pub(super) async fn read_packets<R: AsyncRead + Unpin>(
     let (reading, from) = (inbound.reading, inbound.origin.ip);
     let max_packet = reading.max_packet;
     let chunk = READ_CHUNK.min(max_packet);
+    // A shared connection's frames begin with their ring's position.
+    let lead = usize::from(inbound.route.is_some());
     let mut buf = BytesMut::with_capacity(chunk);
     let mut held = reading.budget.hold();
     let mut frame_deadline = None;
     loop {
-        let need = match packet::peek_size(&buf, max_packet).map_err(invalid_data)? {
-            Some(size) if buf.len() >= size => {
-                inbound.deliver(buf.split_to(size).freeze())?;
+        let need = match packet::peek_size(buf.get(lead..).unwrap_or_default(), max_packet).map_err(invalid_data)? {
+            Some(size) if buf.len() >= lead + size => {
+                inbound.deliver_frame(buf.split_to(lead + size).freeze())?;
                 held.set(buf.capacity().saturating_sub(chunk));
                 frame_deadline = None;
                 continue;
             }
-            Some(size) => size,
-            None => HEADER_SIZE,
+            Some(size) => lead + size,
+            None => lead + HEADER_SIZE,
         };
         if !grow_within(&mut buf, need, chunk, &mut held) {
             return Err(reading.refuse(from, io::ErrorKind::OutOfMemory, "partly received packets fill the buffer budget"));
@@ -351,14 +403,26 @@ pub(super) async fn read_packets<R: AsyncRead + Unpin>(
 
 /// Where one connection's packet frames go, whichever source read them (its byte stream or
 /// its ring): the one delivery path.
+#[derive(Clone, Copy)]
 pub(super) struct Inbound<'a> {
     pub(super) reading: &'a Reading,
     pub(super) on_message: &'a OnMessage,
     pub(super) side: Side,
     pub(super) origin: &'a Origin,
+    /// A shared connection's rings: each frame begins with its ring's position (`mux.rs`).
+    pub(super) route: Option<&'a Route>,
 }
 
 impl Inbound<'_> {
+    /// Delivers a frame read from a connection: a packet, or on a shared connection a ring's
+    /// position and a packet, delivered as that ring's own port would.
+    fn deliver_frame(&self, frame: Bytes) -> io::Result<()> {
+        let Some(route) = self.route else { return self.deliver(frame) };
+        let ring = route.ring(frame[0])?;
+        let inbound = Inbound { reading: &ring.reading, on_message: &ring.on_message, route: None, ..*self };
+        inbound.deliver(frame.slice(1..))
+    }
+
     /// Delivers one complete packet frame, whose size its source checked: the size alert, the
     /// frame's checksum, and the message, if it decodes and this side takes its kind, to
     /// `on_message`. An error (a bad frame) closes the connection; an undecodable message is

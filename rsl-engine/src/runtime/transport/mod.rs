@@ -15,12 +15,14 @@
 
 mod inbound;
 mod link;
+mod mux;
 
 pub(in crate::runtime) use inbound::grow_for;
 pub use inbound::{accept_each, grow_within, Budget, Held, Listener};
 use inbound::{read_inbound, read_packets, Inbound, Reading, Side};
 pub use link::LinkKind;
 use link::{PacketLink, RingLink, TcpLink, TlsLink};
+pub use mux::Mux;
 
 use super::health::{from_unix_micros, unix_micros};
 use super::shm_link::{self, Offered, ShmOptions};
@@ -32,8 +34,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::AsyncRead;
 use tokio::net::{TcpListener, TcpStream};
@@ -104,6 +106,9 @@ pub struct TransportOptions {
     /// (`runtime/shm_link.rs`); None: TCP only (and offers are declined). Ignored with TLS or
     /// a `delay`.
     pub shm: Option<ShmOptions>,
+    /// Share one connection per peer process with the other rings of this process that share
+    /// it (`transport/mux.rs`); None: a connection per ring. Ignored with `shm` or a `delay`.
+    pub mux: Option<Arc<Mux>>,
 }
 
 impl Default for TransportOptions {
@@ -122,6 +127,7 @@ impl Default for TransportOptions {
             send_timeout: Duration::from_secs(5),
             delay: Duration::ZERO,
             shm: None,
+            mux: None,
         }
     }
 }
@@ -138,6 +144,9 @@ pub struct PeerStats {
     /// What carries the packets of that connection (None: none is up): TCP, TLS, or a ring
     /// (`TransportOptions::shm`).
     pub link: Option<LinkKind>,
+    /// That connection is shared with the other rings of this process that send to the peer's
+    /// process (`TransportOptions::mux`).
+    pub shared: bool,
     /// Connections made to the peer so far.
     pub connections: u64,
     /// Packets written to it.
@@ -186,6 +195,8 @@ pub struct Transport {
     peers: Mutex<HashMap<MemberId, PeerEntry>>,
     acceptor: Mutex<Option<JoinHandle<()>>>,
     on_failure: OnceLock<OnConnectFailure>,
+    /// This port's entry in `opts.mux`, withdrawn at shutdown.
+    served: Weak<mux::Served>,
 }
 
 impl Transport {
@@ -208,10 +219,20 @@ impl Transport {
             // Rings are for plain, undelayed ports (RslConfig::validate refuses the mix).
             opts.shm = None;
         }
+        if opts.shm.is_some() || !opts.delay.is_zero() {
+            // A ring per peer, or a delay per connection, leaves nothing to share.
+            opts.mux = None;
+        }
         if let Some(shm) = &opts.shm {
             shm_link::sweep_stale_rings(&shm.dir);
         }
-        let reading = Arc::new(Reading::new(&opts));
+        let reading = Arc::new(Reading::new(&opts, local_addr.port()));
+        let served = match &opts.mux {
+            Some(mux) => {
+                mux.serve(local_addr.port(), mux::Served { reading: reading.clone(), on_message: on_message.clone(), tls: tls.clone() })
+            }
+            None => Weak::new(),
+        };
         let (accepted, deliver, auth) = (reading.clone(), on_message.clone(), tls.clone());
         let serve = move |stream, from| read_inbound(stream, from, accepted.clone(), deliver.clone(), auth.clone());
         let acceptor = rt.spawn(accept_each(listener, "Paxos", opts.max_inbound, serve).in_current_span());
@@ -225,6 +246,7 @@ impl Transport {
             peers: Mutex::new(HashMap::new()),
             acceptor: Mutex::new(Some(acceptor)),
             on_failure: OnceLock::new(),
+            served,
         })
     }
 
@@ -270,6 +292,7 @@ impl Transport {
                     on_failure: self.on_failure.get().cloned(),
                     delay: self.opts.delay,
                     shm: self.opts.shm.clone(),
+                    mux: self.opts.mux.clone(),
                 };
                 let task = self.rt.spawn(run_peer(id, peer.clone(), self.opts.clone(), link).in_current_span());
                 PeerEntry { peer, task }
@@ -314,6 +337,9 @@ impl Transport {
     /// when (None if it was shut down before).
     pub fn shutdown(&self) -> Option<JoinHandle<()>> {
         let acceptor = self.acceptor.lock().expect("acceptor poisoned").take();
+        if let Some(mux) = &self.opts.mux {
+            mux.withdraw(self.local_addr.port(), &self.served);
+        }
         self.peers.lock().expect("peer map poisoned").clear();
         acceptor.inspect(JoinHandle::abort)
     }
@@ -355,6 +381,9 @@ struct SendQueue {
     /// waking the task, which costs a thread hand-off per packet on the commit path. The task
     /// takes it back with the next batch.
     lent: Option<Box<dyn PacketLink>>,
+    /// Where a first packet is signalled while a shared connection carries the queue (its
+    /// writer's wake-up, `mux.rs`) instead of `Peer::wake`.
+    redirect: Option<Arc<Notify>>,
 }
 
 /// Packets to write, oldest first, with when each was queued (for the send timeout).
@@ -433,6 +462,10 @@ struct Peer {
     /// Until when (`monotonic_micros`) the peer's connections are plain TCP without an offer: the
     /// last set-up failed (a peer without it closes the connection on an offer). 0: offer.
     shm_off_until: AtomicU64,
+    /// Until when its connections are the ring's own: the peer declined to share one. 0: offer.
+    mux_off_until: AtomicU64,
+    /// A shared connection carries the queue now.
+    shared: AtomicBool,
 }
 
 /// What the transport counted for a peer.
@@ -461,6 +494,8 @@ impl Peer {
             counters: Counters::default(),
             refusals: RateLimited::new(),
             shm_off_until: AtomicU64::new(0),
+            mux_off_until: AtomicU64::new(0),
+            shared: AtomicBool::new(false),
         }
     }
 
@@ -496,12 +531,34 @@ impl Peer {
         }
         q.packets.push(packet);
         debug_assert!(q.bytes <= max_queue_bytes);
-        let first = q.packets.len() == 1;
-        drop(q);
-        if first {
-            self.wake.notify_one();
+        if q.packets.len() == 1 {
+            match &q.redirect {
+                // Under the lock: the shared connection that carries the queue may end meanwhile.
+                Some(shared) => shared.notify_one(),
+                None => {
+                    drop(q);
+                    self.wake.notify_one();
+                }
+            }
         }
         true
+    }
+
+    /// For a shared connection's turn: hands `each` the packets queued first, with when each was
+    /// queued, up to the first to reach `max_bytes`; how many.
+    fn take_up_to(&self, max_bytes: usize, mut each: impl FnMut(Bytes, tokio::time::Instant)) -> usize {
+        let mut q = self.queue.lock().expect("send queue poisoned");
+        debug_assert!(q.lent.is_none() && !q.packets.front_started, "a shared connection lends no link");
+        let (mut bytes, mut taken) = (0, 0);
+        while bytes < max_bytes {
+            let Some(packet) = q.packets.packets.pop_front() else { break };
+            bytes += packet.len();
+            taken += 1;
+            each(packet, q.packets.queued_at.pop_front().expect("one time per packet"));
+        }
+        q.bytes -= bytes;
+        debug_assert_eq!(q.packets.packets.len(), q.packets.queued_at.len());
+        taken
     }
 
     /// Moves everything queued into `batch` (which must be empty): one lock per batch. With
@@ -582,6 +639,7 @@ impl Peer {
             addr: self.addr,
             connected: link.is_some(),
             link,
+            shared: self.shared.load(Relaxed),
             connections: self.counters.connections.load(Relaxed),
             sent_packets: self.counters.sent_packets.load(Relaxed),
             sent_bytes: self.counters.sent_bytes.load(Relaxed),
@@ -617,6 +675,8 @@ struct Link {
     delay: Duration,
     /// `TransportOptions::shm`.
     shm: Option<ShmOptions>,
+    /// `TransportOptions::mux`.
+    mux: Option<Arc<Mux>>,
 }
 
 /// A peer's connection task: connect (and authenticate) with exponential backoff, serve the
@@ -630,7 +690,15 @@ async fn run_peer(id: MemberId, peer: Arc<Peer>, opts: TransportOptions, link: L
         let began = tokio::time::Instant::now();
         // What waited too long for this connection is not sent on it.
         peer.expire(opts.send_timeout);
-        let served = connect_and_serve(&peer, &link, opts.send_timeout).await;
+        let shared = match &link.mux {
+            Some(mux) if peer.mux_off_until.load(Relaxed) <= monotonic_micros() => mux.carry(&peer, &link, opts.send_timeout).await,
+            _ => mux::Carried::Declined,
+        };
+        let served = match shared {
+            mux::Carried::Declined => connect_and_serve(&peer, &link, opts.send_timeout).await,
+            mux::Carried::NotConnected => None,
+            mux::Carried::Ended(result) => Some(result),
+        };
         if served.as_ref().is_none_or(|r| r.is_err()) {
             peer.failed();
             if let Some(report) = &link.on_failure {
@@ -730,7 +798,7 @@ async fn serve_outbound<R: AsyncRead + Unpin>(
             delay => write_delayed(peer, out, &mut batch, send_timeout, delay).await,
         }
     };
-    let inbound = Inbound { reading: &link.reading, on_message: &link.on_message, side: Side::Outbound, origin: &origin };
+    let inbound = Inbound { reading: &link.reading, on_message: &link.on_message, side: Side::Outbound, origin: &origin, route: None };
     let result = tokio::select! {
         r = read_packets(&mut rd, &inbound, None) => r,
         r = write => r,

@@ -65,6 +65,7 @@ async fn thousands_of_messages_both_ways_arrive_intact_and_in_order() {
     const N: u64 = 5000;
     let (a, b) = (Arc::new(a), Arc::new(b));
     exchange(&a, &b, &mut rx_a, &mut rx_b, N).await;
+    wait_until("every packet counted", || a.peer_stats()[0].sent_packets == N).await;
     let stats = a.peer_stats();
     assert_eq!(stats.len(), 1);
     assert!(stats[0].connected);
@@ -109,6 +110,8 @@ async fn packets_go_through_a_shared_memory_ring_both_ways() {
     // Larger than the ring: over the TCP connection, which the ring leaves open.
     assert!(a.send(&id(2), framed(&big_vote(N + 1, 10_000))));
     assert_eq!(*recv(&mut rx_b).await, big_vote(N + 1, 10_000));
+    // The sender counts a packet once its write returns, which may be after it arrived.
+    wait_until("every packet counted", || a.peer_stats()[0].sent_packets == N + 2).await;
     let stats = a.peer_stats();
     assert!(stats[0].link == Some(LinkKind::Shm) && stats[0].connections == 1, "one connection, on the ring: {stats:?}");
     assert_eq!((stats[0].sent_packets, stats[0].dropped_packets), (N + 2, 0));
@@ -828,4 +831,202 @@ async fn a_tls_write_that_fails_midway_ends_the_connection_instead_of_resending(
     peer.take_all(&mut batch, Some(&mut link));
     assert!(write_batch(&peer, link.as_deref_mut().unwrap(), &mut batch, WAIT).await.is_err(), "the connection ends");
     assert_eq!(tls.0.lock().unwrap().sealed, b"abc", "nothing written after the failure");
+}
+
+fn sharing(mux: &Arc<Mux>) -> TransportOptions {
+    TransportOptions { mux: Some(mux.clone()), ..TransportOptions::default() }
+}
+
+/// Two rings in each of two "processes" (one `Mux` each), each ring's member 1 and member 2 in
+/// different processes.
+type Ring = (Arc<Transport>, Rx);
+
+fn two_processes_two_rings() -> ([Arc<Mux>; 2], [[Ring; 2]; 2]) {
+    let muxes = [Arc::new(Mux::default()), Arc::new(Mux::default())];
+    let rings = muxes.clone().map(|mux| [0, 1].map(|_| start(any_port(), sharing(&mux))).map(|(t, rx)| (Arc::new(t), rx)));
+    for ((a, _), (b, _)) in rings[0].iter().zip(&rings[1]) {
+        a.set_peers(&[(id(2), b.local_addr())]);
+        b.set_peers(&[(id(1), a.local_addr())]);
+    }
+    (muxes, rings)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rings_of_two_processes_share_one_connection_each_way_and_keep_their_own_packets() {
+    let (muxes, [[(a1, mut rx_a1), (a2, mut rx_a2)], [(b1, mut rx_b1), (b2, mut rx_b2)]]) = two_processes_two_rings();
+    const N: u64 = 2000;
+    // Ring 2's decrees are offset, so that a packet delivered to the wrong ring shows.
+    let senders: Vec<_> = [(a1.clone(), 1, 2, 0), (a2.clone(), 1, 2, N), (b1.clone(), 2, 1, 0), (b2.clone(), 2, 1, N)]
+        .into_iter()
+        .map(|(t, from, to, base)| std::thread::spawn(move || (1..=N).all(|d| t.send(&id(to), framed(&vote(from, base + d))))))
+        .collect();
+    for s in senders {
+        assert!(s.join().unwrap(), "every send was queued");
+    }
+    for (rx, from, base) in [(&mut rx_b1, 1, 0), (&mut rx_b2, 1, N), (&mut rx_a1, 2, 0), (&mut rx_a2, 2, N)] {
+        for d in 1..=N {
+            assert_eq!(*recv(rx).await, vote(from, base + d));
+        }
+    }
+    assert_eq!(muxes.each_ref().map(|m| m.connections()), [1, 1], "one connection each way");
+    for t in [&a1, &a2, &b1, &b2] {
+        wait_until("every packet counted", || t.peer_stats()[0].sent_packets == N).await;
+        let stats = &t.peer_stats()[0];
+        assert!(stats.shared && stats.connections == 1 && stats.link == Some(LinkKind::Tcp), "{stats:?}");
+        assert_eq!((stats.sent_packets, stats.dropped_packets, stats.outstanding), (N, 0, 0), "{stats:?}");
+    }
+    // A ring that leaves takes its peer off the connection; the other ring goes on over it.
+    a2.set_peers(&[]);
+    assert!(a1.send(&id(2), framed(&vote(1, N + 1))));
+    assert_eq!(*recv(&mut rx_b1).await, vote(1, N + 1));
+    assert_eq!(muxes[0].connections(), 1);
+    // Once no ring sends over it, it closes.
+    a1.set_peers(&[]);
+    wait_until("the shared connection closed", || muxes[0].connections() == 0).await;
+}
+
+#[tokio::test]
+async fn a_ring_unloaded_ends_the_shared_connection_and_the_others_dial_again() {
+    let (muxes, [[(a1, _), (a2, _)], [(_b1, mut rx_b1), (b2, _)]]) = two_processes_two_rings();
+    // Ring 2's votes come from member 3: one delivered to ring 1 would show.
+    assert!(a1.send(&id(2), framed(&vote(1, 1))) && a2.send(&id(2), framed(&vote(3, 1))));
+    assert_eq!(*recv(&mut rx_b1).await, vote(1, 1));
+    wait_until("both rings on one connection", || muxes[0].connections() == 1 && a2.peer_stats()[0].shared).await;
+    // Whichever port the connection was dialled to, it ends: that port closes, or ring 2's next
+    // frame names a ring gone. Packets written behind that frame are lost (Paxos resends).
+    b2.shutdown();
+    drop(b2);
+    let mut d = 1;
+    wait_until("ring 1 on a connection dialled again", || {
+        d += 1;
+        a1.send(&id(2), framed(&vote(1, d)));
+        a2.send(&id(2), framed(&vote(3, d)));
+        let stats = &a1.peer_stats()[0];
+        stats.connections == 2 && stats.shared
+    })
+    .await;
+    assert!(a1.send(&id(2), framed(&vote(1, 1_000_000))));
+    loop {
+        let m = recv(&mut rx_b1).await;
+        assert_eq!(m.header.sender, id(1), "only ring 1's votes reach ring 1");
+        if m.header.decree == 1_000_000 {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_peer_that_does_not_share_gets_a_connection_per_ring() {
+    let mux = Arc::new(Mux::default());
+    let (a, _rx_a) = start(any_port(), sharing(&mux));
+    let (b, mut rx_b) = start(any_port(), TransportOptions::default());
+    a.set_peers(&[(id(2), b.local_addr())]);
+    for d in 1..=50 {
+        assert!(a.send(&id(2), framed(&vote(1, d))));
+    }
+    for d in 1..=50 {
+        assert_eq!(*recv(&mut rx_b).await, vote(1, d));
+    }
+    let stats = &a.peer_stats()[0];
+    assert!(!stats.shared && stats.connections == 1 && stats.link == Some(LinkKind::Tcp), "{stats:?}");
+    assert_eq!(mux.connections(), 0);
+}
+
+/// Opens a shared connection to `port` by hand; the ports its answer lists.
+async fn offer_by_hand(port: SocketAddr) -> (TcpStream, Vec<u16>) {
+    let mut raw = TcpStream::connect(port).await.unwrap();
+    raw.write_all(&[&[0u8; 4][..], &mux::MUX_MAGIC].concat()).await.unwrap();
+    let mut head = [0u8; 9];
+    raw.read_exact(&mut head).await.unwrap();
+    assert_eq!(head[..8], mux::MUX_MAGIC);
+    let mut ports = vec![0u8; 2 * head[8] as usize];
+    raw.read_exact(&mut ports).await.unwrap();
+    (raw, ports.chunks(2).map(|p| u16::from_le_bytes([p[0], p[1]])).collect())
+}
+
+#[tokio::test]
+async fn a_shared_connection_delivers_by_position_and_closes_on_a_bad_one() {
+    let mux = Arc::new(Mux::default());
+    let ((b1, mut rx_b1), (b2, mut rx_b2)) = (start(any_port(), sharing(&mux)), start(any_port(), sharing(&mux)));
+    let (mut raw, ports) = offer_by_hand(b2.local_addr()).await;
+    assert_eq!(ports, [b2.local_addr().port(), b1.local_addr().port()], "the dialled port first");
+    let frame = |position: u8, d| [&[position][..], &framed(&vote(1, d))].concat();
+    raw.write_all(&[frame(1, 1), frame(0, 2)].concat()).await.unwrap();
+    assert_eq!(*recv(&mut rx_b1).await, vote(1, 1));
+    assert_eq!(*recv(&mut rx_b2).await, vote(1, 2));
+    // A position past the list closes the connection; nothing after it is delivered.
+    raw.write_all(&[frame(2, 3), frame(1, 4)].concat()).await.unwrap();
+    expect_closed(&mut raw).await;
+    // So does a corrupt packet at a good position.
+    let (mut raw, _) = offer_by_hand(b1.local_addr()).await;
+    let mut bad = frame(0, 5);
+    bad[41] ^= 1;
+    raw.write_all(&[frame(0, 4), bad].concat()).await.unwrap();
+    assert_eq!(*recv(&mut rx_b1).await, vote(1, 4));
+    expect_closed(&mut raw).await;
+    // And a frame for a ring unloaded since the connection was set up.
+    let (mut raw, _) = offer_by_hand(b1.local_addr()).await;
+    b2.shutdown();
+    raw.write_all(&frame(1, 6)).await.unwrap();
+    expect_closed(&mut raw).await;
+    assert!(rx_b1.try_recv().is_err() && rx_b2.try_recv().is_err(), "nothing else was delivered");
+    // A port whose rings share nothing closes on an offer, as the original's does.
+    let (plain, _rx) = start(any_port(), TransportOptions::default());
+    let mut raw = TcpStream::connect(plain.local_addr()).await.unwrap();
+    raw.write_all(&[&[0u8; 4][..], &mux::MUX_MAGIC].concat()).await.unwrap();
+    expect_closed(&mut raw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_rings_share_a_connection_only_under_the_same_trust_and_keep_the_identity() {
+    let (dir, ca) = (tempfile::tempdir().unwrap(), super::super::tls::issue::Ca::new("test CA"));
+    let [one, two, other] = ["1", "2", "2b"].map(|name| {
+        let sub = dir.path().join(name);
+        std::fs::create_dir(&sub).unwrap();
+        test_tls(&sub, &ca, name.trim_end_matches('b'))
+    });
+    let start_shared = |tls: &Arc<Tls>, mux: &Arc<Mux>| {
+        let (tx, rx) = unbounded_channel();
+        let deliver = Arc::new(move |m, origin| drop(tx.send((m, origin))));
+        (Transport::start(&Handle::current(), any_port(), sharing(mux), Some(tls.clone()), deliver).unwrap(), rx)
+    };
+    let (ma, mb) = (Arc::new(Mux::default()), Arc::new(Mux::default()));
+    let ((a1, _), (a2, _), (a3, _)) = (start_shared(&one, &ma), start_shared(&one, &ma), start_shared(&one, &ma));
+    // b3 trusts by a configuration of its own: never on the connection b1 and b2 share.
+    let ((b1, mut rx1), (b2, mut rx2), (b3, mut rx3)) = (start_shared(&two, &mb), start_shared(&two, &mb), start_shared(&other, &mb));
+    for (a, b) in [(&a1, &b1), (&a2, &b2), (&a3, &b3)] {
+        a.set_peers(&[(id(2), b.local_addr())]);
+        assert!(a.send(&id(2), framed(&vote(1, 1))));
+    }
+    for rx in [&mut rx1, &mut rx2, &mut rx3] {
+        let (m, names) = recv_from(rx).await;
+        assert_eq!((&*m, names), (&vote(1, 1), vec!["1".to_string()]));
+    }
+    wait_until("b1's and b2's rings on one connection, b3's on another", || {
+        ma.connections() == 2 && [&a1, &a2, &a3].iter().all(|a| a.peer_stats()[0].shared)
+    })
+    .await;
+    assert_eq!(a1.peer_stats()[0].link, Some(LinkKind::Tls));
+}
+
+#[tokio::test]
+async fn a_ring_loaded_later_in_the_peer_process_brings_every_ring_onto_one_connection() {
+    let (ma, mb) = (Arc::new(Mux::default()), Arc::new(Mux::default()));
+    let ((a1, _), (a2, _)) = (start(any_port(), sharing(&ma)), start(any_port(), sharing(&ma)));
+    let (b1, mut rx1) = start(any_port(), sharing(&mb));
+    a1.set_peers(&[(id(2), b1.local_addr())]);
+    assert!(a1.send(&id(2), framed(&vote(1, 1))));
+    assert_eq!(*recv(&mut rx1).await, vote(1, 1));
+    // b2 is loaded after the connection listed b's rings: a2 dials it, and the answer lists
+    // both, so the older connection hands ring 1 over.
+    let (b2, mut rx2) = start(any_port(), sharing(&mb));
+    a2.set_peers(&[(id(2), b2.local_addr())]);
+    assert!(a2.send(&id(2), framed(&vote(1, 2))));
+    assert_eq!(*recv(&mut rx2).await, vote(1, 2));
+    wait_until("ring 1 moved onto the newer connection", || a1.peer_stats()[0].connections == 2 && a1.peer_stats()[0].shared).await;
+    assert_eq!(ma.connections(), 1);
+    assert!(a1.send(&id(2), framed(&vote(1, 3))));
+    assert_eq!(*recv(&mut rx1).await, vote(1, 3));
+    wait_until("both counted", || a1.peer_stats()[0].sent_packets == 2).await;
+    assert_eq!(a1.peer_stats()[0].dropped_packets, 0, "nothing lost in the move");
 }

@@ -1,0 +1,525 @@
+//! One connection per peer process: the rings of a process that share a [`Mux`]
+//! (`NetworkGroup::with_shared_connections`) send to another such process over one connection,
+//! whichever of its rings' ports it was dialled to, instead of a connection per ring.
+//!
+//! Set-up, on a connection to one of the peer process's Paxos ports (after the handshake, with
+//! TLS):
+//!
+//! 1. dialler → port: four zero bytes (a packet size of 0, which every Paxos port, ours or the
+//!    original's, refuses as a packet), then [`MUX_MAGIC`].
+//! 2. port → dialler: [`MUX_MAGIC`], a count n (u8, 1 to 255) and n ports (u16, little-endian):
+//!    the Paxos ports of the process's rings this connection may carry, the dialled one first.
+//!    A ring is listed only if it has the dialled ring's TLS configuration (the same trust: the
+//!    connection's authenticated identity means to it what it means to the dialled ring) and
+//!    its largest packet.
+//! 3. From then on, dialler → port only, frames: the ring's position in that list (u8), then a
+//!    packet (docs/spec/formats.md §7.1). A position past the list, or naming a ring unloaded
+//!    since, ends the connection, as a bad packet does. Each packet is checked and delivered as
+//!    the ring's own port would, with the connection's identity, which that ring checks against
+//!    its own members: a peer trusted by one ring cannot speak for another.
+//!
+//! A port without the extension (the original's, or one whose rings share no `Mux`) closes the
+//! connection on the zero size: that peer gets a connection per ring for [`MUX_RETRY`]. Each
+//! ring's packets wait in its own bounded queue for the peer (`Peer`); the connection's writer
+//! takes at most [`ROUND_BYTES`] from each queue in turn, so one ring's backlog cannot starve
+//! the others. Its link is never lent to the senders: the rings' protocol threads would contend
+//! for it.
+
+use super::link::{LinkKind, PacketLink, TcpLink, TlsLink};
+use super::{consume, monotonic_micros, Link, OnMessage, Peer, Reading, CONNECT_TIMEOUT, MAX_IOV};
+use crate::runtime::tls::Tls;
+use bytes::Bytes;
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::io::{self, IoSlice};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+use tracing::{debug, info, warn, Instrument};
+
+/// What follows the four zero bytes of an offer to share a connection, and begins the answer.
+pub const MUX_MAGIC: [u8; 8] = *b"RSLMUXv1";
+/// After a peer declined to share connections, how long its rings get one each.
+pub(super) const MUX_RETRY: Duration = Duration::from_secs(60);
+/// The most bytes of one ring's packets a shared connection's writer takes per turn.
+const ROUND_BYTES: usize = 256 << 10;
+/// Bounds the set-up exchange, as the shared-memory offer's.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// A frame's first byte, for each ring position: written from here, never copied into a packet.
+static POSITIONS: [u8; 256] = {
+    let mut all = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        all[i] = i as u8;
+        i += 1;
+    }
+    all
+};
+
+/// The rings of one process that share connections to peer processes: each ring's port, as a
+/// shared connection accepted by any of them delivers to it, and the connections dialled.
+#[derive(Default)]
+pub struct Mux {
+    served: Mutex<HashMap<u16, Arc<Served>>>,
+    conns: Mutex<Vec<Arc<Conn>>>,
+    /// One dial at a time per peer host, so that rings wanting the same process find the
+    /// connection the first one made.
+    dialing: Mutex<HashMap<IpAddr, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl fmt::Debug for Mux {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let served = self.served.lock().map(|s| s.len()).unwrap_or_default();
+        let conns = self.conns.lock().map(|c| c.len()).unwrap_or_default();
+        f.debug_struct("Mux").field("rings", &served).field("connections", &conns).finish()
+    }
+}
+
+/// A ring's Paxos port, to the shared connections accepted by any ring of the process.
+pub(super) struct Served {
+    pub reading: Arc<Reading>,
+    pub on_message: OnMessage,
+    pub tls: Option<Arc<Tls>>,
+}
+
+/// The rings an accepted shared connection carries, by position.
+pub(super) struct Route {
+    rings: Vec<(u16, Weak<Served>)>,
+}
+
+impl Route {
+    /// The ring at `position`; an error (which ends the connection) if there is none or it
+    /// was unloaded.
+    pub fn ring(&self, position: u8) -> io::Result<Arc<Served>> {
+        let (port, ring) = self.rings.get(usize::from(position)).ok_or_else(|| invalid("a frame names no ring of this connection"))?;
+        ring.upgrade().ok_or_else(|| invalid(format!("the ring at port {port} was unloaded")))
+    }
+}
+
+fn invalid(why: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why)
+}
+
+fn same_tls(a: &Option<Arc<Tls>>, b: &Option<Arc<Tls>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    }
+}
+
+impl Mux {
+    /// A ring's port joins (`Transport::start`); a weak handle says which entry is its own.
+    pub(super) fn serve(&self, port: u16, ring: Served) -> Weak<Served> {
+        let ring = Arc::new(ring);
+        let own = Arc::downgrade(&ring);
+        let mut served = self.served.lock().expect("mux poisoned");
+        // A port taken twice (bound on two addresses): the first keeps it.
+        served.entry(port).or_insert(ring);
+        own
+    }
+
+    /// A ring's port leaves (`Transport::shutdown`): the shared connections that carry it end
+    /// at their next frame for it.
+    pub(super) fn withdraw(&self, port: u16, own: &Weak<Served>) {
+        let mut served = self.served.lock().expect("mux poisoned");
+        if served.get(&port).is_some_and(|ring| std::ptr::eq(Arc::as_ptr(ring), own.as_ptr())) {
+            served.remove(&port);
+        }
+    }
+
+    /// What a connection accepted on `port` may carry, `port`'s ring first (None: not served).
+    pub(super) fn route(&self, port: u16) -> Option<Route> {
+        let served = self.served.lock().expect("mux poisoned");
+        let own = served.get(&port)?;
+        let mut others: Vec<_> = served
+            .iter()
+            .filter(|(p, ring)| **p != port && same_tls(&ring.tls, &own.tls) && ring.reading.max_packet == own.reading.max_packet)
+            .map(|(p, ring)| (*p, Arc::downgrade(ring)))
+            .collect();
+        others.sort_unstable_by_key(|(p, _)| *p);
+        let rings: Vec<_> = std::iter::once((port, Arc::downgrade(own))).chain(others).take(POSITIONS.len() - 1).collect();
+        debug_assert!(!rings.is_empty() && rings.len() < 256 && rings[0].0 == port);
+        Some(Route { rings })
+    }
+
+    /// Outbound connections shared now (for tests and statistics).
+    pub fn connections(&self) -> usize {
+        self.conns.lock().expect("mux poisoned").len()
+    }
+
+    /// Carries `peer`'s packets over this process's shared connection to the peer's process,
+    /// dialling one if none carries its port, until that connection ends.
+    pub(super) async fn carry(self: &Arc<Self>, peer: &Arc<Peer>, link: &Link, send_timeout: Duration) -> Carried {
+        if let Some(attached) = self.find(peer, link) {
+            return Carried::Ended(attached.ended().await);
+        }
+        let gate = self.dialing.lock().expect("mux poisoned").entry(peer.addr.ip()).or_default().clone();
+        let dialing = gate.lock().await;
+        // Another ring may have dialled the process meanwhile.
+        if let Some(attached) = self.find(peer, link) {
+            drop(dialing);
+            return Carried::Ended(attached.ended().await);
+        }
+        let (rd, out, ports) = match dial(peer, link).await {
+            Dialled::Up(rd, out, ports) => (rd, out, ports),
+            Dialled::Failed => return Carried::NotConnected,
+            Dialled::Declined(why) => {
+                info!(peer = %peer.addr, why, retry = ?MUX_RETRY, "the peer shares no connection: one for this ring");
+                peer.mux_off_until.store(monotonic_micros() + MUX_RETRY.as_micros() as u64, Relaxed);
+                return Carried::Declined;
+            }
+        };
+        info!(peer = %peer.addr, rings = ports.len(), "shared connection up");
+        let (ended, _) = watch::channel(None);
+        let conn = Arc::new(Conn {
+            ip: peer.addr.ip(),
+            tls: link.tls.clone(),
+            ports,
+            kind: out.kind(),
+            wake: Arc::new(Notify::new()),
+            attached: Mutex::new(Some(Vec::new())),
+            retired: AtomicBool::new(false),
+            ended,
+        });
+        let attached = conn.clone().attach(peer).expect("not closed yet");
+        self.replace_older(&conn);
+        tokio::spawn(run_conn(self.clone(), conn, rd, out, send_timeout).in_current_span());
+        drop(dialing);
+        Carried::Ended(attached.ended().await)
+    }
+
+    /// Registers `conn`. A connection to the same process that lists fewer rings (dialled before
+    /// the others were loaded there) is retired: its rings move over to `conn`.
+    fn replace_older(&self, conn: &Arc<Conn>) {
+        let mut conns = self.conns.lock().expect("mux poisoned");
+        for old in conns.iter().filter(|c| c.ip == conn.ip && same_tls(&c.tls, &conn.tls) && conn.ports.contains(&c.ports[0])) {
+            old.retired.store(true, Relaxed);
+            old.wake.notify_one();
+        }
+        conns.retain(|c| !c.retired.load(Relaxed));
+        conns.push(conn.clone());
+    }
+
+    /// `peer` attached to a live connection that carries its port, if there is one.
+    fn find<'a>(&self, peer: &'a Arc<Peer>, link: &Link) -> Option<Attached<'a>> {
+        let conns = self.conns.lock().expect("mux poisoned");
+        let conn = conns.iter().find(|c| c.ip == peer.addr.ip() && same_tls(&c.tls, &link.tls) && c.ports.contains(&peer.addr.port()))?;
+        conn.clone().attach(peer)
+    }
+}
+
+/// How carrying a peer's packets over a shared connection went.
+pub(super) enum Carried {
+    /// No connection was made.
+    NotConnected,
+    /// The peer's port refused to share: a connection of the ring's own.
+    Declined,
+    /// The shared connection carried the peer's packets until it ended, as this says.
+    Ended(io::Result<()>),
+}
+
+/// Peers whose packets a shared connection carries, each with its ring's position.
+type Sources = Vec<(u8, Arc<Peer>)>;
+
+/// One connection to a peer process, shared by the rings of this one that send to its rings.
+struct Conn {
+    ip: IpAddr,
+    tls: Option<Arc<Tls>>,
+    /// The peer process's rings it carries, by Paxos port: a frame's first byte is a position here.
+    ports: Vec<u16>,
+    kind: LinkKind,
+    /// Where the attached peers' queues signal a first packet.
+    wake: Arc<Notify>,
+    /// The peers whose packets it carries, with their positions; None once it has ended.
+    attached: Mutex<Option<Sources>>,
+    /// A newer connection to the process carries all its rings: it ends after the turn it is
+    /// writing, and its peers move over.
+    retired: AtomicBool,
+    /// Set once, to how it ended.
+    ended: watch::Sender<Option<Result<(), String>>>,
+}
+
+impl Conn {
+    /// Makes the connection carry `peer`'s queue; None if it has ended.
+    fn attach<'a>(self: Arc<Self>, peer: &'a Arc<Peer>) -> Option<Attached<'a>> {
+        let position = self.ports.iter().position(|p| *p == peer.addr.port()).expect("the connection carries the port");
+        let mut attached = self.attached.lock().expect("mux poisoned");
+        let list = attached.as_mut()?;
+        debug_assert!(list.iter().all(|(_, p)| !Arc::ptr_eq(p, peer)), "attached once");
+        list.push((position as u8, peer.clone()));
+        let waiting = {
+            let mut q = peer.queue.lock().expect("send queue poisoned");
+            debug_assert!(q.lent.is_none() && !q.packets.front_started, "no connection of its own is up");
+            q.redirect = Some(self.wake.clone());
+            !q.packets.is_empty()
+        };
+        drop(attached);
+        if waiting {
+            self.wake.notify_one();
+        }
+        *peer.link.lock().expect("link kind poisoned") = Some(self.kind);
+        peer.shared.store(true, Relaxed);
+        peer.counters.connections.fetch_add(1, Relaxed);
+        Some(Attached { conn: self, peer })
+    }
+
+    /// The peers attached now (None: the connection has ended).
+    fn sources(&self) -> Option<Sources> {
+        self.attached.lock().expect("mux poisoned").clone()
+    }
+}
+
+/// A peer carried by a shared connection; dropping it (the peer removed, its ring shut down)
+/// takes the peer off the connection, which ends once it carries no one.
+struct Attached<'a> {
+    conn: Arc<Conn>,
+    peer: &'a Arc<Peer>,
+}
+
+impl Attached<'_> {
+    async fn ended(&self) -> io::Result<()> {
+        let mut ended = self.conn.ended.subscribe();
+        let how = ended.wait_for(Option::is_some).await.map_err(|_| io::Error::other("the shared connection's writer is gone"))?;
+        how.clone().expect("set").map_err(io::Error::other)
+    }
+}
+
+impl Drop for Attached<'_> {
+    fn drop(&mut self) {
+        let mut attached = self.conn.attached.lock().unwrap_or_else(|e| e.into_inner());
+        let alone = attached.as_mut().is_some_and(|list| {
+            list.retain(|(_, p)| !Arc::ptr_eq(p, self.peer));
+            list.is_empty()
+        });
+        drop(attached);
+        let mut q = self.peer.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if q.redirect.as_ref().is_some_and(|w| Arc::ptr_eq(w, &self.conn.wake)) {
+            q.redirect = None;
+        }
+        drop(q);
+        *self.peer.link.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.peer.shared.store(false, Relaxed);
+        if alone {
+            self.conn.wake.notify_one();
+        }
+    }
+}
+
+/// What dialling a peer's port for a shared connection gave.
+enum Dialled {
+    /// The connection's read half, its link, and the peer process's rings it may carry.
+    Up(Box<dyn AsyncRead + Send + Unpin>, Box<dyn PacketLink>, Vec<u16>),
+    Failed,
+    Declined(String),
+}
+
+/// Connects (and authenticates, with TLS) to `peer`'s port and offers to share the connection.
+async fn dial(peer: &Peer, link: &Link) -> Dialled {
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(peer.addr)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            debug!(peer = %peer.addr, error = %e, "connect failed");
+            return Dialled::Failed;
+        }
+        Err(_) => {
+            debug!(peer = %peer.addr, "connect timed out");
+            return Dialled::Failed;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let Some(tls) = &link.tls else {
+        let mut stream = stream;
+        return match offer(&mut stream, peer.addr).await {
+            Ok(ports) => {
+                let (rd, wr) = stream.into_split();
+                Dialled::Up(Box::new(rd), Box::new(TcpLink(wr)), ports)
+            }
+            Err(e) => Dialled::Declined(e.to_string()),
+        };
+    };
+    let mut stream = match tls.connect(stream).await {
+        Ok((stream, _)) => stream,
+        Err(e) => {
+            if let Some(held_back) = peer.refusals.allow() {
+                warn!(peer = %peer.addr, error = %e, held_back, "TLS handshake with a peer failed");
+            }
+            return Dialled::Failed;
+        }
+    };
+    match offer(&mut stream, peer.addr).await {
+        Ok(ports) => {
+            let (rd, wr) = tokio::io::split(stream);
+            Dialled::Up(Box::new(rd), Box::new(TlsLink::new(wr)), ports)
+        }
+        Err(e) => Dialled::Declined(e.to_string()),
+    }
+}
+
+/// The dialler's side of the set-up: the peer process's rings the connection may carry.
+async fn offer<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, to: SocketAddr) -> io::Result<Vec<u16>> {
+    let exchange = async {
+        let mut offer = [0u8; 4 + MUX_MAGIC.len()];
+        offer[4..].copy_from_slice(&MUX_MAGIC);
+        stream.write_all(&offer).await?;
+        stream.flush().await?;
+        let mut head = [0u8; MUX_MAGIC.len() + 1];
+        stream.read_exact(&mut head).await?;
+        if head[..8] != MUX_MAGIC || head[8] == 0 {
+            return Err(invalid("not an answer to the offer"));
+        }
+        let mut ports = vec![0u8; 2 * usize::from(head[8])];
+        stream.read_exact(&mut ports).await?;
+        let ports: Vec<u16> = ports.chunks_exact(2).map(|p| u16::from_le_bytes([p[0], p[1]])).collect();
+        if ports[0] != to.port() {
+            return Err(invalid("the answer does not list the dialled port first"));
+        }
+        Ok(ports)
+    };
+    tokio::time::timeout(SETUP_TIMEOUT, exchange).await.map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer to the offer"))?
+}
+
+/// The port's side of the set-up, after the zero size and the magic: the rings it carries.
+pub(super) async fn answer<S: AsyncWrite + Unpin>(stream: &mut S, route: &Route) -> io::Result<()> {
+    let mut answer = Vec::with_capacity(MUX_MAGIC.len() + 1 + 2 * route.rings.len());
+    answer.extend_from_slice(&MUX_MAGIC);
+    answer.push(route.rings.len() as u8);
+    for (port, _) in &route.rings {
+        answer.extend_from_slice(&port.to_le_bytes());
+    }
+    let write = async {
+        stream.write_all(&answer).await?;
+        stream.flush().await
+    };
+    tokio::time::timeout(SETUP_TIMEOUT, write).await.map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "answer not taken"))?
+}
+
+/// A shared connection's task: writes the attached rings' packets until the connection fails,
+/// carries no one, or is retired, then tells the attached peers how it ended.
+async fn run_conn(mux: Arc<Mux>, conn: Arc<Conn>, rd: Box<dyn AsyncRead + Send + Unpin>, out: Box<dyn PacketLink>, send_timeout: Duration) {
+    let mut frames = Frames::default();
+    let result = tokio::select! {
+        r = expect_nothing(rd) => r,
+        r = write_rounds(&conn, out, &mut frames, send_timeout) => r,
+    };
+    mux.conns.lock().expect("mux poisoned").retain(|c| !Arc::ptr_eq(c, &conn));
+    *conn.attached.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    frames.drop_unsent();
+    debug!(?result, "shared connection ended");
+    conn.ended.send_replace(Some(result.map_err(|e| e.to_string())));
+}
+
+/// The port sends nothing back on a shared connection: its end, or an error.
+async fn expect_nothing(mut rd: Box<dyn AsyncRead + Send + Unpin>) -> io::Result<()> {
+    match rd.read(&mut [0u8; 1]).await? {
+        0 => Err(io::ErrorKind::ConnectionReset.into()),
+        _ => Err(invalid("the port wrote on a shared connection")),
+    }
+}
+
+/// Turn after turn, up to [`ROUND_BYTES`] of each attached ring's packets, written in one go.
+async fn write_rounds(conn: &Conn, mut out: Box<dyn PacketLink>, frames: &mut Frames, send_timeout: Duration) -> io::Result<()> {
+    loop {
+        let Some(sources) = conn.sources().filter(|s| !s.is_empty() && !conn.retired.load(Relaxed)) else { return Ok(()) };
+        frames.sources = sources;
+        frames.take_round(send_timeout);
+        if frames.is_empty() {
+            conn.wake.notified().await;
+            continue;
+        }
+        frames.write(out.as_mut(), send_timeout).await?;
+    }
+}
+
+/// One turn's frames: each a position byte and a packet, as slices, with whose it is.
+#[derive(Default)]
+struct Frames {
+    /// The peers of this turn: a frame's `source` is an index here.
+    sources: Sources,
+    slices: VecDeque<Bytes>,
+    frames: VecDeque<Frame>,
+    /// The front frame's position byte is written.
+    front_started: bool,
+}
+
+struct Frame {
+    source: usize,
+    len: usize,
+    queued_at: Instant,
+}
+
+impl Frames {
+    fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    fn take_round(&mut self, send_timeout: Duration) {
+        assert!(self.is_empty(), "the last turn is written first");
+        for (source, (position, peer)) in self.sources.iter().enumerate() {
+            peer.expire(send_timeout);
+            let position = Bytes::from_static(&POSITIONS[usize::from(*position)..][..1]);
+            let taken = peer.take_up_to(ROUND_BYTES, |packet, queued_at| {
+                self.frames.push_back(Frame { source, len: packet.len(), queued_at });
+                self.slices.push_back(position.clone());
+                self.slices.push_back(packet);
+            });
+            peer.counters.writing.fetch_add(taken as u64, Relaxed);
+        }
+        debug_assert_eq!(self.slices.len(), 2 * self.frames.len());
+    }
+
+    /// Writes the turn (vectored, [`MAX_IOV`] slices at a time), counting each packet as sent
+    /// to its ring's peer, then flushes; within the send timeout of the oldest packet unsent.
+    async fn write(&mut self, out: &mut dyn PacketLink, send_timeout: Duration) -> io::Result<()> {
+        while let Some(oldest) = self.frames.front() {
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let n = self.slices.len().min(MAX_IOV);
+            for (slot, slice) in iov.iter_mut().zip(&self.slices) {
+                *slot = IoSlice::new(slice);
+            }
+            let deadline = oldest.queued_at.checked_add(send_timeout).unwrap_or_else(|| Instant::now() + send_timeout);
+            let write = std::future::poll_fn(|cx| out.poll_send(cx, &iov[..n]));
+            let written = tokio::time::timeout_at(deadline, write).await.map_err(|_| timed_out())??;
+            if written == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.consume(written);
+        }
+        tokio::time::timeout(send_timeout, std::future::poll_fn(|cx| out.poll_flush(cx))).await.map_err(|_| timed_out())?
+    }
+
+    fn consume(&mut self, written: usize) {
+        let (done, _) = consume(&mut self.slices, written);
+        for _ in 0..done {
+            // Slices alternate: a position byte, then its packet, which completes the frame.
+            self.front_started = !self.front_started;
+            if !self.front_started {
+                let frame = self.frames.pop_front().expect("a frame per two slices");
+                let peer = &self.sources[frame.source].1;
+                peer.counters.writing.fetch_sub(1, Relaxed);
+                peer.counters.sent(1, frame.len);
+            }
+        }
+        debug_assert_eq!(self.slices.len(), 2 * self.frames.len() - usize::from(self.front_started));
+    }
+
+    /// The connection ended: what it was writing is lost, counted against each ring's peer.
+    fn drop_unsent(&mut self) {
+        for frame in self.frames.drain(..) {
+            let peer = &self.sources[frame.source].1;
+            peer.counters.writing.fetch_sub(1, Relaxed);
+            peer.count_dropped(1, frame.len);
+        }
+        self.slices.clear();
+    }
+}
+
+fn timed_out() -> io::Error {
+    warn!("a packet on a shared connection was not sent in time: the connection fails");
+    io::Error::new(io::ErrorKind::TimedOut, "send timeout")
+}
