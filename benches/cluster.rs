@@ -31,8 +31,9 @@
 //! spreads the same requests in flight over the n rings' primaries), 64-byte requests,
 //! fdatasync on, at `CLUSTER_BENCH_IN_FLIGHT` requests in flight (default `64,256`): 1 ring, n
 //! rings with a journal writer and a network thread per ring, n rings sharing their process's
-//! writer threads and network threads (`--journal-writer`, `--network`), back to back, `CLUSTER_BENCH_ROUNDS`
-//! times; with `CLUSTER_BENCH_PER_RING=1` each ring gets the in-flight count (and 16
+//! writer threads and network threads (`--journal-writer`, `--network`) with a connection per
+//! ring, and sharing one connection per peer process too (`--peer-connections`), back to back,
+//! `CLUSTER_BENCH_ROUNDS` times; with `CLUSTER_BENCH_PER_RING=1` each ring gets the in-flight count (and 16
 //! connections) the one ring gets, so the aggregate is taken at each ring's saturation. It prints each run
 //! (aggregate and per-ring req/s, p50/p99), the aggregate ratios n rings / 1 ring, and the
 //! load average.
@@ -231,13 +232,17 @@ fn many_rings(exe: &str, rings: u16) {
     // With CLUSTER_BENCH_PER_RING=1 every ring gets the in-flight count (and 16 connections),
     // as the one ring does: the aggregate at each ring's saturation.
     let per_ring = std::env::var("CLUSTER_BENCH_PER_RING").is_ok_and(|v| v == "1");
-    let flags = |n: u16, sharing: &str| {
-        ["--rings", &n.to_string(), "--journal-writer", sharing, "--network", sharing].into_iter().map(String::from).collect::<Vec<_>>()
+    let flags = |n: u16, sharing: &str, connections: &str| {
+        ["--rings", &n.to_string(), "--journal-writer", sharing, "--network", sharing, "--peer-connections", connections]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>()
     };
     let configs: Vec<(String, Vec<String>)> = vec![
-        ("1 ring".into(), flags(1, "per-ring")),
-        (format!("{rings} rings, a writer and a network thread per ring"), flags(rings, "per-ring")),
-        (format!("{rings} rings, shared writers and network threads"), flags(rings, "shared")),
+        ("1 ring".into(), flags(1, "per-ring", "per-ring")),
+        (format!("{rings} rings, a writer and a network thread per ring"), flags(rings, "per-ring", "per-ring")),
+        (format!("{rings} rings, shared writers and network threads, a connection per ring"), flags(rings, "shared", "per-ring")),
+        (format!("{rings} rings, shared writers, network threads and one connection per peer process"), flags(rings, "shared", "shared")),
     ];
     println!("# load average before: {}", load_average());
     let mut port = 26_000u16;

@@ -83,13 +83,14 @@ pub async fn accept_each<L: Listener, F: Future<Output = ()> + Send + 'static>(
 pub(super) async fn read_inbound(stream: TcpStream, from: SocketAddr, reading: Arc<Reading>, on_message: OnMessage, tls: Option<Arc<Tls>>) {
     let _ = stream.set_nodelay(true);
     let ip = from.ip();
+    let Ok(local) = stream.local_addr().map(|a| a.ip()) else { return };
     let result = match tls {
-        None => read_plain(stream, from, &reading, &on_message).await,
+        None => read_plain(stream, from, local, &reading, &on_message).await,
         Some(tls) => match tls.accept(stream).await {
             Ok((stream, identity)) => {
                 let origin = Origin { ip, peer: Some(Arc::new(identity)) };
                 let inbound = Inbound { reading: &reading, on_message: &on_message, side: Side::Inbound, origin: &origin, route: None };
-                match read_opening(stream, &inbound).await {
+                match read_opening(stream, local, &inbound).await {
                     Ok(Opening::Packets(mut stream)) => read_packets(&mut stream, &inbound, Some(reading.idle_timeout)).await,
                     Ok(Opening::Offer(..)) => Err(reading.refuse(ip, io::ErrorKind::InvalidData, "a shared-memory offer over TLS")),
                     Ok(Opening::Closed) => Ok(()),
@@ -120,7 +121,8 @@ enum Opening<S> {
 /// Reads how an inbound connection opens: packets, or four zero bytes (never a packet's start)
 /// and a magic, which is either an offer to share the connection between rings (served here
 /// to its end, `mux.rs`) or a shared-memory offer (the caller's).
-async fn read_opening<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, inbound: &Inbound<'_>) -> io::Result<Opening<S>> {
+/// `local` is the address the peer reached.
+async fn read_opening<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, local: IpAddr, inbound: &Inbound<'_>) -> io::Result<Opening<S>> {
     let reading = inbound.reading;
     let idle = reading.idle_timeout;
     let mut prefix = [0u8; 4];
@@ -139,10 +141,10 @@ async fn read_opening<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, inbound:
     if magic != mux::MUX_MAGIC {
         return Ok(Opening::Offer(stream, magic));
     }
-    let Some(route) = reading.mux.as_ref().and_then(|mux| mux.route(reading.port)) else {
+    let Some((mux, route)) = reading.mux.as_ref().and_then(|mux| Some((mux, mux.route(reading.port, reading, local)?))) else {
         return Err(reading.refuse(inbound.origin.ip, io::ErrorKind::InvalidData, "an offer to share the connection, not taken here"));
     };
-    mux::answer(&mut stream, &route).await?;
+    mux::answer(&mut stream, mux, &route).await?;
     debug!(from = %inbound.origin.ip, "shared connection accepted");
     let shared = Inbound { route: Some(&route), ..*inbound };
     read_packets(&mut stream, &shared, Some(idle)).await?;
@@ -152,11 +154,11 @@ async fn read_opening<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, inbound:
 /// Serves a plain inbound connection: packets, or first an offer (`read_opening`). An accepted
 /// shared-memory ring is read by a thread of its own, while this task reads the connection
 /// (packets too large for the ring) and ends the session when either ends.
-async fn read_plain(stream: TcpStream, from: SocketAddr, reading: &Arc<Reading>, on_message: &OnMessage) -> io::Result<()> {
+async fn read_plain(stream: TcpStream, from: SocketAddr, local: IpAddr, reading: &Arc<Reading>, on_message: &OnMessage) -> io::Result<()> {
     let origin = Origin { ip: from.ip(), peer: None };
     let inbound = Inbound { reading, on_message, side: Side::Inbound, origin: &origin, route: None };
     let idle = reading.idle_timeout;
-    let (mut stream, magic) = match read_opening(stream, &inbound).await? {
+    let (mut stream, magic) = match read_opening(stream, local, &inbound).await? {
         Opening::Packets(mut stream) => return read_packets(&mut stream, &inbound, Some(idle)).await,
         Opening::Closed => return Ok(()),
         Opening::Offer(stream, magic) => (stream, magic),
@@ -379,7 +381,7 @@ pub(super) async fn read_packets<R: AsyncRead + Unpin>(
         if !grow_within(&mut buf, need, chunk, &mut held) {
             return Err(reading.refuse(from, io::ErrorKind::OutOfMemory, "partly received packets fill the buffer budget"));
         }
-        debug_assert!(buf.len() < need && buf.capacity() <= max_packet.max(chunk), "one packet at a time");
+        debug_assert!(buf.len() < need && buf.capacity() <= (lead + max_packet).max(chunk), "one packet at a time");
         // An outbound connection is ours to keep: the peer answers on it only when asked.
         let deadline = if buf.is_empty() {
             idle_timeout.map(|idle| tokio::time::Instant::now() + idle)

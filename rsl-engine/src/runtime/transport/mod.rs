@@ -228,9 +228,10 @@ impl Transport {
         }
         let reading = Arc::new(Reading::new(&opts, local_addr.port()));
         let served = match &opts.mux {
-            Some(mux) => {
-                mux.serve(local_addr.port(), mux::Served { reading: reading.clone(), on_message: on_message.clone(), tls: tls.clone() })
-            }
+            Some(mux) => mux.serve(
+                local_addr.port(),
+                mux::Served { reading: reading.clone(), on_message: on_message.clone(), tls: tls.clone(), ip: local_addr.ip() },
+            ),
             None => Weak::new(),
         };
         let (accepted, deliver, auth) = (reading.clone(), on_message.clone(), tls.clone());
@@ -696,6 +697,8 @@ async fn run_peer(id: MemberId, peer: Arc<Peer>, opts: TransportOptions, link: L
         };
         let served = match shared {
             mux::Carried::Declined => connect_and_serve(&peer, &link, opts.send_timeout).await,
+            // A newer connection to the peer's process carries it: no failure, no pause.
+            mux::Carried::Moved => continue,
             mux::Carried::NotConnected => None,
             mux::Carried::Ended(result) => Some(result),
         };

@@ -7,27 +7,36 @@
 //!
 //! 1. dialler → port: four zero bytes (a packet size of 0, which every Paxos port, ours or the
 //!    original's, refuses as a packet), then [`MUX_MAGIC`].
-//! 2. port → dialler: [`MUX_MAGIC`], a count n (u8, 1 to 255) and n ports (u16, little-endian):
-//!    the Paxos ports of the process's rings this connection may carry, the dialled one first.
-//!    A ring is listed only if it has the dialled ring's TLS configuration (the same trust: the
-//!    connection's authenticated identity means to it what it means to the dialled ring) and
-//!    its largest packet.
+//! 2. port → dialler: [`MUX_MAGIC`], the process's id (u64, random), a count n (u8, 1 to 255)
+//!    and n ports (u16; integers little-endian): the Paxos ports of the process's rings this
+//!    connection may carry, the dialled one first. A ring is listed only if it has the dialled
+//!    ring's TLS configuration (the same trust: the connection's authenticated identity means to
+//!    it what it means to the dialled ring), its largest packet, and the dialled address (or
+//!    every address).
 //! 3. From then on, dialler → port only, frames: the ring's position in that list (u8), then a
 //!    packet (docs/spec/formats.md §7.1). A position past the list, or naming a ring unloaded
 //!    since, ends the connection, as a bad packet does. Each packet is checked and delivered as
 //!    the ring's own port would, with the connection's identity, which that ring checks against
 //!    its own members: a peer trusted by one ring cannot speak for another.
 //!
-//! A port without the extension (the original's, or one whose rings share no `Mux`) closes the
-//! connection on the zero size: that peer gets a connection per ring for [`MUX_RETRY`]. Each
+//! The dialler believes a list only as far as it has checked it: it carries a peer's packets
+//! over a connection only once it has dialled that peer's own port and met the same process
+//! there (the same id and, with TLS, the same certificate), so that a process cannot draw
+//! another's traffic by listing its ports. Rings therefore each dial once; each newer
+//! connection to a process retires the older one (its rings move over at once), which also
+//! brings in the rings the process loaded since. A port without the extension (the original's,
+//! or one whose rings share no `Mux`) closes the connection on the zero size: that peer gets a
+//! connection per ring for [`MUX_RETRY`]. Each
 //! ring's packets wait in its own bounded queue for the peer (`Peer`); the connection's writer
 //! takes at most [`ROUND_BYTES`] from each queue in turn, so one ring's backlog cannot starve
 //! the others. Its link is never lent to the senders: the rings' protocol threads would contend
-//! for it.
+//! for it. Its send timeout is the dialling ring's. What its failure costs: every ring's packets
+//! being written on it; a ring unloaded on either side ends it (the accepting side's frames for
+//! that ring have nowhere to go), and its other rings dial again.
 
 use super::link::{LinkKind, PacketLink, TcpLink, TlsLink};
 use super::{consume, monotonic_micros, Link, OnMessage, Peer, Reading, CONNECT_TIMEOUT, MAX_IOV};
-use crate::runtime::tls::Tls;
+use crate::runtime::tls::{Thumbprint, Tls};
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -48,6 +57,8 @@ pub const MUX_MAGIC: [u8; 8] = *b"RSLMUXv1";
 pub(super) const MUX_RETRY: Duration = Duration::from_secs(60);
 /// The most bytes of one ring's packets a shared connection's writer takes per turn.
 const ROUND_BYTES: usize = 256 << 10;
+/// Bytes of an answer before its ports: the magic, the process id, the count.
+const ANSWER_HEAD: usize = MUX_MAGIC.len() + 8 + 1;
 /// Bounds the set-up exchange, as the shared-memory offer's.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// A frame's first byte, for each ring position: written from here, never copied into a packet.
@@ -63,13 +74,32 @@ static POSITIONS: [u8; 256] = {
 
 /// The rings of one process that share connections to peer processes: each ring's port, as a
 /// shared connection accepted by any of them delivers to it, and the connections dialled.
-#[derive(Default)]
 pub struct Mux {
+    /// This process's id in answers: tells the dialler which ports are one process.
+    id: u64,
     served: Mutex<HashMap<u16, Arc<Served>>>,
     conns: Mutex<Vec<Arc<Conn>>>,
-    /// One dial at a time per peer host, so that rings wanting the same process find the
-    /// connection the first one made.
-    dialing: Mutex<HashMap<IpAddr, Arc<tokio::sync::Mutex<()>>>>,
+    /// Peers' ports as dialled: the process met there.
+    known: Mutex<HashMap<SocketAddr, Process>>,
+    /// One dial at a time per peer port, so that the rings sending to it find the connection
+    /// the first one made.
+    dialing: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Default for Mux {
+    fn default() -> Mux {
+        // Unique, not secret: it is sent to whoever dials.
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        let id = (u64::from(std::process::id()) << 32) ^ nanos;
+        Mux { id, served: Mutex::default(), conns: Mutex::default(), known: Mutex::default(), dialing: Mutex::default() }
+    }
+}
+
+/// The process met at a peer's port: the id it answered and, with TLS, its certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Process {
+    id: u64,
+    cert: Option<Thumbprint>,
 }
 
 impl fmt::Debug for Mux {
@@ -85,6 +115,8 @@ pub(super) struct Served {
     pub reading: Arc<Reading>,
     pub on_message: OnMessage,
     pub tls: Option<Arc<Tls>>,
+    /// The address the port is bound to.
+    pub ip: IpAddr,
 }
 
 /// The rings an accepted shared connection carries, by position.
@@ -133,13 +165,20 @@ impl Mux {
         }
     }
 
-    /// What a connection accepted on `port` may carry, `port`'s ring first (None: not served).
-    pub(super) fn route(&self, port: u16) -> Option<Route> {
+    /// What a connection accepted on `port` (at `local`, by the transport that reads with
+    /// `reading`) may carry, `port`'s ring first. None if that transport is not the one serving
+    /// the port here (a port number bound on two addresses: the first keeps it).
+    pub(super) fn route(&self, port: u16, reading: &Reading, local: IpAddr) -> Option<Route> {
         let served = self.served.lock().expect("mux poisoned");
-        let own = served.get(&port)?;
+        let own = served.get(&port).filter(|own| std::ptr::eq(&*own.reading, reading))?;
         let mut others: Vec<_> = served
             .iter()
-            .filter(|(p, ring)| **p != port && same_tls(&ring.tls, &own.tls) && ring.reading.max_packet == own.reading.max_packet)
+            .filter(|(p, ring)| {
+                **p != port
+                    && same_tls(&ring.tls, &own.tls)
+                    && ring.reading.max_packet == own.reading.max_packet
+                    && (ring.ip == local || ring.ip.is_unspecified())
+            })
             .map(|(p, ring)| (*p, Arc::downgrade(ring)))
             .collect();
         others.sort_unstable_by_key(|(p, _)| *p);
@@ -154,20 +193,23 @@ impl Mux {
     }
 
     /// Carries `peer`'s packets over this process's shared connection to the peer's process,
-    /// dialling one if none carries its port, until that connection ends.
+    /// dialling the peer's port if none is known to carry it, until that connection ends.
     pub(super) async fn carry(self: &Arc<Self>, peer: &Arc<Peer>, link: &Link, send_timeout: Duration) -> Carried {
         if let Some(attached) = self.find(peer, link) {
-            return Carried::Ended(attached.ended().await);
+            return attached.ended().await;
         }
-        let gate = self.dialing.lock().expect("mux poisoned").entry(peer.addr.ip()).or_default().clone();
+        let gate = self.dialing.lock().expect("mux poisoned").entry(peer.addr).or_default().clone();
         let dialing = gate.lock().await;
-        // Another ring may have dialled the process meanwhile.
+        // Another ring may have dialled the port meanwhile.
         if let Some(attached) = self.find(peer, link) {
             drop(dialing);
-            return Carried::Ended(attached.ended().await);
+            return attached.ended().await;
         }
-        let (rd, out, ports) = match dial(peer, link).await {
-            Dialled::Up(rd, out, ports) => (rd, out, ports),
+        let dialled = dial(peer, link).await;
+        drop(dialing);
+        self.dialing.lock().expect("mux poisoned").retain(|_, gate| Arc::strong_count(gate) > 1);
+        let (rd, out, process, ports) = match dialled {
+            Dialled::Up(rd, out, process, ports) => (rd, out, process, ports),
             Dialled::Failed => return Carried::NotConnected,
             Dialled::Declined(why) => {
                 info!(peer = %peer.addr, why, retry = ?MUX_RETRY, "the peer shares no connection: one for this ring");
@@ -176,10 +218,12 @@ impl Mux {
             }
         };
         info!(peer = %peer.addr, rings = ports.len(), "shared connection up");
+        self.known.lock().expect("mux poisoned").insert(peer.addr, process);
         let (ended, _) = watch::channel(None);
         let conn = Arc::new(Conn {
             ip: peer.addr.ip(),
             tls: link.tls.clone(),
+            process,
             ports,
             kind: out.kind(),
             wake: Arc::new(Notify::new()),
@@ -189,16 +233,15 @@ impl Mux {
         });
         let attached = conn.clone().attach(peer).expect("not closed yet");
         self.replace_older(&conn);
-        tokio::spawn(run_conn(self.clone(), conn, rd, out, send_timeout).in_current_span());
-        drop(dialing);
-        Carried::Ended(attached.ended().await)
+        tokio::spawn(run_conn(Ending { mux: self.clone(), conn, frames: Frames::default() }, rd, out, send_timeout).in_current_span());
+        attached.ended().await
     }
 
-    /// Registers `conn`. A connection to the same process that lists fewer rings (dialled before
-    /// the others were loaded there) is retired: its rings move over to `conn`.
+    /// Registers `conn`, retiring the older connections to the same process: their rings move
+    /// over to it.
     fn replace_older(&self, conn: &Arc<Conn>) {
         let mut conns = self.conns.lock().expect("mux poisoned");
-        for old in conns.iter().filter(|c| c.ip == conn.ip && same_tls(&c.tls, &conn.tls) && conn.ports.contains(&c.ports[0])) {
+        for old in conns.iter().filter(|c| c.ip == conn.ip && same_tls(&c.tls, &conn.tls) && c.process == conn.process) {
             old.retired.store(true, Relaxed);
             old.wake.notify_one();
         }
@@ -206,10 +249,13 @@ impl Mux {
         conns.push(conn.clone());
     }
 
-    /// `peer` attached to a live connection that carries its port, if there is one.
+    /// `peer` attached to a live connection to the process met at its port, if one carries it.
     fn find<'a>(&self, peer: &'a Arc<Peer>, link: &Link) -> Option<Attached<'a>> {
+        let process = *self.known.lock().expect("mux poisoned").get(&peer.addr)?;
         let conns = self.conns.lock().expect("mux poisoned");
-        let conn = conns.iter().find(|c| c.ip == peer.addr.ip() && same_tls(&c.tls, &link.tls) && c.ports.contains(&peer.addr.port()))?;
+        let conn = conns.iter().find(|c| {
+            c.process == process && c.ip == peer.addr.ip() && same_tls(&c.tls, &link.tls) && c.ports.contains(&peer.addr.port())
+        })?;
         conn.clone().attach(peer)
     }
 }
@@ -220,6 +266,8 @@ pub(super) enum Carried {
     NotConnected,
     /// The peer's port refused to share: a connection of the ring's own.
     Declined,
+    /// The connection was retired for a newer one to the same process: move over at once.
+    Moved,
     /// The shared connection carried the peer's packets until it ended, as this says.
     Ended(io::Result<()>),
 }
@@ -231,6 +279,8 @@ type Sources = Vec<(u8, Arc<Peer>)>;
 struct Conn {
     ip: IpAddr,
     tls: Option<Arc<Tls>>,
+    /// The process met at the dialled port.
+    process: Process,
     /// The peer process's rings it carries, by Paxos port: a frame's first byte is a position here.
     ports: Vec<u16>,
     kind: LinkKind,
@@ -242,7 +292,7 @@ struct Conn {
     /// writing, and its peers move over.
     retired: AtomicBool,
     /// Set once, to how it ended.
-    ended: watch::Sender<Option<Result<(), String>>>,
+    ended: watch::Sender<Option<Ended>>,
 }
 
 impl Conn {
@@ -282,11 +332,23 @@ struct Attached<'a> {
     peer: &'a Arc<Peer>,
 }
 
+/// How a shared connection ended.
+#[derive(Clone)]
+enum Ended {
+    Retired,
+    Closed(Result<(), String>),
+}
+
 impl Attached<'_> {
-    async fn ended(&self) -> io::Result<()> {
+    /// Waits for the connection to end (its task always says how, even if it panicked).
+    async fn ended(self) -> Carried {
         let mut ended = self.conn.ended.subscribe();
-        let how = ended.wait_for(Option::is_some).await.map_err(|_| io::Error::other("the shared connection's writer is gone"))?;
-        how.clone().expect("set").map_err(io::Error::other)
+        let how = ended.wait_for(Option::is_some).await.map(|how| how.clone().expect("set"));
+        match how {
+            Ok(Ended::Retired) => Carried::Moved,
+            Ok(Ended::Closed(result)) => Carried::Ended(result.map_err(io::Error::other)),
+            Err(_) => Carried::Ended(Err(io::Error::other("the shared connection is gone"))),
+        }
     }
 }
 
@@ -313,8 +375,8 @@ impl Drop for Attached<'_> {
 
 /// What dialling a peer's port for a shared connection gave.
 enum Dialled {
-    /// The connection's read half, its link, and the peer process's rings it may carry.
-    Up(Box<dyn AsyncRead + Send + Unpin>, Box<dyn PacketLink>, Vec<u16>),
+    /// The connection's read half, its link, the process met, and its rings it may carry.
+    Up(Box<dyn AsyncRead + Send + Unpin>, Box<dyn PacketLink>, Process, Vec<u16>),
     Failed,
     Declined(String),
 }
@@ -336,15 +398,15 @@ async fn dial(peer: &Peer, link: &Link) -> Dialled {
     let Some(tls) = &link.tls else {
         let mut stream = stream;
         return match offer(&mut stream, peer.addr).await {
-            Ok(ports) => {
+            Ok((id, ports)) => {
                 let (rd, wr) = stream.into_split();
-                Dialled::Up(Box::new(rd), Box::new(TcpLink(wr)), ports)
+                Dialled::Up(Box::new(rd), Box::new(TcpLink(wr)), Process { id, cert: None }, ports)
             }
             Err(e) => Dialled::Declined(e.to_string()),
         };
     };
-    let mut stream = match tls.connect(stream).await {
-        Ok((stream, _)) => stream,
+    let (mut stream, cert) = match tls.connect(stream).await {
+        Ok((stream, identity)) => (stream, identity.thumbprint),
         Err(e) => {
             if let Some(held_back) = peer.refusals.allow() {
                 warn!(peer = %peer.addr, error = %e, held_back, "TLS handshake with a peer failed");
@@ -353,41 +415,45 @@ async fn dial(peer: &Peer, link: &Link) -> Dialled {
         }
     };
     match offer(&mut stream, peer.addr).await {
-        Ok(ports) => {
+        Ok((id, ports)) => {
             let (rd, wr) = tokio::io::split(stream);
-            Dialled::Up(Box::new(rd), Box::new(TlsLink::new(wr)), ports)
+            Dialled::Up(Box::new(rd), Box::new(TlsLink::new(wr)), Process { id, cert: Some(cert) }, ports)
         }
         Err(e) => Dialled::Declined(e.to_string()),
     }
 }
 
-/// The dialler's side of the set-up: the peer process's rings the connection may carry.
-async fn offer<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, to: SocketAddr) -> io::Result<Vec<u16>> {
+/// The dialler's side of the set-up: the peer process's id and the rings the connection may
+/// carry.
+async fn offer<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, to: SocketAddr) -> io::Result<(u64, Vec<u16>)> {
     let exchange = async {
         let mut offer = [0u8; 4 + MUX_MAGIC.len()];
         offer[4..].copy_from_slice(&MUX_MAGIC);
         stream.write_all(&offer).await?;
         stream.flush().await?;
-        let mut head = [0u8; MUX_MAGIC.len() + 1];
+        let mut head = [0u8; ANSWER_HEAD];
         stream.read_exact(&mut head).await?;
-        if head[..8] != MUX_MAGIC || head[8] == 0 {
+        if head[..8] != MUX_MAGIC || head[16] == 0 {
             return Err(invalid("not an answer to the offer"));
         }
-        let mut ports = vec![0u8; 2 * usize::from(head[8])];
+        let id = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
+        let mut ports = vec![0u8; 2 * usize::from(head[16])];
         stream.read_exact(&mut ports).await?;
         let ports: Vec<u16> = ports.chunks_exact(2).map(|p| u16::from_le_bytes([p[0], p[1]])).collect();
         if ports[0] != to.port() {
             return Err(invalid("the answer does not list the dialled port first"));
         }
-        Ok(ports)
+        Ok((id, ports))
     };
     tokio::time::timeout(SETUP_TIMEOUT, exchange).await.map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer to the offer"))?
 }
 
-/// The port's side of the set-up, after the zero size and the magic: the rings it carries.
-pub(super) async fn answer<S: AsyncWrite + Unpin>(stream: &mut S, route: &Route) -> io::Result<()> {
-    let mut answer = Vec::with_capacity(MUX_MAGIC.len() + 1 + 2 * route.rings.len());
+/// The port's side of the set-up, after the zero size and the magic: the process's id and the
+/// rings it carries.
+pub(super) async fn answer<S: AsyncWrite + Unpin>(stream: &mut S, mux: &Mux, route: &Route) -> io::Result<()> {
+    let mut answer = Vec::with_capacity(ANSWER_HEAD + 2 * route.rings.len());
     answer.extend_from_slice(&MUX_MAGIC);
+    answer.extend_from_slice(&mux.id.to_le_bytes());
     answer.push(route.rings.len() as u8);
     for (port, _) in &route.rings {
         answer.extend_from_slice(&port.to_le_bytes());
@@ -400,24 +466,49 @@ pub(super) async fn answer<S: AsyncWrite + Unpin>(stream: &mut S, route: &Route)
 }
 
 /// A shared connection's task: writes the attached rings' packets until the connection fails,
-/// carries no one, or is retired, then tells the attached peers how it ended.
-async fn run_conn(mux: Arc<Mux>, conn: Arc<Conn>, rd: Box<dyn AsyncRead + Send + Unpin>, out: Box<dyn PacketLink>, send_timeout: Duration) {
-    let mut frames = Frames::default();
+/// carries no one, or is retired; then tells the attached peers how it ended.
+async fn run_conn(mut ending: Ending, rd: Box<dyn AsyncRead + Send + Unpin>, out: Box<dyn PacketLink>, send_timeout: Duration) {
     let result = tokio::select! {
         r = expect_nothing(rd) => r,
-        r = write_rounds(&conn, out, &mut frames, send_timeout) => r,
+        r = write_rounds(&ending.conn, out, &mut ending.frames, send_timeout) => r,
     };
-    mux.conns.lock().expect("mux poisoned").retain(|c| !Arc::ptr_eq(c, &conn));
-    *conn.attached.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    frames.drop_unsent();
     debug!(?result, "shared connection ended");
-    conn.ended.send_replace(Some(result.map_err(|e| e.to_string())));
+    let how = match result {
+        Ok(()) if ending.conn.retired.load(Relaxed) => Ended::Retired,
+        result => Ended::Closed(result.map_err(|e| e.to_string())),
+    };
+    ending.finish(how);
+}
+
+/// A shared connection's end, whichever way its task ends (returning, or panicking, or
+/// dropped with its runtime: then as closed).
+struct Ending {
+    mux: Arc<Mux>,
+    conn: Arc<Conn>,
+    frames: Frames,
+}
+
+impl Ending {
+    /// The connection leaves the registry, what it was writing is counted as dropped, and then
+    /// its peers are told `how` it ended (once).
+    fn finish(&mut self, how: Ended) {
+        self.mux.conns.lock().unwrap_or_else(|e| e.into_inner()).retain(|c| !Arc::ptr_eq(c, &self.conn));
+        *self.conn.attached.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.frames.drop_unsent();
+        self.conn.ended.send_if_modified(|ended| ended.is_none() && ended.replace(how).is_none());
+    }
+}
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        self.finish(Ended::Closed(Err("the shared connection's task ended".into())));
+    }
 }
 
 /// The port sends nothing back on a shared connection: its end, or an error.
 async fn expect_nothing(mut rd: Box<dyn AsyncRead + Send + Unpin>) -> io::Result<()> {
     match rd.read(&mut [0u8; 1]).await? {
-        0 => Err(io::ErrorKind::ConnectionReset.into()),
+        0 => Ok(()),
         _ => Err(invalid("the port wrote on a shared connection")),
     }
 }
