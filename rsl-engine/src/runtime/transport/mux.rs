@@ -23,8 +23,8 @@
 //! over a connection only once it has dialled that peer's own port and met the same process
 //! there (the same id and, with TLS, the same certificate), so that a process cannot draw
 //! another's traffic by listing its ports. Rings therefore each dial once; each newer
-//! connection to a process retires the older one (its rings move over at once), which also
-//! brings in the rings the process loaded since. A port without the extension (the original's,
+//! connection to a process retires the older ones whose rings it lists too (their rings move
+//! over at once), which also brings in the rings the process loaded since. A port without the extension (the original's,
 //! or one whose rings share no `Mux`) closes the connection on the zero size: that peer gets a
 //! connection per ring for [`MUX_RETRY`]. Each
 //! ring's packets wait in its own bounded queue for the peer (`Peer`); the connection's writer
@@ -237,11 +237,13 @@ impl Mux {
         attached.ended().await
     }
 
-    /// Registers `conn`, retiring the older connections to the same process: their rings move
-    /// over to it.
+    /// Registers `conn`, retiring the older connections to the same process whose every ring it
+    /// carries too: their rings move over to it. (Rings a process lists apart, as with other
+    /// packet limits, keep a connection each, rather than retiring each other in turn.)
     fn replace_older(&self, conn: &Arc<Conn>) {
         let mut conns = self.conns.lock().expect("mux poisoned");
-        for old in conns.iter().filter(|c| c.ip == conn.ip && same_tls(&c.tls, &conn.tls) && c.process == conn.process) {
+        let covered = |old: &Conn| old.ports.iter().all(|p| conn.ports.contains(p));
+        for old in conns.iter().filter(|c| c.ip == conn.ip && same_tls(&c.tls, &conn.tls) && c.process == conn.process && covered(c)) {
             old.retired.store(true, Relaxed);
             old.wake.notify_one();
         }

@@ -1095,3 +1095,24 @@ async fn a_process_that_lists_another_ones_port_does_not_get_its_packets() {
     drop((a1, a2));
     assert!(timeout(WAIT, seen.recv()).await.is_ok());
 }
+
+#[tokio::test]
+async fn rings_a_peer_process_lists_apart_keep_a_connection_each_instead_of_retiring_each_other() {
+    let (ma, mb) = (Arc::new(Mux::default()), Arc::new(Mux::default()));
+    let ((a1, _), (a2, _)) = (start(any_port(), sharing(&ma)), start(any_port(), sharing(&ma)));
+    // A different largest packet: b's port lists each of its rings apart.
+    let (b1, mut rx1) = start(any_port(), sharing(&mb));
+    let (b2, mut rx2) = start(any_port(), TransportOptions { max_packet: DEFAULT_MAX_PACKET / 2, ..sharing(&mb) });
+    a1.set_peers(&[(id(2), b1.local_addr())]);
+    a2.set_peers(&[(id(2), b2.local_addr())]);
+    for d in 1..=100 {
+        assert!(a1.send(&id(2), framed(&vote(1, d))) && a2.send(&id(2), framed(&vote(1, d))));
+        assert_eq!(*recv(&mut rx1).await, vote(1, d));
+        assert_eq!(*recv(&mut rx2).await, vote(1, d));
+    }
+    assert_eq!(ma.connections(), 2);
+    for a in [&a1, &a2] {
+        let stats = &a.peer_stats()[0];
+        assert!(stats.shared && stats.connections == 1, "never moved: {stats:?}");
+    }
+}
