@@ -160,16 +160,31 @@ pub struct Tls {
     client: Arc<rustls::ClientConfig>,
     /// Handshakes that failed or whose peer no rule admitted.
     refused: AtomicU64,
+    /// A digest of everything the configuration trusts and presents: the settings, the own
+    /// chain and the CA certificates read. Equal digests check peers alike.
+    trust: [u8; 32],
 }
 
 /// A connection after its handshake, either side.
 pub type TlsStream<S> = tokio_rustls::TlsStream<S>;
+
+/// SHA-256 over the settings and the certificates (each length-prefixed).
+fn trust_digest<'a>(settings: &TlsSettings, certs: impl Iterator<Item = &'a CertificateDer<'static>>) -> [u8; 32] {
+    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    digest.update(format!("{settings:?}").as_bytes());
+    for cert in certs {
+        digest.update(&(cert.len() as u64).to_le_bytes());
+        digest.update(cert.as_ref());
+    }
+    digest.finish().as_ref().try_into().expect("SHA-256 is 32 bytes")
+}
 
 impl Tls {
     /// Reads the certificate, key and CA files and builds both sides.
     pub fn load(settings: &TlsSettings) -> Result<Tls, TlsError> {
         let (chain, key, cert_path) = load_identity(&settings.identity)?;
         let ca = settings.peers.ca.as_deref().map(read_certs).transpose()?.unwrap_or_default();
+        let trust = trust_digest(settings, chain.iter().chain(&ca));
         let provider = Arc::new(provider());
         let verifier = Arc::new(Verifier::new(settings.peers.clone(), ca, provider.signature_verification_algorithms)?);
         let invalid = |e: rustls::Error| TlsError::Invalid { path: cert_path.clone(), detail: e.to_string() };
@@ -191,7 +206,13 @@ impl Tls {
         server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         server.send_tls13_tickets = 0;
         client.resumption = rustls::client::Resumption::disabled();
-        Ok(Tls { server: Arc::new(server), client: Arc::new(client), refused: AtomicU64::new(0) })
+        Ok(Tls { server: Arc::new(server), client: Arc::new(client), refused: AtomicU64::new(0), trust })
+    }
+
+    /// Whether `other` was loaded from the same settings and files, so that it admits exactly
+    /// the peers this admits (rings that may share a connection, `transport/mux.rs`).
+    pub fn same_trust(&self, other: &Tls) -> bool {
+        self.trust == other.trust
     }
 
     /// The server side of a handshake on an accepted connection, bounded by

@@ -51,6 +51,11 @@ pub(super) trait PacketLink: Send {
         Poll::Ready(Ok(()))
     }
 
+    /// Ends the sending direction (a shared connection retired): the peer reads to its end.
+    fn poll_shutdown(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
     /// Whether a sender's `try_send` left output in the link that the socket did not take
     /// (sealed TLS records): the task flushes it before the link is lent again.
     fn holds_back(&self) -> bool {
@@ -74,6 +79,10 @@ impl PacketLink for TcpLink {
 
     fn poll_send(&mut self, cx: &mut Context<'_>, packets: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.0).poll_write_vectored(cx, packets)
+    }
+
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 
@@ -146,6 +155,10 @@ impl<W: AsyncWrite + Send + Unpin> PacketLink for TlsLink<W> {
         let flushed = ready!(Pin::new(&mut self.out).poll_flush(cx));
         self.held &= flushed.is_err();
         Poll::Ready(flushed)
+    }
+
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.out).poll_shutdown(cx)
     }
 
     fn holds_back(&self) -> bool {

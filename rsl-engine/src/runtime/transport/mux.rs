@@ -20,11 +20,14 @@
 //!    its own members: a peer trusted by one ring cannot speak for another.
 //!
 //! The dialler believes a list only as far as it has checked it: it carries a peer's packets
-//! over a connection only once it has dialled that peer's own port and met the same process
-//! there (the same id and, with TLS, the same certificate), so that a process cannot draw
-//! another's traffic by listing its ports. Rings therefore each dial once; each newer
-//! connection to a process retires the older ones whose rings it lists too (their rings move
-//! over at once), which also brings in the rings the process loaded since. A port without the extension (the original's,
+//! over a connection dialled to another port only once it has dialled the peer's own port and
+//! met the same process there (the same id and, with TLS, the same certificate) listing that
+//! other port in turn. A process cannot make another list it, so it cannot draw another's
+//! traffic by listing its ports, even with its id. Rings therefore each dial once; each newer
+//! connection to a process retires the older ones whose every ring it lists, which also brings
+//! in the rings the process loaded since: their rings move once the older has written its last
+//! turn and the port has read it all (so a ring's packets keep their order), each to the
+//! newest connection its port vouches for, or dialling its port again for a fresh answer. A port without the extension (the original's,
 //! or one whose rings share no `Mux`) closes the connection on the zero size: that peer gets a
 //! connection per ring for [`MUX_RETRY`]. Each
 //! ring's packets wait in its own bounded queue for the peer (`Peer`); the connection's writer
@@ -79,8 +82,8 @@ pub struct Mux {
     id: u64,
     served: Mutex<HashMap<u16, Arc<Served>>>,
     conns: Mutex<Vec<Arc<Conn>>>,
-    /// Peers' ports as dialled: the process met there.
-    known: Mutex<HashMap<SocketAddr, Process>>,
+    /// Peers' ports as dialled: what each answered.
+    known: Mutex<HashMap<SocketAddr, Met>>,
     /// One dial at a time per peer port, so that the rings sending to it find the connection
     /// the first one made.
     dialing: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
@@ -100,6 +103,20 @@ impl Default for Mux {
 struct Process {
     id: u64,
     cert: Option<Thumbprint>,
+}
+
+/// What a peer's port answered when dialled: the process, and the ports it listed.
+struct Met {
+    process: Process,
+    ports: Vec<u16>,
+}
+
+impl Met {
+    /// Whether a connection to `conn`'s process may carry packets for the port this answered
+    /// for: the same process, which listed the port `conn` was dialled to.
+    fn vouches_for(&self, conn: &Conn) -> bool {
+        self.process == conn.process && self.ports.contains(&conn.ports[0])
+    }
 }
 
 impl fmt::Debug for Mux {
@@ -140,7 +157,7 @@ fn invalid(why: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Erro
 fn same_tls(a: &Option<Arc<Tls>>, b: &Option<Arc<Tls>>) -> bool {
     match (a, b) {
         (None, None) => true,
-        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (Some(a), Some(b)) => a.same_trust(b),
         _ => false,
     }
 }
@@ -218,7 +235,7 @@ impl Mux {
             }
         };
         info!(peer = %peer.addr, rings = ports.len(), "shared connection up");
-        self.known.lock().expect("mux poisoned").insert(peer.addr, process);
+        self.known.lock().expect("mux poisoned").insert(peer.addr, Met { process, ports: ports.clone() });
         let (ended, _) = watch::channel(None);
         let conn = Arc::new(Conn {
             ip: peer.addr.ip(),
@@ -237,12 +254,17 @@ impl Mux {
         attached.ended().await
     }
 
-    /// Registers `conn`, retiring the older connections to the same process whose every ring it
-    /// carries too: their rings move over to it. (Rings a process lists apart, as with other
-    /// packet limits, keep a connection each, rather than retiring each other in turn.)
+    /// Registers `conn`, retiring the older connections to the same process whose every ring
+    /// it lists. Their rings move to it if their own ports vouch for it (`find`); a ring whose
+    /// port's answer is older than the ring `conn` was dialled to dials its port again, and
+    /// the fresh answer vouches for the newest connection. Rings a process lists apart (other
+    /// packet limits) keep a connection each rather than retiring each other in turn.
     fn replace_older(&self, conn: &Arc<Conn>) {
         let mut conns = self.conns.lock().expect("mux poisoned");
-        let covered = |old: &Conn| old.ports.iter().all(|p| conn.ports.contains(p));
+        let covered = |old: &Conn| {
+            let attached = old.attached.lock().expect("mux poisoned");
+            attached.iter().flatten().all(|(_, peer)| conn.ports.contains(&peer.addr.port()))
+        };
         for old in conns.iter().filter(|c| c.ip == conn.ip && same_tls(&c.tls, &conn.tls) && c.process == conn.process && covered(c)) {
             old.retired.store(true, Relaxed);
             old.wake.notify_one();
@@ -251,14 +273,17 @@ impl Mux {
         conns.push(conn.clone());
     }
 
-    /// `peer` attached to a live connection to the process met at its port, if one carries it.
+    /// `peer` attached to a live connection its port vouches for, if one carries it.
     fn find<'a>(&self, peer: &'a Arc<Peer>, link: &Link) -> Option<Attached<'a>> {
-        let process = *self.known.lock().expect("mux poisoned").get(&peer.addr)?;
+        let known = self.known.lock().expect("mux poisoned");
+        let met = known.get(&peer.addr)?;
         let conns = self.conns.lock().expect("mux poisoned");
-        let conn = conns.iter().find(|c| {
-            c.process == process && c.ip == peer.addr.ip() && same_tls(&c.tls, &link.tls) && c.ports.contains(&peer.addr.port())
-        })?;
-        conn.clone().attach(peer)
+        let conn = conns
+            .iter()
+            .find(|c| c.ip == peer.addr.ip() && same_tls(&c.tls, &link.tls) && c.ports.contains(&peer.addr.port()) && met.vouches_for(c))?
+            .clone();
+        drop((conns, known));
+        conn.attach(peer)
     }
 }
 
@@ -335,7 +360,7 @@ struct Attached<'a> {
 }
 
 /// How a shared connection ended.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 enum Ended {
     Retired,
     Closed(Result<(), String>),
@@ -469,16 +494,26 @@ pub(super) async fn answer<S: AsyncWrite + Unpin>(stream: &mut S, mux: &Mux, rou
 
 /// A shared connection's task: writes the attached rings' packets until the connection fails,
 /// carries no one, or is retired; then tells the attached peers how it ended.
-async fn run_conn(mut ending: Ending, rd: Box<dyn AsyncRead + Send + Unpin>, out: Box<dyn PacketLink>, send_timeout: Duration) {
-    let result = tokio::select! {
-        r = expect_nothing(rd) => r,
-        r = write_rounds(&ending.conn, out, &mut ending.frames, send_timeout) => r,
+async fn run_conn(mut ending: Ending, mut rd: Box<dyn AsyncRead + Send + Unpin>, mut out: Box<dyn PacketLink>, send_timeout: Duration) {
+    let how = tokio::select! {
+        r = expect_nothing(&mut rd) => Ended::Closed(r.map_err(|e| e.to_string())),
+        r = write_rounds(&ending.conn, out.as_mut(), &mut ending.frames, send_timeout) => match r {
+            Err(e) => Ended::Closed(Err(e.to_string())),
+            // Retired or unused: its peers move to another connection once the port has read
+            // everything this one carried (it closes at its end), so their order holds.
+            Ok(()) => {
+                let drained = async {
+                    std::future::poll_fn(|cx| out.poll_shutdown(cx)).await?;
+                    expect_nothing(&mut rd).await
+                };
+                if let Err(e) = tokio::time::timeout(send_timeout, drained).await.unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())) {
+                    debug!(error = %e, "a retired shared connection did not close cleanly");
+                }
+                Ended::Retired
+            }
+        },
     };
-    debug!(?result, "shared connection ended");
-    let how = match result {
-        Ok(()) if ending.conn.retired.load(Relaxed) => Ended::Retired,
-        result => Ended::Closed(result.map_err(|e| e.to_string())),
-    };
+    debug!(how = ?how, "shared connection ended");
     ending.finish(how);
 }
 
@@ -508,7 +543,7 @@ impl Drop for Ending {
 }
 
 /// The port sends nothing back on a shared connection: its end, or an error.
-async fn expect_nothing(mut rd: Box<dyn AsyncRead + Send + Unpin>) -> io::Result<()> {
+async fn expect_nothing(rd: &mut (dyn AsyncRead + Send + Unpin)) -> io::Result<()> {
     match rd.read(&mut [0u8; 1]).await? {
         0 => Ok(()),
         _ => Err(invalid("the port wrote on a shared connection")),
@@ -516,7 +551,7 @@ async fn expect_nothing(mut rd: Box<dyn AsyncRead + Send + Unpin>) -> io::Result
 }
 
 /// Turn after turn, up to [`ROUND_BYTES`] of each attached ring's packets, written in one go.
-async fn write_rounds(conn: &Conn, mut out: Box<dyn PacketLink>, frames: &mut Frames, send_timeout: Duration) -> io::Result<()> {
+async fn write_rounds(conn: &Conn, out: &mut dyn PacketLink, frames: &mut Frames, send_timeout: Duration) -> io::Result<()> {
     loop {
         let Some(sources) = conn.sources().filter(|s| !s.is_empty() && !conn.retired.load(Relaxed)) else { return Ok(()) };
         frames.sources = sources;
@@ -525,7 +560,7 @@ async fn write_rounds(conn: &Conn, mut out: Box<dyn PacketLink>, frames: &mut Fr
             conn.wake.notified().await;
             continue;
         }
-        frames.write(out.as_mut(), send_timeout).await?;
+        frames.write(out, send_timeout).await?;
     }
 }
 
