@@ -168,13 +168,18 @@ pub struct Tls {
 /// A connection after its handshake, either side.
 pub type TlsStream<S> = tokio_rustls::TlsStream<S>;
 
-/// SHA-256 over the settings and the certificates (each length-prefixed).
-fn trust_digest<'a>(settings: &TlsSettings, certs: impl Iterator<Item = &'a CertificateDer<'static>>) -> [u8; 32] {
+/// SHA-256 over the settings, the own chain and the CA certificates: each group counted and
+/// each certificate length-prefixed, so that a certificate moved from one file to the other
+/// (from presented to trusted) changes the digest.
+fn trust_digest(settings: &TlsSettings, chain: &[CertificateDer<'static>], ca: &[CertificateDer<'static>]) -> [u8; 32] {
     let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
     digest.update(format!("{settings:?}").as_bytes());
-    for cert in certs {
-        digest.update(&(cert.len() as u64).to_le_bytes());
-        digest.update(cert.as_ref());
+    for group in [chain, ca] {
+        digest.update(&(group.len() as u64).to_le_bytes());
+        for cert in group {
+            digest.update(&(cert.len() as u64).to_le_bytes());
+            digest.update(cert.as_ref());
+        }
     }
     digest.finish().as_ref().try_into().expect("SHA-256 is 32 bytes")
 }
@@ -184,7 +189,7 @@ impl Tls {
     pub fn load(settings: &TlsSettings) -> Result<Tls, TlsError> {
         let (chain, key, cert_path) = load_identity(&settings.identity)?;
         let ca = settings.peers.ca.as_deref().map(read_certs).transpose()?.unwrap_or_default();
-        let trust = trust_digest(settings, chain.iter().chain(&ca));
+        let trust = trust_digest(settings, &chain, &ca);
         let provider = Arc::new(provider());
         let verifier = Arc::new(Verifier::new(settings.peers.clone(), ca, provider.signature_verification_algorithms)?);
         let invalid = |e: rustls::Error| TlsError::Invalid { path: cert_path.clone(), detail: e.to_string() };

@@ -221,3 +221,17 @@ fn spki_pins_parse_and_print_as_hex() {
         assert!(SpkiPin::parse(bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn a_certificate_moved_between_the_own_chain_and_the_ca_changes_the_trust() {
+    let (ca, other) = (Ca::new("ring ca"), Ca::new("other ca"));
+    let der = |pem: &str| CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+    let (leaf, root, extra) = (der(&leaf(&ca, "1").cert_pem), der(&ca.cert_pem()), der(&other.cert_pem()));
+    let settings = TlsSettings { identity: IdentitySource::Files { cert: "c".into(), key: "k".into() }, peers: PeerRules::default() };
+    let (presented, trusted) = ([leaf.clone(), extra.clone()], [extra, root.clone()]);
+    let (leaf, root) = ([leaf], [root]);
+    let presented_with_it = trust_digest(&settings, &presented, &root);
+    let trusting_it = trust_digest(&settings, &leaf, &trusted);
+    assert_ne!(presented_with_it, trusting_it, "the same certificates in other roles are other trust");
+    assert_eq!(trust_digest(&settings, &leaf, &root), trust_digest(&settings, &leaf, &root));
+}

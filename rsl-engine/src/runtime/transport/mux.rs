@@ -20,22 +20,27 @@
 //!    its own members: a peer trusted by one ring cannot speak for another.
 //!
 //! The dialler believes a list only as far as it has checked it: it carries a peer's packets
-//! over a connection dialled to another port only once it has dialled the peer's own port and
-//! met the same process there (the same id and, with TLS, the same certificate) listing that
-//! other port in turn. A process cannot make another list it, so it cannot draw another's
-//! traffic by listing its ports, even with its id. Rings therefore each dial once; each newer
-//! connection to a process retires the older ones whose every ring it lists, which also brings
-//! in the rings the process loaded since: their rings move once the older has written its last
-//! turn and the port has read it all (so a ring's packets keep their order), each to the
-//! newest connection its port vouches for, or dialling its port again for a fresh answer. A port without the extension (the original's,
-//! or one whose rings share no `Mux`) closes the connection on the zero size: that peer gets a
-//! connection per ring for [`MUX_RETRY`]. Each
-//! ring's packets wait in its own bounded queue for the peer (`Peer`); the connection's writer
-//! takes at most [`ROUND_BYTES`] from each queue in turn, so one ring's backlog cannot starve
-//! the others. Its link is never lent to the senders: the rings' protocol threads would contend
-//! for it. Its send timeout is the dialling ring's. What its failure costs: every ring's packets
-//! being written on it; a ring unloaded on either side ends it (the accepting side's frames for
-//! that ring have nowhere to go), and its other rings dial again.
+//! over a connection dialled to another port only once it has dialled the peer's own port,
+//! after that connection's answer, and met the same process there (the same id and, with TLS,
+//! the same certificate) listing that other port in turn. A process cannot make another list
+//! it, so it cannot draw another's traffic by listing its ports, even with its id; and an
+//! answer given before the process unloaded a ring vouches for nothing a newcomer on that port
+//! answers. A ring with no connection its port vouches for dials its port: if the answer
+//! vouches for a connection another ring made, it joins that one and closes its own, which
+//! only asked. Each newer connection to a process retires the older ones whose every ring it
+//! lists, which also brings in the rings the process loaded since: their rings move once the
+//! older has written its last turn and the port has read it all (so a ring's packets keep
+//! their order; a port that does not read it all within the send timeout counts as a failed
+//! connection), each asking its port again. A port without the extension (the original's, or
+//! one whose rings share no `Mux`) closes the connection on the zero size: that peer gets a
+//! connection per ring for [`MUX_RETRY`].
+//!
+//! Each ring's packets wait in its own bounded queue for the peer (`Peer`); the connection's
+//! writer takes at most [`ROUND_BYTES`] from each queue in turn, so one ring's backlog cannot
+//! starve the others. Its link is never lent to the senders: the rings' protocol threads would
+//! contend for it. Its send timeout is the dialling ring's. What its failure costs: every
+//! ring's packets being written on it; a ring unloaded on either side ends it (the accepting
+//! side's frames for that ring have nowhere to go), and its other rings dial again.
 
 use super::link::{LinkKind, PacketLink, TcpLink, TlsLink};
 use super::{consume, monotonic_micros, Link, OnMessage, Peer, Reading, CONNECT_TIMEOUT, MAX_IOV};
@@ -45,7 +50,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io::{self, IoSlice};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -84,6 +89,8 @@ pub struct Mux {
     conns: Mutex<Vec<Arc<Conn>>>,
     /// Peers' ports as dialled: what each answered.
     known: Mutex<HashMap<SocketAddr, Met>>,
+    /// Answers received so far: orders each answer against the connections made.
+    answers: AtomicU64,
     /// One dial at a time per peer port, so that the rings sending to it find the connection
     /// the first one made.
     dialing: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
@@ -94,7 +101,14 @@ impl Default for Mux {
         // Unique, not secret: it is sent to whoever dials.
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
         let id = (u64::from(std::process::id()) << 32) ^ nanos;
-        Mux { id, served: Mutex::default(), conns: Mutex::default(), known: Mutex::default(), dialing: Mutex::default() }
+        Mux {
+            id,
+            served: Mutex::default(),
+            conns: Mutex::default(),
+            known: Mutex::default(),
+            answers: AtomicU64::new(0),
+            dialing: Mutex::default(),
+        }
     }
 }
 
@@ -109,13 +123,17 @@ struct Process {
 struct Met {
     process: Process,
     ports: Vec<u16>,
+    /// How many answers had been received when this port was asked.
+    asked_after: u64,
 }
 
 impl Met {
-    /// Whether a connection to `conn`'s process may carry packets for the port this answered
-    /// for: the same process, which listed the port `conn` was dialled to.
-    fn vouches_for(&self, conn: &Conn) -> bool {
-        self.process == conn.process && self.ports.contains(&conn.ports[0])
+    /// Whether a connection to `conn`'s process may carry packets for `port`, which this
+    /// answered for: it was dialled to `port`, or the same process listed the port `conn` was
+    /// dialled to when asked after `conn`'s answer. An older answer is not enough: the process
+    /// may have unloaded that ring since, and another taken its port.
+    fn vouches_for(&self, conn: &Conn, port: u16) -> bool {
+        conn.ports[0] == port || (self.process == conn.process && self.ports.contains(&conn.ports[0]) && self.asked_after >= conn.answer)
     }
 }
 
@@ -210,22 +228,25 @@ impl Mux {
     }
 
     /// Carries `peer`'s packets over this process's shared connection to the peer's process,
-    /// dialling the peer's port if none is known to carry it, until that connection ends.
+    /// dialling the peer's port unless a connection its port vouches for carries it, until that
+    /// connection ends.
     pub(super) async fn carry(self: &Arc<Self>, peer: &Arc<Peer>, link: &Link, send_timeout: Duration) -> Carried {
         if let Some(attached) = self.find(peer, link) {
             return attached.ended().await;
         }
-        let gate = self.dialing.lock().expect("mux poisoned").entry(peer.addr).or_default().clone();
+        let gate = {
+            let mut dialing = self.dialing.lock().expect("mux poisoned");
+            dialing.retain(|_, gate| Arc::strong_count(gate) > 1);
+            dialing.entry(peer.addr).or_default().clone()
+        };
         let dialing = gate.lock().await;
         // Another ring may have dialled the port meanwhile.
         if let Some(attached) = self.find(peer, link) {
             drop(dialing);
             return attached.ended().await;
         }
-        let dialled = dial(peer, link).await;
-        drop(dialing);
-        self.dialing.lock().expect("mux poisoned").retain(|_, gate| Arc::strong_count(gate) > 1);
-        let (rd, out, process, ports) = match dialled {
+        let asked_after = self.answers.load(Relaxed);
+        let (rd, mut out, process, ports) = match dial(peer, link).await {
             Dialled::Up(rd, out, process, ports) => (rd, out, process, ports),
             Dialled::Failed => return Carried::NotConnected,
             Dialled::Declined(why) => {
@@ -234,14 +255,23 @@ impl Mux {
                 return Carried::Declined;
             }
         };
+        let answer = self.answers.fetch_add(1, Relaxed) + 1;
+        self.known.lock().expect("mux poisoned").insert(peer.addr, Met { process, ports: ports.clone(), asked_after });
+        // The fresh answer may vouch for a connection another ring made: then this one was
+        // only asking.
+        if let Some(attached) = self.find(peer, link) {
+            drop(dialing);
+            let _ = tokio::time::timeout(SETUP_TIMEOUT, std::future::poll_fn(|cx| out.poll_shutdown(cx))).await;
+            return attached.ended().await;
+        }
         info!(peer = %peer.addr, rings = ports.len(), "shared connection up");
-        self.known.lock().expect("mux poisoned").insert(peer.addr, Met { process, ports: ports.clone() });
         let (ended, _) = watch::channel(None);
         let conn = Arc::new(Conn {
             ip: peer.addr.ip(),
             tls: link.tls.clone(),
             process,
             ports,
+            answer,
             kind: out.kind(),
             wake: Arc::new(Notify::new()),
             attached: Mutex::new(Some(Vec::new())),
@@ -250,15 +280,15 @@ impl Mux {
         });
         let attached = conn.clone().attach(peer).expect("not closed yet");
         self.replace_older(&conn);
+        drop(dialing);
         tokio::spawn(run_conn(Ending { mux: self.clone(), conn, frames: Frames::default() }, rd, out, send_timeout).in_current_span());
         attached.ended().await
     }
 
     /// Registers `conn`, retiring the older connections to the same process whose every ring
-    /// it lists. Their rings move to it if their own ports vouch for it (`find`); a ring whose
-    /// port's answer is older than the ring `conn` was dialled to dials its port again, and
-    /// the fresh answer vouches for the newest connection. Rings a process lists apart (other
-    /// packet limits) keep a connection each rather than retiring each other in turn.
+    /// it lists. Their rings move to it only if their own ports, asked again, vouch for it
+    /// (`carry`). Rings a process lists apart (other packet limits) keep a connection each
+    /// rather than retiring each other in turn.
     fn replace_older(&self, conn: &Arc<Conn>) {
         let mut conns = self.conns.lock().expect("mux poisoned");
         let covered = |old: &Conn| {
@@ -280,7 +310,13 @@ impl Mux {
         let conns = self.conns.lock().expect("mux poisoned");
         let conn = conns
             .iter()
-            .find(|c| c.ip == peer.addr.ip() && same_tls(&c.tls, &link.tls) && c.ports.contains(&peer.addr.port()) && met.vouches_for(c))?
+            .find(|c| {
+                c.ip == peer.addr.ip()
+                    && same_tls(&c.tls, &link.tls)
+                    && !c.retired.load(Relaxed)
+                    && c.ports.contains(&peer.addr.port())
+                    && met.vouches_for(c, peer.addr.port())
+            })?
             .clone();
         drop((conns, known));
         conn.attach(peer)
@@ -310,13 +346,15 @@ struct Conn {
     process: Process,
     /// The peer process's rings it carries, by Paxos port: a frame's first byte is a position here.
     ports: Vec<u16>,
+    /// Its answer's number among the answers received (`Met::asked_after`).
+    answer: u64,
     kind: LinkKind,
     /// Where the attached peers' queues signal a first packet.
     wake: Arc<Notify>,
     /// The peers whose packets it carries, with their positions; None once it has ended.
     attached: Mutex<Option<Sources>>,
-    /// A newer connection to the process carries all its rings: it ends after the turn it is
-    /// writing, and its peers move over.
+    /// A newer connection to the process carries all its rings, or it carries none: it ends
+    /// after the turn it is writing, and its peers move over; no peer attaches to it any more.
     retired: AtomicBool,
     /// Set once, to how it ended.
     ended: watch::Sender<Option<Ended>>,
@@ -327,7 +365,7 @@ impl Conn {
     fn attach<'a>(self: Arc<Self>, peer: &'a Arc<Peer>) -> Option<Attached<'a>> {
         let position = self.ports.iter().position(|p| *p == peer.addr.port()).expect("the connection carries the port");
         let mut attached = self.attached.lock().expect("mux poisoned");
-        let list = attached.as_mut()?;
+        let list = attached.as_mut().filter(|_| !self.retired.load(Relaxed))?;
         debug_assert!(list.iter().all(|(_, p)| !Arc::ptr_eq(p, peer)), "attached once");
         list.push((position as u8, peer.clone()));
         let waiting = {
@@ -346,9 +384,15 @@ impl Conn {
         Some(Attached { conn: self, peer })
     }
 
-    /// The peers attached now (None: the connection has ended).
+    /// The peers attached now; None once it has ended, is retired, or carries no one (then it
+    /// is retired under the same lock, so that no peer attaches to it as it closes).
     fn sources(&self) -> Option<Sources> {
-        self.attached.lock().expect("mux poisoned").clone()
+        let attached = self.attached.lock().expect("mux poisoned");
+        let sources = attached.as_ref().filter(|list| !list.is_empty() && !self.retired.load(Relaxed)).cloned();
+        if sources.is_none() {
+            self.retired.store(true, Relaxed);
+        }
+        sources
     }
 }
 
@@ -500,16 +544,17 @@ async fn run_conn(mut ending: Ending, mut rd: Box<dyn AsyncRead + Send + Unpin>,
         r = write_rounds(&ending.conn, out.as_mut(), &mut ending.frames, send_timeout) => match r {
             Err(e) => Ended::Closed(Err(e.to_string())),
             // Retired or unused: its peers move to another connection once the port has read
-            // everything this one carried (it closes at its end), so their order holds.
+            // everything this one carried (it closes at its end), so their order holds; if it
+            // does not close in time, they are told it failed, as order is not known to hold.
             Ok(()) => {
                 let drained = async {
                     std::future::poll_fn(|cx| out.poll_shutdown(cx)).await?;
                     expect_nothing(&mut rd).await
                 };
-                if let Err(e) = tokio::time::timeout(send_timeout, drained).await.unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())) {
-                    debug!(error = %e, "a retired shared connection did not close cleanly");
+                match tokio::time::timeout(send_timeout, drained).await.unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())) {
+                    Ok(()) => Ended::Retired,
+                    Err(e) => Ended::Closed(Err(format!("retired, but the port did not read it all: {e}"))),
                 }
-                Ended::Retired
             }
         },
     };
@@ -553,7 +598,7 @@ async fn expect_nothing(rd: &mut (dyn AsyncRead + Send + Unpin)) -> io::Result<(
 /// Turn after turn, up to [`ROUND_BYTES`] of each attached ring's packets, written in one go.
 async fn write_rounds(conn: &Conn, out: &mut dyn PacketLink, frames: &mut Frames, send_timeout: Duration) -> io::Result<()> {
     loop {
-        let Some(sources) = conn.sources().filter(|s| !s.is_empty() && !conn.retired.load(Relaxed)) else { return Ok(()) };
+        let Some(sources) = conn.sources() else { return Ok(()) };
         frames.sources = sources;
         frames.take_round(send_timeout);
         if frames.is_empty() {

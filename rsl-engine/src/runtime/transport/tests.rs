@@ -1105,7 +1105,9 @@ async fn a_process_that_lists_another_ones_port_does_not_get_its_packets_even_wi
         assert!(a2.send(&id(2), framed(&vote(1, d))));
         assert_eq!(*recv(&mut rx_b).await, vote(1, d), "b's packets go to b");
     }
-    assert_eq!(ma.connections(), 2, "the liar's connection retired nothing");
+    // The liar's answer listed b's port, so a2's connection was retired for it; but b's own
+    // answer, asked again, does not vouch for the liar's: a2 dialled b again.
+    assert_eq!(ma.connections(), 2, "the liar's connection, and a2's own");
     drop((a1, a2));
     assert_eq!(timeout(WAIT, seen.recv()).await.unwrap(), Some(0), "the liar read its own ring's frame");
     assert!(timeout(Duration::from_millis(100), seen.recv()).await.map_or(true, |p| p.is_none()), "and nothing for b");
@@ -1130,4 +1132,75 @@ async fn rings_a_peer_process_lists_apart_keep_a_connection_each_instead_of_reti
         let stats = &a.peer_stats()[0];
         assert!(stats.shared && stats.connections == 1, "never moved: {stats:?}");
     }
+}
+
+/// The reviewer's case: b unloads a ring, a squatter takes its port and answers with b's id,
+/// listing the port of b's other ring. What b answered before it unloaded the ring (listing
+/// it) vouches for nothing answered since, so a1 dials b again rather than joining the
+/// squatter's connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_taken_over_after_its_ring_left_gets_none_of_the_other_rings_packets() {
+    let (ma, mb) = (Arc::new(Mux::default()), Arc::new(Mux::default()));
+    let (b1, mut rx_b1) = start(any_port(), sharing(&mb));
+    let (b2, _rx_b2) = start(any_port(), sharing(&mb));
+    let (x, y) = (b1.local_addr(), b2.local_addr());
+    // a1 looks again only after a2 has met the squatter.
+    let (a1, _) = start(any_port(), TransportOptions { backoff_min: Duration::from_secs(1), ..sharing(&ma) });
+    let (a2, _) = start(any_port(), sharing(&ma));
+    a1.set_peers(&[(id(2), x)]);
+    assert!(a1.send(&id(2), framed(&vote(1, 1))));
+    assert_eq!(*recv(&mut rx_b1).await, vote(1, 1));
+    a2.set_peers(&[(id(2), y)]);
+    assert!(a2.send(&id(2), framed(&vote(3, 1))));
+    wait_until("a2 on a1's connection, dialled to x", || ma.connections() == 1 && a2.peer_stats()[0].shared).await;
+    a2.set_peers(&[]);
+    // b's id, as anyone may learn it; then b unloads y and the squatter takes the port.
+    let mut ask = TcpStream::connect(x).await.unwrap();
+    ask.write_all(&[&[0u8; 4][..], &mux::MUX_MAGIC].concat()).await.unwrap();
+    let mut head = [0u8; 17];
+    ask.read_exact(&mut head).await.unwrap();
+    drop(ask);
+    if let Some(done) = b2.shutdown() {
+        let _ = done.await;
+    }
+    drop(b2);
+    let squatter = TcpListener::bind(y).await.unwrap();
+    let answer = [&head[..16], &[2], &y.port().to_le_bytes(), &x.port().to_le_bytes()].concat();
+    let (seen_tx, mut seen) = unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (mut conn, _) = squatter.accept().await.unwrap();
+            let (seen_tx, answer) = (seen_tx.clone(), answer.clone());
+            tokio::spawn(async move {
+                let mut offer = [0u8; 12];
+                if conn.read_exact(&mut offer).await.is_err() || conn.write_all(&answer).await.is_err() {
+                    return;
+                }
+                let _ = seen_tx.send(None);
+                let mut frames = Vec::new();
+                let _ = conn.read_to_end(&mut frames).await;
+                let mut at = 0;
+                while let Some(size) = frames.get(at + 1..).and_then(|rest| packet::peek_size(rest, usize::MAX).ok().flatten()) {
+                    let _ = seen_tx.send(Some(frames[at]));
+                    at += 1 + size;
+                }
+            });
+        }
+    });
+    // a2's next frame names y on the connection to x, so b ends it; a2 dials y: the squatter.
+    a2.set_peers(&[(id(2), y)]);
+    assert!(a2.send(&id(2), framed(&vote(3, 2))));
+    assert_eq!(timeout(WAIT, seen.recv()).await.unwrap(), Some(None), "a2 met the squatter");
+    for d in 2..=10 {
+        assert!(a1.send(&id(2), framed(&vote(1, d))));
+    }
+    for d in 2..=10 {
+        assert_eq!(*recv(&mut rx_b1).await, vote(1, d), "x's packets go to b");
+    }
+    drop((a1, a2));
+    let mut positions = Vec::new();
+    while let Ok(Some(position)) = timeout(Duration::from_millis(200), seen.recv()).await {
+        positions.extend(position);
+    }
+    assert!(!positions.contains(&1), "the squatter read x's frames: {positions:?}");
 }
