@@ -8,8 +8,9 @@
 //! 1. dialler → port: four zero bytes (a packet size of 0, which every Paxos port, ours or the
 //!    original's, refuses as a packet), then [`MUX_MAGIC`].
 //! 2. port → dialler: [`MUX_MAGIC`], the process's id (u64, random), a count n (u8, 1 to 255)
-//!    and n ports (u16; integers little-endian): the Paxos ports of the process's rings this
-//!    connection may carry, the dialled one first. A ring is listed only if it has the dialled
+//!    and n rings, each a Paxos port (u16) and its load (u64, random, drawn when the ring's
+//!    port joined; integers little-endian): the process's rings this connection may carry, the
+//!    dialled one first. A ring is listed only if it has the dialled
 //!    ring's TLS configuration (the same trust: the connection's authenticated identity means to
 //!    it what it means to the dialled ring), its largest packet, and the dialled address (or
 //!    every address).
@@ -22,10 +23,11 @@
 //! The dialler believes a list only as far as it has checked it: it carries a peer's packets
 //! over a connection dialled to another port only once it has dialled the peer's own port,
 //! after that connection's answer, and met the same process there (the same id and, with TLS,
-//! the same certificate) listing that other port in turn. A process cannot make another list
-//! it, so it cannot draw another's traffic by listing its ports, even with its id; and an
-//! answer given before the process unloaded a ring vouches for nothing a newcomer on that port
-//! answers. A ring with no connection its port vouches for dials its port: if the answer
+//! the same certificate) listing that other port in turn, with the load that port answered.
+//! A process cannot make another list it, so it cannot draw another's traffic by listing its
+//! ports, even with its id; an answer given before the process unloaded a ring vouches for
+//! nothing a newcomer on that port answers, and one given after it loaded a ring there again
+//! names another load. A ring with no connection its port vouches for dials its port: if the answer
 //! vouches for a connection another ring made, it joins that one and closes its own, which
 //! only asked. Each newer connection to a process retires the older ones whose every ring it
 //! lists, which also brings in the rings the process loaded since: their rings move once the
@@ -65,8 +67,13 @@ pub const MUX_MAGIC: [u8; 8] = *b"RSLMUXv1";
 pub(super) const MUX_RETRY: Duration = Duration::from_secs(60);
 /// The most bytes of one ring's packets a shared connection's writer takes per turn.
 const ROUND_BYTES: usize = 256 << 10;
-/// Bytes of an answer before its ports: the magic, the process id, the count.
+/// Bytes of an answer before its rings: the magic, the process id, the count.
 const ANSWER_HEAD: usize = MUX_MAGIC.len() + 8 + 1;
+/// Bytes of each ring in an answer: its port and its load.
+const ANSWER_RING: usize = 2 + 8;
+/// A dialled port that answered while another ring's connection to the same process was being
+/// set up asks again this many times, rather than setting up one more and retiring that one.
+const ASK_AGAIN: usize = 2;
 /// Bounds the set-up exchange, as the shared-memory offer's.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// A frame's first byte, for each ring position: written from here, never copied into a packet.
@@ -85,7 +92,8 @@ static POSITIONS: [u8; 256] = {
 pub struct Mux {
     /// This process's id in answers: tells the dialler which ports are one process.
     id: u64,
-    served: Mutex<HashMap<u16, Arc<Served>>>,
+    /// Each ring's port, with its load.
+    served: Mutex<HashMap<u16, (Arc<Served>, u64)>>,
     conns: Mutex<Vec<Arc<Conn>>>,
     /// Peers' ports as dialled: what each answered.
     known: Mutex<HashMap<SocketAddr, Met>>,
@@ -98,11 +106,9 @@ pub struct Mux {
 
 impl Default for Mux {
     fn default() -> Mux {
-        // Unique, not secret: it is sent to whoever dials.
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-        let id = (u64::from(std::process::id()) << 32) ^ nanos;
         Mux {
-            id,
+            // Unique, not secret: it is sent to whoever dials.
+            id: random_word(),
             served: Mutex::default(),
             conns: Mutex::default(),
             known: Mutex::default(),
@@ -119,21 +125,50 @@ struct Process {
     cert: Option<Thumbprint>,
 }
 
-/// What a peer's port answered when dialled: the process, and the ports it listed.
+/// A word from the system's secure generator: a load that a process which saw the port's
+/// earlier answers cannot guess.
+fn random_word() -> u64 {
+    use ring::rand::SecureRandom;
+    let mut word = [0u8; 8];
+    if ring::rand::SystemRandom::new().fill(&mut word).is_err() {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        word = (nanos as u64 ^ u64::from(std::process::id()).rotate_left(32)).to_le_bytes();
+    }
+    u64::from_le_bytes(word)
+}
+
+/// A peer process's rings as an answer lists them, the dialled one first: each one's Paxos
+/// port and load.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Rings(Vec<(u16, u64)>);
+
+impl Rings {
+    fn dialled(&self) -> (u16, u64) {
+        self.0[0]
+    }
+
+    fn position(&self, port: u16) -> Option<usize> {
+        self.0.iter().position(|(p, _)| *p == port)
+    }
+}
+
+/// What a peer's port answered when dialled: the process, and the rings it listed.
 struct Met {
     process: Process,
-    ports: Vec<u16>,
+    rings: Rings,
     /// How many answers had been received when this port was asked.
     asked_after: u64,
 }
 
 impl Met {
     /// Whether a connection to `conn`'s process may carry packets for `port`, which this
-    /// answered for: it was dialled to `port`, or the same process listed the port `conn` was
-    /// dialled to when asked after `conn`'s answer. An older answer is not enough: the process
-    /// may have unloaded that ring since, and another taken its port.
+    /// answered for: it was dialled to `port`, or the same process listed the ring `conn` was
+    /// dialled to, at the load `conn`'s answer gave, when asked after that answer. An older
+    /// answer is not enough: the process may have unloaded that ring since, and another taken
+    /// its port; nor is another load: the port may have been taken and given back since.
     fn vouches_for(&self, conn: &Conn, port: u16) -> bool {
-        conn.ports[0] == port || (self.process == conn.process && self.ports.contains(&conn.ports[0]) && self.asked_after >= conn.answer)
+        let dialled = conn.rings.dialled();
+        dialled.0 == port || (self.process == conn.process && self.asked_after >= conn.answer && self.rings.0.contains(&dialled))
     }
 }
 
@@ -154,16 +189,16 @@ pub(super) struct Served {
     pub ip: IpAddr,
 }
 
-/// The rings an accepted shared connection carries, by position.
+/// The rings an accepted shared connection carries, by position: port, load, ring.
 pub(super) struct Route {
-    rings: Vec<(u16, Weak<Served>)>,
+    rings: Vec<(u16, u64, Weak<Served>)>,
 }
 
 impl Route {
     /// The ring at `position`; an error (which ends the connection) if there is none or it
     /// was unloaded.
     pub fn ring(&self, position: u8) -> io::Result<Arc<Served>> {
-        let (port, ring) = self.rings.get(usize::from(position)).ok_or_else(|| invalid("a frame names no ring of this connection"))?;
+        let (port, _, ring) = self.rings.get(usize::from(position)).ok_or_else(|| invalid("a frame names no ring of this connection"))?;
         ring.upgrade().ok_or_else(|| invalid(format!("the ring at port {port} was unloaded")))
     }
 }
@@ -187,7 +222,7 @@ impl Mux {
         let own = Arc::downgrade(&ring);
         let mut served = self.served.lock().expect("mux poisoned");
         // A port taken twice (bound on two addresses): the first keeps it.
-        served.entry(port).or_insert(ring);
+        served.entry(port).or_insert_with(|| (ring, random_word()));
         own
     }
 
@@ -195,7 +230,7 @@ impl Mux {
     /// at their next frame for it.
     pub(super) fn withdraw(&self, port: u16, own: &Weak<Served>) {
         let mut served = self.served.lock().expect("mux poisoned");
-        if served.get(&port).is_some_and(|ring| std::ptr::eq(Arc::as_ptr(ring), own.as_ptr())) {
+        if served.get(&port).is_some_and(|(ring, _)| std::ptr::eq(Arc::as_ptr(ring), own.as_ptr())) {
             served.remove(&port);
         }
     }
@@ -205,19 +240,20 @@ impl Mux {
     /// the port here (a port number bound on two addresses: the first keeps it).
     pub(super) fn route(&self, port: u16, reading: &Reading, local: IpAddr) -> Option<Route> {
         let served = self.served.lock().expect("mux poisoned");
-        let own = served.get(&port).filter(|own| std::ptr::eq(&*own.reading, reading))?;
+        let (own, own_load) = served.get(&port).filter(|(own, _)| std::ptr::eq(&*own.reading, reading))?;
         let mut others: Vec<_> = served
             .iter()
-            .filter(|(p, ring)| {
+            .filter(|(p, (ring, _))| {
                 **p != port
                     && same_tls(&ring.tls, &own.tls)
                     && ring.reading.max_packet == own.reading.max_packet
                     && (ring.ip == local || ring.ip.is_unspecified())
             })
-            .map(|(p, ring)| (*p, Arc::downgrade(ring)))
+            .map(|(p, (ring, load))| (*p, *load, Arc::downgrade(ring)))
             .collect();
-        others.sort_unstable_by_key(|(p, _)| *p);
-        let rings: Vec<_> = std::iter::once((port, Arc::downgrade(own))).chain(others).take(POSITIONS.len() - 1).collect();
+        others.sort_unstable_by_key(|(p, _, _)| *p);
+        let first = (port, *own_load, Arc::downgrade(own));
+        let rings: Vec<_> = std::iter::once(first).chain(others).take(POSITIONS.len() - 1).collect();
         debug_assert!(!rings.is_empty() && rings.len() < 256 && rings[0].0 == port);
         Some(Route { rings })
     }
@@ -239,40 +275,64 @@ impl Mux {
             dialing.retain(|_, gate| Arc::strong_count(gate) > 1);
             dialing.entry(peer.addr).or_default().clone()
         };
-        let dialing = gate.lock().await;
-        // Another ring may have dialled the port meanwhile.
-        if let Some(attached) = self.find(peer, link) {
-            drop(dialing);
-            return attached.ended().await;
-        }
-        let asked_after = self.answers.load(Relaxed);
-        let (rd, mut out, process, ports) = match dial(peer, link).await {
-            Dialled::Up(rd, out, process, ports) => (rd, out, process, ports),
-            Dialled::Failed => return Carried::NotConnected,
-            Dialled::Declined(why) => {
-                info!(peer = %peer.addr, why, retry = ?MUX_RETRY, "the peer shares no connection: one for this ring");
-                peer.mux_off_until.store(monotonic_micros() + MUX_RETRY.as_micros() as u64, Relaxed);
-                return Carried::Declined;
+        let dialing = gate.lock_owned().await;
+        let mut asked = 0;
+        loop {
+            // Another ring may have dialled the port meanwhile, or the last answer vouches for
+            // another ring's connection: then the port was only asked.
+            if let Some(attached) = self.find(peer, link) {
+                drop(dialing);
+                return attached.ended().await;
             }
-        };
-        let answer = self.answers.fetch_add(1, Relaxed) + 1;
-        self.known.lock().expect("mux poisoned").insert(peer.addr, Met { process, ports: ports.clone(), asked_after });
-        // The fresh answer may vouch for a connection another ring made: then this one was
-        // only asking.
-        if let Some(attached) = self.find(peer, link) {
+            let asked_after = self.answers.load(Relaxed);
+            let mut up = match dial(peer, link).await {
+                Dialled::Up(up) => up,
+                Dialled::Failed => return Carried::NotConnected,
+                Dialled::Declined(why) => {
+                    info!(peer = %peer.addr, why, retry = ?MUX_RETRY, "the peer shares no connection: one for this ring");
+                    peer.mux_off_until.store(monotonic_micros() + MUX_RETRY.as_micros() as u64, Relaxed);
+                    return Carried::Declined;
+                }
+            };
+            let answer = self.answers.fetch_add(1, Relaxed) + 1;
+            let met = Met { process: up.process, rings: up.rings.clone(), asked_after };
+            self.known.lock().expect("mux poisoned").insert(peer.addr, met);
+            // A connection to the process set up while the port was being asked: ask again
+            // (the answer then vouches for it or not) rather than set up one more and retire it.
+            if self.vouched(peer, link).is_some() || (asked < ASK_AGAIN && self.set_up_since(peer, &up, asked_after)) {
+                asked += 1;
+                let _ = tokio::time::timeout(SETUP_TIMEOUT, std::future::poll_fn(|cx| up.out.poll_shutdown(cx))).await;
+                continue;
+            }
+            let (conn, attached) = self.register(peer, link, &up, answer);
             drop(dialing);
-            let _ = tokio::time::timeout(SETUP_TIMEOUT, std::future::poll_fn(|cx| out.poll_shutdown(cx))).await;
+            tokio::spawn(
+                run_conn(Ending { mux: self.clone(), conn, frames: Frames::default() }, up.rd, up.out, send_timeout).in_current_span(),
+            );
             return attached.ended().await;
         }
-        info!(peer = %peer.addr, rings = ports.len(), "shared connection up");
+    }
+
+    /// Whether a connection to `up`'s process that carries `peer` was set up after
+    /// `asked_after` answers.
+    fn set_up_since(&self, peer: &Peer, up: &Up, asked_after: u64) -> bool {
+        let conns = self.conns.lock().expect("mux poisoned");
+        conns.iter().any(|c| {
+            c.process == up.process && c.ip == peer.addr.ip() && c.answer > asked_after && c.rings.position(peer.addr.port()).is_some()
+        })
+    }
+
+    /// A new shared connection to the process `up` met, carrying `peer` first.
+    fn register<'a>(&self, peer: &'a Arc<Peer>, link: &Link, up: &Up, answer: u64) -> (Arc<Conn>, Attached<'a>) {
+        info!(peer = %peer.addr, rings = up.rings.0.len(), "shared connection up");
         let (ended, _) = watch::channel(None);
         let conn = Arc::new(Conn {
             ip: peer.addr.ip(),
             tls: link.tls.clone(),
-            process,
-            ports,
+            process: up.process,
+            rings: up.rings.clone(),
             answer,
-            kind: out.kind(),
+            kind: up.out.kind(),
             wake: Arc::new(Notify::new()),
             attached: Mutex::new(Some(Vec::new())),
             retired: AtomicBool::new(false),
@@ -280,9 +340,7 @@ impl Mux {
         });
         let attached = conn.clone().attach(peer).expect("not closed yet");
         self.replace_older(&conn);
-        drop(dialing);
-        tokio::spawn(run_conn(Ending { mux: self.clone(), conn, frames: Frames::default() }, rd, out, send_timeout).in_current_span());
-        attached.ended().await
+        (conn, attached)
     }
 
     /// Registers `conn`, retiring the older connections to the same process whose every ring
@@ -293,7 +351,7 @@ impl Mux {
         let mut conns = self.conns.lock().expect("mux poisoned");
         let covered = |old: &Conn| {
             let attached = old.attached.lock().expect("mux poisoned");
-            attached.iter().flatten().all(|(_, peer)| conn.ports.contains(&peer.addr.port()))
+            attached.iter().flatten().all(|(_, peer)| conn.rings.position(peer.addr.port()).is_some())
         };
         for old in conns.iter().filter(|c| c.ip == conn.ip && same_tls(&c.tls, &conn.tls) && c.process == conn.process && covered(c)) {
             old.retired.store(true, Relaxed);
@@ -305,21 +363,25 @@ impl Mux {
 
     /// `peer` attached to a live connection its port vouches for, if one carries it.
     fn find<'a>(&self, peer: &'a Arc<Peer>, link: &Link) -> Option<Attached<'a>> {
+        self.vouched(peer, link)?.attach(peer)
+    }
+
+    /// A live connection `peer`'s port vouches for that carries it.
+    fn vouched(&self, peer: &Peer, link: &Link) -> Option<Arc<Conn>> {
         let known = self.known.lock().expect("mux poisoned");
         let met = known.get(&peer.addr)?;
         let conns = self.conns.lock().expect("mux poisoned");
-        let conn = conns
+        let port = peer.addr.port();
+        conns
             .iter()
             .find(|c| {
                 c.ip == peer.addr.ip()
                     && same_tls(&c.tls, &link.tls)
                     && !c.retired.load(Relaxed)
-                    && c.ports.contains(&peer.addr.port())
-                    && met.vouches_for(c, peer.addr.port())
-            })?
-            .clone();
-        drop((conns, known));
-        conn.attach(peer)
+                    && c.rings.position(port).is_some()
+                    && met.vouches_for(c, port)
+            })
+            .cloned()
     }
 }
 
@@ -344,8 +406,8 @@ struct Conn {
     tls: Option<Arc<Tls>>,
     /// The process met at the dialled port.
     process: Process,
-    /// The peer process's rings it carries, by Paxos port: a frame's first byte is a position here.
-    ports: Vec<u16>,
+    /// The peer process's rings it carries: a frame's first byte is a position here.
+    rings: Rings,
     /// Its answer's number among the answers received (`Met::asked_after`).
     answer: u64,
     kind: LinkKind,
@@ -363,7 +425,7 @@ struct Conn {
 impl Conn {
     /// Makes the connection carry `peer`'s queue; None if it has ended.
     fn attach<'a>(self: Arc<Self>, peer: &'a Arc<Peer>) -> Option<Attached<'a>> {
-        let position = self.ports.iter().position(|p| *p == peer.addr.port()).expect("the connection carries the port");
+        let position = self.rings.position(peer.addr.port()).expect("the connection carries the port");
         let mut attached = self.attached.lock().expect("mux poisoned");
         let list = attached.as_mut().filter(|_| !self.retired.load(Relaxed))?;
         debug_assert!(list.iter().all(|(_, p)| !Arc::ptr_eq(p, peer)), "attached once");
@@ -446,10 +508,19 @@ impl Drop for Attached<'_> {
 
 /// What dialling a peer's port for a shared connection gave.
 enum Dialled {
-    /// The connection's read half, its link, the process met, and its rings it may carry.
-    Up(Box<dyn AsyncRead + Send + Unpin>, Box<dyn PacketLink>, Process, Vec<u16>),
+    Up(Up),
     Failed,
     Declined(String),
+}
+
+/// A connection to a peer's port that answered the offer.
+struct Up {
+    rd: Box<dyn AsyncRead + Send + Unpin>,
+    out: Box<dyn PacketLink>,
+    /// The process met.
+    process: Process,
+    /// Its rings the connection may carry.
+    rings: Rings,
 }
 
 /// Connects (and authenticates, with TLS) to `peer`'s port and offers to share the connection.
@@ -469,9 +540,9 @@ async fn dial(peer: &Peer, link: &Link) -> Dialled {
     let Some(tls) = &link.tls else {
         let mut stream = stream;
         return match offer(&mut stream, peer.addr).await {
-            Ok((id, ports)) => {
+            Ok((id, rings)) => {
                 let (rd, wr) = stream.into_split();
-                Dialled::Up(Box::new(rd), Box::new(TcpLink(wr)), Process { id, cert: None }, ports)
+                Dialled::Up(Up { rd: Box::new(rd), out: Box::new(TcpLink(wr)), process: Process { id, cert: None }, rings })
             }
             Err(e) => Dialled::Declined(e.to_string()),
         };
@@ -486,9 +557,9 @@ async fn dial(peer: &Peer, link: &Link) -> Dialled {
         }
     };
     match offer(&mut stream, peer.addr).await {
-        Ok((id, ports)) => {
+        Ok((id, rings)) => {
             let (rd, wr) = tokio::io::split(stream);
-            Dialled::Up(Box::new(rd), Box::new(TlsLink::new(wr)), Process { id, cert: Some(cert) }, ports)
+            Dialled::Up(Up { rd: Box::new(rd), out: Box::new(TlsLink::new(wr)), process: Process { id, cert: Some(cert) }, rings })
         }
         Err(e) => Dialled::Declined(e.to_string()),
     }
@@ -496,7 +567,7 @@ async fn dial(peer: &Peer, link: &Link) -> Dialled {
 
 /// The dialler's side of the set-up: the peer process's id and the rings the connection may
 /// carry.
-async fn offer<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, to: SocketAddr) -> io::Result<(u64, Vec<u16>)> {
+async fn offer<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, to: SocketAddr) -> io::Result<(u64, Rings)> {
     let exchange = async {
         let mut offer = [0u8; 4 + MUX_MAGIC.len()];
         offer[4..].copy_from_slice(&MUX_MAGIC);
@@ -508,13 +579,14 @@ async fn offer<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, to: SocketAddr
             return Err(invalid("not an answer to the offer"));
         }
         let id = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
-        let mut ports = vec![0u8; 2 * usize::from(head[16])];
-        stream.read_exact(&mut ports).await?;
-        let ports: Vec<u16> = ports.chunks_exact(2).map(|p| u16::from_le_bytes([p[0], p[1]])).collect();
-        if ports[0] != to.port() {
+        let mut listed = vec![0u8; ANSWER_RING * usize::from(head[16])];
+        stream.read_exact(&mut listed).await?;
+        let ring = |r: &[u8]| (u16::from_le_bytes([r[0], r[1]]), u64::from_le_bytes(r[2..].try_into().expect("8 bytes")));
+        let rings = Rings(listed.chunks_exact(ANSWER_RING).map(ring).collect());
+        if rings.dialled().0 != to.port() {
             return Err(invalid("the answer does not list the dialled port first"));
         }
-        Ok((id, ports))
+        Ok((id, rings))
     };
     tokio::time::timeout(SETUP_TIMEOUT, exchange).await.map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer to the offer"))?
 }
@@ -522,12 +594,13 @@ async fn offer<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, to: SocketAddr
 /// The port's side of the set-up, after the zero size and the magic: the process's id and the
 /// rings it carries.
 pub(super) async fn answer<S: AsyncWrite + Unpin>(stream: &mut S, mux: &Mux, route: &Route) -> io::Result<()> {
-    let mut answer = Vec::with_capacity(ANSWER_HEAD + 2 * route.rings.len());
+    let mut answer = Vec::with_capacity(ANSWER_HEAD + ANSWER_RING * route.rings.len());
     answer.extend_from_slice(&MUX_MAGIC);
     answer.extend_from_slice(&mux.id.to_le_bytes());
     answer.push(route.rings.len() as u8);
-    for (port, _) in &route.rings {
+    for (port, load, _) in &route.rings {
         answer.extend_from_slice(&port.to_le_bytes());
+        answer.extend_from_slice(&load.to_le_bytes());
     }
     let write = async {
         stream.write_all(&answer).await?;

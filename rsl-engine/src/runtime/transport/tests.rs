@@ -937,24 +937,100 @@ async fn a_peer_that_does_not_share_gets_a_connection_per_ring() {
     assert_eq!(mux.connections(), 0);
 }
 
-/// Opens a shared connection to `port` by hand; the ports its answer lists.
-async fn offer_by_hand(port: SocketAddr) -> (TcpStream, Vec<u16>) {
+/// What a sharing port answered an offer: its process's id and the rings (port, load) listed.
+struct Answer {
+    id: [u8; 8],
+    rings: Vec<(u16, u64)>,
+}
+
+impl Answer {
+    fn ports(&self) -> Vec<u16> {
+        self.rings.iter().map(|(port, _)| *port).collect()
+    }
+
+    fn load_of(&self, port: SocketAddr) -> u64 {
+        self.rings.iter().find(|(p, _)| *p == port.port()).expect("listed").1
+    }
+
+    /// The bytes of an answer with this id listing `rings` instead.
+    fn claiming(&self, rings: &[(u16, u64)]) -> Vec<u8> {
+        let mut bytes = [&mux::MUX_MAGIC[..], &self.id, &[rings.len() as u8]].concat();
+        for (port, load) in rings {
+            bytes.extend_from_slice(&port.to_le_bytes());
+            bytes.extend_from_slice(&load.to_le_bytes());
+        }
+        bytes
+    }
+}
+
+/// Opens a shared connection to `port` by hand; what it answered.
+async fn offer_by_hand(port: SocketAddr) -> (TcpStream, Answer) {
     let mut raw = TcpStream::connect(port).await.unwrap();
     raw.write_all(&[&[0u8; 4][..], &mux::MUX_MAGIC].concat()).await.unwrap();
     let mut head = [0u8; 17];
     raw.read_exact(&mut head).await.unwrap();
     assert_eq!(head[..8], mux::MUX_MAGIC);
-    let mut ports = vec![0u8; 2 * head[16] as usize];
-    raw.read_exact(&mut ports).await.unwrap();
-    (raw, ports.chunks(2).map(|p| u16::from_le_bytes([p[0], p[1]])).collect())
+    let mut rings = vec![0u8; 10 * head[16] as usize];
+    raw.read_exact(&mut rings).await.unwrap();
+    let ring = |r: &[u8]| (u16::from_le_bytes([r[0], r[1]]), u64::from_le_bytes(r[2..].try_into().unwrap()));
+    (raw, Answer { id: head[8..16].try_into().unwrap(), rings: rings.chunks(10).map(ring).collect() })
+}
+
+/// A process on `listener` that answers offers with `answer` (only the first connection's, if
+/// `once`, then gives the port up) and reports what it reads: None once it has answered, then
+/// each frame's ring position.
+fn squat(listener: TcpListener, answer: Vec<u8>, once: bool) -> UnboundedReceiver<Option<u8>> {
+    let (seen_tx, seen) = unbounded_channel();
+    tokio::spawn(async move {
+        let mut listener = Some(listener);
+        while let Some((mut conn, _)) = match &listener {
+            Some(l) => l.accept().await.ok(),
+            None => None,
+        } {
+            if once {
+                listener = None;
+            }
+            let (seen_tx, answer) = (seen_tx.clone(), answer.clone());
+            tokio::spawn(async move {
+                let mut offer = [0u8; 12];
+                if conn.read_exact(&mut offer).await.is_err() || conn.write_all(&answer).await.is_err() {
+                    return;
+                }
+                let _ = seen_tx.send(None);
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while let Ok(n @ 1..) = conn.read(&mut chunk).await {
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(size) = buf.get(1..).and_then(|rest| packet::peek_size(rest, usize::MAX).ok().flatten()) {
+                        if buf.len() < 1 + size {
+                            break;
+                        }
+                        let _ = seen_tx.send(Some(buf[0]));
+                        buf.drain(..1 + size);
+                    }
+                }
+            });
+        }
+    });
+    seen
+}
+
+/// The ring positions a squatter read until now.
+async fn positions_read(seen: &mut UnboundedReceiver<Option<u8>>) -> Vec<u8> {
+    let mut positions = Vec::new();
+    while let Ok(Some(position)) = timeout(Duration::from_millis(200), seen.recv()).await {
+        positions.extend(position);
+    }
+    positions
 }
 
 #[tokio::test]
 async fn a_shared_connection_delivers_by_position_and_closes_on_a_bad_one() {
     let mux = Arc::new(Mux::default());
     let ((b1, mut rx_b1), (b2, mut rx_b2)) = (start(any_port(), sharing(&mux)), start(any_port(), sharing(&mux)));
-    let (mut raw, ports) = offer_by_hand(b2.local_addr()).await;
-    assert_eq!(ports, [b2.local_addr().port(), b1.local_addr().port()], "the dialled port first");
+    let (mut raw, answer) = offer_by_hand(b2.local_addr()).await;
+    assert_eq!(answer.ports(), [b2.local_addr().port(), b1.local_addr().port()], "the dialled port first");
+    assert_ne!(answer.load_of(b1.local_addr()), answer.load_of(b2.local_addr()));
     let frame = |position: u8, d| [&[position][..], &framed(&vote(1, d))].concat();
     raw.write_all(&[frame(1, 1), frame(0, 2)].concat()).await.unwrap();
     assert_eq!(*recv(&mut rx_b1).await, vote(1, 1));
@@ -1066,34 +1142,12 @@ async fn a_port_number_taken_by_another_ring_of_the_process_shares_nothing() {
 async fn a_process_that_lists_another_ones_port_does_not_get_its_packets_even_with_its_id() {
     let (mb, ma) = (Arc::new(Mux::default()), Arc::new(Mux::default()));
     let (b, mut rx_b) = start(any_port(), sharing(&mb));
-    // A liar: learns b's process id by dialling it, then answers every offer with that id,
-    // listing its own port and b's; it reports the ring position of every frame it reads.
+    // A liar: learns b's process id and load by dialling it, then answers every offer with
+    // them, listing its own port and b's; it reports the ring position of every frame it reads.
     let liar = TcpListener::bind(any_port()).await.unwrap();
     let (liar_port, b_addr) = (liar.local_addr().unwrap(), b.local_addr());
-    let (seen_tx, mut seen) = unbounded_channel();
-    tokio::spawn(async move {
-        let mut probe = TcpStream::connect(b_addr).await.unwrap();
-        probe.write_all(&[&[0u8; 4][..], &mux::MUX_MAGIC].concat()).await.unwrap();
-        let mut head = [0u8; 17];
-        probe.read_exact(&mut head).await.unwrap();
-        let answer = [&head[..16], &[2], &liar_port.port().to_le_bytes(), &b_addr.port().to_le_bytes()].concat();
-        loop {
-            let (mut conn, _) = liar.accept().await.unwrap();
-            let (seen_tx, answer) = (seen_tx.clone(), answer.clone());
-            tokio::spawn(async move {
-                let mut offer = [0u8; 12];
-                conn.read_exact(&mut offer).await.unwrap();
-                conn.write_all(&answer).await.unwrap();
-                let mut frames = Vec::new();
-                let _ = conn.read_to_end(&mut frames).await;
-                let mut at = 0;
-                while let Some(size) = frames.get(at + 1..).and_then(|rest| packet::peek_size(rest, usize::MAX).ok().flatten()) {
-                    let _ = seen_tx.send(frames[at]);
-                    at += 1 + size;
-                }
-            });
-        }
-    });
+    let (_, asked) = offer_by_hand(b_addr).await;
+    let mut seen = squat(liar, asked.claiming(&[(liar_port.port(), 7), (b_addr.port(), asked.load_of(b_addr))]), false);
     let ((a1, _), (a2, _)) = (start(any_port(), sharing(&ma)), start(any_port(), sharing(&ma)));
     a2.set_peers(&[(id(2), b.local_addr())]);
     assert!(a2.send(&id(2), framed(&vote(1, 1))));
@@ -1109,8 +1163,7 @@ async fn a_process_that_lists_another_ones_port_does_not_get_its_packets_even_wi
     // answer, asked again, does not vouch for the liar's: a2 dialled b again.
     assert_eq!(ma.connections(), 2, "the liar's connection, and a2's own");
     drop((a1, a2));
-    assert_eq!(timeout(WAIT, seen.recv()).await.unwrap(), Some(0), "the liar read its own ring's frame");
-    assert!(timeout(Duration::from_millis(100), seen.recv()).await.map_or(true, |p| p.is_none()), "and nothing for b");
+    assert_eq!(positions_read(&mut seen).await, [0], "the liar read its own ring's frame, and nothing for b");
 }
 
 #[tokio::test]
@@ -1154,39 +1207,15 @@ async fn a_port_taken_over_after_its_ring_left_gets_none_of_the_other_rings_pack
     assert!(a2.send(&id(2), framed(&vote(3, 1))));
     wait_until("a2 on a1's connection, dialled to x", || ma.connections() == 1 && a2.peer_stats()[0].shared).await;
     a2.set_peers(&[]);
-    // b's id, as anyone may learn it; then b unloads y and the squatter takes the port.
-    let mut ask = TcpStream::connect(x).await.unwrap();
-    ask.write_all(&[&[0u8; 4][..], &mux::MUX_MAGIC].concat()).await.unwrap();
-    let mut head = [0u8; 17];
-    ask.read_exact(&mut head).await.unwrap();
-    drop(ask);
+    // b's id and loads, as anyone may learn them; then b unloads y and the squatter takes the
+    // port, answering as b did.
+    let (_, asked) = offer_by_hand(x).await;
     if let Some(done) = b2.shutdown() {
         let _ = done.await;
     }
     drop(b2);
-    let squatter = TcpListener::bind(y).await.unwrap();
-    let answer = [&head[..16], &[2], &y.port().to_le_bytes(), &x.port().to_le_bytes()].concat();
-    let (seen_tx, mut seen) = unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let (mut conn, _) = squatter.accept().await.unwrap();
-            let (seen_tx, answer) = (seen_tx.clone(), answer.clone());
-            tokio::spawn(async move {
-                let mut offer = [0u8; 12];
-                if conn.read_exact(&mut offer).await.is_err() || conn.write_all(&answer).await.is_err() {
-                    return;
-                }
-                let _ = seen_tx.send(None);
-                let mut frames = Vec::new();
-                let _ = conn.read_to_end(&mut frames).await;
-                let mut at = 0;
-                while let Some(size) = frames.get(at + 1..).and_then(|rest| packet::peek_size(rest, usize::MAX).ok().flatten()) {
-                    let _ = seen_tx.send(Some(frames[at]));
-                    at += 1 + size;
-                }
-            });
-        }
-    });
+    let mut seen =
+        squat(TcpListener::bind(y).await.unwrap(), asked.claiming(&[(y.port(), asked.load_of(y)), (x.port(), asked.load_of(x))]), false);
     // a2's next frame names y on the connection to x, so b ends it; a2 dials y: the squatter.
     a2.set_peers(&[(id(2), y)]);
     assert!(a2.send(&id(2), framed(&vote(3, 2))));
@@ -1198,9 +1227,83 @@ async fn a_port_taken_over_after_its_ring_left_gets_none_of_the_other_rings_pack
         assert_eq!(*recv(&mut rx_b1).await, vote(1, d), "x's packets go to b");
     }
     drop((a1, a2));
-    let mut positions = Vec::new();
-    while let Ok(Some(position)) = timeout(Duration::from_millis(200), seen.recv()).await {
-        positions.extend(position);
-    }
+    let positions = positions_read(&mut seen).await;
     assert!(!positions.contains(&1), "the squatter read x's frames: {positions:?}");
+}
+
+/// The second reviewer's case: as above, but the squatter gives the port back, keeping its
+/// connection, and b loads a ring there again; when a1 then looks for a connection, b's fresh
+/// answer lists y again, with another load than the squatter claimed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_given_back_after_a_squatter_answered_on_it_does_not_vouch_for_the_squatter() {
+    let (ma, mb) = (Arc::new(Mux::default()), Arc::new(Mux::default()));
+    let (b1, mut rx_b1) = start(any_port(), sharing(&mb));
+    let (b2, _rx_b2) = start(any_port(), sharing(&mb));
+    let (x, y) = (b1.local_addr(), b2.local_addr());
+    let (a1, _) = start(any_port(), TransportOptions { backoff_min: Duration::from_secs(1), ..sharing(&ma) });
+    let (a2, _) = start(any_port(), sharing(&ma));
+    a1.set_peers(&[(id(2), x)]);
+    assert!(a1.send(&id(2), framed(&vote(1, 1))));
+    assert_eq!(*recv(&mut rx_b1).await, vote(1, 1));
+    a2.set_peers(&[(id(2), y)]);
+    assert!(a2.send(&id(2), framed(&vote(3, 1))));
+    wait_until("a2 on a1's connection", || ma.connections() == 1 && a2.peer_stats()[0].shared).await;
+    a2.set_peers(&[]);
+    let (_, asked) = offer_by_hand(x).await;
+    if let Some(done) = b2.shutdown() {
+        let _ = done.await;
+    }
+    drop(b2);
+    let claim = asked.claiming(&[(y.port(), asked.load_of(y)), (x.port(), asked.load_of(x))]);
+    let mut seen = squat(TcpListener::bind(y).await.unwrap(), claim, true);
+    a2.set_peers(&[(id(2), y)]);
+    assert!(a2.send(&id(2), framed(&vote(3, 2))));
+    assert_eq!(timeout(WAIT, seen.recv()).await.unwrap(), Some(None), "a2 met the squatter");
+    assert!(a1.send(&id(2), framed(&vote(1, 2))));
+    assert_eq!(*recv(&mut rx_b1).await, vote(1, 2));
+    wait_until("a1 on its own connection, a2 on the squatter's", || ma.connections() == 2).await;
+    // b loads a ring on y again; a1 looks for a connection again.
+    let (_b2, _rx_b2) = start(y, sharing(&mb));
+    a1.set_peers(&[]);
+    wait_until("a1's connection closed", || ma.connections() == 1).await;
+    a1.set_peers(&[(id(2), x)]);
+    for d in 3..=12 {
+        assert!(a1.send(&id(2), framed(&vote(1, d))));
+    }
+    for d in 3..=12 {
+        assert_eq!(*recv(&mut rx_b1).await, vote(1, d), "x's packets go to b");
+    }
+    let positions = positions_read(&mut seen).await;
+    assert!(!positions.contains(&1), "the squatter read x's frames: {positions:?}");
+}
+
+/// Eight rings a side, all dialling at once (the second reviewer's model found that dials
+/// spread wider than a drain could retire each other without end): each side settles on one
+/// connection, and every ring's packets arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_rings_a_side_dialling_at_once_settle_on_one_connection_each_way() {
+    let muxes = [Arc::new(Mux::default()), Arc::new(Mux::default())];
+    let mut sides: Vec<Vec<(Transport, Rx)>> = muxes.iter().map(|m| (0..8).map(|_| start(any_port(), sharing(m))).collect()).collect();
+    for ((a, _), (b, _)) in sides[0].iter().zip(&sides[1]) {
+        a.set_peers(&[(id(2), b.local_addr())]);
+        b.set_peers(&[(id(1), a.local_addr())]);
+    }
+    // Each ring's decrees are its own: a packet delivered to another ring would show.
+    let decree = |ring: usize, d: u64| 1000 * ring as u64 + d;
+    for d in 1..=20 {
+        for (side, (from, to)) in [(0, (1, 2)), (1, (2, 1))] {
+            for (ring, (t, _)) in sides[side].iter().enumerate() {
+                assert!(t.send(&id(to), framed(&vote(from, decree(ring, d)))));
+            }
+        }
+    }
+    for (side, from) in [(1, 1), (0, 2)] {
+        for (ring, (_, rx)) in sides[side].iter_mut().enumerate() {
+            for d in 1..=20 {
+                assert_eq!(*recv(rx).await, vote(from, decree(ring, d)));
+            }
+        }
+    }
+    wait_until("one connection each way", || muxes.iter().all(|m| m.connections() == 1)).await;
+    wait_until("every ring on it", || sides.iter().flatten().all(|(t, _)| t.peer_stats()[0].shared)).await;
 }
