@@ -4,6 +4,7 @@ use super::*;
 use crate::format::message::{Body, Header, VoteBody};
 use crate::format::types::{Ballot, Version};
 use std::future::Future;
+use std::ops::RangeInclusive;
 use std::sync::atomic::AtomicUsize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
@@ -1187,19 +1188,28 @@ async fn rings_a_peer_process_lists_apart_keep_a_connection_each_instead_of_reti
     }
 }
 
-/// The reviewer's case: b unloads a ring, a squatter takes its port and answers with b's id,
-/// listing the port of b's other ring. What b answered before it unloaded the ring (listing
-/// it) vouches for nothing answered since, so a1 dials b again rather than joining the
-/// squatter's connection.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_port_taken_over_after_its_ring_left_gets_none_of_the_other_rings_packets() {
+/// The squatter cases' start: a1 and a2 share a connection to b's ring x; a2 leaves; b
+/// unloads ring y and a squatter takes its port, answering as b did (b's id and loads, as
+/// anyone may learn them), for every connection or (`once`) only the first; a2 is given y
+/// again, so its next frame names y on the connection to x, which b ends, and it dials y: the
+/// squatter. a1 looks for a connection again only after that (its backoff is long).
+struct Squatted {
+    ma: Arc<Mux>,
+    mb: Arc<Mux>,
+    a1: Transport,
+    rx_b1: Rx,
+    x: SocketAddr,
+    y: SocketAddr,
+    seen: UnboundedReceiver<Option<u8>>,
+    _keep: (Transport, Transport, Rx),
+}
+
+async fn squatted(once: bool) -> Squatted {
     let (ma, mb) = (Arc::new(Mux::default()), Arc::new(Mux::default()));
-    let (b1, mut rx_b1) = start(any_port(), sharing(&mb));
-    let (b2, _rx_b2) = start(any_port(), sharing(&mb));
+    let ((b1, mut rx_b1), (b2, _)) = (start(any_port(), sharing(&mb)), start(any_port(), sharing(&mb)));
     let (x, y) = (b1.local_addr(), b2.local_addr());
-    // a1 looks again only after a2 has met the squatter.
     let (a1, _) = start(any_port(), TransportOptions { backoff_min: Duration::from_secs(1), ..sharing(&ma) });
-    let (a2, _) = start(any_port(), sharing(&ma));
+    let (a2, rx_a2) = start(any_port(), sharing(&ma));
     a1.set_peers(&[(id(2), x)]);
     assert!(a1.send(&id(2), framed(&vote(1, 1))));
     assert_eq!(*recv(&mut rx_b1).await, vote(1, 1));
@@ -1207,74 +1217,53 @@ async fn a_port_taken_over_after_its_ring_left_gets_none_of_the_other_rings_pack
     assert!(a2.send(&id(2), framed(&vote(3, 1))));
     wait_until("a2 on a1's connection, dialled to x", || ma.connections() == 1 && a2.peer_stats()[0].shared).await;
     a2.set_peers(&[]);
-    // b's id and loads, as anyone may learn them; then b unloads y and the squatter takes the
-    // port, answering as b did.
-    let (_, asked) = offer_by_hand(x).await;
-    if let Some(done) = b2.shutdown() {
-        let _ = done.await;
-    }
-    drop(b2);
-    let mut seen =
-        squat(TcpListener::bind(y).await.unwrap(), asked.claiming(&[(y.port(), asked.load_of(y)), (x.port(), asked.load_of(x))]), false);
-    // a2's next frame names y on the connection to x, so b ends it; a2 dials y: the squatter.
-    a2.set_peers(&[(id(2), y)]);
-    assert!(a2.send(&id(2), framed(&vote(3, 2))));
-    assert_eq!(timeout(WAIT, seen.recv()).await.unwrap(), Some(None), "a2 met the squatter");
-    for d in 2..=10 {
-        assert!(a1.send(&id(2), framed(&vote(1, d))));
-    }
-    for d in 2..=10 {
-        assert_eq!(*recv(&mut rx_b1).await, vote(1, d), "x's packets go to b");
-    }
-    drop((a1, a2));
-    let positions = positions_read(&mut seen).await;
-    assert!(!positions.contains(&1), "the squatter read x's frames: {positions:?}");
-}
-
-/// The second reviewer's case: as above, but the squatter gives the port back, keeping its
-/// connection, and b loads a ring there again; when a1 then looks for a connection, b's fresh
-/// answer lists y again, with another load than the squatter claimed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_port_given_back_after_a_squatter_answered_on_it_does_not_vouch_for_the_squatter() {
-    let (ma, mb) = (Arc::new(Mux::default()), Arc::new(Mux::default()));
-    let (b1, mut rx_b1) = start(any_port(), sharing(&mb));
-    let (b2, _rx_b2) = start(any_port(), sharing(&mb));
-    let (x, y) = (b1.local_addr(), b2.local_addr());
-    let (a1, _) = start(any_port(), TransportOptions { backoff_min: Duration::from_secs(1), ..sharing(&ma) });
-    let (a2, _) = start(any_port(), sharing(&ma));
-    a1.set_peers(&[(id(2), x)]);
-    assert!(a1.send(&id(2), framed(&vote(1, 1))));
-    assert_eq!(*recv(&mut rx_b1).await, vote(1, 1));
-    a2.set_peers(&[(id(2), y)]);
-    assert!(a2.send(&id(2), framed(&vote(3, 1))));
-    wait_until("a2 on a1's connection", || ma.connections() == 1 && a2.peer_stats()[0].shared).await;
-    a2.set_peers(&[]);
     let (_, asked) = offer_by_hand(x).await;
     if let Some(done) = b2.shutdown() {
         let _ = done.await;
     }
     drop(b2);
     let claim = asked.claiming(&[(y.port(), asked.load_of(y)), (x.port(), asked.load_of(x))]);
-    let mut seen = squat(TcpListener::bind(y).await.unwrap(), claim, true);
+    let mut seen = squat(TcpListener::bind(y).await.unwrap(), claim, once);
     a2.set_peers(&[(id(2), y)]);
     assert!(a2.send(&id(2), framed(&vote(3, 2))));
     assert_eq!(timeout(WAIT, seen.recv()).await.unwrap(), Some(None), "a2 met the squatter");
+    Squatted { ma, mb, a1, rx_b1, x, y, seen, _keep: (b1, a2, rx_a2) }
+}
+
+/// a1's votes `decrees` all reach b's ring x, and the squatter reads none of x's frames.
+async fn x_packets_go_to_b_only(a1: &Transport, rx_b1: &mut Rx, seen: &mut UnboundedReceiver<Option<u8>>, decrees: RangeInclusive<u64>) {
+    for d in decrees.clone() {
+        assert!(a1.send(&id(2), framed(&vote(1, d))));
+    }
+    for d in decrees {
+        assert_eq!(*recv(rx_b1).await, vote(1, d), "x's packets go to b");
+    }
+    let positions = positions_read(seen).await;
+    assert!(!positions.contains(&1), "the squatter read x's frames: {positions:?}");
+}
+
+/// The reviewer's case: what b answered before it unloaded ring y (listing it) vouches for
+/// nothing answered since, so a1 dials b again rather than joining the squatter's connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_taken_over_after_its_ring_left_gets_none_of_the_other_rings_packets() {
+    let Squatted { a1, mut rx_b1, mut seen, _keep: _held, .. } = squatted(false).await;
+    x_packets_go_to_b_only(&a1, &mut rx_b1, &mut seen, 2..=10).await;
+}
+
+/// The second reviewer's case: the squatter gives the port back, keeping its connection, and
+/// b loads a ring there again; when a1 then looks for a connection, b's fresh answer lists y
+/// again, with another load than the squatter claimed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_given_back_after_a_squatter_answered_on_it_does_not_vouch_for_the_squatter() {
+    let Squatted { ma, mb, a1, mut rx_b1, x, y, mut seen, _keep: _held } = squatted(true).await;
     assert!(a1.send(&id(2), framed(&vote(1, 2))));
     assert_eq!(*recv(&mut rx_b1).await, vote(1, 2));
     wait_until("a1 on its own connection, a2 on the squatter's", || ma.connections() == 2).await;
-    // b loads a ring on y again; a1 looks for a connection again.
     let (_b2, _rx_b2) = start(y, sharing(&mb));
     a1.set_peers(&[]);
     wait_until("a1's connection closed", || ma.connections() == 1).await;
     a1.set_peers(&[(id(2), x)]);
-    for d in 3..=12 {
-        assert!(a1.send(&id(2), framed(&vote(1, d))));
-    }
-    for d in 3..=12 {
-        assert_eq!(*recv(&mut rx_b1).await, vote(1, d), "x's packets go to b");
-    }
-    let positions = positions_read(&mut seen).await;
-    assert!(!positions.contains(&1), "the squatter read x's frames: {positions:?}");
+    x_packets_go_to_b_only(&a1, &mut rx_b1, &mut seen, 3..=12).await;
 }
 
 /// Eight rings a side, all dialling at once (the second reviewer's model found that dials
