@@ -21,21 +21,25 @@
 //!    its own members: a peer trusted by one ring cannot speak for another.
 //!
 //! The dialler believes a list only as far as it has checked it: it carries a peer's packets
-//! over a connection dialled to another port only once it has dialled the peer's own port,
-//! after that connection's answer, and met the same process there (the same id and, with TLS,
-//! the same certificate) listing that other port in turn, with the load that port answered.
-//! A process cannot make another list it, so it cannot draw another's traffic by listing its
-//! ports, even with its id; an answer given before the process unloaded a ring vouches for
-//! nothing a newcomer on that port answers, and one given after it loaded a ring there again
-//! names another load. A ring with no connection its port vouches for dials its port: if the answer
-//! vouches for a connection another ring made, it joins that one and closes its own, which
-//! only asked. Each newer connection to a process retires the older ones whose every ring it
-//! lists, which also brings in the rings the process loaded since: their rings move once the
-//! older has written its last turn and the port has read it all (so a ring's packets keep
-//! their order; a port that does not read it all within the send timeout counts as a failed
-//! connection), each asking its port again. A port without the extension (the original's, or
-//! one whose rings share no `Mux`) closes the connection on the zero size: that peer gets a
-//! connection per ring for [`MUX_RETRY`].
+//! over a connection another ring dialled only once it has dialled the peer's own port, after
+//! that connection's answer, and met the same process there (the same id and, with TLS, the
+//! same certificate) listing the ring that connection was dialled to, at the load that
+//! connection's answer gave. A process cannot make another list it, so it cannot draw
+//! another's traffic by listing its ports, even with its id; an answer given before the
+//! process unloaded a ring vouches for nothing a newcomer on that port answers, and one given
+//! after it loaded a ring there again names another load.
+//!
+//! A ring with no connection its port vouches for dials its port: if the answer vouches for a
+//! connection another ring made, it joins that one and closes its own, which only asked; if
+//! another ring's connection to the process was set up while it asked, it asks again (at most
+//! [`ASK_AGAIN`] times). Each newer connection to a process retires the older ones whose every
+//! ring it lists, unless they list the same rings (so that connections set up at once do not
+//! retire each other in turn); this brings in the rings the process loaded since. Their rings
+//! move once the older has written its last turn and the port has read it all (so a ring's
+//! packets keep their order; a port that does not read it all within the send timeout counts
+//! as a failed connection), each asking its port again. A port without the extension (the
+//! original's, or one whose rings share no `Mux`) closes the connection on the zero size:
+//! that peer gets a connection per ring for [`MUX_RETRY`].
 //!
 //! Each ring's packets wait in its own bounded queue for the peer (`Peer`); the connection's
 //! writer takes at most [`ROUND_BYTES`] from each queue in turn, so one ring's backlog cannot
@@ -161,14 +165,14 @@ struct Met {
 }
 
 impl Met {
-    /// Whether a connection to `conn`'s process may carry packets for `port`, which this
-    /// answered for: it was dialled to `port`, or the same process listed the ring `conn` was
-    /// dialled to, at the load `conn`'s answer gave, when asked after that answer. An older
-    /// answer is not enough: the process may have unloaded that ring since, and another taken
-    /// its port; nor is another load: the port may have been taken and given back since.
-    fn vouches_for(&self, conn: &Conn, port: u16) -> bool {
-        let dialled = conn.rings.dialled();
-        dialled.0 == port || (self.process == conn.process && self.asked_after >= conn.answer && self.rings.0.contains(&dialled))
+    /// Whether a connection to `conn`'s process may carry packets for the port this answered
+    /// for: the same process listed the ring `conn` was dialled to (perhaps this very port), at
+    /// the load `conn`'s answer gave, when asked after that answer. An older answer is not
+    /// enough: the process may have unloaded that ring since, and another taken its port; nor
+    /// is another load: the port may have been taken and given back since. (The ring that
+    /// dialled a connection is attached to it without asking again.)
+    fn vouches_for(&self, conn: &Conn) -> bool {
+        self.process == conn.process && self.asked_after >= conn.answer && self.rings.0.contains(&conn.rings.dialled())
     }
 }
 
@@ -297,14 +301,18 @@ impl Mux {
             let answer = self.answers.fetch_add(1, Relaxed) + 1;
             let met = Met { process: up.process, rings: up.rings.clone(), asked_after };
             self.known.lock().expect("mux poisoned").insert(peer.addr, met);
-            // A connection to the process set up while the port was being asked: ask again
-            // (the answer then vouches for it or not) rather than set up one more and retire it.
-            if self.vouched(peer, link).is_some() || (asked < ASK_AGAIN && self.set_up_since(peer, &up, asked_after)) {
+            // The answer may vouch for another ring's connection: then the port was only asked.
+            if let Some(attached) = self.find(peer, link) {
+                drop(dialing);
+                let _ = tokio::time::timeout(SETUP_TIMEOUT, std::future::poll_fn(|cx| up.out.poll_shutdown(cx))).await;
+                return attached.ended().await;
+            }
+            let ask_again_after = (asked < ASK_AGAIN).then_some(asked_after);
+            let Some((conn, attached)) = self.register(peer, link, &up, answer, ask_again_after) else {
                 asked += 1;
                 let _ = tokio::time::timeout(SETUP_TIMEOUT, std::future::poll_fn(|cx| up.out.poll_shutdown(cx))).await;
                 continue;
-            }
-            let (conn, attached) = self.register(peer, link, &up, answer);
+            };
             drop(dialing);
             tokio::spawn(
                 run_conn(Ending { mux: self.clone(), conn, frames: Frames::default() }, up.rd, up.out, send_timeout).in_current_span(),
@@ -313,21 +321,34 @@ impl Mux {
         }
     }
 
-    /// Whether a connection to `up`'s process that carries `peer` was set up after
-    /// `asked_after` answers.
-    fn set_up_since(&self, peer: &Peer, up: &Up, asked_after: u64) -> bool {
-        let conns = self.conns.lock().expect("mux poisoned");
-        conns.iter().any(|c| {
-            c.process == up.process && c.ip == peer.addr.ip() && c.answer > asked_after && c.rings.position(peer.addr.port()).is_some()
-        })
-    }
-
-    /// A new shared connection to the process `up` met, carrying `peer` first.
-    fn register<'a>(&self, peer: &'a Arc<Peer>, link: &Link, up: &Up, answer: u64) -> (Arc<Conn>, Attached<'a>) {
+    /// A new shared connection to the process `up` met, carrying `peer` first; it retires the
+    /// older connections to the process whose every ring it lists, unless they list the same
+    /// rings (a new connection then adds one, rather than retiring the others in turn). Their
+    /// rings move to it only if their own ports, asked again, vouch for it (`carry`). Rings a
+    /// process lists apart (other packet limits) keep a connection each. None, and nothing
+    /// set up, if `ask_again_after` is given and a connection to the process carrying `peer`
+    /// was set up after that many answers: the port is better asked again (the answer then
+    /// vouches for that connection or not).
+    fn register<'a>(
+        &self,
+        peer: &'a Arc<Peer>,
+        link: &Link,
+        up: &Up,
+        answer: u64,
+        ask_again_after: Option<u64>,
+    ) -> Option<(Arc<Conn>, Attached<'a>)> {
+        let mut conns = self.conns.lock().expect("mux poisoned");
+        let (ip, port) = (peer.addr.ip(), peer.addr.port());
+        let to_process = |c: &&Arc<Conn>| c.process == up.process && c.ip == ip && same_tls(&c.tls, &link.tls);
+        if let Some(asked_after) = ask_again_after {
+            if conns.iter().filter(to_process).any(|c| c.answer > asked_after && c.rings.position(port).is_some()) {
+                return None;
+            }
+        }
         info!(peer = %peer.addr, rings = up.rings.0.len(), "shared connection up");
         let (ended, _) = watch::channel(None);
         let conn = Arc::new(Conn {
-            ip: peer.addr.ip(),
+            ip,
             tls: link.tls.clone(),
             process: up.process,
             rings: up.rings.clone(),
@@ -339,26 +360,18 @@ impl Mux {
             ended,
         });
         let attached = conn.clone().attach(peer).expect("not closed yet");
-        self.replace_older(&conn);
-        (conn, attached)
-    }
-
-    /// Registers `conn`, retiring the older connections to the same process whose every ring
-    /// it lists. Their rings move to it only if their own ports, asked again, vouch for it
-    /// (`carry`). Rings a process lists apart (other packet limits) keep a connection each
-    /// rather than retiring each other in turn.
-    fn replace_older(&self, conn: &Arc<Conn>) {
-        let mut conns = self.conns.lock().expect("mux poisoned");
         let covered = |old: &Conn| {
             let attached = old.attached.lock().expect("mux poisoned");
             attached.iter().flatten().all(|(_, peer)| conn.rings.position(peer.addr.port()).is_some())
         };
-        for old in conns.iter().filter(|c| c.ip == conn.ip && same_tls(&c.tls, &conn.tls) && c.process == conn.process && covered(c)) {
+        let same_rings = |old: &Conn| old.rings.0.len() == conn.rings.0.len() && old.rings.0.iter().all(|r| conn.rings.0.contains(r));
+        for old in conns.iter().filter(to_process).filter(|c| covered(c) && !same_rings(c)) {
             old.retired.store(true, Relaxed);
             old.wake.notify_one();
         }
         conns.retain(|c| !c.retired.load(Relaxed));
         conns.push(conn.clone());
+        Some((conn, attached))
     }
 
     /// `peer` attached to a live connection its port vouches for, if one carries it.
@@ -379,7 +392,7 @@ impl Mux {
                     && same_tls(&c.tls, &link.tls)
                     && !c.retired.load(Relaxed)
                     && c.rings.position(port).is_some()
-                    && met.vouches_for(c, port)
+                    && met.vouches_for(c)
             })
             .cloned()
     }

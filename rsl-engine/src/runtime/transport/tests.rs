@@ -1250,20 +1250,45 @@ async fn a_port_taken_over_after_its_ring_left_gets_none_of_the_other_rings_pack
     x_packets_go_to_b_only(&a1, &mut rx_b1, &mut seen, 2..=10).await;
 }
 
-/// The second reviewer's case: the squatter gives the port back, keeping its connection, and
-/// b loads a ring there again; when a1 then looks for a connection, b's fresh answer lists y
+/// The squatter gives the port back, keeping its connection, with a2 on it, and b loads a
+/// ring there again: what the new ring receives.
+async fn given_back(sq: &mut Squatted) -> (Transport, Rx) {
+    assert!(sq.a1.send(&id(2), framed(&vote(1, 2))));
+    assert_eq!(*recv(&mut sq.rx_b1).await, vote(1, 2));
+    wait_until("a1 on its own connection, a2 on the squatter's", || sq.ma.connections() == 2).await;
+    start(sq.y, sharing(&sq.mb))
+}
+
+/// The second reviewer's case: when a1 then looks for a connection, b's fresh answer lists y
 /// again, with another load than the squatter claimed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_port_given_back_after_a_squatter_answered_on_it_does_not_vouch_for_the_squatter() {
-    let Squatted { ma, mb, a1, mut rx_b1, x, y, mut seen, _keep: _held } = squatted(true).await;
-    assert!(a1.send(&id(2), framed(&vote(1, 2))));
-    assert_eq!(*recv(&mut rx_b1).await, vote(1, 2));
-    wait_until("a1 on its own connection, a2 on the squatter's", || ma.connections() == 2).await;
-    let (_b2, _rx_b2) = start(y, sharing(&mb));
+    let mut sq = squatted(true).await;
+    let _b2 = given_back(&mut sq).await;
+    let Squatted { ma, a1, mut rx_b1, x, mut seen, _keep: _held, .. } = sq;
     a1.set_peers(&[]);
     wait_until("a1's connection closed", || ma.connections() == 1).await;
     a1.set_peers(&[(id(2), x)]);
     x_packets_go_to_b_only(&a1, &mut rx_b1, &mut seen, 3..=12).await;
+}
+
+/// The third reviewer's case: another ring of ours whose peer is at y then gets a connection
+/// to b's new ring, not the squatter's, although that one was dialled to y.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_dialled_to_a_port_carries_another_ring_to_it_only_if_the_port_vouches_for_it() {
+    let mut sq = squatted(true).await;
+    let (_b2, mut rx_b2) = given_back(&mut sq).await;
+    let (a3, _rx_a3) = start(any_port(), sharing(&sq.ma));
+    a3.set_peers(&[(id(2), sq.y)]);
+    for d in 1..=5 {
+        assert!(a3.send(&id(2), framed(&vote(5, d))));
+    }
+    for d in 1..=5 {
+        assert_eq!(*recv(&mut rx_b2).await, vote(5, d), "a3's packets go to b's new ring");
+    }
+    let positions = positions_read(&mut sq.seen).await;
+    // (a2's one frame since it was given y again went to b, which ended the connection for it.)
+    assert_eq!(positions, [], "the squatter read none of a3's frames");
 }
 
 /// Eight rings a side, all dialling at once (the second reviewer's model found that dials
