@@ -76,8 +76,9 @@ const ANSWER_HEAD: usize = MUX_MAGIC.len() + 8 + 1;
 /// Bytes of each ring in an answer: its port and its load.
 const ANSWER_RING: usize = 2 + 8;
 /// A dialled port that answered while another ring's connection to the same process was being
-/// set up asks again this many times, rather than setting up one more and retiring that one.
-const ASK_AGAIN: usize = 2;
+/// set up asks again, up to this many times, rather than setting up one more. (It stops once
+/// no ring sets a connection up while it asks: in a peer process whose rings stay, at once.)
+const ASK_AGAIN: usize = 8;
 /// Bounds the set-up exchange, as the shared-memory offer's.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// A frame's first byte, for each ring position: written from here, never copied into a packet.
@@ -360,14 +361,14 @@ impl Mux {
             ended,
         });
         let attached = conn.clone().attach(peer).expect("not closed yet");
-        let covered = |old: &Conn| {
-            let attached = old.attached.lock().expect("mux poisoned");
-            attached.iter().flatten().all(|(_, peer)| conn.rings.position(peer.addr.port()).is_some())
-        };
         let same_rings = |old: &Conn| old.rings.0.len() == conn.rings.0.len() && old.rings.0.iter().all(|r| conn.rings.0.contains(r));
-        for old in conns.iter().filter(to_process).filter(|c| covered(c) && !same_rings(c)) {
-            old.retired.store(true, Relaxed);
-            old.wake.notify_one();
+        for old in conns.iter().filter(to_process).filter(|c| !same_rings(c)) {
+            // Retired under its lock, so that no ring the new one does not list attaches meanwhile.
+            let attached = old.attached.lock().unwrap_or_else(|e| e.into_inner());
+            if attached.iter().flatten().all(|(_, peer)| conn.rings.position(peer.addr.port()).is_some()) {
+                old.retired.store(true, Relaxed);
+                old.wake.notify_one();
+            }
         }
         conns.retain(|c| !c.retired.load(Relaxed));
         conns.push(conn.clone());
@@ -379,19 +380,20 @@ impl Mux {
         self.vouched(peer, link)?.attach(peer)
     }
 
-    /// A live connection `peer`'s port vouches for that carries it.
+    /// A live connection `peer`'s port vouches for that carries it: that lists its ring at the
+    /// load its port answered (a ring the peer process loaded again since the connection was
+    /// set up would end it at the first frame).
     fn vouched(&self, peer: &Peer, link: &Link) -> Option<Arc<Conn>> {
         let known = self.known.lock().expect("mux poisoned");
         let met = known.get(&peer.addr)?;
         let conns = self.conns.lock().expect("mux poisoned");
-        let port = peer.addr.port();
         conns
             .iter()
             .find(|c| {
                 c.ip == peer.addr.ip()
                     && same_tls(&c.tls, &link.tls)
                     && !c.retired.load(Relaxed)
-                    && c.rings.position(port).is_some()
+                    && c.rings.0.contains(&met.rings.dialled())
                     && met.vouches_for(c)
             })
             .cloned()
