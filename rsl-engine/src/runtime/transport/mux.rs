@@ -283,14 +283,14 @@ impl Mux {
         let dialing = gate.lock_owned().await;
         let mut asked = 0;
         loop {
-            // Another ring may have dialled the port meanwhile, or the last answer vouches for
-            // another ring's connection: then the port was only asked.
+            // Another ring may have dialled the port meanwhile, or set a connection up while
+            // it was last asked.
             if let Some(attached) = self.find(peer, link) {
                 drop(dialing);
                 return attached.ended().await;
             }
             let asked_after = self.answers.load(Relaxed);
-            let mut up = match dial(peer, link).await {
+            let up = match dial(peer, link).await {
                 Dialled::Up(up) => up,
                 Dialled::Failed => return Carried::NotConnected,
                 Dialled::Declined(why) => {
@@ -305,13 +305,13 @@ impl Mux {
             // The answer may vouch for another ring's connection: then the port was only asked.
             if let Some(attached) = self.find(peer, link) {
                 drop(dialing);
-                let _ = tokio::time::timeout(SETUP_TIMEOUT, std::future::poll_fn(|cx| up.out.poll_shutdown(cx))).await;
+                up.close().await;
                 return attached.ended().await;
             }
             let ask_again_after = (asked < ASK_AGAIN).then_some(asked_after);
             let Some((conn, attached)) = self.register(peer, link, &up, answer, ask_again_after) else {
                 asked += 1;
-                let _ = tokio::time::timeout(SETUP_TIMEOUT, std::future::poll_fn(|cx| up.out.poll_shutdown(cx))).await;
+                up.close().await;
                 continue;
             };
             drop(dialing);
@@ -536,6 +536,13 @@ struct Up {
     process: Process,
     /// Its rings the connection may carry.
     rings: Rings,
+}
+
+impl Up {
+    /// Closes a connection that only asked: the port reads its end.
+    async fn close(mut self) {
+        let _ = tokio::time::timeout(SETUP_TIMEOUT, std::future::poll_fn(|cx| self.out.poll_shutdown(cx))).await;
+    }
 }
 
 /// Connects (and authenticates, with TLS) to `peer`'s port and offers to share the connection.
